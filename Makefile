@@ -1,0 +1,27 @@
+# The two commands of the README: `make test` and `make demo`. Both set up .venv.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: test demo lint docs clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# The CPU wheel first, so that the package's torch range is already met.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -n 2 --durations=15
+
+demo: $(STAMP)
+	$(PY) examples/demo_digits_neighbors.py
+
+lint: $(STAMP)
+	$(PY) -m ruff check sksim tests examples benchmarks
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,14 @@
+"""sksim: input similarity from a neural network's perspective, for scikit-learn."""
+
+from ._engine.normalize import DeadInputWarning, SingularJacobianGramWarning
+from .kernel import NetworkSimilarityKernel, network_similarity, similarity_to_distance
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "DeadInputWarning",
+    "NetworkSimilarityKernel",
+    "SingularJacobianGramWarning",
+    "network_similarity",
+    "similarity_to_distance",
+]

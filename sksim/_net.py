@@ -1,0 +1,140 @@
+"""Resolve what the user passed as ``net`` into a trained torch module.
+
+sksim accepts a fitted skorch net, a :class:`~sklearn.frozen.FrozenEstimator`
+around one, a plain :class:`torch.nn.Module` (taken as trained), or an
+*unfitted* skorch net, which :func:`fit_net` clones and trains on ``X, y``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.frozen import FrozenEstimator
+from skorch import NeuralNet
+
+
+def _unwrap(net):
+    return net.estimator if isinstance(net, FrozenEstimator) else net
+
+
+def is_unfitted_skorch(net) -> bool:
+    """Whether ``net`` is a skorch net that has not been initialised."""
+    net = _unwrap(net)
+    return isinstance(net, NeuralNet) and not getattr(net, "initialized_", False)
+
+
+def fit_net(net, X, y=None, random_state=None):
+    """Return a trained net: an unfitted skorch net is cloned and fitted on X, y.
+
+    Parameters
+    ----------
+    net : skorch net, FrozenEstimator or torch.nn.Module
+        What the user passed.
+    X, y : array-like or dict
+        Training data, used only when ``net`` is an unfitted skorch net.
+    random_state : int or None
+        Seeds torch's global generator for the duration of the fit only.
+
+    Returns
+    -------
+    net : skorch net, FrozenEstimator or torch.nn.Module
+        ``net`` itself when already trained, otherwise a fitted clone.
+    """
+    if not is_unfitted_skorch(net):
+        resolve_module(net)  # fail early on anything we cannot use
+        return net
+    if y is None:
+        raise ValueError(
+            "The skorch net is not fitted and no y was given: pass y to fit() so "
+            "that a clone of the net can be trained, or pass a fitted net."
+        )
+    fitted = clone(_unwrap(net))
+    with torch_seed(random_state):
+        fitted.fit(X, y)
+    return fitted
+
+
+def resolve_module(net) -> torch.nn.Module:
+    """Return the trained :class:`torch.nn.Module` behind ``net``."""
+    net = _unwrap(net)
+    if isinstance(net, NeuralNet):
+        if not getattr(net, "initialized_", False):
+            raise NotFittedError(
+                f"This {type(net).__name__} is not fitted yet: call fit() on it "
+                "first, or pass it unfitted to an sksim estimator together with y "
+                "so that sksim trains a clone."
+            )
+        return net.module_
+    if isinstance(net, torch.nn.Module):
+        return net
+    raise TypeError(
+        "net must be a skorch net, a FrozenEstimator around one, or a "
+        f"torch.nn.Module; got {type(net).__name__}."
+    )
+
+
+def resolve_device(net, device=None) -> torch.device:
+    """The device to compute on: ``device`` if given, else the net's own."""
+    if device is not None:
+        return torch.device(device)
+    module = resolve_module(net)
+    first = next(module.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+@contextlib.contextmanager
+def torch_seed(random_state) -> Iterator[None]:
+    """Seed torch's global generators inside the block and restore them after."""
+    if random_state is None:
+        yield
+        return
+    seed = int(random_state) if not hasattr(random_state, "randint") else (
+        int(random_state.randint(2**31 - 1))
+    )
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def _uses_batch_statistics(module: torch.nn.Module) -> list[str]:
+    bad = []
+    for name, sub in module.named_modules():
+        if isinstance(sub, torch.nn.modules.batchnorm._BatchNorm) and (
+            sub.training or not sub.track_running_stats
+        ):
+            bad.append(name or type(sub).__name__)
+    return bad
+
+
+@contextlib.contextmanager
+def evaluation_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Put ``module`` in eval mode inside the block, restoring its modes after.
+
+    Raises
+    ------
+    ValueError
+        If a BatchNorm layer would still use batch statistics (it was built with
+        ``track_running_stats=False`` or its ``train`` method was overridden):
+        per-sample quantities are then undefined.
+    """
+    modes = {sub: sub.training for sub in module.modules()}
+    module.eval()
+    try:
+        bad = _uses_batch_statistics(module)
+        if bad:
+            raise ValueError(
+                f"BatchNorm layer(s) {bad} use batch statistics even in eval mode, "
+                "which couples the samples of a batch: per-sample gradients and "
+                "similarities are undefined. Build them with "
+                "track_running_stats=True (the default) and compute sksim "
+                "quantities on the trained net in eval mode."
+            )
+        yield module
+    finally:
+        for sub, training in modes.items():
+            sub.training = training

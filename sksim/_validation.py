@@ -1,0 +1,50 @@
+"""Validation of network inputs at the scikit-learn boundary."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from sklearn.utils import check_array
+from sklearn.utils.validation import validate_data
+
+from ._engine.inputs import n_samples
+
+
+def _as_array(X):
+    if isinstance(X, torch.Tensor):
+        return X.detach().cpu().numpy()
+    return X
+
+
+def check_net_input(X, estimator=None, reset=True):
+    """Validate inputs for a network: arrays of any rank, or a dict of them.
+
+    Arrays keep integer dtypes (token ids) and may have any number of
+    dimensions (images, sequences); NaN and infinity are refused. With an
+    ``estimator``, ``n_features_in_`` is set (``reset=True``) or checked.
+    """
+    if isinstance(X, Mapping):
+        if not X:
+            raise ValueError("A dict input needs at least one array.")
+        checked = {
+            k: check_array(
+                _as_array(v), allow_nd=True, dtype="numeric", input_name=str(k)
+            )
+            for k, v in X.items()
+        }
+        n_samples(checked)
+        return checked
+    kwargs = dict(allow_nd=True, dtype="numeric")
+    if estimator is None:
+        return check_array(_as_array(X), **kwargs)
+    return validate_data(estimator, _as_array(X), reset=reset, **kwargs)
+
+
+def check_positive_int(value, name, allow_none=False):
+    """Raise a ValueError unless ``value`` is a positive int (or None if allowed)."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive int; got {value!r}.")
