@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 
@@ -19,6 +21,66 @@ def _diagonal(J: torch.Tensor) -> np.ndarray:
     return torch.einsum("adp,aep->ade", J, J).double().cpu().numpy()
 
 
+class NTKReference:
+    """A reference set ``Y`` prepared for streaming NTK rows against it.
+
+    Parameters
+    ----------
+    engine : JacobianEngine
+    Y : network inputs
+    max_memory : int
+        Bytes the cached Jacobians of ``Y`` may take; past it they are
+        recomputed for every block of query rows.
+
+    Attributes
+    ----------
+    gram : ndarray of shape (m, d, d)
+        ``J(y_j) J(y_j)^T``, float64.
+    """
+
+    def __init__(self, engine: JacobianEngine, Y, max_memory: int = DEFAULT_MAX_MEMORY):
+        self.engine = engine
+        self.Y = Y
+        self.n_samples = n_samples(Y)
+        self.n_outputs = engine.n_outputs(Y)
+        itemsize = torch.empty((), dtype=engine.dtype).element_size()
+        per_sample = self.n_outputs * engine.n_params * itemsize
+        self._J = None
+        if self.n_samples * per_sample <= max_memory:
+            self._J = engine.jacobian(Y)
+            self.gram = _diagonal(self._J)
+        else:
+            self.gram = np.concatenate(
+                [_diagonal(J) for _, J in engine.jacobians(Y, progress=False)]
+            )
+
+    def _against(self, J_x: torch.Tensor) -> np.ndarray:
+        if self._J is not None:
+            return _pairs(J_x, self._J)
+        return np.concatenate(
+            [_pairs(J_x, J) for _, J in self.engine.jacobians(self.Y, progress=False)],
+            axis=1,
+        )
+
+    def rows(self, X) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
+        """Yield ``(rows, K, G)`` for blocks of query rows of ``X``.
+
+        ``K`` has shape ``(b, m, d, d)`` (``J(x_i) J(y_j)^T``) and ``G`` shape
+        ``(b, d, d)`` (``J(x_i) J(x_i)^T``), both float64 on the CPU.
+        """
+        for rows, J_x in self.engine.jacobians(X):
+            yield rows, self._against(J_x), _diagonal(J_x)
+
+    def self_rows(self) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
+        """Like ``rows(Y)`` but reusing the cached Jacobians of ``Y`` if any."""
+        if self._J is None:
+            yield from self.rows(self.Y)
+            return
+        for start in range(0, self.n_samples, self.engine.batch_size):
+            rows = slice(start, min(start + self.engine.batch_size, self.n_samples))
+            yield rows, _pairs(self._J[rows], self._J), self.gram[rows]
+
+
 def ntk_blocks(
     engine: JacobianEngine, X, Y=None, max_memory: int = DEFAULT_MAX_MEMORY
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -30,8 +92,7 @@ def ntk_blocks(
     X, Y : network inputs
         ``Y=None`` means ``Y = X``; the result is then exactly symmetric.
     max_memory : int
-        Bytes the cached Jacobians of ``Y`` may take; past it they are
-        recomputed for every block of rows of ``X``.
+        Memory bound of :class:`NTKReference`.
 
     Returns
     -------
@@ -41,34 +102,15 @@ def ntk_blocks(
         ``J(x_i) J(x_i)^T`` and ``J(y_j) J(y_j)^T``.
     """
     symmetric = Y is None
-    Y = X if symmetric else Y
-    n, m = n_samples(X), n_samples(Y)
-    d = engine.n_outputs(X)
-    itemsize = torch.empty((), dtype=engine.dtype).element_size()
-    keep_y = m * d * engine.n_params * itemsize <= max_memory
-    K = np.empty((n, m, d, d))
+    reference = NTKReference(engine, X if symmetric else Y, max_memory)
+    d = reference.n_outputs
+    n = n_samples(X)
+    K = np.empty((n, reference.n_samples, d, d))
     G_x = np.empty((n, d, d))
-    if keep_y:
-        J_y = engine.jacobian(Y)
-        G_y = _diagonal(J_y)
-        if symmetric:
-            for start in range(0, n, engine.batch_size):
-                rows = slice(start, min(start + engine.batch_size, n))
-                K[rows] = _pairs(J_y[rows], J_y)
-            G_x = G_y
-        else:
-            for rows, J_x in engine.jacobians(X):
-                K[rows] = _pairs(J_x, J_y)
-                G_x[rows] = _diagonal(J_x)
-    else:
-        G_y = np.empty((m, d, d))
-        for rows, J_x in engine.jacobians(X):
-            G_x[rows] = _diagonal(J_x)
-            for cols, J_c in engine.jacobians(Y, progress=False):
-                K[rows, cols] = _pairs(J_x, J_c)
-                G_y[cols] = _diagonal(J_c)
-        if symmetric:
-            G_y = G_x
+    blocks = reference.self_rows() if symmetric else reference.rows(X)
+    for rows, K_rows, G_rows in blocks:
+        K[rows] = K_rows
+        G_x[rows] = G_rows
     if symmetric:
         K = 0.5 * (K + K.transpose(1, 0, 3, 2))
-    return K, G_x, G_y
+    return K, G_x, reference.gram
