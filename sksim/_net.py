@@ -92,10 +92,14 @@ def torch_seed(random_state) -> Iterator[None]:
     if random_state is None:
         yield
         return
-    seed = int(random_state) if not hasattr(random_state, "randint") else (
-        int(random_state.randint(2**31 - 1))
+    seed = (
+        int(random_state)
+        if not hasattr(random_state, "randint")
+        else (int(random_state.randint(2**31 - 1)))
     )
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    devices = (
+        list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    )
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield

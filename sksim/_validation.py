@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 import numpy as np
 import torch
+from scipy.sparse import issparse
 from sklearn.utils import check_array
 from sklearn.utils.validation import validate_data
 
@@ -25,7 +26,7 @@ def check_net_input(X, estimator=None, reset=True):
     dimensions (images, sequences); NaN and infinity are refused. With an
     ``estimator``, ``n_features_in_`` is set (``reset=True``) or checked.
     """
-    if isinstance(X, Mapping):
+    if isinstance(X, Mapping) and not issparse(X):  # a DOK matrix is a Mapping
         if not X:
             raise ValueError("A dict input needs at least one array.")
         checked = {

@@ -27,6 +27,8 @@ def _check_kind(kind, reduce="trace", rtol=1e-5):
 def _similarity(engine, X, Y, kind, reduce, rtol):
     K, G_x, G_y = ntk_blocks(engine, X, Y)
     blocks = normalize(K, G_x, G_y, kind, rtol)
+    if Y is None and kind != "influence":
+        blocks = 0.5 * (blocks + blocks.transpose(1, 0, 3, 2))
     return trace_over_d(blocks) if reduce == "trace" else blocks
 
 
@@ -262,12 +264,16 @@ class NetworkSimilarityKernel(TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self)
         X = check_net_input(X, self, reset=False)
-        return _similarity(self._engine(), X, self.X_fit_, self.kind, "trace", self.rtol)
+        return _similarity(
+            self._engine(), X, self.X_fit_, self.kind, "trace", self.rtol
+        )
 
     def fit_transform(self, X, y=None):
         """Fit, then return the exactly symmetric ``K(X, X)``."""
         self.fit(X, y)
-        return _similarity(self._engine(), self.X_fit_, None, self.kind, "trace", self.rtol)
+        return _similarity(
+            self._engine(), self.X_fit_, None, self.kind, "trace", self.rtol
+        )
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

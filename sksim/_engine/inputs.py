@@ -12,6 +12,7 @@ from collections.abc import Iterator, Mapping
 import numpy as np
 import torch
 
+
 def n_samples(X) -> int:
     """Number of samples in ``X`` (the length of its first axis)."""
     if isinstance(X, Mapping):

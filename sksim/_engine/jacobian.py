@@ -102,15 +102,20 @@ class JacobianEngine:
             return self._forward(p, x)[0]
 
         per_sample = vmap(jacrev(one_sample), in_dims=(None, 0))
-        with evaluation_mode(self.module):
+        # torch.func differentiates despite the outer no_grad, which keeps the
+        # parameters that are not selected out of the graph.
+        with evaluation_mode(self.module), torch.no_grad():
             blocks = batches(X, self.batch_size, self.device, self.dtype)
             total = -(-n_samples(X) // self.batch_size)
             show = progress and self.verbose > 0
             for rows, batch in tqdm(blocks, total=total, disable=not show):
                 jac = per_sample(params, batch)
                 b = rows.stop - rows.start
-                yield rows, torch.cat(
-                    [jac[n].reshape(b, jac[n].shape[1], -1) for n in names], dim=2
+                yield (
+                    rows,
+                    torch.cat(
+                        [jac[n].reshape(b, jac[n].shape[1], -1) for n in names], dim=2
+                    ),
                 )
 
     def jacobian(self, X) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Which parameters and which outputs the Jacobian is taken of (``params=``, ``output=``)."""
+"""Which parameters and outputs the Jacobian is taken of (``params=``, ``output=``)."""
 
 from __future__ import annotations
 

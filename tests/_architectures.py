@@ -1,0 +1,144 @@
+"""Small networks of every supported layer type, and a brute-force Jacobian oracle."""
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class MLP(nn.Module):
+    def __init__(self, n_in=5, n_hidden=16, n_out=3):
+        super().__init__()
+        self.fc1 = nn.Linear(n_in, n_hidden)
+        self.fc2 = nn.Linear(n_hidden, n_hidden)
+        self.out = nn.Linear(n_hidden, n_out)
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.fc2(torch.relu(self.fc1(x)))))
+
+
+class SmallCNN(nn.Module):
+    """Conv + BatchNorm (evaluated with running statistics) + pooling + head."""
+
+    def __init__(self, n_out=3):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(4)
+        self.conv2 = nn.Conv2d(4, 6, 3, stride=2)
+        self.head = nn.Linear(6, n_out)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.conv2(x))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+class ResidualNet(nn.Module):
+    def __init__(self, n_out=2):
+        super().__init__()
+        self.stem = nn.Conv1d(2, 4, 3, padding=1)
+        self.block = nn.Sequential(
+            nn.Conv1d(4, 4, 3, padding=1),
+            nn.GroupNorm(2, 4),
+            nn.ReLU(),
+            nn.Conv1d(4, 4, 3, padding=1),
+        )
+        self.head = nn.Linear(4, n_out)
+
+    def forward(self, x):
+        h = torch.relu(self.stem(x))
+        h = torch.relu(h + self.block(h))
+        return self.head(h.mean(dim=2))
+
+
+class TokenModel(nn.Module):
+    """Embedding + LayerNorm + a linear layer shared over positions."""
+
+    def __init__(self, vocab=11, dim=6, n_out=2):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, dim)
+        self.norm = nn.LayerNorm(dim)
+        self.mix = nn.Linear(dim, dim)
+        self.head = nn.Linear(dim, n_out)
+
+    def forward(self, tokens):
+        h = torch.tanh(self.mix(self.norm(self.emb(tokens))))
+        return self.head(h.mean(dim=1))
+
+
+class AnyWidth(nn.Module):
+    """Accepts any number of features: a per-feature embedding averaged over them.
+
+    scikit-learn's estimator checks fit on data of varying width; this module
+    lets a plain (pre-trained) network face all of them.
+    """
+
+    def __init__(self, n_hidden=8, n_out=2):
+        super().__init__()
+        self.w = nn.Parameter(torch.linspace(-1.0, 1.0, n_hidden))
+        self.b = nn.Parameter(torch.linspace(0.5, -0.5, n_hidden))
+        self.out = nn.Linear(n_hidden, n_out)
+
+    def forward(self, x):
+        x = x.float() if not x.is_floating_point() else x
+        h = torch.tanh(x.unsqueeze(-1) * self.w + self.b).mean(dim=1)
+        return self.out(h)
+
+
+def trained_batchnorm(module, X):
+    """Give BatchNorm layers non-trivial running statistics, then return eval module."""
+    module.train()
+    with torch.no_grad():
+        module(X)
+    return module.eval()
+
+
+def oracle_jacobians(module, X, output="logits"):
+    """Per-sample Jacobians (n, d, p) with one autograd.grad per sample and output."""
+    module.eval()
+    params = [p for p in module.parameters() if p.requires_grad]
+    rows = []
+    n = len(next(iter(X.values()))) if isinstance(X, dict) else len(X)
+    for i in range(n):
+        if isinstance(X, dict):
+            out = module(**{k: torch.as_tensor(v[i : i + 1]) for k, v in X.items()})
+        else:
+            out = module(X[i : i + 1])
+        out = out.reshape(1, -1)
+        if output != "logits":
+            out = out[:, output : output + 1]
+        per_output = []
+        for c in range(out.shape[1]):
+            grads = torch.autograd.grad(
+                out[0, c], params, allow_unused=True, retain_graph=True
+            )
+            per_output.append(
+                torch.cat(
+                    [
+                        (g if g is not None else torch.zeros_like(p)).reshape(-1)
+                        for g, p in zip(grads, params, strict=True)
+                    ]
+                )
+            )
+        rows.append(torch.stack(per_output))
+    return torch.stack(rows).detach().double().numpy()
+
+
+def _inv_sqrt(G):
+    lam, V = np.linalg.eigh(G)
+    return V @ np.diag(lam**-0.5) @ V.T
+
+
+def oracle_kernel(J_x, J_y, kind):
+    """The SPEC 1 kernels from explicit Jacobians, one pair at a time."""
+    d = J_x.shape[1]
+    K = np.empty((len(J_x), len(J_y)))
+    for i, a in enumerate(J_x):
+        for j, b in enumerate(J_y):
+            if kind == "ntk":
+                M = a @ b.T
+            elif kind == "cosine":
+                M = _inv_sqrt(a @ a.T) @ a @ b.T @ _inv_sqrt(b @ b.T)
+            else:  # influence: K(y, x) K(x, x)^-1
+                M = b @ a.T @ np.linalg.inv(a @ a.T)
+            K[i, j] = np.trace(M) / d
+    return K

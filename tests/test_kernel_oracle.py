@@ -1,0 +1,109 @@
+"""The kernel against a brute-force oracle: one autograd.grad per sample and output."""
+
+import numpy as np
+import pytest
+import torch
+from _architectures import (
+    MLP,
+    ResidualNet,
+    SmallCNN,
+    TokenModel,
+    oracle_jacobians,
+    oracle_kernel,
+    trained_batchnorm,
+)
+
+from sksim import network_similarity
+
+
+def _case(name):
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    if name == "mlp":
+        return MLP(n_out=1).double(), torch.randn(
+            7, 5, generator=g, dtype=torch.float64
+        )
+    if name == "mlp_d3":
+        return MLP(n_out=3).double(), torch.randn(
+            7, 5, generator=g, dtype=torch.float64
+        )
+    if name == "cnn_batchnorm":
+        X = torch.randn(6, 1, 8, 8, generator=g, dtype=torch.float64)
+        return trained_batchnorm(SmallCNN().double(), X * 2 + 1), X
+    if name == "residual":
+        return ResidualNet().double(), torch.randn(
+            6, 2, 9, generator=g, dtype=torch.float64
+        )
+    if name == "tokens":
+        return TokenModel().double(), torch.randint(0, 11, (6, 5), generator=g)
+    raise ValueError(name)
+
+
+CASES = ["mlp", "mlp_d3", "cnn_batchnorm", "residual", "tokens"]
+
+
+@pytest.mark.parametrize("kind", ["cosine", "ntk", "influence"])
+@pytest.mark.parametrize("case", CASES)
+def test_kernel_matches_oracle(case, kind):
+    module, X = _case(case)
+    J = oracle_jacobians(module, X)
+    expected = oracle_kernel(J[:4], J, kind)
+    K = network_similarity(module, X[:4], X, kind=kind, batch_size=3)
+    np.testing.assert_allclose(K, expected, rtol=1e-5, atol=1e-10)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_symmetric_kernel_matches_oracle(case):
+    module, X = _case(case)
+    J = oracle_jacobians(module, X)
+    K = network_similarity(module, X, batch_size=4)
+    np.testing.assert_allclose(K, oracle_kernel(J, J, "cosine"), rtol=1e-5, atol=1e-10)
+    assert np.array_equal(K, K.T)
+
+
+def test_int_output_selects_one_row():
+    module, X = _case("mlp_d3")
+    J = oracle_jacobians(module, X, output=1)
+    K = network_similarity(module, X, output=1, kind="ntk")
+    np.testing.assert_allclose(K, J[:, 0] @ J[:, 0].T, rtol=1e-10)
+
+
+def test_callable_output_and_params_selection():
+    module, X = _case("mlp_d3")
+    J = oracle_jacobians(module, X)
+    n_last = sum(p.numel() for p in module.out.parameters())
+    J_last = J[:, :, -n_last:]
+    summed = J_last.sum(axis=1)  # the callable sums the outputs
+    K = network_similarity(
+        module, X, kind="ntk", params="out", output=lambda z: z.sum(dim=1)
+    )
+    np.testing.assert_allclose(K, summed @ summed.T, rtol=1e-10)
+
+
+def test_full_blocks_match_oracle_matrices():
+    module, X = _case("mlp_d3")
+    J = oracle_jacobians(module, X)
+    blocks = network_similarity(module, X[:2], X, kind="ntk", reduce=None)
+    expected = np.einsum("adp,bep->abde", J[:2], J)
+    np.testing.assert_allclose(blocks, expected, rtol=1e-10)
+
+
+def test_dict_input_for_multi_input_module():
+    class TwoInputs(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Linear(3, 2)
+            self.b = torch.nn.Linear(4, 2)
+
+        def forward(self, left, right):
+            return torch.tanh(self.a(left)) * self.b(right)
+
+    torch.manual_seed(0)
+    module = TwoInputs().double()
+    X = {
+        "left": np.random.RandomState(0).randn(5, 3),
+        "right": np.random.RandomState(1).randn(5, 4),
+    }
+    K = network_similarity(module, X, kind="ntk")
+    J = oracle_jacobians(module, X)
+    np.testing.assert_allclose(K, np.einsum("adp,bdp->ab", J, J) / 2, rtol=1e-10)

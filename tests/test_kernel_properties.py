@@ -1,0 +1,120 @@
+"""SPEC 1.1 properties and invariances of the normalised kernel."""
+
+import numpy as np
+import pytest
+import torch
+from _architectures import MLP
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.stats import ortho_group
+
+from sksim import DeadInputWarning, network_similarity
+from sksim._engine.normalize import normalize, trace_over_d
+
+
+def cosine(J):
+    """The scalar cosine kernel of explicit Jacobians (n, d, p), by the engine."""
+    K = np.einsum("adp,bep->abde", J, J)
+    G = np.einsum("adp,aep->ade", J, J)
+    return trace_over_d(normalize(K, G, G, "cosine"))
+
+
+jacobians = st.builds(
+    lambda seed, n, d, extra: np.random.RandomState(seed).randn(n, d, d + extra),
+    st.integers(0, 2**31 - 1),
+    st.integers(2, 5),
+    st.integers(1, 4),
+    st.integers(1, 12),
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(J=jacobians)
+def test_symmetric_unit_diagonal_and_bounded(J):
+    K = cosine(J)
+    np.testing.assert_allclose(K, K.T, atol=1e-12)
+    np.testing.assert_allclose(np.diag(K), 1.0, atol=1e-10)
+    assert K.min() >= -1 - 1e-10 and K.max() <= 1 + 1e-10
+
+
+@settings(max_examples=40, deadline=None)
+@given(J=jacobians, seed=st.integers(0, 2**31 - 1))
+def test_invariances(J, seed):
+    rng = np.random.RandomState(seed)
+    n, d, p = J.shape
+    K = cosine(J)
+    R = ortho_group.rvs(d, random_state=rng) if d > 1 else np.array([[-1.0]])
+    U = ortho_group.rvs(p, random_state=rng)
+    scale = rng.uniform(0.1, 10.0, size=(n, 1, 1))
+    np.testing.assert_allclose(cosine(np.einsum("ce,aep->acp", R, J)), K, atol=1e-9)
+    np.testing.assert_allclose(cosine(J @ U), K, atol=1e-9)
+    np.testing.assert_allclose(cosine(scale * J), K, atol=1e-9)
+
+
+def test_not_invariant_to_general_output_map():
+    rng = np.random.RandomState(0)
+    J = rng.randn(6, 3, 10)
+    B = np.array([[5.0, 1.0, 0.0], [0.0, 1.0, 0.0], [2.0, 0.0, 0.3]])
+    changed = cosine(np.einsum("ce,aep->acp", B, J))
+    assert np.abs(changed - cosine(J)).max() > 0.05
+
+
+def test_one_output_reduces_to_cosine_of_gradients():
+    g = np.random.RandomState(1).randn(5, 1, 8)
+    flat = g[:, 0]
+    unit = flat / np.linalg.norm(flat, axis=1, keepdims=True)
+    np.testing.assert_allclose(cosine(g), unit @ unit.T, atol=1e-12)
+
+
+def test_whitening_is_symmetric_not_cholesky():
+    J = np.random.RandomState(2).randn(4, 3, 7)
+    K = np.einsum("adp,bep->abde", J, J)
+    G = np.einsum("adp,aep->ade", J, J)
+    blocks = normalize(K, G, G, "cosine")
+    L_inv = np.linalg.inv(np.linalg.cholesky(G))
+    cholesky = np.einsum("iab,ijbc,jdc->ijad", L_inv, K, L_inv)
+    # Both whitenings give orthonormal rows on the diagonal ...
+    np.testing.assert_allclose(blocks[0, 0], np.eye(3), atol=1e-10)
+    np.testing.assert_allclose(cholesky[0, 0], np.eye(3), atol=1e-10)
+    # ... but the symmetric one alone matches the inverse square root.
+    lam, V = np.linalg.eigh(G[0])
+    A0 = V @ np.diag(lam**-0.5) @ V.T @ J[0]
+    lam, V = np.linalg.eigh(G[1])
+    A1 = V @ np.diag(lam**-0.5) @ V.T @ J[1]
+    np.testing.assert_allclose(blocks[0, 1], A0 @ A1.T, atol=1e-10)
+    assert np.abs(cholesky[0, 1] - blocks[0, 1]).max() > 1e-3
+
+
+def test_dead_input_has_zero_similarity_and_warns():
+    J = np.random.RandomState(3).randn(4, 2, 6)
+    J[2] = 0.0
+    with pytest.warns(DeadInputWarning, match="zero gradient"):
+        K = cosine(J)
+    assert np.all(np.isfinite(K))
+    np.testing.assert_array_equal(K[2], 0.0)
+    np.testing.assert_array_equal(K[:, 2], 0.0)
+
+
+def test_network_invariance_to_orthogonal_output_map():
+    torch.manual_seed(0)
+    module = MLP(n_out=3).double()
+    X = torch.randn(6, 5, dtype=torch.float64)
+    R = torch.as_tensor(ortho_group.rvs(3, random_state=0))
+    K = network_similarity(module, X)
+    K_rotated = network_similarity(module, X, output=lambda z: z @ R.T)
+    np.testing.assert_allclose(K_rotated, K, atol=1e-10)
+
+
+def test_dead_relu_input_is_not_nan():
+    module = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU())
+    with torch.no_grad():
+        module[0].weight.copy_(torch.eye(3, 2))
+        module[0].bias.zero_()
+    X = np.array([[1.0, 2.0], [-1.0, -1.0], [2.0, 0.5]], dtype=np.float32)
+    with pytest.warns(DeadInputWarning):
+        K = network_similarity(module, X, output=0)
+    assert np.all(np.isfinite(K))
+    assert K[1].tolist() == [0.0, 0.0, 0.0]
+    g0, g2 = np.array([1.0, 2.0, 1.0]), np.array([2.0, 0.5, 1.0])  # (x, 1) if active
+    expected = g0 @ g2 / np.linalg.norm(g0) / np.linalg.norm(g2)
+    np.testing.assert_allclose(K[0, 2], expected, rtol=1e-6)

@@ -1,0 +1,173 @@
+"""NetworkSimilarityKernel inside real scikit-learn objects."""
+
+import pickle
+
+import joblib
+import numpy as np
+import pytest
+import torch
+from _architectures import AnyWidth
+from conftest import make_digits_net
+from sklearn.base import clone
+from sklearn.cluster import SpectralClustering
+from sklearn.decomposition import KernelPCA
+from sklearn.frozen import FrozenEstimator
+from sklearn.kernel_ridge import KernelRidge
+from sklearn.model_selection import GridSearchCV
+from sklearn.neighbors import KNeighborsClassifier, NearestNeighbors
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import FunctionTransformer
+from sklearn.svm import SVC
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from sksim import NetworkSimilarityKernel, network_similarity, similarity_to_distance
+
+# Checks of scikit-learn's suite that this estimator is expected to fail, with why.
+EXPECTED_FAILED_CHECKS = {
+    "check_estimators_overwrite_params": (
+        "joblib.hash of a deep-copied torch.nn.Module differs from the original's "
+        "even when nothing changed; test_fit_does_not_mutate_the_net checks the "
+        "same property on the module's state_dict and training flags instead."
+    ),
+}
+
+
+def _plain_module():
+    torch.manual_seed(0)
+    return AnyWidth()
+
+
+@parametrize_with_checks(
+    [NetworkSimilarityKernel(_plain_module(), batch_size=16)],
+    expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS,
+)
+def test_sklearn_conformance(estimator, check):
+    check(estimator)
+
+
+def test_fit_does_not_mutate_the_net():
+    module = _plain_module().train()
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    X = np.random.RandomState(0).randn(8, 3)
+    NetworkSimilarityKernel(module).fit(X).transform(X)
+    assert module.training
+    for key, value in module.state_dict().items():
+        assert torch.equal(value, before[key])
+
+
+def test_transform_is_kernel_to_fit_set(digits, fitted_digits_net):
+    X, _ = digits
+    kern = NetworkSimilarityKernel(fitted_digits_net).fit(X[:40])
+    K = kern.transform(X[40:50])
+    np.testing.assert_allclose(
+        K, network_similarity(fitted_digits_net, X[40:50], X[:40])
+    )
+    K_fit = kern.fit_transform(X[:40])
+    assert np.array_equal(K_fit, K_fit.T)
+    np.testing.assert_allclose(np.diag(K_fit), 1.0, atol=1e-5)
+
+
+def test_frozen_estimator_and_module_give_same_kernel(digits, fitted_digits_net):
+    X, _ = digits
+    K = network_similarity(fitted_digits_net, X[:20])
+    np.testing.assert_array_equal(
+        network_similarity(FrozenEstimator(fitted_digits_net), X[:20]), K
+    )
+    np.testing.assert_array_equal(
+        network_similarity(fitted_digits_net.module_, X[:20]), K
+    )
+
+
+def test_svc_pipeline_with_frozen_net(digits, fitted_digits_net):
+    X, y = digits
+    pipe = make_pipeline(
+        NetworkSimilarityKernel(FrozenEstimator(fitted_digits_net)),
+        SVC(kernel="precomputed", C=10.0),
+    ).fit(X[:300], y[:300])
+    assert pipe.score(X[600:800], y[600:800]) > 0.75  # chance is 0.1
+
+
+def test_kernel_ridge_matches_explicit_solution(digits, fitted_digits_net):
+    X, y = digits
+    Y = np.eye(10)[y]
+    pipe = make_pipeline(
+        NetworkSimilarityKernel(fitted_digits_net),
+        KernelRidge(kernel="precomputed", alpha=0.1),
+    ).fit(X[:100], Y[:100])
+    K = network_similarity(fitted_digits_net, X[:100])
+    coef = np.linalg.solve(K + 0.1 * np.eye(100), Y[:100])
+    K_test = network_similarity(fitted_digits_net, X[600:620], X[:100])
+    np.testing.assert_allclose(pipe.predict(X[600:620]), K_test @ coef, atol=1e-6)
+
+
+def test_nearest_neighbors_on_distances(digits, fitted_digits_net):
+    X, y = digits
+    kern = NetworkSimilarityKernel(fitted_digits_net).fit(X[:200])
+    K = kern.transform(X[600:610])
+    nn = NearestNeighbors(metric="precomputed", n_neighbors=5).fit(
+        similarity_to_distance(kern.fit_transform(X[:200]))
+    )
+    dist, idx = nn.kneighbors(similarity_to_distance(K))
+    np.testing.assert_array_equal(idx, np.argsort(-K, axis=1, kind="stable")[:, :5])
+    pipe = make_pipeline(
+        NetworkSimilarityKernel(fitted_digits_net),
+        FunctionTransformer(similarity_to_distance),
+        KNeighborsClassifier(metric="precomputed", n_neighbors=3),
+    ).fit(X[:300], y[:300])
+    assert pipe.score(X[600:700], y[600:700]) > 0.75
+
+
+def test_spectral_clustering_and_kernel_pca(digits, fitted_digits_net):
+    X, y = digits
+    K = NetworkSimilarityKernel(fitted_digits_net).fit_transform(X[:150])
+    labels = SpectralClustering(
+        n_clusters=10, affinity="precomputed", random_state=0
+    ).fit_predict(np.clip(K, 0, None))
+    from sklearn.metrics import adjusted_rand_score
+
+    assert adjusted_rand_score(y[:150], labels) > 0.3
+    embedding = KernelPCA(n_components=5, kernel="precomputed").fit_transform(K)
+    centred = K - K.mean(0) - K.mean(1)[:, None] + K.mean()
+    top = np.linalg.eigvalsh(centred)[::-1][:5]
+    np.testing.assert_allclose((embedding**2).sum(0), top, rtol=1e-6)
+
+
+def test_grid_search_over_net_and_svc_parameters(digits):
+    X, y = digits
+    pipe = Pipeline(
+        [
+            ("kernel", NetworkSimilarityKernel(make_digits_net(), random_state=0)),
+            ("svc", SVC(kernel="precomputed")),
+        ]
+    )
+    search = GridSearchCV(
+        pipe, {"kernel__net__max_epochs": [1, 4], "svc__C": [0.1, 10.0]}, cv=2
+    ).fit(X[:240], y[:240])
+    assert len(search.cv_results_["params"]) == 4
+    assert search.best_score_ > 0.6
+    fitted_net = search.best_estimator_.named_steps["kernel"].net_
+    assert fitted_net.max_epochs == search.best_params_["kernel__net__max_epochs"]
+    # the unfitted net given to the pipeline was cloned, not trained in place
+    assert not getattr(pipe.named_steps["kernel"].net, "initialized_", False)
+
+
+def test_unfitted_net_training_is_seeded(digits):
+    X, y = digits
+    first = NetworkSimilarityKernel(make_digits_net(max_epochs=1), random_state=3)
+    second = clone(first)
+    K1 = first.fit(X[:60], y[:60]).transform(X[60:70])
+    K2 = second.fit(X[:60], y[:60]).transform(X[60:70])
+    np.testing.assert_array_equal(K1, K2)
+
+
+@pytest.mark.parametrize("dump", ["pickle", "joblib"])
+def test_round_trip_gives_identical_kernel(digits, fitted_digits_net, dump, tmp_path):
+    X, _ = digits
+    kern = NetworkSimilarityKernel(fitted_digits_net).fit(X[:30])
+    K = kern.transform(X[30:40])
+    if dump == "pickle":
+        restored = pickle.loads(pickle.dumps(kern))
+    else:
+        joblib.dump(kern, tmp_path / "kernel.joblib")
+        restored = joblib.load(tmp_path / "kernel.joblib")
+    np.testing.assert_array_equal(restored.transform(X[30:40]), K)
