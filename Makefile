@@ -18,7 +18,7 @@ test: $(STAMP)
 	$(PY) -m pytest -n 2 --durations=15
 
 demo: $(STAMP)
-	$(PY) examples/demo_digits_neighbors.py
+	MPLBACKEND=Agg $(PY) examples/plot_digits_neighbors.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check sksim tests examples benchmarks

@@ -6,9 +6,9 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from ._engine.gram import ntk_blocks
+from ._engine.gram import GramReference
 from ._engine.jacobian import JacobianEngine
-from ._engine.normalize import KINDS, normalize, trace_over_d
+from ._engine.normalize import KINDS
 from ._net import fit_net, resolve_module
 from ._validation import check_net_input, check_positive_int
 
@@ -25,11 +25,10 @@ def _check_kind(kind, reduce="trace", rtol=1e-5):
 
 
 def _similarity(engine, X, Y, kind, reduce, rtol):
-    K, G_x, G_y = ntk_blocks(engine, X, Y)
-    blocks = normalize(K, G_x, G_y, kind, rtol)
-    if Y is None and kind != "influence":
-        blocks = 0.5 * (blocks + blocks.transpose(1, 0, 3, 2))
-    return trace_over_d(blocks) if reduce == "trace" else blocks
+    full = reduce is None
+    if Y is None:
+        return GramReference(engine, X, kind, full, rtol).matrix()
+    return GramReference(engine, Y, kind, full, rtol).matrix(X)
 
 
 def network_similarity(

@@ -1,4 +1,12 @@
-"""NTK blocks ``J(x_i) J(y_j)^T`` of two sets of inputs, in bounded memory."""
+"""Kernel rows between query inputs and a reference set, in bounded memory.
+
+Every kernel of SPEC 1 is ``B(x, y) = (L(x) J(x)) (R(y) J(y))^T`` with per-sample
+``d x d`` maps: ``L = R = I`` for ``ntk``, ``L = R = (J J^T)^{-1/2}`` for
+``cosine``, and ``L = (J J^T)^{-1}, R = I`` for ``influence`` (whose matrix
+kernel ``K(y, x) K(x, x)^{-1}`` is ``B^T``). The maps act on the layer pieces
+before pairing, so scalar kernels (``tr B / d``) cost ``d`` inner products per
+pair, not ``d^2``.
+"""
 
 from __future__ import annotations
 
@@ -9,28 +17,50 @@ import torch
 
 from .inputs import n_samples
 from .jacobian import JacobianEngine
+from .normalize import KINDS, gram_power
 
 DEFAULT_MAX_MEMORY = 2 * 2**30
+_POWERS = {"ntk": (None, None), "cosine": (-0.5, -0.5), "influence": (-1.0, None)}
 
 
-def _pairs(J_x: torch.Tensor, J_y: torch.Tensor) -> np.ndarray:
-    return torch.einsum("adp,bep->abde", J_x, J_y).double().cpu().numpy()
+def _gram(pieces: list) -> torch.Tensor:
+    return sum(p.self_gram() for p in pieces)
 
 
-def _diagonal(J: torch.Tensor) -> np.ndarray:
-    return torch.einsum("adp,aep->ade", J, J).double().cpu().numpy()
+def _pair(left: list, right: list, full: bool) -> torch.Tensor:
+    return sum(p.pair(q, full) for p, q in zip(left, right, strict=True))
 
 
-class NTKReference:
-    """A reference set ``Y`` prepared for streaming NTK rows against it.
+def _mapped(pieces: list, G: np.ndarray, power, rtol: float) -> list:
+    if power is None:
+        return pieces
+    W = torch.as_tensor(gram_power(G, power, rtol)).to(pieces[0].signal)
+    return [p.transform(W) for p in pieces]
+
+
+def _cat(batches: list[list]) -> list:
+    return [type(ps[0]).cat(list(ps)) for ps in zip(*batches, strict=True)]
+
+
+def _nbytes(pieces: list) -> int:
+    return sum(p.nbytes() for p in pieces)
+
+
+class GramReference:
+    """A reference set ``Y`` prepared once, for kernel rows of many queries.
 
     Parameters
     ----------
     engine : JacobianEngine
     Y : network inputs
+    kind : {"ntk", "cosine", "influence"}, default="ntk"
+    full : bool, default=False
+        Yield matrix blocks ``(b, m, d, d)`` rather than scalars ``tr / d``.
+    rtol : float, default=1e-5
+        Relative eigenvalue floor of ``J J^T``.
     max_memory : int
-        Bytes the cached Jacobians of ``Y`` may take; past it they are
-        recomputed for every block of query rows.
+        Bytes the prepared pieces of ``Y`` may take; past it they are
+        recomputed for every block of queries (slower, bounded memory).
 
     Attributes
     ----------
@@ -38,47 +68,109 @@ class NTKReference:
         ``J(y_j) J(y_j)^T``, float64.
     """
 
-    def __init__(self, engine: JacobianEngine, Y, max_memory: int = DEFAULT_MAX_MEMORY):
-        self.engine = engine
-        self.Y = Y
+    def __init__(
+        self,
+        engine: JacobianEngine,
+        Y,
+        kind: str = "ntk",
+        full: bool = False,
+        rtol: float = 1e-5,
+        max_memory: int = DEFAULT_MAX_MEMORY,
+    ):
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}; got {kind!r}.")
+        self.engine, self.Y, self.kind, self.full, self.rtol = (
+            engine,
+            Y,
+            kind,
+            full,
+            rtol,
+        )
+        self.left_power, self.right_power = _POWERS[kind]
         self.n_samples = n_samples(Y)
-        self.n_outputs = engine.n_outputs(Y)
-        itemsize = torch.empty((), dtype=engine.dtype).element_size()
-        per_sample = self.n_outputs * engine.n_params * itemsize
-        self._J = None
-        if self.n_samples * per_sample <= max_memory:
-            self._J = engine.jacobian(Y)
-            self.gram = _diagonal(self._J)
-        else:
-            self.gram = np.concatenate(
-                [_diagonal(J) for _, J in engine.jacobians(Y, progress=False)]
+        self.max_memory = max_memory
+        grams, kept = [], []
+        for _, pieces in engine.pieces(Y):
+            G = _gram(pieces).double().cpu().numpy()
+            grams.append(G)
+            if kept is not None:
+                kept.append(_mapped(pieces, G, self.right_power, rtol))
+                if _nbytes(kept[0]) * self.n_samples / len(G) > max_memory:
+                    self._check_batch_fits(kept[0])
+                    kept = None
+        self.gram = np.concatenate(grams)
+        self.n_outputs = self.gram.shape[1]
+        self._pieces = _cat(kept) if kept else None
+
+    def _check_batch_fits(self, pieces: list) -> None:
+        if 3 * _nbytes(pieces) > self.max_memory:
+            raise MemoryError(
+                f"One batch of {self.engine.batch_size} samples already takes "
+                f"{_nbytes(pieces) / 2**20:.3g} MiB of gradient pieces, more than a "
+                f"third of max_memory ({self.max_memory / 2**20:.3g} MiB): lower "
+                "batch_size, select fewer parameters (params=) or outputs (output=), "
+                "or raise max_memory."
             )
 
-    def _against(self, J_x: torch.Tensor) -> np.ndarray:
-        if self._J is not None:
-            return _pairs(J_x, self._J)
-        return np.concatenate(
-            [_pairs(J_x, J) for _, J in self.engine.jacobians(self.Y, progress=False)],
-            axis=1,
-        )
+    def _reference_blocks(self) -> Iterator[tuple[slice, list]]:
+        if self._pieces is not None:
+            yield slice(0, self.n_samples), self._pieces
+            return
+        for cols, pieces in self.engine.pieces(self.Y, progress=False):
+            yield cols, _mapped(pieces, self.gram[cols], self.right_power, self.rtol)
+
+    def _rows_of(self, left: list) -> np.ndarray:
+        b, d = len(left[0]), self.n_outputs
+        shape = (b, self.n_samples, d, d) if self.full else (b, self.n_samples)
+        out = np.empty(shape)
+        for cols, right in self._reference_blocks():
+            out[:, cols] = _pair(left, right, self.full).double().cpu().numpy()
+        if self.full:
+            return out.transpose(0, 1, 3, 2) if self.kind == "influence" else out
+        return out / d
 
     def rows(self, X) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
-        """Yield ``(rows, K, G)`` for blocks of query rows of ``X``.
+        """Yield ``(rows, B, G)`` for blocks of queries of ``X``.
 
-        ``K`` has shape ``(b, m, d, d)`` (``J(x_i) J(y_j)^T``) and ``G`` shape
-        ``(b, d, d)`` (``J(x_i) J(x_i)^T``), both float64 on the CPU.
+        ``B`` is ``(b, m)`` (scalar kernel) or ``(b, m, d, d)`` (``full``), ``G``
+        the queries' ``J J^T`` ``(b, d, d)``; float64 on the CPU.
         """
-        for rows, J_x in self.engine.jacobians(X):
-            yield rows, self._against(J_x), _diagonal(J_x)
+        for rows, pieces in self.engine.pieces(X):
+            G = _gram(pieces).double().cpu().numpy()
+            yield rows, self._rows_of(_mapped(pieces, G, self.left_power, self.rtol)), G
 
     def self_rows(self) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
-        """Like ``rows(Y)`` but reusing the cached Jacobians of ``Y`` if any."""
-        if self._J is None:
+        """Like ``rows(Y)``, reusing the prepared pieces of ``Y`` if kept."""
+        if self._pieces is None:
             yield from self.rows(self.Y)
             return
         for start in range(0, self.n_samples, self.engine.batch_size):
             rows = slice(start, min(start + self.engine.batch_size, self.n_samples))
-            yield rows, _pairs(self._J[rows], self._J), self.gram[rows]
+            left = [p.take(rows) for p in self._pieces]
+            if self.left_power != self.right_power:  # influence: R = I, L = G^-1
+                left = _mapped(left, self.gram[rows], self.left_power, self.rtol)
+            yield rows, self._rows_of(left), self.gram[rows]
+
+    def matrix(self, X=None) -> np.ndarray:
+        """All rows at once; ``X=None`` gives the exactly symmetric ``K(Y, Y)``."""
+        blocks = self.self_rows() if X is None else self.rows(X)
+        parts = [B for _, B, _ in blocks]
+        out = np.concatenate(parts)
+        if X is None and self.kind != "influence":
+            axes = (1, 0, 3, 2) if self.full else (1, 0)
+            out = 0.5 * (out + out.transpose(axes))
+        return out
+
+
+class NTKReference(GramReference):
+    """Reference set for unnormalised NTK blocks ``J(x_i) J(y_j)^T``.
+
+    ``rows(X)`` yields ``(rows, K, G)`` with ``K`` of shape ``(b, m, d, d)``;
+    ``gram`` holds ``J(y_j) J(y_j)^T``.
+    """
+
+    def __init__(self, engine: JacobianEngine, Y, max_memory: int = DEFAULT_MAX_MEMORY):
+        super().__init__(engine, Y, kind="ntk", full=True, max_memory=max_memory)
 
 
 def ntk_blocks(
@@ -86,31 +178,12 @@ def ntk_blocks(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """NTK blocks of all pairs and the per-sample Grams, float64 on the CPU.
 
-    Parameters
-    ----------
-    engine : JacobianEngine
-    X, Y : network inputs
-        ``Y=None`` means ``Y = X``; the result is then exactly symmetric.
-    max_memory : int
-        Memory bound of :class:`NTKReference`.
-
-    Returns
-    -------
-    K : ndarray of shape (n, m, d, d)
-        ``J(x_i) J(y_j)^T``.
-    G_x, G_y : ndarray of shape (n, d, d) and (m, d, d)
-        ``J(x_i) J(x_i)^T`` and ``J(y_j) J(y_j)^T``.
+    Returns ``K`` ``(n, m, d, d)`` (exactly symmetric when ``Y`` is None),
+    ``G_x`` ``(n, d, d)`` and ``G_y`` ``(m, d, d)``.
     """
-    symmetric = Y is None
-    reference = NTKReference(engine, X if symmetric else Y, max_memory)
-    d = reference.n_outputs
-    n = n_samples(X)
-    K = np.empty((n, reference.n_samples, d, d))
-    G_x = np.empty((n, d, d))
-    blocks = reference.self_rows() if symmetric else reference.rows(X)
-    for rows, K_rows, G_rows in blocks:
-        K[rows] = K_rows
-        G_x[rows] = G_rows
-    if symmetric:
+    reference = NTKReference(engine, X if Y is None else Y, max_memory)
+    blocks = list(reference.self_rows() if Y is None else reference.rows(X))
+    K = np.concatenate([B for _, B, _ in blocks])
+    if Y is None:
         K = 0.5 * (K + K.transpose(1, 0, 3, 2))
-    return K, G_x, reference.gram
+    return K, np.concatenate([G for _, _, G in blocks]), reference.gram

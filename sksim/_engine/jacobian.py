@@ -14,7 +14,9 @@ from torch.func import functional_call, jacrev, vmap
 from tqdm.auto import tqdm
 
 from .._net import evaluation_mode
+from .capture import LayerCapture, plan_layers
 from .inputs import batches, module_float_dtype, n_samples, take, to_tensor
+from .pieces import DensePiece
 from .selection import select_output, select_parameters
 
 
@@ -90,33 +92,68 @@ class JacobianEngine:
             ]
         return torch.cat(parts)
 
-    def jacobians(
-        self, X, progress: bool = True
-    ) -> Iterator[tuple[slice, torch.Tensor]]:
-        """Yield ``(rows, J)`` with ``J`` of shape ``(b, d, p)`` on the device."""
-        params = self._prepare()
-        names = list(params)
+    def _batches(self, X, progress: bool):
+        blocks = batches(X, self.batch_size, self.device, self.dtype)
+        total = -(-n_samples(X) // self.batch_size)
+        show = progress and self.verbose > 0
+        return tqdm(blocks, total=total, disable=not show)
+
+    def _per_sample_jacobian(self, names: list[str]):
+        """A function ``batch -> J`` of shape ``(b, d, p_names)`` via torch.func."""
+        params = {n: self.parameters[n].detach() for n in names}
 
         def one_sample(p, x):
             x = torch.utils._pytree.tree_map(lambda t: t.unsqueeze(0), x)
             return self._forward(p, x)[0]
 
         per_sample = vmap(jacrev(one_sample), in_dims=(None, 0))
-        # torch.func differentiates despite the outer no_grad, which keeps the
-        # parameters that are not selected out of the graph.
+
+        def jacobian(batch) -> torch.Tensor:
+            # torch.func differentiates despite the caller's no_grad, which keeps
+            # the parameters that are not selected out of the graph.
+            jac = per_sample(params, batch)
+            b = next(iter(jac.values())).shape[0]
+            return torch.cat(
+                [jac[n].reshape(b, jac[n].shape[1], -1) for n in names], dim=2
+            )
+
+        return jacobian
+
+    def jacobians(
+        self, X, progress: bool = True
+    ) -> Iterator[tuple[slice, torch.Tensor]]:
+        """Yield ``(rows, J)`` with ``J`` of shape ``(b, d, p)`` on the device."""
+        self._prepare()
+        jacobian = self._per_sample_jacobian(list(self.parameters))
         with evaluation_mode(self.module), torch.no_grad():
-            blocks = batches(X, self.batch_size, self.device, self.dtype)
-            total = -(-n_samples(X) // self.batch_size)
-            show = progress and self.verbose > 0
-            for rows, batch in tqdm(blocks, total=total, disable=not show):
-                jac = per_sample(params, batch)
-                b = rows.stop - rows.start
-                yield (
-                    rows,
-                    torch.cat(
-                        [jac[n].reshape(b, jac[n].shape[1], -1) for n in names], dim=2
-                    ),
-                )
+            for rows, batch in self._batches(X, progress):
+                yield rows, jacobian(batch)
+
+    def pieces(self, X, progress: bool = True) -> Iterator[tuple[slice, list]]:
+        """Yield ``(rows, pieces)``: the batch's Jacobians, layer by layer.
+
+        Supported layers come factorised or materialised from one batched
+        forward and ``d`` backward passes (see ``capture``); any other selected
+        parameter comes from per-sample ``torch.func`` Jacobians.
+        """
+        self._prepare()
+        layers, fallback = plan_layers(self.module, self.parameters)
+        jacobian = self._per_sample_jacobian(fallback) if fallback else None
+        with evaluation_mode(self.module):
+            for rows, batch in self._batches(X, progress):
+                pieces = []
+                if layers:
+                    with torch.enable_grad(), LayerCapture(layers) as capture:
+                        out = (
+                            self.module(**batch)
+                            if isinstance(batch, dict)
+                            else (self.module(batch))
+                        )
+                        pieces = capture.pieces(select_output(out, self.output))
+                if jacobian is not None:
+                    with torch.no_grad():
+                        pieces.append(DensePiece(jacobian(batch)))
+                yield rows, pieces
 
     def jacobian(self, X) -> torch.Tensor:
         """All per-sample Jacobians ``(n, d, p)`` at once (memory ``n d p``)."""

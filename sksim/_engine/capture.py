@@ -1,0 +1,217 @@
+"""Capture layer inputs and back-propagated signals in one batched pass (SPEC 1.2).
+
+Forward hooks record each supported layer's input ``h`` and output ``z``; one
+backward pass per output row ``c`` of ``sum_b f_c(x_b)`` gives
+``delta_c = d f_c(x_b) / d z_b`` for every sample at once (samples do not
+interact in eval mode). Per-sample parameter gradients follow layer by layer:
+
+* ``Linear``, ``Conv1d``/``Conv2d`` (through ``unfold``), ``Embedding``: the
+  weight gradient ``sum_u delta(u) h(u)^T``, kept factorised or materialised by
+  the cost model of :func:`~sksim._engine.pieces.factorised_is_cheaper`;
+* their biases, and the affine parameters of ``LayerNorm``, ``GroupNorm`` and
+  ``BatchNorm`` (eval mode): small, materialised.
+
+Any other parameter is left to the caller (``torch.func`` per-sample Jacobians).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .pieces import DensePiece, SharedWeightPiece, factorised_is_cheaper, materialize
+
+_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def _supported(module: nn.Module) -> bool:
+    kind = type(module)
+    if kind is nn.Linear:
+        return True
+    if kind in (nn.Conv1d, nn.Conv2d):
+        return module.groups == 1 and module.padding_mode == "zeros"
+    if kind is nn.Embedding:
+        return module.max_norm is None
+    return kind in _NORMS
+
+
+def plan_layers(
+    module: nn.Module, selected: dict[str, nn.Parameter]
+) -> tuple[dict[str, tuple[nn.Module, list[str]]], list[str]]:
+    """Split the selected parameters into handled layers and a fallback list.
+
+    Returns
+    -------
+    layers : dict
+        Layer name to ``(layer, names of its selected direct parameters)``, for
+        layers handled here; parameter local names are ``weight``/``bias``.
+    fallback : list of str
+        Full names of the selected parameters left to per-sample autograd.
+    """
+    layers, claimed = {}, set()
+    for name, sub in module.named_modules():
+        own = [
+            local
+            for local, _ in sub.named_parameters(recurse=False)
+            if _join(name, local) in selected
+        ]
+        if own and _supported(sub) and set(own) <= {"weight", "bias"}:
+            layers[name] = (sub, own)
+            claimed.update(_join(name, local) for local in own)
+    fallback = [n for n in selected if n not in claimed]
+    return layers, fallback
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _per_position(z: torch.Tensor, channel_last: bool) -> torch.Tensor:
+    """A layer output (or its gradient) as (b, T, o)."""
+    if channel_last:
+        return z.reshape(z.shape[0], -1, z.shape[-1])
+    return z.reshape(z.shape[0], z.shape[1], -1).transpose(1, 2)
+
+
+def _conv_patches(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Unfolded input patches (b, T, C_in k) matching ``weight.reshape(o, -1)``."""
+    if isinstance(layer, nn.Conv1d):
+        x = x.unsqueeze(2)
+        kernel, dilation = (1, *layer.kernel_size), (1, *layer.dilation)
+        stride = (1, *layer.stride)
+        padding = (
+            layer.padding if isinstance(layer.padding, str) else (0, *layer.padding)
+        )
+    else:
+        kernel, dilation, stride = layer.kernel_size, layer.dilation, layer.stride
+        padding = layer.padding
+    if isinstance(padding, str):
+        if padding == "same":
+            x = F.pad(x, layer._reversed_padding_repeated_twice)
+        padding = 0
+    patches = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)
+    return patches.transpose(1, 2)
+
+
+def _normalised_input(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``x_hat``: the input normalised as the layer does, before its affine map."""
+    if isinstance(layer, nn.LayerNorm):
+        return F.layer_norm(x, layer.normalized_shape, None, None, layer.eps)
+    if isinstance(layer, nn.GroupNorm):
+        return F.group_norm(x, layer.num_groups, None, None, layer.eps)
+    shape = [1, -1] + [1] * (x.dim() - 2)
+    mean = layer.running_mean.reshape(shape)
+    return (x - mean) / torch.sqrt(layer.running_var.reshape(shape) + layer.eps)
+
+
+class LayerCapture:
+    """Records inputs and outputs of the handled layers during a forward pass."""
+
+    def __init__(self, layers: dict[str, tuple[nn.Module, list[str]]]):
+        self.layers = layers
+        self.calls: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self._handles = []
+
+    def __enter__(self) -> LayerCapture:
+        for name, (layer, _) in self.layers.items():
+            self._handles.append(layer.register_forward_hook(self._hook(name)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _hook(self, name: str):
+        def record(layer, args, output):
+            self.calls.setdefault(name, []).append((args[0].detach(), output))
+            # Downstream in-place operations must not change the recorded output.
+            return output.clone()
+
+        return record
+
+    def pieces(self, outputs: torch.Tensor) -> list:
+        """Per-layer pieces of the Jacobian of ``outputs`` (b, d) for the batch."""
+        names = [(n, i) for n, calls in self.calls.items() for i in range(len(calls))]
+        zs = [self.calls[n][i][1] for n, i in names]
+        d = outputs.shape[1]
+        grads = [[] for _ in zs]
+        for c in range(d):
+            per_z = torch.autograd.grad(
+                outputs[:, c].sum(), zs, retain_graph=c < d - 1, allow_unused=True
+            )
+            for k, (g, z) in enumerate(zip(per_z, zs, strict=True)):
+                grads[k].append(torch.zeros_like(z) if g is None else g)
+        deltas = {
+            key: torch.stack(g, dim=1).detach()
+            for key, g in zip(names, grads, strict=True)
+        }
+        pieces = []
+        for name, (layer, own) in self.layers.items():
+            calls = [
+                (h, deltas[(name, i)])
+                for i, (h, _) in enumerate(self.calls.get(name, []))
+            ]
+            if calls:
+                pieces.extend(_layer_pieces(layer, own, calls, d))
+        return pieces
+
+
+def _layer_pieces(layer, own, calls, d) -> list:
+    """Pieces of one layer's selected parameters, over all its calls."""
+    if isinstance(layer, _NORMS):
+        return _norm_pieces(layer, own, calls, d)
+    hs, deltas = [], []
+    for h, delta in calls:
+        b = h.shape[0]
+        if isinstance(layer, nn.Linear):
+            hs.append(h.reshape(b, -1, h.shape[-1]))
+            deltas.append(delta.reshape(b, d, -1, delta.shape[-1]))
+        elif isinstance(layer, nn.Embedding):
+            tokens = h.reshape(b, -1)
+            delta = delta.reshape(b, d, -1, delta.shape[-1])
+            if layer.padding_idx is not None:
+                delta = delta * (tokens != layer.padding_idx)[:, None, :, None]
+            hs.append(tokens)
+            deltas.append(delta)
+        else:  # convolution
+            hs.append(_conv_patches(layer, h))
+            deltas.append(delta.reshape(b, d, delta.shape[2], -1).transpose(2, 3))
+    h = torch.cat(hs, dim=1)
+    delta = torch.cat(deltas, dim=2)
+    pieces = []
+    if "weight" in own:
+        T, o = delta.shape[2], delta.shape[3]
+        if isinstance(layer, nn.Embedding):
+            pieces.append(SharedWeightPiece(h, delta))
+        elif factorised_is_cheaper(T, h.shape[2], o, d):
+            pieces.append(SharedWeightPiece(h, delta))
+        else:
+            pieces.append(materialize(h, delta))
+    if "bias" in own:
+        pieces.append(DensePiece(delta.sum(dim=2)))
+    return pieces
+
+
+def _norm_pieces(layer, own, calls, d) -> list:
+    weight = bias = 0
+    for x, delta in calls:
+        b = x.shape[0]
+        if isinstance(layer, nn.LayerNorm):
+            shape = (b, d, -1, layer.weight.numel())
+            x_hat = _normalised_input(layer, x).reshape(b, 1, -1, layer.weight.numel())
+            delta = delta.reshape(shape)
+            position_axis = 2
+        else:  # channels on axis 1 of the input, axis 2 of delta
+            x_hat = _normalised_input(layer, x).reshape(b, 1, x.shape[1], -1)
+            delta = delta.reshape(b, d, x.shape[1], -1)
+            position_axis = 3
+        weight = weight + (delta * x_hat).sum(dim=position_axis)
+        bias = bias + delta.sum(dim=position_axis)
+    pieces = []
+    if "weight" in own:
+        pieces.append(DensePiece(weight))
+    if "bias" in own:
+        pieces.append(DensePiece(bias))
+    return pieces

@@ -1,0 +1,162 @@
+"""Per-layer pieces of per-sample Jacobians, and their Gram products (SPEC 1.2).
+
+A batch's Jacobian ``J(x)`` (``d x p``) is held as one piece per layer:
+
+* :class:`SharedWeightPiece` keeps the factors of a weight applied at ``T``
+  positions, ``dW = sum_u delta(u) h(u)^T``: the layer input ``h`` (or token
+  ids, for an embedding) and the back-propagated output signal ``delta``. Inner
+  products of two such gradients are
+  ``sum_{u,u'} (delta(u) . delta'(u')) (h(u) . h'(u'))``, computed without ever
+  forming ``dW``.
+* :class:`DensePiece` keeps the per-sample gradient itself, ``(b, d, q)``.
+
+Both are linear in the output axis ``d``, so whitening ``J -> W J`` acts on
+``delta`` or on the gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Elements of the (b, m, T, T') intermediate that one pairing step may hold.
+PAIR_CHUNK_ELEMENTS = 2**25
+
+
+class DensePiece:
+    """Materialised per-sample gradients ``(b, d, q)`` of some parameters."""
+
+    def __init__(self, grad: torch.Tensor):
+        self.grad = grad
+
+    def __len__(self) -> int:
+        return self.grad.shape[0]
+
+    @property
+    def signal(self) -> torch.Tensor:
+        """The tensor carrying the output axis ``d``."""
+        return self.grad
+
+    def transform(self, W: torch.Tensor) -> DensePiece:
+        return DensePiece(W @ self.grad)
+
+    def self_gram(self) -> torch.Tensor:
+        return self.grad @ self.grad.transpose(1, 2)
+
+    def pair(self, other: DensePiece, full: bool) -> torch.Tensor:
+        if full:
+            return torch.einsum("icq,jeq->ijce", self.grad, other.grad)
+        b, m = len(self), len(other)
+        return self.grad.reshape(b, -1) @ other.grad.reshape(m, -1).T
+
+    def take(self, rows) -> DensePiece:
+        return DensePiece(self.grad[rows])
+
+    @staticmethod
+    def cat(pieces: list[DensePiece]) -> DensePiece:
+        return DensePiece(torch.cat([p.grad for p in pieces]))
+
+    def nbytes(self) -> int:
+        return self.grad.numel() * self.grad.element_size()
+
+
+class SharedWeightPiece:
+    """Factors of ``dW = sum_u delta(u) h(u)^T`` over ``T`` positions.
+
+    Parameters
+    ----------
+    h : Tensor of shape (b, T, a), or integer Tensor (b, T) of token ids
+        Layer inputs at each position. Token ids stand for one-hot vectors:
+        ``h(u) . h'(u')`` is then 1 when the tokens are equal, 0 otherwise.
+    delta : Tensor of shape (b, d, T, o)
+        Derivative of each selected output with respect to the layer output.
+    """
+
+    def __init__(self, h: torch.Tensor, delta: torch.Tensor):
+        self.h = h
+        self.delta = delta
+
+    def __len__(self) -> int:
+        return self.delta.shape[0]
+
+    @property
+    def signal(self) -> torch.Tensor:
+        """The tensor carrying the output axis ``d``."""
+        return self.delta
+
+    @property
+    def tokens(self) -> bool:
+        return not self.h.is_floating_point()
+
+    def transform(self, W: torch.Tensor) -> SharedWeightPiece:
+        return SharedWeightPiece(self.h, torch.einsum("bce,betO->bctO", W, self.delta))
+
+    def _input_products(self, other: SharedWeightPiece) -> torch.Tensor:
+        """``h_i(u) . h_j(u')`` of shape (b, m, T, T')."""
+        if self.tokens:
+            return (self.h[:, None, :, None] == other.h[None, :, None, :]).to(
+                self.delta.dtype
+            )
+        return torch.einsum("ita,jua->ijtu", self.h, other.h)
+
+    def self_gram(self) -> torch.Tensor:
+        if self.tokens:
+            HH = (self.h[:, :, None] == self.h[:, None, :]).to(self.delta.dtype)
+        else:
+            HH = self.h @ self.h.transpose(1, 2)
+        return torch.einsum("bctO,beuO,btu->bce", self.delta, self.delta, HH)
+
+    def pair(self, other: SharedWeightPiece, full: bool) -> torch.Tensor:
+        b, T = self.h.shape[:2]
+        T_other = other.h.shape[1]
+        if T == 1 and T_other == 1 and not self.tokens:
+            HH = self.h[:, 0] @ other.h[:, 0].T
+            if full:
+                DD = torch.einsum(
+                    "icO,jeO->ijce", self.delta[:, :, 0], other.delta[:, :, 0]
+                )
+                return DD * HH[:, :, None, None]
+            D = self.delta.reshape(b, -1)
+            return (D @ other.delta.reshape(len(other), -1).T) * HH
+        step = max(1, PAIR_CHUNK_ELEMENTS // max(1, b * T * T_other))
+        parts = []
+        for start in range(0, len(other), step):
+            chunk = other.take(slice(start, start + step))
+            HH = self._input_products(chunk)
+            if full:
+                parts.append(
+                    torch.einsum("ictO,jeuO,ijtu->ijce", self.delta, chunk.delta, HH)
+                )
+            else:
+                parts.append(
+                    torch.einsum("ictO,jcuO,ijtu->ij", self.delta, chunk.delta, HH)
+                )
+        return torch.cat(parts, dim=1)
+
+    def take(self, rows) -> SharedWeightPiece:
+        return SharedWeightPiece(self.h[rows], self.delta[rows])
+
+    @staticmethod
+    def cat(pieces: list[SharedWeightPiece]) -> SharedWeightPiece:
+        return SharedWeightPiece(
+            torch.cat([p.h for p in pieces]), torch.cat([p.delta for p in pieces])
+        )
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.h, self.delta))
+
+
+def materialize(h: torch.Tensor, delta: torch.Tensor) -> DensePiece:
+    """The per-sample gradient ``sum_u delta(u) h(u)^T`` as a dense piece."""
+    grad = torch.einsum("bctO,bta->bcOa", delta, h)
+    return DensePiece(grad.reshape(grad.shape[0], grad.shape[1], -1))
+
+
+def factorised_is_cheaper(T: int, a: int, o: int, d: int) -> bool:
+    """The cost model choosing, per layer, factors over materialised gradients.
+
+    Pairing two samples costs ``T^2 (d o + a)`` with factors and ``d o a`` with
+    materialised gradients (which also cost ``T d o a`` once per sample to form);
+    factors win when ``T^2 (d o + a) < d o a`` — always for a dense layer
+    (``T = 1``), rarely for an early convolution (large ``T``).
+    """
+    return T * T * (d * o + a) < d * o * a

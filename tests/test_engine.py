@@ -1,0 +1,203 @@
+"""The factorised engine, layer type by layer type, against the brute-force oracle."""
+
+import numpy as np
+import pytest
+import torch
+from _architectures import oracle_jacobians, trained_batchnorm
+from torch import nn
+
+from sksim._engine.capture import plan_layers
+from sksim._engine.gram import GramReference, NTKReference, ntk_blocks
+from sksim._engine.jacobian import JacobianEngine
+from sksim._engine.pieces import SharedWeightPiece, factorised_is_cheaper, materialize
+
+
+class Shared(nn.Module):
+    """One Linear layer called twice (weight sharing across calls), in-place ReLU."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.act = nn.ReLU(inplace=True)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.head(self.lin(self.act(self.lin(x))))
+
+
+class Custom(nn.Module):
+    """A bare parameter and an unsupported layer: both go to per-sample autograd."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.linspace(0.5, 1.5, 4))
+        self.bilinear = nn.Bilinear(4, 4, 3)
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x):
+        h = torch.tanh(self.lin(x) * self.scale)
+        return self.bilinear(h, x)
+
+
+def _layers(name):
+    g = torch.Generator().manual_seed(1)
+    t = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    if name == "linear":
+        return nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3)), t(6, 5)
+    if name == "linear_sequence":
+        return nn.Sequential(
+            nn.Linear(5, 4), nn.Tanh(), nn.Flatten(), nn.Linear(12, 3)
+        ), t(6, 3, 5)
+    if name == "conv1d":
+        return nn.Sequential(
+            nn.Conv1d(2, 3, 3, stride=2, dilation=2, padding=1),
+            nn.Tanh(),
+            nn.Flatten(),
+            nn.LazyLinear(3),
+        ), t(6, 2, 11)
+    if name == "conv2d_same":
+        return nn.Sequential(
+            nn.Conv2d(2, 3, (3, 2), padding="same"),
+            nn.Tanh(),
+            nn.Flatten(),
+            nn.LazyLinear(3),
+        ), t(6, 2, 5, 4)
+    if name == "conv2d_big":  # the cost model materialises this one
+        return nn.Sequential(
+            nn.Conv2d(1, 2, 3, padding=1),
+            nn.Tanh(),
+            nn.Conv2d(2, 3, 3),
+            nn.Flatten(),
+            nn.LazyLinear(3),
+        ), t(6, 1, 12, 12)
+    if name == "embedding":
+        return nn.Sequential(
+            nn.Embedding(7, 4, padding_idx=0), nn.Flatten(), nn.Linear(20, 3)
+        ), torch.randint(0, 7, (6, 5), generator=g)
+    if name == "layernorm":
+        return nn.Sequential(
+            nn.Linear(5, 4), nn.LayerNorm(4), nn.Tanh(), nn.Linear(4, 3)
+        ), t(6, 5)
+    if name == "groupnorm":
+        return nn.Sequential(
+            nn.Conv1d(2, 4, 3),
+            nn.GroupNorm(2, 4),
+            nn.Tanh(),
+            nn.Flatten(),
+            nn.LazyLinear(3),
+        ), t(6, 2, 7)
+    if name == "batchnorm":
+        return nn.Sequential(
+            nn.Conv2d(1, 3, 3),
+            nn.BatchNorm2d(3),
+            nn.Tanh(),
+            nn.Flatten(),
+            nn.LazyLinear(3),
+        ), t(6, 1, 5, 5)
+    if name == "shared":
+        return Shared(), t(6, 4)
+    if name == "custom":
+        return Custom(), t(6, 4)
+    raise ValueError(name)
+
+
+LAYERS = [
+    "linear",
+    "linear_sequence",
+    "conv1d",
+    "conv2d_same",
+    "conv2d_big",
+    "embedding",
+    "layernorm",
+    "groupnorm",
+    "batchnorm",
+    "shared",
+    "custom",
+]
+
+
+def _module(name):
+    torch.manual_seed(0)
+    module, X = _layers(name)
+    module = module.double()
+    module(X[:2])  # materialise lazy layers
+    if name == "batchnorm":
+        module = trained_batchnorm(module, X * 3 + 1)
+    with torch.no_grad():  # non-trivial affine parameters
+        for sub in module.modules():
+            if isinstance(sub, (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm2d)):
+                sub.weight.uniform_(0.5, 1.5)
+                sub.bias.uniform_(-0.5, 0.5)
+    return module, X
+
+
+@pytest.mark.parametrize("output", ["logits", 1])
+@pytest.mark.parametrize("name", LAYERS)
+def test_ntk_blocks_match_oracle(name, output):
+    module, X = _module(name)
+    J = oracle_jacobians(module, X, output=output)
+    engine = JacobianEngine(module, output=output, batch_size=4)
+    K, G_x, G_y = ntk_blocks(engine, X[:4], X)
+    np.testing.assert_allclose(
+        K, np.einsum("adp,bep->abde", J[:4], J), rtol=1e-9, atol=1e-12
+    )
+    np.testing.assert_allclose(
+        G_y, np.einsum("adp,aep->ade", J, J), rtol=1e-9, atol=1e-12
+    )
+
+
+def test_plans_use_factors_where_supported():
+    for name in LAYERS[:-1]:
+        module, _ = _module(name)
+        layers, fallback = plan_layers(module, dict(module.named_parameters()))
+        assert fallback == [], name
+    module, _ = _module("custom")
+    _, fallback = plan_layers(module, dict(module.named_parameters()))
+    assert fallback == ["scale", "bilinear.weight", "bilinear.bias"]
+
+
+def test_factorised_and_materialised_pieces_agree():
+    g = torch.Generator().manual_seed(0)
+    h, delta = torch.randn(5, 7, 4, generator=g), torch.randn(5, 2, 7, 3, generator=g)
+    h2, delta2 = torch.randn(3, 7, 4, generator=g), torch.randn(3, 2, 7, 3, generator=g)
+    fa, fb = SharedWeightPiece(h, delta), SharedWeightPiece(h2, delta2)
+    ma, mb = materialize(h, delta), materialize(h2, delta2)
+    for full in (True, False):
+        torch.testing.assert_close(
+            fa.pair(fb, full), ma.pair(mb, full), rtol=1e-4, atol=1e-4
+        )
+    torch.testing.assert_close(fa.self_gram(), ma.self_gram(), rtol=1e-4, atol=1e-4)
+    W = torch.randn(5, 2, 2, generator=g)
+    torch.testing.assert_close(
+        fa.transform(W).pair(fb, False),
+        ma.transform(W).pair(mb, False),
+        rtol=1e-4,
+        atol=1e-4,
+    )
+
+
+def test_cost_model():
+    assert factorised_is_cheaper(T=1, a=256, o=256, d=1)
+    assert not factorised_is_cheaper(T=784, a=9, o=32, d=1)
+    assert factorised_is_cheaper(T=4, a=288, o=64, d=10)
+
+
+@pytest.mark.parametrize("kind", ["cosine", "ntk", "influence"])
+def test_streaming_reference_equals_kept_reference(kind):
+    module, X = _module("conv1d")
+    engine = JacobianEngine(module, batch_size=1)
+    reference = GramReference(engine, X, kind)
+    kept = reference.matrix(X[:3])
+    total = sum(p.nbytes() for p in reference._pieces)
+    streamed = GramReference(engine, X, kind, max_memory=int(0.6 * total))
+    assert streamed._pieces is None
+    np.testing.assert_allclose(streamed.matrix(X[:3]), kept, rtol=1e-12)
+    np.testing.assert_allclose(
+        streamed.matrix(), GramReference(engine, X, kind).matrix()
+    )
+
+
+def test_batch_too_large_for_memory_bound():
+    module, X = _module("linear")
+    with pytest.raises(MemoryError, match="lower batch_size, select fewer parameters"):
+        NTKReference(JacobianEngine(module, batch_size=6), X, max_memory=100)
