@@ -1,7 +1,12 @@
 """sksim: input similarity from a neural network's perspective, for scikit-learn."""
 
 from ._engine.normalize import DeadInputWarning, SingularJacobianGramWarning
-from .kernel import NetworkSimilarityKernel, network_similarity, similarity_to_distance
+from .kernel import (
+    NetworkSimilarityKernel,
+    gradient_features,
+    network_similarity,
+    similarity_to_distance,
+)
 
 __version__ = "0.1.0.dev0"
 
@@ -9,6 +14,7 @@ __all__ = [
     "DeadInputWarning",
     "NetworkSimilarityKernel",
     "SingularJacobianGramWarning",
+    "gradient_features",
     "network_similarity",
     "similarity_to_distance",
 ]

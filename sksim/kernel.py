@@ -6,29 +6,69 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from ._engine.gram import GramReference
+from ._engine import features
+from ._engine.gram import POWERS, GramReference
 from ._engine.jacobian import JacobianEngine
 from ._engine.normalize import KINDS
+from ._engine.parallel import tiled_kernel
 from ._net import fit_net, resolve_module
 from ._validation import check_net_input, check_positive_int
 
 REDUCTIONS = ("trace", None)
 
 
-def _check_kind(kind, reduce="trace", rtol=1e-5):
+def _check_options(kind, reduce="trace", rtol=1e-5, n_components=None):
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}; got {kind!r}.")
     if reduce not in REDUCTIONS:
         raise ValueError(f'reduce must be "trace" or None; got {reduce!r}.')
     if not (isinstance(rtol, float) and 0 <= rtol < 1):
         raise ValueError(f"rtol must be a float in [0, 1); got {rtol!r}.")
+    check_positive_int(n_components, "n_components", allow_none=True)
 
 
-def _similarity(engine, X, Y, kind, reduce, rtol):
+def _similarity(engine, X, Y, kind, reduce, rtol, n_jobs):
     full = reduce is None
+    if n_jobs is not None:
+        return tiled_kernel(engine, X, Y, kind, full, rtol, n_jobs)
     if Y is None:
         return GramReference(engine, X, kind, full, rtol).matrix()
     return GramReference(engine, Y, kind, full, rtol).matrix(X)
+
+
+def _features(engine, X, kind, side, n_components, seed, rtol):
+    """Sketched features of the ``side`` ("left" or "right") of the kernel."""
+    power = POWERS[kind][0 if side == "left" else 1]
+    return features.gradient_features(
+        engine,
+        X,
+        n_components,
+        whiten=False,
+        random_state=seed,
+        rtol=rtol,
+        power=power,
+    )
+
+
+def _contract(F_x, F_y, kind, reduce):
+    """The kernel of feature stacks ``(n, d, k)``: ``tr(F_x F_y^T) / d`` or blocks."""
+    F_x, F_y = F_x.astype(np.float64), F_y.astype(np.float64)
+    if reduce is None:
+        blocks = np.einsum("adk,bek->abde", F_x, F_y)
+        return blocks.transpose(0, 1, 3, 2) if kind == "influence" else blocks
+    n, d, _ = F_x.shape
+    return (F_x.reshape(n, -1) @ F_y.reshape(len(F_y), -1).T) / d
+
+
+def _projected_similarity(engine, X, Y, kind, reduce, rtol, n_components, seed):
+    F_x = _features(engine, X, kind, "left", n_components, seed, rtol)
+    if Y is None and kind != "influence":
+        K = _contract(F_x, F_x, kind, reduce)
+        return 0.5 * (K + K.transpose((1, 0, 3, 2) if reduce is None else (1, 0)))
+    F_y = _features(
+        engine, X if Y is None else Y, kind, "right", n_components, seed, rtol
+    )
+    return _contract(F_x, F_y, kind, reduce)
 
 
 def network_similarity(
@@ -42,6 +82,9 @@ def network_similarity(
     device=None,
     reduce="trace",
     rtol=1e-5,
+    n_components=None,
+    random_state=None,
+    n_jobs=None,
     verbose=0,
 ):
     """Similarity of inputs from the perspective of a trained network.
@@ -85,6 +128,18 @@ def network_similarity(
     rtol : float, default=1e-5
         Eigenvalues of ``J(x) J(x)^T`` below ``rtol`` times the largest one are
         raised to that floor (with a warning) before whitening or inversion.
+    n_components : int or None, default=None
+        None computes the exact kernel. An int sketches each sample's
+        (whitened) Jacobian to about that many columns per output, layer by
+        layer, and returns inner products of the sketches: an unbiased estimate
+        whose error shrinks like ``1 / sqrt(n_components)``.
+    random_state : int, RandomState or None, default=None
+        Seeds the sketch when ``n_components`` is set.
+    n_jobs : int or None, default=None
+        None computes in this process. An int splits the kernel into
+        independent tiles run by ``joblib.Parallel(n_jobs)``, which honours
+        ``joblib.parallel_config`` (e.g. ``backend="dask"`` on a
+        ``dask.distributed`` cluster). Each tile recomputes its gradients.
     verbose : int, default=0
         Show a progress bar when positive.
 
@@ -110,14 +165,81 @@ def network_similarity(
     >>> K.shape, bool(abs(K.diagonal() - 1).max() < 1e-6)
     ((3, 3), True)
     """
-    _check_kind(kind, reduce, rtol)
+    _check_options(kind, reduce, rtol, n_components)
     check_positive_int(batch_size, "batch_size")
     X = check_net_input(X)
     Y = None if Y is None else check_net_input(Y)
     engine = JacobianEngine(
         resolve_module(net), output, params, batch_size, device, verbose
     )
-    return _similarity(engine, X, Y, kind, reduce, rtol)
+    if n_components is not None:
+        seed = features.projection_seed(random_state)
+        return _projected_similarity(
+            engine, X, Y, kind, reduce, rtol, n_components, seed
+        )
+    return _similarity(engine, X, Y, kind, reduce, rtol, n_jobs)
+
+
+def gradient_features(
+    net,
+    X,
+    n_components=None,
+    whiten=True,
+    output="logits",
+    params=None,
+    batch_size=64,
+    device=None,
+    rtol=1e-5,
+    random_state=None,
+    verbose=0,
+):
+    """Per-sample gradient features whose inner products are the kernel.
+
+    Parameters
+    ----------
+    net : skorch net, FrozenEstimator or torch.nn.Module
+        A trained network.
+    X : array-like of shape (n_samples, ...), tensor, or dict of them
+        Inputs.
+    n_components : int or None, default=None
+        None returns the exact ``d x p`` Jacobian of every sample (memory
+        ``n d p``); an int sketches it to about that many columns, layer by
+        layer, without ever forming it.
+    whiten : bool, default=True
+        Return ``A(x) = (J J^T)^{-1/2} J`` (cosine kernel) rather than ``J`` (NTK).
+    output, params, batch_size, device, rtol, verbose
+        As in :func:`network_similarity`.
+    random_state : int, RandomState or None, default=None
+        Seeds the sketch; equal integers give comparable features.
+
+    Returns
+    -------
+    F : ndarray of shape (n_samples, d, k), float32
+        ``tr(F(x) F(y)^T) / d`` is the cosine kernel (``whiten=True``) or the
+        NTK, exactly or in expectation.
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> from sksim import gradient_features, network_similarity
+    >>> _ = torch.manual_seed(0)
+    >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(),
+    ...                           torch.nn.Linear(4, 2))
+    >>> X = np.random.RandomState(0).randn(5, 3).astype(np.float32)
+    >>> F = gradient_features(net, X)
+    >>> F.shape
+    (5, 2, 26)
+    >>> K = np.einsum("adk,bdk->ab", F, F) / 2
+    >>> bool(np.allclose(K, network_similarity(net, X), atol=1e-5))
+    True
+    """
+    check_positive_int(n_components, "n_components", allow_none=True)
+    X = check_net_input(X)
+    engine = JacobianEngine(
+        resolve_module(net), output, params, batch_size, device, verbose
+    )
+    seed = features.projection_seed(random_state)
+    return features.gradient_features(engine, X, n_components, whiten, seed, rtol)
 
 
 def similarity_to_distance(K):
@@ -165,8 +287,14 @@ class NetworkSimilarityKernel(TransformerMixin, BaseEstimator):
         Where to compute; None keeps the network's device.
     rtol : float, default=1e-5
         Relative eigenvalue floor of ``J J^T``.
-    random_state : int or None, default=None
-        Seeds torch while an unfitted skorch net is trained.
+    n_components : int or None, default=None
+        None: exact kernel. An int: inner products of gradient sketches of
+        about that many columns (see :func:`network_similarity`); the sketches
+        of the reference inputs are computed once in ``fit``.
+    random_state : int, RandomState or None, default=None
+        Seeds torch while an unfitted skorch net is trained, and the sketch.
+    n_jobs : int or None, default=None
+        Tiles the exact kernel over ``joblib.Parallel(n_jobs)`` (dask-ready).
     verbose : int, default=0
         Show progress bars when positive.
 
@@ -176,6 +304,8 @@ class NetworkSimilarityKernel(TransformerMixin, BaseEstimator):
         The trained network used.
     X_fit_ : ndarray or dict of ndarrays
         The reference inputs.
+    features_fit_ : ndarray of shape (n_fit, d, n_components) or None
+        Sketches of the reference inputs when ``n_components`` is set.
     n_features_in_ : int
         Size of the second axis of array inputs.
 
@@ -206,7 +336,9 @@ class NetworkSimilarityKernel(TransformerMixin, BaseEstimator):
         batch_size=64,
         device=None,
         rtol=1e-5,
+        n_components=None,
         random_state=None,
+        n_jobs=None,
         verbose=0,
     ):
         self.net = net
@@ -216,7 +348,9 @@ class NetworkSimilarityKernel(TransformerMixin, BaseEstimator):
         self.batch_size = batch_size
         self.device = device
         self.rtol = rtol
+        self.n_components = n_components
         self.random_state = random_state
+        self.n_jobs = n_jobs
         self.verbose = verbose
 
     def _engine(self):
@@ -243,12 +377,27 @@ class NetworkSimilarityKernel(TransformerMixin, BaseEstimator):
         -------
         self : object
         """
-        _check_kind(self.kind, rtol=self.rtol)
+        _check_options(self.kind, rtol=self.rtol, n_components=self.n_components)
         check_positive_int(self.batch_size, "batch_size")
         X = check_net_input(X, self, reset=True)
         self.net_ = fit_net(self.net, X, y, self.random_state)
         self.X_fit_ = X
+        self.features_fit_ = None
+        if self.n_components is not None:
+            self.projection_seed_ = features.projection_seed(self.random_state)
+            self.features_fit_ = self._features(X, "right")
         return self
+
+    def _features(self, X, side):
+        return _features(
+            self._engine(),
+            X,
+            self.kind,
+            side,
+            self.n_components,
+            self.projection_seed_,
+            self.rtol,
+        )
 
     def transform(self, X):
         """Similarities of ``X`` to the reference inputs.
@@ -263,15 +412,30 @@ class NetworkSimilarityKernel(TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self)
         X = check_net_input(X, self, reset=False)
+        if self.features_fit_ is not None:
+            left = self._features(X, "left")
+            return _contract(left, self.features_fit_, self.kind, "trace")
         return _similarity(
-            self._engine(), X, self.X_fit_, self.kind, "trace", self.rtol
+            self._engine(), X, self.X_fit_, self.kind, "trace", self.rtol, self.n_jobs
         )
 
     def fit_transform(self, X, y=None):
-        """Fit, then return the exactly symmetric ``K(X, X)``."""
+        """Fit, then return ``K(X, X)`` (exactly symmetric unless ``influence``)."""
         self.fit(X, y)
+        if self.features_fit_ is not None:
+            left = self.features_fit_
+            if self.kind == "influence":
+                left = self._features(self.X_fit_, "left")
+            K = _contract(left, self.features_fit_, self.kind, "trace")
+            return K if self.kind == "influence" else 0.5 * (K + K.T)
         return _similarity(
-            self._engine(), self.X_fit_, None, self.kind, "trace", self.rtol
+            self._engine(),
+            self.X_fit_,
+            None,
+            self.kind,
+            "trace",
+            self.rtol,
+            self.n_jobs,
         )
 
     def __sklearn_tags__(self):

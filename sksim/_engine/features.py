@@ -1,9 +1,9 @@
 """Per-sample gradient features whose inner products are the kernel.
 
-``A(x) = (J J^T)^{-1/2} J`` (SPEC 1.1) is the whitened Jacobian; with
-``n_components=k`` it is sketched to ``k`` columns by a Gaussian random
-projection ``R`` (``E[R R^T] = I``), generated in blocks of parameters from
-``random_state`` so that the ``p x k`` matrix need not fit in memory.
+``A(x) = (J J^T)^{-1/2} J`` (SPEC 1.1) is the whitened Jacobian. Exact features
+are the ``p`` columns of ``A`` (or ``J``); with ``n_components=k`` they are
+sketched layer by layer to about ``k`` columns (see ``sketch``), never forming
+``A`` itself.
 """
 
 from __future__ import annotations
@@ -14,12 +14,10 @@ import numpy as np
 import torch
 from sklearn.utils import check_random_state
 
-from .inputs import n_samples
 from .jacobian import JacobianEngine
 from .normalize import gram_power
-
-PROJECTION_BLOCK = 2**15  # parameters per block of the random projection
-MAX_CACHED_PROJECTION = 2**29  # bytes of projection matrix kept between batches
+from .pieces import gram_of, map_pieces
+from .sketch import GradientSketch
 
 
 def whitened_jacobians(
@@ -36,43 +34,9 @@ def whitened_jacobians(
         yield rows, W @ J
 
 
-class GaussianProjection:
-    """A ``p x k`` Gaussian matrix with ``N(0, 1/k)`` entries, made block by block.
-
-    Parameters
-    ----------
-    n_params, n_components : int
-    seed : int
-    device : torch.device
-    dtype : torch.dtype
-    """
-
-    def __init__(self, n_params, n_components, seed, device, dtype):
-        self.n_params = n_params
-        self.n_components = n_components
-        self.seed = seed
-        self.device = device
-        self.dtype = dtype
-        itemsize = torch.empty((), dtype=dtype).element_size()
-        cache = n_params * n_components * itemsize <= MAX_CACHED_PROJECTION
-        self._blocks = list(self._make_blocks()) if cache else None
-
-    def _make_blocks(self):
-        for i, start in enumerate(range(0, self.n_params, PROJECTION_BLOCK)):
-            stop = min(start + PROJECTION_BLOCK, self.n_params)
-            generator = torch.Generator().manual_seed(self.seed + i)
-            R = torch.randn(stop - start, self.n_components, generator=generator)
-            R = (R / np.sqrt(self.n_components)).to(self.device, self.dtype)
-            yield slice(start, stop), R
-
-    def apply(self, A: torch.Tensor) -> torch.Tensor:
-        """``A R`` for ``A`` of shape ``(..., p)``."""
-        blocks = self._blocks if self._blocks is not None else self._make_blocks()
-        out = None
-        for cols, R in blocks:
-            part = A[..., cols] @ R
-            out = part if out is None else out + part
-        return out
+def projection_seed(random_state) -> int:
+    """The integer seed of a sketch drawn from ``random_state``."""
+    return int(check_random_state(random_state).randint(2**31 - 1))
 
 
 def gradient_features(
@@ -82,26 +46,26 @@ def gradient_features(
     whiten: bool = True,
     random_state=None,
     rtol: float = 1e-5,
+    power: float | None = None,
 ) -> np.ndarray:
     """Per-sample gradient features ``(n, d, k)`` as a float32 NumPy array.
 
     ``tr(F(x) F(y)^T) / d`` is the cosine kernel (``whiten=True``) or the NTK
-    (``whiten=False``), exactly when ``n_components`` is None (``k = p``) and in
-    expectation, with relative error of order ``1/sqrt(k)``, otherwise.
+    (``whiten=False``): exactly when ``n_components`` is None (``k = p``), and
+    in expectation, with error of order ``1/sqrt(k)``, otherwise. Equal integer
+    ``random_state`` values give equal sketches. ``power``, if given, replaces
+    the whitening by ``(J J^T)^power J`` (``-1`` for the left side of the
+    influence kernel).
     """
-    n = n_samples(X)
-    d = engine.n_outputs(X)
-    k = engine.n_params if n_components is None else n_components
-    projection = None
-    if n_components is not None:
-        seed = int(check_random_state(random_state).randint(2**31 - 1))
-        projection = GaussianProjection(
-            engine.n_params, n_components, seed, engine.device, engine.dtype
-        )
-    blocks = whitened_jacobians(engine, X, rtol) if whiten else engine.jacobians(X)
-    features = np.empty((n, d, k), dtype=np.float32)
-    for rows, A in blocks:
-        if projection is not None:
-            A = projection.apply(A)
-        features[rows] = A.float().cpu().numpy()
-    return features
+    if power is None and whiten:
+        power = -0.5
+    if n_components is None and power in (None, -0.5):
+        blocks = whitened_jacobians(engine, X, rtol) if power else engine.jacobians(X)
+        return np.concatenate([A.float().cpu().numpy() for _, A in blocks])
+    sketch = GradientSketch(n_components, projection_seed(random_state))
+    parts = []
+    for _, pieces in engine.pieces(X):
+        G = gram_of(pieces).double().cpu().numpy()
+        pieces = map_pieces(pieces, G, power, rtol)
+        parts.append(sketch.features(pieces).float().cpu().numpy())
+    return np.concatenate(parts)

@@ -17,25 +17,16 @@ import torch
 
 from .inputs import n_samples
 from .jacobian import JacobianEngine
-from .normalize import KINDS, gram_power
+from .normalize import KINDS
+from .pieces import gram_of, map_pieces
 
 DEFAULT_MAX_MEMORY = 2 * 2**30
-_POWERS = {"ntk": (None, None), "cosine": (-0.5, -0.5), "influence": (-1.0, None)}
-
-
-def _gram(pieces: list) -> torch.Tensor:
-    return sum(p.self_gram() for p in pieces)
+# Powers of J J^T applied on the (left, right) of each kernel, None for none.
+POWERS = {"ntk": (None, None), "cosine": (-0.5, -0.5), "influence": (-1.0, None)}
 
 
 def _pair(left: list, right: list, full: bool) -> torch.Tensor:
     return sum(p.pair(q, full) for p, q in zip(left, right, strict=True))
-
-
-def _mapped(pieces: list, G: np.ndarray, power, rtol: float) -> list:
-    if power is None:
-        return pieces
-    W = torch.as_tensor(gram_power(G, power, rtol)).to(pieces[0].signal)
-    return [p.transform(W) for p in pieces]
 
 
 def _cat(batches: list[list]) -> list:
@@ -86,15 +77,15 @@ class GramReference:
             full,
             rtol,
         )
-        self.left_power, self.right_power = _POWERS[kind]
+        self.left_power, self.right_power = POWERS[kind]
         self.n_samples = n_samples(Y)
         self.max_memory = max_memory
         grams, kept = [], []
         for _, pieces in engine.pieces(Y):
-            G = _gram(pieces).double().cpu().numpy()
+            G = gram_of(pieces).double().cpu().numpy()
             grams.append(G)
             if kept is not None:
-                kept.append(_mapped(pieces, G, self.right_power, rtol))
+                kept.append(map_pieces(pieces, G, self.right_power, rtol))
                 if _nbytes(kept[0]) * self.n_samples / len(G) > max_memory:
                     self._check_batch_fits(kept[0])
                     kept = None
@@ -117,7 +108,7 @@ class GramReference:
             yield slice(0, self.n_samples), self._pieces
             return
         for cols, pieces in self.engine.pieces(self.Y, progress=False):
-            yield cols, _mapped(pieces, self.gram[cols], self.right_power, self.rtol)
+            yield cols, map_pieces(pieces, self.gram[cols], self.right_power, self.rtol)
 
     def _rows_of(self, left: list) -> np.ndarray:
         b, d = len(left[0]), self.n_outputs
@@ -136,8 +127,12 @@ class GramReference:
         the queries' ``J J^T`` ``(b, d, d)``; float64 on the CPU.
         """
         for rows, pieces in self.engine.pieces(X):
-            G = _gram(pieces).double().cpu().numpy()
-            yield rows, self._rows_of(_mapped(pieces, G, self.left_power, self.rtol)), G
+            G = gram_of(pieces).double().cpu().numpy()
+            yield (
+                rows,
+                self._rows_of(map_pieces(pieces, G, self.left_power, self.rtol)),
+                G,
+            )
 
     def self_rows(self) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
         """Like ``rows(Y)``, reusing the prepared pieces of ``Y`` if kept."""
@@ -148,7 +143,7 @@ class GramReference:
             rows = slice(start, min(start + self.engine.batch_size, self.n_samples))
             left = [p.take(rows) for p in self._pieces]
             if self.left_power != self.right_power:  # influence: R = I, L = G^-1
-                left = _mapped(left, self.gram[rows], self.left_power, self.rtol)
+                left = map_pieces(left, self.gram[rows], self.left_power, self.rtol)
             yield rows, self._rows_of(left), self.gram[rows]
 
     def matrix(self, X=None) -> np.ndarray:

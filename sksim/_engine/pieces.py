@@ -16,7 +16,10 @@ Both are linear in the output axis ``d``, so whitening ``J -> W J`` acts on
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+
+from .normalize import gram_power
 
 # Elements of the (b, m, T, T') intermediate that one pairing step may hold.
 PAIR_CHUNK_ELEMENTS = 2**25
@@ -160,3 +163,16 @@ def factorised_is_cheaper(T: int, a: int, o: int, d: int) -> bool:
     (``T = 1``), rarely for an early convolution (large ``T``).
     """
     return T * T * (d * o + a) < d * o * a
+
+
+def gram_of(pieces: list) -> torch.Tensor:
+    """``J(x) J(x)^T`` of every sample of a batch, ``(b, d, d)``."""
+    return sum(p.self_gram() for p in pieces)
+
+
+def map_pieces(pieces: list, G: np.ndarray, power: float | None, rtol: float) -> list:
+    """Pieces of ``G^power J`` (``power=None`` leaves them as they are)."""
+    if power is None:
+        return pieces
+    W = torch.as_tensor(gram_power(G, power, rtol)).to(pieces[0].signal)
+    return [p.transform(W) for p in pieces]
