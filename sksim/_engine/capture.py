@@ -67,13 +67,6 @@ def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
-def _per_position(z: torch.Tensor, channel_last: bool) -> torch.Tensor:
-    """A layer output (or its gradient) as (b, T, o)."""
-    if channel_last:
-        return z.reshape(z.shape[0], -1, z.shape[-1])
-    return z.reshape(z.shape[0], z.shape[1], -1).transpose(1, 2)
-
-
 def _conv_patches(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Unfolded input patches (b, T, C_in k) matching ``weight.reshape(o, -1)``."""
     if isinstance(layer, nn.Conv1d):
@@ -162,36 +155,94 @@ def _layer_pieces(layer, own, calls, d) -> list:
     """Pieces of one layer's selected parameters, over all its calls."""
     if isinstance(layer, _NORMS):
         return _norm_pieces(layer, own, calls, d)
+    if isinstance(layer, (nn.Conv1d, nn.Conv2d)):
+        return _conv_pieces(layer, own, calls, d)
     hs, deltas = [], []
     for h, delta in calls:
         b = h.shape[0]
-        if isinstance(layer, nn.Linear):
-            hs.append(h.reshape(b, -1, h.shape[-1]))
-            deltas.append(delta.reshape(b, d, -1, delta.shape[-1]))
-        elif isinstance(layer, nn.Embedding):
-            tokens = h.reshape(b, -1)
-            delta = delta.reshape(b, d, -1, delta.shape[-1])
+        delta = delta.reshape(b, d, -1, delta.shape[-1])
+        if isinstance(layer, nn.Embedding):
+            h = h.reshape(b, -1)
             if layer.padding_idx is not None:
-                delta = delta * (tokens != layer.padding_idx)[:, None, :, None]
-            hs.append(tokens)
-            deltas.append(delta)
-        else:  # convolution
-            hs.append(_conv_patches(layer, h))
-            deltas.append(delta.reshape(b, d, delta.shape[2], -1).transpose(2, 3))
-    h = torch.cat(hs, dim=1)
-    delta = torch.cat(deltas, dim=2)
+                delta = delta * (h != layer.padding_idx)[:, None, :, None]
+        else:
+            h = h.reshape(b, -1, h.shape[-1])
+        hs.append(h)
+        deltas.append(delta)
+    h, delta = torch.cat(hs, dim=1), torch.cat(deltas, dim=2)
     pieces = []
     if "weight" in own:
         T, o = delta.shape[2], delta.shape[3]
-        if isinstance(layer, nn.Embedding):
-            pieces.append(SharedWeightPiece(h, delta))
-        elif factorised_is_cheaper(T, h.shape[2], o, d):
+        if isinstance(layer, nn.Embedding) or factorised_is_cheaper(
+            T, h.shape[2], o, d
+        ):
             pieces.append(SharedWeightPiece(h, delta))
         else:
             pieces.append(materialize(h, delta))
     if "bias" in own:
         pieces.append(DensePiece(delta.sum(dim=2)))
     return pieces
+
+
+def _conv_pieces(layer, own, calls, d) -> list:
+    """Convolution pieces: factors on few positions, else per-sample gradients."""
+    positions = sum(delta[0, 0, 0].numel() for _, delta in calls)
+    a = layer.weight[0].numel()
+    pieces = []
+    if "weight" in own:
+        if factorised_is_cheaper(positions, a, layer.out_channels, d):
+            h = torch.cat([_conv_patches(layer, x) for x, _ in calls], dim=1)
+            delta = torch.cat([_per_position_delta(delta) for _, delta in calls], dim=2)
+            pieces.append(SharedWeightPiece(h, delta))
+        else:
+            pieces.append(
+                DensePiece(sum(_conv_weight_grad(layer, x, g) for x, g in calls))
+            )
+    if "bias" in own:
+        pieces.append(DensePiece(sum(g.flatten(3).sum(dim=3) for _, g in calls)))
+    return pieces
+
+
+def _per_position_delta(delta: torch.Tensor) -> torch.Tensor:
+    """A convolution's output signal (b, d, o, *spatial) as (b, d, T, o)."""
+    return delta.flatten(3).transpose(2, 3)
+
+
+# Below this many input channels, unfold + einsum beats the grouped convolution.
+GROUPED_MIN_CHANNELS = 4
+
+
+def _conv_weight_grad(layer: nn.Module, x: torch.Tensor, delta: torch.Tensor):
+    """Per-sample weight gradients (b, d, o * C_in * k) of one convolution call.
+
+    A convolution over the batch as groups (sample ``i``'s input channels
+    against its own ``d * o`` output signals) gives every sample's gradient in
+    one call; with very few input channels, ``unfold`` and a product is faster.
+    """
+    b, channels = x.shape[:2]
+    d, o = delta.shape[1], delta.shape[2]
+    if channels < GROUPED_MIN_CHANNELS:
+        return materialize(_conv_patches(layer, x), _per_position_delta(delta)).grad
+    padding = layer.padding
+    if isinstance(padding, str):
+        if padding == "same":
+            x = F.pad(x, layer._reversed_padding_repeated_twice)
+        padding = 0
+    weight_grad = (
+        torch.nn.grad.conv1d_weight
+        if isinstance(layer, nn.Conv1d)
+        else torch.nn.grad.conv2d_weight
+    )
+    grad = weight_grad(
+        x.reshape(1, b * channels, *x.shape[2:]),
+        (b * d * o, channels, *layer.kernel_size),
+        delta.reshape(1, b * d * o, *delta.shape[3:]),
+        stride=layer.stride,
+        padding=padding,
+        dilation=layer.dilation,
+        groups=b,
+    )
+    return grad.reshape(b, d, -1)
 
 
 def _norm_pieces(layer, own, calls, d) -> list:

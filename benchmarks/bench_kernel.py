@@ -1,0 +1,240 @@
+"""Exact Gram of per-sample gradients: sksim against its peers, side by side.
+
+Runs, in one process and alternating, for each case:
+
+* ``sksim``: ``network_similarity(kind="ntk")`` (and ``"cosine"`` for d = 10);
+* ``vmap``: ``torch.func`` ``vmap(grad)`` per-sample gradients, then ``G G^T``;
+* ``nngeometry``: ``GramMatrix`` (if installed; ``pip install --no-deps nngeometry``);
+* ``floor``: one forward and backward pass over the same batches, keeping
+  activations: no method that needs per-sample gradients can be faster.
+
+It reports median wall time, ratios to sksim, the peak resident memory added
+during each call, and the largest error against a float64 oracle on the
+leading block, then writes a Markdown table to ``docs/benchmarks.md``.
+
+Usage: ``python benchmarks/bench_kernel.py [--quick] [--device cuda] [--out PATH]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from models import cnn, mlp, small_resnet, with_running_statistics
+from torch.func import functional_call, grad, vmap
+
+from sksim import network_similarity
+
+HERE = Path(__file__).resolve().parent
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+class PeakMemory:
+    """Peak resident memory above the starting point, sampled every 5 ms."""
+
+    def __enter__(self):
+        self.start = self.peak = _rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, _rss())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss())
+
+    @property
+    def added(self) -> int:
+        return self.peak - self.start
+
+
+def scalar(module):
+    return lambda x: module(x)[:, :1]
+
+
+def vmap_gram(module, X, output, batch_size):
+    params = {n: p.detach() for n, p in module.named_parameters()}
+
+    def f(p, x):
+        out = functional_call(module, p, (x.unsqueeze(0),))
+        return out[0, 0] if output == 0 else out[0].sum()
+
+    per_sample = vmap(grad(f), in_dims=(None, 0))
+    rows = []
+    for start in range(0, len(X), batch_size):
+        g = per_sample(params, X[start : start + batch_size])
+        rows.append(torch.cat([v.reshape(v.shape[0], -1) for v in g.values()], dim=1))
+    G = torch.cat(rows)
+    return (G @ G.T).numpy()
+
+
+def nngeometry_gram(module, X, batch_size):
+    from nngeometry import GramMatrix
+    from torch.utils.data import DataLoader, TensorDataset
+
+    loader = DataLoader(TensorDataset(X), batch_size=batch_size)
+    gram = GramMatrix(module, loader, function=lambda x: module(x)[:, :1])
+    return gram.to_torch()[0, :, 0, :].numpy()
+
+
+def floor(module, X, batch_size):
+    for start in range(0, len(X), batch_size):
+        module.zero_grad(set_to_none=True)
+        module(X[start : start + batch_size])[:, 0].sum().backward()
+
+
+def oracle(module, X):
+    """float64 Gram of scalar-output gradients, one sample at a time."""
+    double = _double(module)
+    rows = []
+    for x in X.double():
+        out = double(x[None])[0, 0]
+        g = torch.autograd.grad(out, list(double.parameters()))
+        rows.append(torch.cat([t.reshape(-1) for t in g]))
+    G = torch.stack(rows)
+    return (G @ G.T).numpy()
+
+
+def _double(module):
+    import copy
+
+    return copy.deepcopy(module).double().eval()
+
+
+def run_case(name, module, X, methods, repeats, batch_size, n_check=128):
+    module.eval()
+    timings = {m: [] for m in methods}
+    memory, results = {}, {}
+    for _ in range(repeats):
+        for method, fn in methods.items():
+            with PeakMemory() as peak:
+                start = time.perf_counter()
+                results[method] = fn(module, X, batch_size)
+                timings[method].append(time.perf_counter() - start)
+            memory[method] = max(memory.get(method, 0), peak.added)
+    exact = oracle(module, X[:n_check])
+    rows = []
+    base = statistics.median(timings["sksim"])
+    for method in methods:
+        t = statistics.median(timings[method])
+        result = results[method]
+        error = (
+            np.abs(result[:n_check, :n_check] - exact).max() / np.abs(exact).max()
+            if result is not None
+            else float("nan")
+        )
+        rows.append((name, len(X), method, t, t / base, memory[method] / 2**20, error))
+    return rows
+
+
+def _methods(output=0, with_nngeometry=True):
+    methods = {
+        "sksim": lambda m, X, b: network_similarity(
+            m, X, kind="ntk", output=output, batch_size=b
+        ),
+        "vmap": lambda m, X, b: vmap_gram(m, X, output, b),
+        "floor": lambda m, X, b: floor(m, X, b),
+    }
+    if with_nngeometry:
+        try:
+            import nngeometry  # noqa: F401
+
+            methods["nngeometry"] = lambda m, X, b: nngeometry_gram(m, X, b)
+        except ImportError:
+            print("nngeometry is not installed: skipped (pip install --no-deps nngeometry)")
+    return methods
+
+
+def multi_output_rows(module, X, repeats, batch_size):
+    """Whitened cosine kernel over d = 10 outputs against the scalar NTK."""
+    methods = {
+        "sksim scalar ntk": lambda: network_similarity(
+            module, X, kind="ntk", output=0, batch_size=batch_size
+        ),
+        "sksim cosine d=10": lambda: network_similarity(
+            module, X, kind="cosine", batch_size=batch_size
+        ),
+    }
+    timings = {m: [] for m in methods}
+    for _ in range(repeats):
+        for m, fn in methods.items():
+            start = time.perf_counter()
+            fn()
+            timings[m].append(time.perf_counter() - start)
+    return {m: statistics.median(t) for m, t in timings.items()}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small N, one repeat")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default=str(HERE.parent / "docs" / "benchmarks.md"))
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    repeats = 1 if args.quick else args.repeats
+    sizes = {"mlp": (256,), "cnn": (128,), "resnet": (128,)} if args.quick else {
+        "mlp": (1024, 4096), "cnn": (512, 2048), "resnet": (512,)
+    }
+    rows = []
+    for n in sizes["mlp"]:
+        X = torch.randn(n, 784)
+        rows += run_case("MLP 784-256-256-10", mlp(), X, _methods(), repeats, 1024)
+    for n in sizes["cnn"]:
+        X = torch.randn(n, 1, 28, 28)
+        rows += run_case("CNN conv32-conv64", cnn(), X, _methods(), repeats, 256)
+    for n in sizes["resnet"]:
+        X = torch.randn(n, 3, 16, 16)
+        module = with_running_statistics(small_resnet(), X)
+        rows += run_case("ResNet-8 + BatchNorm", module, X, _methods(), repeats, 128)
+    n_multi = sizes["mlp"][0]
+    multi = multi_output_rows(mlp(), torch.randn(n_multi, 784), repeats, 1024)
+    write_report(rows, multi, n_multi, args.out)
+
+
+def write_report(rows, multi, n_multi, path):
+    lines = [
+        "| network | N | method | median time (s) | ratio to sksim | peak added RSS (MiB)"
+        " | max rel. error vs float64 |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, n, method, t, ratio, mem, err in rows:
+        error = "—" if method == "floor" else f"{err:.1e}"
+        lines.append(
+            f"| {name} | {n} | {method} | {t:.3f} | {ratio:.2f} | {mem:.0f} | {error} |"
+        )
+    scalar_time = multi["sksim scalar ntk"]
+    lines += [
+        "",
+        f"Multi-output, MLP, N = {n_multi}: scalar-output NTK {scalar_time:.3f} s, "
+        f"whitened cosine over d = 10 outputs {multi['sksim cosine d=10']:.3f} s "
+        f"(ratio {multi['sksim cosine d=10'] / scalar_time:.2f}).",
+    ]
+    table = "\n".join(lines)
+    print(table)
+    header = (
+        "# Benchmarks\n\nProduced by `python benchmarks/bench_kernel.py` on "
+        f"{platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+        f"{time.strftime('%Y-%m-%d')}. Times are medians of alternating runs in one "
+        "process; 'floor' is one forward and backward pass over the same batches.\n\n"
+    )
+    Path(path).write_text(header + table + "\n")
+
+
+if __name__ == "__main__":
+    main()
