@@ -249,6 +249,7 @@ class ClassConditionalDensity(ClassifierMixin, BaseEstimator):
 
     def predict_log_proba(self, Z):
         """Log posterior class probabilities of the generative classifier."""
+        check_is_fitted(self)
         with np.errstate(divide="ignore"):
             joint = self.score_samples(Z) + np.log(self.class_prior_)
         return joint - logsumexp(joint, axis=1, keepdims=True)
@@ -259,6 +260,7 @@ class ClassConditionalDensity(ClassifierMixin, BaseEstimator):
 
     def predict(self, Z):
         """``argmax_C log p(z | C) + log p(C)``."""
+        check_is_fitted(self)
         return self.classes_[np.argmax(self.predict_log_proba(Z), axis=1)]
 
     # -- class-level statistics -------------------------------------------

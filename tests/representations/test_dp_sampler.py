@@ -226,7 +226,9 @@ def test_sample_size_error():
 @parametrize_with_checks(
     [
         DirichletProcessGaussianMixture(n_sweeps=4, burn_in=2, thin=2),
-        DirichletProcessGaussianMixture(backend="variational", max_components=5),
+        DirichletProcessGaussianMixture(
+            backend="variational", max_components=3, max_iter=50
+        ),
     ]
 )
 def test_sklearn_compatible(estimator, check):
