@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
-from sklearn.base import is_classifier
 from sklearn.utils import Bunch
 
 from .._net import fit_net
@@ -17,7 +16,7 @@ from .memorization import memorization_scores
 def _memorization(memorization, X, y, n_models, random_state, n_jobs, verbose):
     if memorization is None:
         return None
-    if is_classifier(memorization):
+    if hasattr(memorization, "fit"):
         return memorization_scores(
             memorization, X, y, n_models, random_state=random_state,
             n_jobs=n_jobs, verbose=verbose,
