@@ -59,7 +59,7 @@ def plot_class_log_density(report, axes=None):
         colors = np.where(high[order], "tab:orange", "tab:blue")
         ax.scatter(np.arange(len(order)), means[order], c=colors)
         ax.axhline(thresholds[stage], color="gray", linestyle="--", linewidth=1)
-        ax.set_title(f"stage {stage}")
+        ax.set_title(str(stage))
         ax.set_xlabel("classes, sorted")
     np.ravel(axes)[0].set_ylabel("mean own-class log-density")
     fig.tight_layout()
@@ -96,7 +96,7 @@ def plot_memorization_by_density(report, ax=None):
         rows = stage_of == stage
         ax.plot(_column(report.bins, "bin")[rows],
                 _column(report.bins, "mean_memorization")[rows],
-                marker="o", label=f"stage {stage}")
+                marker="o", label=str(stage))
     ax.set_xlabel("density bin (low to high own-class log-density)")
     ax.set_ylabel("mean memorisation score")
     ax.legend()
