@@ -17,6 +17,9 @@ from sksim.representations._niw import (
     student_t_logpdf,
 )
 
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::sklearn.exceptions.ConvergenceWarning"
+)
 FAST = dict(n_sweeps=6, burn_in=2, thin=2, random_state=0)
 
 

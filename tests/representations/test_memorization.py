@@ -41,6 +41,13 @@ def test_scores_match_a_brute_force_recomputation():
     assert masks.sum(axis=1).tolist() == [28] * 12
 
 
+FEW_MODELS = pytest.mark.filterwarnings("ignore:.*never \\(or always\\) in the")
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::sklearn.exceptions.ConvergenceWarning"
+)
+
+
+@FEW_MODELS
 def test_n_jobs_and_random_state_reproduce_scores():
     X, y = _toy()
     mlp = MLPClassifier((8,), max_iter=50)
@@ -60,6 +67,7 @@ class _MLP(torch.nn.Module):
         return self.net(X)
 
 
+@FEW_MODELS
 def test_skorch_net_scores_match_a_brute_force_recomputation():
     X, y = _toy(30, seed=2)
     y = y.astype(np.int64)
