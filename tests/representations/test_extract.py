@@ -83,3 +83,12 @@ def test_non_tensor_output_is_refused():
     lstm = torch.nn.Sequential(torch.nn.LSTM(3, 4, batch_first=True))
     with pytest.raises(TypeError, match="not a tensor"):
         extract_representations(lstm, torch.randn(2, 5, 3), ["0"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_device_gives_the_cpu_values(net):
+    X = torch.randn(9, 1, 5, 5)
+    cpu = extract_representations(net, X, ["bn", "head"], device="cpu")
+    gpu = extract_representations(net, X, ["bn", "head"], device="cuda", batch_size=4)
+    for name in cpu:
+        np.testing.assert_allclose(gpu[name], cpu[name], rtol=1e-4, atol=1e-5)
