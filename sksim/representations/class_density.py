@@ -1,0 +1,406 @@
+"""Class-conditional densities of representations, SPEC 6 ([J])."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+from joblib import Parallel, delayed
+from scipy.spatial.distance import pdist
+from scipy.special import logsumexp
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.utils import Bunch, check_random_state
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from .dpmixture import DirichletProcessGaussianMixture, _check_int
+
+_VAR_FLOOR = 1e-6  # added to class variances in the diagonal Gaussian reference
+_MAX_DISTANCE_POINTS = 1000  # points per class for the mean pairwise distance
+
+
+def _n_kept(singular_values, n_components):
+    rank = int((singular_values > singular_values[0] * 1e-12).sum()) or 1
+    if n_components is None:
+        return rank
+    if isinstance(n_components, numbers.Integral):
+        return min(int(n_components), rank)
+    energy = np.cumsum(singular_values**2) / np.sum(singular_values**2)
+    return min(int(np.searchsorted(energy, n_components) + 1), rank)
+
+
+def _fit_mixture(mixture, X):
+    return mixture.fit(X)
+
+
+class ClassConditionalDensity(ClassifierMixin, BaseEstimator):
+    """One Dirichlet-process mixture density per class, on projected features.
+
+    The representations ``Z`` of all classes are projected together on their
+    top right singular vectors (an **uncentred** SVD, SPEC 6), then a
+    :class:`DirichletProcessGaussianMixture` is fitted to each class. The
+    densities give each example's own-class log-density, a generative
+    classifier ``argmax_C log p(z | C) + log p(C)``, and the class-level
+    statistics of Jamroz & Kurdziel: spread of log-densities, relative entropy
+    to a diagonal Gaussian, split of the classes at the largest gap of their
+    mean log-densities, and between-class KL divergences.
+
+    Log-densities depend on the projected dimension: compare them only between
+    fits with the same number of components.
+
+    Parameters
+    ----------
+    n_components : int, float or None, default=16
+        Projected dimension ``d'``: an int (capped at the rank), a float in
+        (0, 1) for the smallest ``d'`` whose singular values hold that fraction
+        of the energy ``sum s^2``, or None for the full rank.
+    mixture : DirichletProcessGaussianMixture, default=None
+        The (unfitted) density estimator cloned for each class; None means
+        ``DirichletProcessGaussianMixture()`` (Gibbs, 400 sweeps). Its
+        ``random_state`` is replaced by one drawn from ``random_state``.
+    priors : array-like of shape (n_classes,), default=None
+        Class priors of the classifier; None uses the class frequencies.
+    n_jobs : int, default=None
+        Classes fitted in parallel through joblib.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the per-class mixtures and the Monte Carlo estimates.
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+    components_ : ndarray of shape (d', n_features)
+        Projection (top right singular vectors of the uncentred data).
+    singular_values_ : ndarray of shape (d',)
+    mixtures_ : list of DirichletProcessGaussianMixture
+        The fitted density of each class, on projected features.
+    class_prior_ : ndarray of shape (n_classes,)
+    train_log_density_ : ndarray of shape (n_samples,)
+        Own-class log-density of each training example.
+    class_means_, class_variances_ : ndarray of shape (n_classes, d')
+        Mean and variance of each class's projected training features.
+    mean_intra_class_distance_ : ndarray of shape (n_classes,)
+        Mean Euclidean distance between two projected examples of a class
+        (on at most 1000 random examples per class).
+    n_features_in_ : int
+
+    References
+    ----------
+    .. [1] P. Jamroz, M. Kurdziel, "Neural Representations Reveal Distinct
+       Modes of Class Fitting in Residual Convolutional Networks", AAAI 2023,
+       sections 3 and 4.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sksim.representations import (ClassConditionalDensity,
+    ...                                    DirichletProcessGaussianMixture)
+    >>> rng = np.random.RandomState(0)
+    >>> Z = np.concatenate([rng.randn(30, 3), rng.randn(30, 3) + 4])
+    >>> y = np.repeat([0, 1], 30)
+    >>> mix = DirichletProcessGaussianMixture(n_sweeps=10, burn_in=6, thin=2)
+    >>> ccd = ClassConditionalDensity(n_components=3, mixture=mix,
+    ...                               random_state=0).fit(Z, y)
+    >>> ccd.score(Z, y)
+    1.0
+    >>> ccd.score_samples(Z[:2]).shape
+    (2, 2)
+    """
+
+    def __init__(
+        self,
+        n_components=16,
+        mixture=None,
+        priors=None,
+        n_jobs=None,
+        random_state=None,
+    ):
+        self.n_components = n_components
+        self.mixture = mixture
+        self.priors = priors
+        self.n_jobs = n_jobs
+        self.random_state = random_state
+
+    def _check_params(self):
+        n = self.n_components
+        if n is not None and not (
+            (isinstance(n, numbers.Integral) and not isinstance(n, bool) and n >= 1)
+            or (isinstance(n, float) and 0 < n < 1)
+        ):
+            raise ValueError(
+                "n_components must be a positive int, a float in (0, 1) (energy "
+                f"fraction) or None; got {n!r}."
+            )
+
+    def _check_priors(self, n_classes, counts):
+        if self.priors is None:
+            return counts / counts.sum()
+        priors = np.asarray(self.priors, dtype=np.float64)
+        if priors.shape != (n_classes,):
+            raise ValueError(
+                f"priors must have one entry per class ({n_classes}); got shape "
+                f"{priors.shape}."
+            )
+        if np.any(priors < 0) or not np.isclose(priors.sum(), 1.0):
+            raise ValueError("priors must be non-negative and sum to 1.")
+        return priors
+
+    def fit(self, Z, y):
+        """Project ``Z`` and fit one DP mixture per class.
+
+        Parameters
+        ----------
+        Z : array-like of shape (n_samples, n_features)
+            Representations (e.g. from :func:`extract_representations`).
+        y : array-like of shape (n_samples,)
+            Class labels.
+
+        Returns
+        -------
+        self : ClassConditionalDensity
+        """
+        self._check_params()
+        Z, y = validate_data(self, Z, y, dtype=np.float64)
+        check_classification_targets(y)
+        self.classes_, y_index, counts = np.unique(
+            y, return_inverse=True, return_counts=True
+        )
+        self.class_prior_ = self._check_priors(len(self.classes_), counts)
+        _, s, Vt = np.linalg.svd(Z, full_matrices=False)
+        k = _n_kept(s, self.n_components)
+        self.components_, self.singular_values_ = Vt[:k], s[:k]
+        P = Z @ self.components_.T
+        rng = check_random_state(self.random_state)
+        template = (
+            DirichletProcessGaussianMixture() if self.mixture is None else self.mixture
+        )
+        seeds = rng.randint(2**31 - 1, size=len(self.classes_))
+        members = [np.flatnonzero(y_index == c) for c in range(len(self.classes_))]
+        self.mixtures_ = Parallel(n_jobs=self.n_jobs)(
+            delayed(_fit_mixture)(
+                clone(template).set_params(random_state=int(seed)), P[rows]
+            )
+            for seed, rows in zip(seeds, members, strict=True)
+        )
+        self._train_members = members
+        self.train_log_density_ = np.empty(len(P))
+        for mixture, rows in zip(self.mixtures_, members, strict=True):
+            self.train_log_density_[rows] = mixture.log_predictive(P[rows])
+        self.class_means_ = np.array([P[rows].mean(axis=0) for rows in members])
+        self.class_variances_ = np.array([P[rows].var(axis=0) for rows in members])
+        self.mean_intra_class_distance_ = np.array(
+            [self._mean_distance(P[rows], rng) for rows in members]
+        )
+        return self
+
+    @staticmethod
+    def _mean_distance(P, rng):
+        if len(P) < 2:
+            return 0.0
+        if len(P) > _MAX_DISTANCE_POINTS:
+            P = P[rng.choice(len(P), _MAX_DISTANCE_POINTS, replace=False)]
+        return float(pdist(P).mean())
+
+    def _projected(self, Z):
+        check_is_fitted(self)
+        Z = validate_data(self, Z, dtype=np.float64, reset=False)
+        return Z @ self.components_.T
+
+    def _class_index(self, y):
+        y = np.asarray(y)
+        index = np.searchsorted(self.classes_, y)
+        index = np.clip(index, 0, len(self.classes_) - 1)
+        unknown = self.classes_[index] != y
+        if unknown.any():
+            raise ValueError(
+                f"y contains labels not seen in fit: {np.unique(y[unknown])[:5]}."
+            )
+        return index
+
+    def _log_density_matrix(self, P):
+        return np.column_stack([m.log_predictive(P) for m in self.mixtures_])
+
+    def score_samples(self, Z, y=None):
+        """Log-densities of each example under the class densities.
+
+        Parameters
+        ----------
+        Z : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,), default=None
+            With labels, return each example's own-class log-density.
+
+        Returns
+        -------
+        log_density : ndarray of shape (n_samples,) or (n_samples, n_classes)
+        """
+        P = self._projected(Z)
+        if y is None:
+            return self._log_density_matrix(P)
+        index = self._class_index(y)
+        if len(index) != len(P):
+            raise ValueError(
+                f"Z and y have different lengths ({len(P)} and {len(index)})."
+            )
+        out = np.empty(len(P))
+        for c, mixture in enumerate(self.mixtures_):
+            rows = np.flatnonzero(index == c)
+            if len(rows):
+                out[rows] = mixture.log_predictive(P[rows])
+        return out
+
+    def predict_log_proba(self, Z):
+        """Log posterior class probabilities of the generative classifier."""
+        check_is_fitted(self)
+        with np.errstate(divide="ignore"):
+            joint = self.score_samples(Z) + np.log(self.class_prior_)
+        return joint - logsumexp(joint, axis=1, keepdims=True)
+
+    def predict_proba(self, Z):
+        """Posterior class probabilities ``p(C | z)``."""
+        return np.exp(self.predict_log_proba(Z))
+
+    def predict(self, Z):
+        """``argmax_C log p(z | C) + log p(C)``."""
+        check_is_fitted(self)
+        return self.classes_[np.argmax(self.predict_log_proba(Z), axis=1)]
+
+    # -- class-level statistics -------------------------------------------
+    def relative_entropy(self, n_samples=1000):
+        """``KL(p_C || N(mean_C, diag var_C))`` of each class, by Monte Carlo.
+
+        Parameters
+        ----------
+        n_samples : int, default=1000
+            Draws from each class density.
+
+        Returns
+        -------
+        kl : ndarray of shape (n_classes,)
+        """
+        check_is_fitted(self)
+        _check_int(n_samples, "n_samples", 1)
+        rng = check_random_state(self.random_state)
+        out = np.empty(len(self.classes_))
+        for c, mixture in enumerate(self.mixtures_):
+            P = mixture.sample(n_samples, random_state=rng)
+            var = self.class_variances_[c] + _VAR_FLOOR
+            log_gauss = -0.5 * (
+                np.log(2 * np.pi * var).sum()
+                + (((P - self.class_means_[c]) ** 2) / var).sum(axis=1)
+            )
+            out[c] = np.mean(mixture.log_predictive(P) - log_gauss)
+        return out
+
+    def kl_matrix(self, n_samples=1000):
+        """Between-class KL divergences ``KL(p_i || p_j)`` by Monte Carlo.
+
+        Parameters
+        ----------
+        n_samples : int, default=1000
+            Draws from each class density.
+
+        Returns
+        -------
+        kl : ndarray of shape (n_classes, n_classes)
+            Row ``i`` uses draws from class ``i``; both directions are given
+            (the matrix is not symmetric).
+        """
+        check_is_fitted(self)
+        _check_int(n_samples, "n_samples", 1)
+        rng = check_random_state(self.random_state)
+        kl = np.empty((len(self.classes_), len(self.classes_)))
+        for i, mixture in enumerate(self.mixtures_):
+            logp = self._log_density_matrix(mixture.sample(n_samples, random_state=rng))
+            kl[i] = (logp[:, [i]] - logp).mean(axis=0)
+        return kl
+
+    def class_summary(self, n_samples=1000, as_frame=False):
+        """Per-class table of the statistics of SPEC 6.
+
+        Parameters
+        ----------
+        n_samples : int, default=1000
+            Monte Carlo draws for the relative entropy.
+        as_frame : bool, default=False
+            Return a pandas DataFrame (needs pandas) instead of a Bunch.
+
+        Returns
+        -------
+        summary : Bunch or pandas.DataFrame
+            Columns ``class``, ``n_samples``, ``mean_log_density``,
+            ``std_log_density`` (of own-class log-densities of the training
+            examples), ``mean_intra_class_distance`` and ``relative_entropy``.
+        """
+        check_is_fitted(self)
+        table = Bunch(**{"class": self.classes_})
+        table.n_samples = np.array([len(r) for r in self._train_members])
+        table.mean_log_density = np.array(
+            [self.train_log_density_[r].mean() for r in self._train_members]
+        )
+        table.std_log_density = np.array(
+            [self.train_log_density_[r].std() for r in self._train_members]
+        )
+        table.mean_intra_class_distance = self.mean_intra_class_distance_
+        table.relative_entropy = self.relative_entropy(n_samples)
+        return _as_table(table, as_frame)
+
+    def split_classes(self):
+        """Split the classes at the largest gap of their mean log-densities.
+
+        Returns
+        -------
+        high : ndarray
+            Labels of the classes above the gap (fitted in compact modes).
+        low : ndarray
+            Labels of the classes below it.
+        threshold : float
+            Middle of the gap.
+        """
+        check_is_fitted(self)
+        if len(self.classes_) < 2:
+            raise ValueError("split_classes needs at least two classes.")
+        means = np.array(
+            [self.train_log_density_[r].mean() for r in self._train_members]
+        )
+        ordered = np.sort(means)
+        gap = int(np.argmax(np.diff(ordered)))
+        threshold = float(0.5 * (ordered[gap] + ordered[gap + 1]))
+        return self.classes_[means > threshold], self.classes_[means <= threshold], (
+            threshold
+        )
+
+    def density_bins(self, n_bins=10):
+        """Bin index of each training example by own-class log-density.
+
+        Parameters
+        ----------
+        n_bins : int, default=10
+            Equal-size bins of the examples sorted by log-density.
+
+        Returns
+        -------
+        bins : ndarray of shape (n_samples,)
+            0 for the lowest-density bin, ``n_bins - 1`` for the highest.
+        """
+        check_is_fitted(self)
+        _check_int(n_bins, "n_bins", 1)
+        n = len(self.train_log_density_)
+        if n_bins > n:
+            raise ValueError(
+                f"n_bins={n_bins} exceeds the number of training examples ({n})."
+            )
+        order = np.argsort(self.train_log_density_, kind="stable")
+        bins = np.empty(n, dtype=np.intp)
+        bins[order] = np.arange(n) * n_bins // n
+        return bins
+
+
+def _as_table(table, as_frame):
+    if not as_frame:
+        return table
+    try:
+        import pandas as pd
+    except ImportError as exc:  # pragma: no cover - pandas is a dev dependency
+        raise ImportError(
+            "as_frame=True needs pandas: pip install pandas."
+        ) from exc
+    return pd.DataFrame(dict(table))

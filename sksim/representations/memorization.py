@@ -1,0 +1,143 @@
+"""Memorisation scores of Feldman & Zhang (SPEC 6)."""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+
+import numpy as np
+from joblib import Parallel, delayed
+from sklearn.base import clone
+from sklearn.utils import check_random_state
+from tqdm.auto import tqdm
+
+from .._engine.inputs import n_samples, take
+from .._net import torch_seed
+from .._validation import check_net_input, check_positive_int
+
+
+def subset_masks(n, n_models, subset_fraction, rng):
+    """Boolean ``(n_models, n)`` masks, each holding ``round(fraction * n)`` rows."""
+    size = int(round(subset_fraction * n))
+    masks = np.zeros((n_models, n), dtype=bool)
+    for m in range(n_models):
+        masks[m, rng.choice(n, size, replace=False)] = True
+    return masks
+
+
+def _correct_when_trained_on(estimator, X, y, mask, seed):
+    model = clone(estimator)
+    if "random_state" in model.get_params():
+        model.set_params(random_state=seed)
+    rows = np.flatnonzero(mask)
+    with torch_seed(seed):
+        model.fit(take(X, rows), y[rows])
+    return np.asarray(model.predict(X)) == y
+
+
+def memorization_scores(
+    estimator,
+    X,
+    y,
+    n_models=20,
+    subset_fraction=0.7,
+    random_state=None,
+    n_jobs=None,
+    verbose=0,
+):
+    """Memorisation score of every training example (Feldman & Zhang).
+
+    ``n_models`` clones of ``estimator`` are trained on random subsets holding a
+    fraction ``subset_fraction`` of the examples, and
+    ``mem(i) = acc(i | i in subset) - acc(i | i not in subset)``: how much
+    better example ``i`` is classified when the model has seen it. A high score
+    means the label of ``i`` is not predicted from the other examples, only
+    memorised (atypical or mislabelled examples).
+
+    Parameters
+    ----------
+    estimator : classifier
+        Any unfitted scikit-learn classifier, including a skorch net; it must
+        be able to fit its training set for the scores to be informative.
+    X : array-like of shape (n_samples, ...), or dict of arrays
+        Training inputs (any shape the estimator accepts).
+    y : array-like of shape (n_samples,)
+        Labels.
+    n_models : int, default=20
+        Models trained; each example should fall both in and out of several
+        subsets.
+    subset_fraction : float, default=0.7
+        Fraction of the examples in each training subset, in (0, 1).
+    random_state : int, RandomState instance or None, default=None
+        Seeds the subsets and each model (its ``random_state`` parameter if it
+        has one, and torch's generator during its fit).
+    n_jobs : int, default=None
+        Models trained in parallel through joblib.
+    verbose : int, default=0
+        Show a progress bar over the models when positive.
+
+    Returns
+    -------
+    scores : ndarray of shape (n_samples,)
+        In [-1, 1]; NaN (with a warning) for an example that was never, or
+        always, in the subsets.
+
+    References
+    ----------
+    .. [1] V. Feldman, C. Zhang, "What Neural Networks Memorize and Why:
+       Discovering the Long Tail via Influence Estimation", NeurIPS 2020,
+       section 2.
+    .. [2] P. Jamroz, M. Kurdziel, AAAI 2023, section 4.3 (memorisation against
+       density).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn.neighbors import KNeighborsClassifier
+    >>> from sksim.representations import memorization_scores
+    >>> X = np.array([[0.0], [0.1], [0.2], [1.0], [1.1], [1.2]])
+    >>> y = np.array([0, 0, 1, 1, 1, 1])  # the third label looks flipped
+    >>> mem = memorization_scores(KNeighborsClassifier(1), X, y, n_models=30,
+    ...                           random_state=0)
+    >>> int(np.argmax(mem))
+    2
+    """
+    check_positive_int(n_models, "n_models")
+    if not (isinstance(subset_fraction, numbers.Real) and 0 < subset_fraction < 1):
+        raise ValueError(
+            f"subset_fraction must be a number in (0, 1); got {subset_fraction!r}."
+        )
+    X = check_net_input(X)
+    y = np.asarray(y)
+    n = n_samples(X)
+    if len(y) != n:
+        raise ValueError(f"X and y have different lengths ({n} and {len(y)}).")
+    rng = check_random_state(random_state)
+    masks = subset_masks(n, n_models, subset_fraction, rng)
+    seeds = rng.randint(2**31 - 1, size=n_models)
+    jobs = (
+        delayed(_correct_when_trained_on)(estimator, X, y, mask, int(seed))
+        for mask, seed in zip(masks, seeds, strict=True)
+    )
+    correct = np.array(
+        list(
+            tqdm(
+                Parallel(n_jobs=n_jobs, return_as="generator")(jobs),
+                total=n_models,
+                disable=verbose <= 0,
+                desc="memorisation models",
+            )
+        )
+    )
+    n_in, n_out = masks.sum(axis=0), (~masks).sum(axis=0)
+    undefined = (n_in == 0) | (n_out == 0)
+    if undefined.any():
+        warnings.warn(
+            f"{int(undefined.sum())} example(s) were never (or always) in the "
+            "training subsets; their score is NaN. Increase n_models.",
+            stacklevel=2,
+        )
+    with np.errstate(invalid="ignore", divide="ignore"):
+        acc_in = (correct & masks).sum(axis=0) / n_in
+        acc_out = (correct & ~masks).sum(axis=0) / n_out
+    return np.where(undefined, np.nan, acc_in - acc_out)

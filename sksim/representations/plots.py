@@ -1,0 +1,104 @@
+"""Figures of the class fitting workflow (needs matplotlib: the ``plot`` extra)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _pyplot():
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError as exc:  # pragma: no cover - exercised without matplotlib
+        raise ImportError(
+            "Plotting needs matplotlib: pip install 'sksim[plot]'."
+        ) from exc
+    return plt
+
+
+def _column(table, key):
+    return np.asarray(table[key])
+
+
+def plot_class_log_density(report, axes=None):
+    """Sorted class mean log-densities per stage, with the largest-gap split.
+
+    One panel per stage (log-densities of stages with different projected
+    dimensions are not comparable). Classes above the split threshold are
+    drawn in orange, those below in blue.
+
+    Parameters
+    ----------
+    report : Bunch
+        The result of :func:`class_fitting_report`.
+    axes : array of matplotlib Axes, default=None
+        One per stage; None creates a figure.
+
+    Returns
+    -------
+    fig : matplotlib Figure
+
+    References
+    ----------
+    .. [1] P. Jamroz, M. Kurdziel, AAAI 2023, section 4.1 (Fig. 2).
+    """
+    plt = _pyplot()
+    stages = list(dict.fromkeys(_column(report.splits, "stage")))
+    if axes is None:
+        fig, axes = plt.subplots(1, len(stages), figsize=(3.2 * len(stages), 3),
+                                 squeeze=False)
+        axes = axes[0]
+    fig = np.ravel(axes)[0].figure
+    stage_of = _column(report.classes, "stage")
+    means = _column(report.classes, "mean_log_density")
+    high = _column(report.classes, "group") == "high"
+    thresholds = dict(zip(_column(report.splits, "stage"),
+                          _column(report.splits, "threshold"), strict=True))
+    for ax, stage in zip(np.ravel(axes), stages, strict=True):
+        rows = np.flatnonzero(stage_of == stage)
+        order = rows[np.argsort(means[rows])]
+        colors = np.where(high[order], "tab:orange", "tab:blue")
+        ax.scatter(np.arange(len(order)), means[order], c=colors)
+        ax.axhline(thresholds[stage], color="gray", linestyle="--", linewidth=1)
+        ax.set_title(str(stage))
+        ax.set_xlabel("classes, sorted")
+    np.ravel(axes)[0].set_ylabel("mean own-class log-density")
+    fig.tight_layout()
+    return fig
+
+
+def plot_memorization_by_density(report, ax=None):
+    """Mean memorisation score per density bin, one line per stage.
+
+    Parameters
+    ----------
+    report : Bunch
+        The result of :func:`class_fitting_report` with memorisation scores.
+    ax : matplotlib Axes, default=None
+
+    Returns
+    -------
+    ax : matplotlib Axes
+
+    References
+    ----------
+    .. [1] P. Jamroz, M. Kurdziel, AAAI 2023, section 4.3.
+    """
+    if report.memorization is None:
+        raise ValueError(
+            "The report has no memorisation scores: pass memorization= to "
+            "class_fitting_report."
+        )
+    plt = _pyplot()
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4.5, 3))
+    stage_of = _column(report.bins, "stage")
+    for stage in dict.fromkeys(stage_of):
+        rows = stage_of == stage
+        ax.plot(_column(report.bins, "bin")[rows],
+                _column(report.bins, "mean_memorization")[rows],
+                marker="o", label=str(stage))
+    ax.set_xlabel("density bin (low to high own-class log-density)")
+    ax.set_ylabel("mean memorisation score")
+    ax.legend()
+    ax.figure.tight_layout()
+    return ax

@@ -1,0 +1,175 @@
+"""ClassConditionalDensity: projection, densities, classifier, class statistics."""
+
+import numpy as np
+import pytest
+from joblib import parallel_config
+from scipy.special import logsumexp
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from sksim.representations import (
+    ClassConditionalDensity,
+    DirichletProcessGaussianMixture,
+)
+
+GIBBS = DirichletProcessGaussianMixture(n_sweeps=6, burn_in=2, thin=2)
+VARIATIONAL = DirichletProcessGaussianMixture(
+    backend="variational", max_components=4, max_iter=100
+)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    rng = np.random.RandomState(0)
+    Z = np.concatenate(
+        [rng.randn(40, 5) + 2, 0.3 * rng.randn(40, 5) - 2, rng.randn(30, 5) * 2]
+    )
+    y = np.repeat(["a", "b", "c"], [40, 40, 30])
+    return Z, y, ClassConditionalDensity(3, mixture=GIBBS, random_state=0).fit(Z, y)
+
+
+def test_projection_is_the_uncentred_svd(fitted):
+    Z, _, ccd = fitted
+    _, s, Vt = np.linalg.svd(Z, full_matrices=False)  # no centring
+    np.testing.assert_allclose(ccd.singular_values_, s[:3])
+    np.testing.assert_allclose(ccd.components_.T @ ccd.components_,
+                               Vt[:3].T @ Vt[:3], atol=1e-10)
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.9, 0.999])
+def test_energy_threshold_keeps_the_smallest_sufficient_dimension(fraction):
+    rng = np.random.RandomState(1)
+    Z = rng.randn(60, 6) * [5, 3, 2, 1, 0.5, 0.1]
+    y = np.repeat([0, 1], 30)
+    ccd = ClassConditionalDensity(fraction, mixture=GIBBS).fit(Z, y)
+    s = np.linalg.svd(Z, compute_uv=False)
+    energy = np.cumsum(s**2) / np.sum(s**2)
+    want = next(k + 1 for k in range(6) if energy[k] >= fraction)
+    assert ccd.components_.shape == (want, 6)
+
+
+def test_scores_are_the_class_mixtures_on_projected_features(fitted):
+    Z, y, ccd = fitted
+    P = Z @ ccd.components_.T
+    matrix = ccd.score_samples(Z)
+    for c, mixture in enumerate(ccd.mixtures_):
+        np.testing.assert_allclose(matrix[:, c], mixture.log_predictive(P))
+    own = ccd.score_samples(Z, y)
+    index = np.searchsorted(ccd.classes_, y)
+    np.testing.assert_allclose(own, matrix[np.arange(len(y)), index])
+    np.testing.assert_allclose(ccd.train_log_density_, own)
+
+
+def test_generative_classifier_uses_bayes_rule(fitted):
+    Z, y, ccd = fitted
+    joint = ccd.score_samples(Z) + np.log([40 / 110, 40 / 110, 30 / 110])
+    np.testing.assert_allclose(ccd.predict_log_proba(Z),
+                               joint - logsumexp(joint, axis=1, keepdims=True))
+    np.testing.assert_array_equal(ccd.predict(Z), ccd.classes_[joint.argmax(axis=1)])
+    tilted = ClassConditionalDensity(3, mixture=GIBBS, priors=[1.0, 0.0, 0.0],
+                                     random_state=0).fit(Z, y)
+    assert set(tilted.predict(Z)) == {"a"}
+
+
+def test_split_classes_at_largest_gap(fitted):
+    _, y, ccd = fitted
+    means = np.array([ccd.train_log_density_[y == c].mean() for c in ccd.classes_])
+    high, low, threshold = ccd.split_classes()
+    s = np.sort(means)
+    j = np.argmax(np.diff(s))
+    assert threshold == pytest.approx((s[j] + s[j + 1]) / 2)
+    np.testing.assert_array_equal(high, ccd.classes_[means > threshold])
+    np.testing.assert_array_equal(low, ccd.classes_[means <= threshold])
+    assert "b" in high  # the compact class
+
+
+def test_density_bins_are_equal_sized_and_ordered(fitted):
+    _, _, ccd = fitted
+    bins = ccd.density_bins(4)
+    counts = np.bincount(bins)
+    assert counts.max() - counts.min() <= 1 and len(counts) == 4
+    by_bin = [ccd.train_log_density_[bins == b] for b in range(4)]
+    assert all(by_bin[b].max() <= by_bin[b + 1].min() for b in range(3))
+
+
+def test_class_summary_values(fitted):
+    Z, y, ccd = fitted
+    summary = ccd.class_summary(n_samples=200)
+    P = Z @ ccd.components_.T
+    from scipy.spatial.distance import pdist
+
+    for c, label in enumerate(ccd.classes_):
+        own = ccd.train_log_density_[y == label]
+        assert summary.mean_log_density[c] == pytest.approx(own.mean())
+        assert summary.std_log_density[c] == pytest.approx(own.std())
+        assert summary.mean_intra_class_distance[c] == pytest.approx(
+            pdist(P[y == label]).mean())
+    np.testing.assert_array_equal(summary.n_samples, [40, 40, 30])
+    frame = ccd.class_summary(n_samples=200, as_frame=True)
+    np.testing.assert_allclose(frame["relative_entropy"], summary.relative_entropy)
+
+
+def test_relative_entropy_is_monte_carlo_kl_to_diagonal_gaussian():
+    # A Gaussian with a strongly non-diagonal covariance: the exact KL of the
+    # fitted (single-component) density to N(mean, diag var) is known.
+    rng = np.random.RandomState(2)
+    C = np.array([[1.0, 0.9], [0.9, 1.0]])
+    Z = rng.multivariate_normal([5, 0], C, size=400)  # not along the mean
+    ccd = ClassConditionalDensity(
+        2, mixture=DirichletProcessGaussianMixture(
+            backend="variational", max_components=1), random_state=0
+    ).fit(Z, np.zeros(400))
+    m = ccd.mixtures_[0]
+    S = m.component_chols_[0] @ m.component_chols_[0].T
+    D = np.diag(ccd.class_variances_[0] + 1e-6)
+    diff = m.component_means_[0] - ccd.class_means_[0]
+    exact = 0.5 * (np.trace(np.linalg.solve(D, S)) - 2 + diff @ np.linalg.solve(D, diff)
+                   + np.log(np.linalg.det(D) / np.linalg.det(S)))
+    assert ccd.relative_entropy(20000)[0] == pytest.approx(exact, abs=0.03)
+    assert exact > 0.5
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        (dict(n_components=0), "n_components must be a positive int"),
+        (dict(n_components=1.5), "n_components must be a positive int"),
+        (dict(priors=[0.5, 0.5, 0.0]), "one entry per class"),
+        (dict(priors=[0.7, 0.7]), "non-negative and sum to 1"),
+    ],
+)
+def test_parameter_errors(params, match):
+    with pytest.raises(ValueError, match=match):
+        ClassConditionalDensity(mixture=VARIATIONAL, **params).fit(
+            np.random.RandomState(0).randn(10, 2), np.repeat([0, 1], 5))
+
+
+def test_method_errors(fitted):
+    Z, y, ccd = fitted
+    with pytest.raises(ValueError, match="labels not seen in fit"):
+        ccd.score_samples(Z[:2], ["a", "z"])
+    with pytest.raises(ValueError, match="different lengths"):
+        ccd.score_samples(Z[:2], ["a"])
+    with pytest.raises(ValueError, match="exceeds the number of training examples"):
+        ccd.density_bins(1000)
+    with pytest.raises(ValueError, match="n_samples must be an int >= 1"):
+        ccd.kl_matrix(0)
+    one = ClassConditionalDensity(mixture=VARIATIONAL).fit(Z[:10], np.zeros(10))
+    with pytest.raises(ValueError, match="at least two classes"):
+        one.split_classes()
+
+
+def test_n_jobs_gives_the_same_fit(fitted):
+    Z, y, ccd = fitted
+    with parallel_config(backend="threading"):
+        par = ClassConditionalDensity(3, mixture=GIBBS, random_state=0,
+                                      n_jobs=2).fit(Z, y)
+    np.testing.assert_allclose(par.train_log_density_, ccd.train_log_density_)
+
+
+@parametrize_with_checks(
+    [
+        ClassConditionalDensity(mixture=GIBBS),
+    ]
+)
+def test_sklearn_compatible(estimator, check):
+    check(estimator)

@@ -1,0 +1,94 @@
+"""extract_representations: forward hooks, pooling, eval mode, batching."""
+
+import numpy as np
+import pytest
+import torch
+from skorch import NeuralNetClassifier
+
+from sksim.representations import extract_representations
+
+
+class _ConvNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.drop = torch.nn.Dropout(0.5)
+        self.bn = torch.nn.BatchNorm2d(4)
+        self.head = torch.nn.Linear(4, 3)
+        self.unused = torch.nn.Linear(2, 2)
+
+    def forward(self, X):
+        h = self.bn(self.drop(self.conv(X)))
+        return self.head(h.mean(dim=(2, 3)))
+
+
+@pytest.fixture
+def net():
+    torch.manual_seed(0)
+    module = _ConvNet()
+    module.bn.running_mean.uniform_(-1, 1)  # eval mode must use these
+    return module
+
+
+def test_pooled_stage_outputs_match_a_manual_forward(net):
+    X = torch.randn(10, 1, 5, 5)
+    reps = extract_representations(net, X, ["bn", "head"], batch_size=3)
+    net.eval()
+    with torch.no_grad():
+        bn = net.bn(net.drop(net.conv(X)))
+        head = net(X)
+    np.testing.assert_allclose(reps["bn"], bn.mean(dim=(2, 3)).numpy(), rtol=1e-5,
+                               atol=1e-6)
+    np.testing.assert_allclose(reps["head"], head.numpy(), rtol=1e-5, atol=1e-6)
+    flat = extract_representations(net, X, "bn", pool=None)["bn"]
+    np.testing.assert_allclose(flat, bn.reshape(10, -1).numpy(), rtol=1e-5, atol=1e-6)
+    mx = extract_representations(net, X, "bn", pool="max")["bn"]
+    np.testing.assert_allclose(mx, bn.amax(dim=(2, 3)).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_training_mode_is_restored_and_hooks_removed(net):
+    net.train()
+    extract_representations(net, torch.randn(4, 1, 5, 5), ["conv"])
+    assert net.training and net.drop.training
+    assert not net.conv._forward_hooks
+
+
+def test_skorch_net_and_progress_bar(capsys):
+    torch.manual_seed(0)
+    X = np.random.RandomState(0).randn(30, 1, 5, 5).astype(np.float32)
+    y = np.arange(30) % 3
+    clf = NeuralNetClassifier(_ConvNet, max_epochs=1, train_split=None, verbose=0)
+    clf.fit(X, y)
+    reps = extract_representations(clf, X, ["head"], batch_size=8, verbose=1)
+    np.testing.assert_allclose(reps["head"], clf.forward(X).numpy(), rtol=1e-5,
+                               atol=1e-6)
+    assert "4/4" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "layers, kwargs, error, match",
+    [
+        (["nope"], {}, ValueError, "No module named \\['nope'\\]"),
+        ([], {}, ValueError, "at least one module"),
+        (["conv"], dict(pool="sum"), ValueError, "pool must be one of"),
+        (["unused"], {}, ValueError, "was not called in the forward pass"),
+    ],
+)
+def test_errors(net, layers, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        extract_representations(net, torch.randn(2, 1, 5, 5), layers, **kwargs)
+
+
+def test_non_tensor_output_is_refused():
+    lstm = torch.nn.Sequential(torch.nn.LSTM(3, 4, batch_first=True))
+    with pytest.raises(TypeError, match="not a tensor"):
+        extract_representations(lstm, torch.randn(2, 5, 3), ["0"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_device_gives_the_cpu_values(net):
+    X = torch.randn(9, 1, 5, 5)
+    cpu = extract_representations(net, X, ["bn", "head"], device="cpu")
+    gpu = extract_representations(net, X, ["bn", "head"], device="cuda", batch_size=4)
+    for name in cpu:
+        np.testing.assert_allclose(gpu[name], cpu[name], rtol=1e-4, atol=1e-5)

@@ -1,0 +1,133 @@
+"""Memorisation scores (Feldman & Zhang), SPEC 6 and target 7.6."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from joblib import parallel_config
+from sklearn.base import clone
+from sklearn.datasets import load_digits
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.neural_network import MLPClassifier
+from sklearn.utils import check_random_state
+from skorch import NeuralNetClassifier
+
+from sksim._net import torch_seed
+from sksim.representations import memorization_scores
+from sksim.representations.memorization import subset_masks
+
+
+def _toy(n=40, seed=0):
+    rng = np.random.RandomState(seed)
+    X = np.concatenate([rng.randn(n // 2, 2), rng.randn(n // 2, 2) + 3])
+    return X.astype(np.float32), np.repeat([0, 1], n // 2)
+
+
+def test_scores_match_a_brute_force_recomputation():
+    X, y = _toy()
+    y[3] = 1  # one flipped label
+    got = memorization_scores(KNeighborsClassifier(3), X, y, n_models=12,
+                              random_state=0)
+    rng = check_random_state(0)
+    masks = subset_masks(len(y), 12, 0.7, rng)
+    want = np.empty(len(y))
+    correct = np.array([
+        clone(KNeighborsClassifier(3)).fit(X[m], y[m]).predict(X) == y for m in masks
+    ])
+    for i in range(len(y)):
+        want[i] = correct[masks[:, i], i].mean() - correct[~masks[:, i], i].mean()
+    np.testing.assert_allclose(got, want)
+    assert masks.sum(axis=1).tolist() == [28] * 12
+
+
+FEW_MODELS = pytest.mark.filterwarnings("ignore:.*never \\(or always\\) in the")
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::sklearn.exceptions.ConvergenceWarning"
+)
+
+
+@FEW_MODELS
+def test_n_jobs_and_random_state_reproduce_scores():
+    X, y = _toy()
+    mlp = MLPClassifier((8,), max_iter=50)
+    a = memorization_scores(mlp, X, y, n_models=4, random_state=1)
+    with parallel_config(backend="threading"):
+        b = memorization_scores(mlp, X, y, n_models=4, random_state=1, n_jobs=2)
+    np.testing.assert_array_equal(a, b)
+
+
+class _MLP(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(2, 32), torch.nn.ReLU(),
+                                       torch.nn.Linear(32, 2))
+
+    def forward(self, X):
+        return self.net(X)
+
+
+@FEW_MODELS
+def test_skorch_net_scores_match_a_brute_force_recomputation():
+    X, y = _toy(30, seed=2)
+    y = y.astype(np.int64)
+    net = NeuralNetClassifier(_MLP, max_epochs=8, lr=0.05, train_split=None,
+                              verbose=0, optimizer=torch.optim.Adam)
+    got = memorization_scores(net, X, y, n_models=3, random_state=0)
+    rng = check_random_state(0)
+    masks = subset_masks(len(y), 3, 0.7, rng)
+    seeds = rng.randint(2**31 - 1, size=3)
+    correct = []
+    for mask, seed in zip(masks, seeds, strict=True):
+        with torch_seed(int(seed)):
+            model = clone(net).fit(X[mask], y[mask])
+        correct.append(model.predict(X) == y)
+    correct = np.array(correct)
+    n_in, n_out = masks.sum(axis=0), (~masks).sum(axis=0)
+    defined = (n_in > 0) & (n_out > 0)
+    want = (correct & masks).sum(0)[defined] / n_in[defined] - (
+        correct & ~masks).sum(0)[defined] / n_out[defined]
+    np.testing.assert_allclose(got[defined], want)
+    assert np.isnan(got[~defined]).all()
+
+
+@pytest.mark.slow
+def test_flipped_digit_labels_are_memorised():
+    """SPEC 7.6 at reduced size: 5 % flipped labels of 600 digits."""
+    X, y = load_digits(return_X_y=True)
+    X, y = X[:600] / 16.0, y[:600].copy()
+    rng = np.random.RandomState(0)
+    flipped = rng.choice(len(y), 30, replace=False)
+    y[flipped] = (y[flipped] + rng.randint(1, 10, size=30)) % 10
+    is_flipped = np.isin(np.arange(len(y)), flipped)
+    mem = memorization_scores(KNeighborsClassifier(1), X, y, n_models=30,
+                              random_state=0)
+    assert np.isfinite(mem).all()
+    assert mem[is_flipped].mean() > 0.8 and mem[~is_flipped].mean() < 0.2
+    mlp = MLPClassifier((128,), alpha=0.0, learning_rate_init=0.01, max_iter=300)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # MLP convergence, a few NaN scores
+        mem = memorization_scores(mlp, X, y, n_models=10, random_state=0)
+    assert np.nanmean(mem[is_flipped]) > np.nanmean(mem[~is_flipped]) + 0.3
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(n_models=0), "n_models must be a positive int"),
+        (dict(subset_fraction=1.0), "subset_fraction must be a number in"),
+    ],
+)
+def test_parameter_errors(kwargs, match):
+    X, y = _toy()
+    with pytest.raises(ValueError, match=match):
+        memorization_scores(KNeighborsClassifier(1), X, y, **kwargs)
+
+
+def test_length_mismatch_and_undefined_scores():
+    X, y = _toy()
+    with pytest.raises(ValueError, match="different lengths"):
+        memorization_scores(KNeighborsClassifier(1), X, y[:-1])
+    with pytest.warns(UserWarning, match="never \\(or always\\) in the training"):
+        mem = memorization_scores(KNeighborsClassifier(1), X, y, n_models=1)
+    assert np.isnan(mem).all()

@@ -1,0 +1,106 @@
+"""class_fitting_report workflow and its figures."""
+
+import matplotlib
+import numpy as np
+import pytest
+import torch
+from sklearn.neighbors import KNeighborsClassifier
+from skorch import NeuralNetClassifier
+
+from sksim.representations import (
+    DirichletProcessGaussianMixture,
+    class_fitting_report,
+    plot_class_log_density,
+    plot_memorization_by_density,
+)
+
+matplotlib.use("Agg")
+
+MIX = DirichletProcessGaussianMixture(n_sweeps=6, burn_in=2, thin=2)
+
+
+class _MLP(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.hidden = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU())
+        self.out = torch.nn.Linear(16, 3)
+
+    def forward(self, X):
+        return self.out(self.hidden(X))
+
+
+@pytest.fixture(scope="module")
+def report():
+    rng = np.random.RandomState(0)
+    X = np.concatenate([rng.randn(30, 4) + 3 * k for k in range(3)]).astype("float32")
+    y = np.repeat([0, 1, 2], 30)
+    net = NeuralNetClassifier(_MLP, max_epochs=5, train_split=None, verbose=0)
+    rep = class_fitting_report(
+        net, X, y, ["hidden", "out"], n_components={"hidden": 4, "out": 3},
+        mixture=MIX, memorization=KNeighborsClassifier(1), n_models=15, n_bins=5,
+        n_samples=100, random_state=0,
+    )
+    return X, y, rep
+
+
+def test_tables_agree_with_the_fitted_densities(report):
+    X, y, rep = report
+    assert rep.densities["hidden"].components_.shape == (4, 16)
+    assert rep.densities["out"].components_.shape == (3, 3)
+    for stage in ("hidden", "out"):
+        density = rep.densities[stage]
+        rows = rep.classes["stage"] == stage
+        summary = density.class_summary(100)
+        np.testing.assert_allclose(rep.classes["mean_log_density"][rows],
+                                   summary.mean_log_density)
+        high, _, threshold = density.split_classes()
+        assert rep.splits["threshold"][rep.splits["stage"] == stage][0] == threshold
+        np.testing.assert_array_equal(
+            rep.classes["group"][rows] == "high", np.isin(density.classes_, high))
+        bins = density.density_bins(5)
+        b = rep.bins["stage"] == stage
+        want = [np.nanmean(rep.memorization[bins == k]) for k in range(5)]
+        np.testing.assert_allclose(rep.bins["mean_memorization"][b], want)
+    assert rep.memorization.shape == (90,)
+
+
+def test_precomputed_memorization_and_frames(report):
+    X, y, rep = report
+    mem = np.linspace(0, 1, 90)
+    frames = class_fitting_report(
+        torch.nn.Sequential(torch.nn.Linear(4, 3)), X, y, "0", n_components=3,
+        mixture=MIX, memorization=mem, n_bins=3, n_samples=50, as_frame=True,
+        random_state=0,
+    )
+    assert list(frames.bins["bin"]) == [0, 1, 2]
+    bins = frames.densities["0"].density_bins(3)
+    np.testing.assert_allclose(frames.bins["mean_memorization"],
+                               [mem[bins == k].mean() for k in range(3)])
+    assert list(frames.classes.columns[:2]) == ["class", "n_samples"]
+    with pytest.raises(ValueError, match="one score per example"):
+        class_fitting_report(torch.nn.Sequential(torch.nn.Linear(4, 3)), X, y, "0",
+                             mixture=MIX, memorization=mem[:5])
+
+
+def test_figures_show_the_table_values(report):
+    _, _, rep = report
+    fig = plot_class_log_density(rep)
+    assert len(fig.axes) == 2
+    for ax, stage in zip(fig.axes, ["hidden", "out"], strict=True):
+        rows = rep.classes["stage"] == stage
+        shown = ax.collections[0].get_offsets()[:, 1]
+        means = rep.classes["mean_log_density"][rows]
+        np.testing.assert_allclose(shown, np.sort(means))
+        threshold = rep.splits["threshold"][rep.splits["stage"] == stage][0]
+        assert ax.lines[0].get_ydata()[0] == pytest.approx(threshold)
+    ax = plot_memorization_by_density(rep)
+    np.testing.assert_allclose(ax.lines[0].get_ydata(),
+                               rep.bins["mean_memorization"][:5])
+
+
+def test_memorization_figure_needs_scores(report):
+    X, y, _ = report
+    rep = class_fitting_report(torch.nn.Sequential(torch.nn.Linear(4, 3)), X, y, "0",
+                               n_components=3, mixture=MIX, n_bins=3, n_samples=50)
+    with pytest.raises(ValueError, match="has no memorisation scores"):
+        plot_memorization_by_density(rep)
