@@ -49,9 +49,7 @@ def sketch_features(
     return np.divide(F, norms, out=np.zeros_like(F), where=norms > 0)
 
 
-def sketch_rows(
-    F: np.ndarray, F_ref: np.ndarray
-) -> Iterator[tuple[slice, np.ndarray]]:
+def sketch_rows(F: np.ndarray, F_ref: np.ndarray) -> Iterator[tuple[slice, np.ndarray]]:
     """Yield ``(rows, F[rows] @ F_ref.T)`` in blocks of bounded size."""
     step = max(1, MAX_BLOCK_ENTRIES // max(len(F_ref), 1))
     for start in range(0, len(F), step):

@@ -259,8 +259,7 @@ class SelfDenoisingAnalysis(BaseEstimator):
         y = check_array(y, ensure_2d=False, dtype=np.float64, input_name="y")
         if n_samples(X) < 2:
             raise ValueError(
-                "SelfDenoisingAnalysis needs at least 2 training samples; got 1 "
-                "sample."
+                "SelfDenoisingAnalysis needs at least 2 training samples; got 1 sample."
             )
         if len(y) != n_samples(X):
             raise ValueError(
@@ -319,7 +318,12 @@ class SelfDenoisingAnalysis(BaseEstimator):
         reference = NTKReference(engine, X)
         for rows, K, G in reference.self_rows():
             B = neighbor_weights(
-                K, G, reference.gram, self.weights, self.power, self.threshold,
+                K,
+                G,
+                reference.gram,
+                self.weights,
+                self.power,
+                self.threshold,
                 self.rtol,
             )
             M = B.sum(axis=1)
@@ -498,16 +502,13 @@ def plot_denoising(analysis, y_clean=None, ax=None):
     ax.scatter(n_eff, predicted, s=6, alpha=0.6, label="predicted per sample")
     summary = analysis.summary(y_clean)
     ax.axhline(summary["sigma"], color="k", lw=1, label="label noise sigma")
-    ax.axhline(
-        summary["predicted_rmse"], color="C0", ls="--", label="predicted RMSE"
-    )
+    ax.axhline(summary["predicted_rmse"], color="C0", ls="--", label="predicted RMSE")
     if y_clean is not None:
         measured = np.sqrt(analysis.clean_errors(y_clean) / d)
-        ax.scatter(n_eff, measured, s=6, alpha=0.4, color="C1",
-                   label="measured per sample")
-        ax.axhline(
-            summary["measured_rmse"], color="C1", ls="--", label="measured RMSE"
+        ax.scatter(
+            n_eff, measured, s=6, alpha=0.4, color="C1", label="measured per sample"
         )
+        ax.axhline(summary["measured_rmse"], color="C1", ls="--", label="measured RMSE")
     ax.set_xscale("log")
     ax.set_xlabel("effective number of neighbours N_eff")
     ax.set_ylabel("error against clean labels")

@@ -187,7 +187,7 @@ class NetworkNeighbors(BaseEstimator):
             if self.n_components is None:
                 raise ValueError(
                     'algorithm="faiss" searches sketched gradient features: set '
-                    "n_components (e.g. 64 to 256), or use algorithm=\"exact\"."
+                    'n_components (e.g. 64 to 256), or use algorithm="exact".'
                 )
             import_faiss()
 
@@ -331,9 +331,7 @@ class NetworkNeighbors(BaseEstimator):
             if self.algorithm == "faiss":
                 s, i = self._faiss(self._sketch(X), n_neighbors, False)
             else:
-                s, i = split_rows(
-                    lambda Q: self._exact(Q, n_neighbors), X, self.n_jobs
-                )
+                s, i = split_rows(lambda Q: self._exact(Q, n_neighbors), X, self.n_jobs)
         if as_distance:
             s = np.sqrt(np.maximum(2.0 - 2.0 * s, 0.0))
         return (s, i) if return_distance else i

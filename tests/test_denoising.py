@@ -49,7 +49,10 @@ def brute_force_jacobians(net, X):
         rows.append(
             [
                 torch.cat(
-                    [g.reshape(-1) for g in torch.autograd.grad(o, params, retain_graph=True)]
+                    [
+                        g.reshape(-1)
+                        for g in torch.autograd.grad(o, params, retain_graph=True)
+                    ]
                 ).numpy()
                 for o in out
             ]
@@ -151,7 +154,9 @@ def test_quantities_equal_a_direct_evaluation_of_spec_3(data, d, weights):
     np.testing.assert_allclose(
         analysis.denoising_factor_, 1 / expected["n_eff"], rtol=1e-7
     )
-    np.testing.assert_allclose(analysis.self_weight_, expected["self_weight"], atol=1e-8)
+    np.testing.assert_allclose(
+        analysis.self_weight_, expected["self_weight"], atol=1e-8
+    )
     np.testing.assert_allclose(
         analysis.kernel_prediction_, expected["kernel_prediction"], atol=1e-7
     )
@@ -180,7 +185,9 @@ def test_single_output_formulas_are_the_papers(data):
     assert summary["sigma"] == 0.3 and summary["sigma_estimated"] is False
     assert summary["predicted_rmse"] == pytest.approx(np.sqrt(np.mean(0.09 / n_eff)))
     f = analysis.predictions_[:, 0]
-    assert summary["training_rmse"] == pytest.approx(np.sqrt(np.mean((f - Y[:, 0]) ** 2)))
+    assert summary["training_rmse"] == pytest.approx(
+        np.sqrt(np.mean((f - Y[:, 0]) ** 2))
+    )
 
 
 def test_summary_compares_with_clean_labels(data):
@@ -199,7 +206,9 @@ def test_summary_compares_with_clean_labels(data):
     assert summary["measured_effective_neighbors"] == pytest.approx(
         analysis.sigma_**2 / measured**2
     )
-    with pytest.raises(ValueError, match="y_clean has 14 values; expected 14 samples x 3"):
+    with pytest.raises(
+        ValueError, match="y_clean has 14 values; expected 14 samples x 3"
+    ):
         analysis.summary(Y[:, 0])
 
 
@@ -256,7 +265,9 @@ def test_bad_parameters_are_refused(data, params, message):
 
 def test_bad_targets_are_refused(data):
     X, Y = data
-    with pytest.raises(ValueError, match="requires y to be passed, but the target y is None"):
+    with pytest.raises(
+        ValueError, match="requires y to be passed, but the target y is None"
+    ):
         SelfDenoisingAnalysis(mlp(1)).fit(X, None)
     with pytest.raises(ValueError, match="X has 14 samples but y has 13"):
         SelfDenoisingAnalysis(mlp(1)).fit(X, Y[:13, 0])

@@ -38,9 +38,9 @@ def mlp(n_outputs, seed=0):
 @pytest.fixture(scope="module")
 def data():
     rng = np.random.default_rng(0)
-    return rng.normal(size=(40, 3)).astype(np.float32), rng.normal(
-        size=(15, 3)
-    ).astype(np.float32)
+    return rng.normal(size=(40, 3)).astype(np.float32), rng.normal(size=(15, 3)).astype(
+        np.float32
+    )
 
 
 EXPECTED_FAILED_CHECKS = {

@@ -119,9 +119,7 @@ def test_sketched_search_ranks_by_the_sketch(data, d):
 
 
 @pytest.mark.parametrize("query_reference", [False, True])
-def test_faiss_index_agrees_with_the_exact_search_on_the_sketch(
-    data, query_reference
-):
+def test_faiss_index_agrees_with_the_exact_search_on_the_sketch(data, query_reference):
     X_ref, X_new = data
     net = mlp(3, 2)
     kwargs = dict(n_neighbors=5, n_components=32, random_state=3)
