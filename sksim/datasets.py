@@ -36,11 +36,11 @@ def make_circle_sine(n_samples=2048, frequency=1, noise=0.0, random_state=None):
           targets;
         * ``target_clean``, float32 ndarray of shape (n_samples,): the targets
           without noise;
-        * ``curvature``, ndarray of shape (n_samples,): curvature
-          ``|y''| / (1 + y'^2)^{3/2}`` of the target's graph as a function of
-          the arc length ``s = 2 pi alpha`` (``y = sin(f s)``), so
-          ``f^2 |sin(f s)| / (1 + f^2 cos^2(f s))^{3/2}``: zero where the target
-          crosses zero, ``f^2`` at its extrema;
+        * ``curvature``, ndarray of shape (n_samples,): the magnitude of the
+          target's second derivative with respect to the arc length
+          ``s = 2 pi alpha`` on the unit circle, ``|d^2 y / ds^2| =
+          f^2 |sin(f s)|``: zero where the target crosses zero, ``f^2`` at its
+          extrema;
         * ``alpha``, ndarray of shape (n_samples,): the positions.
 
     References
@@ -68,8 +68,7 @@ def make_circle_sine(n_samples=2048, frequency=1, noise=0.0, random_state=None):
     s = 2 * np.pi * alpha
     X = np.column_stack([np.cos(s), np.sin(s)]).astype(np.float32)
     clean = np.sin(frequency * s)
-    slope = frequency * np.cos(frequency * s)
-    curvature = frequency**2 * np.abs(clean) / (1 + slope**2) ** 1.5
+    curvature = frequency**2 * np.abs(clean)
     target = clean + noise * rng.standard_normal(n_samples) if noise > 0 else clean
     return Bunch(
         data=X,

@@ -495,7 +495,7 @@ def plot_denoising(analysis, y_clean=None, ax=None):
         ) from error
     check_is_fitted(analysis)
     if ax is None:
-        _, ax = plt.subplots(figsize=(6, 4))
+        _, ax = plt.subplots(figsize=(6, 4), layout="constrained")
     d = analysis.n_outputs_
     n_eff = analysis.effective_neighbors_
     predicted = np.sqrt(analysis.predicted_error_ / d)
