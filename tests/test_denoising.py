@@ -9,7 +9,9 @@ import torch
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.estimator_checks import parametrize_with_checks
 from skorch import NeuralNetRegressor
+from skorch.callbacks import LRScheduler
 
+from sksim.datasets import make_circle_sine
 from sksim.denoising import (
     IllConditionedWeightsWarning,
     SelfDenoisingAnalysis,
@@ -299,3 +301,43 @@ def test_plot_without_matplotlib_names_the_extra(data, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
     with pytest.raises(ImportError, match=r"sksim\[plot\]"):
         plot_denoising(analysis)
+
+
+@pytest.mark.slow
+def test_circle_sine_network_beats_its_label_noise():
+    """SPEC 7.2 at reduced size (512 samples instead of 2048), f = 1."""
+    sigma = 0.2
+    toy = make_circle_sine(512, frequency=1, noise=sigma, random_state=0)
+    layers = [torch.nn.Linear(2, 64), torch.nn.ReLU()]
+    for _ in range(5):
+        layers += [torch.nn.Linear(64, 64), torch.nn.ReLU()]
+    torch.manual_seed(0)
+    net = NeuralNetRegressor(
+        torch.nn.Sequential(*layers, torch.nn.Linear(64, 1)),
+        criterion=torch.nn.L1Loss,
+        optimizer=torch.optim.Adam,
+        lr=3e-3,
+        max_epochs=60,
+        batch_size=64,
+        train_split=None,
+        callbacks=[LRScheduler("CosineAnnealingLR", T_max=60)],
+        verbose=0,
+    ).fit(toy.data, toy.target[:, None])
+    summaries = {
+        weights: SelfDenoisingAnalysis(
+            net, weights=weights, threshold=0.99, batch_size=256
+        )
+        .fit(toy.data, toy.target)
+        .summary(toy.target_clean)
+        for weights in ("hard", "ntk")
+    }
+    hard, ntk = summaries["hard"], summaries["ntk"]
+    measured = hard["measured_rmse"]
+    print(
+        f"\nmeasured {measured:.4f}, predicted hard(0.99) {hard['predicted_rmse']:.4f}"
+        f" ntk {ntk['predicted_rmse']:.4f}, sigma estimated {hard['sigma']:.3f}"
+    )
+    assert measured < sigma / 2
+    assert 1 / 3 < hard["predicted_over_measured"] < 3
+    assert ntk["predicted_over_measured"] < 1 / 3  # far too optimistic
+    assert hard["sigma"] == pytest.approx(sigma, rel=0.2)

@@ -3,11 +3,14 @@
 import numpy as np
 import pytest
 import torch
+from scipy.stats import spearmanr
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.estimator_checks import parametrize_with_checks
 from skorch import NeuralNetRegressor
+from skorch.callbacks import LRScheduler
 
 from sksim import network_similarity
+from sksim.datasets import make_circle_sine
 from sksim.density import GradientDensityEstimator
 
 
@@ -183,3 +186,39 @@ def test_bad_parameters_are_refused(data, params, message):
 def test_counting_before_fit_is_refused(data):
     with pytest.raises(NotFittedError):
         GradientDensityEstimator(mlp(1)).neighbor_counts(data[0])
+
+
+def circle_sine_net(toy, epochs=60):
+    """The toy's 2 -> 64 -> (5 x 64) -> 1 ReLU MLP trained with L1 and Adam."""
+    layers = [torch.nn.Linear(2, 64), torch.nn.ReLU()]
+    for _ in range(5):
+        layers += [torch.nn.Linear(64, 64), torch.nn.ReLU()]
+    torch.manual_seed(0)
+    return NeuralNetRegressor(
+        torch.nn.Sequential(*layers, torch.nn.Linear(64, 1)),
+        criterion=torch.nn.L1Loss,
+        optimizer=torch.optim.Adam,
+        lr=3e-3,
+        max_epochs=epochs,
+        batch_size=64,
+        train_split=None,
+        callbacks=[LRScheduler("CosineAnnealingLR", T_max=epochs)],
+        verbose=0,
+    ).fit(toy.data, toy.target[:, None])
+
+
+@pytest.mark.slow
+def test_circle_sine_density_falls_with_frequency_and_curvature():
+    """SPEC 7.1 at reduced size (512 samples instead of 2048)."""
+    counts, curvatures = [], []
+    for f in (1, 2, 4, 8):
+        toy = make_circle_sine(512, frequency=f, random_state=0)
+        net = circle_sine_net(toy)
+        density = GradientDensityEstimator(net, batch_size=256).fit(toy.data)
+        counts.append(density.neighbor_counts(toy.data))
+        curvatures.append(toy.curvature)
+    means = [c.mean() for c in counts]
+    rho = spearmanr(np.concatenate(counts), np.concatenate(curvatures))[0]
+    print(f"\nmean soft counts for f = 1, 2, 4, 8: {np.round(means, 1)}; rho {rho:.2f}")
+    assert all(a > b for a, b in zip(means, means[1:], strict=False))
+    assert rho < -0.5
