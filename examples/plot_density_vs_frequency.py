@@ -6,9 +6,9 @@ A network regresses ``sin(2 pi f alpha)`` from the point
 ``(cos 2 pi alpha, sin 2 pi alpha)`` of the unit circle. The higher the
 frequency ``f``, the more the network must tell nearby points apart, so the
 fewer training examples it treats as similar to each input: the mean soft
-neighbour count ``N_S(x) = sum_j k^C(x, x_j)`` falls as ``f`` grows, and per
-sample it is lower where the target bends more (Charpiat et al., NeurIPS 2019,
-section 4; SPEC 7.1).
+neighbour count ``N_S(x) = sum_j k^C(x, x_j)`` falls as ``f`` grows, and,
+across frequencies, per sample it is lower where the target bends more
+(Charpiat et al., NeurIPS 2019, density section; SPEC 7.1).
 
 The soft counts come from :class:`sksim.density.GradientDensityEstimator` in
 two streaming passes over the training set (no ``N x N`` kernel).

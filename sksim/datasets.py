@@ -46,8 +46,8 @@ def make_circle_sine(n_samples=2048, frequency=1, noise=0.0, random_state=None):
     References
     ----------
     .. [1] G. Charpiat, N. Girard, L. Felardos, Y. Tarabalka, "Input Similarity
-       from the Neural Network Perspective", NeurIPS 2019, section 4.1 (density
-       versus frequency on the toy) and section 3 (self-denoising).
+       from the Neural Network Perspective", NeurIPS 2019, the toy experiments
+       on density versus frequency and on self-denoising; SPEC 7.1 and 7.2.
 
     Examples
     --------

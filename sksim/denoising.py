@@ -184,8 +184,8 @@ class SelfDenoisingAnalysis(BaseEstimator):
     References
     ----------
     .. [1] G. Charpiat, N. Girard, L. Felardos, Y. Tarabalka, "Input Similarity
-       from the Neural Network Perspective", NeurIPS 2019, section 3
-       (self-denoising effect) and section 4.1 (its estimation on the toy).
+       from the Neural Network Perspective", NeurIPS 2019, the section on the
+       self-denoising effect (its quantification without true labels); SPEC 3.
 
     Examples
     --------

@@ -152,9 +152,8 @@ class GradientDensityEstimator(DensityMixin, BaseEstimator):
     References
     ----------
     .. [1] G. Charpiat, N. Girard, L. Felardos, Y. Tarabalka, "Input Similarity
-       from the Neural Network Perspective", NeurIPS 2019, section 4 (estimating
-       the number of neighbours, density) and appendix on the linear-time soft
-       count.
+       from the Neural Network Perspective", NeurIPS 2019, the section on estimating
+       sample density (the linear-time soft count); SPEC 2.
 
     Examples
     --------

@@ -127,8 +127,8 @@ class NetworkNeighbors(BaseEstimator):
     References
     ----------
     .. [1] G. Charpiat, N. Girard, L. Felardos, Y. Tarabalka, "Input Similarity
-       from the Neural Network Perspective", NeurIPS 2019, section 4 (the
-       network's neighbours of an input).
+       from the Neural Network Perspective", NeurIPS 2019, the section on
+       retrieving the samples the network sees as similar; SPEC 2.
 
     Examples
     --------
