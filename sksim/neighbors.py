@@ -98,9 +98,10 @@ class NetworkNeighbors(BaseEstimator):
     random_state : int, RandomState instance or None, default=None
         Seeds the training of an unfitted skorch net and the sketch.
     n_jobs : int or None, default=None
-        Exact search: joblib workers among which the query rows are split.
-        FAISS search: number of OpenMP threads of the index (None leaves
-        FAISS's default).
+        Exact search with queries: joblib workers among which the query rows
+        are split (None: one, in process). The FAISS search uses FAISS's own
+        OpenMP threads, which sksim leaves as they are (set them with
+        ``OMP_NUM_THREADS`` or ``faiss.omp_set_num_threads``).
     verbose : int, default=0
         Show progress bars when positive.
 
@@ -264,8 +265,6 @@ class NetworkNeighbors(BaseEstimator):
 
     def _faiss(self, F, n_neighbors, exclude_self):
         faiss = import_faiss()
-        if self.n_jobs is not None:
-            faiss.omp_set_num_threads(int(self.n_jobs))
         index = faiss.IndexFlatIP(F.shape[1])
         index.add(np.ascontiguousarray(self.reference_features_))
         extra = int(exclude_self)

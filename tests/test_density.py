@@ -99,6 +99,20 @@ def test_soft_fit_holds_the_whitened_sum(data):
     assert not hasattr(dens, "reference_features_")
 
 
+def test_soft_counts_never_build_pairs(data, monkeypatch):
+    X_ref, X_new = data
+    net = mlp(3)
+    expected = network_similarity(net, X_new, X_ref).sum(1)
+
+    def no_pairs(*args, **kwargs):
+        raise AssertionError("the soft count must not compute kernel pairs")
+
+    monkeypatch.setattr("sksim.density.NTKReference", no_pairs)
+    monkeypatch.setattr("sksim.density.cosine_rows", no_pairs)
+    dens = GradientDensityEstimator(net).fit(X_ref)
+    np.testing.assert_allclose(dens.neighbor_counts(X_new), expected, atol=1e-6)
+
+
 def test_reference_counts_include_themselves(data):
     X_ref, _ = data
     net = mlp(1)

@@ -124,7 +124,7 @@ def test_faiss_index_agrees_with_the_exact_search_on_the_sketch(data, query_refe
     net = mlp(3, 2)
     kwargs = dict(n_neighbors=5, n_components=32, random_state=3)
     exact = NetworkNeighbors(net, **kwargs).fit(X_ref)
-    faiss = NetworkNeighbors(net, algorithm="faiss", n_jobs=1, **kwargs).fit(X_ref)
+    faiss = NetworkNeighbors(net, algorithm="faiss", **kwargs).fit(X_ref)
     X = None if query_reference else X_new
     sim_e, ind_e = exact.kneighbors(X)
     sim_f, ind_f = faiss.kneighbors(X)
