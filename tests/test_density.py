@@ -236,3 +236,34 @@ def test_circle_sine_density_falls_with_frequency_and_curvature():
     print(f"\nmean soft counts for f = 1, 2, 4, 8: {np.round(means, 1)}; rho {rho:.2f}")
     assert all(a > b for a, b in zip(means, means[1:], strict=False))
     assert rho < -0.5
+
+
+def test_make_circle_sine_values():
+    toy = make_circle_sine(2000, frequency=3, noise=0.2, random_state=0)
+    angle = 2 * np.pi * toy.alpha
+    np.testing.assert_allclose(
+        toy.data, np.column_stack([np.cos(angle), np.sin(angle)]), atol=1e-6
+    )
+    np.testing.assert_allclose(toy.target_clean, np.sin(3 * angle), atol=1e-6)
+    np.testing.assert_allclose(toy.curvature, 9 * np.abs(np.sin(3 * angle)), atol=1e-5)
+    assert ((toy.alpha >= 0) & (toy.alpha < 1)).all()
+    noise = toy.target - toy.target_clean
+    assert noise.std() == pytest.approx(0.2, rel=0.05)
+    assert abs(noise.mean()) < 0.02
+    again = make_circle_sine(2000, frequency=3, noise=0.2, random_state=0)
+    np.testing.assert_array_equal(again.target, toy.target)
+    clean = make_circle_sine(5, frequency=1, random_state=0)
+    np.testing.assert_array_equal(clean.target, clean.target_clean)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"n_samples": 0}, "n_samples must be a positive int"),
+        ({"frequency": 0}, "frequency must be a positive number"),
+        ({"noise": -0.1}, "noise must be a non-negative number"),
+    ],
+)
+def test_make_circle_sine_refuses_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        make_circle_sine(**{"n_samples": 10, **kwargs})
