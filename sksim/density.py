@@ -69,7 +69,9 @@ class GradientDensityEstimator(DensityMixin, BaseEstimator):
     * ``"power"``: ``N_n(x) = sum_j max(k^C(x, x_j), 0)^power``.
 
     The last two need pairs: they are exact, computed in blocks of query rows
-    against the reference set (memory of one block, ``batch_size x N``), or,
+    against the reference set (similarities of one block, ``batch_size x N``,
+    at a time; the engine keeps the reference Jacobians in memory when they
+    fit in 2 GiB and recomputes them for every block otherwise), or,
     with ``n_components`` set, approximate through Gaussian sketches of the
     whitened Jacobians (unit-normalised, so that ``k(x, x) = 1`` exactly and
     other similarities carry an error of order ``1/sqrt(n_components)``).

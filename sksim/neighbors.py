@@ -62,9 +62,11 @@ class NetworkNeighbors(BaseEstimator):
     Two algorithms:
 
     * ``"exact"`` (default): every similarity is computed, in blocks of query
-      rows against the reference set (memory of one block,
-      ``batch_size x N``). With ``n_components`` set, the similarities are
-      those of Gaussian sketches of the whitened Jacobians instead.
+      rows against the reference set (similarities of one block,
+      ``batch_size x N``, at a time; the reference Jacobians are kept in
+      memory when they fit in 2 GiB). With ``n_components`` set, the
+      similarities are those of Gaussian sketches of the whitened Jacobians
+      instead.
     * ``"faiss"``: an inner-product FAISS index (``IndexFlatIP``) over the
       sketches, flattened and unit-normalised, for large reference sets
       (10^5 samples and more). Needs ``n_components`` and the optional
