@@ -1,0 +1,336 @@
+"""How many training examples the network treats as similar to an input (SPEC 2)."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, DensityMixin
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted
+
+from ._engine.features import whitened_jacobians
+from ._engine.gram import NTKReference
+from ._engine.inputs import n_samples
+from ._engine.jacobian import JacobianEngine
+from ._net import fit_net, resolve_module
+from ._similarity_rows import cosine_rows, sketch_features, sketch_rows, split_rows
+from ._validation import check_net_input, check_positive_int
+
+METHODS = ("soft", "hard", "power")
+COUNT_FLOOR = 0.5
+
+
+def check_rtol(rtol):
+    if not (isinstance(rtol, float) and 0 <= rtol < 1):
+        raise ValueError(f"rtol must be a float in [0, 1); got {rtol!r}.")
+
+
+def check_threshold(threshold):
+    if not isinstance(threshold, numbers.Real) or not -1 <= threshold < 1:
+        raise ValueError(
+            f"threshold must be a number in [-1, 1); got {threshold!r}. The cosine "
+            "similarity never exceeds 1, so a threshold of 1 counts nothing."
+        )
+
+
+def soft_counts(engine: JacobianEngine, X, reference_sum: np.ndarray, rtol: float):
+    """``N_S(x) = <A(x), S>_F / d`` for every row of ``X`` (the second pass)."""
+    S = torch.as_tensor(reference_sum, device=engine.device)
+    counts = np.empty(n_samples(X))
+    for rows, A in whitened_jacobians(engine, X, rtol):
+        counts[rows] = torch.einsum("bdp,dp->b", A.double(), S).cpu().numpy()
+    return counts / reference_sum.shape[0]
+
+
+def whitened_sum(engine: JacobianEngine, X, rtol: float) -> np.ndarray:
+    """``S = sum_j A(x_j)`` of shape ``(d, p)`` in float64 (the first pass)."""
+    S = None
+    for _, A in whitened_jacobians(engine, X, rtol):
+        part = A.double().sum(0)
+        S = part if S is None else S + part
+    return S.cpu().numpy()
+
+
+class GradientDensityEstimator(DensityMixin, BaseEstimator):
+    """Count the reference examples the network treats as similar to an input.
+
+    The similarity is the network's cosine kernel ``k^C`` (SPEC 1.1, see
+    :func:`sksim.network_similarity`). Over the reference set ``{x_j}`` given to
+    ``fit`` (usually the training set), three counts are offered (SPEC 2):
+
+    * ``"soft"``: ``N_S(x) = sum_j k^C(x, x_j)``, computed without any pair:
+      ``fit`` accumulates ``S = sum_j A(x_j)`` of the whitened Jacobians
+      ``A = (J J^T)^{-1/2} J`` in one streaming pass, and
+      ``N_S(x) = <A(x), S>_F / d``. Time O(N p), memory O(p d): neither the
+      ``N x N`` kernel nor the ``N x p`` Jacobian matrix is ever formed.
+    * ``"hard"``: ``N_tau(x) = #{j : k^C(x, x_j) > threshold}``.
+    * ``"power"``: ``N_n(x) = sum_j max(k^C(x, x_j), 0)^power``.
+
+    The last two need pairs: they are exact, computed in blocks of query rows
+    against the reference set (similarities of one block, ``batch_size x N``,
+    at a time; the engine keeps the reference Jacobians in memory when they
+    fit in 2 GiB and recomputes them for every block otherwise), or,
+    with ``n_components`` set, approximate through Gaussian sketches of the
+    whitened Jacobians (unit-normalised, so that ``k(x, x) = 1`` exactly and
+    other similarities carry an error of order ``1/sqrt(n_components)``).
+
+    ``N_S / N`` is a relative density, a kernel density estimate with the
+    network's kernel: low counts mark inputs the network treats as isolated,
+    very high counts inputs it lumps together.
+
+    **Self-similarity.** Counts are sums over the whole reference set, so a
+    reference example queried again counts itself: ``k^C(x_i, x_i) = 1`` adds
+    exactly 1 to each of its counts (when ``threshold < 1``). New inputs get
+    no such term. Subtract 1 from the counts of the reference examples to
+    exclude them.
+
+    **Noise floor of the soft count.** Unrelated inputs have
+    ``k^C = 0 +- O(1/sqrt(p))``, which do not cancel exactly: ``N_S`` carries
+    an additive noise of order ``sqrt(N / p)``. Soft counts below a few times
+    that are indistinguishable from no neighbour at all; ``hard`` and
+    ``power`` counts suppress this background.
+
+    Parameters
+    ----------
+    net : skorch net, FrozenEstimator or torch.nn.Module
+        The network. An unfitted skorch net is cloned and trained on ``fit``'s
+        ``X, y`` first.
+    method : {"soft", "hard", "power"}, default="soft"
+        Which count, see above.
+    threshold : float, default=0.9
+        Similarity above which a reference example counts (``"hard"``), in
+        ``[-1, 1)``.
+    power : float, default=2
+        Exponent of the positive part of the similarity (``"power"``).
+    output : "logits", int or callable, default="logits"
+        Which outputs form the Jacobian (see :func:`sksim.network_similarity`).
+    params : str, list of str or None, default=None
+        Which parameters form the Jacobian.
+    n_components : int or None, default=None
+        None computes ``"hard"`` and ``"power"`` exactly; an int approximates
+        them through sketches of this size per output. ``"soft"`` is always
+        exact.
+    batch_size : int, default=64
+        Samples per vectorised Jacobian computation, and query rows per block.
+    device : str or torch.device, default=None
+        Where to compute; None keeps the network's device.
+    rtol : float, default=1e-5
+        Relative eigenvalue floor of ``J J^T`` before whitening.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the training of an unfitted skorch net and the sketch.
+    n_jobs : int or None, default=None
+        Number of joblib workers among which ``neighbor_counts`` splits the
+        query rows (None: one, in process). Each worker recomputes what it
+        needs of the reference set.
+    verbose : int, default=0
+        Show progress bars when positive.
+
+    Attributes
+    ----------
+    net_ : skorch net, FrozenEstimator or torch.nn.Module
+        The trained network used.
+    X_fit_ : ndarray or dict of ndarrays
+        The reference inputs.
+    n_reference_ : int
+        Number ``N`` of reference examples.
+    n_outputs_ : int
+        Number ``d`` of Jacobian rows per sample.
+    reference_sum_ : ndarray of shape (d, p)
+        ``S = sum_j A(x_j)`` (``method="soft"`` only).
+    reference_features_ : ndarray of shape (N, d * n_components)
+        Unit-normalised sketches of the reference (when ``n_components`` is set
+        and ``method`` is not ``"soft"``).
+    projection_seed_ : int
+        Seed of the sketch, shared by reference and queries.
+    n_features_in_ : int
+        Size of the second axis of array inputs.
+
+    See Also
+    --------
+    sksim.NetworkNeighbors : which reference examples are the most similar.
+
+    References
+    ----------
+    .. [1] G. Charpiat, N. Girard, L. Felardos, Y. Tarabalka, "Input Similarity
+       from the Neural Network Perspective", NeurIPS 2019, the section on estimating
+       sample density (the linear-time soft count); SPEC 2.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sksim.density import GradientDensityEstimator
+    >>> _ = torch.manual_seed(0)
+    >>> net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(),
+    ...                           torch.nn.Linear(8, 1))
+    >>> X = torch.randn(20, 2).numpy()
+    >>> dens = GradientDensityEstimator(net).fit(X)
+    >>> dens.neighbor_counts(X[:3]).shape
+    (3,)
+    >>> hard = GradientDensityEstimator(net, method="hard", threshold=0.99).fit(X)
+    >>> bool(hard.neighbor_counts(X).min() >= 1)  # each example counts itself
+    True
+    """
+
+    def __init__(
+        self,
+        net,
+        method="soft",
+        threshold=0.9,
+        power=2,
+        output="logits",
+        params=None,
+        n_components=None,
+        batch_size=64,
+        device=None,
+        rtol=1e-5,
+        random_state=None,
+        n_jobs=None,
+        verbose=0,
+    ):
+        self.net = net
+        self.method = method
+        self.threshold = threshold
+        self.power = power
+        self.output = output
+        self.params = params
+        self.n_components = n_components
+        self.batch_size = batch_size
+        self.device = device
+        self.rtol = rtol
+        self.random_state = random_state
+        self.n_jobs = n_jobs
+        self.verbose = verbose
+
+    def _check_params(self):
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}; got {self.method!r}.")
+        check_threshold(self.threshold)
+        if not isinstance(self.power, numbers.Real) or not self.power > 0:
+            raise ValueError(f"power must be a positive number; got {self.power!r}.")
+        check_positive_int(self.n_components, "n_components", allow_none=True)
+        check_positive_int(self.batch_size, "batch_size")
+        check_rtol(self.rtol)
+
+    def _engine(self, verbose=None):
+        return JacobianEngine(
+            resolve_module(self.net_),
+            self.output,
+            self.params,
+            self.batch_size,
+            self.device,
+            self.verbose if verbose is None else verbose,
+        )
+
+    def fit(self, X, y=None):
+        """Train the net if needed and prepare the reference set.
+
+        ``method="soft"`` takes one streaming pass over ``X`` to accumulate
+        ``S = sum_j A(x_j)``; sketched counts compute the reference sketches.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, ...) or dict of them
+            Reference inputs (usually the training set).
+        y : array-like of shape (n_samples,), default=None
+            Targets, needed only to train an unfitted skorch net.
+
+        Returns
+        -------
+        self : object
+        """
+        self._check_params()
+        X = check_net_input(X, self, reset=True)
+        self.net_ = fit_net(self.net, X, y, self.random_state)
+        self.X_fit_ = X
+        self.n_reference_ = n_samples(X)
+        engine = self._engine()
+        self.n_outputs_ = engine.n_outputs(X)
+        self.projection_seed_ = int(
+            check_random_state(self.random_state).randint(2**31 - 1)
+        )
+        if self.method == "soft":
+            self.reference_sum_ = whitened_sum(engine, X, self.rtol)
+        elif self.n_components is not None:
+            self.reference_features_ = sketch_features(
+                engine, X, self.n_components, self.projection_seed_, self.rtol
+            )
+        return self
+
+    def _counts(self, X):
+        engine = self._engine(verbose=self.verbose if self.n_jobs in (None, 1) else 0)
+        if self.method == "soft":
+            return soft_counts(engine, X, self.reference_sum_, self.rtol)
+        if self.n_components is not None:
+            F = sketch_features(
+                engine, X, self.n_components, self.projection_seed_, self.rtol
+            )
+            rows = sketch_rows(F, self.reference_features_)
+        else:
+            rows = cosine_rows(NTKReference(engine, self.X_fit_), X, self.rtol)
+        counts = np.empty(n_samples(X))
+        for block, k in rows:
+            if self.method == "hard":
+                counts[block] = np.count_nonzero(k > self.threshold, axis=1)
+            else:
+                counts[block] = (np.maximum(k, 0.0) ** self.power).sum(axis=1)
+        return counts
+
+    def neighbor_counts(self, X):
+        """Number of reference examples the network treats as similar to ``X``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, ...) or dict of them
+
+        Returns
+        -------
+        counts : ndarray of shape (n_samples,)
+            Float64 counts (``"hard"`` counts are whole numbers). A reference
+            example counts itself, see the class docstring.
+        """
+        check_is_fitted(self)
+        X = check_net_input(X, self, reset=False)
+        return split_rows(self._counts, X, self.n_jobs)
+
+    def score_samples(self, X):
+        """Log relative density ``log(max(count, 0.5) / N)``.
+
+        Counts are floored at half an example before the logarithm: a hard
+        count of zero, or a soft count that the noise floor or anti-similar
+        examples drive to zero or below, would otherwise give ``-inf`` or NaN.
+        All counts below 0.5 therefore share the lowest score
+        ``log(0.5 / N)``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, ...) or dict of them
+
+        Returns
+        -------
+        log_density : ndarray of shape (n_samples,)
+        """
+        counts = self.neighbor_counts(X)
+        return np.log(np.maximum(counts, COUNT_FLOOR) / self.n_reference_)
+
+    def score(self, X, y=None):
+        """Total log relative density of ``X``, the sum of :meth:`score_samples`.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, ...) or dict of them
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        score : float
+        """
+        return float(np.sum(self.score_samples(X)))
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = False
+        tags.non_deterministic = False
+        return tags

@@ -1,0 +1,344 @@
+"""Nearest neighbours from the network's perspective (SPEC 2)."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import BaseEstimator
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted
+
+from ._engine.gram import NTKReference
+from ._engine.inputs import n_samples
+from ._engine.jacobian import JacobianEngine
+from ._net import fit_net, resolve_module
+from ._similarity_rows import cosine_rows, sketch_features, sketch_rows, split_rows
+from ._validation import check_net_input, check_positive_int
+from .density import check_rtol
+
+ALGORITHMS = ("exact", "faiss")
+
+
+def import_faiss():
+    """Import faiss lazily, with an error naming the extra that provides it."""
+    try:
+        import faiss
+    except ImportError as error:
+        raise ImportError(
+            'algorithm="faiss" needs the faiss library: install it with '
+            '`pip install "sksim[faiss]"` (or `pip install faiss-cpu`).'
+        ) from error
+    return faiss
+
+
+def top_k(k: np.ndarray, n_neighbors: int) -> tuple[np.ndarray, np.ndarray]:
+    """Largest ``n_neighbors`` entries of each row, sorted by decreasing value.
+
+    Ties are broken by the smaller column index, as a stable sort would.
+    """
+    if n_neighbors < k.shape[1]:
+        part = np.argpartition(-k, n_neighbors - 1, axis=1)[:, :n_neighbors]
+        part.sort(axis=1)
+    else:
+        part = np.broadcast_to(np.arange(k.shape[1]), k.shape).copy()
+    values = np.take_along_axis(k, part, axis=1)
+    order = np.argsort(-values, axis=1, kind="stable")
+    return (
+        np.take_along_axis(values, order, axis=1),
+        np.take_along_axis(part, order, axis=1),
+    )
+
+
+class NetworkNeighbors(BaseEstimator):
+    """The reference examples a network treats as most similar to an input.
+
+    Neighbours are ranked by the network's cosine similarity ``k^C`` (SPEC
+    1.1, see :func:`sksim.network_similarity`), largest first. The interface
+    follows :class:`sklearn.neighbors.NearestNeighbors`, with one difference:
+    **by default** :meth:`kneighbors` **returns similarities** (in ``[-1, 1]``,
+    decreasing), not distances; ask for ``as_distance=True`` to get
+    ``sqrt(2 - 2 k)``, the Euclidean distance between unit-scaled whitened
+    Jacobians, increasing.
+
+    Two algorithms:
+
+    * ``"exact"`` (default): every similarity is computed, in blocks of query
+      rows against the reference set (similarities of one block,
+      ``batch_size x N``, at a time; the reference Jacobians are kept in
+      memory when they fit in 2 GiB). With ``n_components`` set, the
+      similarities are those of Gaussian sketches of the whitened Jacobians
+      instead.
+    * ``"faiss"``: an inner-product FAISS index (``IndexFlatIP``) over the
+      sketches, flattened and unit-normalised, for large reference sets
+      (10^5 samples and more). Needs ``n_components`` and the optional
+      ``faiss-cpu`` dependency (``pip install "sksim[faiss]"``). The sketch
+      makes it approximate: similarities carry an error of order
+      ``1/sqrt(d * n_components)``, so neighbours with nearly equal
+      similarities may swap; measure recall against ``"exact"`` on a subset.
+
+    Parameters
+    ----------
+    net : skorch net, FrozenEstimator or torch.nn.Module
+        The network. An unfitted skorch net is cloned and trained on ``fit``'s
+        ``X, y`` first.
+    n_neighbors : int, default=5
+        Number of neighbours returned by default.
+    algorithm : {"exact", "faiss"}, default="exact"
+        Search method, see above.
+    output : "logits", int or callable, default="logits"
+        Which outputs form the Jacobian.
+    params : str, list of str or None, default=None
+        Which parameters form the Jacobian.
+    n_components : int or None, default=None
+        Size of the sketch per output; None uses exact similarities (only with
+        ``algorithm="exact"``).
+    batch_size : int, default=64
+        Samples per vectorised Jacobian computation, and query rows per block.
+    device : str or torch.device, default=None
+        Where to compute; None keeps the network's device.
+    rtol : float, default=1e-5
+        Relative eigenvalue floor of ``J J^T`` before whitening.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the training of an unfitted skorch net and the sketch.
+    n_jobs : int or None, default=None
+        Exact search with queries: joblib workers among which the query rows
+        are split (None: one, in process). The FAISS search uses FAISS's own
+        OpenMP threads, which sksim leaves as they are (set them with
+        ``OMP_NUM_THREADS`` or ``faiss.omp_set_num_threads``).
+    verbose : int, default=0
+        Show progress bars when positive.
+
+    Attributes
+    ----------
+    net_ : skorch net, FrozenEstimator or torch.nn.Module
+        The trained network used.
+    X_fit_ : ndarray or dict of ndarrays
+        The reference inputs.
+    n_samples_fit_ : int
+        Number of reference examples.
+    reference_features_ : ndarray of shape (n_samples_fit, d * n_components)
+        Unit-normalised sketches of the reference (when ``n_components`` is
+        set).
+    projection_seed_ : int
+        Seed of the sketch, shared by reference and queries.
+    n_features_in_ : int
+        Size of the second axis of array inputs.
+
+    See Also
+    --------
+    sksim.density.GradientDensityEstimator : how many neighbours, not which.
+
+    References
+    ----------
+    .. [1] G. Charpiat, N. Girard, L. Felardos, Y. Tarabalka, "Input Similarity
+       from the Neural Network Perspective", NeurIPS 2019, the section on
+       retrieving the samples the network sees as similar; SPEC 2.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sksim.neighbors import NetworkNeighbors
+    >>> _ = torch.manual_seed(0)
+    >>> net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(),
+    ...                           torch.nn.Linear(8, 1))
+    >>> X = torch.randn(10, 2).numpy()
+    >>> nn = NetworkNeighbors(net, n_neighbors=3).fit(X)
+    >>> sim, ind = nn.kneighbors(X[:2])
+    >>> ind[:, 0].tolist()  # an example is its own most similar one
+    [0, 1]
+    >>> bool((sim[:, :-1] >= sim[:, 1:]).all())
+    True
+    """
+
+    def __init__(
+        self,
+        net,
+        n_neighbors=5,
+        algorithm="exact",
+        output="logits",
+        params=None,
+        n_components=None,
+        batch_size=64,
+        device=None,
+        rtol=1e-5,
+        random_state=None,
+        n_jobs=None,
+        verbose=0,
+    ):
+        self.net = net
+        self.n_neighbors = n_neighbors
+        self.algorithm = algorithm
+        self.output = output
+        self.params = params
+        self.n_components = n_components
+        self.batch_size = batch_size
+        self.device = device
+        self.rtol = rtol
+        self.random_state = random_state
+        self.n_jobs = n_jobs
+        self.verbose = verbose
+
+    def _check_params(self):
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(
+                f"algorithm must be one of {ALGORITHMS}; got {self.algorithm!r}."
+            )
+        check_positive_int(self.n_neighbors, "n_neighbors")
+        check_positive_int(self.n_components, "n_components", allow_none=True)
+        check_positive_int(self.batch_size, "batch_size")
+        check_rtol(self.rtol)
+        if self.algorithm == "faiss":
+            if self.n_components is None:
+                raise ValueError(
+                    'algorithm="faiss" searches sketched gradient features: set '
+                    'n_components (e.g. 64 to 256), or use algorithm="exact".'
+                )
+            import_faiss()
+
+    def _engine(self, verbose=None):
+        return JacobianEngine(
+            resolve_module(self.net_),
+            self.output,
+            self.params,
+            self.batch_size,
+            self.device,
+            self.verbose if verbose is None else verbose,
+        )
+
+    def _sketch(self, X, engine=None):
+        engine = self._engine() if engine is None else engine
+        return sketch_features(
+            engine, X, self.n_components, self.projection_seed_, self.rtol
+        )
+
+    def fit(self, X, y=None):
+        """Train the net if needed and prepare the reference set.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, ...) or dict of them
+            Reference inputs (usually the training set).
+        y : array-like of shape (n_samples,), default=None
+            Targets, needed only to train an unfitted skorch net.
+
+        Returns
+        -------
+        self : object
+        """
+        self._check_params()
+        X = check_net_input(X, self, reset=True)
+        self.net_ = fit_net(self.net, X, y, self.random_state)
+        self.X_fit_ = X
+        self.n_samples_fit_ = n_samples(X)
+        self.projection_seed_ = int(
+            check_random_state(self.random_state).randint(2**31 - 1)
+        )
+        if self.n_components is not None:
+            self.reference_features_ = self._sketch(X)
+        return self
+
+    def _search_rows(self, rows, n_neighbors, exclude_self):
+        """Top neighbours of blocks of rows ``(block, k)`` of similarities."""
+        similarities, indices = [], []
+        for block, k in rows:
+            if exclude_self:
+                own = np.arange(block.start, block.stop)
+                k[np.arange(len(own)), own] = -np.inf
+            s, i = top_k(k, n_neighbors)
+            similarities.append(s)
+            indices.append(i)
+        return np.concatenate(similarities), np.concatenate(indices)
+
+    def _exact(self, X, n_neighbors):
+        engine = self._engine(verbose=self.verbose if self.n_jobs in (None, 1) else 0)
+        if self.n_components is not None:
+            rows = sketch_rows(self._sketch(X, engine), self.reference_features_)
+        else:
+            rows = cosine_rows(NTKReference(engine, self.X_fit_), X, self.rtol)
+        return self._search_rows(rows, n_neighbors, exclude_self=False)
+
+    def _exact_self(self, n_neighbors):
+        if self.n_components is not None:
+            F = self.reference_features_
+            rows = sketch_rows(F, F)
+        else:
+            reference = NTKReference(self._engine(), self.X_fit_)
+            rows = cosine_rows(reference, None, self.rtol)
+        return self._search_rows(rows, n_neighbors, exclude_self=True)
+
+    def _faiss(self, F, n_neighbors, exclude_self):
+        faiss = import_faiss()
+        index = faiss.IndexFlatIP(F.shape[1])
+        index.add(np.ascontiguousarray(self.reference_features_))
+        extra = int(exclude_self)
+        similarities, indices = index.search(
+            np.ascontiguousarray(F), min(n_neighbors + extra, self.n_samples_fit_)
+        )
+        if exclude_self:  # drop each sample itself (wherever ties placed it)
+            own = indices == np.arange(len(F))[:, None]
+            own[own.sum(1) == 0, -1] = True
+            keep = ~own
+            similarities = similarities[keep].reshape(len(F), -1)
+            indices = indices[keep].reshape(len(F), -1)
+        return similarities.astype(np.float64), indices.astype(np.intp)
+
+    def kneighbors(
+        self, X=None, n_neighbors=None, return_distance=True, as_distance=False
+    ):
+        """The most similar reference examples of each query.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_queries, ...), dict of them, or None
+            Queries. None queries the reference set itself, each example
+            excluded from its own neighbours (as scikit-learn does).
+        n_neighbors : int, default=None
+            Number of neighbours; None uses the constructor's.
+        return_distance : bool, default=True
+            Whether to return the similarities (or distances) too.
+        as_distance : bool, default=False
+            Return ``sqrt(max(2 - 2 k, 0))`` (increasing) instead of the
+            similarities ``k`` (decreasing). The order is the same.
+
+        Returns
+        -------
+        similarities : ndarray of shape (n_queries, n_neighbors)
+            Cosine similarities, sorted by decreasing value (or distances,
+            increasing, with ``as_distance=True``). Only with
+            ``return_distance=True``.
+        indices : ndarray of shape (n_queries, n_neighbors)
+            Row indices of the neighbours in the reference set.
+        """
+        check_is_fitted(self)
+        n_neighbors = self.n_neighbors if n_neighbors is None else n_neighbors
+        check_positive_int(n_neighbors, "n_neighbors")
+        available = self.n_samples_fit_ - (X is None)
+        if n_neighbors > available:
+            raise ValueError(
+                f"n_neighbors={n_neighbors} exceeds the {available} reference "
+                "examples available"
+                + (
+                    " (each example is excluded from its own neighbours)."
+                    if X is None
+                    else "."
+                )
+            )
+        if X is None:
+            if self.algorithm == "faiss":
+                s, i = self._faiss(self.reference_features_, n_neighbors, True)
+            else:
+                s, i = self._exact_self(n_neighbors)
+        else:
+            X = check_net_input(X, self, reset=False)
+            if self.algorithm == "faiss":
+                s, i = self._faiss(self._sketch(X), n_neighbors, False)
+            else:
+                s, i = split_rows(lambda Q: self._exact(Q, n_neighbors), X, self.n_jobs)
+        if as_distance:
+            s = np.sqrt(np.maximum(2.0 - 2.0 * s, 0.0))
+        return (s, i) if return_distance else i
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = False
+        tags.non_deterministic = False
+        return tags

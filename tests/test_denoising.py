@@ -1,0 +1,343 @@
+"""SelfDenoisingAnalysis against a direct NumPy evaluation of SPEC 3."""
+
+import sys
+
+import matplotlib
+import numpy as np
+import pytest
+import torch
+from sklearn.exceptions import NotFittedError
+from sklearn.utils.estimator_checks import parametrize_with_checks
+from skorch import NeuralNetRegressor
+from skorch.callbacks import LRScheduler
+
+from sksim.datasets import make_circle_sine
+from sksim.denoising import (
+    IllConditionedWeightsWarning,
+    SelfDenoisingAnalysis,
+    plot_denoising,
+)
+
+matplotlib.use("Agg")
+
+
+class AnyWidth(torch.nn.Module):
+    """A per-feature tanh embedding averaged over features, then a Linear."""
+
+    def __init__(self, hidden=6):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.linspace(-1.0, 1.5, hidden))
+        self.shift = torch.nn.Parameter(torch.linspace(0.5, -0.5, hidden))
+        self.out = torch.nn.Linear(hidden, 1)
+
+    def forward(self, x):
+        x = x.reshape(len(x), -1).to(self.scale.dtype)
+        return self.out(torch.tanh(x[..., None] * self.scale + self.shift).mean(1))
+
+
+def mlp(n_outputs, seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(
+        torch.nn.Linear(2, 10), torch.nn.Tanh(), torch.nn.Linear(10, n_outputs)
+    ).double()
+
+
+def brute_force_jacobians(net, X):
+    """``J(x_i)`` of shape (n, d, p), one ``autograd.grad`` per output."""
+    params = list(net.parameters())
+    rows = []
+    for x in torch.as_tensor(X, dtype=torch.float64):
+        out = net(x[None])[0]
+        rows.append(
+            [
+                torch.cat(
+                    [
+                        g.reshape(-1)
+                        for g in torch.autograd.grad(o, params, retain_graph=True)
+                    ]
+                ).numpy()
+                for o in out
+            ]
+        )
+    return np.array(rows)
+
+
+def inverse_sqrt(G):
+    lam, V = np.linalg.eigh(G)
+    return V @ np.diag(lam**-0.5) @ V.T
+
+
+def spec_3(net, X, y, weights, power=8, threshold=0.95, sigma=None):
+    """SPEC 3 evaluated literally, sample by sample."""
+    J = brute_force_jacobians(net, X)
+    n, d, _ = J.shape
+    f = net(torch.as_tensor(X, dtype=torch.float64)).detach().numpy()
+    y = y.reshape(n, d)
+    A = np.array([inverse_sqrt(Ji @ Ji.T) @ Ji for Ji in J])
+    out = {k: [] for k in ("C", "n_eff", "self_weight", "kernel_prediction", "c")}
+    for i in range(n):
+        if weights == "ntk":
+            B = [J[i] @ J[j].T for j in range(n)]
+        elif weights == "cosine":
+            B = [A[i] @ A[j].T for j in range(n)]
+        else:
+            k = [np.trace(A[i] @ A[j].T) / d for j in range(n)]
+            if weights == "hard":
+                w = [float(kij > threshold) for kij in k]
+            else:
+                w = [max(kij, 0) ** power for kij in k]
+            B = [wij * np.eye(d) for wij in w]
+        M_inv = np.linalg.inv(sum(B))
+        W = [M_inv @ Bij for Bij in B]
+        C = sum(Wij @ Wij.T for Wij in W)
+        out["C"].append(C)
+        out["n_eff"].append(d / np.trace(C))
+        out["self_weight"].append(np.trace(W[i]) / d)
+        out["kernel_prediction"].append(sum(W[j] @ y[j] for j in range(n)))
+        out["c"].append(np.linalg.norm(f[i] - sum(W[j] @ f[j] for j in range(n))))
+    out = {k: np.array(v) for k, v in out.items()}
+    if sigma is None:
+        expected = sum(
+            d + np.trace(out["C"][i]) - 2 * d * out["self_weight"][i] for i in range(n)
+        )
+        sigma = np.sqrt(((f - y) ** 2).sum() / expected)
+    out["sigma"] = sigma
+    out["predicted_error"] = sigma**2 * np.trace(out["C"], axis1=1, axis2=2)
+    out["f"] = f
+    return out
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(14, 2))
+    y = np.column_stack([np.sin(X[:, 0]), np.cos(X[:, 1]), X[:, 0] * X[:, 1]])
+    return X, y + 0.1 * rng.normal(size=y.shape)
+
+
+EXPECTED_FAILED_CHECKS = {
+    "check_estimators_overwrite_params": (
+        "joblib.hash of a torch module differs from that of its deepcopy even "
+        "when nothing changed, so the net parameter always looks mutated."
+    ),
+    "check_estimator_sparse_array": (
+        "scipy's dok sparse containers are dict subclasses, which "
+        "sksim._validation.check_net_input takes for a dict of inputs."
+    ),
+}
+EXPECTED_FAILED_CHECKS["check_estimator_sparse_matrix"] = EXPECTED_FAILED_CHECKS[
+    "check_estimator_sparse_array"
+]
+
+
+@parametrize_with_checks(
+    [SelfDenoisingAnalysis(AnyWidth(), weights="cosine_pos_pow", batch_size=16)],
+    expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS,
+)
+def test_sklearn_compatible(estimator, check):
+    check(estimator)
+
+
+@pytest.mark.parametrize("d", [1, 3])
+@pytest.mark.parametrize("weights", ["ntk", "cosine", "cosine_pos_pow", "hard"])
+def test_quantities_equal_a_direct_evaluation_of_spec_3(data, d, weights):
+    X, Y = data
+    y = Y[:, :d]
+    net = mlp(d)
+    kwargs = dict(weights=weights, power=3, threshold=0.6)
+    analysis = SelfDenoisingAnalysis(net, batch_size=5, **kwargs).fit(X, y)
+    expected = spec_3(net, X, y, **kwargs)
+    assert analysis.n_outputs_ == d
+    np.testing.assert_allclose(analysis.predictions_, expected["f"], atol=1e-10)
+    np.testing.assert_allclose(analysis.noise_covariance_, expected["C"], atol=1e-8)
+    np.testing.assert_allclose(
+        analysis.effective_neighbors_, expected["n_eff"], rtol=1e-7
+    )
+    np.testing.assert_allclose(
+        analysis.denoising_factor_, 1 / expected["n_eff"], rtol=1e-7
+    )
+    np.testing.assert_allclose(
+        analysis.self_weight_, expected["self_weight"], atol=1e-8
+    )
+    np.testing.assert_allclose(
+        analysis.kernel_prediction_, expected["kernel_prediction"], atol=1e-7
+    )
+    np.testing.assert_allclose(analysis.consistency_, expected["c"], atol=1e-7)
+    assert analysis.sigma_ == pytest.approx(expected["sigma"], rel=1e-7)
+    np.testing.assert_allclose(
+        analysis.predicted_error_, expected["predicted_error"], rtol=1e-6
+    )
+    assert (analysis.condition_number_ >= 1 - 1e-9).all()
+    assert not analysis.ill_conditioned_.any()
+
+
+def test_single_output_formulas_are_the_papers(data):
+    X, Y = data
+    net = mlp(1)
+    analysis = SelfDenoisingAnalysis(net, sigma=0.3).fit(X, Y[:, 0])
+    J = brute_force_jacobians(net, X)[:, 0]
+    K = J @ J.T
+    n_eff = K.sum(1) ** 2 / (K**2).sum(1)
+    np.testing.assert_allclose(analysis.effective_neighbors_, n_eff, rtol=1e-7)
+    np.testing.assert_allclose(analysis.predicted_error_, 0.09 / n_eff, rtol=1e-7)
+    np.testing.assert_allclose(
+        analysis.condition_number_, np.abs(K).sum(1) / np.abs(K.sum(1)), rtol=1e-7
+    )
+    summary = analysis.summary()
+    assert summary["sigma"] == 0.3 and summary["sigma_estimated"] is False
+    assert summary["predicted_rmse"] == pytest.approx(np.sqrt(np.mean(0.09 / n_eff)))
+    f = analysis.predictions_[:, 0]
+    assert summary["training_rmse"] == pytest.approx(
+        np.sqrt(np.mean((f - Y[:, 0]) ** 2))
+    )
+
+
+def test_summary_compares_with_clean_labels(data):
+    X, Y = data
+    analysis = SelfDenoisingAnalysis(mlp(3), weights="hard", threshold=0.5)
+    analysis.fit(X, Y)
+    clean = Y + 0.05
+    errors = ((analysis.predictions_ - clean) ** 2).sum(1)
+    np.testing.assert_allclose(analysis.clean_errors(clean), errors)
+    summary = analysis.summary(clean)
+    measured = np.sqrt(errors.mean() / 3)
+    assert summary["measured_rmse"] == pytest.approx(measured)
+    assert summary["predicted_over_measured"] == pytest.approx(
+        summary["predicted_rmse"] / measured
+    )
+    assert summary["measured_effective_neighbors"] == pytest.approx(
+        analysis.sigma_**2 / measured**2
+    )
+    with pytest.raises(
+        ValueError, match="y_clean has 14 values; expected 14 samples x 3"
+    ):
+        analysis.summary(Y[:, 0])
+
+
+def test_cancelling_neighbors_are_flagged():
+    # f(x) = w.x without bias: J(x) = x, and x, -x pairs make sum_j K_ij = 0.
+    net = torch.nn.Linear(2, 1, bias=False).double()
+    X = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 2.0], [0.0, -2.0]])
+    with pytest.warns(IllConditionedWeightsWarning, match="ill-conditioned for 4"):
+        analysis = SelfDenoisingAnalysis(net, sigma=0.1).fit(X, X[:, 0])
+    assert analysis.ill_conditioned_.all()
+    assert np.isinf(analysis.condition_number_).all()
+    # The pseudo-inverse of a zero sum is zero: no finite prediction exists.
+    np.testing.assert_array_equal(analysis.kernel_prediction_, 0)
+    hard = SelfDenoisingAnalysis(net, weights="hard", sigma=0.1).fit(X, X[:, 0])
+    assert not hard.ill_conditioned_.any()
+    np.testing.assert_allclose(hard.effective_neighbors_, 1.0)  # itself only
+
+
+def test_sigma_cannot_be_estimated_without_neighbours():
+    net = torch.nn.Linear(2, 1, bias=False).double()
+    X = np.array([[1.0, 0.0], [0.0, 1.0]])  # orthogonal gradients
+    with pytest.raises(ValueError, match="sigma cannot be estimated"):
+        SelfDenoisingAnalysis(net, weights="hard").fit(X, [0.0, 1.0])
+
+
+def test_unfitted_skorch_net_is_trained_on_fit(data):
+    X, Y = data
+    net = NeuralNetRegressor(
+        mlp(1).float(), max_epochs=5, lr=0.05, train_split=None, verbose=0
+    )
+    analysis = SelfDenoisingAnalysis(net, random_state=0).fit(
+        X.astype(np.float32), Y[:, :1]
+    )
+    assert analysis.net_.initialized_ and not getattr(net, "initialized_", False)
+    expected = analysis.net_.predict(X.astype(np.float32))
+    np.testing.assert_allclose(analysis.predictions_, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"weights": "gaussian"}, "weights must be one of"),
+        ({"power": -1}, "power must be a positive number"),
+        ({"threshold": 2}, r"threshold must be a number in \[-1, 1\)"),
+        ({"sigma": 0}, "sigma must be a positive number or None"),
+        ({"ridge": -1e-3}, r"ridge must be a number in \[0, 1\)"),
+    ],
+)
+def test_bad_parameters_are_refused(data, params, message):
+    X, Y = data
+    with pytest.raises(ValueError, match=message):
+        SelfDenoisingAnalysis(mlp(1), **params).fit(X, Y[:, 0])
+
+
+def test_bad_targets_are_refused(data):
+    X, Y = data
+    with pytest.raises(
+        ValueError, match="requires y to be passed, but the target y is None"
+    ):
+        SelfDenoisingAnalysis(mlp(1)).fit(X, None)
+    with pytest.raises(ValueError, match="X has 14 samples but y has 13"):
+        SelfDenoisingAnalysis(mlp(1)).fit(X, Y[:13, 0])
+    with pytest.raises(ValueError, match="y has 3 value.s. per sample but .* d=1"):
+        SelfDenoisingAnalysis(mlp(1)).fit(X, Y)
+    with pytest.raises(ValueError, match="at least 2 training samples"):
+        SelfDenoisingAnalysis(mlp(1)).fit(X[:1], Y[:1, 0])
+    with pytest.raises(NotFittedError):
+        SelfDenoisingAnalysis(mlp(1)).summary()
+
+
+def test_plot_draws_predicted_and_measured_errors(data):
+    X, Y = data
+    analysis = SelfDenoisingAnalysis(mlp(1), sigma=0.1).fit(X, Y[:, 0])
+    ax = plot_denoising(analysis, y_clean=Y[:, 0] + 0.01)
+    assert len(ax.collections) == 2  # predicted and measured scatters
+    predicted = ax.collections[0].get_offsets()
+    np.testing.assert_allclose(predicted[:, 0], analysis.effective_neighbors_)
+    np.testing.assert_allclose(
+        predicted[:, 1], np.sqrt(analysis.predicted_error_), rtol=1e-6
+    )
+    assert [line.get_ydata()[0] for line in ax.lines][0] == pytest.approx(0.1)
+    matplotlib.pyplot.close(ax.figure)
+
+
+def test_plot_without_matplotlib_names_the_extra(data, monkeypatch):
+    X, Y = data
+    analysis = SelfDenoisingAnalysis(mlp(1), sigma=0.1).fit(X, Y[:, 0])
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    with pytest.raises(ImportError, match=r"sksim\[plot\]"):
+        plot_denoising(analysis)
+
+
+@pytest.mark.slow
+def test_circle_sine_network_beats_its_label_noise():
+    """SPEC 7.2 at reduced size (512 samples instead of 2048), f = 1."""
+    sigma = 0.2
+    toy = make_circle_sine(512, frequency=1, noise=sigma, random_state=0)
+    layers = [torch.nn.Linear(2, 64), torch.nn.ReLU()]
+    for _ in range(5):
+        layers += [torch.nn.Linear(64, 64), torch.nn.ReLU()]
+    torch.manual_seed(0)
+    net = NeuralNetRegressor(
+        torch.nn.Sequential(*layers, torch.nn.Linear(64, 1)),
+        criterion=torch.nn.L1Loss,
+        optimizer=torch.optim.Adam,
+        lr=3e-3,
+        max_epochs=60,
+        batch_size=64,
+        train_split=None,
+        callbacks=[LRScheduler("CosineAnnealingLR", T_max=60)],
+        verbose=0,
+    ).fit(toy.data, toy.target[:, None])
+    summaries = {
+        weights: SelfDenoisingAnalysis(
+            net, weights=weights, threshold=0.99, batch_size=256
+        )
+        .fit(toy.data, toy.target)
+        .summary(toy.target_clean)
+        for weights in ("hard", "ntk")
+    }
+    hard, ntk = summaries["hard"], summaries["ntk"]
+    measured = hard["measured_rmse"]
+    print(
+        f"\nmeasured {measured:.4f}, predicted hard(0.99) {hard['predicted_rmse']:.4f}"
+        f" ntk {ntk['predicted_rmse']:.4f}, sigma estimated {hard['sigma']:.3f}"
+    )
+    assert measured < sigma / 2
+    assert 1 / 3 < hard["predicted_over_measured"] < 3
+    assert ntk["predicted_over_measured"] < 1 / 3  # far too optimistic
+    assert hard["sigma"] == pytest.approx(sigma, rel=0.2)

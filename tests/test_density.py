@@ -1,0 +1,269 @@
+"""GradientDensityEstimator against row sums and counts of the exact kernel."""
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import spearmanr
+from sklearn.exceptions import NotFittedError
+from sklearn.utils.estimator_checks import parametrize_with_checks
+from skorch import NeuralNetRegressor
+from skorch.callbacks import LRScheduler
+
+from sksim import network_similarity
+from sksim.datasets import make_circle_sine
+from sksim.density import GradientDensityEstimator
+
+
+class AnyWidth(torch.nn.Module):
+    """A per-feature tanh embedding averaged over features, then a Linear.
+
+    Accepts any number of input features, as scikit-learn's checks require.
+    """
+
+    def __init__(self, hidden=6, n_outputs=1):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.linspace(-1.0, 1.5, hidden))
+        self.shift = torch.nn.Parameter(torch.linspace(0.5, -0.5, hidden))
+        self.out = torch.nn.Linear(hidden, n_outputs)
+
+    def forward(self, x):
+        x = x.reshape(len(x), -1).to(self.scale.dtype)
+        return self.out(torch.tanh(x[..., None] * self.scale + self.shift).mean(1))
+
+
+def mlp(n_outputs, seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(
+        torch.nn.Linear(3, 12), torch.nn.Tanh(), torch.nn.Linear(12, n_outputs)
+    )
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(40, 3)).astype(np.float32), rng.normal(size=(15, 3)).astype(
+        np.float32
+    )
+
+
+EXPECTED_FAILED_CHECKS = {
+    "check_estimators_overwrite_params": (
+        "joblib.hash of a torch module differs from that of its deepcopy even "
+        "when nothing changed (parameter storages pickle differently), so the "
+        "net parameter always looks mutated; sksim never modifies the net."
+    ),
+}
+SPARSE_REASON = (
+    "scipy's dok sparse containers are dict subclasses, which "
+    "sksim._validation.check_net_input takes for a dict of inputs (fix belongs "
+    "there)."
+)
+EXPECTED_FAILED_CHECKS["check_estimator_sparse_array"] = SPARSE_REASON
+EXPECTED_FAILED_CHECKS["check_estimator_sparse_matrix"] = SPARSE_REASON
+
+
+@parametrize_with_checks(
+    [GradientDensityEstimator(AnyWidth(), batch_size=16)],
+    expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS,
+)
+def test_sklearn_compatible(estimator, check):
+    check(estimator)
+
+
+@pytest.mark.parametrize("d", [1, 3])
+@pytest.mark.parametrize(
+    "method, reduce",
+    [
+        ("soft", lambda k: k.sum(1)),
+        ("hard", lambda k: (k > 0.8).sum(1)),
+        ("power", lambda k: (np.maximum(k, 0) ** 3).sum(1)),
+    ],
+)
+def test_counts_equal_the_exact_kernel(data, d, method, reduce):
+    X_ref, X_new = data
+    net = mlp(d)
+    dens = GradientDensityEstimator(
+        net, method=method, threshold=0.8, power=3, batch_size=7
+    ).fit(X_ref)
+    for X in (X_ref, X_new):
+        expected = reduce(network_similarity(net, X, X_ref))
+        np.testing.assert_allclose(dens.neighbor_counts(X), expected, atol=1e-6)
+
+
+def test_soft_fit_holds_the_whitened_sum(data):
+    X_ref, _ = data
+    dens = GradientDensityEstimator(mlp(3)).fit(X_ref)
+    n_params = sum(p.numel() for p in mlp(3).parameters())
+    assert dens.reference_sum_.shape == (3, n_params)
+    assert dens.n_reference_ == 40 and dens.n_outputs_ == 3
+    assert not hasattr(dens, "reference_features_")
+
+
+def test_soft_counts_never_build_pairs(data, monkeypatch):
+    X_ref, X_new = data
+    net = mlp(3)
+    expected = network_similarity(net, X_new, X_ref).sum(1)
+
+    def no_pairs(*args, **kwargs):
+        raise AssertionError("the soft count must not compute kernel pairs")
+
+    monkeypatch.setattr("sksim.density.NTKReference", no_pairs)
+    monkeypatch.setattr("sksim.density.cosine_rows", no_pairs)
+    dens = GradientDensityEstimator(net).fit(X_ref)
+    np.testing.assert_allclose(dens.neighbor_counts(X_new), expected, atol=1e-6)
+
+
+def test_reference_counts_include_themselves(data):
+    X_ref, _ = data
+    net = mlp(1)
+    hard = GradientDensityEstimator(net, method="hard", threshold=0.99999)
+    counts = hard.fit(X_ref).neighbor_counts(X_ref)
+    K = network_similarity(net, X_ref)
+    np.testing.assert_array_equal(counts, (K > 0.99999).sum(1))
+    assert counts.min() >= 1
+
+
+@pytest.mark.parametrize("d", [1, 3])
+def test_sketched_counts_approach_the_exact_ones(data, d):
+    X_ref, X_new = data
+    net = mlp(d)
+    K = network_similarity(net, X_new, X_ref)
+    power = GradientDensityEstimator(
+        net, method="power", power=2, n_components=3000, random_state=0
+    ).fit(X_ref)
+    approx = power.neighbor_counts(X_new)
+    exact = (np.maximum(K, 0) ** 2).sum(1)
+    assert np.abs(approx - exact).max() < 0.1 * exact.max()
+    assert power.reference_features_.shape == (40, d * 3000)
+    # Same seed, same sketch: reference examples count themselves exactly once.
+    hard = GradientDensityEstimator(
+        net, method="hard", threshold=0.999999, n_components=8, random_state=1
+    ).fit(X_ref)
+    np.testing.assert_array_equal(hard.neighbor_counts(X_ref), np.ones(40))
+    np.testing.assert_array_equal(
+        hard.neighbor_counts(X_ref), hard.neighbor_counts(X_ref)
+    )
+
+
+@pytest.mark.parametrize("method", ["soft", "hard"])
+def test_score_samples_is_the_floored_log_relative_count(data, method):
+    X_ref, X_new = data
+    net = mlp(1)
+    dens = GradientDensityEstimator(net, method=method, threshold=0.98).fit(X_ref)
+    K = network_similarity(net, X_new, X_ref)
+    counts = K.sum(1) if method == "soft" else (K > 0.98).sum(1)
+    expected = np.log(np.maximum(counts, 0.5) / 40)
+    np.testing.assert_allclose(dens.score_samples(X_new), expected, atol=1e-6)
+    assert dens.score(X_new) == pytest.approx(expected.sum(), abs=1e-5)
+    if method == "hard":  # empty neighbourhoods get the floor, not -inf
+        assert (counts == 0).any() and (counts > 0).any()
+        assert dens.score_samples(X_new).min() == pytest.approx(np.log(0.5 / 40))
+
+
+def test_unfitted_skorch_net_is_trained_on_fit(data):
+    X_ref, _ = data
+    y = X_ref[:, :1] * 2
+    net = NeuralNetRegressor(mlp(1), max_epochs=3, lr=0.1, train_split=None, verbose=0)
+    dens = GradientDensityEstimator(net, random_state=0).fit(X_ref, y)
+    assert dens.net_ is not net and dens.net_.initialized_
+    assert not getattr(net, "initialized_", False)
+    expected = network_similarity(dens.net_, X_ref).sum(1)
+    np.testing.assert_allclose(dens.neighbor_counts(X_ref), expected, atol=1e-6)
+
+
+def test_joblib_workers_give_the_same_counts(data):
+    X_ref, X_new = data
+    net = mlp(1)
+    one = GradientDensityEstimator(net, method="power").fit(X_ref)
+    two = GradientDensityEstimator(net, method="power", n_jobs=2).fit(X_ref)
+    np.testing.assert_allclose(
+        two.neighbor_counts(X_new), one.neighbor_counts(X_new), atol=1e-9
+    )
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"method": "knn"}, "method must be one of"),
+        ({"threshold": 1.0}, r"threshold must be a number in \[-1, 1\)"),
+        ({"power": 0}, "power must be a positive number"),
+        ({"n_components": 0}, "n_components must be a positive int"),
+        ({"batch_size": 0}, "batch_size must be a positive int"),
+        ({"rtol": 1}, r"rtol must be a float in \[0, 1\)"),
+    ],
+)
+def test_bad_parameters_are_refused(data, params, message):
+    with pytest.raises(ValueError, match=message):
+        GradientDensityEstimator(mlp(1), **params).fit(data[0])
+
+
+def test_counting_before_fit_is_refused(data):
+    with pytest.raises(NotFittedError):
+        GradientDensityEstimator(mlp(1)).neighbor_counts(data[0])
+
+
+def circle_sine_net(toy, epochs=60):
+    """The toy's 2 -> 64 -> (5 x 64) -> 1 ReLU MLP trained with L1 and Adam."""
+    layers = [torch.nn.Linear(2, 64), torch.nn.ReLU()]
+    for _ in range(5):
+        layers += [torch.nn.Linear(64, 64), torch.nn.ReLU()]
+    torch.manual_seed(0)
+    return NeuralNetRegressor(
+        torch.nn.Sequential(*layers, torch.nn.Linear(64, 1)),
+        criterion=torch.nn.L1Loss,
+        optimizer=torch.optim.Adam,
+        lr=3e-3,
+        max_epochs=epochs,
+        batch_size=64,
+        train_split=None,
+        callbacks=[LRScheduler("CosineAnnealingLR", T_max=epochs)],
+        verbose=0,
+    ).fit(toy.data, toy.target[:, None])
+
+
+@pytest.mark.slow
+def test_circle_sine_density_falls_with_frequency_and_curvature():
+    """SPEC 7.1 at reduced size (512 samples instead of 2048)."""
+    counts, curvatures = [], []
+    for f in (1, 2, 4, 8):
+        toy = make_circle_sine(512, frequency=f, random_state=0)
+        net = circle_sine_net(toy)
+        density = GradientDensityEstimator(net, batch_size=256).fit(toy.data)
+        counts.append(density.neighbor_counts(toy.data))
+        curvatures.append(toy.curvature)
+    means = [c.mean() for c in counts]
+    rho = spearmanr(np.concatenate(counts), np.concatenate(curvatures))[0]
+    print(f"\nmean soft counts for f = 1, 2, 4, 8: {np.round(means, 1)}; rho {rho:.2f}")
+    assert all(a > b for a, b in zip(means, means[1:], strict=False))
+    assert rho < -0.5
+
+
+def test_make_circle_sine_values():
+    toy = make_circle_sine(2000, frequency=3, noise=0.2, random_state=0)
+    angle = 2 * np.pi * toy.alpha
+    np.testing.assert_allclose(
+        toy.data, np.column_stack([np.cos(angle), np.sin(angle)]), atol=1e-6
+    )
+    np.testing.assert_allclose(toy.target_clean, np.sin(3 * angle), atol=1e-6)
+    np.testing.assert_allclose(toy.curvature, 9 * np.abs(np.sin(3 * angle)), atol=1e-5)
+    assert ((toy.alpha >= 0) & (toy.alpha < 1)).all()
+    noise = toy.target - toy.target_clean
+    assert noise.std() == pytest.approx(0.2, rel=0.05)
+    assert abs(noise.mean()) < 0.02
+    again = make_circle_sine(2000, frequency=3, noise=0.2, random_state=0)
+    np.testing.assert_array_equal(again.target, toy.target)
+    clean = make_circle_sine(5, frequency=1, random_state=0)
+    np.testing.assert_array_equal(clean.target, clean.target_clean)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"n_samples": 0}, "n_samples must be a positive int"),
+        ({"frequency": 0}, "frequency must be a positive number"),
+        ({"noise": -0.1}, "noise must be a non-negative number"),
+    ],
+)
+def test_make_circle_sine_refuses_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        make_circle_sine(**{"n_samples": 10, **kwargs})

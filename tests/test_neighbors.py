@@ -1,0 +1,201 @@
+"""NetworkNeighbors against the argsort of the exact kernel, and FAISS recall."""
+
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from sklearn.exceptions import NotFittedError
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from sksim import network_similarity
+from sksim._engine.jacobian import JacobianEngine
+from sksim._similarity_rows import sketch_features
+from sksim.neighbors import NetworkNeighbors
+
+
+class AnyWidth(torch.nn.Module):
+    """A per-feature tanh embedding averaged over features, then a Linear."""
+
+    def __init__(self, hidden=6):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.linspace(-1.0, 1.5, hidden))
+        self.shift = torch.nn.Parameter(torch.linspace(0.5, -0.5, hidden))
+        self.out = torch.nn.Linear(hidden, 1)
+
+    def forward(self, x):
+        x = x.reshape(len(x), -1).to(self.scale.dtype)
+        return self.out(torch.tanh(x[..., None] * self.scale + self.shift).mean(1))
+
+
+def mlp(n_inputs, n_outputs, hidden=12, seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(
+        torch.nn.Linear(n_inputs, hidden),
+        torch.nn.Tanh(),
+        torch.nn.Linear(hidden, n_outputs),
+    )
+
+
+def expected_neighbors(K, n_neighbors):
+    order = np.argsort(-K, axis=1, kind="stable")[:, :n_neighbors]
+    return np.take_along_axis(K, order, axis=1), order
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(50, 3)).astype(np.float32)
+    return X, rng.normal(size=(12, 3)).astype(np.float32)
+
+
+SPARSE_REASON = (
+    "scipy's dok sparse containers are dict subclasses, which "
+    "sksim._validation.check_net_input takes for a dict of inputs (fix belongs "
+    "there)."
+)
+EXPECTED_FAILED_CHECKS = {
+    "check_estimators_overwrite_params": (
+        "joblib.hash of a torch module differs from that of its deepcopy even "
+        "when nothing changed, so the net parameter always looks mutated."
+    ),
+    "check_estimator_sparse_array": SPARSE_REASON,
+    "check_estimator_sparse_matrix": SPARSE_REASON,
+}
+
+
+@parametrize_with_checks(
+    [NetworkNeighbors(AnyWidth(), batch_size=16)],
+    expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS,
+)
+def test_sklearn_compatible(estimator, check):
+    check(estimator)
+
+
+@pytest.mark.parametrize("d", [1, 3])
+def test_exact_neighbors_are_the_argsort_of_the_kernel(data, d):
+    X_ref, X_new = data
+    net = mlp(3, d)
+    nn = NetworkNeighbors(net, n_neighbors=7, batch_size=5).fit(X_ref)
+    sim, ind = nn.kneighbors(X_new)
+    K = network_similarity(net, X_new, X_ref)
+    expected_sim, expected_ind = expected_neighbors(K, 7)
+    np.testing.assert_array_equal(ind, expected_ind)
+    np.testing.assert_allclose(sim, expected_sim, atol=1e-6)
+    dist, ind_d = nn.kneighbors(X_new, n_neighbors=4, as_distance=True)
+    np.testing.assert_array_equal(ind_d, expected_ind[:, :4])
+    np.testing.assert_allclose(dist, np.sqrt(2 - 2 * expected_sim[:, :4]), atol=1e-5)
+    np.testing.assert_array_equal(
+        nn.kneighbors(X_new, return_distance=False), expected_ind
+    )
+
+
+def test_querying_the_reference_excludes_each_example_itself(data):
+    X_ref, _ = data
+    net = mlp(3, 2)
+    sim, ind = NetworkNeighbors(net, n_neighbors=5).fit(X_ref).kneighbors()
+    K = network_similarity(net, X_ref)
+    np.fill_diagonal(K, -np.inf)
+    expected_sim, expected_ind = expected_neighbors(K, 5)
+    np.testing.assert_array_equal(ind, expected_ind)
+    np.testing.assert_allclose(sim, expected_sim, atol=1e-6)
+    assert not (ind == np.arange(50)[:, None]).any()
+
+
+@pytest.mark.parametrize("d", [1, 3])
+def test_sketched_search_ranks_by_the_sketch(data, d):
+    X_ref, X_new = data
+    net = mlp(3, d)
+    nn = NetworkNeighbors(net, n_neighbors=6, n_components=16, random_state=0)
+    sim, ind = nn.fit(X_ref).kneighbors(X_new)
+    engine = JacobianEngine(net)
+    F_ref = sketch_features(engine, X_ref, 16, nn.projection_seed_)
+    F_new = sketch_features(engine, X_new, 16, nn.projection_seed_)
+    expected_sim, expected_ind = expected_neighbors(F_new @ F_ref.T, 6)
+    np.testing.assert_array_equal(ind, expected_ind)
+    np.testing.assert_allclose(sim, expected_sim, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(F_ref, axis=1), 1, atol=1e-6)
+
+
+@pytest.mark.parametrize("query_reference", [False, True])
+def test_faiss_index_agrees_with_the_exact_search_on_the_sketch(data, query_reference):
+    X_ref, X_new = data
+    net = mlp(3, 2)
+    kwargs = dict(n_neighbors=5, n_components=32, random_state=3)
+    exact = NetworkNeighbors(net, **kwargs).fit(X_ref)
+    faiss = NetworkNeighbors(net, algorithm="faiss", **kwargs).fit(X_ref)
+    X = None if query_reference else X_new
+    sim_e, ind_e = exact.kneighbors(X)
+    sim_f, ind_f = faiss.kneighbors(X)
+    np.testing.assert_array_equal(ind_f, ind_e)
+    np.testing.assert_allclose(sim_f, sim_e, atol=1e-5)
+
+
+def test_joblib_workers_give_the_same_neighbors(data):
+    X_ref, X_new = data
+    net = mlp(3, 1)
+    one = NetworkNeighbors(net).fit(X_ref).kneighbors(X_new)
+    two = NetworkNeighbors(net, n_jobs=2).fit(X_ref).kneighbors(X_new)
+    np.testing.assert_array_equal(two[1], one[1])
+    np.testing.assert_allclose(two[0], one[0], atol=1e-9)
+
+
+@pytest.mark.slow
+def test_faiss_recall_at_10_on_20000_samples():
+    """Recall@10 of the FAISS search against the exact one (printed with -s)."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(20_000, 8)).astype(np.float32)
+    queries = rng.normal(size=(500, 8)).astype(np.float32)
+    net = mlp(8, 1, hidden=32)
+    start = time.perf_counter()
+    exact = NetworkNeighbors(net, n_neighbors=10, batch_size=256).fit(X)
+    ind_exact = exact.kneighbors(queries, return_distance=False)
+    timings = {"exact": time.perf_counter() - start}
+    recalls = {}
+    for n_components in (32, 128):
+        start = time.perf_counter()
+        approx = NetworkNeighbors(
+            net,
+            n_neighbors=10,
+            algorithm="faiss",
+            n_components=n_components,
+            batch_size=256,
+            random_state=0,
+        ).fit(X)
+        ind = approx.kneighbors(queries, return_distance=False)
+        timings[n_components] = time.perf_counter() - start
+        recalls[n_components] = np.mean(
+            [len(set(a) & set(e)) / 10 for a, e in zip(ind, ind_exact, strict=True)]
+        )
+    print(
+        f"\nrecall@10 vs exact, 20000 samples, 500 new queries, p = "
+        f"{sum(p.numel() for p in net.parameters())}: {recalls}; seconds {timings}"
+    )
+    assert recalls[128] > recalls[32]
+    assert recalls[128] > 0.75
+
+
+def test_bad_parameters_are_refused(data):
+    X_ref, _ = data
+    with pytest.raises(ValueError, match="algorithm must be one of"):
+        NetworkNeighbors(mlp(3, 1), algorithm="kd_tree").fit(X_ref)
+    with pytest.raises(ValueError, match='algorithm="faiss" searches sketched'):
+        NetworkNeighbors(mlp(3, 1), algorithm="faiss").fit(X_ref)
+    with pytest.raises(ValueError, match="n_neighbors must be a positive int"):
+        NetworkNeighbors(mlp(3, 1), n_neighbors=0).fit(X_ref)
+    with pytest.raises(ValueError, match=r"rtol must be a float in \[0, 1\)"):
+        NetworkNeighbors(mlp(3, 1), rtol=2.0).fit(X_ref)
+    nn = NetworkNeighbors(mlp(3, 1)).fit(X_ref)
+    with pytest.raises(ValueError, match="exceeds the 50 reference examples"):
+        nn.kneighbors(X_ref[:2], n_neighbors=51)
+    with pytest.raises(ValueError, match="49 reference examples available .each"):
+        nn.kneighbors(n_neighbors=50)
+    with pytest.raises(NotFittedError):
+        NetworkNeighbors(mlp(3, 1)).kneighbors(X_ref)
+
+
+def test_missing_faiss_names_the_extra(data, monkeypatch):
+    monkeypatch.setitem(sys.modules, "faiss", None)  # makes `import faiss` fail
+    with pytest.raises(ImportError, match=r"sksim\[faiss\]"):
+        NetworkNeighbors(mlp(3, 1), algorithm="faiss", n_components=8).fit(data[0])
