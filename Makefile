@@ -15,7 +15,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --durations=15
+	# One BLAS and torch thread per worker: two workers on two cores.
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --durations=15
 
 demo: $(STAMP)
 	MPLBACKEND=Agg $(PY) examples/plot_digits_neighbors.py

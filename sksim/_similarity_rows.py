@@ -1,7 +1,7 @@
 """Rows of the scalar cosine kernel against a reference set, in bounded memory.
 
 Shared by the density estimator and the nearest-neighbour search: exact rows
-from the engine's NTK blocks (SPEC 1.1), or approximate rows from projected,
+of the engine's scalar cosine kernel (SPEC 1.1), or approximate rows from projected,
 unit-normalised gradient features, and a joblib split of the query rows.
 """
 
@@ -13,24 +13,24 @@ import numpy as np
 from joblib import Parallel, delayed, effective_n_jobs
 
 from ._engine.features import gradient_features
-from ._engine.gram import NTKReference
+from ._engine.gram import GramReference
 from ._engine.inputs import n_samples, take
 from ._engine.jacobian import JacobianEngine
-from ._engine.normalize import normalize, trace_over_d
 
 MAX_BLOCK_ENTRIES = 2**22  # similarities held at once by the sketched path
 
 
 def cosine_rows(
-    reference: NTKReference, X=None, rtol: float = 1e-5
+    engine: JacobianEngine, Y, X=None, rtol: float = 1e-5
 ) -> Iterator[tuple[slice, np.ndarray]]:
     """Yield ``(rows, k)``: exact ``k^C(x_i, y_j)`` of shape ``(b, m)``.
 
-    ``X=None`` takes the reference set itself as the queries.
+    ``X=None`` takes the reference set ``Y`` itself as the queries.
     """
+    reference = GramReference(engine, Y, kind="cosine", rtol=rtol)
     blocks = reference.self_rows() if X is None else reference.rows(X)
-    for rows, K, G in blocks:
-        yield rows, trace_over_d(normalize(K, G, reference.gram, "cosine", rtol))
+    for rows, k, _ in blocks:
+        yield rows, k
 
 
 def sketch_features(

@@ -10,10 +10,9 @@ from sklearn.base import BaseEstimator, DensityMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
-from ._engine.features import whitened_jacobians
-from ._engine.gram import NTKReference
 from ._engine.inputs import n_samples
 from ._engine.jacobian import JacobianEngine
+from ._engine.pieces import gram_of, map_pieces
 from ._net import fit_net, resolve_module
 from ._similarity_rows import cosine_rows, sketch_features, sketch_rows, split_rows
 from ._validation import check_net_input, check_positive_int
@@ -35,20 +34,31 @@ def check_threshold(threshold):
         )
 
 
+def _whitened_pieces(engine: JacobianEngine, X, rtol: float):
+    """Yield ``(rows, pieces)`` of ``A = (J J^T)^{-1/2} J``, layer by layer."""
+    for rows, pieces in engine.pieces(X):
+        G = gram_of(pieces).double().cpu().numpy()
+        yield rows, map_pieces(pieces, G, -0.5, rtol)
+
+
 def soft_counts(engine: JacobianEngine, X, reference_sum: np.ndarray, rtol: float):
     """``N_S(x) = <A(x), S>_F / d`` for every row of ``X`` (the second pass)."""
     S = torch.as_tensor(reference_sum, device=engine.device)
     counts = np.empty(n_samples(X))
-    for rows, A in whitened_jacobians(engine, X, rtol):
-        counts[rows] = torch.einsum("bdp,dp->b", A.double(), S).cpu().numpy()
+    for rows, pieces in _whitened_pieces(engine, X, rtol):
+        parts = S.split([p.width for p in pieces], dim=1)
+        total = sum(
+            p.inner(part.to(p.signal)) for p, part in zip(pieces, parts, strict=True)
+        )
+        counts[rows] = total.double().cpu().numpy()
     return counts / reference_sum.shape[0]
 
 
 def whitened_sum(engine: JacobianEngine, X, rtol: float) -> np.ndarray:
     """``S = sum_j A(x_j)`` of shape ``(d, p)`` in float64 (the first pass)."""
     S = None
-    for _, A in whitened_jacobians(engine, X, rtol):
-        part = A.double().sum(0)
+    for _, pieces in _whitened_pieces(engine, X, rtol):
+        part = torch.cat([p.total().double() for p in pieces], dim=1)
         S = part if S is None else S + part
     return S.cpu().numpy()
 
@@ -268,7 +278,7 @@ class GradientDensityEstimator(DensityMixin, BaseEstimator):
             )
             rows = sketch_rows(F, self.reference_features_)
         else:
-            rows = cosine_rows(NTKReference(engine, self.X_fit_), X, self.rtol)
+            rows = cosine_rows(engine, self.X_fit_, X, self.rtol)
         counts = np.empty(n_samples(X))
         for block, k in rows:
             if self.method == "hard":

@@ -85,6 +85,7 @@ def network_similarity(
     n_components=None,
     random_state=None,
     n_jobs=None,
+    max_memory=2 * 2**30,
     verbose=0,
 ):
     """Similarity of inputs from the perspective of a trained network.
@@ -140,6 +141,11 @@ def network_similarity(
         independent tiles run by ``joblib.Parallel(n_jobs)``, which honours
         ``joblib.parallel_config`` (e.g. ``backend="dask"`` on a
         ``dask.distributed`` cluster). Each tile recomputes its gradients.
+    max_memory : int, default=2 GiB
+        Bytes that the per-layer gradient factors of ``Y`` may keep between
+        blocks of ``X``; past it they are recomputed for every block (slower,
+        bounded memory). A single batch that cannot fit raises a MemoryError
+        saying what to lower.
     verbose : int, default=0
         Show a progress bar when positive.
 
@@ -170,7 +176,7 @@ def network_similarity(
     X = check_net_input(X)
     Y = None if Y is None else check_net_input(Y)
     engine = JacobianEngine(
-        resolve_module(net), output, params, batch_size, device, verbose
+        resolve_module(net), output, params, batch_size, device, verbose, max_memory
     )
     if n_components is not None:
         seed = features.projection_seed(random_state)
@@ -295,6 +301,9 @@ class NetworkSimilarityKernel(TransformerMixin, BaseEstimator):
         Seeds torch while an unfitted skorch net is trained, and the sketch.
     n_jobs : int or None, default=None
         Tiles the exact kernel over ``joblib.Parallel(n_jobs)`` (dask-ready).
+    max_memory : int, default=2 GiB
+        Memory bound of the reference set's gradient factors, see
+        :func:`network_similarity`.
     verbose : int, default=0
         Show progress bars when positive.
 
@@ -339,6 +348,7 @@ class NetworkSimilarityKernel(TransformerMixin, BaseEstimator):
         n_components=None,
         random_state=None,
         n_jobs=None,
+        max_memory=2 * 2**30,
         verbose=0,
     ):
         self.net = net
@@ -351,6 +361,7 @@ class NetworkSimilarityKernel(TransformerMixin, BaseEstimator):
         self.n_components = n_components
         self.random_state = random_state
         self.n_jobs = n_jobs
+        self.max_memory = max_memory
         self.verbose = verbose
 
     def _engine(self):
@@ -361,6 +372,7 @@ class NetworkSimilarityKernel(TransformerMixin, BaseEstimator):
             self.batch_size,
             self.device,
             self.verbose,
+            self.max_memory,
         )
 
     def fit(self, X, y=None):

@@ -7,7 +7,6 @@ from sklearn.base import BaseEstimator
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
-from ._engine.gram import NTKReference
 from ._engine.inputs import n_samples
 from ._engine.jacobian import JacobianEngine
 from ._net import fit_net, resolve_module
@@ -253,7 +252,7 @@ class NetworkNeighbors(BaseEstimator):
         if self.n_components is not None:
             rows = sketch_rows(self._sketch(X, engine), self.reference_features_)
         else:
-            rows = cosine_rows(NTKReference(engine, self.X_fit_), X, self.rtol)
+            rows = cosine_rows(engine, self.X_fit_, X, self.rtol)
         return self._search_rows(rows, n_neighbors, exclude_self=False)
 
     def _exact_self(self, n_neighbors):
@@ -261,8 +260,7 @@ class NetworkNeighbors(BaseEstimator):
             F = self.reference_features_
             rows = sketch_rows(F, F)
         else:
-            reference = NTKReference(self._engine(), self.X_fit_)
-            rows = cosine_rows(reference, None, self.rtol)
+            rows = cosine_rows(self._engine(), self.X_fit_, None, self.rtol)
         return self._search_rows(rows, n_neighbors, exclude_self=True)
 
     def _faiss(self, F, n_neighbors, exclude_self):

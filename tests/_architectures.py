@@ -79,9 +79,8 @@ class AnyWidth(nn.Module):
         self.out = nn.Linear(n_hidden, n_out)
 
     def forward(self, x):
-        x = x.float() if not x.is_floating_point() else x
-        h = torch.tanh(x.unsqueeze(-1) * self.w + self.b).mean(dim=1)
-        return self.out(h)
+        x = x.reshape(len(x), -1).to(self.w.dtype)
+        return self.out(torch.tanh(x.unsqueeze(-1) * self.w + self.b).mean(dim=1))
 
 
 def trained_batchnorm(module, X):

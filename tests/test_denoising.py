@@ -6,6 +6,8 @@ import matplotlib
 import numpy as np
 import pytest
 import torch
+from _architectures import AnyWidth
+from _sklearn_checks import EXPECTED_FAILED_CHECKS
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.estimator_checks import parametrize_with_checks
 from skorch import NeuralNetRegressor
@@ -19,20 +21,6 @@ from sksim.denoising import (
 )
 
 matplotlib.use("Agg")
-
-
-class AnyWidth(torch.nn.Module):
-    """A per-feature tanh embedding averaged over features, then a Linear."""
-
-    def __init__(self, hidden=6):
-        super().__init__()
-        self.scale = torch.nn.Parameter(torch.linspace(-1.0, 1.5, hidden))
-        self.shift = torch.nn.Parameter(torch.linspace(0.5, -0.5, hidden))
-        self.out = torch.nn.Linear(hidden, 1)
-
-    def forward(self, x):
-        x = x.reshape(len(x), -1).to(self.scale.dtype)
-        return self.out(torch.tanh(x[..., None] * self.scale + self.shift).mean(1))
 
 
 def mlp(n_outputs, seed=0):
@@ -115,23 +103,12 @@ def data():
     return X, y + 0.1 * rng.normal(size=y.shape)
 
 
-EXPECTED_FAILED_CHECKS = {
-    "check_estimators_overwrite_params": (
-        "joblib.hash of a torch module differs from that of its deepcopy even "
-        "when nothing changed, so the net parameter always looks mutated."
-    ),
-    "check_estimator_sparse_array": (
-        "scipy's dok sparse containers are dict subclasses, which "
-        "sksim._validation.check_net_input takes for a dict of inputs."
-    ),
-}
-EXPECTED_FAILED_CHECKS["check_estimator_sparse_matrix"] = EXPECTED_FAILED_CHECKS[
-    "check_estimator_sparse_array"
-]
-
-
 @parametrize_with_checks(
-    [SelfDenoisingAnalysis(AnyWidth(), weights="cosine_pos_pow", batch_size=16)],
+    [
+        SelfDenoisingAnalysis(
+            AnyWidth(n_hidden=6, n_out=1), weights="cosine_pos_pow", batch_size=16
+        )
+    ],
     expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS,
 )
 def test_sklearn_compatible(estimator, check):

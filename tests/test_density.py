@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 import torch
+from _architectures import AnyWidth
+from _sklearn_checks import EXPECTED_FAILED_CHECKS
 from scipy.stats import spearmanr
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.estimator_checks import parametrize_with_checks
@@ -12,23 +14,6 @@ from skorch.callbacks import LRScheduler
 from sksim import network_similarity
 from sksim.datasets import make_circle_sine
 from sksim.density import GradientDensityEstimator
-
-
-class AnyWidth(torch.nn.Module):
-    """A per-feature tanh embedding averaged over features, then a Linear.
-
-    Accepts any number of input features, as scikit-learn's checks require.
-    """
-
-    def __init__(self, hidden=6, n_outputs=1):
-        super().__init__()
-        self.scale = torch.nn.Parameter(torch.linspace(-1.0, 1.5, hidden))
-        self.shift = torch.nn.Parameter(torch.linspace(0.5, -0.5, hidden))
-        self.out = torch.nn.Linear(hidden, n_outputs)
-
-    def forward(self, x):
-        x = x.reshape(len(x), -1).to(self.scale.dtype)
-        return self.out(torch.tanh(x[..., None] * self.scale + self.shift).mean(1))
 
 
 def mlp(n_outputs, seed=0):
@@ -46,24 +31,8 @@ def data():
     )
 
 
-EXPECTED_FAILED_CHECKS = {
-    "check_estimators_overwrite_params": (
-        "joblib.hash of a torch module differs from that of its deepcopy even "
-        "when nothing changed (parameter storages pickle differently), so the "
-        "net parameter always looks mutated; sksim never modifies the net."
-    ),
-}
-SPARSE_REASON = (
-    "scipy's dok sparse containers are dict subclasses, which "
-    "sksim._validation.check_net_input takes for a dict of inputs (fix belongs "
-    "there)."
-)
-EXPECTED_FAILED_CHECKS["check_estimator_sparse_array"] = SPARSE_REASON
-EXPECTED_FAILED_CHECKS["check_estimator_sparse_matrix"] = SPARSE_REASON
-
-
 @parametrize_with_checks(
-    [GradientDensityEstimator(AnyWidth(), batch_size=16)],
+    [GradientDensityEstimator(AnyWidth(n_hidden=6, n_out=1), batch_size=16)],
     expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS,
 )
 def test_sklearn_compatible(estimator, check):
@@ -107,8 +76,9 @@ def test_soft_counts_never_build_pairs(data, monkeypatch):
     def no_pairs(*args, **kwargs):
         raise AssertionError("the soft count must not compute kernel pairs")
 
-    monkeypatch.setattr("sksim.density.NTKReference", no_pairs)
     monkeypatch.setattr("sksim.density.cosine_rows", no_pairs)
+    monkeypatch.setattr("sksim._engine.pieces.DensePiece.pair", no_pairs)
+    monkeypatch.setattr("sksim._engine.pieces.SharedWeightPiece.pair", no_pairs)
     dens = GradientDensityEstimator(net).fit(X_ref)
     np.testing.assert_allclose(dens.neighbor_counts(X_new), expected, atol=1e-6)
 

@@ -121,3 +121,11 @@ def test_dict_input_lengths_must_agree():
 
     with pytest.raises(ValueError, match="same number of samples; got lengths"):
         network_similarity(Two(), {"a": np.zeros((3, 2)), "b": np.zeros((4, 2))})
+
+
+def test_memory_bound_reblocks_or_explains(module):
+    K = network_similarity(module, X)
+    small = sum(p.numel() for p in module.parameters()) * 4 * 3 * 4  # a few samples
+    np.testing.assert_allclose(network_similarity(module, X, max_memory=small), K)
+    with pytest.raises(MemoryError, match="lower batch_size, select fewer parameters"):
+        network_similarity(module, X, max_memory=100)

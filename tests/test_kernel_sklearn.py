@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from _architectures import AnyWidth
+from _sklearn_checks import EXPECTED_FAILED_CHECKS
 from conftest import make_digits_net
 from sklearn.base import clone
 from sklearn.cluster import SpectralClustering
@@ -21,15 +22,6 @@ from sklearn.svm import SVC
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from sksim import NetworkSimilarityKernel, network_similarity, similarity_to_distance
-
-# Checks of scikit-learn's suite that this estimator is expected to fail, with why.
-EXPECTED_FAILED_CHECKS = {
-    "check_estimators_overwrite_params": (
-        "joblib.hash of a deep-copied torch.nn.Module differs from the original's "
-        "even when nothing changed; test_fit_does_not_mutate_the_net checks the "
-        "same property on the module's state_dict and training flags instead."
-    ),
-}
 
 
 def _plain_module():

@@ -6,6 +6,8 @@ import time
 import numpy as np
 import pytest
 import torch
+from _architectures import AnyWidth
+from _sklearn_checks import EXPECTED_FAILED_CHECKS
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
@@ -13,20 +15,6 @@ from sksim import network_similarity
 from sksim._engine.jacobian import JacobianEngine
 from sksim._similarity_rows import sketch_features
 from sksim.neighbors import NetworkNeighbors
-
-
-class AnyWidth(torch.nn.Module):
-    """A per-feature tanh embedding averaged over features, then a Linear."""
-
-    def __init__(self, hidden=6):
-        super().__init__()
-        self.scale = torch.nn.Parameter(torch.linspace(-1.0, 1.5, hidden))
-        self.shift = torch.nn.Parameter(torch.linspace(0.5, -0.5, hidden))
-        self.out = torch.nn.Linear(hidden, 1)
-
-    def forward(self, x):
-        x = x.reshape(len(x), -1).to(self.scale.dtype)
-        return self.out(torch.tanh(x[..., None] * self.scale + self.shift).mean(1))
 
 
 def mlp(n_inputs, n_outputs, hidden=12, seed=0):
@@ -50,23 +38,8 @@ def data():
     return X, rng.normal(size=(12, 3)).astype(np.float32)
 
 
-SPARSE_REASON = (
-    "scipy's dok sparse containers are dict subclasses, which "
-    "sksim._validation.check_net_input takes for a dict of inputs (fix belongs "
-    "there)."
-)
-EXPECTED_FAILED_CHECKS = {
-    "check_estimators_overwrite_params": (
-        "joblib.hash of a torch module differs from that of its deepcopy even "
-        "when nothing changed, so the net parameter always looks mutated."
-    ),
-    "check_estimator_sparse_array": SPARSE_REASON,
-    "check_estimator_sparse_matrix": SPARSE_REASON,
-}
-
-
 @parametrize_with_checks(
-    [NetworkNeighbors(AnyWidth(), batch_size=16)],
+    [NetworkNeighbors(AnyWidth(n_hidden=6, n_out=1), batch_size=16)],
     expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS,
 )
 def test_sklearn_compatible(estimator, check):

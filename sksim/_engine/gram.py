@@ -20,7 +20,6 @@ from .jacobian import JacobianEngine
 from .normalize import KINDS
 from .pieces import gram_of, map_pieces
 
-DEFAULT_MAX_MEMORY = 2 * 2**30
 # Powers of J J^T applied on the (left, right) of each kernel, None for none.
 POWERS = {"ntk": (None, None), "cosine": (-0.5, -0.5), "influence": (-1.0, None)}
 
@@ -49,9 +48,10 @@ class GramReference:
         Yield matrix blocks ``(b, m, d, d)`` rather than scalars ``tr / d``.
     rtol : float, default=1e-5
         Relative eigenvalue floor of ``J J^T``.
-    max_memory : int
-        Bytes the prepared pieces of ``Y`` may take; past it they are
-        recomputed for every block of queries (slower, bounded memory).
+    max_memory : int or None, default=None
+        Bytes the prepared pieces of ``Y`` may take (None: the engine's
+        ``max_memory``); past it they are recomputed for every block of
+        queries (slower, bounded memory).
 
     Attributes
     ----------
@@ -66,7 +66,7 @@ class GramReference:
         kind: str = "ntk",
         full: bool = False,
         rtol: float = 1e-5,
-        max_memory: int = DEFAULT_MAX_MEMORY,
+        max_memory: int | None = None,
     ):
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}; got {kind!r}.")
@@ -79,14 +79,14 @@ class GramReference:
         )
         self.left_power, self.right_power = POWERS[kind]
         self.n_samples = n_samples(Y)
-        self.max_memory = max_memory
+        self.max_memory = engine.max_memory if max_memory is None else max_memory
         grams, kept = [], []
         for _, pieces in engine.pieces(Y):
             G = gram_of(pieces).double().cpu().numpy()
             grams.append(G)
             if kept is not None:
                 kept.append(map_pieces(pieces, G, self.right_power, rtol))
-                if _nbytes(kept[0]) * self.n_samples / len(G) > max_memory:
+                if _nbytes(kept[0]) * self.n_samples / len(G) > self.max_memory:
                     self._check_batch_fits(kept[0])
                     kept = None
         self.gram = np.concatenate(grams)
@@ -164,12 +164,12 @@ class NTKReference(GramReference):
     ``gram`` holds ``J(y_j) J(y_j)^T``.
     """
 
-    def __init__(self, engine: JacobianEngine, Y, max_memory: int = DEFAULT_MAX_MEMORY):
+    def __init__(self, engine: JacobianEngine, Y, max_memory: int | None = None):
         super().__init__(engine, Y, kind="ntk", full=True, max_memory=max_memory)
 
 
 def ntk_blocks(
-    engine: JacobianEngine, X, Y=None, max_memory: int = DEFAULT_MAX_MEMORY
+    engine: JacobianEngine, X, Y=None, max_memory: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """NTK blocks of all pairs and the per-sample Grams, float64 on the CPU.
 

@@ -19,6 +19,8 @@ from .inputs import batches, module_float_dtype, n_samples, take, to_tensor
 from .pieces import DensePiece
 from .selection import select_output, select_parameters
 
+DEFAULT_MAX_MEMORY = 2 * 2**30
+
 
 class JacobianEngine:
     """Per-sample parameter Jacobians of a module's selected outputs.
@@ -37,6 +39,8 @@ class JacobianEngine:
         Where to compute; None keeps the module's device.
     verbose : int, default=0
         Show a progress bar over batches when positive.
+    max_memory : int, default=2 GiB
+        Bytes that a prepared reference set may keep (see ``gram``).
     """
 
     def __init__(
@@ -47,6 +51,7 @@ class JacobianEngine:
         batch_size: int = 64,
         device: str | torch.device | None = None,
         verbose: int = 0,
+        max_memory: int = DEFAULT_MAX_MEMORY,
     ):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int; got {batch_size!r}.")
@@ -55,6 +60,7 @@ class JacobianEngine:
         self.parameters = select_parameters(module, params)
         self.batch_size = batch_size
         self.verbose = verbose
+        self.max_memory = max_memory
         self.device = (
             torch.device(device)
             if device is not None

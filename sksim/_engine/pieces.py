@@ -51,6 +51,19 @@ class DensePiece:
         b, m = len(self), len(other)
         return self.grad.reshape(b, -1) @ other.grad.reshape(m, -1).T
 
+    @property
+    def width(self) -> int:
+        """Number of parameters ``q`` of the piece."""
+        return self.grad.shape[2]
+
+    def total(self) -> torch.Tensor:
+        """The sum of the batch's gradients, ``(d, q)``."""
+        return self.grad.sum(dim=0)
+
+    def inner(self, S: torch.Tensor) -> torch.Tensor:
+        """``<g(x), S>_F`` for every sample, ``(b,)``, with ``S`` from ``total``."""
+        return torch.einsum("bcq,cq->b", self.grad, S)
+
     def take(self, rows) -> DensePiece:
         return DensePiece(self.grad[rows])
 
@@ -72,11 +85,16 @@ class SharedWeightPiece:
         ``h(u) . h'(u')`` is then 1 when the tokens are equal, 0 otherwise.
     delta : Tensor of shape (b, d, T, o)
         Derivative of each selected output with respect to the layer output.
+    n_tokens : int or None, default=None
+        Size of the vocabulary when ``h`` holds token ids.
     """
 
-    def __init__(self, h: torch.Tensor, delta: torch.Tensor):
+    def __init__(
+        self, h: torch.Tensor, delta: torch.Tensor, n_tokens: int | None = None
+    ):
         self.h = h
         self.delta = delta
+        self.n_tokens = n_tokens
 
     def __len__(self) -> int:
         return self.delta.shape[0]
@@ -91,7 +109,8 @@ class SharedWeightPiece:
         return not self.h.is_floating_point()
 
     def transform(self, W: torch.Tensor) -> SharedWeightPiece:
-        return SharedWeightPiece(self.h, torch.einsum("bce,betO->bctO", W, self.delta))
+        delta = torch.einsum("bce,betO->bctO", W, self.delta)
+        return SharedWeightPiece(self.h, delta, self.n_tokens)
 
     def _input_products(self, other: SharedWeightPiece) -> torch.Tensor:
         """``h_i(u) . h_j(u')`` of shape (b, m, T, T')."""
@@ -135,13 +154,38 @@ class SharedWeightPiece:
                 )
         return torch.cat(parts, dim=1)
 
+    @property
+    def width(self) -> int:
+        """Number of parameters ``o a`` (``o n_tokens`` for an embedding)."""
+        a = self.n_tokens if self.tokens else self.h.shape[2]
+        return self.delta.shape[3] * a
+
+    def total(self) -> torch.Tensor:
+        """The sum of the batch's gradients ``sum_u delta(u) h(u)^T``, ``(d, o a)``."""
+        d, o = self.delta.shape[1], self.delta.shape[3]
+        if self.tokens:
+            flat = self.delta.permute(1, 3, 0, 2).reshape(d, o, -1)
+            out = flat.new_zeros(d, o, self.n_tokens)
+            return out.index_add_(2, self.h.reshape(-1), flat).reshape(d, -1)
+        return torch.einsum("bctO,bta->cOa", self.delta, self.h).reshape(d, -1)
+
+    def inner(self, S: torch.Tensor) -> torch.Tensor:
+        """``<g(x), S>_F`` for every sample, ``(b,)``, with ``S`` from ``total``."""
+        S = S.reshape(S.shape[0], self.delta.shape[3], -1)
+        if self.tokens:
+            picked = S[:, :, self.h]  # (d, o, b, T)
+            return torch.einsum("bctO,cObt->b", self.delta, picked)
+        return torch.einsum("bctO,cOa,bta->b", self.delta, S, self.h)
+
     def take(self, rows) -> SharedWeightPiece:
-        return SharedWeightPiece(self.h[rows], self.delta[rows])
+        return SharedWeightPiece(self.h[rows], self.delta[rows], self.n_tokens)
 
     @staticmethod
     def cat(pieces: list[SharedWeightPiece]) -> SharedWeightPiece:
         return SharedWeightPiece(
-            torch.cat([p.h for p in pieces]), torch.cat([p.delta for p in pieces])
+            torch.cat([p.h for p in pieces]),
+            torch.cat([p.delta for p in pieces]),
+            pieces[0].n_tokens,
         )
 
     def nbytes(self) -> int:

@@ -127,8 +127,15 @@ class ClusterState:
     def _delete(self, k):
         last = self.K - 1
         if k != last:
-            for a in (self.count, self.mean, self.L, self.inv_L, self.logc,
-                      self.ratio, self.half_nu1):
+            for a in (
+                self.count,
+                self.mean,
+                self.L,
+                self.inv_L,
+                self.logc,
+                self.ratio,
+                self.half_nu1,
+            ):
                 a[k] = a[last]
             self.z[self.z == last] = k
         self.K -= 1

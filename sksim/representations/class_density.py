@@ -364,8 +364,10 @@ class ClassConditionalDensity(ClassifierMixin, BaseEstimator):
         ordered = np.sort(means)
         gap = int(np.argmax(np.diff(ordered)))
         threshold = float(0.5 * (ordered[gap] + ordered[gap + 1]))
-        return self.classes_[means > threshold], self.classes_[means <= threshold], (
-            threshold
+        return (
+            self.classes_[means > threshold],
+            self.classes_[means <= threshold],
+            (threshold),
         )
 
     def density_bins(self, n_bins=10):
@@ -400,7 +402,5 @@ def _as_table(table, as_frame):
     try:
         import pandas as pd
     except ImportError as exc:  # pragma: no cover - pandas is a dev dependency
-        raise ImportError(
-            "as_frame=True needs pandas: pip install pandas."
-        ) from exc
+        raise ImportError("as_frame=True needs pandas: pip install pandas.") from exc
     return pd.DataFrame(dict(table))

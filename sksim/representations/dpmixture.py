@@ -173,8 +173,14 @@ n_features)
             raise ValueError(
                 f"backend must be one of {BACKENDS}; got {self.backend!r}."
             )
-        for name in ("n_sweeps", "thin", "block_size", "init_clusters",
-                     "max_components", "max_iter"):
+        for name in (
+            "n_sweeps",
+            "thin",
+            "block_size",
+            "init_clusters",
+            "max_components",
+            "max_iter",
+        ):
             _check_int(getattr(self, name), name, 1)
         _check_int(self.burn_in, "burn_in", 0)
         for name in ("prior_clusters", "kappa0", "reg_covar"):
@@ -202,9 +208,7 @@ n_features)
         self._check_params()
         X = validate_data(self, X, dtype=np.float64)
         rng = check_random_state(self.random_state)
-        prior = NIWPrior.from_data(
-            X, self.kappa0, self.prior_clusters, self.reg_covar
-        )
+        prior = NIWPrior.from_data(X, self.kappa0, self.prior_clusters, self.reg_covar)
         self.mean_prior_ = prior.mean
         self.covariance_prior_ = prior.psi
         self.degrees_of_freedom_prior_ = prior.nu
@@ -219,9 +223,7 @@ n_features)
         k = min(self.init_clusters, n_distinct)
         if k >= X.shape[0]:
             return np.arange(X.shape[0])
-        labels = KMeans(
-            k, n_init=1, random_state=rng.randint(2**31 - 1)
-        ).fit_predict(X)
+        labels = KMeans(k, n_init=1, random_state=rng.randint(2**31 - 1)).fit_predict(X)
         return np.unique(labels, return_inverse=True)[1]
 
     def _fit_gibbs(self, X, prior, rng):

@@ -44,15 +44,21 @@ def plot_class_log_density(report, axes=None):
     plt = _pyplot()
     stages = list(dict.fromkeys(_column(report.splits, "stage")))
     if axes is None:
-        fig, axes = plt.subplots(1, len(stages), figsize=(3.2 * len(stages), 3),
-                                 squeeze=False)
+        fig, axes = plt.subplots(
+            1, len(stages), figsize=(3.2 * len(stages), 3), squeeze=False
+        )
         axes = axes[0]
     fig = np.ravel(axes)[0].figure
     stage_of = _column(report.classes, "stage")
     means = _column(report.classes, "mean_log_density")
     high = _column(report.classes, "group") == "high"
-    thresholds = dict(zip(_column(report.splits, "stage"),
-                          _column(report.splits, "threshold"), strict=True))
+    thresholds = dict(
+        zip(
+            _column(report.splits, "stage"),
+            _column(report.splits, "threshold"),
+            strict=True,
+        )
+    )
     for ax, stage in zip(np.ravel(axes), stages, strict=True):
         rows = np.flatnonzero(stage_of == stage)
         order = rows[np.argsort(means[rows])]
@@ -94,9 +100,12 @@ def plot_memorization_by_density(report, ax=None):
     stage_of = _column(report.bins, "stage")
     for stage in dict.fromkeys(stage_of):
         rows = stage_of == stage
-        ax.plot(_column(report.bins, "bin")[rows],
-                _column(report.bins, "mean_memorization")[rows],
-                marker="o", label=str(stage))
+        ax.plot(
+            _column(report.bins, "bin")[rows],
+            _column(report.bins, "mean_memorization")[rows],
+            marker="o",
+            label=str(stage),
+        )
     ax.set_xlabel("density bin (low to high own-class log-density)")
     ax.set_ylabel("mean memorisation score")
     ax.legend()

@@ -18,8 +18,13 @@ def _memorization(memorization, X, y, n_models, random_state, n_jobs, verbose):
         return None
     if hasattr(memorization, "fit"):
         return memorization_scores(
-            memorization, X, y, n_models, random_state=random_state,
-            n_jobs=n_jobs, verbose=verbose,
+            memorization,
+            X,
+            y,
+            n_models,
+            random_state=random_state,
+            n_jobs=n_jobs,
+            verbose=verbose,
         )
     scores = np.asarray(memorization, dtype=np.float64)
     if scores.shape != (len(y),):
@@ -63,8 +68,12 @@ def _stage_tables(stage, density, memorization, n_bins, n_samples):
 
 
 def _concat(tables):
-    return Bunch(**{key: np.concatenate([np.asarray(t[key]) for t in tables])
-                    for key in tables[0]})
+    return Bunch(
+        **{
+            key: np.concatenate([np.asarray(t[key]) for t in tables])
+            for key in tables[0]
+        }
+    )
 
 
 def class_fitting_report(
@@ -161,7 +170,12 @@ def class_fitting_report(
     y = np.asarray(y)
     net = fit_net(net, X, y, random_state)
     reps = extract_representations(
-        net, X, layers, pool=pool, batch_size=batch_size, device=device,
+        net,
+        X,
+        layers,
+        pool=pool,
+        batch_size=batch_size,
+        device=device,
         verbose=verbose,
     )
     mem = _memorization(memorization, X, y, n_models, random_state, n_jobs, verbose)

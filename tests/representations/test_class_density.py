@@ -31,8 +31,9 @@ def test_projection_is_the_uncentred_svd(fitted):
     Z, _, ccd = fitted
     _, s, Vt = np.linalg.svd(Z, full_matrices=False)  # no centring
     np.testing.assert_allclose(ccd.singular_values_, s[:3])
-    np.testing.assert_allclose(ccd.components_.T @ ccd.components_,
-                               Vt[:3].T @ Vt[:3], atol=1e-10)
+    np.testing.assert_allclose(
+        ccd.components_.T @ ccd.components_, Vt[:3].T @ Vt[:3], atol=1e-10
+    )
 
 
 @pytest.mark.parametrize("fraction", [0.5, 0.9, 0.999])
@@ -62,11 +63,13 @@ def test_scores_are_the_class_mixtures_on_projected_features(fitted):
 def test_generative_classifier_uses_bayes_rule(fitted):
     Z, y, ccd = fitted
     joint = ccd.score_samples(Z) + np.log([40 / 110, 40 / 110, 30 / 110])
-    np.testing.assert_allclose(ccd.predict_log_proba(Z),
-                               joint - logsumexp(joint, axis=1, keepdims=True))
+    np.testing.assert_allclose(
+        ccd.predict_log_proba(Z), joint - logsumexp(joint, axis=1, keepdims=True)
+    )
     np.testing.assert_array_equal(ccd.predict(Z), ccd.classes_[joint.argmax(axis=1)])
-    tilted = ClassConditionalDensity(3, mixture=GIBBS, priors=[1.0, 0.0, 0.0],
-                                     random_state=0).fit(Z, y)
+    tilted = ClassConditionalDensity(
+        3, mixture=GIBBS, priors=[1.0, 0.0, 0.0], random_state=0
+    ).fit(Z, y)
     assert set(tilted.predict(Z)) == {"a"}
 
 
@@ -102,7 +105,8 @@ def test_class_summary_values(fitted):
         assert summary.mean_log_density[c] == pytest.approx(own.mean())
         assert summary.std_log_density[c] == pytest.approx(own.std())
         assert summary.mean_intra_class_distance[c] == pytest.approx(
-            pdist(P[y == label]).mean())
+            pdist(P[y == label]).mean()
+        )
     np.testing.assert_array_equal(summary.n_samples, [40, 40, 30])
     frame = ccd.class_summary(n_samples=200, as_frame=True)
     np.testing.assert_allclose(frame["relative_entropy"], summary.relative_entropy)
@@ -115,15 +119,22 @@ def test_relative_entropy_is_monte_carlo_kl_to_diagonal_gaussian():
     C = np.array([[1.0, 0.9], [0.9, 1.0]])
     Z = rng.multivariate_normal([5, 0], C, size=400)  # not along the mean
     ccd = ClassConditionalDensity(
-        2, mixture=DirichletProcessGaussianMixture(
-            backend="variational", max_components=1), random_state=0
+        2,
+        mixture=DirichletProcessGaussianMixture(
+            backend="variational", max_components=1
+        ),
+        random_state=0,
     ).fit(Z, np.zeros(400))
     m = ccd.mixtures_[0]
     S = m.component_chols_[0] @ m.component_chols_[0].T
     D = np.diag(ccd.class_variances_[0] + 1e-6)
     diff = m.component_means_[0] - ccd.class_means_[0]
-    exact = 0.5 * (np.trace(np.linalg.solve(D, S)) - 2 + diff @ np.linalg.solve(D, diff)
-                   + np.log(np.linalg.det(D) / np.linalg.det(S)))
+    exact = 0.5 * (
+        np.trace(np.linalg.solve(D, S))
+        - 2
+        + diff @ np.linalg.solve(D, diff)
+        + np.log(np.linalg.det(D) / np.linalg.det(S))
+    )
     assert ccd.relative_entropy(20000)[0] == pytest.approx(exact, abs=0.03)
     assert exact > 0.5
 
@@ -140,7 +151,8 @@ def test_relative_entropy_is_monte_carlo_kl_to_diagonal_gaussian():
 def test_parameter_errors(params, match):
     with pytest.raises(ValueError, match=match):
         ClassConditionalDensity(mixture=VARIATIONAL, **params).fit(
-            np.random.RandomState(0).randn(10, 2), np.repeat([0, 1], 5))
+            np.random.RandomState(0).randn(10, 2), np.repeat([0, 1], 5)
+        )
 
 
 def test_method_errors(fitted):
@@ -161,8 +173,9 @@ def test_method_errors(fitted):
 def test_n_jobs_gives_the_same_fit(fitted):
     Z, y, ccd = fitted
     with parallel_config(backend="threading"):
-        par = ClassConditionalDensity(3, mixture=GIBBS, random_state=0,
-                                      n_jobs=2).fit(Z, y)
+        par = ClassConditionalDensity(3, mixture=GIBBS, random_state=0, n_jobs=2).fit(
+            Z, y
+        )
     np.testing.assert_allclose(par.train_log_density_, ccd.train_log_density_)
 
 

@@ -17,9 +17,7 @@ from sksim.representations._niw import (
     student_t_logpdf,
 )
 
-pytestmark = pytest.mark.filterwarnings(
-    "ignore::sklearn.exceptions.ConvergenceWarning"
-)
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 FAST = dict(n_sweeps=6, burn_in=2, thin=2, random_state=0)
 
 
@@ -53,10 +51,12 @@ def test_cholesky_rank_one_matches_recomputation(d, sign):
     v = rng.standard_normal(d) * (1.0 if sign > 0 else 0.5)
     L = np.linalg.cholesky(S)
     new = cholesky_rank_one(L, v, sign)
-    np.testing.assert_allclose(new, np.linalg.cholesky(S + sign * np.outer(v, v)),
-                               atol=1e-12)
-    np.testing.assert_allclose(cholesky_rank_one(L, v, sign, np.linalg.inv(L)), new,
-                               atol=1e-12)
+    np.testing.assert_allclose(
+        new, np.linalg.cholesky(S + sign * np.outer(v, v)), atol=1e-12
+    )
+    np.testing.assert_allclose(
+        cholesky_rank_one(L, v, sign, np.linalg.inv(L)), new, atol=1e-12
+    )
 
 
 def test_cholesky_downdate_refuses_indefinite_result():
@@ -87,7 +87,8 @@ def test_incremental_cluster_statistics_match_recomputation():
     labels = state.z.copy()
     got = state.log_predictive(X[:3])
     np.testing.assert_allclose(
-        got, np.array([_state_predictive_oracle(X, labels, prior, x) for x in X[:3]]),
+        got,
+        np.array([_state_predictive_oracle(X, labels, prior, x) for x in X[:3]]),
         rtol=1e-9,
     )
     L_incremental = state.L[: state.K].copy()
@@ -141,14 +142,16 @@ def test_posterior_over_cluster_count_on_separated_clusters(block_size):
 
 def test_log_predictive_averages_mixtures_over_posterior_samples():
     X = _separated(np.random.RandomState(2), n=20)
-    dp = DirichletProcessGaussianMixture(n_sweeps=12, burn_in=4, thin=4,
-                                         random_state=0).fit(X)
+    dp = DirichletProcessGaussianMixture(
+        n_sweeps=12, burn_in=4, thin=4, random_state=0
+    ).fit(X)
     Y = np.random.RandomState(3).standard_normal((7, 2)) * 4
     dens = np.zeros(len(Y))
     shapes = dp.component_chols_ @ np.transpose(dp.component_chols_, (0, 2, 1))
     for k in range(len(dp.component_dfs_)):
         dens += np.exp(dp.component_log_weights_[k]) * multivariate_t(
-            dp.component_means_[k], shapes[k], df=dp.component_dfs_[k]).pdf(Y)
+            dp.component_means_[k], shapes[k], df=dp.component_dfs_[k]
+        ).pdf(Y)
     np.testing.assert_allclose(dp.log_predictive(Y), np.log(dens), rtol=1e-10)
     # the weights of each posterior sample sum to one, the samples average
     assert np.isclose(logsumexp(dp.component_log_weights_), 0.0)
@@ -172,11 +175,16 @@ def test_variational_backend_is_sklearn_bayesian_gaussian_mixture():
     ).fit(X)
     seed = check_random_state(0).randint(2**31 - 1)
     bgm = BayesianGaussianMixture(
-        n_components=5, weight_concentration_prior_type="dirichlet_process",
-        weight_concentration_prior=1.0, mean_prior=X.mean(axis=0),
-        mean_precision_prior=0.01, degrees_of_freedom_prior=4.0,
+        n_components=5,
+        weight_concentration_prior_type="dirichlet_process",
+        weight_concentration_prior=1.0,
+        mean_prior=X.mean(axis=0),
+        mean_precision_prior=0.01,
+        degrees_of_freedom_prior=4.0,
         covariance_prior=np.diag((X.var(axis=0) + 1e-6) / 6.0),
-        reg_covar=1e-6, max_iter=100, random_state=seed,
+        reg_covar=1e-6,
+        max_iter=100,
+        random_state=seed,
     ).fit(X)
     # the plug-in mixture of the variational posterior (a normalised density,
     # unlike BayesianGaussianMixture.score_samples, an expected log-likelihood)
@@ -198,11 +206,13 @@ def test_samples_follow_the_predictive_density(backend):
     covs = dp.component_chols_ @ np.transpose(dp.component_chols_, (0, 2, 1))
     mean = w @ dp.component_means_
     second = np.einsum("k,kij->ij", w * factor, covs) + np.einsum(
-        "k,ki,kj->ij", w, dp.component_means_, dp.component_means_)
+        "k,ki,kj->ij", w, dp.component_means_, dp.component_means_
+    )
     S = dp.sample(100000, random_state=0)
     np.testing.assert_allclose(S.mean(axis=0), mean, atol=0.1)
-    np.testing.assert_allclose(np.cov(S.T), second - np.outer(mean, mean),
-                               rtol=0.1, atol=0.3)
+    np.testing.assert_allclose(
+        np.cov(S.T), second - np.outer(mean, mean), rtol=0.1, atol=0.3
+    )
 
 
 @pytest.mark.parametrize(

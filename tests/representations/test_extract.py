@@ -37,8 +37,9 @@ def test_pooled_stage_outputs_match_a_manual_forward(net):
     with torch.no_grad():
         bn = net.bn(net.drop(net.conv(X)))
         head = net(X)
-    np.testing.assert_allclose(reps["bn"], bn.mean(dim=(2, 3)).numpy(), rtol=1e-5,
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        reps["bn"], bn.mean(dim=(2, 3)).numpy(), rtol=1e-5, atol=1e-6
+    )
     np.testing.assert_allclose(reps["head"], head.numpy(), rtol=1e-5, atol=1e-6)
     flat = extract_representations(net, X, "bn", pool=None)["bn"]
     np.testing.assert_allclose(flat, bn.reshape(10, -1).numpy(), rtol=1e-5, atol=1e-6)
@@ -60,8 +61,9 @@ def test_skorch_net_and_progress_bar(capsys):
     clf = NeuralNetClassifier(_ConvNet, max_epochs=1, train_split=None, verbose=0)
     clf.fit(X, y)
     reps = extract_representations(clf, X, ["head"], batch_size=8, verbose=1)
-    np.testing.assert_allclose(reps["head"], clf.forward(X).numpy(), rtol=1e-5,
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        reps["head"], clf.forward(X).numpy(), rtol=1e-5, atol=1e-6
+    )
     assert "4/4" in capsys.readouterr().err
 
 

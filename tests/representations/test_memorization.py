@@ -27,14 +27,15 @@ def _toy(n=40, seed=0):
 def test_scores_match_a_brute_force_recomputation():
     X, y = _toy()
     y[3] = 1  # one flipped label
-    got = memorization_scores(KNeighborsClassifier(3), X, y, n_models=12,
-                              random_state=0)
+    got = memorization_scores(
+        KNeighborsClassifier(3), X, y, n_models=12, random_state=0
+    )
     rng = check_random_state(0)
     masks = subset_masks(len(y), 12, 0.7, rng)
     want = np.empty(len(y))
-    correct = np.array([
-        clone(KNeighborsClassifier(3)).fit(X[m], y[m]).predict(X) == y for m in masks
-    ])
+    correct = np.array(
+        [clone(KNeighborsClassifier(3)).fit(X[m], y[m]).predict(X) == y for m in masks]
+    )
     for i in range(len(y)):
         want[i] = correct[masks[:, i], i].mean() - correct[~masks[:, i], i].mean()
     np.testing.assert_allclose(got, want)
@@ -42,9 +43,7 @@ def test_scores_match_a_brute_force_recomputation():
 
 
 FEW_MODELS = pytest.mark.filterwarnings("ignore:.*never \\(or always\\) in the")
-pytestmark = pytest.mark.filterwarnings(
-    "ignore::sklearn.exceptions.ConvergenceWarning"
-)
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 
 
 @FEW_MODELS
@@ -60,8 +59,9 @@ def test_n_jobs_and_random_state_reproduce_scores():
 class _MLP(torch.nn.Module):
     def __init__(self):
         super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.Linear(2, 32), torch.nn.ReLU(),
-                                       torch.nn.Linear(32, 2))
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(2, 32), torch.nn.ReLU(), torch.nn.Linear(32, 2)
+        )
 
     def forward(self, X):
         return self.net(X)
@@ -71,8 +71,14 @@ class _MLP(torch.nn.Module):
 def test_skorch_net_scores_match_a_brute_force_recomputation():
     X, y = _toy(30, seed=2)
     y = y.astype(np.int64)
-    net = NeuralNetClassifier(_MLP, max_epochs=8, lr=0.05, train_split=None,
-                              verbose=0, optimizer=torch.optim.Adam)
+    net = NeuralNetClassifier(
+        _MLP,
+        max_epochs=8,
+        lr=0.05,
+        train_split=None,
+        verbose=0,
+        optimizer=torch.optim.Adam,
+    )
     got = memorization_scores(net, X, y, n_models=3, random_state=0)
     rng = check_random_state(0)
     masks = subset_masks(len(y), 3, 0.7, rng)
@@ -85,8 +91,9 @@ def test_skorch_net_scores_match_a_brute_force_recomputation():
     correct = np.array(correct)
     n_in, n_out = masks.sum(axis=0), (~masks).sum(axis=0)
     defined = (n_in > 0) & (n_out > 0)
-    want = (correct & masks).sum(0)[defined] / n_in[defined] - (
-        correct & ~masks).sum(0)[defined] / n_out[defined]
+    want = (correct & masks).sum(0)[defined] / n_in[defined] - (correct & ~masks).sum(
+        0
+    )[defined] / n_out[defined]
     np.testing.assert_allclose(got[defined], want)
     assert np.isnan(got[~defined]).all()
 
@@ -100,8 +107,9 @@ def test_flipped_digit_labels_are_memorised():
     flipped = rng.choice(len(y), 30, replace=False)
     y[flipped] = (y[flipped] + rng.randint(1, 10, size=30)) % 10
     is_flipped = np.isin(np.arange(len(y)), flipped)
-    mem = memorization_scores(KNeighborsClassifier(1), X, y, n_models=30,
-                              random_state=0)
+    mem = memorization_scores(
+        KNeighborsClassifier(1), X, y, n_models=30, random_state=0
+    )
     assert np.isfinite(mem).all()
     assert mem[is_flipped].mean() > 0.8 and mem[~is_flipped].mean() < 0.2
     mlp = MLPClassifier((128,), alpha=0.0, learning_rate_init=0.01, max_iter=300)

@@ -36,9 +36,17 @@ def report():
     y = np.repeat([0, 1, 2], 30)
     net = NeuralNetClassifier(_MLP, max_epochs=5, train_split=None, verbose=0)
     rep = class_fitting_report(
-        net, X, y, ["hidden", "out"], n_components={"hidden": 4, "out": 3},
-        mixture=MIX, memorization=KNeighborsClassifier(1), n_models=15, n_bins=5,
-        n_samples=100, random_state=0,
+        net,
+        X,
+        y,
+        ["hidden", "out"],
+        n_components={"hidden": 4, "out": 3},
+        mixture=MIX,
+        memorization=KNeighborsClassifier(1),
+        n_models=15,
+        n_bins=5,
+        n_samples=100,
+        random_state=0,
     )
     return X, y, rep
 
@@ -51,12 +59,14 @@ def test_tables_agree_with_the_fitted_densities(report):
         density = rep.densities[stage]
         rows = rep.classes["stage"] == stage
         summary = density.class_summary(100)
-        np.testing.assert_allclose(rep.classes["mean_log_density"][rows],
-                                   summary.mean_log_density)
+        np.testing.assert_allclose(
+            rep.classes["mean_log_density"][rows], summary.mean_log_density
+        )
         high, _, threshold = density.split_classes()
         assert rep.splits["threshold"][rep.splits["stage"] == stage][0] == threshold
         np.testing.assert_array_equal(
-            rep.classes["group"][rows] == "high", np.isin(density.classes_, high))
+            rep.classes["group"][rows] == "high", np.isin(density.classes_, high)
+        )
         bins = density.density_bins(5)
         b = rep.bins["stage"] == stage
         want = [np.nanmean(rep.memorization[bins == k]) for k in range(5)]
@@ -68,18 +78,33 @@ def test_precomputed_memorization_and_frames(report):
     X, y, rep = report
     mem = np.linspace(0, 1, 90)
     frames = class_fitting_report(
-        torch.nn.Sequential(torch.nn.Linear(4, 3)), X, y, "0", n_components=3,
-        mixture=MIX, memorization=mem, n_bins=3, n_samples=50, as_frame=True,
+        torch.nn.Sequential(torch.nn.Linear(4, 3)),
+        X,
+        y,
+        "0",
+        n_components=3,
+        mixture=MIX,
+        memorization=mem,
+        n_bins=3,
+        n_samples=50,
+        as_frame=True,
         random_state=0,
     )
     assert list(frames.bins["bin"]) == [0, 1, 2]
     bins = frames.densities["0"].density_bins(3)
-    np.testing.assert_allclose(frames.bins["mean_memorization"],
-                               [mem[bins == k].mean() for k in range(3)])
+    np.testing.assert_allclose(
+        frames.bins["mean_memorization"], [mem[bins == k].mean() for k in range(3)]
+    )
     assert list(frames.classes.columns[:2]) == ["class", "n_samples"]
     with pytest.raises(ValueError, match="one score per example"):
-        class_fitting_report(torch.nn.Sequential(torch.nn.Linear(4, 3)), X, y, "0",
-                             mixture=MIX, memorization=mem[:5])
+        class_fitting_report(
+            torch.nn.Sequential(torch.nn.Linear(4, 3)),
+            X,
+            y,
+            "0",
+            mixture=MIX,
+            memorization=mem[:5],
+        )
 
 
 def test_figures_show_the_table_values(report):
@@ -94,13 +119,22 @@ def test_figures_show_the_table_values(report):
         threshold = rep.splits["threshold"][rep.splits["stage"] == stage][0]
         assert ax.lines[0].get_ydata()[0] == pytest.approx(threshold)
     ax = plot_memorization_by_density(rep)
-    np.testing.assert_allclose(ax.lines[0].get_ydata(),
-                               rep.bins["mean_memorization"][:5])
+    np.testing.assert_allclose(
+        ax.lines[0].get_ydata(), rep.bins["mean_memorization"][:5]
+    )
 
 
 def test_memorization_figure_needs_scores(report):
     X, y, _ = report
-    rep = class_fitting_report(torch.nn.Sequential(torch.nn.Linear(4, 3)), X, y, "0",
-                               n_components=3, mixture=MIX, n_bins=3, n_samples=50)
+    rep = class_fitting_report(
+        torch.nn.Sequential(torch.nn.Linear(4, 3)),
+        X,
+        y,
+        "0",
+        n_components=3,
+        mixture=MIX,
+        n_bins=3,
+        n_samples=50,
+    )
     with pytest.raises(ValueError, match="has no memorisation scores"):
         plot_memorization_by_density(rep)
