@@ -170,34 +170,38 @@ def _layer_pieces(layer, own, calls, d) -> list:
         hs.append(h)
         deltas.append(delta)
     h, delta = torch.cat(hs, dim=1), torch.cat(deltas, dim=2)
-    pieces = []
-    if "weight" in own:
-        T, o = delta.shape[2], delta.shape[3]
-        if isinstance(layer, nn.Embedding) or factorised_is_cheaper(
-            T, h.shape[2], o, d
-        ):
-            pieces.append(SharedWeightPiece(h, delta))
-        else:
-            pieces.append(materialize(h, delta))
+    if isinstance(layer, nn.Embedding):
+        return [SharedWeightPiece(h, delta, layer.num_embeddings)]
+    return _weight_and_bias(h, delta, own, d)
+
+
+def _weight_and_bias(h: torch.Tensor, delta: torch.Tensor, own, d: int) -> list:
+    """Pieces of ``dW = sum_u delta(u) h(u)^T`` and ``db = sum_u delta(u)``.
+
+    With both selected, the bias rides along as a constant input 1 appended to
+    ``h``: one piece, one product of ``delta`` per pair instead of two.
+    """
+    if "weight" not in own:
+        return [DensePiece(delta.sum(dim=2))]
     if "bias" in own:
-        pieces.append(DensePiece(delta.sum(dim=2)))
-    return pieces
+        h = torch.cat([h, h.new_ones(*h.shape[:2], 1)], dim=2)
+    T, o = delta.shape[2], delta.shape[3]
+    if factorised_is_cheaper(T, h.shape[2], o, d):
+        return [SharedWeightPiece(h, delta)]
+    return [materialize(h, delta)]
 
 
 def _conv_pieces(layer, own, calls, d) -> list:
     """Convolution pieces: factors on few positions, else per-sample gradients."""
     positions = sum(delta[0, 0, 0].numel() for _, delta in calls)
     a = layer.weight[0].numel()
+    if "weight" in own and factorised_is_cheaper(positions, a, layer.out_channels, d):
+        h = torch.cat([_conv_patches(layer, x) for x, _ in calls], dim=1)
+        delta = torch.cat([_per_position_delta(delta) for _, delta in calls], dim=2)
+        return _weight_and_bias(h, delta, own, d)
     pieces = []
     if "weight" in own:
-        if factorised_is_cheaper(positions, a, layer.out_channels, d):
-            h = torch.cat([_conv_patches(layer, x) for x, _ in calls], dim=1)
-            delta = torch.cat([_per_position_delta(delta) for _, delta in calls], dim=2)
-            pieces.append(SharedWeightPiece(h, delta))
-        else:
-            pieces.append(
-                DensePiece(sum(_conv_weight_grad(layer, x, g) for x, g in calls))
-            )
+        pieces.append(DensePiece(sum(_conv_weight_grad(layer, x, g) for x, g in calls)))
     if "bias" in own:
         pieces.append(DensePiece(sum(g.flatten(3).sum(dim=3) for _, g in calls)))
     return pieces
