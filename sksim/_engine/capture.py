@@ -128,18 +128,7 @@ class LayerCapture:
         """Per-layer pieces of the Jacobian of ``outputs`` (b, d) for the batch."""
         names = [(n, i) for n, calls in self.calls.items() for i in range(len(calls))]
         zs = [self.calls[n][i][1] for n, i in names]
-        d = outputs.shape[1]
-        grads = [[] for _ in zs]
-        for c in range(d):
-            per_z = torch.autograd.grad(
-                outputs[:, c].sum(), zs, retain_graph=c < d - 1, allow_unused=True
-            )
-            for k, (g, z) in enumerate(zip(per_z, zs, strict=True)):
-                grads[k].append(torch.zeros_like(z) if g is None else g)
-        deltas = {
-            key: torch.stack(g, dim=1).detach()
-            for key, g in zip(names, grads, strict=True)
-        }
+        deltas = dict(zip(names, _output_signals(outputs, zs), strict=True))
         pieces = []
         for name, (layer, own) in self.layers.items():
             calls = [
@@ -147,8 +136,44 @@ class LayerCapture:
                 for i, (h, _) in enumerate(self.calls.get(name, []))
             ]
             if calls:
-                pieces.extend(_layer_pieces(layer, own, calls, d))
+                pieces.extend(_layer_pieces(layer, own, calls, outputs.shape[1]))
         return pieces
+
+
+def _output_signals(outputs: torch.Tensor, zs: list) -> list[torch.Tensor]:
+    """``d outputs[:, c] / d z`` for every recorded ``z``, each ``(b, d, *z[0].shape)``.
+
+    One vectorised backward pass over the ``d`` rows (``is_grads_batched``);
+    ``d`` plain passes if some operation of the network has no batching rule.
+    """
+    b, d = outputs.shape
+    try:
+        seeds = torch.eye(d, dtype=outputs.dtype, device=outputs.device)
+        seeds = seeds[:, None, :].expand(d, b, d)
+        grads = torch.autograd.grad(
+            outputs,
+            zs,
+            seeds,
+            retain_graph=True,  # kept for the fallback should this pass fail
+            allow_unused=True,
+            is_grads_batched=True,
+        )
+        rows = [None if g is None else g.transpose(0, 1) for g in grads]
+    except RuntimeError:
+        per_row = [
+            torch.autograd.grad(
+                outputs[:, c].sum(), zs, retain_graph=c < d - 1, allow_unused=True
+            )
+            for c in range(d)
+        ]
+        rows = [
+            None if g[0] is None else torch.stack(g, dim=1)
+            for g in zip(*per_row, strict=True)
+        ]
+    return [
+        (z.new_zeros(b, d, *z.shape[1:]) if g is None else g).detach()
+        for g, z in zip(rows, zs, strict=True)
+    ]
 
 
 def _layer_pieces(layer, own, calls, d) -> list:
