@@ -14,7 +14,7 @@ _DISTANCES = {
 
 
 def make_scale_detection(n_samples=1024, size=16, xi=8, gap=2, norm="l2",
-                         random_state=None):
+                         shuffle=True, random_state=None):
     """Images with two active pixels: are they close or far apart? (SPEC 5)
 
     Two distinct pixels of a ``size x size`` image are set to 1. The class is
@@ -38,6 +38,8 @@ def make_scale_detection(n_samples=1024, size=16, xi=8, gap=2, norm="l2",
         Width of the band of dropped distances around ``xi``.
     norm : {"l2", "l1", "linf"}, default="l2"
         Distance between the two pixels.
+    shuffle : bool, default=True
+        Shuffle the samples; otherwise class 0 comes first.
     random_state : int, RandomState instance or None, default=None
 
     Returns
@@ -55,7 +57,7 @@ def make_scale_detection(n_samples=1024, size=16, xi=8, gap=2, norm="l2",
     --------
     >>> from sksim.datasets import make_scale_detection
     >>> X, y = make_scale_detection(6, size=8, xi=4, random_state=0)
-    >>> X.shape, X.sum(axis=(1, 2, 3)).tolist(), y.tolist()
+    >>> X.shape, X.sum(axis=(1, 2, 3)).tolist(), sorted(y.tolist())
     ((6, 1, 8, 8), [2.0, 2.0, 2.0, 2.0, 2.0, 2.0], [0, 0, 0, 1, 1, 1])
     """
     if norm not in _DISTANCES:
@@ -88,6 +90,9 @@ def make_scale_detection(n_samples=1024, size=16, xi=8, gap=2, norm="l2",
     for k in range(2):
         X[rows, 0, pairs[:, k, 0], pairs[:, k, 1]] = 1.0
     y = np.repeat([0, 1], wanted).astype(np.int64)
+    if shuffle:
+        order = rng.permutation(n_samples)
+        X, y = X[order], y[order]
     return X, y
 
 

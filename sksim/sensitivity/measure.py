@@ -35,7 +35,13 @@ COLUMNS = ("net", "layer", "depth", "D", "G", "R", "deformation", "noise",
 
 
 class _Probe:
-    """The probe inputs and their reproducible perturbations, batch by batch."""
+    """The probe inputs and their perturbations, drawn once, served in batches.
+
+    With ``rng`` fresh, the perturbations are those of
+    ``sample_diffeo(n, n_fields=len(X), random_state=rng)`` then
+    ``matched_noise(X, tau X, random_state=rng)`` (after the subset draw when
+    ``X`` has more than ``n_probe`` samples).
+    """
 
     def __init__(self, X, n_probe, batch_size, delta, cutoff, interp, noise_norm,
                  deformation, device, rng):
@@ -43,7 +49,7 @@ class _Probe:
         if not X.is_floating_point():
             X = X.to(torch.float64)
         check_finite(X)
-        _, self.ndim = as_channels(X)
+        _, ndim = as_channels(X)
         n = len(X)
         if n < 2:
             raise ValueError(
@@ -52,44 +58,39 @@ class _Probe:
             )
         if n > n_probe:
             X = X[torch.as_tensor(np.sort(rng.choice(n, n_probe, replace=False)))]
-        self.X = X
-        self.side = X.shape[-1]
+        self.X = X = X.detach().to(device, torch.float64)
         self.batch_size = batch_size
-        self.cutoff = cutoff
-        self.interp = interp
-        self.noise_norm = noise_norm
-        self.deformation = deformation
-        self.device = device
         if deformation is None:
-            self.temperature = (
-                temperature_from_delta(delta, cutoff, self.side) if self.ndim == 2
-                else _signal_temperature(delta, cutoff, self.side)
+            side = X.shape[-1]
+            temperature = (
+                temperature_from_delta(delta, cutoff, side) if ndim == 2
+                else _signal_temperature(delta, cutoff, side)
             )
-        n_batches = -(-len(X) // batch_size)
-        self.seeds = rng.randint(2**31 - 1, size=n_batches)
+            fields = sample_fields(len(X), side, ndim, cutoff, temperature, rng,
+                                   X.device, X.dtype)
+            TX = pull_back(as_channels(X)[0], fields, interp).reshape(X.shape)
+        else:
+            TX = torch.as_tensor(deformation(X, rng), dtype=X.dtype, device=X.device)
+            if TX.shape != X.shape:
+                raise ValueError(
+                    "deformation must return an array of the input's shape "
+                    f"{tuple(X.shape)}; got {tuple(TX.shape)}."
+                )
+        self.TX = TX
+        self.NX = X + noise_like(X, TX, noise_norm, rng)
+
+    def _slices(self):
+        for start in range(0, len(self.X), self.batch_size):
+            yield slice(start, start + self.batch_size)
 
     def clean(self) -> Iterator[torch.Tensor]:
-        for start in range(0, len(self.X), self.batch_size):
-            yield self.X[start:start + self.batch_size].to(self.device, torch.float64)
+        for rows in self._slices():
+            yield self.X[rows]
 
     def triples(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Yield ``(x, tau x, x + eta)`` batches, identical on every call."""
-        for seed, x in zip(self.seeds, self.clean(), strict=True):
-            rng = np.random.RandomState(seed)
-            if self.deformation is None:
-                xc, ndim = as_channels(x)
-                fields = sample_fields(len(x), self.side, ndim, self.cutoff,
-                                       self.temperature, rng, x.device, x.dtype)
-                tx = pull_back(xc, fields, self.interp).reshape(x.shape)
-            else:
-                tx = torch.as_tensor(self.deformation(x, rng), dtype=x.dtype,
-                                     device=x.device)
-                if tx.shape != x.shape:
-                    raise ValueError(
-                        "deformation must return an array of the input's shape "
-                        f"{tuple(x.shape)}; got {tuple(tx.shape)}."
-                    )
-            yield x, tx, x + noise_like(x, tx, self.noise_norm, rng)
+        """Yield ``(x, tau x, x + eta)`` batches."""
+        for rows in self._slices():
+            yield self.X[rows], self.TX[rows], self.NX[rows]
 
 
 class _Moments:
@@ -324,8 +325,8 @@ def relative_sensitivity(
         (``"channels"``, keeps positions) or over positions (``"space"``, one
         value per channel) before measuring.
     deformation : callable, default=None
-        A task's own perturbation ``deformation(x, random_state) -> x'``, called
-        on float64 batches on the device with a ``RandomState``; replaces the
+        A task's own perturbation ``deformation(X, random_state) -> X'``, called
+        once on the float64 probe set on the device with a ``RandomState``; replaces the
         max-entropy diffeomorphisms (``delta``, ``cutoff`` and ``interp`` are
         then unused). See :func:`sksim.datasets.scale_detection_perturbation`.
     batch_size : int, default=64
