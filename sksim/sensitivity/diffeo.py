@@ -20,6 +20,7 @@ import math
 from numbers import Integral, Real
 
 import numpy as np
+import scipy.sparse
 import torch
 from sklearn.utils import check_random_state
 
@@ -315,6 +316,15 @@ def as_channels(x: torch.Tensor) -> tuple[torch.Tensor, int]:
             "them to a square first."
         )
     return (x[:, None] if x.dim() == 3 else x), 2
+
+
+def check_dense(X, name: str) -> None:
+    """Refuse sparse input before it reaches the dict-or-array validation."""
+    if scipy.sparse.issparse(X):
+        raise TypeError(
+            f"Sparse input is not supported by {name}, which works on dense images "
+            "or signals; convert it with X.toarray()."
+        )
 
 
 def check_interp(interp) -> None:

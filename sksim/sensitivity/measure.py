@@ -22,6 +22,7 @@ from .diffeo import (
     _check_nonnegative,
     _signal_temperature,
     as_channels,
+    check_dense,
     check_interp,
     pull_back,
     sample_fields,
@@ -45,7 +46,7 @@ class _Probe:
 
     def __init__(self, X, n_probe, batch_size, delta, cutoff, interp, noise_norm,
                  deformation, device, rng):
-        X = X if isinstance(X, torch.Tensor) else torch.as_tensor(np.asarray(X))
+        X = X if isinstance(X, torch.Tensor) else torch.tensor(np.asarray(X))
         if not X.is_floating_point():
             X = X.to(torch.float64)
         check_finite(X)
@@ -535,6 +536,7 @@ n_init, shuffled, pool, deformation, batch_size, device
         _check_params(self.layers, self.delta, self.cutoff, self.interp,
                       self.n_probe, self.estimator, self.noise_norm, self.n_init,
                       self.pool, self.deformation, self.batch_size)
+        check_dense(X, "DiffeoSensitivity")
         X = check_net_input(X, self, reset=True)
         self.net_ = fit_net(self.net, X, y, self.random_state)
         self.results_ = self._measure(self.net_, X, self.init, self.shuffled,
@@ -556,6 +558,7 @@ n_init, shuffled, pool, deformation, batch_size, device
             ``-R`` (greater means more stable to deformations than to noise).
         """
         check_is_fitted(self)
+        check_dense(X, "DiffeoSensitivity")
         X = check_net_input(X, self, reset=False)
         table = self._measure(self.net_, X, False, False, "output")
         return -float(np.asarray(table["R"])[0])

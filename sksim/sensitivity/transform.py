@@ -15,6 +15,7 @@ from .diffeo import (
     _check_nonnegative,
     _signal_temperature,
     as_channels,
+    check_dense,
     check_interp,
     pull_back,
     sample_fields,
@@ -110,8 +111,9 @@ class DiffeoTransform(TransformerMixin, BaseEstimator):
             if reset:
                 self.n_features_in_ = X.shape[1]
             return X if X.is_floating_point() else X.to(torch.float64)
+        check_dense(X, "DiffeoTransform")
         X = check_net_input(X, self, reset=reset)
-        return torch.as_tensor(X if X.dtype.kind == "f" else X.astype(np.float64))
+        return torch.tensor(X if X.dtype.kind == "f" else X.astype(np.float64))
 
     def transform(self, X):
         """Deform each sample by its own random field.
