@@ -117,9 +117,8 @@ def test_estimator_trains_an_unfitted_skorch_net_and_cross_validates():
     expected = relative_sensitivity(est.net_, X, layers="all", n_init=2,
                                     shuffled=True, random_state=0)
     np.testing.assert_allclose(est.results_["R"], expected["R"], rtol=1e-12)
-    assert est.score(X) == pytest.approx(
-        -float(est.results_.query("net == 'trained' and layer == 'output'")["R"].iloc[0]),
-        rel=1e-12)
+    trained = est.results_.query("net == 'trained' and layer == 'output'")
+    assert est.score(X) == pytest.approx(-float(trained["R"].iloc[0]), rel=1e-12)
     scores = cross_validate(DiffeoSensitivity(net, init=False, random_state=0), X, y,
                             cv=2)["test_score"]
     assert scores.shape == (2,) and (scores < 0).all()
