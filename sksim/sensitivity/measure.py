@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 import torch
@@ -46,6 +46,11 @@ class _Probe:
 
     def __init__(self, X, n_probe, batch_size, delta, cutoff, interp, noise_norm,
                  deformation, device, rng):
+        if isinstance(X, Mapping):
+            raise ValueError(
+                "Dict inputs are not supported: deformations and noise act on one "
+                "array of images or signals; pass that array."
+            )
         X = X if isinstance(X, torch.Tensor) else torch.tensor(np.asarray(X))
         if not X.is_floating_point():
             X = X.to(torch.float64)

@@ -239,6 +239,8 @@ def test_errors_and_warnings():
         relative_sensitivity(net, X, n_init=0)
     with pytest.raises(ValueError, match="Unknown layers \\['nope'\\]"):
         relative_sensitivity(net, X, layers=["nope"])
+    with pytest.raises(ValueError, match="Dict inputs are not supported"):
+        relative_sensitivity(net, {"x": X})
     with pytest.raises(ValueError, match="contains NaN or infinity"):
         relative_sensitivity(net, np.full_like(X, np.nan))
 
