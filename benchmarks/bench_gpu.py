@@ -60,8 +60,9 @@ def main():
             module, X[:512], X, output=0, batch_size=b, max_memory=2**30
         ),
     }
-    timed(lambda: gradient_features(module, X[:b], n_components=64, batch_size=b),
-          device)  # warm up
+    timed(
+        lambda: gradient_features(module, X[:b], n_components=64, batch_size=b), device
+    )  # warm up
     for name, fn in runs.items():
         seconds = timed(fn, device)
         print(f"{name}: {seconds:.1f} s, {args.n / seconds:.0f} samples/s")

@@ -24,11 +24,16 @@ def main():
     nets = {
         "64-32-10": nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)),
         "64-256-256-10": nn.Sequential(
-            nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
+            nn.Linear(64, 256),
+            nn.ReLU(),
+            nn.Linear(256, 256),
+            nn.ReLU(),
             nn.Linear(256, 10),
         ),
     }
-    print("| network | p | n_components | mean abs. error | max abs. error | time (s) |")
+    print(
+        "| network | p | n_components | mean abs. error | max abs. error | time (s) |"
+    )
     print("| --- | --- | --- | --- | --- | --- |")
     for name, net in nets.items():
         p = sum(t.numel() for t in net.parameters())
