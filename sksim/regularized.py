@@ -416,6 +416,7 @@ class SimilarityRegularizedNet(NeuralNet):
             self.similarity_pairs == "given"
             and self.similarity_weight != 0
             and not is_pair_data(X)
+            and not isinstance(X, torch.utils.data.Dataset)
         ):
             raise ValueError(
                 'similarity_pairs="given" needs pairs attached to X: fit on '
@@ -459,12 +460,8 @@ class SimilarityRegularizedNet(NeuralNet):
         out = _first_output(out)
         return out.reshape(out.shape[0], -1)
 
-    def _pair_batch(self, X, y):
-        """``(samples, labels, first, second)`` of one batch, or None if no pair.
-
-        Same-class partners are drawn later, in :meth:`batch_pair_cosines`, from
-        the generator given there.
-        """
+    def _given_or_augmented_pairs(self, X, y):
+        """``(samples, labels, first, second)`` of one batch, or None if no pair."""
         inputs, partners, mask = split_pair_data(X)
         inputs = to_tensor(inputs, device=self.device)
         labels = None if y is None else to_tensor(y, device=self.device)
@@ -546,7 +543,7 @@ class SimilarityRegularizedNet(NeuralNet):
             None when the batch holds no pair.
         """
         if self.similarity_pairs != "same_class":
-            pairs = self._pair_batch(X, y)
+            pairs = self._given_or_augmented_pairs(X, y)
         else:
             inputs = to_tensor(strip_pairs(X), device=self.device)
             labels = check_labels(
@@ -559,7 +556,7 @@ class SimilarityRegularizedNet(NeuralNet):
             return None
         return self._cosines(pairs, n_outputs, generator, graph)
 
-    def pair_similarity(self, X, y=None, random_state=None):
+    def pair_similarity(self, X, y=None, random_state=None, batch_size=64):
         """Gradient cosine of pairs of ``X`` under the current network.
 
         Pairs follow ``similarity_pairs``: same-class partners drawn over the
@@ -576,6 +573,9 @@ class SimilarityRegularizedNet(NeuralNet):
             Labels (needed by ``"same_class"`` and ``"posnegflat"``).
         random_state : int or None, default=None
             Seeds the partner draw and a random read-out.
+        batch_size : int, default=64
+            Pairs (or rows, for attached pairs and augmentations) per
+            vectorised computation.
 
         Returns
         -------
@@ -593,7 +593,8 @@ class SimilarityRegularizedNet(NeuralNet):
         probe = strip_pairs(X)
         with evaluation_mode(self.module_), torch.no_grad():
             n_outputs = _n_outputs(self.infer(take(probe, slice(0, 1))))
-        size = self.batch_size if self.batch_size > 0 else n
+        check_positive_int(batch_size, "batch_size")
+        size = batch_size
         parts = []
         with torch_seed(random_state):
             if self.similarity_pairs == "same_class":
