@@ -68,6 +68,8 @@ __all__ = [
 ]
 
 PAIR_MODES = ("same_class", "given")
+#: Up to this many samples per batch, pair dot products come from a Gram matrix.
+GRAM_MAX_SAMPLES = 256
 READOUTS = ("posnegflat", "random")
 
 
@@ -166,13 +168,15 @@ def pair_gradient_cosines(
 
     in_extra = 0 if extra_batched else None
     grads = vmap(grad(phi), in_dims=(None, 0, in_extra))(params, samples, extra)
-    s = first.new_tensor(0)
-    dot = s
-    sq = s
-    for g in grads.values():
-        g = g.reshape(g.shape[0], -1)
-        dot = dot + (g[first] * g[second]).sum(1)
-        sq = sq + g.pow(2).sum(1)
+    flat = [g.reshape(g.shape[0], -1) for g in grads.values()]
+    if flat[0].shape[0] <= GRAM_MAX_SAMPLES:
+        # one small Gram matrix per parameter: matrix products, fast on any device
+        gram = sum(g @ g.T for g in flat)
+        dot, sq = gram[first, second], gram.diagonal()
+    else:
+        # past a few hundred samples the s x s Gram costs more than pairwise sums
+        dot = sum((g[first] * g[second]).sum(1) for g in flat)
+        sq = sum((g * g).sum(1) for g in flat)
     eps = torch.finfo(dot.dtype).eps
     return dot / torch.sqrt(torch.clamp(sq[first] * sq[second], min=eps**2))
 
