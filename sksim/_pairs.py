@@ -134,8 +134,8 @@ def with_pairs(X, pairs) -> SliceDict:
     >>> import numpy as np
     >>> from sksim.regularized import with_pairs
     >>> Xp = with_pairs(np.arange(8.0).reshape(4, 2), [[0, 1], [0, 2], [0, 3]])
-    >>> Xp["similarity_partner"].shape, Xp["similarity_pair_mask"].sum()
-    ((4, 1, 2), np.int64(3))
+    >>> Xp["similarity_partner"].shape, int(Xp["similarity_pair_mask"].sum())
+    ((4, 1, 2), 3)
     """
     if isinstance(X, Mapping) and any(k in X for k in _RESERVED):
         raise ValueError(
