@@ -9,6 +9,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from _sklearn_checks import SKORCH_INHERITED_CHECKS
 from sklearn.base import clone
 from sklearn.datasets import load_digits
 from sklearn.model_selection import GridSearchCV
@@ -713,40 +714,8 @@ class LazyLinear(torch.nn.Module):
         return self.linear(X.float())
 
 
-SKORCH = "inherited from skorch's nets, which do not follow this convention: "
-EXPECTED_FAILURES = {
-    "check_no_attributes_set_in_init": SKORCH + "history_ and initialized_ in init",
-    "check_n_features_in_after_fitting": SKORCH + "no n_features_in_",
-    "check_n_features_in": SKORCH + "no n_features_in_",
-    "check_complex_data": SKORCH + "complex data reach torch",
-    "check_dtype_object": SKORCH + "object arrays reach torch's collate",
-    "check_estimators_empty_data_messages": SKORCH + "no check for empty data",
-    "check_estimators_nan_inf": SKORCH + "no check for NaN and inf",
-    "check_estimator_sparse_tag": SKORCH + "sparse data reach torch",
-    "check_estimator_sparse_array": SKORCH + "sparse data reach torch",
-    "check_estimator_sparse_matrix": SKORCH + "sparse data reach torch",
-    "check_classifier_data_not_an_array": SKORCH + "array-likes are not converted",
-    "check_regressor_data_not_an_array": SKORCH + "array-likes are not converted",
-    "check_classifiers_one_label": SKORCH + "one class cannot be trained",
-    "check_classifiers_classes": SKORCH + "labels must be encoded as 0..C-1",
-    "check_classifiers_train": SKORCH + "array-likes are not converted",
-    "check_classifiers_regression_target": SKORCH + "no check of the target type",
-    "check_regressors_train": SKORCH + "list targets are not converted",
-    "check_regressors_int": SKORCH + "random initialisation, no random_state",
-    "check_regressors_no_decision_function": SKORCH + "random initialisation",
-    "check_estimators_partial_fit_n_features": SKORCH + "no feature-count check",
-    "check_supervised_y_no_nan": SKORCH + "no check for NaN targets",
-    "check_supervised_y_2d": SKORCH + "2-d targets are not converted",
-    "check_set_params": SKORCH + "set_params validates parameter types",
-    "check_fit_idempotent": SKORCH + "random initialisation, no random_state",
-    "check_fit1d": SKORCH + "1-d X reaches the module",
-    "check_fit2d_predict1d": SKORCH + "1-d X reaches the module",
-    "check_requires_y_none": SKORCH + "its own message for y=None",
-}
-
-
 def expected_failures(estimator):
-    failures = dict(EXPECTED_FAILURES)
+    failures = dict(SKORCH_INHERITED_CHECKS)
     if isinstance(estimator, SimilarityRegularizedClassifier):
         del failures["check_fit1d"]  # skorch's classifier refuses 1-d X clearly
     return failures
@@ -779,7 +748,7 @@ def test_sklearn_estimator_checks(estimator, check):
     ],
 )
 def test_estimator_check_failures_are_exactly_skorchs(ours, theirs, kwargs):
-    """Every expected failure above is one that skorch's own net also fails."""
+    """Every expected failure is one that skorch's own net also fails."""
     from sklearn.utils.estimator_checks import check_estimator
 
     def failed(est):
