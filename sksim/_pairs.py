@@ -50,9 +50,7 @@ def check_pairs(pairs, n: int) -> np.ndarray:
             f"row (i, j) per pair of similar samples; got shape {arr.shape}."
         )
     if arr.dtype.kind not in "iu":
-        raise ValueError(
-            f"pairs must hold integer row indices; got dtype {arr.dtype}."
-        )
+        raise ValueError(f"pairs must hold integer row indices; got dtype {arr.dtype}.")
     bad = (arr < 0) | (arr >= n)
     if bad.any():
         row = int(np.flatnonzero(bad.any(axis=1))[0])
@@ -152,16 +150,16 @@ def with_pairs(X, pairs) -> SliceDict:
                 f"{PAIR_PARTNER!r}; rename them."
             )
         data = {k: _as_sliceable(v) for k, v in X.items()}
-        data.update(
-            {_partner_key(k): take(v, partner) for k, v in data.copy().items()}
-        )
+        data.update({_partner_key(k): take(v, partner) for k, v in data.copy().items()})
     else:
         X = _as_sliceable(X)
         index = torch.as_tensor(partner) if isinstance(X, torch.Tensor) else partner
         data = {PAIR_INPUT: X, PAIR_PARTNER: X[index]}
-    data[PAIR_MASK] = torch.as_tensor(mask) if any(
-        isinstance(v, torch.Tensor) for v in data.values()
-    ) else mask
+    data[PAIR_MASK] = (
+        torch.as_tensor(mask)
+        if any(isinstance(v, torch.Tensor) for v in data.values())
+        else mask
+    )
     return SliceDict(**data)
 
 
@@ -181,8 +179,11 @@ def split_pair_data(X):
     if PAIR_INPUT in X:
         return X[PAIR_INPUT], X[PAIR_PARTNER], X[PAIR_MASK]
     prefix = _partner_key("")
-    inputs = {k: v for k, v in X.items() if k not in _RESERVED and not (
-        str(k).startswith(prefix))}
+    inputs = {
+        k: v
+        for k, v in X.items()
+        if k not in _RESERVED and not (str(k).startswith(prefix))
+    }
     partners = {k: X[_partner_key(k)] for k in inputs}
     return inputs, partners, X[PAIR_MASK]
 

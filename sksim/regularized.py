@@ -158,6 +158,7 @@ def pair_gradient_cosines(
     cos : Tensor of shape (m,)
         ``g_a . g_b / (|g_a| |g_b|)``; 0 when a gradient vanishes.
     """
+
     def phi(p, x, e):
         one = tree_map(lambda t: t.unsqueeze(0), x)
         if isinstance(one, dict):

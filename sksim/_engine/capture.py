@@ -147,6 +147,12 @@ def _output_signals(outputs: torch.Tensor, zs: list) -> list[torch.Tensor]:
     ``d`` plain passes if some operation of the network has no batching rule.
     """
     b, d = outputs.shape
+    if d == 1:
+        grads = torch.autograd.grad(outputs.sum(), zs, allow_unused=True)
+        return [
+            (z.new_zeros(b, 1, *z.shape[1:]) if g is None else g.unsqueeze(1)).detach()
+            for g, z in zip(grads, zs, strict=True)
+        ]
     try:
         seeds = torch.eye(d, dtype=outputs.dtype, device=outputs.device)
         seeds = seeds[:, None, :].expand(d, b, d)

@@ -20,6 +20,8 @@ from .jacobian import JacobianEngine
 from .normalize import KINDS
 from .pieces import gram_of, map_pieces
 
+# Tiles of symmetric kernels: small enough for the transposes to stay in cache.
+SYMMETRIC_TILE = 256
 # Powers of J J^T applied on the (left, right) of each kernel, None for none.
 POWERS = {"ntk": (None, None), "cosine": (-0.5, -0.5), "influence": (-1.0, None)}
 
@@ -148,6 +150,8 @@ class GramReference:
 
     def matrix(self, X=None) -> np.ndarray:
         """All rows at once; ``X=None`` gives the exactly symmetric ``K(Y, Y)``."""
+        if X is None and self.kind != "influence" and self._pieces is not None:
+            return self._symmetric_matrix()
         blocks = self.self_rows() if X is None else self.rows(X)
         out = None
         for rows, B, _ in blocks:
@@ -159,8 +163,28 @@ class GramReference:
             symmetrize(out)
         return out
 
+    def _symmetric_matrix(self, tile: int = SYMMETRIC_TILE) -> np.ndarray:
+        """``K(Y, Y)`` from the tiles on and above the diagonal, mirrored."""
+        m, d = self.n_samples, self.n_outputs
+        out = np.empty((m, m, d, d) if self.full else (m, m))
+        swap = (1, 0, 3, 2) if self.full else (1, 0)
+        starts = range(0, m, tile)
+        for i in starts:
+            rows = slice(i, min(i + tile, m))
+            left = [p.take(rows) for p in self._pieces]
+            for j in starts[i // tile :]:
+                cols = slice(j, min(j + tile, m))
+                right = left if i == j else [p.take(cols) for p in self._pieces]
+                B = _pair(left, right, self.full).double().cpu().numpy()
+                B = B if self.full else B / d
+                if i == j:
+                    B = 0.5 * (B + B.transpose(swap))
+                out[rows, cols] = B
+                out[cols, rows] = B.transpose(swap)
+        return out
 
-def symmetrize(K: np.ndarray, tile: int = 1024) -> None:
+
+def symmetrize(K: np.ndarray, tile: int = SYMMETRIC_TILE) -> None:
     """Replace ``K`` by ``(K + K^T) / 2`` in place, tile by tile.
 
     For matrix blocks ``(n, n, d, d)`` the transpose also swaps the last axes.

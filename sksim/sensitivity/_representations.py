@@ -20,8 +20,11 @@ def _pooled(t: torch.Tensor, pool: str | None) -> torch.Tensor:
 
 
 def _leaf_names(module: torch.nn.Module) -> list[str]:
-    return [name for name, sub in module.named_modules()
-            if name and next(sub.children(), None) is None]
+    return [
+        name
+        for name, sub in module.named_modules()
+        if name and next(sub.children(), None) is None
+    ]
 
 
 def _fx_module(module: torch.nn.Module, node_names: list[str]):
@@ -74,16 +77,18 @@ class LayerRepresentations:
                 raise ValueError("layers must name at least one layer.")
         self.all = names is None
         self.names = names
-        hooked = _leaf_names(module) if self.all else [
-            n for n in names if n not in ("input", "output") and n in modules
-        ]
-        self.fx_names = [] if self.all else [
-            n for n in names if n not in ("input", "output") and n not in modules
-        ]
-        self.hooked = hooked
-        self.forward = (
-            _fx_module(module, self.fx_names) if self.fx_names else module
+        hooked = (
+            _leaf_names(module)
+            if self.all
+            else [n for n in names if n not in ("input", "output") and n in modules]
         )
+        self.fx_names = (
+            []
+            if self.all
+            else [n for n in names if n not in ("input", "output") and n not in modules]
+        )
+        self.hooked = hooked
+        self.forward = _fx_module(module, self.fx_names) if self.fx_names else module
         self._modules = modules
 
     def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -102,6 +107,7 @@ class LayerRepresentations:
                         "tensor; measure one of its submodules instead."
                     )
                 captured[name] = _pooled(output.detach(), self.pool).clone()
+
             return store
 
         handles = [self._modules[n].register_forward_hook(hook(n)) for n in self.hooked]
@@ -126,8 +132,11 @@ class LayerRepresentations:
         captured["input"] = _pooled(x, self.pool)
         captured["output"] = _pooled(out.detach(), self.pool)
         if self.names is None:  # "all": execution order of this first call
-            self.names = ["input"] + [n for n in captured if n not in
-                                      ("input", "output")] + ["output"]
+            self.names = (
+                ["input"]
+                + [n for n in captured if n not in ("input", "output")]
+                + ["output"]
+            )
         missing = [n for n in self.names if n not in captured]
         if missing:
             raise ValueError(

@@ -14,8 +14,9 @@ _CONVS = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
 
 
 def _conv_layers(module: torch.nn.Module):
-    return [(name, sub) for name, sub in module.named_modules()
-            if isinstance(sub, _CONVS)]
+    return [
+        (name, sub) for name, sub in module.named_modules() if isinstance(sub, _CONVS)
+    ]
 
 
 def shuffle_conv_input_channels(module, random_state=None):
@@ -123,8 +124,11 @@ def filter_laplacian_spectrum(module, decimals=8):
     [1.0, 0.0]
     """
     rows = {"layer": [], "eigenvalue": [], "energy": []}
-    convs = [(n, c) for n, c in _conv_layers(resolve_module(module))
-             if isinstance(c, torch.nn.Conv2d)]
+    convs = [
+        (n, c)
+        for n, c in _conv_layers(resolve_module(module))
+        if isinstance(c, torch.nn.Conv2d)
+    ]
     if not convs:
         raise ValueError("The network has no torch.nn.Conv2d layer to analyse.")
     for name, conv in convs:

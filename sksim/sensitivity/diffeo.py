@@ -224,8 +224,9 @@ def sample_diffeo(
     ):
         raise ValueError(f"n_fields must be a positive int or None; got {n_fields!r}.")
     rng = check_random_state(random_state)
-    fields = sample_fields(1 if n_fields is None else n_fields, n, ndim, cutoff,
-                           float(temperature), rng).numpy()
+    fields = sample_fields(
+        1 if n_fields is None else n_fields, n, ndim, cutoff, float(temperature), rng
+    ).numpy()
     if n_fields is None:
         fields = fields[0]
         return fields[0] if ndim == 1 else (fields[0], fields[1])
@@ -377,8 +378,10 @@ def apply_diffeo(images, dx, dy=None, interp="linear", sigma=0.4):
     fields = []
     for comp in comps:
         t = torch.as_tensor(comp, dtype=x.dtype, device=x.device)
-        if t.shape[-ndim:] != (n,) * ndim or t.dim() not in (ndim, ndim + 1) or (
-            t.dim() == ndim + 1 and t.shape[0] not in (1, len(x))
+        if (
+            t.shape[-ndim:] != (n,) * ndim
+            or t.dim() not in (ndim, ndim + 1)
+            or (t.dim() == ndim + 1 and t.shape[0] not in (1, len(x)))
         ):
             raise ValueError(
                 f"Displacement fields must have shape {(n,) * ndim} or "

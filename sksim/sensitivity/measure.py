@@ -30,8 +30,17 @@ from .diffeo import (
 from .noise import check_noise_norm, noise_like
 
 ESTIMATORS = ("mean", "median")
-COLUMNS = ("net", "layer", "depth", "D", "G", "R", "deformation", "noise",
-           "denominator")
+COLUMNS = (
+    "net",
+    "layer",
+    "depth",
+    "D",
+    "G",
+    "R",
+    "deformation",
+    "noise",
+    "denominator",
+)
 
 
 class _Probe:
@@ -43,8 +52,19 @@ class _Probe:
     ``X`` has more than ``n_probe`` samples).
     """
 
-    def __init__(self, X, n_probe, batch_size, delta, cutoff, interp, noise_norm,
-                 deformation, device, rng):
+    def __init__(
+        self,
+        X,
+        n_probe,
+        batch_size,
+        delta,
+        cutoff,
+        interp,
+        noise_norm,
+        deformation,
+        device,
+        rng,
+    ):
         if isinstance(X, Mapping):
             raise ValueError(
                 "Dict inputs are not supported: deformations and noise act on one "
@@ -68,11 +88,13 @@ class _Probe:
         if deformation is None:
             side = X.shape[-1]
             temperature = (
-                temperature_from_delta(delta, cutoff, side) if ndim == 2
+                temperature_from_delta(delta, cutoff, side)
+                if ndim == 2
                 else _signal_temperature(delta, cutoff, side)
             )
-            fields = sample_fields(len(X), side, ndim, cutoff, temperature, rng,
-                                   X.device, X.dtype)
+            fields = sample_fields(
+                len(X), side, ndim, cutoff, temperature, rng, X.device, X.dtype
+            )
             TX = pull_back(as_channels(X)[0], fields, interp).reshape(X.shape)
         else:
             TX = torch.as_tensor(deformation(X, rng), dtype=X.dtype, device=X.device)
@@ -136,8 +158,9 @@ class _Medians:
         self.parts = ([], [], [])
 
     def add(self, f0, f1, f2):
-        for part, t in zip(self.parts, ((f1 - f0).square(), (f2 - f0).square(), f0),
-                           strict=True):
+        for part, t in zip(
+            self.parts, ((f1 - f0).square(), (f2 - f0).square(), f0), strict=True
+        ):
             part.append(t.cpu())
 
     def result(self):
@@ -146,8 +169,11 @@ class _Medians:
         ft = torch.as_tensor(f)
         dist = torch.cdist(ft, ft, compute_mode="donot_use_mm_for_euclid_dist")
         pairs = dist.square().numpy()[np.triu_indices(n, k=1)]
-        return (float(np.median(tau, 0).sum()), float(np.median(eta, 0).sum()),
-                float(np.median(pairs)))
+        return (
+            float(np.median(tau, 0).sum()),
+            float(np.median(eta, 0).sum()),
+            float(np.median(pairs)),
+        )
 
 
 def _measure(model: torch.nn.Module, probe: _Probe, layers, pool, estimator):
@@ -169,8 +195,10 @@ def _unreset_parameters(model: torch.nn.Module) -> list[str]:
     names = []
     for mname, sub in model.named_modules():
         if not callable(getattr(sub, "reset_parameters", None)):
-            names += [f"{mname}.{p}" if mname else p
-                      for p, _ in sub.named_parameters(recurse=False)]
+            names += [
+                f"{mname}.{p}" if mname else p
+                for p, _ in sub.named_parameters(recurse=False)
+            ]
     return names
 
 
@@ -192,9 +220,12 @@ def calibrate_batchnorm(model: torch.nn.Module, batches) -> None:
     (``momentum=None``) over a training-mode pass on the clean probe batches;
     the layers then normalise every input with these probe-set statistics.
     """
-    norms = [m for m in model.modules()
-             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
-             and m.track_running_stats]
+    norms = [
+        m
+        for m in model.modules()
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+        and m.track_running_stats
+    ]
     if not norms:
         return
     momenta = [m.momentum for m in norms]
@@ -232,8 +263,19 @@ def _geometric_mean(values):
         return float(np.exp(np.mean(np.log(values))))
 
 
-def _check_params(layers, delta, cutoff, interp, n_probe, estimator, noise_norm,
-                  n_init, pool, deformation, batch_size):
+def _check_params(
+    layers,
+    delta,
+    cutoff,
+    interp,
+    n_probe,
+    estimator,
+    noise_norm,
+    n_init,
+    pool,
+    deformation,
+    batch_size,
+):
     _check_nonnegative(delta, "delta")
     _check_cutoff(cutoff)
     check_interp(interp)
@@ -384,13 +426,34 @@ def relative_sensitivity(
     >>> round(float(table["R"].iloc[0]), 9)  # matched noise: R = 1 on the input
     1.0
     """
-    _check_params(layers, delta, cutoff, interp, n_probe, estimator, noise_norm,
-                  n_init, pool, deformation, batch_size)
+    _check_params(
+        layers,
+        delta,
+        cutoff,
+        interp,
+        n_probe,
+        estimator,
+        noise_norm,
+        n_init,
+        pool,
+        deformation,
+        batch_size,
+    )
     rng = check_random_state(random_state)
     module = resolve_module(net)
     device = resolve_device(net, device)
-    probe = _Probe(X, n_probe, batch_size, delta, cutoff, interp, noise_norm,
-                   deformation, device, rng)
+    probe = _Probe(
+        X,
+        n_probe,
+        batch_size,
+        delta,
+        cutoff,
+        interp,
+        noise_norm,
+        deformation,
+        device,
+        rng,
+    )
     model = copy.deepcopy(module).to(device=device, dtype=torch.float64)
 
     trained = _measure(model, probe, layers, pool, estimator)
@@ -410,16 +473,24 @@ def relative_sensitivity(
         for seed in rng.randint(2**31 - 1, size=n_init):
             fresh = fresh_copy(model, int(seed))
             calibrate_batchnorm(fresh, probe.clean())
-            runs.append(_rows("init", _measure(fresh, probe, layers, pool, estimator),
-                              order))
+            runs.append(
+                _rows("init", _measure(fresh, probe, layers, pool, estimator), order)
+            )
         for depth, name in enumerate(order):
             values = np.array([run[depth][3:] for run in runs], dtype=float)
-            rows.append(("init", name, depth,
-                         *(_geometric_mean(values[:, k]) for k in range(6))))
+            rows.append(
+                (
+                    "init",
+                    name,
+                    depth,
+                    *(_geometric_mean(values[:, k]) for k in range(6)),
+                )
+            )
     if shuffled:
         model_s = shuffle_conv_input_channels(model, rng)
-        rows += _rows("shuffled", _measure(model_s, probe, layers, pool, estimator),
-                      order)
+        rows += _rows(
+            "shuffled", _measure(model_s, probe, layers, pool, estimator), order
+        )
     constant = sorted({r[1] for r in rows if not r[8] > 0})
     if constant:
         warnings.warn(
@@ -514,11 +585,22 @@ n_init, shuffled, pool, deformation, batch_size, device
 
     def _measure(self, net, X, init, shuffled, layers):
         return relative_sensitivity(
-            net, X, layers=layers, delta=self.delta, cutoff=self.cutoff,
-            interp=self.interp, n_probe=self.n_probe, estimator=self.estimator,
-            noise_norm=self.noise_norm, init=init, n_init=self.n_init,
-            shuffled=shuffled, pool=self.pool, deformation=self.deformation,
-            batch_size=self.batch_size, device=self.device,
+            net,
+            X,
+            layers=layers,
+            delta=self.delta,
+            cutoff=self.cutoff,
+            interp=self.interp,
+            n_probe=self.n_probe,
+            estimator=self.estimator,
+            noise_norm=self.noise_norm,
+            init=init,
+            n_init=self.n_init,
+            shuffled=shuffled,
+            pool=self.pool,
+            deformation=self.deformation,
+            batch_size=self.batch_size,
+            device=self.device,
             random_state=self.random_state,
         )
 
@@ -537,13 +619,24 @@ n_init, shuffled, pool, deformation, batch_size, device
         -------
         self : object
         """
-        _check_params(self.layers, self.delta, self.cutoff, self.interp,
-                      self.n_probe, self.estimator, self.noise_norm, self.n_init,
-                      self.pool, self.deformation, self.batch_size)
+        _check_params(
+            self.layers,
+            self.delta,
+            self.cutoff,
+            self.interp,
+            self.n_probe,
+            self.estimator,
+            self.noise_norm,
+            self.n_init,
+            self.pool,
+            self.deformation,
+            self.batch_size,
+        )
         X = check_net_input(X, self, reset=True)
         self.net_ = fit_net(self.net, X, y, self.random_state)
-        self.results_ = self._measure(self.net_, X, self.init, self.shuffled,
-                                      self.layers)
+        self.results_ = self._measure(
+            self.net_, X, self.init, self.shuffled, self.layers
+        )
         return self
 
     def score(self, X, y=None):

@@ -19,8 +19,10 @@ def check_noise_norm(noise_norm) -> None:
                 f"got {noise_norm!r}."
             )
         return
-    if isinstance(noise_norm, bool) or not isinstance(noise_norm, Real) or not (
-        noise_norm >= 0
+    if (
+        isinstance(noise_norm, bool)
+        or not isinstance(noise_norm, Real)
+        or not (noise_norm >= 0)
     ):
         raise ValueError(
             f"noise_norm must be one of {NOISE_NORMS} or a non-negative float; "
@@ -49,8 +51,9 @@ def noise_like(
         if noise_norm == "batch_mean":
             target = target.mean().expand(len(x))
     else:
-        target = torch.full((len(x),), float(noise_norm), dtype=torch.float64,
-                            device=x.device)
+        target = torch.full(
+            (len(x),), float(noise_norm), dtype=torch.float64, device=x.device
+        )
     scale = target / xi.square().sum(dims).sqrt()
     return (xi * scale.reshape((-1,) + (1,) * (x.dim() - 1))).to(x.dtype)
 
@@ -103,7 +106,8 @@ def matched_noise(x, x_deformed=None, noise_norm="per_sample", random_state=None
                 "pass x_deformed, or a float noise_norm."
             )
         dt = torch.as_tensor(
-            x_deformed if isinstance(x_deformed, torch.Tensor)
+            x_deformed
+            if isinstance(x_deformed, torch.Tensor)
             else np.asarray(x_deformed, dtype=float),
             device=xt.device,
         )

@@ -135,8 +135,9 @@ class DiffeoTransform(TransformerMixin, BaseEstimator):
         else:
             temperature = _signal_temperature(self.delta, self.cutoff, n)
         rng = check_random_state(self.random_state)
-        fields = sample_fields(len(x), n, ndim, self.cutoff, temperature, rng,
-                               x.device, x.dtype)
+        fields = sample_fields(
+            len(x), n, ndim, self.cutoff, temperature, rng, x.device, x.dtype
+        )
         out = pull_back(xc, fields, self.interp).reshape(x.shape)
         return out if is_tensor else out.numpy()
 
