@@ -156,7 +156,8 @@ def _methods(output=0, with_nngeometry=True):
 
             methods["nngeometry"] = lambda m, X, b: nngeometry_gram(m, X, b)
         except ImportError:
-            print("nngeometry is not installed: skipped (pip install --no-deps nngeometry)")
+            print("nngeometry is not installed: skipped.")
+            print("Install it with: pip install --no-deps nngeometry")
     return methods
 
 
@@ -187,9 +188,11 @@ def main():
     args = parser.parse_args()
     torch.manual_seed(0)
     repeats = 1 if args.quick else args.repeats
-    sizes = {"mlp": (256,), "cnn": (128,), "resnet": (128,)} if args.quick else {
-        "mlp": (1024, 4096), "cnn": (512, 2048), "resnet": (512,)
-    }
+    sizes = (
+        {"mlp": (256,), "cnn": (128,), "resnet": (128,)}
+        if args.quick
+        else {"mlp": (1024, 4096), "cnn": (512, 2048), "resnet": (512,)}
+    )
     rows = []
     for n in sizes["mlp"]:
         X = torch.randn(n, 784)
@@ -208,8 +211,8 @@ def main():
 
 def write_report(rows, multi, n_multi, path):
     lines = [
-        "| network | N | method | median time (s) | ratio to sksim | peak added RSS (MiB)"
-        " | max rel. error vs float64 |",
+        "| network | N | method | median time (s) | ratio to sksim "
+        "| peak added RSS (MiB) | max rel. error vs float64 |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, n, method, t, ratio, mem, err in rows:

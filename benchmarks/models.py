@@ -7,7 +7,11 @@ from torch import nn
 def mlp() -> nn.Module:
     """MLP 784-256-256-10 (p = 269 322)."""
     return nn.Sequential(
-        nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(784, 256),
+        nn.ReLU(),
+        nn.Linear(256, 256),
+        nn.ReLU(),
         nn.Linear(256, 10),
     )
 
@@ -15,8 +19,15 @@ def mlp() -> nn.Module:
 def cnn() -> nn.Module:
     """Conv 32/64 3x3 on 1x28x28, global average pool, linear head (p = 50 186)."""
     return nn.Sequential(
-        nn.Conv2d(1, 32, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(32, 64, 3), nn.ReLU(),
-        nn.MaxPool2d(2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10),
+        nn.Conv2d(1, 32, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(64, 10),
     )
 
 
@@ -44,7 +55,8 @@ class ResNet(nn.Module):
     def __init__(self, widths=(16, 32, 64), blocks=(1, 1, 1), n_classes=10, c_in=3):
         super().__init__()
         self.stem = nn.Sequential(
-            nn.Conv2d(c_in, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]),
+            nn.Conv2d(c_in, widths[0], 3, 1, 1, bias=False),
+            nn.BatchNorm2d(widths[0]),
             nn.ReLU(),
         )
         layers, c = [], widths[0]

@@ -43,3 +43,17 @@ sphinx_gallery_conf = {
 html_theme = "pydata_sphinx_theme"
 html_title = "sksim"
 html_theme_options = {"navigation_with_keys": False}
+
+# Several guide pages keep their own reference lists; not every entry is cited.
+suppress_warnings = ["ref.citation"]
+
+
+def skip_scikit_learn_members(app, what, name, obj, skip, options):
+    """Document sksim's own methods, not those inherited from scikit-learn."""
+    if (getattr(obj, "__module__", None) or "").startswith("sklearn."):
+        return True
+    return None
+
+
+def setup(app):
+    app.connect("autodoc-skip-member", skip_scikit_learn_members)

@@ -21,7 +21,9 @@ from sksim import NetworkSimilarityKernel
 
 X, y = load_digits(return_X_y=True)
 X = (X / 16.0).astype(np.float32)
-X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.25, random_state=0)
+X_train, X_test, y_train, y_test = train_test_split(
+    X, y, test_size=0.25, random_state=0
+)
 
 torch.manual_seed(0)
 net = NeuralNetClassifier(

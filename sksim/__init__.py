@@ -10,11 +10,14 @@ from .kernel import (
     similarity_to_distance,
 )
 from .neighbors import NetworkNeighbors
+from .sensitivity import DiffeoSensitivity, DiffeoTransform, relative_sensitivity
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     "DeadInputWarning",
+    "DiffeoSensitivity",
+    "DiffeoTransform",
     "GradientDensityEstimator",
     "IllConditionedWeightsWarning",
     "NetworkNeighbors",
@@ -23,5 +26,6 @@ __all__ = [
     "SingularJacobianGramWarning",
     "gradient_features",
     "network_similarity",
+    "relative_sensitivity",
     "similarity_to_distance",
 ]

@@ -1,6 +1,7 @@
 """Small synthetic data sets that reproduce the papers' toy experiments."""
 
 import numpy as np
+import torch
 from sklearn.utils import Bunch, check_random_state
 
 from ._validation import check_positive_int
@@ -145,3 +146,151 @@ def make_planted_modes(
         multimodal.append(c >= n_single)
     y = np.repeat(np.arange(n_single + n_multi), n)
     return np.concatenate(parts), y, np.array(multimodal)
+
+
+_DISTANCES = {
+    "l2": lambda d: np.sqrt((d**2).sum(-1)),
+    "l1": lambda d: np.abs(d).sum(-1),
+    "linf": lambda d: np.abs(d).max(-1),
+}
+
+
+def make_scale_detection(
+    n_samples=1024, size=16, xi=8, gap=2, norm="l2", shuffle=True, random_state=None
+):
+    """Images with two active pixels: are they close or far apart? (SPEC 5)
+
+    Two distinct pixels of a ``size x size`` image are set to 1. The class is
+    0 ("close") when their distance is ``< xi - gap / 2`` and 1 ("far") when it
+    is ``>= xi + gap / 2``; pairs in between are dropped, and the classes are
+    balanced. Moving each pixel by one (see
+    :func:`scale_detection_perturbation`) changes the distance by at most
+    ``gap``, so labels are stable to the task's own small deformations while
+    small distances matter: the task asks for spatial pooling at the scale
+    ``xi``.
+
+    Parameters
+    ----------
+    n_samples : int, default=1024
+        Number of images; class 0 gets ``n_samples // 2`` of them.
+    size : int, default=16
+        Image side in pixels.
+    xi : float, default=8
+        Characteristic distance separating the classes.
+    gap : float, default=2
+        Width of the band of dropped distances around ``xi``.
+    norm : {"l2", "l1", "linf"}, default="l2"
+        Distance between the two pixels.
+    shuffle : bool, default=True
+        Shuffle the samples; otherwise class 0 comes first.
+    random_state : int, RandomState instance or None, default=None
+
+    Returns
+    -------
+    X : ndarray of shape (n_samples, 1, size, size), float32
+    y : ndarray of shape (n_samples,), int64
+
+    References
+    ----------
+    .. [1] U. M. Tomasini, L. Petrini, F. Cagnetta, M. Wyart, "How deep
+       convolutional neural networks lose spatial information with training",
+       2023, section 2.
+
+    Examples
+    --------
+    >>> from sksim.datasets import make_scale_detection
+    >>> X, y = make_scale_detection(6, size=8, xi=4, random_state=0)
+    >>> X.shape, X.sum(axis=(1, 2, 3)).tolist(), sorted(y.tolist())
+    ((6, 1, 8, 8), [2.0, 2.0, 2.0, 2.0, 2.0, 2.0], [0, 0, 0, 1, 1, 1])
+    """
+    if norm not in _DISTANCES:
+        raise ValueError(f"norm must be one of {tuple(_DISTANCES)}; got {norm!r}.")
+    if not (isinstance(n_samples, int | np.integer) and n_samples >= 2):
+        raise ValueError(f"n_samples must be an int >= 2; got {n_samples!r}.")
+    if not (isinstance(size, int | np.integer) and size >= 2):
+        raise ValueError(f"size must be an int >= 2; got {size!r}.")
+    distance = _DISTANCES[norm]
+    largest = distance(np.array([size - 1.0, size - 1.0]))
+    if not (xi - gap / 2 > 1 and xi + gap / 2 <= largest):
+        raise ValueError(
+            f"With size={size} and norm={norm!r}, pixel distances lie in "
+            f"[1, {largest:.3g}]: xi - gap/2 must exceed 1 and xi + gap/2 must not "
+            f"exceed {largest:.3g} so that both classes exist; got xi={xi}, "
+            f"gap={gap}."
+        )
+    rng = check_random_state(random_state)
+    wanted = (n_samples // 2, n_samples - n_samples // 2)
+    found = ([], [])
+    while any(sum(len(p) for p in f) < w for f, w in zip(found, wanted, strict=True)):
+        pos = rng.randint(size, size=(4 * n_samples, 2, 2))
+        d = distance((pos[:, 0] - pos[:, 1]).astype(float))
+        found[0].append(pos[(d < xi - gap / 2) & (d > 0)])
+        found[1].append(pos[d >= xi + gap / 2])
+    pairs = np.concatenate(
+        [np.concatenate(f)[:w] for f, w in zip(found, wanted, strict=True)]
+    )
+    X = np.zeros((n_samples, 1, size, size), dtype=np.float32)
+    rows = np.arange(n_samples)
+    for k in range(2):
+        X[rows, 0, pairs[:, k, 0], pairs[:, k, 1]] = 1.0
+    y = np.repeat([0, 1], wanted).astype(np.int64)
+    if shuffle:
+        order = rng.permutation(n_samples)
+        X, y = X[order], y[order]
+    return X, y
+
+
+_STEPS = np.array([[0, 1], [0, -1], [1, 0], [-1, 0]])
+
+
+def scale_detection_perturbation(X, random_state=None):
+    """Move each active pixel of scale-detection images by one pixel (SPEC 5).
+
+    Each of the two non-zero pixels moves to a random 4-neighbour, staying in
+    the image and never onto the other pixel: the task's own small
+    deformation, usable as ``deformation=`` of :func:`relative_sensitivity`.
+
+    Parameters
+    ----------
+    X : ndarray or tensor of shape (n, 1, size, size) or (n, size, size)
+        Images with exactly two non-zero pixels each.
+    random_state : int, RandomState instance or None, default=None
+
+    Returns
+    -------
+    X_moved : same type, shape and device as ``X``
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sksim.datasets import make_scale_detection, scale_detection_perturbation
+    >>> X, _ = make_scale_detection(4, size=8, xi=4, random_state=0)
+    >>> Xm = scale_detection_perturbation(X, random_state=0)
+    >>> np.abs(Xm - X).sum(axis=(1, 2, 3)).tolist()
+    [4.0, 4.0, 4.0, 4.0]
+    """
+    rng = check_random_state(random_state)
+    is_tensor = isinstance(X, torch.Tensor)
+    x = X.detach().cpu().numpy() if is_tensor else np.asarray(X)
+    images = x.reshape(len(x), x.shape[-2], x.shape[-1])
+    size = np.array(images.shape[1:])
+    out = np.zeros_like(images)
+    for i, image in enumerate(images):
+        points = np.argwhere(image != 0)
+        if len(points) != 2:
+            raise ValueError(
+                f"Image {i} has {len(points)} non-zero pixels; the perturbation "
+                "moves the two active pixels of make_scale_detection images."
+            )
+        moved = points.copy()
+        for k in range(2):
+            other = moved[1 - k]
+            options = [
+                p
+                for p in points[k] + _STEPS
+                if (p >= 0).all() and (p < size).all() and (p != other).any()
+            ]
+            moved[k] = options[rng.randint(len(options))]
+        out[i, moved[:, 0], moved[:, 1]] = image[points[:, 0], points[:, 1]]
+    out = out.reshape(x.shape)
+    return torch.as_tensor(out, device=X.device) if is_tensor else out

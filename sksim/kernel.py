@@ -7,7 +7,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from ._engine import features
-from ._engine.gram import POWERS, GramReference
+from ._engine.gram import POWERS, GramReference, symmetrize
 from ._engine.jacobian import JacobianEngine
 from ._engine.normalize import KINDS
 from ._engine.parallel import tiled_kernel
@@ -64,7 +64,8 @@ def _projected_similarity(engine, X, Y, kind, reduce, rtol, n_components, seed):
     F_x = _features(engine, X, kind, "left", n_components, seed, rtol)
     if Y is None and kind != "influence":
         K = _contract(F_x, F_x, kind, reduce)
-        return 0.5 * (K + K.transpose((1, 0, 3, 2) if reduce is None else (1, 0)))
+        symmetrize(K)
+        return K
     F_y = _features(
         engine, X if Y is None else Y, kind, "right", n_components, seed, rtol
     )
@@ -439,7 +440,9 @@ class NetworkSimilarityKernel(TransformerMixin, BaseEstimator):
             if self.kind == "influence":
                 left = self._features(self.X_fit_, "left")
             K = _contract(left, self.features_fit_, self.kind, "trace")
-            return K if self.kind == "influence" else 0.5 * (K + K.T)
+            if self.kind != "influence":
+                symmetrize(K)
+            return K
         return _similarity(
             self._engine(),
             self.X_fit_,

@@ -8,3 +8,15 @@ EXPECTED_FAILED_CHECKS = {
         "training flags instead."
     ),
 }
+
+# DiffeoTransform draws one random field per sample, in order.
+ORDER_DEPENDENT_CHECKS = {
+    "check_methods_sample_order_invariance": (
+        "the i-th sample gets the i-th random field, so permuting the samples "
+        "deforms them differently"
+    ),
+    "check_methods_subset_invariance": (
+        "the i-th sample gets the i-th random field, so a subset is deformed "
+        "differently"
+    ),
+}

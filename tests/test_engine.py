@@ -201,3 +201,38 @@ def test_batch_too_large_for_memory_bound():
     module, X = _module("linear")
     with pytest.raises(MemoryError, match="lower batch_size, select fewer parameters"):
         NTKReference(JacobianEngine(module, batch_size=6), X, max_memory=100)
+
+
+class _Cube(torch.autograd.Function):
+    """Python control flow on the gradient: vmap cannot batch this backward."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x**3
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        if bool((grad == 0).all()):
+            return torch.zeros_like(x)
+        return 3 * x**2 * grad
+
+
+def test_output_rows_fall_back_to_one_backward_each():
+    torch.manual_seed(0)
+    first, head = nn.Linear(4, 5).double(), nn.Linear(5, 3).double()
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.first, self.head = first, head
+
+        def forward(self, x):
+            return self.head(_Cube.apply(self.first(x)))
+
+    module = Net()
+    X = torch.randn(5, 4, dtype=torch.float64)
+    J = oracle_jacobians(module, X)
+    K, _, _ = ntk_blocks(JacobianEngine(module), X)
+    np.testing.assert_allclose(K, np.einsum("adp,bep->abde", J, J), rtol=1e-9)

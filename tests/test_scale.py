@@ -84,6 +84,7 @@ def test_sketched_kernel_estimator_is_seeded(mlp_case):
 def test_allocation_keeps_small_pieces_exact():
     assert allocate([10, 1000, 3000], 1010) == [10, 500, 500]
     assert allocate([3000, 10, 300], 1010) == [700, 10, 300]
+    assert allocate([1, 12, 12, 36], 24) == [1, 7, 8, 8]
     assert allocate([10, 20], 100) == [10, 20]
 
 

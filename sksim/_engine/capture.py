@@ -128,18 +128,7 @@ class LayerCapture:
         """Per-layer pieces of the Jacobian of ``outputs`` (b, d) for the batch."""
         names = [(n, i) for n, calls in self.calls.items() for i in range(len(calls))]
         zs = [self.calls[n][i][1] for n, i in names]
-        d = outputs.shape[1]
-        grads = [[] for _ in zs]
-        for c in range(d):
-            per_z = torch.autograd.grad(
-                outputs[:, c].sum(), zs, retain_graph=c < d - 1, allow_unused=True
-            )
-            for k, (g, z) in enumerate(zip(per_z, zs, strict=True)):
-                grads[k].append(torch.zeros_like(z) if g is None else g)
-        deltas = {
-            key: torch.stack(g, dim=1).detach()
-            for key, g in zip(names, grads, strict=True)
-        }
+        deltas = dict(zip(names, _output_signals(outputs, zs), strict=True))
         pieces = []
         for name, (layer, own) in self.layers.items():
             calls = [
@@ -147,8 +136,44 @@ class LayerCapture:
                 for i, (h, _) in enumerate(self.calls.get(name, []))
             ]
             if calls:
-                pieces.extend(_layer_pieces(layer, own, calls, d))
+                pieces.extend(_layer_pieces(layer, own, calls, outputs.shape[1]))
         return pieces
+
+
+def _output_signals(outputs: torch.Tensor, zs: list) -> list[torch.Tensor]:
+    """``d outputs[:, c] / d z`` for every recorded ``z``, each ``(b, d, *z[0].shape)``.
+
+    One vectorised backward pass over the ``d`` rows (``is_grads_batched``);
+    ``d`` plain passes if some operation of the network has no batching rule.
+    """
+    b, d = outputs.shape
+    try:
+        seeds = torch.eye(d, dtype=outputs.dtype, device=outputs.device)
+        seeds = seeds[:, None, :].expand(d, b, d)
+        grads = torch.autograd.grad(
+            outputs,
+            zs,
+            seeds,
+            retain_graph=True,  # kept for the fallback should this pass fail
+            allow_unused=True,
+            is_grads_batched=True,
+        )
+        rows = [None if g is None else g.transpose(0, 1) for g in grads]
+    except RuntimeError:
+        per_row = [
+            torch.autograd.grad(
+                outputs[:, c].sum(), zs, retain_graph=c < d - 1, allow_unused=True
+            )
+            for c in range(d)
+        ]
+        rows = [
+            None if g[0] is None else torch.stack(g, dim=1)
+            for g in zip(*per_row, strict=True)
+        ]
+    return [
+        (z.new_zeros(b, d, *z.shape[1:]) if g is None else g).detach()
+        for g, z in zip(rows, zs, strict=True)
+    ]
 
 
 def _layer_pieces(layer, own, calls, d) -> list:
@@ -170,34 +195,38 @@ def _layer_pieces(layer, own, calls, d) -> list:
         hs.append(h)
         deltas.append(delta)
     h, delta = torch.cat(hs, dim=1), torch.cat(deltas, dim=2)
-    pieces = []
-    if "weight" in own:
-        T, o = delta.shape[2], delta.shape[3]
-        if isinstance(layer, nn.Embedding) or factorised_is_cheaper(
-            T, h.shape[2], o, d
-        ):
-            pieces.append(SharedWeightPiece(h, delta))
-        else:
-            pieces.append(materialize(h, delta))
+    if isinstance(layer, nn.Embedding):
+        return [SharedWeightPiece(h, delta, layer.num_embeddings)]
+    return _weight_and_bias(h, delta, own, d)
+
+
+def _weight_and_bias(h: torch.Tensor, delta: torch.Tensor, own, d: int) -> list:
+    """Pieces of ``dW = sum_u delta(u) h(u)^T`` and ``db = sum_u delta(u)``.
+
+    With both selected, the bias rides along as a constant input 1 appended to
+    ``h``: one piece, one product of ``delta`` per pair instead of two.
+    """
+    if "weight" not in own:
+        return [DensePiece(delta.sum(dim=2))]
     if "bias" in own:
-        pieces.append(DensePiece(delta.sum(dim=2)))
-    return pieces
+        h = torch.cat([h, h.new_ones(*h.shape[:2], 1)], dim=2)
+    T, o = delta.shape[2], delta.shape[3]
+    if factorised_is_cheaper(T, h.shape[2], o, d):
+        return [SharedWeightPiece(h, delta)]
+    return [materialize(h, delta)]
 
 
 def _conv_pieces(layer, own, calls, d) -> list:
     """Convolution pieces: factors on few positions, else per-sample gradients."""
     positions = sum(delta[0, 0, 0].numel() for _, delta in calls)
     a = layer.weight[0].numel()
+    if "weight" in own and factorised_is_cheaper(positions, a, layer.out_channels, d):
+        h = torch.cat([_conv_patches(layer, x) for x, _ in calls], dim=1)
+        delta = torch.cat([_per_position_delta(delta) for _, delta in calls], dim=2)
+        return _weight_and_bias(h, delta, own, d)
     pieces = []
     if "weight" in own:
-        if factorised_is_cheaper(positions, a, layer.out_channels, d):
-            h = torch.cat([_conv_patches(layer, x) for x, _ in calls], dim=1)
-            delta = torch.cat([_per_position_delta(delta) for _, delta in calls], dim=2)
-            pieces.append(SharedWeightPiece(h, delta))
-        else:
-            pieces.append(
-                DensePiece(sum(_conv_weight_grad(layer, x, g) for x, g in calls))
-            )
+        pieces.append(DensePiece(sum(_conv_weight_grad(layer, x, g) for x, g in calls)))
     if "bias" in own:
         pieces.append(DensePiece(sum(g.flatten(3).sum(dim=3) for _, g in calls)))
     return pieces

@@ -149,12 +149,31 @@ class GramReference:
     def matrix(self, X=None) -> np.ndarray:
         """All rows at once; ``X=None`` gives the exactly symmetric ``K(Y, Y)``."""
         blocks = self.self_rows() if X is None else self.rows(X)
-        parts = [B for _, B, _ in blocks]
-        out = np.concatenate(parts)
+        out = None
+        for rows, B, _ in blocks:
+            if out is None:
+                n = self.n_samples if X is None else n_samples(X)
+                out = np.empty((n, *B.shape[1:]))
+            out[rows] = B
         if X is None and self.kind != "influence":
-            axes = (1, 0, 3, 2) if self.full else (1, 0)
-            out = 0.5 * (out + out.transpose(axes))
+            symmetrize(out)
         return out
+
+
+def symmetrize(K: np.ndarray, tile: int = 1024) -> None:
+    """Replace ``K`` by ``(K + K^T) / 2`` in place, tile by tile.
+
+    For matrix blocks ``(n, n, d, d)`` the transpose also swaps the last axes.
+    """
+    n = len(K)
+    swap = (1, 0, 3, 2) if K.ndim == 4 else (1, 0)
+    for i in range(0, n, tile):
+        for j in range(i, n, tile):
+            upper = K[i : i + tile, j : j + tile]
+            lower = K[j : j + tile, i : i + tile]
+            mean = 0.5 * (upper + lower.transpose(swap))
+            upper[...] = mean
+            lower[...] = mean.transpose(swap)
 
 
 class NTKReference(GramReference):
@@ -180,5 +199,5 @@ def ntk_blocks(
     blocks = list(reference.self_rows() if Y is None else reference.rows(X))
     K = np.concatenate([B for _, B, _ in blocks])
     if Y is None:
-        K = 0.5 * (K + K.transpose(1, 0, 3, 2))
+        symmetrize(K)
     return K, np.concatenate([G for _, _, G in blocks]), reference.gram

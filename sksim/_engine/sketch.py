@@ -40,15 +40,17 @@ def allocate(sizes: list[int], n_components: int) -> list[int]:
 
     Every piece gets the same number of columns, except those smaller than
     that level, which are kept exactly (biases, small layers); what they leave
-    is shared among the others.
+    is shared among the others, the largest pieces taking the remainder, so
+    the shares add up to ``n_components`` unless every piece is kept exactly.
     """
     shares = [0] * len(sizes)
     budget, left = n_components, sorted(range(len(sizes)), key=sizes.__getitem__)
     while left:
         level = max(1, budget // len(left))
         if sizes[left[0]] > level:
-            for i in left:
-                shares[i] = level
+            extra = max(0, budget - level * len(left))
+            for rank, i in enumerate(reversed(left)):
+                shares[i] = level + (rank < extra)
             break
         first = left.pop(0)
         shares[first] = sizes[first]

@@ -107,7 +107,7 @@ n_features)
         Log weights including the ``1 / n_posterior_samples_`` average.
     n_posterior_samples_ : int
         Posterior samples averaged (1 for the variational backend).
-    n_clusters_ : ndarray of shape (n_posterior_samples_,)
+    n_clusters_ : ndarray, one entry per posterior sample
         Occupied clusters in each sample (variational: components with weight
         above ``1 / (2 n)``).
     n_clusters_trace_, alpha_trace_ : ndarray of shape (n_sweeps,)

@@ -1,0 +1,572 @@
+"""Relative sensitivity to diffeomorphisms and noise, layer by layer (SPEC 5)."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Iterator, Mapping
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted
+
+from .._engine.inputs import check_finite
+from .._net import evaluation_mode, fit_net, resolve_device, resolve_module, torch_seed
+from .._validation import check_net_input, check_positive_int
+from ._representations import LayerRepresentations, check_pool
+from .diagnostics import _table, shuffle_conv_input_channels
+from .diffeo import (
+    _check_cutoff,
+    _check_nonnegative,
+    _signal_temperature,
+    as_channels,
+    check_interp,
+    pull_back,
+    sample_fields,
+    temperature_from_delta,
+)
+from .noise import check_noise_norm, noise_like
+
+ESTIMATORS = ("mean", "median")
+COLUMNS = ("net", "layer", "depth", "D", "G", "R", "deformation", "noise",
+           "denominator")
+
+
+class _Probe:
+    """The probe inputs and their perturbations, drawn once, served in batches.
+
+    With ``rng`` fresh, the perturbations are those of
+    ``sample_diffeo(n, n_fields=len(X), random_state=rng)`` then
+    ``matched_noise(X, tau X, random_state=rng)`` (after the subset draw when
+    ``X`` has more than ``n_probe`` samples).
+    """
+
+    def __init__(self, X, n_probe, batch_size, delta, cutoff, interp, noise_norm,
+                 deformation, device, rng):
+        if isinstance(X, Mapping):
+            raise ValueError(
+                "Dict inputs are not supported: deformations and noise act on one "
+                "array of images or signals; pass that array."
+            )
+        X = X if isinstance(X, torch.Tensor) else torch.tensor(np.asarray(X))
+        if not X.is_floating_point():
+            X = X.to(torch.float64)
+        check_finite(X)
+        _, ndim = as_channels(X)
+        n = len(X)
+        if n < 2:
+            raise ValueError(
+                "The sensitivity needs at least 2 samples (pairs of distinct inputs "
+                f"set the scale); got {n} sample(s)."
+            )
+        if n > n_probe:
+            X = X[torch.as_tensor(np.sort(rng.choice(n, n_probe, replace=False)))]
+        self.X = X = X.detach().to(device, torch.float64)
+        self.batch_size = batch_size
+        if deformation is None:
+            side = X.shape[-1]
+            temperature = (
+                temperature_from_delta(delta, cutoff, side) if ndim == 2
+                else _signal_temperature(delta, cutoff, side)
+            )
+            fields = sample_fields(len(X), side, ndim, cutoff, temperature, rng,
+                                   X.device, X.dtype)
+            TX = pull_back(as_channels(X)[0], fields, interp).reshape(X.shape)
+        else:
+            TX = torch.as_tensor(deformation(X, rng), dtype=X.dtype, device=X.device)
+            if TX.shape != X.shape:
+                raise ValueError(
+                    "deformation must return an array of the input's shape "
+                    f"{tuple(X.shape)}; got {tuple(TX.shape)}."
+                )
+        self.TX = TX
+        self.NX = X + noise_like(X, TX, noise_norm, rng)
+
+    def _slices(self):
+        for start in range(0, len(self.X), self.batch_size):
+            yield slice(start, start + self.batch_size)
+
+    def clean(self) -> Iterator[torch.Tensor]:
+        for rows in self._slices():
+            yield self.X[rows]
+
+    def triples(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Yield ``(x, tau x, x + eta)`` batches."""
+        for rows in self._slices():
+            yield self.X[rows], self.TX[rows], self.NX[rows]
+
+
+class _Moments:
+    """Per-layer sums for the ``mean`` estimator (Chan's pairwise update)."""
+
+    def __init__(self):
+        self.count = 0
+        self.tau = 0.0
+        self.eta = 0.0
+        self.mean = None
+        self.m2 = 0.0
+
+    def add(self, f0, f1, f2):
+        self.tau += float((f1 - f0).square().sum())
+        self.eta += float((f2 - f0).square().sum())
+        nb = len(f0)
+        mean_b = f0.mean(0)
+        m2_b = float((f0 - mean_b).square().sum())
+        if self.mean is None:
+            self.mean, self.m2 = mean_b, m2_b
+        else:
+            diff = mean_b - self.mean
+            total = self.count + nb
+            self.m2 += m2_b + float(diff.square().sum()) * self.count * nb / total
+            self.mean = self.mean + diff * nb / total
+        self.count += nb
+
+    def result(self):
+        n = self.count
+        # mean over ordered pairs i != j of |f_i - f_j|^2 = 2 sum |f_i - m|^2 / (n-1)
+        return self.tau / n, self.eta / n, 2.0 * self.m2 / (n - 1)
+
+
+class _Medians:
+    """Per-layer arrays for the ``median`` estimator."""
+
+    def __init__(self):
+        self.parts = ([], [], [])
+
+    def add(self, f0, f1, f2):
+        for part, t in zip(self.parts, ((f1 - f0).square(), (f2 - f0).square(), f0),
+                           strict=True):
+            part.append(t.cpu())
+
+    def result(self):
+        tau, eta, f = (torch.cat(p).numpy() for p in self.parts)
+        n = len(f)
+        ft = torch.as_tensor(f)
+        dist = torch.cdist(ft, ft, compute_mode="donot_use_mm_for_euclid_dist")
+        pairs = dist.square().numpy()[np.triu_indices(n, k=1)]
+        return (float(np.median(tau, 0).sum()), float(np.median(eta, 0).sum()),
+                float(np.median(pairs)))
+
+
+def _measure(model: torch.nn.Module, probe: _Probe, layers, pool, estimator):
+    """``{layer: (tau, eta, denominator)}`` for one network."""
+    capture = LayerRepresentations(model, layers, pool)
+    stats: dict[str, _Moments | _Medians] = {}
+    with evaluation_mode(model), torch.no_grad():
+        for x, tx, nx in probe.triples():
+            reps = capture(torch.cat([x, tx, nx]))
+            for name, f in reps.items():
+                acc = stats.setdefault(
+                    name, _Moments() if estimator == "mean" else _Medians()
+                )
+                acc.add(*f.split(len(x)))
+    return {name: acc.result() for name, acc in stats.items()}
+
+
+def _unreset_parameters(model: torch.nn.Module) -> list[str]:
+    names = []
+    for mname, sub in model.named_modules():
+        if not callable(getattr(sub, "reset_parameters", None)):
+            names += [f"{mname}.{p}" if mname else p
+                      for p, _ in sub.named_parameters(recurse=False)]
+    return names
+
+
+def fresh_copy(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Deep copy re-initialised by every submodule's ``reset_parameters``."""
+    fresh = copy.deepcopy(model)
+    with torch_seed(seed):
+        for sub in fresh.modules():
+            reset = getattr(sub, "reset_parameters", None)
+            if callable(reset):
+                reset()
+    return fresh
+
+
+def calibrate_batchnorm(model: torch.nn.Module, batches) -> None:
+    """Set BatchNorm running statistics to the statistics of ``batches``.
+
+    The statistics are reset and re-accumulated as a cumulative average
+    (``momentum=None``) over a training-mode pass on the clean probe batches;
+    the layers then normalise every input with these probe-set statistics.
+    """
+    norms = [m for m in model.modules()
+             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+             and m.track_running_stats]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    modes = {sub: sub.training for sub in model.modules()}
+    model.eval()
+    for m in norms:
+        m.momentum = None
+        m.reset_running_stats()
+        m.train()
+    try:
+        with torch.no_grad():
+            for x in batches:
+                model(x)
+    finally:
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
+        for sub, training in modes.items():
+            sub.training = training
+
+
+def _rows(tag, results, order):
+    rows = []
+    for depth, name in enumerate(order):
+        tau, eta, den = results[name]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            d = tau / den if den > 0 else np.nan
+            g = eta / den if den > 0 else np.nan
+            r = tau / eta if eta > 0 else np.nan
+        rows.append((tag, name, depth, d, g, r, tau, eta, den))
+    return rows
+
+
+def _geometric_mean(values):
+    with np.errstate(divide="ignore"):
+        return float(np.exp(np.mean(np.log(values))))
+
+
+def _check_params(layers, delta, cutoff, interp, n_probe, estimator, noise_norm,
+                  n_init, pool, deformation, batch_size):
+    _check_nonnegative(delta, "delta")
+    _check_cutoff(cutoff)
+    check_interp(interp)
+    check_positive_int(n_probe, "n_probe")
+    check_positive_int(n_init, "n_init")
+    check_positive_int(batch_size, "batch_size")
+    check_noise_norm(noise_norm)
+    check_pool(pool)
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {ESTIMATORS}; got {estimator!r}.")
+    if deformation is not None and not callable(deformation):
+        raise ValueError(
+            "deformation must be None (max-entropy diffeomorphisms) or a callable "
+            f"(X_batch, random_state) -> X_deformed; got {deformation!r}."
+        )
+    if not (isinstance(layers, str) or isinstance(layers, list | tuple)):
+        raise ValueError(
+            f'layers must be "output", "all", a layer name or a list of names; '
+            f"got {layers!r}."
+        )
+
+
+def relative_sensitivity(
+    net,
+    X,
+    layers="output",
+    delta=1.0,
+    cutoff=3,
+    interp="linear",
+    n_probe=500,
+    estimator="mean",
+    noise_norm="per_sample",
+    init=True,
+    n_init=5,
+    shuffled=False,
+    pool=None,
+    deformation=None,
+    batch_size=64,
+    device=None,
+    random_state=None,
+):
+    """Sensitivity of each layer to smooth deformations relative to noise.
+
+    For a representation ``f`` (a layer's activations, flattened), inputs
+    ``x, z`` of the probe set, a max-entropy deformation ``tau`` and noise
+    ``eta`` of matched norm (SPEC 5)::
+
+        D = E|f(tau x) - f(x)|^2 / E|f(x) - f(z)|^2
+        G = E|f(x + eta) - f(x)|^2 / E|f(x) - f(z)|^2
+        R = D / G
+
+    The denominator averages over pairs ``x != z`` of the probe set. One
+    deformation and one noise draw per probe input, shared by every network
+    measured. Computed in float64, in eval mode, without gradients, in
+    batches on the network's device.
+
+    Parameters
+    ----------
+    net : skorch net, FrozenEstimator or torch.nn.Module
+        The trained network, taking inputs shaped like ``X``.
+    X : ndarray or tensor of shape (n, C, H, W), (n, H, W) or (n, L)
+        Probe inputs in the network's input space (after any normalisation):
+        square images, or signals (2-D ``X``, deformed along their one axis).
+    layers : "output", "all", str or list of str, default="output"
+        Which representations: the output; ``"all"`` (the input, every leaf
+        module in execution order, then the output); or names: ``"input"``,
+        ``"output"``, module names (``dict(net.named_modules())``, captured
+        with forward hooks) or, for functional operations, ``torch.fx`` node
+        names of the traced network.
+    delta : float, default=1.0
+        Typical displacement in pixels; ``T = 4 delta^2 / (pi n^2 ln c)``.
+    cutoff : int, default=3
+        Highest wave number ``c`` of the deformations.
+    interp : {"linear", "nearest", "gaussian"}, default="linear"
+        Interpolation of the deformed images (see :func:`apply_diffeo`).
+    n_probe : int, default=500
+        Probe inputs, drawn at random without replacement when ``X`` is larger.
+    estimator : {"mean", "median"}, default="mean"
+        ``"mean"``: means of squared norms. ``"median"``: numerators are the
+        coordinate-wise medians of squared differences, summed; the
+        denominator is the median squared distance over pairs.
+    noise_norm : {"per_sample", "batch_mean"} or float, default="per_sample"
+        Norm of the noise (see :func:`matched_noise`).
+    init : bool, default=True
+        Also measure the same architecture freshly initialised.
+    n_init : int, default=5
+        Initialisations; their ``deformation``, ``noise``, ``denominator``,
+        ``D``, ``G`` and ``R`` are combined by geometric means.
+    shuffled : bool, default=False
+        Also measure the trained net with the input channels of every conv
+        filter shuffled (:func:`shuffle_conv_input_channels`).
+    pool : {None, "channels", "space"}, default=None
+        Average representations of shape ``(B, C, ...)`` over channels
+        (``"channels"``, keeps positions) or over positions (``"space"``, one
+        value per channel) before measuring.
+    deformation : callable, default=None
+        A task's own perturbation ``deformation(X, random_state) -> X'``, called
+        once on the float64 probe set on the device with a ``RandomState``; replaces the
+        max-entropy diffeomorphisms (``delta``, ``cutoff`` and ``interp`` are
+        then unused). See :func:`sksim.datasets.scale_detection_perturbation`.
+    batch_size : int, default=64
+        Probe inputs per forward pass (each pass holds ``3 * batch_size``).
+    device : str or torch.device, default=None
+        Where to compute; None keeps the network's device.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the probe subset, deformations, noise, initialisations and
+        channel shuffles.
+
+    Returns
+    -------
+    table : pandas.DataFrame (dict of ndarrays without pandas)
+        One row per (net, layer): ``net`` (``"trained"``, ``"init"``,
+        ``"shuffled"``), ``layer``, ``depth`` (position in ``layers``), ``D``,
+        ``G``, ``R``, the numerators ``deformation`` and ``noise`` and the
+        ``denominator``. Layers whose representation is constant on the probe
+        set get NaN ratios (with a warning).
+
+    Notes
+    -----
+    The initialised copies are deep copies of the trained module on which every
+    submodule's ``reset_parameters`` is called (under a seed from
+    ``random_state``); parameters of modules without that method are not
+    re-initialised (a warning names them). Their BatchNorm layers use batch
+    statistics: those of the clean probe set, accumulated in one pass and then
+    frozen, so that ``x``, ``tau x`` and ``x + eta`` see the same
+    normalisation.
+
+    References
+    ----------
+    .. [1] L. Petrini, A. Favero, M. Geiger, M. Wyart, "Relative stability
+       toward diffeomorphisms indicates performance in deep nets", NeurIPS 2021.
+    .. [2] U. M. Tomasini, L. Petrini, F. Cagnetta, M. Wyart, "How deep
+       convolutional neural networks lose spatial information with training",
+       2023, section 3.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sksim.sensitivity import relative_sensitivity
+    >>> _ = torch.manual_seed(0)
+    >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(),
+    ...                           torch.nn.Flatten(), torch.nn.Linear(144, 2))
+    >>> X = torch.randn(20, 1, 8, 8)
+    >>> table = relative_sensitivity(net, X, layers=["input", "1"], n_init=2,
+    ...                              random_state=0)
+    >>> table[["net", "layer"]].values.tolist()
+    [['trained', 'input'], ['trained', '1'], ['init', 'input'], ['init', '1']]
+    >>> round(float(table["R"].iloc[0]), 9)  # matched noise: R = 1 on the input
+    1.0
+    """
+    _check_params(layers, delta, cutoff, interp, n_probe, estimator, noise_norm,
+                  n_init, pool, deformation, batch_size)
+    rng = check_random_state(random_state)
+    module = resolve_module(net)
+    device = resolve_device(net, device)
+    probe = _Probe(X, n_probe, batch_size, delta, cutoff, interp, noise_norm,
+                   deformation, device, rng)
+    model = copy.deepcopy(module).to(device=device, dtype=torch.float64)
+
+    trained = _measure(model, probe, layers, pool, estimator)
+    order = list(trained)
+    rows = _rows("trained", trained, order)
+    if init:
+        unreset = _unreset_parameters(model)
+        if unreset:
+            warnings.warn(
+                f"Parameters {unreset} belong to modules without reset_parameters, "
+                "so the initialised copies keep their trained values; give those "
+                "modules a reset_parameters method.",
+                UserWarning,
+                stacklevel=2,
+            )
+        runs = []
+        for seed in rng.randint(2**31 - 1, size=n_init):
+            fresh = fresh_copy(model, int(seed))
+            calibrate_batchnorm(fresh, probe.clean())
+            runs.append(_rows("init", _measure(fresh, probe, layers, pool, estimator),
+                              order))
+        for depth, name in enumerate(order):
+            values = np.array([run[depth][3:] for run in runs], dtype=float)
+            rows.append(("init", name, depth,
+                         *(_geometric_mean(values[:, k]) for k in range(6))))
+    if shuffled:
+        model_s = shuffle_conv_input_channels(model, rng)
+        rows += _rows("shuffled", _measure(model_s, probe, layers, pool, estimator),
+                      order)
+    constant = sorted({r[1] for r in rows if not r[8] > 0})
+    if constant:
+        warnings.warn(
+            f"Layers {constant} have a constant representation on the probe set "
+            "for some net: their D, G and R are NaN.",
+            UserWarning,
+            stacklevel=2,
+        )
+    return _table({c: [r[k] for r in rows] for k, c in enumerate(COLUMNS)})
+
+
+class DiffeoSensitivity(BaseEstimator):
+    """Layer-wise relative sensitivity to diffeomorphisms, as an estimator.
+
+    ``fit(X)`` trains the net if it is an unfitted skorch net (on ``X, y``) and
+    measures :func:`relative_sensitivity` on ``X``; ``score(X)`` returns
+    ``-R`` of the trained net's output on new inputs (greater is better, as
+    scikit-learn expects), so that ``cross_validate`` audits how relatively
+    stable a network is across folds.
+
+    Parameters
+    ----------
+    net : skorch net, FrozenEstimator or torch.nn.Module
+        The network; an unfitted skorch net is cloned and trained by ``fit``.
+    layers, delta, cutoff, interp, n_probe, estimator, noise_norm, init, \
+n_init, shuffled, pool, deformation, batch_size, device
+        As in :func:`relative_sensitivity`.
+    random_state : int or None, default=None
+        Seeds the training of an unfitted skorch net and the measurement.
+
+    Attributes
+    ----------
+    net_ : skorch net, FrozenEstimator or torch.nn.Module
+        The trained network.
+    results_ : pandas.DataFrame or dict of ndarrays
+        The table of :func:`relative_sensitivity` on the fitted ``X``.
+    n_features_in_ : int
+        Size of the second axis of ``X``.
+
+    References
+    ----------
+    .. [1] L. Petrini et al., "Relative stability toward diffeomorphisms
+       indicates performance in deep nets", NeurIPS 2021.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sksim.sensitivity import DiffeoSensitivity
+    >>> _ = torch.manual_seed(0)
+    >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3), torch.nn.Tanh())
+    >>> X = torch.randn(10, 1, 8, 8).numpy()
+    >>> est = DiffeoSensitivity(net, n_init=2, random_state=0).fit(X)
+    >>> est.results_["net"].tolist()
+    ['trained', 'init']
+    """
+
+    def __init__(
+        self,
+        net,
+        layers="output",
+        delta=1.0,
+        cutoff=3,
+        interp="linear",
+        n_probe=500,
+        estimator="mean",
+        noise_norm="per_sample",
+        init=True,
+        n_init=5,
+        shuffled=False,
+        pool=None,
+        deformation=None,
+        batch_size=64,
+        device=None,
+        random_state=None,
+    ):
+        self.net = net
+        self.layers = layers
+        self.delta = delta
+        self.cutoff = cutoff
+        self.interp = interp
+        self.n_probe = n_probe
+        self.estimator = estimator
+        self.noise_norm = noise_norm
+        self.init = init
+        self.n_init = n_init
+        self.shuffled = shuffled
+        self.pool = pool
+        self.deformation = deformation
+        self.batch_size = batch_size
+        self.device = device
+        self.random_state = random_state
+
+    def _measure(self, net, X, init, shuffled, layers):
+        return relative_sensitivity(
+            net, X, layers=layers, delta=self.delta, cutoff=self.cutoff,
+            interp=self.interp, n_probe=self.n_probe, estimator=self.estimator,
+            noise_norm=self.noise_norm, init=init, n_init=self.n_init,
+            shuffled=shuffled, pool=self.pool, deformation=self.deformation,
+            batch_size=self.batch_size, device=self.device,
+            random_state=self.random_state,
+        )
+
+    def fit(self, X, y=None):
+        """Train the net if needed and measure its sensitivities on ``X``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, C, H, W), (n_samples, H, W) or \
+(n_samples, L)
+            Probe inputs.
+        y : array-like of shape (n_samples,), default=None
+            Targets, needed only to train an unfitted skorch net.
+
+        Returns
+        -------
+        self : object
+        """
+        _check_params(self.layers, self.delta, self.cutoff, self.interp,
+                      self.n_probe, self.estimator, self.noise_norm, self.n_init,
+                      self.pool, self.deformation, self.batch_size)
+        X = check_net_input(X, self, reset=True)
+        self.net_ = fit_net(self.net, X, y, self.random_state)
+        self.results_ = self._measure(self.net_, X, self.init, self.shuffled,
+                                      self.layers)
+        return self
+
+    def score(self, X, y=None):
+        """Minus the relative sensitivity ``R`` of the trained net's output on X.
+
+        Parameters
+        ----------
+        X : array-like, same shapes as in ``fit``
+            Probe inputs.
+        y : ignored
+
+        Returns
+        -------
+        score : float
+            ``-R`` (greater means more stable to deformations than to noise).
+        """
+        check_is_fitted(self)
+        X = check_net_input(X, self, reset=False)
+        table = self._measure(self.net_, X, False, False, "output")
+        return -float(np.asarray(table["R"])[0])
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = False
+        tags.non_deterministic = False
+        return tags

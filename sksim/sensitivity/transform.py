@@ -1,0 +1,146 @@
+"""Random max-entropy deformations as a scikit-learn transformer (SPEC 5)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted
+
+from .._engine.inputs import check_finite
+from .._validation import check_net_input
+from .diffeo import (
+    _check_cutoff,
+    _check_nonnegative,
+    _signal_temperature,
+    as_channels,
+    check_interp,
+    pull_back,
+    sample_fields,
+    temperature_from_delta,
+)
+
+
+class DiffeoTransform(TransformerMixin, BaseEstimator):
+    """Deform every input by its own random max-entropy diffeomorphism.
+
+    Sample ``i`` of ``X`` is pulled back along the ``i``-th field drawn from
+    ``random_state`` (:func:`sample_diffeo`, :func:`apply_diffeo`); ``fit``
+    only validates. An int ``random_state``
+    gives the same fields on every call (reproducible audits); ``None`` or a
+    ``RandomState`` instance gives fresh ones (data augmentation).
+
+    Torch tensors are transformed on their own device and returned as
+    tensors, so the transformer also serves as a torch/skorch augmentation,
+    for instance in a collate function:
+    ``iterator_train__collate_fn=lambda b: (aug.transform(default_collate(b)[0]),
+    default_collate(b)[1])``.
+
+    Parameters
+    ----------
+    delta : float, default=1.0
+        Typical displacement in pixels; the temperature is
+        ``T = 4 delta^2 / (pi n^2 ln c)``.
+    cutoff : int, default=3
+        Highest wave number ``c``.
+    interp : {"linear", "nearest", "gaussian"}, default="linear"
+        Interpolation (see :func:`apply_diffeo`).
+    random_state : int, RandomState instance or None, default=None
+        Seed of the fields.
+
+    Attributes
+    ----------
+    n_features_in_ : int
+        Size of the second axis of ``X`` (channels, rows, or signal length).
+
+    References
+    ----------
+    .. [1] L. Petrini et al., "Relative stability toward diffeomorphisms
+       indicates performance in deep nets", NeurIPS 2021, section 3.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sksim.sensitivity import DiffeoTransform
+    >>> X = np.random.RandomState(0).rand(4, 1, 8, 8)
+    >>> Xt = DiffeoTransform(delta=1.0, random_state=0).fit_transform(X)
+    >>> Xt.shape, bool(np.allclose(Xt[..., 0, :], X[..., 0, :]))
+    ((4, 1, 8, 8), True)
+    """
+
+    def __init__(self, delta=1.0, cutoff=3, interp="linear", random_state=None):
+        self.delta = delta
+        self.cutoff = cutoff
+        self.interp = interp
+        self.random_state = random_state
+
+    def _check_params(self):
+        _check_nonnegative(self.delta, "delta")
+        _check_cutoff(self.cutoff)
+        check_interp(self.interp)
+
+    def fit(self, X, y=None):
+        """Validate the parameters and the input shape.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, C, H, W), (n_samples, H, W) or \
+(n_samples, L)
+            Square images, or signals.
+        y : ignored
+
+        Returns
+        -------
+        self : object
+        """
+        self._check_params()
+        X = self._validate(X, reset=True)
+        as_channels(X)
+        return self
+
+    def _validate(self, X, reset):
+        if isinstance(X, torch.Tensor):
+            check_finite(X)
+            if not reset and X.dim() > 1 and X.shape[1] != self.n_features_in_:
+                raise ValueError(
+                    f"X has {X.shape[1]} features, but DiffeoTransform is "
+                    f"expecting {self.n_features_in_} features as input."
+                )
+            if reset:
+                self.n_features_in_ = X.shape[1]
+            return X if X.is_floating_point() else X.to(torch.float64)
+        X = check_net_input(X, self, reset=reset)
+        return torch.tensor(X if X.dtype.kind == "f" else X.astype(np.float64))
+
+    def transform(self, X):
+        """Deform each sample by its own random field.
+
+        Parameters
+        ----------
+        X : array-like or tensor, shaped as in ``fit``
+
+        Returns
+        -------
+        X_deformed : ndarray or tensor of the same shape (and device)
+        """
+        check_is_fitted(self)
+        self._check_params()
+        is_tensor = isinstance(X, torch.Tensor)
+        x = self._validate(X, reset=False)
+        xc, ndim = as_channels(x)
+        n = xc.shape[-1]
+        if ndim == 2:
+            temperature = temperature_from_delta(self.delta, self.cutoff, n)
+        else:
+            temperature = _signal_temperature(self.delta, self.cutoff, n)
+        rng = check_random_state(self.random_state)
+        fields = sample_fields(len(x), n, ndim, self.cutoff, temperature, rng,
+                               x.device, x.dtype)
+        out = pull_back(xc, fields, self.interp).reshape(x.shape)
+        return out if is_tensor else out.numpy()
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = False
+        return tags

@@ -1,0 +1,108 @@
+"""DiffeoTransform and DiffeoSensitivity as scikit-learn estimators."""
+
+import numpy as np
+import pytest
+import torch
+from _sklearn_checks import EXPECTED_FAILED_CHECKS, ORDER_DEPENDENT_CHECKS
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import cross_validate
+from sklearn.pipeline import make_pipeline
+from sklearn.utils.estimator_checks import parametrize_with_checks
+from skorch import NeuralNetClassifier
+from torch import nn
+
+from sksim.sensitivity import (
+    DiffeoSensitivity,
+    DiffeoTransform,
+    apply_diffeo,
+    relative_sensitivity,
+    sample_diffeo,
+)
+
+
+def _signal_net():
+    # accepts (n, d) for any d: rows are one-dimensional signals
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Unflatten(1, (1, -1)), nn.Conv1d(1, 2, 3, padding=1),
+                         nn.Tanh())
+
+
+
+
+@parametrize_with_checks(
+    [DiffeoTransform(random_state=0),
+     DiffeoSensitivity(_signal_net(), n_init=2, random_state=0)],
+    expected_failed_checks=lambda est: ORDER_DEPENDENT_CHECKS
+    if isinstance(est, DiffeoTransform) else EXPECTED_FAILED_CHECKS,
+)
+def test_sklearn_compatible(estimator, check):
+    check(estimator)
+
+
+def test_transform_matches_sample_and_apply():
+    X = np.random.RandomState(0).rand(5, 2, 8, 8)
+    Xt = DiffeoTransform(delta=1.5, cutoff=4, interp="nearest",
+                         random_state=3).fit_transform(X)
+    dx, dy = sample_diffeo(8, 4, delta=1.5, n_fields=5, random_state=3)
+    np.testing.assert_array_equal(Xt, apply_diffeo(X, dx, dy, "nearest"))
+    # (n, H, W) images and float32 tensors
+    t = torch.tensor(X[:, 0], dtype=torch.float32)
+    tt = DiffeoTransform(random_state=0).fit(t).transform(t)
+    assert isinstance(tt, torch.Tensor) and tt.dtype == torch.float32
+    # an int seed repeats, None draws fresh fields
+    aug = DiffeoTransform(random_state=None).fit(X)
+    assert not np.allclose(aug.transform(X), aug.transform(X))
+
+
+def test_transform_in_a_pipeline_and_as_augmentation():
+    rng = np.random.RandomState(0)
+    X = rng.rand(60, 6, 6)  # (n, H, W) images
+    y = (X[:, :3].sum((1, 2)) > X[:, 3:].sum((1, 2))).astype(int)
+
+    class Flat(DiffeoTransform):
+        def transform(self, X):
+            return super().transform(X).reshape(len(X), -1)
+
+    pipe = make_pipeline(Flat(random_state=0), LogisticRegression()).fit(X, y)
+    assert pipe.score(X, y) > 0.8
+    aug = DiffeoTransform(random_state=np.random.RandomState(0)).fit(X[:1])
+
+    def collate(batch):
+        xb, yb = torch.utils.data.default_collate(batch)
+        return aug.transform(xb), yb
+
+    module = nn.Sequential(nn.Flatten(), nn.Linear(36, 2))
+    net = NeuralNetClassifier(module, max_epochs=2, train_split=None, verbose=0,
+                              iterator_train__collate_fn=collate)
+    net.fit(X.astype(np.float32), y)
+    assert len(net.history) == 2
+
+
+def test_transform_errors():
+    with pytest.raises(ValueError, match="interp must be one of"):
+        DiffeoTransform(interp="cubic").fit(np.zeros((2, 4, 4)))
+    with pytest.raises(ValueError, match="Images must be square"):
+        DiffeoTransform().fit(np.zeros((2, 4, 5)))
+    t = DiffeoTransform().fit(torch.zeros(2, 4, 4))
+    with pytest.raises(ValueError, match="X has 5 features, but DiffeoTransform"):
+        t.transform(torch.zeros(2, 5, 5))
+
+
+def test_estimator_trains_an_unfitted_skorch_net_and_cross_validates():
+    from sksim.datasets import make_scale_detection
+
+    X, y = make_scale_detection(96, size=8, xi=4, random_state=0)
+    module = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(),
+                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    net = NeuralNetClassifier(module, max_epochs=2, train_split=None, verbose=0)
+    est = DiffeoSensitivity(net, layers="all", n_init=2, shuffled=True,
+                            random_state=0).fit(X, y)
+    assert est.net_ is not net and est.net_.initialized_
+    expected = relative_sensitivity(est.net_, X, layers="all", n_init=2,
+                                    shuffled=True, random_state=0)
+    np.testing.assert_allclose(est.results_["R"], expected["R"], rtol=1e-12)
+    trained = est.results_.query("net == 'trained' and layer == 'output'")
+    assert est.score(X) == pytest.approx(-float(trained["R"].iloc[0]), rel=1e-12)
+    scores = cross_validate(DiffeoSensitivity(net, init=False, random_state=0), X, y,
+                            cv=2)["test_score"]
+    assert scores.shape == (2,) and (scores < 0).all()

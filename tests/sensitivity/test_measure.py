@@ -1,0 +1,301 @@
+"""relative_sensitivity against a brute-force, one-sample-at-a-time oracle."""
+
+import copy
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from sksim.sensitivity import (
+    apply_diffeo,
+    matched_noise,
+    relative_sensitivity,
+    sample_diffeo,
+    shuffle_conv_input_channels,
+)
+from sksim.sensitivity.measure import calibrate_batchnorm, fresh_copy
+
+
+def _cnn(bn=False):
+    torch.manual_seed(0)
+    layers = [nn.Conv2d(2, 4, 3, padding=1)]
+    layers += [nn.BatchNorm2d(4)] if bn else []
+    layers += [nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 4 * 4, 3)]
+    return nn.Sequential(*layers)
+
+
+def _data(n=12, seed=0):
+    return np.random.RandomState(seed).rand(n, 2, 8, 8).astype(np.float32)
+
+
+def _oracle(module, X, names, seed, estimator="mean", interp="linear",
+            noise_norm="per_sample"):
+    """D, G, R per layer, one sample at a time, pairs by explicit loops."""
+    rng = np.random.RandomState(seed)
+    X = X.astype(np.float64)
+    dx, dy = sample_diffeo(X.shape[-1], 3, delta=1.0, n_fields=len(X),
+                           random_state=rng)
+    TX = apply_diffeo(X, dx, dy, interp)
+    NX = X + matched_noise(X, TX, noise_norm, random_state=rng)
+    model = copy.deepcopy(module).double().eval()
+    mods = dict(model.named_modules())
+
+    def features(x):
+        out = {}
+        handles = [mods[n].register_forward_hook(
+            lambda m, i, o, n=n: out.__setitem__(n, o.detach().clone().ravel()))
+            for n in names if n not in ("input", "output")]
+        with torch.no_grad():
+            y = model(torch.tensor(x[None]))
+        for h in handles:
+            h.remove()
+        out["input"] = torch.tensor(x).ravel()
+        out["output"] = y.ravel()
+        return {n: out[n].numpy() for n in names}
+
+    f = [features(x) for x in X]
+    ft = [features(x) for x in TX]
+    fn = [features(x) for x in NX]
+    result = {}
+    for name in names:
+        a = np.array([v[name] for v in f])
+        t = np.array([v[name] for v in ft])
+        e = np.array([v[name] for v in fn])
+        pairs = [((a[i] - a[j]) ** 2).sum() for i in range(len(a))
+                 for j in range(len(a)) if i != j]
+        if estimator == "mean":
+            den = np.mean(pairs)
+            tau, eta = ((t - a) ** 2).sum(1).mean(), ((e - a) ** 2).sum(1).mean()
+        else:
+            den = np.median(pairs)
+            tau = np.median((t - a) ** 2, axis=0).sum()
+            eta = np.median((e - a) ** 2, axis=0).sum()
+        result[name] = (tau / den, eta / den, tau / eta, den)
+    return result
+
+
+@pytest.mark.parametrize("estimator", ["mean", "median"])
+@pytest.mark.parametrize("interp", ["linear", "gaussian"])
+def test_trained_rows_match_the_oracle(estimator, interp):
+    net, X = _cnn(), _data()
+    names = ["input", "0", "1", "3", "output"]
+    table = relative_sensitivity(net, X, layers=names, init=False, interp=interp,
+                                 estimator=estimator, batch_size=5, random_state=7)
+    assert isinstance(table, pd.DataFrame)
+    assert table["layer"].tolist() == names and set(table["net"]) == {"trained"}
+    oracle = _oracle(net, X, names, 7, estimator, interp)
+    for _, row in table.iterrows():
+        np.testing.assert_allclose(
+            [row.D, row.G, row.R, row.denominator], oracle[row.layer], rtol=1e-9
+        )
+    if estimator == "mean":  # matched per-sample norms: R = 1 on the input
+        assert table["R"].iloc[0] == pytest.approx(1.0, rel=1e-12)
+
+
+def test_results_do_not_depend_on_batch_size_and_net_is_untouched():
+    net, X = _cnn(), _data()
+    before = copy.deepcopy(net.state_dict())
+    a = relative_sensitivity(net, X, layers="all", n_init=2, random_state=0,
+                             batch_size=4)
+    b = relative_sensitivity(net, torch.tensor(X), layers="all", n_init=2,
+                             random_state=0, batch_size=64)
+    cols = ["D", "G", "R", "denominator"]
+    np.testing.assert_allclose(a[cols].to_numpy(), b[cols].to_numpy(), rtol=1e-10)
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, before[k]) and v.dtype == torch.float32
+    # "all": input, leaf modules in execution order, output
+    assert a["layer"].tolist()[:7] == ["input", "0", "1", "2", "3", "4", "output"]
+
+
+def test_init_rows_are_geometric_means_over_fresh_copies():
+    net, X = _cnn(bn=True), _data(16)
+    # a trained-like BatchNorm: non-trivial running statistics
+    net[1].running_mean.fill_(0.3)
+    net[1].running_var.fill_(2.0)
+    table = relative_sensitivity(net, X, layers=["1", "output"], n_init=3,
+                                 random_state=5)
+    rng = np.random.RandomState(5)
+    sample_diffeo(8, 3, n_fields=16, random_state=rng)  # consume the same draws
+    rng.randint(2**31 - 1)
+    seeds = rng.randint(2**31 - 1, size=3)
+    model = copy.deepcopy(net).double()
+    per_seed = []
+    for seed in seeds:
+        fresh = fresh_copy(model, int(seed))
+        calibrate_batchnorm(fresh, [torch.tensor(X, dtype=torch.float64)])
+        # BatchNorm of the fresh copy normalises with the probe set's statistics
+        with torch.no_grad():
+            conv_out = fresh[0](torch.tensor(X, dtype=torch.float64))
+        np.testing.assert_allclose(fresh[1].running_mean.numpy(),
+                                   conv_out.mean((0, 2, 3)).numpy(), rtol=1e-10)
+        assert not torch.equal(fresh[0].weight, model[0].weight)
+        per_seed.append(relative_sensitivity(fresh, X, layers=["1", "output"],
+                                             init=False, random_state=5))
+    init = table[table.net == "init"]
+    for col in ["D", "G", "R", "denominator", "deformation", "noise"]:
+        expected = np.exp(np.mean([np.log(t[col].to_numpy()) for t in per_seed], 0))
+        np.testing.assert_allclose(init[col].to_numpy(), expected, rtol=1e-9)
+    np.testing.assert_allclose(init["R"], init["D"] / init["G"], rtol=1e-12)
+
+
+def test_shuffled_rows_and_pooling():
+    net, X = _cnn(), _data()
+    table = relative_sensitivity(net, X, layers=["0"], init=False, shuffled=True,
+                                 random_state=0)
+    assert table["net"].tolist() == ["trained", "shuffled"]
+    shuffled = shuffle_conv_input_channels(copy.deepcopy(net).double(),
+                                           np.random.RandomState(0))
+    assert table["D"].iloc[1] != pytest.approx(table["D"].iloc[0], rel=1e-6)
+    assert isinstance(shuffled, nn.Module)
+    # pooled representations against direct computations
+    for pool, reduce in [("channels", lambda t: t.mean(1)),
+                         ("space", lambda t: t.mean((2, 3)))]:
+        pooled = relative_sensitivity(net, X, layers=["0"], init=False, pool=pool,
+                                      random_state=0)
+
+        class Reduced(nn.Module):
+            def __init__(self, reduce):
+                super().__init__()
+                self.conv = net[0]
+                self.reduce = reduce
+
+            def forward(self, x):
+                return self.reduce(self.conv(x))
+
+        direct = relative_sensitivity(Reduced(reduce), X, init=False,
+                                      random_state=0)
+        np.testing.assert_allclose(pooled[["D", "G"]].to_numpy(),
+                                   direct[["D", "G"]].to_numpy(), rtol=1e-10)
+
+
+class _Functional(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x))
+        return h.sum((2, 3))
+
+
+def test_fx_node_names_and_custom_deformation():
+    torch.manual_seed(0)
+    net = _Functional()
+    X = np.random.RandomState(0).rand(10, 1, 6, 6)
+
+    def roll(X, random_state):
+        return torch.roll(X, 1, dims=-1)
+
+    table = relative_sensitivity(net, X, layers=["relu", "conv", "output"],
+                                 deformation=roll, init=False, random_state=0)
+    ref = relative_sensitivity(nn.Sequential(net.conv, nn.ReLU()), X,
+                               deformation=roll, init=False, random_state=0)
+    np.testing.assert_allclose(table[["D", "G"]].to_numpy()[0],
+                               ref[["D", "G"]].to_numpy()[0], rtol=1e-10)
+    X1, conv = torch.tensor(X), copy.deepcopy(net.conv).double()
+    with torch.no_grad():
+        tau = ((torch.relu(conv(torch.roll(X1, 1, -1)))
+                - torch.relu(conv(X1))) ** 2).sum((1, 2, 3)).mean()
+    assert table["deformation"].iloc[0] == pytest.approx(float(tau), rel=1e-6)
+
+
+def test_signals_and_skorch_net():
+    from skorch import NeuralNetClassifier
+
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Unflatten(1, (1, -1)), nn.Conv1d(1, 4, 3, padding=1),
+                           nn.ReLU(), nn.Flatten(), nn.Linear(4 * 10, 2))
+    X = np.random.RandomState(0).rand(40, 10).astype(np.float32)
+    y = (X[:, :5].sum(1) > X[:, 5:].sum(1)).astype(np.int64)
+    net = NeuralNetClassifier(module, max_epochs=2, train_split=None,
+                              verbose=0).fit(X, y)
+    table = relative_sensitivity(net, X, layers=["input", "output"], n_init=2,
+                                 n_probe=30, random_state=0)
+    assert table["R"].iloc[0] == pytest.approx(1.0, rel=1e-12)
+    assert np.isfinite(table["R"]).all() and len(table) == 4
+
+
+def test_errors_and_warnings():
+    net, X = _cnn(), _data()
+    with pytest.raises(ValueError, match="Images must be square"):
+        relative_sensitivity(net, X[..., :7])
+    with pytest.raises(ValueError, match="got 1 sample"):
+        relative_sensitivity(net, X[:1])
+    with pytest.raises(ValueError, match="estimator must be one of"):
+        relative_sensitivity(net, X, estimator="mode")
+    with pytest.raises(ValueError, match="pool must be one of"):
+        relative_sensitivity(net, X, pool="max")
+    with pytest.raises(ValueError, match="deformation must be None"):
+        relative_sensitivity(net, X, deformation="roll")
+    with pytest.raises(ValueError, match="deformation must return an array"):
+        relative_sensitivity(net, X, deformation=lambda x, r: x[:2])
+    with pytest.raises(ValueError, match="layers must be"):
+        relative_sensitivity(net, X, layers=3)
+    with pytest.raises(ValueError, match="layers must name at least one layer"):
+        relative_sensitivity(net, X, layers=[])
+    with pytest.raises(ValueError, match="n_init must be a positive int"):
+        relative_sensitivity(net, X, n_init=0)
+    with pytest.raises(ValueError, match="Unknown layers \\['nope'\\]"):
+        relative_sensitivity(net, X, layers=["nope"])
+    with pytest.raises(ValueError, match="Dict inputs are not supported"):
+        relative_sensitivity(net, {"x": X})
+    with pytest.raises(ValueError, match="contains NaN or infinity"):
+        relative_sensitivity(net, np.full_like(X, np.nan))
+
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.lin(self.lin(x.flatten(1)[:, :4]))
+
+    with pytest.raises(ValueError, match="ran twice in one forward pass"):
+        relative_sensitivity(Twice(), X, layers=["lin"])
+
+    class Pair(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = nn.LSTM(8, 2, batch_first=True)
+
+        def forward(self, x):
+            return self.lstm(x.flatten(1, 2))[0]
+
+    with pytest.raises(ValueError, match="returns a tuple, not a tensor"):
+        relative_sensitivity(Pair(), X, layers=["lstm"], init=False)
+
+    class Untraceable(nn.Module):
+        def forward(self, x):
+            return x if x.sum() > 0 else -x
+
+    with pytest.raises(ValueError, match="could not be traced with torch.fx"):
+        relative_sensitivity(Untraceable(), X, layers=["relu"])
+
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(1))
+            self.dead = nn.Linear(2, 1)
+
+        def forward(self, x):
+            zeros = torch.zeros_like(x[:, 0, 0, :2])
+            return self.scale * x.flatten(1), self.dead(zeros)
+
+    class First(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = Scaled()
+
+        def forward(self, x):
+            a, b = self.inner(x)
+            return torch.cat([a, b], 1)
+
+    with pytest.warns(UserWarning, match="inner.scale.*reset_parameters"):
+        relative_sensitivity(First(), X, n_init=1)
+    with pytest.warns(UserWarning) as record:
+        table = relative_sensitivity(First(), X, layers=["inner.dead"], n_init=1)
+    assert any("['inner.dead'] have a constant representation" in str(w.message)
+               for w in record)
+    assert table["D"].isna().all()
