@@ -121,10 +121,20 @@ def image_view(X) -> np.ndarray | None:
     return None
 
 
-def _frame(rows):
-    import pandas as pd
+def import_pandas():
+    """Import pandas lazily, with an error naming the extra that provides it."""
+    try:
+        import pandas
+    except ImportError as error:
+        raise ImportError(
+            "The audit's tables are pandas DataFrames: install pandas with "
+            '`pip install "sksim[audit]"`.'
+        ) from error
+    return pandas
 
-    return pd.DataFrame(rows)
+
+def _frame(rows):
+    return import_pandas().DataFrame(rows)
 
 
 def _spread(frame, by, columns):
@@ -451,6 +461,7 @@ def audit(
     >>> sorted(result.skipped)
     ['sensitivity']
     """
+    import_pandas()
     X, y = _check_audit_args(net, X, y, analyses, n_neighbors)
     options = dict(options or {})
     analyses = [a for a in ANALYSES if a in analyses]
@@ -587,7 +598,7 @@ def _run_analysis(name, state, n_neighbors, layers, collected, folds_row, sample
 
 
 def _assemble(collected, analyses):
-    import pandas as pd
+    pd = import_pandas()
 
     tables = {
         name: pd.concat(parts, ignore_index=True)

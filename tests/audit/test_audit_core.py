@@ -1,3 +1,5 @@
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -279,6 +281,13 @@ def test_audit_errors(digit_images):
             analyses=("denoising",),
             options=dict(denoising=dict(max_samples=0)),
         )
+
+
+def test_missing_pandas_names_the_extra(digit_images, monkeypatch):
+    X, y = digit_images
+    monkeypatch.setitem(sys.modules, "pandas", None)
+    with pytest.raises(ImportError, match=r'pip install "sksim\[audit\]"'):
+        audit(small_net(X), X, y)
 
 
 def test_helpers():
