@@ -8,10 +8,22 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import _audit_helpers
 import pytest
 from test_audit_report import parse
 
 from sksim.audit.report import SECTIONS
+
+
+@pytest.fixture(scope="module")
+def digit_images():
+    return _audit_helpers.digit_images()
+
+
+@pytest.fixture(scope="module")
+def small_audit():
+    return _audit_helpers.small_audit()
+
 
 FLAGS = [
     "--headless",

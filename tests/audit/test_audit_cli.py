@@ -5,10 +5,17 @@ import sys
 import textwrap
 from pathlib import Path
 
+import _audit_helpers
 import numpy as np
 import pytest
 
 from sksim import cli
+
+
+@pytest.fixture(scope="module")
+def digit_images():
+    return _audit_helpers.digit_images()
+
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = ["--cv", "2", "--max-epochs", "2", "--quiet"]

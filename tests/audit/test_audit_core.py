@@ -1,10 +1,11 @@
 import sys
 
+import _audit_helpers
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import AUDIT_OPTIONS, small_net
+from _audit_helpers import AUDIT_OPTIONS, small_net
 from sklearn.base import clone
 from sklearn.model_selection import KFold, StratifiedKFold
 
@@ -24,6 +25,16 @@ from sksim.representations import (
     class_fitting_report,
     extract_representations,
 )
+
+
+@pytest.fixture(scope="module")
+def digit_images():
+    return _audit_helpers.digit_images()
+
+
+@pytest.fixture(scope="module")
+def small_audit():
+    return _audit_helpers.small_audit()
 
 
 def manual_fold(X, y, fold, seed=0):

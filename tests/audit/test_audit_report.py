@@ -4,12 +4,23 @@ import json
 import sys
 from html.parser import HTMLParser
 
+import _audit_helpers
 import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
 from sksim.audit import figures
 from sksim.audit.report import SECTIONS, render_html, to_dict
+
+
+@pytest.fixture(scope="module")
+def digit_images():
+    return _audit_helpers.digit_images()
+
+
+@pytest.fixture(scope="module")
+def small_audit():
+    return _audit_helpers.small_audit()
 
 
 class Collector(HTMLParser):

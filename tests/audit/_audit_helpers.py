@@ -1,5 +1,9 @@
+"""Shared data of the audit tests (cached per process; no conftest, whose module
+name would clash with tests/conftest.py)."""
+
+import functools
+
 import numpy as np
-import pytest
 from sklearn.datasets import load_digits
 
 from sksim.audit import audit
@@ -8,7 +12,7 @@ from sksim.audit.models import make_classifier
 N_SMALL = 240
 
 
-@pytest.fixture(scope="session")
+@functools.cache
 def digit_images():
     """240 digits as (n, 1, 8, 8) float32 images in [0, 1], balanced labels."""
     X, y = load_digits(return_X_y=True)
@@ -28,10 +32,10 @@ AUDIT_OPTIONS = dict(
 )
 
 
-@pytest.fixture(scope="session")
-def small_audit(digit_images):
+@functools.cache
+def small_audit():
     """A 3-fold audit of a small MLP with every analysis but sensitivity."""
-    X, y = digit_images
+    X, y = digit_images()
     return audit(
         small_net(X),
         X,
