@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+DOCS_STAMP := $(VENV)/.installed-docs
 
 .PHONY: test demo lint docs clean
 
@@ -22,6 +23,16 @@ demo: $(STAMP)
 	# A 3-fold audit of a small MLP on scikit-learn's digits (about a minute on 2 cores).
 	MPLBACKEND=Agg $(PY) -m sksim audit --dataset digits --model mlp --cv 3 --out report.html
 	@echo "Open $(CURDIR)/report.html in a browser to read the audit."
+
+$(DOCS_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e ".[docs]"
+	touch $(DOCS_STAMP)
+
+# The documentation, examples gallery included, offline, warnings as errors.
+docs: $(DOCS_STAMP)
+	rm -rf docs/_build docs/generated docs/auto_examples
+	OMP_NUM_THREADS=1 MPLBACKEND=Agg $(PY) -m sphinx -W --keep-going -b html docs docs/_build/html
+	@echo "Documentation: docs/_build/html/index.html"
 
 lint: $(STAMP)
 	$(PY) -m ruff check sksim tests examples benchmarks

@@ -10,6 +10,13 @@ from .kernel import (
     similarity_to_distance,
 )
 from .neighbors import NetworkNeighbors
+from .regularized import (
+    SimilarityRegularizedClassifier,
+    SimilarityRegularizedNet,
+    SimilarityRegularizedRegressor,
+    ValidPairSimilarity,
+    with_pairs,
+)
 from .sensitivity import DiffeoSensitivity, DiffeoTransform, relative_sensitivity
 
 __version__ = "0.1.0.dev0"
@@ -23,9 +30,14 @@ __all__ = [
     "NetworkNeighbors",
     "NetworkSimilarityKernel",
     "SelfDenoisingAnalysis",
+    "SimilarityRegularizedClassifier",
+    "SimilarityRegularizedNet",
+    "SimilarityRegularizedRegressor",
     "SingularJacobianGramWarning",
+    "ValidPairSimilarity",
     "gradient_features",
     "network_similarity",
     "relative_sensitivity",
     "similarity_to_distance",
+    "with_pairs",
 ]

@@ -1,0 +1,765 @@
+"""Tests of SimilarityRegularizedNet and its pairs (SPEC 4, target 7.3).
+
+The vectorised term is compared with a brute-force oracle: a Python loop over
+pairs with ``torch.autograd.grad(create_graph=True)``, values and gradients.
+"""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from _sklearn_checks import SKORCH_INHERITED_CHECKS
+from sklearn.base import clone
+from sklearn.datasets import load_digits
+from sklearn.model_selection import GridSearchCV
+from sklearn.utils.estimator_checks import parametrize_with_checks
+from skorch import NeuralNetClassifier, NeuralNetRegressor
+from skorch.dataset import Dataset
+from skorch.helper import SliceDict, predefined_split
+
+from sksim import regularized
+from sksim._pairs import PAIR_MASK, PAIR_PARTNER, same_class_partners
+from sksim.regularized import (
+    SimilarityRegularizedClassifier,
+    SimilarityRegularizedNet,
+    SimilarityRegularizedRegressor,
+    with_pairs,
+)
+
+# -- fixtures and module-level helpers (module level so that nets pickle) -------
+
+
+def mlp(n_in=6, n_out=3):
+    return torch.nn.Sequential(
+        torch.nn.Linear(n_in, 7), torch.nn.Tanh(), torch.nn.Linear(7, n_out)
+    )
+
+
+class SmallCNN(torch.nn.Module):
+    def __init__(self, n_out=3):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 3, 3)
+        self.fc = torch.nn.Linear(3 * 2 * 2, n_out)
+
+    def forward(self, X):
+        h = torch.relu(self.conv(X))
+        return self.fc(torch.nn.functional.max_pool2d(h, 2).flatten(1))
+
+
+class TwoInputs(torch.nn.Module):
+    def __init__(self, n_out=3):
+        super().__init__()
+        self.a = torch.nn.Linear(4, 5)
+        self.b = torch.nn.Linear(2, 5)
+        self.out = torch.nn.Linear(5, n_out)
+
+    def forward(self, left, right):
+        return self.out(torch.tanh(self.a(left) + self.b(right)))
+
+
+class WithDropoutAndBatchNorm(torch.nn.Module):
+    def __init__(self, n_out=3):
+        super().__init__()
+        self.fc = torch.nn.Linear(6, 8)
+        self.bn = torch.nn.BatchNorm1d(8)
+        self.drop = torch.nn.Dropout(0.5)
+        self.out = torch.nn.Linear(8, n_out)
+
+    def forward(self, X):
+        return self.out(self.drop(torch.relu(self.bn(self.fc(X)))))
+
+
+def flip_sign(X):
+    """An 'augmentation' used by the tests: x -> 0.9 x + 0.1."""
+    return 0.9 * X + 0.1
+
+
+def wrong_shape(X):
+    return X[:, :-1]
+
+
+def squared_first_output(out, y):
+    return out[:, 0] ** 2 - out[:, 1]
+
+
+def make_data(n=24, n_in=6, n_classes=3, seed=0):
+    rng = np.random.RandomState(seed)
+    X = rng.randn(n, n_in).astype("float32")
+    y = np.arange(n) % n_classes
+    return X, y.astype("int64")
+
+
+def make_net(module=None, **kwargs):
+    params = dict(
+        criterion=torch.nn.CrossEntropyLoss,
+        optimizer=torch.optim.Adam,
+        lr=1e-2,
+        max_epochs=2,
+        batch_size=8,
+        train_split=None,
+        verbose=0,
+    )
+    params.update(kwargs)
+    return SimilarityRegularizedNet(module if module is not None else mlp(), **params)
+
+
+def digits(n=None):
+    X, y = load_digits(return_X_y=True)
+    X = (X / 16).astype("float32")
+    return (X, y) if n is None else (X[:n], y[:n])
+
+
+# -- the oracle ------------------------------------------------------------------
+
+
+def oracle_cosines(module, first, second, readout, params=None):
+    """Loop over pairs: cos(grad phi(a), grad phi(b)) with create_graph=True.
+
+    ``readout(output_of_one_sample (1, d), pair_index) -> scalar``.
+    """
+    named = dict(module.named_parameters())
+    chosen = [p for n, p in named.items() if params is None or n.startswith(params)]
+    was = module.training
+    module.eval()
+    cosines = []
+    for i in range(len(first)):
+        grads = []
+        for x in (first[i], second[i]):
+            one = (
+                {k: v.unsqueeze(0) for k, v in x.items()}
+                if isinstance(x, dict)
+                else x.unsqueeze(0)
+            )
+            out = module(**one) if isinstance(one, dict) else module(one)
+            g = torch.autograd.grad(
+                readout(out, i),
+                chosen,
+                create_graph=True,
+                allow_unused=True,
+                materialize_grads=True,
+            )
+            grads.append(torch.cat([t.reshape(-1) for t in g]))
+        a, b = grads
+        cosines.append(a @ b / (a.norm() * b.norm()))
+    module.train(was)
+    return torch.stack(cosines)
+
+
+def posnegflat(labels, n_classes=3):
+    def readout(out, i):
+        v = torch.full((n_classes,), -1.0 / (n_classes - 1))
+        v[labels[i]] = 1.0
+        return (out[0] * v).sum()
+
+    return readout
+
+
+def rows(X, index):
+    if isinstance(X, dict):
+        return [{k: torch.as_tensor(v[i]) for k, v in X.items()} for i in index]
+    return [torch.as_tensor(X[i]) for i in index]
+
+
+def param_grads(value, module):
+    return torch.autograd.grad(
+        value, list(module.parameters()), allow_unused=True, materialize_grads=True,
+        retain_graph=True,
+    )
+
+
+def assert_same_value_and_gradient(fast, slow, module):
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-6)
+    for g_fast, g_slow in zip(
+        param_grads(fast.mean(), module),
+        param_grads(slow.mean(), module),
+        strict=True,
+    ):
+        torch.testing.assert_close(g_fast, g_slow, rtol=1e-4, atol=1e-6)
+
+
+# -- the vectorised term against the oracle ------------------------------------
+
+
+def _inputs(arch, n=10):
+    rng = np.random.RandomState(1)
+    if arch == "mlp":
+        return mlp(), rng.randn(n, 6).astype("float32")
+    if arch == "cnn":
+        return SmallCNN(), rng.randn(n, 1, 6, 6).astype("float32")
+    return TwoInputs(), {
+        "left": rng.randn(n, 4).astype("float32"),
+        "right": rng.randn(n, 2).astype("float32"),
+    }
+
+
+@pytest.mark.parametrize("gram_max", [256, 0], ids=["gram", "pairwise"])
+@pytest.mark.parametrize("arch", ["mlp", "cnn", "dict"])
+def test_given_pairs_posnegflat_match_oracle(arch, gram_max, monkeypatch):
+    monkeypatch.setattr(regularized, "GRAM_MAX_SAMPLES", gram_max)
+    torch.manual_seed(0)
+    module, X = _inputs(arch)
+    y = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
+    pairs = np.array([[0, 3], [1, 4], [2, 5], [6, 9], [3, 6]])
+    net = make_net(module, similarity_pairs="given").initialize()
+    Xp = with_pairs(X, pairs)
+    fast = net.batch_pair_cosines(Xp, y, 3, graph=True)
+    # with_pairs moves a pair to the row with the smaller load; recover the order
+    mask = np.asarray(Xp[PAIR_MASK])
+    row, slot = np.nonzero(mask)
+    partner_inputs = (
+        {k: np.asarray(Xp[f"{PAIR_PARTNER}:{k}"])[row, slot] for k in X}
+        if isinstance(X, dict)
+        else np.asarray(Xp[PAIR_PARTNER])[row, slot]
+    )
+    slow = oracle_cosines(
+        module, rows(X, row), rows(partner_inputs, range(len(row))), posnegflat(y[row])
+    )
+    assert fast.shape == (len(pairs),)
+    assert_same_value_and_gradient(fast, slow, module)
+
+
+def test_same_class_pairs_and_random_readout_match_oracle():
+    torch.manual_seed(0)
+    module, X = _inputs("mlp", n=12)
+    y = np.array([0, 0, 1, 1, 1, 2, 0, 1, 0, 2, 2, 1])
+    net = make_net(module, similarity_readout="random").initialize()
+    fast = net.batch_pair_cosines(
+        X, y, 3, generator=torch.Generator().manual_seed(5), graph=True
+    )
+    g = torch.Generator().manual_seed(5)
+    anchor, partner = same_class_partners(torch.as_tensor(y), g)
+    v = torch.randn(3, generator=g)
+    slow = oracle_cosines(
+        module,
+        rows(X, anchor.numpy()),
+        rows(X, partner.numpy()),
+        lambda out, i: (out[0] * v).sum(),
+    )
+    assert_same_value_and_gradient(fast, slow, module)
+
+
+def test_augment_callable_readout_and_parameter_selection_match_oracle():
+    torch.manual_seed(0)
+    module, X = _inputs("mlp", n=6)
+    y = np.array([0, 1, 2, 0, 1, 2])
+    net = make_net(
+        module,
+        similarity_pairs=flip_sign,
+        similarity_readout=squared_first_output,
+        similarity_params="0",
+    ).initialize()
+    fast = net.batch_pair_cosines(X, y, 3, graph=True)
+    slow = oracle_cosines(
+        module,
+        rows(X, range(6)),
+        rows(flip_sign(torch.as_tensor(X)), range(6)),
+        lambda out, i: squared_first_output(out, None).sum(),
+        params="0.",
+    )
+    # the term compares first-layer gradients but its own gradient reaches all
+    assert_same_value_and_gradient(fast, slow, module)
+    assert param_grads(fast.mean(), module)[2].abs().sum() > 0
+
+
+def test_classifier_with_nllloss_reads_out_log_probabilities():
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(mlp(), torch.nn.Softmax(dim=-1))
+    X, y = make_data(n=6)
+    net = SimilarityRegularizedClassifier(
+        module, similarity_pairs=flip_sign, train_split=None, verbose=0
+    ).initialize()
+    fast = net.batch_pair_cosines(X, y, 3, graph=True)
+    # posnegflat weights sum to zero: log-softmax read-out equals the logits one
+    logits = module[0]
+    slow = oracle_cosines(
+        module,
+        rows(X, range(6)),
+        rows(flip_sign(torch.as_tensor(X)), range(6)),
+        lambda out, i: posnegflat(y)(torch.log(out), i),
+    )
+    torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-5)
+    on_logits = oracle_cosines(
+        logits,
+        rows(X, range(6)),
+        rows(flip_sign(torch.as_tensor(X)), range(6)),
+        posnegflat(y),
+    )
+    torch.testing.assert_close(fast, on_logits, rtol=1e-4, atol=1e-5)
+
+
+def test_term_uses_eval_mode_with_dropout_and_batchnorm():
+    torch.manual_seed(0)
+    module = WithDropoutAndBatchNorm()
+    X, y = make_data(n=16)
+    net = make_net(module, similarity_pairs=flip_sign, max_epochs=1).fit(X, y)
+    fast = net.batch_pair_cosines(X[:5], y[:5], 3, graph=True)
+    slow = oracle_cosines(
+        module,
+        rows(X, range(5)),
+        rows(flip_sign(torch.as_tensor(X)), range(5)),
+        posnegflat(y[:5]),
+    )
+    assert_same_value_and_gradient(fast, slow, module)
+    assert module.training  # modes restored
+
+
+def test_batchnorm_without_running_statistics_is_refused():
+    module = torch.nn.Sequential(
+        torch.nn.Linear(6, 4), torch.nn.BatchNorm1d(4, track_running_stats=False),
+        torch.nn.Linear(4, 3),
+    )
+    X, y = make_data()
+    with pytest.raises(ValueError, match="use batch statistics even in eval mode"):
+        make_net(module).fit(X, y)
+
+
+def test_dead_gradients_give_cosine_zero_not_nan():
+    module = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.ReLU(),
+                                 torch.nn.Linear(4, 3))
+    with torch.no_grad():
+        module[0].bias.fill_(-100.0)  # every hidden unit dead: only the bias of
+        module[2].weight.zero_()  # the last layer moves, and phi's gradient there
+    X, y = make_data(n=6)  # is the constant read-out vector
+    net = make_net(module, similarity_pairs=flip_sign,
+                   similarity_params=["0", "2.weight"]).initialize()
+    cos = net.batch_pair_cosines(X, y, 3, graph=True)
+    assert torch.equal(cos, torch.zeros(6))
+    assert all(torch.isfinite(g).all() for g in param_grads(cos.mean(), module))
+
+
+# -- pairs ------------------------------------------------------------------------
+
+
+def test_same_class_partners_rule():
+    y = torch.tensor([3, 1, 3, 2, 3, 1, 7])
+    g = torch.Generator().manual_seed(0)
+    counts = np.zeros((7, 7))
+    for _ in range(3000):
+        anchor, partner = same_class_partners(y, g)
+        # every sample of a class with >= 2 members is an anchor exactly once;
+        # the singletons (labels 2 and 7) get no pair
+        assert sorted(anchor.tolist()) == [0, 1, 2, 4, 5]
+        assert torch.equal(y[anchor], y[partner])
+        assert not (anchor == partner).any()
+        counts[anchor.numpy(), partner.numpy()] += 1
+    # uniform over the other members of the class
+    np.testing.assert_allclose(counts[0, [2, 4]] / 3000, [0.5, 0.5], atol=0.04)
+    np.testing.assert_allclose(counts[4, [0, 2]] / 3000, [0.5, 0.5], atol=0.04)
+    assert counts[1, 5] == counts[5, 1] == 3000
+
+
+def test_same_class_partners_without_any_pair():
+    anchor, partner = same_class_partners(torch.tensor([0, 1, 2]))
+    assert anchor.numel() == partner.numel() == 0
+    net = make_net().initialize()
+    assert net.batch_pair_cosines(np.zeros((3, 6), "float32"), [0, 1, 2], 3) is None
+
+
+@pytest.mark.parametrize("kind", ["numpy", "tensor", "dict"])
+def test_with_pairs_keeps_every_pair_with_its_data(kind):
+    rng = np.random.RandomState(0)
+    X = rng.randn(7, 3).astype("float32")
+    pairs = np.array([[0, 1], [0, 2], [0, 3], [0, 4], [5, 6], [1, 2], [6, 0]])
+    data = {"numpy": X, "tensor": torch.as_tensor(X), "dict": {"a": X, "b": X * 2}}
+    Xp = with_pairs(data[kind], pairs)
+    assert isinstance(Xp, SliceDict)
+    mask = np.asarray(Xp[PAIR_MASK])
+    partner = np.asarray(
+        Xp[f"{PAIR_PARTNER}:a"] if kind == "dict" else Xp[PAIR_PARTNER]
+    )
+    # loads are balanced: 7 pairs over 7 rows fit in one slot per row
+    assert mask.shape == (7, 1)
+    found = set()
+    for r, s in zip(*np.nonzero(mask), strict=True):
+        j = int(np.flatnonzero((X == partner[r, s]).all(axis=1))[0])
+        found.add(frozenset((int(r), j)))
+    assert found == {frozenset(p) for p in pairs.tolist()}
+    if kind == "dict":
+        np.testing.assert_array_equal(Xp[f"{PAIR_PARTNER}:b"], 2 * partner)
+
+
+def test_with_pairs_survives_slicing_like_cross_validation():
+    X = np.arange(20, dtype="float32").reshape(10, 2)
+    Xp = with_pairs(X, [[i, (i + 3) % 10] for i in range(10)])
+    part = Xp[np.array([8, 1, 4])]
+    for r in range(3):
+        for s in np.flatnonzero(np.asarray(part[PAIR_MASK][r])):
+            i = int(part["similarity_input"][r, 0]) // 2
+            j = int(part[PAIR_PARTNER][r, s, 0]) // 2
+            assert (j - i) % 10 in (3, 7)
+
+
+@pytest.mark.parametrize(
+    "pairs, match",
+    [
+        (np.zeros((3, 3), int), r"shape \(n_pairs, 2\).*got shape \(3, 3\)"),
+        (np.zeros((0, 2), int), r"non-empty integer array"),
+        (np.array([[0, 1.5]]), "must hold integer row indices"),
+        (
+            np.array([[0, 1], [2, 5]]),
+            r"indices outside \[0, 5\).*pairs\[1\] = \[2, 5\]",
+        ),
+        (np.array([[0, 1], [-1, 2]]), r"indices outside \[0, 5\)"),
+        (np.array([[0, 1], [3, 3]]), r"pairs\[1\] = \[3, 3\] pairs a sample with"),
+    ],
+)
+def test_with_pairs_errors(pairs, match):
+    with pytest.raises(ValueError, match=match):
+        with_pairs(np.zeros((5, 2)), pairs)
+
+
+def test_with_pairs_refuses_reserved_keys():
+    X = with_pairs(np.zeros((3, 2)), [[0, 1]])
+    with pytest.raises(ValueError, match="already carries pairs"):
+        with_pairs(X, [[0, 1]])
+    with pytest.raises(ValueError, match="reserved prefix"):
+        with_pairs({"similarity_partner_x": np.zeros((3, 2))}, [[0, 1]])
+
+
+# -- training: the loss, the history, exactness at weight 0 ----------------------
+
+
+def test_get_loss_adds_exactly_the_signed_weighted_term_every_k_steps():
+    torch.manual_seed(0)
+    X, y = make_data(n=8)
+    Xp = with_pairs(X, [[0, 3], [1, 4], [2, 5]])
+    net = make_net(
+        similarity_pairs="given",
+        similarity_weight=0.7,
+        similarity_sign=-1,
+        similarity_every=2,
+    ).initialize()
+    net.history.new_epoch()
+    batch = {k: torch.as_tensor(np.asarray(v)) for k, v in Xp.items()}
+    y_pred = net.infer(batch)
+    plain = net.get_loss(y_pred, torch.as_tensor(y), X=batch, training=False)
+    cos = net.batch_pair_cosines(batch, y, 3).mean()
+    for step in range(3):
+        net.history.new_batch()
+        loss = net.get_loss(y_pred, torch.as_tensor(y), X=batch, training=True)
+        recorded = net.history[-1, "batches", -1]
+        if step % 2:
+            assert loss.item() == plain.item()
+            assert "similarity_term" not in recorded
+        else:
+            assert loss.item() == pytest.approx(plain.item() - 0.7 * cos.item(), 1e-6)
+            assert recorded["similarity_cosine"] == pytest.approx(cos.item(), 1e-6)
+            assert recorded["similarity_term"] == pytest.approx(-0.7 * cos.item(), 1e-6)
+    assert net.similarity_steps_ == 3
+
+
+def test_history_per_batch_and_per_epoch():
+    torch.manual_seed(0)
+    X, y = make_data(n=30)
+    net = make_net(similarity_weight=0.5, batch_size=8, max_epochs=2).fit(X, y)
+    for epoch in net.history:
+        batches = [b for b in epoch["batches"] if "train_loss" in b]
+        assert len(batches) == 4
+        sizes = [b["train_batch_size"] for b in batches]
+        cos = [b["similarity_cosine"] for b in batches]
+        np.testing.assert_allclose(
+            [b["similarity_term"] for b in batches], 0.5 * np.array(cos), rtol=1e-6
+        )
+        assert epoch["similarity_cosine"] == pytest.approx(
+            np.average(cos, weights=sizes)
+        )
+        assert epoch["similarity_term"] == pytest.approx(
+            np.average([b["similarity_term"] for b in batches], weights=sizes)
+        )
+
+
+def test_validation_pair_similarity_is_recorded_every_epoch():
+    torch.manual_seed(0)
+    X, y = make_data(n=40)
+    pairs = np.array([[i, i + 3] for i in range(0, 37, 2)])
+    Xp = with_pairs(X, pairs)
+    train, valid = np.arange(24), np.arange(24, 40)
+    net = make_net(
+        similarity_pairs="given",
+        batch_size=6,
+        max_epochs=3,
+        train_split=predefined_split(Dataset(Xp[valid], y[valid])),
+    ).fit(Xp[train], y[train])
+    values = net.history[:, "valid_similarity_cosine"]
+    assert len(values) == 3 and len(set(values)) == 3
+    # the last epoch's value is the mean over the validation pairs of the
+    # final network (validation runs after the epoch's training)
+    expected = net.pair_similarity(Xp[valid], y[valid])
+    assert len(expected) == np.asarray(Xp[valid][PAIR_MASK]).sum()
+    assert values[-1] == pytest.approx(expected.mean(), rel=1e-5)
+    batch_values = net.history[-1, "batches", :, "valid_similarity_cosine"]
+    assert len(batch_values) == 3
+
+
+def test_validation_pair_similarity_can_be_switched_off():
+    X, y = make_data(n=40)
+    net = make_net(
+        train_split=lambda ds, y: (ds, ds), callbacks__valid_similarity=None
+    ).fit(X, y)
+    assert "valid_similarity_cosine" not in net.history[-1]
+
+
+@pytest.mark.parametrize("flavour", ["classifier", "regressor"])
+def test_weight_zero_trains_exactly_like_plain_skorch(flavour):
+    X, y = make_data(n=60)
+    if flavour == "regressor":
+        y = X[:, :2] ** 2
+        ours = SimilarityRegularizedRegressor
+        theirs = NeuralNetRegressor
+        kwargs = {"module__n_out": 2}
+    else:
+        ours, theirs, kwargs = SimilarityRegularizedClassifier, NeuralNetClassifier, {}
+
+    def module(n_out=3):
+        return torch.nn.Sequential(
+            torch.nn.Linear(6, 16), torch.nn.Dropout(0.3), torch.nn.ReLU(),
+            torch.nn.Linear(16, n_out), torch.nn.Softmax(dim=-1)
+        )
+
+    common = dict(
+        optimizer=torch.optim.Adam, lr=1e-2, max_epochs=3, batch_size=16,
+        iterator_train__shuffle=True, verbose=0, **kwargs,
+    )
+    torch.manual_seed(0)
+    plain = theirs(module, **common).fit(X, y)
+    torch.manual_seed(0)
+    regularized = ours(module, similarity_weight=0.0, **common).fit(X, y)
+    for a, b in zip(plain.module_.state_dict().values(),
+                    regularized.module_.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    for key in ("train_loss", "valid_loss"):
+        assert plain.history[:, key] == regularized.history[:, key]
+
+
+@pytest.mark.slow
+def test_sign_moves_the_pair_cosine_the_way_it_says():
+    """Reduced 7.3: -1 raises the training pairs' cosine, +1 lowers it."""
+    X, y = digits(400)
+
+    def train(weight, sign):
+        torch.manual_seed(0)
+        net = SimilarityRegularizedClassifier(
+            torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(),
+                                torch.nn.Linear(32, 10)),
+            criterion=torch.nn.CrossEntropyLoss, optimizer=torch.optim.Adam,
+            lr=1e-3, max_epochs=3, batch_size=32, train_split=None, verbose=0,
+            similarity_weight=weight, similarity_sign=sign,
+        ).fit(X, y)
+        return net.pair_similarity(X, y, random_state=0).mean()
+
+    none, enforce, push_apart = train(0.0, 1), train(1.0, -1), train(1.0, 1)
+    assert enforce > none + 0.02
+    assert push_apart < none - 0.02
+
+
+# -- scikit-learn and skorch integration ------------------------------------------
+
+
+def test_set_params_clone_and_pickle_round_trip():
+    X, y = make_data(n=24)
+    net = make_net(similarity_pairs=flip_sign, similarity_readout=squared_first_output)
+    net.set_params(similarity_weight=0.3, similarity_sign=-1, similarity_every=2)
+    cloned = clone(net)
+    for name in ("similarity_weight", "similarity_sign", "similarity_every",
+                 "similarity_pairs", "similarity_readout", "similarity_params"):
+        assert cloned.get_params()[name] == net.get_params()[name]
+    torch.manual_seed(0)
+    cloned.fit(X, y)
+    restored = pickle.loads(pickle.dumps(cloned))
+    np.testing.assert_array_equal(restored.predict_proba(X), cloned.predict_proba(X))
+    np.testing.assert_allclose(
+        restored.pair_similarity(X, y), cloned.pair_similarity(X, y), rtol=1e-6
+    )
+    assert restored.similarity_steps_ == cloned.similarity_steps_ == 6
+    restored.partial_fit(X, y)  # training goes on after unpickling
+    assert restored.similarity_steps_ == 12
+    # the term every 2nd step (3 steps an epoch) goes on counting across pickling
+    assert [
+        len(restored.history[e, "batches", :, "similarity_cosine"]) for e in range(4)
+    ] == [2, 1, 2, 1]
+
+
+def test_grid_search_over_weight_and_sign():
+    X, y = digits(240)
+    net = SimilarityRegularizedClassifier(
+        torch.nn.Sequential(torch.nn.Linear(64, 16), torch.nn.ReLU(),
+                            torch.nn.Linear(16, 10)),
+        criterion=torch.nn.CrossEntropyLoss, optimizer=torch.optim.Adam, lr=1e-2,
+        max_epochs=2, batch_size=32, train_split=None, verbose=0,
+    )
+    grid = {"similarity_weight": [0.0, 5.0], "similarity_sign": [1, -1]}
+    torch.manual_seed(0)
+    search = GridSearchCV(net, grid, cv=2).fit(X, y)
+    assert len(search.cv_results_["params"]) == 4
+    assert search.best_params_ in [
+        {"similarity_weight": w, "similarity_sign": s} for w in (0.0, 5.0)
+        for s in (1, -1)
+    ]
+    for key, value in search.best_params_.items():
+        assert search.best_estimator_.get_params()[key] == value
+    assert len(set(np.round(search.cv_results_["mean_test_score"], 6))) > 1
+
+
+def test_grid_search_with_attached_pairs():
+    X, y = digits(120)
+    same = [[i, j] for i in range(120) for j in range(i + 1, 120) if y[i] == y[j]]
+    Xp = with_pairs(X, np.array(same[::7]))
+    net = SimilarityRegularizedClassifier(
+        torch.nn.Sequential(torch.nn.Linear(64, 10)),
+        criterion=torch.nn.CrossEntropyLoss, similarity_pairs="given",
+        max_epochs=1, batch_size=40, train_split=None, verbose=0,
+    )
+    search = GridSearchCV(net, {"similarity_sign": [1, -1]}, cv=2).fit(Xp, y)
+    assert np.isfinite(search.cv_results_["mean_test_score"]).all()
+    assert len(search.best_estimator_.history[-1, "batches", :, "similarity_term"]) == 3
+
+
+def test_regressor_with_given_pairs_and_random_readout():
+    torch.manual_seed(0)
+    X, _ = make_data(n=20)
+    y = X[:, :1] ** 2
+    reg = SimilarityRegularizedRegressor(
+        mlp(n_out=1), max_epochs=2, batch_size=10, train_split=None, verbose=0
+    ).fit(with_pairs(X, [[0, 1], [2, 3], [4, 15]]), y)
+    assert reg.similarity_pairs == "given" and reg.similarity_readout == "random"
+    assert len(reg.history[:, "similarity_cosine"]) == 2
+    # for one output the random read-out is +-f: the cosine is that of grad f
+    cos = reg.pair_similarity(with_pairs(X, [[0, 1]]))
+    slow = oracle_cosines(reg.module_, rows(X, [0]), rows(X, [1]),
+                          lambda out, i: out.sum())
+    assert cos[0] == pytest.approx(slow.item(), abs=1e-6)
+    assert reg.predict(X).shape == (20, 1)
+
+
+def test_prediction_ignores_attached_pairs():
+    torch.manual_seed(0)
+    X, y = make_data(n=12)
+    net = make_net(similarity_pairs="given").fit(with_pairs(X, [[0, 3], [1, 4]]), y)
+    np.testing.assert_array_equal(
+        net.predict_proba(with_pairs(X, [[5, 6]])), net.predict_proba(X)
+    )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_training_and_cpu_pickle():
+    X, y = make_data(n=32)
+    torch.manual_seed(0)
+    net = make_net(device="cuda", similarity_readout="random").fit(X, y)
+    assert next(net.module_.parameters()).is_cuda
+    assert len(net.history[:, "similarity_cosine"]) == 2
+    cos = net.pair_similarity(X, y, random_state=0)
+    assert np.all(np.abs(cos) <= 1 + 1e-6)
+    restored = pickle.loads(pickle.dumps(net))
+    np.testing.assert_allclose(restored.predict_proba(X), net.predict_proba(X))
+
+
+# -- errors -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ({"similarity_weight": -1.0}, "similarity_weight must be a finite non-neg"),
+        ({"similarity_weight": float("nan")}, "similarity_weight must be"),
+        ({"similarity_sign": 0}, r"similarity_sign must be \+1"),
+        ({"similarity_sign": True}, r"similarity_sign must be \+1"),
+        ({"similarity_pairs": "all"}, "similarity_pairs must be one of"),
+        ({"similarity_readout": "max"}, "similarity_readout must be one of"),
+        ({"similarity_every": 0}, "similarity_every must be a positive int"),
+        ({"similarity_params": "fc9"}, r"params \['fc9'\] match no trainable"),
+    ],
+)
+def test_invalid_hyper_parameters(params, match):
+    X, y = make_data()
+    with pytest.raises(ValueError, match=match):
+        make_net(**params).fit(X, y)
+
+
+def test_pair_and_label_errors():
+    X, y = make_data(n=12)
+    with pytest.raises(ValueError, match=r'"given" needs pairs attached to X'):
+        make_net(similarity_pairs="given").fit(X, y)
+    net = make_net(similarity_pairs="given").initialize()
+    with pytest.raises(ValueError, match=r'"given" needs pairs attached to X'):
+        net.batch_pair_cosines(X, y, 3)
+    with pytest.raises(ValueError, match=r"augment callable .* input's shape \(8, 6\)"):
+        make_net(similarity_pairs=wrong_shape).fit(X, y)
+    with pytest.raises(ValueError, match=r"needs integer class labels.*float"):
+        make_net().initialize().batch_pair_cosines(X, y.astype(float), 3)
+    with pytest.raises(ValueError, match="needs class labels y; none"):
+        make_net(similarity_pairs=flip_sign).initialize().batch_pair_cosines(
+            X, None, 3
+        )
+    with pytest.raises(ValueError, match=r"labels in \[0, 3\).*\[0, 4\]"):
+        make_net(similarity_pairs=flip_sign).initialize().batch_pair_cosines(
+            X, np.arange(12) % 5, 3
+        )
+    with pytest.raises(ValueError, match="at least two outputs"):
+        make_net(mlp(n_out=1)).initialize().batch_pair_cosines(X, y, 1)
+    fitted = make_net().fit(X, y)
+    with pytest.raises(ValueError, match="X has 12 samples but y has 11"):
+        fitted.pair_similarity(X, y[:11])
+
+
+# -- scikit-learn's estimator checks ------------------------------------------------
+
+
+class LazyLinear(torch.nn.Module):
+    def __init__(self, n_out=3):
+        super().__init__()
+        self.linear = torch.nn.LazyLinear(n_out)
+
+    def forward(self, X):
+        return self.linear(X.float())
+
+
+def expected_failures(estimator):
+    failures = dict(SKORCH_INHERITED_CHECKS)
+    if isinstance(estimator, SimilarityRegularizedClassifier):
+        del failures["check_fit1d"]  # skorch's classifier refuses 1-d X clearly
+    return failures
+
+
+@parametrize_with_checks(
+    [
+        SimilarityRegularizedClassifier(
+            LazyLinear, criterion=torch.nn.CrossEntropyLoss, max_epochs=2,
+            train_split=None, verbose=0,
+        ),
+        SimilarityRegularizedRegressor(
+            LazyLinear, module__n_out=1, similarity_pairs=flip_sign, max_epochs=2,
+            train_split=None, verbose=0,
+        ),
+    ],
+    expected_failed_checks=lambda est: expected_failures(est),
+)
+def test_sklearn_estimator_checks(estimator, check):
+    check(estimator)
+
+
+@pytest.mark.parametrize(
+    "ours, theirs, kwargs",
+    [
+        (SimilarityRegularizedClassifier, NeuralNetClassifier,
+         {"criterion": torch.nn.CrossEntropyLoss}),
+        (SimilarityRegularizedRegressor, NeuralNetRegressor,
+         {"module__n_out": 1}),
+    ],
+)
+def test_estimator_check_failures_are_exactly_skorchs(ours, theirs, kwargs):
+    """Every expected failure is one that skorch's own net also fails."""
+    from sklearn.utils.estimator_checks import check_estimator
+
+    def failed(est):
+        torch.manual_seed(0)
+        return {r["check_name"] for r in check_estimator(est, on_fail=None)
+                if r["status"] == "failed"}
+
+    common = dict(max_epochs=2, train_split=None, verbose=0, **kwargs)
+    extra = {} if ours is SimilarityRegularizedClassifier else {
+        "similarity_pairs": flip_sign}
+    new = failed(ours(LazyLinear, **common, **extra)) - failed(
+        theirs(LazyLinear, **common)
+    )
+    assert new <= {"check_fit_idempotent"}  # skorch passes it by chance only
