@@ -19,8 +19,8 @@ test: $(STAMP)
 	# One BLAS and torch thread per worker: two workers on two cores.
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --durations=15
 
+# A 3-fold audit of a small MLP on scikit-learn's digits (one to two minutes on 2 cores).
 demo: $(STAMP)
-	# A 3-fold audit of a small MLP on scikit-learn's digits (about a minute on 2 cores).
 	MPLBACKEND=Agg $(PY) -m sksim audit --dataset digits --model mlp --cv 3 --out report.html
 	@echo "Open $(CURDIR)/report.html in a browser to read the audit."
 
