@@ -1,0 +1,350 @@
+"""The audit report: one self-contained HTML file, and JSON for machines."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from pathlib import Path
+
+from . import figures
+
+SECTIONS = (
+    ("summary", "Summary"),
+    ("accuracy", "Accuracy per fold"),
+    ("density", "Density and error"),
+    ("neighbors", "Nearest training examples"),
+    ("denoising", "Self-denoising"),
+    ("sensitivity", "Relative sensitivity"),
+    ("class_fitting", "Class fitting"),
+    ("tables", "Raw tables"),
+)
+MAX_ROWS = 200
+
+STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0;
+       color: #1b1f24; background: #f6f7f9; }
+header { background: #24394f; color: white; padding: 1.2em 2em; }
+header h1 { margin: 0 0 .2em 0; font-size: 1.6em; }
+nav { background: #e8ecf1; padding: .5em 2em; position: sticky; top: 0; }
+nav a { margin-right: 1.2em; color: #24394f; text-decoration: none; }
+main { padding: 0 2em 2em 2em; max-width: 1150px; }
+section { background: white; border-radius: 6px; padding: .6em 1.4em 1em 1.4em;
+          margin-top: 1.2em; box-shadow: 0 1px 3px rgba(0,0,0,.12); }
+h2 { border-bottom: 1px solid #d0d7de; padding-bottom: .2em; }
+table.data { border-collapse: collapse; font-size: .82em; margin: .6em 0; }
+table.data th, table.data td { padding: .2em .6em; border-bottom: 1px solid #e5e8eb;
+                               text-align: right; }
+table.data th { background: #f0f3f6; }
+img { max-width: 100%; height: auto; display: block; margin: .6em 0; }
+.skipped { color: #8a4b00; background: #fff4e0; padding: .5em .8em;
+           border-radius: 4px; }
+.note { color: #57606a; font-size: .9em; }
+.headline { display: flex; gap: 1.2em; flex-wrap: wrap; }
+.metric { background: #f0f3f6; border-radius: 6px; padding: .5em 1em; }
+.metric b { display: block; font-size: 1.4em; }
+details { margin: .4em 0; }
+.scroll { overflow-x: auto; }
+"""
+
+
+def _png(fig) -> str:
+    """The figure as an ``<img>`` with a base64 PNG data URI (then closed)."""
+    plt = figures.pyplot()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return f'<img alt="figure" src="data:image/png;base64,{data}">'
+
+
+def _figure(function, result) -> str:
+    fig = function(result)
+    return "" if fig is None else _png(fig)
+
+
+def _table(frame, max_rows=MAX_ROWS) -> str:
+    shown = frame.head(max_rows)
+    text = (
+        '<div class="scroll">'
+        + shown.to_html(
+            index=False,
+            escape=True,
+            border=0,
+            classes="data",
+            float_format=lambda v: f"{v:.4g}",
+            na_rep="–",
+        )
+        + "</div>"
+    )
+    if len(frame) > max_rows:
+        text += (
+            f'<p class="note">First {max_rows} of {len(frame)} rows; the JSON '
+            "output (<code>to_json</code>) holds them all.</p>"
+        )
+    return text
+
+
+def _p(text, cls=None) -> str:
+    attr = f' class="{cls}"' if cls else ""
+    return f"<p{attr}>{html.escape(str(text))}</p>"
+
+
+def _not_run(result, name) -> str | None:
+    if name in result.skipped:
+        return _p(f"Skipped: {result.skipped[name]}", "skipped")
+    if name not in result.metadata["analyses"]:
+        return _p("Not requested in this audit.", "skipped")
+    return None
+
+
+def _metric(label, frame, metric):
+    rows = frame[frame["metric"] == metric]
+    if rows.empty:
+        return ""
+    mean, std = float(rows["mean"].iloc[0]), float(rows["std"].iloc[0])
+    spread = "" if math.isnan(std) else f" ± {std:.3f}"
+    return f'<div class="metric">{html.escape(label)}<b>{mean:.3f}{spread}</b></div>'
+
+
+def _summary(result) -> str:
+    meta, summary = result.metadata, result.tables["summary"]
+    parts = ['<div class="headline">']
+    parts.append(_metric("accuracy (mean ± std over folds)", summary, "accuracy"))
+    parts.append(_metric("error", summary, "error"))
+    parts.append(
+        _metric("density–error correlation", summary, "density_error_correlation")
+    )
+    parts.append(
+        _metric(
+            "share of neighbours with the same label",
+            summary,
+            "neighbor_label_agreement",
+        )
+    )
+    parts.append("</div>")
+    facts = [
+        ("network", meta["net"]),
+        ("samples", meta["n_samples"]),
+        ("input shape", meta["input_shape"]),
+        ("classes", meta["n_classes"]),
+        ("cross-validation", meta["cv"]),
+        ("analyses run", ", ".join(meta["analyses"]) or "none"),
+        ("seconds", meta["seconds"]),
+        ("total seconds", meta["total_seconds"]),
+    ]
+    parts.append('<table class="data">')
+    for key, value in facts:
+        parts.append(
+            f"<tr><th>{html.escape(key)}</th>"
+            f"<td style='text-align:left'>{html.escape(str(value))}</td></tr>"
+        )
+    parts.append("</table>")
+    if result.skipped:
+        parts.append("<h3>Skipped analyses</h3><ul>")
+        for name, reason in result.skipped.items():
+            parts.append(f"<li><b>{html.escape(name)}</b>: {html.escape(reason)}</li>")
+        parts.append("</ul>")
+    if meta.get("warnings"):
+        parts.append("<h3>Warnings raised during the analyses</h3><ul>")
+        parts += [f"<li>{html.escape(w)}</li>" for w in meta["warnings"]]
+        parts.append("</ul>")
+    parts.append("<h3>Aggregated over folds</h3>")
+    parts.append(_table(summary))
+    return "".join(parts)
+
+
+def _density(result) -> str:
+    reason = _not_run(result, "density")
+    if reason:
+        return reason
+    return "".join(
+        [
+            _p(
+                "Log relative density of each held-out example: the number of "
+                "training examples of its fold that the trained network treats "
+                "as similar to it (by default, cosine similarity of the parameter "
+                "gradients above 0.9; counts below one half are floored), divided "
+                "by the training-fold size. Errors that cluster at low density "
+                "are inputs unlike anything the network was trained on. Bins are "
+                "equal-size quantile bins of each fold's held-out examples "
+                "(ties split by position)."
+            ),
+            _figure(figures.density_histogram, result),
+            _figure(figures.error_by_density, result),
+            _table(result.tables["density_bins_summary"]),
+        ]
+    )
+
+
+def _neighbors(result) -> str:
+    reason = _not_run(result, "neighbors")
+    if reason:
+        return reason
+    parts = [
+        _p(
+            "For a few held-out examples (lowest density, misclassified, "
+            "typical), the training examples of their fold that the network "
+            "considers most similar, with the cosine similarity k."
+        ),
+        _figure(figures.neighbor_grid, result),
+    ]
+    import pandas as pd
+
+    rows = [
+        dict(
+            kind=g["kind"],
+            fold=g["fold"],
+            index=g["index"],
+            label=g["label"],
+            prediction=g["prediction"],
+            log_density=g["log_density"],
+            neighbors=", ".join(
+                f"#{i} (y={lab}, k={s:.2f})"
+                for i, lab, s in zip(
+                    g["neighbors"], g["neighbor_labels"], g["similarities"], strict=True
+                )
+            ),
+        )
+        for g in result.gallery
+    ]
+    if rows:
+        parts.append(_table(pd.DataFrame(rows)))
+    return "".join(parts)
+
+
+def _denoising(result) -> str:
+    reason = _not_run(result, "denoising")
+    if reason:
+        return reason
+    return _p(
+        "Self-denoising of the network on its training fold (Charpiat et al. "
+        "2019): how many training examples each prediction effectively averages "
+        "over, the label noise level estimated from the training residuals, and "
+        "the predicted error against the unknown clean labels."
+    ) + _table(result.tables["denoising"])
+
+
+def _sensitivity(result) -> str:
+    reason = _not_run(result, "sensitivity")
+    if reason:
+        return reason
+    return "".join(
+        [
+            _p(
+                "Sensitivity of each layer to smooth deformations (D) and to "
+                "noise of the same norm (G) of the held-out images, and their "
+                "ratio R = D / G (Petrini et al. 2021): networks that generalise "
+                "well are, relative to noise, stable to deformations."
+            ),
+            _figure(figures.sensitivity_layers, result),
+            _table(result.tables["sensitivity_summary"]),
+        ]
+    )
+
+
+def _class_fitting(result) -> str:
+    reason = _not_run(result, "class_fitting")
+    if reason:
+        return reason
+    return "".join(
+        [
+            _p(
+                "Mean own-class log-density of the representations, per class, "
+                "fitted on the training fold and evaluated on both parts "
+                "(Jamroz & Kurdziel 2023): classes with low density are fitted "
+                "by memorising scattered examples rather than in compact modes."
+            ),
+            _figure(figures.class_densities, result),
+            _table(result.tables["class_fitting_summary"]),
+        ]
+    )
+
+
+def _tables(result) -> str:
+    parts = []
+    for name, frame in result.tables.items():
+        parts.append(
+            f"<details><summary>{html.escape(name)} ({len(frame)} rows)</summary>"
+            f"{_table(frame)}</details>"
+        )
+    return "".join(parts)
+
+
+BUILDERS = dict(
+    summary=_summary,
+    accuracy=lambda r: _table(r.tables["folds"]),
+    density=_density,
+    neighbors=_neighbors,
+    denoising=_denoising,
+    sensitivity=_sensitivity,
+    class_fitting=_class_fitting,
+    tables=_tables,
+)
+
+
+def render_html(result) -> str:
+    """The report as one HTML string, with no external resource."""
+    nav = "".join(
+        f'<a href="#{key}">{html.escape(title)}</a>' for key, title in SECTIONS
+    )
+    body = "".join(
+        f'<section id="{key}"><h2>{html.escape(title)}</h2>'
+        f"{BUILDERS[key](result)}</section>"
+        for key, title in SECTIONS
+    )
+    return (
+        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        "<title>sksim audit</title>"
+        f"<style>{STYLE}</style></head><body>"
+        "<header><h1>sksim audit</h1>"
+        f"<div>{html.escape(result.metadata['net'])} · "
+        f"{result.metadata['n_folds']}-fold cross-validation</div></header>"
+        f"<nav>{nav}</nav><main>{body}</main></body></html>\n"
+    )
+
+
+def write_html(result, path) -> Path:
+    """Write :func:`render_html` to ``path`` (UTF-8)."""
+    path = Path(path)
+    path.write_text(render_html(result), encoding="utf-8")
+    return path
+
+
+def _records(frame):
+    """Rows as JSON-ready dicts (NaN and infinity become null)."""
+    return json.loads(frame.to_json(orient="records", double_precision=15))
+
+
+def _clean(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+def to_dict(result) -> dict:
+    """The tables, skipped analyses, metadata and gallery, JSON-ready."""
+    gallery = [
+        {k: v for k, v in g.items() if k not in ("image", "neighbor_images")}
+        for g in result.gallery
+    ]
+    return dict(
+        metadata=_clean(result.metadata),
+        skipped=dict(result.skipped),
+        tables={name: _records(frame) for name, frame in result.tables.items()},
+        gallery=_clean(gallery),
+    )
+
+
+def write_json(result, path) -> Path:
+    """Write :func:`to_dict` to ``path`` as strict JSON (no NaN)."""
+    path = Path(path)
+    path.write_text(json.dumps(to_dict(result), allow_nan=False, indent=1))
+    return path

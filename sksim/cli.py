@@ -1,0 +1,307 @@
+"""Command line: ``sksim audit`` (also ``python -m sksim audit``)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+DATASETS = ("digits", "iris", "wine", "breast_cancer")
+
+DESCRIPTION = """\
+Cross-validated audit of a classifier from the network's perspective.
+
+For each fold, a fresh network is trained on the training part; on the held-out
+part sksim measures accuracy, the density of every example relative to the
+training fold (how many training examples the network treats as similar), its
+most similar training examples, the self-denoising summary, the layer-wise
+relative sensitivity to deformations (square images only) and the
+class-conditional densities of the representations. The result is one
+self-contained HTML report (and, with --json, the tables as JSON).
+"""
+
+EPILOG = """\
+examples:
+  sksim audit --dataset digits --model mlp --cv 3 --out report.html
+  sksim audit --data mydata.npz --module mypkg.models:make_net --out audit.html
+  python -m sksim audit --dataset digits --model cnn --analyses density,neighbors
+"""
+
+
+def load_dataset(name):
+    """A bundled scikit-learn dataset as float32 inputs and integer labels.
+
+    ``digits`` gives 8x8 images of shape ``(n, 1, 8, 8)`` scaled to [0, 1];
+    the tabular ones are standardised per feature.
+    """
+    from sklearn import datasets
+
+    if name not in DATASETS:
+        raise ValueError(f"--dataset must be one of {DATASETS}; got {name!r}.")
+    X, y = getattr(datasets, f"load_{name}")(return_X_y=True)
+    if name == "digits":
+        X = (X / 16.0).reshape(-1, 1, 8, 8)
+    else:
+        X = (X - X.mean(axis=0)) / X.std(axis=0)
+    return X.astype(np.float32), y.astype(np.int64)
+
+
+def load_npz(path):
+    """Arrays ``X`` and ``y`` of an ``.npz`` file (floats become float32)."""
+    with np.load(path, allow_pickle=False) as data:
+        missing = [key for key in ("X", "y") if key not in data]
+        if missing:
+            raise ValueError(
+                f"{path} lacks the array(s) {missing}: save the inputs as X and "
+                "the labels as y, e.g. np.savez(path, X=X, y=y)."
+            )
+        X, y = data["X"], data["y"]
+    if np.issubdtype(X.dtype, np.floating):
+        X = X.astype(np.float32)
+    return X, y
+
+
+def load_factory(spec):
+    """The callable ``factory`` of ``"package.module:factory"``."""
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ValueError(
+            f"--module must look like package.module:factory; got {spec!r}."
+        )
+    module = importlib.import_module(module_name)
+    try:
+        factory = getattr(module, attribute)
+    except AttributeError as error:
+        raise ValueError(f"Module {module_name!r} has no {attribute!r}.") from error
+    if not callable(factory):
+        raise ValueError(f"{spec} is not callable.")
+    return factory
+
+
+def build_net(args, X, n_classes):
+    """The unfitted skorch classifier to audit."""
+    import torch
+    from skorch import NeuralNet
+
+    from .audit.models import make_classifier
+
+    training = dict(max_epochs=args.max_epochs, lr=args.lr, batch_size=args.batch_size)
+    if args.module is None:
+        return make_classifier(args.model, X, n_classes, **training)
+    built = load_factory(args.module)(tuple(X.shape[1:]), n_classes)
+    if isinstance(built, NeuralNet):
+        return built
+    if isinstance(built, torch.nn.Module):
+        from skorch import NeuralNetClassifier
+
+        return NeuralNetClassifier(
+            built,
+            criterion=torch.nn.CrossEntropyLoss,
+            train_split=None,
+            verbose=0,
+            **training,
+        )
+    raise TypeError(
+        f"{args.module} returned a {type(built).__name__}; it must return a "
+        "torch.nn.Module that outputs logits, or an unfitted skorch net."
+    )
+
+
+def _analyses(text):
+    from .audit import ANALYSES
+
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in ANALYSES]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown analyses {unknown}; choose among {', '.join(ANALYSES)}"
+        )
+    return tuple(names)
+
+
+def _positive(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text}")
+    return value
+
+
+def make_parser():
+    """The argument parser of the ``sksim`` command."""
+    parser = argparse.ArgumentParser(
+        prog="sksim",
+        description="sksim: input similarity from a neural network's perspective.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    audit = commands.add_parser(
+        "audit",
+        help="cross-validated audit of a classifier, written as an HTML report",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    data = audit.add_argument_group("data (one of)")
+    source = data.add_mutually_exclusive_group()
+    source.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        default="digits",
+        help="a dataset bundled with scikit-learn (default: digits, as 1x8x8 "
+        "images; the others are tabular and standardised)",
+    )
+    source.add_argument(
+        "--data",
+        metavar="PATH.npz",
+        help="your own data: an .npz file with an array X of inputs (first axis: "
+        "samples, any other shape the network accepts) and an array y of class "
+        "labels",
+    )
+    model = audit.add_argument_group("model (one of)")
+    arch = model.add_mutually_exclusive_group()
+    arch.add_argument(
+        "--model",
+        choices=("mlp", "cnn"),
+        default="mlp",
+        help="a built-in architecture: mlp (one hidden layer of 64, any input "
+        "shape) or cnn (two 3x3 convolutions, square images (n, C, H, W) only); "
+        "default: mlp",
+    )
+    arch.add_argument(
+        "--module",
+        metavar="PKG.MOD:FACTORY",
+        help="your own architecture: FACTORY(input_shape, n_classes) must return "
+        "a torch.nn.Module that outputs logits (trained with cross-entropy and "
+        "SGD as configured below) or an unfitted skorch net (used as is); "
+        "PKG.MOD must be importable (e.g. on PYTHONPATH)",
+    )
+    training = audit.add_argument_group("training")
+    training.add_argument(
+        "--max-epochs", type=_positive, default=20, help="epochs per fold (default 20)"
+    )
+    training.add_argument(
+        "--lr", type=float, default=0.1, help="SGD learning rate (default 0.1)"
+    )
+    training.add_argument(
+        "--batch-size", type=_positive, default=64, help="mini-batch size (default 64)"
+    )
+    analysis = audit.add_argument_group("audit")
+    analysis.add_argument(
+        "--cv", type=_positive, default=5, help="number of stratified folds (default 5)"
+    )
+    analysis.add_argument(
+        "--analyses",
+        type=_analyses,
+        default=None,
+        metavar="A,B,...",
+        help="comma-separated subset of density, neighbors, denoising, sensitivity, "
+        "class_fitting (default: all; those that do not apply are skipped with "
+        "the reason in the report)",
+    )
+    analysis.add_argument(
+        "--n-neighbors",
+        type=_positive,
+        default=5,
+        help="most similar training examples shown per example (default 5)",
+    )
+    analysis.add_argument(
+        "--layers",
+        metavar="NAME,...",
+        default=None,
+        help="module names whose representations the class-fitting analysis "
+        "models (default: the last three linear or convolutional modules)",
+    )
+    analysis.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the training of every fold and of the analyses (default 0)",
+    )
+    output = audit.add_argument_group("output")
+    output.add_argument(
+        "--out",
+        default="report.html",
+        metavar="PATH.html",
+        help="where to write the HTML report (default: report.html)",
+    )
+    output.add_argument(
+        "--json",
+        metavar="PATH.json",
+        default=None,
+        help="also write the tables as JSON",
+    )
+    output.add_argument(
+        "--quiet", action="store_true", help="no progress bar or messages on stderr"
+    )
+    return parser
+
+
+def run_audit(args):
+    """Load the data, build the net, audit it and write the report(s)."""
+    from .audit import ANALYSES, audit
+
+    def say(message):
+        if not args.quiet:
+            print(message, file=sys.stderr, flush=True)
+
+    if args.data is not None:
+        X, y = load_npz(args.data)
+        source = args.data
+    else:
+        X, y = load_dataset(args.dataset)
+        source = args.dataset
+    n_classes = len(np.unique(y))
+    net = build_net(args, X, n_classes)
+    say(
+        f"sksim audit: {source}, {len(X)} samples of shape {tuple(X.shape[1:])}, "
+        f"{n_classes} classes, {args.cv}-fold cross-validation"
+    )
+    start = time.perf_counter()
+    result = audit(
+        net,
+        X,
+        y,
+        cv=args.cv,
+        analyses=ANALYSES if args.analyses is None else args.analyses,
+        n_neighbors=args.n_neighbors,
+        layers=None if args.layers is None else args.layers.split(","),
+        random_state=args.seed,
+        verbose=0 if args.quiet else 1,
+    )
+    result.metadata["data"] = str(source)
+    out = result.to_html(args.out).resolve()
+    say(f"audit done in {time.perf_counter() - start:.1f} s")
+    if args.json is not None:
+        say(f"JSON written to {Path(args.json).resolve()}")
+        result.to_json(args.json)
+    say(f"report written to {out}")
+    return result
+
+
+def main(argv=None):
+    """Entry point of the ``sksim`` console script.
+
+    Parameters
+    ----------
+    argv : list of str, default=None
+        The arguments; None reads ``sys.argv``.
+
+    Returns
+    -------
+    status : int
+        0 on success, 2 on invalid input (with the message on stderr).
+    """
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    try:
+        run_audit(args)
+    except (ValueError, TypeError, ImportError, OSError) as error:
+        parser.exit(2, f"sksim {args.command}: error: {error}\n")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""Shared data of the audit tests (cached per process; no conftest, whose module
+name would clash with tests/conftest.py)."""
+
+import functools
+
+import numpy as np
+from sklearn.datasets import load_digits
+
+from sksim.audit import audit
+from sksim.audit.models import make_classifier
+
+N_SMALL = 240
+
+
+@functools.cache
+def digit_images():
+    """240 digits as (n, 1, 8, 8) float32 images in [0, 1], balanced labels."""
+    X, y = load_digits(return_X_y=True)
+    X = (X[:N_SMALL] / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)
+    return X, y[:N_SMALL].astype(np.int64)
+
+
+def small_net(X, **kwargs):
+    params = dict(max_epochs=6, lr=0.1, batch_size=32)
+    params.update(kwargs)
+    return make_classifier("mlp", X, n_classes=10, **params)
+
+
+AUDIT_OPTIONS = dict(
+    denoising=dict(max_samples=80),
+    class_fitting=dict(n_components=4, n_bins=3, n_samples=50),
+)
+
+
+@functools.cache
+def small_audit():
+    """A 3-fold audit of a small MLP with every analysis but sensitivity."""
+    X, y = digit_images()
+    return audit(
+        small_net(X),
+        X,
+        y,
+        cv=3,
+        analyses=("density", "neighbors", "denoising", "class_fitting"),
+        n_neighbors=3,
+        options=AUDIT_OPTIONS,
+        random_state=0,
+    )

@@ -1,0 +1,330 @@
+import sys
+
+import _audit_helpers
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from _audit_helpers import AUDIT_OPTIONS, small_net
+from sklearn.base import clone
+from sklearn.model_selection import KFold, StratifiedKFold
+
+from sksim import GradientDensityEstimator, NetworkNeighbors, SelfDenoisingAnalysis
+from sksim._net import torch_seed
+from sksim.audit import ANALYSES, audit, core
+from sksim.audit.core import (
+    default_layers,
+    denoising_rows,
+    free_probabilities,
+    image_view,
+    n_density_bins,
+    quantile_bins,
+)
+from sksim.representations import (
+    DirichletProcessGaussianMixture,
+    class_fitting_report,
+    extract_representations,
+)
+
+
+@pytest.fixture(scope="module")
+def digit_images():
+    return _audit_helpers.digit_images()
+
+
+@pytest.fixture(scope="module")
+def small_audit():
+    return _audit_helpers.small_audit()
+
+
+def manual_fold(X, y, fold, seed=0):
+    """The fold's split and a clone of the net trained on it by hand."""
+    train, test = list(StratifiedKFold(3).split(X, y))[fold]
+    with torch_seed(seed):
+        net = clone(small_net(X)).fit(X[train], y[train])
+    return train, test, net
+
+
+@pytest.fixture(scope="module")
+def fold1(digit_images):
+    return manual_fold(*digit_images, fold=1)
+
+
+def fold_rows(table, fold):
+    return table[table["fold"] == fold].reset_index(drop=True)
+
+
+def test_accuracy_equals_manual_clone_and_fit(digit_images, small_audit, fold1):
+    X, y = digit_images
+    train, test, net = fold1
+    folds = small_audit["folds"]
+    assert folds["n_train"].tolist() == [160, 160, 160]
+    expected = float(np.mean(net.predict(X[test]) == y[test]))
+    assert folds.loc[1, "accuracy"] == expected
+    assert folds.loc[1, "error"] == pytest.approx(1 - expected)
+    samples = fold_rows(small_audit["samples"], 1)
+    np.testing.assert_array_equal(samples["index"], test)
+    np.testing.assert_array_equal(samples["prediction"], net.predict(X[test]))
+    np.testing.assert_array_equal(samples["label"], y[test])
+    np.testing.assert_array_equal(
+        samples["correct"], samples["label"] == samples["prediction"]
+    )
+
+
+def test_every_sample_held_out_once(digit_images, small_audit):
+    index = np.sort(small_audit["samples"]["index"].to_numpy())
+    np.testing.assert_array_equal(index, np.arange(len(digit_images[0])))
+
+
+def test_density_equals_estimator_on_the_fold(digit_images, small_audit, fold1):
+    X, _ = digit_images
+    train, test, net = fold1
+    estimator = GradientDensityEstimator(net, method="hard", threshold=0.9)
+    estimator.fit(X[train])
+    samples = fold_rows(small_audit["samples"], 1)
+    np.testing.assert_allclose(
+        samples["neighbor_count"], estimator.neighbor_counts(X[test])
+    )
+    np.testing.assert_allclose(samples["log_density"], estimator.score_samples(X[test]))
+    rows = small_audit["folds"].loc[1]
+    assert rows["mean_log_density"] == pytest.approx(samples["log_density"].mean())
+
+
+def test_error_by_density_bin(small_audit):
+    samples = small_audit["samples"]
+    bins = small_audit["density_bins"]
+    for fold in range(3):
+        own = fold_rows(samples, fold)
+        log_density = own["log_density"].to_numpy()
+        n_bins = n_density_bins(len(own))
+        assert n_bins == 8  # 80 held-out examples: at least 10 per bin
+        rank = np.argsort(np.argsort(log_density, kind="stable"), kind="stable")
+        expected_bin = rank * n_bins // len(own)
+        np.testing.assert_array_equal(own["density_bin"], expected_bin)
+        errors = ~own["correct"].to_numpy()
+        expected = [errors[expected_bin == b].mean() for b in range(n_bins)]
+        np.testing.assert_allclose(fold_rows(bins, fold)["error_rate"], expected)
+    summary = small_audit["density_bins_summary"]
+    by_bin = bins.groupby("density_bin")["error_rate"]
+    np.testing.assert_allclose(summary["error_rate_mean"], by_bin.mean())
+    np.testing.assert_allclose(summary["error_rate_std"], by_bin.std(ddof=1))
+
+
+def test_summary_is_mean_and_spread_over_folds(small_audit):
+    summary = small_audit["summary"].set_index("metric")
+    accuracy = small_audit["folds"]["accuracy"]
+    assert summary.loc["accuracy", "mean"] == pytest.approx(accuracy.mean())
+    assert summary.loc["accuracy", "std"] == pytest.approx(np.std(accuracy, ddof=1))
+    assert summary.loc["accuracy", "min"] == accuracy.min()
+    assert summary.loc["accuracy", "n_folds"] == 3
+    sigma = small_audit["denoising"]["sigma"]
+    assert summary.loc["denoising_sigma", "max"] == pytest.approx(sigma.max())
+
+
+def test_neighbors_equal_network_neighbors(digit_images, small_audit, fold1):
+    X, y = digit_images
+    train, test, net = fold1
+    similarities, indices = (
+        NetworkNeighbors(net, n_neighbors=3).fit(X[train]).kneighbors(X[test])
+    )
+    table = fold_rows(small_audit["neighbors"], 1)
+    np.testing.assert_array_equal(table["index"], np.repeat(test, 3))
+    np.testing.assert_array_equal(table["rank"], np.tile([1, 2, 3], len(test)))
+    np.testing.assert_array_equal(table["train_index"], train[indices].ravel())
+    np.testing.assert_allclose(table["similarity"], similarities.ravel())
+    np.testing.assert_array_equal(table["train_label"], y[train[indices]].ravel())
+    samples = fold_rows(small_audit["samples"], 1)
+    agreement = (y[train[indices]] == y[test][:, None]).mean(axis=1)
+    np.testing.assert_allclose(samples["neighbor_label_agreement"], agreement)
+    np.testing.assert_allclose(samples["top_similarity"], similarities[:, 0])
+
+
+def test_denoising_equals_analysis_on_the_fold(digit_images, small_audit, fold1):
+    X, y = digit_images
+    train, _, net = fold1
+    rows = denoising_rows(len(train), 80, 0)
+    onehot = (y[train][rows][:, None] == np.arange(9)[None, :]).astype(float)
+    analysis = SelfDenoisingAnalysis(
+        net, weights="cosine_pos_pow", output=free_probabilities
+    ).fit(X[train][rows], onehot)
+    expected = analysis.summary()
+    row = small_audit["denoising"].loc[1]
+    assert row["n_samples"] == 80
+    for key in ("sigma", "mean_effective_neighbors", "predicted_rmse"):
+        assert row[key] == pytest.approx(expected[key])
+
+
+def test_class_fitting_equals_report_on_the_fold(digit_images, small_audit, fold1):
+    X, y = digit_images
+    train, test, net = fold1
+    layers = ["hidden", "out"]
+    report = class_fitting_report(
+        net,
+        X[train],
+        y[train],
+        layers,
+        mixture=DirichletProcessGaussianMixture(backend="variational"),
+        random_state=0,
+        as_frame=True,
+        **AUDIT_OPTIONS["class_fitting"],
+    )
+    table = fold_rows(small_audit["class_fitting"], 1)
+    assert table["layer"].tolist() == report.classes["stage"].tolist()
+    np.testing.assert_allclose(
+        table["train_mean_log_density"], report.classes["mean_log_density"]
+    )
+    Z = extract_representations(net, X[test], ["out"])["out"]
+    own = report.densities["out"].score_samples(Z, y[test])
+    expected = [own[y[test] == c].mean() for c in range(10)]
+    np.testing.assert_allclose(
+        table.loc[table["layer"] == "out", "test_mean_log_density"], expected
+    )
+
+
+def test_gallery_holds_the_neighbor_images(digit_images, small_audit):
+    X, y = digit_images
+    gallery = small_audit.gallery
+    kinds = [g["kind"] for g in gallery]
+    assert kinds[:4] == ["lowest density"] * 4 and kinds[-1] == "typical"
+    lowest = small_audit["samples"]["log_density"].min()
+    assert gallery[0]["log_density"] == lowest
+    for item in gallery:
+        np.testing.assert_array_equal(item["image"], X[item["index"], 0])
+        np.testing.assert_array_equal(item["neighbor_images"], X[item["neighbors"], 0])
+        assert item["neighbor_labels"] == y[item["neighbors"]].tolist()
+        if item["kind"] == "misclassified":
+            assert item["label"] != item["prediction"]
+
+
+def test_sensitivity_skipped_for_flat_inputs(digit_images):
+    X, y = digit_images
+    flat = X.reshape(len(X), -1)
+    result = audit(small_net(flat, max_epochs=1), flat, y, cv=2, analyses=ANALYSES[:1])
+    assert result.skipped == {}
+    result = audit(
+        small_net(flat, max_epochs=1), flat, y, cv=2, analyses=("sensitivity",)
+    )
+    assert "(n, C, H, W) with H == W" in result.skipped["sensitivity"]
+    assert "(64,)" not in result.skipped["sensitivity"]
+    assert "(240, 64)" in result.skipped["sensitivity"]
+    assert "sensitivity" not in result.tables
+    assert result.gallery == []
+
+
+def test_sensitivity_skipped_without_the_module(digit_images, monkeypatch):
+    X, y = digit_images
+    monkeypatch.setattr(core, "_import_sensitivity", lambda: None)
+    result = audit(small_net(X, max_epochs=1), X, y, cv=2, analyses=("sensitivity",))
+    assert result.skipped == {
+        "sensitivity": "sksim.sensitivity is not available in this version of sksim."
+    }
+    assert result.metadata["analyses"] == []
+
+
+def test_sensitivity_equals_relative_sensitivity(digit_images):
+    sensitivity = pytest.importorskip("sksim.sensitivity")
+    X, y = digit_images
+    options = dict(sensitivity=dict(n_probe=30, n_init=1))
+    result = audit(small_net(X), X, y, cv=3, analyses=("sensitivity",), options=options)
+    _, test, net = manual_fold(X, y, fold=1)
+    expected = pd.DataFrame(
+        dict(
+            sensitivity.relative_sensitivity(
+                net, X[test], layers="all", n_probe=30, n_init=1, random_state=0
+            )
+        )
+    )
+    table = fold_rows(result["sensitivity"], 1)
+    np.testing.assert_allclose(table["R"], expected["R"])
+    assert table["layer"].tolist() == expected["layer"].tolist()
+    summary = result["sensitivity_summary"]
+    assert set(summary["net"]) == {"trained", "init"}
+
+
+def test_audit_cnn_runs_and_names_layers(digit_images):
+    from sksim.audit.models import make_classifier
+
+    X, y = digit_images
+    net = make_classifier("cnn", X, 10, max_epochs=2)
+    result = audit(net, X, y, cv=2, analyses=("class_fitting",), options=AUDIT_OPTIONS)
+    assert set(result["class_fitting"]["layer"]) == {"conv1", "conv2", "out"}
+
+
+def test_audit_leaves_a_fitted_net_untouched(digit_images):
+    X, y = digit_images
+    net = small_net(X, max_epochs=1)
+    with torch_seed(0):
+        net.fit(X, y)
+    before = {k: v.clone() for k, v in net.module_.state_dict().items()}
+    audit(net, X, y, cv=2, analyses=())
+    for key, value in net.module_.state_dict().items():
+        torch.testing.assert_close(value, before[key])
+
+
+def test_audit_takes_a_splitter(digit_images):
+    X, y = digit_images
+    result = audit(small_net(X, max_epochs=1), X, y, cv=KFold(4), analyses=())
+    assert result["folds"]["n_test"].tolist() == [60] * 4
+    assert set(result.tables) == {"folds", "samples", "summary"}
+
+
+def test_audit_errors(digit_images):
+    X, y = digit_images
+    net = small_net(X, max_epochs=1)
+    with pytest.raises(TypeError, match="trains a fresh network on every training"):
+        audit(torch.nn.Linear(64, 10), X, y)
+    with pytest.raises(ValueError, match=r"Unknown analyses \['dens'\]"):
+        audit(net, X, y, analyses=("dens",))
+    with pytest.raises(ValueError, match="n_neighbors must be a positive int"):
+        audit(net, X, y, n_neighbors=0)
+    with pytest.raises(ValueError, match="X has 240 samples but y has 239"):
+        audit(net, X, y[:-1])
+    with pytest.raises(ValueError, match="audits classifiers: y must hold class"):
+        audit(net, X, y + 0.5)
+    with pytest.raises(TypeError, match="audit takes array inputs; got a dict"):
+        audit(net, {"X": X}, y)
+    with pytest.raises(ValueError, match="max_samples must be a positive int"):
+        audit(
+            net,
+            X,
+            y,
+            cv=2,
+            analyses=("denoising",),
+            options=dict(denoising=dict(max_samples=0)),
+        )
+
+
+def test_missing_pandas_names_the_extra(digit_images, monkeypatch):
+    X, y = digit_images
+    monkeypatch.setitem(sys.modules, "pandas", None)
+    with pytest.raises(ImportError, match=r'pip install "sksim\[audit\]"'):
+        audit(small_net(X), X, y)
+
+
+def test_helpers():
+    assert n_density_bins(599) == 10
+    assert n_density_bins(35) == 3
+    assert n_density_bins(4) == 1
+    np.testing.assert_array_equal(
+        quantile_bins(np.array([0.5, 0.1, 0.3, 0.2, 0.4]), 2), [1, 0, 0, 0, 1]
+    )
+    assert denoising_rows(5, None, 0).tolist() == [0, 1, 2, 3, 4]
+    assert denoising_rows(5, 9, 0).tolist() == [0, 1, 2, 3, 4]
+    rows = denoising_rows(50, 10, 0)
+    assert len(set(rows)) == 10 and (np.diff(rows) > 0).all()
+    images = np.arange(2 * 3 * 4 * 4).reshape(2, 3, 4, 4)
+    np.testing.assert_array_equal(image_view(images)[1, 2, 3], images[1, :, 2, 3])
+    np.testing.assert_array_equal(image_view(np.ones((2, 16))), np.ones((2, 4, 4)))
+    assert image_view(np.ones((2, 15))) is None
+    assert image_view(np.ones((2, 2, 4, 4))) is None
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 2, 3),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(2, 3),
+        torch.nn.Linear(3, 2),
+    )
+    assert default_layers(net) == ["0", "3", "4"]
+    assert default_layers(net, 1) == ["4"]
+    p = free_probabilities(torch.tensor([[0.0, 0.0, float(np.log(2.0))]]))
+    torch.testing.assert_close(p, torch.tensor([[0.25, 0.25]]))

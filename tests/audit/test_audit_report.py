@@ -1,0 +1,195 @@
+import base64
+import copy
+import json
+import sys
+from html.parser import HTMLParser
+
+import _audit_helpers
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+
+from sksim.audit import figures
+from sksim.audit.report import SECTIONS, render_html, to_dict
+
+
+@pytest.fixture(scope="module")
+def digit_images():
+    return _audit_helpers.digit_images()
+
+
+@pytest.fixture(scope="module")
+def small_audit():
+    return _audit_helpers.small_audit()
+
+
+class Collector(HTMLParser):
+    """Headings, section ids, image sources and external links of a page."""
+
+    def __init__(self):
+        super().__init__()
+        self.headings, self.ids, self.images, self.links = [], [], [], []
+        self._in_h2 = False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "h2":
+            self._in_h2 = True
+        if tag == "section":
+            self.ids.append(attrs.get("id"))
+        if tag == "img":
+            self.images.append(attrs.get("src", ""))
+        for key in ("src", "href"):
+            if key in attrs and not attrs[key].startswith(("#", "data:")):
+                self.links.append(attrs[key])
+
+    def handle_endtag(self, tag):
+        if tag == "h2":
+            self._in_h2 = False
+
+    def handle_data(self, data):
+        if self._in_h2:
+            self.headings.append(data)
+
+
+def parse(text):
+    collector = Collector()
+    collector.feed(text)
+    return collector
+
+
+def test_html_has_every_section_and_only_embedded_images(small_audit, tmp_path):
+    path = small_audit.to_html(tmp_path / "report.html")
+    page = parse(path.read_text(encoding="utf-8"))
+    assert page.headings == [title for _, title in SECTIONS]
+    assert page.ids == [key for key, _ in SECTIONS]
+    assert page.links == []
+    # histogram, error by density, neighbour grid, class densities
+    assert len(page.images) == 4
+    for src in page.images:
+        assert src.startswith("data:image/png;base64,")
+        png = base64.b64decode(src.split(",", 1)[1])
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_html_says_why_an_analysis_is_missing(small_audit):
+    text = render_html(small_audit)
+    assert "Skipped" not in text
+    assert text.count("Not requested in this audit.") == 1  # sensitivity
+    result = copy.copy(small_audit)
+    result.skipped = {"sensitivity": "inputs are not <images> & so on"}
+    text = render_html(result)
+    assert "Skipped: inputs are not &lt;images&gt; &amp; so on" in text
+
+
+def test_html_escapes_text(small_audit):
+    result = copy.copy(small_audit)
+    result.metadata = dict(small_audit.metadata, net="<script>alert(1)</script>")
+    result.tables = dict(small_audit.tables)
+    folds = result.tables["folds"].copy()
+    folds["note"] = "<b>x</b>"
+    result.tables["folds"] = folds
+    text = render_html(result)
+    assert "<script>" not in text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    assert "<b>x</b>" not in text and "&lt;b&gt;x&lt;/b&gt;" in text
+
+
+def test_long_tables_are_cut_in_html_but_whole_in_json(small_audit, tmp_path):
+    text = render_html(small_audit)
+    assert "First 200 of 240 rows" in text  # the samples table
+    path = small_audit.to_json(tmp_path / "audit.json")
+
+    def refuse(constant):
+        raise AssertionError(f"non-standard JSON constant {constant}")
+
+    data = json.loads(path.read_text(), parse_constant=refuse)
+    assert set(data["tables"]) == set(small_audit.tables)
+    samples = data["tables"]["samples"]
+    assert len(samples) == 240
+    expected = small_audit["samples"]["log_density"].to_numpy()
+    np.testing.assert_allclose([r["log_density"] for r in samples], expected)
+    assert data["metadata"]["n_folds"] == 3
+    assert data["gallery"][0]["neighbors"] == small_audit.gallery[0]["neighbors"]
+    assert "image" not in data["gallery"][0]
+
+
+def test_json_turns_nan_into_null(small_audit):
+    result = copy.copy(small_audit)
+    result.tables = dict(small_audit.tables)
+    folds = result.tables["folds"].copy()
+    folds.loc[0, "accuracy"] = np.nan
+    result.tables["folds"] = folds
+    result.metadata = dict(small_audit.metadata, ratio=float("inf"))
+    data = to_dict(result)
+    assert data["tables"]["folds"][0]["accuracy"] is None
+    assert data["metadata"]["ratio"] is None
+    json.dumps(data, allow_nan=False)
+
+
+def test_error_by_density_figure_draws_the_summary(small_audit):
+    fig = figures.error_by_density(small_audit)
+    ax = fig.axes[0]
+    mean_line = ax.containers[0].lines[0]
+    np.testing.assert_allclose(
+        np.asarray(mean_line.get_ydata(), float),
+        small_audit["density_bins_summary"]["error_rate_mean"],
+    )
+    assert len(ax.lines) >= 3  # one line per fold
+
+
+def test_figures_and_their_absence(small_audit):
+    assert isinstance(figures.density_histogram(small_audit), Figure)
+    grid = figures.neighbor_grid(small_audit)
+    assert len(grid.axes) == len(small_audit.gallery) * 4  # example + 3 neighbours
+    classes = figures.class_densities(small_audit)
+    assert [ax.get_title() for ax in classes.axes] == ["hidden", "out"]
+    assert figures.sensitivity_layers(small_audit) is None
+    bare = copy.copy(small_audit)
+    bare.tables = {k: small_audit.tables[k] for k in ("folds", "samples", "summary")}
+    bare.tables["samples"] = bare.tables["samples"][["fold", "index", "correct"]]
+    bare.gallery = []
+    for draw in (
+        figures.density_histogram,
+        figures.error_by_density,
+        figures.neighbor_grid,
+        figures.class_densities,
+    ):
+        assert draw(bare) is None
+
+
+def test_sensitivity_figure(small_audit):
+    import pandas as pd
+
+    result = copy.copy(small_audit)
+    rows = []
+    for net, scale in (("trained", 1.0), ("init", 2.0)):
+        for depth, layer in enumerate(["input", "hidden", "output"]):
+            rows.append(
+                dict(
+                    net=net,
+                    layer=layer,
+                    depth=depth,
+                    n_folds=2,
+                    D_mean=scale,
+                    D_std=0.1,
+                    G_mean=1.0,
+                    G_std=0.1,
+                    R_mean=scale * (depth + 1),
+                    R_std=0.0,
+                )
+            )
+    result.tables = dict(small_audit.tables, sensitivity_summary=pd.DataFrame(rows))
+    fig = figures.sensitivity_layers(result)
+    r_axis = fig.axes[2]
+    assert r_axis.get_title() == "R"
+    r_line = r_axis.containers[1].lines[0]
+    np.testing.assert_allclose(np.asarray(r_line.get_ydata(), float), [2, 4, 6])
+    labels = [t.get_text() for t in r_axis.get_xticklabels()]
+    assert labels == ["input", "hidden", "output"]
+
+
+def test_missing_matplotlib_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    with pytest.raises(ImportError, match=r'pip install "sksim\[plot\]"'):
+        figures.pyplot()
