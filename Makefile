@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DOCS_STAMP := $(VENV)/.installed-docs
 
-.PHONY: test demo lint docs clean
+.PHONY: test demo lint docs clean browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
-test: $(STAMP)
+# Debian's Chromium for the report's browser test, where we may install it
+# (the test says it is skipped otherwise).
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+	  >/dev/null; } || echo "Chromium unavailable: the browser test will be skipped."
+
+test: $(STAMP) browser
 	# One BLAS and torch thread per worker: two workers on two cores.
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --durations=15
 
