@@ -56,7 +56,8 @@ def test_counts_equal_the_exact_kernel(data, d, method, reduce):
     ).fit(X_ref)
     for X in (X_ref, X_new):
         expected = reduce(network_similarity(net, X, X_ref))
-        np.testing.assert_allclose(dens.neighbor_counts(X), expected, atol=1e-6)
+        # float32 gradients: sums of 40 similarities agree to float32 precision
+        np.testing.assert_allclose(dens.neighbor_counts(X), expected, rtol=1e-5)
 
 
 def test_soft_fit_holds_the_whitened_sum(data):
