@@ -12,9 +12,9 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._engine.gram import NTKReference
 from ._engine.inputs import n_samples
-from ._engine.jacobian import JacobianEngine
 from ._engine.normalize import normalize, trace_over_d
-from ._net import fit_net, resolve_module
+from ._estimator import fitted_engine
+from ._net import fit_net
 from ._validation import check_net_input, check_positive_int
 from .density import check_rtol, check_threshold
 
@@ -286,14 +286,7 @@ class SelfDenoisingAnalysis(BaseEstimator):
         X = check_net_input(X, self, reset=True)
         y = self._check_targets(X, y)
         self.net_ = fit_net(self.net, X, y.astype(np.float32), self.random_state)
-        engine = JacobianEngine(
-            resolve_module(self.net_),
-            self.output,
-            self.params,
-            self.batch_size,
-            self.device,
-            self.verbose,
-        )
+        engine = fitted_engine(self)
         f = engine.outputs(X).double().numpy()
         n, d = f.shape
         if y.size != n * d:

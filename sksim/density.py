@@ -13,7 +13,8 @@ from sklearn.utils.validation import check_is_fitted
 from ._engine.inputs import n_samples
 from ._engine.jacobian import JacobianEngine
 from ._engine.pieces import gram_of, map_pieces
-from ._net import fit_net, resolve_module
+from ._estimator import fitted_engine
+from ._net import fit_net
 from ._similarity_rows import cosine_rows, sketch_features, sketch_rows, split_rows
 from ._validation import check_net_input, check_positive_int
 
@@ -224,14 +225,7 @@ class GradientDensityEstimator(DensityMixin, BaseEstimator):
         check_rtol(self.rtol)
 
     def _engine(self, verbose=None):
-        return JacobianEngine(
-            resolve_module(self.net_),
-            self.output,
-            self.params,
-            self.batch_size,
-            self.device,
-            self.verbose if verbose is None else verbose,
-        )
+        return fitted_engine(self, verbose)
 
     def fit(self, X, y=None):
         """Train the net if needed and prepare the reference set.

@@ -11,6 +11,7 @@ from ._engine.gram import POWERS, GramReference, symmetrize
 from ._engine.jacobian import JacobianEngine
 from ._engine.normalize import KINDS
 from ._engine.parallel import tiled_kernel
+from ._estimator import fitted_engine
 from ._net import fit_net, resolve_module
 from ._validation import check_net_input, check_positive_int
 
@@ -366,15 +367,7 @@ class NetworkSimilarityKernel(TransformerMixin, BaseEstimator):
         self.verbose = verbose
 
     def _engine(self):
-        return JacobianEngine(
-            resolve_module(self.net_),
-            self.output,
-            self.params,
-            self.batch_size,
-            self.device,
-            self.verbose,
-            self.max_memory,
-        )
+        return fitted_engine(self)
 
     def fit(self, X, y=None):
         """Train the net if needed and store the reference inputs.

@@ -8,8 +8,8 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from ._engine.inputs import n_samples
-from ._engine.jacobian import JacobianEngine
-from ._net import fit_net, resolve_module
+from ._estimator import fitted_engine
+from ._net import fit_net
 from ._similarity_rows import cosine_rows, sketch_features, sketch_rows, split_rows
 from ._validation import check_net_input, check_positive_int
 from .density import check_rtol
@@ -194,14 +194,7 @@ class NetworkNeighbors(BaseEstimator):
             import_faiss()
 
     def _engine(self, verbose=None):
-        return JacobianEngine(
-            resolve_module(self.net_),
-            self.output,
-            self.params,
-            self.batch_size,
-            self.device,
-            self.verbose if verbose is None else verbose,
-        )
+        return fitted_engine(self, verbose)
 
     def _sketch(self, X, engine=None):
         engine = self._engine() if engine is None else engine

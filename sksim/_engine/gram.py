@@ -163,10 +163,10 @@ class GramReference:
             symmetrize(out)
         return out
 
-    def _symmetric_matrix(self, tile: int = SYMMETRIC_TILE) -> np.ndarray:
+    def _symmetric_matrix(self, tile: int = 2 * SYMMETRIC_TILE) -> np.ndarray:
         """``K(Y, Y)`` from the tiles on and above the diagonal, mirrored."""
         m, d = self.n_samples, self.n_outputs
-        out = np.empty((m, m, d, d) if self.full else (m, m))
+        out = torch.empty((m, m, d, d) if self.full else (m, m), dtype=torch.float64)
         swap = (1, 0, 3, 2) if self.full else (1, 0)
         starts = range(0, m, tile)
         for i in starts:
@@ -175,13 +175,13 @@ class GramReference:
             for j in starts[i // tile :]:
                 cols = slice(j, min(j + tile, m))
                 right = left if i == j else [p.take(cols) for p in self._pieces]
-                B = _pair(left, right, self.full).double().cpu().numpy()
+                B = _pair(left, right, self.full).double().cpu()
                 B = B if self.full else B / d
                 if i == j:
-                    B = 0.5 * (B + B.transpose(swap))
+                    B = 0.5 * (B + B.permute(swap))
                 out[rows, cols] = B
-                out[cols, rows] = B.transpose(swap)
-        return out
+                out[cols, rows] = B.permute(swap)
+        return out.numpy()
 
 
 def symmetrize(K: np.ndarray, tile: int = SYMMETRIC_TILE) -> None:
