@@ -31,6 +31,8 @@ def _pair(left: list, right: list, full: bool) -> torch.Tensor:
 
 
 def _cat(batches: list[list]) -> list:
+    if len(batches) == 1:
+        return batches[0]
     return [type(ps[0]).cat(list(ps)) for ps in zip(*batches, strict=True)]
 
 
