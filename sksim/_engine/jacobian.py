@@ -69,9 +69,13 @@ class JacobianEngine:
         self.dtype = module_float_dtype(module)
         self.n_params = sum(p.numel() for p in self.parameters.values())
 
-    def _prepare(self):
+    def _prepare(self) -> None:
         self.module.to(self.device)
-        return {n: p.detach() for n, p in self.parameters.items()}
+
+    def _call(self, batch) -> torch.Tensor:
+        """Selected outputs ``(B, d)`` of a batch (a dict goes in as keywords)."""
+        out = self.module(**batch) if isinstance(batch, dict) else self.module(batch)
+        return select_output(out, self.output)
 
     def _forward(self, params, batch) -> torch.Tensor:
         """Selected outputs ``(B, d)`` of a batch with the given parameters."""
@@ -83,17 +87,17 @@ class JacobianEngine:
 
     def n_outputs(self, X) -> int:
         """The number d of Jacobian rows per sample."""
-        params = self._prepare()
+        self._prepare()
         first = to_tensor(take(X, slice(0, 1)), self.device, self.dtype)
         with evaluation_mode(self.module), torch.no_grad():
-            return self._forward(params, first).shape[1]
+            return self._call(first).shape[1]
 
     def outputs(self, X) -> torch.Tensor:
         """Selected outputs ``(n, d)`` of every sample, on the CPU."""
-        params = self._prepare()
+        self._prepare()
         with evaluation_mode(self.module), torch.no_grad():
             parts = [
-                self._forward(params, b).cpu()
+                self._call(b).cpu()
                 for _, b in batches(X, self.batch_size, self.device, self.dtype)
             ]
         return torch.cat(parts)
@@ -150,12 +154,7 @@ class JacobianEngine:
                 pieces = []
                 if layers:
                     with torch.enable_grad(), LayerCapture(layers) as capture:
-                        out = (
-                            self.module(**batch)
-                            if isinstance(batch, dict)
-                            else (self.module(batch))
-                        )
-                        pieces = capture.pieces(select_output(out, self.output))
+                        pieces = capture.pieces(self._call(batch))
                 if jacobian is not None:
                     with torch.no_grad():
                         pieces.append(DensePiece(jacobian(batch)))
@@ -163,4 +162,4 @@ class JacobianEngine:
 
     def jacobian(self, X) -> torch.Tensor:
         """All per-sample Jacobians ``(n, d, p)`` at once (memory ``n d p``)."""
-        return torch.cat([J for _, J in self.jacobians(X)]) if n_samples(X) else None
+        return torch.cat([J for _, J in self.jacobians(X)])
