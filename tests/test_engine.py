@@ -6,6 +6,7 @@ import torch
 from _architectures import oracle_jacobians, trained_batchnorm
 from torch import nn
 
+from sksim._engine import gram
 from sksim._engine.capture import plan_layers
 from sksim._engine.gram import GramReference, NTKReference, ntk_blocks
 from sksim._engine.jacobian import JacobianEngine
@@ -195,6 +196,27 @@ def test_streaming_reference_equals_kept_reference(kind):
     np.testing.assert_allclose(
         streamed.matrix(), GramReference(engine, X, kind).matrix()
     )
+
+
+@pytest.mark.parametrize("full", [False, True])
+@pytest.mark.parametrize("kind", ["cosine", "ntk"])
+def test_symmetric_strips_match_the_oracle(kind, full, monkeypatch):
+    # strips of 3 rows, at most 2 columns wide in matrix-block mode: uneven
+    # strips, several column chunks per strip, and a partial last strip
+    monkeypatch.setattr(gram, "STRIP_ROWS", 3)
+    monkeypatch.setattr(gram, "STRIP_ELEMENTS", 3 * 9 * 2)
+    module, X = _module("conv1d")
+    J = oracle_jacobians(module, X)
+    if kind == "cosine":
+        values, vectors = np.linalg.eigh(J @ J.transpose(0, 2, 1))
+        inverse_root = (vectors / np.sqrt(values)[:, None]) @ vectors.transpose(0, 2, 1)
+        J = inverse_root @ J
+    blocks = np.einsum("adp,bep->abde", J, J)
+    expected = blocks if full else np.trace(blocks, axis1=2, axis2=3) / J.shape[1]
+    engine = JacobianEngine(module, batch_size=4)
+    K = GramReference(engine, X, kind, full=full).matrix()
+    np.testing.assert_allclose(K, expected, rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(K, K.swapaxes(0, 1).swapaxes(2, 3) if full else K.T)
 
 
 def test_batch_too_large_for_memory_bound():

@@ -200,10 +200,15 @@ def _layer_pieces(layer, own, calls, d) -> list:
             h = h.reshape(b, -1, h.shape[-1])
         hs.append(h)
         deltas.append(delta)
-    h, delta = torch.cat(hs, dim=1), torch.cat(deltas, dim=2)
+    h, delta = _joined(hs, dim=1), _joined(deltas, dim=2)
     if isinstance(layer, nn.Embedding):
         return [SharedWeightPiece(h, delta, layer.num_embeddings)]
     return _weight_and_bias(h, delta, own, d)
+
+
+def _joined(tensors: list[torch.Tensor], dim: int) -> torch.Tensor:
+    """The positions of all calls of a layer, without a copy for a single call."""
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=dim)
 
 
 def _weight_and_bias(h: torch.Tensor, delta: torch.Tensor, own, d: int) -> list:
@@ -227,8 +232,8 @@ def _conv_pieces(layer, own, calls, d) -> list:
     positions = sum(delta[0, 0, 0].numel() for _, delta in calls)
     a = layer.weight[0].numel()
     if "weight" in own and factorised_is_cheaper(positions, a, layer.out_channels, d):
-        h = torch.cat([_conv_patches(layer, x) for x, _ in calls], dim=1)
-        delta = torch.cat([_per_position_delta(delta) for _, delta in calls], dim=2)
+        h = _joined([_conv_patches(layer, x) for x, _ in calls], dim=1)
+        delta = _joined([_per_position_delta(delta) for _, delta in calls], dim=2)
         return _weight_and_bias(h, delta, own, d)
     pieces = []
     if "weight" in own:

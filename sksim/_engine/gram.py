@@ -22,6 +22,9 @@ from .pieces import gram_of, map_pieces
 
 # Tiles of symmetric kernels: small enough for the transposes to stay in cache.
 SYMMETRIC_TILE = 256
+# Rows of one strip of a symmetric kernel, and the most elements a strip holds.
+STRIP_ROWS = 128
+STRIP_ELEMENTS = 2**22
 # Powers of J J^T applied on the (left, right) of each kernel, None for none.
 POWERS = {"ntk": (None, None), "cosine": (-0.5, -0.5), "influence": (-1.0, None)}
 
@@ -165,25 +168,29 @@ class GramReference:
             symmetrize(out)
         return out
 
-    def _symmetric_matrix(self, tile: int = 2 * SYMMETRIC_TILE) -> np.ndarray:
-        """``K(Y, Y)`` from the tiles on and above the diagonal, mirrored."""
+    def _symmetric_matrix(self) -> np.ndarray:
+        """``K(Y, Y)`` from row strips on and right of the diagonal, mirrored.
+
+        Strips of ``STRIP_ROWS`` rows against all later columns make a few large
+        products that together cover just over half of the matrix.
+        """
         m, d = self.n_samples, self.n_outputs
-        out = torch.empty((m, m, d, d) if self.full else (m, m), dtype=torch.float64)
+        out = np.empty((m, m, d, d) if self.full else (m, m))
         swap = (1, 0, 3, 2) if self.full else (1, 0)
-        starts = range(0, m, tile)
-        for i in starts:
-            rows = slice(i, min(i + tile, m))
+        width = max(STRIP_ROWS, STRIP_ELEMENTS // (STRIP_ROWS * d * d))
+        for i in range(0, m, STRIP_ROWS):
+            rows = slice(i, min(i + STRIP_ROWS, m))
             left = [p.take(rows) for p in self._pieces]
-            for j in starts[i // tile :]:
-                cols = slice(j, min(j + tile, m))
-                right = left if i == j else [p.take(cols) for p in self._pieces]
-                B = _pair(left, right, self.full).double().cpu()
-                B = B if self.full else B / d
+            for j in range(i, m, width):
+                cols = slice(j, min(j + width, m))
+                B = _pair(left, [p.take(cols) for p in self._pieces], self.full)
+                B = (B if self.full or d == 1 else B / d).cpu().numpy()
                 if i == j:
-                    B = 0.5 * (B + B.permute(swap))
+                    diagonal = B[:, : rows.stop - i]
+                    diagonal[...] = 0.5 * (diagonal + diagonal.transpose(swap))
                 out[rows, cols] = B
-                out[cols, rows] = B.permute(swap)
-        return out.numpy()
+                out[cols, rows] = B.transpose(swap)
+        return out
 
 
 def symmetrize(K: np.ndarray, tile: int = SYMMETRIC_TILE) -> None:
