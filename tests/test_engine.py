@@ -157,12 +157,16 @@ def test_plans_use_factors_where_supported():
     assert fallback == ["scale", "bilinear.weight", "bilinear.bias"]
 
 
-def test_factorised_and_materialised_pieces_agree():
+@pytest.mark.parametrize("T", [1, 7])
+@pytest.mark.parametrize("bias", [False, True])
+def test_factorised_and_materialised_pieces_agree(T, bias):
     g = torch.Generator().manual_seed(0)
-    h, delta = torch.randn(5, 7, 4, generator=g), torch.randn(5, 2, 7, 3, generator=g)
-    h2, delta2 = torch.randn(3, 7, 4, generator=g), torch.randn(3, 2, 7, 3, generator=g)
-    fa, fb = SharedWeightPiece(h, delta), SharedWeightPiece(h2, delta2)
-    ma, mb = materialize(h, delta), materialize(h2, delta2)
+    h, delta = torch.randn(5, T, 4, generator=g), torch.randn(5, 2, T, 3, generator=g)
+    h2, delta2 = torch.randn(3, T, 4, generator=g), torch.randn(3, 2, T, 3, generator=g)
+    fa = SharedWeightPiece(h, delta, bias=bias)
+    fb = SharedWeightPiece(h2, delta2, bias=bias)
+    ma, mb = materialize(fa.inputs, delta), materialize(fb.inputs, delta2)
+    assert fa.width == ma.width == 3 * (4 + bias)
     for full in (True, False):
         torch.testing.assert_close(
             fa.pair(fb, full), ma.pair(mb, full), rtol=1e-4, atol=1e-4
@@ -175,6 +179,9 @@ def test_factorised_and_materialised_pieces_agree():
         rtol=1e-4,
         atol=1e-4,
     )
+    S = fb.total()
+    torch.testing.assert_close(S, mb.total(), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(fa.inner(S), ma.inner(S), rtol=1e-4, atol=1e-4)
 
 
 def test_cost_model():

@@ -214,17 +214,17 @@ def _joined(tensors: list[torch.Tensor], dim: int) -> torch.Tensor:
 def _weight_and_bias(h: torch.Tensor, delta: torch.Tensor, own, d: int) -> list:
     """Pieces of ``dW = sum_u delta(u) h(u)^T`` and ``db = sum_u delta(u)``.
 
-    With both selected, the bias rides along as a constant input 1 appended to
-    ``h``: one piece, one product of ``delta`` per pair instead of two.
+    With both selected, the bias rides along as a constant input 1 of ``h``
+    (implied, not stored): one piece, one product of ``delta`` per pair
+    instead of two.
     """
     if "weight" not in own:
         return [DensePiece(delta.sum(dim=2))]
-    if "bias" in own:
-        h = torch.cat([h, h.new_ones(*h.shape[:2], 1)], dim=2)
+    piece = SharedWeightPiece(h, delta, bias="bias" in own)
     T, o = delta.shape[2], delta.shape[3]
-    if factorised_is_cheaper(T, h.shape[2], o, d):
-        return [SharedWeightPiece(h, delta)]
-    return [materialize(h, delta)]
+    if factorised_is_cheaper(T, h.shape[2] + piece.bias, o, d):
+        return [piece]
+    return [materialize(piece.inputs, delta)]
 
 
 def _conv_pieces(layer, own, calls, d) -> list:

@@ -34,7 +34,11 @@ def take(X, index):
 
 
 def _to_tensor(a, device: torch.device, float_dtype: torch.dtype) -> torch.Tensor:
-    t = a if isinstance(a, torch.Tensor) else torch.tensor(np.asarray(a))
+    if isinstance(a, torch.Tensor):
+        t = a
+    else:  # shares memory with a writable array, as skorch does
+        a = np.asarray(a)
+        t = torch.from_numpy(a) if a.flags.writeable else torch.tensor(a)
     if t.is_floating_point():
         t = t.to(float_dtype)
     elif t.dtype != torch.bool:

@@ -87,14 +87,22 @@ class SharedWeightPiece:
         Derivative of each selected output with respect to the layer output.
     n_tokens : int or None, default=None
         Size of the vocabulary when ``h`` holds token ids.
+    bias : bool, default=False
+        Whether the layer's bias rides along as a constant last input 1,
+        implied rather than stored: ``db = sum_u delta(u)``.
     """
 
     def __init__(
-        self, h: torch.Tensor, delta: torch.Tensor, n_tokens: int | None = None
+        self,
+        h: torch.Tensor,
+        delta: torch.Tensor,
+        n_tokens: int | None = None,
+        bias: bool = False,
     ):
         self.h = h
         self.delta = delta
         self.n_tokens = n_tokens
+        self.bias = bias
 
     def __len__(self) -> int:
         return self.delta.shape[0]
@@ -108,9 +116,19 @@ class SharedWeightPiece:
     def tokens(self) -> bool:
         return not self.h.is_floating_point()
 
+    @property
+    def inputs(self) -> torch.Tensor:
+        """``h`` with the bias's constant input appended, ``(b, T, a)``."""
+        if not self.bias:
+            return self.h
+        return torch.cat([self.h, self.h.new_ones(*self.h.shape[:2], 1)], dim=2)
+
     def transform(self, W: torch.Tensor) -> SharedWeightPiece:
-        delta = torch.einsum("bce,betO->bctO", W, self.delta)
-        return SharedWeightPiece(self.h, delta, self.n_tokens)
+        delta = (W @ self.delta.flatten(2)).reshape(self.delta.shape)
+        return SharedWeightPiece(self.h, delta, self.n_tokens, self.bias)
+
+    def _with_bias(self, HH: torch.Tensor) -> torch.Tensor:
+        return HH.add_(1) if self.bias else HH
 
     def _input_products(self, other: SharedWeightPiece) -> torch.Tensor:
         """``h_i(u) . h_j(u')`` of shape (b, m, T, T')."""
@@ -118,20 +136,20 @@ class SharedWeightPiece:
             return (self.h[:, None, :, None] == other.h[None, :, None, :]).to(
                 self.delta.dtype
             )
-        return torch.einsum("ita,jua->ijtu", self.h, other.h)
+        return self._with_bias(torch.einsum("ita,jua->ijtu", self.h, other.h))
 
     def self_gram(self) -> torch.Tensor:
         if self.tokens:
             HH = (self.h[:, :, None] == self.h[:, None, :]).to(self.delta.dtype)
         else:
-            HH = self.h @ self.h.transpose(1, 2)
+            HH = self._with_bias(self.h @ self.h.transpose(1, 2))
         return torch.einsum("bctO,beuO,btu->bce", self.delta, self.delta, HH)
 
     def pair(self, other: SharedWeightPiece, full: bool) -> torch.Tensor:
         b, T = self.h.shape[:2]
         T_other = other.h.shape[1]
         if T == 1 and T_other == 1 and not self.tokens:
-            HH = self.h[:, 0] @ other.h[:, 0].T
+            HH = self._with_bias(self.h[:, 0] @ other.h[:, 0].T)
             if full:
                 DD = torch.einsum(
                     "icO,jeO->ijce", self.delta[:, :, 0], other.delta[:, :, 0]
@@ -157,7 +175,7 @@ class SharedWeightPiece:
     @property
     def width(self) -> int:
         """Number of parameters ``o a`` (``o n_tokens`` for an embedding)."""
-        a = self.n_tokens if self.tokens else self.h.shape[2]
+        a = self.n_tokens if self.tokens else self.h.shape[2] + self.bias
         return self.delta.shape[3] * a
 
     def total(self) -> torch.Tensor:
@@ -167,7 +185,10 @@ class SharedWeightPiece:
             flat = self.delta.permute(1, 3, 0, 2).reshape(d, o, -1)
             out = flat.new_zeros(d, o, self.n_tokens)
             return out.index_add_(2, self.h.reshape(-1), flat).reshape(d, -1)
-        return torch.einsum("bctO,bta->cOa", self.delta, self.h).reshape(d, -1)
+        total = torch.einsum("bctO,bta->cOa", self.delta, self.h)
+        if self.bias:
+            total = torch.cat([total, self.delta.sum(dim=(0, 2))[:, :, None]], dim=2)
+        return total.reshape(d, -1)
 
     def inner(self, S: torch.Tensor) -> torch.Tensor:
         """``<g(x), S>_F`` for every sample, ``(b,)``, with ``S`` from ``total``."""
@@ -175,10 +196,17 @@ class SharedWeightPiece:
         if self.tokens:
             picked = S[:, :, self.h]  # (d, o, b, T)
             return torch.einsum("bctO,cObt->b", self.delta, picked)
-        return torch.einsum("bctO,cOa,bta->b", self.delta, S, self.h)
+        if not self.bias:
+            return torch.einsum("bctO,cOa,bta->b", self.delta, S, self.h)
+        weight, bias = S[:, :, :-1], S[:, :, -1]
+        return torch.einsum("bctO,cOa,bta->b", self.delta, weight, self.h) + (
+            torch.einsum("bctO,cO->b", self.delta, bias)
+        )
 
     def take(self, rows) -> SharedWeightPiece:
-        return SharedWeightPiece(self.h[rows], self.delta[rows], self.n_tokens)
+        return SharedWeightPiece(
+            self.h[rows], self.delta[rows], self.n_tokens, self.bias
+        )
 
     @staticmethod
     def cat(pieces: list[SharedWeightPiece]) -> SharedWeightPiece:
@@ -186,6 +214,7 @@ class SharedWeightPiece:
             torch.cat([p.h for p in pieces]),
             torch.cat([p.delta for p in pieces]),
             pieces[0].n_tokens,
+            pieces[0].bias,
         )
 
     def nbytes(self) -> int:

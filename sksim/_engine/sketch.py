@@ -32,7 +32,7 @@ MAX_ORTHOGONAL = 2**24  # entries of a q x k subspace projection worth building
 def _size(piece) -> int:
     if isinstance(piece, DensePiece):
         return piece.grad.shape[2]
-    return piece.delta.shape[3] * piece.h.shape[2]
+    return piece.width
 
 
 def allocate(sizes: list[int], n_components: int) -> list[int]:
@@ -123,7 +123,8 @@ class GradientSketch:
             elif isinstance(piece, DensePiece):
                 self._maps.append(CountSketch(_size(piece), k, generator, like))
             else:
-                o, a = piece.delta.shape[3], piece.h.shape[2]
+                o = piece.delta.shape[3]
+                a = piece.width // o
                 self._maps.append(
                     (
                         CountSketch(o, k, generator, like),
@@ -138,7 +139,7 @@ class GradientSketch:
         parts = []
         for piece, sketch in zip(pieces, self._maps, strict=True):
             if isinstance(piece, SharedWeightPiece) and not isinstance(sketch, tuple):
-                grad = torch.einsum("bctO,bta->bcOa", piece.delta, piece.h)
+                grad = torch.einsum("bctO,bta->bcOa", piece.delta, piece.inputs)
                 piece = DensePiece(grad.reshape(grad.shape[0], grad.shape[1], -1))
             if isinstance(piece, DensePiece):
                 parts.append(piece.grad if sketch is None else sketch(piece.grad))
@@ -148,7 +149,7 @@ class GradientSketch:
                 spectrum = torch.einsum(
                     "bctf,btf->bcf",
                     torch.fft.rfft(sketch_delta(piece.delta), dim=-1),
-                    torch.fft.rfft(sketch_h(piece.h), dim=-1),
+                    torch.fft.rfft(sketch_h(piece.inputs), dim=-1),
                 )
                 parts.append(torch.fft.irfft(spectrum, n=k, dim=-1))
         return torch.cat(parts, dim=2)
