@@ -274,6 +274,8 @@ def run_audit(args):
     result.metadata["data"] = str(source)
     out = result.to_html(args.out).resolve()
     say(f"audit done in {time.perf_counter() - start:.1f} s")
+    for name, folds in result.failed.items():
+        say(f"{name} failed on fold(s) {sorted(folds)}: see the report")
     if args.json is not None:
         say(f"JSON written to {Path(args.json).resolve()}")
         result.to_json(args.json)

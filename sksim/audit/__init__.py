@@ -5,6 +5,6 @@ measures, on the held-out part, what the network thinks of each example;
 :meth:`AuditResult.to_html` writes the report.
 """
 
-from .core import ANALYSES, AuditResult, audit
+from .core import ANALYSES, AuditAnalysisFailedWarning, AuditResult, audit
 
-__all__ = ["ANALYSES", "AuditResult", "audit"]
+__all__ = ["ANALYSES", "AuditAnalysisFailedWarning", "AuditResult", "audit"]

@@ -32,6 +32,10 @@ DENOISING_DEFAULTS = dict(weights="cosine_pos_pow", max_samples=500)
 GALLERY_SIZE = 4
 
 
+class AuditAnalysisFailedWarning(UserWarning):
+    """An analysis of :func:`audit` raised on a fold and was left out there."""
+
+
 def free_probabilities(logits: torch.Tensor) -> torch.Tensor:
     """The first ``d - 1`` class probabilities, the outputs regressed on labels.
 
@@ -70,7 +74,6 @@ def denoising_rows(n_train, max_samples, random_state):
     """
     if max_samples is None or max_samples >= n_train:
         return np.arange(n_train)
-    check_positive_int(max_samples, "max_samples")
     rng = np.random.RandomState(random_state)
     return np.sort(rng.choice(n_train, max_samples, replace=False))
 
@@ -168,6 +171,10 @@ class AuditResult:
         (for the analyses that ran).
     skipped : dict of str to str
         Analyses not run, with the reason.
+    failed : dict of str to dict
+        Analyses that raised (with ``errors="record"``): for each, the fold
+        number mapped to ``"ExceptionType: message"``. An analysis that failed
+        on every fold has no tables.
     metadata : dict
         Dataset, model and cross-validation description, timings, versions.
     gallery : list of dict
@@ -182,6 +189,7 @@ class AuditResult:
     skipped: dict
     metadata: dict
     gallery: list = field(default_factory=list)
+    failed: dict = field(default_factory=dict)
 
     def __getitem__(self, name):
         return self.tables[name]
@@ -217,7 +225,7 @@ class AuditResult:
         return write_json(self, path)
 
 
-def _check_audit_args(net, X, y, analyses, n_neighbors):
+def _check_audit_args(net, X, y, analyses, n_neighbors, options, errors):
     if not isinstance(_unwrap(net), NeuralNet):
         raise TypeError(
             "audit trains a fresh network on every training fold: pass a skorch "
@@ -227,6 +235,13 @@ def _check_audit_args(net, X, y, analyses, n_neighbors):
     if unknown:
         raise ValueError(f"Unknown analyses {unknown}; choose among {ANALYSES}.")
     check_positive_int(n_neighbors, "n_neighbors")
+    unknown = [a for a in options if a not in ANALYSES]
+    if unknown:
+        raise ValueError(f"options for unknown analyses {unknown}; use {ANALYSES}.")
+    max_samples = options.get("denoising", {}).get("max_samples")
+    check_positive_int(max_samples, "max_samples", allow_none=True)
+    if errors not in ("record", "raise"):
+        raise ValueError(f'errors must be "record" or "raise"; got {errors!r}.')
     X = check_net_input(X)
     if isinstance(X, dict):
         raise TypeError("audit takes array inputs; got a dict.")
@@ -359,6 +374,7 @@ def audit(
     layers=None,
     options=None,
     random_state=0,
+    errors="record",
     verbose=0,
 ):
     """Cross-validated audit of a classifier from the network's perspective.
@@ -392,7 +408,9 @@ def audit(
       (:func:`~sksim.representations.class_fitting_report`, SPEC 6), with the
       held-out examples' own-class log-densities per class.
 
-    Analyses that do not apply are skipped and listed with the reason.
+    Analyses that do not apply are skipped and listed with the reason; one
+    that raises on a fold is recorded with its error and the audit goes on
+    (``errors="record"``), so a long audit is never lost to one failure.
 
     Parameters
     ----------
@@ -425,6 +443,10 @@ def audit(
     random_state : int or None, default=0
         Seeds the training of every fold (each fold's clone is trained under
         ``torch.manual_seed(random_state)``) and the analyses.
+    errors : {"record", "raise"}, default="record"
+        What an analysis that raises on a fold does: ``"record"`` warns, keeps
+        the error in ``result.failed`` (and the report) and goes on with the
+        other analyses and folds; ``"raise"`` stops the audit with it.
     verbose : int, default=0
         Show a progress bar over folds and analyses (on stderr) when positive.
 
@@ -462,8 +484,8 @@ def audit(
     ['sensitivity']
     """
     import_pandas()
-    X, y = _check_audit_args(net, X, y, analyses, n_neighbors)
     options = dict(options or {})
+    X, y = _check_audit_args(net, X, y, analyses, n_neighbors, options, errors)
     analyses = [a for a in ANALYSES if a in analyses]
     skipped = {}
     if "sensitivity" in analyses:
@@ -477,6 +499,7 @@ def audit(
     collected = {name: [] for name in ("folds", "samples", "neighbors")}
     collected.update(denoising=[], sensitivity=[], class_fitting=[])
     collected["warnings"] = {}
+    failed = {}
     seconds = {name: 0.0 for name in ["fit", *analyses]}
     steps = tqdm(
         total=len(splits) * (1 + len(analyses)), disable=verbose <= 0, desc="audit"
@@ -487,8 +510,18 @@ def audit(
             state = _Fold(net, X, y, train, test, fold, options, random_state)
             seconds["fit"] += state.fit_seconds
             steps.update()
-            _run_fold(state, analyses, n_neighbors, layers, collected, seconds, steps)
+            _run_fold(
+                state,
+                analyses,
+                n_neighbors,
+                layers,
+                collected,
+                seconds,
+                steps,
+                failed=failed if errors == "record" else None,
+            )
     caught = collected.pop("warnings")
+    analyses = [a for a in analyses if len(failed.get(a, {})) < len(splits)]
     tables = _assemble(collected, analyses)
     metadata = dict(
         n_samples=int(len(X)),
@@ -506,7 +539,7 @@ def audit(
         warnings=[f"{text} (x{count})" for text, count in caught.items()],
     )
     gallery = _gallery(X, y, tables) if "neighbors" in analyses else []
-    return AuditResult(tables, skipped, metadata, gallery)
+    return AuditResult(tables, skipped, metadata, gallery, failed)
 
 
 def _describe(net):
@@ -516,7 +549,8 @@ def _describe(net):
     return f"{type(net).__name__}(module={name}, max_epochs={net.max_epochs})"
 
 
-def _run_fold(state, analyses, n_neighbors, layers, collected, seconds, steps):
+def _run_fold(state, analyses, n_neighbors, layers, collected, seconds, steps, failed):
+    """Run the analyses on one fold; ``failed=None`` lets their errors raise."""
     fold = state.fold
     folds_row = dict(
         fold=fold,
@@ -538,15 +572,27 @@ def _run_fold(state, analyses, n_neighbors, layers, collected, seconds, steps):
         start = time.perf_counter()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            _run_analysis(
-                name, state, n_neighbors, layers, collected, folds_row, samples
-            )
+            try:
+                _run_analysis(
+                    name, state, n_neighbors, layers, collected, folds_row, samples
+                )
+            except Exception as error:
+                if failed is None:
+                    raise
+                failed.setdefault(name, {})[fold] = f"{type(error).__name__}: {error}"
         for w in caught:
             message = re.sub(r"\d+", "N", str(w.message).split(": ")[0])
             text = f"{name}: {w.category.__name__}: {message}"
             collected["warnings"][text] = collected["warnings"].get(text, 0) + 1
         seconds[name] += time.perf_counter() - start
         steps.update()
+        if failed and fold in failed.get(name, {}):
+            warnings.warn(
+                f"The {name} analysis failed on fold {fold} and is left out there: "
+                f"{failed[name][fold]}. Pass errors='raise' to stop on it.",
+                AuditAnalysisFailedWarning,
+                stacklevel=3,
+            )
     collected["folds"].append(_frame([folds_row]))
     collected["samples"].append(_frame(samples))
 

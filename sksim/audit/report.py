@@ -95,6 +95,8 @@ def _p(text, cls=None) -> str:
 def _not_run(result, name) -> str | None:
     if name in result.skipped:
         return _p(f"Skipped: {result.skipped[name]}", "skipped")
+    if name in result.failed and name not in result.metadata["analyses"]:
+        return _p("Failed on every fold (errors in the summary).", "skipped")
     if name not in result.metadata["analyses"]:
         return _p("Not requested in this audit.", "skipped")
     return None
@@ -146,6 +148,15 @@ def _summary(result) -> str:
         parts.append("<h3>Skipped analyses</h3><ul>")
         for name, reason in result.skipped.items():
             parts.append(f"<li><b>{html.escape(name)}</b>: {html.escape(reason)}</li>")
+        parts.append("</ul>")
+    if result.failed:
+        parts.append("<h3>Failed analyses</h3><ul>")
+        for name, folds in result.failed.items():
+            for fold, error in folds.items():
+                parts.append(
+                    f"<li><b>{html.escape(name)}</b>, fold {fold}: "
+                    f"{html.escape(error)}</li>"
+                )
         parts.append("</ul>")
     if meta.get("warnings"):
         parts.append("<h3>Warnings raised during the analyses</h3><ul>")
@@ -330,7 +341,7 @@ def _clean(value):
 
 
 def to_dict(result) -> dict:
-    """The tables, skipped analyses, metadata and gallery, JSON-ready."""
+    """The tables, skipped and failed analyses, metadata and gallery, JSON-ready."""
     gallery = [
         {k: v for k, v in g.items() if k not in ("image", "neighbor_images")}
         for g in result.gallery
@@ -338,6 +349,9 @@ def to_dict(result) -> dict:
     return dict(
         metadata=_clean(result.metadata),
         skipped=dict(result.skipped),
+        failed={
+            name: {str(k): v for k, v in f.items()} for name, f in result.failed.items()
+        },
         tables={name: _records(frame) for name, frame in result.tables.items()},
         gallery=_clean(gallery),
     )

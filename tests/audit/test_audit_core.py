@@ -1,3 +1,4 @@
+import json
 import sys
 
 import _audit_helpers
@@ -11,7 +12,7 @@ from sklearn.model_selection import KFold, StratifiedKFold
 
 from sksim import GradientDensityEstimator, NetworkNeighbors, SelfDenoisingAnalysis
 from sksim._net import torch_seed
-from sksim.audit import ANALYSES, audit, core
+from sksim.audit import ANALYSES, AuditAnalysisFailedWarning, audit, core
 from sksim.audit.core import (
     default_layers,
     denoising_rows,
@@ -268,6 +269,59 @@ def test_audit_takes_a_splitter(digit_images):
     assert set(result.tables) == {"folds", "samples", "summary"}
 
 
+def test_a_failing_analysis_is_recorded_and_the_audit_goes_on(
+    digit_images, monkeypatch
+):
+    X, y = digit_images
+    net = small_net(X, max_epochs=1)
+    denoising = core._Fold.denoising
+
+    def fails_on_fold_1(fold):
+        if fold.fold == 1:
+            raise RuntimeError("out of luck")
+        return denoising(fold)
+
+    monkeypatch.setattr(core._Fold, "denoising", fails_on_fold_1)
+    kwargs = dict(
+        cv=3, analyses=("density", "denoising"), options=AUDIT_OPTIONS, random_state=0
+    )
+    with pytest.warns(
+        AuditAnalysisFailedWarning,
+        match=r"denoising analysis failed on fold 1 .*RuntimeError: out of luck",
+    ):
+        result = audit(net, X, y, **kwargs)
+    assert result.failed == {"denoising": {1: "RuntimeError: out of luck"}}
+    assert result.metadata["analyses"] == ["density", "denoising"]
+    assert result["denoising"]["fold"].tolist() == [0, 2]
+    assert result["density_bins"]["fold"].unique().tolist() == [0, 1, 2]
+    with pytest.raises(RuntimeError, match="out of luck"):
+        audit(net, X, y, errors="raise", **kwargs)
+
+
+def test_an_analysis_failing_on_every_fold_leaves_no_tables(digit_images, tmp_path):
+    X, y = digit_images
+    with pytest.warns(AuditAnalysisFailedWarning):
+        result = audit(
+            small_net(X, max_epochs=1),
+            X,
+            y,
+            cv=2,
+            analyses=("density", "neighbors"),
+            options=dict(density=dict(method="bogus")),
+        )
+    assert sorted(result.failed["density"]) == [0, 1]
+    assert result.failed["density"][0].startswith("ValueError: ")
+    assert result.metadata["analyses"] == ["neighbors"]
+    assert "density_bins" not in result.tables
+    assert "log_density" not in result["samples"]
+    assert len(result["neighbors"]) == len(X) * 5
+    text = result.to_html(tmp_path / "report.html").read_text()
+    assert "Failed on every fold" in text
+    assert "<b>density</b>, fold 1: ValueError: " in text
+    saved = json.loads(result.to_json(tmp_path / "report.json").read_text())
+    assert saved["failed"]["density"]["0"] == result.failed["density"][0]
+
+
 def test_audit_errors(digit_images):
     X, y = digit_images
     net = small_net(X, max_epochs=1)
@@ -283,6 +337,10 @@ def test_audit_errors(digit_images):
         audit(net, X, y + 0.5)
     with pytest.raises(TypeError, match="audit takes array inputs; got a dict"):
         audit(net, {"X": X}, y)
+    with pytest.raises(ValueError, match='errors must be "record" or "raise"'):
+        audit(net, X, y, errors="ignore")
+    with pytest.raises(ValueError, match=r"options for unknown analyses \['dens'\]"):
+        audit(net, X, y, options=dict(dens=dict(method="hard")))
     with pytest.raises(ValueError, match="max_samples must be a positive int"):
         audit(
             net,
