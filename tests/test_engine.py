@@ -1,5 +1,7 @@
 """The factorised engine, layer type by layer type, against the brute-force oracle."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -224,6 +226,19 @@ def test_symmetric_strips_match_the_oracle(kind, full, monkeypatch):
     K = GramReference(engine, X, kind, full=full).matrix()
     np.testing.assert_allclose(K, expected, rtol=1e-9, atol=1e-12)
     np.testing.assert_array_equal(K, K.swapaxes(0, 1).swapaxes(2, 3) if full else K.T)
+
+
+def test_array_inputs_are_read_in_place_and_left_unchanged():
+    module, X = _module("linear_sequence")
+    array = X.numpy().copy()
+    frozen = array.copy()
+    frozen.flags.writeable = False  # torch warns on sharing such memory: copied
+    engine = JacobianEngine(module, batch_size=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        K = GramReference(engine, frozen).matrix()
+    np.testing.assert_array_equal(GramReference(engine, array).matrix(), K)
+    np.testing.assert_array_equal(array, frozen)
 
 
 def test_batch_too_large_for_memory_bound():
