@@ -241,6 +241,19 @@ def test_array_inputs_are_read_in_place_and_left_unchanged():
     np.testing.assert_array_equal(array, frozen)
 
 
+def test_activations_are_copied_only_after_an_in_place_change():
+    plain, X = _module("linear_sequence")
+    engine = JacobianEngine(plain, batch_size=4)
+    list(engine.pieces(X))
+    assert not engine._copy_activations
+    in_place, X = _module("shared")  # ReLU(inplace=True) on a recorded output
+    engine = JacobianEngine(in_place, batch_size=4)
+    K, _, _ = ntk_blocks(engine, X)
+    assert engine._copy_activations
+    J = oracle_jacobians(in_place, X)
+    np.testing.assert_allclose(K, np.einsum("adp,bep->abde", J, J), rtol=1e-9)
+
+
 def test_batch_too_large_for_memory_bound():
     module, X = _module("linear")
     with pytest.raises(MemoryError, match="lower batch_size, select fewer parameters"):

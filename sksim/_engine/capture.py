@@ -99,11 +99,19 @@ def _normalised_input(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 class LayerCapture:
-    """Records inputs and outputs of the handled layers during a forward pass."""
+    """Records inputs and outputs of the handled layers during a forward pass.
 
-    def __init__(self, layers: dict[str, tuple[nn.Module, list[str]]]):
+    The recorded tensors are those the network goes on with, unless ``copy``:
+    :meth:`intact` then tells whether an in-place operation downstream (an
+    in-place ReLU, ``out += x``) changed one of them, in which case the pass
+    must be captured again with ``copy=True``, which records copies.
+    """
+
+    def __init__(self, layers: dict[str, tuple[nn.Module, list[str]]], copy=False):
         self.layers = layers
+        self.copy = copy
         self.calls: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self._versions: list[tuple[torch.Tensor, int]] = []
         self._handles = []
 
     def __enter__(self) -> LayerCapture:
@@ -118,11 +126,19 @@ class LayerCapture:
 
     def _hook(self, name: str):
         def record(layer, args, output):
-            self.calls.setdefault(name, []).append((args[0].detach(), output))
-            # Downstream in-place operations must not change the recorded output.
-            return output.clone()
+            h = args[0].detach()
+            if self.copy:  # the network goes on with copies of what is recorded
+                self.calls.setdefault(name, []).append((h.clone(), output))
+                return output.clone()
+            self.calls.setdefault(name, []).append((h, output))
+            self._versions += [(h, h._version), (output, output._version)]
+            return None
 
         return record
+
+    def intact(self) -> bool:
+        """Whether no recorded tensor was changed in place after it was recorded."""
+        return all(t._version == version for t, version in self._versions)
 
     def pieces(self, outputs: torch.Tensor) -> list:
         """Per-layer pieces of the Jacobian of ``outputs`` (b, d) for the batch."""

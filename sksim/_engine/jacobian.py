@@ -68,6 +68,7 @@ class JacobianEngine:
         )
         self.dtype = module_float_dtype(module)
         self.n_params = sum(p.numel() for p in self.parameters.values())
+        self._copy_activations = False
 
     def _prepare(self) -> None:
         self.module.to(self.device)
@@ -151,14 +152,26 @@ class JacobianEngine:
         jacobian = self._per_sample_jacobian(fallback) if fallback else None
         with evaluation_mode(self.module):
             for rows, batch in self._batches(X, progress):
-                pieces = []
-                if layers:
-                    with torch.enable_grad(), LayerCapture(layers) as capture:
-                        pieces = capture.pieces(self._call(batch))
+                pieces = self._captured_pieces(layers, batch) if layers else []
                 if jacobian is not None:
                     with torch.no_grad():
                         pieces.append(DensePiece(jacobian(batch)))
                 yield rows, pieces
+
+    def _captured_pieces(self, layers: dict, batch) -> list:
+        """Pieces of the handled layers from one forward and backward pass.
+
+        Recorded activations are not copied unless an in-place operation of
+        the network changes them; then this batch and the next are captured
+        again with copies.
+        """
+        copy = self._copy_activations
+        with torch.enable_grad(), LayerCapture(layers, copy) as capture:
+            outputs = self._call(batch)
+            if capture.intact():
+                return capture.pieces(outputs)
+        self._copy_activations = True
+        return self._captured_pieces(layers, batch)
 
     def jacobian(self, X) -> torch.Tensor:
         """All per-sample Jacobians ``(n, d, p)`` at once (memory ``n d p``)."""
