@@ -16,6 +16,8 @@ Any other parameter is left to the caller (``torch.func`` per-sample Jacobians).
 
 from __future__ import annotations
 
+from functools import reduce
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -253,9 +255,11 @@ def _conv_pieces(layer, own, calls, d) -> list:
         return _weight_and_bias(h, delta, own, d)
     pieces = []
     if "weight" in own:
-        pieces.append(DensePiece(sum(_conv_weight_grad(layer, x, g) for x, g in calls)))
+        grads = (_conv_weight_grad(layer, x, g) for x, g in calls)
+        pieces.append(DensePiece(reduce(torch.add, grads)))
     if "bias" in own:
-        pieces.append(DensePiece(sum(g.flatten(3).sum(dim=3) for _, g in calls)))
+        grads = (g.flatten(3).sum(dim=3) for _, g in calls)
+        pieces.append(DensePiece(reduce(torch.add, grads)))
     return pieces
 
 
