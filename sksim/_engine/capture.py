@@ -109,7 +109,9 @@ class LayerCapture:
     must be captured again with ``copy=True``, which records copies.
     """
 
-    def __init__(self, layers: dict[str, tuple[nn.Module, list[str]]], copy=False):
+    def __init__(
+        self, layers: dict[str, tuple[nn.Module, list[str]]], copy: bool = False
+    ):
         self.layers = layers
         self.copy = copy
         self.calls: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}

@@ -162,8 +162,8 @@ class JacobianEngine:
         """Pieces of the handled layers from one forward and backward pass.
 
         Recorded activations are not copied unless an in-place operation of
-        the network changes them; then this batch and the next are captured
-        again with copies.
+        the network changes them; then this batch is captured again, and the
+        following ones at once, with copies.
         """
         copy = self._copy_activations
         with torch.enable_grad(), LayerCapture(layers, copy) as capture:
