@@ -121,18 +121,26 @@ class _Probe:
 
 
 class _Moments:
-    """Per-layer sums for the ``mean`` estimator (Chan's pairwise update)."""
+    """Per-layer sums for the ``mean`` estimator (Chan's pairwise update).
+
+    Representations are shifted by the first one seen, so that a constant
+    representation has a spread of exactly zero (not a rounding error).
+    """
 
     def __init__(self):
         self.count = 0
         self.tau = 0.0
         self.eta = 0.0
+        self.shift = None
         self.mean = None
         self.m2 = 0.0
 
     def add(self, f0, f1, f2):
         self.tau += float((f1 - f0).square().sum())
         self.eta += float((f2 - f0).square().sum())
+        if self.shift is None:
+            self.shift = f0[0].clone()
+        f0 = f0 - self.shift
         nb = len(f0)
         mean_b = f0.mean(0)
         m2_b = float((f0 - mean_b).square().sum())

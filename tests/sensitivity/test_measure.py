@@ -299,3 +299,17 @@ def test_errors_and_warnings():
     assert any("['inner.dead'] have a constant representation" in str(w.message)
                for w in record)
     assert table["D"].isna().all()
+
+
+def test_constant_representation_has_no_ratio_despite_rounding():
+    # the mean of 50 copies of 1/3 is not exactly 1/3 in floating point: the
+    # spread must still come out as exactly zero, and D, G as undefined
+    class Constant(nn.Module):
+        def forward(self, x):
+            return torch.full((len(x), 1), 1 / 3, dtype=x.dtype)
+
+    X = np.random.RandomState(0).rand(50, 1, 8, 8)
+    with pytest.warns(UserWarning, match="have a constant representation"):
+        table = relative_sensitivity(Constant(), X, init=False, random_state=0)
+    assert table["D"].isna().all() and table["G"].isna().all()
+    assert (table["denominator"] == 0).all()
