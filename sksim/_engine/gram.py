@@ -39,6 +39,11 @@ def _cat(batches: list[list]) -> list:
     return [type(ps[0]).cat(list(ps)) for ps in zip(*batches, strict=True)]
 
 
+def _gram_array(pieces: list) -> np.ndarray:
+    """``J(x) J(x)^T`` of a batch's samples, float64 on the CPU."""
+    return gram_of(pieces).double().cpu().numpy()
+
+
 def _nbytes(pieces: list) -> int:
     return sum(p.nbytes() for p in pieces)
 
@@ -87,18 +92,36 @@ class GramReference:
         self.left_power, self.right_power = POWERS[kind]
         self.n_samples = n_samples(Y)
         self.max_memory = engine.max_memory if max_memory is None else max_memory
+        # J J^T is needed now to whiten kept pieces, and for rows of a streamed Y;
+        # otherwise it is computed from the kept pieces if asked for.
+        lazy = self.right_power is None
         grams, kept = [], []
-        for _, pieces in engine.pieces(Y):
-            G = gram_of(pieces).double().cpu().numpy()
+        for k, (_, pieces) in enumerate(engine.pieces(Y)):
+            self.n_outputs = pieces[0].signal.shape[1]
+            if k == 0 and _nbytes(pieces) * self.n_samples / len(pieces[0]) > (
+                self.max_memory
+            ):
+                self._check_batch_fits(pieces)
+                kept = None
+            G = None if lazy and kept is not None else _gram_array(pieces)
             grams.append(G)
             if kept is not None:
                 kept.append(map_pieces(pieces, G, self.right_power, rtol))
-                if _nbytes(kept[0]) * self.n_samples / len(G) > self.max_memory:
-                    self._check_batch_fits(kept[0])
-                    kept = None
-        self.gram = np.concatenate(grams)
-        self.n_outputs = self.gram.shape[1]
+        self._gram = None if lazy and kept else np.concatenate(grams)
         self._pieces = _cat(kept) if kept else None
+
+    @property
+    def gram(self) -> np.ndarray:
+        """``J(y_j) J(y_j)^T`` of shape (m, d, d), float64."""
+        if self._gram is None:
+            step = self.engine.batch_size
+            self._gram = np.concatenate(
+                [
+                    _gram_array([p.take(slice(i, i + step)) for p in self._pieces])
+                    for i in range(0, self.n_samples, step)
+                ]
+            )
+        return self._gram
 
     def _check_batch_fits(self, pieces: list) -> None:
         if 3 * _nbytes(pieces) > self.max_memory:
@@ -134,7 +157,7 @@ class GramReference:
         the queries' ``J J^T`` ``(b, d, d)``; float64 on the CPU.
         """
         for rows, pieces in self.engine.pieces(X):
-            G = gram_of(pieces).double().cpu().numpy()
+            G = _gram_array(pieces)
             yield (
                 rows,
                 self._rows_of(map_pieces(pieces, G, self.left_power, self.rtol)),
@@ -175,7 +198,7 @@ class GramReference:
         products that together cover just over half of the matrix.
         """
         m, d = self.n_samples, self.n_outputs
-        out = np.empty((m, m, d, d) if self.full else (m, m))
+        out = torch.empty((m, m, d, d) if self.full else (m, m), dtype=torch.float64)
         swap = (1, 0, 3, 2) if self.full else (1, 0)
         width = max(STRIP_ROWS, STRIP_ELEMENTS // (STRIP_ROWS * d * d))
         for i in range(0, m, STRIP_ROWS):
@@ -184,13 +207,13 @@ class GramReference:
             for j in range(i, m, width):
                 cols = slice(j, min(j + width, m))
                 B = _pair(left, [p.take(cols) for p in self._pieces], self.full)
-                B = (B if self.full or d == 1 else B / d).cpu().numpy()
+                B = (B if self.full or d == 1 else B / d).cpu()
                 if i == j:
                     diagonal = B[:, : rows.stop - i]
-                    diagonal[...] = 0.5 * (diagonal + diagonal.transpose(swap))
+                    diagonal.copy_(0.5 * (diagonal + diagonal.permute(swap)))
                 out[rows, cols] = B
-                out[cols, rows] = B.transpose(swap)
-        return out
+                out[cols, rows] = B.permute(swap)
+        return out.numpy()
 
 
 def symmetrize(K: np.ndarray, tile: int = SYMMETRIC_TILE) -> None:
