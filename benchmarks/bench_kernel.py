@@ -9,7 +9,7 @@ Runs, in one process and alternating, for each case:
   activations: no method that needs per-sample gradients can be faster.
 
 It reports the median wall time of single calls (alternating methods; three
-or more per method, up to 15 for methods faster than 1 s in all), ratios to
+or more per method, up to 40 while a method's calls add up to less than 3 s), ratios to
 sksim, the peak resident memory added during one more call of each, and the
 largest error against a float64 oracle on the leading block, then writes a
 Markdown table to ``docs/benchmarks.md``.
@@ -119,7 +119,7 @@ def _double(module):
     return copy.deepcopy(module).double().eval()
 
 
-def alternating_timings(methods: dict, repeats: int, fast_runs=15, fast_total=1.0):
+def alternating_timings(methods: dict, repeats: int, fast_runs=40, fast_total=3.0):
     """Wall times of single calls, methods alternating round by round.
 
     Every call is a fresh, single call, as a user makes it. Each method runs
@@ -247,13 +247,13 @@ def write_report(rows, multi, n_multi, path):
     for name, n, method, t, ratio, mem, err in rows:
         error = "—" if method == "floor" else f"{err:.1e}"
         lines.append(
-            f"| {name} | {n} | {method} | {t:.3f} | {ratio:.2f} | {mem:.0f} | {error} |"
+            f"| {name} | {n} | {method} | {t:.4f} | {ratio:.3f} | {mem:.0f} | {error} |"
         )
     scalar_time = multi["sksim scalar ntk"]
     lines += [
         "",
-        f"Multi-output, MLP, N = {n_multi}: scalar-output NTK {scalar_time:.3f} s, "
-        f"whitened cosine over d = 10 outputs {multi['sksim cosine d=10']:.3f} s "
+        f"Multi-output, MLP, N = {n_multi}: scalar-output NTK {scalar_time:.4f} s, "
+        f"whitened cosine over d = 10 outputs {multi['sksim cosine d=10']:.4f} s "
         f"(ratio {multi['sksim cosine d=10'] / scalar_time:.2f}); pairing two "
         f"samples takes {pairing_cost(mlp(), 10) / pairing_cost(mlp(), 1):.2f} "
         "times the multiply-adds with 10 whitened output rows as with one.",
@@ -265,7 +265,7 @@ def write_report(rows, multi, n_multi, path):
         f"{platform.processor() or platform.machine()}, "
         f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, "
         f"{time.strftime('%Y-%m-%d')}. Times are medians of single calls, alternating "
-        "methods in one process (at least 3 per method, up to 15 for fast ones); "
+        "methods in one process (at least 3 per method, up to 40 for fast ones); "
         "'floor' is one forward and backward pass over the same batches.\n\n"
     )
     Path(path).write_text(header + table + "\n")
