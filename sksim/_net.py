@@ -8,6 +8,8 @@ around one, a plain :class:`torch.nn.Module` (taken as trained), or an
 from __future__ import annotations
 
 import contextlib
+import copy
+import itertools
 from collections.abc import Iterator
 
 import torch
@@ -84,6 +86,23 @@ def resolve_device(net, device=None) -> torch.device:
     module = resolve_module(net)
     first = next(module.parameters(), None)
     return first.device if first is not None else torch.device("cpu")
+
+
+def on_device(module: torch.nn.Module, device) -> torch.nn.Module:
+    """``module`` itself if it lives on ``device``, else a copy moved there.
+
+    The caller's network (a skorch net's ``module_`` too) never changes device.
+    """
+    device = torch.device(device)
+    tensors = itertools.chain(module.parameters(), module.buffers())
+    if all(_is_on(t, device) for t in tensors):
+        return module
+    return copy.deepcopy(module).to(device)
+
+
+def _is_on(tensor: torch.Tensor, device: torch.device) -> bool:
+    here = tensor.device
+    return here.type == device.type and device.index in (None, here.index)
 
 
 @contextlib.contextmanager

@@ -7,7 +7,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .._engine.inputs import batches, module_float_dtype, n_samples
-from .._net import evaluation_mode, resolve_device, resolve_module
+from .._net import evaluation_mode, on_device, resolve_device, resolve_module
 from .._validation import check_net_input, check_positive_int
 
 POOLS = ("avg", "max", None)
@@ -90,6 +90,8 @@ def extract_representations(
         )
     X = check_net_input(X)
     device = resolve_device(net, device)
+    module = on_device(module, device)
+    named = dict(module.named_modules())
     dtype = module_float_dtype(module)
     captured: dict[str, torch.Tensor] = {}
     parts: dict[str, list[np.ndarray]] = {name: [] for name in layers}
@@ -103,7 +105,6 @@ def extract_representations(
     handles = [named[name].register_forward_hook(hook_for(name)) for name in layers]
     total = -(-n_samples(X) // batch_size)
     try:
-        module.to(device)
         with evaluation_mode(module), torch.no_grad():
             blocks = batches(X, batch_size, device, dtype)
             for _, batch in tqdm(blocks, total=total, disable=verbose <= 0):

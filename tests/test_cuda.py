@@ -1,0 +1,134 @@
+"""On a CUDA device every estimator gives the values it gives on the CPU.
+
+Skipped where no CUDA device exists (as in CI); run on a GPU machine.
+"""
+
+import numpy as np
+import pytest
+import torch
+from _architectures import (
+    MLP,
+    ResidualNet,
+    SmallCNN,
+    TokenModel,
+    oracle_jacobians,
+    oracle_kernel,
+    trained_batchnorm,
+)
+from conftest import make_digits_net
+
+from sksim import (
+    GradientDensityEstimator,
+    NetworkNeighbors,
+    NetworkSimilarityKernel,
+    SelfDenoisingAnalysis,
+    gradient_features,
+    network_similarity,
+    relative_sensitivity,
+)
+from sksim._engine import gram
+from sksim.representations import extract_representations
+
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device"
+)
+
+
+def _case(name):
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    x = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    if name == "mlp_d3":
+        return MLP(n_out=3).double(), x(9, 5)
+    if name == "cnn_batchnorm":
+        X = x(8, 1, 8, 8)
+        return trained_batchnorm(SmallCNN().double(), X * 2 + 1), X
+    if name == "residual":
+        return ResidualNet().double(), x(8, 2, 9)
+    return TokenModel().double(), torch.randint(0, 11, (8, 5), generator=g)
+
+
+@pytest.mark.parametrize("kind", ["cosine", "ntk", "influence"])
+@pytest.mark.parametrize("case", ["mlp_d3", "cnn_batchnorm", "residual", "tokens"])
+def test_cuda_kernel_matches_the_cpu_oracle(case, kind):
+    module, X = _case(case)
+    J = oracle_jacobians(module, X)
+    K = network_similarity(module, X[:4], X, kind=kind, batch_size=3, device="cuda")
+    np.testing.assert_allclose(K, oracle_kernel(J[:4], J, kind), rtol=1e-5, atol=1e-10)
+    assert next(module.parameters()).device.type == "cpu"  # the caller's net
+
+
+def test_cuda_symmetric_strips_match_the_oracle(monkeypatch):
+    monkeypatch.setattr(gram, "STRIP_ROWS", 3)
+    monkeypatch.setattr(gram, "STRIP_ELEMENTS", 12)
+    module, X = _case("cnn_batchnorm")
+    J = oracle_jacobians(module, X)
+    K = network_similarity(module, X, batch_size=3, device="cuda")
+    np.testing.assert_allclose(K, oracle_kernel(J, J, "cosine"), rtol=1e-5, atol=1e-10)
+
+
+def test_cuda_sketch_equals_the_cpu_sketch():
+    module, X = _case("residual")
+    kwargs = dict(n_components=64, random_state=3, batch_size=3)
+    cpu = gradient_features(module, X, device="cpu", **kwargs)
+    gpu = gradient_features(module, X, device="cuda", **kwargs)
+    np.testing.assert_allclose(gpu, cpu, rtol=1e-6, atol=1e-9)
+
+
+@pytest.fixture(scope="module")
+def digits_nets(digits):
+    X, y = digits
+    torch.manual_seed(0)
+    cpu = make_digits_net(max_epochs=5).fit(X[:300], y[:300])
+    gpu = make_digits_net(max_epochs=5, device="cuda").initialize()
+    gpu.module_.load_state_dict(cpu.module_.state_dict())
+    return cpu, gpu, X[:300], y[:300]
+
+
+def test_cuda_skorch_estimators_give_the_cpu_values(digits_nets):
+    cpu, gpu, X, y = digits_nets
+    for make in [
+        lambda net: NetworkSimilarityKernel(net).fit(X[:80]).transform(X[80:100]),
+        lambda net: GradientDensityEstimator(net).fit(X[:80]).score_samples(X[80:100]),
+        lambda net: (
+            NetworkNeighbors(net, n_neighbors=3)
+            .fit(X[:80])
+            .kneighbors(X[80:90], return_distance=True)[0]
+        ),
+        lambda net: (
+            SelfDenoisingAnalysis(net).fit(X[:60], np.eye(10)[y[:60]]).noise_covariance_
+        ),
+    ]:
+        np.testing.assert_allclose(make(gpu), make(cpu), rtol=1e-4, atol=1e-5)
+
+
+def test_cuda_computation_leaves_a_cpu_net_on_the_cpu(digits_nets):
+    cpu, _, X, _ = digits_nets
+    before = cpu.predict_proba(X[:20])
+    on_cpu = NetworkSimilarityKernel(cpu).fit(X[:40]).transform(X[40:50])
+    on_gpu = NetworkSimilarityKernel(cpu, device="cuda").fit(X[:40]).transform(X[40:50])
+    np.testing.assert_allclose(on_gpu, on_cpu, rtol=1e-4, atol=1e-5)
+    extract_representations(cpu, X[:10], ["hidden"], device="cuda")
+    assert next(cpu.module_.parameters()).device.type == "cpu"
+    np.testing.assert_array_equal(cpu.predict_proba(X[:20]), before)
+
+
+def test_cuda_representations_and_sensitivity(digits_nets):
+    cpu, gpu, X, _ = digits_nets
+    reps = {net: extract_representations(net, X[:50], ["hidden"]) for net in (cpu, gpu)}
+    np.testing.assert_allclose(reps[gpu]["hidden"], reps[cpu]["hidden"], atol=1e-5)
+    images = torch.rand(16, 1, 12, 12, generator=torch.Generator().manual_seed(0))
+    module = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten()
+    )
+    results = [
+        relative_sensitivity(
+            module, images, layers=["1"], init=False, random_state=0, device=d
+        )
+        for d in ("cpu", "cuda")
+    ]
+    np.testing.assert_allclose(
+        results[1]["R"].to_numpy(dtype=float),
+        results[0]["R"].to_numpy(dtype=float),
+        rtol=1e-3,
+    )
