@@ -146,8 +146,9 @@ def network_similarity(
     max_memory : int, default=2 GiB
         Bytes that the per-layer gradient factors of ``Y`` may keep between
         blocks of ``X``; past it they are recomputed for every block (slower,
-        bounded memory). A single batch that cannot fit raises a MemoryError
-        saying what to lower.
+        bounded memory). The factors of one batch may take a third of it: a
+        larger batch is computed in smaller parts, and a single sample that
+        cannot fit raises a MemoryError saying what to change.
     verbose : int, default=0
         Show a progress bar when positive.
 
@@ -199,6 +200,7 @@ def gradient_features(
     device=None,
     rtol=1e-5,
     random_state=None,
+    max_memory=2 * 2**30,
     verbose=0,
 ):
     """Per-sample gradient features whose inner products are the kernel.
@@ -219,6 +221,10 @@ def gradient_features(
         As in :func:`network_similarity`.
     random_state : int, RandomState or None, default=None
         Seeds the sketch; equal integers give comparable features.
+    max_memory : int, default=2 GiB
+        The gradient factors of one batch may take a third of it: a larger
+        batch is computed in smaller parts, and a single sample that cannot
+        fit raises a MemoryError saying what to change.
 
     Returns
     -------
@@ -244,7 +250,7 @@ def gradient_features(
     check_positive_int(n_components, "n_components", allow_none=True)
     X = check_net_input(X)
     engine = JacobianEngine(
-        resolve_module(net), output, params, batch_size, device, verbose
+        resolve_module(net), output, params, batch_size, device, verbose, max_memory
     )
     seed = features.projection_seed(random_state)
     return features.gradient_features(engine, X, n_components, whiten, seed, rtol)

@@ -10,7 +10,8 @@ from torch import nn
 
 from sksim._engine import gram
 from sksim._engine.capture import plan_layers
-from sksim._engine.gram import GramReference, NTKReference, ntk_blocks
+from sksim._engine.features import gradient_features
+from sksim._engine.gram import GramReference, ntk_blocks
 from sksim._engine.jacobian import JacobianEngine
 from sksim._engine.pieces import SharedWeightPiece, factorised_is_cheaper, materialize
 
@@ -254,10 +255,48 @@ def test_activations_are_copied_only_after_an_in_place_change():
     np.testing.assert_allclose(K, np.einsum("adp,bep->abde", J, J), rtol=1e-9)
 
 
-def test_batch_too_large_for_memory_bound():
+def _smallest_fitting_engine(module, X):
+    """An engine whose max_memory, a power of 2, is the least that one sample fits."""
+    max_memory = 3
+    while True:
+        engine = JacobianEngine(module, batch_size=4, max_memory=max_memory)
+        try:
+            sizes = [rows.stop - rows.start for rows, _ in engine.pieces(X)]
+            return engine, sizes
+        except MemoryError as error:
+            assert "pieces of a single sample take more" in str(error)
+            max_memory *= 2
+
+
+@pytest.mark.parametrize("name", LAYERS)
+def test_batches_are_split_to_fit_the_memory_bound(name):
+    module, X = _module(name)
+    J = oracle_jacobians(module, X)
+    engine, sizes = _smallest_fitting_engine(module, X)
+    assert sum(sizes) == len(X) and max(sizes) <= 2
+    K, _, G = ntk_blocks(engine, X)
+    np.testing.assert_allclose(K, np.einsum("adp,bep->abde", J, J), rtol=1e-9)
+    np.testing.assert_allclose(G, np.einsum("adp,aep->ade", J, J), rtol=1e-9)
+
+
+def test_sketched_features_in_parts_equal_those_of_whole_batches():
+    module, X = _module("conv2d_big")
+    engine, _ = _smallest_fitting_engine(module, X)
+    whole = JacobianEngine(module, batch_size=4)
+    F, F_parts = (
+        gradient_features(e, X, n_components=16, random_state=0)
+        for e in (whole, engine)
+    )
+    np.testing.assert_allclose(F_parts, F, rtol=1e-9, atol=1e-12)
+
+
+def test_another_device_computes_with_a_copy_of_the_module():
     module, X = _module("linear")
-    with pytest.raises(MemoryError, match="lower batch_size, select fewer parameters"):
-        NTKReference(JacobianEngine(module, batch_size=6), X, max_memory=100)
+    engine = JacobianEngine(module, device="meta")
+    assert engine.module is not module
+    assert {p.device.type for p in engine.module.parameters()} == {"meta"}
+    assert {p.device.type for p in module.parameters()} == {"cpu"}
+    assert JacobianEngine(module, device="cpu").module is module
 
 
 class _Cube(torch.autograd.Function):

@@ -22,7 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .pieces import DensePiece, SharedWeightPiece, factorised_is_cheaper, materialize
+from .pieces import (
+    DensePiece,
+    PieceBudget,
+    SharedWeightPiece,
+    factorised_is_cheaper,
+    materialize,
+)
 
 _NORMS = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -144,10 +150,16 @@ class LayerCapture:
         """Whether no recorded tensor was changed in place after it was recorded."""
         return all(t._version == version for t, version in self._versions)
 
-    def pieces(self, outputs: torch.Tensor) -> list:
-        """Per-layer pieces of the Jacobian of ``outputs`` (b, d) for the batch."""
+    def pieces(self, outputs: torch.Tensor, budget: PieceBudget) -> list:
+        """Per-layer pieces of the Jacobian of ``outputs`` (b, d) for the batch.
+
+        Raises ``PiecesTooLarge`` before the signals or a piece would pass
+        ``budget``.
+        """
         names = [(n, i) for n, calls in self.calls.items() for i in range(len(calls))]
         zs = [self.calls[n][i][1] for n, i in names]
+        for z in zs:
+            budget.take((outputs.shape[1], *z.shape), z)
         deltas = dict(zip(names, _output_signals(outputs, zs), strict=True))
         pieces = []
         for name, (layer, own) in self.layers.items():
@@ -156,7 +168,9 @@ class LayerCapture:
                 for i, (h, _) in enumerate(self.calls.get(name, []))
             ]
             if calls:
-                pieces.extend(_layer_pieces(layer, own, calls, outputs.shape[1]))
+                pieces.extend(
+                    _layer_pieces(layer, own, calls, outputs.shape[1], budget)
+                )
         return pieces
 
 
@@ -202,12 +216,12 @@ def _output_signals(outputs: torch.Tensor, zs: list) -> list[torch.Tensor]:
     ]
 
 
-def _layer_pieces(layer, own, calls, d) -> list:
+def _layer_pieces(layer, own, calls, d, budget) -> list:
     """Pieces of one layer's selected parameters, over all its calls."""
     if isinstance(layer, _NORMS):
-        return _norm_pieces(layer, own, calls, d)
+        return _norm_pieces(layer, own, calls, d, budget)
     if isinstance(layer, (nn.Conv1d, nn.Conv2d)):
-        return _conv_pieces(layer, own, calls, d)
+        return _conv_pieces(layer, own, calls, d, budget)
     hs, deltas = [], []
     for h, delta in calls:
         b = h.shape[0]
@@ -223,7 +237,7 @@ def _layer_pieces(layer, own, calls, d) -> list:
     h, delta = _joined(hs, dim=1), _joined(deltas, dim=2)
     if isinstance(layer, nn.Embedding):
         return [SharedWeightPiece(h, delta, layer.num_embeddings)]
-    return _weight_and_bias(h, delta, own, d)
+    return _weight_and_bias(h, delta, own, d, budget)
 
 
 def _joined(tensors: list[torch.Tensor], dim: int) -> torch.Tensor:
@@ -231,35 +245,42 @@ def _joined(tensors: list[torch.Tensor], dim: int) -> torch.Tensor:
     return tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=dim)
 
 
-def _weight_and_bias(h: torch.Tensor, delta: torch.Tensor, own, d: int) -> list:
+def _weight_and_bias(h: torch.Tensor, delta: torch.Tensor, own, d: int, budget) -> list:
     """Pieces of ``dW = sum_u delta(u) h(u)^T`` and ``db = sum_u delta(u)``.
 
     With both selected, the bias rides along as a constant input 1 of ``h``
     (implied, not stored): one piece, one product of ``delta`` per pair
     instead of two.
     """
+    b, _, T, o = delta.shape
     if "weight" not in own:
+        budget.take((b, d, o), delta)
         return [DensePiece(delta.sum(dim=2))]
     piece = SharedWeightPiece(h, delta, bias="bias" in own)
-    T, o = delta.shape[2], delta.shape[3]
-    if factorised_is_cheaper(T, h.shape[2] + piece.bias, o, d):
+    a = h.shape[2] + piece.bias
+    if factorised_is_cheaper(T, a, o, d):
         return [piece]
+    budget.take((b, d, o, a), delta)
     return [materialize(piece.inputs, delta)]
 
 
-def _conv_pieces(layer, own, calls, d) -> list:
+def _conv_pieces(layer, own, calls, d, budget) -> list:
     """Convolution pieces: factors on few positions, else per-sample gradients."""
+    b, o = len(calls[0][0]), layer.out_channels
     positions = sum(delta[0, 0, 0].numel() for _, delta in calls)
     a = layer.weight[0].numel()
-    if "weight" in own and factorised_is_cheaper(positions, a, layer.out_channels, d):
+    if "weight" in own and factorised_is_cheaper(positions, a, o, d):
+        budget.take((b, positions, a), calls[0][0])
         h = _joined([_conv_patches(layer, x) for x, _ in calls], dim=1)
         delta = _joined([_per_position_delta(delta) for _, delta in calls], dim=2)
-        return _weight_and_bias(h, delta, own, d)
+        return _weight_and_bias(h, delta, own, d, budget)
     pieces = []
     if "weight" in own:
+        budget.take((b, d, o, a), calls[0][0])
         grads = (_conv_weight_grad(layer, x, g) for x, g in calls)
         pieces.append(DensePiece(reduce(torch.add, grads)))
     if "bias" in own:
+        budget.take((b, d, o), calls[0][0])
         grads = (g.flatten(3).sum(dim=3) for _, g in calls)
         pieces.append(DensePiece(reduce(torch.add, grads)))
     return pieces
@@ -307,7 +328,8 @@ def _conv_weight_grad(layer: nn.Module, x: torch.Tensor, delta: torch.Tensor):
     return grad.reshape(b, d, -1)
 
 
-def _norm_pieces(layer, own, calls, d) -> list:
+def _norm_pieces(layer, own, calls, d, budget) -> list:
+    budget.take((len(own), len(calls[0][0]), d, layer.weight.numel()), calls[0][0])
     weight = bias = 0
     for x, delta in calls:
         b = x.shape[0]

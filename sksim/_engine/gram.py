@@ -101,7 +101,6 @@ class GramReference:
             if k == 0 and _nbytes(pieces) * self.n_samples / len(pieces[0]) > (
                 self.max_memory
             ):
-                self._check_batch_fits(pieces)
                 kept = None
             G = None if lazy and kept is not None else _gram_array(pieces)
             grams.append(G)
@@ -122,16 +121,6 @@ class GramReference:
                 ]
             )
         return self._gram
-
-    def _check_batch_fits(self, pieces: list) -> None:
-        if 3 * _nbytes(pieces) > self.max_memory:
-            raise MemoryError(
-                f"One batch of {self.engine.batch_size} samples already takes "
-                f"{_nbytes(pieces) / 2**20:.3g} MiB of gradient pieces, more than a "
-                f"third of max_memory ({self.max_memory / 2**20:.3g} MiB): lower "
-                "batch_size, select fewer parameters (params=) or outputs (output=), "
-                "or raise max_memory."
-            )
 
     def _reference_blocks(self) -> Iterator[tuple[slice, list]]:
         if self._pieces is not None:

@@ -2,7 +2,7 @@
 
 ``J(x) = d f(x) / d theta`` of shape ``(d, p)`` per sample, computed with
 ``torch.func`` (``functional_call`` + ``vmap`` of ``jacrev``) in batches, in
-eval mode, on the module's device (SPEC 1).
+eval mode, on the module's device or a copy of it on another (SPEC 1).
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import torch
 from torch.func import functional_call, jacrev, vmap
 from tqdm.auto import tqdm
 
-from .._net import evaluation_mode
+from .._net import evaluation_mode, on_device
 from .capture import LayerCapture, plan_layers
 from .inputs import batches, module_float_dtype, n_samples, take, to_tensor
-from .pieces import DensePiece
+from .pieces import DensePiece, PieceBudget, PiecesTooLarge
 from .selection import select_output, select_parameters
 
 DEFAULT_MAX_MEMORY = 2 * 2**30
@@ -36,11 +36,14 @@ class JacobianEngine:
     batch_size : int, default=64
         Samples per vectorised Jacobian computation.
     device : str, torch.device or None, default=None
-        Where to compute; None keeps the module's device.
+        Where to compute; None keeps the module's device. Elsewhere the engine
+        computes with a copy of the module, which itself stays where it is.
     verbose : int, default=0
         Show a progress bar over batches when positive.
     max_memory : int, default=2 GiB
-        Bytes that a prepared reference set may keep (see ``gram``).
+        Bytes that a prepared reference set may keep (see ``gram``). The
+        pieces of one batch may take a third of it: a larger batch is split
+        into parts that fit.
     """
 
     def __init__(
@@ -55,23 +58,19 @@ class JacobianEngine:
     ):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int; got {batch_size!r}.")
-        self.module = module
+        own_device = next(iter(select_parameters(module, params).values())).device
+        self.device = torch.device(device) if device is not None else own_device
+        self.module = on_device(module, self.device)
         self.output = output
-        self.parameters = select_parameters(module, params)
+        self.parameters = select_parameters(self.module, params)
         self.batch_size = batch_size
         self.verbose = verbose
         self.max_memory = max_memory
-        self.device = (
-            torch.device(device)
-            if device is not None
-            else next(iter(self.parameters.values())).device
-        )
-        self.dtype = module_float_dtype(module)
+        self.dtype = module_float_dtype(self.module)
         self.n_params = sum(p.numel() for p in self.parameters.values())
         self._copy_activations = False
-
-    def _prepare(self) -> None:
-        self.module.to(self.device)
+        self._part_size = batch_size
+        self._n_outputs = None
 
     def _call(self, batch) -> torch.Tensor:
         """Selected outputs ``(B, d)`` of a batch (a dict goes in as keywords)."""
@@ -88,14 +87,14 @@ class JacobianEngine:
 
     def n_outputs(self, X) -> int:
         """The number d of Jacobian rows per sample."""
-        self._prepare()
-        first = to_tensor(take(X, slice(0, 1)), self.device, self.dtype)
-        with evaluation_mode(self.module), torch.no_grad():
-            return self._call(first).shape[1]
+        if self._n_outputs is None:
+            first = to_tensor(take(X, slice(0, 1)), self.device, self.dtype)
+            with evaluation_mode(self.module), torch.no_grad():
+                self._n_outputs = self._call(first).shape[1]
+        return self._n_outputs
 
     def outputs(self, X) -> torch.Tensor:
         """Selected outputs ``(n, d)`` of every sample, on the CPU."""
-        self._prepare()
         with evaluation_mode(self.module), torch.no_grad():
             parts = [
                 self._call(b).cpu()
@@ -134,7 +133,6 @@ class JacobianEngine:
         self, X, progress: bool = True
     ) -> Iterator[tuple[slice, torch.Tensor]]:
         """Yield ``(rows, J)`` with ``J`` of shape ``(b, d, p)`` on the device."""
-        self._prepare()
         jacobian = self._per_sample_jacobian(list(self.parameters))
         with evaluation_mode(self.module), torch.no_grad():
             for rows, batch in self._batches(X, progress):
@@ -145,20 +143,49 @@ class JacobianEngine:
 
         Supported layers come factorised or materialised from one batched
         forward and ``d`` backward passes (see ``capture``); any other selected
-        parameter comes from per-sample ``torch.func`` Jacobians.
+        parameter comes from per-sample ``torch.func`` Jacobians. A batch whose
+        pieces would take more than a third of ``max_memory`` comes in parts
+        half as large, and so on, down to single samples.
         """
-        self._prepare()
         layers, fallback = plan_layers(self.module, self.parameters)
         jacobian = self._per_sample_jacobian(fallback) if fallback else None
+        n_fallback = sum(self.parameters[name].numel() for name in fallback)
         with evaluation_mode(self.module):
             for rows, batch in self._batches(X, progress):
-                pieces = self._captured_pieces(layers, batch) if layers else []
-                if jacobian is not None:
-                    with torch.no_grad():
-                        pieces.append(DensePiece(jacobian(batch)))
-                yield rows, pieces
+                start, n = 0, rows.stop - rows.start
+                while start < n:
+                    part = slice(start, min(start + self._part_size, n))
+                    try:
+                        pieces = self._batch_pieces(
+                            layers, jacobian, n_fallback, take(batch, part)
+                        )
+                    except PiecesTooLarge:
+                        self._split(part.stop - part.start)
+                        continue
+                    yield slice(rows.start + part.start, rows.start + part.stop), pieces
+                    start = part.stop
 
-    def _captured_pieces(self, layers: dict, batch) -> list:
+    def _split(self, size: int) -> None:
+        if size == 1:
+            raise MemoryError(
+                "The gradient pieces of a single sample take more than a third of "
+                f"max_memory ({self.max_memory} bytes): raise max_memory, "
+                "or select fewer parameters (params=) or outputs (output=)."
+            )
+        self._part_size = (size + 1) // 2
+
+    def _batch_pieces(self, layers: dict, jacobian, n_fallback: int, batch) -> list:
+        """The pieces of one batch, or ``PiecesTooLarge`` before they pass budget."""
+        budget = PieceBudget(self.max_memory // 3)
+        pieces = self._captured_pieces(layers, batch, budget) if layers else []
+        if jacobian is not None:
+            b, d = n_samples(batch), self.n_outputs(batch)
+            budget.take((b, d, n_fallback), next(iter(self.parameters.values())))
+            with torch.no_grad():
+                pieces.append(DensePiece(jacobian(batch)))
+        return pieces
+
+    def _captured_pieces(self, layers: dict, batch, budget: PieceBudget) -> list:
         """Pieces of the handled layers from one forward and backward pass.
 
         Recorded activations are not copied unless an in-place operation of
@@ -169,9 +196,9 @@ class JacobianEngine:
         with torch.enable_grad(), LayerCapture(layers, copy) as capture:
             outputs = self._call(batch)
             if capture.intact():
-                return capture.pieces(outputs)
+                return capture.pieces(outputs, budget)
         self._copy_activations = True
-        return self._captured_pieces(layers, batch)
+        return self._captured_pieces(layers, batch, budget)
 
     def jacobian(self, X) -> torch.Tensor:
         """All per-sample Jacobians ``(n, d, p)`` at once (memory ``n d p``)."""

@@ -25,6 +25,27 @@ from .normalize import gram_power
 PAIR_CHUNK_ELEMENTS = 2**25
 
 
+class PiecesTooLarge(Exception):
+    """The pieces of a batch would take more memory than its budget."""
+
+
+class PieceBudget:
+    """Bytes that the pieces of one batch may still allocate.
+
+    Each allocation is announced with :meth:`take` before it is made, so a
+    batch that cannot fit stops before the memory is used.
+    """
+
+    def __init__(self, nbytes: int):
+        self.left = nbytes
+
+    def take(self, shape, like: torch.Tensor) -> None:
+        """Reserve a tensor of ``shape`` and ``like``'s dtype, or raise."""
+        self.left -= int(np.prod(shape)) * like.element_size()
+        if self.left < 0:
+            raise PiecesTooLarge
+
+
 class DensePiece:
     """Materialised per-sample gradients ``(b, d, q)`` of some parameters."""
 
