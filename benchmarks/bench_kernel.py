@@ -10,9 +10,10 @@ Runs, in one process and alternating, for each case:
 
 It reports the median wall time of single calls (alternating methods; three
 or more per method, up to 40 while a method's calls add up to less than 3 s), ratios to
-sksim, the peak resident memory added during one more call of each, and the
-largest error against a float64 oracle on the leading block, then writes a
-Markdown table to ``docs/benchmarks.md``.
+sksim, the peak memory added during one more call of each (resident memory on
+the CPU, allocated GPU memory on CUDA), and the largest error against a float64
+oracle on the leading block, then writes a Markdown table to
+``docs/benchmarks.md`` (``docs/benchmarks-cuda.md`` with ``--device cuda``).
 
 Usage: ``python benchmarks/bench_kernel.py [--quick] [--device cuda] [--out PATH]``.
 """
@@ -40,6 +41,28 @@ HERE = Path(__file__).resolve().parent
 def _rss() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * 4096
+
+
+def synchronize(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class PeakGPUMemory:
+    """Peak allocated CUDA memory above the starting point."""
+
+    def __init__(self, device):
+        self.device = device
+
+    def __enter__(self):
+        synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        self.start = torch.cuda.memory_allocated(self.device)
+        return self
+
+    def __exit__(self, *exc):
+        synchronize(self.device)
+        self.added = torch.cuda.max_memory_allocated(self.device) - self.start
 
 
 class PeakMemory:
@@ -83,7 +106,7 @@ def vmap_gram(module, X, output, batch_size):
         g = per_sample(params, X[start : start + batch_size])
         rows.append(torch.cat([v.reshape(v.shape[0], -1) for v in g.values()], dim=1))
     G = torch.cat(rows)
-    return (G @ G.T).numpy()
+    return (G @ G.T).cpu().numpy()
 
 
 def nngeometry_gram(module, X, batch_size):
@@ -92,20 +115,21 @@ def nngeometry_gram(module, X, batch_size):
 
     loader = DataLoader(TensorDataset(X), batch_size=batch_size)
     gram = GramMatrix(module, loader, function=lambda x: module(x)[:, :1])
-    return gram.to_torch()[0, :, 0, :].numpy()
+    return gram.to_torch()[0, :, 0, :].cpu().numpy()
 
 
 def floor(module, X, batch_size):
     for start in range(0, len(X), batch_size):
         module.zero_grad(set_to_none=True)
         module(X[start : start + batch_size])[:, 0].sum().backward()
+    synchronize(X.device)
 
 
 def oracle(module, X):
     """float64 Gram of scalar-output gradients, one sample at a time."""
     double = _double(module)
     rows = []
-    for x in X.double():
+    for x in X.cpu().double():
         out = double(x[None])[0, 0]
         g = torch.autograd.grad(out, list(double.parameters()))
         rows.append(torch.cat([t.reshape(-1) for t in g]))
@@ -116,7 +140,7 @@ def oracle(module, X):
 def _double(module):
     import copy
 
-    return copy.deepcopy(module).double().eval()
+    return copy.deepcopy(module).cpu().double().eval()
 
 
 def alternating_timings(methods: dict, repeats: int, fast_runs=40, fast_total=3.0):
@@ -149,7 +173,7 @@ def run_case(name, module, X, methods, repeats, batch_size, n_check=128):
     timings, results = alternating_timings(calls, repeats)
     memory = {}
     for method, call in calls.items():  # apart, so that sampling does not slow
-        with PeakMemory() as peak:
+        with PeakGPUMemory(X.device) if X.is_cuda else PeakMemory() as peak:
             call()
         memory[method] = peak.added
     exact = oracle(module, X[:n_check])
@@ -213,8 +237,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small N, one repeat")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", default=str(HERE.parent / "docs" / "benchmarks.md"))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", default=None, help="default: docs/benchmarks*.md")
     args = parser.parse_args()
+    device = torch.device(args.device)
+    suffix = "" if device.type == "cpu" else f"-{device.type}"
+    out = args.out or HERE.parent / "docs" / f"benchmarks{suffix}.md"
     torch.manual_seed(0)
     repeats = 1 if args.quick else args.repeats
     sizes = (
@@ -224,24 +252,35 @@ def main():
     )
     rows = []
     for n in sizes["mlp"]:
-        X = torch.randn(n, 784)
-        rows += run_case("MLP 784-256-256-10", mlp(), X, _methods(), repeats, 1024)
+        X = torch.randn(n, 784, device=device)
+        module = mlp().to(device)
+        rows += run_case("MLP 784-256-256-10", module, X, _methods(), repeats, 1024)
     for n in sizes["cnn"]:
-        X = torch.randn(n, 1, 28, 28)
-        rows += run_case("CNN conv32-conv64", cnn(), X, _methods(), repeats, 256)
+        X = torch.randn(n, 1, 28, 28, device=device)
+        module = cnn().to(device)
+        rows += run_case("CNN conv32-conv64", module, X, _methods(), repeats, 256)
     for n in sizes["resnet"]:
-        X = torch.randn(n, 3, 16, 16)
-        module = with_running_statistics(small_resnet(), X)
+        X = torch.randn(n, 3, 16, 16, device=device)
+        module = with_running_statistics(small_resnet().to(device), X)
         rows += run_case("ResNet-8 + BatchNorm", module, X, _methods(), repeats, 128)
     n_multi = sizes["mlp"][0]
-    multi = multi_output_rows(mlp(), torch.randn(n_multi, 784), repeats, 1024)
-    write_report(rows, multi, n_multi, args.out)
+    X = torch.randn(n_multi, 784, device=device)
+    multi = multi_output_rows(mlp().to(device), X, repeats, 1024)
+    write_report(rows, multi, n_multi, out, device)
 
 
-def write_report(rows, multi, n_multi, path):
+def _machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
+    processor = platform.processor() or platform.machine()
+    return f"{processor}, {torch.get_num_threads()} torch threads"
+
+
+def write_report(rows, multi, n_multi, path, device):
     lines = [
         "| network | N | method | median time (s) | ratio to sksim "
-        "| peak added RSS (MiB) | max rel. error vs float64 |",
+        f"| peak added {'GPU memory' if device.type == 'cuda' else 'RSS'} (MiB) "
+        "| max rel. error vs float64 |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, n, method, t, ratio, mem, err in rows:
@@ -261,9 +300,9 @@ def write_report(rows, multi, n_multi, path):
     table = "\n".join(lines)
     print(table)
     header = (
-        "# Benchmarks\n\nProduced by `python benchmarks/bench_kernel.py` on "
-        f"{platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+        f"# Benchmarks ({device.type})\n\nProduced by "
+        f"`python benchmarks/bench_kernel.py --device {device.type}` on "
+        f"{_machine(device)}, torch {torch.__version__}, "
         f"{time.strftime('%Y-%m-%d')}. Times are medians of single calls, alternating "
         "methods in one process (at least 3 per method, up to 40 for fast ones); "
         "'floor' is one forward and backward pass over the same batches.\n\n"
