@@ -19,12 +19,13 @@ def _as_array(X):
     return X
 
 
-def check_net_input(X, estimator=None, reset=True):
+def check_net_input(X, estimator=None, reset=True, keep_tensors=False):
     """Validate inputs for a network: arrays of any rank, or a dict of them.
 
     Arrays keep integer dtypes (token ids) and may have any number of
     dimensions (images, sequences); NaN and infinity are refused. With an
     ``estimator``, ``n_features_in_`` is set (``reset=True``) or checked.
+    With ``keep_tensors``, a tensor is checked and returned where it lives.
     """
     if isinstance(X, Mapping) and not issparse(X):  # a DOK matrix is a Mapping
         if not X:
@@ -38,9 +39,27 @@ def check_net_input(X, estimator=None, reset=True):
         n_samples(checked)
         return checked
     kwargs = dict(allow_nd=True, dtype="numeric")
+    if keep_tensors and isinstance(X, torch.Tensor):
+        return _check_tensor(X)
     if estimator is None:
         return check_array(_as_array(X), **kwargs)
     return validate_data(estimator, _as_array(X), reset=reset, **kwargs)
+
+
+def _check_tensor(X: torch.Tensor) -> torch.Tensor:
+    """Validate a tensor where it lives, so that one on a GPU stays there."""
+    if X.ndim < 2 or len(X) == 0:
+        raise ValueError(
+            f"Expected a tensor of shape (n_samples, ...) with at least two "
+            f"dimensions and one sample; got shape {tuple(X.shape)}. Reshape a "
+            "single feature with X.reshape(-1, 1), a single sample with "
+            "X.reshape(1, -1)."
+        )
+    if X.is_complex():
+        raise ValueError(f"Expected a real tensor; got dtype {X.dtype}.")
+    if X.is_floating_point() and not bool(torch.isfinite(X).all()):
+        raise ValueError("Input X contains NaN or infinity.")
+    return X.detach()
 
 
 def check_positive_int(value, name, allow_none=False):

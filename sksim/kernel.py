@@ -176,8 +176,8 @@ def network_similarity(
     """
     _check_options(kind, reduce, rtol, n_components)
     check_positive_int(batch_size, "batch_size")
-    X = check_net_input(X)
-    Y = None if Y is None else check_net_input(Y)
+    X = check_net_input(X, keep_tensors=True)
+    Y = None if Y is None else check_net_input(Y, keep_tensors=True)
     engine = JacobianEngine(
         resolve_module(net), output, params, batch_size, device, verbose, max_memory
     )
@@ -248,7 +248,7 @@ def gradient_features(
     True
     """
     check_positive_int(n_components, "n_components", allow_none=True)
-    X = check_net_input(X)
+    X = check_net_input(X, keep_tensors=True)
     engine = JacobianEngine(
         resolve_module(net), output, params, batch_size, device, verbose, max_memory
     )

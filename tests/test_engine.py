@@ -8,7 +8,7 @@ import torch
 from _architectures import oracle_jacobians, trained_batchnorm
 from torch import nn
 
-from sksim._engine import gram
+from sksim._engine import capture, gram
 from sksim._engine.capture import plan_layers
 from sksim._engine.features import gradient_features
 from sksim._engine.gram import GramReference, ntk_blocks
@@ -332,3 +332,18 @@ def test_output_rows_fall_back_to_one_backward_each():
     J = oracle_jacobians(module, X)
     K, _, _ = ntk_blocks(JacobianEngine(module), X)
     np.testing.assert_allclose(K, np.einsum("adp,bep->abde", J, J), rtol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "kernel, dilation, padding, stride",
+    [
+        ((3, 3), (1, 1), (0, 0), (1, 1)),
+        ((3, 2), (2, 1), (1, 2), (2, 1)),
+        ((1, 4), (1, 2), (0, 3), (1, 3)),
+    ],
+)
+def test_strided_patches_equal_unfold(kernel, dilation, padding, stride):
+    x = torch.randn(3, 2, 11, 13, dtype=torch.float64)
+    expected = torch.nn.functional.unfold(x, kernel, dilation, padding, stride)
+    patches = capture._strided_patches(x, kernel, dilation, padding, stride)
+    torch.testing.assert_close(patches, expected.transpose(1, 2), rtol=0, atol=0)

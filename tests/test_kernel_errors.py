@@ -129,3 +129,17 @@ def test_memory_bound_reblocks_or_explains(module):
     np.testing.assert_allclose(network_similarity(module, X, max_memory=small), K)
     with pytest.raises(MemoryError, match="single sample take more than a third"):
         network_similarity(module, X, max_memory=100)
+
+
+def test_tensor_inputs_are_checked_where_they_live(module):
+    X_bad = torch.from_numpy(X.copy())
+    X_bad[2, 1] = float("nan")
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        network_similarity(module, X_bad)
+    with pytest.raises(ValueError, match="at least two dimensions"):
+        network_similarity(module, torch.zeros(5))
+    with pytest.raises(ValueError, match="real tensor"):
+        network_similarity(module, torch.zeros(2, 5, dtype=torch.complex64))
+    np.testing.assert_array_equal(
+        network_similarity(module, torch.from_numpy(X)), network_similarity(module, X)
+    )

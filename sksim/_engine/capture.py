@@ -90,9 +90,23 @@ def _conv_patches(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if isinstance(padding, str):
         if padding == "same":
             x = F.pad(x, layer._reversed_padding_repeated_twice)
-        padding = 0
-    patches = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)
-    return patches.transpose(1, 2)
+        padding = (0, 0)
+    if x.device.type == "cpu":
+        patches = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)
+        return patches.transpose(1, 2)
+    return _strided_patches(x, kernel, dilation, padding, stride)
+
+
+def _strided_patches(x, kernel, dilation, padding, stride) -> torch.Tensor:
+    """``unfold`` through strided views and one copy (CUDA's ``unfold`` loops
+    over the samples, one kernel launch each)."""
+    x = F.pad(x, (padding[1], padding[1], padding[0], padding[0]))
+    geometry = zip(kernel, stride, dilation, strict=True)
+    for axis, (k, step, spacing) in enumerate(geometry):
+        x = x.unfold(2 + axis, (k - 1) * spacing + 1, step)
+    x = x[..., :: dilation[0], :: dilation[1]]  # (b, C, H_out, W_out, k_h, k_w)
+    b, _, height, width = x.shape[:4]
+    return x.permute(0, 2, 3, 1, 4, 5).reshape(b, height * width, -1)
 
 
 def _normalised_input(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:

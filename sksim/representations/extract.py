@@ -88,7 +88,7 @@ def extract_representations(
             f"No module named {missing} in the network; available names include "
             f"{available}."
         )
-    X = check_net_input(X)
+    X = check_net_input(X, keep_tensors=True)
     device = resolve_device(net, device)
     module = on_device(module, device)
     named = dict(module.named_modules())
