@@ -187,7 +187,12 @@ class GramReference:
         products that together cover just over half of the matrix.
         """
         m, d = self.n_samples, self.n_outputs
-        out = torch.empty((m, m, d, d) if self.full else (m, m), dtype=torch.float64)
+        shape = (m, m, d, d) if self.full else (m, m)
+        # filled on the pieces' device when it fits there: one transfer at the end
+        where = self._pieces[0].signal.device
+        if 8 * np.prod(shape) > self.max_memory // 3:
+            where = torch.device("cpu")
+        out = torch.empty(shape, dtype=torch.float64, device=where)
         swap = (1, 0, 3, 2) if self.full else (1, 0)
         width = max(STRIP_ROWS, STRIP_ELEMENTS // (STRIP_ROWS * d * d))
         for i in range(0, m, STRIP_ROWS):
@@ -196,13 +201,13 @@ class GramReference:
             for j in range(i, m, width):
                 cols = slice(j, min(j + width, m))
                 B = _pair(left, [p.take(cols) for p in self._pieces], self.full)
-                B = (B if self.full or d == 1 else B / d).cpu()
+                B = (B if self.full or d == 1 else B / d).to(where)
                 if i == j:
                     diagonal = B[:, : rows.stop - i]
                     diagonal.copy_(0.5 * (diagonal + diagonal.permute(swap)))
                 out[rows, cols] = B
                 out[cols, rows] = B.permute(swap)
-        return out.numpy()
+        return out.cpu().numpy()
 
 
 def symmetrize(K: np.ndarray, tile: int = SYMMETRIC_TILE) -> None:
