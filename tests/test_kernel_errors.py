@@ -12,6 +12,7 @@ from sksim import (
     SingularJacobianGramWarning,
     network_similarity,
 )
+from sksim._validation import check_net_input
 
 X = np.random.RandomState(0).randn(6, 5).astype(np.float32)
 
@@ -143,3 +144,9 @@ def test_tensor_inputs_are_checked_where_they_live(module):
     np.testing.assert_array_equal(
         network_similarity(module, torch.from_numpy(X)), network_similarity(module, X)
     )
+
+
+def test_large_finite_tensor_whose_sum_overflows_is_accepted():
+    big = torch.full((2, 5), 3e38)
+    assert not torch.isfinite(big.sum())
+    torch.testing.assert_close(check_net_input(big, keep_tensors=True), big)

@@ -30,7 +30,11 @@ POWERS = {"ntk": (None, None), "cosine": (-0.5, -0.5), "influence": (-1.0, None)
 
 
 def _pair(left: list, right: list, full: bool) -> torch.Tensor:
-    return sum(p.pair(q, full) for p, q in zip(left, right, strict=True))
+    pairs = (p.pair(q, full) for p, q in zip(left, right, strict=True))
+    total = next(pairs)
+    for products in pairs:
+        total += products
+    return total
 
 
 def _cat(batches: list[list]) -> list:

@@ -177,7 +177,7 @@ class SharedWeightPiece:
                 )
                 return DD * HH[:, :, None, None]
             D = self.delta.reshape(b, -1)
-            return (D @ other.delta.reshape(len(other), -1).T) * HH
+            return (D @ other.delta.reshape(len(other), -1).T).mul_(HH)
         step = max(1, PAIR_CHUNK_ELEMENTS // max(1, b * T * T_other))
         parts = []
         for start in range(0, len(other), step):
