@@ -140,7 +140,8 @@ class SelfDenoisingAnalysis(BaseEstimator):
     batch_size : int, default=64
         Samples per vectorised Jacobian computation, and rows per block.
     device : str or torch.device, default=None
-        Where to compute; None keeps the network's device.
+        Where to compute; None keeps the network's device. Elsewhere a copy
+        of the network computes; the network itself does not move.
     rtol : float, default=1e-5
         Relative eigenvalue floor of ``J J^T`` (cosine-based weights).
     random_state : int or None, default=None

@@ -124,7 +124,8 @@ def network_similarity(
     batch_size : int, default=64
         Samples per vectorised Jacobian computation.
     device : str or torch.device, default=None
-        Where to compute; None keeps the network's device.
+        Where to compute; None keeps the network's device. Elsewhere a copy
+        of the network computes; the network itself does not move.
     reduce : {"trace", None}, default="trace"
         ``"trace"`` returns the scalar kernel; None the full ``(n_X, n_Y, d, d)``
         matrix blocks.
@@ -298,7 +299,8 @@ class NetworkSimilarityKernel(TransformerMixin, BaseEstimator):
     batch_size : int, default=64
         Samples per vectorised Jacobian computation.
     device : str or torch.device, default=None
-        Where to compute; None keeps the network's device.
+        Where to compute; None keeps the network's device. Elsewhere a copy
+        of the network computes; the network itself does not move.
     rtol : float, default=1e-5
         Relative eigenvalue floor of ``J J^T``.
     n_components : int or None, default=None

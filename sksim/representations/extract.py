@@ -50,7 +50,8 @@ def extract_representations(
         Pooling of feature maps over their spatial axes; None flattens them.
     batch_size : int, default=128
     device : str or torch.device, default=None
-        Where to run; None keeps the network's device.
+        Where to run; None keeps the network's device. Elsewhere a copy of
+        the network runs; the network itself does not move.
     verbose : int, default=0
         Show a progress bar over the batches when positive.
 

@@ -387,7 +387,8 @@ def relative_sensitivity(
     batch_size : int, default=64
         Probe inputs per forward pass (each pass holds ``3 * batch_size``).
     device : str or torch.device, default=None
-        Where to compute; None keeps the network's device.
+        Where to compute; None keeps the network's device. Elsewhere a copy
+        of the network computes; the network itself does not move.
     random_state : int, RandomState instance or None, default=None
         Seeds the probe subset, deformations, noise, initialisations and
         channel shuffles.
