@@ -8,7 +8,7 @@ import torch
 from _architectures import oracle_jacobians, trained_batchnorm
 from torch import nn
 
-from sksim._engine import capture, gram
+from sksim._engine import capture, gram, transfer
 from sksim._engine.capture import plan_layers
 from sksim._engine.features import gradient_features
 from sksim._engine.gram import GramReference, ntk_blocks
@@ -347,3 +347,16 @@ def test_strided_patches_equal_unfold(kernel, dilation, padding, stride):
     expected = torch.nn.functional.unfold(x, kernel, dilation, padding, stride)
     patches = capture._strided_patches(x, kernel, dilation, padding, stride)
     torch.testing.assert_close(patches, expected.transpose(1, 2), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_results_reach_the_host_intact(device, monkeypatch):
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    monkeypatch.setattr(transfer, "STAGING_BYTES", 3 * 7 * 8)  # 3 rows at a time
+    tensor = torch.randn(10, 7, dtype=torch.float64, device=device)
+    out = np.zeros((10, 9))
+    transfer.copy_to_host(out[:, 1:8], tensor)  # a strided view
+    np.testing.assert_array_equal(out[:, 1:8], tensor.cpu().numpy())
+    assert not out[:, [0, 8]].any()
+    np.testing.assert_array_equal(transfer.to_host(tensor), tensor.cpu().numpy())

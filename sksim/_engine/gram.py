@@ -19,6 +19,7 @@ from .inputs import n_samples
 from .jacobian import JacobianEngine
 from .normalize import KINDS
 from .pieces import gram_of, map_pieces
+from .transfer import copy_to_host, to_host
 
 # Tiles of symmetric kernels: small enough for the transposes to stay in cache.
 SYMMETRIC_TILE = 256
@@ -138,7 +139,7 @@ class GramReference:
         shape = (b, self.n_samples, d, d) if self.full else (b, self.n_samples)
         out = np.empty(shape)
         for cols, right in self._reference_blocks():
-            out[:, cols] = _pair(left, right, self.full).double().cpu().numpy()
+            copy_to_host(out[:, cols], _pair(left, right, self.full).double())
         if self.full:
             return out.transpose(0, 1, 3, 2) if self.kind == "influence" else out
         return out / d
@@ -211,7 +212,7 @@ class GramReference:
                     diagonal.copy_(0.5 * (diagonal + diagonal.permute(swap)))
                 out[rows, cols] = B
                 out[cols, rows] = B.permute(swap)
-        return out.cpu().numpy()
+        return to_host(out)
 
 
 def symmetrize(K: np.ndarray, tile: int = SYMMETRIC_TILE) -> None:
