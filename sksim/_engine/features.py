@@ -18,6 +18,7 @@ from .jacobian import JacobianEngine
 from .normalize import gram_power
 from .pieces import gram_of, map_pieces
 from .sketch import GradientSketch
+from .transfer import to_host
 
 
 def whitened_jacobians(
@@ -61,11 +62,11 @@ def gradient_features(
         power = -0.5
     if n_components is None and power in (None, -0.5):
         blocks = whitened_jacobians(engine, X, rtol) if power else engine.jacobians(X)
-        return np.concatenate([A.float().cpu().numpy() for _, A in blocks])
+        return np.concatenate([to_host(A.float()) for _, A in blocks])
     sketch = GradientSketch(n_components, projection_seed(random_state))
     parts = []
     for _, pieces in engine.pieces(X):
         G = gram_of(pieces).double().cpu().numpy()
         pieces = map_pieces(pieces, G, power, rtol)
-        parts.append(sketch.features(pieces).float().cpu().numpy())
+        parts.append(to_host(sketch.features(pieces).float()))
     return np.concatenate(parts)
