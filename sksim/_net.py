@@ -94,15 +94,12 @@ def on_device(module: torch.nn.Module, device) -> torch.nn.Module:
     The caller's network (a skorch net's ``module_`` too) never changes device.
     """
     device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
     tensors = itertools.chain(module.parameters(), module.buffers())
-    if all(_is_on(t, device) for t in tensors):
+    if all(t.device == device for t in tensors):
         return module
     return copy.deepcopy(module).to(device)
-
-
-def _is_on(tensor: torch.Tensor, device: torch.device) -> bool:
-    here = tensor.device
-    return here.type == device.type and device.index in (None, here.index)
 
 
 @contextlib.contextmanager
