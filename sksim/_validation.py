@@ -38,9 +38,9 @@ def check_net_input(X, estimator=None, reset=True, keep_tensors=False):
         }
         n_samples(checked)
         return checked
-    kwargs = dict(allow_nd=True, dtype="numeric")
     if keep_tensors and isinstance(X, torch.Tensor):
         return _check_tensor(X)
+    kwargs = dict(allow_nd=True, dtype="numeric")
     if estimator is None:
         return check_array(_as_array(X), **kwargs)
     return validate_data(estimator, _as_array(X), reset=reset, **kwargs)
@@ -50,7 +50,7 @@ def _check_tensor(X: torch.Tensor) -> torch.Tensor:
     """Validate a tensor where it lives, so that one on a GPU stays there."""
     if X.ndim < 2 or len(X) == 0:
         raise ValueError(
-            f"Expected a tensor of shape (n_samples, ...) with at least two "
+            "Expected a tensor of shape (n_samples, ...) with at least two "
             f"dimensions and one sample; got shape {tuple(X.shape)}. Reshape a "
             "single feature with X.reshape(-1, 1), a single sample with "
             "X.reshape(1, -1)."

@@ -3,6 +3,8 @@
 Skipped where no CUDA device exists (as in CI); run on a GPU machine.
 """
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -65,6 +67,17 @@ def test_cuda_symmetric_strips_match_the_oracle(monkeypatch):
     J = oracle_jacobians(module, X)
     K = network_similarity(module, X, batch_size=3, device="cuda")
     np.testing.assert_allclose(K, oracle_kernel(J, J, "cosine"), rtol=1e-5, atol=1e-10)
+
+
+def test_cuda_tensors_stay_on_the_gpu_and_give_the_oracle():
+    module, X = _case("cnn_batchnorm")
+    J = oracle_jacobians(module, X)
+    on_gpu, X_gpu = copy.deepcopy(module).cuda(), X.cuda()
+    K = network_similarity(on_gpu, X_gpu, batch_size=3)
+    np.testing.assert_allclose(K, oracle_kernel(J, J, "cosine"), rtol=1e-5, atol=1e-10)
+    X_gpu[1, 0, 2, 2] = float("nan")
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        network_similarity(on_gpu, X_gpu)
 
 
 def test_cuda_sketch_equals_the_cpu_sketch():

@@ -17,7 +17,7 @@ STAGING_BYTES = 2**23
 def copy_to_host(out: np.ndarray, tensor: torch.Tensor) -> np.ndarray:
     """Copy ``tensor`` into the array (or array view) ``out``; return ``out``."""
     target = torch.from_numpy(out)
-    if tensor.device.type != "cuda":
+    if tensor.device.type != "cuda" or len(tensor) == 0:
         target.copy_(tensor)
         return out
     row_bytes = max(1, tensor[0].numel() * tensor.element_size())
