@@ -10,7 +10,7 @@ from scipy.sparse import issparse
 from sklearn.utils import check_array
 from sklearn.utils.validation import validate_data
 
-from ._engine.inputs import n_samples
+from ._engine.inputs import check_finite, n_samples
 
 
 def _as_array(X):
@@ -57,10 +57,7 @@ def _check_tensor(X: torch.Tensor) -> torch.Tensor:
         )
     if X.is_complex():
         raise ValueError(f"Expected a real tensor; got dtype {X.dtype}.")
-    # a finite sum is the fast common case; only an overflowing one needs a look
-    if X.is_floating_point() and not bool(torch.isfinite(X.sum())):
-        if not bool(torch.isfinite(X).all()):
-            raise ValueError("Input X contains NaN or infinity.")
+    check_finite(X)
     return X.detach()
 
 
