@@ -65,6 +65,64 @@ class TokenModel(nn.Module):
         return self.head(h.mean(dim=1))
 
 
+class SequenceFirst(nn.Module):
+    """A transformer encoder layer on ``(T, B, H)``: samples on axis 1, not 0."""
+
+    def __init__(self, vocab=11, dim=4, n_out=2):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, dim)
+        self.norm = nn.LayerNorm(dim)
+        self.mix = nn.Linear(dim, dim)
+        self.encoder = nn.TransformerEncoderLayer(dim, 2, 8, dropout=0.0)
+        self.head = nn.Linear(dim, n_out)
+
+    def forward(self, tokens):
+        h = self.emb(tokens).transpose(0, 1)
+        h = self.encoder(torch.tanh(self.mix(self.norm(h))))
+        return self.head(h.mean(dim=0))
+
+
+class SharedTables(nn.Module):
+    """Layers whose outputs are shared by the batch and broadcast into it: a
+    position embedding of ``(1, T)`` ids and a linear map of a learned table
+    without a batch axis."""
+
+    def __init__(self, vocab=11, dim=4, length=5, n_out=2):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, dim)
+        self.positions = nn.Embedding(length, dim)
+        self.table = nn.Parameter(torch.linspace(-1, 1, length * dim).reshape(-1, dim))
+        self.table_map = nn.Linear(dim, dim)
+        self.head = nn.Linear(dim, n_out)
+
+    def forward(self, tokens):
+        ids = torch.arange(tokens.shape[1], device=tokens.device)[None]
+        h = self.emb(tokens) + self.positions(ids) + self.table_map(self.table)
+        return self.head(torch.tanh(h).mean(dim=1))
+
+
+class BertLogits(nn.Module):
+    """A two-layer BERT-style encoder from a ``transformers`` config, as logits."""
+
+    def __init__(self, n_out=3):
+        super().__init__()
+        from transformers import BertConfig, BertForSequenceClassification
+
+        config = BertConfig(
+            vocab_size=60,
+            hidden_size=16,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=24,
+            max_position_embeddings=16,
+            num_labels=n_out,
+        )
+        self.bert = BertForSequenceClassification(config)
+
+    def forward(self, input_ids):
+        return self.bert(input_ids=input_ids).logits
+
+
 class AnyWidth(nn.Module):
     """Accepts any number of features: a per-feature embedding averaged over them.
 

@@ -7,6 +7,9 @@ from _architectures import (
     MLP,
     ResidualNet,
     SmallCNN,
+    BertLogits,
+    SequenceFirst,
+    SharedTables,
     TokenModel,
     oracle_jacobians,
     oracle_kernel,
@@ -36,10 +39,41 @@ def _case(name):
         )
     if name == "tokens":
         return TokenModel().double(), torch.randint(0, 11, (6, 5), generator=g)
+    if name == "bert":
+        return BertLogits().double().eval(), torch.randint(0, 60, (5, 9), generator=g)
+    if name == "shared_tables":
+        return SharedTables().double(), torch.randint(0, 11, (6, 5), generator=g)
+    if name.startswith("sequence_first"):  # sequence length 3 equals a batch size
+        length = int(name[-1])
+        return SequenceFirst().double(), torch.randint(0, 11, (6, length), generator=g)
     raise ValueError(name)
 
 
-CASES = ["mlp", "mlp_d3", "cnn_batchnorm", "residual", "tokens"]
+CASES = [
+    "mlp",
+    "mlp_d3",
+    "cnn_batchnorm",
+    "residual",
+    "tokens",
+    "bert",
+    "shared_tables",
+    "sequence_first_3",
+    "sequence_first_4",
+]
+
+
+@pytest.mark.parametrize("output", [0, "logits"])
+@pytest.mark.parametrize("batch_size", [1, 2, 3, 5])
+@pytest.mark.parametrize("kind", ["cosine", "ntk", "influence"])
+def test_transformer_kernel_matches_oracle_for_every_batch_size(
+    kind, batch_size, output
+):
+    """Position embeddings are one table broadcast over the batch: each sample
+    still gets its own gradient, in every batch size."""
+    module, X = _case("bert")
+    J = oracle_jacobians(module, X, output=output)
+    K = network_similarity(module, X, kind=kind, output=output, batch_size=batch_size)
+    np.testing.assert_allclose(K, oracle_kernel(J, J, kind), rtol=1e-7, atol=1e-12)
 
 
 @pytest.mark.parametrize("kind", ["cosine", "ntk", "influence"])

@@ -12,6 +12,12 @@ interact in eval mode). Per-sample parameter gradients follow layer by layer:
   ``BatchNorm`` (eval mode): small, materialised.
 
 Any other parameter is left to the caller (``torch.func`` per-sample Jacobians).
+
+The factorisation needs each recorded ``z`` to hold the samples along its first
+axis, one row each. A layer whose output is shared by the batch (a position
+table computed once with a leading axis of 1) is expanded to the batch; a layer
+that breaks the rule otherwise (sequence-first layouts, tensors without a batch
+axis) is found by :meth:`LayerCapture.mixing_layers` and left to the caller.
 """
 
 from __future__ import annotations
@@ -62,16 +68,16 @@ def plan_layers(
         own = [
             local
             for local, _ in sub.named_parameters(recurse=False)
-            if _join(name, local) in selected
+            if join_name(name, local) in selected
         ]
         if own and _supported(sub) and set(own) <= {"weight", "bias"}:
             layers[name] = (sub, own)
-            claimed.update(_join(name, local) for local in own)
+            claimed.update(join_name(name, local) for local in own)
     fallback = [n for n in selected if n not in claimed]
     return layers, fallback
 
 
-def _join(prefix: str, name: str) -> str:
+def join_name(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
@@ -127,13 +133,23 @@ class LayerCapture:
     :meth:`intact` then tells whether an in-place operation downstream (an
     in-place ReLU, ``out += x``) changed one of them, in which case the pass
     must be captured again with ``copy=True``, which records copies.
+
+    With ``batch_size`` above one, a call whose input and output have a leading
+    axis of 1 (shared by the batch, as a position embedding of ``(1, T)`` ids)
+    is expanded to ``batch_size`` rows, which the network goes on with:
+    broadcasting gives the same result, and each sample gets its own signal.
     """
 
     def __init__(
-        self, layers: dict[str, tuple[nn.Module, list[str]]], copy: bool = False
+        self,
+        layers: dict[str, tuple[nn.Module, list[str]]],
+        copy: bool = False,
+        batch_size: int = 1,
     ):
         self.layers = layers
         self.copy = copy
+        self.batch_size = batch_size
+        self.expanded: set[str] = set()
         self.calls: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self._versions: list[tuple[torch.Tensor, int]] = []
         self._handles = []
@@ -150,19 +166,49 @@ class LayerCapture:
 
     def _hook(self, name: str):
         def record(layer, args, output):
-            h = args[0].detach()
+            h, z = args[0].detach(), output
+            b = self.batch_size
+            shared = b > 1 and h.shape[:1] == z.shape[:1] == (1,)
+            if shared:
+                self.expanded.add(name)
+                h, z = h.expand(b, *h.shape[1:]), z.expand(b, *z.shape[1:])
             if self.copy:  # the network goes on with copies of what is recorded
-                self.calls.setdefault(name, []).append((h.clone(), output))
-                return output.clone()
-            self.calls.setdefault(name, []).append((h, output))
-            self._versions += [(h, h._version), (output, output._version)]
-            return None
+                self.calls.setdefault(name, []).append((h.clone(), z))
+                return z.clone()
+            self.calls.setdefault(name, []).append((h, z))
+            self._versions += [(h, h._version), (z, z._version)]
+            return z if shared else None
 
         return record
 
     def intact(self) -> bool:
         """Whether no recorded tensor was changed in place after it was recorded."""
         return all(t._version == version for t, version in self._versions)
+
+    def mixing_layers(self, outputs: torch.Tensor) -> set[str]:
+        """Layers whose recorded tensors do not hold one sample per row.
+
+        A call breaks the rule when its input or output has another number of
+        rows than ``outputs``, or when the gradient of the first or last
+        sample's outputs reaches another row of its output (the samples are
+        on another axis).
+        """
+        b = outputs.shape[0]
+        calls = [(n, h, z) for n, cs in self.calls.items() for h, z in cs]
+        mixing = {n for n, h, z in calls if h.shape[0] != b or z.shape[0] != b}
+        checked = [(n, z) for n, _, z in calls if n not in mixing]
+        for row in {0, b - 1}:
+            grads = torch.autograd.grad(
+                outputs[row].sum(),
+                [z for _, z in checked],
+                retain_graph=True,
+                allow_unused=True,
+            )
+            for (name, _), g in zip(checked, grads, strict=True):
+                others = torch.cat([g[:row], g[row + 1 :]]) if g is not None else None
+                if others is not None and bool(others.ne(0).any()):
+                    mixing.add(name)
+        return mixing
 
     def pieces(self, outputs: torch.Tensor, budget: PieceBudget) -> list:
         """Per-layer pieces of the Jacobian of ``outputs`` (b, d) for the batch.

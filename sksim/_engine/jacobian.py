@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 from torch.func import functional_call, jacrev, vmap
 from tqdm.auto import tqdm
 
 from .._net import evaluation_mode, on_device
-from .capture import LayerCapture, plan_layers
+from .capture import LayerCapture, join_name, plan_layers
 from .inputs import batches, module_float_dtype, n_samples, take, to_tensor
 from .pieces import DensePiece, PieceBudget, PiecesTooLarge
 from .selection import select_output, select_parameters
@@ -71,6 +72,7 @@ class JacobianEngine:
         self._copy_activations = False
         self._part_size = batch_size
         self._n_outputs = None
+        self._plan = None
 
     def _call(self, batch) -> torch.Tensor:
         """Selected outputs ``(B, d)`` of a batch (a dict goes in as keywords)."""
@@ -147,10 +149,8 @@ class JacobianEngine:
         pieces would take more than a third of ``max_memory`` comes in parts
         half as large, and so on, down to single samples.
         """
-        layers, fallback = plan_layers(self.module, self.parameters)
-        jacobian = self._per_sample_jacobian(fallback) if fallback else None
-        n_fallback = sum(self.parameters[name].numel() for name in fallback)
         with evaluation_mode(self.module):
+            layers, jacobian, n_fallback = self._layer_plan(X)
             for rows, batch in self._batches(X, progress):
                 start, n = 0, rows.stop - rows.start
                 while start < n:
@@ -164,6 +164,38 @@ class JacobianEngine:
                         continue
                     yield slice(rows.start + part.start, rows.start + part.stop), pieces
                     start = part.stop
+
+    def _layer_plan(self, X) -> tuple[dict, Callable | None, int]:
+        """Handled layers, the fallback Jacobian and its width, made once.
+
+        The plan is checked on two samples of ``X`` (the first one twice if
+        there is only one): a layer whose recorded tensors do not hold one
+        sample per row, or whose expansion to the batch would change the
+        outputs, goes to the fallback.
+        """
+        if self._plan is None:
+            layers, fallback = plan_layers(self.module, self.parameters)
+            mixing = self._mixing_layers(layers, X) if layers else set()
+            for name in mixing:
+                fallback += [join_name(name, local) for local in layers.pop(name)[1]]
+            fallback = [n for n in self.parameters if n in fallback]
+            jacobian = self._per_sample_jacobian(fallback) if fallback else None
+            n_fallback = sum(self.parameters[n].numel() for n in fallback)
+            self._plan = layers, jacobian, n_fallback
+        return self._plan
+
+    def _mixing_layers(self, layers: dict, X) -> set[str]:
+        rows = np.array([0, min(1, n_samples(X) - 1)])
+        probe = to_tensor(take(X, rows), self.device, self.dtype)
+        with torch.enable_grad(), LayerCapture(layers, True, 2) as capture:
+            outputs = self._call(probe)
+            mixing = capture.mixing_layers(outputs)
+        if capture.expanded - mixing:
+            with torch.no_grad():
+                plain = self._call(probe)
+            if not torch.allclose(plain, outputs.detach()):
+                mixing |= capture.expanded
+        return mixing
 
     def _split(self, size: int) -> None:
         if size == 1:
@@ -193,7 +225,8 @@ class JacobianEngine:
         following ones at once, with copies.
         """
         copy = self._copy_activations
-        with torch.enable_grad(), LayerCapture(layers, copy) as capture:
+        b = n_samples(batch)
+        with torch.enable_grad(), LayerCapture(layers, copy, b) as capture:
             outputs = self._call(batch)
             if capture.intact():
                 return capture.pieces(outputs, budget)
