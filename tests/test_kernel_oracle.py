@@ -5,11 +5,11 @@ import pytest
 import torch
 from _architectures import (
     MLP,
-    ResidualNet,
-    SmallCNN,
     BertLogits,
+    ResidualNet,
     SequenceFirst,
     SharedTables,
+    SmallCNN,
     TokenModel,
     oracle_jacobians,
     oracle_kernel,
