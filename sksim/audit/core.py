@@ -292,7 +292,7 @@ class _Fold:
             random_state=self.random_state,
             **self.opts("neighbors"),
         ).fit(self.X_train)
-        similarities, indices = search.kneighbors(self.X_test)
+        similarities, indices = search.most_similar(self.X_test)
         return similarities, self.train[indices]
 
     def denoising(self):

@@ -126,7 +126,7 @@ def test_neighbors_equal_network_neighbors(digit_images, small_audit, fold1):
     X, y = digit_images
     train, test, net = fold1
     similarities, indices = (
-        NetworkNeighbors(net, n_neighbors=3).fit(X[train]).kneighbors(X[test])
+        NetworkNeighbors(net, n_neighbors=3).fit(X[train]).most_similar(X[test])
     )
     table = fold_rows(small_audit["neighbors"], 1)
     np.testing.assert_array_equal(table["index"], np.repeat(test, 3))
