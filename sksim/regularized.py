@@ -178,8 +178,10 @@ class ValidPairSimilarity(Callback):
         self.seed = seed
 
     def on_epoch_begin(self, net, **kwargs):
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
+            raise ValueError(f"seed must be an int; got {self.seed!r}.")
         self.generator_ = torch.Generator(device=torch.device(net.device))
-        self.generator_.manual_seed(self.seed)
+        self.generator_.manual_seed(int(self.seed))
         self.total_, self.count_ = 0.0, 0
 
     def on_batch_end(self, net, batch=None, training=False, y_pred=None, **kwargs):

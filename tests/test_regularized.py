@@ -535,6 +535,24 @@ def test_validation_pair_similarity_is_recorded_every_epoch():
     assert len(batch_values) == 3
 
 
+def test_validation_seed_accepts_numpy_ints_and_refuses_floats():
+    X, y = make_data(n=40)
+
+    def valid_cosines(seed):
+        torch.manual_seed(0)
+        net = make_net(
+            train_split=lambda ds, y: (ds, ds),
+            callbacks__valid_similarity__seed=seed,
+            similarity_readout="random",
+            max_epochs=2,
+        ).fit(X, y)
+        return net.history[:, "valid_similarity_cosine"]
+
+    assert valid_cosines(np.int64(3)) == valid_cosines(3)
+    with pytest.raises(ValueError, match=r"seed must be an int; got 0\.5"):
+        valid_cosines(0.5)
+
+
 def test_validation_pair_similarity_can_be_switched_off():
     X, y = make_data(n=40)
     net = make_net(
