@@ -494,11 +494,11 @@ class SimilarityRegularizedNet(NeuralNet):
         samples, labels, first, second = pairs
         params = select_parameters(self.module_, self.similarity_params)
         readout, extra, batched = self._readout(labels, n_outputs, generator)
-        with evaluation_mode(self.module_):
+        with evaluation_mode(self.module_), torch.set_grad_enabled(graph):
             grads = per_sample_gradients(
                 self.module_, params, samples, readout, extra, batched, graph
             )
-        return pair_gradient_cosines(grads, first, second)
+            return pair_gradient_cosines(grads, first, second)
 
     def batch_pair_cosines(self, X, y, n_outputs, generator=None, graph=False):
         """Gradient cosines of the pairs of one batch, formed as in training.
