@@ -1,13 +1,14 @@
 """Training that makes known-similar examples similar to the network.
 
-Charpiat et al. (NeurIPS 2019, section 4; the user guide's theory page has the
-mathematics). For pairs ``(a, b)`` of inputs known to be similar, the training
-loss gets the extra term ``weight * s * mean_pairs cos(grad phi(a), grad
-phi(b))``, where ``grad`` is the gradient with respect to the network's
-parameters, ``phi`` a scalar read-out of the output and ``s = -1`` to make the
-pairs similar (``+1`` to push them apart). The term is differentiated by double
-back-propagation: the engine (``sksim._engine.differentiable``) computes the
-per-sample gradients of all samples of a batch at once, keeping their graph,
+The regulariser of Charpiat et al. (NeurIPS 2019, section 4); the user guide's
+theory page has the mathematics. For pairs ``(a, b)`` of inputs known to be
+similar, the training loss gets the extra term ``weight * s * mean_pairs
+cos(grad phi(a), grad phi(b))``, where ``grad`` is the gradient with respect to
+the network's parameters, ``phi`` a scalar read-out of the output and
+``s = -1`` to make the pairs similar (``+1`` to push them apart). The term is
+differentiated by double back-propagation: the engine
+(``sksim._engine.differentiable``) computes the per-sample gradients of all
+samples of a batch at once, keeping their graph,
 and the outer ``loss.backward()`` of skorch differentiates through them.
 
 Design
