@@ -8,8 +8,8 @@ the network's parameters, ``phi`` a scalar read-out of the output and
 ``s = -1`` to make the pairs similar (``+1`` to push them apart). The term is
 differentiated by double back-propagation: the engine
 (``sksim._engine.differentiable``) computes the per-sample gradients of all
-samples of a batch at once, keeping their graph,
-and the outer ``loss.backward()`` of skorch differentiates through them.
+samples of a batch at once, keeping their graph, and the outer
+``loss.backward()`` of skorch differentiates through them.
 
 Design
 ------
