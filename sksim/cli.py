@@ -8,6 +8,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -202,7 +203,7 @@ def _positive(text):
     return value
 
 
-def _positive_float(text):
+def _positive_real(text):
     value = float(text)
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(
@@ -288,10 +289,7 @@ def make_parser():
         "--max-epochs", type=_positive, default=20, help="epochs per fold (default 20)"
     )
     training.add_argument(
-        "--lr",
-        type=_positive_float,
-        default=0.1,
-        help="SGD learning rate (default 0.1)",
+        "--lr", type=_positive_real, default=0.1, help="SGD learning rate (default 0.1)"
     )
     training.add_argument(
         "--batch-size", type=_positive, default=64, help="mini-batch size (default 64)"
@@ -380,7 +378,7 @@ def load_data(args, say):
 
 def run_audit(args):
     """Load the data, build the net, audit it and write the report(s)."""
-    from .audit import ANALYSES, audit
+    from .audit import ANALYSES, AuditAnalysisFailedWarning, audit
 
     def say(message):
         if not args.quiet:
@@ -397,18 +395,20 @@ def run_audit(args):
         f"{n_classes} classes, {args.cv}-fold cross-validation"
     )
     start = time.perf_counter()
-    result = audit(
-        net,
-        X,
-        y,
-        cv=args.cv,
-        analyses=ANALYSES if args.analyses is None else args.analyses,
-        n_neighbors=args.n_neighbors,
-        layers=None if args.layers is None else args.layers.split(","),
-        random_state=args.seed,
-        verbose=0 if args.quiet else 1,
-        cache=args.cache,
-    )
+    with warnings.catch_warnings():  # failures are reported below, in one line each
+        warnings.simplefilter("ignore", AuditAnalysisFailedWarning)
+        result = audit(
+            net,
+            X,
+            y,
+            cv=args.cv,
+            analyses=ANALYSES if args.analyses is None else args.analyses,
+            n_neighbors=args.n_neighbors,
+            layers=None if args.layers is None else args.layers.split(","),
+            random_state=args.seed,
+            verbose=0 if args.quiet else 1,
+            cache=args.cache,
+        )
     result.metadata["data"] = str(source)
     out = result.to_html(args.out).resolve()
     say(f"audit done in {time.perf_counter() - start:.1f} s")

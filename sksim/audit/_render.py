@@ -21,6 +21,11 @@ def pyplot():
     return plt
 
 
+def subplots(*args, **kwargs):
+    """``pyplot.subplots`` with the constrained layout."""
+    return pyplot().subplots(*args, layout="constrained", **kwargs)
+
+
 def errorbars(ax, x, table, column, **style):
     """Draw ``table``'s ``{column}_mean`` against ``x``, ± ``{column}_std``.
 

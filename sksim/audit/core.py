@@ -73,30 +73,20 @@ class AuditResult:
         return self.tables[name]
 
     def to_html(self, path):
-        """Write the audit as one self-contained HTML file (figures embedded).
+        """Write the report to ``path``, one self-contained HTML file.
 
-        Parameters
-        ----------
-        path : str or path-like
-
-        Returns
-        -------
-        path : pathlib.Path
+        Figures are embedded as PNG data URIs. Returns ``path`` as a
+        :class:`pathlib.Path`.
         """
         from .report import write_html
 
         return write_html(self, path)
 
     def to_json(self, path):
-        """Write the tables, skipped analyses and metadata as JSON.
+        """Write tables, skipped and failed analyses and metadata to ``path``.
 
-        Parameters
-        ----------
-        path : str or path-like
-
-        Returns
-        -------
-        path : pathlib.Path
+        Strict JSON: NaN and infinities become null. Returns ``path`` as a
+        :class:`pathlib.Path`.
         """
         from .report import write_json
 

@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import _audit_helpers
@@ -317,7 +318,8 @@ def test_cli_exits_1_when_every_analysis_failed(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(Density, "run", diverged)
     out = tmp_path / "r.html"
     argv = ["audit", "--dataset", "iris", *FAST, "--analyses", "density"]
-    with pytest.warns(AuditAnalysisFailedWarning):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AuditAnalysisFailedWarning)
         with pytest.raises(SystemExit) as exit_:
             cli.main([*argv, "--out", str(out)])
     assert exit_.value.code == 1

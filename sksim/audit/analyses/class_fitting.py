@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .._render import errorbars, pyplot
+from .._render import errorbars, subplots
 from .._tables import spread
 from .base import Analysis, FoldOutput
 
@@ -22,14 +22,12 @@ def class_densities(result):
     table = result.tables.get("class_fitting_summary")
     if table is None:
         return None
-    plt = pyplot()
     layers = list(dict.fromkeys(table["layer"]))
-    fig, axes = plt.subplots(
+    fig, axes = subplots(
         1,
         len(layers),
         figsize=(3.6 * len(layers), 3.4),
         squeeze=False,
-        layout="constrained",
     )
     for ax, layer in zip(axes[0], layers, strict=True):
         rows = table[table["layer"] == layer].sort_values("train_mean_log_density_mean")

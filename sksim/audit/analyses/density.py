@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...density import COUNT_FLOOR, GradientDensityEstimator
-from .._render import errorbars, pyplot
+from .._render import errorbars, subplots
 from .._tables import spread
 from .base import Analysis, FoldOutput
 
@@ -42,8 +42,7 @@ def density_histogram(result):
     samples = result.tables["samples"]
     if "log_density" not in samples:
         return None
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.4), layout="constrained")
+    fig, ax = subplots(figsize=(6, 3.4))
     values = samples["log_density"].to_numpy()
     correct = samples["correct"].to_numpy()
     edges = np.histogram_bin_edges(values, bins=30)
@@ -66,8 +65,7 @@ def error_by_density(result):
     table = result.tables.get("density_bins_summary")
     if table is None:
         return None
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.4), layout="constrained")
+    fig, ax = subplots(figsize=(6, 3.4))
     per_fold = result.tables["density_bins"]
     for fold, rows in per_fold.groupby("fold"):
         ax.plot(

@@ -60,14 +60,12 @@ def neighbor_grid(result):
     gallery = [g for g in result.gallery if g["image"] is not None]
     if not gallery:
         return None
-    plt = _render.pyplot()
     k = len(gallery[0]["neighbors"])
-    fig, axes = plt.subplots(
+    fig, axes = _render.subplots(
         len(gallery),
         k + 1,
         figsize=(1.25 * (k + 1) + 1.2, 1.45 * len(gallery)),
         squeeze=False,
-        layout="constrained",
     )
     for row, item in zip(axes, gallery, strict=True):
         _show(row[0], item["image"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-from .._render import errorbars, pyplot
+from .._render import errorbars, subplots
 from .._tables import frame, spread
 from ..models import is_square_image_batch
 from .base import Analysis, FoldOutput
@@ -23,8 +23,7 @@ def sensitivity_layers(result):
     table = result.tables.get("sensitivity_summary")
     if table is None:
         return None
-    plt = pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(10, 3.4), layout="constrained")
+    fig, axes = subplots(1, 3, figsize=(10, 3.4))
     styles = {"trained": "tab:blue", "init": "tab:gray", "shuffled": "tab:green"}
     for net, rows in table.groupby("net", sort=False):
         rows = rows.sort_values("depth")
