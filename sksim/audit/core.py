@@ -137,15 +137,15 @@ class _Fold:
     <sksim.audit.analyses.base.Analysis.run>` documents.
     """
 
-    def __init__(self, X, y, train, test, fold, **arguments):
+    def __init__(
+        self, X, y, train, test, fold, *, n_neighbors, layers, options, random_state
+    ):
         self.y, self.train, self.test, self.fold = y, train, test, fold
         self.X_train, self.y_train = take(X, train), y[train]
         self.X_test, self.y_test = take(X, test), y[test]
         self.classes = np.unique(y)
-        self.n_neighbors = arguments["n_neighbors"]
-        self.layers = arguments["layers"]
-        self.options = arguments["options"]
-        self.random_state = arguments["random_state"]
+        self.n_neighbors, self.layers = n_neighbors, layers
+        self.options, self.random_state = options, random_state
 
     def fit(self, net):
         """Train a clone of ``net`` on the training part, predict the held-out one."""
@@ -326,7 +326,8 @@ def audit(
     options = dict(options or {})
     X, y = _check_audit_args(net, X, y, analyses, n_neighbors, options, errors)
     requested = [a for a in REGISTRY.values() if a.name in analyses]
-    skipped = {a.name: a.skip_reason(X) for a in requested if a.skip_reason(X)}
+    reasons = {a.name: a.skip_reason(X) for a in requested}
+    skipped = {name: reason for name, reason in reasons.items() if reason}
     requested = [a for a in requested if a.name not in skipped]
     splitter = check_cv(cv, y, classifier=True)
     splits = list(splitter.split(X, y))
