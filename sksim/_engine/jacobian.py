@@ -226,7 +226,8 @@ class JacobianEngine:
         rows = np.array([0, min(1, n_samples(X) - 1)])
         probe = to_tensor(take(X, rows), self.device, self.dtype)
         with torch.enable_grad(), LayerCapture(layers, True, 2) as capture:
-            outputs = self._call(probe, start=None)  # checked in the real pass
+            # finiteness is checked in the real pass, where rows are numbered
+            outputs = _attached(self._call(probe, start=None))
             mixing = capture.mixing_layers(outputs)
         if capture.expanded - mixing:
             with torch.no_grad():
@@ -269,7 +270,7 @@ class JacobianEngine:
         copy = self._copy_activations
         b = n_samples(batch)
         with torch.enable_grad(), LayerCapture(layers, copy, b) as capture:
-            outputs = self._call(batch, start)
+            outputs = _attached(self._call(batch, start))
             if capture.intact():
                 return capture.pieces(outputs, budget)
         self._copy_activations = True
@@ -278,6 +279,18 @@ class JacobianEngine:
     def jacobian(self, X) -> torch.Tensor:
         """All per-sample Jacobians ``(n, d, p)`` at once (memory ``n d p``)."""
         return torch.cat([J for _, J in self.jacobians(X)])
+
+
+def _attached(outputs: torch.Tensor) -> torch.Tensor:
+    """``outputs``, if gradients flow through them to the parameters."""
+    if not outputs.requires_grad:
+        raise ValueError(
+            "The selected outputs are cut from the network's graph (no gradient "
+            "flows through them): build an output= callable from the network's "
+            "output with torch operations, without .detach(), .numpy() or "
+            "torch.no_grad()."
+        )
+    return outputs
 
 
 class NonFiniteNetworkError(ValueError):

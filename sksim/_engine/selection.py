@@ -79,8 +79,7 @@ def select_output(
     Raises
     ------
     ValueError
-        If the selected outputs are not a floating tensor of ``n`` rows, or
-        are cut from the graph while gradients are recorded.
+        If the selected outputs are not a floating tensor of ``n`` rows.
     """
     if isinstance(out, (tuple, list)):
         out = out[0]
@@ -121,12 +120,4 @@ def _check_selected(out, n: int | None, what: str) -> None:
     if what.startswith("output=") and out.ndim > 2:
         raise ValueError(
             f"{what} a tensor of shape {tuple(out.shape)}; expected {expected}."
-        )
-    if torch.is_grad_enabled() and not out.requires_grad and out.grad_fn is None:
-        if torch._C._functorch.is_functorch_wrapped_tensor(out):
-            return
-        raise ValueError(
-            f"{what} a tensor cut from the network's graph (no gradient flows "
-            "through it): build it from the network's output with torch "
-            "operations, without .detach(), .numpy() or torch.no_grad()."
         )

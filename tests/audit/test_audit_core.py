@@ -299,11 +299,6 @@ def test_a_failing_analysis_is_recorded_and_the_audit_goes_on(
         audit(net, X, y, errors="raise", **kwargs)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the engine's error on NaN outputs (lead's branch); "
-    "remove this marker when it is merged",
-)
 def test_a_diverged_network_fails_every_analysis_with_the_reason(digit_images):
     X, y = digit_images
     with pytest.warns(AuditAnalysisFailedWarning):
@@ -319,7 +314,7 @@ def test_a_diverged_network_fails_every_analysis_with_the_reason(digit_images):
         assert sorted(result.failed[name]) == [0, 1]
         for message in result.failed[name].values():
             assert message.startswith(
-                "ValueError: The network produced NaN or infinite"
+                "NonFiniteNetworkError: The network produced NaN or infinite"
             )
 
 
@@ -335,14 +330,14 @@ def test_an_analysis_failing_on_every_fold_leaves_no_tables(digit_images, tmp_pa
             options=dict(density=dict(method="bogus")),
         )
     assert sorted(result.failed["density"]) == [0, 1]
-    assert result.failed["density"][0].startswith("ValueError: ")
+    assert result.failed["density"][0].startswith("InvalidParameterError: ")
     assert result.metadata["analyses"] == ["neighbors"]
     assert "density_bins" not in result.tables
     assert "log_density" not in result["samples"]
     assert len(result["neighbors"]) == len(X) * 5
     text = result.to_html(tmp_path / "report.html").read_text()
     assert "Failed on every fold" in text
-    assert "<b>density</b>, fold 1: ValueError: " in text
+    assert "<b>density</b>, fold 1: InvalidParameterError: " in text
     saved = json.loads(result.to_json(tmp_path / "report.json").read_text())
     assert saved["failed"]["density"]["0"] == result.failed["density"][0]
 
