@@ -123,6 +123,41 @@ class BertLogits(nn.Module):
         return self.bert(input_ids=input_ids).logits
 
 
+class RecurrentClassifier(nn.Module):
+    """Embedding -> GRU or LSTM -> Linear on the last hidden state."""
+
+    def __init__(self, cell="gru", vocab=20, dim=6, hidden=8, n_out=3):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, dim)
+        self.rnn = (nn.GRU if cell == "gru" else nn.LSTM)(dim, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, n_out)
+
+    def forward(self, tokens):
+        _, state = self.rnn(self.emb(tokens))
+        h = state[0] if isinstance(state, tuple) else state
+        return self.head(h[-1])
+
+
+class ResNet18Logits(nn.Module):
+    """A ResNet-18 (basic blocks, depths 2-2-2-2) from a ``transformers`` config."""
+
+    def __init__(self, n_out=2):
+        super().__init__()
+        from transformers import ResNetConfig, ResNetForImageClassification
+
+        config = ResNetConfig(
+            num_channels=3,
+            layer_type="basic",
+            depths=[2, 2, 2, 2],
+            hidden_sizes=[64, 128, 256, 512],
+            num_labels=n_out,
+        )
+        self.resnet = ResNetForImageClassification(config)
+
+    def forward(self, pixel_values):
+        return self.resnet(pixel_values=pixel_values).logits
+
+
 class AnyWidth(nn.Module):
     """Accepts any number of features: a per-feature embedding averaged over them.
 

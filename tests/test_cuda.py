@@ -104,9 +104,7 @@ def test_cuda_skorch_estimators_give_the_cpu_values(digits_nets):
         lambda net: NetworkSimilarityKernel(net).fit(X[:80]).transform(X[80:100]),
         lambda net: GradientDensityEstimator(net).fit(X[:80]).score_samples(X[80:100]),
         lambda net: (
-            NetworkNeighbors(net, n_neighbors=3)
-            .fit(X[:80])
-            .most_similar(X[80:90])[0]
+            NetworkNeighbors(net, n_neighbors=3).fit(X[:80]).most_similar(X[80:90])[0]
         ),
         lambda net: (
             SelfDenoisingAnalysis(net).fit(X[:60], np.eye(10)[y[:60]]).noise_covariance_

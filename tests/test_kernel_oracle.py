@@ -6,7 +6,9 @@ import torch
 from _architectures import (
     MLP,
     BertLogits,
+    RecurrentClassifier,
     ResidualNet,
+    ResNet18Logits,
     SequenceFirst,
     SharedTables,
     SmallCNN,
@@ -41,6 +43,9 @@ def _case(name):
         return TokenModel().double(), torch.randint(0, 11, (6, 5), generator=g)
     if name == "bert":
         return BertLogits().double().eval(), torch.randint(0, 60, (5, 9), generator=g)
+    if name in ("gru", "lstm"):
+        module = RecurrentClassifier(name).double()
+        return module, torch.randint(0, 20, (6, 7), generator=g)
     if name == "shared_tables":
         return SharedTables().double(), torch.randint(0, 11, (6, 5), generator=g)
     if name.startswith("sequence_first"):  # sequence length 3 equals a batch size
@@ -57,6 +62,8 @@ CASES = [
     "tokens",
     "bert",
     "shared_tables",
+    "gru",
+    "lstm",
     "sequence_first_3",
     "sequence_first_4",
 ]
@@ -141,3 +148,21 @@ def test_dict_input_for_multi_input_module():
     K = network_similarity(module, X, kind="ntk")
     J = oracle_jacobians(module, X)
     np.testing.assert_allclose(K, np.einsum("adp,bdp->ab", J, J) / 2, rtol=1e-10)
+
+
+@pytest.fixture(scope="module")
+def resnet18():
+    """A ResNet-18 with non-trivial BatchNorm statistics, and its Jacobians."""
+    torch.manual_seed(0)
+    X = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    module = trained_batchnorm(ResNet18Logits().double(), X.double() * 2 + 1)
+    X = X.double()
+    return module, X, oracle_jacobians(module, X)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["cosine", "ntk", "influence"])
+def test_resnet18_kernel_matches_oracle(resnet18, kind):
+    module, X, J = resnet18
+    K = network_similarity(module, X, kind=kind, batch_size=2)
+    np.testing.assert_allclose(K, oracle_kernel(J, J, kind), rtol=1e-7, atol=1e-12)

@@ -128,7 +128,13 @@ class JacobianEngine:
         return tqdm(blocks, total=total, disable=not show)
 
     def _per_sample_jacobian(self, names: list[str]):
-        """A function ``batch -> J`` of shape ``(b, d, p_names)`` via torch.func."""
+        """A function ``batch -> J`` of shape ``(b, d, p_names)``.
+
+        Vectorised with ``torch.func`` (``vmap`` of ``jacrev``); a network
+        that ``vmap`` cannot run (recurrent layers such as ``nn.GRU`` write
+        into tensors they create) is differentiated one sample and one output
+        at a time instead, from the first batch on.
+        """
         params = {n: self.parameters[n].detach() for n in names}
 
         def one_sample(p, x):
@@ -136,17 +142,54 @@ class JacobianEngine:
             return self._forward(p, x)[0]
 
         per_sample = vmap(jacrev(one_sample), in_dims=(None, 0))
+        vectorised = None  # unknown until the first batch
 
         def jacobian(batch) -> torch.Tensor:
-            # torch.func differentiates despite the caller's no_grad, which keeps
-            # the parameters that are not selected out of the graph.
-            jac = per_sample(params, batch)
-            b = next(iter(jac.values())).shape[0]
-            return torch.cat(
-                [jac[n].reshape(b, jac[n].shape[1], -1) for n in names], dim=2
-            )
+            nonlocal vectorised
+            if vectorised is not False:
+                try:
+                    # torch.func differentiates despite the caller's no_grad,
+                    # which keeps the parameters not selected out of the graph.
+                    jac = per_sample(params, batch)
+                except RuntimeError:
+                    if vectorised:
+                        raise
+                    vectorised = False
+                else:
+                    vectorised = True
+                    b = next(iter(jac.values())).shape[0]
+                    return torch.cat(
+                        [jac[n].reshape(b, jac[n].shape[1], -1) for n in names], dim=2
+                    )
+            return self._looped_jacobian(names, batch)
 
         return jacobian
+
+    def _looped_jacobian(self, names: list[str], batch) -> torch.Tensor:
+        """``J`` ``(b, d, p_names)`` by one backward pass per sample and output."""
+        params = [self.parameters[n] for n in names]
+        rows = []
+        with torch.enable_grad():
+            for i in range(n_samples(batch)):
+                outputs = self._call(take(batch, slice(i, i + 1)), None)[0]
+                per_output = []
+                for c in range(len(outputs)):
+                    grads = torch.autograd.grad(
+                        outputs[c],
+                        params,
+                        retain_graph=c < len(outputs) - 1,
+                        allow_unused=True,
+                    )
+                    per_output.append(
+                        torch.cat(
+                            [
+                                (torch.zeros_like(p) if g is None else g).flatten()
+                                for g, p in zip(grads, params, strict=True)
+                            ]
+                        )
+                    )
+                rows.append(torch.stack(per_output))
+        return torch.stack(rows)
 
     def jacobians(
         self, X, progress: bool = True

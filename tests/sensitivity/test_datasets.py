@@ -9,8 +9,7 @@ from sksim.datasets import make_scale_detection, scale_detection_perturbation
 
 @pytest.mark.parametrize("norm", ["l2", "l1", "linf"])
 def test_scale_detection_classes(norm):
-    X, y = make_scale_detection(400, size=12, xi=6, gap=2, norm=norm,
-                                random_state=0)
+    X, y = make_scale_detection(400, size=12, xi=6, gap=2, norm=norm, random_state=0)
     assert X.shape == (400, 1, 12, 12) and X.dtype == np.float32
     assert (y == 0).sum() == 200 and (y == 1).sum() == 200
     order = {"l2": 2, "l1": 1, "linf": np.inf}[norm]

@@ -11,8 +11,13 @@ from sksim.sensitivity.diagnostics import grid_laplacian
 
 def test_shuffle_permutes_each_filter_independently():
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 6, 3), nn.ReLU(), nn.Conv2d(6, 5, 3),
-                        nn.Flatten(), nn.LazyLinear(2))
+    net = nn.Sequential(
+        nn.Conv2d(3, 6, 3),
+        nn.ReLU(),
+        nn.Conv2d(6, 5, 3),
+        nn.Flatten(),
+        nn.LazyLinear(2),
+    )
     net(torch.zeros(1, 3, 8, 8))
     before = {k: v.clone() for k, v in net.state_dict().items()}
     shuffled = shuffle_conv_input_channels(net, random_state=0)
@@ -23,9 +28,17 @@ def test_shuffle_permutes_each_filter_independently():
         perms = set()
         for o in range(w.shape[0]):
             # each filter's slices are a permutation of the original slices
-            match = [int(np.argmin([(ws[o, i] - w[o, j]).abs().sum().item()
-                                    for j in range(w.shape[1])]))
-                     for i in range(w.shape[1])]
+            match = [
+                int(
+                    np.argmin(
+                        [
+                            (ws[o, i] - w[o, j]).abs().sum().item()
+                            for j in range(w.shape[1])
+                        ]
+                    )
+                )
+                for i in range(w.shape[1])
+            ]
             assert sorted(match) == list(range(w.shape[1]))
             assert torch.equal(ws[o], w[o, match])
             perms.add(tuple(match))
@@ -53,8 +66,9 @@ def test_grid_laplacian_and_spectrum_against_brute_force():
         total = (w**2).sum()
         for value, energy in zip(rows["eigenvalue"], rows["energy"], strict=True):
             sel = np.isclose(vals, value, atol=1e-6)
-            brute = sum(float((w @ vecs[:, m]) @ (w @ vecs[:, m]))
-                        for m in np.flatnonzero(sel))
+            brute = sum(
+                float((w @ vecs[:, m]) @ (w @ vecs[:, m])) for m in np.flatnonzero(sel)
+            )
             assert energy == pytest.approx(brute / total, rel=1e-9)
     # a checkerboard filter puts all its energy on the largest eigenvalue
     conv = nn.Conv2d(1, 1, 2, bias=False)

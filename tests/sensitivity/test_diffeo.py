@@ -16,34 +16,51 @@ from sksim.sensitivity.diffeo import kept_modes
 
 
 def _mode_sum(cutoff):
-    return sum(1.0 / (i * i + j * j) for i in range(1, cutoff + 1)
-               for j in range(1, cutoff + 1) if i * i + j * j < (cutoff + 0.5) ** 2)
+    return sum(
+        1.0 / (i * i + j * j)
+        for i in range(1, cutoff + 1)
+        for j in range(1, cutoff + 1)
+        if i * i + j * j < (cutoff + 0.5) ** 2
+    )
 
 
 def test_kept_modes_follow_the_cutoff_rule():
     assert sorted(map(tuple, kept_modes(3))) == [
-        (1, 1), (1, 2), (1, 3), (2, 1), (2, 2), (3, 1)
+        (1, 1),
+        (1, 2),
+        (1, 3),
+        (2, 1),
+        (2, 2),
+        (3, 1),
     ]
     assert sorted(kept_modes(2, ndim=1).ravel()) == [1, 2]
     assert len(kept_modes(1)) == 1
 
 
-@pytest.mark.parametrize("n, cutoff, temperature", [
-    (16, 3, 0.004), (16, 5, 0.001), (24, 2, 0.01), (12, 4, 0.02),
-])
+@pytest.mark.parametrize(
+    "n, cutoff, temperature",
+    [
+        (16, 3, 0.004),
+        (16, 5, 0.001),
+        (24, 2, 0.01),
+        (12, 4, 0.02),
+    ],
+)
 def test_mean_squared_displacement_matches_closed_form(n, cutoff, temperature):
     # Pixel k sits at u = k/(n-1); the average of sin^2(i pi k/(n-1)) over the
     # n pixels is (n-1)/(2n), so the pixel-averaged E|tau|^2 is
     # (T n^2/2) S ((n-1)/n)^2 with S = sum_kept 1/(i^2+j^2); the SPEC's
     # (T n^2/2) S is its continuum limit (each sin^2 averaging to 1/2).
-    dx, dy = sample_diffeo(n, cutoff, temperature=temperature, n_fields=20000,
-                           random_state=0)
+    dx, dy = sample_diffeo(
+        n, cutoff, temperature=temperature, n_fields=20000, random_state=0
+    )
     measured = float((dx**2 + dy**2).mean())
     spec = temperature * n**2 / 2 * _mode_sum(cutoff)
     assert measured == pytest.approx(spec * ((n - 1) / n) ** 2, rel=0.02)
     # Linear in T: same seed, four times the temperature, twice the field.
-    dx4, _ = sample_diffeo(n, cutoff, temperature=4 * temperature, n_fields=20000,
-                           random_state=0)
+    dx4, _ = sample_diffeo(
+        n, cutoff, temperature=4 * temperature, n_fields=20000, random_state=0
+    )
     np.testing.assert_allclose(dx4, 2 * dx, rtol=1e-12, atol=1e-15)
 
 
@@ -87,16 +104,19 @@ def test_fields_vanish_on_the_border_and_at_zero_temperature():
 def test_temperature_formulas():
     n, c = 32, 3
     assert temperature_from_delta(1.0, c, n) == pytest.approx(
-        4 / (math.pi * n**2 * math.log(c)), rel=1e-14)
+        4 / (math.pi * n**2 * math.log(c)), rel=1e-14
+    )
     t_min, t_max = temperature_range(n, c)
     # T_min is the temperature of half a pixel, T_max of n / (pi c) pixels
     assert t_min == pytest.approx(temperature_from_delta(0.5, c, n), rel=1e-14)
-    assert t_max == pytest.approx(temperature_from_delta(n / (math.pi * c), c, n),
-                                  rel=1e-14)
+    assert t_max == pytest.approx(
+        temperature_from_delta(n / (math.pi * c), c, n), rel=1e-14
+    )
     # delta=None path: same fields as the explicit temperature
     a = sample_diffeo(n, c, delta=1.0, random_state=3)[0]
-    b = sample_diffeo(n, c, temperature=temperature_from_delta(1.0, c, n),
-                      random_state=3)[0]
+    b = sample_diffeo(
+        n, c, temperature=temperature_from_delta(1.0, c, n), random_state=3
+    )[0]
     np.testing.assert_array_equal(a, b)
 
 
@@ -105,8 +125,9 @@ def _shift_oracle(x, sx, sy):
     out = np.empty_like(x)
     for r in range(n):
         for k in range(n):
-            out[..., r, k] = x[..., min(max(r - sy, 0), n - 1),
-                               min(max(k - sx, 0), n - 1)]
+            out[..., r, k] = x[
+                ..., min(max(r - sy, 0), n - 1), min(max(k - sx, 0), n - 1)
+            ]
     return out
 
 
@@ -114,8 +135,9 @@ def _shift_oracle(x, sx, sy):
 @pytest.mark.parametrize("sx, sy", [(1, 0), (0, -2), (3, 2), (-1, 1)])
 def test_integer_shifts_are_exact(interp, sx, sy):
     x = np.random.RandomState(0).rand(2, 3, 7, 7)
-    out = apply_diffeo(x, np.full((7, 7), float(sx)), np.full((7, 7), float(sy)),
-                       interp)
+    out = apply_diffeo(
+        x, np.full((7, 7), float(sx)), np.full((7, 7), float(sy)), interp
+    )
     np.testing.assert_array_equal(out, _shift_oracle(x, sx, sy))
     signal = x[:, 0, 0]
     out1 = apply_diffeo(signal, np.full(7, float(sx)), interp=interp)
@@ -132,10 +154,12 @@ def _bilinear_oracle(image, dx, dy):
             sc = min(max(k - dx[r, k], 0.0), n - 1.0)
             r0, c0 = min(int(np.floor(sr)), n - 2), min(int(np.floor(sc)), n - 2)
             fr, fc = sr - r0, sc - c0
-            out[..., r, k] = ((1 - fr) * (1 - fc) * image[..., r0, c0]
-                              + (1 - fr) * fc * image[..., r0, c0 + 1]
-                              + fr * (1 - fc) * image[..., r0 + 1, c0]
-                              + fr * fc * image[..., r0 + 1, c0 + 1])
+            out[..., r, k] = (
+                (1 - fr) * (1 - fc) * image[..., r0, c0]
+                + (1 - fr) * fc * image[..., r0, c0 + 1]
+                + fr * (1 - fc) * image[..., r0 + 1, c0]
+                + fr * fc * image[..., r0 + 1, c0 + 1]
+            )
     return out
 
 
@@ -163,11 +187,15 @@ def test_random_fields_against_brute_force_interpolation():
     gaussian = apply_diffeo(x, dx, dy, "gaussian", sigma=0.6)
     nearest = apply_diffeo(x, dx, dy, "nearest")
     for b in range(3):
-        np.testing.assert_allclose(linear[b], _bilinear_oracle(x[b], dx[b], dy[b]),
-                                   rtol=1e-12, atol=1e-12)
-        np.testing.assert_allclose(gaussian[b],
-                                   _gaussian_oracle(x[b], dx[b], dy[b], 0.6),
-                                   rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(
+            linear[b], _bilinear_oracle(x[b], dx[b], dy[b]), rtol=1e-12, atol=1e-12
+        )
+        np.testing.assert_allclose(
+            gaussian[b],
+            _gaussian_oracle(x[b], dx[b], dy[b], 0.6),
+            rtol=1e-10,
+            atol=1e-12,
+        )
         rows = np.clip(np.round(np.arange(9)[:, None] - dy[b]), 0, 8).astype(int)
         cols = np.clip(np.round(np.arange(9)[None, :] - dx[b]), 0, 8).astype(int)
         np.testing.assert_array_equal(nearest[b], x[b][:, rows, cols])
@@ -181,8 +209,7 @@ def test_one_field_for_all_images_channels_and_tensors():
     for b in range(4):
         for c in range(3):
             single = apply_diffeo(x[b, c].numpy()[None].astype(float), dx, dy)[0]
-            np.testing.assert_allclose(out[b, c].numpy(), single, rtol=1e-5,
-                                       atol=1e-6)
+            np.testing.assert_allclose(out[b, c].numpy(), single, rtol=1e-5, atol=1e-6)
     # (n, H, W) input, integer input cast to float64
     ints = np.arange(2 * 64).reshape(2, 8, 8)
     out_int = apply_diffeo(ints, dx, dy)

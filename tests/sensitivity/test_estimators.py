@@ -23,17 +23,21 @@ from sksim.sensitivity import (
 def _signal_net():
     # accepts (n, d) for any d: rows are one-dimensional signals
     torch.manual_seed(0)
-    return nn.Sequential(nn.Unflatten(1, (1, -1)), nn.Conv1d(1, 2, 3, padding=1),
-                         nn.Tanh())
-
-
+    return nn.Sequential(
+        nn.Unflatten(1, (1, -1)), nn.Conv1d(1, 2, 3, padding=1), nn.Tanh()
+    )
 
 
 @parametrize_with_checks(
-    [DiffeoTransform(random_state=0),
-     DiffeoSensitivity(_signal_net(), n_init=2, random_state=0)],
-    expected_failed_checks=lambda est: ORDER_DEPENDENT_CHECKS
-    if isinstance(est, DiffeoTransform) else EXPECTED_FAILED_CHECKS,
+    [
+        DiffeoTransform(random_state=0),
+        DiffeoSensitivity(_signal_net(), n_init=2, random_state=0),
+    ],
+    expected_failed_checks=lambda est: (
+        ORDER_DEPENDENT_CHECKS
+        if isinstance(est, DiffeoTransform)
+        else EXPECTED_FAILED_CHECKS
+    ),
 )
 def test_sklearn_compatible(estimator, check):
     check(estimator)
@@ -41,8 +45,9 @@ def test_sklearn_compatible(estimator, check):
 
 def test_transform_matches_sample_and_apply():
     X = np.random.RandomState(0).rand(5, 2, 8, 8)
-    Xt = DiffeoTransform(delta=1.5, cutoff=4, interp="nearest",
-                         random_state=3).fit_transform(X)
+    Xt = DiffeoTransform(
+        delta=1.5, cutoff=4, interp="nearest", random_state=3
+    ).fit_transform(X)
     dx, dy = sample_diffeo(8, 4, delta=1.5, n_fields=5, random_state=3)
     np.testing.assert_array_equal(Xt, apply_diffeo(X, dx, dy, "nearest"))
     # (n, H, W) images and float32 tensors
@@ -72,8 +77,13 @@ def test_transform_in_a_pipeline_and_as_augmentation():
         return aug.transform(xb), yb
 
     module = nn.Sequential(nn.Flatten(), nn.Linear(36, 2))
-    net = NeuralNetClassifier(module, max_epochs=2, train_split=None, verbose=0,
-                              iterator_train__collate_fn=collate)
+    net = NeuralNetClassifier(
+        module,
+        max_epochs=2,
+        train_split=None,
+        verbose=0,
+        iterator_train__collate_fn=collate,
+    )
     net.fit(X.astype(np.float32), y)
     assert len(net.history) == 2
 
@@ -92,17 +102,25 @@ def test_estimator_trains_an_unfitted_skorch_net_and_cross_validates():
     from sksim.datasets import make_scale_detection
 
     X, y = make_scale_detection(96, size=8, xi=4, random_state=0)
-    module = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(),
-                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    module = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 2),
+    )
     net = NeuralNetClassifier(module, max_epochs=2, train_split=None, verbose=0)
-    est = DiffeoSensitivity(net, layers="all", n_init=2, shuffled=True,
-                            random_state=0).fit(X, y)
+    est = DiffeoSensitivity(
+        net, layers="all", n_init=2, shuffled=True, random_state=0
+    ).fit(X, y)
     assert est.net_ is not net and est.net_.initialized_
-    expected = relative_sensitivity(est.net_, X, layers="all", n_init=2,
-                                    shuffled=True, random_state=0)
+    expected = relative_sensitivity(
+        est.net_, X, layers="all", n_init=2, shuffled=True, random_state=0
+    )
     np.testing.assert_allclose(est.results_["R"], expected["R"], rtol=1e-12)
     trained = est.results_.query("net == 'trained' and layer == 'output'")
     assert est.score(X) == pytest.approx(-float(trained["R"].iloc[0]), rel=1e-12)
-    scores = cross_validate(DiffeoSensitivity(net, init=False, random_state=0), X, y,
-                            cv=2)["test_score"]
+    scores = cross_validate(
+        DiffeoSensitivity(net, init=False, random_state=0), X, y, cv=2
+    )["test_score"]
     assert scores.shape == (2,) and (scores < 0).all()

@@ -30,13 +30,13 @@ def _data(n=12, seed=0):
     return np.random.RandomState(seed).rand(n, 2, 8, 8).astype(np.float32)
 
 
-def _oracle(module, X, names, seed, estimator="mean", interp="linear",
-            noise_norm="per_sample"):
+def _oracle(
+    module, X, names, seed, estimator="mean", interp="linear", noise_norm="per_sample"
+):
     """D, G, R per layer, one sample at a time, pairs by explicit loops."""
     rng = np.random.RandomState(seed)
     X = X.astype(np.float64)
-    dx, dy = sample_diffeo(X.shape[-1], 3, delta=1.0, n_fields=len(X),
-                           random_state=rng)
+    dx, dy = sample_diffeo(X.shape[-1], 3, delta=1.0, n_fields=len(X), random_state=rng)
     TX = apply_diffeo(X, dx, dy, interp)
     NX = X + matched_noise(X, TX, noise_norm, random_state=rng)
     model = copy.deepcopy(module).double().eval()
@@ -44,9 +44,13 @@ def _oracle(module, X, names, seed, estimator="mean", interp="linear",
 
     def features(x):
         out = {}
-        handles = [mods[n].register_forward_hook(
-            lambda m, i, o, n=n: out.__setitem__(n, o.detach().clone().ravel()))
-            for n in names if n not in ("input", "output")]
+        handles = [
+            mods[n].register_forward_hook(
+                lambda m, i, o, n=n: out.__setitem__(n, o.detach().clone().ravel())
+            )
+            for n in names
+            if n not in ("input", "output")
+        ]
         with torch.no_grad():
             y = model(torch.tensor(x[None]))
         for h in handles:
@@ -63,8 +67,12 @@ def _oracle(module, X, names, seed, estimator="mean", interp="linear",
         a = np.array([v[name] for v in f])
         t = np.array([v[name] for v in ft])
         e = np.array([v[name] for v in fn])
-        pairs = [((a[i] - a[j]) ** 2).sum() for i in range(len(a))
-                 for j in range(len(a)) if i != j]
+        pairs = [
+            ((a[i] - a[j]) ** 2).sum()
+            for i in range(len(a))
+            for j in range(len(a))
+            if i != j
+        ]
         if estimator == "mean":
             den = np.mean(pairs)
             tau, eta = ((t - a) ** 2).sum(1).mean(), ((e - a) ** 2).sum(1).mean()
@@ -81,8 +89,16 @@ def _oracle(module, X, names, seed, estimator="mean", interp="linear",
 def test_trained_rows_match_the_oracle(estimator, interp):
     net, X = _cnn(), _data()
     names = ["input", "0", "1", "3", "output"]
-    table = relative_sensitivity(net, X, layers=names, init=False, interp=interp,
-                                 estimator=estimator, batch_size=5, random_state=7)
+    table = relative_sensitivity(
+        net,
+        X,
+        layers=names,
+        init=False,
+        interp=interp,
+        estimator=estimator,
+        batch_size=5,
+        random_state=7,
+    )
     assert isinstance(table, pd.DataFrame)
     assert table["layer"].tolist() == names and set(table["net"]) == {"trained"}
     oracle = _oracle(net, X, names, 7, estimator, interp)
@@ -97,10 +113,12 @@ def test_trained_rows_match_the_oracle(estimator, interp):
 def test_results_do_not_depend_on_batch_size_and_net_is_untouched():
     net, X = _cnn(), _data()
     before = copy.deepcopy(net.state_dict())
-    a = relative_sensitivity(net, X, layers="all", n_init=2, random_state=0,
-                             batch_size=4)
-    b = relative_sensitivity(net, torch.tensor(X), layers="all", n_init=2,
-                             random_state=0, batch_size=64)
+    a = relative_sensitivity(
+        net, X, layers="all", n_init=2, random_state=0, batch_size=4
+    )
+    b = relative_sensitivity(
+        net, torch.tensor(X), layers="all", n_init=2, random_state=0, batch_size=64
+    )
     cols = ["D", "G", "R", "denominator"]
     np.testing.assert_allclose(a[cols].to_numpy(), b[cols].to_numpy(), rtol=1e-10)
     for k, v in net.state_dict().items():
@@ -114,8 +132,9 @@ def test_init_rows_are_geometric_means_over_fresh_copies():
     # a trained-like BatchNorm: non-trivial running statistics
     net[1].running_mean.fill_(0.3)
     net[1].running_var.fill_(2.0)
-    table = relative_sensitivity(net, X, layers=["1", "output"], n_init=3,
-                                 random_state=5)
+    table = relative_sensitivity(
+        net, X, layers=["1", "output"], n_init=3, random_state=5
+    )
     rng = np.random.RandomState(5)
     sample_diffeo(8, 3, n_fields=16, random_state=rng)  # consume the same draws
     rng.randint(2**31 - 1)
@@ -128,11 +147,15 @@ def test_init_rows_are_geometric_means_over_fresh_copies():
         # BatchNorm of the fresh copy normalises with the probe set's statistics
         with torch.no_grad():
             conv_out = fresh[0](torch.tensor(X, dtype=torch.float64))
-        np.testing.assert_allclose(fresh[1].running_mean.numpy(),
-                                   conv_out.mean((0, 2, 3)).numpy(), rtol=1e-10)
+        np.testing.assert_allclose(
+            fresh[1].running_mean.numpy(), conv_out.mean((0, 2, 3)).numpy(), rtol=1e-10
+        )
         assert not torch.equal(fresh[0].weight, model[0].weight)
-        per_seed.append(relative_sensitivity(fresh, X, layers=["1", "output"],
-                                             init=False, random_state=5))
+        per_seed.append(
+            relative_sensitivity(
+                fresh, X, layers=["1", "output"], init=False, random_state=5
+            )
+        )
     init = table[table.net == "init"]
     for col in ["D", "G", "R", "denominator", "deformation", "noise"]:
         expected = np.exp(np.mean([np.log(t[col].to_numpy()) for t in per_seed], 0))
@@ -142,18 +165,23 @@ def test_init_rows_are_geometric_means_over_fresh_copies():
 
 def test_shuffled_rows_and_pooling():
     net, X = _cnn(), _data()
-    table = relative_sensitivity(net, X, layers=["0"], init=False, shuffled=True,
-                                 random_state=0)
+    table = relative_sensitivity(
+        net, X, layers=["0"], init=False, shuffled=True, random_state=0
+    )
     assert table["net"].tolist() == ["trained", "shuffled"]
-    shuffled = shuffle_conv_input_channels(copy.deepcopy(net).double(),
-                                           np.random.RandomState(0))
+    shuffled = shuffle_conv_input_channels(
+        copy.deepcopy(net).double(), np.random.RandomState(0)
+    )
     assert table["D"].iloc[1] != pytest.approx(table["D"].iloc[0], rel=1e-6)
     assert isinstance(shuffled, nn.Module)
     # pooled representations against direct computations
-    for pool, reduce in [("channels", lambda t: t.mean(1)),
-                         ("space", lambda t: t.mean((2, 3)))]:
-        pooled = relative_sensitivity(net, X, layers=["0"], init=False, pool=pool,
-                                      random_state=0)
+    for pool, reduce in [
+        ("channels", lambda t: t.mean(1)),
+        ("space", lambda t: t.mean((2, 3))),
+    ]:
+        pooled = relative_sensitivity(
+            net, X, layers=["0"], init=False, pool=pool, random_state=0
+        )
 
         class Reduced(nn.Module):
             def __init__(self, reduce):
@@ -164,10 +192,10 @@ def test_shuffled_rows_and_pooling():
             def forward(self, x):
                 return self.reduce(self.conv(x))
 
-        direct = relative_sensitivity(Reduced(reduce), X, init=False,
-                                      random_state=0)
-        np.testing.assert_allclose(pooled[["D", "G"]].to_numpy(),
-                                   direct[["D", "G"]].to_numpy(), rtol=1e-10)
+        direct = relative_sensitivity(Reduced(reduce), X, init=False, random_state=0)
+        np.testing.assert_allclose(
+            pooled[["D", "G"]].to_numpy(), direct[["D", "G"]].to_numpy(), rtol=1e-10
+        )
 
 
 class _Functional(nn.Module):
@@ -188,16 +216,31 @@ def test_fx_node_names_and_custom_deformation():
     def roll(X, random_state):
         return torch.roll(X, 1, dims=-1)
 
-    table = relative_sensitivity(net, X, layers=["relu", "conv", "output"],
-                                 deformation=roll, init=False, random_state=0)
-    ref = relative_sensitivity(nn.Sequential(net.conv, nn.ReLU()), X,
-                               deformation=roll, init=False, random_state=0)
-    np.testing.assert_allclose(table[["D", "G"]].to_numpy()[0],
-                               ref[["D", "G"]].to_numpy()[0], rtol=1e-10)
+    table = relative_sensitivity(
+        net,
+        X,
+        layers=["relu", "conv", "output"],
+        deformation=roll,
+        init=False,
+        random_state=0,
+    )
+    ref = relative_sensitivity(
+        nn.Sequential(net.conv, nn.ReLU()),
+        X,
+        deformation=roll,
+        init=False,
+        random_state=0,
+    )
+    np.testing.assert_allclose(
+        table[["D", "G"]].to_numpy()[0], ref[["D", "G"]].to_numpy()[0], rtol=1e-10
+    )
     X1, conv = torch.tensor(X), copy.deepcopy(net.conv).double()
     with torch.no_grad():
-        tau = ((torch.relu(conv(torch.roll(X1, 1, -1)))
-                - torch.relu(conv(X1))) ** 2).sum((1, 2, 3)).mean()
+        tau = (
+            ((torch.relu(conv(torch.roll(X1, 1, -1))) - torch.relu(conv(X1))) ** 2)
+            .sum((1, 2, 3))
+            .mean()
+        )
     assert table["deformation"].iloc[0] == pytest.approx(float(tau), rel=1e-6)
 
 
@@ -205,14 +248,21 @@ def test_signals_and_skorch_net():
     from skorch import NeuralNetClassifier
 
     torch.manual_seed(0)
-    module = nn.Sequential(nn.Unflatten(1, (1, -1)), nn.Conv1d(1, 4, 3, padding=1),
-                           nn.ReLU(), nn.Flatten(), nn.Linear(4 * 10, 2))
+    module = nn.Sequential(
+        nn.Unflatten(1, (1, -1)),
+        nn.Conv1d(1, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 10, 2),
+    )
     X = np.random.RandomState(0).rand(40, 10).astype(np.float32)
     y = (X[:, :5].sum(1) > X[:, 5:].sum(1)).astype(np.int64)
-    net = NeuralNetClassifier(module, max_epochs=2, train_split=None,
-                              verbose=0).fit(X, y)
-    table = relative_sensitivity(net, X, layers=["input", "output"], n_init=2,
-                                 n_probe=30, random_state=0)
+    net = NeuralNetClassifier(module, max_epochs=2, train_split=None, verbose=0).fit(
+        X, y
+    )
+    table = relative_sensitivity(
+        net, X, layers=["input", "output"], n_init=2, n_probe=30, random_state=0
+    )
     assert table["R"].iloc[0] == pytest.approx(1.0, rel=1e-12)
     assert np.isfinite(table["R"]).all() and len(table) == 4
 
@@ -296,8 +346,10 @@ def test_errors_and_warnings():
         relative_sensitivity(First(), X, n_init=1)
     with pytest.warns(UserWarning) as record:
         table = relative_sensitivity(First(), X, layers=["inner.dead"], n_init=1)
-    assert any("['inner.dead'] have a constant representation" in str(w.message)
-               for w in record)
+    assert any(
+        "['inner.dead'] have a constant representation" in str(w.message)
+        for w in record
+    )
     assert table["D"].isna().all()
 
 

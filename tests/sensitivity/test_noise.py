@@ -31,8 +31,7 @@ def test_directions_are_isotropic_and_seeded():
     # uniform on the sphere: mean 0, covariance I/3
     np.testing.assert_allclose(eta.mean(0), 0, atol=0.03)
     np.testing.assert_allclose(np.cov(eta.T), np.eye(3) / 3, atol=0.02)
-    np.testing.assert_array_equal(eta, matched_noise(x, noise_norm=1.0,
-                                                     random_state=0))
+    np.testing.assert_array_equal(eta, matched_noise(x, noise_norm=1.0, random_state=0))
 
 
 def test_tensors_keep_device_and_dtype():

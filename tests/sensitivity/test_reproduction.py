@@ -18,17 +18,21 @@ from sksim.sensitivity import relative_sensitivity
 
 
 def _block(c_in, c_out):
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(),
-                         nn.MaxPool2d(2))
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)
+    )
 
 
 def _cnn(n_classes, widths):
-    return nn.Sequential(OrderedDict(
-        block1=_block(1, widths[0]), block2=_block(widths[0], widths[1]),
-        block3=_block(widths[1], widths[2]),
-        gap=nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()),
-        readout=nn.Linear(widths[2], n_classes),
-    ))
+    return nn.Sequential(
+        OrderedDict(
+            block1=_block(1, widths[0]),
+            block2=_block(widths[0], widths[1]),
+            block3=_block(widths[1], widths[2]),
+            gap=nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()),
+            readout=nn.Linear(widths[2], n_classes),
+        )
+    )
 
 
 def _train(net, X, y, epochs, lr):
@@ -102,17 +106,27 @@ def test_fully_connected_net_on_smooth_digits_is_not_relatively_stable(
     torch.manual_seed(0)
     digits = load_digits()
     images = torch.tensor(digits.images / 16.0, dtype=torch.float32)[:, None]
-    images = nn.functional.interpolate(images, size=(16, 16), mode="bilinear",
-                                       align_corners=False)
+    images = nn.functional.interpolate(
+        images, size=(16, 16), mode="bilinear", align_corners=False
+    )
     images = ((images - images.mean()) / images.std()).numpy()
     order = np.random.RandomState(0).permutation(len(images))
     train, probe = order[:1200], order[1200:]
-    fc = nn.Sequential(nn.Flatten(), nn.Linear(256, 128), nn.ReLU(),
-                       nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10))
+    fc = nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(256, 128),
+        nn.ReLU(),
+        nn.Linear(128, 128),
+        nn.ReLU(),
+        nn.Linear(128, 10),
+    )
     fc = _train(fc, images[train], digits.target[train], epochs=10, lr=1e-3)
     assert _accuracy(fc, images[probe], digits.target[probe]) > 0.9
-    r_fc = relative_sensitivity(fc, images[probe], n_probe=300, n_init=3,
-                                random_state=0).set_index("net").R
+    r_fc = (
+        relative_sensitivity(fc, images[probe], n_probe=300, n_init=3, random_state=0)
+        .set_index("net")
+        .R
+    )
     assert r_fc["trained"] > 1.0
     assert r_fc["trained"] > 3 * r_fc["init"]
     cnns, X_probe = scale_detection_cnns
