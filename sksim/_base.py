@@ -30,7 +30,7 @@ CONSTRAINTS = {
     ],
     "kind": [StrOptions(set(KINDS))],
     "params": [None, str, list, tuple],
-    "batch_size": [POSITIVE_INT],
+    "batch_size": [POSITIVE_INT, StrOptions({"auto"})],
     "device": [None, str, torch.device],
     "rtol": [Interval(Real, 0, 1, closed="left")],
     "n_components": [POSITIVE_INT, None],
@@ -51,7 +51,13 @@ def make_engine(
 ) -> JacobianEngine:
     """The gradient engine of the trained module behind ``net``."""
     return JacobianEngine(
-        resolve_module(net), output, params, batch_size, device, verbose, max_memory
+        resolve_module(net),
+        output,
+        params,
+        None if batch_size == "auto" else batch_size,
+        device,
+        verbose,
+        max_memory,
     )
 
 

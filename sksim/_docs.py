@@ -36,8 +36,11 @@ params : str, list of str or None, default=None
     Parameters to differentiate: None for all trainable ones, else names or
     name prefixes (``"fc2"`` selects ``fc2.weight`` and ``fc2.bias``).""",
     "batch_size": """
-batch_size : int, default=64
-    Samples per vectorised Jacobian computation, and query rows per block.""",
+batch_size : int or "auto", default="auto"
+    Samples per vectorised Jacobian computation, and query rows per block.
+    ``"auto"`` measures what one sample of this network takes (activations,
+    back-propagated signals) on a first pass over two samples and takes as
+    many as fit in a third of ``max_memory``, at most 1024.""",
     "device": """
 device : str or torch.device, default=None
     Where to compute; None keeps the network's device. Elsewhere a copy of

@@ -233,7 +233,7 @@ class SelfDenoisingAnalysis(NetworkEstimator):
         ridge=1e-6,
         output="logits",
         params=None,
-        batch_size=64,
+        batch_size="auto",
         device=None,
         rtol=1e-5,
         random_state=None,

@@ -176,7 +176,7 @@ class GradientDensityEstimator(DensityMixin, NetworkEstimator):
         output="logits",
         params=None,
         n_components=None,
-        batch_size=64,
+        batch_size="auto",
         device=None,
         rtol=1e-5,
         random_state=None,

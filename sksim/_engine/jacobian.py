@@ -22,6 +22,8 @@ from .pieces import DensePiece, PieceBudget, PiecesTooLarge, gram_of, map_pieces
 from .selection import select_output, select_parameters
 
 DEFAULT_MAX_MEMORY = 2 * 2**30
+# The largest batch chosen by batch_size=None: past it, batches gain little speed.
+AUTO_BATCH_LIMIT = 1024
 
 
 class JacobianEngine:
@@ -35,8 +37,12 @@ class JacobianEngine:
         Which outputs form the rows of the Jacobian, see ``select_output``.
     params : str, list of str or None, default=None
         Which parameters form its columns, see ``select_parameters``.
-    batch_size : int, default=64
-        Samples per vectorised Jacobian computation.
+    batch_size : int or None, default=None
+        Samples per vectorised Jacobian computation. None measures what one
+        sample of this network takes (activations, back-propagated signals,
+        fallback Jacobians) on a first pass over two samples, and takes as
+        many samples as fit in a third of ``max_memory``, at most
+        ``AUTO_BATCH_LIMIT``.
     device : str, torch.device or None, default=None
         Where to compute; None keeps the module's device. Elsewhere the engine
         computes with a copy of the module, which itself stays where it is.
@@ -56,7 +62,7 @@ class JacobianEngine:
         module: torch.nn.Module,
         output: str | int | Callable = "logits",
         params: str | Sequence[str] | None = None,
-        batch_size: int = 64,
+        batch_size: int | None = None,
         device: str | torch.device | None = None,
         verbose: int = 0,
         max_memory: int | None = DEFAULT_MAX_MEMORY,
@@ -66,7 +72,7 @@ class JacobianEngine:
         self.module = on_device(module, self.device)
         self.output = output
         self.parameters = select_parameters(self.module, params)
-        self.batch_size = int(batch_size)
+        self.batch_size = None if batch_size is None else int(batch_size)
         self.verbose = verbose
         self.max_memory = float("inf") if max_memory is None else int(max_memory)
         self.dtype = module_float_dtype(self.module)
@@ -114,6 +120,7 @@ class JacobianEngine:
 
     def outputs(self, X) -> torch.Tensor:
         """Selected outputs ``(n, d)`` of every sample, on the CPU."""
+        self._layer_plan(X)  # sets an automatic batch size
         with evaluation_mode(self.module), torch.no_grad():
             parts = [
                 self._call(b, rows.start).cpu()
@@ -195,6 +202,7 @@ class JacobianEngine:
         self, X, progress: bool = True
     ) -> Iterator[tuple[slice, torch.Tensor]]:
         """Yield ``(rows, J)`` with ``J`` of shape ``(b, d, p)`` on the device."""
+        self._layer_plan(X)  # sets an automatic batch size
         jacobian = self._per_sample_jacobian(list(self.parameters))
         with evaluation_mode(self.module), torch.no_grad():
             for rows, batch in self._batches(X, progress):
@@ -252,20 +260,29 @@ class JacobianEngine:
         The plan is checked on two samples of ``X`` (the first one twice if
         there is only one): a layer whose recorded tensors do not hold one
         sample per row, or whose expansion to the batch would change the
-        outputs, goes to the fallback.
+        outputs, goes to the fallback. The same pass measures what a sample
+        takes, for an automatic batch size.
         """
         if self._plan is None:
-            layers, fallback = plan_layers(self.module, self.parameters)
-            mixing = self._mixing_layers(layers, X) if layers else set()
+            with evaluation_mode(self.module):
+                layers, fallback = plan_layers(self.module, self.parameters)
+                mixing, per_sample = self._probe(layers, X) if layers else (set(), 0)
             for name in mixing:
                 fallback += [join_name(name, local) for local in layers.pop(name)[1]]
             fallback = [n for n in self.parameters if n in fallback]
             jacobian = self._per_sample_jacobian(fallback) if fallback else None
             n_fallback = sum(self.parameters[n].numel() for n in fallback)
+            if self.batch_size is None:
+                size = next(iter(self.parameters.values())).element_size()
+                per_sample += self.n_outputs(X) * n_fallback * size
+                fit = int(self.max_memory // 3 // max(per_sample, 1))
+                self.batch_size = self._part_size = max(1, min(AUTO_BATCH_LIMIT, fit))
             self._plan = layers, jacobian, n_fallback
         return self._plan
 
-    def _mixing_layers(self, layers: dict, X) -> set[str]:
+    def _probe(self, layers: dict, X) -> tuple[set[str], int]:
+        """The layers that mix samples, and the bytes a sample's activations
+        and back-propagated signals take, from a pass over two samples."""
         rows = np.array([0, min(1, n_samples(X) - 1)])
         probe = to_tensor(take(X, rows), self.device, self.dtype)
         with torch.enable_grad(), LayerCapture(layers, True, 2) as capture:
@@ -277,7 +294,13 @@ class JacobianEngine:
                 plain = self._call(probe, start=None)
             if not torch.allclose(plain, outputs.detach()):
                 mixing |= capture.expanded
-        return mixing
+        d = outputs.shape[1]
+        per_sample = sum(
+            (h.numel() + (1 + d) * z.numel()) * z.element_size() // 2
+            for calls in capture.calls.values()
+            for h, z in calls
+        )
+        return mixing, per_sample
 
     def _split(self, size: int) -> None:
         if size == 1:
