@@ -116,5 +116,5 @@ def test_fully_connected_net_on_smooth_digits_is_not_relatively_stable(
     assert r_fc["trained"] > 1.0
     assert r_fc["trained"] > 3 * r_fc["init"]
     cnns, X_probe = scale_detection_cnns
-    r_cnn = relative_sensitivity(cnns[0], X_probe, init=False, random_state=0).R
+    r_cnn = relative_sensitivity(cnns[0], X_probe, reference=None, random_state=0).R
     assert r_fc["trained"] > r_cnn.iloc[0]
