@@ -1,4 +1,4 @@
-"""Correctness of the NIW algebra and of the collapsed Gibbs DP mixture (SPEC 6)."""
+"""Correctness of the NIW algebra and of the collapsed Gibbs DP mixture (see the theory page)."""
 
 import numpy as np
 import pytest
@@ -10,11 +10,11 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from sksim.representations import DirichletProcessGaussianMixture
 from sksim.representations._gibbs import ClusterState, resample_alpha
+from sksim.representations._logdensity import student_t_logpdf
 from sksim.representations._niw import (
     NIWPrior,
     cholesky_rank_one,
     predictive_shape_scale,
-    student_t_logpdf,
 )
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
