@@ -1,4 +1,4 @@
-"""Class fitting workflow: representations, densities, split, memorisation (SPEC 6)."""
+"""Class fitting workflow: representations, densities, split, memorisation."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Random max-entropy deformations as a scikit-learn transformer (SPEC 5)."""
+"""Random max-entropy deformations as a scikit-learn transformer."""
 
 from __future__ import annotations
 

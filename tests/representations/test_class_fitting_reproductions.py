@@ -1,4 +1,4 @@
-"""Reduced-size reproductions of SPEC 6 / targets 7.5 (planted modes) and friends."""
+"""Reduced-size reproductions of the class fitting results (planted modes)."""
 
 import time
 
@@ -32,7 +32,7 @@ def _planted_conclusions(ccd, strict_single=True):
 
 
 def test_planted_modes_gibbs_in_under_15_seconds():
-    """SPEC 7.5: 2 x 300 points, d' = 6, 50 sweeps."""
+    """Planted modes: 2 x 300 points, d' = 6, 50 sweeps."""
     X, y, _ = make_planted_modes(300, random_state=0)
     mixture = DirichletProcessGaussianMixture(
         n_sweeps=50, burn_in=30, thin=4, init_clusters=10

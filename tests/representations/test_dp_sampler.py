@@ -1,4 +1,4 @@
-"""Correctness of the NIW algebra and of the collapsed Gibbs DP mixture (see the theory page)."""
+"""Correctness of the NIW algebra and of the collapsed Gibbs DP mixture."""
 
 import numpy as np
 import pytest

@@ -103,6 +103,6 @@ def test_estimator_trains_an_unfitted_skorch_net_and_cross_validates():
     np.testing.assert_allclose(est.results_["R"], expected["R"], rtol=1e-12)
     trained = est.results_.query("net == 'trained' and layer == 'output'")
     assert est.score(X) == pytest.approx(-float(trained["R"].iloc[0]), rel=1e-12)
-    scores = cross_validate(DiffeoSensitivity(net, reference=None, random_state=0), X, y,
-                            cv=2)["test_score"]
+    scores = cross_validate(DiffeoSensitivity(net, reference=None, random_state=0),
+                            X, y, cv=2)["test_score"]
     assert scores.shape == (2,) and (scores < 0).all()
