@@ -323,6 +323,29 @@ def check_interp(interp) -> None:
         raise ValueError(f"interp must be one of {INTERPOLATIONS}; got {interp!r}.")
 
 
+def check_deformation(delta, cutoff, interp) -> None:
+    """Validate the parameters of random max-entropy deformations."""
+    _check_nonnegative(delta, "delta")
+    _check_cutoff(cutoff)
+    check_interp(interp)
+
+
+def deform(x: torch.Tensor, delta, cutoff, interp, rng) -> torch.Tensor:
+    """Pull each sample of ``x`` back along its own field drawn from ``rng``.
+
+    Fields have typical displacement ``delta`` pixels (images) or the exact
+    one-dimensional analogue (signals); same device and dtype as ``x``.
+    """
+    xc, ndim = as_channels(x)
+    n = xc.shape[-1]
+    if ndim == 2:
+        temperature = temperature_from_delta(delta, cutoff, n)
+    else:
+        temperature = _signal_temperature(delta, cutoff, n)
+    fields = sample_fields(len(x), n, ndim, cutoff, temperature, rng, x.device, x.dtype)
+    return pull_back(xc, fields, interp).reshape(x.shape)
+
+
 def apply_diffeo(images, dx, dy=None, interp="linear", sigma=0.4):
     """Deform images by pulling them back along displacement fields.
 

@@ -20,16 +20,7 @@ from .._layers import check_layers, check_pool, layer_outputs
 from .._net import fit_net, resolve_device, resolve_module, torch_seed
 from .._validation import check_net_input, check_positive_int
 from .diagnostics import _table, shuffle_conv_input_channels
-from .diffeo import (
-    _check_cutoff,
-    _check_nonnegative,
-    _signal_temperature,
-    as_channels,
-    check_interp,
-    pull_back,
-    sample_fields,
-    temperature_from_delta,
-)
+from .diffeo import as_channels, check_deformation, deform
 from .noise import check_noise_norm, noise_like
 
 STATISTICS = ("mean", "median")
@@ -81,7 +72,7 @@ class _Probe:
         if not X.is_floating_point():
             X = X.to(torch.float64)
         check_finite(X)
-        _, ndim = as_channels(X)
+        as_channels(X)  # validates the shape
         n = len(X)
         if n < 2:
             raise ValueError(
@@ -93,16 +84,7 @@ class _Probe:
         self.X = X = X.detach().to(device, torch.float64)
         self.batch_size = batch_size
         if deformation is None:
-            side = X.shape[-1]
-            temperature = (
-                temperature_from_delta(delta, cutoff, side)
-                if ndim == 2
-                else _signal_temperature(delta, cutoff, side)
-            )
-            fields = sample_fields(
-                len(X), side, ndim, cutoff, temperature, rng, X.device, X.dtype
-            )
-            TX = pull_back(as_channels(X)[0], fields, interp).reshape(X.shape)
+            TX = deform(X, delta, cutoff, interp, rng)
         else:
             TX = torch.as_tensor(deformation(X, rng), dtype=X.dtype, device=X.device)
             if TX.shape != X.shape:
@@ -347,9 +329,7 @@ def _check_params(
     deformation,
     batch_size,
 ):
-    _check_nonnegative(delta, "delta")
-    _check_cutoff(cutoff)
-    check_interp(interp)
+    check_deformation(delta, cutoff, interp)
     check_positive_int(n_probe, "n_probe")
     check_positive_int(n_init, "n_init")
     check_positive_int(batch_size, "batch_size")
