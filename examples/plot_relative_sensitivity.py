@@ -13,7 +13,7 @@ each layer's representation ``f``,
 
 for the trained net, for the same architecture freshly initialised (geometric
 mean over seeds) and for the trained net with its conv filters' input channels
-shuffled (SPEC 5; Petrini et al. 2021, Tomasini et al. 2023).
+shuffled (Petrini et al. 2021, Tomasini et al. 2023).
 
 We reproduce two findings on CPU in about two minutes:
 

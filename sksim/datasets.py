@@ -8,12 +8,13 @@ from ._validation import check_positive_int
 
 
 def make_circle_sine(n_samples=2048, frequency=1, noise=0.0, random_state=None):
-    """The circle-sine regression toy of Charpiat et al. (SPEC 7.1).
+    """The circle-sine regression toy of Charpiat et al.
 
     A position ``alpha ~ U[0, 1)`` on the circle gives the input
     ``(cos 2 pi alpha, sin 2 pi alpha)`` and the clean target
     ``sin(2 pi f alpha)``; with ``noise > 0`` the returned targets carry
-    i.i.d. Gaussian label noise of standard deviation ``noise`` (SPEC 7.2).
+    i.i.d. Gaussian label noise of standard deviation ``noise`` (the
+    self-denoising experiment).
 
     Parameters
     ----------
@@ -48,7 +49,7 @@ def make_circle_sine(n_samples=2048, frequency=1, noise=0.0, random_state=None):
     ----------
     .. [1] G. Charpiat, N. Girard, L. Felardos, Y. Tarabalka, "Input Similarity
        from the Neural Network Perspective", NeurIPS 2019, the toy experiments
-       on density versus frequency and on self-denoising; SPEC 7.1 and 7.2.
+       on density versus frequency and on self-denoising.
 
     Examples
     --------
@@ -90,7 +91,7 @@ def make_planted_modes(
     class_separation=3.0,
     random_state=None,
 ):
-    """Classes that are one Gaussian or many compact modes (SPEC 7.5).
+    """Classes that are one Gaussian or many compact modes.
 
     The first ``n_single`` classes are standard Gaussians; the next ``n_multi``
     are mixtures of ``n_modes`` compact Gaussian clusters (standard deviation
@@ -99,16 +100,30 @@ def make_planted_modes(
     single-Gaussian class. Each class is then shifted by its own random mean
     (``class_separation`` times a standard Gaussian vector).
 
+    The defaults are the planted-modes check of the class fitting guide: two
+    classes of 300 points in 6 dimensions, one Gaussian and one of 8 modes
+    whose spread (0.2 before rescaling) is small against their distances
+    (about ``sqrt(2 * 6) = 3.5``), so that a density estimator finds the
+    modes; classes 3 standard deviations apart per feature.
+
     Parameters
     ----------
     n_samples_per_class : int, default=300
+        Points in each class.
     n_single, n_multi : int, default=1
         Numbers of single-Gaussian and multi-modal classes.
     n_features : int, default=6
+        Dimension ``d``.
     n_modes : int, default=8
+        Modes of each multi-modal class, equally likely.
     mode_scale : float, default=0.2
+        Standard deviation of each mode around its centre, before the class is
+        rescaled to unit variance (after it, about ``0.2`` divided by the
+        features' standard deviation of about 1).
     class_separation : float, default=3.0
+        Scale of each class's random shift.
     random_state : int, RandomState instance or None, default=None
+        Seeds the points, the centres and the shifts.
 
     Returns
     -------
@@ -158,7 +173,7 @@ _DISTANCES = {
 def make_scale_detection(
     n_samples=1024, size=16, xi=8, gap=2, norm="l2", shuffle=True, random_state=None
 ):
-    """Images with two active pixels: are they close or far apart? (SPEC 5)
+    """Images with two active pixels: are they close or far apart?
 
     Two distinct pixels of a ``size x size`` image are set to 1. The class is
     0 ("close") when their distance is ``< xi - gap / 2`` and 1 ("far") when it
@@ -244,16 +259,21 @@ _STEPS = np.array([[0, 1], [0, -1], [1, 0], [-1, 0]])
 
 
 def scale_detection_perturbation(X, random_state=None):
-    """Move each active pixel of scale-detection images by one pixel (SPEC 5).
+    """Move each active pixel of scale-detection images by one pixel.
 
-    Each of the two non-zero pixels moves to a random 4-neighbour, staying in
+    Each of the two active pixels moves to a random 4-neighbour, staying in
     the image and never onto the other pixel: the task's own small
     deformation, usable as ``deformation=`` of :func:`relative_sensitivity`.
+    The background is the most frequent value of each image, so images
+    normalised by one mean and standard deviation (``(X - m) / s``, as probes
+    in the network's input space are) work as well as raw ones; the moved
+    pixels keep their values and the vacated ones take the background's. For
+    a per-pixel normalisation, undo it, perturb, and normalise again.
 
     Parameters
     ----------
     X : ndarray or tensor of shape (n, 1, size, size) or (n, size, size)
-        Images with exactly two non-zero pixels each.
+        Images with exactly two pixels that differ from the background.
     random_state : int, RandomState instance or None, default=None
 
     Returns
@@ -268,29 +288,41 @@ def scale_detection_perturbation(X, random_state=None):
     >>> Xm = scale_detection_perturbation(X, random_state=0)
     >>> np.abs(Xm - X).sum(axis=(1, 2, 3)).tolist()
     [4.0, 4.0, 4.0, 4.0]
+    >>> Xs = (X - 0.03) / 0.17  # standardised images move the same way
+    >>> bool(np.allclose(scale_detection_perturbation(Xs, random_state=0),
+    ...                  (Xm - 0.03) / 0.17))
+    True
     """
     rng = check_random_state(random_state)
     is_tensor = isinstance(X, torch.Tensor)
     x = X.detach().cpu().numpy() if is_tensor else np.asarray(X)
     images = x.reshape(len(x), x.shape[-2], x.shape[-1])
-    size = np.array(images.shape[1:])
-    out = np.zeros_like(images)
-    for i, image in enumerate(images):
-        points = np.argwhere(image != 0)
-        if len(points) != 2:
-            raise ValueError(
-                f"Image {i} has {len(points)} non-zero pixels; the perturbation "
-                "moves the two active pixels of make_scale_detection images."
-            )
-        moved = points.copy()
-        for k in range(2):
-            other = moved[1 - k]
-            options = [
-                p
-                for p in points[k] + _STEPS
-                if (p >= 0).all() and (p < size).all() and (p != other).any()
-            ]
-            moved[k] = options[rng.randint(len(options))]
-        out[i, moved[:, 0], moved[:, 1]] = image[points[:, 0], points[:, 1]]
-    out = out.reshape(x.shape)
+    out = np.array([_moved(image, i, rng) for i, image in enumerate(images)])
+    out = out.reshape(x.shape).astype(x.dtype, copy=False)
     return torch.as_tensor(out, device=X.device) if is_tensor else out
+
+
+def _moved(image, i, rng):
+    """One image with its two active pixels moved to random 4-neighbours."""
+    values, counts = np.unique(image, return_counts=True)
+    background = values[np.argmax(counts)]
+    points = np.argwhere(image != background)
+    if len(points) != 2:
+        raise ValueError(
+            f"Image {i} has {len(points)} non-zero pixels once its background "
+            f"value {background:g} is subtracted; the perturbation moves the two "
+            "active pixels of make_scale_detection images."
+        )
+    size = np.array(image.shape)
+    moved = points.copy()
+    for k in range(2):
+        other = moved[1 - k]
+        options = [
+            p
+            for p in points[k] + _STEPS
+            if (p >= 0).all() and (p < size).all() and (p != other).any()
+        ]
+        moved[k] = options[rng.randint(len(options))]
+    out = np.full_like(image, background)
+    out[moved[:, 0], moved[:, 1]] = image[points[:, 0], points[:, 1]]
+    return out

@@ -134,7 +134,7 @@ def test_cuda_representations_and_sensitivity(digits_nets):
     )
     results = [
         relative_sensitivity(
-            module, images, layers=["1"], init=False, random_state=0, device=d
+            module, images, layers=["1"], reference=None, random_state=0, device=d
         )
         for d in ("cpu", "cuda")
     ]

@@ -1,4 +1,8 @@
-"""Class-conditional densities of representations and memorisation (SPEC 6)."""
+"""Class-conditional densities of representations and memorisation.
+
+The method is described on the theory page of the user guide (Jamroz &
+Kurdziel 2023).
+"""
 
 from .class_density import ClassConditionalDensity
 from .dpmixture import DirichletProcessGaussianMixture

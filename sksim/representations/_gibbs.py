@@ -1,4 +1,4 @@
-"""Collapsed Gibbs sampler for the DP Gaussian mixture with NIW base (SPEC 6).
+"""Collapsed Gibbs sampler for the DP Gaussian mixture with NIW base.
 
 Each point in turn is taken out of its cluster and reassigned with the Chinese
 restaurant process weights times the cluster's Student-t posterior predictive,
@@ -14,15 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.linalg.lapack import dtrtri
-from scipy.special import gammaln
 from tqdm.auto import tqdm
 
-from ._niw import (
-    NIWPrior,
-    cholesky_rank_one,
-    predictive_shape_scale,
-    student_t_logpdf,
-)
+from ._logdensity import log_kernel, log_normaliser, student_t_logpdf
+from ._niw import NIWPrior, cholesky_rank_one, predictive_shape_scale
 
 ALPHA_SHAPE, ALPHA_RATE = 1.0, 1.0  # Gamma(1, 1) prior on the concentration
 
@@ -49,9 +44,8 @@ class ClusterState:
         self.mean = np.zeros((cap, d))
         self.L = np.zeros((cap, d, d))
         self.inv_L = np.zeros((cap, d, d))
-        self.logc = np.zeros(cap)  # log-normaliser of the predictive
-        self.ratio = np.zeros(cap)  # kappa / (kappa + 1)
-        self.half_nu1 = np.zeros(cap)  # (nu + 1) / 2
+        self.prec = np.zeros((cap, d, d))  # inverse Cholesky of the predictive
+        self.df = np.zeros(cap)  # degrees of freedom of the predictive
         self.K = int(self.z.max()) + 1
         self.refresh()
 
@@ -71,19 +65,14 @@ class ClusterState:
         self._derive(k)
 
     def _derive(self, k):
-        kappa = self.prior.kappa + self.count[k]
-        nu = self.prior.nu + self.count[k]
-        d = self.d
-        self.inv_L[k] = _inverse_lower(self.L[k])
-        self.ratio[k] = kappa / (kappa + 1.0)
-        self.half_nu1[k] = 0.5 * (nu + 1.0)
-        self.logc[k] = (
-            gammaln(0.5 * (nu + 1.0))
-            - gammaln(0.5 * (nu - d + 1.0))
-            - 0.5 * d * np.log(np.pi)
-            - np.log(np.diagonal(self.L[k])).sum()
-            + 0.5 * d * np.log(self.ratio[k])
+        """The cluster's Student-t predictive from its count and ``Psi_n``."""
+        count = self.count[k]
+        scale, df = predictive_shape_scale(
+            self.prior.kappa + count, self.prior.nu + count, self.d
         )
+        self.inv_L[k] = _inverse_lower(self.L[k])
+        self.prec[k] = self.inv_L[k] / np.sqrt(scale)
+        self.df[k] = df
 
     # -- one-point edits -----------------------------------------------------
     def remove(self, i):
@@ -132,9 +121,8 @@ class ClusterState:
                 self.mean,
                 self.L,
                 self.inv_L,
-                self.logc,
-                self.ratio,
-                self.half_nu1,
+                self.prec,
+                self.df,
             ):
                 a[k] = a[last]
             self.z[self.z == last] = k
@@ -143,7 +131,7 @@ class ClusterState:
     def _grow(self):
         if self.K < len(self.count):
             return
-        for name in ("count", "mean", "L", "inv_L", "logc", "ratio", "half_nu1"):
+        for name in ("count", "mean", "L", "inv_L", "prec", "df"):
             a = getattr(self, name)
             setattr(self, name, np.concatenate([a, np.zeros_like(a)]))
 
@@ -152,25 +140,24 @@ class ClusterState:
         """Student-t log predictive of rows ``Xb`` under each cluster, (b, K)."""
         K = self.K
         diff = Xb[:, None, :] - self.mean[None, :K]
-        y = np.einsum("kij,bkj->bki", self.inv_L[:K], diff)
+        y = np.einsum("kij,bkj->bki", self.prec[:K], diff)
         r = np.einsum("bki,bki->bk", y, y)
-        return self.logc[:K] - self.half_nu1[:K] * np.log1p(r * self.ratio[:K])
+        df = self.df[:K]
+        return log_normaliser(self.prec[:K], df) + log_kernel(r, df, self.d)
 
     def components(self, alpha):
         """The predictive mixture of this state: clusters plus a new one."""
         K, d, n = self.K, self.d, self.X.shape[0]
         count = np.append(self.count[:K], 0)
-        kappa = self.prior.kappa + count
-        nu = self.prior.nu + count
-        scale, df = predictive_shape_scale(kappa, nu, d)
-        L = np.concatenate([self.L[:K], self.L0[None]])
-        inv_L = np.concatenate([self.inv_L[:K], self.inv_L0[None]])
+        scale, df = predictive_shape_scale(
+            self.prior.kappa + count, self.prior.nu + count, d
+        )
         root = np.sqrt(scale)[:, None, None]
         weight = np.append(self.count[:K], alpha) / (n + alpha)
         return dict(
             mean=np.concatenate([self.mean[:K], self.prior.mean[None]]),
-            chol=L * root,
-            prec_chol=inv_L / root,
+            chol=np.concatenate([self.L[:K], self.L0[None]]) * root,
+            prec_chol=np.concatenate([self.prec[:K], self.inv_L0[None] / root[-1]]),
             df=df,
             log_weight=np.log(weight),
         )

@@ -1,4 +1,4 @@
-"""Normal-inverse-Wishart algebra for the DP Gaussian mixture (SPEC 6).
+"""Normal-inverse-Wishart algebra for the DP Gaussian mixture.
 
 A cluster with ``n`` points under the NIW base ``(mu0, kappa0, nu0, Psi0)`` has
 posterior ``(mu_n, kappa_n, nu_n, Psi_n)`` and a Student-t posterior predictive
@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.linalg import solve_triangular
-from scipy.special import gammaln
 
 
 @dataclass(frozen=True)
@@ -27,7 +26,7 @@ class NIWPrior:
 
     @classmethod
     def from_data(cls, X, kappa0=0.01, prior_clusters=6.0, reg_covar=1e-6):
-        """The data-derived prior of SPEC 6.
+        """The data-derived prior (see the theory page of the user guide).
 
         ``mu0`` is the data mean, ``nu0 = d + 2`` and
         ``Psi0 = diag(var + reg_covar) / K0^(2/d)``: with ``nu0 = d + 2`` the
@@ -91,48 +90,6 @@ def cholesky_rank_one(L, v, sign=1.0, inv_L=None):
     after = np.zeros_like(L)
     after[:, :-1] = tail[:, 1:]
     return L * np.sqrt(t / t_prev) + sign * after * (w / np.sqrt(t * t_prev))
-
-
-def student_t_logpdf(X, mean, prec_chol, df):
-    """Log-density of multivariate Student-t (or Gaussian) components.
-
-    Parameters
-    ----------
-    X : ndarray of shape (n, d)
-    mean : ndarray of shape (m, d)
-    prec_chol : ndarray of shape (m, d, d)
-        ``L^{-1}`` for the lower Cholesky factor ``L`` of each shape matrix, so
-        that the Mahalanobis distance is ``|prec_chol (x - mean)|^2``.
-    df : ndarray of shape (m,)
-        Degrees of freedom; ``np.inf`` gives a Gaussian component.
-
-    Returns
-    -------
-    logpdf : ndarray of shape (n, m)
-    """
-    n, d = X.shape
-    m = mean.shape[0]
-    proj = (X @ prec_chol.reshape(m * d, d).T).reshape(n, m, d)
-    proj -= np.einsum("mij,mj->mi", prec_chol, mean)
-    r = np.einsum("nmi,nmi->nm", proj, proj)
-    half_logdet = np.log(np.diagonal(prec_chol, axis1=1, axis2=2)).sum(axis=1)
-    gauss = np.isinf(df)
-    out = np.empty((n, m))
-    if gauss.any():
-        out[:, gauss] = (
-            half_logdet[gauss] - 0.5 * d * np.log(2 * np.pi) - 0.5 * r[:, gauss]
-        )
-    t = ~gauss
-    if t.any():
-        nu = df[t]
-        const = (
-            gammaln(0.5 * (nu + d))
-            - gammaln(0.5 * nu)
-            - 0.5 * d * np.log(nu * np.pi)
-            + half_logdet[t]
-        )
-        out[:, t] = const - 0.5 * (nu + d) * np.log1p(r[:, t] / nu)
-    return out
 
 
 def predictive_shape_scale(kappa, nu, d):

@@ -1,4 +1,4 @@
-"""Class-conditional densities of representations, SPEC 6 ([J])."""
+"""Class-conditional densities of representations (Jamroz & Kurdziel 2023)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from sklearn.utils import Bunch, check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from ._logdensity import diagonal_gaussian_logpdf
 from .dpmixture import DirichletProcessGaussianMixture, _check_int
 
 _VAR_FLOOR = 1e-6  # added to class variances in the diagonal Gaussian reference
@@ -37,7 +38,7 @@ class ClassConditionalDensity(ClassifierMixin, BaseEstimator):
     """One Dirichlet-process mixture density per class, on projected features.
 
     The representations ``Z`` of all classes are projected together on their
-    top right singular vectors (an **uncentred** SVD, SPEC 6), then a
+    top right singular vectors (an **uncentred** SVD, as in the paper), then a
     :class:`DirichletProcessGaussianMixture` is fitted to each class. The
     densities give each example's own-class log-density, a generative
     classifier ``argmax_C log p(z | C) + log p(C)``, and the class-level
@@ -264,8 +265,27 @@ class ClassConditionalDensity(ClassifierMixin, BaseEstimator):
         return self.classes_[np.argmax(self.predict_log_proba(Z), axis=1)]
 
     # -- class-level statistics -------------------------------------------
+    def _draws(self, n_samples):
+        """Yield ``(class index, mixture, n_samples draws from it)``."""
+        check_is_fitted(self)
+        _check_int(n_samples, "n_samples", 1)
+        rng = check_random_state(self.random_state)
+        for c, mixture in enumerate(self.mixtures_):
+            yield c, mixture, mixture.sample(n_samples, random_state=rng)
+
     def relative_entropy(self, n_samples=1000):
         """``KL(p_C || N(mean_C, diag var_C))`` of each class, by Monte Carlo.
+
+        The mean of ``log p_C(z) - log N(z)`` over draws ``z`` from the fitted
+        class density ``p_C``: the relative entropy of the *fitted* density,
+        not of the data's true one. The two differ by the fit's error, which
+        does not average out with more draws: on the 8 planted modes of
+        :func:`~sksim.datasets.make_planted_modes` (default parameters,
+        ``random_state=0``, 6 components) the estimate is 6.0-6.3 nats against
+        5.4 for the true mixture, about 0.8 nats off (the fitted density is a
+        little more concentrated than the truth: mean log-density -1.97
+        against -2.19 on the training points). Compare classes of one fit
+        rather than values with a closed form.
 
         Parameters
         ----------
@@ -276,17 +296,10 @@ class ClassConditionalDensity(ClassifierMixin, BaseEstimator):
         -------
         kl : ndarray of shape (n_classes,)
         """
-        check_is_fitted(self)
-        _check_int(n_samples, "n_samples", 1)
-        rng = check_random_state(self.random_state)
         out = np.empty(len(self.classes_))
-        for c, mixture in enumerate(self.mixtures_):
-            P = mixture.sample(n_samples, random_state=rng)
+        for c, mixture, P in self._draws(n_samples):
             var = self.class_variances_[c] + _VAR_FLOOR
-            log_gauss = -0.5 * (
-                np.log(2 * np.pi * var).sum()
-                + (((P - self.class_means_[c]) ** 2) / var).sum(axis=1)
-            )
+            log_gauss = diagonal_gaussian_logpdf(P, self.class_means_[c], var)
             out[c] = np.mean(mixture.log_predictive(P) - log_gauss)
         return out
 
@@ -304,17 +317,14 @@ class ClassConditionalDensity(ClassifierMixin, BaseEstimator):
             Row ``i`` uses draws from class ``i``; both directions are given
             (the matrix is not symmetric).
         """
-        check_is_fitted(self)
-        _check_int(n_samples, "n_samples", 1)
-        rng = check_random_state(self.random_state)
         kl = np.empty((len(self.classes_), len(self.classes_)))
-        for i, mixture in enumerate(self.mixtures_):
-            logp = self._log_density_matrix(mixture.sample(n_samples, random_state=rng))
+        for i, _, P in self._draws(n_samples):
+            logp = self._log_density_matrix(P)
             kl[i] = (logp[:, [i]] - logp).mean(axis=0)
         return kl
 
     def class_summary(self, n_samples=1000, as_frame=False):
-        """Per-class table of the statistics of SPEC 6.
+        """Per-class table of the class-level statistics of the paper.
 
         Parameters
         ----------

@@ -1,11 +1,10 @@
-"""Dirichlet-process Gaussian mixture with a Normal-inverse-Wishart base (SPEC 6)."""
+"""Dirichlet-process Gaussian mixture with a Normal-inverse-Wishart base."""
 
 from __future__ import annotations
 
 import numbers
 
 import numpy as np
-from scipy.special import logsumexp
 from sklearn.base import BaseEstimator, DensityMixin
 from sklearn.cluster import KMeans
 from sklearn.mixture import BayesianGaussianMixture
@@ -13,10 +12,12 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._gibbs import gibbs_sampler
-from ._niw import NIWPrior, student_t_logpdf
+from ._logdensity import mixture_logpdf
+from ._niw import NIWPrior
 
 BACKENDS = ("gibbs", "variational")
-_CHUNK_FLOATS = 2**22  # rows x components x features evaluated at once
+BURN_IN_FRACTION = 0.8  # default share of the sweeps discarded
+KEPT_SAMPLES = 20  # default thinning keeps about this many samples
 
 
 def _check_int(value, name, low):
@@ -37,7 +38,8 @@ class DirichletProcessGaussianMixture(DensityMixin, BaseEstimator):
     """Dirichlet-process Gaussian mixture with a Normal-inverse-Wishart base.
 
     The density of the rows of ``X`` is a DP mixture of Gaussians whose means
-    and covariances have the data-derived NIW prior of SPEC 6: ``mu0`` the data
+    and covariances have a data-derived NIW prior (see the theory page of the
+    user guide): ``mu0`` the data
     mean, ``kappa0 = 0.01``, ``nu0 = d + 2`` and
     ``Psi0 = diag(var) / K0^(2/d)`` with ``K0 = prior_clusters``; the
     concentration has a Gamma(1, 1) prior. The predictive density of a new point
@@ -56,10 +58,12 @@ class DirichletProcessGaussianMixture(DensityMixin, BaseEstimator):
         fixed at its prior mean 1).
     n_sweeps : int, default=400
         Gibbs sweeps (each reassigns every point once).
-    burn_in : int, default=320
-        Sweeps discarded before posterior samples are kept.
-    thin : int, default=4
-        Keep one sample every ``thin`` sweeps after the burn-in.
+    burn_in : int, default=None
+        Sweeps discarded before posterior samples are kept; None discards
+        the first 80 % (``floor(0.8 n_sweeps)``, 320 of 400).
+    thin : int, default=None
+        Keep one sample every ``thin`` sweeps after the burn-in; None keeps
+        about 20 (``max(1, (n_sweeps - burn_in) // 20)``, 4 for the defaults).
     block_size : int, default=1
         Points taken out and reassigned together. 1 is exact collapsed Gibbs;
         larger blocks vectorise more but each point of a block is reassigned
@@ -108,8 +112,11 @@ n_features)
     n_posterior_samples_ : int
         Posterior samples averaged (1 for the variational backend).
     n_clusters_ : ndarray, one entry per posterior sample
-        Occupied clusters in each sample (variational: components with weight
-        above ``1 / (2 n)``).
+        Occupied clusters in each sample (variational: components that are
+        the most probable component of at least one training point; the
+        others only hold the prior's share of the truncation).
+    burn_in_, thin_ : int
+        The burn-in and thinning used (Gibbs only).
     n_clusters_trace_, alpha_trace_ : ndarray of shape (n_sweeps,)
         Number of clusters and concentration after every sweep (Gibbs only).
     n_features_in_ : int
@@ -142,8 +149,8 @@ n_features)
         self,
         backend="gibbs",
         n_sweeps=400,
-        burn_in=320,
-        thin=4,
+        burn_in=None,
+        thin=None,
         block_size=1,
         init_clusters=30,
         prior_clusters=6.0,
@@ -173,24 +180,33 @@ n_features)
             raise ValueError(
                 f"backend must be one of {BACKENDS}; got {self.backend!r}."
             )
-        for name in (
-            "n_sweeps",
-            "thin",
-            "block_size",
-            "init_clusters",
-            "max_components",
-            "max_iter",
-        ):
+        for name in ("n_sweeps", "block_size", "init_clusters", "max_components"):
             _check_int(getattr(self, name), name, 1)
-        _check_int(self.burn_in, "burn_in", 0)
+        _check_int(self.max_iter, "max_iter", 1)
+        if self.thin is not None:
+            _check_int(self.thin, "thin", 1)
+        if self.burn_in is not None:
+            _check_int(self.burn_in, "burn_in", 0)
         for name in ("prior_clusters", "kappa0", "reg_covar"):
             _check_positive(getattr(self, name), name)
-        if self.backend == "gibbs" and self.burn_in + self.thin > self.n_sweeps:
+        if self.backend == "gibbs":
+            self._schedule()
+
+    def _schedule(self):
+        """The burn-in and thinning, defaults following ``n_sweeps``."""
+        burn_in = self.burn_in
+        if burn_in is None:
+            burn_in = int(BURN_IN_FRACTION * self.n_sweeps)
+        thin = self.thin
+        if thin is None:
+            thin = max(1, (self.n_sweeps - burn_in) // KEPT_SAMPLES)
+        if burn_in + thin > self.n_sweeps:
             raise ValueError(
                 f"No posterior sample would be kept: burn_in + thin = "
-                f"{self.burn_in + self.thin} exceeds n_sweeps = {self.n_sweeps}. "
+                f"{burn_in + thin} exceeds n_sweeps = {self.n_sweeps}. "
                 "Increase n_sweeps or lower burn_in."
             )
+        return burn_in, thin
 
     def fit(self, X, y=None):
         """Fit the DP mixture to the rows of X.
@@ -227,13 +243,14 @@ n_features)
         return np.unique(labels, return_inverse=True)[1]
 
     def _fit_gibbs(self, X, prior, rng):
+        self.burn_in_, self.thin_ = self._schedule()
         samples, n_clusters, alphas = gibbs_sampler(
             X,
             prior,
             self._initial_labels(X, rng),
             self.n_sweeps,
-            self.burn_in,
-            self.thin,
+            self.burn_in_,
+            self.thin_,
             self.block_size,
             rng,
             self.verbose,
@@ -268,7 +285,7 @@ n_features)
             log_weight=np.log(bgm.weights_),
         )
         self._set_components(components, 1)
-        self.n_clusters_ = np.array([int((bgm.weights_ > 0.5 / n).sum())])
+        self.n_clusters_ = np.array([len(np.unique(bgm.predict(X)))])
 
     def _set_components(self, c, n_samples):
         self.component_means_ = c["mean"]
@@ -291,19 +308,13 @@ n_features)
         """
         check_is_fitted(self)
         X = validate_data(self, X, dtype=np.float64, reset=False)
-        m, d = self.component_means_.shape
-        rows = max(1, _CHUNK_FLOATS // (m * d))
-        out = np.empty(X.shape[0])
-        for start in range(0, X.shape[0], rows):
-            chunk = slice(start, start + rows)
-            logpdf = student_t_logpdf(
-                X[chunk],
-                self.component_means_,
-                self.component_precision_chols_,
-                self.component_dfs_,
-            )
-            out[chunk] = logsumexp(logpdf + self.component_log_weights_, axis=1)
-        return out
+        return mixture_logpdf(
+            X,
+            self.component_means_,
+            self.component_precision_chols_,
+            self.component_dfs_,
+            self.component_log_weights_,
+        )
 
     def score_samples(self, X):
         """Alias of :meth:`log_predictive` (scikit-learn's density API)."""

@@ -1,4 +1,4 @@
-"""Memorisation scores of Feldman & Zhang (SPEC 6)."""
+"""Memorisation scores of Feldman & Zhang (2020)."""
 
 from __future__ import annotations
 

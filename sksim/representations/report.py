@@ -1,4 +1,4 @@
-"""Class fitting workflow: representations, densities, split, memorisation (SPEC 6)."""
+"""Class fitting workflow: representations, densities, split, memorisation."""
 
 from __future__ import annotations
 
@@ -87,7 +87,7 @@ def class_fitting_report(
     n_models=20,
     n_bins=10,
     n_samples=1000,
-    pool="avg",
+    pool="mean",
     batch_size=128,
     device=None,
     n_jobs=None,

@@ -1,4 +1,7 @@
-"""Relative sensitivity to diffeomorphisms and noise, layer by layer (SPEC 5)."""
+"""Relative sensitivity to diffeomorphisms and noise, layer by layer.
+
+The definitions are on the theory page of the user guide.
+"""
 
 from .diagnostics import filter_laplacian_spectrum, shuffle_conv_input_channels
 from .diffeo import (

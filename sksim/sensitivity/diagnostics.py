@@ -1,4 +1,4 @@
-"""Diagnostics of how a trained net pools space and channels (SPEC 5)."""
+"""Diagnostics of how a trained net pools space and channels."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def shuffle_conv_input_channels(module, random_state=None):
     For each convolution and each output filter ``o``, the slices
     ``weight[o, :, ...]`` are permuted along the input-channel axis with an
     independent random permutation. Every spatial filter is kept, but the
-    learned way channels are combined (channel pooling) is destroyed (SPEC 5).
+    learned way channels are combined (channel pooling) is destroyed.
     Biases and all other layers are unchanged; the original is not modified.
 
     Parameters

@@ -1,4 +1,4 @@
-"""Maximum-entropy diffeomorphisms of square images (SPEC 5).
+"""Maximum-entropy diffeomorphisms of square images (Petrini et al. 2021, section 3).
 
 A displacement component on the unit square is the sine series
 ``sum_{i,j>=1} C_ij sin(i pi u) sin(j pi v)`` with ``C_ij ~ N(0, T / (i^2 + j^2))``,
@@ -10,7 +10,7 @@ the field vanishes on the border. Images are pulled back,
 Two-dimensional inputs ``(n_samples, L)`` are taken as one-dimensional signals,
 deformed by the one-dimensional analogue ``sum_i C_i sin(i pi u)`` with
 ``C_i ~ N(0, T / i^2)``, ``i < c + 0.5`` (the same maximum-entropy argument on
-one axis); this extension of SPEC 5 lets the estimators accept any
+one axis); this sksim extension lets the estimators accept any
 ``(n_samples, n_features)`` array.
 """
 
@@ -57,7 +57,7 @@ def kept_modes(cutoff: int, ndim: int = 2) -> np.ndarray:
 def temperature_from_delta(delta, cutoff=3, n=32):
     """Temperature whose deformations move pixels by about ``delta`` pixels.
 
-    ``T(delta) = 4 delta^2 / (pi n^2 ln c)`` (SPEC 5), from approximating the
+    ``T(delta) = 4 delta^2 / (pi n^2 ln c)`` (the paper's), from approximating the
     sum ``sum_kept 1/(i^2 + j^2)`` by the quarter-disc integral
     ``(pi / 2) ln c``. The exact root-mean-square displacement of the sampled
     fields is ``sqrt(T n^2 / 2 * sum_kept 1/(i^2+j^2))``: about ``0.84 delta``
@@ -101,7 +101,7 @@ def temperature_from_delta(delta, cutoff=3, n=32):
 
 
 def temperature_range(n, cutoff=3):
-    """Natural range ``[T_min, T_max]`` of temperatures (SPEC 5).
+    """Natural range ``[T_min, T_max]`` of temperatures (Petrini et al. 2021).
 
     ``T_min = 1 / (pi n^2 ln c)`` (typical displacement of half a pixel) and
     ``T_max = 4 / (pi^3 c^2 ln c)`` (beyond it the map stops being a
@@ -168,7 +168,7 @@ def sample_diffeo(
     ndim=2,
     random_state=None,
 ):
-    """Sample maximum-entropy displacement fields, in pixels (SPEC 5).
+    """Sample maximum-entropy displacement fields, in pixels.
 
     Parameters
     ----------
@@ -323,8 +323,31 @@ def check_interp(interp) -> None:
         raise ValueError(f"interp must be one of {INTERPOLATIONS}; got {interp!r}.")
 
 
+def check_deformation(delta, cutoff, interp) -> None:
+    """Validate the parameters of random max-entropy deformations."""
+    _check_nonnegative(delta, "delta")
+    _check_cutoff(cutoff)
+    check_interp(interp)
+
+
+def deform(x: torch.Tensor, delta, cutoff, interp, rng) -> torch.Tensor:
+    """Pull each sample of ``x`` back along its own field drawn from ``rng``.
+
+    Fields have typical displacement ``delta`` pixels (images) or the exact
+    one-dimensional analogue (signals); same device and dtype as ``x``.
+    """
+    xc, ndim = as_channels(x)
+    n = xc.shape[-1]
+    if ndim == 2:
+        temperature = temperature_from_delta(delta, cutoff, n)
+    else:
+        temperature = _signal_temperature(delta, cutoff, n)
+    fields = sample_fields(len(x), n, ndim, cutoff, temperature, rng, x.device, x.dtype)
+    return pull_back(xc, fields, interp).reshape(x.shape)
+
+
 def apply_diffeo(images, dx, dy=None, interp="linear", sigma=0.4):
-    """Deform images by pulling them back along displacement fields (SPEC 5).
+    """Deform images by pulling them back along displacement fields.
 
     ``(tau x)(s) = x(s - tau(s))``: the output pixel at ``s`` reads the input
     at ``s - tau(s)``, clamped to the image; one field for all channels.

@@ -1,4 +1,7 @@
-"""Relative sensitivity to diffeomorphisms and noise, layer by layer (SPEC 5)."""
+"""Relative sensitivity to diffeomorphisms and noise, layer by layer.
+
+The definitions are on the theory page of the user guide.
+"""
 
 from __future__ import annotations
 
@@ -13,23 +16,15 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from .._engine.inputs import check_finite
-from .._net import evaluation_mode, fit_net, resolve_device, resolve_module, torch_seed
+from .._layers import check_layers, check_pool, layer_outputs
+from .._net import fit_net, resolve_device, resolve_module, torch_seed
 from .._validation import check_net_input, check_positive_int
-from ._representations import LayerRepresentations, check_pool
 from .diagnostics import _table, shuffle_conv_input_channels
-from .diffeo import (
-    _check_cutoff,
-    _check_nonnegative,
-    _signal_temperature,
-    as_channels,
-    check_interp,
-    pull_back,
-    sample_fields,
-    temperature_from_delta,
-)
+from .diffeo import as_channels, check_deformation, deform
 from .noise import check_noise_norm, noise_like
 
-ESTIMATORS = ("mean", "median")
+STATISTICS = ("mean", "median")
+VALUES = ("D", "G", "R", "deformation", "noise", "denominator")
 COLUMNS = (
     "net",
     "layer",
@@ -37,6 +32,9 @@ COLUMNS = (
     "D",
     "G",
     "R",
+    "R_min",
+    "R_max",
+    "R_gstd",
     "deformation",
     "noise",
     "denominator",
@@ -74,7 +72,7 @@ class _Probe:
         if not X.is_floating_point():
             X = X.to(torch.float64)
         check_finite(X)
-        _, ndim = as_channels(X)
+        as_channels(X)  # validates the shape
         n = len(X)
         if n < 2:
             raise ValueError(
@@ -86,16 +84,7 @@ class _Probe:
         self.X = X = X.detach().to(device, torch.float64)
         self.batch_size = batch_size
         if deformation is None:
-            side = X.shape[-1]
-            temperature = (
-                temperature_from_delta(delta, cutoff, side)
-                if ndim == 2
-                else _signal_temperature(delta, cutoff, side)
-            )
-            fields = sample_fields(
-                len(X), side, ndim, cutoff, temperature, rng, X.device, X.dtype
-            )
-            TX = pull_back(as_channels(X)[0], fields, interp).reshape(X.shape)
+            TX = deform(X, delta, cutoff, interp, rng)
         else:
             TX = torch.as_tensor(deformation(X, rng), dtype=X.dtype, device=X.device)
             if TX.shape != X.shape:
@@ -121,7 +110,7 @@ class _Probe:
 
 
 class _Moments:
-    """Per-layer sums for the ``mean`` estimator (Chan's pairwise update).
+    """Per-layer sums for the ``mean`` statistic (Chan's pairwise update).
 
     Representations are shifted by the first one seen, so that a constant
     representation has a spread of exactly zero (not a rounding error).
@@ -160,7 +149,7 @@ class _Moments:
 
 
 class _Medians:
-    """Per-layer arrays for the ``median`` estimator."""
+    """Per-layer arrays for the ``median`` statistic."""
 
     def __init__(self):
         self.parts = ([], [], [])
@@ -184,18 +173,16 @@ class _Medians:
         )
 
 
-def _measure(model: torch.nn.Module, probe: _Probe, layers, pool, estimator):
+def _measure(model: torch.nn.Module, probe: _Probe, layers, pool, statistic):
     """``{layer: (tau, eta, denominator)}`` for one network."""
-    capture = LayerRepresentations(model, layers, pool)
     stats: dict[str, _Moments | _Medians] = {}
-    with evaluation_mode(model), torch.no_grad():
-        for x, tx, nx in probe.triples():
-            reps = capture(torch.cat([x, tx, nx]))
-            for name, f in reps.items():
-                acc = stats.setdefault(
-                    name, _Moments() if estimator == "mean" else _Medians()
-                )
-                acc.add(*f.split(len(x)))
+    batches = (torch.cat(triple) for triple in probe.triples())
+    for reps in layer_outputs(model, batches, layers, pool):
+        for name, f in reps.items():
+            acc = stats.setdefault(
+                name, _Moments() if statistic == "mean" else _Medians()
+            )
+            acc.add(*f.chunk(3))
     return {name: acc.result() for name, acc in stats.items()}
 
 
@@ -254,21 +241,78 @@ def calibrate_batchnorm(model: torch.nn.Module, batches) -> None:
             sub.training = training
 
 
-def _rows(tag, results, order):
+def _reinitialized(model: torch.nn.Module, n_init, rng) -> list[torch.nn.Module]:
+    unreset = _unreset_parameters(model)
+    if unreset:
+        warnings.warn(
+            f"Parameters {unreset} belong to modules without reset_parameters, "
+            "so the initialised copies keep their trained values; give those "
+            "modules a reset_parameters method.",
+            UserWarning,
+            stacklevel=3,
+        )
+    return [
+        fresh_copy(model, int(seed)) for seed in rng.randint(2**31 - 1, size=n_init)
+    ]
+
+
+def _given_state(model: torch.nn.Module, reference) -> torch.nn.Module:
+    if not isinstance(reference, Mapping):
+        return _float64_copy(resolve_module(reference), _device_of(model))
+    state = copy.deepcopy(model)
+    try:
+        state.load_state_dict(reference)
+    except RuntimeError as exc:
+        raise ValueError(
+            f"The reference state_dict does not fit the network: {exc}"
+        ) from exc
+    return state
+
+
+def _reference_nets(model, reference, n_init, probe, rng) -> list[torch.nn.Module]:
+    """The nets at initialisation, their BatchNorm calibrated on the probe set."""
+    if isinstance(reference, str):
+        nets = _reinitialized(model, n_init, rng)
+    else:
+        nets = [_given_state(model, reference)]
+    for net in nets:
+        calibrate_batchnorm(net, probe.clean())
+    return nets
+
+
+def _device_of(model: torch.nn.Module) -> torch.device:
+    first = next(model.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+def _float64_copy(module: torch.nn.Module, device) -> torch.nn.Module:
+    return copy.deepcopy(module).to(device=device, dtype=torch.float64)
+
+
+def _ratios(tau, eta, den):
+    """``VALUES`` of one layer of one net."""
+    d = tau / den if den > 0 else np.nan
+    g = eta / den if den > 0 else np.nan
+    r = tau / eta if eta > 0 else np.nan
+    return d, g, r, tau, eta, den
+
+
+def _rows(tag, runs, order):
+    """One row per layer: geometric means over the nets ``runs`` and R's spread.
+
+    ``runs`` holds one ``{layer: (tau, eta, denominator)}`` per net measured.
+    """
     rows = []
     for depth, name in enumerate(order):
-        tau, eta, den = results[name]
+        values = np.array([_ratios(*run[name]) for run in runs], dtype=float)
         with np.errstate(divide="ignore", invalid="ignore"):
-            d = tau / den if den > 0 else np.nan
-            g = eta / den if den > 0 else np.nan
-            r = tau / eta if eta > 0 else np.nan
-        rows.append((tag, name, depth, d, g, r, tau, eta, den))
+            logs = np.log(values)
+            r_gstd = np.exp(np.std(logs[:, 2], ddof=1)) if len(runs) > 1 else np.nan
+            means = np.exp(logs.mean(axis=0))
+        row = dict(zip(VALUES, means, strict=True), net=tag, layer=name, depth=depth)
+        row.update(R_min=values[:, 2].min(), R_max=values[:, 2].max(), R_gstd=r_gstd)
+        rows.append(row)
     return rows
-
-
-def _geometric_mean(values):
-    with np.errstate(divide="ignore"):
-        return float(np.exp(np.mean(np.log(values))))
 
 
 def _check_params(
@@ -277,33 +321,44 @@ def _check_params(
     cutoff,
     interp,
     n_probe,
-    estimator,
+    statistic,
     noise_norm,
+    reference,
     n_init,
     pool,
     deformation,
     batch_size,
 ):
-    _check_nonnegative(delta, "delta")
-    _check_cutoff(cutoff)
-    check_interp(interp)
+    check_deformation(delta, cutoff, interp)
     check_positive_int(n_probe, "n_probe")
     check_positive_int(n_init, "n_init")
     check_positive_int(batch_size, "batch_size")
     check_noise_norm(noise_norm)
     check_pool(pool)
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"estimator must be one of {ESTIMATORS}; got {estimator!r}.")
+    check_layers(layers)
+    if statistic not in STATISTICS:
+        raise ValueError(f"statistic must be one of {STATISTICS}; got {statistic!r}.")
     if deformation is not None and not callable(deformation):
         raise ValueError(
             "deformation must be None (max-entropy diffeomorphisms) or a callable "
             f"(X_batch, random_state) -> X_deformed; got {deformation!r}."
         )
-    if not (isinstance(layers, str) or isinstance(layers, list | tuple)):
-        raise ValueError(
-            f'layers must be "output", "all", a layer name or a list of names; '
-            f"got {layers!r}."
-        )
+    _check_reference(reference)
+
+
+def _check_reference(reference) -> None:
+    message = (
+        'reference must be "reinitialized", None, a state_dict or the network '
+        "(torch.nn.Module, skorch net) at initialisation; got {!r}."
+    )
+    if isinstance(reference, str) and reference != "reinitialized":
+        raise ValueError(message.format(reference))
+    if reference is None or isinstance(reference, str | Mapping):
+        return
+    try:
+        resolve_module(reference)
+    except TypeError as exc:
+        raise ValueError(message.format(reference)) from exc
 
 
 def relative_sensitivity(
@@ -314,12 +369,12 @@ def relative_sensitivity(
     cutoff=3,
     interp="linear",
     n_probe=500,
-    estimator="mean",
+    statistic="mean",
     noise_norm="per_sample",
-    init=True,
+    reference="reinitialized",
     n_init=5,
     shuffled=False,
-    pool=None,
+    pool="flatten",
     deformation=None,
     batch_size=64,
     device=None,
@@ -329,7 +384,7 @@ def relative_sensitivity(
 
     For a representation ``f`` (a layer's activations, flattened), inputs
     ``x, z`` of the probe set, a max-entropy deformation ``tau`` and noise
-    ``eta`` of matched norm (SPEC 5)::
+    ``eta`` of matched norm (see the theory page of the user guide)::
 
         D = E|f(tau x) - f(x)|^2 / E|f(x) - f(z)|^2
         G = E|f(x + eta) - f(x)|^2 / E|f(x) - f(z)|^2
@@ -361,36 +416,46 @@ def relative_sensitivity(
         Interpolation of the deformed images (see :func:`apply_diffeo`).
     n_probe : int, default=500
         Probe inputs, drawn at random without replacement when ``X`` is larger.
-    estimator : {"mean", "median"}, default="mean"
+    statistic : {"mean", "median"}, default="mean"
         ``"mean"``: means of squared norms. ``"median"``: numerators are the
         coordinate-wise medians of squared differences, summed; the
-        denominator is the median squared distance over pairs.
+        denominator is the median squared distance over pairs. The two give
+        different numbers (a trained net's ``R`` by a factor 3): compare
+        numbers only at one statistic.
     noise_norm : {"per_sample", "batch_mean"} or float, default="per_sample"
         Norm of the noise (see :func:`matched_noise`).
-    init : bool, default=True
-        Also measure the same architecture freshly initialised.
+    reference : "reinitialized", None, dict or network, default="reinitialized"
+        The network at initialisation, measured in the ``"init"`` rows.
+        ``"reinitialized"``: ``n_init`` copies re-initialised under seeds
+        drawn from ``random_state`` (the same copies for every network
+        measured with that seed); a state_dict (loaded into a copy of
+        ``net``) or a network (torch.nn.Module or skorch net): the network's
+        actual initial state, one row per layer; None: no ``"init"`` rows.
     n_init : int, default=5
-        Initialisations; their ``deformation``, ``noise``, ``denominator``,
-        ``D``, ``G`` and ``R`` are combined by geometric means.
+        Re-initialised copies (``reference="reinitialized"``); their
+        ``deformation``, ``noise``, ``denominator``, ``D``, ``G`` and ``R``
+        are combined by geometric means.
     shuffled : bool, default=False
         Also measure the trained net with the input channels of every conv
         filter shuffled (:func:`shuffle_conv_input_channels`).
-    pool : {None, "channels", "space"}, default=None
-        Average representations of shape ``(B, C, ...)`` over channels
-        (``"channels"``, keeps positions) or over positions (``"space"``, one
-        value per channel) before measuring.
+    pool : {"flatten", "mean", "max", "channel_mean"}, default="flatten"
+        How representations of shape ``(B, C, ...)`` are reduced before
+        measuring: kept whole (``"flatten"``), averaged or maximised over
+        positions (``"mean"``, ``"max"``: one value per channel) or averaged
+        over channels (``"channel_mean"``: one value per position).
     deformation : callable, default=None
         A task's own perturbation ``deformation(X, random_state) -> X'``, called
-        once on the float64 probe set on the device with a ``RandomState``; replaces the
-        max-entropy diffeomorphisms (``delta``, ``cutoff`` and ``interp`` are
-        then unused). See :func:`sksim.datasets.scale_detection_perturbation`.
+        once on the float64 probe set on the device with a ``RandomState``;
+        replaces the max-entropy diffeomorphisms (``delta``, ``cutoff`` and
+        ``interp`` are then unused). See
+        :func:`sksim.datasets.scale_detection_perturbation`.
     batch_size : int, default=64
         Probe inputs per forward pass (each pass holds ``3 * batch_size``).
     device : str or torch.device, default=None
         Where to compute; None keeps the network's device. Elsewhere a copy
         of the network computes; the network itself does not move.
     random_state : int, RandomState instance or None, default=None
-        Seeds the probe subset, deformations, noise, initialisations and
+        Seeds the probe subset, deformations, noise, re-initialisations and
         channel shuffles.
 
     Returns
@@ -398,19 +463,26 @@ def relative_sensitivity(
     table : pandas.DataFrame (dict of ndarrays without pandas)
         One row per (net, layer): ``net`` (``"trained"``, ``"init"``,
         ``"shuffled"``), ``layer``, ``depth`` (position in ``layers``), ``D``,
-        ``G``, ``R``, the numerators ``deformation`` and ``noise`` and the
+        ``G``, ``R``, the smallest and largest ``R`` over the nets of the row
+        (``R_min``, ``R_max``: the spread over the re-initialised copies;
+        equal to ``R`` for one net) and their geometric standard deviation
+        ``R_gstd`` (``exp`` of the standard deviation of ``log R``; NaN for
+        one net), the numerators ``deformation`` and ``noise`` and the
         ``denominator``. Layers whose representation is constant on the probe
         set get NaN ratios (with a warning).
 
     Notes
     -----
-    The initialised copies are deep copies of the trained module on which every
-    submodule's ``reset_parameters`` is called (under a seed from
+    The re-initialised copies are deep copies of the trained module on which
+    every submodule's ``reset_parameters`` is called (under a seed from
     ``random_state``); parameters of modules without that method are not
-    re-initialised (a warning names them). Their BatchNorm layers use batch
-    statistics: those of the clean probe set, accumulated in one pass and then
-    frozen, so that ``x``, ``tau x`` and ``x + eta`` see the same
-    normalisation.
+    re-initialised (a warning names them). ``R`` at initialisation varies
+    much between initialisations (16-fold between seeds for the
+    scale-detection CNN of the user guide): pass the trained network's own
+    initial state as ``reference`` to compare each net with where it started.
+    The BatchNorm layers of the reference nets use batch statistics: those of
+    the clean probe set, accumulated in one pass and then frozen, so that
+    ``x``, ``tau x`` and ``x + eta`` see the same normalisation.
 
     References
     ----------
@@ -422,7 +494,7 @@ def relative_sensitivity(
 
     Examples
     --------
-    >>> import torch
+    >>> import copy, torch
     >>> from sksim.sensitivity import relative_sensitivity
     >>> _ = torch.manual_seed(0)
     >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(),
@@ -434,6 +506,10 @@ def relative_sensitivity(
     [['trained', 'input'], ['trained', '1'], ['init', 'input'], ['init', '1']]
     >>> round(float(table["R"].iloc[0]), 9)  # matched noise: R = 1 on the input
     1.0
+    >>> initial = copy.deepcopy(net.state_dict())  # before training
+    >>> table = relative_sensitivity(net, X, reference=initial, random_state=0)
+    >>> table["net"].tolist()
+    ['trained', 'init']
     """
     _check_params(
         layers,
@@ -441,15 +517,15 @@ def relative_sensitivity(
         cutoff,
         interp,
         n_probe,
-        estimator,
+        statistic,
         noise_norm,
+        reference,
         n_init,
         pool,
         deformation,
         batch_size,
     )
     rng = check_random_state(random_state)
-    module = resolve_module(net)
     device = resolve_device(net, device)
     probe = _Probe(
         X,
@@ -463,44 +539,20 @@ def relative_sensitivity(
         device,
         rng,
     )
-    model = copy.deepcopy(module).to(device=device, dtype=torch.float64)
-
-    trained = _measure(model, probe, layers, pool, estimator)
+    model = _float64_copy(resolve_module(net), device)
+    trained = _measure(model, probe, layers, pool, statistic)
     order = list(trained)
-    rows = _rows("trained", trained, order)
-    if init:
-        unreset = _unreset_parameters(model)
-        if unreset:
-            warnings.warn(
-                f"Parameters {unreset} belong to modules without reset_parameters, "
-                "so the initialised copies keep their trained values; give those "
-                "modules a reset_parameters method.",
-                UserWarning,
-                stacklevel=2,
-            )
-        runs = []
-        for seed in rng.randint(2**31 - 1, size=n_init):
-            fresh = fresh_copy(model, int(seed))
-            calibrate_batchnorm(fresh, probe.clean())
-            runs.append(
-                _rows("init", _measure(fresh, probe, layers, pool, estimator), order)
-            )
-        for depth, name in enumerate(order):
-            values = np.array([run[depth][3:] for run in runs], dtype=float)
-            rows.append(
-                (
-                    "init",
-                    name,
-                    depth,
-                    *(_geometric_mean(values[:, k]) for k in range(6)),
-                )
-            )
+    rows = _rows("trained", [trained], order)
+    if reference is not None:
+        nets = _reference_nets(model, reference, n_init, probe, rng)
+        runs = [_measure(fresh, probe, order, pool, statistic) for fresh in nets]
+        rows += _rows("init", runs, order)
     if shuffled:
         model_s = shuffle_conv_input_channels(model, rng)
         rows += _rows(
-            "shuffled", _measure(model_s, probe, layers, pool, estimator), order
+            "shuffled", [_measure(model_s, probe, order, pool, statistic)], order
         )
-    constant = sorted({r[1] for r in rows if not r[8] > 0})
+    constant = sorted({r["layer"] for r in rows if not r["denominator"] > 0})
     if constant:
         warnings.warn(
             f"Layers {constant} have a constant representation on the probe set "
@@ -508,23 +560,23 @@ def relative_sensitivity(
             UserWarning,
             stacklevel=2,
         )
-    return _table({c: [r[k] for r in rows] for k, c in enumerate(COLUMNS)})
+    return _table({c: [r[c] for r in rows] for c in COLUMNS})
 
 
 class DiffeoSensitivity(BaseEstimator):
     """Layer-wise relative sensitivity to diffeomorphisms, as an estimator.
 
-    ``fit(X)`` trains the net if it is an unfitted skorch net (on ``X, y``) and
-    measures :func:`relative_sensitivity` on ``X``; ``score(X)`` returns
-    ``-R`` of the trained net's output on new inputs (greater is better, as
-    scikit-learn expects), so that ``cross_validate`` audits how relatively
-    stable a network is across folds.
+    ``fit(X, y)`` trains the net if it is an unfitted skorch net (on ``X, y``)
+    and measures :func:`relative_sensitivity` on ``X_probe`` when given, on
+    ``X`` otherwise; ``score(X)`` returns ``-R`` of the trained net's output on
+    new inputs (greater is better, as scikit-learn expects), so that
+    ``cross_validate`` audits how relatively stable a network is across folds.
 
     Parameters
     ----------
     net : skorch net, FrozenEstimator or torch.nn.Module
         The network; an unfitted skorch net is cloned and trained by ``fit``.
-    layers, delta, cutoff, interp, n_probe, estimator, noise_norm, init, \
+    layers, delta, cutoff, interp, n_probe, statistic, noise_norm, reference, \
 n_init, shuffled, pool, deformation, batch_size, device
         As in :func:`relative_sensitivity`.
     random_state : int or None, default=None
@@ -535,7 +587,7 @@ n_init, shuffled, pool, deformation, batch_size, device
     net_ : skorch net, FrozenEstimator or torch.nn.Module
         The trained network.
     results_ : pandas.DataFrame or dict of ndarrays
-        The table of :func:`relative_sensitivity` on the fitted ``X``.
+        The table of :func:`relative_sensitivity` on the probe inputs.
     n_features_in_ : int
         Size of the second axis of ``X``.
 
@@ -564,12 +616,12 @@ n_init, shuffled, pool, deformation, batch_size, device
         cutoff=3,
         interp="linear",
         n_probe=500,
-        estimator="mean",
+        statistic="mean",
         noise_norm="per_sample",
-        init=True,
+        reference="reinitialized",
         n_init=5,
         shuffled=False,
-        pool=None,
+        pool="flatten",
         deformation=None,
         batch_size=64,
         device=None,
@@ -581,9 +633,9 @@ n_init, shuffled, pool, deformation, batch_size, device
         self.cutoff = cutoff
         self.interp = interp
         self.n_probe = n_probe
-        self.estimator = estimator
+        self.statistic = statistic
         self.noise_norm = noise_norm
-        self.init = init
+        self.reference = reference
         self.n_init = n_init
         self.shuffled = shuffled
         self.pool = pool
@@ -592,60 +644,39 @@ n_init, shuffled, pool, deformation, batch_size, device
         self.device = device
         self.random_state = random_state
 
-    def _measure(self, net, X, init, shuffled, layers):
-        return relative_sensitivity(
-            net,
-            X,
-            layers=layers,
-            delta=self.delta,
-            cutoff=self.cutoff,
-            interp=self.interp,
-            n_probe=self.n_probe,
-            estimator=self.estimator,
-            noise_norm=self.noise_norm,
-            init=init,
-            n_init=self.n_init,
-            shuffled=shuffled,
-            pool=self.pool,
-            deformation=self.deformation,
-            batch_size=self.batch_size,
-            device=self.device,
-            random_state=self.random_state,
-        )
+    def _options(self, **overrides):
+        """The parameters of :func:`relative_sensitivity`, with ``overrides``."""
+        options = self.get_params(deep=False)
+        del options["net"]
+        return {**options, **overrides}
 
-    def fit(self, X, y=None):
-        """Train the net if needed and measure its sensitivities on ``X``.
+    def fit(self, X, y=None, X_probe=None):
+        """Train the net if needed and measure its sensitivities.
 
         Parameters
         ----------
         X : array-like of shape (n_samples, C, H, W), (n_samples, H, W) or \
 (n_samples, L)
-            Probe inputs.
+            Training inputs of an unfitted skorch net, and the probe inputs
+            when ``X_probe`` is None.
         y : array-like of shape (n_samples,), default=None
             Targets, needed only to train an unfitted skorch net.
+        X_probe : array-like shaped like ``X``, default=None
+            Inputs to measure on, e.g. held out from training; None measures
+            on ``X``.
 
         Returns
         -------
         self : object
         """
-        _check_params(
-            self.layers,
-            self.delta,
-            self.cutoff,
-            self.interp,
-            self.n_probe,
-            self.estimator,
-            self.noise_norm,
-            self.n_init,
-            self.pool,
-            self.deformation,
-            self.batch_size,
-        )
+        options = self._options()
+        for name in ("shuffled", "device", "random_state"):
+            del options[name]
+        _check_params(**options)
         X = check_net_input(X, self, reset=True)
+        probe = X if X_probe is None else check_net_input(X_probe, self, reset=False)
         self.net_ = fit_net(self.net, X, y, self.random_state)
-        self.results_ = self._measure(
-            self.net_, X, self.init, self.shuffled, self.layers
-        )
+        self.results_ = relative_sensitivity(self.net_, probe, **self._options())
         return self
 
     def score(self, X, y=None):
@@ -664,7 +695,8 @@ n_init, shuffled, pool, deformation, batch_size, device
         """
         check_is_fitted(self)
         X = check_net_input(X, self, reset=False)
-        table = self._measure(self.net_, X, False, False, "output")
+        options = self._options(layers="output", reference=None, shuffled=False)
+        table = relative_sensitivity(self.net_, X, **options)
         return -float(np.asarray(table["R"])[0])
 
     def __sklearn_tags__(self):

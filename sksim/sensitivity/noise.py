@@ -1,4 +1,4 @@
-"""Isotropic noise whose norm matches a deformation's (SPEC 5)."""
+"""Isotropic noise whose norm matches a deformation's."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def matched_noise(x, x_deformed=None, noise_norm="per_sample", random_state=None
     """Gaussian noise with the norm of the deformation, ``|eta_i| = |tau x_i - x_i|``.
 
     ``eta_i = xi_i / |xi_i| * r_i`` with ``xi ~ N(0, I)``: an isotropic direction
-    scaled to the matched norm ``r_i`` (SPEC 5).
+    scaled to the matched norm ``r_i``.
 
     Parameters
     ----------

@@ -1,4 +1,4 @@
-"""Random max-entropy deformations as a scikit-learn transformer (SPEC 5)."""
+"""Random max-entropy deformations as a scikit-learn transformer."""
 
 from __future__ import annotations
 
@@ -10,16 +10,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from .._engine.inputs import check_finite
 from .._validation import check_net_input
-from .diffeo import (
-    _check_cutoff,
-    _check_nonnegative,
-    _signal_temperature,
-    as_channels,
-    check_interp,
-    pull_back,
-    sample_fields,
-    temperature_from_delta,
-)
+from .diffeo import as_channels, check_deformation, deform
 
 
 class DiffeoTransform(TransformerMixin, BaseEstimator):
@@ -76,9 +67,7 @@ class DiffeoTransform(TransformerMixin, BaseEstimator):
         self.random_state = random_state
 
     def _check_params(self):
-        _check_nonnegative(self.delta, "delta")
-        _check_cutoff(self.cutoff)
-        check_interp(self.interp)
+        check_deformation(self.delta, self.cutoff, self.interp)
 
     def fit(self, X, y=None):
         """Validate the parameters and the input shape.
@@ -128,17 +117,8 @@ class DiffeoTransform(TransformerMixin, BaseEstimator):
         self._check_params()
         is_tensor = isinstance(X, torch.Tensor)
         x = self._validate(X, reset=False)
-        xc, ndim = as_channels(x)
-        n = xc.shape[-1]
-        if ndim == 2:
-            temperature = temperature_from_delta(self.delta, self.cutoff, n)
-        else:
-            temperature = _signal_temperature(self.delta, self.cutoff, n)
         rng = check_random_state(self.random_state)
-        fields = sample_fields(
-            len(x), n, ndim, self.cutoff, temperature, rng, x.device, x.dtype
-        )
-        out = pull_back(xc, fields, self.interp).reshape(x.shape)
+        out = deform(x, self.delta, self.cutoff, self.interp, rng)
         return out if is_tensor else out.numpy()
 
     def __sklearn_tags__(self):

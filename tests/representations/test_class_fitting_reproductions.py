@@ -1,4 +1,4 @@
-"""Reduced-size reproductions of SPEC 6 / targets 7.5 (planted modes) and friends."""
+"""Reduced-size reproductions of the class fitting results (planted modes)."""
 
 import time
 
@@ -32,7 +32,7 @@ def _planted_conclusions(ccd, strict_single=True):
 
 
 def test_planted_modes_gibbs_in_under_15_seconds():
-    """SPEC 7.5: 2 x 300 points, d' = 6, 50 sweeps."""
+    """Planted modes: 2 x 300 points, d' = 6, 50 sweeps."""
     X, y, _ = make_planted_modes(300, random_state=0)
     mixture = DirichletProcessGaussianMixture(
         n_sweeps=50, burn_in=30, thin=4, init_clusters=10
@@ -91,3 +91,38 @@ def test_generative_classifier_on_svd_features_of_digits():
     mixture = DirichletProcessGaussianMixture(n_sweeps=20, burn_in=10, thin=2)
     ccd = ClassConditionalDensity(16, mixture=mixture, random_state=0)
     assert ccd.fit(X_train, y_train).score(X_test, y_test) > 0.8
+
+
+def _true_planted_mixture(seed, n=300, d=6, n_modes=8, scale=0.2):
+    """Means and standard deviation of the modes of class 1 of make_planted_modes."""
+    rng = np.random.RandomState(seed)
+    rng.standard_normal((n, d))  # class 0 and its shift
+    rng.standard_normal(d)
+    centres = rng.standard_normal((n_modes, d))
+    points = centres[rng.randint(n_modes, size=n)] + scale * rng.standard_normal((n, d))
+    m, s = points.mean(axis=0), points.std(axis=0)
+    return (centres - m) / s + 3.0 * rng.standard_normal(d), scale / s
+
+
+def test_relative_entropy_is_off_by_about_0_8_nats_on_planted_modes():
+    from scipy.special import logsumexp
+
+    X, y, _ = make_planted_modes(300, random_state=0)
+    mixture = DirichletProcessGaussianMixture(
+        n_sweeps=50, burn_in=30, thin=4, init_clusters=10
+    )
+    ccd = ClassConditionalDensity(6, mixture=mixture, random_state=0).fit(X, y)
+    means, sd = _true_planted_mixture(0)
+    np.testing.assert_allclose(X[y == 1].mean(0), means.mean(0), atol=0.3)
+    rng = np.random.RandomState(1)
+    Z = means[rng.randint(8, size=100000)] + sd * rng.standard_normal((100000, 6))
+    log_true = logsumexp(
+        -0.5 * (((Z[:, None] - means) / sd) ** 2).sum(-1), axis=1
+    ) - (np.log(sd).sum() + 3 * np.log(2 * np.pi) + np.log(8))
+    P = Z @ ccd.components_.T
+    var = ccd.class_variances_[1] + 1e-6
+    log_gauss = -0.5 * (
+        np.log(2 * np.pi * var).sum() + ((P - ccd.class_means_[1]) ** 2 / var).sum(1)
+    )
+    true_kl = np.mean(log_true - log_gauss)
+    assert 0.4 < ccd.relative_entropy(2000)[1] - true_kl < 1.2

@@ -1,4 +1,4 @@
-"""Correctness of the NIW algebra and of the collapsed Gibbs DP mixture (SPEC 6)."""
+"""Correctness of the NIW algebra and of the collapsed Gibbs DP mixture."""
 
 import numpy as np
 import pytest
@@ -10,11 +10,11 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from sksim.representations import DirichletProcessGaussianMixture
 from sksim.representations._gibbs import ClusterState, resample_alpha
+from sksim.representations._logdensity import student_t_logpdf
 from sksim.representations._niw import (
     NIWPrior,
     cholesky_rank_one,
     predictive_shape_scale,
-    student_t_logpdf,
 )
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
@@ -246,3 +246,29 @@ def test_sample_size_error():
 )
 def test_sklearn_compatible(estimator, check):
     check(estimator)
+
+
+def test_burn_in_and_thinning_follow_n_sweeps_unless_set():
+    X = np.random.RandomState(0).randn(30, 2)
+    dp = DirichletProcessGaussianMixture(n_sweeps=10, random_state=0).fit(X)
+    assert (dp.burn_in_, dp.thin_, dp.n_posterior_samples_) == (8, 1, 2)
+    assert DirichletProcessGaussianMixture()._schedule() == (320, 4)
+    assert DirichletProcessGaussianMixture(n_sweeps=50, burn_in=10)._schedule() == (
+        10,
+        2,
+    )
+    dp = DirichletProcessGaussianMixture(n_sweeps=np.int64(6), thin=np.int64(2))
+    assert dp.fit(X).burn_in_ == 4 and dp.n_posterior_samples_ == 1
+    with pytest.raises(ValueError, match="burn_in \\+ thin = 11 exceeds n_sweeps"):
+        DirichletProcessGaussianMixture(n_sweeps=10, burn_in=10).fit(X)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_variational_n_clusters_counts_the_components_that_hold_points(seed):
+    from sksim.datasets import make_planted_modes
+
+    X, _, _ = make_planted_modes(
+        300, n_single=0, n_multi=1, mode_scale=0.05, random_state=seed
+    )
+    dp = DirichletProcessGaussianMixture(backend="variational", random_state=0)
+    assert dp.fit(X).n_clusters_.tolist() == [8]  # the 8 planted modes, not 20

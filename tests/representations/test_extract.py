@@ -41,7 +41,7 @@ def test_pooled_stage_outputs_match_a_manual_forward(net):
         reps["bn"], bn.mean(dim=(2, 3)).numpy(), rtol=1e-5, atol=1e-6
     )
     np.testing.assert_allclose(reps["head"], head.numpy(), rtol=1e-5, atol=1e-6)
-    flat = extract_representations(net, X, "bn", pool=None)["bn"]
+    flat = extract_representations(net, X, "bn", pool="flatten")["bn"]
     np.testing.assert_allclose(flat, bn.reshape(10, -1).numpy(), rtol=1e-5, atol=1e-6)
     mx = extract_representations(net, X, "bn", pool="max")["bn"]
     np.testing.assert_allclose(mx, bn.amax(dim=(2, 3)).numpy(), rtol=1e-5, atol=1e-6)

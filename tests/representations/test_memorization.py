@@ -1,4 +1,4 @@
-"""Memorisation scores (Feldman & Zhang), SPEC 6 and target 7.6."""
+"""Memorisation scores (Feldman & Zhang) and the memorisation check of the guide."""
 
 import warnings
 
@@ -100,7 +100,7 @@ def test_skorch_net_scores_match_a_brute_force_recomputation():
 
 @pytest.mark.slow
 def test_flipped_digit_labels_are_memorised():
-    """SPEC 7.6 at reduced size: 5 % flipped labels of 600 digits."""
+    """The memorisation check of the guide, reduced: 5 % of 600 digit labels flipped."""
     X, y = load_digits(return_X_y=True)
     X, y = X[:600] / 16.0, y[:600].copy()
     rng = np.random.RandomState(0)

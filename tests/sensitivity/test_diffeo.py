@@ -49,7 +49,7 @@ def test_kept_modes_follow_the_cutoff_rule():
 def test_mean_squared_displacement_matches_closed_form(n, cutoff, temperature):
     # Pixel k sits at u = k/(n-1); the average of sin^2(i pi k/(n-1)) over the
     # n pixels is (n-1)/(2n), so the pixel-averaged E|tau|^2 is
-    # (T n^2/2) S ((n-1)/n)^2 with S = sum_kept 1/(i^2+j^2); the SPEC's
+    # (T n^2/2) S ((n-1)/n)^2 with S = sum_kept 1/(i^2+j^2); the theory page's
     # (T n^2/2) S is its continuum limit (each sin^2 averaging to 1/2).
     dx, dy = sample_diffeo(
         n, cutoff, temperature=temperature, n_fields=20000, random_state=0
@@ -67,7 +67,7 @@ def test_mean_squared_displacement_matches_closed_form(n, cutoff, temperature):
 def test_spec_formula_is_the_continuum_average():
     # Exact (no sampling): E|tau(p)|^2 = 2 n^2 T sum_m s_m(p)^2 / |k_m|^2 where
     # s_m is the product of sines; averaged over a fine grid of the unit square
-    # it tends to the SPEC's (T n^2 / 2) S.
+    # it tends to the theory page's (T n^2 / 2) S.
     n, cutoff, temperature = 16, 3, 0.003
     u = (np.arange(4000) + 0.5) / 4000
     expected = 0.0

@@ -121,6 +121,6 @@ def test_estimator_trains_an_unfitted_skorch_net_and_cross_validates():
     trained = est.results_.query("net == 'trained' and layer == 'output'")
     assert est.score(X) == pytest.approx(-float(trained["R"].iloc[0]), rel=1e-12)
     scores = cross_validate(
-        DiffeoSensitivity(net, init=False, random_state=0), X, y, cv=2
+        DiffeoSensitivity(net, reference=None, random_state=0), X, y, cv=2
     )["test_score"]
     assert scores.shape == (2,) and (scores < 0).all()

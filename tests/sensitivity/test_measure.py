@@ -31,7 +31,7 @@ def _data(n=12, seed=0):
 
 
 def _oracle(
-    module, X, names, seed, estimator="mean", interp="linear", noise_norm="per_sample"
+    module, X, names, seed, statistic="mean", interp="linear", noise_norm="per_sample"
 ):
     """D, G, R per layer, one sample at a time, pairs by explicit loops."""
     rng = np.random.RandomState(seed)
@@ -73,7 +73,7 @@ def _oracle(
             for j in range(len(a))
             if i != j
         ]
-        if estimator == "mean":
+        if statistic == "mean":
             den = np.mean(pairs)
             tau, eta = ((t - a) ** 2).sum(1).mean(), ((e - a) ** 2).sum(1).mean()
         else:
@@ -84,29 +84,29 @@ def _oracle(
     return result
 
 
-@pytest.mark.parametrize("estimator", ["mean", "median"])
+@pytest.mark.parametrize("statistic", ["mean", "median"])
 @pytest.mark.parametrize("interp", ["linear", "gaussian"])
-def test_trained_rows_match_the_oracle(estimator, interp):
+def test_trained_rows_match_the_oracle(statistic, interp):
     net, X = _cnn(), _data()
     names = ["input", "0", "1", "3", "output"]
     table = relative_sensitivity(
         net,
         X,
         layers=names,
-        init=False,
+        reference=None,
         interp=interp,
-        estimator=estimator,
+        statistic=statistic,
         batch_size=5,
         random_state=7,
     )
     assert isinstance(table, pd.DataFrame)
     assert table["layer"].tolist() == names and set(table["net"]) == {"trained"}
-    oracle = _oracle(net, X, names, 7, estimator, interp)
+    oracle = _oracle(net, X, names, 7, statistic, interp)
     for _, row in table.iterrows():
         np.testing.assert_allclose(
             [row.D, row.G, row.R, row.denominator], oracle[row.layer], rtol=1e-9
         )
-    if estimator == "mean":  # matched per-sample norms: R = 1 on the input
+    if statistic == "mean":  # matched per-sample norms: R = 1 on the input
         assert table["R"].iloc[0] == pytest.approx(1.0, rel=1e-12)
 
 
@@ -153,7 +153,7 @@ def test_init_rows_are_geometric_means_over_fresh_copies():
         assert not torch.equal(fresh[0].weight, model[0].weight)
         per_seed.append(
             relative_sensitivity(
-                fresh, X, layers=["1", "output"], init=False, random_state=5
+                fresh, X, layers=["1", "output"], reference=None, random_state=5
             )
         )
     init = table[table.net == "init"]
@@ -166,7 +166,7 @@ def test_init_rows_are_geometric_means_over_fresh_copies():
 def test_shuffled_rows_and_pooling():
     net, X = _cnn(), _data()
     table = relative_sensitivity(
-        net, X, layers=["0"], init=False, shuffled=True, random_state=0
+        net, X, layers=["0"], reference=None, shuffled=True, random_state=0
     )
     assert table["net"].tolist() == ["trained", "shuffled"]
     shuffled = shuffle_conv_input_channels(
@@ -176,11 +176,11 @@ def test_shuffled_rows_and_pooling():
     assert isinstance(shuffled, nn.Module)
     # pooled representations against direct computations
     for pool, reduce in [
-        ("channels", lambda t: t.mean(1)),
-        ("space", lambda t: t.mean((2, 3))),
+        ("channel_mean", lambda t: t.mean(1)),
+        ("mean", lambda t: t.mean((2, 3))),
     ]:
         pooled = relative_sensitivity(
-            net, X, layers=["0"], init=False, pool=pool, random_state=0
+            net, X, layers=["0"], reference=None, pool=pool, random_state=0
         )
 
         class Reduced(nn.Module):
@@ -192,7 +192,9 @@ def test_shuffled_rows_and_pooling():
             def forward(self, x):
                 return self.reduce(self.conv(x))
 
-        direct = relative_sensitivity(Reduced(reduce), X, init=False, random_state=0)
+        direct = relative_sensitivity(
+            Reduced(reduce), X, reference=None, random_state=0
+        )
         np.testing.assert_allclose(
             pooled[["D", "G"]].to_numpy(), direct[["D", "G"]].to_numpy(), rtol=1e-10
         )
@@ -221,14 +223,14 @@ def test_fx_node_names_and_custom_deformation():
         X,
         layers=["relu", "conv", "output"],
         deformation=roll,
-        init=False,
+        reference=None,
         random_state=0,
     )
     ref = relative_sensitivity(
         nn.Sequential(net.conv, nn.ReLU()),
         X,
         deformation=roll,
-        init=False,
+        reference=None,
         random_state=0,
     )
     np.testing.assert_allclose(
@@ -273,10 +275,10 @@ def test_errors_and_warnings():
         relative_sensitivity(net, X[..., :7])
     with pytest.raises(ValueError, match="got 1 sample"):
         relative_sensitivity(net, X[:1])
-    with pytest.raises(ValueError, match="estimator must be one of"):
-        relative_sensitivity(net, X, estimator="mode")
+    with pytest.raises(ValueError, match="statistic must be one of"):
+        relative_sensitivity(net, X, statistic="mode")
     with pytest.raises(ValueError, match="pool must be one of"):
-        relative_sensitivity(net, X, pool="max")
+        relative_sensitivity(net, X, pool="sum")
     with pytest.raises(ValueError, match="deformation must be None"):
         relative_sensitivity(net, X, deformation="roll")
     with pytest.raises(ValueError, match="deformation must return an array"):
@@ -314,7 +316,7 @@ def test_errors_and_warnings():
             return self.lstm(x.flatten(1, 2))[0]
 
     with pytest.raises(ValueError, match="returns a tuple, not a tensor"):
-        relative_sensitivity(Pair(), X, layers=["lstm"], init=False)
+        relative_sensitivity(Pair(), X, layers=["lstm"], reference=None)
 
     class Untraceable(nn.Module):
         def forward(self, x):
@@ -362,6 +364,6 @@ def test_constant_representation_has_no_ratio_despite_rounding():
 
     X = np.random.RandomState(0).rand(50, 1, 8, 8)
     with pytest.warns(UserWarning, match="have a constant representation"):
-        table = relative_sensitivity(Constant(), X, init=False, random_state=0)
+        table = relative_sensitivity(Constant(), X, reference=None, random_state=0)
     assert table["D"].isna().all() and table["G"].isna().all()
     assert (table["denominator"] == 0).all()

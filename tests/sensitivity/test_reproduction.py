@@ -1,4 +1,4 @@
-"""Reduced-size reproductions of SPEC 7.4 (Tomasini et al. 2023, Petrini et al. 2021).
+"""Reduced-size reproductions of Tomasini et al. 2023 and Petrini et al. 2021.
 
 The full-size run (2048 images, 32/64/128 channels) is
 examples/plot_relative_sensitivity.py; its numbers are in
@@ -85,12 +85,12 @@ def test_scale_detection_cnn_becomes_relatively_stable(scale_detection_cnns):
         {q: np.array([t[q][net] for t in tables]) for q in ("D", "G", "R")}
         for net in ("init", "trained")
     )
-    # R is of order one at initialisation (SPEC 5)
+    # R is of order one at initialisation (Petrini et al. 2021)
     assert np.all((0.3 < init["R"]) & (init["R"] < 3))
     # deformation sensitivity falls, noise sensitivity rises with training
     assert np.all(trained["D"] < 0.4 * init["D"])
     assert np.all(trained["G"] > init["G"])
-    # SPEC 7.4: R_trained < 0.2 R_init, for the typical trained net. Single
+    # Tomasini et al. 2023: R_trained < 0.2 R_init, for the typical trained net. Single
     # nets scatter around the threshold (ratios 0.10-0.20 over six seeds, see
     # the docs), so the geometric mean over three training seeds is asserted,
     # and a looser bound for each net.
@@ -130,5 +130,5 @@ def test_fully_connected_net_on_smooth_digits_is_not_relatively_stable(
     assert r_fc["trained"] > 1.0
     assert r_fc["trained"] > 3 * r_fc["init"]
     cnns, X_probe = scale_detection_cnns
-    r_cnn = relative_sensitivity(cnns[0], X_probe, init=False, random_state=0).R
+    r_cnn = relative_sensitivity(cnns[0], X_probe, reference=None, random_state=0).R
     assert r_fc["trained"] > r_cnn.iloc[0]

@@ -1,0 +1,170 @@
+"""The reference at initialisation, the spread of R, probes apart from training."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from skorch import NeuralNetClassifier
+from torch import nn
+
+from sksim.datasets import make_scale_detection, scale_detection_perturbation
+from sksim.sensitivity import DiffeoSensitivity, relative_sensitivity, sample_diffeo
+from sksim.sensitivity.measure import fresh_copy
+
+COLS = ["D", "G", "R", "deformation", "noise", "denominator"]
+
+
+def _cnn():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 3)
+    )
+
+
+def _trained(net):
+    """A copy of ``net`` with moved weights, standing for training."""
+    trained = copy.deepcopy(net)
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    return trained
+
+
+def _data(n=12):
+    return np.random.RandomState(0).rand(n, 2, 8, 8)
+
+
+@pytest.mark.parametrize("as_module", [False, True])
+def test_reference_is_the_given_initial_state(as_module):
+    initial, X = _cnn(), _data()
+    net = _trained(initial)
+    reference = initial if as_module else copy.deepcopy(initial.state_dict())
+    table = relative_sensitivity(
+        net, X, layers=["1", "output"], reference=reference, random_state=3
+    )
+    alone = relative_sensitivity(
+        initial, X, layers=["1", "output"], reference=None, random_state=3
+    )
+    init = table[table.net == "init"]
+    np.testing.assert_allclose(
+        init[COLS].to_numpy(), alone[COLS].to_numpy(), rtol=1e-12
+    )
+    trained = table[table.net == "trained"]
+    assert not np.allclose(trained["R"], init["R"])
+    # one net: no spread
+    np.testing.assert_array_equal(init["R_min"], init["R"])
+    np.testing.assert_array_equal(init["R_max"], init["R"])
+    assert init["R_gstd"].isna().all()
+
+
+def test_reference_state_dict_must_fit_the_net():
+    with pytest.raises(ValueError, match="reference state_dict does not fit"):
+        relative_sensitivity(_cnn(), _data(), reference={"0.weight": torch.ones(1)})
+    with pytest.raises(ValueError, match='reference must be "reinitialized"'):
+        relative_sensitivity(_cnn(), _data(), reference="init")
+    with pytest.raises(ValueError, match='reference must be "reinitialized"'):
+        relative_sensitivity(_cnn(), _data(), reference=3)
+
+
+def test_init_rows_report_the_spread_over_reinitialised_copies():
+    net, X = _cnn(), _data(16)
+    table = relative_sensitivity(
+        net, X, layers=["1", "output"], n_init=4, random_state=5
+    )
+    rng = np.random.RandomState(5)
+    sample_diffeo(8, 3, n_fields=16, random_state=rng)  # consume the same draws
+    rng.randint(2**31 - 1)
+    model = copy.deepcopy(net).double()
+    per_seed = [
+        relative_sensitivity(
+            fresh_copy(model, int(seed)),
+            X,
+            layers=["1", "output"],
+            reference=None,
+            random_state=5,
+        )["R"].to_numpy()
+        for seed in rng.randint(2**31 - 1, size=4)
+    ]
+    init = table[table.net == "init"]
+    np.testing.assert_allclose(init["R_min"], np.min(per_seed, 0), rtol=1e-10)
+    np.testing.assert_allclose(init["R_max"], np.max(per_seed, 0), rtol=1e-10)
+    gstd = np.exp(np.std(np.log(per_seed), axis=0, ddof=1))
+    np.testing.assert_allclose(init["R_gstd"], gstd, rtol=1e-10)
+    assert (init["R_max"] > init["R_min"]).all() and (init["R_gstd"] > 1).all()
+    trained = table[table.net == "trained"]
+    np.testing.assert_array_equal(trained["R_min"], trained["R"])
+
+
+def test_estimator_measures_on_the_probe_set_when_given():
+    X, y = make_scale_detection(64, size=8, xi=4, random_state=0)
+    X_probe, _ = make_scale_detection(40, size=8, xi=4, random_state=1)
+    module = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 2),
+    )
+    net = NeuralNetClassifier(module, max_epochs=1, train_split=None, verbose=0)
+    est = DiffeoSensitivity(net, n_init=2, statistic="median", random_state=0).fit(
+        X, y, X_probe=X_probe
+    )
+    expected = relative_sensitivity(
+        est.net_, X_probe, n_init=2, statistic="median", random_state=0
+    )
+    np.testing.assert_allclose(est.results_["R"], expected["R"], rtol=1e-12)
+    on_train = relative_sensitivity(
+        est.net_, X, n_init=2, statistic="median", random_state=0
+    )
+    assert not np.allclose(est.results_["R"], on_train["R"])
+    with pytest.raises(ValueError, match="features"):
+        est.fit(X, y, X_probe=X_probe[:, :, :4, :4].reshape(40, 4, 2, 2))
+
+
+def test_perturbation_of_standardised_images_gives_the_raw_images_numbers():
+    X, _ = make_scale_detection(40, size=8, xi=4, random_state=0)
+    mean, std = X.mean(), X.std()
+    torch.manual_seed(0)
+    conv = nn.Sequential(nn.Conv2d(1, 3, 3), nn.Tanh(), nn.Flatten())
+
+    class Standardised(nn.Module):  # the same net, fed standardised images
+        def __init__(self):
+            super().__init__()
+            self.conv = conv
+
+        def forward(self, x):
+            return self.conv(x * std + mean)
+
+    raw = relative_sensitivity(
+        conv,
+        X,
+        deformation=scale_detection_perturbation,
+        reference=None,
+        random_state=0,
+    )
+    scaled = relative_sensitivity(
+        Standardised(),
+        (X - mean) / std,
+        deformation=scale_detection_perturbation,
+        reference=None,
+        random_state=0,
+    )
+    np.testing.assert_allclose(scaled["D"], raw["D"], rtol=1e-9)
+
+
+def test_numpy_integers_are_accepted():
+    net, X = _cnn(), _data()
+    a = relative_sensitivity(
+        net,
+        X,
+        n_probe=np.int64(10),
+        n_init=np.int64(2),
+        batch_size=np.int64(4),
+        cutoff=np.int64(3),
+        random_state=np.int64(0),
+    )
+    b = relative_sensitivity(
+        net, X, n_probe=10, n_init=2, batch_size=4, cutoff=3, random_state=0
+    )
+    np.testing.assert_allclose(a[COLS].to_numpy(), b[COLS].to_numpy(), rtol=1e-12)
