@@ -1,7 +1,6 @@
 """NetworkNeighbors against the argsort of the exact kernel, and FAISS recall."""
 
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -122,13 +121,10 @@ def test_faiss_recall_at_10_on_20000_samples():
     X = rng.normal(size=(20_000, 8)).astype(np.float32)
     queries = rng.normal(size=(500, 8)).astype(np.float32)
     net = mlp(8, 1, hidden=32)
-    start = time.perf_counter()
     exact = NetworkNeighbors(net, n_neighbors=10, batch_size=256).fit(X)
     ind_exact = exact.kneighbors(queries, return_distance=False)
-    timings = {"exact": time.perf_counter() - start}
     recalls = {}
     for n_components in (32, 128):
-        start = time.perf_counter()
         approx = NetworkNeighbors(
             net,
             n_neighbors=10,
@@ -138,13 +134,12 @@ def test_faiss_recall_at_10_on_20000_samples():
             random_state=0,
         ).fit(X)
         ind = approx.kneighbors(queries, return_distance=False)
-        timings[n_components] = time.perf_counter() - start
         recalls[n_components] = np.mean(
             [len(set(a) & set(e)) / 10 for a, e in zip(ind, ind_exact, strict=True)]
         )
     print(
         f"\nrecall@10 vs exact, 20000 samples, 500 new queries, p = "
-        f"{sum(p.numel() for p in net.parameters())}: {recalls}; seconds {timings}"
+        f"{sum(p.numel() for p in net.parameters())}: {recalls}"
     )
     assert recalls[128] > recalls[32]
     assert recalls[128] > 0.75

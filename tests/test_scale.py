@@ -1,4 +1,4 @@
-"""Random projections, tiles over joblib, and a real dask.distributed cluster."""
+"""Random projections, and tiles over joblib (dask clusters: test_parallel.py)."""
 
 import numpy as np
 import pytest
@@ -104,23 +104,3 @@ def test_joblib_tiles_equal_single_process(kind):
         assert np.array_equal(tiled, tiled.T)
     rect = tiled_kernel(engine, X[:5], X, kind=kind, n_jobs=1, tile=4)
     np.testing.assert_allclose(rect, expected[:5], rtol=1e-5, atol=1e-6)
-
-
-def test_dask_cluster_gives_identical_kernel():
-    distributed = pytest.importorskip("dask.distributed")
-    from joblib import parallel_config
-
-    torch.manual_seed(0)
-    module = MLP()
-    X = np.random.RandomState(1).randn(30, 5).astype(np.float32)
-    local = network_similarity(module, X, n_jobs=1)
-    with (
-        distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-        ) as cluster,
-        distributed.Client(cluster) as client,
-    ):
-        with parallel_config(backend="dask"):
-            remote = network_similarity(module, X, n_jobs=2)
-        assert len(client.scheduler_info()["workers"]) == 2
-    np.testing.assert_array_equal(remote, local)

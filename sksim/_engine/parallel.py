@@ -2,26 +2,98 @@
 
 Each tile ``K(X[rows], Y[cols])`` recomputes the pieces of both of its blocks,
 so tiles share nothing and can run in other processes or on other machines:
-``joblib.parallel_config(backend="dask")`` sends them to a dask cluster.
+``joblib.parallel_config(backend="dask")`` sends them to a dask cluster. Tiles
+are idempotent: those lost with a worker are computed again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 
 import numpy as np
-from joblib import Parallel, delayed, effective_n_jobs
 
 from .gram import GramReference
 from .inputs import n_samples, take
 from .jacobian import JacobianEngine
 
 DEFAULT_TILE = 1024
+# Times the tiles still missing are submitted again after a lost worker.
+LOST_WORKER_RETRIES = 2
+
+Tile = tuple[int, int, int, int]  # first and last + 1 row, first and last + 1 column
 
 
-def _tile(engine: JacobianEngine, X, Y, kind: str, full: bool, rtol: float):
-    reference = GramReference(engine, Y, kind, full, rtol)
-    return reference.matrix(None if X is None else X)
+def _tile(
+    where: Tile, engine: JacobianEngine, X, Y, kind: str, full: bool, rtol: float
+) -> tuple[Tile, np.ndarray]:
+    """``where`` and its block ``K(X, Y)``; ``X=None`` for the symmetric ``K(Y, Y)``."""
+    return where, GramReference(engine, Y, kind, full, rtol).matrix(X)
+
+
+def _tiles(n: int, m: int, size: int, mirror: bool) -> list[Tile]:
+    """The tiles to compute: with ``mirror``, those on and above the diagonal."""
+    return [
+        (i, min(i + size, n), j, min(j + size, m))
+        for i in range(0, n, size)
+        for j in range(0, m, size)
+        if not (mirror and j < i)
+    ]
+
+
+def _empty(shape: tuple[int, ...]) -> np.ndarray:
+    """The float64 output, allocated before any tile is computed."""
+    try:
+        return np.empty(shape)
+    except MemoryError as error:
+        gib = 8 * np.prod(shape, dtype=float) / 2**30
+        lower = "pass fewer samples (X, Y)"
+        if len(shape) == 4:
+            lower += ", reduce='trace' rather than (d, d) blocks, or fewer outputs"
+        raise MemoryError(
+            f"The kernel of shape {shape} takes {gib:.3g} GiB of float64, which "
+            f"cannot be allocated: {lower}."
+        ) from error
+
+
+def _lost_worker_errors() -> tuple[type[BaseException], ...]:
+    """Errors of a tile lost with its worker, for the backends loaded."""
+    distributed = sys.modules.get("distributed")
+    if distributed is None:
+        return ()
+    # data that joblib scattered to a worker dies with it, and the tiles that
+    # needed it are cancelled ("already forgotten") instead of rescheduled
+    from distributed.client import FutureCancelledError
+
+    return (FutureCancelledError,)
+
+
+def _computed(
+    engine, X, Y, tiles: list[Tile], kind, full, rtol, n_jobs, mirror
+) -> Iterator[tuple[Tile, np.ndarray]]:
+    """``(tile, block)`` pairs in the order in which the tiles finish."""
+    from joblib import Parallel, delayed
+
+    parallel = Parallel(n_jobs=n_jobs, return_as="generator_unordered")
+    return parallel(
+        delayed(_tile)(
+            (i0, i1, j0, j1),
+            engine,
+            None if (mirror and i0 == j0) else take(X, slice(i0, i1)),
+            take(Y, slice(j0, j1)),
+            kind,
+            full,
+            rtol,
+        )
+        for i0, i1, j0, j1 in tiles
+    )
+
+
+def _place(out: np.ndarray, tile: Tile, block: np.ndarray, mirror: bool) -> None:
+    i0, i1, j0, j1 = tile
+    out[i0:i1, j0:j1] = block
+    if mirror and i0 != j0:
+        out[j0:j1, i0:i1] = block.transpose((1, 0, 3, 2) if out.ndim == 4 else (1, 0))
 
 
 def tiled_kernel(
@@ -38,38 +110,31 @@ def tiled_kernel(
 
     With ``Y=None`` only the tiles on and above the diagonal are computed (all of
     them for the asymmetric ``influence`` kernel) and the result is exactly
-    symmetric.
+    symmetric. The output is allocated first (a ``MemoryError`` says what to
+    lower) and each tile is written into it as it arrives. Tiles lost with a
+    ``dask.distributed`` worker are submitted again, up to
+    ``LOST_WORKER_RETRIES`` times.
     """
     symmetric = Y is None
     Y = X if symmetric else Y
     n, m = n_samples(X), n_samples(Y)
-    rows = [slice(i, min(i + tile, n)) for i in range(0, n, tile)]
-    cols = [slice(j, min(j + tile, m)) for j in range(0, m, tile)]
+    d = engine.n_outputs(X) if full else None
+    out = _empty((n, m, d, d) if full else (n, m))
     mirror = symmetric and kind != "influence"
-    tasks = [
-        (r, c)
-        for i, r in enumerate(rows)
-        for j, c in enumerate(cols)
-        if not (mirror and j < i)
-    ]
-    blocks = Parallel(n_jobs=n_jobs)(
-        delayed(_tile)(
-            engine,
-            None if (mirror and r == c) else take(X, r),
-            take(Y, c),
-            kind,
-            full,
-            rtol,
-        )
-        for r, c in tasks
-    )
-    d = blocks[0].shape[-1] if full else None
-    out = np.empty((n, m, d, d) if full else (n, m))
-    for (r, c), block in zip(tasks, blocks, strict=True):
-        out[r, c] = block
-        if mirror and r != c:
-            out[c, r] = block.transpose((1, 0, 3, 2) if full else (1, 0))
-    return out
+    missing = _tiles(n, m, tile, mirror)
+    for attempt in range(LOST_WORKER_RETRIES + 1):
+        done = set()
+        try:
+            for where, block in _computed(
+                engine, X, Y, missing, kind, full, rtol, n_jobs, mirror
+            ):
+                _place(out, where, block, mirror)
+                done.add(where)
+            return out
+        except _lost_worker_errors():
+            if attempt == LOST_WORKER_RETRIES:
+                raise
+            missing = [t for t in missing if t not in done]
 
 
 def split_rows(function: Callable, X, n_jobs=None) -> np.ndarray:
@@ -80,6 +145,8 @@ def split_rows(function: Callable, X, n_jobs=None) -> np.ndarray:
     :class:`joblib.Parallel`, so ``joblib.parallel_config(backend="dask")``
     spreads them over a cluster. Results are concatenated along axis 0.
     """
+    from joblib import Parallel, delayed, effective_n_jobs
+
     if n_jobs in (None, 1):
         return function(X)
     n = n_samples(X)

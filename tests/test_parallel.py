@@ -1,0 +1,115 @@
+"""Tiled kernels: joblib workers, a real dask.distributed cluster, a lost worker."""
+
+import os
+import signal
+import threading
+
+import numpy as np
+import pytest
+import torch
+from _architectures import MLP
+from joblib import parallel_config
+
+from sksim import network_similarity
+from sksim._engine.jacobian import JacobianEngine
+from sksim._engine.parallel import tiled_kernel
+
+distributed = pytest.importorskip("dask.distributed")
+
+
+@pytest.fixture
+def client():
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        yield client
+
+
+def _tile_workers(stream) -> set[str]:
+    """Workers that ran at least one tile, from a dask task stream."""
+    return {task["worker"] for task in stream.data if "_tile" in str(task["key"])}
+
+
+@pytest.mark.parametrize("reduce", ["trace", None])
+def test_tiles_written_as_they_come_equal_the_serial_kernel(reduce):
+    torch.manual_seed(0)
+    module = MLP()
+    X = np.random.RandomState(0).randn(23, 5).astype(np.float32)
+    full = reduce is None
+    expected = network_similarity(module, X, reduce=reduce)
+    engine = JacobianEngine(module, batch_size=4)
+    tiled = tiled_kernel(engine, X, full=full, n_jobs=2, tile=5)
+    np.testing.assert_allclose(tiled, expected, rtol=1e-5, atol=1e-6)
+    swap = (1, 0, 3, 2) if full else (1, 0)
+    assert np.array_equal(tiled, tiled.transpose(swap))
+    rect = tiled_kernel(engine, X[:9], X[4:], full=full, n_jobs=2, tile=4)
+    np.testing.assert_allclose(rect, expected[:9, 4:], rtol=1e-5, atol=1e-6)
+
+
+def test_a_kernel_too_large_to_allocate_fails_before_any_tile():
+    torch.manual_seed(0)
+    # 10^7 samples as a view of one row: 728 TiB of kernel (6.5 PiB of blocks),
+    # more than any address space, refused before a single tile
+    X = np.broadcast_to(np.zeros((1, 5), np.float32), (10**7, 5))
+    engine = JacobianEngine(MLP(), batch_size=4)
+    with pytest.raises(
+        MemoryError,
+        match=r"The kernel of shape \(10000000, 10000000\) takes 7.45e\+05 GiB "
+        r"of float64, which cannot be allocated: pass fewer samples \(X, Y\)\.$",
+    ):
+        tiled_kernel(engine, X, n_jobs=2)
+    with pytest.raises(
+        MemoryError,
+        match=r"shape \(10000000, 10000000, 3, 3\) takes 6.71e\+06 GiB of float64, "
+        r"which cannot be allocated: pass fewer samples \(X, Y\), "
+        r"reduce='trace' rather than \(d, d\) blocks, or fewer outputs\.$",
+    ):
+        tiled_kernel(engine, X, full=True, n_jobs=2)
+
+
+def test_dask_cluster_spreads_tiles_over_both_workers(client):
+    torch.manual_seed(0)
+    module = MLP()
+    X = np.random.RandomState(1).randn(200, 5).astype(np.float32)
+    engine = JacobianEngine(module, batch_size=50)
+    with parallel_config(backend="dask"), distributed.get_task_stream(client) as ts:
+        remote = tiled_kernel(engine, X, n_jobs=2, tile=50)  # 10 tiles
+    assert _tile_workers(ts) == set(client.scheduler_info()["workers"])
+    assert len(_tile_workers(ts)) == 2
+    np.testing.assert_array_equal(remote, tiled_kernel(engine, X, n_jobs=1, tile=50))
+    np.testing.assert_allclose(remote, network_similarity(module, X), atol=1e-6)
+
+
+def _kill_a_busy_worker(client, pids: dict, killed: list, done: threading.Event):
+    """SIGKILL the process of the first worker seen computing a tile."""
+    while not done.wait(0.01):
+        for address, keys in client.processing().items():
+            if any("_tile" in str(key) for key in keys) and address in pids:
+                os.kill(pids[address], signal.SIGKILL)
+                killed.append(address)
+                return
+
+
+def test_tiles_lost_with_a_killed_worker_are_computed_again(client):
+    torch.manual_seed(0)
+    module = MLP(n_hidden=64)
+    X = np.random.RandomState(2).randn(300, 5).astype(np.float32)
+    engine = JacobianEngine(module, batch_size=50)
+    pids = client.run(os.getpid)
+    killed, done = [], threading.Event()
+    killer = threading.Thread(
+        target=_kill_a_busy_worker, args=(client, pids, killed, done)
+    )
+    with parallel_config(backend="dask"):
+        killer.start()
+        try:
+            remote = tiled_kernel(engine, X, n_jobs=2, tile=75)
+        finally:
+            done.set()
+            killer.join()
+    assert len(killed) == 1
+    np.testing.assert_array_equal(remote, tiled_kernel(engine, X, n_jobs=1, tile=75))
+    np.testing.assert_allclose(remote, network_similarity(module, X), atol=1e-6)
