@@ -82,9 +82,7 @@ class StepAccuracy(Callback):
 
 def run(seed, weight, sign):
     """One training run: N_STEPS steps, each on one same-class pair."""
-    X_pairs, y_pairs = same_class_pair_sequence(
-        np.random.RandomState(seed), N_STEPS
-    )
+    X_pairs, y_pairs = same_class_pair_sequence(np.random.RandomState(seed), N_STEPS)
     torch.manual_seed(seed)
     accuracy = StepAccuracy()
     net = SimilarityRegularizedClassifier(
@@ -133,8 +131,10 @@ fig.tight_layout()
 # the first step). Differences are paired: same seed, same pairs, same
 # initialisation.
 auc = {name: curve.mean(1) for name, curve in curves.items()}
-print(f"{'setting':8} {'AUC mean ± std':>16} {'acc@20':>7} {'acc@40':>7} "
-      f"{'acc@100':>8} {'acc@300':>8} {'AUC - none (paired)':>22}")
+print(
+    f"{'setting':8} {'AUC mean ± std':>16} {'acc@20':>7} {'acc@40':>7} "
+    f"{'acc@100':>8} {'acc@300':>8} {'AUC - none (paired)':>22}"
+)
 for name, curve in curves.items():
     diff = auc[name] - auc["none"]
     print(
@@ -158,16 +158,25 @@ def pair_cosines(weight, sign, seed=0):
     X_pairs, y_pairs = same_class_pair_sequence(np.random.RandomState(seed), N_STEPS)
     torch.manual_seed(seed)
     net = SimilarityRegularizedClassifier(
-        make_module(), criterion=torch.nn.CrossEntropyLoss,
-        optimizer=torch.optim.Adam, lr=1e-3, batch_size=2, max_epochs=1,
-        train_split=None, similarity_weight=weight, similarity_sign=sign, verbose=0,
+        make_module(),
+        criterion=torch.nn.CrossEntropyLoss,
+        optimizer=torch.optim.Adam,
+        lr=1e-3,
+        batch_size=2,
+        max_epochs=1,
+        train_split=None,
+        similarity_weight=weight,
+        similarity_sign=sign,
+        verbose=0,
     ).fit(X_pairs, y_pairs)
     return net.pair_similarity(X_train, y_train, random_state=0, batch_size=256).mean()
 
 
 for name, (w, s) in SETTINGS.items():
-    print(f"{name:5} mean same-class pair cosine on the training set after "
-          f"{N_STEPS} steps: {pair_cosines(w, s):.3f}")
+    print(
+        f"{name:5} mean same-class pair cosine on the training set after "
+        f"{N_STEPS} steps: {pair_cosines(w, s):.3f}"
+    )
 
 # %%
 # Cost of a regularised step
@@ -182,8 +191,11 @@ def step_times(batch_size, rounds=5, repeats=100):
     nets = {}
     for weight in (0.0, 1.0):
         net = SimilarityRegularizedClassifier(
-            make_module(), criterion=torch.nn.CrossEntropyLoss,
-            optimizer=torch.optim.Adam, lr=1e-3, similarity_weight=weight,
+            make_module(),
+            criterion=torch.nn.CrossEntropyLoss,
+            optimizer=torch.optim.Adam,
+            lr=1e-3,
+            similarity_weight=weight,
             verbose=0,
         ).initialize()
         net.history.new_epoch()
@@ -207,8 +219,10 @@ def step_times(batch_size, rounds=5, repeats=100):
 
 for batch_size in (2, 64):
     plain, regularised, ratios = step_times(batch_size)
-    print(f"batch {batch_size:3}: plain step {1e3 * plain:.2f} ms, regularised "
-          f"{1e3 * regularised:.2f} ms, ratio {np.median(ratios):.1f}x "
-          f"(rounds {ratios.min():.1f}-{ratios.max():.1f})")
+    print(
+        f"batch {batch_size:3}: plain step {1e3 * plain:.2f} ms, regularised "
+        f"{1e3 * regularised:.2f} ms, ratio {np.median(ratios):.1f}x "
+        f"(rounds {ratios.min():.1f}-{ratios.max():.1f})"
+    )
 
 torch.set_num_threads(previous_threads)

@@ -1,4 +1,4 @@
-"""Tests of SimilarityRegularizedNet and its pairs (SPEC 4, target 7.3).
+"""Tests of SimilarityRegularizedNet and its pairs (Charpiat et al., section 4).
 
 The vectorised term is compared with a brute-force oracle: a Python loop over
 pairs with ``torch.autograd.grad(create_graph=True)``, values and gradients.
