@@ -41,8 +41,15 @@ docs: $(DOCS_STAMP)
 	OMP_NUM_THREADS=1 MPLBACKEND=Agg $(PY) -m sphinx -W --keep-going -b html docs docs/_build/html
 	@echo "Documentation: docs/_build/html/index.html"
 
+# Style (ruff's rules of pyproject.toml), formatting, and the package's docstrings
+# (pydocstyle's numpy convention; summaries may be noun phrases, hence no D401;
+# dunder methods are documented by Python, hence no D105). The docs build adds
+# numpydoc's own validation of every documented object (docs/conf.py).
 lint: $(STAMP)
 	$(PY) -m ruff check sksim tests examples benchmarks
+	$(PY) -m ruff format --check sksim tests examples benchmarks
+	$(PY) -m ruff check --select D --ignore D105,D401 \
+	  --config 'lint.pydocstyle.convention = "numpy"' sksim
 
 clean:
 	rm -rf $(VENV) build *.egg-info

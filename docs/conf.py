@@ -31,6 +31,36 @@ autodoc_default_options = {"members": True, "inherited-members": False}
 numpydoc_show_class_members = False
 numpydoc_class_members_toctree = False
 
+# numpydoc validates the docstring of every documented object; with -W a failure
+# stops the build. Left out, because the house style differs or the section is
+# optional for us: SA01 (See Also), EX01 (Examples: the gallery and the guide
+# show usage), ES01 (extended summary), RT02 (scikit-learn's flavour names the
+# returned values, ``K : ndarray``). Left out for now, because they ask for
+# descriptions that many docstrings leave to the type line: PR07 (parameter
+# without description), RT03 (return value without description).
+numpydoc_validation_checks = {"all", "SA01", "EX01", "ES01", "RT02", "PR07", "RT03"}
+numpydoc_validation_exclude = {
+    # skorch's callback hooks, documented by skorch.
+    r"^sksim\.ValidPairSimilarity\.on_(epoch|batch)_(begin|end)$",
+    # Docstrings to complete (undocumented parameters or returns, summaries,
+    # See Also entries); remove each entry once its docstring passes.
+    r"^sksim\.audit\.AuditResult$",
+    r"^sksim\.NetworkSimilarityKernel\.(transform|fit_transform)$",
+    r"^sksim\.gradient_features$",
+    r"^sksim\.similarity_to_distance$",
+    r"^sksim\.(GradientDensityEstimator|NetworkNeighbors)$",
+    r"^sksim\.SimilarityRegularizedNet(\.(initialize|partial_fit|infer|get_loss))?$",
+    r"^sksim\.SimilarityRegularized(Classifier|Regressor)$",
+    r"^sksim\.sensitivity\.DiffeoSensitivity(\.score)?$",
+    r"^sksim\.sensitivity\.temperature_range$",
+    r"^sksim\.representations\.ClassConditionalDensity\."
+    r"(score_samples|predict_log_proba|predict_proba|predict)$",
+    r"^sksim\.representations\.DirichletProcessGaussianMixture\."
+    r"(score_samples|score)$",
+    r"^sksim\.representations\.(extract_representations|class_fitting_report)$",
+    r"^sksim\.datasets\.make_(planted_modes|scale_detection)$",
+}
+
 sphinx_gallery_conf = {
     "examples_dirs": str(ROOT / "examples"),
     "gallery_dirs": "auto_examples",
