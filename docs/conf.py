@@ -1,10 +1,16 @@
 """Sphinx configuration of the sksim documentation (builds offline)."""
 
+import inspect
 import os
+import re
 import sys
 from pathlib import Path
 
 import sksim
+import sksim.audit
+import sksim.datasets
+import sksim.representations
+import sksim.sensitivity
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -40,6 +46,8 @@ numpydoc_class_members_toctree = False
 # without description), RT03 (return value without description).
 numpydoc_validation_checks = {"all", "SA01", "EX01", "ES01", "RT02", "PR07", "RT03"}
 numpydoc_validation_exclude = {
+    # A class's constructor is documented in the class docstring.
+    r"\.__init__$",
     # skorch's callback hooks, documented by skorch.
     r"^sksim\.ValidPairSimilarity\.on_(epoch|batch)_(begin|end)$",
     # Docstrings to complete (undocumented parameters or returns, summaries,
@@ -49,8 +57,8 @@ numpydoc_validation_exclude = {
     r"^sksim\.gradient_features$",
     r"^sksim\.similarity_to_distance$",
     r"^sksim\.(GradientDensityEstimator|NetworkNeighbors)$",
-    r"^sksim\.SimilarityRegularizedNet(\.(initialize|partial_fit|infer|get_loss))?$",
-    r"^sksim\.SimilarityRegularized(Classifier|Regressor)$",
+    r"^sksim\.SimilarityRegularized(Net|Classifier|Regressor)"
+    r"(\.(initialize|partial_fit|infer|get_loss))?$",
     r"^sksim\.sensitivity\.DiffeoSensitivity(\.score)?$",
     r"^sksim\.sensitivity\.temperature_range$",
     r"^sksim\.representations\.ClassConditionalDensity\."
@@ -60,6 +68,37 @@ numpydoc_validation_exclude = {
     r"^sksim\.representations\.(extract_representations|class_fitting_report)$",
     r"^sksim\.datasets\.make_(planted_modes|scale_detection)$",
 }
+
+
+def inherited_members(modules):
+    """Patterns naming the members sksim's classes inherit from other packages.
+
+    autosummary lists them in the class pages, so numpydoc would validate them,
+    but their docstrings are skorch's, scikit-learn's or torch's.
+    """
+    patterns = set()
+    for module in modules:
+        for name, cls in vars(module).items():
+            if not inspect.isclass(cls) or not cls.__module__.startswith("sksim"):
+                continue
+            foreign = [
+                member
+                for member in dir(cls)
+                if not _owner(cls, member).__module__.startswith("sksim")
+            ]
+            if foreign:
+                patterns.add(rf"\.{name}\.({'|'.join(map(re.escape, foreign))})$")
+    return patterns
+
+
+def _owner(cls, member):
+    """The class of ``cls``'s method resolution order that defines ``member``."""
+    return next((klass for klass in cls.__mro__ if member in vars(klass)), object)
+
+
+numpydoc_validation_exclude |= inherited_members(
+    [sksim, sksim.audit, sksim.sensitivity, sksim.representations, sksim.datasets]
+)
 
 sphinx_gallery_conf = {
     "examples_dirs": str(ROOT / "examples"),
