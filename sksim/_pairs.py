@@ -1,6 +1,7 @@
-"""Pairs of inputs known to be similar, for the similarity regulariser (SPEC 4).
+"""Pairs of inputs known to be similar, for the similarity regulariser.
 
-Three sources of pairs feed :class:`sksim.SimilarityRegularizedNet`:
+Three sources of pairs feed :class:`sksim.SimilarityRegularizedNet`, whose
+term on the pairs follows Charpiat et al. (NeurIPS 2019, section 4):
 
 * same-class pairs, sampled by :func:`same_class_partners`;
 * explicit pairs ``(i, j)``, attached to the data by :func:`with_pairs` so that

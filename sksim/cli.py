@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
+import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
+
+from . import __version__
 
 DATASETS = ("digits", "iris", "wine", "breast_cancer")
 
@@ -29,7 +34,11 @@ examples:
   sksim audit --dataset digits --model mlp --cv 3 --out report.html
   sksim audit --data mydata.npz --module mypkg.models:make_net --out audit.html
   python -m sksim audit --dataset digits --model cnn --analyses density,neighbors
+  sksim audit --data big.npz --cache audit-cache --out big.html   # resumable
+
+exit status: 0 done, 1 every analysis failed, 2 invalid input, 130 interrupted.
 """
+ZIP_MAGIC = b"PK\x03\x04"
 
 
 def load_dataset(name):
@@ -51,18 +60,78 @@ def load_dataset(name):
 
 
 def load_npz(path):
-    """Arrays ``X`` and ``y`` of an ``.npz`` file (floats become float32)."""
-    with np.load(path, allow_pickle=False) as data:
-        missing = [key for key in ("X", "y") if key not in data]
-        if missing:
-            raise ValueError(
-                f"{path} lacks the array(s) {missing}: save the inputs as X and "
-                "the labels as y, e.g. np.savez(path, X=X, y=y)."
-            )
-        X, y = data["X"], data["y"]
-    if np.issubdtype(X.dtype, np.floating):
-        X = X.astype(np.float32)
-    return X, y
+    """Arrays ``X`` and ``y`` of an ``.npz`` file, as saved.
+
+    Raises a ValueError naming the problem when the file is not an ``.npz``
+    archive, is truncated or corrupt, or lacks ``X`` or ``y``.
+    """
+    with open(path, "rb") as handle:
+        magic = handle.read(len(ZIP_MAGIC))
+    if magic != ZIP_MAGIC:
+        raise ValueError(
+            f"{path} is not an .npz file (a zip archive of arrays): save the "
+            "inputs and labels with np.savez(path, X=X, y=y)."
+        )
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            names = set(data.files)
+            arrays = {key: data[key] for key in ("X", "y") if key in names}
+    except Exception as error:  # whatever a damaged archive raises
+        raise ValueError(
+            f"{path} could not be read as an .npz file; is it truncated or "
+            f"damaged? ({type(error).__name__}: {error})"
+        ) from error
+    missing = [key for key in ("X", "y") if key not in arrays]
+    if missing:
+        raise ValueError(
+            f"{path} lacks the array(s) {missing}: save the inputs as X and "
+            "the labels as y, e.g. np.savez(path, X=X, y=y)."
+        )
+    return arrays["X"], arrays["y"]
+
+
+def prepare_inputs(X):
+    """``X`` as float32, the dtype of the networks' weights.
+
+    Integers (such as ``uint8`` pixels) and booleans are cast as they are,
+    without rescaling.
+    """
+    if X.ndim < 2:
+        raise ValueError(
+            f"X must hold one sample per row: its shape is {X.shape}, it needs "
+            "at least two axes (samples, features...)."
+        )
+    if not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
+        raise ValueError(f"X must hold numbers; its dtype is {X.dtype}.")
+    if np.iscomplexobj(X):
+        raise ValueError("X must hold real numbers; it is complex.")
+    return X.astype(np.float32, copy=False)
+
+
+def encode_labels(y):
+    """Class labels as ``0 .. n_classes - 1`` (the rows of the logits).
+
+    Returns the codes and the sorted original labels. A single class is
+    returned as it is, for the audit to reject with the reason.
+    """
+    if y.ndim != 1:
+        raise ValueError(f"y must hold one label per sample; its shape is {y.shape}.")
+    classes, codes = np.unique(y, return_inverse=True)
+    if len(classes) < 2:
+        return y, classes
+    return codes.astype(np.int64), classes
+
+
+def check_output(path, option):
+    """Fail before any training when ``path`` cannot be written."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{option} {path} is a folder; give a file name in it.")
+    folder = path.parent
+    if not folder.is_dir():
+        raise ValueError(f"{option} {path}: the folder {folder} does not exist.")
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"{option} {path}: the folder {folder} is not writable.")
 
 
 def load_factory(spec):
@@ -90,10 +159,14 @@ def build_net(args, X, n_classes):
     from .audit.models import make_classifier
 
     training = dict(max_epochs=args.max_epochs, lr=args.lr, batch_size=args.batch_size)
+    if args.device is not None:
+        training["device"] = args.device
     if args.module is None:
         return make_classifier(args.model, X, n_classes, **training)
     built = load_factory(args.module)(tuple(X.shape[1:]), n_classes)
     if isinstance(built, NeuralNet):
+        if args.device is not None:
+            built.set_params(device=args.device)
         return built
     if isinstance(built, torch.nn.Module):
         from skorch import NeuralNetClassifier
@@ -130,11 +203,44 @@ def _positive(text):
     return value
 
 
+def _positive_real(text):
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(
+            f"must be a positive finite number; got {text}"
+        )
+    return value
+
+
+def _device(text):
+    """A torch device that exists on this machine."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError as error:
+        raise argparse.ArgumentTypeError(f"not a torch device: {error}") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count()
+        if (device.index or 0) >= count:
+            raise argparse.ArgumentTypeError(
+                f"{text}: this machine has {count} CUDA device(s)"
+            )
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError(f"{text}: MPS is not available here")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise argparse.ArgumentTypeError(f"{text}: use cpu, cuda, cuda:N or mps")
+    return text
+
+
 def make_parser():
     """The argument parser of the ``sksim`` command."""
     parser = argparse.ArgumentParser(
         prog="sksim",
         description="sksim: input similarity from a neural network's perspective.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {__version__}"
     )
     commands = parser.add_subparsers(dest="command", required=True)
     audit = commands.add_parser(
@@ -183,10 +289,17 @@ def make_parser():
         "--max-epochs", type=_positive, default=20, help="epochs per fold (default 20)"
     )
     training.add_argument(
-        "--lr", type=float, default=0.1, help="SGD learning rate (default 0.1)"
+        "--lr", type=_positive_real, default=0.1, help="SGD learning rate (default 0.1)"
     )
     training.add_argument(
         "--batch-size", type=_positive, default=64, help="mini-batch size (default 64)"
+    )
+    training.add_argument(
+        "--device",
+        type=_device,
+        default=None,
+        help="where to train and analyse: cpu, cuda, cuda:N or mps (default: cpu, "
+        "or the device of the skorch net a --module factory returns)",
     )
     analysis = audit.add_argument_group("audit")
     analysis.add_argument(
@@ -234,25 +347,47 @@ def make_parser():
         help="also write the tables as JSON",
     )
     output.add_argument(
+        "--cache",
+        metavar="DIR",
+        default=None,
+        help="save every trained fold and finished analysis in DIR as it completes; "
+        "rerunning the same command resumes an interrupted audit from there (a "
+        "changed option or data computes the pieces it affects again)",
+    )
+    output.add_argument(
         "--quiet", action="store_true", help="no progress bar or messages on stderr"
     )
     return parser
 
 
+def load_data(args, say):
+    """``X`` (float32), ``y`` (codes 0 .. n_classes - 1) and their source."""
+    if args.data is None:
+        X, y = load_dataset(args.dataset)
+        return X, y, args.dataset
+    X, y = load_npz(args.data)
+    dtype, X = X.dtype, prepare_inputs(X)
+    if dtype != X.dtype:
+        say(f"X cast from {dtype} to float32")
+    y, classes = encode_labels(y)
+    if len(classes) > 1 and not np.array_equal(classes, np.arange(len(classes))):
+        shown = ", ".join(map(str, classes[:10])) + (", ..." * (len(classes) > 10))
+        say(f"labels {shown} encoded as 0 .. {len(classes) - 1} in that order")
+    return X, y, args.data
+
+
 def run_audit(args):
     """Load the data, build the net, audit it and write the report(s)."""
-    from .audit import ANALYSES, audit
+    from .audit import ANALYSES, AuditAnalysisFailedWarning, audit
 
     def say(message):
         if not args.quiet:
             print(message, file=sys.stderr, flush=True)
 
-    if args.data is not None:
-        X, y = load_npz(args.data)
-        source = args.data
-    else:
-        X, y = load_dataset(args.dataset)
-        source = args.dataset
+    check_output(args.out, "--out")
+    if args.json is not None:
+        check_output(args.json, "--json")
+    X, y, source = load_data(args, say)
     n_classes = len(np.unique(y))
     net = build_net(args, X, n_classes)
     say(
@@ -260,20 +395,26 @@ def run_audit(args):
         f"{n_classes} classes, {args.cv}-fold cross-validation"
     )
     start = time.perf_counter()
-    result = audit(
-        net,
-        X,
-        y,
-        cv=args.cv,
-        analyses=ANALYSES if args.analyses is None else args.analyses,
-        n_neighbors=args.n_neighbors,
-        layers=None if args.layers is None else args.layers.split(","),
-        random_state=args.seed,
-        verbose=0 if args.quiet else 1,
-    )
+    with warnings.catch_warnings():  # failures are reported below, in one line each
+        warnings.simplefilter("ignore", AuditAnalysisFailedWarning)
+        result = audit(
+            net,
+            X,
+            y,
+            cv=args.cv,
+            analyses=ANALYSES if args.analyses is None else args.analyses,
+            n_neighbors=args.n_neighbors,
+            layers=None if args.layers is None else args.layers.split(","),
+            random_state=args.seed,
+            verbose=0 if args.quiet else 1,
+            cache=args.cache,
+        )
     result.metadata["data"] = str(source)
     out = result.to_html(args.out).resolve()
     say(f"audit done in {time.perf_counter() - start:.1f} s")
+    if "cache" in result.metadata:
+        cache = result.metadata["cache"]
+        say(f"cache {cache['folder']}: {cache['loaded']} piece(s) loaded")
     for name, folds in result.failed.items():
         say(f"{name} failed on fold(s) {sorted(folds)}: see the report")
     if args.json is not None:
@@ -281,6 +422,18 @@ def run_audit(args):
         result.to_json(args.json)
     say(f"report written to {out}")
     return result
+
+
+def every_analysis_failed(result):
+    """One line on the first error when analyses failed and none ran, else None."""
+    if not result.failed or result.metadata["analyses"]:
+        return None
+    name, errors = next(iter(result.failed.items()))
+    error = next(iter(errors.values())).splitlines()[0]
+    return (
+        f"every analysis failed on every fold ({name}: {error}); "
+        "the report lists them all"
+    )
 
 
 def main(argv=None):
@@ -294,15 +447,28 @@ def main(argv=None):
     Returns
     -------
     status : int
-        0 on success, 2 on invalid input (with the message on stderr).
+        0 on success, 1 when every analysis failed on every fold, 2 on
+        invalid input, 130 when interrupted (with one line on stderr).
     """
     parser = make_parser()
     args = parser.parse_args(argv)
+    prefix = f"sksim {args.command}"
     try:
-        run_audit(args)
+        result = run_audit(args)
     except (ValueError, TypeError, ImportError, OSError) as error:
-        parser.exit(2, f"sksim {args.command}: error: {error}\n")
+        parser.exit(2, f"{prefix}: error: {_one_line(error)}\n")
+    except KeyboardInterrupt:
+        resume = "" if args.cache is None else "; run it again to resume from --cache"
+        parser.exit(130, f"{prefix}: interrupted{resume}\n")
+    failure = every_analysis_failed(result)
+    if failure is not None:
+        parser.exit(1, f"{prefix}: error: {failure}\n")
     return 0
+
+
+def _one_line(error):
+    """The error's message on one line."""
+    return " ".join(str(error).split())
 
 
 if __name__ == "__main__":  # pragma: no cover

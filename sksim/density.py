@@ -1,52 +1,38 @@
-"""How many training examples the network treats as similar to an input (SPEC 2)."""
+"""How many training examples the network treats as similar to an input.
+
+See the theory page, "density".
+"""
 
 from __future__ import annotations
 
-import numbers
+from numbers import Real
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, DensityMixin
-from sklearn.utils import check_random_state
+from sklearn.base import DensityMixin
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
+from ._base import NetworkEstimator, constraints
+from ._docs import fill_doc
 from ._engine.inputs import n_samples
-from ._engine.jacobian import JacobianEngine
-from ._engine.pieces import gram_of, map_pieces
-from ._estimator import fitted_engine
-from ._net import fit_net
-from ._similarity_rows import cosine_rows, sketch_features, sketch_rows, split_rows
-from ._validation import check_net_input, check_positive_int
+from ._engine.jacobian import DEFAULT_MAX_MEMORY, JacobianEngine
+from ._engine.parallel import split_rows
+from ._engine.rows import cosine_rows, sketch_features, sketch_rows
 
-METHODS = ("soft", "hard", "power")
 COUNT_FLOOR = 0.5
-
-
-def check_rtol(rtol):
-    if not (isinstance(rtol, float) and 0 <= rtol < 1):
-        raise ValueError(f"rtol must be a float in [0, 1); got {rtol!r}.")
-
-
-def check_threshold(threshold):
-    if not isinstance(threshold, numbers.Real) or not -1 <= threshold < 1:
-        raise ValueError(
-            f"threshold must be a number in [-1, 1); got {threshold!r}. The cosine "
-            "similarity never exceeds 1, so a threshold of 1 counts nothing."
-        )
-
-
-def _whitened_pieces(engine: JacobianEngine, X, rtol: float):
-    """Yield ``(rows, pieces)`` of ``A = (J J^T)^{-1/2} J``, layer by layer."""
-    for rows, pieces in engine.pieces(X):
-        G = gram_of(pieces).double().cpu().numpy()
-        yield rows, map_pieces(pieces, G, -0.5, rtol)
+# The cosine similarity never exceeds 1: a threshold of 1 would count nothing.
+THRESHOLD = Interval(Real, -1, 1, closed="left")
+NEIGHBOR_PARAMETERS = ("net", "output", "params", "n_components", "batch_size")
+NEIGHBOR_PARAMETERS += ("device", "rtol", "random_state", "n_jobs", "max_memory")
+NEIGHBOR_PARAMETERS += ("verbose",)
 
 
 def soft_counts(engine: JacobianEngine, X, reference_sum: np.ndarray, rtol: float):
     """``N_S(x) = <A(x), S>_F / d`` for every row of ``X`` (the second pass)."""
     S = torch.as_tensor(reference_sum, device=engine.device)
     counts = np.empty(n_samples(X))
-    for rows, pieces in _whitened_pieces(engine, X, rtol):
+    for rows, pieces, _ in engine.mapped_pieces(X, -0.5, rtol):
         parts = S.split([p.width for p in pieces], dim=1)
         total = sum(
             p.inner(part.to(p.signal)) for p, part in zip(pieces, parts, strict=True)
@@ -58,18 +44,19 @@ def soft_counts(engine: JacobianEngine, X, reference_sum: np.ndarray, rtol: floa
 def whitened_sum(engine: JacobianEngine, X, rtol: float) -> np.ndarray:
     """``S = sum_j A(x_j)`` of shape ``(d, p)`` in float64 (the first pass)."""
     S = None
-    for _, pieces in _whitened_pieces(engine, X, rtol):
+    for _, pieces, _ in engine.mapped_pieces(X, -0.5, rtol):
         part = torch.cat([p.total().double() for p in pieces], dim=1)
         S = part if S is None else S + part
     return S.cpu().numpy()
 
 
-class GradientDensityEstimator(DensityMixin, BaseEstimator):
+@fill_doc
+class GradientDensityEstimator(DensityMixin, NetworkEstimator):
     """Count the reference examples the network treats as similar to an input.
 
-    The similarity is the network's cosine kernel ``k^C`` (SPEC 1.1, see
+    The similarity is the network's cosine kernel ``k^C`` (see
     :func:`sksim.network_similarity`). Over the reference set ``{x_j}`` given to
-    ``fit`` (usually the training set), three counts are offered (SPEC 2):
+    ``fit`` (usually the training set), three counts are offered:
 
     * ``"soft"``: ``N_S(x) = sum_j k^C(x, x_j)``, computed without any pair:
       ``fit`` accumulates ``S = sum_j A(x_j)`` of the whitened Jacobians
@@ -105,9 +92,7 @@ class GradientDensityEstimator(DensityMixin, BaseEstimator):
 
     Parameters
     ----------
-    net : skorch net, FrozenEstimator or torch.nn.Module
-        The network. An unfitted skorch net is cloned and trained on ``fit``'s
-        ``X, y`` first.
+    %(net)s
     method : {"soft", "hard", "power"}, default="soft"
         Which count, see above.
     threshold : float, default=0.9
@@ -115,29 +100,18 @@ class GradientDensityEstimator(DensityMixin, BaseEstimator):
         ``[-1, 1)``.
     power : float, default=2
         Exponent of the positive part of the similarity (``"power"``).
-    output : "logits", int or callable, default="logits"
-        Which outputs form the Jacobian (see :func:`sksim.network_similarity`).
-    params : str, list of str or None, default=None
-        Which parameters form the Jacobian.
-    n_components : int or None, default=None
-        None computes ``"hard"`` and ``"power"`` exactly; an int approximates
-        them through sketches of this size per output. ``"soft"`` is always
-        exact.
-    batch_size : int, default=64
-        Samples per vectorised Jacobian computation, and query rows per block.
-    device : str or torch.device, default=None
-        Where to compute; None keeps the network's device. Elsewhere a copy
-        of the network computes; the network itself does not move.
-    rtol : float, default=1e-5
-        Relative eigenvalue floor of ``J J^T`` before whitening.
-    random_state : int, RandomState instance or None, default=None
-        Seeds the training of an unfitted skorch net and the sketch.
-    n_jobs : int or None, default=None
-        Number of joblib workers among which ``neighbor_counts`` splits the
-        query rows (None: one, in process). Each worker recomputes what it
-        needs of the reference set.
-    verbose : int, default=0
-        Show progress bars when positive.
+    %(output)s
+    %(params)s
+    %(n_components)s
+        ``"soft"`` is always exact.
+    %(batch_size)s
+    %(device)s
+    %(rtol)s
+    %(random_state)s
+    %(n_jobs)s
+        ``neighbor_counts`` splits the query rows among the workers.
+    %(max_memory)s
+    %(verbose)s
 
     Attributes
     ----------
@@ -167,7 +141,7 @@ class GradientDensityEstimator(DensityMixin, BaseEstimator):
     ----------
     .. [1] G. Charpiat, N. Girard, L. Felardos, Y. Tarabalka, "Input Similarity
        from the Neural Network Perspective", NeurIPS 2019, the section on estimating
-       sample density (the linear-time soft count); SPEC 2.
+       sample density (the linear-time soft count).
 
     Examples
     --------
@@ -185,9 +159,17 @@ class GradientDensityEstimator(DensityMixin, BaseEstimator):
     True
     """
 
+    _parameter_constraints = constraints(
+        *NEIGHBOR_PARAMETERS,
+        method=[StrOptions({"soft", "hard", "power"})],
+        threshold=[THRESHOLD],
+        power=[Interval(Real, 0, None, closed="neither")],
+    )
+
     def __init__(
         self,
         net,
+        *,
         method="soft",
         threshold=0.9,
         power=2,
@@ -199,6 +181,7 @@ class GradientDensityEstimator(DensityMixin, BaseEstimator):
         rtol=1e-5,
         random_state=None,
         n_jobs=None,
+        max_memory=DEFAULT_MAX_MEMORY,
         verbose=0,
     ):
         self.net = net
@@ -213,20 +196,8 @@ class GradientDensityEstimator(DensityMixin, BaseEstimator):
         self.rtol = rtol
         self.random_state = random_state
         self.n_jobs = n_jobs
+        self.max_memory = max_memory
         self.verbose = verbose
-
-    def _check_params(self):
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}; got {self.method!r}.")
-        check_threshold(self.threshold)
-        if not isinstance(self.power, numbers.Real) or not self.power > 0:
-            raise ValueError(f"power must be a positive number; got {self.power!r}.")
-        check_positive_int(self.n_components, "n_components", allow_none=True)
-        check_positive_int(self.batch_size, "batch_size")
-        check_rtol(self.rtol)
-
-    def _engine(self, verbose=None):
-        return fitted_engine(self, verbose)
 
     def fit(self, X, y=None):
         """Train the net if needed and prepare the reference set.
@@ -244,27 +215,22 @@ class GradientDensityEstimator(DensityMixin, BaseEstimator):
         Returns
         -------
         self : object
+            The fitted estimator.
         """
-        self._check_params()
-        X = check_net_input(X, self, reset=True)
-        self.net_ = fit_net(self.net, X, y, self.random_state)
+        X = self._fit_network(X, y)
         self.X_fit_ = X
         self.n_reference_ = n_samples(X)
-        engine = self._engine()
-        self.n_outputs_ = engine.n_outputs(X)
-        self.projection_seed_ = int(
-            check_random_state(self.random_state).randint(2**31 - 1)
-        )
+        self.n_outputs_ = self._engine.n_outputs(X)
         if self.method == "soft":
-            self.reference_sum_ = whitened_sum(engine, X, self.rtol)
+            self.reference_sum_ = whitened_sum(self._engine, X, self.rtol)
         elif self.n_components is not None:
             self.reference_features_ = sketch_features(
-                engine, X, self.n_components, self.projection_seed_, self.rtol
+                self._engine, X, self.n_components, self.projection_seed_, self.rtol
             )
         return self
 
     def _counts(self, X):
-        engine = self._engine(verbose=self.verbose if self.n_jobs in (None, 1) else 0)
+        engine = self._engine
         if self.method == "soft":
             return soft_counts(engine, X, self.reference_sum_, self.rtol)
         if self.n_components is not None:
@@ -296,8 +262,7 @@ class GradientDensityEstimator(DensityMixin, BaseEstimator):
             example counts itself, see the class docstring.
         """
         check_is_fitted(self)
-        X = check_net_input(X, self, reset=False)
-        return split_rows(self._counts, X, self.n_jobs)
+        return split_rows(self._counts, self._check_input(X), self.n_jobs)
 
     def score_samples(self, X):
         """Log relative density ``log(max(count, 0.5) / N)``.
@@ -333,9 +298,3 @@ class GradientDensityEstimator(DensityMixin, BaseEstimator):
         score : float
         """
         return float(np.sum(self.score_samples(X)))
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = False
-        tags.non_deterministic = False
-        return tags

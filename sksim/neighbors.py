@@ -1,20 +1,21 @@
-"""Nearest neighbours from the network's perspective (SPEC 2)."""
+"""Nearest neighbours from the network's perspective (theory: density)."""
 
 from __future__ import annotations
 
+from numbers import Integral
+
 import numpy as np
-from sklearn.base import BaseEstimator
-from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
+from ._base import NetworkEstimator, constraints
+from ._docs import fill_doc
 from ._engine.inputs import n_samples
-from ._estimator import fitted_engine
-from ._net import fit_net
-from ._similarity_rows import cosine_rows, sketch_features, sketch_rows, split_rows
-from ._validation import check_net_input, check_positive_int
-from .density import check_rtol
-
-ALGORITHMS = ("exact", "faiss")
+from ._engine.jacobian import DEFAULT_MAX_MEMORY
+from ._engine.parallel import split_rows
+from ._engine.rows import cosine_rows, sketch_features, sketch_rows
+from .density import NEIGHBOR_PARAMETERS
+from .kernel import similarity_to_distance
 
 
 def import_faiss():
@@ -47,23 +48,23 @@ def top_k(k: np.ndarray, n_neighbors: int) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
-class NetworkNeighbors(BaseEstimator):
+@fill_doc
+class NetworkNeighbors(NetworkEstimator):
     """The reference examples a network treats as most similar to an input.
 
-    Neighbours are ranked by the network's cosine similarity ``k^C`` (SPEC
-    1.1, see :func:`sksim.network_similarity`), largest first. The interface
-    follows :class:`sklearn.neighbors.NearestNeighbors`, with one difference:
-    **by default** :meth:`kneighbors` **returns similarities** (in ``[-1, 1]``,
-    decreasing), not distances; ask for ``as_distance=True`` to get
-    ``sqrt(2 - 2 k)``, the Euclidean distance between unit-scaled whitened
-    Jacobians, increasing.
+    Neighbours are ranked by the network's cosine similarity ``k^C`` (see
+    :func:`sksim.network_similarity`), largest first. The interface follows
+    :class:`sklearn.neighbors.NearestNeighbors`: :meth:`kneighbors` returns
+    distances ``sqrt(2 - 2 k)`` (the Euclidean distance between unit-scaled
+    whitened Jacobians) in ascending order; :meth:`most_similar` returns the
+    similarities themselves, in descending order, for the same neighbours.
 
     Two algorithms:
 
     * ``"exact"`` (default): every similarity is computed, in blocks of query
       rows against the reference set (similarities of one block,
       ``batch_size x N``, at a time; the reference Jacobians are kept in
-      memory when they fit in 2 GiB). With ``n_components`` set, the
+      memory when they fit in ``max_memory``). With ``n_components`` set, the
       similarities are those of Gaussian sketches of the whitened Jacobians
       instead.
     * ``"faiss"``: an inner-product FAISS index (``IndexFlatIP``) over the
@@ -76,36 +77,27 @@ class NetworkNeighbors(BaseEstimator):
 
     Parameters
     ----------
-    net : skorch net, FrozenEstimator or torch.nn.Module
-        The network. An unfitted skorch net is cloned and trained on ``fit``'s
-        ``X, y`` first.
+    %(net)s
     n_neighbors : int, default=5
         Number of neighbours returned by default.
     algorithm : {"exact", "faiss"}, default="exact"
         Search method, see above.
-    output : "logits", int or callable, default="logits"
-        Which outputs form the Jacobian.
-    params : str, list of str or None, default=None
-        Which parameters form the Jacobian.
+    %(output)s
+    %(params)s
     n_components : int or None, default=None
         Size of the sketch per output; None uses exact similarities (only with
         ``algorithm="exact"``).
-    batch_size : int, default=64
-        Samples per vectorised Jacobian computation, and query rows per block.
-    device : str or torch.device, default=None
-        Where to compute; None keeps the network's device. Elsewhere a copy
-        of the network computes; the network itself does not move.
-    rtol : float, default=1e-5
-        Relative eigenvalue floor of ``J J^T`` before whitening.
-    random_state : int, RandomState instance or None, default=None
-        Seeds the training of an unfitted skorch net and the sketch.
+    %(batch_size)s
+    %(device)s
+    %(rtol)s
+    %(random_state)s
     n_jobs : int or None, default=None
         Exact search with queries: joblib workers among which the query rows
         are split (None: one, in process). The FAISS search uses FAISS's own
         OpenMP threads, which sksim leaves as they are (set them with
         ``OMP_NUM_THREADS`` or ``faiss.omp_set_num_threads``).
-    verbose : int, default=0
-        Show progress bars when positive.
+    %(max_memory)s
+    %(verbose)s
 
     Attributes
     ----------
@@ -131,7 +123,7 @@ class NetworkNeighbors(BaseEstimator):
     ----------
     .. [1] G. Charpiat, N. Girard, L. Felardos, Y. Tarabalka, "Input Similarity
        from the Neural Network Perspective", NeurIPS 2019, the section on
-       retrieving the samples the network sees as similar; SPEC 2.
+       retrieving the samples the network sees as similar.
 
     Examples
     --------
@@ -142,16 +134,26 @@ class NetworkNeighbors(BaseEstimator):
     ...                           torch.nn.Linear(8, 1))
     >>> X = torch.randn(10, 2).numpy()
     >>> nn = NetworkNeighbors(net, n_neighbors=3).fit(X)
-    >>> sim, ind = nn.kneighbors(X[:2])
+    >>> dist, ind = nn.kneighbors(X[:2])
     >>> ind[:, 0].tolist()  # an example is its own most similar one
     [0, 1]
-    >>> bool((sim[:, :-1] >= sim[:, 1:]).all())
+    >>> bool((dist[:, :-1] <= dist[:, 1:]).all())
+    True
+    >>> sim, _ = nn.most_similar(X[:2])
+    >>> bool(abs(sim[:, 0] - 1).max() < 1e-6)
     True
     """
+
+    _parameter_constraints = constraints(
+        *NEIGHBOR_PARAMETERS,
+        n_neighbors=[Interval(Integral, 1, None, closed="left")],
+        algorithm=[StrOptions({"exact", "faiss"})],
+    )
 
     def __init__(
         self,
         net,
+        *,
         n_neighbors=5,
         algorithm="exact",
         output="logits",
@@ -162,6 +164,7 @@ class NetworkNeighbors(BaseEstimator):
         rtol=1e-5,
         random_state=None,
         n_jobs=None,
+        max_memory=DEFAULT_MAX_MEMORY,
         verbose=0,
     ):
         self.net = net
@@ -175,33 +178,8 @@ class NetworkNeighbors(BaseEstimator):
         self.rtol = rtol
         self.random_state = random_state
         self.n_jobs = n_jobs
+        self.max_memory = max_memory
         self.verbose = verbose
-
-    def _check_params(self):
-        if self.algorithm not in ALGORITHMS:
-            raise ValueError(
-                f"algorithm must be one of {ALGORITHMS}; got {self.algorithm!r}."
-            )
-        check_positive_int(self.n_neighbors, "n_neighbors")
-        check_positive_int(self.n_components, "n_components", allow_none=True)
-        check_positive_int(self.batch_size, "batch_size")
-        check_rtol(self.rtol)
-        if self.algorithm == "faiss":
-            if self.n_components is None:
-                raise ValueError(
-                    'algorithm="faiss" searches sketched gradient features: set '
-                    'n_components (e.g. 64 to 256), or use algorithm="exact".'
-                )
-            import_faiss()
-
-    def _engine(self, verbose=None):
-        return fitted_engine(self, verbose)
-
-    def _sketch(self, X, engine=None):
-        engine = self._engine() if engine is None else engine
-        return sketch_features(
-            engine, X, self.n_components, self.projection_seed_, self.rtol
-        )
 
     def fit(self, X, y=None):
         """Train the net if needed and prepare the reference set.
@@ -216,18 +194,26 @@ class NetworkNeighbors(BaseEstimator):
         Returns
         -------
         self : object
+            The fitted estimator.
         """
-        self._check_params()
-        X = check_net_input(X, self, reset=True)
-        self.net_ = fit_net(self.net, X, y, self.random_state)
+        if self.algorithm == "faiss":
+            if self.n_components is None:
+                raise ValueError(
+                    'algorithm="faiss" searches sketched gradient features: set '
+                    'n_components (e.g. 64 to 256), or use algorithm="exact".'
+                )
+            import_faiss()
+        X = self._fit_network(X, y)
         self.X_fit_ = X
         self.n_samples_fit_ = n_samples(X)
-        self.projection_seed_ = int(
-            check_random_state(self.random_state).randint(2**31 - 1)
-        )
         if self.n_components is not None:
             self.reference_features_ = self._sketch(X)
         return self
+
+    def _sketch(self, X):
+        return sketch_features(
+            self._engine, X, self.n_components, self.projection_seed_, self.rtol
+        )
 
     def _search_rows(self, rows, n_neighbors, exclude_self):
         """Top neighbours of blocks of rows ``(block, k)`` of similarities."""
@@ -242,11 +228,10 @@ class NetworkNeighbors(BaseEstimator):
         return np.concatenate(similarities), np.concatenate(indices)
 
     def _exact(self, X, n_neighbors):
-        engine = self._engine(verbose=self.verbose if self.n_jobs in (None, 1) else 0)
         if self.n_components is not None:
-            rows = sketch_rows(self._sketch(X, engine), self.reference_features_)
+            rows = sketch_rows(self._sketch(X), self.reference_features_)
         else:
-            rows = cosine_rows(engine, self.X_fit_, X, self.rtol)
+            rows = cosine_rows(self._engine, self.X_fit_, X, self.rtol)
         return self._search_rows(rows, n_neighbors, exclude_self=False)
 
     def _exact_self(self, n_neighbors):
@@ -254,7 +239,7 @@ class NetworkNeighbors(BaseEstimator):
             F = self.reference_features_
             rows = sketch_rows(F, F)
         else:
-            rows = cosine_rows(self._engine(), self.X_fit_, None, self.rtol)
+            rows = cosine_rows(self._engine, self.X_fit_, None, self.rtol)
         return self._search_rows(rows, n_neighbors, exclude_self=True)
 
     def _faiss(self, F, n_neighbors, exclude_self):
@@ -273,10 +258,53 @@ class NetworkNeighbors(BaseEstimator):
             indices = indices[keep].reshape(len(F), -1)
         return similarities.astype(np.float64), indices.astype(np.intp)
 
-    def kneighbors(
-        self, X=None, n_neighbors=None, return_distance=True, as_distance=False
-    ):
-        """The most similar reference examples of each query.
+    def most_similar(self, X=None, n_neighbors=None):
+        """The most similar reference examples of each query, with similarities.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_queries, ...), dict of them, or None
+            Queries. None queries the reference set itself, each example
+            excluded from its own neighbours (as scikit-learn does).
+        n_neighbors : int, default=None
+            Number of neighbours; None uses the constructor's.
+
+        Returns
+        -------
+        similarities : ndarray of shape (n_queries, n_neighbors)
+            Cosine similarities, in descending order.
+        indices : ndarray of shape (n_queries, n_neighbors)
+            Row indices of the neighbours in the reference set.
+        """
+        check_is_fitted(self)
+        n_neighbors = self.n_neighbors if n_neighbors is None else n_neighbors
+        available = self.n_samples_fit_ - (X is None)
+        if (
+            isinstance(n_neighbors, bool)
+            or not isinstance(n_neighbors, Integral)
+            or not 1 <= n_neighbors <= available
+        ):
+            raise ValueError(
+                f"n_neighbors must be an int between 1 and the {available} reference "
+                "examples available"
+                + (
+                    " (each one is excluded from its own neighbours)"
+                    if X is None
+                    else ""
+                )
+                + f"; got {n_neighbors!r}."
+            )
+        if X is None:
+            if self.algorithm == "faiss":
+                return self._faiss(self.reference_features_, n_neighbors, True)
+            return self._exact_self(n_neighbors)
+        X = self._check_input(X)
+        if self.algorithm == "faiss":
+            return self._faiss(self._sketch(X), n_neighbors, False)
+        return split_rows(lambda Q: self._exact(Q, n_neighbors), X, self.n_jobs)
+
+    def kneighbors(self, X=None, n_neighbors=None, return_distance=True):
+        """The nearest reference examples of each query, as scikit-learn's.
 
         Parameters
         ----------
@@ -286,51 +314,17 @@ class NetworkNeighbors(BaseEstimator):
         n_neighbors : int, default=None
             Number of neighbours; None uses the constructor's.
         return_distance : bool, default=True
-            Whether to return the similarities (or distances) too.
-        as_distance : bool, default=False
-            Return ``sqrt(max(2 - 2 k, 0))`` (increasing) instead of the
-            similarities ``k`` (decreasing). The order is the same.
+            Whether to return the distances too.
 
         Returns
         -------
-        similarities : ndarray of shape (n_queries, n_neighbors)
-            Cosine similarities, sorted by decreasing value (or distances,
-            increasing, with ``as_distance=True``). Only with
-            ``return_distance=True``.
+        distances : ndarray of shape (n_queries, n_neighbors)
+            ``sqrt(max(2 - 2 k, 0))`` of the cosine similarities ``k``, in
+            ascending order. Only with ``return_distance=True``.
         indices : ndarray of shape (n_queries, n_neighbors)
             Row indices of the neighbours in the reference set.
         """
-        check_is_fitted(self)
-        n_neighbors = self.n_neighbors if n_neighbors is None else n_neighbors
-        check_positive_int(n_neighbors, "n_neighbors")
-        available = self.n_samples_fit_ - (X is None)
-        if n_neighbors > available:
-            raise ValueError(
-                f"n_neighbors={n_neighbors} exceeds the {available} reference "
-                "examples available"
-                + (
-                    " (each example is excluded from its own neighbours)."
-                    if X is None
-                    else "."
-                )
-            )
-        if X is None:
-            if self.algorithm == "faiss":
-                s, i = self._faiss(self.reference_features_, n_neighbors, True)
-            else:
-                s, i = self._exact_self(n_neighbors)
-        else:
-            X = check_net_input(X, self, reset=False)
-            if self.algorithm == "faiss":
-                s, i = self._faiss(self._sketch(X), n_neighbors, False)
-            else:
-                s, i = split_rows(lambda Q: self._exact(Q, n_neighbors), X, self.n_jobs)
-        if as_distance:
-            s = np.sqrt(np.maximum(2.0 - 2.0 * s, 0.0))
-        return (s, i) if return_distance else i
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = False
-        tags.non_deterministic = False
-        return tags
+        similarities, indices = self.most_similar(X, n_neighbors)
+        if not return_distance:
+            return indices
+        return similarity_to_distance(similarities), indices

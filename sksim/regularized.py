@@ -1,12 +1,15 @@
-"""Training that makes known-similar examples similar to the network (SPEC 4).
+"""Training that makes known-similar examples similar to the network.
 
-For pairs ``(a, b)`` of inputs known to be similar, the training loss gets the
-extra term ``weight * sign * mean_pairs cos(grad phi(a), grad phi(b))``, where
-``grad`` is the gradient with respect to the network's parameters and ``phi`` a
-scalar read-out of the output. The term is differentiated by double
-back-propagation: the per-sample gradients are computed with ``torch.func``
-(``vmap`` of ``grad`` over a ``functional_call``), all pairs of a batch at once,
-and the outer ``loss.backward()`` of skorch differentiates through them.
+The regulariser of Charpiat et al. (NeurIPS 2019, section 4); the user guide's
+theory page has the mathematics. For pairs ``(a, b)`` of inputs known to be
+similar, the training loss gets the extra term ``weight * s * mean_pairs
+cos(grad phi(a), grad phi(b))``, where ``grad`` is the gradient with respect to
+the network's parameters, ``phi`` a scalar read-out of the output and
+``s = -1`` to make the pairs similar (``+1`` to push them apart). The term is
+differentiated by double back-propagation: the engine
+(``sksim._engine.differentiable``) computes the per-sample gradients of all
+samples of a batch at once, keeping their graph, and the outer
+``loss.backward()`` of skorch differentiates through them.
 
 Design
 ------
@@ -35,7 +38,6 @@ SimilarityRegularizedNet)`` holds. No skorch code is duplicated.
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -43,11 +45,11 @@ from skorch import NeuralNet, NeuralNetClassifier, NeuralNetRegressor
 from skorch.callbacks import Callback, PassthroughScoring
 from skorch.dataset import unpack_data
 from skorch.utils import to_tensor
-from torch.func import functional_call, grad, vmap
 from torch.utils._pytree import tree_map
 
+from ._engine.differentiable import per_sample_gradients
 from ._engine.inputs import n_samples, take
-from ._engine.selection import select_parameters
+from ._engine.selection import select_output, select_parameters
 from ._net import evaluation_mode, torch_seed
 from ._pairs import (
     check_labels,
@@ -67,6 +69,8 @@ __all__ = [
     "with_pairs",
 ]
 
+#: The sign ``s`` of the term for each ``similarity_direction``.
+DIRECTIONS = {"similar": -1.0, "dissimilar": 1.0}
 PAIR_MODES = ("same_class", "given")
 #: Up to this many samples per batch, pair dot products come from a Gram matrix.
 GRAM_MAX_SAMPLES = 256
@@ -89,20 +93,15 @@ def _shapes(X):
     return tuple(X.shape)
 
 
-def _first_output(out):
-    return out[0] if isinstance(out, (tuple, list)) else out
-
-
 def _n_outputs(y_pred) -> int:
-    out = _first_output(y_pred)
-    return int(out[0].numel())
+    return select_output(y_pred).shape[1]
 
 
 def posnegflat_weights(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
     """Read-out vectors ``v`` of shape ``(n, C)``: +1 at the label, -1/(C-1) elsewhere.
 
     ``sum_c v_c = 0``, so ``v . z`` is the same on logits and on log-softmax
-    outputs (SPEC 4).
+    outputs (Charpiat et al. 2019, section 4).
     """
     if n_classes < 2:
         raise ValueError(
@@ -125,50 +124,22 @@ def posnegflat_weights(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
 
 
 def pair_gradient_cosines(
-    module: torch.nn.Module,
-    params: dict[str, torch.Tensor],
-    samples,
-    first: torch.Tensor,
-    second: torch.Tensor,
-    readout: Callable,
-    extra,
-    extra_batched: bool,
+    grads: dict[str, torch.Tensor], first: torch.Tensor, second: torch.Tensor
 ) -> torch.Tensor:
-    """Cosines between per-sample parameter gradients of pairs of samples.
+    """Cosines between the per-sample gradients of pairs of samples.
 
     Parameters
     ----------
-    module : torch.nn.Module
-        The network, called through ``functional_call`` with ``params``.
-    params : dict of str to Tensor
-        The parameters to differentiate (detached for a plain evaluation, the
-        module's own for a differentiable one).
-    samples : Tensor or dict of Tensors, batch of s inputs
-        Every input involved in a pair, each once.
+    grads : dict of str to Tensor of shape (s, ...)
+        Per-sample gradients of s samples, one entry per parameter.
     first, second : Tensor of shape (m,)
-        Indices into ``samples`` of the two members of each pair.
-    readout : callable
-        ``readout(output_of_one_sample, extra_of_one_sample) -> scalar``, with the
-        output of shape ``(1, d)``.
-    extra : Tensor, dict or None
-        Per-sample (``extra_batched``) or shared data given to ``readout``.
+        Indices into the s samples of the two members of each pair.
 
     Returns
     -------
     cos : Tensor of shape (m,)
         ``g_a . g_b / (|g_a| |g_b|)``; 0 when a gradient vanishes.
     """
-
-    def phi(p, x, e):
-        one = tree_map(lambda t: t.unsqueeze(0), x)
-        if isinstance(one, dict):
-            out = functional_call(module, p, args=(), kwargs=one)
-        else:
-            out = functional_call(module, p, args=(one,))
-        return readout(out, e)
-
-    in_extra = 0 if extra_batched else None
-    grads = vmap(grad(phi), in_dims=(None, 0, in_extra))(params, samples, extra)
     flat = [g.reshape(g.shape[0], -1) for g in grads.values()]
     if flat[0].shape[0] <= GRAM_MAX_SAMPLES:
         # one small Gram matrix per parameter: matrix products, fast on any device
@@ -208,8 +179,10 @@ class ValidPairSimilarity(Callback):
         self.seed = seed
 
     def on_epoch_begin(self, net, **kwargs):
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
+            raise ValueError(f"seed must be an int; got {self.seed!r}.")
         self.generator_ = torch.Generator(device=torch.device(net.device))
-        self.generator_.manual_seed(self.seed)
+        self.generator_.manual_seed(int(self.seed))
         self.total_, self.count_ = 0.0, 0
 
     def on_batch_end(self, net, batch=None, training=False, y_pred=None, **kwargs):
@@ -236,30 +209,23 @@ class SimilarityRegularizedNet(NeuralNet):
     """A skorch net trained to make known-similar inputs similar to it.
 
     During training the loss of every batch (every ``similarity_every``-th
-    batch) gets the term ``similarity_weight * similarity_sign * mean cos``,
-    the mean over the batch's pairs ``(a, b)`` of the cosine between the
-    parameter gradients ``grad_theta phi(a)`` and ``grad_theta phi(b)`` of a
-    scalar read-out ``phi`` of the output (SPEC 4). Pairs are same-class
-    samples, explicit pairs or input/augmentation pairs. The term is computed
-    for all pairs of the batch in one vectorised ``torch.func`` call and
-    differentiated by double back-propagation; the network is evaluated in
-    eval mode for it (no dropout, BatchNorm running statistics), where
-    per-sample gradients are defined (SPEC 1.3).
+    batch) gets the term ``similarity_weight * s * mean cos``, the mean over
+    the batch's pairs ``(a, b)`` of the cosine between the parameter gradients
+    ``grad_theta phi(a)`` and ``grad_theta phi(b)`` of a scalar read-out
+    ``phi`` of the output (Charpiat et al. 2019, section 4; see
+    :ref:`theory-pairs`). Pairs are same-class samples, explicit pairs or
+    input/augmentation pairs. The term is computed for all pairs of the batch
+    in one vectorised ``torch.func`` call and differentiated by double
+    back-propagation; the network is evaluated in eval mode for it (no
+    dropout, BatchNorm running statistics), where per-sample gradients are
+    defined.
 
-    **Which sign?** ``similarity_sign=-1`` subtracts the cosine from the loss:
-    training raises the similarity of the pairs, the literal "enforce
-    similarity". ``similarity_sign=+1`` (the default) adds it: training pushes
-    the pairs' gradients apart, which is the setting of the authors' published
-    experiment (MNIST, same-class pairs, Adam 1e-3): it sped up early training
-    (validation accuracy about 36 % vs 26 % at step 20). On scikit-learn's
-    digits with the same protocol (one same-class pair per step, 300 steps,
-    20 seeds; ``examples/plot_similarity_training.py``) this library measured
-    areas under the validation-accuracy curve of 0.460 (+cos), 0.434 (no
-    term) and 0.344 (-cos): +cos > none > -cos, as in an independent run
-    quoted in SPEC 4, while -1 does raise the pairs' gradient cosine (0.93 vs
-    0.84 without the term; +1 lowers it to 0.77). One reading: decorrelated
-    gradients of two same-class examples make one step on the pair teach two
-    different things instead of the same thing twice.
+    ``similarity_direction`` sets the sign ``s``. ``"similar"`` (``s = -1``,
+    the default) subtracts the cosine from the loss: training raises the
+    similarity of the pairs. ``"dissimilar"`` (``s = +1``) adds it: training
+    pushes the pairs' gradients apart, which is the setting of the authors'
+    published experiment. The user guide reports which direction sped up
+    training, in that experiment on MNIST and in a reproduction on digits.
 
     The term is computed in eval mode and materialises the per-sample
     gradients of the batch: a step costs about 4x a plain one for a batch of
@@ -275,9 +241,10 @@ class SimilarityRegularizedNet(NeuralNet):
     similarity_weight : float, default=1.0
         Non-negative weight ``lambda`` of the term. 0 switches it off: training
         is then identical to the plain skorch net under the same seed.
-    similarity_sign : {1, -1}, default=1
-        +1 adds the mean cosine to the loss (the authors' setting), -1
-        subtracts it (enforces similarity).
+    similarity_direction : {"similar", "dissimilar"}, default="similar"
+        Where the term moves the pairs' gradients: ``"similar"`` subtracts the
+        mean cosine from the loss (raises it), ``"dissimilar"`` adds it (lowers
+        it; the authors' published setting).
     similarity_pairs : {"same_class", "given"} or callable, default="same_class"
         Where pairs come from. ``"same_class"``: in every batch, each sample is
         paired with a partner drawn uniformly among the other samples of the
@@ -337,8 +304,8 @@ class SimilarityRegularizedNet(NeuralNet):
     >>> net = SimilarityRegularizedNet(
     ...     torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(),
     ...                         torch.nn.Linear(8, 2)),
-    ...     criterion=torch.nn.CrossEntropyLoss, similarity_sign=-1,
-    ...     max_epochs=3, train_split=None, verbose=0,
+    ...     criterion=torch.nn.CrossEntropyLoss, max_epochs=3, train_split=None,
+    ...     verbose=0,
     ... ).fit(X, y)
     >>> cos = net.history[:, "similarity_cosine"]
     >>> len(cos), all(-1 <= c <= 1 for c in cos)
@@ -350,7 +317,7 @@ class SimilarityRegularizedNet(NeuralNet):
         module,
         *args,
         similarity_weight=1.0,
-        similarity_sign=1,
+        similarity_direction="similar",
         similarity_pairs="same_class",
         similarity_readout="posnegflat",
         similarity_every=1,
@@ -359,7 +326,7 @@ class SimilarityRegularizedNet(NeuralNet):
     ):
         super().__init__(module, *args, **kwargs)
         self.similarity_weight = similarity_weight
-        self.similarity_sign = similarity_sign
+        self.similarity_direction = similarity_direction
         self.similarity_pairs = similarity_pairs
         self.similarity_readout = similarity_readout
         self.similarity_every = similarity_every
@@ -389,16 +356,14 @@ class SimilarityRegularizedNet(NeuralNet):
         ):
             raise ValueError(
                 "similarity_weight must be a finite non-negative number (choose "
-                f"the direction with similarity_sign); got {w!r}."
+                f"the direction with similarity_direction); got {w!r}."
             )
-        if isinstance(self.similarity_sign, bool) or self.similarity_sign not in (
-            1,
-            -1,
-        ):
+        direction = self.similarity_direction
+        if not isinstance(direction, str) or direction not in DIRECTIONS:
             raise ValueError(
-                "similarity_sign must be +1 (add the cosine: the authors' setting) "
-                f"or -1 (subtract it: enforce similarity); got "
-                f"{self.similarity_sign!r}."
+                f"similarity_direction must be one of {tuple(DIRECTIONS)}: make "
+                "the pairs' gradients similar or dissimilar; got "
+                f"{direction!r}."
             )
         pairs = self.similarity_pairs
         if not callable(pairs) and pairs not in PAIR_MODES:
@@ -446,7 +411,8 @@ class SimilarityRegularizedNet(NeuralNet):
     def get_loss(self, y_pred, y_true, X=None, training=False):
         """skorch's loss, plus the similarity term when training.
 
-        The term ``similarity_weight * similarity_sign * mean cos`` and the mean
+        The term ``similarity_weight * s * mean cos`` (``s = -1`` for
+        ``similarity_direction="similar"``, +1 for ``"dissimilar"``) and the mean
         cosine are recorded in the current batch of the history as
         ``similarity_term`` and ``similarity_cosine``.
         """
@@ -461,7 +427,8 @@ class SimilarityRegularizedNet(NeuralNet):
         if cos is None:
             return loss
         mean = cos.mean()
-        term = float(self.similarity_weight) * float(self.similarity_sign) * mean
+        sign = DIRECTIONS[self.similarity_direction]
+        term = float(self.similarity_weight) * sign * mean
         self.history.record_batch("similarity_term", term.item())
         self.history.record_batch("similarity_cosine", mean.item())
         return loss + term
@@ -470,8 +437,7 @@ class SimilarityRegularizedNet(NeuralNet):
 
     def _readout_output(self, out: torch.Tensor) -> torch.Tensor:
         """The output the read-out acts on, as ``(B, d)``."""
-        out = _first_output(out)
-        return out.reshape(out.shape[0], -1)
+        return select_output(out)
 
     def _given_or_augmented_pairs(self, X, y):
         """``(samples, labels, first, second)`` of one batch, or None if no pair."""
@@ -504,7 +470,7 @@ class SimilarityRegularizedNet(NeuralNet):
         )
 
     def _readout(self, labels, n_outputs, generator):
-        """``(readout, extra, extra_batched)`` for :func:`pair_gradient_cosines`."""
+        """``(readout, extra, extra_batched)`` for ``per_sample_gradients``."""
         transform = self._readout_output
         readout = self.similarity_readout
         if callable(readout):
@@ -527,13 +493,13 @@ class SimilarityRegularizedNet(NeuralNet):
 
     def _cosines(self, pairs, n_outputs, generator, graph):
         samples, labels, first, second = pairs
-        selected = select_parameters(self.module_, self.similarity_params)
-        params = {n: (p if graph else p.detach()) for n, p in selected.items()}
+        params = select_parameters(self.module_, self.similarity_params)
         readout, extra, batched = self._readout(labels, n_outputs, generator)
-        with evaluation_mode(self.module_), torch.enable_grad():
-            return pair_gradient_cosines(
-                self.module_, params, samples, first, second, readout, extra, batched
+        with evaluation_mode(self.module_), torch.set_grad_enabled(graph):
+            grads = per_sample_gradients(
+                self.module_, params, samples, readout, extra, batched, graph
             )
+            return pair_gradient_cosines(grads, first, second)
 
     def batch_pair_cosines(self, X, y, n_outputs, generator=None, graph=False):
         """Gradient cosines of the pairs of one batch, formed as in training.
@@ -670,12 +636,8 @@ class SimilarityRegularizedClassifier(SimilarityRegularizedNet, NeuralNetClassif
     validation split, ``valid_acc``), and the read-out acts on the
     log-probabilities when the criterion is ``NLLLoss`` (equal to logits for
     ``"posnegflat"``), on the raw outputs (logits) otherwise. See
-    :class:`SimilarityRegularizedNet` for the similarity parameters.
-
-    References
-    ----------
-    .. [1] G. Charpiat, N. Girard, L. Felardos, Y. Tarabalka, "Input Similarity
-       from the Neural Network Perspective", NeurIPS 2019, section 4.
+    :class:`SimilarityRegularizedNet` for the similarity parameters and the
+    reference to the paper.
 
     Examples
     --------
@@ -718,11 +680,8 @@ class SimilarityRegularizedRegressor(SimilarityRegularizedNet, NeuralNetRegresso
         As for :class:`SimilarityRegularizedNet` and skorch's regressor.
     similarity_pairs : {"given"} or callable, default="given"
     similarity_readout : {"random"} or callable, default="random"
-
-    References
-    ----------
-    .. [1] G. Charpiat, N. Girard, L. Felardos, Y. Tarabalka, "Input Similarity
-       from the Neural Network Perspective", NeurIPS 2019, section 4.
+        The regressor's defaults; :class:`SimilarityRegularizedNet` describes
+        these and the other similarity parameters, and cites the paper.
 
     Examples
     --------
@@ -736,7 +695,7 @@ class SimilarityRegularizedRegressor(SimilarityRegularizedNet, NeuralNetRegresso
     >>> reg = SimilarityRegularizedRegressor(
     ...     torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(),
     ...                         torch.nn.Linear(8, 1)),
-    ...     similarity_sign=-1, max_epochs=2, train_split=None, verbose=0,
+    ...     max_epochs=2, train_split=None, verbose=0,
     ... ).fit(with_pairs(X, [[0, 1], [2, 3]]), y)
     >>> reg.pair_similarity(with_pairs(X, [[0, 1]])).shape
     (1,)

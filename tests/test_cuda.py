@@ -106,7 +106,7 @@ def test_cuda_skorch_estimators_give_the_cpu_values(digits_nets):
         lambda net: (
             NetworkNeighbors(net, n_neighbors=3)
             .fit(X[:80])
-            .kneighbors(X[80:90], return_distance=True)[0]
+            .most_similar(X[80:90])[0]
         ),
         lambda net: (
             SelfDenoisingAnalysis(net).fit(X[:60], np.eye(10)[y[:60]]).noise_covariance_

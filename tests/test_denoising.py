@@ -151,7 +151,7 @@ def test_quantities_equal_a_direct_evaluation_of_spec_3(data, d, weights):
 def test_single_output_formulas_are_the_papers(data):
     X, Y = data
     net = mlp(1)
-    analysis = SelfDenoisingAnalysis(net, sigma=0.3).fit(X, Y[:, 0])
+    analysis = SelfDenoisingAnalysis(net, weights="ntk", sigma=0.3).fit(X, Y[:, 0])
     J = brute_force_jacobians(net, X)[:, 0]
     K = J @ J.T
     n_eff = K.sum(1) ** 2 / (K**2).sum(1)
@@ -196,7 +196,8 @@ def test_cancelling_neighbors_are_flagged():
     net = torch.nn.Linear(2, 1, bias=False).double()
     X = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 2.0], [0.0, -2.0]])
     with pytest.warns(IllConditionedWeightsWarning, match="ill-conditioned for 4"):
-        analysis = SelfDenoisingAnalysis(net, sigma=0.1).fit(X, X[:, 0])
+        analysis = SelfDenoisingAnalysis(net, weights="ntk", sigma=0.1)
+        analysis.fit(X, X[:, 0])
     assert analysis.ill_conditioned_.all()
     assert np.isinf(analysis.condition_number_).all()
     # The pseudo-inverse of a zero sum is zero: no finite prediction exists.
@@ -229,11 +230,11 @@ def test_unfitted_skorch_net_is_trained_on_fit(data):
 @pytest.mark.parametrize(
     "params, message",
     [
-        ({"weights": "gaussian"}, "weights must be one of"),
-        ({"power": -1}, "power must be a positive number"),
-        ({"threshold": 2}, r"threshold must be a number in \[-1, 1\)"),
-        ({"sigma": 0}, "sigma must be a positive number or None"),
-        ({"ridge": -1e-3}, r"ridge must be a number in \[0, 1\)"),
+        ({"weights": "gaussian"}, "'weights' parameter .* among"),
+        ({"power": -1}, r"'power' parameter .* range \(0.0, inf\)"),
+        ({"threshold": 2}, r"'threshold' parameter .* range \[-1.0, 1.0\)"),
+        ({"sigma": 0}, r"'sigma' parameter .* range \(0.0, inf\) or None"),
+        ({"ridge": -1e-3}, r"'ridge' parameter .* range \[0.0, 1.0\)"),
     ],
 )
 def test_bad_parameters_are_refused(data, params, message):
@@ -308,13 +309,20 @@ def test_circle_sine_network_beats_its_label_noise():
         .summary(toy.target_clean)
         for weights in ("hard", "ntk")
     }
+    default = (
+        SelfDenoisingAnalysis(net, batch_size=256)
+        .fit(toy.data, toy.target)
+        .summary(toy.target_clean)
+    )
     hard, ntk = summaries["hard"], summaries["ntk"]
     measured = hard["measured_rmse"]
     print(
         f"\nmeasured {measured:.4f}, predicted hard(0.99) {hard['predicted_rmse']:.4f}"
-        f" ntk {ntk['predicted_rmse']:.4f}, sigma estimated {hard['sigma']:.3f}"
+        f" ntk {ntk['predicted_rmse']:.4f}, default {default['predicted_rmse']:.4f},"
+        f" sigma estimated {hard['sigma']:.3f}"
     )
     assert measured < sigma / 2
     assert 1 / 3 < hard["predicted_over_measured"] < 3
+    assert 1 / 2 < default["predicted_over_measured"] < 2  # the default is honest
     assert ntk["predicted_over_measured"] < 1 / 3  # far too optimistic
     assert hard["sigma"] == pytest.approx(sigma, rel=0.2)

@@ -163,12 +163,14 @@ def test_joblib_workers_give_the_same_counts(data):
 @pytest.mark.parametrize(
     "params, message",
     [
-        ({"method": "knn"}, "method must be one of"),
-        ({"threshold": 1.0}, r"threshold must be a number in \[-1, 1\)"),
-        ({"power": 0}, "power must be a positive number"),
-        ({"n_components": 0}, "n_components must be a positive int"),
-        ({"batch_size": 0}, "batch_size must be a positive int"),
-        ({"rtol": 1}, r"rtol must be a float in \[0, 1\)"),
+        ({"method": "knn"}, "'method' parameter .* among"),
+        ({"threshold": 1.0}, r"'threshold' parameter .* range \[-1.0, 1.0\)"),
+        ({"power": 0}, r"'power' parameter .* range \(0.0, inf\)"),
+        ({"n_components": 0}, r"'n_components' parameter .* range \[1, inf\)"),
+        ({"batch_size": 0}, r"'batch_size' parameter .* range \[1, inf\)"),
+        ({"rtol": 1}, r"'rtol' parameter .* range \[0.0, 1.0\)"),
+        ({"max_memory": -1}, r"'max_memory' parameter .* range \[1, inf\)"),
+        ({"params": 5}, "'params' parameter .* None, an instance of 'str'"),
     ],
 )
 def test_bad_parameters_are_refused(data, params, message):

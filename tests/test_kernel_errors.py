@@ -1,5 +1,7 @@
 """Every error and warning the kernel raises, with its message."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -8,10 +10,13 @@ from conftest import make_digits_net
 from sklearn.exceptions import NotFittedError
 
 from sksim import (
+    GradientDensityEstimator,
     NetworkSimilarityKernel,
     SingularJacobianGramWarning,
+    gradient_features,
     network_similarity,
 )
+from sksim._engine.jacobian import NonFiniteNetworkError
 from sksim._validation import check_net_input
 
 X = np.random.RandomState(0).randn(6, 5).astype(np.float32)
@@ -78,23 +83,23 @@ def test_batchnorm_with_batch_statistics_is_refused():
 
 
 def test_bad_parameters(module):
-    with pytest.raises(ValueError, match="kind must be one of"):
+    with pytest.raises(ValueError, match="'kind' parameter of network_similarity"):
         network_similarity(module, X, kind="euclid")
-    with pytest.raises(ValueError, match="kind must be one of"):
+    with pytest.raises(ValueError, match="'kind' parameter of NetworkSimilarityK"):
         NetworkSimilarityKernel(module, kind="euclid").fit(X)
-    with pytest.raises(ValueError, match='reduce must be "trace" or None'):
+    with pytest.raises(
+        ValueError, match="'reduce' parameter .* among .'trace'. or None"
+    ):
         network_similarity(module, X, reduce="mean")
-    with pytest.raises(ValueError, match="rtol must be a float"):
+    with pytest.raises(ValueError, match=r"'rtol' parameter .* range \[0.0, 1.0\)"):
         network_similarity(module, X, rtol=2.0)
-    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+    with pytest.raises(ValueError, match=r"'batch_size' parameter .* range \[1, inf"):
         network_similarity(module, X, batch_size=0)
     with pytest.raises(
         ValueError, match="output=7 is out of range for a network with 3"
     ):
         network_similarity(module, X, output=7)
-    with pytest.raises(
-        ValueError, match='output must be "logits", an int or a callable'
-    ):
+    with pytest.raises(ValueError, match="'output' parameter .* or a callable"):
         network_similarity(module, X, output="probabilities")
     with pytest.raises(
         ValueError, match=r"params \['conv'\] match no trainable parameter"
@@ -150,3 +155,129 @@ def test_large_finite_tensor_whose_sum_overflows_is_accepted():
     big = torch.full((2, 5), 3e38)
     assert not torch.isfinite(big.sum())
     torch.testing.assert_close(check_net_input(big, keep_tensors=True), big)
+
+
+class NaNRows(torch.nn.Module):
+    """An MLP whose outputs are NaN on the rows whose first feature is large."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(5, 3)
+
+    def forward(self, x):
+        out = self.fc(x)
+        return out / (x[:, :1] < 1.5)  # infinite or NaN where x is large
+
+
+@pytest.mark.parametrize("n_components", [None, 8])
+def test_nan_outputs_name_the_rows(n_components):
+    X_bad = X.copy()
+    X_bad[:, 0] = 0
+    X_bad[[3, 5], 0] = 2.0
+    with pytest.raises(
+        ValueError, match=r"NaN or infinite outputs for input rows \[3, 5\]"
+    ):
+        network_similarity(NaNRows(), X_bad, n_components=n_components)
+    dens = GradientDensityEstimator(NaNRows(), method="hard")
+    with pytest.raises(NonFiniteNetworkError, match="diverged training"):
+        dens.fit(X_bad).neighbor_counts(X_bad)
+
+
+def test_nan_weights_and_gradients_are_refused(module):
+    broken = copy.deepcopy(module)
+    with torch.no_grad():
+        broken.out.weight[0, 0] = float("nan")
+    with pytest.raises(NonFiniteNetworkError, match=r"rows \[0, 1, 2, 3, 4\] and more"):
+        network_similarity(broken, X)
+
+    class InfiniteGradient(torch.nn.Module):  # sqrt at 0: a finite output
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(5, 1)
+
+        def forward(self, x):
+            return torch.sqrt(self.fc(x) * (x[:, :1] > 0))
+
+    X_pos = np.abs(X)
+    X_pos[4, 0] = -1.0
+    with pytest.raises(NonFiniteNetworkError, match=r"gradients for input rows \[4\]"):
+        network_similarity(InfiniteGradient(), X_pos, kind="ntk")
+
+
+@pytest.mark.parametrize(
+    "output, message",
+    [
+        (lambda z: z.T, r"returned a tensor of shape \(3, (\d)\); expected .* B=\1:"),
+        (lambda z: z[:-1], r"shape \((\d), 3\); expected a tensor of shape \(B,\)"),
+        (lambda z: z.detach(), "cut from the network's graph"),
+        (lambda z: z.detach().numpy(), "returned ndarray; expected a tensor"),
+        (lambda z: z.argmax(dim=1), "dtype torch.int64; expected floating"),
+        (lambda z: z[:, :, None, None], r"shape \(\d, 3, 1, 1\)"),
+    ],
+)
+def test_output_callables_are_checked(module, output, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        network_similarity(module, X, output=output, kind="ntk")
+
+
+def test_network_working_in_place_leaves_the_data_unchanged():
+    class InPlace(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(5, 2)
+
+        def forward(self, x):
+            return self.fc(torch.nn.functional.relu(x.mul_(2), inplace=True))
+
+    torch.manual_seed(0)
+    module, data = InPlace(), X.copy()
+    kern = NetworkSimilarityKernel(module, kind="ntk").fit(data)
+    first = kern.transform(data)
+    np.testing.assert_array_equal(data, X)
+    np.testing.assert_array_equal(kern.X_fit_, X)
+    np.testing.assert_allclose(kern.transform(data), first)  # not doubled again
+    tensor = torch.from_numpy(X.copy())
+    network_similarity(module, tensor, kind="ntk", n_components=4)
+    np.testing.assert_array_equal(tensor.numpy(), X)
+
+
+def test_numpy_integers_and_parameter_errors(module):
+    K = network_similarity(module, X, batch_size=4)
+    np.testing.assert_allclose(network_similarity(module, X, batch_size=np.int64(4)), K)
+    kern = NetworkSimilarityKernel(module, batch_size=np.int32(4), n_components=None)
+    np.testing.assert_allclose(kern.fit_transform(X), K)
+    with pytest.raises(ValueError, match=r"params=\[\] selects no parameter"):
+        network_similarity(module, X, params=[])
+    with pytest.raises(TypeError, match="'params' parameter .* Got 5 instead"):
+        network_similarity(module, X, params=5)
+    with pytest.raises(TypeError, match="params must be None, a parameter name"):
+        network_similarity(module, X, params=[3])
+
+
+def test_max_memory_is_validated_and_honoured(module):
+    K = network_similarity(module, X)
+    np.testing.assert_allclose(network_similarity(module, X, max_memory=None), K)
+    for bad in ("1GB", -1, 0, 1.5):
+        with pytest.raises(ValueError, match="'max_memory' parameter"):
+            network_similarity(module, X, max_memory=bad)
+    with pytest.raises(MemoryError, match="Exact gradient features .* sketch them"):
+        gradient_features(module, X, max_memory=1000)
+    assert gradient_features(module, X, max_memory=40_000).shape == (6, 3, 419)
+
+
+def test_integer_inputs_to_a_float_network_are_explained(module):
+    with pytest.raises(TypeError, match=r"integer dtype.*X.astype\(np.float32\)"):
+        network_similarity(module, np.arange(30).reshape(6, 5))
+
+
+def test_inputs_must_have_the_fitted_sample_shape():
+    cnn = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten(), torch.nn.LazyLinear(2)
+    )
+    images = np.random.RandomState(0).randn(4, 1, 6, 6).astype(np.float32)
+    cnn(torch.from_numpy(images))  # materialise the lazy layer
+    kern = NetworkSimilarityKernel(cnn).fit(images)
+    with pytest.raises(
+        ValueError, match=r"samples of shape \(1, 6, 5\), but .* \(1, 6, 6\)"
+    ):
+        kern.transform(images[:, :, :, :5])

@@ -13,7 +13,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from sksim import network_similarity
 from sksim._engine.jacobian import JacobianEngine
-from sksim._similarity_rows import sketch_features
+from sksim._engine.rows import sketch_features
 from sksim.neighbors import NetworkNeighbors
 
 
@@ -51,14 +51,15 @@ def test_exact_neighbors_are_the_argsort_of_the_kernel(data, d):
     X_ref, X_new = data
     net = mlp(3, d)
     nn = NetworkNeighbors(net, n_neighbors=7, batch_size=5).fit(X_ref)
-    sim, ind = nn.kneighbors(X_new)
+    sim, ind = nn.most_similar(X_new)
     K = network_similarity(net, X_new, X_ref)
     expected_sim, expected_ind = expected_neighbors(K, 7)
     np.testing.assert_array_equal(ind, expected_ind)
     np.testing.assert_allclose(sim, expected_sim, atol=1e-6)
-    dist, ind_d = nn.kneighbors(X_new, n_neighbors=4, as_distance=True)
+    dist, ind_d = nn.kneighbors(X_new, n_neighbors=4)
     np.testing.assert_array_equal(ind_d, expected_ind[:, :4])
     np.testing.assert_allclose(dist, np.sqrt(2 - 2 * expected_sim[:, :4]), atol=1e-5)
+    assert (np.diff(dist, axis=1) >= 0).all()  # ascending, as scikit-learn's
     np.testing.assert_array_equal(
         nn.kneighbors(X_new, return_distance=False), expected_ind
     )
@@ -67,7 +68,7 @@ def test_exact_neighbors_are_the_argsort_of_the_kernel(data, d):
 def test_querying_the_reference_excludes_each_example_itself(data):
     X_ref, _ = data
     net = mlp(3, 2)
-    sim, ind = NetworkNeighbors(net, n_neighbors=5).fit(X_ref).kneighbors()
+    sim, ind = NetworkNeighbors(net, n_neighbors=5).fit(X_ref).most_similar()
     K = network_similarity(net, X_ref)
     np.fill_diagonal(K, -np.inf)
     expected_sim, expected_ind = expected_neighbors(K, 5)
@@ -81,7 +82,7 @@ def test_sketched_search_ranks_by_the_sketch(data, d):
     X_ref, X_new = data
     net = mlp(3, d)
     nn = NetworkNeighbors(net, n_neighbors=6, n_components=16, random_state=0)
-    sim, ind = nn.fit(X_ref).kneighbors(X_new)
+    sim, ind = nn.fit(X_ref).most_similar(X_new)
     engine = JacobianEngine(net)
     F_ref = sketch_features(engine, X_ref, 16, nn.projection_seed_)
     F_new = sketch_features(engine, X_new, 16, nn.projection_seed_)
@@ -99,8 +100,8 @@ def test_faiss_index_agrees_with_the_exact_search_on_the_sketch(data, query_refe
     exact = NetworkNeighbors(net, **kwargs).fit(X_ref)
     faiss = NetworkNeighbors(net, algorithm="faiss", **kwargs).fit(X_ref)
     X = None if query_reference else X_new
-    sim_e, ind_e = exact.kneighbors(X)
-    sim_f, ind_f = faiss.kneighbors(X)
+    sim_e, ind_e = exact.most_similar(X)
+    sim_f, ind_f = faiss.most_similar(X)
     np.testing.assert_array_equal(ind_f, ind_e)
     np.testing.assert_allclose(sim_f, sim_e, atol=1e-5)
 
@@ -151,19 +152,23 @@ def test_faiss_recall_at_10_on_20000_samples():
 
 def test_bad_parameters_are_refused(data):
     X_ref, _ = data
-    with pytest.raises(ValueError, match="algorithm must be one of"):
+    with pytest.raises(ValueError, match="'algorithm' parameter of NetworkNeighbors"):
         NetworkNeighbors(mlp(3, 1), algorithm="kd_tree").fit(X_ref)
     with pytest.raises(ValueError, match='algorithm="faiss" searches sketched'):
         NetworkNeighbors(mlp(3, 1), algorithm="faiss").fit(X_ref)
-    with pytest.raises(ValueError, match="n_neighbors must be a positive int"):
+    with pytest.raises(ValueError, match="'n_neighbors' parameter .* range .1, inf"):
         NetworkNeighbors(mlp(3, 1), n_neighbors=0).fit(X_ref)
-    with pytest.raises(ValueError, match=r"rtol must be a float in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"'rtol' parameter .* range \[0.0, 1.0\)"):
         NetworkNeighbors(mlp(3, 1), rtol=2.0).fit(X_ref)
     nn = NetworkNeighbors(mlp(3, 1)).fit(X_ref)
-    with pytest.raises(ValueError, match="exceeds the 50 reference examples"):
+    with pytest.raises(ValueError, match="between 1 and the 50 reference examples"):
         nn.kneighbors(X_ref[:2], n_neighbors=51)
     with pytest.raises(ValueError, match="49 reference examples available .each"):
         nn.kneighbors(n_neighbors=50)
+    np.testing.assert_array_equal(  # numpy integers are ints
+        nn.kneighbors(X_ref[:2], n_neighbors=np.int64(3), return_distance=False),
+        nn.kneighbors(X_ref[:2], n_neighbors=3, return_distance=False),
+    )
     with pytest.raises(NotFittedError):
         NetworkNeighbors(mlp(3, 1)).kneighbors(X_ref)
 

@@ -1,4 +1,4 @@
-"""Tests of SimilarityRegularizedNet and its pairs (Charpiat et al., section 4).
+"""Tests of SimilarityRegularizedNet and its pairs (Charpiat et al. 2019, section 4).
 
 The vectorised term is compared with a brute-force oracle: a Python loop over
 pairs with ``torch.autograd.grad(create_graph=True)``, values and gradients.
@@ -19,6 +19,7 @@ from skorch.dataset import Dataset
 from skorch.helper import SliceDict, predefined_split
 
 from sksim import regularized
+from sksim._engine.differentiable import per_sample_gradients
 from sksim._pairs import PAIR_MASK, PAIR_PARTNER, same_class_partners
 from sksim.regularized import (
     SimilarityRegularizedClassifier,
@@ -163,7 +164,10 @@ def rows(X, index):
 
 def param_grads(value, module):
     return torch.autograd.grad(
-        value, list(module.parameters()), allow_unused=True, materialize_grads=True,
+        value,
+        list(module.parameters()),
+        allow_unused=True,
+        materialize_grads=True,
         retain_graph=True,
     )
 
@@ -179,6 +183,40 @@ def assert_same_value_and_gradient(fast, slow, module):
 
 
 # -- the vectorised term against the oracle ------------------------------------
+
+
+@pytest.mark.parametrize("create_graph", [True, False])
+def test_engine_per_sample_gradients_match_a_loop(create_graph):
+    torch.manual_seed(0)
+    module = mlp()
+    X = torch.randn(5, 6)
+    v = torch.randn(5, 3)
+    params = dict(module.named_parameters())
+    grads = per_sample_gradients(
+        module,
+        params,
+        X,
+        lambda out, e: (out[0] * e).sum(),
+        extra=v,
+        extra_batched=True,
+        create_graph=create_graph,
+    )
+    assert list(grads) == list(params)
+    for i in range(5):
+        loop = torch.autograd.grad(
+            (module(X[i : i + 1])[0] * v[i]).sum(), params.values()
+        )
+        for name, g in zip(params, loop, strict=True):
+            torch.testing.assert_close(grads[name][i], g, rtol=1e-5, atol=1e-6)
+    # with the graph, the gradients can be differentiated again (double
+    # back-prop); the last bias's gradient is v itself, constant either way
+    assert grads["0.weight"].requires_grad == create_graph
+    assert not any(g.requires_grad for g in grads.values()) or create_graph
+    if create_graph:
+        second = torch.autograd.grad(
+            grads["0.weight"].square().sum(), params["2.weight"]
+        )
+        assert second[0].abs().sum() > 0
 
 
 def _inputs(arch, n=10):
@@ -306,7 +344,8 @@ def test_term_uses_eval_mode_with_dropout_and_batchnorm():
 
 def test_batchnorm_without_running_statistics_is_refused():
     module = torch.nn.Sequential(
-        torch.nn.Linear(6, 4), torch.nn.BatchNorm1d(4, track_running_stats=False),
+        torch.nn.Linear(6, 4),
+        torch.nn.BatchNorm1d(4, track_running_stats=False),
         torch.nn.Linear(4, 3),
     )
     X, y = make_data()
@@ -315,14 +354,16 @@ def test_batchnorm_without_running_statistics_is_refused():
 
 
 def test_dead_gradients_give_cosine_zero_not_nan():
-    module = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.ReLU(),
-                                 torch.nn.Linear(4, 3))
+    module = torch.nn.Sequential(
+        torch.nn.Linear(6, 4), torch.nn.ReLU(), torch.nn.Linear(4, 3)
+    )
     with torch.no_grad():
         module[0].bias.fill_(-100.0)  # every hidden unit dead: only the bias of
         module[2].weight.zero_()  # the last layer moves, and phi's gradient there
     X, y = make_data(n=6)  # is the constant read-out vector
-    net = make_net(module, similarity_pairs=flip_sign,
-                   similarity_params=["0", "2.weight"]).initialize()
+    net = make_net(
+        module, similarity_pairs=flip_sign, similarity_params=["0", "2.weight"]
+    ).initialize()
     cos = net.batch_pair_cosines(X, y, 3, graph=True)
     assert torch.equal(cos, torch.zeros(6))
     assert all(torch.isfinite(g).all() for g in param_grads(cos.mean(), module))
@@ -420,15 +461,16 @@ def test_with_pairs_refuses_reserved_keys():
 # -- training: the loss, the history, exactness at weight 0 ----------------------
 
 
-def test_get_loss_adds_exactly_the_signed_weighted_term_every_k_steps():
+@pytest.mark.parametrize("every", [2, np.int64(2)], ids=["int", "numpy_int"])
+def test_get_loss_adds_exactly_the_signed_weighted_term_every_k_steps(every):
     torch.manual_seed(0)
     X, y = make_data(n=8)
     Xp = with_pairs(X, [[0, 3], [1, 4], [2, 5]])
     net = make_net(
         similarity_pairs="given",
         similarity_weight=0.7,
-        similarity_sign=-1,
-        similarity_every=2,
+        similarity_direction="similar",
+        similarity_every=every,
     ).initialize()
     net.history.new_epoch()
     batch = {k: torch.as_tensor(np.asarray(v)) for k, v in Xp.items()}
@@ -453,13 +495,14 @@ def test_history_per_batch_and_per_epoch():
     torch.manual_seed(0)
     X, y = make_data(n=30)
     net = make_net(similarity_weight=0.5, batch_size=8, max_epochs=2).fit(X, y)
+    # the default direction, "similar", subtracts the weighted mean cosine
     for epoch in net.history:
         batches = [b for b in epoch["batches"] if "train_loss" in b]
         assert len(batches) == 4
         sizes = [b["train_batch_size"] for b in batches]
         cos = [b["similarity_cosine"] for b in batches]
         np.testing.assert_allclose(
-            [b["similarity_term"] for b in batches], 0.5 * np.array(cos), rtol=1e-6
+            [b["similarity_term"] for b in batches], -0.5 * np.array(cos), rtol=1e-6
         )
         assert epoch["similarity_cosine"] == pytest.approx(
             np.average(cos, weights=sizes)
@@ -492,6 +535,24 @@ def test_validation_pair_similarity_is_recorded_every_epoch():
     assert len(batch_values) == 3
 
 
+def test_validation_seed_accepts_numpy_ints_and_refuses_floats():
+    X, y = make_data(n=40)
+
+    def valid_cosines(seed):
+        torch.manual_seed(0)
+        net = make_net(
+            train_split=lambda ds, y: (ds, ds),
+            callbacks__valid_similarity__seed=seed,
+            similarity_readout="random",
+            max_epochs=2,
+        ).fit(X, y)
+        return net.history[:, "valid_similarity_cosine"]
+
+    assert valid_cosines(np.int64(3)) == valid_cosines(3)
+    with pytest.raises(ValueError, match=r"seed must be an int; got 0\.5"):
+        valid_cosines(0.5)
+
+
 def test_validation_pair_similarity_can_be_switched_off():
     X, y = make_data(n=40)
     net = make_net(
@@ -513,42 +574,61 @@ def test_weight_zero_trains_exactly_like_plain_skorch(flavour):
 
     def module(n_out=3):
         return torch.nn.Sequential(
-            torch.nn.Linear(6, 16), torch.nn.Dropout(0.3), torch.nn.ReLU(),
-            torch.nn.Linear(16, n_out), torch.nn.Softmax(dim=-1)
+            torch.nn.Linear(6, 16),
+            torch.nn.Dropout(0.3),
+            torch.nn.ReLU(),
+            torch.nn.Linear(16, n_out),
+            torch.nn.Softmax(dim=-1),
         )
 
     common = dict(
-        optimizer=torch.optim.Adam, lr=1e-2, max_epochs=3, batch_size=16,
-        iterator_train__shuffle=True, verbose=0, **kwargs,
+        optimizer=torch.optim.Adam,
+        lr=1e-2,
+        max_epochs=3,
+        batch_size=16,
+        iterator_train__shuffle=True,
+        verbose=0,
+        **kwargs,
     )
     torch.manual_seed(0)
     plain = theirs(module, **common).fit(X, y)
     torch.manual_seed(0)
     regularized = ours(module, similarity_weight=0.0, **common).fit(X, y)
-    for a, b in zip(plain.module_.state_dict().values(),
-                    regularized.module_.state_dict().values(), strict=True):
+    for a, b in zip(
+        plain.module_.state_dict().values(),
+        regularized.module_.state_dict().values(),
+        strict=True,
+    ):
         assert torch.equal(a, b)
     for key in ("train_loss", "valid_loss"):
         assert plain.history[:, key] == regularized.history[:, key]
 
 
 @pytest.mark.slow
-def test_sign_moves_the_pair_cosine_the_way_it_says():
-    """Reduced 7.3: -1 raises the training pairs' cosine, +1 lowers it."""
+def test_direction_moves_the_pair_cosine_the_way_it_says():
+    """On digits, "similar" raises the pairs' cosine and "dissimilar" lowers it."""
     X, y = digits(400)
 
-    def train(weight, sign):
+    def train(weight, direction):
         torch.manual_seed(0)
         net = SimilarityRegularizedClassifier(
-            torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(),
-                                torch.nn.Linear(32, 10)),
-            criterion=torch.nn.CrossEntropyLoss, optimizer=torch.optim.Adam,
-            lr=1e-3, max_epochs=3, batch_size=32, train_split=None, verbose=0,
-            similarity_weight=weight, similarity_sign=sign,
+            torch.nn.Sequential(
+                torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10)
+            ),
+            criterion=torch.nn.CrossEntropyLoss,
+            optimizer=torch.optim.Adam,
+            lr=1e-3,
+            max_epochs=3,
+            batch_size=32,
+            train_split=None,
+            verbose=0,
+            similarity_weight=weight,
+            similarity_direction=direction,
         ).fit(X, y)
         return net.pair_similarity(X, y, random_state=0).mean()
 
-    none, enforce, push_apart = train(0.0, 1), train(1.0, -1), train(1.0, 1)
+    none = train(0.0, "similar")
+    enforce, push_apart = train(1.0, "similar"), train(1.0, "dissimilar")
     assert enforce > none + 0.02
     assert push_apart < none - 0.02
 
@@ -559,10 +639,18 @@ def test_sign_moves_the_pair_cosine_the_way_it_says():
 def test_set_params_clone_and_pickle_round_trip():
     X, y = make_data(n=24)
     net = make_net(similarity_pairs=flip_sign, similarity_readout=squared_first_output)
-    net.set_params(similarity_weight=0.3, similarity_sign=-1, similarity_every=2)
+    net.set_params(
+        similarity_weight=0.3, similarity_direction="dissimilar", similarity_every=2
+    )
     cloned = clone(net)
-    for name in ("similarity_weight", "similarity_sign", "similarity_every",
-                 "similarity_pairs", "similarity_readout", "similarity_params"):
+    for name in (
+        "similarity_weight",
+        "similarity_direction",
+        "similarity_every",
+        "similarity_pairs",
+        "similarity_readout",
+        "similarity_params",
+    ):
         assert cloned.get_params()[name] == net.get_params()[name]
     torch.manual_seed(0)
     cloned.fit(X, y)
@@ -580,21 +668,29 @@ def test_set_params_clone_and_pickle_round_trip():
     ] == [2, 1, 2, 1]
 
 
-def test_grid_search_over_weight_and_sign():
+def test_grid_search_over_weight_and_direction():
     X, y = digits(240)
     net = SimilarityRegularizedClassifier(
-        torch.nn.Sequential(torch.nn.Linear(64, 16), torch.nn.ReLU(),
-                            torch.nn.Linear(16, 10)),
-        criterion=torch.nn.CrossEntropyLoss, optimizer=torch.optim.Adam, lr=1e-2,
-        max_epochs=2, batch_size=32, train_split=None, verbose=0,
+        torch.nn.Sequential(
+            torch.nn.Linear(64, 16), torch.nn.ReLU(), torch.nn.Linear(16, 10)
+        ),
+        criterion=torch.nn.CrossEntropyLoss,
+        optimizer=torch.optim.Adam,
+        lr=1e-2,
+        max_epochs=2,
+        batch_size=32,
+        train_split=None,
+        verbose=0,
     )
-    grid = {"similarity_weight": [0.0, 5.0], "similarity_sign": [1, -1]}
+    directions = ["similar", "dissimilar"]
+    grid = {"similarity_weight": [0.0, 5.0], "similarity_direction": directions}
     torch.manual_seed(0)
     search = GridSearchCV(net, grid, cv=2).fit(X, y)
     assert len(search.cv_results_["params"]) == 4
     assert search.best_params_ in [
-        {"similarity_weight": w, "similarity_sign": s} for w in (0.0, 5.0)
-        for s in (1, -1)
+        {"similarity_weight": w, "similarity_direction": d}
+        for w in (0.0, 5.0)
+        for d in directions
     ]
     for key, value in search.best_params_.items():
         assert search.best_estimator_.get_params()[key] == value
@@ -607,10 +703,15 @@ def test_grid_search_with_attached_pairs():
     Xp = with_pairs(X, np.array(same[::7]))
     net = SimilarityRegularizedClassifier(
         torch.nn.Sequential(torch.nn.Linear(64, 10)),
-        criterion=torch.nn.CrossEntropyLoss, similarity_pairs="given",
-        max_epochs=1, batch_size=40, train_split=None, verbose=0,
+        criterion=torch.nn.CrossEntropyLoss,
+        similarity_pairs="given",
+        max_epochs=1,
+        batch_size=40,
+        train_split=None,
+        verbose=0,
     )
-    search = GridSearchCV(net, {"similarity_sign": [1, -1]}, cv=2).fit(Xp, y)
+    grid = {"similarity_direction": ["similar", "dissimilar"]}
+    search = GridSearchCV(net, grid, cv=2).fit(Xp, y)
     assert np.isfinite(search.cv_results_["mean_test_score"]).all()
     assert len(search.best_estimator_.history[-1, "batches", :, "similarity_term"]) == 3
 
@@ -626,8 +727,9 @@ def test_regressor_with_given_pairs_and_random_readout():
     assert len(reg.history[:, "similarity_cosine"]) == 2
     # for one output the random read-out is +-f: the cosine is that of grad f
     cos = reg.pair_similarity(with_pairs(X, [[0, 1]]))
-    slow = oracle_cosines(reg.module_, rows(X, [0]), rows(X, [1]),
-                          lambda out, i: out.sum())
+    slow = oracle_cosines(
+        reg.module_, rows(X, [0]), rows(X, [1]), lambda out, i: out.sum()
+    )
     assert cos[0] == pytest.approx(slow.item(), abs=1e-6)
     assert reg.predict(X).shape == (20, 1)
 
@@ -662,8 +764,11 @@ def test_cuda_training_and_cpu_pickle():
     [
         ({"similarity_weight": -1.0}, "similarity_weight must be a finite non-neg"),
         ({"similarity_weight": float("nan")}, "similarity_weight must be"),
-        ({"similarity_sign": 0}, r"similarity_sign must be \+1"),
-        ({"similarity_sign": True}, r"similarity_sign must be \+1"),
+        ({"similarity_direction": -1}, "similarity_direction must be one of"),
+        (
+            {"similarity_direction": "same"},
+            r"one of \('similar', 'dissimilar'\).*got 'same'",
+        ),
         ({"similarity_pairs": "all"}, "similarity_pairs must be one of"),
         ({"similarity_readout": "max"}, "similarity_readout must be one of"),
         ({"similarity_every": 0}, "similarity_every must be a positive int"),
@@ -688,9 +793,7 @@ def test_pair_and_label_errors():
     with pytest.raises(ValueError, match=r"needs integer class labels.*float"):
         make_net().initialize().batch_pair_cosines(X, y.astype(float), 3)
     with pytest.raises(ValueError, match="needs class labels y; none"):
-        make_net(similarity_pairs=flip_sign).initialize().batch_pair_cosines(
-            X, None, 3
-        )
+        make_net(similarity_pairs=flip_sign).initialize().batch_pair_cosines(X, None, 3)
     with pytest.raises(ValueError, match=r"labels in \[0, 3\).*\[0, 4\]"):
         make_net(similarity_pairs=flip_sign).initialize().batch_pair_cosines(
             X, np.arange(12) % 5, 3
@@ -724,12 +827,19 @@ def expected_failures(estimator):
 @parametrize_with_checks(
     [
         SimilarityRegularizedClassifier(
-            LazyLinear, criterion=torch.nn.CrossEntropyLoss, max_epochs=2,
-            train_split=None, verbose=0,
+            LazyLinear,
+            criterion=torch.nn.CrossEntropyLoss,
+            max_epochs=2,
+            train_split=None,
+            verbose=0,
         ),
         SimilarityRegularizedRegressor(
-            LazyLinear, module__n_out=1, similarity_pairs=flip_sign, max_epochs=2,
-            train_split=None, verbose=0,
+            LazyLinear,
+            module__n_out=1,
+            similarity_pairs=flip_sign,
+            max_epochs=2,
+            train_split=None,
+            verbose=0,
         ),
     ],
     expected_failed_checks=lambda est: expected_failures(est),
@@ -741,10 +851,12 @@ def test_sklearn_estimator_checks(estimator, check):
 @pytest.mark.parametrize(
     "ours, theirs, kwargs",
     [
-        (SimilarityRegularizedClassifier, NeuralNetClassifier,
-         {"criterion": torch.nn.CrossEntropyLoss}),
-        (SimilarityRegularizedRegressor, NeuralNetRegressor,
-         {"module__n_out": 1}),
+        (
+            SimilarityRegularizedClassifier,
+            NeuralNetClassifier,
+            {"criterion": torch.nn.CrossEntropyLoss},
+        ),
+        (SimilarityRegularizedRegressor, NeuralNetRegressor, {"module__n_out": 1}),
     ],
 )
 def test_estimator_check_failures_are_exactly_skorchs(ours, theirs, kwargs):
@@ -753,12 +865,18 @@ def test_estimator_check_failures_are_exactly_skorchs(ours, theirs, kwargs):
 
     def failed(est):
         torch.manual_seed(0)
-        return {r["check_name"] for r in check_estimator(est, on_fail=None)
-                if r["status"] == "failed"}
+        return {
+            r["check_name"]
+            for r in check_estimator(est, on_fail=None)
+            if r["status"] == "failed"
+        }
 
     common = dict(max_epochs=2, train_split=None, verbose=0, **kwargs)
-    extra = {} if ours is SimilarityRegularizedClassifier else {
-        "similarity_pairs": flip_sign}
+    extra = (
+        {}
+        if ours is SimilarityRegularizedClassifier
+        else {"similarity_pairs": flip_sign}
+    )
     new = failed(ours(LazyLinear, **common, **extra)) - failed(
         theirs(LazyLinear, **common)
     )

@@ -205,8 +205,11 @@ class LayerCapture:
                 allow_unused=True,
             )
             for (name, _), g in zip(checked, grads, strict=True):
-                others = torch.cat([g[:row], g[row + 1 :]]) if g is not None else None
-                if others is not None and bool(others.ne(0).any()):
+                if g is None:
+                    continue
+                others = torch.cat([g[:row], g[row + 1 :]])
+                # non-finite gradients are reported by the pass itself
+                if bool((others.ne(0) & others.isfinite()).any()):
                     mixing.add(name)
         return mixing
 

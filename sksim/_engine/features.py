@@ -1,6 +1,6 @@
 """Per-sample gradient features whose inner products are the kernel.
 
-``A(x) = (J J^T)^{-1/2} J`` (SPEC 1.1) is the whitened Jacobian. Exact features
+``A(x) = (J J^T)^{-1/2} J`` is the whitened Jacobian. Exact features
 are the ``p`` columns of ``A`` (or ``J``); with ``n_components=k`` they are
 sketched layer by layer to about ``k`` columns (see ``sketch``), never forming
 ``A`` itself.
@@ -12,11 +12,10 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-from sklearn.utils import check_random_state
 
+from .inputs import n_samples
 from .jacobian import JacobianEngine
-from .normalize import gram_power
-from .pieces import gram_of, map_pieces
+from .pieces import DensePiece, gram_of, map_pieces
 from .sketch import GradientSketch
 from .transfer import to_host
 
@@ -30,14 +29,9 @@ def whitened_jacobians(
     kernel; a zero gradient gives ``A = 0``.
     """
     for rows, J in engine.jacobians(X):
-        G = torch.einsum("adp,aep->ade", J, J).double().cpu().numpy()
-        W = torch.as_tensor(gram_power(G, -0.5, rtol), dtype=J.dtype, device=J.device)
-        yield rows, W @ J
-
-
-def projection_seed(random_state) -> int:
-    """The integer seed of a sketch drawn from ``random_state``."""
-    return int(check_random_state(random_state).randint(2**31 - 1))
+        J = DensePiece(J)
+        (A,) = map_pieces([J], gram_of([J]).double().cpu().numpy(), -0.5, rtol)
+        yield rows, A.grad
 
 
 def gradient_features(
@@ -45,7 +39,7 @@ def gradient_features(
     X,
     n_components: int | None = None,
     whiten: bool = True,
-    random_state=None,
+    seed: int = 0,
     rtol: float = 1e-5,
     power: float | None = None,
 ) -> np.ndarray:
@@ -53,20 +47,35 @@ def gradient_features(
 
     ``tr(F(x) F(y)^T) / d`` is the cosine kernel (``whiten=True``) or the NTK
     (``whiten=False``): exactly when ``n_components`` is None (``k = p``), and
-    in expectation, with error of order ``1/sqrt(k)``, otherwise. Equal integer
-    ``random_state`` values give equal sketches. ``power``, if given, replaces
-    the whitening by ``(J J^T)^power J`` (``-1`` for the left side of the
+    in expectation, with error of order ``1/sqrt(k)``, otherwise. Equal
+    ``seed`` values give equal sketches. ``power``, if given, replaces the
+    whitening by ``(J J^T)^power J`` (``-1`` for the left side of the
     influence kernel).
+
+    Raises
+    ------
+    MemoryError
+        If exact features (``n d p`` float32 numbers) would pass the engine's
+        ``max_memory``.
     """
     if power is None and whiten:
         power = -0.5
     if n_components is None and power in (None, -0.5):
+        n, d = n_samples(X), engine.n_outputs(X)
+        size = 4 * n * d * engine.n_params
+        if size > engine.max_memory:
+            raise MemoryError(
+                f"Exact gradient features of {n} samples x {d} outputs x "
+                f"{engine.n_params} parameters take {size / 2**30:.2f} GiB, more "
+                f"than max_memory ({engine.max_memory} bytes): sketch them with "
+                "n_components=, select fewer parameters (params=) or outputs "
+                "(output=), pass fewer samples, or raise max_memory."
+            )
         blocks = whitened_jacobians(engine, X, rtol) if power else engine.jacobians(X)
         return np.concatenate([to_host(A.float()) for _, A in blocks])
-    sketch = GradientSketch(n_components, projection_seed(random_state))
-    parts = []
-    for _, pieces in engine.pieces(X):
-        G = gram_of(pieces).double().cpu().numpy()
-        pieces = map_pieces(pieces, G, power, rtol)
-        parts.append(to_host(sketch.features(pieces).float()))
+    sketch = GradientSketch(n_components, seed)
+    parts = [
+        to_host(sketch.features(pieces).float())
+        for _, pieces, _ in engine.mapped_pieces(X, power, rtol)
+    ]
     return np.concatenate(parts)

@@ -150,13 +150,8 @@ class GramReference:
         ``B`` is ``(b, m)`` (scalar kernel) or ``(b, m, d, d)`` (``full``), ``G``
         the queries' ``J J^T`` ``(b, d, d)``; float64 on the CPU.
         """
-        for rows, pieces in self.engine.pieces(X):
-            G = _gram_array(pieces)
-            yield (
-                rows,
-                self._rows_of(map_pieces(pieces, G, self.left_power, self.rtol)),
-                G,
-            )
+        for rows, left, G in self.engine.mapped_pieces(X, self.left_power, self.rtol):
+            yield rows, self._rows_of(left), G
 
     def self_rows(self) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
         """Like ``rows(Y)``, reusing the prepared pieces of ``Y`` if kept."""

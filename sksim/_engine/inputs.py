@@ -34,16 +34,22 @@ def take(X, index):
 
 
 def _to_tensor(a, device: torch.device, float_dtype: torch.dtype) -> torch.Tensor:
+    """A tensor of ``a`` that shares no memory with it: a network that works in
+    place on its input (an in-place first activation) cannot change the
+    caller's data."""
     if isinstance(a, torch.Tensor):
-        t = a
-    else:  # shares memory with a writable array, as skorch does
+        t, shared = a.detach(), True
+    else:
         a = np.asarray(a)
-        t = torch.from_numpy(a) if a.flags.writeable else torch.tensor(a)
+        shared = a.flags.writeable  # else torch.tensor copies it
+        t = torch.from_numpy(a) if shared else torch.tensor(a)
     if t.is_floating_point():
-        t = t.to(float_dtype)
-    elif t.dtype != torch.bool:
-        t = t.to(torch.int64)
-    return t.to(device)
+        dtype = float_dtype
+    elif t.dtype == torch.bool:
+        dtype = t.dtype
+    else:
+        dtype = torch.int64
+    return t.to(device=device, dtype=dtype, copy=shared)
 
 
 def to_tensor(X, device: torch.device, float_dtype: torch.dtype):

@@ -7,6 +7,7 @@ eval mode, on the module's device or a copy of it on another (SPEC 1).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -14,10 +15,10 @@ import torch
 from torch.func import functional_call, jacrev, vmap
 from tqdm.auto import tqdm
 
-from .._net import evaluation_mode, on_device
 from .capture import LayerCapture, join_name, plan_layers
+from .context import evaluation_mode, on_device
 from .inputs import batches, module_float_dtype, n_samples, take, to_tensor
-from .pieces import DensePiece, PieceBudget, PiecesTooLarge
+from .pieces import DensePiece, PieceBudget, PiecesTooLarge, gram_of, map_pieces
 from .selection import select_output, select_parameters
 
 DEFAULT_MAX_MEMORY = 2 * 2**30
@@ -41,10 +42,13 @@ class JacobianEngine:
         computes with a copy of the module, which itself stays where it is.
     verbose : int, default=0
         Show a progress bar over batches when positive.
-    max_memory : int, default=2 GiB
+    max_memory : int or None, default=2 GiB
         Bytes that a prepared reference set may keep (see ``gram``). The
         pieces of one batch may take a third of it: a larger batch is split
-        into parts that fit.
+        into parts that fit. None sets no limit.
+
+    Every batch's outputs and gradients are checked: NaN or infinity raises
+    a :class:`NonFiniteNetworkError` naming the first rows concerned.
     """
 
     def __init__(
@@ -55,37 +59,50 @@ class JacobianEngine:
         batch_size: int = 64,
         device: str | torch.device | None = None,
         verbose: int = 0,
-        max_memory: int = DEFAULT_MAX_MEMORY,
+        max_memory: int | None = DEFAULT_MAX_MEMORY,
     ):
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int; got {batch_size!r}.")
         own_device = next(iter(select_parameters(module, params).values())).device
         self.device = torch.device(device) if device is not None else own_device
         self.module = on_device(module, self.device)
         self.output = output
         self.parameters = select_parameters(self.module, params)
-        self.batch_size = batch_size
+        self.batch_size = int(batch_size)
         self.verbose = verbose
-        self.max_memory = max_memory
+        self.max_memory = float("inf") if max_memory is None else int(max_memory)
         self.dtype = module_float_dtype(self.module)
         self.n_params = sum(p.numel() for p in self.parameters.values())
         self._copy_activations = False
-        self._part_size = batch_size
+        self._part_size = self.batch_size
         self._n_outputs = None
         self._plan = None
 
-    def _call(self, batch) -> torch.Tensor:
-        """Selected outputs ``(B, d)`` of a batch (a dict goes in as keywords)."""
-        out = self.module(**batch) if isinstance(batch, dict) else self.module(batch)
-        return select_output(out, self.output)
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_plan"] = None  # holds torch.func closures; made again on demand
+        return state
+
+    def _call(self, batch, start: int | None = 0) -> torch.Tensor:
+        """Selected outputs ``(B, d)`` of a batch (a dict goes in as keywords),
+        checked to be finite unless ``start``, the number of the batch's first
+        row in errors, is None."""
+        with _input_dtype_errors(batch, self.dtype):
+            if isinstance(batch, dict):
+                out = self.module(**batch)
+            else:
+                out = self.module(batch)
+        outputs = select_output(out, self.output, n_samples(batch))
+        if start is not None:
+            check_finite_rows(outputs, start, "outputs")
+        return outputs
 
     def _forward(self, params, batch) -> torch.Tensor:
         """Selected outputs ``(B, d)`` of a batch with the given parameters."""
-        if isinstance(batch, dict):
-            out = functional_call(self.module, params, args=(), kwargs=batch)
-        else:
-            out = functional_call(self.module, params, args=(batch,))
-        return select_output(out, self.output)
+        with _input_dtype_errors(batch, self.dtype):
+            if isinstance(batch, dict):
+                out = functional_call(self.module, params, args=(), kwargs=batch)
+            else:
+                out = functional_call(self.module, params, args=(batch,))
+        return select_output(out, self.output, n_samples(batch))
 
     def n_outputs(self, X) -> int:
         """The number d of Jacobian rows per sample."""
@@ -99,8 +116,8 @@ class JacobianEngine:
         """Selected outputs ``(n, d)`` of every sample, on the CPU."""
         with evaluation_mode(self.module), torch.no_grad():
             parts = [
-                self._call(b).cpu()
-                for _, b in batches(X, self.batch_size, self.device, self.dtype)
+                self._call(b, rows.start).cpu()
+                for rows, b in batches(X, self.batch_size, self.device, self.dtype)
             ]
         return torch.cat(parts)
 
@@ -138,7 +155,9 @@ class JacobianEngine:
         jacobian = self._per_sample_jacobian(list(self.parameters))
         with evaluation_mode(self.module), torch.no_grad():
             for rows, batch in self._batches(X, progress):
-                yield rows, jacobian(batch)
+                J = jacobian(batch)
+                check_finite_rows(J, rows.start, "gradients")
+                yield rows, J
 
     def pieces(self, X, progress: bool = True) -> Iterator[tuple[slice, list]]:
         """Yield ``(rows, pieces)``: the batch's Jacobians, layer by layer.
@@ -157,13 +176,32 @@ class JacobianEngine:
                     part = slice(start, min(start + self._part_size, n))
                     try:
                         pieces = self._batch_pieces(
-                            layers, jacobian, n_fallback, take(batch, part)
+                            layers,
+                            jacobian,
+                            n_fallback,
+                            take(batch, part),
+                            rows.start + start,
                         )
                     except PiecesTooLarge:
                         self._split(part.stop - part.start)
                         continue
+                    for piece in pieces:
+                        check_finite_rows(piece.signal, rows.start + start, "gradients")
                     yield slice(rows.start + part.start, rows.start + part.stop), pieces
                     start = part.stop
+
+    def mapped_pieces(
+        self, X, power: float | None, rtol: float, progress: bool = True
+    ) -> Iterator[tuple[slice, list, np.ndarray]]:
+        """Yield ``(rows, pieces, G)``: pieces of ``G^power J`` and ``G = J J^T``.
+
+        ``power=-0.5`` whitens (``A = (J J^T)^{-1/2} J``, the cosine kernel's
+        features), ``-1`` gives the left side of the influence kernel, None
+        leaves ``J`` as it is. ``G`` is float64 on the CPU.
+        """
+        for rows, pieces in self.pieces(X, progress):
+            G = gram_of(pieces).double().cpu().numpy()
+            yield rows, map_pieces(pieces, G, power, rtol), G
 
     def _layer_plan(self, X) -> tuple[dict, Callable | None, int]:
         """Handled layers, the fallback Jacobian and its width, made once.
@@ -188,11 +226,12 @@ class JacobianEngine:
         rows = np.array([0, min(1, n_samples(X) - 1)])
         probe = to_tensor(take(X, rows), self.device, self.dtype)
         with torch.enable_grad(), LayerCapture(layers, True, 2) as capture:
-            outputs = self._call(probe)
+            # finiteness is checked in the real pass, where rows are numbered
+            outputs = _attached(self._call(probe, start=None))
             mixing = capture.mixing_layers(outputs)
         if capture.expanded - mixing:
             with torch.no_grad():
-                plain = self._call(probe)
+                plain = self._call(probe, start=None)
             if not torch.allclose(plain, outputs.detach()):
                 mixing |= capture.expanded
         return mixing
@@ -206,10 +245,12 @@ class JacobianEngine:
             )
         self._part_size = (size + 1) // 2
 
-    def _batch_pieces(self, layers: dict, jacobian, n_fallback: int, batch) -> list:
+    def _batch_pieces(
+        self, layers: dict, jacobian, n_fallback: int, batch, start: int
+    ) -> list:
         """The pieces of one batch, or ``PiecesTooLarge`` before they pass budget."""
         budget = PieceBudget(self.max_memory // 3)
-        pieces = self._captured_pieces(layers, batch, budget) if layers else []
+        pieces = self._captured_pieces(layers, batch, budget, start) if layers else []
         if jacobian is not None:
             b, d = n_samples(batch), self.n_outputs(batch)
             budget.take((b, d, n_fallback), next(iter(self.parameters.values())))
@@ -217,7 +258,9 @@ class JacobianEngine:
                 pieces.append(DensePiece(jacobian(batch)))
         return pieces
 
-    def _captured_pieces(self, layers: dict, batch, budget: PieceBudget) -> list:
+    def _captured_pieces(
+        self, layers: dict, batch, budget: PieceBudget, start: int
+    ) -> list:
         """Pieces of the handled layers from one forward and backward pass.
 
         Recorded activations are not copied unless an in-place operation of
@@ -227,12 +270,67 @@ class JacobianEngine:
         copy = self._copy_activations
         b = n_samples(batch)
         with torch.enable_grad(), LayerCapture(layers, copy, b) as capture:
-            outputs = self._call(batch)
+            outputs = _attached(self._call(batch, start))
             if capture.intact():
                 return capture.pieces(outputs, budget)
         self._copy_activations = True
-        return self._captured_pieces(layers, batch, budget)
+        return self._captured_pieces(layers, batch, budget, start)
 
     def jacobian(self, X) -> torch.Tensor:
         """All per-sample Jacobians ``(n, d, p)`` at once (memory ``n d p``)."""
         return torch.cat([J for _, J in self.jacobians(X)])
+
+
+def _attached(outputs: torch.Tensor) -> torch.Tensor:
+    """``outputs``, if gradients flow through them to the parameters."""
+    if not outputs.requires_grad:
+        raise ValueError(
+            "The selected outputs are cut from the network's graph (no gradient "
+            "flows through them): build an output= callable from the network's "
+            "output with torch operations, without .detach(), .numpy() or "
+            "torch.no_grad()."
+        )
+    return outputs
+
+
+class NonFiniteNetworkError(ValueError):
+    """The network's outputs or gradients hold NaN or infinity."""
+
+
+def check_finite_rows(values: torch.Tensor, start: int, what: str) -> None:
+    """Raise :class:`NonFiniteNetworkError` naming the first non-finite rows.
+
+    ``values`` holds one row per sample on its first axis; ``start`` is the
+    number of the first one.
+    """
+    if bool(torch.isfinite(values.sum())):
+        return  # the fast common case
+    bad = ~torch.isfinite(values.reshape(len(values), -1)).all(dim=1)
+    if not bool(bad.any()):
+        return  # the sum overflowed; every value is finite
+    rows = (torch.nonzero(bad).flatten()[:5] + start).tolist()
+    raise NonFiniteNetworkError(
+        f"The network produced NaN or infinite {what} for input rows {rows}"
+        f"{' and more' if int(bad.sum()) > len(rows) else ''}: its similarities "
+        "would be meaningless. Check the network's weights (a diverged training, "
+        "e.g. a learning rate too high) and these inputs."
+    )
+
+
+@contextlib.contextmanager
+def _input_dtype_errors(batch, float_dtype: torch.dtype) -> Iterator[None]:
+    """Explain in the user's terms a forward pass that fails on integer inputs."""
+    try:
+        yield
+    except RuntimeError as error:
+        inputs = batch.values() if isinstance(batch, dict) else [batch]
+        integer = [t.dtype for t in inputs if not t.is_floating_point()]
+        if not integer or "type" not in str(error).lower():
+            raise
+        raise TypeError(
+            f"The inputs have an integer dtype, passed to the network as {integer[0]} "
+            "(token ids), and the network failed on them: "
+            f"{str(error).splitlines()[0]} If they are features, convert them "
+            f"first, e.g. X.astype(np.float32) (the network computes in "
+            f"{float_dtype})."
+        ) from error

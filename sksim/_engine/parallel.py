@@ -7,8 +7,10 @@ so tiles share nothing and can run in other processes or on other machines:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
-from joblib import Parallel, delayed
+from joblib import Parallel, delayed, effective_n_jobs
 
 from .gram import GramReference
 from .inputs import n_samples, take
@@ -68,3 +70,23 @@ def tiled_kernel(
         if mirror and r != c:
             out[c, r] = block.transpose((1, 0, 3, 2) if full else (1, 0))
     return out
+
+
+def split_rows(function: Callable, X, n_jobs=None) -> np.ndarray:
+    """``function(X)`` computed on contiguous chunks of rows through joblib.
+
+    With ``n_jobs`` None or 1 the function runs once, in process; otherwise the
+    rows are cut into ``n_jobs`` chunks (``-1``: one per CPU) handed to
+    :class:`joblib.Parallel`, so ``joblib.parallel_config(backend="dask")``
+    spreads them over a cluster. Results are concatenated along axis 0.
+    """
+    if n_jobs in (None, 1):
+        return function(X)
+    n = n_samples(X)
+    n_chunks = max(1, min(n, effective_n_jobs(n_jobs)))
+    bounds = np.linspace(0, n, n_chunks + 1).astype(int)
+    chunks = [take(X, slice(a, b)) for a, b in zip(bounds, bounds[1:], strict=False)]
+    parts = Parallel(n_jobs=n_jobs)(delayed(function)(chunk) for chunk in chunks)
+    if isinstance(parts[0], tuple):
+        return tuple(np.concatenate(p) for p in zip(*parts, strict=True))
+    return np.concatenate(parts)

@@ -33,7 +33,20 @@ def select_parameters(
         )
     if params is None:
         return trainable
-    wanted = [params] if isinstance(params, str) else list(params)
+    wanted = [params] if isinstance(params, str) else params
+    if not isinstance(wanted, (list, tuple)) or not all(
+        isinstance(q, str) for q in wanted
+    ):
+        raise TypeError(
+            "params must be None, a parameter name or prefix, or a list of them; "
+            f"got {params!r}."
+        )
+    if not wanted:
+        raise ValueError(
+            "params=[] selects no parameter: there would be no gradient to compare "
+            "inputs with. Pass None for every trainable parameter, or names such "
+            f"as {list(trainable)[:2]}."
+        )
 
     def matches(name: str, query: str) -> bool:
         return name == query or name.startswith(query + ".")
@@ -48,24 +61,33 @@ def select_parameters(
 
 
 def select_output(
-    out: torch.Tensor, output: str | int | Callable = "logits"
+    out, output: str | int | Callable = "logits", n: int | None = None
 ) -> torch.Tensor:
     """The rows of the Jacobian: a batch of network outputs reduced to ``(B, d)``.
 
     Parameters
     ----------
-    out : Tensor of shape (B, ...)
+    out : Tensor of shape (B, ...), or a tuple or list whose first item is
         The network's output for a batch.
     output : "logits", int or callable, default="logits"
         ``"logits"`` keeps every output (flattened per sample), an int keeps that
         output index only (d = 1), a callable maps the batch output to ``(B,)`` or
         ``(B, d)``.
+    n : int or None, default=None
+        The number of samples B in the batch, checked against the result.
+
+    Raises
+    ------
+    ValueError
+        If the selected outputs are not a floating tensor of ``n`` rows.
     """
     if isinstance(out, (tuple, list)):
         out = out[0]
     if callable(output):
         out = output(out)
+        _check_selected(out, n, "output= callable returned")
     elif isinstance(output, int) and not isinstance(output, bool):
+        _check_selected(out, n, "The network returned")
         out = out.reshape(out.shape[0], -1)
         if not -out.shape[1] <= output < out.shape[1]:
             raise ValueError(
@@ -77,4 +99,25 @@ def select_output(
         raise ValueError(
             f'output must be "logits", an int or a callable; got {output!r}.'
         )
+    else:
+        _check_selected(out, n, "The network returned")
     return out.reshape(out.shape[0], -1)
+
+
+def _check_selected(out, n: int | None, what: str) -> None:
+    expected = "a tensor of shape (B,) or (B, d)" + ("" if n is None else f", B={n}")
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"{what} {type(out).__name__}; expected {expected}.")
+    if not out.is_floating_point():
+        raise TypeError(
+            f"{what} a tensor of dtype {out.dtype}; expected floating outputs."
+        )
+    if out.ndim == 0 or (n is not None and out.shape[0] != n):
+        raise ValueError(
+            f"{what} a tensor of shape {tuple(out.shape)}; expected {expected}: "
+            "one row per sample of the batch, samples on the first axis."
+        )
+    if what.startswith("output=") and out.ndim > 2:
+        raise ValueError(
+            f"{what} a tensor of shape {tuple(out.shape)}; expected {expected}."
+        )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import re
 import time
 import warnings
@@ -19,134 +18,13 @@ from tqdm.auto import tqdm
 from .._engine.inputs import take
 from .._net import _unwrap, fit_net
 from .._validation import check_net_input, check_positive_int
-from ..denoising import IllConditionedWeightsWarning, SelfDenoisingAnalysis
-from ..density import COUNT_FLOOR, GradientDensityEstimator
-from ..neighbors import NetworkNeighbors
-from .models import is_square_image_batch
-
-ANALYSES = ("density", "neighbors", "denoising", "sensitivity", "class_fitting")
-SENSITIVITY_DEFAULTS = dict(layers="all", n_probe=200, n_init=2)
-CLASS_FITTING_DEFAULTS = dict(n_components=8, n_bins=5, n_samples=200)
-DENSITY_DEFAULTS = dict(method="hard", threshold=0.9)
-DENOISING_DEFAULTS = dict(weights="cosine_pos_pow", max_samples=500)
-GALLERY_SIZE = 4
+from ._tables import frame, import_pandas, spread
+from .analyses import ANALYSES, REGISTRY
+from .cache import AuditCache
 
 
 class AuditAnalysisFailedWarning(UserWarning):
     """An analysis of :func:`audit` raised on a fold and was left out there."""
-
-
-def free_probabilities(logits: torch.Tensor) -> torch.Tensor:
-    """The first ``d - 1`` class probabilities, the outputs regressed on labels.
-
-    The last probability is one minus the others: keeping it would make the
-    Jacobian Gram ``J J^T`` singular and every cosine self-similarity
-    ``(d - 1) / d`` instead of 1 (SPEC 1.1, 3).
-    """
-    return torch.softmax(logits, dim=-1)[..., :-1]
-
-
-def quantile_bins(values: np.ndarray, n_bins: int) -> np.ndarray:
-    """Equal-size bins of ``values`` by rank, 0 for the smallest values.
-
-    Examples
-    --------
-    >>> from sksim.audit.core import quantile_bins
-    >>> quantile_bins(np.array([3.0, 1.0, 2.0, 0.0]), 2).tolist()
-    [1, 0, 1, 0]
-    """
-    order = np.argsort(values, kind="stable")
-    bins = np.empty(len(values), dtype=np.intp)
-    bins[order] = np.arange(len(values)) * n_bins // len(values)
-    return bins
-
-
-def n_density_bins(n_test: int, max_bins: int = 10, min_per_bin: int = 10) -> int:
-    """Deciles when every bin holds ``min_per_bin`` examples, fewer bins otherwise."""
-    return int(max(1, min(max_bins, n_test // min_per_bin)))
-
-
-def denoising_rows(n_train, max_samples, random_state):
-    """Sorted rows of the training fold analysed for self-denoising.
-
-    All of them when ``max_samples`` is None or at least ``n_train``, else a
-    uniform random subset of ``max_samples`` (the analysis costs O(N^2)).
-    """
-    if max_samples is None or max_samples >= n_train:
-        return np.arange(n_train)
-    rng = np.random.RandomState(random_state)
-    return np.sort(rng.choice(n_train, max_samples, replace=False))
-
-
-def _import_sensitivity():
-    try:
-        return importlib.import_module("sksim.sensitivity")
-    except ImportError:
-        return None
-
-
-def sensitivity_skip_reason(X) -> str | None:
-    """Why relative sensitivity does not apply to ``X`` (None when it does)."""
-    if not is_square_image_batch(X):
-        return (
-            "relative sensitivity deforms images: it needs inputs of shape "
-            f"(n, C, H, W) with H == W, and these have shape {tuple(X.shape)}."
-        )
-    if _import_sensitivity() is None:
-        return "sksim.sensitivity is not available in this version of sksim."
-    return None
-
-
-def default_layers(module: torch.nn.Module, n_layers: int = 3) -> list[str]:
-    """The last ``n_layers`` linear or convolutional modules, in definition order."""
-    kinds = (torch.nn.Linear, torch.nn.modules.conv._ConvNd)
-    names = [name for name, m in module.named_modules() if isinstance(m, kinds)]
-    return names[-n_layers:]
-
-
-def image_view(X) -> np.ndarray | None:
-    """``X`` as images ``(n, H, W)`` or ``(n, H, W, 3)``, or None if not image-like.
-
-    Image-like: ``(n, C, H, W)`` with one or three channels, ``(n, H, W)``,
-    or flat ``(n, H * H)`` with ``H >= 4`` (such as scikit-learn's 8x8 digits).
-    """
-    X = np.asarray(X)
-    if X.ndim == 4 and X.shape[1] == 1:
-        return X[:, 0]
-    if X.ndim == 4 and X.shape[1] == 3:
-        return np.moveaxis(X, 1, -1)
-    if X.ndim == 3:
-        return X
-    if X.ndim == 2:
-        side = int(round(np.sqrt(X.shape[1])))
-        if side >= 4 and side * side == X.shape[1]:
-            return X.reshape(len(X), side, side)
-    return None
-
-
-def import_pandas():
-    """Import pandas lazily, with an error naming the extra that provides it."""
-    try:
-        import pandas
-    except ImportError as error:
-        raise ImportError(
-            "The audit's tables are pandas DataFrames: install pandas with "
-            '`pip install "sksim[audit]"`.'
-        ) from error
-    return pandas
-
-
-def _frame(rows):
-    return import_pandas().DataFrame(rows)
-
-
-def _spread(frame, by, columns):
-    """Mean, standard deviation, min and max of ``columns`` over folds."""
-    grouped = frame.groupby(by, sort=False)[columns]
-    out = grouped.agg(["mean", "std", "min", "max"])
-    out.columns = [f"{c}_{s}" for c, s in out.columns]
-    out.insert(0, "n_folds", grouped.size())
-    return out.reset_index()
 
 
 @dataclass
@@ -195,30 +73,20 @@ class AuditResult:
         return self.tables[name]
 
     def to_html(self, path):
-        """Write the audit as one self-contained HTML file (figures embedded).
+        """Write the report to ``path``, one self-contained HTML file.
 
-        Parameters
-        ----------
-        path : str or path-like
-
-        Returns
-        -------
-        path : pathlib.Path
+        Figures are embedded as PNG data URIs. Returns ``path`` as a
+        :class:`pathlib.Path`.
         """
         from .report import write_html
 
         return write_html(self, path)
 
     def to_json(self, path):
-        """Write the tables, skipped analyses and metadata as JSON.
+        """Write tables, skipped and failed analyses and metadata to ``path``.
 
-        Parameters
-        ----------
-        path : str or path-like
-
-        Returns
-        -------
-        path : pathlib.Path
+        Strict JSON: NaN and infinities become null. Returns ``path`` as a
+        :class:`pathlib.Path`.
         """
         from .report import write_json
 
@@ -231,15 +99,15 @@ def _check_audit_args(net, X, y, analyses, n_neighbors, options, errors):
             "audit trains a fresh network on every training fold: pass a skorch "
             f"net (fitted or not, it is cloned); got {type(net).__name__}."
         )
-    unknown = [a for a in analyses if a not in ANALYSES]
+    unknown = [a for a in analyses if a not in REGISTRY]
     if unknown:
         raise ValueError(f"Unknown analyses {unknown}; choose among {ANALYSES}.")
     check_positive_int(n_neighbors, "n_neighbors")
-    unknown = [a for a in options if a not in ANALYSES]
+    unknown = [a for a in options if a not in REGISTRY]
     if unknown:
         raise ValueError(f"options for unknown analyses {unknown}; use {ANALYSES}.")
-    max_samples = options.get("denoising", {}).get("max_samples")
-    check_positive_int(max_samples, "max_samples", allow_none=True)
+    for name, given in options.items():
+        REGISTRY[name].check_options(given)
     if errors not in ("record", "raise"):
         raise ValueError(f'errors must be "record" or "raise"; got {errors!r}.')
     X = check_net_input(X)
@@ -253,114 +121,76 @@ def _check_audit_args(net, X, y, analyses, n_neighbors, options, errors):
         raise ValueError(
             f"audit audits classifiers: y must hold class labels; got a {kind} target."
         )
+    classes = np.unique(y)
+    if len(classes) < 2:
+        raise ValueError(
+            f"y holds a single class ({classes[0]}): the audit trains and "
+            "analyses a classifier, and its analyses need at least two classes."
+        )
     return X, y
 
 
 class _Fold:
-    """The analyses of one fold: a trained clone and its held-out part."""
+    """One fold: its split, the net trained on it and the audit's arguments.
 
-    def __init__(self, net, X, y, train, test, fold, options, random_state):
-        self.X, self.y, self.train, self.test, self.fold = X, y, train, test, fold
+    The attributes are those :meth:`Analysis.run
+    <sksim.audit.analyses.base.Analysis.run>` documents.
+    """
+
+    def __init__(
+        self, X, y, train, test, fold, *, n_neighbors, layers, options, random_state
+    ):
+        self.y, self.train, self.test, self.fold = y, train, test, fold
         self.X_train, self.y_train = take(X, train), y[train]
         self.X_test, self.y_test = take(X, test), y[test]
-        self.options = options
-        self.random_state = random_state
+        self.classes = np.unique(y)
+        self.n_neighbors, self.layers = n_neighbors, layers
+        self.options, self.random_state = options, random_state
+
+    def fit(self, net):
+        """Train a clone of ``net`` on the training part, predict the held-out one."""
         start = time.perf_counter()
         self.net = fit_net(
-            clone(_unwrap(net)), self.X_train, self.y_train, random_state
+            clone(_unwrap(net)), self.X_train, self.y_train, self.random_state
         )
         self.fit_seconds = time.perf_counter() - start
         self.prediction = np.asarray(self.net.predict(self.X_test))
-        self.correct = self.prediction == self.y_test
 
-    def opts(self, name, defaults=None):
-        return {**(defaults or {}), **self.options.get(name, {})}
+    @property
+    def correct(self):
+        return self.prediction == self.y_test
 
-    def density(self):
-        estimator = GradientDensityEstimator(
-            self.net,
-            random_state=self.random_state,
-            **self.opts("density", DENSITY_DEFAULTS),
-        ).fit(self.X_train)
-        counts = estimator.neighbor_counts(self.X_test)
-        return counts, np.log(np.maximum(counts, COUNT_FLOOR) / len(self.train))
-
-    def neighbors(self, k):
-        search = NetworkNeighbors(
-            self.net,
-            n_neighbors=k,
-            random_state=self.random_state,
-            **self.opts("neighbors"),
-        ).fit(self.X_train)
-        similarities, indices = search.kneighbors(self.X_test)
-        return similarities, self.train[indices]
-
-    def denoising(self):
-        opts = self.opts("denoising", DENOISING_DEFAULTS)
-        rows = denoising_rows(
-            len(self.train), opts.pop("max_samples"), self.random_state
-        )
-        classes = np.unique(self.y)
-        y_train = self.y_train[rows]
-        onehot = (y_train[:, None] == classes[None, :-1]).astype(np.float64)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", IllConditionedWeightsWarning)
-            analysis = SelfDenoisingAnalysis(
-                self.net,
-                output=free_probabilities,
-                random_state=self.random_state,
-                **opts,
-            ).fit(take(self.X_train, rows), onehot)
-        return dict(n_samples=len(rows), **analysis.summary())
-
-    def sensitivity(self):
-        module = _import_sensitivity()
-        table = module.relative_sensitivity(
-            self.net,
-            self.X_test,
-            random_state=self.random_state,
-            **self.opts("sensitivity", SENSITIVITY_DEFAULTS),
-        )
-        table = _frame(dict(table))
-        table.insert(0, "fold", self.fold)
-        return table
-
-    def class_fitting(self, layers):
-        from ..representations import (
-            DirichletProcessGaussianMixture,
-            class_fitting_report,
-            extract_representations,
+    def state(self):
+        """What :meth:`restore` needs: the trained net and its predictions."""
+        return dict(
+            net=self.net, prediction=self.prediction, fit_seconds=self.fit_seconds
         )
 
-        opts = self.opts("class_fitting", CLASS_FITTING_DEFAULTS)
-        opts.setdefault(
-            "mixture", DirichletProcessGaussianMixture(backend="variational")
+    def restore(self, state):
+        self.net = state["net"]
+        self.prediction = state["prediction"]
+        self.fit_seconds = state["fit_seconds"]
+
+    def row(self):
+        """The fold's row of the ``folds`` table, before the analyses."""
+        return dict(
+            fold=self.fold,
+            n_train=len(self.train),
+            n_test=len(self.test),
+            accuracy=float(self.correct.mean()),
+            error=float(1 - self.correct.mean()),
+            fit_seconds=self.fit_seconds,
         )
-        report = class_fitting_report(
-            self.net,
-            self.X_train,
-            self.y_train,
-            layers,
-            random_state=self.random_state,
-            as_frame=True,
-            **opts,
+
+    def samples(self):
+        """The fold's columns of the ``samples`` table, before the analyses."""
+        return dict(
+            fold=self.fold,
+            index=self.test,
+            label=self.y_test,
+            prediction=self.prediction,
+            correct=self.correct,
         )
-        test_reps = extract_representations(self.net, self.X_test, layers)
-        classes = report.classes.rename(columns={"stage": "layer"})
-        classes = classes.rename(columns={"mean_log_density": "train_mean_log_density"})
-        test_mean, test_accuracy = [], []
-        for layer in layers:
-            density = report.densities[layer]
-            own = density.score_samples(test_reps[layer], self.y_test)
-            accuracy = float(np.mean(density.predict(test_reps[layer]) == self.y_test))
-            for c in density.classes_:
-                rows = self.y_test == c
-                test_mean.append(own[rows].mean() if rows.any() else np.nan)
-                test_accuracy.append(accuracy)
-        classes["test_mean_log_density"] = test_mean
-        classes["density_classifier_accuracy"] = test_accuracy
-        classes.insert(0, "fold", self.fold)
-        return classes
 
 
 def audit(
@@ -376,6 +206,7 @@ def audit(
     random_state=0,
     errors="record",
     verbose=0,
+    cache=None,
 ):
     """Cross-validated audit of a classifier from the network's perspective.
 
@@ -384,8 +215,8 @@ def audit(
     computes the accuracy and, per analysis:
 
     * ``"density"``: the network-perspective density of each held-out example
-      relative to the training fold (soft neighbour count of
-      :class:`~sksim.GradientDensityEstimator`, SPEC 2), and the error rate by
+      relative to the training fold (by default the hard neighbour count of
+      :class:`~sksim.GradientDensityEstimator` [1]_), and the error rate by
       density quantile bin (deciles when every bin holds at least 10
       examples): do the errors sit where the network sees few similar
       training examples?
@@ -394,18 +225,18 @@ def audit(
       they share its label.
     * ``"denoising"``: the self-denoising summary of the net on its training
       fold (:class:`~sksim.SelfDenoisingAnalysis` on one-hot labels and the
-      first ``d - 1`` softmax probabilities, ``weights="cosine_pos_pow"``,
-      SPEC 3), on at most ``max_samples=500`` training examples drawn at
+      first ``d - 1`` softmax probabilities, ``weights="cosine_pos_pow"``
+      [1]_), on at most ``max_samples=500`` training examples drawn at
       random (its cost grows as ``N^2``; the sums over neighbours run over
       that subset): effective number of neighbours, estimated label noise,
       predicted error.
     * ``"sensitivity"``: layer-wise relative sensitivity to diffeomorphisms
       ``D``, ``G`` and ``R = D / G`` on the held-out images, trained and at
-      initialisation (``sksim.sensitivity.relative_sensitivity``, SPEC 5);
+      initialisation (``sksim.sensitivity.relative_sensitivity`` [2]_);
       square images ``(n, C, H, W)`` only.
     * ``"class_fitting"``: class-conditional densities of the representations
       at ``layers`` fitted on the training fold
-      (:func:`~sksim.representations.class_fitting_report`, SPEC 6), with the
+      (:func:`~sksim.representations.class_fitting_report` [3]_), with the
       held-out examples' own-class log-densities per class.
 
     Analyses that do not apply are skipped and listed with the reason; one
@@ -449,6 +280,15 @@ def audit(
         other analyses and folds; ``"raise"`` stops the audit with it.
     verbose : int, default=0
         Show a progress bar over folds and analyses (on stderr) when positive.
+    cache : str or path-like, default=None
+        A folder where every trained fold and every finished analysis of a
+        fold is saved as it completes, in a file named by a hash of what it
+        depends on (the data, the net and its parameters, the split, the seed,
+        the analysis' options). A rerun with the same arguments loads these
+        pieces instead of computing them again, so an interrupted audit
+        resumes where it stopped; a changed argument or data computes the
+        pieces it affects again. The files are pickles: use a folder only you
+        write to.
 
     Returns
     -------
@@ -460,13 +300,12 @@ def audit(
     ----------
     .. [1] G. Charpiat, N. Girard, L. Felardos, Y. Tarabalka, "Input Similarity
        from the Neural Network Perspective", NeurIPS 2019 (density,
-       neighbours, self-denoising; SPEC 2 and 3).
+       neighbours, self-denoising; see the theory page of the user guide).
     .. [2] L. Petrini, A. Favero, M. Geiger, M. Wyart, "Relative stability
        toward diffeomorphisms indicates performance in deep nets", NeurIPS
-       2021 (SPEC 5).
+       2021.
     .. [3] P. Jamroz, M. Kurdziel, "Neural Representations Reveal Distinct
-       Modes of Class Fitting in Residual Convolutional Networks", AAAI 2023
-       (SPEC 6).
+       Modes of Class Fitting in Residual Convolutional Networks", AAAI 2023.
 
     Examples
     --------
@@ -486,59 +325,62 @@ def audit(
     import_pandas()
     options = dict(options or {})
     X, y = _check_audit_args(net, X, y, analyses, n_neighbors, options, errors)
-    analyses = [a for a in ANALYSES if a in analyses]
-    skipped = {}
-    if "sensitivity" in analyses:
-        reason = sensitivity_skip_reason(X)
-        if reason is not None:
-            skipped["sensitivity"] = reason
-            analyses.remove("sensitivity")
+    requested = [a for a in REGISTRY.values() if a.name in analyses]
+    reasons = {a.name: a.skip_reason(X) for a in requested}
+    skipped = {name: reason for name, reason in reasons.items() if reason}
+    requested = [a for a in requested if a.name not in skipped]
     splitter = check_cv(cv, y, classifier=True)
     splits = list(splitter.split(X, y))
+    store = AuditCache(cache, X, y, net, random_state)
     started = time.perf_counter()
-    collected = {name: [] for name in ("folds", "samples", "neighbors")}
-    collected.update(denoising=[], sensitivity=[], class_fitting=[])
-    collected["warnings"] = {}
+    collected = dict(folds=[], samples=[], tables={}, warnings={})
     failed = {}
-    seconds = {name: 0.0 for name in ["fit", *analyses]}
+    seconds = {name: 0.0 for name in ["fit", *(a.name for a in requested)]}
     steps = tqdm(
-        total=len(splits) * (1 + len(analyses)), disable=verbose <= 0, desc="audit"
+        total=len(splits) * (1 + len(requested)), disable=verbose <= 0, desc="audit"
+    )
+    arguments = dict(
+        n_neighbors=n_neighbors,
+        layers=layers,
+        options=options,
+        random_state=random_state,
     )
     with steps:
-        for fold, (train, test) in enumerate(splits):
-            steps.set_postfix_str(f"fold {fold}: training")
-            state = _Fold(net, X, y, train, test, fold, options, random_state)
-            seconds["fit"] += state.fit_seconds
+        for index, (train, test) in enumerate(splits):
+            steps.set_postfix_str(f"fold {index}: training")
+            fold = _Fold(X, y, train, test, index, **arguments)
+            _train(fold, net, store)
+            seconds["fit"] += fold.fit_seconds
             steps.update()
             _run_fold(
-                state,
-                analyses,
-                n_neighbors,
-                layers,
+                fold,
+                requested,
+                store,
                 collected,
                 seconds,
                 steps,
                 failed=failed if errors == "record" else None,
             )
-    caught = collected.pop("warnings")
-    analyses = [a for a in analyses if len(failed.get(a, {})) < len(splits)]
-    tables = _assemble(collected, analyses)
+    ran = [a for a in requested if len(failed.get(a.name, {})) < len(splits)]
+    tables = _assemble(collected, ran)
     metadata = dict(
         n_samples=int(len(X)),
         input_shape=list(X.shape[1:]),
         n_classes=int(len(np.unique(y))),
         cv=repr(splitter),
         n_folds=len(splits),
-        analyses=list(analyses),
+        analyses=[a.name for a in ran],
         n_neighbors=int(n_neighbors),
         random_state=random_state,
         net=_describe(net),
         seconds={k: round(v, 3) for k, v in seconds.items()},
         total_seconds=round(time.perf_counter() - started, 3),
         torch_version=torch.__version__,
-        warnings=[f"{text} (x{count})" for text, count in caught.items()],
+        warnings=[f"{text} (x{n})" for text, n in collected["warnings"].items()],
     )
-    gallery = _gallery(X, y, tables) if "neighbors" in analyses else []
+    if cache is not None:
+        metadata["cache"] = store.summary()
+    gallery = [item for a in ran for item in a.gallery(X, y, tables)]
     return AuditResult(tables, skipped, metadata, gallery, failed)
 
 
@@ -549,194 +391,105 @@ def _describe(net):
     return f"{type(net).__name__}(module={name}, max_epochs={net.max_epochs})"
 
 
-def _run_fold(state, analyses, n_neighbors, layers, collected, seconds, steps, failed):
+def _train(fold, net, store):
+    """Train the fold's net, or load it from the cache."""
+    key = store.key("fold", fold.train, fold.test)
+    state = store.load(key)
+    if state is not None:
+        fold.restore(state)
+        return
+    fold.fit(net)
+    store.save(key, fold.state(), f"the network trained on fold {fold.fold}")
+
+
+def _warning_text(name, caught):
+    """A warning raised by an analysis, with its numbers masked for counting."""
+    message = re.sub(r"\d+", "N", str(caught.message).split(": ")[0])
+    return f"{name}: {caught.category.__name__}: {message}"
+
+
+def _analyse(analysis, fold, store, failed):
+    """The analysis' output on the fold (None when it failed) and its warnings.
+
+    A finished analysis is saved to the cache, or loaded from it; with
+    ``failed=None`` an error raises, otherwise it is recorded in ``failed``.
+    """
+    name = analysis.name
+    key = store.key(
+        name,
+        fold.train,
+        fold.test,
+        fold.options.get(name),
+        fold.n_neighbors,
+        fold.layers,
+    )
+    saved = store.load(key)
+    if saved is not None:
+        return saved
+    output = None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            output = analysis.run(fold)
+        except Exception as error:
+            if failed is None:
+                raise
+            failed.setdefault(name, {})[fold.fold] = f"{type(error).__name__}: {error}"
+    texts = [_warning_text(name, w) for w in caught]
+    if output is not None:
+        store.save(key, (output, texts), f"the {name} analysis of fold {fold.fold}")
+    return output, texts
+
+
+def _run_fold(fold, analyses, store, collected, seconds, steps, failed):
     """Run the analyses on one fold; ``failed=None`` lets their errors raise."""
-    fold = state.fold
-    folds_row = dict(
-        fold=fold,
-        n_train=len(state.train),
-        n_test=len(state.test),
-        accuracy=float(state.correct.mean()),
-        error=float(1 - state.correct.mean()),
-        fit_seconds=state.fit_seconds,
-    )
-    samples = dict(
-        fold=fold,
-        index=state.test,
-        label=state.y_test,
-        prediction=state.prediction,
-        correct=state.correct,
-    )
-    for name in analyses:
-        steps.set_postfix_str(f"fold {fold}: {name}")
+    folds_row, samples = fold.row(), fold.samples()
+    for analysis in analyses:
+        name = analysis.name
+        steps.set_postfix_str(f"fold {fold.fold}: {name}")
         start = time.perf_counter()
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                _run_analysis(
-                    name, state, n_neighbors, layers, collected, folds_row, samples
-                )
-            except Exception as error:
-                if failed is None:
-                    raise
-                failed.setdefault(name, {})[fold] = f"{type(error).__name__}: {error}"
-        for w in caught:
-            message = re.sub(r"\d+", "N", str(w.message).split(": ")[0])
-            text = f"{name}: {w.category.__name__}: {message}"
+        output, texts = _analyse(analysis, fold, store, failed)
+        for text in texts:
             collected["warnings"][text] = collected["warnings"].get(text, 0) + 1
         seconds[name] += time.perf_counter() - start
         steps.update()
-        if failed and fold in failed.get(name, {}):
+        if output is None:
             warnings.warn(
-                f"The {name} analysis failed on fold {fold} and is left out there: "
-                f"{failed[name][fold]}. Pass errors='raise' to stop on it.",
+                f"The {name} analysis failed on fold {fold.fold} and is left out "
+                f"there: {failed[name][fold.fold]}. Pass errors='raise' to stop "
+                "on it.",
                 AuditAnalysisFailedWarning,
                 stacklevel=3,
             )
-    collected["folds"].append(_frame([folds_row]))
-    collected["samples"].append(_frame(samples))
-
-
-def _run_analysis(name, state, n_neighbors, layers, collected, folds_row, samples):
-    fold = state.fold
-    if name == "density":
-        counts, log_density = state.density()
-        samples.update(neighbor_count=counts, log_density=log_density)
-        samples["density_bin"] = quantile_bins(
-            log_density, n_density_bins(len(state.test))
-        )
-        folds_row["mean_log_density"] = float(log_density.mean())
-        errors = (~state.correct).astype(float)
-        folds_row["density_error_correlation"] = (
-            float(np.corrcoef(log_density, errors)[0, 1])
-            if errors.std() > 0 and log_density.std() > 0
-            else np.nan
-        )
-    elif name == "neighbors":
-        similarities, indices = state.neighbors(n_neighbors)
-        same = state.y[indices] == state.y_test[:, None]
-        samples.update(
-            top_similarity=similarities[:, 0],
-            nearest_train_index=indices[:, 0],
-            neighbor_label_agreement=same.mean(axis=1),
-        )
-        folds_row["neighbor_label_agreement"] = float(same.mean())
-        k = indices.shape[1]
-        collected["neighbors"].append(
-            _frame(
-                dict(
-                    fold=fold,
-                    index=np.repeat(state.test, k),
-                    rank=np.tile(np.arange(1, k + 1), len(state.test)),
-                    train_index=indices.ravel(),
-                    similarity=similarities.ravel(),
-                    train_label=state.y[indices].ravel(),
-                )
-            )
-        )
-    elif name == "denoising":
-        collected["denoising"].append(_frame([dict(fold=fold, **state.denoising())]))
-    elif name == "sensitivity":
-        collected["sensitivity"].append(state.sensitivity())
-    elif name == "class_fitting":
-        chosen = default_layers(state.net.module_) if layers is None else layers
-        collected["class_fitting"].append(state.class_fitting(chosen))
+            continue
+        samples.update(output.samples)
+        folds_row.update(output.metrics)
+        for table, rows in output.tables.items():
+            collected["tables"].setdefault(table, []).append(rows)
+    collected["folds"].append(frame([folds_row]))
+    collected["samples"].append(frame(samples))
 
 
 def _assemble(collected, analyses):
+    """The audit's tables from the folds' pieces, with the analyses' summaries."""
     pd = import_pandas()
-
     tables = {
         name: pd.concat(parts, ignore_index=True)
-        for name, parts in collected.items()
-        if parts
+        for name, parts in [
+            ("folds", collected["folds"]),
+            ("samples", collected["samples"]),
+            *collected["tables"].items(),
+        ]
     }
     folds = tables["folds"]
     metrics = [c for c in folds.columns if c not in ("fold", "n_train", "n_test")]
-    long = folds.melt(id_vars="fold", value_vars=metrics, var_name="metric")
-    if "denoising" in tables:
-        long = pd.concat(
-            [
-                long,
-                tables["denoising"]
-                .drop(columns="sigma_estimated")
-                .melt(id_vars="fold", var_name="metric")
-                .assign(metric=lambda t: "denoising_" + t["metric"]),
-            ],
-            ignore_index=True,
-        )
+    long = [folds.melt(id_vars="fold", value_vars=metrics, var_name="metric")]
+    long += [a.summary_metrics(tables) for a in analyses]
+    long = pd.concat([part for part in long if part is not None], ignore_index=True)
     long["value"] = long["value"].astype(float)
-    tables["summary"] = _spread(long, "metric", ["value"]).rename(
+    tables["summary"] = spread(long, "metric", ["value"]).rename(
         columns=lambda c: c.removeprefix("value_")
     )
-    if "density" in analyses:
-        samples = tables["samples"]
-        bins = (
-            samples.assign(error=~samples["correct"])
-            .groupby(["fold", "density_bin"])
-            .agg(
-                n_samples=("error", "size"),
-                min_log_density=("log_density", "min"),
-                max_log_density=("log_density", "max"),
-                mean_log_density=("log_density", "mean"),
-                error_rate=("error", "mean"),
-            )
-            .reset_index()
-        )
-        tables["density_bins"] = bins
-        tables["density_bins_summary"] = _spread(
-            bins, "density_bin", ["error_rate", "mean_log_density"]
-        )
-    if "sensitivity" in tables:
-        tables["sensitivity_summary"] = _spread(
-            tables["sensitivity"], ["net", "layer", "depth"], ["D", "G", "R"]
-        ).sort_values(["net", "depth"], ignore_index=True)
-    if "class_fitting" in tables:
-        tables["class_fitting_summary"] = _spread(
-            tables["class_fitting"],
-            ["layer", "class"],
-            ["train_mean_log_density", "test_mean_log_density"],
-        )
+    for analysis in analyses:
+        tables.update(analysis.summarise(tables))
     return tables
-
-
-def _gallery(X, y, tables, size=GALLERY_SIZE):
-    """Held-out examples worth looking at, with their nearest training examples."""
-    samples, neighbors = tables["samples"], tables["neighbors"]
-    chosen = []
-    if "log_density" in samples:
-        order = samples.sort_values("log_density", kind="stable")
-        chosen += [("lowest density", i) for i in order.index[:size]]
-        typical = order.index[len(order) // 2 : len(order) // 2 + 1]
-    else:
-        typical = samples.index[:1]
-    taken = {i for _, i in chosen}
-    errors = [
-        i for i in samples.index[~samples["correct"].to_numpy()] if i not in taken
-    ]
-    chosen += [("misclassified", i) for i in errors[:size]]
-    chosen += [("typical", i) for i in typical if i not in taken]
-    images = image_view(X)
-    gallery = []
-    by_query = neighbors.groupby(["fold", "index"])
-    for kind, row in chosen:
-        sample = samples.loc[row]
-        fold, index = int(sample["fold"]), int(sample["index"])
-        near = by_query.get_group((fold, index)).sort_values("rank")
-        train = near["train_index"].to_numpy()
-        gallery.append(
-            dict(
-                kind=kind,
-                fold=fold,
-                index=index,
-                label=sample["label"].item(),
-                prediction=sample["prediction"].item(),
-                log_density=float(sample.get("log_density", np.nan)),
-                neighbors=train.tolist(),
-                neighbor_labels=y[train].tolist(),
-                similarities=near["similarity"].tolist(),
-                image=None if images is None else images[index],
-                neighbor_images=None if images is None else images[train],
-            )
-        )
-    return gallery

@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 import math
 from pathlib import Path
 
-from . import figures
+from ._render import paragraph, table
+from .analyses import REGISTRY
 
 SECTIONS = (
     ("summary", "Summary"),
     ("accuracy", "Accuracy per fold"),
-    ("density", "Density and error"),
-    ("neighbors", "Nearest training examples"),
-    ("denoising", "Self-denoising"),
-    ("sensitivity", "Relative sensitivity"),
-    ("class_fitting", "Class fitting"),
+    *((analysis.name, analysis.title) for analysis in REGISTRY.values()),
     ("tables", "Raw tables"),
 )
-MAX_ROWS = 200
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0;
@@ -50,55 +44,13 @@ details { margin: .4em 0; }
 """
 
 
-def _png(fig) -> str:
-    """The figure as an ``<img>`` with a base64 PNG data URI (then closed)."""
-    plt = figures.pyplot()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    data = base64.b64encode(buffer.getvalue()).decode("ascii")
-    return f'<img alt="figure" src="data:image/png;base64,{data}">'
-
-
-def _figure(function, result) -> str:
-    fig = function(result)
-    return "" if fig is None else _png(fig)
-
-
-def _table(frame, max_rows=MAX_ROWS) -> str:
-    shown = frame.head(max_rows)
-    text = (
-        '<div class="scroll">'
-        + shown.to_html(
-            index=False,
-            escape=True,
-            border=0,
-            classes="data",
-            float_format=lambda v: f"{v:.4g}",
-            na_rep="–",
-        )
-        + "</div>"
-    )
-    if len(frame) > max_rows:
-        text += (
-            f'<p class="note">First {max_rows} of {len(frame)} rows; the JSON '
-            "output (<code>to_json</code>) holds them all.</p>"
-        )
-    return text
-
-
-def _p(text, cls=None) -> str:
-    attr = f' class="{cls}"' if cls else ""
-    return f"<p{attr}>{html.escape(str(text))}</p>"
-
-
 def _not_run(result, name) -> str | None:
     if name in result.skipped:
-        return _p(f"Skipped: {result.skipped[name]}", "skipped")
+        return paragraph(f"Skipped: {result.skipped[name]}", "skipped")
     if name in result.failed and name not in result.metadata["analyses"]:
-        return _p("Failed on every fold (errors in the summary).", "skipped")
+        return paragraph("Failed on every fold (errors in the summary).", "skipped")
     if name not in result.metadata["analyses"]:
-        return _p("Not requested in this audit.", "skipped")
+        return paragraph("Not requested in this audit.", "skipped")
     return None
 
 
@@ -163,115 +115,17 @@ def _summary(result) -> str:
         parts += [f"<li>{html.escape(w)}</li>" for w in meta["warnings"]]
         parts.append("</ul>")
     parts.append("<h3>Aggregated over folds</h3>")
-    parts.append(_table(summary))
+    parts.append(table(summary))
     return "".join(parts)
 
 
-def _density(result) -> str:
-    reason = _not_run(result, "density")
-    if reason:
-        return reason
-    return "".join(
-        [
-            _p(
-                "Log relative density of each held-out example: the number of "
-                "training examples of its fold that the trained network treats "
-                "as similar to it (by default, cosine similarity of the parameter "
-                "gradients above 0.9; counts below one half are floored), divided "
-                "by the training-fold size. Errors that cluster at low density "
-                "are inputs unlike anything the network was trained on. Bins are "
-                "equal-size quantile bins of each fold's held-out examples "
-                "(ties split by position)."
-            ),
-            _figure(figures.density_histogram, result),
-            _figure(figures.error_by_density, result),
-            _table(result.tables["density_bins_summary"]),
-        ]
-    )
+def _analysis(name):
+    """The builder of an analysis' section: why it did not run, or its body."""
 
+    def build(result):
+        return _not_run(result, name) or REGISTRY[name].section(result)
 
-def _neighbors(result) -> str:
-    reason = _not_run(result, "neighbors")
-    if reason:
-        return reason
-    parts = [
-        _p(
-            "For a few held-out examples (lowest density, misclassified, "
-            "typical), the training examples of their fold that the network "
-            "considers most similar, with the cosine similarity k."
-        ),
-        _figure(figures.neighbor_grid, result),
-    ]
-    import pandas as pd
-
-    rows = [
-        dict(
-            kind=g["kind"],
-            fold=g["fold"],
-            index=g["index"],
-            label=g["label"],
-            prediction=g["prediction"],
-            log_density=g["log_density"],
-            neighbors=", ".join(
-                f"#{i} (y={lab}, k={s:.2f})"
-                for i, lab, s in zip(
-                    g["neighbors"], g["neighbor_labels"], g["similarities"], strict=True
-                )
-            ),
-        )
-        for g in result.gallery
-    ]
-    if rows:
-        parts.append(_table(pd.DataFrame(rows)))
-    return "".join(parts)
-
-
-def _denoising(result) -> str:
-    reason = _not_run(result, "denoising")
-    if reason:
-        return reason
-    return _p(
-        "Self-denoising of the network on its training fold (Charpiat et al. "
-        "2019): how many training examples each prediction effectively averages "
-        "over, the label noise level estimated from the training residuals, and "
-        "the predicted error against the unknown clean labels."
-    ) + _table(result.tables["denoising"])
-
-
-def _sensitivity(result) -> str:
-    reason = _not_run(result, "sensitivity")
-    if reason:
-        return reason
-    return "".join(
-        [
-            _p(
-                "Sensitivity of each layer to smooth deformations (D) and to "
-                "noise of the same norm (G) of the held-out images, and their "
-                "ratio R = D / G (Petrini et al. 2021): networks that generalise "
-                "well are, relative to noise, stable to deformations."
-            ),
-            _figure(figures.sensitivity_layers, result),
-            _table(result.tables["sensitivity_summary"]),
-        ]
-    )
-
-
-def _class_fitting(result) -> str:
-    reason = _not_run(result, "class_fitting")
-    if reason:
-        return reason
-    return "".join(
-        [
-            _p(
-                "Mean own-class log-density of the representations, per class, "
-                "fitted on the training fold and evaluated on both parts "
-                "(Jamroz & Kurdziel 2023): classes with low density are fitted "
-                "by memorising scattered examples rather than in compact modes."
-            ),
-            _figure(figures.class_densities, result),
-            _table(result.tables["class_fitting_summary"]),
-        ]
-    )
+    return build
 
 
 def _tables(result) -> str:
@@ -279,19 +133,15 @@ def _tables(result) -> str:
     for name, frame in result.tables.items():
         parts.append(
             f"<details><summary>{html.escape(name)} ({len(frame)} rows)</summary>"
-            f"{_table(frame)}</details>"
+            f"{table(frame)}</details>"
         )
     return "".join(parts)
 
 
 BUILDERS = dict(
     summary=_summary,
-    accuracy=lambda r: _table(r.tables["folds"]),
-    density=_density,
-    neighbors=_neighbors,
-    denoising=_denoising,
-    sensitivity=_sensitivity,
-    class_fitting=_class_fitting,
+    accuracy=lambda r: table(r.tables["folds"]),
+    **{name: _analysis(name) for name in REGISTRY},
     tables=_tables,
 )
 

@@ -3,13 +3,17 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import _audit_helpers
 import numpy as np
 import pytest
 
+import sksim
 from sksim import cli
+from sksim.audit import AuditAnalysisFailedWarning
+from sksim.audit.analyses.density import Density
 
 
 @pytest.fixture(scope="module")
@@ -183,3 +187,161 @@ def test_python_dash_m_sksim(tmp_path, npz):
     )
     assert completed.returncode == 0
     assert "--module PKG.MOD:FACTORY" in completed.stdout
+
+
+def one_line_error(capsys):
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    return err
+
+
+def test_cli_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out == f"sksim {sksim.__version__}\n"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"label,x\n1,2\n", "is not an .npz file (a zip archive of arrays)"),
+        ("truncated", "could not be read as an .npz file; is it truncated"),
+    ],
+)
+def test_cli_damaged_npz_is_one_line(content, message, tmp_path, npz, capsys):
+    if content == "truncated":
+        content = npz.read_bytes()[: npz.stat().st_size // 2]
+    path = tmp_path / "damaged.npz"
+    path.write_bytes(content)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["audit", "--data", str(path), *FAST])
+    assert exit_.value.code == 2
+    err = one_line_error(capsys)
+    assert err.startswith(f"sksim audit: error: {path} ")
+    assert message in err
+    assert "pickled" not in err
+
+
+def test_cli_casts_integer_inputs_and_encodes_labels(tmp_path, digit_images, capsys):
+    X, y = digit_images
+    path, js = tmp_path / "pixels.npz", tmp_path / "r.json"
+    np.savez(path, X=(X[:120] * 16).astype(np.uint8), y=y[:120] + 1)
+    argv = ["audit", "--data", str(path), "--cv", "2", "--max-epochs", "2"]
+    argv += ["--analyses", "density", "--out", str(tmp_path / "r.html")]
+    argv += ["--json", str(js)]
+    assert cli.main(argv) == 0
+    err = capsys.readouterr().err
+    assert "X cast from uint8 to float32" in err
+    assert "labels 1, 2, 3, 4, 5, 6, 7, 8, 9, 10 encoded as 0 .. 9" in err
+    data = json.loads(js.read_text())
+    assert sorted({row["label"] for row in data["tables"]["samples"]}) == list(
+        range(10)
+    )
+    assert data["metadata"]["n_classes"] == 10
+
+
+def test_prepare_inputs():
+    X = cli.prepare_inputs(np.array([[0, 255]], dtype=np.uint8))
+    assert X.dtype == np.float32 and X.tolist() == [[0.0, 255.0]]
+    assert cli.prepare_inputs(np.ones((2, 2), bool)).dtype == np.float32
+    with pytest.raises(ValueError, match="X must hold numbers; its dtype is <U1"):
+        cli.prepare_inputs(np.array([["a"]]))
+    with pytest.raises(ValueError, match=r"its shape is \(3,\), it needs"):
+        cli.prepare_inputs(np.ones(3))
+    with pytest.raises(ValueError, match=r"one label per sample; its shape"):
+        cli.encode_labels(np.ones((3, 2)))
+
+
+@pytest.mark.parametrize(
+    ("option", "target", "message"),
+    [
+        ("--out", "missing/r.html", "--out {p}: the folder {d} does not exist"),
+        ("--json", "missing/r.json", "--json {p}: the folder {d} does not exist"),
+        ("--out", ".", "--out {p} is a folder; give a file name in it"),
+    ],
+)
+def test_cli_checks_outputs_before_training(
+    option, target, message, tmp_path, monkeypatch, capsys
+):
+    def no_training(*args):
+        raise AssertionError("the net was built before the outputs were checked")
+
+    monkeypatch.setattr(cli, "build_net", no_training)
+    path = tmp_path / target
+    argv = ["audit", *FAST, "--out", str(tmp_path / "r.html"), option, str(path)]
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    assert exit_.value.code == 2
+    expected = message.format(p=path, d=path.parent)
+    assert one_line_error(capsys) == f"sksim audit: error: {expected}.\n"
+
+
+def test_cli_single_class_is_one_line(tmp_path, capsys):
+    path = tmp_path / "one.npz"
+    np.savez(path, X=np.ones((20, 3), np.float32), y=np.full(20, 7))
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["audit", "--data", str(path), *FAST])
+    assert exit_.value.code == 2
+    err = one_line_error(capsys)
+    assert "y holds a single class (7)" in err
+    assert "analyses need at least two classes" in err
+
+
+def test_cli_device(tmp_path, capsys):
+    out = tmp_path / "cpu.html"
+    argv = ["audit", "--dataset", "iris", *FAST, "--analyses", "density"]
+    args = cli.make_parser().parse_args([*argv, "--device", "cpu", "--out", str(out)])
+    assert cli.build_net(args, np.ones((2, 4), np.float32), 3).device == "cpu"
+    assert cli.main([*argv, "--device", "cpu", "--out", str(out)]) == 0
+    for device, message in (
+        ("cuda:99", "cuda:99: this machine has"),
+        ("banana", "not a torch device"),
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            cli.main([*argv, "--device", device])
+        assert exit_.value.code == 2
+        assert message in capsys.readouterr().err
+
+
+def test_cli_rejects_a_nan_learning_rate(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["audit", "--lr", "nan"])
+    assert exit_.value.code == 2
+    assert "must be a positive finite number; got nan" in capsys.readouterr().err
+
+
+def test_cli_exits_1_when_every_analysis_failed(tmp_path, monkeypatch, capsys):
+    def diverged(self, fold):
+        raise ValueError("The network produced NaN or infinite outputs\nsecond line")
+
+    monkeypatch.setattr(Density, "run", diverged)
+    out = tmp_path / "r.html"
+    argv = ["audit", "--dataset", "iris", *FAST, "--analyses", "density"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AuditAnalysisFailedWarning)
+        with pytest.raises(SystemExit) as exit_:
+            cli.main([*argv, "--out", str(out)])
+    assert exit_.value.code == 1
+    assert one_line_error(capsys) == (
+        "sksim audit: error: every analysis failed on every fold (density: "
+        "ValueError: The network produced NaN or infinite outputs); the report "
+        "lists them all\n"
+    )
+    assert "Failed on every fold" in out.read_text()
+
+
+def test_cli_interrupted_says_how_to_resume(tmp_path, monkeypatch, capsys):
+    def interrupted(self, fold):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Density, "run", interrupted)
+    argv = ["audit", "--dataset", "iris", *FAST, "--analyses", "density"]
+    argv += ["--out", str(tmp_path / "r.html"), "--cache", str(tmp_path / "c")]
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    assert exit_.value.code == 130
+    assert one_line_error(capsys) == (
+        "sksim audit: interrupted; run it again to resume from --cache\n"
+    )
+    assert len(list((tmp_path / "c").glob("*.pkl"))) == 1  # fold 0, trained

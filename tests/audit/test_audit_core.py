@@ -12,15 +12,16 @@ from sklearn.model_selection import KFold, StratifiedKFold
 
 from sksim import GradientDensityEstimator, NetworkNeighbors, SelfDenoisingAnalysis
 from sksim._net import torch_seed
-from sksim.audit import ANALYSES, AuditAnalysisFailedWarning, audit, core
-from sksim.audit.core import (
-    default_layers,
+from sksim.audit import ANALYSES, AuditAnalysisFailedWarning, audit
+from sksim.audit.analyses import sensitivity as sensitivity_analysis
+from sksim.audit.analyses.class_fitting import default_layers
+from sksim.audit.analyses.denoising import (
+    Denoising,
     denoising_rows,
     free_probabilities,
-    image_view,
-    n_density_bins,
-    quantile_bins,
 )
+from sksim.audit.analyses.density import n_density_bins, quantile_bins
+from sksim.audit.analyses.neighbors import image_view
 from sksim.representations import (
     DirichletProcessGaussianMixture,
     class_fitting_report,
@@ -126,7 +127,7 @@ def test_neighbors_equal_network_neighbors(digit_images, small_audit, fold1):
     X, y = digit_images
     train, test, net = fold1
     similarities, indices = (
-        NetworkNeighbors(net, n_neighbors=3).fit(X[train]).kneighbors(X[test])
+        NetworkNeighbors(net, n_neighbors=3).fit(X[train]).most_similar(X[test])
     )
     table = fold_rows(small_audit["neighbors"], 1)
     np.testing.assert_array_equal(table["index"], np.repeat(test, 3))
@@ -214,7 +215,7 @@ def test_sensitivity_skipped_for_flat_inputs(digit_images):
 
 def test_sensitivity_skipped_without_the_module(digit_images, monkeypatch):
     X, y = digit_images
-    monkeypatch.setattr(core, "_import_sensitivity", lambda: None)
+    monkeypatch.setattr(sensitivity_analysis, "import_sensitivity", lambda: None)
     result = audit(small_net(X, max_epochs=1), X, y, cv=2, analyses=("sensitivity",))
     assert result.skipped == {
         "sensitivity": "sksim.sensitivity is not available in this version of sksim."
@@ -274,14 +275,14 @@ def test_a_failing_analysis_is_recorded_and_the_audit_goes_on(
 ):
     X, y = digit_images
     net = small_net(X, max_epochs=1)
-    denoising = core._Fold.denoising
+    denoising = Denoising.run
 
-    def fails_on_fold_1(fold):
+    def fails_on_fold_1(self, fold):
         if fold.fold == 1:
             raise RuntimeError("out of luck")
-        return denoising(fold)
+        return denoising(self, fold)
 
-    monkeypatch.setattr(core._Fold, "denoising", fails_on_fold_1)
+    monkeypatch.setattr(Denoising, "run", fails_on_fold_1)
     kwargs = dict(
         cv=3, analyses=("density", "denoising"), options=AUDIT_OPTIONS, random_state=0
     )
@@ -298,6 +299,25 @@ def test_a_failing_analysis_is_recorded_and_the_audit_goes_on(
         audit(net, X, y, errors="raise", **kwargs)
 
 
+def test_a_diverged_network_fails_every_analysis_with_the_reason(digit_images):
+    X, y = digit_images
+    with pytest.warns(AuditAnalysisFailedWarning):
+        result = audit(
+            small_net(X, max_epochs=2, lr=1e30),
+            X,
+            y,
+            cv=2,
+            analyses=("density", "neighbors"),
+        )
+    assert result.metadata["analyses"] == []
+    for name in ("density", "neighbors"):
+        assert sorted(result.failed[name]) == [0, 1]
+        for message in result.failed[name].values():
+            assert message.startswith(
+                "NonFiniteNetworkError: The network produced NaN or infinite"
+            )
+
+
 def test_an_analysis_failing_on_every_fold_leaves_no_tables(digit_images, tmp_path):
     X, y = digit_images
     with pytest.warns(AuditAnalysisFailedWarning):
@@ -310,14 +330,14 @@ def test_an_analysis_failing_on_every_fold_leaves_no_tables(digit_images, tmp_pa
             options=dict(density=dict(method="bogus")),
         )
     assert sorted(result.failed["density"]) == [0, 1]
-    assert result.failed["density"][0].startswith("ValueError: ")
+    assert result.failed["density"][0].startswith("InvalidParameterError: ")
     assert result.metadata["analyses"] == ["neighbors"]
     assert "density_bins" not in result.tables
     assert "log_density" not in result["samples"]
     assert len(result["neighbors"]) == len(X) * 5
     text = result.to_html(tmp_path / "report.html").read_text()
     assert "Failed on every fold" in text
-    assert "<b>density</b>, fold 1: ValueError: " in text
+    assert "<b>density</b>, fold 1: InvalidParameterError: " in text
     saved = json.loads(result.to_json(tmp_path / "report.json").read_text())
     assert saved["failed"]["density"]["0"] == result.failed["density"][0]
 
@@ -335,6 +355,8 @@ def test_audit_errors(digit_images):
         audit(net, X, y[:-1])
     with pytest.raises(ValueError, match="audits classifiers: y must hold class"):
         audit(net, X, y + 0.5)
+    with pytest.raises(ValueError, match=r"y holds a single class \(3\): the audit"):
+        audit(net, X, np.full(len(X), 3))
     with pytest.raises(TypeError, match="audit takes array inputs; got a dict"):
         audit(net, {"X": X}, y)
     with pytest.raises(ValueError, match='errors must be "record" or "raise"'):

@@ -1,21 +1,19 @@
 """Rows of the scalar cosine kernel against a reference set, in bounded memory.
 
 Shared by the density estimator and the nearest-neighbour search: exact rows
-of the engine's scalar cosine kernel (SPEC 1.1), or approximate rows from projected,
-unit-normalised gradient features, and a joblib split of the query rows.
+of the scalar cosine kernel, or approximate rows from projected,
+unit-normalised gradient features.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import numpy as np
-from joblib import Parallel, delayed, effective_n_jobs
 
-from ._engine.features import gradient_features
-from ._engine.gram import GramReference
-from ._engine.inputs import n_samples, take
-from ._engine.jacobian import JacobianEngine
+from .features import gradient_features
+from .gram import GramReference
+from .jacobian import JacobianEngine
 
 MAX_BLOCK_ENTRIES = 2**22  # similarities held at once by the sketched path
 
@@ -55,23 +53,3 @@ def sketch_rows(F: np.ndarray, F_ref: np.ndarray) -> Iterator[tuple[slice, np.nd
     for start in range(0, len(F), step):
         rows = slice(start, min(start + step, len(F)))
         yield rows, (F[rows] @ F_ref.T).astype(np.float64)
-
-
-def split_rows(function: Callable, X, n_jobs=None) -> np.ndarray:
-    """``function(X)`` computed on contiguous chunks of rows through joblib.
-
-    With ``n_jobs`` None or 1 the function runs once, in process; otherwise the
-    rows are cut into ``n_jobs`` chunks (``-1``: one per CPU) handed to
-    :class:`joblib.Parallel`, so ``joblib.parallel_config(backend="dask")``
-    spreads them over a cluster. Results are concatenated along axis 0.
-    """
-    if n_jobs in (None, 1):
-        return function(X)
-    n = n_samples(X)
-    n_chunks = max(1, min(n, effective_n_jobs(n_jobs)))
-    bounds = np.linspace(0, n, n_chunks + 1).astype(int)
-    chunks = [take(X, slice(a, b)) for a, b in zip(bounds, bounds[1:], strict=False)]
-    parts = Parallel(n_jobs=n_jobs)(delayed(function)(chunk) for chunk in chunks)
-    if isinstance(parts[0], tuple):
-        return tuple(np.concatenate(p) for p in zip(*parts, strict=True))
-    return np.concatenate(parts)

@@ -1,0 +1,141 @@
+"""The shared base of sksim's network estimators.
+
+One table of parameter constraints, one opening of ``fit`` (validation, the
+trained net, ``n_features_in_``, the seed) and one gradient engine per fit,
+reused by every later call.
+"""
+
+from __future__ import annotations
+
+from numbers import Integral, Real
+
+import torch
+from sklearn.base import BaseEstimator
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+
+from ._engine.jacobian import JacobianEngine
+from ._engine.normalize import KINDS
+from ._net import fit_net, resolve_module
+from ._validation import check_net_input
+
+POSITIVE_INT = Interval(Integral, 1, None, closed="left")
+
+CONSTRAINTS = {
+    "net": "no_validation",
+    "output": [
+        StrOptions({"logits"}),
+        Interval(Integral, None, None, closed="neither"),
+        callable,
+    ],
+    "kind": [StrOptions(set(KINDS))],
+    "params": [None, str, list, tuple],
+    "batch_size": [POSITIVE_INT],
+    "device": [None, str, torch.device],
+    "rtol": [Interval(Real, 0, 1, closed="left")],
+    "n_components": [POSITIVE_INT, None],
+    "random_state": ["random_state"],
+    "n_jobs": [Integral, None],
+    "max_memory": [POSITIVE_INT, None],
+    "verbose": ["verbose"],
+}
+
+
+def constraints(*names: str, **own) -> dict:
+    """The shared constraints of ``names``, with an estimator's ``own`` added."""
+    return {name: CONSTRAINTS[name] for name in names} | own
+
+
+def make_engine(
+    net, output, params, batch_size, device, verbose, max_memory
+) -> JacobianEngine:
+    """The gradient engine of the trained module behind ``net``."""
+    return JacobianEngine(
+        resolve_module(net), output, params, batch_size, device, verbose, max_memory
+    )
+
+
+def projection_seed(random_state) -> int:
+    """The integer seed of a sketch drawn from ``random_state``."""
+    return int(check_random_state(random_state).randint(2**31 - 1))
+
+
+class NetworkEstimator(BaseEstimator):
+    """Base of the estimators that compare inputs through a network's gradients.
+
+    Subclasses declare ``_parameter_constraints`` with :func:`constraints`,
+    call :meth:`_fit_network` first in ``fit`` and :meth:`_check_input` in
+    every later method, and reach the engine through :attr:`_engine`.
+    """
+
+    _parameter_constraints: dict = {}
+
+    def _fit_network(self, X, y=None, y_net=None, check_targets=None):
+        """The opening of ``fit``: validated ``X``, with the net trained if needed.
+
+        Sets ``net_``, ``n_features_in_`` and, with a ``n_components``
+        parameter, ``projection_seed_``. ``y_net`` (default ``y``) is what an
+        unfitted skorch net is trained on; ``check_targets(X)``, if given,
+        runs before the training.
+        """
+        self._validate_params()
+        X = check_net_input(X, self, reset=True)
+        if check_targets is not None:
+            check_targets(X)
+        self._sample_shape = _sample_shape(X)
+        self.net_ = fit_net(
+            self.net, X, y if y_net is None else y_net, self.random_state
+        )
+        if "n_components" in self._parameter_constraints:
+            self.projection_seed_ = projection_seed(self.random_state)
+        # built once here, so that later calls leave __dict__ as it is
+        self._engine_cache = self._make_engine()
+        return X
+
+    def _check_input(self, X):
+        """``X`` validated against the inputs seen in ``fit``."""
+        X = check_net_input(X, self, reset=False)
+        shape = _sample_shape(X)
+        if shape != self._sample_shape:
+            raise ValueError(
+                f"X has samples of shape {shape}, but "
+                f"{type(self).__name__} was fitted on samples of shape "
+                f"{self._sample_shape}: pass inputs shaped as in fit."
+            )
+        return X
+
+    @property
+    def _engine(self) -> JacobianEngine:
+        """The gradient engine of ``net_``, built once per fit."""
+        if getattr(self, "_engine_cache", None) is None:  # after unpickling
+            self._engine_cache = self._make_engine()
+        return self._engine_cache
+
+    def _make_engine(self) -> JacobianEngine:
+        return make_engine(
+            self.net_,
+            self.output,
+            self.params,
+            self.batch_size,
+            self.device,
+            self.verbose,
+            self.max_memory,
+        )
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_engine_cache", None)  # a device copy of the net; made again
+        return state
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.three_d_array = True  # images, sequences: any rank
+        tags.input_tags.dict = True  # dicts of arrays, passed as keywords
+        return tags
+
+
+def _sample_shape(X):
+    """The shape of one sample: a tuple, or a dict of them for dict inputs."""
+    if isinstance(X, dict):
+        return {k: tuple(v.shape[1:]) for k, v in X.items()}
+    return tuple(X.shape[1:])

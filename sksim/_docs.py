@@ -1,0 +1,91 @@
+"""Parameter descriptions shared by the network estimators, written once.
+
+A docstring names a shared parameter with ``%(name)s`` on a line of its own;
+:func:`fill_doc` replaces it with the description below, indented to match.
+"""
+
+from __future__ import annotations
+
+import textwrap
+
+PARAMETERS = {
+    "net": """
+net : skorch net, FrozenEstimator or torch.nn.Module
+    The network. A fitted skorch net, a ``FrozenEstimator`` around one, or a
+    plain module (taken as trained) is used as it is. An unfitted skorch net
+    is cloned and trained on ``fit``'s ``X, y`` first, so that
+    ``GridSearchCV`` can tune its hyper-parameters. Inside ``GridSearchCV``
+    or ``cross_validate`` even a fitted net is cloned, and so trained again:
+    wrap it in ``sklearn.frozen.FrozenEstimator`` to keep it as it is.""",
+    "kind": """
+kind : {"cosine", "ntk", "influence"}, default="cosine"
+    ``"cosine"``: the normalised similarity, ``tr(A(x) A(y)^T) / d`` with the
+    whitened Jacobian ``A = (J J^T)^{-1/2} J`` (for one output, the cosine of
+    the two parameter gradients); in ``[-1, 1]``, 1 on the diagonal.
+    ``"ntk"``: the empirical neural tangent kernel ``tr(J(x) J(y)^T) / d``.
+    ``"influence"`` (asymmetric): the effect on ``y`` of the smallest
+    parameter step that moves the output at ``x``,
+    ``tr(K(y, x) K(x, x)^{-1}) / d``.""",
+    "output": """
+output : "logits", int or callable, default="logits"
+    Which outputs form the Jacobian: all of them, one index, or a callable
+    mapping the batch output to a tensor of shape ``(B,)`` or ``(B, d)``.
+    Use logits, not softmax probabilities, whose Jacobian Gram is singular.""",
+    "params": """
+params : str, list of str or None, default=None
+    Parameters to differentiate: None for all trainable ones, else names or
+    name prefixes (``"fc2"`` selects ``fc2.weight`` and ``fc2.bias``).""",
+    "batch_size": """
+batch_size : int, default=64
+    Samples per vectorised Jacobian computation, and query rows per block.""",
+    "device": """
+device : str or torch.device, default=None
+    Where to compute; None keeps the network's device. Elsewhere a copy of
+    the network computes; the network itself does not move.""",
+    "rtol": """
+rtol : float, default=1e-5
+    Eigenvalues of ``J(x) J(x)^T`` below ``rtol`` times the largest one are
+    raised to that floor (with a warning) before whitening or inversion.""",
+    "n_components": """
+n_components : int or None, default=None
+    None computes exactly. An int sketches each sample's (whitened) Jacobian
+    to about that many columns per output, layer by layer, and uses inner
+    products of the sketches: an unbiased estimate whose error shrinks like
+    ``1 / sqrt(n_components)``.""",
+    "random_state": """
+random_state : int, RandomState instance or None, default=None
+    Seeds torch while an unfitted skorch net is trained, and the sketch.""",
+    "n_jobs": """
+n_jobs : int or None, default=None
+    None computes in this process. An int splits the work into independent
+    blocks run by ``joblib.Parallel(n_jobs)``, which honours
+    ``joblib.parallel_config`` (e.g. ``backend="dask"`` on a
+    ``dask.distributed`` cluster); each block recomputes the gradients it
+    needs.""",
+    "max_memory": """
+max_memory : int or None, default=2 GiB
+    Bytes that the gradient factors of the reference set may keep between
+    blocks of queries; past it they are recomputed for every block (slower,
+    bounded memory). The factors of one batch may take a third of it: a
+    larger batch is computed in smaller parts, and a single sample that
+    cannot fit raises a MemoryError saying what to change. None sets no
+    limit.""",
+    "verbose": """
+verbose : int, default=0
+    Show progress bars when positive.""",
+}
+
+
+def fill_doc(obj):
+    """Replace each ``%(name)s`` line of ``obj.__doc__`` by the shared text."""
+    lines = []
+    for line in obj.__doc__.splitlines():
+        name = line.strip()
+        if name.startswith("%(") and name.endswith(")s"):
+            indent = line[: len(line) - len(line.lstrip())]
+            text = PARAMETERS[name[2:-2]].strip("\n")
+            lines.append(textwrap.indent(text, indent))
+        else:
+            lines.append(line)
+    obj.__doc__ = "\n".join(lines)
+    return obj

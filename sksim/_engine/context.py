@@ -1,0 +1,82 @@
+"""How the engine runs a network: evaluation mode, a device copy, a seed."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import itertools
+from collections.abc import Iterator
+
+import torch
+
+
+def on_device(module: torch.nn.Module, device) -> torch.nn.Module:
+    """``module`` itself if it lives on ``device``, else a copy moved there.
+
+    The caller's network (a skorch net's ``module_`` too) never changes device.
+    """
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    tensors = itertools.chain(module.parameters(), module.buffers())
+    if all(t.device == device for t in tensors):
+        return module
+    return copy.deepcopy(module).to(device)
+
+
+@contextlib.contextmanager
+def torch_seed(random_state) -> Iterator[None]:
+    """Seed torch's global generators inside the block and restore them after."""
+    if random_state is None:
+        yield
+        return
+    seed = (
+        int(random_state)
+        if not hasattr(random_state, "randint")
+        else (int(random_state.randint(2**31 - 1)))
+    )
+    devices = (
+        list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    )
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def _uses_batch_statistics(module: torch.nn.Module) -> list[str]:
+    bad = []
+    for name, sub in module.named_modules():
+        if isinstance(sub, torch.nn.modules.batchnorm._BatchNorm) and (
+            sub.training or not sub.track_running_stats
+        ):
+            bad.append(name or type(sub).__name__)
+    return bad
+
+
+@contextlib.contextmanager
+def evaluation_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Put ``module`` in eval mode inside the block, restoring its modes after.
+
+    Raises
+    ------
+    ValueError
+        If a BatchNorm layer would still use batch statistics (it was built with
+        ``track_running_stats=False`` or its ``train`` method was overridden):
+        per-sample quantities are then undefined.
+    """
+    modes = {sub: sub.training for sub in module.modules()}
+    module.eval()
+    try:
+        bad = _uses_batch_statistics(module)
+        if bad:
+            raise ValueError(
+                f"BatchNorm layer(s) {bad} use batch statistics even in eval mode, "
+                "which couples the samples of a batch: per-sample gradients and "
+                "similarities are undefined. Build them with "
+                "track_running_stats=True (the default) and compute sksim "
+                "quantities on the trained net in eval mode."
+            )
+        yield module
+    finally:
+        for sub, training in modes.items():
+            sub.training = training

@@ -1,0 +1,79 @@
+"""Per-sample parameter gradients that training can differentiate again.
+
+The Jacobian engine computes per-sample gradients as plain values (detached
+parameters, no graph). A training term on those gradients, such as the
+similarity regulariser's pair cosine, needs them as part of the graph, so that
+the loss's ``backward()`` differentiates through them (double
+back-propagation). :func:`per_sample_gradients` computes them for a batch in
+one vectorised ``torch.func`` call (``vmap`` of ``grad`` over a
+``functional_call``); torch.func transforms compose with ordinary autograd, so
+the result keeps its graph to the module's own parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch.func import functional_call, grad, vmap
+from torch.utils._pytree import tree_map
+
+
+def _call_one(module: torch.nn.Module, params, x):
+    """The module's output on one sample ``x`` as a batch of one."""
+    one = tree_map(lambda t: t.unsqueeze(0), x)
+    if isinstance(one, dict):
+        return functional_call(module, params, args=(), kwargs=one)
+    return functional_call(module, params, args=(one,))
+
+
+def per_sample_gradients(
+    module: torch.nn.Module,
+    params: dict[str, torch.Tensor],
+    samples,
+    readout: Callable,
+    extra=None,
+    extra_batched: bool = False,
+    create_graph: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Gradients ``d readout(module(x_i), e_i) / d params``, one per sample.
+
+    The module is called as it is: put it in eval mode first where batch
+    statistics or dropout would make per-sample gradients undefined.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The network, called through ``functional_call`` with ``params`` (a dict
+        sample goes in as keyword arguments).
+    params : dict of str to Tensor
+        The parameters to differentiate, typically from ``select_parameters``.
+    samples : Tensor or dict of Tensors, batch of s inputs
+        The inputs, one per row.
+    readout : callable
+        ``readout(output, e) -> scalar Tensor``, with ``output`` the module's
+        raw output for one sample as a batch of one and ``e`` the sample's row
+        of ``extra`` (or the whole of it when not ``extra_batched``).
+    extra : Tensor, dict of Tensors or None, default=None
+        Data given to ``readout``.
+    extra_batched : bool, default=False
+        Whether ``extra`` holds one row per sample.
+    create_graph : bool, default=True
+        Keep the graph from the gradients to ``params`` (whose own gradients a
+        later ``backward()`` then fills); False returns plain values.
+
+    Returns
+    -------
+    grads : dict of str to Tensor of shape (s, *param.shape)
+        The per-sample gradients, in the order of ``params``.
+    """
+    if not create_graph:
+        params = {name: p.detach() for name, p in params.items()}
+
+    def phi(p, x, e):
+        return readout(_call_one(module, p, x), e)
+
+    in_extra = 0 if extra_batched else None
+    per_sample = vmap(grad(phi), in_dims=(None, 0, in_extra))
+    with torch.set_grad_enabled(create_graph):
+        return per_sample(params, samples, extra)

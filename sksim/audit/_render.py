@@ -1,0 +1,84 @@
+"""Pieces of the HTML report and its figures shared by every analysis."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+
+MAX_ROWS = 200
+
+
+def pyplot():
+    """Import ``matplotlib.pyplot`` lazily, with an error naming the extra."""
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError as error:
+        raise ImportError(
+            "The audit report draws its figures with matplotlib: install it with "
+            '`pip install "sksim[plot]"`.'
+        ) from error
+    return plt
+
+
+def subplots(*args, **kwargs):
+    """``pyplot.subplots`` with the constrained layout."""
+    return pyplot().subplots(*args, layout="constrained", **kwargs)
+
+
+def errorbars(ax, x, table, column, **style):
+    """Draw ``table``'s ``{column}_mean`` against ``x``, ± ``{column}_std``.
+
+    A standard deviation over a single fold is NaN and drawn as zero.
+    """
+    return ax.errorbar(
+        x,
+        table[f"{column}_mean"],
+        yerr=table[f"{column}_std"].fillna(0),
+        **style,
+    )
+
+
+def png(fig) -> str:
+    """The figure as an ``<img>`` with a base64 PNG data URI (then closed)."""
+    plt = pyplot()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return f'<img alt="figure" src="data:image/png;base64,{data}">'
+
+
+def figure(function, result) -> str:
+    """``function(result)`` as an embedded PNG, or nothing when it draws None."""
+    fig = function(result)
+    return "" if fig is None else png(fig)
+
+
+def table(frame, max_rows=MAX_ROWS) -> str:
+    """The first ``max_rows`` rows of ``frame`` as an HTML table (text escaped)."""
+    shown = frame.head(max_rows)
+    text = (
+        '<div class="scroll">'
+        + shown.to_html(
+            index=False,
+            escape=True,
+            border=0,
+            classes="data",
+            float_format=lambda v: f"{v:.4g}",
+            na_rep="–",
+        )
+        + "</div>"
+    )
+    if len(frame) > max_rows:
+        text += (
+            f'<p class="note">First {max_rows} of {len(frame)} rows; the JSON '
+            "output (<code>to_json</code>) holds them all.</p>"
+        )
+    return text
+
+
+def paragraph(text, cls=None) -> str:
+    """``text`` escaped in a ``<p>``, of class ``cls`` when given."""
+    attr = f' class="{cls}"' if cls else ""
+    return f"<p{attr}>{html.escape(str(text))}</p>"

@@ -1,0 +1,29 @@
+"""Tidy tables of the audit: pandas imported lazily, spreads over folds."""
+
+from __future__ import annotations
+
+
+def import_pandas():
+    """Import pandas lazily, with an error naming the extra that provides it."""
+    try:
+        import pandas
+    except ImportError as error:
+        raise ImportError(
+            "The audit's tables are pandas DataFrames: install pandas with "
+            '`pip install "sksim[audit]"`.'
+        ) from error
+    return pandas
+
+
+def frame(rows):
+    """A DataFrame of ``rows`` (a dict of columns or a list of row dicts)."""
+    return import_pandas().DataFrame(rows)
+
+
+def spread(table, by, columns):
+    """Mean, standard deviation, min and max of ``columns`` over folds."""
+    grouped = table.groupby(by, sort=False)[columns]
+    out = grouped.agg(["mean", "std", "min", "max"])
+    out.columns = [f"{c}_{s}" for c, s in out.columns]
+    out.insert(0, "n_folds", grouped.size())
+    return out.reset_index()

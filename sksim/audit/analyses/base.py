@@ -1,0 +1,112 @@
+"""The interface every analysis of the audit implements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .. import _render
+
+
+@dataclass
+class FoldOutput:
+    """What one analysis adds to the audit for one fold.
+
+    Attributes
+    ----------
+    samples : dict of str to ndarray
+        Columns added to the fold's rows of the ``samples`` table (one value
+        per held-out example).
+    metrics : dict of str to float
+        Values added to the fold's row of the ``folds`` table (aggregated
+        over folds in ``summary``).
+    tables : dict of str to pandas.DataFrame
+        Rows of per-fold tables, each with a ``fold`` column; the rows of all
+        folds are concatenated into ``result.tables[name]``.
+    """
+
+    samples: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    tables: dict = field(default_factory=dict)
+
+
+class Analysis:
+    """One analysis of :func:`~sksim.audit.audit`, registered in ``REGISTRY``.
+
+    A subclass sets the class attributes and implements :meth:`run`; the
+    other methods have defaults that fit an analysis whose per-fold table is
+    aggregated into one summary table shown under its figures.
+
+    Attributes
+    ----------
+    name : str
+        The key in ``analyses=``, ``options=``, ``result.skipped`` and
+        ``result.failed``, and the id of its report section.
+    title : str
+        The heading of its report section.
+    defaults : dict
+        Default keyword arguments, overridden by ``options[name]``.
+    description : str
+        The paragraph that opens its report section.
+    figures : tuple of callable
+        Functions drawing an :class:`~sksim.audit.AuditResult` (a matplotlib
+        figure, or None when there is nothing to draw), shown in order.
+    report_table : str or None
+        The table shown under the figures.
+    """
+
+    name: str = ""
+    title: str = ""
+    defaults: dict = {}
+    description: str = ""
+    figures: tuple = ()
+    report_table: str | None = None
+
+    def options(self, fold):
+        """Keyword arguments of this analysis: its defaults and the user's."""
+        return {**self.defaults, **fold.options.get(self.name, {})}
+
+    def check_options(self, options):
+        """Raise on invalid ``options[name]`` before any training."""
+
+    def skip_reason(self, X):
+        """Why the analysis does not apply to inputs ``X`` (None when it does)."""
+        return None
+
+    def run(self, fold):
+        """Analyse one fold.
+
+        Parameters
+        ----------
+        fold : object
+            The fold: ``net`` (trained on it), ``fold`` (its number),
+            ``train`` and ``test`` (indices into the data), ``X_train``,
+            ``y_train``, ``X_test``, ``y_test``, ``prediction`` and
+            ``correct`` (on the held-out part), ``y`` and ``classes`` (all
+            labels, the sorted classes), ``n_neighbors``, ``layers``,
+            ``options`` and ``random_state`` (the audit's arguments).
+
+        Returns
+        -------
+        output : FoldOutput
+        """
+        raise NotImplementedError
+
+    def summary_metrics(self, tables):
+        """Long rows ``fold, metric, value`` added to ``summary``, or None."""
+        return None
+
+    def summarise(self, tables):
+        """Tables derived from the per-fold ones after the last fold."""
+        return {}
+
+    def gallery(self, X, y, tables):
+        """Examples worth showing (see :class:`~sksim.audit.AuditResult`)."""
+        return []
+
+    def section(self, result):
+        """The body of its report section, as HTML."""
+        parts = [_render.paragraph(self.description)]
+        parts += [_render.figure(draw, result) for draw in self.figures]
+        if self.report_table is not None:
+            parts.append(_render.table(result.tables[self.report_table]))
+        return "".join(parts)

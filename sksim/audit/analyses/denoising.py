@@ -1,0 +1,80 @@
+"""Self-denoising of the network on its training fold."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+
+from ..._engine.inputs import take
+from ..._validation import check_positive_int
+from ...denoising import IllConditionedWeightsWarning, SelfDenoisingAnalysis
+from .._tables import frame
+from .base import Analysis, FoldOutput
+
+
+def free_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """The first ``d - 1`` class probabilities, the outputs regressed on labels.
+
+    The last probability is one minus the others: keeping it would make the
+    Jacobian Gram ``J J^T`` singular and every cosine self-similarity
+    ``(d - 1) / d`` instead of 1 (see the theory page of the user guide).
+    """
+    return torch.softmax(logits, dim=-1)[..., :-1]
+
+
+def denoising_rows(n_train, max_samples, random_state):
+    """Sorted rows of the training fold analysed for self-denoising.
+
+    All of them when ``max_samples`` is None or at least ``n_train``, else a
+    uniform random subset of ``max_samples`` (the analysis costs O(N^2)).
+    """
+    if max_samples is None or max_samples >= n_train:
+        return np.arange(n_train)
+    rng = np.random.RandomState(random_state)
+    return np.sort(rng.choice(n_train, max_samples, replace=False))
+
+
+class Denoising(Analysis):
+    """Self-denoising summary on (a random subset of) the training fold."""
+
+    name = "denoising"
+    title = "Self-denoising"
+    defaults = dict(weights="cosine_pos_pow", max_samples=500)
+    description = (
+        "Self-denoising of the network on its training fold (Charpiat et al. "
+        "2019): how many training examples each prediction effectively averages "
+        "over, the label noise level estimated from the training residuals, and "
+        "the predicted error against the unknown clean labels."
+    )
+    report_table = "denoising"
+
+    def check_options(self, options):
+        check_positive_int(options.get("max_samples"), "max_samples", allow_none=True)
+
+    def run(self, fold):
+        options = self.options(fold)
+        rows = denoising_rows(
+            len(fold.train), options.pop("max_samples"), fold.random_state
+        )
+        y_train = fold.y_train[rows]
+        onehot = (y_train[:, None] == fold.classes[None, :-1]).astype(np.float64)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", IllConditionedWeightsWarning)
+            analysis = SelfDenoisingAnalysis(
+                fold.net,
+                output=free_probabilities,
+                random_state=fold.random_state,
+                **options,
+            ).fit(take(fold.X_train, rows), onehot)
+        row = dict(fold=fold.fold, n_samples=len(rows), **analysis.summary())
+        return FoldOutput(tables=dict(denoising=frame([row])))
+
+    def summary_metrics(self, tables):
+        return (
+            tables["denoising"]
+            .drop(columns="sigma_estimated")
+            .melt(id_vars="fold", var_name="metric")
+            .assign(metric=lambda t: "denoising_" + t["metric"])
+        )

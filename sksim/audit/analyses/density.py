@@ -1,0 +1,154 @@
+"""Density of each held-out example relative to its training fold."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ...density import COUNT_FLOOR, GradientDensityEstimator
+from .._render import errorbars, subplots
+from .._tables import spread
+from .base import Analysis, FoldOutput
+
+
+def quantile_bins(values: np.ndarray, n_bins: int) -> np.ndarray:
+    """Equal-size bins of ``values`` by rank, 0 for the smallest values.
+
+    Examples
+    --------
+    >>> from sksim.audit.analyses.density import quantile_bins
+    >>> quantile_bins(np.array([3.0, 1.0, 2.0, 0.0]), 2).tolist()
+    [1, 0, 1, 0]
+    """
+    order = np.argsort(values, kind="stable")
+    bins = np.empty(len(values), dtype=np.intp)
+    bins[order] = np.arange(len(values)) * n_bins // len(values)
+    return bins
+
+
+def n_density_bins(n_test: int, max_bins: int = 10, min_per_bin: int = 10) -> int:
+    """Deciles when every bin holds ``min_per_bin`` examples, fewer bins otherwise."""
+    return int(max(1, min(max_bins, n_test // min_per_bin)))
+
+
+def correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of ``a`` and ``b``, NaN when either is constant."""
+    if a.std() > 0 and b.std() > 0:
+        return float(np.corrcoef(a, b)[0, 1])
+    return np.nan
+
+
+def density_histogram(result):
+    """Histogram of the held-out log-densities, correct and misclassified."""
+    samples = result.tables["samples"]
+    if "log_density" not in samples:
+        return None
+    fig, ax = subplots(figsize=(6, 3.4))
+    values = samples["log_density"].to_numpy()
+    correct = samples["correct"].to_numpy()
+    edges = np.histogram_bin_edges(values, bins=30)
+    ax.hist(
+        [values[correct], values[~correct]],
+        bins=edges,
+        stacked=True,
+        color=["tab:blue", "tab:red"],
+        label=[f"correct ({correct.sum()})", f"misclassified ({(~correct).sum()})"],
+    )
+    ax.set_xlabel("log relative density (network's perspective)")
+    ax.set_ylabel("held-out examples")
+    ax.set_title("Density of held-out examples relative to their training fold")
+    ax.legend(fontsize="small")
+    return fig
+
+
+def error_by_density(result):
+    """Error rate by density quantile bin, mean and spread over folds."""
+    table = result.tables.get("density_bins_summary")
+    if table is None:
+        return None
+    fig, ax = subplots(figsize=(6, 3.4))
+    per_fold = result.tables["density_bins"]
+    for fold, rows in per_fold.groupby("fold"):
+        ax.plot(
+            rows["density_bin"],
+            rows["error_rate"],
+            color="0.7",
+            lw=1,
+            marker=".",
+            label="one fold" if fold == per_fold["fold"].min() else None,
+        )
+    errorbars(
+        ax,
+        table["density_bin"],
+        table,
+        "error_rate",
+        color="tab:red",
+        marker="o",
+        capsize=3,
+        label="mean over folds (± std)",
+    )
+    ax.set_xlabel("density bin (0 = lowest density)")
+    ax.set_ylabel("error rate")
+    ax.set_ylim(bottom=0)
+    ax.set_title("Error versus network-perspective density")
+    ax.legend(fontsize="small")
+    return fig
+
+
+class Density(Analysis):
+    """Log relative density of each held-out example, and error by density bin."""
+
+    name = "density"
+    title = "Density and error"
+    defaults = dict(method="hard", threshold=0.9)
+    description = (
+        "Log relative density of each held-out example: the number of "
+        "training examples of its fold that the trained network treats "
+        "as similar to it (by default, cosine similarity of the parameter "
+        "gradients above 0.9; counts below one half are floored), divided "
+        "by the training-fold size. Errors that cluster at low density "
+        "are inputs unlike anything the network was trained on. Bins are "
+        "equal-size quantile bins of each fold's held-out examples "
+        "(ties split by position)."
+    )
+    figures = (density_histogram, error_by_density)
+    report_table = "density_bins_summary"
+
+    def run(self, fold):
+        estimator = GradientDensityEstimator(
+            fold.net, random_state=fold.random_state, **self.options(fold)
+        ).fit(fold.X_train)
+        counts = estimator.neighbor_counts(fold.X_test)
+        log_density = np.log(np.maximum(counts, COUNT_FLOOR) / len(fold.train))
+        errors = (~fold.correct).astype(float)
+        return FoldOutput(
+            samples=dict(
+                neighbor_count=counts,
+                log_density=log_density,
+                density_bin=quantile_bins(log_density, n_density_bins(len(fold.test))),
+            ),
+            metrics=dict(
+                mean_log_density=float(log_density.mean()),
+                density_error_correlation=correlation(log_density, errors),
+            ),
+        )
+
+    def summarise(self, tables):
+        samples = tables["samples"]
+        bins = (
+            samples.assign(error=~samples["correct"])
+            .groupby(["fold", "density_bin"])
+            .agg(
+                n_samples=("error", "size"),
+                min_log_density=("log_density", "min"),
+                max_log_density=("log_density", "max"),
+                mean_log_density=("log_density", "mean"),
+                error_rate=("error", "mean"),
+            )
+            .reset_index()
+        )
+        return dict(
+            density_bins=bins,
+            density_bins_summary=spread(
+                bins, "density_bin", ["error_rate", "mean_log_density"]
+            ),
+        )

@@ -1,0 +1,200 @@
+"""The most similar training examples of each held-out example."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ...neighbors import NetworkNeighbors
+from .. import _render
+from .._tables import frame
+from .base import Analysis, FoldOutput
+
+GALLERY_SIZE = 4
+
+
+def image_view(X) -> np.ndarray | None:
+    """``X`` as images ``(n, H, W)`` or ``(n, H, W, 3)``, or None if not image-like.
+
+    Image-like: ``(n, C, H, W)`` with one or three channels, ``(n, H, W)``,
+    or flat ``(n, H * H)`` with ``H >= 4`` (such as scikit-learn's 8x8 digits).
+    """
+    X = np.asarray(X)
+    if X.ndim == 4 and X.shape[1] == 1:
+        return X[:, 0]
+    if X.ndim == 4 and X.shape[1] == 3:
+        return np.moveaxis(X, 1, -1)
+    if X.ndim == 3:
+        return X
+    if X.ndim == 2:
+        side = int(round(np.sqrt(X.shape[1])))
+        if side >= 4 and side * side == X.shape[1]:
+            return X.reshape(len(X), side, side)
+    return None
+
+
+def most_similar(fold, options):
+    """Similarities and training indices (into X) of each held-out example's
+    ``fold.n_neighbors`` most similar training examples, most similar first."""
+    search = NetworkNeighbors(
+        fold.net,
+        n_neighbors=fold.n_neighbors,
+        random_state=fold.random_state,
+        **options,
+    ).fit(fold.X_train)
+    similarities, indices = search.most_similar(fold.X_test)
+    return similarities, fold.train[indices]
+
+
+def _show(ax, image):
+    cmap = "gray_r" if image.ndim == 2 else None
+    if image.ndim == 3:
+        low, high = image.min(), image.max()
+        image = (image - low) / (high - low) if high > low else image * 0
+    ax.imshow(image, cmap=cmap, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def neighbor_grid(result):
+    """Each gallery example, then its most similar training examples."""
+    gallery = [g for g in result.gallery if g["image"] is not None]
+    if not gallery:
+        return None
+    k = len(gallery[0]["neighbors"])
+    fig, axes = _render.subplots(
+        len(gallery),
+        k + 1,
+        figsize=(1.25 * (k + 1) + 1.2, 1.45 * len(gallery)),
+        squeeze=False,
+    )
+    for row, item in zip(axes, gallery, strict=True):
+        _show(row[0], item["image"])
+        row[0].set_title(
+            f"y={item['label']} pred={item['prediction']}",
+            fontsize=8,
+            color="tab:red" if item["label"] != item["prediction"] else "black",
+        )
+        row[0].set_ylabel(item["kind"].replace(" ", "\n"), fontsize=8)
+        for ax, image, label, sim in zip(
+            row[1:],
+            item["neighbor_images"],
+            item["neighbor_labels"],
+            item["similarities"],
+            strict=True,
+        ):
+            _show(ax, image)
+            ax.set_title(f"y={label} k={sim:.2f}", fontsize=8)
+    fig.suptitle(
+        "Held-out example (left) and its most similar training examples, "
+        "by the network's cosine similarity k",
+        fontsize=9,
+    )
+    return fig
+
+
+def _gallery_rows(samples, size):
+    """(kind, row of ``samples``) of the examples the gallery shows."""
+    chosen = []
+    if "log_density" in samples:
+        order = samples.sort_values("log_density", kind="stable")
+        chosen += [("lowest density", i) for i in order.index[:size]]
+        typical = order.index[len(order) // 2 : len(order) // 2 + 1]
+    else:
+        typical = samples.index[:1]
+    taken = {i for _, i in chosen}
+    errors = [
+        i for i in samples.index[~samples["correct"].to_numpy()] if i not in taken
+    ]
+    chosen += [("misclassified", i) for i in errors[:size]]
+    chosen += [("typical", i) for i in typical if i not in taken]
+    return chosen
+
+
+class Neighbors(Analysis):
+    """The training examples the network finds most similar to each held-out one."""
+
+    name = "neighbors"
+    title = "Nearest training examples"
+    description = (
+        "For a few held-out examples (lowest density, misclassified, "
+        "typical), the training examples of their fold that the network "
+        "considers most similar, with the cosine similarity k."
+    )
+    figures = (neighbor_grid,)
+
+    def run(self, fold):
+        similarities, indices = most_similar(fold, self.options(fold))
+        labels = fold.y[indices]
+        same = labels == fold.y_test[:, None]
+        k = indices.shape[1]
+        table = frame(
+            dict(
+                fold=fold.fold,
+                index=np.repeat(fold.test, k),
+                rank=np.tile(np.arange(1, k + 1), len(fold.test)),
+                train_index=indices.ravel(),
+                similarity=similarities.ravel(),
+                train_label=labels.ravel(),
+            )
+        )
+        return FoldOutput(
+            samples=dict(
+                top_similarity=similarities[:, 0],
+                nearest_train_index=indices[:, 0],
+                neighbor_label_agreement=same.mean(axis=1),
+            ),
+            metrics=dict(neighbor_label_agreement=float(same.mean())),
+            tables=dict(neighbors=table),
+        )
+
+    def gallery(self, X, y, tables, size=GALLERY_SIZE):
+        """Held-out examples worth looking at, with their nearest training examples."""
+        samples = tables["samples"]
+        images = image_view(X)
+        by_query = tables["neighbors"].groupby(["fold", "index"])
+        gallery = []
+        for kind, row in _gallery_rows(samples, size):
+            sample = samples.loc[row]
+            fold, index = int(sample["fold"]), int(sample["index"])
+            near = by_query.get_group((fold, index)).sort_values("rank")
+            train = near["train_index"].to_numpy()
+            gallery.append(
+                dict(
+                    kind=kind,
+                    fold=fold,
+                    index=index,
+                    label=sample["label"].item(),
+                    prediction=sample["prediction"].item(),
+                    log_density=float(sample.get("log_density", np.nan)),
+                    neighbors=train.tolist(),
+                    neighbor_labels=y[train].tolist(),
+                    similarities=near["similarity"].tolist(),
+                    image=None if images is None else images[index],
+                    neighbor_images=None if images is None else images[train],
+                )
+            )
+        return gallery
+
+    def section(self, result):
+        rows = [
+            dict(
+                kind=g["kind"],
+                fold=g["fold"],
+                index=g["index"],
+                label=g["label"],
+                prediction=g["prediction"],
+                log_density=g["log_density"],
+                neighbors=", ".join(
+                    f"#{i} (y={lab}, k={s:.2f})"
+                    for i, lab, s in zip(
+                        g["neighbors"],
+                        g["neighbor_labels"],
+                        g["similarities"],
+                        strict=True,
+                    )
+                ),
+            )
+            for g in result.gallery
+        ]
+        text = super().section(result)
+        return text + (_render.table(frame(rows)) if rows else "")

@@ -1,0 +1,93 @@
+"""Layer-wise relative sensitivity to diffeomorphisms of the held-out images."""
+
+from __future__ import annotations
+
+import importlib
+
+from .._render import errorbars, subplots
+from .._tables import frame, spread
+from ..models import is_square_image_batch
+from .base import Analysis, FoldOutput
+
+
+def import_sensitivity():
+    """The module ``sksim.sensitivity``, or None when it cannot be imported."""
+    try:
+        return importlib.import_module("sksim.sensitivity")
+    except ImportError:
+        return None
+
+
+def sensitivity_layers(result):
+    """Layer-wise D, G and R, trained and at initialisation, mean over folds."""
+    table = result.tables.get("sensitivity_summary")
+    if table is None:
+        return None
+    fig, axes = subplots(1, 3, figsize=(10, 3.4))
+    styles = {"trained": "tab:blue", "init": "tab:gray", "shuffled": "tab:green"}
+    for net, rows in table.groupby("net", sort=False):
+        rows = rows.sort_values("depth")
+        for ax, name in zip(axes, ("D", "G", "R"), strict=True):
+            errorbars(
+                ax,
+                rows["depth"],
+                rows,
+                name,
+                marker="o",
+                capsize=2,
+                color=styles.get(net),
+                label=net,
+            )
+    layers = table.sort_values("depth").drop_duplicates("depth")
+    for ax, name in zip(axes, ("D", "G", "R"), strict=True):
+        ax.set_yscale("log")
+        ax.set_title(name)
+        ax.set_xticks(layers["depth"], layers["layer"], rotation=60, fontsize=7)
+    axes[0].legend(fontsize="small")
+    fig.suptitle("Relative sensitivity to diffeomorphisms per layer (R = D / G)")
+    return fig
+
+
+class Sensitivity(Analysis):
+    """D, G and R = D / G per layer, trained and at initialisation."""
+
+    name = "sensitivity"
+    title = "Relative sensitivity"
+    defaults = dict(layers="all", n_probe=200, n_init=2)
+    description = (
+        "Sensitivity of each layer to smooth deformations (D) and to "
+        "noise of the same norm (G) of the held-out images, and their "
+        "ratio R = D / G (Petrini et al. 2021): networks that generalise "
+        "well are, relative to noise, stable to deformations."
+    )
+    figures = (sensitivity_layers,)
+    report_table = "sensitivity_summary"
+
+    def skip_reason(self, X):
+        if not is_square_image_batch(X):
+            return (
+                "relative sensitivity deforms images: it needs inputs of shape "
+                f"(n, C, H, W) with H == W, and these have shape {tuple(X.shape)}."
+            )
+        if import_sensitivity() is None:
+            return "sksim.sensitivity is not available in this version of sksim."
+        return None
+
+    def run(self, fold):
+        table = import_sensitivity().relative_sensitivity(
+            fold.net,
+            fold.X_test,
+            random_state=fold.random_state,
+            **self.options(fold),
+        )
+        table = frame(dict(table))
+        table.insert(0, "fold", fold.fold)
+        return FoldOutput(tables=dict(sensitivity=table))
+
+    def summarise(self, tables):
+        summary = spread(
+            tables["sensitivity"], ["net", "layer", "depth"], ["D", "G", "R"]
+        )
+        return dict(
+            sensitivity_summary=summary.sort_values(["net", "depth"], ignore_index=True)
+        )

@@ -1,0 +1,109 @@
+"""Resuming an audit: finished folds and analyses saved as they complete."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import warnings
+from pathlib import Path
+
+import joblib
+from sklearn.base import clone
+
+from .. import __version__
+from .._net import _unwrap
+
+
+def net_fingerprint(net) -> str:
+    """A hash of the unfitted net: its class and every parameter.
+
+    Modules passed as instances enter with their weights; a fitted net hashes
+    as its clone, since the audit retrains it on every fold.
+    """
+    try:
+        return joblib.hash(clone(_unwrap(net)))
+    except (pickle.PicklingError, AttributeError, TypeError) as error:
+        raise TypeError(
+            "cache= names its files by a hash of the net, which must pickle; "
+            f"this one does not ({error}). Define its module and callbacks at "
+            "the top level of an importable module, or audit without a cache."
+        ) from error
+
+
+class AuditCache:
+    """Pickled pieces of an audit in a folder, each named by what it depends on.
+
+    A piece (a trained fold, or one analysis of one fold) is a file whose name
+    hashes the sksim version, the data, the net, the seed and the arguments
+    the piece depends on: a rerun with the same arguments loads it, a changed
+    argument or data names another file, so it is computed again.
+
+    Parameters
+    ----------
+    folder : str, path-like or None
+        Where the pieces are kept (created if missing); None caches nothing.
+    X, y : ndarray
+        The audited data.
+    net : skorch net
+        The audited net.
+    random_state : int or None
+        The audit's seed.
+    """
+
+    def __init__(self, folder, X, y, net, random_state):
+        self.folder = None if folder is None else Path(folder)
+        self.loaded, self.saved = 0, 0
+        if self.folder is None:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.base = joblib.hash((__version__, X, y, net_fingerprint(net), random_state))
+
+    def key(self, *parts):
+        """The file name (without suffix) of the piece ``parts`` describe."""
+        if self.folder is None:
+            return None
+        return joblib.hash((self.base, parts))
+
+    def _path(self, key):
+        return self.folder / f"{key}.pkl"
+
+    def load(self, key):
+        """The piece saved under ``key``, or None (absent, unreadable or no cache)."""
+        if key is None or not self._path(key).is_file():
+            return None
+        try:
+            value = joblib.load(self._path(key))
+        except Exception:  # an unreadable piece is computed again
+            return None
+        self.loaded += 1
+        return value
+
+    def save(self, key, value, what):
+        """Write ``value`` under ``key`` atomically; warn when it cannot be pickled.
+
+        ``what`` names the piece in the warning.
+        """
+        if key is None:
+            return
+        handle, temporary = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
+        os.close(handle)
+        try:
+            joblib.dump(value, temporary)
+            os.replace(temporary, self._path(key))
+        except (pickle.PicklingError, AttributeError, TypeError) as error:
+            warnings.warn(
+                f"Could not save {what} to the cache ({error}); a rerun computes "
+                "it again.",
+                UserWarning,
+                stacklevel=3,
+            )
+            return
+        finally:
+            if os.path.exists(temporary):
+                os.remove(temporary)
+        self.saved += 1
+
+    def summary(self):
+        """The folder and the numbers of pieces loaded and saved, for metadata."""
+        return dict(folder=str(self.folder), loaded=self.loaded, saved=self.saved)

@@ -1,0 +1,139 @@
+"""An audit with a cache folder saves each finished piece and resumes from it."""
+
+import _audit_helpers
+import numpy as np
+import pandas as pd
+import pytest
+from _audit_helpers import small_net
+
+from sksim.audit import audit, core
+from sksim.audit.analyses.denoising import Denoising
+from sksim.audit.analyses.density import Density
+
+ANALYSES = ("density", "denoising")
+OPTIONS = dict(denoising=dict(max_samples=40))
+
+
+@pytest.fixture(scope="module")
+def digit_images():
+    return _audit_helpers.digit_images()
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """Counts of trainings and of runs per analysis, by fold."""
+    counts = dict(fit=[], density=[], denoising=[])
+    fit_net = core.fit_net
+
+    def counted_fit(net, X, y, random_state):
+        counts["fit"].append(len(X))
+        return fit_net(net, X, y, random_state)
+
+    monkeypatch.setattr(core, "fit_net", counted_fit)
+    for cls in (Density, Denoising):
+        monkeypatch.setattr(cls, "run", counted(cls.run, counts[cls.name]))
+    return counts
+
+
+def counted(run, log):
+    def wrapper(self, fold):
+        log.append(fold.fold)
+        return run(self, fold)
+
+    return wrapper
+
+
+def run_audit(X, y, cache, cv=2, options=OPTIONS):
+    return audit(
+        small_net(X, max_epochs=1),
+        X,
+        y,
+        cv=cv,
+        analyses=ANALYSES,
+        options=options,
+        cache=cache,
+    )
+
+
+def assert_same_tables(result, expected):
+    assert set(result.tables) == set(expected.tables)
+    for name, table in expected.tables.items():
+        if name == "folds":
+            table = table.drop(columns="fit_seconds")
+        if name == "summary":
+            table = table[table["metric"] != "fit_seconds"]
+        pd.testing.assert_frame_equal(
+            result.tables[name].loc[table.index, table.columns], table
+        )
+
+
+def test_a_rerun_loads_every_piece(digit_images, calls, tmp_path):
+    X, y = digit_images
+    first = run_audit(X, y, tmp_path)
+    assert calls == dict(fit=[120, 120], density=[0, 1], denoising=[0, 1])
+    assert first.metadata["cache"] == dict(folder=str(tmp_path), loaded=0, saved=6)
+    second = run_audit(X, y, tmp_path)
+    assert calls == dict(fit=[120, 120], density=[0, 1], denoising=[0, 1])
+    assert second.metadata["cache"]["loaded"] == 6
+    assert_same_tables(second, first)
+    pd.testing.assert_frame_equal(second["folds"], first["folds"])
+    assert second.gallery == first.gallery == []
+
+
+def test_a_changed_option_or_data_computes_again(digit_images, calls, tmp_path):
+    X, y = digit_images
+    run_audit(X, y, tmp_path)
+    options = dict(OPTIONS, density=dict(threshold=0.8))
+    changed = run_audit(X, y, tmp_path, options=options)
+    # the folds' training and the denoising are reused, the density is not
+    assert calls == dict(fit=[120] * 2, density=[0, 1] * 2, denoising=[0, 1])
+    assert changed.metadata["cache"] == dict(folder=str(tmp_path), loaded=4, saved=2)
+    fresh = audit(
+        small_net(X, max_epochs=1), X, y, cv=2, analyses=ANALYSES, options=options
+    )
+    assert_same_tables(changed, fresh)
+    n_fits, n_density = len(calls["fit"]), len(calls["density"])
+    X2 = X.copy()
+    X2[0, 0, 0, 0] += 0.5
+    run_audit(X2, y, tmp_path)
+    assert len(calls["fit"]) == n_fits + 2
+    assert len(calls["density"]) == n_density + 2
+
+
+def test_an_interrupted_audit_resumes(digit_images, calls, tmp_path, monkeypatch):
+    X, y = digit_images
+    denoising = Denoising.run
+
+    def interrupted_on_fold_1(self, fold):
+        if fold.fold == 1:
+            raise KeyboardInterrupt
+        return denoising(self, fold)
+
+    monkeypatch.setattr(Denoising, "run", interrupted_on_fold_1)
+    with pytest.raises(KeyboardInterrupt):
+        run_audit(X, y, tmp_path, cv=3)
+    assert calls["fit"] == [160, 160] and calls["density"] == [0, 1]
+    monkeypatch.setattr(Denoising, "run", denoising)
+    resumed = run_audit(X, y, tmp_path, cv=3)
+    # fold 0 entirely and fold 1's training and density come from the cache
+    assert calls["fit"] == [160, 160, 160]
+    assert calls["density"] == [0, 1, 2]
+    assert calls["denoising"] == [0, 1, 2]
+    assert resumed.metadata["cache"]["loaded"] == 5
+    expected = audit(
+        small_net(X, max_epochs=1), X, y, cv=3, analyses=ANALYSES, options=OPTIONS
+    )
+    assert_same_tables(resumed, expected)
+
+
+def test_a_damaged_piece_is_computed_again(digit_images, calls, tmp_path):
+    X, y = digit_images
+    first = run_audit(X, y, tmp_path)
+    pieces = sorted(tmp_path.glob("*.pkl"))
+    assert len(pieces) == 6
+    for piece in pieces:
+        piece.write_bytes(piece.read_bytes()[:20])
+    second = run_audit(X, y, tmp_path)
+    assert len(calls["fit"]) == 4 and second.metadata["cache"]["loaded"] == 0
+    assert_same_tables(second, first)
+    assert np.all([p.stat().st_size > 20 for p in tmp_path.glob("*.pkl")])
