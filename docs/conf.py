@@ -52,9 +52,8 @@ numpydoc_validation_exclude = {
     r"^sksim\.ValidPairSimilarity\.on_(epoch|batch)_(begin|end)$",
     # Docstrings to complete (undocumented parameters or returns, summaries,
     # See Also entries); remove each entry once its docstring passes.
-    r"^sksim\.audit\.AuditResult$",
-    r"^sksim\.NetworkSimilarityKernel\.(transform|fit_transform)$",
-    r"^sksim\.gradient_features$",
+    r"^sksim\.audit\.AuditResult(\.(to_html|to_json))?$",
+    r"^sksim\.NetworkSimilarityKernel\.transform$",
     r"^sksim\.similarity_to_distance$",
     r"^sksim\.(GradientDensityEstimator|NetworkNeighbors)$",
     r"^sksim\.SimilarityRegularized(Net|Classifier|Regressor)"
