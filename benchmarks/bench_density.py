@@ -1,8 +1,9 @@
-"""Soft neighbour counts scale linearly with the reference set (SPEC 2).
+"""Soft neighbour counts scale linearly with the reference set.
 
 Times ``GradientDensityEstimator(method="soft").fit(X).neighbor_counts(X)`` on
 the MLP 784-256-256-10 for N and 2N samples (two streaming passes, never an
-N x N matrix) and prints time(2N) / time(N), which is 2 for a linear method.
+N x N matrix) and prints time(2N) / time(N), which is 2 for a linear method
+(the factorisation is derived in the density section of the docs' theory page).
 
 Usage: ``python benchmarks/bench_density.py [--n 50000] [--output logits|0]``.
 """

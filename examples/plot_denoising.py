@@ -6,7 +6,8 @@ Trained on labels corrupted by Gaussian noise of standard deviation
 ``sigma = 0.2``, the circle-sine network ends up much closer to the clean
 target than its labels are: each prediction averages the noisy labels of the
 examples the network treats as similar (Charpiat et al., NeurIPS 2019,
-self-denoising section; SPEC 3 and 7.2).
+self-denoising section; derived on the
+:ref:`theory page <theory-denoising>`).
 
 :class:`sksim.denoising.SelfDenoisingAnalysis` turns that explanation into a
 prediction of the error against the clean labels, from the noisy labels only

@@ -8,7 +8,8 @@ frequency ``f``, the more the network must tell nearby points apart, so the
 fewer training examples it treats as similar to each input: the mean soft
 neighbour count ``N_S(x) = sum_j k^C(x, x_j)`` falls as ``f`` grows, and,
 across frequencies, per sample it is lower where the target bends more
-(Charpiat et al., NeurIPS 2019, density section; SPEC 7.1).
+(Charpiat et al., NeurIPS 2019, density section; see the
+:ref:`theory page <theory-density>`).
 
 The soft counts come from :class:`sksim.density.GradientDensityEstimator` in
 two streaming passes over the training set (no ``N x N`` kernel).

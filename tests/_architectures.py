@@ -221,7 +221,7 @@ def _inv_sqrt(G):
 
 
 def oracle_kernel(J_x, J_y, kind):
-    """The SPEC 1 kernels from explicit Jacobians, one pair at a time."""
+    """The ntk, cosine and influence kernels from explicit Jacobians, pair by pair."""
     d = J_x.shape[1]
     K = np.empty((len(J_x), len(J_y)))
     for i, a in enumerate(J_x):

@@ -1,4 +1,4 @@
-"""SelfDenoisingAnalysis against a direct NumPy evaluation of SPEC 3."""
+"""SelfDenoisingAnalysis against a direct NumPy evaluation of its formulas."""
 
 import sys
 
@@ -56,7 +56,7 @@ def inverse_sqrt(G):
 
 
 def spec_3(net, X, y, weights, power=8, threshold=0.95, sigma=None):
-    """SPEC 3 evaluated literally, sample by sample."""
+    """The self-denoising formulas evaluated literally, sample by sample."""
     J = brute_force_jacobians(net, X)
     n, d, _ = J.shape
     f = net(torch.as_tensor(X, dtype=torch.float64)).detach().numpy()
@@ -283,7 +283,7 @@ def test_plot_without_matplotlib_names_the_extra(data, monkeypatch):
 
 @pytest.mark.slow
 def test_circle_sine_network_beats_its_label_noise():
-    """SPEC 7.2 at reduced size (512 samples instead of 2048), f = 1."""
+    """Self-denoising on the toy at reduced size (512 samples, not 2048), f = 1."""
     sigma = 0.2
     toy = make_circle_sine(512, frequency=1, noise=sigma, random_state=0)
     layers = [torch.nn.Linear(2, 64), torch.nn.ReLU()]

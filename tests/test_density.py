@@ -204,7 +204,7 @@ def circle_sine_net(toy, epochs=60):
 
 @pytest.mark.slow
 def test_circle_sine_density_falls_with_frequency_and_curvature():
-    """SPEC 7.1 at reduced size (512 samples instead of 2048)."""
+    """Density falls with frequency (Charpiat et al.), 512 samples instead of 2048."""
     counts, curvatures = [], []
     for f in (1, 2, 4, 8):
         toy = make_circle_sine(512, frequency=f, random_state=0)

@@ -1,4 +1,4 @@
-"""SPEC 1.1 properties and invariances of the normalised kernel."""
+"""Properties and invariances of the normalised (whitened) kernel."""
 
 import numpy as np
 import pytest
