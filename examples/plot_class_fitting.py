@@ -82,15 +82,27 @@ class TwoStageMLP(torch.nn.Module):
 
 torch.manual_seed(0)
 net = NeuralNetClassifier(
-    TwoStageMLP, max_epochs=60, lr=0.003, optimizer=torch.optim.Adam,
-    batch_size=64, train_split=None, verbose=0,
+    TwoStageMLP,
+    max_epochs=60,
+    lr=0.003,
+    optimizer=torch.optim.Adam,
+    batch_size=64,
+    train_split=None,
+    verbose=0,
 )
 memorizer = MLPClassifier((128,), alpha=0.0, learning_rate_init=0.01, max_iter=300)
 start = time.perf_counter()
 report = class_fitting_report(
-    net, X, y, ["stage1", "stage2"], n_components=16,
+    net,
+    X,
+    y,
+    ["stage1", "stage2"],
+    n_components=16,
     mixture=DirichletProcessGaussianMixture(n_sweeps=30, burn_in=18, thin=4),
-    memorization=memorizer, n_models=12, n_bins=5, random_state=0,
+    memorization=memorizer,
+    n_models=12,
+    n_bins=5,
+    random_state=0,
 )
 print(f"workflow: {time.perf_counter() - start:.1f} s")
 is_flipped = np.isin(np.arange(len(y)), flipped)
@@ -111,8 +123,11 @@ for stage in ("stage1", "stage2"):
 
 for stage in ("stage1", "stage2"):
     rows = report.bins["stage"] == stage
-    print(stage, "mean memorisation per density bin:",
-          np.round(report.bins["mean_memorization"][rows], 3).tolist())
+    print(
+        stage,
+        "mean memorisation per density bin:",
+        np.round(report.bins["mean_memorization"][rows], 3).tolist(),
+    )
 
 # %%
 # The sorted class means with the largest-gap split, and memorisation against

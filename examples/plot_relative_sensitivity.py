@@ -47,17 +47,21 @@ X_train, y_train, X_probe = X[:2048], y[:2048], X[2048:]
 
 
 def block(c_in, c_out):
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(),
-                         nn.MaxPool2d(2))
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)
+    )
 
 
 def cnn(n_classes, widths=(32, 64, 128)):
-    return nn.Sequential(OrderedDict(
-        block1=block(1, widths[0]), block2=block(widths[0], widths[1]),
-        block3=block(widths[1], widths[2]),
-        gap=nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()),
-        readout=nn.Linear(widths[2], n_classes),
-    ))
+    return nn.Sequential(
+        OrderedDict(
+            block1=block(1, widths[0]),
+            block2=block(widths[0], widths[1]),
+            block3=block(widths[1], widths[2]),
+            gap=nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()),
+            readout=nn.Linear(widths[2], n_classes),
+        )
+    )
 
 
 def train(net, X, y, epochs, lr=1e-3, batch_size=32, seed=0):
@@ -75,10 +79,13 @@ def train(net, X, y, epochs, lr=1e-3, batch_size=32, seed=0):
 torch.manual_seed(0)
 scale_cnn = train(cnn(2), X_train, y_train, epochs=20)
 with torch.no_grad():
-    accuracy = (scale_cnn(torch.as_tensor(X_probe)).argmax(1).numpy()
-                == y[2048:]).mean()
-print(f"scale detection: test accuracy {accuracy:.3f} "
-      f"({time.perf_counter() - start:.0f} s)")
+    accuracy = (
+        scale_cnn(torch.as_tensor(X_probe)).argmax(1).numpy() == y[2048:]
+    ).mean()
+print(
+    f"scale detection: test accuracy {accuracy:.3f} "
+    f"({time.perf_counter() - start:.0f} s)"
+)
 
 # %%
 # Layer by layer: trained, initialised and channel-shuffled
@@ -90,17 +97,26 @@ print(f"scale detection: test accuracy {accuracy:.3f} "
 layers = ["input", "block1", "block2", "block3", "gap", "output"]
 tables = {
     "one-pixel moves": relative_sensitivity(
-        scale_cnn, X_probe, layers=layers, n_init=5, shuffled=True,
-        deformation=scale_detection_perturbation, random_state=0),
+        scale_cnn,
+        X_probe,
+        layers=layers,
+        n_init=5,
+        shuffled=True,
+        deformation=scale_detection_perturbation,
+        random_state=0,
+    ),
     "max-entropy diffeos": relative_sensitivity(
-        scale_cnn, X_probe, layers=layers, n_init=5, shuffled=True,
-        random_state=0),
+        scale_cnn, X_probe, layers=layers, n_init=5, shuffled=True, random_state=0
+    ),
 }
 print(f"measured ({time.perf_counter() - start:.0f} s)")
 for name, table in tables.items():
     print(name)
-    print(table.pivot(index="depth", columns="net", values=["D", "G", "R"])
-          .round(4).to_string())
+    print(
+        table.pivot(index="depth", columns="net", values=["D", "G", "R"])
+        .round(4)
+        .to_string()
+    )
 
 fig, axes = plt.subplots(2, 3, figsize=(11, 6), sharex=True)
 styles = {"trained": "C0-o", "init": "C1--s", "shuffled": "C2:^"}
@@ -124,36 +140,48 @@ fig.tight_layout()
 # on them is relatively more stable.
 digits = load_digits()
 images = torch.tensor(digits.images / 16.0, dtype=torch.float32)[:, None]
-images = nn.functional.interpolate(images, size=(16, 16), mode="bilinear",
-                                   align_corners=False)
+images = nn.functional.interpolate(
+    images, size=(16, 16), mode="bilinear", align_corners=False
+)
 images = ((images - images.mean()) / images.std()).numpy()
 order = np.random.RandomState(0).permutation(len(images))
 train_rows, probe_rows = order[:1200], order[1200:]
 
-fc = nn.Sequential(nn.Flatten(), nn.Linear(256, 256), nn.ReLU(),
-                   nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
+fc = nn.Sequential(
+    nn.Flatten(),
+    nn.Linear(256, 256),
+    nn.ReLU(),
+    nn.Linear(256, 256),
+    nn.ReLU(),
+    nn.Linear(256, 10),
+)
 torch.manual_seed(0)
 fc = train(fc, images[train_rows], digits.target[train_rows], epochs=15)
 torch.manual_seed(0)
-digits_cnn = train(cnn(10, (16, 32, 64)), images[train_rows],
-                   digits.target[train_rows], epochs=15)
+digits_cnn = train(
+    cnn(10, (16, 32, 64)), images[train_rows], digits.target[train_rows], epochs=15
+)
 outputs = {}
 for name, net in [("fully connected", fc), ("CNN", digits_cnn)]:
     with torch.no_grad():
-        acc = (net(torch.as_tensor(images[probe_rows])).argmax(1).numpy()
-               == digits.target[probe_rows]).mean()
-    table = relative_sensitivity(net, images[probe_rows], n_probe=500, n_init=5,
-                                 random_state=0)
+        acc = (
+            net(torch.as_tensor(images[probe_rows])).argmax(1).numpy()
+            == digits.target[probe_rows]
+        ).mean()
+    table = relative_sensitivity(
+        net, images[probe_rows], n_probe=500, n_init=5, random_state=0
+    )
     outputs[name] = table.set_index("net")["R"]
-    print(f"{name} ({time.perf_counter() - start:.0f} s): test accuracy "
-          f"{acc:.3f}, output R trained "
-          f"{outputs[name]['trained']:.3f}, init {outputs[name]['init']:.3f}")
+    print(
+        f"{name} ({time.perf_counter() - start:.0f} s): test accuracy "
+        f"{acc:.3f}, output R trained "
+        f"{outputs[name]['trained']:.3f}, init {outputs[name]['init']:.3f}"
+    )
 
 fig, ax = plt.subplots(figsize=(5, 3.5))
 kinds = ["init", "trained"]
 for k, (name, r) in enumerate(outputs.items()):
-    ax.bar(np.arange(2) + 0.4 * k, [r[kind] for kind in kinds], width=0.4,
-           label=name)
+    ax.bar(np.arange(2) + 0.4 * k, [r[kind] for kind in kinds], width=0.4, label=name)
 ax.axhline(1.0, color="k", lw=0.8)
 ax.set_xticks(np.arange(2) + 0.2, kinds)
 ax.set_yscale("log")
@@ -163,8 +191,10 @@ ax.legend()
 fig.tight_layout()
 
 scale = tables["one-pixel moves"].query("layer == 'output'").set_index("net")
-print(f"scale detection output R: trained {scale.R['trained']:.4f}, init "
-      f"{scale.R['init']:.4f}, ratio {scale.R['trained'] / scale.R['init']:.3f}; "
-      f"D {scale.D['init']:.3f} -> {scale.D['trained']:.3f}, "
-      f"G {scale.G['init']:.3f} -> {scale.G['trained']:.3f}")
+print(
+    f"scale detection output R: trained {scale.R['trained']:.4f}, init "
+    f"{scale.R['init']:.4f}, ratio {scale.R['trained'] / scale.R['init']:.3f}; "
+    f"D {scale.D['init']:.3f} -> {scale.D['trained']:.3f}, "
+    f"G {scale.G['init']:.3f} -> {scale.G['trained']:.3f}"
+)
 print(f"total time {time.perf_counter() - start:.0f} s")

@@ -83,5 +83,3 @@ def resolve_device(net, device=None) -> torch.device:
     module = resolve_module(net)
     first = next(module.parameters(), None)
     return first.device if first is not None else torch.device("cpu")
-
-

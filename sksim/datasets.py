@@ -173,7 +173,7 @@ _DISTANCES = {
 def make_scale_detection(
     n_samples=1024, size=16, xi=8, gap=2, norm="l2", shuffle=True, random_state=None
 ):
-    """Images with two active pixels: are they close or far apart?
+    """Images with two active pixels, close or far apart.
 
     Two distinct pixels of a ``size x size`` image are set to 1. The class is
     0 ("close") when their distance is ``< xi - gap / 2`` and 1 ("far") when it

@@ -156,9 +156,7 @@ def network_similarity(
 
 
 @validate_params(
-    constraints(
-        "net", "n_components", *SHARED, X="no_validation", whiten=["boolean"]
-    ),
+    constraints("net", "n_components", *SHARED, X="no_validation", whiten=["boolean"]),
     prefer_skip_nested_validation=True,
 )
 @fill_doc

@@ -409,7 +409,7 @@ class SimilarityRegularizedNet(NeuralNet):
         return super().infer(strip_pairs(x), **fit_params)
 
     def get_loss(self, y_pred, y_true, X=None, training=False):
-        """skorch's loss, plus the similarity term when training.
+        """The skorch loss, plus the similarity term when training.
 
         The term ``similarity_weight * s * mean cos`` (``s = -1`` for
         ``similarity_direction="similar"``, +1 for ``"dissimilar"``) and the mean

@@ -284,8 +284,7 @@ def test_sketched_features_in_parts_equal_those_of_whole_batches():
     engine, _ = _smallest_fitting_engine(module, X)
     whole = JacobianEngine(module, batch_size=4)
     F, F_parts = (
-        gradient_features(e, X, n_components=16, seed=0)
-        for e in (whole, engine)
+        gradient_features(e, X, n_components=16, seed=0) for e in (whole, engine)
     )
     np.testing.assert_allclose(F_parts, F, rtol=1e-9, atol=1e-12)
 

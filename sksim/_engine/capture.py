@@ -1,4 +1,4 @@
-"""Capture layer inputs and back-propagated signals in one batched pass (SPEC 1.2).
+"""Capture layer inputs and back-propagated signals in one batched pass.
 
 Forward hooks record each supported layer's input ``h`` and output ``z``; one
 backward pass per output row ``c`` of ``sum_b f_c(x_b)`` gives
@@ -104,8 +104,10 @@ def _conv_patches(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _strided_patches(x, kernel, dilation, padding, stride) -> torch.Tensor:
-    """``unfold`` through strided views and one copy (CUDA's ``unfold`` loops
-    over the samples, one kernel launch each)."""
+    """``unfold`` through strided views and one copy.
+
+    CUDA's ``unfold`` loops over the samples, one kernel launch each.
+    """
     x = F.pad(x, (padding[1], padding[1], padding[0], padding[0]))
     geometry = zip(kernel, stride, dilation, strict=True)
     for axis, (k, step, spacing) in enumerate(geometry):

@@ -1,6 +1,6 @@
 """Kernel rows between query inputs and a reference set, in bounded memory.
 
-Every kernel of SPEC 1 is ``B(x, y) = (L(x) J(x)) (R(y) J(y))^T`` with per-sample
+Every kernel is ``B(x, y) = (L(x) J(x)) (R(y) J(y))^T`` with per-sample
 ``d x d`` maps: ``L = R = I`` for ``ntk``, ``L = R = (J J^T)^{-1/2}`` for
 ``cosine``, and ``L = (J J^T)^{-1}, R = I`` for ``influence`` (whose matrix
 kernel ``K(y, x) K(x, x)^{-1}`` is ``B^T``). The maps act on the layer pieces

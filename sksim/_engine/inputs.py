@@ -34,9 +34,11 @@ def take(X, index):
 
 
 def _to_tensor(a, device: torch.device, float_dtype: torch.dtype) -> torch.Tensor:
-    """A tensor of ``a`` that shares no memory with it: a network that works in
-    place on its input (an in-place first activation) cannot change the
-    caller's data."""
+    """A tensor of ``a`` that shares no memory with it.
+
+    A network that works in place on its input (an in-place first
+    activation) then cannot change the caller's data.
+    """
     if isinstance(a, torch.Tensor):
         t, shared = a.detach(), True
     else:

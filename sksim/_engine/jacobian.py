@@ -2,7 +2,7 @@
 
 ``J(x) = d f(x) / d theta`` of shape ``(d, p)`` per sample, computed with
 ``torch.func`` (``functional_call`` + ``vmap`` of ``jacrev``) in batches, in
-eval mode, on the module's device or a copy of it on another (SPEC 1).
+eval mode, on the module's device or a copy of it on another (see the theory page).
 """
 
 from __future__ import annotations
@@ -88,9 +88,11 @@ class JacobianEngine:
         return state
 
     def _call(self, batch, start: int | None = 0) -> torch.Tensor:
-        """Selected outputs ``(B, d)`` of a batch (a dict goes in as keywords),
-        checked to be finite unless ``start``, the number of the batch's first
-        row in errors, is None."""
+        """Selected outputs ``(B, d)`` of a batch (a dict goes in as keywords).
+
+        They are checked to be finite unless ``start``, the number of the
+        batch's first row in errors, is None.
+        """
         with _input_dtype_errors(batch, self.dtype):
             if isinstance(batch, dict):
                 out = self.module(**batch)
@@ -281,8 +283,11 @@ class JacobianEngine:
         return self._plan
 
     def _probe(self, layers: dict, X) -> tuple[set[str], int]:
-        """The layers that mix samples, and the bytes a sample's activations
-        and back-propagated signals take, from a pass over two samples."""
+        """The layers that mix samples, and the bytes of a sample's signals.
+
+        Both come from a pass over two samples; the bytes count the recorded
+        activations and their back-propagated signals.
+        """
         rows = np.array([0, min(1, n_samples(X) - 1)])
         probe = to_tensor(take(X, rows), self.device, self.dtype)
         with torch.enable_grad(), LayerCapture(layers, True, 2) as capture:

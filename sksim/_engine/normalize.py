@@ -1,4 +1,4 @@
-"""From NTK blocks ``J(x) J(x')^T`` to the normalised kernels of SPEC 1 and 1.1."""
+"""From NTK blocks ``J(x) J(x')^T`` to the normalised kernels (see the theory page)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Per-layer pieces of per-sample Jacobians, and their Gram products (SPEC 1.2).
+"""Per-layer pieces of per-sample Jacobians, and their Gram products.
 
 A batch's Jacobian ``J(x)`` (``d x p``) is held as one piece per layer:
 

@@ -319,6 +319,7 @@ def as_channels(x: torch.Tensor) -> tuple[torch.Tensor, int]:
 
 
 def check_interp(interp) -> None:
+    """Raise a ValueError unless ``interp`` is a known interpolation."""
     if interp not in INTERPOLATIONS:
         raise ValueError(f"interp must be one of {INTERPOLATIONS}; got {interp!r}.")
 

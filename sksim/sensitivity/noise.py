@@ -12,6 +12,7 @@ NOISE_NORMS = ("per_sample", "batch_mean")
 
 
 def check_noise_norm(noise_norm) -> None:
+    """Raise a ValueError unless ``noise_norm`` is a known noise matching."""
     if isinstance(noise_norm, str):
         if noise_norm not in NOISE_NORMS:
             raise ValueError(

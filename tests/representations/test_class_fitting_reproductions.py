@@ -112,9 +112,9 @@ def test_relative_entropy_is_off_by_about_0_8_nats_on_planted_modes():
     np.testing.assert_allclose(X[y == 1].mean(0), means.mean(0), atol=0.3)
     rng = np.random.RandomState(1)
     Z = means[rng.randint(8, size=100000)] + sd * rng.standard_normal((100000, 6))
-    log_true = logsumexp(
-        -0.5 * (((Z[:, None] - means) / sd) ** 2).sum(-1), axis=1
-    ) - (np.log(sd).sum() + 3 * np.log(2 * np.pi) + np.log(8))
+    log_true = logsumexp(-0.5 * (((Z[:, None] - means) / sd) ** 2).sum(-1), axis=1) - (
+        np.log(sd).sum() + 3 * np.log(2 * np.pi) + np.log(8)
+    )
     P = Z @ ccd.components_.T
     var = ccd.class_variances_[1] + 1e-6
     log_gauss = -0.5 * (

@@ -57,8 +57,11 @@ def class_densities(result):
 
 
 def _held_out_columns(report, representations, y_test, layers):
-    """Per (layer, class) row of ``report.classes``: the held-out examples'
-    mean own-class log-density and the accuracy of the density classifier."""
+    """Held-out columns per (layer, class) row of ``report.classes``.
+
+    The held-out examples' mean own-class log-density and the accuracy of
+    the density classifier.
+    """
     test_mean, test_accuracy = [], []
     for layer in layers:
         density = report.densities[layer]

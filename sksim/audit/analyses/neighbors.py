@@ -33,8 +33,11 @@ def image_view(X) -> np.ndarray | None:
 
 
 def most_similar(fold, options):
-    """Similarities and training indices (into X) of each held-out example's
-    ``fold.n_neighbors`` most similar training examples, most similar first."""
+    """The most similar training examples of each held-out example.
+
+    Similarities and indices (into X) of its ``fold.n_neighbors`` most similar
+    training examples, most similar first.
+    """
     search = NetworkNeighbors(
         fold.net,
         n_neighbors=fold.n_neighbors,
