@@ -30,7 +30,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from models import cnn, mlp, small_resnet, with_running_statistics
+from models import (
+    cnn,
+    mlp,
+    small_resnet,
+    transformers_resnet18,
+    with_running_statistics,
+)
 from torch.func import functional_call, grad, vmap
 
 from sksim import network_similarity
@@ -239,6 +245,12 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default=None, help="default: docs/benchmarks*.md")
+    parser.add_argument(
+        "--cases",
+        nargs="+",
+        default=["mlp", "cnn", "resnet", "resnet18"],
+        help="networks to time (the multi-output row comes with mlp)",
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     suffix = "" if device.type == "cpu" else f"-{device.type}"
@@ -246,26 +258,39 @@ def main():
     torch.manual_seed(0)
     repeats = 1 if args.quick else args.repeats
     sizes = (
-        {"mlp": (256,), "cnn": (128,), "resnet": (128,)}
+        {"mlp": (256,), "cnn": (128,), "resnet": (128,), "resnet18": (16,)}
         if args.quick
-        else {"mlp": (1024, 4096), "cnn": (512, 2048), "resnet": (512,)}
+        else {
+            "mlp": (1024, 4096),
+            "cnn": (512, 2048),
+            "resnet": (512,),
+            "resnet18": (64,),
+        }
     )
+    sizes = {case: n for case, n in sizes.items() if case in args.cases}
     rows = []
-    for n in sizes["mlp"]:
+    for n in sizes.get("mlp", ()):
         X = torch.randn(n, 784, device=device)
         module = mlp().to(device)
         rows += run_case("MLP 784-256-256-10", module, X, _methods(), repeats, 1024)
-    for n in sizes["cnn"]:
+    for n in sizes.get("cnn", ()):
         X = torch.randn(n, 1, 28, 28, device=device)
         module = cnn().to(device)
         rows += run_case("CNN conv32-conv64", module, X, _methods(), repeats, 256)
-    for n in sizes["resnet"]:
+    for n in sizes.get("resnet", ()):
         X = torch.randn(n, 3, 16, 16, device=device)
         module = with_running_statistics(small_resnet().to(device), X)
         rows += run_case("ResNet-8 + BatchNorm", module, X, _methods(), repeats, 128)
-    n_multi = sizes["mlp"][0]
-    X = torch.randn(n_multi, 784, device=device)
-    multi = multi_output_rows(mlp().to(device), X, repeats, 1024)
+    for n in sizes.get("resnet18", ()):
+        X = torch.randn(n, 3, 32, 32, device=device)
+        module = with_running_statistics(transformers_resnet18().to(device), X)
+        methods = _methods(with_nngeometry=False)  # it cannot read this model
+        rows += run_case("ResNet-18 (transformers)", module, X, methods, repeats, 32)
+    multi, n_multi = None, None
+    if "mlp" in sizes:
+        n_multi = sizes["mlp"][0]
+        X = torch.randn(n_multi, 784, device=device)
+        multi = multi_output_rows(mlp().to(device), X, repeats, 1024)
     write_report(rows, multi, n_multi, out, device)
 
 
@@ -288,15 +313,16 @@ def write_report(rows, multi, n_multi, path, device):
         lines.append(
             f"| {name} | {n} | {method} | {t:.4f} | {ratio:.3f} | {mem:.0f} | {error} |"
         )
-    scalar_time = multi["sksim scalar ntk"]
-    lines += [
-        "",
-        f"Multi-output, MLP, N = {n_multi}: scalar-output NTK {scalar_time:.4f} s, "
-        f"whitened cosine over d = 10 outputs {multi['sksim cosine d=10']:.4f} s "
-        f"(ratio {multi['sksim cosine d=10'] / scalar_time:.2f}); pairing two "
-        f"samples takes {pairing_cost(mlp(), 10) / pairing_cost(mlp(), 1):.2f} "
-        "times the multiply-adds with 10 whitened output rows as with one.",
-    ]
+    if multi is not None:
+        scalar_time = multi["sksim scalar ntk"]
+        lines += [
+            "",
+            f"Multi-output, MLP, N = {n_multi}: scalar-output NTK {scalar_time:.4f} s, "
+            f"whitened cosine over d = 10 outputs {multi['sksim cosine d=10']:.4f} s "
+            f"(ratio {multi['sksim cosine d=10'] / scalar_time:.2f}); pairing two "
+            f"samples takes {pairing_cost(mlp(), 10) / pairing_cost(mlp(), 1):.2f} "
+            "times the multiply-adds with 10 whitened output rows as with one.",
+        ]
     table = "\n".join(lines)
     print(table)
     header = (

@@ -87,3 +87,26 @@ def with_running_statistics(module: nn.Module, X: torch.Tensor) -> nn.Module:
     with torch.no_grad():
         module(X[:256])
     return module.eval()
+
+
+class _Logits(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values):
+        return self.model(pixel_values=pixel_values).logits
+
+
+def transformers_resnet18(n_classes: int = 10) -> nn.Module:
+    """ResNet-18 (basic blocks 2-2-2-2, 64-512 channels) from a ``transformers``
+    config, returning its logits (p = 11.2 M)."""
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    config = ResNetConfig(
+        layer_type="basic",
+        depths=[2, 2, 2, 2],
+        hidden_sizes=[64, 128, 256, 512],
+        num_labels=n_classes,
+    )
+    return _Logits(ResNetForImageClassification(config))

@@ -14,7 +14,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
+from sklearn.frozen import FrozenEstimator
+from sklearn.model_selection import GridSearchCV, train_test_split
+from sklearn.pipeline import make_pipeline
+from sklearn.svm import SVC
 from skorch import NeuralNetClassifier
 
 from sksim import NetworkSimilarityKernel
@@ -63,3 +66,16 @@ for ax in axes.ravel():
     ax.set_axis_off()
 fig.tight_layout()
 plt.show()
+
+# %%
+# The kernel inside a model search, with the trained net kept as it is.
+# ``GridSearchCV`` clones its estimator, and a clone of a fitted skorch net is
+# unfitted: it would be trained again on every fold. ``FrozenEstimator`` keeps
+# it: only the SVM's ``C`` is searched, on the network's fixed kernel.
+model = make_pipeline(
+    NetworkSimilarityKernel(FrozenEstimator(net)), SVC(kernel="precomputed")
+)
+search = GridSearchCV(model, {"svc__C": [0.1, 1.0, 10.0]}, cv=3)
+search.fit(X_train, y_train)
+print(f"best C: {search.best_params_['svc__C']}, test accuracy of the SVM on the")
+print(f"network's kernel: {search.score(X_test, y_test):.3f}")

@@ -163,3 +163,20 @@ def test_round_trip_gives_identical_kernel(digits, fitted_digits_net, dump, tmp_
         joblib.dump(kern, tmp_path / "kernel.joblib")
         restored = joblib.load(tmp_path / "kernel.joblib")
     np.testing.assert_array_equal(restored.transform(X[30:40]), K)
+
+
+def test_grid_search_retrains_a_fitted_net_unless_frozen(digits, fitted_digits_net):
+    """A clone of a fitted skorch net is unfitted; FrozenEstimator keeps the net."""
+    X, y = digits
+    expected = network_similarity(fitted_digits_net, X[:10], X[:90])
+    for net, kept in (
+        (fitted_digits_net, False),
+        (FrozenEstimator(fitted_digits_net), True),
+    ):
+        search = GridSearchCV(
+            make_pipeline(NetworkSimilarityKernel(net), SVC(kernel="precomputed")),
+            {"svc__C": [1.0]},
+            cv=[(np.arange(90), np.arange(90, 120))],
+        ).fit(X[:120], y[:120])
+        K = search.best_estimator_[0].transform(X[:10])
+        assert np.allclose(K, expected) == kept
