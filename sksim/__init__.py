@@ -1,5 +1,6 @@
 """sksim: input similarity from a neural network's perspective, for scikit-learn."""
 
+from ._engine.jacobian import NonFiniteNetworkError
 from ._engine.normalize import DeadInputWarning, SingularJacobianGramWarning
 from .denoising import IllConditionedWeightsWarning, SelfDenoisingAnalysis
 from .density import GradientDensityEstimator
@@ -29,6 +30,7 @@ __all__ = [
     "IllConditionedWeightsWarning",
     "NetworkNeighbors",
     "NetworkSimilarityKernel",
+    "NonFiniteNetworkError",
     "SelfDenoisingAnalysis",
     "SimilarityRegularizedClassifier",
     "SimilarityRegularizedNet",
