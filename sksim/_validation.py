@@ -102,16 +102,14 @@ def dataset_sample_shape(dataset: Dataset):
 def _item_shape(value, name: str) -> tuple:
     """The shape of one input ``name`` of item 0, refusing what no network takes."""
     if isinstance(value, torch.Tensor):
-        shape, complex_ = tuple(value.shape), value.is_complex()
-        kind = "tensor of dtype " + str(value.dtype)
+        shape, dtype, real = tuple(value.shape), value.dtype, not value.is_complex()
     else:
         array = np.asarray(value)
-        shape, complex_ = array.shape, array.dtype.kind not in "biuf"
-        kind = f"array of dtype {array.dtype}"
-    if complex_:
+        shape, dtype, real = array.shape, array.dtype, array.dtype.kind in "biuf"
+    if not real:
         raise ValueError(
-            f"Dataset item 0 holds input {name} as a {kind}; expected real numbers "
-            "(floats, or integers for token ids)."
+            f"Dataset item 0 holds input {name} of dtype {dtype}; expected real "
+            "numbers (floats, or integers for token ids)."
         )
     if not shape:
         raise ValueError(
