@@ -134,28 +134,32 @@ def _read(
     try:
         batch = default_collate(inputs)
     except (RuntimeError, TypeError) as error:
-        first = _origin(dataset, rows[0])
+        first, last = _origin(dataset, rows[0]), _origin(dataset, rows[-1])
         raise ValueError(
-            f"The inputs of dataset items {first} to {first + len(rows) - 1} cannot "
-            f"be stacked into a batch: {str(error).splitlines()[0]} Every item must "
-            "hold x (or (x, y)) as numeric arrays or tensors of one shape."
+            f"The inputs of dataset items {first} to {last} cannot be stacked into "
+            f"a batch: {str(error).splitlines()[0]} Every item must hold x (or "
+            "(x, y)) as numeric arrays or tensors of one shape."
         ) from error
     del inputs
     tensors = batch.items() if isinstance(batch, Mapping) else [("X", batch)]
     for name, t in tensors:
-        _check_finite_items(t, name, [_origin(dataset, i) for i in rows])
+        _check_finite_items(t, name, dataset, rows)
     if isinstance(batch, Mapping):
         return {k: v.to(device, _dtype(v, float_dtype)) for k, v in batch.items()}
     return batch.to(device, _dtype(batch, float_dtype))
 
 
-def _check_finite_items(t: torch.Tensor, name: str, items: list[int]) -> None:
-    """Raise a ValueError naming the dataset items whose input is not finite."""
+def _check_finite_items(
+    t: torch.Tensor, name: str, dataset: Dataset, rows: Sequence[int]
+) -> None:
+    """Raise a ValueError naming the items whose input ``name`` is not finite;
+    ``t`` is the batch of items ``rows`` of ``dataset``."""
     if not t.is_floating_point() or bool(torch.isfinite(t.sum())):
         return  # a finite sum is the fast common case
     bad = ~torch.isfinite(t.reshape(len(t), -1)).all(dim=1)
     if bool(bad.any()):
-        named = [items[i] for i in torch.nonzero(bad).flatten()[:5].tolist()]
+        first = torch.nonzero(bad).flatten()[:5].tolist()
+        named = [_origin(dataset, rows[i]) for i in first]
         raise ValueError(
             f"Input {name} contains NaN or infinity in dataset items {named}"
             f"{' and more' if int(bad.sum()) > len(named) else ''}; the network's "
