@@ -14,10 +14,11 @@ from sklearn.base import BaseEstimator
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 
+from ._engine.inputs import is_dataset
 from ._engine.jacobian import JacobianEngine
 from ._engine.normalize import KINDS
 from ._net import fit_net, resolve_module
-from ._validation import check_net_input
+from ._validation import check_net_input, dataset_sample_shape
 
 POSITIVE_INT = Interval(Integral, 1, None, closed="left")
 
@@ -142,6 +143,8 @@ class NetworkEstimator(BaseEstimator):
 
 def _sample_shape(X):
     """The shape of one sample: a tuple, or a dict of them for dict inputs."""
+    if is_dataset(X):
+        return dataset_sample_shape(X)
     if isinstance(X, dict):
         return {k: tuple(v.shape[1:]) for k, v in X.items()}
     return tuple(X.shape[1:])

@@ -14,6 +14,8 @@ from sklearn.frozen import FrozenEstimator
 from skorch import NeuralNet
 
 from ._engine.context import evaluation_mode, on_device, torch_seed  # noqa: F401
+from ._engine.inputs import is_dataset
+from ._validation import skorch_training_data
 
 
 def _unwrap(net):
@@ -33,8 +35,9 @@ def fit_net(net, X, y=None, random_state=None):
     ----------
     net : skorch net, FrozenEstimator or torch.nn.Module
         What the user passed.
-    X, y : array-like or dict
-        Training data, used only when ``net`` is an unfitted skorch net.
+    X, y : array-like, dict or Dataset
+        Training data, used only when ``net`` is an unfitted skorch net. A
+        torch dataset of ``(x, y)`` items needs no ``y``.
     random_state : int or None
         Seeds torch's global generator for the duration of the fit only.
 
@@ -46,7 +49,9 @@ def fit_net(net, X, y=None, random_state=None):
     if not is_unfitted_skorch(net):
         resolve_module(net)  # fail early on anything we cannot use
         return net
-    if y is None:
+    if is_dataset(X):
+        X, y = skorch_training_data(_unwrap(net), X, y)
+    elif y is None:
         raise ValueError(
             "The skorch net is not fitted and no y was given: pass y to fit() so "
             "that a clone of the net can be trained, or pass a fitted net."

@@ -9,8 +9,11 @@ import torch
 from scipy.sparse import issparse
 from sklearn.utils import check_array
 from sklearn.utils.validation import validate_data
+from skorch import NeuralNetClassifier
+from skorch.dataset import Dataset as SkorchDataset
+from torch.utils.data import Dataset, IterableDataset, default_collate
 
-from ._engine.inputs import check_finite, n_samples
+from ._engine.inputs import check_finite, is_dataset, n_samples, split_item
 
 
 def _as_array(X):
@@ -20,13 +23,17 @@ def _as_array(X):
 
 
 def check_net_input(X, estimator=None, reset=True, keep_tensors=False):
-    """Validate inputs for a network: arrays of any rank, or a dict of them.
+    """Validate inputs for a network: arrays of any rank, a dict of them, or a dataset.
 
     Arrays keep integer dtypes (token ids) and may have any number of
     dimensions (images, sequences); NaN and infinity are refused. With an
     ``estimator``, ``n_features_in_`` is set (``reset=True``) or checked.
     With ``keep_tensors``, a tensor is checked and returned where it lives.
+    A map-style torch dataset is returned as it is, once its first item is
+    checked: its values are checked batch by batch as they are read.
     """
+    if is_dataset(X):
+        return _check_dataset(X, estimator, reset)
     if isinstance(X, Mapping) and not issparse(X):  # a DOK matrix is a Mapping
         if not X:
             raise ValueError("A dict input needs at least one array.")
@@ -59,6 +66,133 @@ def _check_tensor(X: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"Expected a real tensor; got dtype {X.dtype}.")
     check_finite(X)
     return X.detach()
+
+
+def _check_dataset(dataset, estimator, reset: bool):
+    """Check a dataset's length and first item; set or check ``n_features_in_``."""
+    if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
+        raise TypeError(
+            f"X is a {type(dataset).__name__} without a length and random access: "
+            "pass a map-style torch Dataset (with __len__ and __getitem__), or "
+            "arrays."
+        )
+    if len(dataset) == 0:
+        raise ValueError(
+            "Found a dataset with 0 items while a minimum of 1 is required."
+        )
+    shape = dataset_sample_shape(dataset)
+    if estimator is not None:
+        _check_n_features(estimator, shape, reset)
+    return dataset
+
+
+def dataset_sample_shape(dataset: Dataset):
+    """The shape of the input of a dataset's first item, checked to be numeric.
+
+    A tuple, or a dict of them for items whose input is a dict.
+    """
+    x = split_item(dataset[0])[0]
+    if isinstance(x, Mapping):
+        if not x:
+            raise ValueError("Dataset item 0 holds an empty dict as input.")
+        return {k: _item_shape(v, str(k)) for k, v in x.items()}
+    return _item_shape(x, "X")
+
+
+def _item_shape(value, name: str) -> tuple:
+    """The shape of one input ``name`` of item 0, refusing what no network takes."""
+    if isinstance(value, torch.Tensor):
+        shape, dtype, real = tuple(value.shape), value.dtype, not value.is_complex()
+    else:
+        array = np.asarray(value)
+        shape, dtype, real = array.shape, array.dtype, array.dtype.kind in "biuf"
+    if not real:
+        raise ValueError(
+            f"Dataset item 0 holds input {name} of dtype {dtype}; expected real "
+            "numbers (floats, or integers for token ids)."
+        )
+    if not shape:
+        raise ValueError(
+            f"Dataset item 0 holds a scalar input {name}; an item is one sample, an "
+            "array or tensor of shape (n_features,) or with more dimensions."
+        )
+    return shape
+
+
+def _check_n_features(estimator, shape, reset: bool) -> None:
+    """``n_features_in_`` of dataset inputs: the first axis of an item's input."""
+    n_features = shape[0] if isinstance(shape, tuple) else None
+    if reset:
+        for name in ("n_features_in_", "feature_names_in_"):
+            if hasattr(estimator, name):
+                delattr(estimator, name)
+        if n_features is not None:
+            estimator.n_features_in_ = n_features
+        return
+    expected = getattr(estimator, "n_features_in_", None)
+    if n_features is not None and expected is not None and n_features != expected:
+        raise ValueError(
+            f"X has {n_features} features, but {type(estimator).__name__} is "
+            f"expecting {expected} features as input."
+        )
+
+
+def _carries_labels(dataset: Dataset) -> bool:
+    """Whether the items are ``(x, y)`` (skorch's dataset made without ``y``
+    gives a placeholder, not labels)."""
+    if isinstance(dataset, SkorchDataset):
+        return dataset.y is not None
+    return split_item(dataset[0])[1] is not None
+
+
+def dataset_targets(dataset: Dataset) -> np.ndarray | None:
+    """The labels ``y`` of a dataset of ``(x, y)`` items, read in one pass.
+
+    Returns None when its items carry no labels.
+    """
+    if not _carries_labels(dataset):
+        return None
+    y = default_collate([split_item(dataset[i])[1] for i in range(len(dataset))])
+    return y.numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
+
+
+def skorch_training_data(net, dataset: Dataset, y=None) -> tuple[Dataset, object]:
+    """``(X, y)`` for ``net.fit`` of a skorch ``net`` to train on ``dataset``.
+
+    Given labels ``y`` replace those of the items. Without them the dataset
+    goes as it is, its items giving the labels, as skorch takes datasets; a
+    classifier also gets them as ``y``, for its stratified validation split
+    and its classes.
+    """
+    if y is not None:
+        if len(y) != len(dataset):
+            raise ValueError(
+                f"X has {len(dataset)} items but y has {len(y)} labels: pass one "
+                "label per item, or y=None to use the labels of (x, y) items."
+            )
+        return LabelledDataset(dataset, y), y
+    if not _carries_labels(dataset):
+        raise ValueError(
+            "The skorch net is not fitted and the dataset's items carry no labels: "
+            "make its items (x, y) pairs or pass y to fit() so that a clone of the "
+            "net can be trained, or pass a fitted net."
+        )
+    if isinstance(net, NeuralNetClassifier):
+        return dataset, dataset_targets(dataset)
+    return dataset, None
+
+
+class LabelledDataset(Dataset):
+    """The inputs of ``dataset`` with the labels ``y``: items ``(x_i, y_i)``."""
+
+    def __init__(self, dataset: Dataset, y):
+        self.dataset, self.y = dataset, y
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        return split_item(self.dataset[i])[0], self.y[i]
 
 
 def check_positive_int(value, name, allow_none=False):

@@ -16,9 +16,10 @@ from sklearn.utils.validation import check_is_fitted
 from ._base import NetworkEstimator, constraints
 from ._docs import fill_doc
 from ._engine.gram import NTKReference
-from ._engine.inputs import n_samples
+from ._engine.inputs import is_dataset, n_samples
 from ._engine.jacobian import DEFAULT_MAX_MEMORY
 from ._engine.normalize import normalize, trace_over_d
+from ._validation import check_net_input, dataset_targets
 from .density import THRESHOLD
 
 
@@ -266,29 +267,36 @@ class SelfDenoisingAnalysis(NetworkEstimator):
                 "per training sample."
             )
 
-    def fit(self, X, y):
+    def fit(self, X, y=None):
         """Analyse the net on its training set ``(X, y)`` with noisy labels ``y``.
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, ...) or dict of them
-            The training inputs.
-        y : array-like of shape (n_samples,) or (n_samples, d)
+        X : array-like of shape (n_samples, ...), dict of them, or Dataset
+            The training inputs; a map-style torch ``Dataset`` is read batch by
+            batch.
+        y : array-like of shape (n_samples,) or (n_samples, d), default=None
             The (noisy) training labels, in the space of the selected outputs.
+            Required, unless ``X`` is a Dataset of ``(x, y)`` items: its labels
+            are then read from the items.
 
         Returns
         -------
         self : object
         """
+        labels_in_items = y is None and is_dataset(X)
+        if labels_in_items:
+            y = dataset_targets(check_net_input(X))
         if y is None:
             raise ValueError(
                 "SelfDenoisingAnalysis requires y to be passed, but the target y is "
-                "None: call fit(X, y) with the noisy training labels."
+                "None: call fit(X, y) with the noisy training labels, or pass a "
+                "Dataset of (x, y) items."
             )
         y = check_array(y, ensure_2d=False, dtype=np.float64, input_name="y")
         X = self._fit_network(
             X,
-            y_net=y.astype(np.float32),
+            y_net=None if labels_in_items else y.astype(np.float32),
             check_targets=lambda X: self._check_targets(X, y),
         )
         engine = self._engine

@@ -117,8 +117,8 @@ class GradientDensityEstimator(DensityMixin, NetworkEstimator):
     ----------
     net_ : skorch net, FrozenEstimator or torch.nn.Module
         The trained network used.
-    X_fit_ : ndarray or dict of ndarrays
-        The reference inputs.
+    X_fit_ : ndarray, dict of ndarrays, or Dataset
+        The reference inputs (a dataset is kept as it is, not read into memory).
     n_reference_ : int
         Number ``N`` of reference examples.
     n_outputs_ : int
@@ -207,10 +207,11 @@ class GradientDensityEstimator(DensityMixin, NetworkEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, ...) or dict of them
+        X : array-like of shape (n_samples, ...), dict of them, or Dataset
             Reference inputs (usually the training set).
         y : array-like of shape (n_samples,), default=None
-            Targets, needed only to train an unfitted skorch net.
+            Targets, needed only to train an unfitted skorch net; a Dataset of
+            ``(x, y)`` items carries its own.
 
         Returns
         -------
@@ -253,7 +254,7 @@ class GradientDensityEstimator(DensityMixin, NetworkEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, ...) or dict of them
+        X : array-like of shape (n_samples, ...), dict of them, or Dataset
 
         Returns
         -------
@@ -275,7 +276,7 @@ class GradientDensityEstimator(DensityMixin, NetworkEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, ...) or dict of them
+        X : array-like of shape (n_samples, ...), dict of them, or Dataset
 
         Returns
         -------
@@ -289,7 +290,7 @@ class GradientDensityEstimator(DensityMixin, NetworkEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, ...) or dict of them
+        X : array-like of shape (n_samples, ...), dict of them, or Dataset
         y : None
             Ignored.
 

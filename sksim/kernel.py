@@ -100,8 +100,9 @@ def network_similarity(
     Parameters
     ----------
     %(net)s
-    X : array-like of shape (n_X, ...), tensor, or dict of them
-        Inputs, in the shape the network accepts.
+    X : array-like of shape (n_X, ...), tensor, dict of them, or Dataset
+        Inputs, in the shape the network accepts. A map-style torch ``Dataset``
+        of ``x`` or ``(x, y)`` items is read batch by batch, as skorch reads it.
     Y : same as X, default=None
         Second set of inputs; None means ``Y = X``, and the kernel is then exactly
         symmetric.
@@ -180,8 +181,9 @@ def gradient_features(
     Parameters
     ----------
     %(net)s
-    X : array-like of shape (n_samples, ...), tensor, or dict of them
-        Inputs.
+    X : array-like of shape (n_samples, ...), tensor, dict of them, or Dataset
+        Inputs; a map-style torch ``Dataset`` of ``x`` or ``(x, y)`` items is
+        read batch by batch.
     n_components : int or None, default=None
         None returns the exact ``d x p`` Jacobian of every sample (memory
         ``n d p``, which must fit in ``max_memory``); an int sketches it to
@@ -275,8 +277,8 @@ class NetworkSimilarityKernel(
     ----------
     net_ : skorch net, FrozenEstimator or torch.nn.Module
         The trained network used.
-    X_fit_ : ndarray or dict of ndarrays
-        The reference inputs.
+    X_fit_ : ndarray, dict of ndarrays, or Dataset
+        The reference inputs (a dataset is kept as it is, not read into memory).
     features_fit_ : ndarray of shape (n_fit, d, n_components) or None
         Sketches of the reference inputs when ``n_components`` is set.
     projection_seed_ : int
@@ -340,10 +342,11 @@ class NetworkSimilarityKernel(
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, ...) or dict of them
+        X : array-like of shape (n_samples, ...), dict of them, or Dataset
             Reference inputs (usually the training set).
         y : array-like of shape (n_samples,), default=None
-            Targets, needed only to train an unfitted skorch net.
+            Targets, needed only to train an unfitted skorch net; a Dataset of
+            ``(x, y)`` items carries its own.
 
         Returns
         -------
@@ -377,7 +380,7 @@ class NetworkSimilarityKernel(
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, ...) or dict of them
+        X : array-like of shape (n_samples, ...), dict of them, or Dataset
             Inputs shaped as in ``fit``.
 
         Returns
@@ -399,10 +402,11 @@ class NetworkSimilarityKernel(
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, ...) or dict of them
+        X : array-like of shape (n_samples, ...), dict of them, or Dataset
             Reference inputs (usually the training set).
         y : array-like of shape (n_samples,), default=None
-            Targets, needed only to train an unfitted skorch net.
+            Targets, needed only to train an unfitted skorch net; a Dataset of
+            ``(x, y)`` items carries its own.
 
         Returns
         -------

@@ -103,8 +103,8 @@ class NetworkNeighbors(NetworkEstimator):
     ----------
     net_ : skorch net, FrozenEstimator or torch.nn.Module
         The trained network used.
-    X_fit_ : ndarray or dict of ndarrays
-        The reference inputs.
+    X_fit_ : ndarray, dict of ndarrays, or Dataset
+        The reference inputs (a dataset is kept as it is, not read into memory).
     n_samples_fit_ : int
         Number of reference examples.
     reference_features_ : ndarray of shape (n_samples_fit, d * n_components)
@@ -186,10 +186,11 @@ class NetworkNeighbors(NetworkEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, ...) or dict of them
+        X : array-like of shape (n_samples, ...), dict of them, or Dataset
             Reference inputs (usually the training set).
         y : array-like of shape (n_samples,), default=None
-            Targets, needed only to train an unfitted skorch net.
+            Targets, needed only to train an unfitted skorch net; a Dataset of
+            ``(x, y)`` items carries its own.
 
         Returns
         -------
@@ -263,7 +264,7 @@ class NetworkNeighbors(NetworkEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_queries, ...), dict of them, or None
+        X : array-like of shape (n_queries, ...), dict of them, Dataset or None
             Queries. None queries the reference set itself, each example
             excluded from its own neighbours (as scikit-learn does).
         n_neighbors : int, default=None
@@ -308,7 +309,7 @@ class NetworkNeighbors(NetworkEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_queries, ...), dict of them, or None
+        X : array-like of shape (n_queries, ...), dict of them, Dataset or None
             Queries. None queries the reference set itself, each example
             excluded from its own neighbours (as scikit-learn does).
         n_neighbors : int, default=None

@@ -1,20 +1,50 @@
-"""Network inputs: arrays, tensors or dicts of them, sliced into device batches.
+"""Network inputs: arrays, tensors, dicts of them or datasets, in device batches.
 
 Floating inputs are cast to the module's floating dtype; integer inputs (token
 ids) are passed as ``int64``. A dict is passed to ``forward`` as keyword
 arguments, as skorch does.
+
+A map-style :class:`torch.utils.data.Dataset` is read as skorch reads one: an
+item is the input ``x`` (an array, a tensor or a dict of them) or a tuple
+``(x, y)``, whose ``x`` is used. Slicing one gives a lightweight view;
+only :func:`to_tensor` and :func:`batches` read items, collated by torch's
+``default_collate`` one batch at a time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset, Subset, default_collate
+
+
+def is_dataset(X) -> bool:
+    """Whether ``X`` is a torch dataset (read item by item)."""
+    return isinstance(X, Dataset)
+
+
+def split_item(item) -> tuple[object, object]:
+    """``(x, y)`` of a dataset item: a tuple ``(x, y)``, or ``x`` alone (y None)."""
+    if isinstance(item, tuple | list):
+        if not item:
+            raise ValueError("A dataset item is an empty tuple; expected x or (x, y).")
+        return item[0], (item[1] if len(item) > 1 else None)
+    return item, None
+
+
+class _Rows(Subset):
+    """Rows of a dataset, taken by :func:`take`; errors name the original items."""
+
+    def origin(self, i: int) -> int:
+        """The number of row ``i`` in the dataset the rows were first taken from."""
+        i = int(self.indices[i])
+        return self.dataset.origin(i) if isinstance(self.dataset, _Rows) else i
 
 
 def n_samples(X) -> int:
-    """Number of samples in ``X`` (the length of its first axis)."""
+    """Number of samples in ``X`` (the length of its first axis, or of a dataset)."""
     if isinstance(X, Mapping):
         lengths = {len(v) for v in X.values()}
         if len(lengths) != 1:
@@ -27,10 +57,20 @@ def n_samples(X) -> int:
 
 
 def take(X, index):
-    """Rows ``index`` (a slice or an integer array) of ``X``."""
+    """Rows ``index`` (a slice or an integer array) of ``X``; a dataset's lazily."""
     if isinstance(X, Mapping):
         return {k: v[index] for k, v in X.items()}
+    if is_dataset(X):
+        if isinstance(index, slice):
+            return _Rows(X, range(len(X))[index])
+        return _Rows(X, np.asarray(index).tolist())
     return X[index]
+
+
+def _dtype(t: torch.Tensor, float_dtype: torch.dtype) -> torch.dtype:
+    if t.is_floating_point():
+        return float_dtype
+    return t.dtype if t.dtype == torch.bool else torch.int64
 
 
 def _to_tensor(a, device: torch.device, float_dtype: torch.dtype) -> torch.Tensor:
@@ -45,17 +85,13 @@ def _to_tensor(a, device: torch.device, float_dtype: torch.dtype) -> torch.Tenso
         a = np.asarray(a)
         shared = a.flags.writeable  # else torch.tensor copies it
         t = torch.from_numpy(a) if shared else torch.tensor(a)
-    if t.is_floating_point():
-        dtype = float_dtype
-    elif t.dtype == torch.bool:
-        dtype = t.dtype
-    else:
-        dtype = torch.int64
-    return t.to(device=device, dtype=dtype, copy=shared)
+    return t.to(device=device, dtype=_dtype(t, float_dtype), copy=shared)
 
 
 def to_tensor(X, device: torch.device, float_dtype: torch.dtype):
-    """``X`` as tensors on ``device`` (a dict stays a dict)."""
+    """``X`` as tensors on ``device`` (a dict stays a dict; a dataset is read)."""
+    if is_dataset(X):
+        return _read(X, range(len(X)), device, float_dtype)
     if isinstance(X, Mapping):
         return {k: _to_tensor(v, device, float_dtype) for k, v in X.items()}
     return _to_tensor(X, device, float_dtype)
@@ -68,7 +104,69 @@ def batches(
     n = n_samples(X)
     for start in range(0, n, batch_size):
         rows = slice(start, min(start + batch_size, n))
-        yield rows, to_tensor(take(X, rows), device, float_dtype)
+        if is_dataset(X):
+            yield rows, _read(X, range(rows.start, rows.stop), device, float_dtype)
+        else:
+            yield rows, to_tensor(take(X, rows), device, float_dtype)
+
+
+def _items(dataset: Dataset, rows: Sequence[int]) -> list:
+    """The items ``rows`` of ``dataset``, through ``__getitems__`` if it has one."""
+    getitems = getattr(dataset, "__getitems__", None)
+    if callable(getitems):
+        return list(getitems(list(rows)))
+    return [dataset[i] for i in rows]
+
+
+def _origin(dataset: Dataset, i: int) -> int:
+    return dataset.origin(i) if isinstance(dataset, _Rows) else i
+
+
+def _read(
+    dataset: Dataset,
+    rows: Sequence[int],
+    device: torch.device,
+    float_dtype: torch.dtype,
+):
+    """The inputs of items ``rows``, collated into a batch of tensors on ``device``.
+
+    Floating values are checked to be finite; the error names the items.
+    """
+    inputs = [split_item(item)[0] for item in _items(dataset, rows)]
+    try:
+        batch = default_collate(inputs)
+    except (RuntimeError, TypeError) as error:
+        first, last = _origin(dataset, rows[0]), _origin(dataset, rows[-1])
+        raise ValueError(
+            f"The inputs of dataset items {first} to {last} cannot be stacked into "
+            f"a batch: {str(error).splitlines()[0]} Every item must hold x (or "
+            "(x, y)) as numeric arrays or tensors of one shape."
+        ) from error
+    del inputs
+    tensors = batch.items() if isinstance(batch, Mapping) else [("X", batch)]
+    for name, t in tensors:
+        _check_finite_items(t, name, dataset, rows)
+    if isinstance(batch, Mapping):
+        return {k: v.to(device, _dtype(v, float_dtype)) for k, v in batch.items()}
+    return batch.to(device, _dtype(batch, float_dtype))
+
+
+def _check_finite_items(
+    t: torch.Tensor, name: str, dataset: Dataset, rows: Sequence[int]
+) -> None:
+    """Raise a ValueError naming the items whose input ``name`` is not finite;
+    ``t`` is the batch of items ``rows`` of ``dataset``."""
+    if not t.is_floating_point() or bool(torch.isfinite(t.sum())):
+        return  # a finite sum is the fast common case
+    bad = ~torch.isfinite(t.reshape(len(t), -1)).all(dim=1)
+    if bool(bad.any()):
+        first = torch.nonzero(bad).flatten()[:5].tolist()
+        named = [_origin(dataset, rows[i]) for i in first]
+        raise ValueError(
+            f"Input {name} contains NaN or infinity in dataset items {named}"
+            f"{' and more' if int(bad.sum()) > len(named) else ''}; the network's "
+            "gradients would be undefined. Remove or impute those values first."
+        )
 
 
 def check_finite(X) -> None:

@@ -1,0 +1,389 @@
+"""Map-style torch datasets as network inputs give the results of arrays."""
+
+import pickle
+import weakref
+
+import numpy as np
+import pytest
+import torch
+from skorch import NeuralNetClassifier, NeuralNetRegressor
+from torch.utils.data import Dataset, IterableDataset, TensorDataset
+
+from sksim import (
+    GradientDensityEstimator,
+    NetworkSimilarityKernel,
+    gradient_features,
+    network_similarity,
+)
+from sksim._engine.inputs import batches, take
+from sksim.denoising import SelfDenoisingAnalysis
+from sksim.neighbors import NetworkNeighbors
+from sksim.representations import extract_representations
+
+N, BATCH = 30, 7
+EXACT = dict(rtol=0, atol=1e-10)
+
+
+class Body(torch.nn.Module):
+    """An MLP whose input is named ``x``, so that dict inputs reach it too."""
+
+    def __init__(self, n_outputs=2, dtype=torch.float64, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.hidden = torch.nn.Linear(3, 8, dtype=dtype)
+        self.out = torch.nn.Linear(8, n_outputs, dtype=dtype)
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.hidden(x)))
+
+
+class Pairs(Dataset):
+    """Items ``(x, y)`` as NumPy arrays, as a custom dataset would give them."""
+
+    def __init__(self, X, y):
+        self.X, self.y = X, y
+
+    def __len__(self):
+        return len(self.X)
+
+    def __getitem__(self, i):
+        return self.X[i].copy(), self.y[i]
+
+
+class Dicts(Dataset):
+    """Items ``{"x": x}``: the network's input by keyword, without labels."""
+
+    def __init__(self, X):
+        self.X = X
+
+    def __len__(self):
+        return len(self.X)
+
+    def __getitem__(self, i):
+        return {"x": self.X[i].copy()}
+
+
+class Counting(Dataset):
+    """Items ``(x, y)``; counts the items alive at once (fresh arrays each read)."""
+
+    def __init__(self, X, y):
+        self.X, self.y = X, y
+        self.alive = self.max_alive = self.reads = 0
+
+    def __len__(self):
+        return len(self.X)
+
+    def _freed(self):
+        self.alive -= 1
+
+    def __getitem__(self, i):
+        x = self.X[i].copy()
+        self.alive += 1
+        self.reads += 1
+        self.max_alive = max(self.max_alive, self.alive)
+        weakref.finalize(x, self._freed)
+        return x, self.y[i]
+
+
+class Stream(IterableDataset):
+    def __iter__(self):
+        return iter([])
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.RandomState(0)
+    X = rng.randn(N, 3)
+    y = (X[:, 0] > 0).astype(np.int64)
+    return X, y
+
+
+@pytest.fixture(scope="module")
+def net():
+    return Body()
+
+
+def as_dataset(X, y, form):
+    if form == "tensors":
+        return TensorDataset(torch.tensor(X), torch.tensor(y))
+    if form == "pairs":
+        return Pairs(X, y)
+    return Dicts(X)
+
+
+FORMS = ["tensors", "pairs", "dicts"]
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("kind", ["cosine", "ntk", "influence"])
+def test_network_similarity_of_datasets_equals_arrays(data, net, form, kind):
+    X, y = data
+    ds, queries = as_dataset(X, y, form), as_dataset(X[:9], y[:9], form)
+    options = dict(kind=kind, batch_size=BATCH)
+    expected = network_similarity(net, X, **options)
+    np.testing.assert_allclose(
+        network_similarity(net, ds, **options), expected, **EXACT
+    )
+    np.testing.assert_allclose(
+        network_similarity(net, queries, ds, **options), expected[:9], **EXACT
+    )
+    sketched = dict(options, n_components=16, random_state=0)
+    np.testing.assert_allclose(
+        network_similarity(net, ds, **sketched),
+        network_similarity(net, X, **sketched),
+        **EXACT,
+    )
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("n_components", [None, 16])
+def test_gradient_features_of_datasets_equal_arrays(data, net, form, n_components):
+    X, y = data
+    options = dict(n_components=n_components, random_state=0, batch_size=BATCH)
+    np.testing.assert_array_equal(
+        gradient_features(net, as_dataset(X, y, form), **options),
+        gradient_features(net, X, **options),
+    )
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("n_components", [None, 16])
+def test_kernel_estimator_on_datasets_equals_arrays(data, net, form, n_components):
+    X, y = data
+    ds, queries = as_dataset(X, y, form), as_dataset(X[:9], y[:9], form)
+    options = dict(batch_size=BATCH, n_components=n_components, random_state=0)
+    on_arrays = NetworkSimilarityKernel(net, **options).fit(X)
+    on_data = NetworkSimilarityKernel(net, **options).fit(ds)
+    assert on_data.X_fit_ is ds
+    n_features = None if form == "dicts" else 3  # none for dicts, as for arrays
+    assert getattr(on_data, "n_features_in_", None) == n_features
+    expected = on_arrays.transform(X[:9])
+    np.testing.assert_allclose(on_data.transform(queries), expected, **EXACT)
+    same_shape = dict(x=X[:9]) if form == "dicts" else X[:9]
+    np.testing.assert_allclose(on_data.transform(same_shape), expected, **EXACT)
+    if form != "dicts":
+        np.testing.assert_allclose(on_arrays.transform(queries), expected, **EXACT)
+    np.testing.assert_allclose(
+        NetworkSimilarityKernel(net, **options).fit_transform(ds),
+        on_arrays.fit_transform(X),
+        **EXACT,
+    )
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(method="soft"),
+        dict(method="hard", threshold=0.5),
+        dict(method="hard", threshold=0.5, n_components=16, random_state=0),
+    ],
+)
+def test_density_on_datasets_equals_arrays(data, net, form, options):
+    X, y = data
+    ds, queries = as_dataset(X, y, form), as_dataset(X[:9], y[:9], form)
+    on_arrays = GradientDensityEstimator(net, batch_size=BATCH, **options).fit(X)
+    on_data = GradientDensityEstimator(net, batch_size=BATCH, **options).fit(ds)
+    expected = on_arrays.neighbor_counts(X[:9])
+    assert expected.max() > expected.min()  # the counts tell the queries apart
+    np.testing.assert_allclose(on_data.neighbor_counts(queries), expected, **EXACT)
+    np.testing.assert_allclose(
+        on_data.score_samples(ds), on_arrays.score_samples(X), **EXACT
+    )
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("n_components", [None, 16])
+def test_neighbors_on_datasets_equal_arrays(data, net, form, n_components):
+    X, y = data
+    ds, queries = as_dataset(X, y, form), as_dataset(X[:9], y[:9], form)
+    options = dict(n_neighbors=4, batch_size=BATCH, n_components=n_components)
+    on_arrays = NetworkNeighbors(net, random_state=0, **options).fit(X)
+    on_data = NetworkNeighbors(net, random_state=0, **options).fit(ds)
+    assert on_data.n_samples_fit_ == N
+    for got, expected in [
+        (on_data.most_similar(queries), on_arrays.most_similar(X[:9])),
+        (on_data.most_similar(), on_arrays.most_similar()),
+    ]:
+        np.testing.assert_allclose(got[0], expected[0], **EXACT)
+        np.testing.assert_array_equal(got[1], expected[1])
+
+
+def test_datasets_go_to_parallel_workers(data, net):
+    X, y = data
+    queries = Pairs(X[:9], y[:9])
+    nn = NetworkNeighbors(net, n_neighbors=4, batch_size=BATCH).fit(X)
+    expected = nn.most_similar(X[:9])
+    got = nn.set_params(n_jobs=2).most_similar(queries)  # chunks of rows
+    np.testing.assert_allclose(got[0], expected[0], **EXACT)
+    np.testing.assert_array_equal(got[1], expected[1])
+    np.testing.assert_allclose(
+        network_similarity(net, queries, Pairs(X, y), n_jobs=2),  # tiles
+        network_similarity(net, X[:9], X),
+        **EXACT,
+    )
+
+
+@pytest.mark.parametrize("weights", ["hard", "ntk"])
+@pytest.mark.parametrize("form", ["tensors", "pairs"])
+def test_denoising_takes_labels_from_dataset_items(data, form, weights):
+    X, _ = data
+    net = Body(n_outputs=2)
+    targets = np.column_stack([np.sin(X[:, 0]), X[:, 1] * X[:, 2]])
+    options = dict(weights=weights, threshold=0.5, batch_size=BATCH)
+    expected = SelfDenoisingAnalysis(net, **options).fit(X, targets)
+    ds = as_dataset(X, targets, form)
+    for got in [
+        SelfDenoisingAnalysis(net, **options).fit(ds),
+        SelfDenoisingAnalysis(net, **options).fit(Dicts(X), targets),
+    ]:
+        for name in ["predictions_", "targets_", "noise_covariance_", "self_weight_"]:
+            np.testing.assert_allclose(
+                getattr(got, name), getattr(expected, name), **EXACT
+            )
+        assert got.sigma_ == pytest.approx(expected.sigma_, rel=1e-12)
+
+
+def test_denoising_needs_labels_in_dataset_or_y(data):
+    with pytest.raises(ValueError, match="or pass a Dataset of \\(x, y\\) items"):
+        SelfDenoisingAnalysis(Body()).fit(Dicts(data[0]))
+
+
+def classifier(**kwargs):
+    params = dict(
+        module=Body,
+        module__dtype=torch.float32,
+        criterion=torch.nn.CrossEntropyLoss,
+        max_epochs=3,
+        lr=0.1,
+        batch_size=8,
+        verbose=0,
+    )
+    return NeuralNetClassifier(**(params | kwargs))
+
+
+def assert_same_weights(a, b):
+    for (name, p), q in zip(
+        a.module_.named_parameters(), b.module_.parameters(), strict=True
+    ):
+        np.testing.assert_array_equal(p.detach(), q.detach(), err_msg=name)
+
+
+@pytest.mark.parametrize("split", ["stratified", None])
+def test_unfitted_skorch_classifier_trains_on_labels_in_dataset(data, split):
+    X, y = data
+    X = X.astype(np.float32)
+    net = classifier() if split else classifier(train_split=None)
+    ds = TensorDataset(torch.tensor(X), torch.tensor(y))
+    on_arrays = NetworkSimilarityKernel(net, random_state=0).fit(X, y)
+    on_data = NetworkSimilarityKernel(net, random_state=0).fit(ds)
+    assert on_data.net_.initialized_ and on_data.net is net
+    assert_same_weights(on_data.net_, on_arrays.net_)
+    assert len(on_data.net_.history) == 3
+    np.testing.assert_array_equal(on_data.net_.classes_, [0, 1])
+    np.testing.assert_allclose(on_data.transform(ds), on_arrays.transform(X), **EXACT)
+
+
+def test_unfitted_skorch_regressor_trains_on_dataset_or_given_labels(data):
+    X, _ = data
+    X = X.astype(np.float32)
+    targets = np.sin(X[:, :1])
+    net = NeuralNetRegressor(
+        Body, module__n_outputs=1, module__dtype=torch.float32, max_epochs=3,
+        lr=0.1, batch_size=8, train_split=None, verbose=0,
+    )  # fmt: skip
+    on_arrays = GradientDensityEstimator(net, random_state=0).fit(X, targets)
+    in_items = GradientDensityEstimator(net, random_state=0).fit(Pairs(X, targets))
+    given = GradientDensityEstimator(net, random_state=0).fit(Dicts(X), targets)
+    for fitted in [in_items, given]:
+        assert_same_weights(fitted.net_, on_arrays.net_)
+        np.testing.assert_allclose(
+            fitted.reference_sum_, on_arrays.reference_sum_, **EXACT
+        )
+
+
+def test_unfitted_skorch_net_needs_labels(data):
+    X, y = data
+    net = classifier(train_split=None)
+    with pytest.raises(ValueError, match="dataset's items carry no labels"):
+        NetworkSimilarityKernel(net).fit(Dicts(X.astype(np.float32)))
+    with pytest.raises(ValueError, match="X has 30 items but y has 29 labels"):
+        NetworkSimilarityKernel(net).fit(Dicts(X.astype(np.float32)), y[:-1])
+
+
+def test_datasets_are_read_batch_by_batch(data, net):
+    X, y = data
+    batch_size = 4
+    ds = Counting(X, y)
+    expected = NetworkSimilarityKernel(net, batch_size=batch_size).fit(X)
+    kernel = NetworkSimilarityKernel(net, batch_size=batch_size).fit(ds)
+    np.testing.assert_allclose(kernel.transform(ds), expected.transform(X), **EXACT)
+    GradientDensityEstimator(net, batch_size=batch_size).fit(ds).neighbor_counts(ds)
+    NetworkNeighbors(net, batch_size=batch_size).fit(ds).most_similar()
+    network_similarity(net, ds, batch_size=batch_size, n_components=8)
+    assert ds.reads > 4 * N  # every call above read every item
+    assert 1 <= ds.max_alive <= batch_size
+    assert ds.alive == 0
+
+
+def test_taken_rows_are_lazy_views_that_pickle(data):
+    X, y = data
+    ds = Counting(X, y)
+    rows = take(take(ds, slice(10, 20)), np.array([1, 3]))
+    assert ds.reads == 0 and len(rows) == 2
+    copy = pickle.loads(pickle.dumps(rows))
+    np.testing.assert_array_equal(copy[1][0], X[13])
+
+
+def test_nan_in_an_item_is_refused_naming_it(data, net):
+    X, y = data
+    X = X.copy()
+    X[12, 1] = np.nan
+    message = r"Input {} contains NaN or infinity in dataset items \[12\]; the"
+    with pytest.raises(ValueError, match=message.format("X")):
+        network_similarity(net, Pairs(X, y), batch_size=BATCH)
+    with pytest.raises(ValueError, match=message.format("x")):
+        GradientDensityEstimator(net, batch_size=BATCH).fit(Dicts(X))
+    rows = take(Pairs(X, y), slice(10, 20))
+    with pytest.raises(ValueError, match=r"dataset items \[12\]"):
+        list(batches(rows, 4, torch.device("cpu"), torch.float64))
+
+
+class Items(Dataset):
+    def __init__(self, items):
+        self.items = items
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def test_invalid_datasets_are_refused_with_a_reason(data, net):
+    X, y = data
+    with pytest.raises(TypeError, match="pass a map-style torch Dataset"):
+        network_similarity(net, Stream())
+    with pytest.raises(ValueError, match="Found a dataset with 0 items"):
+        network_similarity(net, Items([]))
+    with pytest.raises(ValueError, match="scalar input X"):
+        network_similarity(net, Items([1.0, 2.0]))
+    with pytest.raises(
+        ValueError, match="holds input X of dtype <U1; expected real numbers"
+    ):
+        network_similarity(net, Items(["a", "b"]))
+    with pytest.raises(ValueError, match="cannot be stacked into a batch"):
+        network_similarity(net, Items([X[0], X[1, :2]]))
+    kernel = NetworkSimilarityKernel(net).fit(Pairs(X, y))
+    wide = Items([np.ones(4)] * 3)
+    with pytest.raises(ValueError, match="X has 4 features, but Network"):
+        kernel.transform(wide)
+    with pytest.raises(ValueError, match="X has 4 features, but Network"):
+        NetworkSimilarityKernel(net).fit(X).transform(wide)
+
+
+def test_representations_of_datasets_equal_arrays(data, net):
+    X, y = data
+    got = extract_representations(net, Pairs(X, y), "hidden", batch_size=BATCH)
+    expected = extract_representations(net, X, "hidden", batch_size=BATCH)
+    np.testing.assert_array_equal(got["hidden"], expected["hidden"])
