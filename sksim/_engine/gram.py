@@ -190,7 +190,7 @@ class GramReference:
         shape = (m, m, d, d) if self.full else (m, m)
         # filled on the pieces' device when it fits there: one transfer at the end
         where = self._pieces[0].signal.device
-        if 8 * np.prod(shape) > self.max_memory // 3:
+        if 8 * np.prod(shape) > self.max_memory / 3:
             where = torch.device("cpu")
         out = torch.empty(shape, dtype=torch.float64, device=where)
         swap = (1, 0, 3, 2) if self.full else (1, 0)

@@ -117,7 +117,7 @@ class JacobianEngine:
         if self._n_outputs is None:
             first = to_tensor(take(X, slice(0, 1)), self.device, self.dtype)
             with evaluation_mode(self.module), torch.no_grad():
-                self._n_outputs = self._call(first).shape[1]
+                self._n_outputs = self._call(first, start=None).shape[1]
         return self._n_outputs
 
     def outputs(self, X) -> torch.Tensor:
@@ -277,8 +277,10 @@ class JacobianEngine:
             if self.batch_size is None:
                 size = next(iter(self.parameters.values())).element_size()
                 per_sample += self.n_outputs(X) * n_fallback * size
-                fit = int(self.max_memory // 3 // max(per_sample, 1))
-                self.batch_size = self._part_size = max(1, min(AUTO_BATCH_LIMIT, fit))
+                fit = self.max_memory / 3 / max(per_sample, 1)
+                self.batch_size = self._part_size = int(
+                    max(1, min(AUTO_BATCH_LIMIT, fit))
+                )
             self._plan = layers, jacobian, n_fallback
         return self._plan
 
@@ -320,7 +322,7 @@ class JacobianEngine:
         self, layers: dict, jacobian, n_fallback: int, batch, start: int
     ) -> list:
         """The pieces of one batch, or ``PiecesTooLarge`` before they pass budget."""
-        budget = PieceBudget(self.max_memory // 3)
+        budget = PieceBudget(self.max_memory / 3)
         pieces = self._captured_pieces(layers, batch, budget, start) if layers else []
         if jacobian is not None:
             b, d = n_samples(batch), self.n_outputs(batch)
