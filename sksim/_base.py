@@ -76,6 +76,8 @@ class NetworkEstimator(BaseEstimator):
     """
 
     _parameter_constraints: dict = {}
+    # Made again on demand rather than pickled: a device copy of the net, ...
+    _transient_attributes: tuple = ("_engine_cache",)
 
     def _fit_network(self, X, y=None, y_net=None, check_targets=None):
         """The opening of ``fit``: validated ``X``, with the net trained if needed.
@@ -131,7 +133,8 @@ class NetworkEstimator(BaseEstimator):
 
     def __getstate__(self):
         state = super().__getstate__()
-        state.pop("_engine_cache", None)  # a device copy of the net; made again
+        for name in self._transient_attributes:
+            state.pop(name, None)
         return state
 
     def __sklearn_tags__(self):

@@ -67,13 +67,16 @@ class NetworkNeighbors(NetworkEstimator):
       memory when they fit in ``max_memory``). With ``n_components`` set, the
       similarities are those of Gaussian sketches of the whitened Jacobians
       instead.
-    * ``"faiss"``: an inner-product FAISS index (``IndexFlatIP``) over the
-      sketches, flattened and unit-normalised, for large reference sets
-      (10^5 samples and more). Needs ``n_components`` and the optional
-      ``faiss-cpu`` dependency (``pip install "sksim[faiss]"``). The sketch
-      makes it approximate: similarities carry an error of order
-      ``1/sqrt(d * n_components)``, so neighbours with nearly equal
-      similarities may swap; measure recall against ``"exact"`` on a subset.
+    * ``"faiss"``: an inner-product FAISS index over the sketches, flattened
+      and unit-normalised, for large reference sets (10^5 samples and more).
+      Needs ``n_components`` and the optional ``faiss-cpu`` dependency
+      (``pip install ".[faiss]"``). The sketch makes it approximate:
+      similarities carry an error of order ``1/sqrt(d * n_components)``, so
+      neighbours with nearly equal similarities may swap; measure recall
+      against ``"exact"`` on a subset. The default ``index="Flat"`` searches
+      the sketches exhaustively; for all-pairs queries at 10^6 examples, an
+      approximate index such as ``"HNSW32"`` or ``"IVF1024,Flat"`` (with
+      ``index_params="nprobe=16"``) trades recall for speed.
 
     Parameters
     ----------
@@ -98,6 +101,15 @@ class NetworkNeighbors(NetworkEstimator):
         ``OMP_NUM_THREADS`` or ``faiss.omp_set_num_threads``).
     %(max_memory)s
     %(verbose)s
+    index : str, default="Flat"
+        With ``algorithm="faiss"``: the FAISS index, as a string of
+        ``faiss.index_factory`` (``"Flat"``, ``"HNSW32"``, ``"IVF1024,Flat"``,
+        ...), over inner products. An index that needs training is trained on
+        the reference sketches in ``fit``.
+    index_params : str or None, default=None
+        Search parameters of the FAISS index, as a string of
+        ``faiss.ParameterSpace`` (e.g. ``"nprobe=16"`` for an IVF index,
+        ``"efSearch=64"`` for HNSW).
 
     Attributes
     ----------
@@ -148,7 +160,10 @@ class NetworkNeighbors(NetworkEstimator):
         *NEIGHBOR_PARAMETERS,
         n_neighbors=[Interval(Integral, 1, None, closed="left")],
         algorithm=[StrOptions({"exact", "faiss"})],
+        index=[str],
+        index_params=[str, None],
     )
+    _transient_attributes = ("_engine_cache", "_faiss_index")
 
     def __init__(
         self,
@@ -166,6 +181,8 @@ class NetworkNeighbors(NetworkEstimator):
         n_jobs=None,
         max_memory=DEFAULT_MAX_MEMORY,
         verbose=0,
+        index="Flat",
+        index_params=None,
     ):
         self.net = net
         self.n_neighbors = n_neighbors
@@ -180,6 +197,8 @@ class NetworkNeighbors(NetworkEstimator):
         self.n_jobs = n_jobs
         self.max_memory = max_memory
         self.verbose = verbose
+        self.index = index
+        self.index_params = index_params
 
     def fit(self, X, y=None):
         """Train the net if needed and prepare the reference set.
@@ -207,9 +226,32 @@ class NetworkNeighbors(NetworkEstimator):
         X = self._fit_network(X, y)
         self.X_fit_ = X
         self.n_samples_fit_ = n_samples(X)
+        self._faiss_index = None
         if self.n_components is not None:
             self.reference_features_ = self._sketch(X)
+        if self.algorithm == "faiss":
+            self._faiss_index = self._build_index()
         return self
+
+    def _build_index(self):
+        """The FAISS index over the reference sketches, trained if it must be."""
+        faiss = import_faiss()
+        F = np.ascontiguousarray(self.reference_features_)
+        try:
+            index = faiss.index_factory(
+                F.shape[1], self.index, faiss.METRIC_INNER_PRODUCT
+            )
+            if self.index_params is not None:
+                faiss.ParameterSpace().set_index_parameters(index, self.index_params)
+        except RuntimeError as error:
+            raise ValueError(
+                f"FAISS cannot build index={self.index!r} with "
+                f"index_params={self.index_params!r}: {str(error).splitlines()[-1]}"
+            ) from error
+        if not index.is_trained:
+            index.train(F)
+        index.add(F)
+        return index
 
     def _sketch(self, X):
         return sketch_features(
@@ -244,13 +286,18 @@ class NetworkNeighbors(NetworkEstimator):
         return self._search_rows(rows, n_neighbors, exclude_self=True)
 
     def _faiss(self, F, n_neighbors, exclude_self):
-        faiss = import_faiss()
-        index = faiss.IndexFlatIP(F.shape[1])
-        index.add(np.ascontiguousarray(self.reference_features_))
+        if getattr(self, "_faiss_index", None) is None:  # after unpickling
+            self._faiss_index = self._build_index()
         extra = int(exclude_self)
-        similarities, indices = index.search(
+        similarities, indices = self._faiss_index.search(
             np.ascontiguousarray(F), min(n_neighbors + extra, self.n_samples_fit_)
         )
+        if (indices < 0).any():
+            raise ValueError(
+                f"The FAISS index {self.index!r} found fewer than {n_neighbors} "
+                "neighbours for some queries: search more of it (index_params, "
+                'e.g. "nprobe=32" or "efSearch=128") or use index="Flat".'
+            )
         if exclude_self:  # drop each sample itself (wherever ties placed it)
             own = indices == np.arange(len(F))[:, None]
             own[own.sum(1) == 0, -1] = True

@@ -1,5 +1,6 @@
 """NetworkNeighbors against the argsort of the exact kernel, and FAISS recall."""
 
+import pickle
 import sys
 
 import numpy as np
@@ -172,3 +173,38 @@ def test_missing_faiss_names_the_extra(data, monkeypatch):
     monkeypatch.setitem(sys.modules, "faiss", None)  # makes `import faiss` fail
     with pytest.raises(ImportError, match=r"sksim\[faiss\]"):
         NetworkNeighbors(mlp(3, 1), algorithm="faiss", n_components=8).fit(data[0])
+
+
+@pytest.mark.parametrize(
+    "index, params", [("HNSW32", "efSearch=64"), ("IVF16,Flat", "nprobe=8")]
+)
+def test_approximate_faiss_indexes_recall_the_flat_neighbors(index, params):
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(1500, 4)).astype(np.float32)
+    net = mlp(4, 2, hidden=16)
+    kwargs = dict(n_neighbors=10, algorithm="faiss", n_components=16, random_state=0)
+    flat = NetworkNeighbors(net, **kwargs).fit(X)
+    approx = NetworkNeighbors(net, index=index, index_params=params, **kwargs).fit(X)
+    queries = X[:200]
+    expected = flat.kneighbors(queries, return_distance=False)
+    found = approx.kneighbors(queries, return_distance=False)
+    recall = np.mean(
+        [len(set(a) & set(e)) / 10 for a, e in zip(found, expected, strict=True)]
+    )
+    assert recall > 0.9
+    sim, ind = approx.most_similar(queries[:5])
+    F = approx.reference_features_
+    np.testing.assert_allclose(  # the similarities are those of the sketches
+        sim, np.take_along_axis(F[:5] @ F.T, ind, axis=1), atol=1e-5
+    )
+    again = pickle.loads(pickle.dumps(approx))
+    np.testing.assert_array_equal(
+        again.kneighbors(queries, return_distance=False), found
+    )
+
+
+def test_bad_faiss_index_is_explained(data):
+    with pytest.raises(ValueError, match="FAISS cannot build index='Bogus'"):
+        NetworkNeighbors(
+            mlp(3, 1), algorithm="faiss", n_components=8, index="Bogus"
+        ).fit(data[0])
