@@ -3,6 +3,7 @@
 from ._engine.normalize import DeadInputWarning, SingularJacobianGramWarning
 from .denoising import IllConditionedWeightsWarning, SelfDenoisingAnalysis
 from .density import GradientDensityEstimator
+from .gaussian_process import NetworkKernel
 from .kernel import (
     NetworkSimilarityKernel,
     gradient_features,
@@ -27,6 +28,7 @@ __all__ = [
     "DiffeoTransform",
     "GradientDensityEstimator",
     "IllConditionedWeightsWarning",
+    "NetworkKernel",
     "NetworkNeighbors",
     "NetworkSimilarityKernel",
     "SelfDenoisingAnalysis",
