@@ -77,12 +77,12 @@ def fit_and_predict(kind):
 results = {kind: fit_and_predict(kind) for kind in ("ntk", "cosine")}
 print(f"fitted kernel: {results['ntk'][0].kernel_}")
 print(f"(noise standard deviation used: {NOISE})\n")
-print(f"{'kind':>7} {'region':>8} {'|error|':>8} {'std':>7} {'within 2 std':>12}")
+print(f"{'kind':>7} {'region':>9} {'|error|':>8} {'std':>7} {'within 2 std':>12}")
 for kind, (_, mean, std) in results.items():
     error = np.abs(mean - y_grid)
     for region, mask in (("gap", in_gap), ("elsewhere", ~in_gap)):
         print(
-            f"{kind:>7} {region:>8} {error[mask].mean():>8.3f} "
+            f"{kind:>7} {region:>9} {error[mask].mean():>8.3f} "
             f"{std[mask].mean():>7.3f} {np.mean(error[mask] < 2 * std[mask]):>12.2f}"
         )
     print(
