@@ -292,3 +292,16 @@ def test_flattened_images_in_a_process():
     mean, std = gp.predict(X[:4], return_std=True)
     assert mean.shape == std.shape == (4,)
     assert np.all(std > 0)
+
+
+def test_influence_in_a_process_warns_and_fails(mlp, regression):
+    X, y, _ = regression
+    gp = GaussianProcessRegressor(
+        ConstantKernel() * NetworkKernel(mlp, kind="influence") + WhiteKernel(),
+        random_state=0,
+    )
+    with (
+        pytest.warns(UserWarning, match='kind="influence" is not symmetric'),
+        pytest.raises(np.linalg.LinAlgError, match="not returning a positive"),
+    ):
+        gp.fit(X, y)
