@@ -4,6 +4,7 @@ from ._engine.jacobian import NonFiniteNetworkError
 from ._engine.normalize import DeadInputWarning, SingularJacobianGramWarning
 from .denoising import IllConditionedWeightsWarning, SelfDenoisingAnalysis
 from .density import GradientDensityEstimator
+from .gaussian_process import NetworkKernel
 from .kernel import (
     NetworkSimilarityKernel,
     gradient_features,
@@ -28,6 +29,7 @@ __all__ = [
     "DiffeoTransform",
     "GradientDensityEstimator",
     "IllConditionedWeightsWarning",
+    "NetworkKernel",
     "NetworkNeighbors",
     "NetworkSimilarityKernel",
     "NonFiniteNetworkError",

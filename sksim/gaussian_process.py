@@ -1,0 +1,237 @@
+"""The network-perspective kernel as a scikit-learn Gaussian-process kernel.
+
+:class:`NetworkKernel` is the similarity of the theory page of the user guide
+(any kind) as a fixed kernel without hyper-parameters of its own, to be
+combined with ``ConstantKernel`` and ``WhiteKernel`` inside
+``GaussianProcessRegressor`` or ``GaussianProcessClassifier``.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from sklearn.exceptions import NotFittedError
+from sklearn.gaussian_process.kernels import Kernel
+from sklearn.utils._param_validation import validate_parameter_constraints
+
+from ._base import constraints, make_engine
+from ._docs import fill_doc
+from ._engine.inputs import n_samples
+from ._engine.jacobian import DEFAULT_MAX_MEMORY
+from ._engine.normalize import gram_power
+from ._net import is_unfitted_skorch
+from ._validation import check_net_input
+from .kernel import _similarity
+
+PARAMETERS = ("net", "kind", "output", "params", "batch_size", "device", "rtol")
+PARAMETERS += ("max_memory",)
+
+
+def _diagonal(G: np.ndarray, kind: str, rtol: float) -> np.ndarray:
+    """``k(x, x)`` of samples from their Grams ``G = J(x) J(x)^T`` ``(b, d, d)``.
+
+    The ntk gives ``tr(G) / d``. The cosine ``tr(G^{-1/2} G G^{-1/2}) / d`` and
+    the influence ``tr(G G^{-1}) / d`` are both ``tr(G^{-1} G) / d``: 1, less
+    where eigenvalues were floored, 0 for dead inputs.
+    """
+    d = G.shape[-1]
+    if kind == "ntk":
+        return np.trace(G, axis1=-2, axis2=-1) / d
+    return np.einsum("bij,bji->b", gram_power(G, -1.0, rtol), G) / d
+
+
+@fill_doc
+class NetworkKernel(Kernel):
+    """The network's similarity as a Gaussian-process kernel.
+
+    ``k(x, y)`` is :func:`~sksim.network_similarity` of the network: a fixed
+    kernel with no hyper-parameters of its own (``theta`` is empty). Scale it
+    and add noise with scikit-learn's kernels, whose hyper-parameters the
+    Gaussian process then optimises::
+
+        ConstantKernel() * NetworkKernel(net, kind="ntk") + WhiteKernel()
+
+    Called directly, the kernel takes what the network takes: arrays of any
+    rank, tensors or dicts of arrays. ``GaussianProcessRegressor`` and
+    ``GaussianProcessClassifier`` pass on 2-D arrays only: for images or
+    sequences, flatten them and put ``torch.nn.Unflatten`` in front of the
+    network.
+
+    Parameters
+    ----------
+    net : skorch net, FrozenEstimator or torch.nn.Module
+        The trained network: a fitted skorch net, a ``FrozenEstimator``
+        around one, or a plain module (taken as trained). A Gaussian process
+        cannot train it, so an unfitted skorch net is refused. ``clone``
+        shares it rather than copying it: the kernel never changes it.
+    kind : {"ntk", "cosine", "influence"}, default="ntk"
+        ``"ntk"``: the empirical neural tangent kernel ``tr(J(x) J(y)^T) / d``,
+        the prior covariance of the network linearised around its trained
+        parameters (with an isotropic Gaussian prior on the parameter step).
+        ``"cosine"``: its normalised version ``tr(A(x) A(y)^T) / d`` with
+        ``A = (J J^T)^{-1/2} J``, a correlation kernel (1 on the diagonal).
+        ``"influence"``: ``tr(K(y, x) K(x, x)^{-1}) / d``; it is not
+        symmetric, so it is no covariance: a Gaussian process reads one
+        triangle of it, and calling it on one set of inputs warns.
+    %(output)s
+    %(params)s
+    %(batch_size)s
+    %(device)s
+    %(rtol)s
+    %(max_memory)s
+
+    See Also
+    --------
+    sksim.network_similarity : The same kernel as a function.
+    sksim.NetworkSimilarityKernel : The kernel as a transformer, for
+        ``kernel="precomputed"`` estimators.
+
+    References
+    ----------
+    .. [1] G. Charpiat, N. Girard, L. Felardos, Y. Tarabalka, "Input Similarity
+       from the Neural Network Perspective", NeurIPS 2019, section 2.
+    .. [2] A. Jacot, F. Gabriel, C. Hongler, "Neural Tangent Kernel:
+       Convergence and Generalization in Neural Networks", NeurIPS 2018.
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> from sklearn.gaussian_process import GaussianProcessRegressor
+    >>> from sklearn.gaussian_process.kernels import ConstantKernel, WhiteKernel
+    >>> from sksim import NetworkKernel
+    >>> _ = torch.manual_seed(0)
+    >>> net = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(),
+    ...                           torch.nn.Linear(16, 1))
+    >>> X = np.random.RandomState(0).randn(20, 2).astype(np.float32)
+    >>> y = np.sin(X[:, 0]) + 0.1 * np.random.RandomState(1).randn(20)
+    >>> kernel = ConstantKernel() * NetworkKernel(net) + WhiteKernel()
+    >>> gp = GaussianProcessRegressor(kernel, random_state=0).fit(X, y)
+    >>> mean, std = gp.predict(X[:3], return_std=True)
+    >>> mean.shape, std.shape
+    ((3,), (3,))
+    """
+
+    _parameter_constraints = constraints(*PARAMETERS)
+
+    def __init__(
+        self,
+        net,
+        *,
+        kind="ntk",
+        output="logits",
+        params=None,
+        batch_size=64,
+        device=None,
+        rtol=1e-5,
+        max_memory=DEFAULT_MAX_MEMORY,
+    ):
+        self.net = net
+        self.kind = kind
+        self.output = output
+        self.params = params
+        self.batch_size = batch_size
+        self.device = device
+        self.rtol = rtol
+        self.max_memory = max_memory
+
+    def _make_engine(self):
+        """The gradient engine of the network, after checking the parameters."""
+        validate_parameter_constraints(
+            self._parameter_constraints,
+            self.get_params(deep=False),
+            caller_name=type(self).__name__,
+        )
+        if is_unfitted_skorch(self.net):
+            raise NotFittedError(
+                "NetworkKernel needs a trained network, and a Gaussian process "
+                "cannot train it: fit the skorch net before building the kernel."
+            )
+        return make_engine(
+            self.net,
+            self.output,
+            self.params,
+            self.batch_size,
+            self.device,
+            0,
+            self.max_memory,
+        )
+
+    def __call__(self, X, Y=None, eval_gradient=False):
+        """The kernel ``k(X, Y)`` and, if asked, its (empty) gradient.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_X, ...), tensor, or dict of them
+            Inputs, in the shape the network accepts.
+        Y : same as X, default=None
+            Second inputs; None means ``Y = X``, and the kernel is then exactly
+            symmetric (except for ``kind="influence"``).
+        eval_gradient : bool, default=False
+            Also return the gradient with respect to the log of the
+            hyper-parameters: there are none, so it is empty. Only allowed
+            when ``Y`` is None.
+
+        Returns
+        -------
+        K : ndarray of shape (n_X, n_Y)
+            Float64 similarities.
+        K_gradient : ndarray of shape (n_X, n_X, 0), optional
+            Returned when ``eval_gradient`` is True.
+        """
+        if eval_gradient and Y is not None:
+            raise ValueError("Gradient can only be evaluated when Y is None.")
+        engine = self._make_engine()
+        X = check_net_input(X, keep_tensors=True)
+        Y = None if Y is None else check_net_input(Y, keep_tensors=True)
+        if Y is None and self.kind == "influence":
+            warnings.warn(
+                'kind="influence" is not symmetric, so it is not a covariance: a '
+                "Gaussian process would use one triangle of it. Use "
+                'kind="ntk" or "cosine" in a Gaussian process.',
+                UserWarning,
+                stacklevel=2,
+            )
+        K = _similarity(engine, X, Y, self.kind, "trace", self.rtol, None)
+        if eval_gradient:
+            return K, np.empty((len(K), len(K), 0))
+        return K
+
+    def diag(self, X):
+        """The diagonal ``k(x, x)``, computed without the full kernel.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_X, ...), tensor, or dict of them
+            Inputs, in the shape the network accepts.
+
+        Returns
+        -------
+        K_diag : ndarray of shape (n_X,)
+            ``tr(J(x) J(x)^T) / d`` for the ntk; 1 for the other kinds, less
+            where eigenvalues of ``J J^T`` were floored (``rtol``) and 0 for
+            inputs with a zero gradient.
+        """
+        engine = self._make_engine()
+        X = check_net_input(X, keep_tensors=True)
+        out = np.empty(n_samples(X))
+        for rows, _, G in engine.mapped_pieces(X, None, self.rtol, progress=False):
+            out[rows] = _diagonal(G, self.kind, self.rtol)
+        return out
+
+    def is_stationary(self):
+        """False: the kernel depends on the inputs, not on their difference."""
+        return False
+
+    @property
+    def requires_vector_input(self):
+        """False: inputs are whatever the network takes, of any shape."""
+        return False
+
+    def __sklearn_clone__(self):
+        # A fitted skorch net would come back unfitted from sklearn.clone, and
+        # the kernel never changes the net: clones share it.
+        return type(self)(**self.get_params(deep=False))
+
+    def __repr__(self):
+        return f"{type(self).__name__}(kind={self.kind!r})"
