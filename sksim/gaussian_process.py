@@ -121,7 +121,7 @@ class NetworkKernel(Kernel):
         kind="ntk",
         output="logits",
         params=None,
-        batch_size=64,
+        batch_size="auto",
         device=None,
         rtol=1e-5,
         max_memory=DEFAULT_MAX_MEMORY,
