@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from sklearn.base import is_classifier, is_regressor
 from sklearn.utils.multiclass import type_of_target
+from skorch import NeuralNet
 
 from .._engine.context import evaluation_mode
 from .._engine.inputs import batches, module_float_dtype
@@ -40,6 +41,19 @@ def check_prefit_net(net):
         ) from None
 
 
+def skorch_task(net) -> str | None:
+    """``"classification"`` for a skorch classifier, ``"regression"`` for a
+    skorch regressor (or a FrozenEstimator around either), else None."""
+    net = _unwrap(net)
+    if not isinstance(net, NeuralNet):
+        return None
+    if is_classifier(net):
+        return "classification"
+    if is_regressor(net):
+        return "regression"
+    return None
+
+
 def target_task(net, y) -> str:
     """``"classification"`` or ``"regression"``.
 
@@ -49,10 +63,9 @@ def target_task(net, y) -> str:
     :func:`sklearn.utils.multiclass.type_of_target`: class labels (binary or
     multiclass) are classification, continuous values regression.
     """
-    if is_classifier(_unwrap(net)):
-        return "classification"
-    if is_regressor(_unwrap(net)):
-        return "regression"
+    task = skorch_task(net)
+    if task is not None:
+        return task
     kind = type_of_target(y)
     if kind in CLASSIFICATION_TARGETS:
         return "classification"
@@ -96,13 +109,15 @@ def prefit_predictions(net, X, task) -> np.ndarray:
 
     A skorch classifier or regressor predicts with its own ``predict``; a
     torch module (or a plain skorch ``NeuralNet``) predicts the argmax of its
-    outputs for classification and its outputs for regression.
+    outputs for classification and its outputs for regression. The modes of
+    the module's layers (training or evaluation) are restored after.
     """
-    unwrapped = _unwrap(net)
-    if is_classifier(unwrapped) or is_regressor(unwrapped):
-        prediction = np.asarray(net.predict(X))
+    module = resolve_module(net)
+    if skorch_task(net) is not None:
+        with evaluation_mode(module):
+            prediction = np.asarray(net.predict(X))
     else:
-        prediction = module_outputs(resolve_module(net), X)
+        prediction = module_outputs(module, X)
         if task == "classification":
             prediction = prediction.argmax(axis=-1)
     if task == "regression":
