@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 from _audit_helpers import AUDIT_OPTIONS, small_net
+from matplotlib.colors import to_hex
 from sklearn.frozen import FrozenEstimator
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import r2_score
@@ -14,6 +15,7 @@ from sksim import GradientDensityEstimator, NetworkNeighbors, SelfDenoisingAnaly
 from sksim._net import torch_seed
 from sksim.audit import audit
 from sksim.audit.analyses.density import quantile_bins
+from sksim.audit.figures import neighbor_grid
 
 N_TRAIN = 160
 PREFIT_ANALYSES = ("density", "neighbors", "denoising", "class_fitting")
@@ -281,3 +283,30 @@ def test_prefit_errors(split, trained, regression):
             X_test=Xr_test,
             y_test=yr_test,
         )
+
+
+def title_is_red(ax):
+    return to_hex(ax.title.get_color()) == to_hex("tab:red")
+
+
+def test_gallery_titles_mark_the_errors(split, trained):
+    result = prefit_audit(trained, split, analyses=("density", "neighbors"))
+    rows = neighbor_grid(result).axes[::4]  # the example, then 3 neighbours
+    wrong = [g["label"] != g["prediction"] for g in result.gallery]
+    assert [title_is_red(ax) for ax in rows] == wrong
+    assert any(wrong) and not all(wrong)
+    X, _, X_test, _ = split
+    with torch_seed(0):
+        module = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 1))
+    brightness = split[0].mean(axis=(1, 2, 3)), split[2].mean(axis=(1, 2, 3))
+    result = prefit_audit(
+        module, (X, brightness[0], X_test, brightness[1]), ("density", "neighbors")
+    )
+    assert result.metadata["task"] == "regression"
+    rows = neighbor_grid(result).axes[::4]
+    kinds = [g["kind"] for g in result.gallery]
+    assert [title_is_red(ax) for ax in rows] == [k == "largest error" for k in kinds]
+    first = result.gallery[0]
+    assert rows[0].get_title() == (
+        f"y={first['label']:.3g} pred={first['prediction']:.3g}"
+    )

@@ -10,7 +10,6 @@ from .._tables import frame
 from .base import Analysis, FoldOutput
 
 GALLERY_SIZE = 4
-ERROR_KINDS = ("misclassified", "largest error")
 
 
 def image_view(X) -> np.ndarray | None:
@@ -61,6 +60,14 @@ def label_agreement(fold, labels):
     return {name: per_pair.mean(axis=1)}, {name: float(per_pair.mean())}
 
 
+def _is_error(item, regression) -> bool:
+    """Whether a gallery example is shown as an error: misclassified, or
+    among the largest errors of a regression."""
+    if regression:
+        return item["kind"] == "largest error"
+    return item["label"] != item["prediction"]
+
+
 def _shown(value) -> str:
     """A label or prediction as shown in a title: floats to 3 digits."""
     return f"{value:.3g}" if isinstance(value, float) else str(value)
@@ -82,6 +89,7 @@ def neighbor_grid(result):
     if not gallery:
         return None
     k = len(gallery[0]["neighbors"])
+    regression = "correct" not in result.tables["samples"]
     fig, axes = _render.subplots(
         len(gallery),
         k + 1,
@@ -93,7 +101,7 @@ def neighbor_grid(result):
         row[0].set_title(
             f"y={_shown(item['label'])} pred={_shown(item['prediction'])}",
             fontsize=8,
-            color="tab:red" if item["kind"] in ERROR_KINDS else "black",
+            color="tab:red" if _is_error(item, regression) else "black",
         )
         row[0].set_ylabel(item["kind"].replace(" ", "\n"), fontsize=8)
         for ax, image, label, sim in zip(
