@@ -254,7 +254,8 @@ def make_parser():
     commands = parser.add_subparsers(dest="command", required=True)
     audit = commands.add_parser(
         "audit",
-        help="cross-validated audit of a classifier, written as an HTML report",
+        help="cross-validated audit of a classifier, or audit of a trained "
+        "network (--checkpoint), written as an HTML report",
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -415,7 +416,7 @@ def read_npz(path, say):
     X, y = load_npz(path)
     dtype, X = X.dtype, prepare_inputs(X)
     if dtype != X.dtype:
-        say(f"X of {path} cast from {dtype} to float32")
+        say(f"X cast from {dtype} to float32 ({path})")
     return X, y
 
 
@@ -444,10 +445,7 @@ def load_data(args, say):
         X, y = load_dataset(args.dataset)
         source = args.dataset
     else:
-        X, y = load_npz(args.data)
-        dtype, X = X.dtype, prepare_inputs(X)
-        if dtype != X.dtype:
-            say(f"X cast from {dtype} to float32")
+        X, y = read_npz(args.data, say)
         source = args.data
     X_test = y_test = None
     if args.test_data is not None:
