@@ -9,6 +9,7 @@ import os
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,12 @@ most similar training examples, the self-denoising summary, the layer-wise
 relative sensitivity to deformations (square images only) and the
 class-conditional densities of the representations. The result is one
 self-contained HTML report (and, with --json, the tables as JSON).
+
+With --checkpoint, a network you already trained is audited as it is, with no
+training: its state_dict is loaded into the architecture of --model or
+--module, --data (or --dataset) is the data it was trained on and --test-data
+its test split. Regression networks (continuous targets y) are audited this way
+too.
 """
 
 EPILOG = """\
@@ -35,6 +42,8 @@ examples:
   sksim audit --data mydata.npz --module mypkg.models:make_net --out audit.html
   python -m sksim audit --dataset digits --model cnn --analyses density,neighbors
   sksim audit --data big.npz --cache audit-cache --out big.html   # resumable
+  sksim audit --data train.npz --test-data test.npz --model mlp \
+      --checkpoint mlp.pt --out trained.html   # a trained net, no training
 
 exit status: 0 done, 1 every analysis failed, 2 invalid input, 130 interrupted.
 """
@@ -245,12 +254,13 @@ def make_parser():
     commands = parser.add_subparsers(dest="command", required=True)
     audit = commands.add_parser(
         "audit",
-        help="cross-validated audit of a classifier, written as an HTML report",
+        help="cross-validated audit of a classifier, or audit of a trained "
+        "network (--checkpoint), written as an HTML report",
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    data = audit.add_argument_group("data (one of)")
+    data = audit.add_argument_group("data (--dataset or --data)")
     source = data.add_mutually_exclusive_group()
     source.add_argument(
         "--dataset",
@@ -266,7 +276,15 @@ def make_parser():
         "samples, any other shape the network accepts) and an array y of class "
         "labels",
     )
-    model = audit.add_argument_group("model (one of)")
+    data.add_argument(
+        "--test-data",
+        metavar="PATH.npz",
+        default=None,
+        help="with --checkpoint: the test split of the trained network, an .npz "
+        "file with arrays X and y like --data (which is then the data it was "
+        "trained on)",
+    )
+    model = audit.add_argument_group("model (--model or --module)")
     arch = model.add_mutually_exclusive_group()
     arch.add_argument(
         "--model",
@@ -283,6 +301,17 @@ def make_parser():
         "a torch.nn.Module that outputs logits (trained with cross-entropy and "
         "SGD as configured below) or an unfitted skorch net (used as is); "
         "PKG.MOD must be importable (e.g. on PYTHONPATH)",
+    )
+    model.add_argument(
+        "--checkpoint",
+        metavar="PATH",
+        default=None,
+        help="audit a network you already trained, with no training: a state_dict "
+        "(torch.save(module.state_dict(), PATH), or skorch's save_params"
+        "(f_params=PATH)), loaded with torch.load(weights_only=True) into the "
+        "architecture of --model or --module; needs --test-data. Class labels "
+        "are classified by the argmax of the outputs; continuous targets are "
+        "audited as a regression (one output)",
     )
     training = audit.add_argument_group("training")
     training.add_argument(
@@ -360,20 +389,128 @@ def make_parser():
     return parser
 
 
-def load_data(args, say):
-    """``X`` (float32), ``y`` (codes 0 .. n_classes - 1) and their source."""
-    if args.data is None:
-        X, y = load_dataset(args.dataset)
-        return X, y, args.dataset
-    X, y = load_npz(args.data)
+@dataclass
+class Data:
+    """What the audit runs on: ``X`` (float32) and ``y`` (codes
+    ``0 .. n_classes - 1``, or continuous targets), their source, the task and,
+    with --test-data, the test split."""
+
+    X: np.ndarray
+    y: np.ndarray
+    source: str
+    task: str = "classification"
+    X_test: np.ndarray | None = None
+    y_test: np.ndarray | None = None
+
+    @property
+    def n_outputs(self):
+        """Classes of a classification, 1 for a regression."""
+        if self.task == "regression":
+            return 1
+        labels = [self.y] if self.y_test is None else [self.y, self.y_test]
+        return len(np.unique(np.concatenate(labels)))
+
+
+def read_npz(path, say):
+    """Inputs (float32) and targets of an ``.npz`` file."""
+    X, y = load_npz(path)
     dtype, X = X.dtype, prepare_inputs(X)
     if dtype != X.dtype:
-        say(f"X cast from {dtype} to float32")
-    y, classes = encode_labels(y)
+        say(f"X cast from {dtype} to float32 ({path})")
+    return X, y
+
+
+def is_continuous(y):
+    """Whether ``y`` holds continuous targets rather than class labels."""
+    from sklearn.utils.multiclass import type_of_target
+
+    return type_of_target(y) in ("continuous", "continuous-multioutput")
+
+
+def encode_splits(y, y_test, say):
+    """Class labels of both splits encoded together (one code per class)."""
+    both = y if y_test is None else np.concatenate([y, y_test])
+    codes, classes = encode_labels(both)
     if len(classes) > 1 and not np.array_equal(classes, np.arange(len(classes))):
         shown = ", ".join(map(str, classes[:10])) + (", ..." * (len(classes) > 10))
         say(f"labels {shown} encoded as 0 .. {len(classes) - 1} in that order")
-    return X, y, args.data
+    if y_test is None:
+        return codes, None
+    return codes[: len(y)], codes[len(y) :]
+
+
+def load_data(args, say):
+    """The training data, and the test split with --test-data."""
+    if args.data is None:
+        X, y = load_dataset(args.dataset)
+        source = args.dataset
+    else:
+        X, y = read_npz(args.data, say)
+        source = args.data
+    X_test = y_test = None
+    if args.test_data is not None:
+        X_test, y_test = read_npz(args.test_data, say)
+    if args.checkpoint is not None and is_continuous(y):
+        return Data(X, y, str(source), "regression", X_test, y_test)
+    if is_continuous(y):
+        raise ValueError(
+            "y holds continuous targets: a cross-validated audit trains "
+            "classifiers. A trained regression network is audited with "
+            "--checkpoint and --test-data."
+        )
+    y, y_test = encode_splits(y, y_test, say)
+    return Data(X, y, str(source), "classification", X_test, y_test)
+
+
+def check_checkpoint_args(args):
+    """--checkpoint and --test-data go together."""
+    if args.checkpoint is not None and args.test_data is None:
+        raise ValueError(
+            "--checkpoint audits a trained network on its test split: give it "
+            "with --test-data PATH.npz (and the training data with --data or "
+            "--dataset)."
+        )
+    if args.test_data is not None and args.checkpoint is None:
+        raise ValueError(
+            "--test-data is the test split of a trained network given with "
+            "--checkpoint; without one, the audit cross-validates --data."
+        )
+
+
+def load_checkpoint(args, X, n_outputs):
+    """The architecture of --model or --module with the weights of --checkpoint.
+
+    The file holds a ``state_dict`` (``torch.save(module.state_dict(), path)``
+    or skorch's ``save_params(f_params=path)``), loaded with
+    ``torch.load(weights_only=True)``, so it runs no code.
+    """
+    import torch
+    from skorch import NeuralNet
+
+    built = build_net(args, X, n_outputs)
+    module = built.initialize().module_ if isinstance(built, NeuralNet) else built
+    try:
+        state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+    except Exception as error:  # whatever a damaged or unsafe file raises
+        raise ValueError(
+            f"--checkpoint {args.checkpoint} could not be loaded as a state_dict "
+            f"({type(error).__name__}: {str(error).splitlines()[0]}); save it with "
+            "torch.save(module.state_dict(), path)."
+        ) from error
+    if not isinstance(state, dict):
+        raise ValueError(
+            f"--checkpoint {args.checkpoint} holds a {type(state).__name__}, not a "
+            "state_dict; save it with torch.save(module.state_dict(), path)."
+        )
+    architecture = args.module or f"--model {args.model}"
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as error:
+        raise ValueError(
+            f"--checkpoint {args.checkpoint} does not fit the architecture of "
+            f"{architecture}: {error}"
+        ) from error
+    return module
 
 
 def run_audit(args):
@@ -387,12 +524,24 @@ def run_audit(args):
     check_output(args.out, "--out")
     if args.json is not None:
         check_output(args.json, "--json")
-    X, y, source = load_data(args, say)
-    n_classes = len(np.unique(y))
-    net = build_net(args, X, n_classes)
+    check_checkpoint_args(args)
+    data = load_data(args, say)
+    X, y = data.X, data.y
+    if args.checkpoint is None:
+        net = build_net(args, X, data.n_outputs)
+        protocol = dict(cv=args.cv)
+        plan = f"{args.cv}-fold cross-validation"
+    else:
+        net = load_checkpoint(args, X, data.n_outputs)
+        protocol = dict(cv="prefit", X_test=data.X_test, y_test=data.y_test)
+        plan = (
+            f"{args.checkpoint} audited as it is (no training) on "
+            f"{args.test_data}, {len(data.X_test)} test samples"
+        )
+    kind = "regression" if data.task == "regression" else f"{data.n_outputs} classes"
     say(
-        f"sksim audit: {source}, {len(X)} samples of shape {tuple(X.shape[1:])}, "
-        f"{n_classes} classes, {args.cv}-fold cross-validation"
+        f"sksim audit: {data.source}, {len(X)} samples of shape "
+        f"{tuple(X.shape[1:])}, {kind}, {plan}"
     )
     start = time.perf_counter()
     with warnings.catch_warnings():  # failures are reported below, in one line each
@@ -401,15 +550,18 @@ def run_audit(args):
             net,
             X,
             y,
-            cv=args.cv,
             analyses=ANALYSES if args.analyses is None else args.analyses,
             n_neighbors=args.n_neighbors,
             layers=None if args.layers is None else args.layers.split(","),
             random_state=args.seed,
             verbose=0 if args.quiet else 1,
             cache=args.cache,
+            **protocol,
         )
-    result.metadata["data"] = str(source)
+    result.metadata["data"] = data.source
+    if args.checkpoint is not None:
+        result.metadata["checkpoint"] = str(args.checkpoint)
+        result.metadata["test_data"] = str(args.test_data)
     out = result.to_html(args.out).resolve()
     say(f"audit done in {time.perf_counter() - start:.1f} s")
     if "cache" in result.metadata:

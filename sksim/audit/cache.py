@@ -13,6 +13,7 @@ from sklearn.base import clone
 
 from .. import __version__
 from .._net import _unwrap
+from .prefit import weights_fingerprint
 
 
 def net_fingerprint(net) -> str:
@@ -43,21 +44,25 @@ class AuditCache:
     ----------
     folder : str, path-like or None
         Where the pieces are kept (created if missing); None caches nothing.
-    X, y : ndarray
-        The audited data.
-    net : skorch net
+    arrays : tuple of ndarray
+        The audited data (``X, y``, then ``X_test, y_test`` when prefit).
+    net : skorch net, FrozenEstimator or torch.nn.Module
         The audited net.
     random_state : int or None
         The audit's seed.
+    prefit : bool, default=False
+        Whether the net is audited as it is (its weights enter the hash)
+        rather than retrained on every fold (its parameters enter the hash).
     """
 
-    def __init__(self, folder, X, y, net, random_state):
+    def __init__(self, folder, arrays, net, random_state, prefit=False):
         self.folder = None if folder is None else Path(folder)
         self.loaded, self.saved = 0, 0
         if self.folder is None:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.base = joblib.hash((__version__, X, y, net_fingerprint(net), random_state))
+        fingerprint = weights_fingerprint(net) if prefit else net_fingerprint(net)
+        self.base = joblib.hash((__version__, arrays, fingerprint, random_state))
 
     def key(self, *parts):
         """The file name (without suffix) of the piece ``parts`` describe."""

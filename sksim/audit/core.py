@@ -1,4 +1,4 @@
-"""Cross-validated audit of a classifier from the network's perspective."""
+"""Audit of a network from its own perspective: cross-validated, or prefit."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from sklearn.base import clone
+from sklearn.metrics import r2_score
 from sklearn.model_selection import check_cv
 from sklearn.utils.multiclass import type_of_target
 from skorch import NeuralNet
@@ -21,6 +22,12 @@ from .._validation import check_net_input, check_positive_int
 from ._tables import frame, import_pandas, spread
 from .analyses import ANALYSES, REGISTRY
 from .cache import AuditCache
+from .prefit import (
+    check_prefit_net,
+    prefit_predictions,
+    regression_targets,
+    target_task,
+)
 
 
 class AuditAnalysisFailedWarning(UserWarning):
@@ -38,15 +45,20 @@ class AuditResult:
     Attributes
     ----------
     tables : dict of str to pandas.DataFrame
-        ``folds`` (accuracy, error, mean log-density per fold), ``summary``
-        (every per-fold metric aggregated), ``samples`` (one row per held-out
-        example: label, prediction, correctness, neighbour count, log-density,
-        density bin, most similar training example), ``density_bins`` and
-        ``density_bins_summary`` (error rate by density quantile bin),
-        ``neighbors`` (the ``k`` most similar training examples of each
-        held-out example), ``denoising``, ``sensitivity`` and
+        ``folds`` (accuracy and error, or ``r2`` and ``rmse`` for a
+        regression, mean log-density per fold), ``summary`` (every per-fold
+        metric aggregated), ``samples`` (one row per held-out example: label
+        (the target, for a regression), prediction, correctness (the squared
+        error, for a regression), neighbour count, log-density, density bin,
+        most similar training example), ``density_bins`` and
+        ``density_bins_summary`` (error rate, or mean squared error, by density
+        quantile bin), ``neighbors`` (the ``k`` most similar training examples
+        of each held-out example), ``denoising``, ``sensitivity`` and
         ``sensitivity_summary``, ``class_fitting`` and ``class_fitting_summary``
-        (for the analyses that ran).
+        (for the analyses that ran). Indices of held-out examples (``index``)
+        and of training examples (``train_index``, ``nearest_train_index``)
+        are rows of ``X``; with ``cv="prefit"``, held-out indices are rows of
+        ``X_test``.
     skipped : dict of str to str
         Analyses not run, with the reason.
     failed : dict of str to dict
@@ -54,13 +66,17 @@ class AuditResult:
         number mapped to ``"ExceptionType: message"``. An analysis that failed
         on every fold has no tables.
     metadata : dict
-        Dataset, model and cross-validation description, timings, versions.
+        Dataset, task (``"classification"`` or ``"regression"``), model and
+        cross-validation description (``cv="prefit"`` for a prefit audit),
+        timings (``seconds``: ``fit`` for the training, ``predict`` instead
+        when prefit, then each analysis), versions.
     gallery : list of dict
-        A few held-out examples (lowest density, misclassified, typical) with
-        their nearest training examples: ``kind``, ``fold``, ``index``,
-        ``label``, ``prediction``, ``log_density``, ``neighbors`` (training
-        indices), ``neighbor_labels``, ``similarities``, and ``image`` /
-        ``neighbor_images`` for image-like inputs (None otherwise).
+        A few held-out examples (lowest density, misclassified or with the
+        largest errors, typical) with their nearest training examples:
+        ``kind``, ``fold``, ``index``, ``label``, ``prediction``,
+        ``log_density``, ``neighbors`` (training indices), ``neighbor_labels``,
+        ``similarities``, and ``image`` / ``neighbor_images`` for image-like
+        inputs (None otherwise).
     """
 
     tables: dict
@@ -93,12 +109,30 @@ class AuditResult:
         return write_json(self, path)
 
 
-def _check_audit_args(net, X, y, analyses, n_neighbors, options, errors):
-    if not isinstance(_unwrap(net), NeuralNet):
-        raise TypeError(
-            "audit trains a fresh network on every training fold: pass a skorch "
-            f"net (fitted or not, it is cloned); got {type(net).__name__}."
-        )
+@dataclass
+class _Data:
+    """The audited data and what it holds.
+
+    ``X, y`` is where training indices point, ``X_test, y_test`` where
+    held-out indices point: the same arrays in a cross-validated audit, the
+    given train and test splits in a prefit one.
+    """
+
+    X: object
+    y: np.ndarray
+    X_test: object
+    y_test: np.ndarray
+    task: str
+    classes: np.ndarray | None
+
+    def arrays(self):
+        """The arrays, once each, for the cache's hash."""
+        if self.X_test is self.X:
+            return self.X, self.y
+        return self.X, self.y, self.X_test, self.y_test
+
+
+def _check_options(analyses, n_neighbors, options, errors):
     unknown = [a for a in analyses if a not in REGISTRY]
     if unknown:
         raise ValueError(f"Unknown analyses {unknown}; choose among {ANALYSES}.")
@@ -110,24 +144,87 @@ def _check_audit_args(net, X, y, analyses, n_neighbors, options, errors):
         REGISTRY[name].check_options(given)
     if errors not in ("record", "raise"):
         raise ValueError(f'errors must be "record" or "raise"; got {errors!r}.')
+
+
+def _check_inputs(X, y, names=("X", "y")):
+    """Array inputs and one target per row of them."""
     X = check_net_input(X)
     if isinstance(X, dict):
         raise TypeError("audit takes array inputs; got a dict.")
     y = np.asarray(y)
     if len(y) != len(X):
-        raise ValueError(f"X has {len(X)} samples but y has {len(y)}.")
-    kind = type_of_target(y)
-    if kind not in ("binary", "multiclass"):
         raise ValueError(
-            f"audit audits classifiers: y must hold class labels; got a {kind} target."
-        )
-    classes = np.unique(y)
-    if len(classes) < 2:
-        raise ValueError(
-            f"y holds a single class ({classes[0]}): the audit trains and "
-            "analyses a classifier, and its analyses need at least two classes."
+            f"{names[0]} has {len(X)} samples but {names[1]} has {len(y)}."
         )
     return X, y
+
+
+def _check_labels(*labels):
+    """The sorted classes of class labels ``labels`` (at least two of them)."""
+    for y in labels:
+        kind = type_of_target(y)
+        if kind not in ("binary", "multiclass"):
+            raise ValueError(
+                "audit audits classifiers: y must hold class labels; got a "
+                f"{kind} target. A trained regression network is audited with "
+                'cv="prefit".'
+            )
+    classes = np.unique(np.concatenate(labels))
+    if len(classes) < 2:
+        raise ValueError(
+            f"y holds a single class ({classes[0]}): the audit "
+            "analyses a classifier, and its analyses need at least two classes."
+        )
+    return classes
+
+
+def _cv_data(net, X, y, X_test, y_test):
+    """The data of a cross-validated audit, checked."""
+    if not isinstance(_unwrap(net), NeuralNet):
+        raise TypeError(
+            "audit trains a fresh network on every training fold: pass a skorch "
+            f"net (fitted or not, it is cloned); got {type(net).__name__}. A "
+            'trained network is audited as it is with cv="prefit".'
+        )
+    if X_test is not None or y_test is not None:
+        raise ValueError(
+            'X_test and y_test are the test split of cv="prefit"; a '
+            "cross-validated audit holds out parts of X itself."
+        )
+    X, y = _check_inputs(X, y)
+    return _Data(X, y, X, y, "classification", _check_labels(y))
+
+
+def _prefit_data(net, X, y, X_test, y_test):
+    """The data of a prefit audit, checked, and its task."""
+    check_prefit_net(net)
+    if X_test is None or y_test is None:
+        raise ValueError(
+            'cv="prefit" audits the trained network on a given split: pass '
+            "X_test and y_test (X and y are the data it was trained on)."
+        )
+    X, y = _check_inputs(X, y)
+    X_test, y_test = _check_inputs(X_test, y_test, ("X_test", "y_test"))
+    if X.shape[1:] != X_test.shape[1:]:
+        raise ValueError(
+            f"X_test holds samples of shape {tuple(X_test.shape[1:])} and X of "
+            f"shape {tuple(X.shape[1:])}; they must be alike."
+        )
+    task = target_task(net, y)
+    if task == "regression":
+        y, y_test = regression_targets(y, "y"), regression_targets(y_test, "y_test")
+        return _Data(X, y, X_test, y_test, task, None)
+    return _Data(X, y, X_test, y_test, task, _check_labels(y, y_test))
+
+
+def _skip_reason(analysis, data):
+    """Why ``analysis`` does not apply to ``data`` (None when it does)."""
+    if data.task not in analysis.tasks:
+        return (
+            f"the {analysis.name} analysis needs class labels, and this audit is "
+            "of a regression network (continuous targets)."
+        )
+    return analysis.skip_reason(data.X)
 
 
 class _Fold:
@@ -138,14 +235,15 @@ class _Fold:
     """
 
     def __init__(
-        self, X, y, train, test, fold, *, n_neighbors, layers, options, random_state
+        self, data, train, test, fold, *, n_neighbors, layers, options, random_state
     ):
-        self.y, self.train, self.test, self.fold = y, train, test, fold
-        self.X_train, self.y_train = take(X, train), y[train]
-        self.X_test, self.y_test = take(X, test), y[test]
-        self.classes = np.unique(y)
+        self.train, self.test, self.fold = train, test, fold
+        self.X_train, self.y_train = take(data.X, train), data.y[train]
+        self.X_test, self.y_test = take(data.X_test, test), data.y_test[test]
+        self.task, self.classes = data.task, data.classes
         self.n_neighbors, self.layers = n_neighbors, layers
         self.options, self.random_state = options, random_state
+        self.fit_seconds = None
 
     def fit(self, net):
         """Train a clone of ``net`` on the training part, predict the held-out one."""
@@ -156,9 +254,21 @@ class _Fold:
         self.fit_seconds = time.perf_counter() - start
         self.prediction = np.asarray(self.net.predict(self.X_test))
 
+    def use(self, net):
+        """Take the trained ``net`` as it is and predict the held-out part."""
+        self.net = net
+        self.prediction = prefit_predictions(net, self.X_test, self.task)
+
     @property
     def correct(self):
         return self.prediction == self.y_test
+
+    @property
+    def error(self):
+        """Per held-out example: 1.0 if misclassified, or the squared error."""
+        if self.task == "regression":
+            return (self.prediction - self.y_test) ** 2
+        return (~self.correct).astype(float)
 
     def state(self):
         """What :meth:`restore` needs: the trained net and its predictions."""
@@ -171,26 +281,37 @@ class _Fold:
         self.prediction = state["prediction"]
         self.fit_seconds = state["fit_seconds"]
 
+    def scores(self):
+        """Accuracy and error rate, or R^2 and root mean squared error."""
+        if self.task == "regression":
+            return dict(
+                r2=float(r2_score(self.y_test, self.prediction)),
+                rmse=float(np.sqrt(self.error.mean())),
+            )
+        accuracy = float(self.correct.mean())
+        return dict(accuracy=accuracy, error=float(1 - accuracy))
+
     def row(self):
         """The fold's row of the ``folds`` table, before the analyses."""
-        return dict(
-            fold=self.fold,
-            n_train=len(self.train),
-            n_test=len(self.test),
-            accuracy=float(self.correct.mean()),
-            error=float(1 - self.correct.mean()),
-            fit_seconds=self.fit_seconds,
-        )
+        row = dict(fold=self.fold, n_train=len(self.train), n_test=len(self.test))
+        row.update(self.scores())
+        if self.fit_seconds is not None:
+            row["fit_seconds"] = self.fit_seconds
+        return row
 
     def samples(self):
         """The fold's columns of the ``samples`` table, before the analyses."""
-        return dict(
+        columns = dict(
             fold=self.fold,
             index=self.test,
             label=self.y_test,
             prediction=self.prediction,
-            correct=self.correct,
         )
+        if self.task == "regression":
+            columns["squared_error"] = self.error
+        else:
+            columns["correct"] = self.correct
+        return columns
 
 
 def audit(
@@ -200,6 +321,8 @@ def audit(
     cv=5,
     analyses=ANALYSES,
     *,
+    X_test=None,
+    y_test=None,
     n_neighbors=5,
     layers=None,
     options=None,
@@ -208,11 +331,14 @@ def audit(
     verbose=0,
     cache=None,
 ):
-    """Cross-validated audit of a classifier from the network's perspective.
+    """Audit a classifier, or a trained network, from the network's perspective.
 
     For each fold of a scikit-learn cross-validation splitter, a clone of
     ``net`` is trained on the training part; on the held-out part the audit
-    computes the accuracy and, per analysis:
+    computes the accuracy and, per analysis, the quantities below. With
+    ``cv="prefit"``, the trained ``net`` is audited as it is on the split
+    given, ``X, y`` (the data it was trained on) and ``X_test, y_test``: one
+    fold, no training, its weights untouched.
 
     * ``"density"``: the network-perspective density of each held-out example
       relative to the training fold (by default the hard neighbour count of
@@ -239,25 +365,50 @@ def audit(
       (:func:`~sksim.representations.class_fitting_report` [3]_), with the
       held-out examples' own-class log-densities per class.
 
+    **Regression** (``cv="prefit"`` only): a skorch regressor, or a network
+    whose targets ``y`` are continuous, is audited with ``r2`` and ``rmse``
+    instead of accuracy and error; density bins tabulate the mean squared
+    error, neighbours the mean absolute difference of their targets
+    (``neighbor_target_difference``), and self-denoising runs in its original
+    regression form, on the raw targets and the network's outputs. Class
+    fitting, which needs class labels, is skipped with the reason.
+
     Analyses that do not apply are skipped and listed with the reason; one
     that raises on a fold is recorded with its error and the audit goes on
     (``errors="record"``), so a long audit is never lost to one failure.
 
     Parameters
     ----------
-    net : skorch net
-        The classifier to audit (outputting logits). It is cloned, never
-        modified: a fitted net is retrained from scratch on each fold.
+    net : skorch net, FrozenEstimator or torch.nn.Module
+        The network to audit (outputting logits for a classifier). With a
+        cross-validation, a skorch net: it is cloned, never modified, and a
+        fitted net is retrained from scratch on each fold. With
+        ``cv="prefit"``, the trained network itself, never trained nor
+        modified: a fitted skorch net or a ``FrozenEstimator`` around one
+        predicts with its own ``predict``; a ``torch.nn.Module`` (which has no
+        ``predict``) predicts the argmax of its outputs for classification
+        and its outputs for regression. Classification or regression: a
+        skorch classifier or regressor says which; for any other network the
+        targets decide, by :func:`sklearn.utils.multiclass.type_of_target`
+        (``"binary"`` or ``"multiclass"`` labels are classification,
+        ``"continuous"`` targets regression).
     X : array-like of shape (n_samples, ...)
-        Inputs, in the shape the network accepts.
+        Inputs, in the shape the network accepts; with ``cv="prefit"``, those
+        it was trained on.
     y : array-like of shape (n_samples,)
-        Class labels.
-    cv : int, cross-validation generator or iterable, default=5
+        Class labels (or, with ``cv="prefit"``, continuous targets of shape
+        ``(n_samples,)`` or ``(n_samples, 1)``).
+    cv : int, cross-validation generator, iterable or "prefit", default=5
         As in :func:`sklearn.model_selection.cross_validate` (an int means
-        :class:`~sklearn.model_selection.StratifiedKFold`).
+        :class:`~sklearn.model_selection.StratifiedKFold`), or ``"prefit"``
+        to audit the trained ``net`` on ``X, y`` and ``X_test, y_test``.
     analyses : sequence of str, default=all five
         Which of ``"density"``, ``"neighbors"``, ``"denoising"``,
         ``"sensitivity"`` and ``"class_fitting"`` to run.
+    X_test : array-like of shape (n_test, ...), default=None
+        With ``cv="prefit"`` (and only then), the held-out inputs.
+    y_test : array-like of shape (n_test,), default=None
+        With ``cv="prefit"`` (and only then), their labels or targets.
     n_neighbors : int, default=5
         Training examples retrieved per held-out example.
     layers : list of str, default=None
@@ -287,8 +438,9 @@ def audit(
         the analysis' options). A rerun with the same arguments loads these
         pieces instead of computing them again, so an interrupted audit
         resumes where it stopped; a changed argument or data computes the
-        pieces it affects again. The files are pickles: use a folder only you
-        write to.
+        pieces it affects again (with ``cv="prefit"``, the hash covers the
+        network's weights, and only analyses are saved). The files are
+        pickles: use a folder only you write to.
 
     Returns
     -------
@@ -321,21 +473,33 @@ def audit(
     [20, 20, 20]
     >>> sorted(result.skipped)
     ['sensitivity']
+
+    Auditing the network already trained, on its own train/test split:
+
+    >>> from sksim.audit.models import MLP
+    >>> module = MLP(n_features=4, n_classes=2)
+    >>> result = audit(module, X[:40], y[:40], cv="prefit", X_test=X[40:],
+    ...                y_test=y[40:], analyses=("density",))
+    >>> result["folds"][["n_train", "n_test"]].values.tolist()
+    [[40, 20]]
     """
     import_pandas()
     options = dict(options or {})
-    X, y = _check_audit_args(net, X, y, analyses, n_neighbors, options, errors)
+    prefit = isinstance(cv, str) and cv == "prefit"
+    _check_options(analyses, n_neighbors, options, errors)
+    check_data = _prefit_data if prefit else _cv_data
+    data = check_data(net, X, y, X_test, y_test)
     requested = [a for a in REGISTRY.values() if a.name in analyses]
-    reasons = {a.name: a.skip_reason(X) for a in requested}
+    reasons = {a.name: _skip_reason(a, data) for a in requested}
     skipped = {name: reason for name, reason in reasons.items() if reason}
     requested = [a for a in requested if a.name not in skipped]
-    splitter = check_cv(cv, y, classifier=True)
-    splits = list(splitter.split(X, y))
-    store = AuditCache(cache, X, y, net, random_state)
+    protocol, splits = _splits(cv, data, prefit)
+    store = AuditCache(cache, data.arrays(), net, random_state, prefit)
     started = time.perf_counter()
     collected = dict(folds=[], samples=[], tables={}, warnings={})
     failed = {}
-    seconds = {name: 0.0 for name in ["fit", *(a.name for a in requested)]}
+    first = "predict" if prefit else "fit"
+    seconds = {name: 0.0 for name in [first, *(a.name for a in requested)]}
     steps = tqdm(
         total=len(splits) * (1 + len(requested)), disable=verbose <= 0, desc="audit"
     )
@@ -347,10 +511,11 @@ def audit(
     )
     with steps:
         for index, (train, test) in enumerate(splits):
-            steps.set_postfix_str(f"fold {index}: training")
-            fold = _Fold(X, y, train, test, index, **arguments)
-            _train(fold, net, store)
-            seconds["fit"] += fold.fit_seconds
+            fold = _Fold(data, train, test, index, **arguments)
+            steps.set_postfix_str(
+                f"fold {index}: {'predicting' if prefit else 'training'}"
+            )
+            seconds[first] += _prepare(fold, net, store, prefit)
             steps.update()
             _run_fold(
                 fold,
@@ -364,15 +529,16 @@ def audit(
     ran = [a for a in requested if len(failed.get(a.name, {})) < len(splits)]
     tables = _assemble(collected, ran)
     metadata = dict(
-        n_samples=int(len(X)),
-        input_shape=list(X.shape[1:]),
-        n_classes=int(len(np.unique(y))),
-        cv=repr(splitter),
+        task=data.task,
+        n_samples=int(len(data.X) + (len(data.X_test) if prefit else 0)),
+        input_shape=list(data.X.shape[1:]),
+        n_classes=None if data.classes is None else int(len(data.classes)),
+        cv=protocol,
         n_folds=len(splits),
         analyses=[a.name for a in ran],
         n_neighbors=int(n_neighbors),
         random_state=random_state,
-        net=_describe(net),
+        net=_describe(net, prefit),
         seconds={k: round(v, 3) for k, v in seconds.items()},
         total_seconds=round(time.perf_counter() - started, 3),
         torch_version=torch.__version__,
@@ -380,15 +546,39 @@ def audit(
     )
     if cache is not None:
         metadata["cache"] = store.summary()
-    gallery = [item for a in ran for item in a.gallery(X, y, tables)]
+    gallery = [item for a in ran for item in a.gallery(data, tables)]
     return AuditResult(tables, skipped, metadata, gallery, failed)
 
 
-def _describe(net):
+def _splits(cv, data, prefit):
+    """A description of the protocol and its (train, test) index pairs."""
+    if prefit:
+        split = (np.arange(len(data.X)), np.arange(len(data.X_test)))
+        return "prefit", [split]
+    splitter = check_cv(cv, data.y, classifier=True)
+    return repr(splitter), list(splitter.split(data.X, data.y))
+
+
+def _describe(net, prefit):
     net = _unwrap(net)
+    if not isinstance(net, NeuralNet):
+        return f"{type(net).__name__} (torch module, prefit)"
     module = getattr(net, "module", None)
     name = getattr(module, "__name__", type(module).__name__)
+    if prefit:
+        return f"{type(net).__name__}(module={name}, prefit)"
     return f"{type(net).__name__}(module={name}, max_epochs={net.max_epochs})"
+
+
+def _prepare(fold, net, store, prefit):
+    """Give the fold its net and predictions; the seconds of training (of
+    predicting, when prefit)."""
+    if not prefit:
+        _train(fold, net, store)
+        return fold.fit_seconds
+    start = time.perf_counter()
+    fold.use(net)
+    return time.perf_counter() - start
 
 
 def _train(fold, net, store):

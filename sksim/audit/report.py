@@ -12,7 +12,7 @@ from .analyses import REGISTRY
 
 SECTIONS = (
     ("summary", "Summary"),
-    ("accuracy", "Accuracy per fold"),
+    ("accuracy", "Scores per fold"),
     *((analysis.name, analysis.title) for analysis in REGISTRY.values()),
     ("tables", "Raw tables"),
 )
@@ -63,11 +63,26 @@ def _metric(label, frame, metric):
     return f'<div class="metric">{html.escape(label)}<b>{mean:.3f}{spread}</b></div>'
 
 
+def protocol(meta) -> str:
+    """How the audited networks met their held-out data, in words."""
+    if meta["cv"] == "prefit":
+        return "none: the trained network (prefit) on the given train/test split"
+    return meta["cv"]
+
+
+def _headline(meta) -> str:
+    if meta["cv"] == "prefit":
+        return "prefit network, given train/test split"
+    return f"{meta['n_folds']}-fold cross-validation"
+
+
 def _summary(result) -> str:
     meta, summary = result.metadata, result.tables["summary"]
     parts = ['<div class="headline">']
     parts.append(_metric("accuracy (mean ± std over folds)", summary, "accuracy"))
     parts.append(_metric("error", summary, "error"))
+    parts.append(_metric("R² (mean ± std over folds)", summary, "r2"))
+    parts.append(_metric("root mean squared error", summary, "rmse"))
     parts.append(
         _metric("density–error correlation", summary, "density_error_correlation")
     )
@@ -78,13 +93,21 @@ def _summary(result) -> str:
             "neighbor_label_agreement",
         )
     )
+    parts.append(
+        _metric(
+            "mean |target difference| to the neighbours",
+            summary,
+            "neighbor_target_difference",
+        )
+    )
     parts.append("</div>")
     facts = [
         ("network", meta["net"]),
+        ("task", meta["task"]),
         ("samples", meta["n_samples"]),
         ("input shape", meta["input_shape"]),
         ("classes", meta["n_classes"]),
-        ("cross-validation", meta["cv"]),
+        ("cross-validation", protocol(meta)),
         ("analyses run", ", ".join(meta["analyses"]) or "none"),
         ("seconds", meta["seconds"]),
         ("total seconds", meta["total_seconds"]),
@@ -163,7 +186,7 @@ def render_html(result) -> str:
         f"<style>{STYLE}</style></head><body>"
         "<header><h1>sksim audit</h1>"
         f"<div>{html.escape(result.metadata['net'])} · "
-        f"{result.metadata['n_folds']}-fold cross-validation</div></header>"
+        f"{html.escape(_headline(result.metadata))}</div></header>"
         f"<nav>{nav}</nav><main>{body}</main></body></html>\n"
     )
 

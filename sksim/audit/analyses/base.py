@@ -52,6 +52,9 @@ class Analysis:
         figure, or None when there is nothing to draw), shown in order.
     report_table : str or None
         The table shown under the figures.
+    tasks : tuple of str
+        The tasks it applies to, among ``"classification"`` and
+        ``"regression"``; the audit skips it on the others, with the reason.
     """
 
     name: str = ""
@@ -60,6 +63,7 @@ class Analysis:
     description: str = ""
     figures: tuple = ()
     report_table: str | None = None
+    tasks: tuple = ("classification", "regression")
 
     def options(self, fold):
         """Keyword arguments of this analysis: its defaults and the user's."""
@@ -79,11 +83,15 @@ class Analysis:
         ----------
         fold : object
             The fold: ``net`` (trained on it), ``fold`` (its number),
-            ``train`` and ``test`` (indices into the data), ``X_train``,
-            ``y_train``, ``X_test``, ``y_test``, ``prediction`` and
-            ``correct`` (on the held-out part), ``y`` and ``classes`` (all
-            labels, the sorted classes), ``n_neighbors``, ``layers``,
-            ``options`` and ``random_state`` (the audit's arguments).
+            ``train`` and ``test`` (indices of its rows in the training and
+            held-out data, the same ``X`` unless the audit is prefit),
+            ``X_train``, ``y_train``, ``X_test``, ``y_test``, ``prediction``,
+            ``correct`` (classification) and ``error`` (per held-out
+            example: 1.0 when misclassified, or the squared error of a
+            regression), ``task`` (``"classification"`` or
+            ``"regression"``), ``classes`` (the sorted classes; None for a
+            regression), ``n_neighbors``, ``layers``, ``options`` and
+            ``random_state`` (the audit's arguments).
 
         Returns
         -------
@@ -99,8 +107,13 @@ class Analysis:
         """Tables derived from the per-fold ones after the last fold."""
         return {}
 
-    def gallery(self, X, y, tables):
-        """Examples worth showing (see :class:`~sksim.audit.AuditResult`)."""
+    def gallery(self, data, tables):
+        """Examples worth showing (see :class:`~sksim.audit.AuditResult`).
+
+        ``data`` holds the training-side inputs and targets ``X, y`` (where
+        training indices point) and the held-out ones ``X_test, y_test``
+        (where held-out indices point; the same arrays unless prefit).
+        """
         return []
 
     def section(self, result):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..._net import resolve_module
 from .._render import errorbars, subplots
 from .._tables import spread
 from .base import Analysis, FoldOutput
@@ -88,6 +89,7 @@ class ClassFitting(Analysis):
     )
     figures = (class_densities,)
     report_table = "class_fitting_summary"
+    tasks = ("classification",)
 
     def run(self, fold):
         from ...representations import (
@@ -97,7 +99,9 @@ class ClassFitting(Analysis):
         )
 
         layers = (
-            default_layers(fold.net.module_) if fold.layers is None else fold.layers
+            default_layers(resolve_module(fold.net))
+            if fold.layers is None
+            else fold.layers
         )
         options = self.options(fold)
         options.setdefault(

@@ -36,6 +36,19 @@ def denoising_rows(n_train, max_samples, random_state):
     return np.sort(rng.choice(n_train, max_samples, replace=False))
 
 
+def denoised_targets(fold, y_train):
+    """The labels regressed on and the outputs selected to predict them.
+
+    Classification: one-hot labels of the first ``d - 1`` classes and the
+    matching softmax probabilities; regression (its original form): the raw
+    targets and the network's outputs.
+    """
+    if fold.task == "regression":
+        return y_train, "logits"
+    onehot = (y_train[:, None] == fold.classes[None, :-1]).astype(np.float64)
+    return onehot, free_probabilities
+
+
 class Denoising(Analysis):
     """Self-denoising summary on (a random subset of) the training fold."""
 
@@ -58,16 +71,15 @@ class Denoising(Analysis):
         rows = denoising_rows(
             len(fold.train), options.pop("max_samples"), fold.random_state
         )
-        y_train = fold.y_train[rows]
-        onehot = (y_train[:, None] == fold.classes[None, :-1]).astype(np.float64)
+        targets, output = denoised_targets(fold, fold.y_train[rows])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", IllConditionedWeightsWarning)
             analysis = SelfDenoisingAnalysis(
                 fold.net,
-                output=free_probabilities,
+                output=output,
                 random_state=fold.random_state,
                 **options,
-            ).fit(take(fold.X_train, rows), onehot)
+            ).fit(take(fold.X_train, rows), targets)
         row = dict(fold=fold.fold, n_samples=len(rows), **analysis.summary())
         return FoldOutput(tables=dict(denoising=frame([row])))
 

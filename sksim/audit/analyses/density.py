@@ -37,6 +37,12 @@ def correlation(a: np.ndarray, b: np.ndarray) -> float:
     return np.nan
 
 
+def error_column(samples) -> str:
+    """The per-bin error of ``samples``: ``error_rate`` of a classification,
+    ``mean_squared_error`` of a regression."""
+    return "error_rate" if "correct" in samples else "mean_squared_error"
+
+
 def density_histogram(result):
     """Histogram of the held-out log-densities, correct and misclassified."""
     samples = result.tables["samples"]
@@ -44,15 +50,21 @@ def density_histogram(result):
         return None
     fig, ax = subplots(figsize=(6, 3.4))
     values = samples["log_density"].to_numpy()
-    correct = samples["correct"].to_numpy()
     edges = np.histogram_bin_edges(values, bins=30)
-    ax.hist(
-        [values[correct], values[~correct]],
-        bins=edges,
-        stacked=True,
-        color=["tab:blue", "tab:red"],
-        label=[f"correct ({correct.sum()})", f"misclassified ({(~correct).sum()})"],
-    )
+    if "correct" in samples:
+        correct = samples["correct"].to_numpy()
+        ax.hist(
+            [values[correct], values[~correct]],
+            bins=edges,
+            stacked=True,
+            color=["tab:blue", "tab:red"],
+            label=[
+                f"correct ({correct.sum()})",
+                f"misclassified ({(~correct).sum()})",
+            ],
+        )
+    else:
+        ax.hist(values, bins=edges, color="tab:blue", label=f"all ({len(values)})")
     ax.set_xlabel("log relative density (network's perspective)")
     ax.set_ylabel("held-out examples")
     ax.set_title("Density of held-out examples relative to their training fold")
@@ -61,16 +73,18 @@ def density_histogram(result):
 
 
 def error_by_density(result):
-    """Error rate by density quantile bin, mean and spread over folds."""
+    """Error rate (or mean squared error) by density quantile bin, mean and
+    spread over folds."""
     table = result.tables.get("density_bins_summary")
     if table is None:
         return None
+    column = error_column(result.tables["samples"])
     fig, ax = subplots(figsize=(6, 3.4))
     per_fold = result.tables["density_bins"]
     for fold, rows in per_fold.groupby("fold"):
         ax.plot(
             rows["density_bin"],
-            rows["error_rate"],
+            rows[column],
             color="0.7",
             lw=1,
             marker=".",
@@ -80,14 +94,14 @@ def error_by_density(result):
         ax,
         table["density_bin"],
         table,
-        "error_rate",
+        column,
         color="tab:red",
         marker="o",
         capsize=3,
         label="mean over folds (± std)",
     )
     ax.set_xlabel("density bin (0 = lowest density)")
-    ax.set_ylabel("error rate")
+    ax.set_ylabel(column.replace("_", " "))
     ax.set_ylim(bottom=0)
     ax.set_title("Error versus network-perspective density")
     ax.legend(fontsize="small")
@@ -106,7 +120,8 @@ class Density(Analysis):
         "as similar to it (by default, cosine similarity of the parameter "
         "gradients above 0.9; counts below one half are floored), divided "
         "by the training-fold size. Errors that cluster at low density "
-        "are inputs unlike anything the network was trained on. Bins are "
+        "are inputs unlike anything the network was trained on (for a "
+        "regression, the bins show the mean squared error). Bins are "
         "equal-size quantile bins of each fold's held-out examples "
         "(ties split by position)."
     )
@@ -119,7 +134,7 @@ class Density(Analysis):
         ).fit(fold.X_train)
         counts = estimator.neighbor_counts(fold.X_test)
         log_density = np.log(np.maximum(counts, COUNT_FLOOR) / len(fold.train))
-        errors = (~fold.correct).astype(float)
+        errors = fold.error
         return FoldOutput(
             samples=dict(
                 neighbor_count=counts,
@@ -134,21 +149,26 @@ class Density(Analysis):
 
     def summarise(self, tables):
         samples = tables["samples"]
+        column = error_column(samples)
+        if "correct" in samples:
+            error = ~samples["correct"]
+        else:
+            error = samples["squared_error"]
         bins = (
-            samples.assign(error=~samples["correct"])
+            samples.assign(error=error)
             .groupby(["fold", "density_bin"])
             .agg(
                 n_samples=("error", "size"),
                 min_log_density=("log_density", "min"),
                 max_log_density=("log_density", "max"),
                 mean_log_density=("log_density", "mean"),
-                error_rate=("error", "mean"),
+                **{column: ("error", "mean")},
             )
             .reset_index()
         )
         return dict(
             density_bins=bins,
             density_bins_summary=spread(
-                bins, "density_bin", ["error_rate", "mean_log_density"]
+                bins, "density_bin", [column, "mean_log_density"]
             ),
         )

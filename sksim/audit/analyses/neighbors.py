@@ -35,8 +35,8 @@ def image_view(X) -> np.ndarray | None:
 def most_similar(fold, options):
     """The most similar training examples of each held-out example.
 
-    Similarities and indices (into X) of its ``fold.n_neighbors`` most similar
-    training examples, most similar first.
+    Similarities and rows of the training fold of its ``fold.n_neighbors``
+    most similar training examples, most similar first.
     """
     search = NetworkNeighbors(
         fold.net,
@@ -44,8 +44,36 @@ def most_similar(fold, options):
         random_state=fold.random_state,
         **options,
     ).fit(fold.X_train)
-    similarities, indices = search.most_similar(fold.X_test)
-    return similarities, fold.train[indices]
+    return search.most_similar(fold.X_test)
+
+
+def label_agreement(fold, labels):
+    """Per-example columns and fold metric comparing neighbours' labels.
+
+    Classification: the share of neighbours with the example's label
+    (``neighbor_label_agreement``); regression: the mean absolute difference
+    between their targets and the example's (``neighbor_target_difference``).
+    """
+    if fold.task == "regression":
+        name = "neighbor_target_difference"
+        per_pair = np.abs(labels - fold.y_test[:, None])
+    else:
+        name = "neighbor_label_agreement"
+        per_pair = labels == fold.y_test[:, None]
+    return {name: per_pair.mean(axis=1)}, {name: float(per_pair.mean())}
+
+
+def _is_error(item, regression) -> bool:
+    """Whether a gallery example is shown as an error: misclassified, or
+    among the largest errors of a regression."""
+    if regression:
+        return item["kind"] == "largest error"
+    return item["label"] != item["prediction"]
+
+
+def _shown(value) -> str:
+    """A label or prediction as shown in a title: floats to 3 digits."""
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def _show(ax, image):
@@ -64,6 +92,7 @@ def neighbor_grid(result):
     if not gallery:
         return None
     k = len(gallery[0]["neighbors"])
+    regression = "correct" not in result.tables["samples"]
     fig, axes = _render.subplots(
         len(gallery),
         k + 1,
@@ -73,9 +102,9 @@ def neighbor_grid(result):
     for row, item in zip(axes, gallery, strict=True):
         _show(row[0], item["image"])
         row[0].set_title(
-            f"y={item['label']} pred={item['prediction']}",
+            f"y={_shown(item['label'])} pred={_shown(item['prediction'])}",
             fontsize=8,
-            color="tab:red" if item["label"] != item["prediction"] else "black",
+            color="tab:red" if _is_error(item, regression) else "black",
         )
         row[0].set_ylabel(item["kind"].replace(" ", "\n"), fontsize=8)
         for ax, image, label, sim in zip(
@@ -86,7 +115,7 @@ def neighbor_grid(result):
             strict=True,
         ):
             _show(ax, image)
-            ax.set_title(f"y={label} k={sim:.2f}", fontsize=8)
+            ax.set_title(f"y={_shown(label)} k={sim:.2f}", fontsize=8)
     fig.suptitle(
         "Held-out example (left) and its most similar training examples, "
         "by the network's cosine similarity k",
@@ -105,10 +134,15 @@ def _gallery_rows(samples, size):
     else:
         typical = samples.index[:1]
     taken = {i for _, i in chosen}
-    errors = [
-        i for i in samples.index[~samples["correct"].to_numpy()] if i not in taken
-    ]
-    chosen += [("misclassified", i) for i in errors[:size]]
+    if "correct" in samples:
+        kind, wrong = "misclassified", samples.index[~samples["correct"].to_numpy()]
+    else:
+        kind = "largest error"
+        wrong = samples.sort_values(
+            "squared_error", ascending=False, kind="stable"
+        ).index
+    errors = [i for i in wrong if i not in taken]
+    chosen += [(kind, i) for i in errors[:size]]
     chosen += [("typical", i) for i in typical if i not in taken]
     return chosen
 
@@ -119,16 +153,17 @@ class Neighbors(Analysis):
     name = "neighbors"
     title = "Nearest training examples"
     description = (
-        "For a few held-out examples (lowest density, misclassified, "
-        "typical), the training examples of their fold that the network "
-        "considers most similar, with the cosine similarity k."
+        "For a few held-out examples (lowest density, misclassified or "
+        "with the largest errors, typical), the training examples of their "
+        "fold that the network considers most similar, with the cosine "
+        "similarity k."
     )
     figures = (neighbor_grid,)
 
     def run(self, fold):
-        similarities, indices = most_similar(fold, self.options(fold))
-        labels = fold.y[indices]
-        same = labels == fold.y_test[:, None]
+        similarities, rows = most_similar(fold, self.options(fold))
+        labels, indices = fold.y_train[rows], fold.train[rows]
+        columns, metrics = label_agreement(fold, labels)
         k = indices.shape[1]
         table = frame(
             dict(
@@ -144,16 +179,16 @@ class Neighbors(Analysis):
             samples=dict(
                 top_similarity=similarities[:, 0],
                 nearest_train_index=indices[:, 0],
-                neighbor_label_agreement=same.mean(axis=1),
+                **columns,
             ),
-            metrics=dict(neighbor_label_agreement=float(same.mean())),
+            metrics=metrics,
             tables=dict(neighbors=table),
         )
 
-    def gallery(self, X, y, tables, size=GALLERY_SIZE):
+    def gallery(self, data, tables, size=GALLERY_SIZE):
         """Held-out examples worth looking at, with their nearest training examples."""
         samples = tables["samples"]
-        images = image_view(X)
+        images, test_images = image_view(data.X), image_view(data.X_test)
         by_query = tables["neighbors"].groupby(["fold", "index"])
         gallery = []
         for kind, row in _gallery_rows(samples, size):
@@ -170,9 +205,9 @@ class Neighbors(Analysis):
                     prediction=sample["prediction"].item(),
                     log_density=float(sample.get("log_density", np.nan)),
                     neighbors=train.tolist(),
-                    neighbor_labels=y[train].tolist(),
+                    neighbor_labels=data.y[train].tolist(),
                     similarities=near["similarity"].tolist(),
-                    image=None if images is None else images[index],
+                    image=None if test_images is None else test_images[index],
                     neighbor_images=None if images is None else images[train],
                 )
             )
@@ -188,7 +223,7 @@ class Neighbors(Analysis):
                 prediction=g["prediction"],
                 log_density=g["log_density"],
                 neighbors=", ".join(
-                    f"#{i} (y={lab}, k={s:.2f})"
+                    f"#{i} (y={_shown(lab)}, k={s:.2f})"
                     for i, lab, s in zip(
                         g["neighbors"],
                         g["neighbor_labels"],

@@ -1,0 +1,139 @@
+"""Auditing a network that is already trained (``cv="prefit"``).
+
+The network is used as it is, on the train/test split the user gives: its
+task comes from the net or the targets, its predictions from its own
+``predict`` or from its outputs, and it is never trained or modified.
+"""
+
+from __future__ import annotations
+
+import joblib
+import numpy as np
+import torch
+from sklearn.base import is_classifier, is_regressor
+from sklearn.utils.multiclass import type_of_target
+from skorch import NeuralNet
+
+from .._engine.context import evaluation_mode
+from .._engine.inputs import batches, module_float_dtype
+from .._net import _unwrap, is_unfitted_skorch, resolve_device, resolve_module
+
+CLASSIFICATION_TARGETS = ("binary", "multiclass")
+REGRESSION_TARGETS = ("continuous",)
+PREDICT_BATCH_SIZE = 256
+
+
+def check_prefit_net(net):
+    """The trained module behind ``net``; raise when there is none."""
+    if is_unfitted_skorch(net):
+        raise ValueError(
+            'cv="prefit" audits a network that is already trained, and this '
+            f"{type(_unwrap(net)).__name__} is not fitted: fit it first, or pass "
+            "an int or a splitter as cv to train a clone of it on every fold."
+        )
+    try:
+        return resolve_module(net)
+    except TypeError:
+        raise TypeError(
+            'cv="prefit" audits a trained network: pass a fitted skorch net, a '
+            "FrozenEstimator around one or a torch.nn.Module; got "
+            f"{type(net).__name__}."
+        ) from None
+
+
+def skorch_task(net) -> str | None:
+    """``"classification"`` for a skorch classifier, ``"regression"`` for a
+    skorch regressor (or a FrozenEstimator around either), else None."""
+    net = _unwrap(net)
+    if not isinstance(net, NeuralNet):
+        return None
+    if is_classifier(net):
+        return "classification"
+    if is_regressor(net):
+        return "regression"
+    return None
+
+
+def target_task(net, y) -> str:
+    """``"classification"`` or ``"regression"``.
+
+    A skorch classifier or regressor (or a FrozenEstimator around one) says
+    which it is; for any other net (a torch module, a plain skorch
+    ``NeuralNet``) the targets decide, by
+    :func:`sklearn.utils.multiclass.type_of_target`: class labels (binary or
+    multiclass) are classification, continuous values regression.
+    """
+    task = skorch_task(net)
+    if task is not None:
+        return task
+    kind = type_of_target(y)
+    if kind in CLASSIFICATION_TARGETS:
+        return "classification"
+    if kind in REGRESSION_TARGETS:
+        return "regression"
+    raise ValueError(
+        "The audit takes class labels or one continuous target per sample; "
+        f"y is a {kind} target."
+    )
+
+
+def regression_targets(y, name) -> np.ndarray:
+    """One continuous target per sample, as a float array of shape (n,)."""
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise ValueError(
+            "The audit of a regression network takes one target per sample "
+            f"({name} of shape (n,) or (n, 1)); {name} has shape {y.shape}."
+        )
+    if not np.issubdtype(y.dtype, np.number):
+        raise ValueError(f"{name} must hold numbers; its dtype is {y.dtype}.")
+    return y.astype(np.float64)
+
+
+def module_outputs(module: torch.nn.Module, X) -> np.ndarray:
+    """Outputs of ``module`` on ``X`` in eval mode, without gradients."""
+    device = resolve_device(module)
+    dtype = module_float_dtype(module)
+    with evaluation_mode(module), torch.no_grad():
+        parts = [
+            module(batch).detach().cpu()
+            for _, batch in batches(X, PREDICT_BATCH_SIZE, device, dtype)
+        ]
+    return torch.cat(parts).numpy()
+
+
+def prefit_predictions(net, X, task) -> np.ndarray:
+    """Predictions of the trained ``net`` on ``X``, one per sample.
+
+    A skorch classifier or regressor predicts with its own ``predict``; a
+    torch module (or a plain skorch ``NeuralNet``) predicts the argmax of its
+    outputs for classification and its outputs for regression. The modes of
+    the module's layers (training or evaluation) are restored after.
+    """
+    module = resolve_module(net)
+    if skorch_task(net) is not None:
+        with evaluation_mode(module):
+            prediction = np.asarray(net.predict(X))
+    else:
+        prediction = module_outputs(module, X)
+        if task == "classification":
+            prediction = prediction.argmax(axis=-1)
+    if task == "regression":
+        return regression_targets(prediction, "the network's output")
+    return prediction
+
+
+def _tensor_bytes(tensor: torch.Tensor) -> tuple:
+    flat = tensor.detach().cpu().reshape(-1).contiguous()
+    return str(tensor.dtype), tuple(tensor.shape), flat.view(torch.uint8).numpy()
+
+
+def weights_fingerprint(net) -> str:
+    """A hash of the trained module: its class and every tensor of its state."""
+    module = resolve_module(net)
+    state = {k: _tensor_bytes(v) for k, v in module.state_dict().items()}
+    return joblib.hash(
+        (type(_unwrap(net)).__qualname__, type(module).__qualname__, state)
+    )

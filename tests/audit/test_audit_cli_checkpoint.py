@@ -1,0 +1,186 @@
+"""``sksim audit --checkpoint``: a trained network audited as it is, no training."""
+
+import json
+import math
+import textwrap
+
+import _audit_helpers
+import numpy as np
+import pytest
+import torch
+from _audit_helpers import small_net
+from skorch import NeuralNet, NeuralNetRegressor
+
+from sksim import cli
+from sksim._net import torch_seed
+
+N_TRAIN = 160
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A small digits MLP trained on 160 images, and its data."""
+    X, y = _audit_helpers.digit_images()
+    with torch_seed(0):
+        net = small_net(X).fit(X[:N_TRAIN], y[:N_TRAIN])
+    return net, X, y
+
+
+@pytest.fixture
+def files(tmp_path, trained):
+    """Training and test splits as .npz files, and the net's state_dict."""
+    net, X, y = trained
+    np.savez(tmp_path / "train.npz", X=X[:N_TRAIN], y=y[:N_TRAIN])
+    np.savez(tmp_path / "test.npz", X=X[N_TRAIN:], y=y[N_TRAIN:])
+    torch.save(net.module_.state_dict(), tmp_path / "mlp.pt")
+    return tmp_path
+
+
+def checkpoint_argv(folder, *extra):
+    return [
+        "audit",
+        "--data",
+        str(folder / "train.npz"),
+        "--test-data",
+        str(folder / "test.npz"),
+        "--checkpoint",
+        str(folder / "mlp.pt"),
+        "--out",
+        str(folder / "r.html"),
+        *extra,
+    ]
+
+
+def no_training(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the checkpoint audit trained a network")
+
+    monkeypatch.setattr(NeuralNet, "fit", refuse)
+    monkeypatch.setattr(NeuralNet, "partial_fit", refuse)
+
+
+def test_cli_checkpoint_audits_the_trained_net_without_training(
+    files, trained, monkeypatch, capsys
+):
+    net, X, y = trained
+    no_training(monkeypatch)
+    argv = checkpoint_argv(files, "--analyses", "density,neighbors", "--quiet")
+    assert cli.main([*argv, "--json", str(files / "r.json")]) == 0
+    data = json.loads((files / "r.json").read_text())
+    folds = data["tables"]["folds"]
+    assert [row["accuracy"] for row in folds] == [net.score(X[N_TRAIN:], y[N_TRAIN:])]
+    assert [(row["n_train"], row["n_test"]) for row in folds] == [(160, 80)]
+    meta = data["metadata"]
+    assert meta["cv"] == "prefit" and meta["task"] == "classification"
+    assert set(meta["seconds"]) == {"predict", "density", "neighbors"}
+    assert meta["checkpoint"] == str(files / "mlp.pt")
+    assert meta["test_data"] == str(files / "test.npz")
+    predictions = [row["prediction"] for row in data["tables"]["samples"]]
+    assert predictions == net.predict(X[N_TRAIN:]).tolist()
+    assert "prefit network, given train/test split" in (files / "r.html").read_text()
+
+
+def test_cli_checkpoint_says_it_does_not_train(files, capsys):
+    argv = checkpoint_argv(files, "--analyses", "density")
+    assert cli.main(argv) == 0
+    err = capsys.readouterr().err
+    assert (
+        "160 samples of shape (1, 8, 8), 10 classes, "
+        f"{files / 'mlp.pt'} audited as it is (no training) on "
+        f"{files / 'test.npz'}, 80 test samples"
+    ) in err
+
+
+@pytest.fixture
+def regression_factory(tmp_path, monkeypatch):
+    (tmp_path / "userreg.py").write_text(
+        textwrap.dedent(
+            """
+            import math
+            import torch
+
+            def make(input_shape, n_outputs):
+                return torch.nn.Sequential(
+                    torch.nn.Linear(math.prod(input_shape), 16),
+                    torch.nn.Tanh(),
+                    torch.nn.Linear(16, n_outputs),
+                )
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path
+
+
+def test_cli_checkpoint_of_a_regression_net(regression_factory, monkeypatch):
+    import userreg
+
+    folder = regression_factory
+    rng = np.random.RandomState(0)
+    X = rng.uniform(-2, 2, size=(100, 2)).astype(np.float32)
+    y = (np.sin(X[:, 0]) + 0.5 * X[:, 1]).astype(np.float32)
+    with torch_seed(0):
+        net = NeuralNetRegressor(
+            userreg.make((2,), 1), max_epochs=20, lr=0.1, train_split=None, verbose=0
+        ).fit(X[:70], y[:70, None])
+    np.savez(folder / "train.npz", X=X[:70], y=y[:70])
+    np.savez(folder / "test.npz", X=X[70:], y=y[70:])
+    torch.save(net.module_.state_dict(), folder / "mlp.pt")
+    no_training(monkeypatch)
+    argv = checkpoint_argv(folder, "--module", "userreg:make", "--quiet")
+    argv += ["--analyses", "density,class_fitting", "--json", str(folder / "r.json")]
+    assert cli.main(argv) == 0
+    data = json.loads((folder / "r.json").read_text())
+    (row,) = data["tables"]["folds"]
+    assert row["r2"] == pytest.approx(net.score(X[70:], y[70:, None]), rel=1e-6)
+    residuals = net.predict(X[70:])[:, 0].astype(float) - y[70:]
+    assert row["rmse"] == pytest.approx(math.sqrt(np.mean(residuals**2)), rel=1e-6)
+    assert data["metadata"]["task"] == "regression"
+    assert "needs class labels" in data["skipped"]["class_fitting"]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            ["--model", "cnn"],
+            "does not fit the architecture of --model cnn: Error(s) in loading "
+            "state_dict for CNN: Missing key(s) in state_dict:",
+        ),
+        ("garbage", "could not be loaded as a state_dict (UnpicklingError: "),
+        ("list", "holds a list, not a state_dict; save it with torch.save("),
+        ("no test", "--checkpoint audits a trained network on its test split"),
+        ("no checkpoint", "--test-data is the test split of a trained network"),
+    ],
+)
+def test_cli_bad_checkpoint_is_one_line(files, change, message, capsys):
+    argv = checkpoint_argv(files, "--quiet")
+    if change == "garbage":
+        (files / "mlp.pt").write_bytes(b"not a checkpoint")
+    elif change == "list":
+        torch.save([torch.zeros(2)], files / "mlp.pt")
+    elif change == "no test":
+        argv = [a for a in argv if a != "--test-data" and "test.npz" not in a]
+    elif change == "no checkpoint":
+        argv = [a for a in argv if a != "--checkpoint" and "mlp.pt" not in a]
+    else:
+        argv += change
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith("sksim audit: error: ")
+    assert message in err
+    assert not (files / "r.html").exists()
+
+
+def test_cli_continuous_targets_without_checkpoint(tmp_path, capsys):
+    path = tmp_path / "reg.npz"
+    np.savez(path, X=np.ones((20, 3), np.float32), y=np.linspace(0, 1, 20))
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["audit", "--data", str(path), "--quiet"])
+    assert exit_.value.code == 2
+    assert "A trained regression network is audited with --checkpoint" in (
+        capsys.readouterr().err
+    )

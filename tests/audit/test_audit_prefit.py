@@ -1,0 +1,312 @@
+"""Auditing a network already trained (cv="prefit"): no training, weights untouched."""
+
+import _audit_helpers
+import numpy as np
+import pytest
+import torch
+from _audit_helpers import AUDIT_OPTIONS, small_net
+from matplotlib.colors import to_hex
+from sklearn.frozen import FrozenEstimator
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import r2_score
+from skorch import NeuralNet, NeuralNetRegressor
+
+from sksim import GradientDensityEstimator, NetworkNeighbors, SelfDenoisingAnalysis
+from sksim._net import torch_seed
+from sksim.audit import audit
+from sksim.audit.analyses.density import quantile_bins
+from sksim.audit.figures import neighbor_grid
+
+N_TRAIN = 160
+PREFIT_ANALYSES = ("density", "neighbors", "denoising", "class_fitting")
+
+
+@pytest.fixture(scope="module")
+def split():
+    X, y = _audit_helpers.digit_images()
+    return X[:N_TRAIN], y[:N_TRAIN], X[N_TRAIN:], y[N_TRAIN:]
+
+
+@pytest.fixture(scope="module")
+def trained(split):
+    X, y, _, _ = split
+    with torch_seed(0):
+        return small_net(X).fit(X, y)
+
+
+@pytest.fixture(scope="module")
+def regression():
+    """A skorch regressor trained on 120 of 160 noisy samples of a smooth map."""
+    rng = np.random.RandomState(0)
+    X = rng.uniform(-2, 2, size=(160, 2)).astype(np.float32)
+    y = np.sin(X[:, :1]) + 0.5 * X[:, 1:] + 0.1 * rng.randn(160, 1)
+    y = y.astype(np.float32)
+    with torch_seed(0):
+        net = NeuralNetRegressor(
+            torch.nn.Sequential(
+                torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1)
+            ),
+            max_epochs=40,
+            lr=0.1,
+            batch_size=32,
+            train_split=None,
+            verbose=0,
+        ).fit(X[:120], y[:120])
+    return net, X[:120], y[:120], X[120:], y[120:]
+
+
+def state(module):
+    return {name: tensor.clone() for name, tensor in module.state_dict().items()}
+
+
+def assert_bit_identical(module, before):
+    after = module.state_dict()
+    assert list(after) == list(before)
+    for name, tensor in before.items():
+        assert torch.equal(after[name], tensor), name
+
+
+def prefit_audit(net, split, analyses=PREFIT_ANALYSES, **kwargs):
+    X, y, X_test, y_test = split
+    return audit(
+        net,
+        X,
+        y,
+        cv="prefit",
+        X_test=X_test,
+        y_test=y_test,
+        analyses=analyses,
+        n_neighbors=3,
+        options=AUDIT_OPTIONS,
+        **kwargs,
+    )
+
+
+def no_training(monkeypatch):
+    """Make any skorch training raise."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a prefit audit trained the network")
+
+    monkeypatch.setattr(NeuralNet, "fit", refuse)
+    monkeypatch.setattr(NeuralNet, "partial_fit", refuse)
+
+
+def test_prefit_leaves_weights_bit_identical_and_scores_as_the_net(
+    split, trained, monkeypatch
+):
+    X, y, X_test, y_test = split
+    before = state(trained.module_)
+    modes = [m.training for m in trained.module_.modules()]
+    no_training(monkeypatch)
+    result = prefit_audit(
+        trained, split, analyses=(*PREFIT_ANALYSES, "sensitivity"), errors="raise"
+    )
+    assert_bit_identical(trained.module_, before)
+    assert [m.training for m in trained.module_.modules()] == modes
+    folds = result["folds"]
+    assert folds["accuracy"].tolist() == [trained.score(X_test, y_test)]
+    assert folds["error"].iloc[0] == pytest.approx(1 - folds["accuracy"].iloc[0])
+    assert folds[["fold", "n_train", "n_test"]].values.tolist() == [[0, 160, 80]]
+    assert "fit_seconds" not in folds
+    assert set(result.metadata["seconds"]) == {
+        "predict",
+        *PREFIT_ANALYSES,
+        "sensitivity",
+    }
+    assert result.metadata["cv"] == "prefit" and result.metadata["n_folds"] == 1
+    assert result.metadata["task"] == "classification"
+    assert result.metadata["net"] == "NeuralNetClassifier(module=MLP, prefit)"
+    assert result.skipped == {} and result.failed == {}
+    samples = result["samples"]
+    np.testing.assert_array_equal(samples["index"], np.arange(len(X_test)))
+    np.testing.assert_array_equal(samples["prediction"], trained.predict(X_test))
+    np.testing.assert_array_equal(samples["label"], y_test)
+
+
+def test_prefit_analyses_equal_the_estimators_on_the_net(split, trained):
+    X, y, X_test, y_test = split
+    result = prefit_audit(trained, split, analyses=("density", "neighbors"))
+    samples = result["samples"]
+    density = GradientDensityEstimator(trained, method="hard", threshold=0.9)
+    counts = density.fit(X).neighbor_counts(X_test)
+    np.testing.assert_allclose(samples["neighbor_count"], counts)
+    similarities, indices = (
+        NetworkNeighbors(trained, n_neighbors=3).fit(X).most_similar(X_test)
+    )
+    neighbors = result["neighbors"]
+    np.testing.assert_array_equal(neighbors["train_index"], indices.ravel())
+    np.testing.assert_array_equal(neighbors["train_label"], y[indices].ravel())
+    np.testing.assert_allclose(neighbors["similarity"], similarities.ravel())
+    agreement = (y[indices] == y_test[:, None]).mean(axis=1)
+    np.testing.assert_allclose(samples["neighbor_label_agreement"], agreement)
+    item = result.gallery[0]
+    np.testing.assert_array_equal(item["image"], X_test[item["index"], 0])
+    np.testing.assert_array_equal(item["neighbor_images"], X[item["neighbors"], 0])
+
+
+def test_prefit_frozen_estimator_audits_like_the_net(split, trained, monkeypatch):
+    before = state(trained.module_)
+    no_training(monkeypatch)
+    frozen = prefit_audit(FrozenEstimator(trained), split, analyses=("density",))
+    plain = prefit_audit(trained, split, analyses=("density",))
+    assert_bit_identical(trained.module_, before)
+    for name in ("folds", "samples", "density_bins"):
+        assert frozen[name].equals(plain[name]), name
+
+
+def test_prefit_torch_module_predicts_the_argmax_of_its_outputs(
+    split, trained, monkeypatch
+):
+    X, y, X_test, y_test = split
+    module = trained.module_
+    before = state(module)
+    no_training(monkeypatch)
+    result = prefit_audit(module, split, errors="raise")
+    assert_bit_identical(module, before)
+    with torch.no_grad():
+        argmax = module(torch.from_numpy(X_test)).argmax(dim=1).numpy()
+    np.testing.assert_array_equal(result["samples"]["prediction"], argmax)
+    assert result["folds"]["accuracy"].tolist() == [trained.score(X_test, y_test)]
+    assert result.metadata["net"] == "MLP (torch module, prefit)"
+    assert set(result["class_fitting"]["layer"]) == {"hidden", "out"}
+    skorch_audit = prefit_audit(trained, split, analyses=("denoising",))
+    assert result["denoising"].equals(skorch_audit["denoising"])
+
+
+def test_prefit_regression_net(regression, monkeypatch, tmp_path):
+    net, X, y, X_test, y_test = regression
+    before = state(net.module_)
+    no_training(monkeypatch)
+    result = audit(
+        net,
+        X,
+        y,
+        cv="prefit",
+        X_test=X_test,
+        y_test=y_test,
+        n_neighbors=3,
+        options=dict(denoising=dict(max_samples=None)),
+        errors="raise",
+    )
+    assert_bit_identical(net.module_, before)
+    assert result.metadata["task"] == "regression"
+    assert result.metadata["n_classes"] is None
+    assert set(result.skipped) == {"class_fitting", "sensitivity"}
+    assert result.skipped["class_fitting"] == (
+        "the class_fitting analysis needs class labels, and this audit is of a "
+        "regression network (continuous targets)."
+    )
+    assert "needs inputs of shape (n, C, H, W)" in result.skipped["sensitivity"]
+    prediction = net.predict(X_test)[:, 0]
+    folds = result["folds"]
+    assert folds["r2"].iloc[0] == pytest.approx(net.score(X_test, y_test), rel=1e-6)
+    squared = (prediction.astype(float) - y_test[:, 0]) ** 2
+    assert folds["rmse"].iloc[0] == pytest.approx(np.sqrt(squared.mean()), rel=1e-6)
+    assert "accuracy" not in folds
+    samples = result["samples"]
+    np.testing.assert_allclose(samples["squared_error"], squared, rtol=1e-6)
+    assert "correct" not in samples
+    bins = result["density_bins"]
+    expected_bins = quantile_bins(samples["log_density"].to_numpy(), 4)
+    np.testing.assert_array_equal(samples["density_bin"], expected_bins)
+    per_bin = [squared[expected_bins == b].mean() for b in range(4)]
+    np.testing.assert_allclose(bins["mean_squared_error"], per_bin, rtol=1e-6)
+    neighbors = result["neighbors"]
+    targets = y[:, 0].astype(float)
+    train_targets = targets[neighbors["train_index"].to_numpy()].reshape(-1, 3)
+    difference = np.abs(train_targets - y_test.astype(float)).mean(axis=1)
+    np.testing.assert_allclose(samples["neighbor_target_difference"], difference)
+    expected = (
+        SelfDenoisingAnalysis(net, weights="cosine_pos_pow", random_state=0)
+        .fit(X, y[:, 0])
+        .summary()
+    )
+    row = result["denoising"].iloc[0]
+    assert row["n_samples"] == len(X)
+    for key in ("sigma", "mean_effective_neighbors", "predicted_rmse"):
+        assert row[key] == pytest.approx(expected[key]), key
+    assert [g["kind"] for g in result.gallery].count("largest error") == 4
+    html = result.to_html(tmp_path / "report.html").read_text()
+    assert "prefit network, given train/test split" in html
+    assert "R² (mean ± std over folds)" in html
+    assert "Skipped: the class_fitting analysis needs class labels" in html
+
+
+def test_prefit_regression_module_decided_by_the_targets(regression):
+    net, X, y, X_test, y_test = regression
+    result = prefit_audit(net.module_, (X, y, X_test, y_test), analyses=("density",))
+    assert result.metadata["task"] == "regression"
+    with torch.no_grad():
+        outputs = net.module_(torch.from_numpy(X_test))[:, 0].numpy()
+    np.testing.assert_allclose(result["samples"]["prediction"], outputs)
+    assert result["folds"]["r2"].iloc[0] == pytest.approx(r2_score(y_test, outputs))
+
+
+def test_prefit_cache_hashes_the_weights(split, trained, tmp_path):
+    first = prefit_audit(trained, split, analyses=("density",), cache=tmp_path)
+    again = prefit_audit(trained, split, analyses=("density",), cache=tmp_path)
+    assert again.metadata["cache"]["loaded"] == 1
+    assert again["samples"].equals(first["samples"])
+    changed = small_net(split[0]).initialize()
+    changed.module_.load_state_dict(trained.module_.state_dict())
+    with torch.no_grad():
+        changed.module_.out.bias[0] += 1.0
+    other = prefit_audit(changed, split, analyses=("density",), cache=tmp_path)
+    assert other.metadata["cache"]["loaded"] == 0
+
+
+def test_prefit_errors(split, trained, regression):
+    X, y, X_test, y_test = split
+    with pytest.raises(ValueError, match=r'cv="prefit" audits a network that is'):
+        prefit_audit(small_net(X), split)
+    with pytest.raises(TypeError, match="got LogisticRegression"):
+        prefit_audit(LogisticRegression(), split)
+    with pytest.raises(ValueError, match="pass X_test and y_test"):
+        audit(trained, X, y, cv="prefit")
+    with pytest.raises(ValueError, match="X_test and y_test are the test split"):
+        audit(small_net(X), X, y, cv=2, X_test=X_test, y_test=y_test)
+    with pytest.raises(ValueError, match="X_test has 80 samples but y_test has 79"):
+        audit(trained, X, y, cv="prefit", X_test=X_test, y_test=y_test[:-1])
+    with pytest.raises(ValueError, match=r"X_test holds samples of shape \(64,\)"):
+        audit(trained, X, y, cv="prefit", X_test=X_test.reshape(80, 64), y_test=y_test)
+    net, Xr, yr, Xr_test, yr_test = regression
+    with pytest.raises(ValueError, match=r"one target per sample \(y of shape"):
+        audit(net, Xr, np.hstack([yr, yr]), cv="prefit", X_test=Xr_test, y_test=yr_test)
+    module = torch.nn.Linear(2, 2)
+    with pytest.raises(ValueError, match="y is a multilabel-indicator target"):
+        audit(
+            module,
+            Xr,
+            np.eye(2)[np.arange(120) % 2],
+            cv="prefit",
+            X_test=Xr_test,
+            y_test=yr_test,
+        )
+
+
+def title_is_red(ax):
+    return to_hex(ax.title.get_color()) == to_hex("tab:red")
+
+
+def test_gallery_titles_mark_the_errors(split, trained):
+    result = prefit_audit(trained, split, analyses=("density", "neighbors"))
+    rows = neighbor_grid(result).axes[::4]  # the example, then 3 neighbours
+    wrong = [g["label"] != g["prediction"] for g in result.gallery]
+    assert [title_is_red(ax) for ax in rows] == wrong
+    assert any(wrong) and not all(wrong)
+    X, _, X_test, _ = split
+    with torch_seed(0):
+        module = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 1))
+    brightness = split[0].mean(axis=(1, 2, 3)), split[2].mean(axis=(1, 2, 3))
+    result = prefit_audit(
+        module, (X, brightness[0], X_test, brightness[1]), ("density", "neighbors")
+    )
+    assert result.metadata["task"] == "regression"
+    rows = neighbor_grid(result).axes[::4]
+    kinds = [g["kind"] for g in result.gallery]
+    assert [title_is_red(ax) for ax in rows] == [k == "largest error" for k in kinds]
+    first = result.gallery[0]
+    assert rows[0].get_title() == (
+        f"y={first['label']:.3g} pred={first['prediction']:.3g}"
+    )
