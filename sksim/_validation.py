@@ -138,8 +138,10 @@ def _check_n_features(estimator, shape, reset: bool) -> None:
 
 
 def _carries_labels(dataset: Dataset) -> bool:
-    """Whether the items are ``(x, y)`` (skorch's dataset made without ``y``
-    gives a placeholder, not labels)."""
+    """Whether the items are ``(x, y)``.
+
+    A skorch dataset made without ``y`` gives a placeholder, not labels.
+    """
     if isinstance(dataset, SkorchDataset):
         return dataset.y is not None
     return split_item(dataset[0])[1] is not None

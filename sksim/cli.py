@@ -391,9 +391,11 @@ def make_parser():
 
 @dataclass
 class Data:
-    """What the audit runs on: ``X`` (float32) and ``y`` (codes
-    ``0 .. n_classes - 1``, or continuous targets), their source, the task and,
-    with --test-data, the test split."""
+    """What the audit runs on.
+
+    ``X`` (float32) and ``y`` (codes ``0 .. n_classes - 1``, or continuous
+    targets), their source, the task and, with --test-data, the test split.
+    """
 
     X: np.ndarray
     y: np.ndarray

@@ -154,8 +154,10 @@ def _read(
 def _check_finite_items(
     t: torch.Tensor, name: str, dataset: Dataset, rows: Sequence[int]
 ) -> None:
-    """Raise a ValueError naming the items whose input ``name`` is not finite;
-    ``t`` is the batch of items ``rows`` of ``dataset``."""
+    """Raise a ValueError naming the items whose input ``name`` is not finite.
+
+    ``t`` is the batch of items ``rows`` of ``dataset``.
+    """
     if not t.is_floating_point() or bool(torch.isfinite(t.sum())):
         return  # a finite sum is the fast common case
     bad = ~torch.isfinite(t.reshape(len(t), -1)).all(dim=1)

@@ -571,8 +571,10 @@ def _describe(net, prefit):
 
 
 def _prepare(fold, net, store, prefit):
-    """Give the fold its net and predictions; the seconds of training (of
-    predicting, when prefit)."""
+    """Give the fold its net and predictions.
+
+    Also records the seconds of training (of predicting, when prefit).
+    """
     if not prefit:
         _train(fold, net, store)
         return fold.fit_seconds

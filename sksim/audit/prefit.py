@@ -42,8 +42,11 @@ def check_prefit_net(net):
 
 
 def skorch_task(net) -> str | None:
-    """``"classification"`` for a skorch classifier, ``"regression"`` for a
-    skorch regressor (or a FrozenEstimator around either), else None."""
+    """The task of a skorch net, or None for another network.
+
+    ``"classification"`` for a skorch classifier, ``"regression"`` for a
+    skorch regressor (or a FrozenEstimator around either).
+    """
     net = _unwrap(net)
     if not isinstance(net, NeuralNet):
         return None

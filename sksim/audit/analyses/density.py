@@ -38,8 +38,10 @@ def correlation(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def error_column(samples) -> str:
-    """The per-bin error of ``samples``: ``error_rate`` of a classification,
-    ``mean_squared_error`` of a regression."""
+    """The per-bin error of ``samples``.
+
+    ``error_rate`` of a classification, ``mean_squared_error`` of a regression.
+    """
     return "error_rate" if "correct" in samples else "mean_squared_error"
 
 
@@ -73,8 +75,10 @@ def density_histogram(result):
 
 
 def error_by_density(result):
-    """Error rate (or mean squared error) by density quantile bin, mean and
-    spread over folds."""
+    """Error by density quantile bin, mean and spread over folds.
+
+    The error rate, or the mean squared error of a regression.
+    """
     table = result.tables.get("density_bins_summary")
     if table is None:
         return None

@@ -64,8 +64,10 @@ def label_agreement(fold, labels):
 
 
 def _is_error(item, regression) -> bool:
-    """Whether a gallery example is shown as an error: misclassified, or
-    among the largest errors of a regression."""
+    """Whether a gallery example is shown as an error.
+
+    Misclassified, or among the largest errors of a regression.
+    """
     if regression:
         return item["kind"] == "largest error"
     return item["label"] != item["prediction"]
