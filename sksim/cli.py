@@ -271,18 +271,19 @@ def make_parser():
     )
     source.add_argument(
         "--data",
-        metavar="PATH.npz",
+        metavar="PATH",
         help="your own data: an .npz file with an array X of inputs (first axis: "
         "samples, any other shape the network accepts) and an array y of class "
-        "labels",
+        "labels, or a folder with X.npy and y.npy (X is then memory-mapped: read "
+        "from disk as needed)",
     )
     data.add_argument(
         "--test-data",
-        metavar="PATH.npz",
+        metavar="PATH",
         default=None,
         help="with --checkpoint: the test split of the trained network, an .npz "
-        "file with arrays X and y like --data (which is then the data it was "
-        "trained on)",
+        "file or a folder of .npy files like --data (which is then the data it "
+        "was trained on)",
     )
     model = audit.add_argument_group("model (--model or --module)")
     arch = model.add_mutually_exclusive_group()
@@ -413,9 +414,32 @@ class Data:
         return len(np.unique(np.concatenate(labels)))
 
 
+def load_npy_folder(path):
+    """Arrays ``X`` (memory-mapped) and ``y`` of a folder's ``X.npy`` and ``y.npy``.
+
+    ``X`` is read from disk batch by batch as the audit needs it, so a training
+    set larger than memory can be audited; a float32 ``X`` is never copied.
+    """
+    arrays = {}
+    for name in ("X", "y"):
+        file = Path(path) / f"{name}.npy"
+        if not file.is_file():
+            raise ValueError(
+                f"{path} is a folder without {name}.npy: save the inputs and labels "
+                "with np.save(folder / 'X.npy', X) and np.save(folder / 'y.npy', y)."
+            )
+        try:
+            arrays[name] = np.load(file, mmap_mode="r" if name == "X" else None)
+        except ValueError as error:
+            raise ValueError(
+                f"{file} could not be read as a .npy file: {error}"
+            ) from None
+    return arrays["X"], arrays["y"]
+
+
 def read_npz(path, say):
-    """Inputs (float32) and targets of an ``.npz`` file."""
-    X, y = load_npz(path)
+    """Inputs (float32) and targets of an ``.npz`` file or a folder of ``.npy``."""
+    X, y = load_npy_folder(path) if Path(path).is_dir() else load_npz(path)
     dtype, X = X.dtype, prepare_inputs(X)
     if dtype != X.dtype:
         say(f"X cast from {dtype} to float32 ({path})")

@@ -345,3 +345,31 @@ def test_cli_interrupted_says_how_to_resume(tmp_path, monkeypatch, capsys):
         "sksim audit: interrupted; run it again to resume from --cache\n"
     )
     assert len(list((tmp_path / "c").glob("*.pkl"))) == 1  # fold 0, trained
+
+
+def test_cli_reads_a_folder_of_npy_files_memory_mapped(tmp_path, digit_images, npz):
+    X, y = digit_images
+    folder = tmp_path / "arrays"
+    folder.mkdir()
+    np.save(folder / "X.npy", X[:120].astype(np.float32))
+    np.save(folder / "y.npy", y[:120])
+    X_mapped, y_read = cli.load_npy_folder(folder)
+    assert isinstance(X_mapped, np.memmap)
+    assert cli.prepare_inputs(X_mapped) is X_mapped  # float32: never copied
+    np.testing.assert_array_equal(y_read, y[:120])
+    reports = {}
+    for name, source in (("npy", folder), ("npz", npz)):
+        reports[name] = tmp_path / f"{name}.json"
+        argv = ["audit", "--data", str(source), *FAST, "--analyses", "density"]
+        argv += ["--out", str(tmp_path / f"{name}.html"), "--json", str(reports[name])]
+        assert cli.main(argv) == 0
+    rows = {
+        k: json.loads(v.read_text())["tables"]["samples"] for k, v in reports.items()
+    }
+    assert [r["log_density"] for r in rows["npy"]] == [
+        r["log_density"] for r in rows["npz"]
+    ]
+    (folder / "y.npy").unlink()
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["audit", "--data", str(folder), *FAST])
+    assert stop.value.code == 2
