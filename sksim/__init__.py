@@ -9,6 +9,7 @@ from .kernel import (
     network_similarity,
     similarity_to_distance,
 )
+from .label_issues import LabelIssueDetector
 from .neighbors import NetworkNeighbors
 from .regularized import (
     SimilarityRegularizedClassifier,
@@ -27,6 +28,7 @@ __all__ = [
     "DiffeoTransform",
     "GradientDensityEstimator",
     "IllConditionedWeightsWarning",
+    "LabelIssueDetector",
     "NetworkNeighbors",
     "NetworkSimilarityKernel",
     "SelfDenoisingAnalysis",
