@@ -422,11 +422,7 @@ class LabelIssueDetector(NetworkEstimator):
         return P, similarities, indices
 
     def _n_neighbors(self, available):
-        if available < 1:
-            raise ValueError(
-                "LabelIssueDetector needs at least two examples per training fold; "
-                "got too few samples (n_samples = 1) for its neighbours."
-            )
+        """The neighbours per example, at most the ``available`` references."""
         return min(self.n_neighbors, available)
 
     def _search(self, net, X_reference, n_neighbors):
