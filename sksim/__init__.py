@@ -11,6 +11,7 @@ from .kernel import (
     network_similarity,
     similarity_to_distance,
 )
+from .label_issues import LabelIssueDetector
 from .neighbors import NetworkNeighbors
 from .regularized import (
     SimilarityRegularizedClassifier,
@@ -29,6 +30,7 @@ __all__ = [
     "DiffeoTransform",
     "GradientDensityEstimator",
     "IllConditionedWeightsWarning",
+    "LabelIssueDetector",
     "NetworkKernel",
     "NetworkNeighbors",
     "NetworkSimilarityKernel",

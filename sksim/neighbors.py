@@ -5,17 +5,20 @@ from __future__ import annotations
 from numbers import Integral
 
 import numpy as np
+from sklearn.utils import Bunch
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from ._base import NetworkEstimator, constraints
 from ._docs import fill_doc
-from ._engine.inputs import n_samples
+from ._engine.inputs import n_samples, take
 from ._engine.jacobian import DEFAULT_MAX_MEMORY
 from ._engine.parallel import split_rows
 from ._engine.rows import cosine_rows, sketch_features, sketch_rows
 from .density import NEIGHBOR_PARAMETERS
 from .kernel import similarity_to_distance
+
+N_BACKGROUND = 200  # reference rows whose similarities set the percentiles
 
 
 def import_faiss():
@@ -119,6 +122,8 @@ class NetworkNeighbors(NetworkEstimator):
         The reference inputs (a dataset is kept as it is, not read into memory).
     n_samples_fit_ : int
         Number of reference examples.
+    y_fit_ : ndarray of shape (n_samples_fit,) or None
+        The targets passed to ``fit`` (the labels :meth:`explain` shows).
     reference_features_ : ndarray of shape (n_samples_fit, d * n_components)
         Unit-normalised sketches of the reference (when ``n_components`` is
         set).
@@ -208,8 +213,9 @@ class NetworkNeighbors(NetworkEstimator):
         X : array-like of shape (n_samples, ...), dict of them, or Dataset
             Reference inputs (usually the training set).
         y : array-like of shape (n_samples,), default=None
-            Targets, needed only to train an unfitted skorch net; a Dataset of
-            ``(x, y)`` items carries its own.
+            Targets: needed to train an unfitted skorch net (a Dataset of
+            ``(x, y)`` items carries its own), and kept as the labels that
+            :meth:`explain` shows.
 
         Returns
         -------
@@ -227,6 +233,7 @@ class NetworkNeighbors(NetworkEstimator):
         self.X_fit_ = X
         self.n_samples_fit_ = n_samples(X)
         self._faiss_index = None
+        self.y_fit_ = None if y is None else np.array(y)
         if self.n_components is not None:
             self.reference_features_ = self._sketch(X)
         if self.algorithm == "faiss":
@@ -376,3 +383,81 @@ class NetworkNeighbors(NetworkEstimator):
         if not return_distance:
             return indices
         return similarity_to_distance(similarities), indices
+
+    def explain(self, X, n_neighbors=None):
+        """Why this prediction: the training examples the network relates to ``X``.
+
+        For each query, its most similar reference examples with their
+        similarity, label, and how unusual that similarity is for this
+        network. Cosine similarities of one network are often compressed (all
+        pairs above 0.9, say), so a raw value says little; the percentile
+        places it among the similarities between reference examples (those
+        of up to 200 evenly spaced reference examples to all the others).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_queries, ...) or dict of them
+            Queries.
+        n_neighbors : int, default=None
+            Number of neighbours; None uses the constructor's.
+
+        Returns
+        -------
+        explanation : Bunch
+            ``indices`` and ``similarities`` as :meth:`most_similar` returns
+            them, ``percentiles`` (same shape: the percentage of
+            reference-pair similarities below each similarity; 99 means more
+            similar than 99 % of pairs), and ``labels``, the ``y_fit_`` of
+            the neighbours (None when ``fit`` had no ``y``).
+
+        Examples
+        --------
+        >>> import torch
+        >>> from sksim.neighbors import NetworkNeighbors
+        >>> _ = torch.manual_seed(0)
+        >>> net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(),
+        ...                           torch.nn.Linear(8, 2))
+        >>> X = torch.randn(30, 2).numpy()
+        >>> y = (X[:, 0] > 0).astype(int)
+        >>> why = NetworkNeighbors(net, n_neighbors=3).fit(X, y).explain(X[:2])
+        >>> why.indices[:, 0].tolist()  # a sample is its own nearest example
+        [0, 1]
+        >>> bool((why.labels[:, 0] == y[:2]).all())
+        True
+        >>> why.percentiles[:, 0].tolist()  # a sample itself: above every pair
+        [100.0, 100.0]
+        """
+        similarities, indices = self.most_similar(X, n_neighbors)
+        background = self._background_similarities()
+        percentiles = (
+            100.0 * np.searchsorted(background, similarities) / len(background)
+        )
+        return Bunch(
+            indices=indices,
+            similarities=similarities,
+            percentiles=percentiles,
+            labels=None if self.y_fit_ is None else self.y_fit_[indices],
+        )
+
+    def _background_similarities(self):
+        """Sorted similarities between distinct reference examples."""
+        n = self.n_samples_fit_
+        if n < 2:
+            raise ValueError(
+                "explain ranks similarities among reference examples and needs at "
+                "least two of them; the reference set has one."
+            )
+        rows = np.unique(np.linspace(0, n - 1, min(n, N_BACKGROUND)).astype(np.intp))
+        if self.n_components is not None:
+            F = self.reference_features_
+            blocks = sketch_rows(F[rows], F)
+        else:
+            blocks = cosine_rows(
+                self._engine, self.X_fit_, take(self.X_fit_, rows), self.rtol
+            )
+        values = []
+        for block, k in blocks:
+            others = np.ones(k.shape, dtype=bool)
+            others[np.arange(k.shape[0]), rows[block]] = False
+            values.append(k[others])
+        return np.sort(np.concatenate(values))

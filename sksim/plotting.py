@@ -4,7 +4,134 @@ Each function takes the fitted object (or table) it draws and returns the
 matplotlib ``Figure``.
 """
 
+import numpy as np
+
 from .denoising import plot_denoising
 from .representations.plots import plot_class_log_density, plot_memorization_by_density
 
-__all__ = ["plot_class_log_density", "plot_denoising", "plot_memorization_by_density"]
+__all__ = [
+    "plot_class_log_density",
+    "plot_denoising",
+    "plot_memorization_by_density",
+    "plot_neighbors",
+]
+
+
+def plot_neighbors(neighbors, X, *, n_neighbors=None, image_shape=None, n_features=6):
+    """Each query beside the training examples the network finds most similar.
+
+    Draws :meth:`~sksim.neighbors.NetworkNeighbors.explain`: for images (samples
+    with two or more axes, or flat ones given an ``image_shape``) a row per
+    query, the query first and then its neighbours, each titled with its
+    label, similarity and percentile among the network's similarities; for
+    tabular data a table per query with the same columns and the first
+    ``n_features`` features of each neighbour.
+
+    Parameters
+    ----------
+    neighbors : NetworkNeighbors
+        A fitted search; fitted with ``y`` to show labels.
+    X : array-like of shape (n_queries, ...)
+        Queries (arrays only, not dicts).
+    n_neighbors : int, default=None
+        Neighbours per query; None uses the search's own.
+    image_shape : tuple of int, default=None
+        Shape to view each flat sample as an image, e.g. ``(8, 8)``.
+    n_features : int, default=6
+        Features of each neighbour shown in a table.
+
+    Returns
+    -------
+    fig : matplotlib Figure
+
+    Examples
+    --------
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> import torch
+    >>> from sksim.neighbors import NetworkNeighbors
+    >>> from sksim.plotting import plot_neighbors
+    >>> _ = torch.manual_seed(0)
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(),
+    ...                           torch.nn.Linear(8, 2))
+    >>> X = torch.randn(30, 4).numpy()
+    >>> search = NetworkNeighbors(net, n_neighbors=3).fit(X, (X[:, 0] > 0) * 1)
+    >>> fig = plot_neighbors(search, X[:2])
+    >>> len(fig.axes)
+    2
+    """
+    import matplotlib.pyplot as plt
+
+    if isinstance(neighbors.X_fit_, dict):
+        raise ValueError(
+            "plot_neighbors draws array inputs; this search was fitted on a dict."
+        )
+    why = neighbors.explain(X, n_neighbors)
+    X = np.asarray(X)
+    reference = neighbors.X_fit_
+    if image_shape is not None or X.ndim >= 3:
+        shape = image_shape or X.shape[1:]
+        return _image_grid(plt, why, X, reference, shape)
+    return _tables(plt, why, reference, n_features)
+
+
+def _as_image(sample, shape):
+    """A sample as ``(H, W)`` or ``(H, W, C)`` for ``imshow``."""
+    image = np.asarray(sample, dtype=float).reshape(shape)
+    if image.ndim == 3:  # channels first, as torch
+        image = image[0] if image.shape[0] == 1 else np.moveaxis(image, 0, -1)
+    return image
+
+
+def _caption(why, q, j):
+    label = "" if why.labels is None else f"y={why.labels[q, j]}\n"
+    return f"{label}{why.similarities[q, j]:.3f} (p{why.percentiles[q, j]:.0f})"
+
+
+def _image_grid(plt, why, X, reference, shape):
+    n_queries, k = why.indices.shape
+    fig, axes = plt.subplots(
+        n_queries, k + 1, figsize=(1.4 * (k + 1), 1.7 * n_queries), squeeze=False
+    )
+    for q, row in enumerate(axes):
+        row[0].imshow(_as_image(X[q], shape), cmap="gray_r")
+        row[0].set_title("query", fontsize=8)
+        for j, ax in enumerate(row[1:]):
+            ax.imshow(_as_image(reference[why.indices[q, j]], shape), cmap="gray_r")
+            ax.set_title(_caption(why, q, j), fontsize=7)
+        for ax in row:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle("most similar training examples (similarity, percentile)")
+    fig.tight_layout()
+    return fig
+
+
+def _tables(plt, why, reference, n_features):
+    n_queries, k = why.indices.shape
+    flat = np.asarray(reference).reshape(len(reference), -1)
+    shown = min(n_features, flat.shape[1])
+    columns = ["index", "label", "similarity", "percentile"]
+    columns += [f"x{f}" for f in range(shown)]
+    fig, axes = plt.subplots(
+        n_queries,
+        1,
+        figsize=(1.1 * len(columns), 0.3 * (k + 2) * n_queries),
+        squeeze=False,
+    )
+    for q, ax in enumerate(axes[:, 0]):
+        cells = [
+            [
+                str(i),
+                "" if why.labels is None else str(why.labels[q, j]),
+                f"{why.similarities[q, j]:.3f}",
+                f"{why.percentiles[q, j]:.1f}",
+                *(f"{v:.3g}" for v in flat[i, :shown]),
+            ]
+            for j, i in enumerate(why.indices[q])
+        ]
+        ax.axis("off")
+        ax.table(cellText=cells, colLabels=columns, loc="center")
+        ax.set_title(f"query {q}", fontsize=9)
+    fig.tight_layout()
+    return fig

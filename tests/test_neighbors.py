@@ -15,6 +15,7 @@ from sksim import network_similarity
 from sksim._engine.jacobian import JacobianEngine
 from sksim._engine.rows import sketch_features
 from sksim.neighbors import NetworkNeighbors
+from sksim.plotting import plot_neighbors
 
 
 def mlp(n_inputs, n_outputs, hidden=12, seed=0):
@@ -208,3 +209,105 @@ def test_bad_faiss_index_is_explained(data):
         NetworkNeighbors(
             mlp(3, 1), algorithm="faiss", n_components=8, index="Bogus"
         ).fit(data[0])
+
+
+def expected_percentiles(K_ref, rows, similarities):
+    """Percentage of similarities between distinct reference examples (those of
+    the reference ``rows`` to all others) below each similarity."""
+    others = np.ones(K_ref[rows].shape, dtype=bool)
+    others[np.arange(len(rows)), rows] = False
+    background = K_ref[rows][others]
+    return np.array(
+        [[100 * np.mean(background < s) for s in row] for row in similarities]
+    )
+
+
+def test_explain_places_similarities_among_the_networks_own(data):
+    X_ref, X_new = data
+    net = mlp(3, 2)
+    y = np.arange(50) % 4
+    why = NetworkNeighbors(net, n_neighbors=4).fit(X_ref, y).explain(X_new)
+    K = network_similarity(net, X_new, X_ref)
+    expected_sim, expected_ind = expected_neighbors(K, 4)
+    np.testing.assert_array_equal(why.indices, expected_ind)
+    np.testing.assert_allclose(why.similarities, expected_sim, atol=1e-6)
+    np.testing.assert_array_equal(why.labels, y[expected_ind])
+    K_ref = network_similarity(net, X_ref)
+    np.testing.assert_allclose(
+        why.percentiles,
+        expected_percentiles(K_ref, np.arange(50), why.similarities),
+        atol=1e-9,
+    )
+    assert (why.percentiles > 50).all()  # nearest neighbours are unusually close
+
+
+def test_explain_subsamples_the_reference_pairs_and_follows_the_sketch():
+    rng = np.random.default_rng(1)
+    X_ref = rng.normal(size=(250, 3)).astype(np.float32)
+    X_new = rng.normal(size=(5, 3)).astype(np.float32)
+    net = mlp(3, 1)
+    search = NetworkNeighbors(net, n_neighbors=3, n_components=16, random_state=0)
+    why = search.fit(X_ref).explain(X_new, n_neighbors=2)
+    assert why.labels is None
+    assert why.indices.shape == (5, 2)
+    F = search.reference_features_
+    rows = np.unique(np.linspace(0, 249, 200).astype(np.intp))  # 200 evenly spaced
+    np.testing.assert_allclose(
+        why.percentiles,
+        expected_percentiles(F @ F.T, rows, why.similarities),
+        atol=1e-9,
+    )
+
+
+def test_explain_needs_two_reference_examples(data):
+    X_ref, X_new = data
+    search = NetworkNeighbors(mlp(3, 1), n_neighbors=1).fit(X_ref[:1])
+    with pytest.raises(ValueError, match="at least two of them"):
+        search.explain(X_new)
+
+
+def test_plot_neighbors_draws_images_with_their_captions(digits, fitted_digits_net):
+    X, y = digits
+    search = NetworkNeighbors(fitted_digits_net, n_neighbors=3).fit(X[:200], y[:200])
+    fig = plot_neighbors(search, X[300:302], image_shape=(8, 8))
+    why = search.explain(X[300:302])
+    assert len(fig.axes) == 2 * 4
+    first = fig.axes[1]  # the first neighbour of the first query
+    np.testing.assert_array_equal(
+        first.images[0].get_array(), X[why.indices[0, 0]].reshape(8, 8)
+    )
+    assert first.get_title() == (
+        f"y={y[why.indices[0, 0]]}\n{why.similarities[0, 0]:.3f} "
+        f"(p{why.percentiles[0, 0]:.0f})"
+    )
+    assert fig.axes[0].get_title() == "query"
+
+
+def test_plot_neighbors_images_with_channels():
+    torch.manual_seed(0)
+    X = torch.randn(12, 1, 4, 4).numpy()
+    search = NetworkNeighbors(AnyWidth(), n_neighbors=2).fit(X)
+    fig = plot_neighbors(search, X[:1])
+    assert fig.axes[1].images[0].get_array().shape == (4, 4)
+
+
+def test_plot_neighbors_tabulates_tabular_data(data):
+    X_ref, X_new = data
+    y = np.arange(50) % 3
+    search = NetworkNeighbors(mlp(3, 2), n_neighbors=3).fit(X_ref, y)
+    fig = plot_neighbors(search, X_new[:2], n_features=2)
+    why = search.explain(X_new[:2])
+    assert len(fig.axes) == 2
+    cells = fig.axes[1].tables[0].get_celld()
+    header = [cells[0, c].get_text().get_text() for c in range(6)]
+    assert header == ["index", "label", "similarity", "percentile", "x0", "x1"]
+    j = why.indices[1, 0]
+    row = [cells[1, c].get_text().get_text() for c in range(6)]
+    assert row == [
+        str(j),
+        str(y[j]),
+        f"{why.similarities[1, 0]:.3f}",
+        f"{why.percentiles[1, 0]:.1f}",
+        f"{X_ref[j, 0]:.3g}",
+        f"{X_ref[j, 1]:.3g}",
+    ]

@@ -1,0 +1,501 @@
+"""Suspected label errors from the network's perspective.
+
+Two class distributions per example, both out-of-fold: ``P_i``, the net's
+predicted probabilities, and ``Q_i``, the labels of the training examples the
+network finds most similar to ``x_i`` (cosine kernel ``k``), weighted by
+``w_ij = max(k_ij, 0)``::
+
+    Q_i(c) = sum_{j in N_k(i)} w_ij [y_j = c] / sum_{j in N_k(i)} w_ij
+
+A label that neither the net nor the example's network-neighbours support is
+suspect. The number of issues is estimated as confident learning does, from
+per-class thresholds on the combined distribution.
+"""
+
+from __future__ import annotations
+
+from numbers import Integral
+
+import numpy as np
+import torch
+from sklearn.base import clone
+from sklearn.model_selection import check_cv
+from sklearn.preprocessing import LabelEncoder
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.multiclass import type_of_target
+from sklearn.utils.validation import check_is_fitted, column_or_1d
+from skorch import NeuralNet
+
+from ._base import NetworkEstimator, constraints, make_engine
+from ._docs import fill_doc
+from ._engine.inputs import n_samples, take
+from ._engine.jacobian import DEFAULT_MAX_MEMORY
+from ._net import _unwrap, fit_net, is_unfitted_skorch
+from ._validation import check_net_input
+from .density import NEIGHBOR_PARAMETERS
+from .neighbors import NetworkNeighbors
+
+EXACT_MAX_SAMPLES = 10_000  # reference sets above this are searched with FAISS
+FAISS_COMPONENTS = 64  # sketch size of the automatic FAISS search
+COMBINATIONS = ("mean", "rank", "proba", "neighbors")
+
+
+def neighbor_label_distribution(similarities, labels, n_classes):
+    """``Q``: the similarity-weighted label distribution of each row's neighbours.
+
+    Parameters
+    ----------
+    similarities : ndarray of shape (n, k)
+        Similarities of each example to its neighbours.
+    labels : ndarray of shape (n, k)
+        Encoded labels (``0 .. n_classes - 1``) of the neighbours.
+    n_classes : int
+        Number of classes.
+
+    Returns
+    -------
+    Q : ndarray of shape (n, n_classes)
+        Rows sum to one; a row whose neighbours all have non-positive
+        similarity is uniform.
+    """
+    weights = np.maximum(similarities, 0.0)
+    Q = np.zeros((len(labels), n_classes))
+    rows = np.broadcast_to(np.arange(len(labels))[:, None], labels.shape)
+    np.add.at(Q, (rows, labels), weights)
+    total = Q.sum(axis=1, keepdims=True)
+    return np.divide(Q, total, out=np.full_like(Q, 1.0 / n_classes), where=total > 0)
+
+
+def _ranks(values):
+    """Ranks of ``values`` in ``[0, 1]`` (ties share their mean rank)."""
+    from scipy.stats import rankdata
+
+    return (rankdata(values) - 1) / max(len(values) - 1, 1)
+
+
+def combine_signals(P, Q, y, combination="mean"):
+    """The combined distribution and the score of each given label.
+
+    Parameters
+    ----------
+    P : ndarray of shape (n, n_classes)
+        Out-of-fold predicted probabilities.
+    Q : ndarray of shape (n, n_classes)
+        Neighbour label distributions.
+    y : ndarray of shape (n,)
+        Encoded given labels.
+    combination : {"mean", "rank", "proba", "neighbors"}, default="mean"
+        ``"mean"``: ``(P + Q) / 2``, scored by minus its probability of the
+        given label; ``"rank"``: the same distribution, scored by the average
+        of the ranks of ``-P(y)`` and ``-Q(y)`` (each signal counts equally
+        whatever its scale); ``"proba"`` and ``"neighbors"``: one signal alone.
+
+    Returns
+    -------
+    combined : ndarray of shape (n, n_classes)
+        The distribution whose argmax is the suggested label.
+    scores : ndarray of shape (n,)
+        Higher means more likely mislabelled.
+    """
+    rows = np.arange(len(y))
+    if combination == "proba":
+        return P, -P[rows, y]
+    if combination == "neighbors":
+        return Q, -Q[rows, y]
+    combined = (P + Q) / 2
+    if combination == "rank":
+        return combined, (_ranks(-P[rows, y]) + _ranks(-Q[rows, y])) / 2
+    return combined, -combined[rows, y]
+
+
+def estimate_n_issues(combined, y):
+    """Number of label issues by confident learning's calibrated joint.
+
+    Class ``c``'s threshold is its average self-confidence, the mean of
+    ``combined[i, c]`` over the examples labelled ``c``. An example counts
+    towards ``(y_i, j)`` for the most probable class ``j`` whose probability
+    reaches its threshold (examples with none are not counted); each row of
+    these counts is rescaled to the number of examples of its class, and the
+    off-diagonal total is the estimate.
+
+    Parameters
+    ----------
+    combined : ndarray of shape (n, n_classes)
+        Class probabilities of each example.
+    y : ndarray of shape (n,)
+        Encoded given labels.
+
+    Returns
+    -------
+    n_issues : int
+    """
+    n_classes = combined.shape[1]
+    counts = np.bincount(y, minlength=n_classes)
+    own = np.bincount(y, weights=combined[np.arange(len(y)), y], minlength=n_classes)
+    thresholds = np.divide(own, counts, out=np.ones(n_classes), where=counts > 0)
+    above = combined >= thresholds
+    best = np.where(above, combined, -np.inf).argmax(axis=1)
+    counted = above.any(axis=1)
+    joint = np.zeros((n_classes, n_classes))
+    np.add.at(joint, (y[counted], best[counted]), 1.0)
+    per_row = joint.sum(axis=1, keepdims=True)
+    calibrated = np.divide(
+        joint * counts[:, None], per_row, out=np.zeros_like(joint), where=per_row > 0
+    )
+    return int(round(calibrated.sum() - np.trace(calibrated)))
+
+
+@fill_doc
+class LabelIssueDetector(NetworkEstimator):
+    """Rank examples by how likely their label is wrong, with the evidence.
+
+    For every example, two out-of-fold class distributions: the net's
+    predicted probabilities ``P``, from a clone of the net trained without the
+    example's fold, and ``Q``, the labels of the ``n_neighbors`` training
+    examples (of that fold) the network finds most similar to it, weighted by
+    their cosine similarity (negative similarities count zero)::
+
+        Q_i(c) = sum_{j in N_k(i)} w_ij [y_j = c] / sum_{j in N_k(i)} w_ij
+
+    They are combined into one score per example (``combination``); the
+    suggested label is the argmax of ``(P + Q) / 2``, and the neighbours are
+    the evidence: an example whose most similar training examples mostly
+    carry another label is flagged with them. The number of issues is
+    estimated with confident learning's calibrated joint on ``(P + Q) / 2``
+    (class thresholds at their average self-confidence); the highest-scored
+    ``n_issues_`` examples are the estimated set.
+
+    Neighbours are exact below ``10 000`` training examples and searched with
+    FAISS on Gaussian sketches above (``algorithm="auto"``). Classification
+    only: the targets must be class labels.
+
+    Parameters
+    ----------
+    net : skorch classifier, FrozenEstimator or torch.nn.Module
+        With ``cv`` folds, a skorch classifier (fitted or not): a clone of it
+        is trained on each fold's training part. With ``cv="prefit"``, a
+        trained network used as it is (a fitted skorch net, a
+        ``FrozenEstimator`` around one, or a module taken as trained, whose
+        outputs are logits); its probabilities are then in-sample and
+        weaker evidence. The first ``n_classes`` outputs are the classes in
+        the order of ``classes_`` (the sorted labels); more outputs are
+        ignored.
+    cv : int, cross-validation generator, iterable or "prefit", default=3
+        The folds (an int means
+        :class:`~sklearn.model_selection.StratifiedKFold`), or ``"prefit"``:
+        no training; each example's neighbours are then the other examples.
+    n_neighbors : int, default=10
+        Neighbours per example in ``Q``.
+    combination : {"mean", "rank", "proba", "neighbors"}, default="mean"
+        The score: ``"mean"`` is minus ``(P(y) + Q(y)) / 2``, the
+        self-confidence of the averaged distribution; ``"rank"`` averages the
+        ranks of the two self-confidences; ``"proba"`` and ``"neighbors"``
+        use one signal alone.
+    algorithm : {"auto", "exact", "faiss"}, default="auto"
+        The neighbour search (see :class:`~sksim.neighbors.NetworkNeighbors`);
+        ``"auto"`` is exact up to 10 000 training examples and FAISS above,
+        with ``n_components`` (64 if None).
+    %(output)s
+    %(params)s
+    %(n_components)s
+    %(batch_size)s
+    %(device)s
+    %(rtol)s
+    random_state : int, RandomState instance or None, default=None
+        Seeds torch while each fold's clone is trained, and the sketches.
+    %(n_jobs)s
+    %(max_memory)s
+    %(verbose)s
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+        The sorted labels.
+    scores_ : ndarray of shape (n_samples,)
+        Higher means more likely mislabelled.
+    suggested_labels_ : ndarray of shape (n_samples,)
+        The argmax of ``(P + Q) / 2``, as labels.
+    n_issues_ : int
+        Estimated number of label issues.
+    oof_proba_ : ndarray of shape (n_samples, n_classes)
+        ``P``, the out-of-fold predicted probabilities.
+    neighbor_proba_ : ndarray of shape (n_samples, n_classes)
+        ``Q``, the neighbour label distributions.
+    neighbor_indices_ : ndarray of shape (n_samples, n_neighbors)
+        Rows of ``X`` of each example's neighbours, most similar first.
+    neighbor_similarities_ : ndarray of shape (n_samples, n_neighbors)
+        Their cosine similarities.
+    label_issues_ : pandas.DataFrame
+        Every example, ranked by decreasing score: ``index`` (row of ``X``),
+        ``given_label``, ``suggested_label``, ``score``, ``is_issue`` (one of
+        the first ``n_issues_``), ``neighbors`` and ``neighbor_similarities``
+        (lists), ``neighbor_labels``. Needs pandas.
+    n_features_in_ : int
+        Size of the second axis of array inputs.
+
+    See Also
+    --------
+    sksim.neighbors.NetworkNeighbors : the neighbour search.
+
+    References
+    ----------
+    .. [1] G. Charpiat, N. Girard, L. Felardos, Y. Tarabalka, "Input Similarity
+       from the Neural Network Perspective", NeurIPS 2019 (the similarity).
+    .. [2] C. Northcutt, L. Jiang, I. Chuang, "Confident Learning: Estimating
+       Uncertainty in Dataset Labels", JAIR 70, 2021 (the count).
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> from skorch import NeuralNetClassifier
+    >>> from sksim import LabelIssueDetector
+    >>> rng = np.random.RandomState(0)
+    >>> X = np.r_[rng.randn(30, 2) - 2, rng.randn(30, 2) + 2].astype(np.float32)
+    >>> y = np.repeat([0, 1], 30)
+    >>> y[[3, 40]] = [1, 0]  # two planted errors
+    >>> net = NeuralNetClassifier(
+    ...     torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(),
+    ...                         torch.nn.Linear(16, 2)),
+    ...     criterion=torch.nn.CrossEntropyLoss, max_epochs=30, lr=0.1,
+    ...     train_split=None, verbose=0)
+    >>> detector = LabelIssueDetector(net, n_neighbors=5, random_state=0)
+    >>> sorted(np.argsort(-detector.fit(X, y).scores_)[:2].tolist())
+    [3, 40]
+    >>> detector.suggested_labels_[[3, 40]].tolist()
+    [0, 1]
+    """
+
+    _parameter_constraints = constraints(
+        *NEIGHBOR_PARAMETERS,
+        cv=["cv_object", StrOptions({"prefit"})],
+        n_neighbors=[Interval(Integral, 1, None, closed="left")],
+        combination=[StrOptions(set(COMBINATIONS))],
+        algorithm=[StrOptions({"auto", "exact", "faiss"})],
+    )
+
+    def __init__(
+        self,
+        net,
+        *,
+        cv=3,
+        n_neighbors=10,
+        combination="mean",
+        algorithm="auto",
+        output="logits",
+        params=None,
+        n_components=None,
+        batch_size=64,
+        device=None,
+        rtol=1e-5,
+        random_state=None,
+        n_jobs=None,
+        max_memory=DEFAULT_MAX_MEMORY,
+        verbose=0,
+    ):
+        self.net = net
+        self.cv = cv
+        self.n_neighbors = n_neighbors
+        self.combination = combination
+        self.algorithm = algorithm
+        self.output = output
+        self.params = params
+        self.n_components = n_components
+        self.batch_size = batch_size
+        self.device = device
+        self.rtol = rtol
+        self.random_state = random_state
+        self.n_jobs = n_jobs
+        self.max_memory = max_memory
+        self.verbose = verbose
+
+    def fit(self, X, y):
+        """Score every example's label.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, ...) or dict of them
+            Inputs.
+        y : array-like of shape (n_samples,)
+            The given class labels.
+
+        Returns
+        -------
+        self : object
+            The fitted estimator.
+        """
+        self._validate_params()
+        if self.cv == "prefit":
+            if is_unfitted_skorch(self.net):
+                raise ValueError(
+                    'cv="prefit" uses the net as it is, but this skorch net is not '
+                    "fitted: fit it first, or let cv folds train clones of it."
+                )
+            X = self._fit_network(X)
+        else:
+            if not isinstance(_unwrap(self.net), NeuralNet):
+                raise TypeError(
+                    "cv folds train a clone of the net on each fold, which needs a "
+                    f"skorch classifier; got {type(self.net).__name__}. Pass "
+                    'cv="prefit" to use a trained network as it is.'
+                )
+            X = check_net_input(X, self, reset=True)
+        y = self._encode_targets(X, y)
+        if self.cv == "prefit":
+            P, similarities, indices = self._prefit_signals(X)
+        else:
+            P, similarities, indices = self._cross_validated_signals(X, y)
+        n_classes = len(self.classes_)
+        self.oof_proba_ = P
+        self.neighbor_proba_ = neighbor_label_distribution(
+            similarities, y[indices], n_classes
+        )
+        self.neighbor_indices_ = indices
+        self.neighbor_similarities_ = similarities
+        combined, self.scores_ = combine_signals(
+            P, self.neighbor_proba_, y, self.combination
+        )
+        mean = (P + self.neighbor_proba_) / 2
+        self.suggested_labels_ = self.classes_[mean.argmax(axis=1)]
+        self.n_issues_ = estimate_n_issues(mean, y)
+        self._y = y
+        return self
+
+    def _encode_targets(self, X, y):
+        """``y`` as ``0 .. n_classes - 1``, with ``classes_`` set; checked."""
+        if y is None:
+            raise ValueError(
+                "LabelIssueDetector requires y to be passed, but the target y is None."
+            )
+        y = column_or_1d(np.asarray(y), warn=True)
+        if len(y) != n_samples(X):
+            raise ValueError(
+                f"X and y have different numbers of samples: {n_samples(X)} and "
+                f"{len(y)}."
+            )
+        kind = type_of_target(y, input_name="y", raise_unknown=True)
+        if kind not in ("binary", "multiclass"):
+            raise ValueError(
+                "LabelIssueDetector looks for wrong class labels and needs "
+                f"classification targets; got a {kind} target. Regression targets "
+                "have no label issues in this sense."
+            )
+        encoder = LabelEncoder().fit(y)
+        self.classes_ = encoder.classes_
+        if len(self.classes_) < 2:
+            raise ValueError(
+                "LabelIssueDetector needs at least two classes; y has one class "
+                f"({self.classes_[0]!r})."
+            )
+        return encoder.transform(y).astype(np.int64)
+
+    def _prefit_signals(self, X):
+        P = self._probabilities(self.net_, X)
+        n_neighbors = self._n_neighbors(n_samples(X) - 1)
+        search = self._search(self.net_, X, n_neighbors)
+        similarities, indices = search.most_similar(None, n_neighbors)
+        return P, similarities, indices
+
+    def _cross_validated_signals(self, X, y):
+        splits = list(check_cv(self.cv, y, classifier=True).split(_rows(X), y))
+        seeds = check_random_state(self.random_state).randint(
+            2**31 - 1, size=len(splits)
+        )
+        n = n_samples(X)
+        n_neighbors = self._n_neighbors(min(len(train) for train, _ in splits))
+        P = np.full((n, len(self.classes_)), np.nan)
+        similarities = np.full((n, n_neighbors), np.nan)
+        indices = np.full((n, n_neighbors), -1, dtype=np.intp)
+        for (train, test), seed in zip(splits, seeds, strict=True):
+            X_train, X_test = take(X, train), take(X, test)
+            seed = None if self.random_state is None else int(seed)
+            net = fit_net(clone(_unwrap(self.net)), X_train, y[train], seed)
+            P[test] = self._probabilities(net, X_test)
+            search = self._search(net, X_train, n_neighbors)
+            similarities[test], found = search.most_similar(X_test, n_neighbors)
+            indices[test] = train[found]
+        if np.isnan(P).any():
+            raise ValueError(
+                "cv must put every example in exactly one test fold (a partition, "
+                "as KFold does); some examples were never held out."
+            )
+        return P, similarities, indices
+
+    def _n_neighbors(self, available):
+        """The neighbours per example, at most the ``available`` references."""
+        return min(self.n_neighbors, available)
+
+    def _search(self, net, X_reference, n_neighbors):
+        """A :class:`NetworkNeighbors` of ``net`` fitted on ``X_reference``."""
+        algorithm, n_components = self.algorithm, self.n_components
+        if algorithm == "auto":
+            algorithm = "exact"
+            if n_samples(X_reference) > EXACT_MAX_SAMPLES:
+                algorithm = "faiss"
+                n_components = n_components or FAISS_COMPONENTS
+        search = NetworkNeighbors(
+            net,
+            n_neighbors=n_neighbors,
+            algorithm=algorithm,
+            output=self.output,
+            params=self.params,
+            n_components=n_components,
+            batch_size=self.batch_size,
+            device=self.device,
+            rtol=self.rtol,
+            random_state=self.random_state,
+            n_jobs=self.n_jobs,
+            max_memory=self.max_memory,
+            verbose=self.verbose,
+        )
+        return search.fit(X_reference)
+
+    def _probabilities(self, net, X):
+        """Class probabilities ``(n, n_classes)`` of a trained net."""
+        if hasattr(net, "predict_proba"):
+            P = np.asarray(net.predict_proba(X), dtype=np.float64)
+        else:  # a plain module: softmax of its logits
+            engine = make_engine(
+                net, "logits", None, self.batch_size, self.device, 0, self.max_memory
+            )
+            P = torch.softmax(engine.outputs(X).double(), dim=1).numpy()
+        n_classes = len(self.classes_)
+        if P.ndim != 2 or P.shape[1] < n_classes:
+            raise ValueError(
+                f"The net gives {P.shape[-1] if P.ndim == 2 else 1} class "
+                f"probabilities per example, but y has {n_classes} classes: its "
+                "output layer needs one output per class."
+            )
+        P = P[:, :n_classes]
+        return P / P.sum(axis=1, keepdims=True)
+
+    @property
+    def label_issues_(self):
+        """Every example ranked by decreasing score, with its evidence."""
+        check_is_fitted(self, "scores_")
+        try:
+            import pandas as pd
+        except ImportError as error:
+            raise ImportError(
+                "label_issues_ is a pandas DataFrame: install pandas (`pip install "
+                '"sksim[audit]"`), or read scores_ and the neighbor_* arrays.'
+            ) from error
+        order = np.argsort(-self.scores_, kind="stable")
+        indices = self.neighbor_indices_[order]
+        return pd.DataFrame(
+            {
+                "index": order,
+                "given_label": self.classes_[self._y[order]],
+                "suggested_label": self.suggested_labels_[order],
+                "score": self.scores_[order],
+                "is_issue": np.arange(len(order)) < self.n_issues_,
+                "neighbors": list(indices),
+                "neighbor_similarities": list(self.neighbor_similarities_[order]),
+                "neighbor_labels": list(self.classes_[self._y[indices]]),
+            }
+        )
+
+
+def _rows(X):
+    """A placeholder with one row per sample, for the splitters."""
+    return np.zeros((n_samples(X), 1))

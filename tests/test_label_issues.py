@@ -1,0 +1,257 @@
+"""LabelIssueDetector: planted label errors, brute-force oracles, errors."""
+
+import numpy as np
+import pytest
+import torch
+from _architectures import AnyWidth
+from _sklearn_checks import EXPECTED_FAILED_CHECKS
+from conftest import make_digits_net
+from scipy.stats import rankdata
+from sklearn.model_selection import KFold, StratifiedKFold
+from sklearn.utils.estimator_checks import parametrize_with_checks
+from skorch import NeuralNetClassifier
+
+from sksim import LabelIssueDetector, label_issues, network_similarity
+from sksim.label_issues import (
+    COMBINATIONS,
+    estimate_n_issues,
+    neighbor_label_distribution,
+)
+
+
+def any_width_net(**kwargs):
+    params = dict(
+        module=AnyWidth,
+        module__n_out=6,
+        criterion=torch.nn.CrossEntropyLoss,
+        max_epochs=2,
+        lr=0.1,
+        train_split=None,
+        verbose=0,
+    )
+    return NeuralNetClassifier(**(params | kwargs))
+
+
+def _plain_module():
+    torch.manual_seed(0)
+    return AnyWidth(n_out=6)
+
+
+@parametrize_with_checks(
+    [
+        LabelIssueDetector(_plain_module(), cv="prefit", n_neighbors=3),
+        LabelIssueDetector(any_width_net(), cv=2, n_neighbors=3, random_state=0),
+    ],
+    # a plain module is the net parameter itself; a skorch net is cloned
+    expected_failed_checks=lambda est: (
+        EXPECTED_FAILED_CHECKS if isinstance(est.net, torch.nn.Module) else {}
+    ),
+)
+def test_sklearn_compatible(estimator, check):
+    check(estimator)
+
+
+def flip(y, n_flipped, seed=0):
+    """``y`` with ``n_flipped`` labels moved to another of 10 classes."""
+    rng = np.random.RandomState(seed)
+    flipped = rng.choice(len(y), n_flipped, replace=False)
+    noisy = y.copy()
+    noisy[flipped] = (y[flipped] + rng.randint(1, 10, n_flipped)) % 10
+    return noisy, flipped
+
+
+@pytest.fixture(scope="module")
+def planted(digits):
+    X, y = digits[0][:600], digits[1][:600]
+    noisy, flipped = flip(y, 30)
+    detector = LabelIssueDetector(make_digits_net(), random_state=0).fit(X, noisy)
+    return X, y, noisy, flipped, detector
+
+
+def test_planted_label_errors_rank_first_with_their_true_labels(planted):
+    X, y, noisy, flipped, detector = planted
+    top = np.argsort(-detector.scores_)[:30]
+    precision = np.isin(top, flipped).mean()
+    assert precision >= 0.8
+    recovered = (detector.suggested_labels_[flipped] == y[flipped]).mean()
+    assert recovered >= 0.8
+    assert 15 <= detector.n_issues_ <= 60
+    np.testing.assert_array_equal(detector.classes_, np.arange(10))
+    np.testing.assert_allclose(detector.oof_proba_.sum(axis=1), 1)
+    np.testing.assert_allclose(detector.neighbor_proba_.sum(axis=1), 1)
+
+
+def test_label_issues_frame_is_ranked_with_its_evidence(planted):
+    X, y, noisy, flipped, detector = planted
+    frame = detector.label_issues_
+    order = frame["index"].to_numpy()
+    np.testing.assert_array_equal(np.sort(order), np.arange(600))
+    assert (np.diff(frame["score"].to_numpy()) <= 0).all()
+    np.testing.assert_array_equal(frame["score"], detector.scores_[order])
+    np.testing.assert_array_equal(frame["given_label"], noisy[order])
+    np.testing.assert_array_equal(
+        frame["suggested_label"], detector.suggested_labels_[order]
+    )
+    assert frame["is_issue"].sum() == detector.n_issues_
+    assert frame["is_issue"].iloc[: detector.n_issues_].all()
+    first = frame.iloc[0]
+    np.testing.assert_array_equal(
+        first["neighbors"], detector.neighbor_indices_[first["index"]]
+    )
+    np.testing.assert_array_equal(first["neighbor_labels"], noisy[first["neighbors"]])
+    np.testing.assert_array_equal(
+        first["neighbor_similarities"],
+        detector.neighbor_similarities_[first["index"]],
+    )
+
+
+def test_out_of_fold_neighbours_come_from_the_other_folds(planted):
+    X, y, noisy, flipped, detector = planted
+    for _, test in StratifiedKFold(3).split(X, noisy):
+        assert not np.isin(detector.neighbor_indices_[test], test).any()
+    expected = neighbor_label_distribution(
+        detector.neighbor_similarities_, noisy[detector.neighbor_indices_], 10
+    )
+    np.testing.assert_allclose(detector.neighbor_proba_, expected)
+
+
+def test_prefit_signals_against_the_brute_force_kernel(digits, fitted_digits_net):
+    X, y = digits[0][600:700], digits[1][600:700]
+    noisy, _ = flip(y, 10)
+    detector = LabelIssueDetector(fitted_digits_net, cv="prefit", n_neighbors=4)
+    detector.fit(X, noisy)
+    np.testing.assert_allclose(
+        detector.oof_proba_, fitted_digits_net.predict_proba(X), rtol=1e-6
+    )
+    K = network_similarity(fitted_digits_net, X)
+    np.fill_diagonal(K, -np.inf)  # an example is not its own neighbour
+    order = np.argsort(-K, axis=1, kind="stable")[:, :4]
+    np.testing.assert_array_equal(detector.neighbor_indices_, order)
+    Q = np.zeros((100, 10))
+    for i in range(100):
+        for j in order[i]:
+            Q[i, noisy[j]] += max(K[i, j], 0)
+    Q /= Q.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(detector.neighbor_proba_, Q, atol=1e-6)
+    mean = (detector.oof_proba_ + Q) / 2
+    np.testing.assert_allclose(
+        detector.scores_, -mean[np.arange(100), noisy], atol=1e-6
+    )
+    np.testing.assert_array_equal(detector.suggested_labels_, mean.argmax(axis=1))
+
+
+def test_neighbor_label_distribution_against_a_loop():
+    rng = np.random.RandomState(0)
+    similarities = rng.uniform(-0.5, 1, size=(20, 5))
+    similarities[3] = -0.2  # no positive weight: uniform
+    labels = rng.randint(0, 3, size=(20, 5))
+    Q = neighbor_label_distribution(similarities, labels, 3)
+    for i in range(20):
+        counts = np.zeros(3)
+        for s, c in zip(similarities[i], labels[i], strict=True):
+            counts[c] += max(s, 0)
+        expected = counts / counts.sum() if counts.sum() > 0 else np.full(3, 1 / 3)
+        np.testing.assert_allclose(Q[i], expected)
+
+
+def test_estimated_count_is_confident_learnings_calibrated_joint():
+    y = np.array([0, 0, 0, 1, 1, 1])
+    combined = np.array(
+        [[0.9, 0.1], [0.8, 0.2], [0.2, 0.8], [0.1, 0.9], [0.3, 0.7], [0.7, 0.3]]
+    )
+    assert estimate_n_issues(combined, y) == 2  # rows 2 and 5
+    # thresholds 0.583 and 0.85; rows [0.55, 0.45] and [0.2, 0.8] reach none,
+    # so the counted rows of each class are scaled up to its size: class 0 has
+    # 1 of 3 counted off the diagonal, 6 examples: 2 issues; class 1 none.
+    y = np.array([0, 0, 0, 0, 0, 0, 1, 1])
+    combined = np.array(
+        [[0.9, 0.1]] * 2
+        + [[0.05, 0.95]]
+        + [[0.55, 0.45]] * 3
+        + [[0.1, 0.9]]
+        + [[0.2, 0.8]]
+    )
+    assert estimate_n_issues(combined, y) == 2
+
+
+@pytest.mark.parametrize("combination", COMBINATIONS)
+def test_combinations_score_the_given_label(digits, fitted_digits_net, combination):
+    X, y = digits[0][600:700], digits[1][600:700]
+    detector = LabelIssueDetector(
+        fitted_digits_net, cv="prefit", combination=combination
+    ).fit(X, y)
+    P, Q, rows = detector.oof_proba_, detector.neighbor_proba_, np.arange(100)
+    expected = {
+        "mean": -(P + Q)[rows, y] / 2,
+        "proba": -P[rows, y],
+        "neighbors": -Q[rows, y],
+        "rank": (rankdata(-P[rows, y]) + rankdata(-Q[rows, y]) - 2) / 198,
+    }[combination]
+    np.testing.assert_allclose(detector.scores_, expected)
+    np.testing.assert_array_equal(
+        detector.suggested_labels_, ((P + Q) / 2).argmax(axis=1)
+    )
+
+
+def test_faiss_search_on_sketches_and_the_automatic_switch(
+    digits, fitted_digits_net, monkeypatch
+):
+    X, y = digits[0][600:900], digits[1][600:900]
+    kwargs = dict(cv="prefit", n_neighbors=5, random_state=0)
+    exact = LabelIssueDetector(
+        fitted_digits_net, algorithm="exact", n_components=64, **kwargs
+    ).fit(X, y)
+    faiss = LabelIssueDetector(
+        fitted_digits_net, algorithm="faiss", n_components=64, **kwargs
+    ).fit(X, y)
+    np.testing.assert_array_equal(faiss.neighbor_indices_, exact.neighbor_indices_)
+    np.testing.assert_allclose(faiss.neighbor_proba_, exact.neighbor_proba_, atol=1e-5)
+    monkeypatch.setattr(label_issues, "EXACT_MAX_SAMPLES", 100)
+    auto = LabelIssueDetector(fitted_digits_net, **kwargs).fit(X, y)  # 64 components
+    np.testing.assert_array_equal(auto.neighbor_indices_, faiss.neighbor_indices_)
+
+
+def test_cv_splitter_and_fitted_skorch_net_are_cloned(digits, fitted_digits_net):
+    X, y = digits[0][:120], digits[1][:120]
+    before = {k: v.clone() for k, v in fitted_digits_net.module_.state_dict().items()}
+    detector = LabelIssueDetector(
+        fitted_digits_net, cv=KFold(2, shuffle=True, random_state=0), random_state=0
+    ).fit(X, y)
+    for key, value in fitted_digits_net.module_.state_dict().items():
+        assert torch.equal(value, before[key])
+    for _, test in KFold(2, shuffle=True, random_state=0).split(X):
+        assert not np.isin(detector.neighbor_indices_[test], test).any()
+
+
+def test_string_labels_are_encoded(digits, fitted_digits_net):
+    X, y = digits[0][600:680], digits[1][600:680]
+    names = np.array(list("abcdefghij"))
+    detector = LabelIssueDetector(fitted_digits_net, cv="prefit").fit(X, names[y])
+    np.testing.assert_array_equal(detector.classes_, names)
+    assert set(detector.suggested_labels_) <= set(names)
+    assert set(detector.label_issues_["given_label"]) <= set(names)
+
+
+def test_errors(digits, fitted_digits_net):
+    X, y = digits[0][:60], digits[1][:60]
+    prefit = LabelIssueDetector(fitted_digits_net, cv="prefit")
+    with pytest.raises(ValueError, match="needs classification targets; got a cont"):
+        prefit.fit(X, X[:, 10] + 0.5)
+    with pytest.raises(ValueError, match="at least two classes"):
+        prefit.fit(X, np.zeros(60))
+    with pytest.raises(ValueError, match="requires y to be passed"):
+        prefit.fit(X, None)
+    with pytest.raises(ValueError, match="different numbers of samples: 60 and 59"):
+        prefit.fit(X, y[:59])
+    with pytest.raises(ValueError, match='cv="prefit" uses the net as it is'):
+        LabelIssueDetector(make_digits_net(), cv="prefit").fit(X, y)
+    with pytest.raises(TypeError, match="needs a skorch classifier; got Sequential"):
+        LabelIssueDetector(torch.nn.Sequential(torch.nn.Linear(64, 10))).fit(X, y)
+    two_outputs = torch.nn.Sequential(torch.nn.Linear(64, 2))
+    with pytest.raises(ValueError, match="gives 2 class probabilities .* 10 classes"):
+        LabelIssueDetector(two_outputs, cv="prefit").fit(X, y)
+    halves = [(np.arange(30), np.arange(30, 60)), (np.arange(30), np.arange(30, 60))]
+    with pytest.raises(ValueError, match="exactly one test fold"):
+        LabelIssueDetector(make_digits_net(max_epochs=1), cv=halves).fit(X, y)
+    with pytest.raises(ValueError, match="combination"):
+        LabelIssueDetector(fitted_digits_net, combination="max").fit(X, y)
