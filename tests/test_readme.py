@@ -1,7 +1,10 @@
-"""The README's quickstart runs as written."""
+"""The README's quickstart runs as written, block after block."""
 
 import re
 from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -9,7 +12,18 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 def test_quickstart_runs(capsys):
     text = README.read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
-    assert blocks, "the README has no python code block"
-    exec(compile(blocks[0], "README.md", "exec"), {})
+    assert len(blocks) >= 3, "the README lost a python code block"
+    namespace = {}
+    exec(compile(blocks[0], "README.md", "exec"), namespace)
     accuracy = float(capsys.readouterr().out.strip().splitlines()[-1])
     assert 0.8 < accuracy <= 1.0
+    exec(compile(blocks[1], "README.md", "exec"), namespace)  # why this prediction
+    why = namespace["why"]
+    assert why.indices.shape == why.percentiles.shape == (3, 5)
+    assert ((why.percentiles >= 0) & (why.percentiles <= 100)).all()
+    y = namespace["y"]
+    np.testing.assert_array_equal(why.labels, y[why.indices])
+    assert plt.get_fignums(), "plot_neighbors drew nothing"
+    plt.close("all")
+    exec(compile(blocks[2], "README.md", "exec"), namespace)  # a frozen net searched
+    assert namespace["search"].best_params_["svc__C"] in (0.1, 1, 10)
