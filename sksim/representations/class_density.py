@@ -57,7 +57,8 @@ class ClassConditionalDensity(ClassifierMixin, BaseEstimator):
         of the energy ``sum s^2``, or None for the full rank.
     mixture : DirichletProcessGaussianMixture, default=None
         The (unfitted) density estimator cloned for each class; None means
-        ``DirichletProcessGaussianMixture()`` (Gibbs, 400 sweeps). Its
+        ``DirichletProcessGaussianMixture()`` (Gibbs, 400 sweeps, blocked sampler
+        with ``block_size="auto"``). Its
         ``random_state`` is replaced by one drawn from ``random_state``.
     priors : array-like of shape (n_classes,), default=None
         Class priors of the classifier; None uses the class frequencies.
