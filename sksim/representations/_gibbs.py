@@ -186,30 +186,23 @@ def _choose(logw, u):
     return np.minimum((cw < u[:, None] * cw[:, -1:]).sum(axis=1), logw.shape[1] - 1)
 
 
-def _sweep(state, logp0, alpha, rng, block_size):
-    """Reassign every point once, in random order, ``block_size`` at a time."""
+def _sweep(state, logp0, alpha, rng):
+    """Reassign every point once, in random order."""
     X, n = state.X, state.X.shape[0]
     order = rng.permutation(n)
     u = rng.random_sample(n)
-    for start in range(0, n, block_size):
-        idx = order[start : start + block_size]
-        for i in idx:
-            state.remove(i)
+    for i, u_i in zip(order, u, strict=True):
+        state.remove(i)
         K = state.K
-        logw = np.concatenate(
-            [
-                np.log(state.count[:K]) + state.log_predictive(X[idx]),
-                (np.log(alpha) + logp0[idx])[:, None],
-            ],
-            axis=1,
+        logw = np.append(
+            np.log(state.count[:K]) + state.log_predictive(X[i : i + 1])[0],
+            np.log(alpha) + logp0[i],
         )
-        for i, k in zip(idx, _choose(logw, u[start : start + block_size]), strict=True):
-            state.add(i, state.K if k == K else k)
+        k = _choose(logw[None], u_i[None])[0]
+        state.add(i, state.K if k == K else k)
 
 
-def gibbs_sampler(
-    X, prior, init_labels, n_sweeps, burn_in, thin, block_size, rng, verbose=0
-):
+def gibbs_sampler(X, prior, init_labels, n_sweeps, burn_in, thin, rng, verbose=0):
     """Run the sampler; return the kept posterior samples and the traces.
 
     Parameters
@@ -234,7 +227,7 @@ def gibbs_sampler(
     samples, n_clusters, alphas = [], np.empty(n_sweeps, int), np.empty(n_sweeps)
     for sweep in tqdm(range(n_sweeps), disable=verbose <= 0, desc="Gibbs sweeps"):
         state.refresh()
-        _sweep(state, logp0, alpha, rng, block_size)
+        _sweep(state, logp0, alpha, rng)
         alpha = resample_alpha(alpha, state.K, n, rng)
         n_clusters[sweep], alphas[sweep] = state.K, alpha
         if sweep + 1 > burn_in and (sweep + 1 - burn_in) % thin == 0:

@@ -57,7 +57,8 @@ class ClassConditionalDensity(ClassifierMixin, BaseEstimator):
         of the energy ``sum s^2``, or None for the full rank.
     mixture : DirichletProcessGaussianMixture, default=None
         The (unfitted) density estimator cloned for each class; None means
-        ``DirichletProcessGaussianMixture()`` (Gibbs, 400 sweeps). Its
+        ``DirichletProcessGaussianMixture()`` (Gibbs, 400 sweeps, blocked sampler
+        with ``block_size="auto"``). Its
         ``random_state`` is replaced by one drawn from ``random_state``.
     priors : array-like of shape (n_classes,), default=None
         Class priors of the classifier; None uses the class frequencies.
@@ -338,7 +339,9 @@ class ClassConditionalDensity(ClassifierMixin, BaseEstimator):
         summary : Bunch or pandas.DataFrame
             Columns ``class``, ``n_samples``, ``mean_log_density``,
             ``std_log_density`` (of own-class log-densities of the training
-            examples), ``mean_intra_class_distance`` and ``relative_entropy``.
+            examples), ``mean_intra_class_distance``, ``relative_entropy``
+            and ``method`` (the fitting method of the class's mixture, its
+            ``method_``: ``"gibbs"``, ``"blocked-gibbs"`` or ``"variational"``).
         """
         check_is_fitted(self)
         table = Bunch(**{"class": self.classes_})
@@ -351,6 +354,7 @@ class ClassConditionalDensity(ClassifierMixin, BaseEstimator):
         )
         table.mean_intra_class_distance = self.mean_intra_class_distance_
         table.relative_entropy = self.relative_entropy(n_samples)
+        table.method = np.array([m.method_ for m in self.mixtures_], dtype=object)
         return _as_table(table, as_frame)
 
     def split_classes(self):

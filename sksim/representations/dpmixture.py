@@ -11,6 +11,7 @@ from sklearn.mixture import BayesianGaussianMixture
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from ._blocked import blocked_gibbs_sampler
 from ._gibbs import gibbs_sampler
 from ._logdensity import mixture_logpdf
 from ._niw import NIWPrior
@@ -18,6 +19,7 @@ from ._niw import NIWPrior
 BACKENDS = ("gibbs", "variational")
 BURN_IN_FRACTION = 0.8  # default share of the sweeps discarded
 KEPT_SAMPLES = 20  # default thinning keeps about this many samples
+AUTO_BLOCKS = 16  # block_size="auto" reassigns a sixteenth of the points at once
 
 
 def _check_int(value, name, low):
@@ -64,10 +66,17 @@ class DirichletProcessGaussianMixture(DensityMixin, BaseEstimator):
     thin : int, default=None
         Keep one sample every ``thin`` sweeps after the burn-in; None keeps
         about 20 (``max(1, (n_sweeps - burn_in) // 20)``, 4 for the defaults).
-    block_size : int, default=1
-        Points taken out and reassigned together. 1 is exact collapsed Gibbs;
-        larger blocks vectorise more but each point of a block is reassigned
+    block_size : int or "auto", default="auto"
+        Points taken out and reassigned together in a Gibbs sweep. 1 is the
+        exact collapsed Gibbs sampler, one point at a time with rank-one
+        updates of the clusters' Cholesky factors (the reference). Larger
+        blocks use the vectorised blocked sampler: the predictives of a
+        block's points under every cluster are computed at once and their new
+        clusters drawn together, so each point of a block is reassigned
         without seeing the others' new assignments (an approximation).
+        ``"auto"`` takes blocks of ``ceil(n / 16)`` points, 16 blocks per
+        sweep (exact for at most 16 points); ``block_size_`` and ``method_``
+        record the choice.
     init_clusters : int, default=30
         The sampler starts from a k-means partition into this many clusters (all
         points apart if it is at least the number of points); it merges an
@@ -83,6 +92,11 @@ class DirichletProcessGaussianMixture(DensityMixin, BaseEstimator):
         Truncation of the variational backend.
     max_iter : int, default=500
         EM iterations of the variational backend.
+    max_samples : int or None, default=None
+        Fit the mixture to at most this many rows, drawn at random without
+        replacement (None: all of them); the prior is still derived from all
+        rows, and the predictive density is evaluated wherever asked. Bounds
+        the cost of the fit whatever the number of rows.
     random_state : int, RandomState instance or None, default=None
         Seeds the k-means start, the sampler and the variational fit.
     verbose : int, default=0
@@ -119,6 +133,13 @@ n_features)
         The burn-in and thinning used (Gibbs only).
     n_clusters_trace_, alpha_trace_ : ndarray of shape (n_sweeps,)
         Number of clusters and concentration after every sweep (Gibbs only).
+    method_ : {"gibbs", "blocked-gibbs", "variational"}
+        The method used: exact collapsed Gibbs, the blocked sampler, or the
+        variational mixture.
+    block_size_ : int
+        Points reassigned together (Gibbs only; 1 for exact Gibbs).
+    n_fit_samples_ : int
+        Rows the mixture was fitted to (``min(n_samples, max_samples)``).
     n_features_in_ : int
 
     References
@@ -151,13 +172,14 @@ n_features)
         n_sweeps=400,
         burn_in=None,
         thin=None,
-        block_size=1,
+        block_size="auto",
         init_clusters=30,
         prior_clusters=6.0,
         kappa0=0.01,
         reg_covar=1e-6,
         max_components=20,
         max_iter=500,
+        max_samples=None,
         random_state=None,
         verbose=0,
     ):
@@ -172,6 +194,7 @@ n_features)
         self.reg_covar = reg_covar
         self.max_components = max_components
         self.max_iter = max_iter
+        self.max_samples = max_samples
         self.random_state = random_state
         self.verbose = verbose
 
@@ -180,8 +203,12 @@ n_features)
             raise ValueError(
                 f"backend must be one of {BACKENDS}; got {self.backend!r}."
             )
-        for name in ("n_sweeps", "block_size", "init_clusters", "max_components"):
+        for name in ("n_sweeps", "init_clusters", "max_components"):
             _check_int(getattr(self, name), name, 1)
+        if self.block_size != "auto":
+            _check_int(self.block_size, "block_size", 1)
+        if self.max_samples is not None:
+            _check_int(self.max_samples, "max_samples", 1)
         _check_int(self.max_iter, "max_iter", 1)
         if self.thin is not None:
             _check_int(self.thin, "thin", 1)
@@ -228,6 +255,9 @@ n_features)
         self.mean_prior_ = prior.mean
         self.covariance_prior_ = prior.psi
         self.degrees_of_freedom_prior_ = prior.nu
+        if self.max_samples is not None and len(X) > self.max_samples:
+            X = X[np.sort(rng.choice(len(X), self.max_samples, replace=False))]
+        self.n_fit_samples_ = len(X)
         if self.backend == "gibbs":
             self._fit_gibbs(X, prior, rng)
         else:
@@ -242,19 +272,25 @@ n_features)
         labels = KMeans(k, n_init=1, random_state=rng.randint(2**31 - 1)).fit_predict(X)
         return np.unique(labels, return_inverse=True)[1]
 
+    def _resolved_block_size(self, n):
+        if self.block_size == "auto":
+            return max(1, -(-n // AUTO_BLOCKS))
+        return self.block_size
+
     def _fit_gibbs(self, X, prior, rng):
         self.burn_in_, self.thin_ = self._schedule()
-        samples, n_clusters, alphas = gibbs_sampler(
-            X,
-            prior,
-            self._initial_labels(X, rng),
-            self.n_sweeps,
-            self.burn_in_,
-            self.thin_,
-            self.block_size,
-            rng,
-            self.verbose,
-        )
+        self.block_size_ = self._resolved_block_size(len(X))
+        self.method_ = "gibbs" if self.block_size_ == 1 else "blocked-gibbs"
+        schedule = (self.n_sweeps, self.burn_in_, self.thin_)
+        initial = self._initial_labels(X, rng)
+        if self.block_size_ == 1:
+            samples, n_clusters, alphas = gibbs_sampler(
+                X, prior, initial, *schedule, rng, self.verbose
+            )
+        else:
+            samples, n_clusters, alphas = blocked_gibbs_sampler(
+                X, prior, initial, *schedule, self.block_size_, rng, self.verbose
+            )
         self._set_components(
             {key: np.concatenate([s[key] for s in samples]) for key in samples[0]},
             len(samples),
@@ -263,7 +299,8 @@ n_features)
         self.n_clusters_trace_, self.alpha_trace_ = n_clusters, alphas
 
     def _fit_variational(self, X, prior, rng):
-        n, d = X.shape
+        self.method_ = "variational"
+        n = X.shape[0]
         bgm = BayesianGaussianMixture(
             n_components=min(self.max_components, n),
             covariance_type="full",

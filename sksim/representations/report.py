@@ -119,7 +119,8 @@ def class_fitting_report(
         paper uses 16 for early and 64 for late stages). Log-densities are
         comparable only between stages with the same value.
     mixture : DirichletProcessGaussianMixture, default=None
-        Density estimator per class (None: Gibbs, 400 sweeps).
+        Density estimator per class (None: Gibbs, 400 sweeps, blocked sampler
+        with ``block_size="auto"``).
     memorization : None, classifier or array-like of shape (n_samples,)
         Memorisation scores, or a classifier to compute them with
         :func:`memorization_scores` (``n_models`` models).

@@ -1,0 +1,139 @@
+"""Time of class fitting (one DP mixture per class) at the scale of the audit.
+
+Synthetic representations: every class is a mixture of ``--modes`` Gaussian
+modes in ``d`` dimensions (mode centres drawn with spread 2 around a class
+centre of spread 4, unit mode variance). For each case the script fits
+``ClassConditionalDensity(d, mixture=...)`` to the points and prints the
+wall-clock and CPU seconds, the method each class's mixture used, the mean
+number of clusters and the mean own-class log-density. With ``--write`` it
+also writes ``docs/benchmarks-class-fitting.md`` (with ``uptime``: the machine
+is shared).
+
+Cases ``paper-*``: 100 classes in 64 dimensions, the default Gibbs schedule
+(400 sweeps) with ``block_size="auto"``. Cases ``audit-*``: 10 classes in 8
+dimensions (the audit's ``n_components=8``), with the variational backend (the
+audit's choice), the variational backend on at most 1000 points per class and
+the blocked Gibbs sampler on at most 1000 points per class.
+
+Usage: ``python benchmarks/bench_class_fitting.py [--cases audit paper]
+[--sizes 5000 20000 50000] [--paper-sizes ...] [--n-jobs 2] [--write]``.
+"""
+
+import argparse
+import os
+import subprocess
+import time
+
+import numpy as np
+
+from sksim.representations import (
+    ClassConditionalDensity,
+    DirichletProcessGaussianMixture,
+)
+
+PAGE = os.path.join(
+    os.path.dirname(__file__), "..", "docs", "benchmarks-class-fitting.md"
+)
+MIXTURES = {
+    "paper": {"blocked Gibbs, 400 sweeps": dict()},
+    "audit": {
+        "variational": dict(backend="variational"),
+        "variational, max_samples=1000": dict(backend="variational", max_samples=1000),
+        "blocked Gibbs, 400 sweeps, max_samples=1000": dict(max_samples=1000),
+    },
+}
+SHAPES = {"paper": (100, 64), "audit": (10, 8)}
+
+
+def make_classes(n, n_classes, d, n_modes, seed=0):
+    rng = np.random.RandomState(seed)
+    y = np.arange(n) % n_classes
+    centres = 4 * rng.standard_normal((n_classes, d))
+    modes = centres[:, None] + 2 * rng.standard_normal((n_classes, n_modes, d))
+    which = rng.randint(n_modes, size=n)
+    return modes[y, which] + rng.standard_normal((n, d)), y
+
+
+def run_case(Z, y, params, n_jobs):
+    mixture = DirichletProcessGaussianMixture(**params)
+    start, cpu = time.perf_counter(), time.process_time()
+    ccd = ClassConditionalDensity(
+        Z.shape[1], mixture=mixture, n_jobs=n_jobs, random_state=0
+    ).fit(Z, y)
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    methods = sorted(
+        {f"{m.method_} (block {getattr(m, 'block_size_', '-')})" for m in ccd.mixtures_}
+    )
+    clusters = np.mean([m.n_clusters_.mean() for m in ccd.mixtures_])
+    return dict(
+        wall=wall,
+        cpu=cpu,
+        method=", ".join(methods),
+        clusters=clusters,
+        logp=ccd.train_log_density_.mean(),
+    )
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", nargs="+", default=["audit", "paper"])
+    parser.add_argument("--sizes", nargs="+", type=int, default=[5000, 20000, 50000])
+    parser.add_argument(
+        "--paper-sizes",
+        nargs="+",
+        type=int,
+        default=None,
+        help="sizes of the paper case (default: --sizes)",
+    )
+    parser.add_argument("--modes", type=int, default=3)
+    parser.add_argument("--n-jobs", type=int, default=2)
+    parser.add_argument("--write", action="store_true")
+    args = parser.parse_args()
+    rows = []
+    for case in args.cases:
+        n_classes, d = SHAPES[case]
+        sizes = args.paper_sizes if case == "paper" and args.paper_sizes else args.sizes
+        for n in sizes:
+            Z, y = make_classes(n, n_classes, d, args.modes)
+            for name, params in MIXTURES[case].items():
+                r = run_case(Z, y, params, args.n_jobs)
+                rows.append((case, n, n_classes, d, name, r))
+                print(
+                    f"{case}: N={n}, {n_classes} classes, d={d}, {name}: "
+                    f"{r['wall']:.1f} s wall ({r['cpu']:.1f} s CPU in this "
+                    f"process), {r['method']}, {r['clusters']:.1f} clusters, "
+                    f"mean log-density {r['logp']:.2f}",
+                    flush=True,
+                )
+    if args.write:
+        write_page(rows, args)
+
+
+def write_page(rows, args):
+    uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout
+    lines = [
+        "# Class fitting at scale",
+        "",
+        "Measured by `benchmarks/bench_class_fitting.py "
+        f"--cases {' '.join(args.cases)} --sizes "
+        f"{' '.join(map(str, args.sizes))} --paper-sizes "
+        f"{' '.join(map(str, args.paper_sizes or args.sizes))} "
+        f"--n-jobs {args.n_jobs} --write` "
+        f"on a shared 2-core CPU, `OMP_NUM_THREADS=1`; load when the page was "
+        f"written (`uptime`): `{uptime.strip()}`.",
+        "",
+        "| case | N | classes | d | mixture | wall s | method | clusters "
+        "| mean log-density |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for case, n, k, d, name, r in rows:
+        lines.append(
+            f"| {case} | {n} | {k} | {d} | {name} | {r['wall']:.1f} | "
+            f"{r['method']} | {r['clusters']:.1f} | {r['logp']:.2f} |"
+        )
+    with open(PAGE, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
