@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Mapping
 
 import torch
 
-from ._net import evaluation_mode
+from ._engine.context import evaluation_mode
 
 #: ``"flatten"``: keep every value; ``"mean"``/``"max"``: global average/max over
 #: the spatial axes (one value per channel); ``"channel_mean"``: average over

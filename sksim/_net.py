@@ -13,7 +13,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.frozen import FrozenEstimator
 from skorch import NeuralNet
 
-from ._engine.context import evaluation_mode, on_device, torch_seed  # noqa: F401
+from ._engine.context import torch_seed
 from ._engine.inputs import is_dataset
 from ._validation import skorch_training_data
 

@@ -47,10 +47,10 @@ from skorch.dataset import unpack_data
 from skorch.utils import to_tensor
 from torch.utils._pytree import tree_map
 
+from ._engine.context import evaluation_mode, torch_seed
 from ._engine.differentiable import per_sample_gradients
 from ._engine.inputs import n_samples, take
 from ._engine.selection import select_output, select_parameters
-from ._net import evaluation_mode, torch_seed
 from ._pairs import (
     check_labels,
     is_pair_data,

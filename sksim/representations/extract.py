@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 from tqdm.auto import tqdm
 
+from .._engine.context import on_device
 from .._engine.inputs import batches, module_float_dtype, n_samples
 from .._layers import check_layers, check_pool, layer_outputs
-from .._net import on_device, resolve_device, resolve_module
+from .._net import resolve_device, resolve_module
 from .._validation import check_net_input, check_positive_int
 
 

@@ -11,8 +11,8 @@ from sklearn.base import clone
 from sklearn.utils import check_random_state
 from tqdm.auto import tqdm
 
+from .._engine.context import torch_seed
 from .._engine.inputs import n_samples, take
-from .._net import torch_seed
 from .._validation import check_net_input, check_positive_int
 
 

@@ -15,9 +15,10 @@ from sklearn.base import BaseEstimator
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
+from .._engine.context import torch_seed
 from .._engine.inputs import check_finite
 from .._layers import check_layers, check_pool, layer_outputs
-from .._net import fit_net, resolve_device, resolve_module, torch_seed
+from .._net import fit_net, resolve_device, resolve_module
 from .._validation import check_net_input, check_positive_int
 from .diagnostics import _table, shuffle_conv_input_channels
 from .diffeo import as_channels, check_deformation, deform

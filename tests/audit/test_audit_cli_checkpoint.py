@@ -12,7 +12,7 @@ from _audit_helpers import small_net
 from skorch import NeuralNet, NeuralNetRegressor
 
 from sksim import cli
-from sksim._net import torch_seed
+from sksim._engine.context import torch_seed
 
 N_TRAIN = 160
 

@@ -11,7 +11,7 @@ from sklearn.base import clone
 from sklearn.model_selection import KFold, StratifiedKFold
 
 from sksim import GradientDensityEstimator, NetworkNeighbors, SelfDenoisingAnalysis
-from sksim._net import torch_seed
+from sksim._engine.context import torch_seed
 from sksim.audit import ANALYSES, AuditAnalysisFailedWarning, audit
 from sksim.audit.analyses import sensitivity as sensitivity_analysis
 from sksim.audit.analyses.class_fitting import default_layers

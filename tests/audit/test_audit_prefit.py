@@ -12,7 +12,7 @@ from sklearn.metrics import r2_score
 from skorch import NeuralNet, NeuralNetRegressor
 
 from sksim import GradientDensityEstimator, NetworkNeighbors, SelfDenoisingAnalysis
-from sksim._net import torch_seed
+from sksim._engine.context import torch_seed
 from sksim.audit import audit
 from sksim.audit.analyses.density import quantile_bins
 from sksim.audit.figures import neighbor_grid

@@ -13,7 +13,7 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.utils import check_random_state
 from skorch import NeuralNetClassifier
 
-from sksim._net import torch_seed
+from sksim._engine.context import torch_seed
 from sksim.representations import memorization_scores
 from sksim.representations.memorization import subset_masks
 
