@@ -220,7 +220,13 @@ class NetworkKernel(Kernel):
         return out
 
     def is_stationary(self):
-        """False: the kernel depends on the inputs, not on their difference."""
+        """Whether the kernel depends only on ``x - x'``.
+
+        Returns
+        -------
+        stationary : bool
+            False: the network's kernel depends on the inputs themselves.
+        """
         return False
 
     @property

@@ -236,7 +236,7 @@ class LabelIssueDetector(NetworkEstimator):
 
     See Also
     --------
-    sksim.neighbors.NetworkNeighbors : the neighbour search.
+    sksim.neighbors.NetworkNeighbors : The neighbour search.
 
     References
     ----------
