@@ -12,6 +12,11 @@ The audit switches by itself to its linear-cost methods past
 ``--scale-threshold`` training examples per fold (the audit's default, 20 000);
 the method each analysis used is listed.
 
+Each size is audited twice from the same trained folds: as the audit runs by
+default (``auto``), and with the linear-cost methods forced at every size
+(``scaled``, ``scale_threshold=1``), whose growth exponent from the smallest
+size is that of the methods themselves.
+
 The linear-cost methods are also called directly, without the audit, up to
 200 000 examples (``--direct-sizes``): ``GradientDensityEstimator(method="soft")``
 and ``NetworkNeighbors(algorithm="faiss", n_components=64)``, each on two folds
@@ -24,7 +29,8 @@ a linear cost, 2 for a quadratic one). The page records the machine's load
 average (``uptime``) at the start and the end.
 
 Usage: ``OMP_NUM_THREADS=2 python benchmarks/bench_audit.py [--sizes 5000 20000
-50000] [--direct-sizes 5000 20000 50000 200000] [--label TEXT] [--out PATH]``.
+50000] [--direct-sizes 5000 20000 50000 200000] [--modes auto scaled]
+[--label TEXT] [--out PATH]``.
 """
 
 from __future__ import annotations
@@ -101,31 +107,50 @@ def synthetic(n_samples: int, seed: int = 0):
 
 
 def audit_rows(n_samples, args):
-    """One row per step (training, then each analysis) of a 2-fold audit."""
+    """Rows per mode: training, then each analysis of a 2-fold audit.
+
+    The modes are the scale thresholds: ``"auto"`` (``--scale-threshold``)
+    and ``"scaled"`` (1: the linear-cost methods at every size); the folds
+    are trained once for both.
+    """
     X, y = synthetic(n_samples)
     net = make_classifier("mlp", X, n_classes=N_CLASSES, max_epochs=args.epochs)
-    common = dict(cv=args.folds, scale_threshold=args.scale_threshold)
-    rows = []
+    thresholds = dict(auto=args.scale_threshold, scaled=1)
+    rows = {mode: [] for mode in args.modes}
     with tempfile.TemporaryDirectory() as cache:
         with PeakMemory() as memory:
-            result = audit(net, X, y, analyses=(), cache=cache, **common)
-        seconds = result.metadata["seconds"]["fit"]
-        rows.append(dict(step="training", seconds=seconds, mib=memory.added_mib))
-        for name in ANALYSES:
-            with PeakMemory() as memory:
-                result = audit(net, X, y, analyses=(name,), cache=cache, **common)
-            if name in result.failed:
-                raise RuntimeError(f"{name} failed: {result.failed[name]}")
-            row = dict(
-                step=name,
-                seconds=result.metadata["seconds"][name],
-                mib=memory.added_mib,
-                method=result.metadata["methods"].get(name, ""),
-            )
-            if "neighbor_recall" in result.tables["folds"]:
-                row["recall"] = float(result.tables["folds"]["neighbor_recall"].mean())
-            rows.append(row)
-            print(f"  N={n_samples} {name}: {row['seconds']:.1f} s", flush=True)
+            result = audit(net, X, y, cv=args.folds, analyses=(), cache=cache)
+        training = dict(
+            step="training",
+            seconds=result.metadata["seconds"]["fit"],
+            mib=memory.added_mib,
+        )
+        for mode in args.modes:
+            rows[mode].append(training)
+            for name in ANALYSES:
+                with PeakMemory() as memory:
+                    result = audit(
+                        net,
+                        X,
+                        y,
+                        cv=args.folds,
+                        analyses=(name,),
+                        cache=cache,
+                        scale_threshold=thresholds[mode],
+                    )
+                if name in result.failed:
+                    raise RuntimeError(f"{name} failed: {result.failed[name]}")
+                row = dict(
+                    step=name,
+                    seconds=result.metadata["seconds"][name],
+                    mib=memory.added_mib,
+                    method=result.metadata["methods"].get(name, ""),
+                )
+                folds = result.tables["folds"]
+                if "neighbor_recall" in folds:
+                    row["recall"] = float(folds["neighbor_recall"].mean())
+                rows[mode].append(row)
+                print(f"  N={n_samples} {mode} {name}: {row['seconds']:.1f} s")
     return rows
 
 
@@ -174,8 +199,48 @@ def markdown_table(header, rows) -> list[str]:
     return lines
 
 
-def page(results, direct, args, loads, wall) -> str:
+MODES = dict(
+    auto="as the audit runs by default (the linear-cost methods past the "
+    "scale threshold)",
+    scaled="with the linear-cost methods at every size (`scale_threshold=1`)",
+)
+
+
+def mode_tables(results, mode, threshold) -> list[str]:
+    """The tables of seconds, memory and methods of one mode."""
     steps = ["training", *ANALYSES]
+    title = MODES[mode].replace("the scale threshold", f"{threshold:,}")
+    lines = [f"## Audit {title}", "", "Seconds per step (both folds):", ""]
+    sizes = sorted(results)
+    seconds = {
+        step: {n: _value(results[n], step, "seconds") for n in sizes} for step in steps
+    }
+    rows = [
+        [step, *(_fmt(seconds[step][n]) for n in sizes), exponent(seconds[step])]
+        for step in steps
+    ]
+    totals = {n: sum(r["seconds"] for r in results[n]) for n in sizes}
+    rows.append(["**total**", *(_fmt(totals[n]) for n in sizes), exponent(totals)])
+    header = ["step", *(f"N={n:,}" for n in sizes), "growth exponent"]
+    lines += markdown_table(header, rows)
+    lines += ["", "Peak memory added per step (MiB of resident memory):", ""]
+    rows = [
+        [step, *(_fmt(_value(results[n], step, "mib")) for n in sizes)]
+        for step in steps
+    ]
+    lines += markdown_table(["step", *(f"N={n:,}" for n in sizes)], rows)
+    lines += ["", "Method each analysis used (recall of the neighbours):", ""]
+    rows = [
+        [f"N={n:,}", r["step"], r["method"], _fmt(r.get("recall"), 3)]
+        for n in sizes
+        for r in results[n]
+        if r["step"] != "training"
+    ]
+    lines += markdown_table(["size", "analysis", "method", "recall"], rows)
+    return lines + [""]
+
+
+def page(results, direct, args, loads, wall) -> str:
     lines = [
         "# Audit at scale: time and peak memory per analysis",
         "",
@@ -199,35 +264,10 @@ def page(results, direct, args, loads, wall) -> str:
         f"    OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '?')} "
         f"python benchmarks/bench_audit.py {args.command}",
         "",
-        "## Seconds per step of the audit (both folds)",
-        "",
     ]
-    sizes = sorted(results)
-    seconds = {
-        step: {n: _value(results[n], step, "seconds") for n in sizes} for step in steps
-    }
-    rows = [
-        [step, *(_fmt(seconds[step][n]) for n in sizes), exponent(seconds[step])]
-        for step in steps
-    ]
-    totals = {n: sum(r["seconds"] for r in results[n]) for n in sizes}
-    rows.append(["**total**", *(_fmt(totals[n]) for n in sizes), exponent(totals)])
-    header = ["step", *(f"N={n:,}" for n in sizes), "growth exponent"]
-    lines += markdown_table(header, rows)
-    lines += ["", "## Peak memory added per step (MiB of resident memory)", ""]
-    rows = [
-        [step, *(_fmt(_value(results[n], step, "mib")) for n in sizes)]
-        for step in steps
-    ]
-    lines += markdown_table(["step", *(f"N={n:,}" for n in sizes)], rows)
-    lines += ["", "## Method each analysis used", ""]
-    rows = [
-        [f"N={n:,}", r["step"], r["method"], _fmt(r.get("recall"), 3)]
-        for n in sizes
-        for r in results[n]
-        if r["step"] != "training"
-    ]
-    lines += markdown_table(["size", "analysis", "method", "recall"], rows)
+    for mode in args.modes:
+        per_size = {n: rows[mode] for n, rows in results.items()}
+        lines += mode_tables(per_size, mode, args.scale_threshold)
     if direct:
         lines += [
             "",
@@ -275,6 +315,7 @@ def main():
         "--direct-sizes", type=int, nargs="*", default=[5000, 20000, 50000, 200000]
     )
     parser.add_argument("--scale-threshold", type=int, default=20_000)
+    parser.add_argument("--modes", nargs="*", choices=tuple(MODES), default=list(MODES))
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--folds", type=int, default=2)
     parser.add_argument("--label", default="quiet machine, full run")
@@ -288,6 +329,8 @@ def main():
             *map(str, args.direct_sizes),
             "--scale-threshold",
             str(args.scale_threshold),
+            "--modes",
+            *args.modes,
             "--label",
             repr(args.label),
         ]
