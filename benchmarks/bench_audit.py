@@ -336,14 +336,21 @@ def main():
         ]
     )
     start, loads = time.perf_counter(), [load_average()]
-    results = {}
+    results, direct = {}, {}
+
+    def write():  # after every size, so that an interrupted run leaves a page
+        ends = [*loads, load_average()]
+        text = page(results, direct, args, ends, time.perf_counter() - start)
+        Path(args.out).write_text(text)
+        return text
+
+    for n in args.direct_sizes:
+        direct[n] = direct_rows(n, args)
+        write()
     for n in args.sizes:
         results[n] = audit_rows(n, args)
-    direct = {n: direct_rows(n, args) for n in args.direct_sizes}
-    loads.append(load_average())
-    text = page(results, direct, args, loads, time.perf_counter() - start)
-    Path(args.out).write_text(text)
-    print(text)
+        write()
+    print(write())
 
 
 if __name__ == "__main__":
