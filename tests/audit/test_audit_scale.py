@@ -178,6 +178,8 @@ def test_class_fitting_subsamples_each_class():
 def test_the_report_says_which_methods_ran(tmp_path):
     text = scaled().to_html(tmp_path / "r.html").read_text()
     assert "Method: soft counts (exact, time O(N p)" in text
+    assert "<li><b>density</b>: soft counts (exact, time O(N p)" in text
+    assert "<th>scale threshold</th><td style='text-align:left'>50</td>" in text
     assert "Method: FAISS search (index &#x27;Flat&#x27;)" in text
     recall_value = scaled()["folds"]["neighbor_recall"].item()
     assert (
