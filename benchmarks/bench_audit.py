@@ -265,7 +265,7 @@ def page(results, direct, args, loads, wall) -> str:
         f"python benchmarks/bench_audit.py {args.command}",
         "",
     ]
-    for mode in args.modes:
+    for mode in args.modes if results else ():
         per_size = {n: rows[mode] for n, rows in results.items()}
         lines += mode_tables(per_size, mode, args.scale_threshold)
     if direct:
