@@ -351,6 +351,15 @@ def make_parser():
         help="most similar training examples shown per example (default 5)",
     )
     analysis.add_argument(
+        "--scale-threshold",
+        metavar="N",
+        type=_positive,
+        default=20_000,
+        help="training-fold size past which the analyses switch to methods whose "
+        "cost grows linearly with the data: soft density counts, FAISS neighbours "
+        "(recall measured), class fitting on a subsample (default 20000)",
+    )
+    analysis.add_argument(
         "--layers",
         metavar="NAME,...",
         default=None,
@@ -578,6 +587,7 @@ def run_audit(args):
             y,
             analyses=ANALYSES if args.analyses is None else args.analyses,
             n_neighbors=args.n_neighbors,
+            scale_threshold=args.scale_threshold,
             layers=None if args.layers is None else args.layers.split(","),
             random_state=args.seed,
             verbose=0 if args.quiet else 1,

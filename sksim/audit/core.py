@@ -68,8 +68,9 @@ class AuditResult:
     metadata : dict
         Dataset, task (``"classification"`` or ``"regression"``), model and
         cross-validation description (``cv="prefit"`` for a prefit audit),
-        timings (``seconds``: ``fit`` for the training, ``predict`` instead
-        when prefit, then each analysis), versions.
+        ``scale_threshold`` and ``methods`` (the method each analysis used,
+        and why, in words), timings (``seconds``: ``fit`` for the training,
+        ``predict`` instead when prefit, then each analysis), versions.
     gallery : list of dict
         A few held-out examples (lowest density, misclassified or with the
         largest errors, typical) with their nearest training examples:
@@ -235,7 +236,17 @@ class _Fold:
     """
 
     def __init__(
-        self, data, train, test, fold, *, n_neighbors, layers, options, random_state
+        self,
+        data,
+        train,
+        test,
+        fold,
+        *,
+        n_neighbors,
+        layers,
+        options,
+        scale_threshold,
+        random_state,
     ):
         self.train, self.test, self.fold = train, test, fold
         self.X_train, self.y_train = take(data.X, train), data.y[train]
@@ -243,6 +254,7 @@ class _Fold:
         self.task, self.classes = data.task, data.classes
         self.n_neighbors, self.layers = n_neighbors, layers
         self.options, self.random_state = options, random_state
+        self.scale_threshold = scale_threshold
         self.fit_seconds = None
 
     def fit(self, net):
@@ -330,6 +342,7 @@ def audit(
     errors="record",
     verbose=0,
     cache=None,
+    scale_threshold=20_000,
 ):
     """Audit a classifier, or a trained network, from the network's perspective.
 
@@ -372,6 +385,19 @@ def audit(
     (``neighbor_target_difference``), and self-denoising runs in its original
     regression form, on the raw targets and the network's outputs. Class
     fitting, which needs class labels, is skipped with the reason.
+
+    **Large data**: when a training fold holds more than ``scale_threshold``
+    examples, density uses the soft count (``method="soft"``, O(N p), no
+    pair of examples formed) instead of the hard count over all pairs;
+    neighbours are searched with FAISS over 64-component gradient sketches
+    (``algorithm="faiss"``, an exact ``"Flat"`` index below 10^6 training
+    examples, ``"HNSW32"`` from there), and their recall@``n_neighbors``
+    against exact neighbours is measured on 200 held-out examples drawn at
+    random (``neighbor_recall`` in ``folds`` and ``summary``); class fitting
+    fits its mixtures on at most 2 000 training examples per class drawn at
+    random; self-denoising stays on its ``max_samples`` subset. Which method
+    each analysis used, and why, is in ``result.metadata["methods"]`` and in
+    the report.
 
     Analyses that do not apply are skipped and listed with the reason; one
     that raises on a fold is recorded with its error and the audit goes on
@@ -441,6 +467,11 @@ def audit(
         pieces it affects again (with ``cv="prefit"``, the hash covers the
         network's weights, and only analyses are saved). The files are
         pickles: use a folder only you write to.
+    scale_threshold : int or None, default=20_000
+        Training-fold size past which the analyses switch by themselves to
+        methods whose cost grows linearly with the data (see "Large data"
+        above); None never switches. Options given in ``options`` still
+        take precedence.
 
     Returns
     -------
@@ -487,6 +518,7 @@ def audit(
     options = dict(options or {})
     prefit = isinstance(cv, str) and cv == "prefit"
     _check_options(analyses, n_neighbors, options, errors)
+    check_positive_int(scale_threshold, "scale_threshold", allow_none=True)
     check_data = _prefit_data if prefit else _cv_data
     data = check_data(net, X, y, X_test, y_test)
     requested = [a for a in REGISTRY.values() if a.name in analyses]
@@ -496,7 +528,7 @@ def audit(
     protocol, splits = _splits(cv, data, prefit)
     store = AuditCache(cache, data.arrays(), net, random_state, prefit)
     started = time.perf_counter()
-    collected = dict(folds=[], samples=[], tables={}, warnings={})
+    collected = dict(folds=[], samples=[], tables={}, warnings={}, methods={})
     failed = {}
     first = "predict" if prefit else "fit"
     seconds = {name: 0.0 for name in [first, *(a.name for a in requested)]}
@@ -507,6 +539,7 @@ def audit(
         n_neighbors=n_neighbors,
         layers=layers,
         options=options,
+        scale_threshold=scale_threshold,
         random_state=random_state,
     )
     with steps:
@@ -538,6 +571,8 @@ def audit(
         analyses=[a.name for a in ran],
         n_neighbors=int(n_neighbors),
         random_state=random_state,
+        scale_threshold=scale_threshold,
+        methods=_methods(collected["methods"], ran),
         net=_describe(net, prefit),
         seconds={k: round(v, 3) for k, v in seconds.items()},
         total_seconds=round(time.perf_counter() - started, 3),
@@ -557,6 +592,25 @@ def _splits(cv, data, prefit):
         return "prefit", [split]
     splitter = check_cv(cv, data.y, classifier=True)
     return repr(splitter), list(splitter.split(data.X, data.y))
+
+
+def _methods(methods, analyses):
+    """The method of each analysis that ran, in words.
+
+    One text when every fold used the same, else one per fold, prefixed with
+    the fold's number.
+    """
+    described = {}
+    for analysis in analyses:
+        per_fold = methods.get(analysis.name, {})
+        texts = list(dict.fromkeys(per_fold.values()))
+        if len(texts) == 1:
+            described[analysis.name] = texts[0]
+        elif texts:
+            described[analysis.name] = "; ".join(
+                f"fold {fold}: {text}" for fold, text in per_fold.items()
+            )
+    return described
 
 
 def _describe(net, prefit):
@@ -607,6 +661,7 @@ def _analyse(analysis, fold, store, failed):
     ``failed=None`` an error raises, otherwise it is recorded in ``failed``.
     """
     name = analysis.name
+    scaled = ("at scale",) if analysis.at_scale(fold) else ()
     key = store.key(
         name,
         fold.train,
@@ -614,6 +669,7 @@ def _analyse(analysis, fold, store, failed):
         fold.options.get(name),
         fold.n_neighbors,
         fold.layers,
+        *scaled,
     )
     saved = store.load(key)
     if saved is not None:
@@ -656,6 +712,8 @@ def _run_fold(fold, analyses, store, collected, seconds, steps, failed):
             continue
         samples.update(output.samples)
         folds_row.update(output.metrics)
+        if output.method is not None:
+            collected["methods"].setdefault(name, {})[fold.fold] = output.method
         for table, rows in output.tables.items():
             collected["tables"].setdefault(table, []).append(rows)
     collected["folds"].append(frame([folds_row]))

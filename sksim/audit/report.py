@@ -109,6 +109,7 @@ def _summary(result) -> str:
         ("classes", meta["n_classes"]),
         ("cross-validation", protocol(meta)),
         ("analyses run", ", ".join(meta["analyses"]) or "none"),
+        ("scale threshold", meta.get("scale_threshold")),
         ("seconds", meta["seconds"]),
         ("total seconds", meta["total_seconds"]),
     ]
@@ -119,6 +120,11 @@ def _summary(result) -> str:
             f"<td style='text-align:left'>{html.escape(str(value))}</td></tr>"
         )
     parts.append("</table>")
+    if meta.get("methods"):
+        parts.append("<h3>Methods used</h3><ul>")
+        for name, method in meta["methods"].items():
+            parts.append(f"<li><b>{html.escape(name)}</b>: {html.escape(method)}</li>")
+        parts.append("</ul>")
     if result.skipped:
         parts.append("<h3>Skipped analyses</h3><ul>")
         for name, reason in result.skipped.items():

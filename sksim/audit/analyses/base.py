@@ -22,11 +22,15 @@ class FoldOutput:
     tables : dict of str to pandas.DataFrame
         Rows of per-fold tables, each with a ``fold`` column; the rows of all
         folds are concatenated into ``result.tables[name]``.
+    method : str or None
+        The method the analysis used on the fold, and why, in words; the
+        audit records it in ``metadata["methods"]`` and the report shows it.
     """
 
     samples: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     tables: dict = field(default_factory=dict)
+    method: str | None = None
 
 
 class Analysis:
@@ -45,6 +49,10 @@ class Analysis:
         The heading of its report section.
     defaults : dict
         Default keyword arguments, overridden by ``options[name]``.
+    scaled_defaults : dict
+        Defaults that replace ``defaults`` when the training fold holds more
+        examples than the audit's ``scale_threshold`` (methods whose cost
+        grows linearly with the data), still overridden by ``options[name]``.
     description : str
         The paragraph that opens its report section.
     figures : tuple of callable
@@ -60,14 +68,50 @@ class Analysis:
     name: str = ""
     title: str = ""
     defaults: dict = {}
+    scaled_defaults: dict = {}
     description: str = ""
     figures: tuple = ()
     report_table: str | None = None
     tasks: tuple = ("classification", "regression")
 
+    def at_scale(self, fold):
+        """Whether the fold's training part is past the audit's scale threshold."""
+        return fold.scale_threshold is not None and len(fold.train) > (
+            fold.scale_threshold
+        )
+
+    def scaled_options(self, fold):
+        """The defaults that replace ``defaults`` past the scale threshold."""
+        return dict(self.scaled_defaults)
+
     def options(self, fold):
-        """Keyword arguments of this analysis: its defaults and the user's."""
-        return {**self.defaults, **fold.options.get(self.name, {})}
+        """Keyword arguments of this analysis.
+
+        Its defaults, those of :meth:`scaled_options` past the scale
+        threshold, then the user's.
+        """
+        scaled = self.scaled_options(fold) if self.at_scale(fold) else {}
+        return {**self.defaults, **scaled, **fold.options.get(self.name, {})}
+
+    def scale_reason(self, fold):
+        """Why the scaled defaults apply to the fold, in words (None if not).
+
+        None as well when the user's options set every one of them.
+        """
+        if not self.at_scale(fold):
+            return None
+        given = fold.options.get(self.name, {})
+        if set(self.scaled_options(fold)) <= set(given):
+            return None
+        return (
+            f"{len(fold.train):,} training examples > scale_threshold "
+            f"{fold.scale_threshold:,}"
+        )
+
+    def method_text(self, fold, method):
+        """``method`` followed by :meth:`scale_reason`, when there is one."""
+        reason = self.scale_reason(fold)
+        return method if reason is None else f"{method}: {reason}"
 
     def check_options(self, options):
         """Raise on invalid ``options[name]`` before any training."""
@@ -90,8 +134,8 @@ class Analysis:
             example: 1.0 when misclassified, or the squared error of a
             regression), ``task`` (``"classification"`` or
             ``"regression"``), ``classes`` (the sorted classes; None for a
-            regression), ``n_neighbors``, ``layers``, ``options`` and
-            ``random_state`` (the audit's arguments).
+            regression), ``n_neighbors``, ``layers``, ``options``,
+            ``scale_threshold`` and ``random_state`` (the audit's arguments).
 
         Returns
         -------
@@ -119,6 +163,9 @@ class Analysis:
     def section(self, result):
         """The body of its report section, as HTML."""
         parts = [_render.paragraph(self.description)]
+        method = result.metadata.get("methods", {}).get(self.name)
+        if method is not None:
+            parts.append(_render.paragraph(f"Method: {method}.", "note"))
         parts += [_render.figure(draw, result) for draw in self.figures]
         if self.report_table is not None:
             parts.append(_render.table(result.tables[self.report_table]))

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..._engine.inputs import take
 from ..._net import resolve_module
+from ..._validation import check_positive_int
 from .._render import errorbars, subplots
 from .._tables import spread
 from .base import Analysis, FoldOutput
@@ -75,12 +77,50 @@ def _held_out_columns(report, representations, y_test, layers):
     return test_mean, test_accuracy
 
 
+def per_class_rows(y, max_per_class, random_state) -> np.ndarray:
+    """Sorted rows of ``y`` keeping at most ``max_per_class`` of each class.
+
+    All rows when ``max_per_class`` is None; otherwise each class larger than
+    that is subsampled uniformly at random.
+
+    Examples
+    --------
+    >>> from sksim.audit.analyses.class_fitting import per_class_rows
+    >>> per_class_rows(np.array([0, 0, 0, 1]), 2, 0).shape
+    (3,)
+    """
+    if max_per_class is None:
+        return np.arange(len(y))
+    rng = np.random.RandomState(random_state)
+    kept = []
+    for c in np.unique(y):
+        rows = np.flatnonzero(y == c)
+        if len(rows) > max_per_class:
+            rows = rng.choice(rows, max_per_class, replace=False)
+        kept.append(rows)
+    return np.sort(np.concatenate(kept))
+
+
+def fitting_method(mixture, n_fitted, n_train, max_per_class) -> str:
+    """The class-density fit, in words."""
+    backend = getattr(mixture, "backend", type(mixture).__name__)
+    if max_per_class is None or n_fitted == n_train:
+        data = f"all {n_train:,} training examples"
+    else:
+        data = (
+            f"{n_fitted:,} of the {n_train:,} training examples (at most "
+            f"{max_per_class:,} per class, drawn at random)"
+        )
+    return f"Dirichlet-process mixtures ({backend} backend) fitted on {data}"
+
+
 class ClassFitting(Analysis):
     """Dirichlet-process class densities fitted on the training fold."""
 
     name = "class_fitting"
     title = "Class fitting"
-    defaults = dict(n_components=8, n_bins=5, n_samples=200)
+    defaults = dict(n_components=8, n_bins=5, n_samples=200, max_per_class=None)
+    scaled_defaults = dict(max_per_class=2000)
     description = (
         "Mean own-class log-density of the representations, per class, "
         "fitted on the training fold and evaluated on both parts "
@@ -90,6 +130,11 @@ class ClassFitting(Analysis):
     figures = (class_densities,)
     report_table = "class_fitting_summary"
     tasks = ("classification",)
+
+    def check_options(self, options):
+        check_positive_int(
+            options.get("max_per_class"), "max_per_class", allow_none=True
+        )
 
     def run(self, fold):
         from ...representations import (
@@ -107,10 +152,12 @@ class ClassFitting(Analysis):
         options.setdefault(
             "mixture", DirichletProcessGaussianMixture(backend="variational")
         )
+        max_per_class = options.pop("max_per_class")
+        rows = per_class_rows(fold.y_train, max_per_class, fold.random_state)
         report = class_fitting_report(
             fold.net,
-            fold.X_train,
-            fold.y_train,
+            take(fold.X_train, rows),
+            fold.y_train[rows],
             layers,
             random_state=fold.random_state,
             as_frame=True,
@@ -128,7 +175,13 @@ class ClassFitting(Analysis):
         classes["test_mean_log_density"] = test_mean
         classes["density_classifier_accuracy"] = test_accuracy
         classes.insert(0, "fold", fold.fold)
-        return FoldOutput(tables=dict(class_fitting=classes))
+        method = fitting_method(
+            options["mixture"], len(rows), len(fold.train), max_per_class
+        )
+        return FoldOutput(
+            tables=dict(class_fitting=classes),
+            method=self.method_text(fold, method),
+        )
 
     def summarise(self, tables):
         return dict(

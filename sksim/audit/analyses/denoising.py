@@ -49,6 +49,18 @@ def denoised_targets(fold, y_train):
     return onehot, free_probabilities
 
 
+def sample_method(fold, rows) -> str:
+    """Which training examples self-denoising analysed, in words."""
+    n_train = len(fold.train)
+    if len(rows) == n_train:
+        return f"all {n_train:,} training examples (time O(N^2))"
+    return (
+        f"{len(rows):,} of the {n_train:,} training examples drawn at random, "
+        "the sums over neighbours running over that subset (time bounded by "
+        "max_samples, whatever the fold size)"
+    )
+
+
 class Denoising(Analysis):
     """Self-denoising summary on (a random subset of) the training fold."""
 
@@ -81,7 +93,9 @@ class Denoising(Analysis):
                 **options,
             ).fit(take(fold.X_train, rows), targets)
         row = dict(fold=fold.fold, n_samples=len(rows), **analysis.summary())
-        return FoldOutput(tables=dict(denoising=frame([row])))
+        return FoldOutput(
+            tables=dict(denoising=frame([row])), method=sample_method(fold, rows)
+        )
 
     def summary_metrics(self, tables):
         return (

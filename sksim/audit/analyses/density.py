@@ -112,18 +112,39 @@ def error_by_density(result):
     return fig
 
 
+def count_method(options) -> str:
+    """The neighbour count that ``options`` of the estimator select, in words."""
+    method = options.get("method", "soft")
+    if method == "soft":
+        return "soft counts (exact, time O(N p), no pair of examples formed)"
+    rule = (
+        f"similarity above {options.get('threshold', 0.9)}"
+        if method == "hard"
+        else f"similarity to the power {options.get('power', 2)}"
+    )
+    if options.get("n_components") is not None:
+        return (
+            f"{method} counts ({rule}) over all pairs of sketches with "
+            f"n_components={options['n_components']}"
+        )
+    return f"{method} counts ({rule}) over all pairs of examples"
+
+
 class Density(Analysis):
     """Log relative density of each held-out example, and error by density bin."""
 
     name = "density"
     title = "Density and error"
     defaults = dict(method="hard", threshold=0.9)
+    scaled_defaults = dict(method="soft")
     description = (
         "Log relative density of each held-out example: the number of "
         "training examples of its fold that the trained network treats "
         "as similar to it (by default, cosine similarity of the parameter "
         "gradients above 0.9; counts below one half are floored), divided "
-        "by the training-fold size. Errors that cluster at low density "
+        "by the training-fold size (past the audit's scale threshold, the "
+        "soft count, the sum of the similarities, which costs time linear in "
+        "the fold size). Errors that cluster at low density "
         "are inputs unlike anything the network was trained on (for a "
         "regression, the bins show the mean squared error). Bins are "
         "equal-size quantile bins of each fold's held-out examples "
@@ -133,8 +154,9 @@ class Density(Analysis):
     report_table = "density_bins_summary"
 
     def run(self, fold):
+        options = self.options(fold)
         estimator = GradientDensityEstimator(
-            fold.net, random_state=fold.random_state, **self.options(fold)
+            fold.net, random_state=fold.random_state, **options
         ).fit(fold.X_train)
         counts = estimator.neighbor_counts(fold.X_test)
         log_density = np.log(np.maximum(counts, COUNT_FLOOR) / len(fold.train))
@@ -149,6 +171,7 @@ class Density(Analysis):
                 mean_log_density=float(log_density.mean()),
                 density_error_correlation=correlation(log_density, errors),
             ),
+            method=self.method_text(fold, count_method(options)),
         )
 
     def summarise(self, tables):

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from importlib.util import find_spec
+
 import numpy as np
 
+from ..._engine.inputs import take
+from ..._validation import check_positive_int
 from ...neighbors import NetworkNeighbors
 from .. import _render
 from .._tables import frame
 from .base import Analysis, FoldOutput
 
 GALLERY_SIZE = 4
+SKETCH_COMPONENTS = 64
+HNSW_FROM = 1_000_000
+SEARCH_ONLY = ("algorithm", "n_components", "index", "index_params")
 
 
 def image_view(X) -> np.ndarray | None:
@@ -32,11 +39,12 @@ def image_view(X) -> np.ndarray | None:
     return None
 
 
-def most_similar(fold, options):
+def most_similar(fold, options, X=None):
     """The most similar training examples of each held-out example.
 
     Similarities and rows of the training fold of its ``fold.n_neighbors``
-    most similar training examples, most similar first.
+    most similar training examples, most similar first, of the held-out
+    examples or of the inputs ``X`` when given.
     """
     search = NetworkNeighbors(
         fold.net,
@@ -44,7 +52,51 @@ def most_similar(fold, options):
         random_state=fold.random_state,
         **options,
     ).fit(fold.X_train)
-    return search.most_similar(fold.X_test)
+    return search.most_similar(fold.X_test if X is None else X)
+
+
+def recall_rows(n_test, n_queries, random_state) -> np.ndarray:
+    """Sorted held-out rows on which the recall is measured.
+
+    All of them when ``n_queries >= n_test``, else a uniform random subset.
+    """
+    if n_queries >= n_test:
+        return np.arange(n_test)
+    rng = np.random.RandomState(random_state)
+    return np.sort(rng.choice(n_test, n_queries, replace=False))
+
+
+def recall(found: np.ndarray, exact: np.ndarray) -> float:
+    """Mean share of each row of ``exact`` found in the same row of ``found``."""
+    hits = [len(np.intersect1d(a, b)) for a, b in zip(found, exact, strict=True)]
+    return float(np.mean(hits) / exact.shape[1])
+
+
+def exact_recall(fold, options, rows, n_queries):
+    """Recall of the neighbours ``rows`` against exact ones, on a sample.
+
+    Exact neighbours of ``n_queries`` held-out examples drawn at random
+    against the whole training fold: time O(n_queries N p).
+    """
+    sample = recall_rows(len(fold.test), n_queries, fold.random_state)
+    exact = {k: v for k, v in options.items() if k not in SEARCH_ONLY}
+    _, exact_rows = most_similar(fold, exact, take(fold.X_test, sample))
+    return recall(rows[sample], exact_rows), len(sample)
+
+
+def search_method(options) -> str:
+    """The neighbour search that ``options`` select, in words."""
+    if options.get("algorithm", "exact") == "faiss":
+        return (
+            f"FAISS search (index {options.get('index', 'Flat')!r}) over "
+            f"gradient sketches with n_components={options.get('n_components')}"
+        )
+    if options.get("n_components") is not None:
+        return (
+            "exact search over all pairs of gradient sketches with "
+            f"n_components={options['n_components']}"
+        )
+    return "exact search over all pairs of examples"
 
 
 def label_agreement(fold, labels):
@@ -149,6 +201,19 @@ def _gallery_rows(samples, size):
     return chosen
 
 
+def _recall_text(result) -> str:
+    """The measured recall of approximate neighbours, as HTML (empty if none)."""
+    folds = result.tables["folds"]
+    if "neighbor_recall" not in folds:
+        return ""
+    values = folds["neighbor_recall"].dropna()
+    per_fold = ", ".join(f"{v:.3f}" for v in values)
+    return _render.paragraph(
+        f"Recall@{result.metadata['n_neighbors']} of the approximate neighbours "
+        f"against exact ones: {values.mean():.3f} (per fold: {per_fold})."
+    )
+
+
 class Neighbors(Analysis):
     """The training examples the network finds most similar to each held-out one."""
 
@@ -160,12 +225,34 @@ class Neighbors(Analysis):
         "fold that the network considers most similar, with the cosine "
         "similarity k."
     )
+    defaults = dict(recall_queries=200)
     figures = (neighbor_grid,)
 
+    def check_options(self, options):
+        check_positive_int(options.get("recall_queries", 1), "recall_queries")
+
+    def scaled_options(self, fold):
+        """FAISS over sketches (exact search of sketches without faiss)."""
+        if find_spec("faiss") is None:
+            return dict(algorithm="exact", n_components=SKETCH_COMPONENTS)
+        index = "Flat" if len(fold.train) < HNSW_FROM else "HNSW32"
+        return dict(algorithm="faiss", n_components=SKETCH_COMPONENTS, index=index)
+
     def run(self, fold):
-        similarities, rows = most_similar(fold, self.options(fold))
+        options = self.options(fold)
+        n_queries = options.pop("recall_queries")
+        similarities, rows = most_similar(fold, options)
         labels, indices = fold.y_train[rows], fold.train[rows]
         columns, metrics = label_agreement(fold, labels)
+        method = search_method(options)
+        if options.get("n_components") is not None:
+            metrics["neighbor_recall"], n_sample = exact_recall(
+                fold, options, rows, n_queries
+            )
+            method += (
+                f", recall@{fold.n_neighbors} against exact neighbours measured "
+                f"on {n_sample} held-out examples drawn at random"
+            )
         k = indices.shape[1]
         table = frame(
             dict(
@@ -185,6 +272,7 @@ class Neighbors(Analysis):
             ),
             metrics=metrics,
             tables=dict(neighbors=table),
+            method=self.method_text(fold, method),
         )
 
     def gallery(self, data, tables, size=GALLERY_SIZE):
@@ -236,5 +324,5 @@ class Neighbors(Analysis):
             )
             for g in result.gallery
         ]
-        text = super().section(result)
+        text = super().section(result) + _recall_text(result)
         return text + (_render.table(frame(rows)) if rows else "")

@@ -1,0 +1,357 @@
+"""Time and peak memory of each analysis of the audit, as the data grows.
+
+For each size N (default 5 000, 20 000 and 50 000): synthetic data
+(``sklearn.datasets.make_classification``, 64 features, 10 classes), the
+built-in MLP (``sksim.audit.models.make_classifier("mlp")``, 5 epochs), a
+2-fold audit. The folds are trained once (``audit(analyses=())`` with a cache
+folder), then each analysis runs alone in an audit that loads the trained folds
+from that cache, so that its peak resident memory (sampled every 5 ms from
+``/proc/self/statm``, above the level at its start) is its own. Times are the
+audit's own timings (``result.metadata["seconds"]``, summed over the folds).
+The audit switches by itself to its linear-cost methods past
+``--scale-threshold`` training examples per fold (the audit's default, 20 000);
+the method each analysis used is listed.
+
+Each size is audited twice from the same trained folds: as the audit runs by
+default (``auto``), and with the linear-cost methods forced at every size
+(``scaled``, ``scale_threshold=1``), whose growth exponent from the smallest
+size is that of the methods themselves.
+
+The linear-cost methods are also called directly, without the audit, up to
+200 000 examples (``--direct-sizes``): ``GradientDensityEstimator(method="soft")``
+and ``NetworkNeighbors(algorithm="faiss", n_components=64)``, each on two folds
+(fit on one half, query the other, both ways), with the MLP untrained (the
+cost does not depend on the weights).
+
+The growth exponent of each analysis is ``log(t_large / t_small) /
+log(N_large / N_small)`` between the smallest and largest sizes measured (1 for
+a linear cost, 2 for a quadratic one). The page records the machine's load
+average (``uptime``) at the start and the end.
+
+Usage: ``OMP_NUM_THREADS=2 python benchmarks/bench_audit.py [--sizes 5000 20000
+50000] [--direct-sizes 5000 20000 50000 200000] [--modes auto scaled]
+[--label TEXT] [--out PATH]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import sklearn
+import torch
+from sklearn.datasets import make_classification
+
+from sksim import GradientDensityEstimator, NetworkNeighbors
+from sksim.audit import audit
+from sksim.audit.models import MLP, make_classifier
+
+ANALYSES = ("density", "neighbors", "denoising", "class_fitting")
+N_FEATURES, N_CLASSES = 64, 10
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakMemory:
+    """Peak resident memory above the starting point, sampled every 5 ms."""
+
+    def __enter__(self):
+        self.start = self.peak = _rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, _rss())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss())
+
+    @property
+    def added_mib(self) -> float:
+        return (self.peak - self.start) / 2**20
+
+
+def load_average() -> str:
+    """The load averages of ``uptime`` (1, 5 and 15 minutes)."""
+    text = subprocess.run(["uptime"], capture_output=True, text=True).stdout
+    return text.split("load average:")[-1].strip()
+
+
+def synthetic(n_samples: int, seed: int = 0):
+    X, y = make_classification(
+        n_samples=n_samples,
+        n_features=N_FEATURES,
+        n_informative=32,
+        n_classes=N_CLASSES,
+        n_clusters_per_class=1,
+        random_state=seed,
+    )
+    X = (X - X.mean(axis=0)) / X.std(axis=0)
+    return X.astype(np.float32), y.astype(np.int64)
+
+
+def audit_rows(n_samples, args):
+    """Rows per mode: training, then each analysis of a 2-fold audit.
+
+    The modes are the scale thresholds: ``"auto"`` (``--scale-threshold``)
+    and ``"scaled"`` (1: the linear-cost methods at every size); the folds
+    are trained once for both.
+    """
+    X, y = synthetic(n_samples)
+    net = make_classifier("mlp", X, n_classes=N_CLASSES, max_epochs=args.epochs)
+    thresholds = dict(auto=args.scale_threshold, scaled=1)
+    rows = {mode: [] for mode in args.modes}
+    with tempfile.TemporaryDirectory() as cache:
+        with PeakMemory() as memory:
+            result = audit(net, X, y, cv=args.folds, analyses=(), cache=cache)
+        training = dict(
+            step="training",
+            seconds=result.metadata["seconds"]["fit"],
+            mib=memory.added_mib,
+        )
+        for mode in args.modes:
+            rows[mode].append(training)
+            for name in ANALYSES:
+                with PeakMemory() as memory:
+                    result = audit(
+                        net,
+                        X,
+                        y,
+                        cv=args.folds,
+                        analyses=(name,),
+                        cache=cache,
+                        scale_threshold=thresholds[mode],
+                    )
+                if name in result.failed:
+                    raise RuntimeError(f"{name} failed: {result.failed[name]}")
+                row = dict(
+                    step=name,
+                    seconds=result.metadata["seconds"][name],
+                    mib=memory.added_mib,
+                    method=result.metadata["methods"].get(name, ""),
+                )
+                folds = result.tables["folds"]
+                if "neighbor_recall" in folds:
+                    row["recall"] = float(folds["neighbor_recall"].mean())
+                rows[mode].append(row)
+                print(f"  N={n_samples} {mode} {name}: {row['seconds']:.1f} s")
+    return rows
+
+
+def direct_rows(n_samples, args):
+    """Soft density and FAISS neighbours called directly, on two folds."""
+    X, _ = synthetic(n_samples)
+    torch.manual_seed(0)
+    module = MLP(N_FEATURES, N_CLASSES).eval()
+    half = n_samples // 2
+    folds = [(X[:half], X[half:]), (X[half:], X[:half])]
+    estimators = dict(
+        density=lambda: GradientDensityEstimator(module, method="soft"),
+        neighbors=lambda: NetworkNeighbors(
+            module, algorithm="faiss", n_components=64, random_state=0
+        ),
+    )
+    queries = dict(
+        density=lambda e, Q: e.neighbor_counts(Q),
+        neighbors=lambda e, Q: e.most_similar(Q),
+    )
+    rows = []
+    for name, make in estimators.items():
+        start = time.perf_counter()
+        with PeakMemory() as memory:
+            for reference, query in folds:
+                queries[name](make().fit(reference), query)
+        seconds = time.perf_counter() - start
+        rows.append(dict(step=name, seconds=seconds, mib=memory.added_mib))
+        print(f"  N={n_samples} direct {name}: {seconds:.1f} s", flush=True)
+    return rows
+
+
+def exponent(times: dict) -> str:
+    """Growth exponent between the smallest and largest sizes measured."""
+    sizes = sorted(n for n, t in times.items() if t is not None)
+    if len(sizes) < 2 or times[sizes[0]] <= 0:
+        return "n/a"
+    small, large = sizes[0], sizes[-1]
+    value = math.log(times[large] / times[small]) / math.log(large / small)
+    return f"{value:.2f} ({small:,} to {large:,})"
+
+
+def markdown_table(header, rows) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
+    return lines
+
+
+MODES = dict(
+    auto="as the audit runs by default (the linear-cost methods past the "
+    "scale threshold)",
+    scaled="with the linear-cost methods at every size (`scale_threshold=1`)",
+)
+
+
+def mode_tables(results, mode, threshold) -> list[str]:
+    """The tables of seconds, memory and methods of one mode."""
+    steps = ["training", *ANALYSES]
+    title = MODES[mode].replace("the scale threshold", f"{threshold:,}")
+    lines = [f"## Audit {title}", "", "Seconds per step (both folds):", ""]
+    sizes = sorted(results)
+    seconds = {
+        step: {n: _value(results[n], step, "seconds") for n in sizes} for step in steps
+    }
+    rows = [
+        [step, *(_fmt(seconds[step][n]) for n in sizes), exponent(seconds[step])]
+        for step in steps
+    ]
+    totals = {n: sum(r["seconds"] for r in results[n]) for n in sizes}
+    rows.append(["**total**", *(_fmt(totals[n]) for n in sizes), exponent(totals)])
+    header = ["step", *(f"N={n:,}" for n in sizes), "growth exponent"]
+    lines += markdown_table(header, rows)
+    lines += ["", "Peak memory added per step (MiB of resident memory):", ""]
+    rows = [
+        [step, *(_fmt(_value(results[n], step, "mib")) for n in sizes)]
+        for step in steps
+    ]
+    lines += markdown_table(["step", *(f"N={n:,}" for n in sizes)], rows)
+    lines += ["", "Method each analysis used (recall of the neighbours):", ""]
+    rows = [
+        [f"N={n:,}", r["step"], r["method"], _fmt(r.get("recall"), 3)]
+        for n in sizes
+        for r in results[n]
+        if r["step"] != "training"
+    ]
+    lines += markdown_table(["size", "analysis", "method", "recall"], rows)
+    return lines + [""]
+
+
+def page(results, direct, args, loads, wall) -> str:
+    lines = [
+        "# Audit at scale: time and peak memory per analysis",
+        "",
+        f"**{args.label}**",
+        "",
+        "Written by `benchmarks/bench_audit.py` (see its docstring for the method).",
+        f"Synthetic data: `make_classification`, {N_FEATURES} features, "
+        f"{N_CLASSES} classes; built-in MLP (one hidden layer of 64), "
+        f"{args.epochs} epochs, {args.folds}-fold audit, "
+        f"`scale_threshold={args.scale_threshold}` (training examples per fold).",
+        "",
+        f"Machine: {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPUs, torch {torch.__version__} with "
+        f"{torch.get_num_threads()} threads, scikit-learn {sklearn.__version__}, "
+        f"Python {platform.python_version()}. Load average (1, 5, 15 min) at "
+        f"the start: {loads[0]}; at the end: {loads[1]}. Total wall time of the "
+        f"benchmark: {wall:.0f} s.",
+        "",
+        "Command:",
+        "",
+        f"    OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '?')} "
+        f"python benchmarks/bench_audit.py {args.command}",
+        "",
+    ]
+    for mode in args.modes if results else ():
+        per_size = {n: rows[mode] for n, rows in results.items()}
+        lines += mode_tables(per_size, mode, args.scale_threshold)
+    if direct:
+        lines += [
+            "",
+            "## Linear-cost methods called directly (two folds, seconds / MiB)",
+            "",
+            "`GradientDensityEstimator(method='soft')` and "
+            "`NetworkNeighbors(algorithm='faiss', n_components=64)` (index "
+            "'Flat'), fit on one half and queried with the other, both ways.",
+            "",
+        ]
+        dsizes = sorted(direct)
+        rows = []
+        for step in ("density", "neighbors"):
+            t = {n: _value(direct[n], step, "seconds") for n in dsizes}
+            rows.append(
+                [
+                    step,
+                    *(
+                        f"{_fmt(t[n])} s / {_fmt(_value(direct[n], step, 'mib'))}"
+                        for n in dsizes
+                    ),
+                    exponent(t),
+                ]
+            )
+        header = ["method", *(f"N={n:,}" for n in dsizes), "growth exponent"]
+        lines += markdown_table(header, rows)
+    return "\n".join(lines) + "\n"
+
+
+def _value(rows, step, key):
+    for row in rows:
+        if row["step"] == step:
+            return row.get(key)
+    return None
+
+
+def _fmt(value, digits=1):
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[5000, 20000, 50000])
+    parser.add_argument(
+        "--direct-sizes", type=int, nargs="*", default=[5000, 20000, 50000, 200000]
+    )
+    parser.add_argument("--scale-threshold", type=int, default=20_000)
+    parser.add_argument("--modes", nargs="*", choices=tuple(MODES), default=list(MODES))
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--folds", type=int, default=2)
+    parser.add_argument("--label", default="quiet machine, full run")
+    parser.add_argument("--out", default="docs/benchmarks-audit.md")
+    args = parser.parse_args()
+    args.command = " ".join(
+        [
+            "--sizes",
+            *map(str, args.sizes),
+            "--direct-sizes",
+            *map(str, args.direct_sizes),
+            "--scale-threshold",
+            str(args.scale_threshold),
+            "--modes",
+            *args.modes,
+            "--label",
+            repr(args.label),
+        ]
+    )
+    start, loads = time.perf_counter(), [load_average()]
+    results, direct = {}, {}
+
+    def write():  # after every size, so that an interrupted run leaves a page
+        ends = [*loads, load_average()]
+        text = page(results, direct, args, ends, time.perf_counter() - start)
+        Path(args.out).write_text(text)
+        return text
+
+    for n in args.direct_sizes:
+        direct[n] = direct_rows(n, args)
+        write()
+    for n in args.sizes:
+        results[n] = audit_rows(n, args)
+        write()
+    print(write())
+
+
+if __name__ == "__main__":
+    main()

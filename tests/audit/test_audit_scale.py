@@ -1,0 +1,281 @@
+"""The audit past its scale threshold: linear-cost methods, reported."""
+
+import functools
+import json
+
+import numpy as np
+import pytest
+from _audit_helpers import AUDIT_OPTIONS, digit_images, small_net
+
+from sksim import GradientDensityEstimator, NetworkNeighbors
+from sksim import cli as sksim_cli
+from sksim.audit import audit
+from sksim.audit.analyses import REGISTRY
+from sksim.audit.analyses.class_fitting import per_class_rows
+from sksim.audit.analyses.neighbors import recall, recall_rows
+
+ANALYSES = ("density", "neighbors", "denoising", "class_fitting")
+N_TRAIN = 160
+
+
+@functools.cache
+def split():
+    X, y = digit_images()
+    return X[:N_TRAIN], y[:N_TRAIN], X[N_TRAIN:], y[N_TRAIN:]
+
+
+@functools.cache
+def trained_net():
+    X_train, y_train, _, _ = split()
+    return small_net(X_train).fit(X_train, y_train)
+
+
+def prefit_audit(scale_threshold, options=AUDIT_OPTIONS, **kwargs):
+    X_train, y_train, X_test, y_test = split()
+    return audit(
+        trained_net(),
+        X_train,
+        y_train,
+        cv="prefit",
+        X_test=X_test,
+        y_test=y_test,
+        analyses=ANALYSES,
+        n_neighbors=3,
+        options=options,
+        scale_threshold=scale_threshold,
+        random_state=0,
+        **kwargs,
+    )
+
+
+@functools.cache
+def scaled():
+    return prefit_audit(50)
+
+
+@functools.cache
+def unscaled():
+    return prefit_audit(None)
+
+
+def test_past_the_threshold_density_is_the_soft_count():
+    X_train, _, X_test, _ = split()
+    soft = GradientDensityEstimator(trained_net(), method="soft", random_state=0)
+    expected = soft.fit(X_train).neighbor_counts(X_test)
+    counts = scaled()["samples"]["neighbor_count"].to_numpy()
+    np.testing.assert_allclose(counts, expected, rtol=1e-6)
+    assert not np.allclose(counts, np.round(counts))  # not whole hard counts
+    assert scaled().metadata["methods"]["density"] == (
+        "soft counts (exact, time O(N p), no pair of examples formed): "
+        "160 training examples > scale_threshold 50"
+    )
+
+
+def test_below_the_threshold_results_are_unchanged():
+    X_train, _, X_test, _ = split()
+    hard = GradientDensityEstimator(
+        trained_net(), method="hard", threshold=0.9, random_state=0
+    )
+    expected = hard.fit(X_train).neighbor_counts(X_test)
+    for result in (unscaled(), prefit_audit(N_TRAIN)):  # N == threshold: unscaled
+        samples = result["samples"]
+        np.testing.assert_array_equal(samples["neighbor_count"], expected)
+        exact = NetworkNeighbors(trained_net(), n_neighbors=3, random_state=0)
+        _, rows = exact.fit(X_train).most_similar(X_test)
+        np.testing.assert_array_equal(samples["nearest_train_index"], rows[:, 0])
+        assert "neighbor_recall" not in result["folds"]
+        assert result.metadata["methods"] == {
+            "density": "hard counts (similarity above 0.9) over all pairs of examples",
+            "neighbors": "exact search over all pairs of examples",
+            "denoising": "80 of the 160 training examples drawn at random, the "
+            "sums over neighbours running over that subset (time bounded by "
+            "max_samples, whatever the fold size)",
+            "class_fitting": "Dirichlet-process mixtures (variational backend) "
+            "fitted on all 160 training examples",
+        }
+
+
+def test_faiss_neighbours_and_their_recall_on_a_sample():
+    X_train, _, X_test, _ = split()
+    result = scaled()
+    table = result["neighbors"].sort_values(["index", "rank"])
+    found = table["train_index"].to_numpy().reshape(len(X_test), 3)
+    sample = recall_rows(len(X_test), 200, 0)
+    np.testing.assert_array_equal(sample, np.arange(len(X_test)))  # 80 < 200
+    exact = NetworkNeighbors(trained_net(), n_neighbors=3, random_state=0)
+    _, exact_rows = exact.fit(X_train).most_similar(X_test[sample])
+    hits = [
+        len(set(a) & set(b)) for a, b in zip(found[sample], exact_rows, strict=True)
+    ]
+    expected = sum(hits) / (3 * len(sample))
+    measured = result["folds"]["neighbor_recall"].item()
+    assert 0 <= measured <= 1
+    assert measured == pytest.approx(expected)
+    summary = result["summary"].set_index("metric")
+    assert summary.loc["neighbor_recall", "mean"] == pytest.approx(expected)
+    assert result.metadata["methods"]["neighbors"] == (
+        "FAISS search (index 'Flat') over gradient sketches with n_components=64, "
+        "recall@3 against exact neighbours measured on 80 held-out examples drawn "
+        "at random: 160 training examples > scale_threshold 50"
+    )
+
+
+def test_recall_on_a_subsample_of_queries():
+    options = {**AUDIT_OPTIONS, "neighbors": dict(recall_queries=7)}
+    result = prefit_audit(50, options, cache=None)
+    X_train, _, X_test, _ = split()
+    sample = recall_rows(len(X_test), 7, 0)
+    assert len(sample) == 7 and len(np.unique(sample)) == 7
+    table = result["neighbors"].sort_values(["index", "rank"])
+    found = table["train_index"].to_numpy().reshape(len(X_test), 3)[sample]
+    exact = NetworkNeighbors(trained_net(), n_neighbors=3, random_state=0)
+    _, exact_rows = exact.fit(X_train).most_similar(X_test[sample])
+    assert result["folds"]["neighbor_recall"].item() == pytest.approx(
+        recall(found, exact_rows)
+    )
+    assert "measured on 7 held-out examples" in result.metadata["methods"]["neighbors"]
+
+
+def test_recall_counts_shared_neighbours_whatever_their_order():
+    found = np.array([[1, 2, 3], [4, 5, 6]])
+    exact = np.array([[3, 2, 9], [7, 8, 9]])
+    assert recall(found, exact) == pytest.approx(2 / 6)
+    assert recall(exact, exact) == 1.0
+
+
+def test_denoising_stays_on_its_subsample():
+    rows = scaled()["denoising"]
+    assert rows["n_samples"].tolist() == [80]
+    assert (
+        scaled()
+        .metadata["methods"]["denoising"]
+        .startswith("80 of the 160 training examples drawn at random")
+    )
+
+
+def test_class_fitting_subsamples_each_class():
+    y = np.array([0] * 10 + [1] * 3 + [2] * 6)
+    rows = per_class_rows(y, 4, 0)
+    assert np.bincount(y[rows]).tolist() == [4, 3, 4]
+    assert np.all(np.diff(rows) > 0)
+    np.testing.assert_array_equal(per_class_rows(y, None, 0), np.arange(len(y)))
+    options = {
+        **AUDIT_OPTIONS,
+        "class_fitting": {**AUDIT_OPTIONS["class_fitting"], "max_per_class": 5},
+    }
+    result = prefit_audit(50, options)
+    # every scaled default was set by the user: no scale reason given
+    assert result.metadata["methods"]["class_fitting"] == (
+        "Dirichlet-process mixtures (variational backend) fitted on 50 of the 160 "
+        "training examples (at most 5 per class, drawn at random)"
+    )
+    assert scaled().metadata["methods"]["class_fitting"] == (
+        "Dirichlet-process mixtures (variational backend) fitted on all 160 "
+        "training examples: 160 training examples > scale_threshold 50"
+    )
+
+
+def test_the_report_says_which_methods_ran(tmp_path):
+    text = scaled().to_html(tmp_path / "r.html").read_text()
+    assert "Method: soft counts (exact, time O(N p)" in text
+    assert "<li><b>density</b>: soft counts (exact, time O(N p)" in text
+    assert "<th>scale threshold</th><td style='text-align:left'>50</td>" in text
+    assert "Method: FAISS search (index &#x27;Flat&#x27;)" in text
+    recall_value = scaled()["folds"]["neighbor_recall"].item()
+    assert (
+        f"Recall@3 of the approximate neighbours against exact ones: "
+        f"{recall_value:.3f} (per fold: {recall_value:.3f})." in text
+    )
+    data = json.loads(scaled().to_json(tmp_path / "r.json").read_text())
+    assert data["metadata"]["scale_threshold"] == 50
+    assert set(data["metadata"]["methods"]) == set(ANALYSES)
+
+
+def test_the_cache_tells_scaled_from_unscaled_analyses(tmp_path):
+    options = dict(AUDIT_OPTIONS)
+    first = prefit_audit(None, options, cache=tmp_path)
+    second = prefit_audit(50, options, cache=tmp_path)
+    assert second.metadata["methods"]["density"].startswith("soft counts")
+    np.testing.assert_allclose(
+        second["samples"]["neighbor_count"], scaled()["samples"]["neighbor_count"]
+    )
+    assert first.metadata["methods"]["density"].startswith("hard counts")
+    # denoising and class fitting keep the same options below 160: still
+    # computed again, since the key says whether the analysis ran at scale
+    assert second.metadata["cache"]["loaded"] == 0
+
+
+def test_without_faiss_neighbours_use_exact_search_of_sketches(monkeypatch):
+    from sksim.audit.analyses import neighbors
+
+    monkeypatch.setattr(neighbors, "find_spec", lambda name: None)
+    X_train, y_train, X_test, y_test = split()
+    result = audit(
+        trained_net(),
+        X_train,
+        y_train,
+        cv="prefit",
+        X_test=X_test,
+        y_test=y_test,
+        analyses=("neighbors",),
+        n_neighbors=3,
+        scale_threshold=50,
+    )
+    assert result.metadata["methods"]["neighbors"].startswith(
+        "exact search over all pairs of gradient sketches with n_components=64, "
+        "recall@3"
+    )
+    assert 0 <= result["folds"]["neighbor_recall"].item() <= 1
+
+
+def test_scale_threshold_is_checked():
+    X_train, y_train, _, _ = split()
+    with pytest.raises(ValueError, match="scale_threshold must be a positive int"):
+        audit(small_net(X_train), X_train, y_train, cv=2, scale_threshold=0)
+    with pytest.raises(ValueError, match="recall_queries must be a positive int"):
+        audit(
+            small_net(X_train),
+            X_train,
+            y_train,
+            cv=2,
+            options=dict(neighbors=dict(recall_queries=0)),
+        )
+    with pytest.raises(ValueError, match="max_per_class must be a positive int"):
+        audit(
+            small_net(X_train),
+            X_train,
+            y_train,
+            cv=2,
+            options=dict(class_fitting=dict(max_per_class=-1)),
+        )
+
+
+def test_cross_validated_audit_switches_per_fold():
+    X, y = digit_images()
+    result = audit(
+        small_net(X, max_epochs=2),
+        X,
+        y,
+        cv=2,
+        analyses=("density",),
+        scale_threshold=119,
+    )
+    # both training folds hold 120 examples > 119
+    assert result.metadata["methods"]["density"].endswith(
+        "120 training examples > scale_threshold 119"
+    )
+    assert REGISTRY["density"].defaults["method"] == "hard"
+
+
+def test_cli_scale_threshold(tmp_path, capsys):
+    out, js = tmp_path / "r.html", tmp_path / "r.json"
+    argv = ["audit", "--dataset", "iris", "--cv", "2", "--max-epochs", "2"]
+    argv += ["--analyses", "density,neighbors", "--scale-threshold", "50"]
+    argv += ["--out", str(out), "--json", str(js), "--quiet"]
+    assert sksim_cli.main(argv) == 0
+    meta = json.loads(js.read_text())["metadata"]
+    assert meta["scale_threshold"] == 50
+    assert meta["methods"]["density"].endswith(
+        "75 training examples > scale_threshold 50"
+    )
+    assert "Method: FAISS search" in out.read_text()
