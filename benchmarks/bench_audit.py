@@ -41,13 +41,13 @@ import os
 import platform
 import subprocess
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import sklearn
 import torch
+from bench_kernel import PeakMemory
 from sklearn.datasets import make_classification
 
 from sksim import GradientDensityEstimator, NetworkNeighbors
@@ -56,35 +56,6 @@ from sksim.audit.models import MLP, make_classifier
 
 ANALYSES = ("density", "neighbors", "denoising", "class_fitting")
 N_FEATURES, N_CLASSES = 64, 10
-
-
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-class PeakMemory:
-    """Peak resident memory above the starting point, sampled every 5 ms."""
-
-    def __enter__(self):
-        self.start = self.peak = _rss()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self):
-        while not self._stop.wait(0.005):
-            self.peak = max(self.peak, _rss())
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, _rss())
-
-    @property
-    def added_mib(self) -> float:
-        return (self.peak - self.start) / 2**20
 
 
 def load_average() -> str:
@@ -123,7 +94,7 @@ def audit_rows(n_samples, args):
         training = dict(
             step="training",
             seconds=result.metadata["seconds"]["fit"],
-            mib=memory.added_mib,
+            mib=memory.added / 2**20,
         )
         for mode in args.modes:
             rows[mode].append(training)
@@ -143,7 +114,7 @@ def audit_rows(n_samples, args):
                 row = dict(
                     step=name,
                     seconds=result.metadata["seconds"][name],
-                    mib=memory.added_mib,
+                    mib=memory.added / 2**20,
                     method=result.metadata["methods"].get(name, ""),
                 )
                 folds = result.tables["folds"]
@@ -178,7 +149,7 @@ def direct_rows(n_samples, args):
             for reference, query in folds:
                 queries[name](make().fit(reference), query)
         seconds = time.perf_counter() - start
-        rows.append(dict(step=name, seconds=seconds, mib=memory.added_mib))
+        rows.append(dict(step=name, seconds=seconds, mib=memory.added / 2**20))
         print(f"  N={n_samples} direct {name}: {seconds:.1f} s", flush=True)
     return rows
 
