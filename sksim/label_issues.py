@@ -285,7 +285,7 @@ class LabelIssueDetector(NetworkEstimator):
         output="logits",
         params=None,
         n_components=None,
-        batch_size=64,
+        batch_size="auto",
         device=None,
         rtol=1e-5,
         random_state=None,
