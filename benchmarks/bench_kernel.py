@@ -202,6 +202,9 @@ def _methods(output=0, with_nngeometry=True):
         "sksim": lambda m, X, b: network_similarity(
             m, X, kind="ntk", output=output, batch_size=b
         ),
+        "sksim default": lambda m, X, b: network_similarity(
+            m, X, kind="ntk", output=output
+        ),
         "vmap": lambda m, X, b: vmap_gram(m, X, output, b),
         "floor": lambda m, X, b: floor(m, X, b),
     }
@@ -331,7 +334,10 @@ def write_report(rows, multi, n_multi, path, device):
         f"{_machine(device)}, torch {torch.__version__}, "
         f"{time.strftime('%Y-%m-%d')}. Times are medians of single calls, alternating "
         "methods in one process (at least 3 per method, up to 40 for fast ones); "
-        "'floor' is one forward and backward pass over the same batches.\n\n"
+        "'floor' is one forward and backward pass over the same batches. 'sksim' "
+        "and the peers take the batch size tuned for each network (the same for "
+        "all); 'sksim default' is a call with the library's defaults "
+        '(`batch_size="auto"`, measured per network within `max_memory`).\n\n'
     )
     Path(path).write_text(header + table + "\n")
 
