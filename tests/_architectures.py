@@ -12,7 +12,7 @@ import torch
 from skorch import NeuralNetClassifier
 from torch import nn
 
-# -- multi-layer perceptrons -------------------------------------------------------
+# -- multi-layer perceptrons -----------------------------------------------------------
 
 
 def mlp(n_in, n_out, hidden=12, *, seed=0):
@@ -155,7 +155,7 @@ class NaNRows(nn.Module):
         return out / (x[:, :1] < 1.5)  # infinite or NaN where x is large
 
 
-# -- convolutional networks ----------------------------------------------------------
+# -- convolutional networks ------------------------------------------------------------
 
 
 class SmallCNN(nn.Module):
@@ -257,7 +257,7 @@ def three_block_cnn(n_classes, widths):
     )
 
 
-# -- other layer types -------------------------------------------------------------
+# -- other layer types -----------------------------------------------------------------
 
 
 class ResidualNet(nn.Module):
@@ -404,7 +404,7 @@ class AnyWidth(nn.Module):
         return self.out(torch.tanh(x.unsqueeze(-1) * self.w + self.b).mean(dim=1))
 
 
-# -- the engine's layer cases: one small double-precision network per layer type ----
+# -- the engine's layer cases: one small double-precision network per layer type -------
 
 
 class ReusedLinear(nn.Module):
@@ -531,7 +531,7 @@ def layer_case(name):
     return module, X
 
 
-# -- helpers and the brute-force oracle ----------------------------------------------
+# -- helpers and the brute-force oracle ------------------------------------------------
 
 
 def trained_batchnorm(module, X):
