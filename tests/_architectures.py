@@ -1,8 +1,25 @@
-"""Small networks of every supported layer type, and a brute-force Jacobian oracle."""
+"""The small networks of the tests, and a brute-force Jacobian oracle.
+
+Every network a test computes with is defined here, at module level (so that
+nets pickle and go to parallel workers); networks written inside one test, for
+that test alone, stay there.
+"""
+
+from collections import OrderedDict
 
 import numpy as np
 import torch
+from skorch import NeuralNetClassifier
 from torch import nn
+
+# -- multi-layer perceptrons -----------------------------------------------------------
+
+
+def mlp(n_in, n_out, hidden=12, *, seed=0):
+    """``Linear -> tanh -> Linear``, after ``torch.manual_seed(seed)`` unless None."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(n_in, hidden), nn.Tanh(), nn.Linear(hidden, n_out))
 
 
 class MLP(nn.Module):
@@ -14,6 +31,131 @@ class MLP(nn.Module):
 
     def forward(self, x):
         return self.out(torch.tanh(self.fc2(torch.relu(self.fc1(x)))))
+
+
+class DigitsMLP(nn.Module):
+    """8x8 digits (64 features) -> ``hidden`` -> ReLU -> 10 logits."""
+
+    def __init__(self, n_hidden=32):
+        super().__init__()
+        self.hidden = nn.Linear(64, n_hidden)
+        self.out = nn.Linear(n_hidden, 10)
+
+    def forward(self, X):
+        return self.out(torch.relu(self.hidden(X)))
+
+
+def make_digits_net(**kwargs):
+    """An unfitted skorch classifier for 8x8 digits, outputting logits."""
+    params = dict(
+        module=DigitsMLP,
+        criterion=nn.CrossEntropyLoss,
+        max_epochs=20,
+        lr=0.1,
+        batch_size=64,
+        train_split=None,
+        verbose=0,
+    )
+    params.update(kwargs)
+    return NeuralNetClassifier(**params)
+
+
+def small_net(X, **kwargs):
+    """The audit's own ``"mlp"`` classifier for ``X`` and 10 classes, 6 epochs."""
+    from sksim.audit.models import make_classifier
+
+    params = dict(max_epochs=6, lr=0.1, batch_size=32)
+    params.update(kwargs)
+    return make_classifier("mlp", X, n_classes=10, **params)
+
+
+class KeywordMLP(nn.Module):
+    """An MLP whose input is named ``x``, so that dict inputs reach it too."""
+
+    def __init__(self, n_outputs=2, dtype=torch.float64, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.hidden = nn.Linear(3, 8, dtype=dtype)
+        self.out = nn.Linear(8, n_outputs, dtype=dtype)
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.hidden(x)))
+
+
+class WrappedMLP(nn.Module):
+    """2 -> 32 -> ReLU -> 2, held in a ``Sequential`` attribute ``net``."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(2, 32), nn.ReLU(), nn.Linear(32, 2))
+
+    def forward(self, X):
+        return self.net(X)
+
+
+class HiddenOutMLP(nn.Module):
+    """4 -> 16 -> 3 with layers named ``hidden`` (after its ReLU) and ``out``."""
+
+    def __init__(self):
+        super().__init__()
+        self.hidden = nn.Sequential(nn.Linear(4, 16), nn.ReLU())
+        self.out = nn.Linear(16, 3)
+
+    def forward(self, X):
+        return self.out(self.hidden(X))
+
+
+class WithDropoutAndBatchNorm(nn.Module):
+    """6 -> 8 (BatchNorm, ReLU, Dropout 0.5) -> ``n_out``."""
+
+    def __init__(self, n_out=3):
+        super().__init__()
+        self.fc = nn.Linear(6, 8)
+        self.bn = nn.BatchNorm1d(8)
+        self.drop = nn.Dropout(0.5)
+        self.out = nn.Linear(8, n_out)
+
+    def forward(self, X):
+        return self.out(self.drop(torch.relu(self.bn(self.fc(X)))))
+
+
+class TwoInputs(nn.Module):
+    """Two keyword inputs, ``left`` (4 features) and ``right`` (2), summed."""
+
+    def __init__(self, n_out=3):
+        super().__init__()
+        self.a = nn.Linear(4, 5)
+        self.b = nn.Linear(2, 5)
+        self.out = nn.Linear(5, n_out)
+
+    def forward(self, left, right):
+        return self.out(torch.tanh(self.a(left) + self.b(right)))
+
+
+class LazyLinear(nn.Module):
+    """One lazy linear layer on ``X`` cast to float32: any number of features."""
+
+    def __init__(self, n_out=3):
+        super().__init__()
+        self.linear = nn.LazyLinear(n_out)
+
+    def forward(self, X):
+        return self.linear(X.float())
+
+
+class NaNRows(nn.Module):
+    """An MLP whose outputs are NaN on the rows whose first feature is large."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(5, 3)
+
+    def forward(self, x):
+        out = self.fc(x)
+        return out / (x[:, :1] < 1.5)  # infinite or NaN where x is large
+
+
+# -- convolutional networks ------------------------------------------------------------
 
 
 class SmallCNN(nn.Module):
@@ -30,6 +172,92 @@ class SmallCNN(nn.Module):
         x = torch.relu(self.bn1(self.conv1(x)))
         x = torch.relu(self.conv2(x))
         return self.head(x.mean(dim=(2, 3)))
+
+
+class MaxPoolCNN(nn.Module):
+    """6x6 images: a 3x3 convolution to 3 channels, ReLU, 2x2 max-pooling, head."""
+
+    def __init__(self, n_out=3):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3)
+        self.fc = nn.Linear(3 * 2 * 2, n_out)
+
+    def forward(self, X):
+        h = torch.relu(self.conv(X))
+        return self.fc(nn.functional.max_pool2d(h, 2).flatten(1))
+
+
+class ConvDropoutNet(nn.Module):
+    """Conv, Dropout, BatchNorm and a mean-pooled head, beside an unused layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.drop = nn.Dropout(0.5)
+        self.bn = nn.BatchNorm2d(4)
+        self.head = nn.Linear(4, 3)
+        self.unused = nn.Linear(2, 2)
+
+    def forward(self, X):
+        h = self.bn(self.drop(self.conv(X)))
+        return self.head(h.mean(dim=(2, 3)))
+
+
+class FunctionalConv(nn.Module):
+    """A convolution whose ReLU and spatial sum are functional calls (fx nodes)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x))
+        return h.sum((2, 3))
+
+
+def image_cnn(*, batchnorm=False, pool=True):
+    """2-channel 8x8 images -> Conv(4) [-> BatchNorm] -> ReLU [-> MaxPool] -> 3.
+
+    Built after ``torch.manual_seed(0)``.
+    """
+    torch.manual_seed(0)
+    layers = [nn.Conv2d(2, 4, 3, padding=1)]
+    layers += [nn.BatchNorm2d(4)] if batchnorm else []
+    layers += [nn.ReLU()]
+    layers += [nn.MaxPool2d(2)] if pool else []
+    side = 4 if pool else 8
+    layers += [nn.Flatten(), nn.Linear(4 * side * side, 3)]
+    return nn.Sequential(*layers)
+
+
+def signal_conv():
+    """Rows of any length as 1-channel signals -> Conv1d(2) -> tanh (seed 0)."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Unflatten(1, (1, -1)), nn.Conv1d(1, 2, 3, padding=1), nn.Tanh()
+    )
+
+
+def _conv_block(c_in, c_out):
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)
+    )
+
+
+def three_block_cnn(n_classes, widths):
+    """Three conv-ReLU-maxpool blocks of ``widths`` channels, global average pool."""
+    return nn.Sequential(
+        OrderedDict(
+            block1=_conv_block(1, widths[0]),
+            block2=_conv_block(widths[0], widths[1]),
+            block3=_conv_block(widths[1], widths[2]),
+            gap=nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()),
+            readout=nn.Linear(widths[2], n_classes),
+        )
+    )
+
+
+# -- other layer types -----------------------------------------------------------------
 
 
 class ResidualNet(nn.Module):
@@ -174,6 +402,136 @@ class AnyWidth(nn.Module):
     def forward(self, x):
         x = x.reshape(len(x), -1).to(self.w.dtype)
         return self.out(torch.tanh(x.unsqueeze(-1) * self.w + self.b).mean(dim=1))
+
+
+# -- the engine's layer cases: one small double-precision network per layer type -------
+
+
+class ReusedLinear(nn.Module):
+    """One Linear layer called twice (weight sharing across calls), in-place ReLU."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.act = nn.ReLU(inplace=True)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.head(self.lin(self.act(self.lin(x))))
+
+
+class UnsupportedLayers(nn.Module):
+    """A bare parameter and an unsupported layer: both go to per-sample autograd."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.linspace(0.5, 1.5, 4))
+        self.bilinear = nn.Bilinear(4, 4, 3)
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x):
+        h = torch.tanh(self.lin(x) * self.scale)
+        return self.bilinear(h, x)
+
+
+def _layer_case_network(name):
+    g = torch.Generator().manual_seed(1)
+    t = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    if name == "linear":
+        return nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3)), t(6, 5)
+    if name == "linear_sequence":
+        return nn.Sequential(
+            nn.Linear(5, 4), nn.Tanh(), nn.Flatten(), nn.Linear(12, 3)
+        ), t(6, 3, 5)
+    if name == "conv1d":
+        return nn.Sequential(
+            nn.Conv1d(2, 3, 3, stride=2, dilation=2, padding=1),
+            nn.Tanh(),
+            nn.Flatten(),
+            nn.LazyLinear(3),
+        ), t(6, 2, 11)
+    if name == "conv2d_same":
+        return nn.Sequential(
+            nn.Conv2d(2, 3, (3, 2), padding="same"),
+            nn.Tanh(),
+            nn.Flatten(),
+            nn.LazyLinear(3),
+        ), t(6, 2, 5, 4)
+    if name == "conv2d_big":  # the cost model materialises this one
+        return nn.Sequential(
+            nn.Conv2d(1, 2, 3, padding=1),
+            nn.Tanh(),
+            nn.Conv2d(2, 3, 3),
+            nn.Flatten(),
+            nn.LazyLinear(3),
+        ), t(6, 1, 12, 12)
+    if name == "embedding":
+        return nn.Sequential(
+            nn.Embedding(7, 4, padding_idx=0), nn.Flatten(), nn.Linear(20, 3)
+        ), torch.randint(0, 7, (6, 5), generator=g)
+    if name == "layernorm":
+        return nn.Sequential(
+            nn.Linear(5, 4), nn.LayerNorm(4), nn.Tanh(), nn.Linear(4, 3)
+        ), t(6, 5)
+    if name == "groupnorm":
+        return nn.Sequential(
+            nn.Conv1d(2, 4, 3),
+            nn.GroupNorm(2, 4),
+            nn.Tanh(),
+            nn.Flatten(),
+            nn.LazyLinear(3),
+        ), t(6, 2, 7)
+    if name == "batchnorm":
+        return nn.Sequential(
+            nn.Conv2d(1, 3, 3),
+            nn.BatchNorm2d(3),
+            nn.Tanh(),
+            nn.Flatten(),
+            nn.LazyLinear(3),
+        ), t(6, 1, 5, 5)
+    if name == "shared":
+        return ReusedLinear(), t(6, 4)
+    if name == "custom":
+        return UnsupportedLayers(), t(6, 4)
+    raise ValueError(name)
+
+
+LAYER_CASES = [
+    "linear",
+    "linear_sequence",
+    "conv1d",
+    "conv2d_same",
+    "conv2d_big",
+    "embedding",
+    "layernorm",
+    "groupnorm",
+    "batchnorm",
+    "shared",
+    "custom",
+]
+
+
+def layer_case(name):
+    """The network of one of ``LAYER_CASES`` in float64, and its 6 inputs.
+
+    Lazy layers are materialised, BatchNorm has running statistics and the
+    normalisation layers non-trivial affine parameters.
+    """
+    torch.manual_seed(0)
+    module, X = _layer_case_network(name)
+    module = module.double()
+    module(X[:2])  # materialise lazy layers
+    if name == "batchnorm":
+        module = trained_batchnorm(module, X * 3 + 1)
+    with torch.no_grad():  # non-trivial affine parameters
+        for sub in module.modules():
+            if isinstance(sub, (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm2d)):
+                sub.weight.uniform_(0.5, 1.5)
+                sub.bias.uniform_(-0.5, 0.5)
+    return module, X
+
+
+# -- helpers and the brute-force oracle ------------------------------------------------
 
 
 def trained_batchnorm(module, X):

@@ -13,11 +13,11 @@ from _architectures import (
     ResidualNet,
     SmallCNN,
     TokenModel,
+    make_digits_net,
     oracle_jacobians,
     oracle_kernel,
     trained_batchnorm,
 )
-from conftest import make_digits_net
 
 from sksim import (
     GradientDensityEstimator,

@@ -6,6 +6,7 @@ import weakref
 import numpy as np
 import pytest
 import torch
+from _architectures import KeywordMLP
 from skorch import NeuralNetClassifier, NeuralNetRegressor
 from torch.utils.data import Dataset, IterableDataset, TensorDataset
 
@@ -22,19 +23,6 @@ from sksim.representations import extract_representations
 
 N, BATCH = 30, 7
 EXACT = dict(rtol=0, atol=1e-10)
-
-
-class Body(torch.nn.Module):
-    """An MLP whose input is named ``x``, so that dict inputs reach it too."""
-
-    def __init__(self, n_outputs=2, dtype=torch.float64, seed=0):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.hidden = torch.nn.Linear(3, 8, dtype=dtype)
-        self.out = torch.nn.Linear(8, n_outputs, dtype=dtype)
-
-    def forward(self, x):
-        return self.out(torch.tanh(self.hidden(x)))
 
 
 class Pairs(Dataset):
@@ -100,7 +88,7 @@ def data():
 
 @pytest.fixture(scope="module")
 def net():
-    return Body()
+    return KeywordMLP()
 
 
 def as_dataset(X, y, form):
@@ -228,7 +216,7 @@ def test_datasets_go_to_parallel_workers(data, net):
 @pytest.mark.parametrize("form", ["tensors", "pairs"])
 def test_denoising_takes_labels_from_dataset_items(data, form, weights):
     X, _ = data
-    net = Body(n_outputs=2)
+    net = KeywordMLP(n_outputs=2)
     targets = np.column_stack([np.sin(X[:, 0]), X[:, 1] * X[:, 2]])
     options = dict(weights=weights, threshold=0.5, batch_size=BATCH)
     expected = SelfDenoisingAnalysis(net, **options).fit(X, targets)
@@ -246,12 +234,12 @@ def test_denoising_takes_labels_from_dataset_items(data, form, weights):
 
 def test_denoising_needs_labels_in_dataset_or_y(data):
     with pytest.raises(ValueError, match="or pass a Dataset of \\(x, y\\) items"):
-        SelfDenoisingAnalysis(Body()).fit(Dicts(data[0]))
+        SelfDenoisingAnalysis(KeywordMLP()).fit(Dicts(data[0]))
 
 
 def classifier(**kwargs):
     params = dict(
-        module=Body,
+        module=KeywordMLP,
         module__dtype=torch.float32,
         criterion=torch.nn.CrossEntropyLoss,
         max_epochs=3,
@@ -289,7 +277,7 @@ def test_unfitted_skorch_regressor_trains_on_dataset_or_given_labels(data):
     X = X.astype(np.float32)
     targets = np.sin(X[:, :1])
     net = NeuralNetRegressor(
-        Body, module__n_outputs=1, module__dtype=torch.float32, max_epochs=3,
+        KeywordMLP, module__n_outputs=1, module__dtype=torch.float32, max_epochs=3,
         lr=0.1, batch_size=8, train_split=None, verbose=0,
     )  # fmt: skip
     on_arrays = GradientDensityEstimator(net, random_state=0).fit(X, targets)

@@ -6,7 +6,7 @@ import matplotlib
 import numpy as np
 import pytest
 import torch
-from _architectures import AnyWidth
+from _architectures import AnyWidth, mlp
 from _sklearn_checks import EXPECTED_FAILED_CHECKS
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.estimator_checks import parametrize_with_checks
@@ -21,13 +21,6 @@ from sksim.denoising import (
 )
 
 matplotlib.use("Agg")
-
-
-def mlp(n_outputs, seed=0):
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(
-        torch.nn.Linear(2, 10), torch.nn.Tanh(), torch.nn.Linear(10, n_outputs)
-    ).double()
 
 
 def brute_force_jacobians(net, X):
@@ -120,7 +113,7 @@ def test_sklearn_compatible(estimator, check):
 def test_quantities_equal_a_direct_evaluation_of_spec_3(data, d, weights):
     X, Y = data
     y = Y[:, :d]
-    net = mlp(d)
+    net = mlp(2, d, hidden=10).double()
     kwargs = dict(weights=weights, power=3, threshold=0.6)
     analysis = SelfDenoisingAnalysis(net, batch_size=5, **kwargs).fit(X, y)
     expected = spec_3(net, X, y, **kwargs)
@@ -150,7 +143,7 @@ def test_quantities_equal_a_direct_evaluation_of_spec_3(data, d, weights):
 
 def test_single_output_formulas_are_the_papers(data):
     X, Y = data
-    net = mlp(1)
+    net = mlp(2, 1, hidden=10).double()
     analysis = SelfDenoisingAnalysis(net, weights="ntk", sigma=0.3).fit(X, Y[:, 0])
     J = brute_force_jacobians(net, X)[:, 0]
     K = J @ J.T
@@ -171,7 +164,9 @@ def test_single_output_formulas_are_the_papers(data):
 
 def test_summary_compares_with_clean_labels(data):
     X, Y = data
-    analysis = SelfDenoisingAnalysis(mlp(3), weights="hard", threshold=0.5)
+    analysis = SelfDenoisingAnalysis(
+        mlp(2, 3, hidden=10).double(), weights="hard", threshold=0.5
+    )
     analysis.fit(X, Y)
     clean = Y + 0.05
     errors = ((analysis.predictions_ - clean) ** 2).sum(1)
@@ -217,7 +212,7 @@ def test_sigma_cannot_be_estimated_without_neighbours():
 def test_unfitted_skorch_net_is_trained_on_fit(data):
     X, Y = data
     net = NeuralNetRegressor(
-        mlp(1).float(), max_epochs=5, lr=0.05, train_split=None, verbose=0
+        mlp(2, 1, hidden=10), max_epochs=5, lr=0.05, train_split=None, verbose=0
     )
     analysis = SelfDenoisingAnalysis(net, random_state=0).fit(
         X.astype(np.float32), Y[:, :1]
@@ -240,7 +235,7 @@ def test_unfitted_skorch_net_is_trained_on_fit(data):
 def test_bad_parameters_are_refused(data, params, message):
     X, Y = data
     with pytest.raises(ValueError, match=message):
-        SelfDenoisingAnalysis(mlp(1), **params).fit(X, Y[:, 0])
+        SelfDenoisingAnalysis(mlp(2, 1, hidden=10).double(), **params).fit(X, Y[:, 0])
 
 
 def test_bad_targets_are_refused(data):
@@ -248,20 +243,22 @@ def test_bad_targets_are_refused(data):
     with pytest.raises(
         ValueError, match="requires y to be passed, but the target y is None"
     ):
-        SelfDenoisingAnalysis(mlp(1)).fit(X, None)
+        SelfDenoisingAnalysis(mlp(2, 1, hidden=10).double()).fit(X, None)
     with pytest.raises(ValueError, match="X has 14 samples but y has 13"):
-        SelfDenoisingAnalysis(mlp(1)).fit(X, Y[:13, 0])
+        SelfDenoisingAnalysis(mlp(2, 1, hidden=10).double()).fit(X, Y[:13, 0])
     with pytest.raises(ValueError, match="y has 3 value.s. per sample but .* d=1"):
-        SelfDenoisingAnalysis(mlp(1)).fit(X, Y)
+        SelfDenoisingAnalysis(mlp(2, 1, hidden=10).double()).fit(X, Y)
     with pytest.raises(ValueError, match="at least 2 training samples"):
-        SelfDenoisingAnalysis(mlp(1)).fit(X[:1], Y[:1, 0])
+        SelfDenoisingAnalysis(mlp(2, 1, hidden=10).double()).fit(X[:1], Y[:1, 0])
     with pytest.raises(NotFittedError):
-        SelfDenoisingAnalysis(mlp(1)).summary()
+        SelfDenoisingAnalysis(mlp(2, 1, hidden=10).double()).summary()
 
 
 def test_plot_draws_predicted_and_measured_errors(data):
     X, Y = data
-    analysis = SelfDenoisingAnalysis(mlp(1), sigma=0.1).fit(X, Y[:, 0])
+    analysis = SelfDenoisingAnalysis(mlp(2, 1, hidden=10).double(), sigma=0.1).fit(
+        X, Y[:, 0]
+    )
     ax = plot_denoising(analysis, y_clean=Y[:, 0] + 0.01)
     assert len(ax.collections) == 2  # predicted and measured scatters
     predicted = ax.collections[0].get_offsets()
@@ -275,7 +272,9 @@ def test_plot_draws_predicted_and_measured_errors(data):
 
 def test_plot_without_matplotlib_names_the_extra(data, monkeypatch):
     X, Y = data
-    analysis = SelfDenoisingAnalysis(mlp(1), sigma=0.1).fit(X, Y[:, 0])
+    analysis = SelfDenoisingAnalysis(mlp(2, 1, hidden=10).double(), sigma=0.1).fit(
+        X, Y[:, 0]
+    )
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
     with pytest.raises(ImportError, match=r"sksim\[plot\]"):
         plot_denoising(analysis)

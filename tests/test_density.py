@@ -1,9 +1,12 @@
 """GradientDensityEstimator against row sums and counts of the exact kernel."""
 
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
 from _architectures import AnyWidth
+from _architectures import mlp as shared_mlp
 from _sklearn_checks import EXPECTED_FAILED_CHECKS
 from scipy.stats import spearmanr
 from sklearn.exceptions import NotFittedError
@@ -15,12 +18,7 @@ from sksim import network_similarity
 from sksim.datasets import make_circle_sine
 from sksim.density import GradientDensityEstimator
 
-
-def mlp(n_outputs, seed=0):
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(
-        torch.nn.Linear(3, 12), torch.nn.Tanh(), torch.nn.Linear(12, n_outputs)
-    )
+mlp = partial(shared_mlp, 3)  # mlp(n_outputs, seed=0): 3 -> 12 -> n_outputs
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,13 @@ import joblib
 import numpy as np
 import pytest
 import torch
-from _architectures import MLP, SmallCNN, TokenModel, trained_batchnorm
-from conftest import make_digits_net
+from _architectures import (
+    MLP,
+    SmallCNN,
+    TokenModel,
+    make_digits_net,
+    trained_batchnorm,
+)
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.gaussian_process import (

@@ -5,8 +5,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from _architectures import MLP
-from conftest import make_digits_net
+from _architectures import MLP, NaNRows, make_digits_net
 from sklearn.exceptions import NotFittedError
 
 from sksim import (
@@ -155,18 +154,6 @@ def test_large_finite_tensor_whose_sum_overflows_is_accepted():
     big = torch.full((2, 5), 3e38)
     assert not torch.isfinite(big.sum())
     torch.testing.assert_close(check_net_input(big, keep_tensors=True), big)
-
-
-class NaNRows(torch.nn.Module):
-    """An MLP whose outputs are NaN on the rows whose first feature is large."""
-
-    def __init__(self):
-        super().__init__()
-        self.fc = torch.nn.Linear(5, 3)
-
-    def forward(self, x):
-        out = self.fc(x)
-        return out / (x[:, :1] < 1.5)  # infinite or NaN where x is large
 
 
 @pytest.mark.parametrize("n_components", [None, 8])

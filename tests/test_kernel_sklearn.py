@@ -6,9 +6,8 @@ import joblib
 import numpy as np
 import pytest
 import torch
-from _architectures import AnyWidth
+from _architectures import AnyWidth, make_digits_net
 from _sklearn_checks import EXPECTED_FAILED_CHECKS
-from conftest import make_digits_net
 from sklearn.base import clone
 from sklearn.cluster import SpectralClustering
 from sklearn.decomposition import KernelPCA

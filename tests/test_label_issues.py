@@ -3,9 +3,8 @@
 import numpy as np
 import pytest
 import torch
-from _architectures import AnyWidth
+from _architectures import AnyWidth, make_digits_net
 from _sklearn_checks import EXPECTED_FAILED_CHECKS
-from conftest import make_digits_net
 from scipy.stats import rankdata
 from sklearn.model_selection import KFold, StratifiedKFold
 from sklearn.utils.estimator_checks import parametrize_with_checks

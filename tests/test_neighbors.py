@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from _architectures import AnyWidth
+from _architectures import AnyWidth, mlp
 from _sklearn_checks import EXPECTED_FAILED_CHECKS
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.estimator_checks import parametrize_with_checks
@@ -16,15 +16,6 @@ from sksim._engine.jacobian import JacobianEngine
 from sksim._engine.rows import sketch_features
 from sksim.neighbors import NetworkNeighbors
 from sksim.plotting import plot_neighbors
-
-
-def mlp(n_inputs, n_outputs, hidden=12, seed=0):
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(
-        torch.nn.Linear(n_inputs, hidden),
-        torch.nn.Tanh(),
-        torch.nn.Linear(hidden, n_outputs),
-    )
 
 
 def expected_neighbors(K, n_neighbors):

@@ -9,6 +9,13 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from _architectures import (
+    LazyLinear,
+    MaxPoolCNN,
+    TwoInputs,
+    WithDropoutAndBatchNorm,
+    mlp,
+)
 from _sklearn_checks import SKORCH_INHERITED_CHECKS
 from sklearn.base import clone
 from sklearn.datasets import load_digits
@@ -29,46 +36,6 @@ from sksim.regularized import (
 )
 
 # -- fixtures and module-level helpers (module level so that nets pickle) -------
-
-
-def mlp(n_in=6, n_out=3):
-    return torch.nn.Sequential(
-        torch.nn.Linear(n_in, 7), torch.nn.Tanh(), torch.nn.Linear(7, n_out)
-    )
-
-
-class SmallCNN(torch.nn.Module):
-    def __init__(self, n_out=3):
-        super().__init__()
-        self.conv = torch.nn.Conv2d(1, 3, 3)
-        self.fc = torch.nn.Linear(3 * 2 * 2, n_out)
-
-    def forward(self, X):
-        h = torch.relu(self.conv(X))
-        return self.fc(torch.nn.functional.max_pool2d(h, 2).flatten(1))
-
-
-class TwoInputs(torch.nn.Module):
-    def __init__(self, n_out=3):
-        super().__init__()
-        self.a = torch.nn.Linear(4, 5)
-        self.b = torch.nn.Linear(2, 5)
-        self.out = torch.nn.Linear(5, n_out)
-
-    def forward(self, left, right):
-        return self.out(torch.tanh(self.a(left) + self.b(right)))
-
-
-class WithDropoutAndBatchNorm(torch.nn.Module):
-    def __init__(self, n_out=3):
-        super().__init__()
-        self.fc = torch.nn.Linear(6, 8)
-        self.bn = torch.nn.BatchNorm1d(8)
-        self.drop = torch.nn.Dropout(0.5)
-        self.out = torch.nn.Linear(8, n_out)
-
-    def forward(self, X):
-        return self.out(self.drop(torch.relu(self.bn(self.fc(X)))))
 
 
 def flip_sign(X):
@@ -102,7 +69,9 @@ def make_net(module=None, **kwargs):
         verbose=0,
     )
     params.update(kwargs)
-    return SimilarityRegularizedNet(module if module is not None else mlp(), **params)
+    return SimilarityRegularizedNet(
+        module if module is not None else mlp(6, 3, hidden=7, seed=None), **params
+    )
 
 
 def digits(n=None):
@@ -188,7 +157,7 @@ def assert_same_value_and_gradient(fast, slow, module):
 @pytest.mark.parametrize("create_graph", [True, False])
 def test_engine_per_sample_gradients_match_a_loop(create_graph):
     torch.manual_seed(0)
-    module = mlp()
+    module = mlp(6, 3, hidden=7, seed=None)
     X = torch.randn(5, 6)
     v = torch.randn(5, 3)
     params = dict(module.named_parameters())
@@ -222,9 +191,9 @@ def test_engine_per_sample_gradients_match_a_loop(create_graph):
 def _inputs(arch, n=10):
     rng = np.random.RandomState(1)
     if arch == "mlp":
-        return mlp(), rng.randn(n, 6).astype("float32")
+        return mlp(6, 3, hidden=7, seed=None), rng.randn(n, 6).astype("float32")
     if arch == "cnn":
-        return SmallCNN(), rng.randn(n, 1, 6, 6).astype("float32")
+        return MaxPoolCNN(), rng.randn(n, 1, 6, 6).astype("float32")
     return TwoInputs(), {
         "left": rng.randn(n, 4).astype("float32"),
         "right": rng.randn(n, 2).astype("float32"),
@@ -302,7 +271,9 @@ def test_augment_callable_readout_and_parameter_selection_match_oracle():
 
 def test_classifier_with_nllloss_reads_out_log_probabilities():
     torch.manual_seed(0)
-    module = torch.nn.Sequential(mlp(), torch.nn.Softmax(dim=-1))
+    module = torch.nn.Sequential(
+        mlp(6, 3, hidden=7, seed=None), torch.nn.Softmax(dim=-1)
+    )
     X, y = make_data(n=6)
     net = SimilarityRegularizedClassifier(
         module, similarity_pairs=flip_sign, train_split=None, verbose=0
@@ -721,7 +692,11 @@ def test_regressor_with_given_pairs_and_random_readout():
     X, _ = make_data(n=20)
     y = X[:, :1] ** 2
     reg = SimilarityRegularizedRegressor(
-        mlp(n_out=1), max_epochs=2, batch_size=10, train_split=None, verbose=0
+        mlp(6, 1, hidden=7, seed=None),
+        max_epochs=2,
+        batch_size=10,
+        train_split=None,
+        verbose=0,
     ).fit(with_pairs(X, [[0, 1], [2, 3], [4, 15]]), y)
     assert reg.similarity_pairs == "given" and reg.similarity_readout == "random"
     assert len(reg.history[:, "similarity_cosine"]) == 2
@@ -799,22 +774,15 @@ def test_pair_and_label_errors():
             X, np.arange(12) % 5, 3
         )
     with pytest.raises(ValueError, match="at least two outputs"):
-        make_net(mlp(n_out=1)).initialize().batch_pair_cosines(X, y, 1)
+        make_net(mlp(6, 1, hidden=7, seed=None)).initialize().batch_pair_cosines(
+            X, y, 1
+        )
     fitted = make_net().fit(X, y)
     with pytest.raises(ValueError, match="X has 12 samples but y has 11"):
         fitted.pair_similarity(X, y[:11])
 
 
 # -- scikit-learn's estimator checks ------------------------------------------------
-
-
-class LazyLinear(torch.nn.Module):
-    def __init__(self, n_out=3):
-        super().__init__()
-        self.linear = torch.nn.LazyLinear(n_out)
-
-    def forward(self, X):
-        return self.linear(X.float())
 
 
 def expected_failures(estimator):

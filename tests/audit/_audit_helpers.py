@@ -4,10 +4,10 @@ name would clash with tests/conftest.py)."""
 import functools
 
 import numpy as np
+from _architectures import small_net
 from sklearn.datasets import load_digits
 
 from sksim.audit import audit
-from sksim.audit.models import make_classifier
 
 N_SMALL = 240
 
@@ -18,12 +18,6 @@ def digit_images():
     X, y = load_digits(return_X_y=True)
     X = (X[:N_SMALL] / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)
     return X, y[:N_SMALL].astype(np.int64)
-
-
-def small_net(X, **kwargs):
-    params = dict(max_epochs=6, lr=0.1, batch_size=32)
-    params.update(kwargs)
-    return make_classifier("mlp", X, n_classes=10, **params)
 
 
 AUDIT_OPTIONS = dict(

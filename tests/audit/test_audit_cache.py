@@ -4,7 +4,7 @@ import _audit_helpers
 import numpy as np
 import pandas as pd
 import pytest
-from _audit_helpers import small_net
+from _architectures import small_net
 
 from sksim.audit import audit, core
 from sksim.audit.analyses.denoising import Denoising

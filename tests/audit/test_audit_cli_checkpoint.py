@@ -8,7 +8,7 @@ import _audit_helpers
 import numpy as np
 import pytest
 import torch
-from _audit_helpers import small_net
+from _architectures import small_net
 from skorch import NeuralNet, NeuralNetRegressor
 
 from sksim import cli

@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from _audit_helpers import AUDIT_OPTIONS, small_net
+from _architectures import small_net
+from _audit_helpers import AUDIT_OPTIONS
 from sklearn.base import clone
 from sklearn.model_selection import KFold, StratifiedKFold
 

@@ -4,7 +4,8 @@ import _audit_helpers
 import numpy as np
 import pytest
 import torch
-from _audit_helpers import AUDIT_OPTIONS, small_net
+from _architectures import small_net
+from _audit_helpers import AUDIT_OPTIONS
 from matplotlib.colors import to_hex
 from sklearn.frozen import FrozenEstimator
 from sklearn.linear_model import LogisticRegression

@@ -5,7 +5,8 @@ import json
 
 import numpy as np
 import pytest
-from _audit_helpers import AUDIT_OPTIONS, digit_images, small_net
+from _architectures import small_net
+from _audit_helpers import AUDIT_OPTIONS, digit_images
 
 from sksim import GradientDensityEstimator, NetworkNeighbors
 from sksim import cli as sksim_cli

@@ -3,29 +3,16 @@
 import numpy as np
 import pytest
 import torch
+from _architectures import ConvDropoutNet
 from skorch import NeuralNetClassifier
 
 from sksim.representations import extract_representations
 
 
-class _ConvNet(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
-        self.drop = torch.nn.Dropout(0.5)
-        self.bn = torch.nn.BatchNorm2d(4)
-        self.head = torch.nn.Linear(4, 3)
-        self.unused = torch.nn.Linear(2, 2)
-
-    def forward(self, X):
-        h = self.bn(self.drop(self.conv(X)))
-        return self.head(h.mean(dim=(2, 3)))
-
-
 @pytest.fixture
 def net():
     torch.manual_seed(0)
-    module = _ConvNet()
+    module = ConvDropoutNet()
     module.bn.running_mean.uniform_(-1, 1)  # eval mode must use these
     return module
 
@@ -58,7 +45,7 @@ def test_skorch_net_and_progress_bar(capsys):
     torch.manual_seed(0)
     X = np.random.RandomState(0).randn(30, 1, 5, 5).astype(np.float32)
     y = np.arange(30) % 3
-    clf = NeuralNetClassifier(_ConvNet, max_epochs=1, train_split=None, verbose=0)
+    clf = NeuralNetClassifier(ConvDropoutNet, max_epochs=1, train_split=None, verbose=0)
     clf.fit(X, y)
     reps = extract_representations(clf, X, ["head"], batch_size=8, verbose=1)
     np.testing.assert_allclose(

@@ -5,6 +5,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from _architectures import WrappedMLP
 from joblib import parallel_config
 from sklearn.base import clone
 from sklearn.datasets import load_digits
@@ -56,23 +57,12 @@ def test_n_jobs_and_random_state_reproduce_scores():
     np.testing.assert_array_equal(a, b)
 
 
-class _MLP(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.net = torch.nn.Sequential(
-            torch.nn.Linear(2, 32), torch.nn.ReLU(), torch.nn.Linear(32, 2)
-        )
-
-    def forward(self, X):
-        return self.net(X)
-
-
 @FEW_MODELS
 def test_skorch_net_scores_match_a_brute_force_recomputation():
     X, y = _toy(30, seed=2)
     y = y.astype(np.int64)
     net = NeuralNetClassifier(
-        _MLP,
+        WrappedMLP,
         max_epochs=8,
         lr=0.05,
         train_split=None,

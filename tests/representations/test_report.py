@@ -4,6 +4,7 @@ import matplotlib
 import numpy as np
 import pytest
 import torch
+from _architectures import HiddenOutMLP
 from sklearn.neighbors import KNeighborsClassifier
 from skorch import NeuralNetClassifier
 
@@ -19,22 +20,12 @@ matplotlib.use("Agg")
 MIX = DirichletProcessGaussianMixture(n_sweeps=6, burn_in=2, thin=2)
 
 
-class _MLP(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.hidden = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU())
-        self.out = torch.nn.Linear(16, 3)
-
-    def forward(self, X):
-        return self.out(self.hidden(X))
-
-
 @pytest.fixture(scope="module")
 def report():
     rng = np.random.RandomState(0)
     X = np.concatenate([rng.randn(30, 4) + 3 * k for k in range(3)]).astype("float32")
     y = np.repeat([0, 1, 2], 30)
-    net = NeuralNetClassifier(_MLP, max_epochs=5, train_split=None, verbose=0)
+    net = NeuralNetClassifier(HiddenOutMLP, max_epochs=5, train_split=None, verbose=0)
     rep = class_fitting_report(
         net,
         X,

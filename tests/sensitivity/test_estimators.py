@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from _architectures import signal_conv
 from _sklearn_checks import EXPECTED_FAILED_CHECKS, ORDER_DEPENDENT_CHECKS
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_validate
@@ -20,18 +21,10 @@ from sksim.sensitivity import (
 )
 
 
-def _signal_net():
-    # accepts (n, d) for any d: rows are one-dimensional signals
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Unflatten(1, (1, -1)), nn.Conv1d(1, 2, 3, padding=1), nn.Tanh()
-    )
-
-
 @parametrize_with_checks(
     [
         DiffeoTransform(random_state=0),
-        DiffeoSensitivity(_signal_net(), n_init=2, random_state=0),
+        DiffeoSensitivity(signal_conv(), n_init=2, random_state=0),
     ],
     expected_failed_checks=lambda est: (
         ORDER_DEPENDENT_CHECKS

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from _architectures import FunctionalConv, image_cnn
 from torch import nn
 
 from sksim.sensitivity import (
@@ -16,14 +17,6 @@ from sksim.sensitivity import (
     shuffle_conv_input_channels,
 )
 from sksim.sensitivity.measure import calibrate_batchnorm, fresh_copy
-
-
-def _cnn(bn=False):
-    torch.manual_seed(0)
-    layers = [nn.Conv2d(2, 4, 3, padding=1)]
-    layers += [nn.BatchNorm2d(4)] if bn else []
-    layers += [nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 4 * 4, 3)]
-    return nn.Sequential(*layers)
 
 
 def _data(n=12, seed=0):
@@ -87,7 +80,7 @@ def _oracle(
 @pytest.mark.parametrize("statistic", ["mean", "median"])
 @pytest.mark.parametrize("interp", ["linear", "gaussian"])
 def test_trained_rows_match_the_oracle(statistic, interp):
-    net, X = _cnn(), _data()
+    net, X = image_cnn(), _data()
     names = ["input", "0", "1", "3", "output"]
     table = relative_sensitivity(
         net,
@@ -111,7 +104,7 @@ def test_trained_rows_match_the_oracle(statistic, interp):
 
 
 def test_results_do_not_depend_on_batch_size_and_net_is_untouched():
-    net, X = _cnn(), _data()
+    net, X = image_cnn(), _data()
     before = copy.deepcopy(net.state_dict())
     a = relative_sensitivity(
         net, X, layers="all", n_init=2, random_state=0, batch_size=4
@@ -128,7 +121,7 @@ def test_results_do_not_depend_on_batch_size_and_net_is_untouched():
 
 
 def test_init_rows_are_geometric_means_over_fresh_copies():
-    net, X = _cnn(bn=True), _data(16)
+    net, X = image_cnn(batchnorm=True), _data(16)
     # a trained-like BatchNorm: non-trivial running statistics
     net[1].running_mean.fill_(0.3)
     net[1].running_var.fill_(2.0)
@@ -164,7 +157,7 @@ def test_init_rows_are_geometric_means_over_fresh_copies():
 
 
 def test_shuffled_rows_and_pooling():
-    net, X = _cnn(), _data()
+    net, X = image_cnn(), _data()
     table = relative_sensitivity(
         net, X, layers=["0"], reference=None, shuffled=True, random_state=0
     )
@@ -200,19 +193,9 @@ def test_shuffled_rows_and_pooling():
         )
 
 
-class _Functional(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(1, 3, 3)
-
-    def forward(self, x):
-        h = torch.relu(self.conv(x))
-        return h.sum((2, 3))
-
-
 def test_fx_node_names_and_custom_deformation():
     torch.manual_seed(0)
-    net = _Functional()
+    net = FunctionalConv()
     X = np.random.RandomState(0).rand(10, 1, 6, 6)
 
     def roll(X, random_state):
@@ -270,7 +253,7 @@ def test_signals_and_skorch_net():
 
 
 def test_errors_and_warnings():
-    net, X = _cnn(), _data()
+    net, X = image_cnn(), _data()
     with pytest.raises(ValueError, match="Images must be square"):
         relative_sensitivity(net, X[..., :7])
     with pytest.raises(ValueError, match="got 1 sample"):

@@ -5,6 +5,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+from _architectures import image_cnn
 from skorch import NeuralNetClassifier
 from torch import nn
 
@@ -13,13 +14,6 @@ from sksim.sensitivity import DiffeoSensitivity, relative_sensitivity, sample_di
 from sksim.sensitivity.measure import fresh_copy
 
 COLS = ["D", "G", "R", "deformation", "noise", "denominator"]
-
-
-def _cnn():
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 3)
-    )
 
 
 def _trained(net):
@@ -37,7 +31,7 @@ def _data(n=12):
 
 @pytest.mark.parametrize("as_module", [False, True])
 def test_reference_is_the_given_initial_state(as_module):
-    initial, X = _cnn(), _data()
+    initial, X = image_cnn(pool=False), _data()
     net = _trained(initial)
     reference = initial if as_module else copy.deepcopy(initial.state_dict())
     table = relative_sensitivity(
@@ -60,15 +54,17 @@ def test_reference_is_the_given_initial_state(as_module):
 
 def test_reference_state_dict_must_fit_the_net():
     with pytest.raises(ValueError, match="reference state_dict does not fit"):
-        relative_sensitivity(_cnn(), _data(), reference={"0.weight": torch.ones(1)})
+        relative_sensitivity(
+            image_cnn(pool=False), _data(), reference={"0.weight": torch.ones(1)}
+        )
     with pytest.raises(ValueError, match='reference must be "reinitialized"'):
-        relative_sensitivity(_cnn(), _data(), reference="init")
+        relative_sensitivity(image_cnn(pool=False), _data(), reference="init")
     with pytest.raises(ValueError, match='reference must be "reinitialized"'):
-        relative_sensitivity(_cnn(), _data(), reference=3)
+        relative_sensitivity(image_cnn(pool=False), _data(), reference=3)
 
 
 def test_init_rows_report_the_spread_over_reinitialised_copies():
-    net, X = _cnn(), _data(16)
+    net, X = image_cnn(pool=False), _data(16)
     table = relative_sensitivity(
         net, X, layers=["1", "output"], n_init=4, random_state=5
     )
@@ -154,7 +150,7 @@ def test_perturbation_of_standardised_images_gives_the_raw_images_numbers():
 
 
 def test_numpy_integers_are_accepted():
-    net, X = _cnn(), _data()
+    net, X = image_cnn(pool=False), _data()
     a = relative_sensitivity(
         net,
         X,

@@ -5,34 +5,15 @@ examples/plot_relative_sensitivity.py; its numbers are in
 docs/user_guide/sensitivity.rst.
 """
 
-from collections import OrderedDict
-
 import numpy as np
 import pytest
 import torch
+from _architectures import three_block_cnn
 from sklearn.datasets import load_digits
 from torch import nn
 
 from sksim.datasets import make_scale_detection
 from sksim.sensitivity import relative_sensitivity
-
-
-def _block(c_in, c_out):
-    return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)
-    )
-
-
-def _cnn(n_classes, widths):
-    return nn.Sequential(
-        OrderedDict(
-            block1=_block(1, widths[0]),
-            block2=_block(widths[0], widths[1]),
-            block3=_block(widths[1], widths[2]),
-            gap=nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()),
-            readout=nn.Linear(widths[2], n_classes),
-        )
-    )
 
 
 def _train(net, X, y, epochs, lr):
@@ -68,7 +49,9 @@ def scale_detection_cnns(one_thread):
     nets = []
     for seed in range(3):
         torch.manual_seed(seed)
-        net = _train(_cnn(2, (16, 32, 64)), X[:1024], y[:1024], epochs=20, lr=3e-3)
+        net = _train(
+            three_block_cnn(2, (16, 32, 64)), X[:1024], y[:1024], epochs=20, lr=3e-3
+        )
         assert _accuracy(net, X[1024:], y[1024:]) > 0.97
         nets.append(net)
     return nets, X[1024:]

@@ -1,0 +1,87 @@
+"""Layer capture, layer type by layer type, against the brute-force oracle."""
+
+import numpy as np
+import pytest
+import torch
+from _architectures import LAYER_CASES, layer_case, oracle_jacobians
+from torch import nn
+
+from sksim._engine import capture
+from sksim._engine.capture import plan_layers
+from sksim._engine.gram import ntk_blocks
+from sksim._engine.jacobian import JacobianEngine
+
+
+@pytest.mark.parametrize("output", ["logits", 1])
+@pytest.mark.parametrize("name", LAYER_CASES)
+def test_ntk_blocks_match_oracle(name, output):
+    module, X = layer_case(name)
+    J = oracle_jacobians(module, X, output=output)
+    engine = JacobianEngine(module, output=output, batch_size=4)
+    K, G_x, G_y = ntk_blocks(engine, X[:4], X)
+    np.testing.assert_allclose(
+        K, np.einsum("adp,bep->abde", J[:4], J), rtol=1e-9, atol=1e-12
+    )
+    np.testing.assert_allclose(
+        G_y, np.einsum("adp,aep->ade", J, J), rtol=1e-9, atol=1e-12
+    )
+
+
+def test_plans_use_factors_where_supported():
+    for name in LAYER_CASES[:-1]:
+        module, _ = layer_case(name)
+        layers, fallback = plan_layers(module, dict(module.named_parameters()))
+        assert fallback == [], name
+    module, _ = layer_case("custom")
+    _, fallback = plan_layers(module, dict(module.named_parameters()))
+    assert fallback == ["scale", "bilinear.weight", "bilinear.bias"]
+
+
+class _Cube(torch.autograd.Function):
+    """Python control flow on the gradient: vmap cannot batch this backward."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x**3
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        if bool((grad == 0).all()):
+            return torch.zeros_like(x)
+        return 3 * x**2 * grad
+
+
+def test_output_rows_fall_back_to_one_backward_each():
+    torch.manual_seed(0)
+    first, head = nn.Linear(4, 5).double(), nn.Linear(5, 3).double()
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.first, self.head = first, head
+
+        def forward(self, x):
+            return self.head(_Cube.apply(self.first(x)))
+
+    module = Net()
+    X = torch.randn(5, 4, dtype=torch.float64)
+    J = oracle_jacobians(module, X)
+    K, _, _ = ntk_blocks(JacobianEngine(module), X)
+    np.testing.assert_allclose(K, np.einsum("adp,bep->abde", J, J), rtol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "kernel, dilation, padding, stride",
+    [
+        ((3, 3), (1, 1), (0, 0), (1, 1)),
+        ((3, 2), (2, 1), (1, 2), (2, 1)),
+        ((1, 4), (1, 2), (0, 3), (1, 3)),
+    ],
+)
+def test_strided_patches_equal_unfold(kernel, dilation, padding, stride):
+    x = torch.randn(3, 2, 11, 13, dtype=torch.float64)
+    expected = torch.nn.functional.unfold(x, kernel, dilation, padding, stride)
+    patches = capture._strided_patches(x, kernel, dilation, padding, stride)
+    torch.testing.assert_close(patches, expected.transpose(1, 2), rtol=0, atol=0)

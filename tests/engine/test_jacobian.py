@@ -1,0 +1,42 @@
+"""The Jacobian engine: memory-bounded batches, activation copies, device copies."""
+
+import numpy as np
+import pytest
+from _architectures import LAYER_CASES, layer_case, oracle_jacobians
+from _engine_helpers import smallest_fitting_engine
+
+from sksim._engine.gram import ntk_blocks
+from sksim._engine.jacobian import JacobianEngine
+
+
+def test_activations_are_copied_only_after_an_in_place_change():
+    plain, X = layer_case("linear_sequence")
+    engine = JacobianEngine(plain, batch_size=4)
+    list(engine.pieces(X))
+    assert not engine._copy_activations
+    in_place, X = layer_case("shared")  # ReLU(inplace=True) on a recorded output
+    engine = JacobianEngine(in_place, batch_size=4)
+    K, _, _ = ntk_blocks(engine, X)
+    assert engine._copy_activations
+    J = oracle_jacobians(in_place, X)
+    np.testing.assert_allclose(K, np.einsum("adp,bep->abde", J, J), rtol=1e-9)
+
+
+@pytest.mark.parametrize("name", LAYER_CASES)
+def test_batches_are_split_to_fit_the_memory_bound(name):
+    module, X = layer_case(name)
+    J = oracle_jacobians(module, X)
+    engine, sizes = smallest_fitting_engine(module, X)
+    assert sum(sizes) == len(X) and max(sizes) <= 2
+    K, _, G = ntk_blocks(engine, X)
+    np.testing.assert_allclose(K, np.einsum("adp,bep->abde", J, J), rtol=1e-9)
+    np.testing.assert_allclose(G, np.einsum("adp,aep->ade", J, J), rtol=1e-9)
+
+
+def test_another_device_computes_with_a_copy_of_thelayer_case():
+    module, X = layer_case("linear")
+    engine = JacobianEngine(module, device="meta")
+    assert engine.module is not module
+    assert {p.device.type for p in engine.module.parameters()} == {"meta"}
+    assert {p.device.type for p in module.parameters()} == {"cpu"}
+    assert JacobianEngine(module, device="cpu").module is module

@@ -1,0 +1,39 @@
+"""Per-layer pieces: factorised and materialised agree, and the cost model."""
+
+import pytest
+import torch
+
+from sksim._engine.pieces import SharedWeightPiece, factorised_is_cheaper, materialize
+
+
+@pytest.mark.parametrize("T", [1, 7])
+@pytest.mark.parametrize("bias", [False, True])
+def test_factorised_and_materialised_pieces_agree(T, bias):
+    g = torch.Generator().manual_seed(0)
+    h, delta = torch.randn(5, T, 4, generator=g), torch.randn(5, 2, T, 3, generator=g)
+    h2, delta2 = torch.randn(3, T, 4, generator=g), torch.randn(3, 2, T, 3, generator=g)
+    fa = SharedWeightPiece(h, delta, bias=bias)
+    fb = SharedWeightPiece(h2, delta2, bias=bias)
+    ma, mb = materialize(fa.inputs, delta), materialize(fb.inputs, delta2)
+    assert fa.width == ma.width == 3 * (4 + bias)
+    for full in (True, False):
+        torch.testing.assert_close(
+            fa.pair(fb, full), ma.pair(mb, full), rtol=1e-4, atol=1e-4
+        )
+    torch.testing.assert_close(fa.self_gram(), ma.self_gram(), rtol=1e-4, atol=1e-4)
+    W = torch.randn(5, 2, 2, generator=g)
+    torch.testing.assert_close(
+        fa.transform(W).pair(fb, False),
+        ma.transform(W).pair(mb, False),
+        rtol=1e-4,
+        atol=1e-4,
+    )
+    S = fb.total()
+    torch.testing.assert_close(S, mb.total(), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(fa.inner(S), ma.inner(S), rtol=1e-4, atol=1e-4)
+
+
+def test_cost_model():
+    assert factorised_is_cheaper(T=1, a=256, o=256, d=1)
+    assert not factorised_is_cheaper(T=784, a=9, o=32, d=1)
+    assert factorised_is_cheaper(T=4, a=288, o=64, d=10)
