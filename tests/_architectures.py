@@ -9,7 +9,8 @@ from collections import OrderedDict
 
 import numpy as np
 import torch
-from skorch import NeuralNetClassifier
+from skorch import NeuralNetClassifier, NeuralNetRegressor
+from skorch.callbacks import LRScheduler
 from torch import nn
 
 # -- multi-layer perceptrons -----------------------------------------------------------
@@ -58,6 +59,28 @@ def make_digits_net(**kwargs):
     )
     params.update(kwargs)
     return NeuralNetClassifier(**params)
+
+
+def circle_sine_regressor(epochs=60):
+    """The circle-sine toy's 2 -> 64 -> (5 x 64) -> 1 ReLU MLP, L1 loss and Adam.
+
+    Seeded before its layers are built, so that its training is reproducible.
+    """
+    torch.manual_seed(0)
+    layers = [nn.Linear(2, 64), nn.ReLU()]
+    for _ in range(5):
+        layers += [nn.Linear(64, 64), nn.ReLU()]
+    return NeuralNetRegressor(
+        nn.Sequential(*layers, nn.Linear(64, 1)),
+        criterion=nn.L1Loss,
+        optimizer=torch.optim.Adam,
+        lr=3e-3,
+        max_epochs=epochs,
+        batch_size=64,
+        train_split=None,
+        callbacks=[LRScheduler("CosineAnnealingLR", T_max=epochs)],
+        verbose=0,
+    )
 
 
 def small_net(X, **kwargs):

@@ -6,12 +6,11 @@ import matplotlib
 import numpy as np
 import pytest
 import torch
-from _architectures import AnyWidth, mlp
+from _architectures import AnyWidth, circle_sine_regressor, mlp
 from _sklearn_checks import EXPECTED_FAILED_CHECKS
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.estimator_checks import parametrize_with_checks
 from skorch import NeuralNetRegressor
-from skorch.callbacks import LRScheduler
 
 from sksim.datasets import make_circle_sine
 from sksim.denoising import (
@@ -285,21 +284,7 @@ def test_circle_sine_network_beats_its_label_noise():
     """Self-denoising on the toy at reduced size (512 samples, not 2048), f = 1."""
     sigma = 0.2
     toy = make_circle_sine(512, frequency=1, noise=sigma, random_state=0)
-    layers = [torch.nn.Linear(2, 64), torch.nn.ReLU()]
-    for _ in range(5):
-        layers += [torch.nn.Linear(64, 64), torch.nn.ReLU()]
-    torch.manual_seed(0)
-    net = NeuralNetRegressor(
-        torch.nn.Sequential(*layers, torch.nn.Linear(64, 1)),
-        criterion=torch.nn.L1Loss,
-        optimizer=torch.optim.Adam,
-        lr=3e-3,
-        max_epochs=60,
-        batch_size=64,
-        train_split=None,
-        callbacks=[LRScheduler("CosineAnnealingLR", T_max=60)],
-        verbose=0,
-    ).fit(toy.data, toy.target[:, None])
+    net = circle_sine_regressor().fit(toy.data, toy.target[:, None])
     summaries = {
         weights: SelfDenoisingAnalysis(
             net, weights=weights, threshold=0.99, batch_size=256

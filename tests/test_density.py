@@ -4,15 +4,13 @@ from functools import partial
 
 import numpy as np
 import pytest
-import torch
-from _architectures import AnyWidth
+from _architectures import AnyWidth, circle_sine_regressor
 from _architectures import mlp as shared_mlp
 from _sklearn_checks import EXPECTED_FAILED_CHECKS
 from scipy.stats import spearmanr
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.estimator_checks import parametrize_with_checks
 from skorch import NeuralNetRegressor
-from skorch.callbacks import LRScheduler
 
 from sksim import network_similarity
 from sksim.datasets import make_circle_sine
@@ -182,22 +180,8 @@ def test_counting_before_fit_is_refused(data):
 
 
 def circle_sine_net(toy, epochs=60):
-    """The toy's 2 -> 64 -> (5 x 64) -> 1 ReLU MLP trained with L1 and Adam."""
-    layers = [torch.nn.Linear(2, 64), torch.nn.ReLU()]
-    for _ in range(5):
-        layers += [torch.nn.Linear(64, 64), torch.nn.ReLU()]
-    torch.manual_seed(0)
-    return NeuralNetRegressor(
-        torch.nn.Sequential(*layers, torch.nn.Linear(64, 1)),
-        criterion=torch.nn.L1Loss,
-        optimizer=torch.optim.Adam,
-        lr=3e-3,
-        max_epochs=epochs,
-        batch_size=64,
-        train_split=None,
-        callbacks=[LRScheduler("CosineAnnealingLR", T_max=epochs)],
-        verbose=0,
-    ).fit(toy.data, toy.target[:, None])
+    """The toy's regressor, trained on ``toy``."""
+    return circle_sine_regressor(epochs).fit(toy.data, toy.target[:, None])
 
 
 @pytest.mark.slow
