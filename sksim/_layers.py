@@ -6,7 +6,8 @@ Layers are named ``"input"``, ``"output"``, by module name
 functional operations, by the ``torch.fx`` node name in the traced network;
 ``"all"`` means the input, every leaf module in execution order and the
 output. Each captured batch is pooled (:data:`POOLS`) and flattened to
-``(batch, features)``.
+``(batch, features)``. The hooks are registered through the engine's
+:class:`~sksim._engine.hooks.ForwardHooks`, as the gradient capture's are.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Iterable, Iterator, Mapping
 import torch
 
 from ._engine.context import evaluation_mode
+from ._engine.hooks import ForwardHooks
 
 #: ``"flatten"``: keep every value; ``"mean"``/``"max"``: global average/max over
 #: the spatial axes (one value per channel); ``"channel_mean"``: average over
@@ -107,7 +109,7 @@ def _layer_names(layers) -> list[str] | None:
     return list(layers)
 
 
-class LayerCapture:
+class RepresentationCapture:
     """Callable: a batch of inputs -> ``{layer: (B, d) pooled representation}``.
 
     Call it inside :func:`layer_outputs` (or eval mode without gradients).
@@ -150,15 +152,9 @@ class LayerCapture:
         return store
 
     def _run(self, x, captured: dict):
-        handles = [
-            self._modules[n].register_forward_hook(self._hook(n, captured))
-            for n in self.hooked
-        ]
-        try:
+        hooks = [(self._modules[n], self._hook(n, captured)) for n in self.hooked]
+        with ForwardHooks(hooks):
             return self.forward(**x) if isinstance(x, Mapping) else self.forward(x)
-        finally:
-            for handle in handles:
-                handle.remove()
 
     def __call__(self, x) -> dict[str, torch.Tensor]:
         captured: dict[str, torch.Tensor] = {}
@@ -206,7 +202,7 @@ def layer_outputs(
     pool : {"flatten", "mean", "max", "channel_mean"}, default="flatten"
         See :data:`POOLS`.
     """
-    capture = LayerCapture(module, layers, pool)
+    capture = RepresentationCapture(module, layers, pool)
     with evaluation_mode(module), torch.no_grad():
         for batch in batches:
             yield capture(batch)

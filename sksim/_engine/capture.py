@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .hooks import ForwardHooks
 from .pieces import (
     DensePiece,
     PieceBudget,
@@ -128,8 +129,10 @@ def _normalised_input(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return (x - mean) / torch.sqrt(layer.running_var.reshape(shape) + layer.eps)
 
 
-class LayerCapture:
+class LayerCapture(ForwardHooks):
     """Records inputs and outputs of the handled layers during a forward pass.
+
+    The hooks record inside a ``with`` block only.
 
     The recorded tensors are those the network goes on with, unless ``copy``:
     :meth:`intact` then tells whether an in-place operation downstream (an
@@ -148,23 +151,15 @@ class LayerCapture:
         copy: bool = False,
         batch_size: int = 1,
     ):
+        super().__init__(
+            (layer, self._hook(name)) for name, (layer, _) in layers.items()
+        )
         self.layers = layers
         self.copy = copy
         self.batch_size = batch_size
         self.expanded: set[str] = set()
         self.calls: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self._versions: list[tuple[torch.Tensor, int]] = []
-        self._handles = []
-
-    def __enter__(self) -> LayerCapture:
-        for name, (layer, _) in self.layers.items():
-            self._handles.append(layer.register_forward_hook(self._hook(name)))
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
 
     def _hook(self, name: str):
         def record(layer, args, output):

@@ -1,15 +1,18 @@
-"""Kernels as independent tiles, for joblib (and so dask.distributed).
+"""Work cut into independent tiles, for joblib (and so dask.distributed).
 
-Each tile ``K(X[rows], Y[cols])`` recomputes the pieces of both of its blocks,
-so tiles share nothing and can run in other processes or on other machines:
-``joblib.parallel_config(backend="dask")`` sends them to a dask cluster. Tiles
-are idempotent: those lost with a worker are computed again.
+:func:`run_tiles` runs tiles and places each result as it arrives;
+:func:`tiled_kernel` cuts a kernel into blocks, :func:`split_rows` any row-wise
+function into chunks of rows. A kernel tile ``K(X[rows], Y[cols])`` recomputes
+the pieces of both of its blocks, so tiles share nothing and can run in other
+processes or on other machines: ``joblib.parallel_config(backend="dask")``
+sends them to a dask cluster. Tiles are idempotent: those lost with a worker
+are computed again.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable
 
 import numpy as np
 
@@ -24,11 +27,14 @@ LOST_WORKER_RETRIES = 2
 Tile = tuple[int, int, int, int]  # first and last + 1 row, first and last + 1 column
 
 
-def _tile(
-    where: Tile, engine: JacobianEngine, X, Y, kind: str, full: bool, rtol: float
-) -> tuple[Tile, np.ndarray]:
-    """``where`` and its block ``K(X, Y)``; ``X=None`` for the symmetric ``K(Y, Y)``."""
-    return where, GramReference(engine, Y, kind, full, rtol).matrix(X)
+def _tile(function: Callable, where: Hashable, *args) -> tuple[Hashable, object]:
+    """``where`` and ``function(*args)``, computed wherever joblib sends it."""
+    return where, function(*args)
+
+
+def _block(engine: JacobianEngine, X, Y, kind: str, full: bool, rtol: float):
+    """The block ``K(X, Y)``; ``X=None`` for the symmetric ``K(Y, Y)``."""
+    return GramReference(engine, Y, kind, full, rtol).matrix(X)
 
 
 def _tiles(n: int, m: int, size: int, mirror: bool) -> list[Tile]:
@@ -68,32 +74,36 @@ def _lost_worker_errors() -> tuple[type[BaseException], ...]:
     return (FutureCancelledError,)
 
 
-def _computed(
-    engine, X, Y, tiles: list[Tile], kind, full, rtol, n_jobs, mirror
-) -> Iterator[tuple[Tile, np.ndarray]]:
-    """``(tile, block)`` pairs in the order in which the tiles finish."""
+def run_tiles(
+    function: Callable,
+    tiles: list[Hashable],
+    arguments: Callable,
+    place: Callable,
+    n_jobs: int | None,
+) -> None:
+    """``place(tile, function(*arguments(tile)))`` for every tile, through joblib.
+
+    The tiles run as ``joblib.Parallel(n_jobs)`` tasks and each result is placed
+    as soon as it arrives, in any order. Tiles lost with a ``dask.distributed``
+    worker are submitted again, up to ``LOST_WORKER_RETRIES`` times.
+    """
     from joblib import Parallel, delayed
 
-    parallel = Parallel(n_jobs=n_jobs, return_as="generator_unordered")
-    return parallel(
-        delayed(_tile)(
-            (i0, i1, j0, j1),
-            engine,
-            None if (mirror and i0 == j0) else take(X, slice(i0, i1)),
-            take(Y, slice(j0, j1)),
-            kind,
-            full,
-            rtol,
-        )
-        for i0, i1, j0, j1 in tiles
-    )
-
-
-def _place(out: np.ndarray, tile: Tile, block: np.ndarray, mirror: bool) -> None:
-    i0, i1, j0, j1 = tile
-    out[i0:i1, j0:j1] = block
-    if mirror and i0 != j0:
-        out[j0:j1, i0:i1] = block.transpose((1, 0, 3, 2) if out.ndim == 4 else (1, 0))
+    missing = list(tiles)
+    for attempt in range(LOST_WORKER_RETRIES + 1):
+        done = set()
+        parallel = Parallel(n_jobs=n_jobs, return_as="generator_unordered")
+        try:
+            for where, result in parallel(
+                delayed(_tile)(function, where, *arguments(where)) for where in missing
+            ):
+                place(where, result)
+                done.add(where)
+            return
+        except _lost_worker_errors():
+            if attempt == LOST_WORKER_RETRIES:
+                raise
+            missing = [t for t in missing if t not in done]
 
 
 def tiled_kernel(
@@ -121,20 +131,20 @@ def tiled_kernel(
     d = engine.n_outputs(X) if full else None
     out = _empty((n, m, d, d) if full else (n, m))
     mirror = symmetric and kind != "influence"
-    missing = _tiles(n, m, tile, mirror)
-    for attempt in range(LOST_WORKER_RETRIES + 1):
-        done = set()
-        try:
-            for where, block in _computed(
-                engine, X, Y, missing, kind, full, rtol, n_jobs, mirror
-            ):
-                _place(out, where, block, mirror)
-                done.add(where)
-            return out
-        except _lost_worker_errors():
-            if attempt == LOST_WORKER_RETRIES:
-                raise
-            missing = [t for t in missing if t not in done]
+
+    def arguments(where: Tile) -> tuple:
+        i0, i1, j0, j1 = where
+        left = None if (mirror and i0 == j0) else take(X, slice(i0, i1))
+        return engine, left, take(Y, slice(j0, j1)), kind, full, rtol
+
+    def place(where: Tile, block: np.ndarray) -> None:
+        i0, i1, j0, j1 = where
+        out[i0:i1, j0:j1] = block
+        if mirror and i0 != j0:
+            out[j0:j1, i0:i1] = block.transpose((1, 0, 3, 2) if full else (1, 0))
+
+    run_tiles(_block, _tiles(n, m, tile, mirror), arguments, place, n_jobs)
+    return out
 
 
 def split_rows(function: Callable, X, n_jobs=None) -> np.ndarray:
@@ -143,17 +153,25 @@ def split_rows(function: Callable, X, n_jobs=None) -> np.ndarray:
     With ``n_jobs`` None or 1 the function runs once, in process; otherwise the
     rows are cut into ``n_jobs`` chunks (``-1``: one per CPU) handed to
     :class:`joblib.Parallel`, so ``joblib.parallel_config(backend="dask")``
-    spreads them over a cluster. Results are concatenated along axis 0.
+    spreads them over a cluster. Results are concatenated along axis 0 (each
+    part of a tuple of results along its own). Chunks lost with a
+    ``dask.distributed`` worker are computed again, as in :func:`tiled_kernel`.
     """
-    from joblib import Parallel, delayed, effective_n_jobs
+    from joblib import effective_n_jobs
 
     if n_jobs in (None, 1):
         return function(X)
     n = n_samples(X)
     n_chunks = max(1, min(n, effective_n_jobs(n_jobs)))
-    bounds = np.linspace(0, n, n_chunks + 1).astype(int)
-    chunks = [take(X, slice(a, b)) for a, b in zip(bounds, bounds[1:], strict=False)]
-    parts = Parallel(n_jobs=n_jobs)(delayed(function)(chunk) for chunk in chunks)
+    bounds = np.linspace(0, n, n_chunks + 1).astype(int).tolist()
+    chunks = list(zip(bounds, bounds[1:], strict=False))
+    done = {}
+
+    def arguments(rows: tuple[int, int]) -> tuple:
+        return (take(X, slice(*rows)),)
+
+    run_tiles(function, chunks, arguments, done.__setitem__, n_jobs)
+    parts = [done[rows] for rows in chunks]
     if isinstance(parts[0], tuple):
         return tuple(np.concatenate(p) for p in zip(*parts, strict=True))
     return np.concatenate(parts)

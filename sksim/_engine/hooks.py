@@ -1,0 +1,42 @@
+"""Forward hooks on a network's modules, registered for the span of a block.
+
+The one hook utility of the package: the engine's gradient capture
+(:class:`~sksim._engine.capture.LayerCapture`) and the layer outputs of
+``sksim.sensitivity`` and ``sksim.representations`` (``sksim._layers``) both
+register their hooks through :class:`ForwardHooks`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+
+
+class ForwardHooks:
+    """Context manager: forward hooks registered on entry, all removed on exit.
+
+    Parameters
+    ----------
+    hooks : iterable of (torch.nn.Module, callable)
+        Each module and the hook ``hook(module, args, output)`` to register on
+        it; a hook returning a tensor replaces the module's output.
+    """
+
+    def __init__(self, hooks: Iterable[tuple[torch.nn.Module, Callable]]):
+        self.hooks = list(hooks)
+        self._handles = []
+
+    def __enter__(self):
+        try:
+            for module, hook in self.hooks:
+                self._handles.append(module.register_forward_hook(hook))
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
