@@ -92,11 +92,12 @@ def check_state(module: torch.nn.Module, state: Mapping, index: int) -> None:
     expected = module.state_dict()
     problem = None
     for key, tensor in expected.items():
-        if key not in state:
+        shape = tuple(getattr(state[key], "shape", ())) if key in state else None
+        if shape is None:
             problem = f"it lacks {key!r}"
-        elif tuple(state[key].shape) != tuple(tensor.shape):
+        elif shape != tuple(tensor.shape):
             problem = (
-                f"{key!r} has shape {tuple(state[key].shape)} there and "
+                f"{key!r} has shape {shape} there and "
                 f"{tuple(tensor.shape)} in the network"
             )
         if problem:
@@ -245,7 +246,8 @@ def weighted_rows(
         ((_, engine),) = engines
         yield from rows_of(engine, queries)
         return
-    step = int(min(n_queries, max(1, engines.max_memory / 3 / (8 * n_reference))))
+    fit = engines.max_memory / 3 / (8 * n_reference)
+    step = max(1, int(min(n_queries, fit)))
     for start in range(0, n_queries, step):
         block = slice(start, min(start + step, n_queries))
         whole = step >= n_queries
