@@ -79,10 +79,12 @@ def make_engines(
     device,
     verbose,
     max_memory,
+    validate=True,
 ) -> WeightedEngines:
-    """The engines of ``net`` at its checkpoints, validated, with their shares.
+    """The engines of ``net`` at its checkpoints, with their shares.
 
     Without checkpoints, the one engine of ``net`` as it is, of share 1.
+    ``validate`` reads every checkpoint first to check it against the network.
     """
     if checkpoints is None:
         engine = make_engine(
@@ -90,7 +92,10 @@ def make_engines(
         )
         return WeightedEngines([(1.0, engine)])
     module = resolve_module(net)
-    shares = check_checkpoints(module, checkpoints, checkpoint_weights)
+    if validate:
+        shares = check_checkpoints(module, checkpoints, checkpoint_weights)
+    else:
+        shares = checkpoint_shares(checkpoint_weights, len(checkpoints))
     return WeightedEngines(
         module=module,
         checkpoints=checkpoints,
@@ -168,18 +173,22 @@ class NetworkEstimator(BaseEstimator):
         """The engines of ``net_`` at the ``checkpoints``, or ``net_`` alone."""
         if getattr(self, "checkpoints", None) is None:
             return WeightedEngines([(1.0, self._engine)])
-        return WeightedEngines(
-            module=resolve_module(self.net_),
-            checkpoints=self.checkpoints,
-            shares=checkpoint_shares(self.checkpoint_weights, len(self.checkpoints)),
-            make=self._make_engine,
-            max_memory=self.max_memory,
+        return make_engines(
+            self.net_,
+            self.checkpoints,
+            self.checkpoint_weights,
+            self.output,
+            self.params,
+            self.batch_size,
+            self.device,
+            self.verbose,
+            self.max_memory,
+            validate=False,  # done in fit
         )
 
-    def _make_engine(self, module=None) -> JacobianEngine:
-        """The engine of ``module`` (default: the trained network ``net_``)."""
+    def _make_engine(self) -> JacobianEngine:
         return make_engine(
-            self.net_ if module is None else module,
+            self.net_,
             self.output,
             self.params,
             self.batch_size,
