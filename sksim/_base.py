@@ -14,6 +14,11 @@ from sklearn.base import BaseEstimator
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 
+from ._engine.checkpoints import (
+    WeightedEngines,
+    check_checkpoints,
+    checkpoint_shares,
+)
 from ._engine.inputs import is_dataset
 from ._engine.jacobian import JacobianEngine
 from ._engine.normalize import KINDS
@@ -39,6 +44,8 @@ CONSTRAINTS = {
     "n_jobs": [Integral, None],
     "max_memory": [POSITIVE_INT, None],
     "verbose": ["verbose"],
+    "checkpoints": [list, tuple, None],
+    "checkpoint_weights": ["array-like", None],
 }
 
 
@@ -59,6 +66,44 @@ def make_engine(
         device,
         verbose,
         max_memory,
+    )
+
+
+def make_engines(
+    net,
+    checkpoints,
+    checkpoint_weights,
+    output,
+    params,
+    batch_size,
+    device,
+    verbose,
+    max_memory,
+    validate=True,
+) -> WeightedEngines:
+    """The engines of ``net`` at its checkpoints, with their shares.
+
+    Without checkpoints, the one engine of ``net`` as it is, of share 1.
+    ``validate`` reads every checkpoint first to check it against the network.
+    """
+    if checkpoints is None:
+        engine = make_engine(
+            net, output, params, batch_size, device, verbose, max_memory
+        )
+        return WeightedEngines([(1.0, engine)])
+    module = resolve_module(net)
+    if validate:
+        shares = check_checkpoints(module, checkpoints, checkpoint_weights)
+    else:
+        shares = checkpoint_shares(checkpoint_weights, len(checkpoints))
+    return WeightedEngines(
+        module=module,
+        checkpoints=checkpoints,
+        shares=shares,
+        make=lambda m: make_engine(
+            m, output, params, batch_size, device, verbose, max_memory
+        ),
+        max_memory=max_memory,
     )
 
 
@@ -97,6 +142,10 @@ class NetworkEstimator(BaseEstimator):
         )
         if "n_components" in self._parameter_constraints:
             self.projection_seed_ = projection_seed(self.random_state)
+        if getattr(self, "checkpoints", None) is not None:
+            check_checkpoints(
+                resolve_module(self.net_), self.checkpoints, self.checkpoint_weights
+            )
         # built once here, so that later calls leave __dict__ as it is
         self._engine_cache = self._make_engine()
         return X
@@ -119,6 +168,23 @@ class NetworkEstimator(BaseEstimator):
         if getattr(self, "_engine_cache", None) is None:  # after unpickling
             self._engine_cache = self._make_engine()
         return self._engine_cache
+
+    def _engines(self) -> WeightedEngines:
+        """The engines of ``net_`` at the ``checkpoints``, or ``net_`` alone."""
+        if getattr(self, "checkpoints", None) is None:
+            return WeightedEngines([(1.0, self._engine)])
+        return make_engines(
+            self.net_,
+            self.checkpoints,
+            self.checkpoint_weights,
+            self.output,
+            self.params,
+            self.batch_size,
+            self.device,
+            self.verbose,
+            self.max_memory,
+            validate=False,  # done in fit
+        )
 
     def _make_engine(self) -> JacobianEngine:
         return make_engine(

@@ -73,6 +73,28 @@ max_memory : int or None, default=2 GiB
     larger batch is computed in smaller parts, and a single sample that
     cannot fit raises a MemoryError saying what to change. None sets no
     limit.""",
+    "checkpoints": """
+checkpoints : list of state_dicts or paths, default=None
+    None uses the network as it is. A list of ``state_dict``s of the
+    network's own architecture (``module.state_dict()`` saved during
+    training), or paths to files holding them (read with
+    ``torch.load(path, weights_only=True)``; see
+    :func:`sksim.checkpoints.collect_checkpoints` for skorch's
+    ``Checkpoint`` files), gives the kernel averaged over training,
+    ``K = sum_c w_c K_c / sum_c w_c``, where ``K_c`` is the kernel of the
+    requested kind with the parameters and buffers of checkpoint ``c``: the
+    analogue of TracIn's sum over checkpoints. Each checkpoint is loaded in
+    turn into a copy of the network (the network itself is not changed),
+    one at a time. Exact kernels are accumulated checkpoint by checkpoint;
+    sketches (``n_components``) of the checkpoints, each with its own seed,
+    are concatenated, scaled by ``sqrt(w_c / sum_c w_c)``, so that their
+    inner products are the averaged kernel. The network's own weights are
+    not used unless they are one of the checkpoints.""",
+    "checkpoint_weights": """
+checkpoint_weights : array-like of shape (n_checkpoints,), default=None
+    Positive weight ``w_c`` of each checkpoint, for example the learning
+    rate at which training left it; None weighs them equally. Only their
+    ratios matter.""",
     "verbose": """
 verbose : int, default=0
     Show progress bars when positive.""",

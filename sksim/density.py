@@ -15,6 +15,12 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._base import NetworkEstimator, constraints
 from ._docs import fill_doc
+from ._engine.checkpoints import (
+    checkpoint_seed,
+    stacked,
+    weighted_rows,
+    weighted_sum,
+)
 from ._engine.inputs import n_samples
 from ._engine.jacobian import DEFAULT_MAX_MEMORY, JacobianEngine
 from ._engine.parallel import split_rows
@@ -26,6 +32,7 @@ THRESHOLD = Interval(Real, -1, 1, closed="left")
 NEIGHBOR_PARAMETERS = ("net", "output", "params", "n_components", "batch_size")
 NEIGHBOR_PARAMETERS += ("device", "rtol", "random_state", "n_jobs", "max_memory")
 NEIGHBOR_PARAMETERS += ("verbose",)
+CHECKPOINTS = ("checkpoints", "checkpoint_weights")
 
 
 def soft_counts(engine: JacobianEngine, X, reference_sum: np.ndarray, rtol: float):
@@ -78,6 +85,15 @@ class GradientDensityEstimator(DensityMixin, NetworkEstimator):
     network's kernel: low counts mark inputs the network treats as isolated,
     very high counts inputs it lumps together.
 
+    **Across training.** With ``checkpoints``, ``k^C`` is the weighted
+    average ``sum_c w_c k^C_c / sum_c w_c`` of the cosine kernels of the
+    checkpoints. The soft count is linear in the kernel, so it is the same
+    weighted average of the soft counts of each checkpoint (``fit`` keeps one
+    sum ``S_c`` per checkpoint). The hard and power counts are not linear:
+    they threshold or raise the averaged similarity, and count the examples
+    that the network treats as similar on average over training, not the
+    average of each checkpoint's counts.
+
     **Self-similarity.** Counts are sums over the whole reference set, so a
     reference example queried again counts itself: ``k^C(x_i, x_i) = 1`` adds
     exactly 1 to each of its counts (when ``threshold < 1``). New inputs get
@@ -112,6 +128,8 @@ class GradientDensityEstimator(DensityMixin, NetworkEstimator):
         ``neighbor_counts`` splits the query rows among the workers.
     %(max_memory)s
     %(verbose)s
+    %(checkpoints)s
+    %(checkpoint_weights)s
 
     Attributes
     ----------
@@ -123,11 +141,14 @@ class GradientDensityEstimator(DensityMixin, NetworkEstimator):
         Number ``N`` of reference examples.
     n_outputs_ : int
         Number ``d`` of Jacobian rows per sample.
-    reference_sum_ : ndarray of shape (d, p)
-        ``S = sum_j A(x_j)`` (``method="soft"`` only).
-    reference_features_ : ndarray of shape (N, d * n_components)
+    reference_sum_ : ndarray of shape (d, p) or (n_checkpoints, d, p)
+        ``S = sum_j A(x_j)`` (``method="soft"`` only), one per checkpoint
+        with ``checkpoints``.
+    reference_features_ : ndarray of shape (N, d * n_components * n_checkpoints)
         Unit-normalised sketches of the reference (when ``n_components`` is set
-        and ``method`` is not ``"soft"``).
+        and ``method`` is not ``"soft"``); with ``checkpoints``, those of the
+        checkpoints side by side, each scaled by the square root of its share
+        of the weight.
     projection_seed_ : int
         Seed of the sketch, shared by reference and queries.
     n_features_in_ : int
@@ -164,6 +185,7 @@ class GradientDensityEstimator(DensityMixin, NetworkEstimator):
         method=[StrOptions({"soft", "hard", "power"})],
         threshold=[THRESHOLD],
         power=[Interval(Real, 0, None, closed="neither")],
+        **constraints(*CHECKPOINTS),
     )
 
     def __init__(
@@ -183,6 +205,8 @@ class GradientDensityEstimator(DensityMixin, NetworkEstimator):
         n_jobs=None,
         max_memory=DEFAULT_MAX_MEMORY,
         verbose=0,
+        checkpoints=None,
+        checkpoint_weights=None,
     ):
         self.net = net
         self.method = method
@@ -198,6 +222,8 @@ class GradientDensityEstimator(DensityMixin, NetworkEstimator):
         self.n_jobs = n_jobs
         self.max_memory = max_memory
         self.verbose = verbose
+        self.checkpoints = checkpoints
+        self.checkpoint_weights = checkpoint_weights
 
     def fit(self, X, y=None):
         """Train the net if needed and prepare the reference set.
@@ -223,24 +249,50 @@ class GradientDensityEstimator(DensityMixin, NetworkEstimator):
         self.n_reference_ = n_samples(X)
         self.n_outputs_ = self._engine.n_outputs(X)
         if self.method == "soft":
-            self.reference_sum_ = whitened_sum(self._engine, X, self.rtol)
-        elif self.n_components is not None:
-            self.reference_features_ = sketch_features(
-                self._engine, X, self.n_components, self.projection_seed_, self.rtol
+            sums = [whitened_sum(e, X, self.rtol) for _, e in self._engines()]
+            self.reference_sum_ = (
+                sums[0] if self.checkpoints is None else np.stack(sums)
             )
+        elif self.n_components is not None:
+            self.reference_features_ = self._sketch(X)
         return self
 
+    def _sketch(self, X):
+        """Sketches of ``X``, side by side for the checkpoints."""
+        return stacked(
+            self._engines(),
+            lambda engine, c: sketch_features(
+                engine,
+                X,
+                self.n_components,
+                checkpoint_seed(self.projection_seed_, c),
+                self.rtol,
+            ),
+        )
+
+    def _soft_counts(self, X):
+        """``N_S(X)``: each checkpoint's soft counts, weighted."""
+        sums = self.reference_sum_
+        if self.checkpoints is None:
+            sums = sums[None]
+        return weighted_sum(
+            self._engines(),
+            lambda engine, c: soft_counts(engine, X, sums[c], self.rtol),
+        )
+
     def _counts(self, X):
-        engine = self._engine
         if self.method == "soft":
-            return soft_counts(engine, X, self.reference_sum_, self.rtol)
+            return self._soft_counts(X)
         if self.n_components is not None:
-            F = sketch_features(
-                engine, X, self.n_components, self.projection_seed_, self.rtol
-            )
-            rows = sketch_rows(F, self.reference_features_)
+            rows = sketch_rows(self._sketch(X), self.reference_features_)
         else:
-            rows = cosine_rows(engine, self.X_fit_, X, self.rtol)
+            rows = weighted_rows(
+                self._engines(),
+                lambda engine, Q: cosine_rows(engine, self.X_fit_, Q, self.rtol),
+                X,
+                n_samples(X),
+                self.n_reference_,
+            )
         counts = np.empty(n_samples(X))
         for block, k in rows:
             if self.method == "hard":

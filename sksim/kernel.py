@@ -7,9 +7,16 @@ from sklearn.base import ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils._param_validation import StrOptions, validate_params
 from sklearn.utils.validation import check_is_fitted
 
-from ._base import NetworkEstimator, constraints, make_engine, projection_seed
+from ._base import (
+    NetworkEstimator,
+    constraints,
+    make_engine,
+    make_engines,
+    projection_seed,
+)
 from ._docs import fill_doc
 from ._engine import features
+from ._engine.checkpoints import checkpoint_seed, stacked, weighted_sum
 from ._engine.gram import POWERS, GramReference, symmetrize
 from ._engine.inputs import n_samples
 from ._engine.jacobian import DEFAULT_MAX_MEMORY
@@ -18,6 +25,7 @@ from ._validation import check_net_input
 
 SHARED = ("output", "params", "batch_size", "device", "rtol", "random_state")
 SHARED += ("max_memory", "verbose")
+CHECKPOINTS = ("checkpoints", "checkpoint_weights")
 
 
 def _similarity(engine, X, Y, kind, reduce, rtol, n_jobs):
@@ -66,6 +74,7 @@ def _projected_similarity(engine, X, Y, kind, reduce, rtol, n_components, seed):
         "n_components",
         "n_jobs",
         *SHARED,
+        *CHECKPOINTS,
         X="no_validation",
         Y="no_validation",
         reduce=[StrOptions({"trace"}), None],
@@ -90,6 +99,8 @@ def network_similarity(
     n_jobs=None,
     max_memory=DEFAULT_MAX_MEMORY,
     verbose=0,
+    checkpoints=None,
+    checkpoint_weights=None,
 ):
     """Similarity of inputs from the perspective of a trained network.
 
@@ -122,6 +133,8 @@ def network_similarity(
     %(n_jobs)s
     %(max_memory)s
     %(verbose)s
+    %(checkpoints)s
+    %(checkpoint_weights)s
 
     Returns
     -------
@@ -147,13 +160,36 @@ def network_similarity(
     """
     X = check_net_input(X, keep_tensors=True)
     Y = None if Y is None else check_net_input(Y, keep_tensors=True)
-    engine = make_engine(net, output, params, batch_size, device, verbose, max_memory)
+    engines = make_engines(
+        net,
+        checkpoints,
+        checkpoint_weights,
+        output,
+        params,
+        batch_size,
+        device,
+        verbose,
+        max_memory,
+    )
     if n_components is not None:
         seed = projection_seed(random_state)
-        return _projected_similarity(
-            engine, X, Y, kind, reduce, rtol, n_components, seed
+        return weighted_sum(
+            engines,
+            lambda engine, c: _projected_similarity(
+                engine,
+                X,
+                Y,
+                kind,
+                reduce,
+                rtol,
+                n_components,
+                checkpoint_seed(seed, c),
+            ),
         )
-    return _similarity(engine, X, Y, kind, reduce, rtol, n_jobs)
+    return weighted_sum(
+        engines,
+        lambda engine, _: _similarity(engine, X, Y, kind, reduce, rtol, n_jobs),
+    )
 
 
 @validate_params(
@@ -272,6 +308,8 @@ class NetworkSimilarityKernel(
     %(n_jobs)s
     %(max_memory)s
     %(verbose)s
+    %(checkpoints)s
+    %(checkpoint_weights)s
 
     Attributes
     ----------
@@ -279,8 +317,10 @@ class NetworkSimilarityKernel(
         The trained network used.
     X_fit_ : ndarray, dict of ndarrays, or Dataset
         The reference inputs (a dataset is kept as it is, not read into memory).
-    features_fit_ : ndarray of shape (n_fit, d, n_components) or None
-        Sketches of the reference inputs when ``n_components`` is set.
+    features_fit_ : ndarray of shape (n_fit, d, n_components * n_checkpoints) or None
+        Sketches of the reference inputs when ``n_components`` is set (those
+        of the checkpoints side by side, each scaled by the square root of
+        its share of the weight).
     projection_seed_ : int
         Seed of the sketch, shared by reference and queries.
     n_features_in_ : int
@@ -305,7 +345,7 @@ class NetworkSimilarityKernel(
     """
 
     _parameter_constraints = constraints(
-        "net", "kind", "n_components", "n_jobs", *SHARED
+        "net", "kind", "n_components", "n_jobs", *SHARED, *CHECKPOINTS
     )
 
     def __init__(
@@ -323,6 +363,8 @@ class NetworkSimilarityKernel(
         n_jobs=None,
         max_memory=DEFAULT_MAX_MEMORY,
         verbose=0,
+        checkpoints=None,
+        checkpoint_weights=None,
     ):
         self.net = net
         self.kind = kind
@@ -336,6 +378,8 @@ class NetworkSimilarityKernel(
         self.n_jobs = n_jobs
         self.max_memory = max_memory
         self.verbose = verbose
+        self.checkpoints = checkpoints
+        self.checkpoint_weights = checkpoint_weights
 
     def fit(self, X, y=None):
         """Train the net if needed and store the reference inputs.
@@ -365,14 +409,27 @@ class NetworkSimilarityKernel(
         return n_samples(self.X_fit_)
 
     def _features(self, X, side):
-        return _features(
-            self._engine,
-            X,
-            self.kind,
-            side,
-            self.n_components,
-            self.projection_seed_,
-            self.rtol,
+        return stacked(
+            self._engines(),
+            lambda engine, c: _features(
+                engine,
+                X,
+                self.kind,
+                side,
+                self.n_components,
+                checkpoint_seed(self.projection_seed_, c),
+                self.rtol,
+            ),
+        )
+
+    def _exact(self, X=None):
+        """``K(X, X_fit_)``, or the symmetric ``K(X_fit_, X_fit_)`` for None."""
+        X, Y = (self.X_fit_, None) if X is None else (X, self.X_fit_)
+        return weighted_sum(
+            self._engines(),
+            lambda engine, _: _similarity(
+                engine, X, Y, self.kind, "trace", self.rtol, self.n_jobs
+            ),
         )
 
     def transform(self, X):
@@ -393,9 +450,7 @@ class NetworkSimilarityKernel(
         if self.features_fit_ is not None:
             left = self._features(X, "left")
             return _contract(left, self.features_fit_, self.kind, "trace")
-        return _similarity(
-            self._engine, X, self.X_fit_, self.kind, "trace", self.rtol, self.n_jobs
-        )
+        return self._exact(X)
 
     def fit_transform(self, X, y=None):
         """Fit, then return ``K(X, X)`` (exactly symmetric unless ``influence``).
@@ -422,6 +477,4 @@ class NetworkSimilarityKernel(
             if self.kind != "influence":
                 symmetrize(K)
             return K
-        return _similarity(
-            self._engine, self.X_fit_, None, self.kind, "trace", self.rtol, self.n_jobs
-        )
+        return self._exact()

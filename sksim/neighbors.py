@@ -11,11 +11,12 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._base import NetworkEstimator, constraints
 from ._docs import fill_doc
+from ._engine.checkpoints import checkpoint_seed, stacked, weighted_rows
 from ._engine.inputs import n_samples, take
 from ._engine.jacobian import DEFAULT_MAX_MEMORY
 from ._engine.parallel import split_rows
 from ._engine.rows import cosine_rows, sketch_features, sketch_rows
-from .density import NEIGHBOR_PARAMETERS
+from .density import CHECKPOINTS, NEIGHBOR_PARAMETERS
 from .kernel import similarity_to_distance
 
 N_BACKGROUND = 200  # reference rows whose similarities set the percentiles
@@ -81,6 +82,12 @@ class NetworkNeighbors(NetworkEstimator):
       approximate index such as ``"HNSW32"`` or ``"IVF1024,Flat"`` (with
       ``index_params="nprobe=16"``) trades recall for speed.
 
+    With ``checkpoints``, neighbours are ranked by the averaged cosine
+    kernel ``sum_c w_c k^C_c / sum_c w_c`` of the checkpoints: the examples
+    the network treated as similar over its training, rather than at its
+    end. Sketches are those of the checkpoints side by side, so the FAISS
+    index holds ``n_checkpoints`` times wider vectors.
+
     Parameters
     ----------
     %(net)s
@@ -113,6 +120,8 @@ class NetworkNeighbors(NetworkEstimator):
         Search parameters of the FAISS index, as a string of
         ``faiss.ParameterSpace`` (e.g. ``"nprobe=16"`` for an IVF index,
         ``"efSearch=64"`` for HNSW).
+    %(checkpoints)s
+    %(checkpoint_weights)s
 
     Attributes
     ----------
@@ -126,7 +135,9 @@ class NetworkNeighbors(NetworkEstimator):
         The targets passed to ``fit`` (the labels :meth:`explain` shows).
     reference_features_ : ndarray of shape (n_samples_fit, d * n_components)
         Unit-normalised sketches of the reference (when ``n_components`` is
-        set).
+        set); with ``checkpoints``, those of the checkpoints side by side
+        (``n_checkpoints`` times as wide), each scaled by the square root of
+        its share of the weight.
     projection_seed_ : int
         Seed of the sketch, shared by reference and queries.
     n_features_in_ : int
@@ -167,6 +178,7 @@ class NetworkNeighbors(NetworkEstimator):
         algorithm=[StrOptions({"exact", "faiss"})],
         index=[str],
         index_params=[str, None],
+        **constraints(*CHECKPOINTS),
     )
     _transient_attributes = ("_engine_cache", "_faiss_index")
 
@@ -188,6 +200,8 @@ class NetworkNeighbors(NetworkEstimator):
         verbose=0,
         index="Flat",
         index_params=None,
+        checkpoints=None,
+        checkpoint_weights=None,
     ):
         self.net = net
         self.n_neighbors = n_neighbors
@@ -204,6 +218,8 @@ class NetworkNeighbors(NetworkEstimator):
         self.verbose = verbose
         self.index = index
         self.index_params = index_params
+        self.checkpoints = checkpoints
+        self.checkpoint_weights = checkpoint_weights
 
     def fit(self, X, y=None):
         """Train the net if needed and prepare the reference set.
@@ -261,8 +277,27 @@ class NetworkNeighbors(NetworkEstimator):
         return index
 
     def _sketch(self, X):
-        return sketch_features(
-            self._engine, X, self.n_components, self.projection_seed_, self.rtol
+        """Sketches of ``X``, side by side for the checkpoints."""
+        return stacked(
+            self._engines(),
+            lambda engine, c: sketch_features(
+                engine,
+                X,
+                self.n_components,
+                checkpoint_seed(self.projection_seed_, c),
+                self.rtol,
+            ),
+        )
+
+    def _cosine_rows(self, X=None):
+        """Exact rows ``k^C(X, X_fit_)`` (the reference itself for None)."""
+        return weighted_rows(
+            self._engines(),
+            lambda engine, Q: cosine_rows(engine, self.X_fit_, Q, self.rtol),
+            X,
+            self.n_samples_fit_ if X is None else n_samples(X),
+            self.n_samples_fit_,
+            reference=self.X_fit_,
         )
 
     def _search_rows(self, rows, n_neighbors, exclude_self):
@@ -281,7 +316,7 @@ class NetworkNeighbors(NetworkEstimator):
         if self.n_components is not None:
             rows = sketch_rows(self._sketch(X), self.reference_features_)
         else:
-            rows = cosine_rows(self._engine, self.X_fit_, X, self.rtol)
+            rows = self._cosine_rows(X)
         return self._search_rows(rows, n_neighbors, exclude_self=False)
 
     def _exact_self(self, n_neighbors):
@@ -289,7 +324,7 @@ class NetworkNeighbors(NetworkEstimator):
             F = self.reference_features_
             rows = sketch_rows(F, F)
         else:
-            rows = cosine_rows(self._engine, self.X_fit_, None, self.rtol)
+            rows = self._cosine_rows()
         return self._search_rows(rows, n_neighbors, exclude_self=True)
 
     def _faiss(self, F, n_neighbors, exclude_self):
@@ -452,9 +487,7 @@ class NetworkNeighbors(NetworkEstimator):
             F = self.reference_features_
             blocks = sketch_rows(F[rows], F)
         else:
-            blocks = cosine_rows(
-                self._engine, self.X_fit_, take(self.X_fit_, rows), self.rtol
-            )
+            blocks = self._cosine_rows(take(self.X_fit_, rows))
         values = []
         for block, k in blocks:
             others = np.ones(k.shape, dtype=bool)

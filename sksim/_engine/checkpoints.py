@@ -1,0 +1,260 @@
+"""The kernel averaged over training checkpoints.
+
+With checkpoints ``theta_1, ..., theta_C`` of one network and weights ``w_c``
+(for example the learning rate at each), the kernel is
+``K = sum_c w_c K_c / sum_c w_c``, each ``K_c`` the kernel of the requested
+kind with the network's parameters set to ``theta_c``. Each checkpoint is
+loaded into a copy of the network in turn (the network itself never changes),
+and only one checkpoint's engine and pieces exist at a time:
+
+* exact kernels, counts and reference sums are accumulated checkpoint by
+  checkpoint (:func:`weighted_sum`, :func:`weighted_rows`);
+* sketched features of the checkpoints are concatenated, each scaled by
+  ``sqrt(w_c / sum w)`` (:func:`stacked`), so that inner products of the
+  concatenation are the weighted averages of the per-checkpoint inner
+  products. Each checkpoint is sketched with its own seed
+  (:func:`checkpoint_seed`), so that their sketch errors are independent.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from .inputs import take
+from .jacobian import JacobianEngine
+
+SEED_LIMIT = 2**31 - 1
+
+
+def checkpoint_shares(weights, n_checkpoints: int) -> np.ndarray:
+    """The weights ``w_c / sum w`` of the checkpoints, validated.
+
+    ``weights=None`` gives equal shares.
+    """
+    if n_checkpoints == 0:
+        raise ValueError(
+            "checkpoints is empty: pass a list of state_dicts (or paths to "
+            "them), or None for the network as it is."
+        )
+    if weights is None:
+        return np.full(n_checkpoints, 1.0 / n_checkpoints)
+    w = np.asarray(weights, dtype=float)
+    if w.ndim != 1 or len(w) != n_checkpoints:
+        raise ValueError(
+            f"checkpoint_weights must hold one weight per checkpoint: got "
+            f"{w.size} weight(s) of shape {w.shape} for {n_checkpoints} "
+            "checkpoint(s)."
+        )
+    if not (np.isfinite(w).all() and (w > 0).all()):
+        raise ValueError(
+            f"checkpoint_weights must be positive and finite; got {w.tolist()}."
+        )
+    return w / w.sum()
+
+
+def checkpoint_seed(seed: int, index: int) -> int:
+    """The sketch seed of checkpoint ``index``: ``seed`` itself for the first."""
+    return (seed + index) % SEED_LIMIT
+
+
+def load_checkpoint(checkpoint, index: int) -> Mapping[str, torch.Tensor]:
+    """A state_dict, or the one saved at a path (``torch.load``, weights only)."""
+    if isinstance(checkpoint, Mapping):
+        return checkpoint
+    if not isinstance(checkpoint, str | os.PathLike):
+        raise TypeError(
+            f"checkpoints[{index}] is a {type(checkpoint).__name__}; expected a "
+            "state_dict (a dict of tensors) or the path of one saved with "
+            "torch.save."
+        )
+    if not os.path.isfile(checkpoint):
+        raise FileNotFoundError(
+            f"checkpoints[{index}]: no file {os.fspath(checkpoint)!r}."
+        )
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    if not isinstance(state, Mapping):
+        raise TypeError(
+            f"checkpoints[{index}]: {os.fspath(checkpoint)!r} holds a "
+            f"{type(state).__name__}, not a state_dict: save "
+            "module.state_dict() (skorch's save_params and Checkpoint do)."
+        )
+    return state
+
+
+def check_state(module: torch.nn.Module, state: Mapping, index: int) -> None:
+    """Raise a ValueError naming the first key or shape where ``state`` differs."""
+    expected = module.state_dict()
+    problem = None
+    for key, tensor in expected.items():
+        shape = tuple(getattr(state[key], "shape", ())) if key in state else None
+        if shape is None:
+            problem = f"it lacks {key!r}"
+        elif shape != tuple(tensor.shape):
+            problem = (
+                f"{key!r} has shape {shape} there and "
+                f"{tuple(tensor.shape)} in the network"
+            )
+        if problem:
+            break
+    else:
+        extra = [key for key in state if key not in expected]
+        if extra:
+            problem = f"it has {extra[0]!r}, which the network has not"
+    if problem:
+        raise ValueError(
+            f"checkpoints[{index}] does not match the network: {problem}. "
+            "Checkpoints must be state_dicts of the network's own architecture "
+            "(module.state_dict(), or skorch's net.module_.state_dict())."
+        )
+
+
+def check_checkpoints(
+    module: torch.nn.Module, checkpoints: Sequence, weights
+) -> np.ndarray:
+    """Validate every checkpoint against ``module``; return their shares.
+
+    Files are read one at a time and not kept.
+    """
+    shares = checkpoint_shares(weights, len(checkpoints))
+    for index, checkpoint in enumerate(checkpoints):
+        check_state(module, load_checkpoint(checkpoint, index), index)
+    return shares
+
+
+def loaded_copy(module: torch.nn.Module, state: Mapping) -> torch.nn.Module:
+    """A copy of ``module`` with the parameters and buffers of ``state``."""
+    module = copy.deepcopy(module)
+    module.load_state_dict(state)
+    return module
+
+
+class WeightedEngines:
+    """The engines of a network at its checkpoints, with their shares.
+
+    Iterating yields ``(share, engine)`` for one checkpoint at a time: the
+    checkpoint is loaded into a fresh copy of the network when its turn comes,
+    and the copy is dropped with its engine. Use each engine before asking
+    for the next.
+
+    Parameters
+    ----------
+    engines : list of (float, JacobianEngine), default=None
+        Engines built already (``[(1.0, engine)]`` for a network without
+        checkpoints).
+    module : torch.nn.Module, default=None
+        The network whose checkpoints are taken (never changed).
+    checkpoints : list of state_dicts or paths, default=None
+    shares : ndarray of shape (n_checkpoints,), default=None
+        ``w_c / sum w``.
+    make : callable, default=None
+        ``make(module) -> JacobianEngine`` for each loaded copy.
+    max_memory : int or None, default=None
+        Bytes that :func:`weighted_rows` may hold in accumulated rows.
+    """
+
+    def __init__(
+        self,
+        engines: list[tuple[float, JacobianEngine]] | None = None,
+        module: torch.nn.Module | None = None,
+        checkpoints: Sequence | None = None,
+        shares: np.ndarray | None = None,
+        make: Callable[[torch.nn.Module], JacobianEngine] | None = None,
+        max_memory: int | None = None,
+    ):
+        self._engines = engines
+        self.module, self.checkpoints, self.shares = module, checkpoints, shares
+        self.make = make
+        self.max_memory = float("inf") if max_memory is None else max_memory
+
+    @property
+    def single(self) -> bool:
+        """Whether this is one engine of share 1, the network without checkpoints."""
+        return self._engines is not None and len(self._engines) == 1
+
+    def __len__(self) -> int:
+        return len(self._engines if self._engines is not None else self.checkpoints)
+
+    def __iter__(self) -> Iterator[tuple[float, JacobianEngine]]:
+        if self._engines is not None:
+            yield from self._engines
+            return
+        for index, (share, checkpoint) in enumerate(
+            zip(self.shares, self.checkpoints, strict=True)
+        ):
+            state = load_checkpoint(checkpoint, index)
+            yield float(share), self.make(loaded_copy(self.module, state))
+
+
+def weighted_sum(
+    engines: WeightedEngines, compute: Callable[[JacobianEngine, int], np.ndarray]
+) -> np.ndarray:
+    """``sum_c share_c compute(engine_c, c)``, one checkpoint at a time."""
+    if engines.single:
+        ((_, engine),) = engines
+        return compute(engine, 0)
+    total = None
+    for index, (share, engine) in enumerate(engines):
+        part = share * np.asarray(compute(engine, index), dtype=np.float64)
+        if total is None:
+            total = part
+        else:
+            total += part
+    return total
+
+
+def stacked(
+    engines: WeightedEngines, compute: Callable[[JacobianEngine, int], np.ndarray]
+) -> np.ndarray:
+    """``compute(engine_c, c)`` scaled by ``sqrt(share_c)``, joined on the last axis.
+
+    Inner products of the result (over the last axis) are the weighted averages
+    ``sum_c share_c <F_c(x), F_c(y)>``.
+    """
+    if engines.single:
+        ((_, engine),) = engines
+        return compute(engine, 0)
+    parts = [
+        (math.sqrt(share) * compute(engine, index)).astype(np.float32)
+        for index, (share, engine) in enumerate(engines)
+    ]
+    return np.concatenate(parts, axis=-1)
+
+
+def weighted_rows(
+    engines: WeightedEngines,
+    rows_of: Callable[[JacobianEngine, object], Iterator[tuple[slice, np.ndarray]]],
+    queries,
+    n_queries: int,
+    n_reference: int,
+    reference=None,
+) -> Iterator[tuple[slice, np.ndarray]]:
+    """Yield ``(rows, sum_c share_c k_c[rows])`` for blocks of queries.
+
+    ``rows_of(engine, Q)`` yields ``(rows, k)`` blocks of the rows of ``Q``
+    against the reference set; ``Q=None`` (with ``queries=None``) means the
+    reference set itself, taken from ``reference`` in blocks when it does not
+    fit at once. Queries come in blocks whose accumulated rows take at most a
+    third of ``max_memory``; every checkpoint is loaded once per block.
+    """
+    if engines.single:
+        ((_, engine),) = engines
+        yield from rows_of(engine, queries)
+        return
+    fit = engines.max_memory / 3 / (8 * n_reference)
+    step = max(1, int(min(n_queries, fit)))
+    for start in range(0, n_queries, step):
+        block = slice(start, min(start + step, n_queries))
+        whole = step >= n_queries
+        source = reference if queries is None else queries
+        Q = queries if whole else take(source, block)
+        out = np.zeros((block.stop - block.start, n_reference))
+        for share, engine in engines:
+            for rows, k in rows_of(engine, Q):
+                out[rows] += share * k
+        yield block, out

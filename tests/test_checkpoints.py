@@ -1,0 +1,445 @@
+"""The kernel averaged over training checkpoints, against one net per checkpoint."""
+
+import copy
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_digits_net
+from sklearn.base import clone
+from skorch.callbacks import Checkpoint
+
+from sksim import (
+    GradientDensityEstimator,
+    NetworkNeighbors,
+    NetworkSimilarityKernel,
+    network_similarity,
+)
+from sksim._base import make_engine, projection_seed
+from sksim._engine.checkpoints import checkpoint_seed
+from sksim.checkpoints import collect_checkpoints
+from sksim.kernel import _projected_similarity
+
+KINDS = ["cosine", "ntk", "influence"]
+WEIGHTS = [1.0, 2.0, 0.5]
+
+
+def mlp():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2)
+    )
+
+
+def perturbed_states(net, n=3):
+    """State dicts of ``net`` with its parameters moved, as training would."""
+    states = []
+    for c in range(n):
+        generator = torch.Generator().manual_seed(100 + c)
+        states.append(
+            {
+                k: v + 0.5 * torch.randn(v.shape, generator=generator)
+                for k, v in net.state_dict().items()
+            }
+        )
+    return states
+
+
+def at(net, state):
+    """A copy of ``net`` set to a checkpoint: the oracle's net per checkpoint."""
+    copied = copy.deepcopy(net)
+    copied.load_state_dict(state)
+    return copied
+
+
+def average(kernels, weights=WEIGHTS):
+    return sum(w * K for w, K in zip(weights, kernels, strict=True)) / sum(weights)
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.RandomState(0)
+    return rng.randn(12, 3).astype(np.float32), rng.randn(5, 3).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def net_and_states():
+    net = mlp()
+    return net, perturbed_states(net)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_kernel_is_the_weighted_average_of_checkpoint_kernels(
+    data, net_and_states, kind
+):
+    X, Y = data
+    net, states = net_and_states
+    for second in (Y, None):
+        K = network_similarity(
+            net,
+            X,
+            second,
+            kind=kind,
+            batch_size=5,
+            checkpoints=states,
+            checkpoint_weights=WEIGHTS,
+        )
+        expected = average(
+            [network_similarity(at(net, s), X, second, kind=kind) for s in states]
+        )
+        np.testing.assert_allclose(K, expected, rtol=1e-6, atol=1e-7)
+    if kind != "influence":
+        np.testing.assert_array_equal(K, K.T)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_full_blocks_are_the_weighted_average(data, net_and_states, kind):
+    X, Y = data
+    net, states = net_and_states
+    K = network_similarity(
+        net, X, Y, kind=kind, reduce=None, checkpoints=states, batch_size=4
+    )
+    expected = average(
+        [network_similarity(at(net, s), X, Y, kind=kind, reduce=None) for s in states],
+        [1, 1, 1],
+    )
+    assert K.shape == (12, 5, 2, 2)
+    np.testing.assert_allclose(K, expected, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_sketched_kernel_is_the_average_of_sketched_kernels(data, net_and_states, kind):
+    """Checkpoint c is sketched with its own seed, derived from random_state."""
+    X, Y = data
+    net, states = net_and_states
+    seed = projection_seed(7)
+    K = network_similarity(
+        net,
+        X,
+        Y,
+        kind=kind,
+        n_components=12,
+        random_state=7,
+        batch_size=5,
+        checkpoints=states,
+        checkpoint_weights=WEIGHTS,
+    )
+    expected = average(
+        [
+            _projected_similarity(
+                make_engine(at(net, s), "logits", None, 5, None, 0, None),
+                X,
+                Y,
+                kind,
+                "trace",
+                1e-5,
+                12,
+                checkpoint_seed(seed, c),
+            )
+            for c, s in enumerate(states)
+        ]
+    )
+    np.testing.assert_allclose(K, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_wide_sketches_give_the_exact_average(data, net_and_states, kind):
+    """Sketches at least as wide as the 50 parameters keep every piece exactly."""
+    X, Y = data
+    net, states = net_and_states
+    kwargs = dict(kind=kind, checkpoints=states, checkpoint_weights=WEIGHTS)
+    exact = network_similarity(net, X, Y, **kwargs)
+    sketched = network_similarity(net, X, Y, n_components=64, random_state=0, **kwargs)
+    np.testing.assert_allclose(sketched, exact, rtol=1e-4, atol=1e-5)
+    kern = NetworkSimilarityKernel(net, n_components=64, random_state=0, **kwargs)
+    np.testing.assert_allclose(kern.fit(Y).transform(X), exact, rtol=1e-4, atol=1e-5)
+    assert kern.features_fit_.shape == (5, 2, 3 * 50)  # 50 exact columns each
+
+
+@pytest.mark.parametrize("n_components", [None, 16])
+@pytest.mark.parametrize("kind", KINDS)
+def test_one_checkpoint_is_todays_kernel(data, kind, n_components):
+    X, Y = data
+    net = mlp()
+    kwargs = dict(kind=kind, n_components=n_components, random_state=3)
+    today = network_similarity(net, X, Y, **kwargs)
+    K = network_similarity(net, X, Y, checkpoints=[net.state_dict()], **kwargs)
+    np.testing.assert_allclose(K, today, rtol=1e-12, atol=1e-12)
+    kern = NetworkSimilarityKernel(net, checkpoints=[net.state_dict()], **kwargs)
+    plain = NetworkSimilarityKernel(net, **kwargs)
+    np.testing.assert_allclose(
+        kern.fit(Y).transform(X), plain.fit(Y).transform(X), rtol=1e-12, atol=1e-12
+    )
+
+
+def test_the_kernel_estimator_averages_like_the_function(data, net_and_states):
+    X, Y = data
+    net, states = net_and_states
+    kwargs = dict(kind="cosine", checkpoints=states, checkpoint_weights=WEIGHTS)
+    kern = NetworkSimilarityKernel(net, batch_size=4, **kwargs)
+    K = kern.fit_transform(X)
+    np.testing.assert_allclose(K, network_similarity(net, X, **kwargs), rtol=1e-12)
+    np.testing.assert_allclose(
+        kern.transform(Y), network_similarity(net, Y, X, **kwargs), rtol=1e-6
+    )
+
+
+def test_the_network_is_left_bit_identical(data, net_and_states):
+    X, Y = data
+    net, states = net_and_states
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    kwargs = dict(checkpoints=states, checkpoint_weights=WEIGHTS)
+    network_similarity(net, X, Y, kind="influence", **kwargs)
+    NetworkSimilarityKernel(net, n_components=8, **kwargs).fit(X).transform(Y)
+    NetworkNeighbors(net, n_neighbors=2, **kwargs).fit(X).kneighbors(Y)
+    GradientDensityEstimator(net, **kwargs).fit(X).score_samples(Y)
+    after = net.state_dict()
+    assert after.keys() == before.keys()
+    for key, value in before.items():
+        assert torch.equal(after[key], value), key
+
+
+def test_paths_equal_state_dicts(data, net_and_states, tmp_path):
+    X, Y = data
+    net, states = net_and_states
+    paths = []
+    for c, state in enumerate(states):
+        paths.append(tmp_path / f"epoch_{c}.pt")
+        torch.save(state, paths[-1])
+    from_files = network_similarity(net, X, Y, checkpoints=paths)
+    np.testing.assert_array_equal(
+        from_files, network_similarity(net, X, Y, checkpoints=states)
+    )
+    as_str = network_similarity(net, X, Y, checkpoints=[str(p) for p in paths])
+    np.testing.assert_array_equal(as_str, from_files)
+
+
+@pytest.mark.parametrize("use_paths", [False, True])
+def test_clone_and_pickle(data, net_and_states, tmp_path, use_paths):
+    X, Y = data
+    net, states = net_and_states
+    checkpoints = states
+    if use_paths:
+        checkpoints = [str(tmp_path / f"{c}.pt") for c in range(len(states))]
+        for state, path in zip(states, checkpoints, strict=True):
+            torch.save(state, path)
+    kern = NetworkSimilarityKernel(
+        net, kind="ntk", checkpoints=checkpoints, checkpoint_weights=WEIGHTS
+    )
+    cloned = clone(kern)
+    assert len(cloned.checkpoints) == 3
+    assert cloned.checkpoint_weights == WEIGHTS
+    expected = kern.fit(X).transform(Y)
+    np.testing.assert_array_equal(cloned.fit(X).transform(Y), expected)
+    restored = pickle.loads(pickle.dumps(kern))
+    np.testing.assert_array_equal(restored.transform(Y), expected)
+
+
+def test_neighbors_rank_by_the_averaged_kernel(data, net_and_states):
+    X, Y = data
+    net, states = net_and_states
+    kwargs = dict(checkpoints=states, checkpoint_weights=WEIGHTS)
+    K = network_similarity(net, Y, X, **kwargs)
+    K_self = network_similarity(net, X, **kwargs)
+    np.fill_diagonal(K_self, -np.inf)
+    # max_memory small enough to accumulate the rows in blocks of 2 queries
+    for max_memory in (None, 3 * 8 * 12 * 2):
+        nn = NetworkNeighbors(
+            net, n_neighbors=4, batch_size=3, max_memory=max_memory, **kwargs
+        ).fit(X)
+        for queries, kernel in ((Y, K), (None, K_self)):
+            similarities, indices = nn.most_similar(queries)
+            order = np.argsort(-kernel, axis=1, kind="stable")[:, :4]
+            np.testing.assert_array_equal(indices, order)
+            np.testing.assert_allclose(
+                similarities,
+                np.take_along_axis(kernel, order, axis=1),
+                rtol=1e-6,
+            )
+
+
+def test_neighbors_first_epoch_differ_from_the_average(data, net_and_states):
+    """The averaged kernel is not one checkpoint's: neighbours can change."""
+    X, Y = data
+    net, states = net_and_states
+    first = NetworkNeighbors(net, n_neighbors=3, checkpoints=states[:1]).fit(X)
+    averaged = NetworkNeighbors(net, n_neighbors=3, checkpoints=states).fit(X)
+    only_first = NetworkNeighbors(at(net, states[0]), n_neighbors=3).fit(X)
+    np.testing.assert_array_equal(
+        first.kneighbors(Y, return_distance=False),
+        only_first.kneighbors(Y, return_distance=False),
+    )
+    assert not np.allclose(first.most_similar(Y)[0], averaged.most_similar(Y)[0])
+
+
+def test_sketched_neighbors_use_unit_stacked_features(data, net_and_states):
+    X, Y = data
+    net, states = net_and_states
+    kwargs = dict(checkpoints=states, checkpoint_weights=WEIGHTS)
+    nn = NetworkNeighbors(
+        net, n_neighbors=3, n_components=64, random_state=0, **kwargs
+    ).fit(X)
+    F = nn.reference_features_
+    assert F.shape == (12, 3 * 2 * 50)  # 50 exact columns each
+    np.testing.assert_allclose(np.linalg.norm(F, axis=1), 1.0, rtol=1e-5)
+    similarities, indices = nn.most_similar(Y)
+    K = network_similarity(net, Y, X, **kwargs)
+    np.testing.assert_array_equal(indices, np.argsort(-K, axis=1)[:, :3])
+    np.testing.assert_allclose(
+        similarities, np.take_along_axis(K, indices, axis=1), atol=1e-5
+    )
+
+
+def test_soft_counts_are_the_weighted_counts_of_each_checkpoint(data, net_and_states):
+    X, Y = data
+    net, states = net_and_states
+    dens = GradientDensityEstimator(
+        net, batch_size=5, checkpoints=states, checkpoint_weights=WEIGHTS
+    ).fit(X)
+    assert dens.reference_sum_.shape == (3, 2, 50)
+    per_checkpoint = [
+        GradientDensityEstimator(at(net, s)).fit(X).neighbor_counts(Y) for s in states
+    ]
+    counts = dens.neighbor_counts(Y)
+    np.testing.assert_allclose(counts, average(per_checkpoint), rtol=1e-5)
+    K = network_similarity(net, Y, X, checkpoints=states, checkpoint_weights=WEIGHTS)
+    np.testing.assert_allclose(counts, K.sum(axis=1), rtol=1e-5)
+
+
+@pytest.mark.parametrize("n_components", [None, 64])
+def test_hard_and_power_counts_use_the_averaged_kernel(
+    data, net_and_states, n_components
+):
+    X, Y = data
+    net, states = net_and_states
+    kwargs = dict(checkpoints=states, checkpoint_weights=WEIGHTS)
+    K = network_similarity(net, Y, X, **kwargs)
+    hard = GradientDensityEstimator(
+        net, method="hard", threshold=0.5, n_components=n_components, **kwargs
+    ).fit(X)
+    # a threshold between the similarities, away from sketch errors
+    np.testing.assert_array_equal(hard.neighbor_counts(Y), (K > 0.5).sum(axis=1))
+    power = GradientDensityEstimator(
+        net, method="power", power=2, n_components=n_components, **kwargs
+    ).fit(X)
+    np.testing.assert_allclose(
+        power.neighbor_counts(Y), (np.maximum(K, 0) ** 2).sum(axis=1), rtol=1e-4
+    )
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            lambda s: s.pop("2.bias"),
+            r"checkpoints\[1\] does not match .* lacks '2.bias'",
+        ),
+        (
+            lambda s: s.update({"extra": torch.zeros(1)}),
+            r"checkpoints\[1\] does not match .* has 'extra', which the network",
+        ),
+        (
+            lambda s: s.update({"0.weight": torch.zeros(4, 3)}),
+            r"'0.weight' has shape \(4, 3\) there and \(8, 3\) in the network",
+        ),
+    ],
+)
+def test_mismatched_checkpoints_are_named(data, net_and_states, change, message):
+    X, _ = data
+    net, states = net_and_states
+    wrong = [states[0], dict(states[1]), states[2]]
+    change(wrong[1])
+    with pytest.raises(ValueError, match=message):
+        network_similarity(net, X, checkpoints=wrong)
+    with pytest.raises(ValueError, match=message):
+        NetworkNeighbors(net, checkpoints=wrong).fit(X)
+
+
+@pytest.mark.parametrize(
+    "weights, message",
+    [
+        ([1.0, 0.0, 1.0], r"positive and finite; got \[1.0, 0.0, 1.0\]"),
+        ([1.0, -2.0, 1.0], "positive and finite"),
+        ([1.0, np.nan, 1.0], "positive and finite"),
+        ([1.0, 2.0], r"one weight per checkpoint: got 2 weight\(s\) .* for 3"),
+        ([[1.0, 2.0, 3.0]], "one weight per checkpoint"),
+    ],
+)
+def test_bad_weights(data, net_and_states, weights, message):
+    X, _ = data
+    net, states = net_and_states
+    with pytest.raises(ValueError, match=message):
+        network_similarity(net, X, checkpoints=states, checkpoint_weights=weights)
+    with pytest.raises(ValueError, match=message):
+        GradientDensityEstimator(
+            net, checkpoints=states, checkpoint_weights=weights
+        ).fit(X)
+
+
+def test_missing_files_empty_lists_and_other_types(data, net_and_states, tmp_path):
+    X, _ = data
+    net, states = net_and_states
+    missing = tmp_path / "nowhere.pt"
+    with pytest.raises(FileNotFoundError, match=r"checkpoints\[1\]: no file .*nowhere"):
+        NetworkSimilarityKernel(net, checkpoints=[states[0], missing]).fit(X)
+    with pytest.raises(ValueError, match="checkpoints is empty"):
+        network_similarity(net, X, checkpoints=[])
+    with pytest.raises(TypeError, match=r"checkpoints\[0\] is a int; expected"):
+        network_similarity(net, X, checkpoints=[3])
+    torch.save([1, 2], tmp_path / "list.pt")
+    with pytest.raises(TypeError, match="holds a list, not a state_dict"):
+        network_similarity(net, X, checkpoints=[tmp_path / "list.pt"])
+
+
+# --- skorch's Checkpoint callback -------------------------------------------
+
+
+def checkpointed_net(folder, **checkpoint):
+    checkpoint = dict(monitor=None, f_params="params_{last_epoch[epoch]}.pt") | (
+        checkpoint
+    )
+    return make_digits_net(
+        max_epochs=3,
+        callbacks=[("cp", Checkpoint(dirname=str(folder), **checkpoint))],
+    )
+
+
+def test_collect_checkpoints_of_a_skorch_net(digits, tmp_path):
+    X, y = digits
+    torch.manual_seed(0)
+    net = checkpointed_net(tmp_path).fit(X[:200], y[:200])
+    paths, epochs = collect_checkpoints(net, return_epochs=True)
+    assert epochs == [1, 2, 3]
+    assert paths == [str(tmp_path / f"params_{e}.pt") for e in epochs]
+    assert collect_checkpoints(net, "cp") == paths
+    # the last file holds the trained net itself
+    last = torch.load(paths[-1], weights_only=True)
+    for key, value in net.module_.state_dict().items():
+        assert torch.equal(last[key], value)
+    K = network_similarity(net, X[200:210], X[:20], checkpoints=paths)
+    first = copy.deepcopy(net.module_)
+    per_epoch = []
+    for path in paths:
+        first.load_state_dict(torch.load(path, weights_only=True))
+        per_epoch.append(network_similarity(first, X[200:210], X[:20]))
+    np.testing.assert_allclose(K, average(per_epoch, [1, 1, 1]), rtol=1e-6)
+
+
+def test_collect_checkpoints_errors(digits, tmp_path):
+    X, y = digits
+    torch.manual_seed(0)
+    overwriting = checkpointed_net(tmp_path, f_params="params.pt").fit(X[:100], y[:100])
+    with pytest.raises(ValueError, match=r"3 epochs to 1 file\(s\) .*params_\{last"):
+        collect_checkpoints(overwriting)
+    with pytest.raises(ValueError, match="no Checkpoint callback named 'other'"):
+        collect_checkpoints(overwriting, "other")
+    plain = make_digits_net(max_epochs=1).fit(X[:100], y[:100])
+    with pytest.raises(ValueError, match="no Checkpoint callback: train it with"):
+        collect_checkpoints(plain)
+    with pytest.raises(ValueError, match="trained skorch net; got DigitsMLP"):
+        collect_checkpoints(plain.module_)
+    kept = checkpointed_net(tmp_path / "kept").fit(X[:100], y[:100])
+    (tmp_path / "kept" / "params_2.pt").unlink()
+    with pytest.raises(FileNotFoundError, match=r"params_2.pt', which is gone"):
+        collect_checkpoints(kept)
