@@ -146,7 +146,7 @@ def estimate_n_issues(combined, y):
     return int(round(calibrated.sum() - np.trace(calibrated)))
 
 
-def score_labels(P, similarities, indices, y, n_classes, combination="mean"):
+def score_labels(P, similarities, neighbor_labels, y, combination="mean"):
     """Both signals of every example combined: its score and suggested label.
 
     Parameters
@@ -155,13 +155,10 @@ def score_labels(P, similarities, indices, y, n_classes, combination="mean"):
         Out-of-fold (or, prefit, in-sample) predicted probabilities.
     similarities : ndarray of shape (n, k)
         Similarities of each example to its nearest training examples.
-    indices : ndarray of shape (n, k)
-        Their rows in ``y``.
+    neighbor_labels : ndarray of shape (n, k)
+        Their encoded labels (``0 .. n_classes - 1``).
     y : ndarray of shape (n,)
-        Encoded given labels (``0 .. n_classes - 1``) of the examples, which
-        are also the training examples that ``indices`` point to.
-    n_classes : int
-        Number of classes.
+        Encoded given labels of the examples.
     combination : {"mean", "rank", "proba", "neighbors"}, default="mean"
         The score (see :func:`combine_signals`).
 
@@ -172,7 +169,7 @@ def score_labels(P, similarities, indices, y, n_classes, combination="mean"):
         mislabelled), ``suggested`` (the encoded argmax of ``(P + Q) / 2``)
         and ``n_issues`` (:func:`estimate_n_issues` on ``(P + Q) / 2``).
     """
-    Q = neighbor_label_distribution(similarities, y[indices], n_classes)
+    Q = neighbor_label_distribution(similarities, neighbor_labels, P.shape[1])
     _, scores = combine_signals(P, Q, y, combination)
     mean = (P + Q) / 2
     return Bunch(
@@ -183,29 +180,33 @@ def score_labels(P, similarities, indices, y, n_classes, combination="mean"):
     )
 
 
-def issues_frame(scored, y, classes, indices, similarities):
-    """Every example ranked by decreasing score, with its evidence.
+def issues_frame(scored, y, classes, neighbors, similarities, neighbor_labels, rows):
+    """Examples ranked by decreasing score, with their evidence.
 
     Parameters
     ----------
     scored : Bunch
         What :func:`score_labels` returns.
     y : ndarray of shape (n,)
-        Encoded given labels of the examples (where ``indices`` point too).
+        Encoded given labels of the examples.
     classes : ndarray of shape (n_classes,)
         The labels of the codes.
-    indices : ndarray of shape (n, k)
+    neighbors : ndarray of shape (n, k)
         Rows (of the training data) of each example's neighbours.
     similarities : ndarray of shape (n, k)
         Their similarities.
+    neighbor_labels : ndarray of shape (n, k)
+        Their encoded labels.
+    rows : ndarray of shape (n,)
+        Row of each example in its data.
 
     Returns
     -------
     table : pandas.DataFrame
-        ``index`` (row of the example),
-        ``given_label``, ``suggested_label``, ``score``, ``is_issue`` (one of
-        the first ``n_issues``), ``neighbors``, ``neighbor_similarities`` and
-        ``neighbor_labels`` (lists).
+        ``index`` (row of the example), ``given_label``, ``suggested_label``,
+        ``score``, ``is_issue`` (one of the first ``n_issues``),
+        ``neighbors``, ``neighbor_similarities`` and ``neighbor_labels``
+        (lists).
     """
     try:
         import pandas as pd
@@ -215,17 +216,16 @@ def issues_frame(scored, y, classes, indices, similarities):
             '"sksim[audit]"`), or read scores_ and the neighbor_* arrays.'
         ) from error
     order = np.argsort(-scored.scores, kind="stable")
-    ranked = indices[order]
     return pd.DataFrame(
         {
-            "index": order,
+            "index": rows[order],
             "given_label": classes[y[order]],
             "suggested_label": classes[scored.suggested[order]],
             "score": scored.scores[order],
             "is_issue": np.arange(len(order)) < scored.n_issues,
-            "neighbors": list(ranked),
+            "neighbors": list(neighbors[order]),
             "neighbor_similarities": list(similarities[order]),
-            "neighbor_labels": list(classes[y[ranked]]),
+            "neighbor_labels": list(classes[neighbor_labels[order]]),
         }
     )
 
@@ -429,9 +429,7 @@ class LabelIssueDetector(NetworkEstimator):
             P, similarities, indices = self._prefit_signals(X)
         else:
             P, similarities, indices = self._cross_validated_signals(X, y)
-        scored = score_labels(
-            P, similarities, indices, y, len(self.classes_), self.combination
-        )
+        scored = score_labels(P, similarities, y[indices], y, self.combination)
         self.oof_proba_ = P
         self.neighbor_proba_ = scored.neighbor_proba
         self.neighbor_indices_ = indices
@@ -570,12 +568,15 @@ class LabelIssueDetector(NetworkEstimator):
             suggested=np.searchsorted(self.classes_, self.suggested_labels_),
             n_issues=self.n_issues_,
         )
+        indices = self.neighbor_indices_
         return issues_frame(
             scored,
             self._y,
             self.classes_,
-            self.neighbor_indices_,
+            indices,
             self.neighbor_similarities_,
+            self._y[indices],
+            np.arange(len(self._y)),
         )
 
 

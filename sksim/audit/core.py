@@ -256,6 +256,7 @@ class _Fold:
         self.options, self.random_state = options, random_state
         self.scale_threshold = scale_threshold
         self.fit_seconds = None
+        self.prefit = False
 
     def fit(self, net):
         """Train a clone of ``net`` on the training part, predict the held-out one."""
@@ -268,7 +269,7 @@ class _Fold:
 
     def use(self, net):
         """Take the trained ``net`` as it is and predict the held-out part."""
-        self.net = net
+        self.net, self.prefit = net, True
         self.prediction = prefit_predictions(net, self.X_test, self.task)
 
     @property
