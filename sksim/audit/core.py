@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from .._engine.inputs import take
 from .._net import _unwrap, fit_net
 from .._validation import check_net_input, check_positive_int
+from ._examples import gallery as examples_gallery
 from ._tables import frame, import_pandas, spread
 from .analyses import ANALYSES, REGISTRY
 from .cache import AuditCache
@@ -70,14 +71,26 @@ class AuditResult:
         cross-validation description (``cv="prefit"`` for a prefit audit),
         ``scale_threshold`` and ``methods`` (the method each analysis used,
         and why, in words), timings (``seconds``: ``fit`` for the training,
-        ``predict`` instead when prefit, then each analysis), versions.
+        ``predict`` instead when prefit, then each analysis), versions, and
+        ``warnings`` raised by the analyses: one dict per kind of warning
+        (its text with the numbers masked), with ``times`` raised,
+        ``samples`` (the total of the samples they concern, when they say;
+        else None) and ``analyses`` (per analysis, its ``times`` and
+        ``samples``).
     gallery : list of dict
-        A few held-out examples (lowest density, misclassified or with the
-        largest errors, typical) with their nearest training examples:
-        ``kind``, ``fold``, ``index``, ``label``, ``prediction``,
-        ``log_density``, ``neighbors`` (training indices), ``neighbor_labels``,
+        A few held-out examples (``kind``: lowest density, misclassified or
+        with the largest errors, typical, chosen diverse in fold, class and
+        confusion pair) with their nearest training examples: ``kind``,
+        ``fold``, ``index``, ``label``, ``prediction``, ``log_density``,
+        ``neighbors`` (training indices), ``neighbor_labels``,
         ``similarities``, and ``image`` / ``neighbor_images`` for image-like
-        inputs (None otherwise).
+        inputs (None otherwise). Then the top suspected label issues
+        (``kind="label issue"``, with ``suggested`` and ``score``), the most
+        isolated examples (``"isolated"``: lowest log-density, with
+        ``neighbor_count``) and the held-out examples with the least support
+        (``"least support"``: ``support``, the similarity-weighted share of
+        their neighbours carrying the prediction); tabular ones describe
+        their most atypical features in ``features``.
     """
 
     tables: dict
@@ -578,11 +591,12 @@ def audit(
         seconds={k: round(v, 3) for k, v in seconds.items()},
         total_seconds=round(time.perf_counter() - started, 3),
         torch_version=torch.__version__,
-        warnings=[f"{text} (x{n})" for text, n in collected["warnings"].items()],
+        warnings=_warning_rows(collected["warnings"]),
     )
     if cache is not None:
         metadata["cache"] = store.summary()
     gallery = [item for a in ran for item in a.gallery(data, tables)]
+    gallery += examples_gallery(data, tables)
     return AuditResult(tables, skipped, metadata, gallery, failed)
 
 
@@ -650,9 +664,44 @@ def _train(fold, net, store):
 
 
 def _warning_text(name, caught):
-    """A warning raised by an analysis, with its numbers masked for counting."""
-    message = re.sub(r"\d+", "N", str(caught.message).split(": ")[0])
-    return f"{name}: {caught.category.__name__}: {message}"
+    """A warning raised by an analysis: what is counted of it.
+
+    ``(analysis, text, samples)``: the text is its category and first
+    sentence with the numbers masked (``N``), so that warnings differing only
+    by their numbers count together; ``samples`` is the number of samples it
+    concerns when it says so (``"... for 12 sample(s)"``), else None.
+    """
+    message = str(caught.message).split(": ")[0]
+    concerned = re.search(r"(\d+) sample", message)
+    masked = re.sub(r"\d+", "N", message)
+    text = f"{caught.category.__name__}: {masked}"
+    return name, text, None if concerned is None else int(concerned.group(1))
+
+
+def _count_warning(counts, name, text, samples):
+    """Add one warning to ``counts``: per text, per analysis, times and samples."""
+    per_analysis = counts.setdefault(text, {}).setdefault(
+        name, dict(times=0, samples=None)
+    )
+    per_analysis["times"] += 1
+    if samples is not None:
+        per_analysis["samples"] = (per_analysis["samples"] or 0) + samples
+
+
+def _warning_rows(counts):
+    """The warnings of the metadata: text, times raised, samples, analyses."""
+    rows = []
+    for text, analyses in counts.items():
+        samples = [a["samples"] for a in analyses.values() if a["samples"]]
+        rows.append(
+            dict(
+                warning=text,
+                times=sum(a["times"] for a in analyses.values()),
+                samples=sum(samples) if samples else None,
+                analyses=analyses,
+            )
+        )
+    return rows
 
 
 def _analyse(analysis, fold, store, failed):
@@ -699,7 +748,7 @@ def _run_fold(fold, analyses, store, collected, seconds, steps, failed):
         start = time.perf_counter()
         output, texts = _analyse(analysis, fold, store, failed)
         for text in texts:
-            collected["warnings"][text] = collected["warnings"].get(text, 0) + 1
+            _count_warning(collected["warnings"], *text)
         seconds[name] += time.perf_counter() - start
         steps.update()
         if output is None:
