@@ -54,8 +54,13 @@ def prediction_support(samples, neighbors):
 
 
 def isolated_rows(samples, size=SHOWN):
-    """Rows of ``samples`` with the lowest log-density, lowest first."""
-    return samples.sort_values("log_density", kind="stable").index[:size]
+    """Rows of ``samples`` with the lowest log-density, lowest first.
+
+    Ties (at the floor of the counts, typically) are broken by the lower
+    similarity of the nearest training example when the table has it.
+    """
+    by = ["log_density"] + (["top_similarity"] if "top_similarity" in samples else [])
+    return samples.sort_values(by, kind="stable").index[:size]
 
 
 def least_supported_rows(samples, support, size=SHOWN):
@@ -149,7 +154,7 @@ def _show(ax, image, title, color="black"):
     ax.imshow(image, cmap="gray_r" if image.ndim == 2 else None)
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.set_title(title, fontsize=7, color=color)
+    ax.set_title(title, fontsize=8, color=color)
 
 
 def isolated_figure(result):
@@ -204,9 +209,9 @@ def support_figure(result):
         ):
             _show(ax, image, f"y={label} k={sim:.2f}")
     fig.suptitle(
-        "Held-out inputs whose prediction the fewest of their most similar "
+        "Held-out inputs whose prediction the fewest of their most similar\n"
         "training examples carry (left; red: misclassified), and those "
-        "training examples (k: cosine similarity)",
+        "training examples\n(k: the network's cosine similarity)",
         fontsize=8,
     )
     return fig
@@ -228,14 +233,21 @@ def isolated_section(result) -> str:
         )
         return _render.paragraph(f"Not available: {reason}.", "skipped")
     worst = items[0]
+    count = worst["neighbor_count"]
+    similar = (
+        "no training example the network treats as similar (the count is floored"
+        " at one half)"
+        if count < 1
+        else f"{count:.3g} similar training examples"
+    )
     text = (
         "The examples with the lowest network-perspective density: held out, "
         "each had the fewest training examples that the network treats as "
         "similar to it. They are atypical inputs, rare variants of their "
         "class or mislabelled examples; the network learns little about them "
-        f"from the others. The most isolated, #{worst['index']}, had "
-        f"{worst['neighbor_count']:.3g} similar training examples "
-        f"(log relative density {worst['log_density']:.2f})."
+        f"from the others. The most isolated, #{worst['index']}, had {similar} "
+        f"(log relative density {worst['log_density']:.2f}); ties are broken "
+        "by the lower similarity of the nearest training example."
     )
     columns = ["index", "fold", "label", "prediction", "log_density"]
     columns += ["neighbor_count", "features"]

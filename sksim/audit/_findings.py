@@ -20,8 +20,8 @@ def summary_value(summary, metric):
     return float(rows["mean"].iloc[0]), float(rows["std"].iloc[0])
 
 
-def _spread(std):
-    return "" if math.isnan(std) else f" ± {std:.3f}"
+def _spread(std, digits=".3f"):
+    return "" if math.isnan(std) else f" ± {std:{digits}}"
 
 
 def accuracy_meaning(mean, std, n_folds):
@@ -29,9 +29,11 @@ def accuracy_meaning(mean, std, n_folds):
     consistency = (
         ""
         if math.isnan(std)
-        else " It varies little from fold to fold."
-        if std < 0.02
-        else f" It varies by {std:.3f} from fold to fold: the folds disagree."
+        else f" Its standard deviation over folds, {std:.3f}, is small: the folds "
+        "agree."
+        if std < 0.03
+        else f" Its standard deviation over folds, {std:.3f}, is large: the folds "
+        "disagree (a small or uneven data set)."
     )
     return (
         f"About {mean * 100:.0f} in 100 held-out examples are classified "
@@ -128,7 +130,7 @@ def sensitivity_finding(table):
         "norm, unlike networks that generalise well"
     )
     text = (
-        f"Relative sensitivity R = {mean:.2g}{_spread(std)} at layer "
+        f"Relative sensitivity R = {mean:.2g}{_spread(std, '.2g')} at layer "
         f"{last['layer']} ({stability}): {side}"
     )
     init = table[(table["net"] == "init") & (table["layer"] == last["layer"])]
@@ -159,10 +161,11 @@ def class_fitting_finding(table):
         if gap > 1
         else "held-out examples fall in the same class modes as training ones"
     )
+    factor = f" (a factor {math.exp(gap):.3g})" if gap < 10 else ""
     return (
         f"Class-fitting gap: at layer {layer}, held-out examples are on average "
-        f"{gap:.2f} nats (a factor {math.exp(min(gap, 50)):.3g}) less likely than "
-        f"training examples under their own class density: {meaning}."
+        f"{gap:.2f} nats{factor} less likely than training examples under their "
+        f"own class density (log-density, mean over classes): {meaning}."
     )
 
 
@@ -189,6 +192,20 @@ def label_issue_finding(result):
     return text
 
 
+def denoising_finding(summary):
+    """Self-denoising's effective neighbours and noise level, in words."""
+    neighbors = summary_value(summary, "denoising_mean_effective_neighbors")
+    sigma = summary_value(summary, "denoising_sigma")
+    if neighbors is None or sigma is None:
+        return None
+    return (
+        f"Self-denoising: each training prediction averages over about "
+        f"{neighbors[0]:.0f} training examples, and the residuals put the noise "
+        f"of the targets at σ = {sigma[0]:.3f} (root mean square per output; "
+        "0 would be labels the network reproduces exactly)."
+    )
+
+
 def support_finding(result):
     """How many held-out predictions none of their neighbours carry."""
     samples = result.tables["samples"]
@@ -203,12 +220,15 @@ def support_finding(result):
 
 def isolated_finding(result):
     """The most isolated example, in words."""
-    worst = next(g for g in result.gallery if g["kind"] == "isolated")
+    isolated = [g for g in result.gallery if g["kind"] == "isolated"]
+    samples = result.tables["samples"]
+    floor = samples["log_density"].min()
+    at_floor = int((samples["log_density"] == floor).sum())
     return (
-        f"The most isolated example, #{worst['index']} (label {worst['label']}), "
-        f"has {worst['neighbor_count']:.3g} similar training examples (log "
-        f"relative density {worst['log_density']:.2f}); the report shows the 10 "
-        "most isolated."
+        f"{at_floor} examples have no training example the network treats as "
+        f"similar (log relative density at its floor, {floor:.2f}); the most "
+        f"isolated, #{isolated[0]['index']} (label {isolated[0]['label']}), heads "
+        f"the {len(isolated)} shown."
     )
 
 
@@ -235,6 +255,8 @@ def findings(result):
         out.append(isolated_finding(result))
     if "neighbors" in tables and "correct" in tables["samples"]:
         out.append(support_finding(result))
+    if "denoising" in tables:
+        out.append(denoising_finding(tables["summary"]))
     if "sensitivity_summary" in tables:
         out.append(sensitivity_finding(tables["sensitivity_summary"]))
     if "class_fitting_summary" in tables:

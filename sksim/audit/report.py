@@ -132,7 +132,7 @@ def _warnings_table(meta):
             dict(
                 warning=w["warning"],
                 times_raised=w["times"],
-                samples_in_total=w["samples"],
+                samples_flagged=w["samples"],
                 analyses=where,
             )
         )
@@ -198,7 +198,8 @@ def _summary(result) -> str:
         parts.append(
             paragraph(
                 "Numbers in a warning's text are masked (N) so that alike "
-                "warnings count together; the samples are summed over them.",
+                "warnings count together; samples_flagged sums the samples "
+                "they name (a sample computed twice counts twice).",
                 "note",
             )
         )

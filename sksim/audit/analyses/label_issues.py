@@ -111,7 +111,7 @@ def _show(ax, image, title, color="black"):
     ax.imshow(image, cmap="gray_r" if image.ndim == 2 else None)
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.set_title(title, fontsize=7, color=color)
+    ax.set_title(title, fontsize=8, color=color)
 
 
 def issue_grid(result):
@@ -119,6 +119,7 @@ def issue_grid(result):
     items = [g for g in result.gallery if g["kind"] == "label issue"]
     if not items or items[0]["image"] is None:
         return None
+    flipped = set(result.metadata.get("label_noise", {}).get("flipped", ()))
     k = len(items[0]["neighbor_images"])
     columns = 2 if len(items) > 10 else 1
     per_column = -(-len(items) // columns)
@@ -136,10 +137,11 @@ def issue_grid(result):
     for n, item in enumerate(items):
         row = axes[n % per_column, (n // per_column) * (width + 1) :]
         given = item["label"]
+        planted = " (flip)" if item["index"] in flipped else ""
         _show(
             row[0],
             item["image"],
-            f"#{item['index']} y={given}→{item['suggested']}",
+            f"#{item['index']} y={given}→{item['suggested']}{planted}",
             "tab:red",
         )
         row[0].set_axis_on()
@@ -153,10 +155,11 @@ def issue_grid(result):
             _show(ax, image, f"y={label} k={sim:.2f}", _color(label, given))
             ax.set_axis_on()
     fig.suptitle(
-        "Suspected label issues (red: given → suggested label) and their most "
-        "similar training examples (k: the network's cosine similarity; a "
-        "neighbour titled in blue carries another label than the given one)",
-        fontsize=8,
+        "Suspected label issues (red: given → suggested label; (flip): a label "
+        "flipped on purpose) and their most similar training examples\n(k: the "
+        "network's cosine similarity; blue: a neighbour with another label "
+        "than the given one)",
+        fontsize=9,
     )
     return fig
 
@@ -179,10 +182,13 @@ def _evidence(row, shown=SHOWN_NEIGHBORS):
     )
 
 
-def issue_rows(table, top=TOP):
-    """The first ``top`` issues as a report table, neighbours in words."""
+def issue_rows(table, noise=None, top=TOP):
+    """The first ``top`` issues as a report table, neighbours in words.
+
+    With the planted ``noise`` known, a column says which labels were flipped.
+    """
     head = table.head(top)
-    return frame(
+    rows = frame(
         dict(
             index=head["index"],
             fold=head["fold"],
@@ -194,6 +200,9 @@ def issue_rows(table, top=TOP):
             nearest_training_examples=[_evidence(r) for _, r in head.iterrows()],
         )
     )
+    if noise is not None:
+        rows.insert(4, "planted_flip", head["index"].isin(noise["flipped"]).to_numpy())
+    return rows
 
 
 def noise_text(result) -> str:
@@ -307,5 +316,6 @@ class LabelIssues(Analysis):
         if method is not None:
             parts.append(_render.paragraph(f"Method: {method}.", "note"))
         parts.append(_render.figure(issue_grid, result))
-        parts.append(_render.table(issue_rows(table)))
+        noise = result.metadata.get("label_noise")
+        parts.append(_render.table(issue_rows(table, noise)))
         return "".join(parts)
