@@ -113,8 +113,8 @@ def _item(kind, sample, looks):
     )
 
 
-def gallery(data, tables):
-    """The isolated and least-supported examples of an audit (dicts, as the gallery).
+def worth_a_look(data, tables):
+    """The isolated and least-supported examples of an audit (dicts).
 
     Isolated: the lowest densities of a cross-validated audit's held-out
     examples, which are then every training example. Least supported: the
@@ -159,7 +159,7 @@ def _show(ax, image, title, color="black"):
 
 def isolated_figure(result):
     """Thumbnails of the most isolated examples, with their log-density."""
-    items = [g for g in result.gallery if g["kind"] == "isolated"]
+    items = [g for g in result.examples if g["kind"] == "isolated"]
     if not items or items[0]["image"] is None:
         return None
     fig, axes = _render.subplots(
@@ -182,7 +182,7 @@ def isolated_figure(result):
 
 def support_figure(result):
     """The least-supported predictions (left) and their nearest training examples."""
-    items = [g for g in result.gallery if g["kind"] == "least support"]
+    items = [g for g in result.examples if g["kind"] == "least support"]
     if not items or items[0]["image"] is None:
         return None
     k = len(items[0]["neighbors"])
@@ -223,7 +223,7 @@ def _rows(items, columns):
 
 def isolated_section(result) -> str:
     """The report section on the most isolated examples."""
-    items = [g for g in result.gallery if g["kind"] == "isolated"]
+    items = [g for g in result.examples if g["kind"] == "isolated"]
     if not items:
         reason = (
             "a prefit audit measures the density of the test inputs only (see "
@@ -260,7 +260,7 @@ def isolated_section(result) -> str:
 
 def support_section(result) -> str:
     """The report section on the least-supported held-out predictions."""
-    items = [g for g in result.gallery if g["kind"] == "least support"]
+    items = [g for g in result.examples if g["kind"] == "least support"]
     if not items:
         return _render.paragraph(
             "Not available: it needs the neighbours analysis of a classifier.",

@@ -220,7 +220,7 @@ def support_finding(result):
 
 def isolated_finding(result):
     """The most isolated example, in words."""
-    isolated = [g for g in result.gallery if g["kind"] == "isolated"]
+    isolated = [g for g in result.examples if g["kind"] == "isolated"]
     samples = result.tables["samples"]
     floor = samples["log_density"].min()
     at_floor = int((samples["log_density"] == floor).sum())
@@ -251,7 +251,7 @@ def findings(result):
             f"Density-error correlation {r:.2f}. "
             + meanings["density_error_correlation"]
         )
-    if any(g["kind"] == "isolated" for g in result.gallery):
+    if any(g["kind"] == "isolated" for g in result.examples):
         out.append(isolated_finding(result))
     if "neighbors" in tables and "correct" in tables["samples"]:
         out.append(support_finding(result))

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from .._engine.inputs import take
 from .._net import _unwrap, fit_net
 from .._validation import check_net_input, check_positive_int
-from ._examples import gallery as examples_gallery
+from ._examples import worth_a_look
 from ._tables import frame, import_pandas, spread
 from .analyses import ANALYSES, REGISTRY
 from .cache import AuditCache
@@ -54,7 +54,13 @@ class AuditResult:
         most similar training example), ``density_bins`` and
         ``density_bins_summary`` (error rate, or mean squared error, by density
         quantile bin), ``neighbors`` (the ``k`` most similar training examples
-        of each held-out example), ``denoising``, ``sensitivity`` and
+        of each held-out example), ``label_issues`` (every example ranked by
+        how likely its label is wrong: ``index``, ``fold``, ``given_label``,
+        ``suggested_label``, ``score``, ``proba_given_label`` and
+        ``neighbors_given_label`` (the two signals' probability of the given
+        label), ``is_issue``, and ``neighbors`` with their
+        ``neighbor_similarities`` and ``neighbor_labels``; rows of ``X``,
+        training rows when prefit), ``denoising``, ``sensitivity`` and
         ``sensitivity_summary``, ``class_fitting`` and ``class_fitting_summary``
         (for the analyses that ran). Indices of held-out examples (``index``)
         and of training examples (``train_index``, ``nearest_train_index``)
@@ -85,12 +91,16 @@ class AuditResult:
         ``neighbors`` (training indices), ``neighbor_labels``,
         ``similarities``, and ``image`` / ``neighbor_images`` for image-like
         inputs (None otherwise). Then the top suspected label issues
-        (``kind="label issue"``, with ``suggested`` and ``score``), the most
-        isolated examples (``"isolated"``: lowest log-density, with
-        ``neighbor_count``) and the held-out examples with the least support
-        (``"least support"``: ``support``, the similarity-weighted share of
-        their neighbours carrying the prediction); tabular ones describe
-        their most atypical features in ``features``.
+        (``kind="label issue"``, with ``suggested`` and ``score``).
+    examples : list of dict
+        Examples worth a look, chosen from the tables of several analyses:
+        the most isolated (``kind="isolated"``: lowest log-density, with
+        ``neighbor_count``; cross-validated audits) and the held-out
+        examples with the least support (``"least support"``: ``support``,
+        the similarity-weighted share of their neighbours carrying the
+        prediction, with the neighbours as in ``gallery``); ``image`` for
+        image-like inputs, else ``features``, their most atypical features
+        in words.
     """
 
     tables: dict
@@ -98,6 +108,7 @@ class AuditResult:
     metadata: dict
     gallery: list = field(default_factory=list)
     failed: dict = field(default_factory=dict)
+    examples: list = field(default_factory=list)
 
     def __getitem__(self, name):
         return self.tables[name]
@@ -376,6 +387,12 @@ def audit(
     * ``"neighbors"``: the ``n_neighbors`` most similar training examples of
       each held-out example (:class:`~sksim.NetworkNeighbors`) and whether
       they share its label.
+    * ``"label_issues"``: suspected label errors, the two signals of
+      :class:`~sksim.LabelIssueDetector` on the audit's own folds (each fold
+      net's out-of-fold probabilities and the labels of the example's
+      ``n_neighbors=10`` most similar training examples), ranked in the
+      ``label_issues`` table; with ``cv="prefit"``, the detector's prefit path
+      on the training data. Classification only.
     * ``"denoising"``: the self-denoising summary of the net on its training
       fold (:class:`~sksim.SelfDenoisingAnalysis` on one-hot labels and the
       first ``d - 1`` softmax probabilities, ``weights="cosine_pos_pow"``
@@ -442,9 +459,9 @@ def audit(
         As in :func:`sklearn.model_selection.cross_validate` (an int means
         :class:`~sklearn.model_selection.StratifiedKFold`), or ``"prefit"``
         to audit the trained ``net`` on ``X, y`` and ``X_test, y_test``.
-    analyses : sequence of str, default=all five
-        Which of ``"density"``, ``"neighbors"``, ``"denoising"``,
-        ``"sensitivity"`` and ``"class_fitting"`` to run.
+    analyses : sequence of str, default=all six
+        Which of ``"density"``, ``"neighbors"``, ``"label_issues"``,
+        ``"denoising"``, ``"sensitivity"`` and ``"class_fitting"`` to run.
     X_test : array-like of shape (n_test, ...), default=None
         With ``cv="prefit"`` (and only then), the held-out inputs.
     y_test : array-like of shape (n_test,), default=None
@@ -596,8 +613,8 @@ def audit(
     if cache is not None:
         metadata["cache"] = store.summary()
     gallery = [item for a in ran for item in a.gallery(data, tables)]
-    gallery += examples_gallery(data, tables)
-    return AuditResult(tables, skipped, metadata, gallery, failed)
+    examples = worth_a_look(data, tables)
+    return AuditResult(tables, skipped, metadata, gallery, failed, examples)
 
 
 def _splits(cv, data, prefit):

@@ -288,12 +288,19 @@ def _clean(value):
     return value
 
 
-def to_dict(result) -> dict:
-    """The tables, skipped and failed analyses, metadata and gallery, JSON-ready."""
-    gallery = [
+def _without_images(items):
+    return [
         {k: v for k, v in g.items() if k not in ("image", "neighbor_images")}
-        for g in result.gallery
+        for g in items
     ]
+
+
+def to_dict(result) -> dict:
+    """The tables, skipped and failed analyses, metadata, gallery and examples.
+
+    JSON-ready, images left out.
+    """
+    gallery = _without_images(result.gallery)
     return dict(
         metadata=_clean(result.metadata),
         skipped=dict(result.skipped),
@@ -302,6 +309,7 @@ def to_dict(result) -> dict:
         },
         tables={name: _records(frame) for name, frame in result.tables.items()},
         gallery=_clean(gallery),
+        examples=_clean(_without_images(result.examples)),
     )
 
 

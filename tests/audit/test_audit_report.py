@@ -64,8 +64,9 @@ def test_html_has_every_section_and_only_embedded_images(small_audit, tmp_path):
     assert page.headings == [title for _, title in SECTIONS]
     assert page.ids == [key for key, _ in SECTIONS]
     assert page.links == []
-    # histogram, error by density, neighbour grid, class densities
-    assert len(page.images) == 4
+    # histogram, error by density, neighbour grid, class densities, isolated
+    # and least-supported examples
+    assert len(page.images) == 6
     for src in page.images:
         assert src.startswith("data:image/png;base64,")
         png = base64.b64decode(src.split(",", 1)[1])
