@@ -159,6 +159,18 @@ def test_invalid_options_raise_before_training(noisy_digits):
         )
 
 
+def test_options_the_audit_sets_are_refused(noisy_digits):
+    X, y, _ = noisy_digits
+    with pytest.raises(ValueError, match=r"cannot set \['combination'\]"):
+        audit(
+            _audit_helpers.small_net(X),
+            X,
+            y,
+            analyses=("label_issues",),
+            options=dict(label_issues=dict(combination="rank")),
+        )
+
+
 def test_plant_label_noise_flips_the_share_asked_to_other_classes():
     y = np.repeat(np.arange(4), 50)
     noisy, flipped = plant_label_noise(y, 0.05, 3)

@@ -12,6 +12,7 @@ from .neighbors import image_view
 
 TOP = 20  # issues shown in the report
 SHOWN_NEIGHBORS = 5  # neighbours drawn beside each of them
+FIXED = ("net", "cv", "combination", "random_state")  # set by the audit
 
 
 def detector(fold, options):
@@ -241,8 +242,14 @@ class LabelIssues(Analysis):
     tasks = ("classification",)
 
     def check_options(self, options):
-        given = {k: v for k, v in options.items() if k != "combination"}
-        LabelIssueDetector(None, **given)._validate_params()
+        fixed = sorted(set(options) & set(FIXED))
+        if fixed:
+            raise ValueError(
+                f"options['label_issues'] cannot set {fixed}: the analysis uses "
+                "the audit's folds, nets and seed, and scores by the mean of the "
+                "two signals."
+            )
+        LabelIssueDetector(None, **options)._validate_params()
 
     def run(self, fold):
         options = self.options(fold)
