@@ -7,6 +7,7 @@ import _audit_helpers
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from test_audit_report import parse
 
 from sksim.audit import audit
@@ -233,12 +234,27 @@ def test_report_prints_the_warning_counts(small_audit):
     assert "6 warning(s) of 1 kind(s)" in html
 
 
-def test_real_warnings_are_counted_in_the_audit(small_audit):
-    # denoising's d - 1 softmax outputs of an undertrained net: near-singular
-    rows = small_audit.metadata["warnings"]
+def softmax(logits):
+    return torch.softmax(logits, dim=-1)
+
+
+def test_real_warnings_are_counted_in_the_audit(digit_images):
+    # softmax outputs make every Jacobian Gram singular (rows sum to zero)
+    X, y = digit_images
+    result = audit(
+        _audit_helpers.small_net(X, max_epochs=1),
+        X,
+        y,
+        cv=2,
+        analyses=("density",),
+        options=dict(density=dict(output=softmax)),
+    )
+    rows = result.metadata["warnings"]
     (row,) = [w for w in rows if "near-singular for N sample(s)" in w["warning"]]
-    assert row["times"] == row["analyses"]["denoising"]["times"] >= 3
-    assert 0 < row["samples"] <= 80 * row["times"]
+    assert row["warning"].startswith("SingularJacobianGramWarning: ")
+    assert list(row["analyses"]) == ["density"]
+    assert row["times"] == row["analyses"]["density"]["times"] >= 2
+    assert row["samples"] == row["analyses"]["density"]["samples"] >= len(X)
 
 
 def test_timings_table_sums_the_steps(small_audit):
