@@ -235,8 +235,7 @@ def isolated_section(result) -> str:
     worst = items[0]
     count = worst["neighbor_count"]
     similar = (
-        "no training example the network treats as similar (the count is floored"
-        " at one half)"
+        "no training example the network treats as similar"
         if count < 1
         else f"{count:.3g} similar training examples"
     )
@@ -246,8 +245,9 @@ def isolated_section(result) -> str:
         "similar to it. They are atypical inputs, rare variants of their "
         "class or mislabelled examples; the network learns little about them "
         f"from the others. The most isolated, #{worst['index']}, had {similar} "
-        f"(log relative density {worst['log_density']:.2f}); ties are broken "
-        "by the lower similarity of the nearest training example."
+        f"(log relative density {worst['log_density']:.2f}; counts below one "
+        "half are floored); ties are broken by the lower similarity of the "
+        "nearest training example."
     )
     columns = ["index", "fold", "label", "prediction", "log_density"]
     columns += ["neighbor_count", "features"]
