@@ -131,6 +131,27 @@ def encode_labels(y):
     return codes.astype(np.int64), classes
 
 
+def plant_label_noise(y, rate, seed):
+    """``y`` with a share ``rate`` of its labels flipped to another class.
+
+    The flipped rows are drawn at random without replacement, each new label
+    uniformly among the other classes (codes ``0 .. n_classes - 1``).
+
+    Returns
+    -------
+    noisy : ndarray
+        The labels with the flips.
+    flipped : ndarray
+        Sorted rows whose label was flipped.
+    """
+    n_classes = len(np.unique(y))
+    rng = np.random.RandomState(seed)
+    flipped = np.sort(rng.choice(len(y), int(round(rate * len(y))), replace=False))
+    noisy = y.copy()
+    noisy[flipped] = (y[flipped] + rng.randint(1, n_classes, len(flipped))) % n_classes
+    return noisy, flipped
+
+
 def check_output(path, option):
     """Fail before any training when ``path`` cannot be written."""
     path = Path(path)
@@ -218,6 +239,13 @@ def _positive_real(text):
         raise argparse.ArgumentTypeError(
             f"must be a positive finite number; got {text}"
         )
+    return value
+
+
+def _noise_rate(text):
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1; got {text}")
     return value
 
 
@@ -365,6 +393,22 @@ def make_parser():
         default=None,
         help="module names whose representations the class-fitting analysis "
         "models (default: the last three linear or convolutional modules)",
+    )
+    analysis.add_argument(
+        "--label-noise",
+        metavar="RATE",
+        type=_noise_rate,
+        default=None,
+        help="flip this share of the labels (e.g. 0.05) to another class at random "
+        "before a cross-validated audit, to see the label-issue analysis find "
+        "them: the report gives its precision on the flipped labels (default: "
+        "none)",
+    )
+    analysis.add_argument(
+        "--noise-seed",
+        type=int,
+        default=0,
+        help="seed of the labels flipped by --label-noise (default 0)",
     )
     analysis.add_argument(
         "--seed",
@@ -548,6 +592,18 @@ def load_checkpoint(args, X, n_outputs):
     return module
 
 
+def noisy_labels(args, data):
+    """The labels with --label-noise planted, and what the report records of it."""
+    if args.checkpoint is not None or data.task != "classification":
+        raise ValueError(
+            "--label-noise flips class labels before a cross-validated audit; "
+            "it does not apply to a trained network (--checkpoint)."
+        )
+    y, flipped = plant_label_noise(data.y, args.label_noise, args.noise_seed)
+    noise = dict(rate=args.label_noise, seed=args.noise_seed, flipped=flipped.tolist())
+    return y, noise
+
+
 def run_audit(args):
     """Load the data, build the net, audit it and write the report(s)."""
     from .audit import ANALYSES, AuditAnalysisFailedWarning, audit
@@ -562,6 +618,13 @@ def run_audit(args):
     check_checkpoint_args(args)
     data = load_data(args, say)
     X, y = data.X, data.y
+    noise = None
+    if args.label_noise is not None:
+        y, noise = noisy_labels(args, data)
+        say(
+            f"{len(noise['flipped'])} labels ({args.label_noise:g}) flipped at "
+            f"random (seed {args.noise_seed})"
+        )
     if args.checkpoint is None:
         net = build_net(args, X, data.n_outputs)
         protocol = dict(cv=args.cv)
@@ -595,6 +658,8 @@ def run_audit(args):
             **protocol,
         )
     result.metadata["data"] = data.source
+    if noise is not None:
+        result.metadata["label_noise"] = noise
     if args.checkpoint is not None:
         result.metadata["checkpoint"] = str(args.checkpoint)
         result.metadata["test_data"] = str(args.test_data)

@@ -21,7 +21,7 @@ import torch
 from sklearn.base import clone
 from sklearn.model_selection import check_cv
 from sklearn.preprocessing import LabelEncoder
-from sklearn.utils import check_random_state
+from sklearn.utils import Bunch, check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import check_is_fitted, column_or_1d
@@ -144,6 +144,90 @@ def estimate_n_issues(combined, y):
         joint * counts[:, None], per_row, out=np.zeros_like(joint), where=per_row > 0
     )
     return int(round(calibrated.sum() - np.trace(calibrated)))
+
+
+def score_labels(P, similarities, neighbor_labels, y, combination="mean"):
+    """Both signals of every example combined: its score and suggested label.
+
+    Parameters
+    ----------
+    P : ndarray of shape (n, n_classes)
+        Out-of-fold (or, prefit, in-sample) predicted probabilities.
+    similarities : ndarray of shape (n, k)
+        Similarities of each example to its nearest training examples.
+    neighbor_labels : ndarray of shape (n, k)
+        Their encoded labels (``0 .. n_classes - 1``).
+    y : ndarray of shape (n,)
+        Encoded given labels of the examples.
+    combination : {"mean", "rank", "proba", "neighbors"}, default="mean"
+        The score (see :func:`combine_signals`).
+
+    Returns
+    -------
+    scored : Bunch
+        ``neighbor_proba`` (``Q``), ``scores`` (higher means more likely
+        mislabelled), ``suggested`` (the encoded argmax of ``(P + Q) / 2``)
+        and ``n_issues`` (:func:`estimate_n_issues` on ``(P + Q) / 2``).
+    """
+    Q = neighbor_label_distribution(similarities, neighbor_labels, P.shape[1])
+    _, scores = combine_signals(P, Q, y, combination)
+    mean = (P + Q) / 2
+    return Bunch(
+        neighbor_proba=Q,
+        scores=scores,
+        suggested=mean.argmax(axis=1),
+        n_issues=estimate_n_issues(mean, y),
+    )
+
+
+def issues_frame(scored, y, classes, neighbors, similarities, neighbor_labels, rows):
+    """Examples ranked by decreasing score, with their evidence.
+
+    Parameters
+    ----------
+    scored : Bunch
+        What :func:`score_labels` returns.
+    y : ndarray of shape (n,)
+        Encoded given labels of the examples.
+    classes : ndarray of shape (n_classes,)
+        The labels of the codes.
+    neighbors : ndarray of shape (n, k)
+        Rows (of the training data) of each example's neighbours.
+    similarities : ndarray of shape (n, k)
+        Their similarities.
+    neighbor_labels : ndarray of shape (n, k)
+        Their encoded labels.
+    rows : ndarray of shape (n,)
+        Row of each example in its data.
+
+    Returns
+    -------
+    table : pandas.DataFrame
+        ``index`` (row of the example), ``given_label``, ``suggested_label``,
+        ``score``, ``is_issue`` (one of the first ``n_issues``),
+        ``neighbors``, ``neighbor_similarities`` and ``neighbor_labels``
+        (lists).
+    """
+    try:
+        import pandas as pd
+    except ImportError as error:
+        raise ImportError(
+            "label_issues_ is a pandas DataFrame: install pandas (`pip install "
+            '"sksim[audit]"`), or read scores_ and the neighbor_* arrays.'
+        ) from error
+    order = np.argsort(-scored.scores, kind="stable")
+    return pd.DataFrame(
+        {
+            "index": rows[order],
+            "given_label": classes[y[order]],
+            "suggested_label": classes[scored.suggested[order]],
+            "score": scored.scores[order],
+            "is_issue": np.arange(len(order)) < scored.n_issues,
+            "neighbors": list(neighbors[order]),
+            "neighbor_similarities": list(similarities[order]),
+            "neighbor_labels": list(classes[neighbor_labels[order]]),
+        }
+    )
 
 
 @fill_doc
@@ -345,19 +429,14 @@ class LabelIssueDetector(NetworkEstimator):
             P, similarities, indices = self._prefit_signals(X)
         else:
             P, similarities, indices = self._cross_validated_signals(X, y)
-        n_classes = len(self.classes_)
+        scored = score_labels(P, similarities, y[indices], y, self.combination)
         self.oof_proba_ = P
-        self.neighbor_proba_ = neighbor_label_distribution(
-            similarities, y[indices], n_classes
-        )
+        self.neighbor_proba_ = scored.neighbor_proba
         self.neighbor_indices_ = indices
         self.neighbor_similarities_ = similarities
-        combined, self.scores_ = combine_signals(
-            P, self.neighbor_proba_, y, self.combination
-        )
-        mean = (P + self.neighbor_proba_) / 2
-        self.suggested_labels_ = self.classes_[mean.argmax(axis=1)]
-        self.n_issues_ = estimate_n_issues(mean, y)
+        self.scores_ = scored.scores
+        self.suggested_labels_ = self.classes_[scored.suggested]
+        self.n_issues_ = scored.n_issues
         self._y = y
         return self
 
@@ -390,7 +469,7 @@ class LabelIssueDetector(NetworkEstimator):
         return encoder.transform(y).astype(np.int64)
 
     def _prefit_signals(self, X):
-        P = self._probabilities(self.net_, X)
+        P = self._probabilities(self.net_, X, len(self.classes_))
         n_neighbors = self._n_neighbors(n_samples(X) - 1)
         search = self._search(self.net_, X, n_neighbors)
         similarities, indices = search.most_similar(None, n_neighbors)
@@ -407,12 +486,12 @@ class LabelIssueDetector(NetworkEstimator):
         similarities = np.full((n, n_neighbors), np.nan)
         indices = np.full((n, n_neighbors), -1, dtype=np.intp)
         for (train, test), seed in zip(splits, seeds, strict=True):
-            X_train, X_test = take(X, train), take(X, test)
+            X_train = take(X, train)
             seed = None if self.random_state is None else int(seed)
             net = fit_net(clone(_unwrap(self.net)), X_train, y[train], seed)
-            P[test] = self._probabilities(net, X_test)
-            search = self._search(net, X_train, n_neighbors)
-            similarities[test], found = search.most_similar(X_test, n_neighbors)
+            P[test], similarities[test], found = self._held_out_signals(
+                net, X_train, take(X, test), n_neighbors, len(self.classes_)
+            )
             indices[test] = train[found]
         if np.isnan(P).any():
             raise ValueError(
@@ -420,6 +499,18 @@ class LabelIssueDetector(NetworkEstimator):
                 "as KFold does); some examples were never held out."
             )
         return P, similarities, indices
+
+    def _held_out_signals(self, net, X_train, X_test, n_neighbors, n_classes):
+        """Both signals of held-out examples, from a net trained on ``X_train``.
+
+        The net's class probabilities of ``X_test`` and the similarities and
+        rows of ``X_train`` of their ``n_neighbors`` most similar training
+        examples (the audit's label-issue analysis calls it on its folds).
+        """
+        P = self._probabilities(net, X_test, n_classes)
+        search = self._search(net, X_train, n_neighbors)
+        similarities, found = search.most_similar(X_test, n_neighbors)
+        return P, similarities, found
 
     def _n_neighbors(self, available):
         """The neighbours per example, at most the ``available`` references."""
@@ -450,7 +541,7 @@ class LabelIssueDetector(NetworkEstimator):
         )
         return search.fit(X_reference)
 
-    def _probabilities(self, net, X):
+    def _probabilities(self, net, X, n_classes):
         """Class probabilities ``(n, n_classes)`` of a trained net."""
         if hasattr(net, "predict_proba"):
             P = np.asarray(net.predict_proba(X), dtype=np.float64)
@@ -459,7 +550,6 @@ class LabelIssueDetector(NetworkEstimator):
                 net, "logits", None, self.batch_size, self.device, 0, self.max_memory
             )
             P = torch.softmax(engine.outputs(X).double(), dim=1).numpy()
-        n_classes = len(self.classes_)
         if P.ndim != 2 or P.shape[1] < n_classes:
             raise ValueError(
                 f"The net gives {P.shape[-1] if P.ndim == 2 else 1} class "
@@ -473,26 +563,20 @@ class LabelIssueDetector(NetworkEstimator):
     def label_issues_(self):
         """Every example ranked by decreasing score, with its evidence."""
         check_is_fitted(self, "scores_")
-        try:
-            import pandas as pd
-        except ImportError as error:
-            raise ImportError(
-                "label_issues_ is a pandas DataFrame: install pandas (`pip install "
-                '"sksim[audit]"`), or read scores_ and the neighbor_* arrays.'
-            ) from error
-        order = np.argsort(-self.scores_, kind="stable")
-        indices = self.neighbor_indices_[order]
-        return pd.DataFrame(
-            {
-                "index": order,
-                "given_label": self.classes_[self._y[order]],
-                "suggested_label": self.suggested_labels_[order],
-                "score": self.scores_[order],
-                "is_issue": np.arange(len(order)) < self.n_issues_,
-                "neighbors": list(indices),
-                "neighbor_similarities": list(self.neighbor_similarities_[order]),
-                "neighbor_labels": list(self.classes_[self._y[indices]]),
-            }
+        scored = Bunch(
+            scores=self.scores_,
+            suggested=np.searchsorted(self.classes_, self.suggested_labels_),
+            n_issues=self.n_issues_,
+        )
+        indices = self.neighbor_indices_
+        return issues_frame(
+            scored,
+            self._y,
+            self.classes_,
+            indices,
+            self.neighbor_similarities_,
+            self._y[indices],
+            np.arange(len(self._y)),
         )
 
 

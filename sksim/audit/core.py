@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from .._engine.inputs import take
 from .._net import _unwrap, fit_net
 from .._validation import check_net_input, check_positive_int
+from ._examples import worth_a_look
 from ._tables import frame, import_pandas, spread
 from .analyses import ANALYSES, REGISTRY
 from .cache import AuditCache
@@ -53,7 +54,13 @@ class AuditResult:
         most similar training example), ``density_bins`` and
         ``density_bins_summary`` (error rate, or mean squared error, by density
         quantile bin), ``neighbors`` (the ``k`` most similar training examples
-        of each held-out example), ``denoising``, ``sensitivity`` and
+        of each held-out example), ``label_issues`` (every example ranked by
+        how likely its label is wrong: ``index``, ``fold``, ``given_label``,
+        ``suggested_label``, ``score``, ``proba_given_label`` and
+        ``neighbors_given_label`` (the two signals' probability of the given
+        label), ``is_issue``, and ``neighbors`` with their
+        ``neighbor_similarities`` and ``neighbor_labels``; rows of ``X``,
+        training rows when prefit), ``denoising``, ``sensitivity`` and
         ``sensitivity_summary``, ``class_fitting`` and ``class_fitting_summary``
         (for the analyses that ran). Indices of held-out examples (``index``)
         and of training examples (``train_index``, ``nearest_train_index``)
@@ -70,14 +77,30 @@ class AuditResult:
         cross-validation description (``cv="prefit"`` for a prefit audit),
         ``scale_threshold`` and ``methods`` (the method each analysis used,
         and why, in words), timings (``seconds``: ``fit`` for the training,
-        ``predict`` instead when prefit, then each analysis), versions.
+        ``predict`` instead when prefit, then each analysis), versions, and
+        ``warnings`` raised by the analyses: one dict per kind of warning
+        (its text with the numbers masked), with ``times`` raised,
+        ``samples`` (the total of the samples they concern, when they say;
+        else None) and ``analyses`` (per analysis, its ``times`` and
+        ``samples``).
     gallery : list of dict
-        A few held-out examples (lowest density, misclassified or with the
-        largest errors, typical) with their nearest training examples:
-        ``kind``, ``fold``, ``index``, ``label``, ``prediction``,
-        ``log_density``, ``neighbors`` (training indices), ``neighbor_labels``,
+        A few held-out examples (``kind``: lowest density, misclassified or
+        with the largest errors, typical, chosen diverse in fold, class and
+        confusion pair) with their nearest training examples: ``kind``,
+        ``fold``, ``index``, ``label``, ``prediction``, ``log_density``,
+        ``neighbors`` (training indices), ``neighbor_labels``,
         ``similarities``, and ``image`` / ``neighbor_images`` for image-like
-        inputs (None otherwise).
+        inputs (None otherwise). Then the top suspected label issues
+        (``kind="label issue"``, with ``suggested`` and ``score``).
+    examples : list of dict
+        Examples worth a look, chosen from the tables of several analyses:
+        the most isolated (``kind="isolated"``: lowest log-density, with
+        ``neighbor_count``; cross-validated audits) and the held-out
+        examples with the least support (``"least support"``: ``support``,
+        the similarity-weighted share of their neighbours carrying the
+        prediction, with the neighbours as in ``gallery``); ``image`` for
+        image-like inputs, else ``features``, their most atypical features
+        in words.
     """
 
     tables: dict
@@ -85,6 +108,7 @@ class AuditResult:
     metadata: dict
     gallery: list = field(default_factory=list)
     failed: dict = field(default_factory=dict)
+    examples: list = field(default_factory=list)
 
     def __getitem__(self, name):
         return self.tables[name]
@@ -256,6 +280,7 @@ class _Fold:
         self.options, self.random_state = options, random_state
         self.scale_threshold = scale_threshold
         self.fit_seconds = None
+        self.prefit = False
 
     def fit(self, net):
         """Train a clone of ``net`` on the training part, predict the held-out one."""
@@ -268,7 +293,7 @@ class _Fold:
 
     def use(self, net):
         """Take the trained ``net`` as it is and predict the held-out part."""
-        self.net = net
+        self.net, self.prefit = net, True
         self.prediction = prefit_predictions(net, self.X_test, self.task)
 
     @property
@@ -362,6 +387,12 @@ def audit(
     * ``"neighbors"``: the ``n_neighbors`` most similar training examples of
       each held-out example (:class:`~sksim.NetworkNeighbors`) and whether
       they share its label.
+    * ``"label_issues"``: suspected label errors, the two signals of
+      :class:`~sksim.LabelIssueDetector` on the audit's own folds (each fold
+      net's out-of-fold probabilities and the labels of the example's
+      ``n_neighbors=10`` most similar training examples), ranked in the
+      ``label_issues`` table; with ``cv="prefit"``, the detector's prefit path
+      on the training data. Classification only.
     * ``"denoising"``: the self-denoising summary of the net on its training
       fold (:class:`~sksim.SelfDenoisingAnalysis` on one-hot labels and the
       first ``d - 1`` softmax probabilities, ``weights="cosine_pos_pow"``
@@ -428,9 +459,9 @@ def audit(
         As in :func:`sklearn.model_selection.cross_validate` (an int means
         :class:`~sklearn.model_selection.StratifiedKFold`), or ``"prefit"``
         to audit the trained ``net`` on ``X, y`` and ``X_test, y_test``.
-    analyses : sequence of str, default=all five
-        Which of ``"density"``, ``"neighbors"``, ``"denoising"``,
-        ``"sensitivity"`` and ``"class_fitting"`` to run.
+    analyses : sequence of str, default=all six
+        Which of ``"density"``, ``"neighbors"``, ``"label_issues"``,
+        ``"denoising"``, ``"sensitivity"`` and ``"class_fitting"`` to run.
     X_test : array-like of shape (n_test, ...), default=None
         With ``cv="prefit"`` (and only then), the held-out inputs.
     y_test : array-like of shape (n_test,), default=None
@@ -577,12 +608,13 @@ def audit(
         seconds={k: round(v, 3) for k, v in seconds.items()},
         total_seconds=round(time.perf_counter() - started, 3),
         torch_version=torch.__version__,
-        warnings=[f"{text} (x{n})" for text, n in collected["warnings"].items()],
+        warnings=_warning_rows(collected["warnings"]),
     )
     if cache is not None:
         metadata["cache"] = store.summary()
     gallery = [item for a in ran for item in a.gallery(data, tables)]
-    return AuditResult(tables, skipped, metadata, gallery, failed)
+    examples = worth_a_look(data, tables)
+    return AuditResult(tables, skipped, metadata, gallery, failed, examples)
 
 
 def _splits(cv, data, prefit):
@@ -649,9 +681,44 @@ def _train(fold, net, store):
 
 
 def _warning_text(name, caught):
-    """A warning raised by an analysis, with its numbers masked for counting."""
-    message = re.sub(r"\d+", "N", str(caught.message).split(": ")[0])
-    return f"{name}: {caught.category.__name__}: {message}"
+    """A warning raised by an analysis: what is counted of it.
+
+    ``(analysis, text, samples)``: the text is its category and first
+    sentence with the numbers masked (``N``), so that warnings differing only
+    by their numbers count together; ``samples`` is the number of samples it
+    concerns when it says so (``"... for 12 sample(s)"``), else None.
+    """
+    message = str(caught.message).split(": ")[0]
+    concerned = re.search(r"(\d+) sample", message)
+    masked = re.sub(r"\d+", "N", message)
+    text = f"{caught.category.__name__}: {masked}"
+    return name, text, None if concerned is None else int(concerned.group(1))
+
+
+def _count_warning(counts, name, text, samples):
+    """Add one warning to ``counts``: per text, per analysis, times and samples."""
+    per_analysis = counts.setdefault(text, {}).setdefault(
+        name, dict(times=0, samples=None)
+    )
+    per_analysis["times"] += 1
+    if samples is not None:
+        per_analysis["samples"] = (per_analysis["samples"] or 0) + samples
+
+
+def _warning_rows(counts):
+    """The warnings of the metadata: text, times raised, samples, analyses."""
+    rows = []
+    for text, analyses in counts.items():
+        samples = [a["samples"] for a in analyses.values() if a["samples"]]
+        rows.append(
+            dict(
+                warning=text,
+                times=sum(a["times"] for a in analyses.values()),
+                samples=sum(samples) if samples else None,
+                analyses=analyses,
+            )
+        )
+    return rows
 
 
 def _analyse(analysis, fold, store, failed):
@@ -698,7 +765,7 @@ def _run_fold(fold, analyses, store, collected, seconds, steps, failed):
         start = time.perf_counter()
         output, texts = _analyse(analysis, fold, store, failed)
         for text in texts:
-            collected["warnings"][text] = collected["warnings"].get(text, 0) + 1
+            _count_warning(collected["warnings"], *text)
         seconds[name] += time.perf_counter() - start
         steps.update()
         if output is None:

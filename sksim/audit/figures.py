@@ -6,9 +6,11 @@ live beside their analyses in :mod:`sksim.audit.analyses`; this module
 gathers them.
 """
 
+from ._examples import isolated_figure, support_figure
 from ._render import pyplot
 from .analyses.class_fitting import class_densities
 from .analyses.density import density_histogram, error_by_density
+from .analyses.label_issues import issue_grid
 from .analyses.neighbors import neighbor_grid
 from .analyses.sensitivity import sensitivity_layers
 
@@ -16,7 +18,10 @@ __all__ = [
     "class_densities",
     "density_histogram",
     "error_by_density",
+    "isolated_figure",
+    "issue_grid",
     "neighbor_grid",
     "pyplot",
     "sensitivity_layers",
+    "support_figure",
 ]

@@ -7,13 +7,19 @@ import json
 import math
 from pathlib import Path
 
+from ._examples import isolated_section, support_section
+from ._findings import findings, headline_meanings
 from ._render import paragraph, table
+from ._tables import import_pandas
 from .analyses import REGISTRY
 
 SECTIONS = (
+    ("findings", "Findings"),
     ("summary", "Summary"),
     ("accuracy", "Scores per fold"),
     *((analysis.name, analysis.title) for analysis in REGISTRY.values()),
+    ("isolated", "Isolated training examples"),
+    ("support", "Test inputs with least support"),
     ("tables", "Raw tables"),
 )
 
@@ -39,6 +45,8 @@ img { max-width: 100%; height: auto; display: block; margin: .6em 0; }
 .headline { display: flex; gap: 1.2em; flex-wrap: wrap; }
 .metric { background: #f0f3f6; border-radius: 6px; padding: .5em 1em; }
 .metric b { display: block; font-size: 1.4em; }
+.metric span { display: block; font-size: .85em; color: #57606a; max-width: 24em; }
+ul.findings li { margin: .35em 0; }
 details { margin: .4em 0; }
 .scroll { overflow-x: auto; }
 """
@@ -54,13 +62,16 @@ def _not_run(result, name) -> str | None:
     return None
 
 
-def _metric(label, frame, metric):
+def _metric(label, frame, metric, meaning=None):
     rows = frame[frame["metric"] == metric]
     if rows.empty:
         return ""
     mean, std = float(rows["mean"].iloc[0]), float(rows["std"].iloc[0])
     spread = "" if math.isnan(std) else f" ± {std:.3f}"
-    return f'<div class="metric">{html.escape(label)}<b>{mean:.3f}{spread}</b></div>'
+    text = "" if meaning is None else f"<span>{html.escape(meaning)}</span>"
+    return (
+        f'<div class="metric">{html.escape(label)}<b>{mean:.3f}{spread}</b>{text}</div>'
+    )
 
 
 def protocol(meta) -> str:
@@ -76,31 +87,59 @@ def _headline(meta) -> str:
     return f"{meta['n_folds']}-fold cross-validation"
 
 
-def _summary(result) -> str:
-    meta, summary = result.metadata, result.tables["summary"]
-    parts = ['<div class="headline">']
-    parts.append(_metric("accuracy (mean ± std over folds)", summary, "accuracy"))
-    parts.append(_metric("error", summary, "error"))
-    parts.append(_metric("R² (mean ± std over folds)", summary, "r2"))
-    parts.append(_metric("root mean squared error", summary, "rmse"))
-    parts.append(
-        _metric("density–error correlation", summary, "density_error_correlation")
+HEADLINE = (
+    ("accuracy (mean ± std over folds)", "accuracy"),
+    ("error", "error"),
+    ("R² (mean ± std over folds)", "r2"),
+    ("root mean squared error", "rmse"),
+    ("density–error correlation", "density_error_correlation"),
+    ("share of neighbours with the same label", "neighbor_label_agreement"),
+    ("mean |target difference| to the neighbours", "neighbor_target_difference"),
+)
+
+
+def noise_text(meta) -> str:
+    """The label noise planted before the audit, in words."""
+    noise = meta["label_noise"]
+    return (
+        f"{noise['rate']:.1%} of the labels flipped at random to another class "
+        f"before the audit ({len(noise['flipped'])} labels, seed {noise['seed']})"
     )
-    parts.append(
-        _metric(
-            "share of neighbours with the same label",
-            summary,
-            "neighbor_label_agreement",
+
+
+def timings(meta):
+    """The seconds of each step as a table, with their share of the total."""
+    seconds = meta["seconds"]
+    total = meta["total_seconds"]
+    rows = [
+        dict(step=step, seconds=value, share=f"{value / total:.0%}" if total else "")
+        for step, value in seconds.items()
+    ]
+    rows.append(dict(step="total (wall clock)", seconds=total, share="100%"))
+    return import_pandas().DataFrame(rows)
+
+
+def _warnings_table(meta):
+    """The warnings raised, with how often, how many samples and where."""
+    rows = []
+    for w in meta["warnings"]:
+        where = "; ".join(
+            f"{name}: {a['times']} time(s)"
+            + ("" if a["samples"] is None else f", {a['samples']} sample(s)")
+            for name, a in w["analyses"].items()
         )
-    )
-    parts.append(
-        _metric(
-            "mean |target difference| to the neighbours",
-            summary,
-            "neighbor_target_difference",
+        rows.append(
+            dict(
+                warning=w["warning"],
+                times_raised=w["times"],
+                samples_flagged=w["samples"],
+                analyses=where,
+            )
         )
-    )
-    parts.append("</div>")
+    return import_pandas().DataFrame(rows)
+
+
+def _facts(meta):
     facts = [
         ("network", meta["net"]),
         ("task", meta["task"]),
@@ -110,16 +149,31 @@ def _summary(result) -> str:
         ("cross-validation", protocol(meta)),
         ("analyses run", ", ".join(meta["analyses"]) or "none"),
         ("scale threshold", meta.get("scale_threshold")),
-        ("seconds", meta["seconds"]),
-        ("total seconds", meta["total_seconds"]),
     ]
-    parts.append('<table class="data">')
+    if "label_noise" in meta:
+        facts.insert(6, ("planted label noise", noise_text(meta)))
+    parts = ['<table class="data">']
     for key, value in facts:
         parts.append(
             f"<tr><th>{html.escape(key)}</th>"
             f"<td style='text-align:left'>{html.escape(str(value))}</td></tr>"
         )
     parts.append("</table>")
+    return "".join(parts)
+
+
+def _summary(result) -> str:
+    meta, summary = result.metadata, result.tables["summary"]
+    meanings = headline_meanings(result)
+    parts = ['<div class="headline">']
+    parts += [
+        _metric(label, summary, metric, meanings.get(metric))
+        for label, metric in HEADLINE
+    ]
+    parts.append("</div>")
+    parts.append(_facts(meta))
+    parts.append("<h3>Time taken</h3>")
+    parts.append(table(timings(meta)))
     if meta.get("methods"):
         parts.append("<h3>Methods used</h3><ul>")
         for name, method in meta["methods"].items():
@@ -140,12 +194,24 @@ def _summary(result) -> str:
                 )
         parts.append("</ul>")
     if meta.get("warnings"):
-        parts.append("<h3>Warnings raised during the analyses</h3><ul>")
-        parts += [f"<li>{html.escape(w)}</li>" for w in meta["warnings"]]
-        parts.append("</ul>")
+        parts.append("<h3>Warnings raised during the analyses</h3>")
+        parts.append(
+            paragraph(
+                "Numbers in a warning's text are masked (N) so that alike "
+                "warnings count together; samples_flagged sums the samples "
+                "they name (a sample computed twice counts twice).",
+                "note",
+            )
+        )
+        parts.append(table(_warnings_table(meta)))
     parts.append("<h3>Aggregated over folds</h3>")
     parts.append(table(summary))
     return "".join(parts)
+
+
+def _findings(result) -> str:
+    items = "".join(f"<li>{html.escape(text)}</li>" for text in findings(result))
+    return f'<ul class="findings">{items}</ul>'
 
 
 def _analysis(name):
@@ -168,9 +234,12 @@ def _tables(result) -> str:
 
 
 BUILDERS = dict(
+    findings=_findings,
     summary=_summary,
     accuracy=lambda r: table(r.tables["folds"]),
     **{name: _analysis(name) for name in REGISTRY},
+    isolated=isolated_section,
+    support=support_section,
     tables=_tables,
 )
 
@@ -219,12 +288,19 @@ def _clean(value):
     return value
 
 
-def to_dict(result) -> dict:
-    """The tables, skipped and failed analyses, metadata and gallery, JSON-ready."""
-    gallery = [
+def _without_images(items):
+    return [
         {k: v for k, v in g.items() if k not in ("image", "neighbor_images")}
-        for g in result.gallery
+        for g in items
     ]
+
+
+def to_dict(result) -> dict:
+    """The tables, skipped and failed analyses, metadata, gallery and examples.
+
+    JSON-ready, images left out.
+    """
+    gallery = _without_images(result.gallery)
     return dict(
         metadata=_clean(result.metadata),
         skipped=dict(result.skipped),
@@ -233,6 +309,7 @@ def to_dict(result) -> dict:
         },
         tables={name: _records(frame) for name, frame in result.tables.items()},
         gallery=_clean(gallery),
+        examples=_clean(_without_images(result.examples)),
     )
 
 

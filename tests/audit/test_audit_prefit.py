@@ -193,7 +193,7 @@ def test_prefit_regression_net(regression, monkeypatch, tmp_path):
     assert_bit_identical(net.module_, before)
     assert result.metadata["task"] == "regression"
     assert result.metadata["n_classes"] is None
-    assert set(result.skipped) == {"class_fitting", "sensitivity"}
+    assert set(result.skipped) == {"class_fitting", "label_issues", "sensitivity"}
     assert result.skipped["class_fitting"] == (
         "the class_fitting analysis needs class labels, and this audit is of a "
         "regression network (continuous targets)."

@@ -64,8 +64,9 @@ def test_html_has_every_section_and_only_embedded_images(small_audit, tmp_path):
     assert page.headings == [title for _, title in SECTIONS]
     assert page.ids == [key for key, _ in SECTIONS]
     assert page.links == []
-    # histogram, error by density, neighbour grid, class densities
-    assert len(page.images) == 4
+    # histogram, error by density, neighbour grid, class densities, isolated
+    # and least-supported examples
+    assert len(page.images) == 6
     for src in page.images:
         assert src.startswith("data:image/png;base64,")
         png = base64.b64decode(src.split(",", 1)[1])
@@ -75,7 +76,8 @@ def test_html_has_every_section_and_only_embedded_images(small_audit, tmp_path):
 def test_html_says_why_an_analysis_is_missing(small_audit):
     text = render_html(small_audit)
     assert "Skipped" not in text
-    assert text.count("Not requested in this audit.") == 1  # sensitivity
+    # sensitivity and label_issues
+    assert text.count("Not requested in this audit.") == 2
     result = copy.copy(small_audit)
     result.skipped = {"sensitivity": "inputs are not <images> & so on"}
     text = render_html(result)

@@ -8,6 +8,7 @@ from .base import Analysis, FoldOutput
 from .class_fitting import ClassFitting
 from .denoising import Denoising
 from .density import Density
+from .label_issues import LabelIssues
 from .neighbors import Neighbors
 from .sensitivity import Sensitivity
 
@@ -16,6 +17,7 @@ REGISTRY = {
     for analysis in (
         Density(),
         Neighbors(),
+        LabelIssues(),
         Denoising(),
         Sensitivity(),
         ClassFitting(),

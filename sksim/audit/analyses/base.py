@@ -134,7 +134,8 @@ class Analysis:
             example: 1.0 when misclassified, or the squared error of a
             regression), ``task`` (``"classification"`` or
             ``"regression"``), ``classes`` (the sorted classes; None for a
-            regression), ``n_neighbors``, ``layers``, ``options``,
+            regression), ``prefit`` (whether the net was given trained,
+            ``cv="prefit"``), ``n_neighbors``, ``layers``, ``options``,
             ``scale_threshold`` and ``random_state`` (the audit's arguments).
 
         Returns

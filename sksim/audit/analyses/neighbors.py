@@ -17,6 +17,7 @@ GALLERY_SIZE = 4
 SKETCH_COMPONENTS = 64
 HNSW_FROM = 1_000_000
 SEARCH_ONLY = ("algorithm", "n_components", "index", "index_params")
+KINDS = ("lowest density", "misclassified", "largest error", "typical")
 
 
 def image_view(X) -> np.ndarray | None:
@@ -142,7 +143,7 @@ def _show(ax, image):
 
 def neighbor_grid(result):
     """Each gallery example, then its most similar training examples."""
-    gallery = [g for g in result.gallery if g["image"] is not None]
+    gallery = [g for g in own_gallery(result) if g["image"] is not None]
     if not gallery:
         return None
     k = len(gallery[0]["neighbors"])
@@ -178,27 +179,67 @@ def neighbor_grid(result):
     return fig
 
 
-def _gallery_rows(samples, size):
-    """(kind, row of ``samples``) of the examples the gallery shows."""
+def _traits(sample):
+    """What makes a gallery example different: fold, class, confusion pair."""
+    label, prediction = sample["label"].item(), sample["prediction"].item()
+    return sample["fold"].item(), label, (label, prediction)
+
+
+def diverse(samples, candidates, size):
+    """Up to ``size`` of the rows ``candidates`` of ``samples``, diverse.
+
+    Each pick is the candidate with the most traits (fold, class, confusion
+    pair of label and prediction) not yet shown, the earliest in
+    ``candidates`` (their priority order) among equals.
+    """
+    remaining, chosen = list(candidates), []
+    seen = [set(), set(), set()]
+    while remaining and len(chosen) < size:
+        traits = [_traits(samples.loc[i]) for i in remaining]
+        novelty = [
+            sum(t not in s for t, s in zip(ts, seen, strict=True)) for ts in traits
+        ]
+        best = int(np.argmax(novelty))
+        chosen.append(remaining.pop(best))
+        for trait, shown in zip(traits[best], seen, strict=True):
+            shown.add(trait)
+    return chosen
+
+
+def _gallery_rows(samples, size, pool=5):
+    """(kind, row of ``samples``) of the examples the gallery shows.
+
+    Diverse picks (see :func:`diverse`) among the ``pool * size`` lowest
+    densities, and among the errors, lowest density first.
+    """
     chosen = []
     if "log_density" in samples:
         order = samples.sort_values("log_density", kind="stable")
-        chosen += [("lowest density", i) for i in order.index[:size]]
+        lowest = diverse(samples, order.index[: pool * size], size)
+        chosen += [("lowest density", i) for i in lowest]
         typical = order.index[len(order) // 2 : len(order) // 2 + 1]
     else:
+        order = samples
         typical = samples.index[:1]
     taken = {i for _, i in chosen}
     if "correct" in samples:
-        kind, wrong = "misclassified", samples.index[~samples["correct"].to_numpy()]
+        kind = "misclassified"
+        wrong = order.index[~order["correct"].to_numpy()]
+        wrong = diverse(samples, [i for i in wrong if i not in taken], size)
     else:
         kind = "largest error"
         wrong = samples.sort_values(
             "squared_error", ascending=False, kind="stable"
         ).index
-    errors = [i for i in wrong if i not in taken]
-    chosen += [(kind, i) for i in errors[:size]]
+        wrong = [i for i in wrong if i not in taken][:size]
+    chosen += [(kind, i) for i in wrong]
     chosen += [("typical", i) for i in typical if i not in taken]
     return chosen
+
+
+def own_gallery(result):
+    """The gallery examples this analysis chose (not those of the others)."""
+    return [g for g in result.gallery if g["kind"] in KINDS]
 
 
 def _recall_text(result) -> str:
@@ -322,7 +363,7 @@ class Neighbors(Analysis):
                     )
                 ),
             )
-            for g in result.gallery
+            for g in own_gallery(result)
         ]
         text = super().section(result) + _recall_text(result)
         return text + (_render.table(frame(rows)) if rows else "")

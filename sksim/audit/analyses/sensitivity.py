@@ -43,6 +43,10 @@ def sensitivity_layers(result):
         ax.set_yscale("log")
         ax.set_title(name)
         ax.set_xticks(layers["depth"], layers["layer"], rotation=60, fontsize=7)
+        ax.set_xlabel("layer")
+    axes[0].set_ylabel("D: sensitivity to deformations")
+    axes[1].set_ylabel("G: sensitivity to noise")
+    axes[2].set_ylabel("R = D / G")
     axes[0].legend(fontsize="small")
     fig.suptitle("Relative sensitivity to diffeomorphisms per layer (R = D / G)")
     return fig

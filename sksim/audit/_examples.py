@@ -1,0 +1,305 @@
+"""Examples worth a look: isolated training examples, least-supported predictions.
+
+Chosen after the analyses, from their tables: the lowest densities of the
+density analysis, and the held-out predictions that the fewest of their most
+similar training examples carry (neighbours analysis).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _render
+from ._tables import frame
+from .analyses.neighbors import image_view
+
+SHOWN = 10  # examples per section
+FEATURES = 4  # most atypical features described per tabular example
+
+
+def prediction_support(samples, neighbors):
+    """Per held-out example, the share of its neighbours carrying the prediction.
+
+    Each neighbour weighs its similarity (negative ones count zero), as in
+    the neighbour label distribution of the label-issue detector; an
+    example whose neighbours all have non-positive similarity has support
+    NaN.
+
+    Parameters
+    ----------
+    samples : pandas.DataFrame
+        The audit's ``samples`` table (``fold``, ``index``, ``prediction``).
+    neighbors : pandas.DataFrame
+        The audit's ``neighbors`` table.
+
+    Returns
+    -------
+    support : ndarray of shape (len(samples),)
+    """
+    predictions = samples[["fold", "index", "prediction"]]
+    pairs = neighbors.merge(predictions, on=["fold", "index"], how="left")
+    weight = pairs["similarity"].clip(lower=0)
+    pairs = pairs.assign(
+        weight=weight, agreeing=weight * (pairs["train_label"] == pairs["prediction"])
+    )
+    sums = pairs.groupby(["fold", "index"])[["weight", "agreeing"]].sum()
+    sums = sums.reindex(list(zip(samples["fold"], samples["index"], strict=True)))
+    total = sums["weight"].to_numpy()
+    return np.divide(
+        sums["agreeing"].to_numpy(),
+        total,
+        out=np.full(len(total), np.nan),
+        where=total > 0,
+    )
+
+
+def isolated_rows(samples, size=SHOWN):
+    """Rows of ``samples`` with the lowest log-density, lowest first.
+
+    Ties (at the floor of the counts, typically) are broken by the lower
+    similarity of the nearest training example when the table has it.
+    """
+    by = ["log_density"] + (["top_similarity"] if "top_similarity" in samples else [])
+    return samples.sort_values(by, kind="stable").index[:size]
+
+
+def least_supported_rows(samples, support, size=SHOWN):
+    """Rows of ``samples`` with the least support of their prediction.
+
+    Ties (several at zero, typically) are broken by the lower similarity of
+    the nearest training example when the table has it.
+    """
+    keys = samples.assign(support=support)
+    by = ["support"] + (["top_similarity"] if "top_similarity" in keys else [])
+    return keys.sort_values(by, kind="stable", na_position="first").index[:size]
+
+
+def atypical_features(x, mean, std, count=FEATURES):
+    """The ``count`` features of ``x`` farthest from the data's mean, in words."""
+    z = np.divide(x - mean, std, out=np.zeros_like(mean), where=std > 0)
+    order = np.argsort(-np.abs(z), kind="stable")[:count]
+    return ", ".join(f"feature {j} = {x[j]:.3g} ({z[j]:+.1f} sd)" for j in order)
+
+
+class _Looks:
+    """How an example looks: its image, or its most atypical features."""
+
+    def __init__(self, X):
+        self.images = image_view(X)
+        if self.images is None:
+            flat = np.asarray(X).reshape(len(X), -1)
+            self.flat, self.mean, self.std = flat, flat.mean(0), flat.std(0)
+
+    def image(self, rows):
+        return None if self.images is None else self.images[rows]
+
+    def features(self, row):
+        if self.images is not None:
+            return None
+        return atypical_features(self.flat[row], self.mean, self.std)
+
+
+def _item(kind, sample, looks):
+    index = int(sample["index"])
+    return dict(
+        kind=kind,
+        fold=int(sample["fold"]),
+        index=index,
+        label=sample["label"].item(),
+        prediction=sample["prediction"].item(),
+        log_density=float(sample.get("log_density", np.nan)),
+        image=looks.image(index),
+        features=looks.features(index),
+    )
+
+
+def worth_a_look(data, tables):
+    """The isolated and least-supported examples of an audit (dicts).
+
+    Isolated: the lowest densities of a cross-validated audit's held-out
+    examples, which are then every training example. Least supported: the
+    held-out examples whose prediction the fewest of their nearest training
+    examples carry, with those neighbours (classification only).
+    """
+    samples = tables["samples"]
+    items = []
+    if "log_density" in samples and data.X_test is data.X:
+        looks = _Looks(data.X)
+        for row in isolated_rows(samples):
+            item = _item("isolated", samples.loc[row], looks)
+            item["neighbor_count"] = float(samples.loc[row, "neighbor_count"])
+            items.append(item)
+    if "neighbors" in tables and "correct" in samples:
+        support = prediction_support(samples, tables["neighbors"])
+        looks, train_looks = _Looks(data.X_test), _Looks(data.X)
+        by_query = tables["neighbors"].groupby(["fold", "index"])
+        for row in least_supported_rows(samples, support):
+            sample = samples.loc[row]
+            item = _item("least support", sample, looks)
+            near = by_query.get_group((item["fold"], item["index"]))
+            near = near.sort_values("rank")
+            train = near["train_index"].to_numpy()
+            item.update(
+                support=float(support[samples.index.get_loc(row)]),
+                neighbors=train.tolist(),
+                neighbor_labels=data.y[train].tolist(),
+                similarities=near["similarity"].tolist(),
+                neighbor_images=train_looks.image(train),
+            )
+            items.append(item)
+    return items
+
+
+def _show(ax, image, title, color="black"):
+    ax.imshow(image, cmap="gray_r" if image.ndim == 2 else None)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=8, color=color)
+
+
+def isolated_figure(result):
+    """Thumbnails of the most isolated examples, with their log-density."""
+    items = [g for g in result.examples if g["kind"] == "isolated"]
+    if not items or items[0]["image"] is None:
+        return None
+    fig, axes = _render.subplots(
+        1, len(items), figsize=(1.1 * len(items) + 0.4, 1.7), squeeze=False
+    )
+    for ax, item in zip(axes[0], items, strict=True):
+        _show(
+            ax,
+            item["image"],
+            f"#{item['index']} y={item['label']}\nlog ρ={item['log_density']:.1f}",
+            "tab:red" if item["label"] != item["prediction"] else "black",
+        )
+    fig.suptitle(
+        "Most isolated examples, lowest log relative density ρ first "
+        "(red: misclassified when held out)",
+        fontsize=8,
+    )
+    return fig
+
+
+def support_figure(result):
+    """The least-supported predictions (left) and their nearest training examples."""
+    items = [g for g in result.examples if g["kind"] == "least support"]
+    if not items or items[0]["image"] is None:
+        return None
+    k = len(items[0]["neighbors"])
+    fig, axes = _render.subplots(
+        len(items),
+        k + 1,
+        figsize=(1.1 * (k + 1) + 0.6, 1.2 * len(items) + 0.5),
+        squeeze=False,
+    )
+    for row, item in zip(axes, items, strict=True):
+        _show(
+            row[0],
+            item["image"],
+            f"#{item['index']} y={item['label']} pred={item['prediction']}",
+            "tab:red" if item["label"] != item["prediction"] else "black",
+        )
+        row[0].set_ylabel(f"support {item['support']:.2f}", fontsize=7)
+        for ax, image, label, sim in zip(
+            row[1:],
+            item["neighbor_images"],
+            item["neighbor_labels"],
+            item["similarities"],
+            strict=True,
+        ):
+            _show(ax, image, f"y={label} k={sim:.2f}")
+    fig.suptitle(
+        "Held-out inputs whose prediction the fewest of their most similar\n"
+        "training examples carry (left; red: misclassified), and those "
+        "training examples\n(k: the network's cosine similarity)",
+        fontsize=8,
+    )
+    return fig
+
+
+def _rows(items, columns):
+    return frame([{c: g[c] for c in columns if c in g} for g in items])
+
+
+def isolated_section(result) -> str:
+    """The report section on the most isolated examples."""
+    items = [g for g in result.examples if g["kind"] == "isolated"]
+    if not items:
+        reason = (
+            "a prefit audit measures the density of the test inputs only (see "
+            "the least-supported test inputs below)"
+            if result.metadata["cv"] == "prefit"
+            else "it needs the density analysis"
+        )
+        return _render.paragraph(f"Not available: {reason}.", "skipped")
+    worst = items[0]
+    count = worst["neighbor_count"]
+    similar = (
+        "no training example the network treats as similar"
+        if count < 1
+        else f"{count:.3g} similar training examples"
+    )
+    text = (
+        "The examples with the lowest network-perspective density: held out, "
+        "each had the fewest training examples that the network treats as "
+        "similar to it. They are atypical inputs, rare variants of their "
+        "class or mislabelled examples; the network learns little about them "
+        f"from the others. The most isolated, #{worst['index']}, had {similar} "
+        f"(log relative density {worst['log_density']:.2f}; counts below one "
+        "half are floored); ties are broken by the lower similarity of the "
+        "nearest training example."
+    )
+    columns = ["index", "fold", "label", "prediction", "log_density"]
+    columns += ["neighbor_count", "features"]
+    return (
+        _render.paragraph(text)
+        + _render.figure(isolated_figure, result)
+        + _render.table(_rows(items, columns).dropna(axis=1, how="all"))
+    )
+
+
+def support_section(result) -> str:
+    """The report section on the least-supported held-out predictions."""
+    items = [g for g in result.examples if g["kind"] == "least support"]
+    if not items:
+        return _render.paragraph(
+            "Not available: it needs the neighbours analysis of a classifier.",
+            "skipped",
+        )
+    unsupported = sum(g["support"] == 0 for g in items)
+    text = (
+        "Held-out inputs whose prediction is carried by the smallest share of "
+        "their most similar training examples (support: the similarity-"
+        "weighted share of those neighbours with the predicted label; 0 means "
+        "none of them). A prediction without support is not backed by any "
+        "training example the network relates the input to: a guess, or a "
+        f"sign of a mislabelled neighbourhood. {unsupported} of the "
+        f"{len(items)} shown have support 0."
+    )
+    rows = []
+    for g in items:
+        rows.append(
+            dict(
+                index=g["index"],
+                fold=g["fold"],
+                label=g["label"],
+                prediction=g["prediction"],
+                support=g["support"],
+                log_density=g["log_density"],
+                nearest_training_examples=", ".join(
+                    f"#{i} (y={lab}, k={s:.2f})"
+                    for i, lab, s in zip(
+                        g["neighbors"],
+                        g["neighbor_labels"],
+                        g["similarities"],
+                        strict=True,
+                    )
+                ),
+                features=g["features"],
+            )
+        )
+    return (
+        _render.paragraph(text)
+        + _render.figure(support_figure, result)
+        + _render.table(frame(rows).dropna(axis=1, how="all"))
+    )

@@ -1,0 +1,270 @@
+"""What the report's numbers mean, in one sentence each, and its findings list."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ._examples import prediction_support
+from .analyses.label_issues import planted_precision
+
+STABLE_SPREAD = 0.25  # relative spread over folds below which R is called stable
+
+
+def summary_value(summary, metric):
+    """Mean and standard deviation over folds of ``metric`` (None if absent)."""
+    rows = summary[summary["metric"] == metric]
+    if rows.empty:
+        return None
+    return float(rows["mean"].iloc[0]), float(rows["std"].iloc[0])
+
+
+def _spread(std, digits=".3f"):
+    return "" if math.isnan(std) else f" ± {std:{digits}}"
+
+
+def accuracy_meaning(mean, std, n_folds):
+    """One sentence on the held-out accuracy."""
+    consistency = (
+        ""
+        if math.isnan(std)
+        else f" Its standard deviation over folds, {std:.3f}, is small: the folds "
+        "agree."
+        if std < 0.03
+        else f" Its standard deviation over folds, {std:.3f}, is large: the folds "
+        "disagree (a small or uneven data set)."
+    )
+    return (
+        f"About {mean * 100:.0f} in 100 held-out examples are classified "
+        f"correctly by a network that never saw them (mean over {n_folds} "
+        f"fold(s)).{consistency}"
+    )
+
+
+def correlation_meaning(r):
+    """One sentence on the Pearson correlation of log-density and error."""
+    share = f"density accounts for {r * r:.0%} of the variance of the errors"
+    if r <= -0.3:
+        return (
+            f"Errors concentrate where the network sees few similar training "
+            f"examples ({share}): more training data like the low-density "
+            "inputs would help most."
+        )
+    if r <= -0.1:
+        return (
+            f"Errors are somewhat more frequent at low density, but weakly so "
+            f"({share}): most errors come from elsewhere (ambiguous inputs, "
+            "label noise)."
+        )
+    if r < 0.1:
+        return (
+            f"Errors are not where training examples are scarce ({share}): "
+            "look at confusions and label issues rather than coverage."
+        )
+    return (
+        f"Errors are more frequent at high density ({share}): regions where "
+        "classes overlap or labels are inconsistent, not unfamiliar inputs."
+    )
+
+
+def agreement_meaning(a, k):
+    """One sentence on the share of neighbours with the example's label."""
+    quality = (
+        "the network's notion of similarity follows the classes closely"
+        if a >= 0.9
+        else "the network relates many examples across classes"
+    )
+    return (
+        f"Of the {k} training examples most similar to a held-out example, "
+        f"{a * k:.1f} on average carry its label: {quality}."
+    )
+
+
+def headline_meanings(result):
+    """``{metric: sentence}`` for the headline numbers of the summary."""
+    summary, meta = result.tables["summary"], result.metadata
+    meanings = {}
+    value = summary_value(summary, "accuracy")
+    if value is not None:
+        meanings["accuracy"] = accuracy_meaning(*value, meta["n_folds"])
+        error = 1 - value[0]
+        meanings["error"] = (
+            f"The share of held-out examples misclassified: about one in "
+            f"{1 / error:.0f}."
+            if error > 0
+            else "No held-out example is misclassified."
+        )
+    value = summary_value(summary, "density_error_correlation")
+    if value is not None and not math.isnan(value[0]):
+        meanings["density_error_correlation"] = correlation_meaning(value[0])
+    value = summary_value(summary, "neighbor_label_agreement")
+    if value is not None:
+        meanings["neighbor_label_agreement"] = agreement_meaning(
+            value[0], meta["n_neighbors"]
+        )
+    return meanings
+
+
+def sensitivity_finding(table):
+    """R at the last layer of the trained net: its value, stability and meaning."""
+    trained = table[table["net"] == "trained"].sort_values("depth")
+    if trained.empty:
+        return None
+    last = trained.iloc[-1]
+    mean, std = float(last["R_mean"]), float(last["R_std"])
+    spread = std / mean if mean > 0 and not math.isnan(std) else math.nan
+    stability = (
+        "one fold only: its stability is unknown"
+        if math.isnan(spread)
+        else f"spread over folds {spread:.0%}: a stable estimate"
+        if spread < STABLE_SPREAD
+        else f"spread over folds {spread:.0%}: unstable, read it as a rough value "
+        "(more probes, options n_probe, tighten it)"
+    )
+    side = (
+        "more stable to smooth deformations than to noise of the same norm, as "
+        "networks that generalise well tend to be"
+        if mean < 1
+        else "more sensitive to smooth deformations than to noise of the same "
+        "norm, unlike networks that generalise well"
+    )
+    text = (
+        f"Relative sensitivity R = {mean:.2g}{_spread(std, '.2g')} at layer "
+        f"{last['layer']} ({stability}): {side}"
+    )
+    init = table[(table["net"] == "init") & (table["layer"] == last["layer"])]
+    if not init.empty:
+        before = float(init["R_mean"].iloc[0])
+        change = "lowered" if mean < before else "raised"
+        text += f"; training {change} it from {before:.2g} at initialisation"
+    return text + "."
+
+
+def class_fitting_finding(table):
+    """The largest gap between training and held-out class densities, explained."""
+    gaps = (
+        table.assign(
+            gap=table["train_mean_log_density_mean"]
+            - table["test_mean_log_density_mean"]
+        )
+        .groupby("layer", sort=False)["gap"]
+        .mean()
+    )
+    if gaps.dropna().empty:
+        return None
+    layer = gaps.idxmax()
+    gap = float(gaps[layer])
+    meaning = (
+        "the class densities fit the training examples individually "
+        "(memorisation) more than in modes that held-out examples share"
+        if gap > 1
+        else "held-out examples fall in the same class modes as training ones"
+    )
+    factor = f" (a factor {math.exp(gap):.3g})" if gap < 10 else ""
+    return (
+        f"Class-fitting gap: at layer {layer}, held-out examples are on average "
+        f"{gap:.2f} nats{factor} less likely than training examples under their "
+        f"own class density (log-density, mean over classes): {meaning}."
+    )
+
+
+def label_issue_finding(result):
+    """How many labels look wrong, and the top ones."""
+    table = result.tables["label_issues"]
+    n = int(table["is_issue"].sum())
+    top = ", ".join(
+        f"#{r['index']} (given {r['given_label']}, looks like {r['suggested_label']})"
+        for _, r in table.head(3).iterrows()
+    )
+    text = (
+        f"{n} training labels look wrong (estimated, {n / len(table):.1%} of "
+        f"the data); the top ones: {top}."
+    )
+    noise = result.metadata.get("label_noise")
+    if noise is not None:
+        found = planted_precision(table, noise)
+        text += (
+            f" With {found['k']} labels flipped on purpose, {found['hits']} of the "
+            f"{found['k']} highest-scored are flipped ones (precision "
+            f"{found['precision']:.2f})."
+        )
+    return text
+
+
+def denoising_finding(summary):
+    """Self-denoising's effective neighbours and noise level, in words."""
+    neighbors = summary_value(summary, "denoising_mean_effective_neighbors")
+    sigma = summary_value(summary, "denoising_sigma")
+    if neighbors is None or sigma is None:
+        return None
+    return (
+        f"Self-denoising: each training prediction averages over about "
+        f"{neighbors[0]:.0f} training examples, and the residuals put the noise "
+        f"of the targets at σ = {sigma[0]:.3f} (root mean square per output; "
+        "0 would be labels the network reproduces exactly)."
+    )
+
+
+def support_finding(result):
+    """How many held-out predictions none of their neighbours carry."""
+    samples = result.tables["samples"]
+    support = prediction_support(samples, result.tables["neighbors"])
+    zero = int(np.sum(support == 0))
+    return (
+        f"{zero} of {len(samples)} held-out predictions are carried by none of "
+        f"their {result.metadata['n_neighbors']} most similar training examples "
+        "(see the least-supported test inputs)."
+    )
+
+
+def isolated_finding(result):
+    """The most isolated example, in words."""
+    isolated = [g for g in result.examples if g["kind"] == "isolated"]
+    samples = result.tables["samples"]
+    floor = samples["log_density"].min()
+    at_floor = int((samples["log_density"] == floor).sum())
+    return (
+        f"{at_floor} examples have no training example the network treats as "
+        f"similar (log relative density at its floor, {floor:.2f}); the most "
+        f"isolated, #{isolated[0]['index']} (label {isolated[0]['label']}), heads "
+        f"the {len(isolated)} shown."
+    )
+
+
+def findings(result):
+    """The report's opening list: a few sentences an auditor can act on."""
+    tables, meta = result.tables, result.metadata
+    meanings = headline_meanings(result)
+    out = []
+    accuracy = summary_value(tables["summary"], "accuracy")
+    if accuracy is not None:
+        out.append(
+            f"Held-out accuracy {accuracy[0]:.3f}{_spread(accuracy[1])}. "
+            + meanings["accuracy"]
+        )
+    if "label_issues" in tables:
+        out.append(label_issue_finding(result))
+    if "density_error_correlation" in meanings:
+        r = summary_value(tables["summary"], "density_error_correlation")[0]
+        out.append(
+            f"Density-error correlation {r:.2f}. "
+            + meanings["density_error_correlation"]
+        )
+    if any(g["kind"] == "isolated" for g in result.examples):
+        out.append(isolated_finding(result))
+    if "neighbors" in tables and "correct" in tables["samples"]:
+        out.append(support_finding(result))
+    if "denoising" in tables:
+        out.append(denoising_finding(tables["summary"]))
+    if "sensitivity_summary" in tables:
+        out.append(sensitivity_finding(tables["sensitivity_summary"]))
+    if "class_fitting_summary" in tables:
+        out.append(class_fitting_finding(tables["class_fitting_summary"]))
+    if meta.get("warnings"):
+        times = sum(w["times"] for w in meta["warnings"])
+        out.append(
+            f"{times} warning(s) of {len(meta['warnings'])} kind(s) were raised "
+            "during the analyses (listed in the summary)."
+        )
+    return [text for text in out if text]

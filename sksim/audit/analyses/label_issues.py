@@ -1,0 +1,328 @@
+"""Suspected label errors, from the audit's own folds."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ...label_issues import LabelIssueDetector, issues_frame, score_labels
+from .. import _render
+from .._tables import frame
+from .base import Analysis, FoldOutput
+from .neighbors import image_view
+
+TOP = 20  # issues shown in the report
+SHOWN_NEIGHBORS = 5  # neighbours drawn beside each of them
+FIXED = ("net", "cv", "combination", "random_state")  # set by the audit
+
+
+def detector(fold, options):
+    """The :class:`~sksim.LabelIssueDetector` of the fold's trained net."""
+    cv = "prefit" if fold.prefit else 3
+    return LabelIssueDetector(
+        fold.net, cv=cv, random_state=fold.random_state, **options
+    )
+
+
+def fold_signals(fold, options):
+    """Both signals of the examples whose labels the fold scores.
+
+    Cross-validated: the held-out examples, with the probabilities of the
+    fold's net (out-of-fold) and their most similar examples of the training
+    fold. Prefit: the training examples, by the detector's prefit path
+    (in-sample probabilities; the neighbours are the other training
+    examples).
+
+    Returns
+    -------
+    rows, labels : ndarray of shape (n,)
+        Rows of the training data ``X`` and given labels of the examples.
+    P : ndarray of shape (n, n_classes)
+    similarities, neighbors, neighbor_labels : ndarray of shape (n, k)
+        The neighbours' similarities, rows of ``X`` and labels.
+    """
+    search = detector(fold, options)
+    if fold.prefit:
+        search.fit(fold.X_train, fold.y_train)
+        found = search.neighbor_indices_
+        P, similarities = search.oof_proba_, search.neighbor_similarities_
+        rows, labels = fold.train, fold.y_train
+    else:
+        search._validate_params()
+        k = min(search.n_neighbors, len(fold.train))
+        P, similarities, found = search._held_out_signals(
+            fold.net, fold.X_train, fold.X_test, k, len(fold.classes)
+        )
+        rows, labels = fold.test, fold.y_test
+    return rows, labels, P, similarities, fold.train[found], fold.y_train[found]
+
+
+def _stack(column, width=None):
+    """A column of equal-length arrays as one 2-D array (cut to ``width``)."""
+    return np.stack([np.asarray(v)[:width] for v in column])
+
+
+def rank_issues(signals):
+    """The ``label_issues`` table from the folds' signals, all folds scored at once.
+
+    The scores, suggested labels and estimated count are those of
+    :class:`~sksim.LabelIssueDetector` on the same signals.
+    """
+    classes = np.unique(
+        np.concatenate([signals["given_label"], *signals["neighbor_labels"]])
+    )
+    k = min(len(v) for v in signals["neighbors"])
+    y = np.searchsorted(classes, signals["given_label"].to_numpy())
+    neighbor_labels = np.searchsorted(classes, _stack(signals["neighbor_labels"], k))
+    P = _stack(signals["proba"])
+    similarities = _stack(signals["neighbor_similarities"], k)
+    scored = score_labels(P, similarities, neighbor_labels, y)
+    rows = np.arange(len(y))
+    table = issues_frame(
+        scored,
+        y,
+        classes,
+        _stack(signals["neighbors"], k),
+        similarities,
+        neighbor_labels,
+        rows,
+    )
+    order = table.pop("index").to_numpy()
+    table.insert(0, "index", signals["index"].to_numpy()[order])
+    table.insert(1, "fold", signals["fold"].to_numpy()[order])
+    table.insert(5, "proba_given_label", P[order, y[order]])
+    table.insert(6, "neighbors_given_label", scored.neighbor_proba[order, y[order]])
+    return table
+
+
+def planted_precision(table, noise):
+    """Precision among the top ``k`` examples, ``k`` the number of planted flips.
+
+    Also the recall of the estimated set (the examples with ``is_issue``).
+    """
+    flipped = set(noise["flipped"])
+    k = len(flipped)
+    top = table["index"].to_numpy()[:k]
+    found = table.loc[table["is_issue"], "index"]
+    hits = sum(int(i) in flipped for i in top)
+    recall = sum(int(i) in flipped for i in found) / k if k else np.nan
+    return dict(k=k, hits=hits, precision=hits / k if k else np.nan, recall=recall)
+
+
+def _show(ax, image, title, color="black"):
+    ax.imshow(image, cmap="gray_r" if image.ndim == 2 else None)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=8, color=color)
+
+
+def issue_grid(result):
+    """The top suspected issues (left) and their most similar training examples."""
+    items = [g for g in result.gallery if g["kind"] == "label issue"]
+    if not items or items[0]["image"] is None:
+        return None
+    flipped = set(result.metadata.get("label_noise", {}).get("flipped", ()))
+    k = len(items[0]["neighbor_images"])
+    columns = 2 if len(items) > 10 else 1
+    per_column = -(-len(items) // columns)
+    width = k + 1
+    ratios = ([1.3] + [1] * k + [0.35]) * columns
+    fig, axes = _render.subplots(
+        per_column,
+        len(ratios),
+        figsize=(0.85 * sum(ratios) + 0.5, 1.05 * per_column + 0.6),
+        squeeze=False,
+        gridspec_kw=dict(width_ratios=ratios),
+    )
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    for n, item in enumerate(items):
+        row = axes[n % per_column, (n // per_column) * (width + 1) :]
+        given = item["label"]
+        planted = " (flip)" if item["index"] in flipped else ""
+        _show(
+            row[0],
+            item["image"],
+            f"#{item['index']} y={given}→{item['suggested']}{planted}",
+            "tab:red",
+        )
+        row[0].set_axis_on()
+        for ax, image, label, sim in zip(
+            row[1:width],
+            item["neighbor_images"],
+            item["neighbor_labels"],
+            item["similarities"],
+            strict=True,
+        ):
+            _show(ax, image, f"y={label} k={sim:.2f}", _color(label, given))
+            ax.set_axis_on()
+    fig.suptitle(
+        "Suspected label issues (red: given → suggested label; (flip): a label "
+        "flipped on purpose) and their most similar training examples\n(k: the "
+        "network's cosine similarity; blue: a neighbour with another label "
+        "than the given one)",
+        fontsize=9,
+    )
+    return fig
+
+
+def _color(label, given):
+    return "black" if label == given else "tab:blue"
+
+
+def _evidence(row, shown=SHOWN_NEIGHBORS):
+    return ", ".join(
+        f"#{i} (y={lab}, k={s:.2f})"
+        for i, lab, s in list(
+            zip(
+                row["neighbors"],
+                row["neighbor_labels"],
+                row["neighbor_similarities"],
+                strict=True,
+            )
+        )[:shown]
+    )
+
+
+def issue_rows(table, noise=None, top=TOP):
+    """The first ``top`` issues as a report table, neighbours in words.
+
+    With the planted ``noise`` known, a column says which labels were flipped.
+    """
+    head = table.head(top)
+    rows = frame(
+        dict(
+            index=head["index"],
+            fold=head["fold"],
+            given_label=head["given_label"],
+            suggested_label=head["suggested_label"],
+            score=head["score"],
+            net_probability_of_given=head["proba_given_label"],
+            neighbors_with_given=head["neighbors_given_label"],
+            nearest_training_examples=[_evidence(r) for _, r in head.iterrows()],
+        )
+    )
+    if noise is not None:
+        rows.insert(4, "planted_flip", head["index"].isin(noise["flipped"]).to_numpy())
+    return rows
+
+
+def noise_text(result) -> str:
+    """How many planted flips the ranking found, when the noise is known."""
+    noise = result.metadata.get("label_noise")
+    if noise is None:
+        return ""
+    found = planted_precision(result.tables["label_issues"], noise)
+    return _render.paragraph(
+        f"Planted noise: {found['k']} training labels were flipped at random "
+        f"(rate {noise['rate']:g}, seed {noise['seed']}). Among the {found['k']} "
+        f"highest-scored examples, {found['hits']} are flipped ones: precision at "
+        f"k = {found['precision']:.2f} (a random ranking would give "
+        f"{noise['rate']:.2f}); the estimated set holds "
+        f"{found['recall']:.0%} of the flipped labels."
+    )
+
+
+class LabelIssues(Analysis):
+    """Examples whose given label neither the net nor its neighbours support."""
+
+    name = "label_issues"
+    title = "Suspected label issues"
+    defaults = dict(n_neighbors=10)
+    description = (
+        "Every example's label is checked against two independent signals "
+        "computed on the audit's own folds: the class probabilities of the "
+        "fold's network, which never saw the example (out-of-fold), and the "
+        "labels of the training examples the network finds most similar to it, "
+        "weighted by their similarity. The score is minus the average of the "
+        "two probabilities of the given label: an example that neither the "
+        "network nor its nearest training examples agree with is likely "
+        "mislabelled (or ambiguous). The estimated number of issues follows "
+        "confident learning's calibrated count."
+    )
+    tasks = ("classification",)
+
+    def check_options(self, options):
+        fixed = sorted(set(options) & set(FIXED))
+        if fixed:
+            raise ValueError(
+                f"options['label_issues'] cannot set {fixed}: the analysis uses "
+                "the audit's folds, nets and seed, and scores by the mean of the "
+                "two signals."
+            )
+        LabelIssueDetector(None, **options)._validate_params()
+
+    def run(self, fold):
+        options = self.options(fold)
+        rows, labels, P, similarities, neighbors, neighbor_labels = fold_signals(
+            fold, options
+        )
+        table = frame(
+            dict(
+                fold=fold.fold,
+                index=rows,
+                given_label=labels,
+                proba=list(P),
+                neighbors=list(neighbors),
+                neighbor_similarities=list(similarities),
+                neighbor_labels=list(neighbor_labels),
+            )
+        )
+        source = (
+            "in-sample probabilities of the trained network (prefit: weaker "
+            "evidence) and the most similar other training examples"
+            if fold.prefit
+            else "out-of-fold probabilities of the fold's network and the most "
+            "similar examples of its training fold"
+        )
+        k = similarities.shape[1]
+        return FoldOutput(
+            tables=dict(label_issues=table),
+            method=self.method_text(fold, f"{source}, k = {k}"),
+        )
+
+    def summarise(self, tables):
+        return dict(label_issues=rank_issues(tables["label_issues"]))
+
+    def gallery(self, data, tables, top=TOP):
+        """The ``top`` suspected issues, with their neighbours."""
+        images = image_view(data.X)
+        items = []
+        for _, row in tables["label_issues"].head(top).iterrows():
+            neighbors = np.asarray(row["neighbors"])[:SHOWN_NEIGHBORS]
+            items.append(
+                dict(
+                    kind="label issue",
+                    fold=int(row["fold"]),
+                    index=int(row["index"]),
+                    label=np.asarray(row["given_label"]).item(),
+                    suggested=np.asarray(row["suggested_label"]).item(),
+                    score=float(row["score"]),
+                    neighbors=neighbors.tolist(),
+                    neighbor_labels=data.y[neighbors].tolist(),
+                    similarities=list(row["neighbor_similarities"][:SHOWN_NEIGHBORS]),
+                    image=None if images is None else images[int(row["index"])],
+                    neighbor_images=None if images is None else images[neighbors],
+                )
+            )
+        return items
+
+    def section(self, result):
+        table = result.tables["label_issues"]
+        n_issues = int(table["is_issue"].sum())
+        parts = [
+            _render.paragraph(self.description),
+            _render.paragraph(
+                f"Estimated label issues: {n_issues} of {len(table)} examples "
+                f"({n_issues / len(table):.1%}). Below, the {min(TOP, len(table))} "
+                "highest-scored examples; the full ranking is the label_issues "
+                "table (and the JSON output)."
+            ),
+            noise_text(result),
+        ]
+        method = result.metadata.get("methods", {}).get(self.name)
+        if method is not None:
+            parts.append(_render.paragraph(f"Method: {method}.", "note"))
+        parts.append(_render.figure(issue_grid, result))
+        noise = result.metadata.get("label_noise")
+        parts.append(_render.table(issue_rows(table, noise)))
+        return "".join(parts)

@@ -1,0 +1,358 @@
+"""The report's findings, meanings, examples worth a look and warning counts."""
+
+import copy
+import warnings
+
+import _audit_helpers
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from test_audit_report import parse
+
+from sksim.audit import audit
+from sksim.audit._examples import (
+    atypical_features,
+    isolated_rows,
+    least_supported_rows,
+    prediction_support,
+)
+from sksim.audit._findings import correlation_meaning, findings
+from sksim.audit.analyses.neighbors import diverse
+from sksim.audit.core import _count_warning, _warning_rows, _warning_text
+from sksim.audit.figures import sensitivity_layers
+from sksim.audit.report import SECTIONS, render_html, timings, to_dict
+
+
+@pytest.fixture(scope="module")
+def digit_images():
+    return _audit_helpers.digit_images()
+
+
+@pytest.fixture(scope="module")
+def small_audit():
+    return _audit_helpers.small_audit()
+
+
+@pytest.fixture(scope="module")
+def issues_audit(digit_images):
+    """Density, neighbours and label issues, with planted noise recorded."""
+    X, y = digit_images
+    result = audit(
+        _audit_helpers.small_net(X),
+        X,
+        y,
+        cv=3,
+        analyses=("density", "neighbors", "label_issues"),
+        n_neighbors=3,
+        random_state=0,
+    )
+    result.metadata["label_noise"] = dict(rate=0.05, seed=0, flipped=[5, 69, 198])
+    return result
+
+
+def samples_table():
+    return pd.DataFrame(
+        dict(
+            fold=[0, 0, 1, 1],
+            index=[10, 11, 12, 13],
+            label=[1, 2, 1, 2],
+            prediction=[1, 1, 2, 2],
+            log_density=[-2.0, -5.0, -5.0, -1.0],
+            top_similarity=[0.9, 0.8, 0.6, 0.95],
+        )
+    )
+
+
+def neighbors_table():
+    rows = []
+    neighbors = {
+        (0, 10): [(1, 0.9), (2, 0.5)],
+        (0, 11): [(2, 0.8), (1, -0.3)],
+        (1, 12): [(2, 0.6), (1, 0.2)],
+        (1, 13): [(1, -0.1), (1, -0.2)],
+    }
+    for (fold, index), pairs in neighbors.items():
+        for rank, (label, similarity) in enumerate(pairs, 1):
+            rows.append(
+                dict(
+                    fold=fold,
+                    index=index,
+                    rank=rank,
+                    train_index=100 + rank,
+                    similarity=similarity,
+                    train_label=label,
+                )
+            )
+    return pd.DataFrame(rows)
+
+
+def test_prediction_support_by_hand():
+    support = prediction_support(samples_table(), neighbors_table())
+    # 10 predicts 1: 0.9 / 1.4; 11 predicts 1: the only label-1 neighbour has
+    # a negative similarity, so 0 / 0.8; 12 predicts 2: 0.6 / 0.8; 13 has no
+    # positive similarity: NaN
+    np.testing.assert_allclose(support, [0.9 / 1.4, 0.0, 0.75, np.nan])
+
+
+def test_least_supported_rows_first_nan_then_zero_then_ties_by_similarity():
+    samples = samples_table()
+    support = np.array([0.5, 0.0, 0.0, np.nan])
+    assert list(least_supported_rows(samples, support)) == [3, 2, 1, 0]
+
+
+def test_isolated_rows_are_the_lowest_densities_ties_by_similarity():
+    samples = samples_table()
+    assert list(isolated_rows(samples, size=3)) == [2, 1, 0]
+    assert list(isolated_rows(samples.drop(columns="top_similarity"), 2)) == [1, 2]
+
+
+def test_isolated_examples_are_the_lowest_densities_of_the_audit(small_audit):
+    samples = small_audit["samples"]
+    items = [g for g in small_audit.examples if g["kind"] == "isolated"]
+    assert len(items) == 10
+    ordered = samples.sort_values(["log_density", "top_similarity"], kind="stable")
+    assert [g["index"] for g in items] == ordered["index"][:10].tolist()
+    for item, (_, row) in zip(items, ordered.iterrows(), strict=False):
+        assert item["log_density"] == row["log_density"]
+        assert item["neighbor_count"] == row["neighbor_count"]
+    worst = items[0]
+    assert worst["log_density"] == samples["log_density"].min()
+
+
+def test_least_support_examples_carry_their_neighbours(digit_images, small_audit):
+    X, y = digit_images
+    samples = small_audit["samples"]
+    support = prediction_support(samples, small_audit["neighbors"])
+    items = [g for g in small_audit.examples if g["kind"] == "least support"]
+    assert len(items) == 10
+    shown = np.nan_to_num([g["support"] for g in items], nan=-1)
+    np.testing.assert_array_equal(shown, np.sort(np.nan_to_num(support, nan=-1))[:10])
+    for item in items:
+        np.testing.assert_array_equal(item["image"], X[item["index"], 0])
+        np.testing.assert_array_equal(item["neighbor_images"], X[item["neighbors"], 0])
+        assert item["neighbor_labels"] == y[item["neighbors"]].tolist()
+
+
+def test_atypical_features_by_hand():
+    text = atypical_features(
+        np.array([1.0, 10.0, -4.0]), np.zeros(3), np.array([1.0, 2.0, 1.0]), count=2
+    )
+    assert text == "feature 1 = 10 (+5.0 sd), feature 2 = -4 (-4.0 sd)"
+
+
+def test_tabular_examples_describe_their_features(digit_images):
+    X, y = digit_images
+    flat = X.reshape(len(X), -1)[:, :30]  # 30 features: not square, tabular
+    result = audit(
+        _audit_helpers.small_net(flat, max_epochs=2),
+        flat,
+        y,
+        cv=2,
+        analyses=("density", "neighbors"),
+        n_neighbors=2,
+    )
+    isolated = [g for g in result.examples if g["kind"] == "isolated"]
+    assert isolated[0]["image"] is None
+    assert isolated[0]["features"].startswith("feature ")
+    html = render_html(result)
+    assert "+" in html and " sd)" in html
+
+
+def test_diverse_picks_new_folds_classes_and_confusions_before_repeats():
+    samples = pd.DataFrame(
+        dict(
+            fold=[0, 0, 0, 1, 2],
+            label=[3, 3, 3, 5, 3],
+            prediction=[8, 8, 8, 2, 8],
+        )
+    )
+    # the first by position would be 0, 1, 2; diversity takes 0, then the
+    # row new in fold, class and confusion (3), then a new fold (4)
+    assert diverse(samples, samples.index, 3) == [0, 3, 4]
+
+
+def test_neighbour_gallery_spreads_over_folds(small_audit):
+    kinds = [g for g in small_audit.gallery if g["kind"] == "misclassified"]
+    assert len({g["fold"] for g in kinds}) > 1
+    assert len({(g["label"], g["prediction"]) for g in kinds}) == len(kinds)
+
+
+def caught(message, category=UserWarning):
+    with warnings.catch_warnings(record=True) as records:
+        warnings.simplefilter("always")
+        warnings.warn(message, category, stacklevel=1)
+    return records[0]
+
+
+def test_warnings_are_counted_with_their_samples_and_analyses():
+    counts = {}
+    raised = [
+        ("denoising", "The Gram is near-singular for 3 sample(s): floored."),
+        ("denoising", "The Gram is near-singular for 5 sample(s): floored."),
+        ("density", "The Gram is near-singular for 7 sample(s): floored."),
+        ("density", "Something else at rtol=1e-05: detail"),
+    ]
+    for name, message in raised:
+        _count_warning(counts, *_warning_text(name, caught(message)))
+    rows = _warning_rows(counts)
+    assert rows == [
+        dict(
+            warning="UserWarning: The Gram is near-singular for N sample(s)",
+            times=3,
+            samples=15,
+            analyses=dict(
+                denoising=dict(times=2, samples=8), density=dict(times=1, samples=7)
+            ),
+        ),
+        dict(
+            warning="UserWarning: Something else at rtol=Ne-N",
+            times=1,
+            samples=None,
+            analyses=dict(density=dict(times=1, samples=None)),
+        ),
+    ]
+
+
+def test_report_prints_the_warning_counts(small_audit):
+    result = copy.copy(small_audit)
+    result.metadata = dict(
+        small_audit.metadata,
+        warnings=[
+            dict(
+                warning="UserWarning: near-singular for N sample(s)",
+                times=6,
+                samples=2146,
+                analyses=dict(denoising=dict(times=6, samples=2146)),
+            )
+        ],
+    )
+    html = render_html(result)
+    assert "(x6)" not in html
+    assert "<td>2146</td>" in html
+    assert "denoising: 6 time(s), 2146 sample(s)" in html
+    assert "6 warning(s) of 1 kind(s)" in html
+
+
+def softmax(logits):
+    return torch.softmax(logits, dim=-1)
+
+
+def test_real_warnings_are_counted_in_the_audit(digit_images):
+    # softmax outputs make every Jacobian Gram singular (rows sum to zero)
+    X, y = digit_images
+    result = audit(
+        _audit_helpers.small_net(X, max_epochs=1),
+        X,
+        y,
+        cv=2,
+        analyses=("density",),
+        options=dict(density=dict(output=softmax)),
+    )
+    rows = result.metadata["warnings"]
+    (row,) = [w for w in rows if "near-singular for N sample(s)" in w["warning"]]
+    assert row["warning"].startswith("SingularJacobianGramWarning: ")
+    assert list(row["analyses"]) == ["density"]
+    assert row["times"] == row["analyses"]["density"]["times"] >= 2
+    assert row["samples"] == row["analyses"]["density"]["samples"] >= len(X)
+
+
+def test_timings_table_sums_the_steps(small_audit):
+    table = timings(small_audit.metadata)
+    steps = list(small_audit.metadata["seconds"])
+    assert table["step"].tolist() == [*steps, "total (wall clock)"]
+    assert table["seconds"].iloc[:-1].tolist() == list(
+        small_audit.metadata["seconds"].values()
+    )
+    assert table["seconds"].iloc[-1] == small_audit.metadata["total_seconds"]
+
+
+@pytest.mark.parametrize(
+    "r, words",
+    [
+        (-0.43, "Errors concentrate where the network sees few similar"),
+        (-0.2, "weakly so"),
+        (0.02, "not where training examples are scarce"),
+        (0.3, "more frequent at high density"),
+    ],
+)
+def test_correlation_meaning(r, words):
+    text = correlation_meaning(r)
+    assert words in text
+    assert f"{r * r:.0%} of the variance" in text
+
+
+def test_findings_open_the_report(issues_audit):
+    html = render_html(issues_audit)
+    page = parse(html)
+    assert page.headings == [title for _, title in SECTIONS]
+    assert page.headings[0] == "Findings"
+    table = issues_audit["label_issues"]
+    n = int(table["is_issue"].sum())
+    listed = findings(issues_audit)
+    assert listed[0].startswith("Held-out accuracy")
+    assert listed[1].startswith(f"{n} training labels look wrong (estimated")
+    top = table.iloc[0]
+    assert f"#{top['index']} (given {top['given_label']}" in listed[1]
+    hits = int(table["index"][:3].isin([5, 69, 198]).sum())
+    assert f"{hits} of the 3 highest-scored are flipped ones" in listed[1]
+    assert any(text.startswith("Density-error correlation") for text in listed)
+    for text in listed:
+        assert text in html.replace("&#x27;", "'")
+
+
+def test_headline_numbers_have_their_meaning(issues_audit):
+    html = render_html(issues_audit)
+    assert "About " in html and "in 100 held-out examples are classified" in html
+    assert "of the variance of the errors" in html
+    assert "on average carry its label" in html
+    assert "<h3>Time taken</h3>" in html
+
+
+def test_label_issue_section_shows_top_twenty_with_thumbnails(issues_audit):
+    from sksim.audit.analyses.label_issues import issue_grid
+
+    items = [g for g in issues_audit.gallery if g["kind"] == "label issue"]
+    table = issues_audit["label_issues"]
+    assert [g["index"] for g in items] == table["index"][:20].tolist()
+    fig = issue_grid(issues_audit)
+    titled = [ax.get_title() for ax in fig.axes if ax.get_title().startswith("#")]
+    assert len(titled) == 20
+    first = items[0]
+    flip = " (flip)" if first["index"] in (5, 69, 198) else ""
+    assert (
+        titled[0] == f"#{first['index']} y={first['label']}→{first['suggested']}{flip}"
+    )
+    html = render_html(issues_audit)
+    assert "Planted noise: 3 training labels were flipped" in html
+    assert "planted_flip" in html
+
+
+def test_examples_are_in_the_json_without_images(issues_audit):
+    data = to_dict(issues_audit)
+    kinds = {g["kind"] for g in data["examples"]}
+    assert kinds == {"isolated", "least support"}
+    assert all("image" not in g for g in data["examples"])
+
+
+def test_sensitivity_axes_are_labelled(small_audit):
+    result = copy.copy(small_audit)
+    rows = []
+    for net in ("trained", "init"):
+        for depth, layer in enumerate(("a", "b")):
+            rows.append(
+                dict(
+                    net=net,
+                    layer=layer,
+                    depth=depth,
+                    **{f"{m}_{s}": 1.0 + depth for m in "DGR" for s in ("mean", "std")},
+                )
+            )
+    result.tables = dict(small_audit.tables, sensitivity_summary=pd.DataFrame(rows))
+    fig = sensitivity_layers(result)
+    assert [ax.get_xlabel() for ax in fig.axes] == ["layer"] * 3
+    assert [ax.get_ylabel() for ax in fig.axes] == [
+        "D: sensitivity to deformations",
+        "G: sensitivity to noise",
+        "R = D / G",
+    ]
