@@ -15,6 +15,10 @@ from .. import __version__
 from .._net import _unwrap
 from .prefit import weights_fingerprint
 
+# The layout of the saved pieces; a change of layout names new files, so that
+# pieces saved by an older layout are recomputed rather than misread.
+CACHE_FORMAT = 2
+
 
 def net_fingerprint(net) -> str:
     """A hash of the unfitted net: its class and every parameter.
@@ -36,9 +40,10 @@ class AuditCache:
     """Pickled pieces of an audit in a folder, each named by what it depends on.
 
     A piece (a trained fold, or one analysis of one fold) is a file whose name
-    hashes the sksim version, the data, the net, the seed and the arguments
-    the piece depends on: a rerun with the same arguments loads it, a changed
-    argument or data names another file, so it is computed again.
+    hashes the sksim version and cache format, the data, the net, the seed and
+    the arguments the piece depends on: a rerun with the same arguments loads
+    it, a changed argument or data names another file, so it is computed
+    again.
 
     Parameters
     ----------
@@ -62,7 +67,9 @@ class AuditCache:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         fingerprint = weights_fingerprint(net) if prefit else net_fingerprint(net)
-        self.base = joblib.hash((__version__, arrays, fingerprint, random_state))
+        self.base = joblib.hash(
+            (__version__, CACHE_FORMAT, arrays, fingerprint, random_state)
+        )
 
     def key(self, *parts):
         """The file name (without suffix) of the piece ``parts`` describe."""
