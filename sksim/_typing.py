@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import TypeAlias
+from typing import TypeAlias, TypeVar
 
+import numpy as np
 import torch
 from numpy.typing import ArrayLike
 from sklearn.frozen import FrozenEstimator
@@ -19,6 +20,7 @@ else:  # typing_extensions comes with torch
     from typing_extensions import Self
 
 __all__ = [
+    "ArrayOrTensor",
     "Checkpoints",
     "NetInput",
     "NetLike",
@@ -40,3 +42,6 @@ Output: TypeAlias = str | int | Callable[[torch.Tensor], torch.Tensor]
 
 # The ``checkpoints=`` parameter: state_dicts or paths of files holding them.
 Checkpoints: TypeAlias = Sequence[Mapping[str, torch.Tensor] | str | os.PathLike]
+
+# An array or a tensor, returned as the same type as it came.
+ArrayOrTensor = TypeVar("ArrayOrTensor", np.ndarray, torch.Tensor)

@@ -15,6 +15,7 @@ from skorch import NeuralNet
 from skorch.callbacks import Checkpoint
 
 from ._net import _unwrap
+from ._typing import NetLike
 
 TEMPLATE = "params_{last_epoch[epoch]}.pt"
 EXAMPLE = f'Checkpoint(monitor=None, f_params="{TEMPLATE}", dirname=...)'
@@ -78,7 +79,12 @@ def _path(net, checkpoint: Checkpoint, epoch: int) -> str:
     return os.path.join(checkpoint.dirname, checkpoint.fn_prefix + name)
 
 
-def collect_checkpoints(net, checkpoint=None, *, return_epochs=False):
+def collect_checkpoints(
+    net: NetLike,
+    checkpoint: str | Checkpoint | None = None,
+    *,
+    return_epochs: bool = False,
+) -> list[str] | tuple[list[str], list[int]]:
     """The parameter files that skorch's ``Checkpoint`` wrote while ``net`` trained.
 
     skorch's :class:`~skorch.callbacks.Checkpoint` records in the net's
