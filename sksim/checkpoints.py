@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import os
 
+from sklearn.frozen import FrozenEstimator
 from skorch import NeuralNet
 from skorch.callbacks import Checkpoint
 
 from ._net import _unwrap
-from ._typing import NetLike
 
 TEMPLATE = "params_{last_epoch[epoch]}.pt"
 EXAMPLE = f'Checkpoint(monitor=None, f_params="{TEMPLATE}", dirname=...)'
@@ -80,7 +80,7 @@ def _path(net, checkpoint: Checkpoint, epoch: int) -> str:
 
 
 def collect_checkpoints(
-    net: NetLike,
+    net: NeuralNet | FrozenEstimator,
     checkpoint: str | Checkpoint | None = None,
     *,
     return_epochs: bool = False,
