@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from numbers import Real
+from typing import Any
 
 import numpy as np
 import torch
@@ -342,7 +343,7 @@ class GradientDensityEstimator(DensityMixin, NetworkEstimator):
         counts = self.neighbor_counts(X)
         return np.log(np.maximum(counts, COUNT_FLOOR) / self.n_reference_)
 
-    def score(self, X: NetInput, y: None = None) -> float:
+    def score(self, X: NetInput, y: Any = None) -> float:
         """Total log relative density of ``X``, the sum of :meth:`score_samples`.
 
         Parameters
