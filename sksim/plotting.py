@@ -12,12 +12,11 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from .denoising import plot_denoising
+from .neighbors import NetworkNeighbors
 from .representations.plots import plot_class_log_density, plot_memorization_by_density
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
-
-    from .neighbors import NetworkNeighbors
 
 __all__ = [
     "plot_class_log_density",
