@@ -34,6 +34,9 @@ exclude_patterns = ["_build", "auto_examples/*.ipynb", "auto_examples/*.py"]
 
 autosummary_generate = True
 autodoc_default_options = {"members": True, "inherited-members": False}
+# The numpydoc sections document the types, as in scikit-learn; the type hints
+# (whose aliases Sphinx would expand in full) stay out of the signatures.
+autodoc_typehints = "none"
 numpydoc_show_class_members = False
 numpydoc_class_members_toctree = False
 

@@ -7,9 +7,13 @@ reused by every later call.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from numbers import Integral, Real
+from typing import Any
 
+import numpy as np
 import torch
+from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
@@ -23,6 +27,7 @@ from ._engine.inputs import is_dataset
 from ._engine.jacobian import JacobianEngine
 from ._engine.normalize import KINDS
 from ._net import fit_net, resolve_module
+from ._typing import Checkpoints, NetLike, Output
 from ._validation import check_net_input, dataset_sample_shape
 
 POSITIVE_INT = Interval(Integral, 1, None, closed="left")
@@ -49,13 +54,19 @@ CONSTRAINTS = {
 }
 
 
-def constraints(*names: str, **own) -> dict:
+def constraints(*names: str, **own: Any) -> dict:
     """The shared constraints of ``names``, with an estimator's ``own`` added."""
     return {name: CONSTRAINTS[name] for name in names} | own
 
 
 def make_engine(
-    net, output, params, batch_size, device, verbose, max_memory
+    net: NetLike,
+    output: Output,
+    params: str | Sequence[str] | None,
+    batch_size: int | str,
+    device: str | torch.device | None,
+    verbose: int,
+    max_memory: int | None,
 ) -> JacobianEngine:
     """The gradient engine of the trained module behind ``net``."""
     return JacobianEngine(
@@ -70,16 +81,16 @@ def make_engine(
 
 
 def make_engines(
-    net,
-    checkpoints,
-    checkpoint_weights,
-    output,
-    params,
-    batch_size,
-    device,
-    verbose,
-    max_memory,
-    validate=True,
+    net: NetLike,
+    checkpoints: Checkpoints | None,
+    checkpoint_weights: ArrayLike | None,
+    output: Output,
+    params: str | Sequence[str] | None,
+    batch_size: int | str,
+    device: str | torch.device | None,
+    verbose: int,
+    max_memory: int | None,
+    validate: bool = True,
 ) -> WeightedEngines:
     """The engines of ``net`` at its checkpoints, with their shares.
 
@@ -107,7 +118,7 @@ def make_engines(
     )
 
 
-def projection_seed(random_state) -> int:
+def projection_seed(random_state: int | np.random.RandomState | None) -> int:
     """The integer seed of a sketch drawn from ``random_state``."""
     return int(check_random_state(random_state).randint(2**31 - 1))
 

@@ -7,7 +7,9 @@ around one, a plain :class:`torch.nn.Module` (taken as trained), or an
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+from numpy.typing import ArrayLike
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.frozen import FrozenEstimator
@@ -15,20 +17,26 @@ from skorch import NeuralNet
 
 from ._engine.context import torch_seed
 from ._engine.inputs import is_dataset
+from ._typing import NetInput, NetLike
 from ._validation import skorch_training_data
 
 
-def _unwrap(net):
+def _unwrap(net: NetLike) -> NeuralNet | torch.nn.Module:
     return net.estimator if isinstance(net, FrozenEstimator) else net
 
 
-def is_unfitted_skorch(net) -> bool:
+def is_unfitted_skorch(net: NetLike) -> bool:
     """Whether ``net`` is a skorch net that has not been initialised."""
     net = _unwrap(net)
     return isinstance(net, NeuralNet) and not getattr(net, "initialized_", False)
 
 
-def fit_net(net, X, y=None, random_state=None):
+def fit_net(
+    net: NetLike,
+    X: NetInput,
+    y: ArrayLike | None = None,
+    random_state: int | np.random.RandomState | None = None,
+) -> NetLike:
     """Return a trained net: an unfitted skorch net is cloned and fitted on X, y.
 
     Parameters
@@ -62,7 +70,7 @@ def fit_net(net, X, y=None, random_state=None):
     return fitted
 
 
-def resolve_module(net) -> torch.nn.Module:
+def resolve_module(net: NetLike) -> torch.nn.Module:
     """Return the trained :class:`torch.nn.Module` behind ``net``."""
     net = _unwrap(net)
     if isinstance(net, NeuralNet):
@@ -81,7 +89,9 @@ def resolve_module(net) -> torch.nn.Module:
     )
 
 
-def resolve_device(net, device=None) -> torch.device:
+def resolve_device(
+    net: NetLike, device: str | torch.device | None = None
+) -> torch.device:
     """The device to compute on: ``device`` if given, else the net's own."""
     if device is not None:
         return torch.device(device)

@@ -18,9 +18,11 @@ partner slots hold a pair. :func:`split_pair_data` takes a batch apart again.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 from skorch.helper import SliceDict
 
 from ._engine.inputs import n_samples, take
@@ -35,7 +37,7 @@ def _partner_key(key: str) -> str:
     return f"{PAIR_PARTNER}:{key}"
 
 
-def check_pairs(pairs, n: int) -> np.ndarray:
+def check_pairs(pairs: ArrayLike, n: int) -> np.ndarray:
     """``pairs`` as an int64 array of shape ``(n_pairs, 2)`` indexing ``n`` rows.
 
     Raises
@@ -95,7 +97,7 @@ def _as_sliceable(a):
     return a if isinstance(a, torch.Tensor) else np.asarray(a)
 
 
-def with_pairs(X, pairs) -> SliceDict:
+def with_pairs(X: ArrayLike | Mapping[str, ArrayLike], pairs: ArrayLike) -> SliceDict:
     """Attach explicit pairs of similar samples to ``X``.
 
     The result is a :class:`skorch.helper.SliceDict` that can be passed to
@@ -164,12 +166,12 @@ def with_pairs(X, pairs) -> SliceDict:
     return SliceDict(**data)
 
 
-def is_pair_data(X) -> bool:
+def is_pair_data(X: Any) -> bool:
     """Whether ``X`` (a dataset or a batch) was built by :func:`with_pairs`."""
     return isinstance(X, Mapping) and PAIR_MASK in X
 
 
-def split_pair_data(X):
+def split_pair_data(X: Any) -> tuple[Any, Any, Any]:
     """Split a (batch of) pair data into ``(inputs, partners, mask)``.
 
     Inputs without attached pairs come back as ``(X, None, None)``; ``inputs``
@@ -189,12 +191,12 @@ def split_pair_data(X):
     return inputs, partners, X[PAIR_MASK]
 
 
-def strip_pairs(X):
+def strip_pairs(X: Any) -> Any:
     """The network input of ``X``, without any attached pairs."""
     return split_pair_data(X)[0]
 
 
-def check_labels(y, what: str) -> torch.Tensor:
+def check_labels(y: ArrayLike | None, what: str) -> torch.Tensor:
     """``y`` as a 1-d integer tensor of class labels, or a ValueError for ``what``."""
     if y is None:
         raise ValueError(f"{what} needs class labels y; none were given.")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 
+from sklearn.frozen import FrozenEstimator
 from skorch import NeuralNet
 from skorch.callbacks import Checkpoint
 
@@ -78,7 +79,12 @@ def _path(net, checkpoint: Checkpoint, epoch: int) -> str:
     return os.path.join(checkpoint.dirname, checkpoint.fn_prefix + name)
 
 
-def collect_checkpoints(net, checkpoint=None, *, return_epochs=False):
+def collect_checkpoints(
+    net: NeuralNet | FrozenEstimator,
+    checkpoint: str | Checkpoint | None = None,
+    *,
+    return_epochs: bool = False,
+) -> list[str] | tuple[list[str], list[int]]:
     """The parameter files that skorch's ``Checkpoint`` wrote while ``net`` trained.
 
     skorch's :class:`~skorch.callbacks.Checkpoint` records in the net's

@@ -1,13 +1,21 @@
 """Small synthetic data sets that reproduce the papers' toy experiments."""
 
+from __future__ import annotations
+
 import numpy as np
 import torch
 from sklearn.utils import Bunch, check_random_state
 
+from ._typing import ArrayOrTensor
 from ._validation import check_positive_int
 
 
-def make_circle_sine(n_samples=2048, frequency=1, noise=0.0, random_state=None):
+def make_circle_sine(
+    n_samples: int = 2048,
+    frequency: float = 1,
+    noise: float = 0.0,
+    random_state: int | np.random.RandomState | None = None,
+) -> Bunch:
     """The circle-sine regression toy of Charpiat et al.
 
     A position ``alpha ~ U[0, 1)`` on the circle gives the input
@@ -82,15 +90,15 @@ def make_circle_sine(n_samples=2048, frequency=1, noise=0.0, random_state=None):
 
 
 def make_planted_modes(
-    n_samples_per_class=300,
-    n_single=1,
-    n_multi=1,
-    n_features=6,
-    n_modes=8,
-    mode_scale=0.2,
-    class_separation=3.0,
-    random_state=None,
-):
+    n_samples_per_class: int = 300,
+    n_single: int = 1,
+    n_multi: int = 1,
+    n_features: int = 6,
+    n_modes: int = 8,
+    mode_scale: float = 0.2,
+    class_separation: float = 3.0,
+    random_state: int | np.random.RandomState | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Classes that are one Gaussian or many compact modes.
 
     The first ``n_single`` classes are standard Gaussians; the next ``n_multi``
@@ -171,8 +179,14 @@ _DISTANCES = {
 
 
 def make_scale_detection(
-    n_samples=1024, size=16, xi=8, gap=2, norm="l2", shuffle=True, random_state=None
-):
+    n_samples: int = 1024,
+    size: int = 16,
+    xi: float = 8,
+    gap: float = 2,
+    norm: str = "l2",
+    shuffle: bool = True,
+    random_state: int | np.random.RandomState | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Images with two active pixels, close or far apart.
 
     Two distinct pixels of a ``size x size`` image are set to 1. The class is
@@ -258,7 +272,9 @@ def make_scale_detection(
 _STEPS = np.array([[0, 1], [0, -1], [1, 0], [-1, 0]])
 
 
-def scale_detection_perturbation(X, random_state=None):
+def scale_detection_perturbation(
+    X: ArrayOrTensor, random_state: int | np.random.RandomState | None = None
+) -> ArrayOrTensor:
     """Move each active pixel of scale-detection images by one pixel.
 
     Each of the two active pixels moves to a random 4-neighbour, staying in

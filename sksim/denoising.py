@@ -6,9 +6,13 @@ See the theory page, "self-denoising".
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from numbers import Real
+from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
+from numpy.typing import ArrayLike
 from sklearn.utils import check_array
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
@@ -19,15 +23,27 @@ from ._engine.gram import NTKReference
 from ._engine.inputs import is_dataset, n_samples
 from ._engine.jacobian import DEFAULT_MAX_MEMORY
 from ._engine.normalize import normalize, trace_over_d
+from ._typing import NetInput, NetLike, Output, Self
 from ._validation import check_net_input, dataset_targets
 from .density import THRESHOLD
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 
 class IllConditionedWeightsWarning(UserWarning):
     """``sum_j K_ij`` is near-singular: similar and anti-similar samples cancel."""
 
 
-def neighbor_weights(K, G, gram, weights, power, threshold, rtol):
+def neighbor_weights(
+    K: np.ndarray,
+    G: np.ndarray,
+    gram: np.ndarray,
+    weights: str,
+    power: float,
+    threshold: float,
+    rtol: float,
+) -> np.ndarray:
     """The unnormalised weights ``B_ij`` of a block of rows, ``(b, N, d, d)``.
 
     ``"ntk"``: ``J_i J_j^T``; ``"cosine"``: ``A_i A_j^T``; ``"cosine_pos_pow"``
@@ -44,7 +60,9 @@ def neighbor_weights(K, G, gram, weights, power, threshold, rtol):
     return w[..., None, None] * np.eye(K.shape[-1])
 
 
-def regularized_inverse(M, scale, ridge):
+def regularized_inverse(
+    M: np.ndarray, scale: np.ndarray, ridge: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Tikhonov inverse ``V diag(s / (s^2 + lam^2)) U^T`` of ``M = U S V^T``.
 
     ``lam = ridge * scale`` per sample; ``ridge = 0`` gives the pseudo-inverse.
@@ -58,7 +76,9 @@ def regularized_inverse(M, scale, ridge):
     return inverse, s[:, -1]
 
 
-def weighted_average(inverse, B, values):
+def weighted_average(
+    inverse: np.ndarray, B: np.ndarray, values: np.ndarray
+) -> np.ndarray:
     """``sum_j W_ij v_j = M_i^{-1} sum_j B_ij v_j`` for a block of rows."""
     return np.einsum("bde,be->bd", inverse, np.einsum("bjef,jf->be", B, values))
 
@@ -225,22 +245,22 @@ class SelfDenoisingAnalysis(NetworkEstimator):
 
     def __init__(
         self,
-        net,
+        net: NetLike,
         *,
-        weights="hard",
-        power=8,
-        threshold=0.95,
-        sigma=None,
-        ridge=1e-6,
-        output="logits",
-        params=None,
-        batch_size="auto",
-        device=None,
-        rtol=1e-5,
-        random_state=None,
-        max_memory=DEFAULT_MAX_MEMORY,
-        verbose=0,
-    ):
+        weights: str = "hard",
+        power: float = 8,
+        threshold: float = 0.95,
+        sigma: float | None = None,
+        ridge: float = 1e-6,
+        output: Output = "logits",
+        params: str | Sequence[str] | None = None,
+        batch_size: int | str = "auto",
+        device: str | torch.device | None = None,
+        rtol: float = 1e-5,
+        random_state: int | np.random.RandomState | None = None,
+        max_memory: int | None = DEFAULT_MAX_MEMORY,
+        verbose: int = 0,
+    ) -> None:
         self.net = net
         self.weights = weights
         self.power = power
@@ -267,7 +287,7 @@ class SelfDenoisingAnalysis(NetworkEstimator):
                 "per training sample."
             )
 
-    def fit(self, X, y=None):
+    def fit(self, X: NetInput, y: ArrayLike | None = None) -> Self:
         """Analyse the net on its training set ``(X, y)`` with noisy labels ``y``.
 
         Parameters
@@ -383,7 +403,7 @@ class SelfDenoisingAnalysis(NetworkEstimator):
             self.sigma_ = float(np.sqrt(((f - y) ** 2).sum() / expected.sum()))
         self.predicted_error_ = self.sigma_**2 * d * self.denoising_factor_
 
-    def clean_errors(self, y_clean):
+    def clean_errors(self, y_clean: ArrayLike) -> np.ndarray:
         """Measured squared errors ``|f(x_i) - y*_i|^2`` against clean labels.
 
         Parameters
@@ -408,7 +428,7 @@ class SelfDenoisingAnalysis(NetworkEstimator):
         y_clean = y_clean.reshape(self.predictions_.shape)
         return ((self.predictions_ - y_clean) ** 2).sum(axis=1)
 
-    def summary(self, y_clean=None):
+    def summary(self, y_clean: ArrayLike | None = None) -> dict[str, float]:
         """Headline numbers, as a dict of floats.
 
         Errors are root mean squared per output, ``sqrt(mean_i e_i / d)``.
@@ -456,7 +476,11 @@ class SelfDenoisingAnalysis(NetworkEstimator):
         return tags
 
 
-def plot_denoising(analysis, y_clean=None, ax=None):
+def plot_denoising(
+    analysis: SelfDenoisingAnalysis,
+    y_clean: ArrayLike | None = None,
+    ax: Axes | None = None,
+) -> Axes:
     """Per-sample predicted error against the effective number of neighbours.
 
     Each training sample is a point at ``(N_eff, sigma sqrt(tr C / d))``; with

@@ -5,10 +5,13 @@ See the theory page, "density".
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from numbers import Real
+from typing import Any
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 from sklearn.base import DensityMixin
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
@@ -25,6 +28,7 @@ from ._engine.inputs import n_samples
 from ._engine.jacobian import DEFAULT_MAX_MEMORY, JacobianEngine
 from ._engine.parallel import split_rows
 from ._engine.rows import cosine_rows, sketch_features, sketch_rows
+from ._typing import Checkpoints, NetInput, NetLike, Output, Self
 
 COUNT_FLOOR = 0.5
 # The cosine similarity never exceeds 1: a threshold of 1 would count nothing.
@@ -35,7 +39,9 @@ NEIGHBOR_PARAMETERS += ("verbose",)
 CHECKPOINTS = ("checkpoints", "checkpoint_weights")
 
 
-def soft_counts(engine: JacobianEngine, X, reference_sum: np.ndarray, rtol: float):
+def soft_counts(
+    engine: JacobianEngine, X: NetInput, reference_sum: np.ndarray, rtol: float
+) -> np.ndarray:
     """``N_S(x) = <A(x), S>_F / d`` for every row of ``X`` (the second pass)."""
     S = torch.as_tensor(reference_sum, device=engine.device)
     counts = np.empty(n_samples(X))
@@ -48,7 +54,7 @@ def soft_counts(engine: JacobianEngine, X, reference_sum: np.ndarray, rtol: floa
     return counts / reference_sum.shape[0]
 
 
-def whitened_sum(engine: JacobianEngine, X, rtol: float) -> np.ndarray:
+def whitened_sum(engine: JacobianEngine, X: NetInput, rtol: float) -> np.ndarray:
     """``S = sum_j A(x_j)`` of shape ``(d, p)`` in float64 (the first pass)."""
     S = None
     for _, pieces, _ in engine.mapped_pieces(X, -0.5, rtol):
@@ -190,24 +196,24 @@ class GradientDensityEstimator(DensityMixin, NetworkEstimator):
 
     def __init__(
         self,
-        net,
+        net: NetLike,
         *,
-        method="soft",
-        threshold=0.9,
-        power=2,
-        output="logits",
-        params=None,
-        n_components=None,
-        batch_size="auto",
-        device=None,
-        rtol=1e-5,
-        random_state=None,
-        n_jobs=None,
-        max_memory=DEFAULT_MAX_MEMORY,
-        verbose=0,
-        checkpoints=None,
-        checkpoint_weights=None,
-    ):
+        method: str = "soft",
+        threshold: float = 0.9,
+        power: float = 2,
+        output: Output = "logits",
+        params: str | Sequence[str] | None = None,
+        n_components: int | None = None,
+        batch_size: int | str = "auto",
+        device: str | torch.device | None = None,
+        rtol: float = 1e-5,
+        random_state: int | np.random.RandomState | None = None,
+        n_jobs: int | None = None,
+        max_memory: int | None = DEFAULT_MAX_MEMORY,
+        verbose: int = 0,
+        checkpoints: Checkpoints | None = None,
+        checkpoint_weights: ArrayLike | None = None,
+    ) -> None:
         self.net = net
         self.method = method
         self.threshold = threshold
@@ -225,7 +231,7 @@ class GradientDensityEstimator(DensityMixin, NetworkEstimator):
         self.checkpoints = checkpoints
         self.checkpoint_weights = checkpoint_weights
 
-    def fit(self, X, y=None):
+    def fit(self, X: NetInput, y: ArrayLike | None = None) -> Self:
         """Train the net if needed and prepare the reference set.
 
         ``method="soft"`` takes one streaming pass over ``X`` to accumulate
@@ -301,7 +307,7 @@ class GradientDensityEstimator(DensityMixin, NetworkEstimator):
                 counts[block] = (np.maximum(k, 0.0) ** self.power).sum(axis=1)
         return counts
 
-    def neighbor_counts(self, X):
+    def neighbor_counts(self, X: NetInput) -> np.ndarray:
         """Number of reference examples the network treats as similar to ``X``.
 
         Parameters
@@ -317,7 +323,7 @@ class GradientDensityEstimator(DensityMixin, NetworkEstimator):
         check_is_fitted(self)
         return split_rows(self._counts, self._check_input(X), self.n_jobs)
 
-    def score_samples(self, X):
+    def score_samples(self, X: NetInput) -> np.ndarray:
         """Log relative density ``log(max(count, 0.5) / N)``.
 
         Counts are floored at half an example before the logarithm: a hard
@@ -337,7 +343,7 @@ class GradientDensityEstimator(DensityMixin, NetworkEstimator):
         counts = self.neighbor_counts(X)
         return np.log(np.maximum(counts, COUNT_FLOOR) / self.n_reference_)
 
-    def score(self, X, y=None):
+    def score(self, X: NetInput, y: Any = None) -> float:
         """Total log relative density of ``X``, the sum of :meth:`score_samples`.
 
         Parameters

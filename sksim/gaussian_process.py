@@ -9,8 +9,11 @@ combined with ``ConstantKernel`` and ``WhiteKernel`` inside
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping, Sequence
 
 import numpy as np
+import torch
+from numpy.typing import ArrayLike
 from sklearn.exceptions import NotFittedError
 from sklearn.gaussian_process.kernels import Kernel
 from sklearn.utils._param_validation import validate_parameter_constraints
@@ -21,11 +24,15 @@ from ._engine.inputs import n_samples
 from ._engine.jacobian import DEFAULT_MAX_MEMORY
 from ._engine.normalize import gram_power
 from ._net import is_unfitted_skorch
+from ._typing import NetLike, Output
 from ._validation import check_net_input
 from .kernel import _similarity
 
 PARAMETERS = ("net", "kind", "output", "params", "batch_size", "device", "rtol")
 PARAMETERS += ("max_memory",)
+
+# What the kernel takes: an array or tensor, or a dict of them.
+KernelInput = ArrayLike | Mapping[str, ArrayLike]
 
 
 def _diagonal(G: np.ndarray, kind: str, rtol: float) -> np.ndarray:
@@ -116,16 +123,16 @@ class NetworkKernel(Kernel):
 
     def __init__(
         self,
-        net,
+        net: NetLike,
         *,
-        kind="ntk",
-        output="logits",
-        params=None,
-        batch_size="auto",
-        device=None,
-        rtol=1e-5,
-        max_memory=DEFAULT_MAX_MEMORY,
-    ):
+        kind: str = "ntk",
+        output: Output = "logits",
+        params: str | Sequence[str] | None = None,
+        batch_size: int | str = "auto",
+        device: str | torch.device | None = None,
+        rtol: float = 1e-5,
+        max_memory: int | None = DEFAULT_MAX_MEMORY,
+    ) -> None:
         self.net = net
         self.kind = kind
         self.output = output
@@ -157,7 +164,12 @@ class NetworkKernel(Kernel):
             self.max_memory,
         )
 
-    def __call__(self, X, Y=None, eval_gradient=False):
+    def __call__(
+        self,
+        X: KernelInput,
+        Y: KernelInput | None = None,
+        eval_gradient: bool = False,
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """The kernel ``k(X, Y)`` and, if asked, its (empty) gradient.
 
         Parameters
@@ -197,7 +209,7 @@ class NetworkKernel(Kernel):
             return K, np.empty((len(K), len(K), 0))
         return K
 
-    def diag(self, X):
+    def diag(self, X: KernelInput) -> np.ndarray:
         """The diagonal ``k(x, x)``, computed without the full kernel.
 
         Parameters
@@ -219,7 +231,7 @@ class NetworkKernel(Kernel):
             out[rows] = _diagonal(G, self.kind, self.rtol)
         return out
 
-    def is_stationary(self):
+    def is_stationary(self) -> bool:
         """Whether the kernel depends only on ``x - x'``.
 
         Returns
@@ -230,7 +242,7 @@ class NetworkKernel(Kernel):
         return False
 
     @property
-    def requires_vector_input(self):
+    def requires_vector_input(self) -> bool:
         """False: inputs are whatever the network takes, of any shape."""
         return False
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
+import torch
+from numpy.typing import ArrayLike
 from sklearn.base import ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils._param_validation import StrOptions, validate_params
 from sklearn.utils.validation import check_is_fitted
@@ -21,6 +25,7 @@ from ._engine.gram import POWERS, GramReference, symmetrize
 from ._engine.inputs import n_samples
 from ._engine.jacobian import DEFAULT_MAX_MEMORY
 from ._engine.parallel import tiled_kernel
+from ._typing import Checkpoints, NetInput, NetLike, Output, Self
 from ._validation import check_net_input
 
 SHARED = ("output", "params", "batch_size", "device", "rtol", "random_state")
@@ -83,25 +88,25 @@ def _projected_similarity(engine, X, Y, kind, reduce, rtol, n_components, seed):
 )
 @fill_doc
 def network_similarity(
-    net,
-    X,
-    Y=None,
+    net: NetLike,
+    X: NetInput,
+    Y: NetInput | None = None,
     *,
-    kind="cosine",
-    output="logits",
-    params=None,
-    batch_size="auto",
-    device=None,
-    reduce="trace",
-    rtol=1e-5,
-    n_components=None,
-    random_state=None,
-    n_jobs=None,
-    max_memory=DEFAULT_MAX_MEMORY,
-    verbose=0,
-    checkpoints=None,
-    checkpoint_weights=None,
-):
+    kind: str = "cosine",
+    output: Output = "logits",
+    params: str | Sequence[str] | None = None,
+    batch_size: int | str = "auto",
+    device: str | torch.device | None = None,
+    reduce: str | None = "trace",
+    rtol: float = 1e-5,
+    n_components: int | None = None,
+    random_state: int | np.random.RandomState | None = None,
+    n_jobs: int | None = None,
+    max_memory: int | None = DEFAULT_MAX_MEMORY,
+    verbose: int = 0,
+    checkpoints: Checkpoints | None = None,
+    checkpoint_weights: ArrayLike | None = None,
+) -> np.ndarray:
     """Similarity of inputs from the perspective of a trained network.
 
     Two inputs are similar when the parameter step that changes the output at
@@ -198,20 +203,20 @@ def network_similarity(
 )
 @fill_doc
 def gradient_features(
-    net,
-    X,
+    net: NetLike,
+    X: NetInput,
     *,
-    n_components=None,
-    whiten=True,
-    output="logits",
-    params=None,
-    batch_size="auto",
-    device=None,
-    rtol=1e-5,
-    random_state=None,
-    max_memory=DEFAULT_MAX_MEMORY,
-    verbose=0,
-):
+    n_components: int | None = None,
+    whiten: bool = True,
+    output: Output = "logits",
+    params: str | Sequence[str] | None = None,
+    batch_size: int | str = "auto",
+    device: str | torch.device | None = None,
+    rtol: float = 1e-5,
+    random_state: int | np.random.RandomState | None = None,
+    max_memory: int | None = DEFAULT_MAX_MEMORY,
+    verbose: int = 0,
+) -> np.ndarray:
     """Per-sample gradient features whose inner products are the kernel.
 
     Parameters
@@ -263,7 +268,7 @@ def gradient_features(
     return features.gradient_features(engine, X, n_components, whiten, seed, rtol)
 
 
-def similarity_to_distance(K):
+def similarity_to_distance(K: ArrayLike) -> np.ndarray:
     """Distances ``sqrt(max(2 - 2 k, 0))`` from normalised similarities.
 
     For the cosine kernel this is the Euclidean distance between the
@@ -350,22 +355,22 @@ class NetworkSimilarityKernel(
 
     def __init__(
         self,
-        net,
+        net: NetLike,
         *,
-        kind="cosine",
-        output="logits",
-        params=None,
-        batch_size="auto",
-        device=None,
-        rtol=1e-5,
-        n_components=None,
-        random_state=None,
-        n_jobs=None,
-        max_memory=DEFAULT_MAX_MEMORY,
-        verbose=0,
-        checkpoints=None,
-        checkpoint_weights=None,
-    ):
+        kind: str = "cosine",
+        output: Output = "logits",
+        params: str | Sequence[str] | None = None,
+        batch_size: int | str = "auto",
+        device: str | torch.device | None = None,
+        rtol: float = 1e-5,
+        n_components: int | None = None,
+        random_state: int | np.random.RandomState | None = None,
+        n_jobs: int | None = None,
+        max_memory: int | None = DEFAULT_MAX_MEMORY,
+        verbose: int = 0,
+        checkpoints: Checkpoints | None = None,
+        checkpoint_weights: ArrayLike | None = None,
+    ) -> None:
         self.net = net
         self.kind = kind
         self.output = output
@@ -381,7 +386,7 @@ class NetworkSimilarityKernel(
         self.checkpoints = checkpoints
         self.checkpoint_weights = checkpoint_weights
 
-    def fit(self, X, y=None):
+    def fit(self, X: NetInput, y: ArrayLike | None = None) -> Self:
         """Train the net if needed and store the reference inputs.
 
         Parameters
@@ -432,7 +437,7 @@ class NetworkSimilarityKernel(
             ),
         )
 
-    def transform(self, X):
+    def transform(self, X: NetInput) -> np.ndarray:
         """Similarities of ``X`` to the reference inputs.
 
         Parameters
@@ -452,7 +457,7 @@ class NetworkSimilarityKernel(
             return _contract(left, self.features_fit_, self.kind, "trace")
         return self._exact(X)
 
-    def fit_transform(self, X, y=None):
+    def fit_transform(self, X: NetInput, y: ArrayLike | None = None) -> np.ndarray:
         """Fit, then return ``K(X, X)`` (exactly symmetric unless ``influence``).
 
         Parameters

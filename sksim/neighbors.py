@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from numbers import Integral
+from types import ModuleType
 
 import numpy as np
+import torch
+from numpy.typing import ArrayLike
 from sklearn.utils import Bunch
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
@@ -16,13 +20,14 @@ from ._engine.inputs import n_samples, take
 from ._engine.jacobian import DEFAULT_MAX_MEMORY
 from ._engine.parallel import split_rows
 from ._engine.rows import cosine_rows, sketch_features, sketch_rows
+from ._typing import Checkpoints, NetInput, NetLike, Output, Self
 from .density import CHECKPOINTS, NEIGHBOR_PARAMETERS
 from .kernel import similarity_to_distance
 
 N_BACKGROUND = 200  # reference rows whose similarities set the percentiles
 
 
-def import_faiss():
+def import_faiss() -> ModuleType:
     """Import faiss lazily, with an error naming the extra that provides it."""
     try:
         import faiss
@@ -184,25 +189,25 @@ class NetworkNeighbors(NetworkEstimator):
 
     def __init__(
         self,
-        net,
+        net: NetLike,
         *,
-        n_neighbors=5,
-        algorithm="exact",
-        output="logits",
-        params=None,
-        n_components=None,
-        batch_size="auto",
-        device=None,
-        rtol=1e-5,
-        random_state=None,
-        n_jobs=None,
-        max_memory=DEFAULT_MAX_MEMORY,
-        verbose=0,
-        index="Flat",
-        index_params=None,
-        checkpoints=None,
-        checkpoint_weights=None,
-    ):
+        n_neighbors: int = 5,
+        algorithm: str = "exact",
+        output: Output = "logits",
+        params: str | Sequence[str] | None = None,
+        n_components: int | None = None,
+        batch_size: int | str = "auto",
+        device: str | torch.device | None = None,
+        rtol: float = 1e-5,
+        random_state: int | np.random.RandomState | None = None,
+        n_jobs: int | None = None,
+        max_memory: int | None = DEFAULT_MAX_MEMORY,
+        verbose: int = 0,
+        index: str = "Flat",
+        index_params: str | None = None,
+        checkpoints: Checkpoints | None = None,
+        checkpoint_weights: ArrayLike | None = None,
+    ) -> None:
         self.net = net
         self.n_neighbors = n_neighbors
         self.algorithm = algorithm
@@ -221,7 +226,7 @@ class NetworkNeighbors(NetworkEstimator):
         self.checkpoints = checkpoints
         self.checkpoint_weights = checkpoint_weights
 
-    def fit(self, X, y=None):
+    def fit(self, X: NetInput, y: ArrayLike | None = None) -> Self:
         """Train the net if needed and prepare the reference set.
 
         Parameters
@@ -348,7 +353,9 @@ class NetworkNeighbors(NetworkEstimator):
             indices = indices[keep].reshape(len(F), -1)
         return similarities.astype(np.float64), indices.astype(np.intp)
 
-    def most_similar(self, X=None, n_neighbors=None):
+    def most_similar(
+        self, X: NetInput | None = None, n_neighbors: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The most similar reference examples of each query, with similarities.
 
         Parameters
@@ -393,7 +400,12 @@ class NetworkNeighbors(NetworkEstimator):
             return self._faiss(self._sketch(X), n_neighbors, False)
         return split_rows(lambda Q: self._exact(Q, n_neighbors), X, self.n_jobs)
 
-    def kneighbors(self, X=None, n_neighbors=None, return_distance=True):
+    def kneighbors(
+        self,
+        X: NetInput | None = None,
+        n_neighbors: int | None = None,
+        return_distance: bool = True,
+    ) -> tuple[np.ndarray, np.ndarray] | np.ndarray:
         """The nearest reference examples of each query, as scikit-learn's.
 
         Parameters
@@ -419,7 +431,7 @@ class NetworkNeighbors(NetworkEstimator):
             return indices
         return similarity_to_distance(similarities), indices
 
-    def explain(self, X, n_neighbors=None):
+    def explain(self, X: NetInput, n_neighbors: int | None = None) -> Bunch:
         """Why this prediction: the training examples the network relates to ``X``.
 
         For each query, its most similar reference examples with their

@@ -4,10 +4,19 @@ Each function takes the fitted object (or table) it draws and returns the
 matplotlib ``Figure``.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .denoising import plot_denoising
+from .neighbors import NetworkNeighbors
 from .representations.plots import plot_class_log_density, plot_memorization_by_density
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = [
     "plot_class_log_density",
@@ -17,7 +26,14 @@ __all__ = [
 ]
 
 
-def plot_neighbors(neighbors, X, *, n_neighbors=None, image_shape=None, n_features=6):
+def plot_neighbors(
+    neighbors: NetworkNeighbors,
+    X: ArrayLike,
+    *,
+    n_neighbors: int | None = None,
+    image_shape: tuple[int, ...] | None = None,
+    n_features: int = 6,
+) -> Figure:
     """Each query beside the training examples the network finds most similar.
 
     Draws :meth:`~sksim.neighbors.NetworkNeighbors.explain`: for images (samples

@@ -38,9 +38,12 @@ SimilarityRegularizedNet)`` holds. No skorch code is duplicated.
 from __future__ import annotations
 
 import numbers
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 from skorch import NeuralNet, NeuralNetClassifier, NeuralNetRegressor
 from skorch.callbacks import Callback, PassthroughScoring
 from skorch.dataset import unpack_data
@@ -59,6 +62,7 @@ from ._pairs import (
     strip_pairs,
     with_pairs,
 )
+from ._typing import NetInput, Self
 from ._validation import check_net_input, check_positive_int
 
 __all__ = [
@@ -75,6 +79,9 @@ PAIR_MODES = ("same_class", "given")
 #: Up to this many samples per batch, pair dot products come from a Gram matrix.
 GRAM_MAX_SAMPLES = 256
 READOUTS = ("posnegflat", "random")
+# A batch of inputs as skorch passes it: a tensor, or a dict of them (pairs
+# attached by with_pairs travel in the dict).
+Batch = torch.Tensor | Mapping[str, torch.Tensor]
 
 
 def _take(X, index: torch.Tensor):
@@ -174,18 +181,25 @@ class ValidPairSimilarity(Callback):
         Seed of the private generator.
     """
 
-    def __init__(self, name="valid_similarity_cosine", seed=0):
+    def __init__(self, name: str = "valid_similarity_cosine", seed: int = 0) -> None:
         self.name = name
         self.seed = seed
 
-    def on_epoch_begin(self, net, **kwargs):
+    def on_epoch_begin(self, net: SimilarityRegularizedNet, **kwargs: Any) -> None:
         if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
             raise ValueError(f"seed must be an int; got {self.seed!r}.")
         self.generator_ = torch.Generator(device=torch.device(net.device))
         self.generator_.manual_seed(int(self.seed))
         self.total_, self.count_ = 0.0, 0
 
-    def on_batch_end(self, net, batch=None, training=False, y_pred=None, **kwargs):
+    def on_batch_end(
+        self,
+        net: SimilarityRegularizedNet,
+        batch: tuple[Any, Any] | None = None,
+        training: bool = False,
+        y_pred: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> None:
         if training:
             return
         Xi, yi = unpack_data(batch)
@@ -200,7 +214,7 @@ class ValidPairSimilarity(Callback):
         self.total_ += cos.sum().item()
         self.count_ += cos.shape[0]
 
-    def on_epoch_end(self, net, **kwargs):
+    def on_epoch_end(self, net: SimilarityRegularizedNet, **kwargs: Any) -> None:
         if self.count_:
             net.history.record(self.name, self.total_ / self.count_)
 
@@ -314,16 +328,16 @@ class SimilarityRegularizedNet(NeuralNet):
 
     def __init__(
         self,
-        module,
-        *args,
-        similarity_weight=1.0,
-        similarity_direction="similar",
-        similarity_pairs="same_class",
-        similarity_readout="posnegflat",
-        similarity_every=1,
-        similarity_params=None,
-        **kwargs,
-    ):
+        module: type[torch.nn.Module] | torch.nn.Module,
+        *args: Any,
+        similarity_weight: float = 1.0,
+        similarity_direction: str = "similar",
+        similarity_pairs: str | Callable = "same_class",
+        similarity_readout: str | Callable = "posnegflat",
+        similarity_every: int = 1,
+        similarity_params: str | Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(module, *args, **kwargs)
         self.similarity_weight = similarity_weight
         self.similarity_direction = similarity_direction
@@ -379,7 +393,7 @@ class SimilarityRegularizedNet(NeuralNet):
             )
         check_positive_int(self.similarity_every, "similarity_every")
 
-    def initialize(self):
+    def initialize(self) -> Self:
         """Initialise as skorch does, then check the similarity settings."""
         self._check_similarity_params()
         super().initialize()
@@ -387,7 +401,13 @@ class SimilarityRegularizedNet(NeuralNet):
         self.similarity_steps_ = 0
         return self
 
-    def partial_fit(self, X, y=None, classes=None, **fit_params):
+    def partial_fit(
+        self,
+        X: NetInput,
+        y: ArrayLike | None = None,
+        classes: ArrayLike | None = None,
+        **fit_params: Any,
+    ) -> Self:
         """Fit as skorch does; ``X`` may carry pairs (see :func:`with_pairs`)."""
         self._check_similarity_params()
         if (
@@ -404,11 +424,17 @@ class SimilarityRegularizedNet(NeuralNet):
 
     # -- skorch hooks ---------------------------------------------------------
 
-    def infer(self, x, **fit_params):
+    def infer(self, x: Batch, **fit_params: Any) -> Any:
         """Forward pass of skorch, on the input without its attached pairs."""
         return super().infer(strip_pairs(x), **fit_params)
 
-    def get_loss(self, y_pred, y_true, X=None, training=False):
+    def get_loss(
+        self,
+        y_pred: torch.Tensor,
+        y_true: torch.Tensor,
+        X: Batch | None = None,
+        training: bool = False,
+    ) -> torch.Tensor:
         """The skorch loss, plus the similarity term when training.
 
         The term ``similarity_weight * s * mean cos`` (``s = -1`` for
@@ -475,13 +501,13 @@ class SimilarityRegularizedNet(NeuralNet):
         readout = self.similarity_readout
         if callable(readout):
 
-            def phi(out, y):
+            def phi(out: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
                 one = None if y is None else y.unsqueeze(0)
                 return readout(transform(out), one).sum()
 
             return phi, labels, labels is not None
 
-        def project(out, v):
+        def project(out: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             return (transform(out)[0] * v).sum()
 
         if readout == "random":
@@ -501,7 +527,14 @@ class SimilarityRegularizedNet(NeuralNet):
             )
             return pair_gradient_cosines(grads, first, second)
 
-    def batch_pair_cosines(self, X, y, n_outputs, generator=None, graph=False):
+    def batch_pair_cosines(
+        self,
+        X: Batch,
+        y: torch.Tensor | None,
+        n_outputs: int,
+        generator: torch.Generator | None = None,
+        graph: bool = False,
+    ) -> torch.Tensor | None:
         """Gradient cosines of the pairs of one batch, formed as in training.
 
         Parameters
@@ -535,7 +568,13 @@ class SimilarityRegularizedNet(NeuralNet):
             return None
         return self._cosines(pairs, n_outputs, generator, graph)
 
-    def pair_similarity(self, X, y=None, random_state=None, batch_size=64):
+    def pair_similarity(
+        self,
+        X: NetInput,
+        y: ArrayLike | None = None,
+        random_state: int | None = None,
+        batch_size: int = 64,
+    ) -> np.ndarray:
         """Gradient cosine of pairs of ``X`` under the current network.
 
         Pairs follow ``similarity_pairs``: same-class partners drawn over the
@@ -703,12 +742,12 @@ class SimilarityRegularizedRegressor(SimilarityRegularizedNet, NeuralNetRegresso
 
     def __init__(
         self,
-        module,
-        *args,
-        similarity_pairs="given",
-        similarity_readout="random",
-        **kwargs,
-    ):
+        module: type[torch.nn.Module] | torch.nn.Module,
+        *args: Any,
+        similarity_pairs: str | Callable = "given",
+        similarity_readout: str | Callable = "random",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(
             module,
             *args,

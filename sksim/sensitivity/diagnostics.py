@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import copy
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from sklearn.utils import check_random_state
 
 from .._net import resolve_module
+from .._typing import NetLike
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 _CONVS = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
 
@@ -19,7 +24,9 @@ def _conv_layers(module: torch.nn.Module):
     ]
 
 
-def shuffle_conv_input_channels(module, random_state=None):
+def shuffle_conv_input_channels(
+    module: NetLike, random_state: int | np.random.RandomState | None = None
+) -> torch.nn.Module:
     """Copy of the net with the input channels of every conv filter permuted.
 
     For each convolution and each output filter ``o``, the slices
@@ -85,7 +92,9 @@ def grid_laplacian(height: int, width: int) -> np.ndarray:
     return lap
 
 
-def filter_laplacian_spectrum(module, decimals=8):
+def filter_laplacian_spectrum(
+    module: NetLike, decimals: int = 8
+) -> pd.DataFrame | dict[str, np.ndarray]:
     """Share of each 2-D conv layer's filter energy per Laplacian eigenvalue.
 
     Every spatial slice ``w = weight[o, i]`` (``k_h x k_w``) is expanded on

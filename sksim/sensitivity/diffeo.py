@@ -21,7 +21,10 @@ from numbers import Integral, Real
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 from sklearn.utils import check_random_state
+
+from .._typing import ArrayOrTensor
 
 INTERPOLATIONS = ("linear", "nearest", "gaussian")
 
@@ -54,7 +57,7 @@ def kept_modes(cutoff: int, ndim: int = 2) -> np.ndarray:
     return k[(k**2).sum(1) < (cutoff + 0.5) ** 2]
 
 
-def temperature_from_delta(delta, cutoff=3, n=32):
+def temperature_from_delta(delta: float, cutoff: int = 3, n: int = 32) -> float:
     """Temperature whose deformations move pixels by about ``delta`` pixels.
 
     ``T(delta) = 4 delta^2 / (pi n^2 ln c)`` (the paper's), from approximating the
@@ -100,7 +103,7 @@ def temperature_from_delta(delta, cutoff=3, n=32):
     return 4.0 * delta**2 / (math.pi * n**2 * math.log(cutoff))
 
 
-def temperature_range(n, cutoff=3):
+def temperature_range(n: int, cutoff: int = 3) -> tuple[float, float]:
     """Natural range ``[T_min, T_max]`` of temperatures (Petrini et al. 2021).
 
     ``T_min = 1 / (pi n^2 ln c)`` (typical displacement of half a pixel) and
@@ -160,14 +163,14 @@ def sample_fields(
 
 
 def sample_diffeo(
-    n,
-    cutoff=3,
-    temperature=None,
-    delta=1.0,
-    n_fields=None,
-    ndim=2,
-    random_state=None,
-):
+    n: int,
+    cutoff: int = 3,
+    temperature: float | None = None,
+    delta: float = 1.0,
+    n_fields: int | None = None,
+    ndim: int = 2,
+    random_state: int | np.random.RandomState | None = None,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Sample maximum-entropy displacement fields, in pixels.
 
     Parameters
@@ -318,20 +321,26 @@ def as_channels(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     return (x[:, None] if x.dim() == 3 else x), 2
 
 
-def check_interp(interp) -> None:
+def check_interp(interp: str) -> None:
     """Raise a ValueError unless ``interp`` is a known interpolation."""
     if interp not in INTERPOLATIONS:
         raise ValueError(f"interp must be one of {INTERPOLATIONS}; got {interp!r}.")
 
 
-def check_deformation(delta, cutoff, interp) -> None:
+def check_deformation(delta: float, cutoff: int, interp: str) -> None:
     """Validate the parameters of random max-entropy deformations."""
     _check_nonnegative(delta, "delta")
     _check_cutoff(cutoff)
     check_interp(interp)
 
 
-def deform(x: torch.Tensor, delta, cutoff, interp, rng) -> torch.Tensor:
+def deform(
+    x: torch.Tensor,
+    delta: float,
+    cutoff: int,
+    interp: str,
+    rng: np.random.RandomState,
+) -> torch.Tensor:
     """Pull each sample of ``x`` back along its own field drawn from ``rng``.
 
     Fields have typical displacement ``delta`` pixels (images) or the exact
@@ -347,7 +356,13 @@ def deform(x: torch.Tensor, delta, cutoff, interp, rng) -> torch.Tensor:
     return pull_back(xc, fields, interp).reshape(x.shape)
 
 
-def apply_diffeo(images, dx, dy=None, interp="linear", sigma=0.4):
+def apply_diffeo(
+    images: ArrayOrTensor,
+    dx: ArrayLike,
+    dy: ArrayLike | None = None,
+    interp: str = "linear",
+    sigma: float = 0.4,
+) -> ArrayOrTensor:
     """Deform images by pulling them back along displacement fields.
 
     ``(tau x)(s) = x(s - tau(s))``: the output pixel at ``s`` reads the input

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
@@ -19,10 +21,14 @@ from .._engine.context import torch_seed
 from .._engine.inputs import check_finite
 from .._layers import check_layers, check_pool, layer_outputs
 from .._net import fit_net, resolve_device, resolve_module
+from .._typing import NetLike, Self
 from .._validation import check_net_input, check_positive_int
 from .diagnostics import _table, shuffle_conv_input_channels
 from .diffeo import as_channels, check_deformation, deform
 from .noise import check_noise_norm, noise_like
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 STATISTICS = ("mean", "median")
 VALUES = ("D", "G", "R", "deformation", "noise", "denominator")
@@ -41,6 +47,11 @@ COLUMNS = (
     "denominator",
 )
 
+# A task's own perturbation: (X_batch, random_state) -> X_deformed.
+Deformation = Callable[[torch.Tensor, np.random.RandomState], ArrayLike]
+# The network at initialisation: "reinitialized", a state_dict or a network.
+Reference = str | Mapping[str, torch.Tensor] | NetLike
+
 
 class _Probe:
     """The probe inputs and their perturbations, drawn once, served in batches.
@@ -53,17 +64,17 @@ class _Probe:
 
     def __init__(
         self,
-        X,
-        n_probe,
-        batch_size,
-        delta,
-        cutoff,
-        interp,
-        noise_norm,
-        deformation,
-        device,
-        rng,
-    ):
+        X: np.ndarray | torch.Tensor,
+        n_probe: int,
+        batch_size: int,
+        delta: float,
+        cutoff: int,
+        interp: str,
+        noise_norm: str | float,
+        deformation: Deformation | None,
+        device: torch.device,
+        rng: np.random.RandomState,
+    ) -> None:
         if isinstance(X, Mapping):
             raise ValueError(
                 "Dict inputs are not supported: deformations and noise act on one "
@@ -117,7 +128,7 @@ class _Moments:
     representation has a spread of exactly zero (not a rounding error).
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.count = 0
         self.tau = 0.0
         self.eta = 0.0
@@ -125,7 +136,7 @@ class _Moments:
         self.mean = None
         self.m2 = 0.0
 
-    def add(self, f0, f1, f2):
+    def add(self, f0: torch.Tensor, f1: torch.Tensor, f2: torch.Tensor) -> None:
         self.tau += float((f1 - f0).square().sum())
         self.eta += float((f2 - f0).square().sum())
         if self.shift is None:
@@ -143,7 +154,7 @@ class _Moments:
             self.mean = self.mean + diff * nb / total
         self.count += nb
 
-    def result(self):
+    def result(self) -> tuple[float, float, float]:
         n = self.count
         # mean over ordered pairs i != j of |f_i - f_j|^2 = 2 sum |f_i - m|^2 / (n-1)
         return self.tau / n, self.eta / n, 2.0 * self.m2 / (n - 1)
@@ -152,16 +163,16 @@ class _Moments:
 class _Medians:
     """Per-layer arrays for the ``median`` statistic."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.parts = ([], [], [])
 
-    def add(self, f0, f1, f2):
+    def add(self, f0: torch.Tensor, f1: torch.Tensor, f2: torch.Tensor) -> None:
         for part, t in zip(
             self.parts, ((f1 - f0).square(), (f2 - f0).square(), f0), strict=True
         ):
             part.append(t.cpu())
 
-    def result(self):
+    def result(self) -> tuple[float, float, float]:
         tau, eta, f = (torch.cat(p).numpy() for p in self.parts)
         n = len(f)
         ft = torch.as_tensor(f)
@@ -209,7 +220,9 @@ def fresh_copy(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     return fresh
 
 
-def calibrate_batchnorm(model: torch.nn.Module, batches) -> None:
+def calibrate_batchnorm(
+    model: torch.nn.Module, batches: Iterable[torch.Tensor]
+) -> None:
     """Set BatchNorm running statistics to the statistics of ``batches``.
 
     The statistics are reset and re-accumulated as a cumulative average
@@ -363,24 +376,24 @@ def _check_reference(reference) -> None:
 
 
 def relative_sensitivity(
-    net,
-    X,
-    layers="output",
-    delta=1.0,
-    cutoff=3,
-    interp="linear",
-    n_probe=500,
-    statistic="mean",
-    noise_norm="per_sample",
-    reference="reinitialized",
-    n_init=5,
-    shuffled=False,
-    pool="flatten",
-    deformation=None,
-    batch_size=64,
-    device=None,
-    random_state=None,
-):
+    net: NetLike,
+    X: np.ndarray | torch.Tensor,
+    layers: str | Sequence[str] = "output",
+    delta: float = 1.0,
+    cutoff: int = 3,
+    interp: str = "linear",
+    n_probe: int = 500,
+    statistic: str = "mean",
+    noise_norm: str | float = "per_sample",
+    reference: Reference | None = "reinitialized",
+    n_init: int = 5,
+    shuffled: bool = False,
+    pool: str = "flatten",
+    deformation: Deformation | None = None,
+    batch_size: int = 64,
+    device: str | torch.device | None = None,
+    random_state: int | np.random.RandomState | None = None,
+) -> pd.DataFrame | dict[str, np.ndarray]:
     """Sensitivity of each layer to smooth deformations relative to noise.
 
     For a representation ``f`` (a layer's activations, flattened), inputs
@@ -611,23 +624,23 @@ n_init, shuffled, pool, deformation, batch_size, device
 
     def __init__(
         self,
-        net,
-        layers="output",
-        delta=1.0,
-        cutoff=3,
-        interp="linear",
-        n_probe=500,
-        statistic="mean",
-        noise_norm="per_sample",
-        reference="reinitialized",
-        n_init=5,
-        shuffled=False,
-        pool="flatten",
-        deformation=None,
-        batch_size=64,
-        device=None,
-        random_state=None,
-    ):
+        net: NetLike,
+        layers: str | Sequence[str] = "output",
+        delta: float = 1.0,
+        cutoff: int = 3,
+        interp: str = "linear",
+        n_probe: int = 500,
+        statistic: str = "mean",
+        noise_norm: str | float = "per_sample",
+        reference: Reference | None = "reinitialized",
+        n_init: int = 5,
+        shuffled: bool = False,
+        pool: str = "flatten",
+        deformation: Deformation | None = None,
+        batch_size: int = 64,
+        device: str | torch.device | None = None,
+        random_state: int | None = None,
+    ) -> None:
         self.net = net
         self.layers = layers
         self.delta = delta
@@ -651,7 +664,9 @@ n_init, shuffled, pool, deformation, batch_size, device
         del options["net"]
         return {**options, **overrides}
 
-    def fit(self, X, y=None, X_probe=None):
+    def fit(
+        self, X: ArrayLike, y: ArrayLike | None = None, X_probe: ArrayLike | None = None
+    ) -> Self:
         """Train the net if needed and measure its sensitivities.
 
         Parameters
@@ -680,7 +695,7 @@ n_init, shuffled, pool, deformation, batch_size, device
         self.results_ = relative_sensitivity(self.net_, probe, **self._options())
         return self
 
-    def score(self, X, y=None):
+    def score(self, X: ArrayLike, y: Any = None) -> float:
         """Minus the relative sensitivity ``R`` of the trained net's output on X.
 
         Parameters

@@ -6,12 +6,15 @@ from numbers import Real
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 from sklearn.utils import check_random_state
+
+from .._typing import ArrayOrTensor
 
 NOISE_NORMS = ("per_sample", "batch_mean")
 
 
-def check_noise_norm(noise_norm) -> None:
+def check_noise_norm(noise_norm: str | float) -> None:
     """Raise a ValueError unless ``noise_norm`` is a known noise matching."""
     if isinstance(noise_norm, str):
         if noise_norm not in NOISE_NORMS:
@@ -34,7 +37,7 @@ def check_noise_norm(noise_norm) -> None:
 def noise_like(
     x: torch.Tensor,
     x_deformed: torch.Tensor,
-    noise_norm,
+    noise_norm: str | float,
     rng: np.random.RandomState,
 ) -> torch.Tensor:
     """Matched noise on tensors (same device and dtype as ``x``).
@@ -59,7 +62,12 @@ def noise_like(
     return (xi * scale.reshape((-1,) + (1,) * (x.dim() - 1))).to(x.dtype)
 
 
-def matched_noise(x, x_deformed=None, noise_norm="per_sample", random_state=None):
+def matched_noise(
+    x: ArrayOrTensor,
+    x_deformed: ArrayLike | None = None,
+    noise_norm: str | float = "per_sample",
+    random_state: int | np.random.RandomState | None = None,
+) -> ArrayOrTensor:
     """Gaussian noise with the norm of the deformation, ``|eta_i| = |tau x_i - x_i|``.
 
     ``eta_i = xi_i / |xi_i| * r_i`` with ``xi ~ N(0, I)``: an isotropic direction

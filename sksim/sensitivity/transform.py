@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from .._engine.inputs import check_finite
+from .._typing import Self
 from .._validation import check_net_input
 from .diffeo import as_channels, check_deformation, deform
 
@@ -60,7 +64,13 @@ class DiffeoTransform(TransformerMixin, BaseEstimator):
     ((4, 1, 8, 8), True)
     """
 
-    def __init__(self, delta=1.0, cutoff=3, interp="linear", random_state=None):
+    def __init__(
+        self,
+        delta: float = 1.0,
+        cutoff: int = 3,
+        interp: str = "linear",
+        random_state: int | np.random.RandomState | None = None,
+    ) -> None:
         self.delta = delta
         self.cutoff = cutoff
         self.interp = interp
@@ -69,7 +79,7 @@ class DiffeoTransform(TransformerMixin, BaseEstimator):
     def _check_params(self):
         check_deformation(self.delta, self.cutoff, self.interp)
 
-    def fit(self, X, y=None):
+    def fit(self, X: ArrayLike, y: Any = None) -> Self:
         """Validate the parameters and the input shape.
 
         Parameters
@@ -102,7 +112,7 @@ class DiffeoTransform(TransformerMixin, BaseEstimator):
         X = check_net_input(X, self, reset=reset)
         return torch.tensor(X if X.dtype.kind == "f" else X.astype(np.float64))
 
-    def transform(self, X):
+    def transform(self, X: ArrayLike) -> np.ndarray | torch.Tensor:
         """Deform each sample by its own random field.
 
         Parameters
