@@ -1,7 +1,8 @@
 """Matplotlib figures of sksim's analyses (needs the ``plot`` extra).
 
 Each function takes the fitted object (or table) it draws and returns the
-matplotlib ``Figure``.
+matplotlib ``Figure`` (``plot_denoising``, which draws into one ``Axes``,
+returns that ``Axes``).
 """
 
 from __future__ import annotations

@@ -593,7 +593,7 @@ class DiffeoSensitivity(BaseEstimator):
     layers, delta, cutoff, interp, n_probe, statistic, noise_norm, reference, \
 n_init, shuffled, pool, deformation, batch_size, device
         As in :func:`relative_sensitivity`.
-    random_state : int or None, default=None
+    random_state : int, RandomState instance or None, default=None
         Seeds the training of an unfitted skorch net and the measurement.
 
     Attributes
@@ -639,7 +639,7 @@ n_init, shuffled, pool, deformation, batch_size, device
         deformation: Deformation | None = None,
         batch_size: int = 64,
         device: str | torch.device | None = None,
-        random_state: int | None = None,
+        random_state: int | np.random.RandomState | None = None,
     ) -> None:
         self.net = net
         self.layers = layers
