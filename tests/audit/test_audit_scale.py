@@ -164,10 +164,10 @@ def test_class_fitting_subsamples_each_class():
         "class_fitting": {**AUDIT_OPTIONS["class_fitting"], "max_per_class": 5},
     }
     result = prefit_audit(50, options)
-    # every scaled default was set by the user: no scale reason given
     assert result.metadata["methods"]["class_fitting"] == (
         "Dirichlet-process mixtures (variational backend) fitted on 50 of the 160 "
-        "training examples (at most 5 per class, drawn at random)"
+        "training examples (at most 5 per class, drawn at random): 160 training "
+        "examples > scale_threshold 50"
     )
     assert scaled().metadata["methods"]["class_fitting"] == (
         "Dirichlet-process mixtures (variational backend) fitted on all 160 "
