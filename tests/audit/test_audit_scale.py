@@ -114,7 +114,7 @@ def test_faiss_neighbours_and_their_recall_on_a_sample():
     summary = result["summary"].set_index("metric")
     assert summary.loc["neighbor_recall", "mean"] == pytest.approx(expected)
     assert result.metadata["methods"]["neighbors"] == (
-        "FAISS search (index 'Flat') over gradient sketches with n_components=64, "
+        "FAISS search (index 'Flat') over gradient sketches with n_components=256, "
         "recall@3 against exact neighbours measured on 80 held-out examples drawn "
         "at random: 160 training examples > scale_threshold 50"
     )
@@ -222,7 +222,7 @@ def test_without_faiss_neighbours_use_exact_search_of_sketches(monkeypatch):
         scale_threshold=50,
     )
     assert result.metadata["methods"]["neighbors"].startswith(
-        "exact search over all pairs of gradient sketches with n_components=64, "
+        "exact search over all pairs of gradient sketches with n_components=256, "
         "recall@3"
     )
     assert 0 <= result["folds"]["neighbor_recall"].item() <= 1
