@@ -420,13 +420,16 @@ def audit(
     **Large data**: when a training fold holds more than ``scale_threshold``
     examples, density uses the soft count (``method="soft"``, O(N p), no
     pair of examples formed) instead of the hard count over all pairs;
-    neighbours are searched with FAISS over 64-component gradient sketches
-    (``algorithm="faiss"``, an exact ``"Flat"`` index below 10^6 training
-    examples, ``"HNSW32"`` from there), and their recall@``n_neighbors``
-    against exact neighbours is measured on 200 held-out examples drawn at
-    random (``neighbor_recall`` in ``folds`` and ``summary``); class fitting
-    fits its mixtures on at most 2 000 training examples per class drawn at
-    random; self-denoising stays on its ``max_samples`` subset. Which method
+    neighbours are searched with FAISS over gradient sketches of 256
+    components per output (128 or 64 when the training fold's sketches would
+    exceed 512 MiB; ``algorithm="faiss"``, an exact ``"Flat"`` index below
+    10^6 training examples, ``"HNSW32"`` from there), and their
+    recall@``n_neighbors`` against exact neighbours is measured on 200
+    held-out examples drawn at random (``neighbor_recall`` in ``folds`` and
+    ``summary``; a recall below 0.8 is warned about); class fitting fits
+    each class's mixture on at most 1 000 of its training examples drawn at
+    random (``max_fit_per_class``) and evaluates the densities at all of
+    them; self-denoising stays on its ``max_samples`` subset. Which method
     each analysis used, and why, is in ``result.metadata["methods"]`` and in
     the report.
 

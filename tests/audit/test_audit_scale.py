@@ -115,7 +115,7 @@ def test_faiss_neighbours_and_their_recall_on_a_sample():
     summary = result["summary"].set_index("metric")
     assert summary.loc["neighbor_recall", "mean"] == pytest.approx(expected)
     assert result.metadata["methods"]["neighbors"] == (
-        "FAISS search (index 'Flat') over gradient sketches with n_components=64, "
+        "FAISS search (index 'Flat') over gradient sketches with n_components=256, "
         "recall@3 against exact neighbours measured on 80 held-out examples drawn "
         "at random: 160 training examples > scale_threshold 50"
     )
@@ -165,10 +165,10 @@ def test_class_fitting_subsamples_each_class():
         "class_fitting": {**AUDIT_OPTIONS["class_fitting"], "max_per_class": 5},
     }
     result = prefit_audit(50, options)
-    # every scaled default was set by the user: no scale reason given
     assert result.metadata["methods"]["class_fitting"] == (
         "Dirichlet-process mixtures (variational backend) fitted on 50 of the 160 "
-        "training examples (at most 5 per class, drawn at random)"
+        "training examples (at most 5 per class, drawn at random): 160 training "
+        "examples > scale_threshold 50"
     )
     assert scaled().metadata["methods"]["class_fitting"] == (
         "Dirichlet-process mixtures (variational backend) fitted on all 160 "
@@ -223,7 +223,7 @@ def test_without_faiss_neighbours_use_exact_search_of_sketches(monkeypatch):
         scale_threshold=50,
     )
     assert result.metadata["methods"]["neighbors"].startswith(
-        "exact search over all pairs of gradient sketches with n_components=64, "
+        "exact search over all pairs of gradient sketches with n_components=256, "
         "recall@3"
     )
     assert 0 <= result["folds"]["neighbor_recall"].item() <= 1

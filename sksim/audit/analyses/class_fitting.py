@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from sklearn.base import clone
 
 from ..._engine.inputs import take
 from ..._net import resolve_module
@@ -11,6 +12,8 @@ from ..._validation import check_positive_int
 from .._render import errorbars, subplots
 from .._tables import spread
 from .base import Analysis, FoldOutput
+
+MAX_FIT_PER_CLASS = 1000  # rows of a class its mixture is fitted to, at scale
 
 
 def default_layers(module: torch.nn.Module, n_layers: int = 3) -> list[str]:
@@ -101,17 +104,54 @@ def per_class_rows(y, max_per_class, random_state) -> np.ndarray:
     return np.sort(np.concatenate(kept))
 
 
-def fitting_method(mixture, n_fitted, n_train, max_per_class) -> str:
-    """The class-density fit, in words."""
+def fitted_rows(report) -> int:
+    """Rows the class mixtures of a report were fitted to, over all classes."""
+    density = next(iter(report.densities.values()))
+    return int(sum(m.n_fit_samples_ for m in density.mixtures_))
+
+
+def fitting_method(mixture, n_fitted, n_evaluated, n_train, cap) -> str:
+    """The class-density fit, in words.
+
+    ``n_fitted`` rows fitted (over all classes), ``n_evaluated`` rows whose
+    own-class log-density the report gives, of the ``n_train`` training
+    examples; ``cap`` is the most rows of one class either step kept.
+    """
     backend = getattr(mixture, "backend", type(mixture).__name__)
-    if max_per_class is None or n_fitted == n_train:
+    if n_fitted == n_train:
         data = f"all {n_train:,} training examples"
     else:
         data = (
             f"{n_fitted:,} of the {n_train:,} training examples (at most "
-            f"{max_per_class:,} per class, drawn at random)"
+            f"{cap:,} per class, drawn at random)"
         )
-    return f"Dirichlet-process mixtures ({backend} backend) fitted on {data}"
+    text = f"Dirichlet-process mixtures ({backend} backend) fitted on {data}"
+    if n_evaluated > n_fitted:
+        every = "all " if n_evaluated == n_train else ""
+        text += f", own-class log-densities evaluated at {every}{n_evaluated:,}"
+    return text
+
+
+def fit_cap(mixture, max_per_class):
+    """The most rows of one class kept by ``max_per_class`` or the mixture."""
+    caps = [max_per_class, getattr(mixture, "max_samples", None)]
+    caps = [c for c in caps if c is not None]
+    return min(caps) if caps else None
+
+
+def class_mixture(mixture, max_fit_per_class):
+    """The density estimator of each class.
+
+    ``mixture`` (None: the variational DP mixture), fitted on at most
+    ``max_fit_per_class`` rows of its class when that is not None.
+    """
+    if mixture is None:
+        from ...representations import DirichletProcessGaussianMixture
+
+        mixture = DirichletProcessGaussianMixture(backend="variational")
+    if max_fit_per_class is None:
+        return mixture
+    return clone(mixture).set_params(max_samples=max_fit_per_class)
 
 
 class ClassFitting(Analysis):
@@ -119,8 +159,14 @@ class ClassFitting(Analysis):
 
     name = "class_fitting"
     title = "Class fitting"
-    defaults = dict(n_components=8, n_bins=5, n_samples=200, max_per_class=None)
-    scaled_defaults = dict(max_per_class=2000)
+    defaults = dict(
+        n_components=8,
+        n_bins=5,
+        n_samples=200,
+        max_per_class=None,
+        max_fit_per_class=None,
+    )
+    scaled_defaults = dict(max_fit_per_class=MAX_FIT_PER_CLASS)
     description = (
         "Mean own-class log-density of the representations, per class, "
         "fitted on the training fold and evaluated on both parts "
@@ -132,13 +178,11 @@ class ClassFitting(Analysis):
     tasks = ("classification",)
 
     def check_options(self, options):
-        check_positive_int(
-            options.get("max_per_class"), "max_per_class", allow_none=True
-        )
+        for name in ("max_per_class", "max_fit_per_class"):
+            check_positive_int(options.get(name), name, allow_none=True)
 
     def run(self, fold):
         from ...representations import (
-            DirichletProcessGaussianMixture,
             class_fitting_report,
             extract_representations,
         )
@@ -149,8 +193,8 @@ class ClassFitting(Analysis):
             else fold.layers
         )
         options = self.options(fold)
-        options.setdefault(
-            "mixture", DirichletProcessGaussianMixture(backend="variational")
+        options["mixture"] = class_mixture(
+            options.get("mixture"), options.pop("max_fit_per_class")
         )
         max_per_class = options.pop("max_per_class")
         rows = per_class_rows(fold.y_train, max_per_class, fold.random_state)
@@ -176,7 +220,11 @@ class ClassFitting(Analysis):
         classes["density_classifier_accuracy"] = test_accuracy
         classes.insert(0, "fold", fold.fold)
         method = fitting_method(
-            options["mixture"], len(rows), len(fold.train), max_per_class
+            options["mixture"],
+            fitted_rows(report),
+            len(rows),
+            len(fold.train),
+            fit_cap(options["mixture"], max_per_class),
         )
         return FoldOutput(
             tables=dict(class_fitting=classes),

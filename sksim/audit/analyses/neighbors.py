@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from importlib.util import find_spec
 
 import numpy as np
@@ -14,7 +15,9 @@ from .._tables import frame
 from .base import Analysis, FoldOutput
 
 GALLERY_SIZE = 4
-SKETCH_COMPONENTS = 64
+SKETCH_COMPONENTS = (256, 128, 64)  # the largest whose sketches fit the budget
+SKETCH_MEMORY = 2**29  # bytes of the training fold's float32 sketches (512 MiB)
+MIN_RECALL = 0.8  # a lower measured recall is warned about
 HNSW_FROM = 1_000_000
 SEARCH_ONLY = ("algorithm", "n_components", "index", "index_params")
 KINDS = ("lowest density", "misclassified", "largest error", "typical")
@@ -255,6 +258,33 @@ def _recall_text(result) -> str:
     )
 
 
+def sketch_components(n_train, n_outputs, budget=SKETCH_MEMORY) -> int:
+    """Components per output of the sketches at scale.
+
+    The largest of :data:`SKETCH_COMPONENTS` whose float32 sketches of the
+    ``n_train`` training examples (``n_outputs * n_components`` values each)
+    hold in ``budget`` bytes; the smallest when none does.
+    """
+    for n_components in SKETCH_COMPONENTS:
+        if n_train * n_outputs * n_components * 4 <= budget:
+            return n_components
+    return SKETCH_COMPONENTS[-1]
+
+
+def low_recall_warning(value, n_neighbors, n_components):
+    """Warn when the measured recall is below :data:`MIN_RECALL`."""
+    if value < MIN_RECALL:
+        warnings.warn(
+            f"The approximate neighbours have a recall@{n_neighbors} of "
+            f"{value:.2f} against exact ones, below {MIN_RECALL}, with sketches "
+            f"of n_components={n_components}; raise "
+            "options['neighbors']['n_components'], or search exactly with "
+            "algorithm='exact' and n_components=None.",
+            UserWarning,
+            stacklevel=2,
+        )
+
+
 class Neighbors(Analysis):
     """The training examples the network finds most similar to each held-out one."""
 
@@ -273,11 +303,17 @@ class Neighbors(Analysis):
         check_positive_int(options.get("recall_queries", 1), "recall_queries")
 
     def scaled_options(self, fold):
-        """FAISS over sketches (exact search of sketches without faiss)."""
+        """FAISS over sketches (exact search of sketches without faiss).
+
+        The sketch size is :func:`sketch_components` of the fold, one output
+        per class (one for a regression).
+        """
+        n_outputs = 1 if fold.classes is None else len(fold.classes)
+        n_components = sketch_components(len(fold.train), n_outputs)
         if find_spec("faiss") is None:
-            return dict(algorithm="exact", n_components=SKETCH_COMPONENTS)
+            return dict(algorithm="exact", n_components=n_components)
         index = "Flat" if len(fold.train) < HNSW_FROM else "HNSW32"
-        return dict(algorithm="faiss", n_components=SKETCH_COMPONENTS, index=index)
+        return dict(algorithm="faiss", n_components=n_components, index=index)
 
     def run(self, fold):
         options = self.options(fold)
@@ -289,6 +325,9 @@ class Neighbors(Analysis):
         if options.get("n_components") is not None:
             metrics["neighbor_recall"], n_sample = exact_recall(
                 fold, options, rows, n_queries
+            )
+            low_recall_warning(
+                metrics["neighbor_recall"], fold.n_neighbors, options["n_components"]
             )
             method += (
                 f", recall@{fold.n_neighbors} against exact neighbours measured "

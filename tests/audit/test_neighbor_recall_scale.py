@@ -1,0 +1,91 @@
+"""Neighbours past the scale threshold: sketch size by memory, low recall warned."""
+
+import warnings
+
+import numpy as np
+import pytest
+from _audit_helpers import AUDIT_OPTIONS, digit_images, small_net
+
+from sksim.audit import audit
+from sksim.audit.analyses.neighbors import (
+    MIN_RECALL,
+    SKETCH_MEMORY,
+    low_recall_warning,
+    sketch_components,
+)
+
+N_TRAIN = 160
+
+
+def prefit_audit(neighbor_options):
+    X, y = digit_images()
+    net = small_net(X[:N_TRAIN]).fit(X[:N_TRAIN], y[:N_TRAIN])
+    return audit(
+        net,
+        X[:N_TRAIN],
+        y[:N_TRAIN],
+        cv="prefit",
+        X_test=X[N_TRAIN:],
+        y_test=y[N_TRAIN:],
+        analyses=("neighbors",),
+        n_neighbors=3,
+        options={**AUDIT_OPTIONS, "neighbors": neighbor_options},
+        scale_threshold=50,
+        random_state=0,
+    )
+
+
+@pytest.mark.parametrize(
+    "n_train, n_outputs, expected",
+    [
+        (2_500, 10, 256),
+        (50_000, 10, 256),  # 512 MB of float32 sketches: the budget exactly
+        (50_001, 10, 128),
+        (100_000, 10, 128),
+        (200_000, 10, 64),
+        (10**6, 10, 64),  # over the budget even at 64: the smallest
+        (10**6, 1, 128),
+    ],
+)
+def test_the_sketch_is_the_largest_that_fits_the_memory_budget(
+    n_train, n_outputs, expected
+):
+    assert SKETCH_MEMORY == 2**29
+    budget = 50_000 * 10 * 256 * 4
+    assert sketch_components(n_train, n_outputs, budget) == expected
+    assert sketch_components(10, 10, 10 * 10 * 64 * 4 - 1) == 64
+
+
+def test_the_default_budget_gives_256_components_up_to_52_428_examples():
+    assert sketch_components(52_428, 10) == 256
+    assert sketch_components(52_429, 10) == 128
+
+
+def test_a_recall_below_the_threshold_is_warned():
+    assert MIN_RECALL == 0.8
+    with pytest.warns(UserWarning, match=r"recall@5 of 0\.79 against exact ones"):
+        low_recall_warning(0.79, 5, 64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        low_recall_warning(0.8, 5, 64)
+
+
+def test_the_audit_records_the_warning_with_the_recall():
+    result = prefit_audit(dict(n_components=1))
+    recall = result["folds"]["neighbor_recall"].item()
+    assert recall < MIN_RECALL
+    assert result.metadata["warnings"] == [
+        "neighbors: UserWarning: The approximate neighbours have a recall@N of "
+        "N.N against exact ones, below N.N, with sketches of n_components=N; "
+        "raise options['neighbors']['n_components'], or search exactly with "
+        "algorithm='exact' and n_components=None. (x1)"
+    ]
+
+
+def test_no_warning_when_the_recall_is_high():
+    result = prefit_audit({})  # the scaled default: 256 components
+    recall = result["folds"]["neighbor_recall"].item()
+    assert recall >= MIN_RECALL
+    assert "n_components=256" in result.metadata["methods"]["neighbors"]
+    assert not any("recall" in w for w in result.metadata["warnings"])
+    assert np.isfinite(result["samples"]["top_similarity"]).all()
