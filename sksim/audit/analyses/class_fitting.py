@@ -55,8 +55,8 @@ def class_densities(result):
             )
         ax.set_xticks(x, [str(c) for c in rows["class"]], fontsize=7)
         ax.set_xlabel("class, sorted")
+        ax.set_ylabel("mean own-class log-density")  # each layer its own scale
         ax.set_title(str(layer))
-    axes[0, 0].set_ylabel("mean own-class log-density")
     axes[0, 0].legend(fontsize="small")
     fig.suptitle("Class-conditional densities of the representations")
     return fig
