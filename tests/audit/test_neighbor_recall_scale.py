@@ -75,10 +75,15 @@ def test_the_audit_records_the_warning_with_the_recall():
     recall = result["folds"]["neighbor_recall"].item()
     assert recall < MIN_RECALL
     assert result.metadata["warnings"] == [
-        "neighbors: UserWarning: The approximate neighbours have a recall@N of "
-        "N.N against exact ones, below N.N, with sketches of n_components=N; "
-        "raise options['neighbors']['n_components'], or search exactly with "
-        "algorithm='exact' and n_components=None. (x1)"
+        dict(
+            warning="UserWarning: The approximate neighbours have a recall@N of "
+            "N.N against exact ones, below N.N, with sketches of n_components=N; "
+            "raise options['neighbors']['n_components'], or search exactly with "
+            "algorithm='exact' and n_components=None.",
+            times=1,
+            samples=None,
+            analyses={"neighbors": dict(times=1, samples=None)},
+        )
     ]
 
 
