@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
-from numpy.typing import ArrayLike
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -27,7 +27,9 @@ def _column(table, key):
     return np.asarray(table[key])
 
 
-def plot_class_log_density(report: Bunch, axes: ArrayLike | None = None) -> Figure:
+def plot_class_log_density(
+    report: Bunch, axes: Sequence[Axes] | np.ndarray | None = None
+) -> Figure:
     """Sorted class mean log-densities per stage, with the largest-gap split.
 
     One panel per stage (log-densities of stages with different projected
