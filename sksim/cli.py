@@ -9,12 +9,23 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from . import __version__
+
+if TYPE_CHECKING:  # imported when used, to start quickly
+    import torch
+    from skorch import NeuralNet
+
+    from .audit import AuditResult
+
+# How progress messages are printed (to stderr unless --quiet).
+Say = Callable[[str], None]
 
 DATASETS = ("digits", "iris", "wine", "breast_cancer")
 
@@ -50,7 +61,7 @@ exit status: 0 done, 1 every analysis failed, 2 invalid input, 130 interrupted.
 ZIP_MAGIC = b"PK\x03\x04"
 
 
-def load_dataset(name):
+def load_dataset(name: str) -> tuple[np.ndarray, np.ndarray]:
     """A bundled scikit-learn dataset as float32 inputs and integer labels.
 
     ``digits`` gives 8x8 images of shape ``(n, 1, 8, 8)`` scaled to [0, 1];
@@ -68,7 +79,7 @@ def load_dataset(name):
     return X.astype(np.float32), y.astype(np.int64)
 
 
-def load_npz(path):
+def load_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """Arrays ``X`` and ``y`` of an ``.npz`` file, as saved.
 
     Raises a ValueError naming the problem when the file is not an ``.npz``
@@ -99,7 +110,7 @@ def load_npz(path):
     return arrays["X"], arrays["y"]
 
 
-def prepare_inputs(X):
+def prepare_inputs(X: np.ndarray) -> np.ndarray:
     """``X`` as float32, the dtype of the networks' weights.
 
     Integers (such as ``uint8`` pixels) and booleans are cast as they are,
@@ -117,7 +128,7 @@ def prepare_inputs(X):
     return X.astype(np.float32, copy=False)
 
 
-def encode_labels(y):
+def encode_labels(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Class labels as ``0 .. n_classes - 1`` (the rows of the logits).
 
     Returns the codes and the sorted original labels. A single class is
@@ -131,7 +142,9 @@ def encode_labels(y):
     return codes.astype(np.int64), classes
 
 
-def plant_label_noise(y, rate, seed):
+def plant_label_noise(
+    y: np.ndarray, rate: float, seed: int | None
+) -> tuple[np.ndarray, np.ndarray]:
     """``y`` with a share ``rate`` of its labels flipped to another class.
 
     The flipped rows are drawn at random without replacement, each new label
@@ -152,7 +165,7 @@ def plant_label_noise(y, rate, seed):
     return noisy, flipped
 
 
-def check_output(path, option):
+def check_output(path: str | os.PathLike, option: str) -> None:
     """Fail before any training when ``path`` cannot be written."""
     path = Path(path)
     if path.is_dir():
@@ -164,7 +177,7 @@ def check_output(path, option):
         raise ValueError(f"{option} {path}: the folder {folder} is not writable.")
 
 
-def load_factory(spec):
+def load_factory(spec: str) -> Callable[..., Any]:
     """The callable ``factory`` of ``"package.module:factory"``."""
     module_name, sep, attribute = spec.partition(":")
     if not sep or not module_name or not attribute:
@@ -181,7 +194,7 @@ def load_factory(spec):
     return factory
 
 
-def build_net(args, X, n_classes):
+def build_net(args: argparse.Namespace, X: np.ndarray, n_classes: int) -> NeuralNet:
     """The unfitted skorch classifier to audit."""
     import torch
     from skorch import NeuralNet
@@ -270,7 +283,7 @@ def _device(text):
     return text
 
 
-def make_parser():
+def make_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``sksim`` command."""
     parser = argparse.ArgumentParser(
         prog="sksim",
@@ -459,7 +472,7 @@ class Data:
     y_test: np.ndarray | None = None
 
     @property
-    def n_outputs(self):
+    def n_outputs(self) -> int:
         """Classes of a classification, 1 for a regression."""
         if self.task == "regression":
             return 1
@@ -467,7 +480,7 @@ class Data:
         return len(np.unique(np.concatenate(labels)))
 
 
-def load_npy_folder(path):
+def load_npy_folder(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """Arrays ``X`` (memory-mapped) and ``y`` of a folder's ``X.npy`` and ``y.npy``.
 
     ``X`` is read from disk batch by batch as the audit needs it, so a training
@@ -490,7 +503,7 @@ def load_npy_folder(path):
     return arrays["X"], arrays["y"]
 
 
-def read_npz(path, say):
+def read_npz(path: str | os.PathLike, say: Say) -> tuple[np.ndarray, np.ndarray]:
     """Inputs (float32) and targets of an ``.npz`` file or a folder of ``.npy``."""
     X, y = load_npy_folder(path) if Path(path).is_dir() else load_npz(path)
     dtype, X = X.dtype, prepare_inputs(X)
@@ -499,14 +512,16 @@ def read_npz(path, say):
     return X, y
 
 
-def is_continuous(y):
+def is_continuous(y: np.ndarray) -> bool:
     """Whether ``y`` holds continuous targets rather than class labels."""
     from sklearn.utils.multiclass import type_of_target
 
     return type_of_target(y) in ("continuous", "continuous-multioutput")
 
 
-def encode_splits(y, y_test, say):
+def encode_splits(
+    y: np.ndarray, y_test: np.ndarray | None, say: Say
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Class labels of both splits encoded together (one code per class)."""
     both = y if y_test is None else np.concatenate([y, y_test])
     codes, classes = encode_labels(both)
@@ -518,7 +533,7 @@ def encode_splits(y, y_test, say):
     return codes[: len(y)], codes[len(y) :]
 
 
-def load_data(args, say):
+def load_data(args: argparse.Namespace, say: Say) -> Data:
     """The training data, and the test split with --test-data."""
     if args.data is None:
         X, y = load_dataset(args.dataset)
@@ -541,7 +556,7 @@ def load_data(args, say):
     return Data(X, y, str(source), "classification", X_test, y_test)
 
 
-def check_checkpoint_args(args):
+def check_checkpoint_args(args: argparse.Namespace) -> None:
     """--checkpoint and --test-data go together."""
     if args.checkpoint is not None and args.test_data is None:
         raise ValueError(
@@ -556,7 +571,9 @@ def check_checkpoint_args(args):
         )
 
 
-def load_checkpoint(args, X, n_outputs):
+def load_checkpoint(
+    args: argparse.Namespace, X: np.ndarray, n_outputs: int
+) -> torch.nn.Module:
     """The architecture of --model or --module with the weights of --checkpoint.
 
     The file holds a ``state_dict`` (``torch.save(module.state_dict(), path)``
@@ -592,7 +609,9 @@ def load_checkpoint(args, X, n_outputs):
     return module
 
 
-def noisy_labels(args, data):
+def noisy_labels(
+    args: argparse.Namespace, data: Data
+) -> tuple[np.ndarray, dict[str, Any]]:
     """The labels with --label-noise planted, and what the report records of it."""
     if args.checkpoint is not None or data.task != "classification":
         raise ValueError(
@@ -604,11 +623,11 @@ def noisy_labels(args, data):
     return y, noise
 
 
-def run_audit(args):
+def run_audit(args: argparse.Namespace) -> AuditResult:
     """Load the data, build the net, audit it and write the report(s)."""
     from .audit import ANALYSES, AuditAnalysisFailedWarning, audit
 
-    def say(message):
+    def say(message: str) -> None:
         if not args.quiet:
             print(message, file=sys.stderr, flush=True)
 
@@ -677,7 +696,7 @@ def run_audit(args):
     return result
 
 
-def every_analysis_failed(result):
+def every_analysis_failed(result: AuditResult) -> str | None:
     """One line on the first error when analyses failed and none ran, else None."""
     if not result.failed or result.metadata["analyses"]:
         return None
@@ -689,7 +708,7 @@ def every_analysis_failed(result):
     )
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sksim`` console script.
 
     Parameters
@@ -719,7 +738,7 @@ def main(argv=None):
     return 0
 
 
-def _one_line(error):
+def _one_line(error: BaseException) -> str:
     """The error's message on one line."""
     return " ".join(str(error).split())
 

@@ -14,12 +14,15 @@ per-class thresholds on the combined distribution.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from numbers import Integral
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 from sklearn.base import clone
-from sklearn.model_selection import check_cv
+from sklearn.model_selection import BaseCrossValidator, check_cv
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils import Bunch, check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
@@ -32,16 +35,22 @@ from ._docs import fill_doc
 from ._engine.inputs import n_samples, take
 from ._engine.jacobian import DEFAULT_MAX_MEMORY
 from ._net import _unwrap, fit_net, is_unfitted_skorch
+from ._typing import NetInput, NetLike, Output, Self
 from ._validation import check_net_input
 from .density import NEIGHBOR_PARAMETERS
 from .neighbors import NetworkNeighbors
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 EXACT_MAX_SAMPLES = 10_000  # reference sets above this are searched with FAISS
 FAISS_COMPONENTS = 64  # sketch size of the automatic FAISS search
 COMBINATIONS = ("mean", "rank", "proba", "neighbors")
 
 
-def neighbor_label_distribution(similarities, labels, n_classes):
+def neighbor_label_distribution(
+    similarities: np.ndarray, labels: np.ndarray, n_classes: int
+) -> np.ndarray:
     """``Q``: the similarity-weighted label distribution of each row's neighbours.
 
     Parameters
@@ -74,7 +83,9 @@ def _ranks(values):
     return (rankdata(values) - 1) / max(len(values) - 1, 1)
 
 
-def combine_signals(P, Q, y, combination="mean"):
+def combine_signals(
+    P: np.ndarray, Q: np.ndarray, y: np.ndarray, combination: str = "mean"
+) -> tuple[np.ndarray, np.ndarray]:
     """The combined distribution and the score of each given label.
 
     Parameters
@@ -109,7 +120,7 @@ def combine_signals(P, Q, y, combination="mean"):
     return combined, -combined[rows, y]
 
 
-def estimate_n_issues(combined, y):
+def estimate_n_issues(combined: np.ndarray, y: np.ndarray) -> int:
     """Number of label issues by confident learning's calibrated joint.
 
     Class ``c``'s threshold is its average self-confidence, the mean of
@@ -146,7 +157,13 @@ def estimate_n_issues(combined, y):
     return int(round(calibrated.sum() - np.trace(calibrated)))
 
 
-def score_labels(P, similarities, neighbor_labels, y, combination="mean"):
+def score_labels(
+    P: np.ndarray,
+    similarities: np.ndarray,
+    neighbor_labels: np.ndarray,
+    y: np.ndarray,
+    combination: str = "mean",
+) -> Bunch:
     """Both signals of every example combined: its score and suggested label.
 
     Parameters
@@ -180,7 +197,15 @@ def score_labels(P, similarities, neighbor_labels, y, combination="mean"):
     )
 
 
-def issues_frame(scored, y, classes, neighbors, similarities, neighbor_labels, rows):
+def issues_frame(
+    scored: Bunch,
+    y: np.ndarray,
+    classes: np.ndarray,
+    neighbors: np.ndarray,
+    similarities: np.ndarray,
+    neighbor_labels: np.ndarray,
+    rows: np.ndarray,
+) -> pd.DataFrame:
     """Examples ranked by decreasing score, with their evidence.
 
     Parameters
@@ -360,23 +385,23 @@ class LabelIssueDetector(NetworkEstimator):
 
     def __init__(
         self,
-        net,
+        net: NetLike,
         *,
-        cv=3,
-        n_neighbors=10,
-        combination="mean",
-        algorithm="auto",
-        output="logits",
-        params=None,
-        n_components=None,
-        batch_size="auto",
-        device=None,
-        rtol=1e-5,
-        random_state=None,
-        n_jobs=None,
-        max_memory=DEFAULT_MAX_MEMORY,
-        verbose=0,
-    ):
+        cv: int | BaseCrossValidator | Iterable | str = 3,
+        n_neighbors: int = 10,
+        combination: str = "mean",
+        algorithm: str = "auto",
+        output: Output = "logits",
+        params: str | Sequence[str] | None = None,
+        n_components: int | None = None,
+        batch_size: int | str = "auto",
+        device: str | torch.device | None = None,
+        rtol: float = 1e-5,
+        random_state: int | np.random.RandomState | None = None,
+        n_jobs: int | None = None,
+        max_memory: int | None = DEFAULT_MAX_MEMORY,
+        verbose: int = 0,
+    ) -> None:
         self.net = net
         self.cv = cv
         self.n_neighbors = n_neighbors
@@ -393,7 +418,7 @@ class LabelIssueDetector(NetworkEstimator):
         self.max_memory = max_memory
         self.verbose = verbose
 
-    def fit(self, X, y):
+    def fit(self, X: NetInput, y: ArrayLike) -> Self:
         """Score every example's label.
 
         Parameters
@@ -560,7 +585,7 @@ class LabelIssueDetector(NetworkEstimator):
         return P / P.sum(axis=1, keepdims=True)
 
     @property
-    def label_issues_(self):
+    def label_issues_(self) -> pd.DataFrame:
         """Every example ranked by decreasing score, with its evidence."""
         check_is_fitted(self, "scores_")
         scored = Bunch(

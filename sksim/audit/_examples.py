@@ -7,11 +7,18 @@ similar training examples carry (neighbours analysis).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from . import _render
 from ._tables import frame
 from .analyses.neighbors import image_view
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from .core import AuditResult
 
 SHOWN = 10  # examples per section
 FEATURES = 4  # most atypical features described per tabular example
@@ -157,7 +164,7 @@ def _show(ax, image, title, color="black"):
     ax.set_title(title, fontsize=8, color=color)
 
 
-def isolated_figure(result):
+def isolated_figure(result: AuditResult) -> Figure | None:
     """Thumbnails of the most isolated examples, with their log-density."""
     items = [g for g in result.examples if g["kind"] == "isolated"]
     if not items or items[0]["image"] is None:
@@ -180,7 +187,7 @@ def isolated_figure(result):
     return fig
 
 
-def support_figure(result):
+def support_figure(result: AuditResult) -> Figure | None:
     """The least-supported predictions (left) and their nearest training examples."""
     items = [g for g in result.examples if g["kind"] == "least support"]
     if not items or items[0]["image"] is None:

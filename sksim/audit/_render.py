@@ -5,11 +5,12 @@ from __future__ import annotations
 import base64
 import html
 import io
+from types import ModuleType
 
 MAX_ROWS = 200
 
 
-def pyplot():
+def pyplot() -> ModuleType:
     """Import ``matplotlib.pyplot`` lazily, with an error naming the extra."""
     try:
         import matplotlib.pyplot as plt

@@ -7,12 +7,15 @@ import pickle
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Any
 
 import joblib
+from numpy.typing import ArrayLike
 from sklearn.base import clone
 
 from .. import __version__
 from .._net import _unwrap
+from .._typing import NetLike
 from .prefit import weights_fingerprint
 
 # The layout of the saved pieces; a change of layout names new files, so that
@@ -20,7 +23,7 @@ from .prefit import weights_fingerprint
 CACHE_FORMAT = 2
 
 
-def net_fingerprint(net) -> str:
+def net_fingerprint(net: NetLike) -> str:
     """A hash of the unfitted net: its class and every parameter.
 
     Modules passed as instances enter with their weights; a fitted net hashes
@@ -60,7 +63,14 @@ class AuditCache:
         rather than retrained on every fold (its parameters enter the hash).
     """
 
-    def __init__(self, folder, arrays, net, random_state, prefit=False):
+    def __init__(
+        self,
+        folder: str | os.PathLike | None,
+        arrays: tuple[ArrayLike, ...],
+        net: NetLike,
+        random_state: int | None,
+        prefit: bool = False,
+    ) -> None:
         self.folder = None if folder is None else Path(folder)
         self.loaded, self.saved = 0, 0
         if self.folder is None:
@@ -71,7 +81,7 @@ class AuditCache:
             (__version__, CACHE_FORMAT, arrays, fingerprint, random_state)
         )
 
-    def key(self, *parts):
+    def key(self, *parts: Any) -> str | None:
         """The file name (without suffix) of the piece ``parts`` describe."""
         if self.folder is None:
             return None
@@ -80,7 +90,7 @@ class AuditCache:
     def _path(self, key):
         return self.folder / f"{key}.pkl"
 
-    def load(self, key):
+    def load(self, key: str | None) -> Any:
         """The piece saved under ``key``, or None (absent, unreadable or no cache)."""
         if key is None or not self._path(key).is_file():
             return None
@@ -91,7 +101,7 @@ class AuditCache:
         self.loaded += 1
         return value
 
-    def save(self, key, value, what):
+    def save(self, key: str | None, value: Any, what: str) -> None:
         """Write ``value`` under ``key`` atomically; warn when it cannot be pickled.
 
         ``what`` names the piece in the warning.
@@ -116,6 +126,6 @@ class AuditCache:
                 os.remove(temporary)
         self.saved += 1
 
-    def summary(self):
+    def summary(self) -> dict[str, Any]:
         """The folder and the numbers of pieces loaded and saved, for metadata."""
         return dict(folder=str(self.folder), loaded=self.loaded, saved=self.saved)

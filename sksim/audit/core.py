@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
 import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 from sklearn.base import clone
 from sklearn.metrics import r2_score
-from sklearn.model_selection import check_cv
+from sklearn.model_selection import BaseCrossValidator, check_cv
 from sklearn.utils.multiclass import type_of_target
 from skorch import NeuralNet
 from tqdm.auto import tqdm
 
 from .._engine.inputs import take
 from .._net import _unwrap, fit_net
+from .._typing import NetLike
 from .._validation import check_net_input, check_positive_int
 from ._examples import worth_a_look
 from ._tables import frame, import_pandas, spread
@@ -113,7 +119,7 @@ class AuditResult:
     def __getitem__(self, name):
         return self.tables[name]
 
-    def to_html(self, path):
+    def to_html(self, path: str | os.PathLike) -> Path:
         """Write the report to ``path``, one self-contained HTML file.
 
         Figures are embedded as PNG data URIs. Returns ``path`` as a
@@ -123,7 +129,7 @@ class AuditResult:
 
         return write_html(self, path)
 
-    def to_json(self, path):
+    def to_json(self, path: str | os.PathLike) -> Path:
         """Write tables, skipped and failed analyses and metadata to ``path``.
 
         Strict JSON: NaN and infinities become null. Returns ``path`` as a
@@ -150,7 +156,7 @@ class _Data:
     task: str
     classes: np.ndarray | None
 
-    def arrays(self):
+    def arrays(self) -> tuple[ArrayLike, ...]:
         """The arrays, once each, for the cache's hash."""
         if self.X_test is self.X:
             return self.X, self.y
@@ -261,17 +267,17 @@ class _Fold:
 
     def __init__(
         self,
-        data,
-        train,
-        test,
-        fold,
+        data: _Data,
+        train: np.ndarray,
+        test: np.ndarray,
+        fold: int,
         *,
-        n_neighbors,
-        layers,
-        options,
-        scale_threshold,
-        random_state,
-    ):
+        n_neighbors: int,
+        layers: Sequence[str] | None,
+        options: Mapping[str, Mapping[str, Any]],
+        scale_threshold: int | None,
+        random_state: int | None,
+    ) -> None:
         self.train, self.test, self.fold = train, test, fold
         self.X_train, self.y_train = take(data.X, train), data.y[train]
         self.X_test, self.y_test = take(data.X_test, test), data.y_test[test]
@@ -282,7 +288,7 @@ class _Fold:
         self.fit_seconds = None
         self.prefit = False
 
-    def fit(self, net):
+    def fit(self, net: NetLike) -> None:
         """Train a clone of ``net`` on the training part, predict the held-out one."""
         start = time.perf_counter()
         self.net = fit_net(
@@ -291,34 +297,34 @@ class _Fold:
         self.fit_seconds = time.perf_counter() - start
         self.prediction = np.asarray(self.net.predict(self.X_test))
 
-    def use(self, net):
+    def use(self, net: NetLike) -> None:
         """Take the trained ``net`` as it is and predict the held-out part."""
         self.net, self.prefit = net, True
         self.prediction = prefit_predictions(net, self.X_test, self.task)
 
     @property
-    def correct(self):
+    def correct(self) -> np.ndarray:
         return self.prediction == self.y_test
 
     @property
-    def error(self):
+    def error(self) -> np.ndarray:
         """Per held-out example: 1.0 if misclassified, or the squared error."""
         if self.task == "regression":
             return (self.prediction - self.y_test) ** 2
         return (~self.correct).astype(float)
 
-    def state(self):
+    def state(self) -> dict[str, Any]:
         """What :meth:`restore` needs: the trained net and its predictions."""
         return dict(
             net=self.net, prediction=self.prediction, fit_seconds=self.fit_seconds
         )
 
-    def restore(self, state):
+    def restore(self, state: Mapping[str, Any]) -> None:
         self.net = state["net"]
         self.prediction = state["prediction"]
         self.fit_seconds = state["fit_seconds"]
 
-    def scores(self):
+    def scores(self) -> dict[str, float]:
         """Accuracy and error rate, or R^2 and root mean squared error."""
         if self.task == "regression":
             return dict(
@@ -328,7 +334,7 @@ class _Fold:
         accuracy = float(self.correct.mean())
         return dict(accuracy=accuracy, error=float(1 - accuracy))
 
-    def row(self):
+    def row(self) -> dict[str, Any]:
         """The fold's row of the ``folds`` table, before the analyses."""
         row = dict(fold=self.fold, n_train=len(self.train), n_test=len(self.test))
         row.update(self.scores())
@@ -336,7 +342,7 @@ class _Fold:
             row["fit_seconds"] = self.fit_seconds
         return row
 
-    def samples(self):
+    def samples(self) -> dict[str, Any]:
         """The fold's columns of the ``samples`` table, before the analyses."""
         columns = dict(
             fold=self.fold,
@@ -352,23 +358,23 @@ class _Fold:
 
 
 def audit(
-    net,
-    X,
-    y,
-    cv=5,
-    analyses=ANALYSES,
+    net: NetLike,
+    X: ArrayLike,
+    y: ArrayLike,
+    cv: int | BaseCrossValidator | Iterable | str = 5,
+    analyses: Sequence[str] = ANALYSES,
     *,
-    X_test=None,
-    y_test=None,
-    n_neighbors=5,
-    layers=None,
-    options=None,
-    random_state=0,
-    errors="record",
-    verbose=0,
-    cache=None,
-    scale_threshold=20_000,
-):
+    X_test: ArrayLike | None = None,
+    y_test: ArrayLike | None = None,
+    n_neighbors: int = 5,
+    layers: Sequence[str] | None = None,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    random_state: int | None = 0,
+    errors: str = "record",
+    verbose: int = 0,
+    cache: str | os.PathLike | None = None,
+    scale_threshold: int | None = 20_000,
+) -> AuditResult:
     """Audit a classifier, or a trained network, from the network's perspective.
 
     For each fold of a scikit-learn cross-validation splitter, a clone of

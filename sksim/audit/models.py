@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
+from numpy.typing import ArrayLike
 from skorch import NeuralNetClassifier
+
+from .._typing import NetInput
 
 MODELS = ("mlp", "cnn")
 
@@ -23,7 +27,7 @@ class MLP(torch.nn.Module):
         Width of the hidden layer.
     """
 
-    def __init__(self, n_features: int, n_classes: int, n_hidden: int = 64):
+    def __init__(self, n_features: int, n_classes: int, n_hidden: int = 64) -> None:
         super().__init__()
         self.flatten = torch.nn.Flatten()
         self.hidden = torch.nn.Linear(n_features, n_hidden)
@@ -51,7 +55,7 @@ class CNN(torch.nn.Module):
 
     def __init__(
         self, in_channels: int, image_size: int, n_classes: int, width: int = 16
-    ):
+    ) -> None:
         super().__init__()
         self.conv1 = torch.nn.Conv2d(in_channels, width // 2, 3, padding=1)
         self.relu1 = torch.nn.ReLU()
@@ -66,15 +70,21 @@ class CNN(torch.nn.Module):
         return self.out(self.flatten(self.pool(h)))
 
 
-def is_square_image_batch(X) -> bool:
+def is_square_image_batch(X: NetInput) -> bool:
     """Whether ``X`` has shape ``(n, C, H, W)`` with ``H == W``."""
     shape = getattr(X, "shape", ())
     return len(shape) == 4 and shape[2] == shape[3]
 
 
 def make_classifier(
-    model, X, n_classes, max_epochs=20, lr=0.1, batch_size=64, **kwargs
-):
+    model: str,
+    X: ArrayLike,
+    n_classes: int,
+    max_epochs: int = 20,
+    lr: float = 0.1,
+    batch_size: int = 64,
+    **kwargs: Any,
+) -> NeuralNetClassifier:
     """An unfitted skorch classifier with a built-in architecture for ``X``.
 
     Parameters

@@ -10,6 +10,7 @@ from __future__ import annotations
 import joblib
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 from sklearn.base import is_classifier, is_regressor
 from sklearn.utils.multiclass import type_of_target
 from skorch import NeuralNet
@@ -17,13 +18,14 @@ from skorch import NeuralNet
 from .._engine.context import evaluation_mode
 from .._engine.inputs import batches, module_float_dtype
 from .._net import _unwrap, is_unfitted_skorch, resolve_device, resolve_module
+from .._typing import NetInput, NetLike
 
 CLASSIFICATION_TARGETS = ("binary", "multiclass")
 REGRESSION_TARGETS = ("continuous",)
 PREDICT_BATCH_SIZE = 256
 
 
-def check_prefit_net(net):
+def check_prefit_net(net: NetLike) -> torch.nn.Module:
     """The trained module behind ``net``; raise when there is none."""
     if is_unfitted_skorch(net):
         raise ValueError(
@@ -41,7 +43,7 @@ def check_prefit_net(net):
         ) from None
 
 
-def skorch_task(net) -> str | None:
+def skorch_task(net: NetLike) -> str | None:
     """The task of a skorch net, or None for another network.
 
     ``"classification"`` for a skorch classifier, ``"regression"`` for a
@@ -57,7 +59,7 @@ def skorch_task(net) -> str | None:
     return None
 
 
-def target_task(net, y) -> str:
+def target_task(net: NetLike, y: ArrayLike) -> str:
     """``"classification"`` or ``"regression"``.
 
     A skorch classifier or regressor (or a FrozenEstimator around one) says
@@ -80,7 +82,7 @@ def target_task(net, y) -> str:
     )
 
 
-def regression_targets(y, name) -> np.ndarray:
+def regression_targets(y: ArrayLike, name: str) -> np.ndarray:
     """One continuous target per sample, as a float array of shape (n,)."""
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] == 1:
@@ -95,7 +97,7 @@ def regression_targets(y, name) -> np.ndarray:
     return y.astype(np.float64)
 
 
-def module_outputs(module: torch.nn.Module, X) -> np.ndarray:
+def module_outputs(module: torch.nn.Module, X: NetInput) -> np.ndarray:
     """Outputs of ``module`` on ``X`` in eval mode, without gradients."""
     device = resolve_device(module)
     dtype = module_float_dtype(module)
@@ -107,7 +109,7 @@ def module_outputs(module: torch.nn.Module, X) -> np.ndarray:
     return torch.cat(parts).numpy()
 
 
-def prefit_predictions(net, X, task) -> np.ndarray:
+def prefit_predictions(net: NetLike, X: NetInput, task: str) -> np.ndarray:
     """Predictions of the trained ``net`` on ``X``, one per sample.
 
     A skorch classifier or regressor predicts with its own ``predict``; a
@@ -133,7 +135,7 @@ def _tensor_bytes(tensor: torch.Tensor) -> tuple:
     return str(tensor.dtype), tuple(tensor.shape), flat.view(torch.uint8).numpy()
 
 
-def weights_fingerprint(net) -> str:
+def weights_fingerprint(net: NetLike) -> str:
     """A hash of the trained module: its class and every tensor of its state."""
     module = resolve_module(net)
     state = {k: _tensor_bytes(v) for k, v in module.state_dict().items()}

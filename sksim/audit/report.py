@@ -5,13 +5,21 @@ from __future__ import annotations
 import html
 import json
 import math
+import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ._examples import isolated_section, support_section
 from ._findings import findings, headline_meanings
 from ._render import paragraph, table
 from ._tables import import_pandas
 from .analyses import REGISTRY
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .core import AuditResult
 
 SECTIONS = (
     ("findings", "Findings"),
@@ -74,7 +82,7 @@ def _metric(label, frame, metric, meaning=None):
     )
 
 
-def protocol(meta) -> str:
+def protocol(meta: Mapping[str, Any]) -> str:
     """How the audited networks met their held-out data, in words."""
     if meta["cv"] == "prefit":
         return "none: the trained network (prefit) on the given train/test split"
@@ -98,7 +106,7 @@ HEADLINE = (
 )
 
 
-def noise_text(meta) -> str:
+def noise_text(meta: Mapping[str, Any]) -> str:
     """The label noise planted before the audit, in words."""
     noise = meta["label_noise"]
     return (
@@ -107,7 +115,7 @@ def noise_text(meta) -> str:
     )
 
 
-def timings(meta):
+def timings(meta: Mapping[str, Any]) -> pd.DataFrame:
     """The seconds of each step as a table, with their share of the total."""
     seconds = meta["seconds"]
     total = meta["total_seconds"]
@@ -217,7 +225,7 @@ def _findings(result) -> str:
 def _analysis(name):
     """The builder of an analysis' section: why it did not run, or its body."""
 
-    def build(result):
+    def build(result: AuditResult) -> str:
         return _not_run(result, name) or REGISTRY[name].section(result)
 
     return build
@@ -244,7 +252,7 @@ BUILDERS = dict(
 )
 
 
-def render_html(result) -> str:
+def render_html(result: AuditResult) -> str:
     """The report as one HTML string, with no external resource."""
     nav = "".join(
         f'<a href="#{key}">{html.escape(title)}</a>' for key, title in SECTIONS
@@ -266,7 +274,7 @@ def render_html(result) -> str:
     )
 
 
-def write_html(result, path) -> Path:
+def write_html(result: AuditResult, path: str | os.PathLike) -> Path:
     """Write :func:`render_html` to ``path`` (UTF-8)."""
     path = Path(path)
     path.write_text(render_html(result), encoding="utf-8")
@@ -295,7 +303,7 @@ def _without_images(items):
     ]
 
 
-def to_dict(result) -> dict:
+def to_dict(result: AuditResult) -> dict[str, Any]:
     """The tables, skipped and failed analyses, metadata, gallery and examples.
 
     JSON-ready, images left out.
@@ -313,7 +321,7 @@ def to_dict(result) -> dict:
     )
 
 
-def write_json(result, path) -> Path:
+def write_json(result: AuditResult, path: str | os.PathLike) -> Path:
     """Write :func:`to_dict` to ``path`` as strict JSON (no NaN)."""
     path = Path(path)
     path.write_text(json.dumps(to_dict(result), allow_nan=False, indent=1))

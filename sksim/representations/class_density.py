@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numbers
+from typing import TYPE_CHECKING
 
 import numpy as np
 from joblib import Parallel, delayed
+from numpy.typing import ArrayLike
 from scipy.spatial.distance import pdist
 from scipy.special import logsumexp
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
@@ -13,8 +15,12 @@ from sklearn.utils import Bunch, check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from .._typing import Self
 from ._logdensity import diagonal_gaussian_logpdf
 from .dpmixture import DirichletProcessGaussianMixture, _check_int
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 _VAR_FLOOR = 1e-6  # added to class variances in the diagonal Gaussian reference
 _MAX_DISTANCE_POINTS = 1000  # points per class for the mean pairwise distance
@@ -110,12 +116,12 @@ class ClassConditionalDensity(ClassifierMixin, BaseEstimator):
 
     def __init__(
         self,
-        n_components=16,
-        mixture=None,
-        priors=None,
-        n_jobs=None,
-        random_state=None,
-    ):
+        n_components: int | float | None = 16,
+        mixture: DirichletProcessGaussianMixture | None = None,
+        priors: ArrayLike | None = None,
+        n_jobs: int | None = None,
+        random_state: int | np.random.RandomState | None = None,
+    ) -> None:
         self.n_components = n_components
         self.mixture = mixture
         self.priors = priors
@@ -146,7 +152,7 @@ class ClassConditionalDensity(ClassifierMixin, BaseEstimator):
             raise ValueError("priors must be non-negative and sum to 1.")
         return priors
 
-    def fit(self, Z, y):
+    def fit(self, Z: ArrayLike, y: ArrayLike) -> Self:
         """Project ``Z`` and fit one DP mixture per class.
 
         Parameters
@@ -221,7 +227,7 @@ class ClassConditionalDensity(ClassifierMixin, BaseEstimator):
     def _log_density_matrix(self, P):
         return np.column_stack([m.log_predictive(P) for m in self.mixtures_])
 
-    def score_samples(self, Z, y=None):
+    def score_samples(self, Z: ArrayLike, y: ArrayLike | None = None) -> np.ndarray:
         """Log-densities of each example under the class densities.
 
         Parameters
@@ -249,18 +255,18 @@ class ClassConditionalDensity(ClassifierMixin, BaseEstimator):
                 out[rows] = mixture.log_predictive(P[rows])
         return out
 
-    def predict_log_proba(self, Z):
+    def predict_log_proba(self, Z: ArrayLike) -> np.ndarray:
         """Log posterior class probabilities of the generative classifier."""
         check_is_fitted(self)
         with np.errstate(divide="ignore"):
             joint = self.score_samples(Z) + np.log(self.class_prior_)
         return joint - logsumexp(joint, axis=1, keepdims=True)
 
-    def predict_proba(self, Z):
+    def predict_proba(self, Z: ArrayLike) -> np.ndarray:
         """Posterior class probabilities ``p(C | z)``."""
         return np.exp(self.predict_log_proba(Z))
 
-    def predict(self, Z):
+    def predict(self, Z: ArrayLike) -> np.ndarray:
         """``argmax_C log p(z | C) + log p(C)``."""
         check_is_fitted(self)
         return self.classes_[np.argmax(self.predict_log_proba(Z), axis=1)]
@@ -274,7 +280,7 @@ class ClassConditionalDensity(ClassifierMixin, BaseEstimator):
         for c, mixture in enumerate(self.mixtures_):
             yield c, mixture, mixture.sample(n_samples, random_state=rng)
 
-    def relative_entropy(self, n_samples=1000):
+    def relative_entropy(self, n_samples: int = 1000) -> np.ndarray:
         """``KL(p_C || N(mean_C, diag var_C))`` of each class, by Monte Carlo.
 
         The mean of ``log p_C(z) - log N(z)`` over draws ``z`` from the fitted
@@ -304,7 +310,7 @@ class ClassConditionalDensity(ClassifierMixin, BaseEstimator):
             out[c] = np.mean(mixture.log_predictive(P) - log_gauss)
         return out
 
-    def kl_matrix(self, n_samples=1000):
+    def kl_matrix(self, n_samples: int = 1000) -> np.ndarray:
         """Between-class KL divergences ``KL(p_i || p_j)`` by Monte Carlo.
 
         Parameters
@@ -324,7 +330,9 @@ class ClassConditionalDensity(ClassifierMixin, BaseEstimator):
             kl[i] = (logp[:, [i]] - logp).mean(axis=0)
         return kl
 
-    def class_summary(self, n_samples=1000, as_frame=False):
+    def class_summary(
+        self, n_samples: int = 1000, as_frame: bool = False
+    ) -> Bunch | pd.DataFrame:
         """Per-class table of the class-level statistics of the paper.
 
         Parameters
@@ -357,7 +365,7 @@ class ClassConditionalDensity(ClassifierMixin, BaseEstimator):
         table.method = np.array([m.method_ for m in self.mixtures_], dtype=object)
         return _as_table(table, as_frame)
 
-    def split_classes(self):
+    def split_classes(self) -> tuple[np.ndarray, np.ndarray, float]:
         """Split the classes at the largest gap of their mean log-densities.
 
         Returns
@@ -384,7 +392,7 @@ class ClassConditionalDensity(ClassifierMixin, BaseEstimator):
             (threshold),
         )
 
-    def density_bins(self, n_bins=10):
+    def density_bins(self, n_bins: int = 10) -> np.ndarray:
         """Bin index of each training example by own-class log-density.
 
         Parameters

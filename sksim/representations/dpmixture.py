@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import numbers
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator, DensityMixin
 from sklearn.cluster import KMeans
 from sklearn.mixture import BayesianGaussianMixture
@@ -12,6 +14,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 from threadpoolctl import threadpool_limits
 
+from .._typing import Self
 from ._blocked import blocked_gibbs_sampler
 from ._gibbs import gibbs_sampler
 from ._logdensity import mixture_logpdf
@@ -178,21 +181,21 @@ n_features)
 
     def __init__(
         self,
-        backend="gibbs",
-        n_sweeps=400,
-        burn_in=None,
-        thin=None,
-        block_size="auto",
-        init_clusters=30,
-        prior_clusters=6.0,
-        kappa0=0.01,
-        reg_covar=1e-6,
-        max_components=20,
-        max_iter=500,
-        max_samples=None,
-        random_state=None,
-        verbose=0,
-    ):
+        backend: str = "gibbs",
+        n_sweeps: int = 400,
+        burn_in: int | None = None,
+        thin: int | None = None,
+        block_size: int | str = "auto",
+        init_clusters: int = 30,
+        prior_clusters: float = 6.0,
+        kappa0: float = 0.01,
+        reg_covar: float = 1e-6,
+        max_components: int = 20,
+        max_iter: int = 500,
+        max_samples: int | None = None,
+        random_state: int | np.random.RandomState | None = None,
+        verbose: int = 0,
+    ) -> None:
         self.backend = backend
         self.n_sweeps = n_sweeps
         self.burn_in = burn_in
@@ -245,7 +248,7 @@ n_features)
             )
         return burn_in, thin
 
-    def fit(self, X, y=None):
+    def fit(self, X: ArrayLike, y: Any = None) -> Self:
         """Fit the DP mixture to the rows of X.
 
         Parameters
@@ -345,7 +348,7 @@ n_features)
         self.component_log_weights_ = c["log_weight"] - np.log(n_samples)
         self.n_posterior_samples_ = n_samples
 
-    def log_predictive(self, X):
+    def log_predictive(self, X: ArrayLike) -> np.ndarray:
         """Log predictive density of each row, averaged over posterior samples.
 
         Parameters
@@ -366,15 +369,19 @@ n_features)
             self.component_log_weights_,
         )
 
-    def score_samples(self, X):
+    def score_samples(self, X: ArrayLike) -> np.ndarray:
         """Alias of :meth:`log_predictive` (scikit-learn's density API)."""
         return self.log_predictive(X)
 
-    def score(self, X, y=None):
+    def score(self, X: ArrayLike, y: Any = None) -> float:
         """Mean log predictive density of the rows of X."""
         return float(self.log_predictive(X).mean())
 
-    def sample(self, n_samples=1, random_state=None):
+    def sample(
+        self,
+        n_samples: int = 1,
+        random_state: int | np.random.RandomState | None = None,
+    ) -> np.ndarray:
         """Draw from the predictive density.
 
         Parameters

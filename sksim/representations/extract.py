@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from .._engine.context import on_device
 from .._engine.inputs import batches, module_float_dtype, n_samples
 from .._layers import check_layers, check_pool, layer_outputs
 from .._net import resolve_device, resolve_module
+from .._typing import NetInput, NetLike
 from .._validation import check_net_input, check_positive_int
 
 
 def extract_representations(
-    net, X, layers, pool="mean", batch_size=128, device=None, verbose=0
-):
+    net: NetLike,
+    X: NetInput,
+    layers: str | Sequence[str],
+    pool: str = "mean",
+    batch_size: int = 128,
+    device: str | torch.device | None = None,
+    verbose: int = 0,
+) -> dict[str, np.ndarray]:
     """Outputs of named modules of a trained network, one row per input.
 
     Forward hooks record the output of each named module while the network runs

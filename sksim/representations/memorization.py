@@ -7,16 +7,20 @@ import warnings
 
 import numpy as np
 from joblib import Parallel, delayed
-from sklearn.base import clone
+from numpy.typing import ArrayLike
+from sklearn.base import BaseEstimator, clone
 from sklearn.utils import check_random_state
 from tqdm.auto import tqdm
 
 from .._engine.context import torch_seed
 from .._engine.inputs import n_samples, take
+from .._typing import NetInput
 from .._validation import check_net_input, check_positive_int
 
 
-def subset_masks(n, n_models, subset_fraction, rng):
+def subset_masks(
+    n: int, n_models: int, subset_fraction: float, rng: np.random.RandomState
+) -> np.ndarray:
     """Boolean ``(n_models, n)`` masks, each holding ``round(fraction * n)`` rows."""
     size = int(round(subset_fraction * n))
     masks = np.zeros((n_models, n), dtype=bool)
@@ -36,15 +40,15 @@ def _correct_when_trained_on(estimator, X, y, mask, seed):
 
 
 def memorization_scores(
-    estimator,
-    X,
-    y,
-    n_models=20,
-    subset_fraction=0.7,
-    random_state=None,
-    n_jobs=None,
-    verbose=0,
-):
+    estimator: BaseEstimator,
+    X: NetInput,
+    y: ArrayLike,
+    n_models: int = 20,
+    subset_fraction: float = 0.7,
+    random_state: int | np.random.RandomState | None = None,
+    n_jobs: int | None = None,
+    verbose: int = 0,
+) -> np.ndarray:
     """Memorisation score of every training example (Feldman & Zhang).
 
     ``n_models`` clones of ``estimator`` are trained on random subsets holding a

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+    from sklearn.utils import Bunch
 
 
 def _pyplot():
@@ -19,7 +27,9 @@ def _column(table, key):
     return np.asarray(table[key])
 
 
-def plot_class_log_density(report, axes=None):
+def plot_class_log_density(
+    report: Bunch, axes: Sequence[Axes] | np.ndarray | None = None
+) -> Figure:
     """Sorted class mean log-densities per stage, with the largest-gap split.
 
     One panel per stage (log-densities of stages with different projected
@@ -72,7 +82,7 @@ def plot_class_log_density(report, axes=None):
     return fig
 
 
-def plot_memorization_by_density(report, ax=None):
+def plot_memorization_by_density(report: Bunch, ax: Axes | None = None) -> Axes:
     """Mean memorisation score per density bin, one line per stage.
 
     Parameters

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
+import torch
+from numpy.typing import ArrayLike
+from sklearn.base import BaseEstimator
 from sklearn.utils import Bunch
 
 from .._net import fit_net
+from .._typing import NetInput, NetLike
 from .class_density import ClassConditionalDensity, _as_table
+from .dpmixture import DirichletProcessGaussianMixture
 from .extract import extract_representations
 from .memorization import memorization_scores
 
@@ -77,24 +82,24 @@ def _concat(tables):
 
 
 def class_fitting_report(
-    net,
-    X,
-    y,
-    layers,
-    n_components=16,
-    mixture=None,
-    memorization=None,
-    n_models=20,
-    n_bins=10,
-    n_samples=1000,
-    pool="mean",
-    batch_size=128,
-    device=None,
-    n_jobs=None,
-    random_state=None,
-    verbose=0,
-    as_frame=False,
-):
+    net: NetLike,
+    X: NetInput,
+    y: ArrayLike,
+    layers: str | Sequence[str],
+    n_components: int | float | Mapping[str, int | float | None] | None = 16,
+    mixture: DirichletProcessGaussianMixture | None = None,
+    memorization: BaseEstimator | ArrayLike | None = None,
+    n_models: int = 20,
+    n_bins: int = 10,
+    n_samples: int = 1000,
+    pool: str = "mean",
+    batch_size: int = 128,
+    device: str | torch.device | None = None,
+    n_jobs: int | None = None,
+    random_state: int | None = None,
+    verbose: int = 0,
+    as_frame: bool = False,
+) -> Bunch:
     """Which classes a network fits in compact modes, stage by stage.
 
     For every stage in ``layers``: extract the representations of ``X``

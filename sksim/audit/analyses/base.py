@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
+from ..._typing import NetInput
 from .. import _render
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from ..core import AuditResult, _Data, _Fold
 
 
 @dataclass
@@ -74,17 +82,17 @@ class Analysis:
     report_table: str | None = None
     tasks: tuple = ("classification", "regression")
 
-    def at_scale(self, fold):
+    def at_scale(self, fold: _Fold) -> bool:
         """Whether the fold's training part is past the audit's scale threshold."""
         return fold.scale_threshold is not None and len(fold.train) > (
             fold.scale_threshold
         )
 
-    def scaled_options(self, fold):
+    def scaled_options(self, fold: _Fold) -> dict[str, Any]:
         """The defaults that replace ``defaults`` past the scale threshold."""
         return dict(self.scaled_defaults)
 
-    def options(self, fold):
+    def options(self, fold: _Fold) -> dict[str, Any]:
         """Keyword arguments of this analysis.
 
         Its defaults, those of :meth:`scaled_options` past the scale
@@ -93,7 +101,7 @@ class Analysis:
         scaled = self.scaled_options(fold) if self.at_scale(fold) else {}
         return {**self.defaults, **scaled, **fold.options.get(self.name, {})}
 
-    def scale_reason(self, fold):
+    def scale_reason(self, fold: _Fold) -> str | None:
         """Why the scaled defaults apply to the fold, in words (None if not).
 
         None as well when the user's options set every one of them.
@@ -108,19 +116,19 @@ class Analysis:
             f"{fold.scale_threshold:,}"
         )
 
-    def method_text(self, fold, method):
+    def method_text(self, fold: _Fold, method: str) -> str:
         """``method`` followed by :meth:`scale_reason`, when there is one."""
         reason = self.scale_reason(fold)
         return method if reason is None else f"{method}: {reason}"
 
-    def check_options(self, options):
+    def check_options(self, options: Mapping[str, Any]) -> None:
         """Raise on invalid ``options[name]`` before any training."""
 
-    def skip_reason(self, X):
+    def skip_reason(self, X: NetInput) -> str | None:
         """Why the analysis does not apply to inputs ``X`` (None when it does)."""
         return None
 
-    def run(self, fold):
+    def run(self, fold: _Fold) -> FoldOutput:
         """Analyse one fold.
 
         Parameters
@@ -144,15 +152,19 @@ class Analysis:
         """
         raise NotImplementedError
 
-    def summary_metrics(self, tables):
+    def summary_metrics(
+        self, tables: Mapping[str, pd.DataFrame]
+    ) -> pd.DataFrame | None:
         """Long rows ``fold, metric, value`` added to ``summary``, or None."""
         return None
 
-    def summarise(self, tables):
+    def summarise(self, tables: Mapping[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
         """Tables derived from the per-fold ones after the last fold."""
         return {}
 
-    def gallery(self, data, tables):
+    def gallery(
+        self, data: _Data, tables: Mapping[str, pd.DataFrame]
+    ) -> list[dict[str, Any]]:
         """Examples worth showing (see :class:`~sksim.audit.AuditResult`).
 
         ``data`` holds the training-side inputs and targets ``X, y`` (where
@@ -161,7 +173,7 @@ class Analysis:
         """
         return []
 
-    def section(self, result):
+    def section(self, result: AuditResult) -> str:
         """The body of its report section, as HTML."""
         parts = [_render.paragraph(self.description)]
         method = result.metadata.get("methods", {}).get(self.name)

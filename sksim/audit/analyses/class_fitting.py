@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 import torch
-from sklearn.base import clone
+from sklearn.base import BaseEstimator, clone
+from sklearn.utils import Bunch
 
 from ..._engine.inputs import take
 from ..._net import resolve_module
@@ -12,6 +16,12 @@ from ..._validation import check_positive_int
 from .._render import errorbars, subplots
 from .._tables import spread
 from .base import Analysis, FoldOutput
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+    from ..core import AuditResult, _Fold
 
 MAX_FIT_PER_CLASS = 1000  # rows of a class its mixture is fitted to, at scale
 
@@ -23,7 +33,7 @@ def default_layers(module: torch.nn.Module, n_layers: int = 3) -> list[str]:
     return names[-n_layers:]
 
 
-def class_densities(result):
+def class_densities(result: AuditResult) -> Figure | None:
     """Classes sorted by mean own-class log-density, per layer, over folds."""
     table = result.tables.get("class_fitting_summary")
     if table is None:
@@ -80,7 +90,9 @@ def _held_out_columns(report, representations, y_test, layers):
     return test_mean, test_accuracy
 
 
-def per_class_rows(y, max_per_class, random_state) -> np.ndarray:
+def per_class_rows(
+    y: np.ndarray, max_per_class: int | None, random_state: int | None
+) -> np.ndarray:
     """Sorted rows of ``y`` keeping at most ``max_per_class`` of each class.
 
     All rows when ``max_per_class`` is None; otherwise each class larger than
@@ -104,13 +116,19 @@ def per_class_rows(y, max_per_class, random_state) -> np.ndarray:
     return np.sort(np.concatenate(kept))
 
 
-def fitted_rows(report) -> int:
+def fitted_rows(report: Bunch) -> int:
     """Rows the class mixtures of a report were fitted to, over all classes."""
     density = next(iter(report.densities.values()))
     return int(sum(m.n_fit_samples_ for m in density.mixtures_))
 
 
-def fitting_method(mixture, n_fitted, n_evaluated, n_train, cap) -> str:
+def fitting_method(
+    mixture: BaseEstimator,
+    n_fitted: int,
+    n_evaluated: int,
+    n_train: int,
+    cap: int | None,
+) -> str:
     """The class-density fit, in words.
 
     ``n_fitted`` rows fitted (over all classes), ``n_evaluated`` rows whose
@@ -132,14 +150,16 @@ def fitting_method(mixture, n_fitted, n_evaluated, n_train, cap) -> str:
     return text
 
 
-def fit_cap(mixture, max_per_class):
+def fit_cap(mixture: BaseEstimator, max_per_class: int | None) -> int | None:
     """The most rows of one class kept by ``max_per_class`` or the mixture."""
     caps = [max_per_class, getattr(mixture, "max_samples", None)]
     caps = [c for c in caps if c is not None]
     return min(caps) if caps else None
 
 
-def class_mixture(mixture, max_fit_per_class):
+def class_mixture(
+    mixture: BaseEstimator | None, max_fit_per_class: int | None
+) -> BaseEstimator:
     """The density estimator of each class.
 
     ``mixture`` (None: the variational DP mixture), fitted on at most
@@ -177,11 +197,11 @@ class ClassFitting(Analysis):
     report_table = "class_fitting_summary"
     tasks = ("classification",)
 
-    def check_options(self, options):
+    def check_options(self, options: Mapping[str, Any]) -> None:
         for name in ("max_per_class", "max_fit_per_class"):
             check_positive_int(options.get(name), name, allow_none=True)
 
-    def run(self, fold):
+    def run(self, fold: _Fold) -> FoldOutput:
         from ...representations import (
             class_fitting_report,
             extract_representations,
@@ -231,7 +251,7 @@ class ClassFitting(Analysis):
             method=self.method_text(fold, method),
         )
 
-    def summarise(self, tables):
+    def summarise(self, tables: Mapping[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
         return dict(
             class_fitting_summary=spread(
                 tables["class_fitting"],

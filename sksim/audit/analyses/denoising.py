@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from ..._engine.inputs import take
+from ..._typing import Output
 from ..._validation import check_positive_int
 from ...denoising import IllConditionedWeightsWarning, SelfDenoisingAnalysis
 from .._tables import frame
 from .base import Analysis, FoldOutput
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from ..core import _Fold
 
 
 def free_probabilities(logits: torch.Tensor) -> torch.Tensor:
@@ -24,7 +32,9 @@ def free_probabilities(logits: torch.Tensor) -> torch.Tensor:
     return torch.softmax(logits, dim=-1)[..., :-1]
 
 
-def denoising_rows(n_train, max_samples, random_state):
+def denoising_rows(
+    n_train: int, max_samples: int | None, random_state: int | None
+) -> np.ndarray:
     """Sorted rows of the training fold analysed for self-denoising.
 
     All of them when ``max_samples`` is None or at least ``n_train``, else a
@@ -36,7 +46,7 @@ def denoising_rows(n_train, max_samples, random_state):
     return np.sort(rng.choice(n_train, max_samples, replace=False))
 
 
-def denoised_targets(fold, y_train):
+def denoised_targets(fold: _Fold, y_train: np.ndarray) -> tuple[np.ndarray, Output]:
     """The labels regressed on and the outputs selected to predict them.
 
     Classification: one-hot labels of the first ``d - 1`` classes and the
@@ -49,7 +59,7 @@ def denoised_targets(fold, y_train):
     return onehot, free_probabilities
 
 
-def sample_method(fold, rows) -> str:
+def sample_method(fold: _Fold, rows: np.ndarray) -> str:
     """Which training examples self-denoising analysed, in words."""
     n_train = len(fold.train)
     if len(rows) == n_train:
@@ -75,10 +85,10 @@ class Denoising(Analysis):
     )
     report_table = "denoising"
 
-    def check_options(self, options):
+    def check_options(self, options: Mapping[str, Any]) -> None:
         check_positive_int(options.get("max_samples"), "max_samples", allow_none=True)
 
-    def run(self, fold):
+    def run(self, fold: _Fold) -> FoldOutput:
         options = self.options(fold)
         rows = denoising_rows(
             len(fold.train), options.pop("max_samples"), fold.random_state
@@ -97,7 +107,7 @@ class Denoising(Analysis):
             tables=dict(denoising=frame([row])), method=sample_method(fold, rows)
         )
 
-    def summary_metrics(self, tables):
+    def summary_metrics(self, tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
         return (
             tables["denoising"]
             .drop(columns="sigma_estimated")

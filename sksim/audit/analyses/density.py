@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 
 from ...density import COUNT_FLOOR, GradientDensityEstimator
 from .._render import errorbars, subplots
 from .._tables import spread
 from .base import Analysis, FoldOutput
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+    from ..core import AuditResult, _Fold
 
 
 def quantile_bins(values: np.ndarray, n_bins: int) -> np.ndarray:
@@ -37,7 +46,7 @@ def correlation(a: np.ndarray, b: np.ndarray) -> float:
     return np.nan
 
 
-def error_column(samples) -> str:
+def error_column(samples: pd.DataFrame) -> str:
     """The per-bin error of ``samples``.
 
     ``error_rate`` of a classification, ``mean_squared_error`` of a regression.
@@ -45,7 +54,7 @@ def error_column(samples) -> str:
     return "error_rate" if "correct" in samples else "mean_squared_error"
 
 
-def density_histogram(result):
+def density_histogram(result: AuditResult) -> Figure | None:
     """Histogram of the held-out log-densities, correct and misclassified."""
     samples = result.tables["samples"]
     if "log_density" not in samples:
@@ -74,7 +83,7 @@ def density_histogram(result):
     return fig
 
 
-def error_by_density(result):
+def error_by_density(result: AuditResult) -> Figure | None:
     """Error by density quantile bin, mean and spread over folds.
 
     The error rate, or the mean squared error of a regression.
@@ -112,7 +121,7 @@ def error_by_density(result):
     return fig
 
 
-def count_method(options) -> str:
+def count_method(options: Mapping[str, Any]) -> str:
     """The neighbour count that ``options`` of the estimator select, in words."""
     method = options.get("method", "soft")
     if method == "soft":
@@ -153,7 +162,7 @@ class Density(Analysis):
     figures = (density_histogram, error_by_density)
     report_table = "density_bins_summary"
 
-    def run(self, fold):
+    def run(self, fold: _Fold) -> FoldOutput:
         options = self.options(fold)
         estimator = GradientDensityEstimator(
             fold.net, random_state=fold.random_state, **options
@@ -174,7 +183,7 @@ class Density(Analysis):
             method=self.method_text(fold, count_method(options)),
         )
 
-    def summarise(self, tables):
+    def summarise(self, tables: Mapping[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
         samples = tables["samples"]
         column = error_column(samples)
         if "correct" in samples:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 
 from ...label_issues import LabelIssueDetector, issues_frame, score_labels
@@ -10,12 +13,18 @@ from .._tables import frame
 from .base import Analysis, FoldOutput
 from .neighbors import image_view
 
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+    from ..core import AuditResult, _Data, _Fold
+
 TOP = 20  # issues shown in the report
 SHOWN_NEIGHBORS = 5  # neighbours drawn beside each of them
 FIXED = ("net", "cv", "combination", "random_state")  # set by the audit
 
 
-def detector(fold, options):
+def detector(fold: _Fold, options: Mapping[str, Any]) -> LabelIssueDetector:
     """The :class:`~sksim.LabelIssueDetector` of the fold's trained net."""
     cv = "prefit" if fold.prefit else 3
     return LabelIssueDetector(
@@ -23,7 +32,7 @@ def detector(fold, options):
     )
 
 
-def fold_signals(fold, options):
+def fold_signals(fold: _Fold, options: Mapping[str, Any]) -> tuple[np.ndarray, ...]:
     """Both signals of the examples whose labels the fold scores.
 
     Cross-validated: the held-out examples, with the probabilities of the
@@ -61,7 +70,7 @@ def _stack(column, width=None):
     return np.stack([np.asarray(v)[:width] for v in column])
 
 
-def rank_issues(signals):
+def rank_issues(signals: pd.DataFrame) -> pd.DataFrame:
     """The ``label_issues`` table from the folds' signals, all folds scored at once.
 
     The scores, suggested labels and estimated count are those of
@@ -94,7 +103,9 @@ def rank_issues(signals):
     return table
 
 
-def planted_precision(table, noise):
+def planted_precision(
+    table: pd.DataFrame, noise: Mapping[str, Any]
+) -> dict[str, float]:
     """Precision among the top ``k`` examples, ``k`` the number of planted flips.
 
     Also the recall of the estimated set (the examples with ``is_issue``).
@@ -115,7 +126,7 @@ def _show(ax, image, title, color="black"):
     ax.set_title(title, fontsize=8, color=color)
 
 
-def issue_grid(result):
+def issue_grid(result: AuditResult) -> Figure | None:
     """The top suspected issues (left) and their most similar training examples."""
     items = [g for g in result.gallery if g["kind"] == "label issue"]
     if not items or items[0]["image"] is None:
@@ -183,7 +194,9 @@ def _evidence(row, shown=SHOWN_NEIGHBORS):
     )
 
 
-def issue_rows(table, noise=None, top=TOP):
+def issue_rows(
+    table: pd.DataFrame, noise: Mapping[str, Any] | None = None, top: int = TOP
+) -> pd.DataFrame:
     """The first ``top`` issues as a report table, neighbours in words.
 
     With the planted ``noise`` known, a column says which labels were flipped.
@@ -206,7 +219,7 @@ def issue_rows(table, noise=None, top=TOP):
     return rows
 
 
-def noise_text(result) -> str:
+def noise_text(result: AuditResult) -> str:
     """How many planted flips the ranking found, when the noise is known."""
     noise = result.metadata.get("label_noise")
     if noise is None:
@@ -241,7 +254,7 @@ class LabelIssues(Analysis):
     )
     tasks = ("classification",)
 
-    def check_options(self, options):
+    def check_options(self, options: Mapping[str, Any]) -> None:
         fixed = sorted(set(options) & set(FIXED))
         if fixed:
             raise ValueError(
@@ -251,7 +264,7 @@ class LabelIssues(Analysis):
             )
         LabelIssueDetector(None, **options)._validate_params()
 
-    def run(self, fold):
+    def run(self, fold: _Fold) -> FoldOutput:
         options = self.options(fold)
         rows, labels, P, similarities, neighbors, neighbor_labels = fold_signals(
             fold, options
@@ -280,10 +293,12 @@ class LabelIssues(Analysis):
             method=self.method_text(fold, f"{source}, k = {k}"),
         )
 
-    def summarise(self, tables):
+    def summarise(self, tables: Mapping[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
         return dict(label_issues=rank_issues(tables["label_issues"]))
 
-    def gallery(self, data, tables, top=TOP):
+    def gallery(
+        self, data: _Data, tables: Mapping[str, pd.DataFrame], top: int = TOP
+    ) -> list[dict[str, Any]]:
         """The ``top`` suspected issues, with their neighbours."""
         images = image_view(data.X)
         items = []
@@ -306,7 +321,7 @@ class LabelIssues(Analysis):
             )
         return items
 
-    def section(self, result):
+    def section(self, result: AuditResult) -> str:
         table = result.tables["label_issues"]
         n_issues = int(table["is_issue"].sum())
         parts = [

@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable, Mapping
 from importlib.util import find_spec
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..._engine.inputs import take
+from ..._typing import NetInput
 from ..._validation import check_positive_int
 from ...neighbors import NetworkNeighbors
 from .. import _render
 from .._tables import frame
 from .base import Analysis, FoldOutput
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+    from ..core import AuditResult, _Data, _Fold
 
 GALLERY_SIZE = 4
 SKETCH_COMPONENTS = (256, 128, 64)  # the largest whose sketches fit the budget
@@ -23,7 +33,7 @@ SEARCH_ONLY = ("algorithm", "n_components", "index", "index_params")
 KINDS = ("lowest density", "misclassified", "largest error", "typical")
 
 
-def image_view(X) -> np.ndarray | None:
+def image_view(X: ArrayLike) -> np.ndarray | None:
     """``X`` as images ``(n, H, W)`` or ``(n, H, W, 3)``, or None if not image-like.
 
     Image-like: ``(n, C, H, W)`` with one or three channels, ``(n, H, W)``,
@@ -43,7 +53,9 @@ def image_view(X) -> np.ndarray | None:
     return None
 
 
-def most_similar(fold, options, X=None):
+def most_similar(
+    fold: _Fold, options: Mapping[str, Any], X: NetInput | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """The most similar training examples of each held-out example.
 
     Similarities and rows of the training fold of its ``fold.n_neighbors``
@@ -59,7 +71,7 @@ def most_similar(fold, options, X=None):
     return search.most_similar(fold.X_test if X is None else X)
 
 
-def recall_rows(n_test, n_queries, random_state) -> np.ndarray:
+def recall_rows(n_test: int, n_queries: int, random_state: int | None) -> np.ndarray:
     """Sorted held-out rows on which the recall is measured.
 
     All of them when ``n_queries >= n_test``, else a uniform random subset.
@@ -76,7 +88,9 @@ def recall(found: np.ndarray, exact: np.ndarray) -> float:
     return float(np.mean(hits) / exact.shape[1])
 
 
-def exact_recall(fold, options, rows, n_queries):
+def exact_recall(
+    fold: _Fold, options: Mapping[str, Any], rows: np.ndarray, n_queries: int
+) -> tuple[float, int]:
     """Recall of the neighbours ``rows`` against exact ones, on a sample.
 
     Exact neighbours of ``n_queries`` held-out examples drawn at random
@@ -88,7 +102,7 @@ def exact_recall(fold, options, rows, n_queries):
     return recall(rows[sample], exact_rows), len(sample)
 
 
-def search_method(options) -> str:
+def search_method(options: Mapping[str, Any]) -> str:
     """The neighbour search that ``options`` select, in words."""
     if options.get("algorithm", "exact") == "faiss":
         return (
@@ -103,7 +117,9 @@ def search_method(options) -> str:
     return "exact search over all pairs of examples"
 
 
-def label_agreement(fold, labels):
+def label_agreement(
+    fold: _Fold, labels: np.ndarray
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Per-example columns and fold metric comparing neighbours' labels.
 
     Classification: the share of neighbours with the example's label
@@ -144,7 +160,7 @@ def _show(ax, image):
     ax.set_yticks([])
 
 
-def neighbor_grid(result):
+def neighbor_grid(result: AuditResult) -> Figure | None:
     """Each gallery example, then its most similar training examples."""
     gallery = [g for g in own_gallery(result) if g["image"] is not None]
     if not gallery:
@@ -188,7 +204,7 @@ def _traits(sample):
     return sample["fold"].item(), label, (label, prediction)
 
 
-def diverse(samples, candidates, size):
+def diverse(samples: pd.DataFrame, candidates: Iterable[int], size: int) -> list[int]:
     """Up to ``size`` of the rows ``candidates`` of ``samples``, diverse.
 
     Each pick is the candidate with the most traits (fold, class, confusion
@@ -240,7 +256,7 @@ def _gallery_rows(samples, size, pool=5):
     return chosen
 
 
-def own_gallery(result):
+def own_gallery(result: AuditResult) -> list[dict[str, Any]]:
     """The gallery examples this analysis chose (not those of the others)."""
     return [g for g in result.gallery if g["kind"] in KINDS]
 
@@ -258,7 +274,7 @@ def _recall_text(result) -> str:
     )
 
 
-def sketch_components(n_train, n_outputs, budget=SKETCH_MEMORY) -> int:
+def sketch_components(n_train: int, n_outputs: int, budget: int = SKETCH_MEMORY) -> int:
     """Components per output of the sketches at scale.
 
     The largest of :data:`SKETCH_COMPONENTS` whose float32 sketches of the
@@ -271,7 +287,7 @@ def sketch_components(n_train, n_outputs, budget=SKETCH_MEMORY) -> int:
     return SKETCH_COMPONENTS[-1]
 
 
-def low_recall_warning(value, n_neighbors, n_components):
+def low_recall_warning(value: float, n_neighbors: int, n_components: int) -> None:
     """Warn when the measured recall is below :data:`MIN_RECALL`."""
     if value < MIN_RECALL:
         warnings.warn(
@@ -299,10 +315,10 @@ class Neighbors(Analysis):
     defaults = dict(recall_queries=200)
     figures = (neighbor_grid,)
 
-    def check_options(self, options):
+    def check_options(self, options: Mapping[str, Any]) -> None:
         check_positive_int(options.get("recall_queries", 1), "recall_queries")
 
-    def scaled_options(self, fold):
+    def scaled_options(self, fold: _Fold) -> dict[str, Any]:
         """FAISS over sketches (exact search of sketches without faiss).
 
         The sketch size is :func:`sketch_components` of the fold, one output
@@ -315,7 +331,7 @@ class Neighbors(Analysis):
         index = "Flat" if len(fold.train) < HNSW_FROM else "HNSW32"
         return dict(algorithm="faiss", n_components=n_components, index=index)
 
-    def run(self, fold):
+    def run(self, fold: _Fold) -> FoldOutput:
         options = self.options(fold)
         n_queries = options.pop("recall_queries")
         similarities, rows = most_similar(fold, options)
@@ -355,7 +371,12 @@ class Neighbors(Analysis):
             method=self.method_text(fold, method),
         )
 
-    def gallery(self, data, tables, size=GALLERY_SIZE):
+    def gallery(
+        self,
+        data: _Data,
+        tables: Mapping[str, pd.DataFrame],
+        size: int = GALLERY_SIZE,
+    ) -> list[dict[str, Any]]:
         """Held-out examples worth looking at, with their nearest training examples."""
         samples = tables["samples"]
         images, test_images = image_view(data.X), image_view(data.X_test)
@@ -383,7 +404,7 @@ class Neighbors(Analysis):
             )
         return gallery
 
-    def section(self, result):
+    def section(self, result: AuditResult) -> str:
         rows = [
             dict(
                 kind=g["kind"],

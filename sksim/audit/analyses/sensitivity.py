@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
+from types import ModuleType
+from typing import TYPE_CHECKING
 
+from ..._typing import NetInput
 from .._render import errorbars, subplots
 from .._tables import frame, spread
 from ..models import is_square_image_batch
 from .base import Analysis, FoldOutput
 
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.figure import Figure
 
-def import_sensitivity():
+    from ..core import AuditResult, _Fold
+
+
+def import_sensitivity() -> ModuleType | None:
     """The module ``sksim.sensitivity``, or None when it cannot be imported."""
     try:
         return importlib.import_module("sksim.sensitivity")
@@ -18,7 +28,7 @@ def import_sensitivity():
         return None
 
 
-def sensitivity_layers(result):
+def sensitivity_layers(result: AuditResult) -> Figure | None:
     """Layer-wise D, G and R, trained and at initialisation, mean over folds."""
     table = result.tables.get("sensitivity_summary")
     if table is None:
@@ -67,7 +77,7 @@ class Sensitivity(Analysis):
     figures = (sensitivity_layers,)
     report_table = "sensitivity_summary"
 
-    def skip_reason(self, X):
+    def skip_reason(self, X: NetInput) -> str | None:
         if not is_square_image_batch(X):
             return (
                 "relative sensitivity deforms images: it needs inputs of shape "
@@ -77,7 +87,7 @@ class Sensitivity(Analysis):
             return "sksim.sensitivity is not available in this version of sksim."
         return None
 
-    def run(self, fold):
+    def run(self, fold: _Fold) -> FoldOutput:
         table = import_sensitivity().relative_sensitivity(
             fold.net,
             fold.X_test,
@@ -88,7 +98,7 @@ class Sensitivity(Analysis):
         table.insert(0, "fold", fold.fold)
         return FoldOutput(tables=dict(sensitivity=table))
 
-    def summarise(self, tables):
+    def summarise(self, tables: Mapping[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
         summary = spread(
             tables["sensitivity"], ["net", "layer", "depth"], ["D", "G", "R"]
         )
