@@ -5,8 +5,9 @@ For each size N (default 5 000, 20 000 and 50 000): synthetic data
 built-in MLP (``sksim.audit.models.make_classifier("mlp")``, 5 epochs), a
 2-fold audit. The folds are trained once (``audit(analyses=())`` with a cache
 folder), then each analysis runs alone in an audit that loads the trained folds
-from that cache, so that its peak resident memory (sampled every 5 ms from
-``/proc/self/statm``, above the level at its start) is its own. Times are the
+from a fresh copy of that cache (so that no analysis is loaded from an earlier
+one), so that its time is its own and its peak resident memory (sampled every
+5 ms from ``/proc/self/statm``, above the level at its start) too. Times are the
 audit's own timings (``result.metadata["seconds"]``, summed over the folds).
 The audit switches by itself to its linear-cost methods past
 ``--scale-threshold`` training examples per fold (the audit's default, 20 000);
@@ -30,7 +31,7 @@ average (``uptime``) at the start and the end.
 
 Usage: ``OMP_NUM_THREADS=2 python benchmarks/bench_audit.py [--sizes 5000 20000
 50000] [--direct-sizes 5000 20000 50000 200000] [--modes auto scaled]
-[--label TEXT] [--out PATH]``.
+[--analyses ...] [--label TEXT] [--out PATH]``.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import argparse
 import math
 import os
 import platform
+import shutil
 import subprocess
 import tempfile
 import time
@@ -54,7 +56,7 @@ from sksim import GradientDensityEstimator, NetworkNeighbors
 from sksim.audit import audit
 from sksim.audit.models import MLP, make_classifier
 
-ANALYSES = ("density", "neighbors", "denoising", "class_fitting")
+ANALYSES = ("density", "neighbors", "denoising", "label_issues", "class_fitting")
 N_FEATURES, N_CLASSES = 64, 10
 
 
@@ -90,7 +92,8 @@ def audit_rows(n_samples, args):
     rows = {mode: [] for mode in args.modes}
     with tempfile.TemporaryDirectory() as cache:
         with PeakMemory() as memory:
-            result = audit(net, X, y, cv=args.folds, analyses=(), cache=cache)
+            trained = os.path.join(cache, "trained")
+            result = audit(net, X, y, cv=args.folds, analyses=(), cache=trained)
         training = dict(
             step="training",
             seconds=result.metadata["seconds"]["fit"],
@@ -98,7 +101,11 @@ def audit_rows(n_samples, args):
         )
         for mode in args.modes:
             rows[mode].append(training)
-            for name in ANALYSES:
+            for name in args.analyses:
+                # a copy holding only the trained folds: an analysis whose
+                # options are the same in both modes is computed, not loaded
+                fresh = os.path.join(cache, f"{mode}-{name}")
+                shutil.copytree(trained, fresh)
                 with PeakMemory() as memory:
                     result = audit(
                         net,
@@ -106,7 +113,7 @@ def audit_rows(n_samples, args):
                         y,
                         cv=args.folds,
                         analyses=(name,),
-                        cache=cache,
+                        cache=fresh,
                         scale_threshold=thresholds[mode],
                     )
                 if name in result.failed:
@@ -177,9 +184,9 @@ MODES = dict(
 )
 
 
-def mode_tables(results, mode, threshold) -> list[str]:
+def mode_tables(results, mode, threshold, analyses) -> list[str]:
     """The tables of seconds, memory and methods of one mode."""
-    steps = ["training", *ANALYSES]
+    steps = ["training", *analyses]
     title = MODES[mode].replace("the scale threshold", f"{threshold:,}")
     lines = [f"## Audit {title}", "", "Seconds per step (both folds):", ""]
     sizes = sorted(results)
@@ -238,7 +245,7 @@ def page(results, direct, args, loads, wall) -> str:
     ]
     for mode in args.modes if results else ():
         per_size = {n: rows[mode] for n, rows in results.items()}
-        lines += mode_tables(per_size, mode, args.scale_threshold)
+        lines += mode_tables(per_size, mode, args.scale_threshold, args.analyses)
     if direct:
         lines += [
             "",
@@ -287,6 +294,9 @@ def main():
     )
     parser.add_argument("--scale-threshold", type=int, default=20_000)
     parser.add_argument("--modes", nargs="*", choices=tuple(MODES), default=list(MODES))
+    parser.add_argument(
+        "--analyses", nargs="*", choices=ANALYSES, default=list(ANALYSES)
+    )
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--folds", type=int, default=2)
     parser.add_argument("--label", default="quiet machine, full run")
@@ -302,6 +312,8 @@ def main():
             str(args.scale_threshold),
             "--modes",
             *args.modes,
+            "--analyses",
+            *args.analyses,
             "--label",
             repr(args.label),
         ]
