@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import _render
-from ._tables import frame
+from ._tables import frame, neighbor_text
 from .analyses.neighbors import image_view
 
 if TYPE_CHECKING:
@@ -293,14 +293,8 @@ def support_section(result) -> str:
                 prediction=g["prediction"],
                 support=g["support"],
                 log_density=g["log_density"],
-                nearest_training_examples=", ".join(
-                    f"#{i} (y={lab}, k={s:.2f})"
-                    for i, lab, s in zip(
-                        g["neighbors"],
-                        g["neighbor_labels"],
-                        g["similarities"],
-                        strict=True,
-                    )
+                nearest_training_examples=neighbor_text(
+                    g["neighbors"], g["neighbor_labels"], g["similarities"]
                 ),
                 features=g["features"],
             )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 def import_pandas():
     """Import pandas lazily, with an error naming the extra that provides it."""
@@ -27,3 +29,20 @@ def spread(table, by, columns):
     out.columns = [f"{c}_{s}" for c, s in out.columns]
     out.insert(0, "n_folds", grouped.size())
     return out.reset_index()
+
+
+def neighbor_text(
+    indices: Sequence,
+    labels: Sequence,
+    similarities: Sequence,
+    shown: int | None = None,
+) -> str:
+    """Neighbours in words: ``#index (y=label, k=similarity)``, comma-separated.
+
+    Float labels (regression targets) are shown to 3 significant digits; only
+    the first ``shown`` neighbours are written (all for None).
+    """
+    return ", ".join(
+        f"#{i} (y={f'{y:.3g}' if isinstance(y, float) else y}, k={k:.2f})"
+        for i, y, k in list(zip(indices, labels, similarities, strict=True))[:shown]
+    )

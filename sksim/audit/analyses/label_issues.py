@@ -9,7 +9,7 @@ import numpy as np
 
 from ...label_issues import LabelIssueDetector, issues_frame, score_labels
 from .. import _render
-from .._tables import frame
+from .._tables import frame, neighbor_text
 from .base import Analysis, FoldOutput
 from .neighbors import image_view
 
@@ -181,16 +181,8 @@ def _color(label, given):
 
 
 def _evidence(row, shown=SHOWN_NEIGHBORS):
-    return ", ".join(
-        f"#{i} (y={lab}, k={s:.2f})"
-        for i, lab, s in list(
-            zip(
-                row["neighbors"],
-                row["neighbor_labels"],
-                row["neighbor_similarities"],
-                strict=True,
-            )
-        )[:shown]
+    return neighbor_text(
+        row["neighbors"], row["neighbor_labels"], row["neighbor_similarities"], shown
     )
 
 

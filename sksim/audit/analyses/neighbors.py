@@ -15,7 +15,7 @@ from ..._typing import NetInput
 from ..._validation import check_positive_int
 from ...neighbors import NetworkNeighbors
 from .. import _render
-from .._tables import frame
+from .._tables import frame, neighbor_text
 from .base import Analysis, FoldOutput
 
 if TYPE_CHECKING:
@@ -413,14 +413,8 @@ class Neighbors(Analysis):
                 label=g["label"],
                 prediction=g["prediction"],
                 log_density=g["log_density"],
-                neighbors=", ".join(
-                    f"#{i} (y={_shown(lab)}, k={s:.2f})"
-                    for i, lab, s in zip(
-                        g["neighbors"],
-                        g["neighbor_labels"],
-                        g["similarities"],
-                        strict=True,
-                    )
+                neighbors=neighbor_text(
+                    g["neighbors"], g["neighbor_labels"], g["similarities"]
                 ),
             )
             for g in own_gallery(result)
