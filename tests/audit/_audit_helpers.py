@@ -20,6 +20,27 @@ def digit_images():
     return X, y[:N_SMALL].astype(np.int64)
 
 
+N_PREFIT_TRAIN = 160  # training rows of the prefit split; the other 80 are the test
+
+
+@functools.cache
+def prefit_split():
+    """The digits split into 160 training and 80 test examples.
+
+    ``(X_train, y_train, X_test, y_test)``.
+    """
+    X, y = digit_images()
+    n = N_PREFIT_TRAIN
+    return X[:n], y[:n], X[n:], y[n:]
+
+
+@functools.cache
+def prefit_net():
+    """A small net trained on the prefit split's training examples."""
+    X_train, y_train, _, _ = prefit_split()
+    return small_net(X_train).fit(X_train, y_train)
+
+
 AUDIT_OPTIONS = dict(
     denoising=dict(max_samples=80),
     class_fitting=dict(n_components=4, n_bins=3, n_samples=50),

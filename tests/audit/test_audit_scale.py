@@ -6,7 +6,13 @@ import json
 import numpy as np
 import pytest
 from _architectures import small_net
-from _audit_helpers import AUDIT_OPTIONS, digit_images
+from _audit_helpers import (
+    AUDIT_OPTIONS,
+    N_PREFIT_TRAIN,
+    digit_images,
+    prefit_net,
+    prefit_split,
+)
 
 from sksim import GradientDensityEstimator, NetworkNeighbors
 from sksim import cli as sksim_cli
@@ -16,25 +22,13 @@ from sksim.audit.analyses.class_fitting import per_class_rows
 from sksim.audit.analyses.neighbors import recall, recall_rows
 
 ANALYSES = ("density", "neighbors", "denoising", "class_fitting")
-N_TRAIN = 160
-
-
-@functools.cache
-def split():
-    X, y = digit_images()
-    return X[:N_TRAIN], y[:N_TRAIN], X[N_TRAIN:], y[N_TRAIN:]
-
-
-@functools.cache
-def trained_net():
-    X_train, y_train, _, _ = split()
-    return small_net(X_train).fit(X_train, y_train)
+N_TRAIN = N_PREFIT_TRAIN
 
 
 def prefit_audit(scale_threshold, options=AUDIT_OPTIONS, **kwargs):
-    X_train, y_train, X_test, y_test = split()
+    X_train, y_train, X_test, y_test = prefit_split()
     return audit(
-        trained_net(),
+        prefit_net(),
         X_train,
         y_train,
         cv="prefit",
@@ -60,8 +54,8 @@ def unscaled():
 
 
 def test_past_the_threshold_density_is_the_soft_count():
-    X_train, _, X_test, _ = split()
-    soft = GradientDensityEstimator(trained_net(), method="soft", random_state=0)
+    X_train, _, X_test, _ = prefit_split()
+    soft = GradientDensityEstimator(prefit_net(), method="soft", random_state=0)
     expected = soft.fit(X_train).neighbor_counts(X_test)
     counts = scaled()["samples"]["neighbor_count"].to_numpy()
     np.testing.assert_allclose(counts, expected, rtol=1e-6)
@@ -73,15 +67,15 @@ def test_past_the_threshold_density_is_the_soft_count():
 
 
 def test_below_the_threshold_results_are_unchanged():
-    X_train, _, X_test, _ = split()
+    X_train, _, X_test, _ = prefit_split()
     hard = GradientDensityEstimator(
-        trained_net(), method="hard", threshold=0.9, random_state=0
+        prefit_net(), method="hard", threshold=0.9, random_state=0
     )
     expected = hard.fit(X_train).neighbor_counts(X_test)
     for result in (unscaled(), prefit_audit(N_TRAIN)):  # N == threshold: unscaled
         samples = result["samples"]
         np.testing.assert_array_equal(samples["neighbor_count"], expected)
-        exact = NetworkNeighbors(trained_net(), n_neighbors=3, random_state=0)
+        exact = NetworkNeighbors(prefit_net(), n_neighbors=3, random_state=0)
         _, rows = exact.fit(X_train).most_similar(X_test)
         np.testing.assert_array_equal(samples["nearest_train_index"], rows[:, 0])
         assert "neighbor_recall" not in result["folds"]
@@ -97,13 +91,13 @@ def test_below_the_threshold_results_are_unchanged():
 
 
 def test_faiss_neighbours_and_their_recall_on_a_sample():
-    X_train, _, X_test, _ = split()
+    X_train, _, X_test, _ = prefit_split()
     result = scaled()
     table = result["neighbors"].sort_values(["index", "rank"])
     found = table["train_index"].to_numpy().reshape(len(X_test), 3)
     sample = recall_rows(len(X_test), 200, 0)
     np.testing.assert_array_equal(sample, np.arange(len(X_test)))  # 80 < 200
-    exact = NetworkNeighbors(trained_net(), n_neighbors=3, random_state=0)
+    exact = NetworkNeighbors(prefit_net(), n_neighbors=3, random_state=0)
     _, exact_rows = exact.fit(X_train).most_similar(X_test[sample])
     hits = [
         len(set(a) & set(b)) for a, b in zip(found[sample], exact_rows, strict=True)
@@ -124,12 +118,12 @@ def test_faiss_neighbours_and_their_recall_on_a_sample():
 def test_recall_on_a_subsample_of_queries():
     options = {**AUDIT_OPTIONS, "neighbors": dict(recall_queries=7)}
     result = prefit_audit(50, options, cache=None)
-    X_train, _, X_test, _ = split()
+    X_train, _, X_test, _ = prefit_split()
     sample = recall_rows(len(X_test), 7, 0)
     assert len(sample) == 7 and len(np.unique(sample)) == 7
     table = result["neighbors"].sort_values(["index", "rank"])
     found = table["train_index"].to_numpy().reshape(len(X_test), 3)[sample]
-    exact = NetworkNeighbors(trained_net(), n_neighbors=3, random_state=0)
+    exact = NetworkNeighbors(prefit_net(), n_neighbors=3, random_state=0)
     _, exact_rows = exact.fit(X_train).most_similar(X_test[sample])
     assert result["folds"]["neighbor_recall"].item() == pytest.approx(
         recall(found, exact_rows)
@@ -210,9 +204,9 @@ def test_without_faiss_neighbours_use_exact_search_of_sketches(monkeypatch):
     from sksim.audit.analyses import neighbors
 
     monkeypatch.setattr(neighbors, "find_spec", lambda name: None)
-    X_train, y_train, X_test, y_test = split()
+    X_train, y_train, X_test, y_test = prefit_split()
     result = audit(
-        trained_net(),
+        prefit_net(),
         X_train,
         y_train,
         cv="prefit",
@@ -230,7 +224,7 @@ def test_without_faiss_neighbours_use_exact_search_of_sketches(monkeypatch):
 
 
 def test_scale_threshold_is_checked():
-    X_train, y_train, _, _ = split()
+    X_train, y_train, _, _ = prefit_split()
     with pytest.raises(ValueError, match="scale_threshold must be a positive int"):
         audit(small_net(X_train), X_train, y_train, cv=2, scale_threshold=0)
     with pytest.raises(ValueError, match="recall_queries must be a positive int"):

@@ -5,7 +5,14 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from _audit_helpers import AUDIT_OPTIONS, digit_images, small_net
+from _audit_helpers import (
+    AUDIT_OPTIONS,
+    N_PREFIT_TRAIN,
+    digit_images,
+    prefit_net,
+    prefit_split,
+    small_net,
+)
 
 from sksim.audit import audit
 from sksim.audit.analyses import REGISTRY
@@ -19,27 +26,15 @@ from sksim.representations import (
     class_fitting_report,
 )
 
-N_TRAIN = 160
+N_TRAIN = N_PREFIT_TRAIN
 CAP = 6
 OPTIONS = dict(n_components=4, n_bins=3, n_samples=50)
 
 
-@functools.cache
-def split():
-    X, y = digit_images()
-    return X[:N_TRAIN], y[:N_TRAIN], X[N_TRAIN:], y[N_TRAIN:]
-
-
-@functools.cache
-def trained_net():
-    X_train, y_train, _, _ = split()
-    return small_net(X_train).fit(X_train, y_train)
-
-
 def prefit_audit(scale_threshold, class_options):
-    X_train, y_train, X_test, y_test = split()
+    X_train, y_train, X_test, y_test = prefit_split()
     return audit(
-        trained_net(),
+        prefit_net(),
         X_train,
         y_train,
         cv="prefit",
@@ -78,9 +73,9 @@ def test_past_the_threshold_each_class_mixture_is_fitted_on_a_bounded_sample():
 
 
 def test_the_capped_fit_equals_the_report_with_max_samples():
-    X_train, y_train, _, _ = split()
+    X_train, y_train, _, _ = prefit_split()
     report = class_fitting_report(
-        trained_net(),
+        prefit_net(),
         X_train,
         y_train,
         ["hidden", "out"],
@@ -103,7 +98,7 @@ def test_the_capped_fit_equals_the_report_with_max_samples():
 
 
 def test_the_capped_fit_is_reported():
-    _, y_train, _, _ = split()
+    _, y_train, _, _ = prefit_split()
     n_fitted = int(np.minimum(np.bincount(y_train), CAP).sum())
     # the user set the only scaled default: no scale reason
     assert capped().metadata["methods"]["class_fitting"] == (
