@@ -61,3 +61,21 @@ def small_audit():
         options=AUDIT_OPTIONS,
         random_state=0,
     )
+
+
+def prefit_audit(analyses, scale_threshold, options=AUDIT_OPTIONS, **kwargs):
+    """A seeded prefit audit of :func:`prefit_net` on :func:`prefit_split`."""
+    X_train, y_train, X_test, y_test = prefit_split()
+    return audit(
+        prefit_net(),
+        X_train,
+        y_train,
+        cv="prefit",
+        X_test=X_test,
+        y_test=y_test,
+        analyses=analyses,
+        options=options,
+        scale_threshold=scale_threshold,
+        random_state=0,
+        **kwargs,
+    )

@@ -13,6 +13,7 @@ from _audit_helpers import (
     prefit_net,
     prefit_split,
 )
+from _audit_helpers import prefit_audit as shared_prefit_audit
 
 from sksim import GradientDensityEstimator, NetworkNeighbors
 from sksim import cli as sksim_cli
@@ -26,20 +27,8 @@ N_TRAIN = N_PREFIT_TRAIN
 
 
 def prefit_audit(scale_threshold, options=AUDIT_OPTIONS, **kwargs):
-    X_train, y_train, X_test, y_test = prefit_split()
-    return audit(
-        prefit_net(),
-        X_train,
-        y_train,
-        cv="prefit",
-        X_test=X_test,
-        y_test=y_test,
-        analyses=ANALYSES,
-        n_neighbors=3,
-        options=options,
-        scale_threshold=scale_threshold,
-        random_state=0,
-        **kwargs,
+    return shared_prefit_audit(
+        ANALYSES, scale_threshold, options, n_neighbors=3, **kwargs
     )
 
 

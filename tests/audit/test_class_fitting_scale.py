@@ -13,6 +13,7 @@ from _audit_helpers import (
     prefit_split,
     small_net,
 )
+from _audit_helpers import prefit_audit as shared_prefit_audit
 
 from sksim.audit import audit
 from sksim.audit.analyses import REGISTRY
@@ -32,19 +33,8 @@ OPTIONS = dict(n_components=4, n_bins=3, n_samples=50)
 
 
 def prefit_audit(scale_threshold, class_options):
-    X_train, y_train, X_test, y_test = prefit_split()
-    return audit(
-        prefit_net(),
-        X_train,
-        y_train,
-        cv="prefit",
-        X_test=X_test,
-        y_test=y_test,
-        analyses=("class_fitting",),
-        options={**AUDIT_OPTIONS, "class_fitting": class_options},
-        scale_threshold=scale_threshold,
-        random_state=0,
-    )
+    options = {**AUDIT_OPTIONS, "class_fitting": class_options}
+    return shared_prefit_audit(("class_fitting",), scale_threshold, options)
 
 
 @functools.cache

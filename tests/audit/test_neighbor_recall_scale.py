@@ -4,9 +4,9 @@ import warnings
 
 import numpy as np
 import pytest
-from _audit_helpers import AUDIT_OPTIONS, digit_images, small_net
+from _audit_helpers import AUDIT_OPTIONS
+from _audit_helpers import prefit_audit as shared_prefit_audit
 
-from sksim.audit import audit
 from sksim.audit.analyses.neighbors import (
     MIN_RECALL,
     SKETCH_MEMORY,
@@ -14,25 +14,10 @@ from sksim.audit.analyses.neighbors import (
     sketch_components,
 )
 
-N_TRAIN = 160
-
 
 def prefit_audit(neighbor_options):
-    X, y = digit_images()
-    net = small_net(X[:N_TRAIN]).fit(X[:N_TRAIN], y[:N_TRAIN])
-    return audit(
-        net,
-        X[:N_TRAIN],
-        y[:N_TRAIN],
-        cv="prefit",
-        X_test=X[N_TRAIN:],
-        y_test=y[N_TRAIN:],
-        analyses=("neighbors",),
-        n_neighbors=3,
-        options={**AUDIT_OPTIONS, "neighbors": neighbor_options},
-        scale_threshold=50,
-        random_state=0,
-    )
+    options = {**AUDIT_OPTIONS, "neighbors": neighbor_options}
+    return shared_prefit_audit(("neighbors",), 50, options, n_neighbors=3)
 
 
 @pytest.mark.parametrize(
