@@ -29,9 +29,15 @@ log(N_large / N_small)`` between the smallest and largest sizes measured (1 for
 a linear cost, 2 for a quadratic one). The page records the machine's load
 average (``uptime``) at the start and the end.
 
+With ``--model resnet18`` the network is a ResNet-18 from a ``transformers``
+config (11.2 M parameters, see ``models.transformers_resnet18``) trained with
+Adam on synthetic CIFAR-sized images (3 x 32 x 32, 10 classes: a smooth random
+template per class, scaled and shifted per image, plus smooth and pixel noise),
+on ``--device`` (``cuda`` for a GPU).
+
 Usage: ``OMP_NUM_THREADS=2 python benchmarks/bench_audit.py [--sizes 5000 20000
 50000] [--direct-sizes 5000 20000 50000 200000] [--modes auto scaled]
-[--analyses ...] [--label TEXT] [--out PATH]``.
+[--analyses ...] [--model mlp] [--device cpu] [--label TEXT] [--out PATH]``.
 """
 
 from __future__ import annotations
@@ -50,7 +56,9 @@ import numpy as np
 import sklearn
 import torch
 from bench_kernel import PeakMemory
+from models import transformers_resnet18
 from sklearn.datasets import make_classification
+from skorch import NeuralNetClassifier
 
 from sksim import GradientDensityEstimator, NetworkNeighbors
 from sksim.audit import audit
@@ -79,34 +87,83 @@ def synthetic(n_samples: int, seed: int = 0):
     return X.astype(np.float32), y.astype(np.int64)
 
 
+def images(n_samples: int, seed: int = 0):
+    """Synthetic CIFAR-sized images: a smooth template per class, with noise."""
+    rng = np.random.RandomState(seed)
+    y = rng.randint(N_CLASSES, size=n_samples)
+
+    def smooth(n):  # 4 x 4 random patterns, upsampled to 32 x 32
+        coarse = torch.from_numpy(rng.standard_normal((n, 3, 4, 4)).astype(np.float32))
+        return torch.nn.functional.interpolate(coarse, size=32, mode="bilinear")
+
+    templates = smooth(N_CLASSES).numpy()
+    scale = rng.uniform(0.5, 1.5, size=(n_samples, 1, 1, 1)).astype(np.float32)
+    shift = rng.standard_normal((n_samples, 3, 1, 1)).astype(np.float32) * 0.3
+    X = scale * templates[y] + shift + smooth(n_samples).numpy()
+    X += 0.3 * rng.standard_normal(X.shape).astype(np.float32)
+    return X, y.astype(np.int64)
+
+
+def dataset_and_net(n_samples, args):
+    """The data and the unfitted skorch classifier of ``--model``."""
+    if args.model == "mlp":
+        X, y = synthetic(n_samples)
+        net = make_classifier(
+            "mlp", X, n_classes=N_CLASSES, max_epochs=args.epochs, device=args.device
+        )
+        return X, y, net
+    X, y = images(n_samples)
+    torch.manual_seed(0)
+    net = NeuralNetClassifier(
+        transformers_resnet18(N_CLASSES),
+        criterion=torch.nn.CrossEntropyLoss,
+        optimizer=torch.optim.Adam,
+        lr=1e-3,
+        batch_size=256,
+        max_epochs=args.epochs,
+        train_split=None,
+        device=args.device,
+        verbose=0,
+    )
+    return X, y, net
+
+
 def audit_rows(n_samples, args):
     """Rows per mode: training, then each analysis of a 2-fold audit.
 
     The modes are the scale thresholds: ``"auto"`` (``--scale-threshold``)
     and ``"scaled"`` (1: the linear-cost methods at every size); the folds
-    are trained once for both.
+    are trained once for both. A step that would end past ``--deadline`` is
+    skipped (see :func:`skipped`).
     """
-    X, y = synthetic(n_samples)
-    net = make_classifier("mlp", X, n_classes=N_CLASSES, max_epochs=args.epochs)
+    X, y, net = dataset_and_net(n_samples, args)
     thresholds = dict(auto=args.scale_threshold, scaled=1)
     rows = {mode: [] for mode in args.modes}
     with tempfile.TemporaryDirectory() as cache:
-        with PeakMemory() as memory:
+        if (reason := skipped("training", n_samples, args)) is not None:
+            return {mode: [dict(step="training", method=reason)] for mode in rows}
+        with PeakMemory() as memory, DeviceMemory(args.device) as device_memory:
             trained = os.path.join(cache, "trained")
             result = audit(net, X, y, cv=args.folds, analyses=(), cache=trained)
         training = dict(
             step="training",
+            accuracy=float(result.tables["folds"]["accuracy"].mean()),
             seconds=result.metadata["seconds"]["fit"],
             mib=memory.added / 2**20,
+            gpu_mib=device_memory.peak / 2**20,
         )
+        args.measured["training"] = (n_samples, training["seconds"])
         for mode in args.modes:
             rows[mode].append(training)
             for name in args.analyses:
+                if (reason := skipped(name, n_samples, args)) is not None:
+                    rows[mode].append(dict(step=name, method=reason))
+                    continue
                 # a copy holding only the trained folds: an analysis whose
                 # options are the same in both modes is computed, not loaded
                 fresh = os.path.join(cache, f"{mode}-{name}")
                 shutil.copytree(trained, fresh)
-                with PeakMemory() as memory:
+                with PeakMemory() as memory, DeviceMemory(args.device) as dm:
                     result = audit(
                         net,
                         X,
@@ -122,14 +179,49 @@ def audit_rows(n_samples, args):
                     step=name,
                     seconds=result.metadata["seconds"][name],
                     mib=memory.added / 2**20,
+                    gpu_mib=dm.peak / 2**20,
                     method=result.metadata["methods"].get(name, ""),
                 )
                 folds = result.tables["folds"]
                 if "neighbor_recall" in folds:
                     row["recall"] = float(folds["neighbor_recall"].mean())
                 rows[mode].append(row)
+                args.measured[name] = (n_samples, row["seconds"])
                 print(f"  N={n_samples} {mode} {name}: {row['seconds']:.1f} s")
     return rows
+
+
+def skipped(step, n_samples, args) -> str | None:
+    """Why ``step`` at ``n_samples`` is skipped, or None to run it.
+
+    Skipped when its time at the last size measured, scaled linearly to
+    ``n_samples``, would end it past ``--deadline`` seconds from the start.
+    """
+    if args.deadline is None or step not in args.measured:
+        return None
+    n, seconds = args.measured[step]
+    estimate = seconds * n_samples / n
+    left = args.deadline - (time.perf_counter() - args.start)
+    if estimate <= left:
+        return None
+    return f"skipped: about {estimate:.0f} s expected, {max(left, 0):.0f} s left"
+
+
+class DeviceMemory:
+    """Peak GPU memory allocated by torch inside the block (0 on a CPU)."""
+
+    def __init__(self, device: str):
+        self.cuda = torch.device(device).type == "cuda"
+        self.peak = 0
+
+    def __enter__(self):
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+        return self
+
+    def __exit__(self, *exc):
+        if self.cuda:
+            self.peak = torch.cuda.max_memory_allocated()
 
 
 def direct_rows(n_samples, args):
@@ -197,7 +289,7 @@ def mode_tables(results, mode, threshold, analyses) -> list[str]:
         [step, *(_fmt(seconds[step][n]) for n in sizes), exponent(seconds[step])]
         for step in steps
     ]
-    totals = {n: sum(r["seconds"] for r in results[n]) for n in sizes}
+    totals = {n: _total(results[n]) for n in sizes}
     rows.append(["**total**", *(_fmt(totals[n]) for n in sizes), exponent(totals)])
     header = ["step", *(f"N={n:,}" for n in sizes), "growth exponent"]
     lines += markdown_table(header, rows)
@@ -207,15 +299,40 @@ def mode_tables(results, mode, threshold, analyses) -> list[str]:
         for step in steps
     ]
     lines += markdown_table(["step", *(f"N={n:,}" for n in sizes)], rows)
+    if any(r.get("gpu_mib") for n in sizes for r in results[n]):
+        lines += ["", "Peak GPU memory allocated per step (MiB):", ""]
+        rows = [
+            [step, *(_fmt(_value(results[n], step, "gpu_mib")) for n in sizes)]
+            for step in steps
+        ]
+        lines += markdown_table(["step", *(f"N={n:,}" for n in sizes)], rows)
     lines += ["", "Method each analysis used (recall of the neighbours):", ""]
     rows = [
         [f"N={n:,}", r["step"], r["method"], _fmt(r.get("recall"), 3)]
         for n in sizes
         for r in results[n]
-        if r["step"] != "training"
+        if r["step"] != "training" or "method" in r
     ]
     lines += markdown_table(["size", "analysis", "method", "recall"], rows)
     return lines + [""]
+
+
+DATA = dict(
+    mlp=f"Synthetic data: `make_classification`, {N_FEATURES} features",
+    resnet18="Synthetic CIFAR-sized images (3 x 32 x 32, see `images`)",
+)
+NETS = dict(
+    mlp="built-in MLP (one hidden layer of 64), plain SGD",
+    resnet18="ResNet-18 from a `transformers` config (11.2 M parameters), Adam",
+)
+
+
+def machine(device: str) -> str:
+    """The processor, and the GPU's name when the device is one."""
+    cpu = platform.processor() or platform.machine()
+    if torch.device(device).type != "cuda":
+        return cpu
+    return f"{torch.cuda.get_device_name(device)} (GPU) with {cpu}"
 
 
 def page(results, direct, args, loads, wall) -> str:
@@ -225,12 +342,18 @@ def page(results, direct, args, loads, wall) -> str:
         f"**{args.label}**",
         "",
         "Written by `benchmarks/bench_audit.py` (see its docstring for the method).",
-        f"Synthetic data: `make_classification`, {N_FEATURES} features, "
-        f"{N_CLASSES} classes; built-in MLP (one hidden layer of 64), "
+        f"{DATA[args.model]}, {N_CLASSES} classes; {NETS[args.model]}, "
         f"{args.epochs} epochs, {args.folds}-fold audit, "
-        f"`scale_threshold={args.scale_threshold}` (training examples per fold).",
+        f"`scale_threshold={args.scale_threshold}` (training examples per fold). "
+        "Held-out accuracy of the trained folds: "
+        + ", ".join(
+            f"{accuracy:.3f} at N={n:,}"
+            for n, rows in sorted(results.items())
+            if (accuracy := _value(rows[args.modes[0]], "training", "accuracy"))
+        )
+        + ".",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, "
+        f"Machine: {machine(args.device)}, "
         f"{os.cpu_count()} CPUs, torch {torch.__version__} with "
         f"{torch.get_num_threads()} threads, scikit-learn {sklearn.__version__}, "
         f"Python {platform.python_version()}. Load average (1, 5, 15 min) at "
@@ -275,6 +398,12 @@ def page(results, direct, args, loads, wall) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _total(rows):
+    """Seconds of all steps, or None when one was skipped."""
+    seconds = [row.get("seconds") for row in rows]
+    return None if None in seconds else sum(seconds)
+
+
 def _value(rows, step, key):
     for row in rows:
         if row["step"] == step:
@@ -297,8 +426,16 @@ def main():
     parser.add_argument(
         "--analyses", nargs="*", choices=ANALYSES, default=list(ANALYSES)
     )
+    parser.add_argument("--model", choices=tuple(NETS), default="mlp")
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--folds", type=int, default=2)
+    parser.add_argument(
+        "--deadline",
+        type=float,
+        default=None,
+        help="skip steps expected to end later than this many seconds",
+    )
     parser.add_argument("--label", default="quiet machine, full run")
     parser.add_argument("--out", default="docs/benchmarks-audit.md")
     args = parser.parse_args()
@@ -314,11 +451,19 @@ def main():
             *args.modes,
             "--analyses",
             *args.analyses,
+            "--model",
+            args.model,
+            "--device",
+            args.device,
+            "--epochs",
+            str(args.epochs),
+            *(["--deadline", str(args.deadline)] if args.deadline else []),
             "--label",
             repr(args.label),
         ]
     )
     start, loads = time.perf_counter(), [load_average()]
+    args.start, args.measured = start, {}
     results, direct = {}, {}
 
     def write():  # after every size, so that an interrupted run leaves a page
