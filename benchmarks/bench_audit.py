@@ -128,20 +128,21 @@ def dataset_and_net(n_samples, args):
     return X, y, net
 
 
-def audit_rows(n_samples, args):
-    """Rows per mode: training, then each analysis of a 2-fold audit.
+def audit_rows(n_samples, args, rows, write):
+    """Fill ``rows`` per mode: training, then each analysis of a 2-fold audit.
 
     The modes are the scale thresholds: ``"auto"`` (``--scale-threshold``)
     and ``"scaled"`` (1: the linear-cost methods at every size); the folds
     are trained once for both. A step that would end past ``--deadline`` is
-    skipped (see :func:`skipped`).
+    skipped (see :func:`skipped`). ``write()`` is called after every step.
     """
     X, y, net = dataset_and_net(n_samples, args)
     thresholds = dict(auto=args.scale_threshold, scaled=1)
-    rows = {mode: [] for mode in args.modes}
     with tempfile.TemporaryDirectory() as cache:
         if (reason := skipped("training", n_samples, args)) is not None:
-            return {mode: [dict(step="training", method=reason)] for mode in rows}
+            for mode in rows:
+                rows[mode].append(dict(step="training", method=reason))
+            return
         with PeakMemory() as memory, DeviceMemory(args.device) as device_memory:
             trained = os.path.join(cache, "trained")
             result = audit(net, X, y, cv=args.folds, analyses=(), cache=trained)
@@ -155,6 +156,8 @@ def audit_rows(n_samples, args):
         args.measured["training"] = (n_samples, training["seconds"])
         for mode in args.modes:
             rows[mode].append(training)
+        write()
+        for mode in args.modes:
             for name in args.analyses:
                 if (reason := skipped(name, n_samples, args)) is not None:
                     rows[mode].append(dict(step=name, method=reason))
@@ -188,7 +191,7 @@ def audit_rows(n_samples, args):
                 rows[mode].append(row)
                 args.measured[name] = (n_samples, row["seconds"])
                 print(f"  N={n_samples} {mode} {name}: {row['seconds']:.1f} s")
-    return rows
+                write()
 
 
 def skipped(step, n_samples, args) -> str | None:
@@ -476,8 +479,8 @@ def main():
         direct[n] = direct_rows(n, args)
         write()
     for n in args.sizes:
-        results[n] = audit_rows(n, args)
-        write()
+        results[n] = {mode: [] for mode in args.modes}
+        audit_rows(n, args, results[n], write)
     print(write())
 
 

@@ -11,7 +11,7 @@ from ...label_issues import LabelIssueDetector, issues_frame, score_labels
 from .. import _render
 from .._tables import frame, neighbor_text
 from .base import Analysis, FoldOutput
-from .neighbors import image_view
+from .neighbors import image_view, search_method, sketched_search
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -246,6 +246,10 @@ class LabelIssues(Analysis):
     )
     tasks = ("classification",)
 
+    def scaled_options(self, fold: _Fold) -> dict[str, Any]:
+        """The neighbours analysis's search at scale (:func:`sketched_search`)."""
+        return sketched_search(fold)
+
     def check_options(self, options: Mapping[str, Any]) -> None:
         fixed = sorted(set(options) & set(FIXED))
         if fixed:
@@ -279,10 +283,11 @@ class LabelIssues(Analysis):
             else "out-of-fold probabilities of the fold's network and the most "
             "similar examples of its training fold"
         )
-        k = similarities.shape[1]
+        method = f"{source}, k = {similarities.shape[1]}"
+        if options.get("algorithm", "auto") != "auto":
+            method += f", by {search_method(options)}"
         return FoldOutput(
-            tables=dict(label_issues=table),
-            method=self.method_text(fold, f"{source}, k = {k}"),
+            tables=dict(label_issues=table), method=self.method_text(fold, method)
         )
 
     def summarise(self, tables: Mapping[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:

@@ -287,6 +287,19 @@ def sketch_components(n_train: int, n_outputs: int, budget: int = SKETCH_MEMORY)
     return SKETCH_COMPONENTS[-1]
 
 
+def sketched_search(fold: _Fold) -> dict[str, Any]:
+    """Search options of the fold at scale: FAISS over gradient sketches.
+
+    Exact search of the sketches when faiss is not installed. The sketch size
+    is :func:`sketch_components` of the fold, one output per class (one for
+    a regression).
+    """
+    n_outputs = 1 if fold.classes is None else len(fold.classes)
+    n_components = sketch_components(len(fold.train), n_outputs)
+    algorithm = "exact" if find_spec("faiss") is None else "faiss"
+    return dict(algorithm=algorithm, n_components=n_components)
+
+
 def low_recall_warning(value: float, n_neighbors: int, n_components: int) -> None:
     """Warn when the measured recall is below :data:`MIN_RECALL`."""
     if value < MIN_RECALL:
@@ -319,17 +332,15 @@ class Neighbors(Analysis):
         check_positive_int(options.get("recall_queries", 1), "recall_queries")
 
     def scaled_options(self, fold: _Fold) -> dict[str, Any]:
-        """FAISS over sketches (exact search of sketches without faiss).
+        """:func:`sketched_search` of the fold, with its FAISS index.
 
-        The sketch size is :func:`sketch_components` of the fold, one output
-        per class (one for a regression).
+        An exhaustive index below :data:`HNSW_FROM` training examples, HNSW
+        graphs from there.
         """
-        n_outputs = 1 if fold.classes is None else len(fold.classes)
-        n_components = sketch_components(len(fold.train), n_outputs)
-        if find_spec("faiss") is None:
-            return dict(algorithm="exact", n_components=n_components)
-        index = "Flat" if len(fold.train) < HNSW_FROM else "HNSW32"
-        return dict(algorithm="faiss", n_components=n_components, index=index)
+        options = sketched_search(fold)
+        if options["algorithm"] == "faiss":
+            options["index"] = "Flat" if len(fold.train) < HNSW_FROM else "HNSW32"
+        return options
 
     def run(self, fold: _Fold) -> FoldOutput:
         options = self.options(fold)
