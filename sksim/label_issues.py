@@ -308,6 +308,10 @@ class LabelIssueDetector(NetworkEstimator):
     %(output)s
     %(params)s
     %(n_components)s
+    search_components : int or None, default=None
+        The FAISS search's reduction of the sketches to principal components
+        (see :class:`~sksim.neighbors.NetworkNeighbors`); unused by an exact
+        search.
     %(batch_size)s
     %(device)s
     %(rtol)s
@@ -381,6 +385,7 @@ class LabelIssueDetector(NetworkEstimator):
         n_neighbors=[Interval(Integral, 1, None, closed="left")],
         combination=[StrOptions(set(COMBINATIONS))],
         algorithm=[StrOptions({"auto", "exact", "faiss"})],
+        search_components=[Interval(Integral, 1, None, closed="left"), None],
     )
 
     def __init__(
@@ -394,6 +399,7 @@ class LabelIssueDetector(NetworkEstimator):
         output: Output = "logits",
         params: str | Sequence[str] | None = None,
         n_components: int | None = None,
+        search_components: int | None = None,
         batch_size: int | str = "auto",
         device: str | torch.device | None = None,
         rtol: float = 1e-5,
@@ -410,6 +416,7 @@ class LabelIssueDetector(NetworkEstimator):
         self.output = output
         self.params = params
         self.n_components = n_components
+        self.search_components = search_components
         self.batch_size = batch_size
         self.device = device
         self.rtol = rtol
@@ -556,6 +563,7 @@ class LabelIssueDetector(NetworkEstimator):
             output=self.output,
             params=self.params,
             n_components=n_components,
+            search_components=self.search_components if algorithm == "faiss" else None,
             batch_size=self.batch_size,
             device=self.device,
             rtol=self.rtol,

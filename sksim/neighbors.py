@@ -20,6 +20,7 @@ from ._engine.inputs import n_samples, take
 from ._engine.jacobian import DEFAULT_MAX_MEMORY
 from ._engine.parallel import split_rows
 from ._engine.rows import cosine_rows, sketch_features, sketch_rows
+from ._reduced_search import REFINE_FACTOR, principal_directions, rank_candidates
 from ._typing import Checkpoints, NetInput, NetLike, Output, Self
 from .density import CHECKPOINTS, NEIGHBOR_PARAMETERS
 from .kernel import similarity_to_distance
@@ -85,7 +86,9 @@ class NetworkNeighbors(NetworkEstimator):
       against ``"exact"`` on a subset. The default ``index="Flat"`` searches
       the sketches exhaustively; for all-pairs queries at 10^6 examples, an
       approximate index such as ``"HNSW32"`` or ``"IVF1024,Flat"`` (with
-      ``index_params="nprobe=16"``) trades recall for speed.
+      ``index_params="nprobe=16"``) trades recall for speed. With
+      ``search_components``, the index holds the sketches' leading principal
+      components only and finds candidates, which the full sketches rank.
 
     With ``checkpoints``, neighbours are ranked by the averaged cosine
     kernel ``sum_c w_c k^C_c / sum_c w_c`` of the checkpoints: the examples
@@ -125,6 +128,16 @@ class NetworkNeighbors(NetworkEstimator):
         Search parameters of the FAISS index, as a string of
         ``faiss.ParameterSpace`` (e.g. ``"nprobe=16"`` for an IVF index,
         ``"efSearch=64"`` for HNSW).
+    search_components : int or None, default=None
+        With ``algorithm="faiss"``: None gives the index the whole sketches
+        (``d * n_components`` values each). An int gives it their projections
+        on that many leading principal directions (fitted in ``fit`` on at
+        most 4 096 reference sketches); the index then finds 4 times more
+        candidates than neighbours asked for, and the candidates with the
+        largest similarities of the whole sketches are returned (with those
+        similarities). The search costs about ``search_components / (d *
+        n_components)`` as much; a neighbour is lost only when it is not
+        among the candidates.
     %(checkpoints)s
     %(checkpoint_weights)s
 
@@ -143,6 +156,10 @@ class NetworkNeighbors(NetworkEstimator):
         set); with ``checkpoints``, those of the checkpoints side by side
         (``n_checkpoints`` times as wide), each scaled by the square root of
         its share of the weight.
+    search_directions_ : ndarray of shape (width, search_components) or None
+        With ``algorithm="faiss"``: the principal directions (``width = d *
+        n_components`` rows) onto which the index's sketches are projected
+        (None when ``search_components`` is None or not below the width).
     projection_seed_ : int
         Seed of the sketch, shared by reference and queries.
     n_features_in_ : int
@@ -183,6 +200,7 @@ class NetworkNeighbors(NetworkEstimator):
         algorithm=[StrOptions({"exact", "faiss"})],
         index=[str],
         index_params=[str, None],
+        search_components=[Interval(Integral, 1, None, closed="left"), None],
         **constraints(*CHECKPOINTS),
     )
     _transient_attributes = ("_engine_cache", "_faiss_index")
@@ -205,6 +223,7 @@ class NetworkNeighbors(NetworkEstimator):
         verbose: int = 0,
         index: str = "Flat",
         index_params: str | None = None,
+        search_components: int | None = None,
         checkpoints: Checkpoints | None = None,
         checkpoint_weights: ArrayLike | None = None,
     ) -> None:
@@ -223,6 +242,7 @@ class NetworkNeighbors(NetworkEstimator):
         self.verbose = verbose
         self.index = index
         self.index_params = index_params
+        self.search_components = search_components
         self.checkpoints = checkpoints
         self.checkpoint_weights = checkpoint_weights
 
@@ -250,6 +270,11 @@ class NetworkNeighbors(NetworkEstimator):
                     'n_components (e.g. 64 to 256), or use algorithm="exact".'
                 )
             import_faiss()
+        elif self.search_components is not None:
+            raise ValueError(
+                'search_components reduces the sketches that algorithm="faiss" '
+                'searches: set algorithm="faiss" or search_components=None.'
+            )
         X = self._fit_network(X, y)
         self.X_fit_ = X
         self.n_samples_fit_ = n_samples(X)
@@ -258,13 +283,27 @@ class NetworkNeighbors(NetworkEstimator):
         if self.n_components is not None:
             self.reference_features_ = self._sketch(X)
         if self.algorithm == "faiss":
+            self.search_directions_ = self._search_directions()
             self._faiss_index = self._build_index()
         return self
+
+    def _search_directions(self):
+        """Principal directions of the reference sketches (None: no reduction)."""
+        F = self.reference_features_
+        if self.search_components is None or self.search_components >= min(F.shape):
+            return None
+        return principal_directions(F, self.search_components, self.projection_seed_)
+
+    def _searched(self, F):
+        """``F`` as the index holds it: reduced when ``search_directions_`` is set."""
+        if self.search_directions_ is not None:
+            F = F @ self.search_directions_
+        return np.ascontiguousarray(F, dtype=np.float32)
 
     def _build_index(self):
         """The FAISS index over the reference sketches, trained if it must be."""
         faiss = import_faiss()
-        F = np.ascontiguousarray(self.reference_features_)
+        F = self._searched(self.reference_features_)
         try:
             index = faiss.index_factory(
                 F.shape[1], self.index, faiss.METRIC_INNER_PRODUCT
@@ -335,15 +374,22 @@ class NetworkNeighbors(NetworkEstimator):
     def _faiss(self, F, n_neighbors, exclude_self):
         if getattr(self, "_faiss_index", None) is None:  # after unpickling
             self._faiss_index = self._build_index()
-        extra = int(exclude_self)
+        k = min(n_neighbors + int(exclude_self), self.n_samples_fit_)
+        n_candidates = k
+        if self.search_directions_ is not None:
+            n_candidates = min(REFINE_FACTOR * k, self.n_samples_fit_)
         similarities, indices = self._faiss_index.search(
-            np.ascontiguousarray(F), min(n_neighbors + extra, self.n_samples_fit_)
+            self._searched(F), n_candidates
         )
         if (indices < 0).any():
             raise ValueError(
                 f"The FAISS index {self.index!r} found fewer than {n_neighbors} "
                 "neighbours for some queries: search more of it (index_params, "
                 'e.g. "nprobe=32" or "efSearch=128") or use index="Flat".'
+            )
+        if self.search_directions_ is not None:
+            similarities, indices = rank_candidates(
+                F, self.reference_features_, indices, k
             )
         if exclude_self:  # drop each sample itself (wherever ties placed it)
             own = indices == np.arange(len(F))[:, None]

@@ -26,10 +26,17 @@ if TYPE_CHECKING:
 
 GALLERY_SIZE = 4
 SKETCH_COMPONENTS = (256, 128, 64)  # the largest whose sketches fit the budget
+SEARCH_COMPONENTS = 256  # principal components of the sketches FAISS searches
 SKETCH_MEMORY = 2**29  # bytes of the training fold's float32 sketches (512 MiB)
 MIN_RECALL = 0.8  # a lower measured recall is warned about
 HNSW_FROM = 1_000_000
-SEARCH_ONLY = ("algorithm", "n_components", "index", "index_params")
+SEARCH_ONLY = (
+    "algorithm",
+    "n_components",
+    "index",
+    "index_params",
+    "search_components",
+)
 KINDS = ("lowest density", "misclassified", "largest error", "typical")
 
 
@@ -105,9 +112,15 @@ def exact_recall(
 def search_method(options: Mapping[str, Any]) -> str:
     """The neighbour search that ``options`` select, in words."""
     if options.get("algorithm", "exact") == "faiss":
+        reduced = options.get("search_components")
         return (
             f"FAISS search (index {options.get('index', 'Flat')!r}) over "
             f"gradient sketches with n_components={options.get('n_components')}"
+            + (
+                ""
+                if reduced is None
+                else f", candidates from their {reduced} principal components"
+            )
         )
     if options.get("n_components") is not None:
         return (
@@ -290,14 +303,21 @@ def sketch_components(n_train: int, n_outputs: int, budget: int = SKETCH_MEMORY)
 def sketched_search(fold: _Fold) -> dict[str, Any]:
     """Search options of the fold at scale: FAISS over gradient sketches.
 
-    Exact search of the sketches when faiss is not installed. The sketch size
-    is :func:`sketch_components` of the fold, one output per class (one for
-    a regression).
+    The sketch size is :func:`sketch_components` of the fold, one output per
+    class (one for a regression). FAISS searches their
+    :data:`SEARCH_COMPONENTS` leading principal components for candidates,
+    ranked by the whole sketches; without faiss, the sketches are searched
+    exactly.
     """
     n_outputs = 1 if fold.classes is None else len(fold.classes)
     n_components = sketch_components(len(fold.train), n_outputs)
-    algorithm = "exact" if find_spec("faiss") is None else "faiss"
-    return dict(algorithm=algorithm, n_components=n_components)
+    if find_spec("faiss") is None:
+        return dict(algorithm="exact", n_components=n_components)
+    return dict(
+        algorithm="faiss",
+        n_components=n_components,
+        search_components=SEARCH_COMPONENTS,
+    )
 
 
 def low_recall_warning(value: float, n_neighbors: int, n_components: int) -> None:
