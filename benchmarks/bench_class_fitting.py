@@ -54,8 +54,18 @@ def make_classes(n, n_classes, d, n_modes, seed=0):
     return modes[y, which] + rng.standard_normal((n, d)), y
 
 
+class TimedMixture(DirichletProcessGaussianMixture):
+    """The DP mixture, recording the CPU seconds of its own fit (``fit_cpu_``)."""
+
+    def fit(self, X, y=None):
+        start = time.process_time()
+        super().fit(X, y)
+        self.fit_cpu_ = time.process_time() - start
+        return self
+
+
 def run_case(Z, y, params, n_jobs):
-    mixture = DirichletProcessGaussianMixture(**params)
+    mixture = TimedMixture(**params)
     start, cpu = time.perf_counter(), time.process_time()
     ccd = ClassConditionalDensity(
         Z.shape[1], mixture=mixture, n_jobs=n_jobs, random_state=0
@@ -71,6 +81,8 @@ def run_case(Z, y, params, n_jobs):
         method=", ".join(methods),
         clusters=clusters,
         logp=ccd.train_log_density_.mean(),
+        class_cpu=np.mean([m.fit_cpu_ for m in ccd.mixtures_]),
+        load=os.getloadavg()[0],
     )
 
 
