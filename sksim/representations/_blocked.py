@@ -27,6 +27,8 @@ bounds the round-off of the updates.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy.special import gammaln
 from tqdm.auto import tqdm
@@ -67,6 +69,8 @@ class ClusterStatistics:
     prior : NIWPrior
     """
 
+    # per cluster: count, mu_n, Psi_n^{-1}, log|Psi_n| / 2, and for the
+    # distances Psi_n^{-1} mu_n ("shift") and mu_n^T Psi_n^{-1} mu_n ("offset")
     FIELDS = ("count", "mean", "inv_psi", "half_logdet_psi", "shift", "offset")
 
     def __init__(self, Xc, z, prior: NIWPrior):
@@ -80,14 +84,10 @@ class ClusterStatistics:
         order = np.argsort(z, kind="stable")
         bounds = np.searchsorted(z[order], np.arange(K + 1))
         self.count = np.diff(bounds)
-        total = np.add.reduceat(Xc[order], bounds[:-1], axis=0)
+        members = np.split(Xc[order], bounds[1:-1])
+        total = np.array([m.sum(axis=0) for m in members])
         self.mean = total / (self.prior.kappa + self.count)[:, None]  # mu_n
-        psi = np.array(
-            [
-                Xc[order[a:b]].T @ Xc[order[a:b]]
-                for a, b in zip(bounds[:-1], bounds[1:], strict=True)
-            ]
-        )
+        psi = np.array([m.T @ m for m in members])
         psi += self.prior.psi - total[:, :, None] * self.mean[:, None, :]
         self.inv_psi, self.half_logdet_psi = _inverse_and_half_logdet(psi)
         self.shift = np.einsum("kij,kj->ki", self.inv_psi, self.mean)
@@ -129,20 +129,21 @@ class ClusterStatistics:
         ``c = kappa_n / (kappa_n + sign)``; its inverse follows by
         Sherman-Morrison and its determinant by the determinant lemma.
         """
-        kappa = self.prior.kappa + self.count[k]
-        self.count[k] += int(sign)
-        if self.count[k] == 0:  # the cluster empties: back to the prior
+        count = int(self.count[k])
+        self.count[k] = count + int(sign)
+        if count + sign == 0:  # the cluster empties: back to the prior
             self.mean[k], self.shift[k], self.offset[k] = 0.0, 0.0, 0.0
             self.inv_psi[k] = self.empty_inv_psi
             self.half_logdet_psi[k] = self.empty_half_logdet
             return
         inv_psi, mean = self.inv_psi[k], self.mean[k]
+        kappa = self.prior.kappa + count
         c = kappa / (kappa + sign)
         v = x - mean
         u = inv_psi @ v
-        factor = 1.0 + sign * c * (v @ u)
+        factor = 1.0 + sign * c * float(v @ u)
         inv_psi -= np.multiply.outer(u, (sign * c / factor) * u)
-        self.half_logdet_psi[k] += 0.5 * np.log(factor)
+        self.half_logdet_psi[k] += 0.5 * math.log(factor)
         mean += (sign / (kappa + sign)) * v  # (kappa mu + sign x) / (kappa + sign)
         self.shift[k] = inv_psi @ mean
         self.offset[k] = mean @ self.shift[k]
@@ -219,8 +220,10 @@ def _reassign_block(stats, Xc, z, idx, log_new, u):
     """Draw the clusters of the points ``idx`` together; update the statistics."""
     own = z[idx]
     logp, log_count = _log_predictives(stats, Xc[idx], own)
-    logw = np.concatenate([logp + log_count, log_new[:, None]], axis=1)
     K = len(stats.count)
+    logw = np.empty((len(idx), K + 1))
+    np.add(logp, log_count, out=logw[:, :K])
+    logw[:, K] = log_new
     choice = _choose(logw, u)
     new = choice == K
     choice[new] = K + np.arange(new.sum())
