@@ -4,7 +4,8 @@ Synthetic representations: every class is a mixture of ``--modes`` Gaussian
 modes in ``d`` dimensions (mode centres drawn with spread 2 around a class
 centre of spread 4, unit mode variance). For each case the script fits
 ``ClassConditionalDensity(d, mixture=...)`` to the points and prints the
-wall-clock and CPU seconds, the method each class's mixture used, the mean
+wall-clock seconds, the CPU seconds of one class's fit (measured in the worker
+that ran it), the method each class's mixture used, the mean
 number of clusters and the mean own-class log-density. With ``--write`` it
 also writes ``docs/benchmarks-class-fitting.md`` (with ``uptime``: the machine
 is shared).
@@ -54,8 +55,18 @@ def make_classes(n, n_classes, d, n_modes, seed=0):
     return modes[y, which] + rng.standard_normal((n, d)), y
 
 
+class TimedMixture(DirichletProcessGaussianMixture):
+    """The DP mixture, recording the CPU seconds of its own fit (``fit_cpu_``)."""
+
+    def fit(self, X, y=None):
+        start = time.process_time()
+        super().fit(X, y)
+        self.fit_cpu_ = time.process_time() - start
+        return self
+
+
 def run_case(Z, y, params, n_jobs):
-    mixture = DirichletProcessGaussianMixture(**params)
+    mixture = TimedMixture(**params)
     start, cpu = time.perf_counter(), time.process_time()
     ccd = ClassConditionalDensity(
         Z.shape[1], mixture=mixture, n_jobs=n_jobs, random_state=0
@@ -71,6 +82,8 @@ def run_case(Z, y, params, n_jobs):
         method=", ".join(methods),
         clusters=clusters,
         logp=ccd.train_log_density_.mean(),
+        class_cpu=np.mean([m.fit_cpu_ for m in ccd.mixtures_]),
+        load=os.getloadavg()[0],
     )
 
 
@@ -101,8 +114,9 @@ def main():
                 print(
                     f"{case}: N={n}, {n_classes} classes, d={d}, {name}: "
                     f"{r['wall']:.1f} s wall ({r['cpu']:.1f} s CPU in this "
-                    f"process), {r['method']}, {r['clusters']:.1f} clusters, "
-                    f"mean log-density {r['logp']:.2f}",
+                    f"process, {r['class_cpu']:.2f} s CPU per class fit), "
+                    f"{r['method']}, {r['clusters']:.1f} clusters, "
+                    f"mean log-density {r['logp']:.2f}, load {r['load']:.1f}",
                     flush=True,
                 )
     if args.write:
@@ -120,16 +134,19 @@ def write_page(rows, args):
         f"{' '.join(map(str, args.paper_sizes or args.sizes))} "
         f"--n-jobs {args.n_jobs} --write` "
         f"on a shared 2-core CPU, `OMP_NUM_THREADS=1`; load when the page was "
-        f"written (`uptime`): `{uptime.strip()}`.",
+        f"written (`uptime`): `{uptime.strip()}`. *CPU s / class*: CPU seconds "
+        "of one class's mixture fit, in its worker, averaged over the classes; "
+        "*load*: the 1-minute load average when the row finished.",
         "",
-        "| case | N | classes | d | mixture | wall s | method | clusters "
-        "| mean log-density |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| case | N | classes | d | mixture | wall s | CPU s / class | load "
+        "| method | clusters | mean log-density |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for case, n, k, d, name, r in rows:
         lines.append(
             f"| {case} | {n} | {k} | {d} | {name} | {r['wall']:.1f} | "
-            f"{r['method']} | {r['clusters']:.1f} | {r['logp']:.2f} |"
+            f"{r['class_cpu']:.2f} | {r['load']:.1f} | {r['method']} | "
+            f"{r['clusters']:.1f} | {r['logp']:.2f} |"
         )
     with open(PAGE, "w") as f:
         f.write("\n".join(lines) + "\n")

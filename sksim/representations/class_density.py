@@ -37,7 +37,9 @@ def _n_kept(singular_values, n_components):
 
 
 def _fit_mixture(mixture, X):
-    return mixture.fit(X)
+    """Fit ``mixture`` to X; return it and its log predictive density of X."""
+    mixture.fit(X)
+    return mixture, mixture.log_predictive(X)
 
 
 class ClassConditionalDensity(ClassifierMixin, BaseEstimator):
@@ -183,16 +185,17 @@ class ClassConditionalDensity(ClassifierMixin, BaseEstimator):
         )
         seeds = rng.randint(2**31 - 1, size=len(self.classes_))
         members = [np.flatnonzero(y_index == c) for c in range(len(self.classes_))]
-        self.mixtures_ = Parallel(n_jobs=self.n_jobs)(
+        fits = Parallel(n_jobs=self.n_jobs)(
             delayed(_fit_mixture)(
                 clone(template).set_params(random_state=int(seed)), P[rows]
             )
             for seed, rows in zip(seeds, members, strict=True)
         )
+        self.mixtures_ = [mixture for mixture, _ in fits]
         self._train_members = members
         self.train_log_density_ = np.empty(len(P))
-        for mixture, rows in zip(self.mixtures_, members, strict=True):
-            self.train_log_density_[rows] = mixture.log_predictive(P[rows])
+        for (_, log_density), rows in zip(fits, members, strict=True):
+            self.train_log_density_[rows] = log_density
         self.class_means_ = np.array([P[rows].mean(axis=0) for rows in members])
         self.class_variances_ = np.array([P[rows].var(axis=0) for rows in members])
         self.mean_intra_class_distance_ = np.array(

@@ -75,9 +75,15 @@ class DirichletProcessGaussianMixture(DensityMixin, BaseEstimator):
         exact collapsed Gibbs sampler, one point at a time with rank-one
         updates of the clusters' Cholesky factors (the reference). Larger
         blocks use the vectorised blocked sampler: the predictives of a
-        block's points under every cluster are computed at once and their new
+        block's points under every cluster are computed at once (one matrix
+        product with the clusters' inverse scale matrices) and their new
         clusters drawn together, so each point of a block is reassigned
-        without seeing the others' new assignments (an approximation).
+        from its exact single-site conditional given the state before the
+        block, without seeing the others' new assignments (an
+        approximation, exact in the limit of blocks of one point). The
+        points that move update their two clusters by Sherman-Morrison in
+        ``O(d^2)``, and every 10 sweeps all clusters are recomputed from
+        their members; a sweep costs about ``O(n K d^2)``.
         ``"auto"`` takes blocks of ``ceil(n / 16)`` points, 16 blocks per
         sweep (exact for at most 16 points); ``block_size_`` and ``method_``
         record the choice.
