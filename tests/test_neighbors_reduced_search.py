@@ -1,0 +1,138 @@
+"""FAISS search over the sketches' principal components (``search_components``)."""
+
+import pickle
+
+import numpy as np
+import pytest
+from _architectures import mlp
+from sklearn.utils._param_validation import InvalidParameterError
+
+from sksim import LabelIssueDetector
+from sksim._reduced_search import principal_directions, rank_candidates
+from sksim.neighbors import NetworkNeighbors
+
+pytest.importorskip("faiss")
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 4)).astype(np.float32)
+    return X, rng.normal(size=(40, 4)).astype(np.float32)
+
+
+def search(net, X, search_components, **kwargs):
+    kwargs = dict(n_neighbors=5, n_components=16, random_state=3, **kwargs)
+    return NetworkNeighbors(
+        net, algorithm="faiss", search_components=search_components, **kwargs
+    ).fit(X)
+
+
+def recall(found, exact):
+    hits = [len(np.intersect1d(a, b)) for a, b in zip(found, exact, strict=True)]
+    return np.mean(hits) / exact.shape[1]
+
+
+@pytest.mark.parametrize("query_reference", [False, True])
+def test_nearly_full_reduction_finds_the_flat_search_neighbors(data, query_reference):
+    X_ref, X_new = data
+    net = mlp(4, 3)
+    width = 3 * 16
+    flat = search(net, X_ref, None)
+    reduced = search(net, X_ref, width - 1)
+    assert reduced.search_directions_.shape == (width, width - 1)
+    X = None if query_reference else X_new
+    sim_f, ind_f = flat.most_similar(X)
+    sim_r, ind_r = reduced.most_similar(X)
+    np.testing.assert_array_equal(ind_r, ind_f)
+    np.testing.assert_allclose(sim_r, sim_f, atol=1e-5)
+    if query_reference:
+        assert not (ind_r == np.arange(len(X_ref))[:, None]).any()
+
+
+def test_similarities_are_those_of_the_whole_sketches(data):
+    X_ref, X_new = data
+    reduced = search(mlp(4, 3), X_ref, 4)
+    sim, ind = reduced.most_similar(X_new)
+    F = reduced._sketch(X_new)
+    whole = np.einsum("qw,qkw->qk", F, reduced.reference_features_[ind])
+    np.testing.assert_allclose(sim, whole, atol=1e-6)
+    assert (np.diff(sim, axis=1) <= 0).all()
+
+
+def test_a_small_reduction_keeps_most_neighbors(data):
+    X_ref, X_new = data
+    net = mlp(4, 3)
+    _, ind_f = search(net, X_ref, None).most_similar(X_new)
+    _, ind_r = search(net, X_ref, 8).most_similar(X_new)
+    assert recall(ind_r, ind_f) >= 0.9
+
+
+def test_no_reduction_when_the_sketches_are_not_wider(data):
+    X_ref, X_new = data
+    net = mlp(4, 3)
+    reduced = search(net, X_ref, 48)
+    assert reduced.search_directions_ is None
+    flat = search(net, X_ref, None)
+    np.testing.assert_array_equal(
+        reduced.most_similar(X_new)[1], flat.most_similar(X_new)[1]
+    )
+
+
+def test_pickled_search_gives_the_same_neighbors(data):
+    X_ref, X_new = data
+    reduced = search(mlp(4, 3), X_ref, 6)
+    again = pickle.loads(pickle.dumps(reduced))
+    found, expected = again.most_similar(X_new), reduced.most_similar(X_new)
+    for a, b in zip(found, expected, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_search_components_needs_the_faiss_search(data):
+    X_ref, _ = data
+    with pytest.raises(ValueError, match='set algorithm="faiss"'):
+        NetworkNeighbors(mlp(4, 1), n_components=8, search_components=4).fit(X_ref)
+    with pytest.raises(InvalidParameterError, match="search_components"):
+        search(mlp(4, 1), X_ref, 0)
+
+
+def test_rank_candidates_against_a_full_sort():
+    rng = np.random.default_rng(1)
+    Q = rng.normal(size=(7, 5)).astype(np.float32)
+    R = rng.normal(size=(30, 5)).astype(np.float32)
+    R[3] = R[12] = 10 * Q[0]  # a tie at the top: the smaller row comes first
+    candidates = np.stack([rng.permutation(30)[:10] for _ in range(7)])
+    others = [r for r in rng.permutation(30) if r not in (3, 12)]
+    candidates[0] = [12, 3, *others[:8]]
+    sim, ind = rank_candidates(Q, R, candidates, 4)
+    for q in range(7):
+        inner = Q[q] @ R[candidates[q]].T
+        order = np.lexsort((candidates[q], -inner))[:4]
+        np.testing.assert_array_equal(ind[q], candidates[q][order])
+        np.testing.assert_allclose(sim[q], inner[order], rtol=1e-6)
+    assert list(ind[0][:2]) == [3, 12]
+
+
+def test_principal_directions_span_the_leading_singular_vectors():
+    rng = np.random.default_rng(2)
+    basis = np.linalg.qr(rng.normal(size=(40, 40)))[0]
+    scales = np.r_[10, 8, 6, np.full(37, 0.1)]
+    F = (rng.normal(size=(500, 40)) * scales) @ basis.T
+    V = principal_directions(F.astype(np.float32), 3, random_state=0)
+    np.testing.assert_allclose(V.T @ V, np.eye(3), atol=1e-5)
+    # the projection onto V keeps the three leading directions of the basis
+    leading = basis[:, :3]
+    np.testing.assert_allclose(np.linalg.norm(V.T @ leading, axis=0), 1, atol=1e-3)
+
+
+def test_label_issue_detector_passes_search_components_on(data):
+    X_ref, _ = data
+    y = (X_ref[:, 0] > 0).astype(int)
+    kwargs = dict(cv="prefit", algorithm="faiss", n_components=16, random_state=0)
+    net = mlp(4, 2)
+    flat = LabelIssueDetector(net, **kwargs).fit(X_ref, y)
+    reduced = LabelIssueDetector(net, search_components=31, **kwargs).fit(X_ref, y)
+    np.testing.assert_array_equal(reduced.neighbor_indices_, flat.neighbor_indices_)
+    np.testing.assert_allclose(reduced.scores_, flat.scores_, atol=1e-6)
+    with pytest.raises(InvalidParameterError, match="search_components"):
+        LabelIssueDetector(net, search_components=0, **kwargs).fit(X_ref, y)
