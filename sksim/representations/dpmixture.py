@@ -61,7 +61,8 @@ class DirichletProcessGaussianMixture(DensityMixin, BaseEstimator):
         :class:`~sklearn.mixture.BayesianGaussianMixture` with a
         Dirichlet-process prior and the same NIW base, a fast approximation
         (one Gaussian mixture, no averaging over samples; the concentration is
-        fixed at its prior mean 1).
+        fixed at its prior mean 1). A single point is always fitted by the
+        sampler (its one partition makes the posterior exact).
     n_sweeps : int, default=400
         Gibbs sweeps (each reassigns every point once).
     burn_in : int, default=None
@@ -279,8 +280,11 @@ n_features)
         self.n_fit_samples_ = len(X)
         # The fit works on d x d matrices: BLAS and OpenMP threads only add
         # their synchronisation (100 times slower with two on a busy machine).
+        # one point has one partition: the sampler is exact (and scikit-learn's
+        # variational mixture needs two points)
+        backend = self.backend if len(X) > 1 else "gibbs"
         with threadpool_limits(limits=1):
-            if self.backend == "gibbs":
+            if backend == "gibbs":
                 self._fit_gibbs(X, prior, rng)
             else:
                 self._fit_variational(X, prior, rng)
