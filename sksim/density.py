@@ -55,12 +55,41 @@ def soft_counts(
 
 
 def whitened_sum(engine: JacobianEngine, X: NetInput, rtol: float) -> np.ndarray:
-    """``S = sum_j A(x_j)`` of shape ``(d, p)`` in float64 (the first pass)."""
+    """``S = sum_j A(x_j)`` of shape ``(d, p)`` in float64 (the first pass).
+
+    Each batch's pieces are added into ``S`` in place, so the memory is that
+    of ``S`` and of one piece.
+
+    Raises
+    ------
+    MemoryError
+        If ``S`` (``8 d p`` bytes) would pass the two thirds of the engine's
+        ``max_memory`` that its batches leave.
+    """
     S = None
     for _, pieces, _ in engine.mapped_pieces(X, -0.5, rtol):
-        part = torch.cat([p.total().double() for p in pieces], dim=1)
-        S = part if S is None else S + part
+        start = 0
+        for piece in pieces:
+            total = piece.total()
+            if S is None:
+                S = _zero_sum(engine, len(total), sum(p.width for p in pieces))
+            S[:, start : start + piece.width] += total
+            start += piece.width
     return S.cpu().numpy()
+
+
+def _zero_sum(engine: JacobianEngine, d: int, p: int) -> torch.Tensor:
+    """The float64 zeros ``(d, p)`` that :func:`whitened_sum` fills, if they fit."""
+    if 8 * d * p > engine.max_memory * 2 / 3:
+        raise MemoryError(
+            f'method="soft" keeps the sum of the whitened Jacobians, {d} outputs x '
+            f"{p} parameters in float64 ({8 * d * p / 2**30:.2f} GiB), more than "
+            "the two thirds of max_memory that the batches leave "
+            f"({engine.max_memory} bytes in all): raise max_memory, select "
+            "fewer parameters (params=) or outputs (output=), or count pairs of "
+            'sketches (method="hard" with n_components=).'
+        )
+    return torch.zeros(d, p, dtype=torch.float64, device=engine.device)
 
 
 @fill_doc

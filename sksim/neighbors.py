@@ -159,7 +159,8 @@ class NetworkNeighbors(NetworkEstimator):
     search_directions_ : ndarray of shape (width, search_components) or None
         With ``algorithm="faiss"``: the principal directions (``width = d *
         n_components`` rows) onto which the index's sketches are projected
-        (None when ``search_components`` is None or not below the width).
+        (None when ``search_components`` is None, or not below the width and
+        the number of reference examples).
     projection_seed_ : int
         Seed of the sketch, shared by reference and queries.
     n_features_in_ : int
