@@ -1,6 +1,7 @@
 """Neighbours past the scale threshold: sketch size by memory, low recall warned."""
 
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -9,9 +10,11 @@ from _audit_helpers import prefit_audit as shared_prefit_audit
 
 from sksim.audit.analyses.neighbors import (
     MIN_RECALL,
+    SEARCH_COMPONENTS,
     SKETCH_MEMORY,
     low_recall_warning,
     sketch_components,
+    sketched_search,
 )
 
 
@@ -44,6 +47,25 @@ def test_the_sketch_is_the_largest_that_fits_the_memory_budget(
 def test_the_default_budget_gives_256_components_up_to_52_428_examples():
     assert sketch_components(52_428, 10) == 256
     assert sketch_components(52_429, 10) == 128
+
+
+@pytest.mark.parametrize(
+    "n_train, classes, reduced",
+    [
+        (25_000, range(10), True),  # 10 x 256 values searched on 256
+        (256, range(10), False),  # no more training examples than components
+        (25_000, None, False),  # regression: one output of 256 values
+    ],
+)
+def test_faiss_searches_principal_components_of_wider_sketches(
+    n_train, classes, reduced
+):
+    pytest.importorskip("faiss")
+    fold = SimpleNamespace(train=np.arange(n_train), classes=classes)
+    options = sketched_search(fold)
+    assert options["algorithm"] == "faiss"
+    assert options["n_components"] == 256
+    assert options.get("search_components") == (SEARCH_COMPONENTS if reduced else None)
 
 
 def test_a_recall_below_the_threshold_is_warned():

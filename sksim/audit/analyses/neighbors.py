@@ -306,18 +306,17 @@ def sketched_search(fold: _Fold) -> dict[str, Any]:
     The sketch size is :func:`sketch_components` of the fold, one output per
     class (one for a regression). FAISS searches their
     :data:`SEARCH_COMPONENTS` leading principal components for candidates,
-    ranked by the whole sketches; without faiss, the sketches are searched
-    exactly.
+    ranked by the whole sketches, when both the sketches and the training
+    fold are larger; without faiss, the sketches are searched exactly.
     """
     n_outputs = 1 if fold.classes is None else len(fold.classes)
     n_components = sketch_components(len(fold.train), n_outputs)
     if find_spec("faiss") is None:
         return dict(algorithm="exact", n_components=n_components)
-    return dict(
-        algorithm="faiss",
-        n_components=n_components,
-        search_components=SEARCH_COMPONENTS,
-    )
+    options = dict(algorithm="faiss", n_components=n_components)
+    if min(len(fold.train), n_outputs * n_components) > SEARCH_COMPONENTS:
+        options["search_components"] = SEARCH_COMPONENTS
+    return options
 
 
 def low_recall_warning(value: float, n_neighbors: int, n_components: int) -> None:
