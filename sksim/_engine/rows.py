@@ -42,9 +42,9 @@ def sketch_features(
     The same ``seed`` must be used for queries and reference.
     """
     F = gradient_features(engine, X, n_components, True, seed, rtol)
-    F = F.reshape(len(F), -1)
-    norms = np.linalg.norm(F, axis=1, keepdims=True)
-    return np.divide(F, norms, out=np.zeros_like(F), where=norms > 0)
+    F = F.reshape(len(F), -1)  # a fresh array: normalised in place
+    norms = np.sqrt(np.einsum("ij,ij->i", F, F))[:, None]
+    return np.divide(F, norms, out=F, where=norms > 0)
 
 
 def sketch_rows(F: np.ndarray, F_ref: np.ndarray) -> Iterator[tuple[slice, np.ndarray]]:
