@@ -34,11 +34,14 @@ With ``--model resnet18`` the network is a ResNet-18 from a ``transformers``
 config (11.2 M parameters, see ``models.transformers_resnet18``) trained with
 Adam on synthetic CIFAR-sized images (3 x 32 x 32, 10 classes: a smooth random
 template per class, scaled and shifted per image, plus smooth and pixel noise),
-on ``--device`` (``cuda`` for a GPU).
+on ``--device`` (``cuda`` for a GPU). ``--deadline SECONDS`` skips a step
+whose time at the last size measured, scaled linearly, would end it later (for
+a machine lent for a fixed time); the page is written after every step.
 
 Usage: ``OMP_NUM_THREADS=2 python benchmarks/bench_audit.py [--sizes 5000 20000
 50000] [--direct-sizes 5000 20000 50000 200000] [--modes auto scaled]
-[--analyses ...] [--model mlp] [--device cpu] [--label TEXT] [--out PATH]``.
+[--analyses ...] [--model mlp] [--device cpu] [--deadline SECONDS]
+[--label TEXT] [--out PATH]``.
 """
 
 from __future__ import annotations
