@@ -242,7 +242,7 @@ def _gallery_rows(samples, size, pool=5):
     """(kind, row of ``samples``) of the examples the gallery shows.
 
     Diverse picks (see :func:`diverse`) among the ``pool * size`` lowest
-    densities, and among the errors, lowest density first.
+    densities, and among the ``pool * size`` errors of lowest density.
     """
     chosen = []
     if "log_density" in samples:
@@ -257,7 +257,8 @@ def _gallery_rows(samples, size, pool=5):
     if "correct" in samples:
         kind = "misclassified"
         wrong = order.index[~order["correct"].to_numpy()]
-        wrong = diverse(samples, [i for i in wrong if i not in taken], size)
+        wrong = [i for i in wrong if i not in taken][: pool * size]
+        wrong = diverse(samples, wrong, size)
     else:
         kind = "largest error"
         wrong = samples.sort_values(
