@@ -25,13 +25,16 @@ def principal_directions(
 ) -> np.ndarray:
     """The leading right singular vectors of the rows of ``F``, as columns.
 
-    Fitted on at most :data:`MAX_FIT_ROWS` rows drawn at random, without
-    centring (the directions that keep inner products best). Returns a
-    float32 array ``(F.shape[1], n_components)`` with orthonormal columns.
+    Fitted on at most :data:`MAX_FIT_ROWS` rows (or twice ``n_components``)
+    drawn at random, without centring (the directions that keep inner
+    products best). Returns a float32 array ``(F.shape[1], n_components)``
+    with orthonormal columns; ``n_components`` must be below both sides of
+    ``F``.
     """
     rng = check_random_state(random_state)
-    if len(F) > MAX_FIT_ROWS:
-        F = F[np.sort(rng.choice(len(F), MAX_FIT_ROWS, replace=False))]
+    n_rows = max(MAX_FIT_ROWS, 2 * n_components)
+    if len(F) > n_rows:
+        F = F[np.sort(rng.choice(len(F), n_rows, replace=False))]
     _, _, Vt = randomized_svd(F, n_components, n_iter=2, random_state=rng)
     return np.ascontiguousarray(Vt.T, dtype=np.float32)
 

@@ -7,7 +7,7 @@ import pytest
 from _architectures import mlp
 from sklearn.utils._param_validation import InvalidParameterError
 
-from sksim import LabelIssueDetector
+from sksim import LabelIssueDetector, _reduced_search
 from sksim._reduced_search import principal_directions, rank_candidates
 from sksim.neighbors import NetworkNeighbors
 
@@ -123,6 +123,14 @@ def test_principal_directions_span_the_leading_singular_vectors():
     # the projection onto V keeps the three leading directions of the basis
     leading = basis[:, :3]
     np.testing.assert_allclose(np.linalg.norm(V.T @ leading, axis=0), 1, atol=1e-3)
+
+
+def test_more_components_than_fitting_rows_fit_on_twice_as_many(monkeypatch):
+    monkeypatch.setattr(_reduced_search, "MAX_FIT_ROWS", 8)
+    F = np.random.default_rng(3).normal(size=(100, 40)).astype(np.float32)
+    V = principal_directions(F, 10, random_state=0)
+    assert V.shape == (40, 10)
+    np.testing.assert_allclose(V.T @ V, np.eye(10), atol=1e-5)
 
 
 def test_label_issue_detector_passes_search_components_on(data):
