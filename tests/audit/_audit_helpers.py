@@ -63,6 +63,22 @@ def small_audit():
     )
 
 
+def label_issues_audit():
+    """A 3-fold audit with label issues, three flipped labels recorded as planted."""
+    X, y = digit_images()
+    result = audit(
+        small_net(X),
+        X,
+        y,
+        cv=3,
+        analyses=("density", "neighbors", "label_issues"),
+        n_neighbors=3,
+        random_state=0,
+    )
+    result.metadata["label_noise"] = dict(rate=0.05, seed=0, flipped=[5, 69, 198])
+    return result
+
+
 def prefit_audit(analyses, scale_threshold, options=AUDIT_OPTIONS, **kwargs):
     """A seeded prefit audit of :func:`prefit_net` on :func:`prefit_split`."""
     X_train, y_train, X_test, y_test = prefit_split()

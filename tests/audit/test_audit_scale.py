@@ -193,18 +193,7 @@ def test_without_faiss_neighbours_use_exact_search_of_sketches(monkeypatch):
     from sksim.audit.analyses import neighbors
 
     monkeypatch.setattr(neighbors, "find_spec", lambda name: None)
-    X_train, y_train, X_test, y_test = prefit_split()
-    result = audit(
-        prefit_net(),
-        X_train,
-        y_train,
-        cv="prefit",
-        X_test=X_test,
-        y_test=y_test,
-        analyses=("neighbors",),
-        n_neighbors=3,
-        scale_threshold=50,
-    )
+    result = shared_prefit_audit(("neighbors",), 50, n_neighbors=3)
     assert result.metadata["methods"]["neighbors"].startswith(
         "exact search over all pairs of gradient sketches with n_components=256, "
         "recall@3"

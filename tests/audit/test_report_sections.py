@@ -35,20 +35,9 @@ def small_audit():
 
 
 @pytest.fixture(scope="module")
-def issues_audit(digit_images):
+def issues_audit():
     """Density, neighbours and label issues, with planted noise recorded."""
-    X, y = digit_images
-    result = audit(
-        _audit_helpers.small_net(X),
-        X,
-        y,
-        cv=3,
-        analyses=("density", "neighbors", "label_issues"),
-        n_neighbors=3,
-        random_state=0,
-    )
-    result.metadata["label_noise"] = dict(rate=0.05, seed=0, flipped=[5, 69, 198])
-    return result
+    return _audit_helpers.label_issues_audit()
 
 
 def samples_table():

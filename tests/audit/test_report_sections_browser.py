@@ -8,24 +8,12 @@ import pytest
 from test_audit_browser import chromium, load, run_chromium  # noqa: F401
 from test_audit_report import parse
 
-from sksim.audit import audit
 from sksim.audit.report import SECTIONS
 
 
 @pytest.fixture(scope="module")
 def issues_audit():
-    X, y = _audit_helpers.digit_images()
-    result = audit(
-        _audit_helpers.small_net(X),
-        X,
-        y,
-        cv=3,
-        analyses=("density", "neighbors", "label_issues"),
-        n_neighbors=3,
-        random_state=0,
-    )
-    result.metadata["label_noise"] = dict(rate=0.05, seed=0, flipped=[5, 69, 198])
-    return result
+    return _audit_helpers.label_issues_audit()
 
 
 def section(dom, key):
