@@ -11,13 +11,15 @@ candidates.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
+import torch
 from sklearn.utils import check_random_state
 from sklearn.utils.extmath import randomized_svd
 
-REFINE_FACTOR = 4  # candidates searched per neighbour asked for
+REFINE_FACTOR = 8  # candidates searched per neighbour asked for
 MAX_FIT_ROWS = 4096  # reference sketches the directions are fitted on
-BLOCK_ROWS = 512  # queries ranked at a time (bounds the candidates' copy)
 
 
 def principal_directions(
@@ -44,6 +46,10 @@ def rank_candidates(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The ``n_neighbors`` candidates of each query most similar by ``Q R^T``.
 
+    The inner products of the candidate pairs alone are computed, as a
+    sampled matrix product (``torch.sparse.sampled_addmm``), without copying
+    the candidates' sketches.
+
     Parameters
     ----------
     Q : ndarray of shape (n_queries, width)
@@ -60,11 +66,25 @@ def rank_candidates(
         Inner products in decreasing order (ties: the smaller row first) and
         rows of ``R``.
     """
-    similarities, indices = [], []
-    for start in range(0, len(Q), BLOCK_ROWS):
-        rows = candidates[start : start + BLOCK_ROWS]
-        inner = np.einsum("qw,qcw->qc", Q[start : start + BLOCK_ROWS], R[rows])
-        order = np.lexsort((rows, -inner), axis=-1)[:, :n_neighbors]
-        similarities.append(np.take_along_axis(inner, order, axis=1))
-        indices.append(np.take_along_axis(rows, order, axis=1))
-    return np.concatenate(similarities), np.concatenate(indices)
+    rows = np.sort(candidates, axis=1)  # a valid CSR pattern: sorted per query
+    n_queries, n_candidates = rows.shape
+    with warnings.catch_warnings():  # CSR tensors are "in beta"
+        warnings.simplefilter("ignore", UserWarning)
+        pattern = torch.sparse_csr_tensor(
+            torch.arange(0, rows.size + 1, n_candidates),
+            torch.from_numpy(rows.ravel().astype(np.int64)),
+            torch.zeros(rows.size, dtype=torch.float32),
+            size=(n_queries, len(R)),
+            check_invariants=False,
+        )
+        inner = torch.sparse.sampled_addmm(
+            pattern,
+            torch.from_numpy(np.asarray(Q, dtype=np.float32)),
+            torch.from_numpy(np.asarray(R, dtype=np.float32)).T,
+            beta=0.0,
+        )
+    inner = inner.values().numpy().reshape(rows.shape)
+    order = np.lexsort((rows, -inner), axis=-1)[:, :n_neighbors]
+    return np.take_along_axis(inner, order, axis=1), np.take_along_axis(
+        rows, order, axis=1
+    )

@@ -104,7 +104,11 @@ def test_rank_candidates_against_a_full_sort():
     candidates = np.stack([rng.permutation(30)[:10] for _ in range(7)])
     others = [r for r in rng.permutation(30) if r not in (3, 12)]
     candidates[0] = [12, 3, *others[:8]]
+    given = candidates.copy()
+    for array in (Q, R, candidates):  # read-only, as unpickled sketches may be
+        array.setflags(write=False)
     sim, ind = rank_candidates(Q, R, candidates, 4)
+    np.testing.assert_array_equal(candidates, given)
     for q in range(7):
         inner = Q[q] @ R[candidates[q]].T
         order = np.lexsort((candidates[q], -inner))[:4]

@@ -17,7 +17,7 @@ from .inputs import n_samples
 from .jacobian import JacobianEngine
 from .pieces import DensePiece, gram_of, map_pieces
 from .sketch import GradientSketch
-from .transfer import to_host
+from .transfer import copy_to_host
 
 
 def whitened_jacobians(
@@ -72,10 +72,20 @@ def gradient_features(
                 "(output=), pass fewer samples, or raise max_memory."
             )
         blocks = whitened_jacobians(engine, X, rtol) if power else engine.jacobians(X)
-        return np.concatenate([to_host(A.float()) for _, A in blocks])
+        return _stacked(blocks, n_samples(X))
     sketch = GradientSketch(n_components, seed)
-    parts = [
-        to_host(sketch.features(pieces).float())
-        for _, pieces, _ in engine.mapped_pieces(X, power, rtol)
-    ]
-    return np.concatenate(parts)
+    blocks = (
+        (rows, sketch.features(pieces))
+        for rows, pieces, _ in engine.mapped_pieces(X, power, rtol)
+    )
+    return _stacked(blocks, n_samples(X))
+
+
+def _stacked(blocks: Iterator[tuple[slice, torch.Tensor]], n: int) -> np.ndarray:
+    """The ``(rows, tensor)`` blocks of ``n`` rows, copied into one float32 array."""
+    out = None
+    for rows, block in blocks:
+        if out is None:
+            out = np.empty((n, *block.shape[1:]), dtype=np.float32)
+        copy_to_host(out[rows], block.float())
+    return out
