@@ -133,7 +133,7 @@ class NetworkNeighbors(NetworkEstimator):
         (``d * n_components`` values each). An int gives it their projections
         on that many leading principal directions (fitted in ``fit`` on at
         most 4 096 reference sketches, or twice ``search_components``); the
-        index then finds 4 times more
+        index then finds 8 times more
         candidates than neighbours asked for, and the candidates with the
         largest similarities of the whole sketches are returned (with those
         similarities). The search costs about ``search_components / (d *

@@ -52,9 +52,9 @@ def test_the_default_budget_gives_256_components_up_to_52_428_examples():
 @pytest.mark.parametrize(
     "n_train, classes, reduced",
     [
-        (25_000, range(10), True),  # 10 x 256 values searched on 256
-        (256, range(10), False),  # no more training examples than components
-        (25_000, None, False),  # regression: one output of 256 values
+        (25_000, range(10), True),  # 10 x 256 values searched on 64
+        (64, range(10), False),  # no more training examples than components
+        (25_000, None, True),  # regression: one output of 256 values, on 64
     ],
 )
 def test_faiss_searches_principal_components_of_wider_sketches(
@@ -65,6 +65,7 @@ def test_faiss_searches_principal_components_of_wider_sketches(
     options = sketched_search(fold)
     assert options["algorithm"] == "faiss"
     assert options["n_components"] == 256
+    assert SEARCH_COMPONENTS < 256
     assert options.get("search_components") == (SEARCH_COMPONENTS if reduced else None)
 
 

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 GALLERY_SIZE = 4
 SKETCH_COMPONENTS = (256, 128, 64)  # the largest whose sketches fit the budget
-SEARCH_COMPONENTS = 256  # principal components of the sketches FAISS searches
+SEARCH_COMPONENTS = 64  # principal components of the sketches FAISS searches
 SKETCH_MEMORY = 2**29  # bytes of the training fold's float32 sketches (512 MiB)
 MIN_RECALL = 0.8  # a lower measured recall is warned about
 HNSW_FROM = 1_000_000
