@@ -452,7 +452,10 @@ def main():
         help="skip steps expected to end later than this many seconds",
     )
     parser.add_argument("--label", default="quiet machine, full run")
-    parser.add_argument("--out", default="docs/benchmarks-audit.md")
+    parser.add_argument(
+        "--out",
+        default=Path(__file__).resolve().parent.parent / "docs" / "benchmarks-audit.md",
+    )
     args = parser.parse_args()
     args.command = " ".join(
         [

@@ -20,6 +20,7 @@ from sklearn.utils.extmath import randomized_svd
 
 REFINE_FACTOR = 8  # candidates searched per neighbour asked for
 MAX_FIT_ROWS = 4096  # reference sketches the directions are fitted on
+BLOCK_ROWS = 2**16  # queries ranked at a time (bounds the sparse pattern)
 
 
 def principal_directions(
@@ -66,6 +67,18 @@ def rank_candidates(
         Inner products in decreasing order (ties: the smaller row first) and
         rows of ``R``.
     """
+    parts = [
+        _rank_block(Q[rows], R, candidates[rows], n_neighbors)
+        for rows in (
+            slice(start, start + BLOCK_ROWS)
+            for start in range(0, len(candidates), BLOCK_ROWS)
+        )
+    ]
+    return tuple(np.concatenate(p) for p in zip(*parts, strict=True))
+
+
+def _rank_block(Q, R, candidates, n_neighbors):
+    """:func:`rank_candidates` of one block of queries."""
     rows = np.sort(candidates, axis=1)  # a valid CSR pattern: sorted per query
     n_queries, n_candidates = rows.shape
     with warnings.catch_warnings():  # CSR tensors are "in beta"

@@ -96,7 +96,9 @@ def test_search_components_needs_the_faiss_search(data):
         search(mlp(4, 1), X_ref, 0)
 
 
-def test_rank_candidates_against_a_full_sort():
+@pytest.mark.parametrize("block_rows", [3, 2**16])
+def test_rank_candidates_against_a_full_sort(block_rows, monkeypatch):
+    monkeypatch.setattr(_reduced_search, "BLOCK_ROWS", block_rows)
     rng = np.random.default_rng(1)
     Q = rng.normal(size=(7, 5)).astype(np.float32)
     R = rng.normal(size=(30, 5)).astype(np.float32)
