@@ -19,7 +19,13 @@ from ._engine.checkpoints import checkpoint_seed, stacked, weighted_rows
 from ._engine.inputs import n_samples, take
 from ._engine.jacobian import DEFAULT_MAX_MEMORY
 from ._engine.parallel import split_rows
-from ._engine.rows import cosine_rows, sketch_features, sketch_rows
+from ._engine.rows import (
+    ExactNeighbors,
+    cosine_rows,
+    sketch_features,
+    sketch_rows,
+    top_k,
+)
 from ._reduced_search import REFINE_FACTOR, principal_directions, rank_candidates
 from ._typing import Checkpoints, NetInput, NetLike, Output, Self
 from .density import CHECKPOINTS, NEIGHBOR_PARAMETERS
@@ -40,22 +46,14 @@ def import_faiss() -> ModuleType:
     return faiss
 
 
-def top_k(k: np.ndarray, n_neighbors: int) -> tuple[np.ndarray, np.ndarray]:
-    """Largest ``n_neighbors`` entries of each row, sorted by decreasing value.
+def recall(found: np.ndarray, exact: np.ndarray) -> float:
+    """Mean share of each row of ``exact`` found in the same row of ``found``.
 
-    Ties are broken by the smaller column index, as a stable sort would.
+    The recall@k of a search whose neighbours are ``found`` against the
+    exact neighbours ``exact``, both ``(n_queries, k)``, whatever their order.
     """
-    if n_neighbors < k.shape[1]:
-        part = np.argpartition(-k, n_neighbors - 1, axis=1)[:, :n_neighbors]
-        part.sort(axis=1)
-    else:
-        part = np.broadcast_to(np.arange(k.shape[1]), k.shape).copy()
-    values = np.take_along_axis(k, part, axis=1)
-    order = np.argsort(-values, axis=1, kind="stable")
-    return (
-        np.take_along_axis(values, order, axis=1),
-        np.take_along_axis(part, order, axis=1),
-    )
+    hits = [len(np.intersect1d(a, b)) for a, b in zip(found, exact, strict=True)]
+    return float(np.mean(hits) / exact.shape[1])
 
 
 @fill_doc
@@ -82,8 +80,9 @@ class NetworkNeighbors(NetworkEstimator):
       Needs ``n_components`` and the optional ``faiss-cpu`` dependency
       (``pip install ".[faiss]"``). The sketch makes it approximate:
       similarities carry an error of order ``1/sqrt(d * n_components)``, so
-      neighbours with nearly equal similarities may swap; measure recall
-      against ``"exact"`` on a subset. The default ``index="Flat"`` searches
+      neighbours with nearly equal similarities may swap: ``fit(X,
+      X_val=...)`` measures the recall against exact neighbours on held-out
+      queries, in the same pass over ``X``. The default ``index="Flat"`` searches
       the sketches exhaustively; for all-pairs queries at 10^6 examples, an
       approximate index such as ``"HNSW32"`` or ``"IVF1024,Flat"`` (with
       ``index_params="nprobe=16"``) trades recall for speed. With
@@ -162,6 +161,10 @@ class NetworkNeighbors(NetworkEstimator):
         n_components`` rows) onto which the index's sketches are projected
         (None when ``search_components`` is None, or not below the width and
         the number of reference examples).
+    recall_ : float
+        With ``X_val`` passed to ``fit``: the mean share of each query's
+        exact ``n_neighbors`` nearest reference examples that
+        :meth:`most_similar` finds (recall@``n_neighbors``).
     projection_seed_ : int
         Seed of the sketch, shared by reference and queries.
     n_features_in_ : int
@@ -248,7 +251,9 @@ class NetworkNeighbors(NetworkEstimator):
         self.checkpoints = checkpoints
         self.checkpoint_weights = checkpoint_weights
 
-    def fit(self, X: NetInput, y: ArrayLike | None = None) -> Self:
+    def fit(
+        self, X: NetInput, y: ArrayLike | None = None, *, X_val: NetInput | None = None
+    ) -> Self:
         """Train the net if needed and prepare the reference set.
 
         Parameters
@@ -259,6 +264,11 @@ class NetworkNeighbors(NetworkEstimator):
             Targets: needed to train an unfitted skorch net (a Dataset of
             ``(x, y)`` items carries its own), and kept as the labels that
             :meth:`explain` shows.
+        X_val : array-like of shape (n_queries, ...), dict of them, Dataset or None
+            With ``n_components`` set: held-out queries on which ``recall_``
+            is measured. Their exact neighbours (unsketched similarities) are
+            gathered while ``X`` is sketched, in the same pass over it (a
+            separate pass with ``checkpoints``).
 
         Returns
         -------
@@ -277,17 +287,49 @@ class NetworkNeighbors(NetworkEstimator):
                 'search_components reduces the sketches that algorithm="faiss" '
                 'searches: set algorithm="faiss" or search_components=None.'
             )
+        if X_val is not None and self.n_components is None:
+            raise ValueError(
+                "X_val measures the recall of a search over sketches: set "
+                "n_components, or leave X_val out (the search is exact)."
+            )
         X = self._fit_network(X, y)
         self.X_fit_ = X
         self.n_samples_fit_ = n_samples(X)
         self._faiss_index = None
         self.y_fit_ = None if y is None else np.array(y)
+        self.__dict__.pop("recall_", None)  # measured anew, or not at all
+        exact = None
+        if X_val is not None:
+            X_val = self._check_input(X_val)
+            if self.n_neighbors > self.n_samples_fit_:
+                raise ValueError(
+                    f"n_neighbors={self.n_neighbors} is more than the "
+                    f"{self.n_samples_fit_} reference examples: the recall on "
+                    "X_val needs at most that many."
+                )
+            exact = self._exact_neighbors(X_val)
         if self.n_components is not None:
-            self.reference_features_ = self._sketch(X)
+            self.reference_features_ = self._sketch(X, exact)
         if self.algorithm == "faiss":
             self.search_directions_ = self._search_directions()
             self._faiss_index = self._build_index()
+        if X_val is not None:
+            if exact is None:  # checkpoints: exact rows of their averaged kernel
+                rows = self._cosine_rows(X_val)
+                _, exact_indices = self._search_rows(rows, self.n_neighbors, False)
+            else:
+                exact_indices = exact.indices
+            _, found = self.most_similar(X_val)
+            self.recall_ = recall(found, exact_indices)
         return self
+
+    def _exact_neighbors(self, X_val) -> ExactNeighbors | None:
+        """Gatherer of the exact neighbours of ``X_val`` (None: checkpoints)."""
+        engines = self._engines()
+        if not engines.single:
+            return None
+        ((_, engine),) = engines
+        return ExactNeighbors(engine, X_val, self.n_neighbors, self.rtol)
 
     def _search_directions(self):
         """Principal directions of the reference sketches (None: no reduction)."""
@@ -322,8 +364,11 @@ class NetworkNeighbors(NetworkEstimator):
         index.add(F)
         return index
 
-    def _sketch(self, X):
-        """Sketches of ``X``, side by side for the checkpoints."""
+    def _sketch(self, X, each_batch=None):
+        """Sketches of ``X``, side by side for the checkpoints.
+
+        ``each_batch`` (one checkpoint only) sees every batch's whitened pieces.
+        """
         return stacked(
             self._engines(),
             lambda engine, c: sketch_features(
@@ -332,6 +377,7 @@ class NetworkNeighbors(NetworkEstimator):
                 self.n_components,
                 checkpoint_seed(self.projection_seed_, c),
                 self.rtol,
+                each_batch,
             ),
         )
 

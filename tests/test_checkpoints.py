@@ -236,6 +236,21 @@ def test_clone_and_pickle(data, net_and_states, tmp_path, use_paths):
     np.testing.assert_array_equal(restored.transform(Y), expected)
 
 
+def test_neighbors_recall_is_measured_against_the_averaged_kernel(data, net_and_states):
+    X, Y = data
+    net, states = net_and_states
+    kwargs = dict(checkpoints=states, checkpoint_weights=WEIGHTS)
+    K = network_similarity(net, Y, X, **kwargs)
+    exact = np.argsort(-K, axis=1, kind="stable")[:, :4]
+    nn = NetworkNeighbors(
+        net, n_neighbors=4, n_components=2, random_state=0, batch_size=3, **kwargs
+    ).fit(X, X_val=Y)
+    _, found = nn.most_similar(Y)
+    hits = [len(set(a) & set(b)) for a, b in zip(found, exact, strict=True)]
+    assert nn.recall_ == pytest.approx(np.mean(hits) / 4)
+    assert 0 < nn.recall_ < 1
+
+
 def test_neighbors_rank_by_the_averaged_kernel(data, net_and_states):
     X, Y = data
     net, states = net_and_states

@@ -195,6 +195,9 @@ def test_neighbors_on_datasets_equal_arrays(data, net, form, n_components):
     ]:
         np.testing.assert_allclose(got[0], expected[0], **EXACT)
         np.testing.assert_array_equal(got[1], expected[1])
+    if n_components is not None:  # the recall on held-out queries
+        on_arrays.fit(X, X_val=X[:9])
+        assert on_data.fit(ds, X_val=queries).recall_ == on_arrays.recall_
 
 
 def test_datasets_go_to_parallel_workers(data, net):

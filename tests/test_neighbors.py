@@ -13,7 +13,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from sksim import network_similarity
 from sksim._engine.jacobian import JacobianEngine
-from sksim._engine.rows import sketch_features
+from sksim._engine.rows import ExactNeighbors, sketch_features
 from sksim.neighbors import NetworkNeighbors
 from sksim.plotting import plot_neighbors
 
@@ -98,6 +98,36 @@ def test_faiss_index_agrees_with_the_exact_search_on_the_sketch(data, query_refe
     np.testing.assert_allclose(sim_f, sim_e, atol=1e-5)
 
 
+@pytest.mark.parametrize("d", [1, 3])
+def test_exact_neighbors_are_gathered_while_the_reference_is_sketched(data, d):
+    X_ref, X_new = data
+    net = mlp(3, d)
+    engine = JacobianEngine(net, batch_size=4)  # batches narrower than 6
+    gathered = ExactNeighbors(engine, X_new, 6, rtol=1e-5)
+    F = sketch_features(engine, X_ref, 8, 0, each_batch=gathered)
+    np.testing.assert_array_equal(F, sketch_features(engine, X_ref, 8, 0))
+    K = network_similarity(net, X_new, X_ref)
+    expected_sim, expected_ind = expected_neighbors(K, 6)
+    np.testing.assert_array_equal(gathered.indices, expected_ind)
+    np.testing.assert_allclose(gathered.similarities, expected_sim, atol=1e-6)
+
+
+@pytest.mark.parametrize("algorithm", ["exact", "faiss"])
+def test_fit_measures_the_recall_on_held_out_queries(data, algorithm):
+    X_ref, X_new = data
+    net = mlp(3, 2)
+    kwargs = dict(algorithm=algorithm, n_components=2, random_state=0, batch_size=7)
+    nn = NetworkNeighbors(net, **kwargs).fit(X_ref, X_val=X_new)
+    _, found = nn.most_similar(X_new)
+    _, exact = expected_neighbors(network_similarity(net, X_new, X_ref), 5)
+    hits = [len(set(a) & set(b)) for a, b in zip(found, exact, strict=True)]
+    assert nn.recall_ == pytest.approx(np.mean(hits) / 5)
+    assert 0 < nn.recall_ < 1  # a sketch this small misses some neighbours
+    plain = NetworkNeighbors(net, **kwargs).fit(X_ref)
+    np.testing.assert_array_equal(nn.reference_features_, plain.reference_features_)
+    assert not hasattr(nn.fit(X_ref), "recall_")  # not left from the last fit
+
+
 def test_joblib_workers_give_the_same_neighbors(data):
     X_ref, X_new = data
     net = mlp(3, 1)
@@ -148,6 +178,14 @@ def test_bad_parameters_are_refused(data):
         NetworkNeighbors(mlp(3, 1), n_neighbors=0).fit(X_ref)
     with pytest.raises(ValueError, match=r"'rtol' parameter .* range \[0.0, 1.0\)"):
         NetworkNeighbors(mlp(3, 1), rtol=2.0).fit(X_ref)
+    with pytest.raises(ValueError, match="X_val measures the recall of a search over"):
+        NetworkNeighbors(mlp(3, 1)).fit(X_ref, X_val=X_ref[:2])
+    with pytest.raises(ValueError, match="n_neighbors=51 is more than the 50"):
+        NetworkNeighbors(mlp(3, 1), n_neighbors=51, n_components=4).fit(
+            X_ref, X_val=X_ref[:2]
+        )
+    with pytest.raises(ValueError, match="X has 2 features, but NetworkNeighbors"):
+        NetworkNeighbors(mlp(3, 1), n_components=4).fit(X_ref, X_val=X_ref[:2, :2])
     nn = NetworkNeighbors(mlp(3, 1)).fit(X_ref)
     with pytest.raises(ValueError, match="between 1 and the 50 reference examples"):
         nn.kneighbors(X_ref[:2], n_neighbors=51)

@@ -8,7 +8,7 @@ sketched layer by layer to about ``k`` columns (see ``sketch``), never forming
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -42,6 +42,7 @@ def gradient_features(
     seed: int = 0,
     rtol: float = 1e-5,
     power: float | None = None,
+    each_batch: Callable[[slice, list], None] | None = None,
 ) -> np.ndarray:
     """Per-sample gradient features ``(n, d, k)`` as a float32 NumPy array.
 
@@ -50,7 +51,9 @@ def gradient_features(
     in expectation, with error of order ``1/sqrt(k)``, otherwise. Equal
     ``seed`` values give equal sketches. ``power``, if given, replaces the
     whitening by ``(J J^T)^power J`` (``-1`` for the left side of the
-    influence kernel).
+    influence kernel). ``each_batch``, if given, is called with the rows
+    and mapped pieces of every batch of sketched features, so that another
+    computation shares their pass over ``X``.
 
     Raises
     ------
@@ -61,6 +64,8 @@ def gradient_features(
     if power is None and whiten:
         power = -0.5
     if n_components is None and power in (None, -0.5):
+        if each_batch is not None:
+            raise ValueError("each_batch needs sketched features (n_components).")
         n, d = n_samples(X), engine.n_outputs(X)
         size = 4 * n * d * engine.n_params
         if size > engine.max_memory:
@@ -74,11 +79,14 @@ def gradient_features(
         blocks = whitened_jacobians(engine, X, rtol) if power else engine.jacobians(X)
         return _stacked(blocks, n_samples(X))
     sketch = GradientSketch(n_components, seed)
-    blocks = (
-        (rows, sketch.features(pieces))
-        for rows, pieces, _ in engine.mapped_pieces(X, power, rtol)
-    )
-    return _stacked(blocks, n_samples(X))
+
+    def blocks():
+        for rows, pieces, _ in engine.mapped_pieces(X, power, rtol):
+            if each_batch is not None:
+                each_batch(rows, pieces)
+            yield rows, sketch.features(pieces)
+
+    return _stacked(blocks(), n_samples(X))
 
 
 def _stacked(blocks: Iterator[tuple[slice, torch.Tensor]], n: int) -> np.ndarray:

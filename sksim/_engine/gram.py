@@ -134,7 +134,8 @@ class GramReference:
         for cols, pieces in self.engine.pieces(self.Y, progress=False):
             yield cols, map_pieces(pieces, self.gram[cols], self.right_power, self.rtol)
 
-    def _rows_of(self, left: list) -> np.ndarray:
+    def rows_of(self, left: list) -> np.ndarray:
+        """Kernel rows of queries given by their pieces, mapped by ``left_power``."""
         b, d = len(left[0]), self.n_outputs
         shape = (b, self.n_samples, d, d) if self.full else (b, self.n_samples)
         out = np.empty(shape)
@@ -151,7 +152,7 @@ class GramReference:
         the queries' ``J J^T`` ``(b, d, d)``; float64 on the CPU.
         """
         for rows, left, G in self.engine.mapped_pieces(X, self.left_power, self.rtol):
-            yield rows, self._rows_of(left), G
+            yield rows, self.rows_of(left), G
 
     def self_rows(self) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
         """Like ``rows(Y)``, reusing the prepared pieces of ``Y`` if kept."""
@@ -163,7 +164,7 @@ class GramReference:
             left = [p.take(rows) for p in self._pieces]
             if self.left_power != self.right_power:  # influence: R = I, L = G^-1
                 left = map_pieces(left, self.gram[rows], self.left_power, self.rtol)
-            yield rows, self._rows_of(left), self.gram[rows]
+            yield rows, self.rows_of(left), self.gram[rows]
 
     def matrix(self, X=None) -> np.ndarray:
         """All rows at once; ``X=None`` gives the exactly symmetric ``K(Y, Y)``."""

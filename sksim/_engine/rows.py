@@ -2,12 +2,13 @@
 
 Shared by the density estimator and the nearest-neighbour search: exact rows
 of the scalar cosine kernel, or approximate rows from projected,
-unit-normalised gradient features.
+unit-normalised gradient features, and the exact neighbours of a few queries
+gathered while the features of the reference set are computed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -31,17 +32,76 @@ def cosine_rows(
         yield rows, k
 
 
+def top_k(k: np.ndarray, n_neighbors: int) -> tuple[np.ndarray, np.ndarray]:
+    """Largest ``n_neighbors`` entries of each row, sorted by decreasing value.
+
+    Ties are broken by the smaller column index, as a stable sort would.
+    """
+    if n_neighbors < k.shape[1]:
+        part = np.argpartition(-k, n_neighbors - 1, axis=1)[:, :n_neighbors]
+        part.sort(axis=1)
+    else:
+        part = np.broadcast_to(np.arange(k.shape[1]), k.shape).copy()
+    values = np.take_along_axis(k, part, axis=1)
+    order = np.argsort(-values, axis=1, kind="stable")
+    return (
+        np.take_along_axis(values, order, axis=1),
+        np.take_along_axis(part, order, axis=1),
+    )
+
+
+class ExactNeighbors:
+    """Exact cosine neighbours of queries ``Q``, gathered batch by batch.
+
+    Called with the rows and whitened pieces of each batch of a reference
+    set (as ``engine.mapped_pieces(Y, -0.5, rtol)`` yields them, e.g. through
+    the ``each_batch`` of :func:`sketch_features`), it keeps the
+    ``n_neighbors`` reference examples of each query most similar so far:
+    memory ``O(n_queries n_neighbors)``, whatever the size of the reference.
+
+    Attributes
+    ----------
+    similarities, indices : ndarray of shape (n_queries, n_neighbors)
+        Cosine similarities in decreasing order and reference rows, after
+        the whole reference set has been seen.
+    """
+
+    def __init__(self, engine: JacobianEngine, Q, n_neighbors: int, rtol: float):
+        self._queries = GramReference(engine, Q, kind="cosine", rtol=rtol)
+        self.n_neighbors = n_neighbors
+        self.similarities = np.empty((self._queries.n_samples, 0))
+        self.indices = np.empty((self._queries.n_samples, 0), dtype=np.intp)
+
+    def __call__(self, rows: slice, pieces: list) -> None:
+        k = self._queries.rows_of(pieces).T  # symmetric: k(q, y) = k(y, q)
+        values = np.concatenate([self.similarities, k], axis=1)
+        columns = np.concatenate(
+            [self.indices, np.broadcast_to(np.arange(rows.start, rows.stop), k.shape)],
+            axis=1,
+        )
+        self.similarities, order = top_k(values, min(self.n_neighbors, values.shape[1]))
+        self.indices = np.take_along_axis(columns, order, axis=1)
+
+
 def sketch_features(
-    engine: JacobianEngine, X, n_components: int, seed: int, rtol: float = 1e-5
+    engine: JacobianEngine,
+    X,
+    n_components: int,
+    seed: int,
+    rtol: float = 1e-5,
+    each_batch: Callable[[slice, list], None] | None = None,
 ) -> np.ndarray:
     """Projected whitened Jacobians, flattened and scaled to unit norm.
 
     Returns a float32 array ``(n, d * n_components)`` whose inner products
     estimate the cosine kernel ``tr(A(x) A(y)^T) / d`` (``|A|_F^2 = d``);
     normalising makes the self-similarity exactly 1. Dead inputs stay zero.
-    The same ``seed`` must be used for queries and reference.
+    The same ``seed`` must be used for queries and reference. ``each_batch``
+    is called with the rows and whitened pieces of every batch of ``X``.
     """
-    F = gradient_features(engine, X, n_components, True, seed, rtol)
+    F = gradient_features(
+        engine, X, n_components, True, seed, rtol, each_batch=each_batch
+    )
     F = F.reshape(len(F), -1)  # a fresh array: normalised in place
     norms = np.sqrt(np.einsum("ij,ij->i", F, F))[:, None]
     return np.divide(F, norms, out=F, where=norms > 0)

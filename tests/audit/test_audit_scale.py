@@ -20,7 +20,8 @@ from sksim import cli as sksim_cli
 from sksim.audit import audit
 from sksim.audit.analyses import REGISTRY
 from sksim.audit.analyses.class_fitting import per_class_rows
-from sksim.audit.analyses.neighbors import recall, recall_rows
+from sksim.audit.analyses.neighbors import recall_rows
+from sksim.neighbors import recall
 
 ANALYSES = ("density", "neighbors", "denoising", "class_fitting")
 N_TRAIN = N_PREFIT_TRAIN

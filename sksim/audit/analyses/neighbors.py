@@ -30,13 +30,6 @@ SEARCH_COMPONENTS = 64  # principal components of the sketches FAISS searches
 SKETCH_MEMORY = 2**29  # bytes of the training fold's float32 sketches (512 MiB)
 MIN_RECALL = 0.8  # a lower measured recall is warned about
 HNSW_FROM = 1_000_000
-SEARCH_ONLY = (
-    "algorithm",
-    "n_components",
-    "index",
-    "index_params",
-    "search_components",
-)
 KINDS = ("lowest density", "misclassified", "largest error", "typical")
 
 
@@ -60,22 +53,19 @@ def image_view(X: ArrayLike) -> np.ndarray | None:
     return None
 
 
-def most_similar(
-    fold: _Fold, options: Mapping[str, Any], X: NetInput | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """The most similar training examples of each held-out example.
+def fitted_search(
+    fold: _Fold, options: Mapping[str, Any], X_val: NetInput | None = None
+) -> NetworkNeighbors:
+    """The search for the fold's ``fold.n_neighbors`` most similar training examples.
 
-    Similarities and rows of the training fold of its ``fold.n_neighbors``
-    most similar training examples, most similar first, of the held-out
-    examples or of the inputs ``X`` when given.
+    Its ``recall_`` is measured on the held-out inputs ``X_val`` when given.
     """
-    search = NetworkNeighbors(
+    return NetworkNeighbors(
         fold.net,
         n_neighbors=fold.n_neighbors,
         random_state=fold.random_state,
         **options,
-    ).fit(fold.X_train)
-    return search.most_similar(fold.X_test if X is None else X)
+    ).fit(fold.X_train, X_val=X_val)
 
 
 def recall_rows(n_test: int, n_queries: int, random_state: int | None) -> np.ndarray:
@@ -87,26 +77,6 @@ def recall_rows(n_test: int, n_queries: int, random_state: int | None) -> np.nda
         return np.arange(n_test)
     rng = np.random.RandomState(random_state)
     return np.sort(rng.choice(n_test, n_queries, replace=False))
-
-
-def recall(found: np.ndarray, exact: np.ndarray) -> float:
-    """Mean share of each row of ``exact`` found in the same row of ``found``."""
-    hits = [len(np.intersect1d(a, b)) for a, b in zip(found, exact, strict=True)]
-    return float(np.mean(hits) / exact.shape[1])
-
-
-def exact_recall(
-    fold: _Fold, options: Mapping[str, Any], rows: np.ndarray, n_queries: int
-) -> tuple[float, int]:
-    """Recall of the neighbours ``rows`` against exact ones, on a sample.
-
-    Exact neighbours of ``n_queries`` held-out examples drawn at random
-    against the whole training fold: time O(n_queries N p).
-    """
-    sample = recall_rows(len(fold.test), n_queries, fold.random_state)
-    exact = {k: v for k, v in options.items() if k not in SEARCH_ONLY}
-    _, exact_rows = most_similar(fold, exact, take(fold.X_test, sample))
-    return recall(rows[sample], exact_rows), len(sample)
 
 
 def search_method(options: Mapping[str, Any]) -> str:
@@ -365,20 +335,23 @@ class Neighbors(Analysis):
     def run(self, fold: _Fold) -> FoldOutput:
         options = self.options(fold)
         n_queries = options.pop("recall_queries")
-        similarities, rows = most_similar(fold, options)
+        sketched = options.get("n_components") is not None
+        sample = recall_rows(len(fold.test), n_queries, fold.random_state)
+        search = fitted_search(
+            fold, options, X_val=take(fold.X_test, sample) if sketched else None
+        )
+        similarities, rows = search.most_similar(fold.X_test)
         labels, indices = fold.y_train[rows], fold.train[rows]
         columns, metrics = label_agreement(fold, labels)
         method = search_method(options)
-        if options.get("n_components") is not None:
-            metrics["neighbor_recall"], n_sample = exact_recall(
-                fold, options, rows, n_queries
-            )
+        if sketched:
+            metrics["neighbor_recall"] = search.recall_
             low_recall_warning(
-                metrics["neighbor_recall"], fold.n_neighbors, options["n_components"]
+                search.recall_, fold.n_neighbors, options["n_components"]
             )
             method += (
                 f", recall@{fold.n_neighbors} against exact neighbours measured "
-                f"on {n_sample} held-out examples drawn at random"
+                f"on {len(sample)} held-out examples drawn at random"
             )
         k = indices.shape[1]
         table = frame(
