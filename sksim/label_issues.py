@@ -532,14 +532,20 @@ class LabelIssueDetector(NetworkEstimator):
             )
         return P, similarities, indices
 
-    def _held_out_signals(self, net, X_train, X_test, n_neighbors, n_classes):
+    def _held_out_signals(
+        self, net, X_train, X_test, n_neighbors, n_classes, probabilities=None
+    ):
         """Both signals of held-out examples, from a net trained on ``X_train``.
 
-        The net's class probabilities of ``X_test`` and the similarities and
-        rows of ``X_train`` of their ``n_neighbors`` most similar training
-        examples (the audit's label-issue analysis calls it on its folds).
+        The net's class probabilities of ``X_test`` (``probabilities``, the
+        net's outputs already computed, or computed here when None) and the
+        similarities and rows of ``X_train`` of their ``n_neighbors`` most
+        similar training examples (the audit's label-issue analysis calls it
+        on its folds).
         """
-        P = self._probabilities(net, X_test, n_classes)
+        if probabilities is None:
+            probabilities = self._net_probabilities(net, X_test)
+        P = _class_probabilities(probabilities, n_classes)
         search = self._search(net, X_train, n_neighbors)
         similarities, found = search.most_similar(X_test, n_neighbors)
         return P, similarities, found
@@ -576,21 +582,16 @@ class LabelIssueDetector(NetworkEstimator):
 
     def _probabilities(self, net, X, n_classes):
         """Class probabilities ``(n, n_classes)`` of a trained net."""
+        return _class_probabilities(self._net_probabilities(net, X), n_classes)
+
+    def _net_probabilities(self, net, X):
+        """The net's ``predict_proba``, or the softmax of a module's logits."""
         if hasattr(net, "predict_proba"):
-            P = np.asarray(net.predict_proba(X), dtype=np.float64)
-        else:  # a plain module: softmax of its logits
-            engine = make_engine(
-                net, "logits", None, self.batch_size, self.device, 0, self.max_memory
-            )
-            P = torch.softmax(engine.outputs(X).double(), dim=1).numpy()
-        if P.ndim != 2 or P.shape[1] < n_classes:
-            raise ValueError(
-                f"The net gives {P.shape[-1] if P.ndim == 2 else 1} class "
-                f"probabilities per example, but y has {n_classes} classes: its "
-                "output layer needs one output per class."
-            )
-        P = P[:, :n_classes]
-        return P / P.sum(axis=1, keepdims=True)
+            return np.asarray(net.predict_proba(X), dtype=np.float64)
+        engine = make_engine(
+            net, "logits", None, self.batch_size, self.device, 0, self.max_memory
+        )
+        return torch.softmax(engine.outputs(X).double(), dim=1).numpy()
 
     @property
     def label_issues_(self) -> pd.DataFrame:
@@ -611,6 +612,18 @@ class LabelIssueDetector(NetworkEstimator):
             self._y[indices],
             np.arange(len(self._y)),
         )
+
+
+def _class_probabilities(P, n_classes):
+    """The first ``n_classes`` columns of a net's probabilities, renormalised."""
+    if P.ndim != 2 or P.shape[1] < n_classes:
+        raise ValueError(
+            f"The net gives {P.shape[-1] if P.ndim == 2 else 1} class "
+            f"probabilities per example, but y has {n_classes} classes: its "
+            "output layer needs one output per class."
+        )
+    P = P[:, :n_classes]
+    return P / P.sum(axis=1, keepdims=True)
 
 
 def _rows(X):

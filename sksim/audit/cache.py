@@ -20,7 +20,7 @@ from .prefit import weights_fingerprint
 
 # The layout of the saved pieces; a change of layout names new files, so that
 # pieces saved by an older layout are recomputed rather than misread.
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
 
 
 def net_fingerprint(net: NetLike) -> str:

@@ -31,7 +31,7 @@ from .analyses import ANALYSES, REGISTRY
 from .cache import AuditCache
 from .prefit import (
     check_prefit_net,
-    prefit_predictions,
+    predictions,
     regression_targets,
     target_task,
 )
@@ -295,12 +295,18 @@ class _Fold:
             clone(_unwrap(net)), self.X_train, self.y_train, self.random_state
         )
         self.fit_seconds = time.perf_counter() - start
-        self.prediction = np.asarray(self.net.predict(self.X_test))
+        self._predict()
 
     def use(self, net: NetLike) -> None:
         """Take the trained ``net`` as it is and predict the held-out part."""
         self.net, self.prefit = net, True
-        self.prediction = prefit_predictions(net, self.X_test, self.task)
+        self._predict()
+
+    def _predict(self) -> None:
+        """Predictions (and class probabilities) of the held-out part."""
+        self.prediction, self.probabilities = predictions(
+            self.net, self.X_test, self.task
+        )
 
     @property
     def correct(self) -> np.ndarray:
@@ -316,12 +322,16 @@ class _Fold:
     def state(self) -> dict[str, Any]:
         """What :meth:`restore` needs: the trained net and its predictions."""
         return dict(
-            net=self.net, prediction=self.prediction, fit_seconds=self.fit_seconds
+            net=self.net,
+            prediction=self.prediction,
+            probabilities=self.probabilities,
+            fit_seconds=self.fit_seconds,
         )
 
     def restore(self, state: Mapping[str, Any]) -> None:
         self.net = state["net"]
         self.prediction = state["prediction"]
+        self.probabilities = state["probabilities"]
         self.fit_seconds = state["fit_seconds"]
 
     def scores(self) -> dict[str, float]:

@@ -13,7 +13,7 @@ import torch
 from numpy.typing import ArrayLike
 from sklearn.base import is_classifier, is_regressor
 from sklearn.utils.multiclass import type_of_target
-from skorch import NeuralNet
+from skorch import NeuralNet, NeuralNetClassifier
 
 from .._engine.context import evaluation_mode
 from .._engine.inputs import batches, module_float_dtype
@@ -109,25 +109,43 @@ def module_outputs(module: torch.nn.Module, X: NetInput) -> np.ndarray:
     return torch.cat(parts).numpy()
 
 
-def prefit_predictions(net: NetLike, X: NetInput, task: str) -> np.ndarray:
-    """Predictions of the trained ``net`` on ``X``, one per sample.
+def predictions(
+    net: NetLike, X: NetInput, task: str
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Predictions of the trained ``net`` on ``X``, and its class probabilities.
 
     A skorch classifier or regressor predicts with its own ``predict``; a
     torch module (or a plain skorch ``NeuralNet``) predicts the argmax of its
     outputs for classification and its outputs for regression. The modes of
     the module's layers (training or evaluation) are restored after.
+
+    Returns
+    -------
+    prediction : ndarray of shape (n,)
+    probabilities : ndarray of shape (n, n_outputs) or None
+        For classification, when one pass gives them with the predictions:
+        ``predict_proba`` of a skorch classifier whose ``predict`` is its
+        argmax (skorch's own), or the softmax of a module's outputs. None
+        otherwise.
     """
     module = resolve_module(net)
-    if skorch_task(net) is not None:
-        with evaluation_mode(module):
-            prediction = np.asarray(net.predict(X))
-    else:
+    probabilities = None
+    if skorch_task(net) is None:
         prediction = module_outputs(module, X)
         if task == "classification":
+            probabilities = torch.softmax(torch.from_numpy(prediction).double(), 1)
+            probabilities = probabilities.numpy()
             prediction = prediction.argmax(axis=-1)
+    elif type(_unwrap(net)).predict is NeuralNetClassifier.predict:
+        with evaluation_mode(module):
+            probabilities = np.asarray(net.predict_proba(X), dtype=np.float64)
+        prediction = probabilities.argmax(axis=1)
+    else:
+        with evaluation_mode(module):
+            prediction = np.asarray(net.predict(X))
     if task == "regression":
-        return regression_targets(prediction, "the network's output")
-    return prediction
+        return regression_targets(prediction, "the network's output"), None
+    return prediction, probabilities
 
 
 def _tensor_bytes(tensor: torch.Tensor) -> tuple:

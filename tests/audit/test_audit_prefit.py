@@ -10,13 +10,14 @@ from matplotlib.colors import to_hex
 from sklearn.frozen import FrozenEstimator
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import r2_score
-from skorch import NeuralNet, NeuralNetRegressor
+from skorch import NeuralNet, NeuralNetClassifier, NeuralNetRegressor
 
 from sksim import GradientDensityEstimator, NetworkNeighbors, SelfDenoisingAnalysis
 from sksim._engine.context import torch_seed
 from sksim.audit import audit
 from sksim.audit.analyses.density import quantile_bins
 from sksim.audit.figures import neighbor_grid
+from sksim.audit.prefit import predictions
 
 N_TRAIN = 160
 PREFIT_ANALYSES = ("density", "neighbors", "denoising", "class_fitting")
@@ -311,3 +312,38 @@ def test_gallery_titles_mark_the_errors(split, trained):
     assert rows[0].get_title() == (
         f"y={first['label']:.3g} pred={first['prediction']:.3g}"
     )
+
+
+class TopTwoClassifier(NeuralNetClassifier):
+    """A classifier whose ``predict`` is not the argmax of ``predict_proba``."""
+
+    def predict(self, X):
+        return np.argsort(self.predict_proba(X), axis=1)[:, -2]
+
+
+def test_predictions_take_probabilities_from_the_pass_that_predicts(
+    split, trained, regression
+):
+    _, _, X_test, _ = split
+    prediction, P = predictions(trained, X_test, "classification")
+    np.testing.assert_array_equal(prediction, trained.predict(X_test))
+    np.testing.assert_array_equal(P, trained.predict_proba(X_test))
+    assert P.dtype == np.float64
+    frozen, P_frozen = predictions(FrozenEstimator(trained), X_test, "classification")
+    np.testing.assert_array_equal(frozen, prediction)
+    np.testing.assert_array_equal(P_frozen, P)
+    with torch.no_grad():
+        logits = trained.module_(torch.from_numpy(X_test)).double()
+    argmax, softmax = predictions(trained.module_, X_test, "classification")
+    np.testing.assert_array_equal(argmax, logits.argmax(dim=1).numpy())
+    np.testing.assert_allclose(softmax, torch.softmax(logits, 1).numpy(), rtol=1e-5)
+    own = TopTwoClassifier(**trained.get_params(deep=False))
+    own.initialize().module_.load_state_dict(trained.module_.state_dict())
+    second, none = predictions(own, X_test, "classification")
+    assert none is None
+    np.testing.assert_array_equal(second, own.predict(X_test))
+    assert (second != prediction).all()
+    net, _, _, Xr_test, _ = regression
+    outputs, none = predictions(net, Xr_test, "regression")
+    assert none is None
+    np.testing.assert_allclose(outputs, net.predict(Xr_test)[:, 0])

@@ -138,6 +138,8 @@ class Analysis:
             ``train`` and ``test`` (indices of its rows in the training and
             held-out data, the same ``X`` unless the audit is prefit),
             ``X_train``, ``y_train``, ``X_test``, ``y_test``, ``prediction``,
+            ``probabilities`` (the net's class probabilities of ``X_test``
+            when the pass that predicted gave them, else None),
             ``correct`` (classification) and ``error`` (per held-out
             example: 1.0 when misclassified, or the squared error of a
             regression), ``task`` (``"classification"`` or

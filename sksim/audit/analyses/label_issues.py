@@ -36,10 +36,10 @@ def fold_signals(fold: _Fold, options: Mapping[str, Any]) -> tuple[np.ndarray, .
     """Both signals of the examples whose labels the fold scores.
 
     Cross-validated: the held-out examples, with the probabilities of the
-    fold's net (out-of-fold) and their most similar examples of the training
-    fold. Prefit: the training examples, by the detector's prefit path
-    (in-sample probabilities; the neighbours are the other training
-    examples).
+    fold's net (out-of-fold; those the fold predicted with, when it has
+    them) and their most similar examples of the training fold. Prefit:
+    the training examples, by the detector's prefit path (in-sample
+    probabilities; the neighbours are the other training examples).
 
     Returns
     -------
@@ -59,7 +59,12 @@ def fold_signals(fold: _Fold, options: Mapping[str, Any]) -> tuple[np.ndarray, .
         search._validate_params()
         k = min(search.n_neighbors, len(fold.train))
         P, similarities, found = search._held_out_signals(
-            fold.net, fold.X_train, fold.X_test, k, len(fold.classes)
+            fold.net,
+            fold.X_train,
+            fold.X_test,
+            k,
+            len(fold.classes),
+            fold.probabilities,
         )
         rows, labels = fold.test, fold.y_test
     return rows, labels, P, similarities, fold.train[found], fold.y_train[found]
