@@ -13,9 +13,14 @@ from sklearn.model_selection import StratifiedKFold
 from sksim import LabelIssueDetector, NetworkNeighbors
 from sksim._net import fit_net
 from sksim.audit import audit
-from sksim.audit.analyses.label_issues import issue_rows, planted_precision
+from sksim.audit.analyses.label_issues import (
+    issue_rows,
+    planted_precision,
+    rank_issues,
+    signals_table,
+)
 from sksim.cli import main, plant_label_noise
-from sksim.label_issues import estimate_n_issues
+from sksim.label_issues import estimate_n_issues, score_labels
 
 K = 4
 
@@ -238,3 +243,37 @@ def test_issue_rows_mark_the_planted_flips(cv_audit, noisy_digits):
     assert rows["nearest_training_examples"][0].startswith(
         f"#{first['neighbors'][0]} (y={first['neighbor_labels'][0]}, "
     )
+
+
+def test_folds_with_fewer_neighbors_are_scored_on_the_neighbors_all_have():
+    rng = np.random.RandomState(0)
+    names = np.array(["cat", "dog", "eel"])
+    folds = []
+    for fold, (n, k) in enumerate([(6, 4), (5, 3)]):
+        P = rng.dirichlet(np.ones(3), size=n)
+        similarities = np.sort(rng.uniform(0, 1, (n, k)))[:, ::-1]
+        neighbors = rng.randint(0, 50, (n, k))
+        labels = names[rng.randint(0, 3, n)]
+        neighbor_labels = names[rng.randint(0, 3, (n, k))]
+        rows = np.arange(n) + 10 * fold
+        folds.append((P, similarities, neighbors, labels, neighbor_labels, rows))
+        table = signals_table(
+            fold, rows, labels, P, neighbors, similarities, neighbor_labels
+        )
+        folds[-1] += (table,)
+    ranked = rank_issues(pd.concat([f[-1] for f in folds], ignore_index=True))
+    P, similarities, neighbors, labels, neighbor_labels, rows = (  # k = 3 in both
+        np.concatenate([f[i][:, :3] if f[i].ndim == 2 else f[i] for f in folds])
+        for i in range(6)
+    )
+    y = np.searchsorted(names, labels)
+    scored = score_labels(P, similarities, np.searchsorted(names, neighbor_labels), y)
+    order = np.argsort(-scored.scores, kind="stable")
+    np.testing.assert_array_equal(ranked["index"], rows[order])
+    np.testing.assert_allclose(ranked["score"], scored.scores[order])
+    np.testing.assert_array_equal(
+        ranked["suggested_label"], names[scored.suggested[order]]
+    )
+    np.testing.assert_array_equal(np.stack(ranked["neighbors"]), neighbors[order])
+    assert ranked["given_label"].tolist() == labels[order].tolist()
+    assert ranked["is_issue"].sum() == scored.n_issues

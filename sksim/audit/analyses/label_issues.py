@@ -9,7 +9,7 @@ import numpy as np
 
 from ...label_issues import LabelIssueDetector, issues_frame, score_labels
 from .. import _render
-from .._tables import frame, neighbor_text
+from .._tables import frame, import_pandas, neighbor_text
 from .base import Analysis, FoldOutput
 from .neighbors import image_view, search_method, sketched_search
 
@@ -70,9 +70,31 @@ def fold_signals(fold: _Fold, options: Mapping[str, Any]) -> tuple[np.ndarray, .
     return rows, labels, P, similarities, fold.train[found], fold.y_train[found]
 
 
-def _stack(column, width=None):
-    """A column of equal-length arrays as one 2-D array (cut to ``width``)."""
-    return np.stack([np.asarray(v)[:width] for v in column])
+SIGNALS = ("proba", "neighbor", "similarity", "neighbor_label")  # 2-D signals
+
+
+def signals_table(fold, rows, labels, *signals) -> pd.DataFrame:
+    """The fold's signals, a 2-D one as numbered columns (``proba_0``, ...).
+
+    Numeric columns rather than arrays in cells: the cache pickles them as
+    blocks, and :func:`rank_issues` reads them back without a loop over rows.
+    """
+    parts = [frame(dict(fold=fold, index=rows, given_label=labels))]
+    for name, values in zip(SIGNALS, signals, strict=True):
+        columns = [f"{name}_{j}" for j in range(values.shape[1])]
+        parts.append(frame(dict(zip(columns, values.T, strict=True))))
+    return import_pandas().concat(parts, axis=1)
+
+
+def _columns(signals, name):
+    """The numbered columns of a signal present in every fold, as a 2-D array."""
+    columns = []
+    while f"{name}_{len(columns)}" in signals:
+        column = signals[f"{name}_{len(columns)}"]
+        if column.isna().any():  # a fold with fewer neighbours
+            break
+        columns.append(column.to_numpy())
+    return np.stack(columns, axis=1)
 
 
 def rank_issues(signals: pd.DataFrame) -> pd.DataFrame:
@@ -81,24 +103,18 @@ def rank_issues(signals: pd.DataFrame) -> pd.DataFrame:
     The scores, suggested labels and estimated count are those of
     :class:`~sksim.LabelIssueDetector` on the same signals.
     """
-    classes = np.unique(
-        np.concatenate([signals["given_label"], *signals["neighbor_labels"]])
+    P, neighbors, similarities, neighbor_labels = (
+        _columns(signals, name) for name in SIGNALS
     )
-    k = min(len(v) for v in signals["neighbors"])
+    classes = np.unique(
+        np.concatenate([signals["given_label"], neighbor_labels.ravel()])
+    )
     y = np.searchsorted(classes, signals["given_label"].to_numpy())
-    neighbor_labels = np.searchsorted(classes, _stack(signals["neighbor_labels"], k))
-    P = _stack(signals["proba"])
-    similarities = _stack(signals["neighbor_similarities"], k)
+    neighbor_labels = np.searchsorted(classes, neighbor_labels)
     scored = score_labels(P, similarities, neighbor_labels, y)
     rows = np.arange(len(y))
     table = issues_frame(
-        scored,
-        y,
-        classes,
-        _stack(signals["neighbors"], k),
-        similarities,
-        neighbor_labels,
-        rows,
+        scored, y, classes, neighbors, similarities, neighbor_labels, rows
     )
     order = table.pop("index").to_numpy()
     table.insert(0, "index", signals["index"].to_numpy()[order])
@@ -270,16 +286,8 @@ class LabelIssues(Analysis):
         rows, labels, P, similarities, neighbors, neighbor_labels = fold_signals(
             fold, options
         )
-        table = frame(  # the signals, as lists: cached 30 times faster than arrays
-            dict(
-                fold=fold.fold,
-                index=rows,
-                given_label=labels,
-                proba=P.tolist(),
-                neighbors=neighbors.tolist(),
-                neighbor_similarities=similarities.tolist(),
-                neighbor_labels=neighbor_labels.tolist(),
-            )
+        table = signals_table(
+            fold.fold, rows, labels, P, neighbors, similarities, neighbor_labels
         )
         source = (
             "in-sample probabilities of the trained network (prefit: weaker "
