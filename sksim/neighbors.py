@@ -26,7 +26,12 @@ from ._engine.rows import (
     sketch_rows,
     top_k,
 )
-from ._reduced_search import REFINE_FACTOR, principal_directions, rank_candidates
+from ._reduced_search import (
+    REFINE_FACTOR,
+    locality_order,
+    principal_directions,
+    rank_candidates,
+)
 from ._typing import Checkpoints, NetInput, NetLike, Output, Self
 from .density import CHECKPOINTS, NEIGHBOR_PARAMETERS
 from .kernel import similarity_to_distance
@@ -426,9 +431,8 @@ class NetworkNeighbors(NetworkEstimator):
         n_candidates = k
         if self.search_directions_ is not None:
             n_candidates = min(REFINE_FACTOR * k, self.n_samples_fit_)
-        similarities, indices = self._faiss_index.search(
-            self._searched(F), n_candidates
-        )
+        G = self._searched(F)
+        similarities, indices = self._faiss_index.search(G, n_candidates)
         if (indices < 0).any():
             raise ValueError(
                 f"The FAISS index {self.index!r} found fewer than {n_neighbors} "
@@ -436,8 +440,9 @@ class NetworkNeighbors(NetworkEstimator):
                 'e.g. "nprobe=32" or "efSearch=128") or use index="Flat".'
             )
         if self.search_directions_ is not None:
+            order = locality_order(G, self.projection_seed_)
             similarities, indices = rank_candidates(
-                F, self.reference_features_, indices, k
+                F, self.reference_features_, indices, k, order
             )
         if exclude_self:  # drop each sample itself (wherever ties placed it)
             own = indices == np.arange(len(F))[:, None]

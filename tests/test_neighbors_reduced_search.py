@@ -8,7 +8,11 @@ from _architectures import mlp
 from sklearn.utils._param_validation import InvalidParameterError
 
 from sksim import LabelIssueDetector, _reduced_search
-from sksim._reduced_search import principal_directions, rank_candidates
+from sksim._reduced_search import (
+    locality_order,
+    principal_directions,
+    rank_candidates,
+)
 from sksim.neighbors import NetworkNeighbors
 
 pytest.importorskip("faiss")
@@ -111,12 +115,28 @@ def test_rank_candidates_against_a_full_sort(block_rows, monkeypatch):
         array.setflags(write=False)
     sim, ind = rank_candidates(Q, R, candidates, 4)
     np.testing.assert_array_equal(candidates, given)
+    shuffled = rank_candidates(Q, R, candidates, 4, order=rng.permutation(7))
+    np.testing.assert_array_equal(shuffled[0], sim)  # the order changes no bit
+    np.testing.assert_array_equal(shuffled[1], ind)
     for q in range(7):
         inner = Q[q] @ R[candidates[q]].T
         order = np.lexsort((candidates[q], -inner))[:4]
         np.testing.assert_array_equal(ind[q], candidates[q][order])
         np.testing.assert_allclose(sim[q], inner[order], rtol=1e-6)
     assert list(ind[0][:2]) == [3, 12]
+
+
+def test_locality_order_puts_each_cluster_together(monkeypatch):
+    rng = np.random.default_rng(2)
+    centres = 10 * rng.normal(size=(4, 8))
+    blob = rng.permutation(np.repeat(np.arange(4), 60))
+    G = (centres[blob] + rng.normal(size=(240, 8))).astype(np.float32)
+    monkeypatch.setattr(_reduced_search, "LOCALITY_CLUSTERS", 4)
+    order = locality_order(G, random_state=0)
+    np.testing.assert_array_equal(np.sort(order), np.arange(240))
+    runs = np.flatnonzero(np.diff(blob[order])) + 1  # where the blob changes
+    assert len(runs) == 3  # four contiguous runs, one per blob
+    np.testing.assert_array_equal(locality_order(G[:77], 0), np.arange(77))
 
 
 def test_principal_directions_span_the_leading_singular_vectors():
