@@ -12,6 +12,8 @@ audit's own timings (``result.metadata["seconds"]``, summed over the folds).
 With ``--repeat R`` each analysis runs R times and the fastest run is
 reported (the largest peak memory): on a shared machine, other load only
 ever adds time, and a single run of a 2-core virtual machine varies by half.
+The R rounds run the analyses in turn, so that a slow spell of the machine
+slows one run of several analyses rather than every run of one.
 The audit switches by itself to its linear-cost methods past
 ``--scale-threshold`` training examples per fold (the audit's default, 20 000);
 the method each analysis used is listed.
@@ -166,20 +168,25 @@ def audit_rows(n_samples, args, rows, write):
             rows[mode].append(training)
         write()
         for mode in args.modes:
+            names = []
             for name in args.analyses:
                 if (reason := skipped(name, n_samples, args)) is not None:
                     rows[mode].append(dict(step=name, method=reason))
-                    continue
-                runs = [
-                    analysis_run(net, X, y, name, thresholds[mode], cache, args)
-                    for _ in range(args.repeat)
-                ]
-                result = runs[0]["result"]
+                else:
+                    names.append(name)
+            runs = {name: [] for name in names}
+            for _ in range(args.repeat):  # interleaved: a slow spell hits one run
+                for name in names:
+                    runs[name].append(
+                        analysis_run(net, X, y, name, thresholds[mode], cache, args)
+                    )
+            for name in names:
+                result = runs[name][0]["result"]
                 row = dict(
                     step=name,
-                    seconds=min(run["seconds"] for run in runs),
-                    mib=max(run["mib"] for run in runs),
-                    gpu_mib=max(run["gpu_mib"] for run in runs),
+                    seconds=min(run["seconds"] for run in runs[name]),
+                    mib=max(run["mib"] for run in runs[name]),
+                    gpu_mib=max(run["gpu_mib"] for run in runs[name]),
                     method=result.metadata["methods"].get(name, ""),
                 )
                 folds = result.tables["folds"]
@@ -188,7 +195,7 @@ def audit_rows(n_samples, args, rows, write):
                 rows[mode].append(row)
                 args.measured[name] = (n_samples, row["seconds"])
                 print(f"  N={n_samples} {mode} {name}: {row['seconds']:.1f} s")
-                write()
+            write()
 
 
 def analysis_run(net, X, y, name, threshold, cache, args) -> dict:
