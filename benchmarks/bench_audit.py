@@ -144,7 +144,8 @@ def audit_rows(n_samples, args, rows, write):
     The modes are the scale thresholds: ``"auto"`` (``--scale-threshold``)
     and ``"scaled"`` (1: the linear-cost methods at every size); the folds
     are trained once for both. A step that would end past ``--deadline`` is
-    skipped (see :func:`skipped`). ``write()`` is called after every step.
+    skipped (see :func:`skipped`). ``write()`` is called after the training
+    and after each mode's analyses.
     """
     X, y, net = dataset_and_net(n_samples, args)
     thresholds = dict(auto=args.scale_threshold, scaled=1)

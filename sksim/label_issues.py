@@ -537,8 +537,8 @@ class LabelIssueDetector(NetworkEstimator):
     ):
         """Both signals of held-out examples, from a net trained on ``X_train``.
 
-        The net's class probabilities of ``X_test`` (``probabilities``, the
-        net's outputs already computed, or computed here when None) and the
+        The net's class probabilities of ``X_test`` (``probabilities`` when
+        they are already computed, else computed here) and the
         similarities and rows of ``X_train`` of their ``n_neighbors`` most
         similar training examples (the audit's label-issue analysis calls it
         on its folds).
