@@ -43,6 +43,7 @@ def gradient_features(
     rtol: float = 1e-5,
     power: float | None = None,
     each_batch: Callable[[slice, list], None] | None = None,
+    unit_norm: bool = False,
 ) -> np.ndarray:
     """Per-sample gradient features ``(n, d, k)`` as a float32 NumPy array.
 
@@ -53,7 +54,9 @@ def gradient_features(
     whitening by ``(J J^T)^power J`` (``-1`` for the left side of the
     influence kernel). ``each_batch``, if given, is called with the rows
     and mapped pieces of every batch of sketched features, so that another
-    computation shares their pass over ``X``.
+    computation shares their pass over ``X``. ``unit_norm`` scales every
+    sample's sketched features to unit Frobenius norm, batch by batch (zero
+    features stay zero).
 
     Raises
     ------
@@ -64,8 +67,10 @@ def gradient_features(
     if power is None and whiten:
         power = -0.5
     if n_components is None and power in (None, -0.5):
-        if each_batch is not None:
-            raise ValueError("each_batch needs sketched features (n_components).")
+        if each_batch is not None or unit_norm:
+            raise ValueError(
+                "each_batch and unit_norm need sketched features (n_components)."
+            )
         n, d = n_samples(X), engine.n_outputs(X)
         size = 4 * n * d * engine.n_params
         if size > engine.max_memory:
@@ -86,14 +91,24 @@ def gradient_features(
                 each_batch(rows, pieces)
             yield rows, sketch.features(pieces)
 
-    return _stacked(blocks(), n_samples(X))
+    return _stacked(blocks(), n_samples(X), unit_norm)
 
 
-def _stacked(blocks: Iterator[tuple[slice, torch.Tensor]], n: int) -> np.ndarray:
-    """The ``(rows, tensor)`` blocks of ``n`` rows, copied into one float32 array."""
+def _stacked(
+    blocks: Iterator[tuple[slice, torch.Tensor]], n: int, unit_norm: bool = False
+) -> np.ndarray:
+    """The ``(rows, tensor)`` blocks of ``n`` rows, copied into one float32 array.
+
+    ``unit_norm`` divides each copied row by its norm where it is not zero,
+    while the block is still in the processor's cache.
+    """
     out = None
     for rows, block in blocks:
         if out is None:
             out = np.empty((n, *block.shape[1:]), dtype=np.float32)
         copy_to_host(out[rows], block.float())
+        if unit_norm:
+            flat = torch.from_numpy(out[rows]).flatten(1)
+            norms = torch.linalg.vector_norm(flat, dim=1, keepdim=True)
+            flat.div_(torch.where(norms > 0, norms, 1.0))
     return out

@@ -100,11 +100,9 @@ def sketch_features(
     is called with the rows and whitened pieces of every batch of ``X``.
     """
     F = gradient_features(
-        engine, X, n_components, True, seed, rtol, each_batch=each_batch
+        engine, X, n_components, True, seed, rtol, each_batch=each_batch, unit_norm=True
     )
-    F = F.reshape(len(F), -1)  # a fresh array: normalised in place
-    norms = np.sqrt(np.einsum("ij,ij->i", F, F))[:, None]
-    return np.divide(F, norms, out=F, where=norms > 0)
+    return F.reshape(len(F), -1)
 
 
 def sketch_rows(F: np.ndarray, F_ref: np.ndarray) -> Iterator[tuple[slice, np.ndarray]]:

@@ -1,9 +1,12 @@
 """Gradient features: sketched in memory-bounded parts as in whole batches."""
 
 import numpy as np
+import pytest
+import torch
 from _architectures import layer_case
 from _engine_helpers import smallest_fitting_engine
 
+from sksim import DeadInputWarning
 from sksim._engine.features import gradient_features
 from sksim._engine.jacobian import JacobianEngine
 
@@ -16,3 +19,27 @@ def test_sketched_features_in_parts_equal_those_of_whole_batches():
         gradient_features(e, X, n_components=16, seed=0) for e in (whole, engine)
     )
     np.testing.assert_allclose(F_parts, F, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore::sksim.SingularJacobianGramWarning")
+def test_unit_norm_scales_each_sample_and_leaves_dead_inputs_zero():
+    module = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU())
+    with torch.no_grad():
+        module[0].weight.copy_(torch.eye(3, 2))
+        module[0].bias.zero_()
+    X = np.array([[1.0, 2.0], [-1.0, -1.0], [2.0, 0.5], [3.0, 1.0], [-2.0, -3.0]])
+    engine = JacobianEngine(module, batch_size=2)  # rows normalised batch by batch
+    with pytest.warns(DeadInputWarning):
+        plain = gradient_features(engine, X.astype(np.float32), 2, seed=0)
+        unit = gradient_features(engine, X.astype(np.float32), 2, 0, unit_norm=True)
+    norms = np.linalg.norm(plain.reshape(len(X), -1), axis=1)
+    dead = norms == 0
+    assert dead.tolist() == [False, True, False, False, True]
+    np.testing.assert_allclose(unit[~dead], plain[~dead] / norms[~dead, None, None])
+    np.testing.assert_array_equal(unit[dead], 0.0)
+
+
+def test_unit_norm_needs_sketched_features():
+    module, X = layer_case("conv2d_big")
+    with pytest.raises(ValueError, match="unit_norm need sketched features"):
+        gradient_features(JacobianEngine(module), X, unit_norm=True)
