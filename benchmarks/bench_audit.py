@@ -10,8 +10,9 @@ one), so that its time is its own and its peak resident memory (sampled every
 5 ms from ``/proc/self/statm``, above the level at its start) too. Times are the
 audit's own timings (``result.metadata["seconds"]``, summed over the folds).
 With ``--repeat R`` each analysis runs R times and the fastest run is
-reported (the largest peak memory): on a shared machine, other load only
-ever adds time, and a single run of a 2-core virtual machine varies by half.
+reported (the largest peak memory), with the slowest beside it: on a shared
+machine, other load only ever adds time, and a single run of a 2-core virtual
+machine varies by half.
 The R rounds run the analyses in turn, so that a slow spell of the machine
 slows one run of several analyses rather than every run of one.
 The audit switches by itself to its linear-cost methods past
@@ -32,8 +33,9 @@ cost does not depend on the weights).
 
 The growth exponent of each analysis is ``log(t_large / t_small) /
 log(N_large / N_small)`` between the smallest and largest sizes measured (1 for
-a linear cost, 2 for a quadratic one). The page records the machine's load
-average (``uptime``) at the start and the end.
+a linear cost, 2 for a quadratic one), from the fastest runs, with the lowest
+and highest that the fastest and slowest runs give. The page records the
+machine's load average (``uptime``) at the start and the end.
 
 With ``--model resnet18`` the network is a ResNet-18 from a ``transformers``
 config (11.2 M parameters, see ``models.transformers_resnet18``) trained with
@@ -186,6 +188,7 @@ def audit_rows(n_samples, args, rows, write):
                 row = dict(
                     step=name,
                     seconds=min(run["seconds"] for run in runs[name]),
+                    slowest=max(run["seconds"] for run in runs[name]),
                     mib=max(run["mib"] for run in runs[name]),
                     gpu_mib=max(run["gpu_mib"] for run in runs[name]),
                     method=result.metadata["methods"].get(name, ""),
@@ -296,14 +299,26 @@ def direct_rows(n_samples, args):
     return rows
 
 
-def exponent(times: dict) -> str:
-    """Growth exponent between the smallest and largest sizes measured."""
+def exponent(times: dict, slowest: dict | None = None) -> str:
+    """Growth exponent between the smallest and largest sizes measured.
+
+    With the slowest runs' times too, the range of exponents that any
+    fastest or slowest run of each end gives follows in brackets.
+    """
     sizes = sorted(n for n, t in times.items() if t is not None)
     if len(sizes) < 2 or times[sizes[0]] <= 0:
         return "n/a"
     small, large = sizes[0], sizes[-1]
-    value = math.log(times[large] / times[small]) / math.log(large / small)
-    return f"{value:.2f} ({small:,} to {large:,})"
+
+    def value(t_small, t_large):
+        return math.log(t_large / t_small) / math.log(large / small)
+
+    text = f"{value(times[small], times[large]):.2f}"
+    if slowest is not None and None not in (slowest[small], slowest[large]):
+        low = value(slowest[small], times[large])
+        high = value(times[small], slowest[large])
+        text += f" [{low:.2f} to {high:.2f}]"
+    return f"{text} ({small:,} to {large:,})"
 
 
 def markdown_table(header, rows) -> list[str]:
@@ -323,14 +338,24 @@ def mode_tables(results, mode, threshold, analyses, repeat) -> list[str]:
     """The tables of seconds, memory and methods of one mode."""
     steps = ["training", *analyses]
     title = MODES[mode].replace("the scale threshold", f"{threshold:,}")
-    runs = "" if repeat == 1 else f"; analyses: the fastest of {repeat} runs"
+    runs = (
+        ""
+        if repeat == 1
+        else f"; analyses: the fastest of {repeat} runs, then the slowest; in "
+        "brackets, the lowest and highest growth exponents these runs give"
+    )
     lines = [f"## Audit {title}", "", f"Seconds per step (both folds{runs}):", ""]
     sizes = sorted(results)
-    seconds = {
-        step: {n: _value(results[n], step, "seconds") for n in sizes} for step in steps
-    }
+    seconds, slowest = (
+        {step: {n: _value(results[n], step, key) for n in sizes} for step in steps}
+        for key in ("seconds", "slowest")
+    )
     rows = [
-        [step, *(_fmt(seconds[step][n]) for n in sizes), exponent(seconds[step])]
+        [
+            step,
+            *(_spread(seconds[step][n], slowest[step][n]) for n in sizes),
+            exponent(seconds[step], slowest[step] if repeat > 1 else None),
+        ]
         for step in steps
     ]
     totals = {n: _total(results[n]) for n in sizes}
@@ -462,6 +487,13 @@ def _value(rows, step, key):
 
 def _fmt(value, digits=1):
     return "" if value is None else f"{value:.{digits}f}"
+
+
+def _spread(fastest, slowest):
+    """``fastest`` seconds, then ``slowest`` when the runs differ."""
+    if slowest is None or _fmt(slowest) == _fmt(fastest):
+        return _fmt(fastest)
+    return f"{_fmt(fastest)}, {_fmt(slowest)}"
 
 
 def main():
