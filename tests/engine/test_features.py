@@ -21,21 +21,26 @@ def test_sketched_features_in_parts_equal_those_of_whole_batches():
     np.testing.assert_allclose(F_parts, F, rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.filterwarnings("ignore::sksim.SingularJacobianGramWarning")
 def test_unit_norm_scales_each_sample_and_leaves_dead_inputs_zero():
-    module = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU())
-    with torch.no_grad():
-        module[0].weight.copy_(torch.eye(3, 2))
-        module[0].bias.zero_()
-    X = np.array([[1.0, 2.0], [-1.0, -1.0], [2.0, 0.5], [3.0, 1.0], [-2.0, -3.0]])
-    engine = JacobianEngine(module, batch_size=2)  # rows normalised batch by batch
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(  # no biases: a zero input has a zero gradient
+        torch.nn.Linear(4, 6, bias=False),
+        torch.nn.Tanh(),
+        torch.nn.Linear(6, 3, bias=False),
+    )
+    X = np.random.default_rng(0).normal(size=(7, 4)).astype(np.float32)
+    X[[2, 5]] = 0.0
+    engine = JacobianEngine(module, batch_size=3)  # rows normalised batch by batch
     with pytest.warns(DeadInputWarning):
-        plain = gradient_features(engine, X.astype(np.float32), 2, seed=0)
-        unit = gradient_features(engine, X.astype(np.float32), 2, 0, unit_norm=True)
+        plain = gradient_features(engine, X, 8, seed=0)
+        unit = gradient_features(engine, X, 8, seed=0, unit_norm=True)
     norms = np.linalg.norm(plain.reshape(len(X), -1), axis=1)
     dead = norms == 0
-    assert dead.tolist() == [False, True, False, False, True]
-    np.testing.assert_allclose(unit[~dead], plain[~dead] / norms[~dead, None, None])
+    assert dead.tolist() == [False, False, True, False, False, True, False]
+    assert np.ptp(norms[~dead]) > 0.1  # the scaling is not the same for all
+    np.testing.assert_allclose(
+        unit[~dead], plain[~dead] / norms[~dead, None, None], rtol=1e-6
+    )
     np.testing.assert_array_equal(unit[dead], 0.0)
 
 
