@@ -1,27 +1,30 @@
-"""Neighbour candidates found in a reduced space, ranked by the full sketches.
+"""Neighbour candidates found in a reduced space, then ranked.
 
 A search over ``m`` principal directions of the sketches costs ``m / width``
 of one over the full sketches. The reduced inner products only choose
 ``REFINE_FACTOR`` times more candidates than neighbours asked for; the
-neighbours are the candidates with the largest inner products of the full
-sketches, so the similarities returned are exactly those of the sketches and
-a neighbour is lost only when the reduced search misses it among its
-candidates.
+neighbours are the candidates with the largest similarities, so a neighbour
+is lost only when the reduced search misses it among its candidates.
 
-Ranking reads every candidate's full sketch from memory. Queries of one
-k-means cluster of the reduced sketches share most of their candidates, so
-they are ranked in turn (:func:`locality_order`), while those sketches are
-still in the processor's cache.
+The candidates are ranked by a similarity given as a function: the inner
+products of the full sketches, or exact similarities from the network's
+whitened Jacobians. Ranking reads every candidate's sketch (or Jacobian) from
+memory. Queries of one k-means cluster of the reduced sketches share most of
+their candidates, so they are ranked in turn (:func:`locality_order`), while
+those rows are still in the processor's cache.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 import torch
 from sklearn.utils import check_random_state
 from sklearn.utils.extmath import randomized_svd
+
+from ._engine.pieces import sampled_products
 
 REFINE_FACTOR = 8  # candidates searched per neighbour asked for
 MAX_FIT_ROWS = 4096  # reference sketches the directions are fitted on
@@ -75,26 +78,22 @@ def locality_order(G: np.ndarray, random_state: int) -> np.ndarray:
 
 
 def rank_candidates(
-    Q: np.ndarray,
-    R: np.ndarray,
+    similarity: Callable[[np.ndarray, np.ndarray], np.ndarray],
     candidates: np.ndarray,
     n_neighbors: int,
     order: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The ``n_neighbors`` candidates of each query most similar by ``Q R^T``.
-
-    The inner products of the candidate pairs alone are computed, as a
-    sampled matrix product (``torch.sparse.sampled_addmm``), without copying
-    the candidates' sketches.
+    """The ``n_neighbors`` candidates of each query with the largest similarity.
 
     Parameters
     ----------
-    Q : ndarray of shape (n_queries, width)
-        Full sketches of the queries.
-    R : ndarray of shape (n_reference, width)
-        Full sketches of the reference set.
+    similarity : callable
+        ``similarity(rows, columns)`` gives the similarities ``(len(rows),
+        n_candidates)`` of the queries ``rows`` to the reference rows
+        ``columns`` (sorted for each query): :func:`sketch_similarity`, or
+        exact similarities.
     candidates : ndarray of shape (n_queries, n_candidates)
-        Distinct rows of ``R`` for each query.
+        Distinct reference rows for each query.
     n_neighbors : int
     order : ndarray of shape (n_queries,), default=None
         The order in which the queries are ranked (:func:`locality_order`);
@@ -103,8 +102,8 @@ def rank_candidates(
     Returns
     -------
     similarities, indices : ndarray of shape (n_queries, n_neighbors)
-        Inner products in decreasing order (ties: the smaller row first) and
-        rows of ``R``.
+        Similarities in decreasing order (ties: the smaller row first), float32,
+        and reference rows.
     """
     if order is None:
         order = np.arange(len(candidates))
@@ -112,33 +111,29 @@ def rank_candidates(
     indices = np.empty((len(candidates), n_neighbors), dtype=candidates.dtype)
     for start in range(0, len(order), BLOCK_ROWS):
         rows = order[start : start + BLOCK_ROWS]
-        similarities[rows], indices[rows] = _rank_block(
-            Q[rows], R, candidates[rows], n_neighbors
-        )
+        columns = np.sort(candidates[rows], axis=1)
+        inner = similarity(rows, columns)
+        top = np.lexsort((columns, -inner), axis=-1)[:, :n_neighbors]
+        similarities[rows] = np.take_along_axis(inner, top, axis=1)
+        indices[rows] = np.take_along_axis(columns, top, axis=1)
     return similarities, indices
 
 
-def _rank_block(Q, R, candidates, n_neighbors):
-    """:func:`rank_candidates` of one block of queries."""
-    rows = np.sort(candidates, axis=1)  # a valid CSR pattern: sorted per query
-    n_queries, n_candidates = rows.shape
-    with warnings.catch_warnings():  # CSR tensors are "in beta"
+def sketch_similarity(
+    Q: np.ndarray, R: np.ndarray
+) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """Inner products of the sketches of queries ``Q`` and reference ``R``.
+
+    The ``similarity`` of :func:`rank_candidates`: computed for the candidate
+    pairs alone, without copying the candidates' sketches.
+    """
+    with warnings.catch_warnings():  # read-only (unpickled) sketches: only read
         warnings.simplefilter("ignore", UserWarning)
-        pattern = torch.sparse_csr_tensor(
-            torch.arange(0, rows.size + 1, n_candidates),
-            torch.from_numpy(rows.ravel().astype(np.int64)),
-            torch.zeros(rows.size, dtype=torch.float32),
-            size=(n_queries, len(R)),
-            check_invariants=False,
-        )
-        inner = torch.sparse.sampled_addmm(
-            pattern,
-            torch.from_numpy(np.asarray(Q, dtype=np.float32)),
-            torch.from_numpy(np.asarray(R, dtype=np.float32)).T,
-            beta=0.0,
-        )
-    inner = inner.values().numpy().reshape(rows.shape)
-    order = np.lexsort((rows, -inner), axis=-1)[:, :n_neighbors]
-    return np.take_along_axis(inner, order, axis=1), np.take_along_axis(
-        rows, order, axis=1
-    )
+        Q = torch.from_numpy(np.asarray(Q, dtype=np.float32))
+        R = torch.from_numpy(np.asarray(R, dtype=np.float32))
+
+    def similarity(rows, columns):
+        columns = torch.from_numpy(columns.astype(np.int64))
+        return sampled_products(Q[rows], R, columns).numpy()
+
+    return similarity

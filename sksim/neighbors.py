@@ -19,8 +19,11 @@ from ._engine.checkpoints import checkpoint_seed, stacked, weighted_rows
 from ._engine.inputs import n_samples, take
 from ._engine.jacobian import DEFAULT_MAX_MEMORY
 from ._engine.parallel import split_rows
+from ._engine.pieces import nbytes_of
 from ._engine.rows import (
     ExactNeighbors,
+    KeptPieces,
+    candidate_similarities,
     cosine_rows,
     sketch_features,
     sketch_rows,
@@ -31,12 +34,14 @@ from ._reduced_search import (
     locality_order,
     principal_directions,
     rank_candidates,
+    sketch_similarity,
 )
 from ._typing import Checkpoints, NetInput, NetLike, Output, Self
 from .density import CHECKPOINTS, NEIGHBOR_PARAMETERS
 from .kernel import similarity_to_distance
 
 N_BACKGROUND = 200  # reference rows whose similarities set the percentiles
+KEPT_MEMORY = 1 / 3  # share of max_memory the kept Jacobians of a side may take
 
 
 def import_faiss() -> ModuleType:
@@ -49,6 +54,19 @@ def import_faiss() -> ModuleType:
             '`pip install "sksim[faiss]"` (or `pip install faiss-cpu`).'
         ) from error
     return faiss
+
+
+def each_of(*callbacks):
+    """One ``each_batch`` calling every callback that is not None (None: none)."""
+    callbacks = [c for c in callbacks if c is not None]
+    if not callbacks:
+        return None
+
+    def each_batch(rows, pieces):
+        for callback in callbacks:
+            callback(rows, pieces)
+
+    return each_batch
 
 
 def recall(found: np.ndarray, exact: np.ndarray) -> float:
@@ -92,7 +110,8 @@ class NetworkNeighbors(NetworkEstimator):
       approximate index such as ``"HNSW32"`` or ``"IVF1024,Flat"`` (with
       ``index_params="nprobe=16"``) trades recall for speed. With
       ``search_components``, the index holds the sketches' leading principal
-      components only and finds candidates, which the full sketches rank.
+      components only and finds candidates, which are then ranked by their
+      exact similarities: the sketch only chooses the candidates.
 
     With ``checkpoints``, neighbours are ranked by the averaged cosine
     kernel ``sum_c w_c k^C_c / sum_c w_c`` of the checkpoints: the examples
@@ -137,12 +156,15 @@ class NetworkNeighbors(NetworkEstimator):
         (``d * n_components`` values each). An int gives it their projections
         on that many leading principal directions (fitted in ``fit`` on at
         most 4 096 reference sketches, or twice ``search_components``); the
-        index then finds 8 times more
-        candidates than neighbours asked for, and the candidates with the
-        largest similarities of the whole sketches are returned (with those
-        similarities). The search costs about ``search_components / (d *
-        n_components)`` as much; a neighbour is lost only when it is not
-        among the candidates.
+        index then finds 8 times more candidates than neighbours asked for,
+        and the candidates with the largest exact similarities are returned,
+        with those similarities. The exact similarities come from the whitened
+        Jacobians of the reference, kept from ``fit`` when they take at most a
+        third of ``max_memory`` (and of the queries, a third of
+        ``max_memory`` at a time); otherwise, or with ``checkpoints``, the
+        whole sketches rank the candidates (``exact_ranking_`` says which).
+        The search costs about ``search_components / (d * n_components)`` as
+        much; a neighbour is lost only when it is not among the candidates.
     %(checkpoints)s
     %(checkpoint_weights)s
 
@@ -166,6 +188,10 @@ class NetworkNeighbors(NetworkEstimator):
         n_components`` rows) onto which the index's sketches are projected
         (None when ``search_components`` is None, or not below the width and
         the number of reference examples).
+    exact_ranking_ : bool
+        With ``algorithm="faiss"``: whether the candidates of the reduced
+        search are ranked by their exact similarities (else by the whole
+        sketches); False without reduction.
     recall_ : float
         With ``X_val`` passed to ``fit``: the mean share of each query's
         exact ``n_neighbors`` nearest reference examples that
@@ -213,7 +239,7 @@ class NetworkNeighbors(NetworkEstimator):
         search_components=[Interval(Integral, 1, None, closed="left"), None],
         **constraints(*CHECKPOINTS),
     )
-    _transient_attributes = ("_engine_cache", "_faiss_index")
+    _transient_attributes = ("_engine_cache", "_faiss_index", "_reference_pieces")
 
     def __init__(
         self,
@@ -313,11 +339,16 @@ class NetworkNeighbors(NetworkEstimator):
                     "X_val needs at most that many."
                 )
             exact = self._exact_neighbors(X_val)
+        kept = self._pieces_keeper(self.n_samples_fit_)
         if self.n_components is not None:
-            self.reference_features_ = self._sketch(X, exact)
+            self.reference_features_ = self._sketch(X, each_of(exact, kept))
         if self.algorithm == "faiss":
             self.search_directions_ = self._search_directions()
             self._faiss_index = self._build_index()
+            self._reference_pieces = None
+            if self.search_directions_ is not None and kept is not None:
+                self._reference_pieces = kept.pieces
+            self.exact_ranking_ = self._reference_pieces is not None
         if X_val is not None:
             if exact is None:  # checkpoints: exact rows of their averaged kernel
                 rows = self._cosine_rows(X_val)
@@ -335,6 +366,35 @@ class NetworkNeighbors(NetworkEstimator):
             return None
         ((_, engine),) = engines
         return ExactNeighbors(engine, X_val, self.n_neighbors, self.rtol)
+
+    def _pieces_keeper(
+        self, n: int, max_bytes: float | None = None
+    ) -> KeptPieces | None:
+        """Keeper of the whitened pieces of ``n`` samples, for exact ranking.
+
+        None when the candidates are not ranked exactly: no reduced FAISS
+        search, or ``checkpoints``. ``max_bytes`` defaults to
+        :data:`KEPT_MEMORY` of ``max_memory``.
+        """
+        if self.search_components is None:
+            return None
+        engines = self._engines()
+        if not engines.single:
+            return None
+        if max_bytes is None:
+            ((_, engine),) = engines
+            max_bytes = KEPT_MEMORY * engine.max_memory
+        return KeptPieces(n, max_bytes)
+
+    def _kept_reference_pieces(self) -> list:
+        """The reference's whitened pieces (computed again after unpickling)."""
+        if getattr(self, "_reference_pieces", None) is None:
+            ((_, engine),) = self._engines()
+            kept = KeptPieces(self.n_samples_fit_, float("inf"))
+            for rows, pieces, _ in engine.mapped_pieces(self.X_fit_, -0.5, self.rtol):
+                kept(rows, pieces)
+            self._reference_pieces = kept.pieces
+        return self._reference_pieces
 
     def _search_directions(self):
         """Principal directions of the reference sketches (None: no reduction)."""
@@ -368,6 +428,25 @@ class NetworkNeighbors(NetworkEstimator):
             index.train(F)
         index.add(F)
         return index
+
+    def _ranked_exactly(self, X, n_neighbors):
+        """:meth:`_faiss` of the queries ``X``, ranked by exact similarities.
+
+        The queries go in chunks whose whitened pieces take at most
+        :data:`KEPT_MEMORY` of ``max_memory``, each sketched and searched in
+        turn (the chunks change no result).
+        """
+        ((_, engine),) = self._engines()
+        per_sample = nbytes_of(self._kept_reference_pieces()) / self.n_samples_fit_
+        n = n_samples(X)
+        step = int(min(n, max(1, KEPT_MEMORY * engine.max_memory / per_sample)))
+        parts = []
+        for start in range(0, n, step):
+            chunk = take(X, slice(start, min(start + step, n)))
+            kept = self._pieces_keeper(n_samples(chunk), float("inf"))
+            F = self._sketch(chunk, kept)
+            parts.append(self._faiss(F, n_neighbors, False, kept.pieces))
+        return tuple(np.concatenate(part) for part in zip(*parts, strict=True))
 
     def _sketch(self, X, each_batch=None):
         """Sketches of ``X``, side by side for the checkpoints.
@@ -424,7 +503,12 @@ class NetworkNeighbors(NetworkEstimator):
             rows = self._cosine_rows()
         return self._search_rows(rows, n_neighbors, exclude_self=True)
 
-    def _faiss(self, F, n_neighbors, exclude_self):
+    def _faiss(self, F, n_neighbors, exclude_self, pieces=None):
+        """Neighbours of the queries' sketches ``F`` from the FAISS index.
+
+        ``pieces``, the queries' whitened pieces, rank the candidates of a
+        reduced search by exact similarities; None ranks them by the sketches.
+        """
         if getattr(self, "_faiss_index", None) is None:  # after unpickling
             self._faiss_index = self._build_index()
         k = min(n_neighbors + int(exclude_self), self.n_samples_fit_)
@@ -441,9 +525,11 @@ class NetworkNeighbors(NetworkEstimator):
             )
         if self.search_directions_ is not None:
             order = locality_order(G, self.projection_seed_)
-            similarities, indices = rank_candidates(
-                F, self.reference_features_, indices, k, order
-            )
+            if pieces is None:
+                similarity = sketch_similarity(F, self.reference_features_)
+            else:
+                similarity = self._exact_similarity(pieces)
+            similarities, indices = rank_candidates(similarity, indices, k, order)
         if exclude_self:  # drop each sample itself (wherever ties placed it)
             own = indices == np.arange(len(F))[:, None]
             own[own.sum(1) == 0, -1] = True
@@ -451,6 +537,17 @@ class NetworkNeighbors(NetworkEstimator):
             similarities = similarities[keep].reshape(len(F), -1)
             indices = indices[keep].reshape(len(F), -1)
         return similarities.astype(np.float64), indices.astype(np.intp)
+
+    def _exact_similarity(self, pieces):
+        """The ``similarity`` of :func:`rank_candidates` for queries' ``pieces``."""
+        reference = self._kept_reference_pieces()
+
+        def similarity(rows, columns):
+            rows = torch.as_tensor(rows)
+            left = [piece.take(rows) for piece in pieces]
+            return candidate_similarities(left, reference, columns)
+
+        return similarity
 
     def most_similar(
         self, X: NetInput | None = None, n_neighbors: int | None = None
@@ -490,12 +587,16 @@ class NetworkNeighbors(NetworkEstimator):
                 )
                 + f"; got {n_neighbors!r}."
             )
+        exact_ranking = getattr(self, "exact_ranking_", False)
         if X is None:
             if self.algorithm == "faiss":
-                return self._faiss(self.reference_features_, n_neighbors, True)
+                pieces = self._kept_reference_pieces() if exact_ranking else None
+                return self._faiss(self.reference_features_, n_neighbors, True, pieces)
             return self._exact_self(n_neighbors)
         X = self._check_input(X)
         if self.algorithm == "faiss":
+            if exact_ranking:
+                return self._ranked_exactly(X, n_neighbors)
             return self._faiss(self._sketch(X), n_neighbors, False)
         return split_rows(lambda Q: self._exact(Q, n_neighbors), X, self.n_jobs)
 

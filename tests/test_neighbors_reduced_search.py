@@ -4,7 +4,8 @@ import pickle
 
 import numpy as np
 import pytest
-from _architectures import mlp
+import torch
+from _architectures import mlp, oracle_jacobians, oracle_kernel
 from sklearn.utils._param_validation import InvalidParameterError
 
 from sksim import LabelIssueDetector, _reduced_search
@@ -12,6 +13,7 @@ from sksim._reduced_search import (
     locality_order,
     principal_directions,
     rank_candidates,
+    sketch_similarity,
 )
 from sksim.neighbors import NetworkNeighbors
 
@@ -37,46 +39,82 @@ def recall(found, exact):
     return np.mean(hits) / exact.shape[1]
 
 
+def candidates_of(reduced, X, n_candidates):
+    """The rows the FAISS index of a reduced search finds for ``X``."""
+    F = reduced.reference_features_ if X is None else reduced._sketch(X)
+    return reduced._faiss_index.search(reduced._searched(F), n_candidates)[1]
+
+
 @pytest.mark.parametrize("query_reference", [False, True])
-def test_nearly_full_reduction_finds_the_flat_search_neighbors(data, query_reference):
+def test_candidates_are_ranked_by_their_exact_similarities(data, query_reference):
+    X_ref, X_new = data
+    net = mlp(4, 3).double()
+    reduced = search(net, X_ref, 4)
+    assert reduced.exact_ranking_
+    X = None if query_reference else X_new
+    sim, ind = reduced.most_similar(X)
+    queries = X_ref if query_reference else X_new
+    J = oracle_jacobians(
+        net, torch.as_tensor(np.r_[queries, X_ref], dtype=torch.float64)
+    )
+    K = oracle_kernel(J[: len(queries)], J[len(queries) :], "cosine")
+    k = 5 + query_reference  # the sample itself is found, then dropped
+    for q, row in enumerate(candidates_of(reduced, X, 8 * k)):
+        if query_reference:
+            row = row[row != q]
+        expected = row[np.lexsort((row, -K[q, row]))][:5]
+        np.testing.assert_array_equal(ind[q], expected)
+        np.testing.assert_allclose(sim[q], K[q, expected], rtol=1e-6)  # float32
+    if query_reference:
+        assert not (ind == np.arange(len(X_ref))[:, None]).any()
+
+
+def test_exact_ranking_finds_more_exact_neighbors_than_the_sketches(data):
     X_ref, X_new = data
     net = mlp(4, 3)
-    width = 3 * 16
-    flat = search(net, X_ref, None)
-    reduced = search(net, X_ref, width - 1)
-    assert reduced.search_directions_.shape == (width, width - 1)
-    X = None if query_reference else X_new
-    sim_f, ind_f = flat.most_similar(X)
-    sim_r, ind_r = reduced.most_similar(X)
-    np.testing.assert_array_equal(ind_r, ind_f)
-    np.testing.assert_allclose(sim_r, sim_f, atol=1e-5)
-    if query_reference:
-        assert not (ind_r == np.arange(len(X_ref))[:, None]).any()
+    _, exact = NetworkNeighbors(net, n_neighbors=5).fit(X_ref).most_similar(X_new)
+    _, flat = search(net, X_ref, None).most_similar(X_new)
+    _, reduced = search(net, X_ref, 8).most_similar(X_new)
+    assert recall(reduced, exact) >= 0.9
+    assert recall(reduced, exact) > recall(flat, exact) + 0.1
 
 
-def test_similarities_are_those_of_the_whole_sketches(data):
+def test_sketches_rank_the_candidates_when_the_jacobians_do_not_fit(data):
     X_ref, X_new = data
-    reduced = search(mlp(4, 3), X_ref, 4)
+    kept = search(mlp(4, 3), X_ref, 4)
+    nbytes = sum(p.nbytes() for p in kept._reference_pieces)
+    reduced = search(mlp(4, 3), X_ref, 4, max_memory=3 * nbytes - 3)
+    assert not reduced.exact_ranking_ and reduced._reference_pieces is None
     sim, ind = reduced.most_similar(X_new)
     F = reduced._sketch(X_new)
     whole = np.einsum("qw,qkw->qk", F, reduced.reference_features_[ind])
     np.testing.assert_allclose(sim, whole, atol=1e-6)
     assert (np.diff(sim, axis=1) <= 0).all()
+    assert search(mlp(4, 3), X_ref, 4, max_memory=3 * nbytes).exact_ranking_
 
 
-def test_a_small_reduction_keeps_most_neighbors(data):
-    X_ref, X_new = data
-    net = mlp(4, 3)
-    _, ind_f = search(net, X_ref, None).most_similar(X_new)
-    _, ind_r = search(net, X_ref, 8).most_similar(X_new)
-    assert recall(ind_r, ind_f) >= 0.9
+def test_queries_go_in_chunks_that_fit_and_change_no_result(data):
+    X_ref, _ = data
+    X_new = np.random.default_rng(5).normal(size=(700, 4)).astype(np.float32)
+    whole = search(mlp(4, 3), X_ref, 4)
+    nbytes = sum(p.nbytes() for p in whole._reference_pieces)
+    chunked = search(mlp(4, 3), X_ref, 4, max_memory=3 * nbytes + 3)  # 300 queries
+    assert chunked.exact_ranking_
+    calls = []
+    sketch = chunked._sketch
+    chunked._sketch = lambda X, *args: calls.append(len(X)) or sketch(X, *args)
+    sim, ind = chunked.most_similar(X_new)
+    assert calls == [300, 300, 100]
+    expected = whole.most_similar(X_new)
+    np.testing.assert_array_equal(ind, expected[1])
+    np.testing.assert_allclose(sim, expected[0], rtol=1e-6)
 
 
 def test_no_reduction_when_the_sketches_are_not_wider(data):
     X_ref, X_new = data
     net = mlp(4, 3)
     reduced = search(net, X_ref, 48)
-    assert reduced.search_directions_ is None
+    assert reduced.search_directions_ is None and not reduced.exact_ranking_
     flat = search(net, X_ref, None)
     np.testing.assert_array_equal(
         reduced.most_similar(X_new)[1], flat.most_similar(X_new)[1]
@@ -87,6 +125,7 @@ def test_pickled_search_gives_the_same_neighbors(data):
     X_ref, X_new = data
     reduced = search(mlp(4, 3), X_ref, 6)
     again = pickle.loads(pickle.dumps(reduced))
+    assert again.exact_ranking_ and "_reference_pieces" not in again.__dict__
     found, expected = again.most_similar(X_new), reduced.most_similar(X_new)
     for a, b in zip(found, expected, strict=True):
         np.testing.assert_array_equal(a, b)
@@ -113,9 +152,11 @@ def test_rank_candidates_against_a_full_sort(block_rows, monkeypatch):
     given = candidates.copy()
     for array in (Q, R, candidates):  # read-only, as unpickled sketches may be
         array.setflags(write=False)
-    sim, ind = rank_candidates(Q, R, candidates, 4)
+    sim, ind = rank_candidates(sketch_similarity(Q, R), candidates, 4)
     np.testing.assert_array_equal(candidates, given)
-    shuffled = rank_candidates(Q, R, candidates, 4, order=rng.permutation(7))
+    shuffled = rank_candidates(
+        sketch_similarity(Q, R), candidates, 4, order=rng.permutation(7)
+    )
     np.testing.assert_array_equal(shuffled[0], sim)  # the order changes no bit
     np.testing.assert_array_equal(shuffled[1], ind)
     for q in range(7):
@@ -162,11 +203,14 @@ def test_more_components_than_fitting_rows_fit_on_twice_as_many(monkeypatch):
 def test_label_issue_detector_passes_search_components_on(data):
     X_ref, _ = data
     y = (X_ref[:, 0] > 0).astype(int)
-    kwargs = dict(cv="prefit", algorithm="faiss", n_components=16, random_state=0)
+    kwargs = dict(algorithm="faiss", n_components=16, random_state=0)
     net = mlp(4, 2)
-    flat = LabelIssueDetector(net, **kwargs).fit(X_ref, y)
-    reduced = LabelIssueDetector(net, search_components=31, **kwargs).fit(X_ref, y)
-    np.testing.assert_array_equal(reduced.neighbor_indices_, flat.neighbor_indices_)
-    np.testing.assert_allclose(reduced.scores_, flat.scores_, atol=1e-6)
+    detector = LabelIssueDetector(net, cv="prefit", search_components=4, **kwargs)
+    detector.fit(X_ref, y)
+    search = NetworkNeighbors(
+        net, n_neighbors=detector.n_neighbors, search_components=4, **kwargs
+    ).fit(X_ref)
+    assert search.exact_ranking_
+    np.testing.assert_array_equal(detector.neighbor_indices_, search.most_similar()[1])
     with pytest.raises(InvalidParameterError, match="search_components"):
         LabelIssueDetector(net, search_components=0, **kwargs).fit(X_ref, y)

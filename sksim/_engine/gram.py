@@ -18,7 +18,7 @@ import torch
 from .inputs import n_samples
 from .jacobian import JacobianEngine
 from .normalize import KINDS
-from .pieces import gram_of, map_pieces
+from .pieces import cat_batches, gram_of, map_pieces, nbytes_of
 from .transfer import copy_to_host, to_host
 
 # Tiles of symmetric kernels: small enough for the transposes to stay in cache.
@@ -38,19 +38,9 @@ def _pair(left: list, right: list, full: bool) -> torch.Tensor:
     return total
 
 
-def _cat(batches: list[list]) -> list:
-    if len(batches) == 1:
-        return batches[0]
-    return [type(ps[0]).cat(list(ps)) for ps in zip(*batches, strict=True)]
-
-
 def _gram_array(pieces: list) -> np.ndarray:
     """``J(x) J(x)^T`` of a batch's samples, float64 on the CPU."""
     return gram_of(pieces).double().cpu().numpy()
-
-
-def _nbytes(pieces: list) -> int:
-    return sum(p.nbytes() for p in pieces)
 
 
 class GramReference:
@@ -103,7 +93,7 @@ class GramReference:
         grams, kept = [], []
         for k, (_, pieces) in enumerate(engine.pieces(Y)):
             self.n_outputs = pieces[0].signal.shape[1]
-            if k == 0 and _nbytes(pieces) * self.n_samples / len(pieces[0]) > (
+            if k == 0 and nbytes_of(pieces) * self.n_samples / len(pieces[0]) > (
                 self.max_memory
             ):
                 kept = None
@@ -112,7 +102,7 @@ class GramReference:
             if kept is not None:
                 kept.append(map_pieces(pieces, G, self.right_power, rtol))
         self._gram = None if lazy and kept else np.concatenate(grams)
-        self._pieces = _cat(kept) if kept else None
+        self._pieces = cat_batches(kept) if kept else None
 
     @property
     def gram(self) -> np.ndarray:

@@ -11,10 +11,14 @@ A batch's Jacobian ``J(x)`` (``d x p``) is held as one piece per layer:
 * :class:`DensePiece` keeps the per-sample gradient itself, ``(b, d, q)``.
 
 Both are linear in the output axis ``d``, so whitening ``J -> W J`` acts on
-``delta`` or on the gradient.
+``delta`` or on the gradient. Besides the products of all pairs of two batches
+(``pair``), both give those of chosen pairs (``sampled``): each sample of a
+batch with a few rows of a reference set.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import torch
@@ -71,6 +75,13 @@ class DensePiece:
             return torch.einsum("icq,jeq->ijce", self.grad, other.grad)
         b, m = len(self), len(other)
         return self.grad.reshape(b, -1) @ other.grad.reshape(m, -1).T
+
+    def sampled(self, other: DensePiece, columns: torch.Tensor) -> torch.Tensor:
+        """``tr(g_i g'_j^T)`` for each ``j`` of ``columns[i]``, ``(b, c)``.
+
+        ``columns`` holds rows of ``other``, sorted for each sample.
+        """
+        return sampled_products(self.grad.flatten(1), other.grad.flatten(1), columns)
 
     @property
     def width(self) -> int:
@@ -159,6 +170,15 @@ class SharedWeightPiece:
             )
         return self._with_bias(torch.einsum("ita,jua->ijtu", self.h, other.h))
 
+    def _group_input_products(self, h: torch.Tensor) -> torch.Tensor:
+        """``h_i(u) . h_ij(u')`` of shape (b, c, T, T').
+
+        ``h`` holds ``c`` inputs ``h_ij`` per sample, ``(b, c, T', ...)``.
+        """
+        if self.tokens:
+            return (self.h[:, None, :, None] == h[:, :, None, :]).to(self.delta.dtype)
+        return self._with_bias(torch.einsum("ita,icua->ictu", self.h, h))
+
     def self_gram(self) -> torch.Tensor:
         if self.tokens:
             HH = (self.h[:, :, None] == self.h[:, None, :]).to(self.delta.dtype)
@@ -192,6 +212,31 @@ class SharedWeightPiece:
                     torch.einsum("ictO,jcuO,ijtu->ij", self.delta, chunk.delta, HH)
                 )
         return torch.cat(parts, dim=1)
+
+    def sampled(self, other: SharedWeightPiece, columns: torch.Tensor) -> torch.Tensor:
+        """``tr(dW_i dW'_j^T)`` for each ``j`` of ``columns[i]``, ``(b, c)``.
+
+        ``columns`` holds rows of ``other``, sorted for each sample. Layers of
+        one position give two sampled products; others pair each sample with
+        copies of its ``c`` rows of ``other``, a few samples at a time.
+        """
+        b, T = self.h.shape[:2]
+        c, T_other = columns.shape[1], other.h.shape[1]
+        if T == 1 and T_other == 1 and not self.tokens:
+            HH = sampled_products(self.h[:, 0], other.h[:, 0], columns)
+            D = sampled_products(self.delta.flatten(1), other.delta.flatten(1), columns)
+            return self._with_bias(HH).mul_(D)
+        step = max(1, PAIR_CHUNK_ELEMENTS // max(1, c * T * T_other))
+        parts = []
+        for start in range(0, b, step):
+            query = self.take(slice(start, start + step))
+            group = other.take(columns[start : start + step].flatten())
+            HH = query._group_input_products(
+                group.h.reshape(len(query), c, *group.h.shape[1:])
+            )
+            delta = group.delta.reshape(len(query), c, *group.delta.shape[1:])
+            parts.append(torch.einsum("idtO,ijduO,ijtu->ij", query.delta, delta, HH))
+        return torch.cat(parts)
 
     @property
     def width(self) -> int:
@@ -242,6 +287,29 @@ class SharedWeightPiece:
         return sum(t.numel() * t.element_size() for t in (self.h, self.delta))
 
 
+def sampled_products(
+    A: torch.Tensor, B: torch.Tensor, columns: torch.Tensor
+) -> torch.Tensor:
+    """``A[i] . B[columns[i, j]]`` of shape ``columns.shape``.
+
+    A sampled matrix product (``torch.sparse.sampled_addmm``) over the pattern
+    of ``columns``, whose rows must be sorted: the rows of ``B`` are read where
+    they are, not copied.
+    """
+    n, c = columns.shape
+    with warnings.catch_warnings():  # CSR tensors are "in beta"
+        warnings.simplefilter("ignore", UserWarning)
+        pattern = torch.sparse_csr_tensor(
+            torch.arange(0, n * c + 1, c, device=columns.device),
+            columns.flatten(),
+            A.new_zeros(n * c),
+            size=(n, len(B)),
+            check_invariants=False,
+        )
+        out = torch.sparse.sampled_addmm(pattern, A, B.T, beta=0.0)
+    return out.values().reshape(n, c)
+
+
 def materialize(h: torch.Tensor, delta: torch.Tensor) -> DensePiece:
     """The per-sample gradient ``sum_u delta(u) h(u)^T`` as a dense piece."""
     grad = torch.einsum("bctO,bta->bcOa", delta, h)
@@ -257,6 +325,18 @@ def factorised_is_cheaper(T: int, a: int, o: int, d: int) -> bool:
     (``T = 1``), rarely for an early convolution (large ``T``).
     """
     return T * T * (d * o + a) < d * o * a
+
+
+def cat_batches(batches: list[list]) -> list:
+    """The pieces of several batches joined, layer by layer."""
+    if len(batches) == 1:
+        return batches[0]
+    return [type(ps[0]).cat(list(ps)) for ps in zip(*batches, strict=True)]
+
+
+def nbytes_of(pieces: list) -> int:
+    """Bytes that a batch's pieces hold."""
+    return sum(p.nbytes() for p in pieces)
 
 
 def gram_of(pieces: list) -> torch.Tensor:

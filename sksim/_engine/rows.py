@@ -2,8 +2,9 @@
 
 Shared by the density estimator and the nearest-neighbour search: exact rows
 of the scalar cosine kernel, or approximate rows from projected,
-unit-normalised gradient features, and the exact neighbours of a few queries
-gathered while the features of the reference set are computed.
+unit-normalised gradient features; the exact neighbours of a few queries
+gathered while the features of the reference set are computed; and exact
+similarities of chosen candidates, from whitened pieces kept during that pass.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import numpy as np
+import torch
 
 from .features import gradient_features
 from .gram import GramReference
 from .jacobian import JacobianEngine
+from .pieces import cat_batches, nbytes_of
 
 MAX_BLOCK_ENTRIES = 2**22  # similarities held at once by the sketched path
 
@@ -81,6 +84,55 @@ class ExactNeighbors:
         )
         self.similarities, order = top_k(values, min(self.n_neighbors, values.shape[1]))
         self.indices = np.take_along_axis(columns, order, axis=1)
+
+
+class KeptPieces:
+    """The whitened pieces of a pass over ``n`` samples, kept while they fit.
+
+    Called with the rows and pieces of every batch, in order (as the
+    ``each_batch`` of :func:`sketch_features`). Once the pieces seen so far,
+    extrapolated to the ``n`` samples, pass ``max_bytes``, they are let go and
+    no more are kept.
+
+    Attributes
+    ----------
+    pieces : list or None
+        The pieces of all ``n`` samples, layer by layer; None if they did not
+        fit.
+    """
+
+    def __init__(self, n: int, max_bytes: float):
+        self.n, self.max_bytes = n, max_bytes
+        self._batches: list[list] | None = []
+        self._nbytes = 0
+
+    def __call__(self, rows: slice, pieces: list) -> None:
+        if self._batches is None:
+            return
+        self._nbytes += nbytes_of(pieces)
+        if self._nbytes * self.n / rows.stop > self.max_bytes:
+            self._batches = None
+            return
+        self._batches.append(pieces)
+
+    @property
+    def pieces(self) -> list | None:
+        if not self._batches:
+            return None
+        self._batches = [cat_batches(self._batches)]
+        return self._batches[0]
+
+
+def candidate_similarities(left: list, right: list, columns: np.ndarray) -> np.ndarray:
+    """Exact ``k^C(x_i, y_j)`` for each ``j`` of ``columns[i]``, float32 ``(b, c)``.
+
+    ``left`` and ``right`` are whitened pieces of the queries and of the
+    reference set (as :class:`KeptPieces` keeps them); each row of
+    ``columns`` must be sorted.
+    """
+    columns = torch.as_tensor(columns, dtype=torch.int64, device=left[0].signal.device)
+    total = sum(p.sampled(q, columns) for p, q in zip(left, right, strict=True))
+    return (total / left[0].signal.shape[1]).float().cpu().numpy()
 
 
 def sketch_features(

@@ -1,0 +1,54 @@
+"""Exact similarities of chosen candidate pairs, against the float64 oracle."""
+
+import numpy as np
+import pytest
+from _architectures import LAYER_CASES, layer_case, oracle_jacobians, oracle_kernel
+
+from sksim._engine import capture
+from sksim._engine import pieces as pieces_module
+from sksim._engine.jacobian import JacobianEngine
+from sksim._engine.rows import KeptPieces, candidate_similarities
+
+
+def whitened(engine, X, max_bytes=float("inf")):
+    kept = KeptPieces(len(X), max_bytes)
+    for rows, pieces, _ in engine.mapped_pieces(X, -0.5, 1e-5):
+        kept(rows, pieces)
+    return kept
+
+
+@pytest.mark.parametrize("factorised", ["by cost", "always"])
+@pytest.mark.parametrize("name", LAYER_CASES)
+def test_candidate_similarities_match_the_oracle(name, factorised, monkeypatch):
+    if factorised == "always":  # layers of many positions kept as their factors
+        monkeypatch.setattr(capture, "factorised_is_cheaper", lambda *_: True)
+    module, X = layer_case(name)
+    K = oracle_kernel(*(2 * [oracle_jacobians(module, X)]), "cosine")
+    engine = JacobianEngine(module, batch_size=4)  # two batches of pieces, joined
+    reference = whitened(engine, X).pieces
+    queries = [p.take(slice(1, 5)) for p in reference]
+    rng = np.random.default_rng(0)
+    columns = np.sort([rng.choice(len(X), 3, replace=False) for _ in range(4)], axis=1)
+    found = candidate_similarities(queries, reference, columns)
+    expected = np.take_along_axis(K[1:5], columns, axis=1)
+    np.testing.assert_allclose(found, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_pairs_of_many_positions_go_a_few_queries_at_a_time(monkeypatch):
+    monkeypatch.setattr(capture, "factorised_is_cheaper", lambda *_: True)
+    module, X = layer_case("conv1d")
+    K = oracle_kernel(*(2 * [oracle_jacobians(module, X)]), "cosine")
+    reference = whitened(JacobianEngine(module, batch_size=6), X).pieces
+    columns = np.tile(np.arange(len(X)), (len(X), 1))
+    monkeypatch.setattr(pieces_module, "PAIR_CHUNK_ELEMENTS", 1)  # one query a time
+    found = candidate_similarities(reference, reference, columns)
+    np.testing.assert_allclose(found, K, rtol=1e-6, atol=1e-7)
+
+
+def test_kept_pieces_are_let_go_once_they_would_not_fit():
+    module, X = layer_case("linear")
+    engine = JacobianEngine(module, batch_size=2)
+    total = sum(p.nbytes() for p in whitened(engine, X).pieces)
+    assert whitened(engine, X, max_bytes=total).pieces is not None
+    # the first batch, extrapolated to the six samples, is already too large
+    assert whitened(engine, X, max_bytes=total - 1).pieces is None
