@@ -26,7 +26,7 @@ from sklearn.utils.extmath import randomized_svd
 
 from ._engine.pieces import sampled_products
 
-REFINE_FACTOR = 8  # candidates searched per neighbour asked for
+REFINE_FACTOR = 16  # candidates searched per neighbour asked for
 MAX_FIT_ROWS = 4096  # reference sketches the directions are fitted on
 BLOCK_ROWS = 4096  # queries ranked at a time (bounds the copies and pattern)
 LOCALITY_CLUSTERS = 256  # k-means clusters that order the queries

@@ -339,6 +339,10 @@ class LabelIssueDetector(NetworkEstimator):
         Rows of ``X`` of each example's neighbours, most similar first.
     neighbor_similarities_ : ndarray of shape (n_samples, n_neighbors)
         Their cosine similarities.
+    exact_ranking_ : bool
+        Whether every neighbour search ranked the candidates of its reduced
+        FAISS search by their exact similarities (see ``search_components``;
+        False without reduction).
     label_issues_ : pandas.DataFrame
         Every example, ranked by decreasing score: ``index`` (row of ``X``),
         ``given_label``, ``suggested_label``, ``score``, ``is_issue`` (one of
@@ -458,9 +462,12 @@ class LabelIssueDetector(NetworkEstimator):
             X = check_net_input(X, self, reset=True)
         y = self._encode_targets(X, y)
         if self.cv == "prefit":
-            P, similarities, indices = self._prefit_signals(X)
+            P, similarities, indices, searches = self._prefit_signals(X)
         else:
-            P, similarities, indices = self._cross_validated_signals(X, y)
+            P, similarities, indices, searches = self._cross_validated_signals(X, y)
+        self.exact_ranking_ = all(
+            getattr(search, "exact_ranking_", False) for search in searches
+        )
         scored = score_labels(P, similarities, y[indices], y, self.combination)
         self.oof_proba_ = P
         self.neighbor_proba_ = scored.neighbor_proba
@@ -505,7 +512,7 @@ class LabelIssueDetector(NetworkEstimator):
         n_neighbors = self._n_neighbors(n_samples(X) - 1)
         search = self._search(self.net_, X, n_neighbors)
         similarities, indices = search.most_similar(None, n_neighbors)
-        return P, similarities, indices
+        return P, similarities, indices, [search]
 
     def _cross_validated_signals(self, X, y):
         splits = list(check_cv(self.cv, y, classifier=True).split(_rows(X), y))
@@ -517,20 +524,22 @@ class LabelIssueDetector(NetworkEstimator):
         P = np.full((n, len(self.classes_)), np.nan)
         similarities = np.full((n, n_neighbors), np.nan)
         indices = np.full((n, n_neighbors), -1, dtype=np.intp)
+        searches = []
         for (train, test), seed in zip(splits, seeds, strict=True):
             X_train = take(X, train)
             seed = None if self.random_state is None else int(seed)
             net = fit_net(clone(_unwrap(self.net)), X_train, y[train], seed)
-            P[test], similarities[test], found = self._held_out_signals(
+            P[test], similarities[test], found, search = self._held_out_signals(
                 net, X_train, take(X, test), n_neighbors, len(self.classes_)
             )
             indices[test] = train[found]
+            searches.append(search)
         if np.isnan(P).any():
             raise ValueError(
                 "cv must put every example in exactly one test fold (a partition, "
                 "as KFold does); some examples were never held out."
             )
-        return P, similarities, indices
+        return P, similarities, indices, searches
 
     def _held_out_signals(
         self, net, X_train, X_test, n_neighbors, n_classes, probabilities=None
@@ -541,14 +550,14 @@ class LabelIssueDetector(NetworkEstimator):
         they are already computed, else computed here) and the
         similarities and rows of ``X_train`` of their ``n_neighbors`` most
         similar training examples (the audit's label-issue analysis calls it
-        on its folds).
+        on its folds), and the fitted :class:`NetworkNeighbors` that found them.
         """
         if probabilities is None:
             probabilities = self._net_probabilities(net, X_test)
         P = _class_probabilities(probabilities, n_classes)
         search = self._search(net, X_train, n_neighbors)
         similarities, found = search.most_similar(X_test, n_neighbors)
-        return P, similarities, found
+        return P, similarities, found, search
 
     def _n_neighbors(self, available):
         """The neighbours per example, at most the ``available`` references."""

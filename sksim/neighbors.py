@@ -156,7 +156,7 @@ class NetworkNeighbors(NetworkEstimator):
         (``d * n_components`` values each). An int gives it their projections
         on that many leading principal directions (fitted in ``fit`` on at
         most 4 096 reference sketches, or twice ``search_components``); the
-        index then finds 8 times more candidates than neighbours asked for,
+        index then finds 16 times more candidates than neighbours asked for,
         and the candidates with the largest exact similarities are returned,
         with those similarities. The exact similarities come from the whitened
         Jacobians of the reference, kept from ``fit`` when they take at most a

@@ -10,6 +10,7 @@ from sklearn.utils._param_validation import InvalidParameterError
 
 from sksim import LabelIssueDetector, _reduced_search
 from sksim._reduced_search import (
+    REFINE_FACTOR,
     locality_order,
     principal_directions,
     rank_candidates,
@@ -59,7 +60,7 @@ def test_candidates_are_ranked_by_their_exact_similarities(data, query_reference
     )
     K = oracle_kernel(J[: len(queries)], J[len(queries) :], "cosine")
     k = 5 + query_reference  # the sample itself is found, then dropped
-    for q, row in enumerate(candidates_of(reduced, X, 8 * k)):
+    for q, row in enumerate(candidates_of(reduced, X, REFINE_FACTOR * k)):
         if query_reference:
             row = row[row != q]
         expected = row[np.lexsort((row, -K[q, row]))][:5]
@@ -207,6 +208,7 @@ def test_label_issue_detector_passes_search_components_on(data):
     net = mlp(4, 2)
     detector = LabelIssueDetector(net, cv="prefit", search_components=4, **kwargs)
     detector.fit(X_ref, y)
+    assert detector.exact_ranking_
     search = NetworkNeighbors(
         net, n_neighbors=detector.n_neighbors, search_components=4, **kwargs
     ).fit(X_ref)

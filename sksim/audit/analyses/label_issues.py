@@ -48,6 +48,9 @@ def fold_signals(fold: _Fold, options: Mapping[str, Any]) -> tuple[np.ndarray, .
     P : ndarray of shape (n, n_classes)
     similarities, neighbors, neighbor_labels : ndarray of shape (n, k)
         The neighbours' similarities, rows of ``X`` and labels.
+    exact_ranking : bool
+        Whether a reduced FAISS search ranked its candidates by their exact
+        similarities.
     """
     search = detector(fold, options)
     if fold.prefit:
@@ -55,10 +58,11 @@ def fold_signals(fold: _Fold, options: Mapping[str, Any]) -> tuple[np.ndarray, .
         found = search.neighbor_indices_
         P, similarities = search.oof_proba_, search.neighbor_similarities_
         rows, labels = fold.train, fold.y_train
+        exact_ranking = search.exact_ranking_
     else:
         search._validate_params()
         k = min(search.n_neighbors, len(fold.train))
-        P, similarities, found = search._held_out_signals(
+        P, similarities, found, neighbors = search._held_out_signals(
             fold.net,
             fold.X_train,
             fold.X_test,
@@ -67,7 +71,17 @@ def fold_signals(fold: _Fold, options: Mapping[str, Any]) -> tuple[np.ndarray, .
             fold.probabilities,
         )
         rows, labels = fold.test, fold.y_test
-    return rows, labels, P, similarities, fold.train[found], fold.y_train[found]
+        exact_ranking = getattr(neighbors, "exact_ranking_", False)
+    neighbor_rows = fold.train[found]
+    return (
+        rows,
+        labels,
+        P,
+        similarities,
+        neighbor_rows,
+        fold.y_train[found],
+        exact_ranking,
+    )
 
 
 SIGNALS = ("proba", "neighbor", "similarity", "neighbor_label")  # 2-D signals
@@ -283,8 +297,8 @@ class LabelIssues(Analysis):
 
     def run(self, fold: _Fold) -> FoldOutput:
         options = self.options(fold)
-        rows, labels, P, similarities, neighbors, neighbor_labels = fold_signals(
-            fold, options
+        rows, labels, P, similarities, neighbors, neighbor_labels, exact_ranking = (
+            fold_signals(fold, options)
         )
         table = signals_table(
             fold.fold, rows, labels, P, neighbors, similarities, neighbor_labels
@@ -298,7 +312,7 @@ class LabelIssues(Analysis):
         )
         method = f"{source}, k = {similarities.shape[1]}"
         if options.get("algorithm", "auto") != "auto":
-            method += f", by {search_method(options)}"
+            method += f", by {search_method(options, exact_ranking)}"
         return FoldOutput(
             tables=dict(label_issues=table), method=self.method_text(fold, method)
         )

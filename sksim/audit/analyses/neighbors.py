@@ -79,17 +79,23 @@ def recall_rows(n_test: int, n_queries: int, random_state: int | None) -> np.nda
     return np.sort(rng.choice(n_test, n_queries, replace=False))
 
 
-def search_method(options: Mapping[str, Any]) -> str:
-    """The neighbour search that ``options`` select, in words."""
+def search_method(options: Mapping[str, Any], exact_ranking: bool = False) -> str:
+    """The neighbour search that ``options`` select, in words.
+
+    ``exact_ranking``: whether the fitted search ranked the candidates of its
+    reduced search by their exact similarities.
+    """
     if options.get("algorithm", "exact") == "faiss":
         reduced = options.get("search_components")
+        ranking = "exact similarities" if exact_ranking else "whole sketches"
         return (
             f"FAISS search (index {options.get('index', 'Flat')!r}) over "
             f"gradient sketches with n_components={options.get('n_components')}"
             + (
                 ""
                 if reduced is None
-                else f", candidates from their {reduced} principal components"
+                else f", candidates from their {reduced} principal components "
+                f"ranked by their {ranking}"
             )
         )
     if options.get("n_components") is not None:
@@ -277,8 +283,9 @@ def sketched_search(fold: _Fold) -> dict[str, Any]:
     The sketch size is :func:`sketch_components` of the fold, one output per
     class (one for a regression). FAISS searches their
     :data:`SEARCH_COMPONENTS` leading principal components for candidates,
-    ranked by the whole sketches, when both the sketches and the training
-    fold are larger; without faiss, the sketches are searched exactly.
+    ranked by their exact similarities (by the whole sketches when the
+    network's Jacobians do not fit in memory), when both the sketches and the
+    training fold are larger; without faiss, the sketches are searched exactly.
     """
     n_outputs = 1 if fold.classes is None else len(fold.classes)
     n_components = sketch_components(len(fold.train), n_outputs)
@@ -343,7 +350,7 @@ class Neighbors(Analysis):
         similarities, rows = search.most_similar(fold.X_test)
         labels, indices = fold.y_train[rows], fold.train[rows]
         columns, metrics = label_agreement(fold, labels)
-        method = search_method(options)
+        method = search_method(options, getattr(search, "exact_ranking_", False))
         if sketched:
             metrics["neighbor_recall"] = search.recall_
             low_recall_warning(
