@@ -29,6 +29,8 @@ from sksim import (
     relative_sensitivity,
 )
 from sksim._engine import gram
+from sksim._engine.jacobian import JacobianEngine
+from sksim._engine.rows import KeptPieces, candidate_similarities
 from sksim.representations import extract_representations
 
 pytestmark = pytest.mark.skipif(
@@ -86,6 +88,24 @@ def test_cuda_sketch_equals_the_cpu_sketch():
     cpu = gradient_features(module, X, device="cpu", **kwargs)
     gpu = gradient_features(module, X, device="cuda", **kwargs)
     np.testing.assert_allclose(gpu, cpu, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("case", ["mlp_d3", "cnn_batchnorm", "tokens"])
+def test_cuda_exact_ranking_of_candidates_matches_the_oracle(case):
+    module, X = _case(case)
+    K = oracle_kernel(*(2 * [oracle_jacobians(module, X)]), "cosine")
+    engine = JacobianEngine(module, batch_size=3, device="cuda")
+    kept = KeptPieces(len(X), float("inf"))
+    for rows, pieces, _ in engine.mapped_pieces(X, -0.5, 1e-5):
+        kept(rows, pieces)
+    rng = np.random.default_rng(0)
+    columns = np.sort([rng.choice(len(X), 5, replace=False) for _ in range(4)], axis=1)
+    found = candidate_similarities(
+        [p.take(slice(0, 4)) for p in kept.pieces], kept.pieces, columns
+    )
+    np.testing.assert_allclose(
+        found, np.take_along_axis(K[:4], columns, 1), rtol=1e-5, atol=1e-7
+    )
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import torch
 from .inputs import n_samples
 from .jacobian import JacobianEngine
 from .normalize import KINDS
-from .pieces import cat_batches, gram_of, map_pieces, nbytes_of
+from .pieces import gram_of, map_pieces, nbytes_of
 from .transfer import copy_to_host, to_host
 
 # Tiles of symmetric kernels: small enough for the transposes to stay in cache.
@@ -36,6 +36,12 @@ def _pair(left: list, right: list, full: bool) -> torch.Tensor:
     for products in pairs:
         total += products
     return total
+
+
+def _cat(batches: list[list]) -> list:
+    if len(batches) == 1:
+        return batches[0]
+    return [type(ps[0]).cat(list(ps)) for ps in zip(*batches, strict=True)]
 
 
 def _gram_array(pieces: list) -> np.ndarray:
@@ -102,7 +108,7 @@ class GramReference:
             if kept is not None:
                 kept.append(map_pieces(pieces, G, self.right_power, rtol))
         self._gram = None if lazy and kept else np.concatenate(grams)
-        self._pieces = cat_batches(kept) if kept else None
+        self._pieces = _cat(kept) if kept else None
 
     @property
     def gram(self) -> np.ndarray:

@@ -99,6 +99,14 @@ class DensePiece:
     def take(self, rows) -> DensePiece:
         return DensePiece(self.grad[rows])
 
+    def empty(self, n: int) -> DensePiece:
+        """A piece of ``n`` samples shaped like these, not yet filled."""
+        return DensePiece(self.grad.new_empty((n, *self.grad.shape[1:])))
+
+    def put(self, rows: slice, other: DensePiece) -> None:
+        """Copy the samples of ``other`` into ``rows``."""
+        self.grad[rows] = other.grad
+
     @staticmethod
     def cat(pieces: list[DensePiece]) -> DensePiece:
         return DensePiece(torch.cat([p.grad for p in pieces]))
@@ -274,6 +282,20 @@ class SharedWeightPiece:
             self.h[rows], self.delta[rows], self.n_tokens, self.bias
         )
 
+    def empty(self, n: int) -> SharedWeightPiece:
+        """A piece of ``n`` samples shaped like these, not yet filled."""
+        return SharedWeightPiece(
+            self.h.new_empty((n, *self.h.shape[1:])),
+            self.delta.new_empty((n, *self.delta.shape[1:])),
+            self.n_tokens,
+            self.bias,
+        )
+
+    def put(self, rows: slice, other: SharedWeightPiece) -> None:
+        """Copy the samples of ``other`` into ``rows``."""
+        self.h[rows] = other.h
+        self.delta[rows] = other.delta
+
     @staticmethod
     def cat(pieces: list[SharedWeightPiece]) -> SharedWeightPiece:
         return SharedWeightPiece(
@@ -325,13 +347,6 @@ def factorised_is_cheaper(T: int, a: int, o: int, d: int) -> bool:
     (``T = 1``), rarely for an early convolution (large ``T``).
     """
     return T * T * (d * o + a) < d * o * a
-
-
-def cat_batches(batches: list[list]) -> list:
-    """The pieces of several batches joined, layer by layer."""
-    if len(batches) == 1:
-        return batches[0]
-    return [type(ps[0]).cat(list(ps)) for ps in zip(*batches, strict=True)]
 
 
 def nbytes_of(pieces: list) -> int:

@@ -17,7 +17,7 @@ import torch
 from .features import gradient_features
 from .gram import GramReference
 from .jacobian import JacobianEngine
-from .pieces import cat_batches, nbytes_of
+from .pieces import nbytes_of
 
 MAX_BLOCK_ENTRIES = 2**22  # similarities held at once by the sketched path
 
@@ -87,40 +87,33 @@ class ExactNeighbors:
 
 
 class KeptPieces:
-    """The whitened pieces of a pass over ``n`` samples, kept while they fit.
+    """The whitened pieces of a pass over ``n`` samples, kept if they fit.
 
     Called with the rows and pieces of every batch, in order (as the
-    ``each_batch`` of :func:`sketch_features`). Once the pieces seen so far,
-    extrapolated to the ``n`` samples, pass ``max_bytes``, they are let go and
-    no more are kept.
+    ``each_batch`` of :func:`sketch_features`). The first batch's pieces,
+    extrapolated to the ``n`` samples, decide: past ``max_bytes`` none are
+    kept; otherwise pieces of ``n`` samples are allocated once and every
+    batch is copied into its rows.
 
     Attributes
     ----------
     pieces : list or None
-        The pieces of all ``n`` samples, layer by layer; None if they did not
+        The pieces of all ``n`` samples, layer by layer; None if they do not
         fit.
     """
 
     def __init__(self, n: int, max_bytes: float):
         self.n, self.max_bytes = n, max_bytes
-        self._batches: list[list] | None = []
-        self._nbytes = 0
+        self.pieces: list | None = None
 
     def __call__(self, rows: slice, pieces: list) -> None:
-        if self._batches is None:
-            return
-        self._nbytes += nbytes_of(pieces)
-        if self._nbytes * self.n / rows.stop > self.max_bytes:
-            self._batches = None
-            return
-        self._batches.append(pieces)
-
-    @property
-    def pieces(self) -> list | None:
-        if not self._batches:
-            return None
-        self._batches = [cat_batches(self._batches)]
-        return self._batches[0]
+        if rows.start == 0:
+            if nbytes_of(pieces) * self.n / rows.stop > self.max_bytes:
+                return
+            self.pieces = [piece.empty(self.n) for piece in pieces]
+        if self.pieces is not None:
+            for kept, piece in zip(self.pieces, pieces, strict=True):
+                kept.put(rows, piece)
 
 
 def candidate_similarities(left: list, right: list, columns: np.ndarray) -> np.ndarray:

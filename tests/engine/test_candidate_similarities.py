@@ -45,10 +45,15 @@ def test_pairs_of_many_positions_go_a_few_queries_at_a_time(monkeypatch):
     np.testing.assert_allclose(found, K, rtol=1e-6, atol=1e-7)
 
 
-def test_kept_pieces_are_let_go_once_they_would_not_fit():
+def test_pieces_are_kept_when_the_first_batch_says_they_fit():
     module, X = layer_case("linear")
-    engine = JacobianEngine(module, batch_size=2)
-    total = sum(p.nbytes() for p in whitened(engine, X).pieces)
+    one_batch = whitened(JacobianEngine(module, batch_size=6), X).pieces
+    engine = JacobianEngine(module, batch_size=2)  # three batches copied in
+    kept = whitened(engine, X).pieces
+    for joined, piece in zip(kept, one_batch, strict=True):
+        np.testing.assert_allclose(joined.h, piece.h, rtol=1e-12)
+        np.testing.assert_allclose(joined.delta, piece.delta, rtol=1e-12)
+    total = sum(p.nbytes() for p in kept)
     assert whitened(engine, X, max_bytes=total).pieces is not None
     # the first batch, extrapolated to the six samples, is already too large
     assert whitened(engine, X, max_bytes=total - 1).pieces is None
