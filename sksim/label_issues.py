@@ -462,12 +462,10 @@ class LabelIssueDetector(NetworkEstimator):
             X = check_net_input(X, self, reset=True)
         y = self._encode_targets(X, y)
         if self.cv == "prefit":
-            P, similarities, indices, searches = self._prefit_signals(X)
+            P, similarities, indices, rankings = self._prefit_signals(X)
         else:
-            P, similarities, indices, searches = self._cross_validated_signals(X, y)
-        self.exact_ranking_ = all(
-            getattr(search, "exact_ranking_", False) for search in searches
-        )
+            P, similarities, indices, rankings = self._cross_validated_signals(X, y)
+        self.exact_ranking_ = all(rankings)
         scored = score_labels(P, similarities, y[indices], y, self.combination)
         self.oof_proba_ = P
         self.neighbor_proba_ = scored.neighbor_proba
@@ -512,7 +510,7 @@ class LabelIssueDetector(NetworkEstimator):
         n_neighbors = self._n_neighbors(n_samples(X) - 1)
         search = self._search(self.net_, X, n_neighbors)
         similarities, indices = search.most_similar(None, n_neighbors)
-        return P, similarities, indices, [search]
+        return P, similarities, indices, [search.exact_ranking_]
 
     def _cross_validated_signals(self, X, y):
         splits = list(check_cv(self.cv, y, classifier=True).split(_rows(X), y))
@@ -524,7 +522,7 @@ class LabelIssueDetector(NetworkEstimator):
         P = np.full((n, len(self.classes_)), np.nan)
         similarities = np.full((n, n_neighbors), np.nan)
         indices = np.full((n, n_neighbors), -1, dtype=np.intp)
-        searches = []
+        rankings = []
         for (train, test), seed in zip(splits, seeds, strict=True):
             X_train = take(X, train)
             seed = None if self.random_state is None else int(seed)
@@ -533,13 +531,13 @@ class LabelIssueDetector(NetworkEstimator):
                 net, X_train, take(X, test), n_neighbors, len(self.classes_)
             )
             indices[test] = train[found]
-            searches.append(search)
+            rankings.append(search.exact_ranking_)
         if np.isnan(P).any():
             raise ValueError(
                 "cv must put every example in exactly one test fold (a partition, "
                 "as KFold does); some examples were never held out."
             )
-        return P, similarities, indices, searches
+        return P, similarities, indices, rankings
 
     def _held_out_signals(
         self, net, X_train, X_test, n_neighbors, n_classes, probabilities=None

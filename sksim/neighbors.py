@@ -189,9 +189,9 @@ class NetworkNeighbors(NetworkEstimator):
         (None when ``search_components`` is None, or not below the width and
         the number of reference examples).
     exact_ranking_ : bool
-        With ``algorithm="faiss"``: whether the candidates of the reduced
-        search are ranked by their exact similarities (else by the whole
-        sketches); False without reduction.
+        Whether the candidates of a reduced FAISS search (``search_components``)
+        are ranked by their exact similarities (else by the whole sketches);
+        False without reduction.
     recall_ : float
         With ``X_val`` passed to ``fit``: the mean share of each query's
         exact ``n_neighbors`` nearest reference examples that
@@ -342,13 +342,13 @@ class NetworkNeighbors(NetworkEstimator):
         kept = self._pieces_keeper(self.n_samples_fit_)
         if self.n_components is not None:
             self.reference_features_ = self._sketch(X, each_of(exact, kept))
+        self._reference_pieces = None
         if self.algorithm == "faiss":
             self.search_directions_ = self._search_directions()
             self._faiss_index = self._build_index()
-            self._reference_pieces = None
             if self.search_directions_ is not None and kept is not None:
                 self._reference_pieces = kept.pieces
-            self.exact_ranking_ = self._reference_pieces is not None
+        self.exact_ranking_ = self._reference_pieces is not None
         if X_val is not None:
             if exact is None:  # checkpoints: exact rows of their averaged kernel
                 rows = self._cosine_rows(X_val)
@@ -587,15 +587,14 @@ class NetworkNeighbors(NetworkEstimator):
                 )
                 + f"; got {n_neighbors!r}."
             )
-        exact_ranking = getattr(self, "exact_ranking_", False)
         if X is None:
             if self.algorithm == "faiss":
-                pieces = self._kept_reference_pieces() if exact_ranking else None
+                pieces = self._kept_reference_pieces() if self.exact_ranking_ else None
                 return self._faiss(self.reference_features_, n_neighbors, True, pieces)
             return self._exact_self(n_neighbors)
         X = self._check_input(X)
         if self.algorithm == "faiss":
-            if exact_ranking:
+            if self.exact_ranking_:
                 return self._ranked_exactly(X, n_neighbors)
             return self._faiss(self._sketch(X), n_neighbors, False)
         return split_rows(lambda Q: self._exact(Q, n_neighbors), X, self.n_jobs)

@@ -71,7 +71,7 @@ def fold_signals(fold: _Fold, options: Mapping[str, Any]) -> tuple[np.ndarray, .
             fold.probabilities,
         )
         rows, labels = fold.test, fold.y_test
-        exact_ranking = getattr(neighbors, "exact_ranking_", False)
+        exact_ranking = neighbors.exact_ranking_
     neighbor_rows = fold.train[found]
     return (
         rows,

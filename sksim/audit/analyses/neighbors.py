@@ -350,7 +350,7 @@ class Neighbors(Analysis):
         similarities, rows = search.most_similar(fold.X_test)
         labels, indices = fold.y_train[rows], fold.train[rows]
         columns, metrics = label_agreement(fold, labels)
-        method = search_method(options, getattr(search, "exact_ranking_", False))
+        method = search_method(options, search.exact_ranking_)
         if sketched:
             metrics["neighbor_recall"] = search.recall_
             low_recall_warning(
