@@ -73,8 +73,11 @@ def test_candidates_are_ranked_by_their_exact_similarities(data, query_reference
 def test_exact_ranking_finds_more_exact_neighbors_than_the_sketches(data):
     X_ref, X_new = data
     net = mlp(4, 3)
-    _, exact = NetworkNeighbors(net, n_neighbors=5).fit(X_ref).most_similar(X_new)
-    _, flat = search(net, X_ref, None).most_similar(X_new)
+    exhaustive = NetworkNeighbors(net, n_neighbors=5).fit(X_ref)
+    _, exact = exhaustive.most_similar(X_new)
+    flat = search(net, X_ref, None)
+    assert not exhaustive.exact_ranking_ and not flat.exact_ranking_
+    _, flat = flat.most_similar(X_new)
     _, reduced = search(net, X_ref, 8).most_similar(X_new)
     assert recall(reduced, exact) >= 0.9
     assert recall(reduced, exact) > recall(flat, exact) + 0.1
