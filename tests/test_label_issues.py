@@ -220,6 +220,18 @@ def test_cv_splitter_and_fitted_skorch_net_are_cloned(digits, fitted_digits_net)
         assert torch.equal(value, before[key])
     for _, test in KFold(2, shuffle=True, random_state=0).split(X):
         assert not np.isin(detector.neighbor_indices_[test], test).any()
+    assert not detector.exact_ranking_  # an exact search, no candidates to rank
+
+
+def test_every_fold_ranks_the_reduced_search_candidates_exactly(digits):
+    X, y = digits[0][:120], digits[1][:120]
+    kwargs = dict(algorithm="faiss", n_components=16, random_state=0)
+    reduced = LabelIssueDetector(
+        make_digits_net(max_epochs=2), cv=2, search_components=8, **kwargs
+    ).fit(X, y)
+    assert reduced.exact_ranking_
+    flat = LabelIssueDetector(make_digits_net(max_epochs=2), cv=2, **kwargs).fit(X, y)
+    assert not flat.exact_ranking_
 
 
 def test_string_labels_are_encoded(digits, fitted_digits_net):

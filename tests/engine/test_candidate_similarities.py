@@ -24,7 +24,7 @@ def test_candidate_similarities_match_the_oracle(name, factorised, monkeypatch):
         monkeypatch.setattr(capture, "factorised_is_cheaper", lambda *_: True)
     module, X = layer_case(name)
     K = oracle_kernel(*(2 * [oracle_jacobians(module, X)]), "cosine")
-    engine = JacobianEngine(module, batch_size=4)  # two batches of pieces, joined
+    engine = JacobianEngine(module, batch_size=4)  # two batches, kept together
     reference = whitened(engine, X).pieces
     queries = [p.take(slice(1, 5)) for p in reference]
     rng = np.random.default_rng(0)
