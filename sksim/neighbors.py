@@ -19,10 +19,9 @@ from ._engine.checkpoints import checkpoint_seed, stacked, weighted_rows
 from ._engine.inputs import n_samples, take
 from ._engine.jacobian import DEFAULT_MAX_MEMORY
 from ._engine.parallel import split_rows
-from ._engine.pieces import nbytes_of
+from ._engine.pieces import KeptPieces, nbytes_of
 from ._engine.rows import (
     ExactNeighbors,
-    KeptPieces,
     candidate_similarities,
     cosine_rows,
     sketch_features,

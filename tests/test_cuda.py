@@ -30,7 +30,8 @@ from sksim import (
 )
 from sksim._engine import gram
 from sksim._engine.jacobian import JacobianEngine
-from sksim._engine.rows import KeptPieces, candidate_similarities
+from sksim._engine.pieces import KeptPieces
+from sksim._engine.rows import candidate_similarities
 from sksim.representations import extract_representations
 
 pytestmark = pytest.mark.skipif(

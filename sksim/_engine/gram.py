@@ -18,7 +18,7 @@ import torch
 from .inputs import n_samples
 from .jacobian import JacobianEngine
 from .normalize import KINDS
-from .pieces import gram_of, map_pieces, nbytes_of
+from .pieces import KeptPieces, gram_of, map_pieces
 from .transfer import copy_to_host, to_host
 
 # Tiles of symmetric kernels: small enough for the transposes to stay in cache.
@@ -36,12 +36,6 @@ def _pair(left: list, right: list, full: bool) -> torch.Tensor:
     for products in pairs:
         total += products
     return total
-
-
-def _cat(batches: list[list]) -> list:
-    if len(batches) == 1:
-        return batches[0]
-    return [type(ps[0]).cat(list(ps)) for ps in zip(*batches, strict=True)]
 
 
 def _gram_array(pieces: list) -> np.ndarray:
@@ -96,19 +90,18 @@ class GramReference:
         # J J^T is needed now to whiten kept pieces, and for rows of a streamed Y;
         # otherwise it is computed from the kept pieces if asked for.
         lazy = self.right_power is None
-        grams, kept = [], []
-        for k, (_, pieces) in enumerate(engine.pieces(Y)):
+        grams, kept = [], KeptPieces(self.n_samples, self.max_memory)
+        for rows, pieces in engine.pieces(Y):
             self.n_outputs = pieces[0].signal.shape[1]
-            if k == 0 and nbytes_of(pieces) * self.n_samples / len(pieces[0]) > (
-                self.max_memory
-            ):
-                kept = None
-            G = None if lazy and kept is not None else _gram_array(pieces)
+            if lazy:  # kept as they are, if they fit
+                kept(rows, pieces)
+                G = None if kept.pieces is not None else _gram_array(pieces)
+            else:
+                G = _gram_array(pieces)
+                kept(rows, map_pieces(pieces, G, self.right_power, rtol))
             grams.append(G)
-            if kept is not None:
-                kept.append(map_pieces(pieces, G, self.right_power, rtol))
-        self._gram = None if lazy and kept else np.concatenate(grams)
-        self._pieces = _cat(kept) if kept else None
+        self._gram = None if lazy and kept.pieces is not None else np.concatenate(grams)
+        self._pieces = kept.pieces
 
     @property
     def gram(self) -> np.ndarray:

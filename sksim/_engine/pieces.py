@@ -107,10 +107,6 @@ class DensePiece:
         """Copy the samples of ``other`` into ``rows``."""
         self.grad[rows] = other.grad
 
-    @staticmethod
-    def cat(pieces: list[DensePiece]) -> DensePiece:
-        return DensePiece(torch.cat([p.grad for p in pieces]))
-
     def nbytes(self) -> int:
         return self.grad.numel() * self.grad.element_size()
 
@@ -296,15 +292,6 @@ class SharedWeightPiece:
         self.h[rows] = other.h
         self.delta[rows] = other.delta
 
-    @staticmethod
-    def cat(pieces: list[SharedWeightPiece]) -> SharedWeightPiece:
-        return SharedWeightPiece(
-            torch.cat([p.h for p in pieces]),
-            torch.cat([p.delta for p in pieces]),
-            pieces[0].n_tokens,
-            pieces[0].bias,
-        )
-
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.h, self.delta))
 
@@ -352,6 +339,36 @@ def factorised_is_cheaper(T: int, a: int, o: int, d: int) -> bool:
 def nbytes_of(pieces: list) -> int:
     """Bytes that a batch's pieces hold."""
     return sum(p.nbytes() for p in pieces)
+
+
+class KeptPieces:
+    """The pieces of a pass over ``n`` samples, kept if they fit.
+
+    Called with the rows and pieces of every batch, in order (as the
+    ``each_batch`` of :func:`~.rows.sketch_features` calls it). The first
+    batch's pieces, extrapolated to the ``n`` samples, decide: past
+    ``max_bytes`` none are kept; otherwise pieces of ``n`` samples are
+    allocated once and every batch is copied into its rows.
+
+    Attributes
+    ----------
+    pieces : list or None
+        The pieces of all ``n`` samples, layer by layer; None if they do not
+        fit.
+    """
+
+    def __init__(self, n: int, max_bytes: float):
+        self.n, self.max_bytes = n, max_bytes
+        self.pieces: list | None = None
+
+    def __call__(self, rows: slice, pieces: list) -> None:
+        if rows.start == 0:
+            if nbytes_of(pieces) * self.n / rows.stop > self.max_bytes:
+                return
+            self.pieces = [piece.empty(self.n) for piece in pieces]
+        if self.pieces is not None:
+            for kept, piece in zip(self.pieces, pieces, strict=True):
+                kept.put(rows, piece)
 
 
 def gram_of(pieces: list) -> torch.Tensor:

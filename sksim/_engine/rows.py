@@ -17,7 +17,6 @@ import torch
 from .features import gradient_features
 from .gram import GramReference
 from .jacobian import JacobianEngine
-from .pieces import nbytes_of
 
 MAX_BLOCK_ENTRIES = 2**22  # similarities held at once by the sketched path
 
@@ -86,41 +85,11 @@ class ExactNeighbors:
         self.indices = np.take_along_axis(columns, order, axis=1)
 
 
-class KeptPieces:
-    """The whitened pieces of a pass over ``n`` samples, kept if they fit.
-
-    Called with the rows and pieces of every batch, in order (as the
-    ``each_batch`` of :func:`sketch_features`). The first batch's pieces,
-    extrapolated to the ``n`` samples, decide: past ``max_bytes`` none are
-    kept; otherwise pieces of ``n`` samples are allocated once and every
-    batch is copied into its rows.
-
-    Attributes
-    ----------
-    pieces : list or None
-        The pieces of all ``n`` samples, layer by layer; None if they do not
-        fit.
-    """
-
-    def __init__(self, n: int, max_bytes: float):
-        self.n, self.max_bytes = n, max_bytes
-        self.pieces: list | None = None
-
-    def __call__(self, rows: slice, pieces: list) -> None:
-        if rows.start == 0:
-            if nbytes_of(pieces) * self.n / rows.stop > self.max_bytes:
-                return
-            self.pieces = [piece.empty(self.n) for piece in pieces]
-        if self.pieces is not None:
-            for kept, piece in zip(self.pieces, pieces, strict=True):
-                kept.put(rows, piece)
-
-
 def candidate_similarities(left: list, right: list, columns: np.ndarray) -> np.ndarray:
     """Exact ``k^C(x_i, y_j)`` for each ``j`` of ``columns[i]``, float32 ``(b, c)``.
 
     ``left`` and ``right`` are whitened pieces of the queries and of the
-    reference set (as :class:`KeptPieces` keeps them); each row of
+    reference set (as :class:`~.pieces.KeptPieces` keeps them); each row of
     ``columns`` must be sorted.
     """
     columns = torch.as_tensor(columns, dtype=torch.int64, device=left[0].signal.device)

@@ -7,7 +7,8 @@ from _architectures import LAYER_CASES, layer_case, oracle_jacobians, oracle_ker
 from sksim._engine import capture
 from sksim._engine import pieces as pieces_module
 from sksim._engine.jacobian import JacobianEngine
-from sksim._engine.rows import KeptPieces, candidate_similarities
+from sksim._engine.pieces import KeptPieces
+from sksim._engine.rows import candidate_similarities
 
 
 def whitened(engine, X, max_bytes=float("inf")):
