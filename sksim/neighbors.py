@@ -366,24 +366,20 @@ class NetworkNeighbors(NetworkEstimator):
         ((_, engine),) = engines
         return ExactNeighbors(engine, X_val, self.n_neighbors, self.rtol)
 
-    def _pieces_keeper(
-        self, n: int, max_bytes: float | None = None
-    ) -> KeptPieces | None:
+    def _pieces_keeper(self, n: int) -> KeptPieces | None:
         """Keeper of the whitened pieces of ``n`` samples, for exact ranking.
 
-        None when the candidates are not ranked exactly: no reduced FAISS
-        search, or ``checkpoints``. ``max_bytes`` defaults to
-        :data:`KEPT_MEMORY` of ``max_memory``.
+        They may take :data:`KEPT_MEMORY` of ``max_memory``. None when the
+        candidates are not ranked exactly: no reduced FAISS search, or
+        ``checkpoints``.
         """
         if self.search_components is None:
             return None
         engines = self._engines()
         if not engines.single:
             return None
-        if max_bytes is None:
-            ((_, engine),) = engines
-            max_bytes = KEPT_MEMORY * engine.max_memory
-        return KeptPieces(n, max_bytes)
+        ((_, engine),) = engines
+        return KeptPieces(n, KEPT_MEMORY * engine.max_memory)
 
     def _kept_reference_pieces(self) -> list:
         """The reference's whitened pieces (computed again after unpickling)."""
@@ -442,7 +438,7 @@ class NetworkNeighbors(NetworkEstimator):
         parts = []
         for start in range(0, n, step):
             chunk = take(X, slice(start, min(start + step, n)))
-            kept = self._pieces_keeper(n_samples(chunk), float("inf"))
+            kept = KeptPieces(n_samples(chunk), float("inf"))  # the chunk fits
             F = self._sketch(chunk, kept)
             parts.append(self._faiss(F, n_neighbors, False, kept.pieces))
         return tuple(np.concatenate(part) for part in zip(*parts, strict=True))
