@@ -167,7 +167,8 @@ def test_rank_candidates_against_a_full_sort(block_rows, monkeypatch):
         inner = Q[q] @ R[candidates[q]].T
         order = np.lexsort((candidates[q], -inner))[:4]
         np.testing.assert_array_equal(ind[q], candidates[q][order])
-        np.testing.assert_allclose(sim[q], inner[order], rtol=1e-6)
+        # float32 products summed in another order: errors of the inputs' scale
+        np.testing.assert_allclose(sim[q], inner[order], rtol=1e-6, atol=1e-5)
     assert list(ind[0][:2]) == [3, 12]
 
 
