@@ -377,8 +377,14 @@ def gram_of(pieces: list) -> torch.Tensor:
 
 
 def map_pieces(pieces: list, G: np.ndarray, power: float | None, rtol: float) -> list:
-    """Pieces of ``G^power J`` (``power=None`` leaves them as they are)."""
+    """Pieces of ``G^power J`` (``power=None`` leaves them as they are).
+
+    They replace those of ``J`` in ``pieces`` one by one, so that a batch's
+    Jacobians are held once, not twice; ``pieces`` is returned.
+    """
     if power is None:
         return pieces
     W = torch.as_tensor(gram_power(G, power, rtol)).to(pieces[0].signal)
-    return [p.transform(W) for p in pieces]
+    for i, piece in enumerate(pieces):
+        pieces[i] = piece.transform(W)
+    return pieces

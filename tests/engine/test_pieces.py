@@ -1,9 +1,20 @@
 """Per-layer pieces: factorised and materialised agree, and the cost model."""
 
+import weakref
+
+import numpy as np
 import pytest
 import torch
 
-from sksim._engine.pieces import SharedWeightPiece, factorised_is_cheaper, materialize
+from sksim._engine.normalize import gram_power
+from sksim._engine.pieces import (
+    DensePiece,
+    SharedWeightPiece,
+    factorised_is_cheaper,
+    gram_of,
+    map_pieces,
+    materialize,
+)
 
 
 @pytest.mark.parametrize("T", [1, 7])
@@ -37,3 +48,21 @@ def test_cost_model():
     assert factorised_is_cheaper(T=1, a=256, o=256, d=1)
     assert not factorised_is_cheaper(T=784, a=9, o=32, d=1)
     assert factorised_is_cheaper(T=4, a=288, o=64, d=10)
+
+
+def test_mapped_pieces_replace_the_batch_s_own():
+    """Whitening holds a batch once: each raw piece is released once mapped."""
+    g = torch.Generator().manual_seed(0)
+    J = torch.randn(4, 3, 6, generator=g)
+    delta = torch.randn(4, 3, 5, 7, generator=g)
+    pieces = [DensePiece(J.clone()), SharedWeightPiece(torch.randn(4, 5, 2), delta)]
+    raw = [weakref.ref(pieces[0].grad), weakref.ref(delta)]
+    del delta
+    G = gram_of(pieces).double().numpy()
+    mapped = map_pieces(pieces, G, -0.5, 1e-5)
+    assert mapped is pieces
+    assert all(ref() is None for ref in raw)
+    W = torch.as_tensor(gram_power(G, -0.5, 1e-5)).float()
+    torch.testing.assert_close(mapped[0].grad, W @ J)
+    whitened = gram_of(mapped).double().numpy()
+    np.testing.assert_allclose(whitened, np.broadcast_to(np.eye(3), G.shape), atol=1e-5)
