@@ -298,7 +298,9 @@ class NetworkNeighbors(NetworkEstimator):
             With ``n_components`` set: held-out queries on which ``recall_``
             is measured. Their exact neighbours (unsketched similarities) are
             gathered while ``X`` is sketched, in the same pass over it (a
-            separate pass with ``checkpoints``).
+            separate pass with ``checkpoints``); their Jacobians are kept if
+            they fit in a third of ``max_memory``, computed again for every
+            batch of ``X`` otherwise.
 
         Returns
         -------
@@ -364,7 +366,9 @@ class NetworkNeighbors(NetworkEstimator):
         if not engines.single:
             return None
         ((_, engine),) = engines
-        return ExactNeighbors(engine, X_val, self.n_neighbors, self.rtol)
+        return ExactNeighbors(
+            engine, X_val, self.n_neighbors, self.rtol, KEPT_MEMORY * engine.max_memory
+        )
 
     def _pieces_keeper(self, n: int) -> KeptPieces | None:
         """Keeper of the whitened pieces of ``n`` samples, for exact ranking.

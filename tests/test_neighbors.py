@@ -2,6 +2,7 @@
 
 import pickle
 import sys
+from itertools import islice
 
 import numpy as np
 import pytest
@@ -11,8 +12,10 @@ from _sklearn_checks import EXPECTED_FAILED_CHECKS
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
+import sksim.neighbors
 from sksim import network_similarity
 from sksim._engine.jacobian import JacobianEngine
+from sksim._engine.pieces import nbytes_of
 from sksim._engine.rows import ExactNeighbors, sketch_features
 from sksim.neighbors import NetworkNeighbors
 from sksim.plotting import plot_neighbors
@@ -98,12 +101,15 @@ def test_faiss_index_agrees_with_the_exact_search_on_the_sketch(data, query_refe
     np.testing.assert_allclose(sim_f, sim_e, atol=1e-5)
 
 
+@pytest.mark.parametrize("kept", [True, False])
 @pytest.mark.parametrize("d", [1, 3])
-def test_exact_neighbors_are_gathered_while_the_reference_is_sketched(data, d):
+def test_exact_neighbors_are_gathered_while_the_reference_is_sketched(data, d, kept):
     X_ref, X_new = data
     net = mlp(3, d)
     engine = JacobianEngine(net, batch_size=4)  # batches narrower than 6
-    gathered = ExactNeighbors(engine, X_new, 6, rtol=1e-5)
+    # not kept: the queries' pieces are computed again within each batch's
+    gathered = ExactNeighbors(engine, X_new, 6, 1e-5, None if kept else 0)
+    assert (gathered._queries._pieces is not None) == kept
     F = sketch_features(engine, X_ref, 8, 0, each_batch=gathered)
     np.testing.assert_array_equal(F, sketch_features(engine, X_ref, 8, 0))
     K = network_similarity(net, X_new, X_ref)
@@ -123,9 +129,34 @@ def test_fit_measures_the_recall_on_held_out_queries(data, algorithm):
     hits = [len(set(a) & set(b)) for a, b in zip(found, exact, strict=True)]
     assert nn.recall_ == pytest.approx(np.mean(hits) / 5)
     assert 0 < nn.recall_ < 1  # a sketch this small misses some neighbours
-    plain = NetworkNeighbors(net, **kwargs).fit(X_ref)
-    np.testing.assert_array_equal(nn.reference_features_, plain.reference_features_)
-    assert not hasattr(nn.fit(X_ref), "recall_")  # not left from the last fit
+
+
+def test_held_out_queries_keep_their_jacobians_within_a_third_of_max_memory(
+    data, monkeypatch
+):
+    X_ref, X_new = data
+    net = mlp(3, 2)
+    ((_, pieces),) = islice(JacobianEngine(net).pieces(X_new[:1]), 1)
+    per_sample = nbytes_of(pieces)
+    gatherers = []
+
+    class Recorded(ExactNeighbors):
+        def __init__(self, *args):
+            super().__init__(*args)
+            gatherers.append(self)
+
+    monkeypatch.setattr(sksim.neighbors, "ExactNeighbors", Recorded)
+    kwargs = dict(algorithm="faiss", n_components=2, random_state=0, batch_size=4)
+    recalls = []
+    for n_kept in (len(X_new), len(X_new) - 1):  # all the queries fit, or not
+        nn = NetworkNeighbors(net, max_memory=3 * n_kept * per_sample, **kwargs)
+        recalls.append(nn.fit(X_ref, X_val=X_new).recall_)
+    assert [g._queries._pieces is not None for g in gatherers] == [True, False]
+    assert recalls[0] == recalls[1]
+    _, found = nn.most_similar(X_new)
+    _, exact = expected_neighbors(network_similarity(net, X_new, X_ref), 5)
+    hits = [len(set(a) & set(b)) for a, b in zip(found, exact, strict=True)]
+    assert recalls[1] == pytest.approx(np.mean(hits) / 5)
 
 
 def test_joblib_workers_give_the_same_neighbors(data):

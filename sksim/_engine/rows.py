@@ -60,6 +60,8 @@ class ExactNeighbors:
     the ``each_batch`` of :func:`sketch_features`), it keeps the
     ``n_neighbors`` reference examples of each query most similar so far:
     memory ``O(n_queries n_neighbors)``, whatever the size of the reference.
+    The queries' whitened pieces are kept if they fit in ``max_memory`` bytes
+    (None: the engine's), recomputed for every batch otherwise.
 
     Attributes
     ----------
@@ -68,8 +70,17 @@ class ExactNeighbors:
         the whole reference set has been seen.
     """
 
-    def __init__(self, engine: JacobianEngine, Q, n_neighbors: int, rtol: float):
-        self._queries = GramReference(engine, Q, kind="cosine", rtol=rtol)
+    def __init__(
+        self,
+        engine: JacobianEngine,
+        Q,
+        n_neighbors: int,
+        rtol: float,
+        max_memory: float | None = None,
+    ):
+        self._queries = GramReference(
+            engine, Q, kind="cosine", rtol=rtol, max_memory=max_memory
+        )
         self.n_neighbors = n_neighbors
         self.similarities = np.empty((self._queries.n_samples, 0))
         self.indices = np.empty((self._queries.n_samples, 0), dtype=np.intp)
