@@ -25,7 +25,8 @@ import torch
 
 from .normalize import gram_power
 
-# Elements of the (b, m, T, T') intermediate that one pairing step may hold.
+# Elements of the largest intermediate of one pairing step: the (b, m, T, T')
+# products of positions, times d^2 output pairs in the full form.
 PAIR_CHUNK_ELEMENTS = 2**25
 
 
@@ -202,7 +203,10 @@ class SharedWeightPiece:
                 return DD * HH[:, :, None, None]
             D = self.delta.reshape(b, -1)
             return (D @ other.delta.reshape(len(other), -1).T).mul_(HH)
-        step = max(1, PAIR_CHUNK_ELEMENTS // max(1, b * T * T_other))
+        # the products of the signals over each pair of positions, d^2 of
+        # them in the full form, are the largest tensor a chunk makes
+        outputs = self.delta.shape[1] * other.delta.shape[1] if full else 1
+        step = max(1, PAIR_CHUNK_ELEMENTS // max(1, b * T * T_other * outputs))
         parts = []
         for start in range(0, len(other), step):
             chunk = other.take(slice(start, start + step))

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from sksim._engine import pieces as pieces_module
 from sksim._engine.normalize import gram_power
 from sksim._engine.pieces import (
     DensePiece,
@@ -66,3 +67,24 @@ def test_mapped_pieces_replace_the_batch_s_own():
     torch.testing.assert_close(mapped[0].grad, W @ J)
     whitened = gram_of(mapped).double().numpy()
     np.testing.assert_allclose(whitened, np.broadcast_to(np.eye(3), G.shape), atol=1e-5)
+
+
+def test_full_pairs_are_chunked_by_their_output_pairs(monkeypatch):
+    """A chunk of the full form holds d^2 signal products per pair of positions."""
+    g = torch.Generator().manual_seed(0)
+    b, m, T, d = 3, 5, 7, 2
+    a = SharedWeightPiece(torch.randn(b, T, 4, generator=g), torch.randn(b, d, T, 3))
+    other = SharedWeightPiece(
+        torch.randn(m, T, 4, generator=g), torch.randn(m, d, T, 3, generator=g)
+    )
+    whole = {full: a.pair(other, full) for full in (False, True)}
+    monkeypatch.setattr(pieces_module, "PAIR_CHUNK_ELEMENTS", 2 * b * T * T * d * d)
+    calls = []
+    einsum = torch.einsum
+    monkeypatch.setattr(
+        torch, "einsum", lambda *args: calls.append(args[0]) or einsum(*args)
+    )
+    for full, n_chunks in ((False, 1), (True, 3)):  # m = 5 columns, 2 at a time
+        calls.clear()
+        torch.testing.assert_close(a.pair(other, full), whole[full])
+        assert sum(equation.startswith("ictO") for equation in calls) == n_chunks
