@@ -220,7 +220,9 @@ class JacobianEngine:
         forward and ``d`` backward passes (see ``capture``); any other selected
         parameter comes from per-sample ``torch.func`` Jacobians. A batch whose
         pieces would take more than a third of ``max_memory`` comes in parts
-        half as large, and so on, down to single samples.
+        half as large, and so on, down to single samples. Each list of pieces
+        is emptied when the next batch is asked for, so that one batch at a
+        time is held: copy what must outlive the iteration.
         """
         with evaluation_mode(self.module):
             layers, jacobian, n_fallback = self._layer_plan(X)
@@ -242,6 +244,7 @@ class JacobianEngine:
                     for piece in pieces:
                         check_finite_rows(piece.signal, rows.start + start, "gradients")
                     yield slice(rows.start + part.start, rows.start + part.stop), pieces
+                    pieces.clear()
                     start = part.stop
 
     def mapped_pieces(
@@ -251,7 +254,8 @@ class JacobianEngine:
 
         ``power=-0.5`` whitens (``A = (J J^T)^{-1/2} J``, the cosine kernel's
         features), ``-1`` gives the left side of the influence kernel, None
-        leaves ``J`` as it is. ``G`` is float64 on the CPU.
+        leaves ``J`` as it is. ``G`` is float64 on the CPU. The pieces are
+        emptied when the next batch is asked for, as those of :meth:`pieces`.
         """
         for rows, pieces in self.pieces(X, progress):
             G = gram_of(pieces).double().cpu().numpy()

@@ -1,5 +1,7 @@
 """The Jacobian engine: memory-bounded batches, activation copies, device copies."""
 
+import weakref
+
 import numpy as np
 import pytest
 from _architectures import LAYER_CASES, layer_case, oracle_jacobians
@@ -56,3 +58,15 @@ def test_the_automatic_batch_fits_its_budget_whole(name):
         assert engine._part_size == engine.batch_size
         sizes.add(min(engine.batch_size, len(X)))
     assert len(sizes) > 2  # from single samples to the whole set
+
+
+@pytest.mark.parametrize("power", [None, -0.5])
+def test_one_batch_of_pieces_is_held_at_a_time(power):
+    module, X = layer_case("linear")
+    engine = JacobianEngine(module, batch_size=2)
+    batches = engine.mapped_pieces(X, power, 1e-5, progress=False)
+    _, first, _ = next(batches)
+    signals = [weakref.ref(piece.signal) for piece in first]
+    next(batches)
+    assert first == []
+    assert all(signal() is None for signal in signals)
