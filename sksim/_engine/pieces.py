@@ -41,15 +41,12 @@ class PieceBudget:
     batch that cannot fit stops before the memory is used.
     """
 
-    def __init__(self, nbytes: float):
+    def __init__(self, nbytes: int):
         self.left = nbytes
-        self.taken = 0
 
     def take(self, shape, like: torch.Tensor) -> None:
         """Reserve a tensor of ``shape`` and ``like``'s dtype, or raise."""
-        nbytes = int(np.prod(shape)) * like.element_size()
-        self.left -= nbytes
-        self.taken += nbytes
+        self.left -= int(np.prod(shape)) * like.element_size()
         if self.left < 0:
             raise PiecesTooLarge
 
