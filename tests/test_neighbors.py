@@ -129,6 +129,9 @@ def test_fit_measures_the_recall_on_held_out_queries(data, algorithm):
     hits = [len(set(a) & set(b)) for a, b in zip(found, exact, strict=True)]
     assert nn.recall_ == pytest.approx(np.mean(hits) / 5)
     assert 0 < nn.recall_ < 1  # a sketch this small misses some neighbours
+    plain = NetworkNeighbors(net, **kwargs).fit(X_ref)
+    np.testing.assert_array_equal(nn.reference_features_, plain.reference_features_)
+    assert not hasattr(nn.fit(X_ref), "recall_")  # not left from the last fit
 
 
 def test_held_out_queries_keep_their_jacobians_within_a_third_of_max_memory(
