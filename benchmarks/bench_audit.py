@@ -44,11 +44,14 @@ template per class, scaled and shifted per image, plus smooth and pixel noise),
 on ``--device`` (``cuda`` for a GPU). ``--deadline SECONDS`` skips a step
 whose time at the last size measured, scaled linearly, would end it later (for
 a machine lent for a fixed time); the page is written after every step.
+``--max-memory BYTES`` sets the ``max_memory`` of the analyses that take it
+(density, neighbours, denoising, label issues; default 2 GiB), e.g. to keep a
+ResNet-18's recall queries in memory on a GPU.
 
 Usage: ``OMP_NUM_THREADS=2 python benchmarks/bench_audit.py [--sizes 5000 20000
 50000] [--direct-sizes 5000 20000 50000 200000] [--modes auto scaled]
 [--analyses ...] [--model mlp] [--device cpu] [--repeat R] [--deadline SECONDS]
-[--label TEXT] [--out PATH]``.
+[--max-memory BYTES] [--label TEXT] [--out PATH]``.
 """
 
 from __future__ import annotations
@@ -77,6 +80,7 @@ from sksim.audit.analyses.neighbors import SEARCH_COMPONENTS, sketch_components
 from sksim.audit.models import MLP, make_classifier
 
 ANALYSES = ("density", "neighbors", "denoising", "label_issues", "class_fitting")
+MEMORY_BOUND = ("density", "neighbors", "denoising", "label_issues")  # take max_memory
 N_FEATURES, N_CLASSES = 64, 10
 
 
@@ -222,6 +226,7 @@ def analysis_run(net, X, y, name, threshold, cache, args) -> dict:
             analyses=(name,),
             cache=fresh,
             scale_threshold=threshold,
+            options=memory_options(name, args.max_memory),
         )
     if name in result.failed:
         raise RuntimeError(f"{name} failed: {result.failed[name]}")
@@ -231,6 +236,13 @@ def analysis_run(net, X, y, name, threshold, cache, args) -> dict:
         gpu_mib=device_memory.peak / 2**20,
         result=result,
     )
+
+
+def memory_options(name: str, max_memory: int | None) -> dict:
+    """The audit's ``options`` setting ``max_memory`` of analysis ``name``."""
+    if max_memory is None or name not in MEMORY_BOUND:
+        return {}
+    return {name: {"max_memory": max_memory}}
 
 
 def skipped(step, n_samples, args) -> str | None:
@@ -523,6 +535,12 @@ def main():
         default=None,
         help="skip steps expected to end later than this many seconds",
     )
+    parser.add_argument(
+        "--max-memory",
+        type=int,
+        default=None,
+        help="max_memory (bytes) of the analyses that take it; default 2 GiB",
+    )
     parser.add_argument("--label", default="quiet machine, full run")
     parser.add_argument(
         "--out",
@@ -550,6 +568,7 @@ def main():
             "--repeat",
             str(args.repeat),
             *(["--deadline", str(args.deadline)] if args.deadline else []),
+            *(["--max-memory", str(args.max_memory)] if args.max_memory else []),
             "--label",
             repr(args.label),
         ]
