@@ -16,6 +16,12 @@ import torch
 class ForwardHooks:
     """Context manager: forward hooks registered on entry, all removed on exit.
 
+    On exit the hooks are also dropped, so that a hook closing over its owner
+    (as :class:`~sksim._engine.capture.LayerCapture`'s do) leaves no reference
+    cycle: what the owner recorded, and the autograd graph it holds, are freed
+    as soon as the owner is, not at the next garbage collection. A block is
+    entered once.
+
     Parameters
     ----------
     hooks : iterable of (torch.nn.Module, callable)
@@ -40,3 +46,4 @@ class ForwardHooks:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        self.hooks.clear()

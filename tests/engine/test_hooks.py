@@ -1,5 +1,8 @@
 """ForwardHooks: the one forward-hook utility of the engine and the layer outputs."""
 
+import gc
+import weakref
+
 import pytest
 import torch
 
@@ -50,3 +53,19 @@ def test_engine_capture_and_layer_outputs_leave_no_hook_behind():
     (reps,) = layer_outputs(net, [x], ["0", "1"])
     torch.testing.assert_close(reps["1"], torch.tanh(net[0](x)))
     assert not net[0]._forward_hooks and not net[1]._forward_hooks
+
+
+def test_a_capture_and_what_it_recorded_are_freed_without_the_collector():
+    """The hooks close over the capture: kept after the block, they made a cycle
+    that held the batch's activations and autograd graph until a collection."""
+    net, x = _net(), torch.ones(2, 3)
+    layers = {"0": (net[0], ["weight", "bias"])}
+    gc.disable()
+    try:
+        with torch.enable_grad(), LayerCapture(layers) as capture:
+            net(x)
+        output = weakref.ref(capture.calls["0"][0][1])
+        del capture
+        assert output() is None
+    finally:
+        gc.enable()
