@@ -39,10 +39,11 @@ class JacobianEngine:
         Which parameters form its columns, see ``select_parameters``.
     batch_size : int or None, default=None
         Samples per vectorised Jacobian computation. None measures what one
-        sample of this network takes (activations, back-propagated signals,
-        fallback Jacobians) on a first pass over two samples, and takes as
-        many samples as fit in a third of ``max_memory``, at most
-        ``AUTO_BATCH_LIMIT``.
+        sample of this network takes (activations, and its pieces as their
+        budget counts them: back-propagated signals, the per-sample gradients
+        or patches that some layers make, fallback Jacobians) on a first pass
+        over two samples, and takes as many samples as fit in a third of
+        ``max_memory``, at most ``AUTO_BATCH_LIMIT``.
     device : str, torch.device or None, default=None
         Where to compute; None keeps the module's device. Elsewhere the engine
         computes with a copy of the module, which itself stays where it is.
@@ -289,10 +290,13 @@ class JacobianEngine:
         return self._plan
 
     def _probe(self, layers: dict, X) -> tuple[set[str], int]:
-        """The layers that mix samples, and the bytes of a sample's signals.
+        """The layers that mix samples, and the bytes of a sample's batch.
 
         Both come from a pass over two samples; the bytes count the recorded
-        activations and their back-propagated signals.
+        activations and what the pieces' budget counts of the two samples'
+        pieces (back-propagated signals, per-sample gradients, patches). When
+        some layer mixes samples, its pieces cannot be made: the signals stand
+        for the pieces.
         """
         rows = np.array([0, min(1, n_samples(X) - 1)])
         probe = to_tensor(take(X, rows), self.device, self.dtype)
@@ -300,18 +304,23 @@ class JacobianEngine:
             # finiteness is checked in the real pass, where rows are numbered
             outputs = _attached(self._call(probe, start=None))
             mixing = capture.mixing_layers(outputs)
+            recorded = [call for calls in capture.calls.values() for call in calls]
+            if mixing:  # no pieces: their back-propagated signals stand for them
+                d = outputs.shape[1]
+                pieces = sum(d * z.numel() * z.element_size() for _, z in recorded)
+            else:
+                budget = PieceBudget(float("inf"))
+                capture.pieces(outputs, budget)
+                pieces = budget.taken
         if capture.expanded - mixing:
             with torch.no_grad():
                 plain = self._call(probe, start=None)
             if not torch.allclose(plain, outputs.detach()):
                 mixing |= capture.expanded
-        d = outputs.shape[1]
-        per_sample = sum(
-            (h.numel() + (1 + d) * z.numel()) * z.element_size() // 2
-            for calls in capture.calls.values()
-            for h, z in calls
+        activations = sum(
+            (h.numel() + z.numel()) * z.element_size() for h, z in recorded
         )
-        return mixing, per_sample
+        return mixing, (activations + pieces) // 2
 
     def _split(self, size: int) -> None:
         if size == 1:

@@ -41,12 +41,15 @@ class PieceBudget:
     batch that cannot fit stops before the memory is used.
     """
 
-    def __init__(self, nbytes: int):
+    def __init__(self, nbytes: float):
         self.left = nbytes
+        self.taken = 0
 
     def take(self, shape, like: torch.Tensor) -> None:
         """Reserve a tensor of ``shape`` and ``like``'s dtype, or raise."""
-        self.left -= int(np.prod(shape)) * like.element_size()
+        nbytes = int(np.prod(shape)) * like.element_size()
+        self.left -= nbytes
+        self.taken += nbytes
         if self.left < 0:
             raise PiecesTooLarge
 

@@ -44,6 +44,22 @@ def test_another_device_computes_with_a_copy_of_thelayer_case():
     assert JacobianEngine(module, device="cpu").module is module
 
 
+@pytest.mark.parametrize("name", LAYER_CASES)
+def test_the_automatic_batch_fits_its_budget_whole(name):
+    """The automatic batch size counts what the pieces take: no batch is split."""
+    module, X = layer_case(name)
+    sizes = set()
+    for max_memory in np.geomspace(2**8, 2**22, 29):
+        engine = JacobianEngine(module, max_memory=max_memory)
+        try:
+            list(engine.pieces(X, progress=False))
+        except MemoryError:  # a single sample does not fit
+            continue
+        assert engine._part_size == engine.batch_size
+        sizes.add(min(engine.batch_size, len(X)))
+    assert len(sizes) > 2  # from single samples to the whole set
+
+
 @pytest.mark.parametrize("power", [None, -0.5])
 def test_one_batch_of_pieces_is_held_at_a_time(power):
     module, X = layer_case("linear")
