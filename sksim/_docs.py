@@ -39,8 +39,9 @@ params : str, list of str or None, default=None
 batch_size : int or "auto", default="auto"
     Samples per vectorised Jacobian computation, and query rows per block.
     ``"auto"`` measures what one sample of this network takes (activations,
-    back-propagated signals) on a first pass over two samples and takes as
-    many as fit in a third of ``max_memory``, at most 1024.""",
+    back-propagated signals, per-sample gradients) on a first pass over two
+    samples and takes as many as fit in a third of ``max_memory``, at most
+    1024.""",
     "device": """
 device : str or torch.device, default=None
     Where to compute; None keeps the network's device. Elsewhere a copy of
