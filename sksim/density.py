@@ -68,14 +68,23 @@ def whitened_sum(engine: JacobianEngine, X: NetInput, rtol: float) -> np.ndarray
     """
     S = None
     for _, pieces, _ in engine.mapped_pieces(X, -0.5, rtol):
-        start = 0
-        for piece in pieces:
-            total = piece.total()
-            if S is None:
-                S = _zero_sum(engine, len(total), sum(p.width for p in pieces))
-            S[:, start : start + piece.width] += total
-            start += piece.width
+        if S is None:
+            d = pieces[0].signal.shape[1]
+            S = _zero_sum(engine, d, sum(p.width for p in pieces))
+        _add_totals(S, pieces)
     return S.cpu().numpy()
+
+
+def _add_totals(S: torch.Tensor, pieces: list) -> None:
+    """Add each piece's sum over the batch into its columns of ``S``.
+
+    A function of its own, so that no piece outlives the batch in a loop
+    variable while the next batch is computed.
+    """
+    start = 0
+    for piece in pieces:
+        S[:, start : start + piece.width] += piece.total()
+        start += piece.width
 
 
 def _zero_sum(engine: JacobianEngine, d: int, p: int) -> torch.Tensor:

@@ -138,12 +138,13 @@ class JacobianEngine:
         return tqdm(blocks, total=total, disable=not show)
 
     def _per_sample_jacobian(self, names: list[str]):
-        """A function ``batch -> J`` of shape ``(b, d, p_names)``.
+        """A function ``batch -> blocks``: ``J`` of each of ``names``, ``(b, d, p_n)``.
 
         Vectorised with ``torch.func`` (``vmap`` of ``jacrev``); a network
         that ``vmap`` cannot run (recurrent layers such as ``nn.GRU`` write
         into tensors they create) is differentiated one sample and one output
-        at a time instead, from the first batch on.
+        at a time instead, from the first batch on. The blocks are those
+        computed, not joined: joining them would hold ``J`` twice.
         """
         params = {n: self.parameters[n].detach() for n in names}
 
@@ -154,7 +155,7 @@ class JacobianEngine:
         per_sample = vmap(jacrev(one_sample), in_dims=(None, 0))
         vectorised = None  # unknown until the first batch
 
-        def jacobian(batch) -> torch.Tensor:
+        def jacobian(batch) -> list[torch.Tensor]:
             nonlocal vectorised
             if vectorised is not False:
                 try:
@@ -168,21 +169,20 @@ class JacobianEngine:
                 else:
                     vectorised = True
                     b = next(iter(jac.values())).shape[0]
-                    return torch.cat(
-                        [jac[n].reshape(b, jac[n].shape[1], -1) for n in names], dim=2
-                    )
+                    return [jac[n].reshape(b, jac[n].shape[1], -1) for n in names]
             return self._looped_jacobian(names, batch)
 
         return jacobian
 
-    def _looped_jacobian(self, names: list[str], batch) -> torch.Tensor:
-        """``J`` ``(b, d, p_names)`` by one backward pass per sample and output."""
+    def _looped_jacobian(self, names: list[str], batch) -> list[torch.Tensor]:
+        """The blocks ``(b, d, p_n)`` by one backward pass per sample and output."""
         params = [self.parameters[n] for n in names]
-        rows = []
+        b, blocks = n_samples(batch), None
         with torch.enable_grad():
-            for i in range(n_samples(batch)):
+            for i in range(b):
                 outputs = self._call(take(batch, slice(i, i + 1)), None)[0]
-                per_output = []
+                if blocks is None:
+                    blocks = [p.new_empty(b, len(outputs), p.numel()) for p in params]
                 for c in range(len(outputs)):
                     grads = torch.autograd.grad(
                         outputs[c],
@@ -190,16 +190,9 @@ class JacobianEngine:
                         retain_graph=c < len(outputs) - 1,
                         allow_unused=True,
                     )
-                    per_output.append(
-                        torch.cat(
-                            [
-                                (torch.zeros_like(p) if g is None else g).flatten()
-                                for g, p in zip(grads, params, strict=True)
-                            ]
-                        )
-                    )
-                rows.append(torch.stack(per_output))
-        return torch.stack(rows)
+                    for block, g in zip(blocks, grads, strict=True):
+                        block[i, c] = 0 if g is None else g.flatten()
+        return blocks
 
     def jacobians(
         self, X, progress: bool = True
@@ -209,7 +202,7 @@ class JacobianEngine:
         jacobian = self._per_sample_jacobian(list(self.parameters))
         with evaluation_mode(self.module), torch.no_grad():
             for rows, batch in self._batches(X, progress):
-                J = jacobian(batch)
+                J = torch.cat(jacobian(batch), dim=2)
                 check_finite_rows(J, rows.start, "gradients")
                 yield rows, J
 
@@ -241,8 +234,6 @@ class JacobianEngine:
                     except PiecesTooLarge:
                         self._split(part.stop - part.start)
                         continue
-                    for piece in pieces:
-                        check_finite_rows(piece.signal, rows.start + start, "gradients")
                     yield slice(rows.start + part.start, rows.start + part.stop), pieces
                     pieces.clear()
                     start = part.stop
@@ -334,14 +325,20 @@ class JacobianEngine:
     def _batch_pieces(
         self, layers: dict, jacobian, n_fallback: int, batch, start: int
     ) -> list:
-        """The pieces of one batch, or ``PiecesTooLarge`` before they pass budget."""
+        """One batch's pieces, checked finite; ``PiecesTooLarge`` past the budget.
+
+        No piece outlives the call but in the list returned, so that emptying
+        the list frees the batch.
+        """
         budget = PieceBudget(self.max_memory / 3)
         pieces = self._captured_pieces(layers, batch, budget, start) if layers else []
         if jacobian is not None:
             b, d = n_samples(batch), self.n_outputs(batch)
             budget.take((b, d, n_fallback), next(iter(self.parameters.values())))
             with torch.no_grad():
-                pieces.append(DensePiece(jacobian(batch)))
+                pieces.extend(DensePiece(block) for block in jacobian(batch))
+        for piece in pieces:
+            check_finite_rows(piece.signal, start, "gradients")
         return pieces
 
     def _captured_pieces(

@@ -4,11 +4,19 @@ import weakref
 
 import numpy as np
 import pytest
-from _architectures import LAYER_CASES, layer_case, oracle_jacobians
+import torch
+from _architectures import (
+    LAYER_CASES,
+    RecurrentClassifier,
+    _inv_sqrt,
+    layer_case,
+    oracle_jacobians,
+)
 from _engine_helpers import smallest_fitting_engine
 
 from sksim._engine.gram import ntk_blocks
 from sksim._engine.jacobian import JacobianEngine
+from sksim.density import whitened_sum
 
 
 def test_activations_are_copied_only_after_an_in_place_change():
@@ -70,3 +78,36 @@ def test_one_batch_of_pieces_is_held_at_a_time(power):
     next(batches)
     assert first == []
     assert all(signal() is None for signal in signals)
+
+
+def _recurrent_case():
+    torch.manual_seed(0)
+    return RecurrentClassifier("gru").double(), torch.randint(0, 20, (6, 5))
+
+
+@pytest.mark.parametrize("case", ["linear", "custom", "gru"])
+def test_a_batch_is_freed_before_the_next_is_computed(case):
+    """Nothing holds the last batch's pieces while the next one is computed:
+    neither the engine (its finiteness check kept the last piece in a loop
+    variable) nor the soft density's sum. ``custom`` and the GRU take the
+    fallback, vectorised and looped."""
+    module, X = _recurrent_case() if case == "gru" else layer_case(case)
+    engine = JacobianEngine(module, batch_size=2)
+    seen, alive = [], []
+    mapped, compute = engine.mapped_pieces, engine._batch_pieces
+
+    def spy_mapped(*args, **kwargs):
+        for rows, pieces, G in mapped(*args, **kwargs):
+            seen.extend(weakref.ref(piece.signal) for piece in pieces)
+            yield rows, pieces, G
+
+    def spy_compute(*args):
+        alive.append(sum(ref() is not None for ref in seen))
+        return compute(*args)
+
+    engine.mapped_pieces, engine._batch_pieces = spy_mapped, spy_compute
+    S = whitened_sum(engine, X, 1e-5)
+    assert len(alive) == 3 and alive == [0, 0, 0]
+    # |S|^2 is the sum of all pairs' <A(x_i), A(x_j)>, whatever the column order
+    A = np.stack([_inv_sqrt(j @ j.T) @ j for j in oracle_jacobians(module, X)])
+    np.testing.assert_allclose(np.sum(S**2), np.sum(A.sum(axis=0) ** 2), rtol=1e-7)
