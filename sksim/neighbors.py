@@ -298,9 +298,9 @@ class NetworkNeighbors(NetworkEstimator):
             With ``n_components`` set: held-out queries on which ``recall_``
             is measured. Their exact neighbours (unsketched similarities) are
             gathered while ``X`` is sketched, in the same pass over it (a
-            separate pass with ``checkpoints``); their Jacobians are kept if
-            they fit in a third of ``max_memory``, computed again for every
-            batch of ``X`` otherwise.
+            separate pass with ``checkpoints``). Their Jacobians are kept in
+            blocks that fit in a third of ``max_memory``: past the first
+            block, each takes a pass of its own over ``X``.
 
         Returns
         -------
@@ -343,6 +343,8 @@ class NetworkNeighbors(NetworkEstimator):
         kept = self._pieces_keeper(self.n_samples_fit_)
         if self.n_components is not None:
             self.reference_features_ = self._sketch(X, each_of(exact, kept))
+        if exact is not None:
+            exact.finish(X)
         self._reference_pieces = None
         if self.algorithm == "faiss":
             self.search_directions_ = self._search_directions()

@@ -101,21 +101,41 @@ def test_faiss_index_agrees_with_the_exact_search_on_the_sketch(data, query_refe
     np.testing.assert_allclose(sim_f, sim_e, atol=1e-5)
 
 
-@pytest.mark.parametrize("kept", [True, False])
+@pytest.mark.parametrize("per_block", [12, 5])
 @pytest.mark.parametrize("d", [1, 3])
-def test_exact_neighbors_are_gathered_while_the_reference_is_sketched(data, d, kept):
+def test_exact_neighbors_are_gathered_while_the_reference_is_sketched(
+    data, d, per_block
+):
     X_ref, X_new = data
     net = mlp(3, d)
     engine = JacobianEngine(net, batch_size=4)  # batches narrower than 6
-    # not kept: the queries' pieces are computed again within each batch's
-    gathered = ExactNeighbors(engine, X_new, 6, 1e-5, None if kept else 0)
-    assert (gathered._queries._pieces is not None) == kept
+    ((_, pieces),) = islice(JacobianEngine(net).pieces(X_new[:1]), 1)
+    budget = per_block * nbytes_of(pieces)  # the 12 queries in one block, or 3
+    gathered = ExactNeighbors(engine, X_new, 6, 1e-5, budget)
+    n = len(X_new)
+    assert gathered.blocks == [
+        slice(i, min(i + per_block, n)) for i in range(0, n, per_block)
+    ]
     F = sketch_features(engine, X_ref, 8, 0, each_batch=gathered)
     np.testing.assert_array_equal(F, sketch_features(engine, X_ref, 8, 0))
+    passes = []
+    engine.mapped_pieces = _counted(engine.mapped_pieces, passes)
+    gathered.finish(X_ref)
+    assert len(passes) == len(gathered.blocks) - 1  # one per further block
     K = network_similarity(net, X_new, X_ref)
     expected_sim, expected_ind = expected_neighbors(K, 6)
     np.testing.assert_array_equal(gathered.indices, expected_ind)
     np.testing.assert_allclose(gathered.similarities, expected_sim, atol=1e-6)
+
+
+def _counted(mapped_pieces, passes):
+    """``mapped_pieces`` noting each pass it starts in ``passes``."""
+
+    def counted(*args, **kwargs):
+        passes.append(args[0])
+        return mapped_pieces(*args, **kwargs)
+
+    return counted
 
 
 @pytest.mark.parametrize("algorithm", ["exact", "faiss"])
@@ -154,7 +174,7 @@ def test_held_out_queries_keep_their_jacobians_within_a_third_of_max_memory(
     for n_kept in (len(X_new), len(X_new) - 1):  # all the queries fit, or not
         nn = NetworkNeighbors(net, max_memory=3 * n_kept * per_sample, **kwargs)
         recalls.append(nn.fit(X_ref, X_val=X_new).recall_)
-    assert [g._queries._pieces is not None for g in gatherers] == [True, False]
+    assert [len(g.blocks) for g in gatherers] == [1, 2]
     assert recalls[0] == recalls[1]
     _, found = nn.most_similar(X_new)
     _, exact = expected_neighbors(network_similarity(net, X_new, X_ref), 5)

@@ -16,7 +16,9 @@ import torch
 
 from .features import gradient_features
 from .gram import GramReference
+from .inputs import n_samples, take
 from .jacobian import JacobianEngine
+from .pieces import nbytes_of
 
 MAX_BLOCK_ENTRIES = 2**22  # similarities held at once by the sketched path
 
@@ -60,14 +62,19 @@ class ExactNeighbors:
     the ``each_batch`` of :func:`sketch_features`), it keeps the
     ``n_neighbors`` reference examples of each query most similar so far:
     memory ``O(n_queries n_neighbors)``, whatever the size of the reference.
-    The queries' whitened pieces are kept if they fit in ``max_memory`` bytes
-    (None: the engine's), recomputed for every batch otherwise.
+    The queries' whitened pieces are kept in blocks that fit in
+    ``max_memory`` bytes (None: the engine's). The first block meets the
+    batches of the reference as they come; each further one takes a pass of
+    its own over the reference (:meth:`finish`), where computing the queries
+    again for every batch would take a pass over them per batch.
 
     Attributes
     ----------
+    blocks : list of slice
+        The blocks of query rows.
     similarities, indices : ndarray of shape (n_queries, n_neighbors)
-        Cosine similarities in decreasing order and reference rows, after
-        the whole reference set has been seen.
+        Cosine similarities in decreasing order and reference rows, once
+        every block has seen the whole reference set.
     """
 
     def __init__(
@@ -78,22 +85,48 @@ class ExactNeighbors:
         rtol: float,
         max_memory: float | None = None,
     ):
-        self._queries = GramReference(
-            engine, Q, kind="cosine", rtol=rtol, max_memory=max_memory
-        )
+        self.engine, self.Q, self.rtol = engine, Q, rtol
         self.n_neighbors = n_neighbors
-        self.similarities = np.empty((self._queries.n_samples, 0))
-        self.indices = np.empty((self._queries.n_samples, 0), dtype=np.intp)
+        n = n_samples(Q)
+        budget = engine.max_memory if max_memory is None else max_memory
+        step = int(min(n, max(1, budget // _whitened_bytes(engine, Q, rtol))))
+        self.blocks = [slice(i, min(i + step, n)) for i in range(0, n, step)]
+        self.similarities = np.full((n, n_neighbors), -np.inf)
+        self.indices = np.full((n, n_neighbors), -1, dtype=np.intp)
+        self._first = self._block_queries(self.blocks[0])
+
+    def _block_queries(self, block: slice) -> GramReference:
+        """The queries of ``block``, their whitened pieces kept."""
+        Q = take(self.Q, block)
+        return GramReference(
+            self.engine, Q, kind="cosine", rtol=self.rtol, max_memory=float("inf")
+        )
 
     def __call__(self, rows: slice, pieces: list) -> None:
-        k = self._queries.rows_of(pieces).T  # symmetric: k(q, y) = k(y, q)
-        values = np.concatenate([self.similarities, k], axis=1)
-        columns = np.concatenate(
-            [self.indices, np.broadcast_to(np.arange(rows.start, rows.stop), k.shape)],
-            axis=1,
-        )
-        self.similarities, order = top_k(values, min(self.n_neighbors, values.shape[1]))
-        self.indices = np.take_along_axis(columns, order, axis=1)
+        """Gather the first block's neighbours in one batch of the reference."""
+        self._gather(self.blocks[0], self._first, rows, pieces)
+
+    def finish(self, Y) -> None:
+        """Gather the other blocks' neighbours, in a pass over ``Y`` each."""
+        self._first = None  # the first block is done: its pieces are released
+        for block in self.blocks[1:]:
+            queries = self._block_queries(block)
+            for rows, pieces, _ in self.engine.mapped_pieces(Y, -0.5, self.rtol):
+                self._gather(block, queries, rows, pieces)
+
+    def _gather(self, block: slice, queries, rows: slice, pieces: list) -> None:
+        k = queries.rows_of(pieces).T  # symmetric: k(q, y) = k(y, q)
+        reference_rows = np.broadcast_to(np.arange(rows.start, rows.stop), k.shape)
+        values = np.concatenate([self.similarities[block], k], axis=1)
+        columns = np.concatenate([self.indices[block], reference_rows], axis=1)
+        self.similarities[block], order = top_k(values, self.n_neighbors)
+        self.indices[block] = np.take_along_axis(columns, order, axis=1)
+
+
+def _whitened_bytes(engine: JacobianEngine, X, rtol: float) -> float:
+    """Bytes of one sample's whitened pieces, measured on the first batch of ``X``."""
+    rows, pieces, _ = next(engine.mapped_pieces(X, -0.5, rtol, progress=False))
+    return nbytes_of(pieces) / (rows.stop - rows.start)
 
 
 def candidate_similarities(left: list, right: list, columns: np.ndarray) -> np.ndarray:
