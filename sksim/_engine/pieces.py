@@ -206,22 +206,31 @@ class SharedWeightPiece:
                 return DD * HH[:, :, None, None]
             D = self.delta.reshape(b, -1)
             return (D @ other.delta.reshape(len(other), -1).T).mul_(HH)
-        # the products of the signals over each pair of positions, d^2 of
-        # them in the full form, are the largest tensor a chunk makes
-        outputs = self.delta.shape[1] * other.delta.shape[1] if full else 1
-        step = max(1, PAIR_CHUNK_ELEMENTS // max(1, b * T * T_other * outputs))
+        if full:
+            # contract first what makes the smaller tensor per pair: the products
+            # of the signals over each pair of positions (d e T T'), or the
+            # input products met with this side's signals (d T' O)
+            d, e, o = self.delta.shape[1], other.delta.shape[1], self.delta.shape[3]
+            signals_first = e * T <= o
+            per_pair = T_other * max(T, d * (e * T if signals_first else o))
+        else:  # the products of the signals over each pair of positions
+            per_pair = T * T_other
+        step = max(1, PAIR_CHUNK_ELEMENTS // max(1, b * per_pair))
         parts = []
         for start in range(0, len(other), step):
             chunk = other.take(slice(start, start + step))
             HH = self._input_products(chunk)
-            if full:
+            if not full:
+                parts.append(
+                    torch.einsum("ictO,jcuO,ijtu->ij", self.delta, chunk.delta, HH)
+                )
+            elif signals_first:
                 parts.append(
                     torch.einsum("ictO,jeuO,ijtu->ijce", self.delta, chunk.delta, HH)
                 )
             else:
-                parts.append(
-                    torch.einsum("ictO,jcuO,ijtu->ij", self.delta, chunk.delta, HH)
-                )
+                mixed = torch.einsum("ictO,ijtu->ijcuO", self.delta, HH)
+                parts.append(torch.einsum("ijcuO,jeuO->ijce", mixed, chunk.delta))
         return torch.cat(parts, dim=1)
 
     def sampled(self, other: SharedWeightPiece, columns: torch.Tensor) -> torch.Tensor:

@@ -69,16 +69,22 @@ def test_mapped_pieces_replace_the_batch_s_own():
     np.testing.assert_allclose(whitened, np.broadcast_to(np.eye(3), G.shape), atol=1e-5)
 
 
-def test_full_pairs_are_chunked_by_their_output_pairs(monkeypatch):
-    """A chunk of the full form holds d^2 signal products per pair of positions."""
+def test_full_pairs_are_chunked_by_their_largest_product(monkeypatch):
+    """A chunk of the full form holds the input products met with one side's
+    signals, d T' O per pair (here more than the T T' products of positions)."""
     g = torch.Generator().manual_seed(0)
-    b, m, T, d = 3, 5, 7, 2
-    a = SharedWeightPiece(torch.randn(b, T, 4, generator=g), torch.randn(b, d, T, 3))
+    b, m, T, d, o = 3, 5, 7, 2, 6
+    a = SharedWeightPiece(torch.randn(b, T, 4, generator=g), torch.randn(b, d, T, o))
     other = SharedWeightPiece(
-        torch.randn(m, T, 4, generator=g), torch.randn(m, d, T, 3, generator=g)
+        torch.randn(m, T, 4, generator=g), torch.randn(m, d, T, o, generator=g)
     )
-    whole = {full: a.pair(other, full) for full in (False, True)}
-    monkeypatch.setattr(pieces_module, "PAIR_CHUNK_ELEMENTS", 2 * b * T * T * d * d)
+    dense = {
+        full: materialize(a.h, a.delta).pair(materialize(other.h, other.delta), full)
+        for full in (False, True)
+    }
+    # the scalar form's T T' = 49 products per pair: every column at once;
+    # the full form's d T' O = 84 per pair: 2 columns at a time
+    monkeypatch.setattr(pieces_module, "PAIR_CHUNK_ELEMENTS", m * b * T * T)
     calls = []
     einsum = torch.einsum
     monkeypatch.setattr(
@@ -86,5 +92,7 @@ def test_full_pairs_are_chunked_by_their_output_pairs(monkeypatch):
     )
     for full, n_chunks in ((False, 1), (True, 3)):  # m = 5 columns, 2 at a time
         calls.clear()
-        torch.testing.assert_close(a.pair(other, full), whole[full])
+        torch.testing.assert_close(
+            a.pair(other, full), dense[full], rtol=1e-4, atol=1e-4
+        )
         assert sum(equation.startswith("ictO") for equation in calls) == n_chunks
