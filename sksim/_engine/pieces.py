@@ -26,7 +26,8 @@ import torch
 from .normalize import gram_power
 
 # Elements of the largest intermediate of one pairing step: the (b, m, T, T')
-# products of positions, times d^2 output pairs in the full form.
+# products of positions; in the full form, the smaller of those times the d^2
+# output pairs and the (b, m, d, T', O) input products met with one side's signals.
 PAIR_CHUNK_ELEMENTS = 2**25
 
 
