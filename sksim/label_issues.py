@@ -506,10 +506,11 @@ class LabelIssueDetector(NetworkEstimator):
         return encoder.transform(y).astype(np.int64)
 
     def _prefit_signals(self, X):
-        P = self._probabilities(self.net_, X, len(self.classes_))
         n_neighbors = self._n_neighbors(n_samples(X) - 1)
-        search = self._search(self.net_, X, n_neighbors)
-        similarities, indices = search.most_similar(None, n_neighbors)
+        search = self._search(self.net_, X, n_neighbors).fit(X)
+        P, similarities, indices = self._signals(
+            self.net_, search, None, n_neighbors, len(self.classes_)
+        )
         return P, similarities, indices, [search.exact_ranking_]
 
     def _cross_validated_signals(self, X, y):
@@ -527,8 +528,9 @@ class LabelIssueDetector(NetworkEstimator):
             X_train = take(X, train)
             seed = None if self.random_state is None else int(seed)
             net = fit_net(clone(_unwrap(self.net)), X_train, y[train], seed)
-            P[test], similarities[test], found, search = self._held_out_signals(
-                net, X_train, take(X, test), n_neighbors, len(self.classes_)
+            search = self._search(net, X_train, n_neighbors).fit(X_train)
+            P[test], similarities[test], found = self._signals(
+                net, search, take(X, test), n_neighbors, len(self.classes_)
             )
             indices[test] = train[found]
             rankings.append(search.exact_ranking_)
@@ -539,37 +541,41 @@ class LabelIssueDetector(NetworkEstimator):
             )
         return P, similarities, indices, rankings
 
-    def _held_out_signals(
-        self, net, X_train, X_test, n_neighbors, n_classes, probabilities=None
-    ):
-        """Both signals of held-out examples, from a net trained on ``X_train``.
+    def _signals(self, net, search, X, n_neighbors, n_classes, probabilities=None):
+        """Both signals of the examples ``X``, from a net and its fitted search.
 
-        The net's class probabilities of ``X_test`` (``probabilities`` when
-        they are already computed, else computed here) and the
-        similarities and rows of ``X_train`` of their ``n_neighbors`` most
-        similar training examples (the audit's label-issue analysis calls it
-        on its folds), and the fitted :class:`NetworkNeighbors` that found them.
+        The net's class probabilities of ``X`` (``probabilities`` when they
+        are already computed, else computed here) and the similarities and
+        rows of their ``n_neighbors`` most similar reference examples of
+        ``search``, a :class:`NetworkNeighbors` of ``net`` fitted on the
+        examples it was trained on. ``X=None`` scores the reference examples
+        themselves, each excluded from its own neighbours (the audit's
+        label-issue analysis calls it on its folds).
         """
         if probabilities is None:
-            probabilities = self._net_probabilities(net, X_test)
+            scored = search.X_fit_ if X is None else X
+            probabilities = self._net_probabilities(net, scored)
         P = _class_probabilities(probabilities, n_classes)
-        search = self._search(net, X_train, n_neighbors)
-        similarities, found = search.most_similar(X_test, n_neighbors)
-        return P, similarities, found, search
+        similarities, found = search.most_similar(X, n_neighbors)
+        return P, similarities, found
 
     def _n_neighbors(self, available):
         """The neighbours per example, at most the ``available`` references."""
         return min(self.n_neighbors, available)
 
     def _search(self, net, X_reference, n_neighbors):
-        """A :class:`NetworkNeighbors` of ``net`` fitted on ``X_reference``."""
+        """The unfitted :class:`NetworkNeighbors` of ``net`` for ``X_reference``.
+
+        Exact up to :data:`EXACT_MAX_SAMPLES` reference examples with
+        ``algorithm="auto"``, FAISS over sketches past it.
+        """
         algorithm, n_components = self.algorithm, self.n_components
         if algorithm == "auto":
             algorithm = "exact"
             if n_samples(X_reference) > EXACT_MAX_SAMPLES:
                 algorithm = "faiss"
                 n_components = n_components or FAISS_COMPONENTS
-        search = NetworkNeighbors(
+        return NetworkNeighbors(
             net,
             n_neighbors=n_neighbors,
             algorithm=algorithm,
@@ -585,11 +591,6 @@ class LabelIssueDetector(NetworkEstimator):
             max_memory=self.max_memory,
             verbose=self.verbose,
         )
-        return search.fit(X_reference)
-
-    def _probabilities(self, net, X, n_classes):
-        """Class probabilities ``(n, n_classes)`` of a trained net."""
-        return _class_probabilities(self._net_probabilities(net, X), n_classes)
 
     def _net_probabilities(self, net, X):
         """The net's ``predict_proba``, or the softmax of a module's logits."""

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import joblib
 import numpy as np
 import torch
 from numpy.typing import ArrayLike
@@ -23,8 +24,9 @@ from tqdm.auto import tqdm
 
 from .._engine.inputs import take
 from .._net import _unwrap, fit_net
-from .._typing import NetLike
+from .._typing import NetInput, NetLike
 from .._validation import check_net_input, check_positive_int
+from ..neighbors import NetworkNeighbors
 from ._examples import worth_a_look
 from ._tables import frame, import_pandas, spread
 from .analyses import ANALYSES, REGISTRY
@@ -287,6 +289,7 @@ class _Fold:
         self.scale_threshold = scale_threshold
         self.fit_seconds = None
         self.prefit = False
+        self._search = None
 
     def fit(self, net: NetLike) -> None:
         """Train a clone of ``net`` on the training part, predict the held-out one."""
@@ -307,6 +310,28 @@ class _Fold:
         self.prediction, self.probabilities = predictions(
             self.net, self.X_test, self.task
         )
+
+    def fitted_search(
+        self, search: NetworkNeighbors, X_val: NetInput | None = None
+    ) -> NetworkNeighbors:
+        """``search`` fitted on the training part, or the equal one the fold kept.
+
+        The fold keeps the last search it fitted until :meth:`release_search`.
+        Asked again for a search with the same parameters (``n_neighbors``
+        aside: :meth:`~sksim.NetworkNeighbors.most_similar` takes its own) and
+        no ``X_val``, it returns the kept one, so that the neighbours and
+        label-issue analyses sketch the training part once.
+        """
+        kept = self._search
+        if X_val is None and kept is not None and _same_search(kept, search):
+            return kept
+        self._search = None  # freed before the new one is fitted
+        self._search = search.fit(self.X_train, X_val=X_val)
+        return self._search
+
+    def release_search(self) -> None:
+        """Free the kept search (its sketches and Jacobians)."""
+        self._search = None
 
     @property
     def correct(self) -> np.ndarray:
@@ -775,11 +800,30 @@ def _analyse(analysis, fold, store, failed):
     return output, texts
 
 
+def _same_search(kept: NetworkNeighbors, wanted: NetworkNeighbors) -> bool:
+    """Whether two searches have the same parameters, ``n_neighbors`` aside.
+
+    The same net object; the other parameters equal by their hashes.
+    """
+    a, b = (search.get_params(deep=False) for search in (kept, wanted))
+    return a["net"] is b["net"] and all(
+        joblib.hash(a[name]) == joblib.hash(b[name])
+        for name in a
+        if name not in ("net", "n_neighbors")
+    )
+
+
 def _run_fold(fold, analyses, store, collected, seconds, steps, failed):
-    """Run the analyses on one fold; ``failed=None`` lets their errors raise."""
+    """Run the analyses on one fold; ``failed=None`` lets their errors raise.
+
+    The fold's kept neighbour search is freed before an analysis that does
+    not share it, and at the end.
+    """
     folds_row, samples = fold.row(), fold.samples()
     for analysis in analyses:
         name = analysis.name
+        if not analysis.shares_search:
+            fold.release_search()
         steps.set_postfix_str(f"fold {fold.fold}: {name}")
         start = time.perf_counter()
         output, texts = _analyse(analysis, fold, store, failed)
@@ -802,6 +846,7 @@ def _run_fold(fold, analyses, store, collected, seconds, steps, failed):
             collected["methods"].setdefault(name, {})[fold.fold] = output.method
         for table, rows in output.tables.items():
             collected["tables"].setdefault(table, []).append(rows)
+    fold.release_search()
     collected["folds"].append(frame([folds_row]))
     collected["samples"].append(frame(samples))
 

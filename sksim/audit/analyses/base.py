@@ -71,6 +71,11 @@ class Analysis:
     tasks : tuple of str
         The tasks it applies to, among ``"classification"`` and
         ``"regression"``; the audit skips it on the others, with the reason.
+    shares_search : bool
+        Whether :meth:`run` fits its neighbour search on the training part by
+        ``fold.fitted_search``, which hands an equal search kept from an
+        earlier analysis of the fold back without a second fit; the fold
+        frees the kept search before any analysis that does not share it.
     """
 
     name: str = ""
@@ -81,6 +86,7 @@ class Analysis:
     figures: tuple = ()
     report_table: str | None = None
     tasks: tuple = ("classification", "regression")
+    shares_search: bool = False
 
     def at_scale(self, fold: _Fold) -> bool:
         """Whether the fold's training part is past the audit's scale threshold."""

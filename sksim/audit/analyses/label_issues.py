@@ -25,11 +25,10 @@ FIXED = ("net", "cv", "combination", "random_state")  # set by the audit
 
 
 def detector(fold: _Fold, options: Mapping[str, Any]) -> LabelIssueDetector:
-    """The :class:`~sksim.LabelIssueDetector` of the fold's trained net."""
-    cv = "prefit" if fold.prefit else 3
-    return LabelIssueDetector(
-        fold.net, cv=cv, random_state=fold.random_state, **options
-    )
+    """The :class:`~sksim.LabelIssueDetector` of the fold's trained net, validated."""
+    found = LabelIssueDetector(fold.net, random_state=fold.random_state, **options)
+    found._validate_params()
+    return found
 
 
 def fold_signals(fold: _Fold, options: Mapping[str, Any]) -> tuple[np.ndarray, ...]:
@@ -38,8 +37,9 @@ def fold_signals(fold: _Fold, options: Mapping[str, Any]) -> tuple[np.ndarray, .
     Cross-validated: the held-out examples, with the probabilities of the
     fold's net (out-of-fold; those the fold predicted with, when it has
     them) and their most similar examples of the training fold. Prefit:
-    the training examples, by the detector's prefit path (in-sample
-    probabilities; the neighbours are the other training examples).
+    the training examples, as the detector's prefit path scores them
+    (in-sample probabilities; the neighbours are the other training
+    examples). The search comes from ``fold.fitted_search``.
 
     Returns
     -------
@@ -52,26 +52,24 @@ def fold_signals(fold: _Fold, options: Mapping[str, Any]) -> tuple[np.ndarray, .
         Whether a reduced FAISS search ranked its candidates by their exact
         similarities.
     """
-    search = detector(fold, options)
+    scorer = detector(fold, options)
     if fold.prefit:
-        search.fit(fold.X_train, fold.y_train)
-        found = search.neighbor_indices_
-        P, similarities = search.oof_proba_, search.neighbor_similarities_
-        rows, labels = fold.train, fold.y_train
-        exact_ranking = search.exact_ranking_
+        rows, labels, X, probabilities = fold.train, fold.y_train, None, None
+        n_classes, available = len(np.unique(fold.y_train)), len(fold.train) - 1
     else:
-        search._validate_params()
-        k = min(search.n_neighbors, len(fold.train))
-        P, similarities, found, neighbors = search._held_out_signals(
-            fold.net,
-            fold.X_train,
+        rows, labels, X, probabilities = (
+            fold.test,
+            fold.y_test,
             fold.X_test,
-            k,
-            len(fold.classes),
             fold.probabilities,
         )
-        rows, labels = fold.test, fold.y_test
-        exact_ranking = neighbors.exact_ranking_
+        n_classes, available = len(fold.classes), len(fold.train)
+    k = scorer._n_neighbors(available)
+    search = fold.fitted_search(scorer._search(fold.net, fold.X_train, k))
+    P, similarities, found = scorer._signals(
+        fold.net, search, X, k, n_classes, probabilities
+    )
+    exact_ranking = search.exact_ranking_
     neighbor_rows = fold.train[found]
     return (
         rows,
@@ -280,6 +278,7 @@ class LabelIssues(Analysis):
         "confident learning's calibrated count."
     )
     tasks = ("classification",)
+    shares_search = True
 
     def scaled_options(self, fold: _Fold) -> dict[str, Any]:
         """The neighbours analysis's search at scale (:func:`sketched_search`)."""

@@ -11,7 +11,6 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from ..._engine.inputs import take
-from ..._typing import NetInput
 from ..._validation import check_positive_int
 from ...neighbors import NetworkNeighbors
 from .. import _render
@@ -51,21 +50,6 @@ def image_view(X: ArrayLike) -> np.ndarray | None:
         if side >= 4 and side * side == X.shape[1]:
             return X.reshape(len(X), side, side)
     return None
-
-
-def fitted_search(
-    fold: _Fold, options: Mapping[str, Any], X_val: NetInput | None = None
-) -> NetworkNeighbors:
-    """The search for the fold's ``fold.n_neighbors`` most similar training examples.
-
-    Its ``recall_`` is measured on the held-out inputs ``X_val`` when given.
-    """
-    return NetworkNeighbors(
-        fold.net,
-        n_neighbors=fold.n_neighbors,
-        random_state=fold.random_state,
-        **options,
-    ).fit(fold.X_train, X_val=X_val)
 
 
 def recall_rows(n_test: int, n_queries: int, random_state: int | None) -> np.ndarray:
@@ -324,6 +308,7 @@ class Neighbors(Analysis):
     )
     defaults = dict(recall_queries=200)
     figures = (neighbor_grid,)
+    shares_search = True
 
     def check_options(self, options: Mapping[str, Any]) -> None:
         check_positive_int(options.get("recall_queries", 1), "recall_queries")
@@ -344,10 +329,16 @@ class Neighbors(Analysis):
         n_queries = options.pop("recall_queries")
         sketched = options.get("n_components") is not None
         sample = recall_rows(len(fold.test), n_queries, fold.random_state)
-        search = fitted_search(
-            fold, options, X_val=take(fold.X_test, sample) if sketched else None
+        search = fold.fitted_search(
+            NetworkNeighbors(
+                fold.net,
+                n_neighbors=fold.n_neighbors,
+                random_state=fold.random_state,
+                **options,
+            ),
+            X_val=take(fold.X_test, sample) if sketched else None,
         )
-        similarities, rows = search.most_similar(fold.X_test)
+        similarities, rows = search.most_similar(fold.X_test, fold.n_neighbors)
         labels, indices = fold.y_train[rows], fold.train[rows]
         columns, metrics = label_agreement(fold, labels)
         method = search_method(options, search.exact_ranking_)
