@@ -1,6 +1,5 @@
 """The neighbours and label-issue analyses share one search per fold."""
 
-import numpy as np
 import pandas as pd
 import pytest
 from _architectures import small_net
