@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import joblib
 import numpy as np
 import torch
 from numpy.typing import ArrayLike
@@ -803,14 +802,21 @@ def _analyse(analysis, fold, store, failed):
 def _same_search(kept: NetworkNeighbors, wanted: NetworkNeighbors) -> bool:
     """Whether two searches have the same parameters, ``n_neighbors`` aside.
 
-    The same net object; the other parameters equal by their hashes.
+    Each parameter the same object or equal by ``==``: the same net, and
+    callables or tensors that are not the same objects count as different.
     """
     a, b = (search.get_params(deep=False) for search in (kept, wanted))
-    return a["net"] is b["net"] and all(
-        joblib.hash(a[name]) == joblib.hash(b[name])
-        for name in a
-        if name not in ("net", "n_neighbors")
-    )
+    return all(_same(a[name], b[name]) for name in a if name != "n_neighbors")
+
+
+def _same(a: Any, b: Any) -> bool:
+    """``a is b``, or ``a == b`` where that is a plain truth value."""
+    if a is b:
+        return True
+    try:
+        return bool(a == b)
+    except (TypeError, ValueError, RuntimeError):  # arrays, tensors
+        return False
 
 
 def _run_fold(fold, analyses, store, collected, seconds, steps, failed):

@@ -67,7 +67,32 @@ def test_label_issues_reuse_the_neighbours_search(fits, run, scale_threshold):
     pd.testing.assert_frame_equal(both["neighbors"], neighbors["neighbors"])
 
 
-def test_different_search_options_fit_their_own_search(fits):
+def first_logits(output):
+    return output[:, :3]
+
+
+@pytest.mark.parametrize(
+    "options, n_fits",
+    [
+        (dict(label_issues=dict(rtol=1e-4)), 4),  # two searches per fold
+        (dict(neighbors=dict(output=first_logits)), 4),
+        (  # the same callable: equal searches
+            dict(
+                neighbors=dict(output=first_logits),
+                label_issues=dict(output=first_logits),
+            ),
+            2,
+        ),
+        (  # equal callables that are different objects count as different
+            dict(
+                neighbors=dict(output=lambda out: out[:, :3]),
+                label_issues=dict(output=lambda out: out[:, :3]),
+            ),
+            4,
+        ),
+    ],
+)
+def test_only_equal_searches_are_shared(fits, options, n_fits):
     X, y = digit_images()
     audit(
         small_net(X, max_epochs=2),
@@ -75,10 +100,10 @@ def test_different_search_options_fit_their_own_search(fits):
         y,
         cv=2,
         analyses=SHARING,
-        options=dict(label_issues=dict(rtol=1e-4)),
+        options=options,
         random_state=0,
     )
-    assert len(fits) == 4  # two searches per fold
+    assert len(fits) == n_fits
 
 
 @pytest.mark.parametrize("analyses", [SHARING, (*SHARING, "denoising")])
