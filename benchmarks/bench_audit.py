@@ -19,6 +19,12 @@ The audit switches by itself to its linear-cost methods past
 ``--scale-threshold`` training examples per fold (the audit's default, 20 000);
 the method each analysis used is listed.
 
+Each mode also runs every analysis in one audit, as a user runs it, in the
+same rounds (``--no-one-audit`` leaves it out): there, analyses that share
+work cost less than alone (the label issues take the search the neighbours
+analysis fitted on each fold), so its row, training included, is the audit's
+real total.
+
 Each size is audited twice from the same trained folds: as the audit runs by
 default (``auto``), and with the linear-cost methods forced at every size
 (``scaled``, ``scale_threshold=1``), whose growth exponent from the smallest
@@ -51,7 +57,7 @@ ResNet-18's recall queries in memory on a GPU.
 Usage: ``OMP_NUM_THREADS=2 python benchmarks/bench_audit.py [--sizes 5000 20000
 50000] [--direct-sizes 5000 20000 50000 200000] [--modes auto scaled]
 [--analyses ...] [--model mlp] [--device cpu] [--repeat R] [--deadline SECONDS]
-[--max-memory BYTES] [--label TEXT] [--out PATH]``.
+[--max-memory BYTES] [--no-one-audit] [--label TEXT] [--out PATH]``.
 """
 
 from __future__ import annotations
@@ -82,6 +88,7 @@ from sksim.audit.models import MLP, make_classifier
 ANALYSES = ("density", "neighbors", "denoising", "label_issues", "class_fitting")
 MEMORY_BOUND = ("density", "neighbors", "denoising", "label_issues")  # take max_memory
 N_FEATURES, N_CLASSES = 64, 10
+ONE_AUDIT = "all analyses in one audit"  # the step of that run
 
 
 def load_average() -> str:
@@ -181,20 +188,24 @@ def audit_rows(n_samples, args, rows, write):
                     rows[mode].append(dict(step=name, method=reason))
                 else:
                     names.append(name)
-            runs = {name: [] for name in names}
+            runs = {(name,): [] for name in names}
+            if args.one_audit and len(names) > 1:
+                runs[tuple(names)] = []
             for _ in range(args.repeat):  # interleaved: a slow spell hits one run
-                for name in names:
-                    runs[name].append(
-                        analysis_run(net, X, y, name, thresholds[mode], cache, args)
+                for analyses in runs:
+                    runs[analyses].append(
+                        analysis_run(net, X, y, analyses, thresholds[mode], cache, args)
                     )
-            for name in names:
-                result = runs[name][0]["result"]
+            for analyses, measured in runs.items():
+                name = analyses[0] if len(analyses) == 1 else ONE_AUDIT
+                extra = training["seconds"] if name == ONE_AUDIT else 0
+                result = measured[0]["result"]
                 row = dict(
                     step=name,
-                    seconds=min(run["seconds"] for run in runs[name]),
-                    slowest=max(run["seconds"] for run in runs[name]),
-                    mib=max(run["mib"] for run in runs[name]),
-                    gpu_mib=max(run["gpu_mib"] for run in runs[name]),
+                    seconds=extra + min(run["seconds"] for run in measured),
+                    slowest=extra + max(run["seconds"] for run in measured),
+                    mib=max(run["mib"] for run in measured),
+                    gpu_mib=max(run["gpu_mib"] for run in measured),
                     method=result.metadata["methods"].get(name, ""),
                 )
                 folds = result.tables["folds"]
@@ -206,13 +217,13 @@ def audit_rows(n_samples, args, rows, write):
             write()
 
 
-def analysis_run(net, X, y, name, threshold, cache, args) -> dict:
-    """One run of analysis ``name`` on the trained folds in ``cache``.
+def analysis_run(net, X, y, analyses, threshold, cache, args) -> dict:
+    """One audit of ``analyses`` on the trained folds in ``cache``.
 
     The run starts from a fresh copy of ``cache/trained`` holding only the
-    trained folds, so that the analysis is computed, not loaded. Returns its
-    seconds (both folds), peak added resident and GPU memory (MiB) and the
-    audit's result.
+    trained folds, so that the analyses are computed, not loaded. Returns
+    their seconds (both folds, summed), peak added resident and GPU memory
+    (MiB) and the audit's result.
     """
     fresh = os.path.join(cache, "run")
     shutil.rmtree(fresh, ignore_errors=True)
@@ -223,26 +234,28 @@ def analysis_run(net, X, y, name, threshold, cache, args) -> dict:
             X,
             y,
             cv=args.folds,
-            analyses=(name,),
+            analyses=analyses,
             cache=fresh,
             scale_threshold=threshold,
-            options=memory_options(name, args.max_memory),
+            options=memory_options(analyses, args.max_memory),
         )
-    if name in result.failed:
-        raise RuntimeError(f"{name} failed: {result.failed[name]}")
+    if result.failed:
+        raise RuntimeError(f"analyses failed: {result.failed}")
     return dict(
-        seconds=result.metadata["seconds"][name],
+        seconds=sum(result.metadata["seconds"][name] for name in analyses),
         mib=memory.added / 2**20,
         gpu_mib=device_memory.peak / 2**20,
         result=result,
     )
 
 
-def memory_options(name: str, max_memory: int | None) -> dict:
-    """The audit's ``options`` setting ``max_memory`` of analysis ``name``."""
-    if max_memory is None or name not in MEMORY_BOUND:
+def memory_options(analyses, max_memory: int | None) -> dict:
+    """The audit's ``options`` setting ``max_memory`` of the ``analyses``."""
+    if max_memory is None:
         return {}
-    return {name: {"max_memory": max_memory}}
+    return {
+        name: {"max_memory": max_memory} for name in analyses if name in MEMORY_BOUND
+    }
 
 
 def skipped(step, n_samples, args) -> str | None:
@@ -371,10 +384,31 @@ def mode_tables(results, mode, threshold, analyses, repeat) -> list[str]:
         for step in steps
     ]
     totals = {n: _total(results[n]) for n in sizes}
-    rows.append(["**total**", *(_fmt(totals[n]) for n in sizes), exponent(totals)])
+    rows.append(
+        [
+            "**total** (each analysis alone)",
+            *(_fmt(totals[n]) for n in sizes),
+            exponent(totals),
+        ]
+    )
+    one = {
+        key: {n: _value(results[n], ONE_AUDIT, key) for n in sizes}
+        for key in ("seconds", "slowest")
+    }
+    together = any(t is not None for t in one["seconds"].values())
+    if together:
+        rows.append(
+            [
+                f"**{ONE_AUDIT}** (training included)",
+                *(_spread(one["seconds"][n], one["slowest"][n]) for n in sizes),
+                exponent(one["seconds"], one["slowest"] if repeat > 1 else None),
+            ]
+        )
     header = ["step", *(f"N={n:,}" for n in sizes), "growth exponent"]
     lines += markdown_table(header, rows)
     lines += ["", "Peak memory added per step (MiB of resident memory):", ""]
+    if together:
+        steps.append(ONE_AUDIT)
     rows = [
         [step, *(_fmt(_value(results[n], step, "mib")) for n in sizes)]
         for step in steps
@@ -392,7 +426,7 @@ def mode_tables(results, mode, threshold, analyses, repeat) -> list[str]:
         [f"N={n:,}", r["step"], r["method"], _fmt(r.get("recall"), 3)]
         for n in sizes
         for r in results[n]
-        if r["step"] != "training" or "method" in r
+        if (r["step"] != "training" or "method" in r) and r["step"] != ONE_AUDIT
     ]
     lines += markdown_table(["size", "analysis", "method", "recall"], rows)
     return lines + [""]
@@ -485,8 +519,8 @@ def page(results, direct, args, loads, wall) -> str:
 
 
 def _total(rows):
-    """Seconds of all steps, or None when one was skipped."""
-    seconds = [row.get("seconds") for row in rows]
+    """Seconds of all steps each run alone, or None when one was skipped."""
+    seconds = [row.get("seconds") for row in rows if row["step"] != ONE_AUDIT]
     return None if None in seconds else sum(seconds)
 
 
@@ -541,6 +575,12 @@ def main():
         default=None,
         help="max_memory (bytes) of the analyses that take it; default 2 GiB",
     )
+    parser.add_argument(
+        "--one-audit",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run all analyses in one audit",
+    )
     parser.add_argument("--label", default="quiet machine, full run")
     parser.add_argument(
         "--out",
@@ -569,6 +609,7 @@ def main():
             str(args.repeat),
             *(["--deadline", str(args.deadline)] if args.deadline else []),
             *(["--max-memory", str(args.max_memory)] if args.max_memory else []),
+            *([] if args.one_audit else ["--no-one-audit"]),
             "--label",
             repr(args.label),
         ]
