@@ -19,16 +19,16 @@ The audit switches by itself to its linear-cost methods past
 ``--scale-threshold`` training examples per fold (the audit's default, 20 000);
 the method each analysis used is listed.
 
-Each mode also runs every analysis in one audit, as a user runs it, in the
-same rounds (``--no-one-audit`` leaves it out): there, analyses that share
-work cost less than alone (the label issues take the search the neighbours
-analysis fitted on each fold), so its row, training included, is the audit's
-real total.
-
 Each size is audited twice from the same trained folds: as the audit runs by
 default (``auto``), and with the linear-cost methods forced at every size
 (``scaled``, ``scale_threshold=1``), whose growth exponent from the smallest
 size is that of the methods themselves.
+
+The default mode also runs every analysis in one audit, as a user runs it,
+in the same rounds (``--no-one-audit`` leaves it out). There, analyses that
+share work cost less than alone (the label issues take the search that the
+neighbours analysis fitted on each fold), so its row, training included, is
+the audit's real total.
 
 The linear-cost methods are also called directly, without the audit, up to
 200 000 examples (``--direct-sizes``): ``GradientDensityEstimator(method="soft")``
@@ -189,7 +189,7 @@ def audit_rows(n_samples, args, rows, write):
                 else:
                     names.append(name)
             runs = {(name,): [] for name in names}
-            if args.one_audit and len(names) > 1:
+            if args.one_audit and mode == "auto" and len(names) > 1:
                 runs[tuple(names)] = []
             for _ in range(args.repeat):  # interleaved: a slow spell hits one run
                 for analyses in runs:
