@@ -26,9 +26,9 @@ FIXED = ("net", "cv", "combination", "random_state")  # set by the audit
 
 def detector(fold: _Fold, options: Mapping[str, Any]) -> LabelIssueDetector:
     """The :class:`~sksim.LabelIssueDetector` of the fold's trained net, validated."""
-    found = LabelIssueDetector(fold.net, random_state=fold.random_state, **options)
-    found._validate_params()
-    return found
+    scorer = LabelIssueDetector(fold.net, random_state=fold.random_state, **options)
+    scorer._validate_params()
+    return scorer
 
 
 def fold_signals(fold: _Fold, options: Mapping[str, Any]) -> tuple[np.ndarray, ...]:
