@@ -23,12 +23,11 @@ from ._engine.checkpoints import (
     check_checkpoints,
     checkpoint_shares,
 )
-from ._engine.inputs import is_dataset
 from ._engine.jacobian import JacobianEngine
 from ._engine.normalize import KINDS
 from ._net import fit_net, resolve_module
 from ._typing import Checkpoints, NetLike, Output
-from ._validation import check_net_input, dataset_sample_shape
+from ._validation import check_net_input, sample_shape
 
 POSITIVE_INT = Interval(Integral, 1, None, closed="left")
 
@@ -147,7 +146,7 @@ class NetworkEstimator(BaseEstimator):
         X = check_net_input(X, self, reset=True)
         if check_targets is not None:
             check_targets(X)
-        self._sample_shape = _sample_shape(X)
+        self._sample_shape = sample_shape(X)
         self.net_ = fit_net(
             self.net, X, y if y_net is None else y_net, self.random_state
         )
@@ -164,7 +163,7 @@ class NetworkEstimator(BaseEstimator):
     def _check_input(self, X):
         """``X`` validated against the inputs seen in ``fit``."""
         X = check_net_input(X, self, reset=False)
-        shape = _sample_shape(X)
+        shape = sample_shape(X)
         if shape != self._sample_shape:
             raise ValueError(
                 f"X has samples of shape {shape}, but "
@@ -219,12 +218,3 @@ class NetworkEstimator(BaseEstimator):
         tags.input_tags.three_d_array = True  # images, sequences: any rank
         tags.input_tags.dict = True  # dicts of arrays, passed as keywords
         return tags
-
-
-def _sample_shape(X):
-    """The shape of one sample: a tuple, or a dict of them for dict inputs."""
-    if is_dataset(X):
-        return dataset_sample_shape(X)
-    if isinstance(X, dict):
-        return {k: tuple(v.shape[1:]) for k, v in X.items()}
-    return tuple(X.shape[1:])

@@ -86,6 +86,15 @@ def _check_dataset(dataset, estimator, reset: bool):
     return dataset
 
 
+def sample_shape(X):
+    """The shape of one sample: a tuple, or a dict of them for dict inputs."""
+    if is_dataset(X):
+        return dataset_sample_shape(X)
+    if isinstance(X, Mapping):
+        return {k: tuple(v.shape[1:]) for k, v in X.items()}
+    return tuple(X.shape[1:])
+
+
 def dataset_sample_shape(dataset: Dataset):
     """The shape of the input of a dataset's first item, checked to be numeric.
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 
+from .._engine.inputs import is_dataset, n_samples, take, to_tensor
 from . import _render
 from ._tables import frame, neighbor_text
 from .analyses.neighbors import image_view
@@ -89,13 +91,16 @@ def atypical_features(x, mean, std, count=FEATURES):
 
 
 class _Looks:
-    """How an example looks: its image, or its most atypical features."""
+    """How an example looks: its image, or its most atypical features.
+
+    The features' means and standard deviations of a dataset are gathered
+    in one pass over its batches.
+    """
 
     def __init__(self, X):
-        self.images = image_view(X)
+        self.X, self.images = X, image_view(X)
         if self.images is None:
-            flat = np.asarray(X).reshape(len(X), -1)
-            self.flat, self.mean, self.std = flat, flat.mean(0), flat.std(0)
+            self.mean, self.std = _moments(X)
 
     def image(self, rows):
         return None if self.images is None else self.images[rows]
@@ -103,7 +108,36 @@ class _Looks:
     def features(self, row):
         if self.images is not None:
             return None
-        return atypical_features(self.flat[row], self.mean, self.std)
+        x = _flat(take(self.X, np.array([row])))[0]
+        return atypical_features(x, self.mean, self.std)
+
+
+def _flat(X) -> np.ndarray:
+    """Rows of an array or dataset, read and flattened to ``(n, n_features)``."""
+    n = n_samples(X)
+    if is_dataset(X):
+        X = to_tensor(X, torch.device("cpu"), torch.float32).numpy()
+    return np.asarray(X).reshape(n, -1)
+
+
+def _moments(X, batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation of each feature.
+
+    A dataset's come from two passes over its batches (the mean, then the
+    squared deviations from it), so that it is never read whole.
+    """
+    if not is_dataset(X):
+        flat = _flat(X)
+        return flat.mean(axis=0), flat.std(axis=0)
+    n = n_samples(X)
+
+    def blocks():
+        for start in range(0, n, batch_size):
+            yield _flat(take(X, slice(start, min(start + batch_size, n))))
+
+    mean = sum(block.sum(axis=0, dtype=np.float64) for block in blocks()) / n
+    variance = sum(((block - mean) ** 2).sum(axis=0) for block in blocks()) / n
+    return mean, np.sqrt(variance)
 
 
 def _item(kind, sample, looks):

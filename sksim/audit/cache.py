@@ -6,14 +6,18 @@ import os
 import pickle
 import tempfile
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import joblib
+import torch
 from numpy.typing import ArrayLike
 from sklearn.base import clone
+from torch.utils.data import Dataset
 
 from .. import __version__
+from .._engine.inputs import batches, is_dataset
 from .._net import _unwrap
 from .._typing import NetLike
 from .prefit import weights_fingerprint
@@ -39,6 +43,21 @@ def net_fingerprint(net: NetLike) -> str:
         ) from error
 
 
+def dataset_fingerprint(dataset: Dataset, batch_size: int = 4096) -> str:
+    """A hash of the inputs of a dataset's items, read in batches.
+
+    By content: a pickled dataset of tensors hashes differently every time.
+    """
+    hashes = []
+    for _, batch in batches(dataset, batch_size, torch.device("cpu"), torch.float64):
+        if isinstance(batch, Mapping):
+            batch = {key: value.numpy() for key, value in sorted(batch.items())}
+        else:
+            batch = batch.numpy()
+        hashes.append(joblib.hash(batch))
+    return joblib.hash(hashes)
+
+
 class AuditCache:
     """Pickled pieces of an audit in a folder, each named by what it depends on.
 
@@ -52,8 +71,9 @@ class AuditCache:
     ----------
     folder : str, path-like or None
         Where the pieces are kept (created if missing); None caches nothing.
-    arrays : tuple of ndarray
-        The audited data (``X, y``, then ``X_test, y_test`` when prefit).
+    arrays : tuple of ndarray or Dataset
+        The audited data (``X, y``, then ``X_test, y_test`` when prefit); a
+        dataset enters by :func:`dataset_fingerprint`.
     net : skorch net, FrozenEstimator or torch.nn.Module
         The audited net.
     random_state : int or None
@@ -77,8 +97,9 @@ class AuditCache:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         fingerprint = weights_fingerprint(net) if prefit else net_fingerprint(net)
+        data = tuple(dataset_fingerprint(a) if is_dataset(a) else a for a in arrays)
         self.base = joblib.hash(
-            (__version__, CACHE_FORMAT, arrays, fingerprint, random_state)
+            (__version__, CACHE_FORMAT, data, fingerprint, random_state)
         )
 
     def key(self, *parts: Any) -> str | None:

@@ -19,12 +19,19 @@ from sklearn.metrics import r2_score
 from sklearn.model_selection import BaseCrossValidator, check_cv
 from sklearn.utils.multiclass import type_of_target
 from skorch import NeuralNet
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from .._engine.inputs import take
+from .._engine.inputs import is_dataset, n_samples, take
 from .._net import _unwrap, fit_net
 from .._typing import NetInput, NetLike
-from .._validation import check_net_input, check_positive_int
+from .._validation import (
+    LabelledDataset,
+    check_net_input,
+    check_positive_int,
+    dataset_targets,
+    sample_shape,
+)
 from ..neighbors import NetworkNeighbors
 from ._examples import worth_a_look
 from ._tables import frame, import_pandas, spread
@@ -179,15 +186,28 @@ def _check_options(analyses, n_neighbors, options, errors):
 
 
 def _check_inputs(X, y, names=("X", "y")):
-    """Array inputs and one target per row of them."""
+    """Array or dataset inputs and one target per sample of them.
+
+    A dataset's targets are those of its ``(x, y)`` items when ``y`` is None;
+    it is returned with its targets as items ``(x, y)``, as skorch reads one.
+    """
     X = check_net_input(X)
     if isinstance(X, dict):
-        raise TypeError("audit takes array inputs; got a dict.")
-    y = np.asarray(y)
-    if len(y) != len(X):
+        raise TypeError("audit takes array or dataset inputs; got a dict.")
+    if y is None and is_dataset(X):
+        y = dataset_targets(X)
+    if y is None:
         raise ValueError(
-            f"{names[0]} has {len(X)} samples but {names[1]} has {len(y)}."
+            f"{names[1]} is required: pass the targets of {names[0]}, or a "
+            "dataset of (x, y) items."
         )
+    y = np.asarray(y)
+    if len(y) != n_samples(X):
+        raise ValueError(
+            f"{names[0]} has {n_samples(X)} samples but {names[1]} has {len(y)}."
+        )
+    if is_dataset(X):
+        X = LabelledDataset(X, y)
     return X, y
 
 
@@ -230,17 +250,18 @@ def _cv_data(net, X, y, X_test, y_test):
 def _prefit_data(net, X, y, X_test, y_test):
     """The data of a prefit audit, checked, and its task."""
     check_prefit_net(net)
-    if X_test is None or y_test is None:
+    if X_test is None or (y_test is None and not is_dataset(X_test)):
         raise ValueError(
             'cv="prefit" audits the trained network on a given split: pass '
-            "X_test and y_test (X and y are the data it was trained on)."
+            "X_test and y_test, or a dataset of (x, y) items as X_test (X and y "
+            "are the data it was trained on)."
         )
     X, y = _check_inputs(X, y)
     X_test, y_test = _check_inputs(X_test, y_test, ("X_test", "y_test"))
-    if X.shape[1:] != X_test.shape[1:]:
+    if sample_shape(X) != sample_shape(X_test):
         raise ValueError(
-            f"X_test holds samples of shape {tuple(X_test.shape[1:])} and X of "
-            f"shape {tuple(X.shape[1:])}; they must be alike."
+            f"X_test holds samples of shape {sample_shape(X_test)} and X of "
+            f"shape {sample_shape(X)}; they must be alike."
         )
     task = target_task(net, y)
     if task == "regression":
@@ -393,12 +414,12 @@ class _Fold:
 
 def audit(
     net: NetLike,
-    X: ArrayLike,
-    y: ArrayLike,
+    X: ArrayLike | Dataset,
+    y: ArrayLike | None = None,
     cv: int | BaseCrossValidator | Iterable | str = 5,
     analyses: Sequence[str] = ANALYSES,
     *,
-    X_test: ArrayLike | None = None,
+    X_test: ArrayLike | Dataset | None = None,
     y_test: ArrayLike | None = None,
     n_neighbors: int = 5,
     layers: Sequence[str] | None = None,
@@ -492,12 +513,14 @@ def audit(
         targets decide, by :func:`sklearn.utils.multiclass.type_of_target`
         (``"binary"`` or ``"multiclass"`` labels are classification,
         ``"continuous"`` targets regression).
-    X : array-like of shape (n_samples, ...)
-        Inputs, in the shape the network accepts; with ``cv="prefit"``, those
-        it was trained on.
-    y : array-like of shape (n_samples,)
+    X : array-like of shape (n_samples, ...) or Dataset
+        Inputs, in the shape the network accepts, or a map-style torch
+        dataset of them (items ``x`` or ``(x, y)``), read in batches; with
+        ``cv="prefit"``, those it was trained on.
+    y : array-like of shape (n_samples,), default=None
         Class labels (or, with ``cv="prefit"``, continuous targets of shape
-        ``(n_samples,)`` or ``(n_samples, 1)``).
+        ``(n_samples,)`` or ``(n_samples, 1)``). None takes those of a
+        dataset's ``(x, y)`` items.
     cv : int, cross-validation generator, iterable or "prefit", default=5
         As in :func:`sklearn.model_selection.cross_validate` (an int means
         :class:`~sklearn.model_selection.StratifiedKFold`), or ``"prefit"``
@@ -505,10 +528,11 @@ def audit(
     analyses : sequence of str, default=all six
         Which of ``"density"``, ``"neighbors"``, ``"label_issues"``,
         ``"denoising"``, ``"sensitivity"`` and ``"class_fitting"`` to run.
-    X_test : array-like of shape (n_test, ...), default=None
+    X_test : array-like of shape (n_test, ...) or Dataset, default=None
         With ``cv="prefit"`` (and only then), the held-out inputs.
     y_test : array-like of shape (n_test,), default=None
-        With ``cv="prefit"`` (and only then), their labels or targets.
+        With ``cv="prefit"`` (and only then), their labels or targets (None
+        takes those of a dataset's items).
     n_neighbors : int, default=5
         Training examples retrieved per held-out example.
     layers : list of str, default=None
@@ -638,7 +662,7 @@ def audit(
     metadata = dict(
         task=data.task,
         n_samples=int(len(data.X) + (len(data.X_test) if prefit else 0)),
-        input_shape=list(data.X.shape[1:]),
+        input_shape=list(sample_shape(data.X)),
         n_classes=None if data.classes is None else int(len(data.classes)),
         cv=protocol,
         n_folds=len(splits),
@@ -666,7 +690,8 @@ def _splits(cv, data, prefit):
         split = (np.arange(len(data.X)), np.arange(len(data.X_test)))
         return "prefit", [split]
     splitter = check_cv(cv, data.y, classifier=True)
-    return repr(splitter), list(splitter.split(data.X, data.y))
+    rows = np.zeros((len(data.y), 1))  # the splitters need only the number
+    return repr(splitter), list(splitter.split(rows, data.y))
 
 
 def _methods(methods, analyses):

@@ -6,10 +6,11 @@ import math
 from typing import Any
 
 import torch
-from numpy.typing import ArrayLike
 from skorch import NeuralNetClassifier
 
+from .._engine.inputs import n_samples
 from .._typing import NetInput
+from .._validation import sample_shape
 
 MODELS = ("mlp", "cnn")
 
@@ -71,14 +72,14 @@ class CNN(torch.nn.Module):
 
 
 def is_square_image_batch(X: NetInput) -> bool:
-    """Whether ``X`` has shape ``(n, C, H, W)`` with ``H == W``."""
-    shape = getattr(X, "shape", ())
-    return len(shape) == 4 and shape[2] == shape[3]
+    """Whether the samples of ``X`` have shape ``(C, H, W)`` with ``H == W``."""
+    shape = sample_shape(X)
+    return isinstance(shape, tuple) and len(shape) == 3 and shape[1] == shape[2]
 
 
 def make_classifier(
     model: str,
-    X: ArrayLike,
+    X: NetInput,
     n_classes: int,
     max_epochs: int = 20,
     lr: float = 0.1,
@@ -92,7 +93,7 @@ def make_classifier(
     model : {"mlp", "cnn"}
         ``"mlp"`` takes inputs of any shape (flattened); ``"cnn"`` needs
         square images ``(n, C, H, W)``.
-    X : ndarray
+    X : ndarray or Dataset
         The inputs (only their shape is used).
     n_classes : int
         Number of classes.
@@ -115,7 +116,7 @@ def make_classifier(
     >>> net.module.__name__, net.module__image_size
     ('CNN', 8)
     """
-    shape = tuple(getattr(X, "shape", ()))
+    shape = (n_samples(X), *sample_shape(X))
     if model == "mlp":
         module_kwargs = dict(n_features=math.prod(shape[1:]), n_classes=n_classes)
         module = MLP

@@ -16,9 +16,10 @@ from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
+from torch.utils.data import Dataset
 
 from .._engine.context import torch_seed
-from .._engine.inputs import check_finite
+from .._engine.inputs import check_finite, is_dataset, take, to_tensor
 from .._layers import check_layers, check_pool, layer_outputs
 from .._net import fit_net, resolve_device, resolve_module
 from .._typing import NetLike, Self
@@ -53,6 +54,19 @@ Deformation = Callable[[torch.Tensor, np.random.RandomState], ArrayLike]
 Reference = str | Mapping[str, torch.Tensor] | NetLike
 
 
+def _probe_items(dataset: Dataset, n_probe: int, rng) -> torch.Tensor:
+    """At most ``n_probe`` of a dataset's inputs, read as one float64 tensor.
+
+    Drawn as :class:`_Probe` draws those of an array (the same rows for the
+    same ``rng``), so that only they are read.
+    """
+    n = len(dataset)
+    rows = np.arange(n)
+    if n > n_probe:
+        rows = np.sort(rng.choice(n, n_probe, replace=False))
+    return to_tensor(take(dataset, rows), torch.device("cpu"), torch.float64)
+
+
 class _Probe:
     """The probe inputs and their perturbations, drawn once, served in batches.
 
@@ -80,6 +94,8 @@ class _Probe:
                 "Dict inputs are not supported: deformations and noise act on one "
                 "array of images or signals; pass that array."
             )
+        if is_dataset(X):
+            X = _probe_items(X, n_probe, rng)
         X = X if isinstance(X, torch.Tensor) else torch.tensor(np.asarray(X))
         if not X.is_floating_point():
             X = X.to(torch.float64)
@@ -377,7 +393,7 @@ def _check_reference(reference) -> None:
 
 def relative_sensitivity(
     net: NetLike,
-    X: np.ndarray | torch.Tensor,
+    X: np.ndarray | torch.Tensor | Dataset,
     layers: str | Sequence[str] = "output",
     delta: float = 1.0,
     cutoff: int = 3,
@@ -413,9 +429,10 @@ def relative_sensitivity(
     ----------
     net : skorch net, FrozenEstimator or torch.nn.Module
         The trained network, taking inputs shaped like ``X``.
-    X : ndarray or tensor of shape (n, C, H, W), (n, H, W) or (n, L)
+    X : ndarray or tensor of shape (n, C, H, W), (n, H, W) or (n, L), or Dataset
         Probe inputs in the network's input space (after any normalisation):
-        square images, or signals (2-D ``X``, deformed along their one axis).
+        square images, or signals (2-D ``X``, deformed along their one axis);
+        of a map-style torch dataset, only the ``n_probe`` items drawn are read.
     layers : "output", "all", str or list of str, default="output"
         Which representations: the output; ``"all"`` (the input, every leaf
         module in execution order, then the output); or names: ``"input"``,

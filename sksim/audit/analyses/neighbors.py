@@ -8,10 +8,12 @@ from importlib.util import find_spec
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 from numpy.typing import ArrayLike
+from torch.utils.data import Dataset
 
-from ..._engine.inputs import take
-from ..._validation import check_positive_int
+from ..._engine.inputs import is_dataset, take, to_tensor
+from ..._validation import check_positive_int, sample_shape
 from ...neighbors import NetworkNeighbors
 from .. import _render
 from .._tables import frame, neighbor_text
@@ -32,13 +34,41 @@ HNSW_FROM = 1_000_000
 KINDS = ("lowest density", "misclassified", "largest error", "typical")
 
 
-def image_view(X: ArrayLike) -> np.ndarray | None:
+def image_view(X: ArrayLike | Dataset) -> np.ndarray | DatasetImages | None:
     """``X`` as images ``(n, H, W)`` or ``(n, H, W, 3)``, or None if not image-like.
 
     Image-like: ``(n, C, H, W)`` with one or three channels, ``(n, H, W)``,
     or flat ``(n, H * H)`` with ``H >= 4`` (such as scikit-learn's 8x8 digits).
+    A dataset's images are read when indexed (:class:`DatasetImages`).
     """
-    X = np.asarray(X)
+    if is_dataset(X):
+        shape = sample_shape(X)
+        if isinstance(shape, dict) or _images(np.zeros((1, *shape))) is None:
+            return None
+        return DatasetImages(X)
+    return _images(np.asarray(X))
+
+
+class DatasetImages:
+    """The images of a dataset's inputs, read only for the rows asked for.
+
+    Indexed as the array :func:`image_view` gives: by one row, or by an
+    array of rows.
+    """
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __getitem__(self, rows):
+        single = np.ndim(rows) == 0
+        rows = np.atleast_1d(rows)
+        X = to_tensor(take(self.dataset, rows), torch.device("cpu"), torch.float32)
+        images = _images(X.numpy())
+        return images[0] if single else images
+
+
+def _images(X: np.ndarray) -> np.ndarray | None:
+    """The array ``X`` as images, or None (see :func:`image_view`)."""
     if X.ndim == 4 and X.shape[1] == 1:
         return X[:, 0]
     if X.ndim == 4 and X.shape[1] == 3:

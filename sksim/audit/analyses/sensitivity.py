@@ -7,7 +7,9 @@ from collections.abc import Mapping
 from types import ModuleType
 from typing import TYPE_CHECKING
 
+from ..._engine.inputs import n_samples
 from ..._typing import NetInput
+from ..._validation import sample_shape
 from .._render import errorbars, subplots
 from .._tables import frame, spread
 from ..models import is_square_image_batch
@@ -81,7 +83,8 @@ class Sensitivity(Analysis):
         if not is_square_image_batch(X):
             return (
                 "relative sensitivity deforms images: it needs inputs of shape "
-                f"(n, C, H, W) with H == W, and these have shape {tuple(X.shape)}."
+                "(n, C, H, W) with H == W, and these have shape "
+                f"{(n_samples(X), *sample_shape(X))}."
             )
         if import_sensitivity() is None:
             return "sksim.sensitivity is not available in this version of sksim."
