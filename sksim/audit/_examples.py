@@ -94,7 +94,7 @@ class _Looks:
     """How an example looks: its image, or its most atypical features.
 
     The features' means and standard deviations of a dataset are gathered
-    in one pass over its batches.
+    in two passes over its batches (:func:`_moments`).
     """
 
     def __init__(self, X):
