@@ -690,8 +690,8 @@ def _splits(cv, data, prefit):
         split = (np.arange(len(data.X)), np.arange(len(data.X_test)))
         return "prefit", [split]
     splitter = check_cv(cv, data.y, classifier=True)
-    rows = np.zeros((len(data.y), 1))  # the splitters need only the number
-    return repr(splitter), list(splitter.split(rows, data.y))
+    X = np.zeros((len(data.y), 1)) if is_dataset(data.X) else data.X  # its length
+    return repr(splitter), list(splitter.split(X, data.y))
 
 
 def _methods(methods, analyses):
