@@ -7,12 +7,14 @@ similar training examples carry (neighbours analysis).
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from .._engine.inputs import is_dataset, n_samples, take, to_tensor
+from .._engine.inputs import batches, is_dataset, n_samples, take, to_tensor
+from .._validation import sample_shape
 from . import _render
 from ._tables import frame, neighbor_text
 from .analyses.neighbors import image_view
@@ -93,23 +95,26 @@ def atypical_features(x, mean, std, count=FEATURES):
 class _Looks:
     """How an example looks: its image, or its most atypical features.
 
-    The features' means and standard deviations of a dataset are gathered
-    in two passes over its batches (:func:`_moments`).
+    Inputs that are neither images nor arrays (dicts) show neither.
     """
 
     def __init__(self, X):
         self.X, self.images = X, image_view(X)
-        if self.images is None:
-            self.mean, self.std = _moments(X)
+        self.tabular = self.images is None and isinstance(sample_shape(X), tuple)
+
+    @functools.cached_property
+    def moments(self) -> tuple[np.ndarray, np.ndarray]:
+        """The features' means and standard deviations (:func:`_moments`)."""
+        return _moments(self.X)
 
     def image(self, rows):
         return None if self.images is None else self.images[rows]
 
     def features(self, row):
-        if self.images is not None:
+        if not self.tabular:
             return None
         x = _flat(take(self.X, np.array([row])))[0]
-        return atypical_features(x, self.mean, self.std)
+        return atypical_features(x, *self.moments)
 
 
 def _flat(X) -> np.ndarray:
@@ -129,12 +134,13 @@ def _moments(X, batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     if not is_dataset(X):
         flat = _flat(X)
         return flat.mean(axis=0), flat.std(axis=0)
-    n = n_samples(X)
 
     def blocks():
-        for start in range(0, n, batch_size):
-            yield _flat(take(X, slice(start, min(start + batch_size, n))))
+        cpu = torch.device("cpu")
+        for _, batch in batches(X, batch_size, cpu, torch.float32):
+            yield batch.reshape(len(batch), -1).numpy()
 
+    n = n_samples(X)
     mean = sum(block.sum(axis=0, dtype=np.float64) for block in blocks()) / n
     variance = sum(((block - mean) ** 2).sum(axis=0) for block in blocks()) / n
     return mean, np.sqrt(variance)
@@ -163,16 +169,16 @@ def worth_a_look(data, tables):
     examples carry, with those neighbours (classification only).
     """
     samples = tables["samples"]
+    train_looks = _Looks(data.X)
+    looks = train_looks if data.X_test is data.X else _Looks(data.X_test)
     items = []
     if "log_density" in samples and data.X_test is data.X:
-        looks = _Looks(data.X)
         for row in isolated_rows(samples):
             item = _item("isolated", samples.loc[row], looks)
             item["neighbor_count"] = float(samples.loc[row, "neighbor_count"])
             items.append(item)
     if "neighbors" in tables and "correct" in samples:
         support = prediction_support(samples, tables["neighbors"])
-        looks, train_looks = _Looks(data.X_test), _Looks(data.X)
         by_query = tables["neighbors"].groupby(["fold", "index"])
         for row in least_supported_rows(samples, support):
             sample = samples.loc[row]
