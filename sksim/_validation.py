@@ -167,6 +167,21 @@ def dataset_targets(dataset: Dataset) -> np.ndarray | None:
     return y.numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
 
 
+def given_or_item_labels(X, y):
+    """``y``, or when it is None the labels of a dataset ``X``'s ``(x, y)`` items."""
+    if y is None and is_dataset(X):
+        return dataset_targets(X)
+    return y
+
+
+def labelled(X, y):
+    """``X`` as skorch's ``fit`` and ``predict`` read it, with the labels ``y``.
+
+    A dataset becomes items ``(x, y_i)``; arrays and dicts are returned as they are.
+    """
+    return LabelledDataset(X, y) if is_dataset(X) else X
+
+
 def skorch_training_data(net, dataset: Dataset, y=None) -> tuple[Dataset, object]:
     """``(X, y)`` for ``net.fit`` of a skorch ``net`` to train on ``dataset``.
 

@@ -36,7 +36,7 @@ from ._engine.inputs import n_samples, take
 from ._engine.jacobian import DEFAULT_MAX_MEMORY
 from ._net import _unwrap, fit_net, is_unfitted_skorch
 from ._typing import NetInput, NetLike, Output, Self
-from ._validation import check_net_input
+from ._validation import check_net_input, given_or_item_labels, labelled
 from .density import NEIGHBOR_PARAMETERS
 from .neighbors import NetworkNeighbors
 
@@ -429,15 +429,16 @@ class LabelIssueDetector(NetworkEstimator):
         self.max_memory = max_memory
         self.verbose = verbose
 
-    def fit(self, X: NetInput, y: ArrayLike) -> Self:
+    def fit(self, X: NetInput, y: ArrayLike | None = None) -> Self:
         """Score every example's label.
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, ...) or dict of them
-            Inputs.
-        y : array-like of shape (n_samples,)
-            The given class labels.
+        X : array-like of shape (n_samples, ...), dict of them, or Dataset
+            Inputs; a map-style torch ``Dataset`` is read batch by batch.
+        y : array-like of shape (n_samples,), default=None
+            The given class labels. Required, unless ``X`` is a Dataset of
+            ``(x, y)`` items: its labels are then read from the items.
 
         Returns
         -------
@@ -460,7 +461,8 @@ class LabelIssueDetector(NetworkEstimator):
                     'cv="prefit" to use a trained network as it is.'
                 )
             X = check_net_input(X, self, reset=True)
-        y = self._encode_targets(X, y)
+        y = self._encode_targets(X, given_or_item_labels(X, y))
+        X = labelled(X, y)
         if self.cv == "prefit":
             P, similarities, indices, rankings = self._prefit_signals(X)
         else:
@@ -481,7 +483,8 @@ class LabelIssueDetector(NetworkEstimator):
         """``y`` as ``0 .. n_classes - 1``, with ``classes_`` set; checked."""
         if y is None:
             raise ValueError(
-                "LabelIssueDetector requires y to be passed, but the target y is None."
+                "LabelIssueDetector requires y to be passed, but the target y is "
+                "None: pass the given labels, or a Dataset of (x, y) items."
             )
         y = column_or_1d(np.asarray(y), warn=True)
         if len(y) != n_samples(X):

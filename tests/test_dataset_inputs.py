@@ -12,6 +12,7 @@ from torch.utils.data import Dataset, IterableDataset, TensorDataset
 
 from sksim import (
     GradientDensityEstimator,
+    LabelIssueDetector,
     NetworkSimilarityKernel,
     gradient_features,
     network_similarity,
@@ -19,7 +20,7 @@ from sksim import (
 from sksim._engine.inputs import batches, take
 from sksim.denoising import SelfDenoisingAnalysis
 from sksim.neighbors import NetworkNeighbors
-from sksim.representations import extract_representations
+from sksim.representations import extract_representations, memorization_scores
 
 N, BATCH = 30, 7
 EXACT = dict(rtol=0, atol=1e-10)
@@ -300,6 +301,46 @@ def test_unfitted_skorch_net_needs_labels(data):
         NetworkSimilarityKernel(net).fit(Dicts(X.astype(np.float32)))
     with pytest.raises(ValueError, match="X has 30 items but y has 29 labels"):
         NetworkSimilarityKernel(net).fit(Dicts(X.astype(np.float32)), y[:-1])
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("cv", [2, "prefit"])
+def test_label_issues_of_datasets_equal_arrays(data, form, cv):
+    X, y = data
+    X = X.astype(np.float32)
+    net = classifier(train_split=None)
+    if cv == "prefit":
+        net = net.fit(X, y)
+    expected = LabelIssueDetector(net, cv=cv, n_neighbors=4, random_state=0).fit(X, y)
+    given = None if form != "dicts" else y  # dicts carry no labels
+    got = LabelIssueDetector(net, cv=cv, n_neighbors=4, random_state=0).fit(
+        as_dataset(X, y, form), given
+    )
+    np.testing.assert_array_equal(got.neighbor_indices_, expected.neighbor_indices_)
+    for name in ["oof_proba_", "neighbor_similarities_", "scores_"]:
+        np.testing.assert_allclose(
+            getattr(got, name), getattr(expected, name), rtol=0, atol=1e-6
+        )
+    np.testing.assert_array_equal(got.suggested_labels_, expected.suggested_labels_)
+
+
+def test_memorization_scores_of_datasets_equal_arrays(data):
+    X, y = data
+    X = X.astype(np.float32)
+    net = classifier(train_split=None)
+    expected = memorization_scores(net, X, y, n_models=6, random_state=0)
+    for dataset, given in [(Pairs(X, y), None), (Dicts(X), y)]:
+        got = memorization_scores(net, dataset, given, n_models=6, random_state=0)
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_label_estimators_need_labels_in_dataset_or_y(data):
+    X = data[0].astype(np.float32)
+    net = classifier(train_split=None)
+    with pytest.raises(ValueError, match="or a Dataset of \\(x, y\\) items"):
+        LabelIssueDetector(net, cv=2).fit(Dicts(X))
+    with pytest.raises(ValueError, match="or a Dataset of \\(x, y\\) items"):
+        memorization_scores(net, Dicts(X), n_models=2)
 
 
 def test_datasets_are_read_batch_by_batch(data, net):

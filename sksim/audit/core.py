@@ -26,10 +26,10 @@ from .._engine.inputs import is_dataset, n_samples, take
 from .._net import _unwrap, fit_net
 from .._typing import NetInput, NetLike
 from .._validation import (
-    LabelledDataset,
     check_net_input,
     check_positive_int,
-    dataset_targets,
+    given_or_item_labels,
+    labelled,
     sample_shape,
 )
 from ..neighbors import NetworkNeighbors
@@ -194,8 +194,7 @@ def _check_inputs(X, y, names=("X", "y")):
     X = check_net_input(X)
     if isinstance(X, dict):
         raise TypeError("audit takes array or dataset inputs; got a dict.")
-    if y is None and is_dataset(X):
-        y = dataset_targets(X)
+    y = given_or_item_labels(X, y)
     if y is None:
         raise ValueError(
             f"{names[1]} is required: pass the targets of {names[0]}, or a "
@@ -206,9 +205,7 @@ def _check_inputs(X, y, names=("X", "y")):
         raise ValueError(
             f"{names[0]} has {n_samples(X)} samples but {names[1]} has {len(y)}."
         )
-    if is_dataset(X):
-        X = LabelledDataset(X, y)
-    return X, y
+    return labelled(X, y), y
 
 
 def _check_labels(*labels):

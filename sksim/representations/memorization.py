@@ -15,7 +15,12 @@ from tqdm.auto import tqdm
 from .._engine.context import torch_seed
 from .._engine.inputs import n_samples, take
 from .._typing import NetInput
-from .._validation import check_net_input, check_positive_int
+from .._validation import (
+    check_net_input,
+    check_positive_int,
+    given_or_item_labels,
+    labelled,
+)
 
 
 def subset_masks(
@@ -42,7 +47,7 @@ def _correct_when_trained_on(estimator, X, y, mask, seed):
 def memorization_scores(
     estimator: BaseEstimator,
     X: NetInput,
-    y: ArrayLike,
+    y: ArrayLike | None = None,
     n_models: int = 20,
     subset_fraction: float = 0.7,
     random_state: int | np.random.RandomState | None = None,
@@ -63,10 +68,12 @@ def memorization_scores(
     estimator : classifier
         Any unfitted scikit-learn classifier, including a skorch net; it must
         be able to fit its training set for the scores to be informative.
-    X : array-like of shape (n_samples, ...), or dict of arrays
-        Training inputs (any shape the estimator accepts).
-    y : array-like of shape (n_samples,)
-        Labels.
+    X : array-like of shape (n_samples, ...), dict of arrays, or Dataset
+        Training inputs (any shape the estimator accepts); a map-style torch
+        ``Dataset`` for a skorch net.
+    y : array-like of shape (n_samples,), default=None
+        Labels. Required, unless ``X`` is a Dataset of ``(x, y)`` items: its
+        labels are then read from the items.
     n_models : int, default=20
         Models trained; each example should fall both in and out of several
         subsets.
@@ -112,10 +119,16 @@ def memorization_scores(
             f"subset_fraction must be a number in (0, 1); got {subset_fraction!r}."
         )
     X = check_net_input(X)
+    y = given_or_item_labels(X, y)
+    if y is None:
+        raise ValueError(
+            "memorization_scores needs labels: pass y, or a Dataset of (x, y) items."
+        )
     y = np.asarray(y)
     n = n_samples(X)
     if len(y) != n:
         raise ValueError(f"X and y have different lengths ({n} and {len(y)}).")
+    X = labelled(X, y)
     rng = check_random_state(random_state)
     masks = subset_masks(n, n_models, subset_fraction, rng)
     seeds = rng.randint(2**31 - 1, size=n_models)
