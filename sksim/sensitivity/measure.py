@@ -691,9 +691,10 @@ n_init, shuffled, pool, deformation, batch_size, device
         X : array-like of shape (n_samples, C, H, W), (n_samples, H, W) or \
 (n_samples, L)
             Training inputs of an unfitted skorch net, and the probe inputs
-            when ``X_probe`` is None.
+            when ``X_probe`` is None; or a map-style torch ``Dataset`` of them.
         y : array-like of shape (n_samples,), default=None
-            Targets, needed only to train an unfitted skorch net.
+            Targets, needed only to train an unfitted skorch net on arrays or
+            on a Dataset whose items carry no labels.
         X_probe : array-like shaped like ``X``, default=None
             Inputs to measure on, e.g. held out from training; None measures
             on ``X``.
@@ -717,7 +718,7 @@ n_init, shuffled, pool, deformation, batch_size, device
 
         Parameters
         ----------
-        X : array-like, same shapes as in ``fit``
+        X : array-like or Dataset, same shapes as in ``fit``
             Probe inputs.
         y : ignored
 

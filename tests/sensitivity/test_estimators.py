@@ -117,3 +117,27 @@ def test_estimator_trains_an_unfitted_skorch_net_and_cross_validates():
         DiffeoSensitivity(net, reference=None, random_state=0), X, y, cv=2
     )["test_score"]
     assert scores.shape == (2,) and (scores < 0).all()
+
+
+def test_estimator_on_datasets_equals_arrays():
+    from torch.utils.data import TensorDataset
+
+    from sksim.datasets import make_scale_detection
+
+    X, y = make_scale_detection(64, size=8, xi=4, random_state=0)
+    X = X.astype(np.float32)
+    module = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(), nn.Linear(4, 2),
+    )  # fmt: skip
+    net = NeuralNetClassifier(module, max_epochs=2, train_split=None, verbose=0)
+    options = dict(layers="all", n_init=2, n_probe=32, random_state=0)
+    expected = DiffeoSensitivity(net, **options).fit(X, y)
+    inputs = torch.from_numpy(X)
+    for data, labels in [
+        (TensorDataset(inputs, torch.from_numpy(y)), None),
+        (TensorDataset(inputs), y),
+    ]:
+        got = DiffeoSensitivity(net, **options).fit(data, labels)
+        np.testing.assert_allclose(got.results_["R"], expected.results_["R"], rtol=1e-6)
+        assert got.score(data) == pytest.approx(expected.score(X), rel=1e-6)
