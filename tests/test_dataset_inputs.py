@@ -324,6 +324,7 @@ def test_label_issues_of_datasets_equal_arrays(data, form, cv):
     np.testing.assert_array_equal(got.suggested_labels_, expected.suggested_labels_)
 
 
+@pytest.mark.filterwarnings("ignore:.*never \\(or always\\) in the training subsets")
 def test_memorization_scores_of_datasets_equal_arrays(data):
     X, y = data
     X = X.astype(np.float32)
