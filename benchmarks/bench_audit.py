@@ -82,7 +82,7 @@ from skorch import NeuralNetClassifier
 
 from sksim import GradientDensityEstimator, NetworkNeighbors
 from sksim.audit import audit
-from sksim.audit.analyses.neighbors import SEARCH_COMPONENTS, sketch_components
+from sksim.audit.analyses.neighbors import SEARCH_COMPONENTS
 from sksim.audit.models import MLP, make_classifier
 
 ANALYSES = ("density", "neighbors", "denoising", "label_issues", "class_fitting")
@@ -303,7 +303,7 @@ def direct_rows(n_samples, args):
         neighbors=lambda: NetworkNeighbors(
             module,
             algorithm="faiss",
-            n_components=sketch_components(half, N_CLASSES),
+            n_components="auto",
             search_components=SEARCH_COMPONENTS,
             random_state=0,
         ),
@@ -494,8 +494,8 @@ def page(results, direct, args, loads, wall) -> str:
             "`GradientDensityEstimator(method='soft')` and "
             "`NetworkNeighbors(algorithm='faiss')` as the audit sets it past its "
             "threshold (index 'Flat' over the sketches' "
-            f"{SEARCH_COMPONENTS} principal components, `n_components` of "
-            "`sketch_components`), fit on one half and queried with the other, "
+            f"{SEARCH_COMPONENTS} principal components, `n_components='auto'`), "
+            "fit on one half and queried with the other, "
             "both ways.",
             "",
         ]

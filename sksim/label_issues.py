@@ -38,7 +38,7 @@ from ._net import _unwrap, fit_net, is_unfitted_skorch
 from ._typing import NetInput, NetLike, Output, Self
 from ._validation import check_net_input, given_or_item_labels, labelled
 from .density import NEIGHBOR_PARAMETERS
-from .neighbors import NetworkNeighbors
+from .neighbors import N_COMPONENTS, NetworkNeighbors
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -307,7 +307,11 @@ class LabelIssueDetector(NetworkEstimator):
         with ``n_components`` (64 if None).
     %(output)s
     %(params)s
-    %(n_components)s
+    n_components : int, "auto" or None, default=None
+        The size per output of the sketches a search over sketches compares;
+        ``"auto"`` lets the search choose it from ``max_memory`` (see
+        :class:`~sksim.neighbors.NetworkNeighbors`). None computes exactly,
+        except past 10 000 training examples with ``algorithm="auto"``.
     search_components : int or None, default=None
         The FAISS search's reduction of the sketches to principal components
         (see :class:`~sksim.neighbors.NetworkNeighbors`); unused by an exact
@@ -390,6 +394,7 @@ class LabelIssueDetector(NetworkEstimator):
         combination=[StrOptions(set(COMBINATIONS))],
         algorithm=[StrOptions({"auto", "exact", "faiss"})],
         search_components=[Interval(Integral, 1, None, closed="left"), None],
+        n_components=N_COMPONENTS,
     )
 
     def __init__(
@@ -402,7 +407,7 @@ class LabelIssueDetector(NetworkEstimator):
         algorithm: str = "auto",
         output: Output = "logits",
         params: str | Sequence[str] | None = None,
-        n_components: int | None = None,
+        n_components: int | str | None = None,
         search_components: int | None = None,
         batch_size: int | str = "auto",
         device: str | torch.device | None = None,

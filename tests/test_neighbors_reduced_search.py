@@ -97,13 +97,17 @@ def test_sketches_rank_the_candidates_when_the_jacobians_do_not_fit(data):
     assert search(mlp(4, 3), X_ref, 4, max_memory=3 * nbytes).exact_ranking_
 
 
-def test_queries_go_in_chunks_that_fit_and_change_no_result(data):
+@pytest.mark.parametrize("search_components", [4, None])
+def test_queries_go_in_chunks_that_fit_and_change_no_result(data, search_components):
     X_ref, _ = data
     X_new = np.random.default_rng(5).normal(size=(700, 4)).astype(np.float32)
-    whole = search(mlp(4, 3), X_ref, 4)
-    nbytes = sum(p.nbytes() for p in whole._reference_pieces)
-    chunked = search(mlp(4, 3), X_ref, 4, max_memory=3 * nbytes + 3)  # 300 queries
-    assert chunked.exact_ranking_
+    whole = search(mlp(4, 3), X_ref, search_components)
+    per_sample = 4 * whole.reference_features_.shape[1]  # a query's sketch
+    if whole.exact_ranking_:  # and its whitened pieces
+        per_sample += sum(p.nbytes() for p in whole._reference_pieces) / len(X_ref)
+    max_memory = int(np.ceil(3 * 300 * per_sample)) + 3  # 300 queries a chunk
+    chunked = search(mlp(4, 3), X_ref, search_components, max_memory=max_memory)
+    assert chunked.exact_ranking_ == (search_components is not None)
     calls = []
     sketch = chunked._sketch
     chunked._sketch = lambda X, *args: calls.append(len(X)) or sketch(X, *args)

@@ -89,7 +89,7 @@ class ExactNeighbors:
         self.n_neighbors = n_neighbors
         n = n_samples(Q)
         budget = engine.max_memory if max_memory is None else max_memory
-        step = int(min(n, max(1, budget // _whitened_bytes(engine, Q, rtol))))
+        step = int(min(n, max(1, budget // whitened_bytes(engine, Q, rtol))))
         self.blocks = [slice(i, min(i + step, n)) for i in range(0, n, step)]
         self.similarities = np.full((n, n_neighbors), -np.inf)
         self.indices = np.full((n, n_neighbors), -1, dtype=np.intp)
@@ -123,7 +123,7 @@ class ExactNeighbors:
         self.indices[block] = np.take_along_axis(columns, order, axis=1)
 
 
-def _whitened_bytes(engine: JacobianEngine, X, rtol: float) -> float:
+def whitened_bytes(engine: JacobianEngine, X, rtol: float) -> float:
     """Bytes of one sample's whitened pieces, measured on the first batch of ``X``."""
     rows, pieces, _ = next(engine.mapped_pieces(X, -0.5, rtol, progress=False))
     return nbytes_of(pieces) / (rows.stop - rows.start)

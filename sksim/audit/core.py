@@ -478,9 +478,9 @@ def audit(
     **Large data**: when a training fold holds more than ``scale_threshold``
     examples, density uses the soft count (``method="soft"``, O(N p), no
     pair of examples formed) instead of the hard count over all pairs;
-    neighbours are searched with FAISS over gradient sketches of 256
-    components per output (128 or 64 when the training fold's sketches would
-    exceed 512 MiB; ``algorithm="faiss"``, an exact ``"Flat"`` index below
+    neighbours are searched with FAISS over gradient sketches, as wide as
+    ``NetworkNeighbors(n_components="auto")`` makes them (``algorithm="faiss"``,
+    candidates from 64 principal components, an exact ``"Flat"`` index below
     10^6 training examples, ``"HNSW32"`` from there), and their
     recall@``n_neighbors`` against exact neighbours is measured on 200
     held-out examples drawn at random (``neighbor_recall`` in ``folds`` and

@@ -48,9 +48,8 @@ def fold_signals(fold: _Fold, options: Mapping[str, Any]) -> tuple[np.ndarray, .
     P : ndarray of shape (n, n_classes)
     similarities, neighbors, neighbor_labels : ndarray of shape (n, k)
         The neighbours' similarities, rows of ``X`` and labels.
-    exact_ranking : bool
-        Whether a reduced FAISS search ranked its candidates by their exact
-        similarities.
+    search : NetworkNeighbors
+        The fitted search that found the neighbours.
     """
     scorer = detector(fold, options)
     if fold.prefit:
@@ -69,7 +68,6 @@ def fold_signals(fold: _Fold, options: Mapping[str, Any]) -> tuple[np.ndarray, .
     P, similarities, found = scorer._signals(
         fold.net, search, X, k, n_classes, probabilities
     )
-    exact_ranking = search.exact_ranking_
     neighbor_rows = fold.train[found]
     return (
         rows,
@@ -78,7 +76,7 @@ def fold_signals(fold: _Fold, options: Mapping[str, Any]) -> tuple[np.ndarray, .
         similarities,
         neighbor_rows,
         fold.y_train[found],
-        exact_ranking,
+        search,
     )
 
 
@@ -296,7 +294,7 @@ class LabelIssues(Analysis):
 
     def run(self, fold: _Fold) -> FoldOutput:
         options = self.options(fold)
-        rows, labels, P, similarities, neighbors, neighbor_labels, exact_ranking = (
+        rows, labels, P, similarities, neighbors, neighbor_labels, search = (
             fold_signals(fold, options)
         )
         table = signals_table(
@@ -311,7 +309,7 @@ class LabelIssues(Analysis):
         )
         method = f"{source}, k = {similarities.shape[1]}"
         if options.get("algorithm", "auto") != "auto":
-            method += f", by {search_method(options, exact_ranking)}"
+            method += f", by {search_method(options, search)}"
         return FoldOutput(
             tables=dict(label_issues=table), method=self.method_text(fold, method)
         )

@@ -93,29 +93,30 @@ def recall_rows(n_test: int, n_queries: int, random_state: int | None) -> np.nda
     return np.sort(rng.choice(n_test, n_queries, replace=False))
 
 
-def search_method(options: Mapping[str, Any], exact_ranking: bool = False) -> str:
-    """The neighbour search that ``options`` select, in words.
+def search_method(options: Mapping[str, Any], search: NetworkNeighbors) -> str:
+    """The neighbour search that ``options`` select, fitted as ``search``, in words.
 
-    ``exact_ranking``: whether the fitted search ranked the candidates of its
-    reduced search by their exact similarities.
+    The fitted search says how wide its sketches are and whether it ranked
+    the candidates of its reduced search by their exact similarities.
     """
+    n_components = search.n_components_
     if options.get("algorithm", "exact") == "faiss":
-        reduced = options.get("search_components")
-        ranking = "exact similarities" if exact_ranking else "whole sketches"
+        reduced = search.search_directions_ is not None
+        ranking = "exact similarities" if search.exact_ranking_ else "whole sketches"
         return (
             f"FAISS search (index {options.get('index', 'Flat')!r}) over "
-            f"gradient sketches with n_components={options.get('n_components')}"
+            f"gradient sketches with n_components={n_components}"
             + (
-                ""
-                if reduced is None
-                else f", candidates from their {reduced} principal components "
-                f"ranked by their {ranking}"
+                f", candidates from their {options['search_components']} "
+                f"principal components ranked by their {ranking}"
+                if reduced
+                else ""
             )
         )
-    if options.get("n_components") is not None:
+    if n_components is not None:
         return (
             "exact search over all pairs of gradient sketches with "
-            f"n_components={options['n_components']}"
+            f"n_components={n_components}"
         )
     return "exact search over all pairs of examples"
 
@@ -279,7 +280,7 @@ def _recall_text(result) -> str:
 
 
 def sketch_components(n_train: int, n_outputs: int, budget: int = SKETCH_MEMORY) -> int:
-    """Components per output of the sketches at scale.
+    """Components per output of the sketches an exact search compares at scale.
 
     The largest of :data:`SKETCH_COMPONENTS` whose float32 sketches of the
     ``n_train`` training examples (``n_outputs * n_components`` values each)
@@ -294,19 +295,21 @@ def sketch_components(n_train: int, n_outputs: int, budget: int = SKETCH_MEMORY)
 def sketched_search(fold: _Fold) -> dict[str, Any]:
     """Search options of the fold at scale: FAISS over gradient sketches.
 
-    The sketch size is :func:`sketch_components` of the fold, one output per
-    class (one for a regression). FAISS searches their
-    :data:`SEARCH_COMPONENTS` leading principal components for candidates,
-    ranked by their exact similarities (by the whole sketches when the
-    network's Jacobians do not fit in memory), when both the sketches and the
-    training fold are larger; without faiss, the sketches are searched exactly.
+    FAISS searches the sketches' :data:`SEARCH_COMPONENTS` leading principal
+    components for candidates (when the training fold is larger), ranked by
+    their exact similarities, or by the whole sketches when the network's
+    Jacobians do not fit in memory. The sketch size is chosen in ``fit``
+    (``n_components="auto"``): enough to choose candidates, or as wide as
+    memory allows when the sketches rank them. Without faiss, the sketches
+    of :func:`sketch_components` are searched exactly, one output per class
+    (one for a regression).
     """
-    n_outputs = 1 if fold.classes is None else len(fold.classes)
-    n_components = sketch_components(len(fold.train), n_outputs)
     if find_spec("faiss") is None:
+        n_outputs = 1 if fold.classes is None else len(fold.classes)
+        n_components = sketch_components(len(fold.train), n_outputs)
         return dict(algorithm="exact", n_components=n_components)
-    options = dict(algorithm="faiss", n_components=n_components)
-    if min(len(fold.train), n_outputs * n_components) > SEARCH_COMPONENTS:
+    options = dict(algorithm="faiss", n_components="auto")
+    if len(fold.train) > SEARCH_COMPONENTS:
         options["search_components"] = SEARCH_COMPONENTS
     return options
 
@@ -371,12 +374,10 @@ class Neighbors(Analysis):
         similarities, rows = search.most_similar(fold.X_test, fold.n_neighbors)
         labels, indices = fold.y_train[rows], fold.train[rows]
         columns, metrics = label_agreement(fold, labels)
-        method = search_method(options, search.exact_ranking_)
+        method = search_method(options, search)
         if sketched:
             metrics["neighbor_recall"] = search.recall_
-            low_recall_warning(
-                search.recall_, fold.n_neighbors, options["n_components"]
-            )
+            low_recall_warning(search.recall_, fold.n_neighbors, search.n_components_)
             method += (
                 f", recall@{fold.n_neighbors} against exact neighbours measured "
                 f"on {len(sample)} held-out examples drawn at random"

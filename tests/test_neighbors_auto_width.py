@@ -1,0 +1,122 @@
+"""``n_components="auto"``: the sketch width chosen from ``max_memory``."""
+
+import numpy as np
+import pytest
+import torch
+from _architectures import mlp
+from sklearn.utils._param_validation import InvalidParameterError
+
+from sksim import LabelIssueDetector
+from sksim.neighbors import (
+    AUTO_COMPONENTS,
+    CANDIDATE_COMPONENTS,
+    KEPT_MEMORY,
+    NetworkNeighbors,
+)
+
+pytest.importorskip("faiss")
+
+N_REF, D, HIDDEN = 300, 3, 200  # 1 603 parameters: sketches up to 1 024 are smaller
+PER_COMPONENT = 4 * N_REF * D  # bytes of the reference's float32 sketches
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(N_REF, 4)).astype(np.float32)
+    return X, rng.normal(size=(40, 4)).astype(np.float32)
+
+
+def fit(X, n_components, search_components=4, **kwargs):
+    return NetworkNeighbors(
+        mlp(4, D, HIDDEN),
+        algorithm="faiss",
+        n_components=n_components,
+        search_components=search_components,
+        random_state=3,
+        **kwargs,
+    ).fit(X)
+
+
+def widest(max_memory, widths=AUTO_COMPONENTS):
+    fitting = [w for w in widths if w * PER_COMPONENT <= KEPT_MEMORY * max_memory]
+    return fitting[0] if fitting else widths[-1]
+
+
+def assert_same_search(got, expected, X):
+    assert got.n_components_ == expected.n_components_
+    np.testing.assert_array_equal(got.reference_features_, expected.reference_features_)
+    for a, b in zip(got.most_similar(X), expected.most_similar(X), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_sketches_only_choosing_candidates_are_256_wide(data):
+    X, X_new = data
+    auto = fit(X, "auto")
+    assert auto.exact_ranking_ and auto.n_components_ == CANDIDATE_COMPONENTS
+    assert auto.reference_features_.shape == (N_REF, D * CANDIDATE_COMPONENTS)
+    assert_same_search(auto, fit(X, CANDIDATE_COMPONENTS), X_new)
+
+
+@pytest.mark.parametrize("search_components", [None, 4])
+@pytest.mark.parametrize("max_memory", [2**31, 3 * 512 * PER_COMPONENT + 3, 10**4])
+def test_sketches_that_rank_are_as_wide_as_memory_allows(
+    data, search_components, max_memory
+):
+    X, X_new = data
+    pieces = fit(X, 16)._reference_pieces
+    if search_components is not None:  # the Jacobians must not fit
+        max_memory = min(max_memory, 3 * sum(p.nbytes() for p in pieces) - 3)
+    auto = fit(X, "auto", search_components, max_memory=max_memory)
+    assert not auto.exact_ranking_
+    expected = widest(max_memory)
+    assert auto.n_components_ == expected
+    assert_same_search(
+        auto, fit(X, expected, search_components, max_memory=max_memory), X_new
+    )
+
+
+def test_the_ladder_and_its_ends():
+    assert AUTO_COMPONENTS == tuple(sorted(AUTO_COMPONENTS, reverse=True))
+    assert AUTO_COMPONENTS[0] == 4096 and AUTO_COMPONENTS[-1] == 64
+    assert widest(3 * 512 * PER_COMPONENT + 3) == 512
+    assert widest(3 * 512 * PER_COMPONENT - 3) == 256
+    assert widest(10**4) == 64  # none fits: the narrowest
+
+
+def test_checkpoints_side_by_side_share_the_budget(data):
+    X, _ = data
+    net = mlp(4, D, HIDDEN)
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    max_memory = 3 * 1024 * PER_COMPONENT + 3
+    auto = NetworkNeighbors(
+        net, algorithm="faiss", n_components="auto", checkpoints=[state, state],
+        max_memory=max_memory, random_state=0,
+    ).fit(X)  # fmt: skip
+    assert auto.n_components_ == 512  # two checkpoints of 512 take what 1024 would
+    assert auto.reference_features_.shape[1] == 2 * D * 512
+
+
+def test_fixed_widths_stay_as_given_and_others_are_refused(data):
+    X, _ = data
+    assert fit(X, 16).n_components_ == 16
+    assert NetworkNeighbors(mlp(4, D, HIDDEN)).fit(X).n_components_ is None
+    with pytest.raises(InvalidParameterError, match="n_components"):
+        fit(X, "wide")
+
+
+def test_label_issue_detector_takes_auto(data):
+    X, _ = data
+    torch.manual_seed(0)
+    y = (X[:, 0] > 0).astype(int)
+    net = mlp(4, 2)
+    found = LabelIssueDetector(
+        net, cv="prefit", algorithm="faiss", n_components="auto",
+        search_components=4, random_state=0,
+    ).fit(X, y)  # fmt: skip
+    expected = LabelIssueDetector(
+        net, cv="prefit", algorithm="faiss", n_components=CANDIDATE_COMPONENTS,
+        search_components=4, random_state=0,
+    ).fit(X, y)  # fmt: skip
+    np.testing.assert_array_equal(found.neighbor_indices_, expected.neighbor_indices_)
+    np.testing.assert_array_equal(found.scores_, expected.scores_)
