@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 EXACT_MAX_SAMPLES = 10_000  # reference sets above this are searched with FAISS
-FAISS_COMPONENTS = 64  # sketch size of the automatic FAISS search
+FAISS_SEARCH_COMPONENTS = 64  # principal components the automatic FAISS search uses
 COMBINATIONS = ("mean", "rank", "proba", "neighbors")
 
 
@@ -304,7 +304,8 @@ class LabelIssueDetector(NetworkEstimator):
     algorithm : {"auto", "exact", "faiss"}, default="auto"
         The neighbour search (see :class:`~sksim.neighbors.NetworkNeighbors`);
         ``"auto"`` is exact up to 10 000 training examples and FAISS above,
-        with ``n_components`` (64 if None).
+        with ``n_components`` (``"auto"`` if None) and ``search_components``
+        (64 if None), as the audit searches at scale.
     %(output)s
     %(params)s
     n_components : int, "auto" or None, default=None
@@ -575,14 +576,17 @@ class LabelIssueDetector(NetworkEstimator):
         """The unfitted :class:`NetworkNeighbors` of ``net`` for ``X_reference``.
 
         Exact up to :data:`EXACT_MAX_SAMPLES` reference examples with
-        ``algorithm="auto"``, FAISS over sketches past it.
+        ``algorithm="auto"``; past it, FAISS over sketches (``"auto"`` wide
+        and reduced to :data:`FAISS_SEARCH_COMPONENTS` unless set).
         """
         algorithm, n_components = self.algorithm, self.n_components
+        search_components = self.search_components
         if algorithm == "auto":
             algorithm = "exact"
             if n_samples(X_reference) > EXACT_MAX_SAMPLES:
                 algorithm = "faiss"
-                n_components = n_components or FAISS_COMPONENTS
+                n_components = n_components or "auto"
+                search_components = search_components or FAISS_SEARCH_COMPONENTS
         return NetworkNeighbors(
             net,
             n_neighbors=n_neighbors,
@@ -590,7 +594,7 @@ class LabelIssueDetector(NetworkEstimator):
             output=self.output,
             params=self.params,
             n_components=n_components,
-            search_components=self.search_components if algorithm == "faiss" else None,
+            search_components=search_components if algorithm == "faiss" else None,
             batch_size=self.batch_size,
             device=self.device,
             rtol=self.rtol,

@@ -205,9 +205,16 @@ def test_faiss_search_on_sketches_and_the_automatic_switch(
     ).fit(X, y)
     np.testing.assert_array_equal(faiss.neighbor_indices_, exact.neighbor_indices_)
     np.testing.assert_allclose(faiss.neighbor_proba_, exact.neighbor_proba_, atol=1e-5)
+    reduced = LabelIssueDetector(
+        fitted_digits_net, algorithm="faiss", n_components="auto",
+        search_components=64, **kwargs,
+    ).fit(X, y)  # fmt: skip
+    assert reduced.exact_ranking_
     monkeypatch.setattr(label_issues, "EXACT_MAX_SAMPLES", 100)
-    auto = LabelIssueDetector(fitted_digits_net, **kwargs).fit(X, y)  # 64 components
-    np.testing.assert_array_equal(auto.neighbor_indices_, faiss.neighbor_indices_)
+    auto = LabelIssueDetector(fitted_digits_net, **kwargs).fit(X, y)
+    assert auto.exact_ranking_  # candidates from 64 components, ranked exactly
+    np.testing.assert_array_equal(auto.neighbor_indices_, reduced.neighbor_indices_)
+    np.testing.assert_array_equal(auto.scores_, reduced.scores_)
 
 
 def test_cv_splitter_and_fitted_skorch_net_are_cloned(digits, fitted_digits_net):
