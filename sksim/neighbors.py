@@ -191,9 +191,10 @@ class NetworkNeighbors(NetworkEstimator):
     n_components_ : int or None
         The size of the sketch per output: ``n_components``, or the one
         ``"auto"`` chose.
-    reference_features_ : ndarray of shape (n_samples_fit, d * n_components_)
+    reference_features_ : ndarray of shape (n_samples_fit, width)
         Unit-normalised sketches of the reference (when ``n_components`` is
-        set); with ``checkpoints``, those of the checkpoints side by side
+        set), ``width = d * n_components_`` values each; with
+        ``checkpoints``, those of the checkpoints side by side
         (``n_checkpoints`` times as wide), each scaled by the square root of
         its share of the weight.
     search_directions_ : ndarray of shape (width, search_components) or None
