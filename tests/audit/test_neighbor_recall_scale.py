@@ -85,7 +85,8 @@ def test_the_audit_records_the_warning_with_the_recall():
         dict(
             warning="UserWarning: The approximate neighbours have a recall@N of "
             "N.N against exact ones, below N.N, with sketches of n_components=N; "
-            "raise options['neighbors']['n_components'], or search exactly with "
+            "raise options['neighbors']['n_components'] (or max_memory, from which "
+            "n_components='auto' sizes them), or search exactly with "
             "algorithm='exact' and n_components=None.",
             times=1,
             samples=None,

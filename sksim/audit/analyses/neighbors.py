@@ -321,7 +321,8 @@ def low_recall_warning(value: float, n_neighbors: int, n_components: int) -> Non
             f"The approximate neighbours have a recall@{n_neighbors} of "
             f"{value:.2f} against exact ones, below {MIN_RECALL}, with sketches "
             f"of n_components={n_components}; raise "
-            "options['neighbors']['n_components'], or search exactly with "
+            "options['neighbors']['n_components'] (or max_memory, from which "
+            "n_components='auto' sizes them), or search exactly with "
             "algorithm='exact' and n_components=None.",
             UserWarning,
             stacklevel=2,
