@@ -2,8 +2,9 @@
 
 EXPECTED_FAILED_CHECKS = {
     "check_estimators_overwrite_params": (
-        "joblib.hash of a deep-copied torch.nn.Module differs from the original's "
-        "even when nothing changed, so the net parameter always looks mutated; "
+        "joblib.hash of a deep-copied torch.nn.Module usually differs from the "
+        "original's even when nothing changed, so the net parameter looks mutated "
+        "(the check then fails, and now and then it passes); "
         "test_fit_does_not_mutate_the_net checks the module's state_dict and "
         "training flags instead."
     ),
