@@ -309,7 +309,7 @@ class LabelIssues(Analysis):
         )
         method = f"{source}, k = {similarities.shape[1]}"
         if options.get("algorithm", "auto") != "auto":
-            method += f", by {search_method(options, search)}"
+            method += f", by {search_method(search)}"
         return FoldOutput(
             tables=dict(label_issues=table), method=self.method_text(fold, method)
         )

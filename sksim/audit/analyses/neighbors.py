@@ -93,23 +93,22 @@ def recall_rows(n_test: int, n_queries: int, random_state: int | None) -> np.nda
     return np.sort(rng.choice(n_test, n_queries, replace=False))
 
 
-def search_method(options: Mapping[str, Any], search: NetworkNeighbors) -> str:
-    """The neighbour search that ``options`` select, fitted as ``search``, in words.
+def search_method(search: NetworkNeighbors) -> str:
+    """The neighbour search of the fitted ``search``, in words.
 
-    The fitted search says how wide its sketches are and whether it ranked
-    the candidates of its reduced search by their exact similarities.
+    Its parameters, how wide its sketches are, and whether it ranked the
+    candidates of its reduced search by their exact similarities.
     """
     n_components = search.n_components_
-    if options.get("algorithm", "exact") == "faiss":
-        reduced = search.search_directions_ is not None
+    if search.algorithm == "faiss":
         ranking = "exact similarities" if search.exact_ranking_ else "whole sketches"
         return (
-            f"FAISS search (index {options.get('index', 'Flat')!r}) over "
+            f"FAISS search (index {search.index!r}) over "
             f"gradient sketches with n_components={n_components}"
             + (
-                f", candidates from their {options['search_components']} "
+                f", candidates from their {search.search_components} "
                 f"principal components ranked by their {ranking}"
-                if reduced
+                if search.search_directions_ is not None
                 else ""
             )
         )
@@ -375,7 +374,7 @@ class Neighbors(Analysis):
         similarities, rows = search.most_similar(fold.X_test, fold.n_neighbors)
         labels, indices = fold.y_train[rows], fold.train[rows]
         columns, metrics = label_agreement(fold, labels)
-        method = search_method(options, search)
+        method = search_method(search)
         if sketched:
             metrics["neighbor_recall"] = search.recall_
             low_recall_warning(search.recall_, fold.n_neighbors, search.n_components_)
