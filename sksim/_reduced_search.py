@@ -33,22 +33,30 @@ LOCALITY_CLUSTERS = 256  # k-means clusters that order the queries
 POINTS_PER_CLUSTER = 39  # reduced sketches k-means is fitted on, per cluster
 
 
+def direction_rows(n: int, n_components: int, random_state: int) -> np.ndarray:
+    """The rows of ``n`` reference sketches the principal directions are fitted on.
+
+    At most :data:`MAX_FIT_ROWS` (or twice ``n_components``) drawn at random,
+    sorted; all ``n`` when there are no more.
+    """
+    n_rows = max(MAX_FIT_ROWS, 2 * n_components)
+    if n <= n_rows:
+        return np.arange(n)
+    rng = check_random_state(random_state)
+    return np.sort(rng.choice(n, n_rows, replace=False))
+
+
 def principal_directions(
     F: np.ndarray, n_components: int, random_state: int
 ) -> np.ndarray:
     """The leading right singular vectors of the rows of ``F``, as columns.
 
-    Fitted on at most :data:`MAX_FIT_ROWS` rows (or twice ``n_components``)
-    drawn at random, without centring (the directions that keep inner
-    products best). Returns a float32 array ``(F.shape[1], n_components)``
-    with orthonormal columns; ``n_components`` must be below both sides of
-    ``F``.
+    Fitted without centring (the directions that keep inner products best),
+    on the rows :func:`direction_rows` draws. Returns a float32 array
+    ``(F.shape[1], n_components)`` with orthonormal columns; ``n_components``
+    must be below both sides of ``F``.
     """
-    rng = check_random_state(random_state)
-    n_rows = max(MAX_FIT_ROWS, 2 * n_components)
-    if len(F) > n_rows:
-        F = F[np.sort(rng.choice(len(F), n_rows, replace=False))]
-    _, _, Vt = randomized_svd(F, n_components, n_iter=2, random_state=rng)
+    _, _, Vt = randomized_svd(F, n_components, n_iter=2, random_state=random_state)
     return np.ascontiguousarray(Vt.T, dtype=np.float32)
 
 

@@ -31,6 +31,7 @@ from ._engine.rows import (
 )
 from ._reduced_search import (
     REFINE_FACTOR,
+    direction_rows,
     locality_order,
     principal_directions,
     rank_candidates,
@@ -133,11 +134,12 @@ class NetworkNeighbors(NetworkEstimator):
     %(params)s
     n_components : int, "auto" or None, default=None
         Size of the sketch per output; None uses exact similarities (only with
-        ``algorithm="exact"``). ``"auto"`` chooses it in ``fit``: the widest
-        of 4 096, 2 048, ..., 64 whose float32 sketches of the reference take
-        at most a third of ``max_memory`` (64 if none does), and at most 256
-        when the candidates of a reduced search are ranked exactly (the
-        sketches then only choose them). Where the sketches rank the
+        ``algorithm="exact"``). ``"auto"`` chooses it in ``fit``: 256 when the
+        candidates of a reduced search are ranked exactly (the sketches then
+        only choose them, and only their projections are kept); otherwise
+        the widest of 4 096, 2 048, ..., 64 whose float32 sketches of the
+        reference take at most a third of ``max_memory`` (64 if none does).
+        Where the sketches rank the
         neighbours themselves, wider ones find more of the exact neighbours:
         on a ResNet-18, the recall@5 rose from 0.28 at 256 to 0.72 at 4 096,
         in about the same time.
@@ -173,8 +175,11 @@ class NetworkNeighbors(NetworkEstimator):
         third of ``max_memory`` (and of the queries, a third of
         ``max_memory`` at a time); otherwise, or with ``checkpoints``, the
         whole sketches rank the candidates (``exact_ranking_`` says which).
-        The search costs about ``search_components / (d * n_components)`` as
-        much; a neighbour is lost only when it is not among the candidates.
+        When ranked exactly, each batch's sketches are projected as they are
+        computed, and only the projections are kept (``search_components``
+        values per example). The search costs about ``search_components /
+        (d * n_components)`` as much; a neighbour is lost only when it is not
+        among the candidates.
     %(checkpoints)s
     %(checkpoint_weights)s
 
@@ -196,7 +201,9 @@ class NetworkNeighbors(NetworkEstimator):
         set), ``width = d * n_components_`` values each; with
         ``checkpoints``, those of the checkpoints side by side
         (``n_checkpoints`` times as wide), each scaled by the square root of
-        its share of the weight.
+        its share of the weight. When the candidates are ranked exactly
+        (``exact_ranking_``), their projections on ``search_directions_``
+        alone, ``search_components`` values each.
     search_directions_ : ndarray of shape (width, search_components) or None
         With ``algorithm="faiss"``: the principal directions (``width = d *
         n_components_`` rows) onto which the index's sketches are projected
@@ -356,19 +363,23 @@ class NetworkNeighbors(NetworkEstimator):
                     "X_val needs at most that many."
                 )
             exact = self._exact_neighbors(X_val)
-        kept = self._pieces_keeper(self.n_samples_fit_)
+        kept = self._pieces_keeper(X)
         self.n_components_ = self._sketch_width(X, kept)
-        if self.n_components_ is not None:
-            self.reference_features_ = self._sketch(X, each_of(exact, kept))
+        self.exact_ranking_ = kept is not None
+        if self.exact_ranking_:  # the index needs the projections alone
+            self.search_directions_ = self._search_directions(X)
+            self.reference_features_ = self._sketch(
+                X, each_of(exact, kept), self.search_directions_
+            )
+        elif self.n_components_ is not None:
+            self.reference_features_ = self._sketch(X, each_of(exact))
+            if self.algorithm == "faiss":
+                self.search_directions_ = self._search_directions(X)
         if exact is not None:
             exact.finish(X)
-        self._reference_pieces = None
+        self._reference_pieces = None if kept is None else kept.pieces
         if self.algorithm == "faiss":
-            self.search_directions_ = self._search_directions()
             self._faiss_index = self._build_index()
-            if self.search_directions_ is not None and kept is not None:
-                self._reference_pieces = kept.pieces
-        self.exact_ranking_ = self._reference_pieces is not None
         if X_val is not None:
             if exact is None:  # checkpoints: exact rows of their averaged kernel
                 rows = self._cosine_rows(X_val)
@@ -389,42 +400,48 @@ class NetworkNeighbors(NetworkEstimator):
             engine, X_val, self.n_neighbors, self.rtol, KEPT_MEMORY * engine.max_memory
         )
 
-    def _pieces_keeper(self, n: int) -> KeptPieces | None:
-        """Keeper of the whitened pieces of ``n`` samples, for exact ranking.
+    def _pieces_keeper(self, X) -> KeptPieces | None:
+        """Keeper of the reference's whitened pieces, for the exact ranking.
 
-        They may take :data:`KEPT_MEMORY` of ``max_memory``. None when the
-        candidates are not ranked exactly: no reduced FAISS search, or
+        Kept when the candidates of a reduced FAISS search (``search_components``
+        below the sketch width and the reference size) can be ranked exactly:
+        the pieces, measured on the first batch of ``X``, take at most
+        :data:`KEPT_MEMORY` of ``max_memory``. None otherwise, and with
         ``checkpoints``.
         """
-        if self.search_components is None:
-            return None
         engines = self._engines()
-        if not engines.single:
+        if self.search_components is None or not engines.single:
             return None
         ((_, engine),) = engines
-        return KeptPieces(n, KEPT_MEMORY * engine.max_memory)
+        n = self.n_samples_fit_
+        width = self.n_components
+        if width == "auto":
+            width = CANDIDATE_COMPONENTS
+        if self.search_components >= min(n, engine.n_outputs(X) * width):
+            return None
+        if whitened_bytes(engine, X, self.rtol) * n > KEPT_MEMORY * engine.max_memory:
+            return None
+        return KeptPieces(n, float("inf"))
 
     def _sketch_width(self, X, kept: KeptPieces | None) -> int | None:
         """``n_components``, ``"auto"`` resolved for the reference ``X``.
 
-        The widest of :data:`AUTO_COMPONENTS` whose reference sketches take
-        at most :data:`KEPT_MEMORY` of ``max_memory``; at most
-        :data:`CANDIDATE_COMPONENTS` when ``kept`` will keep the whitened
-        pieces for the exact ranking, which is measured on the first batch
-        of ``X``, as ``kept`` decides.
+        :data:`CANDIDATE_COMPONENTS` when ``kept`` keeps the whitened pieces
+        for the exact ranking (the sketches only choose candidates, and only
+        their projections are kept); otherwise the widest of
+        :data:`AUTO_COMPONENTS` whose reference sketches take at most
+        :data:`KEPT_MEMORY` of ``max_memory``.
         """
         if self.n_components != "auto":
             return self.n_components
-        engine = self._engine
-        budget = KEPT_MEMORY * engine.max_memory
-        widths = AUTO_COMPONENTS
         if kept is not None:
-            if whitened_bytes(engine, X, self.rtol) * kept.n <= kept.max_bytes:
-                widths = [w for w in widths if w <= CANDIDATE_COMPONENTS]
+            return CANDIDATE_COMPONENTS
+        engine = self._engine
         per_component = 4 * self.n_samples_fit_ * engine.n_outputs(X)
         per_component *= len(self._engines())  # checkpoints side by side
-        fitting = [w for w in widths if w * per_component <= budget]
-        return fitting[0] if fitting else widths[-1]
+        budget = KEPT_MEMORY * engine.max_memory
+        fitting = [w for w in AUTO_COMPONENTS if w * per_component <= budget]
+        return fitting[0] if fitting else AUTO_COMPONENTS[-1]
 
     def _kept_reference_pieces(self) -> list:
         """The reference's whitened pieces (computed again after unpickling)."""
@@ -436,16 +453,31 @@ class NetworkNeighbors(NetworkEstimator):
             self._reference_pieces = kept.pieces
         return self._reference_pieces
 
-    def _search_directions(self):
-        """Principal directions of the reference sketches (None: no reduction)."""
+    def _search_directions(self, X):
+        """Principal directions of the reference sketches (None: no reduction).
+
+        Fitted on the rows :func:`direction_rows` draws: of the whole
+        sketches when they are kept, else sketched for the purpose.
+        """
+        m, n = self.search_components, self.n_samples_fit_
+        if self.exact_ranking_:
+            rows = direction_rows(n, m, self.projection_seed_)
+            return principal_directions(
+                self._sketch(take(X, rows)), m, self.projection_seed_
+            )
         F = self.reference_features_
-        if self.search_components is None or self.search_components >= min(F.shape):
+        if m is None or m >= min(F.shape):
             return None
-        return principal_directions(F, self.search_components, self.projection_seed_)
+        rows = direction_rows(n, m, self.projection_seed_)
+        return principal_directions(F[rows], m, self.projection_seed_)
 
     def _searched(self, F):
-        """``F`` as the index holds it: reduced when ``search_directions_`` is set."""
-        if self.search_directions_ is not None:
+        """Sketches ``F`` as the index holds them.
+
+        Projected on ``search_directions_`` when set, unless the candidates are
+        ranked exactly: then only the projections are ever kept.
+        """
+        if self.search_directions_ is not None and not self.exact_ranking_:
             F = F @ self.search_directions_
         return np.ascontiguousarray(F, dtype=np.float32)
 
@@ -489,15 +521,17 @@ class NetworkNeighbors(NetworkEstimator):
             kept = None
             if self.exact_ranking_:
                 kept = KeptPieces(n_samples(chunk), float("inf"))  # the chunk fits
-            F = self._sketch(chunk, kept)
+            F = self._sketch(chunk, kept, self._kept_directions())
             pieces = None if kept is None else kept.pieces
             parts.append(self._faiss(F, n_neighbors, False, pieces))
         return tuple(np.concatenate(part) for part in zip(*parts, strict=True))
 
-    def _sketch(self, X, each_batch=None):
+    def _sketch(self, X, each_batch=None, directions=None):
         """Sketches of ``X``, side by side for the checkpoints.
 
-        ``each_batch`` (one checkpoint only) sees every batch's whitened pieces.
+        ``each_batch`` (one checkpoint only) sees every batch's whitened
+        pieces; ``directions`` (one checkpoint only) project every batch's
+        sketches onto their columns.
         """
         return stacked(
             self._engines(),
@@ -508,8 +542,13 @@ class NetworkNeighbors(NetworkEstimator):
                 checkpoint_seed(self.projection_seed_, c),
                 self.rtol,
                 each_batch,
+                directions,
             ),
         )
+
+    def _kept_directions(self):
+        """The directions every kept sketch is projected on (None: kept whole)."""
+        return self.search_directions_ if self.exact_ranking_ else None
 
     def _cosine_rows(self, X=None):
         """Exact rows ``k^C(X, X_fit_)`` (the reference itself for None)."""
@@ -738,10 +777,10 @@ class NetworkNeighbors(NetworkEstimator):
                 "least two of them; the reference set has one."
             )
         rows = np.unique(np.linspace(0, n - 1, min(n, N_BACKGROUND)).astype(np.intp))
-        if self.n_components_ is not None:
+        if self.n_components_ is not None and not self.exact_ranking_:
             F = self.reference_features_
             blocks = sketch_rows(F[rows], F)
-        else:
+        else:  # exact, as the neighbours' similarities are
             blocks = self._cosine_rows(take(self.X_fit_, rows))
         values = []
         for block, k in blocks:

@@ -54,8 +54,31 @@ def test_sketches_only_choosing_candidates_are_256_wide(data):
     X, X_new = data
     auto = fit(X, "auto")
     assert auto.exact_ranking_ and auto.n_components_ == CANDIDATE_COMPONENTS
-    assert auto.reference_features_.shape == (N_REF, D * CANDIDATE_COMPONENTS)
+    assert auto.reference_features_.shape == (N_REF, 4)  # the projections alone
     assert_same_search(auto, fit(X, CANDIDATE_COMPONENTS), X_new)
+
+
+def test_exact_ranking_keeps_the_projections_of_sketches_that_would_not_fit(data):
+    X, X_new = data
+    net = mlp(4, D, 8)  # 67 parameters: whitened pieces much smaller than sketches
+    small = NetworkNeighbors(net, algorithm="faiss", n_components=16,
+                             search_components=4).fit(X)  # fmt: skip
+    max_memory = 3 * sum(p.nbytes() for p in small._reference_pieces) + 3
+    auto = NetworkNeighbors(
+        net, n_neighbors=3, algorithm="faiss", n_components="auto",
+        search_components=4, max_memory=max_memory, batch_size=64, random_state=3,
+    ).fit(X)  # fmt: skip  (5 batches, each projected as it is sketched)
+    assert auto.exact_ranking_ and auto.n_components_ == CANDIDATE_COMPONENTS
+    whole = auto._sketch(X)  # 3 x 67 values per example: more than the budget
+    assert whole.nbytes > KEPT_MEMORY * max_memory
+    assert auto.reference_features_.shape == (N_REF, 4)
+    np.testing.assert_allclose(
+        auto.reference_features_, whole @ auto.search_directions_, atol=1e-5
+    )
+    exact = NetworkNeighbors(net, n_neighbors=3).fit(X).most_similar(X_new)
+    found = auto.most_similar(X_new)
+    hits = [len(np.intersect1d(a, b)) for a, b in zip(found[1], exact[1], strict=True)]
+    assert np.mean(hits) / 3 >= 0.9
 
 
 @pytest.mark.parametrize("search_components", [None, 4])

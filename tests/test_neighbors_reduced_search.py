@@ -42,7 +42,10 @@ def recall(found, exact):
 
 def candidates_of(reduced, X, n_candidates):
     """The rows the FAISS index of a reduced search finds for ``X``."""
-    F = reduced.reference_features_ if X is None else reduced._sketch(X)
+    if X is None:
+        F = reduced.reference_features_
+    else:
+        F = reduced._sketch(X, None, reduced._kept_directions())
     return reduced._faiss_index.search(reduced._searched(F), n_candidates)[1]
 
 

@@ -44,6 +44,7 @@ def gradient_features(
     power: float | None = None,
     each_batch: Callable[[slice, list], None] | None = None,
     unit_norm: bool = False,
+    directions: np.ndarray | None = None,
 ) -> np.ndarray:
     """Per-sample gradient features ``(n, d, k)`` as a float32 NumPy array.
 
@@ -56,7 +57,9 @@ def gradient_features(
     and mapped pieces of every batch of sketched features, so that another
     computation shares their pass over ``X``. ``unit_norm`` scales every
     sample's sketched features to unit Frobenius norm, batch by batch (zero
-    features stay zero).
+    features stay zero). ``directions`` ``(d * k, m)``, if given, project
+    every batch's flattened sketched features onto their ``m`` columns, so
+    that only ``(n, m)`` values are kept.
 
     Raises
     ------
@@ -67,9 +70,10 @@ def gradient_features(
     if power is None and whiten:
         power = -0.5
     if n_components is None and power in (None, -0.5):
-        if each_batch is not None or unit_norm:
+        if each_batch is not None or unit_norm or directions is not None:
             raise ValueError(
-                "each_batch and unit_norm need sketched features (n_components)."
+                "each_batch, unit_norm and directions need sketched features "
+                "(n_components)."
             )
         n, d = n_samples(X), engine.n_outputs(X)
         size = 4 * n * d * engine.n_params
@@ -91,24 +95,30 @@ def gradient_features(
                 each_batch(rows, pieces)
             yield rows, sketch.features(pieces)
 
-    return _stacked(blocks(), n_samples(X), unit_norm)
+    return _stacked(blocks(), n_samples(X), unit_norm, directions)
 
 
 def _stacked(
-    blocks: Iterator[tuple[slice, torch.Tensor]], n: int, unit_norm: bool = False
+    blocks: Iterator[tuple[slice, torch.Tensor]],
+    n: int,
+    unit_norm: bool = False,
+    directions: np.ndarray | None = None,
 ) -> np.ndarray:
     """The ``(rows, tensor)`` blocks of ``n`` rows, copied into one float32 array.
 
-    ``unit_norm`` divides each copied row by its norm where it is not zero,
-    while the block is still in the processor's cache.
+    ``unit_norm`` divides each row of a block by its norm where it is not
+    zero; ``directions`` then project its flattened rows onto their columns.
     """
     out = None
     for rows, block in blocks:
+        block = block.float()
+        if unit_norm:
+            flat = block.flatten(1)
+            norms = torch.linalg.vector_norm(flat, dim=1, keepdim=True)
+            block = (flat / torch.where(norms > 0, norms, 1.0)).view_as(block)
+        if directions is not None:
+            block = block.flatten(1) @ torch.as_tensor(directions).to(block)
         if out is None:
             out = np.empty((n, *block.shape[1:]), dtype=np.float32)
-        copy_to_host(out[rows], block.float())
-        if unit_norm:
-            flat = torch.from_numpy(out[rows]).flatten(1)
-            norms = torch.linalg.vector_norm(flat, dim=1, keepdim=True)
-            flat.div_(torch.where(norms > 0, norms, 1.0))
+        copy_to_host(out[rows], block)
     return out

@@ -148,6 +148,7 @@ def sketch_features(
     seed: int,
     rtol: float = 1e-5,
     each_batch: Callable[[slice, list], None] | None = None,
+    directions: np.ndarray | None = None,
 ) -> np.ndarray:
     """Projected whitened Jacobians, flattened and scaled to unit norm.
 
@@ -156,9 +157,20 @@ def sketch_features(
     normalising makes the self-similarity exactly 1. Dead inputs stay zero.
     The same ``seed`` must be used for queries and reference. ``each_batch``
     is called with the rows and whitened pieces of every batch of ``X``.
+    ``directions`` ``(d * n_components, m)``, if given, project each batch's
+    sketches onto their columns: the result is ``(n, m)``, and the whole
+    sketches are never held for more than a batch.
     """
     F = gradient_features(
-        engine, X, n_components, True, seed, rtol, each_batch=each_batch, unit_norm=True
+        engine,
+        X,
+        n_components,
+        True,
+        seed,
+        rtol,
+        each_batch=each_batch,
+        unit_norm=True,
+        directions=directions,
     )
     return F.reshape(len(F), -1)
 

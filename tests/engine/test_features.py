@@ -44,7 +44,10 @@ def test_unit_norm_scales_each_sample_and_leaves_dead_inputs_zero():
     np.testing.assert_array_equal(unit[dead], 0.0)
 
 
-def test_unit_norm_needs_sketched_features():
+@pytest.mark.parametrize(
+    "option", [dict(unit_norm=True), dict(directions=np.eye(4, dtype=np.float32))]
+)
+def test_unit_norm_and_directions_need_sketched_features(option):
     module, X = layer_case("conv2d_big")
-    with pytest.raises(ValueError, match="unit_norm need sketched features"):
-        gradient_features(JacobianEngine(module), X, unit_norm=True)
+    with pytest.raises(ValueError, match="need sketched features"):
+        gradient_features(JacobianEngine(module), X, **option)
