@@ -38,7 +38,7 @@ from ._net import _unwrap, fit_net, is_unfitted_skorch
 from ._typing import NetInput, NetLike, Output, Self
 from ._validation import check_net_input, given_or_item_labels, labelled
 from .density import NEIGHBOR_PARAMETERS
-from .neighbors import N_COMPONENTS, NetworkNeighbors
+from .neighbors import N_COMPONENTS, NetworkNeighbors, automatic_index
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -276,8 +276,9 @@ class LabelIssueDetector(NetworkEstimator):
     ``n_issues_`` examples are the estimated set.
 
     Neighbours are exact below ``10 000`` training examples and searched with
-    FAISS on Gaussian sketches above (``algorithm="auto"``). Classification
-    only: the targets must be class labels.
+    FAISS on Gaussian sketches above (``algorithm="auto"``); a FAISS search
+    is exhaustive below 10^6 training examples and over HNSW graphs from
+    there. Classification only: the targets must be class labels.
 
     Parameters
     ----------
@@ -577,7 +578,8 @@ class LabelIssueDetector(NetworkEstimator):
 
         Exact up to :data:`EXACT_MAX_SAMPLES` reference examples with
         ``algorithm="auto"``; past it, FAISS over sketches (``"auto"`` wide
-        and reduced to :data:`FAISS_SEARCH_COMPONENTS` unless set).
+        and reduced to :data:`FAISS_SEARCH_COMPONENTS` unless set). A FAISS
+        search uses the index of :func:`~sksim.neighbors.automatic_index`.
         """
         algorithm, n_components = self.algorithm, self.n_components
         search_components = self.search_components
@@ -595,6 +597,7 @@ class LabelIssueDetector(NetworkEstimator):
             params=self.params,
             n_components=n_components,
             search_components=search_components if algorithm == "faiss" else None,
+            index=automatic_index(n_samples(X_reference)),
             batch_size=self.batch_size,
             device=self.device,
             rtol=self.rtol,

@@ -287,6 +287,23 @@ def test_approximate_faiss_indexes_recall_the_flat_neighbors(index, params):
     )
 
 
+def test_hnsw_searches_with_a_beam_twice_its_candidates(data):
+    faiss = pytest.importorskip("faiss")
+    X = data[0]
+    kwargs = dict(n_neighbors=3, algorithm="faiss", n_components=8, random_state=0)
+    hnsw = NetworkNeighbors(mlp(3, 1), index="HNSW32", **kwargs).fit(X)
+    params = hnsw._search_parameters(48)
+    assert isinstance(params, faiss.SearchParametersHNSW) and params.efSearch == 96
+    given = NetworkNeighbors(  # 3 neighbours: the beam of 6 by hand
+        mlp(3, 1), index="HNSW32", index_params="efSearch=6", **kwargs
+    ).fit(X)
+    assert given._search_parameters(48) is None  # the user's efSearch stands
+    for a, b in zip(hnsw.most_similar(X), given.most_similar(X), strict=True):
+        np.testing.assert_array_equal(a, b)
+    flat = NetworkNeighbors(mlp(3, 1), **kwargs).fit(X)
+    assert flat._search_parameters(48) is None
+
+
 def test_bad_faiss_index_is_explained(data):
     with pytest.raises(ValueError, match="FAISS cannot build index='Bogus'"):
         NetworkNeighbors(

@@ -65,8 +65,14 @@ def test_exact_ranking_keeps_the_projections_of_sketches_that_would_not_fit(data
                              search_components=4).fit(X)  # fmt: skip
     max_memory = 3 * sum(p.nbytes() for p in small._reference_pieces) + 3
     auto = NetworkNeighbors(
-        net, n_neighbors=3, algorithm="faiss", n_components="auto",
-        search_components=4, max_memory=max_memory, batch_size=64, random_state=3,
+        net,
+        n_neighbors=3,
+        algorithm="faiss",
+        n_components="auto",
+        search_components=4,
+        max_memory=max_memory,
+        batch_size=64,
+        random_state=3,
     ).fit(X)  # fmt: skip  (5 batches, each projected as it is sketched)
     assert auto.exact_ranking_ and auto.n_components_ == CANDIDATE_COMPONENTS
     whole = auto._sketch(X)  # 3 x 67 values per example: more than the budget

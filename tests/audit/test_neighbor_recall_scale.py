@@ -8,10 +8,12 @@ import pytest
 from _audit_helpers import AUDIT_OPTIONS
 from _audit_helpers import prefit_audit as shared_prefit_audit
 
+from sksim import LabelIssueDetector
 from sksim.audit.analyses.neighbors import (
     MIN_RECALL,
     SEARCH_COMPONENTS,
     SKETCH_MEMORY,
+    Neighbors,
     low_recall_warning,
     sketch_components,
     sketched_search,
@@ -102,3 +104,13 @@ def test_no_warning_when_the_recall_is_high():
     assert "n_components=256" in result.metadata["methods"]["neighbors"]
     assert not any("recall" in w for w in result.metadata["warnings"])
     assert np.isfinite(result["samples"]["top_similarity"]).all()
+
+
+@pytest.mark.parametrize("n_train, index", [(999_999, "Flat"), (10**6, "HNSW32")])
+def test_neighbors_and_label_issues_share_the_index_of_their_size(n_train, index):
+    pytest.importorskip("faiss")
+    fold = SimpleNamespace(train=np.arange(n_train), classes=range(10))
+    assert Neighbors().scaled_options(fold)["index"] == index
+    detector = LabelIssueDetector(None, **sketched_search(fold))
+    X_reference = np.empty((n_train, 1), dtype=np.float32)
+    assert detector._search(None, X_reference, 10).index == index

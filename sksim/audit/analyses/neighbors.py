@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from ..._engine.inputs import is_dataset, take, to_tensor
 from ..._validation import check_positive_int, sample_shape
-from ...neighbors import NetworkNeighbors
+from ...neighbors import NetworkNeighbors, automatic_index
 from .. import _render
 from .._tables import frame, neighbor_text
 from .base import Analysis, FoldOutput
@@ -30,7 +30,6 @@ SKETCH_COMPONENTS = (256, 128, 64)  # the largest whose sketches fit the budget
 SEARCH_COMPONENTS = 64  # principal components of the sketches FAISS searches
 SKETCH_MEMORY = 2**29  # bytes of the training fold's float32 sketches (512 MiB)
 MIN_RECALL = 0.8  # a lower measured recall is warned about
-HNSW_FROM = 1_000_000
 KINDS = ("lowest density", "misclassified", "largest error", "typical")
 
 
@@ -349,12 +348,12 @@ class Neighbors(Analysis):
     def scaled_options(self, fold: _Fold) -> dict[str, Any]:
         """:func:`sketched_search` of the fold, with its FAISS index.
 
-        An exhaustive index below :data:`HNSW_FROM` training examples, HNSW
-        graphs from there.
+        That of :func:`~sksim.neighbors.automatic_index`, which the label
+        issues use too.
         """
         options = sketched_search(fold)
         if options["algorithm"] == "faiss":
-            options["index"] = "Flat" if len(fold.train) < HNSW_FROM else "HNSW32"
+            options["index"] = automatic_index(len(fold.train))
         return options
 
     def run(self, fold: _Fold) -> FoldOutput:
