@@ -150,10 +150,9 @@ class NetworkNeighbors(NetworkEstimator):
         only choose them, and only their projections are kept); otherwise
         the widest of 4 096, 2 048, ..., 64 whose float32 sketches of the
         reference take at most a third of ``max_memory`` (64 if none does).
-        Where the sketches rank the
-        neighbours themselves, wider ones find more of the exact neighbours:
-        on a ResNet-18, the recall@5 rose from 0.28 at 256 to 0.72 at 4 096,
-        in about the same time.
+        Where the sketches rank the neighbours themselves, wider ones find
+        more of the exact neighbours: on a ResNet-18, the recall@5 rose from
+        0.28 at 256 to 0.72 at 4 096, in about the same time.
     %(batch_size)s
     %(device)s
     %(rtol)s

@@ -359,6 +359,30 @@ def test_explain_subsamples_the_reference_pairs_and_follows_the_sketch():
     )
 
 
+def test_explain_of_an_exactly_ranked_search_places_exact_similarities():
+    pytest.importorskip("faiss")
+    rng = np.random.default_rng(2)
+    X_ref = rng.normal(size=(250, 3)).astype(np.float32)
+    X_new = rng.normal(size=(5, 3)).astype(np.float32)
+    net = mlp(3, 2)
+    search = NetworkNeighbors(
+        net, n_neighbors=3, algorithm="faiss", n_components=16,
+        search_components=4, random_state=0,
+    ).fit(X_ref)  # fmt: skip
+    assert search.exact_ranking_  # its sketches are not kept whole
+    why = search.explain(X_new)
+    K = network_similarity(net, X_new, X_ref)
+    np.testing.assert_allclose(
+        why.similarities, np.take_along_axis(K, why.indices, axis=1), atol=1e-6
+    )
+    rows = np.unique(np.linspace(0, 249, 200).astype(np.intp))  # 200 evenly spaced
+    np.testing.assert_allclose(
+        why.percentiles,
+        expected_percentiles(network_similarity(net, X_ref), rows, why.similarities),
+        atol=1e-9,
+    )
+
+
 def test_explain_needs_two_reference_examples(data):
     X_ref, X_new = data
     search = NetworkNeighbors(mlp(3, 1), n_neighbors=1).fit(X_ref[:1])
