@@ -11,6 +11,7 @@ from sklearn.utils._param_validation import InvalidParameterError
 from sksim import LabelIssueDetector, _reduced_search
 from sksim._reduced_search import (
     REFINE_FACTOR,
+    direction_rows,
     locality_order,
     principal_directions,
     rank_candidates,
@@ -206,8 +207,11 @@ def test_principal_directions_span_the_leading_singular_vectors():
 
 def test_more_components_than_fitting_rows_fit_on_twice_as_many(monkeypatch):
     monkeypatch.setattr(_reduced_search, "MAX_FIT_ROWS", 8)
+    rows = direction_rows(100, 10, random_state=0)
+    assert len(rows) == 20 and (np.diff(rows) > 0).all() and rows[-1] < 100
+    np.testing.assert_array_equal(direction_rows(20, 10, 0), np.arange(20))  # all
     F = np.random.default_rng(3).normal(size=(100, 40)).astype(np.float32)
-    V = principal_directions(F, 10, random_state=0)
+    V = principal_directions(F[rows], 10, random_state=0)
     assert V.shape == (40, 10)
     np.testing.assert_allclose(V.T @ V, np.eye(10), atol=1e-5)
 
