@@ -176,7 +176,7 @@ class NetworkNeighbors(NetworkEstimator):
         index searches with a beam twice as wide as the candidates it returns
         (FAISS's default of 16 would be narrower than them): for 10^6
         reference examples, this kept the recall@5 within 0.03 of the
-        exhaustive index's, in a third of its time.
+        exhaustive index's, in a quarter of its time.
     search_components : int or None, default=None
         With ``algorithm="faiss"``: None gives the index the whole sketches
         (``d * n_components`` values each). An int gives it their projections
