@@ -24,7 +24,7 @@ import torch
 from sklearn.utils import check_random_state
 from sklearn.utils.extmath import randomized_svd
 
-from ._engine.pieces import sampled_products
+from ._engine.pieces import pair_products, rectangular_pairs
 
 REFINE_FACTOR = 16  # candidates searched per neighbour asked for
 MAX_FIT_ROWS = 4096  # reference sketches the directions are fitted on
@@ -142,6 +142,7 @@ def sketch_similarity(
 
     def similarity(rows, columns):
         columns = torch.from_numpy(columns.astype(np.int64))
-        return sampled_products(Q[rows], R, columns).numpy()
+        pairs = rectangular_pairs(columns)
+        return pair_products(Q[rows], R, *pairs).reshape(columns.shape).numpy()
 
     return similarity

@@ -12,8 +12,8 @@ A batch's Jacobian ``J(x)`` (``d x p``) is held as one piece per layer:
 
 Both are linear in the output axis ``d``, so whitening ``J -> W J`` acts on
 ``delta`` or on the gradient. Besides the products of all pairs of two batches
-(``pair``), both give those of chosen pairs (``sampled``): each sample of a
-batch with a few rows of a reference set.
+(``pair``), both give those of chosen pairs (``paired``): samples of a batch
+with a few rows of a reference set each.
 """
 
 from __future__ import annotations
@@ -81,12 +81,14 @@ class DensePiece:
         b, m = len(self), len(other)
         return self.grad.reshape(b, -1) @ other.grad.reshape(m, -1).T
 
-    def sampled(self, other: DensePiece, columns: torch.Tensor) -> torch.Tensor:
-        """``tr(g_i g'_j^T)`` for each ``j`` of ``columns[i]``, ``(b, c)``.
+    def paired(
+        self, other: DensePiece, rows: torch.Tensor, columns: torch.Tensor
+    ) -> torch.Tensor:
+        """``tr(g_i g'_j^T)`` of the pairs ``(rows[p], columns[p])``, ``(P,)``.
 
-        ``columns`` holds rows of ``other``, sorted for each sample.
+        The pairs are in the order of :func:`pair_products`.
         """
-        return sampled_products(self.grad.flatten(1), other.grad.flatten(1), columns)
+        return pair_products(self.grad.flatten(1), other.grad.flatten(1), rows, columns)
 
     @property
     def width(self) -> int:
@@ -179,20 +181,14 @@ class SharedWeightPiece:
             )
         return self._with_bias(torch.einsum("ita,jua->ijtu", self.h, other.h))
 
-    def _group_input_products(self, h: torch.Tensor) -> torch.Tensor:
-        """``h_i(u) . h_ij(u')`` of shape (b, c, T, T').
-
-        ``h`` holds ``c`` inputs ``h_ij`` per sample, ``(b, c, T', ...)``.
-        """
+    def _aligned_input_products(self, other: SharedWeightPiece) -> torch.Tensor:
+        """``h_i(u) . h'_i(u')`` of the ``i``-th samples of both, (b, T, T')."""
         if self.tokens:
-            return (self.h[:, None, :, None] == h[:, :, None, :]).to(self.delta.dtype)
-        return self._with_bias(torch.einsum("ita,icua->ictu", self.h, h))
+            return (self.h[:, :, None] == other.h[:, None, :]).to(self.delta.dtype)
+        return self._with_bias(torch.einsum("ita,iua->itu", self.h, other.h))
 
     def self_gram(self) -> torch.Tensor:
-        if self.tokens:
-            HH = (self.h[:, :, None] == self.h[:, None, :]).to(self.delta.dtype)
-        else:
-            HH = self._with_bias(self.h @ self.h.transpose(1, 2))
+        HH = self._aligned_input_products(self)
         return torch.einsum("bctO,beuO,btu->bce", self.delta, self.delta, HH)
 
     def pair(self, other: SharedWeightPiece, full: bool) -> torch.Tensor:
@@ -234,30 +230,30 @@ class SharedWeightPiece:
                 parts.append(torch.einsum("ijcuO,jeuO->ijce", mixed, chunk.delta))
         return torch.cat(parts, dim=1)
 
-    def sampled(self, other: SharedWeightPiece, columns: torch.Tensor) -> torch.Tensor:
-        """``tr(dW_i dW'_j^T)`` for each ``j`` of ``columns[i]``, ``(b, c)``.
+    def paired(
+        self, other: SharedWeightPiece, rows: torch.Tensor, columns: torch.Tensor
+    ) -> torch.Tensor:
+        """``tr(dW_i dW'_j^T)`` of the pairs ``(rows[p], columns[p])``, ``(P,)``.
 
-        ``columns`` holds rows of ``other``, sorted for each sample. Layers of
-        one position give two sampled products; others pair each sample with
-        copies of its ``c`` rows of ``other``, a few samples at a time.
+        The pairs are in the order of :func:`pair_products`. Layers of one
+        position give two such products; others copy the samples of a few
+        pairs at a time.
         """
-        b, T = self.h.shape[:2]
-        c, T_other = columns.shape[1], other.h.shape[1]
+        T, T_other = self.h.shape[1], other.h.shape[1]
         if T == 1 and T_other == 1 and not self.tokens:
-            HH = sampled_products(self.h[:, 0], other.h[:, 0], columns)
-            D = sampled_products(self.delta.flatten(1), other.delta.flatten(1), columns)
-            return self._with_bias(HH).mul_(D)
-        step = max(1, PAIR_CHUNK_ELEMENTS // max(1, c * T * T_other))
-        parts = []
-        for start in range(0, b, step):
-            query = self.take(slice(start, start + step))
-            group = other.take(columns[start : start + step].flatten())
-            HH = query._group_input_products(
-                group.h.reshape(len(query), c, *group.h.shape[1:])
+            HH = pair_products(self.h[:, 0], other.h[:, 0], rows, columns)
+            D = pair_products(
+                self.delta.flatten(1), other.delta.flatten(1), rows, columns
             )
-            delta = group.delta.reshape(len(query), c, *group.delta.shape[1:])
-            parts.append(torch.einsum("idtO,ijduO,ijtu->ij", query.delta, delta, HH))
-        return torch.cat(parts)
+            return self._with_bias(HH).mul_(D)
+        step = max(1, PAIR_CHUNK_ELEMENTS // max(1, T * T_other))
+        parts = []
+        for start in range(0, len(rows), step):
+            query = self.take(rows[start : start + step])
+            match = other.take(columns[start : start + step])
+            HH = query._aligned_input_products(match)
+            parts.append(torch.einsum("idtO,iduO,itu->i", query.delta, match.delta, HH))
+        return torch.cat(parts) if parts else self.delta.new_zeros(0)
 
     @property
     def width(self) -> int:
@@ -313,27 +309,36 @@ class SharedWeightPiece:
         return sum(t.numel() * t.element_size() for t in (self.h, self.delta))
 
 
-def sampled_products(
-    A: torch.Tensor, B: torch.Tensor, columns: torch.Tensor
+def pair_products(
+    A: torch.Tensor, B: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor
 ) -> torch.Tensor:
-    """``A[i] . B[columns[i, j]]`` of shape ``columns.shape``.
+    """``A[rows[p]] . B[columns[p]]`` for each pair ``p``, ``(P,)``.
 
     A sampled matrix product (``torch.sparse.sampled_addmm``) over the pattern
-    of ``columns``, whose rows must be sorted: the rows of ``B`` are read where
-    they are, not copied.
+    of the pairs, which must be in compressed-row order: ``rows``
+    non-decreasing, and ``columns`` increasing within each row. The rows of
+    ``A`` and ``B`` are read where they are, not copied.
     """
-    n, c = columns.shape
+    if len(rows) == 0:
+        return A.new_zeros(0)
     with warnings.catch_warnings():  # CSR tensors are "in beta"
         warnings.simplefilter("ignore", UserWarning)
         pattern = torch.sparse_csr_tensor(
-            torch.arange(0, n * c + 1, c, device=columns.device),
-            columns.flatten(),
-            A.new_zeros(n * c),
-            size=(n, len(B)),
+            torch.searchsorted(rows, torch.arange(len(A) + 1, device=rows.device)),
+            columns,
+            A.new_zeros(len(columns)),
+            size=(len(A), len(B)),
             check_invariants=False,
         )
         out = torch.sparse.sampled_addmm(pattern, A, B.T, beta=0.0)
-    return out.values().reshape(n, c)
+    return out.values()
+
+
+def rectangular_pairs(columns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pairs ``(i, columns[i, j])`` of every row ``i``, as ``(rows, columns)``."""
+    n, c = columns.shape
+    rows = torch.arange(n, device=columns.device).repeat_interleave(c)
+    return rows, columns.flatten()
 
 
 def materialize(h: torch.Tensor, delta: torch.Tensor) -> DensePiece:

@@ -4,7 +4,8 @@ Shared by the density estimator and the nearest-neighbour search: exact rows
 of the scalar cosine kernel, or approximate rows from projected,
 unit-normalised gradient features; the exact neighbours of a few queries
 gathered while the features of the reference set are computed; and exact
-similarities of chosen candidates, from whitened pieces kept during that pass.
+similarities of chosen candidates, from whitened pieces kept during that pass
+or computed again for the candidates alone.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from .features import gradient_features
 from .gram import GramReference
 from .inputs import n_samples, take
 from .jacobian import JacobianEngine
-from .pieces import nbytes_of
+from .pieces import nbytes_of, rectangular_pairs
 
 MAX_BLOCK_ENTRIES = 2**22  # similarities held at once by the sketched path
+TAKE_ROWS = 16384  # reference rows read at a time for streamed similarities
 
 
 def cosine_rows(
@@ -136,9 +138,53 @@ def candidate_similarities(left: list, right: list, columns: np.ndarray) -> np.n
     reference set (as :class:`~.pieces.KeptPieces` keeps them); each row of
     ``columns`` must be sorted.
     """
-    columns = torch.as_tensor(columns, dtype=torch.int64, device=left[0].signal.device)
-    total = sum(p.sampled(q, columns) for p, q in zip(left, right, strict=True))
+    device = left[0].signal.device
+    columns = torch.as_tensor(columns, dtype=torch.int64, device=device)
+    rows, flat = rectangular_pairs(columns)
+    return pair_similarities(left, right, rows, flat).reshape(columns.shape)
+
+
+def pair_similarities(
+    left: list, right: list, rows: torch.Tensor, columns: torch.Tensor
+) -> np.ndarray:
+    """Exact ``k^C`` of the pairs ``(rows[p], columns[p])``, float32 ``(P,)``.
+
+    Rows of the whitened pieces ``left`` and ``right``, in the order of
+    :func:`~.pieces.pair_products`.
+    """
+    total = sum(p.paired(q, rows, columns) for p, q in zip(left, right, strict=True))
     return (total / left[0].signal.shape[1]).float().cpu().numpy()
+
+
+def streamed_similarities(
+    engine: JacobianEngine, Y, left: list, columns: np.ndarray, rtol: float
+) -> np.ndarray:
+    """:func:`candidate_similarities` against a reference set not kept in memory.
+
+    The whitened pieces of the rows of ``Y`` that ``columns`` names are
+    computed in one pass over those rows (read :data:`TAKE_ROWS` at a time),
+    and each batch meets the queries ``left`` of which it is a candidate.
+    """
+    n, c = columns.shape
+    needed, positions = np.unique(columns, return_inverse=True)
+    positions = positions.reshape(-1)  # increasing within a row, as columns
+    by_position = np.argsort(positions, kind="stable")
+    sorted_positions = positions[by_position]
+    out = np.empty(n * c, dtype=np.float32)
+    device = left[0].signal.device
+    for start in range(0, len(needed), TAKE_ROWS):
+        chunk = take(Y, needed[start : start + TAKE_ROWS])
+        for rows, pieces, _ in engine.mapped_pieces(chunk, -0.5, rtol):
+            first, stop = start + rows.start, start + rows.stop
+            lo, hi = np.searchsorted(sorted_positions, [first, stop])
+            pairs = np.sort(by_position[lo:hi])  # compressed-row order
+            out[pairs] = pair_similarities(
+                left,
+                pieces,
+                torch.as_tensor(pairs // c, device=device),
+                torch.as_tensor(positions[pairs] - first, device=device),
+            )
+    return out.reshape(n, c)
 
 
 def sketch_features(

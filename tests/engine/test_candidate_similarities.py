@@ -8,7 +8,8 @@ from sksim._engine import capture
 from sksim._engine import pieces as pieces_module
 from sksim._engine.jacobian import JacobianEngine
 from sksim._engine.pieces import KeptPieces
-from sksim._engine.rows import candidate_similarities
+from sksim._engine import rows as rows_module
+from sksim._engine.rows import candidate_similarities, streamed_similarities
 
 
 def whitened(engine, X, max_bytes=float("inf")):
@@ -31,6 +32,26 @@ def test_candidate_similarities_match_the_oracle(name, factorised, monkeypatch):
     rng = np.random.default_rng(0)
     columns = np.sort([rng.choice(len(X), 3, replace=False) for _ in range(4)], axis=1)
     found = candidate_similarities(queries, reference, columns)
+    expected = np.take_along_axis(K[1:5], columns, axis=1)
+    np.testing.assert_allclose(found, expected, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("factorised", ["by cost", "always"])
+@pytest.mark.parametrize("name", LAYER_CASES)
+def test_streamed_similarities_match_the_oracle(name, factorised, monkeypatch):
+    if factorised == "always":
+        monkeypatch.setattr(capture, "factorised_is_cheaper", lambda *_: True)
+    monkeypatch.setattr(rows_module, "TAKE_ROWS", 3)  # candidates read in parts
+    module, X = layer_case(name)
+    K = oracle_kernel(*(2 * [oracle_jacobians(module, X)]), "cosine")
+    engine = JacobianEngine(module, batch_size=2)
+    queries = whitened(engine, X[1:5]).pieces
+    rng = np.random.default_rng(1)
+    # reference row 0 is nobody's candidate; batches meet 0, 1 or 2 per query
+    columns = np.sort(
+        [rng.choice(np.arange(1, len(X)), 3, replace=False) for _ in range(4)], axis=1
+    )
+    found = streamed_similarities(engine, X, queries, columns, 1e-5)
     expected = np.take_along_axis(K[1:5], columns, axis=1)
     np.testing.assert_allclose(found, expected, rtol=1e-6, atol=1e-7)
 
