@@ -19,13 +19,14 @@ from ._engine.checkpoints import checkpoint_seed, stacked, weighted_rows
 from ._engine.inputs import n_samples, take
 from ._engine.jacobian import DEFAULT_MAX_MEMORY
 from ._engine.parallel import split_rows
-from ._engine.pieces import KeptPieces, nbytes_of
+from ._engine.pieces import KeptPieces
 from ._engine.rows import (
     ExactNeighbors,
     candidate_similarities,
     cosine_rows,
     sketch_features,
     sketch_rows,
+    streamed_similarities,
     top_k,
     whitened_bytes,
 )
@@ -42,11 +43,13 @@ from .density import CHECKPOINTS, NEIGHBOR_PARAMETERS
 from .kernel import similarity_to_distance
 
 N_BACKGROUND = 200  # reference rows whose similarities set the percentiles
+N_BACKGROUND_COLUMNS = 5000  # the reference rows they are paired with, at most
 KEPT_MEMORY = 1 / 3  # share of max_memory the kept Jacobians of a side may take
 AUTO_COMPONENTS = (4096, 2048, 1024, 512, 256, 128, 64)  # n_components="auto"
 CANDIDATE_COMPONENTS = 256  # "auto" when the sketches only choose candidates
 HNSW_BEAM = 2  # an HNSW search's efSearch, per candidate it must return
 HNSW_FROM = 1_000_000  # reference examples from which automatic searches use HNSW
+MAX_RANKING_BLOCKS = 8  # blocks of queries of the reference's exact ranking, at most
 N_COMPONENTS = [POSITIVE_INT, StrOptions({"auto"}), None]  # its constraint
 
 
@@ -186,14 +189,15 @@ class NetworkNeighbors(NetworkEstimator):
         and the candidates with the largest exact similarities are returned,
         with those similarities. The exact similarities come from the whitened
         Jacobians of the reference, kept from ``fit`` when they take at most a
-        third of ``max_memory`` (and of the queries, a third of
-        ``max_memory`` at a time); otherwise, or with ``checkpoints``, the
-        whole sketches rank the candidates (``exact_ranking_`` says which).
-        When ranked exactly, each batch's sketches are projected as they are
-        computed, and only the projections are kept (``search_components``
-        values per example). The search costs about ``search_components /
-        (d * n_components)`` as much; a neighbour is lost only when it is not
-        among the candidates.
+        third of ``max_memory``. Otherwise the queries are taken in blocks
+        whose Jacobians take a third of ``max_memory``, and each block's
+        candidates are computed again, in a pass over them; past 8 such
+        blocks for the reference's own neighbours, or with ``checkpoints``,
+        the whole sketches rank the candidates (``exact_ranking_`` says
+        which). When ranked exactly, only the sketches' projections are kept
+        (``search_components`` values per example). The search costs about
+        ``search_components / (d * n_components)`` as much; a neighbour is
+        lost only when it is not among the candidates.
     %(checkpoints)s
     %(checkpoint_weights)s
 
@@ -275,7 +279,12 @@ class NetworkNeighbors(NetworkEstimator):
         n_components=N_COMPONENTS,
         **constraints(*CHECKPOINTS),
     )
-    _transient_attributes = ("_engine_cache", "_faiss_index", "_reference_pieces")
+    _transient_attributes = (
+        "_engine_cache",
+        "_faiss_index",
+        "_reference_pieces",
+        "_background",
+    )
 
     def __init__(
         self,
@@ -377,21 +386,33 @@ class NetworkNeighbors(NetworkEstimator):
                     "X_val needs at most that many."
                 )
             exact = self._exact_neighbors(X_val)
-        kept = self._pieces_keeper(X)
-        self.n_components_ = self._sketch_width(X, kept)
-        self.exact_ranking_ = kept is not None
-        if self.exact_ranking_:  # the index needs the projections alone
+        self._piece_bytes = self._measured_piece_bytes(X)
+        self.exact_ranking_ = (
+            self._piece_bytes is not None
+            and len(self._blocks(self.n_samples_fit_)) <= MAX_RANKING_BLOCKS
+        )
+        self.n_components_ = self._sketch_width(X)
+        kept = None
+        if self.exact_ranking_ and self._pieces_fit():
+            kept = KeptPieces(self.n_samples_fit_, float("inf"))
+        if self.exact_ranking_ and not self._sketches_fit(X):
+            # only the projections are ever held, on directions fitted first
             self.search_directions_ = self._search_directions(X)
             self.reference_features_ = self._sketch(
                 X, each_of(exact, kept), self.search_directions_
             )
         elif self.n_components_ is not None:
-            self.reference_features_ = self._sketch(X, each_of(exact))
+            F = self._sketch(X, each_of(exact, kept))
+            self.search_directions_ = None
             if self.algorithm == "faiss":
-                self.search_directions_ = self._search_directions(X)
+                self.search_directions_ = self._search_directions(X, F)
+            if self.exact_ranking_:
+                F = F @ self.search_directions_
+            self.reference_features_ = F
         if exact is not None:
             exact.finish(X)
         self._reference_pieces = None if kept is None else kept.pieces
+        self._background = None
         if self.algorithm == "faiss":
             self._faiss_index = self._build_index()
         if X_val is not None:
@@ -414,76 +435,91 @@ class NetworkNeighbors(NetworkEstimator):
             engine, X_val, self.n_neighbors, self.rtol, KEPT_MEMORY * engine.max_memory
         )
 
-    def _pieces_keeper(self, X) -> KeptPieces | None:
-        """Keeper of the reference's whitened pieces, for the exact ranking.
+    def _measured_piece_bytes(self, X) -> float | None:
+        """Bytes of one reference example's whitened pieces, for an exact ranking.
 
-        Kept when the candidates of a reduced FAISS search (``search_components``
-        below the sketch width and the reference size) can be ranked exactly:
-        the pieces, measured on the first batch of ``X``, take at most
-        :data:`KEPT_MEMORY` of ``max_memory``. None otherwise, and with
-        ``checkpoints``.
+        Measured on the first batch of ``X`` when the candidates of a reduced
+        FAISS search could be ranked exactly: ``search_components`` below the
+        sketch width and the reference size, one network (no
+        ``checkpoints``). None otherwise.
         """
         engines = self._engines()
         if self.search_components is None or not engines.single:
             return None
         ((_, engine),) = engines
-        n = self.n_samples_fit_
         width = self.n_components
         if width == "auto":
             width = CANDIDATE_COMPONENTS
-        if self.search_components >= min(n, engine.n_outputs(X) * width):
+        n_values = min(self.n_samples_fit_, engine.n_outputs(X) * width)
+        if self.search_components >= n_values:
             return None
-        if whitened_bytes(engine, X, self.rtol) * n > KEPT_MEMORY * engine.max_memory:
-            return None
-        return KeptPieces(n, float("inf"))
+        return whitened_bytes(engine, X, self.rtol)
 
-    def _sketch_width(self, X, kept: KeptPieces | None) -> int | None:
+    def _blocks(self, n: int) -> list[slice]:
+        """Blocks of ``n`` rows whose whitened pieces take :data:`KEPT_MEMORY`
+        of ``max_memory`` each."""
+        budget = KEPT_MEMORY * self._engine.max_memory
+        step = int(min(n, max(1, budget // self._piece_bytes)))
+        return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+
+    def _pieces_fit(self) -> bool:
+        """Whether the reference's whitened pieces are kept in memory."""
+        return len(self._blocks(self.n_samples_fit_)) == 1
+
+    def _sketch_bytes(self, X, width: int) -> int:
+        """Bytes of the reference's float32 sketches of ``width`` per output."""
+        n_values = self.n_samples_fit_ * self._engine.n_outputs(X) * width
+        return 4 * n_values * len(self._engines())  # checkpoints side by side
+
+    def _sketches_fit(self, X) -> bool:
+        """Whether the reference's whole sketches take at most
+        :data:`KEPT_MEMORY` of ``max_memory``."""
+        budget = KEPT_MEMORY * self._engine.max_memory
+        return self._sketch_bytes(X, self.n_components_) <= budget
+
+    def _sketch_width(self, X) -> int | None:
         """``n_components``, ``"auto"`` resolved for the reference ``X``.
 
-        :data:`CANDIDATE_COMPONENTS` when ``kept`` keeps the whitened pieces
-        for the exact ranking (the sketches only choose candidates, and only
-        their projections are kept); otherwise the widest of
-        :data:`AUTO_COMPONENTS` whose reference sketches take at most
-        :data:`KEPT_MEMORY` of ``max_memory``.
+        :data:`CANDIDATE_COMPONENTS` when the candidates are ranked exactly
+        (the sketches only choose them, and only their projections are
+        kept); otherwise the widest of :data:`AUTO_COMPONENTS` whose
+        reference sketches take at most :data:`KEPT_MEMORY` of ``max_memory``.
         """
         if self.n_components != "auto":
             return self.n_components
-        if kept is not None:
+        if self.exact_ranking_:
             return CANDIDATE_COMPONENTS
-        engine = self._engine
-        per_component = 4 * self.n_samples_fit_ * engine.n_outputs(X)
-        per_component *= len(self._engines())  # checkpoints side by side
-        budget = KEPT_MEMORY * engine.max_memory
-        fitting = [w for w in AUTO_COMPONENTS if w * per_component <= budget]
+        budget = KEPT_MEMORY * self._engine.max_memory
+        fitting = [w for w in AUTO_COMPONENTS if self._sketch_bytes(X, w) <= budget]
         return fitting[0] if fitting else AUTO_COMPONENTS[-1]
 
-    def _kept_reference_pieces(self) -> list:
-        """The reference's whitened pieces (computed again after unpickling)."""
-        if getattr(self, "_reference_pieces", None) is None:
-            ((_, engine),) = self._engines()
-            kept = KeptPieces(self.n_samples_fit_, float("inf"))
-            for rows, pieces, _ in engine.mapped_pieces(self.X_fit_, -0.5, self.rtol):
-                kept(rows, pieces)
-            self._reference_pieces = kept.pieces
+    def _whitened_pieces(self, X) -> list:
+        """The whitened pieces of all of ``X``, layer by layer."""
+        ((_, engine),) = self._engines()
+        kept = KeptPieces(n_samples(X), float("inf"))
+        for rows, pieces, _ in engine.mapped_pieces(X, -0.5, self.rtol):
+            kept(rows, pieces)
+        return kept.pieces
+
+    def _kept_reference_pieces(self) -> list | None:
+        """The reference's whitened pieces when they fit (again after unpickling)."""
+        if getattr(self, "_reference_pieces", None) is None and self._pieces_fit():
+            self._reference_pieces = self._whitened_pieces(self.X_fit_)
         return self._reference_pieces
 
-    def _search_directions(self, X):
+    def _search_directions(self, X, F=None):
         """Principal directions of the reference sketches (None: no reduction).
 
         Fitted on the rows :func:`direction_rows` draws: of the whole
-        sketches when they are kept, else sketched for the purpose.
+        sketches ``F`` when given, else sketched for the purpose.
         """
         m, n = self.search_components, self.n_samples_fit_
-        if self.exact_ranking_:
-            rows = direction_rows(n, m, self.projection_seed_)
-            return principal_directions(
-                self._sketch(take(X, rows)), m, self.projection_seed_
-            )
-        F = self.reference_features_
-        if m is None or m >= min(F.shape):
+        width = self._engine.n_outputs(X) * self.n_components_ * len(self._engines())
+        if m is None or m >= min(n, width):
             return None
         rows = direction_rows(n, m, self.projection_seed_)
-        return principal_directions(F[rows], m, self.projection_seed_)
+        sample = self._sketch(take(X, rows)) if F is None else F[rows]
+        return principal_directions(sample, m, self.projection_seed_)
 
     def _searched(self, F):
         """Sketches ``F`` as the index holds them.
@@ -524,8 +560,7 @@ class NetworkNeighbors(NetworkEstimator):
         """
         per_sample = 4 * self.reference_features_.shape[1]
         if self.exact_ranking_:
-            kept_bytes = nbytes_of(self._kept_reference_pieces())
-            per_sample += kept_bytes / self.n_samples_fit_
+            per_sample += self._piece_bytes
         n = n_samples(X)
         budget = KEPT_MEMORY * self._engine.max_memory
         step = int(min(n, max(1, budget / per_sample)))
@@ -537,7 +572,27 @@ class NetworkNeighbors(NetworkEstimator):
                 kept = KeptPieces(n_samples(chunk), float("inf"))  # the chunk fits
             F = self._sketch(chunk, kept, self._kept_directions())
             pieces = None if kept is None else kept.pieces
-            parts.append(self._faiss(F, n_neighbors, False, pieces))
+            parts.append(self._faiss(F, n_neighbors, pieces=pieces))
+        return tuple(np.concatenate(part) for part in zip(*parts, strict=True))
+
+    def _searched_reference(self, n_neighbors):
+        """:meth:`_faiss` of the reference itself, each example not its own neighbour.
+
+        Ranked exactly, in the :meth:`_blocks` of the reference whose
+        whitened pieces fit (one, when they are kept).
+        """
+        F, n = self.reference_features_, self.n_samples_fit_
+        if not self.exact_ranking_:
+            return self._faiss(F, n_neighbors, own=np.arange(n))
+        kept = self._kept_reference_pieces()
+        parts = []
+        for block in self._blocks(n):
+            if kept is None:
+                pieces = self._whitened_pieces(take(self.X_fit_, block))
+            else:
+                pieces = [piece.take(block) for piece in kept]
+            own = np.arange(block.start, block.stop)
+            parts.append(self._faiss(F[block], n_neighbors, own, pieces))
         return tuple(np.concatenate(part) for part in zip(*parts, strict=True))
 
     def _sketch(self, X, each_batch=None, directions=None):
@@ -564,15 +619,17 @@ class NetworkNeighbors(NetworkEstimator):
         """The directions every kept sketch is projected on (None: kept whole)."""
         return self.search_directions_ if self.exact_ranking_ else None
 
-    def _cosine_rows(self, X=None):
-        """Exact rows ``k^C(X, X_fit_)`` (the reference itself for None)."""
+    def _cosine_rows(self, X=None, Y=None):
+        """Exact rows ``k^C(X, Y)``: ``Y`` is ``X_fit_`` for None, ``X`` is
+        ``Y`` itself for None."""
+        Y = self.X_fit_ if Y is None else Y
         return weighted_rows(
             self._engines(),
-            lambda engine, Q: cosine_rows(engine, self.X_fit_, Q, self.rtol),
+            lambda engine, Q: cosine_rows(engine, Y, Q, self.rtol),
             X,
-            self.n_samples_fit_ if X is None else n_samples(X),
-            self.n_samples_fit_,
-            reference=self.X_fit_,
+            n_samples(Y) if X is None else n_samples(X),
+            n_samples(Y),
+            reference=Y,
         )
 
     def _search_rows(self, rows, n_neighbors, exclude_self):
@@ -602,15 +659,17 @@ class NetworkNeighbors(NetworkEstimator):
             rows = self._cosine_rows()
         return self._search_rows(rows, n_neighbors, exclude_self=True)
 
-    def _faiss(self, F, n_neighbors, exclude_self, pieces=None):
+    def _faiss(self, F, n_neighbors, own=None, pieces=None):
         """Neighbours of the queries' sketches ``F`` from the FAISS index.
 
-        ``pieces``, the queries' whitened pieces, rank the candidates of a
-        reduced search by exact similarities; None ranks them by the sketches.
+        ``own``, the queries' rows when they are reference examples, excludes
+        each from its own neighbours. ``pieces``, the queries' whitened
+        pieces, rank the candidates of a reduced search by exact similarities;
+        None ranks them by the sketches.
         """
         if getattr(self, "_faiss_index", None) is None:  # after unpickling
             self._faiss_index = self._build_index()
-        k = min(n_neighbors + int(exclude_self), self.n_samples_fit_)
+        k = min(n_neighbors + int(own is not None), self.n_samples_fit_)
         n_candidates = k
         if self.search_directions_ is not None:
             n_candidates = min(REFINE_FACTOR * k, self.n_samples_fit_)
@@ -625,16 +684,14 @@ class NetworkNeighbors(NetworkEstimator):
                 'e.g. "nprobe=32" or "efSearch=128") or use index="Flat".'
             )
         if self.search_directions_ is not None:
+            candidates = np.sort(indices, axis=1)
+            similarity = self._candidate_similarity(F, pieces, candidates)
             order = locality_order(G, self.projection_seed_)
-            if pieces is None:
-                similarity = sketch_similarity(F, self.reference_features_)
-            else:
-                similarity = self._exact_similarity(pieces)
-            similarities, indices = rank_candidates(similarity, indices, k, order)
-        if exclude_self:  # drop each sample itself (wherever ties placed it)
-            own = indices == np.arange(len(F))[:, None]
-            own[own.sum(1) == 0, -1] = True
-            keep = ~own
+            similarities, indices = rank_candidates(similarity, candidates, k, order)
+        if own is not None:  # drop each sample itself (wherever ties placed it)
+            is_own = indices == own[:, None]
+            is_own[is_own.sum(1) == 0, -1] = True
+            keep = ~is_own
             similarities = similarities[keep].reshape(len(F), -1)
             indices = indices[keep].reshape(len(F), -1)
         return similarities.astype(np.float64), indices.astype(np.intp)
@@ -651,9 +708,22 @@ class NetworkNeighbors(NetworkEstimator):
             return None
         return faiss.SearchParametersHNSW(efSearch=HNSW_BEAM * n_candidates)
 
-    def _exact_similarity(self, pieces):
-        """The ``similarity`` of :func:`rank_candidates` for queries' ``pieces``."""
+    def _candidate_similarity(self, F, pieces, candidates):
+        """The ``similarity`` of :func:`rank_candidates` for the queries.
+
+        Inner products of their sketches ``F`` when ``pieces`` is None, else
+        exact similarities from their whitened ``pieces``: with the kept
+        pieces of the reference, or computed in a pass over the ``candidates``
+        (sorted per query, as :func:`rank_candidates` asks for them).
+        """
+        if pieces is None:
+            return sketch_similarity(F, self.reference_features_)
         reference = self._kept_reference_pieces()
+        if reference is None:
+            ((_, engine),) = self._engines()
+            X = self.X_fit_
+            S = streamed_similarities(engine, X, pieces, candidates, self.rtol)
+            return lambda rows, columns: S[rows]
 
         def similarity(rows, columns):
             rows = torch.as_tensor(rows)
@@ -702,8 +772,7 @@ class NetworkNeighbors(NetworkEstimator):
             )
         if X is None:
             if self.algorithm == "faiss":
-                pieces = self._kept_reference_pieces() if self.exact_ranking_ else None
-                return self._faiss(self.reference_features_, n_neighbors, True, pieces)
+                return self._searched_reference(n_neighbors)
             return self._exact_self(n_neighbors)
         X = self._check_input(X)
         if self.algorithm == "faiss":
@@ -797,22 +866,36 @@ class NetworkNeighbors(NetworkEstimator):
         )
 
     def _background_similarities(self):
-        """Sorted similarities between distinct reference examples."""
+        """Sorted similarities between distinct reference examples.
+
+        Those of up to :data:`N_BACKGROUND` evenly spaced reference examples
+        to up to :data:`N_BACKGROUND_COLUMNS` evenly spaced others, exact
+        unless the sketches rank the neighbours; computed once per fit.
+        """
         n = self.n_samples_fit_
         if n < 2:
             raise ValueError(
                 "explain ranks similarities among reference examples and needs at "
                 "least two of them; the reference set has one."
             )
-        rows = np.unique(np.linspace(0, n - 1, min(n, N_BACKGROUND)).astype(np.intp))
+        if getattr(self, "_background", None) is not None:
+            return self._background
+        rows = evenly_spaced(n, N_BACKGROUND)
+        columns = evenly_spaced(n, N_BACKGROUND_COLUMNS)
         if self.n_components_ is not None and not self.exact_ranking_:
             F = self.reference_features_
-            blocks = sketch_rows(F[rows], F)
+            blocks = sketch_rows(F[rows], F[columns])
         else:  # exact, as the neighbours' similarities are
-            blocks = self._cosine_rows(take(self.X_fit_, rows))
+            X = self.X_fit_
+            blocks = self._cosine_rows(take(X, rows), take(X, columns))
         values = []
         for block, k in blocks:
-            others = np.ones(k.shape, dtype=bool)
-            others[np.arange(k.shape[0]), rows[block]] = False
+            others = rows[block][:, None] != columns[None, :]
             values.append(k[others])
-        return np.sort(np.concatenate(values))
+        self._background = np.sort(np.concatenate(values))
+        return self._background
+
+
+def evenly_spaced(n: int, count: int) -> np.ndarray:
+    """Up to ``count`` distinct rows of ``n``, evenly spaced from first to last."""
+    return np.unique(np.linspace(0, n - 1, min(n, count)).astype(np.intp))

@@ -311,12 +311,13 @@ def test_bad_faiss_index_is_explained(data):
         ).fit(data[0])
 
 
-def expected_percentiles(K_ref, rows, similarities):
+def expected_percentiles(K_ref, rows, similarities, columns=None):
     """Percentage of similarities between distinct reference examples (those of
-    the reference ``rows`` to all others) below each similarity."""
-    others = np.ones(K_ref[rows].shape, dtype=bool)
-    others[np.arange(len(rows)), rows] = False
-    background = K_ref[rows][others]
+    the reference ``rows`` to the others among ``columns``, all for None) below
+    each similarity."""
+    columns = np.arange(len(K_ref)) if columns is None else columns
+    others = rows[:, None] != columns[None, :]
+    background = K_ref[np.ix_(rows, columns)][others]
     return np.array(
         [[100 * np.mean(background < s) for s in row] for row in similarities]
     )
@@ -341,7 +342,8 @@ def test_explain_places_similarities_among_the_networks_own(data):
     assert (why.percentiles > 50).all()  # nearest neighbours are unusually close
 
 
-def test_explain_subsamples_the_reference_pairs_and_follows_the_sketch():
+def test_explain_subsamples_the_reference_pairs_and_follows_the_sketch(monkeypatch):
+    monkeypatch.setattr(sksim.neighbors, "N_BACKGROUND_COLUMNS", 100)
     rng = np.random.default_rng(1)
     X_ref = rng.normal(size=(250, 3)).astype(np.float32)
     X_new = rng.normal(size=(5, 3)).astype(np.float32)
@@ -352,15 +354,22 @@ def test_explain_subsamples_the_reference_pairs_and_follows_the_sketch():
     assert why.indices.shape == (5, 2)
     F = search.reference_features_
     rows = np.unique(np.linspace(0, 249, 200).astype(np.intp))  # 200 evenly spaced
+    columns = np.unique(np.linspace(0, 249, 100).astype(np.intp))  # paired with 100
     np.testing.assert_allclose(
         why.percentiles,
-        expected_percentiles(F @ F.T, rows, why.similarities),
+        expected_percentiles(F @ F.T, rows, why.similarities, columns),
         atol=1e-9,
     )
+    background = search._background  # computed once per fit
+    search.explain(X_new[:2])
+    assert search._background is background
+    search.fit(X_ref[:100])
+    assert search._background is None
 
 
-def test_explain_of_an_exactly_ranked_search_places_exact_similarities():
+def test_explain_of_an_exactly_ranked_search_places_exact_similarities(monkeypatch):
     pytest.importorskip("faiss")
+    monkeypatch.setattr(sksim.neighbors, "N_BACKGROUND_COLUMNS", 100)
     rng = np.random.default_rng(2)
     X_ref = rng.normal(size=(250, 3)).astype(np.float32)
     X_new = rng.normal(size=(5, 3)).astype(np.float32)
@@ -376,9 +385,11 @@ def test_explain_of_an_exactly_ranked_search_places_exact_similarities():
         why.similarities, np.take_along_axis(K, why.indices, axis=1), atol=1e-6
     )
     rows = np.unique(np.linspace(0, 249, 200).astype(np.intp))  # 200 evenly spaced
+    columns = np.unique(np.linspace(0, 249, 100).astype(np.intp))
+    K_ref = network_similarity(net, X_ref)
     np.testing.assert_allclose(
         why.percentiles,
-        expected_percentiles(network_similarity(net, X_ref), rows, why.similarities),
+        expected_percentiles(K_ref, rows, why.similarities, columns),
         atol=1e-9,
     )
 

@@ -11,6 +11,7 @@ from sksim.neighbors import (
     AUTO_COMPONENTS,
     CANDIDATE_COMPONENTS,
     KEPT_MEMORY,
+    MAX_RANKING_BLOCKS,
     NetworkNeighbors,
 )
 
@@ -94,8 +95,9 @@ def test_sketches_that_rank_are_as_wide_as_memory_allows(
 ):
     X, X_new = data
     pieces = fit(X, 16)._reference_pieces
-    if search_components is not None:  # the Jacobians must not fit
-        max_memory = min(max_memory, 3 * sum(p.nbytes() for p in pieces) - 3)
+    if search_components is not None:  # the Jacobians must not fit in 8 blocks
+        total = sum(p.nbytes() for p in pieces)
+        max_memory = min(max_memory, 3 * total // (MAX_RANKING_BLOCKS + 1))
     auto = fit(X, "auto", search_components, max_memory=max_memory)
     assert not auto.exact_ranking_
     expected = widest(max_memory)

@@ -17,7 +17,7 @@ from sksim._reduced_search import (
     rank_candidates,
     sketch_similarity,
 )
-from sksim.neighbors import NetworkNeighbors
+from sksim.neighbors import MAX_RANKING_BLOCKS, NetworkNeighbors
 
 pytest.importorskip("faiss")
 
@@ -50,12 +50,25 @@ def candidates_of(reduced, X, n_candidates):
     return reduced._faiss_index.search(reduced._searched(F), n_candidates)[1]
 
 
+def pieces_bytes(net, X):
+    """Bytes of the whitened pieces of the reference ``X`` of ``net``."""
+    return sum(p.nbytes() for p in search(net, X, 4)._reference_pieces)
+
+
+@pytest.mark.parametrize("blocks", [1, 3])
 @pytest.mark.parametrize("query_reference", [False, True])
-def test_candidates_are_ranked_by_their_exact_similarities(data, query_reference):
+def test_candidates_are_ranked_by_their_exact_similarities(
+    data, query_reference, blocks
+):
     X_ref, X_new = data
     net = mlp(4, 3).double()
-    reduced = search(net, X_ref, 4)
+    # with 3 blocks, the reference's pieces are not kept: each block of queries
+    # meets its candidates in a pass over them
+    max_memory = int(np.ceil(3 * pieces_bytes(net, X_ref) / blocks)) + 3
+    reduced = search(net, X_ref, 4, max_memory=max_memory)
     assert reduced.exact_ranking_
+    assert (reduced._reference_pieces is None) == (blocks > 1)
+    assert len(reduced._blocks(len(X_ref))) == blocks
     X = None if query_reference else X_new
     sim, ind = reduced.most_similar(X)
     queries = X_ref if query_reference else X_new
@@ -87,18 +100,20 @@ def test_exact_ranking_finds_more_exact_neighbors_than_the_sketches(data):
     assert recall(reduced, exact) > recall(flat, exact) + 0.1
 
 
-def test_sketches_rank_the_candidates_when_the_jacobians_do_not_fit(data):
+def test_sketches_rank_the_candidates_past_eight_blocks_of_jacobians(data):
     X_ref, X_new = data
-    kept = search(mlp(4, 3), X_ref, 4)
-    nbytes = sum(p.nbytes() for p in kept._reference_pieces)
-    reduced = search(mlp(4, 3), X_ref, 4, max_memory=3 * nbytes - 3)
+    per_sample = pieces_bytes(mlp(4, 3), X_ref) / len(X_ref)
+    assert MAX_RANKING_BLOCKS == 8
+    # blocks of 38 rows: 8 of them; of 37 rows: 9
+    streamed = search(mlp(4, 3), X_ref, 4, max_memory=int(3 * 38 * per_sample) + 3)
+    assert streamed.exact_ranking_ and len(streamed._blocks(300)) == 8
+    reduced = search(mlp(4, 3), X_ref, 4, max_memory=int(3 * 37 * per_sample) + 3)
     assert not reduced.exact_ranking_ and reduced._reference_pieces is None
     sim, ind = reduced.most_similar(X_new)
     F = reduced._sketch(X_new)
     whole = np.einsum("qw,qkw->qk", F, reduced.reference_features_[ind])
     np.testing.assert_allclose(sim, whole, atol=1e-6)
     assert (np.diff(sim, axis=1) <= 0).all()
-    assert search(mlp(4, 3), X_ref, 4, max_memory=3 * nbytes).exact_ranking_
 
 
 @pytest.mark.parametrize("search_components", [4, None])

@@ -295,8 +295,9 @@ def sketched_search(fold: _Fold) -> dict[str, Any]:
 
     FAISS searches the sketches' :data:`SEARCH_COMPONENTS` leading principal
     components for candidates (when the training fold is larger), ranked by
-    their exact similarities, or by the whole sketches when the network's
-    Jacobians do not fit in memory. The sketch size is chosen in ``fit``
+    their exact similarities (recomputed for the candidates in up to 8
+    blocks when the network's Jacobians do not fit in memory; by the whole
+    sketches past that). The sketch size is chosen in ``fit``
     (``n_components="auto"``): enough to choose candidates, or as wide as
     memory allows when the sketches rank them. Without faiss, the sketches
     of :func:`sketch_components` are searched exactly, one output per class
