@@ -818,7 +818,8 @@ class NetworkNeighbors(NetworkEstimator):
         network. Cosine similarities of one network are often compressed (all
         pairs above 0.9, say), so a raw value says little; the percentile
         places it among the similarities between reference examples (those
-        of up to 200 evenly spaced reference examples to all the others).
+        of up to 200 evenly spaced reference examples to up to 5 000 evenly
+        spaced others, computed once per fit).
 
         Parameters
         ----------
