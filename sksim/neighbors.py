@@ -456,8 +456,11 @@ class NetworkNeighbors(NetworkEstimator):
         return whitened_bytes(engine, X, self.rtol)
 
     def _blocks(self, n: int) -> list[slice]:
-        """Blocks of ``n`` rows whose whitened pieces take :data:`KEPT_MEMORY`
-        of ``max_memory`` each."""
+        """Blocks of ``n`` rows whose whitened pieces fit a third of ``max_memory``.
+
+        Each block's take :data:`KEPT_MEMORY` of it at most; a single block
+        when those of all ``n`` rows fit.
+        """
         budget = KEPT_MEMORY * self._engine.max_memory
         step = int(min(n, max(1, budget // self._piece_bytes)))
         return [slice(i, min(i + step, n)) for i in range(0, n, step)]
@@ -472,8 +475,7 @@ class NetworkNeighbors(NetworkEstimator):
         return 4 * n_values * len(self._engines())  # checkpoints side by side
 
     def _sketches_fit(self, X) -> bool:
-        """Whether the reference's whole sketches take at most
-        :data:`KEPT_MEMORY` of ``max_memory``."""
+        """Whether the reference's whole sketches fit a third of ``max_memory``."""
         budget = KEPT_MEMORY * self._engine.max_memory
         return self._sketch_bytes(X, self.n_components_) <= budget
 
@@ -620,8 +622,7 @@ class NetworkNeighbors(NetworkEstimator):
         return self.search_directions_ if self.exact_ranking_ else None
 
     def _cosine_rows(self, X=None, Y=None):
-        """Exact rows ``k^C(X, Y)``: ``Y`` is ``X_fit_`` for None, ``X`` is
-        ``Y`` itself for None."""
+        """Exact rows ``k^C(X, Y)``; ``Y=None`` is ``X_fit_``, ``X=None`` is ``Y``."""
         Y = self.X_fit_ if Y is None else Y
         return weighted_rows(
             self._engines(),

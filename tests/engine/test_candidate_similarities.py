@@ -6,9 +6,9 @@ from _architectures import LAYER_CASES, layer_case, oracle_jacobians, oracle_ker
 
 from sksim._engine import capture
 from sksim._engine import pieces as pieces_module
+from sksim._engine import rows as rows_module
 from sksim._engine.jacobian import JacobianEngine
 from sksim._engine.pieces import KeptPieces
-from sksim._engine import rows as rows_module
 from sksim._engine.rows import candidate_similarities, streamed_similarities
 
 
