@@ -31,7 +31,7 @@ from sksim import (
 from sksim._engine import gram
 from sksim._engine.jacobian import JacobianEngine
 from sksim._engine.pieces import KeptPieces
-from sksim._engine.rows import candidate_similarities
+from sksim._engine.rows import candidate_similarities, streamed_similarities
 from sksim.representations import extract_representations
 
 pytestmark = pytest.mark.skipif(
@@ -101,12 +101,13 @@ def test_cuda_exact_ranking_of_candidates_matches_the_oracle(case):
         kept(rows, pieces)
     rng = np.random.default_rng(0)
     columns = np.sort([rng.choice(len(X), 5, replace=False) for _ in range(4)], axis=1)
-    found = candidate_similarities(
-        [p.take(slice(0, 4)) for p in kept.pieces], kept.pieces, columns
-    )
-    np.testing.assert_allclose(
-        found, np.take_along_axis(K[:4], columns, 1), rtol=1e-5, atol=1e-7
-    )
+    queries = [p.take(slice(0, 4)) for p in kept.pieces]
+    expected = np.take_along_axis(K[:4], columns, 1)
+    found = candidate_similarities(queries, kept.pieces, columns)
+    np.testing.assert_allclose(found, expected, rtol=1e-5, atol=1e-7)
+    # the reference's pieces not kept: computed again for the candidates
+    found = streamed_similarities(engine, X, queries, columns, 1e-5)
+    np.testing.assert_allclose(found, expected, rtol=1e-5, atol=1e-7)
 
 
 @pytest.fixture(scope="module")
