@@ -684,11 +684,12 @@ class NetworkNeighbors(NetworkEstimator):
                 "neighbours for some queries: search more of it (index_params, "
                 'e.g. "nprobe=32" or "efSearch=128") or use index="Flat".'
             )
-        if self.search_directions_ is not None:
-            candidates = np.sort(indices, axis=1)
-            similarity = self._candidate_similarity(F, pieces, candidates)
+        if self.search_directions_ is not None:  # only the candidates count
+            del similarities
+            indices.sort(axis=1)
+            similarity = self._candidate_similarity(F, pieces, indices)
             order = locality_order(G, self.projection_seed_)
-            similarities, indices = rank_candidates(similarity, candidates, k, order)
+            similarities, indices = rank_candidates(similarity, indices, k, order)
         if own is not None:  # drop each sample itself (wherever ties placed it)
             is_own = indices == own[:, None]
             is_own[is_own.sum(1) == 0, -1] = True

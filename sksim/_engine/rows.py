@@ -166,23 +166,31 @@ def streamed_similarities(
     and each batch meets the queries ``left`` of which it is a candidate.
     """
     n, c = columns.shape
-    needed, positions = np.unique(columns, return_inverse=True)
-    positions = positions.reshape(-1)  # increasing within a row, as columns
-    by_position = np.argsort(positions, kind="stable")
-    sorted_positions = positions[by_position]
+    flat = columns.reshape(-1)
+    by_column = np.argsort(flat, kind="stable")  # pairs grouped by reference row
+    sorted_columns = flat[by_column]
+    first = np.empty(len(flat), dtype=bool)  # each reference row's first pair
+    first[:1] = True
+    np.not_equal(sorted_columns[1:], sorted_columns[:-1], out=first[1:])
+    needed = sorted_columns[first]
+    del sorted_columns
+    positions = np.cumsum(first, dtype=np.int64)  # rows of needed, by column
+    positions -= 1
+    del first
     out = np.empty(n * c, dtype=np.float32)
     device = left[0].signal.device
     for start in range(0, len(needed), TAKE_ROWS):
         chunk = take(Y, needed[start : start + TAKE_ROWS])
         for rows, pieces, _ in engine.mapped_pieces(chunk, -0.5, rtol):
-            first, stop = start + rows.start, start + rows.stop
-            lo, hi = np.searchsorted(sorted_positions, [first, stop])
-            pairs = np.sort(by_position[lo:hi])  # compressed-row order
+            low, high = start + rows.start, start + rows.stop
+            lo, hi = np.searchsorted(positions, [low, high])
+            order = np.argsort(by_column[lo:hi])  # compressed-row order
+            pairs = by_column[lo:hi][order]
             out[pairs] = pair_similarities(
                 left,
                 pieces,
                 torch.as_tensor(pairs // c, device=device),
-                torch.as_tensor(positions[pairs] - first, device=device),
+                torch.as_tensor(positions[lo:hi][order] - low, device=device),
             )
     return out.reshape(n, c)
 
