@@ -432,8 +432,13 @@ class NetworkNeighbors(NetworkEstimator):
             return None
         ((_, engine),) = engines
         return ExactNeighbors(
-            engine, X_val, self.n_neighbors, self.rtol, KEPT_MEMORY * engine.max_memory
+            engine, X_val, self.n_neighbors, self.rtol, self._kept_bytes
         )
+
+    @property
+    def _kept_bytes(self) -> float:
+        """Bytes one kept side may take: :data:`KEPT_MEMORY` of ``max_memory``."""
+        return KEPT_MEMORY * self._engine.max_memory
 
     def _measured_piece_bytes(self, X) -> float | None:
         """Bytes of one reference example's whitened pieces, for an exact ranking.
@@ -461,8 +466,7 @@ class NetworkNeighbors(NetworkEstimator):
         Each block's take :data:`KEPT_MEMORY` of it at most; a single block
         when those of all ``n`` rows fit.
         """
-        budget = KEPT_MEMORY * self._engine.max_memory
-        step = int(min(n, max(1, budget // self._piece_bytes)))
+        step = int(min(n, max(1, self._kept_bytes // self._piece_bytes)))
         return [slice(i, min(i + step, n)) for i in range(0, n, step)]
 
     def _pieces_fit(self) -> bool:
@@ -476,8 +480,7 @@ class NetworkNeighbors(NetworkEstimator):
 
     def _sketches_fit(self, X) -> bool:
         """Whether the reference's whole sketches fit a third of ``max_memory``."""
-        budget = KEPT_MEMORY * self._engine.max_memory
-        return self._sketch_bytes(X, self.n_components_) <= budget
+        return self._sketch_bytes(X, self.n_components_) <= self._kept_bytes
 
     def _sketch_width(self, X) -> int | None:
         """``n_components``, ``"auto"`` resolved for the reference ``X``.
@@ -491,7 +494,7 @@ class NetworkNeighbors(NetworkEstimator):
             return self.n_components
         if self.exact_ranking_:
             return CANDIDATE_COMPONENTS
-        budget = KEPT_MEMORY * self._engine.max_memory
+        budget = self._kept_bytes
         fitting = [w for w in AUTO_COMPONENTS if self._sketch_bytes(X, w) <= budget]
         return fitting[0] if fitting else AUTO_COMPONENTS[-1]
 
@@ -564,8 +567,7 @@ class NetworkNeighbors(NetworkEstimator):
         if self.exact_ranking_:
             per_sample += self._piece_bytes
         n = n_samples(X)
-        budget = KEPT_MEMORY * self._engine.max_memory
-        step = int(min(n, max(1, budget / per_sample)))
+        step = int(min(n, max(1, self._kept_bytes / per_sample)))
         parts = []
         for start in range(0, n, step):
             chunk = take(X, slice(start, min(start + step, n)))
