@@ -690,7 +690,9 @@ class NetworkNeighbors(NetworkEstimator):
             del similarities
             indices.sort(axis=1)
             similarity = self._candidate_similarity(F, pieces, indices)
-            order = locality_order(G, self.projection_seed_)
+            # streamed similarities are all computed already: no order speeds them
+            streamed = pieces is not None and self._kept_reference_pieces() is None
+            order = None if streamed else locality_order(G, self.projection_seed_)
             similarities, indices = rank_candidates(similarity, indices, k, order)
         if own is not None:  # drop each sample itself (wherever ties placed it)
             is_own = indices == own[:, None]

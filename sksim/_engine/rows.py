@@ -125,10 +125,15 @@ class ExactNeighbors:
         self.indices[block] = np.take_along_axis(columns, order, axis=1)
 
 
-def whitened_bytes(engine: JacobianEngine, X, rtol: float) -> float:
-    """Bytes of one sample's whitened pieces, measured on the first batch of ``X``."""
-    rows, pieces, _ = next(engine.mapped_pieces(X, -0.5, rtol, progress=False))
-    return nbytes_of(pieces) / (rows.stop - rows.start)
+def whitened_bytes(engine: JacobianEngine, X, rtol: float) -> int:
+    """Bytes of one sample's whitened pieces, measured on the first sample of ``X``.
+
+    The pieces' shapes, not their values, set their size: one sample measures
+    it for all of a fixed-size input, without a batch's pass.
+    """
+    first = take(X, slice(0, 1))
+    _, pieces, _ = next(engine.mapped_pieces(first, -0.5, rtol, progress=False))
+    return nbytes_of(pieces)
 
 
 def candidate_similarities(left: list, right: list, columns: np.ndarray) -> np.ndarray:
