@@ -554,6 +554,37 @@ def layer_case(name):
     return module, X
 
 
+def family_case(name, n):
+    """A float64 network of one architecture family, in eval mode, and ``n`` inputs.
+
+    Families: ``mlp`` (one output), ``mlp_d3``, ``cnn_batchnorm`` (running
+    statistics set), ``residual``, ``tokens``, ``bert``, ``gru``, ``lstm``,
+    ``shared_tables`` and ``sequence_first_<T>`` (sequences of length ``T``).
+    """
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    x = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    ids = lambda high, length: torch.randint(0, high, (n, length), generator=g)  # noqa: E731
+    if name in ("mlp", "mlp_d3"):
+        return MLP(n_out=1 if name == "mlp" else 3).double(), x(n, 5)
+    if name == "cnn_batchnorm":
+        X = x(n, 1, 8, 8)
+        return trained_batchnorm(SmallCNN().double(), X * 2 + 1), X
+    if name == "residual":
+        return ResidualNet().double(), x(n, 2, 9)
+    if name == "tokens":
+        return TokenModel().double(), ids(11, 5)
+    if name == "bert":
+        return BertLogits().double().eval(), ids(60, 9)
+    if name in ("gru", "lstm"):
+        return RecurrentClassifier(name).double(), ids(20, 7)
+    if name == "shared_tables":
+        return SharedTables().double(), ids(11, 5)
+    if name.startswith("sequence_first"):
+        return SequenceFirst().double(), ids(11, int(name[-1]))
+    raise ValueError(name)
+
+
 # -- helpers and the brute-force oracle ------------------------------------------------
 
 

@@ -9,14 +9,10 @@ import numpy as np
 import pytest
 import torch
 from _architectures import (
-    MLP,
-    ResidualNet,
-    SmallCNN,
-    TokenModel,
+    family_case,
     make_digits_net,
     oracle_jacobians,
     oracle_kernel,
-    trained_batchnorm,
 )
 
 from sksim import (
@@ -40,17 +36,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def _case(name):
-    g = torch.Generator().manual_seed(0)
-    torch.manual_seed(0)
-    x = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
-    if name == "mlp_d3":
-        return MLP(n_out=3).double(), x(9, 5)
-    if name == "cnn_batchnorm":
-        X = x(8, 1, 8, 8)
-        return trained_batchnorm(SmallCNN().double(), X * 2 + 1), X
-    if name == "residual":
-        return ResidualNet().double(), x(8, 2, 9)
-    return TokenModel().double(), torch.randint(0, 11, (8, 5), generator=g)
+    return family_case(name, 9 if name == "mlp_d3" else 8)
 
 
 @pytest.mark.parametrize("kind", ["cosine", "ntk", "influence"])

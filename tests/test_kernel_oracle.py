@@ -4,15 +4,8 @@ import numpy as np
 import pytest
 import torch
 from _architectures import (
-    MLP,
-    BertLogits,
-    RecurrentClassifier,
-    ResidualNet,
     ResNet18Logits,
-    SequenceFirst,
-    SharedTables,
-    SmallCNN,
-    TokenModel,
+    family_case,
     oracle_jacobians,
     oracle_kernel,
     trained_batchnorm,
@@ -22,36 +15,7 @@ from sksim import network_similarity
 
 
 def _case(name):
-    g = torch.Generator().manual_seed(0)
-    torch.manual_seed(0)
-    if name == "mlp":
-        return MLP(n_out=1).double(), torch.randn(
-            7, 5, generator=g, dtype=torch.float64
-        )
-    if name == "mlp_d3":
-        return MLP(n_out=3).double(), torch.randn(
-            7, 5, generator=g, dtype=torch.float64
-        )
-    if name == "cnn_batchnorm":
-        X = torch.randn(6, 1, 8, 8, generator=g, dtype=torch.float64)
-        return trained_batchnorm(SmallCNN().double(), X * 2 + 1), X
-    if name == "residual":
-        return ResidualNet().double(), torch.randn(
-            6, 2, 9, generator=g, dtype=torch.float64
-        )
-    if name == "tokens":
-        return TokenModel().double(), torch.randint(0, 11, (6, 5), generator=g)
-    if name == "bert":
-        return BertLogits().double().eval(), torch.randint(0, 60, (5, 9), generator=g)
-    if name in ("gru", "lstm"):
-        module = RecurrentClassifier(name).double()
-        return module, torch.randint(0, 20, (6, 7), generator=g)
-    if name == "shared_tables":
-        return SharedTables().double(), torch.randint(0, 11, (6, 5), generator=g)
-    if name.startswith("sequence_first"):  # sequence length 3 equals a batch size
-        length = int(name[-1])
-        return SequenceFirst().double(), torch.randint(0, 11, (6, length), generator=g)
-    raise ValueError(name)
+    return family_case(name, {"mlp": 7, "mlp_d3": 7, "bert": 5}.get(name, 6))
 
 
 CASES = [
@@ -64,7 +28,7 @@ CASES = [
     "shared_tables",
     "gru",
     "lstm",
-    "sequence_first_3",
+    "sequence_first_3",  # sequences as long as a batch (3): axes ambiguous
     "sequence_first_4",
 ]
 
