@@ -5,7 +5,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from _architectures import mlp, oracle_jacobians, oracle_kernel
+from _architectures import family_case, mlp, oracle_jacobians, oracle_kernel
 from sklearn.utils._param_validation import InvalidParameterError
 
 from sksim import LabelIssueDetector, _reduced_search
@@ -85,6 +85,34 @@ def test_candidates_are_ranked_by_their_exact_similarities(
         np.testing.assert_allclose(sim[q], K[q, expected], rtol=1e-6)  # float32
     if query_reference:
         assert not (ind == np.arange(len(X_ref))[:, None]).any()
+
+
+@pytest.mark.parametrize("blocks", [1, 3])
+@pytest.mark.parametrize("family", ["cnn_batchnorm", "residual", "bert", "gru"])
+def test_every_family_ranks_its_candidates_by_exact_similarities(family, blocks):
+    module, X = family_case(family, 14)
+    X_ref, X_new = X[:10].numpy(), X[10:].numpy()
+    kwargs = dict(n_components=8, search_components=2, n_neighbors=2, batch_size=3)
+    kept = NetworkNeighbors(module, algorithm="faiss", **kwargs).fit(X_ref)
+    per_sample = sum(p.nbytes() for p in kept._reference_pieces) / len(X_ref)
+    # blocks of 4, 4 and 2 rows: the reference's pieces are computed again
+    max_memory = int(3 * 4 * per_sample) + 3 if blocks == 3 else kept.max_memory
+    reduced = NetworkNeighbors(
+        module, algorithm="faiss", max_memory=max_memory, **kwargs
+    ).fit(X_ref)
+    assert reduced.exact_ranking_ and len(reduced._blocks(10)) == blocks
+    # 16 candidates per neighbour: every reference example is one of them
+    J = oracle_jacobians(module, X)
+    K = oracle_kernel(J, J[:10], "cosine")
+    for X_query, own, K_query in [(X_new, None, K[10:]), (None, True, K[:10])]:
+        if own:
+            np.fill_diagonal(K_query, -np.inf)
+        sim, ind = reduced.most_similar(X_query)
+        expected = np.argsort(-K_query, axis=1, kind="stable")[:, :2]
+        np.testing.assert_array_equal(ind, expected)
+        np.testing.assert_allclose(
+            sim, np.take_along_axis(K_query, ind, 1), rtol=1e-5, atol=1e-6
+        )
 
 
 def test_exact_ranking_finds_more_exact_neighbors_than_the_sketches(data):

@@ -46,6 +46,37 @@ def test_sketch_is_unbiased(kind):
     assert spread.max() > 1e-4  # the sketch really is random
 
 
+class MeanEmbedding(torch.nn.Module):
+    """The mean of a sequence's token embeddings: one Embedding piece, 3 x 20."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(20, 3)
+
+    def forward(self, tokens):
+        return self.emb(tokens).mean(dim=1)
+
+
+@pytest.mark.parametrize("n_components", [20, 40, 60])
+def test_sketch_of_embeddings(n_components):
+    """TensorSketch (20 of 60 values), subspace projection (40) and exact (60)."""
+    torch.manual_seed(0)
+    module = MeanEmbedding().double()
+    tokens = np.random.RandomState(0).randint(0, 20, size=(6, 5))
+    tokens[0, :3] = 7  # a token repeated in a sequence
+    exact = network_similarity(module, tokens)
+    draws = [
+        network_similarity(module, tokens, n_components=n_components, random_state=s)
+        for s in range(60)
+    ]
+    if n_components == 60:
+        np.testing.assert_allclose(draws[0], exact, rtol=1e-6, atol=1e-7)  # float32
+        return
+    spread = np.std(draws, axis=0) / np.sqrt(len(draws))
+    assert np.all(np.abs(np.mean(draws, axis=0) - exact) < 5 * spread + 1e-6)
+    assert spread.max() > 1e-4  # the sketch really is random
+
+
 def test_sketch_of_convolutions_and_full_blocks():
     torch.manual_seed(0)
     module = SmallCNN().eval()

@@ -166,6 +166,13 @@ class SharedWeightPiece:
             return self.h
         return torch.cat([self.h, self.h.new_ones(*self.h.shape[:2], 1)], dim=2)
 
+    @property
+    def dense_inputs(self) -> torch.Tensor:
+        """``inputs``, token ids as one-hot vectors of ``n_tokens``, ``(b, T, a)``."""
+        if not self.tokens:
+            return self.inputs
+        return torch.nn.functional.one_hot(self.h, self.n_tokens).to(self.delta)
+
     def transform(self, W: torch.Tensor) -> SharedWeightPiece:
         delta = (W @ self.delta.flatten(2)).reshape(self.delta.shape)
         return SharedWeightPiece(self.h, delta, self.n_tokens, self.bias)

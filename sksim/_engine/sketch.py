@@ -12,7 +12,9 @@ Each piece's gradient is sketched without forming the ``N x p`` matrix:
 * a shared weight gradient ``sum_u delta(u) h(u)^T`` by a TensorSketch (Pham and
   Pagh, 2013): the circular convolution of CountSketches of ``delta(u)`` and
   ``h(u)``, computed with FFTs and summed over positions, which is the
-  CountSketch of the outer product under a hash built from the two.
+  CountSketch of the outer product under a hash built from the two; an
+  Embedding's token ids stand for one-hot inputs ``h(u)``, whose CountSketch
+  is one signed bucket.
 
 The sketches preserve inner products in expectation, with variance of order
 ``(|g|^2 |g'|^2 + (g . g')^2) / k_l`` (times ``1 - k_l / q`` for the subspace
@@ -72,6 +74,11 @@ class CountSketch:
         out = v.new_zeros(*v.shape[:-1], self.k)
         return out.index_add_(-1, self.bucket, v * self.sign)
 
+    def one_hot(self, ids: torch.Tensor) -> torch.Tensor:
+        """Sketch the one-hot vectors of the integer ``ids``, ``(*ids.shape, k)``."""
+        out = self.sign.new_zeros(*ids.shape, self.k)
+        return out.scatter_(-1, self.bucket[ids, None], self.sign[ids, None])
+
 
 class SubspaceProjection:
     """Projection onto a random ``k``-dimensional subspace of ``R^q``, unbiased."""
@@ -103,11 +110,6 @@ class GradientSketch:
         self._maps = None
 
     def _build(self, pieces: list) -> None:
-        if any(isinstance(p, SharedWeightPiece) and p.tokens for p in pieces):
-            raise ValueError(
-                "Random projections of Embedding gradients are not supported: "
-                "exclude the embedding with params= or use n_components=None."
-            )
         generator = torch.Generator().manual_seed(self.seed)
         sizes = [_size(p) for p in pieces]
         exact = self.n_components is None
@@ -139,17 +141,21 @@ class GradientSketch:
         parts = []
         for piece, sketch in zip(pieces, self._maps, strict=True):
             if isinstance(piece, SharedWeightPiece) and not isinstance(sketch, tuple):
-                grad = torch.einsum("bctO,bta->bcOa", piece.delta, piece.inputs)
+                grad = torch.einsum("bctO,bta->bcOa", piece.delta, piece.dense_inputs)
                 piece = DensePiece(grad.reshape(grad.shape[0], grad.shape[1], -1))
             if isinstance(piece, DensePiece):
                 parts.append(piece.grad if sketch is None else sketch(piece.grad))
             else:
                 sketch_delta, sketch_h = sketch
                 k = sketch_delta.k
+                if piece.tokens:
+                    h = sketch_h.one_hot(piece.h)
+                else:
+                    h = sketch_h(piece.inputs)
                 spectrum = torch.einsum(
                     "bctf,btf->bcf",
                     torch.fft.rfft(sketch_delta(piece.delta), dim=-1),
-                    torch.fft.rfft(sketch_h(piece.inputs), dim=-1),
+                    torch.fft.rfft(h, dim=-1),
                 )
                 parts.append(torch.fft.irfft(spectrum, n=k, dim=-1))
         return torch.cat(parts, dim=2)

@@ -99,3 +99,40 @@ def test_transformers_nets_audited_prefit(case):
     assert len(classes) > 0
     assert np.isfinite(classes["train_mean_log_density"]).all()
     assert result.failed == {} and result.skipped == {}
+
+
+@pytest.mark.parametrize("case", [resnet_case, bert_case], ids=["resnet18", "bert"])
+def test_transformers_nets_searched_past_the_scale_threshold(case):
+    """FAISS over gradient sketches, the candidates ranked exactly.
+
+    Sixteen candidates per neighbour make every training example one of them:
+    the search must find the exact neighbours.
+    """
+    module, X = case()
+    y = np.random.RandomState(1).randint(N_CLASSES, size=len(X))
+    X_train, X_test = X[:N_TRAIN], X[N_TRAIN:]
+    result = audit(
+        module,
+        X_train,
+        y[:N_TRAIN],
+        cv="prefit",
+        X_test=X_test,
+        y_test=y[N_TRAIN:],
+        analyses=("neighbors", "label_issues"),
+        n_neighbors=3,
+        scale_threshold=1,
+        options=dict(neighbors=dict(n_components=16, search_components=4)),
+        random_state=0,
+        errors="raise",
+    )
+    assert result.metadata["methods"]["neighbors"].startswith("FAISS search")
+    assert "FAISS search" in result.metadata["methods"]["label_issues"]
+    similarities, rows = (
+        NetworkNeighbors(module, n_neighbors=3).fit(X_train).most_similar(X_test)
+    )
+    neighbors = result["neighbors"]
+    np.testing.assert_array_equal(neighbors["train_index"], rows.ravel())
+    np.testing.assert_allclose(
+        neighbors["similarity"], similarities.ravel(), rtol=1e-4, atol=1e-5
+    )
+    assert len(result["label_issues"]) == N_TRAIN
