@@ -69,8 +69,9 @@ def test_cuda_tensors_stay_on_the_gpu_and_give_the_oracle():
         network_similarity(on_gpu, X_gpu)
 
 
-def test_cuda_sketch_equals_the_cpu_sketch():
-    module, X = _case("residual")
+@pytest.mark.parametrize("case", ["residual", "tokens"])
+def test_cuda_sketch_equals_the_cpu_sketch(case):
+    module, X = _case(case)
     kwargs = dict(n_components=64, random_state=3, batch_size=3)
     cpu = gradient_features(module, X, device="cpu", **kwargs)
     gpu = gradient_features(module, X, device="cuda", **kwargs)
