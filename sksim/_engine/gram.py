@@ -128,11 +128,12 @@ class GramReference:
         b, d = len(left[0]), self.n_outputs
         shape = (b, self.n_samples, d, d) if self.full else (b, self.n_samples)
         out = np.empty(shape)
-        for cols, right in self._reference_blocks():
-            copy_to_host(out[:, cols], _pair(left, right, self.full).double())
+        for cols, right in self._reference_blocks():  # widened to float64 as copied
+            copy_to_host(out[:, cols], _pair(left, right, self.full))
         if self.full:
             return out.transpose(0, 1, 3, 2) if self.kind == "influence" else out
-        return out / d
+        out /= d
+        return out
 
     def rows(self, X) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
         """Yield ``(rows, B, G)`` for blocks of queries of ``X``.

@@ -43,9 +43,17 @@ def top_k(k: np.ndarray, n_neighbors: int) -> tuple[np.ndarray, np.ndarray]:
 
     Ties are broken by the smaller column index, as a stable sort would.
     """
-    if n_neighbors < k.shape[1]:
-        part = np.argpartition(-k, n_neighbors - 1, axis=1)[:, :n_neighbors]
+    if n_neighbors < k.shape[1]:  # torch's selection: ~15 times numpy's argpartition
+        found = torch.topk(torch.from_numpy(k), n_neighbors, dim=1, sorted=False)
+        part = found.indices.numpy()
         part.sort(axis=1)
+        # rows with more entries equal to their last one kept than were kept:
+        # those kept are the first ones, as with a stable sort
+        kept = np.take_along_axis(k, part, axis=1)
+        last = kept.min(axis=1, keepdims=True)
+        tied = np.flatnonzero((k == last).sum(1) > (kept == last).sum(1))
+        stable = np.argsort(-k[tied], axis=1, kind="stable")[:, :n_neighbors]
+        part[tied] = np.sort(stable, axis=1)
     else:
         part = np.broadcast_to(np.arange(k.shape[1]), k.shape).copy()
     values = np.take_along_axis(k, part, axis=1)
