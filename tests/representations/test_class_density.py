@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from joblib import parallel_config
 from scipy.special import logsumexp
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from sksim.representations import (
@@ -177,6 +178,20 @@ def test_n_jobs_gives_the_same_fit(fitted):
             Z, y
         )
     np.testing.assert_allclose(par.train_log_density_, ccd.train_log_density_)
+
+
+@pytest.mark.parametrize("n_jobs", [None, 2])
+def test_warnings_of_the_class_fits_reach_the_caller(fitted, n_jobs):
+    """Also from worker processes, which would only print them."""
+    Z, y, _ = fitted
+    one_step = DirichletProcessGaussianMixture(backend="variational", max_iter=1)
+    density = ClassConditionalDensity(
+        3, mixture=one_step, random_state=0, n_jobs=n_jobs
+    )
+    with pytest.warns(ConvergenceWarning) as caught:
+        density.fit(Z, y)
+    converged = [w for w in caught if issubclass(w.category, ConvergenceWarning)]
+    assert len(converged) == 3  # one per class
 
 
 @parametrize_with_checks(
