@@ -47,8 +47,8 @@ def top_k(k: np.ndarray, n_neighbors: int) -> tuple[np.ndarray, np.ndarray]:
         found = torch.topk(torch.from_numpy(k), n_neighbors, dim=1, sorted=False)
         part = found.indices.numpy()
         part.sort(axis=1)
-        # rows with more entries equal to their last one kept than were kept:
-        # those kept are the first ones, as with a stable sort
+        # where entries equal to the k-th largest were left out, keep the first
+        # ones, as a stable sort would
         kept = np.take_along_axis(k, part, axis=1)
         last = kept.min(axis=1, keepdims=True)
         tied = np.flatnonzero((k == last).sum(1) > (kept == last).sum(1))
