@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from .pieces import DensePiece, SharedWeightPiece
+from .pieces import DensePiece, SharedWeightPiece, materialize
 
 MAX_ORTHOGONAL = 2**24  # entries of a q x k subspace projection worth building
 
@@ -141,8 +141,7 @@ class GradientSketch:
         parts = []
         for piece, sketch in zip(pieces, self._maps, strict=True):
             if isinstance(piece, SharedWeightPiece) and not isinstance(sketch, tuple):
-                grad = torch.einsum("bctO,bta->bcOa", piece.delta, piece.dense_inputs)
-                piece = DensePiece(grad.reshape(grad.shape[0], grad.shape[1], -1))
+                piece = materialize(piece.dense_inputs, piece.delta)
             if isinstance(piece, DensePiece):
                 parts.append(piece.grad if sketch is None else sketch(piece.grad))
             else:
