@@ -395,7 +395,7 @@ class NetworkNeighbors(NetworkEstimator):
         kept = None
         if self.exact_ranking_ and self._pieces_fit():
             kept = KeptPieces(self.n_samples_fit_, float("inf"))
-        if self.exact_ranking_ and not self._sketches_fit(X):
+        if self.exact_ranking_:
             # only the projections are ever held, on directions fitted first
             self.search_directions_ = self._search_directions(X)
             self.reference_features_ = self._sketch(
@@ -406,8 +406,6 @@ class NetworkNeighbors(NetworkEstimator):
             self.search_directions_ = None
             if self.algorithm == "faiss":
                 self.search_directions_ = self._search_directions(X, F)
-            if self.exact_ranking_:
-                F = F @ self.search_directions_
             self.reference_features_ = F
         if exact is not None:
             exact.finish(X)
@@ -477,10 +475,6 @@ class NetworkNeighbors(NetworkEstimator):
         """Bytes of the reference's float32 sketches of ``width`` per output."""
         n_values = self.n_samples_fit_ * self._engine.n_outputs(X) * width
         return 4 * n_values * len(self._engines())  # checkpoints side by side
-
-    def _sketches_fit(self, X) -> bool:
-        """Whether the reference's whole sketches fit a third of ``max_memory``."""
-        return self._sketch_bytes(X, self.n_components_) <= self._kept_bytes
 
     def _sketch_width(self, X) -> int | None:
         """``n_components``, ``"auto"`` resolved for the reference ``X``.
