@@ -62,10 +62,12 @@ def test_transform_before_fit(module):
         NetworkSimilarityKernel(module).transform(X)
 
 
-def test_softmax_output_warns_singular_gram(module):
+@pytest.mark.parametrize("n_jobs", [None, 2])
+def test_softmax_output_warns_singular_gram(module, n_jobs):
+    """Also from the worker processes of ``n_jobs``, which would only print it."""
     probabilities = torch.nn.Sequential(module, torch.nn.Softmax(dim=1))
     with pytest.warns(SingularJacobianGramWarning, match="Softmax or log-softmax"):
-        K = network_similarity(probabilities, X)
+        K = network_similarity(probabilities, X, n_jobs=n_jobs)
     assert np.all(np.isfinite(K))
 
 

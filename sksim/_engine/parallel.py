@@ -19,6 +19,7 @@ import numpy as np
 from .gram import GramReference
 from .inputs import n_samples, take
 from .jacobian import JacobianEngine
+from .worker_warnings import recording_warnings, warn_again
 
 DEFAULT_TILE = 1024
 # Times the tiles still missing are submitted again after a lost worker.
@@ -27,9 +28,9 @@ LOST_WORKER_RETRIES = 2
 Tile = tuple[int, int, int, int]  # first and last + 1 row, first and last + 1 column
 
 
-def _tile(function: Callable, where: Hashable, *args) -> tuple[Hashable, object]:
-    """``where`` and ``function(*args)``, computed wherever joblib sends it."""
-    return where, function(*args)
+def _tile(function: Callable, where: Hashable, *args) -> tuple[Hashable, object, list]:
+    """``where``, ``function(*args)`` and its warnings, wherever joblib sends it."""
+    return where, *recording_warnings(function, *args)
 
 
 def _block(engine: JacobianEngine, X, Y, kind: str, full: bool, rtol: float):
@@ -84,7 +85,8 @@ def run_tiles(
     """``place(tile, function(*arguments(tile)))`` for every tile, through joblib.
 
     The tiles run as ``joblib.Parallel(n_jobs)`` tasks and each result is placed
-    as soon as it arrives, in any order. Tiles lost with a ``dask.distributed``
+    as soon as it arrives, in any order, its warnings raised again here (a
+    worker process only prints them). Tiles lost with a ``dask.distributed``
     worker are submitted again, up to ``LOST_WORKER_RETRIES`` times.
     """
     from joblib import Parallel, delayed
@@ -94,9 +96,10 @@ def run_tiles(
         done = set()
         parallel = Parallel(n_jobs=n_jobs, return_as="generator_unordered")
         try:
-            for where, result in parallel(
+            for where, result, raised in parallel(
                 delayed(_tile)(function, where, *arguments(where)) for where in missing
             ):
+                warn_again(raised)
                 place(where, result)
                 done.add(where)
             return

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numbers
-import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -16,6 +15,7 @@ from sklearn.utils import Bunch, check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from .._engine.worker_warnings import recording_warnings, warn_again
 from .._typing import Self
 from ._logdensity import diagonal_gaussian_logpdf
 from .dpmixture import DirichletProcessGaussianMixture, _check_int
@@ -38,24 +38,9 @@ def _n_kept(singular_values, n_components):
 
 
 def _fit_mixture(mixture, X):
-    """Fit ``mixture`` to X; return it, its log predictive density of X and warnings.
-
-    The warnings, as ``(message, category, filename, lineno)``, are raised
-    again by the caller: a worker process of ``n_jobs`` would only print them.
-    """
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        mixture.fit(X)
-        log_density = mixture.log_predictive(X)
-    raised = [(w.message, w.category, w.filename, w.lineno) for w in caught]
-    return mixture, log_density, raised
-
-
-def _warn_again(raised: list) -> None:
-    """Raise again, where the fit was asked for, the warnings of a fit."""
-    registry = globals().setdefault("__warningregistry__", {})
-    for message, category, filename, lineno in raised:
-        warnings.warn_explicit(message, category, filename, lineno, registry=registry)
+    """Fit ``mixture`` to X; return it and its log predictive density of X."""
+    mixture.fit(X)
+    return mixture, mixture.log_predictive(X)
 
 
 class ClassConditionalDensity(ClassifierMixin, BaseEstimator):
@@ -202,17 +187,19 @@ class ClassConditionalDensity(ClassifierMixin, BaseEstimator):
         seeds = rng.randint(2**31 - 1, size=len(self.classes_))
         members = [np.flatnonzero(y_index == c) for c in range(len(self.classes_))]
         fits = Parallel(n_jobs=self.n_jobs)(
-            delayed(_fit_mixture)(
-                clone(template).set_params(random_state=int(seed)), P[rows]
+            delayed(recording_warnings)(
+                _fit_mixture,
+                clone(template).set_params(random_state=int(seed)),
+                P[rows],
             )
             for seed, rows in zip(seeds, members, strict=True)
         )
-        self.mixtures_ = [mixture for mixture, _, _ in fits]
+        self.mixtures_ = [mixture for (mixture, _), _ in fits]
         self._train_members = members
         self.train_log_density_ = np.empty(len(P))
-        for (_, log_density, raised), rows in zip(fits, members, strict=True):
+        for ((_, log_density), raised), rows in zip(fits, members, strict=True):
             self.train_log_density_[rows] = log_density
-            _warn_again(raised)
+            warn_again(raised)
         self.class_means_ = np.array([P[rows].mean(axis=0) for rows in members])
         self.class_variances_ = np.array([P[rows].var(axis=0) for rows in members])
         self.mean_intra_class_distance_ = np.array(

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from .._engine.context import torch_seed
 from .._engine.inputs import n_samples, take
+from .._engine.worker_warnings import recording_warnings, warn_again
 from .._typing import NetInput
 from .._validation import (
     check_net_input,
@@ -133,19 +134,22 @@ def memorization_scores(
     masks = subset_masks(n, n_models, subset_fraction, rng)
     seeds = rng.randint(2**31 - 1, size=n_models)
     jobs = (
-        delayed(_correct_when_trained_on)(estimator, X, y, mask, int(seed))
+        delayed(recording_warnings)(
+            _correct_when_trained_on, estimator, X, y, mask, int(seed)
+        )
         for mask, seed in zip(masks, seeds, strict=True)
     )
-    correct = np.array(
-        list(
-            tqdm(
-                Parallel(n_jobs=n_jobs, return_as="generator")(jobs),
-                total=n_models,
-                disable=verbose <= 0,
-                desc="memorisation models",
-            )
+    fits = list(
+        tqdm(
+            Parallel(n_jobs=n_jobs, return_as="generator")(jobs),
+            total=n_models,
+            disable=verbose <= 0,
+            desc="memorisation models",
         )
     )
+    for _, raised in fits:
+        warn_again(raised)
+    correct = np.array([correct for correct, _ in fits])
     n_in, n_out = masks.sum(axis=0), (~masks).sum(axis=0)
     undefined = (n_in == 0) | (n_out == 0)
     if undefined.any():

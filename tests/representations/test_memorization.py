@@ -9,6 +9,7 @@ from _architectures import WrappedMLP
 from joblib import parallel_config
 from sklearn.base import clone
 from sklearn.datasets import load_digits
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.neural_network import MLPClassifier
 from sklearn.utils import check_random_state
@@ -45,6 +46,18 @@ def test_scores_match_a_brute_force_recomputation():
 
 FEW_MODELS = pytest.mark.filterwarnings("ignore:.*never \\(or always\\) in the")
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+
+
+@FEW_MODELS
+@pytest.mark.parametrize("n_jobs", [None, 2])
+def test_warnings_of_the_models_reach_the_caller(n_jobs):
+    """Also from worker processes, which would only print them."""
+    X, y = _toy()
+    one_step = MLPClassifier((8,), max_iter=1)
+    with pytest.warns(ConvergenceWarning) as caught:
+        memorization_scores(one_step, X, y, n_models=3, random_state=0, n_jobs=n_jobs)
+    converged = [w for w in caught if issubclass(w.category, ConvergenceWarning)]
+    assert len(converged) == 3  # one per model
 
 
 @FEW_MODELS
