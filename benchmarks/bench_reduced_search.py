@@ -10,8 +10,9 @@ included), and the recall of their 5 neighbours (the audit's) and 10 (its label
 issues') against the exact neighbours, on 500 queries drawn at random.
 
 The reduced searches rank their candidates by exact similarities (the
-default); one row ranks them by the whole sketches instead, as when the
-network's Jacobians do not fit in ``max_memory``.
+default), 16 per neighbour unless ``candidates_per_neighbor`` says otherwise;
+one row ranks them by the whole sketches instead, as when the network's
+Jacobians do not fit in ``max_memory``.
 
 Writes a Markdown table to ``docs/benchmarks-reduced-search.md``.
 
@@ -38,6 +39,14 @@ SEARCHES = [
     ("'Flat', search_components=256", dict(search_components=256)),
     ("'Flat', search_components=128", dict(search_components=128)),
     ("'Flat', search_components=64 (the audit's)", dict(search_components=64)),
+    (
+        "'Flat', search_components=64, candidates_per_neighbor=24",
+        dict(search_components=64, candidates_per_neighbor=24),
+    ),
+    (
+        "'Flat', search_components=64, candidates_per_neighbor=32",
+        dict(search_components=64, candidates_per_neighbor=32),
+    ),
     (SKETCH_RANKED, dict(search_components=64)),
     (
         "'IVF256,Flat' nprobe=32, search_components=64",

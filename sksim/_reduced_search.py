@@ -1,10 +1,11 @@
 """Neighbour candidates found in a reduced space, then ranked.
 
 A search over ``m`` principal directions of the sketches costs ``m / width``
-of one over the full sketches. The reduced inner products only choose
-``REFINE_FACTOR`` times more candidates than neighbours asked for; the
-neighbours are the candidates with the largest similarities, so a neighbour
-is lost only when the reduced search misses it among its candidates.
+of one over the full sketches. The reduced inner products only choose a few
+times more candidates than neighbours asked for (the searches'
+``candidates_per_neighbor``); the neighbours are the candidates with the
+largest similarities, so a neighbour is lost only when the reduced search
+misses it among its candidates.
 
 The candidates are ranked by a similarity given as a function: the inner
 products of the full sketches, or exact similarities from the network's
@@ -26,7 +27,6 @@ from sklearn.utils.extmath import randomized_svd
 
 from ._engine.pieces import pair_products, rectangular_pairs
 
-REFINE_FACTOR = 16  # candidates searched per neighbour asked for
 MAX_FIT_ROWS = 4096  # reference sketches the directions are fitted on
 BLOCK_ROWS = 4096  # queries ranked at a time (bounds the copies and pattern)
 LOCALITY_CLUSTERS = 256  # k-means clusters that order the queries

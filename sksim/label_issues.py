@@ -318,6 +318,9 @@ class LabelIssueDetector(NetworkEstimator):
         The FAISS search's reduction of the sketches to principal components
         (see :class:`~sksim.neighbors.NetworkNeighbors`); unused by an exact
         search.
+    candidates_per_neighbor : int, default=16
+        The candidates a reduced FAISS search finds per neighbour (see
+        :class:`~sksim.neighbors.NetworkNeighbors`).
     %(batch_size)s
     %(device)s
     %(rtol)s
@@ -396,6 +399,7 @@ class LabelIssueDetector(NetworkEstimator):
         combination=[StrOptions(set(COMBINATIONS))],
         algorithm=[StrOptions({"auto", "exact", "faiss"})],
         search_components=[Interval(Integral, 1, None, closed="left"), None],
+        candidates_per_neighbor=[Interval(Integral, 1, None, closed="left")],
         n_components=N_COMPONENTS,
     )
 
@@ -411,6 +415,7 @@ class LabelIssueDetector(NetworkEstimator):
         params: str | Sequence[str] | None = None,
         n_components: int | str | None = None,
         search_components: int | None = None,
+        candidates_per_neighbor: int = 16,
         batch_size: int | str = "auto",
         device: str | torch.device | None = None,
         rtol: float = 1e-5,
@@ -428,6 +433,7 @@ class LabelIssueDetector(NetworkEstimator):
         self.params = params
         self.n_components = n_components
         self.search_components = search_components
+        self.candidates_per_neighbor = candidates_per_neighbor
         self.batch_size = batch_size
         self.device = device
         self.rtol = rtol
@@ -597,6 +603,7 @@ class LabelIssueDetector(NetworkEstimator):
             params=self.params,
             n_components=n_components,
             search_components=search_components if algorithm == "faiss" else None,
+            candidates_per_neighbor=self.candidates_per_neighbor,
             index=automatic_index(n_samples(X_reference)),
             batch_size=self.batch_size,
             device=self.device,

@@ -31,7 +31,6 @@ from ._engine.rows import (
     whitened_bytes,
 )
 from ._reduced_search import (
-    REFINE_FACTOR,
     direction_rows,
     locality_order,
     principal_directions,
@@ -185,8 +184,9 @@ class NetworkNeighbors(NetworkEstimator):
         (``d * n_components`` values each). An int gives it their projections
         on that many leading principal directions (fitted in ``fit`` on at
         most 4 096 reference sketches, or twice ``search_components``); the
-        index then finds 16 times more candidates than neighbours asked for,
-        and the candidates with the largest exact similarities are returned,
+        index then finds ``candidates_per_neighbor`` times more candidates
+        than neighbours asked for, and the candidates with the largest exact
+        similarities are returned,
         with those similarities. The exact similarities come from the whitened
         Jacobians of the reference, kept from ``fit`` when they take at most a
         third of ``max_memory``. Otherwise the queries are taken in blocks
@@ -198,6 +198,12 @@ class NetworkNeighbors(NetworkEstimator):
         (``search_components`` values per example). The search costs about
         ``search_components / (d * n_components)`` as much; a neighbour is
         lost only when it is not among the candidates.
+    candidates_per_neighbor : int, default=16
+        With ``search_components``: the candidates the index finds per
+        neighbour asked for. More find more of the exact neighbours, at a cost
+        linear in them: for 25 000 reference and query examples of a 10-class
+        MLP, 16, 24 and 32 found 0.91, 0.95 and 0.97 of the exact 5 nearest,
+        the queries taking 2.3, 2.5 and 2.9 s on 2 cores.
     %(checkpoints)s
     %(checkpoint_weights)s
 
@@ -276,6 +282,7 @@ class NetworkNeighbors(NetworkEstimator):
         index=[str],
         index_params=[str, None],
         search_components=[Interval(Integral, 1, None, closed="left"), None],
+        candidates_per_neighbor=[Interval(Integral, 1, None, closed="left")],
         n_components=N_COMPONENTS,
         **constraints(*CHECKPOINTS),
     )
@@ -305,6 +312,7 @@ class NetworkNeighbors(NetworkEstimator):
         index: str = "Flat",
         index_params: str | None = None,
         search_components: int | None = None,
+        candidates_per_neighbor: int = 16,
         checkpoints: Checkpoints | None = None,
         checkpoint_weights: ArrayLike | None = None,
     ) -> None:
@@ -324,6 +332,7 @@ class NetworkNeighbors(NetworkEstimator):
         self.index = index
         self.index_params = index_params
         self.search_components = search_components
+        self.candidates_per_neighbor = candidates_per_neighbor
         self.checkpoints = checkpoints
         self.checkpoint_weights = checkpoint_weights
 
@@ -669,7 +678,7 @@ class NetworkNeighbors(NetworkEstimator):
         k = min(n_neighbors + int(own is not None), self.n_samples_fit_)
         n_candidates = k
         if self.search_directions_ is not None:
-            n_candidates = min(REFINE_FACTOR * k, self.n_samples_fit_)
+            n_candidates = min(self.candidates_per_neighbor * k, self.n_samples_fit_)
         G = self._searched(F)
         similarities, indices = self._faiss_index.search(
             G, n_candidates, params=self._search_parameters(n_candidates)

@@ -10,7 +10,6 @@ from sklearn.utils._param_validation import InvalidParameterError
 
 from sksim import LabelIssueDetector, _reduced_search
 from sksim._reduced_search import (
-    REFINE_FACTOR,
     direction_rows,
     locality_order,
     principal_directions,
@@ -55,17 +54,20 @@ def pieces_bytes(net, X):
     return sum(p.nbytes() for p in search(net, X, 4)._reference_pieces)
 
 
+@pytest.mark.parametrize("candidates", [1, 16])
 @pytest.mark.parametrize("blocks", [1, 3])
 @pytest.mark.parametrize("query_reference", [False, True])
 def test_candidates_are_ranked_by_their_exact_similarities(
-    data, query_reference, blocks
+    data, query_reference, blocks, candidates
 ):
     X_ref, X_new = data
     net = mlp(4, 3).double()
     # with 3 blocks, the reference's pieces are not kept: each block of queries
     # meets its candidates in a pass over them
     max_memory = int(np.ceil(3 * pieces_bytes(net, X_ref) / blocks)) + 3
-    reduced = search(net, X_ref, 4, max_memory=max_memory)
+    reduced = search(
+        net, X_ref, 4, max_memory=max_memory, candidates_per_neighbor=candidates
+    )
     assert reduced.exact_ranking_
     assert (reduced._reference_pieces is None) == (blocks > 1)
     assert len(reduced._blocks(len(X_ref))) == blocks
@@ -77,7 +79,7 @@ def test_candidates_are_ranked_by_their_exact_similarities(
     )
     K = oracle_kernel(J[: len(queries)], J[len(queries) :], "cosine")
     k = 5 + query_reference  # the sample itself is found, then dropped
-    for q, row in enumerate(candidates_of(reduced, X, REFINE_FACTOR * k)):
+    for q, row in enumerate(candidates_of(reduced, X, candidates * k)):
         if query_reference:
             row = row[row != q]
         expected = row[np.lexsort((row, -K[q, row]))][:5]
@@ -126,6 +128,20 @@ def test_exact_ranking_finds_more_exact_neighbors_than_the_sketches(data):
     _, reduced = search(net, X_ref, 8).most_similar(X_new)
     assert recall(reduced, exact) >= 0.9
     assert recall(reduced, exact) > recall(flat, exact) + 0.1
+
+
+def test_enough_candidates_give_the_exact_neighbors(data):
+    """Candidates that cover the whole reference: every neighbour is ranked."""
+    X_ref, X_new = data
+    net = mlp(4, 3).double()
+    everyone = search(net, X_ref, 4, candidates_per_neighbor=len(X_ref) // 5)
+    sim, ind = everyone.most_similar(X_new)
+    J = oracle_jacobians(net, torch.as_tensor(np.r_[X_new, X_ref], dtype=torch.float64))
+    K = oracle_kernel(J[: len(X_new)], J[len(X_new) :], "cosine")
+    np.testing.assert_array_equal(ind, np.argsort(-K, axis=1, kind="stable")[:, :5])
+    np.testing.assert_allclose(sim, np.take_along_axis(K, ind, 1), rtol=1e-6)
+    few = search(net, X_ref, 4, candidates_per_neighbor=1).most_similar(X_new)[1]
+    assert recall(few, ind) < 1  # the test can tell
 
 
 def test_sketches_rank_the_candidates_past_eight_blocks_of_jacobians(data):
@@ -274,3 +290,11 @@ def test_label_issue_detector_passes_search_components_on(data):
     np.testing.assert_array_equal(detector.neighbor_indices_, search.most_similar()[1])
     with pytest.raises(InvalidParameterError, match="search_components"):
         LabelIssueDetector(net, search_components=0, **kwargs).fit(X_ref, y)
+    one = LabelIssueDetector(
+        net, cv="prefit", search_components=4, candidates_per_neighbor=1, **kwargs
+    ).fit(X_ref, y)
+    search.set_params(candidates_per_neighbor=1)
+    np.testing.assert_array_equal(one.neighbor_indices_, search.most_similar()[1])
+    assert not np.array_equal(one.neighbor_indices_, detector.neighbor_indices_)
+    with pytest.raises(InvalidParameterError, match="candidates_per_neighbor"):
+        LabelIssueDetector(net, candidates_per_neighbor=0, **kwargs).fit(X_ref, y)

@@ -1,5 +1,6 @@
 """Neighbours past the scale threshold: sketch size by memory, low recall warned."""
 
+import re
 import warnings
 from types import SimpleNamespace
 
@@ -70,13 +71,35 @@ def test_faiss_searches_principal_components_of_wider_sketches(
     assert options.get("search_components") == (SEARCH_COMPONENTS if reduced else None)
 
 
-def test_a_recall_below_the_threshold_is_warned():
+def fitted(recall, exact_ranking):
+    """What :func:`low_recall_warning` reads of a fitted search."""
+    return SimpleNamespace(
+        recall_=recall,
+        exact_ranking_=exact_ranking,
+        n_components_=64,
+        candidates_per_neighbor=16,
+    )
+
+
+@pytest.mark.parametrize(
+    "exact_ranking, advice",
+    [
+        (False, r"sketches of n_components=64; raise options\['neighbors'\]\['n_"),
+        (
+            True,
+            r"candidates \(16 per neighbour\) ranked by their exact similarities; "
+            r"raise options\['neighbors'\]\['candidates_per_neighbor'\]",
+        ),
+    ],
+)
+def test_a_recall_below_the_threshold_is_warned(exact_ranking, advice):
     assert MIN_RECALL == 0.8
-    with pytest.warns(UserWarning, match=r"recall@5 of 0\.79 against exact ones"):
-        low_recall_warning(0.79, 5, 64)
+    with pytest.warns(UserWarning, match=r"recall@5 of 0\.79 against exact ones") as w:
+        low_recall_warning(fitted(0.79, exact_ranking), 5)
+    assert re.search(advice, str(w[0].message))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        low_recall_warning(0.8, 5, 64)
+        low_recall_warning(fitted(0.8, exact_ranking), 5)
 
 
 def test_the_audit_records_the_warning_with_the_recall():

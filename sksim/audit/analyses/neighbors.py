@@ -105,8 +105,9 @@ def search_method(search: NetworkNeighbors) -> str:
             f"FAISS search (index {search.index!r}) over "
             f"gradient sketches with n_components={n_components}"
             + (
-                f", candidates from their {search.search_components} "
-                f"principal components ranked by their {ranking}"
+                f", candidates ({search.candidates_per_neighbor} per neighbour) "
+                f"from their {search.search_components} principal components "
+                f"ranked by their {ranking}"
                 if search.search_directions_ is not None
                 else ""
             )
@@ -313,19 +314,34 @@ def sketched_search(fold: _Fold) -> dict[str, Any]:
     return options
 
 
-def low_recall_warning(value: float, n_neighbors: int, n_components: int) -> None:
-    """Warn when the measured recall is below :data:`MIN_RECALL`."""
-    if value < MIN_RECALL:
-        warnings.warn(
-            f"The approximate neighbours have a recall@{n_neighbors} of "
-            f"{value:.2f} against exact ones, below {MIN_RECALL}, with sketches "
-            f"of n_components={n_components}; raise "
-            "options['neighbors']['n_components'] (or max_memory, from which "
-            "n_components='auto' sizes them), or search exactly with "
-            "algorithm='exact' and n_components=None.",
-            UserWarning,
-            stacklevel=2,
+def low_recall_warning(search: NetworkNeighbors, n_neighbors: int) -> None:
+    """Warn when the recall ``search`` measured is below :data:`MIN_RECALL`.
+
+    The advice names what limits the search: the candidates, when they are
+    ranked by their exact similarities, else the sketches.
+    """
+    if search.recall_ >= MIN_RECALL:
+        return
+    if search.exact_ranking_:
+        cause = (
+            f"candidates ({search.candidates_per_neighbor} per neighbour) ranked "
+            "by their exact similarities; raise "
+            "options['neighbors']['candidates_per_neighbor'] (at a cost linear "
+            "in it)"
         )
+    else:
+        cause = (
+            f"sketches of n_components={search.n_components_}; raise "
+            "options['neighbors']['n_components'] (or max_memory, from which "
+            "n_components='auto' sizes them)"
+        )
+    warnings.warn(
+        f"The approximate neighbours have a recall@{n_neighbors} of "
+        f"{search.recall_:.2f} against exact ones, below {MIN_RECALL}, with "
+        f"{cause}, or search exactly with algorithm='exact' and n_components=None.",
+        UserWarning,
+        stacklevel=2,
+    )
 
 
 class Neighbors(Analysis):
@@ -377,7 +393,7 @@ class Neighbors(Analysis):
         method = search_method(search)
         if sketched:
             metrics["neighbor_recall"] = search.recall_
-            low_recall_warning(search.recall_, fold.n_neighbors, search.n_components_)
+            low_recall_warning(search, fold.n_neighbors)
             method += (
                 f", recall@{fold.n_neighbors} against exact neighbours measured "
                 f"on {len(sample)} held-out examples drawn at random"
