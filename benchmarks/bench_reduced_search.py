@@ -24,6 +24,7 @@ import os
 import platform
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
@@ -31,6 +32,7 @@ from bench_audit import N_CLASSES, load_average, synthetic
 
 from sksim import NetworkNeighbors
 from sksim.audit.models import make_classifier
+from sksim.neighbors import MAX_RANKING_BLOCKS
 
 N_RECALL = 500  # queries on which the recall is measured
 SKETCH_RANKED = "'Flat', search_components=64, ranked by the whole sketches"
@@ -83,11 +85,13 @@ def main():
     rows = []
     for name, options in SEARCHES:
         start = time.perf_counter()
-        search = NetworkNeighbors(
-            net, algorithm="faiss", n_components=256, random_state=0, **options
-        ).fit(X[:half])
-        if name == SKETCH_RANKED:  # as if the Jacobians did not fit
-            search._reference_pieces, search.exact_ranking_ = None, False
+        # SKETCH_RANKED: as if the Jacobians took more than 8 blocks of memory
+        blocks = 0 if name == SKETCH_RANKED else MAX_RANKING_BLOCKS
+        with mock.patch("sksim.neighbors.MAX_RANKING_BLOCKS", blocks):
+            search = NetworkNeighbors(
+                net, algorithm="faiss", n_components=256, random_state=0, **options
+            ).fit(X[:half])
+        assert search.exact_ranking_ == (name != SKETCH_RANKED) or not options
         fitted = time.perf_counter()
         _, found = search.most_similar(X[half:], 5)
         done = time.perf_counter()
