@@ -186,15 +186,14 @@ class NetworkNeighbors(NetworkEstimator):
         most 4 096 reference sketches, or twice ``search_components``); the
         index then finds ``candidates_per_neighbor`` times more candidates
         than neighbours asked for, and the candidates with the largest exact
-        similarities are returned,
-        with those similarities. The exact similarities come from the whitened
-        Jacobians of the reference, kept from ``fit`` when they take at most a
-        third of ``max_memory``. Otherwise the queries are taken in blocks
-        whose Jacobians take a third of ``max_memory``, and each block's
-        candidates are computed again, in a pass over them; past 8 such
-        blocks for the reference's own neighbours, or with ``checkpoints``,
-        the whole sketches rank the candidates (``exact_ranking_`` says
-        which). When ranked exactly, only the sketches' projections are kept
+        similarities are returned, with those similarities. The exact
+        similarities come from the whitened Jacobians of the reference, kept
+        from ``fit`` when they take at most a third of ``max_memory``.
+        Otherwise the queries are taken in blocks whose Jacobians take a third
+        of ``max_memory``, and each block's candidates are computed again, in
+        a pass over them; past 8 such blocks for the reference's own
+        neighbours, or with ``checkpoints``, the whole sketches rank the
+        candidates (``exact_ranking_`` says which). When ranked exactly, only the sketches' projections are kept
         (``search_components`` values per example). The search costs about
         ``search_components / (d * n_components)`` as much; a neighbour is
         lost only when it is not among the candidates.
