@@ -193,10 +193,11 @@ class NetworkNeighbors(NetworkEstimator):
         of ``max_memory``, and each block's candidates are computed again, in
         a pass over them; past 8 such blocks for the reference's own
         neighbours, or with ``checkpoints``, the whole sketches rank the
-        candidates (``exact_ranking_`` says which). When ranked exactly, only the sketches' projections are kept
-        (``search_components`` values per example). The search costs about
-        ``search_components / (d * n_components)`` as much; a neighbour is
-        lost only when it is not among the candidates.
+        candidates (``exact_ranking_`` says which). When ranked exactly, only
+        the sketches' projections are kept (``search_components`` values per
+        example). The search costs about ``search_components / (d *
+        n_components)`` as much; a neighbour is lost only when it is not among
+        the candidates.
     candidates_per_neighbor : int, default=16
         With ``search_components``: the candidates the index finds per
         neighbour asked for. More find more of the exact neighbours, at a cost
