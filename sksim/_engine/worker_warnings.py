@@ -19,13 +19,13 @@ _REGISTRY: dict = {}
 def recording_warnings(function: Callable, *args: Any) -> tuple[Any, list]:
     """``function(*args)`` and the warnings it raised, for :func:`warn_again`.
 
-    The warnings are ``(message, category, filename, lineno)`` tuples, which
-    pickle back from a worker process.
+    The warnings are ``(text, category, filename, lineno)`` tuples, which
+    pickle back from a worker process (a warning's own arguments might not).
     """
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = function(*args)
-    return result, [(w.message, w.category, w.filename, w.lineno) for w in caught]
+    return result, [(str(w.message), w.category, w.filename, w.lineno) for w in caught]
 
 
 def warn_again(raised: list) -> None:

@@ -3,6 +3,7 @@
 import os
 import signal
 import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from joblib import parallel_config
 
 from sksim import network_similarity
 from sksim._engine.jacobian import JacobianEngine
-from sksim._engine.parallel import tiled_kernel
+from sksim._engine.parallel import run_tiles, tiled_kernel
 
 distributed = pytest.importorskip("dask.distributed")
 
@@ -113,3 +114,26 @@ def test_tiles_lost_with_a_killed_worker_are_computed_again(client):
     assert len(killed) == 1
     np.testing.assert_array_equal(remote, tiled_kernel(engine, X, n_jobs=1, tile=75))
     np.testing.assert_allclose(remote, network_similarity(module, X), atol=1e-6)
+
+
+class UnpicklableWarning(UserWarning):
+    """A warning whose instance does not pickle (it holds a generator)."""
+
+    def __init__(self, text):
+        super().__init__(text)
+        self.pending = (i for i in range(3))
+
+
+def _warning_identity(x):
+    warnings.warn(UnpicklableWarning(f"tile {x}"), stacklevel=1)
+    return x
+
+
+@pytest.mark.parametrize("n_jobs", [None, 2])
+def test_warnings_of_the_tiles_reach_the_caller(n_jobs):
+    """From worker processes too, even when the warning itself does not pickle."""
+    placed = {}
+    with pytest.warns(UnpicklableWarning) as caught:
+        run_tiles(_warning_identity, [1, 2], lambda t: (t,), placed.__setitem__, n_jobs)
+    assert placed == {1: 1, 2: 2}
+    assert sorted(str(w.message) for w in caught) == ["tile 1", "tile 2"]
