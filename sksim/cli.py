@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import math
 import os
 import sys
@@ -239,6 +240,22 @@ def _analyses(text):
     return tuple(names)
 
 
+def _options(text):
+    """``--options``: a JSON object of each analysis' options."""
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({error})") from None
+    if not isinstance(options, dict) or not all(
+        isinstance(given, dict) for given in options.values()
+    ):
+        raise argparse.ArgumentTypeError(
+            "must be a JSON object of objects, one per analysis, e.g. "
+            '\'{"neighbors": {"candidates_per_neighbor": 32}}\''
+        )
+    return options
+
+
 def _positive(text):
     value = int(text)
     if value < 1:
@@ -381,9 +398,17 @@ def make_parser() -> argparse.ArgumentParser:
         type=_analyses,
         default=None,
         metavar="A,B,...",
-        help="comma-separated subset of density, neighbors, denoising, sensitivity, "
-        "class_fitting (default: all; those that do not apply are skipped with "
-        "the reason in the report)",
+        help="comma-separated subset of density, neighbors, denoising, "
+        "label_issues, sensitivity, class_fitting (default: all; those that do "
+        "not apply are skipped with the reason in the report)",
+    )
+    analysis.add_argument(
+        "--options",
+        metavar="JSON",
+        type=_options,
+        default=None,
+        help="each analysis' options, as audit(options=...) takes them, e.g. "
+        '\'{"neighbors": {"candidates_per_neighbor": 32}}\' (default: none)',
     )
     analysis.add_argument(
         "--n-neighbors",
@@ -671,6 +696,7 @@ def run_audit(args: argparse.Namespace) -> AuditResult:
             n_neighbors=args.n_neighbors,
             scale_threshold=args.scale_threshold,
             layers=None if args.layers is None else args.layers.split(","),
+            options=args.options,
             random_state=args.seed,
             verbose=0 if args.quiet else 1,
             cache=args.cache,

@@ -103,6 +103,28 @@ def test_cli_builtin_dataset_reports_progress(tmp_path, capsys):
     assert result.metadata["data"] == "iris"
 
 
+def test_cli_options_reach_the_analyses(tmp_path, capsys):
+    pytest.importorskip("faiss")
+    argv = ["audit", "--dataset", "iris", "--cv", "2", "--max-epochs", "3"]
+    argv += ["--analyses", "neighbors", "--scale-threshold", "1"]
+    argv += ["--options", '{"neighbors": {"candidates_per_neighbor": 3}}']
+    argv += ["--out", str(tmp_path / "options.html"), "--quiet"]
+    result = cli.run_audit(cli.make_parser().parse_args(argv))
+    assert "candidates (3 per neighbour)" in result.metadata["methods"]["neighbors"]
+    for options, message in [
+        ("{neighbors", "not valid JSON"),
+        ('{"neighbors": 3}', "must be a JSON object of objects"),
+    ]:
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(["audit", "--options", options])
+        assert exit_.value.code == 2
+        assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([*argv, "--options", '{"neighbours": {}}'])
+    assert exit_.value.code == 2
+    assert "options for unknown analyses ['neighbours']" in capsys.readouterr().err
+
+
 def test_load_dataset():
     X, y = cli.load_dataset("digits")
     assert X.shape == (1797, 1, 8, 8) and X.dtype == np.float32
