@@ -197,7 +197,8 @@ class NetworkNeighbors(NetworkEstimator):
         the sketches' projections are kept (``search_components`` values per
         example); they, the FAISS index's copy of them (and an HNSW index's
         graph) and the candidates of a block of queries come on top of
-        ``max_memory`` (0.75 GiB for 10^6 examples with ``"HNSW32"``). The
+        ``max_memory`` (the first three 0.75 GiB for 10^6 examples with
+        ``"HNSW32"``). The
         search costs about ``search_components / (d *
         n_components)`` as much; a neighbour is lost only when it is not among
         the candidates.
