@@ -198,8 +198,7 @@ class NetworkNeighbors(NetworkEstimator):
         example); they, the FAISS index's copy of them (and an HNSW index's
         graph) and the candidates of a block of queries come on top of
         ``max_memory`` (the first three 0.75 GiB for 10^6 examples with
-        ``"HNSW32"``). The
-        search costs about ``search_components / (d *
+        ``"HNSW32"``). The search costs about ``search_components / (d *
         n_components)`` as much; a neighbour is lost only when it is not among
         the candidates.
     candidates_per_neighbor : int, default=16
