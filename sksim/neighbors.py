@@ -687,9 +687,15 @@ class NetworkNeighbors(NetworkEstimator):
             G, n_candidates, params=self._search_parameters(n_candidates)
         )
         if (indices < 0).any():
+            wanted = "neighbours"
+            if self.search_directions_ is not None:
+                wanted = (
+                    f"candidates ({self.candidates_per_neighbor} per neighbour; "
+                    "fewer with a lower candidates_per_neighbor)"
+                )
             raise ValueError(
-                f"The FAISS index {self.index!r} found fewer than {n_neighbors} "
-                "neighbours for some queries: search more of it (index_params, "
+                f"The FAISS index {self.index!r} found fewer than {n_candidates} "
+                f"{wanted} for some queries: search more of it (index_params, "
                 'e.g. "nprobe=32" or "efSearch=128") or use index="Flat".'
             )
         if self.search_directions_ is not None:  # only the candidates count

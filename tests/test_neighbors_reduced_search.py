@@ -210,6 +210,21 @@ def test_search_components_needs_the_faiss_search(data):
         search(mlp(4, 1), X_ref, 0)
 
 
+def test_an_index_that_finds_too_few_candidates_says_so(data):
+    X_ref, X_new = data
+    kwargs = dict(index="IVF16,Flat", index_params="nprobe=1")
+    reduced = search(mlp(4, 3), X_ref, 4, **kwargs)  # lists of about 19
+    with pytest.raises(
+        ValueError,
+        match=r"'IVF16,Flat' found fewer than 80 candidates \(16 per neighbour; "
+        r"fewer with a lower candidates_per_neighbor\) for some queries: search",
+    ):
+        reduced.most_similar(X_new)
+    kwargs["index_params"] = "nprobe=16"  # every list
+    _, found = search(mlp(4, 3), X_ref, 4, **kwargs).most_similar(X_new)
+    assert found.shape == (len(X_new), 5)
+
+
 @pytest.mark.parametrize("block_rows", [3, 2**16])
 def test_rank_candidates_against_a_full_sort(block_rows, monkeypatch):
     monkeypatch.setattr(_reduced_search, "BLOCK_ROWS", block_rows)
