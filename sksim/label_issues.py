@@ -318,7 +318,7 @@ class LabelIssueDetector(NetworkEstimator):
         The FAISS search's reduction of the sketches to principal components
         (see :class:`~sksim.neighbors.NetworkNeighbors`); unused by an exact
         search.
-    candidates_per_neighbor : int, default=16
+    candidates_per_neighbor : int, default=24
         The candidates a reduced FAISS search finds per neighbour (see
         :class:`~sksim.neighbors.NetworkNeighbors`).
     %(batch_size)s
@@ -415,7 +415,7 @@ class LabelIssueDetector(NetworkEstimator):
         params: str | Sequence[str] | None = None,
         n_components: int | str | None = None,
         search_components: int | None = None,
-        candidates_per_neighbor: int = 16,
+        candidates_per_neighbor: int = 24,
         batch_size: int | str = "auto",
         device: str | torch.device | None = None,
         rtol: float = 1e-5,

@@ -201,12 +201,14 @@ class NetworkNeighbors(NetworkEstimator):
         ``"HNSW32"``). The search costs about ``search_components / (d *
         n_components)`` as much; a neighbour is lost only when it is not among
         the candidates.
-    candidates_per_neighbor : int, default=16
+    candidates_per_neighbor : int, default=24
         With ``search_components``: the candidates the index finds per
         neighbour asked for. More find more of the exact neighbours, at a cost
-        linear in them: for 25 000 reference and query examples of a 10-class
-        MLP, 16, 24 and 32 found 0.904, 0.943 and 0.961 of the exact 5 nearest,
-        the queries taking 1.9, 2.1 and 2.5 s on 2 cores.
+        linear in them; the larger the reference, the more a given recall
+        takes: for 25 000 reference and query examples of a 10-class MLP, 16,
+        24 and 32 found 0.904, 0.943 and 0.961 of the exact 5 nearest, the
+        queries taking 1.9, 2.1 and 2.5 s on 2 cores; over 10^6 reference
+        examples, 0.761, 0.821 and 0.864.
     %(checkpoints)s
     %(checkpoint_weights)s
 
@@ -315,7 +317,7 @@ class NetworkNeighbors(NetworkEstimator):
         index: str = "Flat",
         index_params: str | None = None,
         search_components: int | None = None,
-        candidates_per_neighbor: int = 16,
+        candidates_per_neighbor: int = 24,
         checkpoints: Checkpoints | None = None,
         checkpoint_weights: ArrayLike | None = None,
     ) -> None:

@@ -103,7 +103,7 @@ def test_every_family_ranks_its_candidates_by_exact_similarities(family, blocks)
         module, algorithm="faiss", max_memory=max_memory, **kwargs
     ).fit(X_ref)
     assert reduced.exact_ranking_ and len(reduced._blocks(10)) == blocks
-    # 16 candidates per neighbour: every reference example is one of them
+    # 24 candidates per neighbour: every reference example is one of them
     J = oracle_jacobians(module, X)
     K = oracle_kernel(J, J[:10], "cosine")
     for X_query, K_query in [(X_new, K[10:]), (None, K[:10])]:
@@ -216,7 +216,7 @@ def test_an_index_that_finds_too_few_candidates_says_so(data):
     reduced = search(mlp(4, 3), X_ref, 4, **kwargs)  # lists of about 19
     with pytest.raises(
         ValueError,
-        match=r"'IVF16,Flat' found fewer than 80 candidates \(16 per neighbour; "
+        match=r"'IVF16,Flat' found fewer than 120 candidates \(24 per neighbour; "
         r"fewer with a lower candidates_per_neighbor\) for some queries: search",
     ):
         reduced.most_similar(X_new)

@@ -100,7 +100,7 @@ def test_faiss_neighbours_and_their_recall_on_a_sample():
     assert summary.loc["neighbor_recall", "mean"] == pytest.approx(expected)
     assert result.metadata["methods"]["neighbors"] == (
         "FAISS search (index 'Flat') over gradient sketches with n_components=256, "
-        "candidates (16 per neighbour) from their 64 principal components ranked "
+        "candidates (24 per neighbour) from their 64 principal components ranked "
         "by their exact similarities, recall@3 against exact neighbours measured "
         "on 80 held-out examples drawn at random: 160 training examples > "
         "scale_threshold 50"
