@@ -10,7 +10,7 @@ included), and the recall of their 5 neighbours (the audit's) and 10 (its label
 issues') against the exact neighbours, on 500 queries drawn at random.
 
 The reduced searches rank their candidates by exact similarities (the
-default), 16 per neighbour unless ``candidates_per_neighbor`` says otherwise;
+default), 24 per neighbour unless ``candidates_per_neighbor`` says otherwise;
 one row ranks them by the whole sketches instead, as when the network's
 Jacobians do not fit in ``max_memory``.
 
@@ -42,8 +42,8 @@ SEARCHES = [
     ("'Flat', search_components=128", dict(search_components=128)),
     ("'Flat', search_components=64 (the audit's)", dict(search_components=64)),
     (
-        "'Flat', search_components=64, candidates_per_neighbor=24",
-        dict(search_components=64, candidates_per_neighbor=24),
+        "'Flat', search_components=64, candidates_per_neighbor=16",
+        dict(search_components=64, candidates_per_neighbor=16),
     ),
     (
         "'Flat', search_components=64, candidates_per_neighbor=32",
