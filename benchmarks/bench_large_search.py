@@ -41,13 +41,13 @@ import torch
 from bench_audit import N_CLASSES, load_average, synthetic
 
 from sksim import NetworkNeighbors
+from sksim._reduced_search import CANDIDATES_PER_NEIGHBOR
 from sksim.audit.models import make_classifier
 
 N_TRAIN = 50_000  # examples the MLP is trained on
 N_RECALL = 500  # held-out queries on which the recall is measured
 N_TIMED = 20_000  # held-out queries whose search is timed
 K = 5  # neighbours, as the audit's
-CANDIDATES = NetworkNeighbors(None).candidates_per_neighbor  # the default's
 INDEXES = [  # name, index, index_params
     ("'Flat' (exhaustive; the audit's below 10^6)", "Flat", None),
     ("'HNSW32', beam of twice the candidates (the audit's from 10^6)", "HNSW32", None),
@@ -162,7 +162,8 @@ def main():
         "Written by `benchmarks/bench_large_search.py` (see its docstring): "
         f"{n} reference examples, the audit benchmark's MLP (10 outputs), "
         "`NetworkNeighbors(algorithm='faiss', n_components='auto', "
-        f"search_components=64)`, {K} neighbours ({K * CANDIDATES} candidates). "
+        f"search_components=64)`, {K} neighbours "
+        f"({K * CANDIDATES_PER_NEIGHBOR} candidates). "
         f"Recall@{K} of {N_RECALL} held-out queries against their exact neighbours "
         f"(found in {exact_seconds:.0f} s); query time of {N_TIMED:,} held-out "
         "queries, and extrapolated to all-pairs queries of the "

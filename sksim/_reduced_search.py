@@ -27,6 +27,7 @@ from sklearn.utils.extmath import randomized_svd
 
 from ._engine.pieces import pair_products, rectangular_pairs
 
+CANDIDATES_PER_NEIGHBOR = 24  # the searches' default candidates_per_neighbor
 MAX_FIT_ROWS = 4096  # reference sketches the directions are fitted on
 BLOCK_ROWS = 4096  # queries ranked at a time (bounds the copies and pattern)
 LOCALITY_CLUSTERS = 256  # k-means clusters that order the queries

@@ -35,6 +35,7 @@ from ._docs import fill_doc
 from ._engine.inputs import n_samples, take
 from ._engine.jacobian import DEFAULT_MAX_MEMORY
 from ._net import _unwrap, fit_net, is_unfitted_skorch
+from ._reduced_search import CANDIDATES_PER_NEIGHBOR
 from ._typing import NetInput, NetLike, Output, Self
 from ._validation import check_net_input, given_or_item_labels, labelled
 from .density import NEIGHBOR_PARAMETERS
@@ -415,7 +416,7 @@ class LabelIssueDetector(NetworkEstimator):
         params: str | Sequence[str] | None = None,
         n_components: int | str | None = None,
         search_components: int | None = None,
-        candidates_per_neighbor: int = 24,
+        candidates_per_neighbor: int = CANDIDATES_PER_NEIGHBOR,
         batch_size: int | str = "auto",
         device: str | torch.device | None = None,
         rtol: float = 1e-5,

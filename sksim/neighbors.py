@@ -31,6 +31,7 @@ from ._engine.rows import (
     whitened_bytes,
 )
 from ._reduced_search import (
+    CANDIDATES_PER_NEIGHBOR,
     direction_rows,
     locality_order,
     principal_directions,
@@ -317,7 +318,7 @@ class NetworkNeighbors(NetworkEstimator):
         index: str = "Flat",
         index_params: str | None = None,
         search_components: int | None = None,
-        candidates_per_neighbor: int = 24,
+        candidates_per_neighbor: int = CANDIDATES_PER_NEIGHBOR,
         checkpoints: Checkpoints | None = None,
         checkpoint_weights: ArrayLike | None = None,
     ) -> None:
