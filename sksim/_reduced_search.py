@@ -61,6 +61,17 @@ def principal_directions(
     return np.ascontiguousarray(Vt.T, dtype=np.float32)
 
 
+def compact_rows(indices: np.ndarray, n_reference: int) -> np.ndarray:
+    """Candidate rows ``indices`` as int32 when ``n_reference`` rows allow it.
+
+    FAISS returns int64 rows; the candidates of a block of queries are held
+    while they are ranked, and int32 halves them.
+    """
+    if n_reference > np.iinfo(np.int32).max:
+        return indices
+    return indices.astype(np.int32)
+
+
 def locality_order(G: np.ndarray, random_state: int) -> np.ndarray:
     """An order of the queries that puts those with common candidates together.
 

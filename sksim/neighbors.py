@@ -32,6 +32,7 @@ from ._engine.rows import (
 )
 from ._reduced_search import (
     CANDIDATES_PER_NEIGHBOR,
+    compact_rows,
     direction_rows,
     locality_order,
     principal_directions,
@@ -577,16 +578,22 @@ class NetworkNeighbors(NetworkEstimator):
             per_sample += self._piece_bytes
         n = n_samples(X)
         step = int(min(n, max(1, self._kept_bytes / per_sample)))
-        parts = []
-        for start in range(0, n, step):
-            chunk = take(X, slice(start, min(start + step, n)))
-            kept = None
-            if self.exact_ranking_:
-                kept = KeptPieces(n_samples(chunk), float("inf"))  # the chunk fits
-            F = self._sketch(chunk, kept, self._kept_directions())
-            pieces = None if kept is None else kept.pieces
-            parts.append(self._faiss(F, n_neighbors, pieces=pieces))
+        chunks = (slice(start, min(start + step, n)) for start in range(0, n, step))
+        parts = [self._searched_chunk(take(X, rows), n_neighbors) for rows in chunks]
         return tuple(np.concatenate(part) for part in zip(*parts, strict=True))
+
+    def _searched_chunk(self, X, n_neighbors):
+        """:meth:`_faiss` of the queries ``X``, sketched (with their pieces) here.
+
+        Their pieces are released on return, before the next chunk's are
+        computed.
+        """
+        kept = None
+        if self.exact_ranking_:
+            kept = KeptPieces(n_samples(X), float("inf"))  # the chunk fits
+        F = self._sketch(X, kept, self._kept_directions())
+        pieces = None if kept is None else kept.pieces
+        return self._faiss(F, n_neighbors, pieces=pieces)
 
     def _searched_reference(self, n_neighbors):
         """:meth:`_faiss` of the reference itself, each example not its own neighbour.
@@ -606,6 +613,7 @@ class NetworkNeighbors(NetworkEstimator):
                 pieces = [piece.take(block) for piece in kept]
             own = np.arange(block.start, block.stop)
             parts.append(self._faiss(F[block], n_neighbors, own, pieces))
+            del pieces  # freed before the next block's are computed
         return tuple(np.concatenate(part) for part in zip(*parts, strict=True))
 
     def _sketch(self, X, each_batch=None, directions=None):
@@ -703,6 +711,7 @@ class NetworkNeighbors(NetworkEstimator):
             )
         if self.search_directions_ is not None:  # only the candidates count
             del similarities
+            indices = compact_rows(indices, self.n_samples_fit_)
             indices.sort(axis=1)
             similarity = self._candidate_similarity(F, pieces, indices)
             # streamed similarities are all computed already: no order speeds them

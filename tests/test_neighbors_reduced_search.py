@@ -9,6 +9,8 @@ from _architectures import family_case, mlp, oracle_jacobians, oracle_kernel
 from sklearn.utils._param_validation import InvalidParameterError
 
 from sksim import LabelIssueDetector, _reduced_search
+from sksim._engine import rows
+from sksim._engine.rows import TAKE_ROWS
 from sksim._reduced_search import (
     direction_rows,
     locality_order,
@@ -57,13 +59,15 @@ def pieces_bytes(net, X):
 @pytest.mark.parametrize("candidates", [1, 16])
 @pytest.mark.parametrize("blocks", [1, 3])
 @pytest.mark.parametrize("query_reference", [False, True])
+@pytest.mark.parametrize("take_rows", [TAKE_ROWS, 7])
 def test_candidates_are_ranked_by_their_exact_similarities(
-    data, query_reference, blocks, candidates
+    data, query_reference, blocks, candidates, take_rows, monkeypatch
 ):
     X_ref, X_new = data
     net = mlp(4, 3).double()
     # with 3 blocks, the reference's pieces are not kept: each block of queries
-    # meets its candidates in a pass over them
+    # meets its candidates in a pass over them, reading take_rows at a time
+    monkeypatch.setattr(rows, "TAKE_ROWS", take_rows)
     max_memory = int(np.ceil(3 * pieces_bytes(net, X_ref) / blocks)) + 3
     reduced = search(
         net, X_ref, 4, max_memory=max_memory, candidates_per_neighbor=candidates

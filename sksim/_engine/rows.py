@@ -177,35 +177,39 @@ def streamed_similarities(
     The whitened pieces of the rows of ``Y`` that ``columns`` names are
     computed in one pass over those rows (read :data:`TAKE_ROWS` at a time),
     and each batch meets the queries ``left`` of which it is a candidate.
+    Each row of ``columns`` must be sorted: the pairs of a read are then the
+    next slots of each row, found without sorting all pairs at once.
     """
     n, c = columns.shape
-    flat = columns.reshape(-1)
-    by_column = np.argsort(flat, kind="stable")  # pairs grouped by reference row
-    sorted_columns = flat[by_column]
-    first = np.empty(len(flat), dtype=bool)  # each reference row's first pair
-    first[:1] = True
-    np.not_equal(sorted_columns[1:], sorted_columns[:-1], out=first[1:])
-    needed = sorted_columns[first]
-    del sorted_columns
-    positions = np.cumsum(first, dtype=np.int64)  # rows of needed, by column
-    positions -= 1
-    del first
-    out = np.empty(n * c, dtype=np.float32)
+    wanted = np.zeros(n_samples(Y), dtype=bool)
+    wanted[columns.ravel()] = True
+    needed = np.flatnonzero(wanted)
+    where = np.cumsum(wanted) - 1  # row of needed, by reference row
+    del wanted
+    out = np.empty((n, c), dtype=np.float32)
+    done = np.zeros(n, dtype=np.intp)  # slots of each query already met
     device = left[0].signal.device
     for start in range(0, len(needed), TAKE_ROWS):
-        chunk = take(Y, needed[start : start + TAKE_ROWS])
-        for rows, pieces, _ in engine.mapped_pieces(chunk, -0.5, rtol):
-            low, high = start + rows.start, start + rows.stop
-            lo, hi = np.searchsorted(positions, [low, high])
-            order = np.argsort(by_column[lo:hi])  # compressed-row order
-            pairs = by_column[lo:hi][order]
-            out[pairs] = pair_similarities(
+        read = needed[start : start + TAKE_ROWS]
+        upto = (columns <= read[-1]).sum(axis=1)
+        count = upto - done
+        query = np.repeat(np.arange(n), count)  # the read's pairs, row by row
+        slot = np.arange(len(query)) - np.repeat(np.cumsum(count) - count, count)
+        slot += done[query]
+        done = upto
+        position = where[columns[query, slot]] - start  # row of the read
+        by_position = np.argsort(position, kind="stable")
+        bounds = position[by_position]
+        for rows, pieces, _ in engine.mapped_pieces(take(Y, read), -0.5, rtol):
+            lo, hi = np.searchsorted(bounds, [rows.start, rows.stop])
+            pairs = np.sort(by_position[lo:hi])  # compressed-row order
+            out[query[pairs], slot[pairs]] = pair_similarities(
                 left,
                 pieces,
-                torch.as_tensor(pairs // c, device=device),
-                torch.as_tensor(positions[lo:hi][order] - low, device=device),
+                torch.as_tensor(query[pairs], device=device),
+                torch.as_tensor(position[pairs] - rows.start, device=device),
             )
-    return out.reshape(n, c)
+    return out
 
 
 def sketch_features(
