@@ -123,6 +123,7 @@ class ExactNeighbors:
             queries = self._block_queries(block)
             for rows, pieces, _ in self.engine.mapped_pieces(Y, -0.5, self.rtol):
                 self._gather(block, queries, rows, pieces)
+            del queries  # freed before the next block's are computed
 
     def _gather(self, block: slice, queries, rows: slice, pieces: list) -> None:
         k = queries.rows_of(pieces).T  # symmetric: k(q, y) = k(y, q)

@@ -11,6 +11,7 @@ import functools
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 import torch
 
 from .._engine.inputs import batches, is_dataset, n_samples, take, to_tensor
@@ -54,7 +55,7 @@ def prediction_support(samples, neighbors):
         weight=weight, agreeing=weight * (pairs["train_label"] == pairs["prediction"])
     )
     sums = pairs.groupby(["fold", "index"])[["weight", "agreeing"]].sum()
-    sums = sums.reindex(list(zip(samples["fold"], samples["index"], strict=True)))
+    sums = sums.reindex(pd.MultiIndex.from_frame(samples[["fold", "index"]]))
     total = sums["weight"].to_numpy()
     return np.divide(
         sums["agreeing"].to_numpy(),
