@@ -198,11 +198,12 @@ class NetworkNeighbors(NetworkEstimator):
         candidates (``exact_ranking_`` says which). When ranked exactly, only
         the sketches' projections are kept (``search_components`` values per
         example); they, the FAISS index's copy of them (and an HNSW index's
-        graph) and the candidates of a block of queries come on top of
+        graph) and the candidates of a block of queries are not counted in
         ``max_memory`` (the first three 0.75 GiB for 10^6 examples with
-        ``"HNSW32"``). The search costs about ``search_components / (d *
-        n_components)`` as much; a neighbour is lost only when it is not among
-        the candidates.
+        ``"HNSW32"``; that search's all-pairs query peaked at 1.89 GiB above
+        its start with the default 2 GiB). The search costs about
+        ``search_components / (d * n_components)`` as much; a neighbour is
+        lost only when it is not among the candidates.
     candidates_per_neighbor : int, default=24
         With ``search_components``: the candidates the index finds per
         neighbour asked for. More find more of the exact neighbours, at a cost
