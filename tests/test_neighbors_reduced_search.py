@@ -57,9 +57,10 @@ def pieces_bytes(net, X):
 
 
 @pytest.mark.parametrize("candidates", [1, 16])
-@pytest.mark.parametrize("blocks", [1, 3])
+@pytest.mark.parametrize(
+    ("blocks", "take_rows"), [(1, TAKE_ROWS), (3, TAKE_ROWS), (3, 7)]
+)
 @pytest.mark.parametrize("query_reference", [False, True])
-@pytest.mark.parametrize("take_rows", [TAKE_ROWS, 7])
 def test_candidates_are_ranked_by_their_exact_similarities(
     data, query_reference, blocks, candidates, take_rows, monkeypatch
 ):
