@@ -579,22 +579,17 @@ class NetworkNeighbors(NetworkEstimator):
             per_sample += self._piece_bytes
         n = n_samples(X)
         step = int(min(n, max(1, self._kept_bytes / per_sample)))
-        chunks = (slice(start, min(start + step, n)) for start in range(0, n, step))
-        parts = [self._searched_chunk(take(X, rows), n_neighbors) for rows in chunks]
+        parts = []
+        for start in range(0, n, step):
+            chunk = take(X, slice(start, min(start + step, n)))
+            kept = None
+            if self.exact_ranking_:
+                kept = KeptPieces(n_samples(chunk), float("inf"))  # the chunk fits
+            F = self._sketch(chunk, kept, self._kept_directions())
+            pieces = None if kept is None else kept.pieces
+            parts.append(self._faiss(F, n_neighbors, pieces=pieces))
+            del kept, pieces  # freed before the next chunk's are computed
         return tuple(np.concatenate(part) for part in zip(*parts, strict=True))
-
-    def _searched_chunk(self, X, n_neighbors):
-        """:meth:`_faiss` of the queries ``X``, sketched (with their pieces) here.
-
-        Their pieces are released on return, before the next chunk's are
-        computed.
-        """
-        kept = None
-        if self.exact_ranking_:
-            kept = KeptPieces(n_samples(X), float("inf"))  # the chunk fits
-        F = self._sketch(X, kept, self._kept_directions())
-        pieces = None if kept is None else kept.pieces
-        return self._faiss(F, n_neighbors, pieces=pieces)
 
     def _searched_reference(self, n_neighbors):
         """:meth:`_faiss` of the reference itself, each example not its own neighbour.
