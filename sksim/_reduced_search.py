@@ -30,6 +30,7 @@ from ._engine.pieces import pair_products, rectangular_pairs
 CANDIDATES_PER_NEIGHBOR = 24  # the searches' default candidates_per_neighbor
 MAX_FIT_ROWS = 4096  # reference sketches the directions are fitted on
 BLOCK_ROWS = 4096  # queries ranked at a time (bounds the copies and pattern)
+SEARCH_ROWS = 16_384  # queries FAISS searches at a time for their candidates
 LOCALITY_CLUSTERS = 256  # k-means clusters that order the queries
 POINTS_PER_CLUSTER = 39  # reduced sketches k-means is fitted on, per cluster
 
@@ -61,15 +62,22 @@ def principal_directions(
     return np.ascontiguousarray(Vt.T, dtype=np.float32)
 
 
-def compact_rows(indices: np.ndarray, n_reference: int) -> np.ndarray:
-    """Candidate rows ``indices`` as int32 when ``n_reference`` rows allow it.
+def candidate_rows(
+    index, G: np.ndarray, n_candidates: int, params, n_reference: int
+) -> np.ndarray:
+    """The ``n_candidates`` reference rows the FAISS ``index`` finds for each query.
 
-    FAISS returns int64 rows; the candidates of a block of queries are held
-    while they are ranked, and int32 halves them.
+    The queries ``G`` are searched :data:`SEARCH_ROWS` at a time and only the
+    rows are kept, as int32 when ``n_reference`` rows allow it: FAISS's
+    similarities and int64 rows are held for one chunk, not for all queries.
+    ``params`` are FAISS's search parameters; -1 marks a candidate not found.
     """
-    if n_reference > np.iinfo(np.int32).max:
-        return indices
-    return indices.astype(np.int32)
+    int32 = n_reference <= np.iinfo(np.int32).max
+    rows = np.empty((len(G), n_candidates), dtype=np.int32 if int32 else np.int64)
+    for start in range(0, len(G), SEARCH_ROWS):
+        chunk = slice(start, start + SEARCH_ROWS)
+        _, rows[chunk] = index.search(G[chunk], n_candidates, params=params)
+    return rows
 
 
 def locality_order(G: np.ndarray, random_state: int) -> np.ndarray:

@@ -32,7 +32,7 @@ from ._engine.rows import (
 )
 from ._reduced_search import (
     CANDIDATES_PER_NEIGHBOR,
-    compact_rows,
+    candidate_rows,
     direction_rows,
     locality_order,
     principal_directions,
@@ -200,7 +200,7 @@ class NetworkNeighbors(NetworkEstimator):
         example); they, the FAISS index's copy of them (and an HNSW index's
         graph) and the candidates of a block of queries are not counted in
         ``max_memory`` (the first three 0.75 GiB for 10^6 examples with
-        ``"HNSW32"``; that search's all-pairs query peaked at 1.89 GiB above
+        ``"HNSW32"``; that search's all-pairs query peaked at 1.80 GiB above
         its start with the default 2 GiB). The search costs about
         ``search_components / (d * n_components)`` as much; a neighbour is
         lost only when it is not among the candidates.
@@ -690,9 +690,15 @@ class NetworkNeighbors(NetworkEstimator):
         if self.search_directions_ is not None:
             n_candidates = min(self.candidates_per_neighbor * k, self.n_samples_fit_)
         G = self._searched(F)
-        similarities, indices = self._faiss_index.search(
-            G, n_candidates, params=self._search_parameters(n_candidates)
-        )
+        params = self._search_parameters(n_candidates)
+        if self.search_directions_ is None:
+            similarities, indices = self._faiss_index.search(
+                G, n_candidates, params=params
+            )
+        else:  # only the candidates count
+            indices = candidate_rows(
+                self._faiss_index, G, n_candidates, params, self.n_samples_fit_
+            )
         if (indices < 0).any():
             wanted = "neighbours"
             if self.search_directions_ is not None:
@@ -705,9 +711,7 @@ class NetworkNeighbors(NetworkEstimator):
                 f"{wanted} for some queries: search more of it (index_params, "
                 'e.g. "nprobe=32" or "efSearch=128") or use index="Flat".'
             )
-        if self.search_directions_ is not None:  # only the candidates count
-            del similarities
-            indices = compact_rows(indices, self.n_samples_fit_)
+        if self.search_directions_ is not None:
             indices.sort(axis=1)
             similarity = self._candidate_similarity(F, pieces, indices)
             # streamed similarities are all computed already: no order speeds them

@@ -186,6 +186,34 @@ def test_queries_go_in_chunks_that_fit_and_change_no_result(data, search_compone
     np.testing.assert_allclose(sim, expected[0], rtol=1e-6)
 
 
+class RecordedIndex:
+    """A FAISS index that records how many queries each search is given."""
+
+    def __init__(self, index):
+        self.index, self.queries = index, []
+
+    def search(self, G, k, params=None):
+        self.queries.append(len(G))
+        return self.index.search(G, k, params=params)
+
+
+@pytest.mark.parametrize("query_reference", [False, True])
+def test_candidates_are_searched_in_chunks_that_change_no_result(
+    data, query_reference, monkeypatch
+):
+    X_ref, X_new = data
+    X = None if query_reference else X_new
+    reduced = search(mlp(4, 3), X_ref, 4)
+    expected = reduced.most_similar(X)
+    monkeypatch.setattr(_reduced_search, "SEARCH_ROWS", 16)
+    reduced._faiss_index = RecordedIndex(reduced._faiss_index)
+    sim, ind = reduced.most_similar(X)
+    n = len(X_ref if query_reference else X_new)
+    assert reduced._faiss_index.queries == [16] * (n // 16) + [n % 16]
+    np.testing.assert_array_equal(ind, expected[1])
+    np.testing.assert_array_equal(sim, expected[0])
+
+
 def test_no_reduction_when_the_sketches_are_not_wider(data):
     X_ref, X_new = data
     net = mlp(4, 3)
