@@ -11,13 +11,12 @@ import functools
 from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import torch
 
 from .._engine.inputs import batches, is_dataset, n_samples, take, to_tensor
 from .._validation import sample_shape
 from . import _render
-from ._tables import frame, neighbor_text
+from ._tables import frame, import_pandas, neighbor_text
 from .analyses.neighbors import image_view
 
 if TYPE_CHECKING:
@@ -55,7 +54,8 @@ def prediction_support(samples, neighbors):
         weight=weight, agreeing=weight * (pairs["train_label"] == pairs["prediction"])
     )
     sums = pairs.groupby(["fold", "index"])[["weight", "agreeing"]].sum()
-    sums = sums.reindex(pd.MultiIndex.from_frame(samples[["fold", "index"]]))
+    rows = import_pandas().MultiIndex.from_frame(samples[["fold", "index"]])
+    sums = sums.reindex(rows)
     total = sums["weight"].to_numpy()
     return np.divide(
         sums["agreeing"].to_numpy(),

@@ -1,4 +1,5 @@
 import json
+import subprocess
 import sys
 
 import _audit_helpers
@@ -382,6 +383,12 @@ def test_missing_pandas_names_the_extra(digit_images, monkeypatch):
     monkeypatch.setitem(sys.modules, "pandas", None)
     with pytest.raises(ImportError, match=r'pip install "sksim\[audit\]"'):
         audit(small_net(X), X, y)
+
+
+def test_the_audit_imports_without_pandas():
+    # pandas is the audit extra's: imported when tables are made, not before
+    code = "import sys; sys.modules['pandas'] = None; import sksim.audit"
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_helpers():
