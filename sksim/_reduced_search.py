@@ -141,10 +141,27 @@ def rank_candidates(
         rows = order[start : start + BLOCK_ROWS]
         columns = np.sort(candidates[rows], axis=1)
         inner = similarity(rows, columns)
-        top = np.lexsort((columns, -inner), axis=-1)[:, :n_neighbors]
+        top = largest(inner, n_neighbors)
         similarities[rows] = np.take_along_axis(inner, top, axis=1)
         indices[rows] = np.take_along_axis(columns, top, axis=1)
     return similarities, indices
+
+
+def largest(values: np.ndarray, n: int) -> np.ndarray:
+    """Positions of the ``n`` largest float32 ``values`` of each row, largest first.
+
+    Ties come in the order of their positions, as a stable sort would give
+    them. Each value and its position are packed into one int64 key that
+    orders as (value descending, position ascending): a partial sort of the
+    keys then selects without comparing values and positions apart.
+    """
+    bits = (values + np.float32(0)).view(np.int32)  # -0.0 as 0.0: equal, as floats
+    ascending = bits ^ ((bits >> 31) & np.int32(0x7FFFFFFF))  # ordered as the floats
+    keys = (~ascending).astype(np.int64) << 32 | np.arange(values.shape[1])
+    if n < values.shape[1]:
+        keys = np.partition(keys, n - 1, axis=1)[:, :n]
+    keys.sort(axis=1)
+    return keys & 0xFFFFFFFF
 
 
 def sketch_similarity(

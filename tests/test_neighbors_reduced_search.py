@@ -13,6 +13,7 @@ from sksim._engine import rows
 from sksim._engine.rows import TAKE_ROWS
 from sksim._reduced_search import (
     direction_rows,
+    largest,
     locality_order,
     principal_directions,
     rank_candidates,
@@ -288,6 +289,20 @@ def test_rank_candidates_against_a_full_sort(block_rows, monkeypatch):
         # float32 products summed in another order: errors of the inputs' scale
         np.testing.assert_allclose(sim[q], inner[order], rtol=1e-6, atol=1e-5)
     assert list(ind[0][:2]) == [3, 12]
+
+
+@pytest.mark.parametrize("n", [1, 4, 12])
+def test_largest_orders_as_a_stable_sort_of_the_values(n):
+    rng = np.random.default_rng(3)
+    values = rng.choice(
+        np.float32([-np.inf, -3.5, -1e-30, -0.0, 0.0, 1e-30, 0.25, 2.0, np.inf]),
+        size=(50, 12),
+    )
+    values[:, 5] = rng.normal(size=50)
+    given = values.copy()
+    expected = np.argsort(-values, axis=1, kind="stable")[:, :n]
+    np.testing.assert_array_equal(largest(values, n), expected)
+    np.testing.assert_array_equal(values, given)
 
 
 def test_locality_order_puts_each_cluster_together(monkeypatch):
