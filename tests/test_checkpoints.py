@@ -88,7 +88,9 @@ def test_kernel_is_the_weighted_average_of_checkpoint_kernels(
         expected = average(
             [network_similarity(at(net, s), X, second, kind=kind) for s in states]
         )
-        np.testing.assert_allclose(K, expected, rtol=1e-6, atol=1e-7)
+        # float32 sums in batches of 5 or not: rounding of the values' scale
+        scale = np.abs(expected).max()
+        np.testing.assert_allclose(K, expected, rtol=1e-6, atol=1e-6 * scale)
     if kind != "influence":
         np.testing.assert_array_equal(K, K.T)
 
@@ -179,9 +181,10 @@ def test_the_kernel_estimator_averages_like_the_function(data, net_and_states):
     kwargs = dict(kind="cosine", checkpoints=states, checkpoint_weights=WEIGHTS)
     kern = NetworkSimilarityKernel(net, batch_size=4, **kwargs)
     K = kern.fit_transform(X)
-    np.testing.assert_allclose(K, network_similarity(net, X, **kwargs), rtol=1e-12)
+    # batches of 4 or not: float32 rounding, which depends on the processor
+    np.testing.assert_allclose(K, network_similarity(net, X, **kwargs), atol=1e-6)
     np.testing.assert_allclose(
-        kern.transform(Y), network_similarity(net, Y, X, **kwargs), rtol=1e-6
+        kern.transform(Y), network_similarity(net, Y, X, **kwargs), atol=1e-6
     )
 
 
