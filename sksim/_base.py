@@ -21,8 +21,10 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from ._engine.checkpoints import (
     WeightedEngines,
     check_checkpoints,
+    checkpoint_seed,
     checkpoint_shares,
 )
+from ._engine.features import piece_energies
 from ._engine.jacobian import JacobianEngine
 from ._engine.normalize import KINDS
 from ._net import fit_net, resolve_module
@@ -195,6 +197,20 @@ class NetworkEstimator(BaseEstimator):
             self.max_memory,
             validate=False,  # done in fit
         )
+
+    def _sketch_weights(self, X) -> list[np.ndarray]:
+        """The pieces' energies on the reference ``X``, one array per engine.
+
+        The ``weights`` with which the sketches of reference and queries
+        share their columns among the pieces (see
+        :func:`~sksim._engine.features.piece_energies`).
+        """
+        return [
+            piece_energies(
+                engine, X, checkpoint_seed(self.projection_seed_, c), self.rtol
+            )
+            for c, (_, engine) in enumerate(self._engines())
+        ]
 
     def _make_engine(self) -> JacobianEngine:
         return make_engine(

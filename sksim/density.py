@@ -193,6 +193,12 @@ class GradientDensityEstimator(DensityMixin, NetworkEstimator):
         and ``method`` is not ``"soft"``); with ``checkpoints``, those of the
         checkpoints side by side, each scaled by the square root of its share
         of the weight.
+    sketch_weights_ : list of ndarray
+        With sketches: the energy of each layer piece of the whitened Jacobians,
+        measured on up to 256 reference examples (one array per checkpoint).
+        The sketch gives the pieces columns in proportion to them, for
+        reference and queries alike: the split that minimises the sketch's
+        variance.
     projection_seed_ : int
         Seed of the sketch, shared by reference and queries.
     n_features_in_ : int
@@ -298,6 +304,7 @@ class GradientDensityEstimator(DensityMixin, NetworkEstimator):
                 sums[0] if self.checkpoints is None else np.stack(sums)
             )
         elif self.n_components is not None:
+            self.sketch_weights_ = self._sketch_weights(X)
             self.reference_features_ = self._sketch(X)
         return self
 
@@ -311,6 +318,7 @@ class GradientDensityEstimator(DensityMixin, NetworkEstimator):
                 self.n_components,
                 checkpoint_seed(self.projection_seed_, c),
                 self.rtol,
+                weights=self.sketch_weights_[c],
             ),
         )
 

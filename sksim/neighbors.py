@@ -249,6 +249,12 @@ class NetworkNeighbors(NetworkEstimator):
         With ``X_val`` passed to ``fit``: the mean share of each query's
         exact ``n_neighbors`` nearest reference examples that
         :meth:`most_similar` finds (recall@``n_neighbors``).
+    sketch_weights_ : list of ndarray
+        With sketches: the energy of each layer piece of the whitened Jacobians,
+        measured on up to 256 reference examples (one array per checkpoint).
+        The sketch gives the pieces columns in proportion to them, for
+        reference and queries alike: the split that minimises the sketch's
+        variance.
     projection_seed_ : int
         Seed of the sketch, shared by reference and queries.
     n_features_in_ : int
@@ -409,6 +415,8 @@ class NetworkNeighbors(NetworkEstimator):
             and len(self._blocks(self.n_samples_fit_)) <= MAX_RANKING_BLOCKS
         )
         self.n_components_ = self._sketch_width(X)
+        if self.n_components_ is not None:
+            self.sketch_weights_ = self._sketch_weights(X)
         kept = None
         if self.exact_ranking_ and self._pieces_fit():
             kept = KeptPieces(self.n_samples_fit_, float("inf"))
@@ -629,6 +637,7 @@ class NetworkNeighbors(NetworkEstimator):
                 self.rtol,
                 each_batch,
                 directions,
+                self.sketch_weights_[c],
             ),
         )
 

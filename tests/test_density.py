@@ -13,6 +13,9 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from skorch import NeuralNetRegressor
 
 from sksim import network_similarity
+from sksim._engine.features import piece_energies
+from sksim._engine.jacobian import JacobianEngine
+from sksim._engine.rows import sketch_features
 from sksim.datasets import make_circle_sine
 from sksim.density import GradientDensityEstimator
 
@@ -109,6 +112,15 @@ def test_sketched_counts_approach_the_exact_ones(data, d):
         net, method="power", power=2, n_components=60, random_state=0
     ).fit(X_ref)
     assert sketched.reference_features_.shape == (40, d * 60)
+    # the pieces share the columns by their energies on the reference
+    engine, seed = JacobianEngine(net), sketched.projection_seed_
+    weights = piece_energies(engine, X_ref, seed)
+    np.testing.assert_allclose(sketched.sketch_weights_[0], weights, rtol=1e-6)
+    np.testing.assert_allclose(
+        sketched.reference_features_,
+        sketch_features(engine, X_ref, 60, seed, weights=weights),
+        atol=1e-6,
+    )
     assert np.abs(sketched.neighbor_counts(X_new) - exact).max() < 0.3 * exact.max()
     # Same seed, same sketch: reference examples count themselves exactly once.
     hard = GradientDensityEstimator(

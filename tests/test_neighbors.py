@@ -14,6 +14,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 import sksim.neighbors
 from sksim import network_similarity
+from sksim._engine.features import piece_energies
 from sksim._engine.jacobian import JacobianEngine
 from sksim._engine.pieces import nbytes_of
 from sksim._engine.rows import ExactNeighbors, sketch_features
@@ -79,8 +80,10 @@ def test_sketched_search_ranks_by_the_sketch(data, d):
     nn = NetworkNeighbors(net, n_neighbors=6, n_components=16, random_state=0)
     sim, ind = nn.fit(X_ref).most_similar(X_new)
     engine = JacobianEngine(net)
-    F_ref = sketch_features(engine, X_ref, 16, nn.projection_seed_)
-    F_new = sketch_features(engine, X_new, 16, nn.projection_seed_)
+    weights = piece_energies(engine, X_ref, nn.projection_seed_)
+    np.testing.assert_array_equal(nn.sketch_weights_[0], weights)
+    F_ref = sketch_features(engine, X_ref, 16, nn.projection_seed_, weights=weights)
+    F_new = sketch_features(engine, X_new, 16, nn.projection_seed_, weights=weights)
     expected_sim, expected_ind = expected_neighbors(F_new @ F_ref.T, 6)
     np.testing.assert_array_equal(ind, expected_ind)
     np.testing.assert_allclose(sim, expected_sim, atol=1e-6)

@@ -3,9 +3,14 @@
 import numpy as np
 import pytest
 import torch
-from _architectures import MLP, SmallCNN
+from _architectures import MLP, SmallCNN, oracle_jacobians
+from sklearn.utils import check_random_state
 
 from sksim import NetworkSimilarityKernel, gradient_features, network_similarity
+from sksim._engine import features
+from sksim._engine.features import piece_energies
+from sksim._engine.jacobian import JacobianEngine
+from sksim._engine.rows import sketch_features
 from sksim._engine.sketch import allocate
 
 
@@ -119,6 +124,66 @@ def test_allocation_keeps_small_pieces_exact():
     assert allocate([3000, 10, 300], 1010) == [700, 10, 300]
     assert allocate([1, 12, 12, 36], 24) == [1, 7, 8, 8]
     assert allocate([10, 20], 100) == [10, 20]
+
+
+def test_allocation_follows_the_weights():
+    assert allocate([10, 1000, 3000], 1010, [1, 1, 3]) == [10, 250, 750]
+    # pieces below their weighted share are kept exactly, the rest goes on
+    assert allocate([10, 100, 3000], 1000, [0.1, 5, 1]) == [10, 100, 890]
+    assert allocate([9, 9, 9], 10, [1, 1, 1]) == allocate([9, 9, 9], 10)
+    assert allocate([100, 100], 10, [0, 1]) == [1, 10]  # one column at least
+    assert allocate([100, 100], 10, [0, 0]) == [5, 5]  # none measured: equal
+
+
+def three_layers(last_scale=1.0):
+    """``Linear(8, 64) -> tanh -> Linear(64, 64) -> tanh -> Linear(64, 3)``."""
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(
+        torch.nn.Linear(8, 64),
+        torch.nn.Tanh(),
+        torch.nn.Linear(64, 64),
+        torch.nn.Tanh(),
+        torch.nn.Linear(64, 3),
+    )
+    with torch.no_grad():
+        module[4].weight.mul_(last_scale)
+    return module
+
+
+@pytest.mark.parametrize("energy_rows", [10, 256])
+def test_piece_energies_against_the_oracle(energy_rows, monkeypatch):
+    monkeypatch.setattr(features, "ENERGY_ROWS", energy_rows)
+    module = three_layers()
+    X = np.random.RandomState(0).randn(40, 8).astype(np.float32)
+    energies = piece_energies(JacobianEngine(module), X, seed=4)
+    rows = np.arange(40)
+    if energy_rows < 40:
+        rows = np.sort(check_random_state(4).choice(40, energy_rows, replace=False))
+    J = oracle_jacobians(module, torch.from_numpy(X[rows]))
+    lam, V = np.linalg.eigh(J @ J.transpose(0, 2, 1))
+    A = (V / np.sqrt(lam)[:, None, :]) @ V.transpose(0, 2, 1) @ J  # whitened
+    ends = np.cumsum([8 * 64 + 64, 64 * 64 + 64, 64 * 3 + 3])  # one piece a layer
+    expected = [(a**2).sum((1, 2)).mean() for a in np.split(A, ends[:-1], axis=2)]
+    np.testing.assert_allclose(energies, expected, rtol=1e-4)
+    assert energies.sum() == pytest.approx(3, rel=1e-5)  # d per example
+
+
+def test_energy_weights_lower_the_sketch_error():
+    # the last layer carries nearly all the energy, but is not the widest
+    module = three_layers(last_scale=0.1)
+    X = np.random.RandomState(0).randn(60, 8).astype(np.float32)
+    engine = JacobianEngine(module)
+    exact = network_similarity(module, X)
+    weights = piece_energies(engine, X, seed=0)
+    assert weights[-1] > 0.9 * weights.sum()
+
+    def error(weights):
+        sketches = [
+            sketch_features(engine, X, 64, s, weights=weights) for s in range(5)
+        ]
+        return np.mean([np.abs(F @ F.T - exact).mean() for F in sketches])
+
+    assert error(weights) < 0.75 * error(None)
 
 
 @pytest.mark.parametrize("kind", ["cosine", "influence"])

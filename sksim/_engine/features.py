@@ -8,12 +8,13 @@ sketched layer by layer to about ``k`` columns (see ``sketch``), never forming
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
+from sklearn.utils import check_random_state
 
-from .inputs import n_samples
+from .inputs import n_samples, take
 from .jacobian import JacobianEngine
 from .pieces import DensePiece, gram_of, map_pieces
 from .sketch import GradientSketch
@@ -34,6 +35,32 @@ def whitened_jacobians(
         yield rows, A.grad
 
 
+ENERGY_ROWS = 256  # examples the pieces' energies are measured on, at most
+
+
+def piece_energies(
+    engine: JacobianEngine, X, seed: int, rtol: float = 1e-5
+) -> np.ndarray:
+    """Mean squared norm of each whitened piece, over examples of ``X``.
+
+    Measured on :data:`ENERGY_ROWS` examples drawn at random (all of them
+    when there are no more); the pieces' energies add up to ``d`` per
+    example. A piece sketched to ``k`` columns adds a variance of order
+    ``energy^2 / k`` to the sketch's inner products, so columns in proportion
+    to the energies (the ``weights`` of :class:`~sksim._engine.sketch.GradientSketch`)
+    minimise the total.
+    """
+    n = n_samples(X)
+    rows = np.arange(n)
+    if n > ENERGY_ROWS:
+        rows = np.sort(check_random_state(seed).choice(n, ENERGY_ROWS, replace=False))
+    total = 0.0
+    for _, pieces, _ in engine.mapped_pieces(take(X, rows), -0.5, rtol, False):
+        grams = [piece.self_gram() for piece in pieces]
+        total = total + np.array([g.diagonal(0, 1, 2).sum().item() for g in grams])
+    return total / len(rows)
+
+
 def gradient_features(
     engine: JacobianEngine,
     X,
@@ -45,6 +72,7 @@ def gradient_features(
     each_batch: Callable[[slice, list], None] | None = None,
     unit_norm: bool = False,
     directions: np.ndarray | None = None,
+    weights: Sequence[float] | None = None,
 ) -> np.ndarray:
     """Per-sample gradient features ``(n, d, k)`` as a float32 NumPy array.
 
@@ -59,7 +87,8 @@ def gradient_features(
     sample's sketched features to unit Frobenius norm, batch by batch (zero
     features stay zero). ``directions`` ``(d * k, m)``, if given, project
     every batch's flattened sketched features onto their ``m`` columns, so
-    that only ``(n, m)`` values are kept.
+    that only ``(n, m)`` values are kept. ``weights`` share the sketch's
+    columns among the pieces (see :class:`~sksim._engine.sketch.GradientSketch`).
 
     Raises
     ------
@@ -87,7 +116,7 @@ def gradient_features(
             )
         blocks = whitened_jacobians(engine, X, rtol) if power else engine.jacobians(X)
         return _stacked(blocks, n_samples(X))
-    sketch = GradientSketch(n_components, seed)
+    sketch = GradientSketch(n_components, seed, weights)
 
     def blocks():
         for rows, pieces, _ in engine.mapped_pieces(X, power, rtol):

@@ -10,7 +10,7 @@ or computed again for the candidates alone.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -221,6 +221,7 @@ def sketch_features(
     rtol: float = 1e-5,
     each_batch: Callable[[slice, list], None] | None = None,
     directions: np.ndarray | None = None,
+    weights: Sequence[float] | None = None,
 ) -> np.ndarray:
     """Projected whitened Jacobians, flattened and scaled to unit norm.
 
@@ -231,7 +232,8 @@ def sketch_features(
     is called with the rows and whitened pieces of every batch of ``X``.
     ``directions`` ``(d * n_components, m)``, if given, project each batch's
     sketches onto their columns: the result is ``(n, m)``, and the whole
-    sketches are never held for more than a batch.
+    sketches are never held for more than a batch. ``weights`` share the
+    sketch's columns among the pieces: the same for queries and reference.
     """
     F = gradient_features(
         engine,
@@ -243,6 +245,7 @@ def sketch_features(
         each_batch=each_batch,
         unit_norm=True,
         directions=directions,
+        weights=weights,
     )
     return F.reshape(len(F), -1)
 
