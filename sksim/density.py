@@ -195,7 +195,7 @@ class GradientDensityEstimator(DensityMixin, NetworkEstimator):
         of the weight.
     sketch_weights_ : list of ndarray
         With sketches: the energy of each layer piece of the whitened Jacobians,
-        measured on up to 256 reference examples (one array per checkpoint).
+        measured on up to 64 reference examples (one array per checkpoint).
         The sketch gives the pieces columns in proportion to them, for
         reference and queries alike: the split that minimises the sketch's
         variance.

@@ -11,7 +11,7 @@ from sksim._engine import features
 from sksim._engine.features import piece_energies
 from sksim._engine.jacobian import JacobianEngine
 from sksim._engine.rows import sketch_features
-from sksim._engine.sketch import allocate
+from sksim._engine.sketch import GradientSketch, allocate, fft_length
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +135,29 @@ def test_allocation_follows_the_weights():
     assert allocate([100, 100], 10, [0, 0]) == [5, 5]  # none measured: equal
 
 
+def test_fft_length_is_the_largest_product_of_2_3_and_5_up_to_k():
+    def smooth(m):
+        for p in (2, 3, 5):
+            while m % p == 0:
+                m //= p
+        return m == 1
+
+    for k in range(1, 600):
+        assert fft_length(k) == max(m for m in range(1, k + 1) if smooth(m))
+
+
+def test_tensor_sketch_leaves_the_columns_past_its_buckets_zero():
+    module = three_layers()
+    X = np.random.RandomState(0).randn(30, 8).astype(np.float32)
+    _, pieces, _ = next(JacobianEngine(module).mapped_pieces(X, -0.5, 1e-5))
+    sketch = GradientSketch(3 * 62, seed=0)  # 62 columns each: 60 buckets
+    F = sketch.features(pieces)
+    assert F.shape == (30, 3, 3 * 62)
+    for part in F.split(62, dim=2):
+        assert part[..., :60].abs().sum() > 0
+        assert not part[..., 60:].any()
+
+
 def three_layers(last_scale=1.0):
     """``Linear(8, 64) -> tanh -> Linear(64, 64) -> tanh -> Linear(64, 3)``."""
     torch.manual_seed(0)
@@ -150,7 +173,7 @@ def three_layers(last_scale=1.0):
     return module
 
 
-@pytest.mark.parametrize("energy_rows", [10, 256])
+@pytest.mark.parametrize("energy_rows", [10, 64])
 def test_piece_energies_against_the_oracle(energy_rows, monkeypatch):
     monkeypatch.setattr(features, "ENERGY_ROWS", energy_rows)
     module = three_layers()

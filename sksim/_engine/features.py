@@ -35,7 +35,7 @@ def whitened_jacobians(
         yield rows, A.grad
 
 
-ENERGY_ROWS = 256  # examples the pieces' energies are measured on, at most
+ENERGY_ROWS = 64  # examples the pieces' energies are measured on, at most
 
 
 def piece_energies(
