@@ -1,7 +1,8 @@
-"""Parameter descriptions shared by the network estimators, written once.
+"""Parameter and attribute descriptions shared by the network estimators, written once.
 
-A docstring names a shared parameter with ``%(name)s`` on a line of its own;
-:func:`fill_doc` replaces it with the description below, indented to match.
+A docstring names a shared parameter or attribute with ``%(name)s`` on a
+line of its own; :func:`fill_doc` replaces it with the description below,
+indented to match.
 """
 
 from __future__ import annotations
@@ -99,6 +100,13 @@ checkpoint_weights : array-like of shape (n_checkpoints,), default=None
     "verbose": """
 verbose : int, default=0
     Show progress bars when positive.""",
+    "sketch_weights_": """
+sketch_weights_ : list of ndarray
+    With sketches: the energy of each layer piece of the whitened Jacobians,
+    measured on up to 64 reference examples (one array per checkpoint).
+    The sketch gives the pieces columns in proportion to them, for
+    reference and queries alike: the split that minimises the sketch's
+    variance.""",
 }
 
 

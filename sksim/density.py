@@ -193,12 +193,7 @@ class GradientDensityEstimator(DensityMixin, NetworkEstimator):
         and ``method`` is not ``"soft"``); with ``checkpoints``, those of the
         checkpoints side by side, each scaled by the square root of its share
         of the weight.
-    sketch_weights_ : list of ndarray
-        With sketches: the energy of each layer piece of the whitened Jacobians,
-        measured on up to 64 reference examples (one array per checkpoint).
-        The sketch gives the pieces columns in proportion to them, for
-        reference and queries alike: the split that minimises the sketch's
-        variance.
+    %(sketch_weights_)s
     projection_seed_ : int
         Seed of the sketch, shared by reference and queries.
     n_features_in_ : int

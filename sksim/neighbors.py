@@ -253,12 +253,7 @@ class NetworkNeighbors(NetworkEstimator):
         With ``X_val`` passed to ``fit``: the mean share of each query's
         exact ``n_neighbors`` nearest reference examples that
         :meth:`most_similar` finds (recall@``n_neighbors``).
-    sketch_weights_ : list of ndarray
-        With sketches: the energy of each layer piece of the whitened Jacobians,
-        measured on up to 64 reference examples (one array per checkpoint).
-        The sketch gives the pieces columns in proportion to them, for
-        reference and queries alike: the split that minimises the sketch's
-        variance.
+    %(sketch_weights_)s
     projection_seed_ : int
         Seed of the sketch, shared by reference and queries.
     n_features_in_ : int
