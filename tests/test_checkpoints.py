@@ -300,6 +300,10 @@ def test_sketched_neighbors_use_unit_stacked_features(data, net_and_states):
     ).fit(X)
     F = nn.reference_features_
     assert F.shape == (12, 3 * 2 * 50)  # 50 exact columns each
+    # one array of energies per checkpoint, each adding up to d = 2 per example
+    assert len(nn.sketch_weights_) == 3
+    np.testing.assert_allclose([w.sum() for w in nn.sketch_weights_], 2, rtol=1e-5)
+    assert not np.allclose(nn.sketch_weights_[0], nn.sketch_weights_[1])
     np.testing.assert_allclose(np.linalg.norm(F, axis=1), 1.0, rtol=1e-5)
     similarities, indices = nn.most_similar(Y)
     K = network_similarity(net, Y, X, **kwargs)
