@@ -24,9 +24,7 @@ from pathlib import Path
 from unittest import mock
 
 import torch
-from bench_audit import N_CLASSES, images, load_average
-from models import transformers_resnet18
-from skorch import NeuralNetClassifier
+from bench_audit import dataset_and_net, load_average
 
 from sksim import NetworkNeighbors
 from sksim.neighbors import recall
@@ -50,19 +48,11 @@ def main():
     )
     args = parser.parse_args()
     loads = [load_average()]
-    X, y = images(N_REFERENCE + N_QUERIES)
+    # the audit benchmark's images and ResNet-18, trained one epoch on the reference
+    model = argparse.Namespace(model="resnet18", epochs=1, device="cpu")
+    X, y, net = dataset_and_net(N_REFERENCE + N_QUERIES, model)
     X_ref, X_query = X[:N_REFERENCE], X[N_REFERENCE:]
-    torch.manual_seed(0)
-    net = NeuralNetClassifier(
-        transformers_resnet18(N_CLASSES),
-        criterion=torch.nn.CrossEntropyLoss,
-        optimizer=torch.optim.Adam,
-        lr=1e-3,
-        batch_size=256,
-        max_epochs=1,
-        train_split=None,
-        verbose=0,
-    ).fit(X_ref, y[:N_REFERENCE])
+    net.fit(X_ref, y[:N_REFERENCE])
     accuracy = float((net.predict(X_query) == y[N_REFERENCE:]).mean())
     start = time.perf_counter()
     exact = NetworkNeighbors(net).fit(X_ref).kneighbors(X_query, 5)[1]
