@@ -45,7 +45,8 @@ from .kernel import similarity_to_distance
 
 N_BACKGROUND = 200  # reference rows whose similarities set the percentiles
 N_BACKGROUND_COLUMNS = 5000  # the reference rows they are paired with, at most
-KEPT_MEMORY = 1 / 3  # share of max_memory the kept Jacobians of a side may take
+KEPT_MEMORY = 1 / 3  # of max_memory: the engine's batches take one, the kept data two
+CANDIDATE_BYTES = 16  # a query's candidate: its int32 row, FAISS's float32 and int64
 AUTO_COMPONENTS = (4096, 2048, 1024, 512, 256, 128, 64)  # n_components="auto"
 CANDIDATE_COMPONENTS = 256  # "auto" when the sketches only choose candidates
 HNSW_BEAM = 2  # an HNSW search's efSearch, per candidate it must return
@@ -86,6 +87,30 @@ def automatic_index(n_reference: int) -> str:
     graphs (``"HNSW32"``) from there.
     """
     return "Flat" if n_reference < HNSW_FROM else "HNSW32"
+
+
+def index_bytes(index, n: int) -> int:
+    """Bytes the FAISS ``index`` will hold for ``n`` vectors, from an empty one.
+
+    Its codes (the vectors themselves for ``"Flat"``); an inverted list's
+    8-byte ids; an HNSW graph's links: ``2 M`` on the bottom level, about
+    one more above it, and each node's level and offset. An index whose
+    codes FAISS does not size counts as a float32 copy of the vectors.
+    """
+    faiss = import_faiss()
+    codes = faiss.downcast_index(index)  # a view: ``index`` must outlive it
+    per_vector = 0
+    if isinstance(codes, faiss.IndexHNSW):
+        per_vector += 4 * (codes.hnsw.nb_neighbors(0) + 1) + 12
+        codes = faiss.downcast_index(codes.storage)
+    if isinstance(codes, faiss.IndexIVF):
+        per_vector += 8 + codes.code_size
+    else:
+        try:
+            per_vector += codes.sa_code_size()
+        except RuntimeError:
+            per_vector += 4 * codes.d
+    return n * per_vector
 
 
 def recall(found: np.ndarray, exact: np.ndarray) -> float:
@@ -138,6 +163,15 @@ class NetworkNeighbors(NetworkEstimator):
     end. Sketches are those of the checkpoints side by side, so the FAISS
     index holds ``n_checkpoints`` times wider vectors.
 
+    Memory: with ``n_components``, what the search holds for the reference
+    (its sketches as they are kept and the FAISS index over them, an HNSW
+    index's graph included) comes out of ``max_memory`` first and may take
+    two thirds of it (otherwise ``fit`` raises a MemoryError saying what to
+    change). The engine's batches take the last third. What is left goes to
+    the whitened Jacobians: half to the reference's, kept when they fit in
+    it, and half to those of a block of queries with the block's sketches
+    and candidates; all of it to the block when the reference's are not kept.
+
     Parameters
     ----------
     %(net)s
@@ -153,13 +187,14 @@ class NetworkNeighbors(NetworkEstimator):
         candidates of a reduced search are ranked exactly (the sketches then
         only choose them, and only their projections are kept); otherwise
         the widest of 4 096, 2 048, ..., 64 whose float32 sketches of the
-        reference take at most a third of ``max_memory`` (64 if none does).
-        Where the sketches rank the neighbours themselves, wider ones find
-        more of the exact neighbours: on a ResNet-18, the recall@5 rose from
-        0.57 at 256 to 0.88 at 4 096, in about the same time. The sketch
-        shares its columns among the layers in proportion to their energies
-        on the reference (``sketch_weights_``): equal shares found 0.27 and
-        0.70.
+        reference, with the FAISS index over them, take at most a third of
+        ``max_memory`` (64 if none does, and a MemoryError if those take
+        more than two thirds). Where the sketches rank the neighbours
+        themselves, wider ones find more of the exact neighbours: on a
+        ResNet-18, the recall@5 rose from 0.57 at 256 to 0.88 at 4 096, in
+        about the same time. The sketch shares its columns among the layers
+        in proportion to their energies on the reference
+        (``sketch_weights_``): equal shares found 0.27 and 0.70.
     %(batch_size)s
     %(device)s
     %(rtol)s
@@ -193,18 +228,14 @@ class NetworkNeighbors(NetworkEstimator):
         than neighbours asked for, and the candidates with the largest exact
         similarities are returned, with those similarities. The exact
         similarities come from the whitened Jacobians of the reference, kept
-        from ``fit`` when they take at most a third of ``max_memory``.
-        Otherwise the queries are taken in blocks whose Jacobians take a third
-        of ``max_memory``, and each block's candidates are computed again, in
+        from ``fit`` when they fit in their share of ``max_memory`` (see
+        above). Otherwise the queries are taken in blocks whose Jacobians fit
+        in that share, and each block's candidates are computed again, in
         a pass over them; past 8 such blocks for the reference's own
         neighbours, or with ``checkpoints``, the whole sketches rank the
         candidates (``exact_ranking_`` says which). When ranked exactly, only
         the sketches' projections are kept (``search_components`` values per
-        example); they, the FAISS index's copy of them (and an HNSW index's
-        graph) and the candidates of a block of queries are not counted in
-        ``max_memory`` (the first three 0.75 GiB for 10^6 examples with
-        ``"HNSW32"``; that search's all-pairs query peaked at 1.80 GiB above
-        its start with the default 2 GiB). The search costs about
+        example). The search costs about
         ``search_components / (d * n_components)`` as much; a neighbour is
         lost only when it is not among the candidates.
     candidates_per_neighbor : int, default=24
@@ -398,7 +429,6 @@ class NetworkNeighbors(NetworkEstimator):
         self._faiss_index = None
         self.y_fit_ = None if y is None else np.array(y)
         self.__dict__.pop("recall_", None)  # measured anew, or not at all
-        exact = None
         if X_val is not None:
             X_val = self._check_input(X_val)
             if self.n_neighbors > self.n_samples_fit_:
@@ -407,13 +437,20 @@ class NetworkNeighbors(NetworkEstimator):
                     f"{self.n_samples_fit_} reference examples: the recall on "
                     "X_val needs at most that many."
                 )
-            exact = self._exact_neighbors(X_val)
+        self._held_bytes = 0
         self._piece_bytes = self._measured_piece_bytes(X)
+        if self._piece_bytes is not None:  # what a search ranked exactly holds
+            self._held_bytes = self._search_bytes(X, CANDIDATE_COMPONENTS, True)
         self.exact_ranking_ = (
             self._piece_bytes is not None
             and len(self._blocks(self.n_samples_fit_)) <= MAX_RANKING_BLOCKS
         )
         self.n_components_ = self._sketch_width(X)
+        self._held_bytes = self._search_bytes(
+            X, self.n_components_, self.exact_ranking_
+        )
+        self._check_held_bytes()
+        exact = None if X_val is None else self._exact_neighbors(X_val)
         if self.n_components_ is not None:
             self.sketch_weights_ = self._sketch_weights(X)
         kept = None
@@ -454,13 +491,69 @@ class NetworkNeighbors(NetworkEstimator):
             return None
         ((_, engine),) = engines
         return ExactNeighbors(
-            engine, X_val, self.n_neighbors, self.rtol, self._kept_bytes
+            engine, X_val, self.n_neighbors, self.rtol, self._query_bytes
         )
 
     @property
-    def _kept_bytes(self) -> float:
-        """Bytes one kept side may take: :data:`KEPT_MEMORY` of ``max_memory``."""
-        return KEPT_MEMORY * self._engine.max_memory
+    def _jacobian_bytes(self) -> float:
+        """Bytes the kept Jacobians may take, of the reference and of queries.
+
+        Twice :data:`KEPT_MEMORY` of ``max_memory`` (the engine's batches take
+        the last third), less what the search holds for the reference besides
+        (:meth:`_search_bytes`).
+        """
+        return 2 * KEPT_MEMORY * self._engine.max_memory - self._held_bytes
+
+    @property
+    def _query_bytes(self) -> float:
+        """Bytes a block of queries may take: its Jacobians, sketches, candidates.
+
+        :attr:`_jacobian_bytes`, halved when the reference's Jacobians are
+        kept beside them.
+        """
+        kept = self._piece_bytes is not None and self._pieces_fit()
+        return self._jacobian_bytes / 2 if kept else self._jacobian_bytes
+
+    def _search_bytes(self, X, width: int | None, exact_ranking: bool) -> int:
+        """Bytes the search holds for the reference ``X``, its Jacobians aside.
+
+        Its sketches of ``width`` per output as they are kept (their
+        projections alone when ranked exactly) and the FAISS index over
+        those it searches; 0 without sketches.
+        """
+        if width is None:
+            return 0
+        n = self.n_samples_fit_
+        values = self._engine.n_outputs(X) * width * len(self._engines())
+        searched = values
+        if self.search_components is not None and self.search_components < min(
+            n, values
+        ):
+            searched = self.search_components
+        held = 4 * n * (searched if exact_ranking else values)
+        if self.algorithm == "faiss":
+            held += index_bytes(self._empty_index(searched), n)
+        return held
+
+    def _check_held_bytes(self) -> None:
+        """Raise a MemoryError when the search would hold more than it may.
+
+        What it holds for the reference may take two thirds of
+        ``max_memory``: the engine's batches take the third one.
+        """
+        limit = 2 * KEPT_MEMORY * self._engine.max_memory
+        if self._held_bytes <= limit:
+            return
+        index = f" and the FAISS index {self.index!r} over them" * (
+            self.algorithm == "faiss"
+        )
+        raise MemoryError(
+            f"The search holds {self._held_bytes / 2**30:.2f} GiB for its "
+            f"{self.n_samples_fit_} reference examples (their sketches{index}), "
+            f"more than the {limit / 2**30:.2f} GiB it may take (two thirds of "
+            "max_memory): lower n_components or search_components, use a "
+            'compressed index (e.g. index="IVF1024,PQ32"), or raise max_memory.'
+        )
 
     def _measured_piece_bytes(self, X) -> float | None:
         """Bytes of one reference example's whitened pieces, for an exact ranking.
@@ -482,23 +575,19 @@ class NetworkNeighbors(NetworkEstimator):
             return None
         return whitened_bytes(engine, X, self.rtol)
 
-    def _blocks(self, n: int) -> list[slice]:
-        """Blocks of ``n`` rows whose whitened pieces fit a third of ``max_memory``.
+    def _blocks(self, n: int, row_bytes: float | None = None) -> list[slice]:
+        """Blocks of ``n`` rows of ``row_bytes`` each that fit :attr:`_query_bytes`.
 
-        Each block's take :data:`KEPT_MEMORY` of it at most; a single block
-        when those of all ``n`` rows fit.
+        ``row_bytes`` defaults to a row's whitened pieces; a single block when
+        all ``n`` rows fit.
         """
-        step = int(min(n, max(1, self._kept_bytes // self._piece_bytes)))
+        row_bytes = self._piece_bytes if row_bytes is None else row_bytes
+        step = int(min(n, max(1, self._query_bytes / row_bytes)))  # n if no limit
         return [slice(i, min(i + step, n)) for i in range(0, n, step)]
 
     def _pieces_fit(self) -> bool:
-        """Whether the reference's whitened pieces are kept in memory."""
-        return len(self._blocks(self.n_samples_fit_)) == 1
-
-    def _sketch_bytes(self, X, width: int) -> int:
-        """Bytes of the reference's float32 sketches of ``width`` per output."""
-        n_values = self.n_samples_fit_ * self._engine.n_outputs(X) * width
-        return 4 * n_values * len(self._engines())  # checkpoints side by side
+        """Whether the reference's whitened pieces are kept: in half their share."""
+        return self._piece_bytes * self.n_samples_fit_ <= self._jacobian_bytes / 2
 
     def _sketch_width(self, X) -> int | None:
         """``n_components``, ``"auto"`` resolved for the reference ``X``.
@@ -506,14 +595,17 @@ class NetworkNeighbors(NetworkEstimator):
         :data:`CANDIDATE_COMPONENTS` when the candidates are ranked exactly
         (the sketches only choose them, and only their projections are
         kept); otherwise the widest of :data:`AUTO_COMPONENTS` whose
-        reference sketches take at most :data:`KEPT_MEMORY` of ``max_memory``.
+        reference sketches (with the FAISS index over them) take at most
+        :data:`KEPT_MEMORY` of ``max_memory``.
         """
         if self.n_components != "auto":
             return self.n_components
         if self.exact_ranking_:
             return CANDIDATE_COMPONENTS
-        budget = self._kept_bytes
-        fitting = [w for w in AUTO_COMPONENTS if self._sketch_bytes(X, w) <= budget]
+        budget = KEPT_MEMORY * self._engine.max_memory
+        fitting = [
+            w for w in AUTO_COMPONENTS if self._search_bytes(X, w, False) <= budget
+        ]
         return fitting[0] if fitting else AUTO_COMPONENTS[-1]
 
     def _whitened_pieces(self, X) -> list:
@@ -554,13 +646,12 @@ class NetworkNeighbors(NetworkEstimator):
             F = F @ self.search_directions_
         return np.ascontiguousarray(F, dtype=np.float32)
 
-    def _build_index(self):
-        """The FAISS index over the reference sketches, trained if it must be."""
+    def _empty_index(self, dimension: int):
+        """The empty FAISS ``index`` over inner products of ``dimension`` values."""
         faiss = import_faiss()
-        F = self._searched(self.reference_features_)
         try:
             index = faiss.index_factory(
-                F.shape[1], self.index, faiss.METRIC_INNER_PRODUCT
+                dimension, self.index, faiss.METRIC_INNER_PRODUCT
             )
             if self.index_params is not None:
                 faiss.ParameterSpace().set_index_parameters(index, self.index_params)
@@ -569,6 +660,12 @@ class NetworkNeighbors(NetworkEstimator):
                 f"FAISS cannot build index={self.index!r} with "
                 f"index_params={self.index_params!r}: {str(error).splitlines()[-1]}"
             ) from error
+        return index
+
+    def _build_index(self):
+        """The FAISS index over the reference sketches, trained if it must be."""
+        F = self._searched(self.reference_features_)
+        index = self._empty_index(F.shape[1])
         if not index.is_trained:
             index.train(F)
         index.add(F)
@@ -577,15 +674,16 @@ class NetworkNeighbors(NetworkEstimator):
     def _searched_queries(self, X, n_neighbors):
         """:meth:`_faiss` of the queries ``X``, in chunks.
 
-        A chunk's sketches, with its whitened pieces when the candidates are
-        ranked exactly, take at most :data:`KEPT_MEMORY` of ``max_memory``;
-        each is sketched and searched in turn (the chunks change no result).
+        A chunk's sketches and candidates, with its whitened pieces when the
+        candidates are ranked exactly, take at most :attr:`_query_bytes`; each
+        is sketched and searched in turn (the chunks change no result).
         """
         per_sample = 4 * self.reference_features_.shape[1]
+        per_sample += self._candidate_bytes(n_neighbors)
         if self.exact_ranking_:
             per_sample += self._piece_bytes
         n = n_samples(X)
-        step = int(min(n, max(1, self._kept_bytes / per_sample)))
+        step = int(min(n, max(1, self._query_bytes / per_sample)))
         parts = []
         for start in range(0, n, step):
             chunk = take(X, slice(start, min(start + step, n)))
@@ -602,14 +700,15 @@ class NetworkNeighbors(NetworkEstimator):
         """:meth:`_faiss` of the reference itself, each example not its own neighbour.
 
         Ranked exactly, in the :meth:`_blocks` of the reference whose
-        whitened pieces fit (one, when they are kept).
+        whitened pieces and candidates fit.
         """
         F, n = self.reference_features_, self.n_samples_fit_
         if not self.exact_ranking_:
             return self._faiss(F, n_neighbors, own=np.arange(n))
         kept = self._kept_reference_pieces()
         parts = []
-        for block in self._blocks(n):
+        row_bytes = self._piece_bytes + self._candidate_bytes(n_neighbors + 1)
+        for block in self._blocks(n, row_bytes):
             if kept is None:
                 pieces = self._whitened_pieces(take(self.X_fit_, block))
             else:
@@ -694,9 +793,7 @@ class NetworkNeighbors(NetworkEstimator):
         if getattr(self, "_faiss_index", None) is None:  # after unpickling
             self._faiss_index = self._build_index()
         k = min(n_neighbors + int(own is not None), self.n_samples_fit_)
-        n_candidates = k
-        if self.search_directions_ is not None:
-            n_candidates = min(self.candidates_per_neighbor * k, self.n_samples_fit_)
+        n_candidates = self._n_candidates(k)
         G = self._searched(F)
         params = self._search_parameters(n_candidates)
         if self.search_directions_ is None:
@@ -733,6 +830,21 @@ class NetworkNeighbors(NetworkEstimator):
             similarities = similarities[keep].reshape(len(F), -1)
             indices = indices[keep].reshape(len(F), -1)
         return similarities.astype(np.float64), indices.astype(np.intp)
+
+    def _n_candidates(self, k: int) -> int:
+        """The candidates the index finds per query for its ``k`` neighbours.
+
+        ``candidates_per_neighbor`` times more in a reduced search; at most
+        the whole reference.
+        """
+        k = min(k, self.n_samples_fit_)
+        if self.search_directions_ is None:
+            return k
+        return min(self.candidates_per_neighbor * k, self.n_samples_fit_)
+
+    def _candidate_bytes(self, n_neighbors: int) -> int:
+        """Bytes of a query's candidates (and FAISS's results) for ``n_neighbors``."""
+        return CANDIDATE_BYTES * self._n_candidates(n_neighbors)
 
     def _search_parameters(self, n_candidates: int):
         """An HNSW index's beam: :data:`HNSW_BEAM` times the candidates.

@@ -172,12 +172,17 @@ def test_held_out_queries_keep_their_jacobians_within_a_third_of_max_memory(
             gatherers.append(self)
 
     monkeypatch.setattr(sksim.neighbors, "ExactNeighbors", Recorded)
-    kwargs = dict(algorithm="faiss", n_components=2, random_state=0, batch_size=4)
+    kwargs = dict(algorithm="faiss", n_components=4, random_state=0, batch_size=4)
+    # the reference's sketches and the 'Flat' index's copy of them are held
+    held = 2 * NetworkNeighbors(net, **kwargs).fit(X_ref).reference_features_.nbytes
     recalls = []
     for n_kept in (len(X_new), len(X_new) - 1):  # all the queries fit, or not
-        nn = NetworkNeighbors(net, max_memory=3 * n_kept * per_sample, **kwargs)
+        # two thirds less what is held, for the Jacobians of the queries
+        max_memory = int(1.5 * (n_kept * per_sample + held))
+        nn = NetworkNeighbors(net, max_memory=max_memory, **kwargs)
         recalls.append(nn.fit(X_ref, X_val=X_new).recall_)
-    assert [len(g.blocks) for g in gatherers] == [1, 2]
+    NetworkNeighbors(net, max_memory=None, **kwargs).fit(X_ref, X_val=X_new)
+    assert [len(g.blocks) for g in gatherers] == [1, 2, 1]  # None: no limit
     assert recalls[0] == recalls[1]
     _, found = nn.most_similar(X_new)
     _, exact = expected_neighbors(network_similarity(net, X_new, X_ref), 5)

@@ -6,12 +6,12 @@ import torch
 from _architectures import mlp
 from sklearn.utils._param_validation import InvalidParameterError
 
+import sksim.neighbors
 from sksim import LabelIssueDetector
 from sksim.neighbors import (
     AUTO_COMPONENTS,
     CANDIDATE_COMPONENTS,
     KEPT_MEMORY,
-    MAX_RANKING_BLOCKS,
     NetworkNeighbors,
 )
 
@@ -39,8 +39,19 @@ def fit(X, n_components, search_components=4, **kwargs):
     ).fit(X)
 
 
-def widest(max_memory, widths=AUTO_COMPONENTS):
-    fitting = [w for w in widths if w * PER_COMPONENT <= KEPT_MEMORY * max_memory]
+def held(width, search_components=4):
+    """Bytes of the reference's sketches of ``width`` and of the 'Flat' index.
+
+    The index holds the sketches' projections on ``search_components``, or
+    a copy of the whole sketches.
+    """
+    searched = D * width if search_components is None else search_components
+    return width * PER_COMPONENT + 4 * N_REF * searched
+
+
+def widest(max_memory, search_components=4, widths=AUTO_COMPONENTS):
+    budget = KEPT_MEMORY * max_memory
+    fitting = [w for w in widths if held(w, search_components) <= budget]
     return fitting[0] if fitting else widths[-1]
 
 
@@ -89,37 +100,49 @@ def test_exact_ranking_keeps_the_projections_of_sketches_that_would_not_fit(data
 
 
 @pytest.mark.parametrize("search_components", [None, 4])
-@pytest.mark.parametrize("max_memory", [2**31, 3 * 512 * PER_COMPONENT + 3, 10**4])
+@pytest.mark.parametrize("max_memory", [2**31, 3 * held(512) + 3, 3 * held(64) + 3])
 def test_sketches_that_rank_are_as_wide_as_memory_allows(
-    data, search_components, max_memory
+    data, search_components, max_memory, monkeypatch
 ):
     X, X_new = data
-    pieces = fit(X, 16)._reference_pieces
-    if search_components is not None:  # the Jacobians must not fit in 8 blocks
-        total = sum(p.nbytes() for p in pieces)
-        max_memory = min(max_memory, 3 * total // (MAX_RANKING_BLOCKS + 1))
+    # the sketches rank the candidates, as past 8 blocks of Jacobians
+    monkeypatch.setattr(sksim.neighbors, "MAX_RANKING_BLOCKS", 0)
     auto = fit(X, "auto", search_components, max_memory=max_memory)
     assert not auto.exact_ranking_
-    expected = widest(max_memory)
+    expected = widest(max_memory, search_components)
     assert auto.n_components_ == expected
     assert_same_search(
         auto, fit(X, expected, search_components, max_memory=max_memory), X_new
     )
 
 
+@pytest.mark.parametrize("search_components", [None, 4])
+def test_sketches_that_cannot_fit_say_what_to_change(
+    data, search_components, monkeypatch
+):
+    X, _ = data
+    monkeypatch.setattr(sksim.neighbors, "MAX_RANKING_BLOCKS", 0)  # sketches rank
+    # the narrowest sketches and their index take more than two thirds
+    max_memory = int(1.5 * held(64, search_components)) - 3
+    with pytest.raises(MemoryError, match="lower n_components or search_comp"):
+        fit(X, "auto", search_components, max_memory=max_memory)
+    max_memory = int(1.5 * held(64, search_components)) + 3
+    assert fit(X, 64, search_components, max_memory=max_memory).n_components_ == 64
+
+
 def test_the_ladder_and_its_ends():
     assert AUTO_COMPONENTS == tuple(sorted(AUTO_COMPONENTS, reverse=True))
     assert AUTO_COMPONENTS[0] == 4096 and AUTO_COMPONENTS[-1] == 64
-    assert widest(3 * 512 * PER_COMPONENT + 3) == 512
-    assert widest(3 * 512 * PER_COMPONENT - 3) == 256
-    assert widest(10**4) == 64  # none fits: the narrowest
+    assert widest(3 * held(512) + 3) == 512
+    assert widest(3 * held(512) - 3) == 256
+    assert widest(10**5) == 64  # none fits: the narrowest
 
 
 def test_checkpoints_side_by_side_share_the_budget(data):
     X, _ = data
     net = mlp(4, D, HIDDEN)
     state = {k: v.clone() for k, v in net.state_dict().items()}
-    max_memory = 3 * 1024 * PER_COMPONENT + 3
+    max_memory = 3 * held(1024, None) + 3
     auto = NetworkNeighbors(
         net, algorithm="faiss", n_components="auto", checkpoints=[state, state],
         max_memory=max_memory, random_state=0,

@@ -8,6 +8,7 @@ import torch
 from _architectures import family_case, mlp, oracle_jacobians, oracle_kernel
 from sklearn.utils._param_validation import InvalidParameterError
 
+import sksim.neighbors
 from sksim import LabelIssueDetector, _reduced_search
 from sksim._engine import rows
 from sksim._engine.rows import TAKE_ROWS
@@ -19,7 +20,7 @@ from sksim._reduced_search import (
     rank_candidates,
     sketch_similarity,
 )
-from sksim.neighbors import MAX_RANKING_BLOCKS, NetworkNeighbors
+from sksim.neighbors import CANDIDATE_BYTES, MAX_RANKING_BLOCKS, NetworkNeighbors
 
 pytest.importorskip("faiss")
 
@@ -52,9 +53,22 @@ def candidates_of(reduced, X, n_candidates):
     return reduced._faiss_index.search(reduced._searched(F), n_candidates)[1]
 
 
-def pieces_bytes(net, X):
-    """Bytes of the whitened pieces of the reference ``X`` of ``net``."""
-    return sum(p.nbytes() for p in search(net, X, 4)._reference_pieces)
+def pieces_bytes(fitted):
+    """Bytes of the whitened pieces a fitted search keeps of its reference."""
+    return sum(p.nbytes() for p in fitted._reference_pieces)
+
+
+def memory_for(query_bytes, fitted, kept=True):
+    """The ``max_memory`` that gives a block of queries ``query_bytes``.
+
+    Two thirds of it, less what a search like ``fitted`` (over the 'Flat'
+    index) holds besides (the reference's float32 features and the index's
+    copy of them), go to the Jacobians: half to the queries when the
+    reference's are ``kept``, all of them otherwise.
+    """
+    held = 2 * fitted.reference_features_.nbytes
+    share = 2 * sksim.neighbors.KEPT_MEMORY
+    return int(np.ceil(((1 + kept) * query_bytes + held) / share)) + 3
 
 
 @pytest.mark.parametrize("candidates", [1, 16])
@@ -70,7 +84,8 @@ def test_candidates_are_ranked_by_their_exact_similarities(
     # with 3 blocks, the reference's pieces are not kept: each block of queries
     # meets its candidates in a pass over them, reading take_rows at a time
     monkeypatch.setattr(rows, "TAKE_ROWS", take_rows)
-    max_memory = int(np.ceil(3 * pieces_bytes(net, X_ref) / blocks)) + 3
+    whole = search(net, X_ref, 4)
+    max_memory = memory_for(pieces_bytes(whole) / blocks, whole, blocks == 1)
     reduced = search(
         net, X_ref, 4, max_memory=max_memory, candidates_per_neighbor=candidates
     )
@@ -97,14 +112,19 @@ def test_candidates_are_ranked_by_their_exact_similarities(
 
 @pytest.mark.parametrize("blocks", [1, 3])
 @pytest.mark.parametrize("family", ["cnn_batchnorm", "residual", "bert", "gru"])
-def test_every_family_ranks_its_candidates_by_exact_similarities(family, blocks):
+def test_every_family_ranks_its_candidates_by_exact_similarities(
+    family, blocks, monkeypatch
+):
+    # the engine's third must hold a sample's unwhitened pieces, larger than
+    # its whitened ones: the search's two thirds shrink instead
+    monkeypatch.setattr(sksim.neighbors, "KEPT_MEMORY", 0.1)
     module, X = family_case(family, 14)
     X_ref, X_new = X[:10].numpy(), X[10:].numpy()
     kwargs = dict(n_components=8, search_components=2, n_neighbors=2, batch_size=3)
     kept = NetworkNeighbors(module, algorithm="faiss", **kwargs).fit(X_ref)
     per_sample = sum(p.nbytes() for p in kept._reference_pieces) / len(X_ref)
     # blocks of 4, 4 and 2 rows: the reference's pieces are computed again
-    max_memory = int(3 * 4 * per_sample) + 3 if blocks == 3 else kept.max_memory
+    max_memory = memory_for(4 * per_sample, kept, False) if blocks == 3 else None
     reduced = NetworkNeighbors(
         module, algorithm="faiss", max_memory=max_memory, **kwargs
     ).fit(X_ref)
@@ -152,12 +172,16 @@ def test_enough_candidates_give_the_exact_neighbors(data):
 
 def test_sketches_rank_the_candidates_past_eight_blocks_of_jacobians(data):
     X_ref, X_new = data
-    per_sample = pieces_bytes(mlp(4, 3), X_ref) / len(X_ref)
+    net = mlp(4, 3, 200)  # Jacobians larger than the sketches, as in practice
+    whole = search(net, X_ref, 4)
+    per_sample = pieces_bytes(whole) / len(X_ref)
     assert MAX_RANKING_BLOCKS == 8
     # blocks of 38 rows: 8 of them; of 37 rows: 9
-    streamed = search(mlp(4, 3), X_ref, 4, max_memory=int(3 * 38 * per_sample) + 3)
+    max_memory = memory_for(38 * per_sample, whole, kept=False)
+    streamed = search(net, X_ref, 4, max_memory=max_memory)
     assert streamed.exact_ranking_ and len(streamed._blocks(300)) == 8
-    reduced = search(mlp(4, 3), X_ref, 4, max_memory=int(3 * 37 * per_sample) + 3)
+    max_memory = memory_for(37 * per_sample, whole, kept=False)
+    reduced = search(net, X_ref, 4, max_memory=max_memory)
     assert not reduced.exact_ranking_ and reduced._reference_pieces is None
     sim, ind = reduced.most_similar(X_new)
     F = reduced._sketch(X_new)
@@ -171,10 +195,12 @@ def test_queries_go_in_chunks_that_fit_and_change_no_result(data, search_compone
     X_ref, _ = data
     X_new = np.random.default_rng(5).normal(size=(700, 4)).astype(np.float32)
     whole = search(mlp(4, 3), X_ref, search_components)
-    per_sample = 4 * whole.reference_features_.shape[1]  # a query's sketch
-    if whole.exact_ranking_:  # and its whitened pieces
-        per_sample += sum(p.nbytes() for p in whole._reference_pieces) / len(X_ref)
-    max_memory = int(np.ceil(3 * 300 * per_sample)) + 3  # 300 queries a chunk
+    per_sample = 4 * whole.reference_features_.shape[1]  # a query's sketch,
+    per_sample += CANDIDATE_BYTES * (5 if search_components is None else 24 * 5)
+    if whole.exact_ranking_:  # its candidates and its whitened pieces
+        per_sample += pieces_bytes(whole) / len(X_ref)
+    # 300 queries a chunk, beside the reference's Jacobians when ranked exactly
+    max_memory = memory_for(300 * per_sample, whole, whole.exact_ranking_)
     chunked = search(mlp(4, 3), X_ref, search_components, max_memory=max_memory)
     assert chunked.exact_ranking_ == (search_components is not None)
     calls = []

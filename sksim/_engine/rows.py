@@ -99,7 +99,7 @@ class ExactNeighbors:
         self.n_neighbors = n_neighbors
         n = n_samples(Q)
         budget = engine.max_memory if max_memory is None else max_memory
-        step = int(min(n, max(1, budget // whitened_bytes(engine, Q, rtol))))
+        step = int(min(n, max(1, budget / whitened_bytes(engine, Q, rtol))))
         self.blocks = [slice(i, min(i + step, n)) for i in range(0, n, step)]
         self.similarities = np.full((n, n_neighbors), -np.inf)
         self.indices = np.full((n, n_neighbors), -1, dtype=np.intp)
