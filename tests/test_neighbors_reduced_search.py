@@ -20,7 +20,12 @@ from sksim._reduced_search import (
     rank_candidates,
     sketch_similarity,
 )
-from sksim.neighbors import CANDIDATE_BYTES, MAX_RANKING_BLOCKS, NetworkNeighbors
+from sksim.neighbors import (
+    CANDIDATE_BYTES,
+    MAX_RANKING_BLOCKS,
+    NetworkNeighbors,
+    index_bytes,
+)
 
 pytest.importorskip("faiss")
 
@@ -242,6 +247,22 @@ def test_candidates_are_searched_in_chunks_that_change_no_result(
         assert reduced._faiss_index.queries == [16] * (n // 16) + [n % 16]
     np.testing.assert_array_equal(ind, expected[1])
     np.testing.assert_array_equal(sim, expected[0])
+
+
+@pytest.mark.parametrize(
+    "factory", ["Flat", "HNSW32", "IVF16,Flat", "PQ8x4", "HNSW16,SQ8"]
+)
+def test_index_bytes_are_what_the_vectors_add_to_an_index(factory):
+    import faiss
+
+    X = np.random.default_rng(0).normal(size=(2000, 32)).astype(np.float32)
+    index = faiss.index_factory(32, factory, faiss.METRIC_INNER_PRODUCT)
+    expected = index_bytes(index, len(X))  # from the empty index
+    index.train(X)
+    before = faiss.serialize_index(index).nbytes
+    index.add(X)
+    added = faiss.serialize_index(index).nbytes - before
+    assert expected == pytest.approx(added, rel=0.02)
 
 
 def test_no_reduction_when_the_sketches_are_not_wider(data):
