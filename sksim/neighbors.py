@@ -51,7 +51,7 @@ AUTO_COMPONENTS = (4096, 2048, 1024, 512, 256, 128, 64)  # n_components="auto"
 CANDIDATE_COMPONENTS = 256  # "auto" when the sketches only choose candidates
 HNSW_BEAM = 2  # an HNSW search's efSearch, per candidate it must return
 HNSW_FROM = 1_000_000  # reference examples from which automatic searches use HNSW
-MAX_RANKING_BLOCKS = 8  # blocks of queries of the reference's exact ranking, at most
+MAX_RANKING_BLOCKS = 8  # thirds of max_memory the Jacobians of an exact ranking fill
 N_COMPONENTS = [POSITIVE_INT, StrOptions({"auto"}), None]  # its constraint
 
 
@@ -231,9 +231,10 @@ class NetworkNeighbors(NetworkEstimator):
         from ``fit`` when they fit in their share of ``max_memory`` (see
         above). Otherwise the queries are taken in blocks whose Jacobians fit
         in that share, and each block's candidates are computed again, in
-        a pass over them; past 8 such blocks for the reference's own
-        neighbours, or with ``checkpoints``, the whole sketches rank the
-        candidates (``exact_ranking_`` says which). When ranked exactly, only
+        a pass over them. When the reference's Jacobians take more than 8
+        thirds of ``max_memory`` (a bound on those passes), or with
+        ``checkpoints``, the whole sketches rank the candidates
+        (``exact_ranking_`` says which). When ranked exactly, only
         the sketches' projections are kept (``search_components`` values per
         example). The search costs about
         ``search_components / (d * n_components)`` as much; a neighbour is
@@ -437,13 +438,10 @@ class NetworkNeighbors(NetworkEstimator):
                     f"{self.n_samples_fit_} reference examples: the recall on "
                     "X_val needs at most that many."
                 )
-        self._held_bytes = 0
         self._piece_bytes = self._measured_piece_bytes(X)
-        if self._piece_bytes is not None:  # what a search ranked exactly holds
-            self._held_bytes = self._search_bytes(X, CANDIDATE_COMPONENTS, True)
-        self.exact_ranking_ = (
-            self._piece_bytes is not None
-            and len(self._blocks(self.n_samples_fit_)) <= MAX_RANKING_BLOCKS
+        self.exact_ranking_ = self._piece_bytes is not None and (
+            self._piece_bytes * self.n_samples_fit_
+            <= MAX_RANKING_BLOCKS * KEPT_MEMORY * self._engine.max_memory
         )
         self.n_components_ = self._sketch_width(X)
         self._held_bytes = self._search_bytes(

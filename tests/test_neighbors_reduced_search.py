@@ -181,12 +181,14 @@ def test_sketches_rank_the_candidates_past_eight_blocks_of_jacobians(data):
     whole = search(net, X_ref, 4)
     per_sample = pieces_bytes(whole) / len(X_ref)
     assert MAX_RANKING_BLOCKS == 8
-    # blocks of 38 rows: 8 of them; of 37 rows: 9
-    max_memory = memory_for(38 * per_sample, whole, kept=False)
-    streamed = search(net, X_ref, 4, max_memory=max_memory)
-    assert streamed.exact_ranking_ and len(streamed._blocks(300)) == 8
-    max_memory = memory_for(37 * per_sample, whole, kept=False)
-    reduced = search(net, X_ref, 4, max_memory=max_memory)
+    # thirds of max_memory of 38 rows: 8 of them hold the 300; of 37 rows, 9
+    streamed = search(net, X_ref, 4, max_memory=int(3 * 38 * per_sample) + 3)
+    assert streamed.exact_ranking_
+    # ranked in blocks of what the index and projections leave of two thirds
+    held = 2 * streamed.reference_features_.nbytes
+    step = int((2 * 38 * per_sample - held) / per_sample)
+    assert len(streamed._blocks(300)) == -(-300 // step)
+    reduced = search(net, X_ref, 4, max_memory=int(3 * 37 * per_sample) + 3)
     assert not reduced.exact_ranking_ and reduced._reference_pieces is None
     sim, ind = reduced.most_similar(X_new)
     F = reduced._sketch(X_new)
