@@ -523,15 +523,19 @@ class NetworkNeighbors(NetworkEstimator):
             return 0
         n = self.n_samples_fit_
         values = self._engine.n_outputs(X) * width * len(self._engines())
-        searched = values
-        if self.search_components is not None and self.search_components < min(
-            n, values
-        ):
-            searched = self.search_components
+        searched = self.search_components if self._reduces(values) else values
         held = 4 * n * (searched if exact_ranking else values)
         if self.algorithm == "faiss":
             held += index_bytes(self._empty_index(searched), n)
         return held
+
+    def _reduces(self, values: int) -> bool:
+        """Whether the search reduces sketches of ``values`` per example.
+
+        ``search_components`` below them and below the reference size.
+        """
+        m = self.search_components
+        return m is not None and m < min(self.n_samples_fit_, values)
 
     def _check_held_bytes(self) -> None:
         """Raise a MemoryError when the search would hold more than it may.
@@ -568,8 +572,7 @@ class NetworkNeighbors(NetworkEstimator):
         width = self.n_components
         if width == "auto":
             width = CANDIDATE_COMPONENTS
-        n_values = min(self.n_samples_fit_, engine.n_outputs(X) * width)
-        if self.search_components >= n_values:
+        if not self._reduces(engine.n_outputs(X) * width):
             return None
         return whitened_bytes(engine, X, self.rtol)
 
@@ -628,7 +631,7 @@ class NetworkNeighbors(NetworkEstimator):
         """
         m, n = self.search_components, self.n_samples_fit_
         width = self._engine.n_outputs(X) * self.n_components_ * len(self._engines())
-        if m is None or m >= min(n, width):
+        if not self._reduces(width):
             return None
         rows = direction_rows(n, m, self.projection_seed_)
         sample = self._sketch(take(X, rows)) if F is None else F[rows]
