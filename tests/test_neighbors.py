@@ -157,7 +157,7 @@ def test_fit_measures_the_recall_on_held_out_queries(data, algorithm):
     assert not hasattr(nn.fit(X_ref), "recall_")  # not left from the last fit
 
 
-def test_held_out_queries_keep_their_jacobians_within_a_third_of_max_memory(
+def test_held_out_queries_keep_their_jacobians_within_their_share_of_max_memory(
     data, monkeypatch
 ):
     X_ref, X_new = data

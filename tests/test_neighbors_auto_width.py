@@ -105,7 +105,7 @@ def test_sketches_that_rank_are_as_wide_as_memory_allows(
     data, search_components, max_memory, monkeypatch
 ):
     X, X_new = data
-    # the sketches rank the candidates, as past 8 blocks of Jacobians
+    # the sketches rank the candidates, as past 8 thirds of max_memory of Jacobians
     monkeypatch.setattr(sksim.neighbors, "MAX_RANKING_BLOCKS", 0)
     auto = fit(X, "auto", search_components, max_memory=max_memory)
     assert not auto.exact_ranking_
