@@ -399,8 +399,9 @@ class NetworkNeighbors(NetworkEstimator):
             is measured. Their exact neighbours (unsketched similarities) are
             gathered while ``X`` is sketched, in the same pass over it (a
             separate pass with ``checkpoints``). Their Jacobians are kept in
-            blocks that fit in a third of ``max_memory``: past the first
-            block, each takes a pass of its own over ``X``.
+            blocks that fit in the queries' share of ``max_memory`` (see
+            Memory above): past the first block, each takes a pass of its own
+            over ``X``.
 
         Returns
         -------
