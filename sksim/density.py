@@ -27,7 +27,13 @@ from ._engine.checkpoints import (
 from ._engine.inputs import n_samples
 from ._engine.jacobian import DEFAULT_MAX_MEMORY, JacobianEngine
 from ._engine.parallel import split_rows
-from ._engine.rows import cosine_rows, sketch_features, sketch_rows
+from ._engine.rows import (
+    KEPT_MEMORY,
+    check_kept_bytes,
+    cosine_rows,
+    sketch_features,
+    sketched_rows,
+)
 from ._typing import Checkpoints, NetInput, NetLike, Output, Self
 
 COUNT_FLOOR = 0.5
@@ -59,18 +65,12 @@ def whitened_sum(engine: JacobianEngine, X: NetInput, rtol: float) -> np.ndarray
 
     Each batch's pieces are added into ``S`` in place, so the memory is that
     of ``S`` and of one piece.
-
-    Raises
-    ------
-    MemoryError
-        If ``S`` (``8 d p`` bytes) would pass the two thirds of the engine's
-        ``max_memory`` that its batches leave.
     """
     S = None
     for _, pieces, _ in engine.mapped_pieces(X, -0.5, rtol):
         if S is None:
-            d = pieces[0].signal.shape[1]
-            S = _zero_sum(engine, d, sum(p.width for p in pieces))
+            d, p = pieces[0].signal.shape[1], sum(p.width for p in pieces)
+            S = torch.zeros(d, p, dtype=torch.float64, device=engine.device)
         _add_totals(S, pieces)
     return S.cpu().numpy()
 
@@ -85,20 +85,6 @@ def _add_totals(S: torch.Tensor, pieces: list) -> None:
     for piece in pieces:
         S[:, start : start + piece.width] += piece.total()
         start += piece.width
-
-
-def _zero_sum(engine: JacobianEngine, d: int, p: int) -> torch.Tensor:
-    """The float64 zeros ``(d, p)`` that :func:`whitened_sum` fills, if they fit."""
-    if 8 * d * p > engine.max_memory * 2 / 3:
-        raise MemoryError(
-            f'method="soft" keeps the sum of the whitened Jacobians, {d} outputs x '
-            f"{p} parameters in float64 ({8 * d * p / 2**30:.2f} GiB), more than "
-            "the two thirds of max_memory that the batches leave "
-            f"({engine.max_memory} bytes in all): raise max_memory, select "
-            "fewer parameters (params=) or outputs (output=), or count pairs of "
-            'sketches (method="hard" with n_components=).'
-        )
-    return torch.zeros(d, p, dtype=torch.float64, device=engine.device)
 
 
 @fill_doc
@@ -163,7 +149,10 @@ class GradientDensityEstimator(DensityMixin, NetworkEstimator):
     %(output)s
     %(params)s
     %(n_components)s
-        ``"soft"`` is always exact.
+        ``"soft"`` is always exact. The reference sketches may take two
+        thirds of ``max_memory`` (``fit`` raises a MemoryError past it); the
+        queries are sketched in chunks that fit in what they leave, half to
+        the chunk's sketches and half to its similarities.
     %(batch_size)s
     %(device)s
     %(rtol)s
@@ -171,6 +160,7 @@ class GradientDensityEstimator(DensityMixin, NetworkEstimator):
     %(n_jobs)s
         ``neighbor_counts`` splits the query rows among the workers.
     %(max_memory)s
+        ``"soft"``'s sums ``S`` may take two thirds of it.
     %(verbose)s
     %(checkpoints)s
     %(checkpoint_weights)s
@@ -293,6 +283,7 @@ class GradientDensityEstimator(DensityMixin, NetworkEstimator):
         self.X_fit_ = X
         self.n_reference_ = n_samples(X)
         self.n_outputs_ = self._engine.n_outputs(X)
+        self._check_kept_bytes()
         if self.method == "soft":
             sums = [whitened_sum(e, X, self.rtol) for _, e in self._engines()]
             self.reference_sum_ = (
@@ -302,6 +293,52 @@ class GradientDensityEstimator(DensityMixin, NetworkEstimator):
             self.sketch_weights_ = self._sketch_weights(X)
             self.reference_features_ = self._sketch(X)
         return self
+
+    def _check_kept_bytes(self) -> None:
+        """Raise a MemoryError when what ``fit`` keeps would not fit.
+
+        The soft counts' sums ``S`` (float64) or the reference sketches
+        (float32), one per checkpoint, may take two thirds of ``max_memory``.
+        """
+        d = self.n_outputs_
+        copies = 1 if self.checkpoints is None else len(self.checkpoints)
+        copies_text = f" x {copies} checkpoints" * (copies > 1)
+        if self.method == "soft":
+            p = self._engine.n_params
+            what = (
+                'The sums of the whitened Jacobians that method="soft" keeps '
+                f"({d} outputs x {p} parameters{copies_text}, float64)"
+            )
+            advice = (
+                "select fewer parameters (params=) or outputs (output=), count "
+                'pairs of sketches (method="hard" with n_components=), or raise '
+                "max_memory."
+            )
+            kept = 8 * d * p * copies
+        elif self.n_components is not None:
+            what = (
+                f"The sketches of the {self.n_reference_} reference examples "
+                f"({d} outputs x {self.n_components} components{copies_text}, "
+                "float32)"
+            )
+            advice = (
+                'lower n_components, count softly (method="soft", whose memory '
+                "does not grow with the reference), or raise max_memory."
+            )
+            kept = 4 * self.n_reference_ * d * self.n_components * copies
+        else:
+            return
+        check_kept_bytes(kept, self._engine.max_memory, what, advice)
+
+    @property
+    def _query_bytes(self) -> float:
+        """Bytes a chunk of sketched queries and its similarities may take.
+
+        Two thirds of ``max_memory`` (the engine's batches take the third
+        one), less the reference sketches.
+        """
+        kept = self.reference_features_.nbytes
+        return 2 * KEPT_MEMORY * self._engine.max_memory - kept
 
     def _sketch(self, X):
         """Sketches of ``X``, side by side for the checkpoints."""
@@ -331,7 +368,8 @@ class GradientDensityEstimator(DensityMixin, NetworkEstimator):
         if self.method == "soft":
             return self._soft_counts(X)
         if self.n_components is not None:
-            rows = sketch_rows(self._sketch(X), self.reference_features_)
+            F_ref = self.reference_features_
+            rows = sketched_rows(self._sketch, X, F_ref, self._query_bytes)
         else:
             rows = weighted_rows(
                 self._engines(),

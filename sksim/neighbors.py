@@ -21,11 +21,14 @@ from ._engine.jacobian import DEFAULT_MAX_MEMORY
 from ._engine.parallel import split_rows
 from ._engine.pieces import KeptPieces
 from ._engine.rows import (
+    KEPT_MEMORY,
     ExactNeighbors,
     candidate_similarities,
+    check_kept_bytes,
     cosine_rows,
     sketch_features,
     sketch_rows,
+    sketched_rows,
     streamed_similarities,
     top_k,
     whitened_bytes,
@@ -45,7 +48,6 @@ from .kernel import similarity_to_distance
 
 N_BACKGROUND = 200  # reference rows whose similarities set the percentiles
 N_BACKGROUND_COLUMNS = 5000  # the reference rows they are paired with, at most
-KEPT_MEMORY = 1 / 3  # of max_memory: the engine's batches take one, the kept data two
 CANDIDATE_BYTES = 16  # a query's candidate: its int32 row, FAISS's float32 and int64
 AUTO_COMPONENTS = (4096, 2048, 1024, 512, 256, 128, 64)  # n_components="auto"
 CANDIDATE_COMPONENTS = 256  # "auto" when the sketches only choose candidates
@@ -171,6 +173,9 @@ class NetworkNeighbors(NetworkEstimator):
     the whitened Jacobians: half to the reference's, kept when they fit in
     it, and half to those of a block of queries with the block's sketches
     and candidates; all of it to the block when the reference's are not kept.
+    ``algorithm="exact"`` over sketches sketches its queries in such blocks
+    too, half of the block's share to their sketches and half to their
+    similarities.
 
     Parameters
     ----------
@@ -539,23 +544,16 @@ class NetworkNeighbors(NetworkEstimator):
         return m is not None and m < min(self.n_samples_fit_, values)
 
     def _check_held_bytes(self) -> None:
-        """Raise a MemoryError when the search would hold more than it may.
-
-        What it holds for the reference may take two thirds of
-        ``max_memory``: the engine's batches take the third one.
-        """
-        limit = 2 * KEPT_MEMORY * self._engine.max_memory
-        if self._held_bytes <= limit:
-            return
+        """Raise a MemoryError when the search would hold more than it may."""
         index = f" and the FAISS index {self.index!r} over them" * (
             self.algorithm == "faiss"
         )
-        raise MemoryError(
-            f"The search holds {self._held_bytes / 2**30:.2f} GiB for its "
-            f"{self.n_samples_fit_} reference examples (their sketches{index}), "
-            f"more than the {limit / 2**30:.2f} GiB it may take (two thirds of "
-            "max_memory): lower n_components or search_components, use a "
-            'compressed index (e.g. index="IVF1024,PQ32"), or raise max_memory.'
+        check_kept_bytes(
+            self._held_bytes,
+            self._engine.max_memory,
+            f"The sketches of the {self.n_samples_fit_} reference examples{index}",
+            "lower n_components or search_components, use a compressed index "
+            '(e.g. index="IVF1024,PQ32"), or raise max_memory.',
         )
 
     def _measured_piece_bytes(self, X) -> float | None:
@@ -771,7 +769,8 @@ class NetworkNeighbors(NetworkEstimator):
 
     def _exact(self, X, n_neighbors):
         if self.n_components_ is not None:
-            rows = sketch_rows(self._sketch(X), self.reference_features_)
+            F_ref = self.reference_features_
+            rows = sketched_rows(self._sketch, X, F_ref, self._query_bytes)
         else:
             rows = self._cosine_rows(X)
         return self._search_rows(rows, n_neighbors, exclude_self=False)

@@ -22,6 +22,8 @@ from .jacobian import JacobianEngine
 from .pieces import nbytes_of, rectangular_pairs
 
 MAX_BLOCK_ENTRIES = 2**22  # similarities held at once by the sketched path
+SIMILARITY_BYTES = 12  # a sketched similarity: the float32 product and its float64 copy
+KEPT_MEMORY = 1 / 3  # of max_memory: the engine's batches take one, the kept data two
 TAKE_ROWS = 16384  # reference rows read at a time for streamed similarities
 
 
@@ -250,9 +252,58 @@ def sketch_features(
     return F.reshape(len(F), -1)
 
 
-def sketch_rows(F: np.ndarray, F_ref: np.ndarray) -> Iterator[tuple[slice, np.ndarray]]:
-    """Yield ``(rows, F[rows] @ F_ref.T)`` in blocks of bounded size."""
-    step = max(1, MAX_BLOCK_ENTRIES // max(len(F_ref), 1))
+def sketch_rows(
+    F: np.ndarray, F_ref: np.ndarray, max_bytes: float = float("inf")
+) -> Iterator[tuple[slice, np.ndarray]]:
+    """Yield ``(rows, F[rows] @ F_ref.T)`` in blocks of bounded size.
+
+    A block holds at most :data:`MAX_BLOCK_ENTRIES` similarities, and at most
+    ``max_bytes`` of them (:data:`SIMILARITY_BYTES` each); one row at least.
+    """
+    entries = min(MAX_BLOCK_ENTRIES, max_bytes / SIMILARITY_BYTES)
+    step = int(max(1, entries // max(len(F_ref), 1)))
     for start in range(0, len(F), step):
         rows = slice(start, min(start + step, len(F)))
         yield rows, (F[rows] @ F_ref.T).astype(np.float64)
+
+
+def sketched_rows(
+    sketch: Callable, X, F_ref: np.ndarray, max_bytes: float
+) -> Iterator[tuple[slice, np.ndarray]]:
+    """Yield ``(rows, sketch(X[rows]) @ F_ref.T)`` for the queries ``X``.
+
+    The queries are sketched in chunks whose sketches (float32, as wide as
+    ``F_ref``) take at most half of ``max_bytes``, and whose blocks of
+    similarities the other half: one query at a time at least. The chunks
+    change no result.
+    """
+    n = n_samples(X)
+    step = int(min(n, max(1, max_bytes / 2 / (4 * F_ref.shape[1]))))
+    for start in range(0, n, step):
+        F = sketch(take(X, slice(start, min(start + step, n))))
+        for rows, k in sketch_rows(F, F_ref, max_bytes / 2):
+            yield slice(start + rows.start, start + rows.stop), k
+
+
+def check_kept_bytes(kept: float, max_memory: float, what: str, advice: str) -> None:
+    """Raise a MemoryError when ``kept`` bytes pass two thirds of ``max_memory``.
+
+    What an estimator keeps may take twice :data:`KEPT_MEMORY` of
+    ``max_memory``: the engine's batches take the third one. ``what`` names
+    the kept data (plural), ``advice`` says what to change.
+    """
+    limit = 2 * KEPT_MEMORY * max_memory
+    if kept > limit:
+        raise MemoryError(
+            f"{what} take {readable_bytes(kept)}, more than the "
+            f"{readable_bytes(limit)} they may take (two thirds of max_memory, "
+            f"{max_memory} bytes; the batches take the third one): {advice}"
+        )
+
+
+def readable_bytes(n: float) -> str:
+    """``n`` bytes in GiB, MiB or bytes, whichever shows it best."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20)):
+        if n >= size / 10:
+            return f"{n / size:.2f} {unit}"
+    return f"{n:.0f} bytes"

@@ -1,0 +1,117 @@
+"""What the density estimator keeps counts against ``max_memory``.
+
+The soft count's sum of whitened Jacobians, or the reference sketches of the
+sketched counts, may take two thirds of it; sketched queries are counted in
+chunks that fit in what is left.
+"""
+
+import numpy as np
+import pytest
+from _architectures import mlp
+
+from sksim import GradientDensityEstimator, NetworkNeighbors, network_similarity
+from sksim._engine import rows
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(30, 4)).astype(np.float32)
+
+
+def test_soft_counts_equal_the_row_sums_of_the_exact_kernel(data):
+    net = mlp(4, 3)
+    counts = GradientDensityEstimator(net, batch_size=7).fit(data).neighbor_counts(data)
+    K = network_similarity(net, data, kind="cosine")
+    np.testing.assert_allclose(counts, K.sum(axis=1), rtol=1e-5, atol=1e-5)
+
+
+def test_a_sum_larger_than_the_budget_is_refused(data):
+    net = mlp(4, 3)
+    p = sum(t.numel() for t in net.parameters())
+    size = 8 * 3 * p  # the float64 sum of 3 outputs x p parameters
+    estimator = GradientDensityEstimator(net, max_memory=int(1.4 * size))
+    with pytest.raises(MemoryError, match=r'method="soft" keeps.*max_memory'):
+        estimator.fit(data)
+    estimator.set_params(max_memory=int(1.6 * size)).fit(data)
+    assert estimator.reference_sum_.shape == (3, p)
+
+
+def sketch_bytes(n, d, n_components):
+    """Bytes of ``n`` float32 sketches of ``d`` outputs x ``n_components``."""
+    return 4 * n * d * n_components
+
+
+def recorded_sketches(estimator, monkeypatch):
+    """The sizes of the chunks ``estimator`` sketches from now on."""
+    sizes, sketch = [], estimator._sketch
+
+    def recorded(X):
+        sizes.append(len(X))
+        return sketch(X)
+
+    monkeypatch.setattr(estimator, "_sketch", recorded)
+    return sizes
+
+
+def test_reference_sketches_larger_than_the_budget_are_refused(data):
+    net = mlp(4, 3)
+    size = sketch_bytes(len(data), 3, 8)
+    estimator = GradientDensityEstimator(
+        net, method="hard", n_components=8, max_memory=int(1.4 * size)
+    )
+    with pytest.raises(MemoryError, match="30 reference examples.*lower n_comp"):
+        estimator.fit(data)
+    estimator.set_params(max_memory=int(1.6 * size)).fit(data)
+    assert estimator.reference_features_.nbytes == size
+
+
+@pytest.mark.parametrize("method", ["hard", "power"])
+def test_sketched_queries_in_chunks_count_as_in_one(data, method, monkeypatch):
+    net = mlp(4, 3)
+    kwargs = dict(method=method, threshold=0.2, n_components=8, random_state=0)
+    whole = GradientDensityEstimator(net, max_memory=None, **kwargs).fit(data)
+    # chunks of 4 queries: half of what the reference sketches leave
+    chunk = 2 * sketch_bytes(4, 3, 8)
+    max_memory = int(1.5 * (chunk + sketch_bytes(len(data), 3, 8))) + 1
+    chunked = GradientDensityEstimator(net, max_memory=max_memory, **kwargs).fit(data)
+    sketched, blocks = recorded_sketches(chunked, monkeypatch), []
+    sketch_rows = rows.sketch_rows
+
+    def counted_rows(F, F_ref, max_bytes=float("inf")):
+        for block, k in sketch_rows(F, F_ref, max_bytes):
+            blocks.append(k.shape[0])
+            yield block, k
+
+    monkeypatch.setattr(rows, "sketch_rows", counted_rows)
+    counts = chunked.neighbor_counts(data)
+    assert sketched == [4] * 7 + [2]
+    assert blocks == [1] * 30  # 32 similarities of 12 bytes fit in half of a chunk
+    # float32 products of other shapes: equal to rounding
+    np.testing.assert_allclose(counts, whole.neighbor_counts(data), rtol=1e-6)
+    assert counts.min() >= 1  # each reference example counts itself
+
+
+def test_sketched_exact_neighbours_in_chunks_are_those_of_one(data, monkeypatch):
+    net = mlp(4, 3)
+    kwargs = dict(algorithm="exact", n_components=8, n_neighbors=3, random_state=0)
+    whole = NetworkNeighbors(net, max_memory=None, **kwargs).fit(data[:20])
+    chunk = 2 * sketch_bytes(4, 3, 8)
+    max_memory = int(1.5 * (chunk + sketch_bytes(20, 3, 8))) + 1
+    chunked = NetworkNeighbors(net, max_memory=max_memory, **kwargs).fit(data[:20])
+    sketched = recorded_sketches(chunked, monkeypatch)
+    similarities, indices = chunked.most_similar(data[20:])
+    assert sketched == [4, 4, 2]
+    expected = whole.most_similar(data[20:])
+    np.testing.assert_array_equal(indices, expected[1])
+    np.testing.assert_allclose(similarities, expected[0], rtol=1e-6)
+
+
+def test_similarity_blocks_fit_in_their_bytes():
+    rng = np.random.default_rng(1)
+    F, F_ref = rng.normal(size=(10, 6)), rng.normal(size=(7, 6))
+    max_bytes = rows.SIMILARITY_BYTES * 7 * 3 + 5  # 3 rows of 7 similarities
+    blocks = list(rows.sketch_rows(F, F_ref, max_bytes))
+    assert [b.stop - b.start for b, _ in blocks] == [3, 3, 3, 1]
+    np.testing.assert_allclose(np.concatenate([k for _, k in blocks]), F @ F_ref.T)
+    assert len(list(rows.sketch_rows(F, F_ref, 1))) == 10  # a row at least
