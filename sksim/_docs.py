@@ -73,8 +73,9 @@ max_memory : int or None, default=2 GiB
     blocks of queries; past it they are recomputed for every block (slower,
     bounded memory). The factors of one batch may take a third of it: a
     larger batch is computed in smaller parts, and a single sample that
-    cannot fit raises a MemoryError saying what to change. None sets no
-    limit.""",
+    cannot fit raises a MemoryError saying what to change. A block of exact
+    kernel rows, with the copies the estimator makes of it, takes at most
+    another third. None sets no limit.""",
     "checkpoints": """
 checkpoints : list of state_dicts or paths, default=None
     None uses the network as it is. A list of ``state_dict``s of the

@@ -8,7 +8,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from numbers import Real
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
@@ -19,13 +19,17 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._base import NetworkEstimator, constraints
 from ._docs import fill_doc
-from ._engine.gram import NTKReference
+from ._engine.gram import GramReference, NTKReference
 from ._engine.inputs import is_dataset, n_samples
 from ._engine.jacobian import DEFAULT_MAX_MEMORY
-from ._engine.normalize import normalize, trace_over_d
+from ._engine.normalize import normalize
 from ._typing import NetInput, NetLike, Output, Self
 from ._validation import check_net_input, dataset_targets
 from .density import THRESHOLD
+
+MATRIX_WEIGHTS = ("ntk", "cosine")  # the others are scalars times the identity
+MATRIX_COPIES = 4  # arrays of a block's (b, N, d, d) size its analysis holds at once
+SCALAR_COPIES = 3  # arrays of a block's (b, N) size its analysis holds at once
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -35,29 +39,86 @@ class IllConditionedWeightsWarning(UserWarning):
     """``sum_j K_ij`` is near-singular: similar and anti-similar samples cancel."""
 
 
-def neighbor_weights(
-    K: np.ndarray,
-    G: np.ndarray,
-    gram: np.ndarray,
-    weights: str,
-    power: float,
-    threshold: float,
-    rtol: float,
+def matrix_weights(
+    K: np.ndarray, G: np.ndarray, gram: np.ndarray, weights: str, rtol: float
 ) -> np.ndarray:
     """The unnormalised weights ``B_ij`` of a block of rows, ``(b, N, d, d)``.
 
-    ``"ntk"``: ``J_i J_j^T``; ``"cosine"``: ``A_i A_j^T``; ``"cosine_pos_pow"``
-    and ``"hard"``: a scalar weight of the cosine similarity times the
-    identity, ``max(k_ij, 0)^power`` or ``1[k_ij > threshold]``.
+    ``"ntk"``: the NTK blocks ``K = J_i J_j^T`` themselves; ``"cosine"``:
+    ``A_i A_j^T``.
     """
-    if weights == "ntk":
-        return K
-    cosine = normalize(K, G, gram, "cosine", rtol)
-    if weights == "cosine":
-        return cosine
-    k = trace_over_d(cosine)
-    w = np.maximum(k, 0.0) ** power if weights == "cosine_pos_pow" else k > threshold
-    return w[..., None, None] * np.eye(K.shape[-1])
+    return K if weights == "ntk" else normalize(K, G, gram, "cosine", rtol)
+
+
+def scalar_weights(
+    k: np.ndarray, weights: str, power: float, threshold: float
+) -> np.ndarray:
+    """The scalar weights ``w_ij`` of cosine similarities ``k``: ``B_ij = w_ij I``.
+
+    ``"cosine_pos_pow"``: ``max(k_ij, 0)^power``; ``"hard"``:
+    ``1[k_ij > threshold]``.
+    """
+    if weights == "cosine_pos_pow":
+        w = np.maximum(k, 0.0)
+        w **= power
+        return w
+    return (k > threshold).astype(np.float64)
+
+
+class BlockResult(NamedTuple):
+    """The analysis of a block of rows ``i``, with ``M_i = sum_j B_ij``."""
+
+    noise_covariance: np.ndarray  # C_i = M_i^-1 (sum_j B_ij B_ij^T) M_i^-T
+    self_weight: np.ndarray  # tr(W_ii) / d
+    kernel_prediction: np.ndarray  # sum_j W_ij y_j
+    smoothed: np.ndarray  # sum_j W_ij f_j
+    scale: np.ndarray  # sum_j |B_ij|_F
+    smallest: np.ndarray  # the smallest singular value of M_i
+
+
+def matrix_block(B, own, y, f, ridge: float) -> BlockResult:
+    """The analysis of matrix weights ``B`` ``(b, N, d, d)``.
+
+    ``own`` holds each row's own column ``j = i``.
+    """
+    M = B.sum(axis=1)
+    scale = np.linalg.norm(B, axis=(-2, -1)).sum(axis=1)
+    inverse, smallest = regularized_inverse(M, scale, ridge)
+    Q = np.einsum("bjde,bjfe->bdf", B, B)
+    own_weight = inverse @ B[np.arange(B.shape[0]), own]
+    return BlockResult(
+        inverse @ Q @ np.swapaxes(inverse, -1, -2),
+        np.trace(own_weight, axis1=-2, axis2=-1) / B.shape[-1],
+        weighted_average(inverse, B, y),
+        weighted_average(inverse, B, f),
+        scale,
+        smallest,
+    )
+
+
+def scalar_block(w, own, y, f, ridge: float) -> BlockResult:
+    """:func:`matrix_block` of ``B_ij = w_ij I``, from the scalars ``w`` ``(b, N)``.
+
+    The weights are non-negative: ``M_i = m_i I`` with ``m_i = sum_j w_ij``
+    has the singular values ``m_i`` and the Tikhonov inverse
+    ``m_i / (m_i^2 + lam_i^2) I``, ``sum_j |B_ij|_F = sqrt(d) m_i``, and
+    every sum over ``j`` is one over the scalars, without the ``d x d``
+    blocks.
+    """
+    d = y.shape[1]
+    m = w.sum(axis=1)
+    scale = np.sqrt(d) * m
+    denominator = m**2 + (ridge * scale) ** 2
+    inverse = np.divide(m, denominator, out=np.zeros_like(m), where=denominator > 0)
+    variance = inverse**2 * np.einsum("ij,ij->i", w, w)
+    return BlockResult(
+        variance[:, None, None] * np.eye(d),
+        inverse * w[np.arange(len(w)), own],
+        inverse[:, None] * (w @ y),
+        inverse[:, None] * (w @ f),
+        scale,
+        m,
+    )
 
 
 def regularized_inverse(
@@ -138,9 +199,11 @@ class SelfDenoisingAnalysis(NetworkEstimator):
     regularisation. Non-negative weights (``"cosine_pos_pow"``, ``"hard"``)
     never cancel.
 
-    Cost: one row of kernel blocks per training sample, computed in blocks of
-    ``batch_size`` rows against the training set (O(N^2 p) time, memory of one
-    block, ``batch_size x N x d x d``).
+    Cost: one row of weights per training sample against the training set,
+    O(N^2 p) time, computed in blocks of rows: ``b x N x d x d`` values for
+    the matrix weights (``"ntk"``, ``"cosine"``), ``b x N`` scalar
+    similarities for the others. A block, with the analysis' copies of it,
+    takes at most a third of ``max_memory``.
 
     Parameters
     ----------
@@ -341,28 +404,15 @@ class SelfDenoisingAnalysis(NetworkEstimator):
         kernel_prediction = np.empty((n, d))
         smoothed_f = np.empty((n, d))
         condition = np.empty(n)
-        reference = NTKReference(engine, X)
-        for rows, K, G in reference.self_rows():
-            B = neighbor_weights(
-                K,
-                G,
-                reference.gram,
-                self.weights,
-                self.power,
-                self.threshold,
-                self.rtol,
-            )
-            M = B.sum(axis=1)
-            scale = np.linalg.norm(B, axis=(-2, -1)).sum(axis=1)
-            inverse, s_min = regularized_inverse(M, scale, self.ridge)
-            Q = np.einsum("bjde,bjfe->bdf", B, B)
-            C[rows] = inverse @ Q @ np.swapaxes(inverse, -1, -2)
-            own = B[np.arange(B.shape[0]), np.arange(rows.start, rows.stop)]
-            self_weight[rows] = np.trace(inverse @ own, axis1=-2, axis2=-1) / d
-            kernel_prediction[rows] = weighted_average(inverse, B, y)
-            smoothed_f[rows] = weighted_average(inverse, B, f)
+        for rows, block in self._blocks(engine, X, f, y):
+            C[rows] = block.noise_covariance
+            self_weight[rows] = block.self_weight
+            kernel_prediction[rows] = block.kernel_prediction
+            smoothed_f[rows] = block.smoothed
             with np.errstate(divide="ignore", invalid="ignore"):
-                condition[rows] = np.where(s_min > 0, scale / s_min, np.inf)
+                condition[rows] = np.where(
+                    block.smallest > 0, block.scale / block.smallest, np.inf
+                )
         trace = np.trace(C, axis1=-2, axis2=-1)
         self.n_outputs_ = d
         self.predictions_ = f
@@ -387,6 +437,26 @@ class SelfDenoisingAnalysis(NetworkEstimator):
                 IllConditionedWeightsWarning,
                 stacklevel=3,
             )
+
+    def _blocks(self, engine, X, f, y):
+        """Yield ``(rows, BlockResult)`` for blocks of rows of the weights.
+
+        Matrix weights come from the NTK blocks, scalar weights from the
+        scalar cosine kernel; a block and the arrays of its size that its
+        analysis makes take at most a third of ``max_memory``.
+        """
+        if self.weights in MATRIX_WEIGHTS:
+            reference = NTKReference(engine, X)
+            for rows, K, G in reference.self_rows(MATRIX_COPIES):
+                B = matrix_weights(K, G, reference.gram, self.weights, self.rtol)
+                own = np.arange(rows.start, rows.stop)
+                yield rows, matrix_block(B, own, y, f, self.ridge)
+            return
+        reference = GramReference(engine, X, kind="cosine", rtol=self.rtol)
+        for rows, k, _ in reference.self_rows(SCALAR_COPIES):
+            w = scalar_weights(k, self.weights, self.power, self.threshold)
+            own = np.arange(rows.start, rows.stop)
+            yield rows, scalar_block(w, own, y, f, self.ridge)
 
     def _set_noise_level(self, f, y):
         d = self.n_outputs_

@@ -37,6 +37,7 @@ from ._engine.rows import (
 from ._typing import Checkpoints, NetInput, NetLike, Output, Self
 
 COUNT_FLOOR = 0.5
+COUNT_COPIES = 3  # a block of similarities and the two temporaries of its count
 # The cosine similarity never exceeds 1: a threshold of 1 would count nothing.
 THRESHOLD = Interval(Real, -1, 1, closed="left")
 NEIGHBOR_PARAMETERS = ("net", "output", "params", "n_components", "batch_size")
@@ -373,7 +374,9 @@ class GradientDensityEstimator(DensityMixin, NetworkEstimator):
         else:
             rows = weighted_rows(
                 self._engines(),
-                lambda engine, Q: cosine_rows(engine, self.X_fit_, Q, self.rtol),
+                lambda engine, Q: cosine_rows(
+                    engine, self.X_fit_, Q, self.rtol, COUNT_COPIES
+                ),
                 X,
                 n_samples(X),
                 self.n_reference_,

@@ -49,6 +49,7 @@ from .kernel import similarity_to_distance
 N_BACKGROUND = 200  # reference rows whose similarities set the percentiles
 N_BACKGROUND_COLUMNS = 5000  # the reference rows they are paired with, at most
 CANDIDATE_BYTES = 16  # a query's candidate: its int32 row, FAISS's float32 and int64
+SEARCH_COPIES = 2  # a block of exact similarities and the masks of its selection
 AUTO_COMPONENTS = (4096, 2048, 1024, 512, 256, 128, 64)  # n_components="auto"
 CANDIDATE_COMPONENTS = 256  # "auto" when the sketches only choose candidates
 HNSW_BEAM = 2  # an HNSW search's efSearch, per candidate it must return
@@ -748,7 +749,7 @@ class NetworkNeighbors(NetworkEstimator):
         Y = self.X_fit_ if Y is None else Y
         return weighted_rows(
             self._engines(),
-            lambda engine, Q: cosine_rows(engine, Y, Q, self.rtol),
+            lambda engine, Q: cosine_rows(engine, Y, Q, self.rtol, SEARCH_COPIES),
             X,
             n_samples(Y) if X is None else n_samples(X),
             n_samples(Y),

@@ -12,6 +12,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils.estimator_checks import parametrize_with_checks
 from skorch import NeuralNetRegressor
 
+from sksim import denoising
 from sksim.datasets import make_circle_sine
 from sksim.denoising import (
     IllConditionedWeightsWarning,
@@ -277,6 +278,45 @@ def test_plot_without_matplotlib_names_the_extra(data, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
     with pytest.raises(ImportError, match=r"sksim\[plot\]"):
         plot_denoising(analysis)
+
+
+@pytest.mark.parametrize("weights", ["cosine", "cosine_pos_pow", "hard"])
+def test_blocks_within_max_memory_give_the_same_analysis(data, weights, monkeypatch):
+    X, Y = data
+    net = mlp(2, 3, hidden=10).double()
+    kwargs = dict(weights=weights, power=3, threshold=0.6)
+    whole = SelfDenoisingAnalysis(net, max_memory=None, **kwargs).fit(X, Y)
+    # a block of 4 of the 14 rows, with 100 copies of it, fills a third of
+    # max_memory (and the engine's batches are larger)
+    if weights == "cosine":
+        block, row, copies = "matrix_block", 8 * 14 * 3 * 3, "MATRIX_COPIES"
+    else:
+        block, row, copies = "scalar_block", 8 * 14, "SCALAR_COPIES"
+    monkeypatch.setattr(denoising, copies, 100)
+    row *= 100
+    sizes, analyse = [], getattr(denoising, block)
+
+    def recorded(w, own, *args):
+        sizes.append(len(own))
+        return analyse(w, own, *args)
+
+    monkeypatch.setattr(denoising, block, recorded)
+    bounded = SelfDenoisingAnalysis(net, max_memory=3 * 4 * row + 2, **kwargs)
+    bounded.fit(X, Y)
+    assert sizes == [4, 4, 4, 2]
+    for name in ("noise_covariance_", "self_weight_", "kernel_prediction_"):
+        np.testing.assert_allclose(
+            getattr(bounded, name), getattr(whole, name), rtol=1e-12, atol=1e-14
+        )
+    assert bounded.sigma_ == pytest.approx(whole.sigma_, rel=1e-12)
+
+
+def test_scalar_weights_have_the_condition_number_of_the_identity(data):
+    X, Y = data
+    net = mlp(2, 3, hidden=10).double()
+    analysis = SelfDenoisingAnalysis(net, weights="cosine_pos_pow").fit(X, Y)
+    # M_i = m_i I and sum_j |w_ij I|_F = sqrt(3) m_i
+    np.testing.assert_allclose(analysis.condition_number_, np.sqrt(3), rtol=1e-12)
 
 
 @pytest.mark.slow

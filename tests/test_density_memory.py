@@ -11,6 +11,8 @@ from _architectures import mlp
 
 from sksim import GradientDensityEstimator, NetworkNeighbors, network_similarity
 from sksim._engine import rows
+from sksim._engine.gram import GramReference
+from sksim.density import COUNT_COPIES
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +117,25 @@ def test_similarity_blocks_fit_in_their_bytes():
     assert [b.stop - b.start for b, _ in blocks] == [3, 3, 3, 1]
     np.testing.assert_allclose(np.concatenate([k for _, k in blocks]), F @ F_ref.T)
     assert len(list(rows.sketch_rows(F, F_ref, 1))) == 10  # a row at least
+
+
+def test_exact_counts_come_in_blocks_within_a_third_of_max_memory(data, monkeypatch):
+    net = mlp(4, 3)
+    kwargs = dict(method="power", batch_size=10)
+    whole = GradientDensityEstimator(net, max_memory=None, **kwargs).fit(data)
+    # 3 rows of 30 float64 similarities, with the count's copies of them,
+    # fill a third: batches of 10 queries come in blocks of 3, 3, 3 and 1 rows
+    max_memory = 3 * 3 * 8 * 30 * COUNT_COPIES + 2
+    bounded = GradientDensityEstimator(net, max_memory=max_memory, **kwargs)
+    bounded.fit(data)
+    sizes, rows_of = [], GramReference.rows_of
+
+    def recorded(reference, left):
+        sizes.append(len(left[0]))
+        return rows_of(reference, left)
+
+    monkeypatch.setattr(GramReference, "rows_of", recorded)
+    queries = data[:20]
+    counts = bounded.neighbor_counts(queries)
+    assert sizes == [3, 3, 3, 1] * 2
+    np.testing.assert_allclose(counts, whole.neighbor_counts(queries), rtol=1e-6)

@@ -135,26 +135,52 @@ class GramReference:
         out /= d
         return out
 
-    def rows(self, X) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
+    def rows(
+        self, X, copies: int = 1
+    ) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
         """Yield ``(rows, B, G)`` for blocks of queries of ``X``.
 
         ``B`` is ``(b, m)`` (scalar kernel) or ``(b, m, d, d)`` (``full``), ``G``
-        the queries' ``J J^T`` ``(b, d, d)``; float64 on the CPU.
+        the queries' ``J J^T`` ``(b, d, d)``; float64 on the CPU. ``copies``
+        arrays of ``B``'s size, ``B`` included, take at most a third of the
+        engine's ``max_memory`` (see :meth:`block_rows`).
         """
-        for rows, left, G in self.engine.mapped_pieces(X, self.left_power, self.rtol):
-            yield rows, self.rows_of(left), G
+        step = self.block_rows(copies)
+        batches = self.engine.mapped_pieces(X, self.left_power, self.rtol)
+        for rows, pieces, G in batches:
+            for start in range(0, len(G), step):
+                part = slice(start, min(start + step, len(G)))
+                left = pieces if step >= len(G) else [p.take(part) for p in pieces]
+                block = slice(rows.start + part.start, rows.start + part.stop)
+                yield block, self.rows_of(left), G[part]
 
-    def self_rows(self) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
-        """Like ``rows(Y)``, reusing the prepared pieces of ``Y`` if kept."""
+    def self_rows(
+        self, copies: int = 1
+    ) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
+        """Like ``rows(Y, copies)``, reusing the prepared pieces of ``Y`` if kept."""
         if self._pieces is None:
-            yield from self.rows(self.Y)
+            yield from self.rows(self.Y, copies)
             return
-        for start in range(0, self.n_samples, self.engine.batch_size):
-            rows = slice(start, min(start + self.engine.batch_size, self.n_samples))
+        step = min(self.engine.batch_size, self.block_rows(copies))
+        for start in range(0, self.n_samples, step):
+            rows = slice(start, min(start + step, self.n_samples))
             left = [p.take(rows) for p in self._pieces]
             if self.left_power != self.right_power:  # influence: R = I, L = G^-1
                 left = map_pieces(left, self.gram[rows], self.left_power, self.rtol)
             yield rows, self.rows_of(left), self.gram[rows]
+
+    def block_rows(self, copies: int = 1) -> int:
+        """Rows of a block whose ``copies`` arrays take a third of ``max_memory``.
+
+        A row holds ``m`` float64 values, ``m d^2`` when ``full``; one row at
+        least. The caller's copies of a block (its temporaries) count, as the
+        engine's batches and the kept pieces of ``Y`` do, against the
+        engine's ``max_memory``.
+        """
+        d = self.n_outputs
+        row_bytes = 8 * self.n_samples * (d * d if self.full else 1) * copies
+        fit = self.engine.max_memory / 3 / row_bytes
+        return int(min(max(1, fit), np.iinfo(np.int32).max))
 
     def matrix(self, X=None) -> np.ndarray:
         """All rows at once; ``X=None`` gives the exactly symmetric ``K(Y, Y)``."""

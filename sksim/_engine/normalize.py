@@ -94,8 +94,3 @@ def normalize(
         inv_x = gram_power(G_x, -1.0, rtol)
         return np.einsum("ijba,ibc->ijac", K, inv_x, optimize=True)
     raise ValueError(f"kind must be one of {KINDS}; got {kind!r}.")
-
-
-def trace_over_d(blocks: np.ndarray) -> np.ndarray:
-    """The scalar kernel ``tr(K) / d`` of matrix blocks ``(n, m, d, d)``."""
-    return np.trace(blocks, axis1=-2, axis2=-1) / blocks.shape[-1]

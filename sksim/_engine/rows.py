@@ -28,14 +28,16 @@ TAKE_ROWS = 16384  # reference rows read at a time for streamed similarities
 
 
 def cosine_rows(
-    engine: JacobianEngine, Y, X=None, rtol: float = 1e-5
+    engine: JacobianEngine, Y, X=None, rtol: float = 1e-5, copies: int = 1
 ) -> Iterator[tuple[slice, np.ndarray]]:
     """Yield ``(rows, k)``: exact ``k^C(x_i, y_j)`` of shape ``(b, m)``.
 
-    ``X=None`` takes the reference set ``Y`` itself as the queries.
+    ``X=None`` takes the reference set ``Y`` itself as the queries. A block,
+    with the caller's copies of it (``copies`` arrays in all), takes at most
+    a third of the engine's ``max_memory``.
     """
     reference = GramReference(engine, Y, kind="cosine", rtol=rtol)
-    blocks = reference.self_rows() if X is None else reference.rows(X)
+    blocks = reference.self_rows(copies) if X is None else reference.rows(X, copies)
     for rows, k, _ in blocks:
         yield rows, k
 
