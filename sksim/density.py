@@ -18,6 +18,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._base import NetworkEstimator, constraints
 from ._docs import fill_doc
+from ._engine.budget import KEPT_MEMORY, check_kept_bytes
 from ._engine.checkpoints import (
     checkpoint_seed,
     stacked,
@@ -27,13 +28,7 @@ from ._engine.checkpoints import (
 from ._engine.inputs import n_samples
 from ._engine.jacobian import DEFAULT_MAX_MEMORY, JacobianEngine
 from ._engine.parallel import split_rows
-from ._engine.rows import (
-    KEPT_MEMORY,
-    check_kept_bytes,
-    cosine_rows,
-    sketch_features,
-    sketched_rows,
-)
+from ._engine.rows import cosine_rows, sketch_features, sketched_rows
 from ._typing import Checkpoints, NetInput, NetLike, Output, Self
 
 COUNT_FLOOR = 0.5

@@ -15,16 +15,15 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._base import POSITIVE_INT, NetworkEstimator, constraints
 from ._docs import fill_doc
+from ._engine.budget import KEPT_MEMORY, check_kept_bytes, rows_that_fit
 from ._engine.checkpoints import checkpoint_seed, stacked, weighted_rows
 from ._engine.inputs import n_samples, take
 from ._engine.jacobian import DEFAULT_MAX_MEMORY
 from ._engine.parallel import split_rows
 from ._engine.pieces import KeptPieces
 from ._engine.rows import (
-    KEPT_MEMORY,
     ExactNeighbors,
     candidate_similarities,
-    check_kept_bytes,
     cosine_rows,
     sketch_features,
     sketch_rows,
@@ -583,7 +582,7 @@ class NetworkNeighbors(NetworkEstimator):
         all ``n`` rows fit.
         """
         row_bytes = self._piece_bytes if row_bytes is None else row_bytes
-        step = int(min(n, max(1, self._query_bytes / row_bytes)))  # n if no limit
+        step = rows_that_fit(self._query_bytes, row_bytes, n)
         return [slice(i, min(i + step, n)) for i in range(0, n, step)]
 
     def _pieces_fit(self) -> bool:
@@ -684,7 +683,7 @@ class NetworkNeighbors(NetworkEstimator):
         if self.exact_ranking_:
             per_sample += self._piece_bytes
         n = n_samples(X)
-        step = int(min(n, max(1, self._query_bytes / per_sample)))
+        step = rows_that_fit(self._query_bytes, per_sample, n)
         parts = []
         for start in range(0, n, step):
             chunk = take(X, slice(start, min(start + step, n)))

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
+from .budget import rows_that_fit
 from .inputs import take
 from .jacobian import JacobianEngine
 
@@ -246,8 +247,7 @@ def weighted_rows(
         ((_, engine),) = engines
         yield from rows_of(engine, queries)
         return
-    fit = engines.max_memory / 3 / (8 * n_reference)
-    step = max(1, int(min(n_queries, fit)))
+    step = rows_that_fit(engines.max_memory / 3, 8 * n_reference, n_queries)
     for start in range(0, n_queries, step):
         block = slice(start, min(start + step, n_queries))
         whole = step >= n_queries

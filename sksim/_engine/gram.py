@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from .budget import rows_that_fit
 from .inputs import n_samples
 from .jacobian import JacobianEngine
 from .normalize import KINDS
@@ -161,7 +162,7 @@ class GramReference:
         if self._pieces is None:
             yield from self.rows(self.Y, copies)
             return
-        step = min(self.engine.batch_size, self.block_rows(copies))
+        step = self.block_rows(copies)
         for start in range(0, self.n_samples, step):
             rows = slice(start, min(start + step, self.n_samples))
             left = [p.take(rows) for p in self._pieces]
@@ -173,14 +174,15 @@ class GramReference:
         """Rows of a block whose ``copies`` arrays take a third of ``max_memory``.
 
         A row holds ``m`` float64 values, ``m d^2`` when ``full``; one row at
-        least. The caller's copies of a block (its temporaries) count, as the
-        engine's batches and the kept pieces of ``Y`` do, against the
-        engine's ``max_memory``.
+        least, a batch at most. The caller's copies of a block (its
+        temporaries) count, as the engine's batches and the kept pieces of
+        ``Y`` do, against the engine's ``max_memory``.
         """
         d = self.n_outputs
         row_bytes = 8 * self.n_samples * (d * d if self.full else 1) * copies
-        fit = self.engine.max_memory / 3 / row_bytes
-        return int(min(max(1, fit), np.iinfo(np.int32).max))
+        return rows_that_fit(
+            self.engine.max_memory / 3, row_bytes, self.engine.batch_size
+        )
 
     def matrix(self, X=None) -> np.ndarray:
         """All rows at once; ``X=None`` gives the exactly symmetric ``K(Y, Y)``."""

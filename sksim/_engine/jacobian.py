@@ -15,6 +15,7 @@ import torch
 from torch.func import functional_call, jacrev, vmap
 from tqdm.auto import tqdm
 
+from .budget import rows_that_fit
 from .capture import LayerCapture, join_name, plan_layers
 from .context import evaluation_mode, on_device
 from .inputs import batches, module_float_dtype, n_samples, take, to_tensor
@@ -273,9 +274,8 @@ class JacobianEngine:
             if self.batch_size is None:
                 size = next(iter(self.parameters.values())).element_size()
                 per_sample += self.n_outputs(X) * n_fallback * size
-                fit = self.max_memory / 3 / max(per_sample, 1)
-                self.batch_size = self._part_size = int(
-                    max(1, min(AUTO_BATCH_LIMIT, fit))
+                self.batch_size = self._part_size = rows_that_fit(
+                    self.max_memory / 3, per_sample, AUTO_BATCH_LIMIT
                 )
             self._plan = layers, jacobian, n_fallback
         return self._plan

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from .budget import rows_that_fit
 from .features import gradient_features
 from .gram import GramReference
 from .inputs import n_samples, take
@@ -23,7 +24,6 @@ from .pieces import nbytes_of, rectangular_pairs
 
 MAX_BLOCK_ENTRIES = 2**22  # similarities held at once by the sketched path
 SIMILARITY_BYTES = 12  # a sketched similarity: the float32 product and its float64 copy
-KEPT_MEMORY = 1 / 3  # of max_memory: the engine's batches take one, the kept data two
 TAKE_ROWS = 16384  # reference rows read at a time for streamed similarities
 
 
@@ -103,7 +103,7 @@ class ExactNeighbors:
         self.n_neighbors = n_neighbors
         n = n_samples(Q)
         budget = engine.max_memory if max_memory is None else max_memory
-        step = int(min(n, max(1, budget / whitened_bytes(engine, Q, rtol))))
+        step = rows_that_fit(budget, whitened_bytes(engine, Q, rtol), n)
         self.blocks = [slice(i, min(i + step, n)) for i in range(0, n, step)]
         self.similarities = np.full((n, n_neighbors), -np.inf)
         self.indices = np.full((n, n_neighbors), -1, dtype=np.intp)
@@ -280,32 +280,8 @@ def sketched_rows(
     change no result.
     """
     n = n_samples(X)
-    step = int(min(n, max(1, max_bytes / 2 / (4 * F_ref.shape[1]))))
+    step = rows_that_fit(max_bytes / 2, 4 * F_ref.shape[1], n)
     for start in range(0, n, step):
         F = sketch(take(X, slice(start, min(start + step, n))))
         for rows, k in sketch_rows(F, F_ref, max_bytes / 2):
             yield slice(start + rows.start, start + rows.stop), k
-
-
-def check_kept_bytes(kept: float, max_memory: float, what: str, advice: str) -> None:
-    """Raise a MemoryError when ``kept`` bytes pass two thirds of ``max_memory``.
-
-    What an estimator keeps may take twice :data:`KEPT_MEMORY` of
-    ``max_memory``: the engine's batches take the third one. ``what`` names
-    the kept data (plural), ``advice`` says what to change.
-    """
-    limit = 2 * KEPT_MEMORY * max_memory
-    if kept > limit:
-        raise MemoryError(
-            f"{what} take {readable_bytes(kept)}, more than the "
-            f"{readable_bytes(limit)} they may take (two thirds of max_memory, "
-            f"{max_memory} bytes; the batches take the third one): {advice}"
-        )
-
-
-def readable_bytes(n: float) -> str:
-    """``n`` bytes in GiB, MiB or bytes, whichever shows it best."""
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20)):
-        if n >= size / 10:
-            return f"{n / size:.2f} {unit}"
-    return f"{n:.0f} bytes"
