@@ -20,7 +20,9 @@ as given (default: sksim's, 2 GiB):
   sketches of ``n_components="auto"``, 64 principal components), fitted on
   ``--n`` images with the recall measured on 200 others, then queried with
   ``--n`` others;
-* ``denoising``: ``SelfDenoisingAnalysis`` on ``min(--n, 500)`` images.
+* ``denoising``: ``SelfDenoisingAnalysis`` as the audit sets it: 500 of the
+  ``--n`` images (all of them if fewer), each against all ``--n``, with the
+  ``"cosine_pos_pow"`` weights of the first 9 softmax probabilities.
 
 Usage: ``OMP_NUM_THREADS=2 python benchmarks/bench_tensor_peak.py {density,
 neighbors,denoising} [--n 1000] [--device cpu] [--max-memory BYTES]``.
@@ -42,6 +44,7 @@ from torch.utils._pytree import tree_leaves
 
 from sksim import GradientDensityEstimator, NetworkNeighbors, SelfDenoisingAnalysis
 from sksim._engine.jacobian import DEFAULT_MAX_MEMORY
+from sksim.audit.analyses.denoising import free_probabilities
 
 
 class LiveTensors(TorchDispatchMode):
@@ -112,10 +115,16 @@ def step(name: str, n: int, device: str, max_memory: int) -> str:
         search.fit(reference, X_val=X[2 * n : 2 * n + 200])
         search.most_similar(queries)
         return f"recall@5 {search.recall_:.3f}, n_components {search.n_components_}"
-    m = min(n, 500)
-    analysis = SelfDenoisingAnalysis(module, random_state=0, **common)
-    analysis.fit(reference[:m], np.eye(10)[y[:m]])
-    return f"{m} examples"
+    analysis = SelfDenoisingAnalysis(
+        module,
+        weights="cosine_pos_pow",
+        output=free_probabilities,
+        max_samples=500,
+        random_state=0,
+        **common,
+    )
+    analysis.fit(reference, np.eye(10)[y[:n], :9])
+    return f"{len(analysis.sample_indices_)} of {n} examples"
 
 
 def main():

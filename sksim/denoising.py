@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 import torch
 from numpy.typing import ArrayLike
-from sklearn.utils import check_array
+from sklearn.utils import check_array, check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._base import NetworkEstimator, constraints
+from ._base import POSITIVE_INT, NetworkEstimator, constraints
 from ._docs import fill_doc
 from ._engine.gram import GramReference, NTKReference
 from ._engine.inputs import is_dataset, n_samples
@@ -199,11 +199,12 @@ class SelfDenoisingAnalysis(NetworkEstimator):
     regularisation. Non-negative weights (``"cosine_pos_pow"``, ``"hard"``)
     never cancel.
 
-    Cost: one row of weights per training sample against the training set,
-    O(N^2 p) time, computed in blocks of rows: ``b x N x d x d`` values for
-    the matrix weights (``"ntk"``, ``"cosine"``), ``b x N`` scalar
-    similarities for the others. A block, with the analysis' copies of it,
-    takes at most a third of ``max_memory``.
+    Cost: one row of weights per analysed sample against the whole training
+    set, O(n N p) time for ``n`` of the ``N`` samples (all of them by
+    default; ``max_samples`` bounds ``n``), computed in blocks of rows:
+    ``b x N x d x d`` values for the matrix weights (``"ntk"``,
+    ``"cosine"``), ``b x N`` scalar similarities for the others. A block, with
+    the analysis' copies of it, takes at most a third of ``max_memory``.
 
     Parameters
     ----------
@@ -223,6 +224,12 @@ class SelfDenoisingAnalysis(NetworkEstimator):
         from the training residuals, see above.
     ridge : float, default=1e-6
         Relative Tikhonov regularisation of ``(sum_j B_ij)^{-1}``.
+    max_samples : int or None, default=None
+        The training samples analysed: None analyses all of them; an int at
+        most that many, drawn at random with ``random_state``. Their sums over
+        neighbours still run over the whole training set, so each analysed
+        sample gets the values it has in the full analysis; ``sigma`` is
+        estimated from their residuals.
     %(output)s
         They must match the columns of ``y``.
     %(params)s
@@ -230,7 +237,8 @@ class SelfDenoisingAnalysis(NetworkEstimator):
     %(device)s
     %(rtol)s
     random_state : int or None, default=None
-        Seeds the training of an unfitted skorch net.
+        Seeds the training of an unfitted skorch net and the draw of
+        ``max_samples``.
     %(max_memory)s
     %(verbose)s
 
@@ -238,29 +246,34 @@ class SelfDenoisingAnalysis(NetworkEstimator):
     ----------
     net_ : skorch net, FrozenEstimator or torch.nn.Module
         The trained network analysed.
-    predictions_ : ndarray of shape (n_samples, d)
+    sample_indices_ : ndarray of shape (n_analysed,)
+        The rows of the training set analysed, in increasing order; every
+        per-sample attribute below is about them.
+    n_samples_fit_ : int
+        ``N``, the training samples every sum over neighbours runs over.
+    predictions_ : ndarray of shape (n_analysed, d)
         ``f(x_i)``.
-    targets_ : ndarray of shape (n_samples, d)
+    targets_ : ndarray of shape (n_analysed, d)
         The (noisy) training labels.
-    noise_covariance_ : ndarray of shape (n_samples, d, d)
+    noise_covariance_ : ndarray of shape (n_analysed, d, d)
         ``C_i = sum_j W_ij W_ij^T``.
-    denoising_factor_ : ndarray of shape (n_samples,)
+    denoising_factor_ : ndarray of shape (n_analysed,)
         ``tr(C_i) / d``.
-    effective_neighbors_ : ndarray of shape (n_samples,)
+    effective_neighbors_ : ndarray of shape (n_analysed,)
         ``d / tr(C_i)``.
-    self_weight_ : ndarray of shape (n_samples,)
+    self_weight_ : ndarray of shape (n_analysed,)
         ``tr(W_ii) / d``, the share of its own label in the prediction.
-    kernel_prediction_ : ndarray of shape (n_samples, d)
+    kernel_prediction_ : ndarray of shape (n_analysed, d)
         ``sum_j W_ij y_j``, what the locally constant model predicts.
-    consistency_ : ndarray of shape (n_samples,)
+    consistency_ : ndarray of shape (n_analysed,)
         ``|f(x_i) - sum_j W_ij f(x_j)|``.
-    condition_number_ : ndarray of shape (n_samples,)
+    condition_number_ : ndarray of shape (n_analysed,)
         ``kappa_i``, see above.
-    ill_conditioned_ : ndarray of shape (n_samples,), bool
+    ill_conditioned_ : ndarray of shape (n_analysed,), bool
         ``kappa_i > 1 / ridge`` or ``kappa_i`` infinite.
     sigma_ : float
         The noise level used (given or estimated).
-    predicted_error_ : ndarray of shape (n_samples,)
+    predicted_error_ : ndarray of shape (n_analysed,)
         ``sigma^2 tr(C_i)``, the predicted ``E |f(x_i) - y*_i|^2``.
     n_outputs_ : int
         ``d``.
@@ -304,6 +317,7 @@ class SelfDenoisingAnalysis(NetworkEstimator):
         threshold=[THRESHOLD],
         sigma=[Interval(Real, 0, None, closed="neither"), None],
         ridge=[Interval(Real, 0, 1, closed="left")],
+        max_samples=[POSITIVE_INT, None],
     )
 
     def __init__(
@@ -315,6 +329,7 @@ class SelfDenoisingAnalysis(NetworkEstimator):
         threshold: float = 0.95,
         sigma: float | None = None,
         ridge: float = 1e-6,
+        max_samples: int | None = None,
         output: Output = "logits",
         params: str | Sequence[str] | None = None,
         batch_size: int | str = "auto",
@@ -330,6 +345,7 @@ class SelfDenoisingAnalysis(NetworkEstimator):
         self.threshold = threshold
         self.sigma = sigma
         self.ridge = ridge
+        self.max_samples = max_samples
         self.output = output
         self.params = params
         self.batch_size = batch_size
@@ -393,12 +409,21 @@ class SelfDenoisingAnalysis(NetworkEstimator):
                 "output=."
             )
         y = y.reshape(n, d)
+        self.n_samples_fit_ = n
+        self.sample_indices_ = self._analysed_rows(n)
         self._analyse(engine, X, f, y)
-        self._set_noise_level(f, y)
+        self._set_noise_level()
         return self
 
+    def _analysed_rows(self, n: int) -> np.ndarray:
+        """All ``n`` rows, or ``max_samples`` of them drawn at random, sorted."""
+        if self.max_samples is None or self.max_samples >= n:
+            return np.arange(n)
+        rng = check_random_state(self.random_state)
+        return np.sort(rng.choice(n, self.max_samples, replace=False))
+
     def _analyse(self, engine, X, f, y):
-        n, d = f.shape
+        n, d = len(self.sample_indices_), f.shape[1]
         C = np.empty((n, d, d))
         self_weight = np.empty(n)
         kernel_prediction = np.empty((n, d))
@@ -415,15 +440,15 @@ class SelfDenoisingAnalysis(NetworkEstimator):
                 )
         trace = np.trace(C, axis1=-2, axis2=-1)
         self.n_outputs_ = d
-        self.predictions_ = f
-        self.targets_ = y
+        self.predictions_ = f[self.sample_indices_]
+        self.targets_ = y[self.sample_indices_]
         self.noise_covariance_ = C
         self.denoising_factor_ = trace / d
         with np.errstate(divide="ignore"):
             self.effective_neighbors_ = np.where(trace > 0, d / trace, np.inf)
         self.self_weight_ = self_weight
         self.kernel_prediction_ = kernel_prediction
-        self.consistency_ = np.linalg.norm(f - smoothed_f, axis=1)
+        self.consistency_ = np.linalg.norm(self.predictions_ - smoothed_f, axis=1)
         self.condition_number_ = condition
         limit = 1 / self.ridge if self.ridge > 0 else np.inf
         self.ill_conditioned_ = (condition > limit) | np.isinf(condition)
@@ -439,27 +464,32 @@ class SelfDenoisingAnalysis(NetworkEstimator):
             )
 
     def _blocks(self, engine, X, f, y):
-        """Yield ``(rows, BlockResult)`` for blocks of rows of the weights.
+        """Yield ``(rows, BlockResult)`` for blocks of the analysed rows.
 
-        Matrix weights come from the NTK blocks, scalar weights from the
-        scalar cosine kernel; a block and the arrays of its size that its
-        analysis makes take at most a third of ``max_memory``.
+        Each analysed sample's weights run over all of ``X``: matrix weights
+        from the NTK blocks, scalar weights from the scalar cosine kernel. A
+        block and the arrays of its size that its analysis makes take at most
+        a third of ``max_memory``.
         """
-        if self.weights in MATRIX_WEIGHTS:
+        matrix = self.weights in MATRIX_WEIGHTS
+        if matrix:
             reference = NTKReference(engine, X)
-            for rows, K, G in reference.self_rows(MATRIX_COPIES):
-                B = matrix_weights(K, G, reference.gram, self.weights, self.rtol)
-                own = np.arange(rows.start, rows.stop)
+        else:
+            reference = GramReference(engine, X, kind="cosine", rtol=self.rtol)
+        copies = MATRIX_COPIES if matrix else SCALAR_COPIES
+        analysed = self.sample_indices_
+        subset = None if len(analysed) == self.n_samples_fit_ else analysed
+        for rows, kernel, G in reference.self_rows(copies, subset):
+            own = analysed[rows]
+            if matrix:
+                B = matrix_weights(kernel, G, reference.gram, self.weights, self.rtol)
                 yield rows, matrix_block(B, own, y, f, self.ridge)
-            return
-        reference = GramReference(engine, X, kind="cosine", rtol=self.rtol)
-        for rows, k, _ in reference.self_rows(SCALAR_COPIES):
-            w = scalar_weights(k, self.weights, self.power, self.threshold)
-            own = np.arange(rows.start, rows.stop)
-            yield rows, scalar_block(w, own, y, f, self.ridge)
+            else:
+                w = scalar_weights(kernel, self.weights, self.power, self.threshold)
+                yield rows, scalar_block(w, own, y, f, self.ridge)
 
-    def _set_noise_level(self, f, y):
-        d = self.n_outputs_
+    def _set_noise_level(self):
+        f, y, d = self.predictions_, self.targets_, self.n_outputs_
         if self.sigma is not None:
             self.sigma_ = float(self.sigma)
         else:
@@ -479,23 +509,25 @@ class SelfDenoisingAnalysis(NetworkEstimator):
         Parameters
         ----------
         y_clean : array-like of shape (n_samples,) or (n_samples, d)
-            The clean labels, when known (synthetic data).
+            The clean labels of the training set given to ``fit``, when known
+            (synthetic data).
 
         Returns
         -------
-        errors : ndarray of shape (n_samples,)
-            Comparable to ``predicted_error_``.
+        errors : ndarray of shape (n_analysed,)
+            Those of the analysed samples, comparable to ``predicted_error_``.
         """
         check_is_fitted(self)
         y_clean = check_array(
             y_clean, ensure_2d=False, dtype=np.float64, input_name="y_clean"
         )
-        if y_clean.size != self.predictions_.size:
+        n, d = self.n_samples_fit_, self.n_outputs_
+        if y_clean.size != n * d:
             raise ValueError(
-                f"y_clean has {y_clean.size} values; expected "
-                f"{self.predictions_.shape[0]} samples x {self.n_outputs_} outputs."
+                f"y_clean has {y_clean.size} values; expected the {n} training "
+                f"samples x {d} outputs."
             )
-        y_clean = y_clean.reshape(self.predictions_.shape)
+        y_clean = y_clean.reshape(n, d)[self.sample_indices_]
         return ((self.predictions_ - y_clean) ** 2).sum(axis=1)
 
     def summary(self, y_clean: ArrayLike | None = None) -> dict[str, float]:

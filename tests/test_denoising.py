@@ -181,7 +181,7 @@ def test_summary_compares_with_clean_labels(data):
         analysis.sigma_**2 / measured**2
     )
     with pytest.raises(
-        ValueError, match="y_clean has 14 values; expected 14 samples x 3"
+        ValueError, match="y_clean has 14 values; expected the 14 training samples x 3"
     ):
         analysis.summary(Y[:, 0])
 
@@ -309,6 +309,51 @@ def test_blocks_within_max_memory_give_the_same_analysis(data, weights, monkeypa
             getattr(bounded, name), getattr(whole, name), rtol=1e-12, atol=1e-14
         )
     assert bounded.sigma_ == pytest.approx(whole.sigma_, rel=1e-12)
+
+
+@pytest.mark.parametrize("max_memory", [None, 4000])  # 4000: pieces not kept
+@pytest.mark.parametrize("weights", ["ntk", "cosine", "cosine_pos_pow", "hard"])
+def test_analysed_samples_get_their_values_in_the_full_analysis(
+    data, weights, max_memory
+):
+    X, Y = data
+    net = mlp(2, 3, hidden=10).double()
+    kwargs = dict(weights=weights, power=3, threshold=0.6, batch_size=4)
+    kwargs["max_memory"] = max_memory
+    full = SelfDenoisingAnalysis(net, **kwargs).fit(X, Y)
+    part = SelfDenoisingAnalysis(net, max_samples=5, random_state=1, **kwargs)
+    rows = part.fit(X, Y).sample_indices_
+    assert len(rows) == 5 and (np.diff(rows) > 0).all() and part.n_samples_fit_ == 14
+    expected = np.sort(np.random.RandomState(1).choice(14, 5, replace=False))
+    np.testing.assert_array_equal(rows, expected)
+    for name in (
+        "predictions_",
+        "targets_",
+        "noise_covariance_",
+        "effective_neighbors_",
+        "self_weight_",
+        "kernel_prediction_",
+        "consistency_",
+        "condition_number_",
+    ):
+        np.testing.assert_allclose(
+            getattr(part, name), getattr(full, name)[rows], rtol=1e-10, atol=1e-12
+        )
+    # sigma from the analysed samples' residuals alone
+    d, factor = 3, part.denoising_factor_
+    expected_sigma2 = ((part.predictions_ - part.targets_) ** 2).sum() / (
+        d + d * factor - 2 * d * part.self_weight_
+    ).sum()
+    assert part.sigma_**2 == pytest.approx(expected_sigma2, rel=1e-12)
+    errors = part.clean_errors(Y)  # the clean labels of the whole training set
+    np.testing.assert_allclose(errors, full.clean_errors(Y)[rows])
+
+
+def test_max_samples_above_the_training_set_analyses_all_of_it(data):
+    X, Y = data
+    net = mlp(2, 3, hidden=10).double()
+    analysis = SelfDenoisingAnalysis(net, max_samples=50).fit(X, Y)
+    np.testing.assert_array_equal(analysis.sample_indices_, np.arange(14))
 
 
 def test_scalar_weights_have_the_condition_number_of_the_identity(data):

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .budget import rows_that_fit
-from .inputs import n_samples
+from .inputs import n_samples, take
 from .jacobian import JacobianEngine
 from .normalize import KINDS
 from .pieces import KeptPieces, gram_of, map_pieces
@@ -156,19 +156,27 @@ class GramReference:
                 yield block, self.rows_of(left), G[part]
 
     def self_rows(
-        self, copies: int = 1
+        self, copies: int = 1, subset: np.ndarray | None = None
     ) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
-        """Like ``rows(Y, copies)``, reusing the prepared pieces of ``Y`` if kept."""
+        """Like ``rows(Y[subset], copies)``, reusing the kept pieces of ``Y``.
+
+        ``subset`` holds rows of ``Y``, in increasing order; None takes all.
+        Without kept pieces, those of the subset are computed again.
+        """
         if self._pieces is None:
-            yield from self.rows(self.Y, copies)
+            Q = self.Y if subset is None else take(self.Y, subset)
+            yield from self.rows(Q, copies)
             return
+        n = self.n_samples if subset is None else len(subset)
         step = self.block_rows(copies)
-        for start in range(0, self.n_samples, step):
-            rows = slice(start, min(start + step, self.n_samples))
-            left = [p.take(rows) for p in self._pieces]
+        for start in range(0, n, step):
+            rows = slice(start, min(start + step, n))
+            chosen = rows if subset is None else torch.as_tensor(subset[rows])
+            left = [p.take(chosen) for p in self._pieces]
+            G = self.gram[rows if subset is None else subset[rows]]
             if self.left_power != self.right_power:  # influence: R = I, L = G^-1
-                left = map_pieces(left, self.gram[rows], self.left_power, self.rtol)
-            yield rows, self.rows_of(left), self.gram[rows]
+                left = map_pieces(left, G, self.left_power, self.rtol)
+            yield rows, self.rows_of(left), G
 
     def block_rows(self, copies: int = 1) -> int:
         """Rows of a block whose ``copies`` arrays take a third of ``max_memory``.

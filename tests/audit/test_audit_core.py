@@ -19,7 +19,6 @@ from sksim.audit.analyses import sensitivity as sensitivity_analysis
 from sksim.audit.analyses.class_fitting import default_layers
 from sksim.audit.analyses.denoising import (
     Denoising,
-    denoising_rows,
     free_probabilities,
 )
 from sksim.audit.analyses.density import n_density_bins, quantile_bins
@@ -146,11 +145,15 @@ def test_neighbors_equal_network_neighbors(digit_images, small_audit, fold1):
 def test_denoising_equals_analysis_on_the_fold(digit_images, small_audit, fold1):
     X, y = digit_images
     train, _, net = fold1
-    rows = denoising_rows(len(train), 80, 0)
-    onehot = (y[train][rows][:, None] == np.arange(9)[None, :]).astype(float)
+    onehot = (y[train][:, None] == np.arange(9)[None, :]).astype(float)
     analysis = SelfDenoisingAnalysis(
-        net, weights="cosine_pos_pow", output=free_probabilities
-    ).fit(X[train][rows], onehot)
+        net,
+        weights="cosine_pos_pow",
+        output=free_probabilities,
+        max_samples=80,
+        random_state=0,
+    ).fit(X[train], onehot)
+    assert len(analysis.sample_indices_) == 80
     expected = analysis.summary()
     row = small_audit["denoising"].loc[1]
     assert row["n_samples"] == 80
@@ -398,10 +401,6 @@ def test_helpers():
     np.testing.assert_array_equal(
         quantile_bins(np.array([0.5, 0.1, 0.3, 0.2, 0.4]), 2), [1, 0, 0, 0, 1]
     )
-    assert denoising_rows(5, None, 0).tolist() == [0, 1, 2, 3, 4]
-    assert denoising_rows(5, 9, 0).tolist() == [0, 1, 2, 3, 4]
-    rows = denoising_rows(50, 10, 0)
-    assert len(set(rows)) == 10 and (np.diff(rows) > 0).all()
     images = np.arange(2 * 3 * 4 * 4).reshape(2, 3, 4, 4)
     np.testing.assert_array_equal(image_view(images)[1, 2, 3], images[1, :, 2, 3])
     np.testing.assert_array_equal(image_view(np.ones((2, 16))), np.ones((2, 4, 4)))

@@ -72,9 +72,8 @@ def test_below_the_threshold_results_are_unchanged():
         assert result.metadata["methods"] == {
             "density": "hard counts (similarity above 0.9) over all pairs of examples",
             "neighbors": "exact search over all pairs of examples",
-            "denoising": "80 of the 160 training examples drawn at random, the "
-            "sums over neighbours running over that subset (time bounded by "
-            "max_samples, whatever the fold size)",
+            "denoising": "80 of the 160 training examples drawn at random, each "
+            "against all 160 (time O(max_samples N))",
             "class_fitting": "Dirichlet-process mixtures (variational backend) "
             "fitted on all 160 training examples",
         }

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ..._engine.inputs import take
 from ..._typing import Output
 from ..._validation import check_positive_int
 from ...denoising import IllConditionedWeightsWarning, SelfDenoisingAnalysis
@@ -32,20 +31,6 @@ def free_probabilities(logits: torch.Tensor) -> torch.Tensor:
     return torch.softmax(logits, dim=-1)[..., :-1]
 
 
-def denoising_rows(
-    n_train: int, max_samples: int | None, random_state: int | None
-) -> np.ndarray:
-    """Sorted rows of the training fold analysed for self-denoising.
-
-    All of them when ``max_samples`` is None or at least ``n_train``, else a
-    uniform random subset of ``max_samples`` (the analysis costs O(N^2)).
-    """
-    if max_samples is None or max_samples >= n_train:
-        return np.arange(n_train)
-    rng = np.random.RandomState(random_state)
-    return np.sort(rng.choice(n_train, max_samples, replace=False))
-
-
 def denoised_targets(fold: _Fold, y_train: np.ndarray) -> tuple[np.ndarray, Output]:
     """The labels regressed on and the outputs selected to predict them.
 
@@ -59,15 +44,13 @@ def denoised_targets(fold: _Fold, y_train: np.ndarray) -> tuple[np.ndarray, Outp
     return onehot, free_probabilities
 
 
-def sample_method(fold: _Fold, rows: np.ndarray) -> str:
+def sample_method(n_analysed: int, n_train: int) -> str:
     """Which training examples self-denoising analysed, in words."""
-    n_train = len(fold.train)
-    if len(rows) == n_train:
+    if n_analysed == n_train:
         return f"all {n_train:,} training examples (time O(N^2))"
     return (
-        f"{len(rows):,} of the {n_train:,} training examples drawn at random, "
-        "the sums over neighbours running over that subset (time bounded by "
-        "max_samples, whatever the fold size)"
+        f"{n_analysed:,} of the {n_train:,} training examples drawn at random, "
+        f"each against all {n_train:,} (time O(max_samples N))"
     )
 
 
@@ -90,10 +73,7 @@ class Denoising(Analysis):
 
     def run(self, fold: _Fold) -> FoldOutput:
         options = self.options(fold)
-        rows = denoising_rows(
-            len(fold.train), options.pop("max_samples"), fold.random_state
-        )
-        targets, output = denoised_targets(fold, fold.y_train[rows])
+        targets, output = denoised_targets(fold, fold.y_train)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", IllConditionedWeightsWarning)
             analysis = SelfDenoisingAnalysis(
@@ -101,11 +81,11 @@ class Denoising(Analysis):
                 output=output,
                 random_state=fold.random_state,
                 **options,
-            ).fit(take(fold.X_train, rows), targets)
-        row = dict(fold=fold.fold, n_samples=len(rows), **analysis.summary())
-        return FoldOutput(
-            tables=dict(denoising=frame([row])), method=sample_method(fold, rows)
-        )
+            ).fit(fold.X_train, targets)
+        n_analysed = len(analysis.sample_indices_)
+        row = dict(fold=fold.fold, n_samples=n_analysed, **analysis.summary())
+        method = sample_method(n_analysed, len(fold.train))
+        return FoldOutput(tables=dict(denoising=frame([row])), method=method)
 
     def summary_metrics(self, tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
         return (
