@@ -65,8 +65,8 @@ def whitened_sum(engine: JacobianEngine, X: NetInput, rtol: float) -> np.ndarray
     S = None
     for _, pieces, _ in engine.mapped_pieces(X, -0.5, rtol):
         if S is None:
-            d, p = pieces[0].signal.shape[1], sum(p.width for p in pieces)
-            S = torch.zeros(d, p, dtype=torch.float64, device=engine.device)
+            d, width = pieces[0].signal.shape[1], sum(q.width for q in pieces)
+            S = torch.zeros(d, width, dtype=torch.float64, device=engine.device)
         _add_totals(S, pieces)
     return S.cpu().numpy()
 

@@ -8,9 +8,9 @@ KEPT_MEMORY = 1 / 3  # of max_memory: the engine's batches take one, the kept da
 def rows_that_fit(budget: float, row_bytes: float, n: int) -> int:
     """How many rows of ``row_bytes`` each fit in ``budget`` bytes.
 
-    One at least, ``n`` at most (all ``n`` when ``budget`` is infinite).
+    ``n`` at most (all ``n`` when ``budget`` is infinite), one at least.
     """
-    return int(min(n, max(1, budget / max(row_bytes, 1))))
+    return int(max(1, min(n, budget / max(row_bytes, 1))))
 
 
 def check_kept_bytes(kept: float, max_memory: float, what: str, advice: str) -> None:

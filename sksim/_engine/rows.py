@@ -262,8 +262,8 @@ def sketch_rows(
     A block holds at most :data:`MAX_BLOCK_ENTRIES` similarities, and at most
     ``max_bytes`` of them (:data:`SIMILARITY_BYTES` each); one row at least.
     """
-    entries = min(MAX_BLOCK_ENTRIES, max_bytes / SIMILARITY_BYTES)
-    step = int(max(1, entries // max(len(F_ref), 1)))
+    budget = min(MAX_BLOCK_ENTRIES * SIMILARITY_BYTES, max_bytes)
+    step = rows_that_fit(budget, SIMILARITY_BYTES * len(F_ref), len(F))
     for start in range(0, len(F), step):
         rows = slice(start, min(start + step, len(F)))
         yield rows, (F[rows] @ F_ref.T).astype(np.float64)
