@@ -778,7 +778,7 @@ class NetworkNeighbors(NetworkEstimator):
     def _exact_self(self, n_neighbors):
         if self.n_components_ is not None:
             F = self.reference_features_
-            rows = sketch_rows(F, F)
+            rows = sketch_rows(F, F, self._query_bytes)
         else:
             rows = self._cosine_rows()
         return self._search_rows(rows, n_neighbors, exclude_self=True)

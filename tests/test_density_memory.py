@@ -2,7 +2,8 @@
 
 The soft count's sum of whitened Jacobians, or the reference sketches of the
 sketched counts, may take two thirds of it; sketched queries are counted in
-chunks that fit in what is left.
+chunks that fit in what is left, as the exact search over sketches takes its
+queries and its all-pairs query.
 """
 
 import numpy as np
@@ -105,6 +106,34 @@ def test_sketched_exact_neighbours_in_chunks_are_those_of_one(data, monkeypatch)
     similarities, indices = chunked.most_similar(data[20:])
     assert sketched == [4, 4, 2]
     expected = whole.most_similar(data[20:])
+    np.testing.assert_array_equal(indices, expected[1])
+    np.testing.assert_allclose(similarities, expected[0], rtol=1e-6)
+
+
+def test_sketched_exact_self_neighbours_come_in_blocks_within_max_memory(
+    data, monkeypatch
+):
+    import sksim.neighbors as neighbors
+
+    net = mlp(4, 3)
+    kwargs = dict(algorithm="exact", n_components=8, n_neighbors=3, random_state=0)
+    whole = NetworkNeighbors(net, max_memory=None, **kwargs).fit(data[:20])
+    chunk = 2 * sketch_bytes(4, 3, 8)
+    max_memory = int(1.5 * (chunk + sketch_bytes(20, 3, 8))) + 1
+    chunked = NetworkNeighbors(net, max_memory=max_memory, **kwargs).fit(data[:20])
+    blocks, sketch_rows = [], neighbors.sketch_rows
+
+    def recorded_rows(F, F_ref, max_bytes=float("inf")):
+        for block, k in sketch_rows(F, F_ref, max_bytes):
+            blocks.append(k.shape)
+            yield block, k
+
+    monkeypatch.setattr(neighbors, "sketch_rows", recorded_rows)
+    similarities, indices = chunked.most_similar()
+    budget = chunked._query_bytes
+    assert len(blocks) > 1
+    assert all(rows.SIMILARITY_BYTES * r * c <= budget for r, c in blocks)
+    expected = whole.most_similar()
     np.testing.assert_array_equal(indices, expected[1])
     np.testing.assert_allclose(similarities, expected[0], rtol=1e-6)
 
