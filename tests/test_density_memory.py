@@ -95,32 +95,42 @@ def test_sketched_queries_in_chunks_count_as_in_one(data, method, monkeypatch):
     assert counts.min() >= 1  # each reference example counts itself
 
 
-def test_sketched_exact_neighbours_in_chunks_are_those_of_one(data, monkeypatch):
+@pytest.fixture(scope="module")
+def searches(data):
+    """Exact searches over sketches: without a limit, and with queries in chunks.
+
+    The limited one's chunks of queries take 4 of them at a time.
+    """
     net = mlp(4, 3)
     kwargs = dict(algorithm="exact", n_components=8, n_neighbors=3, random_state=0)
     whole = NetworkNeighbors(net, max_memory=None, **kwargs).fit(data[:20])
     chunk = 2 * sketch_bytes(4, 3, 8)
     max_memory = int(1.5 * (chunk + sketch_bytes(20, 3, 8))) + 1
     chunked = NetworkNeighbors(net, max_memory=max_memory, **kwargs).fit(data[:20])
+    return whole, chunked
+
+
+def assert_same_neighbours(found, expected):
+    np.testing.assert_array_equal(found[1], expected[1])
+    np.testing.assert_allclose(found[0], expected[0], rtol=1e-6)
+
+
+def test_sketched_exact_neighbours_in_chunks_are_those_of_one(
+    data, searches, monkeypatch
+):
+    whole, chunked = searches
     sketched = recorded_sketches(chunked, monkeypatch)
-    similarities, indices = chunked.most_similar(data[20:])
+    found = chunked.most_similar(data[20:])
     assert sketched == [4, 4, 2]
-    expected = whole.most_similar(data[20:])
-    np.testing.assert_array_equal(indices, expected[1])
-    np.testing.assert_allclose(similarities, expected[0], rtol=1e-6)
+    assert_same_neighbours(found, whole.most_similar(data[20:]))
 
 
 def test_sketched_exact_self_neighbours_come_in_blocks_within_max_memory(
-    data, monkeypatch
+    searches, monkeypatch
 ):
     import sksim.neighbors as neighbors
 
-    net = mlp(4, 3)
-    kwargs = dict(algorithm="exact", n_components=8, n_neighbors=3, random_state=0)
-    whole = NetworkNeighbors(net, max_memory=None, **kwargs).fit(data[:20])
-    chunk = 2 * sketch_bytes(4, 3, 8)
-    max_memory = int(1.5 * (chunk + sketch_bytes(20, 3, 8))) + 1
-    chunked = NetworkNeighbors(net, max_memory=max_memory, **kwargs).fit(data[:20])
+    whole, chunked = searches
     blocks, sketch_rows = [], neighbors.sketch_rows
 
     def recorded_rows(F, F_ref, max_bytes=float("inf")):
@@ -129,13 +139,11 @@ def test_sketched_exact_self_neighbours_come_in_blocks_within_max_memory(
             yield block, k
 
     monkeypatch.setattr(neighbors, "sketch_rows", recorded_rows)
-    similarities, indices = chunked.most_similar()
-    budget = chunked._query_bytes
+    found = chunked.most_similar()
     assert len(blocks) > 1
+    budget = chunked._query_bytes
     assert all(rows.SIMILARITY_BYTES * r * c <= budget for r, c in blocks)
-    expected = whole.most_similar()
-    np.testing.assert_array_equal(indices, expected[1])
-    np.testing.assert_allclose(similarities, expected[0], rtol=1e-6)
+    assert_same_neighbours(found, whole.most_similar())
 
 
 def test_similarity_blocks_fit_in_their_bytes():
