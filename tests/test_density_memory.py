@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 from _architectures import mlp
 
-from sksim import GradientDensityEstimator, NetworkNeighbors, network_similarity
+from sksim import (
+    GradientDensityEstimator,
+    NetworkNeighbors,
+    neighbors,
+    network_similarity,
+)
 from sksim._engine import rows
 from sksim._engine.gram import GramReference
 from sksim.density import COUNT_COPIES
@@ -128,8 +133,6 @@ def test_sketched_exact_neighbours_in_chunks_are_those_of_one(
 def test_sketched_exact_self_neighbours_come_in_blocks_within_max_memory(
     searches, monkeypatch
 ):
-    import sksim.neighbors as neighbors
-
     whole, chunked = searches
     blocks, sketch_rows = [], neighbors.sketch_rows
 
