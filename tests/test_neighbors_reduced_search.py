@@ -379,6 +379,19 @@ def test_principal_directions_span_the_leading_singular_vectors():
     np.testing.assert_allclose(np.linalg.norm(V.T @ leading, axis=0), 1, atol=1e-3)
 
 
+def test_principal_directions_under_a_float64_default_dtype():
+    F = np.random.default_rng(4).normal(size=(60, 30)).astype(np.float32)
+    expected = principal_directions(F, 4, random_state=0)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        V = principal_directions(F, 4, random_state=0)
+    finally:
+        torch.set_default_dtype(default)
+    assert V.dtype == np.float32
+    np.testing.assert_array_equal(V, expected)
+
+
 def test_more_components_than_fitting_rows_fit_on_twice_as_many(monkeypatch):
     monkeypatch.setattr(_reduced_search, "MAX_FIT_ROWS", 8)
     rows = direction_rows(100, 10, random_state=0)
