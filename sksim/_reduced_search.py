@@ -56,8 +56,7 @@ def principal_directions(
 
     Fitted without centring (the directions that keep inner products best),
     on the rows :func:`direction_rows` draws, by a randomized SVD in torch
-    (Halko, Martinsson and Tropp, 2011; 2.5 times as fast as scikit-learn's
-    on 4 096 sketches of 2 560 values): :data:`OVERSAMPLES` more random
+    (Halko, Martinsson and Tropp, 2011): :data:`OVERSAMPLES` more random
     directions than asked for, refined by :data:`POWER_ITERATIONS` products
     with ``F^T F``, each made orthonormal by a QR factorisation. Returns a
     float32 array ``(F.shape[1], n_components)`` with orthonormal columns;
