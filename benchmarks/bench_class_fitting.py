@@ -13,8 +13,10 @@ is shared).
 Cases ``paper-*``: 100 classes in 64 dimensions, the default Gibbs schedule
 (400 sweeps) with ``block_size="auto"``. Cases ``audit-*``: 10 classes in 8
 dimensions (the audit's ``n_components=8``), with the variational backend (the
-audit's choice), the variational backend on at most 1000 points per class and
-the blocked Gibbs sampler on at most 1000 points per class.
+audit's choice), side by side with scikit-learn's ``BayesianGaussianMixture``
+given the same prior and seed (the fit the backend reproduces), both on at most
+1000 points per class as well, and the blocked Gibbs sampler on at most 1000
+points per class.
 
 Usage: ``python benchmarks/bench_class_fitting.py [--cases audit paper]
 [--sizes 5000 20000 50000] [--paper-sizes ...] [--n-jobs 2] [--write]``.
@@ -26,6 +28,7 @@ import subprocess
 import time
 
 import numpy as np
+from sklearn.mixture import BayesianGaussianMixture
 
 from sksim.representations import (
     ClassConditionalDensity,
@@ -35,14 +38,6 @@ from sksim.representations import (
 PAGE = os.path.join(
     os.path.dirname(__file__), "..", "docs", "benchmarks-class-fitting.md"
 )
-MIXTURES = {
-    "paper": {"blocked Gibbs, 400 sweeps": dict()},
-    "audit": {
-        "variational": dict(backend="variational"),
-        "variational, max_samples=1000": dict(backend="variational", max_samples=1000),
-        "blocked Gibbs, 400 sweeps, max_samples=1000": dict(max_samples=1000),
-    },
-}
 SHAPES = {"paper": (100, 64), "audit": (10, 8)}
 
 
@@ -65,8 +60,56 @@ class TimedMixture(DirichletProcessGaussianMixture):
         return self
 
 
-def run_case(Z, y, params, n_jobs):
-    mixture = TimedMixture(**params)
+class SklearnVariational(TimedMixture):
+    """The variational backend's fit by scikit-learn's ``BayesianGaussianMixture``."""
+
+    def _fit_variational(self, X, prior, rng):
+        self.method_ = "scikit-learn's variational"
+        bgm = BayesianGaussianMixture(
+            n_components=min(self.max_components, len(X)),
+            weight_concentration_prior_type="dirichlet_process",
+            weight_concentration_prior=1.0,
+            mean_prior=prior.mean,
+            mean_precision_prior=prior.kappa,
+            degrees_of_freedom_prior=prior.nu,
+            covariance_prior=prior.psi,
+            reg_covar=self.reg_covar,
+            max_iter=self.max_iter,
+            random_state=rng.randint(2**31 - 1),
+        ).fit(X)
+        components = dict(
+            mean=bgm.means_,
+            chol=np.linalg.cholesky(bgm.covariances_),
+            prec_chol=np.transpose(bgm.precisions_cholesky_, (0, 2, 1)),
+            df=np.full(bgm.n_components, np.inf),
+            log_weight=np.log(bgm.weights_),
+        )
+        self._set_components(components, 1)
+        self.n_clusters_ = np.array([len(np.unique(bgm.predict(X)))])
+
+
+VARIATIONAL = dict(backend="variational")
+CAPPED = dict(backend="variational", max_samples=1000)
+MIXTURES = {
+    "paper": {"blocked Gibbs, 400 sweeps": (TimedMixture, dict())},
+    "audit": {
+        "variational": (TimedMixture, VARIATIONAL),
+        "scikit-learn's variational (peer)": (SklearnVariational, VARIATIONAL),
+        "variational, max_samples=1000": (TimedMixture, CAPPED),
+        "scikit-learn's variational (peer), max_samples=1000": (
+            SklearnVariational,
+            CAPPED,
+        ),
+        "blocked Gibbs, 400 sweeps, max_samples=1000": (
+            TimedMixture,
+            dict(max_samples=1000),
+        ),
+    },
+}
+
+
+def run_case(Z, y, mixture_class, params, n_jobs):
+    mixture = mixture_class(**params)
     start, cpu = time.perf_counter(), time.process_time()
     ccd = ClassConditionalDensity(
         Z.shape[1], mixture=mixture, n_jobs=n_jobs, random_state=0
@@ -108,8 +151,8 @@ def main():
         sizes = args.paper_sizes if case == "paper" and args.paper_sizes else args.sizes
         for n in sizes:
             Z, y = make_classes(n, n_classes, d, args.modes)
-            for name, params in MIXTURES[case].items():
-                r = run_case(Z, y, params, args.n_jobs)
+            for name, (mixture_class, params) in MIXTURES[case].items():
+                r = run_case(Z, y, mixture_class, params, args.n_jobs)
                 rows.append((case, n, n_classes, d, name, r))
                 print(
                     f"{case}: N={n}, {n_classes} classes, d={d}, {name}: "

@@ -34,7 +34,13 @@ class NIWPrior:
         data's volume.
         """
         d = X.shape[1]
-        var = X.var(axis=0) + reg_covar
+        with np.errstate(over="ignore"):
+            var = X.var(axis=0) + reg_covar
+        if not np.isfinite(var).all():
+            raise ValueError(
+                "The variance of the points overflows float64 (largest magnitude "
+                f"{np.abs(X).max():.3g}): scale them, e.g. with StandardScaler."
+            )
         psi = np.diag(var / prior_clusters ** (2.0 / d))
         return cls(X.mean(axis=0), float(kappa0), float(d + 2), psi)
 

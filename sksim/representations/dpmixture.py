@@ -9,7 +9,6 @@ import numpy as np
 from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator, DensityMixin
 from sklearn.cluster import KMeans
-from sklearn.mixture import BayesianGaussianMixture
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 from threadpoolctl import threadpool_limits
@@ -19,6 +18,7 @@ from ._blocked import blocked_gibbs_sampler
 from ._gibbs import gibbs_sampler
 from ._logdensity import mixture_logpdf
 from ._niw import NIWPrior
+from ._variational import fit_variational
 
 BACKENDS = ("gibbs", "variational")
 BURN_IN_FRACTION = 0.8  # default share of the sweeps discarded
@@ -57,9 +57,11 @@ class DirichletProcessGaussianMixture(DensityMixin, BaseEstimator):
     backend : {"gibbs", "variational"}, default="gibbs"
         ``"gibbs"``: collapsed Gibbs sampling (Student-t posterior predictive of
         each cluster, Chinese-restaurant weights, Escobar-West update of the
-        concentration), the reference method. ``"variational"``: scikit-learn's
-        :class:`~sklearn.mixture.BayesianGaussianMixture` with a
-        Dirichlet-process prior and the same NIW base, a fast approximation
+        concentration), the reference method. ``"variational"``: coordinate
+        ascent variational inference with a truncated Dirichlet-process prior
+        and the same NIW base (the fit of scikit-learn's
+        :class:`~sklearn.mixture.BayesianGaussianMixture`, batched over the
+        components), a fast approximation
         (one Gaussian mixture, no averaging over samples; the concentration is
         fixed at its prior mean 1). A single point is always fitted by the
         sampler (its one partition makes the posterior exact).
@@ -280,8 +282,7 @@ n_features)
         self.n_fit_samples_ = len(X)
         # The fit works on d x d matrices: BLAS and OpenMP threads only add
         # their synchronisation (100 times slower with two on a busy machine).
-        # one point has one partition: the sampler is exact (and scikit-learn's
-        # variational mixture needs two points)
+        # one point has one partition: the sampler is exact
         backend = self.backend if len(X) > 1 else "gibbs"
         with threadpool_limits(limits=1):
             if backend == "gibbs":
@@ -326,29 +327,23 @@ n_features)
 
     def _fit_variational(self, X, prior, rng):
         self.method_ = "variational"
-        n = X.shape[0]
-        bgm = BayesianGaussianMixture(
-            n_components=min(self.max_components, n),
-            covariance_type="full",
-            weight_concentration_prior_type="dirichlet_process",
-            weight_concentration_prior=1.0,  # mean of the Gamma(1, 1) prior
-            mean_prior=prior.mean,
-            mean_precision_prior=prior.kappa,
-            degrees_of_freedom_prior=prior.nu,
-            covariance_prior=prior.psi,
-            reg_covar=self.reg_covar,
-            max_iter=self.max_iter,
-            random_state=rng.randint(2**31 - 1),
-        ).fit(X)
+        fit = fit_variational(
+            X,
+            prior,
+            min(self.max_components, X.shape[0]),
+            self.reg_covar,
+            self.max_iter,
+            rng.randint(2**31 - 1),
+        )
         components = dict(
-            mean=bgm.means_,
-            chol=np.linalg.cholesky(bgm.covariances_),
-            prec_chol=np.transpose(bgm.precisions_cholesky_, (0, 2, 1)),
-            df=np.full(bgm.n_components, np.inf),
-            log_weight=np.log(bgm.weights_),
+            mean=fit.mean,
+            chol=fit.chol,
+            prec_chol=fit.precision_chol,
+            df=np.full(len(fit.weights), np.inf),
+            log_weight=np.log(fit.weights),
         )
         self._set_components(components, 1)
-        self.n_clusters_ = np.array([len(np.unique(bgm.predict(X)))])
+        self.n_clusters_ = np.array([len(np.unique(fit.labels))])
 
     def _set_components(self, c, n_samples):
         self.component_means_ = c["mean"]

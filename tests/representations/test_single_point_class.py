@@ -1,4 +1,4 @@
-"""A class or a mixture fitted on one point (the variational backend needs two)."""
+"""A class or a mixture fitted on one point (by the sampler, exact for one point)."""
 
 import numpy as np
 
