@@ -198,12 +198,13 @@ def fit_variational(
     max_iter: int,
     random_state: int,
 ) -> VariationalFit:
-    """Fit the variational DP mixture to the rows of ``X`` (float64, ``n_components`` or more).
+    """Fit the variational DP mixture to the rows of ``X``.
 
-    Starts from the responsibilities of k-means with ``n_components`` clusters
-    (one run, seeded by ``random_state``) and iterates until the lower bound
-    gains less than :data:`TOL` or ``max_iter`` iterations, warning when it
-    does not converge. ``labels`` are each point's most responsible component.
+    ``X`` is float64, with at least ``n_components`` rows. Starts from the
+    responsibilities of k-means with ``n_components`` clusters (one run,
+    seeded by ``random_state``) and iterates until the lower bound gains less
+    than :data:`TOL` or ``max_iter`` iterations, warning when it does not
+    converge. ``labels`` are each point's most responsible component.
     """
     n, d = X.shape
     centre = X.mean(axis=0)
