@@ -16,7 +16,7 @@ import torch
 from .._engine.inputs import batches, is_dataset, n_samples, take, to_tensor
 from .._validation import sample_shape
 from . import _render
-from ._tables import frame, import_pandas, neighbor_text
+from ._tables import frame, import_pandas, neighbor_text, query_neighbors
 from .analyses.neighbors import image_view
 
 if TYPE_CHECKING:
@@ -180,12 +180,10 @@ def worth_a_look(data, tables):
             items.append(item)
     if "neighbors" in tables and "correct" in samples:
         support = prediction_support(samples, tables["neighbors"])
-        by_query = tables["neighbors"].groupby(["fold", "index"])
         for row in least_supported_rows(samples, support):
             sample = samples.loc[row]
             item = _item("least support", sample, looks)
-            near = by_query.get_group((item["fold"], item["index"]))
-            near = near.sort_values("rank")
+            near = query_neighbors(tables["neighbors"], item["fold"], item["index"])
             train = near["train_index"].to_numpy()
             item.update(
                 support=float(support[samples.index.get_loc(row)]),

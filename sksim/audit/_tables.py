@@ -31,6 +31,18 @@ def spread(table, by, columns):
     return out.reset_index()
 
 
+def query_neighbors(neighbors, fold: int, index: int):
+    """The rows of the audit's ``neighbors`` table of one held-out example, by rank.
+
+    A mask over the table: grouping its ``n_test * k`` rows to read a few
+    queries took longer than the mask for each of them.
+    """
+    query = (neighbors["fold"].to_numpy() == fold) & (
+        neighbors["index"].to_numpy() == index
+    )
+    return neighbors[query].sort_values("rank")
+
+
 def neighbor_text(
     indices: Sequence,
     labels: Sequence,

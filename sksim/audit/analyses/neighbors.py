@@ -16,7 +16,7 @@ from ..._engine.inputs import is_dataset, take, to_tensor
 from ..._validation import check_positive_int, sample_shape
 from ...neighbors import NetworkNeighbors, automatic_index
 from .. import _render
-from .._tables import frame, neighbor_text
+from .._tables import frame, neighbor_text, query_neighbors
 from .base import Analysis, FoldOutput
 
 if TYPE_CHECKING:
@@ -429,12 +429,11 @@ class Neighbors(Analysis):
         """Held-out examples worth looking at, with their nearest training examples."""
         samples = tables["samples"]
         images, test_images = image_view(data.X), image_view(data.X_test)
-        by_query = tables["neighbors"].groupby(["fold", "index"])
         gallery = []
         for kind, row in _gallery_rows(samples, size):
             sample = samples.loc[row]
             fold, index = int(sample["fold"]), int(sample["index"])
-            near = by_query.get_group((fold, index)).sort_values("rank")
+            near = query_neighbors(tables["neighbors"], fold, index)
             train = near["train_index"].to_numpy()
             gallery.append(
                 dict(
