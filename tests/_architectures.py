@@ -352,6 +352,28 @@ class SharedTables(nn.Module):
         return self.head(torch.tanh(h).mean(dim=1))
 
 
+class TiedWeights(nn.Module):
+    """Parameters with uses that no layer call shows: an output projection tied
+    to the embedding (as in language models), or ``mix``'s weight also applied
+    by the network's own code."""
+
+    def __init__(self, tie, vocab=7, dim=4, n_out=3):
+        super().__init__()
+        self.tie = tie
+        self.emb = nn.Embedding(vocab, dim)
+        self.mix = nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, vocab)
+        if tie == "embedding":
+            self.out.weight = self.emb.weight
+        self.n_out = n_out
+
+    def forward(self, tokens):
+        h = torch.tanh(self.mix(self.emb(tokens)))
+        if self.tie == "functional":
+            h = h + torch.tanh(h @ self.mix.weight.T)
+        return self.out(h.mean(dim=1))[:, : self.n_out]
+
+
 class BertLogits(nn.Module):
     """A two-layer BERT-style encoder from a ``transformers`` config, as logits."""
 
@@ -559,7 +581,8 @@ def family_case(name, n):
 
     Families: ``mlp`` (one output), ``mlp_d3``, ``cnn_batchnorm`` (running
     statistics set), ``residual``, ``tokens``, ``bert``, ``gru``, ``lstm``,
-    ``shared_tables`` and ``sequence_first_<T>`` (sequences of length ``T``).
+    ``shared_tables``, ``tied_embedding``, ``tied_functional`` and
+    ``sequence_first_<T>`` (sequences of length ``T``).
     """
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
@@ -580,6 +603,8 @@ def family_case(name, n):
         return RecurrentClassifier(name).double(), ids(20, 7)
     if name == "shared_tables":
         return SharedTables().double(), ids(11, 5)
+    if name.startswith("tied_"):
+        return TiedWeights(name.removeprefix("tied_")).double(), ids(7, 5)
     if name.startswith("sequence_first"):
         return SequenceFirst().double(), ids(11, int(name[-1]))
     raise ValueError(name)

@@ -28,6 +28,8 @@ CASES = [
     "shared_tables",
     "gru",
     "lstm",
+    "tied_embedding",  # weights used outside their layer's calls
+    "tied_functional",
     "sequence_first_3",  # sequences as long as a batch (3): axes ambiguous
     "sequence_first_4",
 ]

@@ -17,7 +17,9 @@ The factorisation needs each recorded ``z`` to hold the samples along its first
 axis, one row each. A layer whose output is shared by the batch (a position
 table computed once with a leading axis of 1) is expanded to the batch; a layer
 that breaks the rule otherwise (sequence-first layouts, tensors without a batch
-axis) is found by :meth:`LayerCapture.mixing_layers` and left to the caller.
+axis) is found by :meth:`LayerCapture.mixing_layers` and left to the caller, as is a
+layer whose weight the network also uses outside its calls
+(:meth:`LayerCapture.tied_layers`).
 """
 
 from __future__ import annotations
@@ -210,6 +212,22 @@ class LayerCapture(ForwardHooks):
                     mixing.add(name)
         return mixing
 
+    def tied_layers(self, outputs: torch.Tensor) -> set[str]:
+        """Layers whose parameters get gradient from uses the hooks do not see.
+
+        A weight tied to another module (an output projection sharing the
+        embedding's) or used by the network's own code (``h @ emb.weight.T``)
+        enters the graph of ``outputs`` more often than its layer's recorded
+        calls that reach ``outputs``.
+        """
+        uses, nodes = _leaf_uses(outputs)
+        tied = set()
+        for name, (layer, own) in self.layers.items():
+            calls = sum(z.grad_fn in nodes for _, z in self.calls.get(name, []))
+            if any(uses.get(id(getattr(layer, local)), 0) != calls for local in own):
+                tied.add(name)
+        return tied
+
     def pieces(self, outputs: torch.Tensor, budget: PieceBudget) -> list:
         """Per-layer pieces of the Jacobian of ``outputs`` (b, d) for the batch.
 
@@ -232,6 +250,26 @@ class LayerCapture(ForwardHooks):
                     _layer_pieces(layer, own, calls, outputs.shape[1], budget)
                 )
         return pieces
+
+
+def _leaf_uses(outputs: torch.Tensor) -> tuple[dict[int, int], set]:
+    """How many operations of the graph of ``outputs`` take each leaf, by ``id``.
+
+    Returns the counts and the graph's nodes.
+    """
+    uses, nodes, stack = {}, set(), [outputs.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in nodes:
+            continue
+        nodes.add(node)
+        for child, _ in node.next_functions:
+            leaf = getattr(child, "variable", None)  # AccumulateGrad
+            if leaf is not None:
+                uses[id(leaf)] = uses.get(id(leaf), 0) + 1
+            elif child is not None:
+                stack.append(child)
+    return uses, nodes
 
 
 def _output_signals(outputs: torch.Tensor, zs: list) -> list[torch.Tensor]:

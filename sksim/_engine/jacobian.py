@@ -258,8 +258,9 @@ class JacobianEngine:
 
         The plan is checked on two samples of ``X`` (the first one twice if
         there is only one): a layer whose recorded tensors do not hold one
-        sample per row, or whose expansion to the batch would change the
-        outputs, goes to the fallback. The same pass measures what a sample
+        sample per row, whose parameters the network also uses outside its
+        calls, or whose expansion to the batch would change the outputs, goes
+        to the fallback. The same pass measures what a sample
         takes, for an automatic batch size.
         """
         if self._plan is None:
@@ -294,7 +295,7 @@ class JacobianEngine:
         with torch.enable_grad(), LayerCapture(layers, True, 2) as capture:
             # finiteness is checked in the real pass, where rows are numbered
             outputs = _attached(self._call(probe, start=None))
-            mixing = capture.mixing_layers(outputs)
+            mixing = capture.mixing_layers(outputs) | capture.tied_layers(outputs)
             recorded = [call for calls in capture.calls.values() for call in calls]
             if mixing:  # no pieces: their back-propagated signals stand for them
                 d = outputs.shape[1]

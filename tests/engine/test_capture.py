@@ -3,7 +3,13 @@
 import numpy as np
 import pytest
 import torch
-from _architectures import LAYER_CASES, layer_case, oracle_jacobians
+from _architectures import (
+    LAYER_CASES,
+    ResNet18Logits,
+    family_case,
+    layer_case,
+    oracle_jacobians,
+)
 from torch import nn
 
 from sksim._engine import capture
@@ -35,6 +41,23 @@ def test_plans_use_factors_where_supported():
     module, _ = layer_case("custom")
     _, fallback = plan_layers(module, dict(module.named_parameters()))
     assert fallback == ["scale", "bilinear.weight", "bilinear.bias"]
+
+
+def test_transformers_models_are_factorised_throughout():
+    bert, ids = family_case("bert", 3)
+    resnet = ResNet18Logits().eval()
+    images = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    for module, X in ((bert, ids), (resnet.double(), images)):
+        _, jacobian, n_fallback = JacobianEngine(module)._layer_plan(X)
+        assert jacobian is None and n_fallback == 0
+
+
+@pytest.mark.parametrize("tie, tied", [("embedding", "emb"), ("functional", "mix")])
+def test_weights_used_outside_their_calls_fall_back(tie, tied):
+    module, X = family_case(f"tied_{tie}", 3)
+    layers, _, n_fallback = JacobianEngine(module)._layer_plan(X)
+    assert set(layers) == {"emb", "mix", "out"} - {tied}
+    assert n_fallback == sum(p.numel() for p in getattr(module, tied).parameters())
 
 
 class _Cube(torch.autograd.Function):
