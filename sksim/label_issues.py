@@ -32,9 +32,10 @@ from skorch import NeuralNet
 
 from ._base import NetworkEstimator, constraints, make_engine
 from ._docs import fill_doc
+from ._engine.context import evaluation_mode
 from ._engine.inputs import n_samples, take
 from ._engine.jacobian import DEFAULT_MAX_MEMORY
-from ._net import _unwrap, fit_net, is_unfitted_skorch
+from ._net import _unwrap, fit_net, is_unfitted_skorch, resolve_module
 from ._reduced_search import CANDIDATES_PER_NEIGHBOR
 from ._typing import NetInput, NetLike, Output, Self
 from ._validation import check_net_input, given_or_item_labels, labelled
@@ -289,9 +290,11 @@ class LabelIssueDetector(NetworkEstimator):
         trained network used as it is (a fitted skorch net, a
         ``FrozenEstimator`` around one, or a module taken as trained, whose
         outputs are logits); its probabilities are then in-sample and
-        weaker evidence. The first ``n_classes`` outputs are the classes in
-        the order of ``classes_`` (the sorted labels); more outputs are
-        ignored.
+        weaker evidence. With folds, the clones learn the labels in the order
+        of ``classes_`` (the sorted labels) as their first outputs; more
+        outputs are ignored. Prefit, the net's output ``j`` stands for label
+        ``classes_[j]``: the skorch net's ``classes_`` when it names one label
+        per output, else ``j`` itself, as skorch's ``predict`` reads it.
     cv : int, cross-validation generator, iterable or "prefit", default=3
         The folds (an int means
         :class:`~sklearn.model_selection.StratifiedKFold`), or ``"prefit"``:
@@ -334,7 +337,7 @@ class LabelIssueDetector(NetworkEstimator):
     Attributes
     ----------
     classes_ : ndarray of shape (n_classes,)
-        The sorted labels.
+        The sorted labels; prefit, the label of each of the net's outputs.
     scores_ : ndarray of shape (n_samples,)
         Higher means more likely mislabelled.
     suggested_labels_ : ndarray of shape (n_samples,)
@@ -475,11 +478,20 @@ class LabelIssueDetector(NetworkEstimator):
                     'cv="prefit" to use a trained network as it is.'
                 )
             X = check_net_input(X, self, reset=True)
-        y = self._encode_targets(X, given_or_item_labels(X, y))
-        X = labelled(X, y)
+        y = self._check_targets(X, given_or_item_labels(X, y))
         if self.cv == "prefit":
-            P, similarities, indices, rankings = self._prefit_signals(X)
+            if n_samples(X) < 2:
+                raise ValueError(
+                    'cv="prefit" compares each example with the other examples: '
+                    f"got {n_samples(X)} sample; pass at least 2."
+                )
+            probabilities = self._net_probabilities(self.net_, X)
+            y = self._output_targets(y, probabilities.shape[1])
+            X = labelled(X, y)
+            P, similarities, indices, rankings = self._prefit_signals(X, probabilities)
         else:
+            y = self._encode_targets(y)
+            X = labelled(X, y)
             P, similarities, indices, rankings = self._cross_validated_signals(X, y)
         self.exact_ranking_ = all(rankings)
         scored = score_labels(P, similarities, y[indices], y, self.combination)
@@ -493,8 +505,8 @@ class LabelIssueDetector(NetworkEstimator):
         self._y = y
         return self
 
-    def _encode_targets(self, X, y):
-        """``y`` as ``0 .. n_classes - 1``, with ``classes_`` set; checked."""
+    def _check_targets(self, X, y):
+        """``y`` as a 1-D array of class labels, one per sample of ``X``."""
         if y is None:
             raise ValueError(
                 "LabelIssueDetector requires y to be passed, but the target y is "
@@ -513,6 +525,10 @@ class LabelIssueDetector(NetworkEstimator):
                 f"classification targets; got a {kind} target. Regression targets "
                 "have no label issues in this sense."
             )
+        return y
+
+    def _encode_targets(self, y):
+        """``y`` as ``0 .. n_classes - 1``, with ``classes_`` the sorted labels."""
         encoder = LabelEncoder().fit(y)
         self.classes_ = encoder.classes_
         if len(self.classes_) < 2:
@@ -522,11 +538,43 @@ class LabelIssueDetector(NetworkEstimator):
             )
         return encoder.transform(y).astype(np.int64)
 
-    def _prefit_signals(self, X):
+    def _output_targets(self, y, n_outputs):
+        """``y`` as the numbers of the trained net's outputs, with ``classes_`` set.
+
+        ``classes_`` is the net's ``classes_`` when it names one label per
+        output (a skorch classifier), else the outputs' numbers ``0 ..
+        n_outputs - 1``, as skorch's ``predict`` reads them (label ``j`` is
+        output ``j``).
+        """
+        if n_outputs < 2:
+            raise ValueError(
+                f"The net gives {n_outputs} class probability per example: label "
+                "issues need a classifier with one output per class."
+            )
+        classes = getattr(_unwrap(self.net_), "classes_", None)
+        if classes is None or len(classes) != n_outputs:
+            classes = np.arange(n_outputs)
+        classes = np.asarray(classes)
+        outputs = {label: j for j, label in enumerate(classes.tolist())}
+        labels, inverse = np.unique(y, return_inverse=True)
+        unknown = [label for label in labels.tolist() if label not in outputs]
+        if unknown:
+            raise ValueError(
+                f'cv="prefit" compares each label with the trained net\'s output '
+                f"for it, but y holds labels {unknown[:10]} that name none of its "
+                f"{n_outputs} outputs (classes {classes[:10].tolist()}). Give y "
+                "as the net was trained (its labels encoded as the net's output "
+                "numbers), or a skorch net whose classes= names one label per "
+                "output."
+            )
+        self.classes_ = classes
+        return np.array([outputs[label] for label in labels.tolist()])[inverse]
+
+    def _prefit_signals(self, X, probabilities):
         n_neighbors = self._n_neighbors(n_samples(X) - 1)
         search = self._search(self.net_, X, n_neighbors).fit(X)
         P, similarities, indices = self._signals(
-            self.net_, search, None, n_neighbors, len(self.classes_)
+            self.net_, search, None, n_neighbors, len(self.classes_), probabilities
         )
         return P, similarities, indices, [search.exact_ranking_]
 
@@ -616,9 +664,14 @@ class LabelIssueDetector(NetworkEstimator):
         )
 
     def _net_probabilities(self, net, X):
-        """The net's ``predict_proba``, or the softmax of a module's logits."""
+        """The net's ``predict_proba``, or the softmax of a module's logits.
+
+        The modes of the module's layers (training or evaluation) are restored
+        after.
+        """
         if hasattr(net, "predict_proba"):
-            return np.asarray(net.predict_proba(X), dtype=np.float64)
+            with evaluation_mode(resolve_module(net)):
+                return np.asarray(net.predict_proba(X), dtype=np.float64)
         engine = make_engine(
             net, "logits", None, self.batch_size, self.device, 0, self.max_memory
         )

@@ -1,5 +1,7 @@
 """LabelIssueDetector: planted label errors, brute-force oracles, errors."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -244,10 +246,40 @@ def test_every_fold_ranks_the_reduced_search_candidates_exactly(digits):
 def test_string_labels_are_encoded(digits, fitted_digits_net):
     X, y = digits[0][600:680], digits[1][600:680]
     names = np.array(list("abcdefghij"))
-    detector = LabelIssueDetector(fitted_digits_net, cv="prefit").fit(X, names[y])
-    np.testing.assert_array_equal(detector.classes_, names)
-    assert set(detector.suggested_labels_) <= set(names)
-    assert set(detector.label_issues_["given_label"]) <= set(names)
+    folds = LabelIssueDetector(make_digits_net(max_epochs=2), cv=2, random_state=0)
+    folds.fit(X, names[y])
+    np.testing.assert_array_equal(folds.classes_, names)
+    assert set(folds.suggested_labels_) <= set(names)
+    assert set(folds.label_issues_["given_label"]) <= set(names)
+    named = copy.deepcopy(fitted_digits_net)
+    named.classes = list(names[::-1])  # output j is the label named[j]
+    detector = LabelIssueDetector(named, cv="prefit").fit(X, names[::-1][y])
+    expected = LabelIssueDetector(fitted_digits_net, cv="prefit").fit(X, y)
+    np.testing.assert_array_equal(detector.classes_, names[::-1])
+    np.testing.assert_array_equal(detector.scores_, expected.scores_)
+    np.testing.assert_array_equal(
+        detector.suggested_labels_, names[::-1][expected.suggested_labels_]
+    )
+
+
+def test_prefit_labels_are_the_nets_outputs(digits, fitted_digits_net):
+    """Label j is output j: a subset of the classes is scored against the
+    net's own columns for them, not renumbered."""
+    X, y = digits[0][600:780], digits[1][600:780]
+    subset = np.isin(y, [3, 5, 7])
+    whole = LabelIssueDetector(fitted_digits_net, cv="prefit", n_neighbors=5)
+    part = LabelIssueDetector(fitted_digits_net, cv="prefit", n_neighbors=5)
+    part.fit(X[subset], y[subset])
+    np.testing.assert_array_equal(part.classes_, np.arange(10))
+    P = fitted_digits_net.predict_proba(X[subset]).astype(np.float64)
+    np.testing.assert_allclose(part.oof_proba_, P / P.sum(1, keepdims=True))
+    rows = np.arange(subset.sum())
+    given = part.oof_proba_[rows, y[subset]]
+    assert given.mean() > 0.5  # the net mostly agrees with the true labels
+    with pytest.raises(ValueError, match=r"labels \[10\] that name none of its 10"):
+        whole.fit(X, np.where(y == 9, 10, y))
+    with pytest.raises(ValueError, match=r"labels \['a'\]"):
+        whole.fit(X[:3], np.array(["a", "a", "a"]))
 
 
 def test_errors(digits, fitted_digits_net):
@@ -256,7 +288,9 @@ def test_errors(digits, fitted_digits_net):
     with pytest.raises(ValueError, match="needs classification targets; got a cont"):
         prefit.fit(X, X[:, 10] + 0.5)
     with pytest.raises(ValueError, match="at least two classes"):
-        prefit.fit(X, np.zeros(60))
+        LabelIssueDetector(make_digits_net(), cv=2).fit(X, np.zeros(60))
+    with pytest.raises(ValueError, match="got 1 sample; pass at least 2"):
+        prefit.fit(X[:1], y[:1])
     with pytest.raises(ValueError, match="requires y to be passed"):
         prefit.fit(X, None)
     with pytest.raises(ValueError, match="different numbers of samples: 60 and 59"):
@@ -266,10 +300,21 @@ def test_errors(digits, fitted_digits_net):
     with pytest.raises(TypeError, match="needs a skorch classifier; got Sequential"):
         LabelIssueDetector(torch.nn.Sequential(torch.nn.Linear(64, 10))).fit(X, y)
     two_outputs = torch.nn.Sequential(torch.nn.Linear(64, 2))
-    with pytest.raises(ValueError, match="gives 2 class probabilities .* 10 classes"):
+    with pytest.raises(ValueError, match="name none of its 2 outputs"):
         LabelIssueDetector(two_outputs, cv="prefit").fit(X, y)
     halves = [(np.arange(30), np.arange(30, 60)), (np.arange(30), np.arange(30, 60))]
     with pytest.raises(ValueError, match="exactly one test fold"):
         LabelIssueDetector(make_digits_net(max_epochs=1), cv=halves).fit(X, y)
     with pytest.raises(ValueError, match="combination"):
         LabelIssueDetector(fitted_digits_net, combination="max").fit(X, y)
+
+
+def test_prefit_restores_the_modules_modes(digits, fitted_digits_net):
+    module, was_training = fitted_digits_net.module_, fitted_digits_net.module_.training
+    module.train()
+    try:
+        detector = LabelIssueDetector(fitted_digits_net, cv="prefit", n_neighbors=3)
+        detector.fit(digits[0][:40], digits[1][:40])
+        assert module.training
+    finally:
+        module.train(was_training)
