@@ -3,6 +3,7 @@
 sksim accepts a fitted skorch net, a :class:`~sklearn.frozen.FrozenEstimator`
 around one, a plain :class:`torch.nn.Module` (taken as trained), or an
 *unfitted* skorch net, which :func:`fit_net` clones and trains on ``X, y``.
+Cross-validation trains :func:`untrained_clone` of a net on each fold.
 """
 
 from __future__ import annotations
@@ -68,6 +69,48 @@ def fit_net(
     with torch_seed(random_state):
         fitted.fit(X, y)
     return fitted
+
+
+def untrained_clone(net: NetLike, random_state=None) -> NeuralNet:
+    """An unfitted clone of the skorch net behind ``net``, to train from scratch.
+
+    scikit-learn's ``clone`` deep-copies a module given as an instance,
+    weights included: the clone of a fitted net built around one
+    (``NeuralNetClassifier(MyModule())``) would go on from the trained
+    weights. Its layers' ``reset_parameters`` (PyTorch's initialisation of
+    each layer) draw them anew, seeded by ``random_state``; a parameter that
+    none of them draws is refused.
+    """
+    fresh = clone(_unwrap(net))
+    module = fresh.module
+    if is_unfitted_skorch(net) or not isinstance(module, torch.nn.Module):
+        return fresh
+    resets = [
+        reset
+        for layer in module.modules()
+        for name in ("reset_parameters", "_reset_parameters")
+        if callable(reset := getattr(layer, name, None))
+    ]
+    drawn = {
+        id(parameter)
+        for layer in module.modules()
+        if any(reset.__self__ is layer for reset in resets)
+        for parameter in layer.parameters(recurse=False)
+    }
+    kept = [name for name, p in module.named_parameters() if id(p) not in drawn]
+    if kept:
+        raise ValueError(
+            f"This fitted {type(fresh).__name__} is built around a module "
+            "instance, whose clone keeps the trained weights, and no "
+            f"reset_parameters() draws {kept[:5]} anew to train from scratch. "
+            "Pass the module's class instead (e.g. NeuralNetClassifier(MyModule, "
+            "module__hidden=32)), or an unfitted net; or audit the trained net "
+            'as it is with cv="prefit".'
+        )
+    with torch_seed(random_state), torch.no_grad():
+        for reset in resets:
+            reset()
+    return fresh
 
 
 def resolve_module(net: NetLike) -> torch.nn.Module:

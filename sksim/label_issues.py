@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from numpy.typing import ArrayLike
-from sklearn.base import clone
 from sklearn.model_selection import BaseCrossValidator, check_cv
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils import Bunch, check_random_state
@@ -35,7 +34,13 @@ from ._docs import fill_doc
 from ._engine.context import evaluation_mode
 from ._engine.inputs import n_samples, take
 from ._engine.jacobian import DEFAULT_MAX_MEMORY
-from ._net import _unwrap, fit_net, is_unfitted_skorch, resolve_module
+from ._net import (
+    _unwrap,
+    fit_net,
+    is_unfitted_skorch,
+    resolve_module,
+    untrained_clone,
+)
 from ._reduced_search import CANDIDATES_PER_NEIGHBOR
 from ._typing import NetInput, NetLike, Output, Self
 from ._validation import check_net_input, given_or_item_labels, labelled
@@ -592,7 +597,7 @@ class LabelIssueDetector(NetworkEstimator):
         for (train, test), seed in zip(splits, seeds, strict=True):
             X_train = take(X, train)
             seed = None if self.random_state is None else int(seed)
-            net = fit_net(clone(_unwrap(self.net)), X_train, y[train], seed)
+            net = fit_net(untrained_clone(self.net, seed), X_train, y[train], seed)
             search = self._search(net, X_train, n_neighbors).fit(X_train)
             P[test], similarities[test], found = self._signals(
                 net, search, take(X, test), n_neighbors, len(self.classes_)

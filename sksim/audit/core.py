@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import torch
 from numpy.typing import ArrayLike
-from sklearn.base import clone
 from sklearn.metrics import r2_score
 from sklearn.model_selection import BaseCrossValidator, check_cv
 from sklearn.utils.multiclass import type_of_target
@@ -23,7 +22,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from .._engine.inputs import is_dataset, n_samples, take
-from .._net import _unwrap, fit_net
+from .._net import _unwrap, fit_net, untrained_clone
 from .._typing import NetInput, NetLike
 from .._validation import (
     check_net_input,
@@ -311,9 +310,8 @@ class _Fold:
     def fit(self, net: NetLike) -> None:
         """Train a clone of ``net`` on the training part, predict the held-out one."""
         start = time.perf_counter()
-        self.net = fit_net(
-            clone(_unwrap(net)), self.X_train, self.y_train, self.random_state
-        )
+        fresh = untrained_clone(net, self.random_state)
+        self.net = fit_net(fresh, self.X_train, self.y_train, self.random_state)
         self.fit_seconds = time.perf_counter() - start
         self._predict()
 
@@ -500,7 +498,8 @@ def audit(
     net : skorch net, FrozenEstimator or torch.nn.Module
         The network to audit (outputting logits for a classifier). With a
         cross-validation, a skorch net: it is cloned, never modified, and a
-        fitted net is retrained from scratch on each fold. With
+        fitted net is retrained from scratch on each fold (a module passed as
+        an instance has its layers drawn anew by their ``reset_parameters``). With
         ``cv="prefit"``, the trained network itself, never trained nor
         modified: a fitted skorch net or a ``FrozenEstimator`` around one
         predicts with its own ``predict``; a ``torch.nn.Module`` (which has no

@@ -11,6 +11,7 @@ from _architectures import small_net
 from _audit_helpers import AUDIT_OPTIONS
 from sklearn.base import clone
 from sklearn.model_selection import KFold, StratifiedKFold
+from skorch import NeuralNetClassifier
 
 from sksim import GradientDensityEstimator, NetworkNeighbors, SelfDenoisingAnalysis
 from sksim._engine.context import torch_seed
@@ -266,6 +267,44 @@ def test_audit_leaves_a_fitted_net_untouched(digit_images):
     audit(net, X, y, cv=2, analyses=())
     for key, value in net.module_.state_dict().items():
         torch.testing.assert_close(value, before[key])
+
+
+def _instance_net(X, seed, **kwargs):
+    """A skorch net around a module instance drawn under ``seed``."""
+    with torch_seed(seed):
+        module = torch.nn.Sequential(
+            torch.nn.Flatten(),
+            torch.nn.Linear(int(np.prod(X.shape[1:])), 16),
+            torch.nn.ReLU(),
+            torch.nn.Linear(16, 10),
+        )
+    params = dict(max_epochs=6, lr=0.1, batch_size=32, train_split=None, verbose=0)
+    params.update(kwargs)
+    return NeuralNetClassifier(module, criterion=torch.nn.CrossEntropyLoss, **params)
+
+
+def test_a_fitted_instance_net_is_trained_from_scratch_on_each_fold(digit_images):
+    """Its clone's module holds the trained weights: the layers are drawn
+    anew, as the module's construction under the fold's seed draws them."""
+    X, y = digit_images
+    fitted = _instance_net(X, seed=1, max_epochs=20)
+    with torch_seed(0):
+        fitted.fit(X, y)
+    fitted.set_params(max_epochs=1)
+    trained = audit(fitted, X, y, cv=3, analyses=(), random_state=0)
+    fresh = audit(_instance_net(X, seed=0, max_epochs=1), X, y, cv=3, analyses=())
+    pd.testing.assert_frame_equal(trained["samples"], fresh["samples"])
+    assert trained["folds"]["accuracy"].max() < fitted.score(X, y) - 0.3
+
+
+def test_a_fitted_net_with_parameters_no_layer_draws_is_refused(digit_images):
+    X, y = digit_images
+    net = _instance_net(X, seed=0, max_epochs=1)
+    net.module.register_parameter("scale", torch.nn.Parameter(torch.ones(1)))
+    with torch_seed(0):
+        net.fit(X, y)
+    with pytest.raises(ValueError, match=r"draws \['scale'\] anew.*module's class"):
+        audit(net, X, y, cv=2, analyses=())
 
 
 def test_audit_takes_a_splitter(digit_images):
