@@ -27,6 +27,20 @@ from .prefit import weights_fingerprint
 CACHE_FORMAT = 3
 
 
+class _ContentHasher(joblib.hashing.Hasher):
+    """joblib's hasher, with tensors hashed by their content.
+
+    Pickled, a tensor names its storage by its address, which differs between
+    two copies of one module.
+    """
+
+    def save(self, obj):
+        if isinstance(obj, torch.Tensor):
+            data = obj.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+            obj = str(obj.dtype), tuple(obj.shape), joblib.hash(data.numpy())
+        super().save(obj)
+
+
 def net_fingerprint(net: NetLike) -> str:
     """A hash of the unfitted net: its class and every parameter.
 
@@ -34,7 +48,7 @@ def net_fingerprint(net: NetLike) -> str:
     as its clone, since the audit retrains it on every fold.
     """
     try:
-        return joblib.hash(clone(_unwrap(net)))
+        return _ContentHasher().hash(clone(_unwrap(net)))
     except (pickle.PicklingError, AttributeError, TypeError) as error:
         raise TypeError(
             "cache= names its files by a hash of the net, which must pickle; "

@@ -4,11 +4,14 @@ import _audit_helpers
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from _architectures import small_net
+from skorch import NeuralNetClassifier
 
 from sksim.audit import audit, core
 from sksim.audit.analyses.denoising import Denoising
 from sksim.audit.analyses.density import Density
+from sksim.audit.models import MLP
 
 ANALYSES = ("density", "denoising")
 OPTIONS = dict(denoising=dict(max_samples=40))
@@ -137,3 +140,25 @@ def test_a_damaged_piece_is_computed_again(digit_images, calls, tmp_path):
     assert len(calls["fit"]) == 4 and second.metadata["cache"]["loaded"] == 0
     assert_same_tables(second, first)
     assert np.all([p.stat().st_size > 20 for p in tmp_path.glob("*.pkl")])
+
+
+def test_a_net_around_a_module_instance_resumes_by_its_weights(
+    digit_images, calls, tmp_path
+):
+    """Pickled, a tensor names its storage by address: the net's hash reads
+    the weights instead, so equal instances resume and others do not."""
+    X, y = digit_images
+
+    def run(seed):
+        torch.manual_seed(seed)
+        module = MLP(n_features=64, n_classes=10)
+        net = NeuralNetClassifier(
+            module, criterion=torch.nn.CrossEntropyLoss, max_epochs=1, verbose=0
+        )
+        return audit(
+            net, X, y, cv=2, analyses=ANALYSES, options=OPTIONS, cache=tmp_path
+        )
+
+    first = run(0)
+    assert run(0).metadata["cache"]["loaded"] == first.metadata["cache"]["saved"] == 6
+    assert run(1).metadata["cache"]["loaded"] == 0
