@@ -200,6 +200,7 @@ def build_net(args: argparse.Namespace, X: np.ndarray, n_classes: int) -> Neural
     import torch
     from skorch import NeuralNet
 
+    from ._engine.context import torch_seed
     from .audit.models import make_classifier
 
     training = dict(max_epochs=args.max_epochs, lr=args.lr, batch_size=args.batch_size)
@@ -207,7 +208,8 @@ def build_net(args: argparse.Namespace, X: np.ndarray, n_classes: int) -> Neural
         training["device"] = args.device
     if args.module is None:
         return make_classifier(args.model, X, n_classes, **training)
-    built = load_factory(args.module)(tuple(X.shape[1:]), n_classes)
+    with torch_seed(args.seed):  # the module's initial weights
+        built = load_factory(args.module)(tuple(X.shape[1:]), n_classes)
     if isinstance(built, NeuralNet):
         if args.device is not None:
             built.set_params(device=args.device)
@@ -452,7 +454,8 @@ def make_parser() -> argparse.ArgumentParser:
         "--seed",
         type=int,
         default=0,
-        help="seed of the training of every fold and of the analyses (default 0)",
+        help="seed of the --module factory's call (the initial weights), the "
+        "training of every fold and the analyses (default 0)",
     )
     output = audit.add_argument_group("output")
     output.add_argument(

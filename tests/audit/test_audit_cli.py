@@ -9,6 +9,7 @@ from pathlib import Path
 import _audit_helpers
 import numpy as np
 import pytest
+import torch
 
 import sksim
 from sksim import cli
@@ -324,6 +325,24 @@ def test_cli_device(tmp_path, capsys):
             cli.main([*argv, "--device", device])
         assert exit_.value.code == 2
         assert message in capsys.readouterr().err
+
+
+def test_cli_seeds_the_module_factory(factory_module, tmp_path):
+    argv = ["audit", "--dataset", "digits", "--module", "userarch:make", *FAST]
+    X = np.ones((2, 64), np.float32)
+    weights = [
+        [
+            p.detach().clone()
+            for p in cli.build_net(
+                cli.make_parser().parse_args([*argv, "--seed", str(seed)]), X, 10
+            ).module.parameters()
+        ]
+        for seed in (0, 0, 1)
+    ]
+    for same, other in zip(weights[1], weights[2], strict=True):
+        assert not torch.equal(same, other)
+    for first, same in zip(weights[0], weights[1], strict=True):
+        assert torch.equal(first, same)
 
 
 def test_cli_rejects_a_nan_learning_rate(capsys):
