@@ -703,8 +703,12 @@ class LabelIssueDetector(NetworkEstimator):
         )
 
 
-def _class_probabilities(P, n_classes):
-    """The first ``n_classes`` columns of a net's probabilities, renormalised."""
+def _class_probabilities(P, n_classes=None):
+    """The first ``n_classes`` columns of a net's probabilities, renormalised.
+
+    None takes them all.
+    """
+    n_classes = P.shape[-1] if n_classes is None else n_classes
     if P.ndim != 2 or P.shape[1] < n_classes:
         raise ValueError(
             f"The net gives {P.shape[-1] if P.ndim == 2 else 1} class "

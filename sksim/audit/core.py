@@ -208,7 +208,10 @@ def _check_inputs(X, y, names=("X", "y")):
 
 
 def _check_labels(*labels):
-    """The sorted classes of class labels ``labels`` (at least two of them)."""
+    """The sorted classes of class labels ``labels`` (at least two of them).
+
+    Label ``j`` is the network's output ``j``: the labels are integers from 0.
+    """
     for y in labels:
         kind = type_of_target(y)
         if kind not in ("binary", "multiclass"):
@@ -218,6 +221,17 @@ def _check_labels(*labels):
                 'cv="prefit".'
             )
     classes = np.unique(np.concatenate(labels))
+    integers = classes.dtype.kind in "iu" or (
+        classes.dtype.kind == "f" and np.array_equal(classes, np.round(classes))
+    )
+    if not integers or classes[0] < 0:
+        raise ValueError(
+            "audit reads class j from the network's output j (as skorch's "
+            "predict does): y must hold integer labels from 0 to n_classes - 1; "
+            f"got {classes[:10].tolist()}. Encode them, e.g. with scikit-learn's "
+            "LabelEncoder (the command line does), and read the tables through "
+            "its classes_."
+        )
     if len(classes) < 2:
         raise ValueError(
             f"y holds a single class ({classes[0]}): the audit "
@@ -321,10 +335,21 @@ class _Fold:
         self._predict()
 
     def _predict(self) -> None:
-        """Predictions (and class probabilities) of the held-out part."""
+        """Predictions (and class probabilities) of the held-out part.
+
+        Every class must have its output among the probabilities.
+        """
         self.prediction, self.probabilities = predictions(
             self.net, self.X_test, self.task
         )
+        if self.probabilities is not None:
+            n_outputs = self.probabilities.shape[1]
+            if self.classes[-1] >= n_outputs:
+                raise ValueError(
+                    f"y holds the label {self.classes[-1]}, but the network gives "
+                    f"{n_outputs} class outputs: the audit reads class j from "
+                    "output j, so it needs one output per class."
+                )
 
     def fitted_search(
         self, search: NetworkNeighbors, X_val: NetInput | None = None

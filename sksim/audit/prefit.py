@@ -133,6 +133,13 @@ def predictions(
     if skorch_task(net) is None:
         prediction = module_outputs(module, X)
         if task == "classification":
+            if prediction.ndim != 2 or prediction.shape[1] < 2:
+                raise ValueError(
+                    f"The network gives outputs of shape {prediction.shape[1:]} "
+                    "per example; the audit reads class j from its output j (as "
+                    "skorch's predict does): a classifier needs one logit per "
+                    "class, two for a binary one."
+                )
             probabilities = torch.softmax(torch.from_numpy(prediction).double(), 1)
             probabilities = probabilities.numpy()
             prediction = prediction.argmax(axis=-1)

@@ -11,7 +11,7 @@ from _architectures import small_net
 from _audit_helpers import AUDIT_OPTIONS
 from sklearn.base import clone
 from sklearn.model_selection import KFold, StratifiedKFold
-from skorch import NeuralNetClassifier
+from skorch import NeuralNetBinaryClassifier, NeuralNetClassifier
 
 from sksim import GradientDensityEstimator, NetworkNeighbors, SelfDenoisingAnalysis
 from sksim._engine.context import torch_seed
@@ -307,6 +307,26 @@ def test_a_fitted_net_with_parameters_no_layer_draws_is_refused(digit_images):
         audit(net, X, y, cv=2, analyses=())
 
 
+def test_a_binary_classifier_with_one_logit_is_denoised(digit_images):
+    """skorch's NeuralNetBinaryClassifier gives one logit z: the probability
+    of class 0, sigmoid(-z), is regressed on the labels of class 0."""
+    X, y = digit_images
+    binary = (y >= 5).astype(np.float32)
+    module = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 1))
+    net = NeuralNetBinaryClassifier(
+        module, max_epochs=5, lr=0.1, train_split=None, verbose=0
+    )
+    result = audit(net, X, binary, cv=2, analyses=("denoising",), errors="raise")
+    folds, denoised = result["folds"], result["denoising"]
+    assert (denoised["mean_effective_neighbors"] >= 1).all()
+    assert (denoised["training_rmse"] <= 1).all()  # probabilities against 0 or 1
+    assert folds["accuracy"].min() > 0.6  # thresholded z, above chance
+    z = torch.linspace(-3, 3, 7)
+    torch.testing.assert_close(
+        free_probabilities(z), 1 - torch.sigmoid(z)[:, None], rtol=1e-6, atol=1e-7
+    )
+
+
 def test_audit_takes_a_splitter(digit_images):
     X, y = digit_images
     result = audit(small_net(X, max_epochs=1), X, y, cv=KFold(4), analyses=())
@@ -399,6 +419,9 @@ def test_audit_errors(digit_images):
         audit(net, X, y[:-1])
     with pytest.raises(ValueError, match="audits classifiers: y must hold class"):
         audit(net, X, y + 0.5)
+    for labels in (np.array(list("abcdefghij"))[y], y - 1):
+        with pytest.raises(ValueError, match="integer labels from 0 to n_classes"):
+            audit(net, X, labels)
     with pytest.raises(ValueError, match=r"y holds a single class \(3\): the audit"):
         audit(net, X, np.full(len(X), 3))
     with pytest.raises(

@@ -287,6 +287,44 @@ def test_prefit_errors(split, trained, regression):
         )
 
 
+def test_prefit_classes_must_be_the_networks_outputs(split):
+    """Label j is output j: a module with too few outputs, or one logit, is
+    refused before any analysis, not scored by a meaningless argmax."""
+    X, y, X_test, y_test = split
+    flat = torch.nn.Flatten()
+    for outputs, message in (
+        (3, "y holds the label 9, but the network gives 3 class outputs"),
+        (1, r"outputs of shape \(1,\) per example.*one logit per class"),
+    ):
+        module = torch.nn.Sequential(flat, torch.nn.Linear(64, outputs))
+        with pytest.raises(ValueError, match=message):
+            audit(module, X, y, cv="prefit", X_test=X_test, y_test=y_test)
+
+
+def test_prefit_label_issues_of_some_classes_read_their_outputs(split, trained):
+    """Audited on three of the ten classes, each label is scored by the
+    net's own output for it, with every output a class."""
+    X, y, X_test, y_test = split
+    part, part_test = np.isin(y, [3, 5, 7]), np.isin(y_test, [3, 5, 7])
+    result = audit(
+        trained,
+        X[part],
+        y[part],
+        cv="prefit",
+        X_test=X_test[part_test],
+        y_test=y_test[part_test],
+        analyses=("label_issues",),
+        errors="raise",
+    )
+    issues = result["label_issues"]
+    P = trained.predict_proba(X[part]).astype(np.float64)
+    rows, labels = issues["index"].to_numpy(), issues["given_label"].to_numpy()
+    np.testing.assert_array_equal(labels, y[part][rows])
+    expected = P[rows, labels] / P[rows].sum(1)
+    np.testing.assert_allclose(issues["proba_given_label"], expected, rtol=1e-6)
+    assert set(issues["suggested_label"]) <= set(range(10))
+
+
 def title_is_red(ax):
     return to_hex(ax.title.get_color()) == to_hex("tab:red")
 

@@ -26,21 +26,28 @@ def free_probabilities(logits: torch.Tensor) -> torch.Tensor:
 
     The last probability is one minus the others: keeping it would make the
     Jacobian Gram ``J J^T`` singular and every cosine self-similarity
-    ``(d - 1) / d`` instead of 1 (see the theory page of the user guide).
+    ``(d - 1) / d`` instead of 1 (see the theory page of the user guide). A
+    single logit ``z`` per example (shape ``(B,)`` or ``(B, 1)``) is a binary
+    classifier's, as skorch's ``NeuralNetBinaryClassifier`` reads it: the
+    probability of class 0 is ``sigmoid(-z)``.
     """
+    if logits.ndim == 1 or logits.shape[-1] == 1:
+        return torch.sigmoid(-logits.reshape(-1, 1))
     return torch.softmax(logits, dim=-1)[..., :-1]
 
 
 def denoised_targets(fold: _Fold, y_train: np.ndarray) -> tuple[np.ndarray, Output]:
     """The labels regressed on and the outputs selected to predict them.
 
-    Classification: one-hot labels of the first ``d - 1`` classes and the
-    matching softmax probabilities; regression (its original form): the raw
-    targets and the network's outputs.
+    Classification: one-hot labels of the first ``d - 1`` of the network's
+    ``d`` classes (label ``j`` is output ``j``) and the matching
+    probabilities; regression (its original form): the raw targets and the
+    network's outputs.
     """
     if fold.task == "regression":
         return y_train, "logits"
-    onehot = (y_train[:, None] == fold.classes[None, :-1]).astype(np.float64)
+    d = len(fold.classes) if fold.probabilities is None else fold.probabilities.shape[1]
+    onehot = (y_train[:, None] == np.arange(d - 1)[None, :]).astype(np.float64)
     return onehot, free_probabilities
 
 

@@ -54,7 +54,7 @@ def fold_signals(fold: _Fold, options: Mapping[str, Any]) -> tuple[np.ndarray, .
     scorer = detector(fold, options)
     if fold.prefit:
         rows, labels, X, probabilities = fold.train, fold.y_train, None, None
-        n_classes, available = len(np.unique(fold.y_train)), len(fold.train) - 1
+        available = len(fold.train) - 1
     else:
         rows, labels, X, probabilities = (
             fold.test,
@@ -62,11 +62,12 @@ def fold_signals(fold: _Fold, options: Mapping[str, Any]) -> tuple[np.ndarray, .
             fold.X_test,
             fold.probabilities,
         )
-        n_classes, available = len(fold.classes), len(fold.train)
+        available = len(fold.train)
     k = scorer._n_neighbors(available)
     search = fold.fitted_search(scorer._search(fold.net, fold.X_train, k))
+    # label j is output j: every output is a class
     P, similarities, found = scorer._signals(
-        fold.net, search, X, k, n_classes, probabilities
+        fold.net, search, X, k, None, probabilities
     )
     neighbor_rows = fold.train[found]
     return (
@@ -116,11 +117,9 @@ def rank_issues(signals: pd.DataFrame) -> pd.DataFrame:
     P, neighbors, similarities, neighbor_labels = (
         _columns(signals, name) for name in SIGNALS
     )
-    classes = np.unique(
-        np.concatenate([signals["given_label"], neighbor_labels.ravel()])
-    )
-    y = np.searchsorted(classes, signals["given_label"].to_numpy())
-    neighbor_labels = np.searchsorted(classes, neighbor_labels)
+    classes = np.arange(P.shape[1])  # label j is output j
+    y = signals["given_label"].to_numpy().astype(np.int64)
+    neighbor_labels = neighbor_labels.astype(np.int64)
     scored = score_labels(P, similarities, neighbor_labels, y)
     rows = np.arange(len(y))
     table = issues_frame(
