@@ -160,6 +160,7 @@ class NetworkEstimator(BaseEstimator):
             )
         # built once here, so that later calls leave __dict__ as it is
         self._engine_cache = self._make_engine()
+        self._engine_cache.n_outputs(X)  # inputs the network cannot take fail here
         return X
 
     def _check_input(self, X):

@@ -11,10 +11,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 from numpy.typing import ArrayLike
-from sklearn.base import clone
+from sklearn.base import clone, is_classifier, is_regressor
 from sklearn.exceptions import NotFittedError
 from sklearn.frozen import FrozenEstimator
-from skorch import NeuralNet
+from skorch import NeuralNet, NeuralNetBinaryClassifier
 
 from ._engine.context import torch_seed
 from ._engine.inputs import is_dataset
@@ -66,9 +66,41 @@ def fit_net(
             "that a clone of the net can be trained, or pass a fitted net."
         )
     fitted = clone(_unwrap(net))
+    if not is_dataset(X):
+        y = training_targets(fitted, y)
     with torch_seed(random_state):
         fitted.fit(X, y)
     return fitted
+
+
+def training_targets(net: NeuralNet, y: ArrayLike) -> np.ndarray:
+    """``y`` as the skorch ``net`` trains on it, checked.
+
+    A classifier takes integer labels from 0 (int64, as its cross-entropy
+    does; float32, as its logistic loss does, for skorch's
+    ``NeuralNetBinaryClassifier``); a regressor one row of targets per
+    sample, a 1-D ``y`` becoming a column, as its outputs are ``(n, 1)``.
+    """
+    y = np.asarray(y)
+    if is_regressor(net):
+        return y.reshape(-1, 1) if y.ndim == 1 else y
+    if not is_classifier(net):
+        return y
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    integers = y.dtype.kind in "iub" or (
+        y.dtype.kind == "f" and np.isfinite(y).all() and np.array_equal(y, np.round(y))
+    )
+    if y.ndim != 1 or not integers or (y.size and y.min() < 0):
+        shown = np.unique(y)[:10].tolist() if y.ndim == 1 else f"shape {y.shape}"
+        raise ValueError(
+            f"A {type(net).__name__} learns label j as its output j: y must be "
+            f"one integer label per sample, from 0 to n_classes - 1; got {shown}. "
+            "Encode the labels, e.g. with scikit-learn's LabelEncoder."
+        )
+    return y.astype(
+        np.float32 if isinstance(net, NeuralNetBinaryClassifier) else np.int64
+    )
 
 
 def untrained_clone(net: NetLike, random_state=None) -> NeuralNet:

@@ -49,8 +49,16 @@ def check_net_input(X, estimator=None, reset=True, keep_tensors=False):
         return _check_tensor(X)
     kwargs = dict(allow_nd=True, dtype="numeric")
     if estimator is None:
-        return check_array(_as_array(X), **kwargs)
-    return validate_data(estimator, _as_array(X), reset=reset, **kwargs)
+        X = check_array(_as_array(X), **kwargs)
+    else:
+        X = validate_data(estimator, _as_array(X), reset=reset, **kwargs)
+    if X.dtype == object:  # e.g. a data frame with a categorical column
+        raise ValueError(
+            "X holds values that are not numbers (an array of dtype object, e.g. "
+            "from a categorical column): encode them first, e.g. with "
+            "scikit-learn's OneHotEncoder or OrdinalEncoder."
+        )
+    return X
 
 
 def _check_tensor(X: torch.Tensor) -> torch.Tensor:

@@ -283,21 +283,13 @@ def _noise_rate(text):
 
 def _device(text):
     """A torch device that exists on this machine."""
-    import torch
+    from ._engine.context import check_device
 
     try:
-        device = torch.device(text)
-    except RuntimeError as error:
-        raise argparse.ArgumentTypeError(f"not a torch device: {error}") from None
-    if device.type == "cuda":
-        count = torch.cuda.device_count()
-        if (device.index or 0) >= count:
-            raise argparse.ArgumentTypeError(
-                f"{text}: this machine has {count} CUDA device(s)"
-            )
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise argparse.ArgumentTypeError(f"{text}: MPS is not available here")
-    elif device.type not in ("cpu", "cuda", "mps"):
+        device = check_device(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    if device.type not in ("cpu", "cuda", "mps"):
         raise argparse.ArgumentTypeError(f"{text}: use cpu, cuda, cuda:N or mps")
     return text
 

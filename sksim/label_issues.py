@@ -490,9 +490,9 @@ class LabelIssueDetector(NetworkEstimator):
                     'cv="prefit" compares each example with the other examples: '
                     f"got {n_samples(X)} sample; pass at least 2."
                 )
+            X = labelled(X, y)  # skorch reads a dataset's items as (x, y)
             probabilities = self._net_probabilities(self.net_, X)
             y = self._output_targets(y, probabilities.shape[1])
-            X = labelled(X, y)
             P, similarities, indices, rankings = self._prefit_signals(X, probabilities)
         else:
             y = self._encode_targets(y)

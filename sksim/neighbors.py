@@ -11,7 +11,7 @@ import torch
 from numpy.typing import ArrayLike
 from sklearn.utils import Bunch
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import check_is_fitted, column_or_1d
 
 from ._base import POSITIVE_INT, NetworkEstimator, constraints
 from ._docs import fill_doc
@@ -42,6 +42,7 @@ from ._reduced_search import (
     sketch_similarity,
 )
 from ._typing import Checkpoints, NetInput, NetLike, Output, Self
+from ._validation import given_or_item_labels
 from .density import CHECKPOINTS, NEIGHBOR_PARAMETERS
 from .kernel import similarity_to_distance
 
@@ -434,7 +435,7 @@ class NetworkNeighbors(NetworkEstimator):
         self.X_fit_ = X
         self.n_samples_fit_ = n_samples(X)
         self._faiss_index = None
-        self.y_fit_ = None if y is None else np.array(y)
+        self.y_fit_ = self._check_labels(X, y)
         self.__dict__.pop("recall_", None)  # measured anew, or not at all
         if X_val is not None:
             X_val = self._check_input(X_val)
@@ -487,6 +488,19 @@ class NetworkNeighbors(NetworkEstimator):
             _, found = self.most_similar(X_val)
             self.recall_ = recall(found, exact_indices)
         return self
+
+    def _check_labels(self, X, y) -> np.ndarray | None:
+        """The labels :meth:`explain` shows: ``y``, or those of a Dataset's items."""
+        y = given_or_item_labels(X, y)
+        if y is None:
+            return None
+        y = column_or_1d(np.array(y))
+        if len(y) != self.n_samples_fit_:
+            raise ValueError(
+                f"X and y have different numbers of samples: {self.n_samples_fit_} "
+                f"and {len(y)}."
+            )
+        return y
 
     def _exact_neighbors(self, X_val) -> ExactNeighbors | None:
         """Gatherer of the exact neighbours of ``X_val`` (None: checkpoints)."""

@@ -3,10 +3,12 @@
 import copy
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from _architectures import MLP, NaNRows, make_digits_net
 from sklearn.exceptions import NotFittedError
+from skorch import NeuralNetRegressor
 
 from sksim import (
     GradientDensityEstimator,
@@ -50,6 +52,47 @@ def test_wrong_number_of_features(module):
 def test_unfitted_net_without_y():
     with pytest.raises(ValueError, match="not fitted and no y was given"):
         NetworkSimilarityKernel(make_digits_net()).fit(np.zeros((4, 64), np.float32))
+
+
+def test_targets_of_an_unfitted_net_are_checked_and_cast():
+    """Label j is output j, int64 as the cross-entropy needs; a regressor's 1-D
+    targets are a column, as its outputs are, not broadcast against them."""
+    rng = np.random.RandomState(0)
+    Xd, y = rng.rand(40, 64).astype(np.float32), np.arange(40) % 10
+
+    def kernel(net, targets):
+        return NetworkSimilarityKernel(net, random_state=0).fit_transform(Xd, targets)
+
+    expected = kernel(make_digits_net(max_epochs=2), y)
+    for given in (y.astype(np.int32), y.astype(float), list(y), y[:, None]):
+        np.testing.assert_array_equal(
+            kernel(make_digits_net(max_epochs=2), given), expected
+        )
+    for bad in (np.array(list("abcdefghij"))[y], y - 1, np.where(y == 0, np.nan, y)):
+        with pytest.raises(ValueError, match="learns label j as its output j"):
+            kernel(make_digits_net(max_epochs=2), bad)
+    regressor = NeuralNetRegressor(
+        MLP, module__n_in=64, module__n_out=1, max_epochs=2, train_split=None, verbose=0
+    )
+    t = (y / 10).astype(np.float32)
+    np.testing.assert_array_equal(kernel(regressor, t), kernel(regressor, t[:, None]))
+
+
+def test_inputs_the_network_cannot_take_fail_in_fit(module):
+    with pytest.raises(ValueError, match=r"fails on inputs of shape \(4,\) per sample"):
+        NetworkSimilarityKernel(module).fit(X[:, :4])
+
+
+def test_object_inputs_and_missing_devices_are_refused(module):
+    frame = pd.DataFrame(X, columns=list("vwxyz")).assign(
+        z=pd.Categorical(list("abcabc"))
+    )
+    with pytest.raises(ValueError, match="not numbers .* OneHotEncoder"):
+        NetworkSimilarityKernel(module).fit(frame)
+    with pytest.raises(ValueError, match="this machine has 0 CUDA device"):
+        NetworkSimilarityKernel(module, device="cuda").fit(X)
+    with pytest.raises(ValueError, match="'banana' is not a torch device"):
+        network_similarity(module, X, device="banana")
 
 
 def test_unfitted_skorch_net_in_function():

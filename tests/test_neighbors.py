@@ -230,6 +230,21 @@ def test_faiss_recall_at_10_on_20000_samples():
     assert recalls[128] > 0.75
 
 
+def test_labels_are_checked_and_read_from_a_dataset(data):
+    X_ref, X_query = data
+    y = np.arange(50) % 4
+    with pytest.raises(ValueError, match="different numbers of samples: 50 and 49"):
+        NetworkNeighbors(mlp(3, 1)).fit(X_ref, y[:-1])
+    with pytest.raises(ValueError, match="y should be a 1d array"):
+        NetworkNeighbors(mlp(3, 1)).fit(X_ref, np.stack([y, y], axis=1))
+    items = torch.utils.data.TensorDataset(torch.from_numpy(X_ref), torch.from_numpy(y))
+    from_items = NetworkNeighbors(mlp(3, 1), n_neighbors=3).fit(items)
+    from_arrays = NetworkNeighbors(mlp(3, 1), n_neighbors=3).fit(X_ref, y)
+    np.testing.assert_array_equal(
+        from_items.explain(X_query).labels, from_arrays.explain(X_query).labels
+    )
+
+
 def test_bad_parameters_are_refused(data):
     X_ref, _ = data
     with pytest.raises(ValueError, match="'algorithm' parameter of NetworkNeighbors"):

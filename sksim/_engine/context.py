@@ -10,6 +10,24 @@ from collections.abc import Iterator
 import torch
 
 
+def check_device(device) -> torch.device:
+    """``device`` as a torch device that this machine has; a ValueError otherwise."""
+    try:
+        checked = torch.device(device)
+    except RuntimeError as error:
+        raise ValueError(f"{device!r} is not a torch device: {error}") from None
+    if checked.type == "cuda":
+        count = torch.cuda.device_count()
+        if (checked.index or 0) >= count:
+            raise ValueError(
+                f"device={device!r}, but this machine has {count} CUDA device(s): "
+                'use device="cpu", or one of them.'
+            )
+    elif checked.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device={device!r}, but MPS is not available here.")
+    return checked
+
+
 def on_device(module: torch.nn.Module, device) -> torch.nn.Module:
     """``module`` itself if it lives on ``device``, else a copy moved there.
 

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from .budget import rows_that_fit
 from .capture import LayerCapture, join_name, plan_layers
-from .context import evaluation_mode, on_device
+from .context import check_device, evaluation_mode, on_device
 from .inputs import batches, module_float_dtype, n_samples, take, to_tensor
 from .pieces import DensePiece, PieceBudget, PiecesTooLarge, gram_of, map_pieces
 from .selection import select_output, select_parameters
@@ -70,7 +70,7 @@ class JacobianEngine:
         max_memory: int | None = DEFAULT_MAX_MEMORY,
     ):
         own_device = next(iter(select_parameters(module, params).values())).device
-        self.device = torch.device(device) if device is not None else own_device
+        self.device = check_device(device) if device is not None else own_device
         self.module = on_device(module, self.device)
         self.output = output
         self.parameters = select_parameters(self.module, params)
@@ -119,7 +119,19 @@ class JacobianEngine:
         if self._n_outputs is None:
             first = to_tensor(take(X, slice(0, 1)), self.device, self.dtype)
             with evaluation_mode(self.module), torch.no_grad():
-                self._n_outputs = self._call(first, start=None).shape[1]
+                try:
+                    self._n_outputs = self._call(first, start=None).shape[1]
+                except RuntimeError as error:
+                    shape = (
+                        {k: tuple(v.shape[1:]) for k, v in first.items()}
+                        if isinstance(first, dict)
+                        else tuple(first.shape[1:])
+                    )
+                    raise ValueError(
+                        f"The network fails on inputs of shape {shape} per "
+                        f"sample ({str(error).splitlines()[0]}): pass inputs "
+                        "shaped as the network expects."
+                    ) from error
         return self._n_outputs
 
     def outputs(self, X) -> torch.Tensor:

@@ -318,7 +318,7 @@ def test_cli_device(tmp_path, capsys):
     assert cli.build_net(args, np.ones((2, 4), np.float32), 3).device == "cpu"
     assert cli.main([*argv, "--device", "cpu", "--out", str(out)]) == 0
     for device, message in (
-        ("cuda:99", "cuda:99: this machine has"),
+        ("cuda:99", "device='cuda:99', but this machine has"),
         ("banana", "not a torch device"),
     ):
         with pytest.raises(SystemExit) as exit_:

@@ -314,13 +314,13 @@ def test_a_binary_classifier_with_one_logit_is_denoised(digit_images):
     binary = (y >= 5).astype(np.float32)
     module = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 1))
     net = NeuralNetBinaryClassifier(
-        module, max_epochs=5, lr=0.1, train_split=None, verbose=0
+        module, max_epochs=30, lr=0.5, train_split=None, verbose=0
     )
     result = audit(net, X, binary, cv=2, analyses=("denoising",), errors="raise")
     folds, denoised = result["folds"], result["denoising"]
     assert (denoised["mean_effective_neighbors"] >= 1).all()
     assert (denoised["training_rmse"] <= 1).all()  # probabilities against 0 or 1
-    assert folds["accuracy"].min() > 0.6  # thresholded z, above chance
+    assert folds["accuracy"].min() > 0.75  # thresholded z, well above chance
     z = torch.linspace(-3, 3, 7)
     torch.testing.assert_close(
         free_probabilities(z), 1 - torch.sigmoid(z)[:, None], rtol=1e-6, atol=1e-7
