@@ -5,6 +5,7 @@ import pytest
 import torch
 from _architectures import (
     ResNet18Logits,
+    TokenModel,
     family_case,
     oracle_jacobians,
     oracle_kernel,
@@ -132,3 +133,38 @@ def test_resnet18_kernel_matches_oracle(resnet18, kind):
     module, X, J = resnet18
     K = network_similarity(module, X, kind=kind, batch_size=2)
     np.testing.assert_allclose(K, oracle_kernel(J, J, kind), rtol=1e-7, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["cosine", "ntk", "influence"])
+def test_inputs_of_other_sizes_pair_across_forms(kind):
+    """A layer's form, factors or materialised gradients, depends on its
+    positions: long sequences or large images pair with short or small ones."""
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    cnn = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 8, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8, 3),
+    ).double()
+    images = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    cases = [
+        (
+            TokenModel().double(),
+            torch.randint(0, 11, (3, 6), generator=g),
+            torch.randint(0, 11, (2, 2), generator=g),
+        ),
+        (cnn, images(3, 3, 16, 16), images(2, 3, 2, 2)),
+    ]
+    for module, X, Y in cases:
+        for left, right in ((X, Y), (Y, X)):
+            K = network_similarity(module, left, right, kind=kind)
+            J_left, J_right = (
+                oracle_jacobians(module, left),
+                oracle_jacobians(module, right),
+            )
+            expected = oracle_kernel(J_left, J_right, kind)
+            np.testing.assert_allclose(K, expected, rtol=1e-7, atol=1e-12)

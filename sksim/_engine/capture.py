@@ -371,7 +371,13 @@ def _conv_pieces(layer, own, calls, d, budget) -> list:
         budget.take((b, positions, a), calls[0][0])
         h = _joined([_conv_patches(layer, x) for x, _ in calls], dim=1)
         delta = _joined([_per_position_delta(delta) for _, delta in calls], dim=2)
-        return _weight_and_bias(h, delta, own, d, budget)
+        # the bias a piece of its own, as when materialised: inputs of another
+        # size may take the other form, and the two must pair piece by piece
+        pieces = _weight_and_bias(h, delta, ["weight"], d, budget)
+        if "bias" in own:
+            budget.take((b, d, o), delta)
+            pieces.append(DensePiece(delta.sum(dim=2)))
+        return pieces
     pieces = []
     if "weight" in own:
         budget.take((b, d, o, a), calls[0][0])

@@ -75,19 +75,24 @@ class DensePiece:
     def self_gram(self) -> torch.Tensor:
         return self.grad @ self.grad.transpose(1, 2)
 
-    def pair(self, other: DensePiece, full: bool) -> torch.Tensor:
+    def pair(self, other: DensePiece | SharedWeightPiece, full: bool) -> torch.Tensor:
+        other = dense(other)
         if full:
             return torch.einsum("icq,jeq->ijce", self.grad, other.grad)
         b, m = len(self), len(other)
         return self.grad.reshape(b, -1) @ other.grad.reshape(m, -1).T
 
     def paired(
-        self, other: DensePiece, rows: torch.Tensor, columns: torch.Tensor
+        self,
+        other: DensePiece | SharedWeightPiece,
+        rows: torch.Tensor,
+        columns: torch.Tensor,
     ) -> torch.Tensor:
         """``tr(g_i g'_j^T)`` of the pairs ``(rows[p], columns[p])``, ``(P,)``.
 
         The pairs are in the order of :func:`pair_products`.
         """
+        other = dense(other)
         return pair_products(self.grad.flatten(1), other.grad.flatten(1), rows, columns)
 
     @property
@@ -198,7 +203,9 @@ class SharedWeightPiece:
         HH = self._aligned_input_products(self)
         return torch.einsum("bctO,beuO,btu->bce", self.delta, self.delta, HH)
 
-    def pair(self, other: SharedWeightPiece, full: bool) -> torch.Tensor:
+    def pair(self, other: SharedWeightPiece | DensePiece, full: bool) -> torch.Tensor:
+        if isinstance(other, DensePiece):
+            return dense(self).pair(other, full)
         b, T = self.h.shape[:2]
         T_other = other.h.shape[1]
         if T == 1 and T_other == 1 and not self.tokens:
@@ -238,7 +245,10 @@ class SharedWeightPiece:
         return torch.cat(parts, dim=1)
 
     def paired(
-        self, other: SharedWeightPiece, rows: torch.Tensor, columns: torch.Tensor
+        self,
+        other: SharedWeightPiece | DensePiece,
+        rows: torch.Tensor,
+        columns: torch.Tensor,
     ) -> torch.Tensor:
         """``tr(dW_i dW'_j^T)`` of the pairs ``(rows[p], columns[p])``, ``(P,)``.
 
@@ -246,6 +256,8 @@ class SharedWeightPiece:
         position give two such products; others copy the samples of a few
         pairs at a time.
         """
+        if isinstance(other, DensePiece):
+            return dense(self).paired(other, rows, columns)
         T, T_other = self.h.shape[1], other.h.shape[1]
         if T == 1 and T_other == 1 and not self.tokens:
             HH = pair_products(self.h[:, 0], other.h[:, 0], rows, columns)
@@ -352,6 +364,19 @@ def materialize(h: torch.Tensor, delta: torch.Tensor) -> DensePiece:
     """The per-sample gradient ``sum_u delta(u) h(u)^T`` as a dense piece."""
     grad = torch.einsum("bctO,bta->bcOa", delta, h)
     return DensePiece(grad.reshape(grad.shape[0], grad.shape[1], -1))
+
+
+def dense(piece: DensePiece | SharedWeightPiece) -> DensePiece:
+    """``piece`` materialised, to pair with a dense piece of the same layer.
+
+    A layer's form depends on its positions (the cost model of
+    :func:`factorised_is_cheaper`): inputs of other lengths or sizes than the
+    reference's may give it materialised on one side and factorised on the
+    other.
+    """
+    if isinstance(piece, DensePiece):
+        return piece
+    return materialize(piece.dense_inputs, piece.delta)
 
 
 def factorised_is_cheaper(T: int, a: int, o: int, d: int) -> bool:
