@@ -393,6 +393,16 @@ class Items(Dataset):
         return self.items[i]
 
 
+def test_items_of_other_shapes_in_later_batches_are_refused():
+    """Sequences bucketed by length: each batch stacks, but batches differ."""
+    short, long = np.zeros((4, 2), np.int64), np.ones((4, 8), np.int64)
+    bucketed = Items([*long, *short])
+    with pytest.raises(
+        ValueError, match=r"items 4 to 7 have the shape \(2,\) .* \(8,\)"
+    ):
+        list(batches(bucketed, 4, torch.device("cpu"), torch.float32))
+
+
 def test_invalid_datasets_are_refused_with_a_reason(data, net):
     X, y = data
     with pytest.raises(TypeError, match="pass a map-style torch Dataset"):

@@ -100,14 +100,34 @@ def to_tensor(X, device: torch.device, float_dtype: torch.dtype):
 def batches(
     X, batch_size: int, device: torch.device, float_dtype: torch.dtype
 ) -> Iterator[tuple[slice, object]]:
-    """Yield ``(rows, batch)`` with the batch as tensors on ``device``."""
-    n = n_samples(X)
+    """Yield ``(rows, batch)`` with the batch as tensors on ``device``.
+
+    A dataset's batches must hold inputs of one shape, that of the first.
+    """
+    n, shape = n_samples(X), None
     for start in range(0, n, batch_size):
         rows = slice(start, min(start + batch_size, n))
-        if is_dataset(X):
-            yield rows, _read(X, range(rows.start, rows.stop), device, float_dtype)
-        else:
+        if not is_dataset(X):
             yield rows, to_tensor(take(X, rows), device, float_dtype)
+            continue
+        batch = _read(X, range(rows.start, rows.stop), device, float_dtype)
+        here = _sample_shape(batch)
+        shape = here if shape is None else shape
+        if here != shape:
+            first, last = _origin(X, rows.start), _origin(X, rows.stop - 1)
+            raise ValueError(
+                f"The inputs of dataset items {first} to {last} have the shape "
+                f"{here} per item, and those before them {shape}: every item must "
+                "hold inputs of one shape (pad sequences to one length)."
+            )
+        yield rows, batch
+
+
+def _sample_shape(batch) -> tuple | dict:
+    """The shape of one sample of a batch of tensors (or a dict of them)."""
+    if isinstance(batch, Mapping):
+        return {key: tuple(value.shape[1:]) for key, value in batch.items()}
+    return tuple(batch.shape[1:])
 
 
 def _items(dataset: Dataset, rows: Sequence[int]) -> list:
