@@ -6,7 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from _architectures import MLP, NaNRows, make_digits_net
+from _architectures import (
+    MLP,
+    NaNRows,
+    make_digits_net,
+    oracle_jacobians,
+    oracle_kernel,
+)
 from sklearn.exceptions import NotFittedError
 from skorch import NeuralNetRegressor
 
@@ -271,6 +277,27 @@ def test_network_working_in_place_leaves_the_data_unchanged():
     tensor = torch.from_numpy(X.copy())
     network_similarity(module, tensor, kind="ntk", n_components=4)
     np.testing.assert_array_equal(tensor.numpy(), X)
+
+
+def test_embedding_renormalising_in_place_leaves_the_network_unchanged():
+    """Embedding(max_norm=...) renormalises the rows it looks up at every
+    forward pass: the kernel is that of the renormalised network, computed
+    on a copy."""
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(
+        torch.nn.Embedding(12, 4, max_norm=0.5),
+        torch.nn.Flatten(),
+        torch.nn.Linear(12, 2),
+    ).double()
+    tokens = torch.randint(0, 12, (5, 3))
+    before = copy.deepcopy(module.state_dict())
+    K = network_similarity(module, tokens, kind="ntk")
+    for name, value in module.state_dict().items():
+        assert torch.equal(value, before[name]), name
+    renormalised = copy.deepcopy(module)
+    renormalised(tokens)  # renormalises the rows of these tokens, once and for all
+    J = oracle_jacobians(renormalised, tokens)
+    np.testing.assert_allclose(K, oracle_kernel(J, J, "ntk"), rtol=1e-10)
 
 
 def test_numpy_integers_and_parameter_errors(module):

@@ -31,13 +31,19 @@ def check_device(device) -> torch.device:
 def on_device(module: torch.nn.Module, device) -> torch.nn.Module:
     """``module`` itself if it lives on ``device``, else a copy moved there.
 
-    The caller's network (a skorch net's ``module_`` too) never changes device.
+    The caller's network (a skorch net's ``module_`` too) never changes device,
+    nor its weights: an ``Embedding(max_norm=...)``, which renormalises the
+    rows it looks up in place at every forward pass, is computed on a copy.
     """
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     tensors = itertools.chain(module.parameters(), module.buffers())
-    if all(t.device == device for t in tensors):
+    renormalises = any(
+        isinstance(layer, torch.nn.Embedding) and layer.max_norm is not None
+        for layer in module.modules()
+    )
+    if all(t.device == device for t in tensors) and not renormalises:
         return module
     return copy.deepcopy(module).to(device)
 
