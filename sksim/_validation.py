@@ -37,9 +37,13 @@ def check_net_input(X, estimator=None, reset=True, keep_tensors=False):
     if isinstance(X, Mapping) and not issparse(X):  # a DOK matrix is a Mapping
         if not X:
             raise ValueError("A dict input needs at least one array.")
-        checked = {
+        checked = {  # one value per sample, shape (n,), is an input as well
             k: check_array(
-                _as_array(v), allow_nd=True, dtype="numeric", input_name=str(k)
+                _as_array(v),
+                allow_nd=True,
+                ensure_2d=False,
+                dtype="numeric",
+                input_name=str(k),
             )
             for k, v in X.items()
         }
@@ -112,12 +116,15 @@ def dataset_sample_shape(dataset: Dataset):
     if isinstance(x, Mapping):
         if not x:
             raise ValueError("Dataset item 0 holds an empty dict as input.")
-        return {k: _item_shape(v, str(k)) for k, v in x.items()}
+        return {k: _item_shape(v, str(k), scalar=True) for k, v in x.items()}
     return _item_shape(x, "X")
 
 
-def _item_shape(value, name: str) -> tuple:
-    """The shape of one input ``name`` of item 0, refusing what no network takes."""
+def _item_shape(value, name: str, scalar: bool = False) -> tuple:
+    """The shape of one input ``name`` of item 0, refusing what no network takes.
+
+    A scalar is refused unless ``scalar``: one entry of a dict (a length).
+    """
     if isinstance(value, torch.Tensor):
         shape, dtype, real = tuple(value.shape), value.dtype, not value.is_complex()
     else:
@@ -128,7 +135,7 @@ def _item_shape(value, name: str) -> tuple:
             f"Dataset item 0 holds input {name} of dtype {dtype}; expected real "
             "numbers (floats, or integers for token ids)."
         )
-    if not shape:
+    if not shape and not scalar:
         raise ValueError(
             f"Dataset item 0 holds a scalar input {name}; an item is one sample, an "
             "array or tensor of shape (n_features,) or with more dimensions."

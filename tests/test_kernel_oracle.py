@@ -11,6 +11,7 @@ from _architectures import (
     oracle_kernel,
     trained_batchnorm,
 )
+from torch.utils.data import StackDataset
 
 from sksim import network_similarity
 
@@ -115,6 +116,34 @@ def test_dict_input_for_multi_input_module():
     K = network_similarity(module, X, kind="ntk")
     J = oracle_jacobians(module, X)
     np.testing.assert_allclose(K, np.einsum("adp,bdp->ab", J, J) / 2, rtol=1e-10)
+
+
+class MaskedTokens(torch.nn.Module):
+    """Token ids with their lengths, one per sample (shape ``(n,)``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(11, 4)
+        self.head = torch.nn.Linear(4, 3)
+
+    def forward(self, tokens, lengths):
+        kept = torch.arange(tokens.shape[1]) < lengths.reshape(-1, 1)
+        h = torch.tanh(self.emb(tokens)) * kept[..., None]
+        return self.head(h.sum(1) / lengths.reshape(-1, 1))
+
+
+@pytest.mark.parametrize("kind", ["cosine", "ntk", "influence"])
+def test_dict_input_with_a_value_per_sample(kind):
+    torch.manual_seed(0)
+    module = MaskedTokens().double()
+    rng = np.random.RandomState(0)
+    X = {"tokens": rng.randint(0, 11, (6, 5)), "lengths": np.array([5, 2, 3, 1, 4, 5])}
+    J = oracle_jacobians(module, X)
+    expected = oracle_kernel(J, J, kind)
+    items = StackDataset(**{key: torch.as_tensor(value) for key, value in X.items()})
+    for given in (X, items):
+        K = network_similarity(module, given, kind=kind, batch_size=4)
+        np.testing.assert_allclose(K, expected, rtol=1e-7, atol=1e-12)
 
 
 @pytest.fixture(scope="module")
