@@ -101,6 +101,41 @@ def test_object_inputs_and_missing_devices_are_refused(module):
         network_similarity(module, X, device="banana")
 
 
+def test_unused_parameters_inference_mode_and_model_outputs_are_explained(module):
+    class Unused(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used, self.unused = torch.nn.Linear(5, 2), torch.nn.Linear(3, 3)
+
+        def forward(self, x):
+            return self.used(x)
+
+    with pytest.raises(ValueError, match=r"do not depend on .*\['unused.weight'"):
+        network_similarity(Unused(), X, params="unused")
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="inference_mode"):
+        network_similarity(module, X)
+
+    class Outputs(dict):  # as a Hugging Face model returns its logits
+        def __init__(self, logits):
+            super().__init__(logits=logits)
+            self.logits = logits
+
+    class Named(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = module
+
+        def forward(self, x):
+            return Outputs(self.inner(x))
+
+    with pytest.raises(TypeError, match=r"output=lambda out: out\.logits"):
+        network_similarity(Named(), X)
+    np.testing.assert_array_equal(
+        network_similarity(Named(), X, output=lambda out: out.logits),
+        network_similarity(module, X),
+    )
+
+
 def test_unfitted_skorch_net_in_function():
     with pytest.raises(NotFittedError, match="is not fitted yet"):
         network_similarity(make_digits_net(), np.zeros((4, 64), np.float32))

@@ -196,7 +196,7 @@ class LayerCapture(ForwardHooks):
         calls = [(n, h, z) for n, cs in self.calls.items() for h, z in cs]
         mixing = {n for n, h, z in calls if h.shape[0] != b or z.shape[0] != b}
         checked = [(n, z) for n, _, z in calls if n not in mixing]
-        for row in {0, b - 1}:
+        for row in {0, b - 1} if checked else ():
             grads = torch.autograd.grad(
                 outputs[row].sum(),
                 [z for _, z in checked],
@@ -279,6 +279,8 @@ def _output_signals(outputs: torch.Tensor, zs: list) -> list[torch.Tensor]:
     ``d`` plain passes if some operation of the network has no batching rule.
     """
     b, d = outputs.shape
+    if not zs:  # no handled layer ran: their gradients are zero
+        return []
     if d == 1:
         grads = torch.autograd.grad(outputs.sum(), zs, allow_unused=True)
         return [

@@ -278,7 +278,15 @@ class JacobianEngine:
         if self._plan is None:
             with evaluation_mode(self.module):
                 layers, fallback = plan_layers(self.module, self.parameters)
-                mixing, per_sample = self._probe(layers, X) if layers else (set(), 0)
+                mixing, per_sample, ran = (
+                    self._probe(layers, X) if layers else (set(), 0, False)
+                )
+            if layers and not ran and not fallback:
+                raise ValueError(
+                    f"The network's outputs do not depend on the parameters "
+                    f"selected ({list(self.parameters)[:5]}): params= must select "
+                    "parameters that the forward pass uses."
+                )
             for name in mixing:
                 fallback += [join_name(name, local) for local in layers.pop(name)[1]]
             fallback = [n for n in self.parameters if n in fallback]
@@ -293,10 +301,10 @@ class JacobianEngine:
             self._plan = layers, jacobian, n_fallback
         return self._plan
 
-    def _probe(self, layers: dict, X) -> tuple[set[str], int]:
-        """The layers that mix samples, and the bytes of a sample's batch.
+    def _probe(self, layers: dict, X) -> tuple[set[str], int, bool]:
+        """The layers that mix samples, the bytes of a sample's batch, whether any ran.
 
-        Both come from a pass over two samples; the bytes count the recorded
+        All come from a pass over two samples; the bytes count the recorded
         activations and what the pieces' budget counts of the two samples'
         pieces (back-propagated signals, per-sample gradients, patches). When
         some layer mixes samples, its pieces cannot be made: the signals stand
@@ -324,7 +332,7 @@ class JacobianEngine:
         activations = sum(
             (h.numel() + z.numel()) * z.element_size() for h, z in recorded
         )
-        return mixing, (activations + pieces) // 2
+        return mixing, (activations + pieces) // 2, bool(recorded)
 
     def _split(self, size: int) -> None:
         if size == 1:
@@ -379,6 +387,11 @@ class JacobianEngine:
 
 def _attached(outputs: torch.Tensor) -> torch.Tensor:
     """``outputs``, if gradients flow through them to the parameters."""
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            "sksim is called inside torch.inference_mode(), which records no "
+            "gradient: call it outside of that block (torch.no_grad() is fine)."
+        )
     if not outputs.requires_grad:
         raise ValueError(
             "The selected outputs are cut from the network's graph (no gradient "

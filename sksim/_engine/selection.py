@@ -107,7 +107,10 @@ def select_output(
 def _check_selected(out, n: int | None, what: str) -> None:
     expected = "a tensor of shape (B,) or (B, d)" + ("" if n is None else f", B={n}")
     if not isinstance(out, torch.Tensor):
-        raise TypeError(f"{what} {type(out).__name__}; expected {expected}.")
+        hint = ""
+        if isinstance(getattr(out, "logits", None), torch.Tensor):
+            hint = " Select its logits with output=lambda out: out.logits."
+        raise TypeError(f"{what} {type(out).__name__}; expected {expected}.{hint}")
     if not out.is_floating_point():
         raise TypeError(
             f"{what} a tensor of dtype {out.dtype}; expected floating outputs."
