@@ -645,6 +645,12 @@ def audit(
     skipped = {name: reason for name, reason in reasons.items() if reason}
     requested = [a for a in requested if a.name not in skipped]
     protocol, splits = _splits(cv, data, prefit)
+    smallest = min(len(train) for train, _ in splits)
+    if "neighbors" in (a.name for a in requested) and n_neighbors > smallest:
+        raise ValueError(
+            f"n_neighbors={n_neighbors} is more than the {smallest} training "
+            "examples of the smallest fold: lower it, or use fewer folds."
+        )
     store = AuditCache(cache, data.arrays(), net, random_state, prefit)
     started = time.perf_counter()
     collected = dict(folds=[], samples=[], tables={}, warnings={}, methods={})

@@ -430,6 +430,10 @@ def test_audit_errors(digit_images):
         audit(net, {"X": X}, y)
     with pytest.raises(ValueError, match='errors must be "record" or "raise"'):
         audit(net, X, y, errors="ignore")
+    with pytest.raises(ValueError, match=r"options\['density'\] has unknown names"):
+        audit(net, X, y, options=dict(density=dict(treshold=0.8)))
+    with pytest.raises(ValueError, match="n_neighbors=200 is more than the 120"):
+        audit(net, X, y, cv=2, n_neighbors=200, analyses=("neighbors",))
     with pytest.raises(ValueError, match=r"options for unknown analyses \['dens'\]"):
         audit(net, X, y, options=dict(dens=dict(method="hard")))
     with pytest.raises(ValueError, match="max_samples must be a positive int"):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import inspect
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -87,6 +88,8 @@ class Analysis:
     report_table: str | None = None
     tasks: tuple = ("classification", "regression")
     shares_search: bool = False
+    own_options: tuple = ()  # options the analysis reads itself
+    fixed_options: tuple = ()  # keyword arguments of option_target it sets itself
 
     def at_scale(self, fold: _Fold) -> bool:
         """Whether the fold's training part is past the audit's scale threshold."""
@@ -127,8 +130,31 @@ class Analysis:
         reason = self.scale_reason(fold)
         return method if reason is None else f"{method}: {reason}"
 
+    def option_target(self) -> Callable | None:
+        """The estimator or function the options are passed to (None: unchecked)."""
+        return None
+
     def check_options(self, options: Mapping[str, Any]) -> None:
-        """Raise on invalid ``options[name]`` before any training."""
+        """Raise on invalid ``options[name]`` before any training.
+
+        Names are checked: :attr:`own_options`, and the keyword arguments of
+        :meth:`option_target` not in :attr:`fixed_options`.
+        """
+        target = self.option_target()
+        if target is None:
+            return
+        keywords = {
+            name
+            for name, parameter in inspect.signature(target).parameters.items()
+            if parameter.default is not inspect.Parameter.empty
+        }
+        accepted = set(self.own_options) | (keywords - set(self.fixed_options))
+        unknown = sorted(set(options) - accepted)
+        if unknown:
+            raise ValueError(
+                f"options[{self.name!r}] has unknown names {unknown}: the "
+                f"{self.name} analysis takes {sorted(accepted)}."
+            )
 
     def skip_reason(self, X: NetInput) -> str | None:
         """Why the analysis does not apply to inputs ``X`` (None when it does)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -197,7 +197,16 @@ class ClassFitting(Analysis):
     report_table = "class_fitting_summary"
     tasks = ("classification",)
 
+    own_options = ("max_per_class", "max_fit_per_class")
+    fixed_options = ("random_state", "as_frame")
+
+    def option_target(self) -> Callable:
+        from ...representations import class_fitting_report
+
+        return class_fitting_report
+
     def check_options(self, options: Mapping[str, Any]) -> None:
+        super().check_options(options)
         for name in ("max_per_class", "max_fit_per_class"):
             check_positive_int(options.get(name), name, allow_none=True)
 

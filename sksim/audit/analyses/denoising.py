@@ -75,7 +75,13 @@ class Denoising(Analysis):
     )
     report_table = "denoising"
 
+    fixed_options = ("output", "random_state")
+
+    def option_target(self) -> type:
+        return SelfDenoisingAnalysis
+
     def check_options(self, options: Mapping[str, Any]) -> None:
+        super().check_options(options)
         check_positive_int(options.get("max_samples"), "max_samples", allow_none=True)
 
     def run(self, fold: _Fold) -> FoldOutput:

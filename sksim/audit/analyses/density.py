@@ -161,6 +161,10 @@ class Density(Analysis):
     )
     figures = (density_histogram, error_by_density)
     report_table = "density_bins_summary"
+    fixed_options = ("random_state",)
+
+    def option_target(self) -> type:
+        return GradientDensityEstimator
 
     def run(self, fold: _Fold) -> FoldOutput:
         options = self.options(fold)

@@ -281,6 +281,11 @@ class LabelIssues(Analysis):
         """The neighbours analysis's search at scale (:func:`sketched_search`)."""
         return sketched_search(fold)
 
+    fixed_options = FIXED
+
+    def option_target(self) -> type:
+        return LabelIssueDetector
+
     def check_options(self, options: Mapping[str, Any]) -> None:
         fixed = sorted(set(options) & set(FIXED))
         if fixed:
@@ -289,6 +294,7 @@ class LabelIssues(Analysis):
                 "the audit's folds, nets and seed, and scores by the mean of the "
                 "two signals."
             )
+        super().check_options(options)
         LabelIssueDetector(None, **options)._validate_params()
 
     def run(self, fold: _Fold) -> FoldOutput:

@@ -359,7 +359,14 @@ class Neighbors(Analysis):
     figures = (neighbor_grid,)
     shares_search = True
 
+    own_options = ("recall_queries",)
+    fixed_options = ("n_neighbors", "random_state")
+
+    def option_target(self) -> type:
+        return NetworkNeighbors
+
     def check_options(self, options: Mapping[str, Any]) -> None:
+        super().check_options(options)
         check_positive_int(options.get("recall_queries", 1), "recall_queries")
 
     def scaled_options(self, fold: _Fold) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import TYPE_CHECKING
 
@@ -89,6 +89,12 @@ class Sensitivity(Analysis):
         if import_sensitivity() is None:
             return "sksim.sensitivity is not available in this version of sksim."
         return None
+
+    fixed_options = ("random_state",)
+
+    def option_target(self) -> Callable | None:
+        module = import_sensitivity()
+        return None if module is None else module.relative_sensitivity
 
     def run(self, fold: _Fold) -> FoldOutput:
         table = import_sensitivity().relative_sensitivity(
