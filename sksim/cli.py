@@ -366,6 +366,14 @@ def make_parser() -> argparse.ArgumentParser:
         "are classified by the argmax of the outputs; continuous targets are "
         "audited as a regression (one output)",
     )
+    model.add_argument(
+        "--n-classes",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help="classes the network outputs (default: as many as the labels); for "
+        "a --checkpoint trained on classes the audited data lacks",
+    )
     training = audit.add_argument_group("training")
     training.add_argument(
         "--max-epochs", type=_positive, default=20, help="epochs per fold (default 20)"
@@ -624,9 +632,36 @@ def load_checkpoint(
     except RuntimeError as error:
         raise ValueError(
             f"--checkpoint {args.checkpoint} does not fit the architecture of "
-            f"{architecture}: {error}"
+            f"{architecture} for {n_outputs} outputs (with --n-classes N when the "
+            f"data lack some of the classes it was trained on): {error}"
         ) from error
     return module
+
+
+def check_forward(net, X: np.ndarray, args: argparse.Namespace) -> None:
+    """Two samples through the network: one that cannot take them, or is set on
+    a device this machine lacks, fails before any training."""
+    import torch
+    from sklearn.base import clone
+    from skorch import NeuralNet
+
+    from ._engine.context import check_device, evaluation_mode
+
+    if isinstance(net, NeuralNet):
+        check_device(net.device)
+        module = clone(net).initialize().module_
+    else:
+        module = net
+    architecture = args.module or f"--model {args.model}"
+    device = next(module.parameters()).device
+    try:
+        with evaluation_mode(module), torch.no_grad():
+            module(torch.as_tensor(X[:2], device=device))
+    except RuntimeError as error:
+        raise ValueError(
+            f"the network of {architecture} cannot take the inputs, of shape "
+            f"{tuple(X.shape[1:])}: {str(error).splitlines()[0]}"
+        ) from error
 
 
 def noisy_labels(
@@ -664,18 +699,28 @@ def run_audit(args: argparse.Namespace) -> AuditResult:
             f"{len(noise['flipped'])} labels ({args.label_noise:g}) flipped at "
             f"random (seed {args.noise_seed})"
         )
+    n_outputs = data.n_outputs
+    if args.n_classes is not None:
+        if data.task == "regression" or args.n_classes < n_outputs:
+            raise ValueError(
+                f"--n-classes {args.n_classes} is fewer than the {n_outputs} "
+                "classes of the labels, or the targets are continuous."
+            )
+        n_outputs = args.n_classes
     if args.checkpoint is None:
-        net = build_net(args, X, data.n_outputs)
+        net = build_net(args, X, n_outputs)
+        check_forward(net, X, args)
         protocol = dict(cv=args.cv)
         plan = f"{args.cv}-fold cross-validation"
     else:
-        net = load_checkpoint(args, X, data.n_outputs)
+        net = load_checkpoint(args, X, n_outputs)
+        check_forward(net, X, args)
         protocol = dict(cv="prefit", X_test=data.X_test, y_test=data.y_test)
         plan = (
             f"{args.checkpoint} audited as it is (no training) on "
             f"{args.test_data}, {len(data.X_test)} test samples"
         )
-    kind = "regression" if data.task == "regression" else f"{data.n_outputs} classes"
+    kind = "regression" if data.task == "regression" else f"{n_outputs} classes"
     say(
         f"sksim audit: {data.source}, {len(X)} samples of shape "
         f"{tuple(X.shape[1:])}, {kind}, {plan}"

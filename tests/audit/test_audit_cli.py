@@ -62,6 +62,20 @@ def factory_module(tmp_path, monkeypatch):
 
             def not_a_net(input_shape, n_classes):
                 return "a string"
+
+            def too_narrow(input_shape, n_classes):
+                return torch.nn.Sequential(
+                    torch.nn.Flatten(), torch.nn.Linear(10, n_classes)
+                )
+
+            def on_a_missing_gpu(input_shape, n_classes):
+                from skorch import NeuralNetClassifier
+
+                return NeuralNetClassifier(
+                    make(input_shape, n_classes),
+                    criterion=torch.nn.CrossEntropyLoss,
+                    device="cuda:7",
+                )
             """
         )
     )
@@ -159,6 +173,11 @@ def test_help_explains_every_option(capsys):
         (["--module", "userarch:missing"], "Module 'userarch' has no 'missing'"),
         (["--module", "userarch:not_a_net"], "returned a str; it must return"),
         (["--module", "no_such_mod_xyz:make"], "No module named 'no_such_mod_xyz'"),
+        (
+            ["--module", "userarch:too_narrow"],
+            "the network of userarch:too_narrow cannot take the inputs, of shape",
+        ),
+        (["--module", "userarch:on_a_missing_gpu"], "device='cuda:7', but this"),
         (["--dataset", "iris", "--model", "cnn"], "The cnn model needs square images"),
     ],
 )

@@ -91,6 +91,23 @@ def test_cli_checkpoint_says_it_does_not_train(files, capsys):
     ) in err
 
 
+def test_cli_checkpoint_on_data_lacking_a_class(files, trained, capsys):
+    """The labels hold 9 of the 10 classes the net was trained on."""
+    net, X, y = trained
+    kept, kept_test = y[:N_TRAIN] != 9, y[N_TRAIN:] != 9
+    np.savez(files / "train.npz", X=X[:N_TRAIN][kept], y=y[:N_TRAIN][kept])
+    np.savez(files / "test.npz", X=X[N_TRAIN:][kept_test], y=y[N_TRAIN:][kept_test])
+    argv = checkpoint_argv(files, "--analyses", "density", "--quiet")
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    assert exit_.value.code == 2
+    assert "with --n-classes N when the data lack" in capsys.readouterr().err
+    assert cli.main([*argv, "--n-classes", "10", "--json", str(files / "r.json")]) == 0
+    folds = json.loads((files / "r.json").read_text())["tables"]["folds"]
+    expected = net.score(X[N_TRAIN:][kept_test], y[N_TRAIN:][kept_test])
+    assert folds[0]["accuracy"] == pytest.approx(expected, rel=1e-12)  # via JSON
+
+
 @pytest.fixture
 def regression_factory(tmp_path, monkeypatch):
     (tmp_path / "userreg.py").write_text(
@@ -144,8 +161,9 @@ def test_cli_checkpoint_of_a_regression_net(regression_factory, monkeypatch):
     [
         (
             ["--model", "cnn"],
-            "does not fit the architecture of --model cnn: Error(s) in loading "
-            "state_dict for CNN: Missing key(s) in state_dict:",
+            "does not fit the architecture of --model cnn for 10 outputs (with "
+            "--n-classes N when the data lack some of the classes it was trained "
+            "on): Error(s) in loading state_dict for CNN: Missing key(s) in",
         ),
         ("garbage", "could not be loaded as a state_dict (UnpicklingError: "),
         ("list", "holds a list, not a state_dict; save it with torch.save("),
