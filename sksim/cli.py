@@ -489,7 +489,8 @@ class Data:
     """What the audit runs on.
 
     ``X`` (float32) and ``y`` (codes ``0 .. n_classes - 1``, or continuous
-    targets), their source, the task and, with --test-data, the test split.
+    targets), their source, the task, with --test-data the test split, and
+    the labels the codes stand for when they were encoded.
     """
 
     X: np.ndarray
@@ -498,6 +499,7 @@ class Data:
     task: str = "classification"
     X_test: np.ndarray | None = None
     y_test: np.ndarray | None = None
+    class_names: list[str] | None = None
 
     @property
     def n_outputs(self) -> int:
@@ -549,16 +551,22 @@ def is_continuous(y: np.ndarray) -> bool:
 
 def encode_splits(
     y: np.ndarray, y_test: np.ndarray | None, say: Say
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Class labels of both splits encoded together (one code per class)."""
+) -> tuple[np.ndarray, np.ndarray | None, list[str] | None]:
+    """Class labels of both splits encoded together (one code per class).
+
+    Returns the codes of both and the labels of the codes, None when the
+    labels were codes already.
+    """
     both = y if y_test is None else np.concatenate([y, y_test])
     codes, classes = encode_labels(both)
+    names = None
     if len(classes) > 1 and not np.array_equal(classes, np.arange(len(classes))):
-        shown = ", ".join(map(str, classes[:10])) + (", ..." * (len(classes) > 10))
+        names = [str(label) for label in classes]
+        shown = ", ".join(names[:10]) + (", ..." * (len(classes) > 10))
         say(f"labels {shown} encoded as 0 .. {len(classes) - 1} in that order")
     if y_test is None:
-        return codes, None
-    return codes[: len(y)], codes[len(y) :]
+        return codes, None, names
+    return codes[: len(y)], codes[len(y) :], names
 
 
 def load_data(args: argparse.Namespace, say: Say) -> Data:
@@ -580,8 +588,8 @@ def load_data(args: argparse.Namespace, say: Say) -> Data:
             "classifiers. A trained regression network is audited with "
             "--checkpoint and --test-data."
         )
-    y, y_test = encode_splits(y, y_test, say)
-    return Data(X, y, str(source), "classification", X_test, y_test)
+    y, y_test, names = encode_splits(y, y_test, say)
+    return Data(X, y, str(source), "classification", X_test, y_test, names)
 
 
 def check_checkpoint_args(args: argparse.Namespace) -> None:
@@ -743,6 +751,8 @@ def run_audit(args: argparse.Namespace) -> AuditResult:
             **protocol,
         )
     result.metadata["data"] = data.source
+    if data.class_names is not None:
+        result.metadata["class_names"] = data.class_names
     if noise is not None:
         result.metadata["label_noise"] = noise
     if args.checkpoint is not None:

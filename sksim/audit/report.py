@@ -115,6 +115,17 @@ def noise_text(meta: Mapping[str, Any]) -> str:
     )
 
 
+def classes_text(meta: Mapping[str, Any]) -> str:
+    """The number of classes, with the labels their codes stand for if given."""
+    if meta["n_classes"] is None:
+        return "none (regression)"
+    names = meta.get("class_names")
+    if names is None:
+        return str(meta["n_classes"])
+    shown = ", ".join(f"{code} = {name}" for code, name in enumerate(names[:20]))
+    return f"{meta['n_classes']}: {shown}" + (", ..." if len(names) > 20 else "")
+
+
 def timings(meta: Mapping[str, Any]) -> pd.DataFrame:
     """The seconds of each step as a table, with their share of the total."""
     seconds = meta["seconds"]
@@ -153,7 +164,7 @@ def _facts(meta):
         ("task", meta["task"]),
         ("samples", meta["n_samples"]),
         ("input shape", meta["input_shape"]),
-        ("classes", meta["n_classes"]),
+        ("classes", classes_text(meta)),
         ("cross-validation", protocol(meta)),
         ("analyses run", ", ".join(meta["analyses"]) or "none"),
         ("scale threshold", meta.get("scale_threshold")),

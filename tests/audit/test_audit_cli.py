@@ -281,6 +281,9 @@ def test_cli_casts_integer_inputs_and_encodes_labels(tmp_path, digit_images, cap
         range(10)
     )
     assert data["metadata"]["n_classes"] == 10
+    assert data["metadata"]["class_names"] == [str(label) for label in range(1, 11)]
+    report = (tmp_path / "r.html").read_text()
+    assert "10: 0 = 1, 1 = 2, 2 = 3" in report
 
 
 def test_prepare_inputs():

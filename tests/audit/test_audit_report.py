@@ -10,7 +10,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from sksim.audit import figures
-from sksim.audit.report import SECTIONS, render_html, to_dict
+from sksim.audit.report import SECTIONS, classes_text, render_html, to_dict
 
 
 @pytest.fixture(scope="module")
@@ -195,3 +195,10 @@ def test_missing_matplotlib_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
     with pytest.raises(ImportError, match=r'pip install "sksim\[plot\]"'):
         figures.pyplot()
+
+
+def test_classes_text_names_the_codes():
+    assert classes_text(dict(n_classes=None)) == "none (regression)"
+    assert classes_text(dict(n_classes=3)) == "3"
+    named = dict(n_classes=2, class_names=["cat", "dog"])
+    assert classes_text(named) == "2: 0 = cat, 1 = dog"
