@@ -7,6 +7,7 @@ import importlib
 import json
 import math
 import os
+import re
 import sys
 import time
 import warnings
@@ -234,6 +235,8 @@ def _analyses(text):
     from .audit import ANALYSES
 
     names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("name at least one analysis")
     unknown = [name for name in names if name not in ANALYSES]
     if unknown:
         raise argparse.ArgumentTypeError(
@@ -619,6 +622,8 @@ def load_checkpoint(
     import torch
     from skorch import NeuralNet
 
+    if not os.path.isfile(args.checkpoint):
+        raise ValueError(f"--checkpoint {args.checkpoint}: no such file.")
     built = build_net(args, X, n_outputs)
     module = built.initialize().module_ if isinstance(built, NeuralNet) else built
     try:
@@ -815,8 +820,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _one_line(error: BaseException) -> str:
-    """The error's message on one line."""
-    return " ".join(str(error).split())
+    """The error's message on one line, without terminal colour codes."""
+    return " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(error)).split())
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -892,7 +892,8 @@ def _run_fold(fold, analyses, store, collected, seconds, steps, failed):
         if output is None:
             warnings.warn(
                 f"The {name} analysis failed on fold {fold.fold} and is left out "
-                f"there: {failed[name][fold.fold]}. Pass errors='raise' to stop "
+                f"there: {failed[name][fold.fold].rstrip('.')}. Pass "
+                "errors='raise' to stop "
                 "on it.",
                 AuditAnalysisFailedWarning,
                 stacklevel=3,

@@ -178,6 +178,7 @@ def test_help_explains_every_option(capsys):
             "the network of userarch:too_narrow cannot take the inputs, of shape",
         ),
         (["--module", "userarch:on_a_missing_gpu"], "device='cuda:7', but this"),
+        (["--analyses", ""], "name at least one analysis"),
         (["--dataset", "iris", "--model", "cnn"], "The cnn model needs square images"),
     ],
 )
@@ -436,3 +437,8 @@ def test_cli_reads_a_folder_of_npy_files_memory_mapped(tmp_path, digit_images, n
     with pytest.raises(SystemExit) as stop:
         cli.main(["audit", "--data", str(folder), *FAST])
     assert stop.value.code == 2
+
+
+def test_errors_are_one_line_without_terminal_colours():
+    error = ValueError("\x1b[1mWeights only load failed.\x1b[0m Re-running\n  with it")
+    assert cli._one_line(error) == "Weights only load failed. Re-running with it"

@@ -167,6 +167,7 @@ def test_cli_checkpoint_of_a_regression_net(regression_factory, monkeypatch):
         ),
         ("garbage", "could not be loaded as a state_dict (UnpicklingError: "),
         ("list", "holds a list, not a state_dict; save it with torch.save("),
+        ("missing", "mlp.pt: no such file."),
         ("no test", "--checkpoint audits a trained network on its test split"),
         ("no checkpoint", "--test-data is the test split of a trained network"),
     ],
@@ -177,6 +178,8 @@ def test_cli_bad_checkpoint_is_one_line(files, change, message, capsys):
         (files / "mlp.pt").write_bytes(b"not a checkpoint")
     elif change == "list":
         torch.save([torch.zeros(2)], files / "mlp.pt")
+    elif change == "missing":
+        (files / "mlp.pt").unlink()
     elif change == "no test":
         argv = [a for a in argv if a != "--test-data" and "test.npz" not in a]
     elif change == "no checkpoint":
