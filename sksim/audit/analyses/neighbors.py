@@ -33,11 +33,15 @@ MIN_RECALL = 0.8  # a lower measured recall is warned about
 KINDS = ("lowest density", "misclassified", "largest error", "typical")
 
 
+FLAT_IMAGE_SIDE = 8  # the smallest flat square input drawn as an image
+
+
 def image_view(X: ArrayLike | Dataset) -> np.ndarray | DatasetImages | None:
     """``X`` as images ``(n, H, W)`` or ``(n, H, W, 3)``, or None if not image-like.
 
     Image-like: ``(n, C, H, W)`` with one or three channels, ``(n, H, W)``,
-    or flat ``(n, H * H)`` with ``H >= 4`` (such as scikit-learn's 8x8 digits).
+    or flat ``(n, H * H)`` with ``H >=`` :data:`FLAT_IMAGE_SIDE` (such as
+    scikit-learn's 8x8 digits; 16 or 36 features are more often a table's).
     A dataset's images are read when indexed (:class:`DatasetImages`).
     """
     if is_dataset(X):
@@ -76,7 +80,7 @@ def _images(X: np.ndarray) -> np.ndarray | None:
         return X
     if X.ndim == 2:
         side = int(round(np.sqrt(X.shape[1])))
-        if side >= 4 and side * side == X.shape[1]:
+        if side >= FLAT_IMAGE_SIDE and side * side == X.shape[1]:
             return X.reshape(len(X), side, side)
     return None
 
