@@ -2,7 +2,11 @@
 
 from ._engine.jacobian import NonFiniteNetworkError
 from ._engine.normalize import DeadInputWarning, SingularJacobianGramWarning
-from .denoising import IllConditionedWeightsWarning, SelfDenoisingAnalysis
+from .denoising import (
+    IllConditionedWeightsWarning,
+    NoiseEstimateWarning,
+    SelfDenoisingAnalysis,
+)
 from .density import GradientDensityEstimator
 from .gaussian_process import NetworkKernel
 from .kernel import (
@@ -30,6 +34,7 @@ __all__ = [
     "DiffeoTransform",
     "GradientDensityEstimator",
     "IllConditionedWeightsWarning",
+    "NoiseEstimateWarning",
     "LabelIssueDetector",
     "NetworkKernel",
     "NetworkNeighbors",

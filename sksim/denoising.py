@@ -39,6 +39,10 @@ class IllConditionedWeightsWarning(UserWarning):
     """``sum_j K_ij`` is near-singular: similar and anti-similar samples cancel."""
 
 
+class NoiseEstimateWarning(UserWarning):
+    """The estimated ``sigma`` exceeds the spread of the targets themselves."""
+
+
 def matrix_weights(
     K: np.ndarray, G: np.ndarray, gram: np.ndarray, weights: str, rtol: float
 ) -> np.ndarray:
@@ -187,7 +191,8 @@ class SelfDenoisingAnalysis(NetworkEstimator):
     ``E |f(x_i) - y_i|^2 = sigma^2 (d + tr C_i - 2 tr W_ii)``: the estimate is
     ``sigma^2 = sum_i |f(x_i) - y_i|^2 / sum_i (d + tr C_i - 2 tr W_ii)``, which
     corrects the plain residual variance for the part of its own label each
-    prediction absorbed.
+    prediction absorbed. An estimate above the spread of the targets, which
+    noise added to them cannot exceed, warns (``NoiseEstimateWarning``).
 
     **Guarding the normalisation.** Similar and anti-similar samples can
     cancel in ``M_i = sum_j B_ij``. Its inverse is a Tikhonov-regularised
@@ -501,6 +506,18 @@ class SelfDenoisingAnalysis(NetworkEstimator):
                     "neighbours). Pass sigma=, or widen the weighting."
                 )
             self.sigma_ = float(np.sqrt(((f - y) ** 2).sum() / expected.sum()))
+            spread = float(np.sqrt(np.var(y.reshape(len(y), -1), axis=0).mean()))
+            if self.sigma_ > spread:
+                warnings.warn(
+                    f"The estimated label noise sigma={self.sigma_:.3g} exceeds the "
+                    f"spread of the targets themselves ({spread:.3g}), which noise "
+                    "added to them cannot: the network does not average its "
+                    "neighbours' labels as the estimate assumes (it fits them "
+                    "poorly, with few effective neighbours). Pass sigma=, or read "
+                    "sigma_ and the predicted errors as unreliable.",
+                    NoiseEstimateWarning,
+                    stacklevel=3,
+                )
         self.predicted_error_ = self.sigma_**2 * d * self.denoising_factor_
 
     def clean_errors(self, y_clean: ArrayLike) -> np.ndarray:

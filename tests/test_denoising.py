@@ -1,6 +1,7 @@
 """SelfDenoisingAnalysis against a direct NumPy evaluation of its formulas."""
 
 import sys
+import warnings
 
 import matplotlib
 import numpy as np
@@ -16,6 +17,7 @@ from sksim import denoising
 from sksim.datasets import make_circle_sine
 from sksim.denoising import (
     IllConditionedWeightsWarning,
+    NoiseEstimateWarning,
     SelfDenoisingAnalysis,
     plot_denoising,
 )
@@ -200,6 +202,21 @@ def test_cancelling_neighbors_are_flagged():
     hard = SelfDenoisingAnalysis(net, weights="hard", sigma=0.1).fit(X, X[:, 0])
     assert not hard.ill_conditioned_.any()
     np.testing.assert_allclose(hard.effective_neighbors_, 1.0)  # itself only
+
+
+def test_a_noise_estimate_beyond_the_targets_spread_is_flagged():
+    """Noise added to targets cannot exceed their spread: a net whose outputs
+    do not follow them gives an estimate that warns, not one taken as is."""
+    rng = np.random.RandomState(0)
+    X = rng.randn(30, 3)
+    net = mlp(3, 1).double()
+    y = 5.0 + 0.01 * rng.randn(30)  # far from the net's outputs, little spread
+    with pytest.warns(NoiseEstimateWarning, match="exceeds the spread of the targets"):
+        analysis = SelfDenoisingAnalysis(net).fit(X, y)
+    assert analysis.sigma_ > y.std()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NoiseEstimateWarning)
+        SelfDenoisingAnalysis(net, sigma=0.01).fit(X, y)  # given, not estimated
 
 
 def test_sigma_cannot_be_estimated_without_neighbours():
