@@ -652,8 +652,11 @@ def load_checkpoint(
 
 
 def check_forward(net, X: np.ndarray, args: argparse.Namespace) -> None:
-    """Two samples through the network: one that cannot take them, or is set on
-    a device this machine lacks, fails before any training."""
+    """Pass two samples through the network before any training.
+
+    A network that cannot take them, or is set on a device this machine
+    lacks, fails here with a ValueError rather than in the first fold.
+    """
     import torch
     from sklearn.base import clone
     from skorch import NeuralNet
