@@ -272,8 +272,8 @@ class JacobianEngine:
         there is only one): a layer whose recorded tensors do not hold one
         sample per row, whose parameters the network also uses outside its
         calls, or whose expansion to the batch would change the outputs, goes
-        to the fallback. The same pass measures what a sample
-        takes, for an automatic batch size.
+        to the fallback. The same pass measures what a sample takes, for an
+        automatic batch size.
         """
         if self._plan is None:
             with evaluation_mode(self.module):

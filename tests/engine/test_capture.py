@@ -35,9 +35,11 @@ def test_ntk_blocks_match_oracle(name, output):
 
 def test_plans_use_factors_where_supported():
     for name in LAYER_CASES[:-1]:
-        module, _ = layer_case(name)
+        module, X = layer_case(name)
         layers, fallback = plan_layers(module, dict(module.named_parameters()))
         assert fallback == [], name
+        _, _, n_fallback = JacobianEngine(module)._layer_plan(X)  # probe too
+        assert n_fallback == 0, name
     module, _ = layer_case("custom")
     _, fallback = plan_layers(module, dict(module.named_parameters()))
     assert fallback == ["scale", "bilinear.weight", "bilinear.bias"]
