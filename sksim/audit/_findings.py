@@ -96,8 +96,13 @@ def headline_meanings(result):
             else "No held-out example is misclassified."
         )
     value = summary_value(summary, "density_error_correlation")
-    if value is not None and not math.isnan(value[0]):
-        meanings["density_error_correlation"] = correlation_meaning(value[0])
+    if value is not None:
+        meanings["density_error_correlation"] = (
+            "Undefined: the held-out densities (or errors) are all alike, e.g. "
+            "every density at its floor, no training example similar enough."
+            if math.isnan(value[0])
+            else correlation_meaning(value[0])
+        )
     value = summary_value(summary, "neighbor_label_agreement")
     if value is not None:
         meanings["neighbor_label_agreement"] = agreement_meaning(
@@ -247,8 +252,9 @@ def findings(result):
         out.append(label_issue_finding(result))
     if "density_error_correlation" in meanings:
         r = summary_value(tables["summary"], "density_error_correlation")[0]
+        shown = "n/a" if math.isnan(r) else f"{r:.2f}"
         out.append(
-            f"Density-error correlation {r:.2f}. "
+            f"Density-error correlation {shown}. "
             + meanings["density_error_correlation"]
         )
     if any(g["kind"] == "isolated" for g in result.examples):

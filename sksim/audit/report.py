@@ -76,10 +76,9 @@ def _metric(label, frame, metric, meaning=None):
         return ""
     mean, std = float(rows["mean"].iloc[0]), float(rows["std"].iloc[0])
     spread = "" if math.isnan(std) else f" ± {std:.3f}"
+    shown = "n/a" if math.isnan(mean) else f"{mean:.3f}{spread}"
     text = "" if meaning is None else f"<span>{html.escape(meaning)}</span>"
-    return (
-        f'<div class="metric">{html.escape(label)}<b>{mean:.3f}{spread}</b>{text}</div>'
-    )
+    return f'<div class="metric">{html.escape(label)}<b>{shown}</b>{text}</div>'
 
 
 def protocol(meta: Mapping[str, Any]) -> str:

@@ -298,6 +298,21 @@ def test_headline_numbers_have_their_meaning(issues_audit):
     assert "<h3>Time taken</h3>" in html
 
 
+def test_an_undefined_correlation_reads_n_a_with_its_reason(issues_audit):
+    result = copy.deepcopy(issues_audit)
+    summary = result.tables["summary"]
+    rows = summary["metric"] == "density_error_correlation"
+    summary.loc[rows, ["mean", "std"]] = np.nan
+    html = render_html(result)
+    assert "density–error correlation<b>n/a</b>" in html
+    assert "Undefined: the held-out densities (or errors) are all alike" in html
+    assert "<b>nan" not in html
+    assert any(
+        text.startswith("Density-error correlation n/a. Undefined")
+        for text in findings(result)
+    )
+
+
 def test_label_issue_section_shows_top_twenty_with_thumbnails(issues_audit):
     from sksim.audit.analyses.label_issues import issue_grid
 
