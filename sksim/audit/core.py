@@ -644,7 +644,9 @@ def audit(
     reasons = {a.name: _skip_reason(a, data) for a in requested}
     skipped = {name: reason for name, reason in reasons.items() if reason}
     requested = [a for a in requested if a.name not in skipped]
-    protocol, splits = _splits(cv, data, prefit)
+    with warnings.catch_warnings(record=True) as split_warnings:
+        warnings.simplefilter("always")
+        protocol, splits = _splits(cv, data, prefit)
     smallest = min(len(train) for train, _ in splits)
     if "neighbors" in (a.name for a in requested) and n_neighbors > smallest:
         raise ValueError(
@@ -654,6 +656,11 @@ def audit(
     store = AuditCache(cache, data.arrays(), net, random_state, prefit)
     started = time.perf_counter()
     collected = dict(folds=[], samples=[], tables={}, warnings={}, methods={})
+    for caught in split_warnings:  # e.g. a class too small for every fold
+        _count_warning(collected["warnings"], *_warning_text("cv", caught))
+        warnings.warn_explicit(
+            caught.message, caught.category, caught.filename, caught.lineno
+        )
     failed = {}
     first = "predict" if prefit else "fit"
     seconds = {name: 0.0 for name in [first, *(a.name for a in requested)]}
@@ -776,7 +783,7 @@ def _train(fold, net, store):
 
 
 def _warning_text(name, caught):
-    """A warning raised by an analysis: what is counted of it.
+    """A warning raised by an analysis (or the splitter, ``"cv"``): what is counted.
 
     ``(analysis, text, samples)``: the text is its category and first
     sentence with the numbers masked (``N``), so that warnings differing only

@@ -21,6 +21,7 @@ from sksim.audit._findings import correlation_meaning, findings
 from sksim.audit.analyses.neighbors import diverse
 from sksim.audit.core import _count_warning, _warning_rows, _warning_text
 from sksim.audit.figures import sensitivity_layers
+from sksim.audit.models import make_classifier
 from sksim.audit.report import SECTIONS, render_html, timings, to_dict
 
 
@@ -244,6 +245,24 @@ def test_real_warnings_are_counted_in_the_audit(digit_images):
     assert list(row["analyses"]) == ["density"]
     assert row["times"] == row["analyses"]["density"]["times"] >= 2
     assert row["samples"] == row["analyses"]["density"]["samples"] >= len(X)
+
+
+def test_the_splitters_warnings_are_counted_too(digit_images):
+    X, y = digit_images
+    y = y.copy()
+    y[:2] = 10  # a class of two examples, for three folds
+    with pytest.warns(UserWarning, match="least populated class"):
+        result = audit(
+            make_classifier("mlp", X, n_classes=11, max_epochs=1),
+            X,
+            y,
+            cv=3,
+            analyses=(),
+        )
+    (row,) = [
+        w for w in result.metadata["warnings"] if "least populated" in w["warning"]
+    ]
+    assert row["analyses"] == {"cv": dict(times=1, samples=None)}
 
 
 def test_timings_table_sums_the_steps(small_audit):
