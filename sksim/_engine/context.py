@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import itertools
+import threading
+import weakref
 from collections.abc import Iterator
 
 import torch
@@ -77,9 +79,23 @@ def _uses_batch_statistics(module: torch.nn.Module) -> list[str]:
     return bad
 
 
+# One lock per network: its passes change its modes and hooks, so threads that
+# share it (joblib's threading backend) take turns.
+_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_LOCKS_LOCK = threading.Lock()
+
+
+def _lock_of(module: torch.nn.Module) -> threading.RLock:
+    with _LOCKS_LOCK:
+        return _LOCKS.setdefault(module, threading.RLock())
+
+
 @contextlib.contextmanager
 def evaluation_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
     """Put ``module`` in eval mode inside the block, restoring its modes after.
+
+    The block holds the network's lock: another thread's block on the same
+    network waits until this one ends (a thread may nest blocks).
 
     Raises
     ------
@@ -88,19 +104,25 @@ def evaluation_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
         ``track_running_stats=False`` or its ``train`` method was overridden):
         per-sample quantities are then undefined.
     """
-    modes = {sub: sub.training for sub in module.modules()}
-    module.eval()
-    try:
-        bad = _uses_batch_statistics(module)
-        if bad:
-            raise ValueError(
-                f"BatchNorm layer(s) {bad} use batch statistics even in eval mode, "
-                "which couples the samples of a batch: per-sample gradients and "
-                "similarities are undefined. Build them with "
-                "track_running_stats=True (the default) and compute sksim "
-                "quantities on the trained net in eval mode."
-            )
-        yield module
-    finally:
-        for sub, training in modes.items():
-            sub.training = training
+    with _lock_of(module):
+        modes = {sub: sub.training for sub in module.modules()}
+        module.eval()
+        try:
+            yield _checked(module)
+        finally:
+            for sub, training in modes.items():
+                sub.training = training
+
+
+def _checked(module: torch.nn.Module) -> torch.nn.Module:
+    """``module``, in eval mode, unless a BatchNorm layer still couples samples."""
+    bad = _uses_batch_statistics(module)
+    if bad:
+        raise ValueError(
+            f"BatchNorm layer(s) {bad} use batch statistics even in eval mode, "
+            "which couples the samples of a batch: per-sample gradients and "
+            "similarities are undefined. Build them with "
+            "track_running_stats=True (the default) and compute sksim "
+            "quantities on the trained net in eval mode."
+        )
+    return module

@@ -11,7 +11,7 @@ import torch
 from _architectures import MLP
 from joblib import parallel_config
 
-from sksim import network_similarity
+from sksim import GradientDensityEstimator, NetworkNeighbors, network_similarity
 from sksim._engine.jacobian import JacobianEngine
 from sksim._engine.parallel import run_tiles, tiled_kernel
 
@@ -137,3 +137,34 @@ def test_warnings_of_the_tiles_reach_the_caller(n_jobs):
         run_tiles(_warning_identity, [1, 2], lambda t: (t,), placed.__setitem__, n_jobs)
     assert placed == {1: 1, 2: 2}
     assert sorted(str(w.message) for w in caught) == ["tile 1", "tile 2"]
+
+
+def test_threads_sharing_a_network_take_turns():
+    """joblib's threading backend: tiles and chunks share one network, whose
+    passes change its modes and hooks; the results equal the serial ones."""
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(
+        torch.nn.Linear(5, 16),
+        torch.nn.BatchNorm1d(16),
+        torch.nn.Tanh(),
+        torch.nn.Linear(16, 3),
+    )
+    module(torch.randn(32, 5))  # running statistics; left in train mode
+    X = np.random.RandomState(0).randn(300, 5).astype(np.float32)
+    engine = JacobianEngine(module, batch_size=16)
+
+    def results(n_jobs):
+        density = GradientDensityEstimator(module, batch_size=16, n_jobs=n_jobs)
+        search = NetworkNeighbors(module, n_neighbors=3, batch_size=16, n_jobs=n_jobs)
+        return [
+            tiled_kernel(engine, X[:100], X[100:], n_jobs=n_jobs, tile=20),
+            density.fit(X).neighbor_counts(X[:120]),
+            search.fit(X).kneighbors(X[:120])[1],
+        ]
+
+    expected = results(None)
+    with parallel_config(backend="threading"):
+        got = results(4)
+    for value, serial in zip(got, expected, strict=True):
+        np.testing.assert_allclose(value, serial, rtol=1e-5)
+    assert all(sub.training for sub in module.modules())
