@@ -39,7 +39,7 @@ def _similarity(engine, X, Y, kind, reduce, rtol, n_jobs):
         return tiled_kernel(engine, X, Y, kind, full, rtol, n_jobs)
     if Y is None:
         return GramReference(engine, X, kind, full, rtol).matrix()
-    return GramReference(engine, Y, kind, full, rtol).matrix(X)
+    return GramReference(engine, Y, kind, full, rtol, named=True).matrix(X)
 
 
 def _features(engine, X, kind, side, n_components, seed, rtol):

@@ -18,7 +18,7 @@ from ._docs import fill_doc
 from ._engine.budget import KEPT_MEMORY, check_kept_bytes, rows_that_fit
 from ._engine.checkpoints import checkpoint_seed, stacked, weighted_rows
 from ._engine.inputs import n_samples, take
-from ._engine.jacobian import DEFAULT_MAX_MEMORY
+from ._engine.jacobian import DEFAULT_MAX_MEMORY, rows_of_reference
 from ._engine.parallel import split_rows
 from ._engine.pieces import KeptPieces
 from ._engine.rows import (
@@ -622,18 +622,20 @@ class NetworkNeighbors(NetworkEstimator):
         ]
         return fitting[0] if fitting else AUTO_COMPONENTS[-1]
 
-    def _whitened_pieces(self, X) -> list:
-        """The whitened pieces of all of ``X``, layer by layer."""
+    def _whitened_pieces(self, rows: slice | None = None) -> list:
+        """The whitened pieces of the reference's ``rows`` (None: all), by layer."""
         ((_, engine),) = self._engines()
+        X = self.X_fit_ if rows is None else take(self.X_fit_, rows)
         kept = KeptPieces(n_samples(X), float("inf"))
-        for rows, pieces, _ in engine.mapped_pieces(X, -0.5, self.rtol):
-            kept(rows, pieces)
+        with rows_of_reference(rows):
+            for batch, pieces, _ in engine.mapped_pieces(X, -0.5, self.rtol):
+                kept(batch, pieces)
         return kept.pieces
 
     def _kept_reference_pieces(self) -> list | None:
         """The reference's whitened pieces when they fit (again after unpickling)."""
         if getattr(self, "_reference_pieces", None) is None and self._pieces_fit():
-            self._reference_pieces = self._whitened_pieces(self.X_fit_)
+            self._reference_pieces = self._whitened_pieces()
         return self._reference_pieces
 
     def _search_directions(self, X, F=None):
@@ -724,7 +726,7 @@ class NetworkNeighbors(NetworkEstimator):
         row_bytes = self._piece_bytes + self._candidate_bytes(n_neighbors + 1)
         for block in self._blocks(n, row_bytes):
             if kept is None:
-                pieces = self._whitened_pieces(take(self.X_fit_, block))
+                pieces = self._whitened_pieces(block)
             else:
                 pieces = [piece.take(block) for piece in kept]
             own = np.arange(block.start, block.stop)

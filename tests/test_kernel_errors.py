@@ -2,6 +2,7 @@
 
 import copy
 
+import joblib
 import numpy as np
 import pandas as pd
 import pytest
@@ -18,12 +19,14 @@ from skorch import NeuralNetRegressor
 
 from sksim import (
     GradientDensityEstimator,
+    NetworkNeighbors,
     NetworkSimilarityKernel,
     SingularJacobianGramWarning,
     gradient_features,
     network_similarity,
 )
-from sksim._engine.jacobian import NonFiniteNetworkError
+from sksim._engine.jacobian import JacobianEngine, NonFiniteNetworkError
+from sksim._engine.parallel import tiled_kernel
 from sksim._validation import check_net_input
 
 X = np.random.RandomState(0).randn(6, 5).astype(np.float32)
@@ -254,6 +257,67 @@ def test_nan_outputs_name_the_rows(n_components):
     dens = GradientDensityEstimator(NaNRows(), method="hard")
     with pytest.raises(NonFiniteNetworkError, match="diverged training"):
         dens.fit(X_bad).neighbor_counts(X_bad)
+
+
+class NaNPast(torch.nn.Module):
+    """An MLP whose outputs are infinite on the rows whose first feature is past
+    its ``limit``, which may change after fit."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(5, 3)
+        self.limit = 1.5
+
+    def forward(self, x):
+        return self.fc(x) / (x[:, :1] < self.limit)
+
+
+@pytest.mark.parametrize("n_jobs", [None, 2])
+def test_nan_rows_name_their_inputs(n_jobs):
+    """Rows of queries are input rows, rows of the reference set are named so;
+    tiles and chunks of rows name the rows of the whole inputs."""
+    with joblib.parallel_config(backend="threading"):  # no processes to start
+        _check_nan_rows_named(n_jobs)
+
+
+def _check_nan_rows_named(n_jobs):
+    ok, bad = X.copy(), X.copy()
+    ok[:, 0] = bad[:, 0] = 0
+    bad[[3, 5], 0] = 2.0
+    net = NaNPast()
+    reference = r"outputs for rows \[3, 5\] of the reference inputs \(the X given"
+    with pytest.raises(NonFiniteNetworkError, match=reference):
+        network_similarity(net, ok, bad, n_jobs=n_jobs)
+    with pytest.raises(NonFiniteNetworkError, match=r"for input rows \[3, 5\]:"):
+        network_similarity(net, bad, ok, n_jobs=n_jobs)
+    with pytest.raises(NonFiniteNetworkError, match=r"for input rows \[3, 5\]:"):
+        network_similarity(net, bad, n_jobs=n_jobs)
+    net.limit = 3.0  # finite at fit; the network changes after it
+    density = GradientDensityEstimator(net, method="hard", n_jobs=n_jobs).fit(bad)
+    search = NetworkNeighbors(net, n_neighbors=2, n_jobs=n_jobs).fit(bad)
+    net.limit = 1.5
+    with pytest.raises(NonFiniteNetworkError, match=reference):
+        density.neighbor_counts(ok)
+    with pytest.raises(NonFiniteNetworkError, match=reference):
+        search.kneighbors(ok)
+    with pytest.raises(NonFiniteNetworkError, match=r"for input rows \[3, 5\]:"):
+        GradientDensityEstimator(net, method="soft", n_jobs=n_jobs).fit(
+            ok
+        ).neighbor_counts(bad)
+
+
+def test_nan_rows_of_a_tile_are_those_of_the_whole_inputs():
+    ok, bad = X.copy(), X.copy()
+    ok[:, 0] = bad[:, 0] = 0
+    bad[[4, 5], 0] = 2.0
+    engine = JacobianEngine(NaNPast())
+    cases = [((bad,), "input"), ((ok, bad), "the reference"), ((bad, ok), "input")]
+    for kind in ("cosine", "influence"):
+        for args, inputs in cases:
+            with pytest.raises(NonFiniteNetworkError) as error:
+                tiled_kernel(engine, *args, kind=kind, tile=2)
+            assert error.value.rows == [4, 5]  # in the third tile
+            assert error.value.inputs.startswith(inputs)
 
 
 def test_nan_weights_and_gradients_are_refused(module):

@@ -10,6 +10,7 @@ pair, not ``d^2``.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 import numpy as np
@@ -17,7 +18,7 @@ import torch
 
 from .budget import rows_that_fit
 from .inputs import n_samples, take
-from .jacobian import JacobianEngine
+from .jacobian import JacobianEngine, rows_of_reference
 from .normalize import KINDS
 from .pieces import KeptPieces, gram_of, map_pieces
 from .transfer import copy_to_host, to_host
@@ -60,6 +61,9 @@ class GramReference:
         Bytes the prepared pieces of ``Y`` may take (None: the engine's
         ``max_memory``); past it they are recomputed for every block of
         queries (slower, bounded memory).
+    named : bool, default=False
+        Name the rows of ``Y`` as the reference's when the network gives NaN
+        or infinity for them: for queries other than ``Y`` itself.
 
     Attributes
     ----------
@@ -75,6 +79,7 @@ class GramReference:
         full: bool = False,
         rtol: float = 1e-5,
         max_memory: int | None = None,
+        named: bool = False,
     ):
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}; got {kind!r}.")
@@ -88,19 +93,21 @@ class GramReference:
         self.left_power, self.right_power = POWERS[kind]
         self.n_samples = n_samples(Y)
         self.max_memory = engine.max_memory if max_memory is None else max_memory
+        self.named = named
         # J J^T is needed now to whiten kept pieces, and for rows of a streamed Y;
         # otherwise it is computed from the kept pieces if asked for.
         lazy = self.right_power is None
         grams, kept = [], KeptPieces(self.n_samples, self.max_memory)
-        for rows, pieces in engine.pieces(Y):
-            self.n_outputs = pieces[0].signal.shape[1]
-            if lazy:  # kept as they are, if they fit
-                kept(rows, pieces)
-                G = None if kept.pieces is not None else _gram_array(pieces)
-            else:
-                G = _gram_array(pieces)
-                kept(rows, map_pieces(pieces, G, self.right_power, rtol))
-            grams.append(G)
+        with self._naming():
+            for rows, pieces in engine.pieces(Y):
+                self.n_outputs = pieces[0].signal.shape[1]
+                if lazy:  # kept as they are, if they fit
+                    kept(rows, pieces)
+                    G = None if kept.pieces is not None else _gram_array(pieces)
+                else:
+                    G = _gram_array(pieces)
+                    kept(rows, map_pieces(pieces, G, self.right_power, rtol))
+                grams.append(G)
         self._gram = None if lazy and kept.pieces is not None else np.concatenate(grams)
         self._pieces = kept.pieces
 
@@ -117,12 +124,18 @@ class GramReference:
             )
         return self._gram
 
+    def _naming(self):
+        """Where ``Y`` is read: names its non-finite rows if :attr:`named`."""
+        return rows_of_reference() if self.named else contextlib.nullcontext()
+
     def _reference_blocks(self) -> Iterator[tuple[slice, list]]:
         if self._pieces is not None:
             yield slice(0, self.n_samples), self._pieces
             return
-        for cols, pieces in self.engine.pieces(self.Y, progress=False):
-            yield cols, map_pieces(pieces, self.gram[cols], self.right_power, self.rtol)
+        with self._naming():
+            for cols, pieces in self.engine.pieces(self.Y, progress=False):
+                G = self.gram[cols]
+                yield cols, map_pieces(pieces, G, self.right_power, self.rtol)
 
     def rows_of(self, left: list) -> np.ndarray:
         """Kernel rows of queries given by their pieces, mapped by ``left_power``."""
@@ -260,8 +273,16 @@ class NTKReference(GramReference):
     ``gram`` holds ``J(y_j) J(y_j)^T``.
     """
 
-    def __init__(self, engine: JacobianEngine, Y, max_memory: int | None = None):
-        super().__init__(engine, Y, kind="ntk", full=True, max_memory=max_memory)
+    def __init__(
+        self,
+        engine: JacobianEngine,
+        Y,
+        max_memory: int | None = None,
+        named: bool = False,
+    ):
+        super().__init__(
+            engine, Y, kind="ntk", full=True, max_memory=max_memory, named=named
+        )
 
 
 def ntk_blocks(
@@ -272,7 +293,7 @@ def ntk_blocks(
     Returns ``K`` ``(n, m, d, d)`` (exactly symmetric when ``Y`` is None),
     ``G_x`` ``(n, d, d)`` and ``G_y`` ``(m, d, d)``.
     """
-    reference = NTKReference(engine, X if Y is None else Y, max_memory)
+    reference = NTKReference(engine, X if Y is None else Y, max_memory, Y is not None)
     blocks = list(reference.self_rows() if Y is None else reference.rows(X))
     K = np.concatenate([B for _, B, _ in blocks])
     if Y is None:

@@ -403,7 +403,63 @@ def _attached(outputs: torch.Tensor) -> torch.Tensor:
 
 
 class NonFiniteNetworkError(ValueError):
-    """The network's outputs or gradients hold NaN or infinity."""
+    """The network's outputs or gradients hold NaN or infinity.
+
+    Parameters
+    ----------
+    what : str
+        ``"outputs"`` or ``"gradients"``.
+    rows : list of int
+        The first rows concerned.
+    more : bool
+        Whether more rows are.
+    inputs : str, default="input"
+        The inputs the rows belong to, as the message names them.
+    """
+
+    def __init__(self, what: str, rows: list, more: bool, inputs: str = "input"):
+        self.what, self.rows, self.more, self.inputs = what, rows, more, inputs
+        named = f"rows {rows}{' and more' if more else ''}"
+        named = f"input {named}" if inputs == "input" else f"{named} of {inputs}"
+        super().__init__(
+            f"The network produced NaN or infinite {what} for {named}: its "
+            "similarities would be meaningless. Check the network's weights (a "
+            "diverged training, e.g. a learning rate too high) and these inputs."
+        )
+
+    def __reduce__(self):
+        return type(self), (self.what, self.rows, self.more, self.inputs)
+
+    def moved(self, rows=None, inputs: str | None = None) -> NonFiniteNetworkError:
+        """The error of the same rows, read among the ``rows`` of larger inputs.
+
+        ``rows`` (a slice, of which the start counts, or an array) are the
+        larger inputs' rows the failed pass read, None the same; ``inputs``
+        names those inputs (None: the same).
+        """
+        named = self.rows
+        if isinstance(rows, slice):
+            named = [row + (rows.start or 0) for row in named]
+        elif rows is not None:
+            named = [int(rows[row]) for row in named]
+        inputs = self.inputs if inputs is None else inputs
+        return NonFiniteNetworkError(self.what, named, self.more, inputs)
+
+
+REFERENCE_INPUTS = "the reference inputs (the X given to fit, or Y)"
+
+
+@contextlib.contextmanager
+def rows_of_reference(rows=None) -> Iterator[None]:
+    """Name the rows of a :class:`NonFiniteNetworkError` as the reference's.
+
+    For passes over the reference set while queries are read too. ``rows``
+    (a slice or array) are the reference's rows the pass reads, when not all.
+    """
+    try:
+        yield
+    except NonFiniteNetworkError as error:
+        raise error.moved(rows, REFERENCE_INPUTS) from None
 
 
 def check_finite_rows(values: torch.Tensor, start: int, what: str) -> None:
@@ -418,12 +474,7 @@ def check_finite_rows(values: torch.Tensor, start: int, what: str) -> None:
     if not bool(bad.any()):
         return  # the sum overflowed; every value is finite
     rows = (torch.nonzero(bad).flatten()[:5] + start).tolist()
-    raise NonFiniteNetworkError(
-        f"The network produced NaN or infinite {what} for input rows {rows}"
-        f"{' and more' if int(bad.sum()) > len(rows) else ''}: its similarities "
-        "would be meaningless. Check the network's weights (a diverged training, "
-        "e.g. a learning rate too high) and these inputs."
-    )
+    raise NonFiniteNetworkError(what, rows, int(bad.sum()) > len(rows))
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ import numpy as np
 
 from .gram import GramReference
 from .inputs import n_samples, take
-from .jacobian import JacobianEngine
+from .jacobian import REFERENCE_INPUTS, JacobianEngine, NonFiniteNetworkError
 from .worker_warnings import recording_warnings, warn_again
 
 DEFAULT_TILE = 1024
@@ -33,9 +33,29 @@ def _tile(function: Callable, where: Hashable, *args) -> tuple[Hashable, object,
     return where, *recording_warnings(function, *args)
 
 
-def _block(engine: JacobianEngine, X, Y, kind: str, full: bool, rtol: float):
-    """The block ``K(X, Y)``; ``X=None`` for the symmetric ``K(Y, Y)``."""
-    return GramReference(engine, Y, kind, full, rtol).matrix(X)
+def _block(
+    engine: JacobianEngine,
+    X,
+    Y,
+    kind: str,
+    full: bool,
+    rtol: float,
+    starts: tuple[int, int],
+    symmetric: bool,
+):
+    """The block ``K(X, Y)``; ``X=None`` for the symmetric ``K(Y, Y)``.
+
+    ``starts`` are the first rows of ``X`` and ``Y`` in the whole inputs, which
+    a :class:`NonFiniteNetworkError` names; the reference ``Y`` is named as
+    such unless the kernel is ``symmetric``.
+    """
+    try:
+        return GramReference(engine, Y, kind, full, rtol, named=True).matrix(X)
+    except NonFiniteNetworkError as error:
+        in_y = error.inputs == REFERENCE_INPUTS
+        start = starts[1] if in_y or X is None else starts[0]
+        inputs = REFERENCE_INPUTS if in_y and not symmetric else "input"
+        raise error.moved(slice(start, None), inputs) from None
 
 
 def _tiles(n: int, m: int, size: int, mirror: bool) -> list[Tile]:
@@ -138,7 +158,8 @@ def tiled_kernel(
     def arguments(where: Tile) -> tuple:
         i0, i1, j0, j1 = where
         left = None if (mirror and i0 == j0) else take(X, slice(i0, i1))
-        return engine, left, take(Y, slice(j0, j1)), kind, full, rtol
+        right = take(Y, slice(j0, j1))
+        return engine, left, right, kind, full, rtol, (i0, j0), symmetric
 
     def place(where: Tile, block: np.ndarray) -> None:
         i0, i1, j0, j1 = where
@@ -148,6 +169,19 @@ def tiled_kernel(
 
     run_tiles(_block, _tiles(n, m, tile, mirror), arguments, place, n_jobs)
     return out
+
+
+def _chunk(function: Callable, start: int, X):
+    """``function(X)`` of the chunk of rows of larger inputs from ``start``.
+
+    A :class:`NonFiniteNetworkError` names the larger inputs' rows.
+    """
+    try:
+        return function(X)
+    except NonFiniteNetworkError as error:
+        if error.inputs == REFERENCE_INPUTS:  # not of the chunk
+            raise
+        raise error.moved(slice(start, None)) from None
 
 
 def split_rows(function: Callable, X, n_jobs=None) -> np.ndarray:
@@ -171,9 +205,9 @@ def split_rows(function: Callable, X, n_jobs=None) -> np.ndarray:
     done = {}
 
     def arguments(rows: tuple[int, int]) -> tuple:
-        return (take(X, slice(*rows)),)
+        return function, rows[0], take(X, slice(*rows))
 
-    run_tiles(function, chunks, arguments, done.__setitem__, n_jobs)
+    run_tiles(_chunk, chunks, arguments, done.__setitem__, n_jobs)
     parts = [done[rows] for rows in chunks]
     if isinstance(parts[0], tuple):
         return tuple(np.concatenate(p) for p in zip(*parts, strict=True))

@@ -19,7 +19,7 @@ from .budget import rows_that_fit
 from .features import gradient_features
 from .gram import GramReference
 from .inputs import n_samples, take
-from .jacobian import JacobianEngine
+from .jacobian import JacobianEngine, rows_of_reference
 from .pieces import nbytes_of, rectangular_pairs
 
 MAX_BLOCK_ENTRIES = 2**22  # similarities held at once by the sketched path
@@ -36,7 +36,7 @@ def cosine_rows(
     with the caller's copies of it (``copies`` arrays in all), takes at most
     a third of the engine's ``max_memory``.
     """
-    reference = GramReference(engine, Y, kind="cosine", rtol=rtol)
+    reference = GramReference(engine, Y, "cosine", rtol=rtol, named=X is not None)
     blocks = reference.self_rows(copies) if X is None else reference.rows(X, copies)
     for rows, k, _ in blocks:
         yield rows, k
@@ -125,8 +125,9 @@ class ExactNeighbors:
         self._first = None  # the first block is done: its pieces are released
         for block in self.blocks[1:]:
             queries = self._block_queries(block)
-            for rows, pieces, _ in self.engine.mapped_pieces(Y, -0.5, self.rtol):
-                self._gather(block, queries, rows, pieces)
+            with rows_of_reference():
+                for rows, pieces, _ in self.engine.mapped_pieces(Y, -0.5, self.rtol):
+                    self._gather(block, queries, rows, pieces)
             del queries  # freed before the next block's are computed
 
     def _gather(self, block: slice, queries, rows: slice, pieces: list) -> None:
@@ -205,15 +206,16 @@ def streamed_similarities(
         position = where[columns[query, slot]] - start  # row of the read
         by_position = np.argsort(position, kind="stable")
         bounds = position[by_position]
-        for rows, pieces, _ in engine.mapped_pieces(take(Y, read), -0.5, rtol):
-            lo, hi = np.searchsorted(bounds, [rows.start, rows.stop])
-            pairs = np.sort(by_position[lo:hi])  # compressed-row order
-            out[query[pairs], slot[pairs]] = pair_similarities(
-                left,
-                pieces,
-                torch.as_tensor(query[pairs], device=device),
-                torch.as_tensor(position[pairs] - rows.start, device=device),
-            )
+        with rows_of_reference(read):
+            for rows, pieces, _ in engine.mapped_pieces(take(Y, read), -0.5, rtol):
+                lo, hi = np.searchsorted(bounds, [rows.start, rows.stop])
+                pairs = np.sort(by_position[lo:hi])  # compressed-row order
+                out[query[pairs], slot[pairs]] = pair_similarities(
+                    left,
+                    pieces,
+                    torch.as_tensor(query[pairs], device=device),
+                    torch.as_tensor(position[pairs] - rows.start, device=device),
+                )
     return out
 
 
