@@ -507,7 +507,7 @@ class LabelIssueDetector(NetworkEstimator):
         self.scores_ = scored.scores
         self.suggested_labels_ = self.classes_[scored.suggested]
         self.n_issues_ = scored.n_issues
-        self._y = y
+        self._y, self._suggested = y, scored.suggested
         return self
 
     def _check_targets(self, X, y):
@@ -688,7 +688,7 @@ class LabelIssueDetector(NetworkEstimator):
         check_is_fitted(self, "scores_")
         scored = Bunch(
             scores=self.scores_,
-            suggested=np.searchsorted(self.classes_, self.suggested_labels_),
+            suggested=self._suggested,
             n_issues=self.n_issues_,
         )
         indices = self.neighbor_indices_

@@ -260,6 +260,8 @@ def test_string_labels_are_encoded(digits, fitted_digits_net):
     np.testing.assert_array_equal(
         detector.suggested_labels_, names[::-1][expected.suggested_labels_]
     )
+    table = detector.label_issues_.sort_values("index")  # unsorted classes_ too
+    np.testing.assert_array_equal(table["suggested_label"], detector.suggested_labels_)
 
 
 def test_prefit_labels_are_the_nets_outputs(digits, fitted_digits_net):
