@@ -352,6 +352,35 @@ class SharedTables(nn.Module):
         return self.head(torch.tanh(h).mean(dim=1))
 
 
+class HookedOutputs(nn.Module):
+    """An MLP whose user's forward hooks change a layer's output (scaled, and
+    through a sine), which the engine's own hooks must not take for the
+    layer's output."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(5, 8), nn.Linear(8, 3)
+        self.fc1.register_forward_hook(lambda layer, args, out: 2.0 * out)
+        self.fc2.register_forward_hook(lambda layer, args, out: torch.sin(out))
+
+    def forward(self, x):
+        return self.fc2(torch.tanh(self.fc1(x)))
+
+
+class PReLUNet(nn.Module):
+    """A PReLU between two Linear layers, 3 outputs: torch.func's ``vmap`` of
+    ``jacrev`` gets its Jacobians wrong for batches of 3 samples."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.act, self.out = nn.Linear(5, 6), nn.PReLU(), nn.Linear(6, 3)
+        with torch.no_grad():
+            self.act.weight.fill_(0.3)
+
+    def forward(self, x):
+        return self.out(self.act(self.fc1(x)))
+
+
 class TiedWeights(nn.Module):
     """Parameters with uses that no layer call shows: an output projection tied
     to the embedding (as in language models), or ``mix``'s weight also applied
@@ -581,8 +610,9 @@ def family_case(name, n):
 
     Families: ``mlp`` (one output), ``mlp_d3``, ``cnn_batchnorm`` (running
     statistics set), ``residual``, ``tokens``, ``bert``, ``gru``, ``lstm``,
-    ``shared_tables``, ``tied_embedding``, ``tied_functional`` and
-    ``sequence_first_<T>`` (sequences of length ``T``).
+    ``shared_tables``, ``tied_embedding``, ``tied_functional``,
+    ``sequence_first_<T>`` (sequences of length ``T``), ``output_hooks`` and
+    ``prelu``.
     """
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
@@ -607,6 +637,10 @@ def family_case(name, n):
         return TiedWeights(name.removeprefix("tied_")).double(), ids(7, 5)
     if name.startswith("sequence_first"):
         return SequenceFirst().double(), ids(11, int(name[-1]))
+    if name == "output_hooks":
+        return HookedOutputs().double(), x(n, 5)
+    if name == "prelu":
+        return PReLUNet().double(), x(n, 5)
     raise ValueError(name)
 
 

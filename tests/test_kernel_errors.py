@@ -357,6 +357,54 @@ def test_output_callables_are_checked(module, output, message):
         network_similarity(module, X, output=output, kind="ntk")
 
 
+class RandomInEval(torch.nn.Module):
+    """Dropout applied whatever the module's mode: each call differs."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.fc(torch.nn.functional.dropout(x, 0.5, training=True))
+
+
+class TaskHeads(torch.nn.Module):
+    """One head per task, chosen for the whole batch by its first input."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Linear(5, 4)
+        self.heads = torch.nn.ModuleList(torch.nn.Linear(4, 2) for _ in range(2))
+
+    def forward(self, x):
+        return self.heads[int(x[0, 0] > 0)](torch.tanh(self.body(x)))
+
+
+def test_outputs_that_are_not_per_sample_are_refused(module):
+    """Outputs that mix the batch's samples or change from call to call."""
+    coupled = "depend on the other inputs of its batch, or change from call to call"
+    with pytest.raises(ValueError, match=coupled):  # an output= that mixes rows
+        network_similarity(module, X, output=lambda z: z - z.mean(0, keepdim=True))
+    with pytest.raises(ValueError, match=coupled):
+        network_similarity(RandomInEval(), X)
+    positive, negative = np.abs(X), -np.abs(X)
+    with pytest.raises(
+        ValueError, match=r"ran the layers \['body', 'heads.\d'\] for input rows 0 to 5"
+    ):
+        network_similarity(TaskHeads(), positive, negative)
+    mixed = np.concatenate([positive[:3], negative[:3]])
+    with pytest.raises(ValueError, match="for input rows 3 to 5"):
+        network_similarity(TaskHeads(), mixed, batch_size=3)
+
+
+def test_cached_parametrisations_are_refused():
+    net = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Tanh())
+    torch.nn.utils.parametrizations.weight_norm(net[0])
+    with torch.nn.utils.parametrize.cached():
+        with pytest.raises(ValueError, match="inside torch.nn.utils.parametrize"):
+            network_similarity(net, X)
+
+
 def test_network_working_in_place_leaves_the_data_unchanged():
     class InPlace(torch.nn.Module):
         def __init__(self):

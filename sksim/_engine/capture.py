@@ -36,6 +36,7 @@ from .pieces import (
     PieceBudget,
     SharedWeightPiece,
     factorised_is_cheaper,
+    gram_of,
     materialize,
 )
 
@@ -234,22 +235,72 @@ class LayerCapture(ForwardHooks):
         Raises ``PiecesTooLarge`` before the signals or a piece would pass
         ``budget``.
         """
+        by_layer = self.layer_pieces(outputs, budget).values()
+        return [piece for pieces in by_layer for piece in pieces]
+
+    def layer_pieces(self, outputs: torch.Tensor, budget: PieceBudget) -> dict:
+        """:meth:`pieces`, by the name of the layer that ran (in the layers' order)."""
         names = [(n, i) for n, calls in self.calls.items() for i in range(len(calls))]
         zs = [self.calls[n][i][1] for n, i in names]
         for z in zs:
             budget.take((outputs.shape[1], *z.shape), z)
         deltas = dict(zip(names, _output_signals(outputs, zs), strict=True))
-        pieces = []
+        pieces = {}
         for name, (layer, own) in self.layers.items():
             calls = [
                 (h, deltas[(name, i)])
                 for i, (h, _) in enumerate(self.calls.get(name, []))
             ]
             if calls:
-                pieces.extend(
-                    _layer_pieces(layer, own, calls, outputs.shape[1], budget)
-                )
+                d = outputs.shape[1]
+                pieces[name] = _layer_pieces(layer, own, calls, d, budget)
         return pieces
+
+    def unfaithful_layers(self, outputs: torch.Tensor, budget: PieceBudget) -> set:
+        """Layers whose pieces differ from autograd's gradients.
+
+        For a random direction ``v_i`` of each sample's outputs, a layer's
+        pieces must give ``v_i^T J J^T v_i = |J^T v_i|^2`` as autograd computes
+        it from the layer's parameters. They do not when the network's graph
+        hides what the hooks record: a module compiled by ``torch.compile``, a
+        forward hook of the user's that changes a layer's output, a
+        parametrisation's cached weight. The pieces are made in ``budget``.
+        All are when autograd cannot go through the graph twice.
+        """
+        b, d = outputs.shape
+        generator = torch.Generator(device=outputs.device).manual_seed(0)
+        v = torch.randn(b, d, generator=generator, device=outputs.device)
+        v = v.to(outputs.dtype)
+        ran = [name for name in self.layers if name in self.calls]
+        leaves = [
+            [getattr(self.layers[name][0], local) for local in self.layers[name][1]]
+            for name in ran
+        ]
+        flat = [p for params in leaves for p in params]
+        expected = torch.zeros(b, len(ran), dtype=torch.float64)
+        for i in range(b):
+            try:
+                grads = torch.autograd.grad(
+                    outputs[i] @ v[i], flat, retain_graph=True, allow_unused=True
+                )
+            except RuntimeError:  # a compiled graph's backward runs only once
+                return set(ran)
+            grads = iter(grads)
+            for j, params in enumerate(leaves):
+                for g in (next(grads) for _ in params):
+                    if g is not None:
+                        expected[i, j] += g.double().square().sum().cpu()
+        pieces = self.layer_pieces(outputs, budget)
+        unfaithful = set()
+        total = expected.sum(dim=1, keepdim=True)
+        for j, name in enumerate(ran):
+            G = gram_of(pieces[name]).double()
+            w = v.double()
+            found = torch.einsum("bi,bij,bj->b", w, G, w).cpu()
+            tolerance = 1e-3 * (found.abs() + expected[:, j]) + 1e-5 * total[:, 0]
+            if bool(((found - expected[:, j]).abs() > tolerance).any()):
+                unfaithful.add(name)
+        return unfaithful
 
 
 def _leaf_uses(outputs: torch.Tensor) -> tuple[dict[int, int], set]:

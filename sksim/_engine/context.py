@@ -30,6 +30,16 @@ def check_device(device) -> torch.device:
     return checked
 
 
+def uncompiled(module: torch.nn.Module) -> torch.nn.Module:
+    """The module that ``torch.compile`` wrapped, else ``module`` itself.
+
+    The same parameters and computation, whose layers' calls the engine's hooks
+    see (a compiled graph hides them).
+    """
+    original = getattr(module, "_orig_mod", None)
+    return original if isinstance(original, torch.nn.Module) else module
+
+
 def on_device(module: torch.nn.Module, device) -> torch.nn.Module:
     """``module`` itself if it lives on ``device``, else a copy moved there.
 

@@ -13,11 +13,13 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 import torch
 from torch.func import functional_call, jacrev, vmap
+from torch.nn.utils import parametrize
+from torch.utils._pytree import tree_map
 from tqdm.auto import tqdm
 
 from .budget import rows_that_fit
 from .capture import LayerCapture, join_name, plan_layers
-from .context import check_device, evaluation_mode, on_device
+from .context import check_device, evaluation_mode, on_device, uncompiled
 from .inputs import batches, module_float_dtype, n_samples, take, to_tensor
 from .pieces import DensePiece, PieceBudget, PiecesTooLarge, gram_of, map_pieces
 from .selection import select_output, select_parameters
@@ -25,6 +27,9 @@ from .selection import select_output, select_parameters
 DEFAULT_MAX_MEMORY = 2 * 2**30
 # The largest batch chosen by batch_size=None: past it, batches gain little speed.
 AUTO_BATCH_LIMIT = 1024
+# Layers through which torch.func's vmap of jacrev gives wrong Jacobians (PReLU:
+# when a batch holds as many samples as the network has outputs, torch 2.13).
+UNVECTORISED = (torch.nn.PReLU,)
 
 
 class JacobianEngine:
@@ -69,6 +74,7 @@ class JacobianEngine:
         verbose: int = 0,
         max_memory: int | None = DEFAULT_MAX_MEMORY,
     ):
+        module = uncompiled(module)
         own_device = next(iter(select_parameters(module, params).values())).device
         self.device = check_device(device) if device is not None else own_device
         self.module = on_device(module, self.device)
@@ -155,29 +161,36 @@ class JacobianEngine:
 
         Vectorised with ``torch.func`` (``vmap`` of ``jacrev``); a network
         that ``vmap`` cannot run (recurrent layers such as ``nn.GRU`` write
-        into tensors they create) is differentiated one sample and one output
-        at a time instead, from the first batch on. The blocks are those
-        computed, not joined: joining them would hold ``J`` twice.
+        into tensors they create), or runs wrongly (:data:`UNVECTORISED`), is
+        differentiated one sample and one output at a time instead, from the
+        batch that fails on. The blocks are those computed, not joined:
+        joining them would hold ``J`` twice.
         """
         params = {n: self.parameters[n].detach() for n in names}
+        layers = self.module.modules()
+        wrong = any(isinstance(layer, UNVECTORISED) for layer in layers)
 
         def one_sample(p, x):
-            x = torch.utils._pytree.tree_map(lambda t: t.unsqueeze(0), x)
+            x = tree_map(lambda t: t.unsqueeze(0), x)
             return self._forward(p, x)[0]
 
         per_sample = vmap(jacrev(one_sample), in_dims=(None, 0))
-        vectorised = None  # unknown until the first batch
+        vectorised = False if wrong else None  # None: unknown until a batch ran
 
         def jacobian(batch) -> list[torch.Tensor]:
             nonlocal vectorised
+            if parametrize._cache_enabled:
+                raise ValueError(
+                    "sksim cannot run inside torch.nn.utils.parametrize.cached(): "
+                    "the cached weights hide their parameters' gradients. Call it "
+                    "outside that block."
+                )
             if vectorised is not False:
                 try:
                     # torch.func differentiates despite the caller's no_grad,
                     # which keeps the parameters not selected out of the graph.
                     jac = per_sample(params, batch)
-                except RuntimeError:
-                    if vectorised:
-                        raise
+                except RuntimeError:  # a real error recurs in the looped pass
                     vectorised = False
                 else:
                     vectorised = True
@@ -271,15 +284,16 @@ class JacobianEngine:
         The plan is checked on two samples of ``X`` (the first one twice if
         there is only one): a layer whose recorded tensors do not hold one
         sample per row, whose parameters the network also uses outside its
-        calls, or whose expansion to the batch would change the outputs, goes
-        to the fallback. The same pass measures what a sample takes, for an
-        automatic batch size.
+        calls, whose pieces differ from autograd's gradients, or whose
+        expansion to the batch would change the outputs, goes to the
+        fallback. The layers that ran are those every batch must run. The
+        same pass measures what a sample takes, for an automatic batch size.
         """
         if self._plan is None:
             with evaluation_mode(self.module):
                 layers, fallback = plan_layers(self.module, self.parameters)
                 mixing, per_sample, ran = (
-                    self._probe(layers, X) if layers else (set(), 0, False)
+                    self._probe(layers, X) if layers else (set(), 0, set())
                 )
             if layers and not ran and not fallback:
                 raise ValueError(
@@ -289,6 +303,7 @@ class JacobianEngine:
                 )
             for name in mixing:
                 fallback += [join_name(name, local) for local in layers.pop(name)[1]]
+            self._ran = ran - mixing
             fallback = [n for n in self.parameters if n in fallback]
             jacobian = self._per_sample_jacobian(fallback) if fallback else None
             n_fallback = sum(self.parameters[n].numel() for n in fallback)
@@ -301,14 +316,15 @@ class JacobianEngine:
             self._plan = layers, jacobian, n_fallback
         return self._plan
 
-    def _probe(self, layers: dict, X) -> tuple[set[str], int, bool]:
-        """The layers that mix samples, the bytes of a sample's batch, whether any ran.
+    def _probe(self, layers: dict, X) -> tuple[set[str], int, set[str]]:
+        """Layers for the fallback, the bytes of a sample's batch, layers that ran.
 
         All come from a pass over two samples; the bytes count the recorded
         activations and what the pieces' budget counts of the two samples'
         pieces (back-propagated signals, per-sample gradients, patches). When
         some layer mixes samples, its pieces cannot be made: the signals stand
-        for the pieces.
+        for the pieces. Raises a ValueError if a sample's outputs depend on the
+        other sample.
         """
         rows = np.array([0, min(1, n_samples(X) - 1)])
         probe = to_tensor(take(X, rows), self.device, self.dtype)
@@ -322,8 +338,9 @@ class JacobianEngine:
                 pieces = sum(d * z.numel() * z.element_size() for _, z in recorded)
             else:
                 budget = PieceBudget(float("inf"))
-                capture.pieces(outputs, budget)
+                mixing |= capture.unfaithful_layers(outputs, budget)
                 pieces = budget.taken
+        _check_per_sample(self._call, probe)
         if capture.expanded - mixing:
             with torch.no_grad():
                 plain = self._call(probe, start=None)
@@ -332,7 +349,7 @@ class JacobianEngine:
         activations = sum(
             (h.numel() + z.numel()) * z.element_size() for h, z in recorded
         )
-        return mixing, (activations + pieces) // 2, bool(recorded)
+        return mixing, (activations + pieces) // 2, set(capture.calls)
 
     def _split(self, size: int) -> None:
         if size == 1:
@@ -375,6 +392,7 @@ class JacobianEngine:
         b = n_samples(batch)
         with torch.enable_grad(), LayerCapture(layers, copy, b) as capture:
             outputs = _attached(self._call(batch, start))
+            _check_same_layers(set(capture.calls), self._ran, start, b)
             if capture.intact():
                 return capture.pieces(outputs, budget)
         self._copy_activations = True
@@ -383,6 +401,49 @@ class JacobianEngine:
     def jacobian(self, X) -> torch.Tensor:
         """All per-sample Jacobians ``(n, d, p)`` at once (memory ``n d p``)."""
         return torch.cat([J for _, J in self.jacobians(X)])
+
+
+def _check_per_sample(call: Callable, batch) -> None:
+    """Raise a ValueError unless the two samples of ``batch`` give alone its outputs.
+
+    ``call(batch, None)`` gives the selected outputs of a batch; each call has
+    its own copy of the inputs, which a network may change in place. Outputs
+    that are not finite are left to the real pass to report.
+    """
+
+    def outputs(rows: slice) -> torch.Tensor:
+        return call(tree_map(torch.clone, take(batch, rows)), None)
+
+    with torch.no_grad():
+        together = outputs(slice(0, 2))
+        alone = torch.cat([outputs(slice(0, 1)), outputs(slice(1, 2))])
+    if not bool(torch.isfinite(together).all()):
+        return
+    scale = float(together.abs().max())
+    if not torch.allclose(alone, together, rtol=1e-3, atol=1e-5 * scale):
+        gap = float((alone - together).abs().max())
+        raise ValueError(
+            "The network's outputs for an input depend on the other inputs of "
+            f"its batch, or change from call to call (by up to {gap:.3g}): "
+            "per-sample similarities are undefined. Typical causes: dropout left "
+            "on in eval mode (F.dropout(x, training=True)), statistics over the "
+            "batch, an output= callable that mixes rows (it must act on each "
+            "row alone), a forward that reads one input's field for the whole "
+            "batch."
+        )
+
+
+def _check_same_layers(ran: set, expected: set, start: int, b: int) -> None:
+    """Raise a ValueError if a batch ran other handled layers than the probe."""
+    if ran != expected:
+        raise ValueError(
+            f"The network ran the layers {sorted(ran)} for input rows {start} to "
+            f"{start + b - 1}, but {sorted(expected)} for the first inputs it was "
+            "given: sksim pairs the gradients of the same layers for every "
+            "sample. Compute the similarities of inputs that run the same layers "
+            "apart (one task or branch at a time), or select the parameters "
+            "they share with params=."
+        )
 
 
 def _attached(outputs: torch.Tensor) -> torch.Tensor:
