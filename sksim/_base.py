@@ -27,7 +27,7 @@ from ._engine.checkpoints import (
 from ._engine.features import piece_energies
 from ._engine.jacobian import JacobianEngine
 from ._engine.normalize import KINDS
-from ._net import fit_net, resolve_module
+from ._net import fit_net, resolve_module, weights_digest
 from ._typing import Checkpoints, NetLike, Output
 from ._validation import check_net_input, sample_shape
 
@@ -161,10 +161,25 @@ class NetworkEstimator(BaseEstimator):
         # built once here, so that later calls leave __dict__ as it is
         self._engine_cache = self._make_engine()
         self._engine_cache.n_outputs(X)  # inputs the network cannot take fail here
+        self._weights = weights_digest(resolve_module(self.net_))
         return X
 
+    def _check_network(self) -> None:
+        """Raise a ValueError if the network's weights changed since ``fit``.
+
+        What ``fit`` computed from them (reference sketches, sums, indexes)
+        would be mixed with what later calls compute from the new ones.
+        """
+        if weights_digest(resolve_module(self.net_)) != self._weights:
+            raise ValueError(
+                "The network's weights changed since fit (it was trained further, "
+                f"or given other weights): {type(self).__name__} holds what it "
+                "computed from the weights it had then. Call fit again."
+            )
+
     def _check_input(self, X):
-        """``X`` validated against the inputs seen in ``fit``."""
+        """``X`` validated against the inputs seen in ``fit``, and the network."""
+        self._check_network()
         X = check_net_input(X, self, reset=False)
         shape = sample_shape(X)
         if shape != self._sample_shape:

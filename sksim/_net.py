@@ -8,8 +8,12 @@ Cross-validation trains :func:`untrained_clone` of a net on each fold.
 
 from __future__ import annotations
 
+import hashlib
+import itertools
+
 import numpy as np
 import torch
+from torch.nn.parameter import is_lazy
 from numpy.typing import ArrayLike
 from sklearn.base import clone, is_classifier, is_regressor
 from sklearn.exceptions import NotFittedError
@@ -162,6 +166,23 @@ def resolve_module(net: NetLike) -> torch.nn.Module:
         "net must be a skorch net, a FrozenEstimator around one, or a "
         f"torch.nn.Module; got {type(net).__name__}."
     )
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """A digest of the contents of ``module``'s parameters and buffers.
+
+    Equal digests mean equal weights (names, dtypes, shapes and bytes),
+    wherever the tensors live.
+    """
+    digest = hashlib.blake2b(digest_size=16)
+    tensors = itertools.chain(module.named_parameters(), module.named_buffers())
+    for name, tensor in tensors:
+        if is_lazy(tensor):
+            continue
+        t = tensor.detach()
+        digest.update(f"{name} {t.dtype} {tuple(t.shape)}".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).cpu().numpy())
+    return digest.hexdigest()
 
 
 def resolve_device(

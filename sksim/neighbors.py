@@ -938,6 +938,7 @@ class NetworkNeighbors(NetworkEstimator):
                 + f"; got {n_neighbors!r}."
             )
         if X is None:
+            self._check_network()
             if self.algorithm == "faiss":
                 return self._searched_reference(n_neighbors)
             return self._exact_self(n_neighbors)

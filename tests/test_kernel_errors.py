@@ -1,6 +1,7 @@
 """Every error and warning the kernel raises, with its message."""
 
 import copy
+import pickle
 
 import joblib
 import numpy as np
@@ -487,3 +488,32 @@ def test_inputs_must_have_the_fitted_sample_shape():
         ValueError, match=r"samples of shape \(1, 6, 5\), but .* \(1, 6, 6\)"
     ):
         kern.transform(images[:, :, :, :5])
+
+
+def test_weights_changed_since_fit_are_refused(module):
+    """What fit computed (reference sketches, sums, indexes) is not mixed with
+    queries of other weights; pickling keeps the weights, and refitting works."""
+    estimators = [
+        GradientDensityEstimator(module),
+        GradientDensityEstimator(module, method="hard", n_components=8),
+        NetworkNeighbors(module, n_neighbors=2, n_components=8, algorithm="faiss"),
+        NetworkNeighbors(module, n_neighbors=2),
+        NetworkSimilarityKernel(module, n_components=8),
+    ]
+    queries = [
+        lambda e: e.neighbor_counts(X),
+        lambda e: e.neighbor_counts(X),
+        lambda e: e.kneighbors(X),
+        lambda e: e.kneighbors(),
+        lambda e: e.transform(X),
+    ]
+    for estimator in estimators:
+        estimator.fit(X)
+    restored = [pickle.loads(pickle.dumps(e)) for e in estimators[:1]]
+    restored[0].neighbor_counts(X)
+    with torch.no_grad():
+        module.out.weight.add_(0.1)  # one optimiser step, as it were
+    for estimator, query in zip(estimators, queries, strict=True):
+        with pytest.raises(ValueError, match="weights changed since fit"):
+            query(estimator)
+        query(estimator.fit(X))
