@@ -13,12 +13,12 @@ import itertools
 
 import numpy as np
 import torch
-from torch.nn.parameter import is_lazy
 from numpy.typing import ArrayLike
 from sklearn.base import clone, is_classifier, is_regressor
 from sklearn.exceptions import NotFittedError
 from sklearn.frozen import FrozenEstimator
 from skorch import NeuralNet, NeuralNetBinaryClassifier
+from torch.nn.parameter import is_lazy
 
 from ._engine.context import torch_seed
 from ._engine.inputs import is_dataset

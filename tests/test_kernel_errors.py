@@ -517,3 +517,29 @@ def test_weights_changed_since_fit_are_refused(module):
         with pytest.raises(ValueError, match="weights changed since fit"):
             query(estimator)
         query(estimator.fit(X))
+
+
+class Stateful(torch.nn.Module):
+    """A forward pass that counts its inputs in place and rebinds an average."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(5, 3)
+        self.register_buffer("seen", torch.zeros((), dtype=torch.long))
+        self.register_buffer("mean", torch.zeros(5))
+
+    def forward(self, x):
+        self.seen += len(x)
+        self.mean = 0.9 * self.mean + 0.1 * x.detach().mean(0)
+        return self.fc(x)
+
+
+def test_buffers_the_forward_pass_updates_are_restored():
+    net = Stateful()
+    buffers = {name: (b, b.clone()) for name, b in net.named_buffers()}
+    network_similarity(net, X)
+    GradientDensityEstimator(net).fit(X).score_samples(X)
+    NetworkNeighbors(net, n_neighbors=2).fit(X).kneighbors(X)
+    for name, (tensor, values) in buffers.items():
+        assert getattr(net, name) is tensor
+        assert torch.equal(tensor, values)

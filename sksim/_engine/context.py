@@ -104,8 +104,10 @@ def _lock_of(module: torch.nn.Module) -> threading.RLock:
 def evaluation_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
     """Put ``module`` in eval mode inside the block, restoring its modes after.
 
-    The block holds the network's lock: another thread's block on the same
-    network waits until this one ends (a thread may nest blocks).
+    Its buffers are restored too: a network that updates them in its forward
+    pass (a counter, a moving average) is left as it was. The block holds the
+    network's lock: another thread's block on the same network waits until
+    this one ends (a thread may nest blocks).
 
     Raises
     ------
@@ -116,12 +118,34 @@ def evaluation_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
     """
     with _lock_of(module):
         modes = {sub: sub.training for sub in module.modules()}
+        buffers = _buffers(module)
         module.eval()
         try:
             yield _checked(module)
         finally:
             for sub, training in modes.items():
                 sub.training = training
+            _restore(buffers)
+
+
+def _buffers(module: torch.nn.Module) -> list[tuple]:
+    """Each buffer's ``(module, name, tensor, version, copy of its values)``."""
+    return [
+        (sub, name, t, t._version, t.clone())
+        for sub in module.modules()
+        for name, t in sub._buffers.items()
+        if t is not None
+    ]
+
+
+def _restore(buffers: list[tuple]) -> None:
+    """Put back the buffers :func:`_buffers` saw, with their values then."""
+    with torch.no_grad():
+        for sub, name, t, version, values in buffers:
+            if sub._buffers.get(name) is not t:  # rebound by the forward pass
+                sub._buffers[name] = t
+            if t._version != version:  # changed in place
+                t.copy_(values)
 
 
 def _checked(module: torch.nn.Module) -> torch.nn.Module:
