@@ -672,7 +672,8 @@ def check_forward(net, X: np.ndarray, args: argparse.Namespace) -> None:
     device = next(module.parameters()).device
     try:
         with evaluation_mode(module), torch.no_grad():
-            module(torch.as_tensor(X[:2], device=device))
+            # a copy: the network may change its input in place
+            module(torch.tensor(np.asarray(X[:2]), device=device))
     except RuntimeError as error:
         raise ValueError(
             f"the network of {architecture} cannot take the inputs, of shape "

@@ -299,6 +299,24 @@ def test_prepare_inputs():
         cli.encode_labels(np.ones((3, 2)))
 
 
+def test_cli_forward_check_leaves_the_data_unchanged():
+    """A network that works on its input in place gets a copy (a read-only
+    memory map would crash the process, an array be changed)."""
+
+    class InPlace(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.fc(x.sub_(0.5))
+
+    X = np.arange(12, dtype=np.float32).reshape(4, 3)
+    args = cli.make_parser().parse_args(["audit", "--model", "mlp"])
+    cli.check_forward(InPlace(), X, args)
+    assert X.tolist() == np.arange(12, dtype=np.float32).reshape(4, 3).tolist()
+
+
 @pytest.mark.parametrize(
     ("option", "target", "message"),
     [
