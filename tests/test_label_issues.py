@@ -312,11 +312,14 @@ def test_errors(digits, fitted_digits_net):
 
 
 def test_prefit_restores_the_modules_modes(digits, fitted_digits_net):
+    """And leaves torch's global generator as it was (skorch's predict draws)."""
     module, was_training = fitted_digits_net.module_, fitted_digits_net.module_.training
     module.train()
     try:
         detector = LabelIssueDetector(fitted_digits_net, cv="prefit", n_neighbors=3)
+        generator = torch.get_rng_state()
         detector.fit(digits[0][:40], digits[1][:40])
+        assert torch.equal(torch.get_rng_state(), generator)
         assert module.training
     finally:
         module.train(was_training)

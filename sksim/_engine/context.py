@@ -71,12 +71,21 @@ def torch_seed(random_state) -> Iterator[None]:
         if not hasattr(random_state, "randint")
         else (int(random_state.randint(2**31 - 1)))
     )
+    with forked_rng():
+        torch.manual_seed(seed)
+        yield
+
+
+def forked_rng():
+    """A block after which torch's global generators are as before it.
+
+    For calls that draw from them without needing to, as a DataLoader draws
+    its base seed in skorch's ``predict``.
+    """
     devices = (
         list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     )
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
+    return torch.random.fork_rng(devices=devices)
 
 
 def _uses_batch_statistics(module: torch.nn.Module) -> list[str]:

@@ -15,9 +15,15 @@ from sklearn.base import is_classifier, is_regressor
 from sklearn.utils.multiclass import type_of_target
 from skorch import NeuralNet, NeuralNetClassifier
 
-from .._engine.context import evaluation_mode
+from .._engine.context import evaluation_mode, forked_rng
 from .._engine.inputs import batches, module_float_dtype
-from .._net import _unwrap, is_unfitted_skorch, resolve_device, resolve_module
+from .._net import (
+    _unwrap,
+    is_unfitted_skorch,
+    resolve_device,
+    resolve_module,
+    weights_digest,
+)
 from .._typing import NetInput, NetLike
 
 CLASSIFICATION_TARGETS = ("binary", "multiclass")
@@ -144,26 +150,19 @@ def predictions(
             probabilities = probabilities.numpy()
             prediction = prediction.argmax(axis=-1)
     elif type(_unwrap(net)).predict is NeuralNetClassifier.predict:
-        with evaluation_mode(module):
+        with evaluation_mode(module), forked_rng():
             probabilities = np.asarray(net.predict_proba(X), dtype=np.float64)
         prediction = probabilities.argmax(axis=1)
     else:
-        with evaluation_mode(module):
+        with evaluation_mode(module), forked_rng():
             prediction = np.asarray(net.predict(X))
     if task == "regression":
         return regression_targets(prediction, "the network's output"), None
     return prediction, probabilities
 
 
-def _tensor_bytes(tensor: torch.Tensor) -> tuple:
-    flat = tensor.detach().cpu().reshape(-1).contiguous()
-    return str(tensor.dtype), tuple(tensor.shape), flat.view(torch.uint8).numpy()
-
-
 def weights_fingerprint(net: NetLike) -> str:
     """A hash of the trained module: its class and every tensor of its state."""
     module = resolve_module(net)
-    state = {k: _tensor_bytes(v) for k, v in module.state_dict().items()}
-    return joblib.hash(
-        (type(_unwrap(net)).__qualname__, type(module).__qualname__, state)
-    )
+    names = type(_unwrap(net)).__qualname__, type(module).__qualname__
+    return joblib.hash((*names, weights_digest(module)))

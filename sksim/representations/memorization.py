@@ -42,7 +42,7 @@ def _correct_when_trained_on(estimator, X, y, mask, seed):
     rows = np.flatnonzero(mask)
     with torch_seed(seed):
         model.fit(take(X, rows), y[rows])
-    return np.asarray(model.predict(X)) == y
+        return np.asarray(model.predict(X)) == y
 
 
 def memorization_scores(

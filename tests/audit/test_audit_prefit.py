@@ -101,9 +101,11 @@ def test_prefit_leaves_weights_bit_identical_and_scores_as_the_net(
     before = state(trained.module_)
     modes = [m.training for m in trained.module_.modules()]
     no_training(monkeypatch)
+    generator = torch.get_rng_state()
     result = prefit_audit(
         trained, split, analyses=(*PREFIT_ANALYSES, "sensitivity"), errors="raise"
     )
+    assert torch.equal(torch.get_rng_state(), generator)  # the user's, untouched
     assert_bit_identical(trained.module_, before)
     assert [m.training for m in trained.module_.modules()] == modes
     folds = result["folds"]

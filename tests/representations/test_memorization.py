@@ -82,7 +82,9 @@ def test_skorch_net_scores_match_a_brute_force_recomputation():
         verbose=0,
         optimizer=torch.optim.Adam,
     )
+    generator = torch.get_rng_state()
     got = memorization_scores(net, X, y, n_models=3, random_state=0)
+    assert torch.equal(torch.get_rng_state(), generator)  # the user's, untouched
     rng = check_random_state(0)
     masks = subset_masks(len(y), 3, 0.7, rng)
     seeds = rng.randint(2**31 - 1, size=3)
