@@ -18,6 +18,7 @@ import torch
 
 from ._engine.context import evaluation_mode
 from ._engine.hooks import ForwardHooks
+from ._engine.jacobian import check_finite_rows
 
 #: ``"flatten"``: keep every value; ``"mean"``/``"max"``: global average/max over
 #: the spatial axes (one value per channel); ``"channel_mean"``: average over
@@ -206,6 +207,15 @@ def layer_outputs(
     with evaluation_mode(module), torch.no_grad():
         for batch in batches:
             yield capture(batch)
+
+
+def check_finite_representations(name: str, values: torch.Tensor, start: int = 0):
+    """Raise a :class:`~sksim.NonFiniteNetworkError` unless ``values`` are finite.
+
+    ``values`` are the representations of layer ``name`` of a batch whose first
+    row is ``start``.
+    """
+    check_finite_rows(values, start, f"representations at layer {name!r}")
 
 
 def check_layers(layers) -> None:

@@ -483,9 +483,10 @@ class NonFiniteNetworkError(ValueError):
         named = f"rows {rows}{' and more' if more else ''}"
         named = f"input {named}" if inputs == "input" else f"{named} of {inputs}"
         super().__init__(
-            f"The network produced NaN or infinite {what} for {named}: its "
-            "similarities would be meaningless. Check the network's weights (a "
-            "diverged training, e.g. a learning rate too high) and these inputs."
+            f"The network produced NaN or infinite {what} for {named}: what "
+            "sksim computes from them would be meaningless. Check the network's "
+            "weights (a diverged training, e.g. a learning rate too high) and "
+            "these inputs."
         )
 
     def __reduce__(self):

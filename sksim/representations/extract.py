@@ -10,7 +10,12 @@ from tqdm.auto import tqdm
 
 from .._engine.context import on_device
 from .._engine.inputs import batches, module_float_dtype, n_samples
-from .._layers import check_layers, check_pool, layer_outputs
+from .._layers import (
+    check_finite_representations,
+    check_layers,
+    check_pool,
+    layer_outputs,
+)
 from .._net import resolve_device, resolve_module
 from .._typing import NetInput, NetLike
 from .._validation import check_net_input, check_positive_int
@@ -83,7 +88,10 @@ def extract_representations(
     blocks = batches(X, batch_size, device, module_float_dtype(module))
     inputs = (batch for _, batch in tqdm(blocks, total=total, disable=verbose <= 0))
     parts: dict[str, list[np.ndarray]] = {}
+    start = 0
     for reps in layer_outputs(module, inputs, layers, pool):
         for name, t in reps.items():
+            check_finite_representations(name, t, start)
             parts.setdefault(name, []).append(t.cpu().numpy())
+        start += len(t)
     return {name: np.concatenate(chunks) for name, chunks in parts.items()}

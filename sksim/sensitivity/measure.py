@@ -20,7 +20,13 @@ from torch.utils.data import Dataset
 
 from .._engine.context import torch_seed
 from .._engine.inputs import check_finite, is_dataset, take, to_tensor
-from .._layers import check_layers, check_pool, layer_outputs
+from .._engine.jacobian import NonFiniteNetworkError
+from .._layers import (
+    check_finite_representations,
+    check_layers,
+    check_pool,
+    layer_outputs,
+)
 from .._net import fit_net, resolve_device, resolve_module
 from .._typing import NetLike, Self
 from .._validation import check_net_input, check_positive_int
@@ -30,6 +36,8 @@ from .noise import check_noise_norm, noise_like
 
 if TYPE_CHECKING:
     import pandas as pd
+
+PROBE_INPUTS = "X, in the probe or its deformed or noisy copies"
 
 STATISTICS = ("mean", "median")
 VALUES = ("D", "G", "R", "deformation", "noise", "denominator")
@@ -54,17 +62,11 @@ Deformation = Callable[[torch.Tensor, np.random.RandomState], ArrayLike]
 Reference = str | Mapping[str, torch.Tensor] | NetLike
 
 
-def _probe_items(dataset: Dataset, n_probe: int, rng) -> torch.Tensor:
-    """At most ``n_probe`` of a dataset's inputs, read as one float64 tensor.
-
-    Drawn as :class:`_Probe` draws those of an array (the same rows for the
-    same ``rng``), so that only they are read.
-    """
-    n = len(dataset)
-    rows = np.arange(n)
+def _probe_rows(n: int, n_probe: int, rng) -> np.ndarray:
+    """The rows of ``n`` inputs the probe takes: ``n_probe`` drawn, or all."""
     if n > n_probe:
-        rows = np.sort(rng.choice(n, n_probe, replace=False))
-    return to_tensor(take(dataset, rows), torch.device("cpu"), torch.float64)
+        return np.sort(rng.choice(n, n_probe, replace=False))
+    return np.arange(n)
 
 
 class _Probe:
@@ -94,21 +96,24 @@ class _Probe:
                 "Dict inputs are not supported: deformations and noise act on one "
                 "array of images or signals; pass that array."
             )
-        if is_dataset(X):
-            X = _probe_items(X, n_probe, rng)
+        rows = None
+        if is_dataset(X):  # only the probe's items are read
+            rows = _probe_rows(len(X), n_probe, rng)
+            X = to_tensor(take(X, rows), torch.device("cpu"), torch.float64)
         X = X if isinstance(X, torch.Tensor) else torch.tensor(np.asarray(X))
         if not X.is_floating_point():
             X = X.to(torch.float64)
         check_finite(X)
         as_channels(X)  # validates the shape
-        n = len(X)
-        if n < 2:
+        if min(len(X), n_probe) < 2:
             raise ValueError(
                 "The sensitivity needs at least 2 samples (pairs of distinct inputs "
-                f"set the scale); got {n} sample(s)."
+                f"set the scale); got {len(X)} sample(s) and n_probe={n_probe}."
             )
-        if n > n_probe:
-            X = X[torch.as_tensor(np.sort(rng.choice(n, n_probe, replace=False)))]
+        if rows is None:
+            rows = _probe_rows(len(X), n_probe, rng)
+            X = X[torch.as_tensor(rows)]
+        self.rows = rows  # of the inputs given
         self.X = X = X.detach().to(device, torch.float64)
         self.batch_size = batch_size
         if deformation is None:
@@ -202,15 +207,28 @@ class _Medians:
 
 
 def _measure(model: torch.nn.Module, probe: _Probe, layers, pool, statistic):
-    """``{layer: (tau, eta, denominator)}`` for one network."""
+    """``{layer: (tau, eta, denominator)}`` for one network.
+
+    Representations that are not finite raise a
+    :class:`~sksim.NonFiniteNetworkError` naming the inputs' rows.
+    """
     stats: dict[str, _Moments | _Medians] = {}
     batches = (torch.cat(triple) for triple in probe.triples())
+    start = 0
     for reps in layer_outputs(model, batches, layers, pool):
         for name, f in reps.items():
+            parts = f.chunk(3)
+            try:
+                for part in parts:
+                    check_finite_representations(name, part)
+            except NonFiniteNetworkError as error:
+                rows = probe.rows[start : start + len(parts[0])]
+                raise error.moved(rows, PROBE_INPUTS) from None
             acc = stats.setdefault(
                 name, _Moments() if statistic == "mean" else _Medians()
             )
-            acc.add(*f.chunk(3))
+            acc.add(*parts)
+        start += len(parts[0])
     return {name: acc.result() for name, acc in stats.items()}
 
 

@@ -6,6 +6,7 @@ import torch
 from _architectures import ConvDropoutNet
 from skorch import NeuralNetClassifier
 
+from sksim import NonFiniteNetworkError
 from sksim.representations import extract_representations
 
 
@@ -81,3 +82,12 @@ def test_cuda_device_gives_the_cpu_values(net):
     gpu = extract_representations(net, X, ["bn", "head"], device="cuda", batch_size=4)
     for name in cpu:
         np.testing.assert_allclose(gpu[name], cpu[name], rtol=1e-4, atol=1e-5)
+
+
+def test_non_finite_representations_name_their_rows(net):
+    X = torch.randn(7, 1, 5, 5)
+    X[5] = 3e38  # finite, but the convolution overflows
+    with pytest.raises(
+        NonFiniteNetworkError, match=r"at layer 'conv' for input rows \[5\]"
+    ):
+        extract_representations(net, X, ["conv"], batch_size=2)

@@ -9,6 +9,7 @@ import torch
 from _architectures import FunctionalConv, image_cnn
 from torch import nn
 
+from sksim import NonFiniteNetworkError
 from sksim.sensitivity import (
     apply_diffeo,
     matched_noise,
@@ -258,6 +259,8 @@ def test_errors_and_warnings():
         relative_sensitivity(net, X[..., :7])
     with pytest.raises(ValueError, match="got 1 sample"):
         relative_sensitivity(net, X[:1])
+    with pytest.raises(ValueError, match="and n_probe=1"):
+        relative_sensitivity(net, X, n_probe=1)
     with pytest.raises(ValueError, match="statistic must be one of"):
         relative_sensitivity(net, X, statistic="mode")
     with pytest.raises(ValueError, match="pool must be one of"):
@@ -350,3 +353,25 @@ def test_constant_representation_has_no_ratio_despite_rounding():
         table = relative_sensitivity(Constant(), X, reference=None, random_state=0)
     assert table["D"].isna().all() and table["G"].isna().all()
     assert (table["denominator"] == 0).all()
+
+
+class NaNOnMarked(nn.Module):
+    """A CNN whose outputs are NaN for the images whose first pixel is 1."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = image_cnn()
+
+    def forward(self, x):
+        marked = x[:, 0, 0, 0] == 1
+        return self.body(x) / (~marked).to(x.dtype)[:, None]
+
+
+def test_non_finite_representations_name_the_rows_of_x():
+    """Not a table of NaN with a warning about constant representations."""
+    X = _data()
+    X[[2, 5], 0, 0, 0] = 1.0
+    with pytest.raises(
+        NonFiniteNetworkError, match=r"rows \[2, 5\] of X, in the probe"
+    ):
+        relative_sensitivity(NaNOnMarked(), X, n_init=1, batch_size=6)
