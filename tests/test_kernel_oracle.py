@@ -220,3 +220,17 @@ def test_compiled_network_matches_oracle(compiled):
         np.testing.assert_allclose(
             K, oracle_kernel(J[:4], J, kind), rtol=1e-7, atol=1e-12
         )
+
+
+@pytest.mark.parametrize("case", ["tokens", "tied_embedding"])
+def test_embeddings_scaling_gradients_by_frequency_give_the_derivatives(case):
+    """scale_grad_by_freq scales autograd's gradients, a training heuristic:
+    the kernel is of the derivatives, on the hooked and the torch.func path."""
+    module, X = _case(case)
+    J = oracle_jacobians(module, X)  # as built: no scaling
+    embeddings = [m for m in module.modules() if isinstance(m, torch.nn.Embedding)]
+    for embedding in embeddings:
+        embedding.scale_grad_by_freq = True
+    K = network_similarity(module, X, kind="ntk", batch_size=4)
+    np.testing.assert_allclose(K, oracle_kernel(J, J, "ntk"), rtol=1e-7, atol=1e-12)
+    assert all(embedding.scale_grad_by_freq for embedding in embeddings)

@@ -114,7 +114,9 @@ def evaluation_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
     """Put ``module`` in eval mode inside the block, restoring its modes after.
 
     Its buffers are restored too: a network that updates them in its forward
-    pass (a counter, a moving average) is left as it was. The block holds the
+    pass (a counter, a moving average) is left as it was. Embeddings'
+    ``scale_grad_by_freq``, a training heuristic that scales their gradients,
+    is off inside: gradients are the derivatives. The block holds the
     network's lock: another thread's block on the same network waits until
     this one ends (a thread may nest blocks).
 
@@ -128,12 +130,21 @@ def evaluation_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
     with _lock_of(module):
         modes = {sub: sub.training for sub in module.modules()}
         buffers = _buffers(module)
+        scaled = [
+            sub
+            for sub in module.modules()
+            if isinstance(sub, torch.nn.Embedding) and sub.scale_grad_by_freq
+        ]
         module.eval()
         try:
+            for embedding in scaled:
+                embedding.scale_grad_by_freq = False
             yield _checked(module)
         finally:
             for sub, training in modes.items():
                 sub.training = training
+            for embedding in scaled:
+                embedding.scale_grad_by_freq = True
             _restore(buffers)
 
 
