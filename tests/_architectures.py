@@ -367,6 +367,25 @@ class HookedOutputs(nn.Module):
         return self.fc2(torch.tanh(self.fc1(x)))
 
 
+class CallForms(nn.Module):
+    """Layers called in the ways the hooks must follow: a block recomputed by
+    activation checkpointing in the backward pass, a layer also called under
+    ``torch.no_grad()`` (a stop-gradient branch), one called with ``input=``."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(5, 8)
+        self.block = nn.Sequential(nn.Linear(8, 8), nn.Tanh())
+        self.out = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = torch.tanh(self.fc(input=x))
+        h = torch.utils.checkpoint.checkpoint(self.block, h, use_reentrant=False)
+        with torch.no_grad():
+            target = self.block(h)
+        return self.out(h) + target[:, :3]
+
+
 class PReLUNet(nn.Module):
     """A PReLU between two Linear layers, 3 outputs: torch.func's ``vmap`` of
     ``jacrev`` gets its Jacobians wrong for batches of 3 samples."""
@@ -611,8 +630,8 @@ def family_case(name, n):
     Families: ``mlp`` (one output), ``mlp_d3``, ``cnn_batchnorm`` (running
     statistics set), ``residual``, ``tokens``, ``bert``, ``gru``, ``lstm``,
     ``shared_tables``, ``tied_embedding``, ``tied_functional``,
-    ``sequence_first_<T>`` (sequences of length ``T``), ``output_hooks`` and
-    ``prelu``.
+    ``sequence_first_<T>`` (sequences of length ``T``), ``output_hooks``,
+    ``prelu`` and ``call_forms``.
     """
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
@@ -641,6 +660,8 @@ def family_case(name, n):
         return HookedOutputs().double(), x(n, 5)
     if name == "prelu":
         return PReLUNet().double(), x(n, 5)
+    if name == "call_forms":
+        return CallForms().double(), x(n, 5)
     raise ValueError(name)
 
 

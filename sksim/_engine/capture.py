@@ -135,7 +135,11 @@ def _normalised_input(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
 class LayerCapture(ForwardHooks):
     """Records inputs and outputs of the handled layers during a forward pass.
 
-    The hooks record inside a ``with`` block only.
+    The hooks record inside a ``with`` block only, while :attr:`recording`:
+    the caller sets it False after the forward pass, before a backward pass
+    that recomputes layers (activation checkpointing) calls them again. A call
+    whose output has no gradient (run under ``torch.no_grad()``) contributes
+    none and is not recorded.
 
     The recorded tensors are those the network goes on with, unless ``copy``:
     :meth:`intact` then tells whether an in-place operation downstream (an
@@ -155,18 +159,22 @@ class LayerCapture(ForwardHooks):
         batch_size: int = 1,
     ):
         super().__init__(
-            (layer, self._hook(name)) for name, (layer, _) in layers.items()
+            ((layer, self._hook(name)) for name, (layer, _) in layers.items()),
+            with_kwargs=True,
         )
         self.layers = layers
         self.copy = copy
         self.batch_size = batch_size
         self.expanded: set[str] = set()
+        self.recording = True
         self.calls: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self._versions: list[tuple[torch.Tensor, int]] = []
 
     def _hook(self, name: str):
-        def record(layer, args, output):
-            h, z = args[0].detach(), output
+        def record(layer, args, kwargs, output):
+            if not self.recording or not output.requires_grad:
+                return None  # a recomputation in backward, or no gradient
+            h, z = (args[0] if args else kwargs["input"]).detach(), output
             b = self.batch_size
             shared = b > 1 and h.shape[:1] == z.shape[:1] == (1,)
             if shared:

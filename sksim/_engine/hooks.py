@@ -27,16 +27,27 @@ class ForwardHooks:
     hooks : iterable of (torch.nn.Module, callable)
         Each module and the hook ``hook(module, args, output)`` to register on
         it; a hook returning a tensor replaces the module's output.
+    with_kwargs : bool, default=False
+        Call ``hook(module, args, kwargs, output)`` instead, with the keyword
+        arguments of the module's call.
     """
 
-    def __init__(self, hooks: Iterable[tuple[torch.nn.Module, Callable]]):
+    def __init__(
+        self,
+        hooks: Iterable[tuple[torch.nn.Module, Callable]],
+        with_kwargs: bool = False,
+    ):
         self.hooks = list(hooks)
+        self.with_kwargs = with_kwargs
         self._handles = []
 
     def __enter__(self):
         try:
             for module, hook in self.hooks:
-                self._handles.append(module.register_forward_hook(hook))
+                handle = module.register_forward_hook(
+                    hook, with_kwargs=self.with_kwargs
+                )
+                self._handles.append(handle)
         except BaseException:
             self.__exit__()
             raise

@@ -331,6 +331,7 @@ class JacobianEngine:
         with torch.enable_grad(), LayerCapture(layers, True, 2) as capture:
             # finiteness is checked in the real pass, where rows are numbered
             outputs = _attached(self._call(probe, start=None))
+            capture.recording = False
             mixing = capture.mixing_layers(outputs) | capture.tied_layers(outputs)
             recorded = [call for calls in capture.calls.values() for call in calls]
             if mixing:  # no pieces: their back-propagated signals stand for them
@@ -392,6 +393,7 @@ class JacobianEngine:
         b = n_samples(batch)
         with torch.enable_grad(), LayerCapture(layers, copy, b) as capture:
             outputs = _attached(self._call(batch, start))
+            capture.recording = False
             _check_same_layers(set(capture.calls), self._ran, start, b)
             if capture.intact():
                 return capture.pieces(outputs, budget)
