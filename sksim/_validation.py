@@ -18,7 +18,17 @@ from ._engine.inputs import check_finite, is_dataset, n_samples, split_item
 
 def _as_array(X):
     if isinstance(X, torch.Tensor):
-        return X.detach().cpu().numpy()
+        return _with_values(X).detach().cpu().numpy()
+    return X
+
+
+def _with_values(X: torch.Tensor) -> torch.Tensor:
+    """``X``, unless it is on the meta device (a ValueError)."""
+    if X.is_meta:
+        raise ValueError(
+            "X is on the meta device and holds no values: pass its data, on the "
+            "CPU or a GPU."
+        )
     return X
 
 
@@ -43,15 +53,17 @@ def check_net_input(X, estimator=None, reset=True, keep_tensors=False):
                 allow_nd=True,
                 ensure_2d=False,
                 dtype="numeric",
+                ensure_all_finite=False,  # check_finite names the rows
                 input_name=str(k),
             )
             for k, v in X.items()
         }
         n_samples(checked)
+        check_finite(checked)
         return checked
     if keep_tensors and isinstance(X, torch.Tensor):
         return _check_tensor(X)
-    kwargs = dict(allow_nd=True, dtype="numeric")
+    kwargs = dict(allow_nd=True, dtype="numeric", ensure_all_finite=False)
     if estimator is None:
         X = check_array(_as_array(X), **kwargs)
     else:
@@ -62,6 +74,7 @@ def check_net_input(X, estimator=None, reset=True, keep_tensors=False):
             "from a categorical column): encode them first, e.g. with "
             "scikit-learn's OneHotEncoder or OrdinalEncoder."
         )
+    check_finite(X)
     return X
 
 
@@ -76,6 +89,7 @@ def _check_tensor(X: torch.Tensor) -> torch.Tensor:
         )
     if X.is_complex():
         raise ValueError(f"Expected a real tensor; got dtype {X.dtype}.")
+    _with_values(X)
     check_finite(X)
     return X.detach()
 

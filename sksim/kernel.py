@@ -33,7 +33,15 @@ SHARED += ("max_memory", "verbose")
 CHECKPOINTS = ("checkpoints", "checkpoint_weights")
 
 
+def _check_inputs(engine, X, Y) -> None:
+    """A ValueError naming the shape of ``X`` or ``Y`` the network cannot take."""
+    for inputs in (X, Y):
+        if inputs is not None:
+            engine.check_inputs(inputs)
+
+
 def _similarity(engine, X, Y, kind, reduce, rtol, n_jobs):
+    _check_inputs(engine, X, Y)
     full = reduce is None
     if n_jobs is not None:
         return tiled_kernel(engine, X, Y, kind, full, rtol, n_jobs)
@@ -61,6 +69,7 @@ def _contract(F_x, F_y, kind, reduce):
 
 
 def _projected_similarity(engine, X, Y, kind, reduce, rtol, n_components, seed):
+    _check_inputs(engine, X, Y)
     F_x = _features(engine, X, kind, "left", n_components, seed, rtol)
     if Y is None and kind != "influence":
         K = _contract(F_x, F_x, kind, reduce)

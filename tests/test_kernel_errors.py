@@ -42,13 +42,34 @@ def module():
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
 def test_nan_and_inf_inputs(module, bad):
     X_bad = X.copy()
-    X_bad[2, 1] = bad
-    with pytest.raises(ValueError, match="NaN|infinity"):
+    X_bad[[2, 4], 1] = bad
+    rows = r"NaN or infinity in rows \[2, 4\]"
+    with pytest.raises(ValueError, match=rows):
         network_similarity(module, X_bad)
-    with pytest.raises(ValueError, match="NaN|infinity"):
+    with pytest.raises(ValueError, match=rows):
+        network_similarity(module, {"x": X_bad}, output=0)
+    with pytest.raises(ValueError, match=rows):
         NetworkSimilarityKernel(module).fit(X_bad)
-    with pytest.raises(ValueError, match="NaN|infinity"):
+    with pytest.raises(ValueError, match=rows):
         NetworkSimilarityKernel(module).fit(X).transform(X_bad)
+
+
+def test_inputs_and_networks_without_values_are_explained(module):
+    """Meta tensors, uninitialised lazy layers, Y the network cannot take."""
+    meta = torch.empty(6, 5, device="meta")
+    with pytest.raises(ValueError, match="X is on the meta device"):
+        network_similarity(module, meta)
+    with pytest.raises(ValueError, match="X is on the meta device"):
+        NetworkSimilarityKernel(module).fit(X).transform(meta)
+    with pytest.raises(ValueError, match="device='meta' holds no values"):
+        network_similarity(module, X, device="meta")
+    with pytest.raises(ValueError, match=r"\['fc1.weight', .* on the meta device"):
+        network_similarity(MLP().to("meta"), X)
+    lazy = torch.nn.Sequential(torch.nn.LazyLinear(3))
+    with pytest.raises(ValueError, match="not initialised yet"):
+        network_similarity(lazy, X)
+    with pytest.raises(ValueError, match=r"fails on inputs of shape \(4,\)"):
+        network_similarity(module, X, X[:, :4])
 
 
 def test_wrong_number_of_features(module):

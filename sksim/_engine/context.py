@@ -27,6 +27,10 @@ def check_device(device) -> torch.device:
             )
     elif checked.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"device={device!r}, but MPS is not available here.")
+    elif checked.type == "meta":
+        raise ValueError(
+            f"device={device!r} holds no values: compute on the CPU or a GPU."
+        )
     return checked
 
 

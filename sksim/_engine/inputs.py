@@ -192,16 +192,20 @@ def _check_finite_items(
 
 
 def check_finite(X) -> None:
-    """Raise a ValueError naming the problem if ``X`` holds NaN or infinity."""
+    """Raise a ValueError naming the rows if ``X`` holds NaN or infinity."""
     arrays = X.items() if isinstance(X, Mapping) else [("X", X)]
     for name, a in arrays:
         t = a if isinstance(a, torch.Tensor) else torch.as_tensor(np.asarray(a))
         if not t.is_floating_point() or bool(torch.isfinite(t.sum())):
             continue  # a finite sum is the fast common case
-        if not bool(torch.isfinite(t).all()):
+        bad = ~torch.isfinite(t.reshape(len(t), -1)).all(dim=1)
+        if bool(bad.any()):
+            rows = torch.nonzero(bad).flatten()[:5].tolist()
+            more = " and more" if int(bad.sum()) > len(rows) else ""
             raise ValueError(
-                f"Input {name} contains NaN or infinity; the network's gradients "
-                "would be undefined. Remove or impute those values first."
+                f"Input {name} contains NaN or infinity in rows {rows}{more}; the "
+                "network's gradients would be undefined. Remove or impute those "
+                "values first."
             )
 
 

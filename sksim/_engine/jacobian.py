@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 import torch
 from torch.func import functional_call, jacrev, vmap
+from torch.nn.parameter import is_lazy
 from torch.nn.utils import parametrize
 from torch.utils._pytree import tree_map
 from tqdm.auto import tqdm
@@ -75,7 +76,7 @@ class JacobianEngine:
         max_memory: int | None = DEFAULT_MAX_MEMORY,
     ):
         module = uncompiled(module)
-        own_device = next(iter(select_parameters(module, params).values())).device
+        own_device = next(iter(_with_values(module, params).values())).device
         self.device = check_device(device) if device is not None else own_device
         self.module = on_device(module, self.device)
         self.output = output
@@ -123,22 +124,29 @@ class JacobianEngine:
     def n_outputs(self, X) -> int:
         """The number d of Jacobian rows per sample."""
         if self._n_outputs is None:
-            first = to_tensor(take(X, slice(0, 1)), self.device, self.dtype)
-            with evaluation_mode(self.module), torch.no_grad():
-                try:
-                    self._n_outputs = self._call(first, start=None).shape[1]
-                except RuntimeError as error:
-                    shape = (
-                        {k: tuple(v.shape[1:]) for k, v in first.items()}
-                        if isinstance(first, dict)
-                        else tuple(first.shape[1:])
-                    )
-                    raise ValueError(
-                        f"The network fails on inputs of shape {shape} per "
-                        f"sample ({str(error).splitlines()[0]}): pass inputs "
-                        "shaped as the network expects."
-                    ) from error
+            self._n_outputs = self.check_inputs(X)
         return self._n_outputs
+
+    def check_inputs(self, X) -> int:
+        """The number of outputs the network gives for the first sample of ``X``.
+
+        A ValueError names the sample's shape if the network fails on it.
+        """
+        first = to_tensor(take(X, slice(0, 1)), self.device, self.dtype)
+        with evaluation_mode(self.module), torch.no_grad():
+            try:
+                return self._call(first, start=None).shape[1]
+            except RuntimeError as error:
+                shape = (
+                    {k: tuple(v.shape[1:]) for k, v in first.items()}
+                    if isinstance(first, dict)
+                    else tuple(first.shape[1:])
+                )
+                raise ValueError(
+                    f"The network fails on inputs of shape {shape} per "
+                    f"sample ({str(error).splitlines()[0]}): pass inputs "
+                    "shaped as the network expects."
+                ) from error
 
     def outputs(self, X) -> torch.Tensor:
         """Selected outputs ``(n, d)`` of every sample, on the CPU."""
@@ -403,6 +411,26 @@ class JacobianEngine:
     def jacobian(self, X) -> torch.Tensor:
         """All per-sample Jacobians ``(n, d, p)`` at once (memory ``n d p``)."""
         return torch.cat([J for _, J in self.jacobians(X)])
+
+
+def _with_values(module: torch.nn.Module, params) -> dict:
+    """The selected parameters, unless some hold no values yet (a ValueError)."""
+    selected = select_parameters(module, params)
+    lazy = [n for n, p in selected.items() if is_lazy(p)]
+    if lazy:
+        raise ValueError(
+            f"The network's parameters {lazy[:5]} are not initialised yet (lazy "
+            "layers such as nn.LazyLinear): pass it one batch of inputs first, or "
+            "train it."
+        )
+    meta = [n for n, p in selected.items() if p.is_meta]
+    if meta:
+        raise ValueError(
+            f"The network's parameters {meta[:5]} are on the meta device and hold "
+            "no values: load its weights first (e.g. module.to_empty(device='cpu') "
+            "then module.load_state_dict(...))."
+        )
+    return selected
 
 
 def _check_per_sample(call: Callable, batch) -> None:

@@ -14,6 +14,7 @@ from _architectures import (
 )
 from _engine_helpers import smallest_fitting_engine
 
+from sksim._engine.context import on_device
 from sksim._engine.gram import ntk_blocks
 from sksim._engine.jacobian import JacobianEngine
 from sksim.density import whitened_sum
@@ -43,11 +44,11 @@ def test_batches_are_split_to_fit_the_memory_bound(name):
     np.testing.assert_allclose(G, np.einsum("adp,aep->ade", J, J), rtol=1e-9)
 
 
-def test_another_device_computes_with_a_copy_of_thelayer_case():
+def test_another_device_computes_with_a_copy_of_the_layer_case():
     module, X = layer_case("linear")
-    engine = JacobianEngine(module, device="meta")
-    assert engine.module is not module
-    assert {p.device.type for p in engine.module.parameters()} == {"meta"}
+    copy = on_device(module, "meta")  # another device (no values: not computed on)
+    assert copy is not module
+    assert {p.device.type for p in copy.parameters()} == {"meta"}
     assert {p.device.type for p in module.parameters()} == {"cpu"}
     assert JacobianEngine(module, device="cpu").module is module
 
