@@ -29,9 +29,11 @@ kind : {"cosine", "ntk", "influence"}, default="cosine"
     ``tr(K(y, x) K(x, x)^{-1}) / d``.""",
     "output": """
 output : "logits", int or callable, default="logits"
-    Which outputs form the Jacobian: all of them, one index, or a callable
-    mapping the batch output to a tensor of shape ``(B,)`` or ``(B, d)``.
-    Use logits, not softmax probabilities, whose Jacobian Gram is singular.""",
+    Which outputs form the Jacobian: all of them, one index (of the first item
+    when the network returns a tuple), or a callable mapping the batch output,
+    as the network returns it, to a tensor of shape ``(B,)`` or ``(B, d)``,
+    each row from its own sample alone. Use logits, not softmax probabilities,
+    whose Jacobian Gram is singular.""",
     "params": """
 params : str, list of str or None, default=None
     Parameters to differentiate: None for all trainable ones, else names or

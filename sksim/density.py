@@ -105,7 +105,8 @@ class GradientDensityEstimator(DensityMixin, NetworkEstimator):
     fit in 2 GiB and recomputes them for every block otherwise), or,
     with ``n_components`` set, approximate through Gaussian sketches of the
     whitened Jacobians (unit-normalised, so that ``k(x, x) = 1`` exactly and
-    other similarities carry an error of order ``1/sqrt(n_components)``).
+    other similarities carry an error of order ``1/sqrt(d n_components)`` for
+    ``d`` outputs).
 
     ``N_S / N`` is a relative density, a kernel density estimate with the
     network's kernel: low counts mark inputs the network treats as isolated,

@@ -235,3 +235,35 @@ def test_embeddings_scaling_gradients_by_frequency_give_the_derivatives(case):
     K = network_similarity(module, X, kind="ntk", batch_size=4)
     np.testing.assert_allclose(K, oracle_kernel(J, J, "ntk"), rtol=1e-7, atol=1e-12)
     assert all(embedding.scale_grad_by_freq for embedding in embeddings)
+
+
+def test_callable_output_receives_a_tuple_as_the_network_returns_it():
+    """An int or "logits" reads the first item; a callable sees the tuple."""
+
+    class TwoHeads(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = torch.nn.Linear(5, 6)
+            self.heads = torch.nn.ModuleList(torch.nn.Linear(6, 3) for _ in range(2))
+
+        def forward(self, x):
+            h = torch.tanh(self.body(x))
+            return self.heads[0](h), self.heads[1](h)
+
+    torch.manual_seed(0)
+    module = TwoHeads().double()
+    X = torch.randn(5, 5, dtype=torch.float64)
+
+    class Head(torch.nn.Module):  # the oracle's view: one head alone
+        def __init__(self, i):
+            super().__init__()
+            self.net, self.i = module, i
+
+        def forward(self, x):
+            return self.net(x)[self.i]
+
+    first, second = (oracle_jacobians(Head(i), X) for i in (0, 1))
+    K = network_similarity(module, X, kind="ntk", output=lambda out: out[1])
+    np.testing.assert_allclose(K, oracle_kernel(second, second, "ntk"), rtol=1e-10)
+    K = network_similarity(module, X, kind="ntk")
+    np.testing.assert_allclose(K, oracle_kernel(first, first, "ntk"), rtol=1e-10)

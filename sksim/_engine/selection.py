@@ -71,8 +71,9 @@ def select_output(
         The network's output for a batch.
     output : "logits", int or callable, default="logits"
         ``"logits"`` keeps every output (flattened per sample), an int keeps that
-        output index only (d = 1), a callable maps the batch output to ``(B,)`` or
-        ``(B, d)``.
+        output index only (d = 1), both of the first item of a tuple or list; a
+        callable maps the batch output, as the network returns it, to ``(B,)``
+        or ``(B, d)``.
     n : int or None, default=None
         The number of samples B in the batch, checked against the result.
 
@@ -81,7 +82,7 @@ def select_output(
     ValueError
         If the selected outputs are not a floating tensor of ``n`` rows.
     """
-    if isinstance(out, (tuple, list)):
+    if not callable(output) and isinstance(out, (tuple, list)):
         out = out[0]
     if callable(output):
         out = output(out)
