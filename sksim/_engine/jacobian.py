@@ -525,9 +525,18 @@ class NonFiniteNetworkError(ValueError):
     def moved(self, rows=None, inputs: str | None = None) -> NonFiniteNetworkError:
         """The error of the same rows, read among the ``rows`` of larger inputs.
 
-        ``rows`` (a slice, of which the start counts, or an array) are the
-        larger inputs' rows the failed pass read, None the same; ``inputs``
-        names those inputs (None: the same).
+        Parameters
+        ----------
+        rows : slice, ndarray or None, default=None
+            The larger inputs' rows the failed pass read (of a slice, its start
+            counts); None keeps the rows.
+        inputs : str or None, default=None
+            The name of those inputs; None keeps it.
+
+        Returns
+        -------
+        NonFiniteNetworkError
+            The error naming the rows of the larger inputs.
         """
         named = self.rows
         if isinstance(rows, slice):
