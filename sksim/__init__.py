@@ -1,6 +1,6 @@
 """sksim: input similarity from a neural network's perspective, for scikit-learn."""
 
-from ._engine.jacobian import NonFiniteNetworkError
+from ._engine.finite import NonFiniteNetworkError
 from ._engine.normalize import DeadInputWarning, SingularJacobianGramWarning
 from .denoising import (
     IllConditionedWeightsWarning,

@@ -17,8 +17,8 @@ from collections.abc import Iterable, Iterator, Mapping
 import torch
 
 from ._engine.context import evaluation_mode
+from ._engine.finite import check_finite_rows
 from ._engine.hooks import ForwardHooks
-from ._engine.jacobian import check_finite_rows
 
 #: ``"flatten"``: keep every value; ``"mean"``/``"max"``: global average/max over
 #: the spatial axes (one value per channel); ``"channel_mean"``: average over

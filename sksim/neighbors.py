@@ -17,8 +17,9 @@ from ._base import POSITIVE_INT, NetworkEstimator, constraints
 from ._docs import fill_doc
 from ._engine.budget import KEPT_MEMORY, check_kept_bytes, rows_that_fit
 from ._engine.checkpoints import checkpoint_seed, stacked, weighted_rows
+from ._engine.finite import rows_of_reference
 from ._engine.inputs import n_samples, take
-from ._engine.jacobian import DEFAULT_MAX_MEMORY, rows_of_reference
+from ._engine.jacobian import DEFAULT_MAX_MEMORY
 from ._engine.parallel import split_rows
 from ._engine.pieces import KeptPieces
 from ._engine.rows import (

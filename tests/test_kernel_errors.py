@@ -22,11 +22,12 @@ from sksim import (
     GradientDensityEstimator,
     NetworkNeighbors,
     NetworkSimilarityKernel,
+    NonFiniteNetworkError,
     SingularJacobianGramWarning,
     gradient_features,
     network_similarity,
 )
-from sksim._engine.jacobian import JacobianEngine, NonFiniteNetworkError
+from sksim._engine.jacobian import JacobianEngine
 from sksim._engine.parallel import tiled_kernel
 from sksim._validation import check_net_input
 

@@ -270,10 +270,10 @@ class LayerCapture(ForwardHooks):
         For a random direction ``v_i`` of each sample's outputs, a layer's
         pieces must give ``v_i^T J J^T v_i = |J^T v_i|^2`` as autograd computes
         it from the layer's parameters. They do not when the network's graph
-        hides what the hooks record: a module compiled by ``torch.compile``, a
-        forward hook of the user's that changes a layer's output, a
-        parametrisation's cached weight. The pieces are made in ``budget``.
-        All are when autograd cannot go through the graph twice.
+        hides what the hooks record (a module compiled by ``torch.compile``),
+        or changes it after them (a forward hook of the user's that changes a
+        layer's output). The pieces are made in ``budget``. All layers are
+        unfaithful when autograd cannot go through the graph twice.
         """
         b, d = outputs.shape
         generator = torch.Generator(device=outputs.device).manual_seed(0)

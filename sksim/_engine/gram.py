@@ -17,8 +17,9 @@ import numpy as np
 import torch
 
 from .budget import rows_that_fit
+from .finite import rows_of_reference
 from .inputs import n_samples, take
-from .jacobian import JacobianEngine, rows_of_reference
+from .jacobian import JacobianEngine
 from .normalize import KINDS
 from .pieces import KeptPieces, gram_of, map_pieces
 from .transfer import copy_to_host, to_host

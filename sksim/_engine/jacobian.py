@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from .budget import rows_that_fit
 from .capture import LayerCapture, join_name, plan_layers
 from .context import check_device, evaluation_mode, on_device, uncompiled
+from .finite import check_finite_rows
 from .inputs import batches, module_float_dtype, n_samples, take, to_tensor
 from .pieces import DensePiece, PieceBudget, PiecesTooLarge, gram_of, map_pieces
 from .selection import select_output, select_parameters
@@ -62,7 +63,7 @@ class JacobianEngine:
         into parts that fit. None sets no limit.
 
     Every batch's outputs and gradients are checked: NaN or infinity raises
-    a :class:`NonFiniteNetworkError` naming the first rows concerned.
+    a :class:`~.finite.NonFiniteNetworkError` naming the first rows concerned.
     """
 
     def __init__(
@@ -491,91 +492,6 @@ def _attached(outputs: torch.Tensor) -> torch.Tensor:
             "torch.no_grad()."
         )
     return outputs
-
-
-class NonFiniteNetworkError(ValueError):
-    """The network's outputs or gradients hold NaN or infinity.
-
-    Parameters
-    ----------
-    what : str
-        ``"outputs"`` or ``"gradients"``.
-    rows : list of int
-        The first rows concerned.
-    more : bool
-        Whether more rows are.
-    inputs : str, default="input"
-        The inputs the rows belong to, as the message names them.
-    """
-
-    def __init__(self, what: str, rows: list, more: bool, inputs: str = "input"):
-        self.what, self.rows, self.more, self.inputs = what, rows, more, inputs
-        named = f"rows {rows}{' and more' if more else ''}"
-        named = f"input {named}" if inputs == "input" else f"{named} of {inputs}"
-        super().__init__(
-            f"The network produced NaN or infinite {what} for {named}: what "
-            "sksim computes from them would be meaningless. Check the network's "
-            "weights (a diverged training, e.g. a learning rate too high) and "
-            "these inputs."
-        )
-
-    def __reduce__(self):
-        return type(self), (self.what, self.rows, self.more, self.inputs)
-
-    def moved(self, rows=None, inputs: str | None = None) -> NonFiniteNetworkError:
-        """The error of the same rows, read among the ``rows`` of larger inputs.
-
-        Parameters
-        ----------
-        rows : slice, ndarray or None, default=None
-            The larger inputs' rows the failed pass read (of a slice, its start
-            counts); None keeps the rows.
-        inputs : str or None, default=None
-            The name of those inputs; None keeps it.
-
-        Returns
-        -------
-        NonFiniteNetworkError
-            The error naming the rows of the larger inputs.
-        """
-        named = self.rows
-        if isinstance(rows, slice):
-            named = [row + (rows.start or 0) for row in named]
-        elif rows is not None:
-            named = [int(rows[row]) for row in named]
-        inputs = self.inputs if inputs is None else inputs
-        return NonFiniteNetworkError(self.what, named, self.more, inputs)
-
-
-REFERENCE_INPUTS = "the reference inputs (the X given to fit, or Y)"
-
-
-@contextlib.contextmanager
-def rows_of_reference(rows=None) -> Iterator[None]:
-    """Name the rows of a :class:`NonFiniteNetworkError` as the reference's.
-
-    For passes over the reference set while queries are read too. ``rows``
-    (a slice or array) are the reference's rows the pass reads, when not all.
-    """
-    try:
-        yield
-    except NonFiniteNetworkError as error:
-        raise error.moved(rows, REFERENCE_INPUTS) from None
-
-
-def check_finite_rows(values: torch.Tensor, start: int, what: str) -> None:
-    """Raise :class:`NonFiniteNetworkError` naming the first non-finite rows.
-
-    ``values`` holds one row per sample on its first axis; ``start`` is the
-    number of the first one.
-    """
-    if bool(torch.isfinite(values.sum())):
-        return  # the fast common case
-    bad = ~torch.isfinite(values.reshape(len(values), -1)).all(dim=1)
-    if not bool(bad.any()):
-        return  # the sum overflowed; every value is finite
-    rows = (torch.nonzero(bad).flatten()[:5] + start).tolist()
-    raise NonFiniteNetworkError(what, rows, int(bad.sum()) > len(rows))
 
 
 @contextlib.contextmanager

@@ -16,9 +16,10 @@ from collections.abc import Callable, Hashable
 
 import numpy as np
 
+from .finite import REFERENCE_INPUTS, NonFiniteNetworkError
 from .gram import GramReference
 from .inputs import n_samples, take
-from .jacobian import REFERENCE_INPUTS, JacobianEngine, NonFiniteNetworkError
+from .jacobian import JacobianEngine
 from .worker_warnings import recording_warnings, warn_again
 
 DEFAULT_TILE = 1024

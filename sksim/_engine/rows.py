@@ -17,9 +17,10 @@ import torch
 
 from .budget import rows_that_fit
 from .features import gradient_features
+from .finite import rows_of_reference
 from .gram import GramReference
 from .inputs import n_samples, take
-from .jacobian import JacobianEngine, rows_of_reference
+from .jacobian import JacobianEngine
 from .pieces import nbytes_of, rectangular_pairs
 
 MAX_BLOCK_ENTRIES = 2**22  # similarities held at once by the sketched path

@@ -19,8 +19,8 @@ from sklearn.utils.validation import check_is_fitted
 from torch.utils.data import Dataset
 
 from .._engine.context import torch_seed
+from .._engine.finite import NonFiniteNetworkError
 from .._engine.inputs import check_finite, is_dataset, take, to_tensor
-from .._engine.jacobian import NonFiniteNetworkError
 from .._layers import (
     check_finite_representations,
     check_layers,
