@@ -21,6 +21,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from ._engine.checkpoints import (
     WeightedEngines,
     check_checkpoints,
+    check_weighted,
     checkpoint_seed,
     checkpoint_shares,
 )
@@ -98,6 +99,7 @@ def make_engines(
     Without checkpoints, the one engine of ``net`` as it is, of share 1.
     ``validate`` reads every checkpoint first to check it against the network.
     """
+    check_weighted(checkpoints, checkpoint_weights)
     if checkpoints is None:
         engine = make_engine(
             net, output, params, batch_size, device, verbose, max_memory
@@ -154,6 +156,10 @@ class NetworkEstimator(BaseEstimator):
         )
         if "n_components" in self._parameter_constraints:
             self.projection_seed_ = projection_seed(self.random_state)
+        check_weighted(
+            getattr(self, "checkpoints", None),
+            getattr(self, "checkpoint_weights", None),
+        )
         if getattr(self, "checkpoints", None) is not None:
             check_checkpoints(
                 resolve_module(self.net_), self.checkpoints, self.checkpoint_weights

@@ -8,6 +8,7 @@ combined with ``ConstantKernel`` and ``WhiteKernel`` inside
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections.abc import Mapping, Sequence
 
@@ -252,4 +253,11 @@ class NetworkKernel(Kernel):
         return type(self)(**self.get_params(deep=False))
 
     def __repr__(self):
-        return f"{type(self).__name__}(kind={self.kind!r})"
+        """The kind, and every other setting but the net that is not its default."""
+        defaults = inspect.signature(type(self)).parameters
+        shown = [f"kind={self.kind!r}"] + [
+            f"{name}={value!r}"
+            for name, value in self.get_params(deep=False).items()
+            if name not in ("net", "kind") and value != defaults[name].default
+        ]
+        return f"{type(self).__name__}({', '.join(shown)})"

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import ArrayLike
+from sklearn.utils.validation import check_is_fitted
 
 from .denoising import plot_denoising
 from .neighbors import NetworkNeighbors
@@ -79,6 +80,7 @@ def plot_neighbors(
     """
     import matplotlib.pyplot as plt
 
+    check_is_fitted(neighbors)
     if isinstance(neighbors.X_fit_, dict):
         raise ValueError(
             "plot_neighbors draws array inputs; this search was fitted on a dict."

@@ -420,6 +420,13 @@ class SimilarityRegularizedNet(NeuralNet):
                 'similarity_pairs="given" needs pairs attached to X: fit on '
                 "with_pairs(X, pairs)."
             )
+        if self.similarity_pairs != "given" and is_pair_data(X):
+            raise ValueError(
+                f"X carries pairs (with_pairs), but similarity_pairs="
+                f"{self.similarity_pairs!r} makes its own, and would ignore them: "
+                'pass similarity_pairs="given" to train on them, or fit on X '
+                "without pairs."
+            )
         return super().partial_fit(X, y, classes=classes, **fit_params)
 
     # -- skorch hooks ---------------------------------------------------------

@@ -399,6 +399,16 @@ def test_bad_weights(data, net_and_states, weights, message):
         ).fit(X)
 
 
+def test_weights_without_checkpoints_are_refused(data, net_and_states):
+    X, _ = data
+    net, _ = net_and_states
+    alone = "checkpoint_weights were given without checkpoints"
+    with pytest.raises(ValueError, match=alone):
+        network_similarity(net, X, checkpoint_weights=[1.0, 2.0])
+    with pytest.raises(ValueError, match=alone):
+        NetworkSimilarityKernel(net, checkpoint_weights=[1.0, 2.0]).fit(X)
+
+
 def test_missing_files_empty_lists_and_other_types(data, net_and_states, tmp_path):
     X, _ = data
     net, states = net_and_states
@@ -412,6 +422,11 @@ def test_missing_files_empty_lists_and_other_types(data, net_and_states, tmp_pat
     torch.save([1, 2], tmp_path / "list.pt")
     with pytest.raises(TypeError, match="holds a list, not a state_dict"):
         network_similarity(net, X, checkpoints=[tmp_path / "list.pt"])
+    (tmp_path / "damaged.pt").write_bytes(b"not a checkpoint")
+    torch.save(net, tmp_path / "module.pt")  # the module itself, pickled
+    for name in ("damaged.pt", "module.pt"):
+        with pytest.raises(ValueError, match=rf"checkpoints\[1\]: .*{name}' cannot"):
+            network_similarity(net, X, checkpoints=[states[0], tmp_path / name])
 
 
 # --- skorch's Checkpoint callback -------------------------------------------

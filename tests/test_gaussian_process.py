@@ -166,6 +166,8 @@ def test_properties_and_repr(mlp):
     assert kernel.requires_vector_input is False
     assert repr(kernel) == "NetworkKernel(kind='cosine')"
     assert repr(2.0 * kernel) == "1.41**2 * NetworkKernel(kind='cosine')"
+    other = NetworkKernel(mlp, output=0, params="fc1")  # settings that tell apart
+    assert repr(other) == "NetworkKernel(kind='ntk', output=0, params='fc1')"
 
 
 def test_classifier_binary_and_multiclass(mlp, regression):

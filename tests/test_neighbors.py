@@ -444,6 +444,8 @@ def test_plot_neighbors_draws_images_with_their_captions(digits, fitted_digits_n
 def test_plot_neighbors_images_with_channels():
     torch.manual_seed(0)
     X = torch.randn(12, 1, 4, 4).numpy()
+    with pytest.raises(NotFittedError):
+        plot_neighbors(NetworkNeighbors(AnyWidth()), X[:1])
     search = NetworkNeighbors(AnyWidth(), n_neighbors=2).fit(X)
     fig = plot_neighbors(search, X[:1])
     assert fig.axes[1].images[0].get_array().shape == (4, 4)

@@ -760,6 +760,8 @@ def test_pair_and_label_errors():
     X, y = make_data(n=12)
     with pytest.raises(ValueError, match=r'"given" needs pairs attached to X'):
         make_net(similarity_pairs="given").fit(X, y)
+    with pytest.raises(ValueError, match="carries pairs .* would ignore them"):
+        make_net().fit(with_pairs(X, [[0, 1]]), y)  # same_class makes its own
     net = make_net(similarity_pairs="given").initialize()
     with pytest.raises(ValueError, match=r'"given" needs pairs attached to X'):
         net.batch_pair_cosines(X, y, 3)

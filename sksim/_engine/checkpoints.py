@@ -78,7 +78,16 @@ def load_checkpoint(checkpoint, index: int) -> Mapping[str, torch.Tensor]:
         raise FileNotFoundError(
             f"checkpoints[{index}]: no file {os.fspath(checkpoint)!r}."
         )
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch's errors for a damaged or pickled file vary
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise ValueError(
+            f"checkpoints[{index}]: {os.fspath(checkpoint)!r} cannot be read as a "
+            f"state_dict ({type(error).__name__}: {first[:200]}): save "
+            "module.state_dict() with torch.save (skorch's save_params and "
+            "Checkpoint do), not the module itself."
+        ) from error
     if not isinstance(state, Mapping):
         raise TypeError(
             f"checkpoints[{index}]: {os.fspath(checkpoint)!r} holds a "
@@ -112,6 +121,15 @@ def check_state(module: torch.nn.Module, state: Mapping, index: int) -> None:
             f"checkpoints[{index}] does not match the network: {problem}. "
             "Checkpoints must be state_dicts of the network's own architecture "
             "(module.state_dict(), or skorch's net.module_.state_dict())."
+        )
+
+
+def check_weighted(checkpoints: Sequence | None, weights) -> None:
+    """Raise a ValueError for ``checkpoint_weights`` without ``checkpoints``."""
+    if checkpoints is None and weights is not None:
+        raise ValueError(
+            "checkpoint_weights were given without checkpoints: pass the "
+            "checkpoints they weigh, or no weights."
         )
 
 

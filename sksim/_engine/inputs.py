@@ -187,7 +187,7 @@ def _check_finite_items(
         raise ValueError(
             f"Input {name} contains NaN or infinity in dataset items {named}"
             f"{' and more' if int(bad.sum()) > len(named) else ''}; the network's "
-            "gradients would be undefined. Remove or impute those values first."
+            "outputs would be undefined. Remove or impute those values first."
         )
 
 
@@ -204,7 +204,7 @@ def check_finite(X) -> None:
             more = " and more" if int(bad.sum()) > len(rows) else ""
             raise ValueError(
                 f"Input {name} contains NaN or infinity in rows {rows}{more}; the "
-                "network's gradients would be undefined. Remove or impute those "
+                "network's outputs would be undefined. Remove or impute those "
                 "values first."
             )
 

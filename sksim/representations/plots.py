@@ -58,6 +58,11 @@ def plot_class_log_density(
             1, len(stages), figsize=(3.2 * len(stages), 3), squeeze=False
         )
         axes = axes[0]
+    if np.size(axes) != len(stages):
+        raise ValueError(
+            f"axes holds {np.size(axes)} Axes; the report has {len(stages)} "
+            f"stages ({[str(s) for s in stages]}), each drawn on its own Axes."
+        )
     fig = np.ravel(axes)[0].figure
     stage_of = _column(report.classes, "stage")
     means = _column(report.classes, "mean_log_density")

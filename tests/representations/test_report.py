@@ -113,6 +113,9 @@ def test_figures_show_the_table_values(report):
     np.testing.assert_allclose(
         ax.lines[0].get_ydata(), rep.bins["mean_memorization"][:5]
     )
+    one_axes = matplotlib.pyplot.subplots(1, 1, squeeze=False)[1][0]
+    with pytest.raises(ValueError, match=r"1 Axes; the report has 2 stages"):
+        plot_class_log_density(rep, axes=one_axes)
 
 
 def test_memorization_figure_needs_scores(report):
