@@ -103,10 +103,10 @@ class GradientDensityEstimator(DensityMixin, NetworkEstimator):
     against the reference set (similarities of one block, ``batch_size x N``,
     at a time; the engine keeps the reference Jacobians in memory when they
     fit in 2 GiB and recomputes them for every block otherwise), or,
-    with ``n_components`` set, approximate through Gaussian sketches of the
+    with ``n_components`` set, approximate through random sketches of the
     whitened Jacobians (unit-normalised, so that ``k(x, x) = 1`` exactly and
     other similarities carry an error of order ``1/sqrt(d n_components)`` for
-    ``d`` outputs).
+    ``d`` outputs, or more: see the user guide).
 
     ``N_S / N`` is a relative density, a kernel density estimate with the
     network's kernel: low counts mark inputs the network treats as isolated,
@@ -123,7 +123,9 @@ class GradientDensityEstimator(DensityMixin, NetworkEstimator):
 
     **Self-similarity.** Counts are sums over the whole reference set, so a
     reference example queried again counts itself: ``k^C(x_i, x_i) = 1`` adds
-    exactly 1 to each of its counts (when ``threshold < 1``). New inputs get
+    exactly 1 to each of its counts (when ``threshold < 1 - 1e-6``: similarities
+    are computed in the network's precision, and float32 rounds the 1 of an
+    example with itself to within about 1e-7). New inputs get
     no such term. Subtract 1 from the counts of the reference examples to
     exclude them.
 

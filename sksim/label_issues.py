@@ -283,7 +283,7 @@ class LabelIssueDetector(NetworkEstimator):
     ``n_issues_`` examples are the estimated set.
 
     Neighbours are exact below ``10 000`` training examples and searched with
-    FAISS on Gaussian sketches above (``algorithm="auto"``); a FAISS search
+    FAISS on random sketches above (``algorithm="auto"``); a FAISS search
     is exhaustive below 10^6 training examples and over HNSW graphs from
     there. Classification only: the targets must be class labels.
 

@@ -282,8 +282,8 @@ class NetworkNeighbors(NetworkEstimator):
     search_directions_ : ndarray of shape (width, search_components) or None
         With ``algorithm="faiss"``: the principal directions (``width = d *
         n_components_`` rows) onto which the index's sketches are projected
-        (None when ``search_components`` is None, or not below the width and
-        the number of reference examples).
+        (None when ``search_components`` is None or not below the width; at
+        most one below the number of reference examples).
     exact_ranking_ : bool
         Whether the candidates of a reduced FAISS search (``search_components``)
         are ranked by their exact similarities (else by the whole sketches);
@@ -544,19 +544,24 @@ class NetworkNeighbors(NetworkEstimator):
             return 0
         n = self.n_samples_fit_
         values = self._engine.n_outputs(X) * width * len(self._engines())
-        searched = self.search_components if self._reduces(values) else values
+        searched = self._search_width(values) or values
         held = 4 * n * (searched if exact_ranking else values)
         if self.algorithm == "faiss":
             held += index_bytes(self._empty_index(searched), n)
         return held
 
-    def _reduces(self, values: int) -> bool:
-        """Whether the search reduces sketches of ``values`` per example.
+    def _search_width(self, values: int) -> int | None:
+        """The components a search of sketches of ``values`` reduces them to.
 
-        ``search_components`` below them and below the reference size.
+        ``search_components`` if below ``values``, at most one below the
+        reference size (a small reference keeps nearly all of its sketches'
+        span, and its candidates are then all its examples, ranked exactly);
+        None without ``search_components`` or without reduction.
         """
-        m = self.search_components
-        return m is not None and m < min(self.n_samples_fit_, values)
+        if self.search_components is None:
+            return None
+        m = min(self.search_components, self.n_samples_fit_ - 1)
+        return m if 1 <= m < values else None
 
     def _check_held_bytes(self) -> None:
         """Raise a MemoryError when the search would hold more than it may."""
@@ -586,7 +591,7 @@ class NetworkNeighbors(NetworkEstimator):
         width = self.n_components
         if width == "auto":
             width = CANDIDATE_COMPONENTS
-        if not self._reduces(engine.n_outputs(X) * width):
+        if self._search_width(engine.n_outputs(X) * width) is None:
             return None
         return whitened_bytes(engine, X, self.rtol)
 
@@ -645,11 +650,11 @@ class NetworkNeighbors(NetworkEstimator):
         Fitted on the rows :func:`direction_rows` draws: of the whole
         sketches ``F`` when given, else sketched for the purpose.
         """
-        m, n = self.search_components, self.n_samples_fit_
         width = self._engine.n_outputs(X) * self.n_components_ * len(self._engines())
-        if not self._reduces(width):
+        m = self._search_width(width)
+        if m is None:
             return None
-        rows = direction_rows(n, m, self.projection_seed_)
+        rows = direction_rows(self.n_samples_fit_, m, self.projection_seed_)
         sample = self._sketch(take(X, rows)) if F is None else F[rows]
         return principal_directions(sample, m, self.projection_seed_)
 

@@ -278,6 +278,19 @@ def test_no_reduction_when_the_sketches_are_not_wider(data):
     )
 
 
+def test_a_reference_smaller_than_the_search_components_is_ranked_exactly(data):
+    """Reduced to one component below its size: every example is a candidate."""
+    X_ref, X_new = data
+    net = mlp(4, 3).double()
+    small = search(net, X_ref[:12], 16)
+    assert small.exact_ranking_ and small.search_directions_.shape[1] == 11
+    sim, ind = small.most_similar(X_new)
+    J = oracle_jacobians(net, torch.as_tensor(np.r_[X_new, X_ref[:12]]).double())
+    K = oracle_kernel(J[: len(X_new)], J[len(X_new) :], "cosine")
+    np.testing.assert_array_equal(ind, np.argsort(-K, axis=1, kind="stable")[:, :5])
+    np.testing.assert_allclose(sim, np.take_along_axis(K, ind, 1), rtol=1e-6)
+
+
 def test_pickled_search_gives_the_same_neighbors(data):
     X_ref, X_new = data
     reduced = search(mlp(4, 3), X_ref, 6)

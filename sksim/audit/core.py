@@ -478,9 +478,9 @@ def audit(
       fold (:class:`~sksim.SelfDenoisingAnalysis` on one-hot labels and the
       first ``d - 1`` softmax probabilities, ``weights="cosine_pos_pow"``
       [1]_), on at most ``max_samples=500`` training examples drawn at
-      random (its cost grows as ``N^2``; the sums over neighbours run over
-      that subset): effective number of neighbours, estimated label noise,
-      predicted error.
+      random, each against the whole training fold (its cost grows as
+      ``max_samples N``): effective number of neighbours, estimated label
+      noise, predicted error.
     * ``"sensitivity"``: layer-wise relative sensitivity to diffeomorphisms
       ``D``, ``G`` and ``R = D / G`` on the held-out images, trained and at
       initialisation (``sksim.sensitivity.relative_sensitivity`` [2]_);

@@ -56,6 +56,21 @@ def test_past_the_threshold_density_is_the_soft_count():
     )
 
 
+def test_the_users_options_of_counts_over_pairs_keep_their_method():
+    """A threshold given for the density is not dropped by the soft counts."""
+    X_train, _, X_test, _ = prefit_split()
+    options = AUDIT_OPTIONS | dict(density=dict(threshold=0.5))
+    result = shared_prefit_audit(("density",), 50, options)
+    hard = GradientDensityEstimator(prefit_net(), method="hard", threshold=0.5)
+    expected = hard.fit(X_train).neighbor_counts(X_test)
+    counts = result["samples"]["neighbor_count"].to_numpy()
+    np.testing.assert_array_equal(counts, expected)
+    assert result.metadata["methods"]["density"].startswith(
+        "hard counts (similarity above 0.5)"
+    )
+    assert "scale_threshold" not in result.metadata["methods"]["density"]
+
+
 def test_below_the_threshold_results_are_unchanged():
     X_train, _, X_test, _ = prefit_split()
     hard = GradientDensityEstimator(

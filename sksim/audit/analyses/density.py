@@ -139,6 +139,10 @@ def count_method(options: Mapping[str, Any]) -> str:
     return f"{method} counts ({rule}) over all pairs of examples"
 
 
+# Options of the density's counts over pairs, which soft counts do not take.
+PAIR_OPTIONS = ("threshold", "power", "n_components")
+
+
 class Density(Analysis):
     """Log relative density of each held-out example, and error by density bin."""
 
@@ -165,6 +169,17 @@ class Density(Analysis):
 
     def option_target(self) -> type:
         return GradientDensityEstimator
+
+    def scaled_options(self, fold: _Fold) -> dict[str, Any]:
+        """Soft counts, unless the user's options are those of counts over pairs.
+
+        A ``threshold``, a ``power`` or sketches (``n_components``) given
+        without a ``method`` keep the method of pairs they set, at any size.
+        """
+        given = fold.options.get(self.name, {})
+        if any(name in given for name in PAIR_OPTIONS):
+            return {}
+        return super().scaled_options(fold)
 
     def run(self, fold: _Fold) -> FoldOutput:
         options = self.options(fold)

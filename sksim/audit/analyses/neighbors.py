@@ -110,7 +110,8 @@ def search_method(search: NetworkNeighbors) -> str:
             f"gradient sketches with n_components={n_components}"
             + (
                 f", candidates ({search.candidates_per_neighbor} per neighbour) "
-                f"from their {search.search_components} principal components "
+                f"from their {search.search_directions_.shape[1]} principal "
+                "components "
                 f"ranked by their {ranking}"
                 if search.search_directions_ is not None
                 else ""
