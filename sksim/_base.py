@@ -142,7 +142,8 @@ class NetworkEstimator(BaseEstimator):
         """The opening of ``fit``: validated ``X``, with the net trained if needed.
 
         Sets ``net_``, ``n_features_in_`` and, with a ``n_components``
-        parameter, ``projection_seed_``. ``y_net`` (default ``y``) is what an
+        parameter, ``projection_seed_`` (None without sketches: nothing is
+        drawn from ``random_state`` then). ``y_net`` (default ``y``) is what an
         unfitted skorch net is trained on; ``check_targets(X)``, if given,
         runs before the training.
         """
@@ -155,7 +156,10 @@ class NetworkEstimator(BaseEstimator):
             self.net, X, y if y_net is None else y_net, self.random_state
         )
         if "n_components" in self._parameter_constraints:
-            self.projection_seed_ = projection_seed(self.random_state)
+            sketched = self.n_components is not None
+            self.projection_seed_ = (
+                projection_seed(self.random_state) if sketched else None
+            )
         check_weighted(
             getattr(self, "checkpoints", None),
             getattr(self, "checkpoint_weights", None),

@@ -335,8 +335,9 @@ class NetworkSimilarityKernel(
         Sketches of the reference inputs when ``n_components`` is set (those
         of the checkpoints side by side, each scaled by the square root of
         its share of the weight).
-    projection_seed_ : int
-        Seed of the sketch, shared by reference and queries.
+    projection_seed_ : int or None
+        Seed of the sketch, shared by reference and queries (None without
+        sketches).
     n_features_in_ : int
         Size of the second axis of array inputs.
 

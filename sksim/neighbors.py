@@ -293,8 +293,9 @@ class NetworkNeighbors(NetworkEstimator):
         exact ``n_neighbors`` nearest reference examples that
         :meth:`most_similar` finds (recall@``n_neighbors``).
     %(sketch_weights_)s
-    projection_seed_ : int
-        Seed of the sketch, shared by reference and queries.
+    projection_seed_ : int or None
+        Seed of the sketch, shared by reference and queries (None without
+        sketches).
     n_features_in_ : int
         Size of the second axis of array inputs.
 

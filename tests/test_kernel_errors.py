@@ -565,3 +565,19 @@ def test_buffers_the_forward_pass_updates_are_restored():
     for name, (tensor, values) in buffers.items():
         assert getattr(net, name) is tensor
         assert torch.equal(tensor, values)
+
+
+def test_estimators_without_sketches_leave_numpys_global_generator(module):
+    """random_state=None draws a seed only where a sketch needs one."""
+
+    def state():
+        _, key, position, *_ = np.random.get_state()
+        return key.tobytes(), position
+
+    before = state()
+    NetworkSimilarityKernel(module).fit(X).transform(X)
+    GradientDensityEstimator(module, method="hard").fit(X).neighbor_counts(X)
+    NetworkNeighbors(module, n_neighbors=2).fit(X).kneighbors(X)
+    assert state() == before
+    NetworkSimilarityKernel(module, n_components=4).fit(X)  # a sketch draws its seed
+    assert state() != before
