@@ -1,7 +1,7 @@
 """sksim: input similarity from a neural network's perspective, for scikit-learn."""
 
 from ._engine.finite import NonFiniteNetworkError
-from ._engine.normalize import DeadInputWarning, SingularJacobianGramWarning
+from ._engine.flags import DeadInputWarning, SingularJacobianGramWarning
 from .denoising import (
     IllConditionedWeightsWarning,
     NoiseEstimateWarning,

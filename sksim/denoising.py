@@ -19,10 +19,11 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._base import POSITIVE_INT, NetworkEstimator, constraints
 from ._docs import fill_doc
+from ._engine.flags import FlaggedRows
 from ._engine.gram import GramReference, NTKReference
 from ._engine.inputs import is_dataset, n_samples
 from ._engine.jacobian import DEFAULT_MAX_MEMORY
-from ._engine.normalize import normalize
+from ._engine.normalize import gram_power, normalize
 from ._typing import NetInput, NetLike, Output, Self
 from ._validation import check_net_input, dataset_targets
 from .density import THRESHOLD
@@ -479,6 +480,10 @@ class SelfDenoisingAnalysis(NetworkEstimator):
         matrix = self.weights in MATRIX_WEIGHTS
         if matrix:
             reference = NTKReference(engine, X)
+            if self.weights == "cosine":  # whitened by block: report X's Grams once
+                found = FlaggedRows()
+                gram_power(reference.gram, -0.5, self.rtol, found, slice(0, None))
+                found.report()
         else:
             reference = GramReference(engine, X, kind="cosine", rtol=self.rtol)
         copies = MATRIX_COPIES if matrix else SCALAR_COPIES

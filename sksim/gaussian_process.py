@@ -21,6 +21,7 @@ from sklearn.utils._param_validation import validate_parameter_constraints
 
 from ._base import constraints, make_engine
 from ._docs import fill_doc
+from ._engine.flags import FlaggedRows
 from ._engine.inputs import n_samples
 from ._engine.jacobian import DEFAULT_MAX_MEMORY
 from ._engine.normalize import gram_power
@@ -36,17 +37,20 @@ PARAMETERS += ("max_memory",)
 KernelInput = ArrayLike | Mapping[str, ArrayLike]
 
 
-def _diagonal(G: np.ndarray, kind: str, rtol: float) -> np.ndarray:
+def _diagonal(
+    G: np.ndarray, kind: str, rtol: float, found: FlaggedRows, rows: slice
+) -> np.ndarray:
     """``k(x, x)`` of samples from their Grams ``G = J(x) J(x)^T`` ``(b, d, d)``.
 
     The ntk gives ``tr(G) / d``. The cosine ``tr(G^{-1/2} G G^{-1/2}) / d`` and
     the influence ``tr(G G^{-1}) / d`` are both ``tr(G^{-1} G) / d``: 1, less
-    where eigenvalues were floored, 0 for dead inputs.
+    where eigenvalues were floored, 0 for dead inputs (recorded in ``found``
+    as ``rows``).
     """
     d = G.shape[-1]
     if kind == "ntk":
         return np.trace(G, axis1=-2, axis2=-1) / d
-    return np.einsum("bij,bji->b", gram_power(G, -1.0, rtol), G) / d
+    return np.einsum("bij,bji->b", gram_power(G, -1.0, rtol, found, rows), G) / d
 
 
 @fill_doc
@@ -227,9 +231,10 @@ class NetworkKernel(Kernel):
         """
         engine = self._make_engine()
         X = check_net_input(X, keep_tensors=True)
-        out = np.empty(n_samples(X))
+        out, found = np.empty(n_samples(X)), FlaggedRows()
         for rows, _, G in engine.mapped_pieces(X, None, self.rtol, progress=False):
-            out[rows] = _diagonal(G, self.kind, self.rtol)
+            out[rows] = _diagonal(G, self.kind, self.rtol, found, rows)
+        found.report()
         return out
 
     def is_stationary(self) -> bool:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from sklearn.utils import check_random_state
 
+from .flags import FlaggedRows, flag_scope
 from .inputs import n_samples, take
 from .jacobian import JacobianEngine
 from .pieces import DensePiece, gram_of, map_pieces
@@ -29,10 +30,13 @@ def whitened_jacobians(
     Rows of ``A(x)`` are orthonormal, so ``tr(A(x) A(y)^T) / d`` is the cosine
     kernel; a zero gradient gives ``A = 0``.
     """
+    found = FlaggedRows()
     for rows, J in engine.jacobians(X):
         J = DensePiece(J)
-        (A,) = map_pieces([J], gram_of([J]).double().cpu().numpy(), -0.5, rtol)
+        G = gram_of([J]).double().cpu().numpy()
+        (A,) = map_pieces([J], G, -0.5, rtol, found, rows)
         yield rows, A.grad
+    found.report()
 
 
 ENERGY_ROWS = 64  # examples the pieces' energies are measured on, at most
@@ -55,9 +59,10 @@ def piece_energies(
     if n > ENERGY_ROWS:
         rows = np.sort(check_random_state(seed).choice(n, ENERGY_ROWS, replace=False))
     total = 0.0
-    for _, pieces, _ in engine.mapped_pieces(take(X, rows), -0.5, rtol, False):
-        grams = [piece.self_gram() for piece in pieces]
-        total = total + np.array([g.diagonal(0, 1, 2).sum().item() for g in grams])
+    with flag_scope(report=False):  # the pass over X reports them
+        for _, pieces, _ in engine.mapped_pieces(take(X, rows), -0.5, rtol, False):
+            grams = [piece.self_gram() for piece in pieces]
+            total = total + np.array([g.diagonal(0, 1, 2).sum().item() for g in grams])
     return total / len(rows)
 
 

@@ -12,7 +12,10 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+import numpy as np
 import torch
+
+from .flags import flag_scope, moved_rows, name_rows
 
 
 class NonFiniteNetworkError(ValueError):
@@ -33,10 +36,9 @@ class NonFiniteNetworkError(ValueError):
 
     def __init__(self, what: str, rows: list, more: bool, inputs: str = "input"):
         self.what, self.rows, self.more, self.inputs = what, rows, more, inputs
-        named = f"rows {rows}{' and more' if more else ''}"
-        named = f"input {named}" if inputs == "input" else f"{named} of {inputs}"
         super().__init__(
-            f"The network produced NaN or infinite {what} for {named}: what "
+            f"The network produced NaN or infinite {what} for "
+            f"{name_rows(rows, more, inputs)}: what "
             "sksim computes from them would be meaningless. Check the network's "
             "weights (a diverged training, e.g. a learning rate too high) and "
             "these inputs."
@@ -61,11 +63,7 @@ class NonFiniteNetworkError(ValueError):
         NonFiniteNetworkError
             The error naming the rows of the larger inputs.
         """
-        named = self.rows
-        if isinstance(rows, slice):
-            named = [row + (rows.start or 0) for row in named]
-        elif rows is not None:
-            named = [int(rows[row]) for row in named]
+        named = self.rows if rows is None else moved_rows(self.rows, rows).tolist()
         inputs = self.inputs if inputs is None else inputs
         return NonFiniteNetworkError(self.what, named, self.more, inputs)
 
@@ -79,9 +77,15 @@ def rows_of_reference(rows=None) -> Iterator[None]:
 
     For passes over the reference set while queries are read too. ``rows``
     (a slice or array) are the reference's rows the pass reads, when not all.
+    The rows of dead or near-singular Grams found inside are named so too.
     """
+
+    def move(inputs: str, named: np.ndarray) -> tuple[str, np.ndarray]:
+        return REFERENCE_INPUTS, named if rows is None else moved_rows(named, rows)
+
     try:
-        yield
+        with flag_scope(move):
+            yield
     except NonFiniteNetworkError as error:
         raise error.moved(rows, REFERENCE_INPUTS) from None
 

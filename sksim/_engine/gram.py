@@ -18,6 +18,7 @@ import torch
 
 from .budget import rows_that_fit
 from .finite import rows_of_reference
+from .flags import FlaggedRows, flag_scope, moved_rows
 from .inputs import n_samples, take
 from .jacobian import JacobianEngine
 from .normalize import KINDS
@@ -99,6 +100,7 @@ class GramReference:
         # otherwise it is computed from the kept pieces if asked for.
         lazy = self.right_power is None
         grams, kept = [], KeptPieces(self.n_samples, self.max_memory)
+        found = FlaggedRows()
         with self._naming():
             for rows, pieces in engine.pieces(Y):
                 self.n_outputs = pieces[0].signal.shape[1]
@@ -107,8 +109,10 @@ class GramReference:
                     G = None if kept.pieces is not None else _gram_array(pieces)
                 else:
                     G = _gram_array(pieces)
-                    kept(rows, map_pieces(pieces, G, self.right_power, rtol))
+                    mapped = map_pieces(pieces, G, self.right_power, rtol, found, rows)
+                    kept(rows, mapped)
                 grams.append(G)
+            found.report()
         self._gram = None if lazy and kept.pieces is not None else np.concatenate(grams)
         self._pieces = kept.pieces
 
@@ -178,19 +182,24 @@ class GramReference:
         Without kept pieces, those of the subset are computed again.
         """
         if self._pieces is None:
-            Q = self.Y if subset is None else take(self.Y, subset)
-            yield from self.rows(Q, copies)
+            if subset is None:
+                yield from self.rows(self.Y, copies)
+                return
+            with flag_scope(lambda inputs, rows: (inputs, moved_rows(rows, subset))):
+                yield from self.rows(take(self.Y, subset), copies)
             return
         n = self.n_samples if subset is None else len(subset)
-        step = self.block_rows(copies)
+        step, found = self.block_rows(copies), FlaggedRows()
         for start in range(0, n, step):
             rows = slice(start, min(start + step, n))
-            chosen = rows if subset is None else torch.as_tensor(subset[rows])
+            of_y = rows if subset is None else subset[rows]  # rows of Y
+            chosen = rows if subset is None else torch.as_tensor(of_y)
             left = [p.take(chosen) for p in self._pieces]
-            G = self.gram[rows if subset is None else subset[rows]]
+            G = self.gram[of_y]
             if self.left_power != self.right_power:  # influence: R = I, L = G^-1
-                left = map_pieces(left, G, self.left_power, self.rtol)
+                left = map_pieces(left, G, self.left_power, self.rtol, found, of_y)
             yield rows, self.rows_of(left), G
+        found.report()
 
     def block_rows(self, copies: int = 1) -> int:
         """Rows of a block whose ``copies`` arrays take a third of ``max_memory``.

@@ -22,6 +22,7 @@ from .budget import rows_that_fit
 from .capture import LayerCapture, join_name, plan_layers
 from .context import check_device, evaluation_mode, on_device, uncompiled
 from .finite import check_finite_rows
+from .flags import FlaggedRows
 from .inputs import batches, module_float_dtype, n_samples, take, to_tensor
 from .pieces import DensePiece, PieceBudget, PiecesTooLarge, gram_of, map_pieces
 from .selection import select_output, select_parameters
@@ -282,10 +283,14 @@ class JacobianEngine:
         features), ``-1`` gives the left side of the influence kernel, None
         leaves ``J`` as it is. ``G`` is float64 on the CPU. The pieces are
         emptied when the next batch is asked for, as those of :meth:`pieces`.
+        The rows of dead or near-singular Grams are reported once the pass
+        is over.
         """
+        found = FlaggedRows()
         for rows, pieces in self.pieces(X, progress):
             G = gram_of(pieces).double().cpu().numpy()
-            yield rows, map_pieces(pieces, G, power, rtol), G
+            yield rows, map_pieces(pieces, G, power, rtol, found, rows), G
+        found.report()
 
     def _layer_plan(self, X) -> tuple[dict, Callable | None, int]:
         """Handled layers, the fallback Jacobian and its width, made once.

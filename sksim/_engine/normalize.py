@@ -2,61 +2,47 @@
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 
+from .flags import FlaggedRows
+
 KINDS = ("cosine", "ntk", "influence")
-
-
-class SingularJacobianGramWarning(UserWarning):
-    """The d x d Gram ``J(x) J(x)^T`` of some sample is (near-)singular."""
-
-
-class DeadInputWarning(UserWarning):
-    """Some samples have a zero gradient: their similarity is set to 0."""
 
 
 def _floored_eigh(G: np.ndarray, rtol: float):
     """Eigen-decompositions of a stack of PSD matrices, eigenvalues floored.
 
-    Returns eigenvalues, eigenvectors and a mask of dead samples (zero gradient).
-    Eigenvalues under ``rtol * lambda_max`` are raised to it, with one warning.
+    Returns eigenvalues, eigenvectors, and masks of dead samples (zero
+    gradient) and of near-singular ones: eigenvalues under
+    ``rtol * lambda_max`` are raised to it.
     """
     G = 0.5 * (G + np.swapaxes(G, -1, -2))
     lam, V = np.linalg.eigh(G)
     lam_max = lam[..., -1:]
     dead = lam_max[..., 0] <= 0
-    if dead.any():
-        warnings.warn(
-            f"{int(dead.sum())} sample(s) have a zero gradient (the network's output "
-            "does not depend on the selected parameters there, e.g. dead ReLUs): "
-            "their similarity to every input is set to 0.",
-            DeadInputWarning,
-            stacklevel=4,
-        )
     floor = rtol * np.maximum(lam_max, 0)
-    singular = (lam < floor).any(axis=-1) & ~dead
-    if singular.any() and G.shape[-1] > 1:
-        warnings.warn(
-            f"The Jacobian Gram J J^T is near-singular for {int(singular.sum())} "
-            f"sample(s): eigenvalues below rtol * lambda_max (rtol={rtol:g}) are "
-            "floored. Softmax or log-softmax outputs always cause this (their rows "
-            "sum to zero): compute similarities on logits, i.e. on a module without "
-            "the final softmax, or pass output= a callable selecting the logits.",
-            SingularJacobianGramWarning,
-            stacklevel=4,
-        )
+    singular = (lam < floor).any(axis=-1) & ~dead & (G.shape[-1] > 1)
     lam = np.where(dead[..., None], 0.0, np.maximum(lam, floor))
-    return lam, V, dead
+    return lam, V, dead, singular
 
 
-def gram_power(G: np.ndarray, power: float, rtol: float) -> np.ndarray:
+def gram_power(
+    G: np.ndarray,
+    power: float,
+    rtol: float,
+    found: FlaggedRows | None = None,
+    rows=None,
+) -> np.ndarray:
     """``G^power`` for a stack of d x d PSD matrices (symmetric, floored).
 
-    Dead samples (``G = 0``) get the zero matrix, so they are similar to nothing.
+    Dead samples (``G = 0``) get the zero matrix, so they are similar to
+    nothing. Dead and near-singular samples are recorded in ``found`` as the
+    ``rows`` (a slice or indices) of their inputs; None records nothing (a
+    pass that computed them first did).
     """
-    lam, V, dead = _floored_eigh(G, rtol)
+    lam, V, dead, singular = _floored_eigh(G, rtol)
+    if found is not None:
+        found.add(dead, singular, rows)
     with np.errstate(divide="ignore"):
         scaled = np.where(dead[..., None], 0.0, lam**power)
     return (V * scaled[..., None, :]) @ np.swapaxes(V, -1, -2)
@@ -82,7 +68,8 @@ def normalize(
         ``ntk``: ``K`` itself; ``influence``: ``K(y, x) K(x, x)^{-1}``, the
         effect on ``y`` of the smallest step that moves ``x``.
     rtol : float, default=1e-5
-        Eigenvalues of ``J J^T`` below ``rtol * lambda_max`` are floored.
+        Eigenvalues of ``J J^T`` below ``rtol * lambda_max`` are floored
+        (the passes that computed the Grams report where).
     """
     if kind == "ntk":
         return K

@@ -17,6 +17,7 @@ from collections.abc import Callable, Hashable
 import numpy as np
 
 from .finite import REFERENCE_INPUTS, NonFiniteNetworkError
+from .flags import flag_scope, moved_rows
 from .gram import GramReference
 from .inputs import n_samples, take
 from .jacobian import JacobianEngine
@@ -29,9 +30,16 @@ LOST_WORKER_RETRIES = 2
 Tile = tuple[int, int, int, int]  # first and last + 1 row, first and last + 1 column
 
 
-def _tile(function: Callable, where: Hashable, *args) -> tuple[Hashable, object, list]:
-    """``where``, ``function(*args)`` and its warnings, wherever joblib sends it."""
-    return where, *recording_warnings(function, *args)
+def _tile(recorded: Callable, where: Hashable, *args) -> tuple:
+    """``where``, ``function(*args)``, its warnings and its flagged rows.
+
+    Wherever joblib sends it: ``recorded`` is :func:`recording_warnings` of the
+    function; the rows of dead or near-singular Grams come back to be
+    reported once for all tiles.
+    """
+    with flag_scope(report=False) as found:
+        result, raised = recorded(*args)
+    return where, result, raised, found
 
 
 def _block(
@@ -47,16 +55,27 @@ def _block(
     """The block ``K(X, Y)``; ``X=None`` for the symmetric ``K(Y, Y)``.
 
     ``starts`` are the first rows of ``X`` and ``Y`` in the whole inputs, which
-    a :class:`NonFiniteNetworkError` names; the reference ``Y`` is named as
-    such unless the kernel is ``symmetric``.
+    a :class:`NonFiniteNetworkError` and the rows of dead or near-singular
+    Grams are named by; the reference ``Y`` is named as such unless the
+    kernel is ``symmetric``.
     """
-    try:
-        return GramReference(engine, Y, kind, full, rtol, named=True).matrix(X)
-    except NonFiniteNetworkError as error:
-        in_y = error.inputs == REFERENCE_INPUTS
+
+    def whole(inputs: str) -> tuple[slice, str]:
+        """The whole inputs' rows the block's ``inputs`` start at, and their name."""
+        in_y = inputs == REFERENCE_INPUTS
         start = starts[1] if in_y or X is None else starts[0]
-        inputs = REFERENCE_INPUTS if in_y and not symmetric else "input"
-        raise error.moved(slice(start, None), inputs) from None
+        named = REFERENCE_INPUTS if in_y and not symmetric else "input"
+        return slice(start, None), named
+
+    def move(inputs: str, rows: np.ndarray) -> tuple[str, np.ndarray]:
+        start, inputs = whole(inputs)
+        return inputs, moved_rows(rows, start)
+
+    try:
+        with flag_scope(move):
+            return GramReference(engine, Y, kind, full, rtol, named=True).matrix(X)
+    except NonFiniteNetworkError as error:
+        raise error.moved(*whole(error.inputs)) from None
 
 
 def _tiles(n: int, m: int, size: int, mirror: bool) -> list[Tile]:
@@ -107,22 +126,26 @@ def run_tiles(
 
     The tiles run as ``joblib.Parallel(n_jobs)`` tasks and each result is placed
     as soon as it arrives, in any order, its warnings raised again here (a
-    worker process only prints them). Tiles lost with a ``dask.distributed``
+    worker process only prints them), and the rows of dead or near-singular
+    Grams of all tiles are reported once. Tiles lost with a ``dask.distributed``
     worker are submitted again, up to ``LOST_WORKER_RETRIES`` times.
     """
     from joblib import Parallel, delayed
 
-    missing = list(tiles)
+    missing, recorded = list(tiles), recording_warnings(function)
     for attempt in range(LOST_WORKER_RETRIES + 1):
         done = set()
         parallel = Parallel(n_jobs=n_jobs, return_as="generator_unordered")
         try:
-            for where, result, raised in parallel(
-                delayed(_tile)(function, where, *arguments(where)) for where in missing
-            ):
-                warn_again(raised)
-                place(where, result)
-                done.add(where)
+            with flag_scope() as found:
+                for where, result, raised, flagged in parallel(
+                    delayed(_tile)(recorded, where, *arguments(where))
+                    for where in missing
+                ):
+                    warn_again(raised)
+                    found.merge(flagged)
+                    place(where, result)
+                    done.add(where)
             return
         except _lost_worker_errors():
             if attempt == LOST_WORKER_RETRIES:
@@ -175,10 +198,18 @@ def tiled_kernel(
 def _chunk(function: Callable, start: int, X):
     """``function(X)`` of the chunk of rows of larger inputs from ``start``.
 
-    A :class:`NonFiniteNetworkError` names the larger inputs' rows.
+    A :class:`NonFiniteNetworkError` and the rows of dead or near-singular
+    Grams are named by the larger inputs' rows.
     """
+
+    def move(inputs: str, rows: np.ndarray) -> tuple[str, np.ndarray]:
+        if inputs == REFERENCE_INPUTS:  # not of the chunk
+            return inputs, rows
+        return inputs, rows + start
+
     try:
-        return function(X)
+        with flag_scope(move):
+            return function(X)
     except NonFiniteNetworkError as error:
         if error.inputs == REFERENCE_INPUTS:  # not of the chunk
             raise

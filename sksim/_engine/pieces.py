@@ -23,6 +23,7 @@ import warnings
 import numpy as np
 import torch
 
+from .flags import FlaggedRows
 from .normalize import gram_power
 
 # Elements of the largest intermediate of one pairing step: the (b, m, T, T')
@@ -430,15 +431,23 @@ def gram_of(pieces: list) -> torch.Tensor:
     return sum(p.self_gram() for p in pieces)
 
 
-def map_pieces(pieces: list, G: np.ndarray, power: float | None, rtol: float) -> list:
+def map_pieces(
+    pieces: list,
+    G: np.ndarray,
+    power: float | None,
+    rtol: float,
+    found: FlaggedRows | None = None,
+    rows=None,
+) -> list:
     """Pieces of ``G^power J`` (``power=None`` leaves them as they are).
 
     They replace those of ``J`` in ``pieces`` one by one, so that a batch's
-    Jacobians are held once, not twice; ``pieces`` is returned.
+    Jacobians are held once, not twice; ``pieces`` is returned. Dead and
+    near-singular samples are recorded in ``found`` (see :func:`gram_power`).
     """
     if power is None:
         return pieces
-    W = torch.as_tensor(gram_power(G, power, rtol)).to(pieces[0].signal)
+    W = torch.as_tensor(gram_power(G, power, rtol, found, rows)).to(pieces[0].signal)
     for i, piece in enumerate(pieces):
         pieces[i] = piece.transform(W)
     return pieces

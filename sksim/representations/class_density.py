@@ -187,8 +187,7 @@ class ClassConditionalDensity(ClassifierMixin, BaseEstimator):
         seeds = rng.randint(2**31 - 1, size=len(self.classes_))
         members = [np.flatnonzero(y_index == c) for c in range(len(self.classes_))]
         fits = Parallel(n_jobs=self.n_jobs)(
-            delayed(recording_warnings)(
-                _fit_mixture,
+            delayed(recording_warnings(_fit_mixture))(
                 clone(template).set_params(random_state=int(seed)),
                 P[rows],
             )

@@ -134,8 +134,8 @@ def memorization_scores(
     masks = subset_masks(n, n_models, subset_fraction, rng)
     seeds = rng.randint(2**31 - 1, size=n_models)
     jobs = (
-        delayed(recording_warnings)(
-            _correct_when_trained_on, estimator, X, y, mask, int(seed)
+        delayed(recording_warnings(_correct_when_trained_on))(
+            estimator, X, y, mask, int(seed)
         )
         for mask, seed in zip(masks, seeds, strict=True)
     )

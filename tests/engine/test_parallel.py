@@ -3,6 +3,7 @@
 import os
 import signal
 import threading
+import time
 import warnings
 
 import numpy as np
@@ -137,6 +138,29 @@ def test_warnings_of_the_tiles_reach_the_caller(n_jobs):
         run_tiles(_warning_identity, [1, 2], lambda t: (t,), placed.__setitem__, n_jobs)
     assert placed == {1: 1, 2: 2}
     assert sorted(str(w.message) for w in caught) == ["tile 1", "tile 2"]
+
+
+def _slow_warning_identity(x):
+    for step in range(20):
+        warnings.warn(f"tile {x}, step {step}", stacklevel=1)
+        time.sleep(0.001)  # the threads interleave
+    return x
+
+
+def test_warnings_of_threads_reach_the_caller_and_leave_its_filters():
+    """Tiles in joblib's threads share the process's warning machinery."""
+    tiles = list(range(8))
+    filters = list(warnings.filters)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with parallel_config(backend="threading"):
+            run_tiles(
+                _slow_warning_identity, tiles, lambda t: (t,), dict().__setitem__, 4
+            )
+    assert sorted(str(w.message) for w in caught) == sorted(
+        f"tile {x}, step {step}" for x in tiles for step in range(20)
+    )
+    assert warnings.filters == filters
 
 
 def test_threads_sharing_a_network_take_turns():
