@@ -182,8 +182,9 @@ class NetworkEstimator(BaseEstimator):
         """
         if weights_digest(resolve_module(self.net_)) != self._weights:
             raise ValueError(
-                "The network's weights changed since fit (it was trained further, "
-                f"or given other weights): {type(self).__name__} holds what it "
+                "The network's weights, or which of them are trainable, changed "
+                "since fit (it was trained further, given other weights, or "
+                f"layers were frozen): {type(self).__name__} holds what it "
                 "computed from the weights it had then. Call fit again."
             )
 

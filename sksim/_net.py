@@ -20,7 +20,7 @@ from sklearn.frozen import FrozenEstimator
 from skorch import NeuralNet, NeuralNetBinaryClassifier
 from torch.nn.parameter import is_lazy
 
-from ._engine.context import torch_seed
+from ._engine.context import evaluation_mode, forked_rng, torch_seed
 from ._engine.inputs import is_dataset
 from ._typing import NetInput, NetLike
 from ._validation import skorch_training_data
@@ -171,8 +171,9 @@ def resolve_module(net: NetLike) -> torch.nn.Module:
 def weights_digest(module: torch.nn.Module) -> str:
     """A digest of the contents of ``module``'s parameters and buffers.
 
-    Equal digests mean equal weights (names, dtypes, shapes and bytes),
-    wherever the tensors live.
+    Equal digests mean equal weights (names, dtypes, shapes and bytes, and
+    which parameters are trainable: the gradients are theirs), wherever the
+    tensors live.
     """
     digest = hashlib.blake2b(digest_size=16)
     tensors = itertools.chain(module.named_parameters(), module.named_buffers())
@@ -180,9 +181,36 @@ def weights_digest(module: torch.nn.Module) -> str:
         if is_lazy(tensor):
             continue
         t = tensor.detach()
-        digest.update(f"{name} {t.dtype} {tuple(t.shape)}".encode())
+        digest.update(
+            f"{name} {t.dtype} {tuple(t.shape)} {tensor.requires_grad}".encode()
+        )
         digest.update(t.reshape(-1).view(torch.uint8).cpu().numpy())
     return digest.hexdigest()
+
+
+def predicted_probabilities(net: NetLike, X: NetInput) -> np.ndarray:
+    """``net.predict_proba(X)`` in eval mode, float64, checked to be probabilities.
+
+    skorch applies a softmax to the module's outputs only for a
+    ``CrossEntropyLoss`` criterion (a sigmoid for ``BCEWithLogitsLoss``); with
+    another one ``predict_proba`` gives the outputs as they are, which would
+    be read as probabilities without a word. The torch and NumPy global
+    generators are left as they were, as are the module's modes.
+    """
+    with evaluation_mode(resolve_module(net)), forked_rng():
+        P = np.asarray(net.predict_proba(X), dtype=np.float64)
+    sums = P.sum(axis=-1) if P.ndim == 2 else np.array([np.nan])
+    if not (np.isfinite(P).all() and P.min() >= 0 and np.allclose(sums, 1, atol=1e-3)):
+        raise ValueError(
+            f"{type(_unwrap(net)).__name__}.predict_proba does not give class "
+            f"probabilities: values from {P.min():.3g} to {P.max():.3g}, rows "
+            f"summing to {np.nanmin(sums):.3g} to {np.nanmax(sums):.3g}. skorch "
+            "applies a softmax to the module's outputs only when the criterion is "
+            "CrossEntropyLoss: set the net's predict_nonlinearity (e.g. "
+            "predict_nonlinearity=lambda out: out.softmax(dim=-1)), or make the "
+            "module output probabilities."
+        )
+    return P
 
 
 def resolve_device(

@@ -31,14 +31,13 @@ from skorch import NeuralNet
 
 from ._base import NetworkEstimator, constraints, make_engine
 from ._docs import fill_doc
-from ._engine.context import evaluation_mode, forked_rng
 from ._engine.inputs import n_samples, take
 from ._engine.jacobian import DEFAULT_MAX_MEMORY
 from ._net import (
     _unwrap,
     fit_net,
     is_unfitted_skorch,
-    resolve_module,
+    predicted_probabilities,
     untrained_clone,
 )
 from ._reduced_search import CANDIDATES_PER_NEIGHBOR
@@ -675,8 +674,7 @@ class LabelIssueDetector(NetworkEstimator):
         after.
         """
         if hasattr(net, "predict_proba"):
-            with evaluation_mode(resolve_module(net)), forked_rng():
-                return np.asarray(net.predict_proba(X), dtype=np.float64)
+            return predicted_probabilities(net, X)
         engine = make_engine(
             net, "logits", None, self.batch_size, self.device, 0, self.max_memory
         )

@@ -536,7 +536,12 @@ def test_weights_changed_since_fit_are_refused(module):
     with torch.no_grad():
         module.out.weight.add_(0.1)  # one optimiser step, as it were
     for estimator, query in zip(estimators, queries, strict=True):
-        with pytest.raises(ValueError, match="weights changed since fit"):
+        with pytest.raises(ValueError, match="are trainable, changed since fit"):
+            query(estimator)
+        query(estimator.fit(X))
+    module.out.weight.requires_grad_(False)  # frozen: its gradients leave the kernel
+    for estimator, query in zip(estimators, queries, strict=True):
+        with pytest.raises(ValueError, match="are trainable, changed since fit"):
             query(estimator)
         query(estimator.fit(X))
 

@@ -311,6 +311,27 @@ def test_errors(digits, fitted_digits_net):
         LabelIssueDetector(fitted_digits_net, combination="max").fit(X, y)
 
 
+class PlainCrossEntropy(torch.nn.Module):
+    """Cross-entropy under another name: skorch's predict_proba then gives logits."""
+
+    def forward(self, logits, target):
+        return torch.nn.functional.cross_entropy(logits, target)
+
+
+def test_predict_proba_that_gives_no_probabilities_is_refused(digits):
+    X, y = digits[0][:200], digits[1][:200]
+    torch.manual_seed(0)
+    net = make_digits_net(criterion=PlainCrossEntropy, max_epochs=2).fit(X, y)
+    assert net.predict_proba(X[:5]).min() < 0  # the logits, as they are
+    detector = LabelIssueDetector(net, cv="prefit", n_neighbors=3)
+    with pytest.raises(ValueError, match="predict_proba does not give class prob"):
+        detector.fit(X, y)
+    net.set_params(predict_nonlinearity=lambda out: out.softmax(dim=-1))
+    softmax = LabelIssueDetector(net, cv="prefit", n_neighbors=3).fit(X, y)
+    logits = net.forward(X).double()
+    np.testing.assert_allclose(softmax.oof_proba_, logits.softmax(-1), rtol=1e-6)
+
+
 def test_prefit_restores_the_modules_modes(digits, fitted_digits_net):
     """And leaves torch's global generator as it was (skorch's predict draws)."""
     module, was_training = fitted_digits_net.module_, fitted_digits_net.module_.training

@@ -191,16 +191,29 @@ def _check_finite_items(
         )
 
 
+def _non_finite_rows(a) -> np.ndarray | None:
+    """A mask of the rows of ``a`` holding NaN or infinity; None if none can.
+
+    NumPy arrays are read as such: torch would warn that a read-only one (a
+    memory map, a pandas column) is not writable.
+    """
+    if isinstance(a, torch.Tensor):
+        if not a.is_floating_point() or bool(torch.isfinite(a.sum())):
+            return None  # a finite sum is the fast common case
+        return (~torch.isfinite(a.reshape(len(a), -1)).all(dim=1)).cpu().numpy()
+    a = np.asarray(a)
+    if a.dtype.kind != "f" or np.isfinite(a.sum()):
+        return None
+    return ~np.isfinite(a.reshape(len(a), -1)).all(axis=1)
+
+
 def check_finite(X) -> None:
     """Raise a ValueError naming the rows if ``X`` holds NaN or infinity."""
     arrays = X.items() if isinstance(X, Mapping) else [("X", X)]
     for name, a in arrays:
-        t = a if isinstance(a, torch.Tensor) else torch.as_tensor(np.asarray(a))
-        if not t.is_floating_point() or bool(torch.isfinite(t.sum())):
-            continue  # a finite sum is the fast common case
-        bad = ~torch.isfinite(t.reshape(len(t), -1)).all(dim=1)
-        if bool(bad.any()):
-            rows = torch.nonzero(bad).flatten()[:5].tolist()
+        bad = _non_finite_rows(a)
+        if bad is not None and bad.any():
+            rows = np.flatnonzero(bad)[:5].tolist()
             more = " and more" if int(bad.sum()) > len(rows) else ""
             raise ValueError(
                 f"Input {name} contains NaN or infinity in rows {rows}{more}; the "

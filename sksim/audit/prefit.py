@@ -20,6 +20,7 @@ from .._engine.inputs import batches, module_float_dtype
 from .._net import (
     _unwrap,
     is_unfitted_skorch,
+    predicted_probabilities,
     resolve_device,
     resolve_module,
     weights_digest,
@@ -150,8 +151,7 @@ def predictions(
             probabilities = probabilities.numpy()
             prediction = prediction.argmax(axis=-1)
     elif type(_unwrap(net)).predict is NeuralNetClassifier.predict:
-        with evaluation_mode(module), forked_rng():
-            probabilities = np.asarray(net.predict_proba(X), dtype=np.float64)
+        probabilities = predicted_probabilities(net, X)
         prediction = probabilities.argmax(axis=1)
     else:
         with evaluation_mode(module), forked_rng():

@@ -133,6 +133,22 @@ def test_prefit_audit_takes_the_detector_prefit_path(noisy_digits, tmp_path):
     assert "in-sample probabilities" in result.metadata["methods"]["label_issues"]
 
 
+def test_prefit_audit_refuses_logits_given_as_probabilities(noisy_digits):
+    X, y, _ = noisy_digits
+    net = _audit_helpers.small_net(X, max_epochs=1)
+    net.set_params(predict_nonlinearity=None).fit(X[:160], y[:160])  # logits
+    with pytest.raises(ValueError, match="predict_proba does not give class prob"):
+        audit(
+            net,
+            X[:160],
+            y[:160],
+            cv="prefit",
+            X_test=X[160:],
+            y_test=y[160:],
+            analyses=("label_issues",),
+        )
+
+
 def test_regression_is_skipped_with_the_reason(noisy_digits):
     X, _, _ = noisy_digits
     with torch.random.fork_rng():

@@ -3,8 +3,10 @@
 import warnings
 
 import numpy as np
+import pytest
 from _architectures import layer_case
 
+from sksim import network_similarity
 from sksim._engine.gram import GramReference
 from sksim._engine.jacobian import JacobianEngine
 
@@ -20,3 +22,19 @@ def test_array_inputs_are_read_in_place_and_left_unchanged():
         K = GramReference(engine, frozen).matrix()
     np.testing.assert_array_equal(GramReference(engine, array).matrix(), K)
     np.testing.assert_array_equal(array, frozen)
+
+
+def test_read_only_inputs_are_checked_without_torch_warnings():
+    """A memory map or a pandas column is read-only: its NaN rows are named
+    by NumPy, which torch would have warned about."""
+    module, X = layer_case("linear_sequence")
+    frozen = X.numpy().copy()
+    frozen.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        network_similarity(module, frozen)
+    broken = X.numpy().copy()
+    broken[[1, 3]] = np.nan
+    broken.flags.writeable = False
+    with pytest.raises(ValueError, match=r"contains NaN or infinity in rows \[1, 3\]"):
+        network_similarity(module, broken)
