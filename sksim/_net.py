@@ -17,7 +17,7 @@ from numpy.typing import ArrayLike
 from sklearn.base import clone, is_classifier, is_regressor
 from sklearn.exceptions import NotFittedError
 from sklearn.frozen import FrozenEstimator
-from skorch import NeuralNet, NeuralNetBinaryClassifier
+from skorch import NeuralNet, NeuralNetBinaryClassifier, NeuralNetClassifier
 from torch.nn.parameter import is_lazy
 
 from ._engine.context import evaluation_mode, forked_rng, torch_seed
@@ -62,15 +62,18 @@ def fit_net(
     if not is_unfitted_skorch(net):
         resolve_module(net)  # fail early on anything we cannot use
         return net
+    fitted = clone(_unwrap(net))
     if is_dataset(X):
-        X, y = skorch_training_data(_unwrap(net), X, y)
+        X, y = skorch_training_data(
+            X, y, lambda labels: training_targets(fitted, labels)
+        )
+        y = y if isinstance(fitted, NeuralNetClassifier) else None
     elif y is None:
         raise ValueError(
             "The skorch net is not fitted and no y was given: pass y to fit() so "
             "that a clone of the net can be trained, or pass a fitted net."
         )
-    fitted = clone(_unwrap(net))
-    if not is_dataset(X):
+    else:
         y = training_targets(fitted, y)
     with torch_seed(random_state):
         fitted.fit(X, y)

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch
 from scipy.sparse import issparse
 from sklearn.utils import check_array
 from sklearn.utils.validation import validate_data
-from skorch import NeuralNetClassifier
 from skorch.dataset import Dataset as SkorchDataset
-from torch.utils.data import Dataset, IterableDataset, default_collate
+from torch.utils.data import (
+    ConcatDataset,
+    Dataset,
+    IterableDataset,
+    Subset,
+    default_collate,
+)
 
 from ._engine.inputs import check_finite, is_dataset, n_samples, split_item
 
@@ -139,6 +144,12 @@ def _item_shape(value, name: str, scalar: bool = False) -> tuple:
 
     A scalar is refused unless ``scalar``: one entry of a dict (a length).
     """
+    if isinstance(value, list | tuple):
+        raise ValueError(
+            f"Dataset item 0 holds input {name} as a {type(value).__name__}, which "
+            "torch's collation would split into one tensor per entry: return an "
+            "array or a tensor from __getitem__ (e.g. np.asarray(x))."
+        )
     if isinstance(value, torch.Tensor):
         shape, dtype, real = tuple(value.shape), value.dtype, not value.is_complex()
     else:
@@ -178,8 +189,19 @@ def _check_n_features(estimator, shape, reset: bool) -> None:
 def _carries_labels(dataset: Dataset) -> bool:
     """Whether the items are ``(x, y)``.
 
-    A skorch dataset made without ``y`` gives a placeholder, not labels.
+    A skorch dataset made without ``y`` gives a placeholder, not labels, also
+    within a ``Subset`` or a ``ConcatDataset``, whose parts must agree.
     """
+    if isinstance(dataset, Subset):
+        return _carries_labels(dataset.dataset)
+    if isinstance(dataset, ConcatDataset):
+        carried = {_carries_labels(part) for part in dataset.datasets}
+        if len(carried) > 1:
+            raise ValueError(
+                "Some datasets of the ConcatDataset give (x, y) items and others "
+                "x alone: give them all labels, or pass y."
+            )
+        return carried.pop()
     if isinstance(dataset, SkorchDataset):
         return dataset.y is not None
     return split_item(dataset[0])[1] is not None
@@ -211,37 +233,37 @@ def labelled(X, y):
     return LabelledDataset(X, y) if is_dataset(X) else X
 
 
-def skorch_training_data(net, dataset: Dataset, y=None) -> tuple[Dataset, object]:
-    """``(X, y)`` for ``net.fit`` of a skorch ``net`` to train on ``dataset``.
+def skorch_training_data(
+    dataset: Dataset, y, convert: Callable[[np.ndarray], np.ndarray]
+) -> tuple[Dataset, np.ndarray]:
+    """``(X, y)`` for a skorch net's ``fit`` to train on ``dataset``.
 
-    Given labels ``y`` replace those of the items. Without them the dataset
-    goes as it is, its items giving the labels, as skorch takes datasets; a
-    classifier also gets them as ``y``, for its stratified validation split
-    and its classes.
+    The labels, ``y`` if given (they replace those of the items) or else the
+    items' own, are converted by ``convert`` as those given with arrays are
+    (their dtype and shape as the net's loss takes them, read by position),
+    and paired with the items' inputs.
     """
-    if y is not None:
-        if len(y) != len(dataset):
-            raise ValueError(
-                f"X has {len(dataset)} items but y has {len(y)} labels: pass one "
-                "label per item, or y=None to use the labels of (x, y) items."
-            )
-        return LabelledDataset(dataset, y), y
-    if not _carries_labels(dataset):
+    if y is not None and len(y) != len(dataset):
+        raise ValueError(
+            f"X has {len(dataset)} items but y has {len(y)} labels: pass one "
+            "label per item, or y=None to use the labels of (x, y) items."
+        )
+    labels = dataset_targets(dataset) if y is None else y
+    if labels is None:
         raise ValueError(
             "The skorch net is not fitted and the dataset's items carry no labels: "
             "make its items (x, y) pairs or pass y to fit() so that a clone of the "
             "net can be trained, or pass a fitted net."
         )
-    if isinstance(net, NeuralNetClassifier):
-        return dataset, dataset_targets(dataset)
-    return dataset, None
+    labels = convert(labels)
+    return LabelledDataset(dataset, labels), labels
 
 
 class LabelledDataset(Dataset):
     """The inputs of ``dataset`` with the labels ``y``: items ``(x_i, y_i)``."""
 
     def __init__(self, dataset: Dataset, y):
-        self.dataset, self.y = dataset, y
+        self.dataset, self.y = dataset, np.asarray(y)  # read by position
 
     def __len__(self) -> int:
         return len(self.dataset)

@@ -4,11 +4,19 @@ import pickle
 import weakref
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from _architectures import KeywordMLP
 from skorch import NeuralNetClassifier, NeuralNetRegressor
-from torch.utils.data import Dataset, IterableDataset, TensorDataset
+from skorch.dataset import Dataset as SkorchDataset
+from torch.utils.data import (
+    ConcatDataset,
+    Dataset,
+    IterableDataset,
+    Subset,
+    TensorDataset,
+)
 
 from sksim import (
     GradientDensityEstimator,
@@ -294,6 +302,66 @@ def test_unfitted_skorch_regressor_trains_on_dataset_or_given_labels(data):
         )
 
 
+@pytest.mark.parametrize("labels", ["series", "int32", "float64"])
+def test_labels_train_as_array_labels_do(data, labels):
+    """Given with a dataset or in its items: converted (and read by position)
+    as labels given with arrays are."""
+    X, y = data
+    X = X.astype(np.float32)
+    net = classifier(train_split=None)
+    on_arrays = NetworkSimilarityKernel(net, random_state=0).fit(X, y)
+    shuffled = np.random.RandomState(1).permutation(N)  # a shuffled frame's index
+    given = dict(
+        series=pd.Series(y, index=shuffled),
+        int32=y.astype(np.int32),
+        float64=y.astype(np.float64),
+    )[labels]
+    fits = [NetworkSimilarityKernel(net, random_state=0).fit(Dicts(X), given)]
+    if labels != "series":
+        items = Pairs(X, given)
+        fits.append(NetworkSimilarityKernel(net, random_state=0).fit(items))
+    for fitted in fits:
+        assert_same_weights(fitted.net_, on_arrays.net_)
+
+
+def test_unfitted_regressor_takes_one_value_per_item(data):
+    """1-D targets become a column, as the network's outputs are (n, 1)."""
+    X, _ = data
+    X = X.astype(np.float32)
+    targets = np.sin(X[:, 0])
+    net = NeuralNetRegressor(
+        KeywordMLP, module__n_outputs=1, module__dtype=torch.float32, max_epochs=3,
+        lr=0.1, batch_size=8, train_split=None, verbose=0,
+    )  # fmt: skip
+    on_arrays = GradientDensityEstimator(net, random_state=0).fit(X, targets)
+    for X_fit, y_fit in [(Dicts(X), targets), (Pairs(X, targets), None)]:
+        fitted = GradientDensityEstimator(net, random_state=0).fit(X_fit, y_fit)
+        assert_same_weights(fitted.net_, on_arrays.net_)
+
+
+def test_wrapped_skorch_datasets_made_without_labels_carry_none(data):
+    """skorch's Dataset(X) gives a placeholder target, not a label."""
+    X, y = data
+    X = X.astype(np.float32)
+    net = classifier(train_split=None)
+    for wrapped in [
+        Subset(SkorchDataset(X), range(N)),
+        ConcatDataset([SkorchDataset(X[:10]), SkorchDataset(X[10:])]),
+    ]:
+        with pytest.raises(ValueError, match="dataset's items carry no labels"):
+            NetworkSimilarityKernel(net).fit(wrapped)
+        with pytest.raises(ValueError, match="requires y to be passed"):
+            LabelIssueDetector(on_arrays_net(X, y), cv="prefit").fit(wrapped)
+    mixed = ConcatDataset([SkorchDataset(X[:10], y[:10]), SkorchDataset(X[10:])])
+    with pytest.raises(ValueError, match="others x alone: give them all labels"):
+        NetworkSimilarityKernel(net).fit(mixed)
+
+
+def on_arrays_net(X, y):
+    torch.manual_seed(0)
+    return classifier(train_split=None).fit(X, y)
+
+
 def test_unfitted_skorch_net_needs_labels(data):
     X, y = data
     net = classifier(train_split=None)
@@ -417,6 +485,8 @@ def test_invalid_datasets_are_refused_with_a_reason(data, net):
         network_similarity(net, Items(["a", "b"]))
     with pytest.raises(ValueError, match="cannot be stacked into a batch"):
         network_similarity(net, Items([X[0], X[1, :2]]))
+    with pytest.raises(ValueError, match="holds input X as a list, which torch's"):
+        network_similarity(net, Items([(X[0].tolist(), 0), (X[1].tolist(), 1)]))
     kernel = NetworkSimilarityKernel(net).fit(Pairs(X, y))
     wide = Items([np.ones(4)] * 3)
     with pytest.raises(ValueError, match="X has 4 features, but Network"):

@@ -189,6 +189,7 @@ def _check_inputs(X, y, names=("X", "y")):
 
     A dataset's targets are those of its ``(x, y)`` items when ``y`` is None;
     it is returned with its targets as items ``(x, y)``, as skorch reads one.
+    Targets of shape ``(n, 1)`` become ``(n,)``.
     """
     X = check_net_input(X)
     if isinstance(X, dict):
@@ -200,6 +201,8 @@ def _check_inputs(X, y, names=("X", "y")):
             "dataset of (x, y) items."
         )
     y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:  # a column, or items' labels [y_i]
+        y = y[:, 0]
     if len(y) != n_samples(X):
         raise ValueError(
             f"{names[0]} has {n_samples(X)} samples but {names[1]} has {len(y)}."

@@ -86,6 +86,29 @@ def test_a_prefit_audit_of_datasets_with_given_targets():
     assert train.reads.min() >= 1 and test.reads.min() >= 1
 
 
+def test_labels_held_as_columns_are_audited_as_one_per_sample():
+    """Items ``(x, tensor([y]))``, or arrays ``y[:, None]``."""
+    X_train, y_train, X_test, y_test = prefit_split()
+    common = dict(cv="prefit", options=OPTIONS, random_state=0)
+    arrays = audit(
+        prefit_net(), X_train, y_train, X_test=X_test, y_test=y_test, **common
+    )
+    columns = audit(
+        prefit_net(),
+        X_train,
+        y_train[:, None],
+        X_test=X_test,
+        y_test=y_test[:, None],
+        **common,
+    )
+    assert_same_audit(arrays, columns)
+    in_items = audit(
+        prefit_net(), pairs(X_train, y_train[:, None]),
+        X_test=pairs(X_test, y_test[:, None]), **common,
+    )  # fmt: skip
+    assert_same_audit(arrays, in_items)
+
+
 def test_tabular_datasets_show_their_atypical_features():
     rng = np.random.RandomState(0)
     X = (rng.standard_normal((120, 5)) * [1, 2, 3, 4, 500] + 1000).astype(np.float32)
