@@ -112,9 +112,39 @@ def _check_dataset(dataset, estimator, reset: bool):
             "Found a dataset with 0 items while a minimum of 1 is required."
         )
     shape = dataset_sample_shape(dataset)
+    _check_same_reads(dataset)
     if estimator is not None:
         _check_n_features(estimator, shape, reset)
     return dataset
+
+
+def _check_same_reads(dataset: Dataset) -> None:
+    """Raise a ValueError if item 0's input differs from one read to the next."""
+    first, again = (split_item(dataset[0])[0] for _ in range(2))
+    if isinstance(first, Mapping):
+        same = first.keys() == again.keys() and all(
+            _equal(first[k], again[k]) for k in first
+        )
+    else:
+        same = _equal(first, again)
+    if not same:
+        raise ValueError(
+            "Dataset item 0 differs from one read to the next (a random "
+            "transform, as data augmentation uses?): sksim reads an item several "
+            "times in one call (for the network's outputs, its gradients, the "
+            "exact ranking of candidates) and would mix different versions of "
+            "it. Pass the dataset with its evaluation transforms."
+        )
+
+
+def _equal(a, b) -> bool:
+    """Whether two inputs of items hold the same values (NaN equal to NaN)."""
+    a, b = (
+        v.numpy(force=True) if isinstance(v, torch.Tensor) else np.asarray(v)
+        for v in (a, b)
+    )
+    floating = a.dtype.kind in "fc" and b.dtype.kind in "fc"
+    return a.shape == b.shape and np.array_equal(a, b, equal_nan=floating)
 
 
 def sample_shape(X):

@@ -471,6 +471,33 @@ def test_items_of_other_shapes_in_later_batches_are_refused():
         list(batches(bucketed, 4, torch.device("cpu"), torch.float32))
 
 
+class Augmented(Dataset):
+    """Items with fresh noise at every read, as a training transform gives."""
+
+    def __init__(self, X):
+        self.X = X
+
+    def __len__(self):
+        return len(self.X)
+
+    def __getitem__(self, i):
+        x = torch.as_tensor(self.X[i])
+        return x + 0.1 * torch.randn_like(x)
+
+
+def test_items_that_change_between_reads_are_refused(data, net):
+    X, y = data
+    augmented = Augmented(X)
+    with pytest.raises(ValueError, match="item 0 differs from one read to the next"):
+        network_similarity(net, Augmented(X))
+    with pytest.raises(ValueError, match="item 0 differs from one read to the next"):
+        NetworkNeighbors(net, n_neighbors=2).fit(Pairs(X, y)).kneighbors(augmented)
+    stable = Pairs(X.copy(), y)
+    stable.X[0, 0] = np.nan  # NaN equals NaN here: the NaN error names the item
+    with pytest.raises(ValueError, match=r"NaN or infinity in dataset items \[0\]"):
+        network_similarity(net, stable)
+
+
 def test_invalid_datasets_are_refused_with_a_reason(data, net):
     X, y = data
     with pytest.raises(TypeError, match="pass a map-style torch Dataset"):
