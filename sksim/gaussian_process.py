@@ -25,7 +25,7 @@ from ._engine.flags import FlaggedRows
 from ._engine.inputs import n_samples
 from ._engine.jacobian import DEFAULT_MAX_MEMORY
 from ._engine.normalize import gram_power
-from ._net import is_unfitted_skorch
+from ._net import is_unfitted_skorch, resolve_module, weights_digest
 from ._typing import NetLike, Output
 from ._validation import check_net_input
 from .kernel import _similarity
@@ -159,6 +159,7 @@ class NetworkKernel(Kernel):
                 "NetworkKernel needs a trained network, and a Gaussian process "
                 "cannot train it: fit the skorch net before building the kernel."
             )
+        self._check_weights()
         return make_engine(
             self.net,
             self.output,
@@ -168,6 +169,23 @@ class NetworkKernel(Kernel):
             0,
             self.max_memory,
         )
+
+    def _check_weights(self) -> None:
+        """Raise a ValueError if the weights changed since the first evaluation.
+
+        A Gaussian process evaluates a clone of its kernel in ``fit`` and
+        keeps what it computed (the training kernel's factorisation): kernel
+        rows of other weights at ``predict`` would be mixed with it.
+        """
+        digest = weights_digest(resolve_module(self.net))
+        if self.__dict__.setdefault("_weights", digest) != digest:
+            raise ValueError(
+                "The network's weights, or which of them are trainable, changed "
+                "since this NetworkKernel was first evaluated: a Gaussian process "
+                "fitted with it holds what it computed from the weights it had "
+                "then. Fit the Gaussian process again (it evaluates a fresh clone "
+                "of its kernel), or evaluate clone(kernel)."
+            )
 
     def __call__(
         self,

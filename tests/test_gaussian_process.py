@@ -312,3 +312,23 @@ def test_influence_in_a_process_warns_and_fails(mlp, regression):
         pytest.raises(np.linalg.LinAlgError, match="not returning a positive"),
     ):
         gp.fit(X, y)
+
+
+def test_a_process_refuses_weights_changed_after_fit(regression):
+    """Its fitted factorisation is of the old weights' kernel."""
+    X, y, X_test = regression
+    torch.manual_seed(0)
+    module = MLP(n_in=2, n_hidden=16, n_out=3)
+    kernel = ConstantKernel() * NetworkKernel(module) + WhiteKernel()
+    gp = GaussianProcessRegressor(kernel, random_state=0).fit(X, y)
+    gp.predict(X_test)
+    with torch.no_grad():
+        next(module.parameters()).add_(0.1)  # trained further, as it were
+    with pytest.raises(ValueError, match="changed since this NetworkKernel was first"):
+        gp.predict(X_test)
+    refit = GaussianProcessRegressor(kernel, random_state=0).fit(X, y)
+    expected = GaussianProcessRegressor(clone(kernel), random_state=0).fit(X, y)
+    np.testing.assert_allclose(refit.predict(X_test), expected.predict(X_test))
+    next(module.parameters()).requires_grad_(False)  # frozen: another kernel
+    with pytest.raises(ValueError, match="changed since this NetworkKernel was first"):
+        refit.predict(X_test)
