@@ -188,14 +188,14 @@ class NetworkEstimator(BaseEstimator):
                 "computed from the weights it had then. Call fit again."
             )
 
-    def _check_input(self, X):
+    def _check_input(self, X, input_name="X"):
         """``X`` validated against the inputs seen in ``fit``, and the network."""
         self._check_network()
-        X = check_net_input(X, self, reset=False)
+        X = check_net_input(X, self, reset=False, input_name=input_name)
         shape = sample_shape(X)
         if shape != self._sample_shape:
             raise ValueError(
-                f"X has samples of shape {shape}, but "
+                f"{input_name} has samples of shape {shape}, but "
                 f"{type(self).__name__} was fitted on samples of shape "
                 f"{self._sample_shape}: pass inputs shaped as in fit."
             )

@@ -197,17 +197,21 @@ def predicted_probabilities(net: NetLike, X: NetInput) -> np.ndarray:
     skorch applies a softmax to the module's outputs only for a
     ``CrossEntropyLoss`` criterion (a sigmoid for ``BCEWithLogitsLoss``); with
     another one ``predict_proba`` gives the outputs as they are, which would
-    be read as probabilities without a word. The torch and NumPy global
-    generators are left as they were, as are the module's modes.
+    be read as probabilities without a word. Rows holding NaN or infinity
+    are left to the checks of the network's outputs. The torch global
+    generator is left as it was, as are the module's modes.
     """
     with evaluation_mode(resolve_module(net)), forked_rng():
         P = np.asarray(net.predict_proba(X), dtype=np.float64)
-    sums = P.sum(axis=-1) if P.ndim == 2 else np.array([np.nan])
-    if not (np.isfinite(P).all() and P.min() >= 0 and np.allclose(sums, 1, atol=1e-3)):
+    if P.ndim != 2:
+        return P  # the callers say what shape they need
+    finite = P[np.isfinite(P).all(axis=1)]
+    sums = finite.sum(axis=1)
+    if len(finite) and (finite.min() < 0 or not np.allclose(sums, 1, atol=1e-3)):
         raise ValueError(
             f"{type(_unwrap(net)).__name__}.predict_proba does not give class "
-            f"probabilities: values from {P.min():.3g} to {P.max():.3g}, rows "
-            f"summing to {np.nanmin(sums):.3g} to {np.nanmax(sums):.3g}. skorch "
+            f"probabilities: values from {finite.min():.3g} to {finite.max():.3g}, "
+            f"rows summing to {sums.min():.3g} to {sums.max():.3g}. skorch "
             "applies a softmax to the module's outputs only when the criterion is "
             "CrossEntropyLoss: set the net's predict_nonlinearity (e.g. "
             "predict_nonlinearity=lambda out: out.softmax(dim=-1)), or make the "

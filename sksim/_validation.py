@@ -37,11 +37,12 @@ def _with_values(X: torch.Tensor) -> torch.Tensor:
     return X
 
 
-def check_net_input(X, estimator=None, reset=True, keep_tensors=False):
+def check_net_input(X, estimator=None, reset=True, keep_tensors=False, input_name="X"):
     """Validate inputs for a network: arrays of any rank, a dict of them, or a dataset.
 
     Arrays keep integer dtypes (token ids) and may have any number of
-    dimensions (images, sequences); NaN and infinity are refused. With an
+    dimensions (images, sequences); NaN and infinity are refused, naming the
+    rows of ``input_name`` (a dict's, its keys). With an
     ``estimator``, ``n_features_in_`` is set (``reset=True``) or checked.
     With ``keep_tensors``, a tensor is checked and returned where it lives.
     A map-style torch dataset is returned as it is, once its first item is
@@ -67,23 +68,23 @@ def check_net_input(X, estimator=None, reset=True, keep_tensors=False):
         check_finite(checked)
         return checked
     if keep_tensors and isinstance(X, torch.Tensor):
-        return _check_tensor(X)
+        return _check_tensor(X, input_name)
     kwargs = dict(allow_nd=True, dtype="numeric", ensure_all_finite=False)
     if estimator is None:
-        X = check_array(_as_array(X), **kwargs)
+        X = check_array(_as_array(X), input_name=input_name, **kwargs)
     else:
         X = validate_data(estimator, _as_array(X), reset=reset, **kwargs)
     if X.dtype == object:  # e.g. a data frame with a categorical column
         raise ValueError(
-            "X holds values that are not numbers (an array of dtype object, e.g. "
-            "from a categorical column): encode them first, e.g. with "
-            "scikit-learn's OneHotEncoder or OrdinalEncoder."
+            f"{input_name} holds values that are not numbers (an array of dtype "
+            "object, e.g. from a categorical column): encode them first, e.g. "
+            "with scikit-learn's OneHotEncoder or OrdinalEncoder."
         )
-    check_finite(X)
+    check_finite(X, input_name)
     return X
 
 
-def _check_tensor(X: torch.Tensor) -> torch.Tensor:
+def _check_tensor(X: torch.Tensor, input_name: str) -> torch.Tensor:
     """Validate a tensor where it lives, so that one on a GPU stays there."""
     if X.ndim < 2 or len(X) == 0:
         raise ValueError(
@@ -95,7 +96,7 @@ def _check_tensor(X: torch.Tensor) -> torch.Tensor:
     if X.is_complex():
         raise ValueError(f"Expected a real tensor; got dtype {X.dtype}.")
     _with_values(X)
-    check_finite(X)
+    check_finite(X, input_name)
     return X.detach()
 
 

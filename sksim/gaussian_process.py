@@ -218,7 +218,7 @@ class NetworkKernel(Kernel):
             raise ValueError("Gradient can only be evaluated when Y is None.")
         engine = self._make_engine()
         X = check_net_input(X, keep_tensors=True)
-        Y = None if Y is None else check_net_input(Y, keep_tensors=True)
+        Y = None if Y is None else check_net_input(Y, keep_tensors=True, input_name="Y")
         if Y is None and self.kind == "influence":
             warnings.warn(
                 'kind="influence" is not symmetric, so it is not a covariance: a '

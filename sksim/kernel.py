@@ -173,7 +173,7 @@ def network_similarity(
     ((3, 3), True)
     """
     X = check_net_input(X, keep_tensors=True)
-    Y = None if Y is None else check_net_input(Y, keep_tensors=True)
+    Y = None if Y is None else check_net_input(Y, keep_tensors=True, input_name="Y")
     engines = make_engines(
         net,
         checkpoints,

@@ -440,7 +440,7 @@ class NetworkNeighbors(NetworkEstimator):
         self.y_fit_ = self._check_labels(X, y)
         self.__dict__.pop("recall_", None)  # measured anew, or not at all
         if X_val is not None:
-            X_val = self._check_input(X_val)
+            X_val = self._check_input(X_val, "X_val")
             if self.n_neighbors > self.n_samples_fit_:
                 raise ValueError(
                     f"n_neighbors={self.n_neighbors} is more than the "

@@ -53,6 +53,13 @@ def test_nan_and_inf_inputs(module, bad):
         NetworkSimilarityKernel(module).fit(X_bad)
     with pytest.raises(ValueError, match=rows):
         NetworkSimilarityKernel(module).fit(X).transform(X_bad)
+    with pytest.raises(ValueError, match=f"Input Y contains {rows}"):
+        network_similarity(module, X, X_bad)
+    with pytest.raises(ValueError, match=f"Input Y contains {rows}"):
+        network_similarity(module, X, torch.as_tensor(X_bad))
+    search = NetworkNeighbors(module, n_neighbors=2, n_components=8, algorithm="faiss")
+    with pytest.raises(ValueError, match=f"Input X_val contains {rows}"):
+        search.fit(X, X_val=X_bad)
 
 
 def test_inputs_and_networks_without_values_are_explained(module):

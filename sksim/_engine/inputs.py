@@ -207,9 +207,9 @@ def _non_finite_rows(a) -> np.ndarray | None:
     return ~np.isfinite(a.reshape(len(a), -1)).all(axis=1)
 
 
-def check_finite(X) -> None:
-    """Raise a ValueError naming the rows if ``X`` holds NaN or infinity."""
-    arrays = X.items() if isinstance(X, Mapping) else [("X", X)]
+def check_finite(X, name: str = "X") -> None:
+    """Raise a ValueError naming the rows if ``X`` (``name``) holds NaN or infinity."""
+    arrays = X.items() if isinstance(X, Mapping) else [(name, X)]
     for name, a in arrays:
         bad = _non_finite_rows(a)
         if bad is not None and bad.any():

@@ -191,7 +191,7 @@ def _check_inputs(X, y, names=("X", "y")):
     it is returned with its targets as items ``(x, y)``, as skorch reads one.
     Targets of shape ``(n, 1)`` become ``(n,)``.
     """
-    X = check_net_input(X)
+    X = check_net_input(X, input_name=names[0])
     if isinstance(X, dict):
         raise TypeError("audit takes array or dataset inputs; got a dict.")
     y = given_or_item_labels(X, y)

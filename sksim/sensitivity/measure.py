@@ -726,7 +726,11 @@ n_init, shuffled, pool, deformation, batch_size, device
             del options[name]
         _check_params(**options)
         X = check_net_input(X, self, reset=True)
-        probe = X if X_probe is None else check_net_input(X_probe, self, reset=False)
+        probe = (
+            X
+            if X_probe is None
+            else check_net_input(X_probe, self, reset=False, input_name="X_probe")
+        )
         self.net_ = fit_net(self.net, X, y, self.random_state)
         self.results_ = relative_sensitivity(self.net_, probe, **self._options())
         return self
