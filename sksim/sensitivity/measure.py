@@ -254,14 +254,21 @@ def fresh_copy(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     return fresh
 
 
-def calibrate_batchnorm(
-    model: torch.nn.Module, batches: Iterable[torch.Tensor]
-) -> None:
-    """Set BatchNorm running statistics to the statistics of ``batches``.
+class _Reached(Exception):
+    """The layer being calibrated has run: the rest of the forward pass is skipped."""
 
-    The statistics are reset and re-accumulated as a cumulative average
-    (``momentum=None``) over a training-mode pass on the clean probe batches;
-    the layers then normalise every input with these probe-set statistics.
+
+def calibrate_batchnorm(
+    model: torch.nn.Module, batches: Callable[[], Iterable[torch.Tensor]]
+) -> None:
+    """Set BatchNorm running statistics to the statistics of the probe set.
+
+    Layer by layer, in the order the network runs them, each gets the mean and
+    variance of its input over all the batches ``batches()`` yields, the
+    layers before it normalising with theirs: every layer then normalises as
+    in training mode with the whole probe set as one batch, whatever the batch
+    size. One pass over the batches per layer, each stopped once the layer
+    has run.
     """
     norms = [
         m
@@ -271,22 +278,61 @@ def calibrate_batchnorm(
     ]
     if not norms:
         return
-    momenta = [m.momentum for m in norms]
     modes = {sub: sub.training for sub in model.modules()}
     model.eval()
-    for m in norms:
-        m.momentum = None
-        m.reset_running_stats()
-        m.train()
     try:
         with torch.no_grad():
-            for x in batches:
-                model(x)
+            for norm in _execution_order(model, norms, batches):
+                _set_statistics(model, norm, batches)
     finally:
-        for m, momentum in zip(norms, momenta, strict=True):
-            m.momentum = momentum
         for sub, training in modes.items():
             sub.training = training
+
+
+def _execution_order(model, norms, batches) -> list[torch.nn.Module]:
+    """``norms`` in the order a forward pass of the first batch calls them."""
+    called = []
+    hooks = [
+        norm.register_forward_pre_hook(lambda m, _: called.append(m)) for norm in norms
+    ]
+    try:
+        model(next(iter(batches())))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    order = list(dict.fromkeys(called))  # a layer called twice counts once
+    return order + [norm for norm in norms if norm not in order]
+
+
+def _set_statistics(model, norm, batches) -> None:
+    """Set ``norm``'s statistics to those of its input over all the batches."""
+    sums = []  # per batch: count, sum and sum of squares per channel, shifted
+
+    def accumulate(_module, inputs):
+        x = inputs[0].double().transpose(0, 1).reshape(inputs[0].shape[1], -1)
+        if not sums:
+            sums.append(x.mean(1))  # the shift, for a stable variance
+        x = x - sums[0][:, None]
+        sums.append((x.shape[1], x.sum(1), (x * x).sum(1)))
+        raise _Reached
+
+    hook = norm.register_forward_pre_hook(accumulate)
+    try:
+        for x in batches():
+            try:
+                model(x)
+            except _Reached:
+                pass
+    finally:
+        hook.remove()
+    if len(sums) < 2:
+        return  # the layer did not run: its statistics stay
+    shift, counts = sums[0], sums[1:]
+    n = sum(c for c, _, _ in counts)
+    mean = sum(s for _, s, _ in counts) / n
+    variance = (sum(q for _, _, q in counts) / n - mean**2).clamp_min(0)
+    norm.running_mean.copy_(mean + shift)
+    norm.running_var.copy_(variance)
 
 
 def _reinitialized(model: torch.nn.Module, n_init, rng) -> list[torch.nn.Module]:
@@ -324,7 +370,7 @@ def _reference_nets(model, reference, n_init, probe, rng) -> list[torch.nn.Modul
     else:
         nets = [_given_state(model, reference)]
     for net in nets:
-        calibrate_batchnorm(net, probe.clean())
+        calibrate_batchnorm(net, probe.clean)
     return nets
 
 

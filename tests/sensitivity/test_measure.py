@@ -121,6 +121,47 @@ def test_results_do_not_depend_on_batch_size_and_net_is_untouched():
     assert a["layer"].tolist()[:7] == ["input", "0", "1", "2", "3", "4", "output"]
 
 
+def two_batchnorms():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(2, 4, 3, padding=1),
+        torch.nn.BatchNorm2d(4),
+        torch.nn.ReLU(inplace=True),
+        torch.nn.Conv2d(4, 3, 3, padding=1),
+        torch.nn.BatchNorm2d(3),
+        torch.nn.Tanh(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(3 * 64, 3),
+    ).double()
+
+
+def test_batchnorm_calibration_is_that_of_the_whole_probe_set_as_one_batch():
+    X = torch.as_tensor(_data(23) * np.arange(1, 24)[:, None, None, None])
+    whole = two_batchnorms().train()
+    with torch.no_grad():
+        expected = whole(X)  # each layer normalises with the batch's statistics
+    for size in (1, 5, 23):
+        net = two_batchnorms()
+        calibrate_batchnorm(net, lambda size=size: list(torch.split(X, size)))
+        assert net.training  # its modes are restored
+        with torch.no_grad():
+            net.eval()
+            np.testing.assert_allclose(net(X), expected, rtol=1e-9, atol=1e-12)
+
+
+def test_init_rows_do_not_depend_on_batch_size():
+    net, X = two_batchnorms().float(), _data(23) * np.arange(1, 24)[:, None, None, None]
+    common = dict(layers=["1", "4", "output"], n_init=2, random_state=0)
+    tables = [
+        relative_sensitivity(net, X.astype(np.float32), batch_size=size, **common)
+        for size in (4, 64)
+    ]
+    cols = ["D", "G", "R", "denominator"]
+    np.testing.assert_allclose(
+        tables[0][cols].to_numpy(), tables[1][cols].to_numpy(), rtol=1e-9
+    )
+
+
 def test_init_rows_are_geometric_means_over_fresh_copies():
     net, X = image_cnn(batchnorm=True), _data(16)
     # a trained-like BatchNorm: non-trivial running statistics
@@ -137,7 +178,7 @@ def test_init_rows_are_geometric_means_over_fresh_copies():
     per_seed = []
     for seed in seeds:
         fresh = fresh_copy(model, int(seed))
-        calibrate_batchnorm(fresh, [torch.tensor(X, dtype=torch.float64)])
+        calibrate_batchnorm(fresh, lambda: [torch.tensor(X, dtype=torch.float64)])
         # BatchNorm of the fresh copy normalises with the probe set's statistics
         with torch.no_grad():
             conv_out = fresh[0](torch.tensor(X, dtype=torch.float64))
