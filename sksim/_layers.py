@@ -4,14 +4,17 @@ One capture serves :mod:`sksim.sensitivity` and :mod:`sksim.representations`.
 Layers are named ``"input"``, ``"output"``, by module name
 (``dict(net.named_modules())``, captured with forward hooks) or, for
 functional operations, by the ``torch.fx`` node name in the traced network;
-``"all"`` means the input, every leaf module in execution order and the
-output. Each captured batch is pooled (:data:`POOLS`) and flattened to
-``(batch, features)``. The hooks are registered through the engine's
-:class:`~sksim._engine.hooks.ForwardHooks`, as the gradient capture's are.
+``"all"`` means the input, every leaf module in execution order (those run
+more than once left out, with a warning) and the output. Each captured batch
+is pooled (:data:`POOLS`) into a new tensor, flattened to ``(batch,
+features)``, as soon as the layer has run. The hooks are registered through
+the engine's :class:`~sksim._engine.hooks.ForwardHooks`, as the gradient
+capture's are.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 
 import torch
@@ -37,7 +40,11 @@ def check_pool(pool) -> None:
 
 
 def pooled(t: torch.Tensor, pool: str) -> torch.Tensor:
-    """Pool a batch ``(B, C, ...)`` as ``pool`` says and flatten it to ``(B, d)``."""
+    """Pool a batch ``(B, C, ...)`` as ``pool`` says and flatten it to ``(B, d)``.
+
+    The result is a new tensor: what the network does in place afterwards
+    (an in-place activation, a residual ``+=``) cannot change it.
+    """
     if t.dim() > 2 and pool != "flatten":
         spatial = tuple(range(2, t.dim()))
         if pool == "mean":
@@ -46,7 +53,8 @@ def pooled(t: torch.Tensor, pool: str) -> torch.Tensor:
             t = t.amax(spatial)
         else:
             t = t.mean(1)
-    return t.reshape(len(t), -1)
+        return t.reshape(len(t), -1)
+    return t.reshape(len(t), -1).clone()
 
 
 def leaf_names(module: torch.nn.Module) -> list[str]:
@@ -57,8 +65,8 @@ def leaf_names(module: torch.nn.Module) -> list[str]:
     ]
 
 
-def _fx_module(module: torch.nn.Module, node_names: list[str]):
-    """A traced copy of ``module`` returning ``(output, (node outputs...))``."""
+def _traced(module: torch.nn.Module, node_names: list[str]) -> torch.fx.GraphModule:
+    """``module`` traced with torch.fx, checked to hold the nodes ``node_names``."""
     try:
         gm = torch.fx.symbolic_trace(module)
     except Exception as exc:  # tracing failures have many types
@@ -67,7 +75,7 @@ def _fx_module(module: torch.nn.Module, node_names: list[str]):
             f"be traced with torch.fx to find them as graph nodes ({exc}). Name "
             "modules instead (see dict(net.named_modules()))."
         ) from exc
-    nodes = {node.name: node for node in gm.graph.nodes}
+    nodes = {node.name for node in gm.graph.nodes}
     missing = [name for name in node_names if name not in nodes]
     if missing:
         raise ValueError(
@@ -76,10 +84,24 @@ def _fx_module(module: torch.nn.Module, node_names: list[str]):
             f"either (nodes include {list(nodes)[:8]}); 'input' and 'output' are "
             "also accepted."
         )
-    out_node = next(node for node in gm.graph.nodes if node.op == "output")
-    out_node.args = ((out_node.args[0], tuple(nodes[n] for n in node_names)),)
-    gm.recompile()
     return gm
+
+
+class _NodeOutputs(torch.fx.Interpreter):
+    """Runs a traced network, storing the wanted nodes' values as they come.
+
+    Stored at once, before a later node can change them in place.
+    """
+
+    def __init__(self, gm: torch.fx.GraphModule, names: list[str], store):
+        super().__init__(gm)
+        self.names, self.store = set(names), store
+
+    def run_node(self, node):
+        value = super().run_node(node)
+        if node.name in self.names:
+            self.store(node.name, value)
+        return value
 
 
 def _tensor(t, name: str) -> torch.Tensor:
@@ -107,6 +129,9 @@ def _layer_names(layers) -> list[str] | None:
             "layers must name at least one layer: at least one module name, "
             "torch.fx node name, 'input' or 'output'."
         )
+    repeated = sorted({name for name in layers if list(layers).count(name) > 1})
+    if repeated:
+        raise ValueError(f"layers names {repeated} more than once; name each once.")
     return list(layers)
 
 
@@ -128,6 +153,7 @@ class RepresentationCapture:
         check_pool(pool)
         self.pool = pool
         self.names = _layer_names(layers)
+        self.module = module
         self._modules = dict(module.named_modules())
         special = ("input", "output")
         if self.names is None:
@@ -139,33 +165,60 @@ class RepresentationCapture:
             self.fx_names = [
                 n for n in self.names if n not in special and n not in self._modules
             ]
-        self.forward = _fx_module(module, self.fx_names) if self.fx_names else module
+        self.traced = _traced(module, self.fx_names) if self.fx_names else None
 
-    def _hook(self, name: str, captured: dict):
-        def store(_module, _inputs, output):
-            if name in captured:
-                raise ValueError(
-                    f"Module {name!r} ran twice in one forward pass, so its "
-                    "representation is ambiguous; capture another layer."
-                )
-            captured[name] = pooled(_tensor(output, name).detach(), self.pool)
+    def _store(self, captured: dict, calls: dict):
+        def store(name, value):
+            calls[name] = calls.get(name, 0) + 1
+            captured[name] = pooled(_tensor(value, name).detach(), self.pool)
 
         return store
 
-    def _run(self, x, captured: dict):
-        hooks = [(self._modules[n], self._hook(n, captured)) for n in self.hooked]
-        with ForwardHooks(hooks):
-            return self.forward(**x) if isinstance(x, Mapping) else self.forward(x)
+    def _run(self, x, captured: dict, calls: dict):
+        """The network's output; the layers' values stored as they come.
+
+        Modules are hooked on the network itself; torch.fx nodes are read in a
+        run of its traced graph (a second forward pass when modules are asked
+        for too, as the trace inlines the modules that hold others).
+        """
+        store = self._store(captured, calls)
+        out = None
+        if self.hooked or self.traced is None:
+            hooks = [
+                (self._modules[n], lambda _m, _i, o, n=n: store(n, o))
+                for n in self.hooked
+            ]
+            with ForwardHooks(hooks):
+                out = self._forward(self.module, x)
+        if self.traced is not None:
+            nodes = _NodeOutputs(self.traced, self.fx_names, store)
+            traced_out = self._forward(nodes.run, x)
+            out = traced_out if out is None else out
+        return out
+
+    @staticmethod
+    def _forward(call, x):
+        return call(**x) if isinstance(x, Mapping) else call(x)
 
     def __call__(self, x) -> dict[str, torch.Tensor]:
         captured: dict[str, torch.Tensor] = {}
-        out = self._run(x, captured)
-        if self.fx_names:
-            out, extra = out
-            for name, t in zip(self.fx_names, extra, strict=True):
-                captured[name] = pooled(_tensor(t, name).detach(), self.pool)
+        if self.names is None or "input" in self.names:  # before the network
+            captured["input"] = pooled(_tensor(x, "input"), self.pool)
+        calls: dict[str, int] = {}
+        out = self._run(x, captured, calls)
+        twice = [name for name, count in calls.items() if count > 1]
         if self.names is None:  # "all": execution order of this first call
-            self.names = ["input", *captured, "output"]
+            self._leave_out(twice)
+            self.names = [
+                "input",
+                *(n for n in captured if n != "input" and n not in twice),
+                "output",
+            ]
+        elif ambiguous := [name for name in twice if name in self.names]:
+            raise ValueError(
+                f"Module {ambiguous[0]!r} ran more than once in one forward pass, "
+                "so its representation is ambiguous; capture another layer."
+            )
         if "output" in self.names:
             if not isinstance(out, torch.Tensor):
                 raise NotATensorError(
@@ -173,8 +226,6 @@ class RepresentationCapture:
                     "wrap it so that forward returns the output tensor."
                 )
             captured["output"] = pooled(out.detach(), self.pool)
-        if "input" in self.names:
-            captured["input"] = pooled(_tensor(x, "input"), self.pool)
         for name in self.names:
             if name not in captured:
                 raise ValueError(
@@ -182,6 +233,17 @@ class RepresentationCapture:
                     "module that the network uses."
                 )
         return {name: captured[name] for name in self.names}
+
+    @staticmethod
+    def _leave_out(twice: list[str]) -> None:
+        if twice:
+            warnings.warn(
+                f"Modules {twice} ran more than once in one forward pass (a module "
+                'reused in forward), so their representations are ambiguous: "all" '
+                "leaves them out.",
+                UserWarning,
+                stacklevel=4,
+            )
 
 
 def layer_outputs(

@@ -105,6 +105,14 @@ class _Probe:
             X = X.to(torch.float64)
         check_finite(X)
         as_channels(X)  # validates the shape
+        if X.shape[-1] < 3:
+            warnings.warn(
+                f"Signals and images of {X.shape[-1]} value(s) a side: the "
+                "deformations fix the border, so they move nothing, and D, G and "
+                "R are NaN. Give inputs of at least 3 values a side.",
+                UserWarning,
+                stacklevel=3,
+            )
         if min(len(X), n_probe) < 2:
             raise ValueError(
                 "The sensitivity needs at least 2 samples (pairs of distinct inputs "

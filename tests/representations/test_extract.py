@@ -91,3 +91,46 @@ def test_non_finite_representations_name_their_rows(net):
         NonFiniteNetworkError, match=r"at layer 'conv' for input rows \[5\]"
     ):
         extract_representations(net, X, ["conv"], batch_size=2)
+
+
+class InPlace(torch.nn.Module):
+    """Layers whose values the forward pass changes in place afterwards."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.first = torch.nn.ReLU(inplace=True)  # changes the input itself
+        self.conv = torch.nn.Conv2d(1, 2, 3, padding=1)
+        self.fc = torch.nn.Linear(50, 4)
+
+    def forward(self, x):
+        h = self.conv(self.first(x))
+        h = torch.relu_(h)  # in place on conv's output
+        z = self.fc(h.flatten(1))
+        s = z + h.flatten(1)[:, :4]  # a residual sum, the torch.fx node "add"
+        return torch.tanh_(s)
+
+
+def true_values(X):
+    net = InPlace().eval()
+    with torch.no_grad():
+        x = X.clone()
+        conv = net.conv(torch.relu(x))
+        fc = net.fc(torch.relu(conv).flatten(1))
+        add = fc + torch.relu(conv).flatten(1)[:, :4]
+    return dict(input=X, conv=conv, fc=fc, add=add)
+
+
+@pytest.mark.parametrize("pool", ["flatten", "mean"])
+@pytest.mark.parametrize("layers", [["input", "conv", "fc"], ["add"], ["conv", "add"]])
+def test_values_are_taken_before_the_network_changes_them_in_place(layers, pool):
+    X = torch.randn(6, 1, 5, 5)
+    reps = extract_representations(InPlace(), X, layers, pool=pool, batch_size=4)
+    expected = true_values(X)
+    for name in layers:
+        value = expected[name]
+        if pool == "mean" and value.dim() > 2:
+            value = value.mean(dim=(2, 3))
+        np.testing.assert_allclose(
+            reps[name], value.reshape(6, -1).numpy(), rtol=1e-5, atol=1e-6
+        )

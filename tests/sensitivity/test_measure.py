@@ -331,8 +331,17 @@ def test_errors_and_warnings():
         def forward(self, x):
             return self.lin(self.lin(x.flatten(1)[:, :4]))
 
-    with pytest.raises(ValueError, match="ran twice in one forward pass"):
+    with pytest.raises(ValueError, match="ran more than once in one forward pass"):
         relative_sensitivity(Twice(), X, layers=["lin"])
+    with pytest.warns(UserWarning, match=r"Modules \['lin'\] ran more than once"):
+        table = relative_sensitivity(Twice(), X, layers="all")
+    assert table["layer"].unique().tolist() == ["input", "output"]
+    with pytest.raises(ValueError, match=r"names \['0'\] more than once"):
+        relative_sensitivity(net, X, layers=["0", "0"])
+    tiny = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+    with pytest.warns(UserWarning, match="of 2 value.s. a side: the deformations"):
+        tiny_table = relative_sensitivity(tiny, np.ones((5, 1, 2, 2), np.float32))
+    assert tiny_table["R"].isna().all()
 
     class Pair(nn.Module):
         def __init__(self):
