@@ -374,8 +374,11 @@ def make_parser() -> argparse.ArgumentParser:
         type=_positive,
         default=None,
         metavar="N",
-        help="classes the network outputs (default: as many as the labels); for "
-        "a --checkpoint trained on classes the audited data lacks",
+        help="classes the network outputs (default: as many as the labels need); "
+        "for a --checkpoint trained on classes the audited data lack. With "
+        "--checkpoint or --n-classes, integer labels from 0 are the network's "
+        "outputs themselves (label j is output j); other labels are encoded in "
+        "sorted order",
     )
     training = audit.add_argument_group("training")
     training.add_argument(
@@ -506,11 +509,11 @@ class Data:
 
     @property
     def n_outputs(self) -> int:
-        """Classes of a classification, 1 for a regression."""
+        """Outputs the codes need (the largest + 1), 1 for a regression."""
         if self.task == "regression":
             return 1
         labels = [self.y] if self.y_test is None else [self.y, self.y_test]
-        return len(np.unique(np.concatenate(labels)))
+        return int(np.concatenate(labels).max()) + 1
 
 
 def load_npy_folder(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
@@ -553,14 +556,23 @@ def is_continuous(y: np.ndarray) -> bool:
 
 
 def encode_splits(
-    y: np.ndarray, y_test: np.ndarray | None, say: Say
+    y: np.ndarray, y_test: np.ndarray | None, say: Say, keep_codes: bool = False
 ) -> tuple[np.ndarray, np.ndarray | None, list[str] | None]:
     """Class labels of both splits encoded together (one code per class).
 
     Returns the codes of both and the labels of the codes, None when the
-    labels were codes already.
+    labels were codes already. With ``keep_codes``, labels that are
+    integers from 0 are the codes themselves (label j is the network's
+    output j, whichever classes the data lack).
     """
     both = y if y_test is None else np.concatenate([y, y_test])
+    if keep_codes and _are_codes(both):
+        both = both.astype(np.int64)
+        return (
+            (both, None, None)
+            if y_test is None
+            else (both[: len(y)], both[len(y) :], None)
+        )
     codes, classes = encode_labels(both)
     names = None
     if len(classes) > 1 and not np.array_equal(classes, np.arange(len(classes))):
@@ -570,6 +582,13 @@ def encode_splits(
     if y_test is None:
         return codes, None, names
     return codes[: len(y)], codes[len(y) :], names
+
+
+def _are_codes(y: np.ndarray) -> bool:
+    """Whether the labels ``y`` are integers from 0 (as floats too)."""
+    if y.dtype.kind not in "iuf" or not len(y):
+        return False
+    return bool(np.isfinite(y).all() and (y == np.round(y)).all() and y.min() >= 0)
 
 
 def load_data(args: argparse.Namespace, say: Say) -> Data:
@@ -591,7 +610,8 @@ def load_data(args: argparse.Namespace, say: Say) -> Data:
             "classifiers. A trained regression network is audited with "
             "--checkpoint and --test-data."
         )
-    y, y_test, names = encode_splits(y, y_test, say)
+    keep_codes = args.checkpoint is not None or args.n_classes is not None
+    y, y_test, names = encode_splits(y, y_test, say, keep_codes)
     return Data(X, y, str(source), "classification", X_test, y_test, names)
 
 
@@ -721,7 +741,8 @@ def run_audit(args: argparse.Namespace) -> AuditResult:
         if data.task == "regression" or args.n_classes < n_outputs:
             raise ValueError(
                 f"--n-classes {args.n_classes} is fewer than the {n_outputs} "
-                "classes of the labels, or the targets are continuous."
+                "outputs the labels need (label j is output j), or the targets "
+                "are continuous."
             )
         n_outputs = args.n_classes
     if args.checkpoint is None:

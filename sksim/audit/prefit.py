@@ -162,7 +162,11 @@ def predictions(
 
 
 def weights_fingerprint(net: NetLike) -> str:
-    """A hash of the trained module: its class and every tensor of its state."""
+    """A hash of the trained module: its classes, layers and every tensor of its state.
+
+    The layers enter by the module's ``repr`` (an activation swapped for
+    another changes it, not the weights); the code of a ``forward`` does not.
+    """
     module = resolve_module(net)
     names = type(_unwrap(net)).__qualname__, type(module).__qualname__
-    return joblib.hash((*names, weights_digest(module)))
+    return joblib.hash((*names, repr(module), weights_digest(module)))

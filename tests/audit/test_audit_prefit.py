@@ -1,5 +1,7 @@
 """Auditing a network already trained (cv="prefit"): no training, weights untouched."""
 
+import copy
+
 import _audit_helpers
 import numpy as np
 import pytest
@@ -258,6 +260,14 @@ def test_prefit_cache_hashes_the_weights(split, trained, tmp_path):
         changed.module_.out.bias[0] += 1.0
     other = prefit_audit(changed, split, analyses=("density",), cache=tmp_path)
     assert other.metadata["cache"]["loaded"] == 0
+    module = prefit_audit(trained.module_, split, analyses=("density",), cache=tmp_path)
+    assert module.metadata["cache"]["saved"] == 1
+    swapped = copy.deepcopy(trained.module_)  # the same weights, another layer
+    swapped.relu = torch.nn.Tanh()
+    fresh = prefit_audit(swapped, split, analyses=("density",), cache=tmp_path)
+    assert fresh.metadata["cache"]["loaded"] == 0
+    expected = prefit_audit(swapped, split, analyses=("density",))
+    assert fresh["samples"].equals(expected["samples"])
 
 
 def test_prefit_errors(split, trained, regression):
