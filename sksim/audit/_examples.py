@@ -16,6 +16,7 @@ import torch
 from .._engine.inputs import batches, is_dataset, n_samples, take, to_tensor
 from .._validation import sample_shape
 from . import _render
+from ._names import with_names
 from ._tables import frame, import_pandas, neighbor_text, query_neighbors
 from .analyses.neighbors import image_view
 
@@ -196,13 +197,7 @@ def worth_a_look(data, tables):
     return items
 
 
-def _show(ax, image, title, color="black"):
-    ax.imshow(image, cmap="gray_r" if image.ndim == 2 else None)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.set_title(title, fontsize=8, color=color)
-
-
+@with_names
 def isolated_figure(result: AuditResult) -> Figure | None:
     """Thumbnails of the most isolated examples, with their log-density."""
     items = [g for g in result.examples if g["kind"] == "isolated"]
@@ -212,7 +207,7 @@ def isolated_figure(result: AuditResult) -> Figure | None:
         1, len(items), figsize=(1.1 * len(items) + 0.4, 1.7), squeeze=False
     )
     for ax, item in zip(axes[0], items, strict=True):
-        _show(
+        _render.thumbnail(
             ax,
             item["image"],
             f"#{item['index']} y={item['label']}\nlog ρ={item['log_density']:.1f}",
@@ -226,6 +221,7 @@ def isolated_figure(result: AuditResult) -> Figure | None:
     return fig
 
 
+@with_names
 def support_figure(result: AuditResult) -> Figure | None:
     """The least-supported predictions (left) and their nearest training examples."""
     items = [g for g in result.examples if g["kind"] == "least support"]
@@ -239,7 +235,7 @@ def support_figure(result: AuditResult) -> Figure | None:
         squeeze=False,
     )
     for row, item in zip(axes, items, strict=True):
-        _show(
+        _render.thumbnail(
             row[0],
             item["image"],
             f"#{item['index']} y={item['label']} pred={item['prediction']}",
@@ -253,7 +249,7 @@ def support_figure(result: AuditResult) -> Figure | None:
             item["similarities"],
             strict=True,
         ):
-            _show(ax, image, f"y={label} k={sim:.2f}")
+            _render.thumbnail(ax, image, f"y={label} k={sim:.2f}")
     fig.suptitle(
         "Held-out inputs whose prediction the fewest of their most similar\n"
         "training examples carry (left; red: misclassified), and those "

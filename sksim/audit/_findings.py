@@ -42,7 +42,15 @@ def accuracy_meaning(mean, std, n_folds):
     )
 
 
-def correlation_meaning(r):
+def error_meaning(error):
+    """One sentence on the share of held-out examples misclassified."""
+    if error <= 0:
+        return "No held-out example is misclassified."
+    share = f"about one in {1 / error:.0f}" if error < 0.2 else f"{error:.0%}"
+    return f"The share of held-out examples misclassified: {share}."
+
+
+def correlation_meaning(r, regression=False):
     """One sentence on the Pearson correlation of log-density and error."""
     share = f"density accounts for {r * r:.0%} of the variance of the errors"
     if r <= -0.3:
@@ -62,9 +70,14 @@ def correlation_meaning(r):
             f"Errors are not where training examples are scarce ({share}): "
             "look at confusions and label issues rather than coverage."
         )
+    where = (
+        "the targets vary fast or are noisy"
+        if regression
+        else "classes overlap or labels are inconsistent"
+    )
     return (
         f"Errors are more frequent at high density ({share}): regions where "
-        "classes overlap or labels are inconsistent, not unfamiliar inputs."
+        f"{where}, not unfamiliar inputs."
     )
 
 
@@ -88,20 +101,14 @@ def headline_meanings(result):
     value = summary_value(summary, "accuracy")
     if value is not None:
         meanings["accuracy"] = accuracy_meaning(*value, meta["n_folds"])
-        error = 1 - value[0]
-        meanings["error"] = (
-            f"The share of held-out examples misclassified: about one in "
-            f"{1 / error:.0f}."
-            if error > 0
-            else "No held-out example is misclassified."
-        )
+        meanings["error"] = error_meaning(1 - value[0])
     value = summary_value(summary, "density_error_correlation")
     if value is not None:
         meanings["density_error_correlation"] = (
             "Undefined: the held-out densities (or errors) are all alike, e.g. "
             "every density at its floor, no training example similar enough."
             if math.isnan(value[0])
-            else correlation_meaning(value[0])
+            else correlation_meaning(value[0], meta["task"] == "regression")
         )
     value = summary_value(summary, "neighbor_label_agreement")
     if value is not None:

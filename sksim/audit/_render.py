@@ -83,3 +83,20 @@ def paragraph(text, cls=None) -> str:
     """``text`` escaped in a ``<p>``, of class ``cls`` when given."""
     attr = f' class="{cls}"' if cls else ""
     return f"<p{attr}>{html.escape(str(text))}</p>"
+
+
+WIDE_TITLE = 12  # characters of a thumbnail's title that fit on one line
+
+
+def thumbnail(ax, image, title: str, color: str = "black") -> None:
+    """Draw ``image`` on ``ax`` without ticks, under ``title``.
+
+    A title too wide for the thumbnail (long class names) goes on two
+    lines, broken at its first space, in a smaller font.
+    """
+    ax.imshow(image, cmap="gray_r" if image.ndim == 2 else None)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if len(title) > WIDE_TITLE:
+        title = title.replace(" ", "\n", 1)
+    ax.set_title(title, fontsize=8 if "\n" not in title else 7, color=color)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._examples import isolated_section, support_section
 from ._findings import findings, headline_meanings
+from ._names import named
 from ._render import paragraph, table
 from ._tables import import_pandas
 from .analyses import REGISTRY
@@ -263,7 +264,11 @@ BUILDERS = dict(
 
 
 def render_html(result: AuditResult) -> str:
-    """The report as one HTML string, with no external resource."""
+    """The report as one HTML string, with no external resource.
+
+    Class codes read as the labels they stand for, when the result names them.
+    """
+    result = named(result)
     nav = "".join(
         f'<a href="#{key}">{html.escape(title)}</a>' for key, title in SECTIONS
     )

@@ -10,6 +10,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from sksim.audit import figures
+from sksim.audit._names import named
 from sksim.audit.report import SECTIONS, classes_text, render_html, to_dict
 
 
@@ -202,3 +203,28 @@ def test_classes_text_names_the_codes():
     assert classes_text(dict(n_classes=3)) == "3"
     named = dict(n_classes=2, class_names=["cat", "dog"])
     assert classes_text(named) == "2: 0 = cat, 1 = dog"
+
+
+WORDS = "zero one two three four five six seven eight nine".split()
+
+
+def test_the_report_shows_the_labels_the_codes_stand_for():
+    result = _audit_helpers.label_issues_audit()
+    codes = result["samples"]["label"].to_numpy().copy()
+    result.metadata["class_names"] = WORDS  # as the command line records them
+    view = named(result)
+    assert view["samples"]["label"].tolist() == [WORDS[c] for c in codes]
+    issues = result["label_issues"]
+    assert view["label_issues"]["neighbor_labels"].iloc[0] == [
+        WORDS[c] for c in issues["neighbor_labels"].iloc[0]
+    ]
+    assert view.gallery[0]["label"] == WORDS[result.gallery[0]["label"]]
+    np.testing.assert_array_equal(result["samples"]["label"], codes)  # untouched
+    page = render_html(result)
+    top = issues.iloc[0]
+    given, looks = WORDS[top["given_label"]], WORDS[top["suggested_label"]]
+    assert f"#{top['index']} (given {given}, looks like {looks})" in page
+    grid = figures.neighbor_grid(result)
+    titles = [ax.get_title() for ax in grid.axes if ax.get_title()]
+    assert titles[0].startswith(f"y={view.gallery[0]['label']} pred=")
+    assert all(title.split()[0][2:] in WORDS for title in titles)

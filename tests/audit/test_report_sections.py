@@ -17,7 +17,7 @@ from sksim.audit._examples import (
     least_supported_rows,
     prediction_support,
 )
-from sksim.audit._findings import correlation_meaning, findings
+from sksim.audit._findings import correlation_meaning, error_meaning, findings
 from sksim.audit.analyses.neighbors import diverse
 from sksim.audit.core import _count_warning, _warning_rows, _warning_text
 from sksim.audit.figures import sensitivity_layers
@@ -290,6 +290,16 @@ def test_correlation_meaning(r, words):
     assert f"{r * r:.0%} of the variance" in text
 
 
+def test_correlation_and_error_in_words_fit_the_task():
+    assert "classes overlap" in correlation_meaning(0.3)
+    assert "the targets vary fast" in correlation_meaning(0.3, regression=True)
+    assert error_meaning(0.1) == (
+        "The share of held-out examples misclassified: about one in 10."
+    )
+    assert error_meaning(0.774).endswith("misclassified: 77%.")  # not "one in 1"
+    assert error_meaning(0.0) == "No held-out example is misclassified."
+
+
 def test_findings_open_the_report(issues_audit):
     html = render_html(issues_audit)
     page = parse(html)
@@ -339,7 +349,11 @@ def test_label_issue_section_shows_top_twenty_with_thumbnails(issues_audit):
     table = issues_audit["label_issues"]
     assert [g["index"] for g in items] == table["index"][:20].tolist()
     fig = issue_grid(issues_audit)
-    titled = [ax.get_title() for ax in fig.axes if ax.get_title().startswith("#")]
+    titled = [  # a wide title is on two lines
+        ax.get_title().replace("\n", " ")
+        for ax in fig.axes
+        if ax.get_title().startswith("#")
+    ]
     assert len(titled) == 20
     first = items[0]
     flip = " (flip)" if first["index"] in (5, 69, 198) else ""

@@ -13,6 +13,7 @@ from sklearn.utils import Bunch
 from ..._engine.inputs import take
 from ..._net import resolve_module
 from ..._validation import check_positive_int
+from .._names import with_names
 from .._render import errorbars, subplots
 from .._tables import spread
 from .base import Analysis, FoldOutput
@@ -33,6 +34,7 @@ def default_layers(module: torch.nn.Module, n_layers: int = 3) -> list[str]:
     return names[-n_layers:]
 
 
+@with_names
 def class_densities(result: AuditResult) -> Figure | None:
     """Classes sorted by mean own-class log-density, per layer, over folds."""
     table = result.tables.get("class_fitting_summary")

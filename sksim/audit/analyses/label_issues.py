@@ -9,6 +9,7 @@ import numpy as np
 
 from ...label_issues import LabelIssueDetector, issues_frame, score_labels
 from .. import _render
+from .._names import with_names
 from .._tables import frame, import_pandas, neighbor_text
 from .base import Analysis, FoldOutput
 from .neighbors import image_view, search_method, sketched_search
@@ -149,13 +150,7 @@ def planted_precision(
     return dict(k=k, hits=hits, precision=hits / k if k else np.nan, recall=recall)
 
 
-def _show(ax, image, title, color="black"):
-    ax.imshow(image, cmap="gray_r" if image.ndim == 2 else None)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.set_title(title, fontsize=8, color=color)
-
-
+@with_names
 def issue_grid(result: AuditResult) -> Figure | None:
     """The top suspected issues (left) and their most similar training examples."""
     items = [g for g in result.gallery if g["kind"] == "label issue"]
@@ -180,7 +175,7 @@ def issue_grid(result: AuditResult) -> Figure | None:
         row = axes[n % per_column, (n // per_column) * (width + 1) :]
         given = item["label"]
         planted = " (flip)" if item["index"] in flipped else ""
-        _show(
+        _render.thumbnail(
             row[0],
             item["image"],
             f"#{item['index']} y={given}→{item['suggested']}{planted}",
@@ -194,7 +189,7 @@ def issue_grid(result: AuditResult) -> Figure | None:
             item["similarities"],
             strict=True,
         ):
-            _show(ax, image, f"y={label} k={sim:.2f}", _color(label, given))
+            _render.thumbnail(ax, image, f"y={label} k={sim:.2f}", _color(label, given))
             ax.set_axis_on()
     fig.suptitle(
         "Suspected label issues (red: given → suggested label; (flip): a label "

@@ -16,6 +16,7 @@ from ..._engine.inputs import is_dataset, take, to_tensor
 from ..._validation import check_positive_int, sample_shape
 from ...neighbors import NetworkNeighbors, automatic_index
 from .. import _render
+from .._names import with_names
 from .._tables import frame, neighbor_text, query_neighbors
 from .base import Analysis, FoldOutput
 
@@ -168,6 +169,7 @@ def _show(ax, image):
     ax.set_yticks([])
 
 
+@with_names
 def neighbor_grid(result: AuditResult) -> Figure | None:
     """Each gallery example, then its most similar training examples."""
     gallery = [g for g in own_gallery(result) if g["image"] is not None]
