@@ -99,6 +99,12 @@ def load_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
             names = set(data.files)
             arrays = {key: data[key] for key in ("X", "y") if key in names}
     except Exception as error:  # whatever a damaged archive raises
+        if "allow_pickle" in str(error):
+            raise ValueError(
+                f"{path} holds an array of Python objects (dtype object, e.g. a "
+                "pandas column's .values), which is not read for safety: save it "
+                "as numbers or strings, e.g. np.savez(path, X=X, y=y.astype(str))."
+            ) from None
         raise ValueError(
             f"{path} could not be read as an .npz file; is it truncated or "
             f"damaged? ({type(error).__name__}: {error})"

@@ -109,6 +109,10 @@ class AuditCache:
         self.loaded, self.saved = 0, 0
         if self.folder is None:
             return
+        if self.folder.exists() and not self.folder.is_dir():
+            raise ValueError(
+                f"cache= names a folder for the audit's pieces; {folder} is a file."
+            )
         self.folder.mkdir(parents=True, exist_ok=True)
         fingerprint = weights_fingerprint(net) if prefit else net_fingerprint(net)
         data = tuple(dataset_fingerprint(a) if is_dataset(a) else a for a in arrays)

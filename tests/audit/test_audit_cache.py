@@ -162,3 +162,10 @@ def test_a_net_around_a_module_instance_resumes_by_its_weights(
     first = run(0)
     assert run(0).metadata["cache"]["loaded"] == first.metadata["cache"]["saved"] == 6
     assert run(1).metadata["cache"]["loaded"] == 0
+
+
+def test_a_cache_that_is_a_file_is_refused(digit_images, tmp_path):
+    X, y = digit_images
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(ValueError, match="cache= names a folder .* is a file"):
+        run_audit(X, y, tmp_path / "afile")

@@ -250,12 +250,16 @@ def test_cli_version(capsys):
     [
         (b"label,x\n1,2\n", "is not an .npz file (a zip archive of arrays)"),
         ("truncated", "could not be read as an .npz file; is it truncated"),
+        ("objects", "holds an array of Python objects (dtype object, e.g. a"),
     ],
 )
 def test_cli_damaged_npz_is_one_line(content, message, tmp_path, npz, capsys):
+    path = tmp_path / "damaged.npz"
     if content == "truncated":
         content = npz.read_bytes()[: npz.stat().st_size // 2]
-    path = tmp_path / "damaged.npz"
+    if content == "objects":  # labels from a pandas column: a sound file
+        np.savez(path, X=np.ones((4, 3)), y=np.array(["a", "b", 1, 2], dtype=object))
+        content = path.read_bytes()
     path.write_bytes(content)
     with pytest.raises(SystemExit) as exit_:
         cli.main(["audit", "--data", str(path), *FAST])
