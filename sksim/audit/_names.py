@@ -52,9 +52,7 @@ def named(result: AuditResult) -> AuditResult:
             for column in columns:
                 table[column] = table[column].map(name)
             for column in CODE_LISTS.get(key, ()):
-                table[column] = table[column].map(
-                    lambda codes: [name(c) for c in codes]
-                )
+                table[column] = table[column].map(each)
 
     def item(entry: dict) -> dict:
         entry = dict(entry)

@@ -314,14 +314,15 @@ def _execution_order(model, norms, batches) -> list[torch.nn.Module]:
 
 def _set_statistics(model, norm, batches) -> None:
     """Set ``norm``'s statistics to those of its input over all the batches."""
-    sums = []  # per batch: count, sum and sum of squares per channel, shifted
+    shift, parts = None, []  # per batch: count, sum, sum of squares, shifted
 
     def accumulate(_module, inputs):
+        nonlocal shift
         x = inputs[0].double().transpose(0, 1).reshape(inputs[0].shape[1], -1)
-        if not sums:
-            sums.append(x.mean(1))  # the shift, for a stable variance
-        x = x - sums[0][:, None]
-        sums.append((x.shape[1], x.sum(1), (x * x).sum(1)))
+        if shift is None:
+            shift = x.mean(1, keepdim=True)  # for a stable variance
+        x = x - shift
+        parts.append((x.shape[1], x.sum(1), (x * x).sum(1)))
         raise _Reached
 
     hook = norm.register_forward_pre_hook(accumulate)
@@ -333,14 +334,13 @@ def _set_statistics(model, norm, batches) -> None:
                 pass
     finally:
         hook.remove()
-    if len(sums) < 2:
+    if not parts:
         return  # the layer did not run: its statistics stay
-    shift, counts = sums[0], sums[1:]
-    n = sum(c for c, _, _ in counts)
-    mean = sum(s for _, s, _ in counts) / n
-    variance = (sum(q for _, _, q in counts) / n - mean**2).clamp_min(0)
-    norm.running_mean.copy_(mean + shift)
-    norm.running_var.copy_(variance)
+    n = sum(count for count, _, _ in parts)
+    mean = sum(total for _, total, _ in parts) / n
+    variance = sum(squares for _, _, squares in parts) / n - mean**2
+    norm.running_mean.copy_(mean + shift[:, 0])
+    norm.running_var.copy_(variance.clamp_min(0))
 
 
 def _reinitialized(model: torch.nn.Module, n_init, rng) -> list[torch.nn.Module]:
