@@ -267,3 +267,49 @@ def test_callable_output_receives_a_tuple_as_the_network_returns_it():
     np.testing.assert_allclose(K, oracle_kernel(second, second, "ntk"), rtol=1e-10)
     K = network_similarity(module, X, kind="ntk")
     np.testing.assert_allclose(K, oracle_kernel(first, first, "ntk"), rtol=1e-10)
+
+
+class MixedPrecision(torch.nn.Module):
+    """A float32 body and a float64 head: pieces of both dtypes."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh())
+        self.head = torch.nn.Linear(8, 3).double()
+
+    def forward(self, x):
+        return self.head(self.body(x).double())
+
+
+@pytest.mark.parametrize("kind", ["cosine", "ntk", "influence"])
+def test_layers_in_other_dtypes_pair_in_the_widest(kind):
+    module = MixedPrecision()
+    X = torch.randn(6, 5)
+    expected = oracle_kernel(*[oracle_jacobians(module, X)] * 2, kind)
+    K = network_similarity(module, X, kind=kind, batch_size=4)
+    np.testing.assert_allclose(K, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("kind", ["cosine", "ntk", "influence"])
+def test_half_precision_gradients_pair_in_float32(dtype, kind):
+    """On raw 0..255 pixels the gradients fit half precision, but their
+    products do not (its largest value is 65504)."""
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(
+        torch.nn.Linear(64, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3)
+    )
+    with torch.no_grad():
+        module[0].weight.mul_(0.01)
+    module = module.to(dtype)
+    X = torch.randint(0, 256, (6, 64)).float()
+    J = oracle_jacobians(module, X.to(dtype))
+    assert (np.einsum("idp,idp->i", J, J) > 65504).all()  # past half precision
+    expected = oracle_kernel(J, J, kind)
+    K = network_similarity(module, X, kind=kind, batch_size=4)
+    np.testing.assert_allclose(
+        K, expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max()
+    )
+    sketched = network_similarity(module, X, kind=kind, n_components=8)
+    assert np.isfinite(sketched).all()

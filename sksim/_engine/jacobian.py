@@ -24,7 +24,14 @@ from .context import check_device, evaluation_mode, on_device, uncompiled
 from .finite import check_finite_rows
 from .flags import FlaggedRows
 from .inputs import batches, module_float_dtype, n_samples, take, to_tensor
-from .pieces import DensePiece, PieceBudget, PiecesTooLarge, gram_of, map_pieces
+from .pieces import (
+    DensePiece,
+    PieceBudget,
+    PiecesTooLarge,
+    gram_of,
+    in_common_dtype,
+    map_pieces,
+)
 from .selection import select_output, select_parameters
 
 DEFAULT_MAX_MEMORY = 2 * 2**30
@@ -392,7 +399,7 @@ class JacobianEngine:
                 pieces.extend(DensePiece(block) for block in jacobian(batch))
         for piece in pieces:
             check_finite_rows(piece.signal, start, "gradients")
-        return pieces
+        return in_common_dtype(pieces)
 
     def _captured_pieces(
         self, layers: dict, batch, budget: PieceBudget, start: int

@@ -18,6 +18,7 @@ with a few rows of a reference set each.
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import numpy as np
@@ -72,6 +73,10 @@ class DensePiece:
 
     def transform(self, W: torch.Tensor) -> DensePiece:
         return DensePiece(W @ self.grad)
+
+    def astype(self, dtype: torch.dtype) -> DensePiece:
+        """The piece in floating ``dtype`` (itself if it is in it already)."""
+        return self if self.grad.dtype == dtype else DensePiece(self.grad.to(dtype))
 
     def self_gram(self) -> torch.Tensor:
         return self.grad @ self.grad.transpose(1, 2)
@@ -182,6 +187,13 @@ class SharedWeightPiece:
     def transform(self, W: torch.Tensor) -> SharedWeightPiece:
         delta = (W @ self.delta.flatten(2)).reshape(self.delta.shape)
         return SharedWeightPiece(self.h, delta, self.n_tokens, self.bias)
+
+    def astype(self, dtype: torch.dtype) -> SharedWeightPiece:
+        """The piece in floating ``dtype`` (token ids stay integers)."""
+        if self.delta.dtype == dtype:
+            return self
+        h = self.h if self.tokens else self.h.to(dtype)
+        return SharedWeightPiece(h, self.delta.to(dtype), self.n_tokens, self.bias)
 
     def _with_bias(self, HH: torch.Tensor) -> torch.Tensor:
         return HH.add_(1) if self.bias else HH
@@ -389,6 +401,19 @@ def factorised_is_cheaper(T: int, a: int, o: int, d: int) -> bool:
     (``T = 1``), rarely for an early convolution (large ``T``).
     """
     return T * T * (d * o + a) < d * o * a
+
+
+def in_common_dtype(pieces: list) -> list:
+    """``pieces`` in one floating dtype: the widest of theirs, float32 at least.
+
+    Products of half-precision gradients overflow its range (65504) for
+    ordinary inputs, and pieces of layers kept in different dtypes cannot
+    be paired.
+    """
+    dtype = functools.reduce(
+        torch.promote_types, (p.signal.dtype for p in pieces), torch.float32
+    )
+    return [p.astype(dtype) for p in pieces]
 
 
 def nbytes_of(pieces: list) -> int:
