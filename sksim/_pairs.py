@@ -12,7 +12,8 @@ Explicit pairs are stored as a :class:`skorch.helper.SliceDict`: the original
 input under :data:`PAIR_INPUT` (or the keys of a dict input), the partner
 inputs of every row under :data:`PAIR_PARTNER` with shape ``(n, k, ...)``, and
 a boolean ``(n, k)`` mask under :data:`PAIR_MASK` telling which of the ``k``
-partner slots hold a pair. :func:`split_pair_data` takes a batch apart again.
+partner slots hold a pair, and under :data:`PAIR_NUMBER` the number of each
+pair in the list given. :func:`split_pair_data` takes a batch apart again.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from ._engine.inputs import n_samples, take
 PAIR_INPUT = "similarity_input"
 PAIR_PARTNER = "similarity_partner"
 PAIR_MASK = "similarity_pair_mask"
-_RESERVED = (PAIR_INPUT, PAIR_PARTNER, PAIR_MASK)
+PAIR_NUMBER = "similarity_pair_number"
+_RESERVED = (PAIR_INPUT, PAIR_PARTNER, PAIR_MASK, PAIR_NUMBER)
 
 
 def _partner_key(key: str) -> str:
@@ -72,11 +74,12 @@ def check_pairs(pairs: ArrayLike, n: int) -> np.ndarray:
     return arr.astype(np.int64)
 
 
-def _attach(pairs: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+def _attach(pairs: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Assign each pair to one of its two rows, balancing the rows' loads.
 
     Returns ``partner`` of shape ``(n, k)`` (row index of the partner, 0 where
-    unused) and ``mask`` of shape ``(n, k)``, with ``k`` the largest load.
+    unused), ``mask`` of shape ``(n, k)``, with ``k`` the largest load, and
+    ``number`` of shape ``(n, k)`` (the row of ``pairs``, -1 where unused).
     """
     load = np.zeros(n, dtype=np.int64)
     anchors = np.empty(len(pairs), dtype=np.int64)
@@ -88,9 +91,11 @@ def _attach(pairs: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     others = np.where(anchors == pairs[:, 0], pairs[:, 1], pairs[:, 0])
     partner = np.zeros((n, int(load.max())), dtype=np.int64)
     mask = np.zeros((n, int(load.max())), dtype=bool)
+    number = np.full((n, int(load.max())), -1, dtype=np.int64)
     partner[anchors, slots] = others
     mask[anchors, slots] = True
-    return partner, mask
+    number[anchors, slots] = np.arange(len(pairs))
+    return partner, mask, number
 
 
 def _as_sliceable(a):
@@ -144,7 +149,7 @@ def with_pairs(X: ArrayLike | Mapping[str, ArrayLike], pairs: ArrayLike) -> Slic
             "pairs once, to the plain input."
         )
     n = n_samples(X)
-    partner, mask = _attach(check_pairs(pairs, n), n)
+    partner, mask, number = _attach(check_pairs(pairs, n), n)
     if isinstance(X, Mapping):
         clash = [k for k in X if str(k).startswith(PAIR_PARTNER)]
         if clash:
@@ -158,11 +163,9 @@ def with_pairs(X: ArrayLike | Mapping[str, ArrayLike], pairs: ArrayLike) -> Slic
         X = _as_sliceable(X)
         index = torch.as_tensor(partner) if isinstance(X, torch.Tensor) else partner
         data = {PAIR_INPUT: X, PAIR_PARTNER: X[index]}
-    data[PAIR_MASK] = (
-        torch.as_tensor(mask)
-        if any(isinstance(v, torch.Tensor) for v in data.values())
-        else mask
-    )
+    tensors = any(isinstance(v, torch.Tensor) for v in data.values())
+    data[PAIR_MASK] = torch.as_tensor(mask) if tensors else mask
+    data[PAIR_NUMBER] = torch.as_tensor(number) if tensors else number
     return SliceDict(**data)
 
 
@@ -189,6 +192,17 @@ def split_pair_data(X: Any) -> tuple[Any, Any, Any]:
     }
     partners = {k: X[_partner_key(k)] for k in inputs}
     return inputs, partners, X[PAIR_MASK]
+
+
+def carried_pair_numbers(X: Any) -> np.ndarray | None:
+    """The numbers of the pairs ``X``'s rows carry, row by row, then slot by slot.
+
+    None for data without pair numbers (attached by an older sksim).
+    """
+    if not is_pair_data(X) or PAIR_NUMBER not in X:
+        return None
+    mask, number = (np.asarray(X[key]) for key in (PAIR_MASK, PAIR_NUMBER))
+    return number[mask]
 
 
 def strip_pairs(X: Any) -> Any:

@@ -670,13 +670,14 @@ class LabelIssueDetector(NetworkEstimator):
     def _net_probabilities(self, net, X):
         """The net's ``predict_proba``, or the softmax of a module's logits.
 
-        The modes of the module's layers (training or evaluation) are restored
-        after.
+        A module's logits are its outputs as ``output`` selects them, as for
+        the similarities. The modes of the module's layers (training or
+        evaluation) are restored after.
         """
         if hasattr(net, "predict_proba"):
             return predicted_probabilities(net, X)
         engine = make_engine(
-            net, "logits", None, self.batch_size, self.device, 0, self.max_memory
+            net, self.output, None, self.batch_size, self.device, 0, self.max_memory
         )
         return torch.softmax(engine.outputs(X).double(), dim=1).numpy()
 

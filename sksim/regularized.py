@@ -55,6 +55,7 @@ from ._engine.differentiable import per_sample_gradients
 from ._engine.inputs import n_samples, take
 from ._engine.selection import select_output, select_parameters
 from ._pairs import (
+    carried_pair_numbers,
     check_labels,
     is_pair_data,
     same_class_partners,
@@ -605,7 +606,9 @@ class SimilarityRegularizedNet(NeuralNet):
         Returns
         -------
         cos : ndarray of shape (n_pairs,)
-            One cosine per pair, in ``[-1, 1]``.
+            One cosine per pair, in ``[-1, 1]``: pairs attached by
+            :func:`with_pairs` in the order given to it (of those the rows
+            of ``X`` carry).
         """
         self.check_is_fitted()
         self._check_similarity_params()
@@ -645,7 +648,9 @@ class SimilarityRegularizedNet(NeuralNet):
         parts = [p.detach().cpu() for p in parts if p is not None]
         if not parts:
             return np.zeros(0)
-        return torch.cat(parts).numpy().astype(np.float64)
+        cos = torch.cat(parts).numpy().astype(np.float64)
+        numbers = carried_pair_numbers(X)  # ranked: X may hold some rows only
+        return cos if numbers is None else cos[np.argsort(numbers, kind="stable")]
 
 
 def _pairs_of(first_inputs, second_inputs, labels):

@@ -344,3 +344,29 @@ def test_prefit_restores_the_modules_modes(digits, fitted_digits_net):
         assert module.training
     finally:
         module.train(was_training)
+
+
+class FeaturesAndLogits(torch.nn.Module):
+    """Returns ``(features, logits)``: 16 features, 10 logits."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = torch.nn.Sequential(torch.nn.Linear(64, 16), torch.nn.Tanh())
+        self.head = torch.nn.Linear(16, 10)
+
+    def forward(self, x):
+        features = self.body(x)
+        return features, self.head(features)
+
+
+def test_prefit_module_probabilities_are_of_the_selected_outputs(digits):
+    X, y = digits[0][:60], digits[1][:60]
+    module = FeaturesAndLogits()
+    detector = LabelIssueDetector(
+        module, cv="prefit", n_neighbors=3, output=lambda out: out[1]
+    ).fit(X, y)
+    with torch.no_grad():
+        logits = module(torch.as_tensor(X))[1].double()
+    np.testing.assert_array_equal(detector.classes_, np.arange(10))
+    np.testing.assert_allclose(detector.oof_proba_, logits.softmax(-1), rtol=1e-6)

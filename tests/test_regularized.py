@@ -707,6 +707,13 @@ def test_regressor_with_given_pairs_and_random_readout():
     )
     assert cos[0] == pytest.approx(slow.item(), abs=1e-6)
     assert reg.predict(X).shape == (20, 1)
+    # in the order given, not that of the rows carrying them
+    pairs = np.array([[5, 1], [0, 3], [7, 2], [10, 4], [3, 9], [18, 6]])
+    cos = reg.pair_similarity(with_pairs(X, pairs), batch_size=4)
+    slow = oracle_cosines(
+        reg.module_, rows(X, pairs[:, 0]), rows(X, pairs[:, 1]), lambda o, i: o.sum()
+    )
+    np.testing.assert_allclose(cos, slow.detach().numpy(), atol=1e-6)
 
 
 def test_prediction_ignores_attached_pairs():
