@@ -93,11 +93,13 @@ def make_engines(
     verbose: int,
     max_memory: int | None,
     validate: bool = True,
+    digests: list[str] | None = None,
 ) -> WeightedEngines:
     """The engines of ``net`` at its checkpoints, with their shares.
 
     Without checkpoints, the one engine of ``net`` as it is, of share 1.
-    ``validate`` reads every checkpoint first to check it against the network.
+    ``validate`` reads every checkpoint first to check it against the network;
+    otherwise ``digests`` (those ``fit`` took) check each as it is read.
     """
     check_weighted(checkpoints, checkpoint_weights)
     if checkpoints is None:
@@ -107,7 +109,7 @@ def make_engines(
         return WeightedEngines([(1.0, engine)])
     module = resolve_module(net)
     if validate:
-        shares = check_checkpoints(module, checkpoints, checkpoint_weights)
+        shares, _ = check_checkpoints(module, checkpoints, checkpoint_weights)
     else:
         shares = checkpoint_shares(checkpoint_weights, len(checkpoints))
     return WeightedEngines(
@@ -118,6 +120,7 @@ def make_engines(
             m, output, params, batch_size, device, verbose, max_memory
         ),
         max_memory=max_memory,
+        digests=digests,
     )
 
 
@@ -165,7 +168,7 @@ class NetworkEstimator(BaseEstimator):
             getattr(self, "checkpoint_weights", None),
         )
         if getattr(self, "checkpoints", None) is not None:
-            check_checkpoints(
+            _, self._checkpoint_digests = check_checkpoints(
                 resolve_module(self.net_), self.checkpoints, self.checkpoint_weights
             )
         # built once here, so that later calls leave __dict__ as it is
@@ -223,6 +226,7 @@ class NetworkEstimator(BaseEstimator):
             self.verbose,
             self.max_memory,
             validate=False,  # done in fit
+            digests=getattr(self, "_checkpoint_digests", None),
         )
 
     def _sketch_weights(self, X) -> list[np.ndarray]:

@@ -8,7 +8,6 @@ Cross-validation trains :func:`untrained_clone` of a net on each fold.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 
 import numpy as np
@@ -18,9 +17,9 @@ from sklearn.base import clone, is_classifier, is_regressor
 from sklearn.exceptions import NotFittedError
 from sklearn.frozen import FrozenEstimator
 from skorch import NeuralNet, NeuralNetBinaryClassifier, NeuralNetClassifier
-from torch.nn.parameter import is_lazy
 
 from ._engine.context import evaluation_mode, forked_rng, torch_seed
+from ._engine.digest import tensors_digest
 from ._engine.inputs import is_dataset
 from ._typing import NetInput, NetLike
 from ._validation import skorch_training_data
@@ -178,17 +177,9 @@ def weights_digest(module: torch.nn.Module) -> str:
     which parameters are trainable: the gradients are theirs), wherever the
     tensors live.
     """
-    digest = hashlib.blake2b(digest_size=16)
-    tensors = itertools.chain(module.named_parameters(), module.named_buffers())
-    for name, tensor in tensors:
-        if is_lazy(tensor):
-            continue
-        t = tensor.detach()
-        digest.update(
-            f"{name} {t.dtype} {tuple(t.shape)} {tensor.requires_grad}".encode()
-        )
-        digest.update(t.reshape(-1).view(torch.uint8).cpu().numpy())
-    return digest.hexdigest()
+    return tensors_digest(
+        itertools.chain(module.named_parameters(), module.named_buffers())
+    )
 
 
 def predicted_probabilities(net: NetLike, X: NetInput) -> np.ndarray:

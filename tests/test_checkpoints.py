@@ -218,6 +218,31 @@ def test_paths_equal_state_dicts(data, net_and_states, tmp_path):
     np.testing.assert_array_equal(as_str, from_files)
 
 
+def test_checkpoint_files_changed_after_fit_are_refused(data, net_and_states, tmp_path):
+    X, Y = data
+    net, states = net_and_states
+    paths = [str(tmp_path / f"{c}.pt") for c in range(len(states))]
+    for state, path in zip(states, paths, strict=True):
+        torch.save(state, path)
+    estimators = [
+        GradientDensityEstimator(net, method="soft", checkpoints=paths),
+        NetworkSimilarityKernel(net, n_components=8, checkpoints=paths),
+        NetworkNeighbors(net, n_neighbors=2, checkpoints=paths),
+    ]
+    queries = [
+        lambda e: e.score_samples(Y),
+        lambda e: e.transform(Y),
+        lambda e: e.kneighbors(Y),
+    ]
+    for estimator in estimators:
+        estimator.fit(X)
+    torch.save(states[0], paths[1])  # another epoch's weights in its place
+    for estimator, query in zip(estimators, queries, strict=True):
+        with pytest.raises(ValueError, match=r"checkpoints\[1\] changed since fit"):
+            query(estimator)
+        query(estimator.fit(X))
+
+
 @pytest.mark.parametrize("use_paths", [False, True])
 def test_clone_and_pickle(data, net_and_states, tmp_path, use_paths):
     X, Y = data

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from .budget import rows_that_fit
+from .digest import tensors_digest
 from .inputs import take
 from .jacobian import JacobianEngine
 
@@ -135,15 +136,18 @@ def check_weighted(checkpoints: Sequence | None, weights) -> None:
 
 def check_checkpoints(
     module: torch.nn.Module, checkpoints: Sequence, weights
-) -> np.ndarray:
-    """Validate every checkpoint against ``module``; return their shares.
+) -> tuple[np.ndarray, list[str]]:
+    """Validate every checkpoint against ``module``; their shares and digests.
 
-    Files are read one at a time and not kept.
+    Files are read one at a time and not kept; the digests tell later reads
+    whether a checkpoint changed (see :class:`WeightedEngines`).
     """
-    shares = checkpoint_shares(weights, len(checkpoints))
+    shares, digests = checkpoint_shares(weights, len(checkpoints)), []
     for index, checkpoint in enumerate(checkpoints):
-        check_state(module, load_checkpoint(checkpoint, index), index)
-    return shares
+        state = load_checkpoint(checkpoint, index)
+        check_state(module, state, index)
+        digests.append(tensors_digest(state.items()))
+    return shares, digests
 
 
 def loaded_copy(module: torch.nn.Module, state: Mapping) -> torch.nn.Module:
@@ -175,6 +179,9 @@ class WeightedEngines:
         ``make(module) -> JacobianEngine`` for each loaded copy.
     max_memory : int or None, default=None
         Bytes that :func:`weighted_rows` may hold in accumulated rows.
+    digests : list of str, default=None
+        The checkpoints' digests when they were validated (in ``fit``): one
+        that reads otherwise now raises a ValueError.
     """
 
     def __init__(
@@ -185,10 +192,11 @@ class WeightedEngines:
         shares: np.ndarray | None = None,
         make: Callable[[torch.nn.Module], JacobianEngine] | None = None,
         max_memory: int | None = None,
+        digests: list[str] | None = None,
     ):
         self._engines = engines
         self.module, self.checkpoints, self.shares = module, checkpoints, shares
-        self.make = make
+        self.make, self.digests = make, digests
         self.max_memory = float("inf") if max_memory is None else max_memory
 
     @property
@@ -207,6 +215,12 @@ class WeightedEngines:
             zip(self.shares, self.checkpoints, strict=True)
         ):
             state = load_checkpoint(checkpoint, index)
+            if self.digests and tensors_digest(state.items()) != self.digests[index]:
+                raise ValueError(
+                    f"checkpoints[{index}] changed since fit (the file was "
+                    "overwritten, or the state_dict changed): what fit computed "
+                    "from it would be mixed with what it holds now. Call fit again."
+                )
             yield float(share), self.make(loaded_copy(self.module, state))
 
 
