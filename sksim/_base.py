@@ -25,6 +25,7 @@ from ._engine.checkpoints import (
     checkpoint_seed,
     checkpoint_shares,
 )
+from ._engine.context import uncompiled
 from ._engine.features import piece_energies
 from ._engine.jacobian import JacobianEngine
 from ._engine.normalize import KINDS
@@ -107,7 +108,7 @@ def make_engines(
             net, output, params, batch_size, device, verbose, max_memory
         )
         return WeightedEngines([(1.0, engine)])
-    module = resolve_module(net)
+    module = uncompiled(resolve_module(net))
     if validate:
         shares, _ = check_checkpoints(module, checkpoints, checkpoint_weights)
     else:
@@ -169,7 +170,9 @@ class NetworkEstimator(BaseEstimator):
         )
         if getattr(self, "checkpoints", None) is not None:
             _, self._checkpoint_digests = check_checkpoints(
-                resolve_module(self.net_), self.checkpoints, self.checkpoint_weights
+                uncompiled(resolve_module(self.net_)),
+                self.checkpoints,
+                self.checkpoint_weights,
             )
         # built once here, so that later calls leave __dict__ as it is
         self._engine_cache = self._make_engine()

@@ -2,6 +2,7 @@
 
 import copy
 import pickle
+import threading
 
 import numpy as np
 import pytest
@@ -505,3 +506,35 @@ def test_collect_checkpoints_errors(digits, tmp_path):
     (tmp_path / "kept" / "params_2.pt").unlink()
     with pytest.raises(FileNotFoundError, match=r"params_2.pt', which is gone"):
         collect_checkpoints(kept)
+
+
+def test_a_compiled_network_takes_checkpoints_of_either_form(data, net_and_states):
+    X, Y = data
+    net, states = net_and_states
+    compiled = torch.compile(net, backend="aot_eager")
+    expected = network_similarity(net, X, Y, checkpoints=states)
+    prefixed = [{f"_orig_mod.{k}": v for k, v in s.items()} for s in states]
+    for checkpoints in (states, prefixed):
+        np.testing.assert_array_equal(
+            network_similarity(compiled, X, Y, checkpoints=checkpoints), expected
+        )
+
+
+class Locked(torch.nn.Module):
+    """A module holding a lock, which cannot be copied."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(3, 2)
+        self.lock = threading.Lock()
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+def test_a_network_that_cannot_be_copied_says_so(data):
+    X, _ = data
+    net = Locked()
+    network_similarity(net, X)  # fine without checkpoints
+    with pytest.raises(TypeError, match="cannot be copied .*cannot pickle"):
+        network_similarity(net, X, checkpoints=[net.state_dict()])

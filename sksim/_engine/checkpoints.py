@@ -66,9 +66,13 @@ def checkpoint_seed(seed: int, index: int) -> int:
 
 
 def load_checkpoint(checkpoint, index: int) -> Mapping[str, torch.Tensor]:
-    """A state_dict, or the one saved at a path (``torch.load``, weights only)."""
+    """A state_dict, or the one saved at a path (``torch.load``, weights only).
+
+    One saved from a ``torch.compile`` d module loses the prefix its keys got
+    there (``_orig_mod.``): checkpoints are loaded into the module it wraps.
+    """
     if isinstance(checkpoint, Mapping):
-        return checkpoint
+        return _uncompiled_keys(checkpoint)
     if not isinstance(checkpoint, str | os.PathLike):
         raise TypeError(
             f"checkpoints[{index}] is a {type(checkpoint).__name__}; expected a "
@@ -95,7 +99,15 @@ def load_checkpoint(checkpoint, index: int) -> Mapping[str, torch.Tensor]:
             f"{type(state).__name__}, not a state_dict: save "
             "module.state_dict() (skorch's save_params and Checkpoint do)."
         )
-    return state
+    return _uncompiled_keys(state)
+
+
+def _uncompiled_keys(state: Mapping) -> Mapping:
+    """``state`` with the prefix ``torch.compile`` gives every key removed."""
+    prefix = "_orig_mod."
+    if not state or not all(str(key).startswith(prefix) for key in state):
+        return state
+    return {key[len(prefix) :]: value for key, value in state.items()}
 
 
 def check_state(module: torch.nn.Module, state: Mapping, index: int) -> None:
@@ -152,7 +164,16 @@ def check_checkpoints(
 
 def loaded_copy(module: torch.nn.Module, state: Mapping) -> torch.nn.Module:
     """A copy of ``module`` with the parameters and buffers of ``state``."""
-    module = copy.deepcopy(module)
+    try:
+        module = copy.deepcopy(module)
+    except Exception as error:  # whatever an attribute that cannot be copied raises
+        raise TypeError(
+            "checkpoints= loads each checkpoint into a copy of the network, and "
+            f"this network cannot be copied ({type(error).__name__}: {error}). "
+            "Make it copyable (e.g. torch.nn.utils.parametrizations.weight_norm "
+            "rather than the legacy weight_norm; no locks or open files as "
+            "attributes), or compute at each checkpoint yourself."
+        ) from error
     module.load_state_dict(state)
     return module
 
