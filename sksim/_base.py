@@ -130,6 +130,13 @@ def projection_seed(random_state: int | np.random.RandomState | None) -> int:
     return int(check_random_state(random_state).randint(2**31 - 1))
 
 
+def _axes(shape):
+    """The number of axes of a sample's shape, by key for dict inputs."""
+    if isinstance(shape, dict):
+        return {key: len(value) for key, value in shape.items()}
+    return len(shape)
+
+
 class NetworkEstimator(BaseEstimator):
     """Base of the estimators that compare inputs through a network's gradients.
 
@@ -195,16 +202,22 @@ class NetworkEstimator(BaseEstimator):
             )
 
     def _check_input(self, X, input_name="X"):
-        """``X`` validated against the inputs seen in ``fit``, and the network."""
+        """``X`` validated against the inputs seen in ``fit``, and the network.
+
+        Its samples must have the axes (and, for dicts, the keys) of those of
+        ``fit``; their lengths may differ where the network takes that
+        (sequences padded to another length, images of another size).
+        """
         self._check_network()
         X = check_net_input(X, self, reset=False, input_name=input_name)
         shape = sample_shape(X)
-        if shape != self._sample_shape:
+        if _axes(shape) != _axes(self._sample_shape):
             raise ValueError(
                 f"{input_name} has samples of shape {shape}, but "
                 f"{type(self).__name__} was fitted on samples of shape "
-                f"{self._sample_shape}: pass inputs shaped as in fit."
+                f"{self._sample_shape}: pass inputs with the same axes as in fit."
             )
+        self._engine.check_inputs(X)
         return X
 
     @property

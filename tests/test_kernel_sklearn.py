@@ -6,7 +6,7 @@ import joblib
 import numpy as np
 import pytest
 import torch
-from _architectures import AnyWidth, make_digits_net
+from _architectures import AnyWidth, TokenModel, make_digits_net
 from _sklearn_checks import EXPECTED_FAILED_CHECKS
 from sklearn.base import clone
 from sklearn.cluster import SpectralClustering
@@ -20,7 +20,12 @@ from sklearn.preprocessing import FunctionTransformer
 from sklearn.svm import SVC
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from sksim import NetworkSimilarityKernel, network_similarity, similarity_to_distance
+from sksim import (
+    NetworkNeighbors,
+    NetworkSimilarityKernel,
+    network_similarity,
+    similarity_to_distance,
+)
 
 
 def _plain_module():
@@ -179,3 +184,23 @@ def test_grid_search_retrains_a_fitted_net_unless_frozen(digits, fitted_digits_n
         ).fit(X[:120], y[:120])
         K = search.best_estimator_[0].transform(X[:10])
         assert np.allclose(K, expected) == kept
+
+
+def test_fitted_estimators_take_sequences_padded_to_another_length():
+    """Text is padded per batch: a fitted estimator takes queries of another
+    length when the network does, and refuses other axes. (A 2-D array's
+    columns are features, which scikit-learn's checks hold fixed.)"""
+    torch.manual_seed(0)
+    module = TokenModel()
+    g = torch.Generator().manual_seed(0)
+    X = {"tokens": torch.randint(0, 11, (8, 10), generator=g)}
+    Q = {"tokens": torch.randint(0, 11, (3, 7), generator=g)}
+    expected = network_similarity(module, Q, X)
+    kernel = NetworkSimilarityKernel(module).fit(X)
+    np.testing.assert_allclose(kernel.transform(Q), expected, rtol=1e-6)
+    search = NetworkNeighbors(module, n_neighbors=2).fit(X)
+    similarities, _ = search.most_similar(Q, 2)
+    best = -np.sort(-expected, axis=1)[:, :2]
+    np.testing.assert_allclose(similarities, best, rtol=1e-5)
+    with pytest.raises(ValueError, match="pass inputs with the same axes as in fit"):
+        kernel.transform({"tokens": Q["tokens"][:, None]})

@@ -12,6 +12,7 @@ import torch
 from _architectures import (
     LazyLinear,
     MaxPoolCNN,
+    RecurrentClassifier,
     TwoInputs,
     WithDropoutAndBatchNorm,
     mlp,
@@ -858,3 +859,38 @@ def test_estimator_check_failures_are_exactly_skorchs(ours, theirs, kwargs):
         theirs(LazyLinear, **common)
     )
     assert new <= {"check_fit_idempotent"}  # skorch passes it by chance only
+
+
+def prelu_mlp():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Linear(6, 3), torch.nn.PReLU(), torch.nn.Linear(3, 3)
+    )
+
+
+@pytest.mark.parametrize("case", ["gru", "prelu"])
+def test_per_sample_gradients_of_networks_vmap_cannot_run(case):
+    """A GRU fails in vmap, a PReLU is wrong in it for d samples: both are
+    differentiated one sample at a time, the graph kept for training."""
+    torch.manual_seed(0)
+    if case == "gru":
+        module, samples = RecurrentClassifier(), torch.randint(0, 20, (3, 5))
+    else:
+        module, samples = prelu_mlp(), torch.randn(3, 6)
+    module.eval()
+    params = dict(module.named_parameters())
+
+    def readout(out, _):
+        return out[0].sum()
+
+    grads = per_sample_gradients(module, params, samples, readout)
+    for i in range(3):
+        out = module(samples[i : i + 1])
+        expected = torch.autograd.grad(readout(out, None), list(params.values()))
+        for (name, g), e in zip(grads.items(), expected, strict=True):
+            torch.testing.assert_close(g[i], e, msg=name)
+    total = sum(g.square().sum() for g in grads.values())
+    assert total.requires_grad  # double back-propagation reaches the parameters
+    total.backward()
+    first = next(module.parameters())  # its gradients depend on the others
+    assert first.grad is not None and first.grad.abs().sum() > 0

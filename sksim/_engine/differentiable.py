@@ -7,7 +7,11 @@ the loss's ``backward()`` differentiates through them (double
 back-propagation). :func:`per_sample_gradients` computes them for a batch in
 one vectorised ``torch.func`` call (``vmap`` of ``grad`` over a
 ``functional_call``); torch.func transforms compose with ordinary autograd, so
-the result keeps its graph to the module's own parameters.
+the result keeps its graph to the module's own parameters. A network that
+``vmap`` cannot run (data-dependent control flow, recurrent layers) or runs
+wrongly (:data:`~sksim._engine.jacobian.UNVECTORISED`) is differentiated one
+sample at a time; attention runs on PyTorch's math kernel, the one whose
+backward can be differentiated again.
 """
 
 from __future__ import annotations
@@ -16,7 +20,10 @@ from collections.abc import Callable
 
 import torch
 from torch.func import functional_call, grad, vmap
-from torch.utils._pytree import tree_map
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils._pytree import tree_leaves, tree_map
+
+from .jacobian import UNVECTORISED
 
 
 def _call_one(module: torch.nn.Module, params, x):
@@ -74,6 +81,45 @@ def per_sample_gradients(
         return readout(_call_one(module, p, x), e)
 
     in_extra = 0 if extra_batched else None
-    per_sample = vmap(grad(phi), in_dims=(None, 0, in_extra))
-    with torch.set_grad_enabled(create_graph):
-        return per_sample(params, samples, extra)
+    vectorised = not any(isinstance(m, UNVECTORISED) for m in module.modules())
+    with torch.set_grad_enabled(create_graph), sdpa_kernel(SDPBackend.MATH):
+        if vectorised:
+            try:
+                return vmap(grad(phi), in_dims=(None, 0, in_extra))(
+                    params, samples, extra
+                )
+            except RuntimeError:  # a real error recurs one sample at a time
+                pass
+        return _looped(phi, params, samples, extra, extra_batched, create_graph)
+
+
+def _row(tree, i: int):
+    return tree_map(lambda t: t[i], tree)
+
+
+def _looped(phi, params, samples, extra, extra_batched, create_graph):
+    """The gradients of ``phi`` sample by sample, by autograd, stacked by parameter."""
+    leaves = {
+        name: p if p.requires_grad else p.detach().requires_grad_()
+        for name, p in params.items()
+    }
+    rows = []
+    with torch.enable_grad():
+        for i in range(len(tree_leaves(samples)[0])):
+            e = _row(extra, i) if extra_batched else extra
+            value = phi(leaves, _row(samples, i), e)
+            grads = torch.autograd.grad(
+                value,
+                list(leaves.values()),
+                create_graph=create_graph,
+                allow_unused=True,
+            )
+            rows.append(
+                [
+                    torch.zeros_like(p) if g is None else g
+                    for g, p in zip(grads, leaves.values(), strict=True)
+                ]
+            )
+    return {
+        name: torch.stack([row[k] for row in rows]) for k, name in enumerate(leaves)
+    }
