@@ -506,17 +506,19 @@ def test_integer_inputs_to_a_float_network_are_explained(module):
         network_similarity(module, np.arange(30).reshape(6, 5))
 
 
-def test_inputs_must_have_the_fitted_sample_shape():
+def test_inputs_must_have_the_fitted_axes_and_fit_the_network():
     cnn = torch.nn.Sequential(
         torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten(), torch.nn.LazyLinear(2)
     )
     images = np.random.RandomState(0).randn(4, 1, 6, 6).astype(np.float32)
     cnn(torch.from_numpy(images))  # materialise the lazy layer
     kern = NetworkSimilarityKernel(cnn).fit(images)
-    with pytest.raises(
-        ValueError, match=r"samples of shape \(1, 6, 5\), but .* \(1, 6, 6\)"
-    ):
+    with pytest.raises(ValueError, match=r"fails on inputs of shape \(1, 6, 5\)"):
         kern.transform(images[:, :, :, :5])
+    with pytest.raises(
+        ValueError, match=r"samples of shape \(1, 36\), but .* \(1, 6, 6\)"
+    ):
+        kern.transform(images.reshape(4, 1, 36))
 
 
 def test_weights_changed_since_fit_are_refused(module):
