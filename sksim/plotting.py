@@ -13,6 +13,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from sklearn.utils.validation import check_is_fitted
 
+from ._engine.inputs import is_dataset
 from .denoising import plot_denoising
 from .neighbors import NetworkNeighbors
 from .representations.plots import plot_class_log_density, plot_memorization_by_density
@@ -81,9 +82,11 @@ def plot_neighbors(
     import matplotlib.pyplot as plt
 
     check_is_fitted(neighbors)
-    if isinstance(neighbors.X_fit_, dict):
+    if isinstance(neighbors.X_fit_, dict) or is_dataset(neighbors.X_fit_):
+        kind = "a dict" if isinstance(neighbors.X_fit_, dict) else "a torch Dataset"
         raise ValueError(
-            "plot_neighbors draws array inputs; this search was fitted on a dict."
+            f"plot_neighbors draws array inputs; this search was fitted on {kind}. "
+            "Read the neighbours with its explain(X), and draw their items."
         )
     why = neighbors.explain(X, n_neighbors)
     X = np.asarray(X)

@@ -11,6 +11,7 @@ from _architectures import AnyWidth, mlp
 from _sklearn_checks import EXPECTED_FAILED_CHECKS
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.estimator_checks import parametrize_with_checks
+from torch.utils.data import TensorDataset
 
 import sksim.neighbors
 from sksim import network_similarity
@@ -449,6 +450,10 @@ def test_plot_neighbors_images_with_channels():
     search = NetworkNeighbors(AnyWidth(), n_neighbors=2).fit(X)
     fig = plot_neighbors(search, X[:1])
     assert fig.axes[1].images[0].get_array().shape == (4, 4)
+    items = TensorDataset(torch.as_tensor(X))
+    on_items = NetworkNeighbors(AnyWidth(), n_neighbors=2).fit(items)
+    with pytest.raises(ValueError, match="fitted on a torch Dataset. Read the"):
+        plot_neighbors(on_items, X[:1])
 
 
 def test_plot_neighbors_tabulates_tabular_data(data):
