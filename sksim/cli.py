@@ -139,14 +139,16 @@ def prepare_inputs(X: np.ndarray) -> np.ndarray:
 def encode_labels(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Class labels as ``0 .. n_classes - 1`` (the rows of the logits).
 
-    Returns the codes and the sorted original labels. A single class is
-    returned as it is, for the audit to reject with the reason.
+    Returns the codes and the sorted original labels.
     """
     if y.ndim != 1:
         raise ValueError(f"y must hold one label per sample; its shape is {y.shape}.")
     classes, codes = np.unique(y, return_inverse=True)
     if len(classes) < 2:
-        return y, classes
+        raise ValueError(
+            f"y holds a single class ({classes[0]}): the audit analyses a "
+            "classifier, and its analyses need at least two classes."
+        )
     return codes.astype(np.int64), classes
 
 

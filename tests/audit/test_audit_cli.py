@@ -345,14 +345,15 @@ def test_cli_checks_outputs_before_training(
     assert one_line_error(capsys) == f"sksim audit: error: {expected}.\n"
 
 
-def test_cli_single_class_is_one_line(tmp_path, capsys):
+@pytest.mark.parametrize("label", [7, "cat"])
+def test_cli_single_class_is_one_line(tmp_path, capsys, label):
     path = tmp_path / "one.npz"
-    np.savez(path, X=np.ones((20, 3), np.float32), y=np.full(20, 7))
+    np.savez(path, X=np.ones((20, 3), np.float32), y=np.full(20, label))
     with pytest.raises(SystemExit) as exit_:
         cli.main(["audit", "--data", str(path), *FAST])
     assert exit_.value.code == 2
     err = one_line_error(capsys)
-    assert "y holds a single class (7)" in err
+    assert f"y holds a single class ({label})" in err
     assert "analyses need at least two classes" in err
 
 
