@@ -124,9 +124,10 @@ def with_pairs(X: ArrayLike | Mapping[str, ArrayLike], pairs: ArrayLike) -> Slic
     -------
     X_pairs : SliceDict
         ``X`` (under ``"similarity_input"``, or its own keys for a dict), the
-        partner inputs of shape ``(n_samples, k, ...)`` and a boolean mask of
-        shape ``(n_samples, k)``; ``k`` is the largest number of pairs carried by
-        one row. Memory grows as ``k`` copies of ``X``.
+        partner inputs of shape ``(n_samples, k, ...)``, a boolean mask of
+        shape ``(n_samples, k)`` and the number of each pair in ``pairs``
+        (-1 where the mask is off); ``k`` is the largest number of pairs
+        carried by one row. Memory grows as ``k`` copies of ``X``.
 
     Notes
     -----

@@ -68,8 +68,9 @@ def checkpoint_seed(seed: int, index: int) -> int:
 def load_checkpoint(checkpoint, index: int) -> Mapping[str, torch.Tensor]:
     """A state_dict, or the one saved at a path (``torch.load``, weights only).
 
-    One saved from a ``torch.compile`` d module loses the prefix its keys got
-    there (``_orig_mod.``): checkpoints are loaded into the module it wraps.
+    One saved from a compiled module (``torch.compile``) loses the prefix its
+    keys got there (``_orig_mod.``): checkpoints are loaded into the module it
+    wraps.
     """
     if isinstance(checkpoint, Mapping):
         return _uncompiled_keys(checkpoint)
