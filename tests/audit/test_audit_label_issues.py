@@ -110,10 +110,9 @@ def test_planted_precision_by_hand():
     assert found == dict(k=3, hits=1, precision=1 / 3, recall=1 / 3)
 
 
-def test_prefit_audit_takes_the_detector_prefit_path(noisy_digits, tmp_path):
-    X, y, _ = noisy_digits
-    net = _audit_helpers.small_net(X, max_epochs=3).fit(X[:160], y[:160])
-    result = audit(
+def prefit_label_issues(net, X, y):
+    """The prefit audit's label issues, the first 160 examples for training."""
+    return audit(
         net,
         X[:160],
         y[:160],
@@ -123,6 +122,12 @@ def test_prefit_audit_takes_the_detector_prefit_path(noisy_digits, tmp_path):
         analyses=("label_issues",),
         options=dict(label_issues=dict(n_neighbors=K)),
     )
+
+
+def test_prefit_audit_takes_the_detector_prefit_path(noisy_digits, tmp_path):
+    X, y, _ = noisy_digits
+    net = _audit_helpers.small_net(X, max_epochs=3).fit(X[:160], y[:160])
+    result = prefit_label_issues(net, X, y)
     expected = LabelIssueDetector(net, cv="prefit", n_neighbors=K).fit(X[:160], y[:160])
     table = result["label_issues"]
     reference = expected.label_issues_
@@ -138,15 +143,7 @@ def test_prefit_audit_refuses_logits_given_as_probabilities(noisy_digits):
     net = _audit_helpers.small_net(X, max_epochs=1)
     net.set_params(predict_nonlinearity=None).fit(X[:160], y[:160])  # logits
     with pytest.raises(ValueError, match="predict_proba does not give class prob"):
-        audit(
-            net,
-            X[:160],
-            y[:160],
-            cv="prefit",
-            X_test=X[160:],
-            y_test=y[160:],
-            analyses=("label_issues",),
-        )
+        prefit_label_issues(net, X, y)
 
 
 def test_regression_is_skipped_with_the_reason(noisy_digits):
