@@ -1,5 +1,7 @@
 """The kernel against a brute-force oracle: one autograd.grad per sample and output."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -313,3 +315,32 @@ def test_half_precision_gradients_pair_in_float32(dtype, kind):
     )
     sketched = network_similarity(module, X, kind=kind, n_components=8)
     assert np.isfinite(sketched).all()
+
+
+class EncoderClassifier(torch.nn.Module):
+    """Token ids -> a batch-first transformer encoder layer -> mean -> logits."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = torch.nn.Embedding(11, 8)
+        self.encoder = torch.nn.TransformerEncoderLayer(
+            8, 2, dim_feedforward=16, dropout=0.0, batch_first=True
+        )
+        self.head = torch.nn.Linear(8, 3)
+
+    def forward(self, tokens):
+        return self.head(self.encoder(self.emb(tokens)).mean(dim=1))
+
+
+@pytest.mark.parametrize("kind", ["cosine", "ntk", "influence"])
+def test_attention_runs_batched_without_torch_warnings(kind):
+    """Fused attention kernels have no vmap rule (torch warns, per call):
+    the math kernel computes the same, batched."""
+    module = EncoderClassifier().eval()
+    X = torch.randint(0, 11, (5, 6), generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        K = network_similarity(module, X, kind=kind, batch_size=5)
+    J = oracle_jacobians(module, X)
+    np.testing.assert_allclose(K, oracle_kernel(J, J, kind), rtol=1e-4, atol=1e-5)

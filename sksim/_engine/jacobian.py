@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 import torch
 from torch.func import functional_call, jacrev, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.parameter import is_lazy
 from torch.nn.utils import parametrize
 from torch.utils._pytree import tree_map
@@ -206,7 +207,10 @@ class JacobianEngine:
                 try:
                     # torch.func differentiates despite the caller's no_grad,
                     # which keeps the parameters not selected out of the graph.
-                    jac = per_sample(params, batch)
+                    # attention's fused CPU kernels have no vmap rule: the
+                    # math kernel computes the same, batched
+                    with sdpa_kernel(SDPBackend.MATH):
+                        jac = per_sample(params, batch)
                 except RuntimeError:  # a real error recurs in the looped pass
                     vectorised = False
                 else:
