@@ -682,8 +682,9 @@ def load_checkpoint(
 def check_forward(net, X: np.ndarray, args: argparse.Namespace) -> None:
     """Pass two samples through the network before any training.
 
-    A network that cannot take them, or is set on a device this machine
-    lacks, fails here with a ValueError rather than in the first fold.
+    A network that cannot take them, is set on a device this machine lacks,
+    or has none of the ``--layers`` named, fails here with a ValueError rather
+    than in the first fold or after the other analyses.
     """
     import torch
     from sklearn.base import clone
@@ -707,6 +708,10 @@ def check_forward(net, X: np.ndarray, args: argparse.Namespace) -> None:
             f"the network of {architecture} cannot take the inputs, of shape "
             f"{tuple(X.shape[1:])}: {str(error).splitlines()[0]}"
         ) from error
+    if args.layers is not None:
+        from ._layers import RepresentationCapture
+
+        RepresentationCapture(module, args.layers.split(","))  # names checked
 
 
 def noisy_labels(

@@ -10,6 +10,7 @@ import _audit_helpers
 import numpy as np
 import pytest
 import torch
+from skorch import NeuralNet
 
 import sksim
 from sksim import cli
@@ -465,3 +466,17 @@ def test_cli_reads_a_folder_of_npy_files_memory_mapped(tmp_path, digit_images, n
 def test_errors_are_one_line_without_terminal_colours():
     error = ValueError("\x1b[1mWeights only load failed.\x1b[0m Re-running\n  with it")
     assert cli._one_line(error) == "Weights only load failed. Re-running with it"
+
+
+def test_cli_unknown_layer_fails_before_any_training(
+    npz, tmp_path, capsys, monkeypatch
+):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the audit trained before checking --layers")
+
+    monkeypatch.setattr(NeuralNet, "fit", refuse)
+    argv = ["audit", "--data", str(npz), *FAST, "--out", str(tmp_path / "r.html")]
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([*argv, "--layers", "hidden,nonesuch"])
+    assert exit_.value.code == 2
+    assert "Unknown layers ['nonesuch']" in one_line_error(capsys)
