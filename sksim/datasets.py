@@ -153,6 +153,19 @@ def make_planted_modes(
     >>> X.shape, multimodal.tolist()
     ((100, 6), [False, True])
     """
+    check_positive_int(n_samples_per_class, "n_samples_per_class")
+    check_positive_int(n_features, "n_features")
+    check_positive_int(n_modes, "n_modes")
+    if n_multi and n_samples_per_class < 2:
+        raise ValueError(
+            "A multi-modal class is rescaled to unit variance, which needs "
+            f"n_samples_per_class >= 2; got {n_samples_per_class}."
+        )
+    for value, name in ((n_single, "n_single"), (n_multi, "n_multi")):
+        if not (isinstance(value, int | np.integer) and value >= 0):
+            raise ValueError(f"{name} must be a non-negative int; got {value!r}.")
+    if n_single + n_multi == 0:
+        raise ValueError("n_single + n_multi must be at least 1: no class to draw.")
     rng = check_random_state(random_state)
     n, d = n_samples_per_class, n_features
     parts, multimodal = [], []
@@ -193,10 +206,10 @@ def make_scale_detection(
     0 ("close") when their distance is ``< xi - gap / 2`` and 1 ("far") when it
     is ``>= xi + gap / 2``; pairs in between are dropped, and the classes are
     balanced. Moving each pixel by one (see
-    :func:`scale_detection_perturbation`) changes the distance by at most
-    ``gap``, so labels are stable to the task's own small deformations while
-    small distances matter: the task asks for spatial pooling at the scale
-    ``xi``.
+    :func:`scale_detection_perturbation`) changes the distance by at most 2,
+    so with ``gap >= 2`` labels are stable to the task's own small
+    deformations while small distances matter: the task asks for spatial
+    pooling at the scale ``xi``.
 
     Parameters
     ----------
@@ -238,6 +251,10 @@ def make_scale_detection(
         raise ValueError(f"n_samples must be an int >= 2; got {n_samples!r}.")
     if not (isinstance(size, int | np.integer) and size >= 2):
         raise ValueError(f"size must be an int >= 2; got {size!r}.")
+    if not gap > 0:
+        raise ValueError(
+            f"gap must be positive (the classes' distances differ by it); got {gap!r}."
+        )
     distance = _DISTANCES[norm]
     largest = distance(np.array([size - 1.0, size - 1.0]))
     if not (xi - gap / 2 > 1 and xi + gap / 2 <= largest):

@@ -1,8 +1,8 @@
 """Matplotlib figures of sksim's analyses (needs the ``plot`` extra).
 
 Each function takes the fitted object (or table) it draws and returns the
-matplotlib ``Figure`` (``plot_denoising``, which draws into one ``Axes``,
-returns that ``Axes``).
+matplotlib ``Figure``, but ``plot_denoising`` and
+``plot_memorization_by_density``, which draw into one ``Axes``, return it.
 """
 
 from __future__ import annotations

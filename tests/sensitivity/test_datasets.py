@@ -4,7 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from sksim.datasets import make_scale_detection, scale_detection_perturbation
+from sksim.datasets import (
+    make_planted_modes,
+    make_scale_detection,
+    scale_detection_perturbation,
+)
 
 
 @pytest.mark.parametrize("norm", ["l2", "l1", "linf"])
@@ -33,6 +37,19 @@ def test_scale_detection_errors():
         make_scale_detection(1)
     with pytest.raises(ValueError, match="size must be an int >= 2"):
         make_scale_detection(10, size=1)
+    with pytest.raises(ValueError, match="gap must be positive"):
+        make_scale_detection(10, size=12, xi=6, gap=-2)
+
+
+def test_planted_modes_errors():
+    with pytest.raises(ValueError, match="n_samples_per_class >= 2; got 1"):
+        make_planted_modes(1)
+    with pytest.raises(ValueError, match="n_modes must be a positive int"):
+        make_planted_modes(10, n_modes=0)
+    with pytest.raises(ValueError, match="no class to draw"):
+        make_planted_modes(10, n_single=0, n_multi=0)
+    X, y, multimodal = make_planted_modes(1, n_multi=0, random_state=0)
+    assert X.shape == (1, 6) and np.isfinite(X).all()
 
 
 def test_perturbation_moves_each_pixel_by_one():
