@@ -683,7 +683,7 @@ def check_forward(net, X: np.ndarray, args: argparse.Namespace) -> None:
     """Pass two samples through the network before any training.
 
     A network that cannot take them, is set on a device this machine lacks,
-    or has none of the ``--layers`` named, fails here with a ValueError rather
+    or lacks a layer ``--layers`` names, fails here with a ValueError rather
     than in the first fold or after the other analyses.
     """
     import torch
