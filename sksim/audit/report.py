@@ -171,6 +171,8 @@ def _facts(meta):
     ]
     if "label_noise" in meta:
         facts.insert(6, ("planted label noise", noise_text(meta)))
+    files = [("data", "data"), ("checkpoint", "checkpoint"), ("test data", "test_data")]
+    facts[1:1] = [(name, meta[key]) for name, key in files if key in meta]
     parts = ['<table class="data">']
     for key, value in facts:
         parts.append(

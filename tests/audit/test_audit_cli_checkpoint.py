@@ -77,7 +77,11 @@ def test_cli_checkpoint_audits_the_trained_net_without_training(
     assert meta["test_data"] == str(files / "test.npz")
     predictions = [row["prediction"] for row in data["tables"]["samples"]]
     assert predictions == net.predict(X[N_TRAIN:]).tolist()
-    assert "prefit network, given train/test split" in (files / "r.html").read_text()
+    page = (files / "r.html").read_text()
+    assert "prefit network, given train/test split" in page
+    named = {"data": "train.npz", "checkpoint": "mlp.pt", "test data": "test.npz"}
+    for name, path in named.items():  # the report says which files it audited
+        assert f"<th>{name}</th><td style='text-align:left'>{files / path}<" in page
 
 
 def test_cli_checkpoint_says_it_does_not_train(files, capsys):
