@@ -192,8 +192,8 @@ class RepresentationCapture:
                 out = self._forward(self.module, x)
         if self.traced is not None:
             nodes = _NodeOutputs(self.traced, self.fx_names, store)
-            traced_out = self._forward(nodes.run, x)
-            out = traced_out if out is None else out
+            traced = self._forward(nodes.run, x)
+            out = traced if out is None else out  # the network's own, if it ran
         return out
 
     @staticmethod

@@ -112,16 +112,17 @@ def _check_dataset(dataset, estimator, reset: bool):
         raise ValueError(
             "Found a dataset with 0 items while a minimum of 1 is required."
         )
-    shape = dataset_sample_shape(dataset)
-    _check_same_reads(dataset)
+    first = split_item(dataset[0])[0]
+    shape = _input_shape(first)
+    _check_same_reads(dataset, first)
     if estimator is not None:
         _check_n_features(estimator, shape, reset)
     return dataset
 
 
-def _check_same_reads(dataset: Dataset) -> None:
-    """Raise a ValueError if item 0's input differs from one read to the next."""
-    first, again = (split_item(dataset[0])[0] for _ in range(2))
+def _check_same_reads(dataset: Dataset, first) -> None:
+    """Raise a ValueError if item 0's input read again differs from ``first``."""
+    again = split_item(dataset[0])[0]
     if isinstance(first, Mapping):
         same = first.keys() == again.keys() and all(
             _equal(first[k], again[k]) for k in first
@@ -162,7 +163,11 @@ def dataset_sample_shape(dataset: Dataset):
 
     A tuple, or a dict of them for items whose input is a dict.
     """
-    x = split_item(dataset[0])[0]
+    return _input_shape(split_item(dataset[0])[0])
+
+
+def _input_shape(x):
+    """The shape of item 0's input ``x``, checked to be numeric."""
     if isinstance(x, Mapping):
         if not x:
             raise ValueError("Dataset item 0 holds an empty dict as input.")
