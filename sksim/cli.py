@@ -204,12 +204,34 @@ def load_factory(spec: str) -> Callable[..., Any]:
     return factory
 
 
-def build_net(args: argparse.Namespace, X: np.ndarray, n_classes: int) -> NeuralNet:
-    """The unfitted skorch classifier to audit."""
+def factory_output(
+    args: argparse.Namespace, X: np.ndarray, n_outputs: int
+) -> torch.nn.Module | NeuralNet:
+    """The module or unfitted skorch net of --module, its weights drawn with --seed."""
     import torch
     from skorch import NeuralNet
 
     from ._engine.context import torch_seed
+
+    with torch_seed(args.seed):
+        built = load_factory(args.module)(tuple(X.shape[1:]), n_outputs)
+    if isinstance(built, NeuralNet):
+        if args.device is not None:
+            built.set_params(device=args.device)
+        return built
+    if isinstance(built, torch.nn.Module):
+        return built if args.device is None else built.to(args.device)
+    raise TypeError(
+        f"{args.module} returned a {type(built).__name__}; it must return a "
+        "torch.nn.Module that outputs logits, or an unfitted skorch net."
+    )
+
+
+def build_net(args: argparse.Namespace, X: np.ndarray, n_classes: int) -> NeuralNet:
+    """The unfitted skorch classifier to audit."""
+    import torch
+    from skorch import NeuralNet, NeuralNetClassifier
+
     from .audit.models import make_classifier
 
     training = dict(max_epochs=args.max_epochs, lr=args.lr, batch_size=args.batch_size)
@@ -217,25 +239,15 @@ def build_net(args: argparse.Namespace, X: np.ndarray, n_classes: int) -> Neural
         training["device"] = args.device
     if args.module is None:
         return make_classifier(args.model, X, n_classes, **training)
-    with torch_seed(args.seed):  # the module's initial weights
-        built = load_factory(args.module)(tuple(X.shape[1:]), n_classes)
+    built = factory_output(args, X, n_classes)
     if isinstance(built, NeuralNet):
-        if args.device is not None:
-            built.set_params(device=args.device)
         return built
-    if isinstance(built, torch.nn.Module):
-        from skorch import NeuralNetClassifier
-
-        return NeuralNetClassifier(
-            built,
-            criterion=torch.nn.CrossEntropyLoss,
-            train_split=None,
-            verbose=0,
-            **training,
-        )
-    raise TypeError(
-        f"{args.module} returned a {type(built).__name__}; it must return a "
-        "torch.nn.Module that outputs logits, or an unfitted skorch net."
+    return NeuralNetClassifier(
+        built,
+        criterion=torch.nn.CrossEntropyLoss,
+        train_split=None,
+        verbose=0,
+        **training,
     )
 
 
@@ -640,19 +652,25 @@ def check_checkpoint_args(args: argparse.Namespace) -> None:
 
 def load_checkpoint(
     args: argparse.Namespace, X: np.ndarray, n_outputs: int
-) -> torch.nn.Module:
+) -> torch.nn.Module | NeuralNet:
     """The architecture of --model or --module with the weights of --checkpoint.
 
     The file holds a ``state_dict`` (``torch.save(module.state_dict(), path)``
     or skorch's ``save_params(f_params=path)``), loaded with
-    ``torch.load(weights_only=True)``, so it runs no code.
+    ``torch.load(weights_only=True)``, so it runs no code. A factory's own
+    skorch net is kept, for its ``predict_proba`` (a binary classifier's one
+    logit gives two columns); the classifier sksim builds around --model or
+    a factory's module stands for the architecture only.
     """
     import torch
     from skorch import NeuralNet
 
     if not os.path.isfile(args.checkpoint):
         raise ValueError(f"--checkpoint {args.checkpoint}: no such file.")
-    built = build_net(args, X, n_outputs)
+    if args.module is None:
+        built = build_net(args, X, n_outputs)
+    else:
+        built = factory_output(args, X, n_outputs)
     module = built.initialize().module_ if isinstance(built, NeuralNet) else built
     try:
         state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
@@ -676,7 +694,7 @@ def load_checkpoint(
             f"{architecture} for {n_outputs} outputs (with --n-classes N when the "
             f"data lack some of the classes it was trained on): {error}"
         ) from error
-    return module
+    return built if isinstance(built, NeuralNet) and args.module else module
 
 
 def check_forward(net, X: np.ndarray, args: argparse.Namespace) -> None:

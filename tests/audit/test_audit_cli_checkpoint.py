@@ -167,6 +167,53 @@ def test_cli_checkpoint_of_a_regression_net(regression_factory, monkeypatch):
     assert "needs class labels" in data["skipped"]["class_fitting"]
 
 
+def test_cli_checkpoint_of_a_binary_classifier_factory(tmp_path, monkeypatch):
+    """A factory's NeuralNetBinaryClassifier (one logit) is audited through
+    its own predict_proba, which gives the two columns."""
+    (tmp_path / "userbin.py").write_text(
+        textwrap.dedent(
+            """
+            import torch
+            from skorch import NeuralNetBinaryClassifier
+
+            class OneLogit(torch.nn.Module):
+                def __init__(self, n_features):
+                    super().__init__()
+                    self.linear = torch.nn.Linear(n_features, 1)
+
+                def forward(self, x):
+                    return self.linear(x)[:, 0]
+
+            def make(input_shape, n_classes):
+                return NeuralNetBinaryClassifier(
+                    OneLogit, module__n_features=input_shape[0], max_epochs=20,
+                    lr=0.1, train_split=None, verbose=0,
+                )
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import userbin
+
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(120, 3)).astype(np.float32)
+    y = (X[:, 0] + 0.5 * rng.normal(size=120) > 0).astype(np.int64)
+    with torch_seed(0):
+        net = userbin.make((3,), 2).fit(X[:80], y[:80].astype(np.float32))
+    np.savez(tmp_path / "train.npz", X=X[:80], y=y[:80])
+    np.savez(tmp_path / "test.npz", X=X[80:], y=y[80:])
+    torch.save(net.module_.state_dict(), tmp_path / "mlp.pt")
+    no_training(monkeypatch)
+    argv = checkpoint_argv(tmp_path, "--module", "userbin:make", "--quiet")
+    argv += ["--analyses", "density,label_issues", "--json", str(tmp_path / "r.json")]
+    assert cli.main(argv) == 0
+    data = json.loads((tmp_path / "r.json").read_text())
+    (row,) = data["tables"]["folds"]
+    assert row["accuracy"] == net.score(X[80:], y[80:])
+    predictions = [row["prediction"] for row in data["tables"]["samples"]]
+    assert predictions == net.predict(X[80:]).tolist()
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
