@@ -12,6 +12,7 @@ import torch
 from skorch import NeuralNetClassifier, NeuralNetRegressor
 from skorch.callbacks import LRScheduler
 from torch import nn
+from torch.nn import functional as F
 
 # -- multi-layer perceptrons -----------------------------------------------------------
 
@@ -402,8 +403,9 @@ class PReLUNet(nn.Module):
 
 class TiedWeights(nn.Module):
     """Parameters with uses that no layer call shows: an output projection tied
-    to the embedding (as in language models), or ``mix``'s weight also applied
-    by the network's own code."""
+    to the embedding (as in language models), ``mix``'s weight also applied
+    by the network's own code, or every layer ``bypassed`` (its parameters
+    applied by functions, or its ``forward`` called, which runs no hooks)."""
 
     def __init__(self, tie, vocab=7, dim=4, n_out=3):
         super().__init__()
@@ -416,6 +418,10 @@ class TiedWeights(nn.Module):
         self.n_out = n_out
 
     def forward(self, tokens):
+        if self.tie == "bypassed":
+            h = torch.tanh(self.mix.forward(F.embedding(tokens, self.emb.weight)))
+            out = F.linear(h.mean(dim=1), self.out.weight, self.out.bias)
+            return out[:, : self.n_out]
         h = torch.tanh(self.mix(self.emb(tokens)))
         if self.tie == "functional":
             h = h + torch.tanh(h @ self.mix.weight.T)
@@ -629,7 +635,7 @@ def family_case(name, n):
 
     Families: ``mlp`` (one output), ``mlp_d3``, ``cnn_batchnorm`` (running
     statistics set), ``residual``, ``tokens``, ``bert``, ``gru``, ``lstm``,
-    ``shared_tables``, ``tied_embedding``, ``tied_functional``,
+    ``shared_tables``, ``tied_embedding``, ``tied_functional``, ``tied_bypassed``,
     ``sequence_first_<T>`` (sequences of length ``T``), ``output_hooks``,
     ``prelu`` and ``call_forms``.
     """

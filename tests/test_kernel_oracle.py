@@ -34,6 +34,7 @@ CASES = [
     "lstm",
     "tied_embedding",  # weights used outside their layer's calls
     "tied_functional",
+    "tied_bypassed",  # no layer's hooks run
     "sequence_first_3",  # sequences as long as a batch (3): axes ambiguous
     "sequence_first_4",
     "output_hooks",  # the user's hooks change the layers' outputs
@@ -73,6 +74,17 @@ def test_symmetric_kernel_matches_oracle(case):
     K = network_similarity(module, X, batch_size=4)
     np.testing.assert_allclose(K, oracle_kernel(J, J, "cosine"), rtol=1e-5, atol=1e-10)
     assert np.array_equal(K, K.T)
+
+
+def test_params_of_a_layer_whose_hooks_never_run():
+    """params= selects a layer called through its forward (no hooks run):
+    its parameters are differentiated by the fallback."""
+    module, X = _case("tied_bypassed")
+    K = network_similarity(module, X, params="mix", batch_size=4)
+    for name, parameter in module.named_parameters():
+        parameter.requires_grad_(name.startswith("mix."))
+    J = oracle_jacobians(module, X)
+    np.testing.assert_allclose(K, oracle_kernel(J, J, "cosine"), rtol=1e-5, atol=1e-10)
 
 
 def test_int_output_selects_one_row():

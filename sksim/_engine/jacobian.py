@@ -320,15 +320,15 @@ class JacobianEngine:
                 mixing, per_sample, ran = (
                     self._probe(layers, X) if layers else (set(), 0, set())
                 )
-            if layers and not ran and not fallback:
+            for name in mixing:
+                fallback += [join_name(name, local) for local in layers.pop(name)[1]]
+            self._ran = ran - mixing
+            if not self._ran and not fallback:
                 raise ValueError(
                     f"The network's outputs do not depend on the parameters "
                     f"selected ({list(self.parameters)[:5]}): params= must select "
                     "parameters that the forward pass uses."
                 )
-            for name in mixing:
-                fallback += [join_name(name, local) for local in layers.pop(name)[1]]
-            self._ran = ran - mixing
             fallback = [n for n in self.parameters if n in fallback]
             jacobian = self._per_sample_jacobian(fallback) if fallback else None
             n_fallback = sum(self.parameters[n].numel() for n in fallback)
