@@ -157,8 +157,10 @@ def pair_gradient_cosines(
         # past a few hundred samples the s x s Gram costs more than pairwise sums
         dot = sum((g[first] * g[second]).sum(1) for g in flat)
         sq = sum((g * g).sum(1) for g in flat)
-    eps = torch.finfo(dot.dtype).eps
-    return dot / torch.sqrt(torch.clamp(sq[first] * sq[second], min=eps**2))
+    # a vanishing gradient's dot products are 0: any norm standing for its own
+    # gives 0, and 1 keeps the square root differentiable there
+    norms = torch.sqrt(torch.where(sq > 0, sq, 1.0))
+    return dot / (norms[first] * norms[second])
 
 
 class ValidPairSimilarity(Callback):

@@ -341,6 +341,26 @@ def test_dead_gradients_give_cosine_zero_not_nan():
     assert all(torch.isfinite(g).all() for g in param_grads(cos.mean(), module))
 
 
+def test_small_gradients_keep_their_cosine():
+    """Gradients of norm 1e-10 (a read-out layer in small units) have the
+    cosines of the same gradients at norm 1: no absolute floor shrinks them."""
+    module = mlp(6, 3, hidden=7, seed=0)
+    with torch.no_grad():
+        module[-1].weight.mul_(1e-5)  # first-layer gradients shrink with it
+    X, y = make_data(n=6)
+    net = make_net(module, similarity_pairs=flip_sign, similarity_params="0")
+    cos = net.initialize().batch_pair_cosines(X, y, 3, graph=True)
+    slow = oracle_cosines(
+        module.double(),
+        [x.double() for x in rows(X, range(6))],
+        [x.double() for x in rows(flip_sign(torch.as_tensor(X)), range(6))],
+        posnegflat(y),
+        params="0",
+    )
+    assert slow.abs().min() > 0.1
+    torch.testing.assert_close(cos.double(), slow, rtol=1e-4, atol=0)
+
+
 # -- pairs ------------------------------------------------------------------------
 
 
