@@ -11,7 +11,7 @@ import torch
 from numpy.typing import ArrayLike
 from sklearn.utils import Bunch
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted, column_or_1d
+from sklearn.utils.validation import check_is_fitted
 
 from ._base import POSITIVE_INT, NetworkEstimator, constraints
 from ._docs import fill_doc
@@ -266,7 +266,7 @@ class NetworkNeighbors(NetworkEstimator):
         The reference inputs (a dataset is kept as it is, not read into memory).
     n_samples_fit_ : int
         Number of reference examples.
-    y_fit_ : ndarray of shape (n_samples_fit,) or None
+    y_fit_ : ndarray of shape (n_samples_fit,) or (n_samples_fit, n_targets) or None
         The targets passed to ``fit`` (the labels :meth:`explain` shows).
     n_components_ : int or None
         The size of the sketch per output: ``n_components``, or the one
@@ -398,7 +398,7 @@ class NetworkNeighbors(NetworkEstimator):
         ----------
         X : array-like of shape (n_samples, ...), dict of them, or Dataset
             Reference inputs (usually the training set).
-        y : array-like of shape (n_samples,), default=None
+        y : array-like of shape (n_samples,) or (n_samples, n_targets), default=None
             Targets: needed to train an unfitted skorch net (a Dataset of
             ``(x, y)`` items carries its own), and kept as the labels that
             :meth:`explain` shows.
@@ -496,7 +496,14 @@ class NetworkNeighbors(NetworkEstimator):
         y = given_or_item_labels(X, y)
         if y is None:
             return None
-        y = column_or_1d(np.array(y))
+        y = np.array(y)
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = y[:, 0]
+        if y.ndim not in (1, 2):
+            raise ValueError(
+                "y must be of shape (n_samples,) or (n_samples, n_targets); got "
+                f"shape {y.shape}."
+            )
         if len(y) != self.n_samples_fit_:
             raise ValueError(
                 f"X and y have different numbers of samples: {self.n_samples_fit_} "

@@ -236,8 +236,13 @@ def test_labels_are_checked_and_read_from_a_dataset(data):
     y = np.arange(50) % 4
     with pytest.raises(ValueError, match="different numbers of samples: 50 and 49"):
         NetworkNeighbors(mlp(3, 1)).fit(X_ref, y[:-1])
-    with pytest.raises(ValueError, match="y should be a 1d array"):
-        NetworkNeighbors(mlp(3, 1)).fit(X_ref, np.stack([y, y], axis=1))
+    with pytest.raises(ValueError, match=r"y must be of shape \(n_samples,\) or"):
+        NetworkNeighbors(mlp(3, 1)).fit(X_ref, y[:, None, None])
+    targets = np.stack([y, -y], axis=1)  # several targets: a row each
+    why = NetworkNeighbors(mlp(3, 1), n_neighbors=3).fit(X_ref, targets)
+    why = why.explain(X_query)
+    np.testing.assert_array_equal(why.labels, targets[why.indices])
+    assert why.labels.shape == (len(X_query), 3, 2)
     items = torch.utils.data.TensorDataset(torch.from_numpy(X_ref), torch.from_numpy(y))
     from_items = NetworkNeighbors(mlp(3, 1), n_neighbors=3).fit(items)
     from_arrays = NetworkNeighbors(mlp(3, 1), n_neighbors=3).fit(X_ref, y)
