@@ -79,6 +79,22 @@ def fit_net(
     return fitted
 
 
+def skorch_task(net: NetLike) -> str | None:
+    """The task of a skorch net, or None for another network.
+
+    ``"classification"`` for a skorch classifier, ``"regression"`` for a
+    skorch regressor (or a FrozenEstimator around either).
+    """
+    net = _unwrap(net)
+    if not isinstance(net, NeuralNet):
+        return None
+    if is_classifier(net):
+        return "classification"
+    if is_regressor(net):
+        return "regression"
+    return None
+
+
 def training_targets(net: NeuralNet, y: ArrayLike) -> np.ndarray:
     """``y`` as the skorch ``net`` trains on it, checked.
 

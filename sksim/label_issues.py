@@ -38,6 +38,7 @@ from ._net import (
     fit_net,
     is_unfitted_skorch,
     predicted_probabilities,
+    skorch_task,
     untrained_clone,
 )
 from ._reduced_search import CANDIDATES_PER_NEIGHBOR
@@ -467,6 +468,11 @@ class LabelIssueDetector(NetworkEstimator):
             The fitted estimator.
         """
         self._validate_params()
+        if skorch_task(self.net) == "regression":
+            raise ValueError(
+                "LabelIssueDetector looks for wrong class labels and needs a "
+                f"classifier; {type(_unwrap(self.net)).__name__} is a regressor."
+            )
         if self.cv == "prefit":
             if is_unfitted_skorch(self.net):
                 raise ValueError(

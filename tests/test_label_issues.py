@@ -10,7 +10,7 @@ from _sklearn_checks import EXPECTED_FAILED_CHECKS
 from scipy.stats import rankdata
 from sklearn.model_selection import KFold, StratifiedKFold
 from sklearn.utils.estimator_checks import parametrize_with_checks
-from skorch import NeuralNetClassifier
+from skorch import NeuralNetClassifier, NeuralNetRegressor
 
 from sksim import LabelIssueDetector, label_issues, network_similarity
 from sksim.label_issues import (
@@ -291,6 +291,9 @@ def test_errors(digits, fitted_digits_net):
         prefit.fit(X, X[:, 10] + 0.5)
     with pytest.raises(ValueError, match="at least two classes"):
         LabelIssueDetector(make_digits_net(), cv=2).fit(X, np.zeros(60))
+    regressor = NeuralNetRegressor(torch.nn.Linear(64, 1), max_epochs=1, verbose=0)
+    with pytest.raises(ValueError, match="needs a classifier; NeuralNetRegressor is"):
+        LabelIssueDetector(regressor, cv=2).fit(X, y)  # integer targets
     with pytest.raises(ValueError, match="got 1 sample; pass at least 2"):
         prefit.fit(X[:1], y[:1])
     with pytest.raises(ValueError, match="requires y to be passed"):

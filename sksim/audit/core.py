@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from .._engine.inputs import is_dataset, n_samples, take
-from .._net import _unwrap, fit_net, untrained_clone
+from .._net import _unwrap, fit_net, skorch_task, untrained_clone
 from .._typing import NetInput, NetLike
 from .._validation import (
     check_net_input,
@@ -250,6 +250,11 @@ def _cv_data(net, X, y, X_test, y_test):
             "audit trains a fresh network on every training fold: pass a skorch "
             f"net (fitted or not, it is cloned); got {type(net).__name__}. A "
             'trained network is audited as it is with cv="prefit".'
+        )
+    if skorch_task(net) == "regression":
+        raise ValueError(
+            f"audit cross-validates classifiers; {type(_unwrap(net)).__name__} is "
+            'a regressor. A trained regression network is audited with cv="prefit".'
         )
     if X_test is not None or y_test is not None:
         raise ValueError(

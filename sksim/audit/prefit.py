@@ -11,9 +11,8 @@ import joblib
 import numpy as np
 import torch
 from numpy.typing import ArrayLike
-from sklearn.base import is_classifier, is_regressor
 from sklearn.utils.multiclass import type_of_target
-from skorch import NeuralNet, NeuralNetClassifier
+from skorch import NeuralNetClassifier
 
 from .._engine.context import evaluation_mode, forked_rng
 from .._engine.inputs import batches, module_float_dtype
@@ -23,6 +22,7 @@ from .._net import (
     predicted_probabilities,
     resolve_device,
     resolve_module,
+    skorch_task,
     weights_digest,
 )
 from .._typing import NetInput, NetLike
@@ -48,22 +48,6 @@ def check_prefit_net(net: NetLike) -> torch.nn.Module:
             "FrozenEstimator around one or a torch.nn.Module; got "
             f"{type(net).__name__}."
         ) from None
-
-
-def skorch_task(net: NetLike) -> str | None:
-    """The task of a skorch net, or None for another network.
-
-    ``"classification"`` for a skorch classifier, ``"regression"`` for a
-    skorch regressor (or a FrozenEstimator around either).
-    """
-    net = _unwrap(net)
-    if not isinstance(net, NeuralNet):
-        return None
-    if is_classifier(net):
-        return "classification"
-    if is_regressor(net):
-        return "regression"
-    return None
 
 
 def target_task(net: NetLike, y: ArrayLike) -> str:

@@ -11,7 +11,7 @@ from _architectures import small_net
 from _audit_helpers import AUDIT_OPTIONS
 from sklearn.base import clone
 from sklearn.model_selection import KFold, StratifiedKFold
-from skorch import NeuralNetBinaryClassifier, NeuralNetClassifier
+from skorch import NeuralNetBinaryClassifier, NeuralNetClassifier, NeuralNetRegressor
 
 from sksim import GradientDensityEstimator, NetworkNeighbors, SelfDenoisingAnalysis
 from sksim._engine.context import torch_seed
@@ -419,6 +419,9 @@ def test_audit_errors(digit_images):
         audit(net, X, y[:-1])
     with pytest.raises(ValueError, match="audits classifiers: y must hold class"):
         audit(net, X, y + 0.5)
+    regressor = NeuralNetRegressor(torch.nn.Linear(64, 1), max_epochs=1)
+    with pytest.raises(ValueError, match="NeuralNetRegressor is a regressor. A trai"):
+        audit(regressor, X, y)  # integer targets, still a regression
     for labels in (np.array(list("abcdefghij"))[y], y - 1):
         with pytest.raises(ValueError, match="integer labels from 0 to n_classes"):
             audit(net, X, labels)
