@@ -133,6 +133,47 @@ def test_allocation_follows_the_weights():
     assert allocate([9, 9, 9], 10, [1, 1, 1]) == allocate([9, 9, 9], 10)
     assert allocate([100, 100], 10, [0, 1]) == [1, 10]  # one column at least
     assert allocate([100, 100], 10, [0, 0]) == [5, 5]  # none measured: equal
+    weights = np.array([0.0, 0.0, 1.0])  # the others kept exactly: the rest shared
+    assert allocate([100, 100, 30], 50, weights) == [10, 10, 30]
+    assert weights.tolist() == [0.0, 0.0, 1.0]
+
+
+class DeadBranch(torch.nn.Module):
+    """A linear map beside a branch whose ReLUs are all off: the branch's
+    first two layers get no gradient."""
+
+    def __init__(self):
+        super().__init__()
+        self.live = torch.nn.Linear(4, 2)
+        self.dead = torch.nn.Sequential(
+            torch.nn.Linear(4, 32), torch.nn.ReLU(), torch.nn.Linear(32, 2)
+        )
+        with torch.no_grad():
+            self.dead[0].bias.fill_(-100.0)
+
+    def forward(self, x):
+        return self.live(x) + self.dead(x)
+
+
+def test_sketches_of_layers_without_gradient():
+    """The pieces with gradient (12 parameters) are kept exactly in the
+    sketch, the pieces without share the other columns: the sketch is exact."""
+    from sksim import GradientDensityEstimator, NetworkNeighbors
+
+    torch.manual_seed(0)
+    net = DeadBranch()
+    X = np.random.RandomState(0).normal(size=(30, 4)).astype(np.float32)
+    sketched = NetworkNeighbors(net, n_neighbors=3, n_components=100, random_state=0)
+    exact = NetworkNeighbors(net, n_neighbors=3).fit(X)
+    np.testing.assert_allclose(
+        sketched.fit(X).most_similar(X)[0], exact.most_similar(X)[0], atol=1e-6
+    )
+    density = GradientDensityEstimator(net, method="hard", n_components=100)
+    np.testing.assert_allclose(
+        density.fit(X).score_samples(X),
+        GradientDensityEstimator(net, method="hard").fit(X).score_samples(X),
+        atol=1e-5,
+    )
 
 
 def test_fft_length_is_the_largest_product_of_2_3_and_5_up_to_k():

@@ -53,13 +53,14 @@ def allocate(
     rounded down, the columns left over going one each to the largest
     fractions (ties: to the largest pieces), so that they add up to
     ``n_components`` unless every piece is kept exactly; a sketched piece
-    gets one column at least. Weights summing to zero count as equal.
+    gets one column at least. Pieces whose weights sum to zero (all of them,
+    or those left once the others are kept exactly) share equally.
     """
-    w = np.ones(len(sizes)) if weights is None else np.asarray(weights, float)
-    if not w.sum() > 0:
-        w = np.ones(len(sizes))
+    w = np.ones(len(sizes)) if weights is None else np.array(weights, float)
     shares, budget, left = [0] * len(sizes), n_components, list(range(len(sizes)))
     while left:
+        if not w[left].sum() > 0:
+            w[left] = 1.0
         level = budget / w[left].sum()
         exact = [i for i in left if sizes[i] <= level * w[i]]
         if not exact:
