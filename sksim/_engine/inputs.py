@@ -83,8 +83,9 @@ def _to_tensor(a, device: torch.device, float_dtype: torch.dtype) -> torch.Tenso
         t, shared = a.detach(), True
     else:
         a = np.asarray(a)
-        shared = a.flags.writeable  # else torch.tensor copies it
-        t = torch.from_numpy(a) if shared else torch.tensor(a)
+        # torch takes neither read-only memory nor reversed views: copies of them
+        shared = a.flags.writeable and min(a.strides, default=0) >= 0
+        t = torch.from_numpy(a if shared else a.copy())
     return t.to(device=device, dtype=_dtype(t, float_dtype), copy=shared)
 
 

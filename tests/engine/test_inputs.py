@@ -38,3 +38,19 @@ def test_read_only_inputs_are_checked_without_torch_warnings():
     broken.flags.writeable = False
     with pytest.raises(ValueError, match=r"contains NaN or infinity in rows \[1, 3\]"):
         network_similarity(module, broken)
+
+
+def test_reversed_views_are_read():
+    """``X[::-1]`` and ``np.flip`` are views with negative strides, which
+    torch cannot share: they are copied, a batch or the whole array."""
+    module, X = layer_case("linear_sequence")
+    array = X.numpy().copy()
+    expected = network_similarity(module, array[::-1].copy(), batch_size=4)
+    np.testing.assert_array_equal(
+        network_similarity(module, array[::-1], batch_size=4), expected
+    )
+    np.testing.assert_allclose(
+        network_similarity(module, np.flip(array, axis=0), batch_size=1),
+        expected,
+        rtol=1e-12,
+    )
