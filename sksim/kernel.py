@@ -273,7 +273,7 @@ def gradient_features(
     """
     X = check_net_input(X, keep_tensors=True)
     engine = make_engine(net, output, params, batch_size, device, verbose, max_memory)
-    seed = projection_seed(random_state)
+    seed = 0 if n_components is None else projection_seed(random_state)
     return features.gradient_features(engine, X, n_components, whiten, seed, rtol)
 
 

@@ -581,6 +581,50 @@ def test_buffers_the_forward_pass_updates_are_restored():
         assert torch.equal(tensor, values)
 
 
+class FreezesInEval(torch.nn.Module):
+    """A network whose ``train`` override freezes its first layer in eval mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.body, self.head = torch.nn.Linear(5, 4), torch.nn.Linear(4, 2)
+
+    def train(self, mode=True):
+        self.body.requires_grad_(mode)
+        return super().train(mode)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.body(x)))
+
+
+def test_modes_are_restored_through_the_networks_own_train():
+    net = FreezesInEval()
+    net.head.eval()  # modes mixed, as the caller left them
+    network_similarity(net, X)
+    GradientDensityEstimator(net).fit(X).score_samples(X)
+    assert [p.requires_grad for p in net.parameters()] == [True] * 4
+    assert (net.training, net.body.training, net.head.training) == (True, True, False)
+
+
+def test_renormalising_embeddings_are_left_unchanged_by_predictions():
+    """The audit and the label issues predict with the network itself: an
+    Embedding(max_norm=...) gets its rows back."""
+    from sksim import LabelIssueDetector
+    from sksim.audit.prefit import predictions
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(
+        torch.nn.Embedding(12, 4, max_norm=0.5),
+        torch.nn.Flatten(),
+        torch.nn.Linear(12, 3),
+    )
+    tokens = torch.randint(0, 12, (9, 3))
+    before = copy.deepcopy(module.state_dict())
+    predictions(module, tokens, "classification")
+    LabelIssueDetector(module, cv="prefit", n_neighbors=2).fit(tokens, np.arange(9) % 3)
+    for name, value in module.state_dict().items():
+        assert torch.equal(value, before[name]), name
+
+
 def test_estimators_without_sketches_leave_numpys_global_generator(module):
     """random_state=None draws a seed only where a sketch needs one."""
 
@@ -592,6 +636,7 @@ def test_estimators_without_sketches_leave_numpys_global_generator(module):
     NetworkSimilarityKernel(module).fit(X).transform(X)
     GradientDensityEstimator(module, method="hard").fit(X).neighbor_counts(X)
     NetworkNeighbors(module, n_neighbors=2).fit(X).kneighbors(X)
+    gradient_features(module, X)
     assert state() == before
     NetworkSimilarityKernel(module, n_components=4).fit(X)  # a sketch draws its seed
     assert state() != before

@@ -118,11 +118,14 @@ def evaluation_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
     """Put ``module`` in eval mode inside the block, restoring its modes after.
 
     Its buffers are restored too: a network that updates them in its forward
-    pass (a counter, a moving average) is left as it was. Embeddings'
-    ``scale_grad_by_freq``, a training heuristic that scales their gradients,
-    is off inside: gradients are the derivatives. The block holds the
-    network's lock: another thread's block on the same network waits until
-    this one ends (a thread may nest blocks).
+    pass (a counter, a moving average) is left as it was, as are the weights
+    of an ``Embedding(max_norm=...)``, which renormalises the rows it looks
+    up in place. The modes are restored by the module's own ``train`` (an
+    override that also freezes or merges weights undoes what its ``eval``
+    did), then layer by layer. Embeddings' ``scale_grad_by_freq``, a training
+    heuristic that scales their gradients, is off inside: gradients are the
+    derivatives. The block holds the network's lock: another thread's block
+    on the same network waits until this one ends (a thread may nest blocks).
 
     Raises
     ------
@@ -133,23 +136,32 @@ def evaluation_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
     """
     with _lock_of(module):
         modes = {sub: sub.training for sub in module.modules()}
-        buffers = _buffers(module)
-        scaled = [
-            sub
-            for sub in module.modules()
-            if isinstance(sub, torch.nn.Embedding) and sub.scale_grad_by_freq
+        embeddings = [
+            sub for sub in module.modules() if isinstance(sub, torch.nn.Embedding)
         ]
+        scaled = [sub for sub in embeddings if sub.scale_grad_by_freq]
+        renormalised = [
+            (sub.weight, sub.weight.detach().clone())
+            for sub in embeddings
+            if sub.max_norm is not None
+        ]
+        buffers = _buffers(module)
         module.eval()
         try:
             for embedding in scaled:
                 embedding.scale_grad_by_freq = False
             yield _checked(module)
         finally:
+            module.train(modes[module])
             for sub, training in modes.items():
                 sub.training = training
             for embedding in scaled:
                 embedding.scale_grad_by_freq = True
             _restore(buffers)
+            with torch.no_grad():
+                for weight, values in renormalised:
+                    if not torch.equal(weight, values):
+                        weight.copy_(values)
 
 
 def _buffers(module: torch.nn.Module) -> list[tuple]:
