@@ -10,6 +10,7 @@ import weakref
 from collections.abc import Iterator
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
 def check_device(device) -> torch.device:
@@ -62,6 +63,39 @@ def on_device(module: torch.nn.Module, device) -> torch.nn.Module:
     if all(t.device == device for t in tensors) and not renormalises:
         return module
     return copy.deepcopy(module).to(device)
+
+
+class _ProcessWideSetting:
+    """A context of process-wide settings that blocks in several threads share.
+
+    The first block to start enters ``context()``, the last to end leaves it:
+    blocks that overlap in time leave the settings as they were before all.
+    """
+
+    def __init__(self, context):
+        self._context = context
+        self._lock = threading.Lock()
+        self._users = 0
+        self._stack = contextlib.ExitStack()
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        with self._lock:
+            if self._users == 0:
+                self._stack.enter_context(self._context())
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._users -= 1
+                if self._users == 0:
+                    self._stack.close()
+
+
+# torch.func has batching rules for the math kernel of attention, not for the
+# fused kernels; torch's backend flags are process-wide
+math_attention = _ProcessWideSetting(lambda: sdpa_kernel(SDPBackend.MATH))
 
 
 @contextlib.contextmanager

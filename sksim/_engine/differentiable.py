@@ -20,9 +20,9 @@ from collections.abc import Callable
 
 import torch
 from torch.func import functional_call, grad, vmap
-from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils._pytree import tree_leaves, tree_map
 
+from .context import math_attention
 from .jacobian import UNVECTORISED
 
 
@@ -82,7 +82,7 @@ def per_sample_gradients(
 
     in_extra = 0 if extra_batched else None
     vectorised = not any(isinstance(m, UNVECTORISED) for m in module.modules())
-    with torch.set_grad_enabled(create_graph), sdpa_kernel(SDPBackend.MATH):
+    with torch.set_grad_enabled(create_graph), math_attention():
         if vectorised:
             try:
                 return vmap(grad(phi), in_dims=(None, 0, in_extra))(

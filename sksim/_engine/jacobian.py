@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 import torch
 from torch.func import functional_call, jacrev, vmap
-from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.parameter import is_lazy
 from torch.nn.utils import parametrize
 from torch.utils._pytree import tree_map
@@ -21,7 +20,13 @@ from tqdm.auto import tqdm
 
 from .budget import rows_that_fit
 from .capture import LayerCapture, join_name, plan_layers
-from .context import check_device, evaluation_mode, on_device, uncompiled
+from .context import (
+    check_device,
+    evaluation_mode,
+    math_attention,
+    on_device,
+    uncompiled,
+)
 from .finite import check_finite_rows
 from .flags import FlaggedRows
 from .inputs import batches, module_float_dtype, n_samples, take, to_tensor
@@ -209,7 +214,7 @@ class JacobianEngine:
                     # which keeps the parameters not selected out of the graph.
                     # attention's fused CPU kernels have no vmap rule: the
                     # math kernel computes the same, batched
-                    with sdpa_kernel(SDPBackend.MATH):
+                    with math_attention():
                         jac = per_sample(params, batch)
                 except RuntimeError:  # a real error recurs in the looped pass
                     vectorised = False
