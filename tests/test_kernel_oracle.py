@@ -87,6 +87,20 @@ def test_params_of_a_layer_whose_hooks_never_run():
     np.testing.assert_allclose(K, oracle_kernel(J, J, "cosine"), rtol=1e-5, atol=1e-10)
 
 
+@pytest.mark.parametrize("case", ["mlp_d3", "gru"])
+def test_hooks_on_parameters_do_not_change_the_kernel(case):
+    """A gradient hook on a parameter (scaling, masking) changes what training
+    applies, not the derivatives: on every path, the one-sample loop of a
+    GRU's Jacobians included."""
+    module, X = _case(case)
+    J = oracle_jacobians(module, X)
+    hooks = [p.register_hook(lambda g: 1000 * g) for p in module.parameters()]
+    K = network_similarity(module, X, kind="ntk", batch_size=3)
+    for hook in hooks:
+        hook.remove()
+    np.testing.assert_allclose(K, oracle_kernel(J, J, "ntk"), rtol=1e-7)
+
+
 def test_int_output_selects_one_row():
     module, X = _case("mlp_d3")
     J = oracle_jacobians(module, X, output=1)

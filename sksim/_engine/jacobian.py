@@ -227,12 +227,17 @@ class JacobianEngine:
         return jacobian
 
     def _looped_jacobian(self, names: list[str], batch) -> list[torch.Tensor]:
-        """The blocks ``(b, d, p_n)`` by one backward pass per sample and output."""
-        params = [self.parameters[n] for n in names]
+        """The blocks ``(b, d, p_n)`` by one backward pass per sample and output.
+
+        The parameters are differentiated as leaves of their own: hooks the
+        user registered on them (gradient scaling, masks) do not run.
+        """
+        leaves = {n: self.parameters[n].detach().requires_grad_() for n in names}
+        params = list(leaves.values())
         b, blocks = n_samples(batch), None
         with torch.enable_grad():
             for i in range(b):
-                outputs = self._call(take(batch, slice(i, i + 1)), None)[0]
+                outputs = self._forward(leaves, take(batch, slice(i, i + 1)))[0]
                 if blocks is None:
                     blocks = [p.new_empty(b, len(outputs), p.numel()) for p in params]
                 for c in range(len(outputs)):
