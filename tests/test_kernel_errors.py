@@ -289,6 +289,29 @@ def test_nan_outputs_name_the_rows(n_components):
         dens.fit(X_bad).neighbor_counts(X_bad)
 
 
+class NaNAdded(torch.nn.Module):
+    """A linear map plus NaN on the rows whose first feature is large: its
+    outputs there are NaN, its gradients finite."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.fc(x) + torch.where(x[:, :1] > 1.5, float("nan"), 0.0)
+
+
+@pytest.mark.parametrize("whiten", [True, False])
+def test_nan_outputs_with_finite_gradients_name_the_rows(whiten):
+    X_bad = X.copy()
+    X_bad[:, 0] = 0
+    X_bad[[3, 5], 0] = 2.0
+    with pytest.raises(
+        NonFiniteNetworkError, match=r"NaN or infinite outputs for input rows \[3, 5\]"
+    ):
+        gradient_features(NaNAdded(), X_bad, whiten=whiten)
+
+
 class NaNPast(torch.nn.Module):
     """An MLP whose outputs are infinite on the rows whose first feature is past
     its ``limit``, which may change after fit."""

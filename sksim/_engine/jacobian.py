@@ -254,11 +254,16 @@ class JacobianEngine:
     def jacobians(
         self, X, progress: bool = True
     ) -> Iterator[tuple[slice, torch.Tensor]]:
-        """Yield ``(rows, J)`` with ``J`` of shape ``(b, d, p)`` on the device."""
+        """Yield ``(rows, J)`` with ``J`` of shape ``(b, d, p)`` on the device.
+
+        The batch's outputs are checked to be finite first (a NaN added to an
+        output leaves its gradients finite).
+        """
         self._layer_plan(X)  # sets an automatic batch size
         jacobian = self._per_sample_jacobian(list(self.parameters))
         with evaluation_mode(self.module), torch.no_grad():
             for rows, batch in self._batches(X, progress):
+                self._call(batch, rows.start)
                 J = torch.cat(jacobian(batch), dim=2)
                 check_finite_rows(J, rows.start, "gradients")
                 yield rows, J
