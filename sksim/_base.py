@@ -137,6 +137,19 @@ def _axes(shape):
     return len(shape)
 
 
+# the parameters the engines are made from: fit's values hold until the next fit
+_ENGINE_PARAMS = (
+    "output",
+    "params",
+    "batch_size",
+    "device",
+    "verbose",
+    "max_memory",
+    "checkpoints",
+    "checkpoint_weights",
+)
+
+
 class NetworkEstimator(BaseEstimator):
     """Base of the estimators that compare inputs through a network's gradients.
 
@@ -181,6 +194,10 @@ class NetworkEstimator(BaseEstimator):
                 self.checkpoints,
                 self.checkpoint_weights,
             )
+        # set_params changes them at the next fit, as it does what fit computed
+        self._engine_params = {
+            name: getattr(self, name, None) for name in _ENGINE_PARAMS
+        }
         # built once here, so that later calls leave __dict__ as it is
         self._engine_cache = self._make_engine()
         self._engine_cache.n_outputs(X)  # inputs the network cannot take fail here
@@ -229,18 +246,19 @@ class NetworkEstimator(BaseEstimator):
 
     def _engines(self) -> WeightedEngines:
         """The engines of ``net_`` at the ``checkpoints``, or ``net_`` alone."""
-        if getattr(self, "checkpoints", None) is None:
+        settings = self._engine_params
+        if settings["checkpoints"] is None:
             return WeightedEngines([(1.0, self._engine)])
         return make_engines(
             self.net_,
-            self.checkpoints,
-            self.checkpoint_weights,
-            self.output,
-            self.params,
-            self.batch_size,
-            self.device,
-            self.verbose,
-            self.max_memory,
+            settings["checkpoints"],
+            settings["checkpoint_weights"],
+            settings["output"],
+            settings["params"],
+            settings["batch_size"],
+            settings["device"],
+            settings["verbose"],
+            settings["max_memory"],
             validate=False,  # done in fit
             digests=getattr(self, "_checkpoint_digests", None),
         )
@@ -260,14 +278,15 @@ class NetworkEstimator(BaseEstimator):
         ]
 
     def _make_engine(self) -> JacobianEngine:
+        settings = self._engine_params
         return make_engine(
             self.net_,
-            self.output,
-            self.params,
-            self.batch_size,
-            self.device,
-            self.verbose,
-            self.max_memory,
+            settings["output"],
+            settings["params"],
+            settings["batch_size"],
+            settings["device"],
+            settings["verbose"],
+            settings["max_memory"],
         )
 
     def __getstate__(self):

@@ -169,6 +169,26 @@ def test_round_trip_gives_identical_kernel(digits, fitted_digits_net, dump, tmp_
     np.testing.assert_array_equal(restored.transform(X[30:40]), K)
 
 
+@pytest.mark.parametrize("change", [dict(output=3), dict(params="3")])
+def test_parameters_set_after_fit_apply_at_the_next_fit(digits, change):
+    """What fit computed and the engine that queries it share their settings:
+    set_params after fit changes neither, in the estimator or in its copies."""
+    from sksim import GradientDensityEstimator
+
+    X, _ = digits
+    module = torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(64, 8), torch.nn.Tanh()
+    )
+    module.append(torch.nn.Linear(8, 10))
+    density = GradientDensityEstimator(module).fit(X[:40])
+    expected = density.score_samples(X[40:50])
+    density.set_params(**change)
+    for copy in (density, pickle.loads(pickle.dumps(density))):
+        np.testing.assert_array_equal(copy.score_samples(X[40:50]), expected)
+    refitted = density.fit(X[:40]).score_samples(X[40:50])
+    assert not np.allclose(refitted, expected)
+
+
 def test_grid_search_retrains_a_fitted_net_unless_frozen(digits, fitted_digits_net):
     """A clone of a fitted skorch net is unfitted; FrozenEstimator keeps the net."""
     X, y = digits
