@@ -451,6 +451,11 @@ class LabelIssueDetector(NetworkEstimator):
         self.max_memory = max_memory
         self.verbose = verbose
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.required = True
+        return tags
+
     def fit(self, X: NetInput, y: ArrayLike | None = None) -> Self:
         """Score every example's label.
 

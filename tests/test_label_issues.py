@@ -373,3 +373,7 @@ def test_prefit_module_probabilities_are_of_the_selected_outputs(digits):
         logits = module(torch.as_tensor(X))[1].double()
     np.testing.assert_array_equal(detector.classes_, np.arange(10))
     np.testing.assert_allclose(detector.oof_proba_, logits.softmax(-1), rtol=1e-6)
+
+
+def test_tags_say_that_fit_needs_the_labels():
+    assert LabelIssueDetector(make_digits_net()).__sklearn_tags__().target_tags.required
