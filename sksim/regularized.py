@@ -54,6 +54,7 @@ from ._engine.context import evaluation_mode, torch_seed
 from ._engine.differentiable import per_sample_gradients
 from ._engine.inputs import n_samples, take
 from ._engine.selection import select_output, select_parameters
+from ._net import training_targets
 from ._pairs import (
     carried_pair_numbers,
     check_labels,
@@ -769,3 +770,19 @@ class SimilarityRegularizedRegressor(SimilarityRegularizedNet, NeuralNetRegresso
             similarity_readout=similarity_readout,
             **kwargs,
         )
+
+    def partial_fit(
+        self,
+        X: NetInput,
+        y: ArrayLike | None = None,
+        classes: ArrayLike | None = None,
+        **fit_params: Any,
+    ) -> Self:
+        """Fit as :class:`SimilarityRegularizedNet` does; a 1-D ``y`` is a column.
+
+        The network's outputs are ``(n, 1)`` for one target: skorch's loss would
+        compare them with every sample's target.
+        """
+        if y is not None:
+            y = training_targets(self, y)
+        return super().partial_fit(X, y, classes=classes, **fit_params)

@@ -5,6 +5,7 @@ pairs with ``torch.autograd.grad(create_graph=True)``, values and gradients.
 """
 
 import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -735,6 +736,26 @@ def test_regressor_with_given_pairs_and_random_readout():
         reg.module_, rows(X, pairs[:, 0]), rows(X, pairs[:, 1]), lambda o, i: o.sum()
     )
     np.testing.assert_allclose(cos, slow.detach().numpy(), atol=1e-6)
+
+
+def test_regressor_takes_one_target_per_sample_as_a_column():
+    """The outputs are (n, 1): a 1-D y is not broadcast against them."""
+    X, _ = make_data(n=20)
+    Xp = with_pairs(X, [[0, 1], [2, 3]])
+    histories = []
+    for y in (X[:, 0] ** 2, X[:, :1] ** 2):
+        torch.manual_seed(0)
+        reg = SimilarityRegularizedRegressor(
+            mlp(6, 1, hidden=7, seed=None),
+            max_epochs=2,
+            batch_size=10,
+            train_split=None,
+            verbose=0,
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # torch warns of broadcast targets
+            histories.append(reg.fit(Xp, y).history[:, "train_loss"])
+    assert histories[0] == histories[1]
 
 
 def test_prediction_ignores_attached_pairs():
