@@ -439,6 +439,24 @@ class SimilarityRegularizedNet(NeuralNet):
         """Forward pass of skorch, on the input without its attached pairs."""
         return super().infer(strip_pairs(x), **fit_params)
 
+    def train_step(self, batch: Batch, **fit_params: Any) -> dict:
+        """One optimiser step, as skorch takes it.
+
+        The step has the term or not (every ``similarity_every``-th step), and
+        its random draws (same-class partners, random read-outs) are the same
+        in every evaluation of its loss: an optimiser such as LBFGS evaluates
+        it several times.
+        """
+        step = getattr(self, "similarity_steps_", 0)
+        on = self.similarity_weight != 0 and step % self.similarity_every == 0
+        # drawn from torch's global generator, as the draws themselves were
+        self._step_seed = int(torch.randint(2**62, ())) if on else None
+        try:
+            return super().train_step(batch, **fit_params)
+        finally:
+            self._step_seed = None
+            self.similarity_steps_ = step + 1
+
     def get_loss(
         self,
         y_pred: torch.Tensor,
@@ -446,7 +464,7 @@ class SimilarityRegularizedNet(NeuralNet):
         X: Batch | None = None,
         training: bool = False,
     ) -> torch.Tensor:
-        """The skorch loss, plus the similarity term when training.
+        """The skorch loss, plus the similarity term in the training steps that have it.
 
         The term ``similarity_weight * s * mean cos`` (``s = -1`` for
         ``similarity_direction="similar"``, +1 for ``"dissimilar"``) and the mean
@@ -454,13 +472,13 @@ class SimilarityRegularizedNet(NeuralNet):
         ``similarity_term`` and ``similarity_cosine``.
         """
         loss = super().get_loss(y_pred, y_true, X=X, training=training)
-        if not training:
+        seed = getattr(self, "_step_seed", None)
+        if not training or seed is None or X is None:
             return loss
-        step = getattr(self, "similarity_steps_", 0)
-        self.similarity_steps_ = step + 1
-        if self.similarity_weight == 0 or X is None or step % self.similarity_every:
-            return loss
-        cos = self.batch_pair_cosines(X, y_true, _n_outputs(y_pred), graph=True)
+        generator = torch.Generator(device=torch.device(self.device))
+        cos = self.batch_pair_cosines(
+            X, y_true, _n_outputs(y_pred), generator.manual_seed(seed), graph=True
+        )
         if cos is None:
             return loss
         mean = cos.mean()

@@ -455,7 +455,7 @@ def test_with_pairs_refuses_reserved_keys():
 
 
 @pytest.mark.parametrize("every", [2, np.int64(2)], ids=["int", "numpy_int"])
-def test_get_loss_adds_exactly_the_signed_weighted_term_every_k_steps(every):
+def test_training_steps_add_exactly_the_signed_weighted_term_every_k_steps(every):
     torch.manual_seed(0)
     X, y = make_data(n=8)
     Xp = with_pairs(X, [[0, 3], [1, 4], [2, 5]])
@@ -464,6 +464,8 @@ def test_get_loss_adds_exactly_the_signed_weighted_term_every_k_steps(every):
         similarity_weight=0.7,
         similarity_direction="similar",
         similarity_every=every,
+        optimizer=torch.optim.SGD,
+        lr=0.0,  # the weights stay: each step's loss is that of the same net
     ).initialize()
     net.history.new_epoch()
     batch = {k: torch.as_tensor(np.asarray(v)) for k, v in Xp.items()}
@@ -472,16 +474,46 @@ def test_get_loss_adds_exactly_the_signed_weighted_term_every_k_steps(every):
     cos = net.batch_pair_cosines(batch, y, 3).mean()
     for step in range(3):
         net.history.new_batch()
-        loss = net.get_loss(y_pred, torch.as_tensor(y), X=batch, training=True)
+        loss = net.train_step((batch, torch.as_tensor(y)))["loss"]
         recorded = net.history[-1, "batches", -1]
         if step % 2:
-            assert loss.item() == plain.item()
+            assert loss.item() == pytest.approx(plain.item(), 1e-6)
             assert "similarity_term" not in recorded
         else:
             assert loss.item() == pytest.approx(plain.item() - 0.7 * cos.item(), 1e-6)
             assert recorded["similarity_cosine"] == pytest.approx(cos.item(), 1e-6)
             assert recorded["similarity_term"] == pytest.approx(-0.7 * cos.item(), 1e-6)
     assert net.similarity_steps_ == 3
+
+
+def test_every_evaluation_of_a_steps_loss_has_the_same_term():
+    """LBFGS evaluates a step's loss several times: one step is counted, and
+    its evaluations share the term and its random read-out."""
+    seeds = []
+
+    class Recording(SimilarityRegularizedRegressor):
+        def get_loss(self, y_pred, y_true, X=None, training=False):
+            if training:
+                seeds.append((self.similarity_steps_, self._step_seed))
+            return super().get_loss(y_pred, y_true, X=X, training=training)
+
+    X, _ = make_data(n=8)
+    torch.manual_seed(0)
+    net = Recording(
+        mlp(6, 3, hidden=7, seed=None),
+        optimizer=torch.optim.LBFGS,
+        optimizer__max_iter=4,
+        similarity_every=2,
+        max_epochs=1,
+        batch_size=4,
+        train_split=None,
+        verbose=0,
+    ).fit(with_pairs(X, [[0, 1], [4, 5]]), X[:, :3] ** 2)
+    assert net.similarity_steps_ == 2
+    first = {seed for step, seed in seeds if step == 0}
+    second = {seed for step, seed in seeds if step == 1}
+    assert len(first) == 1 and None not in first and second == {None}
+    assert len(seeds) > 2
 
 
 def test_history_per_batch_and_per_epoch():
