@@ -16,6 +16,7 @@ from _architectures import (
     oracle_kernel,
 )
 from sklearn.exceptions import NotFittedError
+from sklearn.utils import Bunch
 from skorch import NeuralNetRegressor
 
 from sksim import (
@@ -397,7 +398,10 @@ def test_nan_weights_and_gradients_are_refused(module):
 @pytest.mark.parametrize(
     "output, message",
     [
-        (lambda z: z.T, r"returned a tensor of shape \(3, (\d)\); expected .* B=\1:"),
+        (
+            lambda z: z.T,
+            r"shape \(3, (\d)\); expected .* \(B=\1, the samples of the batch\)",
+        ),
         (lambda z: z[:-1], r"shape \((\d), 3\); expected a tensor of shape \(B,\)"),
         (lambda z: z.detach(), "cut from the network's graph"),
         (lambda z: z.detach().numpy(), "returned ndarray; expected a tensor"),
@@ -408,6 +412,30 @@ def test_nan_weights_and_gradients_are_refused(module):
 def test_output_callables_are_checked(module, output, message):
     with pytest.raises((ValueError, TypeError), match=message):
         network_similarity(module, X, output=output, kind="ntk")
+
+
+class Returns(torch.nn.Module):
+    """A linear map whose outputs come back wrapped by ``wrap``."""
+
+    def __init__(self, wrap):
+        super().__init__()
+        self.fc, self.wrap = torch.nn.Linear(5, 3), wrap
+
+    def forward(self, x):
+        return self.wrap(self.fc(x))
+
+
+@pytest.mark.parametrize(
+    "wrap, hint",
+    [
+        (lambda z: {"hidden": 1, "scores": z}, r"output=lambda out: out\['scores'\]"),
+        (lambda z: Bunch(logits=z), "output=lambda out: out.logits"),
+        (lambda z: None, "Select the tensor to compare with output=, a callable"),
+    ],
+)
+def test_networks_returning_no_tensor_are_told_how_to_select_one(wrap, hint):
+    with pytest.raises(TypeError, match=hint):
+        network_similarity(Returns(wrap), X)
 
 
 class RandomInEval(torch.nn.Module):

@@ -106,11 +106,21 @@ def select_output(
 
 
 def _check_selected(out, n: int | None, what: str) -> None:
-    expected = "a tensor of shape (B,) or (B, d)" + ("" if n is None else f", B={n}")
+    expected = "a tensor of shape (B,) or (B, d)"
+    if n is not None:
+        expected += f" (B={n}, the samples of the batch)"
     if not isinstance(out, torch.Tensor):
-        hint = ""
+        keys = [k for k, v in getattr(out, "items", dict)() if torch.is_tensor(v)]
         if isinstance(getattr(out, "logits", None), torch.Tensor):
             hint = " Select its logits with output=lambda out: out.logits."
+        elif keys:
+            hint = (
+                f" Select one with output=, e.g. output=lambda out: out[{keys[0]!r}]."
+            )
+        elif what.startswith("output="):
+            hint = ""
+        else:
+            hint = " Select the tensor to compare with output=, a callable."
         raise TypeError(f"{what} {type(out).__name__}; expected {expected}.{hint}")
     if not out.is_floating_point():
         raise TypeError(
