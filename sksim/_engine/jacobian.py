@@ -8,6 +8,7 @@ eval mode, on the module's device or a copy of it on another (see the theory pag
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -485,9 +486,10 @@ def _check_per_sample(call: Callable, batch) -> None:
     rtol = max(1e-3, 8 * torch.finfo(together.dtype).eps)  # half precision: coarser
     if not torch.allclose(alone, together, rtol=rtol, atol=rtol / 100 * scale):
         gap = float((alone - together).abs().max())
+        change = f"by up to {gap:.3g}" if math.isfinite(gap) else "to NaN or infinity"
         raise ValueError(
             "The network's outputs for an input depend on the other inputs of "
-            f"its batch, or change from call to call (by up to {gap:.3g}): "
+            f"its batch, or change from call to call ({change}): "
             "per-sample similarities are undefined. Typical causes: dropout left "
             "on in eval mode (F.dropout(x, training=True)), statistics over the "
             "batch, an output= callable that mixes rows (it must act on each "
