@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
@@ -110,7 +110,8 @@ def _check_selected(out, n: int | None, what: str) -> None:
     if n is not None:
         expected += f" (B={n}, the samples of the batch)"
     if not isinstance(out, torch.Tensor):
-        keys = [k for k, v in getattr(out, "items", dict)() if torch.is_tensor(v)]
+        entries = out.items() if isinstance(out, Mapping) else ()
+        keys = [key for key, value in entries if torch.is_tensor(value)]
         if isinstance(getattr(out, "logits", None), torch.Tensor):
             hint = " Select its logits with output=lambda out: out.logits."
         elif keys:
