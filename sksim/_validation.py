@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import torch
 from scipy.sparse import issparse
+from sklearn.model_selection import check_cv
 from sklearn.utils import check_array
 from sklearn.utils.validation import validate_data
 from skorch.dataset import Dataset as SkorchDataset
@@ -314,3 +315,22 @@ def check_positive_int(value, name, allow_none=False):
         return
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be a positive int; got {value!r}.")
+
+
+def cv_partition(cv, X, y) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The ``(train, test)`` splits of ``cv``, checked to hold out each example once.
+
+    ``cv`` is what :func:`sklearn.model_selection.check_cv` takes (stratified
+    for class labels ``y``); ``X`` gives the number of examples.
+    """
+    rows = np.zeros((n_samples(X), 1))  # the splitters read the length alone
+    splits = list(check_cv(cv, y, classifier=True).split(rows, y))
+    tests = [test for _, test in splits]
+    held = np.bincount(np.concatenate(tests), minlength=len(rows)) if tests else 0
+    if not np.all(held == 1):
+        raise ValueError(
+            "cv must put every example in exactly one test fold (a partition, as "
+            f"KFold does); its test folds hold {int(np.sum(held == 0))} examples "
+            f"never and {int(np.sum(held > 1))} more than once."
+        )
+    return splits

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from numpy.typing import ArrayLike
-from sklearn.model_selection import BaseCrossValidator, check_cv
+from sklearn.model_selection import BaseCrossValidator
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils import Bunch, check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
@@ -43,7 +43,12 @@ from ._net import (
 )
 from ._reduced_search import CANDIDATES_PER_NEIGHBOR
 from ._typing import NetInput, NetLike, Output, Self
-from ._validation import check_net_input, given_or_item_labels, labelled
+from ._validation import (
+    check_net_input,
+    cv_partition,
+    given_or_item_labels,
+    labelled,
+)
 from .density import NEIGHBOR_PARAMETERS
 from .neighbors import N_COMPONENTS, NetworkNeighbors, automatic_index
 
@@ -594,7 +599,7 @@ class LabelIssueDetector(NetworkEstimator):
         return P, similarities, indices, [search.exact_ranking_]
 
     def _cross_validated_signals(self, X, y):
-        splits = list(check_cv(self.cv, y, classifier=True).split(_rows(X), y))
+        splits = cv_partition(self.cv, X, y)
         seeds = check_random_state(self.random_state).randint(
             2**31 - 1, size=len(splits)
         )
@@ -614,11 +619,6 @@ class LabelIssueDetector(NetworkEstimator):
             )
             indices[test] = train[found]
             rankings.append(search.exact_ranking_)
-        if np.isnan(P).any():
-            raise ValueError(
-                "cv must put every example in exactly one test fold (a partition, "
-                "as KFold does); some examples were never held out."
-            )
         return P, similarities, indices, rankings
 
     def _signals(self, net, search, X, n_neighbors, n_classes, probabilities=None):
@@ -727,8 +727,3 @@ def _class_probabilities(P, n_classes=None):
         )
     P = P[:, :n_classes]
     return P / P.sum(axis=1, keepdims=True)
-
-
-def _rows(X):
-    """A placeholder with one row per sample, for the splitters."""
-    return np.zeros((n_samples(X), 1))

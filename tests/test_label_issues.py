@@ -308,7 +308,7 @@ def test_errors(digits, fitted_digits_net):
     with pytest.raises(ValueError, match="name none of its 2 outputs"):
         LabelIssueDetector(two_outputs, cv="prefit").fit(X, y)
     halves = [(np.arange(30), np.arange(30, 60)), (np.arange(30), np.arange(30, 60))]
-    with pytest.raises(ValueError, match="exactly one test fold"):
+    with pytest.raises(ValueError, match="hold 30 examples never and 30 more than"):
         LabelIssueDetector(make_digits_net(max_epochs=1), cv=halves).fit(X, y)
     with pytest.raises(ValueError, match="combination"):
         LabelIssueDetector(fitted_digits_net, combination="max").fit(X, y)
