@@ -15,6 +15,7 @@ import torch
 
 from .._engine.inputs import batches, is_dataset, n_samples, take, to_tensor
 from .._validation import sample_shape
+from ..density import COUNT_FLOOR
 from . import _render
 from ._names import with_names
 from ._tables import frame, import_pandas, neighbor_text, query_neighbors
@@ -69,11 +70,15 @@ def prediction_support(samples, neighbors):
 def isolated_rows(samples, size=SHOWN):
     """Rows of ``samples`` with the lowest log-density, lowest first.
 
-    Ties (at the floor of the counts, typically) are broken by the lower
-    similarity of the nearest training example when the table has it.
+    The examples that no training example is similar to (a count below
+    ``COUNT_FLOOR``) tie, whatever the size of their fold's training part;
+    ties are broken by the lower similarity of the nearest training example
+    when the table has it.
     """
-    by = ["log_density"] + (["top_similarity"] if "top_similarity" in samples else [])
-    return samples.sort_values(by, kind="stable").index[:size]
+    none = samples["neighbor_count"] < COUNT_FLOOR
+    keys = samples.assign(isolation=samples["log_density"].mask(none, -np.inf))
+    by = ["isolation"] + (["top_similarity"] if "top_similarity" in keys else [])
+    return keys.sort_values(by, kind="stable").index[:size]
 
 
 def least_supported_rows(samples, support, size=SHOWN):

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from ..density import COUNT_FLOOR
 from ._examples import prediction_support
 from .analyses.label_issues import planted_precision
 
@@ -233,14 +234,19 @@ def support_finding(result):
 def isolated_finding(result):
     """The most isolated example, in words."""
     isolated = [g for g in result.examples if g["kind"] == "isolated"]
-    samples = result.tables["samples"]
-    floor = samples["log_density"].min()
-    at_floor = int((samples["log_density"] == floor).sum())
+    first = isolated[0]
+    none = int((result.tables["samples"]["neighbor_count"] < COUNT_FLOOR).sum())
+    shown = f"#{first['index']} (label {first['label']})"
+    if none:
+        return (
+            f"{none} examples have no training example the network treats as "
+            "similar (log relative density at its floor); the most isolated, "
+            f"{shown}, heads the {len(isolated)} shown."
+        )
     return (
-        f"{at_floor} examples have no training example the network treats as "
-        f"similar (log relative density at its floor, {floor:.2f}); the most "
-        f"isolated, #{isolated[0]['index']} (label {isolated[0]['label']}), heads "
-        f"the {len(isolated)} shown."
+        "Every held-out example has training examples the network treats as "
+        f"similar; the least dense, {shown}, with {first['neighbor_count']:.3g} "
+        f"of them, heads the {len(isolated)} shown."
     )
 
 

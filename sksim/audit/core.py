@@ -27,6 +27,7 @@ from .._typing import NetInput, NetLike
 from .._validation import (
     check_net_input,
     check_positive_int,
+    cv_partition,
     given_or_item_labels,
     labelled,
     sample_shape,
@@ -732,8 +733,7 @@ def _splits(cv, data, prefit):
         split = (np.arange(len(data.X)), np.arange(len(data.X_test)))
         return "prefit", [split]
     splitter = check_cv(cv, data.y, classifier=True)
-    X = np.zeros((len(data.y), 1)) if is_dataset(data.X) else data.X  # its length
-    return repr(splitter), list(splitter.split(X, data.y))
+    return repr(splitter), cv_partition(splitter, data.X, data.y)
 
 
 def _methods(methods, analyses):

@@ -10,12 +10,13 @@ import torch
 from _architectures import small_net
 from _audit_helpers import AUDIT_OPTIONS
 from sklearn.base import clone
-from sklearn.model_selection import KFold, StratifiedKFold
+from sklearn.model_selection import KFold, ShuffleSplit, StratifiedKFold
 from skorch import NeuralNetBinaryClassifier, NeuralNetClassifier, NeuralNetRegressor
 
 from sksim import GradientDensityEstimator, NetworkNeighbors, SelfDenoisingAnalysis
 from sksim._engine.context import torch_seed
 from sksim.audit import ANALYSES, AuditAnalysisFailedWarning, audit
+from sksim.audit.analyses import REGISTRY
 from sksim.audit.analyses import sensitivity as sensitivity_analysis
 from sksim.audit.analyses.class_fitting import default_layers
 from sksim.audit.analyses.denoising import (
@@ -102,16 +103,43 @@ def test_error_by_density_bin(small_audit):
         log_density = own["log_density"].to_numpy()
         n_bins = n_density_bins(len(own))
         assert n_bins == 8  # 80 held-out examples: at least 10 per bin
-        rank = np.argsort(np.argsort(log_density, kind="stable"), kind="stable")
-        expected_bin = rank * n_bins // len(own)
+        # the mean rank of equal values: those below, and half of the others equal
+        below = (log_density[:, None] > log_density[None, :]).sum(axis=1)
+        equal = (log_density[:, None] == log_density[None, :]).sum(axis=1)
+        expected_bin = ((below + (equal - 1) / 2) * n_bins // len(own)).astype(int)
         np.testing.assert_array_equal(own["density_bin"], expected_bin)
         errors = ~own["correct"].to_numpy()
-        expected = [errors[expected_bin == b].mean() for b in range(n_bins)]
+        held = np.unique(expected_bin)  # ties may leave a bin empty
+        expected = [errors[expected_bin == b].mean() for b in held]
+        np.testing.assert_array_equal(fold_rows(bins, fold)["density_bin"], held)
         np.testing.assert_allclose(fold_rows(bins, fold)["error_rate"], expected)
     summary = small_audit["density_bins_summary"]
     by_bin = bins.groupby("density_bin")["error_rate"]
     np.testing.assert_allclose(summary["error_rate_mean"], by_bin.mean())
     np.testing.assert_allclose(summary["error_rate_std"], by_bin.std(ddof=1))
+
+
+def test_density_bins_do_not_depend_on_order_and_are_alike_in_every_fold():
+    """Ties share a bin whatever their rows; folds of 100, 100 and 99 held-out
+    examples all get the 9 bins the smallest allows."""
+    rng = np.random.RandomState(0)
+    sizes = [100, 100, 99]
+    samples = pd.DataFrame(
+        dict(
+            fold=np.repeat([0, 1, 2], sizes),
+            log_density=rng.randint(0, 6, sum(sizes)).astype(float),
+            correct=rng.rand(sum(sizes)) > 0.3,
+        )
+    )
+    density = REGISTRY["density"]
+    tables = density.summarise(dict(samples=samples))
+    bins = tables["samples"]["density_bin"]
+    assert bins.groupby(samples["fold"]).max().tolist() == [8, 8, 8]
+    for _, rows in tables["samples"].groupby("log_density"):
+        assert rows.groupby("fold")["density_bin"].nunique().max() == 1
+    shuffled = samples.sample(frac=1, random_state=0)
+    again = density.summarise(dict(samples=shuffled))["samples"]["density_bin"]
+    pd.testing.assert_series_equal(again.sort_index(), bins)
 
 
 def test_summary_is_mean_and_spread_over_folds(small_audit):
@@ -419,6 +447,8 @@ def test_audit_errors(digit_images):
         audit(net, X, y[:-1])
     with pytest.raises(ValueError, match="audits classifiers: y must hold class"):
         audit(net, X, y + 0.5)
+    with pytest.raises(ValueError, match="test fold .* hold 173 examples never and 5"):
+        audit(net, X, y, cv=ShuffleSplit(3, test_size=0.1, random_state=0))
     regressor = NeuralNetRegressor(torch.nn.Linear(64, 1), max_epochs=1)
     with pytest.raises(ValueError, match="NeuralNetRegressor is a regressor. A trai"):
         audit(regressor, X, y)  # integer targets, still a regression

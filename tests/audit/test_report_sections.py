@@ -48,7 +48,9 @@ def samples_table():
             index=[10, 11, 12, 13],
             label=[1, 2, 1, 2],
             prediction=[1, 1, 2, 2],
-            log_density=[-2.0, -5.0, -5.0, -1.0],
+            neighbor_count=[3.0, 0.0, 0.0, 5.0],
+            # counts of 0 at the floors of folds of different sizes
+            log_density=[-2.0, -5.1, -5.0, -1.0],
             top_similarity=[0.9, 0.8, 0.6, 0.95],
         )
     )
@@ -92,6 +94,7 @@ def test_least_supported_rows_first_nan_then_zero_then_ties_by_similarity():
 
 
 def test_isolated_rows_are_the_lowest_densities_ties_by_similarity():
+    """Examples without a similar training example tie, at whichever floor."""
     samples = samples_table()
     assert list(isolated_rows(samples, size=3)) == [2, 1, 0]
     assert list(isolated_rows(samples.drop(columns="top_similarity"), 2)) == [1, 2]
@@ -317,6 +320,26 @@ def test_findings_open_the_report(issues_audit):
     assert any(text.startswith("Density-error correlation") for text in listed)
     for text in listed:
         assert text in html.replace("&#x27;", "'")
+
+
+def test_isolated_finding_counts_the_examples_without_a_similar_one(issues_audit):
+    """Counted by their neighbour count of 0, whatever their fold's floor."""
+    result = copy.deepcopy(issues_audit)
+    samples = result.tables["samples"]
+    first = next(g for g in result.examples if g["kind"] == "isolated")
+
+    def isolated_text():
+        return next(t for t in findings(result) if f"#{first['index']} (" in t)
+
+    samples["neighbor_count"] = np.where(np.arange(len(samples)) < 3, 0.0, 2.0)
+    assert isolated_text().startswith(
+        "3 examples have no training example the network treats as similar"
+    )
+    samples["neighbor_count"] = 514.0
+    assert isolated_text().startswith(
+        "Every held-out example has training examples the network treats as "
+        f"similar; the least dense, #{first['index']} (label {first['label']}), with"
+    )
 
 
 def test_headline_numbers_have_their_meaning(issues_audit):

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from scipy.stats import rankdata
 
 from ...density import COUNT_FLOOR, GradientDensityEstimator
 from .._render import errorbars, subplots
@@ -20,18 +21,21 @@ if TYPE_CHECKING:
 
 
 def quantile_bins(values: np.ndarray, n_bins: int) -> np.ndarray:
-    """Equal-size bins of ``values`` by rank, 0 for the smallest values.
+    """Bins of ``values`` by rank, 0 for the smallest values.
+
+    The bins hold equal numbers of values, but for ties: equal values share
+    the bin of their middle rank, whatever their order.
 
     Examples
     --------
     >>> from sksim.audit.analyses.density import quantile_bins
     >>> quantile_bins(np.array([3.0, 1.0, 2.0, 0.0]), 2).tolist()
     [1, 0, 1, 0]
+    >>> quantile_bins(np.array([0.0, 0.0, 0.0, 1.0]), 2).tolist()
+    [0, 0, 0, 1]
     """
-    order = np.argsort(values, kind="stable")
-    bins = np.empty(len(values), dtype=np.intp)
-    bins[order] = np.arange(len(values)) * n_bins // len(values)
-    return bins
+    ranks = rankdata(values) - 1  # ties: their mean rank
+    return (ranks * n_bins // len(values)).astype(np.intp)
 
 
 def n_density_bins(n_test: int, max_bins: int = 10, min_per_bin: int = 10) -> int:
@@ -190,11 +194,7 @@ class Density(Analysis):
         log_density = np.log(np.maximum(counts, COUNT_FLOOR) / len(fold.train))
         errors = fold.error
         return FoldOutput(
-            samples=dict(
-                neighbor_count=counts,
-                log_density=log_density,
-                density_bin=quantile_bins(log_density, n_density_bins(len(fold.test))),
-            ),
+            samples=dict(neighbor_count=counts, log_density=log_density),
             metrics=dict(
                 mean_log_density=float(log_density.mean()),
                 density_error_correlation=correlation(log_density, errors),
@@ -203,7 +203,18 @@ class Density(Analysis):
         )
 
     def summarise(self, tables: Mapping[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+        """The held-out examples' density bins, and the error by bin.
+
+        Every fold has as many bins, set by the smallest fold, so that bin
+        ``j`` means the same in each.
+        """
         samples = tables["samples"]
+        n_bins = n_density_bins(samples.groupby("fold").size().min())
+        samples = samples.assign(
+            density_bin=samples.groupby("fold")["log_density"].transform(
+                lambda values: quantile_bins(values.to_numpy(), n_bins)
+            )
+        )
         column = error_column(samples)
         if "correct" in samples:
             error = ~samples["correct"]
@@ -222,8 +233,11 @@ class Density(Analysis):
             .reset_index()
         )
         return dict(
+            samples=samples,
             density_bins=bins,
             density_bins_summary=spread(
                 bins, "density_bin", [column, "mean_log_density"]
-            ),
+            )
+            .sort_values("density_bin")  # a bin may be empty in the first fold
+            .reset_index(drop=True),
         )
