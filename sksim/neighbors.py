@@ -847,13 +847,16 @@ class NetworkNeighbors(NetworkEstimator):
                 f"{wanted} for some queries: search more of it (index_params, "
                 'e.g. "nprobe=32" or "efSearch=128") or use index="Flat".'
             )
+        indices.sort(axis=1)
         if self.search_directions_ is not None:
-            indices.sort(axis=1)
             similarity = self._candidate_similarity(F, pieces, indices)
             # streamed similarities are all computed already: no order speeds them
             streamed = pieces is not None and self._kept_reference_pieces() is None
             order = None if streamed else locality_order(G, self.projection_seed_)
             similarities, indices = rank_candidates(similarity, indices, k, order)
+        else:  # compressing indexes (PQ, SQ, PCA) score roughly: the sketches do
+            similarity = sketch_similarity(F, self.reference_features_)
+            similarities, indices = rank_candidates(similarity, indices, k)
         if own is not None:  # drop each sample itself (wherever ties placed it)
             is_own = indices == own[:, None]
             is_own[is_own.sum(1) == 0, -1] = True

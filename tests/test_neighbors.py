@@ -316,6 +316,27 @@ def test_approximate_faiss_indexes_recall_the_flat_neighbors(index, params):
     )
 
 
+@pytest.mark.parametrize("index", ["PQ8x4fs", "PCA8,Flat", "IVF4,SQ8"])
+def test_compressing_indexes_give_the_sketches_similarities(index):
+    """A compressing index finds the neighbours; their sketches score them."""
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(600, 4)).astype(np.float32)
+    search = NetworkNeighbors(
+        mlp(4, 2, hidden=16),
+        n_neighbors=5,
+        algorithm="faiss",
+        n_components=16,
+        index=index,
+        random_state=0,
+    ).fit(X)
+    sim, ind = search.most_similar(X[:50])
+    F = search.reference_features_
+    np.testing.assert_allclose(
+        sim, np.take_along_axis(F[:50] @ F.T, ind, axis=1), atol=1e-5
+    )
+    assert (np.diff(sim, axis=1) <= 0).all()
+
+
 def test_hnsw_searches_with_a_beam_twice_its_candidates(data):
     faiss = pytest.importorskip("faiss")
     X = data[0]
