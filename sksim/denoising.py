@@ -643,7 +643,7 @@ def plot_denoising(
     except ImportError as error:
         raise ImportError(
             "plot_denoising needs matplotlib: install it with "
-            '`pip install "sksim[plot]"`.'
+            "`pip install matplotlib` (sksim's plot extra)."
         ) from error
     check_is_fitted(analysis)
     if ax is None:

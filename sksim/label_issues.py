@@ -250,7 +250,7 @@ def issues_frame(
     except ImportError as error:
         raise ImportError(
             "label_issues_ is a pandas DataFrame: install pandas (`pip install "
-            '"sksim[audit]"`), or read scores_ and the neighbor_* arrays.'
+            "pandas`), or read scores_ and the neighbor_* arrays."
         ) from error
     order = np.argsort(-scored.scores, kind="stable")
     return pd.DataFrame(

@@ -66,7 +66,8 @@ def import_faiss() -> ModuleType:
     except ImportError as error:
         raise ImportError(
             'algorithm="faiss" needs the faiss library: install it with '
-            '`pip install "sksim[faiss]"` (or `pip install faiss-cpu`).'
+            "`pip install faiss-cpu` (sksim's faiss extra: `pip install "
+            '".[faiss]"` in its checkout).'
         ) from error
     return faiss
 

@@ -284,7 +284,7 @@ def test_bad_parameters_are_refused(data):
 
 def test_missing_faiss_names_the_extra(data, monkeypatch):
     monkeypatch.setitem(sys.modules, "faiss", None)  # makes `import faiss` fail
-    with pytest.raises(ImportError, match=r"sksim\[faiss\]"):
+    with pytest.raises(ImportError, match=r"pip install faiss-cpu. \(sksim's faiss"):
         NetworkNeighbors(mlp(3, 1), algorithm="faiss", n_components=8).fit(data[0])
 
 

@@ -17,7 +17,7 @@ def pyplot() -> ModuleType:
     except ImportError as error:
         raise ImportError(
             "The audit report draws its figures with matplotlib: install it with "
-            '`pip install "sksim[plot]"`.'
+            "`pip install matplotlib` (sksim's plot extra)."
         ) from error
     return plt
 

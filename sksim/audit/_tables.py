@@ -12,7 +12,7 @@ def import_pandas():
     except ImportError as error:
         raise ImportError(
             "The audit's tables are pandas DataFrames: install pandas with "
-            '`pip install "sksim[audit]"`.'
+            "`pip install pandas` (sksim's audit extra)."
         ) from error
     return pandas
 

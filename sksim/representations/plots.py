@@ -18,7 +18,7 @@ def _pyplot():
         import matplotlib.pyplot as plt
     except ImportError as exc:  # pragma: no cover - exercised without matplotlib
         raise ImportError(
-            "Plotting needs matplotlib: pip install 'sksim[plot]'."
+            "Plotting needs matplotlib: `pip install matplotlib` (sksim's plot extra)."
         ) from exc
     return plt
 
