@@ -97,8 +97,9 @@ def temperature_from_delta(delta: float, cutoff: int = 3, n: int = 32) -> float:
     _check_size(n)
     if cutoff < 2:
         raise ValueError(
-            "temperature_from_delta needs cutoff >= 2 (the formula divides by "
-            "ln(cutoff)); pass temperature directly for cutoff=1."
+            "The temperature of a typical displacement delta needs cutoff >= 2 "
+            "(it divides by ln(cutoff)); for cutoff=1, give sample_diffeo a "
+            "temperature."
         )
     return 4.0 * delta**2 / (math.pi * n**2 * math.log(cutoff))
 

@@ -512,9 +512,12 @@ def relative_sensitivity(
         with forward hooks) or, for functional operations, ``torch.fx`` node
         names of the traced network.
     delta : float, default=1.0
-        Typical displacement in pixels; ``T = 4 delta^2 / (pi n^2 ln c)``.
+        Typical displacement in pixels; ``T = 4 delta^2 / (pi n^2 ln c)`` for
+        images, ``T = 2 delta^2 / (n^2 sum_{i <= c} 1 / i^2)`` for signals
+        ``(n, L)``.
     cutoff : int, default=3
-        Highest wave number ``c`` of the deformations.
+        Highest wave number ``c`` of the deformations; at least 2 for images
+        (their temperature divides by ``ln c``).
     interp : {"linear", "nearest", "gaussian"}, default="linear"
         Interpolation of the deformed images (see :func:`apply_diffeo`).
     n_probe : int, default=500

@@ -36,9 +36,11 @@ class DiffeoTransform(TransformerMixin, BaseEstimator):
     ----------
     delta : float, default=1.0
         Typical displacement in pixels; the temperature is
-        ``T = 4 delta^2 / (pi n^2 ln c)``.
+        ``T = 4 delta^2 / (pi n^2 ln c)`` for images,
+        ``T = 2 delta^2 / (n^2 sum_{i <= c} 1 / i^2)`` for signals ``(n, L)``.
     cutoff : int, default=3
-        Highest wave number ``c``.
+        Highest wave number ``c``; at least 2 for images (their temperature
+        divides by ``ln c``).
     interp : {"linear", "nearest", "gaussian"}, default="linear"
         Interpolation (see :func:`apply_diffeo`).
     random_state : int, RandomState instance or None, default=None
