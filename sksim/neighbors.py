@@ -18,6 +18,7 @@ from ._docs import fill_doc
 from ._engine.budget import KEPT_MEMORY, check_kept_bytes, rows_that_fit
 from ._engine.checkpoints import checkpoint_seed, stacked, weighted_rows
 from ._engine.finite import rows_of_reference
+from ._engine.flags import flag_scope
 from ._engine.inputs import n_samples, take
 from ._engine.jacobian import DEFAULT_MAX_MEMORY
 from ._engine.parallel import split_rows
@@ -488,7 +489,8 @@ class NetworkNeighbors(NetworkEstimator):
                 _, exact_indices = self._search_rows(rows, self.n_neighbors, False)
             else:
                 exact_indices = exact.indices
-            _, found = self.most_similar(X_val)
+            with flag_scope(report=False):  # reported as its neighbours were found
+                _, found = self.most_similar(X_val)
             self.recall_ = recall(found, exact_indices)
         return self
 
@@ -664,7 +666,11 @@ class NetworkNeighbors(NetworkEstimator):
         if m is None:
             return None
         rows = direction_rows(self.n_samples_fit_, m, self.projection_seed_)
-        sample = self._sketch(take(X, rows)) if F is None else F[rows]
+        if F is None:
+            with flag_scope(report=False):  # the pass over X reports them
+                sample = self._sketch(take(X, rows))
+        else:
+            sample = F[rows]
         return principal_directions(sample, m, self.projection_seed_)
 
     def _searched(self, F):

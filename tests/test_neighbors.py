@@ -2,6 +2,7 @@
 
 import pickle
 import sys
+import warnings
 from itertools import islice
 
 import numpy as np
@@ -14,7 +15,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from torch.utils.data import TensorDataset
 
 import sksim.neighbors
-from sksim import network_similarity
+from sksim import DeadInputWarning, network_similarity
 from sksim._engine.features import piece_energies
 from sksim._engine.jacobian import JacobianEngine
 from sksim._engine.pieces import nbytes_of
@@ -335,6 +336,43 @@ def test_compressing_indexes_give_the_sketches_similarities(index):
         sim, np.take_along_axis(F[:50] @ F.T, ind, axis=1), atol=1e-5
     )
     assert (np.diff(sim, axis=1) <= 0).all()
+
+
+def test_dead_inputs_are_warned_about_once_with_their_rows():
+    """Zero inputs of a network without biases have no gradient: the rows
+    sketched for the principal directions (a sample past 4 096) and the
+    recall's queries are not warned about again, nor under other numbers."""
+    torch.manual_seed(1)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(4, 8, bias=False), torch.nn.ReLU(), torch.nn.Linear(8, 3)
+    )
+    net[2].bias.requires_grad_(False)
+    X = np.random.default_rng(0).normal(size=(4500, 4)).astype(np.float32)
+    X[[10, 4400]] = 0
+    X_val = X[:50].copy()
+    X_val[[20, 30]] = 0
+    search = NetworkNeighbors(
+        net,
+        n_neighbors=3,
+        algorithm="faiss",
+        n_components=16,
+        search_components=8,
+        random_state=0,
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        search.fit(X, X_val=X_val)
+    texts = [str(w.message) for w in caught if w.category is DeadInputWarning]
+    with torch.no_grad():  # dead: every hidden unit off
+        expected = [(net[0](torch.from_numpy(x)) <= 0).all(1) for x in (X, X_val)]
+    named = [np.flatnonzero(rows.numpy()) for rows in expected]
+    assert {10, 4400} <= set(named[0]) and {10, 20, 30} <= set(named[1])
+    assert sorted(texts) == sorted(
+        f"{len(rows)} sample(s) have a zero gradient: input rows "
+        f"{rows[:5].tolist()}{' and more' if len(rows) > 5 else ''}. "
+        + texts[0].split(". ", 1)[1]
+        for rows in named
+    )
 
 
 def test_hnsw_searches_with_a_beam_twice_its_candidates(data):
