@@ -49,7 +49,11 @@ CONSTRAINTS = {
     "rtol": [Interval(Real, 0, 1, closed="left")],
     "n_components": [POSITIVE_INT, None],
     "random_state": ["random_state"],
-    "n_jobs": [Integral, None],
+    "n_jobs": [  # joblib's: -1 for every core, -2 for all but one, ...; not 0
+        Interval(Integral, None, -1, closed="right"),
+        POSITIVE_INT,
+        None,
+    ],
     "max_memory": [POSITIVE_INT, None],
     "verbose": ["verbose"],
     "checkpoints": [list, tuple, None],

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from numbers import Integral
 from types import ModuleType
 
@@ -683,29 +684,36 @@ class NetworkNeighbors(NetworkEstimator):
             F = F @ self.search_directions_
         return np.ascontiguousarray(F, dtype=np.float32)
 
+    @contextlib.contextmanager
+    def _faiss_errors(self, step: str) -> Iterator[None]:
+        """FAISS's errors inside, as ValueErrors naming the index and ``step``."""
+        try:
+            yield
+        except RuntimeError as error:
+            raise ValueError(
+                f"FAISS cannot {step} index={self.index!r} with "
+                f"index_params={self.index_params!r}: {str(error).splitlines()[-1]}"
+            ) from error
+
     def _empty_index(self, dimension: int):
         """The empty FAISS ``index`` over inner products of ``dimension`` values."""
         faiss = import_faiss()
-        try:
+        with self._faiss_errors("build"):
             index = faiss.index_factory(
                 dimension, self.index, faiss.METRIC_INNER_PRODUCT
             )
             if self.index_params is not None:
                 faiss.ParameterSpace().set_index_parameters(index, self.index_params)
-        except RuntimeError as error:
-            raise ValueError(
-                f"FAISS cannot build index={self.index!r} with "
-                f"index_params={self.index_params!r}: {str(error).splitlines()[-1]}"
-            ) from error
         return index
 
     def _build_index(self):
         """The FAISS index over the reference sketches, trained if it must be."""
         F = self._searched(self.reference_features_)
         index = self._empty_index(F.shape[1])
-        if not index.is_trained:
-            index.train(F)
-        index.add(F)
+        with self._faiss_errors(f"train and fill, on {len(F)} reference examples,"):
+            if not index.is_trained:
+                index.train(F)
+            index.add(F)
         return index
 
     def _searched_queries(self, X, n_neighbors):
@@ -834,14 +842,13 @@ class NetworkNeighbors(NetworkEstimator):
         n_candidates = self._n_candidates(k)
         G = self._searched(F)
         params = self._search_parameters(n_candidates)
-        if self.search_directions_ is None:
-            similarities, indices = self._faiss_index.search(
-                G, n_candidates, params=params
-            )
-        else:  # only the candidates count
-            indices = candidate_rows(
-                self._faiss_index, G, n_candidates, params, self.n_samples_fit_
-            )
+        with self._faiss_errors("search"):
+            if self.search_directions_ is None:
+                _, indices = self._faiss_index.search(G, n_candidates, params=params)
+            else:  # only the candidates count
+                indices = candidate_rows(
+                    self._faiss_index, G, n_candidates, params, self.n_samples_fit_
+                )
         if (indices < 0).any():
             wanted = "neighbours"
             if self.search_directions_ is not None:

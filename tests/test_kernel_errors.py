@@ -542,6 +542,8 @@ def test_numpy_integers_and_parameter_errors(module):
         network_similarity(module, X, params=5)
     with pytest.raises(TypeError, match="params must be None, a parameter name"):
         network_similarity(module, X, params=[3])
+    with pytest.raises(ValueError, match="'n_jobs' parameter .* Got 0 instead"):
+        network_similarity(module, X, n_jobs=0)  # joblib's meaningless count
 
 
 def test_max_memory_is_validated_and_honoured(module):

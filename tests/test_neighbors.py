@@ -397,6 +397,19 @@ def test_bad_faiss_index_is_explained(data):
         NetworkNeighbors(
             mlp(3, 1), algorithm="faiss", n_components=8, index="Bogus"
         ).fit(data[0])
+    X = data[0]
+    with pytest.raises(  # more lists than examples to cluster
+        ValueError, match=f"cannot train and fill, on {len(X)} reference examples, "
+    ):
+        NetworkNeighbors(
+            mlp(3, 1), algorithm="faiss", n_components=8, index="IVF1024,Flat"
+        ).fit(X)
+    search = NetworkNeighbors(
+        mlp(3, 1), algorithm="faiss", n_components=8, index="IVF4,Flat"
+    )
+    search.set_params(index_params="nprobe=0").fit(X)
+    with pytest.raises(ValueError, match="FAISS cannot search index='IVF4,Flat'"):
+        search.most_similar(X[:2])
 
 
 def expected_percentiles(K_ref, rows, similarities, columns=None):

@@ -41,7 +41,8 @@ class NonFiniteNetworkError(ValueError):
             f"{name_rows(rows, more, inputs)}: what "
             "sksim computes from them would be meaningless. Check the network's "
             "weights (a diverged training, e.g. a learning rate too high) and "
-            "these inputs."
+            "these inputs (those of the first batch found to hold any: later "
+            "batches may hold more)."
         )
 
     def __reduce__(self):
