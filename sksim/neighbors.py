@@ -120,14 +120,29 @@ def index_bytes(index, n: int) -> int:
     return n * per_vector
 
 
-def recall(found: np.ndarray, exact: np.ndarray) -> float:
-    """Mean share of each row of ``exact`` found in the same row of ``found``.
+# reference examples as similar as a query's k-th nearest, within float32
+# rounding, are as near as it: a search that finds one of them misses nothing
+TIE_TOLERANCE = 1e-5
 
-    The recall@k of a search whose neighbours are ``found`` against the
-    exact neighbours ``exact``, both ``(n_queries, k)``, whatever their order.
+
+def recall(found: np.ndarray, similarities: np.ndarray, indices: np.ndarray) -> float:
+    """The recall@k of a search whose neighbours are ``found``, ``(n_queries, k)``.
+
+    ``similarities`` and ``indices``, in decreasing order, are each query's
+    exact nearest reference examples, at least ``k`` (more let ties count):
+    an exact ``k`` nearest found is a hit, and so is an example as similar
+    as the ``k``-th (within :data:`TIE_TOLERANCE`) for each place the
+    ``k``-th's ties take among the ``k``. Rows in any order.
     """
-    hits = [len(np.intersect1d(a, b)) for a, b in zip(found, exact, strict=True)]
-    return float(np.mean(hits) / exact.shape[1])
+    k = found.shape[1]
+    hits = []
+    for row, near, s in zip(found, indices, similarities, strict=True):
+        above = near[s > s[k - 1] + TIE_TOLERANCE]
+        tied = near[np.abs(s - s[k - 1]) <= TIE_TOLERANCE]
+        places = k - len(above)
+        shared = len(np.intersect1d(row, above))
+        hits.append(shared + min(places, len(np.intersect1d(row, tied))))
+    return float(np.mean(hits) / k)
 
 
 @fill_doc
@@ -294,7 +309,9 @@ class NetworkNeighbors(NetworkEstimator):
     recall_ : float
         With ``X_val`` passed to ``fit``: the mean share of each query's
         exact ``n_neighbors`` nearest reference examples that
-        :meth:`most_similar` finds (recall@``n_neighbors``).
+        :meth:`most_similar` finds (recall@``n_neighbors``); an example as
+        similar as the exact ``n_neighbors``-th counts as found (ties among
+        up to twice ``n_neighbors`` examples, duplicated ones for instance).
     %(sketch_weights_)s
     projection_seed_ : int or None
         Seed of the sketch, shared by reference and queries (None without
@@ -487,12 +504,12 @@ class NetworkNeighbors(NetworkEstimator):
         if X_val is not None:
             if exact is None:  # checkpoints: exact rows of their averaged kernel
                 rows = self._cosine_rows(X_val)
-                _, exact_indices = self._search_rows(rows, self.n_neighbors, False)
+                nearest = self._search_rows(rows, self._n_exact_neighbors, False)
             else:
-                exact_indices = exact.indices
+                nearest = exact.similarities, exact.indices
             with flag_scope(report=False):  # reported as its neighbours were found
                 _, found = self.most_similar(X_val)
-            self.recall_ = recall(found, exact_indices)
+            self.recall_ = recall(found, *nearest)
         return self
 
     def _check_labels(self, X, y) -> np.ndarray | None:
@@ -522,8 +539,14 @@ class NetworkNeighbors(NetworkEstimator):
             return None
         ((_, engine),) = engines
         return ExactNeighbors(
-            engine, X_val, self.n_neighbors, self.rtol, self._query_bytes
+            engine, X_val, self._n_exact_neighbors, self.rtol, self._query_bytes
         )
+
+    @property
+    def _n_exact_neighbors(self) -> int:
+        """The exact neighbours gathered for the recall: twice those asked for,
+        so that a search finding others as similar as the last misses nothing."""
+        return min(2 * self.n_neighbors, self.n_samples_fit_)
 
     @property
     def _jacobian_bytes(self) -> float:

@@ -338,6 +338,21 @@ def test_compressing_indexes_give_the_sketches_similarities(index):
     assert (np.diff(sim, axis=1) <= 0).all()
 
 
+def test_recall_counts_either_copy_of_a_duplicated_example():
+    """Every reference example twice: the nearest is either copy."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 4)).astype(np.float32)
+    search = NetworkNeighbors(
+        mlp(4, 2, hidden=16),
+        n_neighbors=1,
+        algorithm="faiss",
+        n_components=16,
+        index="HNSW32",
+        random_state=0,
+    ).fit(np.concatenate([X, X]), X_val=X[:50] + 0.01)
+    assert search.recall_ == 1.0
+
+
 def test_dead_inputs_are_warned_about_once_with_their_rows():
     """Zero inputs of a network without biases have no gradient: the rows
     sketched for the principal directions (a sample past 4 096) and the

@@ -129,19 +129,29 @@ def test_recall_on_a_subsample_of_queries():
     assert len(sample) == 7 and len(np.unique(sample)) == 7
     table = result["neighbors"].sort_values(["index", "rank"])
     found = table["train_index"].to_numpy().reshape(len(X_test), 3)[sample]
-    exact = NetworkNeighbors(prefit_net(), n_neighbors=3, random_state=0)
-    _, exact_rows = exact.fit(X_train).most_similar(X_test[sample])
+    exact = NetworkNeighbors(prefit_net(), n_neighbors=6, random_state=0)
+    nearest = exact.fit(X_train).most_similar(X_test[sample])
     assert result["folds"]["neighbor_recall"].item() == pytest.approx(
-        recall(found, exact_rows)
+        recall(found, *nearest)
     )
     assert "measured on 7 held-out examples" in result.metadata["methods"]["neighbors"]
 
 
 def test_recall_counts_shared_neighbours_whatever_their_order():
     found = np.array([[1, 2, 3], [4, 5, 6]])
-    exact = np.array([[3, 2, 9], [7, 8, 9]])
-    assert recall(found, exact) == pytest.approx(2 / 6)
-    assert recall(exact, exact) == 1.0
+    exact = np.array([[3, 2, 9, 0], [7, 8, 9, 0]])
+    similarities = np.array([[0.9, 0.8, 0.7, 0.1], [0.9, 0.8, 0.7, 0.1]])
+    assert recall(found, similarities, exact) == pytest.approx(2 / 6)
+    assert recall(exact[:, :3], similarities, exact) == 1.0
+
+
+def test_recall_counts_a_neighbour_as_similar_as_the_last_as_found():
+    """A duplicated reference example: either copy is as near."""
+    exact = np.array([[3, 2, 9, 4, 0]])
+    similarities = np.array([[0.9, 0.8, 0.7, 0.7, 0.1]])
+    assert recall(np.array([[2, 3, 4]]), similarities, exact) == 1.0
+    assert recall(np.array([[2, 3, 0]]), similarities, exact) == pytest.approx(2 / 3)
+    assert recall(np.array([[9, 3, 4]]), similarities, exact) == pytest.approx(2 / 3)
 
 
 def test_denoising_stays_on_its_subsample():
