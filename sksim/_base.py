@@ -141,17 +141,10 @@ def _axes(shape):
     return len(shape)
 
 
-# the parameters the engines are made from: fit's values hold until the next fit
-_ENGINE_PARAMS = (
-    "output",
-    "params",
-    "batch_size",
-    "device",
-    "verbose",
-    "max_memory",
-    "checkpoints",
-    "checkpoint_weights",
-)
+# the parameters an engine is made from, in make_engine's order, and the
+# checkpoints': fit's values hold until the next fit
+_ENGINE_PARAMS = ("output", "params", "batch_size", "device", "verbose", "max_memory")
+_CHECKPOINT_PARAMS = ("checkpoints", "checkpoint_weights")
 
 
 class NetworkEstimator(BaseEstimator):
@@ -200,7 +193,8 @@ class NetworkEstimator(BaseEstimator):
             )
         # set_params changes them at the next fit, as it does what fit computed
         self._engine_params = {
-            name: getattr(self, name, None) for name in _ENGINE_PARAMS
+            name: getattr(self, name, None)
+            for name in _ENGINE_PARAMS + _CHECKPOINT_PARAMS
         }
         # built once here, so that later calls leave __dict__ as it is
         self._engine_cache = self._make_engine()
@@ -255,14 +249,7 @@ class NetworkEstimator(BaseEstimator):
             return WeightedEngines([(1.0, self._engine)])
         return make_engines(
             self.net_,
-            settings["checkpoints"],
-            settings["checkpoint_weights"],
-            settings["output"],
-            settings["params"],
-            settings["batch_size"],
-            settings["device"],
-            settings["verbose"],
-            settings["max_memory"],
+            *(settings[name] for name in _CHECKPOINT_PARAMS + _ENGINE_PARAMS),
             validate=False,  # done in fit
             digests=getattr(self, "_checkpoint_digests", None),
         )
@@ -283,15 +270,7 @@ class NetworkEstimator(BaseEstimator):
 
     def _make_engine(self) -> JacobianEngine:
         settings = self._engine_params
-        return make_engine(
-            self.net_,
-            settings["output"],
-            settings["params"],
-            settings["batch_size"],
-            settings["device"],
-            settings["verbose"],
-            settings["max_memory"],
-        )
+        return make_engine(self.net_, *(settings[name] for name in _ENGINE_PARAMS))
 
     def __getstate__(self):
         state = super().__getstate__()

@@ -544,8 +544,10 @@ class NetworkNeighbors(NetworkEstimator):
 
     @property
     def _n_exact_neighbors(self) -> int:
-        """The exact neighbours gathered for the recall: twice those asked for,
-        so that a search finding others as similar as the last misses nothing."""
+        """The exact neighbours gathered for the recall: twice those asked for.
+
+        A search finding others as similar as the last then misses nothing.
+        """
         return min(2 * self.n_neighbors, self.n_samples_fit_)
 
     @property
