@@ -27,7 +27,7 @@ test: $(STAMP) browser
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --durations=15
 
 # A 3-fold audit of a small MLP on scikit-learn's digits with 5 % of the labels flipped
-# on purpose (the report finds them), about 2 minutes on 2 cores, venv aside.
+# on purpose (the report finds them), about 20 seconds on 2 cores, venv aside.
 demo: $(STAMP)
 	MPLBACKEND=Agg $(PY) -m sksim audit --dataset digits --model mlp --cv 3 --label-noise 0.05 --out report.html
 	@echo "Open $(CURDIR)/report.html in a browser to read the audit."

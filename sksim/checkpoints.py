@@ -17,6 +17,8 @@ from skorch.callbacks import Checkpoint
 
 from ._net import _unwrap
 
+__all__ = ["collect_checkpoints"]
+
 TEMPLATE = "params_{last_epoch[epoch]}.pt"
 EXAMPLE = f'Checkpoint(monitor=None, f_params="{TEMPLATE}", dirname=...)'
 

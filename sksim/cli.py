@@ -55,7 +55,7 @@ examples:
   sksim audit --data mydata.npz --module mypkg.models:make_net --out audit.html
   python -m sksim audit --dataset digits --model cnn --analyses density,neighbors
   sksim audit --data big.npz --cache audit-cache --out big.html   # resumable
-  sksim audit --data train.npz --test-data test.npz --model mlp \
+  sksim audit --data train.npz --test-data test.npz --model mlp \\
       --checkpoint mlp.pt --out trained.html   # a trained net, no training
 
 exit status: 0 done, 1 every analysis failed, 2 invalid input, 130 interrupted.

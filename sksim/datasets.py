@@ -104,9 +104,10 @@ def make_planted_modes(
     The first ``n_single`` classes are standard Gaussians; the next ``n_multi``
     are mixtures of ``n_modes`` compact Gaussian clusters (standard deviation
     ``mode_scale`` around centres drawn from a standard Gaussian), rescaled so
-    that every feature has exactly the empirical mean and unit variance of a
-    single-Gaussian class. Each class is then shifted by its own random mean
-    (``class_separation`` times a standard Gaussian vector).
+    that every feature has mean 0 and variance 1 exactly, those a
+    single-Gaussian class has in expectation. Each class is then shifted by
+    its own random mean (``class_separation`` times a standard Gaussian
+    vector).
 
     The defaults are the planted-modes check of the class fitting guide: two
     classes of 300 points in 6 dimensions, one Gaussian and one of 8 modes
