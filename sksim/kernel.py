@@ -284,6 +284,16 @@ def similarity_to_distance(K: ArrayLike) -> np.ndarray:
     (whitened, unit-scaled) Jacobians, so it suits
     ``NearestNeighbors(metric="precomputed")`` and friends.
 
+    Parameters
+    ----------
+    K : array-like
+        Similarities at most 1 (those of the ``"cosine"`` kernel), any shape.
+
+    Returns
+    -------
+    D : ndarray of the shape of ``K``
+        The distances, float64.
+
     Examples
     --------
     >>> import numpy as np

@@ -262,18 +262,46 @@ class ClassConditionalDensity(ClassifierMixin, BaseEstimator):
         return out
 
     def predict_log_proba(self, Z: ArrayLike) -> np.ndarray:
-        """Log posterior class probabilities of the generative classifier."""
+        """Log posterior class probabilities of the generative classifier.
+
+        Parameters
+        ----------
+        Z : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        log_proba : ndarray of shape (n_samples, n_classes)
+        """
         check_is_fitted(self)
         with np.errstate(divide="ignore"):
             joint = self.score_samples(Z) + np.log(self.class_prior_)
         return joint - logsumexp(joint, axis=1, keepdims=True)
 
     def predict_proba(self, Z: ArrayLike) -> np.ndarray:
-        """Posterior class probabilities ``p(C | z)``."""
+        """Posterior class probabilities ``p(C | z)``.
+
+        Parameters
+        ----------
+        Z : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        proba : ndarray of shape (n_samples, n_classes)
+        """
         return np.exp(self.predict_log_proba(Z))
 
     def predict(self, Z: ArrayLike) -> np.ndarray:
-        """``argmax_C log p(z | C) + log p(C)``."""
+        """``argmax_C log p(z | C) + log p(C)``.
+
+        Parameters
+        ----------
+        Z : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        y : ndarray of shape (n_samples,)
+            The classes of ``classes_``.
+        """
         check_is_fitted(self)
         return self.classes_[np.argmax(self.predict_log_proba(Z), axis=1)]
 

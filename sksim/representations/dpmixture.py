@@ -375,11 +375,31 @@ n_features)
         )
 
     def score_samples(self, X: ArrayLike) -> np.ndarray:
-        """Alias of :meth:`log_predictive` (scikit-learn's density API)."""
+        """Alias of :meth:`log_predictive` (scikit-learn's density API).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        log_density : ndarray of shape (n_samples,)
+        """
         return self.log_predictive(X)
 
     def score(self, X: ArrayLike, y: Any = None) -> float:
-        """Mean log predictive density of the rows of X."""
+        """Mean log predictive density of the rows of X.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : None
+            Ignored (scikit-learn's signature).
+
+        Returns
+        -------
+        score : float
+        """
         return float(self.log_predictive(X).mean())
 
     def sample(

@@ -112,6 +112,17 @@ def temperature_range(n: int, cutoff: int = 3) -> tuple[float, float]:
     diffeomorphism: displacement ``n / (pi c)``, comparable to the shortest
     wavelength).
 
+    Parameters
+    ----------
+    n : int
+        The images' side, in pixels.
+    cutoff : int, default=3
+        Highest wave number ``c`` of the deformations, at least 2.
+
+    Returns
+    -------
+    T_min, T_max : float
+
     Examples
     --------
     >>> from sksim.sensitivity import temperature_range
