@@ -293,7 +293,9 @@ def test_plot_without_matplotlib_names_the_extra(data, monkeypatch):
         X, Y[:, 0]
     )
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
-    with pytest.raises(ImportError, match=r"sksim\[plot\]"):
+    with pytest.raises(
+        ImportError, match=r"pip install matplotlib. \(sksim's plot extra\)"
+    ):
         plot_denoising(analysis)
 
 

@@ -194,7 +194,9 @@ def test_sensitivity_figure(small_audit):
 
 def test_missing_matplotlib_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
-    with pytest.raises(ImportError, match=r'pip install "sksim\[plot\]"'):
+    with pytest.raises(
+        ImportError, match=r"pip install matplotlib. \(sksim's plot extra\)"
+    ):
         figures.pyplot()
 
 
