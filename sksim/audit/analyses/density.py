@@ -164,8 +164,8 @@ class Density(Analysis):
         "the fold size). Errors that cluster at low density "
         "are inputs unlike anything the network was trained on (for a "
         "regression, the bins show the mean squared error). Bins are "
-        "equal-size quantile bins of each fold's held-out examples "
-        "(ties split by position)."
+        "quantile bins of each fold's held-out examples, as many in every "
+        "fold; equal densities share a bin."
     )
     figures = (density_histogram, error_by_density)
     report_table = "density_bins_summary"
