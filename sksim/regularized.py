@@ -446,6 +446,18 @@ class SimilarityRegularizedNet(NeuralNet):
         its random draws (same-class partners, random read-outs) are the same
         in every evaluation of its loss: an optimiser such as LBFGS evaluates
         it several times.
+
+        Parameters
+        ----------
+        batch : tuple
+            The batch ``(X, y)`` of skorch's training iterator.
+        **fit_params : dict
+            Passed to the module's ``forward``, as skorch does.
+
+        Returns
+        -------
+        step : dict
+            The loss and predictions, ``{"loss": ..., "y_pred": ...}``, as skorch's.
         """
         step = getattr(self, "similarity_steps_", 0)
         on = self.similarity_weight != 0 and step % self.similarity_every == 0
@@ -800,6 +812,19 @@ class SimilarityRegularizedRegressor(SimilarityRegularizedNet, NeuralNetRegresso
 
         The network's outputs are ``(n, 1)`` for one target: skorch's loss would
         compare them with every sample's target.
+
+        Parameters
+        ----------
+        X : array-like, tensor, dict, Dataset or the output of :func:`with_pairs`
+        y : array-like of shape (n_samples,) or (n_samples, n_targets), default=None
+        classes : None
+            Unused by a regressor (skorch's signature).
+        **fit_params : dict
+            As skorch takes them.
+
+        Returns
+        -------
+        self : object
         """
         if y is not None:
             y = training_targets(self, y)
