@@ -30,7 +30,7 @@ from .normalize import gram_power
 # Elements of the largest intermediate of one pairing step: the (b, m, T, T')
 # products of positions; in the full form, the smaller of those times the d^2
 # output pairs and the (b, m, d, T', O) input products met with one side's signals.
-PAIR_CHUNK_ELEMENTS = 2**25
+PAIR_CHUNK_ELEMENTS = 2**23
 
 
 class PiecesTooLarge(Exception):
@@ -214,7 +214,10 @@ class SharedWeightPiece:
 
     def self_gram(self) -> torch.Tensor:
         HH = self._aligned_input_products(self)
-        return torch.einsum("bctO,beuO,btu->bce", self.delta, self.delta, HH)
+        # the input products met with one side's signals first: (b, T, e, O), the
+        # size of the signals, where the two signals first would take d^2 T^2
+        mixed = torch.einsum("btu,beuO->bteO", HH, self.delta)
+        return torch.einsum("bctO,bteO->bce", self.delta, mixed)
 
     def pair(self, other: SharedWeightPiece | DensePiece, full: bool) -> torch.Tensor:
         if isinstance(other, DensePiece):
@@ -244,10 +247,9 @@ class SharedWeightPiece:
         for start in range(0, len(other), step):
             chunk = other.take(slice(start, start + step))
             HH = self._input_products(chunk)
-            if not full:
-                parts.append(
-                    torch.einsum("ictO,jcuO,ijtu->ij", self.delta, chunk.delta, HH)
-                )
+            if not full:  # the signals' products over each pair of positions
+                products = torch.einsum("ictO,jcuO->ijtu", self.delta, chunk.delta)
+                parts.append(products.mul_(HH).sum(dim=(2, 3)))
             elif signals_first:
                 parts.append(
                     torch.einsum("ictO,jeuO,ijtu->ijce", self.delta, chunk.delta, HH)
