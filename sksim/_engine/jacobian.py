@@ -98,6 +98,7 @@ class JacobianEngine:
         self.output = output
         self.parameters = select_parameters(self.module, params)
         self.batch_size = None if batch_size is None else int(batch_size)
+        self._automatic_batches = batch_size is None
         self.verbose = verbose
         self.max_memory = float("inf") if max_memory is None else int(max_memory)
         self.dtype = module_float_dtype(self.module)
@@ -174,9 +175,10 @@ class JacobianEngine:
             ]
         return torch.cat(parts)
 
-    def _batches(self, X, progress: bool):
-        blocks = batches(X, self.batch_size, self.device, self.dtype)
-        total = -(-n_samples(X) // self.batch_size)
+    def _batches(self, X, progress: bool, size: int | None = None):
+        size = self.batch_size if size is None else size
+        blocks = batches(X, size, self.device, self.dtype)
+        total = -(-n_samples(X) // size)
         show = progress and self.verbose > 0
         return tqdm(blocks, total=total, disable=not show)
 
@@ -261,9 +263,14 @@ class JacobianEngine:
         output leaves its gradients finite).
         """
         self._layer_plan(X)  # sets an automatic batch size
+        size = self.batch_size
+        if self._automatic_batches:  # J materialised, by vmap and whoever reads it
+            element = next(iter(self.parameters.values())).element_size()
+            per_sample = 3 * self.n_outputs(X) * self.n_params * element
+            size = rows_that_fit(self.max_memory / 3, per_sample, size)
         jacobian = self._per_sample_jacobian(list(self.parameters))
         with evaluation_mode(self.module), torch.no_grad():
-            for rows, batch in self._batches(X, progress):
+            for rows, batch in self._batches(X, progress, size):
                 self._call(batch, rows.start)
                 J = torch.cat(jacobian(batch), dim=2)
                 check_finite_rows(J, rows.start, "gradients")
