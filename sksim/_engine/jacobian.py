@@ -19,7 +19,7 @@ from torch.nn.utils import parametrize
 from torch.utils._pytree import tree_map
 from tqdm.auto import tqdm
 
-from .budget import rows_that_fit
+from .budget import readable_bytes, rows_that_fit
 from .capture import LayerCapture, join_name, plan_layers
 from .context import (
     check_device,
@@ -404,8 +404,9 @@ class JacobianEngine:
         if size == 1:
             raise MemoryError(
                 "The gradient pieces of a single sample take more than a third of "
-                f"max_memory ({self.max_memory} bytes): raise max_memory, "
-                "or select fewer parameters (params=) or outputs (output=)."
+                f"max_memory ({readable_bytes(self.max_memory / 3)} of "
+                f"{self.max_memory} bytes): raise max_memory, or select fewer "
+                "parameters (params=) or outputs (output=)."
             )
         self._part_size = (size + 1) // 2
 
