@@ -694,7 +694,7 @@ def load_checkpoint(
             f"{architecture} for {n_outputs} outputs (with --n-classes N when the "
             f"data lack some of the classes it was trained on): {error}"
         ) from error
-    return built if isinstance(built, NeuralNet) and args.module else module
+    return module if args.module is None else built
 
 
 def check_forward(net, X: np.ndarray, args: argparse.Namespace) -> None:
