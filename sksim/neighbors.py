@@ -942,8 +942,8 @@ class NetworkNeighbors(NetworkEstimator):
         if pieces is None:
             return sketch_similarity(F, self.reference_features_)
         reference = self._kept_reference_pieces()
+        ((_, engine),) = self._engines()
         if reference is None:
-            ((_, engine),) = self._engines()
             X = self.X_fit_
             S = streamed_similarities(engine, X, pieces, candidates, self.rtol)
             return lambda rows, columns: S[rows]
@@ -951,7 +951,7 @@ class NetworkNeighbors(NetworkEstimator):
         def similarity(rows, columns):
             rows = torch.as_tensor(rows)
             left = [piece.take(rows) for piece in pieces]
-            return candidate_similarities(left, reference, columns)
+            return candidate_similarities(left, reference, columns, engine.max_memory)
 
         return similarity
 

@@ -34,8 +34,8 @@ STRIP_ELEMENTS = 2**22
 POWERS = {"ntk": (None, None), "cosine": (-0.5, -0.5), "influence": (-1.0, None)}
 
 
-def _pair(left: list, right: list, full: bool) -> torch.Tensor:
-    pairs = (p.pair(q, full) for p, q in zip(left, right, strict=True))
+def _pair(left: list, right: list, full: bool, max_memory: float) -> torch.Tensor:
+    pairs = (p.pair(q, full, max_memory) for p, q in zip(left, right, strict=True))
     total = next(pairs)
     for products in pairs:
         total += products
@@ -146,9 +146,9 @@ class GramReference:
         """Kernel rows of queries given by their pieces, mapped by ``left_power``."""
         b, d = len(left[0]), self.n_outputs
         shape = (b, self.n_samples, d, d) if self.full else (b, self.n_samples)
-        out = np.empty(shape)
+        out, max_memory = np.empty(shape), self.engine.max_memory
         for cols, right in self._reference_blocks():  # widened to float64 as copied
-            copy_to_host(out[:, cols], _pair(left, right, self.full))
+            copy_to_host(out[:, cols], _pair(left, right, self.full, max_memory))
         if self.full:
             return out.transpose(0, 1, 3, 2) if self.kind == "influence" else out
         out /= d
@@ -250,7 +250,8 @@ class GramReference:
             left = [p.take(rows) for p in self._pieces]
             for j in range(i, m, width):
                 cols = slice(j, min(j + width, m))
-                B = _pair(left, [p.take(cols) for p in self._pieces], self.full)
+                right = [p.take(cols) for p in self._pieces]
+                B = _pair(left, right, self.full, self.engine.max_memory)
                 B = (B if self.full or d == 1 else B / d).to(where)
                 if i == j:
                     diagonal = B[:, : rows.stop - i]

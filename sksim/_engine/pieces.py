@@ -27,10 +27,13 @@ import torch
 from .flags import FlaggedRows
 from .normalize import gram_power
 
-# Elements of the largest intermediate of one pairing step: the (b, m, T, T')
-# products of positions; in the full form, the smaller of those times the d^2
-# output pairs and the (b, m, d, T', O) input products met with one side's signals.
+# Elements of the largest intermediate of one pairing step, at most: the
+# (b, m, T, T') products of positions; in the full form, the smaller of those
+# times the d^2 output pairs and the (b, m, d, T', O) input products met with
+# one side's signals. Fewer when a third of max_memory asks for it.
 PAIR_CHUNK_ELEMENTS = 2**23
+# Intermediates of a pairing step's size alive at once.
+PAIR_INTERMEDIATES = 3
 
 
 class PiecesTooLarge(Exception):
@@ -57,6 +60,30 @@ class PieceBudget:
             raise PiecesTooLarge
 
 
+def chunk_elements(max_memory: float, like: torch.Tensor) -> int:
+    """Elements that one intermediate of a pairing step may hold.
+
+    :data:`PAIR_CHUNK_ELEMENTS` at most, fewer when the step's
+    :data:`PAIR_INTERMEDIATES` intermediates of ``like``'s dtype would take
+    more than a third of ``max_memory`` bytes; one at least.
+    """
+    fit = max_memory / (3 * PAIR_INTERMEDIATES * like.element_size())
+    return int(max(1, min(PAIR_CHUNK_ELEMENTS, fit)))
+
+
+def chunks(n_rows: int, n_columns: int, per_pair: int, elements: int):
+    """Yield ``(rows, columns)`` slices of at most ``elements // per_pair`` pairs.
+
+    Whole rows are kept together while they fit, so that wide blocks make
+    few steps; one pair per step at least.
+    """
+    row_step = max(1, min(n_rows, elements // max(1, per_pair)))
+    column_step = max(1, elements // max(1, row_step * per_pair))
+    for i in range(0, n_rows, row_step):
+        for j in range(0, n_columns, column_step):
+            yield slice(i, i + row_step), slice(j, j + column_step)
+
+
 class DensePiece:
     """Materialised per-sample gradients ``(b, d, q)`` of some parameters."""
 
@@ -81,7 +108,13 @@ class DensePiece:
     def self_gram(self) -> torch.Tensor:
         return self.grad @ self.grad.transpose(1, 2)
 
-    def pair(self, other: DensePiece | SharedWeightPiece, full: bool) -> torch.Tensor:
+    def pair(
+        self, other: DensePiece | SharedWeightPiece, full: bool, max_memory: float
+    ) -> torch.Tensor:
+        """Products of all pairs, ``(b, m)``, or ``(b, m, d, e)`` when ``full``.
+
+        No intermediate is larger than the result, whatever ``max_memory``.
+        """
         other = dense(other)
         if full:
             return torch.einsum("icq,jeq->ijce", self.grad, other.grad)
@@ -93,10 +126,12 @@ class DensePiece:
         other: DensePiece | SharedWeightPiece,
         rows: torch.Tensor,
         columns: torch.Tensor,
+        max_memory: float,
     ) -> torch.Tensor:
         """``tr(g_i g'_j^T)`` of the pairs ``(rows[p], columns[p])``, ``(P,)``.
 
-        The pairs are in the order of :func:`pair_products`.
+        The pairs are in the order of :func:`pair_products`; no intermediate
+        is larger than the result, whatever ``max_memory``.
         """
         other = dense(other)
         return pair_products(self.grad.flatten(1), other.grad.flatten(1), rows, columns)
@@ -219,11 +254,19 @@ class SharedWeightPiece:
         mixed = torch.einsum("btu,beuO->bteO", HH, self.delta)
         return torch.einsum("bctO,bteO->bce", self.delta, mixed)
 
-    def pair(self, other: SharedWeightPiece | DensePiece, full: bool) -> torch.Tensor:
+    def pair(
+        self, other: SharedWeightPiece | DensePiece, full: bool, max_memory: float
+    ) -> torch.Tensor:
+        """Products of all pairs, ``(b, m)``, or ``(b, m, d, e)`` when ``full``.
+
+        Pairs of positions are met in steps whose intermediates take a third
+        of ``max_memory`` at most (see :func:`chunk_elements`), each written
+        into the result as it is made.
+        """
         if isinstance(other, DensePiece):
-            return dense(self).pair(other, full)
-        b, T = self.h.shape[:2]
-        T_other = other.h.shape[1]
+            return dense(self).pair(other, full, max_memory)
+        b, m = len(self), len(other)
+        T, T_other = self.h.shape[1], other.h.shape[1]
         if T == 1 and T_other == 1 and not self.tokens:
             HH = self._with_bias(self.h[:, 0] @ other.h[:, 0].T)
             if full:
@@ -232,47 +275,53 @@ class SharedWeightPiece:
                 )
                 return DD * HH[:, :, None, None]
             D = self.delta.reshape(b, -1)
-            return (D @ other.delta.reshape(len(other), -1).T).mul_(HH)
+            return (D @ other.delta.reshape(m, -1).T).mul_(HH)
+        d, e, o = self.delta.shape[1], other.delta.shape[1], self.delta.shape[3]
         if full:
             # contract first what makes the smaller tensor per pair: the products
             # of the signals over each pair of positions (d e T T'), or the
             # input products met with this side's signals (d T' O)
-            d, e, o = self.delta.shape[1], other.delta.shape[1], self.delta.shape[3]
             signals_first = e * T <= o
             per_pair = T_other * max(T, d * (e * T if signals_first else o))
+            out = self.delta.new_empty((b, m, d, e))
         else:  # the products of the signals over each pair of positions
             per_pair = T * T_other
-        step = max(1, PAIR_CHUNK_ELEMENTS // max(1, b * per_pair))
-        parts = []
-        for start in range(0, len(other), step):
-            chunk = other.take(slice(start, start + step))
-            HH = self._input_products(chunk)
-            if not full:  # the signals' products over each pair of positions
-                products = torch.einsum("ictO,jcuO->ijtu", self.delta, chunk.delta)
-                parts.append(products.mul_(HH).sum(dim=(2, 3)))
+            out = self.delta.new_empty((b, m))
+        # written into out step by step: results of many small steps collected
+        # and joined at the end leave the steps' large blocks fragmented
+        elements = chunk_elements(max_memory, self.delta)
+        for rows, columns in chunks(b, m, per_pair, elements):
+            query, chunk = self.take(rows), other.take(columns)
+            HH = query._input_products(chunk)
+            if not full:
+                products = torch.einsum("ictO,jcuO->ijtu", query.delta, chunk.delta)
+                torch.sum(products.mul_(HH), dim=(2, 3), out=out[rows, columns])
             elif signals_first:
-                parts.append(
-                    torch.einsum("ictO,jeuO,ijtu->ijce", self.delta, chunk.delta, HH)
+                out[rows, columns] = torch.einsum(
+                    "ictO,jeuO,ijtu->ijce", query.delta, chunk.delta, HH
                 )
             else:
-                mixed = torch.einsum("ictO,ijtu->ijcuO", self.delta, HH)
-                parts.append(torch.einsum("ijcuO,jeuO->ijce", mixed, chunk.delta))
-        return torch.cat(parts, dim=1)
+                mixed = torch.einsum("ictO,ijtu->ijcuO", query.delta, HH)
+                out[rows, columns] = torch.einsum(
+                    "ijcuO,jeuO->ijce", mixed, chunk.delta
+                )
+        return out
 
     def paired(
         self,
         other: SharedWeightPiece | DensePiece,
         rows: torch.Tensor,
         columns: torch.Tensor,
+        max_memory: float,
     ) -> torch.Tensor:
         """``tr(dW_i dW'_j^T)`` of the pairs ``(rows[p], columns[p])``, ``(P,)``.
 
         The pairs are in the order of :func:`pair_products`. Layers of one
         position give two such products; others copy the samples of a few
-        pairs at a time.
+        pairs at a time, as many as fit in a third of ``max_memory``.
         """
         if isinstance(other, DensePiece):
-            return dense(self).paired(other, rows, columns)
+            return dense(self).paired(other, rows, columns, max_memory)
         T, T_other = self.h.shape[1], other.h.shape[1]
         if T == 1 and T_other == 1 and not self.tokens:
             HH = pair_products(self.h[:, 0], other.h[:, 0], rows, columns)
@@ -280,14 +329,17 @@ class SharedWeightPiece:
                 self.delta.flatten(1), other.delta.flatten(1), rows, columns
             )
             return self._with_bias(HH).mul_(D)
-        step = max(1, PAIR_CHUNK_ELEMENTS // max(1, T * T_other))
-        parts = []
-        for start in range(0, len(rows), step):
-            query = self.take(rows[start : start + step])
-            match = other.take(columns[start : start + step])
+        # per pair: the positions' input products and the two samples' signals
+        d, o = self.delta.shape[1], self.delta.shape[3]
+        per_pair = max(T * T_other, d * o * max(T, T_other))
+        out = self.delta.new_empty(len(rows))
+        elements = chunk_elements(max_memory, self.delta)
+        for _, pairs in chunks(1, len(rows), per_pair, elements):
+            query = self.take(rows[pairs])
+            match = other.take(columns[pairs])
             HH = query._aligned_input_products(match)
-            parts.append(torch.einsum("idtO,iduO,itu->i", query.delta, match.delta, HH))
-        return torch.cat(parts) if parts else self.delta.new_zeros(0)
+            out[pairs] = torch.einsum("idtO,iduO,itu->i", query.delta, match.delta, HH)
+        return out
 
     @property
     def width(self) -> int:

@@ -151,28 +151,39 @@ def whitened_bytes(engine: JacobianEngine, X, rtol: float) -> int:
     return nbytes_of(pieces)
 
 
-def candidate_similarities(left: list, right: list, columns: np.ndarray) -> np.ndarray:
+def candidate_similarities(
+    left: list, right: list, columns: np.ndarray, max_memory: float
+) -> np.ndarray:
     """Exact ``k^C(x_i, y_j)`` for each ``j`` of ``columns[i]``, float32 ``(b, c)``.
 
     ``left`` and ``right`` are whitened pieces of the queries and of the
     reference set (as :class:`~.pieces.KeptPieces` keeps them); each row of
-    ``columns`` must be sorted.
+    ``columns`` must be sorted. The pairing's intermediates take a third of
+    ``max_memory`` at most.
     """
     device = left[0].signal.device
     columns = torch.as_tensor(columns, dtype=torch.int64, device=device)
     rows, flat = rectangular_pairs(columns)
-    return pair_similarities(left, right, rows, flat).reshape(columns.shape)
+    pairs = pair_similarities(left, right, rows, flat, max_memory)
+    return pairs.reshape(columns.shape)
 
 
 def pair_similarities(
-    left: list, right: list, rows: torch.Tensor, columns: torch.Tensor
+    left: list,
+    right: list,
+    rows: torch.Tensor,
+    columns: torch.Tensor,
+    max_memory: float,
 ) -> np.ndarray:
     """Exact ``k^C`` of the pairs ``(rows[p], columns[p])``, float32 ``(P,)``.
 
     Rows of the whitened pieces ``left`` and ``right``, in the order of
-    :func:`~.pieces.pair_products`.
+    :func:`~.pieces.pair_products`; the pairing's intermediates take a third
+    of ``max_memory`` at most.
     """
-    total = sum(p.paired(q, rows, columns) for p, q in zip(left, right, strict=True))
+    total = sum(
+        p.paired(q, rows, columns, max_memory) for p, q in zip(left, right, strict=True)
+    )
     return (total / left[0].signal.shape[1]).float().cpu().numpy()
 
 
@@ -216,6 +227,7 @@ def streamed_similarities(
                     pieces,
                     torch.as_tensor(query[pairs], device=device),
                     torch.as_tensor(position[pairs] - rows.start, device=device),
+                    engine.max_memory,
                 )
     return out
 

@@ -31,7 +31,7 @@ def test_candidate_similarities_match_the_oracle(name, factorised, monkeypatch):
     queries = [p.take(slice(1, 5)) for p in reference]
     rng = np.random.default_rng(0)
     columns = np.sort([rng.choice(len(X), 3, replace=False) for _ in range(4)], axis=1)
-    found = candidate_similarities(queries, reference, columns)
+    found = candidate_similarities(queries, reference, columns, engine.max_memory)
     expected = np.take_along_axis(K[1:5], columns, axis=1)
     np.testing.assert_allclose(found, expected, rtol=1e-6, atol=1e-7)
 
@@ -63,7 +63,7 @@ def test_pairs_of_many_positions_go_a_few_queries_at_a_time(monkeypatch):
     reference = whitened(JacobianEngine(module, batch_size=6), X).pieces
     columns = np.tile(np.arange(len(X)), (len(X), 1))
     monkeypatch.setattr(pieces_module, "PAIR_CHUNK_ELEMENTS", 1)  # one query a time
-    found = candidate_similarities(reference, reference, columns)
+    found = candidate_similarities(reference, reference, columns, float("inf"))
     np.testing.assert_allclose(found, K, rtol=1e-6, atol=1e-7)
 
 

@@ -17,6 +17,8 @@ from sksim._engine.pieces import (
     materialize,
 )
 
+INF = float("inf")  # no max_memory
+
 
 @pytest.mark.parametrize("T", [1, 7])
 @pytest.mark.parametrize("bias", [False, True])
@@ -30,13 +32,13 @@ def test_factorised_and_materialised_pieces_agree(T, bias):
     assert fa.width == ma.width == 3 * (4 + bias)
     for full in (True, False):
         torch.testing.assert_close(
-            fa.pair(fb, full), ma.pair(mb, full), rtol=1e-4, atol=1e-4
+            fa.pair(fb, full, INF), ma.pair(mb, full, INF), rtol=1e-4, atol=1e-4
         )
     torch.testing.assert_close(fa.self_gram(), ma.self_gram(), rtol=1e-4, atol=1e-4)
     W = torch.randn(5, 2, 2, generator=g)
     torch.testing.assert_close(
-        fa.transform(W).pair(fb, False),
-        ma.transform(W).pair(mb, False),
+        fa.transform(W).pair(fb, False, INF),
+        ma.transform(W).pair(mb, False, INF),
         rtol=1e-4,
         atol=1e-4,
     )
@@ -79,7 +81,9 @@ def test_full_pairs_are_chunked_by_their_largest_product(monkeypatch):
         torch.randn(m, T, 4, generator=g), torch.randn(m, d, T, o, generator=g)
     )
     dense = {
-        full: materialize(a.h, a.delta).pair(materialize(other.h, other.delta), full)
+        full: materialize(a.h, a.delta).pair(
+            materialize(other.h, other.delta), full, INF
+        )
         for full in (False, True)
     }
     # the scalar form's T T' = 49 products per pair: every column at once;
@@ -93,6 +97,42 @@ def test_full_pairs_are_chunked_by_their_largest_product(monkeypatch):
     for full, n_chunks in ((False, 1), (True, 3)):  # m = 5 columns, 2 at a time
         calls.clear()
         torch.testing.assert_close(
-            a.pair(other, full), dense[full], rtol=1e-4, atol=1e-4
+            a.pair(other, full, INF), dense[full], rtol=1e-4, atol=1e-4
         )
         assert sum(equation.startswith("ictO") for equation in calls) == n_chunks
+
+
+@pytest.mark.parametrize("tokens", [False, True])
+def test_pairs_take_a_third_of_max_memory_in_rows_and_columns(tokens, monkeypatch):
+    """A small max_memory splits both sides: the queries' rows as well as the
+    reference's columns, whatever the number of rows; values are unchanged."""
+    g = torch.Generator().manual_seed(0)
+    b, m, T, d, o = 5, 4, 7, 2, 3
+    h = (
+        torch.randint(0, 6, (b + m, T), generator=g)
+        if tokens
+        else (torch.randn(b + m, T, 4, generator=g))
+    )
+    delta = torch.randn(b + m, d, T, o, generator=g)
+    both = SharedWeightPiece(h, delta, n_tokens=6 if tokens else None)
+    a, other = both.take(slice(0, b)), both.take(slice(b, None))
+    dense = materialize(both.dense_inputs, delta)
+    expected = dense.take(slice(0, b)).pair(dense.take(slice(b, None)), False, INF)
+    calls = []
+    einsum = torch.einsum
+    monkeypatch.setattr(
+        torch, "einsum", lambda *args: calls.append(args[:2]) or einsum(*args)
+    )
+    # room for 2 pairs' T T' = 49 products of positions in each of the step's
+    # intermediates: 2 rows by 1 column, 3 x 4 steps
+    max_memory = 3 * pieces_module.PAIR_INTERMEDIATES * 4 * 2 * T * T
+    found = a.pair(other, False, max_memory)
+    torch.testing.assert_close(found, expected, rtol=1e-4, atol=1e-4)
+    signals = [left.shape for equation, left in calls if equation.startswith("ictO")]
+    assert len(signals) == 12 and max(shape[0] for shape in signals) == 2
+    # chosen pairs: 2 at a time (their signals, d T O = 42 per pair, fit too)
+    rows, columns = torch.tensor([0, 0, 3, 4, 4]), torch.tensor([1, 3, 0, 2, 3])
+    calls.clear()
+    found = a.paired(other, rows, columns, max_memory)
+    torch.testing.assert_close(found, expected[rows, columns], rtol=1e-4, atol=1e-4)
+    assert sum(equation.startswith("idtO") for equation, _ in calls) == 3
