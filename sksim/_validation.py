@@ -280,11 +280,6 @@ def skorch_training_data(
     (their dtype and shape as the net's loss takes them, read by position),
     and paired with the items' inputs.
     """
-    if y is not None and len(y) != len(dataset):
-        raise ValueError(
-            f"X has {len(dataset)} items but y has {len(y)} labels: pass one "
-            "label per item, or y=None to use the labels of (x, y) items."
-        )
     labels = dataset_targets(dataset) if y is None else y
     if labels is None:
         raise ValueError(
@@ -300,6 +295,11 @@ class LabelledDataset(Dataset):
     """The inputs of ``dataset`` with the labels ``y``: items ``(x_i, y_i)``."""
 
     def __init__(self, dataset: Dataset, y):
+        if len(y) != len(dataset):
+            raise ValueError(
+                f"X has {len(dataset)} items but y has {len(y)} labels: pass one "
+                "label per item, or y=None to use the labels of (x, y) items."
+            )
         self.dataset, self.y = dataset, np.asarray(y)  # read by position
 
     def __len__(self) -> int:

@@ -197,7 +197,7 @@ class NetworkKernel(Kernel):
 
         Parameters
         ----------
-        X : array-like of shape (n_X, ...), tensor, or dict of them
+        X : array-like of shape (n_X, ...), tensor, dict of them, or Dataset
             Inputs, in the shape the network accepts.
         Y : same as X, default=None
             Second inputs; None means ``Y = X``, and the kernel is then exactly
@@ -237,7 +237,7 @@ class NetworkKernel(Kernel):
 
         Parameters
         ----------
-        X : array-like of shape (n_X, ...), tensor, or dict of them
+        X : array-like of shape (n_X, ...), tensor, dict of them, or Dataset
             Inputs, in the shape the network accepts.
 
         Returns

@@ -508,7 +508,9 @@ class LabelIssueDetector(NetworkEstimator):
             X = labelled(X, y)  # skorch reads a dataset's items as (x, y)
             probabilities = self._net_probabilities(self.net_, X)
             y = self._output_targets(y, probabilities.shape[1])
-            P, similarities, indices, rankings = self._prefit_signals(X, probabilities)
+            P, similarities, indices, rankings = self._prefit_signals(
+                X, y, probabilities
+            )
         else:
             y = self._encode_targets(y)
             X = labelled(X, y)
@@ -590,9 +592,10 @@ class LabelIssueDetector(NetworkEstimator):
         self.classes_ = classes
         return np.array([outputs[label] for label in labels.tolist()])[inverse]
 
-    def _prefit_signals(self, X, probabilities):
+    def _prefit_signals(self, X, y, probabilities):
         n_neighbors = self._n_neighbors(n_samples(X) - 1)
-        search = self._search(self.net_, X, n_neighbors).fit(X)
+        # the labels given: a dataset's would be read in a pass over its items
+        search = self._search(self.net_, X, n_neighbors).fit(X, y)
         P, similarities, indices = self._signals(
             self.net_, search, None, n_neighbors, len(self.classes_), probabilities
         )
@@ -613,7 +616,7 @@ class LabelIssueDetector(NetworkEstimator):
             X_train = take(X, train)
             seed = None if self.random_state is None else int(seed)
             net = fit_net(untrained_clone(self.net, seed), X_train, y[train], seed)
-            search = self._search(net, X_train, n_neighbors).fit(X_train)
+            search = self._search(net, X_train, n_neighbors).fit(X_train, y[train])
             P[test], similarities[test], found = self._signals(
                 net, search, take(X, test), n_neighbors, len(self.classes_)
             )

@@ -52,7 +52,8 @@ from torch.utils._pytree import tree_map
 
 from ._engine.context import evaluation_mode, torch_seed
 from ._engine.differentiable import per_sample_gradients
-from ._engine.inputs import n_samples, take
+from ._engine.inputs import is_dataset, module_float_dtype, n_samples, take
+from ._engine.inputs import to_tensor as read_tensors
 from ._engine.selection import select_output, select_parameters
 from ._net import training_targets
 from ._pairs import (
@@ -65,7 +66,12 @@ from ._pairs import (
     with_pairs,
 )
 from ._typing import NetInput, Self
-from ._validation import check_net_input, check_positive_int
+from ._validation import (
+    check_net_input,
+    check_positive_int,
+    given_or_item_labels,
+    labelled,
+)
 
 __all__ = [
     "SimilarityRegularizedClassifier",
@@ -412,7 +418,11 @@ class SimilarityRegularizedNet(NeuralNet):
         classes: ArrayLike | None = None,
         **fit_params: Any,
     ) -> Self:
-        """Fit as skorch does; ``X`` may carry pairs (see :func:`with_pairs`)."""
+        """Fit as skorch does; ``X`` may carry pairs (see :func:`with_pairs`).
+
+        A dataset's items are ``x`` or ``(x, y)``; a ``y`` given replaces the
+        items' labels (skorch alone would train on the items' own).
+        """
         self._check_similarity_params()
         if (
             self.similarity_pairs == "given"
@@ -431,6 +441,8 @@ class SimilarityRegularizedNet(NeuralNet):
                 'pass similarity_pairs="given" to train on them, or fit on X '
                 "without pairs."
             )
+        if y is not None:
+            X = labelled(X, y)
         return super().partial_fit(X, y, classes=classes, **fit_params)
 
     # -- skorch hooks ---------------------------------------------------------
@@ -627,9 +639,11 @@ class SimilarityRegularizedNet(NeuralNet):
 
         Parameters
         ----------
-        X : array-like, tensor, dict, or the output of :func:`with_pairs`
+        X : array-like, tensor, dict, Dataset, or the output of :func:`with_pairs`
+            A dataset's items are ``x`` or ``(x, y)``, read a batch at a time.
         y : array-like of shape (n_samples,), default=None
-            Labels (needed by ``"same_class"`` and ``"posnegflat"``).
+            Labels (needed by ``"same_class"`` and ``"posnegflat"``); None
+            takes those of a dataset's ``(x, y)`` items.
         random_state : int or None, default=None
             Seeds the partner draw and a random read-out.
         batch_size : int, default=64
@@ -647,13 +661,14 @@ class SimilarityRegularizedNet(NeuralNet):
         self._check_similarity_params()
         X = check_net_input(X)
         n = n_samples(X)
+        y = given_or_item_labels(X, y)
         if y is not None:
             y = np.asarray(y)
             if len(y) != n:
                 raise ValueError(f"X has {n} samples but y has {len(y)}.")
         probe = strip_pairs(X)
         with evaluation_mode(self.module_), torch.no_grad():
-            n_outputs = _n_outputs(self.infer(take(probe, slice(0, 1))))
+            n_outputs = _n_outputs(self.infer(self._rows(probe, slice(0, 1))))
         check_positive_int(batch_size, "batch_size")
         size = batch_size
         parts = []
@@ -664,8 +679,8 @@ class SimilarityRegularizedNet(NeuralNet):
                 for i in range(0, anchor.shape[0], size):
                     a, b = anchor[i : i + size].numpy(), partner[i : i + size].numpy()
                     pairs = _pairs_of(
-                        to_tensor(take(probe, a), self.device),
-                        to_tensor(take(probe, b), self.device),
+                        to_tensor(self._rows(probe, a), self.device),
+                        to_tensor(self._rows(probe, b), self.device),
                         to_tensor(labels[a], self.device),
                     )
                     parts.append(self._cosines(pairs, n_outputs, None, False))
@@ -673,7 +688,7 @@ class SimilarityRegularizedNet(NeuralNet):
                 for i in range(0, n, size):
                     parts.append(
                         self.batch_pair_cosines(
-                            take(X, slice(i, i + size)),
+                            self._rows(X, slice(i, i + size)),
                             None if y is None else y[i : i + size],
                             n_outputs,
                         )
@@ -684,6 +699,13 @@ class SimilarityRegularizedNet(NeuralNet):
         cos = torch.cat(parts).numpy().astype(np.float64)
         numbers = carried_pair_numbers(X)  # ranked: X may hold some rows only
         return cos if numbers is None else cos[np.argsort(numbers, kind="stable")]
+
+    def _rows(self, X, index):
+        """Rows ``index`` of ``X``; a dataset's as tensors read from its items."""
+        if not is_dataset(X):
+            return take(X, index)
+        dtype = module_float_dtype(self.module_)
+        return read_tensors(take(X, index), self.device, dtype)
 
 
 def _pairs_of(first_inputs, second_inputs, labels):

@@ -22,13 +22,20 @@ from sksim import (
     GradientDensityEstimator,
     LabelIssueDetector,
     NetworkSimilarityKernel,
+    SimilarityRegularizedClassifier,
     gradient_features,
     network_similarity,
 )
 from sksim._engine.inputs import batches, take
+from sksim.audit import audit
 from sksim.denoising import SelfDenoisingAnalysis
 from sksim.neighbors import NetworkNeighbors
-from sksim.representations import extract_representations, memorization_scores
+from sksim.representations import (
+    DirichletProcessGaussianMixture,
+    class_fitting_report,
+    extract_representations,
+    memorization_scores,
+)
 
 N, BATCH = 30, 7
 EXACT = dict(rtol=0, atol=1e-10)
@@ -527,3 +534,106 @@ def test_representations_of_datasets_equal_arrays(data, net):
     got = extract_representations(net, Pairs(X, y), "hidden", batch_size=BATCH)
     expected = extract_representations(net, X, "hidden", batch_size=BATCH)
     np.testing.assert_array_equal(got["hidden"], expected["hidden"])
+
+
+def regularized(**kwargs):
+    params = dict(
+        module=KeywordMLP,
+        module__dtype=torch.float32,
+        criterion=torch.nn.CrossEntropyLoss,
+        max_epochs=2,
+        lr=0.1,
+        batch_size=8,
+        train_split=None,
+        verbose=0,
+        similarity_weight=0.5,
+    )
+    return SimilarityRegularizedClassifier(**(params | kwargs))
+
+
+def trained_weights(net, X, y):
+    torch.manual_seed(0)
+    net.fit(X, y)
+    return [p.detach().clone() for p in net.module_.parameters()]
+
+
+def test_regularized_net_trains_on_the_labels_given_with_a_dataset(data):
+    """A y given replaces the items' labels, and gives labels to x-only items."""
+    X, y = data
+    X = X.astype(np.float32)
+    other = 1 - y
+    expected = trained_weights(regularized(), X, other)
+    for dataset in (Pairs(X, y), Dicts(X)):
+        got = trained_weights(regularized(), dataset, other)
+        for a, b in zip(got, expected, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    own = trained_weights(regularized(), Pairs(X, y), None)
+    assert not torch.allclose(own[0], expected[0])  # trained on the items' labels
+
+
+def test_regularized_pair_similarity_of_datasets_equals_arrays(data):
+    X, y = data
+    X = X.astype(np.float32)
+    net = regularized()
+    net.fit(X, y)
+    expected = net.pair_similarity(X, y, random_state=0, batch_size=BATCH)
+    for dataset, given in [(Pairs(X, y), None), (Dicts(X), y)]:
+        got = net.pair_similarity(dataset, given, random_state=0, batch_size=BATCH)
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="same_class"):
+        net.pair_similarity(Dicts(X), random_state=0)
+
+
+def test_class_fitting_report_takes_labels_from_dataset_items(data, net):
+    X, y = data
+    mixture = DirichletProcessGaussianMixture(backend="variational")
+    options = dict(n_components=3, mixture=mixture, n_bins=3, random_state=0)
+    expected = class_fitting_report(net, X, y, "hidden", **options)
+    got = class_fitting_report(net, Pairs(X, y), None, "hidden", **options)
+    for name in ("classes", "splits", "bins"):
+        for column in expected[name]:
+            np.testing.assert_array_equal(got[name][column], expected[name][column])
+    with pytest.raises(ValueError, match="or a Dataset of \\(x, y\\) items"):
+        class_fitting_report(net, Dicts(X), None, "hidden", **options)
+
+
+def test_audit_reads_held_out_items_in_the_class_fitting_batches(data):
+    """The held-out examples' representations are read in the batches the
+    class fitting's options ask for, as the net's own predictions are."""
+    X, y = data
+    X = X.astype(np.float32)
+    net = classifier(train_split=None, batch_size=4).fit(X, y)
+    held_out = Counting(X, y)
+    options = dict(class_fitting=dict(n_components=3, n_bins=3, batch_size=4))
+    audit(
+        net,
+        X,
+        y,
+        cv="prefit",
+        analyses=["class_fitting"],
+        X_test=held_out,
+        y_test=y,
+        layers=["hidden"],
+        options=options,
+        errors="raise",
+    )
+    assert held_out.reads >= N and 1 <= held_out.max_alive <= 4
+
+
+def test_audit_reads_datasets_without_a_batch_size_by_bytes(data, monkeypatch):
+    """The cache's fingerprint and the tabular examples' moments read as many
+    items as fit in READ_BYTES (measured on the first item), not a count."""
+    from sksim.audit import _examples, cache
+
+    X, y = data
+    # three features, read as float64 for the fingerprint, float32 for moments
+    monkeypatch.setattr(cache, "READ_BYTES", 4 * 3 * 8)
+    monkeypatch.setattr(_examples, "READ_BYTES", 2 * 3 * 4)
+    ds = Counting(X, y)
+    assert cache.dataset_fingerprint(ds) == cache.dataset_fingerprint(Pairs(X, y))
+    assert ds.reads > N and ds.max_alive == 4
+    ds = Counting(X, y)
+    mean, std = _examples._moments(ds)
+    np.testing.assert_allclose(mean, X.mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(std, X.std(axis=0), rtol=1e-5)
+    assert ds.reads > 2 * N and ds.max_alive == 2

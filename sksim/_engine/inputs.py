@@ -19,6 +19,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset, default_collate
 
+# Bytes of a dataset's inputs read at once where no batch size is given.
+READ_BYTES = 2**26
+
 
 def is_dataset(X) -> bool:
     """Whether ``X`` is a torch dataset (read item by item)."""
@@ -122,6 +125,17 @@ def batches(
                 "hold inputs of one shape (pad sequences to one length)."
             )
         yield rows, batch
+
+
+def read_batch_size(dataset: Dataset, max_bytes: float, float_dtype) -> int:
+    """Items of ``dataset`` whose inputs, as tensors, take ``max_bytes`` at most.
+
+    Measured on the first item; one item at least, all of them at most.
+    """
+    first = _read(dataset, [0], torch.device("cpu"), float_dtype)
+    tensors = first.values() if isinstance(first, Mapping) else [first]
+    item_bytes = sum(t.numel() * t.element_size() for t in tensors)
+    return int(max(1, min(len(dataset), max_bytes // max(item_bytes, 1))))
 
 
 def _sample_shape(batch) -> tuple | dict:

@@ -13,7 +13,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .._engine.inputs import batches, is_dataset, n_samples, take, to_tensor
+from .._engine.inputs import (
+    READ_BYTES,
+    batches,
+    is_dataset,
+    n_samples,
+    read_batch_size,
+    take,
+    to_tensor,
+)
 from .._validation import sample_shape
 from ..density import COUNT_FLOOR
 from . import _render
@@ -132,15 +140,16 @@ def _flat(X) -> np.ndarray:
     return np.asarray(X).reshape(n, -1)
 
 
-def _moments(X, batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+def _moments(X) -> tuple[np.ndarray, np.ndarray]:
     """Mean and standard deviation of each feature.
 
-    A dataset's come from two passes over its batches (the mean, then the
-    squared deviations from it), so that it is never read whole.
+    A dataset's come from two passes over its batches of 64 MiB (the mean,
+    then the squared deviations from it), so that it is never read whole.
     """
     if not is_dataset(X):
         flat = _flat(X)
         return flat.mean(axis=0), flat.std(axis=0)
+    batch_size = read_batch_size(X, READ_BYTES, torch.float32)
 
     def blocks():
         cpu = torch.device("cpu")

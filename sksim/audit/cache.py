@@ -17,7 +17,7 @@ from sklearn.base import clone
 from torch.utils.data import Dataset
 
 from .. import __version__
-from .._engine.inputs import batches, is_dataset
+from .._engine.inputs import READ_BYTES, batches, is_dataset, read_batch_size
 from .._net import _unwrap
 from .._typing import NetLike
 from .prefit import weights_fingerprint
@@ -57,12 +57,13 @@ def net_fingerprint(net: NetLike) -> str:
         ) from error
 
 
-def dataset_fingerprint(dataset: Dataset, batch_size: int = 4096) -> str:
-    """A hash of the inputs of a dataset's items, read in batches.
+def dataset_fingerprint(dataset: Dataset) -> str:
+    """A hash of the inputs of a dataset's items, read in batches of 64 MiB.
 
     By content: a pickled dataset of tensors hashes differently every time.
     """
     hashes = []
+    batch_size = read_batch_size(dataset, READ_BYTES, torch.float64)
     for _, batch in batches(dataset, batch_size, torch.device("cpu"), torch.float64):
         if isinstance(batch, Mapping):
             batch = {key: value.numpy() for key, value in sorted(batch.items())}

@@ -41,8 +41,9 @@ def extract_representations(
     ----------
     net : skorch net, FrozenEstimator or torch.nn.Module
         A trained network.
-    X : array-like, tensor or dict of them
-        Inputs, in the shape the network accepts.
+    X : array-like, tensor, dict of them, or Dataset
+        Inputs, in the shape the network accepts; a map-style torch
+        ``Dataset`` of ``x`` or ``(x, y)`` items is read a batch at a time.
     layers : str or list of str
         Module names as in ``module.named_modules()`` (e.g. ``"layer3"`` for
         the output of a residual stage, after its residual sum), ``torch.fx``

@@ -12,6 +12,7 @@ from sklearn.utils import Bunch
 
 from .._net import fit_net
 from .._typing import NetInput, NetLike
+from .._validation import given_or_item_labels
 from .class_density import ClassConditionalDensity, _as_table
 from .dpmixture import DirichletProcessGaussianMixture
 from .extract import extract_representations
@@ -84,7 +85,7 @@ def _concat(tables):
 def class_fitting_report(
     net: NetLike,
     X: NetInput,
-    y: ArrayLike,
+    y: ArrayLike | None,
     layers: str | Sequence[str],
     n_components: int | float | Mapping[str, int | float | None] | None = 16,
     mixture: DirichletProcessGaussianMixture | None = None,
@@ -113,10 +114,11 @@ def class_fitting_report(
     ----------
     net : skorch net, FrozenEstimator or torch.nn.Module
         The network; an unfitted skorch net is first trained on ``X, y``.
-    X : array-like, tensor or dict
-        Training inputs.
-    y : array-like of shape (n_samples,)
-        Labels.
+    X : array-like, tensor, dict of them, or Dataset
+        Training inputs; a map-style torch ``Dataset`` of ``x`` or ``(x, y)``
+        items is read a batch at a time.
+    y : array-like of shape (n_samples,) or None
+        Labels; None takes those of a dataset's ``(x, y)`` items.
     layers : str or list of str
         Stage module names (outputs after the residual sum).
     n_components : int, float, None or dict, default=16
@@ -173,6 +175,11 @@ def class_fitting_report(
     (['0', '1'], [0, 1, 2, 3])
     """
     layers = [layers] if isinstance(layers, str) else list(layers)
+    y = given_or_item_labels(X, y)
+    if y is None:
+        raise ValueError(
+            "class_fitting_report needs labels: pass y, or a Dataset of (x, y) items."
+        )
     y = np.asarray(y)
     net = fit_net(net, X, y, random_state)
     reps = extract_representations(

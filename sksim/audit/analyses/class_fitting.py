@@ -243,7 +243,9 @@ class ClassFitting(Analysis):
         )
         test_mean, test_accuracy = _held_out_columns(
             report,
-            extract_representations(fold.net, fold.X_test, layers),
+            extract_representations(
+                fold.net, fold.X_test, layers, **_reading_options(options)
+            ),
             fold.y_test,
             layers,
         )
@@ -270,3 +272,13 @@ class ClassFitting(Analysis):
                 ["train_mean_log_density", "test_mean_log_density"],
             )
         )
+
+
+def _reading_options(options: Mapping[str, Any]) -> dict:
+    """The options of :func:`class_fitting_report` that say how inputs are read.
+
+    The held-out examples' representations are extracted as the training
+    examples' are.
+    """
+    names = ("pool", "batch_size", "device", "verbose")
+    return {name: options[name] for name in names if name in options}
