@@ -11,6 +11,7 @@ pair, not ``d^2``.
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Iterator
 
 import numpy as np
@@ -22,7 +23,7 @@ from .flags import FlaggedRows, flag_scope, moved_rows
 from .inputs import n_samples, take
 from .jacobian import JacobianEngine
 from .normalize import KINDS
-from .pieces import KeptPieces, gram_of, map_pieces
+from .pieces import KeptPieces, gram_of, map_pieces, nbytes_of
 from .transfer import copy_to_host, to_host
 
 # Tiles of symmetric kernels: small enough for the transposes to stay in cache.
@@ -40,6 +41,46 @@ def _pair(left: list, right: list, full: bool, max_memory: float) -> torch.Tenso
     for products in pairs:
         total += products
     return total
+
+
+def _joined(batches: Iterator, n: int, max_bytes: float) -> Iterator:
+    """The ``(rows, pieces, G)`` of consecutive batches, joined into groups.
+
+    A group holds the rows whose pieces fit in ``max_bytes`` (measured on the
+    first batch) in one buffer that every group reuses: a group must be used
+    before the next is asked for. Batches are passed on as they are when a
+    group would hold no more rows than the first batch.
+    """
+    batches = iter(batches)
+    first = next(batches, None)
+    if first is None:
+        return
+    rows, pieces, G = first
+    size = rows_that_fit(max_bytes, nbytes_of(pieces) / len(G), n)
+    if size <= len(G):
+        yield first
+        yield from batches
+        return
+    buffer = [piece.empty(size) for piece in pieces]
+    start, grams = 0, []
+    for rows, pieces, G in itertools.chain([first], batches):
+        done = 0
+        while done < len(G):
+            filled = sum(map(len, grams))
+            part = slice(done, min(len(G), done + size - filled))
+            into = slice(filled, filled + part.stop - part.start)
+            for kept, piece in zip(buffer, pieces, strict=True):
+                kept.put(into, piece.take(part))
+            grams.append(G[part])
+            done = part.stop
+            if into.stop == size or rows.start + done == n:
+                group = (
+                    buffer
+                    if into.stop == size
+                    else [piece.take(slice(0, into.stop)) for piece in buffer]
+                )
+                yield slice(start, start + into.stop), group, np.concatenate(grams)
+                start, grams = start + into.stop, []
 
 
 def _gram_array(pieces: list) -> np.ndarray:
@@ -62,7 +103,7 @@ class GramReference:
     max_memory : int or None, default=None
         Bytes the prepared pieces of ``Y`` may take (None: the engine's
         ``max_memory``); past it they are recomputed for every block of
-        queries (slower, bounded memory).
+        queries (slower, bounded memory), whose pieces take it instead.
     named : bool, default=False
         Name the rows of ``Y`` as the reference's when the network gives NaN
         or infinity for them: for queries other than ``Y`` itself.
@@ -164,9 +205,11 @@ class GramReference:
         arrays of ``B``'s size, ``B`` included, take at most a third of the
         engine's ``max_memory`` (see :meth:`block_rows`).
         """
-        step = self.block_rows(copies)
         batches = self.engine.mapped_pieces(X, self.left_power, self.rtol)
+        if self._pieces is None:  # each group of queries reads the reference once
+            batches = _joined(batches, n_samples(X), self.max_memory)
         for rows, pieces, G in batches:
+            step = self.block_rows(copies, len(G))
             for start in range(0, len(G), step):
                 part = slice(start, min(start + step, len(G)))
                 left = pieces if step >= len(G) else [p.take(part) for p in pieces]
@@ -189,7 +232,7 @@ class GramReference:
                 yield from self.rows(take(self.Y, subset), copies)
             return
         n = self.n_samples if subset is None else len(subset)
-        step, found = self.block_rows(copies), FlaggedRows()
+        step, found = self.block_rows(copies, self.engine.batch_size), FlaggedRows()
         for start in range(0, n, step):
             rows = slice(start, min(start + step, n))
             of_y = rows if subset is None else subset[rows]  # rows of Y
@@ -201,19 +244,17 @@ class GramReference:
             yield rows, self.rows_of(left), G
         found.report()
 
-    def block_rows(self, copies: int = 1) -> int:
+    def block_rows(self, copies: int, n: int) -> int:
         """Rows of a block whose ``copies`` arrays take a third of ``max_memory``.
 
         A row holds ``m`` float64 values, ``m d^2`` when ``full``; one row at
-        least, a batch at most. The caller's copies of a block (its
+        least, ``n`` at most. The caller's copies of a block (its
         temporaries) count, as the engine's batches and the kept pieces of
         ``Y`` do, against the engine's ``max_memory``.
         """
         d = self.n_outputs
         row_bytes = 8 * self.n_samples * (d * d if self.full else 1) * copies
-        return rows_that_fit(
-            self.engine.max_memory / 3, row_bytes, self.engine.batch_size
-        )
+        return rows_that_fit(self.engine.max_memory / 3, row_bytes, n)
 
     def matrix(self, X=None) -> np.ndarray:
         """All rows at once; ``X=None`` gives the exactly symmetric ``K(Y, Y)``."""

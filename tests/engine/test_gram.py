@@ -43,3 +43,29 @@ def test_symmetric_strips_match_the_oracle(kind, full, monkeypatch):
     K = GramReference(engine, X, kind, full=full).matrix()
     np.testing.assert_allclose(K, expected, rtol=1e-9, atol=1e-12)
     np.testing.assert_array_equal(K, K.swapaxes(0, 1).swapaxes(2, 3) if full else K.T)
+
+
+@pytest.mark.parametrize("kind", ["cosine", "influence"])
+def test_streamed_reference_meets_queries_in_groups_that_fit(kind, monkeypatch):
+    """Without kept pieces, the queries' batches are joined into groups as
+    large as the reference's pieces could have been: the reference is read
+    once per group, not once per batch; the values do not change."""
+    module, X = layer_case("conv1d")
+    engine = JacobianEngine(module, batch_size=2)
+    kept = GramReference(engine, X, kind)
+    per_row = sum(p.nbytes() for p in kept._pieces) / len(X)
+    streamed = GramReference(engine, X, kind, max_memory=int(4.5 * per_row))
+    assert streamed._pieces is None
+    expected = kept.matrix(), kept.matrix(X[1:])
+    reads = []
+    blocks = GramReference._reference_blocks
+    monkeypatch.setattr(
+        GramReference,
+        "_reference_blocks",
+        lambda self: reads.append(1) or blocks(self),
+    )
+    np.testing.assert_allclose(streamed.matrix(), expected[0], rtol=1e-12)
+    assert len(reads) == -(-len(X) // 4)  # groups of 4 rows from batches of 2
+    reads.clear()
+    np.testing.assert_allclose(streamed.matrix(X[1:]), expected[1], rtol=1e-12)
+    assert len(reads) == -(-(len(X) - 1) // 4)
