@@ -450,6 +450,32 @@ class BertLogits(nn.Module):
         return self.bert(input_ids=input_ids).logits
 
 
+class GPT2Logits(nn.Module):
+    """A two-layer GPT-2 from a ``transformers`` config, as logits: its
+    projections are ``transformers``' ``Conv1D`` (weights stored transposed),
+    its logits those of each sequence's last token before padding (id 0)."""
+
+    def __init__(self, n_out=3):
+        super().__init__()
+        from transformers import GPT2Config, GPT2ForSequenceClassification
+
+        config = GPT2Config(
+            vocab_size=40,
+            n_embd=16,
+            n_layer=2,
+            n_head=2,
+            n_positions=16,
+            num_labels=n_out,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=1,
+        )
+        self.gpt2 = GPT2ForSequenceClassification(config)
+
+    def forward(self, input_ids):
+        return self.gpt2(input_ids=input_ids).logits
+
+
 class RecurrentClassifier(nn.Module):
     """Embedding -> GRU or LSTM -> Linear on the last hidden state."""
 
@@ -634,7 +660,7 @@ def family_case(name, n):
     """A float64 network of one architecture family, in eval mode, and ``n`` inputs.
 
     Families: ``mlp`` (one output), ``mlp_d3``, ``cnn_batchnorm`` (running
-    statistics set), ``residual``, ``tokens``, ``bert``, ``gru``, ``lstm``,
+    statistics set), ``residual``, ``tokens``, ``bert``, ``gpt2``, ``gru``, ``lstm``,
     ``shared_tables``, ``tied_embedding``, ``tied_functional``, ``tied_bypassed``,
     ``sequence_first_<T>`` (sequences of length ``T``), ``output_hooks``,
     ``prelu`` and ``call_forms``.
@@ -654,6 +680,10 @@ def family_case(name, n):
         return TokenModel().double(), ids(11, 5)
     if name == "bert":
         return BertLogits().double().eval(), ids(60, 9)
+    if name == "gpt2":  # the first sequence padded after its 6th token
+        tokens = 1 + ids(39, 8)
+        tokens[0, 6:] = 0
+        return GPT2Logits().double().eval(), tokens
     if name in ("gru", "lstm"):
         return RecurrentClassifier(name).double(), ids(20, 7)
     if name == "shared_tables":

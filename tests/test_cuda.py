@@ -90,9 +90,7 @@ def test_cuda_exact_ranking_of_candidates_matches_the_oracle(case):
     columns = np.sort([rng.choice(len(X), 5, replace=False) for _ in range(4)], axis=1)
     queries = [p.take(slice(0, 4)) for p in kept.pieces]
     expected = np.take_along_axis(K[:4], columns, 1)
-    found = candidate_similarities(
-        queries, kept.pieces, columns, engine.max_memory
-    )
+    found = candidate_similarities(queries, kept.pieces, columns, engine.max_memory)
     np.testing.assert_allclose(found, expected, rtol=1e-5, atol=1e-7)
     # the reference's pieces not kept: computed again for the candidates
     found = streamed_similarities(engine, X, queries, columns, 1e-5)

@@ -5,9 +5,12 @@ backward pass per output row ``c`` of ``sum_b f_c(x_b)`` gives
 ``delta_c = d f_c(x_b) / d z_b`` for every sample at once (samples do not
 interact in eval mode). Per-sample parameter gradients follow layer by layer:
 
-* ``Linear``, ``Conv1d``/``Conv2d`` (through ``unfold``), ``Embedding``: the
-  weight gradient ``sum_u delta(u) h(u)^T``, kept factorised or materialised by
-  the cost model of :func:`~sksim._engine.pieces.factorised_is_cheaper`;
+* ``Linear`` (and ``transformers``' ``Conv1D``, a linear layer whose weight is
+  stored transposed), ``Conv1d``/``Conv2d`` (through ``unfold``), ``Embedding``:
+  the weight gradient ``sum_u delta(u) h(u)^T``, kept factorised or
+  materialised by the cost model of
+  :func:`~sksim._engine.pieces.factorised_is_cheaper` (inner products of
+  gradients do not depend on the order their entries are stored in);
 * their biases, and the affine parameters of ``LayerNorm``, ``GroupNorm`` and
   ``BatchNorm`` (eval mode): small, materialised.
 
@@ -45,13 +48,23 @@ _NORMS = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNo
 
 def _supported(module: nn.Module) -> bool:
     kind = type(module)
-    if kind is nn.Linear:
+    if kind is nn.Linear or _is_transposed_linear(module):
         return True
     if kind in (nn.Conv1d, nn.Conv2d):
         return module.groups == 1 and module.padding_mode == "zeros"
     if kind is nn.Embedding:
         return module.max_norm is None
     return kind in _NORMS
+
+
+def _is_transposed_linear(module: nn.Module) -> bool:
+    """Whether ``module`` is ``transformers``' ``Conv1D`` (GPT-2's projections).
+
+    It computes ``x @ weight + bias`` with ``weight`` of shape (in, out): a
+    ``Linear`` layer, its weight stored transposed.
+    """
+    kind = type(module)
+    return kind.__name__ == "Conv1D" and kind.__module__.startswith("transformers.")
 
 
 def plan_layers(

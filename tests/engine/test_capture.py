@@ -47,9 +47,10 @@ def test_plans_use_factors_where_supported():
 
 def test_transformers_models_are_factorised_throughout():
     bert, ids = family_case("bert", 3)
+    gpt2, tokens = family_case("gpt2", 3)
     resnet = ResNet18Logits().eval()
     images = torch.randn(2, 3, 32, 32, dtype=torch.float64)
-    for module, X in ((bert, ids), (resnet.double(), images)):
+    for module, X in ((bert, ids), (gpt2, tokens), (resnet.double(), images)):
         _, jacobian, n_fallback = JacobianEngine(module)._layer_plan(X)
         assert jacobian is None and n_fallback == 0
 
