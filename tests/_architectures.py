@@ -590,6 +590,17 @@ def _layer_case_network(name):
             nn.Flatten(),
             nn.LazyLinear(3),
         ), t(6, 1, 12, 12)
+    if name == "conv_grouped":  # groups of 2 channels, then depthwise
+        return nn.Sequential(
+            nn.Conv2d(4, 6, 3, groups=2, padding=1),
+            nn.Tanh(),
+            nn.Conv2d(6, 6, (3, 2), groups=6, stride=2),
+            nn.Tanh(),
+            nn.Flatten(2),
+            nn.Conv1d(6, 3, 2, groups=3),
+            nn.Flatten(),
+            nn.LazyLinear(3),
+        ), t(6, 4, 6, 5)
     if name == "embedding":
         return nn.Sequential(
             nn.Embedding(7, 4, padding_idx=0), nn.Flatten(), nn.Linear(20, 3)
@@ -627,6 +638,7 @@ LAYER_CASES = [
     "conv1d",
     "conv2d_same",
     "conv2d_big",
+    "conv_grouped",
     "embedding",
     "layernorm",
     "groupnorm",

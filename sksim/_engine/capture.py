@@ -51,7 +51,7 @@ def _supported(module: nn.Module) -> bool:
     if kind is nn.Linear or _is_transposed_linear(module):
         return True
     if kind in (nn.Conv1d, nn.Conv2d):
-        return module.groups == 1 and module.padding_mode == "zeros"
+        return module.padding_mode == "zeros"
     if kind is nn.Embedding:
         return module.max_norm is None
     return kind in _NORMS
@@ -437,11 +437,16 @@ def _weight_and_bias(h: torch.Tensor, delta: torch.Tensor, own, d: int, budget) 
 
 
 def _conv_pieces(layer, own, calls, d, budget) -> list:
-    """Convolution pieces: factors on few positions, else per-sample gradients."""
+    """Convolution pieces: factors on few positions, else per-sample gradients.
+
+    A grouped convolution's gradients are always materialised: each output
+    channel sees the inputs of its group only.
+    """
     b, o = len(calls[0][0]), layer.out_channels
     positions = sum(delta[0, 0, 0].numel() for _, delta in calls)
     a = layer.weight[0].numel()
-    if "weight" in own and factorised_is_cheaper(positions, a, o, d):
+    factorised = layer.groups == 1 and factorised_is_cheaper(positions, a, o, d)
+    if "weight" in own and factorised:
         budget.take((b, positions, a), calls[0][0])
         h = _joined([_conv_patches(layer, x) for x, _ in calls], dim=1)
         delta = _joined([_per_position_delta(delta) for _, delta in calls], dim=2)
@@ -474,14 +479,23 @@ GROUPED_MIN_CHANNELS = 4
 
 
 def _conv_weight_grad(layer: nn.Module, x: torch.Tensor, delta: torch.Tensor):
-    """Per-sample weight gradients (b, d, o * C_in * k) of one convolution call.
+    """Per-sample weight gradients (b, d, o * C_in / groups * k) of one call.
 
     A convolution over the batch as groups (sample ``i``'s input channels
     against its own ``d * o`` output signals) gives every sample's gradient in
-    one call; with very few input channels, ``unfold`` and a product is faster.
+    one call; with very few input channels, ``unfold`` and a product is faster,
+    and a grouped convolution's groups are met in one product over them.
     """
     b, channels = x.shape[:2]
     d, o = delta.shape[1], delta.shape[2]
+    if layer.groups > 1:  # each group's outputs against its own input channels
+        g = layer.groups
+        patches = _conv_patches(layer, x)
+        patches = patches.reshape(*patches.shape[:2], g, -1)  # (b, T, g, C_in k / g)
+        signals = _per_position_delta(delta)
+        signals = signals.reshape(*signals.shape[:3], g, o // g)  # (b, d, T, g, o / g)
+        grad = torch.einsum("btgA,bdtgO->bdgOA", patches, signals)
+        return grad.reshape(b, d, -1)
     if channels < GROUPED_MIN_CHANNELS:
         return materialize(_conv_patches(layer, x), _per_position_delta(delta)).grad
     padding = layer.padding
