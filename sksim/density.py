@@ -124,8 +124,11 @@ class GradientDensityEstimator(DensityMixin, NetworkEstimator):
     **Self-similarity.** Counts are sums over the whole reference set, so a
     reference example queried again counts itself: ``k^C(x_i, x_i) = 1`` adds
     exactly 1 to each of its counts (when ``threshold < 1 - 1e-6``: similarities
-    are computed in the network's precision, and float32 rounds the 1 of an
-    example with itself to within about 1e-7). New inputs get
+    are computed in float32 for networks of lower precision than float64, and
+    float32 rounds the 1 of an example with itself to within about 1e-7; and
+    when its ``J J^T`` is of full rank: a near-singular one, reported by a
+    warning, gives it its rank over ``d``, 0.9 for a softmax over 10 classes).
+    New inputs get
     no such term. Subtract 1 from the counts of the reference examples to
     exclude them.
 

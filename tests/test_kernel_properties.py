@@ -1,5 +1,7 @@
 """Properties and invariances of the normalised (whitened) kernel."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -118,3 +120,32 @@ def test_dead_relu_input_is_not_nan():
     g0, g2 = np.array([1.0, 2.0, 1.0]), np.array([2.0, 0.5, 1.0])  # (x, 1) if active
     expected = g0 @ g2 / np.linalg.norm(g0) / np.linalg.norm(g2)
     np.testing.assert_allclose(K[0, 2], expected, rtol=1e-6)
+
+
+class _Scaled(torch.nn.Module):
+    def __init__(self, module, scale):
+        super().__init__()
+        self.module, self.scale = module, scale
+
+    def forward(self, x):
+        return self.scale * self.module(x)
+
+
+@pytest.mark.parametrize("scale", [1e19, 1e-22])
+def test_float32_gradients_of_any_magnitude_give_scale_free_kernels(scale):
+    """Gradients near 1e19 or 1e-22 are finite in float32 but their squares
+    are not: the Grams are formed in float64, so the cosine kernel (and the
+    influence kernel where it stays in range) is that of the unscaled network;
+    a kernel whose products leave float32's range raises."""
+    torch.manual_seed(0)
+    module = MLP(n_out=3)
+    X = np.random.RandomState(0).randn(8, 5).astype(np.float32)
+    expected = network_similarity(module, X, kind="cosine")
+    scaled = _Scaled(module, scale)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no dead or singular samples reported
+        K = network_similarity(scaled, X, kind="cosine", batch_size=3)
+    np.testing.assert_allclose(K, expected, rtol=0, atol=1e-5)
+    out_of_range = "ntk" if scale > 1 else "influence"  # |J|^2, or 1 / |J|^2
+    with pytest.raises(FloatingPointError, match="compute in float64"):
+        network_similarity(scaled, X, kind=out_of_range)

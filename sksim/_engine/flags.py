@@ -54,7 +54,10 @@ def _message(category: type, count: int, named: str) -> str:
         )
     return (
         f"The Jacobian Gram J J^T is near-singular for {count} sample(s): {named}. "
-        "Its eigenvalues below rtol times the largest are raised to it. Softmax "
+        "Its eigenvalues below rtol times the largest are raised to it, and the "
+        "cosine similarity of such a sample with itself is below 1 (0.9 for a "
+        "softmax over 10 classes, one of whose 10 eigenvalues is 0): hard counts "
+        "with a threshold above it miss the sample itself. Softmax "
         "or log-softmax outputs always cause this (their rows sum to zero): "
         "compute similarities on logits, i.e. on a module without the final "
         "softmax, or pass output= a callable selecting the logits."

@@ -40,6 +40,14 @@ def _pair(left: list, right: list, full: bool, max_memory: float) -> torch.Tenso
     total = next(pairs)
     for products in pairs:
         total += products
+    if not bool(torch.isfinite(total).all()):  # the network's own are finite
+        raise FloatingPointError(
+            f"Products of the network's gradients leave the range of "
+            f"{total.dtype} (gradients beyond about 1e19 in float32, or inverses "
+            "of their Grams for gradients below about 1e-19): compute in float64 "
+            "(the network in float64, net.double(), with float64 inputs), or "
+            "scale the network's outputs."
+        )
     return total
 
 

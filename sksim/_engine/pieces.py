@@ -34,6 +34,11 @@ from .normalize import gram_power
 PAIR_CHUNK_ELEMENTS = 2**23
 # Intermediates of a pairing step's size alive at once.
 PAIR_INTERMEDIATES = 3
+# Elements of a piece widened to float64 at once for its samples' Gram.
+GRAM_ROWS_ELEMENTS = 2**22
+# Diagonal entries of a Gram formed in float32 trusted as they are: squared
+# gradients far from both ends of float32's range (1.2e-38 to 3.4e38).
+GRAM_RANGE = (1e-30, 1e30)
 
 
 class PiecesTooLarge(Exception):
@@ -506,8 +511,31 @@ class KeptPieces:
 
 
 def gram_of(pieces: list) -> torch.Tensor:
-    """``J(x) J(x)^T`` of every sample of a batch, ``(b, d, d)``."""
-    return sum(p.self_gram() for p in pieces)
+    """``J(x) J(x)^T`` of every sample of a batch, ``(b, d, d)``, in float64.
+
+    Formed in the pieces' dtype, unless a diagonal entry leaves
+    :data:`GRAM_RANGE` (zero included: a dead sample, or one whose float32
+    squares vanish), or is not finite: the batch's Gram is then formed again
+    in float64, each piece widened :data:`GRAM_ROWS_ELEMENTS` elements at a
+    time, so that the whitening sees neither an overflow nor a vanished
+    gradient.
+    """
+    G = sum(p.self_gram() for p in pieces)
+    diagonal = G.diagonal(dim1=1, dim2=2)
+    low, high = GRAM_RANGE
+    if G.dtype == torch.float64 or bool(((diagonal > low) & (diagonal < high)).all()):
+        return G.double()
+    G = 0
+    for piece in pieces:
+        per_row = piece.nbytes() / max(1, len(piece)) / piece.signal.element_size()
+        step = max(1, int(GRAM_ROWS_ELEMENTS // max(1, per_row)))
+        G = G + torch.cat(
+            [
+                piece.take(slice(i, i + step)).astype(torch.float64).self_gram()
+                for i in range(0, len(piece), step)
+            ]
+        )
+    return G
 
 
 def map_pieces(
