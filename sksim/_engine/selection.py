@@ -107,8 +107,6 @@ def select_output(
 
 def _check_selected(out, n: int | None, what: str) -> None:
     expected = "a tensor of shape (B,) or (B, d)"
-    if n is not None:
-        expected += f" (B={n}, the samples of the batch)"
     if not isinstance(out, torch.Tensor):
         entries = out.items() if isinstance(out, Mapping) else ()
         keys = [key for key, value in entries if torch.is_tensor(value)]
@@ -127,6 +125,8 @@ def _check_selected(out, n: int | None, what: str) -> None:
         raise TypeError(
             f"{what} a tensor of dtype {out.dtype}; expected floating outputs."
         )
+    if n is not None:
+        expected += f" (B={n}, the samples of the batch)"
     if out.ndim == 0 or (n is not None and out.shape[0] != n):
         raise ValueError(
             f"{what} a tensor of shape {tuple(out.shape)}; expected {expected}: "

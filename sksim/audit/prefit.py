@@ -94,10 +94,22 @@ def module_outputs(module: torch.nn.Module, X: NetInput) -> np.ndarray:
     dtype = module_float_dtype(module)
     with evaluation_mode(module), torch.no_grad():
         parts = [
-            module(batch).detach().cpu()
+            _tensor_output(module(batch)).detach().cpu()
             for _, batch in batches(X, PREDICT_BATCH_SIZE, device, dtype)
         ]
     return torch.cat(parts).numpy()
+
+
+def _tensor_output(out) -> torch.Tensor:
+    """``out`` if the network returned a tensor, else a TypeError saying what to do."""
+    if isinstance(out, torch.Tensor):
+        return out
+    raise TypeError(
+        f"The network returned {type(out).__name__}, not a tensor: the audit reads "
+        "the network's outputs (logits for a classifier) as one tensor. Audit a "
+        "module that returns it, e.g. one whose forward returns "
+        "model(input_ids=x).logits for a Hugging Face model."
+    )
 
 
 def predictions(

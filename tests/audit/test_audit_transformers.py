@@ -136,3 +136,18 @@ def test_transformers_nets_searched_past_the_scale_threshold(case):
         neighbors["similarity"], similarities.ravel(), rtol=1e-4, atol=1e-5
     )
     assert len(result["label_issues"]) == N_TRAIN
+
+
+def test_a_model_returning_an_output_object_is_told_to_return_its_logits():
+    module, X = bert_case()
+    y = np.arange(len(X)) % N_CLASSES
+    with pytest.raises(TypeError, match="returned SequenceClassifierOutput, not a"):
+        audit(
+            module.bert,
+            X[:N_TRAIN],
+            y[:N_TRAIN],
+            cv="prefit",
+            X_test=X[N_TRAIN:],
+            y_test=y[N_TRAIN:],
+            analyses=["density"],
+        )
