@@ -699,3 +699,12 @@ def test_estimators_without_sketches_leave_numpys_global_generator(module):
     assert state() == before
     NetworkSimilarityKernel(module, n_components=4).fit(X)  # a sketch draws its seed
     assert state() != before
+
+
+def test_errors_of_an_output_callable_are_its_own_not_the_inputs():
+    def selector(out):
+        raise RuntimeError("the selector's own failure")
+
+    X = np.random.RandomState(0).randn(4, 5).astype(np.float32)
+    with pytest.raises(RuntimeError, match="the selector's own failure"):
+        network_similarity(MLP(), X, output=selector)

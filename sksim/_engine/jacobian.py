@@ -119,15 +119,17 @@ class JacobianEngine:
         They are checked to be finite unless ``start``, the number of the
         batch's first row in errors, is None.
         """
-        with _input_dtype_errors(batch, self.dtype):
-            if isinstance(batch, dict):
-                out = self.module(**batch)
-            else:
-                out = self.module(batch)
-        outputs = select_output(out, self.output, n_samples(batch))
+        outputs = select_output(self._output(batch), self.output, n_samples(batch))
         if start is not None:
             check_finite_rows(outputs, start, "outputs")
         return outputs
+
+    def _output(self, batch):
+        """The network's own output for a batch (a dict goes in as keywords)."""
+        with _input_dtype_errors(batch, self.dtype):
+            if isinstance(batch, dict):
+                return self.module(**batch)
+            return self.module(batch)
 
     def _forward(self, params, batch) -> torch.Tensor:
         """Selected outputs ``(B, d)`` of a batch with the given parameters."""
@@ -152,7 +154,7 @@ class JacobianEngine:
         first = to_tensor(take(X, slice(0, 1)), self.device, self.dtype)
         with evaluation_mode(self.module), torch.no_grad():
             try:
-                return self._call(first, start=None).shape[1]
+                out = self._output(first)
             except RuntimeError as error:
                 shape = (
                     {k: tuple(v.shape[1:]) for k, v in first.items()}
@@ -164,6 +166,7 @@ class JacobianEngine:
                     f"sample ({str(error).splitlines()[0]}): pass inputs "
                     "shaped as the network expects."
                 ) from error
+            return select_output(out, self.output, 1).shape[1]
 
     def outputs(self, X) -> torch.Tensor:
         """Selected outputs ``(n, d)`` of every sample, on the CPU."""
