@@ -277,6 +277,11 @@ def _rows(items, columns):
     return frame([{c: g[c] for c in columns if c in g} for g in items])
 
 
+def soft_counts(result) -> bool:
+    """Whether the densities are soft counts: sums of similarities, not counts."""
+    return "soft counts" in result.metadata.get("methods", {}).get("density", "")
+
+
 def isolated_section(result) -> str:
     """The report section on the most isolated examples."""
     items = [g for g in result.examples if g["kind"] == "isolated"]
@@ -290,20 +295,24 @@ def isolated_section(result) -> str:
         return _render.paragraph(f"Not available: {reason}.", "skipped")
     worst = items[0]
     count = worst["neighbor_count"]
-    similar = (
-        "no training example the network treats as similar"
-        if count < 1
-        else f"{count:.3g} similar training examples"
-    )
+    if soft_counts(result):
+        fewest = "the least similarity to the training examples, summed"
+        similar = f"a soft count of {count:.3g} (its similarities summed)"
+    else:
+        fewest = "the fewest training examples that the network treats as similar"
+        similar = (
+            "no training example the network treats as similar"
+            if count < 1
+            else f"{count:.3g} similar training examples"
+        )
     text = (
         "The examples with the lowest network-perspective density: held out, "
-        "each had the fewest training examples that the network treats as "
-        "similar to it. They are atypical inputs, rare variants of their "
-        "class or mislabelled examples; the network learns little about them "
-        f"from the others. The most isolated, #{worst['index']}, had {similar} "
-        f"(log relative density {worst['log_density']:.2f}; counts below one "
-        "half are floored); ties are broken by the lower similarity of the "
-        "nearest training example."
+        f"each had {fewest} to it. They are atypical inputs, rare variants of "
+        "their class or mislabelled examples; the network learns little about "
+        f"them from the others. The most isolated, #{worst['index']}, had "
+        f"{similar} (log relative density {worst['log_density']:.2f}; counts "
+        "below one half are floored); ties are broken by the lower similarity "
+        "of the nearest training example."
     )
     columns = ["index", "fold", "label", "prediction", "log_density"]
     columns += ["neighbor_count", "features"]

@@ -7,10 +7,11 @@ import math
 import numpy as np
 
 from ..density import COUNT_FLOOR
-from ._examples import prediction_support
+from ._examples import prediction_support, soft_counts
 from .analyses.label_issues import planted_precision
 
 STABLE_SPREAD = 0.25  # relative spread over folds below which R is called stable
+BALANCE_GAP = 0.05  # accuracy above balanced accuracy by more: a finding
 
 
 def summary_value(summary, metric):
@@ -43,6 +44,35 @@ def accuracy_meaning(mean, std, n_folds):
     )
 
 
+def class_recall_finding(samples):
+    """Balanced accuracy and the classes never predicted right, when they matter.
+
+    None unless some class is never predicted correctly, or the balanced
+    accuracy (recall averaged over the classes) is below the accuracy by more
+    than :data:`BALANCE_GAP`: an accuracy that hides a neglected class.
+    """
+    recall = samples.groupby("label")["correct"].agg(["mean", "size"])
+    balanced, accuracy = float(recall["mean"].mean()), float(samples["correct"].mean())
+    never = recall[recall["mean"] == 0]
+    if never.empty and accuracy - balanced <= BALANCE_GAP:
+        return None
+    text = (
+        f"Balanced accuracy {balanced:.3f} (recall averaged over the "
+        f"{len(recall)} classes), against {accuracy:.3f} over the examples"
+    )
+    if never.empty:
+        return text + ": the network favours its frequent classes."
+    named = ", ".join(
+        f"{label} ({size} example{'s' if size > 1 else ''})"
+        for label, size in never["size"].items()
+    )
+    return (
+        f"{text}: class {named} is never predicted right."
+        if len(never) == 1
+        else f"{text}: classes {named} are never predicted right."
+    )
+
+
 def error_meaning(error):
     """One sentence on the share of held-out examples misclassified."""
     if error <= 0:
@@ -60,22 +90,32 @@ def correlation_meaning(r, regression=False):
             f"examples ({share}): more training data like the low-density "
             "inputs would help most."
         )
+    elsewhere = (
+        "targets that vary fast or are noisy"
+        if regression
+        else "ambiguous inputs, label noise"
+    )
     if r <= -0.1:
         return (
             f"Errors are somewhat more frequent at low density, but weakly so "
-            f"({share}): most errors come from elsewhere (ambiguous inputs, "
-            "label noise)."
+            f"({share}): most errors come from elsewhere ({elsewhere})."
         )
     if r < 0.1:
+        look = "the targets' noise" if regression else "confusions and label issues"
         return (
             f"Errors are not where training examples are scarce ({share}): "
-            "look at confusions and label issues rather than coverage."
+            f"look at {look} rather than coverage."
         )
     where = (
         "the targets vary fast or are noisy"
         if regression
         else "classes overlap or labels are inconsistent"
     )
+    if r < 0.3:
+        return (
+            f"Errors are somewhat more frequent at high density, but weakly so "
+            f"({share}): where {where}, more than at unfamiliar inputs."
+        )
     return (
         f"Errors are more frequent at high density ({share}): regions where "
         f"{where}, not unfamiliar inputs."
@@ -168,6 +208,13 @@ def class_fitting_finding(table):
         return None
     layer = gaps.idxmax()
     gap = float(gaps[layer])
+    at_layer = table.loc[table["layer"] == layer]
+    median = float(
+        (
+            at_layer["train_mean_log_density_mean"]
+            - at_layer["test_mean_log_density_mean"]
+        ).median()
+    )
     meaning = (
         "the class densities fit the training examples individually "
         "(memorisation) more than in modes that held-out examples share"
@@ -178,21 +225,26 @@ def class_fitting_finding(table):
     return (
         f"Class-fitting gap: at layer {layer}, held-out examples are on average "
         f"{gap:.2f} nats{factor} less likely than training examples under their "
-        f"own class density (log-density, mean over classes): {meaning}."
+        f"own class density (log-density, mean over classes; median "
+        f"{median:.2f}): {meaning}."
     )
 
 
 def label_issue_finding(result):
     """How many labels look wrong, and the top ones."""
     table = result.tables["label_issues"]
-    n = int(table["is_issue"].sum())
+    issues = table[table["is_issue"].astype(bool)]
+    n = len(issues)
     top = ", ".join(
         f"#{r['index']} (given {r['given_label']}, looks like {r['suggested_label']})"
-        for _, r in table.head(3).iterrows()
+        for _, r in issues.head(3).iterrows()
     )
     text = (
         f"{n} training labels look wrong (estimated, {n / len(table):.1%} of "
         f"the data); the top ones: {top}."
+        if n
+        else "No training label looks wrong (estimated): the network and its "
+        "most similar examples agree with every given label."
     )
     noise = result.metadata.get("label_noise")
     if noise is not None:
@@ -205,17 +257,47 @@ def label_issue_finding(result):
     return text
 
 
-def denoising_finding(summary):
+def denoising_finding(result):
     """Self-denoising's effective neighbours and noise level, in words."""
+    summary = result.tables["summary"]
     neighbors = summary_value(summary, "denoising_mean_effective_neighbors")
     sigma = summary_value(summary, "denoising_sigma")
     if neighbors is None or sigma is None:
         return None
-    return (
+    targets = "targets" if result.metadata["task"] == "regression" else "labels"
+    text = (
         f"Self-denoising: each training prediction averages over about "
         f"{neighbors[0]:.0f} training examples, and the residuals put the noise "
         f"of the targets at σ = {sigma[0]:.3f} (root mean square per output; "
-        "0 would be labels the network reproduces exactly)."
+        f"0 would be {targets} the network reproduces exactly)."
+    )
+    warned = any(
+        w["warning"].startswith("NoiseEstimateWarning")
+        for w in result.metadata.get("warnings", [])
+    )
+    if warned:
+        text += (
+            " The estimate is unreliable here: the network does not average its "
+            "neighbours' targets as it assumes (see the warnings)."
+        )
+    return text
+
+
+def failure_finding(result):
+    """Which analyses failed, on how many folds."""
+    if not result.failed:
+        return None
+    n_folds = result.metadata["n_folds"]
+    where = {
+        name: "every fold"
+        if len(folds) == n_folds
+        else f"{len(folds)} of {n_folds} folds"
+        for name, folds in result.failed.items()
+    }
+    failed = ", ".join(f"{name} ({folds})" for name, folds in where.items())
+    return (
+        f"Analyses failed: {failed}; their results are left out where they "
+        "failed (the errors are in the summary)."
     )
 
 
@@ -237,6 +319,12 @@ def isolated_finding(result):
     first = isolated[0]
     none = int((result.tables["samples"]["neighbor_count"] < COUNT_FLOOR).sum())
     shown = f"#{first['index']} (label {first['label']})"
+    if soft_counts(result):
+        return (
+            f"The least dense held-out example, {shown}, has a soft count of "
+            f"{first['neighbor_count']:.3g} (its similarities to the training "
+            f"examples, summed); it heads the {len(isolated)} shown."
+        )
     if none:
         return (
             f"{none} examples have no training example the network treats as "
@@ -254,13 +342,14 @@ def findings(result):
     """The report's opening list: a few sentences an auditor can act on."""
     tables, meta = result.tables, result.metadata
     meanings = headline_meanings(result)
-    out = []
+    out = [failure_finding(result)]
     accuracy = summary_value(tables["summary"], "accuracy")
     if accuracy is not None:
         out.append(
             f"Held-out accuracy {accuracy[0]:.3f}{_spread(accuracy[1])}. "
             + meanings["accuracy"]
         )
+        out.append(class_recall_finding(tables["samples"]))
     if "label_issues" in tables:
         out.append(label_issue_finding(result))
     if "density_error_correlation" in meanings:
@@ -275,7 +364,7 @@ def findings(result):
     if "neighbors" in tables and "correct" in tables["samples"]:
         out.append(support_finding(result))
     if "denoising" in tables:
-        out.append(denoising_finding(tables["summary"]))
+        out.append(denoising_finding(result))
     if "sensitivity_summary" in tables:
         out.append(sensitivity_finding(tables["sensitivity_summary"]))
     if "class_fitting_summary" in tables:

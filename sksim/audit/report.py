@@ -27,7 +27,7 @@ SECTIONS = (
     ("summary", "Summary"),
     ("accuracy", "Scores per fold"),
     *((analysis.name, analysis.title) for analysis in REGISTRY.values()),
-    ("isolated", "Isolated training examples"),
+    ("isolated", "Isolated examples"),
     ("support", "Test inputs with least support"),
     ("tables", "Raw tables"),
 )

@@ -17,8 +17,13 @@ from sksim.audit._examples import (
     least_supported_rows,
     prediction_support,
 )
-from sksim.audit._findings import correlation_meaning, error_meaning, findings
-from sksim.audit.analyses.neighbors import diverse
+from sksim.audit._findings import (
+    class_recall_finding,
+    correlation_meaning,
+    error_meaning,
+    findings,
+)
+from sksim.audit.analyses.neighbors import _gallery_rows, diverse
 from sksim.audit.core import _count_warning, _warning_rows, _warning_text
 from sksim.audit.figures import sensitivity_layers
 from sksim.audit.models import make_classifier
@@ -284,7 +289,8 @@ def test_timings_table_sums_the_steps(small_audit):
         (-0.43, "Errors concentrate where the network sees few similar"),
         (-0.2, "weakly so"),
         (0.02, "not where training examples are scarce"),
-        (0.3, "more frequent at high density"),
+        (0.15, "somewhat more frequent at high density, but weakly so"),
+        (0.3, "Errors are more frequent at high density"),
     ],
 )
 def test_correlation_meaning(r, words):
@@ -296,6 +302,9 @@ def test_correlation_meaning(r, words):
 def test_correlation_and_error_in_words_fit_the_task():
     assert "classes overlap" in correlation_meaning(0.3)
     assert "the targets vary fast" in correlation_meaning(0.3, regression=True)
+    assert "label noise" in correlation_meaning(-0.2)
+    assert "label" not in correlation_meaning(-0.2, regression=True)
+    assert "label" not in correlation_meaning(0.0, regression=True)
     assert error_meaning(0.1) == (
         "The share of held-out examples misclassified: about one in 10."
     )
@@ -312,11 +321,12 @@ def test_findings_open_the_report(issues_audit):
     n = int(table["is_issue"].sum())
     listed = findings(issues_audit)
     assert listed[0].startswith("Held-out accuracy")
-    assert listed[1].startswith(f"{n} training labels look wrong (estimated")
+    labels = next(text for text in listed if "look wrong" in text)
+    assert labels.startswith(f"{n} training labels look wrong (estimated")
     top = table.iloc[0]
-    assert f"#{top['index']} (given {top['given_label']}" in listed[1]
+    assert f"#{top['index']} (given {top['given_label']}" in labels
     hits = int(table["index"][:3].isin([5, 69, 198]).sum())
-    assert f"{hits} of the 3 highest-scored are flipped ones" in listed[1]
+    assert f"{hits} of the 3 highest-scored are flipped ones" in labels
     assert any(text.startswith("Density-error correlation") for text in listed)
     for text in listed:
         assert text in html.replace("&#x27;", "'")
@@ -340,6 +350,56 @@ def test_isolated_finding_counts_the_examples_without_a_similar_one(issues_audit
         "Every held-out example has training examples the network treats as "
         f"similar; the least dense, #{first['index']} (label {first['label']}), with"
     )
+    # soft counts sum similarities: no example count, floored or not
+    result.metadata["methods"]["density"] = "soft counts (exact, time O(N p))"
+    first["neighbor_count"] = 514.0
+    assert isolated_text().startswith(
+        f"The least dense held-out example, #{first['index']} (label "
+        f"{first['label']}), has a soft count of 514 (its similarities"
+    )
+    assert "a soft count of 514 (its similarities summed)" in render_html(result)
+
+
+def test_label_findings_list_only_the_labels_that_look_wrong(issues_audit):
+    result = copy.deepcopy(issues_audit)
+    table = result.tables["label_issues"]
+    table["is_issue"] = False
+    table.loc[table.index[1], "is_issue"] = True  # below the top score
+    second = table.iloc[1]
+    text = next(t for t in findings(result) if "look wrong" in t)
+    assert f"the top ones: #{second['index']} (given" in text
+    assert f"#{table.iloc[0]['index']} (" not in text
+    table["is_issue"] = False
+    text = next(t for t in findings(result) if "looks wrong" in t)
+    assert text.startswith("No training label looks wrong (estimated)")
+
+
+def test_findings_name_the_failed_analyses(issues_audit):
+    result = copy.deepcopy(issues_audit)
+    n_folds = result.metadata["n_folds"]
+    result.failed = {
+        "density": dict.fromkeys(range(n_folds), "E: e"),
+        "denoising": {0: "E: e"},
+    }
+    assert findings(result)[0] == (
+        f"Analyses failed: density (every fold), denoising (1 of {n_folds} "
+        "folds); their results are left out where they failed (the errors are "
+        "in the summary)."
+    )
+
+
+def test_an_accuracy_that_hides_a_class_is_followed_by_the_balanced_one():
+    samples = pd.DataFrame(
+        dict(label=[0] * 18 + [1] * 2, correct=[True] * 18 + [False] * 2)
+    )
+    assert class_recall_finding(samples) == (
+        "Balanced accuracy 0.500 (recall averaged over the 2 classes), against "
+        "0.900 over the examples: class 1 (2 examples) is never predicted right."
+    )
+    samples["correct"] = [True] * 16 + [False] * 2 + [True, False]
+    assert class_recall_finding(samples).endswith("favours its frequent classes.")
+    samples["correct"] = [True] * 17 + [False] + [True] * 2
+    assert class_recall_finding(samples) is None  # 0.972 against 0.95
 
 
 def test_headline_numbers_have_their_meaning(issues_audit):
@@ -416,3 +476,29 @@ def test_sensitivity_axes_are_labelled(small_audit):
         "G: sensitivity to noise",
         "R = D / G",
     ]
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_the_typical_example_is_none_of_the_others_shown(task):
+    """Of median density, not one shown as an error, and classified right."""
+    rng = np.random.RandomState(0)
+    samples = pd.DataFrame(
+        dict(
+            log_density=np.round(rng.randn(40), 1),
+            label=rng.randint(3, size=40),
+            prediction=rng.randint(3, size=40),
+            fold=rng.randint(2, size=40),
+        )
+    )
+    if task == "classification":
+        samples["correct"] = rng.rand(40) > 0.3
+    else:
+        samples["squared_error"] = rng.rand(40)
+    rows = _gallery_rows(samples, size=3)
+    typical = [i for kind, i in rows if kind == "typical"]
+    others = [i for kind, i in rows if kind != "typical"]
+    assert len(typical) == 1 and typical[0] not in others
+    if task == "classification":
+        assert samples["correct"][typical[0]]
+    median = samples["log_density"].sort_values(kind="stable").iloc[20]
+    assert abs(samples["log_density"][typical[0]] - median) <= 0.3

@@ -239,17 +239,20 @@ def _gallery_rows(samples, size, pool=5):
     """(kind, row of ``samples``) of the examples the gallery shows.
 
     Diverse picks (see :func:`diverse`) among the ``pool * size`` lowest
-    densities, and among the ``pool * size`` errors of lowest density.
+    densities, and among the ``pool * size`` errors of lowest density; then a
+    typical example, the one of median density (the first, without
+    densities) not shown yet, correctly classified for a classifier.
     """
     chosen = []
     if "log_density" in samples:
         order = samples.sort_values("log_density", kind="stable")
         lowest = diverse(samples, order.index[: pool * size], size)
         chosen += [("lowest density", i) for i in lowest]
-        typical = order.index[len(order) // 2 : len(order) // 2 + 1]
+        middle = len(order) // 2  # outwards from the median, upwards first
+        typical = [*order.index[middle:], *order.index[:middle][::-1]]
     else:
         order = samples
-        typical = samples.index[:1]
+        typical = list(samples.index)
     taken = {i for _, i in chosen}
     if "correct" in samples:
         kind = "misclassified"
@@ -263,7 +266,10 @@ def _gallery_rows(samples, size, pool=5):
         ).index
         wrong = [i for i in wrong if i not in taken][:size]
     chosen += [(kind, i) for i in wrong]
-    chosen += [("typical", i) for i in typical if i not in taken]
+    taken.update(wrong)
+    right = samples["correct"] if "correct" in samples else None
+    typical = [i for i in typical if i not in taken and (right is None or right[i])]
+    chosen += [("typical", i) for i in typical[:1]]
     return chosen
 
 
