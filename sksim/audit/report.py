@@ -96,9 +96,9 @@ def _headline(meta) -> str:
 
 
 HEADLINE = (
-    ("accuracy (mean ± std over folds)", "accuracy"),
+    ("accuracy ({over})", "accuracy"),
     ("error", "error"),
-    ("R² (mean ± std over folds)", "r2"),
+    ("R² ({over})", "r2"),
     ("root mean squared error", "rmse"),
     ("density–error correlation", "density_error_correlation"),
     ("share of neighbours with the same label", "neighbor_label_agreement"),
@@ -187,8 +187,9 @@ def _summary(result) -> str:
     meta, summary = result.metadata, result.tables["summary"]
     meanings = headline_meanings(result)
     parts = ['<div class="headline">']
+    over = "one split" if meta["cv"] == "prefit" else "mean ± std over folds"
     parts += [
-        _metric(label, summary, metric, meanings.get(metric))
+        _metric(label.format(over=over), summary, metric, meanings.get(metric))
         for label, metric in HEADLINE
     ]
     parts.append("</div>")

@@ -117,7 +117,7 @@ def error_by_density(result: AuditResult) -> Figure | None:
         capsize=3,
         label="mean over folds (± std)",
     )
-    ax.set_xlabel("density bin (0 = lowest density)")
+    ax.set_xlabel("density bin (0 = lowest density; tied examples share one)")
     ax.set_ylabel(column.replace("_", " "))
     ax.set_ylim(bottom=0)
     ax.set_title("Error versus network-perspective density")

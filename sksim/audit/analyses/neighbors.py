@@ -487,5 +487,8 @@ class Neighbors(Analysis):
             )
             for g in own_gallery(result)
         ]
+        table = frame(rows)
+        if result.metadata["task"] == "regression":
+            table = table.rename(columns={"label": "target"})
         text = super().section(result) + _recall_text(result)
-        return text + (_render.table(frame(rows)) if rows else "")
+        return text + (_render.table(table) if rows else "")
