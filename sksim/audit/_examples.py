@@ -110,12 +110,17 @@ def atypical_features(x, mean, std, count=FEATURES):
 class _Looks:
     """How an example looks: its image, or its most atypical features.
 
-    Inputs that are neither images nor arrays (dicts) show neither.
+    Inputs that are neither images nor arrays of floating features (dicts,
+    token ids) show neither.
     """
 
     def __init__(self, X):
         self.X, self.images = X, image_view(X)
-        self.tabular = self.images is None and isinstance(sample_shape(X), tuple)
+        self.tabular = (
+            self.images is None
+            and isinstance(sample_shape(X), tuple)
+            and _flat(take(X, np.array([0]))).dtype.kind == "f"
+        )
 
     @functools.cached_property
     def moments(self) -> tuple[np.ndarray, np.ndarray]:

@@ -230,3 +230,19 @@ def test_the_report_shows_the_labels_the_codes_stand_for():
     titles = [ax.get_title() for ax in grid.axes if ax.get_title()]
     assert titles[0].startswith(f"y={view.gallery[0]['label']} pred=")
     assert all(title.split()[0][2:] in WORDS for title in titles)
+
+
+def test_class_densities_name_many_long_classes_legibly(small_audit):
+    """At most 40 names per panel, each cut to 16 characters keeping both ends."""
+    result = copy.copy(small_audit)
+    table = small_audit.tables["class_fitting_summary"]
+    layer = table[table["layer"] == table["layer"].iloc[0]]
+    wide = layer.loc[layer.index.repeat(-(-90 // len(layer)))].head(90).copy()
+    wide["class"] = [f"class_with_a_rather_long_name_{i}" for i in range(90)]
+    result.tables = {**small_audit.tables, "class_fitting_summary": wide}
+    result.metadata = {**small_audit.metadata, "class_names": None}
+    (ax,) = figures.class_densities(result).axes
+    names = [label.get_text() for label in ax.get_xticklabels()]
+    assert len(names) == 30 and "(one in 3 named)" in ax.get_xlabel()
+    assert all(n.startswith("class_w…") and n[-1].isdigit() for n in names)
+    assert ax.get_legend() is None  # below the panels

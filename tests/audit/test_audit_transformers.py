@@ -99,6 +99,8 @@ def test_transformers_nets_audited_prefit(case):
     assert len(classes) > 0
     assert np.isfinite(classes["train_mean_log_density"]).all()
     assert result.failed == {} and result.skipped == {}
+    # neither images nor floating features: token ids are not described
+    assert result.examples and all(g["features"] is None for g in result.examples)
 
 
 @pytest.mark.parametrize("case", [resnet_case, bert_case], ids=["resnet18", "bert"])

@@ -34,6 +34,9 @@ def default_layers(module: torch.nn.Module, n_layers: int = 3) -> list[str]:
     return names[-n_layers:]
 
 
+MAX_CLASS_TICKS = 40  # classes named on a panel's axis, at most
+
+
 @with_names
 def class_densities(result: AuditResult) -> Figure | None:
     """Classes sorted by mean own-class log-density, per layer, over folds."""
@@ -41,10 +44,11 @@ def class_densities(result: AuditResult) -> Figure | None:
     if table is None:
         return None
     layers = list(dict.fromkeys(table["layer"]))
+    n_classes = int(table.groupby("layer").size().max())
     fig, axes = subplots(
         1,
         len(layers),
-        figsize=(3.6 * len(layers), 3.4),
+        figsize=(max(3.6, min(12.0, 0.18 * n_classes)) * len(layers), 3.8),
         squeeze=False,
     )
     for ax, layer in zip(axes[0], layers, strict=True):
@@ -65,13 +69,36 @@ def class_densities(result: AuditResult) -> Figure | None:
                 color=color,
                 label=label,
             )
-        ax.set_xticks(x, [str(c) for c in rows["class"]], fontsize=7)
-        ax.set_xlabel("class, sorted")
+        names = [_short(str(c)) for c in rows["class"]]
+        step = -(-len(names) // MAX_CLASS_TICKS)  # every step-th class named
+        upright = len(names) <= 10 and max(map(len, names)) <= 3
+        ax.set_xticks(
+            x[::step], names[::step], fontsize=7, rotation=0 if upright else 90
+        )
+        ax.set_xlabel(
+            "class, sorted" + (f" (one in {step} named)" if step > 1 else "")
+        )
         ax.set_ylabel("mean own-class log-density")  # each layer its own scale
         ax.set_title(str(layer))
-    axes[0, 0].legend(fontsize="small")
+    fig.legend(
+        *axes[0, 0].get_legend_handles_labels(),
+        loc="outside lower center",
+        ncol=2,
+        fontsize="small",
+    )
     fig.suptitle("Class-conditional densities of the representations")
     return fig
+
+
+def _short(name: str, width: int = 16) -> str:
+    """``name`` in ``width`` characters at most: its middle cut to an ellipsis.
+
+    Both ends stay, where names of classes usually differ.
+    """
+    if len(name) <= width:
+        return name
+    head = (width - 1) // 2
+    return name[:head] + "…" + name[head + 1 - width :]
 
 
 def _held_out_columns(report, representations, y_test, layers):

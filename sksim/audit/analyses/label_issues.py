@@ -191,11 +191,11 @@ def issue_grid(result: AuditResult) -> Figure | None:
         ):
             _render.thumbnail(ax, image, f"y={label} k={sim:.2f}", _color(label, given))
             ax.set_axis_on()
+    planted = "; (flip): a label flipped on purpose" if flipped else ""
     fig.suptitle(
-        "Suspected label issues (red: given → suggested label; (flip): a label "
-        "flipped on purpose) and their most similar training examples\n(k: the "
-        "network's cosine similarity; blue: a neighbour with another label "
-        "than the given one)",
+        f"Suspected label issues (red: given → suggested label{planted}) and "
+        "their most similar training examples\n(k: the network's cosine "
+        "similarity; blue: a neighbour with another label than the given one)",
         fontsize=9,
     )
     return fig
