@@ -515,11 +515,12 @@ class SelfDenoisingAnalysis(NetworkEstimator):
             if self.sigma_ > spread:
                 warnings.warn(
                     f"The estimated label noise sigma={self.sigma_:.3g} exceeds the "
-                    f"spread of the targets themselves ({spread:.3g}), which noise "
-                    "added to them cannot: the network does not average its "
-                    "neighbours' labels as the estimate assumes (it fits them "
-                    "poorly, with few effective neighbours). Pass sigma=, or read "
-                    "sigma_ and the predicted errors as unreliable.",
+                    f"spread of the targets themselves ({spread:.3g}), so sigma_ "
+                    "and the predicted errors are unreliable: noise added to the "
+                    "targets cannot exceed their spread, and the network does not "
+                    "average its neighbours' labels as the estimate assumes (it "
+                    "fits them poorly, with few effective neighbours). Pass "
+                    "sigma= to give the noise level instead.",
                     NoiseEstimateWarning,
                     stacklevel=3,
                 )

@@ -122,17 +122,39 @@ def correlation_meaning(r, regression=False):
     )
 
 
-def agreement_meaning(a, k):
-    """One sentence on the share of neighbours with the example's label."""
+def agreement_meaning(a, k, bound=1.0):
+    """One sentence on the share of neighbours with the example's label.
+
+    ``bound`` is the largest share the training sets allow: below 1 when some
+    classes have fewer than ``k`` training examples.
+    """
     quality = (
         "the network's notion of similarity follows the classes closely"
-        if a >= 0.9
+        if a >= 0.9 * bound
         else "the network relates many examples across classes"
     )
-    return (
+    text = (
         f"Of the {k} training examples most similar to a held-out example, "
-        f"{a * k:.1f} on average carry its label: {quality}."
+        f"{a * k:.1f} on average carry its label: {quality}"
     )
+    if bound < 1:
+        text += (
+            f" (at most {bound * k:.1f} could: some classes have fewer than {k} "
+            "training examples)"
+        )
+    return text + "."
+
+
+def agreement_bound(samples, k, n_folds):
+    """The largest share of same-label neighbours the folds' training sets allow.
+
+    Each class's training examples in a fold are about ``1 - 1 / n_folds`` of
+    its examples; a held-out example has at most those among its ``k``
+    neighbours.
+    """
+    counts = samples["label"].map(samples["label"].value_counts())
+    training = np.floor(counts * (n_folds - 1) / n_folds)
+    return float(np.minimum(training / k, 1.0).mean())
 
 
 def headline_meanings(result):
@@ -153,9 +175,13 @@ def headline_meanings(result):
         )
     value = summary_value(summary, "neighbor_label_agreement")
     if value is not None:
-        meanings["neighbor_label_agreement"] = agreement_meaning(
-            value[0], meta["n_neighbors"]
+        k = meta["n_neighbors"]
+        bound = (
+            1.0  # a prefit audit's training labels are not among its samples
+            if meta["cv"] == "prefit"
+            else agreement_bound(result.tables["samples"], k, meta["n_folds"])
         )
+        meanings["neighbor_label_agreement"] = agreement_meaning(value[0], k, bound)
     return meanings
 
 

@@ -83,9 +83,13 @@ class DirichletProcessGaussianMixture(DensityMixin, BaseEstimator):
         clusters drawn together, so each point of a block is reassigned
         from its exact single-site conditional given the state before the
         block, without seeing the others' new assignments (an
-        approximation, exact in the limit of blocks of one point). The
-        points that move update their two clusters by Sherman-Morrison in
-        ``O(d^2)``, and every 10 sweeps all clusters are recomputed from
+        approximation, exact in the limit of blocks of one point; points of
+        a block opening clusters together split more than the posterior
+        does: measured on 5 points against their posterior over partitions,
+        enumerated, blocks of 2 moved it by 0.1 in total variation, and one
+        block of all 5 left every point alone 99 % of the time, against 41 %).
+        The points that move update their two clusters by Sherman-Morrison
+        in ``O(d^2)``, and every 10 sweeps all clusters are recomputed from
         their members; a sweep costs about ``O(n K d^2)``.
         ``"auto"`` takes blocks of ``ceil(n / 16)`` points, 16 blocks per
         sweep (exact for at most 16 points); ``block_size_`` and ``method_``

@@ -18,6 +18,8 @@ from sksim.audit._examples import (
     prediction_support,
 )
 from sksim.audit._findings import (
+    agreement_bound,
+    agreement_meaning,
     class_recall_finding,
     correlation_meaning,
     error_meaning,
@@ -502,3 +504,14 @@ def test_the_typical_example_is_none_of_the_others_shown(task):
         assert samples["correct"][typical[0]]
     median = samples["log_density"].sort_values(kind="stable").iloc[20]
     assert abs(samples["log_density"][typical[0]] - median) <= 0.3
+
+
+def test_neighbour_agreement_is_read_against_what_the_folds_allow():
+    """Two folds of 12 examples, 6 per class: 3 training examples of a class
+    in each fold, so at most 3 of 5 neighbours can share a label."""
+    samples = pd.DataFrame(dict(label=[0] * 6 + [1] * 6))
+    bound = agreement_bound(samples, k=5, n_folds=2)
+    assert bound == pytest.approx(0.6)
+    text = agreement_meaning(0.58, 5, bound)
+    assert "follows the classes closely (at most 3.0 could: some classes" in text
+    assert "relates many examples across" in agreement_meaning(0.58, 5)
