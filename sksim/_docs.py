@@ -79,7 +79,7 @@ max_memory : int or None, default=2 GiB
     Bytes that the gradient factors of the reference set may keep between
     blocks of queries; past it they are recomputed for every block (slower,
     bounded memory), and the blocks hold as many queries as their own
-    factors fit in it. The factors of one batch may take a third of it: a
+    factors fit in a third of it. The factors of one batch may take a third of it: a
     larger batch is computed in smaller parts, and a single sample that
     cannot fit raises a MemoryError saying what to change. A block of exact
     kernel rows, with the copies the estimator makes of it, takes at most

@@ -476,6 +476,23 @@ class GPT2Logits(nn.Module):
         return self.gpt2(input_ids=input_ids).logits
 
 
+class TrimmedTokens(nn.Module):
+    """Token ids padded with 0, cut to the longest sequence of the batch: its
+    layers see other numbers of positions in other batches."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(11, 4, padding_idx=0)
+        self.lin = nn.Linear(4, 4)
+        self.out = nn.Linear(4, 3)
+
+    def forward(self, ids):
+        ids = ids[:, : int(ids.ne(0).any(dim=0).nonzero().max()) + 1]
+        mask = ids.ne(0).unsqueeze(-1).to(self.lin.weight.dtype)
+        h = torch.tanh(self.lin(self.emb(ids))) * mask
+        return self.out(h.sum(dim=1) / mask.sum(dim=1).clamp_min(1))
+
+
 class RecurrentClassifier(nn.Module):
     """Embedding -> GRU or LSTM -> Linear on the last hidden state."""
 
@@ -696,6 +713,11 @@ def family_case(name, n):
         tokens = 1 + ids(39, 8)
         tokens[0, 6:] = 0
         return GPT2Logits().double().eval(), tokens
+    if name == "trimmed":  # lengths 2 to 7 of 7, cut per batch
+        tokens = 1 + ids(10, 7)
+        for i, length in enumerate(2 + torch.arange(n) * 5 % 6):
+            tokens[i, int(length) :] = 0
+        return TrimmedTokens().double(), tokens
     if name in ("gru", "lstm"):
         return RecurrentClassifier(name).double(), ids(20, 7)
     if name == "shared_tables":

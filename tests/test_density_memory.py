@@ -164,8 +164,8 @@ def test_exact_counts_come_in_blocks_within_a_third_of_max_memory(data, monkeypa
     kwargs = dict(method="power", batch_size=10)
     whole = GradientDensityEstimator(net, max_memory=None, **kwargs).fit(data)
     # 3 rows of 30 float64 similarities, with the count's copies of them,
-    # fill a third: the 20 queries' two batches, joined (their factors fit in
-    # max_memory, the reference's do not), come in blocks of 3 rows and 2
+    # fill a third: batches of 10 queries (too large to be joined in a third
+    # of max_memory) come in blocks of 3, 3, 3 and 1 rows
     max_memory = 3 * 3 * 8 * 30 * COUNT_COPIES + 2
     bounded = GradientDensityEstimator(net, max_memory=max_memory, **kwargs)
     bounded.fit(data)
@@ -178,5 +178,5 @@ def test_exact_counts_come_in_blocks_within_a_third_of_max_memory(data, monkeypa
     monkeypatch.setattr(GramReference, "rows_of", recorded)
     queries = data[:20]
     counts = bounded.neighbor_counts(queries)
-    assert sizes == [3] * 6 + [2]
+    assert sizes == [3, 3, 3, 1] * 2
     np.testing.assert_allclose(counts, whole.neighbor_counts(queries), rtol=1e-6)

@@ -134,9 +134,9 @@ class _Scaled(torch.nn.Module):
 @pytest.mark.parametrize("scale", [1e19, 1e-22])
 def test_float32_gradients_of_any_magnitude_give_scale_free_kernels(scale):
     """Gradients near 1e19 or 1e-22 are finite in float32 but their squares
-    are not: the Grams are formed in float64, so the cosine kernel (and the
-    influence kernel where it stays in range) is that of the unscaled network;
-    a kernel whose products leave float32's range raises."""
+    are not: the Grams are formed in float64, so the cosine kernel is that of
+    the unscaled network; kernels whose products (ntk, overflowing or
+    vanishing) or maps (influence's inverse Gram) leave float32's range raise."""
     torch.manual_seed(0)
     module = MLP(n_out=3)
     X = np.random.RandomState(0).randn(8, 5).astype(np.float32)
@@ -146,6 +146,6 @@ def test_float32_gradients_of_any_magnitude_give_scale_free_kernels(scale):
         warnings.simplefilter("error")  # no dead or singular samples reported
         K = network_similarity(scaled, X, kind="cosine", batch_size=3)
     np.testing.assert_allclose(K, expected, rtol=0, atol=1e-5)
-    out_of_range = "ntk" if scale > 1 else "influence"  # |J|^2, or 1 / |J|^2
-    with pytest.raises(FloatingPointError, match="compute in float64"):
-        network_similarity(scaled, X, kind=out_of_range)
+    for kind in ("ntk", "influence"):  # |J|^2 and 1 / |J|^2 leave float32's range
+        with pytest.raises(FloatingPointError, match="compute in float64"):
+            network_similarity(scaled, X, kind=kind)

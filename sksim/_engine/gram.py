@@ -11,19 +11,18 @@ pair, not ``d^2``.
 from __future__ import annotations
 
 import contextlib
-import itertools
 from collections.abc import Iterator
 
 import numpy as np
 import torch
 
-from .budget import rows_that_fit
+from .budget import KEPT_MEMORY, rows_that_fit
 from .finite import rows_of_reference
 from .flags import FlaggedRows, flag_scope, moved_rows
 from .inputs import n_samples, take
 from .jacobian import JacobianEngine
 from .normalize import KINDS
-from .pieces import KeptPieces, gram_of, map_pieces, nbytes_of
+from .pieces import KeptPieces, gram_of, held, map_pieces, nbytes_of, out_of_range
 from .transfer import copy_to_host, to_host
 
 # Tiles of symmetric kernels: small enough for the transposes to stay in cache.
@@ -41,13 +40,7 @@ def _pair(left: list, right: list, full: bool, max_memory: float) -> torch.Tenso
     for products in pairs:
         total += products
     if not bool(torch.isfinite(total).all()):  # the network's own are finite
-        raise FloatingPointError(
-            f"Products of the network's gradients leave the range of "
-            f"{total.dtype} (gradients beyond about 1e19 in float32, or inverses "
-            "of their Grams for gradients below about 1e-19): compute in float64 "
-            "(the network in float64, net.double(), with float64 inputs), or "
-            "scale the network's outputs."
-        )
+        raise out_of_range(total.dtype)
     return total
 
 
@@ -56,22 +49,30 @@ def _joined(batches: Iterator, n: int, max_bytes: float) -> Iterator:
 
     A group holds the rows whose pieces fit in ``max_bytes`` (measured on the
     first batch) in one buffer that every group reuses: a group must be used
-    before the next is asked for. Batches are passed on as they are when a
-    group would hold no more rows than the first batch.
+    before the next is asked for. A batch whose pieces the buffer cannot hold
+    (see :func:`~.pieces.held`) is passed on as it is, as every batch is when
+    a group would hold no more rows than the first batch.
     """
-    batches = iter(batches)
-    first = next(batches, None)
-    if first is None:
-        return
-    rows, pieces, G = first
-    size = rows_that_fit(max_bytes, nbytes_of(pieces) / len(G), n)
-    if size <= len(G):
-        yield first
-        yield from batches
-        return
-    buffer = [piece.empty(size) for piece in pieces]
-    start, grams = 0, []
-    for rows, pieces, G in itertools.chain([first], batches):
+    buffer, size, start, grams = None, 0, 0, []
+
+    def group():  # the rows filled so far, from ``start``
+        filled = sum(map(len, grams))
+        pieces = (
+            buffer if filled == size else [p.take(slice(0, filled)) for p in buffer]
+        )
+        return slice(start, start + filled), pieces, np.concatenate(grams)
+
+    for rows, pieces, G in batches:
+        if buffer is None:
+            size = rows_that_fit(max_bytes, nbytes_of(pieces) / len(G), n)
+            buffer = [piece.empty(size) for piece in pieces] if size > len(G) else []
+        if not buffer or not held(buffer, pieces):
+            if grams:
+                yield group()
+                grams = []
+            yield rows, pieces, G
+            start = rows.stop
+            continue
         done = 0
         while done < len(G):
             filled = sum(map(len, grams))
@@ -81,14 +82,11 @@ def _joined(batches: Iterator, n: int, max_bytes: float) -> Iterator:
                 kept.put(into, piece.take(part))
             grams.append(G[part])
             done = part.stop
-            if into.stop == size or rows.start + done == n:
-                group = (
-                    buffer
-                    if into.stop == size
-                    else [piece.take(slice(0, into.stop)) for piece in buffer]
-                )
-                yield slice(start, start + into.stop), group, np.concatenate(grams)
-                start, grams = start + into.stop, []
+            if into.stop == size:
+                yield group()
+                start, grams = rows.start + done, []
+    if grams:
+        yield group()
 
 
 def _gram_array(pieces: list) -> np.ndarray:
@@ -111,7 +109,8 @@ class GramReference:
     max_memory : int or None, default=None
         Bytes the prepared pieces of ``Y`` may take (None: the engine's
         ``max_memory``); past it they are recomputed for every block of
-        queries (slower, bounded memory), whose pieces take it instead.
+        queries (slower, bounded memory), grouped into blocks whose pieces
+        take a third of the engine's ``max_memory``.
     named : bool, default=False
         Name the rows of ``Y`` as the reference's when the network gives NaN
         or infinity for them: for queries other than ``Y`` itself.
@@ -145,38 +144,18 @@ class GramReference:
         self.n_samples = n_samples(Y)
         self.max_memory = engine.max_memory if max_memory is None else max_memory
         self.named = named
-        # J J^T is needed now to whiten kept pieces, and for rows of a streamed Y;
-        # otherwise it is computed from the kept pieces if asked for.
-        lazy = self.right_power is None
+        # J J^T whitens the kept pieces, and the rows of a streamed Y
         grams, kept = [], KeptPieces(self.n_samples, self.max_memory)
         found = FlaggedRows()
         with self._naming():
             for rows, pieces in engine.pieces(Y):
                 self.n_outputs = pieces[0].signal.shape[1]
-                if lazy:  # kept as they are, if they fit
-                    kept(rows, pieces)
-                    G = None if kept.pieces is not None else _gram_array(pieces)
-                else:
-                    G = _gram_array(pieces)
-                    mapped = map_pieces(pieces, G, self.right_power, rtol, found, rows)
-                    kept(rows, mapped)
+                G = _gram_array(pieces)
+                kept(rows, map_pieces(pieces, G, self.right_power, rtol, found, rows))
                 grams.append(G)
             found.report()
-        self._gram = None if lazy and kept.pieces is not None else np.concatenate(grams)
+        self.gram = np.concatenate(grams)
         self._pieces = kept.pieces
-
-    @property
-    def gram(self) -> np.ndarray:
-        """``J(y_j) J(y_j)^T`` of shape (m, d, d), float64."""
-        if self._gram is None:
-            step = self.engine.batch_size
-            self._gram = np.concatenate(
-                [
-                    _gram_array([p.take(slice(i, i + step)) for p in self._pieces])
-                    for i in range(0, self.n_samples, step)
-                ]
-            )
-        return self._gram
 
     def _naming(self):
         """Where ``Y`` is read: names its non-finite rows if :attr:`named`."""
@@ -215,7 +194,7 @@ class GramReference:
         """
         batches = self.engine.mapped_pieces(X, self.left_power, self.rtol)
         if self._pieces is None:  # each group of queries reads the reference once
-            batches = _joined(batches, n_samples(X), self.max_memory)
+            batches = _joined(batches, n_samples(X), KEPT_MEMORY * self.max_memory)
         for rows, pieces, G in batches:
             step = self.block_rows(copies, len(G))
             for start in range(0, len(G), step):

@@ -39,6 +39,9 @@ GRAM_ROWS_ELEMENTS = 2**22
 # Diagonal entries of a Gram formed in float32 trusted as they are: squared
 # gradients far from both ends of float32's range (1.2e-38 to 3.4e38).
 GRAM_RANGE = (1e-30, 1e30)
+# Squared gradients, and entries of their Grams' powers, that float32 pieces
+# pair without losing precision to its subnormal range or overflowing.
+FLOAT32_RANGE = (1e-36, 1e36)
 
 
 class PiecesTooLarge(Exception):
@@ -164,6 +167,13 @@ class DensePiece:
     def put(self, rows: slice, other: DensePiece) -> None:
         """Copy the samples of ``other`` into ``rows``."""
         self.grad[rows] = other.grad
+
+    def holds(self, other: DensePiece | SharedWeightPiece) -> bool:
+        """Whether ``other``'s samples have this piece's form (see :func:`held`)."""
+        return (
+            isinstance(other, DensePiece)
+            and other.grad.shape[1:] == self.grad.shape[1:]
+        )
 
     def nbytes(self) -> int:
         return self.grad.numel() * self.grad.element_size()
@@ -396,6 +406,15 @@ class SharedWeightPiece:
         self.h[rows] = other.h
         self.delta[rows] = other.delta
 
+    def holds(self, other: DensePiece | SharedWeightPiece) -> bool:
+        """Whether ``other``'s samples have this piece's form (see :func:`held`)."""
+        return (
+            isinstance(other, SharedWeightPiece)
+            and (other.n_tokens, other.bias) == (self.n_tokens, self.bias)
+            and other.h.shape[1:] == self.h.shape[1:]
+            and other.delta.shape[1:] == self.delta.shape[1:]
+        )
+
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.h, self.delta))
 
@@ -505,9 +524,23 @@ class KeptPieces:
             if nbytes_of(pieces) * self.n / rows.stop > self.max_bytes:
                 return
             self.pieces = [piece.empty(self.n) for piece in pieces]
+        if self.pieces is not None and not held(self.pieces, pieces):
+            self.pieces = None  # the layers changed form with the inputs' positions
         if self.pieces is not None:
             for kept, piece in zip(self.pieces, pieces, strict=True):
                 kept.put(rows, piece)
+
+
+def held(kept: list, pieces: list) -> bool:
+    """Whether a batch's ``pieces`` can be put into the ``kept`` ones, layer by layer.
+
+    Not when a network's layers see other numbers of positions in other
+    batches (sequences cut to their batch's longest), which can change the
+    shapes of their pieces, or their form, factors or gradients.
+    """
+    return len(kept) == len(pieces) and all(
+        k.holds(p) for k, p in zip(kept, pieces, strict=True)
+    )
 
 
 def gram_of(pieces: list) -> torch.Tensor:
@@ -552,9 +585,32 @@ def map_pieces(
     Jacobians are held once, not twice; ``pieces`` is returned. Dead and
     near-singular samples are recorded in ``found`` (see :func:`gram_power`).
     """
+    dtype = pieces[0].signal.dtype
     if power is None:
+        diagonal = np.diagonal(G, axis1=1, axis2=2)
+        _check_range(diagonal[diagonal > 0], dtype)  # the products of pairs
         return pieces
-    W = torch.as_tensor(gram_power(G, power, rtol, found, rows)).to(pieces[0].signal)
+    W = gram_power(G, power, rtol, found, rows)
+    scale = np.abs(W).max(axis=(1, 2))
+    _check_range(scale[scale > 0], dtype)  # the map's entries
+    W = torch.as_tensor(W).to(pieces[0].signal)
     for i, piece in enumerate(pieces):
         pieces[i] = piece.transform(W)
     return pieces
+
+
+def _check_range(values: np.ndarray, dtype: torch.dtype) -> None:
+    """Raise when ``values`` leave :data:`FLOAT32_RANGE` for pieces below float64."""
+    low, high = FLOAT32_RANGE
+    if dtype != torch.float64 and ((values < low) | (values > high)).any():
+        raise out_of_range(dtype)
+
+
+def out_of_range(dtype: torch.dtype) -> FloatingPointError:
+    """The error of products of gradients that leave the range of ``dtype``."""
+    return FloatingPointError(
+        f"Products of the network's gradients leave the range of {dtype} "
+        "(squared gradients beyond about 1e36 or below 1e-36, or their inverses): "
+        "compute in float64 (the network in float64, net.double(), with float64 "
+        "inputs), or scale the network's outputs."
+    )

@@ -2,7 +2,8 @@
 
 import numpy as np
 import pytest
-from _architectures import layer_case, oracle_jacobians
+import torch
+from _architectures import family_case, layer_case, oracle_jacobians, oracle_kernel
 
 from sksim._engine import gram
 from sksim._engine.gram import GramReference
@@ -47,14 +48,15 @@ def test_symmetric_strips_match_the_oracle(kind, full, monkeypatch):
 
 @pytest.mark.parametrize("kind", ["cosine", "influence"])
 def test_streamed_reference_meets_queries_in_groups_that_fit(kind, monkeypatch):
-    """Without kept pieces, the queries' batches are joined into groups as
-    large as the reference's pieces could have been: the reference is read
-    once per group, not once per batch; the values do not change."""
+    """Without kept pieces, the queries' batches are joined into groups whose
+    pieces take a third of what the reference's could have: the reference is
+    read once per group, not once per batch; the values do not change."""
     module, X = layer_case("conv1d")
+    X = torch.cat([X, 0.5 * X, 2 * X])  # 18 rows
     engine = JacobianEngine(module, batch_size=2)
     kept = GramReference(engine, X, kind)
     per_row = sum(p.nbytes() for p in kept._pieces) / len(X)
-    streamed = GramReference(engine, X, kind, max_memory=int(4.5 * per_row))
+    streamed = GramReference(engine, X, kind, max_memory=int(13.5 * per_row))
     assert streamed._pieces is None
     expected = kept.matrix(), kept.matrix(X[1:])
     reads = []
@@ -69,3 +71,23 @@ def test_streamed_reference_meets_queries_in_groups_that_fit(kind, monkeypatch):
     reads.clear()
     np.testing.assert_allclose(streamed.matrix(X[1:]), expected[1], rtol=1e-12)
     assert len(reads) == -(-(len(X) - 1) // 4)
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+@pytest.mark.parametrize("kind", ["cosine", "ntk", "influence"])
+def test_layers_of_other_positions_in_other_batches_are_not_joined(kind, streamed):
+    """A network cutting its sequences to each batch's longest gives its layers
+    pieces of other shapes (or forms) in other batches: they are neither kept
+    together nor joined into groups of queries, and the values are exact."""
+    module, X = family_case("trimmed", 9)
+    J = oracle_jacobians(module, X)
+    engine = JacobianEngine(module, batch_size=2)
+    if streamed:  # room for the pieces of about 5 samples: groups of queries
+        _, pieces = next(engine.pieces(X[:2]))
+        engine.max_memory = int(2.5 * sum(p.nbytes() for p in pieces))
+    K = GramReference(engine, X, kind).matrix()
+    np.testing.assert_allclose(K, oracle_kernel(J, J, kind), rtol=1e-9, atol=1e-12)
+    queries = X[[8, 0, 5, 1]]
+    K = GramReference(engine, X, kind).matrix(queries)
+    expected = oracle_kernel(J[[8, 0, 5, 1]], J, kind)
+    np.testing.assert_allclose(K, expected, rtol=1e-9, atol=1e-12)
