@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset, default_collate
 
+from .budget import rows_that_fit
+
 # Bytes of a dataset's inputs read at once where no batch size is given.
 READ_BYTES = 2**26
 
@@ -135,7 +137,7 @@ def read_batch_size(dataset: Dataset, max_bytes: float, float_dtype) -> int:
     first = _read(dataset, [0], torch.device("cpu"), float_dtype)
     tensors = first.values() if isinstance(first, Mapping) else [first]
     item_bytes = sum(t.numel() * t.element_size() for t in tensors)
-    return int(max(1, min(len(dataset), max_bytes // max(item_bytes, 1))))
+    return rows_that_fit(max_bytes, item_bytes, len(dataset))
 
 
 def _sample_shape(batch) -> tuple | dict:
