@@ -24,7 +24,7 @@ from ._docs import fill_doc
 from ._engine.flags import FlaggedRows
 from ._engine.inputs import n_samples
 from ._engine.jacobian import DEFAULT_MAX_MEMORY
-from ._engine.normalize import gram_power
+from ._engine.normalize import self_similarity
 from ._net import is_unfitted_skorch, resolve_module, weights_digest
 from ._typing import NetLike, Output
 from ._validation import check_net_input
@@ -47,10 +47,9 @@ def _diagonal(
     where eigenvalues were floored, 0 for dead inputs (recorded in ``found``
     as ``rows``).
     """
-    d = G.shape[-1]
     if kind == "ntk":
-        return np.trace(G, axis1=-2, axis2=-1) / d
-    return np.einsum("bij,bji->b", gram_power(G, -1.0, rtol, found, rows), G) / d
+        return np.trace(G, axis1=-2, axis2=-1) / G.shape[-1]
+    return self_similarity(G, rtol, found=found, rows=rows)
 
 
 @fill_doc

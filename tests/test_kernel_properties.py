@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import ortho_group
 
-from sksim import DeadInputWarning, network_similarity
+from sksim import DeadInputWarning, network_similarity, similarity_to_distance
 from sksim._engine.normalize import normalize
 
 
@@ -149,3 +149,28 @@ def test_float32_gradients_of_any_magnitude_give_scale_free_kernels(scale):
     for kind in ("ntk", "influence"):  # |J|^2 and 1 / |J|^2 leave float32's range
         with pytest.raises(FloatingPointError, match="compute in float64"):
             network_similarity(scaled, X, kind=kind)
+
+
+@pytest.mark.parametrize("reduce", ["trace", None])
+@pytest.mark.parametrize("n_jobs", [None, 2])
+def test_float32_cosine_self_similarity_is_exactly_one_and_bounded(reduce, n_jobs):
+    """float32 products round past Cauchy-Schwarz (1 + 3e-7, a self-similarity
+    of 1 - 2e-7 at distance 7e-4): values are clipped to [-1, 1] and the
+    diagonal of K(X, X) is exactly 1 (the identity block), so no duplicate of
+    an example is nearer to it than itself."""
+    torch.manual_seed(0)
+    module = MLP(n_in=20, n_hidden=64, n_out=10)
+    X = np.random.RandomState(0).randn(60, 20).astype(np.float32)
+    X = np.concatenate([X, X[:20]])
+    K = network_similarity(module, X, batch_size=7, reduce=reduce, n_jobs=n_jobs)
+    diagonal = np.arange(len(X))
+    if reduce is None:
+        np.testing.assert_array_equal(
+            K[diagonal, diagonal], np.broadcast_to(np.eye(10), (80, 10, 10))
+        )
+    else:
+        np.testing.assert_array_equal(np.diag(K), 1.0)
+        assert similarity_to_distance(K)[diagonal, diagonal].max() == 0.0
+    assert np.abs(K).max() <= 1.0
+    rectangular = network_similarity(module, X[:20], X, batch_size=7, reduce=reduce)
+    assert np.abs(rectangular).max() <= 1.0

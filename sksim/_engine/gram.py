@@ -21,7 +21,7 @@ from .finite import rows_of_reference
 from .flags import FlaggedRows, flag_scope, moved_rows
 from .inputs import n_samples, take
 from .jacobian import JacobianEngine
-from .normalize import KINDS
+from .normalize import KINDS, self_similarity
 from .pieces import KeptPieces, gram_of, held, map_pieces, nbytes_of, out_of_range
 from .transfer import copy_to_host, to_host
 
@@ -177,9 +177,12 @@ class GramReference:
         out, max_memory = np.empty(shape), self.engine.max_memory
         for cols, right in self._reference_blocks():  # widened to float64 as copied
             copy_to_host(out[:, cols], _pair(left, right, self.full, max_memory))
-        if self.full:
-            return out.transpose(0, 1, 3, 2) if self.kind == "influence" else out
-        out /= d
+        if not self.full:
+            out /= d
+        if self.kind == "cosine":  # rounding can pass Cauchy-Schwarz's bound
+            np.clip(out, -1.0, 1.0, out=out)
+        if self.full and self.kind == "influence":
+            return out.transpose(0, 1, 3, 2)
         return out
 
     def rows(
@@ -244,18 +247,26 @@ class GramReference:
         return rows_that_fit(self.engine.max_memory / 3, row_bytes, n)
 
     def matrix(self, X=None) -> np.ndarray:
-        """All rows at once; ``X=None`` gives the exactly symmetric ``K(Y, Y)``."""
+        """All rows at once; ``X=None`` gives the exactly symmetric ``K(Y, Y)``.
+
+        Its cosine self-similarities are exact: 1 unless eigenvalues were
+        floored (see :func:`~.normalize.self_similarity`), so that no other
+        sample is more similar to one than itself through rounding.
+        """
         if X is None and self.kind != "influence" and self._pieces is not None:
-            return self._symmetric_matrix()
-        blocks = self.self_rows() if X is None else self.rows(X)
-        out = None
-        for rows, B, _ in blocks:
-            if out is None:
-                n = self.n_samples if X is None else n_samples(X)
-                out = np.empty((n, *B.shape[1:]))
-            out[rows] = B
-        if X is None and self.kind != "influence":
-            symmetrize(out)
+            out = self._symmetric_matrix()
+        else:
+            out = None
+            for rows, B, _ in self.self_rows() if X is None else self.rows(X):
+                if out is None:
+                    n = self.n_samples if X is None else n_samples(X)
+                    out = np.empty((n, *B.shape[1:]))
+                out[rows] = B
+            if X is None and self.kind != "influence":
+                symmetrize(out)
+        if X is None and self.kind == "cosine":
+            diagonal = np.arange(self.n_samples)
+            out[diagonal, diagonal] = self_similarity(self.gram, self.rtol, self.full)
         return out
 
     def _symmetric_matrix(self) -> np.ndarray:
@@ -281,6 +292,8 @@ class GramReference:
                 right = [p.take(cols) for p in self._pieces]
                 B = _pair(left, right, self.full, self.engine.max_memory)
                 B = (B if self.full or d == 1 else B / d).to(where)
+                if self.kind == "cosine":
+                    B.clamp_(-1.0, 1.0)
                 if i == j:
                     diagonal = B[:, : rows.stop - i]
                     diagonal.copy_(0.5 * (diagonal + diagonal.permute(swap)))

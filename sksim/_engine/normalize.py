@@ -12,9 +12,9 @@ KINDS = ("cosine", "ntk", "influence")
 def _floored_eigh(G: np.ndarray, rtol: float):
     """Eigen-decompositions of a stack of PSD matrices, eigenvalues floored.
 
-    Returns eigenvalues, eigenvectors, and masks of dead samples (zero
-    gradient) and of near-singular ones: eigenvalues under
-    ``rtol * lambda_max`` are raised to it.
+    Returns the eigenvalues, the floored eigenvalues, the eigenvectors, and
+    masks of dead samples (zero gradient) and of near-singular ones:
+    eigenvalues under ``rtol * lambda_max`` are raised to it.
     """
     G = 0.5 * (G + np.swapaxes(G, -1, -2))
     lam, V = np.linalg.eigh(G)
@@ -22,8 +22,8 @@ def _floored_eigh(G: np.ndarray, rtol: float):
     dead = lam_max[..., 0] <= 0
     floor = rtol * np.maximum(lam_max, 0)
     singular = (lam < floor).any(axis=-1) & ~dead & (G.shape[-1] > 1)
-    lam = np.where(dead[..., None], 0.0, np.maximum(lam, floor))
-    return lam, V, dead, singular
+    floored = np.where(dead[..., None], 0.0, np.maximum(lam, floor))
+    return lam, floored, V, dead, singular
 
 
 def gram_power(
@@ -40,12 +40,39 @@ def gram_power(
     ``rows`` (a slice or indices) of their inputs; None records nothing (a
     pass that computed them first did).
     """
-    lam, V, dead, singular = _floored_eigh(G, rtol)
+    _, lam, V, dead, singular = _floored_eigh(G, rtol)
     if found is not None:
         found.add(dead, singular, rows)
     with np.errstate(divide="ignore"):
         scaled = np.where(dead[..., None], 0.0, lam**power)
     return (V * scaled[..., None, :]) @ np.swapaxes(V, -1, -2)
+
+
+def self_similarity(
+    G: np.ndarray,
+    rtol: float,
+    full: bool = False,
+    found: FlaggedRows | None = None,
+    rows=None,
+) -> np.ndarray:
+    """``k(x, x)`` of the cosine and influence kernels, from the Grams ``G``.
+
+    Both are ``tr(G_f^{-1} G) / d``, with ``G_f`` the floored Gram: the mean
+    of ``lambda / max(lambda, floor)`` over the eigenvalues, exactly 1 unless
+    some were floored (then less), 0 for dead samples. ``full`` gives the
+    blocks ``A(x) A(x)^T`` ``(n, d, d)`` of the cosine kernel instead: exactly
+    the identity unless floored. Dead and near-singular samples are recorded
+    in ``found`` as in :func:`gram_power`.
+    """
+    lam, floored, V, dead, singular = _floored_eigh(G, rtol)
+    if found is not None:
+        found.add(dead, singular, rows)
+    share = np.divide(lam, floored, out=np.zeros_like(lam), where=~dead[..., None])
+    if not full:
+        return share.mean(axis=-1)
+    blocks = (V * share[..., None, :]) @ np.swapaxes(V, -1, -2)
+    blocks[~dead & ~singular] = np.eye(G.shape[-1])
+    return blocks
 
 
 def normalize(

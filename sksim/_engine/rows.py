@@ -184,7 +184,8 @@ def pair_similarities(
     total = sum(
         p.paired(q, rows, columns, max_memory) for p, q in zip(left, right, strict=True)
     )
-    return (total / left[0].signal.shape[1]).float().cpu().numpy()
+    cosines = (total / left[0].signal.shape[1]).clamp_(-1.0, 1.0)  # rounding
+    return cosines.float().cpu().numpy()
 
 
 def streamed_similarities(
