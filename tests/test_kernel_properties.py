@@ -1,5 +1,6 @@
 """Properties and invariances of the normalised (whitened) kernel."""
 
+import copy
 import warnings
 
 import numpy as np
@@ -10,7 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import ortho_group
 
-from sksim import DeadInputWarning, network_similarity, similarity_to_distance
+from sksim import (
+    DeadInputWarning,
+    gradient_features,
+    network_similarity,
+    similarity_to_distance,
+)
 from sksim._engine.normalize import normalize
 
 
@@ -174,3 +180,67 @@ def test_float32_cosine_self_similarity_is_exactly_one_and_bounded(reduce, n_job
     assert np.abs(K).max() <= 1.0
     rectangular = network_similarity(module, X[:20], X, batch_size=7, reduce=reduce)
     assert np.abs(rectangular).max() <= 1.0
+
+
+def _ill_conditioned(singular_values):
+    """A float32 network whose first layer's Jacobian Grams have the condition
+    number of ``singular_values`` squared (the last layer's, 4 outputs)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(5, 16), torch.nn.Tanh(), torch.nn.Linear(16, 4, bias=False)
+    )
+    with torch.no_grad():
+        U, _, Vt = torch.linalg.svd(torch.randn(4, 16), full_matrices=False)
+        net[2].weight.copy_(U @ torch.diag(torch.tensor(singular_values)) @ Vt)
+    return net
+
+
+def _first_layer_jacobians(net, X):
+    """``d f / d theta_0`` of each sample, float64, by autograd on a copy."""
+    net = copy.deepcopy(net).double()
+    params = list(net[0].parameters())
+    rows = []
+    for x in torch.as_tensor(X, dtype=torch.float64):
+        out = net(x[None])[0]
+        rows.append(
+            [
+                torch.cat(
+                    [
+                        g.flatten()
+                        for g in torch.autograd.grad(o, params, retain_graph=True)
+                    ]
+                )
+                for o in out
+            ]
+        )
+    return np.array([[g.numpy() for g in row] for row in rows])
+
+
+def test_float32_cosine_of_ill_conditioned_grams_is_float32_accurate():
+    """cond(J J^T) of 7e4 (under 1/rtol: nothing floored, no warning): Grams
+    formed in float32 put the cosine 2e-4 off; formed again in float64, it is
+    within float32's resolution of the float64 kernel."""
+    net = _ill_conditioned([1.0, 0.1, 0.02, 0.005])
+    X = np.random.RandomState(1).randn(12, 5).astype(np.float32)
+    expected = cosine(_first_layer_jacobians(net, X))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing near-singular is reported
+        K = network_similarity(net, X, params="0", batch_size=5)
+        K_xy = network_similarity(net, X, X, params="0", batch_size=5)
+    np.testing.assert_allclose(K, expected, atol=3e-6)
+    np.testing.assert_allclose(K_xy, expected, atol=3e-6)
+
+
+def test_exact_whitened_features_of_a_float16_network_are_computed_in_float32():
+    """float16 Grams underflowed (NaN features, or a self-similarity of 1.6)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(5, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)
+    )
+    with torch.no_grad():
+        net[2].weight.mul_(3e-4)
+    net = net.half()
+    X = np.random.RandomState(1).randn(12, 5).astype(np.float32)
+    F = gradient_features(net, X, params="0", batch_size=5).astype(np.float64)
+    K = network_similarity(net, X, params="0", batch_size=5)
+    np.testing.assert_allclose(np.einsum("adk,bdk->ab", F, F) / 3, K, atol=1e-5)

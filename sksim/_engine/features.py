@@ -17,7 +17,7 @@ from sklearn.utils import check_random_state
 from .flags import FlaggedRows, flag_scope
 from .inputs import n_samples, take
 from .jacobian import JacobianEngine
-from .pieces import DensePiece, gram_of, map_pieces
+from .pieces import DensePiece, gram_of, in_common_dtype, map_pieces
 from .sketch import GradientSketch
 from .transfer import copy_to_host
 
@@ -32,7 +32,7 @@ def whitened_jacobians(
     """
     found = FlaggedRows()
     for rows, J in engine.jacobians(X):
-        J = DensePiece(J)
+        (J,) = in_common_dtype([DensePiece(J)])
         G = gram_of([J]).double().cpu().numpy()
         (A,) = map_pieces([J], G, -0.5, rtol, found, rows)
         yield rows, A.grad

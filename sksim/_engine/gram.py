@@ -167,8 +167,11 @@ class GramReference:
             return
         with self._naming():
             for cols, pieces in self.engine.pieces(self.Y, progress=False):
-                G = self.gram[cols]
-                yield cols, map_pieces(pieces, G, self.right_power, self.rtol)
+                G = self.gram[cols]  # formed as map_pieces refines them
+                yield (
+                    cols,
+                    map_pieces(pieces, G, self.right_power, self.rtol, refine=False),
+                )
 
     def rows_of(self, left: list) -> np.ndarray:
         """Kernel rows of queries given by their pieces, mapped by ``left_power``."""
@@ -230,7 +233,9 @@ class GramReference:
             left = [p.take(chosen) for p in self._pieces]
             G = self.gram[of_y]
             if self.left_power != self.right_power:  # influence: R = I, L = G^-1
-                left = map_pieces(left, G, self.left_power, self.rtol, found, of_y)
+                left = map_pieces(
+                    left, G, self.left_power, self.rtol, found, of_y, refine=False
+                )
             yield rows, self.rows_of(left), G
         found.report()
 

@@ -9,7 +9,7 @@ from .flags import FlaggedRows
 KINDS = ("cosine", "ntk", "influence")
 
 
-def _floored_eigh(G: np.ndarray, rtol: float):
+def floored_eigh(G: np.ndarray, rtol: float) -> tuple[np.ndarray, ...]:
     """Eigen-decompositions of a stack of PSD matrices, eigenvalues floored.
 
     Returns the eigenvalues, the floored eigenvalues, the eigenvectors, and
@@ -40,7 +40,17 @@ def gram_power(
     ``rows`` (a slice or indices) of their inputs; None records nothing (a
     pass that computed them first did).
     """
-    _, lam, V, dead, singular = _floored_eigh(G, rtol)
+    return decomposed_power(floored_eigh(G, rtol), power, found, rows)
+
+
+def decomposed_power(
+    decomposition: tuple[np.ndarray, ...],
+    power: float,
+    found: FlaggedRows | None = None,
+    rows=None,
+) -> np.ndarray:
+    """:func:`gram_power` of the Grams whose :func:`floored_eigh` is given."""
+    _, lam, V, dead, singular = decomposition
     if found is not None:
         found.add(dead, singular, rows)
     with np.errstate(divide="ignore"):
@@ -64,7 +74,7 @@ def self_similarity(
     the identity unless floored. Dead and near-singular samples are recorded
     in ``found`` as in :func:`gram_power`.
     """
-    lam, floored, V, dead, singular = _floored_eigh(G, rtol)
+    lam, floored, V, dead, singular = floored_eigh(G, rtol)
     if found is not None:
         found.add(dead, singular, rows)
     share = np.divide(lam, floored, out=np.zeros_like(lam), where=~dead[..., None])

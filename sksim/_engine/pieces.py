@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .flags import FlaggedRows
-from .normalize import gram_power
+from .normalize import decomposed_power, floored_eigh
 
 # Elements of the largest intermediate of one pairing step, at most: the
 # (b, m, T, T') products of positions; in the full form, the smaller of those
@@ -39,6 +39,8 @@ GRAM_ROWS_ELEMENTS = 2**22
 # Diagonal entries of a Gram formed in float32 trusted as they are: squared
 # gradients far from both ends of float32's range (1.2e-38 to 3.4e38).
 GRAM_RANGE = (1e-30, 1e30)
+# Grams less well conditioned are formed in float64 before they are inverted
+COND_FLOAT64 = 100.0
 # Squared gradients, and entries of their Grams' powers, that float32 pieces
 # pair without losing precision to its subnormal range or overflowing.
 FLOAT32_RANGE = (1e-36, 1e36)
@@ -549,15 +551,20 @@ def gram_of(pieces: list) -> torch.Tensor:
     Formed in the pieces' dtype, unless a diagonal entry leaves
     :data:`GRAM_RANGE` (zero included: a dead sample, or one whose float32
     squares vanish), or is not finite: the batch's Gram is then formed again
-    in float64, each piece widened :data:`GRAM_ROWS_ELEMENTS` elements at a
-    time, so that the whitening sees neither an overflow nor a vanished
-    gradient.
+    in float64 (:func:`float64_gram`), so that the whitening sees neither an
+    overflow nor a vanished gradient.
     """
     G = sum(p.self_gram() for p in pieces)
     diagonal = G.diagonal(dim1=1, dim2=2)
     low, high = GRAM_RANGE
     if G.dtype == torch.float64 or bool(((diagonal > low) & (diagonal < high)).all()):
         return G.double()
+    return float64_gram(pieces)
+
+
+def float64_gram(pieces: list) -> torch.Tensor:
+    """``J(x) J(x)^T`` formed in float64, each piece widened
+    :data:`GRAM_ROWS_ELEMENTS` elements at a time."""
     G = 0
     for piece in pieces:
         per_row = piece.nbytes() / max(1, len(piece)) / piece.signal.element_size()
@@ -578,19 +585,37 @@ def map_pieces(
     rtol: float,
     found: FlaggedRows | None = None,
     rows=None,
+    refine: bool = True,
 ) -> list:
     """Pieces of ``G^power J`` (``power=None`` leaves them as they are).
 
     They replace those of ``J`` in ``pieces`` one by one, so that a batch's
-    Jacobians are held once, not twice; ``pieces`` is returned. Dead and
-    near-singular samples are recorded in ``found`` (see :func:`gram_power`).
+    Jacobians are held once, not twice; ``pieces`` is returned. With
+    ``refine``, the Grams ``G`` of lower precision than float64 whose
+    condition number passes :data:`COND_FLOAT64` are first formed again in
+    float64, in place (float32 rounding of ``J J^T`` moves ``G^power`` by
+    about ``cond(G)`` times its resolution); without, ``G`` must be such
+    already. Dead and near-singular samples are recorded in ``found`` (see
+    :func:`~.normalize.gram_power`).
     """
     dtype = pieces[0].signal.dtype
     if power is None:
         diagonal = np.diagonal(G, axis1=1, axis2=2)
         _check_range(diagonal[diagonal > 0], dtype)  # the products of pairs
         return pieces
-    W = gram_power(G, power, rtol, found, rows)
+    decomposition = floored_eigh(G, rtol)
+    if refine and dtype != torch.float64:
+        lam = decomposition[0]
+        ill = np.flatnonzero(lam[:, -1] > COND_FLOAT64 * np.maximum(lam[:, 0], 0))
+        ill = ill[lam[ill, -1] > 0]  # not dead
+        if len(ill):
+            chosen = torch.as_tensor(ill, device=pieces[0].signal.device)
+            G[ill] = float64_gram([p.take(chosen) for p in pieces]).cpu().numpy()
+            for part, redone in zip(
+                decomposition, floored_eigh(G[ill], rtol), strict=True
+            ):
+                part[ill] = redone
+    W = decomposed_power(decomposition, power, found, rows)
     scale = np.abs(W).max(axis=(1, 2))
     _check_range(scale[scale > 0], dtype)  # the map's entries
     W = torch.as_tensor(W).to(pieces[0].signal)
