@@ -266,6 +266,24 @@ def test_embeddings_scaling_gradients_by_frequency_give_the_derivatives(case):
     assert all(embedding.scale_grad_by_freq for embedding in embeddings)
 
 
+@pytest.mark.parametrize("case", ["tokens", "tied_embedding"])
+def test_module_backward_hooks_that_change_gradients_leave_the_derivatives(case):
+    """Module backward hooks change autograd's gradients (and ran on every
+    pass): the kernel is of the derivatives, and the hooks stay registered."""
+    module, X = _case(case)
+    J = oracle_jacobians(module, X)
+    calls = []
+    leaves = [m for m in module.modules() if not list(m.children())]
+    doubling = leaves[-1].register_full_backward_pre_hook(lambda m, g: (2 * g[0],))
+    counting = leaves[0].register_full_backward_hook(lambda *_: calls.append(1))
+    for kind in ("cosine", "ntk", "influence"):
+        K = network_similarity(module, X, kind=kind, batch_size=4)
+        np.testing.assert_allclose(K, oracle_kernel(J, J, kind), rtol=1e-7, atol=1e-12)
+    assert calls == []
+    assert doubling.id in leaves[-1]._backward_pre_hooks
+    assert counting.id in leaves[0]._backward_hooks
+
+
 def test_callable_output_receives_a_tuple_as_the_network_returns_it():
     """An int or "logits" reads the first item; a callable sees the tuple."""
 

@@ -7,6 +7,7 @@ import copy
 import itertools
 import threading
 import weakref
+from collections import OrderedDict
 from collections.abc import Iterator
 
 import torch
@@ -157,9 +158,11 @@ def evaluation_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
     up in place. The modes are restored by the module's own ``train`` (an
     override that also freezes or merges weights undoes what its ``eval``
     did), then layer by layer. Embeddings' ``scale_grad_by_freq``, a training
-    heuristic that scales their gradients, is off inside: gradients are the
-    derivatives. The block holds the network's lock: another thread's block
-    on the same network waits until this one ends (a thread may nest blocks).
+    heuristic that scales their gradients, is off inside, as are the modules'
+    backward hooks (which may change gradients, and would run on every
+    pass): gradients are the derivatives. The block holds the network's
+    lock: another thread's block on the same network waits until this one
+    ends (a thread may nest blocks).
 
     Raises
     ------
@@ -180,12 +183,24 @@ def evaluation_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
             if sub.max_norm is not None
         ]
         buffers = _buffers(module)
+        hooked = {
+            sub: (sub._backward_hooks, sub._backward_pre_hooks)
+            for sub in module.modules()
+            if sub._backward_hooks or sub._backward_pre_hooks
+        }
         module.eval()
         try:
             for embedding in scaled:
                 embedding.scale_grad_by_freq = False
+            for sub in hooked:
+                sub._backward_hooks, sub._backward_pre_hooks = (
+                    OrderedDict(),
+                    OrderedDict(),
+                )
             yield _checked(module)
         finally:
+            for sub, (hooks, pre_hooks) in hooked.items():
+                sub._backward_hooks, sub._backward_pre_hooks = hooks, pre_hooks
             module.train(modes[module])
             for sub, training in modes.items():
                 sub.training = training
