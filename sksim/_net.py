@@ -16,6 +16,7 @@ from numpy.typing import ArrayLike
 from sklearn.base import clone, is_classifier, is_regressor
 from sklearn.exceptions import NotFittedError
 from sklearn.frozen import FrozenEstimator
+from sklearn.pipeline import Pipeline
 from skorch import NeuralNet, NeuralNetBinaryClassifier, NeuralNetClassifier
 
 from ._engine.context import evaluation_mode, forked_rng, torch_seed
@@ -177,13 +178,27 @@ def resolve_module(net: NetLike) -> torch.nn.Module:
                 "first, or pass it unfitted to an sksim estimator together with y "
                 "so that sksim trains a clone."
             )
-        return net.module_
-    if isinstance(net, torch.nn.Module):
-        return net
-    raise TypeError(
-        "net must be a skorch net, a FrozenEstimator around one, or a "
-        f"torch.nn.Module; got {type(net).__name__}."
-    )
+        module = net.module_
+    elif isinstance(net, torch.nn.Module):
+        module = net
+    else:
+        advice = ""
+        if isinstance(net, Pipeline):
+            advice = (
+                ": pass the pipeline's net (pipe[-1]) and the inputs its other "
+                "steps make (pipe[:-1].transform(X))"
+            )
+        raise TypeError(
+            "net must be a skorch net, a FrozenEstimator around one, or a "
+            f"torch.nn.Module; got {type(net).__name__}{advice}."
+        )
+    if isinstance(module, torch.jit.ScriptModule):
+        raise TypeError(
+            "TorchScript modules (torch.jit.script or trace) cannot be "
+            "differentiated per sample: pass the nn.Module they were made from "
+            "(torch.compile'd modules are taken)."
+        )
+    return module
 
 
 def weights_digest(module: torch.nn.Module) -> str:

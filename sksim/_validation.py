@@ -24,7 +24,8 @@ from ._engine.inputs import check_finite, is_dataset, n_samples, split_item
 
 def _as_array(X):
     if isinstance(X, torch.Tensor):
-        return _with_values(X).detach().cpu().numpy()
+        X = _with_values(X).detach().cpu()
+        return (X.float() if X.dtype == torch.bfloat16 else X).numpy()  # no NumPy type
     return X
 
 

@@ -16,6 +16,8 @@ from _architectures import (
     oracle_kernel,
 )
 from sklearn.exceptions import NotFittedError
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 from sklearn.utils import Bunch
 from skorch import NeuralNetRegressor
 
@@ -226,6 +228,16 @@ def test_bad_parameters(module):
         network_similarity(module, X, params=["conv"])
     with pytest.raises(TypeError, match="net must be a skorch net"):
         network_similarity("my-net", X)
+
+
+def test_pipelines_and_torchscript_are_refused_with_what_to_pass():
+    module = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh())
+    with pytest.raises(TypeError, match=r"got Pipeline: pass the pipeline's net"):
+        network_similarity(make_pipeline(StandardScaler()), X)
+    traced = torch.jit.trace(module, torch.as_tensor(X[:2]))
+    for scripted in (torch.jit.script(module), traced):
+        with pytest.raises(TypeError, match="pass the nn.Module they were made from"):
+            network_similarity(scripted, X)
 
 
 def test_frozen_parameters_only():
@@ -708,3 +720,15 @@ def test_errors_of_an_output_callable_are_its_own_not_the_inputs():
     X = np.random.RandomState(0).randn(4, 5).astype(np.float32)
     with pytest.raises(RuntimeError, match="the selector's own failure"):
         network_similarity(MLP(), X, output=selector)
+
+
+def test_bfloat16_tensors_are_taken_by_the_estimators():
+    """NumPy has no bfloat16: the estimators' checks failed on its tensors."""
+    module = MLP()
+    X_bf16 = torch.as_tensor(X).to(torch.bfloat16)
+    X_same = X_bf16.float().numpy()
+    density = GradientDensityEstimator(module, method="soft").fit(X_bf16)
+    expected = GradientDensityEstimator(module, method="soft").fit(X_same)
+    np.testing.assert_array_equal(
+        density.score_samples(X_bf16), expected.score_samples(X_same)
+    )
