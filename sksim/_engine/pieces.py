@@ -563,8 +563,10 @@ def gram_of(pieces: list) -> torch.Tensor:
 
 
 def float64_gram(pieces: list) -> torch.Tensor:
-    """``J(x) J(x)^T`` formed in float64, each piece widened
-    :data:`GRAM_ROWS_ELEMENTS` elements at a time."""
+    """``J(x) J(x)^T`` of every sample of a batch, formed in float64.
+
+    Each piece is widened :data:`GRAM_ROWS_ELEMENTS` elements at a time.
+    """
     G = 0
     for piece in pieces:
         per_row = piece.nbytes() / max(1, len(piece)) / piece.signal.element_size()
