@@ -147,6 +147,15 @@ _ENGINE_PARAMS = ("output", "params", "batch_size", "device", "verbose", "max_me
 _CHECKPOINT_PARAMS = ("checkpoints", "checkpoint_weights")
 
 
+def _kept(value):
+    """``value`` as ``fit`` keeps it: a copy of a list or array, else itself."""
+    if isinstance(value, list | tuple):
+        return list(value)
+    if isinstance(value, np.ndarray):
+        return value.copy()
+    return value
+
+
 class NetworkEstimator(BaseEstimator):
     """Base of the estimators that compare inputs through a network's gradients.
 
@@ -191,9 +200,11 @@ class NetworkEstimator(BaseEstimator):
                 self.checkpoints,
                 self.checkpoint_weights,
             )
-        # set_params changes them at the next fit, as it does what fit computed
+        # set_params changes them at the next fit, as it does what fit computed;
+        # the checkpoints' list and weights are copied, so that changing them in
+        # place does not either
         self._engine_params = {
-            name: getattr(self, name, None)
+            name: _kept(getattr(self, name, None))
             for name in _ENGINE_PARAMS + _CHECKPOINT_PARAMS
         }
         # built once here, so that later calls leave __dict__ as it is

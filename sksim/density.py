@@ -360,7 +360,7 @@ class GradientDensityEstimator(DensityMixin, NetworkEstimator):
     def _soft_counts(self, X):
         """``N_S(X)``: each checkpoint's soft counts, weighted."""
         sums = self.reference_sum_
-        if self.checkpoints is None:
+        if self._engine_params["checkpoints"] is None:  # fit's, not set_params'
             sums = sums[None]
         return weighted_sum(
             self._engines(),

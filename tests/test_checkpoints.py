@@ -391,6 +391,14 @@ def test_hard_and_power_counts_use_the_averaged_kernel(
             lambda s: s.update({"0.weight": torch.zeros(4, 3)}),
             r"'0.weight' has shape \(4, 3\) there and \(8, 3\) in the network",
         ),
+        (
+            lambda s: s.update({"0.weight": np.zeros((8, 3), np.float32)}),
+            r"'0.weight' is a ndarray there, not a tensor",
+        ),
+        (
+            lambda s: s.update({"0.weight": torch.zeros(8, 3, device="meta")}),
+            r"'0.weight' is on the meta device there, with no values",
+        ),
     ],
 )
 def test_mismatched_checkpoints_are_named(data, net_and_states, change, message):
@@ -423,6 +431,51 @@ def test_bad_weights(data, net_and_states, weights, message):
         GradientDensityEstimator(
             net, checkpoints=states, checkpoint_weights=weights
         ).fit(X)
+
+
+def test_weights_of_any_scale_give_their_ratios(data, net_and_states):
+    """A sum of large weights overflowed: the kernel was all zeros."""
+    X, _ = data
+    net, states = net_and_states
+    K = network_similarity(net, X, checkpoints=states, checkpoint_weights=[1e308] * 3)
+    np.testing.assert_array_equal(K, network_similarity(net, X, checkpoints=states))
+
+
+@pytest.mark.parametrize(
+    "estimator",
+    [
+        lambda net, **kw: NetworkSimilarityKernel(net, n_components=64, **kw),
+        lambda net, **kw: GradientDensityEstimator(net, method="soft", **kw),
+        lambda net, **kw: NetworkNeighbors(net, n_neighbors=3, **kw),
+    ],
+    ids=["sketched kernel", "soft counts", "neighbours"],
+)
+def test_checkpoints_and_weights_changed_in_place_or_reset_after_fit_keep_fits(
+    data, net_and_states, estimator
+):
+    """The list and weights were read again at each query: changed in place
+    after fit, a sketched kernel mixed the old and new weights (0.23 off), a
+    grown list raised an IndexError, a shorter one answered with fewer
+    checkpoints; set_params(checkpoints=None) crashed the soft counts."""
+    X, Y = data
+    net, states = net_and_states
+
+    def answer(fitted):
+        if isinstance(fitted, NetworkSimilarityKernel):
+            return fitted.transform(Y)
+        if isinstance(fitted, GradientDensityEstimator):
+            return fitted.score_samples(Y)
+        return fitted.most_similar(Y)[0]
+
+    checkpoints, weights = list(states[:2]), np.array([1.0, 2.0])
+    fitted = estimator(net, checkpoints=checkpoints, checkpoint_weights=weights)
+    expected = answer(fitted.fit(X))
+    weights[:] = [1.0, 99.0]
+    checkpoints.append(states[2])
+    np.testing.assert_array_equal(answer(fitted), expected)
+    del checkpoints[1:]
+    fitted.set_params(checkpoints=None, checkpoint_weights=None)
+    np.testing.assert_array_equal(answer(fitted), expected)
 
 
 def test_weights_without_checkpoints_are_refused(data, net_and_states):

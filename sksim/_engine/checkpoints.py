@@ -57,6 +57,7 @@ def checkpoint_shares(weights, n_checkpoints: int) -> np.ndarray:
         raise ValueError(
             f"checkpoint_weights must be positive and finite; got {w.tolist()}."
         )
+    w = w / w.max()  # only ratios matter: a sum of large weights could overflow
     return w / w.sum()
 
 
@@ -116,12 +117,16 @@ def check_state(module: torch.nn.Module, state: Mapping, index: int) -> None:
     expected = module.state_dict()
     problem = None
     for key, tensor in expected.items():
-        shape = tuple(getattr(state[key], "shape", ())) if key in state else None
-        if shape is None:
+        value = state.get(key)
+        if key not in state:
             problem = f"it lacks {key!r}"
-        elif shape != tuple(tensor.shape):
+        elif not isinstance(value, torch.Tensor):
+            problem = f"{key!r} is a {type(value).__name__} there, not a tensor"
+        elif value.is_meta:
+            problem = f"{key!r} is on the meta device there, with no values"
+        elif value.shape != tensor.shape:
             problem = (
-                f"{key!r} has shape {shape} there and "
+                f"{key!r} has shape {tuple(value.shape)} there and "
                 f"{tuple(tensor.shape)} in the network"
             )
         if problem:
