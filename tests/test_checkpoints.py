@@ -396,6 +396,10 @@ def test_hard_and_power_counts_use_the_averaged_kernel(
             r"'0.weight' is a ndarray there, not a tensor",
         ),
         (
+            lambda s: s.update({"2.bias": torch.tensor([0.0, float("nan")])}),
+            r"'2.bias' holds NaN or infinity there",
+        ),
+        (
             lambda s: s.update({"0.weight": torch.zeros(8, 3, device="meta")}),
             r"'0.weight' is on the meta device there, with no values",
         ),

@@ -113,8 +113,13 @@ def _uncompiled_keys(state: Mapping) -> Mapping:
 
 
 def check_state(module: torch.nn.Module, state: Mapping, index: int) -> None:
-    """Raise a ValueError naming the first key or shape where ``state`` differs."""
+    """Raise a ValueError naming the first key where ``state`` differs.
+
+    Its keys, shapes, tensors, and parameters' finite values (buffers may
+    hold infinities, as attention masks do).
+    """
     expected = module.state_dict()
+    parameters = {name for name, _ in module.named_parameters()}
     problem = None
     for key, tensor in expected.items():
         value = state.get(key)
@@ -129,6 +134,8 @@ def check_state(module: torch.nn.Module, state: Mapping, index: int) -> None:
                 f"{key!r} has shape {tuple(value.shape)} there and "
                 f"{tuple(tensor.shape)} in the network"
             )
+        elif key in parameters and not bool(torch.isfinite(value).all()):
+            problem = f"{key!r} holds NaN or infinity there (a diverged training?)"
         if problem:
             break
     else:
