@@ -25,6 +25,7 @@ from ._engine.flags import FlaggedRows
 from ._engine.inputs import n_samples
 from ._engine.jacobian import DEFAULT_MAX_MEMORY
 from ._engine.normalize import self_similarity
+from ._engine.pieces import gram_of, refined_eigh
 from ._net import is_unfitted_skorch, resolve_module, weights_digest
 from ._typing import NetLike, Output
 from ._validation import check_net_input
@@ -249,7 +250,10 @@ class NetworkKernel(Kernel):
         engine = self._make_engine()
         X = check_net_input(X, keep_tensors=True)
         out, found = np.empty(n_samples(X)), FlaggedRows()
-        for rows, _, G in engine.mapped_pieces(X, None, self.rtol, progress=False):
+        for rows, pieces in engine.pieces(X, progress=False):
+            G = gram_of(pieces).double().cpu().numpy()
+            if self.kind != "ntk":  # its floored share is the kernel's own
+                refined_eigh(G, pieces, self.rtol)
             out[rows] = _diagonal(G, self.kind, self.rtol, found, rows)
         found.report()
         return out

@@ -13,6 +13,7 @@ from scipy.stats import ortho_group
 
 from sksim import (
     DeadInputWarning,
+    SingularJacobianGramWarning,
     gradient_features,
     network_similarity,
     similarity_to_distance,
@@ -244,3 +245,32 @@ def test_exact_whitened_features_of_a_float16_network_are_computed_in_float32():
     F = gradient_features(net, X, params="0", batch_size=5).astype(np.float64)
     K = network_similarity(net, X, params="0", batch_size=5)
     np.testing.assert_allclose(np.einsum("adk,bdk->ab", F, F) / 3, K, atol=1e-5)
+
+
+def test_influence_of_ill_conditioned_grams_is_alike_on_both_paths():
+    """K(X) inverted float32 Grams the refinement had skipped (K(X, X) did
+    not): both now invert the same float64 Grams."""
+    net = _ill_conditioned([1.0, 0.1, 0.02, 0.005])
+    X = np.random.RandomState(1).randn(12, 5).astype(np.float32)
+    K = network_similarity(net, X, kind="influence", params="0", batch_size=5)
+    K_xy = network_similarity(net, X, X, kind="influence", params="0", batch_size=5)
+    off = ~np.eye(len(X), dtype=bool)
+    np.testing.assert_allclose(K[off], K_xy[off], rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(np.diag(K), 1.0)
+
+
+def test_singular_grams_keep_duplicates_within_cauchy_schwarz():
+    """Softmax outputs floor one eigenvalue (self-similarity 0.8 for 5
+    classes): rounding made a duplicate 4e-6 more similar than the example."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(4, 32), torch.nn.Tanh(), torch.nn.Linear(32, 5)
+    )
+    X = np.random.RandomState(0).randn(30, 4).astype(np.float32)
+    X = np.concatenate([X, X[:10]])
+    with pytest.warns(SingularJacobianGramWarning):
+        K = network_similarity(net, X, output=lambda z: torch.softmax(z, -1))
+    np.testing.assert_allclose(np.diag(K), 0.8, rtol=1e-9)
+    bound = np.sqrt(np.outer(np.diag(K), np.diag(K)))
+    assert (np.abs(K) <= bound * (1 + 1e-12)).all()
+    assert (K[np.arange(10), np.arange(30, 40)] <= np.diag(K)[:10] + 1e-9).all()

@@ -233,9 +233,8 @@ class GramReference:
             left = [p.take(chosen) for p in self._pieces]
             G = self.gram[of_y]
             if self.left_power != self.right_power:  # influence: R = I, L = G^-1
-                left = map_pieces(
-                    left, G, self.left_power, self.rtol, found, of_y, refine=False
-                )
+                # refined here: the pieces of Y were kept unmapped
+                left = map_pieces(left, G, self.left_power, self.rtol, found, of_y)
             yield rows, self.rows_of(left), G
         found.report()
 
@@ -254,9 +253,10 @@ class GramReference:
     def matrix(self, X=None) -> np.ndarray:
         """All rows at once; ``X=None`` gives the exactly symmetric ``K(Y, Y)``.
 
-        Its cosine self-similarities are exact: 1 unless eigenvalues were
-        floored (see :func:`~.normalize.self_similarity`), so that no other
-        sample is more similar to one than itself through rounding.
+        Its cosine and influence self-similarities are exact: 1 unless
+        eigenvalues were floored (see :func:`~.normalize.self_similarity`);
+        the cosines of other pairs are bounded by theirs (Cauchy-Schwarz), so
+        that rounding makes no other sample more similar to one than itself.
         """
         if X is None and self.kind != "influence" and self._pieces is not None:
             out = self._symmetric_matrix()
@@ -269,9 +269,11 @@ class GramReference:
                 out[rows] = B
             if X is None and self.kind != "influence":
                 symmetrize(out)
-        if X is None and self.kind == "cosine":
+        if X is None and self.kind != "ntk":
             diagonal = np.arange(self.n_samples)
             out[diagonal, diagonal] = self_similarity(self.gram, self.rtol, self.full)
+            if self.kind == "cosine" and not self.full:
+                _bounded_by_diagonal(out)
         return out
 
     def _symmetric_matrix(self) -> np.ndarray:
@@ -305,6 +307,20 @@ class GramReference:
                 out[rows, cols] = B
                 out[cols, rows] = B.permute(swap)
         return to_host(out)
+
+
+def _bounded_by_diagonal(K: np.ndarray) -> None:
+    """Clip ``K`` in place to Cauchy-Schwarz's ``|k(x, y)| <= sqrt(k(x, x) k(y, y))``.
+
+    Rounding passes it where Grams were floored (self-similarities below 1),
+    which would make a duplicate more similar to an example than the example
+    itself. Clipped :data:`STRIP_ELEMENTS` at a time.
+    """
+    root = np.sqrt(np.diagonal(K))
+    step = max(1, STRIP_ELEMENTS // max(1, len(K)))
+    for i in range(0, len(K), step):
+        bound = root[i : i + step, None] * root[None, :]
+        np.clip(K[i : i + step], -bound, bound, out=K[i : i + step])
 
 
 def symmetrize(K: np.ndarray, tile: int = SYMMETRIC_TILE) -> None:

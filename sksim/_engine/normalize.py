@@ -70,9 +70,9 @@ def self_similarity(
     Both are ``tr(G_f^{-1} G) / d``, with ``G_f`` the floored Gram: the mean
     of ``lambda / max(lambda, floor)`` over the eigenvalues, exactly 1 unless
     some were floored (then less), 0 for dead samples. ``full`` gives the
-    blocks ``A(x) A(x)^T`` ``(n, d, d)`` of the cosine kernel instead: exactly
-    the identity unless floored. Dead and near-singular samples are recorded
-    in ``found`` as in :func:`gram_power`.
+    blocks ``A(x) A(x)^T = K(x, x) K_f(x, x)^{-1}`` ``(n, d, d)`` of both
+    instead: exactly the identity unless floored. Dead and near-singular
+    samples are recorded in ``found`` as in :func:`gram_power`.
     """
     lam, floored, V, dead, singular = floored_eigh(G, rtol)
     if found is not None:

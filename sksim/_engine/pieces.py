@@ -593,10 +593,8 @@ def map_pieces(
 
     They replace those of ``J`` in ``pieces`` one by one, so that a batch's
     Jacobians are held once, not twice; ``pieces`` is returned. With
-    ``refine``, the Grams ``G`` of lower precision than float64 whose
-    condition number passes :data:`COND_FLOAT64` are first formed again in
-    float64, in place (float32 rounding of ``J J^T`` moves ``G^power`` by
-    about ``cond(G)`` times its resolution); without, ``G`` must be such
+    ``refine``, the ill-conditioned Grams ``G`` are first formed again in
+    float64, in place (see :func:`refined_eigh`); without, ``G`` must be such
     already. Dead and near-singular samples are recorded in ``found`` (see
     :func:`~.normalize.gram_power`).
     """
@@ -605,18 +603,7 @@ def map_pieces(
         diagonal = np.diagonal(G, axis1=1, axis2=2)
         _check_range(diagonal[diagonal > 0], dtype)  # the products of pairs
         return pieces
-    decomposition = floored_eigh(G, rtol)
-    if refine and dtype != torch.float64:
-        lam = decomposition[0]
-        ill = np.flatnonzero(lam[:, -1] > COND_FLOAT64 * np.maximum(lam[:, 0], 0))
-        ill = ill[lam[ill, -1] > 0]  # not dead
-        if len(ill):
-            chosen = torch.as_tensor(ill, device=pieces[0].signal.device)
-            G[ill] = float64_gram([p.take(chosen) for p in pieces]).cpu().numpy()
-            for part, redone in zip(
-                decomposition, floored_eigh(G[ill], rtol), strict=True
-            ):
-                part[ill] = redone
+    decomposition = refined_eigh(G, pieces, rtol) if refine else floored_eigh(G, rtol)
     W = decomposed_power(decomposition, power, found, rows)
     scale = np.abs(W).max(axis=(1, 2))
     _check_range(scale[scale > 0], dtype)  # the map's entries
@@ -624,6 +611,29 @@ def map_pieces(
     for i, piece in enumerate(pieces):
         pieces[i] = piece.transform(W)
     return pieces
+
+
+def refined_eigh(G: np.ndarray, pieces: list, rtol: float) -> tuple[np.ndarray, ...]:
+    """:func:`~.normalize.floored_eigh` of the Grams ``G`` of ``pieces``, refined.
+
+    Grams of pieces below float64 whose condition number passes
+    :data:`COND_FLOAT64` are formed again in float64, in ``G`` itself, and
+    decomposed again: float32 rounding of ``J J^T`` moves its powers by about
+    ``cond(G)`` times its resolution.
+    """
+    decomposition = floored_eigh(G, rtol)
+    if pieces[0].signal.dtype == torch.float64:
+        return decomposition
+    lam = decomposition[0]
+    ill = np.flatnonzero(lam[:, -1] > COND_FLOAT64 * np.maximum(lam[:, 0], 0))
+    ill = ill[lam[ill, -1] > 0]  # not dead
+    if len(ill):
+        chosen = torch.as_tensor(ill, device=pieces[0].signal.device)
+        G[ill] = float64_gram([p.take(chosen) for p in pieces]).cpu().numpy()
+        redone = floored_eigh(G[ill], rtol)
+        for part, again in zip(decomposition, redone, strict=True):
+            part[ill] = again
+    return decomposition
 
 
 def _check_range(values: np.ndarray, dtype: torch.dtype) -> None:
