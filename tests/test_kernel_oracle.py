@@ -16,6 +16,7 @@ from _architectures import (
 from torch.utils.data import StackDataset
 
 from sksim import network_similarity
+from sksim._engine.context import evaluation_mode
 
 
 def _case(name):
@@ -282,6 +283,11 @@ def test_module_backward_hooks_that_change_gradients_leave_the_derivatives(case)
     assert calls == []
     assert doubling.id in leaves[-1]._backward_pre_hooks
     assert counting.id in leaves[0]._backward_hooks
+    with evaluation_mode(module):  # a hook registered inside stays, after the others
+        later = leaves[0].register_full_backward_hook(lambda *_: None)
+    assert list(leaves[0]._backward_hooks) == [counting.id, later.id]
+    counting.remove()  # the handles still reach their tables
+    assert list(leaves[0]._backward_hooks) == [later.id]
 
 
 def test_callable_output_receives_a_tuple_as_the_network_returns_it():

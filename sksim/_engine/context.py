@@ -7,7 +7,6 @@ import copy
 import itertools
 import threading
 import weakref
-from collections import OrderedDict
 from collections.abc import Iterator
 
 import torch
@@ -183,24 +182,21 @@ def evaluation_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
             if sub.max_norm is not None
         ]
         buffers = _buffers(module)
-        hooked = {
-            sub: (sub._backward_hooks, sub._backward_pre_hooks)
+        hooks = [
+            (table, list(table.items()))
             for sub in module.modules()
-            if sub._backward_hooks or sub._backward_pre_hooks
-        }
+            for table in (sub._backward_hooks, sub._backward_pre_hooks)
+            if table
+        ]
         module.eval()
         try:
             for embedding in scaled:
                 embedding.scale_grad_by_freq = False
-            for sub in hooked:
-                sub._backward_hooks, sub._backward_pre_hooks = (
-                    OrderedDict(),
-                    OrderedDict(),
-                )
+            for table, _ in hooks:
+                table.clear()
             yield _checked(module)
         finally:
-            for sub, (hooks, pre_hooks) in hooked.items():
-                sub._backward_hooks, sub._backward_pre_hooks = hooks, pre_hooks
+            _put_back(hooks)
             module.train(modes[module])
             for sub, training in modes.items():
                 sub.training = training
@@ -211,6 +207,19 @@ def evaluation_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
                 for weight, values in renormalised:
                     if not torch.equal(weight, values):
                         weight.copy_(values)
+
+
+def _put_back(hooks: list[tuple]) -> None:
+    """Put the hooks taken out of their tables back, before any added since.
+
+    The tables are the modules' own, emptied rather than replaced, so that
+    every hook's handle still removes it.
+    """
+    for table, taken in hooks:
+        added = list(table.items())
+        table.clear()
+        table.update(taken)
+        table.update(added)
 
 
 def _buffers(module: torch.nn.Module) -> list[tuple]:
