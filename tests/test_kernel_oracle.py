@@ -283,11 +283,19 @@ def test_module_backward_hooks_that_change_gradients_leave_the_derivatives(case)
     assert calls == []
     assert doubling.id in leaves[-1]._backward_pre_hooks
     assert counting.id in leaves[0]._backward_hooks
-    with evaluation_mode(module):  # a hook registered inside stays, after the others
+    with evaluation_mode(module):  # hooks added or removed inside stay so
         later = leaves[0].register_full_backward_hook(lambda *_: None)
-    assert list(leaves[0]._backward_hooks) == [counting.id, later.id]
-    counting.remove()  # the handles still reach their tables
+        counting.remove()
     assert list(leaves[0]._backward_hooks) == [later.id]
+    global_hook = torch.nn.modules.module.register_module_full_backward_hook(
+        lambda *_: calls.append(1)
+    )
+    try:  # global hooks are not looked up either
+        K = network_similarity(module, X, kind="ntk", batch_size=4)
+    finally:
+        global_hook.remove()
+    np.testing.assert_allclose(K, oracle_kernel(J, J, "ntk"), rtol=1e-7, atol=1e-12)
+    assert calls == []
 
 
 def test_callable_output_receives_a_tuple_as_the_network_returns_it():

@@ -158,8 +158,9 @@ def evaluation_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
     override that also freezes or merges weights undoes what its ``eval``
     did), then layer by layer. Embeddings' ``scale_grad_by_freq``, a training
     heuristic that scales their gradients, is off inside, as are the modules'
-    backward hooks (which may change gradients, and would run on every
-    pass): gradients are the derivatives. The block holds the network's
+    backward hooks, global ones included (they may change gradients, and
+    would run on every pass; they stay registered, and hooks may be added
+    or removed meanwhile): gradients are the derivatives. The block holds the network's
     lock: another thread's block on the same network waits until this one
     ends (a thread may nest blocks).
 
@@ -182,21 +183,19 @@ def evaluation_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
             if sub.max_norm is not None
         ]
         buffers = _buffers(module)
-        hooks = [
-            (table, list(table.items()))
-            for sub in module.modules()
-            for table in (sub._backward_hooks, sub._backward_pre_hooks)
-            if table
-        ]
+        # an enclosing block on a shared submodule has set them already
+        subs = [s for s in module.modules() if "_get_backward_hooks" not in vars(s)]
         module.eval()
         try:
             for embedding in scaled:
                 embedding.scale_grad_by_freq = False
-            for table, _ in hooks:
-                table.clear()
+            for sub in subs:  # the hooks stay registered, but are not looked up
+                sub._get_backward_hooks = _no_backward_hooks
+                sub._get_backward_pre_hooks = _no_backward_pre_hooks
             yield _checked(module)
         finally:
-            _put_back(hooks)
+            for sub in subs:
+                del sub._get_backward_hooks, sub._get_backward_pre_hooks
             module.train(modes[module])
             for sub, training in modes.items():
                 sub.training = training
@@ -209,17 +208,14 @@ def evaluation_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
                         weight.copy_(values)
 
 
-def _put_back(hooks: list[tuple]) -> None:
-    """Put the hooks taken out of their tables back, before any added since.
+def _no_backward_hooks() -> tuple[list, list]:
+    """A module's full and other backward hooks, as its passes in sksim see them."""
+    return [], []
 
-    The tables are the modules' own, emptied rather than replaced, so that
-    every hook's handle still removes it.
-    """
-    for table, taken in hooks:
-        added = list(table.items())
-        table.clear()
-        table.update(taken)
-        table.update(added)
+
+def _no_backward_pre_hooks() -> list:
+    """A module's backward pre-hooks, as its passes in sksim see them."""
+    return []
 
 
 def _buffers(module: torch.nn.Module) -> list[tuple]:
