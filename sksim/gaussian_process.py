@@ -38,21 +38,6 @@ PARAMETERS += ("max_memory",)
 KernelInput = ArrayLike | Mapping[str, ArrayLike]
 
 
-def _diagonal(
-    G: np.ndarray, kind: str, rtol: float, found: FlaggedRows, rows: slice
-) -> np.ndarray:
-    """``k(x, x)`` of samples from their Grams ``G = J(x) J(x)^T`` ``(b, d, d)``.
-
-    The ntk gives ``tr(G) / d``. The cosine ``tr(G^{-1/2} G G^{-1/2}) / d`` and
-    the influence ``tr(G G^{-1}) / d`` are both ``tr(G^{-1} G) / d``: 1, less
-    where eigenvalues were floored, 0 for dead inputs (recorded in ``found``
-    as ``rows``).
-    """
-    if kind == "ntk":
-        return np.trace(G, axis1=-2, axis2=-1) / G.shape[-1]
-    return self_similarity(G, rtol, found=found, rows=rows)
-
-
 @fill_doc
 class NetworkKernel(Kernel):
     """The network's similarity as a Gaussian-process kernel.
@@ -252,9 +237,11 @@ class NetworkKernel(Kernel):
         out, found = np.empty(n_samples(X)), FlaggedRows()
         for rows, pieces in engine.pieces(X, progress=False):
             G = gram_of(pieces).double().cpu().numpy()
-            if self.kind != "ntk":  # its floored share is the kernel's own
-                refined_eigh(G, pieces, self.rtol)
-            out[rows] = _diagonal(G, self.kind, self.rtol, found, rows)
+            if self.kind == "ntk":
+                out[rows] = np.trace(G, axis1=-2, axis2=-1) / G.shape[-1]
+            else:  # tr(G_f^{-1} G) / d for both, as the kernel's floors give it
+                decomposition = refined_eigh(G, pieces, self.rtol)
+                out[rows] = self_similarity(decomposition, found=found, rows=rows)
         found.report()
         return out
 

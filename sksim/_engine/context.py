@@ -160,9 +160,9 @@ def evaluation_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
     heuristic that scales their gradients, is off inside, as are the modules'
     backward hooks, global ones included (they may change gradients, and
     would run on every pass; they stay registered, and hooks may be added
-    or removed meanwhile): gradients are the derivatives. The block holds the network's
-    lock: another thread's block on the same network waits until this one
-    ends (a thread may nest blocks).
+    or removed meanwhile): gradients are the derivatives. The block holds
+    the network's lock: another thread's block on the same network waits
+    until this one ends (a thread may nest blocks).
 
     Raises
     ------

@@ -21,8 +21,16 @@ from .finite import rows_of_reference
 from .flags import FlaggedRows, flag_scope, moved_rows
 from .inputs import n_samples, take
 from .jacobian import JacobianEngine
-from .normalize import KINDS, self_similarity
-from .pieces import KeptPieces, gram_of, held, map_pieces, nbytes_of, out_of_range
+from .normalize import KINDS, floored_eigh, self_similarity
+from .pieces import (
+    KeptPieces,
+    gram_of,
+    held,
+    map_pieces,
+    nbytes_of,
+    out_of_range,
+    refined_eigh,
+)
 from .transfer import copy_to_host, to_host
 
 # Tiles of symmetric kernels: small enough for the transposes to stay in cache.
@@ -151,6 +159,8 @@ class GramReference:
             for rows, pieces in engine.pieces(Y):
                 self.n_outputs = pieces[0].signal.shape[1]
                 G = _gram_array(pieces)
+                if self.right_power is None and self.left_power is not None:
+                    refined_eigh(G, pieces, rtol)  # inverted on the left only
                 kept(rows, map_pieces(pieces, G, self.right_power, rtol, found, rows))
                 grams.append(G)
             found.report()
@@ -233,8 +243,9 @@ class GramReference:
             left = [p.take(chosen) for p in self._pieces]
             G = self.gram[of_y]
             if self.left_power != self.right_power:  # influence: R = I, L = G^-1
-                # refined here: the pieces of Y were kept unmapped
-                left = map_pieces(left, G, self.left_power, self.rtol, found, of_y)
+                left = map_pieces(
+                    left, G, self.left_power, self.rtol, found, of_y, refine=False
+                )
             yield rows, self.rows_of(left), G
         found.report()
 
@@ -271,7 +282,8 @@ class GramReference:
                 symmetrize(out)
         if X is None and self.kind != "ntk":
             diagonal = np.arange(self.n_samples)
-            out[diagonal, diagonal] = self_similarity(self.gram, self.rtol, self.full)
+            decomposition = floored_eigh(self.gram, self.rtol)  # refined when made
+            out[diagonal, diagonal] = self_similarity(decomposition, self.full)
             if self.kind == "cosine" and not self.full:
                 _bounded_by_diagonal(out)
         return out

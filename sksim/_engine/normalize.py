@@ -59,29 +59,29 @@ def decomposed_power(
 
 
 def self_similarity(
-    G: np.ndarray,
-    rtol: float,
+    decomposition: tuple[np.ndarray, ...],
     full: bool = False,
     found: FlaggedRows | None = None,
     rows=None,
 ) -> np.ndarray:
-    """``k(x, x)`` of the cosine and influence kernels, from the Grams ``G``.
+    """``k(x, x)`` of the cosine and influence kernels, from :func:`floored_eigh`.
 
-    Both are ``tr(G_f^{-1} G) / d``, with ``G_f`` the floored Gram: the mean
+    Both are ``tr(G_f^{-1} G) / d`` of each Gram ``G`` whose decomposition
+    is given, with ``G_f`` the floored Gram: the mean
     of ``lambda / max(lambda, floor)`` over the eigenvalues, exactly 1 unless
     some were floored (then less), 0 for dead samples. ``full`` gives the
     blocks ``A(x) A(x)^T = K(x, x) K_f(x, x)^{-1}`` ``(n, d, d)`` of both
     instead: exactly the identity unless floored. Dead and near-singular
     samples are recorded in ``found`` as in :func:`gram_power`.
     """
-    lam, floored, V, dead, singular = floored_eigh(G, rtol)
+    lam, floored, V, dead, singular = decomposition
     if found is not None:
         found.add(dead, singular, rows)
     share = np.divide(lam, floored, out=np.zeros_like(lam), where=~dead[..., None])
     if not full:
         return share.mean(axis=-1)
     blocks = (V * share[..., None, :]) @ np.swapaxes(V, -1, -2)
-    blocks[~dead & ~singular] = np.eye(G.shape[-1])
+    blocks[~dead & ~singular] = np.eye(V.shape[-1])
     return blocks
 
 
