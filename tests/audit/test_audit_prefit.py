@@ -337,6 +337,40 @@ def test_prefit_label_issues_of_some_classes_read_their_outputs(split, trained):
     assert set(issues["suggested_label"]) <= set(range(10))
 
 
+def test_prefit_class_fitting_with_a_test_class_absent_from_training(split, trained):
+    """Held-out examples of a class the training split lacks have no own-class
+    density: the other classes' means are those of their own examples, and
+    the density classifier counts the unseen ones as errors."""
+    X, y, X_test, y_test = split
+    seen, known = y != 9, y_test != 9
+
+    def class_fitting(X_test, y_test):
+        return audit(
+            trained,
+            X[seen],
+            y[seen],
+            cv="prefit",
+            X_test=X_test,
+            y_test=y_test,
+            analyses=("class_fitting",),
+            options=dict(class_fitting=AUDIT_OPTIONS["class_fitting"]),
+            errors="raise",
+        )["class_fitting"]
+
+    every, of_known = (
+        class_fitting(X_test, y_test),
+        class_fitting(X_test[known], y_test[known]),
+    )
+    assert set(every["class"]) == set(range(9))
+    np.testing.assert_allclose(
+        every["test_mean_log_density"], of_known["test_mean_log_density"]
+    )
+    np.testing.assert_allclose(
+        every["density_classifier_accuracy"],
+        of_known["density_classifier_accuracy"] * known.mean(),
+    )
+
+
 def title_is_red(ax):
     return to_hex(ax.title.get_color()) == to_hex("tab:red")
 

@@ -103,15 +103,19 @@ def _held_out_columns(report, representations, y_test, layers):
     """Held-out columns per (layer, class) row of ``report.classes``.
 
     The held-out examples' mean own-class log-density and the accuracy of
-    the density classifier.
+    the density classifier. Held-out examples of classes absent from the
+    training fold have no own-class density; the classifier, which cannot
+    name their class, counts them as errors.
     """
     test_mean, test_accuracy = [], []
     for layer in layers:
         density = report.densities[layer]
-        own = density.score_samples(representations[layer], y_test)
-        accuracy = float(np.mean(density.predict(representations[layer]) == y_test))
+        Z = representations[layer]
+        known = np.isin(y_test, density.classes_)
+        own = density.score_samples(Z[known], y_test[known])
+        accuracy = float(np.mean(density.predict(Z) == y_test))
         for c in density.classes_:
-            rows = y_test == c
+            rows = y_test[known] == c
             test_mean.append(own[rows].mean() if rows.any() else np.nan)
             test_accuracy.append(accuracy)
     return test_mean, test_accuracy
