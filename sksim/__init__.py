@@ -7,7 +7,7 @@ from .denoising import (
     NoiseEstimateWarning,
     SelfDenoisingAnalysis,
 )
-from .density import GradientDensityEstimator
+from .density import FlooredDensityWarning, GradientDensityEstimator
 from .gaussian_process import NetworkKernel
 from .kernel import (
     NetworkSimilarityKernel,
@@ -32,6 +32,7 @@ __all__ = [
     "DeadInputWarning",
     "DiffeoSensitivity",
     "DiffeoTransform",
+    "FlooredDensityWarning",
     "GradientDensityEstimator",
     "IllConditionedWeightsWarning",
     "NoiseEstimateWarning",

@@ -41,6 +41,10 @@ NEIGHBOR_PARAMETERS += ("verbose",)
 CHECKPOINTS = ("checkpoints", "checkpoint_weights")
 
 
+class FlooredDensityWarning(UserWarning):
+    """Most counts are below the floor: their log-densities tie at the lowest."""
+
+
 def soft_counts(
     engine: JacobianEngine, X: NetInput, reference_sum: np.ndarray, rtol: float
 ) -> np.ndarray:

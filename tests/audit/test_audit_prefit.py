@@ -371,6 +371,32 @@ def test_prefit_class_fitting_with_a_test_class_absent_from_training(split, trai
     )
 
 
+def test_prefit_density_warns_when_most_hard_counts_are_zero(split, trained):
+    """At a threshold no pair reaches, the held-out densities all tie at the
+    floor: the audit says so and names the remedies; at 0.9 it is silent."""
+
+    def warnings_at(threshold):
+        result = audit(
+            trained,
+            *split[:2],
+            cv="prefit",
+            X_test=split[2],
+            y_test=split[3],
+            analyses=("density",),
+            options=dict(density=dict(threshold=threshold)),
+            errors="raise",
+        )
+        counts = result["samples"]["neighbor_count"]
+        return (counts == 0).mean(), [w["warning"] for w in result.metadata["warnings"]]
+
+    zero, warned = warnings_at(0.9999)
+    assert zero == 1.0
+    assert len(warned) == 1 and warned[0].startswith("FlooredDensityWarning: N of N")
+    assert "threshold N.N" in warned[0] and "['method'] = 'soft'." in warned[0]
+    zero, warned = warnings_at(0.9)
+    assert zero < 0.5 and warned == []
+
+
 def title_is_red(ax):
     return to_hex(ax.title.get_color()) == to_hex("tab:red")
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy.stats import rankdata
 
-from ...density import COUNT_FLOOR, GradientDensityEstimator
+from ...density import COUNT_FLOOR, FlooredDensityWarning, GradientDensityEstimator
 from .._render import errorbars, subplots
 from .._tables import spread
 from .base import Analysis, FoldOutput
@@ -143,6 +144,23 @@ def count_method(options: Mapping[str, Any]) -> str:
     return f"{method} counts ({rule}) over all pairs of examples"
 
 
+def _warn_if_floored(counts: np.ndarray, threshold: float) -> None:
+    """Warn when most hard counts are zero: the bins cannot rank those examples."""
+    floored = int(np.sum(counts < COUNT_FLOOR))
+    if floored > len(counts) / 2:
+        warnings.warn(
+            f"{floored} of {len(counts)} held-out examples have no training "
+            f"example with similarity above the threshold {threshold}, so their "
+            "log-densities tie at the floor and the density bins and the "
+            "density-error correlation cannot rank them (with many outputs, "
+            "the similarity of whitened gradients seldom nears 1); lower "
+            "options['density']['threshold'], or count softly with "
+            "options['density']['method'] = 'soft'.",
+            FlooredDensityWarning,
+            stacklevel=2,
+        )
+
+
 # Options of the density's counts over pairs, which soft counts do not take.
 PAIR_OPTIONS = ("threshold", "power", "n_components")
 
@@ -191,6 +209,8 @@ class Density(Analysis):
             fold.net, random_state=fold.random_state, **options
         ).fit(fold.X_train)
         counts = estimator.neighbor_counts(fold.X_test)
+        if estimator.method == "hard":
+            _warn_if_floored(counts, estimator.threshold)
         log_density = np.log(np.maximum(counts, COUNT_FLOOR) / len(fold.train))
         errors = fold.error
         return FoldOutput(
