@@ -147,8 +147,16 @@ _ENGINE_PARAMS = ("output", "params", "batch_size", "device", "verbose", "max_me
 _CHECKPOINT_PARAMS = ("checkpoints", "checkpoint_weights")
 
 
-def _kept(value):
-    """``value`` as ``fit`` keeps it: a copy of a list or array, else itself."""
+def _kept(name, value):
+    """Parameter ``name``'s ``value`` as ``fit`` keeps it.
+
+    Weights as a float array of their own (from a list, an array, a tensor or
+    a pandas Series alike), copies of other lists and arrays, else ``value``.
+    """
+    if name == "checkpoint_weights" and value is not None:
+        if isinstance(value, torch.Tensor):
+            value = value.detach().cpu().numpy()
+        return np.array(value, dtype=float)  # validated by check_checkpoints
     if isinstance(value, list | tuple):
         return list(value)
     if isinstance(value, np.ndarray):
@@ -204,7 +212,7 @@ class NetworkEstimator(BaseEstimator):
         # the checkpoints' list and weights are copied, so that changing them in
         # place does not either
         self._engine_params = {
-            name: _kept(getattr(self, name, None))
+            name: _kept(name, getattr(self, name, None))
             for name in _ENGINE_PARAMS + _CHECKPOINT_PARAMS
         }
         # built once here, so that later calls leave __dict__ as it is

@@ -5,6 +5,7 @@ import pickle
 import threading
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import make_digits_net
@@ -454,13 +455,17 @@ def test_weights_of_any_scale_give_their_ratios(data, net_and_states):
     ],
     ids=["sketched kernel", "soft counts", "neighbours"],
 )
+@pytest.mark.parametrize(
+    "container", [np.array, torch.tensor, pd.Series], ids=["array", "tensor", "Series"]
+)
 def test_checkpoints_and_weights_changed_in_place_or_reset_after_fit_keep_fits(
-    data, net_and_states, estimator
+    data, net_and_states, estimator, container
 ):
     """The list and weights were read again at each query: changed in place
     after fit, a sketched kernel mixed the old and new weights (0.23 off), a
     grown list raised an IndexError, a shorter one answered with fewer
-    checkpoints; set_params(checkpoints=None) crashed the soft counts."""
+    checkpoints; set_params(checkpoints=None) crashed the soft counts. Weights
+    in a tensor or a Series were still read again."""
     X, Y = data
     net, states = net_and_states
 
@@ -471,10 +476,10 @@ def test_checkpoints_and_weights_changed_in_place_or_reset_after_fit_keep_fits(
             return fitted.score_samples(Y)
         return fitted.most_similar(Y)[0]
 
-    checkpoints, weights = list(states[:2]), np.array([1.0, 2.0])
+    checkpoints, weights = list(states[:2]), container([1.0, 2.0])
     fitted = estimator(net, checkpoints=checkpoints, checkpoint_weights=weights)
     expected = answer(fitted.fit(X))
-    weights[:] = [1.0, 99.0]
+    weights[1] = 99.0
     checkpoints.append(states[2])
     np.testing.assert_array_equal(answer(fitted), expected)
     del checkpoints[1:]
