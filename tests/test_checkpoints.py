@@ -417,6 +417,20 @@ def test_mismatched_checkpoints_are_named(data, net_and_states, change, message)
         NetworkNeighbors(net, checkpoints=wrong).fit(X)
 
 
+def test_nan_in_a_checkpoints_buffer_is_named_and_masks_infinities_pass(data):
+    """A NaN running variance made every output NaN, and the error blamed the
+    network's weights; an attention-style mask of -inf is a buffer's right."""
+    X, _ = data
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4)).eval()
+    net.register_buffer("mask", torch.tensor([0.0, -torch.inf]))
+    masked = dict(net.state_dict())
+    broken = dict(masked, **{"1.running_var": torch.tensor([1.0, np.nan, 1.0, 1.0])})
+    with pytest.raises(ValueError, match=r"checkpoints\[1\] .*'1.running_var' holds"):
+        network_similarity(net, X, checkpoints=[masked, broken])
+    K = network_similarity(net, X, checkpoints=[masked, masked])
+    np.testing.assert_allclose(K, network_similarity(net, X), atol=1e-6)
+
+
 @pytest.mark.parametrize(
     "weights, message",
     [

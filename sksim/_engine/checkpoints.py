@@ -115,8 +115,8 @@ def _uncompiled_keys(state: Mapping) -> Mapping:
 def check_state(module: torch.nn.Module, state: Mapping, index: int) -> None:
     """Raise a ValueError naming the first key where ``state`` differs.
 
-    Its keys, shapes, tensors, and parameters' finite values (buffers may
-    hold infinities, as attention masks do).
+    Its keys, shapes, tensors, and parameters' finite values; buffers may
+    hold infinities, as attention masks do, but no NaN.
     """
     expected = module.state_dict()
     parameters = {name for name, _ in module.named_parameters()}
@@ -134,7 +134,9 @@ def check_state(module: torch.nn.Module, state: Mapping, index: int) -> None:
                 f"{key!r} has shape {tuple(value.shape)} there and "
                 f"{tuple(tensor.shape)} in the network"
             )
-        elif key in parameters and not bool(torch.isfinite(value).all()):
+        elif not bool(torch.isfinite(value).all()) and (
+            key in parameters or bool(torch.isnan(value).any())
+        ):
             problem = f"{key!r} holds NaN or infinity there (a diverged training?)"
         if problem:
             break
