@@ -285,7 +285,7 @@ class GramReference:
             decomposition = floored_eigh(self.gram, self.rtol)  # refined when made
             out[diagonal, diagonal] = self_similarity(decomposition, self.full)
             if self.kind == "cosine" and not self.full:
-                _bounded_by_diagonal(out)
+                bounded_by_diagonal(out)
         return out
 
     def _symmetric_matrix(self) -> np.ndarray:
@@ -321,7 +321,7 @@ class GramReference:
         return to_host(out)
 
 
-def _bounded_by_diagonal(K: np.ndarray) -> None:
+def bounded_by_diagonal(K: np.ndarray) -> None:
     """Clip ``K`` in place to Cauchy-Schwarz's ``|k(x, y)| <= sqrt(k(x, x) k(y, y))``.
 
     Rounding passes it where Grams were floored (self-similarities below 1),

@@ -18,7 +18,7 @@ import numpy as np
 
 from .finite import REFERENCE_INPUTS, NonFiniteNetworkError
 from .flags import flag_scope, moved_rows
-from .gram import GramReference
+from .gram import GramReference, bounded_by_diagonal
 from .inputs import n_samples, take
 from .jacobian import JacobianEngine
 from .worker_warnings import recording_warnings, warn_again
@@ -167,7 +167,8 @@ def tiled_kernel(
 
     With ``Y=None`` only the tiles on and above the diagonal are computed (all of
     them for the asymmetric ``influence`` kernel) and the result is exactly
-    symmetric. The output is allocated first (a ``MemoryError`` says what to
+    symmetric, its diagonal exact and its cosines bounded by it as
+    :meth:`~.gram.GramReference.matrix` makes them. The output is allocated first (a ``MemoryError`` says what to
     lower) and each tile is written into it as it arrives. Tiles lost with a
     ``dask.distributed`` worker are submitted again, up to
     ``LOST_WORKER_RETRIES`` times.
@@ -181,7 +182,7 @@ def tiled_kernel(
 
     def arguments(where: Tile) -> tuple:
         i0, i1, j0, j1 = where
-        left = None if (mirror and i0 == j0) else take(X, slice(i0, i1))
+        left = None if (symmetric and i0 == j0) else take(X, slice(i0, i1))
         right = take(Y, slice(j0, j1))
         return engine, left, right, kind, full, rtol, (i0, j0), symmetric
 
@@ -192,6 +193,8 @@ def tiled_kernel(
             out[j0:j1, i0:i1] = block.transpose((1, 0, 3, 2) if full else (1, 0))
 
     run_tiles(_block, _tiles(n, m, tile, mirror), arguments, place, n_jobs)
+    if symmetric and kind == "cosine" and not full:  # across tiles too
+        bounded_by_diagonal(out)
     return out
 
 

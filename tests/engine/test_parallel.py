@@ -12,7 +12,12 @@ import torch
 from _architectures import MLP
 from joblib import parallel_config
 
-from sksim import GradientDensityEstimator, NetworkNeighbors, network_similarity
+from sksim import (
+    GradientDensityEstimator,
+    NetworkNeighbors,
+    SingularJacobianGramWarning,
+    network_similarity,
+)
 from sksim._engine.jacobian import JacobianEngine
 from sksim._engine.parallel import run_tiles, tiled_kernel
 
@@ -49,6 +54,32 @@ def test_tiles_written_as_they_come_equal_the_serial_kernel(reduce):
     assert np.array_equal(tiled, tiled.transpose(swap))
     rect = tiled_kernel(engine, X[:9], X[4:], full=full, n_jobs=2, tile=4)
     np.testing.assert_allclose(rect, expected[:9, 4:], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["cosine", "influence"])
+def test_tiles_of_floored_grams_keep_the_exact_diagonal_and_its_bound(kind):
+    """Softmax outputs floor one eigenvalue of every Gram (self-similarity 0.8
+    for 5 classes). Influence tiles on the diagonal were computed as
+    rectangles (their diagonal 1e-3 off), and the cosines of duplicates in
+    other tiles passed Cauchy-Schwarz."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(4, 32), torch.nn.Tanh(), torch.nn.Linear(32, 5)
+    )
+    X = np.random.RandomState(0).randn(30, 4).astype(np.float32)
+    X = np.concatenate([X, X[:10]])  # duplicates 30 rows, so three tiles, away
+    engine = JacobianEngine(net, output=lambda z: z.softmax(-1), batch_size=4)
+    with pytest.warns(SingularJacobianGramWarning):
+        K = tiled_kernel(engine, X, kind=kind, n_jobs=2, tile=10)
+        expected = network_similarity(net, X, kind=kind, output=lambda z: z.softmax(-1))
+    np.testing.assert_allclose(np.diag(K), 0.8, rtol=1e-9)
+    # the influence of float32 Grams this singular is float32's limit, 5e-4 off
+    atol = 1e-5 if kind == "cosine" else 1e-3
+    np.testing.assert_allclose(K, expected, rtol=1e-4, atol=atol)
+    if kind == "cosine":
+        bound = np.sqrt(np.outer(np.diag(K), np.diag(K)))
+        assert (np.abs(K) <= bound * (1 + 1e-12)).all()
+        assert (K[np.arange(10), np.arange(30, 40)] <= np.diag(K)[:10] + 1e-9).all()
 
 
 def test_a_kernel_too_large_to_allocate_fails_before_any_tile():
