@@ -168,10 +168,10 @@ def tiled_kernel(
     With ``Y=None`` only the tiles on and above the diagonal are computed (all of
     them for the asymmetric ``influence`` kernel) and the result is exactly
     symmetric, its diagonal exact and its cosines bounded by it as
-    :meth:`~.gram.GramReference.matrix` makes them. The output is allocated first (a ``MemoryError`` says what to
-    lower) and each tile is written into it as it arrives. Tiles lost with a
-    ``dask.distributed`` worker are submitted again, up to
-    ``LOST_WORKER_RETRIES`` times.
+    :meth:`~.gram.GramReference.matrix` makes them. The output is allocated
+    first (a ``MemoryError`` says what to lower) and each tile is written
+    into it as it arrives. Tiles lost with a ``dask.distributed`` worker are
+    submitted again, up to ``LOST_WORKER_RETRIES`` times.
     """
     symmetric = Y is None
     Y = X if symmetric else Y
