@@ -115,8 +115,9 @@ class GramReference:
     rtol : float, default=1e-5
         Relative eigenvalue floor of ``J J^T``.
     max_memory : int or None, default=None
-        Bytes the prepared pieces of ``Y`` may take (None: the engine's
-        ``max_memory``); past it they are recomputed for every block of
+        Bytes the prepared pieces of ``Y`` may take beside its Grams (which
+        are always kept, ``m d^2`` float64), None: the engine's
+        ``max_memory``. Past it the pieces are recomputed for every block of
         queries (slower, bounded memory), grouped into blocks whose pieces
         take a third of the engine's ``max_memory``.
     named : bool, default=False
@@ -153,18 +154,26 @@ class GramReference:
         self.max_memory = engine.max_memory if max_memory is None else max_memory
         self.named = named
         # J J^T whitens the kept pieces, and the rows of a streamed Y
-        grams, kept = [], KeptPieces(self.n_samples, self.max_memory)
-        found = FlaggedRows()
+        grams, selves, kept, found = [], [], None, FlaggedRows()
         with self._naming():
             for rows, pieces in engine.pieces(Y):
-                self.n_outputs = pieces[0].signal.shape[1]
                 G = _gram_array(pieces)
-                if self.right_power is None and self.left_power is not None:
-                    refined_eigh(G, pieces, rtol)  # inverted on the left only
-                kept(rows, map_pieces(pieces, G, self.right_power, rtol, found, rows))
+                if kept is None:  # the Grams are kept too
+                    self.n_outputs = G.shape[1]
+                    grams_bytes = G[0].nbytes * self.n_samples
+                    kept = KeptPieces(self.n_samples, self.max_memory - grams_bytes)
+                decomposition = None
+                if kind != "ntk":  # refined here, as the kernel's rows read G
+                    decomposition = refined_eigh(G, pieces, rtol)
+                    selves.append(self_similarity(decomposition, full))
+                power = self.right_power
+                kept(
+                    rows, map_pieces(pieces, G, power, rtol, found, rows, decomposition)
+                )
                 grams.append(G)
             found.report()
         self.gram = np.concatenate(grams)
+        self._self_similarity = np.concatenate(selves) if selves else None
         self._pieces = kept.pieces
 
     def _naming(self):
@@ -177,11 +186,15 @@ class GramReference:
             return
         with self._naming():
             for cols, pieces in self.engine.pieces(self.Y, progress=False):
-                G = self.gram[cols]  # formed as map_pieces refines them
-                yield (
-                    cols,
-                    map_pieces(pieces, G, self.right_power, self.rtol, refine=False),
-                )
+                yield cols, self._mapped(pieces, self.right_power, cols)
+
+    def _mapped(self, pieces: list, power, of_y, found=None) -> list:
+        """:func:`~.pieces.map_pieces` of pieces of ``Y[of_y]``, refined when made."""
+        G = self.gram[of_y]
+        if power is None:
+            return pieces
+        decomposition = floored_eigh(G, self.rtol)
+        return map_pieces(pieces, G, power, self.rtol, found, of_y, decomposition)
 
     def rows_of(self, left: list) -> np.ndarray:
         """Kernel rows of queries given by their pieces, mapped by ``left_power``."""
@@ -243,9 +256,7 @@ class GramReference:
             left = [p.take(chosen) for p in self._pieces]
             G = self.gram[of_y]
             if self.left_power != self.right_power:  # influence: R = I, L = G^-1
-                left = map_pieces(
-                    left, G, self.left_power, self.rtol, found, of_y, refine=False
-                )
+                left = self._mapped(left, self.left_power, of_y, found)
             yield rows, self.rows_of(left), G
         found.report()
 
@@ -282,8 +293,7 @@ class GramReference:
                 symmetrize(out)
         if X is None and self.kind != "ntk":
             diagonal = np.arange(self.n_samples)
-            decomposition = floored_eigh(self.gram, self.rtol)  # refined when made
-            out[diagonal, diagonal] = self_similarity(decomposition, self.full)
+            out[diagonal, diagonal] = self._self_similarity
             if self.kind == "cosine" and not self.full:
                 bounded_by_diagonal(out)
         return out

@@ -44,6 +44,9 @@ from .selection import select_output, select_parameters
 DEFAULT_MAX_MEMORY = 2 * 2**30
 # The largest batch chosen by batch_size=None: past it, batches gain little speed.
 AUTO_BATCH_LIMIT = 1024
+# float64 (d, d) arrays a sample's Gram takes while its powers are made: the
+# Gram, its eigenvectors, LAPACK's copy, the power and a temporary.
+GRAM_COPIES = 5
 # Layers through which torch.func's vmap of jacrev gives wrong Jacobians (PReLU:
 # when a batch holds as many samples as the network has outputs, torch 2.13).
 UNVECTORISED = (torch.nn.PReLU,)
@@ -64,8 +67,9 @@ class JacobianEngine:
         Samples per vectorised Jacobian computation. None measures what one
         sample of this network takes (activations, and its pieces as their
         budget counts them: back-propagated signals, the per-sample gradients
-        or patches that some layers make, fallback Jacobians) on a first pass
-        over two samples, and takes as many samples as fit in a third of
+        or patches that some layers make, fallback Jacobians, and the float64
+        arrays of its ``(d, d)`` Gram's powers) on a first pass over two
+        samples, and takes as many samples as fit in a third of
         ``max_memory``, at most ``AUTO_BATCH_LIMIT``.
     device : str, torch.device or None, default=None
         Where to compute; None keeps the module's device. Elsewhere the engine
@@ -269,7 +273,8 @@ class JacobianEngine:
         size = self.batch_size
         if self._automatic_batches:  # J materialised, by vmap and whoever reads it
             element = next(iter(self.parameters.values())).element_size()
-            per_sample = 3 * self.n_outputs(X) * self.n_params * element
+            d = self.n_outputs(X)
+            per_sample = 3 * d * self.n_params * element + GRAM_COPIES * 8 * d * d
             size = rows_that_fit(self.max_memory / 3, per_sample, size)
         jacobian = self._per_sample_jacobian(list(self.parameters))
         with evaluation_mode(self.module), torch.no_grad():
@@ -360,7 +365,8 @@ class JacobianEngine:
             n_fallback = sum(self.parameters[n].numel() for n in fallback)
             if self.batch_size is None:
                 size = next(iter(self.parameters.values())).element_size()
-                per_sample += self.n_outputs(X) * n_fallback * size
+                d = self.n_outputs(X)
+                per_sample += d * n_fallback * size + GRAM_COPIES * 8 * d * d
                 self.batch_size = self._part_size = rows_that_fit(
                     self.max_memory / 3, per_sample, AUTO_BATCH_LIMIT
                 )

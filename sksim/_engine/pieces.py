@@ -587,23 +587,25 @@ def map_pieces(
     rtol: float,
     found: FlaggedRows | None = None,
     rows=None,
-    refine: bool = True,
+    decomposition: tuple[np.ndarray, ...] | None = None,
 ) -> list:
     """Pieces of ``G^power J`` (``power=None`` leaves them as they are).
 
     They replace those of ``J`` in ``pieces`` one by one, so that a batch's
-    Jacobians are held once, not twice; ``pieces`` is returned. With
-    ``refine``, the ill-conditioned Grams ``G`` are first formed again in
-    float64, in place (see :func:`refined_eigh`); without, ``G`` must be such
-    already. Dead and near-singular samples are recorded in ``found`` (see
-    :func:`~.normalize.gram_power`).
+    Jacobians are held once, not twice; ``pieces`` is returned. The power
+    is taken from ``decomposition``, :func:`~.normalize.floored_eigh` of
+    ``G`` when it is known; otherwise the ill-conditioned Grams ``G`` are
+    first formed again in float64, in place, and decomposed (see
+    :func:`refined_eigh`). Dead and near-singular samples are recorded in
+    ``found`` (see :func:`~.normalize.gram_power`).
     """
     dtype = pieces[0].signal.dtype
     if power is None:
         diagonal = np.diagonal(G, axis1=1, axis2=2)
         _check_range(diagonal[diagonal > 0], dtype)  # the products of pairs
         return pieces
-    decomposition = refined_eigh(G, pieces, rtol) if refine else floored_eigh(G, rtol)
+    if decomposition is None:
+        decomposition = refined_eigh(G, pieces, rtol)
     W = decomposed_power(decomposition, power, found, rows)
     scale = np.abs(W).max(axis=(1, 2))
     _check_range(scale[scale > 0], dtype)  # the map's entries

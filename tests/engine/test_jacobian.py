@@ -1,5 +1,6 @@
 """The Jacobian engine: memory-bounded batches, activation copies, device copies."""
 
+import tracemalloc
 import weakref
 
 import numpy as np
@@ -15,7 +16,7 @@ from _architectures import (
 from _engine_helpers import smallest_fitting_engine
 
 from sksim._engine.context import on_device
-from sksim._engine.gram import ntk_blocks
+from sksim._engine.gram import GramReference, ntk_blocks
 from sksim._engine.jacobian import JacobianEngine
 from sksim.density import whitened_sum
 
@@ -67,6 +68,29 @@ def test_the_automatic_batch_fits_its_budget_whole(name):
         assert engine._part_size == engine.batch_size
         sizes.add(min(engine.batch_size, len(X)))
     assert len(sizes) > 2  # from single samples to the whole set
+
+
+def test_many_outputs_keep_the_grams_within_max_memory():
+    """The automatic batch counted the pieces only, not the (d, d) float64
+    arrays of the Grams' powers: 300 outputs took twice max_memory (1000
+    outputs, 100 samples: 3.4 GiB at 2 GiB). The reference's Grams count
+    against what its kept pieces may take."""
+    torch.manual_seed(0)
+    d, max_memory = 300, 64 * 2**20
+    net = torch.nn.Sequential(
+        torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, d)
+    )
+    X = np.random.RandomState(0).randn(30, 8).astype(np.float32)
+    engine = JacobianEngine(net, max_memory=max_memory)
+    tracemalloc.start()
+    try:
+        K = GramReference(engine, X, "cosine").matrix()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < max_memory
+    expected = GramReference(JacobianEngine(net, batch_size=30), X, "cosine").matrix()
+    np.testing.assert_allclose(K, expected, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("power", [None, -0.5])
