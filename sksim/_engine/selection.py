@@ -60,6 +60,19 @@ def select_parameters(
     return {n: p for n, p in trainable.items() if any(matches(n, q) for q in wanted)}
 
 
+def network_logits(out):
+    """The logits of a network's output, as ``output="logits"`` reads them.
+
+    The first item of a tuple or list, the ``"logits"`` item of a mapping
+    that holds one (a Hugging Face model's output), else ``out`` itself.
+    """
+    if isinstance(out, (tuple, list)):
+        return out[0]
+    if isinstance(out, Mapping) and torch.is_tensor(out.get("logits")):
+        return out["logits"]
+    return out
+
+
 def select_output(
     out, output: str | int | Callable = "logits", n: int | None = None
 ) -> torch.Tensor:
@@ -67,13 +80,14 @@ def select_output(
 
     Parameters
     ----------
-    out : Tensor of shape (B, ...), or a tuple or list whose first item is
+    out : Tensor of shape (B, ...), a tuple or list whose first item is, or a
+        mapping whose ``"logits"`` item is
         The network's output for a batch.
     output : "logits", int or callable, default="logits"
         ``"logits"`` keeps every output (flattened per sample), an int keeps that
-        output index only (d = 1), both of the first item of a tuple or list; a
-        callable maps the batch output, as the network returns it, to ``(B,)``
-        or ``(B, d)``.
+        output index only (d = 1), both of :func:`network_logits`; a callable
+        maps the batch output, as the network returns it, to ``(B,)`` or
+        ``(B, d)``.
     n : int or None, default=None
         The number of samples B in the batch, checked against the result.
 
@@ -82,8 +96,8 @@ def select_output(
     ValueError
         If the selected outputs are not a floating tensor of ``n`` rows.
     """
-    if not callable(output) and isinstance(out, (tuple, list)):
-        out = out[0]
+    if not callable(output):
+        out = network_logits(out)
     if callable(output):
         out = output(out)
         _check_selected(out, n, "output= callable returned")

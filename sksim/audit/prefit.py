@@ -16,6 +16,7 @@ from skorch import NeuralNetClassifier
 
 from .._engine.context import evaluation_mode, forked_rng
 from .._engine.inputs import batches, module_float_dtype
+from .._engine.selection import network_logits
 from .._net import (
     _unwrap,
     is_unfitted_skorch,
@@ -101,7 +102,11 @@ def module_outputs(module: torch.nn.Module, X: NetInput) -> np.ndarray:
 
 
 def _tensor_output(out) -> torch.Tensor:
-    """``out`` if the network returned a tensor, else a TypeError saying what to do."""
+    """The network's logits (:func:`~sksim._engine.selection.network_logits`).
+
+    A TypeError says what to do when they are not a tensor.
+    """
+    out = network_logits(out)
     if isinstance(out, torch.Tensor):
         return out
     raise TypeError(

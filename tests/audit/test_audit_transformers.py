@@ -5,7 +5,7 @@ import pytest
 import torch
 from _architectures import BertLogits
 
-from sksim import GradientDensityEstimator, NetworkNeighbors
+from sksim import GradientDensityEstimator, NetworkNeighbors, network_similarity
 from sksim._engine.context import torch_seed
 from sksim.audit import audit
 
@@ -141,11 +141,12 @@ def test_transformers_nets_searched_past_the_scale_threshold(case):
 
 
 def test_a_model_returning_an_output_object_is_told_to_return_its_logits():
+    """The encoder alone returns hidden states, no logits."""
     module, X = bert_case()
     y = np.arange(len(X)) % N_CLASSES
-    with pytest.raises(TypeError, match="returned SequenceClassifierOutput, not a"):
+    with pytest.raises(TypeError, match="returned BaseModelOutputWith.*, not a"):
         audit(
-            module.bert,
+            module.bert.bert,
             X[:N_TRAIN],
             y[:N_TRAIN],
             cv="prefit",
@@ -153,3 +154,24 @@ def test_a_model_returning_an_output_object_is_told_to_return_its_logits():
             y_test=y[N_TRAIN:],
             analyses=["density"],
         )
+
+
+def test_a_hugging_face_models_own_output_is_read_as_its_logits():
+    """The model itself, returning a ``SequenceClassifierOutput``, was refused:
+    ``output="logits"`` and the audit read its ``logits`` item, as they read
+    a tuple's first item, and answer as the wrapper returning them does."""
+    wrapped, X = bert_case()
+    model = wrapped.bert
+    y = np.random.RandomState(1).randint(N_CLASSES, size=len(X))
+    X_train, X_test = X[:N_TRAIN], X[N_TRAIN:]
+    np.testing.assert_array_equal(
+        network_similarity(model, X_test, X_train),
+        network_similarity(wrapped, X_test, X_train),
+    )
+    split = dict(cv="prefit", X_test=X_test, y_test=y[N_TRAIN:], errors="raise")
+    own, expected = (
+        audit(net, X_train, y[:N_TRAIN], analyses=("density",), **split)
+        for net in (model, wrapped)
+    )
+    for table in ("samples", "summary"):
+        assert own[table].equals(expected[table])
