@@ -23,7 +23,7 @@ from ._engine.flags import FlaggedRows
 from ._engine.gram import GramReference, NTKReference
 from ._engine.inputs import is_dataset, n_samples
 from ._engine.jacobian import DEFAULT_MAX_MEMORY
-from ._engine.normalize import gram_power, normalize
+from ._engine.normalize import gram_power, whitened
 from ._typing import NetInput, NetLike, Output, Self
 from ._validation import check_net_input, dataset_targets
 from .density import THRESHOLD
@@ -45,14 +45,18 @@ class NoiseEstimateWarning(UserWarning):
 
 
 def matrix_weights(
-    K: np.ndarray, G: np.ndarray, gram: np.ndarray, weights: str, rtol: float
+    K: np.ndarray, G: np.ndarray, whitening: np.ndarray | None, rtol: float
 ) -> np.ndarray:
     """The unnormalised weights ``B_ij`` of a block of rows, ``(b, N, d, d)``.
 
-    ``"ntk"``: the NTK blocks ``K = J_i J_j^T`` themselves; ``"cosine"``:
-    ``A_i A_j^T``.
+    The NTK blocks ``K = J_i J_j^T`` themselves when ``whitening`` is None
+    (``"ntk"``); ``A_i A_j^T`` (``"cosine"``) with ``whitening`` the
+    reference's ``(J_j J_j^T)^{-1/2}``, made once for every block, and the
+    rows' from their Grams ``G``.
     """
-    return K if weights == "ntk" else normalize(K, G, gram, "cosine", rtol)
+    if whitening is None:
+        return K
+    return whitened(K, gram_power(G, -0.5, rtol), whitening)
 
 
 def scalar_weights(
@@ -477,12 +481,14 @@ class SelfDenoisingAnalysis(NetworkEstimator):
         block and the arrays of its size that its analysis makes take at most
         a third of ``max_memory``.
         """
-        matrix = self.weights in MATRIX_WEIGHTS
+        matrix, whitening = self.weights in MATRIX_WEIGHTS, None
         if matrix:
             reference = NTKReference(engine, X)
-            if self.weights == "cosine":  # whitened by block: report X's Grams once
+            if self.weights == "cosine":  # for every block: made and reported once
                 found = FlaggedRows()
-                gram_power(reference.gram, -0.5, self.rtol, found, slice(0, None))
+                whitening = gram_power(
+                    reference.gram, -0.5, self.rtol, found, slice(0, None)
+                )
                 found.report()
         else:
             reference = GramReference(engine, X, kind="cosine", rtol=self.rtol)
@@ -492,7 +498,7 @@ class SelfDenoisingAnalysis(NetworkEstimator):
         for rows, kernel, G in reference.self_rows(copies, subset):
             own = analysed[rows]
             if matrix:
-                B = matrix_weights(kernel, G, reference.gram, self.weights, self.rtol)
+                B = matrix_weights(kernel, G, whitening, self.rtol)
                 yield rows, matrix_block(B, own, y, f, self.ridge)
             else:
                 w = scalar_weights(kernel, self.weights, self.power, self.threshold)

@@ -14,6 +14,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from skorch import NeuralNetRegressor
 
 from sksim import denoising
+from sksim._engine import normalize
 from sksim.datasets import make_circle_sine
 from sksim.denoising import (
     IllConditionedWeightsWarning,
@@ -320,9 +321,18 @@ def test_blocks_within_max_memory_give_the_same_analysis(data, weights, monkeypa
         return analyse(w, own, *args)
 
     monkeypatch.setattr(denoising, block, recorded)
+    decomposed, eigh = [], normalize.floored_eigh
+
+    def counted(G, *args):
+        decomposed.append(len(G))
+        return eigh(G, *args)
+
+    monkeypatch.setattr(normalize, "floored_eigh", counted)
     bounded = SelfDenoisingAnalysis(net, max_memory=3 * 4 * row + 2, **kwargs)
     bounded.fit(X, Y)
     assert sizes == [4, 4, 4, 2]
+    # the reference's Grams whitened once, not again for every block
+    assert decomposed == ([14, 4, 4, 4, 2] if weights == "cosine" else [])
     for name in ("noise_covariance_", "self_weight_", "kernel_prediction_"):
         np.testing.assert_allclose(
             getattr(bounded, name), getattr(whole, name), rtol=1e-12, atol=1e-14

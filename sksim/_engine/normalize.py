@@ -111,10 +111,17 @@ def normalize(
     if kind == "ntk":
         return K
     if kind == "cosine":
-        W_x = gram_power(G_x, -0.5, rtol)
-        W_y = gram_power(G_y, -0.5, rtol)
-        return np.einsum("iab,ijbc,jcd->ijad", W_x, K, W_y, optimize=True)
+        return whitened(K, gram_power(G_x, -0.5, rtol), gram_power(G_y, -0.5, rtol))
     if kind == "influence":
         inv_x = gram_power(G_x, -1.0, rtol)
         return np.einsum("ijba,ibc->ijac", K, inv_x, optimize=True)
     raise ValueError(f"kind must be one of {KINDS}; got {kind!r}.")
+
+
+def whitened(K: np.ndarray, W_x: np.ndarray, W_y: np.ndarray) -> np.ndarray:
+    """Cosine blocks ``W_x K W_y`` ``(n, m, d, d)`` from the Grams' powers.
+
+    ``W_x``, ``W_y`` are ``(J J^T)^{-1/2}`` of the rows and the columns, ``K``
+    the NTK blocks.
+    """
+    return np.einsum("iab,ijbc,jcd->ijad", W_x, K, W_y, optimize=True)
