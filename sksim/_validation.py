@@ -72,10 +72,11 @@ def check_net_input(X, estimator=None, reset=True, keep_tensors=False, input_nam
     if keep_tensors and isinstance(X, torch.Tensor):
         return _check_tensor(X, input_name)
     kwargs = dict(allow_nd=True, dtype="numeric", ensure_all_finite=False)
-    if estimator is None:
-        X = check_array(_as_array(X), input_name=input_name, **kwargs)
+    X = _as_array(X)
+    if estimator is None or (not reset and _token_sequences(X)):
+        X = check_array(X, input_name=input_name, **kwargs)  # any length of tokens
     else:
-        X = validate_data(estimator, _as_array(X), reset=reset, **kwargs)
+        X = validate_data(estimator, X, reset=reset, **kwargs)
     if X.dtype == object:  # e.g. a data frame with a categorical column
         raise ValueError(
             f"{input_name} holds values that are not numbers (an array of dtype "
@@ -84,6 +85,16 @@ def check_net_input(X, estimator=None, reset=True, keep_tensors=False, input_nam
         )
     check_finite(X, input_name)
     return X
+
+
+def _token_sequences(X) -> bool:
+    """Whether ``X`` holds integer rows, token ids, whose length may vary.
+
+    The network, not ``n_features_in_``, says which lengths it takes.
+    """
+    return (
+        isinstance(X, np.ndarray) and X.ndim == 2 and np.issubdtype(X.dtype, np.integer)
+    )
 
 
 def _check_tensor(X: torch.Tensor, input_name: str) -> torch.Tensor:

@@ -208,8 +208,10 @@ def test_grid_search_retrains_a_fitted_net_unless_frozen(digits, fitted_digits_n
 
 def test_fitted_estimators_take_sequences_padded_to_another_length():
     """Text is padded per batch: a fitted estimator takes queries of another
-    length when the network does, and refuses other axes. (A 2-D array's
-    columns are features, which scikit-learn's checks hold fixed.)"""
+    length when the network does, as a dict or as an integer array of token
+    ids (refused before, as if its columns were features), and refuses other
+    axes. A floating 2-D array's columns stay features, as scikit-learn's
+    checks hold them."""
     torch.manual_seed(0)
     module = TokenModel()
     g = torch.Generator().manual_seed(0)
@@ -224,3 +226,8 @@ def test_fitted_estimators_take_sequences_padded_to_another_length():
     np.testing.assert_allclose(similarities, best, rtol=1e-5)
     with pytest.raises(ValueError, match="pass inputs with the same axes as in fit"):
         kernel.transform({"tokens": Q["tokens"][:, None]})
+    tokens = NetworkSimilarityKernel(module).fit(X["tokens"].numpy())
+    np.testing.assert_allclose(tokens.transform(Q["tokens"]), expected, rtol=1e-6)
+    floats = NetworkSimilarityKernel(torch.nn.Linear(10, 2)).fit(np.ones((4, 10)))
+    with pytest.raises(ValueError, match="X has 7 features, but .* expecting 10"):
+        floats.transform(np.ones((2, 7)))
