@@ -190,9 +190,9 @@ class GramReference:
 
     def _mapped(self, pieces: list, power, of_y, found=None) -> list:
         """:func:`~.pieces.map_pieces` of pieces of ``Y[of_y]``, refined when made."""
-        G = self.gram[of_y]
         if power is None:
             return pieces
+        G = self.gram[of_y]
         decomposition = floored_eigh(G, self.rtol)
         return map_pieces(pieces, G, power, self.rtol, found, of_y, decomposition)
 
