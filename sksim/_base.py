@@ -164,15 +164,29 @@ def _kept(name, value):
     return value
 
 
+def _same(a, b) -> bool:
+    """Whether two parameter values are the same, arrays included."""
+    if a is b:
+        return True
+    try:
+        return bool(np.all(a == b)) and type(a) is type(b)
+    except (TypeError, ValueError):
+        return False
+
+
 class NetworkEstimator(BaseEstimator):
     """Base of the estimators that compare inputs through a network's gradients.
 
-    Subclasses declare ``_parameter_constraints`` with :func:`constraints`,
-    call :meth:`_fit_network` first in ``fit`` and :meth:`_check_input` in
-    every later method, and reach the engine through :attr:`_engine`.
+    Subclasses declare ``_parameter_constraints`` with :func:`constraints`
+    and ``_fitted_params``, call :meth:`_fit_network` first in ``fit`` and
+    :meth:`_check_input` in every later method, and reach the engine through
+    :attr:`_engine`.
     """
 
     _parameter_constraints: dict = {}
+    # Parameters that what fit computed depends on: set to other values after
+    # fit, later calls raise until fit runs again (the engine's are kept)
+    _fitted_params: tuple = ()
     # Made again on demand rather than pickled: a device copy of the net, ...
     _transient_attributes: tuple = ("_engine_cache",)
 
@@ -186,6 +200,9 @@ class NetworkEstimator(BaseEstimator):
         runs before the training.
         """
         self._validate_params()
+        self._fitted_settings = {
+            name: getattr(self, name) for name in self._fitted_params
+        }
         X = check_net_input(X, self, reset=True)
         if check_targets is not None:
             check_targets(X)
@@ -225,8 +242,20 @@ class NetworkEstimator(BaseEstimator):
         """Raise a ValueError if the network's weights changed since ``fit``.
 
         What ``fit`` computed from them (reference sketches, sums, indexes)
-        would be mixed with what later calls compute from the new ones.
+        would be mixed with what later calls compute from the new ones. So
+        would what it computed with the values of ``_fitted_params``.
         """
+        changed = [
+            f"{name}={getattr(self, name)!r} (fitted with {value!r})"
+            for name, value in getattr(self, "_fitted_settings", {}).items()
+            if not _same(getattr(self, name), value)
+        ]
+        if changed:
+            raise ValueError(
+                f"{type(self).__name__}'s parameters changed since fit: "
+                f"{', '.join(changed)}, while what fit computed holds the "
+                "fitted values. Call fit again."
+            )
         if weights_digest(resolve_module(self.net_)) != self._weights:
             raise ValueError(
                 "The network's weights, or which of them are trainable, changed "

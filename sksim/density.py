@@ -229,6 +229,7 @@ class GradientDensityEstimator(DensityMixin, NetworkEstimator):
         power=[Interval(Real, 0, None, closed="neither")],
         **constraints(*CHECKPOINTS),
     )
+    _fitted_params = ("method", "n_components", "rtol")
 
     def __init__(
         self,

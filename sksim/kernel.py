@@ -372,6 +372,7 @@ class NetworkSimilarityKernel(
     _parameter_constraints = constraints(
         "net", "kind", "n_components", "n_jobs", *SHARED, *CHECKPOINTS
     )
+    _fitted_params = ("kind", "n_components", "rtol")
 
     def __init__(
         self,

@@ -359,6 +359,8 @@ class NetworkNeighbors(NetworkEstimator):
         n_components=N_COMPONENTS,
         **constraints(*CHECKPOINTS),
     )
+    _fitted_params = ("algorithm", "n_components", "rtol", "index", "index_params")
+    _fitted_params += ("search_components",)
     _transient_attributes = (
         "_engine_cache",
         "_faiss_index",

@@ -21,6 +21,7 @@ from sklearn.svm import SVC
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from sksim import (
+    GradientDensityEstimator,
     NetworkNeighbors,
     NetworkSimilarityKernel,
     network_similarity,
@@ -187,6 +188,70 @@ def test_parameters_set_after_fit_apply_at_the_next_fit(digits, change):
         np.testing.assert_array_equal(copy.score_samples(X[40:50]), expected)
     refitted = density.fit(X[:40]).score_samples(X[40:50])
     assert not np.allclose(refitted, expected)
+
+
+@pytest.mark.parametrize(
+    "estimator, change, query",
+    [
+        (
+            lambda m: NetworkSimilarityKernel(m, n_components=64, random_state=0),
+            dict(kind="ntk"),
+            "transform",
+        ),
+        (
+            lambda m: NetworkSimilarityKernel(m, n_components=64, random_state=0),
+            dict(n_components=None),
+            "transform",
+        ),
+        (
+            lambda m: GradientDensityEstimator(m, method="hard"),
+            dict(method="soft"),
+            "score_samples",
+        ),
+        (
+            lambda m: GradientDensityEstimator(m, method="hard"),
+            dict(n_components=64),
+            "score_samples",
+        ),
+        (lambda m: NetworkNeighbors(m), dict(algorithm="faiss"), "kneighbors"),
+    ],
+    ids=[
+        "kernel kind",
+        "kernel sketches",
+        "density method",
+        "density sketches",
+        "search",
+    ],
+)
+def test_parameters_fit_computed_with_refuse_other_values_until_refit(
+    digits, estimator, change, query
+):
+    """A sketched kernel set to kind="ntk" after fit answered 3.2 off the
+    NTK (query features of the new kind against reference sketches of the
+    old), and n_components=None 0.66 off the cosine; a density set to soft
+    counts failed with a bare AttributeError. Query-time parameters (the
+    hard count's threshold) still apply at once."""
+    X, _ = digits
+    fitted = estimator(_plain_module()).fit(X[:30])
+    expected = getattr(fitted, query)(X[30:35])
+    name, value = next(iter(change.items()))
+    before = fitted.get_params()[name]
+    fitted.set_params(**change)
+    with pytest.raises(ValueError, match=rf"changed since fit: {name}=.*Call fit"):
+        getattr(fitted, query)(X[30:35])
+    fitted.set_params(**{name: before})
+    np.testing.assert_array_equal(getattr(fitted, query)(X[30:35])[0], expected[0])
+
+
+def test_query_time_parameters_apply_without_refit(digits):
+    X, _ = digits
+    module = _plain_module()
+    density = GradientDensityEstimator(module, method="hard").fit(X[:30])
+    K = network_similarity(module, X[30:35], X[:30])
+    for threshold in (0.5, 0.9):
+        density.set_params(threshold=threshold)
+        counts = density.neighbor_counts(X[30:35])
+        np.testing.assert_array_equal(counts, (K > threshold).sum(axis=1))
 
 
 def test_grid_search_retrains_a_fitted_net_unless_frozen(digits, fitted_digits_net):
