@@ -843,6 +843,8 @@ def _analyse(analysis, fold, store, failed):
         name,
         fold.train,
         fold.test,
+        fold.prediction,  # a prefit net's decision threshold changes them
+        fold.probabilities,
         fold.options.get(name),
         fold.n_neighbors,
         fold.layers,

@@ -12,7 +12,12 @@ from matplotlib.colors import to_hex
 from sklearn.frozen import FrozenEstimator
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import r2_score
-from skorch import NeuralNet, NeuralNetClassifier, NeuralNetRegressor
+from skorch import (
+    NeuralNet,
+    NeuralNetBinaryClassifier,
+    NeuralNetClassifier,
+    NeuralNetRegressor,
+)
 
 from sksim import GradientDensityEstimator, NetworkNeighbors, SelfDenoisingAnalysis
 from sksim._engine.context import torch_seed
@@ -268,6 +273,40 @@ def test_prefit_cache_hashes_the_weights(split, trained, tmp_path):
     assert fresh.metadata["cache"]["loaded"] == 0
     expected = prefit_audit(swapped, split, analyses=("density",))
     assert fresh["samples"].equals(expected["samples"])
+
+
+def test_prefit_cache_follows_predictions_that_change_without_the_weights(
+    split, tmp_path
+):
+    """A binary net's decision threshold changes its predictions, not its
+    weights: the cached density's correlation with the errors was that of
+    the first threshold (-0.18 where the errors gave -0.21)."""
+    X, y, X_test, y_test = split
+    binary, binary_test = (y >= 5).astype(np.float32), (y_test >= 5).astype(int)
+
+    class Logit(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Sequential(
+                torch.nn.Flatten(), torch.nn.Linear(64, 8), torch.nn.Tanh()
+            )
+            self.out = torch.nn.Linear(8, 1)
+
+        def forward(self, x):
+            return self.out(self.net(x)).squeeze(-1)
+
+    with torch_seed(0):
+        net = NeuralNetBinaryClassifier(
+            Logit, max_epochs=5, lr=0.1, train_split=None, verbose=0
+        ).fit(X, binary)
+    for threshold in (0.5, 0.9):
+        net.threshold = threshold
+        kwargs = dict(cv="prefit", X_test=X_test, y_test=binary_test)
+        kwargs.update(analyses=("density",), errors="raise")
+        cached = audit(net, X, binary.astype(int), cache=tmp_path, **kwargs)
+        fresh = audit(net, X, binary.astype(int), **kwargs)
+        assert cached["folds"].equals(fresh["folds"])
+    assert cached.metadata["cache"]["loaded"] == 0
 
 
 def test_prefit_errors(split, trained, regression):
