@@ -398,7 +398,17 @@ def make_parser() -> argparse.ArgumentParser:
         "for a --checkpoint trained on classes the audited data lack. With "
         "--checkpoint or --n-classes, integer labels from 0 are the network's "
         "outputs themselves (label j is output j); other labels are encoded in "
-        "sorted order",
+        "sorted order, or as --classes lists them",
+    )
+    model.add_argument(
+        "--classes",
+        type=_class_list,
+        default=None,
+        metavar="NAMES",
+        help="the network's classes in the order of its outputs, comma-separated "
+        "(e.g. cat,dog,bird): label NAMES[j] is output j. For labels that are "
+        "not integers from 0, when the data lack some of the classes the network "
+        "was trained on",
     )
     training = audit.add_argument_group("training")
     training.add_argument(
@@ -576,32 +586,58 @@ def is_continuous(y: np.ndarray) -> bool:
 
 
 def encode_splits(
-    y: np.ndarray, y_test: np.ndarray | None, say: Say, keep_codes: bool = False
+    y: np.ndarray,
+    y_test: np.ndarray | None,
+    say: Say,
+    keep_codes: bool = False,
+    classes: list[str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, list[str] | None]:
     """Class labels of both splits encoded together (one code per class).
 
     Returns the codes of both and the labels of the codes, None when the
     labels were codes already. With ``keep_codes``, labels that are
     integers from 0 are the codes themselves (label j is the network's
-    output j, whichever classes the data lack).
+    output j, whichever classes the data lack). ``classes`` (``--classes``)
+    gives the label of each code; otherwise the labels found are sorted.
     """
     both = y if y_test is None else np.concatenate([y, y_test])
-    if keep_codes and _are_codes(both):
-        both = both.astype(np.int64)
-        return (
-            (both, None, None)
-            if y_test is None
-            else (both[: len(y)], both[len(y) :], None)
-        )
-    codes, classes = encode_labels(both)
-    names = None
-    if len(classes) > 1 and not np.array_equal(classes, np.arange(len(classes))):
-        names = [str(label) for label in classes]
-        shown = ", ".join(names[:10]) + (", ..." * (len(classes) > 10))
-        say(f"labels {shown} encoded as 0 .. {len(classes) - 1} in that order")
+    if classes is not None:
+        codes, names = _listed_codes(both, classes), classes
+    elif keep_codes and _are_codes(both):
+        codes, names = both.astype(np.int64), None
+    else:
+        codes, found = encode_labels(both)
+        names = None
+        if len(found) > 1 and not np.array_equal(found, np.arange(len(found))):
+            names = [str(label) for label in found]
+            shown = ", ".join(names[:10]) + (", ..." * (len(found) > 10))
+            say(f"labels {shown} encoded as 0 .. {len(found) - 1} in that order")
     if y_test is None:
         return codes, None, names
     return codes[: len(y)], codes[len(y) :], names
+
+
+def _listed_codes(y: np.ndarray, classes: list[str]) -> np.ndarray:
+    """The position of each label of ``y`` in ``classes`` (labels as text)."""
+    position = {name: j for j, name in enumerate(classes)}
+    labels = [str(label) for label in y]
+    unknown = sorted(set(labels) - position.keys())
+    if unknown:
+        raise ValueError(
+            f"labels {unknown[:5]} are not among --classes {','.join(classes)}: "
+            "list every class the network outputs, in the order of its outputs."
+        )
+    return np.array([position[label] for label in labels], dtype=np.int64)
+
+
+def _class_list(text: str) -> list[str]:
+    """``--classes``: comma-separated names, each once."""
+    names = [name.strip() for name in text.split(",")]
+    if len(names) < 2 or "" in names or len(set(names)) < len(names):
+        raise argparse.ArgumentTypeError(
+            f"expected two or more distinct comma-separated class names; got {text!r}"
+        )
+    return names
 
 
 def _are_codes(y: np.ndarray) -> bool:
@@ -631,8 +667,24 @@ def load_data(args: argparse.Namespace, say: Say) -> Data:
             "--checkpoint and --test-data."
         )
     keep_codes = args.checkpoint is not None or args.n_classes is not None
-    y, y_test, names = encode_splits(y, y_test, say, keep_codes)
+    y, y_test, names = encode_splits(y, y_test, say, keep_codes, args.classes)
+    if keep_codes and args.classes is None and names is not None:
+        _check_sorted_codes(args, len(names))
     return Data(X, y, str(source), "classification", X_test, y_test, names)
+
+
+def _check_sorted_codes(args: argparse.Namespace, n_found: int) -> None:
+    """Refuse sorted codes of labels for a network with more classes.
+
+    Which output each label is would depend on the classes the data lack.
+    """
+    if args.n_classes is not None and args.n_classes > n_found:
+        raise ValueError(
+            f"The labels are not integers from 0, and the data hold {n_found} of "
+            f"the {args.n_classes} classes of --n-classes: encoded in sorted order, "
+            "they would shift against the network's outputs. Pass --classes with "
+            "the network's classes in the order of its outputs."
+        )
 
 
 def check_checkpoint_args(args: argparse.Namespace) -> None:
@@ -768,7 +820,14 @@ def run_audit(args: argparse.Namespace) -> AuditResult:
             f"random (seed {args.noise_seed})"
         )
     n_outputs = data.n_outputs
-    if args.n_classes is not None:
+    if args.classes is not None:
+        if data.task == "regression" or args.n_classes not in (None, len(args.classes)):
+            raise ValueError(
+                f"--classes names {len(args.classes)} classes, but --n-classes is "
+                f"{args.n_classes}, or the targets are continuous."
+            )
+        n_outputs = len(args.classes)
+    elif args.n_classes is not None:
         if data.task == "regression" or args.n_classes < n_outputs:
             raise ValueError(
                 f"--n-classes {args.n_classes} is fewer than the {n_outputs} "

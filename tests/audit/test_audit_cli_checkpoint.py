@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import textwrap
 
 import _audit_helpers
@@ -117,6 +118,40 @@ def test_cli_checkpoint_on_data_lacking_a_class(files, trained, missing, capsys)
         folds = data["tables"]["folds"]
         assert folds[0]["accuracy"] == pytest.approx(expected, rel=1e-12)  # via JSON
         assert "class_names" not in data["metadata"]
+
+
+NAMES = np.array("zero one two three four five six seven eight nine".split())
+
+
+def test_cli_checkpoint_of_named_classes_the_data_lack(files, trained, capsys):
+    """Names, not codes, and the data lack "eight" (first in sorted order):
+    encoded in sorted order, every label shifted against the outputs and the
+    accuracy read 0. --n-classes alone is refused; --classes maps them."""
+    net, X, y = trained
+    kept, kept_test = y[:N_TRAIN] != 8, y[N_TRAIN:] != 8
+    np.savez(files / "train.npz", X=X[:N_TRAIN][kept], y=NAMES[y[:N_TRAIN][kept]])
+    test_y = NAMES[y[N_TRAIN:][kept_test]]
+    np.savez(files / "test.npz", X=X[N_TRAIN:][kept_test], y=test_y)
+    argv = checkpoint_argv(files, "--analyses", "density", "--quiet")
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([*argv, "--n-classes", "10"])
+    assert exit_.value.code == 2
+    assert "they would shift against the network's outputs. Pass --classes" in (
+        capsys.readouterr().err
+    )
+    classes = ["--classes", ",".join(NAMES)]
+    assert cli.main([*argv, *classes, "--json", str(files / "r.json")]) == 0
+    data = json.loads((files / "r.json").read_text())
+    expected = net.score(X[N_TRAIN:][kept_test], y[N_TRAIN:][kept_test])
+    assert data["tables"]["folds"][0]["accuracy"] == pytest.approx(expected)
+    assert data["metadata"]["class_names"] == NAMES.tolist()
+    for wrong, message in (
+        (",".join(NAMES[:9]), r"labels \['nine'\] are not among --classes"),
+        ("zero,zero", "two or more distinct comma-separated class names"),
+    ):
+        with pytest.raises(SystemExit):
+            cli.main([*argv, "--classes", wrong])
+        assert re.search(message, capsys.readouterr().err)
 
 
 @pytest.fixture
