@@ -136,7 +136,8 @@ def estimate_n_issues(combined: np.ndarray, y: np.ndarray) -> int:
     """Number of label issues by confident learning's calibrated joint.
 
     Class ``c``'s threshold is its average self-confidence, the mean of
-    ``combined[i, c]`` over the examples labelled ``c``. An example counts
+    ``combined[i, c]`` over the examples labelled ``c``, and at least chance,
+    ``1 / n_classes``. An example counts
     towards ``(y_i, j)`` for the most probable class ``j`` whose probability
     reaches its threshold (examples with none are not counted); each row of
     these counts is rescaled to the number of examples of its class, and the
@@ -157,6 +158,9 @@ def estimate_n_issues(combined: np.ndarray, y: np.ndarray) -> int:
     counts = np.bincount(y, minlength=n_classes)
     own = np.bincount(y, weights=combined[np.arange(len(y)), y], minlength=n_classes)
     thresholds = np.divide(own, counts, out=np.ones(n_classes), where=counts > 0)
+    # a class the network does not recognise (one rare example) would claim
+    # every example that gives it more than its own low probability
+    thresholds = np.maximum(thresholds, 1 / n_classes)
     above = combined >= thresholds
     best = np.where(above, combined, -np.inf).argmax(axis=1)
     counted = above.any(axis=1)

@@ -175,6 +175,19 @@ def test_estimated_count_is_confident_learnings_calibrated_joint():
     assert estimate_n_issues(combined, y) == 2
 
 
+def test_a_class_of_one_unrecognised_example_claims_no_examples():
+    """One example of a third class, given 0.05 by the network, set that
+    class's threshold to 0.05: the examples under their own class's threshold
+    that give it 0.06 counted towards it, and the estimate rose from 0 to 4
+    of 7 (a real audit: 1 to 113 of 407). Thresholds are at least chance."""
+    y = np.array([0, 0, 0, 1, 1, 1])
+    rows = [[0.9, 0.04], [0.5, 0.44], [0.4, 0.54]]  # thresholds 0.6
+    clean = np.array([[*r, 0.06] for r in rows] + [[b, a, 0.06] for a, b in rows])
+    assert estimate_n_issues(clean, y) == 0
+    rare = np.vstack([clean, [[0.5, 0.45, 0.05]]])
+    assert estimate_n_issues(rare, np.append(y, 2)) == 0
+
+
 @pytest.mark.parametrize("combination", COMBINATIONS)
 def test_combinations_score_the_given_label(digits, fitted_digits_net, combination):
     X, y = digits[0][600:700], digits[1][600:700]
