@@ -265,13 +265,23 @@ def label_issue_finding(result):
         f"#{r['index']} (given {r['given_label']}, looks like {r['suggested_label']})"
         for _, r in issues.head(3).iterrows()
     )
-    text = (
-        f"{n} training labels look wrong (estimated, {n / len(table):.1%} of "
-        f"the data); the top ones: {top}."
-        if n
-        else "No training label looks wrong (estimated): the network and its "
-        "most similar examples agree with every given label."
-    )
+    disputed = int((table["suggested_label"] != table["given_label"]).sum())
+    if n:
+        text = (
+            f"{n} training labels look wrong (estimated, {n / len(table):.1%} of "
+            f"the data); the top ones: {top}."
+        )
+    elif disputed:
+        text = (
+            "No training label is estimated to be wrong, though for "
+            f"{disputed} the network and its most similar examples together "
+            "favour another label (the highest-scored head the table)."
+        )
+    else:
+        text = (
+            "No training label looks wrong (estimated): the network and its "
+            "most similar examples favour every given label."
+        )
     noise = result.metadata.get("label_noise")
     if noise is not None:
         found = planted_precision(table, noise)

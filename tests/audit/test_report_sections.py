@@ -372,6 +372,14 @@ def test_label_findings_list_only_the_labels_that_look_wrong(issues_audit):
     assert f"the top ones: #{second['index']} (given" in text
     assert f"#{table.iloc[0]['index']} (" not in text
     table["is_issue"] = False
+    disputed = int((table["suggested_label"] != table["given_label"]).sum())
+    assert disputed > 0
+    text = next(t for t in findings(result) if "estimated to be wrong" in t)
+    assert text.startswith(  # it said every given label was agreed with
+        f"No training label is estimated to be wrong, though for {disputed} the "
+        "network and its most similar examples together favour another label"
+    )
+    table["suggested_label"] = table["given_label"]
     text = next(t for t in findings(result) if "looks wrong" in t)
     assert text.startswith("No training label looks wrong (estimated)")
 

@@ -261,8 +261,10 @@ class LabelIssues(Analysis):
     description = (
         "Every example's label is checked against two independent signals "
         "computed on the audit's own folds: the class probabilities of the "
-        "fold's network, which never saw the example (out-of-fold), and the "
-        "labels of the training examples the network finds most similar to it, "
+        "fold's network (in a cross-validated audit one that never saw the "
+        "example, out-of-fold; in a prefit one the trained network itself, "
+        "which did), and the labels of the training examples the network finds "
+        "most similar to it, "
         "weighted by their similarity. The score is minus the average of the "
         "two probabilities of the given label: an example that neither the "
         "network nor its nearest training examples agree with is likely "
