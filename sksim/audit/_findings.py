@@ -122,6 +122,33 @@ def correlation_meaning(r, regression=False):
     )
 
 
+def density_meaning(result, r):
+    """What the density-error correlation ``r`` of the audit says, if anything."""
+    samples = result.tables["samples"]
+    floored = float((samples["neighbor_count"] < COUNT_FLOOR).mean())
+    if math.isnan(r):
+        return (
+            "Undefined: the held-out densities (or errors) are all alike, e.g. "
+            "every density at its floor, no training example similar enough."
+        )
+    if floored > 0.5 and not soft_counts(result):
+        return (
+            f"Not telling: {floored:.0%} of the held-out densities tie at the "
+            "floor (no training example above the similarity threshold), so "
+            "the correlation ranks few examples; lower the threshold, or count "
+            "softly."
+        )
+    if soft_counts(result) and r > -0.3:
+        return (
+            "Soft counts, which sum every similarity, follow the errors more "
+            "weakly than counts of the nearly identical examples: density "
+            f"accounts for {r * r:.0%} of the variance of the errors, which does "
+            "not rule coverage out (hard counts, method='hard', on fewer "
+            "examples say more)."
+        )
+    return correlation_meaning(r, result.metadata["task"] == "regression")
+
+
 def agreement_meaning(a, k, bound=1.0):
     """One sentence on the share of neighbours with the example's label.
 
@@ -167,12 +194,7 @@ def headline_meanings(result):
         meanings["error"] = error_meaning(1 - value[0])
     value = summary_value(summary, "density_error_correlation")
     if value is not None:
-        meanings["density_error_correlation"] = (
-            "Undefined: the held-out densities (or errors) are all alike, e.g. "
-            "every density at its floor, no training example similar enough."
-            if math.isnan(value[0])
-            else correlation_meaning(value[0], meta["task"] == "regression")
-        )
+        meanings["density_error_correlation"] = density_meaning(result, value[0])
     value = summary_value(summary, "neighbor_label_agreement")
     if value is not None:
         k = meta["n_neighbors"]

@@ -24,6 +24,7 @@ from sksim.audit._findings import (
     correlation_meaning,
     error_meaning,
     findings,
+    summary_value,
 )
 from sksim.audit.analyses.neighbors import _gallery_rows, diverse
 from sksim.audit.core import _count_warning, _warning_rows, _warning_text
@@ -418,6 +419,35 @@ def test_headline_numbers_have_their_meaning(issues_audit):
     assert "of the variance of the errors" in html
     assert "on average carry its label" in html
     assert "<h3>Time taken</h3>" in html
+
+
+def test_a_correlation_of_floored_or_soft_densities_draws_no_conclusion(
+    issues_audit,
+):
+    """92% of a regression's densities tied at the floor, and soft counts past
+    the scale threshold read 0.07 where hard ones read -0.38: both reports
+    concluded that errors were not where training examples are scarce."""
+    result = copy.deepcopy(issues_audit)
+    samples = result.tables["samples"]
+    r = summary_value(result.tables["summary"], "density_error_correlation")[0]
+
+    def meaning():
+        text = next(t for t in findings(result) if t.startswith("Density-error"))
+        return text.split(". ", 1)[1]
+
+    assert meaning() == correlation_meaning(r)
+    samples["neighbor_count"] = np.where(np.arange(len(samples)) % 4, 0.0, 7.0)
+    assert meaning().startswith(
+        "Not telling: 75% of the held-out densities tie at the floor"
+    )
+    result.metadata["methods"]["density"] = "soft counts (exact, time O(N p))"
+    summary = result.tables["summary"]
+    rows = summary["metric"] == "density_error_correlation"
+    summary.loc[rows, "mean"] = 0.07
+    assert meaning().startswith("Soft counts, which sum every similarity, follow")
+    assert "0% of the variance of the errors, which does not rule" in meaning()
+    summary.loc[rows, "mean"] = -0.38  # strong enough to read even so
+    assert meaning() == correlation_meaning(-0.38)
 
 
 def test_an_undefined_correlation_reads_n_a_with_its_reason(issues_audit):
