@@ -927,6 +927,11 @@ def _run_fold(fold, analyses, store, collected, seconds, steps, failed):
     collected["samples"].append(frame(samples))
 
 
+def _metrics(folds):
+    """The metric columns of the ``folds`` table (or of one fold's row)."""
+    return [c for c in folds.columns if c not in ("fold", "n_train", "n_test")]
+
+
 def _assemble(collected, analyses):
     """The audit's tables from the folds' pieces, with the analyses' summaries."""
     pd = import_pandas()
@@ -938,9 +943,11 @@ def _assemble(collected, analyses):
             *collected["tables"].items(),
         ]
     }
-    folds = tables["folds"]
-    metrics = [c for c in folds.columns if c not in ("fold", "n_train", "n_test")]
-    long = [folds.melt(id_vars="fold", value_vars=metrics, var_name="metric")]
+    # each fold's own metrics: not those of analyses that failed on it
+    long = [
+        row.melt(id_vars="fold", value_vars=_metrics(row), var_name="metric")
+        for row in collected["folds"]
+    ]
     long += [a.summary_metrics(tables) for a in analyses]
     long = pd.concat([part for part in long if part is not None], ignore_index=True)
     long["value"] = long["value"].astype(float)

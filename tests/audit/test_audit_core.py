@@ -23,7 +23,7 @@ from sksim.audit.analyses.denoising import (
     Denoising,
     free_probabilities,
 )
-from sksim.audit.analyses.density import n_density_bins, quantile_bins
+from sksim.audit.analyses.density import Density, n_density_bins, quantile_bins
 from sksim.audit.analyses.neighbors import image_view
 from sksim.representations import (
     DirichletProcessGaussianMixture,
@@ -389,6 +389,33 @@ def test_a_failing_analysis_is_recorded_and_the_audit_goes_on(
     assert result["density_bins"]["fold"].unique().tolist() == [0, 1, 2]
     with pytest.raises(RuntimeError, match="out of luck"):
         audit(net, X, y, errors="raise", **kwargs)
+
+
+def test_a_density_failing_on_one_fold_leaves_a_report_of_the_others(
+    digit_images, monkeypatch, tmp_path
+):
+    """The failed fold's missing densities were binned (a bin of -2^63), the
+    summary counted 3 folds for a metric of 2, and the report crashed."""
+    X, y = digit_images
+    density = Density.run
+
+    def fails_on_fold_1(self, fold):
+        if fold.fold == 1:
+            raise MemoryError("out of memory")
+        return density(self, fold)
+
+    monkeypatch.setattr(Density, "run", fails_on_fold_1)
+    with pytest.warns(AuditAnalysisFailedWarning):
+        result = audit(small_net(X, max_epochs=1), X, y, cv=3, analyses=("density",))
+    assert result["density_bins"]["fold"].unique().tolist() == [0, 2]
+    samples = result["samples"]
+    assert samples.loc[samples["fold"] == 1, "density_bin"].isna().all()
+    assert samples.loc[samples["fold"] != 1, "density_bin"].between(0, 9).all()
+    summary = result["summary"].set_index("metric")
+    assert summary.loc["mean_log_density", "n_folds"] == 2
+    assert summary.loc["accuracy", "n_folds"] == 3
+    text = result.to_html(tmp_path / "report.html").read_text()
+    assert "<b>density</b>, fold 1: MemoryError: out of memory" in text
 
 
 def test_a_diverged_network_fails_every_analysis_with_the_reason(digit_images):

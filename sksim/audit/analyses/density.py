@@ -64,11 +64,12 @@ def density_histogram(result: AuditResult) -> Figure | None:
     samples = result.tables["samples"]
     if "log_density" not in samples:
         return None
+    samples = samples[samples["log_density"].notna()]  # not of failed folds
     fig, ax = subplots(figsize=(6, 3.4))
     values = samples["log_density"].to_numpy()
     edges = np.histogram_bin_edges(values, bins=30)
     if "correct" in samples:
-        correct = samples["correct"].to_numpy()
+        correct = samples["correct"].to_numpy(dtype=bool)
         ax.hist(
             [values[correct], values[~correct]],
             bins=edges,
@@ -229,19 +230,20 @@ class Density(Analysis):
         ``j`` means the same in each.
         """
         samples = tables["samples"]
-        n_bins = n_density_bins(samples.groupby("fold").size().min())
-        samples = samples.assign(
-            density_bin=samples.groupby("fold")["log_density"].transform(
-                lambda values: quantile_bins(values.to_numpy(), n_bins)
-            )
+        measured = samples[samples["log_density"].notna()]  # not of failed folds
+        n_bins = n_density_bins(measured.groupby("fold").size().min())
+        density_bin = measured.groupby("fold")["log_density"].transform(
+            lambda values: quantile_bins(values.to_numpy(), n_bins)
         )
-        column = error_column(samples)
-        if "correct" in samples:
-            error = ~samples["correct"]
+        samples = samples.assign(density_bin=density_bin.astype("Int64"))
+        measured = samples.loc[measured.index]
+        column = error_column(measured)
+        if "correct" in measured:
+            error = ~measured["correct"].astype(bool)
         else:
-            error = samples["squared_error"]
+            error = measured["squared_error"]
         bins = (
-            samples.assign(error=error)
+            measured.assign(error=error)
             .groupby(["fold", "density_bin"])
             .agg(
                 n_samples=("error", "size"),
