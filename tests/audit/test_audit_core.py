@@ -11,11 +11,12 @@ from _architectures import small_net
 from _audit_helpers import AUDIT_OPTIONS
 from sklearn.base import clone
 from sklearn.model_selection import KFold, ShuffleSplit, StratifiedKFold
+from sklearn.utils._param_validation import InvalidParameterError
 from skorch import NeuralNetBinaryClassifier, NeuralNetClassifier, NeuralNetRegressor
 
 from sksim import GradientDensityEstimator, NetworkNeighbors, SelfDenoisingAnalysis
 from sksim._engine.context import torch_seed
-from sksim.audit import ANALYSES, AuditAnalysisFailedWarning, audit
+from sksim.audit import ANALYSES, AuditAnalysisFailedWarning, audit, core
 from sksim.audit.analyses import REGISTRY
 from sksim.audit.analyses import sensitivity as sensitivity_analysis
 from sksim.audit.analyses.class_fitting import default_layers
@@ -437,8 +438,15 @@ def test_a_diverged_network_fails_every_analysis_with_the_reason(digit_images):
             )
 
 
-def test_an_analysis_failing_on_every_fold_leaves_no_tables(digit_images, tmp_path):
+def test_an_analysis_failing_on_every_fold_leaves_no_tables(
+    digit_images, tmp_path, monkeypatch
+):
     X, y = digit_images
+
+    def fails(self, fold):
+        raise InvalidParameterError("refused")
+
+    monkeypatch.setattr(Density, "run", fails)
     with pytest.warns(AuditAnalysisFailedWarning):
         result = audit(
             small_net(X, max_epochs=1),
@@ -446,7 +454,6 @@ def test_an_analysis_failing_on_every_fold_leaves_no_tables(digit_images, tmp_pa
             y,
             cv=2,
             analyses=("density", "neighbors"),
-            options=dict(density=dict(method="bogus")),
         )
     assert sorted(result.failed["density"]) == [0, 1]
     assert result.failed["density"][0].startswith("InvalidParameterError: ")
@@ -459,6 +466,31 @@ def test_an_analysis_failing_on_every_fold_leaves_no_tables(digit_images, tmp_pa
     assert "<b>density</b>, fold 1: InvalidParameterError: " in text
     saved = json.loads(result.to_json(tmp_path / "report.json").read_text())
     assert saved["failed"]["density"]["0"] == result.failed["density"][0]
+
+
+@pytest.mark.parametrize(
+    "options, error, message",
+    [
+        (dict(density=dict(threshold=2.0)), InvalidParameterError, "'threshold'"),
+        (dict(density=dict(method="bogus")), InvalidParameterError, "'method'"),
+        (dict(neighbors=dict(algorithm="x")), InvalidParameterError, "'algorithm'"),
+        (dict(denoising=dict(weights="x")), InvalidParameterError, "'weights'"),
+        (dict(density="soft"), TypeError, "must be a dict of keyword arguments"),
+        (dict(density=None), TypeError, "must be a dict of keyword arguments"),
+    ],
+)
+def test_option_values_are_checked_before_any_training(
+    digit_images, monkeypatch, options, error, message
+):
+    """They failed in every fold, after its training, as recorded failures."""
+    X, y = digit_images
+
+    def refuse(*args):
+        raise AssertionError("trained before the options were checked")
+
+    monkeypatch.setattr(core, "fit_net", refuse)
+    with pytest.raises(error, match=message):
+        audit(small_net(X), X, y, cv=2, analyses=tuple(options), options=options)
 
 
 def test_audit_errors(digit_images):
@@ -496,7 +528,7 @@ def test_audit_errors(digit_images):
         audit(net, X, y, cv=2, n_neighbors=200, analyses=("neighbors",))
     with pytest.raises(ValueError, match=r"options for unknown analyses \['dens'\]"):
         audit(net, X, y, options=dict(dens=dict(method="hard")))
-    with pytest.raises(ValueError, match="max_samples must be a positive int"):
+    with pytest.raises(ValueError, match="'max_samples' parameter .* must be an int"):
         audit(
             net,
             X,

@@ -7,6 +7,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from sklearn.utils._param_validation import validate_parameter_constraints
+
 from ..._typing import NetInput
 from .. import _render
 
@@ -138,8 +140,14 @@ class Analysis:
         """Raise on invalid ``options[name]`` before any training.
 
         Names are checked: :attr:`own_options`, and the keyword arguments of
-        :meth:`option_target` not in :attr:`fixed_options`.
+        :meth:`option_target` not in :attr:`fixed_options`; so are the values
+        of an estimator's parameters, by its constraints.
         """
+        if not isinstance(options, Mapping):
+            raise TypeError(
+                f"options[{self.name!r}] must be a dict of keyword arguments; "
+                f"got {type(options).__name__} {options!r}."
+            )
         target = self.option_target()
         if target is None:
             return
@@ -155,6 +163,12 @@ class Analysis:
                 f"options[{self.name!r}] has unknown names {unknown}: the "
                 f"{self.name} analysis takes {sorted(accepted)}."
             )
+        constraints = getattr(target, "_parameter_constraints", {})
+        validate_parameter_constraints(
+            constraints,
+            {name: value for name, value in options.items() if name in constraints},
+            caller_name=f"options[{self.name!r}]",
+        )
 
     def skip_reason(self, X: NetInput) -> str | None:
         """Why the analysis does not apply to inputs ``X`` (None when it does)."""

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from ..._typing import Output
-from ..._validation import check_positive_int
 from ...denoising import IllConditionedWeightsWarning, SelfDenoisingAnalysis
 from .._tables import frame
 from .base import Analysis, FoldOutput
@@ -79,10 +78,6 @@ class Denoising(Analysis):
 
     def option_target(self) -> type:
         return SelfDenoisingAnalysis
-
-    def check_options(self, options: Mapping[str, Any]) -> None:
-        super().check_options(options)
-        check_positive_int(options.get("max_samples"), "max_samples", allow_none=True)
 
     def run(self, fold: _Fold) -> FoldOutput:
         options = self.options(fold)
