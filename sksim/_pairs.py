@@ -118,7 +118,9 @@ def with_pairs(X: ArrayLike | Mapping[str, ArrayLike], pairs: ArrayLike) -> Slic
         The inputs, as the network takes them.
     pairs : array-like of int of shape (n_pairs, 2)
         Row indices ``(i, j)`` of samples known to be similar. Order inside a
-        pair does not matter (the cosine is symmetric).
+        pair does not matter to the cosine, which is symmetric; the
+        ``"posnegflat"`` readout takes the class of the row that carries the
+        pair (see above), so a pair of two labels depends on which carries it.
 
     Returns
     -------
