@@ -76,7 +76,17 @@ def fit_net(
     else:
         y = training_targets(fitted, y)
     with torch_seed(random_state):
-        fitted.fit(X, y)
+        try:
+            fitted.fit(X, y)
+        except IndexError as error:  # torch's cross-entropy: "Target 2 is out of"
+            if not is_classifier(fitted) or "out of bounds" not in str(error):
+                raise
+            raise ValueError(
+                f"A {type(fitted).__name__} learns label j as its output j, and "
+                f"a label is beyond the network's outputs ({error}): encode the "
+                "labels from 0 to n_classes - 1, e.g. with scikit-learn's "
+                "LabelEncoder, or give the network one output per class."
+            ) from error
     return fitted
 
 

@@ -113,6 +113,9 @@ def test_targets_of_an_unfitted_net_are_checked_and_cast():
     for bad in (np.array(list("abcdefghij"))[y], y - 1, np.where(y == 0, np.nan, y)):
         with pytest.raises(ValueError, match="learns label j as its output j"):
             kernel(make_digits_net(max_epochs=2), bad)
+    # labels 1 to 10 for 10 outputs: torch's bare "Target 10 is out of bounds"
+    with pytest.raises(ValueError, match="a label is beyond the network's outputs"):
+        kernel(make_digits_net(max_epochs=2), y + 1)
     regressor = NeuralNetRegressor(
         MLP, module__n_in=64, module__n_out=1, max_epochs=2, train_split=None, verbose=0
     )
