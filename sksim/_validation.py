@@ -329,14 +329,15 @@ def check_positive_int(value, name, allow_none=False):
         raise ValueError(f"{name} must be a positive int; got {value!r}.")
 
 
-def cv_partition(cv, X, y) -> list[tuple[np.ndarray, np.ndarray]]:
+def cv_partition(cv, X, y, groups=None) -> list[tuple[np.ndarray, np.ndarray]]:
     """The ``(train, test)`` splits of ``cv``, checked to hold out each example once.
 
     ``cv`` is what :func:`sklearn.model_selection.check_cv` takes (stratified
-    for class labels ``y``); ``X`` gives the number of examples.
+    for class labels ``y``); ``X`` gives the number of examples, ``groups``
+    the group of each for a group splitter.
     """
     rows = np.zeros((n_samples(X), 1))  # the splitters read the length alone
-    splits = list(check_cv(cv, y, classifier=True).split(rows, y))
+    splits = list(check_cv(cv, y, classifier=True).split(rows, y, groups))
     tests = [test for _, test in splits]
     held = np.bincount(np.concatenate(tests), minlength=len(rows)) if tests else 0
     if not np.all(held == 1):

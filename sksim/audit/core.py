@@ -450,6 +450,7 @@ def audit(
     *,
     X_test: ArrayLike | Dataset | None = None,
     y_test: ArrayLike | None = None,
+    groups: ArrayLike | None = None,
     n_neighbors: int = 5,
     layers: Sequence[str] | None = None,
     options: Mapping[str, Mapping[str, Any]] | None = None,
@@ -563,6 +564,10 @@ def audit(
     y_test : array-like of shape (n_test,), default=None
         With ``cv="prefit"`` (and only then), their labels or targets (None
         takes those of a dataset's items).
+    groups : array-like of shape (n_samples,), default=None
+        The group of each example, for a group splitter such as
+        :class:`~sklearn.model_selection.GroupKFold`, as
+        :func:`~sklearn.model_selection.cross_validate` takes them.
     n_neighbors : int, default=5
         Training examples retrieved per held-out example.
     layers : list of str, default=None
@@ -655,7 +660,7 @@ def audit(
     requested = [a for a in requested if a.name not in skipped]
     with warnings.catch_warnings(record=True) as split_warnings:
         warnings.simplefilter("always")
-        protocol, splits = _splits(cv, data, prefit)
+        protocol, splits = _splits(cv, data, prefit, groups)
     smallest = min(len(train) for train, _ in splits)
     if "neighbors" in (a.name for a in requested) and n_neighbors > smallest:
         raise ValueError(
@@ -727,13 +732,19 @@ def audit(
     return AuditResult(tables, skipped, metadata, gallery, failed, examples)
 
 
-def _splits(cv, data, prefit):
+def _splits(cv, data, prefit, groups=None):
     """A description of the protocol and its (train, test) index pairs."""
     if prefit:
+        if groups is not None:
+            raise ValueError('groups are for a splitter; cv="prefit" has none.')
         split = (np.arange(len(data.X)), np.arange(len(data.X_test)))
         return "prefit", [split]
+    if groups is not None and len(groups) != len(data.y):
+        raise ValueError(
+            f"groups has {len(groups)} entries for {len(data.y)} examples."
+        )
     splitter = check_cv(cv, data.y, classifier=True)
-    return repr(splitter), cv_partition(splitter, data.X, data.y)
+    return repr(splitter), cv_partition(splitter, data.X, data.y, groups)
 
 
 def _methods(methods, analyses):

@@ -1,3 +1,4 @@
+import itertools
 import json
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import torch
 from _architectures import small_net
 from _audit_helpers import AUDIT_OPTIONS
 from sklearn.base import clone
-from sklearn.model_selection import KFold, ShuffleSplit, StratifiedKFold
+from sklearn.model_selection import GroupKFold, KFold, ShuffleSplit, StratifiedKFold
 from sklearn.utils._param_validation import InvalidParameterError
 from skorch import NeuralNetBinaryClassifier, NeuralNetClassifier, NeuralNetRegressor
 
@@ -361,6 +362,19 @@ def test_audit_takes_a_splitter(digit_images):
     result = audit(small_net(X, max_epochs=1), X, y, cv=KFold(4), analyses=())
     assert result["folds"]["n_test"].tolist() == [60] * 4
     assert set(result.tables) == {"folds", "samples", "summary"}
+
+
+def test_audit_takes_groups_for_a_group_splitter(digit_images):
+    """GroupKFold failed with scikit-learn's bare "groups should not be None"."""
+    X, y = digit_images
+    groups = np.arange(len(y)) // 20
+    result = audit(
+        small_net(X, max_epochs=1), X, y, cv=GroupKFold(3), groups=groups, analyses=()
+    )
+    tests = result["samples"].groupby("fold")["index"].apply(lambda i: set(groups[i]))
+    assert all(not (a & b) for a, b in itertools.combinations(tests, 2))
+    with pytest.raises(ValueError, match="groups has 3 entries for 240 examples"):
+        audit(small_net(X), X, y, cv=GroupKFold(3), groups=[0, 1, 2], analyses=())
 
 
 def test_a_failing_analysis_is_recorded_and_the_audit_goes_on(
