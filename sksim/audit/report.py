@@ -151,7 +151,7 @@ def _warnings_table(meta):
             dict(
                 warning=w["warning"],
                 times_raised=w["times"],
-                samples_flagged=w["samples"],
+                samples_flagged=math.nan if w["samples"] is None else w["samples"],
                 analyses=where,
             )
         )

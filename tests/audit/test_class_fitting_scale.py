@@ -111,6 +111,16 @@ def test_a_cap_above_every_class_changes_nothing():
     )
 
 
+def test_a_scaled_default_cap_that_binds_no_class_gives_no_scale_reason():
+    """It read "fitted on all 160 training examples: 160 training examples >
+    scale_threshold 50", as if the threshold had changed the fit."""
+    result = prefit_audit(50, OPTIONS)  # the scaled default cap: 1000 per class
+    assert result.metadata["methods"]["class_fitting"] == (
+        f"Dirichlet-process mixtures (variational backend) fitted on all "
+        f"{N_TRAIN} training examples"
+    )
+
+
 def test_the_method_text_with_both_caps():
     mixture = class_mixture(None, 3)
     text = fitting_method(mixture, 30, 50, 160, 3)

@@ -274,6 +274,8 @@ def test_the_splitters_warnings_are_counted_too(digit_images):
         w for w in result.metadata["warnings"] if "least populated" in w["warning"]
     ]
     assert row["analyses"] == {"cv": dict(times=1, samples=None)}
+    page = render_html(result)  # no samples flagged: a dash, not "None"
+    assert "least populated" in page and "<td>None</td>" not in page
 
 
 def test_timings_table_sums_the_steps(small_audit):

@@ -281,17 +281,17 @@ class ClassFitting(Analysis):
         classes["test_mean_log_density"] = test_mean
         classes["density_classifier_accuracy"] = test_accuracy
         classes.insert(0, "fold", fold.fold)
+        n_fitted = fitted_rows(report)
         method = fitting_method(
             options["mixture"],
-            fitted_rows(report),
+            n_fitted,
             len(rows),
             len(fold.train),
             fit_cap(options["mixture"], max_per_class),
         )
-        return FoldOutput(
-            tables=dict(class_fitting=classes),
-            method=self.method_text(fold, method),
-        )
+        if n_fitted < len(fold.train):  # the scale threshold's cap, if any, bound
+            method = self.method_text(fold, method)
+        return FoldOutput(tables=dict(class_fitting=classes), method=method)
 
     def summarise(self, tables: Mapping[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
         return dict(
