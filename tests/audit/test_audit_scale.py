@@ -182,7 +182,7 @@ def test_class_fitting_subsamples_each_class():
     )
     assert scaled().metadata["methods"]["class_fitting"] == (
         "Dirichlet-process mixtures (variational backend) fitted on all 160 "
-        "training examples: 160 training examples > scale_threshold 50"
+        "training examples"
     )
 
 
