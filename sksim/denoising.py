@@ -26,7 +26,7 @@ from ._engine.jacobian import DEFAULT_MAX_MEMORY
 from ._engine.normalize import gram_power, whitened
 from ._typing import NetInput, NetLike, Output, Self
 from ._validation import check_net_input, dataset_targets
-from .density import THRESHOLD
+from .density import THRESHOLD, positive_power
 
 MATRIX_WEIGHTS = ("ntk", "cosine")  # the others are scalars times the identity
 MATRIX_COPIES = 4  # arrays of a block's (b, N, d, d) size its analysis holds at once
@@ -68,9 +68,7 @@ def scalar_weights(
     ``1[k_ij > threshold]``.
     """
     if weights == "cosine_pos_pow":
-        w = np.maximum(k, 0.0)
-        w **= power
-        return w
+        return positive_power(k, power)
     return (k > threshold).astype(np.float64)
 
 

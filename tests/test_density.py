@@ -17,7 +17,7 @@ from sksim._engine.features import piece_energies
 from sksim._engine.jacobian import JacobianEngine
 from sksim._engine.rows import sketch_features
 from sksim.datasets import make_circle_sine
-from sksim.density import GradientDensityEstimator
+from sksim.density import GradientDensityEstimator, positive_power
 
 mlp = partial(shared_mlp, 3)  # mlp(n_outputs, seed=0): 3 -> 12 -> n_outputs
 
@@ -242,3 +242,13 @@ def test_make_circle_sine_values():
 def test_make_circle_sine_refuses_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         make_circle_sine(**{"n_samples": 10, **kwargs})
+
+
+@pytest.mark.parametrize("power", [1, 2, 3, 8, 13, 8.0, 0.5, 2.5])
+def test_positive_power_equals_numpys_power(power):
+    k = np.random.default_rng(0).uniform(-1, 1, (30, 40))
+    before = k.copy()
+    w = positive_power(k, power)
+    np.testing.assert_allclose(w, np.maximum(k, 0.0) ** power, rtol=1e-14, atol=0)
+    np.testing.assert_array_equal(k, before)
+    assert not np.shares_memory(w, k)
