@@ -337,6 +337,8 @@ def cv_partition(cv, X, y, groups=None) -> list[tuple[np.ndarray, np.ndarray]]:
     the group of each for a group splitter.
     """
     rows = np.zeros((n_samples(X), 1))  # the splitters read the length alone
+    if groups is not None and len(groups) != len(rows):
+        raise ValueError(f"groups has {len(groups)} entries for {len(rows)} examples.")
     splits = list(check_cv(cv, y, classifier=True).split(rows, y, groups))
     tests = [test for _, test in splits]
     held = np.bincount(np.concatenate(tests), minlength=len(rows)) if tests else 0

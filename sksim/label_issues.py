@@ -465,7 +465,12 @@ class LabelIssueDetector(NetworkEstimator):
         tags.target_tags.required = True
         return tags
 
-    def fit(self, X: NetInput, y: ArrayLike | None = None) -> Self:
+    def fit(
+        self,
+        X: NetInput,
+        y: ArrayLike | None = None,
+        groups: ArrayLike | None = None,
+    ) -> Self:
         """Score every example's label.
 
         Parameters
@@ -475,6 +480,10 @@ class LabelIssueDetector(NetworkEstimator):
         y : array-like of shape (n_samples,), default=None
             The given class labels. Required, unless ``X`` is a Dataset of
             ``(x, y)`` items: its labels are then read from the items.
+        groups : array-like of shape (n_samples,), default=None
+            The group of each example, for a group splitter ``cv`` such as
+            :class:`~sklearn.model_selection.GroupKFold` (``cv="prefit"`` has
+            none).
 
         Returns
         -------
@@ -488,6 +497,8 @@ class LabelIssueDetector(NetworkEstimator):
                 f"classifier; {type(_unwrap(self.net)).__name__} is a regressor."
             )
         if self.cv == "prefit":
+            if groups is not None:
+                raise ValueError('groups are for a splitter; cv="prefit" has none.')
             if is_unfitted_skorch(self.net):
                 raise ValueError(
                     'cv="prefit" uses the net as it is, but this skorch net is not '
@@ -518,7 +529,9 @@ class LabelIssueDetector(NetworkEstimator):
         else:
             y = self._encode_targets(y)
             X = labelled(X, y)
-            P, similarities, indices, rankings = self._cross_validated_signals(X, y)
+            P, similarities, indices, rankings = self._cross_validated_signals(
+                X, y, groups
+            )
         self.exact_ranking_ = all(rankings)
         scored = score_labels(P, similarities, y[indices], y, self.combination)
         self.oof_proba_ = P
@@ -605,8 +618,8 @@ class LabelIssueDetector(NetworkEstimator):
         )
         return P, similarities, indices, [search.exact_ranking_]
 
-    def _cross_validated_signals(self, X, y):
-        splits = cv_partition(self.cv, X, y)
+    def _cross_validated_signals(self, X, y, groups):
+        splits = cv_partition(self.cv, X, y, groups)
         seeds = check_random_state(self.random_state).randint(
             2**31 - 1, size=len(splits)
         )

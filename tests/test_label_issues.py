@@ -8,7 +8,7 @@ import torch
 from _architectures import AnyWidth, make_digits_net
 from _sklearn_checks import EXPECTED_FAILED_CHECKS
 from scipy.stats import rankdata
-from sklearn.model_selection import KFold, StratifiedKFold
+from sklearn.model_selection import GroupKFold, KFold, StratifiedKFold
 from sklearn.utils.estimator_checks import parametrize_with_checks
 from skorch import NeuralNetClassifier, NeuralNetRegressor
 
@@ -243,6 +243,21 @@ def test_cv_splitter_and_fitted_skorch_net_are_cloned(digits, fitted_digits_net)
     for _, test in KFold(2, shuffle=True, random_state=0).split(X):
         assert not np.isin(detector.neighbor_indices_[test], test).any()
     assert not detector.exact_ranking_  # an exact search, no candidates to rank
+
+
+def test_group_splitter_holds_each_group_out_together(digits, fitted_digits_net):
+    """A group splitter failed with scikit-learn's "groups should not be None"."""
+    X, y = digits[0][:120], digits[1][:120]
+    groups = np.arange(120) // 10
+    detector = LabelIssueDetector(fitted_digits_net, cv=GroupKFold(3), random_state=0)
+    detector.fit(X, y, groups=groups)
+    for _, test in GroupKFold(3).split(X, y, groups):
+        neighbours = detector.neighbor_indices_[test]
+        assert not np.isin(groups[neighbours], groups[test]).any()
+    with pytest.raises(ValueError, match="groups has 3 entries for 120 examples"):
+        detector.fit(X, y, groups=[0, 1, 2])
+    with pytest.raises(ValueError, match='groups are for a splitter; cv="prefit"'):
+        LabelIssueDetector(fitted_digits_net, cv="prefit").fit(X, y, groups=groups)
 
 
 def test_every_fold_ranks_the_reduced_search_candidates_exactly(digits):

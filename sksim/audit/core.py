@@ -739,10 +739,6 @@ def _splits(cv, data, prefit, groups=None):
             raise ValueError('groups are for a splitter; cv="prefit" has none.')
         split = (np.arange(len(data.X)), np.arange(len(data.X_test)))
         return "prefit", [split]
-    if groups is not None and len(groups) != len(data.y):
-        raise ValueError(
-            f"groups has {len(groups)} entries for {len(data.y)} examples."
-        )
     splitter = check_cv(cv, data.y, classifier=True)
     return repr(splitter), cv_partition(splitter, data.X, data.y, groups)
 
