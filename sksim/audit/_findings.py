@@ -44,6 +44,21 @@ def accuracy_meaning(mean, std, n_folds):
     )
 
 
+def fit_finding(r2, rmse, n_folds):
+    """One sentence on a regression's held-out R² and root mean squared error."""
+    (mean, std), (error, error_std) = r2, rmse
+    reading = (
+        f"the network accounts for {mean:.0%} of the variance of targets it never saw"
+        if mean > 0
+        else "the network predicts targets it never saw no better than their mean would"
+    )
+    return (
+        f"Held-out R² {mean:.3f}{_spread(std)}, root mean squared error "
+        f"{error:.3g}{_spread(error_std, '.3g')}: {reading} (mean over "
+        f"{n_folds} fold(s))."
+    )
+
+
 def class_recall_finding(samples):
     """Balanced accuracy and the classes never predicted right, when they matter.
 
@@ -408,6 +423,10 @@ def findings(result):
             + meanings["accuracy"]
         )
         out.append(class_recall_finding(tables["samples"]))
+    r2 = summary_value(tables["summary"], "r2")
+    if r2 is not None:
+        rmse = summary_value(tables["summary"], "rmse")
+        out.append(fit_finding(r2, rmse, meta["n_folds"]))
     if "label_issues" in tables:
         out.append(label_issue_finding(result))
     if "density_error_correlation" in meanings:

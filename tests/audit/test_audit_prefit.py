@@ -22,6 +22,7 @@ from skorch import (
 from sksim import GradientDensityEstimator, NetworkNeighbors, SelfDenoisingAnalysis
 from sksim._engine.context import torch_seed
 from sksim.audit import audit
+from sksim.audit._findings import findings, fit_finding
 from sksim.audit.analyses.density import quantile_bins
 from sksim.audit.figures import neighbor_grid
 from sksim.audit.prefit import predictions
@@ -215,6 +216,12 @@ def test_prefit_regression_net(regression, monkeypatch, tmp_path):
     squared = (prediction.astype(float) - y_test[:, 0]) ** 2
     assert folds["rmse"].iloc[0] == pytest.approx(np.sqrt(squared.mean()), rel=1e-6)
     assert "accuracy" not in folds
+    assert findings(result)[0] == (
+        f"Held-out R² {folds['r2'].iloc[0]:.3f}, root mean squared error "
+        f"{folds['rmse'].iloc[0]:.3g}: the network accounts for "
+        f"{folds['r2'].iloc[0]:.0%} of the variance of targets it never saw "
+        "(mean over 1 fold(s))."
+    )
     samples = result["samples"]
     np.testing.assert_allclose(samples["squared_error"], squared, rtol=1e-6)
     assert "correct" not in samples
@@ -242,6 +249,15 @@ def test_prefit_regression_net(regression, monkeypatch, tmp_path):
     assert "prefit network, given train/test split" in html
     assert "R² (one split)" in html and "<th>target</th>" in html  # the gallery
     assert "Skipped: the class_fitting analysis needs class labels" in html
+
+
+def test_a_regression_worse_than_the_mean_is_read_as_such():
+    text = fit_finding((-0.25, 0.05), (1.5, 0.1), 2)
+    assert text == (
+        "Held-out R² -0.250 ± 0.050, root mean squared error 1.5 ± 0.1: the "
+        "network predicts targets it never saw no better than their mean would "
+        "(mean over 2 fold(s))."
+    )
 
 
 def test_prefit_regression_module_decided_by_the_targets(regression):
