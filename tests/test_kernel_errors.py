@@ -672,7 +672,8 @@ class FreezesInEval(torch.nn.Module):
 def test_modes_are_restored_through_the_networks_own_train():
     net = FreezesInEval()
     net.head.eval()  # modes mixed, as the caller left them
-    network_similarity(net, X)
+    with pytest.warns(UserWarning, match=r"layers \['body'\] get no gradient"):
+        network_similarity(net, X)  # its body frozen in eval mode
     GradientDensityEstimator(net).fit(X).score_samples(X)
     assert [p.requires_grad for p in net.parameters()] == [True] * 4
     assert (net.training, net.body.training, net.head.training) == (True, True, False)
@@ -734,3 +735,35 @@ def test_bfloat16_tensors_are_taken_by_the_estimators():
     np.testing.assert_array_equal(
         density.score_samples(X_bf16), expected.score_samples(X_same)
     )
+
+
+class ReentrantCheckpoint(torch.nn.Module):
+    """A block under reentrant activation checkpointing, optionally after a
+    layer: without it, no input of the block needs a gradient."""
+
+    def __init__(self, first=False):
+        super().__init__()
+        self.first = torch.nn.Linear(4, 4) if first else torch.nn.Identity()
+        self.block = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh())
+        self.out = torch.nn.Linear(6, 2)
+
+    def forward(self, x):
+        h = self.first(x)
+        h = torch.utils.checkpoint.checkpoint(self.block, h, use_reentrant=True)
+        return self.out(h)
+
+
+def test_reentrant_checkpointing_is_refused_or_its_idle_layers_named():
+    """The block's parameters got no gradient, silently: the kernel was that
+    of the last layer alone."""
+    torch.manual_seed(0)
+    X = np.random.RandomState(0).randn(5, 4).astype(np.float32)
+    module = ReentrantCheckpoint(first=True).train()
+    with pytest.raises(RuntimeError, match="you can either set use_reentrant=False"):
+        network_similarity(module, X, batch_size=2)
+    assert module.training
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
+    module = ReentrantCheckpoint()
+    with pytest.warns(UserWarning, match=r"layers \['block.0'\] get no gradient"):
+        K = network_similarity(module, X, batch_size=2)
+    np.testing.assert_allclose(K, network_similarity(module, X, params="out"))

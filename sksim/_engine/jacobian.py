@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -360,6 +361,7 @@ class JacobianEngine:
                     f"selected ({list(self.parameters)[:5]}): params= must select "
                     "parameters that the forward pass uses."
                 )
+            _warn_idle([name for name in layers if name not in ran])
             fallback = [n for n in self.parameters if n in fallback]
             jacobian = self._per_sample_jacobian(fallback) if fallback else None
             n_fallback = sum(self.parameters[n].numel() for n in fallback)
@@ -512,6 +514,22 @@ def _check_per_sample(call: Callable, batch) -> None:
             "batch, an output= callable that mixes rows (it must act on each "
             "row alone), a forward that reads one input's field for the whole "
             "batch."
+        )
+
+
+def _warn_idle(idle: list[str]) -> None:
+    """Warn that the selected parameters of the layers ``idle`` get no gradient."""
+    if idle:
+        warnings.warn(
+            f"The parameters of the layers {idle[:5]} get no gradient from the "
+            "selected outputs, so they add nothing to the similarities (as "
+            "training leaves them unchanged): the layers ran under "
+            "torch.no_grad(), inside activation checkpointing with "
+            "use_reentrant=True of inputs that need no gradient, or not at all. "
+            "Checkpoint with use_reentrant=False for them to count, or select "
+            "the other parameters with params= to silence this warning.",
+            UserWarning,
+            stacklevel=2,
         )
 
 
