@@ -368,6 +368,25 @@ class HookedOutputs(nn.Module):
         return self.fc2(torch.tanh(self.fc1(x)))
 
 
+class SortedByLength(nn.Module):
+    """A GRU over sequences packed in order of decreasing length, as code before
+    ``enforce_sorted=False`` did: the batch is sorted by length, and put back in
+    order at the end, so the first Linear sees its samples in another order
+    than the batch's, an order that depends on the data."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.out = nn.Linear(3, 6), nn.Linear(5, 2)
+        self.rnn = nn.GRU(6, 5, batch_first=True)
+
+    def forward(self, x, lengths):
+        lengths, order = lengths.sort(descending=True)
+        h = torch.tanh(self.inp(x[order]))
+        packed = nn.utils.rnn.pack_padded_sequence(h, lengths.cpu(), batch_first=True)
+        _, last = self.rnn(packed)
+        return self.out(last[-1][order.argsort()])
+
+
 class CallForms(nn.Module):
     """Layers called in the ways the hooks must follow: a block recomputed by
     activation checkpointing in the backward pass, a layer also called under
@@ -692,7 +711,7 @@ def family_case(name, n):
     statistics set), ``residual``, ``tokens``, ``bert``, ``gpt2``, ``gru``, ``lstm``,
     ``shared_tables``, ``tied_embedding``, ``tied_functional``, ``tied_bypassed``,
     ``sequence_first_<T>`` (sequences of length ``T``), ``output_hooks``,
-    ``prelu`` and ``call_forms``.
+    ``prelu``, ``call_forms`` and ``sorted_by_length``.
     """
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
@@ -732,6 +751,9 @@ def family_case(name, n):
         return PReLUNet().double(), x(n, 5)
     if name == "call_forms":
         return CallForms().double(), x(n, 5)
+    if name == "sorted_by_length":  # pairs in order, larger batches not
+        lengths = torch.tensor([5, 3, 4, 2, 5, 1, 2, 4])[:n]
+        return SortedByLength().double(), dict(x=x(n, 5, 3), lengths=lengths)
     raise ValueError(name)
 
 

@@ -16,6 +16,7 @@ from _architectures import (
 from torch.utils.data import StackDataset
 
 from sksim import network_similarity
+from sksim._engine.capture import _leaf_uses, may_move_rows
 from sksim._engine.context import evaluation_mode
 
 
@@ -76,6 +77,38 @@ def test_symmetric_kernel_matches_oracle(case):
     K = network_similarity(module, X, batch_size=4)
     np.testing.assert_allclose(K, oracle_kernel(J, J, "cosine"), rtol=1e-5, atol=1e-10)
     assert np.array_equal(K, K.T)
+
+
+@pytest.mark.parametrize("kind", ["cosine", "ntk", "influence"])
+def test_a_batch_reordered_by_its_data_is_computed_sample_by_sample(kind):
+    """Sorting each batch by length moved the samples between the first
+    layer's rows from the third sample on: the kernel was off by 0.05, with
+    no warning."""
+    module, X = _case("sorted_by_length")
+    J = oracle_jacobians(module, X)
+    expected = oracle_kernel(J, J, kind)
+    for batch_size in (1, 2, 3, 5):  # batches of two are sorted already
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            K = network_similarity(module, X, kind=kind, batch_size=batch_size)
+        np.testing.assert_allclose(K, expected, rtol=1e-7, atol=1e-12)
+        messages = [str(w.message) for w in caught]
+        mixed = [m for m in messages if "mixed the samples of the batch" in m]
+        assert len(mixed) == (batch_size >= 3), messages
+        if mixed:
+            assert "from input row 0 in the layer 'inp'" in mixed[0]
+
+
+@pytest.mark.parametrize("case", ["mlp", "cnn_batchnorm", "residual", "bert"])
+def test_graphs_that_keep_their_rows_are_not_checked(case):
+    """The extra backward pass that finds reordered batches is made only for
+    graphs with operations that can move rows."""
+    module, X = _case(case)
+    outputs = module(torch.as_tensor(X))
+    assert not may_move_rows(_leaf_uses(getattr(outputs, "logits", outputs))[1])
+    for moving in (lambda z: z[torch.tensor([1, 0])], lambda z: z.flip(0)):
+        assert may_move_rows(_leaf_uses(moving(outputs))[1])
+    assert not may_move_rows(_leaf_uses(outputs[:, :1])[1])  # along axis 1
 
 
 def test_params_of_a_layer_whose_hooks_never_run():

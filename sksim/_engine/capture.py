@@ -22,7 +22,9 @@ table computed once with a leading axis of 1) is expanded to the batch; a layer
 that breaks the rule otherwise (sequence-first layouts, tensors without a batch
 axis) is found by :meth:`LayerCapture.mixing_layers` and left to the caller, as is a
 layer whose weight the network also uses outside its calls
-(:meth:`LayerCapture.tied_layers`).
+(:meth:`LayerCapture.tied_layers`). A batch whose samples the network moves
+between rows as its data decide (sorting sequences by length) is found by the
+signals' own pass (:class:`RowsMixed`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from functools import reduce
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import BackwardCFunction
 
 from .hooks import ForwardHooks
 from .pieces import (
@@ -265,7 +268,11 @@ class LayerCapture(ForwardHooks):
         zs = [self.calls[n][i][1] for n, i in names]
         for z in zs:
             budget.take((outputs.shape[1], *z.shape), z)
-        deltas = dict(zip(names, _output_signals(outputs, zs), strict=True))
+        try:
+            signals = _output_signals(outputs, zs)
+        except RowsMixed as mixed:
+            raise RowsMixed(names[mixed.args[0]][0]) from None
+        deltas = dict(zip(names, signals, strict=True))
         pieces = {}
         for name, (layer, own) in self.layers.items():
             calls = [
@@ -344,48 +351,143 @@ def _leaf_uses(outputs: torch.Tensor) -> tuple[dict[int, int], set]:
     return uses, nodes
 
 
+# Autograd nodes of operations that move values along any axis as the data
+# decide (indices computed from them, sorting, selecting extremes) ...
+DATA_MOVES = {
+    f"{name}Backward{i}"
+    for name in (
+        "Index", "IndexSelect", "IndexPut", "IndexAdd", "IndexCopy", "IndexReduce",
+        "Gather", "Scatter", "ScatterAdd", "ScatterReduce", "MaskedScatter",
+        "MaskedSelect", "Take", "Put", "Sort", "Topk", "Kthvalue", "Median",
+        "Nanmedian", "Mode", "Max", "Min", "Cummax", "Cummin",
+    )
+    for i in (0, 1)
+}  # fmt: skip
+# ... and those that cut or join tensors, which move rows when along axis 0
+ROW_MOVES = {
+    f"{name}Backward0"
+    for name in (
+        "Select", "Slice", "Cat", "Stack", "Unbind", "Split", "SplitWithSizes",
+        "UnsafeSplit", "Flip", "Roll",
+    )
+}  # fmt: skip
+
+
+def may_move_rows(nodes) -> bool:
+    """Whether some node of an autograd graph can move a batch's samples between rows.
+
+    True for the operations of :data:`DATA_MOVES`, those of :data:`ROW_MOVES`
+    along axis 0 (or a negative axis), and the custom or compiled functions,
+    whose operations the graph does not show.
+    """
+    for node in nodes:
+        name = type(node).__name__
+        if name in DATA_MOVES or isinstance(node, BackwardCFunction):
+            return True
+        if name.startswith("CompiledFunction"):
+            return True
+        if name in ROW_MOVES:
+            dims = getattr(node, "_saved_dims", None)
+            dims = (getattr(node, "_saved_dim", -1),) if dims is None else dims
+            if any(dim <= 0 for dim in dims):
+                return True
+    return False
+
+
 def _output_signals(outputs: torch.Tensor, zs: list) -> list[torch.Tensor]:
     """``d outputs[:, c] / d z`` for every recorded ``z``, each ``(b, d, *z[0].shape)``.
 
-    One vectorised backward pass over the ``d`` rows (``is_grads_batched``);
-    ``d`` plain passes if some operation of the network has no batching rule.
+    When the graph has operations that can move samples between rows
+    (:func:`may_move_rows`) in a batch of several, a direction ``w_i u`` of
+    each sample's outputs (distinct ``w_i``) is back-propagated too:
+    :class:`RowsMixed` is raised with the index of the first ``z`` whose row
+    ``i`` does not get ``w_i`` times the signals' ``u`` component, that is,
+    when the network reorders or mixes the samples of this batch.
     """
     b, d = outputs.shape
     if not zs:  # no handled layer ran: their gradients are zero
         return []
-    if d == 1:
-        grads = torch.autograd.grad(outputs.sum(), zs, allow_unused=True)
-        return [
-            (z.new_zeros(b, 1, *z.shape[1:]) if g is None else g.unsqueeze(1)).detach()
-            for g, z in zip(grads, zs, strict=True)
-        ]
-    try:
-        seeds = torch.eye(d, dtype=outputs.dtype, device=outputs.device)
-        seeds = seeds[:, None, :].expand(d, b, d)
-        grads = torch.autograd.grad(
-            outputs,
-            zs,
-            seeds,
-            retain_graph=True,  # kept for the fallback should this pass fail
-            allow_unused=True,
-            is_grads_batched=True,
-        )
-        rows = [None if g is None else g.transpose(0, 1) for g in grads]
-    except RuntimeError:
-        per_row = [
-            torch.autograd.grad(
-                outputs[:, c].sum(), zs, retain_graph=c < d - 1, allow_unused=True
+    seeds = torch.eye(d, dtype=outputs.dtype, device=outputs.device)
+    seeds = seeds[:, None, :].expand(d, b, d)
+    check = b > 1 and may_move_rows(_leaf_uses(outputs)[1])
+    if check:
+        w, u = _row_direction(b, d, outputs)
+        seeds = torch.cat([seeds, (w[:, None] * u)[None]])
+    signals = []
+    for i, (g, z) in enumerate(zip(_seeded_grads(outputs, zs, seeds), zs, strict=True)):
+        if g is None:
+            signals.append(z.new_zeros(b, d, *z.shape[1:]))
+            continue
+        g = g.detach()
+        if check and _rows_mixed(g[:d], g[d], w, u):
+            raise RowsMixed(i)
+        signals.append(g[:d].transpose(0, 1))
+    return signals
+
+
+def _seeded_grads(outputs: torch.Tensor, zs: list, seeds: torch.Tensor) -> list:
+    """Gradients of ``outputs`` seeded by ``seeds``, ``(s, *z.shape)`` per ``z``.
+
+    One vectorised backward pass (``is_grads_batched``) for several outputs;
+    a plain pass per seed for one output, or when some operation of the
+    network has no batching rule. None for a ``z`` the outputs do not reach.
+    """
+    if outputs.shape[1] > 1:
+        try:
+            return torch.autograd.grad(
+                outputs,
+                zs,
+                seeds,
+                retain_graph=True,  # kept for the plain passes should this fail
+                allow_unused=True,
+                is_grads_batched=True,
             )
-            for c in range(d)
-        ]
-        rows = [
-            None if g[0] is None else torch.stack(g, dim=1)
-            for g in zip(*per_row, strict=True)
-        ]
-    return [
-        (z.new_zeros(b, d, *z.shape[1:]) if g is None else g).detach()
-        for g, z in zip(rows, zs, strict=True)
+        except RuntimeError:
+            pass
+    per_seed = [
+        torch.autograd.grad(
+            outputs, zs, seed, retain_graph=i < len(seeds) - 1, allow_unused=True
+        )
+        for i, seed in enumerate(seeds)
     ]
+    return [
+        None if g[0] is None else torch.stack(g) for g in zip(*per_seed, strict=True)
+    ]
+
+
+class RowsMixed(Exception):
+    """Some sample's outputs reach another row of a recorded layer output."""
+
+
+def _row_direction(b: int, d: int, outputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Row weights ``w`` ``(b,)`` and an output direction ``u`` ``(d,)``.
+
+    The weights ``2^(10 k / b)`` for ``k`` in a fixed shuffle of ``0..b-1``
+    differ by at least ``2^(10 / b) - 1`` (about ``7 / b``) in ratio.
+    """
+    generator = torch.Generator().manual_seed(0)
+    rank = torch.randperm(b, generator=generator).double()
+    u = torch.randn(d, generator=generator, dtype=torch.float64)
+    like = dict(dtype=outputs.dtype, device=outputs.device)
+    return torch.exp2(10 * rank / b).to(**like), u.to(**like)
+
+
+def _rows_mixed(signals, weighted, w, u) -> bool:
+    """Whether ``weighted`` differs from ``w_i`` times ``signals``' ``u`` component.
+
+    ``signals`` ``(d, b, ...)``, ``weighted`` ``(b, ...)``: each row is
+    compared in norm, within the square root of the dtype's resolution of
+    the two; rows with non-finite values are left to the finiteness checks.
+    """
+    b = weighted.shape[0]
+    w, u = w.to(weighted.dtype), u.to(weighted.dtype)  # a layer of another dtype
+    expected = w[:, None] * torch.einsum("cbk,c->bk", signals.reshape(len(u), b, -1), u)
+    weighted = weighted.reshape(b, -1)
+    error = (weighted - expected).norm(dim=-1)
+    scale = expected.norm(dim=-1) + weighted.norm(dim=-1)
+    eps = torch.finfo(weighted.dtype).eps
+    bound = eps**0.5 * scale + eps * scale.max()
+    return bool(((error > bound) & error.isfinite() & scale.isfinite()).any())
 
 
 def _layer_pieces(layer, own, calls, d, budget) -> list:

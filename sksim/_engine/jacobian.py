@@ -21,7 +21,7 @@ from torch.utils._pytree import tree_map
 from tqdm.auto import tqdm
 
 from .budget import readable_bytes, rows_that_fit
-from .capture import LayerCapture, join_name, plan_layers
+from .capture import LayerCapture, RowsMixed, join_name, plan_layers
 from .context import (
     check_device,
     evaluation_mode,
@@ -292,7 +292,9 @@ class JacobianEngine:
         forward and ``d`` backward passes (see ``capture``); any other selected
         parameter comes from per-sample ``torch.func`` Jacobians. A batch whose
         pieces would take more than a third of ``max_memory`` comes in parts
-        half as large, and so on, down to single samples. Each list of pieces
+        half as large, and so on, down to single samples; from a batch whose
+        samples the network moves between rows (:class:`RowsMixed`), single
+        samples, with a warning. Each list of pieces
         is emptied when the next batch is asked for, so that one batch at a
         time is held: copy what must outlive the iteration.
         """
@@ -312,6 +314,10 @@ class JacobianEngine:
                         )
                     except PiecesTooLarge:
                         self._split(part.stop - part.start)
+                        continue
+                    except RowsMixed as mixed:
+                        _warn_mixed(mixed.args[0], rows.start + start)
+                        self._part_size = 1
                         continue
                     yield slice(rows.start + part.start, rows.start + part.stop), pieces
                     pieces.clear()
@@ -515,6 +521,21 @@ def _check_per_sample(call: Callable, batch) -> None:
             "row alone), a forward that reads one input's field for the whole "
             "batch."
         )
+
+
+def _warn_mixed(layer: str, start: int) -> None:
+    """Warn that the batch from row ``start`` mixed its samples in ``layer``."""
+    warnings.warn(
+        f"The network mixed the samples of the batch from input row {start} in "
+        f"the layer {layer!r}: a sample's outputs reach another sample's row "
+        "(it reorders its batch, as code that sorts sequences by length does, "
+        "or combines its samples), so the gradients of a batch cannot be told "
+        "apart. They are computed one sample at a time from there, which is "
+        "exact but slower; keep the samples in their order (e.g. "
+        "pack_padded_sequence(..., enforce_sorted=False)) to batch them.",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def _warn_idle(idle: list[str]) -> None:
