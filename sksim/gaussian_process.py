@@ -8,6 +8,7 @@ combined with ``ConstantKernel`` and ``WhiteKernel`` inside
 
 from __future__ import annotations
 
+import copy
 import inspect
 import warnings
 from collections.abc import Mapping, Sequence
@@ -234,6 +235,7 @@ class NetworkKernel(Kernel):
         """
         engine = self._make_engine()
         X = check_net_input(X, keep_tensors=True)
+        engine.check_inputs(X)
         out, found = np.empty(n_samples(X)), FlaggedRows()
         for rows, pieces in engine.pieces(X, progress=False):
             G = gram_of(pieces).double().cpu().numpy()
@@ -262,8 +264,12 @@ class NetworkKernel(Kernel):
 
     def __sklearn_clone__(self):
         # A fitted skorch net would come back unfitted from sklearn.clone, and
-        # the kernel never changes the net: clones share it.
-        return type(self)(**self.get_params(deep=False))
+        # the kernel never changes the net: clones share it, and copy the
+        # other parameters, as sklearn.clone does (a Gaussian process's fitted
+        # kernel must not follow changes to the user's list of params)
+        params = self.get_params(deep=False)
+        net = params.pop("net")
+        return type(self)(net=net, **copy.deepcopy(params))
 
     def __repr__(self):
         """The kind, and every other setting but the net that is not its default."""

@@ -348,3 +348,22 @@ def test_a_process_refuses_weights_changed_after_fit(regression):
     next(module.parameters()).requires_grad_(False)  # frozen: another kernel
     with pytest.raises(ValueError, match="changed since this NetworkKernel was first"):
         refit.predict(X_test)
+
+
+def test_a_fitted_process_does_not_follow_the_users_params_list(mlp, regression):
+    """Clones shared the list: appending to it after fit mixed the training
+    factorisation of one selection with kernel rows of another (0.4 off)."""
+    X, y, X_test = regression
+    selection = ["out"]
+    kernel = NetworkKernel(mlp, kind="ntk", params=selection)
+    gp = GaussianProcessRegressor(kernel, alpha=1e-2)
+    expected = gp.fit(X, y).predict(X_test)
+    selection.append("fc2")
+    assert gp.kernel_.params == ["out"]
+    np.testing.assert_array_equal(gp.predict(X_test), expected)
+
+
+def test_diag_names_the_shape_the_network_cannot_take(mlp):
+    X = np.zeros((4, 3), dtype=np.float32)
+    with pytest.raises(ValueError, match=r"fails on inputs of shape \(3,\) per sample"):
+        NetworkKernel(mlp).diag(X)

@@ -597,7 +597,8 @@ def _input_dtype_errors(batch, float_dtype: torch.dtype) -> Iterator[None]:
         raise TypeError(
             f"The inputs have an integer dtype, passed to the network as {integer[0]} "
             "(token ids), and the network failed on them: "
-            f"{str(error).splitlines()[0]} If they are features, convert them "
+            f"{str(error).splitlines()[0].rstrip('.')}. If they are features, "
+            "convert them "
             f"first, e.g. X.astype(np.float32) (the network computes in "
             f"{float_dtype})."
         ) from error
