@@ -439,6 +439,8 @@ def test_nan_in_a_checkpoints_buffer_is_named_and_masks_infinities_pass(data):
         ([1.0, np.nan, 1.0], "positive and finite"),
         ([1.0, 2.0], r"one weight per checkpoint: got 2 weight\(s\) .* for 3"),
         ([[1.0, 2.0, 3.0]], "one weight per checkpoint"),
+        (["a", "b", "c"], r"must be numbers, one per checkpoint; got \['a', 'b',"),
+        ([True, True, False], "must be numbers, one per checkpoint; got .* bool"),
     ],
 )
 def test_bad_weights(data, net_and_states, weights, message):

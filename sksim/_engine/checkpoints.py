@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import reprlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -46,7 +47,13 @@ def checkpoint_shares(weights, n_checkpoints: int) -> np.ndarray:
         )
     if weights is None:
         return np.full(n_checkpoints, 1.0 / n_checkpoints)
-    w = np.asarray(weights, dtype=float)
+    values = np.asarray(weights)
+    if values.dtype.kind not in "iuf":
+        raise ValueError(
+            "checkpoint_weights must be numbers, one per checkpoint; got "
+            f"{reprlib.repr(weights)} of dtype {values.dtype}."
+        )
+    w = values.astype(float)
     if w.ndim != 1 or len(w) != n_checkpoints:
         raise ValueError(
             f"checkpoint_weights must hold one weight per checkpoint: got "
