@@ -395,7 +395,9 @@ class JacobianEngine:
         probe = to_tensor(take(X, rows), self.device, self.dtype)
         with torch.enable_grad(), LayerCapture(layers, True, 2) as capture:
             # finiteness is checked in the real pass, where rows are numbered
-            outputs = _attached(self._call(probe, start=None))
+            with _expansion_errors(capture):
+                outputs = self._call(probe, start=None)
+            outputs = _attached(outputs)
             capture.recording = False
             mixing = capture.mixing_layers(outputs) | capture.tied_layers(outputs)
             recorded = [call for calls in capture.calls.values() for call in calls]
@@ -458,7 +460,9 @@ class JacobianEngine:
         copy = self._copy_activations
         b = n_samples(batch)
         with torch.enable_grad(), LayerCapture(layers, copy, b) as capture:
-            outputs = _attached(self._call(batch, start))
+            with _expansion_errors(capture):
+                outputs = self._call(batch, start)
+            outputs = _attached(outputs)
             capture.recording = False
             _check_same_layers(set(capture.calls), self._ran, start, b)
             if capture.intact():
@@ -521,6 +525,31 @@ def _check_per_sample(call: Callable, batch) -> None:
             "row alone), a forward that reads one input's field for the whole "
             "batch."
         )
+
+
+@contextlib.contextmanager
+def _expansion_errors(capture: LayerCapture) -> Iterator[None]:
+    """Explain a forward pass that fails after one-row outputs were expanded.
+
+    The capture expands a layer's output of one row to the batch, as for a
+    table shared by it; a network that called the layer on one of its
+    samples (routing samples to layers) then fails in its own code.
+    """
+    try:
+        yield
+    except (RuntimeError, IndexError) as error:
+        if not capture.expanded:
+            raise
+        raise ValueError(
+            f"The network failed ({str(error).splitlines()[0]}) after sksim "
+            f"gave the layers {sorted(capture.expanded)}, called on one row, an "
+            "output for every sample of the batch, as for a table the batch "
+            "shares: if the network called them on one of its samples (routing "
+            "samples to layers, as a mixture of experts does), sksim cannot "
+            "pair the gradients of other layers for other samples. Compute the "
+            "similarities of inputs that run the same layers apart, or select "
+            "the parameters they share with params=."
+        ) from error
 
 
 def _warn_mixed(layer: str, start: int) -> None:
