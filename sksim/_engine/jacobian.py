@@ -572,10 +572,10 @@ def _warn_idle(idle: list[str]) -> None:
     if idle:
         warnings.warn(
             f"The parameters of the layers {idle[:5]} get no gradient from the "
-            "selected outputs, so they add nothing to the similarities (as "
-            "training leaves them unchanged): the layers ran under "
-            "torch.no_grad(), inside activation checkpointing with "
-            "use_reentrant=True of inputs that need no gradient, or not at all. "
+            "selected outputs in evaluation mode, so they add nothing to the "
+            "similarities: the layers ran under torch.no_grad(), inside "
+            "activation checkpointing with use_reentrant=True of inputs that "
+            "need no gradient, with their parameters frozen, or not at all. "
             "Checkpoint with use_reentrant=False for them to count, or select "
             "the other parameters with params= to silence this warning.",
             UserWarning,
