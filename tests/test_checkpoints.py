@@ -616,3 +616,36 @@ def test_a_network_that_cannot_be_copied_says_so(data):
     network_similarity(net, X)  # fine without checkpoints
     with pytest.raises(TypeError, match="cannot be copied .*cannot pickle"):
         network_similarity(net, X, checkpoints=[net.state_dict()])
+
+
+class ScaledOutputs(torch.nn.Module):
+    """A Linear whose outputs are scaled by a number kept as extra state."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin, self.scale = torch.nn.Linear(3, 2), 1.0
+
+    def get_extra_state(self):
+        return {"scale": self.scale}
+
+    def set_extra_state(self, state):
+        self.scale = state["scale"]
+
+    def forward(self, x):
+        return self.lin(x) * self.scale
+
+
+def test_checkpoints_with_extra_state_are_loaded_as_torch_loads_them():
+    """They were refused: "'_extra_state' is a dict there, not a tensor"."""
+    torch.manual_seed(0)
+    net = ScaledOutputs()
+    X = np.random.RandomState(0).randn(4, 3).astype(np.float32)
+    doubled = {**net.state_dict(), "_extra_state": {"scale": 2.0}}
+    K = network_similarity(net, X, kind="ntk", checkpoints=[doubled])
+    np.testing.assert_allclose(K, 4 * network_similarity(net, X, kind="ntk"), rtol=1e-6)
+    assert net.scale == 1.0
+    kernel = NetworkSimilarityKernel(net, kind="ntk", checkpoints=[doubled]).fit(X)
+    np.testing.assert_allclose(kernel.transform(X), K, rtol=1e-6)
+    doubled["_extra_state"]["scale"] = 3.0  # changed in place after fit
+    with pytest.raises(ValueError, match=r"checkpoints\[0\] changed since fit"):
+        kernel.transform(X)

@@ -132,6 +132,8 @@ def check_state(module: torch.nn.Module, state: Mapping, index: int) -> None:
         value = state.get(key)
         if key not in state:
             problem = f"it lacks {key!r}"
+        elif not isinstance(tensor, torch.Tensor):
+            continue  # a module's extra state: its set_extra_state reads it
         elif not isinstance(value, torch.Tensor):
             problem = f"{key!r} is a {type(value).__name__} there, not a tensor"
         elif value.is_meta:

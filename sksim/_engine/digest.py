@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import pickle
 from collections.abc import Iterable
 
 import torch
@@ -13,10 +14,14 @@ def tensors_digest(named: Iterable[tuple[str, torch.Tensor]]) -> str:
     """A digest of named tensors: names, dtypes, shapes, bytes and trainability.
 
     Equal digests mean equal tensors, wherever they live; uninitialised lazy
-    parameters are left out.
+    parameters are left out. Other values (a module's extra state in its
+    ``state_dict``) count by their pickle, or their repr if they have none.
     """
     digest = hashlib.blake2b(digest_size=16)
     for name, tensor in named:
+        if not isinstance(tensor, torch.Tensor):
+            digest.update(f"{name} {_value_bytes(tensor)!r}".encode())
+            continue
         if is_lazy(tensor):
             continue
         t = tensor.detach()
@@ -24,3 +29,11 @@ def tensors_digest(named: Iterable[tuple[str, torch.Tensor]]) -> str:
         digest.update(described.encode())
         digest.update(t.reshape(-1).view(torch.uint8).cpu().numpy())
     return digest.hexdigest()
+
+
+def _value_bytes(value) -> bytes:
+    """``value`` pickled, or its repr where it cannot be."""
+    try:
+        return pickle.dumps(value)
+    except Exception:  # whatever an object that cannot be pickled raises
+        return repr(value).encode()
