@@ -795,3 +795,25 @@ def test_a_layer_called_on_one_sample_of_the_batch_is_explained():
     X[:, 0] = [-1, 1, 1, -1, 1, -1]
     with pytest.raises(ValueError, match=r"gave the layers \['experts.0'\], called on"):
         network_similarity(OneRowExperts(), X, batch_size=2)
+
+
+class SharedTableThenBug(torch.nn.Module):
+    """A position table called once for the batch, then a head that flattens
+    the batch: a bug of the network's own, for batches of more than one."""
+
+    def __init__(self):
+        super().__init__()
+        self.tokens, self.positions = torch.nn.Embedding(9, 4), torch.nn.Embedding(5, 4)
+        self.head = torch.nn.Linear(4, 2)
+
+    def forward(self, ids):
+        positions = torch.arange(ids.shape[1])[None]
+        h = self.tokens(ids) + self.positions(positions)
+        return self.head(h[:, 0].reshape(1, -1))
+
+
+def test_the_networks_own_error_is_not_blamed_on_expanded_tables():
+    """It was reported as sksim's expansion of the position table."""
+    ids = np.random.RandomState(0).randint(0, 9, (4, 5))
+    with pytest.raises(RuntimeError, match="mat1 and mat2 shapes cannot be multiplied"):
+        network_similarity(SharedTableThenBug(), ids, batch_size=2)

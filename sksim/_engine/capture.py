@@ -253,23 +253,28 @@ class LayerCapture(ForwardHooks):
                 tied.add(name)
         return tied
 
-    def pieces(self, outputs: torch.Tensor, budget: PieceBudget) -> list:
+    def pieces(
+        self, outputs: torch.Tensor, budget: PieceBudget, check_rows: bool = False
+    ) -> list:
         """Per-layer pieces of the Jacobian of ``outputs`` (b, d) for the batch.
 
         Raises ``PiecesTooLarge`` before the signals or a piece would pass
-        ``budget``.
+        ``budget``, and :class:`RowsMixed` as :func:`_output_signals` does
+        (``check_rows`` checks the rows whatever the graph).
         """
-        by_layer = self.layer_pieces(outputs, budget).values()
+        by_layer = self.layer_pieces(outputs, budget, check_rows).values()
         return [piece for pieces in by_layer for piece in pieces]
 
-    def layer_pieces(self, outputs: torch.Tensor, budget: PieceBudget) -> dict:
+    def layer_pieces(
+        self, outputs: torch.Tensor, budget: PieceBudget, check_rows: bool = False
+    ) -> dict:
         """:meth:`pieces`, by the name of the layer that ran (in the layers' order)."""
         names = [(n, i) for n, calls in self.calls.items() for i in range(len(calls))]
         zs = [self.calls[n][i][1] for n, i in names]
         for z in zs:
             budget.take((outputs.shape[1], *z.shape), z)
         try:
-            signals = _output_signals(outputs, zs)
+            signals = _output_signals(outputs, zs, check_rows)
         except RowsMixed as mixed:
             raise RowsMixed(names[mixed.args[0]][0]) from None
         deltas = dict(zip(names, signals, strict=True))
@@ -394,22 +399,30 @@ def may_move_rows(nodes) -> bool:
     return False
 
 
-def _output_signals(outputs: torch.Tensor, zs: list) -> list[torch.Tensor]:
+def _output_signals(
+    outputs: torch.Tensor, zs: list, check_rows: bool = False
+) -> list[torch.Tensor]:
     """``d outputs[:, c] / d z`` for every recorded ``z``, each ``(b, d, *z[0].shape)``.
 
-    When the graph has operations that can move samples between rows
-    (:func:`may_move_rows`) in a batch of several, a direction ``w_i u`` of
+    When ``check_rows``, or when the graph has operations that can move
+    samples between rows (:func:`may_move_rows`), in a batch of several, a
+    direction ``w_i u`` of
     each sample's outputs (distinct ``w_i``) is back-propagated too:
     :class:`RowsMixed` is raised with the index of the first ``z`` whose row
     ``i`` does not get ``w_i`` times the signals' ``u`` component, that is,
-    when the network reorders or mixes the samples of this batch.
+    when the network reorders or mixes the samples of this batch, and for a
+    ``z`` of another number of rows than the batch (a layer run on some of
+    its rows).
     """
     b, d = outputs.shape
     if not zs:  # no handled layer ran: their gradients are zero
         return []
+    for i, z in enumerate(zs):
+        if z.shape[0] != b:  # a layer run on some of the batch's rows
+            raise RowsMixed(i)
     seeds = torch.eye(d, dtype=outputs.dtype, device=outputs.device)
     seeds = seeds[:, None, :].expand(d, b, d)
-    check = b > 1 and may_move_rows(_leaf_uses(outputs)[1])
+    check = b > 1 and (check_rows or may_move_rows(_leaf_uses(outputs)[1]))
     if check:
         w, u = _row_direction(b, d, outputs)
         seeds = torch.cat([seeds, (w[:, None] * u)[None]])

@@ -45,6 +45,8 @@ from .selection import select_output, select_parameters
 DEFAULT_MAX_MEMORY = 2 * 2**30
 # The largest batch chosen by batch_size=None: past it, batches gain little speed.
 AUTO_BATCH_LIMIT = 1024
+# Samples at the head of each pass whose rows are checked whatever the graph
+ROW_PROBE = 8
 # float64 (d, d) arrays a sample's Gram takes while its powers are made: the
 # Gram, its eigenvectors, LAPACK's copy, the power and a temporary.
 GRAM_COPIES = 5
@@ -293,13 +295,15 @@ class JacobianEngine:
         parameter comes from per-sample ``torch.func`` Jacobians. A batch whose
         pieces would take more than a third of ``max_memory`` comes in parts
         half as large, and so on, down to single samples; from a batch whose
-        samples the network moves between rows (:class:`RowsMixed`), single
-        samples, with a warning. Each list of pieces
+        samples the network moves between rows (:class:`RowsMixed`; see
+        :meth:`_check_rows`), single samples, with a warning. Each list of pieces
         is emptied when the next batch is asked for, so that one batch at a
         time is held: copy what must outlive the iteration.
         """
         with evaluation_mode(self.module):
             layers, jacobian, n_fallback = self._layer_plan(X)
+            if layers and self._part_size > 1:
+                self._check_rows(layers, X)
             for rows, batch in self._batches(X, progress):
                 start, n = 0, rows.stop - rows.start
                 while start < n:
@@ -322,6 +326,24 @@ class JacobianEngine:
                     yield slice(rows.start + part.start, rows.start + part.stop), pieces
                     pieces.clear()
                     start = part.stop
+
+    def _check_rows(self, layers: dict, X) -> None:
+        """Single samples from here on if the network moves ``X``'s first ones.
+
+        The first samples, as many as a batch holds up to :data:`ROW_PROBE`,
+        are captured and their rows checked (:class:`RowsMixed`) whatever the
+        graph, which the batches are only where it has operations that can
+        move rows: a product with a permutation matrix does not show as one.
+        """
+        n = min(ROW_PROBE, self._part_size, n_samples(X))
+        if n < 2:
+            return
+        batch = to_tensor(take(X, np.arange(n)), self.device, self.dtype)
+        try:
+            self._captured_pieces(layers, batch, PieceBudget(math.inf), 0, True)
+        except RowsMixed as mixed:
+            _warn_mixed(mixed.args[0], 0)
+            self._part_size = 1
 
     def mapped_pieces(
         self, X, power: float | None, rtol: float, progress: bool = True
@@ -395,7 +417,7 @@ class JacobianEngine:
         probe = to_tensor(take(X, rows), self.device, self.dtype)
         with torch.enable_grad(), LayerCapture(layers, True, 2) as capture:
             # finiteness is checked in the real pass, where rows are numbered
-            with _expansion_errors(capture):
+            with _expansion_errors(capture, lambda: self._call(probe, start=None)):
                 outputs = self._call(probe, start=None)
             outputs = _attached(outputs)
             capture.recording = False
@@ -430,7 +452,13 @@ class JacobianEngine:
         self._part_size = (size + 1) // 2
 
     def _batch_pieces(
-        self, layers: dict, jacobian, n_fallback: int, batch, start: int
+        self,
+        layers: dict,
+        jacobian,
+        n_fallback: int,
+        batch,
+        start: int,
+        check_rows: bool = False,
     ) -> list:
         """One batch's pieces, checked finite; ``PiecesTooLarge`` past the budget.
 
@@ -438,7 +466,11 @@ class JacobianEngine:
         the list frees the batch.
         """
         budget = PieceBudget(self.max_memory / 3)
-        pieces = self._captured_pieces(layers, batch, budget, start) if layers else []
+        pieces = (
+            self._captured_pieces(layers, batch, budget, start, check_rows)
+            if layers
+            else []
+        )
         if jacobian is not None:
             b, d = n_samples(batch), self.n_outputs(batch)
             budget.take((b, d, n_fallback), next(iter(self.parameters.values())))
@@ -449,7 +481,12 @@ class JacobianEngine:
         return in_common_dtype(pieces)
 
     def _captured_pieces(
-        self, layers: dict, batch, budget: PieceBudget, start: int
+        self,
+        layers: dict,
+        batch,
+        budget: PieceBudget,
+        start: int,
+        check_rows: bool = False,
     ) -> list:
         """Pieces of the handled layers from one forward and backward pass.
 
@@ -460,15 +497,15 @@ class JacobianEngine:
         copy = self._copy_activations
         b = n_samples(batch)
         with torch.enable_grad(), LayerCapture(layers, copy, b) as capture:
-            with _expansion_errors(capture):
+            with _expansion_errors(capture, lambda: self._call(batch, start)):
                 outputs = self._call(batch, start)
             outputs = _attached(outputs)
             capture.recording = False
             _check_same_layers(set(capture.calls), self._ran, start, b)
             if capture.intact():
-                return capture.pieces(outputs, budget)
+                return capture.pieces(outputs, budget, check_rows)
         self._copy_activations = True
-        return self._captured_pieces(layers, batch, budget, start)
+        return self._captured_pieces(layers, batch, budget, start, check_rows)
 
     def jacobian(self, X) -> torch.Tensor:
         """All per-sample Jacobians ``(n, d, p)`` at once (memory ``n d p``)."""
@@ -528,18 +565,26 @@ def _check_per_sample(call: Callable, batch) -> None:
 
 
 @contextlib.contextmanager
-def _expansion_errors(capture: LayerCapture) -> Iterator[None]:
+def _expansion_errors(capture: LayerCapture, call: Callable) -> Iterator[None]:
     """Explain a forward pass that fails after one-row outputs were expanded.
 
     The capture expands a layer's output of one row to the batch, as for a
     table shared by it; a network that called the layer on one of its
-    samples (routing samples to layers) then fails in its own code.
+    samples (routing samples to layers) then fails in its own code. The
+    pass is made again by ``call`` without expansions: an error it raises
+    too is the network's own, and is raised as it is.
     """
     try:
         yield
     except (RuntimeError, IndexError) as error:
         if not capture.expanded:
             raise
+        capture.recording = False  # the hooks expand nothing then
+        try:
+            with torch.no_grad():
+                call()
+        except Exception:
+            raise error from None
         raise ValueError(
             f"The network failed ({str(error).splitlines()[0]}) after sksim "
             f"gave the layers {sorted(capture.expanded)}, called on one row, an "

@@ -126,9 +126,9 @@ def test_a_batch_is_freed_before_the_next_is_computed(case):
             seen.extend(weakref.ref(piece.signal) for piece in pieces)
             yield rows, pieces, G
 
-    def spy_compute(*args):
+    def spy_compute(*args, **kwargs):
         alive.append(sum(ref() is not None for ref in seen))
-        return compute(*args)
+        return compute(*args, **kwargs)
 
     engine.mapped_pieces, engine._batch_pieces = spy_mapped, spy_compute
     S = whitened_sum(engine, X, 1e-5)
