@@ -417,9 +417,9 @@ class JacobianEngine:
         probe = to_tensor(take(X, rows), self.device, self.dtype)
         with torch.enable_grad(), LayerCapture(layers, True, 2) as capture:
             # finiteness is checked in the real pass, where rows are numbered
-            with _expansion_errors(capture, lambda: self._call(probe, start=None)):
-                outputs = self._call(probe, start=None)
-            outputs = _attached(outputs)
+            outputs = _attached(
+                _explained_call(capture, lambda: self._call(probe, start=None))
+            )
             capture.recording = False
             mixing = capture.mixing_layers(outputs) | capture.tied_layers(outputs)
             recorded = [call for calls in capture.calls.values() for call in calls]
@@ -452,13 +452,7 @@ class JacobianEngine:
         self._part_size = (size + 1) // 2
 
     def _batch_pieces(
-        self,
-        layers: dict,
-        jacobian,
-        n_fallback: int,
-        batch,
-        start: int,
-        check_rows: bool = False,
+        self, layers: dict, jacobian, n_fallback: int, batch, start: int
     ) -> list:
         """One batch's pieces, checked finite; ``PiecesTooLarge`` past the budget.
 
@@ -466,11 +460,7 @@ class JacobianEngine:
         the list frees the batch.
         """
         budget = PieceBudget(self.max_memory / 3)
-        pieces = (
-            self._captured_pieces(layers, batch, budget, start, check_rows)
-            if layers
-            else []
-        )
+        pieces = self._captured_pieces(layers, batch, budget, start) if layers else []
         if jacobian is not None:
             b, d = n_samples(batch), self.n_outputs(batch)
             budget.take((b, d, n_fallback), next(iter(self.parameters.values())))
@@ -497,9 +487,9 @@ class JacobianEngine:
         copy = self._copy_activations
         b = n_samples(batch)
         with torch.enable_grad(), LayerCapture(layers, copy, b) as capture:
-            with _expansion_errors(capture, lambda: self._call(batch, start)):
-                outputs = self._call(batch, start)
-            outputs = _attached(outputs)
+            outputs = _attached(
+                _explained_call(capture, lambda: self._call(batch, start))
+            )
             capture.recording = False
             _check_same_layers(set(capture.calls), self._ran, start, b)
             if capture.intact():
@@ -564,18 +554,17 @@ def _check_per_sample(call: Callable, batch) -> None:
         )
 
 
-@contextlib.contextmanager
-def _expansion_errors(capture: LayerCapture, call: Callable) -> Iterator[None]:
-    """Explain a forward pass that fails after one-row outputs were expanded.
+def _explained_call(capture: LayerCapture, call: Callable) -> torch.Tensor:
+    """``call()``, a forward pass, explained if it fails after expansions.
 
     The capture expands a layer's output of one row to the batch, as for a
     table shared by it; a network that called the layer on one of its
     samples (routing samples to layers) then fails in its own code. The
-    pass is made again by ``call`` without expansions: an error it raises
-    too is the network's own, and is raised as it is.
+    pass is made again without expansions: an error it raises too is the
+    network's own, and is raised as it is.
     """
     try:
-        yield
+        return call()
     except (RuntimeError, IndexError) as error:
         if not capture.expanded:
             raise
