@@ -360,6 +360,14 @@ def make_parser() -> argparse.ArgumentParser:
         "file or a folder of .npy files like --data (which is then the data it "
         "was trained on)",
     )
+    data.add_argument(
+        "--groups",
+        action="store_true",
+        help="with --data: keep the examples of each group in one fold (several "
+        "images of one patient, frames of one video), as the array groups of the "
+        ".npz file (or groups.npy of the folder) gives them; --cv folds are then "
+        "StratifiedGroupKFold's",
+    )
     model = audit.add_argument_group("model (--model or --module)")
     arch = model.add_mutually_exclusive_group()
     arch.add_argument(
@@ -525,8 +533,9 @@ class Data:
     """What the audit runs on.
 
     ``X`` (float32) and ``y`` (codes ``0 .. n_classes - 1``, or continuous
-    targets), their source, the task, with --test-data the test split, and
-    the labels the codes stand for when they were encoded.
+    targets), their source, the task, with --test-data the test split, the
+    labels the codes stand for when they were encoded, and with --groups the
+    group of each example.
     """
 
     X: np.ndarray
@@ -536,6 +545,7 @@ class Data:
     X_test: np.ndarray | None = None
     y_test: np.ndarray | None = None
     class_names: list[str] | None = None
+    groups: np.ndarray | None = None
 
     @property
     def n_outputs(self) -> int:
@@ -567,6 +577,24 @@ def load_npy_folder(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
                 f"{file} could not be read as a .npy file: {error}"
             ) from None
     return arrays["X"], arrays["y"]
+
+
+def load_groups(path: str | os.PathLike) -> np.ndarray:
+    """The array ``groups`` of an ``.npz`` file, or ``groups.npy`` of a folder."""
+    folder = Path(path).is_dir()
+    where = Path(path) / "groups.npy" if folder else Path(path)
+    try:
+        if folder:
+            return np.load(where, allow_pickle=False)
+        with np.load(where, allow_pickle=False) as data:
+            return data["groups"]
+    except (OSError, KeyError, ValueError):
+        raise ValueError(
+            f"--groups reads the group of each example from {where}, which has "
+            "none that can be read: save them as numbers or strings, e.g. "
+            "np.savez(path, X=X, y=y, groups=groups) or np.save(folder / "
+            "'groups.npy', groups)."
+        ) from None
 
 
 def read_npz(path: str | os.PathLike, say: Say) -> tuple[np.ndarray, np.ndarray]:
@@ -649,6 +677,11 @@ def _are_codes(y: np.ndarray) -> bool:
 
 def load_data(args: argparse.Namespace, say: Say) -> Data:
     """The training data, and the test split with --test-data."""
+    if args.groups and (args.data is None or args.checkpoint is not None):
+        raise ValueError(
+            "--groups keeps each group in one fold of a cross-validated audit: "
+            "it reads the groups from --data, and --checkpoint has no folds."
+        )
     if args.data is None:
         X, y = load_dataset(args.dataset)
         source = args.dataset
@@ -670,7 +703,8 @@ def load_data(args: argparse.Namespace, say: Say) -> Data:
     y, y_test, names = encode_splits(y, y_test, say, keep_codes, args.classes)
     if keep_codes and args.classes is None and names is not None:
         _check_sorted_codes(args, len(names))
-    return Data(X, y, str(source), "classification", X_test, y_test, names)
+    groups = load_groups(args.data) if args.groups else None
+    return Data(X, y, str(source), "classification", X_test, y_test, names, groups)
 
 
 def _check_sorted_codes(args: argparse.Namespace, n_found: int) -> None:
@@ -840,6 +874,11 @@ def run_audit(args: argparse.Namespace) -> AuditResult:
         check_forward(net, X, args)
         protocol = dict(cv=args.cv)
         plan = f"{args.cv}-fold cross-validation"
+        if data.groups is not None:
+            from sklearn.model_selection import StratifiedGroupKFold
+
+            protocol = dict(cv=StratifiedGroupKFold(args.cv), groups=data.groups)
+            plan += f", {len(np.unique(data.groups))} groups kept whole"
     else:
         net = load_checkpoint(args, X, n_outputs)
         check_forward(net, X, args)

@@ -480,3 +480,29 @@ def test_cli_unknown_layer_fails_before_any_training(
         cli.main([*argv, "--layers", "hidden,nonesuch"])
     assert exit_.value.code == 2
     assert "Unknown layers ['nonesuch']" in one_line_error(capsys)
+
+
+def test_cli_groups_stay_in_one_fold(tmp_path, digit_images, capsys):
+    X, y = digit_images
+    groups = np.arange(120) // 8  # 15 groups: StratifiedKFold would split them
+    np.savez(tmp_path / "g.npz", X=X[:120], y=y[:120], groups=groups)
+    argv = ["audit", "--data", str(tmp_path / "g.npz"), "--groups", *FAST]
+    argv += ["--analyses", "density", "--out", str(tmp_path / "g.html")]
+    argv += ["--json", str(tmp_path / "g.json")]
+    assert cli.main(argv) == 0
+    report = json.loads((tmp_path / "g.json").read_text())
+    assert report["metadata"]["cv"].startswith("StratifiedGroupKFold")
+    fold_of = {}
+    for row in report["tables"]["samples"]:
+        fold_of.setdefault(groups[row["index"]], set()).add(row["fold"])
+    assert len(fold_of) == 15 and all(len(f) == 1 for f in fold_of.values())
+    np.savez(tmp_path / "no_groups.npz", X=X[:120], y=y[:120])
+    for data, extra, message in (
+        ("no_groups.npz", [], "--groups reads the group of each example from"),
+        ("g.npz", ["--checkpoint", "w.pt", "--test-data", "g.npz"], "no folds"),
+    ):
+        argv = ["audit", "--data", str(tmp_path / data), "--groups", *FAST, *extra]
+        with pytest.raises(SystemExit) as stop:
+            cli.main(argv)
+        assert stop.value.code == 2
+        assert message in capsys.readouterr().err
