@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -319,6 +320,16 @@ class LabelledDataset(Dataset):
 
     def __getitem__(self, i):
         return split_item(self.dataset[i])[0], self.y[i]
+
+
+def with_defaults(func: Callable, options: Mapping) -> dict:
+    """The keyword arguments ``options`` of ``func``, its defaults for the others."""
+    defaults = {
+        name: parameter.default
+        for name, parameter in inspect.signature(func).parameters.items()
+        if parameter.default is not inspect.Parameter.empty
+    }
+    return defaults | dict(options)
 
 
 def check_positive_int(value, name, allow_none=False):

@@ -10,13 +10,37 @@ from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator
 from sklearn.utils import Bunch
 
+from .._layers import check_pool
 from .._net import fit_net
 from .._typing import NetInput, NetLike
-from .._validation import given_or_item_labels
+from .._validation import check_positive_int, given_or_item_labels, with_defaults
 from .class_density import ClassConditionalDensity, _as_table
 from .dpmixture import DirichletProcessGaussianMixture
 from .extract import extract_representations
 from .memorization import memorization_scores
+
+
+def check_report_params(options: Mapping) -> None:
+    """Raise on an invalid argument of :func:`class_fitting_report`, before any work.
+
+    ``options`` maps its keyword arguments to values; those not given take
+    its defaults.
+    """
+    o = with_defaults(class_fitting_report, options)
+    n_components = o["n_components"]
+    per_stage = (
+        n_components.values() if isinstance(n_components, Mapping) else [n_components]
+    )
+    for value in per_stage:
+        ClassConditionalDensity(n_components=value)._check_params()
+    for name in ("n_models", "n_bins", "n_samples", "batch_size"):
+        check_positive_int(o[name], name)
+    check_pool(o["pool"])
+    if not (o["mixture"] is None or hasattr(o["mixture"], "fit")):
+        raise TypeError(
+            "mixture must be None or an unfitted estimator such as "
+            f"DirichletProcessGaussianMixture(); got {o['mixture']!r}."
+        )
 
 
 def _memorization(memorization, X, y, n_models, random_state, n_jobs, verbose):
@@ -174,6 +198,7 @@ def class_fitting_report(
     >>> rep.splits["stage"].tolist(), rep.bins["bin"][:4].tolist()
     (['0', '1'], [0, 1, 2, 3])
     """
+    check_report_params(locals())  # the arguments, before any work
     layers = [layers] if isinstance(layers, str) else list(layers)
     y = given_or_item_labels(X, y)
     if y is None:

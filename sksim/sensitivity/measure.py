@@ -29,7 +29,7 @@ from .._layers import (
 )
 from .._net import fit_net, resolve_device, resolve_module
 from .._typing import NetLike, Self
-from .._validation import check_net_input, check_positive_int
+from .._validation import check_net_input, check_positive_int, with_defaults
 from .diagnostics import _table, shuffle_conv_input_channels
 from .diffeo import as_channels, check_deformation, deform
 from .noise import check_noise_norm, noise_like
@@ -417,27 +417,21 @@ def _rows(tag, runs, order):
     return rows
 
 
-def _check_params(
-    layers,
-    delta,
-    cutoff,
-    interp,
-    n_probe,
-    statistic,
-    noise_norm,
-    reference,
-    n_init,
-    pool,
-    deformation,
-    batch_size,
-):
-    check_deformation(delta, cutoff, interp)
-    check_positive_int(n_probe, "n_probe")
-    check_positive_int(n_init, "n_init")
-    check_positive_int(batch_size, "batch_size")
-    check_noise_norm(noise_norm)
-    check_pool(pool)
-    check_layers(layers)
+def check_params(options: Mapping) -> None:
+    """Raise on an invalid argument of :func:`relative_sensitivity`, before any work.
+
+    ``options`` maps its keyword arguments to values; those not given take
+    its defaults.
+    """
+    o = with_defaults(relative_sensitivity, options)
+    check_deformation(o["delta"], o["cutoff"], o["interp"])
+    check_positive_int(o["n_probe"], "n_probe")
+    check_positive_int(o["n_init"], "n_init")
+    check_positive_int(o["batch_size"], "batch_size")
+    check_noise_norm(o["noise_norm"])
+    check_pool(o["pool"])
+    check_layers(o["layers"])
+    statistic, deformation = o["statistic"], o["deformation"]
     if statistic not in STATISTICS:
         raise ValueError(f"statistic must be one of {STATISTICS}; got {statistic!r}.")
     if deformation is not None and not callable(deformation):
@@ -445,7 +439,7 @@ def _check_params(
             "deformation must be None (max-entropy diffeomorphisms) or a callable "
             f"(X_batch, random_state) -> X_deformed; got {deformation!r}."
         )
-    _check_reference(reference)
+    _check_reference(o["reference"])
 
 
 def _check_reference(reference) -> None:
@@ -617,20 +611,7 @@ def relative_sensitivity(
     >>> table["net"].tolist()
     ['trained', 'init']
     """
-    _check_params(
-        layers,
-        delta,
-        cutoff,
-        interp,
-        n_probe,
-        statistic,
-        noise_norm,
-        reference,
-        n_init,
-        pool,
-        deformation,
-        batch_size,
-    )
+    check_params(locals())  # the arguments, before any work
     rng = check_random_state(random_state)
     device = resolve_device(net, device)
     probe = _Probe(
@@ -778,10 +759,7 @@ n_init, shuffled, pool, deformation, batch_size, device
         -------
         self : object
         """
-        options = self._options()
-        for name in ("shuffled", "device", "random_state"):
-            del options[name]
-        _check_params(**options)
+        check_params(self._options())
         X = check_net_input(X, self, reset=True)
         probe = (
             X

@@ -237,9 +237,18 @@ class ClassFitting(Analysis):
         return class_fitting_report
 
     def check_options(self, options: Mapping[str, Any]) -> None:
+        from ...representations.report import check_report_params
+
         super().check_options(options)
         for name in ("max_per_class", "max_fit_per_class"):
             check_positive_int(options.get(name), name, allow_none=True)
+        check_report_params(
+            {
+                name: value
+                for name, value in options.items()
+                if name not in self.own_options
+            }
+        )
 
     def run(self, fold: _Fold) -> FoldOutput:
         from ...representations import (

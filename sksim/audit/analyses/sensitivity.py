@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Mapping
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..._engine.inputs import n_samples
 from ..._typing import NetInput
@@ -95,6 +95,12 @@ class Sensitivity(Analysis):
     def option_target(self) -> Callable | None:
         module = import_sensitivity()
         return None if module is None else module.relative_sensitivity
+
+    def check_options(self, options: Mapping[str, Any]) -> None:
+        super().check_options(options)
+        module = import_sensitivity()
+        if module is not None:
+            module.measure.check_params(options)
 
     def run(self, fold: _Fold) -> FoldOutput:
         table = import_sensitivity().relative_sensitivity(
