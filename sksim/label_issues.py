@@ -31,7 +31,7 @@ from skorch import NeuralNet
 
 from ._base import NetworkEstimator, constraints, make_engine
 from ._docs import fill_doc
-from ._engine.inputs import n_samples, take
+from ._engine.inputs import lazy_rows, n_samples, take
 from ._engine.jacobian import DEFAULT_MAX_MEMORY
 from ._net import (
     _unwrap,
@@ -528,7 +528,7 @@ class LabelIssueDetector(NetworkEstimator):
             )
         else:
             y = self._encode_targets(y)
-            X = labelled(X, y)
+            X = labelled(lazy_rows(X), y)  # folds of a mapped file stay on disk
             P, similarities, indices, rankings = self._cross_validated_signals(
                 X, y, groups
             )

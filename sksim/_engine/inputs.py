@@ -13,6 +13,7 @@ only :func:`to_tensor` and :func:`batches` read items, collated by torch's
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
@@ -70,6 +71,40 @@ def take(X, index):
             return _Rows(X, range(len(X))[index])
         return _Rows(X, np.asarray(index).tolist())
     return X[index]
+
+
+class _MappedArray(Dataset):
+    """A memory-mapped array read as a dataset: item ``i`` is its row ``i``."""
+
+    def __init__(self, array: np.ndarray):
+        self.array = array
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return np.asarray(self.array[i])
+
+    def __getitems__(self, rows: list[int]) -> list[np.ndarray]:
+        return list(np.asarray(self.array[np.asarray(rows, dtype=np.intp)]))
+
+
+def lazy_rows(X):
+    """``X``, or an array in a memory-mapped file as a dataset of its rows.
+
+    The rows that :func:`take` takes from it are then read from disk a batch
+    at a time, as a dataset's, rather than copied into memory at once.
+    """
+    return _MappedArray(X) if _memory_mapped(X) else X
+
+
+def _memory_mapped(X) -> bool:
+    """Whether ``X`` is an array in a memory-mapped file, or a view of one."""
+    while isinstance(X, np.ndarray):
+        if isinstance(X, np.memmap):
+            return True
+        X = X.base
+    return isinstance(X, mmap.mmap)
 
 
 def _dtype(t: torch.Tensor, float_dtype: torch.dtype) -> torch.dtype:

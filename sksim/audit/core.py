@@ -21,7 +21,7 @@ from skorch import NeuralNet
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from .._engine.inputs import is_dataset, n_samples, take
+from .._engine.inputs import is_dataset, lazy_rows, n_samples, take
 from .._net import _unwrap, fit_net, skorch_task, untrained_clone
 from .._typing import NetInput, NetLike
 from .._validation import (
@@ -208,7 +208,7 @@ def _check_inputs(X, y, names=("X", "y")):
         raise ValueError(
             f"{names[0]} has {n_samples(X)} samples but {names[1]} has {len(y)}."
         )
-    return labelled(X, y), y
+    return labelled(lazy_rows(X), y), y
 
 
 def _check_labels(*labels):
@@ -299,6 +299,11 @@ def _skip_reason(analysis, data):
     return analysis.skip_reason(data.X)
 
 
+def _part(X: NetInput, rows: np.ndarray) -> NetInput:
+    """Rows ``rows`` of ``X``; all of them in order are ``X`` itself, not a copy."""
+    return X if np.array_equal(rows, np.arange(n_samples(X))) else take(X, rows)
+
+
 class _Fold:
     """One fold: its split, the net trained on it and the audit's arguments.
 
@@ -320,8 +325,8 @@ class _Fold:
         random_state: int | None,
     ) -> None:
         self.train, self.test, self.fold = train, test, fold
-        self.X_train, self.y_train = take(data.X, train), data.y[train]
-        self.X_test, self.y_test = take(data.X_test, test), data.y_test[test]
+        self.X_train, self.y_train = _part(data.X, train), data.y[train]
+        self.X_test, self.y_test = _part(data.X_test, test), data.y_test[test]
         self.task, self.classes = data.task, data.classes
         self.n_neighbors, self.layers = n_neighbors, layers
         self.options, self.random_state = options, random_state
