@@ -17,7 +17,6 @@ from torch.utils.data import (
     Dataset,
     IterableDataset,
     Subset,
-    default_collate,
 )
 
 from ._engine.inputs import check_finite, is_dataset, n_samples, split_item
@@ -155,10 +154,7 @@ def _check_same_reads(dataset: Dataset, first) -> None:
 
 def _equal(a, b) -> bool:
     """Whether two inputs of items hold the same values (NaN equal to NaN)."""
-    a, b = (
-        v.numpy(force=True) if isinstance(v, torch.Tensor) else np.asarray(v)
-        for v in (a, b)
-    )
+    a, b = (np.asarray(_as_array(v)) for v in (a, b))
     floating = a.dtype.kind in "fc" and b.dtype.kind in "fc"
     return a.shape == b.shape and np.array_equal(a, b, equal_nan=floating)
 
@@ -264,8 +260,9 @@ def dataset_targets(dataset: Dataset) -> np.ndarray | None:
     """
     if not _carries_labels(dataset):
         return None
-    y = default_collate([split_item(dataset[i])[1] for i in range(len(dataset))])
-    return y.numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
+    labels = (split_item(dataset[i])[1] for i in range(len(dataset)))
+    # one by one: items of two sources may give tensors and NumPy values
+    return np.stack([np.asarray(_as_array(label)) for label in labels])
 
 
 def given_or_item_labels(X, y):

@@ -23,6 +23,7 @@ from sksim import (
     LabelIssueDetector,
     NetworkSimilarityKernel,
     SimilarityRegularizedClassifier,
+    SimilarityRegularizedRegressor,
     gradient_features,
     network_similarity,
 )
@@ -637,3 +638,58 @@ def test_audit_reads_datasets_without_a_batch_size_by_bytes(data, monkeypatch):
     np.testing.assert_allclose(mean, X.mean(axis=0), rtol=1e-6)
     np.testing.assert_allclose(std, X.std(axis=0), rtol=1e-5)
     assert ds.reads > 2 * N and ds.max_alive == 2
+
+
+def test_items_of_two_sources_mixing_arrays_and_tensors(data, net):
+    """torch's collation refused the mix: "expected Tensor as element 20"."""
+    X, y = data
+    X = X.astype(np.float32)
+    mixed = ConcatDataset(
+        [
+            TensorDataset(torch.tensor(X[:20]), torch.tensor(y[:20])),
+            Pairs(X[20:], y[20:]),
+        ]
+    )
+    net = KeywordMLP(dtype=torch.float32)
+    np.testing.assert_allclose(
+        network_similarity(net, mixed), network_similarity(net, X), rtol=0, atol=1e-6
+    )
+    found = NetworkNeighbors(net, n_neighbors=3).fit(mixed)
+    np.testing.assert_array_equal(found.y_fit_, y)
+
+
+def test_bfloat16_items_give_what_a_bfloat16_tensor_gives(data):
+    """Reading the first item twice went through NumPy, which has no bfloat16."""
+    X, _ = data
+    net = KeywordMLP(dtype=torch.float32)
+    X = torch.tensor(X).bfloat16()
+    np.testing.assert_array_equal(
+        network_similarity(net, TensorDataset(X)), network_similarity(net, X)
+    )
+
+
+def test_regularized_nets_fit_a_dataset_without_y(data):
+    """skorch's classifier and regressor take fit(X, y): fit(dataset) was refused."""
+    X, y = data
+    X = X.astype(np.float32)
+    for net, targets in (
+        (regularized, y),
+        (
+            lambda: SimilarityRegularizedRegressor(
+                KeywordMLP(1, torch.float32),
+                similarity_pairs=lambda x: x,
+                max_epochs=2,
+                train_split=None,
+                verbose=0,
+            ),
+            X[:, 0],
+        ),
+    ):
+        torch.manual_seed(0)
+        got = [
+            p.detach().clone()
+            for p in net().fit(Pairs(X, targets)).module_.parameters()
+        ]
+        expected = trained_weights(net(), Pairs(X, targets), None)
+        for a, b in zip(got, expected, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Subset, default_collate
+from torch.utils.data import Dataset, Subset, default_collate, default_convert
 
 from .budget import rows_that_fit
 
@@ -206,7 +206,8 @@ def _read(
     """
     inputs = [split_item(item)[0] for item in _items(dataset, rows)]
     try:
-        batch = default_collate(inputs)
+        # converted one by one: items of two sources may mix arrays and tensors
+        batch = default_collate([default_convert(x) for x in inputs])
     except (RuntimeError, TypeError) as error:
         first, last = _origin(dataset, rows[0]), _origin(dataset, rows[-1])
         raise ValueError(
