@@ -411,6 +411,25 @@ class SimilarityRegularizedNet(NeuralNet):
         self.similarity_steps_ = 0
         return self
 
+    def fit(self, X: NetInput, y: ArrayLike | None = None, **fit_params: Any) -> Self:
+        """Initialise and train as skorch does; see :meth:`partial_fit`.
+
+        ``y`` may be left out for a dataset of ``(x, y)`` items (skorch's
+        classifier and regressor would need ``fit(X, None)``).
+
+        Parameters
+        ----------
+        X : array-like, tensor, dict, Dataset or the output of :func:`with_pairs`
+        y : array-like of shape (n_samples,), default=None
+        **fit_params : dict
+            Passed to the module's forward, as skorch passes them.
+
+        Returns
+        -------
+        self : object
+        """
+        return super().fit(X, y, **fit_params)
+
     def partial_fit(
         self,
         X: NetInput,

@@ -132,11 +132,8 @@ class JacobianEngine:
         return outputs
 
     def _output(self, batch):
-        """The network's own output for a batch (a dict goes in as keywords)."""
-        with _input_dtype_errors(batch, self.dtype):
-            if isinstance(batch, dict):
-                return self.module(**batch)
-            return self.module(batch)
+        """The network's own output for a batch (see :func:`network_output`)."""
+        return network_output(self.module, batch, self.dtype)
 
     def _forward(self, params, batch) -> torch.Tensor:
         """Selected outputs ``(B, d)`` of a batch with the given parameters."""
@@ -645,6 +642,17 @@ def _attached(outputs: torch.Tensor) -> torch.Tensor:
             "torch.no_grad()."
         )
     return outputs
+
+
+def network_output(module: torch.nn.Module, batch, float_dtype: torch.dtype):
+    """``module``'s own output for a batch; a dict goes in as keywords.
+
+    A failure on integer inputs says that they went in as token ids.
+    """
+    with _input_dtype_errors(batch, float_dtype):
+        if isinstance(batch, dict):
+            return module(**batch)
+        return module(batch)
 
 
 @contextlib.contextmanager

@@ -16,6 +16,7 @@ from skorch import NeuralNetClassifier
 
 from .._engine.context import evaluation_mode, forked_rng
 from .._engine.inputs import batches, module_float_dtype
+from .._engine.jacobian import network_output
 from .._engine.selection import network_logits
 from .._net import (
     _unwrap,
@@ -95,7 +96,7 @@ def module_outputs(module: torch.nn.Module, X: NetInput) -> np.ndarray:
     dtype = module_float_dtype(module)
     with evaluation_mode(module), torch.no_grad():
         parts = [
-            _tensor_output(module(batch)).detach().cpu()
+            _tensor_output(network_output(module, batch, dtype)).detach().cpu()
             for _, batch in batches(X, PREDICT_BATCH_SIZE, device, dtype)
         ]
     return torch.cat(parts).numpy()

@@ -512,3 +512,53 @@ def test_predictions_take_probabilities_from_the_pass_that_predicts(
     outputs, none = predictions(net, Xr_test, "regression")
     assert none is None
     np.testing.assert_allclose(outputs, net.predict(Xr_test)[:, 0])
+
+
+class _KeywordItems(torch.utils.data.Dataset):
+    """Items ``({"x": x}, y)``: the network's input by keyword."""
+
+    def __init__(self, X, y):
+        self.X, self.y = X, y
+
+    def __len__(self):
+        return len(self.X)
+
+    def __getitem__(self, i):
+        return {"x": self.X[i]}, self.y[i]
+
+
+class _ByKeyword(torch.nn.Module):
+    """A linear classifier of the digits whose input is named ``x``."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(64, 10)
+
+    def forward(self, x):
+        return self.linear(x)
+
+
+def test_a_module_predicts_items_given_by_keyword():
+    """The audit called the module on the dict itself: "must be Tensor, not dict"."""
+    X_train, y_train, X_test, y_test = _audit_helpers.prefit_split()
+    X_train, X_test = X_train.reshape(-1, 64), X_test.reshape(-1, 64)
+    torch.manual_seed(0)
+    module = _ByKeyword()
+    result = audit(
+        module,
+        _KeywordItems(X_train, y_train),
+        cv="prefit",
+        X_test=_KeywordItems(X_test, y_test),
+        analyses=(),
+    )
+    with torch.no_grad():
+        expected = module(x=torch.from_numpy(X_test)).argmax(1).numpy()
+    np.testing.assert_array_equal(result["samples"]["prediction"], expected)
+
+
+def test_a_module_on_integer_features_is_told_to_convert_them():
+    X_train, y_train, X_test, y_test = _audit_helpers.prefit_split()
+    module = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    train, test = ((X * 16).astype(np.uint8) for X in (X_train, X_test))
+    with pytest.raises(TypeError, match=r"integer dtype.*X.astype\(np.float32\)"):
+        audit(module, train, y_train, cv="prefit", X_test=test, y_test=y_test)
