@@ -8,7 +8,9 @@ Cross-validation trains :func:`untrained_clone` of a net on each fold.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -75,7 +77,7 @@ def fit_net(
         )
     else:
         y = training_targets(fitted, y)
-    with torch_seed(random_state):
+    with torch_seed(random_state), skorch_dtype_errors():
         try:
             fitted.fit(X, y)
         except IndexError as error:  # torch's cross-entropy: "Target 2 is out of"
@@ -88,6 +90,26 @@ def fit_net(
                 "LabelEncoder, or give the network one output per class."
             ) from error
     return fitted
+
+
+@contextlib.contextmanager
+def skorch_dtype_errors() -> Iterator[None]:
+    """Explain a skorch net's failure on inputs of another dtype than its module's.
+
+    skorch passes arrays to the module as they are: float64 inputs to a
+    float32 module fail inside torch.
+    """
+    try:
+        yield
+    except RuntimeError as error:
+        if "dtype" not in str(error):
+            raise
+        first = str(error).splitlines()[0].rstrip(".")
+        raise TypeError(
+            f"The skorch net failed on a dtype: {first}. skorch passes the inputs "
+            "to the module as they are: if theirs is not the module's, convert "
+            "them, e.g. X.astype(np.float32) for a float32 module."
+        ) from error
 
 
 def skorch_task(net: NetLike) -> str | None:
@@ -233,7 +255,7 @@ def predicted_probabilities(net: NetLike, X: NetInput) -> np.ndarray:
     are left to the checks of the network's outputs. The torch global
     generator is left as it was, as are the module's modes.
     """
-    with evaluation_mode(resolve_module(net)), forked_rng():
+    with evaluation_mode(resolve_module(net)), forked_rng(), skorch_dtype_errors():
         P = np.asarray(net.predict_proba(X), dtype=np.float64)
     if P.ndim != 2:
         return P  # the callers say what shape they need

@@ -693,3 +693,14 @@ def test_regularized_nets_fit_a_dataset_without_y(data):
         expected = trained_weights(net(), Pairs(X, targets), None)
         for a, b in zip(got, expected, strict=True):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("cv", [2, "prefit"])
+def test_float64_inputs_to_a_float32_skorch_net_are_explained(data, cv):
+    """skorch passes them as they are: torch's bare "mat1 and mat2" error."""
+    X, y = data
+    net = classifier(train_split=None)
+    if cv == "prefit":
+        net = net.fit(X.astype(np.float32), y)
+    with pytest.raises(TypeError, match=r"convert them, e.g. X.astype\(np.float32\)"):
+        LabelIssueDetector(net, cv=cv, n_neighbors=4).fit(X, y)
