@@ -394,8 +394,16 @@ def make_parser() -> argparse.ArgumentParser:
         "(torch.save(module.state_dict(), PATH), or skorch's save_params"
         "(f_params=PATH)), loaded with torch.load(weights_only=True) into the "
         "architecture of --model or --module; needs --test-data. Class labels "
-        "are classified by the argmax of the outputs; continuous targets are "
-        "audited as a regression (one output)",
+        "are classified by the argmax of the outputs; continuous targets (or "
+        "--task regression) are audited as a regression (one output)",
+    )
+    model.add_argument(
+        "--task",
+        choices=("auto", "classification", "regression"),
+        default="auto",
+        help="what the targets y are: auto (default) takes continuous values for a "
+        "regression's targets, integers and text for class labels; regression "
+        "(with --checkpoint) for whole-number targets such as counts",
     )
     model.add_argument(
         "--n-classes",
@@ -691,13 +699,19 @@ def load_data(args: argparse.Namespace, say: Say) -> Data:
     X_test = y_test = None
     if args.test_data is not None:
         X_test, y_test = read_npz(args.test_data, say)
-    if args.checkpoint is not None and is_continuous(y):
+    regression = args.task == "regression" or (args.task == "auto" and is_continuous(y))
+    if regression and args.checkpoint is not None:
         return Data(X, y, str(source), "regression", X_test, y_test)
-    if is_continuous(y):
+    if regression:
         raise ValueError(
-            "y holds continuous targets: a cross-validated audit trains "
-            "classifiers. A trained regression network is audited with "
-            "--checkpoint and --test-data."
+            "y holds a regression's targets (continuous values, or --task "
+            "regression): a cross-validated audit trains classifiers. A trained "
+            "regression network is audited with --checkpoint and --test-data."
+        )
+    if args.task == "classification" and is_continuous(y):
+        raise ValueError(
+            "--task classification, but y holds continuous values, not class "
+            "labels: encode the classes as integers or text."
         )
     keep_codes = args.checkpoint is not None or args.n_classes is not None
     y, y_test, names = encode_splits(y, y_test, say, keep_codes, args.classes)
@@ -881,6 +895,14 @@ def run_audit(args: argparse.Namespace) -> AuditResult:
             plan += f", {len(np.unique(data.groups))} groups kept whole"
     else:
         net = load_checkpoint(args, X, n_outputs)
+        from skorch import NeuralNet, NeuralNetRegressor
+
+        from ._net import resolve_device
+
+        if data.task == "regression" and not isinstance(net, NeuralNet):
+            # a regressor says the task, which whole-number targets would not
+            device = str(resolve_device(net))
+            net = NeuralNetRegressor(net, device=device).initialize()
         check_forward(net, X, args)
         protocol = dict(cv="prefit", X_test=data.X_test, y_test=data.y_test)
         plan = (

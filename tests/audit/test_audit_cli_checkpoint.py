@@ -202,6 +202,42 @@ def test_cli_checkpoint_of_a_regression_net(regression_factory, monkeypatch):
     assert "needs class labels" in data["skipped"]["class_fitting"]
 
 
+def test_cli_checkpoint_of_a_regression_on_counts(regression_factory, monkeypatch):
+    """Whole-number targets were taken for class labels, the net built for 10."""
+    import userreg
+
+    folder = regression_factory
+    rng = np.random.RandomState(0)
+    X = rng.uniform(0, 2, size=(100, 2)).astype(np.float32)
+    y = rng.poisson(2 * X[:, 0] + X[:, 1]).astype(np.float32)  # counts, 0 to 9
+    with torch_seed(0):
+        net = NeuralNetRegressor(
+            userreg.make((2,), 1), max_epochs=20, lr=0.05, train_split=None, verbose=0
+        ).fit(X[:70], y[:70, None])
+    np.savez(folder / "train.npz", X=X[:70], y=y[:70])
+    np.savez(folder / "test.npz", X=X[70:], y=y[70:])
+    torch.save(net.module_.state_dict(), folder / "mlp.pt")
+    no_training(monkeypatch)
+    argv = checkpoint_argv(folder, "--module", "userreg:make", "--quiet")
+    argv += ["--analyses", "density", "--json", str(folder / "r.json")]
+    with pytest.raises(SystemExit):  # read as 10 classes: 10 outputs, not 1
+        cli.main(argv)
+    assert cli.main([*argv, "--task", "regression"]) == 0
+    data = json.loads((folder / "r.json").read_text())
+    assert data["metadata"]["task"] == "regression"
+    (row,) = data["tables"]["folds"]
+    assert row["r2"] == pytest.approx(net.score(X[70:], y[70:, None]), rel=1e-6)
+
+
+def test_cli_task_classification_of_continuous_values(tmp_path, capsys):
+    path = tmp_path / "reg.npz"
+    np.savez(path, X=np.ones((20, 3), np.float32), y=np.linspace(0, 1, 20))
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["audit", "--data", str(path), "--task", "classification"])
+    assert exit_.value.code == 2
+    assert "y holds continuous values, not class labels" in capsys.readouterr().err
+
+
 def test_cli_checkpoint_of_a_binary_classifier_factory(tmp_path, monkeypatch):
     """A factory's NeuralNetBinaryClassifier (one logit) is audited through
     its own predict_proba, which gives the two columns."""
