@@ -15,7 +15,7 @@ from _architectures import (
 )
 from torch.utils.data import StackDataset
 
-from sksim import network_similarity
+from sksim import SingularJacobianGramWarning, network_similarity
 from sksim._engine.capture import _leaf_uses, may_move_rows
 from sksim._engine.context import evaluation_mode
 
@@ -145,6 +145,33 @@ def test_the_first_batch_of_a_pass_is_checked_whatever_its_graph(module):
     with pytest.warns(UserWarning, match="mixed the samples of the batch from input"):
         K = network_similarity(net, X, kind="ntk", batch_size=6)
     np.testing.assert_allclose(K, oracle_kernel(J, J, "ntk"), rtol=1e-7, atol=1e-12)
+
+
+def test_saturated_softmax_outputs_are_not_taken_for_mixed_rows():
+    """Outputs of 1 - 1e-5 or so cancel in the backward pass of the softmax,
+    which rounds each sample's gradient by 1e-3 in float32: the row check
+    compared two such passes, warned that the network mixed its samples
+    and computed them one at a time."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(20, 32), torch.nn.ReLU(), torch.nn.Linear(32, 100)
+    )
+    X = torch.randn(4000, 20)
+    with torch.no_grad():
+        net[2].weight.mul_(80)
+        gap = 1 - torch.softmax(net(X), -1).max(1).values
+    X = X[(gap > 1e-6) & (gap < 1e-4)][:16].numpy()  # confident, not exactly 1
+    assert len(X) == 16
+
+    def probabilities(out):
+        return torch.softmax(out, -1)[:, :99]
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", "The network mixed the samples")
+        warnings.simplefilter("ignore", SingularJacobianGramWarning)
+        K = network_similarity(net, X, output=probabilities)
+        one_by_one = network_similarity(net, X, output=probabilities, batch_size=1)
+    np.testing.assert_allclose(K, one_by_one, rtol=0, atol=1e-5)  # float32 rounding
 
 
 @pytest.mark.parametrize("case", ["mlp", "cnn_batchnorm", "residual", "bert"])

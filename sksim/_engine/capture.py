@@ -406,13 +406,12 @@ def _output_signals(
 
     When ``check_rows``, or when the graph has operations that can move
     samples between rows (:func:`may_move_rows`), in a batch of several, a
-    direction ``w_i u`` of
-    each sample's outputs (distinct ``w_i``) is back-propagated too:
-    :class:`RowsMixed` is raised with the index of the first ``z`` whose row
-    ``i`` does not get ``w_i`` times the signals' ``u`` component, that is,
-    when the network reorders or mixes the samples of this batch, and for a
-    ``z`` of another number of rows than the batch (a layer run on some of
-    its rows).
+    direction ``u`` of each sample's outputs is back-propagated too, as it
+    is and scaled by a weight ``w_i`` per sample: :class:`RowsMixed` is
+    raised with the index of the first ``z`` whose row ``i`` does not get
+    ``w_i`` times the first, that is, when the network reorders or mixes the
+    samples of this batch, and for a ``z`` of another number of rows than
+    the batch (a layer run on some of its rows).
     """
     b, d = outputs.shape
     if not zs:  # no handled layer ran: their gradients are zero
@@ -425,14 +424,14 @@ def _output_signals(
     check = b > 1 and (check_rows or may_move_rows(_leaf_uses(outputs)[1]))
     if check:
         w, u = _row_direction(b, d, outputs)
-        seeds = torch.cat([seeds, (w[:, None] * u)[None]])
+        seeds = torch.cat([seeds, u.expand(1, b, d), (w[:, None] * u)[None]])
     signals = []
     for i, (g, z) in enumerate(zip(_seeded_grads(outputs, zs, seeds), zs, strict=True)):
         if g is None:
             signals.append(z.new_zeros(b, d, *z.shape[1:]))
             continue
         g = g.detach()
-        if check and _rows_mixed(g[:d], g[d], w, u):
+        if check and _rows_mixed(g[d], g[d + 1], w):
             raise RowsMixed(i)
         signals.append(g[:d].transpose(0, 1))
     return signals
@@ -475,26 +474,30 @@ class RowsMixed(Exception):
 def _row_direction(b: int, d: int, outputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Row weights ``w`` ``(b,)`` and an output direction ``u`` ``(d,)``.
 
-    The weights ``2^(10 k / b)`` for ``k`` in a fixed shuffle of ``0..b-1``
-    differ by at least ``2^(10 / b) - 1`` (about ``7 / b``) in ratio.
+    The weights are powers of two, ``2^k`` with ``k`` from 0 to 10 by a fixed
+    shuffle of the rows: a seed scaled by them scales every rounding of a
+    backward pass exactly, so that a row's gradient is exactly ``w_i`` times
+    that of the unscaled seed, however much the network's own rounding
+    cancels (a saturated softmax).
     """
     generator = torch.Generator().manual_seed(0)
-    rank = torch.randperm(b, generator=generator).double()
+    rank = torch.randperm(b, generator=generator)
     u = torch.randn(d, generator=generator, dtype=torch.float64)
     like = dict(dtype=outputs.dtype, device=outputs.device)
-    return torch.exp2(10 * rank / b).to(**like), u.to(**like)
+    return torch.exp2((rank % 11).double()).to(**like), u.to(**like)
 
 
-def _rows_mixed(signals, weighted, w, u) -> bool:
-    """Whether ``weighted`` differs from ``w_i`` times ``signals``' ``u`` component.
+def _rows_mixed(plain, weighted, w) -> bool:
+    """Whether row ``i`` of ``weighted`` differs from ``w_i`` times that of ``plain``.
 
-    ``signals`` ``(d, b, ...)``, ``weighted`` ``(b, ...)``: each row is
-    compared in norm, within the square root of the dtype's resolution of
-    the two; rows with non-finite values are left to the finiteness checks.
+    Both ``(b, ...)``, gradients of one direction of each sample's outputs,
+    the second scaled by ``w_i`` per sample. Each row is compared in norm,
+    within the square root of the dtype's resolution of the two (for
+    reductions whose order varies between passes); rows with non-finite
+    values are left to the finiteness checks.
     """
     b = weighted.shape[0]
-    w, u = w.to(weighted.dtype), u.to(weighted.dtype)  # a layer of another dtype
-    expected = w[:, None] * torch.einsum("cbk,c->bk", signals.reshape(len(u), b, -1), u)
+    expected = w.to(weighted.dtype)[:, None] * plain.reshape(b, -1)
     weighted = weighted.reshape(b, -1)
     error = (weighted - expected).norm(dim=-1)
     scale = expected.norm(dim=-1) + weighted.norm(dim=-1)
