@@ -322,6 +322,7 @@ class _Fold:
         layers: Sequence[str] | None,
         options: Mapping[str, Mapping[str, Any]],
         scale_threshold: int | None,
+        scale_size: int,
         random_state: int | None,
     ) -> None:
         self.train, self.test, self.fold = train, test, fold
@@ -330,7 +331,7 @@ class _Fold:
         self.task, self.classes = data.task, data.classes
         self.n_neighbors, self.layers = n_neighbors, layers
         self.options, self.random_state = options, random_state
-        self.scale_threshold = scale_threshold
+        self.scale_threshold, self.scale_size = scale_threshold, scale_size
         self.fit_seconds = None
         self.prefit = False
         self._search = None
@@ -513,9 +514,11 @@ def audit(
     regression form, on the raw targets and the network's outputs. Class
     fitting, which needs class labels, is skipped with the reason.
 
-    **Large data**: when a training fold holds more than ``scale_threshold``
-    examples, density uses the soft count (``method="soft"``, O(N p), no
-    pair of examples formed) instead of the hard count over all pairs;
+    **Large data**: when the largest training fold holds more than
+    ``scale_threshold`` examples (every fold then uses the same methods, so
+    that their results can be pooled), density uses the soft count
+    (``method="soft"``, O(N p), no pair of examples formed) instead of the
+    hard count over all pairs;
     neighbours are searched with FAISS over gradient sketches, as wide as
     ``NetworkNeighbors(n_components="auto")`` makes them (``algorithm="faiss"``,
     candidates from 64 principal components, an exact ``"Flat"`` index below
@@ -691,6 +694,7 @@ def audit(
         layers=layers,
         options=options,
         scale_threshold=scale_threshold,
+        scale_size=max(len(train) for train, _ in splits),
         random_state=random_state,
     )
     with steps:

@@ -195,7 +195,7 @@ def test_the_report_says_which_methods_ran(tmp_path):
     recall_value = scaled()["folds"]["neighbor_recall"].item()
     assert (
         f"Recall@3 of the approximate neighbours against exact ones: "
-        f"{recall_value:.3f} (per fold: {recall_value:.3f})." in text
+        f"{recall_value:.3f} (fold 0 {recall_value:.3f})." in text
     )
     data = json.loads(scaled().to_json(tmp_path / "r.json").read_text())
     assert data["metadata"]["scale_threshold"] == 50
@@ -265,6 +265,27 @@ def test_cross_validated_audit_switches_per_fold():
         "120 training examples > scale_threshold 119"
     )
     assert REGISTRY["density"].defaults["method"] == "hard"
+
+
+def test_folds_on_both_sides_of_the_threshold_use_the_same_methods():
+    """Hard and soft log-densities, of other scales, were averaged together."""
+    X, y = digit_images()
+    X, y = np.concatenate([X, X[:1]]), np.concatenate([y, y[:1]])
+    result = audit(
+        small_net(X, max_epochs=2),
+        X,
+        y,
+        cv=3,
+        analyses=("density",),
+        scale_threshold=160,
+    )
+    sizes = result["folds"]["n_train"].tolist()
+    assert min(sizes) == 160 < max(sizes) == 161
+    methods = result.metadata["methods"]["density"].split("; ")
+    assert len(methods) == 3 and all("soft counts" in m for m in methods)
+    assert methods[0].endswith(
+        "the largest training fold holds 161 training examples > scale_threshold 160"
+    )
 
 
 def test_cli_scale_threshold(tmp_path, capsys):

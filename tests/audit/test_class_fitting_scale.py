@@ -47,6 +47,7 @@ def fold(n_train, scale_threshold, options=None):
     return SimpleNamespace(
         train=np.arange(n_train),
         scale_threshold=scale_threshold,
+        scale_size=n_train,
         options={} if options is None else options,
     )
 

@@ -61,9 +61,10 @@ class Analysis:
     defaults : dict
         Default keyword arguments, overridden by ``options[name]``.
     scaled_defaults : dict
-        Defaults that replace ``defaults`` when the training fold holds more
-        examples than the audit's ``scale_threshold`` (methods whose cost
-        grows linearly with the data), still overridden by ``options[name]``.
+        Defaults that replace ``defaults`` when the audit's largest training
+        fold holds more examples than its ``scale_threshold`` (methods whose
+        cost grows linearly with the data), still overridden by
+        ``options[name]``.
     description : str
         The paragraph that opens its report section.
     figures : tuple of callable
@@ -94,10 +95,12 @@ class Analysis:
     fixed_options: tuple = ()  # keyword arguments of option_target it sets itself
 
     def at_scale(self, fold: _Fold) -> bool:
-        """Whether the fold's training part is past the audit's scale threshold."""
-        return fold.scale_threshold is not None and len(fold.train) > (
-            fold.scale_threshold
-        )
+        """Whether the audit's largest training part is past its scale threshold.
+
+        The same for every fold, whose results the summaries pool.
+        """
+        threshold = fold.scale_threshold
+        return threshold is not None and fold.scale_size > threshold
 
     def scaled_options(self, fold: _Fold) -> dict[str, Any]:
         """The defaults that replace ``defaults`` past the scale threshold."""
@@ -122,10 +125,10 @@ class Analysis:
         given = fold.options.get(self.name, {})
         if set(self.scaled_options(fold)) <= set(given):
             return None
-        return (
-            f"{len(fold.train):,} training examples > scale_threshold "
-            f"{fold.scale_threshold:,}"
-        )
+        size = f"{fold.scale_size:,} training examples"
+        if fold.scale_size > len(fold.train):
+            size = f"the largest training fold holds {size}"
+        return f"{size} > scale_threshold {fold.scale_threshold:,}"
 
     def method_text(self, fold: _Fold, method: str) -> str:
         """``method`` followed by :meth:`scale_reason`, when there is one."""
@@ -192,7 +195,8 @@ class Analysis:
             ``"regression"``), ``classes`` (the sorted classes; None for a
             regression), ``prefit`` (whether the net was given trained,
             ``cv="prefit"``), ``n_neighbors``, ``layers``, ``options``,
-            ``scale_threshold`` and ``random_state`` (the audit's arguments).
+            ``scale_threshold`` and ``random_state`` (the audit's arguments), and
+            ``scale_size`` (the largest training part of the audit's folds).
 
         Returns
         -------

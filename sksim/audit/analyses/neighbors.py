@@ -283,11 +283,14 @@ def _recall_text(result) -> str:
     folds = result.tables["folds"]
     if "neighbor_recall" not in folds:
         return ""
-    values = folds["neighbor_recall"].dropna()
-    per_fold = ", ".join(f"{v:.3f}" for v in values)
+    measured = folds.dropna(subset=["neighbor_recall"])
+    values = measured["neighbor_recall"]
+    per_fold = ", ".join(
+        f"fold {fold} {v:.3f}" for fold, v in zip(measured["fold"], values, strict=True)
+    )
     return _render.paragraph(
         f"Recall@{result.metadata['n_neighbors']} of the approximate neighbours "
-        f"against exact ones: {values.mean():.3f} (per fold: {per_fold})."
+        f"against exact ones: {values.mean():.3f} ({per_fold})."
     )
 
 
