@@ -63,7 +63,9 @@ n_components : int or None, default=None
     None computes exactly. An int sketches each sample's (whitened) Jacobian
     to about that many columns per output, layer by layer, and uses inner
     products of the sketches: an unbiased estimate whose error shrinks like
-    ``1 / sqrt(n_components)``.""",
+    ``1 / sqrt(n_components)`` (the density estimator scales each sketch to
+    unit norm, which makes a sample's similarity to itself exactly 1 and
+    biases the others towards 0 by a small fraction of that error).""",
     "random_state": """
 random_state : int, RandomState instance or None, default=None
     Seeds torch while an unfitted skorch net is trained, and the sketch.""",
