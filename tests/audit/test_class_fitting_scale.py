@@ -132,6 +132,29 @@ def test_the_method_text_with_both_caps():
     )
 
 
+def test_the_method_text_names_classes_fitted_otherwise():
+    """A class of one example is fitted by Gibbs sampling: the text said
+    "variational" alone."""
+    X_train, y_train, X_test, y_test = prefit_split()
+    keep = np.r_[np.flatnonzero(y_train != 3), np.flatnonzero(y_train == 3)[:1]]
+    result = audit(
+        prefit_net(),
+        X_train[keep],
+        y_train[keep],
+        cv="prefit",
+        X_test=X_test,
+        y_test=y_test,
+        analyses=("class_fitting",),
+        options=AUDIT_OPTIONS,
+    )
+    assert result.metadata["methods"]["class_fitting"] == (
+        "Dirichlet-process mixtures (variational backend; gibbs for 1 of the 10 "
+        f"classes) fitted on all {len(keep)} training examples"
+    )
+    table = result["class_fitting"]
+    assert set(table.loc[table["method"] == "gibbs", "class"]) == {3}  # each stage
+
+
 def test_the_users_mixture_is_cloned_with_the_cap():
     gibbs = DirichletProcessGaussianMixture(n_sweeps=10, block_size=4)
     mixture = class_mixture(gibbs, 50)

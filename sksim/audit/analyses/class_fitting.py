@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -159,14 +160,22 @@ def fitting_method(
     n_evaluated: int,
     n_train: int,
     cap: int | None,
+    methods: list[str] | None = None,
 ) -> str:
     """The class-density fit, in words.
 
     ``n_fitted`` rows fitted (over all classes), ``n_evaluated`` rows whose
     own-class log-density the report gives, of the ``n_train`` training
     examples; ``cap`` is the most rows of one class either step kept.
+    ``methods``, the fitting method of each class's mixture, names those
+    that the backend's own did not fit (a class too small for it).
     """
     backend = getattr(mixture, "backend", type(mixture).__name__)
+    others = Counter(m for m in methods or () if not m.endswith(backend))
+    backend += " backend" + "".join(
+        f"; {method} for {count} of the {len(methods)} classes"
+        for method, count in others.items()
+    )
     if n_fitted == n_train:
         data = f"all {n_train:,} training examples"
     else:
@@ -174,7 +183,7 @@ def fitting_method(
             f"{n_fitted:,} of the {n_train:,} training examples (at most "
             f"{cap:,} per class, drawn at random)"
         )
-    text = f"Dirichlet-process mixtures ({backend} backend) fitted on {data}"
+    text = f"Dirichlet-process mixtures ({backend}) fitted on {data}"
     if n_evaluated > n_fitted:
         every = "all " if n_evaluated == n_train else ""
         text += f", own-class log-densities evaluated at {every}{n_evaluated:,}"
@@ -297,6 +306,7 @@ class ClassFitting(Analysis):
             len(rows),
             len(fold.train),
             fit_cap(options["mixture"], max_per_class),
+            [m.method_ for m in next(iter(report.densities.values())).mixtures_],
         )
         if n_fitted < len(fold.train):  # the scale threshold's cap, if any, bound
             method = self.method_text(fold, method)
