@@ -209,7 +209,9 @@ def _item_shape(value, name: str, scalar: bool = False) -> tuple:
     if not shape and not scalar:
         raise ValueError(
             f"Dataset item 0 holds a scalar input {name}; an item is one sample, an "
-            "array or tensor of shape (n_features,) or with more dimensions."
+            "array or tensor of shape (n_features,) or with more dimensions (a "
+            "tuple or list item is read as (x, y): return a sample's numbers as "
+            "an array, e.g. np.asarray(row), not as a list)."
         )
     return shape
 

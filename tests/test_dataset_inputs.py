@@ -522,6 +522,8 @@ def test_invalid_datasets_are_refused_with_a_reason(data, net):
         network_similarity(net, Items([X[0], X[1, :2]]))
     with pytest.raises(ValueError, match="holds input X as a list, which torch's"):
         network_similarity(net, Items([(X[0].tolist(), 0), (X[1].tolist(), 1)]))
+    with pytest.raises(ValueError, match=r"scalar input X.*read as \(x, y\)"):
+        network_similarity(net, Items([X[0].tolist(), X[1].tolist()]))
     kernel = NetworkSimilarityKernel(net).fit(Pairs(X, y))
     wide = Items([np.ones(4)] * 3)
     with pytest.raises(ValueError, match="X has 4 features, but Network"):
