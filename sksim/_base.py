@@ -235,8 +235,13 @@ class NetworkEstimator(BaseEstimator):
         # built once here, so that later calls leave __dict__ as it is
         self._engine_cache = self._make_engine()
         self._engine_cache.n_outputs(X)  # inputs the network cannot take fail here
-        self._weights = weights_digest(resolve_module(self.net_))
+        self._weights = self._weights_digest()
         return X
+
+    def _weights_digest(self) -> str:
+        """The net's weights digest, less the values that checkpoints set."""
+        checkpointed = self._engine_params["checkpoints"] is not None
+        return weights_digest(resolve_module(self.net_), checkpointed)
 
     def _check_network(self) -> None:
         """Raise a ValueError if the network's weights changed since ``fit``.
@@ -256,7 +261,7 @@ class NetworkEstimator(BaseEstimator):
                 f"{', '.join(changed)}, while what fit computed holds the "
                 "fitted values. Call fit again."
             )
-        if weights_digest(resolve_module(self.net_)) != self._weights:
+        if self._weights_digest() != self._weights:
             raise ValueError(
                 "The network's weights, or which of them are trainable, changed "
                 "since fit (it was trained further, given other weights, or "

@@ -233,15 +233,17 @@ def resolve_module(net: NetLike) -> torch.nn.Module:
     return module
 
 
-def weights_digest(module: torch.nn.Module) -> str:
+def weights_digest(module: torch.nn.Module, checkpointed: bool = False) -> str:
     """A digest of the contents of ``module``'s parameters and buffers.
 
     Equal digests mean equal weights (names, dtypes, shapes and bytes, and
     which parameters are trainable: the gradients are theirs), wherever the
-    tensors live.
+    tensors live. ``checkpointed`` leaves out the values of the tensors of
+    the ``state_dict``, which every checkpoint replaces.
     """
+    unread = module.state_dict(keep_vars=True).keys() if checkpointed else ()
     return tensors_digest(
-        itertools.chain(module.named_parameters(), module.named_buffers())
+        itertools.chain(module.named_parameters(), module.named_buffers()), unread
     )
 
 

@@ -649,3 +649,35 @@ def test_checkpoints_with_extra_state_are_loaded_as_torch_loads_them():
     doubled["_extra_state"]["scale"] = 3.0  # changed in place after fit
     with pytest.raises(ValueError, match=r"checkpoints\[0\] changed since fit"):
         kernel.transform(X)
+
+
+@pytest.mark.parametrize(
+    "estimator",
+    [
+        lambda net: NetworkSimilarityKernel(net, checkpoints=perturbed_states(net)),
+        lambda net: NetworkNeighbors(
+            net, n_neighbors=3, checkpoints=perturbed_states(net)
+        ),
+    ],
+    ids=["kernel", "neighbours"],
+)
+def test_the_nets_own_weights_may_change_when_checkpoints_set_them(data, estimator):
+    """The checkpoints replace every weight, but training the net further after
+    fit refused every query ("call fit again"); which weights are trainable
+    still counts."""
+    X, Y = data
+    net = mlp()
+    fitted = estimator(net).fit(X)
+
+    def answer():
+        if isinstance(fitted, NetworkSimilarityKernel):
+            return fitted.transform(Y)
+        return fitted.most_similar(Y)[1]
+
+    expected = answer()
+    with torch.no_grad():
+        net[0].weight.add_(1.0)  # trained further
+    np.testing.assert_array_equal(answer(), expected)
+    net[2].bias.requires_grad_(False)
+    with pytest.raises(ValueError, match="are trainable, changed since fit"):
+        answer()

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import hashlib
 import pickle
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 
 import torch
 from torch.nn.parameter import is_lazy
 
 
-def tensors_digest(named: Iterable[tuple[str, torch.Tensor]]) -> str:
+def tensors_digest(
+    named: Iterable[tuple[str, torch.Tensor]], unread: Container[str] = ()
+) -> str:
     """A digest of named tensors: names, dtypes, shapes, bytes and trainability.
 
     Equal digests mean equal tensors, wherever they live; uninitialised lazy
-    parameters are left out. Other values (a module's extra state in its
-    ``state_dict``) count by their pickle, or their repr if they have none.
+    parameters are left out, as are the bytes of the tensors named in
+    ``unread``. Other values (a module's extra state in its ``state_dict``)
+    count by their pickle, or their repr if they have none.
     """
     digest = hashlib.blake2b(digest_size=16)
     for name, tensor in named:
@@ -27,7 +30,8 @@ def tensors_digest(named: Iterable[tuple[str, torch.Tensor]]) -> str:
         t = tensor.detach()
         described = f"{name} {t.dtype} {tuple(t.shape)} {tensor.requires_grad}"
         digest.update(described.encode())
-        digest.update(t.reshape(-1).view(torch.uint8).cpu().numpy())
+        if name not in unread:
+            digest.update(t.reshape(-1).view(torch.uint8).cpu().numpy())
     return digest.hexdigest()
 
 
