@@ -19,7 +19,13 @@ from torch.utils.data import (
     Subset,
 )
 
-from ._engine.inputs import check_finite, is_dataset, n_samples, split_item
+from ._engine.inputs import (
+    check_finite,
+    is_dataset,
+    n_samples,
+    read_items,
+    split_item,
+)
 
 
 def _as_array(X):
@@ -319,6 +325,14 @@ class LabelledDataset(Dataset):
 
     def __getitem__(self, i):
         return split_item(self.dataset[i])[0], self.y[i]
+
+    def __getitems__(self, rows: list[int]) -> list:
+        """Items ``rows`` at once, read so by the dataset if it can (a mapped file)."""
+        items = read_items(self.dataset, rows)
+        return [
+            (split_item(item)[0], self.y[i])
+            for item, i in zip(items, rows, strict=True)
+        ]
 
 
 def with_defaults(func: Callable, options: Mapping) -> dict:

@@ -83,7 +83,8 @@ class _MappedArray(Dataset):
         return len(self.array)
 
     def __getitem__(self, i: int) -> np.ndarray:
-        return np.asarray(self.array[i])
+        # copies: torch warns of arrays it cannot write, as a read-only file's
+        return np.array(self.array[i])
 
     def __getitems__(self, rows: list[int]) -> list[np.ndarray]:
         return list(np.asarray(self.array[np.asarray(rows, dtype=np.intp)]))
@@ -182,7 +183,7 @@ def _sample_shape(batch) -> tuple | dict:
     return tuple(batch.shape[1:])
 
 
-def _items(dataset: Dataset, rows: Sequence[int]) -> list:
+def read_items(dataset: Dataset, rows: Sequence[int]) -> list:
     """The items ``rows`` of ``dataset``, through ``__getitems__`` if it has one."""
     getitems = getattr(dataset, "__getitems__", None)
     if callable(getitems):
@@ -204,7 +205,7 @@ def _read(
 
     Floating values are checked to be finite; the error names the items.
     """
-    inputs = [split_item(item)[0] for item in _items(dataset, rows)]
+    inputs = [split_item(item)[0] for item in read_items(dataset, rows)]
     try:
         # converted one by one: items of two sources may mix arrays and tensors
         batch = default_collate([default_convert(x) for x in inputs])

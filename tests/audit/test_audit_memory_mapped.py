@@ -8,6 +8,7 @@ from _architectures import small_net
 from sklearn.datasets import make_classification
 
 from sksim import LabelIssueDetector
+from sksim._engine.inputs import lazy_rows
 from sksim.audit import _examples, audit
 
 N, D = 1200, 5000  # 24 MB of float32 inputs: a fold's copy is 12 MB
@@ -46,7 +47,10 @@ def test_the_audit_reads_a_mapped_file_batch_by_batch(mapped, monkeypatch):
 
     def run(inputs):
         net = small_net(X, max_epochs=1, module__n_hidden=8)
-        return audit(net, inputs, y, cv=2, analyses=("density",), random_state=0)
+        density = dict(batch_size=64)  # the engine's batches, not a fold's copy
+        return audit(
+            net, inputs, y, cv=2, analyses=("density",), options=dict(density=density)
+        )
 
     in_memory = run(np.array(X))  # first: what the first run imports is not traced
     result, peak = traced_peak(lambda: run(X))
@@ -91,3 +95,12 @@ def test_a_prefit_audit_copies_none_of_its_inputs(mapped, monkeypatch, where):
     result, peak = traced_peak(run)
     assert peak < 8, f"{peak:.1f} MB allocated for {X.nbytes / 1e6:.0f} MB of inputs"
     assert result["folds"]["accuracy"].item() == net.score(X, y)
+
+
+def test_rows_read_from_a_read_only_file_are_writable_copies(mapped):
+    """torch warned that it cannot write them (a network working in place)."""
+    X, _ = mapped
+    rows = lazy_rows(X)
+    assert not X.flags.writeable
+    assert rows[3].flags.writeable and rows.__getitems__([1, 2])[0].flags.writeable
+    np.testing.assert_array_equal(rows[3], X[3])
