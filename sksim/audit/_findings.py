@@ -142,10 +142,7 @@ def density_meaning(result, r):
     samples = result.tables["samples"]
     floored = float((samples["neighbor_count"] < COUNT_FLOOR).mean())
     if math.isnan(r):
-        return (
-            "Undefined: the held-out densities (or errors) are all alike, e.g. "
-            "every density at its floor, no training example similar enough."
-        )
+        return _undefined_correlation(samples, floored)
     if floored > 0.5 and not soft_counts(result):
         return (
             f"Not telling: {floored:.0%} of the held-out densities tie at the "
@@ -162,6 +159,27 @@ def density_meaning(result, r):
             "examples say more)."
         )
     return correlation_meaning(r, result.metadata["task"] == "regression")
+
+
+def _undefined_correlation(samples, floored: float) -> str:
+    """Why the density-error correlation is undefined: densities or errors alike."""
+    if samples["log_density"].nunique() > 1:
+        return (
+            "Undefined: the held-out errors, or the densities of some fold, are "
+            "all alike."
+        )
+    if floored == 1:
+        return (
+            "Undefined: every held-out density is at its floor, no training "
+            "example similar enough; lower the threshold, or count softly."
+        )
+    return (
+        "Undefined: every held-out density is the same, "
+        f"{samples['log_density'].iloc[0]:.2f}, as when every training example "
+        "is similar enough to every held-out one (a log relative density of 0): "
+        "at this threshold the network tells them apart little; raise it, or "
+        "count softly."
+    )
 
 
 def agreement_meaning(a, k, bound=1.0):

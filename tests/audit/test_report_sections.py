@@ -2,6 +2,7 @@
 
 import copy
 import warnings
+from types import SimpleNamespace
 
 import _audit_helpers
 import numpy as np
@@ -22,6 +23,7 @@ from sksim.audit._findings import (
     agreement_meaning,
     class_recall_finding,
     correlation_meaning,
+    density_meaning,
     error_meaning,
     findings,
     summary_value,
@@ -304,6 +306,31 @@ def test_correlation_meaning(r, words):
     assert f"{r * r:.0%} of the variance" in text
 
 
+@pytest.mark.parametrize(
+    "log_density, words",
+    [
+        ([0.0, 0.0, 0.0], "every held-out density is the same, 0.00"),
+        ([-8.0, -8.0, -8.0], "every held-out density is at its floor"),
+        ([-1.0, -2.0, -3.0], "the held-out errors, or the densities of some"),
+    ],
+)
+def test_an_undefined_correlation_says_why(log_density, words):
+    """Densities all at the ceiling (every count the training set's size) were
+    said to be at their floor, no training example similar enough."""
+    floor = np.log(0.5 / 100)
+    samples = pd.DataFrame(
+        dict(
+            log_density=log_density,
+            neighbor_count=[0.0 if v == -8.0 else 100.0 for v in log_density],
+        )
+    )
+    samples.loc[samples["log_density"] == -8.0, "log_density"] = floor
+    result = SimpleNamespace(
+        tables=dict(samples=samples), metadata=dict(methods={}, task="regression")
+    )
+    assert words in density_meaning(result, float("nan"))
+
+
 def test_correlation_and_error_in_words_fit_the_task():
     assert "classes overlap" in correlation_meaning(0.3)
     assert "the targets vary fast" in correlation_meaning(0.3, regression=True)
@@ -459,7 +486,7 @@ def test_an_undefined_correlation_reads_n_a_with_its_reason(issues_audit):
     summary.loc[rows, ["mean", "std"]] = np.nan
     html = render_html(result)
     assert "density–error correlation<b>n/a</b>" in html
-    assert "Undefined: the held-out densities (or errors) are all alike" in html
+    assert "Undefined: the held-out errors, or the densities of some fold" in html
     assert "<b>nan" not in html
     assert any(
         text.startswith("Density-error correlation n/a. Undefined")
