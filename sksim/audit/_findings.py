@@ -359,8 +359,9 @@ def denoising_finding(result):
     text = (
         f"Self-denoising: each training prediction averages over about "
         f"{neighbors[0]:.0f} training examples, and the residuals put the noise "
-        f"of the targets at σ = {sigma[0]:.3f} (root mean square per output; "
-        f"0 would be {targets} the network reproduces exactly)."
+        f"of the targets, misfit included, at σ = {sigma[0]:.3f} (root mean "
+        f"square per output; 0 would be {targets} the network reproduces "
+        "exactly)."
     )
     warned = any(
         w["warning"].startswith("NoiseEstimateWarning")
