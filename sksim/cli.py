@@ -842,7 +842,12 @@ def noisy_labels(
             "it does not apply to a trained network (--checkpoint)."
         )
     y, flipped = plant_label_noise(data.y, args.label_noise, args.noise_seed)
-    noise = dict(rate=args.label_noise, seed=args.noise_seed, flipped=flipped.tolist())
+    noise = dict(
+        rate=args.label_noise,
+        seed=args.noise_seed,
+        flipped=flipped.tolist(),
+        original=data.y[flipped].tolist(),
+    )
     return y, noise
 
 

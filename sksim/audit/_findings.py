@@ -430,6 +430,26 @@ def isolated_finding(result):
     )
 
 
+def _planted_accuracy(samples, noise) -> str:
+    """The accuracy against the labels before the planted flips, in words ("" if none).
+
+    The audit scores the labels it was given, flips included.
+    """
+    if noise is None or "original" not in noise:
+        return ""
+    truth = dict(zip(noise["flipped"], noise["original"], strict=True))
+    labels = [
+        truth.get(int(i), label)
+        for i, label in zip(samples["index"], samples["label"], strict=True)
+    ]
+    accuracy = float(np.mean(np.asarray(labels) == samples["prediction"].to_numpy()))
+    return (
+        f" It is scored against the labels as given, the {len(truth)} flipped on "
+        f"purpose included; against the labels before the flips it is "
+        f"{accuracy:.3f}."
+    )
+
+
 def findings(result):
     """The report's opening list: a few sentences an auditor can act on."""
     tables, meta = result.tables, result.metadata
@@ -440,6 +460,7 @@ def findings(result):
         out.append(
             f"Held-out accuracy {accuracy[0]:.3f}{_spread(accuracy[1])}. "
             + meanings["accuracy"]
+            + _planted_accuracy(tables["samples"], meta.get("label_noise"))
         )
         out.append(class_recall_finding(tables["samples"]))
     r2 = summary_value(tables["summary"], "r2")

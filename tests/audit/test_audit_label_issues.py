@@ -231,8 +231,11 @@ def test_cli_records_the_planted_noise_and_reports_its_precision(tmp_path):
     assert status == 0
     _, flipped = plant_label_noise(y, 0.05, 1)
     meta = json.loads(js.read_text())["metadata"]
-    assert meta["label_noise"] == dict(rate=0.05, seed=1, flipped=flipped.tolist())
+    assert meta["label_noise"] == dict(
+        rate=0.05, seed=1, flipped=flipped.tolist(), original=y[flipped].tolist()
+    )
     html = out.read_text()
+    assert "against the labels before the flips it is" in html
     assert "5.0% of the labels flipped at random" in html
     assert f"{len(flipped)} training labels were flipped at random" in html
     assert "precision at k" in html

@@ -19,6 +19,7 @@ from sksim.audit._examples import (
     prediction_support,
 )
 from sksim.audit._findings import (
+    _planted_accuracy,
     agreement_bound,
     agreement_meaning,
     class_recall_finding,
@@ -329,6 +330,20 @@ def test_an_undefined_correlation_says_why(log_density, words):
         tables=dict(samples=samples), metadata=dict(methods={}, task="regression")
     )
     assert words in density_meaning(result, float("nan"))
+
+
+def test_accuracy_with_planted_flips_is_given_against_the_labels_before_them():
+    """The demo scored its flips as errors of the network, without a word."""
+    samples = pd.DataFrame(
+        dict(index=[0, 1, 2, 3], label=[1, 0, 2, 2], prediction=[1, 1, 2, 0])
+    )
+    noise = dict(flipped=[1, 3], original=[1, 0])  # the net was right on 1 and 3
+    text = _planted_accuracy(samples, noise)
+    assert text == (
+        " It is scored against the labels as given, the 2 flipped on purpose "
+        "included; against the labels before the flips it is 1.000."
+    )
+    assert _planted_accuracy(samples, None) == ""
 
 
 def test_correlation_and_error_in_words_fit_the_task():
