@@ -504,6 +504,7 @@ class SelfDenoisingAnalysis(NetworkEstimator):
 
     def _set_noise_level(self):
         f, y, d = self.predictions_, self.targets_, self.n_outputs_
+        self._sigma_estimated = self.sigma is None  # what summary() reports
         if self.sigma is not None:
             self.sigma_ = float(self.sigma)
         else:
@@ -583,7 +584,7 @@ class SelfDenoisingAnalysis(NetworkEstimator):
         residuals = ((self.predictions_ - self.targets_) ** 2).sum(axis=1)
         out = {
             "sigma": self.sigma_,
-            "sigma_estimated": self.sigma is None,
+            "sigma_estimated": self._sigma_estimated,
             "mean_effective_neighbors": float(np.mean(self.effective_neighbors_)),
             "median_effective_neighbors": float(np.median(self.effective_neighbors_)),
             "predicted_rmse": float(np.sqrt(np.mean(self.predicted_error_) / d)),

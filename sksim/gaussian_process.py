@@ -143,7 +143,10 @@ class NetworkKernel(Kernel):
         if is_unfitted_skorch(self.net):
             raise NotFittedError(
                 "NetworkKernel needs a trained network, and a Gaussian process "
-                "cannot train it: fit the skorch net before building the kernel."
+                "cannot train it: fit the skorch net before building the kernel. "
+                "A fitted net given by set_params (a grid search over net=) is "
+                "cloned, which unfits it: wrap it in sklearn's "
+                "FrozenEstimator(net), or give its module (net.module_)."
             )
         self._check_weights()
         return make_engine(

@@ -145,6 +145,7 @@ def network_similarity(
     random_state : int, RandomState instance or None, default=None
         Seeds the sketch when ``n_components`` is set.
     %(n_jobs)s
+        Sketches (``n_components``) are made in this process, in one pass.
     %(max_memory)s
     %(verbose)s
     %(checkpoints)s
@@ -330,6 +331,7 @@ class NetworkSimilarityKernel(
         The sketches of the reference inputs are computed once in ``fit``.
     %(random_state)s
     %(n_jobs)s
+        Sketches (``n_components``) are made in this process, in one pass.
     %(max_memory)s
     %(verbose)s
     %(checkpoints)s

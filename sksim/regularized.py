@@ -55,7 +55,7 @@ from ._engine.differentiable import per_sample_gradients
 from ._engine.inputs import is_dataset, module_float_dtype, n_samples, take
 from ._engine.inputs import to_tensor as read_tensors
 from ._engine.selection import select_output, select_parameters
-from ._net import training_targets
+from ._net import resolve_device, training_targets
 from ._pairs import (
     carried_pair_numbers,
     check_labels,
@@ -198,7 +198,7 @@ class ValidPairSimilarity(Callback):
     def on_epoch_begin(self, net: SimilarityRegularizedNet, **kwargs: Any) -> None:
         if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
             raise ValueError(f"seed must be an int; got {self.seed!r}.")
-        self.generator_ = torch.Generator(device=torch.device(net.device))
+        self.generator_ = torch.Generator(device=net._compute_device())
         self.generator_.manual_seed(int(self.seed))
         self.total_, self.count_ = 0.0, 0
 
@@ -403,6 +403,10 @@ class SimilarityRegularizedNet(NeuralNet):
             )
         check_positive_int(self.similarity_every, "similarity_every")
 
+    def _compute_device(self) -> torch.device:
+        """Where the module computes: ``device``, or the module's own for None."""
+        return resolve_device(self.module_, self.device)
+
     def initialize(self) -> Self:
         """Initialise as skorch does, then check the similarity settings."""
         self._check_similarity_params()
@@ -493,11 +497,11 @@ class SimilarityRegularizedNet(NeuralNet):
         step = getattr(self, "similarity_steps_", 0)
         on = self.similarity_weight != 0 and step % self.similarity_every == 0
         # drawn from torch's global generator, as the draws themselves were
-        self._step_seed = int(torch.randint(2**62, ())) if on else None
+        self._step_seed_ = int(torch.randint(2**62, ())) if on else None
         try:
             return super().train_step(batch, **fit_params)
         finally:
-            self._step_seed = None
+            self._step_seed_ = None
             self.similarity_steps_ = step + 1
 
     def get_loss(
@@ -515,10 +519,10 @@ class SimilarityRegularizedNet(NeuralNet):
         ``similarity_term`` and ``similarity_cosine``.
         """
         loss = super().get_loss(y_pred, y_true, X=X, training=training)
-        seed = getattr(self, "_step_seed", None)
+        seed = getattr(self, "_step_seed_", None)
         if not training or seed is None or X is None:
             return loss
-        generator = torch.Generator(device=torch.device(self.device))
+        generator = torch.Generator(device=self._compute_device())
         cos = self.batch_pair_cosines(
             X, y_true, _n_outputs(y_pred), generator.manual_seed(seed), graph=True
         )
@@ -583,7 +587,7 @@ class SimilarityRegularizedNet(NeuralNet):
             return (transform(out)[0] * v).sum()
 
         if readout == "random":
-            device = torch.device(self.device)
+            device = self._compute_device()
             v = torch.randn(n_outputs, generator=generator, device=device)
             return project, v, False
         labels = check_labels(labels, 'similarity_readout="posnegflat"')

@@ -158,6 +158,9 @@ def test_single_output_formulas_are_the_papers(data):
     )
     summary = analysis.summary()
     assert summary["sigma"] == 0.3 and summary["sigma_estimated"] is False
+    # what fit did, not the parameter as set since
+    assert analysis.set_params(sigma=None).summary()["sigma_estimated"] is False
+    analysis.set_params(sigma=0.3)
     assert summary["predicted_rmse"] == pytest.approx(np.sqrt(np.mean(0.09 / n_eff)))
     f = analysis.predictions_[:, 0]
     assert summary["training_rmse"] == pytest.approx(

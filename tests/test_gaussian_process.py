@@ -240,7 +240,9 @@ def test_clone_shares_a_fitted_skorch_net(fitted_digits_net, digits):
 
 
 def test_unfitted_skorch_net_is_refused(digits):
-    with pytest.raises(NotFittedError, match="fit the skorch net before"):
+    with pytest.raises(
+        NotFittedError, match="fit the skorch net before.*FrozenEstimator"
+    ):
         NetworkKernel(make_digits_net())(digits[0][:5])
 
 

@@ -129,6 +129,19 @@ def test_spectral_clustering_and_kernel_pca(digits, fitted_digits_net):
     np.testing.assert_allclose((embedding**2).sum(0), top, rtol=1e-6)
 
 
+def test_a_numpy_integer_output_is_an_int(digits, fitted_digits_net):
+    """A grid over output=np.arange(10) failed every fit: "output must be ..."."""
+    X, _ = digits
+    for estimator in (NetworkSimilarityKernel, GradientDensityEstimator):
+        fitted = [
+            estimator(fitted_digits_net, output=o).fit(X[:30]) for o in (3, np.int64(3))
+        ]
+        if estimator is NetworkSimilarityKernel:
+            np.testing.assert_array_equal(*(f.transform(X[30:40]) for f in fitted))
+        else:
+            np.testing.assert_array_equal(*(f.score_samples(X[30:40]) for f in fitted))
+
+
 def test_grid_search_over_net_and_svc_parameters(digits):
     X, y = digits
     pipe = Pipeline(

@@ -494,7 +494,7 @@ def test_every_evaluation_of_a_steps_loss_has_the_same_term():
     class Recording(SimilarityRegularizedRegressor):
         def get_loss(self, y_pred, y_true, X=None, training=False):
             if training:
-                seeds.append((self.similarity_steps_, self._step_seed))
+                seeds.append((self.similarity_steps_, self._step_seed_))
             return super().get_loss(y_pred, y_true, X=X, training=training)
 
     X, _ = make_data(n=8)
@@ -967,3 +967,16 @@ def test_per_sample_gradients_of_networks_vmap_cannot_run(case):
     total.backward()
     first = next(module.parameters())  # its gradients depend on the others
     assert first.grad is not None and first.grad.abs().sum() > 0
+
+
+def test_device_none_trains_where_the_module_is():
+    """skorch's device=None (do not move the module) crashed in torch.device."""
+    X, y = make_data()
+    weights = []
+    for device in ("cpu", None):
+        torch.manual_seed(0)
+        net = make_net(mlp(6, 3, hidden=7, seed=0), device=device).fit(X, y)
+        weights.append([p.detach().clone() for p in net.module_.parameters()])
+        assert not [k for k in net.get_params() if "seed" in k]  # a private one leaked
+    for a, b in zip(*weights, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

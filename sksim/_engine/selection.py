@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -101,7 +102,8 @@ def select_output(
     if callable(output):
         out = output(out)
         _check_selected(out, n, "output= callable returned")
-    elif isinstance(output, int) and not isinstance(output, bool):
+    elif isinstance(output, numbers.Integral) and not isinstance(output, bool):
+        output = int(output)  # a NumPy integer too, as a grid search gives
         _check_selected(out, n, "The network returned")
         out = out.reshape(out.shape[0], -1)
         if not -out.shape[1] <= output < out.shape[1]:

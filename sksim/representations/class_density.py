@@ -135,7 +135,7 @@ class ClassConditionalDensity(ClassifierMixin, BaseEstimator):
         n = self.n_components
         if n is not None and not (
             (isinstance(n, numbers.Integral) and not isinstance(n, bool) and n >= 1)
-            or (isinstance(n, float) and 0 < n < 1)
+            or (isinstance(n, numbers.Real) and 0 < n < 1)
         ):
             raise ValueError(
                 "n_components must be a positive int, a float in (0, 1) (energy "
@@ -307,12 +307,17 @@ class ClassConditionalDensity(ClassifierMixin, BaseEstimator):
 
     # -- class-level statistics -------------------------------------------
     def _draws(self, n_samples):
-        """Yield ``(class index, mixture, n_samples draws from it)``."""
+        """``(class index, mixture, n_samples draws from it)`` of each class, lazily.
+
+        The arguments are checked at the call, before any draw.
+        """
         check_is_fitted(self)
         _check_int(n_samples, "n_samples", 1)
         rng = check_random_state(self.random_state)
-        for c, mixture in enumerate(self.mixtures_):
-            yield c, mixture, mixture.sample(n_samples, random_state=rng)
+        return (
+            (c, mixture, mixture.sample(n_samples, random_state=rng))
+            for c, mixture in enumerate(self.mixtures_)
+        )
 
     def relative_entropy(self, n_samples: int = 1000) -> np.ndarray:
         """``KL(p_C || N(mean_C, diag var_C))`` of each class, by Monte Carlo.
@@ -337,8 +342,9 @@ class ClassConditionalDensity(ClassifierMixin, BaseEstimator):
         -------
         kl : ndarray of shape (n_classes,)
         """
+        draws = self._draws(n_samples)
         out = np.empty(len(self.classes_))
-        for c, mixture, P in self._draws(n_samples):
+        for c, mixture, P in draws:
             var = self.class_variances_[c] + _VAR_FLOOR
             log_gauss = diagonal_gaussian_logpdf(P, self.class_means_[c], var)
             out[c] = np.mean(mixture.log_predictive(P) - log_gauss)
@@ -358,8 +364,9 @@ class ClassConditionalDensity(ClassifierMixin, BaseEstimator):
             Row ``i`` uses draws from class ``i``; both directions are given
             (the matrix is not symmetric).
         """
+        draws = self._draws(n_samples)
         kl = np.empty((len(self.classes_), len(self.classes_)))
-        for i, _, P in self._draws(n_samples):
+        for i, _, P in draws:
             logp = self._log_density_matrix(P)
             kl[i] = (logp[:, [i]] - logp).mean(axis=0)
         return kl

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from joblib import parallel_config
 from scipy.special import logsumexp
-from sklearn.exceptions import ConvergenceWarning
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from sksim.representations import (
@@ -37,7 +37,7 @@ def test_projection_is_the_uncentred_svd(fitted):
     )
 
 
-@pytest.mark.parametrize("fraction", [0.5, 0.9, 0.999])
+@pytest.mark.parametrize("fraction", [0.5, 0.9, 0.999, np.float32(0.9)])
 def test_energy_threshold_keeps_the_smallest_sufficient_dimension(fraction):
     rng = np.random.RandomState(1)
     Z = rng.randn(60, 6) * [5, 3, 2, 1, 0.5, 0.1]
@@ -166,6 +166,10 @@ def test_method_errors(fitted):
         ccd.density_bins(1000)
     with pytest.raises(ValueError, match="n_samples must be an int >= 1"):
         ccd.kl_matrix(0)
+    unfitted = ClassConditionalDensity(mixture=VARIATIONAL)
+    for method in (unfitted.relative_entropy, unfitted.kl_matrix):
+        with pytest.raises(NotFittedError):  # was a bare AttributeError
+            method()
     one = ClassConditionalDensity(mixture=VARIATIONAL).fit(Z[:10], np.zeros(10))
     with pytest.raises(ValueError, match="at least two classes"):
         one.split_classes()
