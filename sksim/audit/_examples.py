@@ -184,8 +184,9 @@ def _item(kind, sample, looks):
 def worth_a_look(data, tables):
     """The isolated and least-supported examples of an audit (dicts).
 
-    Isolated: the lowest densities of a cross-validated audit's held-out
-    examples, which are then every training example. Least supported: the
+    Isolated: the lowest densities of the held-out examples (every
+    example of a cross-validated audit; a prefit one's test inputs). Least
+    supported: the
     held-out examples whose prediction the fewest of their nearest training
     examples carry, with those neighbours (classification only).
     """
@@ -193,7 +194,7 @@ def worth_a_look(data, tables):
     train_looks = _Looks(data.X)
     looks = train_looks if data.X_test is data.X else _Looks(data.X_test)
     items = []
-    if "log_density" in samples and data.X_test is data.X:
+    if "log_density" in samples:
         for row in isolated_rows(samples):
             item = _item("isolated", samples.loc[row], looks)
             item["neighbor_count"] = float(samples.loc[row, "neighbor_count"])
@@ -229,7 +230,7 @@ def isolated_figure(result: AuditResult) -> Figure | None:
         _render.thumbnail(
             ax,
             item["image"],
-            f"#{item['index']} y={item['label']}\nlog ρ={item['log_density']:.1f}",
+            f"#{item['index']} y={item['label']}\nlog ρ={item['log_density']:.2f}",
             "tab:red" if item["label"] != item["prediction"] else "black",
         )
     fig.suptitle(
@@ -291,34 +292,38 @@ def isolated_section(result) -> str:
     """The report section on the most isolated examples."""
     items = [g for g in result.examples if g["kind"] == "isolated"]
     if not items:
-        reason = (
-            "a prefit audit measures the density of the test inputs only (see "
-            "the least-supported test inputs below)"
-            if result.metadata["cv"] == "prefit"
-            else "it needs the density analysis"
+        return _render.paragraph(
+            "Not available: it needs the density analysis.", "skipped"
         )
-        return _render.paragraph(f"Not available: {reason}.", "skipped")
     worst = items[0]
     count = worst["neighbor_count"]
+    held_out = "test inputs" if result.metadata["cv"] == "prefit" else "examples"
     if soft_counts(result):
-        fewest = "the least similarity to the training examples, summed"
-        similar = f"a soft count of {count:.3g} (its similarities summed)"
+        text = (
+            f"The held-out {held_out} with the lowest soft counts: the least "
+            "similarity to the training examples, summed. A soft count sums "
+            "every similarity, so it also follows the size and spread of the "
+            "classes, not only how atypical an input is (hard counts, "
+            "options={'density': {'method': 'hard'}}, single out the isolated "
+            f"ones). The lowest, #{worst['index']}, had a soft count of "
+            f"{count:.3g} (log relative density {worst['log_density']:.2f})."
+        )
     else:
-        fewest = "the fewest training examples that the network treats as similar"
         similar = (
             "no training example the network treats as similar"
             if count < 1
             else f"{count:.3g} similar training examples"
         )
-    text = (
-        "The examples with the lowest network-perspective density: held out, "
-        f"each had {fewest} to it. They are atypical inputs, rare variants of "
-        "their class or mislabelled examples; the network learns little about "
-        f"them from the others. The most isolated, #{worst['index']}, had "
-        f"{similar} (log relative density {worst['log_density']:.2f}; counts "
-        "below one half are floored); ties are broken by the lower similarity "
-        "of the nearest training example."
-    )
+        text = (
+            f"The held-out {held_out} with the lowest network-perspective "
+            "density: the fewest training examples that the network treats as "
+            "similar to them. They are often atypical inputs, rare variants of "
+            "their class or mislabelled examples; the network learns little "
+            f"about them from the others. The most isolated, #{worst['index']}, "
+            f"had {similar} (log relative density {worst['log_density']:.2f}; "
+            "counts below one half are floored); ties are broken by the lower "
+            "similarity of the nearest training example."
+        )
     columns = ["index", "fold", "label", "prediction", "log_density"]
     columns += ["neighbor_count", "features"]
     return (

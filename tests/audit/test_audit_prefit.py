@@ -562,3 +562,16 @@ def test_a_module_on_integer_features_is_told_to_convert_them():
     train, test = ((X * 16).astype(np.uint8) for X in (X_train, X_test))
     with pytest.raises(TypeError, match=r"integer dtype.*X.astype\(np.float32\)"):
         audit(module, train, y_train, cv="prefit", X_test=test, y_test=y_test)
+
+
+def test_a_prefit_audit_shows_the_most_isolated_test_inputs(tmp_path):
+    """Refused as "a prefit audit measures the density of the test inputs only",
+    which is what the section shows: held-out inputs by density."""
+    result = _audit_helpers.prefit_audit(("density",), None)
+    isolated = [g for g in result.examples if g["kind"] == "isolated"]
+    samples = result["samples"].sort_values("log_density", kind="stable")
+    assert [g["index"] for g in isolated][:3] == samples["index"][:3].tolist()
+    X_test = _audit_helpers.prefit_split()[2]
+    np.testing.assert_array_equal(isolated[0]["image"], X_test[isolated[0]["index"], 0])
+    html = result.to_html(tmp_path / "r.html").read_text()
+    assert "The held-out test inputs with the lowest network-perspective" in html

@@ -404,7 +404,9 @@ def test_isolated_finding_counts_the_examples_without_a_similar_one(issues_audit
         f"The least dense held-out example, #{first['index']} (label "
         f"{first['label']}), has a soft count of 514 (its similarities"
     )
-    assert "a soft count of 514 (its similarities summed)" in render_html(result)
+    html = render_html(result)
+    assert "with the lowest soft counts" in html and "a soft count of 514 (" in html
+    assert "ties are broken by the lower similarity" not in html
 
 
 def test_label_findings_list_only_the_labels_that_look_wrong(issues_audit):
