@@ -418,8 +418,9 @@ def isolated_finding(result):
             f"examples, summed); it heads the {len(isolated)} shown."
         )
     if none:
+        examples = "1 example has" if none == 1 else f"{none} examples have"
         return (
-            f"{none} examples have no training example the network treats as "
+            f"{examples} no training example the network treats as "
             "similar (log relative density at its floor); the most isolated, "
             f"{shown}, heads the {len(isolated)} shown."
         )

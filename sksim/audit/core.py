@@ -294,7 +294,7 @@ def _skip_reason(analysis, data):
     if data.task not in analysis.tasks:
         return (
             f"the {analysis.name} analysis needs class labels, and this audit is "
-            "of a regression network (continuous targets)."
+            "of a regression network."
         )
     return analysis.skip_reason(data.X)
 

@@ -238,7 +238,7 @@ def test_cli_records_the_planted_noise_and_reports_its_precision(tmp_path):
     assert "against the labels before the flips it is" in html
     assert "5.0% of the labels flipped at random" in html
     assert f"{len(flipped)} training labels were flipped at random" in html
-    assert "precision at k" in html
+    assert "are flipped ones: a precision of" in html
 
 
 def test_cli_rejects_noise_outside_zero_one(capsys):

@@ -207,7 +207,7 @@ def test_prefit_regression_net(regression, monkeypatch, tmp_path):
     assert set(result.skipped) == {"class_fitting", "label_issues", "sensitivity"}
     assert result.skipped["class_fitting"] == (
         "the class_fitting analysis needs class labels, and this audit is of a "
-        "regression network (continuous targets)."
+        "regression network."
     )
     assert "needs inputs of shape (n, C, H, W)" in result.skipped["sensitivity"]
     prediction = net.predict(X_test)[:, 0]

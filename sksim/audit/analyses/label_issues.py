@@ -245,8 +245,8 @@ def noise_text(result: AuditResult) -> str:
     return _render.paragraph(
         f"Planted noise: {found['k']} training labels were flipped at random "
         f"(rate {noise['rate']:g}, seed {noise['seed']}). Among the {found['k']} "
-        f"highest-scored examples, {found['hits']} are flipped ones: precision at "
-        f"k = {found['precision']:.2f} (a random ranking would give "
+        f"highest-scored examples, {found['hits']} are flipped ones: a precision "
+        f"of {found['precision']:.2f} at k = {found['k']} (a random ranking would give "
         f"{noise['rate']:.2f}); the estimated set holds "
         f"{found['recall']:.0%} of the flipped labels."
     )

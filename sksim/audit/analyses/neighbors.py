@@ -366,8 +366,9 @@ class Neighbors(Analysis):
     name = "neighbors"
     title = "Nearest training examples"
     description = (
-        "For a few held-out examples (lowest density, misclassified or "
-        "with the largest errors, typical), the training examples of their "
+        "For a few held-out examples (lowest density, misclassified for a "
+        "classifier or with the largest errors for a regression, typical), "
+        "the training examples of their "
         "fold that the network considers most similar, with the cosine "
         "similarity k."
     )
