@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 import warnings
 from collections.abc import Mapping, Sequence
 
+import joblib
 import numpy as np
 import torch
 from numpy.typing import ArrayLike
@@ -23,7 +25,7 @@ from sklearn.utils._param_validation import validate_parameter_constraints
 from ._base import constraints, make_engine
 from ._docs import fill_doc
 from ._engine.flags import FlaggedRows
-from ._engine.inputs import n_samples
+from ._engine.inputs import is_dataset, n_samples
 from ._engine.jacobian import DEFAULT_MAX_MEMORY
 from ._engine.normalize import self_similarity
 from ._engine.pieces import gram_of, refined_eigh
@@ -216,10 +218,44 @@ class NetworkKernel(Kernel):
                 UserWarning,
                 stacklevel=2,
             )
-        K = _similarity(engine, X, Y, self.kind, "trace", self.rtol, None)
+        key = self._key(X, Y)
+        K = self._remembered(key)
+        if K is None:
+            K = _similarity(engine, X, Y, self.kind, "trace", self.rtol, None)
+            self._remember(key, K)
         if eval_gradient:
             return K, np.empty((len(K), len(K), 0))
         return K
+
+    def _key(self, X, Y) -> str | None:
+        """A hash of the inputs and settings of a kernel matrix (None for datasets)."""
+        if is_dataset(X) or is_dataset(Y):
+            return None  # hashing would read them whole
+        settings = self.get_params(deep=False)
+        del settings["net"]  # its weights cannot change (see _check_weights)
+        return joblib.hash((X, Y, repr(settings)))
+
+    def _remembered(self, key: str | None) -> np.ndarray | None:
+        """A copy of the last matrix, if it was of these inputs and settings.
+
+        A Gaussian process's optimiser evaluates its kernel on the training
+        inputs at every step, though this kernel has no hyper-parameter.
+        """
+        last = self.__dict__.get("_last")
+        if key is None or last is None or last[0] != key:
+            return None
+        return last[1].copy()  # a Gaussian process adds its alpha in place
+
+    def _remember(self, key: str | None, K: np.ndarray) -> None:
+        """Keep ``K`` for :meth:`_remembered`, if it fits in a third of max_memory."""
+        budget = math.inf if self.max_memory is None else self.max_memory / 3
+        if key is not None and K.nbytes <= budget:
+            self._last = (key, K.copy())
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_last", None)  # not pickled with a fitted Gaussian process
+        return state
 
     def diag(self, X: KernelInput) -> np.ndarray:
         """The diagonal ``k(x, x)``, computed without the full kernel.

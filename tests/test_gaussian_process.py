@@ -30,6 +30,7 @@ from sksim import (
     DeadInputWarning,
     NetworkKernel,
     SingularJacobianGramWarning,
+    gaussian_process,
     network_similarity,
 )
 
@@ -159,6 +160,30 @@ def test_composite_kernel_optimises_and_predicts_with_std(mlp, regression):
     prior = constant * NetworkKernel(mlp).diag(X_test) + noise
     explained = np.einsum("ij,ji->i", K_star, np.linalg.solve(K, K_star.T))
     np.testing.assert_allclose(std**2, prior - explained, rtol=1e-5)
+
+
+def test_the_optimiser_evaluates_the_network_once(mlp, regression, monkeypatch):
+    """Each optimiser step computed the same network kernel again: 21 times for
+    one fit with two restarts."""
+    X, y, _ = regression
+    calls = []
+    similarity = gaussian_process._similarity
+    monkeypatch.setattr(
+        gaussian_process,
+        "_similarity",
+        lambda *args: calls.append(1) or similarity(*args),
+    )
+    kernel = ConstantKernel() * NetworkKernel(mlp, kind="ntk") + WhiteKernel()
+    gp = GaussianProcessRegressor(kernel, n_restarts_optimizer=2, random_state=0)
+    gp.fit(X, y)
+    assert len(calls) == 1
+    network = gp.kernel_.k1.k2
+    K = network(X)
+    K += 1.0  # as a Gaussian process adds its alpha, in place
+    np.testing.assert_array_equal(network(X), network_similarity(mlp, X, kind="ntk"))
+    network.set_params(kind="cosine")
+    np.testing.assert_array_equal(network(X), network_similarity(mlp, X))
+    assert "_last" not in pickle.loads(pickle.dumps(network)).__dict__
 
 
 def test_gradient_is_empty(mlp, regression):
