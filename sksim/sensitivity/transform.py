@@ -9,7 +9,7 @@ import torch
 from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils import check_random_state
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import _check_feature_names_in, check_is_fitted
 
 from .._engine.inputs import check_finite
 from .._typing import Self
@@ -98,7 +98,29 @@ class DiffeoTransform(TransformerMixin, BaseEstimator):
         self._check_params()
         X = self._validate(X, reset=True)
         as_channels(X)
+        self._signals = X.dim() == 2
         return self
+
+    def get_feature_names_out(self, input_features=None) -> np.ndarray:
+        """The names of the outputs of signals ``(n_samples, L)``: the inputs'.
+
+        Parameters
+        ----------
+        input_features : array-like of str or None, default=None
+            The input names; None takes ``feature_names_in_`` if fit saw
+            them, else ``x0, x1, ...``.
+
+        Returns
+        -------
+        feature_names_out : ndarray of str
+        """
+        check_is_fitted(self)
+        if not self._signals:
+            raise ValueError(
+                "DiffeoTransform names the features of signals (n_samples, L); "
+                "images keep their shape and have no feature names."
+            )
+        return _check_feature_names_in(self, input_features)
 
     def _validate(self, X, reset):
         if isinstance(X, torch.Tensor):

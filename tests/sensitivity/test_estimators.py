@@ -1,6 +1,7 @@
 """DiffeoTransform and DiffeoSensitivity as scikit-learn estimators."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from _architectures import signal_conv
@@ -8,6 +9,7 @@ from _sklearn_checks import EXPECTED_FAILED_CHECKS, ORDER_DEPENDENT_CHECKS
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_validate
 from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 from skorch import NeuralNetClassifier
 from torch import nn
@@ -141,3 +143,18 @@ def test_estimator_on_datasets_equals_arrays():
         got = DiffeoSensitivity(net, **options).fit(data, labels)
         np.testing.assert_allclose(got.results_["R"], expected.results_["R"], rtol=1e-6)
         assert got.score(data) == pytest.approx(expected.score(X), rel=1e-6)
+
+
+def test_diffeo_transform_of_signals_names_its_features():
+    """It had no get_feature_names_out: set_output, and pipelines with it, failed."""
+    X = pd.DataFrame(
+        np.random.RandomState(0).randn(20, 16), columns=[f"t{i}" for i in range(16)]
+    )
+    pipe = make_pipeline(StandardScaler(), DiffeoTransform(random_state=0))
+    out = pipe.set_output(transform="pandas").fit_transform(X)
+    assert list(out.columns) == list(X.columns)
+    expected = make_pipeline(StandardScaler(), DiffeoTransform(random_state=0))
+    np.testing.assert_array_equal(out.to_numpy(), expected.fit_transform(X))
+    images = DiffeoTransform(random_state=0).fit(np.zeros((2, 1, 8, 8)))
+    with pytest.raises(ValueError, match="images keep their shape"):
+        images.get_feature_names_out()
