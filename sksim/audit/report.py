@@ -221,7 +221,9 @@ def _summary(result) -> str:
             paragraph(
                 "Numbers in a warning's text are masked (N) so that alike "
                 "warnings count together; samples_flagged sums the samples "
-                "they name (a sample computed twice counts twice).",
+                "they name, training examples included (self-denoising and the "
+                "neighbour searches compute every training example's gradients, "
+                "in every fold; a sample computed twice counts twice).",
                 "note",
             )
         )
