@@ -977,6 +977,6 @@ def test_device_none_trains_where_the_module_is():
         torch.manual_seed(0)
         net = make_net(mlp(6, 3, hidden=7, seed=0), device=device).fit(X, y)
         weights.append([p.detach().clone() for p in net.module_.parameters()])
-        assert not [k for k in net.get_params() if "seed" in k]  # a private one leaked
+        assert not [k for k in net.get_params() if "step_seed" in k]  # was leaked
     for a, b in zip(*weights, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
