@@ -309,6 +309,11 @@ def isolated_section(result) -> str:
             f"{count:.3g} (log relative density {worst['log_density']:.2f})."
         )
     else:
+        kinds = (
+            ""
+            if result.metadata["task"] == "regression"
+            else ", rare variants of their class or mislabelled examples"
+        )
         similar = (
             "no training example the network treats as similar"
             if count < 1
@@ -317,9 +322,9 @@ def isolated_section(result) -> str:
         text = (
             f"The held-out {held_out} with the lowest network-perspective "
             "density: the fewest training examples that the network treats as "
-            "similar to them. They are often atypical inputs, rare variants of "
-            "their class or mislabelled examples; the network learns little "
-            f"about them from the others. The most isolated, #{worst['index']}, "
+            f"similar to them. They are often atypical inputs{kinds}; the "
+            "network learns little about them from the others. The most "
+            f"isolated, #{worst['index']}, "
             f"had {similar} (log relative density {worst['log_density']:.2f}; "
             "counts below one half are floored); ties are broken by the lower "
             "similarity of the nearest training example."
