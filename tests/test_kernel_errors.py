@@ -769,34 +769,6 @@ def test_reentrant_checkpointing_is_refused_or_its_idle_layers_named():
     np.testing.assert_allclose(K, network_similarity(module, X, params="out"))
 
 
-class OneRowExperts(torch.nn.Module):
-    """Each sample routed to one of two experts by the sign of its first input."""
-
-    def __init__(self):
-        super().__init__()
-        self.inp, self.out = torch.nn.Linear(4, 6), torch.nn.Linear(6, 3)
-        self.experts = torch.nn.ModuleList([torch.nn.Linear(6, 6) for _ in range(2)])
-
-    def forward(self, x):
-        h, route = torch.tanh(self.inp(x)), (x[:, 0] > 0).long()
-        y = torch.zeros_like(h)
-        for e, expert in enumerate(self.experts):
-            rows = (route == e).nonzero().flatten()
-            if len(rows):
-                y = y.index_copy(0, rows, expert(h[rows]))
-        return self.out(torch.tanh(y))
-
-
-def test_a_layer_called_on_one_sample_of_the_batch_is_explained():
-    """An expert given one of the batch's samples got an output for every
-    sample, and the network failed in its own index_copy."""
-    torch.manual_seed(0)
-    X = np.random.RandomState(0).randn(6, 4).astype(np.float32)
-    X[:, 0] = [-1, 1, 1, -1, 1, -1]
-    with pytest.raises(ValueError, match=r"gave the layers \['experts.0'\], called on"):
-        network_similarity(OneRowExperts(), X, batch_size=2)
-
-
 class SharedTableThenBug(torch.nn.Module):
     """A position table called once for the batch, then a head that flattens
     the batch: a bug of the network's own, for batches of more than one."""

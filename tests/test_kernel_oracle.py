@@ -147,6 +147,65 @@ def test_the_first_batch_of_a_pass_is_checked_whatever_its_graph(module):
     np.testing.assert_allclose(K, oracle_kernel(J, J, "ntk"), rtol=1e-7, atol=1e-12)
 
 
+class OneRowExperts(torch.nn.Module):
+    """Each sample routed to one of two experts by the sign of its first input."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.out = torch.nn.Linear(4, 6), torch.nn.Linear(6, 3)
+        self.experts = torch.nn.ModuleList([torch.nn.Linear(6, 6) for _ in range(2)])
+
+    def forward(self, x):
+        h, route = torch.tanh(self.inp(x)), (x[:, 0] > 0).long()
+        y = torch.zeros_like(h)
+        for e, expert in enumerate(self.experts):
+            rows = (route == e).nonzero().flatten()
+            if len(rows):
+                y = y.index_copy(0, rows, expert(h[rows]))
+        return self.out(torch.tanh(y))
+
+
+class SampleBySample(torch.nn.Module):
+    """A loop over the samples of the batch, each run alone, joined again."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.out = torch.nn.Linear(4, 6), torch.nn.Linear(6, 3)
+
+    def forward(self, x):
+        one = [self.out(torch.tanh(self.inp(x[i : i + 1]))) for i in range(len(x))]
+        return torch.cat(one)
+
+
+@pytest.mark.parametrize("module", [OneRowExperts, SampleBySample])
+@pytest.mark.parametrize("kind", ["cosine", "ntk", "influence"])
+def test_layers_called_on_single_samples_go_to_the_fallback(module, kind):
+    """Their one-row outputs were expanded to the batch as a shared table's: the
+    experts' network failed in its own index_copy (refused with a ValueError),
+    the loop's returned twice the batch's rows (refused)."""
+    torch.manual_seed(0)
+    net = module().double()
+    X = np.random.RandomState(0).randn(6, 4)
+    X[:, 0] = [-1, 1, 1, -1, 1, -1]
+    J = oracle_jacobians(net, torch.from_numpy(X))
+    expected = oracle_kernel(J, J, kind)
+    for batch_size in (2, 3, 6):
+        K = network_similarity(net, X, kind=kind, batch_size=batch_size)
+        np.testing.assert_allclose(K, expected, rtol=1e-7, atol=1e-12)
+
+
+def test_an_expert_first_called_on_one_sample_in_a_later_batch_is_explained():
+    """The first samples share an expert; a later batch routes one sample alone
+    to the other, whose one-row output is taken for a shared table's."""
+    X = np.random.RandomState(0).randn(6, 4).astype(np.float32)
+    X[:, 0] = [-1, -1, 1, -1, -1, -1]
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # experts.1 idle at first
+        with pytest.raises(ValueError, match=r"gave the layers \['experts.1'\]"):
+            network_similarity(OneRowExperts(), X, batch_size=3)
+
+
 def test_saturated_softmax_outputs_are_not_taken_for_mixed_rows():
     """Outputs of 1 - 1e-5 or so cancel in the backward pass of the softmax,
     which rounds each sample's gradient by 1e-3 in float32: the row check

@@ -412,7 +412,17 @@ class JacobianEngine:
         """
         rows = np.array([0, min(1, n_samples(X) - 1)])
         probe = to_tensor(take(X, rows), self.device, self.dtype)
-        with torch.enable_grad(), LayerCapture(layers, True, 2) as capture:
+        try:
+            return self._probe_pass(layers, probe, 2)
+        except OneRowCalls:
+            # layers called on single samples of the batch (a loop over the
+            # samples, experts routed to): unexpanded, their rows are not the
+            # batch's, and they go to the fallback
+            return self._probe_pass(layers, probe, 1)
+
+    def _probe_pass(self, layers: dict, probe, expand: int) -> tuple:
+        """:meth:`_probe`'s pass, one-row calls expanded to ``expand`` rows."""
+        with torch.enable_grad(), LayerCapture(layers, True, expand) as capture:
             # finiteness is checked in the real pass, where rows are numbered
             outputs = _attached(
                 _explained_call(capture, lambda: self._call(probe, start=None))
@@ -484,9 +494,12 @@ class JacobianEngine:
         copy = self._copy_activations
         b = n_samples(batch)
         with torch.enable_grad(), LayerCapture(layers, copy, b) as capture:
-            outputs = _attached(
-                _explained_call(capture, lambda: self._call(batch, start))
-            )
+            try:
+                outputs = _attached(
+                    _explained_call(capture, lambda: self._call(batch, start))
+                )
+            except OneRowCalls as calls:
+                raise _one_row_error(*calls.args) from calls.args[1]
             capture.recording = False
             _check_same_layers(set(capture.calls), self._ran, start, b)
             if capture.intact():
@@ -551,18 +564,26 @@ def _check_per_sample(call: Callable, batch) -> None:
         )
 
 
+class OneRowCalls(Exception):
+    """A pass failed after layers called on one row got an output per sample.
+
+    ``args``: the names of the expanded layers and the error of the pass.
+    """
+
+
 def _explained_call(capture: LayerCapture, call: Callable) -> torch.Tensor:
     """``call()``, a forward pass, explained if it fails after expansions.
 
     The capture expands a layer's output of one row to the batch, as for a
     table shared by it; a network that called the layer on one of its
-    samples (routing samples to layers) then fails in its own code. The
-    pass is made again without expansions: an error it raises too is the
-    network's own, and is raised as it is.
+    samples (a loop over them, samples routed to layers) then fails in its
+    own code, or gives outputs of other rows. The pass is made again
+    without expansions: an error it raises too is the network's own, and is
+    raised as it is; otherwise :class:`OneRowCalls`.
     """
     try:
         return call()
-    except (RuntimeError, IndexError) as error:
+    except (RuntimeError, IndexError, ValueError) as error:
         if not capture.expanded:
             raise
         capture.recording = False  # the hooks expand nothing then
@@ -571,16 +592,21 @@ def _explained_call(capture: LayerCapture, call: Callable) -> torch.Tensor:
                 call()
         except Exception:
             raise error from None
-        raise ValueError(
-            f"The network failed ({str(error).splitlines()[0]}) after sksim "
-            f"gave the layers {sorted(capture.expanded)}, called on one row, an "
-            "output for every sample of the batch, as for a table the batch "
-            "shares: if the network called them on one of its samples (routing "
-            "samples to layers, as a mixture of experts does), sksim cannot "
-            "pair the gradients of other layers for other samples. Compute the "
-            "similarities of inputs that run the same layers apart, or select "
-            "the parameters they share with params=."
-        ) from error
+        raise OneRowCalls(sorted(capture.expanded), error) from error
+
+
+def _one_row_error(names: list[str], error: Exception) -> ValueError:
+    """The error of a batch whose layers ``names`` ran on single samples."""
+    return ValueError(
+        f"The network failed ({str(error).splitlines()[0]}) after sksim "
+        f"gave the layers {names}, called on one row, an output for every "
+        "sample of the batch, as for a table the batch shares: if the network "
+        "called them on one of its samples (routing samples to layers, as a "
+        "mixture of experts does) in this batch only, sksim cannot pair the "
+        "gradients of other layers for other samples. Compute the "
+        "similarities of inputs that run the same layers apart, or select "
+        "the parameters they share with params=."
+    )
 
 
 def _warn_mixed(layer: str, start: int) -> None:
