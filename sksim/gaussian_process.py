@@ -218,7 +218,8 @@ class NetworkKernel(Kernel):
                 UserWarning,
                 stacklevel=2,
             )
-        key = self._key(X, Y)
+        # an optimiser's steps ask for the gradient: only they reuse a matrix
+        key = self._key(X, Y) if eval_gradient else None
         K = self._remembered(key)
         if K is None:
             K = _similarity(engine, X, Y, self.kind, "trace", self.rtol, None)
@@ -228,18 +229,23 @@ class NetworkKernel(Kernel):
         return K
 
     def _key(self, X, Y) -> str | None:
-        """A hash of the inputs and settings of a kernel matrix (None for datasets)."""
+        """A hash of the inputs and settings of a kernel matrix (None for datasets).
+
+        The net enters by its identity: its weights cannot change (see
+        :meth:`_check_weights`).
+        """
         if is_dataset(X) or is_dataset(Y):
             return None  # hashing would read them whole
         settings = self.get_params(deep=False)
-        del settings["net"]  # its weights cannot change (see _check_weights)
+        settings["net"] = id(settings["net"])
         return joblib.hash((X, Y, repr(settings)))
 
     def _remembered(self, key: str | None) -> np.ndarray | None:
         """A copy of the last matrix, if it was of these inputs and settings.
 
-        A Gaussian process's optimiser evaluates its kernel on the training
-        inputs at every step, though this kernel has no hyper-parameter.
+        A Gaussian process's optimiser evaluates its kernel and its gradient
+        on the training inputs at every step, though this kernel has no
+        hyper-parameter. Other calls compute again.
         """
         last = self.__dict__.get("_last")
         if key is None or last is None or last[0] != key:

@@ -176,14 +176,22 @@ def test_the_optimiser_evaluates_the_network_once(mlp, regression, monkeypatch):
     kernel = ConstantKernel() * NetworkKernel(mlp, kind="ntk") + WhiteKernel()
     gp = GaussianProcessRegressor(kernel, n_restarts_optimizer=2, random_state=0)
     gp.fit(X, y)
-    assert len(calls) == 1
+    assert len(calls) == 2  # the optimiser's steps, then the final factorisation
     network = gp.kernel_.k1.k2
-    K = network(X)
+    K, _ = network(X, eval_gradient=True)
     K += 1.0  # as a Gaussian process adds its alpha, in place
-    np.testing.assert_array_equal(network(X), network_similarity(mlp, X, kind="ntk"))
+    expected = network_similarity(mlp, X, kind="ntk")
+    np.testing.assert_array_equal(network(X, eval_gradient=True)[0], expected)
     network.set_params(kind="cosine")
-    np.testing.assert_array_equal(network(X), network_similarity(mlp, X))
+    cosine = network_similarity(mlp, X)
+    np.testing.assert_array_equal(network(X, eval_gradient=True)[0], cosine)
     assert "_last" not in pickle.loads(pickle.dumps(network)).__dict__
+    other = copy.deepcopy(mlp)  # the same weights, another function:
+    other.forward = lambda x: other.out(torch.tanh(other.fc2(torch.tanh(other.fc1(x)))))
+    network.set_params(net=other)
+    np.testing.assert_array_equal(
+        network(X, eval_gradient=True)[0], network_similarity(other, X)
+    )
 
 
 def test_gradient_is_empty(mlp, regression):

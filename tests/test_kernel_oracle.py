@@ -206,6 +206,35 @@ def test_an_expert_first_called_on_one_sample_in_a_later_batch_is_explained():
             network_similarity(OneRowExperts(), X, batch_size=3)
 
 
+class TwoRowsExchanged(torch.nn.Module):
+    """Rows ``i`` and ``j`` exchanged around the middle layer only."""
+
+    def __init__(self, i, j):
+        super().__init__()
+        self.i, self.j = i, j
+        self.a, self.c, self.b = (torch.nn.Linear(*s) for s in ((3, 8), (8, 8), (8, 2)))
+
+    def forward(self, x):
+        order = torch.arange(len(x))
+        if len(x) > max(self.i, self.j):
+            order[self.i], order[self.j] = self.j, self.i
+        h = torch.tanh(self.a(x))
+        return self.b(torch.tanh(self.c(h[order]))[order])
+
+
+@pytest.mark.parametrize("rows", [(0, 15), (6, 8), (2, 5)])
+def test_any_two_rows_exchanged_in_a_batch_are_found(rows):
+    """Row weights 2^(k mod 11) were shared by rows of batches of 12 or more:
+    rows 0 and 15 of 16 exchanged gave a kernel 0.9 off, without a warning."""
+    torch.manual_seed(0)
+    net = TwoRowsExchanged(*rows).double()
+    X = torch.randn(16, 3, dtype=torch.float64)
+    J = oracle_jacobians(net, X)
+    with pytest.warns(UserWarning, match="mixed the samples of the batch"):
+        K = network_similarity(net, X, kind="ntk", batch_size=16)
+    np.testing.assert_allclose(K, oracle_kernel(J, J, "ntk"), rtol=1e-7, atol=1e-12)
+
+
 def test_saturated_softmax_outputs_are_not_taken_for_mixed_rows():
     """Outputs of 1 - 1e-5 or so cancel in the backward pass of the softmax,
     which rounds each sample's gradient by 1e-3 in float32: the row check

@@ -29,6 +29,7 @@ signals' own pass (:class:`RowsMixed`).
 
 from __future__ import annotations
 
+import math
 from functools import reduce
 
 import torch
@@ -424,14 +425,14 @@ def _output_signals(
     check = b > 1 and (check_rows or may_move_rows(_leaf_uses(outputs)[1]))
     if check:
         w, u = _row_direction(b, d, outputs)
-        seeds = torch.cat([seeds, u.expand(1, b, d), (w[:, None] * u)[None]])
+        seeds = torch.cat([seeds, u.expand(1, b, d), w[:, :, None] * u])
     signals = []
     for i, (g, z) in enumerate(zip(_seeded_grads(outputs, zs, seeds), zs, strict=True)):
         if g is None:
             signals.append(z.new_zeros(b, d, *z.shape[1:]))
             continue
         g = g.detach()
-        if check and _rows_mixed(g[d], g[d + 1], w):
+        if check and any(_rows_mixed(g[d], g[d + 1 + k], w[k]) for k in range(len(w))):
             raise RowsMixed(i)
         signals.append(g[:d].transpose(0, 1))
     return signals
@@ -467,24 +468,30 @@ def _seeded_grads(outputs: torch.Tensor, zs: list, seeds: torch.Tensor) -> list:
     ]
 
 
+WEIGHT_LEVELS = 11  # row weights 2^0 .. 2^10: no overflow of float16 gradients below 64
+
+
 class RowsMixed(Exception):
     """Some sample's outputs reach another row of a recorded layer output."""
 
 
 def _row_direction(b: int, d: int, outputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Row weights ``w`` ``(b,)`` and an output direction ``u`` ``(d,)``.
+    """Sets of row weights ``w`` ``(m, b)`` and an output direction ``u`` ``(d,)``.
 
-    The weights are powers of two, ``2^k`` with ``k`` from 0 to 10 by a fixed
-    shuffle of the rows: a seed scaled by them scales every rounding of a
-    backward pass exactly, so that a row's gradient is exactly ``w_i`` times
-    that of the unscaled seed, however much the network's own rounding
-    cancels (a saturated softmax).
+    The weights are powers of two: a seed scaled by them scales every
+    rounding of a backward pass exactly, so that a row's gradient is exactly
+    ``w_i`` times that of the unscaled seed, however much the network's own
+    rounding cancels (a saturated softmax). Set ``k`` gives row ``i``
+    ``2^digit_k``, the ``k``-th base-11 digit of its number in a fixed
+    shuffle: two rows differ in some set, which finds any exchange of rows.
     """
     generator = torch.Generator().manual_seed(0)
     rank = torch.randperm(b, generator=generator)
     u = torch.randn(d, generator=generator, dtype=torch.float64)
+    m = max(1, math.ceil(math.log(b, WEIGHT_LEVELS) - 1e-9))
+    digits = torch.stack([(rank // WEIGHT_LEVELS**k) % WEIGHT_LEVELS for k in range(m)])
     like = dict(dtype=outputs.dtype, device=outputs.device)
-    return torch.exp2((rank % 11).double()).to(**like), u.to(**like)
+    return torch.exp2(digits.double()).to(**like), u.to(**like)
 
 
 def _rows_mixed(plain, weighted, w) -> bool:
@@ -493,16 +500,18 @@ def _rows_mixed(plain, weighted, w) -> bool:
     Both ``(b, ...)``, gradients of one direction of each sample's outputs,
     the second scaled by ``w_i`` per sample. Each row is compared in norm,
     within the square root of the dtype's resolution of the two (for
-    reductions whose order varies between passes); rows with non-finite
-    values are left to the finiteness checks.
+    reductions whose order varies between passes), and the rounding of values
+    below the dtype's smallest normal number, which scaling does not keep;
+    rows with non-finite values are left to the finiteness checks.
     """
     b = weighted.shape[0]
     expected = w.to(weighted.dtype)[:, None] * plain.reshape(b, -1)
     weighted = weighted.reshape(b, -1)
     error = (weighted - expected).norm(dim=-1)
     scale = expected.norm(dim=-1) + weighted.norm(dim=-1)
-    eps = torch.finfo(weighted.dtype).eps
-    bound = eps**0.5 * scale + eps * scale.max()
+    info = torch.finfo(weighted.dtype)
+    subnormal = info.tiny * w.max() * weighted.shape[1] ** 0.5
+    bound = info.eps**0.5 * scale + info.eps * scale.max() + subnormal
     return bool(((error > bound) & error.isfinite() & scale.isfinite()).any())
 
 
