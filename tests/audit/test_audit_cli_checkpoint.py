@@ -175,6 +175,19 @@ def regression_factory(tmp_path, monkeypatch):
     return tmp_path
 
 
+def saved_regression(module, X, y, folder, lr):
+    """A regressor trained on the first 70 rows, saved with both splits as the CLI
+    reads them (train.npz, test.npz, mlp.pt)."""
+    with torch_seed(0):
+        net = NeuralNetRegressor(
+            module, max_epochs=20, lr=lr, train_split=None, verbose=0
+        ).fit(X[:70], y[:70, None])
+    np.savez(folder / "train.npz", X=X[:70], y=y[:70])
+    np.savez(folder / "test.npz", X=X[70:], y=y[70:])
+    torch.save(net.module_.state_dict(), folder / "mlp.pt")
+    return net
+
+
 def test_cli_checkpoint_of_a_regression_net(regression_factory, monkeypatch):
     import userreg
 
@@ -182,13 +195,7 @@ def test_cli_checkpoint_of_a_regression_net(regression_factory, monkeypatch):
     rng = np.random.RandomState(0)
     X = rng.uniform(-2, 2, size=(100, 2)).astype(np.float32)
     y = (np.sin(X[:, 0]) + 0.5 * X[:, 1]).astype(np.float32)
-    with torch_seed(0):
-        net = NeuralNetRegressor(
-            userreg.make((2,), 1), max_epochs=20, lr=0.1, train_split=None, verbose=0
-        ).fit(X[:70], y[:70, None])
-    np.savez(folder / "train.npz", X=X[:70], y=y[:70])
-    np.savez(folder / "test.npz", X=X[70:], y=y[70:])
-    torch.save(net.module_.state_dict(), folder / "mlp.pt")
+    net = saved_regression(userreg.make((2,), 1), X, y, folder, lr=0.1)
     no_training(monkeypatch)
     argv = checkpoint_argv(folder, "--module", "userreg:make", "--quiet")
     argv += ["--analyses", "density,class_fitting", "--json", str(folder / "r.json")]
@@ -210,13 +217,7 @@ def test_cli_checkpoint_of_a_regression_on_counts(regression_factory, monkeypatc
     rng = np.random.RandomState(0)
     X = rng.uniform(0, 2, size=(100, 2)).astype(np.float32)
     y = rng.poisson(2 * X[:, 0] + X[:, 1]).astype(np.float32)  # counts, 0 to 9
-    with torch_seed(0):
-        net = NeuralNetRegressor(
-            userreg.make((2,), 1), max_epochs=20, lr=0.05, train_split=None, verbose=0
-        ).fit(X[:70], y[:70, None])
-    np.savez(folder / "train.npz", X=X[:70], y=y[:70])
-    np.savez(folder / "test.npz", X=X[70:], y=y[70:])
-    torch.save(net.module_.state_dict(), folder / "mlp.pt")
+    net = saved_regression(userreg.make((2,), 1), X, y, folder, lr=0.05)
     no_training(monkeypatch)
     argv = checkpoint_argv(folder, "--module", "userreg:make", "--quiet")
     argv += ["--analyses", "density", "--json", str(folder / "r.json")]
