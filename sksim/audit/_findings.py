@@ -410,7 +410,10 @@ def isolated_finding(result):
     isolated = [g for g in result.examples if g["kind"] == "isolated"]
     first = isolated[0]
     none = int((result.tables["samples"]["neighbor_count"] < COUNT_FLOOR).sum())
-    shown = f"#{first['index']} (label {first['label']})"
+    if result.metadata["task"] == "regression":
+        shown = f"#{first['index']} (target {first['label']:.3g})"
+    else:
+        shown = f"#{first['index']} (label {first['label']})"
     if soft_counts(result):
         return (
             f"The least dense held-out example, {shown}, has a soft count of "

@@ -210,6 +210,9 @@ def test_prefit_regression_net(regression, monkeypatch, tmp_path):
         "regression network."
     )
     assert "needs inputs of shape (n, C, H, W)" in result.skipped["sensitivity"]
+    isolated = next(g for g in result.examples if g["kind"] == "isolated")
+    target = f"#{isolated['index']} (target {isolated['label']:.3g})"
+    assert any(target in text for text in findings(result))  # was a label
     prediction = net.predict(X_test)[:, 0]
     folds = result["folds"]
     assert folds["r2"].iloc[0] == pytest.approx(net.score(X_test, y_test), rel=1e-6)
