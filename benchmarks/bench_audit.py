@@ -158,7 +158,7 @@ def audit_rows(n_samples, args, rows, write):
     and ``"scaled"`` (1: the linear-cost methods at every size); the folds
     are trained once for both. A step that would end past ``--deadline`` is
     skipped (see :func:`skipped`). ``write()`` is called after the training
-    and after each mode's analyses.
+    and after each analysis, so that a run cut short keeps what it measured.
     """
     X, y, net = dataset_and_net(n_samples, args)
     thresholds = dict(auto=args.scale_threshold, scaled=1)
@@ -182,39 +182,49 @@ def audit_rows(n_samples, args, rows, write):
             rows[mode].append(training)
         write()
         for mode in args.modes:
-            names = []
-            for name in args.analyses:
-                if (reason := skipped(name, n_samples, args)) is not None:
-                    rows[mode].append(dict(step=name, method=reason))
-                else:
-                    names.append(name)
-            runs = {(name,): [] for name in names}
-            if args.one_audit and mode == "auto" and len(names) > 1:
-                runs[tuple(names)] = []
-            for _ in range(args.repeat):  # interleaved: a slow spell hits one run
-                for analyses in runs:
-                    runs[analyses].append(
+            runs = {(name,): [] for name in args.analyses}
+            if args.one_audit and mode == "auto" and len(args.analyses) > 1:
+                runs[tuple(args.analyses)] = []
+            for round_ in range(args.repeat):  # interleaved: a slow spell hits one
+                for analyses, measured in runs.items():
+                    step = step_name(analyses)
+                    if round_ == 0 and (reason := skipped(step, n_samples, args)):
+                        rows[mode].append(dict(step=step, method=reason))
+                        measured.append(None)  # no further round either
+                    if None in measured:
+                        continue
+                    measured.append(
                         analysis_run(net, X, y, analyses, thresholds[mode], cache, args)
                     )
-            for analyses, measured in runs.items():
-                name = analyses[0] if len(analyses) == 1 else ONE_AUDIT
-                extra = training["seconds"] if name == ONE_AUDIT else 0
-                result = measured[0]["result"]
-                row = dict(
-                    step=name,
-                    seconds=extra + min(run["seconds"] for run in measured),
-                    slowest=extra + max(run["seconds"] for run in measured),
-                    mib=max(run["mib"] for run in measured),
-                    gpu_mib=max(run["gpu_mib"] for run in measured),
-                    method=result.metadata["methods"].get(name, ""),
-                )
-                folds = result.tables["folds"]
-                if "neighbor_recall" in folds:
-                    row["recall"] = float(folds["neighbor_recall"].mean())
-                rows[mode].append(row)
-                args.measured[name] = (n_samples, row["seconds"])
-                print(f"  N={n_samples} {mode} {name}: {row['seconds']:.1f} s")
-            write()
+                    if round_ == args.repeat - 1:  # written at once: a run cut short
+                        row = step_row(step, measured, training)
+                        rows[mode].append(row)
+                        args.measured[step] = (n_samples, row["seconds"])
+                        print(f"  N={n_samples} {mode} {step}: {row['seconds']:.1f} s")
+                        write()
+
+
+def step_name(analyses) -> str:
+    """The page's name of the step running ``analyses``."""
+    return analyses[0] if len(analyses) == 1 else ONE_AUDIT
+
+
+def step_row(name, measured, training) -> dict:
+    """The page's row of step ``name`` from its runs ``measured``."""
+    extra = training["seconds"] if name == ONE_AUDIT else 0
+    result = measured[0]["result"]
+    row = dict(
+        step=name,
+        seconds=extra + min(run["seconds"] for run in measured),
+        slowest=extra + max(run["seconds"] for run in measured),
+        mib=max(run["mib"] for run in measured),
+        gpu_mib=max(run["gpu_mib"] for run in measured),
+        method=result.metadata["methods"].get(name, ""),
+    )
+    folds = result.tables["folds"]
+    if "neighbor_recall" in folds:
+        row["recall"] = float(folds["neighbor_recall"].mean())
+    return row
 
 
 def analysis_run(net, X, y, analyses, threshold, cache, args) -> dict:

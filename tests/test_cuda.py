@@ -4,6 +4,7 @@ Skipped where no CUDA device exists (as in CI); run on a GPU machine.
 """
 
 import copy
+import warnings
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from sksim import (
     NetworkNeighbors,
     NetworkSimilarityKernel,
     SelfDenoisingAnalysis,
+    SingularJacobianGramWarning,
     gradient_features,
     network_similarity,
     relative_sensitivity,
@@ -28,6 +30,8 @@ from sksim._engine import gram
 from sksim._engine.jacobian import JacobianEngine
 from sksim._engine.pieces import KeptPieces
 from sksim._engine.rows import candidate_similarities, streamed_similarities
+from sksim.audit import audit
+from sksim.audit.models import make_classifier
 from sksim.representations import extract_representations
 
 pytestmark = pytest.mark.skipif(
@@ -40,7 +44,9 @@ def _case(name):
 
 
 @pytest.mark.parametrize("kind", ["cosine", "ntk", "influence"])
-@pytest.mark.parametrize("case", ["mlp_d3", "cnn_batchnorm", "residual", "tokens"])
+@pytest.mark.parametrize(
+    "case", ["mlp_d3", "cnn_batchnorm", "residual", "tokens", "bert", "gpt2", "gru"]
+)
 def test_cuda_kernel_matches_the_cpu_oracle(case, kind):
     module, X = _case(case)
     J = oracle_jacobians(module, X)
@@ -152,3 +158,73 @@ def test_cuda_representations_and_sensitivity(digits_nets):
         results[0]["R"].to_numpy(dtype=float),
         rtol=1e-3,
     )
+
+
+class TwoRowsExchanged(torch.nn.Module):
+    """Rows 0 and 15 of a batch exchanged around the middle layer only."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.c, self.b = (torch.nn.Linear(*s) for s in ((3, 8), (8, 8), (8, 2)))
+
+    def forward(self, x):
+        order = torch.arange(len(x), device=x.device)
+        if len(x) == 16:
+            order[0], order[15] = 15, 0
+        h = torch.tanh(self.a(x))
+        return self.b(torch.tanh(self.c(h[order]))[order])
+
+
+def test_cuda_row_check_finds_exchanged_rows_and_spares_saturated_softmax():
+    torch.manual_seed(0)
+    net = TwoRowsExchanged().double()
+    X = torch.randn(16, 3, dtype=torch.float64)
+    J = oracle_jacobians(net, X)
+    with pytest.warns(UserWarning, match="mixed the samples of the batch"):
+        K = network_similarity(net, X, kind="ntk", batch_size=16, device="cuda")
+    np.testing.assert_allclose(K, oracle_kernel(J, J, "ntk"), rtol=1e-7, atol=1e-12)
+    # confident float32 softmax outputs, whose backward pass cancels, on the GPU
+    net = torch.nn.Sequential(
+        torch.nn.Linear(20, 32), torch.nn.ReLU(), torch.nn.Linear(32, 100)
+    )
+    X = torch.randn(4000, 20)
+    with torch.no_grad():
+        net[2].weight.mul_(80)
+        gap = 1 - torch.softmax(net(X), -1).max(1).values
+    X = X[(gap > 1e-6) & (gap < 1e-4)][:16].numpy()
+
+    def probabilities(out):
+        return torch.softmax(out, -1)[:, :99]
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", "The network mixed the samples")
+        warnings.simplefilter("ignore", SingularJacobianGramWarning)
+        K = network_similarity(net, X, output=probabilities, device="cuda")
+        one_by_one = network_similarity(net, X, output=probabilities, batch_size=1)
+    np.testing.assert_allclose(K, one_by_one, rtol=0, atol=1e-5)
+
+
+def test_cuda_prefit_audit_leaves_the_gpu_net_as_it_was(digits):
+    X, y = digits
+    X = (X[:240] / 16.0).astype(np.float32)
+    y = y[:240].astype(np.int64)
+    torch.manual_seed(0)
+    net = make_classifier("mlp", X, n_classes=10, max_epochs=6, device="cuda")
+    net.fit(X[:160], y[:160])
+    before = {k: v.clone() for k, v in net.module_.state_dict().items()}
+    result = audit(
+        net,
+        X[:160],
+        y[:160],
+        cv="prefit",
+        X_test=X[160:],
+        y_test=y[160:],
+        analyses=("density", "neighbors", "denoising"),
+        n_neighbors=3,
+        errors="raise",
+    )
+    after = net.module_.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+    assert next(net.module_.parameters()).device.type == "cuda"
+    accuracy = result["folds"]["accuracy"].tolist()
+    assert accuracy == [net.score(X[160:], y[160:])]
