@@ -226,16 +226,19 @@ def isolated_figure(result: AuditResult) -> Figure | None:
     fig, axes = _render.subplots(
         1, len(items), figsize=(1.1 * len(items) + 0.4, 1.7), squeeze=False
     )
+    regression = result.metadata["task"] == "regression"
     for ax, item in zip(axes[0], items, strict=True):
+        shown = f"{item['label']:.3g}" if regression else item["label"]
+        wrong = not regression and item["label"] != item["prediction"]
         _render.thumbnail(
             ax,
             item["image"],
-            f"#{item['index']} y={item['label']}\nlog ρ={item['log_density']:.2f}",
-            "tab:red" if item["label"] != item["prediction"] else "black",
+            f"#{item['index']} y={shown}\nlog ρ={item['log_density']:.2f}",
+            "tab:red" if wrong else "black",
         )
     fig.suptitle(
-        "Most isolated examples, lowest log relative density ρ first "
-        "(red: misclassified when held out)",
+        "Most isolated examples, lowest log relative density ρ first"
+        + ("" if regression else " (red: misclassified when held out)"),
         fontsize=8,
     )
     return fig
@@ -331,10 +334,13 @@ def isolated_section(result) -> str:
         )
     columns = ["index", "fold", "label", "prediction", "log_density"]
     columns += ["neighbor_count", "features"]
+    rows = _rows(items, columns).dropna(axis=1, how="all")
+    if result.metadata["task"] == "regression":
+        rows = rows.rename(columns={"label": "target"})
     return (
         _render.paragraph(text)
         + _render.figure(isolated_figure, result)
-        + _render.table(_rows(items, columns).dropna(axis=1, how="all"))
+        + _render.table(rows)
     )
 
 

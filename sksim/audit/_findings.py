@@ -26,6 +26,16 @@ def _spread(std, digits=".3f"):
     return "" if math.isnan(std) else f" ± {std:{digits}}"
 
 
+def counted(n, noun):
+    """``n`` and ``noun``, in the plural unless ``n`` is one."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def over_folds(n_folds):
+    """Over which held-out data a score was taken, in words."""
+    return "on the one held-out split" if n_folds == 1 else f"mean over {n_folds} folds"
+
+
 def accuracy_meaning(mean, std, n_folds):
     """One sentence on the held-out accuracy."""
     consistency = (
@@ -39,8 +49,8 @@ def accuracy_meaning(mean, std, n_folds):
     )
     return (
         f"About {mean * 100:.0f} in 100 held-out examples are classified "
-        f"correctly by a network that never saw them (mean over {n_folds} "
-        f"fold(s)).{consistency}"
+        f"correctly by a network that never saw them ({over_folds(n_folds)})."
+        f"{consistency}"
     )
 
 
@@ -54,8 +64,8 @@ def fit_finding(r2, rmse, n_folds):
     )
     return (
         f"Held-out R² {mean:.3f}{_spread(std)}, root mean squared error "
-        f"{error:.3g}{_spread(error_std, '.3g')}: {reading} (mean over "
-        f"{n_folds} fold(s))."
+        f"{error:.3g}{_spread(error_std, '.3g')}: {reading} "
+        f"({over_folds(n_folds)})."
     )
 
 
@@ -493,7 +503,8 @@ def findings(result):
     if meta.get("warnings"):
         times = sum(w["times"] for w in meta["warnings"])
         out.append(
-            f"{times} warning(s) of {len(meta['warnings'])} kind(s) were raised "
-            "during the analyses (listed in the summary)."
+            f"{counted(times, 'warning')} of {counted(len(meta['warnings']), 'kind')} "
+            f"{'was' if times == 1 else 'were'} raised during the analyses (listed in "
+            "the summary)."
         )
     return [text for text in out if text]

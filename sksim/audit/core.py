@@ -88,7 +88,8 @@ class AuditResult:
         on every fold has no tables.
     metadata : dict
         Dataset, task (``"classification"`` or ``"regression"``), model and
-        cross-validation description (``cv="prefit"`` for a prefit audit),
+        cross-validation (``cv``: the splitter's repr, ``"prefit"`` for a
+        prefit audit; ``cv_words``: what it does, in words),
         ``scale_threshold`` and ``methods`` (the method each analysis used,
         and why, in words), timings (``seconds``: ``fit`` for the training,
         ``predict`` instead when prefit, then each analysis), versions, and
@@ -668,7 +669,7 @@ def audit(
     requested = [a for a in requested if a.name not in skipped]
     with warnings.catch_warnings(record=True) as split_warnings:
         warnings.simplefilter("always")
-        protocol, splits = _splits(cv, data, prefit, groups)
+        protocol, protocol_words, splits = _splits(cv, data, prefit, groups)
     smallest = min(len(train) for train, _ in splits)
     if "neighbors" in (a.name for a in requested) and n_neighbors > smallest:
         raise ValueError(
@@ -722,6 +723,7 @@ def audit(
         input_shape=list(sample_shape(data.X)),
         n_classes=None if data.classes is None else int(len(data.classes)),
         cv=protocol,
+        cv_words=protocol_words,
         n_folds=len(splits),
         analyses=[a.name for a in ran],
         n_neighbors=int(n_neighbors),
@@ -742,14 +744,45 @@ def audit(
 
 
 def _splits(cv, data, prefit, groups=None):
-    """A description of the protocol and its (train, test) index pairs."""
+    """The protocol (its repr and in words) and its (train, test) index pairs."""
     if prefit:
         if groups is not None:
             raise ValueError('groups are for a splitter; cv="prefit" has none.')
         split = (np.arange(len(data.X)), np.arange(len(data.X_test)))
-        return "prefit", [split]
+        words = "none: the trained network (prefit) on the given train/test split"
+        return "prefit", words, [split]
     splitter = check_cv(cv, data.y, classifier=True)
-    return repr(splitter), cv_partition(splitter, data.X, data.y, groups)
+    splits = cv_partition(splitter, data.X, data.y, groups)
+    return repr(splitter), splitter_words(splitter, len(splits)), splits
+
+
+def splitter_words(splitter, n_splits: int) -> str:
+    """What a scikit-learn splitter does, in words, with its class name.
+
+    >>> from sklearn.model_selection import StratifiedKFold
+    >>> splitter_words(StratifiedKFold(3, shuffle=True, random_state=0), 3)
+    'StratifiedKFold: 3 folds, the classes in like proportions, shuffled with seed 0'
+    """
+    name = type(splitter).__name__
+    if name == "_CVIterableWrapper":
+        return f"{n_splits} train/test splits given as index arrays"
+    if not name.endswith("KFold"):
+        return f"{n_splits} train/test splits: {splitter!r}"
+    parts = [f"{n_splits} folds"]
+    if "Group" in name:
+        parts.append("each group whole in one fold")
+    if "Stratified" in name:
+        parts.append("the classes in like proportions")
+    shuffle, seed = (
+        getattr(splitter, key, None) for key in ("shuffle", "random_state")
+    )
+    if shuffle:
+        parts.append(
+            "shuffled at random" if seed is None else f"shuffled with seed {seed}"
+        )
+    elif shuffle is not None:
+        parts.append("in the data's order, not shuffled")
+    return f"{name}: {', '.join(parts)}"
 
 
 def _methods(methods, analyses):
@@ -765,10 +798,37 @@ def _methods(methods, analyses):
         if len(texts) == 1:
             described[analysis.name] = texts[0]
         elif texts:
-            described[analysis.name] = "; ".join(
+            described[analysis.name] = _numbers_as_ranges(texts) or "; ".join(
                 f"fold {fold}: {text}" for fold, text in per_fold.items()
             )
     return described
+
+
+_NUMBER = re.compile(r"\d+(?:,\d{3})*(?:\.\d+)?")
+
+
+def _numbers_as_ranges(texts) -> str | None:
+    """One text for texts that differ only in their numbers, given as ranges.
+
+    None when their words differ.
+
+    >>> _numbers_as_ranges(["fitted on 9,986 of 10,000", "fitted on 9,987 of 10,000"])
+    'fitted on 9,986 to 9,987 (over the folds) of 10,000'
+    """
+    words = {_NUMBER.sub("#", text) for text in texts}
+    if len(words) > 1:
+        return None
+    columns = zip(*(_NUMBER.findall(text) for text in texts), strict=True)
+    shown = []
+    for numbers in columns:
+        ordered = sorted(set(numbers), key=lambda n: float(n.replace(",", "")))
+        shown.append(
+            ordered[0]
+            if len(ordered) == 1
+            else f"{ordered[0]} to {ordered[-1]} (over the folds)"
+        )
+    pieces = _NUMBER.split(texts[0])
+    return pieces[0] + "".join(n + p for n, p in zip(shown, pieces[1:], strict=True))
 
 
 def _describe(net, prefit):

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._examples import isolated_section, support_section
-from ._findings import findings, headline_meanings
+from ._findings import counted, findings, headline_meanings
 from ._names import named
 from ._render import paragraph, table
 from ._tables import import_pandas
@@ -39,7 +39,8 @@ header { background: #24394f; color: white; padding: 1.2em 2em; }
 header h1 { margin: 0 0 .2em 0; font-size: 1.6em; }
 nav { background: #e8ecf1; padding: .5em 2em; position: sticky; top: 0; }
 nav a { margin-right: 1.2em; color: #24394f; text-decoration: none; }
-main { padding: 0 2em 2em 2em; max-width: 1150px; }
+main { padding: 0 2em 2em 2em; max-width: 1600px; }
+p, ul { max-width: 75em; }
 section { background: white; border-radius: 6px; padding: .6em 1.4em 1em 1.4em;
           margin-top: 1.2em; box-shadow: 0 1px 3px rgba(0,0,0,.12); }
 h2 { border-bottom: 1px solid #d0d7de; padding-bottom: .2em; }
@@ -80,13 +81,6 @@ def _metric(label, frame, metric, meaning=None):
     shown = "n/a" if math.isnan(mean) else f"{mean:.3f}{spread}"
     text = "" if meaning is None else f"<span>{html.escape(meaning)}</span>"
     return f'<div class="metric">{html.escape(label)}<b>{shown}</b>{text}</div>'
-
-
-def protocol(meta: Mapping[str, Any]) -> str:
-    """How the audited networks met their held-out data, in words."""
-    if meta["cv"] == "prefit":
-        return "none: the trained network (prefit) on the given train/test split"
-    return meta["cv"]
 
 
 def _headline(meta) -> str:
@@ -143,8 +137,8 @@ def _warnings_table(meta):
     rows = []
     for w in meta["warnings"]:
         where = "; ".join(
-            f"{name}: {a['times']} time(s)"
-            + ("" if a["samples"] is None else f", {a['samples']} sample(s)")
+            f"{name}: {counted(a['times'], 'time')}"
+            + ("" if a["samples"] is None else f", {counted(a['samples'], 'sample')}")
             for name, a in w["analyses"].items()
         )
         rows.append(
@@ -158,14 +152,21 @@ def _warnings_table(meta):
     return import_pandas().DataFrame(rows)
 
 
-def _facts(meta):
+def _facts(result):
+    meta, folds = result.metadata, result.tables["folds"]
+    samples = (
+        f"{int(folds['n_train'].iloc[0])} training and {int(folds['n_test'].iloc[0])} "
+        "test examples"
+        if meta["cv"] == "prefit"
+        else meta["n_samples"]
+    )
     facts = [
         ("network", meta["net"]),
         ("task", meta["task"]),
-        ("samples", meta["n_samples"]),
+        ("samples", samples),
         ("input shape", meta["input_shape"]),
         ("classes", classes_text(meta)),
-        ("cross-validation", protocol(meta)),
+        ("cross-validation", meta["cv_words"]),
         ("analyses run", ", ".join(meta["analyses"]) or "none"),
         ("scale threshold", meta.get("scale_threshold")),
     ]
@@ -193,7 +194,7 @@ def _summary(result) -> str:
         for label, metric in HEADLINE
     ]
     parts.append("</div>")
-    parts.append(_facts(meta))
+    parts.append(_facts(result))
     parts.append("<h3>Time taken</h3>")
     parts.append(table(timings(meta)))
     if meta.get("methods"):

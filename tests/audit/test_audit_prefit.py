@@ -223,7 +223,7 @@ def test_prefit_regression_net(regression, monkeypatch, tmp_path):
         f"Held-out R² {folds['r2'].iloc[0]:.3f}, root mean squared error "
         f"{folds['rmse'].iloc[0]:.3g}: the network accounts for "
         f"{folds['r2'].iloc[0]:.0%} of the variance of targets it never saw "
-        "(mean over 1 fold(s))."
+        "(on the one held-out split)."
     )
     samples = result["samples"]
     np.testing.assert_allclose(samples["squared_error"], squared, rtol=1e-6)
@@ -252,6 +252,11 @@ def test_prefit_regression_net(regression, monkeypatch, tmp_path):
     assert "prefit network, given train/test split" in html
     assert "R² (one split)" in html and "<th>target</th>" in html  # the gallery
     assert "Skipped: the class_fitting analysis needs class labels" in html
+    facts = "<th>samples</th><td style='text-align:left'>120 training and 40 test"
+    assert facts in html  # was 160, as if the test inputs were trained on
+    isolated = html[html.index('<section id="isolated">') :]
+    isolated = isolated[: isolated.index("</section>")]
+    assert "<th>target</th>" in isolated and "<th>label</th>" not in isolated
 
 
 def test_a_regression_worse_than_the_mean_is_read_as_such():
@@ -259,7 +264,7 @@ def test_a_regression_worse_than_the_mean_is_read_as_such():
     assert text == (
         "Held-out R² -0.250 ± 0.050, root mean squared error 1.5 ± 0.1: the "
         "network predicts targets it never saw no better than their mean would "
-        "(mean over 2 fold(s))."
+        "(mean over 2 folds)."
     )
 
 

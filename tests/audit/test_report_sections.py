@@ -1,6 +1,7 @@
 """The report's findings, meanings, examples worth a look and warning counts."""
 
 import copy
+import html
 import warnings
 from types import SimpleNamespace
 
@@ -9,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from sklearn.model_selection import KFold, ShuffleSplit, StratifiedGroupKFold
 from test_audit_report import parse
 
 from sksim.audit import audit
@@ -30,7 +32,13 @@ from sksim.audit._findings import (
     summary_value,
 )
 from sksim.audit.analyses.neighbors import _gallery_rows, diverse
-from sksim.audit.core import _count_warning, _warning_rows, _warning_text
+from sksim.audit.core import (
+    _count_warning,
+    _methods,
+    _warning_rows,
+    _warning_text,
+    splitter_words,
+)
 from sksim.audit.figures import sensitivity_layers
 from sksim.audit.models import make_classifier
 from sksim.audit.report import SECTIONS, render_html, timings, to_dict
@@ -234,8 +242,8 @@ def test_report_prints_the_warning_counts(small_audit):
     html = render_html(result)
     assert "(x6)" not in html
     assert "<td>2146</td>" in html
-    assert "denoising: 6 time(s), 2146 sample(s)" in html
-    assert "6 warning(s) of 1 kind(s)" in html
+    assert "denoising: 6 times, 2146 samples" in html
+    assert "6 warnings of 1 kind" in html
 
 
 def softmax(logits):
@@ -599,3 +607,46 @@ def test_neighbour_agreement_is_read_against_what_the_folds_allow():
     text = agreement_meaning(0.58, 5, bound)
     assert "follows the classes closely (at most 3.0 could: some classes" in text
     assert "relates many examples across" in agreement_meaning(0.58, 5)
+
+
+def test_the_protocol_is_described_in_words(small_audit):
+    """The report showed the splitter's repr, StratifiedKFold(n_splits=3,
+    random_state=None, shuffle=False)."""
+    meta = small_audit.metadata
+    assert meta["cv"].startswith("StratifiedKFold(")  # kept, as scikit-learn's
+    words = "StratifiedKFold: 3 folds, the classes in like proportions, in the data's"
+    assert meta["cv_words"] == words + " order, not shuffled"
+    shown = f"<td style='text-align:left'>{html.escape(meta['cv_words'])}<"
+    assert shown in render_html(small_audit)
+    assert splitter_words(KFold(4, shuffle=True), 4) == (
+        "KFold: 4 folds, shuffled at random"
+    )
+    assert splitter_words(StratifiedGroupKFold(2), 2) == (
+        "StratifiedGroupKFold: 2 folds, each group whole in one fold, the classes in "
+        "like proportions, in the data's order, not shuffled"
+    )
+    other = ShuffleSplit(2, random_state=0)
+    assert splitter_words(other, 2) == f"2 train/test splits: {other!r}"
+
+
+def test_methods_that_differ_only_in_numbers_read_as_one_with_ranges():
+    """A long text was repeated per fold for two numbers that differed."""
+    analysis = SimpleNamespace(name="class_fitting")
+    text = "fitted on {} of the 10,000 training examples (at most 1,000 per class)"
+    per_fold = {0: text.format("9,986"), 1: text.format("9,987"), 2: text.format("10")}
+    merged = _methods({"class_fitting": per_fold}, [analysis])["class_fitting"]
+    assert merged == text.format("10 to 9,987 (over the folds)")
+    per_fold = {0: "hard counts over all pairs", 1: "soft counts, 3 examples"}
+    merged = _methods({"class_fitting": per_fold}, [analysis])["class_fitting"]
+    assert (
+        merged == "fold 0: hard counts over all pairs; fold 1: soft counts, 3 examples"
+    )
+
+
+def test_one_warning_is_counted_in_the_singular(small_audit):
+    result = copy.copy(small_audit)
+    warning = dict(warning="W", times=1, samples=None, analyses={"density": {}})
+    result.metadata = {**small_audit.metadata, "warnings": [warning]}
+    assert findings(result)[-1] == (
+        "1 warning of 1 kind was raised during the analyses (listed in the summary)."
+    )
