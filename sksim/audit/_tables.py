@@ -51,8 +51,9 @@ def neighbor_text(
 ) -> str:
     """Neighbours in words: ``#index (y=label, k=similarity)``, comma-separated.
 
-    Float labels (regression targets) are shown to 4 significant digits, as the tables show numbers; only
-    the first ``shown`` neighbours are written (all for None).
+    Float labels (regression targets) are shown to 4 significant digits, as
+    the report's tables show numbers; only the first ``shown`` neighbours are
+    written (all for None).
     """
     return ", ".join(
         f"#{i} (y={f'{y:.4g}' if isinstance(y, float) else y}, k={k:.2f})"
