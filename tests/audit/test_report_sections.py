@@ -650,3 +650,28 @@ def test_one_warning_is_counted_in_the_singular(small_audit):
     assert findings(result)[-1] == (
         "1 warning of 1 kind was raised during the analyses (listed in the summary)."
     )
+
+
+def test_isolated_thumbnails_of_a_regression_show_targets_not_errors():
+    """Every thumbnail was red ("misclassified": a target never equals its
+    prediction) and showed the target to all its digits."""
+    from matplotlib.colors import to_hex
+
+    from sksim.audit._examples import isolated_figure
+
+    items = [
+        dict(
+            kind="isolated", index=i, label=0.123456 * i, prediction=0.5, log_density=-2
+        )
+        for i in range(1, 4)
+    ]
+    for item in items:
+        item.update(image=np.eye(4), log_density=-2.0)
+    result = SimpleNamespace(examples=items, metadata=dict(task="regression"))
+    fig = isolated_figure(result)
+    titles = [ax.title for ax in fig.axes]
+    assert [" ".join(t.get_text().split()) for t in titles] == [
+        f"#{i} y={0.123456 * i:.3g} log ρ=-2.00" for i in range(1, 4)
+    ]
+    assert {to_hex(t.get_color()) for t in titles} == {"#000000"}
+    assert "misclassified" not in fig._suptitle.get_text()
