@@ -263,10 +263,10 @@ class NetworkEstimator(BaseEstimator):
             )
         if self._weights_digest() != self._weights:
             raise ValueError(
-                "The network's weights, or which of them are trainable, changed "
-                "since fit (it was trained further, given other weights, or "
-                f"layers were frozen): {type(self).__name__} holds what it "
-                "computed from the weights it had then. Call fit again."
+                "The network's weights or layers, or which weights are trainable, "
+                "changed since fit (it was trained further, given other weights "
+                f"or layers, or layers were frozen): {type(self).__name__} holds "
+                "what it computed from the network it had then. Call fit again."
             )
 
     def _check_input(self, X, input_name="X"):

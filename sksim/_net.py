@@ -234,16 +234,20 @@ def resolve_module(net: NetLike) -> torch.nn.Module:
 
 
 def weights_digest(module: torch.nn.Module, checkpointed: bool = False) -> str:
-    """A digest of the contents of ``module``'s parameters and buffers.
+    """A digest of ``module``'s layers and the contents of its parameters and buffers.
 
-    Equal digests mean equal weights (names, dtypes, shapes and bytes, and
-    which parameters are trainable: the gradients are theirs), wherever the
-    tensors live. ``checkpointed`` leaves out the values of the tensors of
-    the ``state_dict``, which every checkpoint replaces.
+    Equal digests mean equal layers (their ``repr``: types and settings, a
+    ``Tanh`` replaced by a ``ReLU`` too) and equal weights (names, dtypes,
+    shapes and bytes, and which parameters are trainable: the gradients are
+    theirs), wherever the tensors live. ``checkpointed`` leaves out the
+    values of the tensors of the ``state_dict``, which every checkpoint
+    replaces.
     """
     unread = module.state_dict(keep_vars=True).keys() if checkpointed else ()
+    layers = [("layers", repr(module))]
     return tensors_digest(
-        itertools.chain(module.named_parameters(), module.named_buffers()), unread
+        itertools.chain(layers, module.named_parameters(), module.named_buffers()),
+        unread,
     )
 
 

@@ -171,12 +171,31 @@ class NetworkKernel(Kernel):
         digest = weights_digest(resolve_module(self.net))
         if self.__dict__.setdefault("_weights", digest) != digest:
             raise ValueError(
-                "The network's weights, or which of them are trainable, changed "
-                "since this NetworkKernel was first evaluated: a Gaussian process "
-                "fitted with it holds what it computed from the weights it had "
-                "then. Fit the Gaussian process again (it evaluates a fresh clone "
-                "of its kernel), or evaluate clone(kernel)."
+                "The network's weights or layers, or which weights are trainable, "
+                "changed since this NetworkKernel was first evaluated: a Gaussian "
+                "process fitted with it holds what it computed from the network "
+                "it had then. Fit the Gaussian process again (it evaluates a fresh "
+                "clone of its kernel), or evaluate clone(kernel)."
             )
+
+    def set_params(self, **params) -> NetworkKernel:
+        """Set the parameters; another ``net`` is evaluated afresh.
+
+        Parameters
+        ----------
+        **params : dict
+            Parameter names mapped to their new values.
+
+        Returns
+        -------
+        self : NetworkKernel
+        """
+        net = self.net
+        super().set_params(**params)  # all of them at each step of an optimiser
+        if self.net is not net:  # checked from its own first evaluation
+            for state in ("_weights", "_last"):
+                self.__dict__.pop(state, None)
+        return self
 
     def __call__(
         self,

@@ -13,6 +13,7 @@ from sklearn.base import clone
 from skorch.callbacks import Checkpoint
 
 from sksim import (
+    DeadInputWarning,
     GradientDensityEstimator,
     NetworkNeighbors,
     NetworkSimilarityKernel,
@@ -681,3 +682,37 @@ def test_the_nets_own_weights_may_change_when_checkpoints_set_them(data, estimat
     net[2].bias.requires_grad_(False)
     with pytest.raises(ValueError, match="are trainable, changed since fit"):
         answer()
+
+
+def test_samples_flagged_at_some_checkpoints_are_warned_about_once():
+    """Each checkpoint warned on its own, without its name, that the samples'
+    similarity "is set to 0", which the average is not; the neighbours' query
+    blocks warned again each, with rows of the block."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(2, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1, bias=False)
+    )
+    alive = net.state_dict()
+    dead = {**alive, "0.bias": torch.full((4,), -100.0)}  # every ReLU off
+    X = np.random.RandomState(0).randn(12, 2).astype(np.float32)
+    checkpoints = [alive, dead, alive]
+    with pytest.warns(DeadInputWarning) as caught:
+        K = network_similarity(net, X, checkpoints=checkpoints)
+    assert [str(w.message)[:80] for w in caught] == [
+        "12 sample(s) have a zero gradient at some of the 3 checkpoints: input rows "
+        "[0, 1"
+    ]
+    assert "the average over the checkpoints counts the others only" in str(
+        caught[0].message
+    )
+    assert (K[np.triu_indices(12)] != 0).any()  # not set to 0
+    search = NetworkNeighbors(net, n_neighbors=2, checkpoints=checkpoints).fit(X)
+    search.set_params(max_memory=3000)  # queries in blocks of a few
+    with pytest.warns(DeadInputWarning) as caught:
+        search.kneighbors(X[5:])
+    queried = [w for w in caught if "input rows" in str(w.message)]
+    assert [str(w.message)[:98] for w in queried] == [
+        "7 sample(s) have a zero gradient at some of the 3 checkpoints: input rows "
+        "[0, 1, 2, 3, 4] and more"
+    ]
+    assert len(caught) == 2  # and the reference's rows, once

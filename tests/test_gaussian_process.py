@@ -385,6 +385,36 @@ def test_a_process_refuses_weights_changed_after_fit(regression):
         refit.predict(X_test)
 
 
+def test_a_process_refuses_a_layer_replaced_after_fit(regression):
+    """A Tanh replaced by a ReLU (no weights) went unseen: predict mixed the
+    old network's training kernel with the new one's rows."""
+    X, y, X_test = regression
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(
+        torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1)
+    )
+    gp = GaussianProcessRegressor(NetworkKernel(module), alpha=1e-2).fit(X, y)
+    module[1] = torch.nn.ReLU()
+    with pytest.raises(ValueError, match="weights or layers, or which weights"):
+        gp.predict(X_test)
+
+
+def test_a_net_given_by_set_params_is_evaluated_afresh(mlp, regression):
+    """The first net's weights were held against the second: every call
+    failed, saying that the weights had changed."""
+    X, _, X_test = regression
+    torch.manual_seed(1)
+    other = MLP(n_in=2, n_hidden=16, n_out=3)
+    kernel = NetworkKernel(mlp)
+    kernel(X)
+    kernel(X, eval_gradient=True)  # kept for an optimiser's next step
+    kernel.set_params(net=other)
+    np.testing.assert_array_equal(kernel(X), NetworkKernel(other)(X))
+    np.testing.assert_array_equal(
+        kernel(X, eval_gradient=True)[0], NetworkKernel(other)(X)
+    )
+
+
 def test_a_fitted_process_does_not_follow_the_users_params_list(mlp, regression):
     """Clones shared the list: appending to it after fit mixed the training
     factorisation of one selection with kernel rows of another (0.4 off)."""

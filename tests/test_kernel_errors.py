@@ -628,6 +628,18 @@ def test_weights_changed_since_fit_are_refused(module):
         query(estimator.fit(X))
 
 
+def test_a_layer_replaced_since_fit_is_refused():
+    """A layer without weights (Tanh to ReLU) changed unseen what fit computed."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)
+    )
+    estimator = GradientDensityEstimator(net).fit(X)
+    net[1] = torch.nn.ReLU()
+    with pytest.raises(ValueError, match="weights or layers, .* changed since fit"):
+        estimator.score_samples(X)
+
+
 class Stateful(torch.nn.Module):
     """A forward pass that counts its inputs in place and rebinds an average."""
 

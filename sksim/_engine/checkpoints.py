@@ -29,6 +29,7 @@ import torch
 
 from .budget import rows_that_fit
 from .digest import tensors_digest
+from .flags import flag_scope
 from .inputs import take
 from .jacobian import JacobianEngine
 
@@ -253,6 +254,14 @@ class WeightedEngines:
         return len(self._engines if self._engines is not None else self.checkpoints)
 
     def __iter__(self) -> Iterator[tuple[float, JacobianEngine]]:
+        if self.single:
+            yield from self._engines
+            return
+        # the samples each checkpoint flags, warned about once for all of them
+        with flag_scope(checkpoints=len(self)):
+            yield from self._weighted_engines()
+
+    def _weighted_engines(self) -> Iterator[tuple[float, JacobianEngine]]:
         if self._engines is not None:
             yield from self._engines
             return
@@ -325,13 +334,24 @@ def weighted_rows(
         yield from rows_of(engine, queries)
         return
     step = rows_that_fit(engines.max_memory / 3, 8 * n_reference, n_queries)
-    for start in range(0, n_queries, step):
-        block = slice(start, min(start + step, n_queries))
-        whole = step >= n_queries
-        source = reference if queries is None else queries
-        Q = queries if whole else take(source, block)
-        out = np.zeros((block.stop - block.start, n_reference))
-        for share, engine in engines:
-            for rows, k in rows_of(engine, Q):
-                out[rows] += share * k
-        yield block, out
+    with flag_scope(checkpoints=len(engines)):  # one warning for all the blocks
+        for start in range(0, n_queries, step):
+            block = slice(start, min(start + step, n_queries))
+            whole = step >= n_queries
+            source = reference if queries is None else queries
+            Q = queries if whole else take(source, block)
+            out = np.zeros((block.stop - block.start, n_reference))
+            with flag_scope(move=_rows_of_block(block)):
+                for share, engine in engines:
+                    for rows, k in rows_of(engine, Q):
+                        out[rows] += share * k
+            yield block, out
+
+
+def _rows_of_block(block: slice):
+    """The move of rows flagged in a block of queries to rows of the queries."""
+
+    def move(inputs: str, rows: np.ndarray) -> tuple[str, np.ndarray]:
+        return inputs, rows + block.start if inputs == "input" else rows
+
+    return move

@@ -44,16 +44,24 @@ class SingularJacobianGramWarning(UserWarning):
     """The d x d Gram ``J(x) J(x)^T`` of some sample is (near-)singular."""
 
 
-def _message(category: type, count: int, named: str) -> str:
+def _message(category: type, count: int, named: str, checkpoints: int = 0) -> str:
     # the text before the first ": " is the same for every count but its number
+    where = f" at some of the {checkpoints} checkpoints" if checkpoints > 1 else ""
     if category is DeadInputWarning:
+        zero = (
+            "at those checkpoints their similarity to every input is 0, and the "
+            "average over the checkpoints counts the others only."
+            if where
+            else "their similarity to every input is set to 0."
+        )
         return (
-            f"{count} sample(s) have a zero gradient: {named}. The network's output "
-            "does not depend on the selected parameters there (e.g. dead ReLUs): "
-            "their similarity to every input is set to 0."
+            f"{count} sample(s) have a zero gradient{where}: {named}. The network's "
+            "output does not depend on the selected parameters there (e.g. dead "
+            f"ReLUs): {zero}"
         )
     return (
-        f"The Jacobian Gram J J^T is near-singular for {count} sample(s): {named}. "
+        f"The Jacobian Gram J J^T is near-singular for {count} sample(s){where}: "
+        f"{named}. "
         "Its eigenvalues below rtol times the largest are raised to it, and the "
         "cosine similarity of such a sample with itself is below 1 (0.9 for a "
         "softmax over 10 classes, one of whose 10 eigenvalues is 0): hard counts "
@@ -70,10 +78,15 @@ Move = Callable[[str, np.ndarray], tuple[str, np.ndarray]]
 
 
 class FlaggedRows:
-    """Rows whose Gram is zero (dead) or was floored (near-singular), by inputs."""
+    """Rows whose Gram is zero (dead) or was floored (near-singular), by inputs.
 
-    def __init__(self):
+    ``checkpoints`` above 1: the rows were flagged at some of that many
+    checkpoints of an averaged kernel, which the warnings say.
+    """
+
+    def __init__(self, checkpoints: int = 0):
         self._rows: dict[tuple[type, str], list[np.ndarray]] = {}
+        self.checkpoints = checkpoints
 
     def add(self, dead: np.ndarray, singular: np.ndarray, rows) -> None:
         """Record the samples the masks flag, of ``rows`` (a slice or indices)."""
@@ -89,6 +102,7 @@ class FlaggedRows:
 
     def merge(self, other: FlaggedRows, move: Move | None = None) -> None:
         """Add the rows of ``other``, moved by ``move`` if given."""
+        self.checkpoints = max(self.checkpoints, other.checkpoints)
         for (category, inputs), parts in other._rows.items():
             rows = np.concatenate(parts)
             self._put(category, *(move(inputs, rows) if move else (inputs, rows)))
@@ -102,7 +116,8 @@ class FlaggedRows:
         for (category, inputs), parts in self._rows.items():
             rows = np.unique(np.concatenate(parts))
             named = name_rows(rows[:5].tolist(), len(rows) > 5, inputs)
-            warnings.warn(_message(category, len(rows), named), category, stacklevel=2)
+            text = _message(category, len(rows), named, self.checkpoints)
+            warnings.warn(text, category, stacklevel=2)
 
 
 _local = threading.local()
@@ -115,7 +130,9 @@ def _scopes() -> list[FlaggedRows]:
 
 
 @contextlib.contextmanager
-def flag_scope(move: Move | None = None, report: bool = True) -> Iterator[FlaggedRows]:
+def flag_scope(
+    move: Move | None = None, report: bool = True, checkpoints: int = 0
+) -> Iterator[FlaggedRows]:
     """Gather the rows reported inside, and report them once at the end.
 
     Parameters
@@ -126,8 +143,11 @@ def flag_scope(move: Move | None = None, report: bool = True) -> Iterator[Flagge
         Whether to report the rows at the end; if False, the caller takes
         them from the yielded :class:`FlaggedRows` (a tile of another
         process returns them), or drops them (a measurement on a few rows).
+    checkpoints : int, default=0
+        Above 1: the computations inside are those of that many checkpoints,
+        whose rows are gathered and warned about once, as flagged at some.
     """
-    found, scopes = FlaggedRows(), _scopes()
+    found, scopes = FlaggedRows(checkpoints), _scopes()
     scopes.append(found)
     try:
         yield found
