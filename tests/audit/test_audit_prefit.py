@@ -4,6 +4,7 @@ import copy
 
 import _audit_helpers
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from _architectures import small_net
@@ -583,3 +584,40 @@ def test_a_prefit_audit_shows_the_most_isolated_test_inputs(tmp_path):
     np.testing.assert_array_equal(isolated[0]["image"], X_test[isolated[0]["index"], 0])
     html = result.to_html(tmp_path / "r.html").read_text()
     assert "The held-out test inputs with the lowest network-perspective" in html
+
+
+class LogitsAndHidden(torch.nn.Module):
+    """``module``'s logits and hidden layer, as many models return them."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x):
+        logits = self.module(x)
+        return logits, torch.tanh(logits)
+
+
+def test_self_denoising_reads_the_logits_of_a_tuple_output(split):
+    """It failed ('tuple' object has no attribute 'ndim'), alone of the
+    analyses, on a module returning (logits, hidden) or a Hugging Face
+    output: its probabilities took the output as logits."""
+    X, y, X_test, y_test = split
+    with torch_seed(0):
+        module = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    tables = [
+        audit(
+            net,
+            X,
+            y,
+            cv="prefit",
+            X_test=X_test,
+            y_test=y_test,
+            analyses=("denoising",),
+            options=AUDIT_OPTIONS,
+            errors="raise",
+        )["denoising"]
+        for net in (module, LogitsAndHidden(module))
+    ]
+    assert tables[0]["mean_effective_neighbors"].iloc[0] > 1
+    pd.testing.assert_frame_equal(tables[1], tables[0])

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from ..._engine.selection import network_logits
 from ..._typing import Output
 from ...denoising import IllConditionedWeightsWarning, SelfDenoisingAnalysis
 from .._tables import frame
@@ -20,16 +21,19 @@ if TYPE_CHECKING:
     from ..core import _Fold
 
 
-def free_probabilities(logits: torch.Tensor) -> torch.Tensor:
+def free_probabilities(out) -> torch.Tensor:
     """The first ``d - 1`` class probabilities, the outputs regressed on labels.
 
-    The last probability is one minus the others: keeping it would make the
+    The logits are read from the network's output ``out`` as ``output="logits"``
+    reads them (a tuple's first item, a Hugging Face output's ``logits``). The
+    last probability is one minus the others: keeping it would make the
     Jacobian Gram ``J J^T`` singular and every cosine self-similarity
     ``(d - 1) / d`` instead of 1 (see the theory page of the user guide). A
     single logit ``z`` per example (shape ``(B,)`` or ``(B, 1)``) is a binary
     classifier's, as skorch's ``NeuralNetBinaryClassifier`` reads it: the
     probability of class 0 is ``sigmoid(-z)``.
     """
+    logits = network_logits(out)
     if logits.ndim == 1 or logits.shape[-1] == 1:
         return torch.sigmoid(-logits.reshape(-1, 1))
     return torch.softmax(logits, dim=-1)[..., :-1]
