@@ -822,9 +822,15 @@ def check_forward(net, X: np.ndarray, args: argparse.Namespace) -> None:
             # a copy: the network may change its input in place
             module(torch.tensor(np.asarray(X[:2]), device=device))
     except RuntimeError as error:
+        tokens = (
+            ". The command line casts every input to float32: a module on token "
+            "ids (an Embedding) converts them back in its forward, x.long()"
+            if "'indices'" in str(error)
+            else ""
+        )
         raise ValueError(
             f"the network of {architecture} cannot take the inputs, of shape "
-            f"{tuple(X.shape[1:])}: {str(error).splitlines()[0]}"
+            f"{tuple(X.shape[1:])}: {str(error).splitlines()[0]}{tokens}"
         ) from error
     if args.layers is not None:
         from ._layers import RepresentationCapture

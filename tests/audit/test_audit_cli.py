@@ -69,6 +69,12 @@ def factory_module(tmp_path, monkeypatch):
                     torch.nn.Flatten(), torch.nn.Linear(10, n_classes)
                 )
 
+            def on_tokens(input_shape, n_classes):
+                return torch.nn.Sequential(
+                    torch.nn.Embedding(17, 4), torch.nn.Flatten(),
+                    torch.nn.Linear(4 * input_shape[0], n_classes),
+                )
+
             def on_a_missing_gpu(input_shape, n_classes):
                 from skorch import NeuralNetClassifier
 
@@ -178,6 +184,7 @@ def test_help_explains_every_option(capsys):
             ["--module", "userarch:too_narrow"],
             "the network of userarch:too_narrow cannot take the inputs, of shape",
         ),
+        (["--module", "userarch:on_tokens"], "token ids (an Embedding) converts them"),
         (["--module", "userarch:on_a_missing_gpu"], "device='cuda:7', but this"),
         (["--analyses", ""], "name at least one analysis"),
         (["--dataset", "iris", "--model", "cnn"], "The cnn model needs square images"),
