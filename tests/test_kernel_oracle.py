@@ -595,8 +595,40 @@ def test_attention_runs_batched_without_torch_warnings(kind):
     the math kernel computes the same, batched."""
     module = EncoderClassifier().eval()
     X = torch.randint(0, 11, (5, 6), generator=torch.Generator().manual_seed(0))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # "error" makes torch's warning an error
         K = network_similarity(module, X, kind=kind, batch_size=5)
+    assert [str(w.message) for w in caught] == []
     J = oracle_jacobians(module, X)
     np.testing.assert_allclose(K, oracle_kernel(J, J, kind), rtol=1e-4, atol=1e-5)
+
+
+class PackedGRU(torch.nn.Module):
+    """A GRU over padded sequences packed by their given lengths."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(9, 4)
+        self.gru = torch.nn.GRU(4, 5, batch_first=True)
+        self.head = torch.nn.Linear(5, 2)
+
+    def forward(self, tokens, lengths):
+        packed = torch.nn.utils.rnn.pack_padded_sequence(
+            self.embed(tokens), lengths.cpu(), batch_first=True, enforce_sorted=False
+        )
+        _, h = self.gru(packed)
+        return self.head(h[-1])
+
+
+def test_packed_sequences_run_without_torch_warnings():
+    """torch warned at every call that packing has no vmap rule."""
+    torch.manual_seed(0)
+    module = PackedGRU().double()
+    tokens = torch.randint(1, 9, (5, 6), generator=torch.Generator().manual_seed(0))
+    X = dict(tokens=tokens, lengths=torch.tensor([6, 4, 6, 2, 5]))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # "error" makes torch's warning an error
+        K = network_similarity(module, X, kind="ntk", batch_size=5)
+    assert [str(w.message) for w in caught] == []
+    J = oracle_jacobians(module, X)
+    np.testing.assert_allclose(K, oracle_kernel(J, J, "ntk"), rtol=1e-9, atol=1e-12)

@@ -224,7 +224,12 @@ class JacobianEngine:
                     # which keeps the parameters not selected out of the graph.
                     # attention's fused CPU kernels have no vmap rule: the
                     # math kernel computes the same, batched
-                    with math_attention():
+                    with math_attention(), warnings.catch_warnings():
+                        # operations without a vmap rule run in a loop, which
+                        # torch warns of per call: a cost the user cannot cut
+                        warnings.filterwarnings(
+                            "ignore", "There is a performance drop", UserWarning
+                        )
                         jac = per_sample(params, batch)
                 except RuntimeError:  # a real error recurs in the looped pass
                     vectorised = False
