@@ -229,8 +229,14 @@ def _summary(result) -> str:
             )
         )
         parts.append(table(_warnings_table(meta)))
-    parts.append("<h3>Aggregated over folds</h3>")
-    parts.append(table(summary))
+    if meta["cv"] == "prefit":  # one split: no spread over folds to show
+        parts.append("<h3>Every score</h3>")
+        parts.append(
+            table(summary[["metric", "mean"]].rename(columns={"mean": "value"}))
+        )
+    else:
+        parts.append("<h3>Aggregated over folds</h3>")
+        parts.append(table(summary))
     return "".join(parts)
 
 

@@ -255,6 +255,7 @@ def test_prefit_regression_net(regression, monkeypatch, tmp_path):
     assert "Skipped: the class_fitting analysis needs class labels" in html
     facts = "<th>samples</th><td style='text-align:left'>120 training and 40 test"
     assert facts in html  # was 160, as if the test inputs were trained on
+    assert "<h3>Every score</h3>" in html and "Aggregated over folds" not in html
     isolated = html[html.index('<section id="isolated">') :]
     isolated = isolated[: isolated.index("</section>")]
     assert "<th>target</th>" in isolated and "<th>label</th>" not in isolated
