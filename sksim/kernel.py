@@ -20,9 +20,11 @@ from ._base import (
 )
 from ._docs import fill_doc
 from ._engine import features
+from ._engine.budget import check_kept_bytes, rows_that_fit
 from ._engine.checkpoints import checkpoint_seed, stacked, weighted_sum
+from ._engine.flags import block_move, flag_scope
 from ._engine.gram import POWERS, GramReference, symmetrize
-from ._engine.inputs import n_samples
+from ._engine.inputs import n_samples, take
 from ._engine.jacobian import DEFAULT_MAX_MEMORY
 from ._engine.parallel import tiled_kernel
 from ._typing import Checkpoints, NetInput, NetLike, Output, Self
@@ -58,27 +60,56 @@ def _features(engine, X, kind, side, n_components, seed, rtol):
     )
 
 
-def _contract(F_x, F_y, kind, reduce):
-    """The kernel of feature stacks ``(n, d, k)``: ``tr(F_x F_y^T) / d`` or blocks."""
-    F_x, F_y = F_x.astype(np.float64), F_y.astype(np.float64)
+def _contract(F_x, F_y, kind, reduce, max_bytes=float("inf")):
+    """The kernel of feature stacks ``(n, d, k)``: ``tr(F_x F_y^T) / d`` or blocks.
+
+    The traces are summed in float64, over blocks of rows whose float64
+    copies take at most ``max_bytes`` together.
+    """
     if reduce is None:
+        F_x, F_y = F_x.astype(np.float64), F_y.astype(np.float64)
         blocks = np.einsum("adk,bek->abde", F_x, F_y)
         return blocks.transpose(0, 1, 3, 2) if kind == "influence" else blocks
-    n, d, _ = F_x.shape
-    return (F_x.reshape(n, -1) @ F_y.reshape(len(F_y), -1).T) / d
+    (n, d, _), m = F_x.shape, len(F_y)
+    A, B = F_x.reshape(n, -1), F_y.reshape(m, -1)
+    K = np.empty((n, m))
+    step_x = rows_that_fit(max_bytes / 2, 8 * A.shape[1], n)
+    step_y = rows_that_fit(max_bytes / 2, 8 * B.shape[1], m)
+    for start_y in range(0, m, step_y):
+        ys = slice(start_y, start_y + step_y)
+        B_block = B[ys].astype(np.float64)
+        for start_x in range(0, n, step_x):
+            xs = slice(start_x, start_x + step_x)
+            K[xs, ys] = A[xs].astype(np.float64) @ B_block.T
+    K /= d
+    return K
 
 
 def _projected_similarity(engine, X, Y, kind, reduce, rtol, n_components, seed):
     _check_inputs(engine, X, Y)
     F_x = _features(engine, X, kind, "left", n_components, seed, rtol)
+    bound = engine.max_memory / 3  # beside the two sketches
     if Y is None and kind != "influence":
-        K = _contract(F_x, F_x, kind, reduce)
+        K = _contract(F_x, F_x, kind, reduce, bound)
         symmetrize(K)
         return K
-    F_y = _features(
-        engine, X if Y is None else Y, kind, "right", n_components, seed, rtol
-    )
-    return _contract(F_x, F_y, kind, reduce)
+    Y = X if Y is None else Y
+    if reduce is None:  # blocks larger than the sketches
+        F_y = _features(engine, Y, kind, "right", n_components, seed, rtol)
+        return _contract(F_x, F_y, kind, reduce, bound)
+    # the reference sketched a chunk at a time: its rows are not kept
+    m, row_bytes = n_samples(Y), F_x[0].nbytes
+    step = rows_that_fit(bound, row_bytes, m)
+    K = np.empty((len(F_x), m))
+    with flag_scope():  # one warning for the chunks
+        for start in range(0, m, step):
+            chunk = slice(start, min(start + step, m))
+            with flag_scope(move=block_move(chunk)):
+                F_y = _features(
+                    engine, take(Y, chunk), kind, "right", n_components, seed, rtol
+                )
+            K[:, chunk] = _contract(F_x, F_y, kind, reduce, bound)
+    return K
 
 
 @validate_params(
@@ -429,8 +460,27 @@ class NetworkSimilarityKernel(
         self.X_fit_ = X
         self.features_fit_ = None
         if self.n_components is not None:
+            self._check_kept_bytes(X)
             self.features_fit_ = self._features(X, "right")
         return self
+
+    def _check_kept_bytes(self, X) -> None:
+        """Raise a MemoryError when the reference sketches would not fit."""
+        n, d = n_samples(X), self._engine.n_outputs(X)
+        copies = 1 if self.checkpoints is None else len(self.checkpoints)
+        copies_text = f" x {copies} checkpoints" * (copies > 1)
+        what = (
+            f"The sketches of the {n} reference examples ({d} outputs x "
+            f"{self.n_components} components{copies_text}, float32)"
+        )
+        advice = "lower n_components, or raise max_memory."
+        kept = 4 * n * d * self.n_components * copies
+        check_kept_bytes(kept, self._engine.max_memory, what, advice)
+
+    @property
+    def _bound(self) -> float:
+        """Bytes the float64 blocks of a contraction of sketches may take."""
+        return self._engine.max_memory / 3
 
     @property
     def _n_features_out(self):
@@ -477,7 +527,7 @@ class NetworkSimilarityKernel(
         X = self._check_input(X)
         if self.features_fit_ is not None:
             left = self._features(X, "left")
-            return _contract(left, self.features_fit_, self.kind, "trace")
+            return _contract(left, self.features_fit_, self.kind, "trace", self._bound)
         return self._exact(X)
 
     def fit_transform(self, X: NetInput, y: ArrayLike | None = None) -> np.ndarray:
@@ -501,7 +551,7 @@ class NetworkSimilarityKernel(
             left = self.features_fit_
             if self.kind == "influence":
                 left = self._features(self.X_fit_, "left")
-            K = _contract(left, self.features_fit_, self.kind, "trace")
+            K = _contract(left, self.features_fit_, self.kind, "trace", self._bound)
             if self.kind != "influence":
                 symmetrize(K)
             return K

@@ -604,15 +604,20 @@ class NetworkNeighbors(NetworkEstimator):
 
     def _check_held_bytes(self) -> None:
         """Raise a MemoryError when the search would hold more than it may."""
-        index = f" and the FAISS index {self.index!r} over them" * (
-            self.algorithm == "faiss"
+        faiss = self.algorithm == "faiss"
+        index = f" and the FAISS index {self.index!r} over them" * faiss
+        advice = (
+            "lower n_components or search_components, use a compressed index "
+            '(e.g. index="IVF1024,PQ32"), or raise max_memory.'
+            if faiss
+            else 'lower n_components, search with algorithm="faiss" over fewer '
+            "search_components, or raise max_memory."
         )
         check_kept_bytes(
             self._held_bytes,
             self._engine.max_memory,
             f"The sketches of the {self.n_samples_fit_} reference examples{index}",
-            "lower n_components or search_components, use a compressed index "
-            '(e.g. index="IVF1024,PQ32"), or raise max_memory.',
+            advice,
         )
 
     def _measured_piece_bytes(self, X) -> float | None:

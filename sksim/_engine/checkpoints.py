@@ -29,7 +29,7 @@ import torch
 
 from .budget import rows_that_fit
 from .digest import tensors_digest
-from .flags import flag_scope
+from .flags import block_move, flag_scope
 from .inputs import take
 from .jacobian import JacobianEngine
 
@@ -341,17 +341,8 @@ def weighted_rows(
             source = reference if queries is None else queries
             Q = queries if whole else take(source, block)
             out = np.zeros((block.stop - block.start, n_reference))
-            with flag_scope(move=_rows_of_block(block)):
+            with flag_scope(move=block_move(block)):
                 for share, engine in engines:
                     for rows, k in rows_of(engine, Q):
                         out[rows] += share * k
             yield block, out
-
-
-def _rows_of_block(block: slice):
-    """The move of rows flagged in a block of queries to rows of the queries."""
-
-    def move(inputs: str, rows: np.ndarray) -> tuple[str, np.ndarray]:
-        return inputs, rows + block.start if inputs == "input" else rows
-
-    return move

@@ -77,6 +77,15 @@ def _message(category: type, count: int, named: str, checkpoints: int = 0) -> st
 Move = Callable[[str, np.ndarray], tuple[str, np.ndarray]]
 
 
+def block_move(block: slice) -> Move:
+    """The move of rows flagged in ``block`` of some inputs to rows of those inputs."""
+
+    def move(inputs: str, rows: np.ndarray) -> tuple[str, np.ndarray]:
+        return inputs, rows + block.start if inputs == "input" else rows
+
+    return move
+
+
 class FlaggedRows:
     """Rows whose Gram is zero (dead) or was floored (near-singular), by inputs.
 

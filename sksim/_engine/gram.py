@@ -154,14 +154,16 @@ class GramReference:
         self.max_memory = engine.max_memory if max_memory is None else max_memory
         self.named = named
         # J J^T whitens the kept pieces, and the rows of a streamed Y
-        grams, selves, kept, found = [], [], None, FlaggedRows()
+        self.gram, selves, kept, found = None, [], None, FlaggedRows()
         with self._naming():
             for rows, pieces in engine.pieces(Y):
                 G = _gram_array(pieces)
-                if kept is None:  # the Grams are kept too
+                if kept is None:  # the Grams are kept too, filled batch by batch
                     self.n_outputs = G.shape[1]
-                    grams_bytes = G[0].nbytes * self.n_samples
-                    kept = KeptPieces(self.n_samples, self.max_memory - grams_bytes)
+                    self.gram = np.empty((self.n_samples, *G.shape[1:]), G.dtype)
+                    kept = KeptPieces(
+                        self.n_samples, self.max_memory - self.gram.nbytes
+                    )
                 decomposition = None
                 if kind != "ntk":  # refined here, as the kernel's rows read G
                     decomposition = refined_eigh(G, pieces, rtol)
@@ -170,9 +172,8 @@ class GramReference:
                 kept(
                     rows, map_pieces(pieces, G, power, rtol, found, rows, decomposition)
                 )
-                grams.append(G)
+                self.gram[rows] = G
             found.report()
-        self.gram = np.concatenate(grams)
         self._self_similarity = np.concatenate(selves) if selves else None
         self._pieces = kept.pieces
 

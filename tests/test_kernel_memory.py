@@ -1,0 +1,79 @@
+"""Sketched kernels count against ``max_memory``: the reference sketches kept by
+``NetworkSimilarityKernel``, the reference sketched a chunk at a time by
+``network_similarity``, and the float64 blocks of their contraction."""
+
+import tracemalloc
+
+import numpy as np
+import pytest
+from _architectures import mlp
+
+from sksim import NetworkNeighbors, NetworkSimilarityKernel, kernel, network_similarity
+
+N_COMPONENTS = 16
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(60, 4)).astype(np.float32)
+
+
+def sketch_bytes(n, d=3):
+    return 4 * n * d * N_COMPONENTS
+
+
+def test_the_reference_is_sketched_a_chunk_at_a_time(data, monkeypatch):
+    """The whole reference was sketched, then copied to float64: 9 times
+    max_memory for 200 queries against 20 000 examples."""
+    net, queries = mlp(4, 3), data[:5]
+    common = dict(n_components=N_COMPONENTS, random_state=0)
+    expected = network_similarity(net, queries, data, max_memory=None, **common)
+    sizes, features = [], kernel._features
+    monkeypatch.setattr(
+        kernel,
+        "_features",
+        lambda engine, X, *args: sizes.append(len(X)) or features(engine, X, *args),
+    )
+    max_memory = 3 * sketch_bytes(12)  # a third: 12 examples' sketches
+    K = network_similarity(net, queries, data, max_memory=max_memory, **common)
+    assert sizes == [5, 12, 12, 12, 12, 12]  # the queries, then the reference
+    np.testing.assert_allclose(K, expected, rtol=1e-6, atol=1e-6)  # float32 sketches
+
+
+@pytest.mark.parametrize("kind", ["cosine", "influence"])
+def test_contraction_blocks_stay_within_their_bytes(kind):
+    rng = np.random.default_rng(1)
+    F_x, F_y = (rng.normal(size=(n, 3, 64)).astype(np.float32) for n in (300, 500))
+    whole = kernel._contract(F_x, F_y, kind, "trace")
+    tracemalloc.start()
+    blocked = kernel._contract(F_x, F_y, kind, "trace", max_bytes=100_000)
+    peak = tracemalloc.get_traced_memory()[1] - blocked.nbytes
+    tracemalloc.stop()
+    assert peak < 150_000  # was two float64 copies of the stacks, 1.2 MB
+    np.testing.assert_allclose(blocked, whole, rtol=1e-12, atol=1e-14)
+
+
+def test_kept_reference_sketches_are_refused_past_their_share(data):
+    net = mlp(4, 3)
+    kept = sketch_bytes(len(data))
+    kern = NetworkSimilarityKernel(
+        net, n_components=N_COMPONENTS, max_memory=int(1.4 * kept), random_state=0
+    )
+    with pytest.raises(MemoryError, match=r"The sketches of the 60 reference.*n_comp"):
+        kern.fit(data)
+    kern.set_params(max_memory=int(1.6 * kept)).fit(data)
+    expected = network_similarity(
+        net, data[:7], data, n_components=N_COMPONENTS, random_state=0
+    )
+    np.testing.assert_allclose(kern.transform(data[:7]), expected, rtol=1e-6)
+
+
+def test_an_exact_search_over_sketches_is_advised_what_applies_to_it(data):
+    """It was told to use search_components or a compressed index, which an
+    exact search refuses or does not use."""
+    search = NetworkNeighbors(
+        mlp(4, 3), n_components=N_COMPONENTS, max_memory=sketch_bytes(len(data))
+    )
+    with pytest.raises(MemoryError, match='search with algorithm="faiss" over fewer'):
+        search.fit(data)
