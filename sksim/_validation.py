@@ -82,7 +82,12 @@ def check_net_input(X, estimator=None, reset=True, keep_tensors=False, input_nam
     if estimator is None or (not reset and _token_sequences(X)):
         X = check_array(X, input_name=input_name, **kwargs)  # any length of tokens
     else:
-        X = validate_data(estimator, X, reset=reset, **kwargs)
+        try:
+            X = validate_data(estimator, X, reset=reset, **kwargs)
+        except ValueError as error:  # scikit-learn calls any input X
+            if input_name == "X" or not str(error).startswith("X has "):
+                raise
+            raise ValueError(f"{input_name}{str(error)[1:]}") from None
     if X.dtype == object:  # e.g. a data frame with a categorical column
         raise ValueError(
             f"{input_name} holds values that are not numbers (an array of dtype "

@@ -326,9 +326,23 @@ def as_channels(x: torch.Tensor) -> tuple[torch.Tensor, int]:
             f"(n_samples, C, H, W); got an array with {x.dim()} dimensions."
         )
     if x.shape[-1] != x.shape[-2]:
+        shape = tuple(x.shape[1:])
+        if x.dim() == 4 and x.shape[1] == x.shape[2]:
+            hint = (
+                f"these look like channel-last images {shape}: put the channels "
+                "first, x.transpose(0, 3, 1, 2)"
+            )
+        elif x.dim() == 3:
+            hint = (
+                f"if these are signals of {x.shape[1]} channels {shape}, only "
+                "single-channel signals (n_samples, length) are deformed; if "
+                "images, pad or crop them to a square"
+            )
+        else:
+            hint = "pad or crop them to a square first"
         raise ValueError(
-            f"Images must be square; got {x.shape[-2]}x{x.shape[-1]}. Pad or crop "
-            "them to a square first."
+            f"Images must be square (n_samples, [C,] H, H); got samples of shape "
+            f"{shape}: {hint}."
         )
     return (x[:, None] if x.dim() == 3 else x), 2
 

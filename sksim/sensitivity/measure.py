@@ -425,6 +425,11 @@ def check_params(options: Mapping) -> None:
     """
     o = with_defaults(relative_sensitivity, options)
     check_deformation(o["delta"], o["cutoff"], o["interp"])
+    if o["delta"] == 0:
+        raise ValueError(
+            "delta=0 deforms nothing: the noise of the same norm is zero too, and "
+            "R = D / G is 0 / 0. Give a typical displacement above 0."
+        )
     check_positive_int(o["n_probe"], "n_probe")
     check_positive_int(o["n_init"], "n_init")
     check_positive_int(o["batch_size"], "batch_size")

@@ -219,8 +219,13 @@ def test_one_field_for_all_images_channels_and_tensors():
 
 def test_apply_diffeo_errors():
     x = np.zeros((2, 5, 6))
-    with pytest.raises(ValueError, match="Images must be square; got 5x6"):
+    with pytest.raises(
+        ValueError, match=r"got samples of shape \(5, 6\): if these are"
+    ):
         apply_diffeo(x, np.zeros((6, 6)), np.zeros((6, 6)))
+    # read as 8 channels of 8 x 3 images: "square" was all it said
+    with pytest.raises(ValueError, match=r"channel-last images \(8, 8, 3\): put the"):
+        apply_diffeo(np.zeros((2, 8, 8, 3)), np.zeros((8, 8)), np.zeros((8, 8)))
     x = np.zeros((2, 5, 5))
     with pytest.raises(ValueError, match="Displacement fields must have shape"):
         apply_diffeo(x, np.zeros((4, 4)), np.zeros((4, 4)))

@@ -121,6 +121,14 @@ def test_estimator_trains_an_unfitted_skorch_net_and_cross_validates():
     assert scores.shape == (2,) and (scores < 0).all()
 
 
+def test_a_probe_set_of_other_features_is_named_in_the_error():
+    """It said "X has 2 features", of the X that was right."""
+    module = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(72, 3))
+    X = np.random.default_rng(0).random((6, 1, 8, 8), dtype=np.float32)
+    with pytest.raises(ValueError, match="^X_probe has 2 features, but Diffeo"):
+        DiffeoSensitivity(module, reference=None).fit(X, X_probe=np.zeros((3, 2, 8, 8)))
+
+
 def test_estimator_on_datasets_equals_arrays():
     from torch.utils.data import TensorDataset
 

@@ -304,6 +304,8 @@ def test_errors_and_warnings():
         relative_sensitivity(net, X, n_probe=1)
     with pytest.raises(ValueError, match="statistic must be one of"):
         relative_sensitivity(net, X, statistic="mode")
+    with pytest.raises(ValueError, match=r"delta=0 deforms nothing"):  # R was NaN
+        relative_sensitivity(net, X, delta=0)
     with pytest.raises(ValueError, match="pool must be one of"):
         relative_sensitivity(net, X, pool="sum")
     with pytest.raises(ValueError, match="deformation must be None"):
