@@ -245,16 +245,16 @@ def _check_n_features(estimator, shape, reset: bool) -> None:
         )
 
 
-def _carries_labels(dataset: Dataset) -> bool:
+def carries_labels(dataset: Dataset) -> bool:
     """Whether the items are ``(x, y)``.
 
     A skorch dataset made without ``y`` gives a placeholder, not labels, also
     within a ``Subset`` or a ``ConcatDataset``, whose parts must agree.
     """
     if isinstance(dataset, Subset):
-        return _carries_labels(dataset.dataset)
+        return carries_labels(dataset.dataset)
     if isinstance(dataset, ConcatDataset):
-        carried = {_carries_labels(part) for part in dataset.datasets}
+        carried = {carries_labels(part) for part in dataset.datasets}
         if len(carried) > 1:
             raise ValueError(
                 "Some datasets of the ConcatDataset give (x, y) items and others "
@@ -271,7 +271,7 @@ def dataset_targets(dataset: Dataset) -> np.ndarray | None:
 
     Returns None when its items carry no labels.
     """
-    if not _carries_labels(dataset):
+    if not carries_labels(dataset):
         return None
     labels = (split_item(dataset[i])[1] for i in range(len(dataset)))
     # one by one: items of two sources may give tensors and NumPy values

@@ -38,7 +38,7 @@ SimilarityRegularizedNet)`` holds. No skorch code is duplicated.
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -67,6 +67,8 @@ from ._pairs import (
 )
 from ._typing import NetInput, Self
 from ._validation import (
+    LabelledDataset,
+    carries_labels,
     check_net_input,
     check_positive_int,
     given_or_item_labels,
@@ -131,8 +133,11 @@ def posnegflat_weights(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
             f"[0, {n_classes}) to index the network's {n_classes} outputs; got "
             f"labels in [{low}, {high}]. Encode y as 0..C-1."
         )
-    v = torch.full(
-        (labels.shape[0], n_classes), -1.0 / (n_classes - 1), device=labels.device
+    v = torch.full(  # float64, cast to the outputs' dtype: sums to 0 in theirs
+        (labels.shape[0], n_classes),
+        -1.0 / (n_classes - 1),
+        dtype=torch.float64,
+        device=labels.device,
     )
     v[torch.arange(labels.shape[0], device=labels.device), labels] = 1.0
     return v
@@ -464,11 +469,23 @@ class SimilarityRegularizedNet(NeuralNet):
                 'pass similarity_pairs="given" to train on them, or fit on X '
                 "without pairs."
             )
+        y = given_or_item_labels(X, y)  # skorch's splits and classes read y
         if y is not None:
             X = labelled(X, y)
         return super().partial_fit(X, y, classes=classes, **fit_params)
 
     # -- skorch hooks ---------------------------------------------------------
+
+    def forward_iter(
+        self, X: NetInput, training: bool = False, device: str | torch.device = "cpu"
+    ) -> Iterator:
+        """skorch's, on a dataset of ``x`` items too (skorch reads ``(x, y)``).
+
+        ``predict``, ``predict_proba`` and ``forward`` pass through it.
+        """
+        if is_dataset(X) and not is_pair_data(X) and not carries_labels(X):
+            X = LabelledDataset(X, np.zeros(len(X)))  # labels unread in inference
+        return super().forward_iter(X, training=training, device=device)
 
     def infer(self, x: Batch, **fit_params: Any) -> Any:
         """Forward pass of skorch, on the input without its attached pairs."""
@@ -571,8 +588,11 @@ class SimilarityRegularizedNet(NeuralNet):
             None if labels is None else labels[rows],
         )
 
-    def _readout(self, labels, n_outputs, generator):
-        """``(readout, extra, extra_batched)`` for ``per_sample_gradients``."""
+    def _readout(self, labels, n_outputs, generator, vector=None):
+        """``(readout, extra, extra_batched)`` for ``per_sample_gradients``.
+
+        A random read-out is ``vector``, or else drawn from ``generator``.
+        """
         transform = self._readout_output
         readout = self.similarity_readout
         if callable(readout):
@@ -584,19 +604,22 @@ class SimilarityRegularizedNet(NeuralNet):
             return phi, labels, labels is not None
 
         def project(out: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            return (transform(out)[0] * v).sum()
+            z = transform(out)[0]
+            return (z * v.to(z.dtype)).sum()
 
         if readout == "random":
             device = self._compute_device()
-            v = torch.randn(n_outputs, generator=generator, device=device)
+            v = vector
+            if v is None:
+                v = torch.randn(n_outputs, generator=generator, device=device)
             return project, v, False
         labels = check_labels(labels, 'similarity_readout="posnegflat"')
         return project, posnegflat_weights(labels, n_outputs), True
 
-    def _cosines(self, pairs, n_outputs, generator, graph):
+    def _cosines(self, pairs, n_outputs, generator, graph, vector=None):
         samples, labels, first, second = pairs
         params = select_parameters(self.module_, self.similarity_params)
-        readout, extra, batched = self._readout(labels, n_outputs, generator)
+        readout, extra, batched = self._readout(labels, n_outputs, generator, vector)
         with evaluation_mode(self.module_), torch.set_grad_enabled(graph):
             grads = per_sample_gradients(
                 self.module_, params, samples, readout, extra, batched, graph
@@ -610,6 +633,7 @@ class SimilarityRegularizedNet(NeuralNet):
         n_outputs: int,
         generator: torch.Generator | None = None,
         graph: bool = False,
+        readout_vector: torch.Tensor | None = None,
     ) -> torch.Tensor | None:
         """Gradient cosines of the pairs of one batch, formed as in training.
 
@@ -624,6 +648,9 @@ class SimilarityRegularizedNet(NeuralNet):
             uses torch's global generator.
         graph : bool, default=False
             Keep the graph to the parameters (double back-propagation).
+        readout_vector : Tensor of shape (n_outputs,), default=None
+            The random read-out (``similarity_readout="random"``); None draws
+            one from ``generator``.
 
         Returns
         -------
@@ -642,7 +669,7 @@ class SimilarityRegularizedNet(NeuralNet):
             pairs = _same_class_batch(inputs, labels, anchor, partner)
         if pairs is None:
             return None
-        return self._cosines(pairs, n_outputs, generator, graph)
+        return self._cosines(pairs, n_outputs, generator, graph, readout_vector)
 
     def pair_similarity(
         self,
@@ -696,6 +723,9 @@ class SimilarityRegularizedNet(NeuralNet):
         size = batch_size
         parts = []
         with torch_seed(random_state):
+            vector = None  # a random read-out, one for every chunk of pairs
+            if self.similarity_readout == "random":
+                vector = torch.randn(n_outputs, device=self._compute_device())
             if self.similarity_pairs == "same_class":
                 labels = check_labels(y, 'similarity_pairs="same_class"')
                 anchor, partner = same_class_partners(labels)
@@ -706,7 +736,7 @@ class SimilarityRegularizedNet(NeuralNet):
                         to_tensor(self._rows(probe, b), self.device),
                         to_tensor(labels[a], self.device),
                     )
-                    parts.append(self._cosines(pairs, n_outputs, None, False))
+                    parts.append(self._cosines(pairs, n_outputs, None, False, vector))
             else:
                 for i in range(0, n, size):
                     parts.append(
@@ -714,6 +744,7 @@ class SimilarityRegularizedNet(NeuralNet):
                             self._rows(X, slice(i, i + size)),
                             None if y is None else y[i : i + size],
                             n_outputs,
+                            readout_vector=vector,
                         )
                     )
         parts = [p.detach().cpu() for p in parts if p is not None]
@@ -871,6 +902,7 @@ class SimilarityRegularizedRegressor(SimilarityRegularizedNet, NeuralNetRegresso
         -------
         self : object
         """
+        y = given_or_item_labels(X, y)
         if y is not None:
             y = training_targets(self, y)
         return super().partial_fit(X, y, classes=classes, **fit_params)

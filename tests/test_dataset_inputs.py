@@ -10,6 +10,7 @@ import torch
 from _architectures import KeywordMLP
 from skorch import NeuralNetClassifier, NeuralNetRegressor
 from skorch.dataset import Dataset as SkorchDataset
+from skorch.dataset import ValidSplit
 from torch.utils.data import (
     ConcatDataset,
     Dataset,
@@ -706,3 +707,19 @@ def test_float64_inputs_to_a_float32_skorch_net_are_explained(data, cv):
         net = net.fit(X.astype(np.float32), y)
     with pytest.raises(TypeError, match=r"convert them, e.g. X.astype\(np.float32\)"):
         LabelIssueDetector(net, cv=cv, n_neighbors=4).fit(X, y)
+
+
+def test_regularized_classifier_fits_and_predicts_datasets_as_arrays(data):
+    """fit(dataset) failed on the default stratified split ("Stratified CV
+    requires explicitly passing a suitable y"), and predict on a dataset of
+    x items failed in skorch, which reads (x, y) items."""
+    X, y = data
+    X = X.astype(np.float32)
+    params = dict(train_split=ValidSplit(3, stratified=True), max_epochs=3)
+    expected = trained_weights(regularized(**params), X, y)
+    net = regularized(**params)
+    got = trained_weights(net, Pairs(X, y), None)
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(net.predict_proba(Dicts(X)), net.predict_proba(X))
+    np.testing.assert_array_equal(net.predict(Dicts(X)), net.predict(X))

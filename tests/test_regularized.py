@@ -34,6 +34,7 @@ from sksim.regularized import (
     SimilarityRegularizedClassifier,
     SimilarityRegularizedNet,
     SimilarityRegularizedRegressor,
+    posnegflat_weights,
     with_pairs,
 )
 
@@ -768,6 +769,25 @@ def test_regressor_with_given_pairs_and_random_readout():
         reg.module_, rows(X, pairs[:, 0]), rows(X, pairs[:, 1]), lambda o, i: o.sum()
     )
     np.testing.assert_allclose(cos, slow.detach().numpy(), atol=1e-6)
+
+
+def test_pair_similarity_with_a_random_readout_is_one_readout_for_all_pairs():
+    """Each chunk of batch_size pairs drew its own read-out: the cosines
+    changed with batch_size (by up to 0.17)."""
+    X, y = make_data()
+    net = make_net(similarity_readout="random", similarity_pairs=flip_sign).fit(X, y)
+    cosines = [
+        net.pair_similarity(X, y, random_state=0, batch_size=size) for size in (4, 64)
+    ]
+    np.testing.assert_allclose(cosines[0], cosines[1], rtol=0, atol=1e-6)
+
+
+def test_posnegflat_weights_sum_to_zero_in_float64():
+    """They were float32, whose -1/3 left a sum of -6e-8, so that logits and
+    log-softmax outputs read out differently in a float64 network."""
+    v = posnegflat_weights(torch.tensor([0, 3]), 4)
+    assert v.dtype == torch.float64
+    np.testing.assert_array_equal(v.sum(1).abs() < 1e-15, [True, True])
 
 
 def test_regressor_takes_one_target_per_sample_as_a_column():
