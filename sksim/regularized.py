@@ -705,7 +705,8 @@ class SimilarityRegularizedNet(NeuralNet):
         cos : ndarray of shape (n_pairs,)
             One cosine per pair, in ``[-1, 1]``: pairs attached by
             :func:`with_pairs` in the order given to it (of those the rows
-            of ``X`` carry).
+            of ``X`` carry); same-class pairs one per sample whose class has
+            another member, ordered by label, then by row.
         """
         self.check_is_fitted()
         self._check_similarity_params()
