@@ -268,7 +268,7 @@ def test_bad_parameters_are_refused(data):
         NetworkNeighbors(mlp(3, 1), n_neighbors=51, n_components=4).fit(
             X_ref, X_val=X_ref[:2]
         )
-    with pytest.raises(ValueError, match="X has 2 features, but NetworkNeighbors"):
+    with pytest.raises(ValueError, match="^X_val has 2 features, but NetworkNeighbors"):
         NetworkNeighbors(mlp(3, 1), n_components=4).fit(X_ref, X_val=X_ref[:2, :2])
     nn = NetworkNeighbors(mlp(3, 1)).fit(X_ref)
     with pytest.raises(ValueError, match="between 1 and the 50 reference examples"):
