@@ -317,7 +317,9 @@ class GradientDensityEstimator(DensityMixin, NetworkEstimator):
         self.n_outputs_ = self._engine.n_outputs(X)
         self._check_kept_bytes()
         if self.method == "soft":
-            sums = [whitened_sum(e, X, self.rtol) for _, e in self._engines()]
+            engines = self._engines()
+            with engines.warned_once():
+                sums = [whitened_sum(e, X, self.rtol) for _, e in engines]
             self.reference_sum_ = (
                 sums[0] if self.checkpoints is None else np.stack(sums)
             )

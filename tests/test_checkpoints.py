@@ -716,3 +716,34 @@ def test_samples_flagged_at_some_checkpoints_are_warned_about_once():
         "[0, 1, 2, 3, 4] and more"
     ]
     assert len(caught) == 2  # and the reference's rows, once
+
+
+def test_a_search_stopped_between_blocks_leaves_no_scope_open(monkeypatch):
+    """The blocks' generator kept a warning scope open across its yields:
+    stopped there (Ctrl-C, a MemoryError) with its traceback kept, it took
+    every later warning of the thread into that scope, never shown."""
+    from sksim import neighbors
+    from sksim._engine import flags
+
+    net = torch.nn.Sequential(torch.nn.Linear(1, 1), torch.nn.ReLU())
+    with torch.no_grad():
+        net[0].weight.fill_(1.0)
+        net[0].bias.fill_(0.0)
+    state = net.state_dict()
+    X = np.linspace(1, 5, 40, dtype=np.float32)[:, None]
+    search = NetworkNeighbors(net, n_neighbors=2, checkpoints=[state, state])
+    search.set_params(max_memory=2000).fit(X[:5])  # queries in blocks
+    top_k, calls = neighbors.top_k, []
+
+    def stopped(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return top_k(*args)
+
+    monkeypatch.setattr(neighbors, "top_k", stopped)
+    with pytest.raises(KeyboardInterrupt) as kept:  # holds the traceback
+        search.kneighbors(X)
+    assert kept.value is not None and flags._scopes() == []
+    with pytest.warns(DeadInputWarning, match="1 sample"):
+        network_similarity(net, np.array([[-1.0], [1.0]], np.float32))

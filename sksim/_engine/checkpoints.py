@@ -18,6 +18,7 @@ and only one checkpoint's engine and pieces exist at a time:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
@@ -29,7 +30,7 @@ import torch
 
 from .budget import rows_that_fit
 from .digest import tensors_digest
-from .flags import block_move, flag_scope
+from .flags import FlaggedRows, block_move, flag_scope
 from .inputs import take
 from .jacobian import JacobianEngine
 
@@ -253,15 +254,18 @@ class WeightedEngines:
     def __len__(self) -> int:
         return len(self._engines if self._engines is not None else self.checkpoints)
 
-    def __iter__(self) -> Iterator[tuple[float, JacobianEngine]]:
-        if self.single:
-            yield from self._engines
-            return
-        # the samples each checkpoint flags, warned about once for all of them
-        with flag_scope(checkpoints=len(self)):
-            yield from self._weighted_engines()
+    def warned_once(self) -> contextlib.AbstractContextManager:
+        """A scope whose checkpoints' flagged samples are warned about once.
 
-    def _weighted_engines(self) -> Iterator[tuple[float, JacobianEngine]]:
+        Their warnings say that the samples were flagged at some checkpoints
+        (see :func:`~sksim._engine.flags.flag_scope`); no scope for the
+        network alone.
+        """
+        if self.single:
+            return contextlib.nullcontext()
+        return flag_scope(checkpoints=len(self))
+
+    def __iter__(self) -> Iterator[tuple[float, JacobianEngine]]:
         if self._engines is not None:
             yield from self._engines
             return
@@ -286,12 +290,13 @@ def weighted_sum(
         ((_, engine),) = engines
         return compute(engine, 0)
     total = None
-    for index, (share, engine) in enumerate(engines):
-        part = share * np.asarray(compute(engine, index), dtype=np.float64)
-        if total is None:
-            total = part
-        else:
-            total += part
+    with engines.warned_once():
+        for index, (share, engine) in enumerate(engines):
+            part = share * np.asarray(compute(engine, index), dtype=np.float64)
+            if total is None:
+                total = part
+            else:
+                total += part
     return total
 
 
@@ -306,10 +311,11 @@ def stacked(
     if engines.single:
         ((_, engine),) = engines
         return compute(engine, 0)
-    parts = [
-        (math.sqrt(share) * compute(engine, index)).astype(np.float32)
-        for index, (share, engine) in enumerate(engines)
-    ]
+    with engines.warned_once():
+        parts = [
+            (math.sqrt(share) * compute(engine, index)).astype(np.float32)
+            for index, (share, engine) in enumerate(engines)
+        ]
     return np.concatenate(parts, axis=-1)
 
 
@@ -334,15 +340,19 @@ def weighted_rows(
         yield from rows_of(engine, queries)
         return
     step = rows_that_fit(engines.max_memory / 3, 8 * n_reference, n_queries)
-    with flag_scope(checkpoints=len(engines)):  # one warning for all the blocks
-        for start in range(0, n_queries, step):
-            block = slice(start, min(start + step, n_queries))
-            whole = step >= n_queries
-            source = reference if queries is None else queries
-            Q = queries if whole else take(source, block)
-            out = np.zeros((block.stop - block.start, n_reference))
-            with flag_scope(move=block_move(block)):
-                for share, engine in engines:
-                    for rows, k in rows_of(engine, Q):
-                        out[rows] += share * k
-            yield block, out
+    # one warning for all the blocks, at the end: a scope left open across the
+    # yields would hold the warnings of any later work should the caller stop
+    flagged = FlaggedRows(checkpoints=len(engines))
+    for start in range(0, n_queries, step):
+        block = slice(start, min(start + step, n_queries))
+        whole = step >= n_queries
+        source = reference if queries is None else queries
+        Q = queries if whole else take(source, block)
+        out = np.zeros((block.stop - block.start, n_reference))
+        with flag_scope(report=False) as found:
+            for share, engine in engines:
+                for rows, k in rows_of(engine, Q):
+                    out[rows] += share * k
+        flagged.merge(found, block_move(block))
+        yield block, out
+    flagged.report()
