@@ -469,7 +469,9 @@ class SimilarityRegularizedNet(NeuralNet):
                 'pass similarity_pairs="given" to train on them, or fit on X '
                 "without pairs."
             )
-        y = given_or_item_labels(X, y)  # skorch's splits and classes read y
+        if y is None and isinstance(self, NeuralNetClassifier):
+            # a classifier's stratified split and classes read the labels
+            y = given_or_item_labels(X, y)
         if y is not None:
             X = labelled(X, y)
         return super().partial_fit(X, y, classes=classes, **fit_params)
@@ -903,7 +905,6 @@ class SimilarityRegularizedRegressor(SimilarityRegularizedNet, NeuralNetRegresso
         -------
         self : object
         """
-        y = given_or_item_labels(X, y)
         if y is not None:
             y = training_targets(self, y)
         return super().partial_fit(X, y, classes=classes, **fit_params)

@@ -24,6 +24,7 @@ from sksim import (
     LabelIssueDetector,
     NetworkSimilarityKernel,
     SimilarityRegularizedClassifier,
+    SimilarityRegularizedNet,
     SimilarityRegularizedRegressor,
     gradient_features,
     network_similarity,
@@ -723,3 +724,42 @@ def test_regularized_classifier_fits_and_predicts_datasets_as_arrays(data):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
     np.testing.assert_array_equal(net.predict_proba(Dicts(X)), net.predict_proba(X))
     np.testing.assert_array_equal(net.predict(Dicts(X)), net.predict(X))
+
+
+class RaggedTargets(Dataset):
+    """Items ``(x, y)`` whose targets have 1 to 3 values, padded by a collate_fn."""
+
+    def __len__(self):
+        return 12
+
+    def __getitem__(self, i):
+        return torch.full((4,), float(i)), torch.arange(1.0, 2 + i % 3)
+
+
+def padded(items):
+    xs, ys = zip(*items, strict=True)
+    return torch.stack(xs), torch.nn.utils.rnn.pad_sequence(ys, batch_first=True)
+
+
+class PaddedMSE(torch.nn.Module):
+    def forward(self, out, y):
+        return ((out[:, : y.shape[1]] - y) ** 2).mean()
+
+
+def test_a_regularized_net_streams_targets_that_do_not_stack():
+    """Every fit read the dataset's targets whole and stacked them, which
+    these cannot be, as skorch alone does not."""
+    torch.manual_seed(0)
+    net = SimilarityRegularizedNet(
+        torch.nn.Linear(4, 3),
+        criterion=PaddedMSE,
+        max_epochs=1,
+        batch_size=4,
+        train_split=None,
+        verbose=0,
+        similarity_pairs=lambda x: x + 0.01,
+        similarity_readout="random",
+        iterator_train__collate_fn=padded,
+    )
+    net.fit(RaggedTargets())
+    assert len(net.history[-1]["batches"]) == 3
