@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -377,4 +378,30 @@ def cv_partition(cv, X, y, groups=None) -> list[tuple[np.ndarray, np.ndarray]]:
             f"KFold does); its test folds hold {int(np.sum(held == 0))} examples "
             f"never and {int(np.sum(held > 1))} more than once."
         )
+    _warn_of_unseen_classes(splits, y)
     return splits
+
+
+def _warn_of_unseen_classes(splits, y) -> None:
+    """Warn when the training part of some fold lacks a class of ``y``.
+
+    That fold's network never sees the class: its held-out examples are
+    misclassified and look mislabelled.
+    """
+    classes = np.unique(y)
+    lacking = {
+        fold: np.setdiff1d(classes, y[train]).tolist()
+        for fold, (train, _) in enumerate(splits)
+    }
+    lacking = {fold: missing for fold, missing in lacking.items() if missing}
+    if lacking:
+        named = "; ".join(f"fold {f}: {m[:5]}" for f, m in list(lacking.items())[:5])
+        warnings.warn(
+            f"Training folds lack classes of y ({named}): their networks never "
+            "see them, so the held-out examples of those classes are "
+            "misclassified and look mislabelled. Use a "
+            "stratified splitter (StratifiedKFold, which an int cv gives), or "
+            "shuffle the examples before splitting.",
+            UserWarning,
+            stacklevel=3,
+        )

@@ -245,6 +245,17 @@ def test_cv_splitter_and_fitted_skorch_net_are_cloned(digits, fitted_digits_net)
     assert not detector.exact_ranking_  # an exact search, no candidates to rank
 
 
+def test_a_fold_whose_training_part_lacks_a_class_is_warned_about(digits):
+    """Sorted labels in KFold(3): the nets of the folds never saw some classes,
+    whose held-out examples were scored as label issues without a word."""
+    X, y = digits[0][:90], np.sort(digits[1][:90])
+    net = make_digits_net(max_epochs=2)
+    with pytest.warns(
+        UserWarning, match=r"Training folds lack classes of y \(fold 0: \[0, 1"
+    ):
+        LabelIssueDetector(net, cv=KFold(3), random_state=0).fit(X, y)
+
+
 def test_group_splitter_holds_each_group_out_together(digits, fitted_digits_net):
     """A group splitter failed with scikit-learn's "groups should not be None"."""
     X, y = digits[0][:120], digits[1][:120]
