@@ -10,11 +10,13 @@ from joblib import Parallel, delayed
 from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator, clone
 from sklearn.utils import check_random_state
+from skorch import NeuralNet
 from tqdm.auto import tqdm
 
 from .._engine.context import torch_seed
 from .._engine.inputs import n_samples, take
 from .._engine.worker_warnings import recording_warnings, warn_again
+from .._net import _unwrap
 from .._typing import NetInput
 from .._validation import (
     check_net_input,
@@ -129,6 +131,9 @@ def memorization_scores(
     n = n_samples(X)
     if len(y) != n:
         raise ValueError(f"X and y have different lengths ({n} and {len(y)}).")
+    if isinstance(_unwrap(estimator), NeuralNet) and y.dtype.kind not in "biuf":
+        # skorch learns label j as output j: text labels by their codes
+        y = np.unique(y, return_inverse=True)[1]
     X = labelled(X, y)
     rng = check_random_state(random_state)
     masks = subset_masks(n, n_models, subset_fraction, rng)

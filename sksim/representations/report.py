@@ -31,6 +31,14 @@ def check_report_params(options: Mapping) -> None:
     per_stage = (
         n_components.values() if isinstance(n_components, Mapping) else [n_components]
     )
+    layers = o.get("layers", ())  # the audit gives its own later
+    layers = [layers] if isinstance(layers, str) else list(layers)
+    if isinstance(n_components, Mapping) and set(layers) - set(n_components):
+        raise ValueError(
+            "n_components, a dict, must give a value for every stage of layers; "
+            f"it lacks {sorted(set(layers) - set(n_components))} (its keys: "
+            f"{sorted(n_components)})."
+        )
     for value in per_stage:
         ClassConditionalDensity(n_components=value)._check_params()
     for name in ("n_models", "n_bins", "n_samples", "batch_size"):

@@ -103,6 +103,16 @@ def test_skorch_net_scores_match_a_brute_force_recomputation():
     assert np.isnan(got[~defined]).all()
 
 
+def test_a_skorch_net_scores_text_labels_as_their_codes():
+    """skorch failed deep inside ("new(): invalid data type 'numpy.str_'")."""
+    X, y = _toy(30, seed=2)
+    net = NeuralNetClassifier(WrappedMLP, max_epochs=3, train_split=None, verbose=0)
+    codes = memorization_scores(net, X, y.astype(np.int64), n_models=3, random_state=0)
+    names = np.array(["ant", "bee"])[y]
+    got = memorization_scores(net, X, names, n_models=3, random_state=0)
+    np.testing.assert_array_equal(got, codes)
+
+
 @pytest.mark.slow
 def test_flipped_digit_labels_are_memorised():
     """The memorisation check of the guide, reduced: 5 % of 600 digit labels flipped."""

@@ -132,3 +132,15 @@ def test_memorization_figure_needs_scores(report):
     )
     with pytest.raises(ValueError, match="has no memorisation scores"):
         plot_memorization_by_density(rep)
+
+
+def test_a_stage_without_its_number_of_components_is_refused_before_any_work():
+    """A bare KeyError came after the first stage was extracted and fitted."""
+    X = np.zeros((6, 4), dtype=np.float32)
+    net = NeuralNetClassifier(HiddenOutMLP, max_epochs=5, train_split=None, verbose=0)
+    with pytest.raises(
+        ValueError, match=r"it lacks \['out'\] \(its keys: \['hidden'\]"
+    ):
+        class_fitting_report(
+            net, X, np.arange(6) % 2, ["hidden", "out"], n_components={"hidden": 4}
+        )
