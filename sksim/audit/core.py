@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import os
 import re
 import time
@@ -777,11 +778,10 @@ def splitter_words(splitter, n_splits: int) -> str:
         getattr(splitter, key, None) for key in ("shuffle", "random_state")
     )
     if shuffle:
-        parts.append(
-            "shuffled at random" if seed is None else f"shuffled with seed {seed}"
-        )
-    elif shuffle is not None:
-        parts.append("in the data's order, not shuffled")
+        seeded = isinstance(seed, numbers.Integral)
+        parts.append(f"shuffled with seed {seed}" if seeded else "shuffled at random")
+    elif shuffle is not None:  # group splitters deal the groups by their sizes
+        parts.append("not shuffled" if "Group" in name else "in the data's order")
     return f"{name}: {', '.join(parts)}"
 
 
@@ -820,8 +820,8 @@ def _numbers_as_ranges(texts) -> str | None:
         return None
     columns = zip(*(_NUMBER.findall(text) for text in texts), strict=True)
     shown = []
-    for numbers in columns:
-        ordered = sorted(set(numbers), key=lambda n: float(n.replace(",", "")))
+    for values in columns:
+        ordered = sorted(set(values), key=lambda n: float(n.replace(",", "")))
         shown.append(
             ordered[0]
             if len(ordered) == 1

@@ -615,16 +615,18 @@ def test_the_protocol_is_described_in_words(small_audit):
     meta = small_audit.metadata
     assert meta["cv"].startswith("StratifiedKFold(")  # kept, as scikit-learn's
     words = "StratifiedKFold: 3 folds, the classes in like proportions, in the data's"
-    assert meta["cv_words"] == words + " order, not shuffled"
+    assert meta["cv_words"] == words + " order"
     shown = f"<td style='text-align:left'>{html.escape(meta['cv_words'])}<"
     assert shown in render_html(small_audit)
     assert splitter_words(KFold(4, shuffle=True), 4) == (
         "KFold: 4 folds, shuffled at random"
     )
-    assert splitter_words(StratifiedGroupKFold(2), 2) == (
+    assert splitter_words(StratifiedGroupKFold(2), 2) == (  # groups dealt by size
         "StratifiedGroupKFold: 2 folds, each group whole in one fold, the classes in "
-        "like proportions, in the data's order, not shuffled"
+        "like proportions, not shuffled"
     )
+    random = KFold(2, shuffle=True, random_state=np.random.RandomState(0))
+    assert splitter_words(random, 2) == "KFold: 2 folds, shuffled at random"
     other = ShuffleSplit(2, random_state=0)
     assert splitter_words(other, 2) == f"2 train/test splits: {other!r}"
 
