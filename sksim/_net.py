@@ -236,7 +236,7 @@ def resolve_module(net: NetLike) -> torch.nn.Module:
 def weights_digest(module: torch.nn.Module, checkpointed: bool = False) -> str:
     """A digest of ``module``'s layers and the contents of its parameters and buffers.
 
-    Equal digests mean equal layers (their ``repr``: types and settings, a
+    Equal digests mean equal layers (their names, types and settings, a
     ``Tanh`` replaced by a ``ReLU`` too) and equal weights (names, dtypes,
     shapes and bytes, and which parameters are trainable: the gradients are
     theirs), wherever the tensors live. ``checkpointed`` leaves out the
@@ -244,11 +244,28 @@ def weights_digest(module: torch.nn.Module, checkpointed: bool = False) -> str:
     replaces.
     """
     unread = module.state_dict(keep_vars=True).keys() if checkpointed else ()
-    layers = [("layers", repr(module))]
+    layers = [("layers", _layer_settings(module))]
     return tensors_digest(
         itertools.chain(layers, module.named_parameters(), module.named_buffers()),
         unread,
     )
+
+
+def _layer_settings(module: torch.nn.Module) -> list[tuple[str, str, str]]:
+    """Each layer's name, type and settings (its ``extra_repr``).
+
+    Parameter containers describe their parameters' devices: their tensors
+    count by themselves.
+    """
+    containers = (torch.nn.ParameterList, torch.nn.ParameterDict)
+    return [
+        (
+            name,
+            type(layer).__qualname__,
+            "" if isinstance(layer, containers) else layer.extra_repr(),
+        )
+        for name, layer in module.named_modules()
+    ]
 
 
 def predicted_probabilities(net: NetLike, X: NetInput) -> np.ndarray:
