@@ -133,7 +133,7 @@ def posnegflat_weights(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
             f"[0, {n_classes}) to index the network's {n_classes} outputs; got "
             f"labels in [{low}, {high}]. Encode y as 0..C-1."
         )
-    v = torch.full(  # float64, cast to the outputs' dtype: sums to 0 in theirs
+    v = torch.full(  # float64, then the outputs' dtype: exact in a float64 network
         (labels.shape[0], n_classes),
         -1.0 / (n_classes - 1),
         dtype=torch.float64,
