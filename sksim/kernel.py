@@ -22,6 +22,7 @@ from ._docs import fill_doc
 from ._engine import features
 from ._engine.budget import check_kept_bytes, rows_that_fit
 from ._engine.checkpoints import checkpoint_seed, stacked, weighted_sum
+from ._engine.finite import rows_of_reference
 from ._engine.flags import block_move, flag_scope
 from ._engine.gram import POWERS, GramReference, symmetrize
 from ._engine.inputs import n_samples, take
@@ -93,20 +94,27 @@ def _projected_similarity(engine, X, Y, kind, reduce, rtol, n_components, seed):
         K = _contract(F_x, F_x, kind, reduce, bound)
         symmetrize(K)
         return K
-    Y = X if Y is None else Y
+
+    def read(rows):  # a reference Y's rows are named as its, as the exact kernel's
+        if Y is None:
+            return flag_scope(move=block_move(rows))
+        return rows_of_reference(rows)
+
+    right = X if Y is None else Y
     if reduce is None:  # blocks larger than the sketches
-        F_y = _features(engine, Y, kind, "right", n_components, seed, rtol)
+        with read(slice(0, n_samples(right))):
+            F_y = _features(engine, right, kind, "right", n_components, seed, rtol)
         return _contract(F_x, F_y, kind, reduce, bound)
     # the reference sketched a chunk at a time: its rows are not kept
-    m, row_bytes = n_samples(Y), F_x[0].nbytes
+    m, row_bytes = n_samples(right), F_x[0].nbytes
     step = rows_that_fit(bound, row_bytes, m)
     K = np.empty((len(F_x), m))
     with flag_scope():  # one warning for the chunks
         for start in range(0, m, step):
             chunk = slice(start, min(start + step, m))
-            with flag_scope(move=block_move(chunk)):
+            with read(chunk):
                 F_y = _features(
-                    engine, take(Y, chunk), kind, "right", n_components, seed, rtol
+                    engine, take(right, chunk), kind, "right", n_components, seed, rtol
                 )
             K[:, chunk] = _contract(F_x, F_y, kind, reduce, bound)
     return K

@@ -6,9 +6,17 @@ import tracemalloc
 
 import numpy as np
 import pytest
+import torch
 from _architectures import mlp
 
-from sksim import NetworkNeighbors, NetworkSimilarityKernel, kernel, network_similarity
+from sksim import (
+    DeadInputWarning,
+    GradientDensityEstimator,
+    NetworkNeighbors,
+    NetworkSimilarityKernel,
+    kernel,
+    network_similarity,
+)
 
 N_COMPONENTS = 16
 
@@ -77,3 +85,37 @@ def test_an_exact_search_over_sketches_is_advised_what_applies_to_it(data):
     )
     with pytest.raises(MemoryError, match='search with algorithm="faiss" over fewer'):
         search.fit(data)
+
+
+def dead_below_zero():
+    """``Linear(1, 4) -> ReLU -> Linear``: a zero gradient for inputs x <= 0."""
+    net = torch.nn.Sequential(
+        torch.nn.Linear(1, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2, bias=False)
+    )
+    with torch.no_grad():
+        net[0].weight.fill_(1.0)
+        net[0].bias.fill_(0.0)
+    return net
+
+
+def test_chunks_of_sketched_queries_warn_once_with_the_queries_rows():
+    """Each chunk warned on its own, naming rows of the chunk: [0, 1, 2], [0, 1]."""
+    net, reference = dead_below_zero(), np.linspace(0.5, 8, 20, dtype=np.float32)
+    queries = np.linspace(-3, 9, 17, dtype=np.float32)[:, None]  # rows 0-4 dead
+    density = GradientDensityEstimator(
+        net, method="hard", n_components=8, max_memory=2500
+    ).fit(reference[:, None])
+    with pytest.warns(DeadInputWarning) as caught:
+        density.score_samples(queries)
+    assert [str(w.message)[:54] for w in caught] == [
+        "5 sample(s) have a zero gradient: input rows [0, 1, 2,"
+    ]
+
+
+def test_a_sketched_kernel_names_the_references_rows_as_the_exact_one():
+    net = dead_below_zero()
+    queries = np.linspace(1, 9, 17, dtype=np.float32)[:, None]
+    reference = np.linspace(-3, 8, 20, dtype=np.float32)[:, None]  # rows 0-5 dead
+    for n_components in (None, 8):
+        with pytest.warns(DeadInputWarning, match=r"6 .* rows \[0, .* of the refe"):
+            network_similarity(net, queries, reference, n_components=n_components)

@@ -18,6 +18,7 @@ import torch
 from .budget import rows_that_fit
 from .features import gradient_features
 from .finite import rows_of_reference
+from .flags import FlaggedRows, block_move, flag_scope
 from .gram import GramReference
 from .inputs import n_samples, take
 from .jacobian import JacobianEngine
@@ -297,7 +298,13 @@ def sketched_rows(
     """
     n = n_samples(X)
     step = rows_that_fit(max_bytes / 2, 4 * F_ref.shape[1], n)
+    # one warning for all the chunks, at the end (no scope open across yields)
+    flagged = FlaggedRows()
     for start in range(0, n, step):
-        F = sketch(take(X, slice(start, min(start + step, n))))
+        chunk = slice(start, min(start + step, n))
+        with flag_scope(report=False) as found:
+            F = sketch(take(X, chunk))
+        flagged.merge(found, block_move(chunk))
         for rows, k in sketch_rows(F, F_ref, max_bytes / 2):
             yield slice(start + rows.start, start + rows.stop), k
+    flagged.report()
