@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 from numpy.typing import ArrayLike
+from sklearn.base import is_classifier, is_regressor
 from skorch import NeuralNet, NeuralNetClassifier, NeuralNetRegressor
 from skorch.callbacks import Callback, PassthroughScoring
 from skorch.dataset import unpack_data
@@ -71,6 +72,7 @@ from ._validation import (
     carries_labels,
     check_net_input,
     check_positive_int,
+    dataset_targets,
     given_or_item_labels,
     labelled,
 )
@@ -469,21 +471,53 @@ class SimilarityRegularizedNet(NeuralNet):
                 'pass similarity_pairs="given" to train on them, or fit on X '
                 "without pairs."
             )
-        if y is None and isinstance(self, NeuralNetClassifier):
-            # a classifier's stratified split and classes read the labels
-            y = given_or_item_labels(X, y)
+        if y is None:
+            y = self._item_labels(X)
         if y is not None:
             X = labelled(X, y)
         return super().partial_fit(X, y, classes=classes, **fit_params)
+
+    def _item_labels(self, X) -> np.ndarray | None:
+        """The labels of a dataset's ``(x, y)`` items, for a classifier or regressor.
+
+        A classifier's stratified split and classes read them, a regressor's
+        targets become a column (see :class:`SimilarityRegularizedRegressor`).
+        None for other nets, other inputs, and labels that do not stack into
+        one array (sequences a ``collate_fn`` pads): skorch reads those.
+        """
+        if not (is_classifier(self) or is_regressor(self)) or not is_dataset(X):
+            return None
+        if is_pair_data(X) or not carries_labels(X):
+            return None
+        try:
+            return dataset_targets(X)
+        except ValueError:  # labels of several shapes
+            return None
 
     # -- skorch hooks ---------------------------------------------------------
 
     def forward_iter(
         self, X: NetInput, training: bool = False, device: str | torch.device = "cpu"
     ) -> Iterator:
-        """skorch's, on a dataset of ``x`` items too (skorch reads ``(x, y)``).
+        """Yield the outputs of batches of ``X``, as skorch does, for ``x`` items too.
 
+        skorch reads a dataset's items as ``(x, y)``; a dataset of ``x`` items
+        is given placeholder labels, which inference does not read.
         ``predict``, ``predict_proba`` and ``forward`` pass through it.
+
+        Parameters
+        ----------
+        X : array-like, tensor, dict or Dataset
+            Inputs; a dataset's items are ``x`` or ``(x, y)``.
+        training : bool, default=False
+            Whether to run the module in training mode.
+        device : str or torch.device, default="cpu"
+            Where the outputs are moved.
+
+        Returns
+        -------
+        outputs : iterator
+            The module's output for each batch, as skorch's ``forward_iter``.
         """
         if is_dataset(X) and not is_pair_data(X) and not carries_labels(X):
             X = LabelledDataset(X, np.zeros(len(X)))  # labels unread in inference
@@ -905,6 +939,8 @@ class SimilarityRegularizedRegressor(SimilarityRegularizedNet, NeuralNetRegresso
         -------
         self : object
         """
+        if y is None:
+            y = self._item_labels(X)
         if y is not None:
             y = training_targets(self, y)
         return super().partial_fit(X, y, classes=classes, **fit_params)
