@@ -395,13 +395,16 @@ def _warn_of_unseen_classes(splits, y) -> None:
     }
     lacking = {fold: missing for fold, missing in lacking.items() if missing}
     if lacking:
-        named = "; ".join(f"fold {f}: {m[:5]}" for f, m in list(lacking.items())[:5])
+        named = ", ".join(
+            f"fold {f} lacks {m[:5]}" for f, m in list(lacking.items())[:5]
+        )
         warnings.warn(
-            f"Training folds lack classes of y ({named}): their networks never "
-            "see them, so the held-out examples of those classes are "
-            "misclassified and look mislabelled. Use a "
-            "stratified splitter (StratifiedKFold, which an int cv gives), or "
-            "shuffle the examples before splitting.",
+            "Training folds lack classes of y, which their networks never see: "
+            f"the held-out examples of those classes look mislabelled ({named}). "
+            "A class with fewer examples than folds cannot be in every training "
+            "fold; otherwise use a stratified splitter (StratifiedKFold, which an "
+            "int cv gives, or StratifiedGroupKFold for groups), or shuffle the "
+            "examples before splitting.",
             UserWarning,
             stacklevel=3,
         )
