@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from .._engine.context import torch_seed
 from .._engine.inputs import n_samples, take
 from .._engine.worker_warnings import recording_warnings, warn_again
-from .._net import _unwrap
+from .._net import _unwrap, training_targets
 from .._typing import NetInput
 from .._validation import (
     check_net_input,
@@ -131,9 +131,11 @@ def memorization_scores(
     n = n_samples(X)
     if len(y) != n:
         raise ValueError(f"X and y have different lengths ({n} and {len(y)}).")
-    if isinstance(_unwrap(estimator), NeuralNet) and y.dtype.kind not in "biuf":
-        # skorch learns label j as output j: text labels by their codes
-        y = np.unique(y, return_inverse=True)[1]
+    net = _unwrap(estimator)
+    if isinstance(net, NeuralNet):  # labels as skorch's loss takes them
+        if y.dtype.kind not in "biuf":  # label j is output j: text by its code
+            y = np.unique(y, return_inverse=True)[1]
+        y = training_targets(net, y)
     X = labelled(X, y)
     rng = check_random_state(random_state)
     masks = subset_masks(n, n_models, subset_fraction, rng)

@@ -206,8 +206,8 @@ def class_fitting_report(
     >>> rep.splits["stage"].tolist(), rep.bins["bin"][:4].tolist()
     (['0', '1'], [0, 1, 2, 3])
     """
+    layers = [layers] if isinstance(layers, str) else list(layers)  # once
     check_report_params(locals())  # the arguments, before any work
-    layers = [layers] if isinstance(layers, str) else list(layers)
     y = given_or_item_labels(X, y)
     if y is None:
         raise ValueError(

@@ -13,7 +13,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.neural_network import MLPClassifier
 from sklearn.utils import check_random_state
-from skorch import NeuralNetClassifier
+from skorch import NeuralNetBinaryClassifier, NeuralNetClassifier
 
 from sksim._engine.context import torch_seed
 from sksim.representations import memorization_scores
@@ -111,6 +111,14 @@ def test_a_skorch_net_scores_text_labels_as_their_codes():
     names = np.array(["ant", "bee"])[y]
     got = memorization_scores(net, X, names, n_models=3, random_state=0)
     np.testing.assert_array_equal(got, codes)
+    # a binary classifier's logistic loss takes float labels: its codes too
+    binary = NeuralNetBinaryClassifier(
+        torch.nn.Linear(2, 1), max_epochs=3, train_split=None, verbose=0
+    )
+    floats = memorization_scores(binary, X, y.astype(np.float32), n_models=3)
+    for labels in (names, y.astype(bool), y):
+        scores = memorization_scores(binary, X, labels, n_models=3, random_state=0)
+        assert scores.shape == floats.shape
 
 
 @pytest.mark.slow

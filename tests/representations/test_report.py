@@ -144,3 +144,14 @@ def test_a_stage_without_its_number_of_components_is_refused_before_any_work():
         class_fitting_report(
             net, X, np.arange(6) % 2, ["hidden", "out"], n_components={"hidden": 4}
         )
+
+
+def test_layers_given_by_a_generator_are_read_once(report):
+    """The checks before any work took the generator's stages: "layers must
+    name at least one layer"."""
+    X, y, rep = report
+    net = NeuralNetClassifier(HiddenOutMLP, max_epochs=5, train_split=None, verbose=0)
+    got = class_fitting_report(
+        net, X, y, (name for name in ["hidden"]), n_components=4, mixture=MIX, n_bins=5
+    )
+    assert list(got.densities) == ["hidden"]
