@@ -219,7 +219,18 @@ def worth_a_look(data, tables):
 
 @with_names
 def isolated_figure(result: AuditResult) -> Figure | None:
-    """Thumbnails of the most isolated examples, with their log-density."""
+    """Draw the most isolated examples as thumbnails, with their log-density.
+
+    Parameters
+    ----------
+    result : AuditResult
+        The audit's result.
+
+    Returns
+    -------
+    fig : matplotlib.figure.Figure or None
+        None when the density analysis did not run, or the inputs are not images.
+    """
     items = [g for g in result.examples if g["kind"] == "isolated"]
     if not items or items[0]["image"] is None:
         return None
@@ -246,7 +257,19 @@ def isolated_figure(result: AuditResult) -> Figure | None:
 
 @with_names
 def support_figure(result: AuditResult) -> Figure | None:
-    """The least-supported predictions (left) and their nearest training examples."""
+    """The least-supported predictions (left) and their nearest training examples.
+
+    Parameters
+    ----------
+    result : AuditResult
+        The audit's result.
+
+    Returns
+    -------
+    fig : matplotlib.figure.Figure or None
+        None when the neighbours analysis of a classifier did not run, or
+        the inputs are not images.
+    """
     items = [g for g in result.examples if g["kind"] == "least support"]
     if not items or items[0]["image"] is None:
         return None

@@ -7,7 +7,6 @@ gathers them.
 """
 
 from ._examples import isolated_figure, support_figure
-from ._render import pyplot
 from .analyses.class_fitting import class_densities
 from .analyses.density import density_histogram, error_by_density
 from .analyses.label_issues import issue_grid
@@ -21,7 +20,6 @@ __all__ = [
     "isolated_figure",
     "issue_grid",
     "neighbor_grid",
-    "pyplot",
     "sensitivity_layers",
     "support_figure",
 ]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from sksim.audit import figures
+from sksim.audit import _render, figures
 from sksim.audit._names import named
 from sksim.audit.report import SECTIONS, classes_text, render_html, to_dict
 
@@ -197,7 +197,7 @@ def test_missing_matplotlib_names_the_extra(monkeypatch):
     with pytest.raises(
         ImportError, match=r"pip install matplotlib. \(sksim's plot extra\)"
     ):
-        figures.pyplot()
+        _render.pyplot()
 
 
 def test_classes_text_names_the_codes():

@@ -40,7 +40,18 @@ MAX_CLASS_TICKS = 40  # classes named on a panel's axis, at most
 
 @with_names
 def class_densities(result: AuditResult) -> Figure | None:
-    """Classes sorted by mean own-class log-density, per layer, over folds."""
+    """Draw the classes, sorted by mean own-class log-density, per layer, over folds.
+
+    Parameters
+    ----------
+    result : AuditResult
+        The audit's result.
+
+    Returns
+    -------
+    fig : matplotlib.figure.Figure or None
+        None when the class-fitting analysis did not run.
+    """
     table = result.tables.get("class_fitting_summary")
     if table is None:
         return None

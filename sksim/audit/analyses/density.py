@@ -60,7 +60,18 @@ def error_column(samples: pd.DataFrame) -> str:
 
 
 def density_histogram(result: AuditResult) -> Figure | None:
-    """Histogram of the held-out log-densities, correct and misclassified."""
+    """Histogram of the held-out log-densities, correct and misclassified.
+
+    Parameters
+    ----------
+    result : AuditResult
+        The audit's result.
+
+    Returns
+    -------
+    fig : matplotlib.figure.Figure or None
+        None when the density analysis did not run.
+    """
     samples = result.tables["samples"]
     if "log_density" not in samples:
         return None
@@ -93,6 +104,16 @@ def error_by_density(result: AuditResult) -> Figure | None:
     """Error by density quantile bin, mean and spread over folds.
 
     The error rate, or the mean squared error of a regression.
+
+    Parameters
+    ----------
+    result : AuditResult
+        The audit's result.
+
+    Returns
+    -------
+    fig : matplotlib.figure.Figure or None
+        None when the density analysis did not run.
     """
     table = result.tables.get("density_bins_summary")
     if table is None:

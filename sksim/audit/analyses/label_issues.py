@@ -152,7 +152,18 @@ def planted_precision(
 
 @with_names
 def issue_grid(result: AuditResult) -> Figure | None:
-    """The top suspected issues (left) and their most similar training examples."""
+    """The top suspected issues (left) and their most similar training examples.
+
+    Parameters
+    ----------
+    result : AuditResult
+        The audit's result.
+
+    Returns
+    -------
+    fig : matplotlib.figure.Figure or None
+        None when the label-issue analysis did not run, or the inputs are not images.
+    """
     items = [g for g in result.gallery if g["kind"] == "label issue"]
     if not items or items[0]["image"] is None:
         return None

@@ -171,7 +171,19 @@ def _show(ax, image):
 
 @with_names
 def neighbor_grid(result: AuditResult) -> Figure | None:
-    """Each gallery example, then its most similar training examples."""
+    """Each gallery example, then its most similar training examples.
+
+    Parameters
+    ----------
+    result : AuditResult
+        The audit's result.
+
+    Returns
+    -------
+    fig : matplotlib.figure.Figure or None
+        None when no gallery example has an image (the neighbours analysis
+        did not run, or the inputs are not images).
+    """
     gallery = [g for g in own_gallery(result) if g["image"] is not None]
     if not gallery:
         return None

@@ -31,7 +31,18 @@ def import_sensitivity() -> ModuleType | None:
 
 
 def sensitivity_layers(result: AuditResult) -> Figure | None:
-    """Layer-wise D, G and R, trained and at initialisation, mean over folds."""
+    """Layer-wise D, G and R, trained and at initialisation, mean over folds.
+
+    Parameters
+    ----------
+    result : AuditResult
+        The audit's result.
+
+    Returns
+    -------
+    fig : matplotlib.figure.Figure or None
+        None when the sensitivity analysis did not run.
+    """
     table = result.tables.get("sensitivity_summary")
     if table is None:
         return None
