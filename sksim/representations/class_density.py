@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -186,6 +187,7 @@ class ClassConditionalDensity(ClassifierMixin, BaseEstimator):
         )
         seeds = rng.randint(2**31 - 1, size=len(self.classes_))
         members = [np.flatnonzero(y_index == c) for c in range(len(self.classes_))]
+        _warn_of_single_points(self.classes_, [P[rows] for rows in members])
         fits = Parallel(n_jobs=self.n_jobs)(
             delayed(recording_warnings(_fit_mixture))(
                 clone(template).set_params(random_state=int(seed)),
@@ -467,3 +469,27 @@ def _as_table(table, as_frame):
     except ImportError as exc:  # pragma: no cover - pandas is a dev dependency
         raise ImportError("as_frame=True needs pandas: pip install pandas.") from exc
     return pd.DataFrame(dict(table))
+
+
+def _warn_of_single_points(classes, points) -> None:
+    """Warn of classes whose examples are one point (one example, or copies).
+
+    Their mixture's spread is the prior's ``reg_covar``, not the data's: their
+    log-densities, often the highest, compare with no other class's.
+    """
+    single = [
+        c for c, P in zip(classes, points, strict=True) if np.ptp(P, axis=0).max() == 0
+    ]
+    if single:
+        named = ", ".join(str(c) for c in single[:5]) + (
+            ", ..." if len(single) > 5 else ""
+        )
+        warnings.warn(
+            f"Classes holding a single point (one example, or copies of it): "
+            f"{named}. Their densities are set by the prior's "
+            "reg_covar, not by data, and compare with no other class's (their "
+            "log-densities are often the highest, which puts them in the 'high' "
+            "group): give them more examples, or leave them out of the comparison.",
+            UserWarning,
+            stacklevel=3,
+        )
