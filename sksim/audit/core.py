@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import numbers
 import os
 import re
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 from numpy.typing import ArrayLike
+from sklearn.base import clone
 from sklearn.metrics import r2_score
 from sklearn.model_selection import BaseCrossValidator, check_cv
 from sklearn.utils.multiclass import type_of_target
@@ -23,7 +25,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from .._engine.inputs import is_dataset, lazy_rows, n_samples, take
-from .._net import _unwrap, fit_net, skorch_task, untrained_clone
+from .._net import _unwrap, fit_net, resolve_module, skorch_task, untrained_clone
 from .._typing import NetInput, NetLike
 from .._validation import (
     check_net_input,
@@ -173,10 +175,21 @@ class _Data:
         return self.X, self.y, self.X_test, self.y_test
 
 
-def _check_options(analyses, n_neighbors, options, errors):
-    unknown = [a for a in analyses if a not in REGISTRY]
+def _check_analyses(analyses) -> tuple[str, ...]:
+    """``analyses`` as a tuple of registered names, or raise saying what to pass."""
+    if isinstance(analyses, str) or not isinstance(analyses, Iterable):
+        raise TypeError(
+            f"analyses must be a sequence of names among {ANALYSES}, such as "
+            f"({ANALYSES[0]!r},); got {analyses!r}."
+        )
+    analyses = tuple(analyses)
+    unknown = [a for a in analyses if not isinstance(a, str) or a not in REGISTRY]
     if unknown:
         raise ValueError(f"Unknown analyses {unknown}; choose among {ANALYSES}.")
+    return analyses
+
+
+def _check_options(n_neighbors, options, errors):
     check_positive_int(n_neighbors, "n_neighbors")
     unknown = [a for a in options if a not in REGISTRY]
     if unknown:
@@ -289,6 +302,24 @@ def _prefit_data(net, X, y, X_test, y_test):
         y, y_test = regression_targets(y, "y"), regression_targets(y_test, "y_test")
         return _Data(X, y, X_test, y_test, task, None)
     return _Data(X, y, X_test, y_test, task, _check_labels(y, y_test))
+
+
+def _built_module(net: NetLike, prefit: bool) -> torch.nn.Module:
+    """The module the folds analyse, built without training, for checks.
+
+    The trained module when prefit; otherwise the module given as an
+    instance, that of a fitted net, or one built by an unfitted clone, its
+    parameters drawn under a forked random state (the caller's stays as it is).
+    """
+    if prefit:
+        return resolve_module(net)
+    net = _unwrap(net)
+    if isinstance(net.module, torch.nn.Module):
+        return net.module
+    if getattr(net, "initialized_", False):
+        return net.module_
+    with torch.random.fork_rng(devices=[]):
+        return clone(net).initialize().module_
 
 
 def _skip_reason(analysis, data):
@@ -582,7 +613,8 @@ def audit(
         Training examples retrieved per held-out example.
     layers : list of str, default=None
         Module names for class fitting; None takes the last three linear or
-        convolutional modules.
+        convolutional modules. Checked against the network before any
+        training.
     options : dict of str to dict, default=None
         Keyword arguments per analysis, passed on to the estimator or function
         behind it (e.g. ``{"density": {"method": "hard"}, "sensitivity":
@@ -660,7 +692,8 @@ def audit(
     import_pandas()
     options = dict(options or {})
     prefit = isinstance(cv, str) and cv == "prefit"
-    _check_options(analyses, n_neighbors, options, errors)
+    analyses = _check_analyses(analyses)
+    _check_options(n_neighbors, options, errors)
     check_positive_int(scale_threshold, "scale_threshold", allow_none=True)
     check_data = _prefit_data if prefit else _cv_data
     data = check_data(net, X, y, X_test, y_test)
@@ -668,6 +701,9 @@ def audit(
     reasons = {a.name: _skip_reason(a, data) for a in requested}
     skipped = {name: reason for name, reason in reasons.items() if reason}
     requested = [a for a in requested if a.name not in skipped]
+    module = functools.cache(functools.partial(_built_module, net, prefit))
+    for analysis in requested:
+        analysis.check_network(module, layers, options.get(analysis.name, {}))
     with warnings.catch_warnings(record=True) as split_warnings:
         warnings.simplefilter("always")
         protocol, protocol_words, splits = _splits(cv, data, prefit, groups)

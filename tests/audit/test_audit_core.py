@@ -514,6 +514,80 @@ def test_option_values_are_checked_before_any_training(
         audit(small_net(X), X, y, cv=2, analyses=tuple(options), options=options)
 
 
+@pytest.mark.parametrize(
+    "layers, options, message",
+    [
+        (["nope"], {}, r"Unknown layers \['nope'\]"),
+        ("nope", {}, r"Unknown layers \['nope'\]"),
+        (None, dict(n_components={"hidden": 2}), r"it lacks \['out'\]"),
+        (["hidden"], dict(n_components={"out": 2}), r"it lacks \['hidden'\]"),
+    ],
+)
+@pytest.mark.parametrize("prefit", [False, True])
+def test_class_fitting_layers_are_checked_before_any_training(
+    digit_images, monkeypatch, layers, options, message, prefit
+):
+    """They failed in every fold, after its training (a recorded failure each)."""
+    X, y = digit_images
+    net = small_net(X, max_epochs=1)
+    if prefit:
+        net.fit(X, y)
+    else:
+        monkeypatch.setattr(core, "fit_net", pytest.fail)
+    state = torch.random.get_rng_state()
+    with pytest.raises(ValueError, match=message):
+        audit(
+            net,
+            X,
+            y,
+            cv="prefit" if prefit else 2,
+            X_test=X if prefit else None,
+            y_test=y if prefit else None,
+            analyses=("class_fitting",),
+            layers=layers,
+            options=dict(class_fitting=options),
+        )
+    assert torch.equal(torch.random.get_rng_state(), state)  # the module built aside
+
+
+def test_class_fitting_without_default_layers_names_the_fix(digit_images):
+    X, y = digit_images
+    net = NeuralNetClassifier(MeanLogits, max_epochs=1, train_split=None)
+    with pytest.raises(ValueError, match=r"MeanLogits has none: name the layers"):
+        audit(net, X, y, cv=2, analyses=("class_fitting",))
+
+
+class MeanLogits(torch.nn.Module):
+    """A classifier without linear or convolutional modules."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(10))
+
+    def forward(self, x):
+        return x[:, :10] * self.scale
+
+
+@pytest.mark.parametrize(
+    "analyses, error, message",
+    [
+        ("density", TypeError, "analyses must be a sequence of names"),
+        (None, TypeError, "analyses must be a sequence of names"),
+        ([["density"]], ValueError, r"Unknown analyses \[\['density'\]\]"),
+    ],
+)
+def test_analyses_of_a_wrong_type_are_named(digit_images, analyses, error, message):
+    X, y = digit_images
+    with pytest.raises(error, match=message):
+        audit(small_net(X), X, y, analyses=analyses)
+
+
+def test_analyses_may_be_any_iterable(digit_images):
+    X, y = digit_images
+    result = audit(small_net(X, max_epochs=1), X, y, cv=2, analyses=iter(["density"]))
+    assert result.metadata["analyses"] == ["density"]
+
+
 def test_audit_errors(digit_images):
     X, y = digit_images
     net = small_net(X, max_epochs=1)

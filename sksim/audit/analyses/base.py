@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +14,7 @@ from .. import _render
 
 if TYPE_CHECKING:
     import pandas as pd
+    import torch
 
     from ..core import AuditResult, _Data, _Fold
 
@@ -172,6 +173,25 @@ class Analysis:
             {name: value for name, value in options.items() if name in constraints},
             caller_name=f"options[{self.name!r}]",
         )
+
+    def check_network(
+        self,
+        module: Callable[[], torch.nn.Module],
+        layers: Sequence[str] | None,
+        options: Mapping[str, Any],
+    ) -> None:
+        """Raise, before any training, on what the network cannot take.
+
+        Parameters
+        ----------
+        module : callable
+            Returns the network's module, built (untrained, unless the audit
+            is prefit) on the first call.
+        layers : sequence of str or None
+            The audit's ``layers``.
+        options : dict
+            ``options[name]``, checked by :meth:`check_options` already.
+        """
 
     def skip_reason(self, X: NetInput) -> str | None:
         """Why the analysis does not apply to inputs ``X`` (None when it does)."""

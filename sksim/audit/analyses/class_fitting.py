@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -269,6 +269,30 @@ class ClassFitting(Analysis):
                 if name not in self.own_options
             }
         )
+
+    def check_network(
+        self,
+        module: Callable[[], torch.nn.Module],
+        layers: Sequence[str] | None,
+        options: Mapping[str, Any],
+    ) -> None:
+        """Raise on layers the network lacks, or ``n_components`` missing one.
+
+        The layers are the audit's, else :func:`default_layers`.
+        """
+        from ..._layers import RepresentationCapture
+        from ...representations.report import check_report_params
+
+        built = module()
+        if layers is None and not (layers := default_layers(built)):
+            raise ValueError(
+                "Class fitting reads the last linear or convolutional modules, "
+                f"and {type(built).__name__} has none: name the layers to fit "
+                "with audit(..., layers=[...]) (see dict(module.named_modules()))."
+            )
+        RepresentationCapture(built, layers)
+        n_components = {**self.defaults, **options}["n_components"]
+        check_report_params(dict(n_components=n_components, layers=layers))
 
     def run(self, fold: _Fold) -> FoldOutput:
         from ...representations import (
