@@ -524,8 +524,15 @@ def test_invalid_datasets_are_refused_with_a_reason(data, net):
         network_similarity(net, Items([X[0], X[1, :2]]))
     with pytest.raises(ValueError, match="holds input X as a list, which torch's"):
         network_similarity(net, Items([(X[0].tolist(), 0), (X[1].tolist(), 1)]))
-    with pytest.raises(ValueError, match=r"scalar input X.*read as \(x, y\)"):
+    with pytest.raises(ValueError, match=r"holds 3 values.*numbers as an array"):
         network_similarity(net, Items([X[0].tolist(), X[1].tolist()]))
+    with pytest.raises(ValueError, match=r"scalar input X.*read as \(x, y\)"):
+        network_similarity(net, Items([X[0, :2].tolist(), X[1, :2].tolist()]))
+    # (input_ids, attention_mask, labels): the mask was taken for the labels
+    triples = TensorDataset(torch.as_tensor(X), torch.as_tensor(X), torch.as_tensor(y))
+    for estimator in (NetworkSimilarityKernel(net), NetworkNeighbors(net, n_neighbors=1)):
+        with pytest.raises(ValueError, match=r"holds 3 values; items are x or \(x, y"):
+            estimator.fit(triples)
     kernel = NetworkSimilarityKernel(net).fit(Pairs(X, y))
     wide = Items([np.ones(4)] * 3)
     with pytest.raises(ValueError, match="X has 4 features, but Network"):

@@ -36,6 +36,14 @@ def split_item(item) -> tuple[object, object]:
     if isinstance(item, tuple | list):
         if not item:
             raise ValueError("A dataset item is an empty tuple; expected x or (x, y).")
+        if len(item) > 2:
+            raise ValueError(
+                f"A dataset item holds {len(item)} values; items are x or (x, y), "
+                "as skorch reads them: return a sample's numbers as an array or "
+                "tensor, and several inputs of the network as a dict x of its "
+                "forward's keyword arguments, e.g. items "
+                "({'input_ids': ids, 'attention_mask': mask}, y)."
+            )
         return item[0], (item[1] if len(item) > 1 else None)
     return item, None
 
