@@ -579,6 +579,31 @@ def test_integer_inputs_to_a_float_network_are_explained(module):
         network_similarity(module, np.arange(30).reshape(6, 5))
 
 
+class Tokens(torch.nn.Module):
+    """An embedding of token ids, masked: inputs by keyword, as skorch gives a dict."""
+
+    def __init__(self):
+        super().__init__()
+        self.embedding = torch.nn.Embedding(10, 4)
+        self.out = torch.nn.Linear(4, 2)
+
+    def forward(self, input_ids, attention_mask):
+        mask = attention_mask.unsqueeze(-1)
+        return self.out((self.embedding(input_ids) * mask).sum(1))
+
+
+def test_float_token_ids_are_named_among_dict_inputs():
+    ids = np.arange(12).reshape(4, 3) % 10
+    mask = np.ones((4, 3), dtype=np.int64)
+    K = network_similarity(Tokens(), {"input_ids": ids, "attention_mask": mask})
+    assert K.shape == (4, 4)
+    # it blamed the integer mask, and advised converting it to floats
+    with pytest.raises(TypeError, match=r"floating-point inputs \(input_ids\)"):
+        network_similarity(
+            Tokens(), {"input_ids": ids.astype(np.float32), "attention_mask": mask}
+        )
+
+
 def test_inputs_must_have_the_fitted_axes_and_fit_the_network():
     cnn = torch.nn.Sequential(
         torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten(), torch.nn.LazyLinear(2)

@@ -688,19 +688,34 @@ def network_output(module: torch.nn.Module, batch, float_dtype: torch.dtype):
 
 @contextlib.contextmanager
 def _input_dtype_errors(batch, float_dtype: torch.dtype) -> Iterator[None]:
-    """Explain in the user's terms a forward pass that fails on integer inputs."""
+    """Explain in the user's terms a forward pass that fails on the inputs' dtypes.
+
+    Floating-point inputs where the network takes integers (token ids of an
+    embedding), or integer inputs where it computes with floats.
+    """
     try:
         yield
     except RuntimeError as error:
-        inputs = batch.values() if isinstance(batch, dict) else [batch]
-        integer = [t.dtype for t in inputs if not t.is_floating_point()]
-        if not integer or "type" not in str(error).lower():
+        message = str(error)
+        first = message.splitlines()[0].rstrip(".")
+        if "type" not in message.lower():
             raise
+        inputs = batch if isinstance(batch, dict) else {"X": batch}
+        floats = [name for name, t in inputs.items() if t.is_floating_point()]
+        integer = {n: t.dtype for n, t in inputs.items() if not t.is_floating_point()}
+        if floats and "indices" in message:  # an embedding's lookup
+            raise TypeError(
+                f"The network takes integers (token ids) where it was given "
+                f"floating-point inputs ({', '.join(floats)}): {first}. Pass "
+                "token ids as integers, e.g. ids.astype(np.int64)."
+            ) from error
+        if not integer:
+            raise
+        name, dtype = next(iter(integer.items()))
+        which = f"input {name!r} has" if isinstance(batch, dict) else "inputs have"
         raise TypeError(
-            f"The inputs have an integer dtype, passed to the network as {integer[0]} "
+            f"The {which} an integer dtype, passed to the network as {dtype} "
             "(token ids), and the network failed on them: "
-            f"{str(error).splitlines()[0].rstrip('.')}. If they are features, "
-            "convert them "
-            f"first, e.g. X.astype(np.float32) (the network computes in "
-            f"{float_dtype})."
+            f"{first}. If they are features, convert them first, e.g. "
+            f"X.astype(np.float32) (the network computes in {float_dtype})."
         ) from error
