@@ -23,18 +23,21 @@ if TYPE_CHECKING:
 class FoldOutput:
     """What one analysis adds to the audit for one fold.
 
-    Attributes
+    Each parameter is kept as the attribute of the same name; the dicts are
+    empty by default.
+
+    Parameters
     ----------
-    samples : dict of str to ndarray
+    samples : dict of str to ndarray, optional
         Columns added to the fold's rows of the ``samples`` table (one value
         per held-out example).
-    metrics : dict of str to float
+    metrics : dict of str to float, optional
         Values added to the fold's row of the ``folds`` table (aggregated
         over folds in ``summary``).
-    tables : dict of str to pandas.DataFrame
+    tables : dict of str to pandas.DataFrame, optional
         Rows of per-fold tables, each with a ``fold`` column; the rows of all
         folds are concatenated into ``result.tables[name]``.
-    method : str or None
+    method : str, default=None
         The method the analysis used on the fold, and why, in words; the
         audit records it in ``metadata["methods"]`` and the report shows it.
     """
@@ -81,6 +84,12 @@ class Analysis:
         ``fold.fitted_search``, which hands an equal search kept from an
         earlier analysis of the fold back without a second fit; the fold
         frees the kept search before any analysis that does not share it.
+    own_options : tuple of str
+        Options the analysis reads itself, not passed to
+        :meth:`option_target`; accepted in ``options[name]``.
+    fixed_options : tuple of str
+        Keyword arguments of :meth:`option_target` the analysis sets itself,
+        refused in ``options[name]``.
     """
 
     name: str = ""
@@ -92,19 +101,42 @@ class Analysis:
     report_table: str | None = None
     tasks: tuple = ("classification", "regression")
     shares_search: bool = False
-    own_options: tuple = ()  # options the analysis reads itself
-    fixed_options: tuple = ()  # keyword arguments of option_target it sets itself
+    own_options: tuple = ()
+    fixed_options: tuple = ()
 
     def at_scale(self, fold: _Fold) -> bool:
         """Whether the audit's largest training part is past its scale threshold.
 
         The same for every fold, whose results the summaries pool.
+
+        Parameters
+        ----------
+        fold : object
+            The fold (see :meth:`run`); its ``scale_size`` and
+            ``scale_threshold`` are read.
+
+        Returns
+        -------
+        at_scale : bool
+            Whether ``scale_size > scale_threshold`` (False when the
+            threshold is None).
         """
         threshold = fold.scale_threshold
         return threshold is not None and fold.scale_size > threshold
 
     def scaled_options(self, fold: _Fold) -> dict[str, Any]:
-        """The defaults that replace ``defaults`` past the scale threshold."""
+        """The defaults that replace ``defaults`` past the scale threshold.
+
+        Parameters
+        ----------
+        fold : object
+            The fold (see :meth:`run`), for defaults that depend on it.
+
+        Returns
+        -------
+        options : dict of str to object
+            Keyword arguments; by default a copy of ``scaled_defaults``.
+        """
         return dict(self.scaled_defaults)
 
     def options(self, fold: _Fold) -> dict[str, Any]:
@@ -112,6 +144,16 @@ class Analysis:
 
         Its defaults, those of :meth:`scaled_options` past the scale
         threshold, then the user's.
+
+        Parameters
+        ----------
+        fold : object
+            The fold (see :meth:`run`); its ``options`` hold the user's.
+
+        Returns
+        -------
+        options : dict of str to object
+            Keyword arguments, each source overriding the ones before it.
         """
         scaled = self.scaled_options(fold) if self.at_scale(fold) else {}
         return {**self.defaults, **scaled, **fold.options.get(self.name, {})}
@@ -120,6 +162,16 @@ class Analysis:
         """Why the scaled defaults apply to the fold, in words (None if not).
 
         None as well when the user's options set every one of them.
+
+        Parameters
+        ----------
+        fold : object
+            The fold (see :meth:`run`).
+
+        Returns
+        -------
+        reason : str or None
+            Such as ``"60,000 training examples > scale_threshold 50,000"``.
         """
         if not self.at_scale(fold):
             return None
@@ -132,12 +184,34 @@ class Analysis:
         return f"{size} > scale_threshold {fold.scale_threshold:,}"
 
     def method_text(self, fold: _Fold, method: str) -> str:
-        """``method`` followed by :meth:`scale_reason`, when there is one."""
+        """``method`` followed by :meth:`scale_reason`, when there is one.
+
+        Parameters
+        ----------
+        fold : object
+            The fold (see :meth:`run`).
+        method : str
+            The method the analysis used on the fold, in words.
+
+        Returns
+        -------
+        text : str
+            ``method``, or ``"method: reason"``: the ``method`` of a
+            :class:`FoldOutput`.
+        """
         reason = self.scale_reason(fold)
         return method if reason is None else f"{method}: {reason}"
 
     def option_target(self) -> Callable | None:
-        """The estimator or function the options are passed to (None: unchecked)."""
+        """The estimator or function the options are passed to (None: unchecked).
+
+        Returns
+        -------
+        target : callable or None
+            An estimator class or a function: its keyword arguments with a
+            default are the option names :meth:`check_options` accepts, and
+            an estimator's ``_parameter_constraints`` check their values.
+        """
         return None
 
     def check_options(self, options: Mapping[str, Any]) -> None:
@@ -146,6 +220,11 @@ class Analysis:
         Names are checked: :attr:`own_options`, and the keyword arguments of
         :meth:`option_target` not in :attr:`fixed_options`; so are the values
         of an estimator's parameters, by its constraints.
+
+        Parameters
+        ----------
+        options : dict
+            ``options[name]``, as passed to :func:`~sksim.audit.audit`.
         """
         if not isinstance(options, Mapping):
             raise TypeError(
@@ -194,7 +273,18 @@ class Analysis:
         """
 
     def skip_reason(self, X: NetInput) -> str | None:
-        """Why the analysis does not apply to inputs ``X`` (None when it does)."""
+        """Why the analysis does not apply to inputs ``X`` (None when it does).
+
+        Parameters
+        ----------
+        X : array-like, dict of array-like or Dataset
+            The audited inputs (the training ones, with ``cv="prefit"``).
+
+        Returns
+        -------
+        reason : str or None
+            The reason, recorded in ``result.skipped``.
+        """
         return None
 
     def run(self, fold: _Fold) -> FoldOutput:
@@ -221,32 +311,89 @@ class Analysis:
         Returns
         -------
         output : FoldOutput
+            What the analysis adds to the audit's tables for the fold.
         """
         raise NotImplementedError
 
     def summary_metrics(
         self, tables: Mapping[str, pd.DataFrame]
     ) -> pd.DataFrame | None:
-        """Long rows ``fold, metric, value`` added to ``summary``, or None."""
+        """Long rows ``fold, metric, value`` added to ``summary``, or None.
+
+        Parameters
+        ----------
+        tables : dict of str to pandas.DataFrame
+            The audit's tables after the last fold, those of all folds
+            concatenated; ``summary`` is not among them yet.
+
+        Returns
+        -------
+        metrics : pandas.DataFrame or None
+            Columns ``fold``, ``metric`` and ``value``, aggregated over folds
+            in ``summary`` as the ``folds`` table's metrics are.
+        """
         return None
 
     def summarise(self, tables: Mapping[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
-        """Tables derived from the per-fold ones after the last fold."""
+        """The tables derived from the per-fold ones after the last fold.
+
+        Parameters
+        ----------
+        tables : dict of str to pandas.DataFrame
+            The audit's tables, ``summary`` and those of the analyses
+            summarised before this one included.
+
+        Returns
+        -------
+        summaries : dict of str to pandas.DataFrame
+            Tables added to ``result.tables`` by name; one of an existing name
+            replaces it.
+        """
         return {}
 
     def gallery(
         self, data: _Data, tables: Mapping[str, pd.DataFrame]
     ) -> list[dict[str, Any]]:
-        """Examples worth showing (see :class:`~sksim.audit.AuditResult`).
+        """The examples worth showing (see :class:`~sksim.audit.AuditResult`).
 
-        ``data`` holds the training-side inputs and targets ``X, y`` (where
-        training indices point) and the held-out ones ``X_test, y_test``
-        (where held-out indices point; the same arrays unless prefit).
+        Parameters
+        ----------
+        data : object
+            The audited data: its ``X, y`` are the training-side inputs and
+            targets (where training indices point), ``X_test, y_test`` the
+            held-out ones (where held-out indices point; the same arrays
+            unless prefit).
+        tables : dict of str to pandas.DataFrame
+            The audit's tables, summaries included.
+
+        Returns
+        -------
+        gallery : list of dict
+            One dict per example shown, added to ``result.gallery``: ``kind``
+            (why it is shown, such as ``"misclassified"``), ``fold``,
+            ``index`` (its row of ``X_test`` when held out, else of ``X``),
+            ``label``, ``neighbors`` (training indices of its most similar
+            training examples), ``neighbor_labels``, ``similarities``,
+            ``image`` and ``neighbor_images`` (None unless the inputs are
+            image-like), and keys of its kind (``prediction`` and
+            ``log_density``; ``suggested`` and ``score`` for a label issue).
         """
         return []
 
     def section(self, result: AuditResult) -> str:
-        """The body of its report section, as HTML."""
+        """The body of its report section, as HTML.
+
+        Parameters
+        ----------
+        result : AuditResult
+            The audit's result.
+
+        Returns
+        -------
+        html : str
+            By default, ``description``, the method, the figures, then
+            ``report_table``.
+        """
         parts = [_render.paragraph(self.description)]
         method = result.metadata.get("methods", {}).get(self.name)
         if method is not None:
