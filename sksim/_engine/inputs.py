@@ -98,6 +98,24 @@ class _MappedArray(Dataset):
         return list(np.asarray(self.array[np.asarray(rows, dtype=np.intp)]))
 
 
+class DictRows(Dataset):
+    """A dict of arrays read as a dataset: item ``i`` holds row ``i`` of each.
+
+    Its items are the dicts of keyword inputs that skorch passes to the
+    network's ``forward``.
+    """
+
+    def __init__(self, X: Mapping):
+        n_samples(X)  # the arrays' lengths agree
+        self.X = X
+
+    def __len__(self) -> int:
+        return n_samples(self.X)
+
+    def __getitem__(self, i: int) -> dict:
+        return {key: value[i] for key, value in self.X.items()}
+
+
 def lazy_rows(X):
     """``X``, or an array in a memory-mapped file as a dataset of its rows.
 

@@ -24,7 +24,7 @@ from skorch import NeuralNet
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from .._engine.inputs import is_dataset, lazy_rows, n_samples, take
+from .._engine.inputs import DictRows, is_dataset, lazy_rows, n_samples, take
 from .._net import _unwrap, fit_net, resolve_module, skorch_task, untrained_clone
 from .._typing import NetInput, NetLike
 from .._validation import (
@@ -201,15 +201,16 @@ def _check_options(n_neighbors, options, errors):
 
 
 def _check_inputs(X, y, names=("X", "y")):
-    """Array or dataset inputs and one target per sample of them.
+    """Array, dict or dataset inputs and one target per sample of them.
 
-    A dataset's targets are those of its ``(x, y)`` items when ``y`` is None;
-    it is returned with its targets as items ``(x, y)``, as skorch reads one.
+    A dict of arrays is read as a dataset of its rows. A dataset's targets
+    are those of its ``(x, y)`` items when ``y`` is None; it is returned with
+    its targets as items ``(x, y)``, as skorch reads one.
     Targets of shape ``(n, 1)`` become ``(n,)``.
     """
     X = check_net_input(X, input_name=names[0])
-    if isinstance(X, dict):
-        raise TypeError("audit takes array or dataset inputs; got a dict.")
+    if isinstance(X, dict):  # read as skorch reads it: by keyword, row by row
+        X = DictRows(X)
     y = given_or_item_labels(X, y)
     if y is None:
         raise ValueError(
@@ -302,6 +303,13 @@ def _prefit_data(net, X, y, X_test, y_test):
         y, y_test = regression_targets(y, "y"), regression_targets(y_test, "y_test")
         return _Data(X, y, X_test, y_test, task, None)
     return _Data(X, y, X_test, y_test, task, _check_labels(y, y_test))
+
+
+def _shape_list(shape: tuple | dict) -> list | dict:
+    """A sample's shape as JSON holds it: a list, or a list per dict input."""
+    if isinstance(shape, dict):
+        return {key: list(value) for key, value in shape.items()}
+    return list(shape)
 
 
 def _built_module(net: NetLike, prefit: bool) -> torch.nn.Module:
@@ -585,10 +593,11 @@ def audit(
         targets decide, by :func:`sklearn.utils.multiclass.type_of_target`
         (``"binary"`` or ``"multiclass"`` labels are classification,
         ``"continuous"`` targets regression).
-    X : array-like of shape (n_samples, ...) or Dataset
-        Inputs, in the shape the network accepts, or a map-style torch
-        dataset of them (items ``x`` or ``(x, y)``), read in batches; with
-        ``cv="prefit"``, those it was trained on.
+    X : array-like of shape (n_samples, ...), dict or Dataset
+        Inputs, in the shape the network accepts, a dict of such arrays (the
+        keyword arguments of its ``forward``, as skorch passes them), or a
+        map-style torch dataset of them (items ``x`` or ``(x, y)``), read in
+        batches; with ``cv="prefit"``, those it was trained on.
     y : array-like of shape (n_samples,), default=None
         Class labels (or, with ``cv="prefit"``, continuous targets of shape
         ``(n_samples,)`` or ``(n_samples, 1)``). None takes those of a
@@ -600,7 +609,7 @@ def audit(
     analyses : sequence of str, default=all six
         Which of ``"density"``, ``"neighbors"``, ``"label_issues"``,
         ``"denoising"``, ``"sensitivity"`` and ``"class_fitting"`` to run.
-    X_test : array-like of shape (n_test, ...) or Dataset, default=None
+    X_test : array-like of shape (n_test, ...), dict or Dataset, default=None
         With ``cv="prefit"`` (and only then), the held-out inputs.
     y_test : array-like of shape (n_test,), default=None
         With ``cv="prefit"`` (and only then), their labels or targets (None
@@ -757,7 +766,7 @@ def audit(
     metadata = dict(
         task=data.task,
         n_samples=int(len(data.X) + (len(data.X_test) if prefit else 0)),
-        input_shape=list(sample_shape(data.X)),
+        input_shape=_shape_list(sample_shape(data.X)),
         n_classes=None if data.classes is None else int(len(data.classes)),
         cv=protocol,
         cv_words=protocol_words,

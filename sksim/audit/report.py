@@ -109,6 +109,13 @@ def noise_text(meta: Mapping[str, Any]) -> str:
     )
 
 
+def _shape_text(shape: list | dict) -> str:
+    """A sample's shape, per input of a dict: ``input_ids [16], mask [16]``."""
+    if isinstance(shape, dict):
+        return ", ".join(f"{key} {value}" for key, value in shape.items())
+    return str(shape)
+
+
 def classes_text(meta: Mapping[str, Any]) -> str:
     """The number of classes, with the labels their codes stand for if given."""
     if meta["n_classes"] is None:
@@ -164,7 +171,7 @@ def _facts(result):
         ("network", meta["net"]),
         ("task", meta["task"]),
         ("samples", samples),
-        ("input shape", meta["input_shape"]),
+        ("input shape", _shape_text(meta["input_shape"])),
         ("classes", classes_text(meta)),
         ("cross-validation", meta["cv_words"]),
         ("analyses run", ", ".join(meta["analyses"]) or "none"),

@@ -611,10 +611,6 @@ def test_audit_errors(digit_images):
             audit(net, X, labels)
     with pytest.raises(ValueError, match=r"y holds a single class \(3\): the audit"):
         audit(net, X, np.full(len(X), 3))
-    with pytest.raises(
-        TypeError, match="audit takes array or dataset inputs; got a dict"
-    ):
-        audit(net, {"X": X}, y)
     with pytest.raises(ValueError, match='errors must be "record" or "raise"'):
         audit(net, X, y, errors="ignore")
     with pytest.raises(ValueError, match=r"options\['density'\] has unknown names"):

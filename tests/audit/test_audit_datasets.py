@@ -74,6 +74,44 @@ def test_a_dataset_of_pairs_is_audited_as_its_arrays(scale_threshold):
     assert "sensitivity" in dataset.tables
 
 
+def assert_same_tables(a, b):
+    """Equal tables, timings aside."""
+    assert sorted(a.tables) == sorted(b.tables) and a.failed == b.failed == {}
+    for name, table in a.tables.items():
+        other = b.tables[name]
+        if name == "summary":
+            table, other = (t[t["metric"] != "fit_seconds"] for t in (table, other))
+        timing = [c for c in table.columns if c.endswith("seconds")]
+        pd.testing.assert_frame_equal(
+            table.drop(columns=timing), other.drop(columns=timing)
+        )
+
+
+@pytest.mark.parametrize("prefit", [False, True])
+def test_a_dict_of_arrays_is_audited_as_its_arrays(prefit, tmp_path):
+    """The network's keyword inputs, as skorch passes them (the audit refused them)."""
+    X, y = digit_images()
+    X, y = X[:160], y[:160]
+    net = small_net(X, max_epochs=2)
+    analyses = ("density", "neighbors", "label_issues", "class_fitting")
+    split = dict(cv=2)
+    if prefit:
+        net.fit(X[:100], y[:100])
+        split = dict(cv="prefit", X_test=X[100:], y_test=y[100:])
+        X, y = X[:100], y[:100]
+    arrays = audit(net, X, y, analyses=analyses, options=OPTIONS, **split)
+    if prefit:
+        split["X_test"] = {"X": split["X_test"]}
+    keywords = audit(
+        net, {"X": X}, y, analyses=(*analyses, "sensitivity"), options=OPTIONS, **split
+    )
+    assert_same_tables(arrays, keywords)
+    assert keywords.metadata["input_shape"] == {"X": [1, 8, 8]}
+    report = keywords.to_html(tmp_path / "report.html").read_text()
+    assert ">X [1, 8, 8]</td>" in report
+    assert "these are a dict of inputs (X)" in keywords.skipped["sensitivity"]
+
+
 def test_a_prefit_audit_of_datasets_with_given_targets():
     X_train, y_train, X_test, y_test = prefit_split()
     common = dict(cv="prefit", options=OPTIONS, random_state=0)

@@ -92,10 +92,15 @@ class Sensitivity(Analysis):
 
     def skip_reason(self, X: NetInput) -> str | None:
         if not is_square_image_batch(X):
+            shape = sample_shape(X)
+            these = (
+                f"these are a dict of inputs ({', '.join(map(str, shape))})"
+                if isinstance(shape, dict)
+                else f"these have shape {(n_samples(X), *shape)}"
+            )
             return (
                 "relative sensitivity deforms images: it needs inputs of shape "
-                "(n, C, H, W) with H == W, and these have shape "
-                f"{(n_samples(X), *sample_shape(X))}."
+                f"(n, C, H, W) with H == W, and {these}."
             )
         if import_sensitivity() is None:
             return "sksim.sensitivity is not available in this version of sksim."
