@@ -145,6 +145,8 @@ def _axes(shape):
 # checkpoints': fit's values hold until the next fit
 _ENGINE_PARAMS = ("output", "params", "batch_size", "device", "verbose", "max_memory")
 _CHECKPOINT_PARAMS = ("checkpoints", "checkpoint_weights")
+# Engine parameters that change every result: checked as _fitted_params are
+_RESULT_PARAMS = ("output", "params")
 
 
 def _kept(name, value):
@@ -185,7 +187,8 @@ class NetworkEstimator(BaseEstimator):
 
     _parameter_constraints: dict = {}
     # Parameters that what fit computed depends on: set to other values after
-    # fit, later calls raise until fit runs again (the engine's are kept)
+    # fit, later calls raise until fit runs again (so do _RESULT_PARAMS; the
+    # engine's other settings, which change no result, are kept from fit)
     _fitted_params: tuple = ()
     # Made again on demand rather than pickled: a device copy of the net, ...
     _transient_attributes: tuple = ("_engine_cache",)
@@ -201,7 +204,8 @@ class NetworkEstimator(BaseEstimator):
         """
         self._validate_params()
         self._fitted_settings = {
-            name: getattr(self, name) for name in self._fitted_params
+            name: getattr(self, name, None)
+            for name in (*self._fitted_params, *_RESULT_PARAMS)
         }
         X = check_net_input(X, self, reset=True)
         if check_targets is not None:
@@ -253,7 +257,7 @@ class NetworkEstimator(BaseEstimator):
         changed = [
             f"{name}={getattr(self, name)!r} (fitted with {value!r})"
             for name, value in getattr(self, "_fitted_settings", {}).items()
-            if not _same(getattr(self, name), value)
+            if not _same(getattr(self, name, None), value)
         ]
         if changed:
             raise ValueError(

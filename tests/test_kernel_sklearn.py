@@ -22,6 +22,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from sksim import (
     GradientDensityEstimator,
+    LabelIssueDetector,
     NetworkNeighbors,
     NetworkSimilarityKernel,
     network_similarity,
@@ -186,9 +187,8 @@ def test_round_trip_gives_identical_kernel(digits, fitted_digits_net, dump, tmp_
 @pytest.mark.parametrize("change", [dict(output=3), dict(params="3")])
 def test_parameters_set_after_fit_apply_at_the_next_fit(digits, change):
     """What fit computed and the engine that queries it share their settings:
-    set_params after fit changes neither, in the estimator or in its copies."""
-    from sksim import GradientDensityEstimator
-
+    set_params after fit is refused until the next fit, in the estimator and
+    in its copies (fit's output was answered for output=3, silently)."""
     X, _ = digits
     module = torch.nn.Sequential(
         torch.nn.Flatten(), torch.nn.Linear(64, 8), torch.nn.Tanh()
@@ -198,7 +198,8 @@ def test_parameters_set_after_fit_apply_at_the_next_fit(digits, change):
     expected = density.score_samples(X[40:50])
     density.set_params(**change)
     for copy in (density, pickle.loads(pickle.dumps(density))):
-        np.testing.assert_array_equal(copy.score_samples(X[40:50]), expected)
+        with pytest.raises(ValueError, match="changed since fit.*Call fit again"):
+            copy.score_samples(X[40:50])
     refitted = density.fit(X[:40]).score_samples(X[40:50])
     assert not np.allclose(refitted, expected)
 
@@ -227,6 +228,10 @@ def test_parameters_set_after_fit_apply_at_the_next_fit(digits, change):
             "score_samples",
         ),
         (lambda m: NetworkNeighbors(m), dict(algorithm="faiss"), "kneighbors"),
+        # the engine kept fit's: the logits' kernel answered for output=3
+        (lambda m: NetworkSimilarityKernel(m), dict(output=3), "transform"),
+        (lambda m: GradientDensityEstimator(m), dict(params=["0"]), "score_samples"),
+        (lambda m: NetworkNeighbors(m), dict(output=0), "kneighbors"),
     ],
     ids=[
         "kernel kind",
@@ -234,6 +239,9 @@ def test_parameters_set_after_fit_apply_at_the_next_fit(digits, change):
         "density method",
         "density sketches",
         "search",
+        "kernel output",
+        "density params",
+        "search output",
     ],
 )
 def test_parameters_fit_computed_with_refuse_other_values_until_refit(
@@ -282,6 +290,30 @@ def test_grid_search_retrains_a_fitted_net_unless_frozen(digits, fitted_digits_n
         ).fit(X[:120], y[:120])
         K = search.best_estimator_[0].transform(X[:10])
         assert np.allclose(K, expected) == kept
+
+
+def test_clones_of_fitted_nets_and_frozen_unfitted_ones_say_what_to_do(
+    digits, fitted_digits_net
+):
+    """The clone's error asked for a fitted net, which had been given; a
+    frozen unfitted net was trained, and frozen fitted ones retrained per
+    fold by the estimators that cross-validate."""
+    X, y = digits
+    for estimator in (
+        GradientDensityEstimator(clone(fitted_digits_net)),
+        NetworkNeighbors(clone(fitted_digits_net)),
+    ):
+        with pytest.raises(ValueError, match="no y was given.*FrozenEstimator"):
+            estimator.fit(X[:50])
+    prefit = LabelIssueDetector(clone(fitted_digits_net), cv="prefit")
+    with pytest.raises(ValueError, match="is not fitted.*A clone of a fitted"):
+        prefit.fit(X[:50], y[:50])
+    frozen_unfitted = FrozenEstimator(make_digits_net())
+    with pytest.raises(ValueError, match="unfitted skorch net, which frozen is"):
+        NetworkSimilarityKernel(frozen_unfitted).fit(X[:50], y[:50])
+    folds = LabelIssueDetector(FrozenEstimator(fitted_digits_net), cv=2)
+    with pytest.raises(ValueError, match='is not trained again.*cv="prefit"'):
+        folds.fit(X[:50], y[:50])
 
 
 def test_fitted_estimators_take_sequences_padded_to_another_length():
