@@ -27,6 +27,13 @@ from ._engine.inputs import is_dataset
 from ._typing import NetInput, NetLike
 from ._validation import skorch_training_data
 
+#: Ends the errors on an unfitted net that may be the clone of a fitted one.
+CLONE_HINT = (
+    "A clone of a fitted skorch net (scikit-learn's clone, made by "
+    "GridSearchCV or cross_val_score) is unfitted: wrap the fitted net in "
+    "sklearn.frozen.FrozenEstimator(net) to keep its weights."
+)
+
 
 def _unwrap(net: NetLike) -> NeuralNet | torch.nn.Module:
     return net.estimator if isinstance(net, FrozenEstimator) else net
@@ -64,6 +71,12 @@ def fit_net(
     if not is_unfitted_skorch(net):
         resolve_module(net)  # fail early on anything we cannot use
         return net
+    if isinstance(net, FrozenEstimator):
+        raise ValueError(
+            "The FrozenEstimator holds an unfitted skorch net, which frozen is "
+            "never trained: fit the net before freezing it, or pass it unfrozen "
+            "with y to train a clone of it."
+        )
     fitted = clone(_unwrap(net))
     if is_dataset(X):
         X, y = skorch_training_data(
@@ -73,7 +86,8 @@ def fit_net(
     elif y is None:
         raise ValueError(
             "The skorch net is not fitted and no y was given: pass y to fit() so "
-            "that a clone of the net can be trained, or pass a fitted net."
+            "that a clone of the net can be trained, or pass a fitted net. "
+            + CLONE_HINT
         )
     else:
         y = training_targets(fitted, y)
@@ -168,6 +182,12 @@ def untrained_clone(net: NetLike, random_state=None) -> NeuralNet:
     each layer) draw them anew, seeded by ``random_state``; a parameter that
     none of them draws is refused.
     """
+    if isinstance(net, FrozenEstimator):
+        raise ValueError(
+            "A FrozenEstimator is not trained again, and cross-validation trains "
+            "a clone of the net on every fold: pass the net itself, or analyse "
+            'the frozen net as it is with cv="prefit".'
+        )
     fresh = clone(_unwrap(net))
     module = fresh.module
     if is_unfitted_skorch(net) or not isinstance(module, torch.nn.Module):

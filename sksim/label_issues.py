@@ -34,6 +34,7 @@ from ._docs import fill_doc
 from ._engine.inputs import lazy_rows, n_samples, take
 from ._engine.jacobian import DEFAULT_MAX_MEMORY
 from ._net import (
+    CLONE_HINT,
     _unwrap,
     fit_net,
     is_unfitted_skorch,
@@ -502,7 +503,8 @@ class LabelIssueDetector(NetworkEstimator):
             if is_unfitted_skorch(self.net):
                 raise ValueError(
                     'cv="prefit" uses the net as it is, but this skorch net is not '
-                    "fitted: fit it first, or let cv folds train clones of it."
+                    "fitted: fit it first, or let cv folds train clones of it. "
+                    f"{CLONE_HINT}"
                 )
             X = self._fit_network(X)
         else:

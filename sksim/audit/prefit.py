@@ -19,6 +19,7 @@ from .._engine.inputs import batches, module_float_dtype
 from .._engine.jacobian import network_output
 from .._engine.selection import network_logits
 from .._net import (
+    CLONE_HINT,
     _unwrap,
     is_unfitted_skorch,
     predicted_probabilities,
@@ -41,7 +42,8 @@ def check_prefit_net(net: NetLike) -> torch.nn.Module:
         raise ValueError(
             'cv="prefit" audits a network that is already trained, and this '
             f"{type(_unwrap(net)).__name__} is not fitted: fit it first, or pass "
-            "an int or a splitter as cv to train a clone of it on every fold."
+            "an int or a splitter as cv to train a clone of it on every fold. "
+            f"{CLONE_HINT}"
         )
     try:
         return resolve_module(net)

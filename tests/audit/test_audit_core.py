@@ -11,6 +11,7 @@ import torch
 from _architectures import small_net
 from _audit_helpers import AUDIT_OPTIONS
 from sklearn.base import clone
+from sklearn.frozen import FrozenEstimator
 from sklearn.model_selection import GroupKFold, KFold, ShuffleSplit, StratifiedKFold
 from sklearn.utils._param_validation import InvalidParameterError
 from skorch import NeuralNetBinaryClassifier, NeuralNetClassifier, NeuralNetRegressor
@@ -611,6 +612,8 @@ def test_audit_errors(digit_images):
             audit(net, X, labels)
     with pytest.raises(ValueError, match=r"y holds a single class \(3\): the audit"):
         audit(net, X, np.full(len(X), 3))
+    with pytest.raises(ValueError, match="A FrozenEstimator is not trained again"):
+        audit(FrozenEstimator(net), X, y, cv=2)
     with pytest.raises(ValueError, match='errors must be "record" or "raise"'):
         audit(net, X, y, errors="ignore")
     with pytest.raises(ValueError, match=r"options\['density'\] has unknown names"):
