@@ -577,6 +577,8 @@ def test_max_memory_is_validated_and_honoured(module):
 def test_integer_inputs_to_a_float_network_are_explained(module):
     with pytest.raises(TypeError, match=r"integer dtype.*X.astype\(np.float32\)"):
         network_similarity(module, np.arange(30).reshape(6, 5))
+    with pytest.raises(TypeError, match=r"have a boolean dtype, passed to the net"):
+        network_similarity(module, np.arange(30).reshape(6, 5) > 10)
 
 
 class Tokens(torch.nn.Module):

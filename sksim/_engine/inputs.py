@@ -239,8 +239,9 @@ def _read(
         first, last = _origin(dataset, rows[0]), _origin(dataset, rows[-1])
         raise ValueError(
             f"The inputs of dataset items {first} to {last} cannot be stacked into "
-            f"a batch: {str(error).splitlines()[0]} Every item must hold x (or "
-            "(x, y)) as numeric arrays or tensors of one shape."
+            f"a batch: {str(error).splitlines()[0].rstrip('.')}. Every item must "
+            "hold x (or (x, y)) as numeric arrays or tensors of one shape (pad "
+            "sequences to one length)."
         ) from error
     del inputs
     tensors = batch.items() if isinstance(batch, Mapping) else [("X", batch)]

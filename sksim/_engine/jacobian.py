@@ -713,9 +713,11 @@ def _input_dtype_errors(batch, float_dtype: torch.dtype) -> Iterator[None]:
             raise
         name, dtype = next(iter(integer.items()))
         which = f"input {name!r} has" if isinstance(batch, dict) else "inputs have"
+        kind = "a boolean" if dtype == torch.bool else "an integer"
+        taken = "" if dtype == torch.bool else " (token ids)"
         raise TypeError(
-            f"The {which} an integer dtype, passed to the network as {dtype} "
-            "(token ids), and the network failed on them: "
+            f"The {which} {kind} dtype, passed to the network as {dtype}{taken}, "
+            "and the network failed on them: "
             f"{first}. If they are features, convert them first, e.g. "
             f"X.astype(np.float32) (the network computes in {float_dtype})."
         ) from error
