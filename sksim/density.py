@@ -461,6 +461,11 @@ class GradientDensityEstimator(DensityMixin, NetworkEstimator):
     def score(self, X: NetInput, y: Any = None) -> float:
         """Total log relative density of ``X``, the sum of :meth:`score_samples`.
 
+        Relative densities are not normalised: their scale changes with
+        ``method``, ``threshold`` and ``power``, so that scores of different
+        settings do not compare (a grid search over them by this score is
+        meaningless; score a downstream task instead).
+
         Parameters
         ----------
         X : array-like of shape (n_samples, ...), dict of them, or Dataset
