@@ -413,14 +413,15 @@ class _Fold:
         """``search`` fitted on the training part, or the equal one the fold kept.
 
         The fold keeps the last search it fitted until :meth:`release_search`.
-        Asked again for a search with the same parameters (``n_neighbors``
-        aside: :meth:`~sksim.NetworkNeighbors.most_similar` takes its own) and
-        no ``X_val``, it returns the kept one, so that the neighbours and
+        Asked again for a search with the same parameters (those of its
+        queries aside, :data:`QUERY_PARAMS`, which it takes from ``search``)
+        and no ``X_val``, it returns the kept one, so that the neighbours and
         label-issue analyses sketch the training part once.
         """
         kept = self._search
         if X_val is None and kept is not None and _same_search(kept, search):
-            return kept
+            wanted = search.get_params(deep=False)
+            return kept.set_params(**{name: wanted[name] for name in QUERY_PARAMS})
         self._search = None  # freed before the new one is fitted
         self._search = search.fit(self.X_train, X_val=X_val)
         return self._search
@@ -989,14 +990,18 @@ def _analyse(analysis, fold, store, failed):
     return output, texts
 
 
+#: Parameters of a search that only its queries read: a fitted search takes others.
+QUERY_PARAMS = ("n_neighbors", "candidates_per_neighbor")
+
+
 def _same_search(kept: NetworkNeighbors, wanted: NetworkNeighbors) -> bool:
-    """Whether two searches have the same parameters, ``n_neighbors`` aside.
+    """Whether two searches have the same parameters, :data:`QUERY_PARAMS` aside.
 
     Each parameter the same object or equal by ``==``: the same net, and
     callables or tensors that are not the same objects count as different.
     """
     a, b = (search.get_params(deep=False) for search in (kept, wanted))
-    return all(_same(a[name], b[name]) for name in a if name != "n_neighbors")
+    return all(_same(a[name], b[name]) for name in a if name not in QUERY_PARAMS)
 
 
 def _same(a: Any, b: Any) -> bool:

