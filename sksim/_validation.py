@@ -279,6 +279,26 @@ def dataset_targets(dataset: Dataset) -> np.ndarray | None:
     return np.stack([np.asarray(_as_array(label)) for label in labels])
 
 
+def labels_key_hint(X) -> str:
+    """Advice for a dataset whose dict inputs hold the labels by key, else "".
+
+    Hugging Face's datasets give items ``{"input_ids": ..., "labels": ...}``;
+    skorch passes every key of ``x`` to the network's ``forward``.
+    """
+    if not is_dataset(X) or len(X) == 0:
+        return ""
+    x = split_item(X[0])[0]
+    keys = [k for k in ("labels", "label") if isinstance(x, Mapping) and k in x]
+    if not keys:
+        return ""
+    key = keys[0]
+    return (
+        f" The items' inputs hold {key!r}, which skorch passes to the network's "
+        "forward with the other keys, not as y: make the items (x, y) pairs, "
+        "the labels out of x."
+    )
+
+
 def given_or_item_labels(X, y):
     """``y``, or when it is None the labels of a dataset ``X``'s ``(x, y)`` items."""
     if y is None and is_dataset(X):
@@ -309,7 +329,7 @@ def skorch_training_data(
         raise ValueError(
             "The skorch net is not fitted and the dataset's items carry no labels: "
             "make its items (x, y) pairs or pass y to fit() so that a clone of the "
-            "net can be trained, or pass a fitted net."
+            "net can be trained, or pass a fitted net." + labels_key_hint(dataset)
         )
     labels = convert(labels)
     return LabelledDataset(dataset, labels), labels

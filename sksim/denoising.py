@@ -25,7 +25,7 @@ from ._engine.inputs import is_dataset, n_samples
 from ._engine.jacobian import DEFAULT_MAX_MEMORY
 from ._engine.normalize import gram_power, whitened
 from ._typing import NetInput, NetLike, Output, Self
-from ._validation import check_net_input, dataset_targets
+from ._validation import check_net_input, dataset_targets, labels_key_hint
 from .density import THRESHOLD, positive_power
 
 MATRIX_WEIGHTS = ("ntk", "cosine")  # the others are scalars times the identity
@@ -398,7 +398,7 @@ class SelfDenoisingAnalysis(NetworkEstimator):
             raise ValueError(
                 "SelfDenoisingAnalysis requires y to be passed, but the target y is "
                 "None: call fit(X, y) with the noisy training labels, or pass a "
-                "Dataset of (x, y) items."
+                "Dataset of (x, y) items." + labels_key_hint(X)
             )
         y = check_array(y, ensure_2d=False, dtype=np.float64, input_name="y")
         X = self._fit_network(

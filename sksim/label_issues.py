@@ -49,6 +49,7 @@ from ._validation import (
     cv_partition,
     given_or_item_labels,
     labelled,
+    labels_key_hint,
 )
 from .density import NEIGHBOR_PARAMETERS
 from .neighbors import N_COMPONENTS, NetworkNeighbors, automatic_index
@@ -552,6 +553,7 @@ class LabelIssueDetector(NetworkEstimator):
             raise ValueError(
                 "LabelIssueDetector requires y to be passed, but the target y is "
                 "None: pass the given labels, or a Dataset of (x, y) items."
+                + labels_key_hint(X)
             )
         y = column_or_1d(np.asarray(y), warn=True)
         if len(y) != n_samples(X):

@@ -422,6 +422,30 @@ def test_label_estimators_need_labels_in_dataset_or_y(data):
         memorization_scores(net, Dicts(X), n_models=2)
 
 
+class LabelsByKey(Dicts):
+    """Items ``{"x": x, "labels": y}``, as Hugging Face's datasets give them."""
+
+    def __init__(self, X, y):
+        self.X, self.y = X, y
+
+    def __getitem__(self, i):
+        return {"x": self.X[i].copy(), "labels": self.y[i]}
+
+
+def test_labels_held_by_key_are_named_when_labels_are_missing(data):
+    X, y = data[0].astype(np.float32), data[1]
+    keyed = LabelsByKey(X, y)
+    hint = "inputs hold 'labels', which skorch passes to the network's forward"
+    with pytest.raises(ValueError, match=hint):
+        LabelIssueDetector(classifier(train_split=None), cv=2).fit(keyed)
+    with pytest.raises(ValueError, match=hint):
+        NetworkSimilarityKernel(classifier(train_split=None)).fit(keyed)
+    with pytest.raises(ValueError, match=hint):
+        audit(classifier(train_split=None), keyed)
+    with pytest.raises(ValueError, match=r"items\.$"):  # no hint without the key
+        audit(classifier(train_split=None), Dicts(X))
+
+
 def test_datasets_are_read_batch_by_batch(data, net):
     X, y = data
     batch_size = 4

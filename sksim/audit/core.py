@@ -33,6 +33,7 @@ from .._validation import (
     cv_partition,
     given_or_item_labels,
     labelled,
+    labels_key_hint,
     sample_shape,
 )
 from ..neighbors import NetworkNeighbors
@@ -215,7 +216,7 @@ def _check_inputs(X, y, names=("X", "y")):
     if y is None:
         raise ValueError(
             f"{names[1]} is required: pass the targets of {names[0]}, or a "
-            "dataset of (x, y) items."
+            "dataset of (x, y) items." + labels_key_hint(X)
         )
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] == 1:  # a column, or items' labels [y_i]

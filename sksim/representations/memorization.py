@@ -23,6 +23,7 @@ from .._validation import (
     check_positive_int,
     given_or_item_labels,
     labelled,
+    labels_key_hint,
 )
 
 
@@ -126,6 +127,7 @@ def memorization_scores(
     if y is None:
         raise ValueError(
             "memorization_scores needs labels: pass y, or a Dataset of (x, y) items."
+            + labels_key_hint(X)
         )
     y = np.asarray(y)
     n = n_samples(X)

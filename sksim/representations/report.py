@@ -13,7 +13,12 @@ from sklearn.utils import Bunch
 from .._layers import check_pool
 from .._net import fit_net
 from .._typing import NetInput, NetLike
-from .._validation import check_positive_int, given_or_item_labels, with_defaults
+from .._validation import (
+    check_positive_int,
+    given_or_item_labels,
+    labels_key_hint,
+    with_defaults,
+)
 from .class_density import ClassConditionalDensity, _as_table
 from .dpmixture import DirichletProcessGaussianMixture
 from .extract import extract_representations
@@ -212,6 +217,7 @@ def class_fitting_report(
     if y is None:
         raise ValueError(
             "class_fitting_report needs labels: pass y, or a Dataset of (x, y) items."
+            + labels_key_hint(X)
         )
     y = np.asarray(y)
     net = fit_net(net, X, y, random_state)
