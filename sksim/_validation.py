@@ -291,9 +291,8 @@ def labels_key_hint(X) -> str:
     keys = [k for k in ("labels", "label") if isinstance(x, Mapping) and k in x]
     if not keys:
         return ""
-    key = keys[0]
     return (
-        f" The items' inputs hold {key!r}, which skorch passes to the network's "
+        f" The items' inputs hold {keys[0]!r}, which skorch passes to the network's "
         "forward with the other keys, not as y: make the items (x, y) pairs, "
         "the labels out of x."
     )
