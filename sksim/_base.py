@@ -7,6 +7,7 @@ reused by every later call.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from numbers import Integral, Real
 from typing import Any
@@ -145,8 +146,8 @@ def _axes(shape):
 # checkpoints': fit's values hold until the next fit
 _ENGINE_PARAMS = ("output", "params", "batch_size", "device", "verbose", "max_memory")
 _CHECKPOINT_PARAMS = ("checkpoints", "checkpoint_weights")
-# Engine parameters that change every result: checked as _fitted_params are
-_RESULT_PARAMS = ("output", "params")
+# Those of them that change every result: checked as _fitted_params are
+_RESULT_PARAMS = ("output", "params", *_CHECKPOINT_PARAMS)
 
 
 def _kept(name, value):
@@ -167,13 +168,54 @@ def _kept(name, value):
 
 
 def _same(a, b) -> bool:
-    """Whether two parameter values are the same, arrays included."""
+    """Whether two parameter values are the same, arrays and lists included.
+
+    Lists are compared item by item (checkpoints: the same state dicts, or
+    equal paths); values that do not compare (tensors) are the same only
+    when they are the same object.
+    """
     if a is b:
         return True
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(map(_same, a, b))
     try:
         return bool(np.all(a == b)) and type(a) is type(b)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RuntimeError):
         return False
+
+
+def _unchanged(name: str, value, fitted) -> bool:
+    """Whether parameter ``name`` set to ``value`` is still ``fitted`` (as kept)."""
+    try:
+        return _same(_kept(name, value), fitted)
+    except (TypeError, ValueError):  # weights that are no numbers
+        return False
+
+
+def _changed_text(name: str, value, fitted) -> str:
+    """``name=value (fitted with ...)``, or ``(not the value fit had)``.
+
+    Values as ``fit`` keeps them: weights as arrays.
+    """
+    with contextlib.suppress(TypeError, ValueError):  # weights that are no numbers
+        value = _kept(name, value)
+    now, then = _shown(value), _shown(fitted)
+    return f"{name}={now} " + (
+        "(not the value fit had)" if now == then else f"(fitted with {then})"
+    )
+
+
+def _shown(value, width: int = 80) -> str:
+    """``repr(value)``, or its type (and length) when longer than ``width``.
+
+    A repr of several lines (a tensor's, a DataFrame's) counts as too long.
+    """
+    text = repr(value)
+    if len(text) <= width and "\n" not in text:
+        return text
+    if isinstance(value, list | tuple):
+        return f"a {type(value).__name__} of {len(value)} items"
+    return f"a {type(value).__name__}"
 
 
 class NetworkEstimator(BaseEstimator):
@@ -204,8 +246,7 @@ class NetworkEstimator(BaseEstimator):
         """
         self._validate_params()
         self._fitted_settings = {
-            name: getattr(self, name, None)
-            for name in (*self._fitted_params, *_RESULT_PARAMS)
+            name: _kept(name, getattr(self, name)) for name in self._fitted_params
         }
         X = check_net_input(X, self, reset=True)
         if check_targets is not None:
@@ -229,9 +270,9 @@ class NetworkEstimator(BaseEstimator):
                 self.checkpoints,
                 self.checkpoint_weights,
             )
-        # set_params changes them at the next fit, as it does what fit computed;
-        # the checkpoints' list and weights are copied, so that changing them in
-        # place does not either
+        # set_params changes them at the next fit (those of _RESULT_PARAMS are
+        # refused until then); lists, arrays and the checkpoints' weights are
+        # copied, so that changing them in place does not either
         self._engine_params = {
             name: _kept(name, getattr(self, name, None))
             for name in _ENGINE_PARAMS + _CHECKPOINT_PARAMS
@@ -252,12 +293,18 @@ class NetworkEstimator(BaseEstimator):
 
         What ``fit`` computed from them (reference sketches, sums, indexes)
         would be mixed with what later calls compute from the new ones. So
-        would what it computed with the values of ``_fitted_params``.
+        would what it computed with the values of ``_fitted_params`` and
+        ``_RESULT_PARAMS``.
         """
+        engine = getattr(self, "_engine_params", {})
+        fitted = {
+            **getattr(self, "_fitted_settings", {}),
+            **{name: engine[name] for name in _RESULT_PARAMS if name in engine},
+        }
         changed = [
-            f"{name}={getattr(self, name)!r} (fitted with {value!r})"
-            for name, value in getattr(self, "_fitted_settings", {}).items()
-            if not _same(getattr(self, name, None), value)
+            _changed_text(name, getattr(self, name, None), value)
+            for name, value in fitted.items()
+            if not _unchanged(name, getattr(self, name, None), value)
         ]
         if changed:
             raise ValueError(

@@ -475,14 +475,16 @@ def test_weights_of_any_scale_give_their_ratios(data, net_and_states):
 @pytest.mark.parametrize(
     "container", [np.array, torch.tensor, pd.Series], ids=["array", "tensor", "Series"]
 )
-def test_checkpoints_and_weights_changed_in_place_or_reset_after_fit_keep_fits(
+def test_checkpoints_and_weights_changed_in_place_or_reset_after_fit_are_refused(
     data, net_and_states, estimator, container
 ):
     """The list and weights were read again at each query: changed in place
     after fit, a sketched kernel mixed the old and new weights (0.23 off), a
     grown list raised an IndexError, a shorter one answered with fewer
     checkpoints; set_params(checkpoints=None) crashed the soft counts. Weights
-    in a tensor or a Series were still read again."""
+    in a tensor or a Series were still read again. Then fit's were kept while
+    get_params showed others; now every change is refused until the next fit,
+    as a change of output or kind is."""
     X, Y = data
     net, states = net_and_states
 
@@ -496,12 +498,21 @@ def test_checkpoints_and_weights_changed_in_place_or_reset_after_fit_keep_fits(
     checkpoints, weights = list(states[:2]), container([1.0, 2.0])
     fitted = estimator(net, checkpoints=checkpoints, checkpoint_weights=weights)
     expected = answer(fitted.fit(X))
+    changed = "changed since fit: checkpoint.*Call fit again"
     weights[1] = 99.0
+    with pytest.raises(ValueError, match=changed):
+        answer(fitted)
+    weights[1] = 2.0
     checkpoints.append(states[2])
-    np.testing.assert_array_equal(answer(fitted), expected)
-    del checkpoints[1:]
+    with pytest.raises(ValueError, match=changed):
+        answer(fitted)
+    del checkpoints[2:]
+    np.testing.assert_array_equal(answer(fitted), expected)  # as fitted again
     fitted.set_params(checkpoints=None, checkpoint_weights=None)
-    np.testing.assert_array_equal(answer(fitted), expected)
+    with pytest.raises(ValueError, match=changed):
+        answer(fitted)
+    fitted.set_params(checkpoints=list(states[:2]), checkpoint_weights=[1, 2])
+    np.testing.assert_array_equal(answer(fitted), expected)  # equal values
 
 
 def test_weights_without_checkpoints_are_refused(data, net_and_states):

@@ -1,5 +1,7 @@
 """NetworkSimilarityKernel inside real scikit-learn objects."""
 
+import copy
+import functools
 import pickle
 
 import joblib
@@ -197,9 +199,9 @@ def test_parameters_set_after_fit_apply_at_the_next_fit(digits, change):
     density = GradientDensityEstimator(module).fit(X[:40])
     expected = density.score_samples(X[40:50])
     density.set_params(**change)
-    for copy in (density, pickle.loads(pickle.dumps(density))):
+    for each in (density, pickle.loads(pickle.dumps(density))):
         with pytest.raises(ValueError, match="changed since fit.*Call fit again"):
-            copy.score_samples(X[40:50])
+            each.score_samples(X[40:50])
     refitted = density.fit(X[:40]).score_samples(X[40:50])
     assert not np.allclose(refitted, expected)
 
@@ -262,6 +264,28 @@ def test_parameters_fit_computed_with_refuse_other_values_until_refit(
         getattr(fitted, query)(X[30:35])
     fitted.set_params(**{name: before})
     np.testing.assert_array_equal(getattr(fitted, query)(X[30:35])[0], expected[0])
+
+
+def first_output(out):
+    return out[:, 0]
+
+
+def test_parameters_changed_in_place_or_to_equal_looking_objects_are_refused(digits):
+    """A params list grown in place after fit was not seen (fit's was used);
+    a copy of fit's callable was refused, showing the same repr twice."""
+    X, _ = digits
+    params = ["w"]
+    kernel = NetworkSimilarityKernel(_plain_module(), params=params).fit(X[:30])
+    params.append("b")
+    with pytest.raises(ValueError, match=r"params=\['w', 'b'\] \(fitted with \['w'\]"):
+        kernel.transform(X[30:35])
+    output = functools.partial(first_output)
+    kernel = NetworkSimilarityKernel(_plain_module(), output=output).fit(X[:30])
+    kernel.set_params(output=copy.deepcopy(output))
+    with pytest.raises(ValueError, match=r"output=.*\(not the value fit had\)"):
+        kernel.transform(X[30:35])
+    kernel.set_params(output=output)
+    assert kernel.transform(X[30:35]).shape == (5, 30)
 
 
 def test_query_time_parameters_apply_without_refit(digits):
