@@ -77,7 +77,7 @@ def fit_net(
             "never trained: fit the net before freezing it, or pass it unfrozen "
             "with y to train a clone of it."
         )
-    fitted = clone(_unwrap(net))
+    fitted = clone(net)
     if is_dataset(X):
         X, y = skorch_training_data(
             X, y, lambda labels: training_targets(fitted, labels)
@@ -173,14 +173,15 @@ def training_targets(net: NeuralNet, y: ArrayLike) -> np.ndarray:
 
 
 def untrained_clone(net: NetLike, random_state=None) -> NeuralNet:
-    """An unfitted clone of the skorch net behind ``net``, to train from scratch.
+    """An unfitted clone of the skorch net ``net``, to train from scratch.
 
     scikit-learn's ``clone`` deep-copies a module given as an instance,
     weights included: the clone of a fitted net built around one
     (``NeuralNetClassifier(MyModule())``) would go on from the trained
     weights. Its layers' ``reset_parameters`` (PyTorch's initialisation of
     each layer) draw them anew, seeded by ``random_state``; a parameter that
-    none of them draws is refused.
+    none of them draws is refused, and so is a ``FrozenEstimator``, which is
+    not trained again.
     """
     if isinstance(net, FrozenEstimator):
         raise ValueError(
@@ -188,7 +189,7 @@ def untrained_clone(net: NetLike, random_state=None) -> NeuralNet:
             "a clone of the net on every fold: pass the net itself, or analyse "
             'the frozen net as it is with cv="prefit".'
         )
-    fresh = clone(_unwrap(net))
+    fresh = clone(net)
     module = fresh.module
     if is_unfitted_skorch(net) or not isinstance(module, torch.nn.Module):
         return fresh

@@ -21,6 +21,7 @@ from torch.utils.data import (
 )
 
 from ._engine.inputs import (
+    DictRows,
     check_finite,
     is_dataset,
     n_samples,
@@ -280,21 +281,28 @@ def dataset_targets(dataset: Dataset) -> np.ndarray | None:
 
 
 def labels_key_hint(X) -> str:
-    """Advice for a dataset whose dict inputs hold the labels by key, else "".
+    """Advice for dict inputs that hold the labels by key, else "".
 
     Hugging Face's datasets give items ``{"input_ids": ..., "labels": ...}``;
-    skorch passes every key of ``x`` to the network's ``forward``.
+    skorch passes every key of a dict input to the network's ``forward``.
     """
-    if not is_dataset(X) or len(X) == 0:
+    if isinstance(X, DictRows):
+        X = X.X
+    if isinstance(X, Mapping):
+        inputs, advice = X, "pass them as y, and X without them"
+    elif is_dataset(X) and len(X):
+        inputs = split_item(X[0])[0]
+        advice = "make the items (x, y) pairs, the labels out of x"
+    else:
         return ""
-    x = split_item(X[0])[0]
-    keys = [k for k in ("labels", "label") if isinstance(x, Mapping) and k in x]
+    if not isinstance(inputs, Mapping):
+        return ""
+    keys = [key for key in ("labels", "label") if key in inputs]
     if not keys:
         return ""
     return (
-        f" The items' inputs hold {keys[0]!r}, which skorch passes to the network's "
-        "forward with the other keys, not as y: make the items (x, y) pairs, "
-        "the labels out of x."
+        f" The inputs hold {keys[0]!r}, which skorch passes to the network's "
+        f"forward with the other keys, not as y: {advice}."
     )
 
 

@@ -444,6 +444,13 @@ def test_labels_held_by_key_are_named_when_labels_are_missing(data):
         audit(classifier(train_split=None), keyed)
     with pytest.raises(ValueError, match=r"items\.$"):  # no hint without the key
         audit(classifier(train_split=None), Dicts(X))
+    arrays = {"x": X, "labels": y}  # a dict input: the labels are taken out of it
+    for fit in (
+        lambda: LabelIssueDetector(classifier(train_split=None), cv=2).fit(arrays),
+        lambda: audit(classifier(train_split=None), arrays),
+    ):
+        with pytest.raises(ValueError, match=f"{hint}.*pass them as y, and X without"):
+            fit()
 
 
 def test_datasets_are_read_batch_by_batch(data, net):

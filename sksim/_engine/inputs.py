@@ -113,7 +113,12 @@ class DictRows(Dataset):
         return n_samples(self.X)
 
     def __getitem__(self, i: int) -> dict:
-        return {key: value[i] for key, value in self.X.items()}
+        rows = {key: value[i] for key, value in self.X.items()}
+        # arrays copied: torch warns of those it cannot write (a read-only file's)
+        return {
+            key: np.array(row) if isinstance(row, np.ndarray) else row
+            for key, row in rows.items()
+        }
 
 
 def lazy_rows(X):

@@ -313,12 +313,14 @@ def _shape_list(shape: tuple | dict) -> list | dict:
     return list(shape)
 
 
-def _built_module(net: NetLike, prefit: bool) -> torch.nn.Module:
+def _built_module(net: NetLike, prefit: bool) -> torch.nn.Module | None:
     """The module the folds analyse, built without training, for checks.
 
     The trained module when prefit; otherwise the module given as an
-    instance, that of a fitted net, or one built by an unfitted clone, its
-    parameters drawn under a forked random state (the caller's stays as it is).
+    instance, that of a fitted net, or one built on the CPU by an unfitted
+    clone, its parameters drawn under a forked random state (the caller's
+    stays as it is). None when the clone cannot be built before its training
+    (module arguments its ``fit`` sets): each fold's analyses check it then.
     """
     if prefit:
         return resolve_module(net)
@@ -328,7 +330,10 @@ def _built_module(net: NetLike, prefit: bool) -> torch.nn.Module:
     if getattr(net, "initialized_", False):
         return net.module_
     with torch.random.fork_rng(devices=[]):
-        return clone(net).initialize().module_
+        try:
+            return clone(net).set_params(device="cpu").initialize().module_
+        except Exception:  # whatever the user's module raises without fit
+            return None
 
 
 def _skip_reason(analysis, data):
@@ -640,7 +645,9 @@ def audit(
     errors : {"record", "raise"}, default="record"
         What an analysis that raises on a fold does: ``"record"`` warns, keeps
         the error in ``result.failed`` (and the report) and goes on with the
-        other analyses and folds; ``"raise"`` stops the audit with it.
+        other analyses and folds; ``"raise"`` stops the audit with it. The
+        checks made before any training (arguments, options, layers) raise
+        either way.
     verbose : int, default=0
         Show a progress bar over folds and analyses (on stderr) when positive.
     cache : str or path-like, default=None
@@ -715,6 +722,7 @@ def audit(
     module = functools.cache(functools.partial(_built_module, net, prefit))
     for analysis in requested:
         analysis.check_network(module, layers, options.get(analysis.name, {}))
+    del module  # a module built for the checks is not kept during training
     with warnings.catch_warnings(record=True) as split_warnings:
         warnings.simplefilter("always")
         protocol, protocol_words, splits = _splits(cv, data, prefit, groups)

@@ -551,6 +551,33 @@ def test_class_fitting_layers_are_checked_before_any_training(
     assert torch.equal(torch.random.get_rng_state(), state)  # the module built aside
 
 
+class SizedInFit(NeuralNetClassifier):
+    """Sets its module's input width from the data in ``fit``, as some nets do."""
+
+    def fit(self, X, y=None, **fit_params):
+        self.set_params(module__n_features=int(np.prod(X.shape[1:])))
+        return super().fit(X, y, **fit_params)
+
+
+def test_nets_built_in_their_fit_are_checked_by_each_fold(digit_images):
+    """Built before training for the checks, such a net failed the audit."""
+    from sksim.audit.models import MLP
+
+    X, y = digit_images
+    net = SizedInFit(
+        MLP,
+        module__n_classes=10,
+        criterion=torch.nn.CrossEntropyLoss,
+        max_epochs=1,
+        train_split=None,
+    )
+    common = dict(cv=2, analyses=("class_fitting",), errors="raise")
+    result = audit(net, X, y, **common)
+    assert len(result.tables["class_fitting"]) > 0
+    with pytest.raises(ValueError, match=r"Unknown layers \['nope'\]"):
+        audit(net, X, y, layers=["nope"], **common)  # by the first fold
+
+
 def test_class_fitting_without_default_layers_names_the_fix(digit_images):
     X, y = digit_images
     net = NeuralNetClassifier(MeanLogits, max_epochs=1, train_split=None)

@@ -265,7 +265,8 @@ class Analysis:
         ----------
         module : callable
             Returns the network's module, built (untrained, unless the audit
-            is prefit) on the first call.
+            is prefit) on the first call; None when it cannot be built before
+            training, and then the analysis checks nothing.
         layers : sequence of str or None
             The audit's ``layers``.
         options : dict

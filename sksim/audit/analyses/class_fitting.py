@@ -284,6 +284,8 @@ class ClassFitting(Analysis):
         from ...representations.report import check_report_params
 
         built = module()
+        if built is None:  # checked by each fold
+            return
         if layers is None and not (layers := default_layers(built)):
             raise ValueError(
                 "Class fitting reads the last linear or convolutional modules, "

@@ -92,11 +92,12 @@ class Sensitivity(Analysis):
 
     def skip_reason(self, X: NetInput) -> str | None:
         if not is_square_image_batch(X):
-            shape = sample_shape(X)
+            n, shape = n_samples(X), sample_shape(X)
             these = (
-                f"these are a dict of inputs ({', '.join(map(str, shape))})"
+                "these are a dict of inputs of shapes "
+                + ", ".join(f"{key} {(n, *each)}" for key, each in shape.items())
                 if isinstance(shape, dict)
-                else f"these have shape {(n_samples(X), *shape)}"
+                else f"these have shape {(n, *shape)}"
             )
             return (
                 "relative sensitivity deforms images: it needs inputs of shape "
