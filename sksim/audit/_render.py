@@ -91,10 +91,17 @@ WIDE_TITLE = 12  # characters of a thumbnail's title that fit on one line
 def thumbnail(ax, image, title: str, color: str = "black") -> None:
     """Draw ``image`` on ``ax`` without ticks, under ``title``.
 
-    A title too wide for the thumbnail (long class names) goes on two
-    lines, broken at its first space, in a smaller font.
+    A colour image ``(H, W, 3)`` is scaled to [0, 1] by its own range (images
+    of a network come standardised, which imshow would clip); a grey one is
+    drawn by its range already. A title too wide for the thumbnail (long
+    class names) goes on two lines, broken at its first space, in a smaller
+    font.
     """
-    ax.imshow(image, cmap="gray_r" if image.ndim == 2 else None)
+    if image.ndim == 3:
+        low, high = image.min(), image.max()
+        image = (image - low) / (high - low) if high > low else image * 0
+    cmap = "gray_r" if image.ndim == 2 else None
+    ax.imshow(image, cmap=cmap, interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
     if len(title) > WIDE_TITLE:

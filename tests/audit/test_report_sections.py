@@ -677,3 +677,20 @@ def test_isolated_thumbnails_of_a_regression_show_targets_not_errors():
     ]
     assert {to_hex(t.get_color()) for t in titles} == {"#000000"}
     assert "misclassified" not in fig._suptitle.get_text()
+
+
+def test_thumbnails_scale_colour_images_to_their_range(caplog):
+    """Standardised colour images were clipped to saturated colours, with a
+    matplotlib message per thumbnail, outside the neighbours' gallery."""
+    import matplotlib.pyplot as plt
+
+    from sksim.audit import _render
+
+    image = np.linspace(-2.0, 3.0, 4 * 4 * 3).reshape(4, 4, 3)
+    fig, ax = plt.subplots()
+    with caplog.at_level("WARNING"):
+        _render.thumbnail(ax, image, "y=1")
+    drawn = np.asarray(ax.images[0].get_array())
+    np.testing.assert_allclose(drawn, (image + 2.0) / 5.0)
+    assert "Clipping" not in caplog.text
+    plt.close(fig)

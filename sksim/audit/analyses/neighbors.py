@@ -159,16 +159,6 @@ def _shown(value) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-def _show(ax, image):
-    cmap = "gray_r" if image.ndim == 2 else None
-    if image.ndim == 3:
-        low, high = image.min(), image.max()
-        image = (image - low) / (high - low) if high > low else image * 0
-    ax.imshow(image, cmap=cmap, interpolation="nearest")
-    ax.set_xticks([])
-    ax.set_yticks([])
-
-
 @with_names
 def neighbor_grid(result: AuditResult) -> Figure | None:
     """Each gallery example, then its most similar training examples.
@@ -196,11 +186,11 @@ def neighbor_grid(result: AuditResult) -> Figure | None:
         squeeze=False,
     )
     for row, item in zip(axes, gallery, strict=True):
-        _show(row[0], item["image"])
-        row[0].set_title(
+        _render.thumbnail(
+            row[0],
+            item["image"],
             f"y={_shown(item['label'])} pred={_shown(item['prediction'])}",
-            fontsize=8,
-            color="tab:red" if _is_error(item, regression) else "black",
+            "tab:red" if _is_error(item, regression) else "black",
         )
         row[0].set_ylabel(item["kind"].replace(" ", "\n"), fontsize=8)
         for ax, image, label, sim in zip(
@@ -210,8 +200,7 @@ def neighbor_grid(result: AuditResult) -> Figure | None:
             item["similarities"],
             strict=True,
         ):
-            _show(ax, image)
-            ax.set_title(f"y={_shown(label)} k={sim:.2f}", fontsize=8)
+            _render.thumbnail(ax, image, f"y={_shown(label)} k={sim:.2f}")
     fig.suptitle(
         "Held-out example (left) and its most similar training examples, "
         "by the network's cosine similarity k",
