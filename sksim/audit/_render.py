@@ -6,6 +6,10 @@ import base64
 import html
 import io
 from types import ModuleType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 MAX_ROWS = 200
 
@@ -88,22 +92,29 @@ def paragraph(text, cls=None) -> str:
 WIDE_TITLE = 12  # characters of a thumbnail's title that fit on one line
 
 
-def thumbnail(ax, image, title: str, color: str = "black") -> None:
-    """Draw ``image`` on ``ax`` without ticks, under ``title``.
+def image(ax, picture: np.ndarray) -> None:
+    """Draw ``picture`` on ``ax`` without ticks.
 
     A colour image ``(H, W, 3)`` is scaled to [0, 1] by its own range (images
     of a network come standardised, which imshow would clip); a grey one is
-    drawn by its range already. A title too wide for the thumbnail (long
-    class names) goes on two lines, broken at its first space, in a smaller
-    font.
+    drawn by its range already.
     """
-    if image.ndim == 3:
-        low, high = image.min(), image.max()
-        image = (image - low) / (high - low) if high > low else image * 0
-    cmap = "gray_r" if image.ndim == 2 else None
-    ax.imshow(image, cmap=cmap, interpolation="nearest")
+    if picture.ndim == 3:
+        low, high = picture.min(), picture.max()
+        picture = (picture - low) / (high - low) if high > low else picture * 0
+    cmap = "gray_r" if picture.ndim == 2 else None
+    ax.imshow(picture, cmap=cmap, interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
+
+
+def thumbnail(ax, picture: np.ndarray, title: str, color: str = "black") -> None:
+    """Draw ``picture`` on ``ax`` (see :func:`image`), under ``title``.
+
+    A title too wide for the thumbnail (long class names) goes on two
+    lines, broken at its first space, in a smaller font.
+    """
+    image(ax, picture)
     if len(title) > WIDE_TITLE:
         title = title.replace(" ", "\n", 1)
     ax.set_title(title, fontsize=8 if "\n" not in title else 7, color=color)

@@ -679,7 +679,7 @@ def test_isolated_thumbnails_of_a_regression_show_targets_not_errors():
     assert "misclassified" not in fig._suptitle.get_text()
 
 
-def test_thumbnails_scale_colour_images_to_their_range(caplog):
+def test_images_scale_colour_to_their_range(caplog):
     """Standardised colour images were clipped to saturated colours, with a
     matplotlib message per thumbnail, outside the neighbours' gallery."""
     import matplotlib.pyplot as plt
@@ -689,7 +689,7 @@ def test_thumbnails_scale_colour_images_to_their_range(caplog):
     image = np.linspace(-2.0, 3.0, 4 * 4 * 3).reshape(4, 4, 3)
     fig, ax = plt.subplots()
     with caplog.at_level("WARNING"):
-        _render.thumbnail(ax, image, "y=1")
+        _render.image(ax, image)
     drawn = np.asarray(ax.images[0].get_array())
     np.testing.assert_allclose(drawn, (image + 2.0) / 5.0)
     assert "Clipping" not in caplog.text

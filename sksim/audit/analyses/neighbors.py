@@ -186,11 +186,11 @@ def neighbor_grid(result: AuditResult) -> Figure | None:
         squeeze=False,
     )
     for row, item in zip(axes, gallery, strict=True):
-        _render.thumbnail(
-            row[0],
-            item["image"],
+        _render.image(row[0], item["image"])
+        row[0].set_title(
             f"y={_shown(item['label'])} pred={_shown(item['prediction'])}",
-            "tab:red" if _is_error(item, regression) else "black",
+            fontsize=8,
+            color="tab:red" if _is_error(item, regression) else "black",
         )
         row[0].set_ylabel(item["kind"].replace(" ", "\n"), fontsize=8)
         for ax, image, label, sim in zip(
@@ -200,7 +200,8 @@ def neighbor_grid(result: AuditResult) -> Figure | None:
             item["similarities"],
             strict=True,
         ):
-            _render.thumbnail(ax, image, f"y={_shown(label)} k={sim:.2f}")
+            _render.image(ax, image)
+            ax.set_title(f"y={_shown(label)} k={sim:.2f}", fontsize=8)
     fig.suptitle(
         "Held-out example (left) and its most similar training examples, "
         "by the network's cosine similarity k",
