@@ -146,23 +146,38 @@ def _check_dataset(dataset, estimator, reset: bool):
     return dataset
 
 
+REREAD_ITEMS = 8  # items read twice to find a random transform
+
+
 def _check_same_reads(dataset: Dataset, first) -> None:
-    """Raise a ValueError if item 0's input read again differs from ``first``."""
-    again = split_item(dataset[0])[0]
-    if isinstance(first, Mapping):
-        same = first.keys() == again.keys() and all(
-            _equal(first[k], again[k]) for k in first
+    """Raise a ValueError if an item's input differs from one read to the next.
+
+    The first :data:`REREAD_ITEMS` items are read twice (item 0's first read
+    is ``first``): a transform drawn at random for half the reads, such as a
+    horizontal flip, escapes with probability 1/256.
+    """
+    for i in range(min(REREAD_ITEMS, len(dataset))):
+        once = first if i == 0 else split_item(dataset[i])[0]
+        if not _same_input(once, split_item(dataset[i])[0]):
+            raise ValueError(
+                f"Dataset item {i} differs from one read to the next (a random "
+                "transform, as data augmentation uses?): sksim reads an item "
+                "several times in one call (for the network's outputs, its "
+                "gradients, the exact ranking of candidates) and would mix "
+                "different versions of it. Pass the dataset with its evaluation "
+                "transforms."
+            )
+
+
+def _same_input(a, b) -> bool:
+    """Whether two reads of an item's input (an array or a dict) are equal."""
+    if isinstance(a, Mapping):
+        return (
+            isinstance(b, Mapping)
+            and a.keys() == b.keys()
+            and all(_equal(a[k], b[k]) for k in a)
         )
-    else:
-        same = _equal(first, again)
-    if not same:
-        raise ValueError(
-            "Dataset item 0 differs from one read to the next (a random "
-            "transform, as data augmentation uses?): sksim reads an item several "
-            "times in one call (for the network's outputs, its gradients, the "
-            "exact ranking of candidates) and would mix different versions of "
-            "it. Pass the dataset with its evaluation transforms."
-        )
+    return _equal(a, b)
 
 
 def _equal(a, b) -> bool:
