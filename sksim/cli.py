@@ -792,9 +792,48 @@ def load_checkpoint(
         raise ValueError(
             f"--checkpoint {args.checkpoint} does not fit the architecture of "
             f"{architecture} for {n_outputs} outputs (with --n-classes N when the "
-            f"data lack some of the classes it was trained on): {error}"
+            "data lack some of the classes it was trained on): "
+            f"{state_mismatch(state, module.state_dict())}."
         ) from error
     return module if args.module is None else built
+
+
+def state_mismatch(state: dict, expected: dict) -> str:
+    """How a state_dict differs from a module's, in a few examples.
+
+    Keys missing from it, keys the module lacks, shapes that differ, and,
+    when its keys are the module's behind a common prefix (a wrapper's
+    ``resnet.``) or the reverse, the prefix to strip or add.
+    """
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    shapes = [
+        f"{key!r}: {tuple(state[key].shape)} for {tuple(expected[key].shape)}"
+        for key in expected
+        if key in state and state[key].shape != expected[key].shape
+    ]
+    from .audit._findings import counted
+
+    parts = [
+        f"{counted(len(found), noun)} {what} "
+        f"({', '.join(found[:3])}{', ...' * (len(found) > 3)})"
+        for found, noun, what in (
+            ([repr(key) for key in missing], "key", "of the architecture missing"),
+            ([repr(key) for key in unexpected], "key", "it lacks"),
+            (shapes, "shape", "differing"),
+        )
+        if found
+    ]
+    text = "; ".join(parts)
+    for longer, shorter, advice in (
+        (unexpected, missing, "strip the prefix {!r} from the checkpoint's keys"),
+        (missing, unexpected, "add the prefix {!r} to the checkpoint's keys"),
+    ):
+        prefix = os.path.commonprefix(longer).rpartition(".")[0]
+        renamed = {key.removeprefix(prefix + ".") for key in longer}
+        if prefix and shorter and renamed == set(shorter):
+            return f"{text}: {advice.format(prefix + '.')}"
+    return text
 
 
 def check_forward(net, X: np.ndarray, args: argparse.Namespace) -> None:

@@ -286,6 +286,22 @@ def test_cli_checkpoint_of_a_binary_classifier_factory(tmp_path, monkeypatch):
     assert predictions == net.predict(X[80:]).tolist()
 
 
+def test_a_checkpoint_behind_a_prefix_is_told_to_strip_it():
+    """The mismatch was torch's own, every key listed (5 KB for a ResNet)."""
+    module = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    expected = module.state_dict()
+    wrapped = {"model." + key: value for key, value in expected.items()}
+    text = cli.state_mismatch(wrapped, expected)
+    assert text.endswith("strip the prefix 'model.' from the checkpoint's keys")
+    assert text.startswith("4 keys of the architecture missing ('0.weight', ")
+    unwrapped = cli.state_mismatch(expected, wrapped)
+    assert unwrapped.endswith("add the prefix 'model.' to the checkpoint's keys")
+    resized = {**expected, "1.weight": torch.zeros(5, 4)}
+    assert cli.state_mismatch(resized, expected) == (
+        "1 shape differing ('1.weight': (5, 4) for (2, 4))"
+    )
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -293,7 +309,10 @@ def test_cli_checkpoint_of_a_binary_classifier_factory(tmp_path, monkeypatch):
             ["--model", "cnn"],
             "does not fit the architecture of --model cnn for 10 outputs (with "
             "--n-classes N when the data lack some of the classes it was trained "
-            "on): Error(s) in loading state_dict for CNN: Missing key(s) in",
+            "on): 6 keys of the architecture missing ('conv1.weight', "
+            "'conv1.bias', 'conv2.weight', ...); 2 keys it lacks ('hidden.weight', "
+            "'hidden.bias'); 1 shape differing ('out.weight': (10, 64) for (10, "
+            "256)).",
         ),
         ("garbage", "could not be loaded as a state_dict (UnpicklingError: "),
         ("list", "holds a list, not a state_dict; save it with torch.save("),
