@@ -309,7 +309,7 @@ def test_a_checkpoint_behind_a_prefix_is_told_to_strip_it():
             ["--model", "cnn"],
             "does not fit the architecture of --model cnn for 10 outputs (with "
             "--n-classes N when the data lack some of the classes it was trained "
-            "on): 6 keys of the architecture missing ('conv1.weight', "
+            "on): 4 keys of the architecture missing ('conv1.weight', "
             "'conv1.bias', 'conv2.weight', ...); 2 keys it lacks ('hidden.weight', "
             "'hidden.bias'); 1 shape differing ('out.weight': (10, 64) for (10, "
             "256)).",
