@@ -42,6 +42,7 @@ from ._tables import frame, import_pandas, spread
 from .analyses import ANALYSES, REGISTRY
 from .cache import AuditCache
 from .prefit import (
+    WHOLE_NUMBER_TARGETS,
     check_prefit_net,
     predictions,
     regression_targets,
@@ -303,7 +304,13 @@ def _prefit_data(net, X, y, X_test, y_test):
     if task == "regression":
         y, y_test = regression_targets(y, "y"), regression_targets(y_test, "y_test")
         return _Data(X, y, X_test, y_test, task, None)
-    return _Data(X, y, X_test, y_test, task, _check_labels(y, y_test))
+    try:
+        classes = _check_labels(y, y_test)
+    except ValueError as error:
+        if skorch_task(net) is not None:  # a classifier by its own type
+            raise
+        raise ValueError(f"{error} {WHOLE_NUMBER_TARGETS}") from None
+    return _Data(X, y, X_test, y_test, task, classes)
 
 
 def _shape_list(shape: tuple | dict) -> list | dict:

@@ -32,6 +32,13 @@ from .._net import (
 from .._typing import NetInput, NetLike
 
 CLASSIFICATION_TARGETS = ("binary", "multiclass")
+#: Ends the errors of a module taken for a classifier by its whole-number targets.
+WHOLE_NUMBER_TARGETS = (
+    "A regression network whose targets are whole numbers (counts) is taken "
+    "for a classifier by them: give the trained module as a skorch regressor, "
+    "NeuralNetRegressor(module).initialize(), which keeps its weights (the "
+    "command line: --task regression)."
+)
 REGRESSION_TARGETS = ("continuous",)
 PREDICT_BATCH_SIZE = 256
 
@@ -150,7 +157,7 @@ def predictions(
                     f"The network gives outputs of shape {prediction.shape[1:]} "
                     "per example; the audit reads class j from its output j (as "
                     "skorch's predict does): a classifier needs one logit per "
-                    "class, two for a binary one."
+                    f"class, two for a binary one. {WHOLE_NUMBER_TARGETS}"
                 )
             probabilities = torch.softmax(torch.from_numpy(prediction).double(), 1)
             probabilities = probabilities.numpy()

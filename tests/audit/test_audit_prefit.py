@@ -280,6 +280,24 @@ def test_prefit_regression_module_decided_by_the_targets(regression):
     assert result["folds"]["r2"].iloc[0] == pytest.approx(r2_score(y_test, outputs))
 
 
+def test_a_module_on_whole_number_targets_is_told_how_to_be_a_regression(
+    regression,
+):
+    """Counts made it a classifier, and the error advised a LabelEncoder."""
+    net, X, y, X_test, y_test = regression
+    counts = [np.round(4 * targets) for targets in (y, y_test)]
+    data = (X, counts[0], X_test, counts[1])
+    advice = r"NeuralNetRegressor\(module\)\.initialize\(\), which keeps its"
+    with pytest.raises(ValueError, match=advice):  # negative counts: no labels
+        prefit_audit(net.module_, data, analyses=("density",))
+    shifted = (X, counts[0] - counts[0].min(), X_test, counts[1] - counts[0].min())
+    with pytest.raises(ValueError, match=f"two for a binary one. .*{advice}"):
+        prefit_audit(net.module_, shifted, analyses=("density",))  # one output
+    regressor = NeuralNetRegressor(net.module_).initialize()
+    result = prefit_audit(regressor, data, analyses=("density",))
+    assert result.metadata["task"] == "regression"
+
+
 def test_prefit_cache_hashes_the_weights(split, trained, tmp_path):
     first = prefit_audit(trained, split, analyses=("density",), cache=tmp_path)
     again = prefit_audit(trained, split, analyses=("density",), cache=tmp_path)
