@@ -91,7 +91,7 @@ def fit_net(
         )
     else:
         y = training_targets(fitted, y)
-    with torch_seed(random_state), skorch_dtype_errors():
+    with torch_seed(random_state), skorch_errors():
         try:
             fitted.fit(X, y)
         except IndexError as error:  # torch's cross-entropy: "Target 2 is out of"
@@ -107,11 +107,13 @@ def fit_net(
 
 
 @contextlib.contextmanager
-def skorch_dtype_errors() -> Iterator[None]:
-    """Explain a skorch net's failure on inputs of another dtype than its module's.
+def skorch_errors() -> Iterator[None]:
+    """Explain a skorch net's failures on what its module takes and gives.
 
     skorch passes arrays to the module as they are: float64 inputs to a
-    float32 module fail inside torch.
+    float32 module fail inside torch. Its ``predict_proba`` takes the
+    module's output as a tensor: a Hugging Face model's output object fails
+    in its softmax.
     """
     try:
         yield
@@ -123,6 +125,15 @@ def skorch_dtype_errors() -> Iterator[None]:
             f"The skorch net failed on a dtype: {first}. skorch passes the inputs "
             "to the module as they are: if theirs is not the module's, convert "
             "them, e.g. X.astype(np.float32) for a float32 module."
+        ) from error
+    except TypeError as error:
+        if "must be Tensor, not" not in str(error):
+            raise
+        raise TypeError(
+            f"The skorch net failed on its module's output ({error}): skorch "
+            "reads the output as a tensor of logits. Wrap the module so that its "
+            "forward returns them (for a Hugging Face model, model(x).logits), "
+            "or give sksim the module itself (net.module_), whose logits it finds."
         ) from error
 
 
@@ -299,7 +310,7 @@ def predicted_probabilities(net: NetLike, X: NetInput) -> np.ndarray:
     are left to the checks of the network's outputs. The torch global
     generator is left as it was, as are the module's modes.
     """
-    with evaluation_mode(resolve_module(net)), forked_rng(), skorch_dtype_errors():
+    with evaluation_mode(resolve_module(net)), forked_rng(), skorch_errors():
         P = np.asarray(net.predict_proba(X), dtype=np.float64)
     if P.ndim != 2:
         return P  # the callers say what shape they need

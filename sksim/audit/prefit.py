@@ -25,7 +25,7 @@ from .._net import (
     predicted_probabilities,
     resolve_device,
     resolve_module,
-    skorch_dtype_errors,
+    skorch_errors,
     skorch_task,
     weights_digest,
 )
@@ -166,7 +166,7 @@ def predictions(
         probabilities = predicted_probabilities(net, X)
         prediction = probabilities.argmax(axis=1)
     else:
-        with evaluation_mode(module), forked_rng(), skorch_dtype_errors():
+        with evaluation_mode(module), forked_rng(), skorch_errors():
             prediction = np.asarray(net.predict(X))
     if task == "regression":
         return regression_targets(prediction, "the network's output"), None

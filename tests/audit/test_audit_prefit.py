@@ -353,6 +353,27 @@ def test_prefit_cache_follows_predictions_that_change_without_the_weights(
     assert cached.metadata["cache"]["loaded"] == 0
 
 
+class ReturnsOutput(torch.nn.Module):
+    """Gives its logits in a Hugging Face output object, as its models do."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(64, 10)
+
+    def forward(self, x):
+        from transformers.modeling_outputs import SequenceClassifierOutput
+
+        return SequenceClassifierOutput(logits=self.linear(x.reshape(len(x), -1)))
+
+
+def test_a_skorch_net_of_a_module_giving_an_object_says_to_unwrap_it(split):
+    """skorch's own softmax error came through, about an argument's type."""
+    pytest.importorskip("transformers")
+    net = NeuralNetClassifier(ReturnsOutput, criterion=torch.nn.CrossEntropyLoss)
+    with pytest.raises(TypeError, match=r"model\(x\)\.logits\), or give sksim"):
+        prefit_audit(net.initialize(), split, analyses=("density",))
+
+
 def test_prefit_errors(split, trained, regression):
     X, y, X_test, y_test = split
     with pytest.raises(ValueError, match=r'cv="prefit" audits a network that is'):
