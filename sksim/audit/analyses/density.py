@@ -40,7 +40,10 @@ def quantile_bins(values: np.ndarray, n_bins: int) -> np.ndarray:
 
 
 def n_density_bins(n_test: int, max_bins: int = 10, min_per_bin: int = 10) -> int:
-    """Deciles when every bin holds ``min_per_bin`` examples, fewer bins otherwise."""
+    """Deciles from 100 examples, one bin per ``min_per_bin`` below that.
+
+    ``max_bins`` at most and one at least; ties then make bins uneven.
+    """
     return int(max(1, min(max_bins, n_test // min_per_bin)))
 
 
