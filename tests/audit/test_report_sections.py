@@ -572,6 +572,34 @@ def test_sensitivity_axes_are_labelled(small_audit):
     ]
 
 
+def test_sensitivity_of_many_long_layer_names_is_drawn(small_audit):
+    """26 layers of a Hugging Face ResNet: matplotlib warned that the layout
+    could not be applied, and the names overlapped."""
+    result = copy.copy(small_audit)
+    layers = [
+        f"resnet.encoder.stages.{i // 4}.layers.{i % 4}.shortcut" for i in range(26)
+    ]
+    rows = [
+        dict(
+            net=net,
+            layer=layer,
+            depth=depth,
+            **{f"{m}_{s}": 1.0 + depth for m in "DGR" for s in ("mean", "std")},
+        )
+        for net in ("trained", "init")
+        for depth, layer in enumerate(layers)
+    ]
+    result.tables = dict(small_audit.tables, sensitivity_summary=pd.DataFrame(rows))
+    fig = sensitivity_layers(result)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "constrained_layout not applied"
+        fig.canvas.draw()
+    names = [label.get_text() for label in fig.axes[0].get_xticklabels()]
+    assert len(names) == 26 and max(map(len, names)) == 24
+    assert names[:2] == ["…ges.0.layers.0.shortcut", "…ges.0.layers.1.shortcut"]
+    assert [ax.get_position().width > 0.7 for ax in fig.axes] == [True] * 3
+
+
 @pytest.mark.parametrize("task", ["classification", "regression"])
 def test_the_typical_example_is_none_of_the_others_shown(task):
     """Of median density, not one shown as an error, and classified right."""

@@ -30,6 +30,11 @@ def import_sensitivity() -> ModuleType | None:
         return None
 
 
+WIDE_PANELS = 8  # layers past which the three panels are stacked, full width
+MAX_LAYER_TICKS = 30  # layers named on a panel's axis, at most
+LAYER_NAME = 24  # characters of a layer's name on an axis
+
+
 def sensitivity_layers(result: AuditResult) -> Figure | None:
     """Layer-wise D, G and R, trained and at initialisation, mean over folds.
 
@@ -46,7 +51,15 @@ def sensitivity_layers(result: AuditResult) -> Figure | None:
     table = result.tables.get("sensitivity_summary")
     if table is None:
         return None
-    fig, axes = subplots(1, 3, figsize=(10, 3.4))
+    layers = table.sort_values("depth").drop_duplicates("depth")
+    n_layers = len(layers)
+    fig, axes = subplots(
+        3 if n_layers > WIDE_PANELS else 1,
+        1 if n_layers > WIDE_PANELS else 3,
+        figsize=(10, 9.6) if n_layers > WIDE_PANELS else (10, 3.4),
+        squeeze=False,
+    )
+    axes = axes.ravel()
     styles = {"trained": "tab:blue", "init": "tab:gray", "shuffled": "tab:green"}
     for net, rows in table.groupby("net", sort=False):
         rows = rows.sort_values("depth")
@@ -61,18 +74,29 @@ def sensitivity_layers(result: AuditResult) -> Figure | None:
                 color=styles.get(net),
                 label=net,
             )
-    layers = table.sort_values("depth").drop_duplicates("depth")
+    step = -(-n_layers // MAX_LAYER_TICKS)  # every step-th layer named
+    names = [_tail(str(layer)) for layer in layers["layer"]]
     for ax, name in zip(axes, ("D", "G", "R"), strict=True):
         ax.set_yscale("log")
         ax.set_title(name)
-        ax.set_xticks(layers["depth"], layers["layer"], rotation=60, fontsize=7)
-        ax.set_xlabel("layer")
+        ax.set_xticks(
+            layers["depth"][::step], names[::step], rotation=60, ha="right", fontsize=7
+        )
+        ax.set_xlabel("layer" + (f" (one in {step} named)" if step > 1 else ""))
     axes[0].set_ylabel("D: sensitivity to deformations")
     axes[1].set_ylabel("G: sensitivity to noise")
     axes[2].set_ylabel("R = D / G")
     axes[0].legend(fontsize="small")
     fig.suptitle("Relative sensitivity to diffeomorphisms per layer (R = D / G)")
     return fig
+
+
+def _tail(name: str, width: int = LAYER_NAME) -> str:
+    """``name`` in ``width`` characters at most, its head cut to an ellipsis.
+
+    The end of a module's path names the layer within its block and stage.
+    """
+    return name if len(name) <= width else "…" + name[1 - width :]
 
 
 class Sensitivity(Analysis):
