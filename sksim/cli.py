@@ -81,11 +81,14 @@ def load_dataset(name: str) -> tuple[np.ndarray, np.ndarray]:
     return X.astype(np.float32), y.astype(np.int64)
 
 
-def load_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """Arrays ``X`` and ``y`` of an ``.npz`` file, as saved.
+def load_npz(path: str | os.PathLike) -> tuple[np.ndarray | dict, np.ndarray]:
+    """The inputs and the labels ``y`` of an ``.npz`` file, as saved.
 
-    Raises a ValueError naming the problem when the file is not an ``.npz``
-    archive, is truncated or corrupt, or lacks ``X`` or ``y``.
+    The inputs are its array ``X``, or without one, its other arrays (``y``
+    and ``groups`` aside) as a dict: the keyword inputs of the network's
+    ``forward``, such as ``input_ids`` and ``attention_mask``. Raises a
+    ValueError naming the problem when the file is not an ``.npz`` archive,
+    is truncated or corrupt, or lacks inputs or ``y``.
     """
     with open(path, "rb") as handle:
         magic = handle.read(len(ZIP_MAGIC))
@@ -96,8 +99,10 @@ def load_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         )
     try:
         with np.load(path, allow_pickle=False) as data:
-            names = set(data.files)
-            arrays = {key: data[key] for key in ("X", "y") if key in names}
+            names = [key for key in data.files if key != "groups"]
+            if "X" in names:  # the other arrays are not inputs
+                names = [key for key in ("X", "y") if key in names]
+            arrays = {key: data[key] for key in names}
     except Exception as error:  # whatever a damaged archive raises
         if "allow_pickle" in str(error):
             raise ValueError(
@@ -109,21 +114,27 @@ def load_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
             f"{path} could not be read as an .npz file; is it truncated or "
             f"damaged? ({type(error).__name__}: {error})"
         ) from error
-    missing = [key for key in ("X", "y") if key not in arrays]
-    if missing:
+    y = arrays.pop("y", None)
+    if y is None or not arrays:
         raise ValueError(
-            f"{path} lacks the array(s) {missing}: save the inputs as X and "
-            "the labels as y, e.g. np.savez(path, X=X, y=y)."
+            f"{path} lacks {'the labels y' if y is None else 'inputs'}: save the "
+            "inputs as X and the labels as y, e.g. np.savez(path, X=X, y=y), or "
+            "several inputs of the network by the names its forward takes, e.g. "
+            "np.savez(path, input_ids=ids, attention_mask=mask, y=y)."
         )
-    return arrays["X"], arrays["y"]
+    return arrays["X"] if "X" in arrays else arrays, y
 
 
-def prepare_inputs(X: np.ndarray) -> np.ndarray:
+def prepare_inputs(X: np.ndarray | dict) -> np.ndarray | dict:
     """``X`` as float32, the dtype of the networks' weights.
 
     Integers (such as ``uint8`` pixels) and booleans are cast as they are,
-    without rescaling.
+    without rescaling. The inputs of a dict keep integer and boolean dtypes
+    (token ids, masks), their floating ones cast to float32; each holds one
+    sample per row.
     """
+    if isinstance(X, dict):
+        return {name: _prepared_input(value, name) for name, value in X.items()}
     if X.ndim < 2:
         raise ValueError(
             f"X must hold one sample per row: its shape is {X.shape}, it needs "
@@ -134,6 +145,21 @@ def prepare_inputs(X: np.ndarray) -> np.ndarray:
     if np.iscomplexobj(X):
         raise ValueError("X must hold real numbers; it is complex.")
     return X.astype(np.float32, copy=False)
+
+
+def _prepared_input(value: np.ndarray, name: str) -> np.ndarray:
+    """One input of a dict: numbers, float32 if floating, as many rows as ``y``."""
+    numbers = np.issubdtype(value.dtype, np.number) or value.dtype == bool
+    if value.ndim < 1 or not numbers:
+        raise ValueError(
+            f"input {name} must hold numbers, one sample per row; its shape is "
+            f"{value.shape} and its dtype {value.dtype}."
+        )
+    if np.iscomplexobj(value):
+        raise ValueError(f"input {name} must hold real numbers; it is complex.")
+    if np.issubdtype(value.dtype, np.floating):
+        return value.astype(np.float32, copy=False)
+    return value
 
 
 def encode_labels(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -212,9 +238,10 @@ def factory_output(
     from skorch import NeuralNet
 
     from ._engine.context import torch_seed
+    from ._validation import sample_shape
 
     with torch_seed(args.seed):
-        built = load_factory(args.module)(tuple(X.shape[1:]), n_outputs)
+        built = load_factory(args.module)(sample_shape(X), n_outputs)
     if isinstance(built, NeuralNet):
         if args.device is not None:
             built.set_params(device=args.device)
@@ -348,9 +375,11 @@ def make_parser() -> argparse.ArgumentParser:
         "--data",
         metavar="PATH",
         help="your own data: an .npz file with an array X of inputs (first axis: "
-        "samples, any other shape the network accepts) and an array y of class "
-        "labels, or a folder with X.npy and y.npy (X is then memory-mapped: read "
-        "from disk as needed)",
+        "samples, any other shape the network accepts; or, without X, the "
+        "network's inputs by the names its forward takes, e.g. input_ids and "
+        "attention_mask, integers kept) and an array y of class labels, or a "
+        "folder with X.npy and y.npy (X is then memory-mapped: read from disk as "
+        "needed)",
     )
     data.add_argument(
         "--test-data",
@@ -381,7 +410,8 @@ def make_parser() -> argparse.ArgumentParser:
     arch.add_argument(
         "--module",
         metavar="PKG.MOD:FACTORY",
-        help="your own architecture: FACTORY(input_shape, n_classes) must return "
+        help="your own architecture: FACTORY(input_shape, n_classes) (input_shape "
+        "a tuple, or a dict of them for inputs saved by name) must return "
         "a torch.nn.Module that outputs logits (trained with cross-entropy and "
         "SGD as configured below) or an unfitted skorch net (used as is); "
         "PKG.MOD must be importable (e.g. on PYTHONPATH)",
@@ -605,9 +635,14 @@ def load_groups(path: str | os.PathLike) -> np.ndarray:
         ) from None
 
 
-def read_npz(path: str | os.PathLike, say: Say) -> tuple[np.ndarray, np.ndarray]:
-    """Inputs (float32) and targets of an ``.npz`` file or a folder of ``.npy``."""
+def read_npz(path: str | os.PathLike, say: Say) -> tuple[np.ndarray | dict, np.ndarray]:
+    """Inputs and targets of an ``.npz`` file or a folder of ``.npy``.
+
+    The inputs as :func:`prepare_inputs` makes them.
+    """
     X, y = load_npy_folder(path) if Path(path).is_dir() else load_npz(path)
+    if isinstance(X, dict):
+        return prepare_inputs(X), y
     dtype, X = X.dtype, prepare_inputs(X)
     if dtype != X.dtype:
         say(f"X cast from {dtype} to float32 ({path})")
@@ -848,6 +883,7 @@ def check_forward(net, X: np.ndarray, args: argparse.Namespace) -> None:
     from skorch import NeuralNet
 
     from ._engine.context import check_device, evaluation_mode
+    from ._validation import sample_shape
 
     if isinstance(net, NeuralNet):
         check_device(net.device)
@@ -859,7 +895,10 @@ def check_forward(net, X: np.ndarray, args: argparse.Namespace) -> None:
     try:
         with evaluation_mode(module), torch.no_grad():
             # a copy: the network may change its input in place
-            module(torch.tensor(np.asarray(X[:2]), device=device))
+            if isinstance(X, dict):
+                module(**{k: torch.tensor(v[:2], device=device) for k, v in X.items()})
+            else:
+                module(torch.tensor(np.asarray(X[:2]), device=device))
     except RuntimeError as error:
         tokens = (
             ". The command line casts every input to float32: a module on token "
@@ -869,7 +908,7 @@ def check_forward(net, X: np.ndarray, args: argparse.Namespace) -> None:
         )
         raise ValueError(
             f"the network of {architecture} cannot take the inputs, of shape "
-            f"{tuple(X.shape[1:])}: {str(error).splitlines()[0]}{tokens}"
+            f"{sample_shape(X)}: {str(error).splitlines()[0]}{tokens}"
         ) from error
     if args.layers is not None:
         from ._layers import RepresentationCapture
@@ -898,6 +937,8 @@ def noisy_labels(
 
 def run_audit(args: argparse.Namespace) -> AuditResult:
     """Load the data, build the net, audit it and write the report(s)."""
+    from ._engine.inputs import n_samples
+    from ._validation import sample_shape
     from .audit import ANALYSES, AuditAnalysisFailedWarning, audit
 
     def say(message: str) -> None:
@@ -961,8 +1002,8 @@ def run_audit(args: argparse.Namespace) -> AuditResult:
         )
     kind = "regression" if data.task == "regression" else f"{n_outputs} classes"
     say(
-        f"sksim audit: {data.source}, {len(X)} samples of shape "
-        f"{tuple(X.shape[1:])}, {kind}, {plan}"
+        f"sksim audit: {data.source}, {n_samples(X)} samples of shape "
+        f"{sample_shape(X)}, {kind}, {plan}"
     )
     start = time.perf_counter()
     with warnings.catch_warnings():  # failures are reported below, in one line each

@@ -116,7 +116,13 @@ def make_classifier(
     >>> net.module.__name__, net.module__image_size
     ('CNN', 8)
     """
-    shape = (n_samples(X), *sample_shape(X))
+    if isinstance(each := sample_shape(X), dict):
+        raise ValueError(
+            "The built-in models take one array of inputs; inputs by name "
+            f"({', '.join(each)}) need a module of yours that takes them (the "
+            "command line's --module)."
+        )
+    shape = (n_samples(X), *each)
     if model == "mlp":
         module_kwargs = dict(n_features=math.prod(shape[1:]), n_classes=n_classes)
         module = MLP

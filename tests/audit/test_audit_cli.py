@@ -75,6 +75,22 @@ def factory_module(tmp_path, monkeypatch):
                     torch.nn.Linear(4 * input_shape[0], n_classes),
                 )
 
+            class NamedTokens(torch.nn.Module):
+                def __init__(self, n_classes):
+                    super().__init__()
+                    self.embedding = torch.nn.Embedding(17, 4)
+                    self.out = torch.nn.Linear(4, n_classes)
+
+                def forward(self, input_ids, attention_mask):
+                    calls.append((input_ids.dtype, attention_mask.dtype))
+                    mask = attention_mask.unsqueeze(-1).float()
+                    pooled = (self.embedding(input_ids) * mask).sum(1) / mask.sum(1)
+                    return self.out(pooled)
+
+            def on_named_tokens(input_shape, n_classes):
+                calls.append((input_shape, n_classes))
+                return NamedTokens(n_classes)
+
             def on_a_missing_gpu(input_shape, n_classes):
                 from skorch import NeuralNetClassifier
 
@@ -203,7 +219,54 @@ def test_cli_npz_without_y(tmp_path, capsys):
     np.savez(path, X=np.zeros((4, 2)))
     with pytest.raises(SystemExit):
         cli.main(["audit", "--data", str(path), *FAST])
-    assert "lacks the array(s) ['y']: save the inputs as X" in capsys.readouterr().err
+    assert "lacks the labels y: save the inputs as X" in capsys.readouterr().err
+    np.savez(path, y=np.zeros(4))
+    with pytest.raises(SystemExit):
+        cli.main(["audit", "--data", str(path), *FAST])
+    assert "lacks inputs: save the inputs as X" in capsys.readouterr().err
+
+
+def test_cli_reads_inputs_saved_by_name(tmp_path, factory_module, capsys):
+    """Token ids and their mask, the keyword inputs of the network's forward:
+    the command line read X alone, as one array cast to float32."""
+    rng = np.random.RandomState(0)
+    ids = rng.randint(1, 17, size=(90, 6))
+    mask = np.ones_like(ids)
+    mask[:, 4:] = 0
+    y = ids[:, 0] % 2
+    argv = ["audit", "--module", "userarch:on_named_tokens", *FAST]
+    argv += ["--analyses", "density,neighbors", "--n-neighbors", "2"]
+    tables = []
+    for padded in (ids, np.where(mask == 1, ids, 16)):  # other ids where masked
+        np.savez(tmp_path / "text.npz", input_ids=padded, attention_mask=mask, y=y)
+        js = tmp_path / "r.json"
+        assert (
+            cli.main([*argv, "--data", str(tmp_path / "text.npz"), "--json", str(js)])
+            == 0
+        )
+        tables.append(json.loads(js.read_text()))
+    import userarch
+
+    built = [call for call in userarch.calls if isinstance(call[0], dict)]
+    read = {call for call in userarch.calls if isinstance(call[0], torch.dtype)}
+    assert built == [({"input_ids": (6,), "attention_mask": (6,)}, 2)] * 2
+    assert read == {(torch.int64, torch.int64)}
+    assert tables[0]["metadata"]["input_shape"] == {
+        "input_ids": [6],
+        "attention_mask": [6],
+    }
+    for name in ("folds", "samples", "neighbors"):  # the mask is respected
+        rows = [
+            [{k: v for k, v in row.items() if k != "fit_seconds"} for row in t]
+            for t in (tables[0]["tables"][name], tables[1]["tables"][name])
+        ]
+        assert rows[0] == rows[1]
+    with pytest.raises(SystemExit):
+        cli.main([*argv[:1], "--data", str(tmp_path / "text.npz"), *FAST])
+    assert (
+        "inputs by name (input_ids, attention_mask) need a module"
+        in capsys.readouterr().err
+    )
 
 
 def test_cli_argument_errors(capsys):
