@@ -184,7 +184,8 @@ def plant_label_noise(
     """``y`` with a share ``rate`` of its labels flipped to another class.
 
     The flipped rows are drawn at random without replacement, each new label
-    uniformly among the other classes (codes ``0 .. n_classes - 1``).
+    uniformly among the other classes of ``y`` (those it holds: codes kept
+    with --n-classes or --classes may leave some out).
 
     Returns
     -------
@@ -193,11 +194,14 @@ def plant_label_noise(
     flipped : ndarray
         Sorted rows whose label was flipped.
     """
-    n_classes = len(np.unique(y))
+    classes = np.unique(y)
     rng = np.random.RandomState(seed)
     flipped = np.sort(rng.choice(len(y), int(round(rate * len(y))), replace=False))
+    shift = rng.randint(1, len(classes), len(flipped))
     noisy = y.copy()
-    noisy[flipped] = (y[flipped] + rng.randint(1, n_classes, len(flipped))) % n_classes
+    noisy[flipped] = classes[
+        (np.searchsorted(classes, y[flipped]) + shift) % len(classes)
+    ]
     return noisy, flipped
 
 

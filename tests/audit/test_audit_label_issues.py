@@ -199,6 +199,9 @@ def test_plant_label_noise_flips_the_share_asked_to_other_classes():
     again, same = plant_label_noise(y, 0.05, 3)
     np.testing.assert_array_equal(again, noisy)
     np.testing.assert_array_equal(same, flipped)
+    # codes kept with --n-classes: flips went to 0, 1, 2, which the data lack
+    sparse, flipped = plant_label_noise(np.array([3, 5, 9])[y % 3], 0.2, 0)
+    assert set(sparse) == {3, 5, 9} and len(flipped) == 40
 
 
 def test_cli_records_the_planted_noise_and_reports_its_precision(tmp_path):
