@@ -562,7 +562,8 @@ def make_parser() -> argparse.ArgumentParser:
         default=None,
         help="save every trained fold and finished analysis in DIR as it completes; "
         "rerunning the same command resumes an interrupted audit from there (a "
-        "changed option or data computes the pieces it affects again)",
+        "changed option or data computes the pieces it affects again; the code of "
+        "--module is not read: after changing it, use another DIR)",
     )
     output.add_argument(
         "--quiet", action="store_true", help="no progress bar or messages on stderr"
@@ -645,6 +646,8 @@ def read_npz(path: str | os.PathLike, say: Say) -> tuple[np.ndarray | dict, np.n
     The inputs as :func:`prepare_inputs` makes them.
     """
     X, y = load_npy_folder(path) if Path(path).is_dir() else load_npz(path)
+    if y.ndim == 2 and y.shape[1] == 1:  # a column, as audit() takes it
+        y = y[:, 0]
     if isinstance(X, dict):
         return prepare_inputs(X), y
     dtype, X = X.dtype, prepare_inputs(X)
@@ -672,10 +675,13 @@ def encode_splits(
     Returns the codes of both and the labels of the codes, None when the
     labels were codes already. With ``keep_codes``, labels that are
     integers from 0 are the codes themselves (label j is the network's
-    output j, whichever classes the data lack). ``classes`` (``--classes``)
+    output j, whichever classes the data lack), integers saved as text too
+    (sorted as text, "10" would come before "2"). ``classes`` (``--classes``)
     gives the label of each code; otherwise the labels found are sorted.
     """
     both = y if y_test is None else np.concatenate([y, y_test])
+    if keep_codes and both.dtype.kind in "US" and _integer_text(both):
+        both = both.astype(np.int64)
     if classes is not None:
         codes, names = _listed_codes(both, classes), classes
     elif keep_codes and _are_codes(both):
@@ -692,10 +698,22 @@ def encode_splits(
     return codes[: len(y)], codes[len(y) :], names
 
 
+def _integer_text(y: np.ndarray) -> bool:
+    """Whether every label of the text array ``y`` is an integer, such as "10"."""
+    return all(re.fullmatch(r"\s*-?\d+\s*", str(label)) for label in np.unique(y))
+
+
+def _label_text(label) -> str:
+    """A label as ``--classes`` names it: whole floats as integers ("2", not "2.0")."""
+    if isinstance(label, float | np.floating) and float(label).is_integer():
+        return str(int(label))
+    return str(label)
+
+
 def _listed_codes(y: np.ndarray, classes: list[str]) -> np.ndarray:
     """The position of each label of ``y`` in ``classes`` (labels as text)."""
     position = {name: j for j, name in enumerate(classes)}
-    labels = [str(label) for label in y]
+    labels = [_label_text(label) for label in y]
     unknown = sorted(set(labels) - position.keys())
     if unknown:
         raise ValueError(
@@ -831,7 +849,9 @@ def load_checkpoint(
         raise ValueError(
             f"--checkpoint {args.checkpoint} does not fit the architecture of "
             f"{architecture} for {n_outputs} outputs (with --n-classes N when the "
-            "data lack some of the classes it was trained on): "
+            "data lack some of the classes it was trained on, --classes A,B,... "
+            "naming the label of each output when the labels are not the "
+            "outputs' numbers, --task regression for whole-number targets): "
             f"{state_mismatch(state, module.state_dict())}."
         ) from error
     return module if args.module is None else built

@@ -226,6 +226,17 @@ def test_cli_npz_without_y(tmp_path, capsys):
     assert "lacks inputs: save the inputs as X" in capsys.readouterr().err
 
 
+def test_cli_takes_labels_as_a_column(tmp_path, digit_images):
+    """A cross-validated audit refused them; audit() takes them."""
+    X, y = digit_images
+    np.savez(tmp_path / "column.npz", X=X[:120], y=y[:120, None])
+    argv = ["audit", "--data", str(tmp_path / "column.npz"), *FAST]
+    argv += ["--analyses", "density", "--json", str(tmp_path / "r.json")]
+    assert cli.main(argv) == 0
+    samples = json.loads((tmp_path / "r.json").read_text())["tables"]["samples"]
+    assert sorted(row["label"] for row in samples) == sorted(y[:120].tolist())
+
+
 def test_cli_reads_inputs_saved_by_name(tmp_path, factory_module, capsys):
     """Token ids and their mask, the keyword inputs of the network's forward:
     the command line read X alone, as one array cast to float32."""

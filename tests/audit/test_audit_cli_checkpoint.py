@@ -286,6 +286,24 @@ def test_cli_checkpoint_of_a_binary_classifier_factory(tmp_path, monkeypatch):
     assert predictions == net.predict(X[80:]).tolist()
 
 
+def test_labels_as_text_or_floats_keep_the_outputs_they_name():
+    """Integers saved as text were sorted as text with a checkpoint ("10"
+    read as output 2: accuracy 0.135 for 0.59); whole floats were not among
+    --classes; a column of labels was refused."""
+    said = []
+    codes, _, names = cli.encode_splits(
+        np.array(["10", "2", "0"]), np.array(["11"]), said.append, keep_codes=True
+    )
+    np.testing.assert_array_equal(codes, [10, 2, 0])
+    assert names is None
+    codes, _, _ = cli.encode_splits(
+        np.array([2.0, 0.0, 1.0]), None, said.append, classes=["0", "1", "2"]
+    )
+    np.testing.assert_array_equal(codes, [2, 0, 1])
+    codes, _, names = cli.encode_splits(np.array(["b", "10"]), None, said.append, True)
+    assert names == ["10", "b"]  # text that is not all integers: sorted, named
+
+
 def test_a_checkpoint_behind_a_prefix_is_told_to_strip_it():
     """The mismatch was torch's own, every key listed (5 KB for a ResNet)."""
     module = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
@@ -309,7 +327,9 @@ def test_a_checkpoint_behind_a_prefix_is_told_to_strip_it():
             ["--model", "cnn"],
             "does not fit the architecture of --model cnn for 10 outputs (with "
             "--n-classes N when the data lack some of the classes it was trained "
-            "on): 4 keys of the architecture missing ('conv1.weight', "
+            "on, --classes A,B,... naming the label of each output when the labels "
+            "are not the outputs' numbers, --task regression for whole-number "
+            "targets): 4 keys of the architecture missing ('conv1.weight', "
             "'conv1.bias', 'conv2.weight', ...); 2 keys it lacks ('hidden.weight', "
             "'hidden.bias'); 1 shape differing ('out.weight': (10, 64) for (10, "
             "256)).",
