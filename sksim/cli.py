@@ -950,6 +950,11 @@ def noisy_labels(
             "it does not apply to a trained network (--checkpoint)."
         )
     y, flipped = plant_label_noise(data.y, args.label_noise, args.noise_seed)
+    if not len(flipped):
+        raise ValueError(
+            f"--label-noise {args.label_noise} flips no label of the {len(y)} "
+            f"examples (it flips round(rate x n)): give at least {0.5 / len(y):.2g}."
+        )
     noise = dict(
         rate=args.label_noise,
         seed=args.noise_seed,

@@ -204,6 +204,16 @@ def test_plant_label_noise_flips_the_share_asked_to_other_classes():
     assert set(sparse) == {3, 5, 9} and len(flipped) == 40
 
 
+def test_cli_refuses_label_noise_that_flips_nothing(tmp_path, capsys):
+    """The report said "precision nan" of no flips."""
+    X, y = _audit_helpers.digit_images()
+    np.savez(tmp_path / "digits.npz", X=X[:300], y=y[:300])
+    argv = ["audit", "--data", str(tmp_path / "digits.npz"), "--quiet"]
+    with pytest.raises(SystemExit):
+        main([*argv, "--label-noise", "0.001", "--out", str(tmp_path / "r.html")])
+    assert "--label-noise 0.001 flips no label of the 300" in capsys.readouterr().err
+
+
 def test_cli_records_the_planted_noise_and_reports_its_precision(tmp_path):
     X, y = _audit_helpers.digit_images()
     data = tmp_path / "digits.npz"
