@@ -953,7 +953,7 @@ def noisy_labels(
     if not len(flipped):
         raise ValueError(
             f"--label-noise {args.label_noise} flips no label of the {len(y)} "
-            f"examples (it flips round(rate x n)): give at least {0.5 / len(y):.2g}."
+            f"examples (it flips round(rate x n)): give at least {1 / len(y):.2g}."
         )
     noise = dict(
         rate=args.label_noise,

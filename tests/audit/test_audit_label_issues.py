@@ -207,11 +207,13 @@ def test_plant_label_noise_flips_the_share_asked_to_other_classes():
 def test_cli_refuses_label_noise_that_flips_nothing(tmp_path, capsys):
     """The report said "precision nan" of no flips."""
     X, y = _audit_helpers.digit_images()
-    np.savez(tmp_path / "digits.npz", X=X[:300], y=y[:300])
+    np.savez(tmp_path / "digits.npz", X=X[:200], y=y[:200])
     argv = ["audit", "--data", str(tmp_path / "digits.npz"), "--quiet"]
     with pytest.raises(SystemExit):
         main([*argv, "--label-noise", "0.001", "--out", str(tmp_path / "r.html")])
-    assert "--label-noise 0.001 flips no label of the 300" in capsys.readouterr().err
+    message = "--label-noise 0.001 flips no label of the 200 examples"
+    assert message in capsys.readouterr().err
+    assert len(plant_label_noise(y[:200], 1 / 200, 0)[1]) == 1  # the rate advised
 
 
 def test_cli_records_the_planted_noise_and_reports_its_precision(tmp_path):
