@@ -148,7 +148,7 @@ def prepare_inputs(X: np.ndarray | dict) -> np.ndarray | dict:
 
 
 def _prepared_input(value: np.ndarray, name: str) -> np.ndarray:
-    """One input of a dict: numbers, float32 if floating, as many rows as ``y``."""
+    """One input of a dict: numbers, one sample per row, float32 if floating."""
     numbers = np.issubdtype(value.dtype, np.number) or value.dtype == bool
     if value.ndim < 1 or not numbers:
         raise ValueError(
@@ -864,15 +864,18 @@ def state_mismatch(state: dict, expected: dict) -> str:
     when its keys are the module's behind a common prefix (a wrapper's
     ``resnet.``) or the reverse, the prefix to strip or add.
     """
+    from .audit._findings import counted
+
+    def shape(value) -> tuple | str:
+        return tuple(value.shape) if hasattr(value, "shape") else type(value).__name__
+
     missing = [key for key in expected if key not in state]
     unexpected = [key for key in state if key not in expected]
     shapes = [
-        f"{key!r}: {tuple(state[key].shape)} for {tuple(expected[key].shape)}"
+        f"{key!r}: {shape(state[key])} for {shape(expected[key])}"
         for key in expected
-        if key in state and state[key].shape != expected[key].shape
+        if key in state and shape(state[key]) != shape(expected[key])
     ]
-    from .audit._findings import counted
-
     parts = [
         f"{counted(len(found), noun)} {what} "
         f"({', '.join(found[:3])}{', ...' * (len(found) > 3)})"
