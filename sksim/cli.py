@@ -115,6 +115,11 @@ def load_npz(path: str | os.PathLike) -> tuple[np.ndarray | dict, np.ndarray]:
             f"damaged? ({type(error).__name__}: {error})"
         ) from error
     y = arrays.pop("y", None)
+    if "arr_0" in arrays:
+        raise ValueError(
+            f"{path} holds arrays saved without a name (arr_0, ...): save the "
+            "inputs as X, np.savez(path, X=X, y=y)."
+        )
     if y is None or not arrays:
         raise ValueError(
             f"{path} lacks {'the labels y' if y is None else 'inputs'}: save the "
@@ -680,7 +685,9 @@ def encode_splits(
     gives the label of each code; otherwise the labels found are sorted.
     """
     both = y if y_test is None else np.concatenate([y, y_test])
-    if keep_codes and both.dtype.kind in "US" and _integer_text(both):
+    if both.dtype.kind == "S":  # bytes, as np.savez keeps them: as text
+        both = np.char.decode(both)
+    if keep_codes and both.dtype.kind == "U" and _integer_text(both):
         both = both.astype(np.int64)
     if classes is not None:
         codes, names = _listed_codes(both, classes), classes
@@ -699,8 +706,20 @@ def encode_splits(
 
 
 def _integer_text(y: np.ndarray) -> bool:
-    """Whether every label of the text array ``y`` is an integer, such as "10"."""
-    return all(re.fullmatch(r"\s*-?\d+\s*", str(label)) for label in np.unique(y))
+    """Whether every label of the text array ``y`` is an integer, such as "10".
+
+    Raises a ValueError when two of them are one integer ("7" and "007").
+    """
+    found = np.unique(y)
+    if not all(re.fullmatch(r"\s*[+-]?[0-9]+\s*", label) for label in found):
+        return False
+    if len(np.unique(found.astype(np.int64))) < len(found):
+        raise ValueError(
+            f"the labels {found[:10].tolist()} are integers written as text, and "
+            "some of them are the same integer (such as '7' and '007'): write "
+            "each class one way."
+        )
+    return True
 
 
 def _label_text(label) -> str:
@@ -713,7 +732,9 @@ def _label_text(label) -> str:
 def _listed_codes(y: np.ndarray, classes: list[str]) -> np.ndarray:
     """The position of each label of ``y`` in ``classes`` (labels as text)."""
     position = {name: j for j, name in enumerate(classes)}
-    labels = [_label_text(label) for label in y]
+    labels = [
+        text if (text := _label_text(label)) in position else str(label) for label in y
+    ]
     unknown = sorted(set(labels) - position.keys())
     if unknown:
         raise ValueError(

@@ -307,7 +307,8 @@ def _prefit_data(net, X, y, X_test, y_test):
     try:
         classes = _check_labels(y, y_test)
     except ValueError as error:
-        if skorch_task(net) is not None:  # a classifier by its own type
+        numbers = np.concatenate([y, y_test]).dtype.kind in "iuf"
+        if skorch_task(net) is not None or not numbers:  # not taken by its targets
             raise
         raise ValueError(f"{error} {WHOLE_NUMBER_TARGETS}") from None
     return _Data(X, y, X_test, y_test, task, classes)

@@ -226,6 +226,14 @@ def test_cli_npz_without_y(tmp_path, capsys):
     assert "lacks inputs: save the inputs as X" in capsys.readouterr().err
 
 
+def test_cli_names_arrays_saved_without_a_name(tmp_path, capsys):
+    """np.savez(path, X, y=y) saves X as arr_0, which was read as an input."""
+    np.savez(tmp_path / "unnamed.npz", np.zeros((4, 2)), y=np.arange(4) % 2)
+    with pytest.raises(SystemExit):
+        cli.main(["audit", "--data", str(tmp_path / "unnamed.npz"), *FAST])
+    assert "saved without a name (arr_0, ...): save" in capsys.readouterr().err
+
+
 def test_cli_takes_labels_as_a_column(tmp_path, digit_images):
     """A cross-validated audit refused them; audit() takes them."""
     X, y = digit_images

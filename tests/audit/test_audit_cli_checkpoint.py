@@ -302,6 +302,16 @@ def test_labels_as_text_or_floats_keep_the_outputs_they_name():
     np.testing.assert_array_equal(codes, [2, 0, 1])
     codes, _, names = cli.encode_splits(np.array(["b", "10"]), None, said.append, True)
     assert names == ["10", "b"]  # text that is not all integers: sorted, named
+    codes, _, names = cli.encode_splits(
+        np.array([b"10", b"2", b"+3"]), None, said.append, keep_codes=True
+    )  # bytes, as np.savez keeps them
+    np.testing.assert_array_equal(codes, [10, 2, 3])
+    codes, _, _ = cli.encode_splits(
+        np.array([2.0, 1.0]), None, said.append, classes=["1.0", "2.0"]
+    )  # floats named as they print
+    np.testing.assert_array_equal(codes, [1, 0])
+    with pytest.raises(ValueError, match="the same integer"):
+        cli.encode_splits(np.array(["7", "007"]), None, said.append, keep_codes=True)
 
 
 def test_a_checkpoint_behind_a_prefix_is_told_to_strip_it():

@@ -293,6 +293,10 @@ def test_a_module_on_whole_number_targets_is_told_how_to_be_a_regression(
     shifted = (X, counts[0] - counts[0].min(), X_test, counts[1] - counts[0].min())
     with pytest.raises(ValueError, match=f"two for a binary one. .*{advice}"):
         prefit_audit(net.module_, shifted, analyses=("density",))  # one output
+    text = tuple(np.array(["a", "b"])[(t > t.mean()).astype(int)] for t in counts)
+    with pytest.raises(ValueError, match="integer labels from 0") as error:
+        prefit_audit(net.module_, (X, text[0], X_test, text[1]), analyses=("density",))
+    assert "whole numbers" not in str(error.value)  # text labels: no such hint
     regressor = NeuralNetRegressor(net.module_).initialize()
     result = prefit_audit(regressor, data, analyses=("density",))
     assert result.metadata["task"] == "regression"
