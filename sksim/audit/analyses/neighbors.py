@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from collections.abc import Iterable, Mapping
 from importlib.util import find_spec
@@ -270,8 +271,8 @@ def _gallery_rows(samples, size, pool=5):
     chosen += [(kind, i) for i in wrong]
     taken.update(wrong)
     right = samples["correct"] if "correct" in samples else None
-    typical = [i for i in typical if i not in taken and (right is None or right[i])]
-    chosen += [("typical", i) for i in typical[:1]]
+    shown = (i for i in typical if i not in taken and (right is None or right[i]))
+    chosen += [("typical", i) for i in itertools.islice(shown, 1)]
     return chosen
 
 
