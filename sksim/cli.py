@@ -387,8 +387,8 @@ def make_parser() -> argparse.ArgumentParser:
         "samples, any other shape the network accepts; or, without X, the "
         "network's inputs by the names its forward takes, e.g. input_ids and "
         "attention_mask, integers kept) and an array y of class labels, or a "
-        "folder with X.npy and y.npy (X is then memory-mapped: read from disk as "
-        "needed)",
+        "folder of .npy files of the same names (X.npy or the inputs by name, "
+        "and y.npy; the inputs are then memory-mapped: read from disk as needed)",
     )
     data.add_argument(
         "--test-data",
@@ -604,27 +604,38 @@ class Data:
         return int(np.concatenate(labels).max()) + 1
 
 
-def load_npy_folder(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """Arrays ``X`` (memory-mapped) and ``y`` of a folder's ``X.npy`` and ``y.npy``.
+def load_npy_folder(path: str | os.PathLike) -> tuple[np.ndarray | dict, np.ndarray]:
+    """The inputs (memory-mapped) and the labels ``y`` of a folder of ``.npy`` files.
 
-    ``X`` is read from disk batch by batch as the audit needs it, so a training
-    set larger than memory can be audited; a float32 ``X`` is never copied.
+    The inputs are ``X.npy``, or without one, the folder's other ``.npy``
+    files (``groups.npy`` aside) as a dict named by their stems, as
+    :func:`load_npz` reads an archive. They are read from disk batch by batch
+    as the audit needs them, so a training set larger than memory can be
+    audited; float32 inputs are never copied.
     """
-    arrays = {}
-    for name in ("X", "y"):
-        file = Path(path) / f"{name}.npy"
-        if not file.is_file():
-            raise ValueError(
-                f"{path} is a folder without {name}.npy: save the inputs and labels "
-                "with np.save(folder / 'X.npy', X) and np.save(folder / 'y.npy', y)."
-            )
-        try:
-            arrays[name] = np.load(file, mmap_mode="r" if name == "X" else None)
-        except ValueError as error:
-            raise ValueError(
-                f"{file} could not be read as a .npy file: {error}"
-            ) from None
-    return arrays["X"], arrays["y"]
+    folder = Path(path)
+    files = {file.stem: file for file in sorted(folder.glob("*.npy"))}
+    names = ["X"] if "X" in files else sorted(set(files) - {"y", "groups"})
+    if "y" not in files or not names:
+        missing = "y.npy" if "y" not in files else "inputs"
+        raise ValueError(
+            f"{path} is a folder without {missing}: save "
+            "the inputs and labels with np.save(folder / 'X.npy', X) and "
+            "np.save(folder / 'y.npy', y), or several inputs of the network by "
+            "the names its forward takes, e.g. np.save(folder / 'input_ids.npy', "
+            "ids) and np.save(folder / 'attention_mask.npy', mask)."
+        )
+    inputs = {name: _load_npy(files[name], mmap_mode="r") for name in names}
+    y = _load_npy(files["y"])
+    return inputs["X"] if "X" in inputs else inputs, y
+
+
+def _load_npy(file: Path, mmap_mode: str | None = None) -> np.ndarray:
+    """The array of a ``.npy`` file, or a ValueError naming it."""
+    try:
+        return np.load(file, mmap_mode=mmap_mode, allow_pickle=False)
+    except ValueError as error:
+        raise ValueError(f"{file} could not be read as a .npy file: {error}") from None
 
 
 def load_groups(path: str | os.PathLike) -> np.ndarray:

@@ -288,6 +288,40 @@ def test_cli_reads_inputs_saved_by_name(tmp_path, factory_module, capsys):
     )
 
 
+def test_cli_reads_inputs_by_name_from_a_folder(tmp_path, factory_module, capsys):
+    """A folder of .npy files holding the inputs by name, memory-mapped: the
+    command line asked for an X.npy."""
+    rng = np.random.RandomState(0)
+    arrays = dict(
+        input_ids=rng.randint(1, 17, size=(90, 6)),
+        attention_mask=(np.arange(6) < rng.randint(2, 7, size=(90, 1))).astype(int),
+    )
+    arrays["y"] = arrays["input_ids"][:, 0] % 2
+    folder = tmp_path / "text"
+    folder.mkdir()
+    for name, array in arrays.items():
+        np.save(folder / f"{name}.npy", array)
+    np.savez(tmp_path / "text.npz", **arrays)
+    inputs, y = cli.load_npy_folder(folder)
+    assert sorted(inputs) == ["attention_mask", "input_ids"]
+    assert all(isinstance(value, np.memmap) for value in inputs.values())
+    np.testing.assert_array_equal(y, arrays["y"])
+    argv = ["audit", "--module", "userarch:on_named_tokens", *FAST]
+    argv += ["--analyses", "density,neighbors", "--n-neighbors", "2"]
+    tables = []
+    for source in (folder, tmp_path / "text.npz"):
+        js = tmp_path / "r.json"
+        assert cli.main([*argv, "--data", str(source), "--json", str(js)]) == 0
+        tables.append(json.loads(js.read_text())["tables"])
+    for name in ("samples", "neighbors"):
+        assert tables[0][name] == tables[1][name]
+    (folder / "input_ids.npy").unlink()
+    (folder / "attention_mask.npy").unlink()
+    with pytest.raises(SystemExit):
+        cli.main([*argv, "--data", str(folder)])
+    assert f"{folder} is a folder without inputs: save" in capsys.readouterr().err
+
+
 def test_cli_argument_errors(capsys):
     with pytest.raises(SystemExit):
         cli.main(["audit", "--analyses", "density,foo"])
