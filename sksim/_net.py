@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -269,7 +270,8 @@ def weights_digest(module: torch.nn.Module, checkpointed: bool = False) -> str:
     """A digest of ``module``'s layers and the contents of its parameters and buffers.
 
     Equal digests mean equal layers (their names, types and settings, a
-    ``Tanh`` replaced by a ``ReLU`` too) and equal weights (names, dtypes,
+    ``Tanh`` replaced by a ``ReLU`` too, and the plain values their
+    ``forward`` may read, such as a temperature) and equal weights (names, dtypes,
     shapes and bytes, and which parameters are trainable: the gradients are
     theirs), wherever the tensors live. ``checkpointed`` leaves out the
     values of the tensors of the ``state_dict``, which every checkpoint
@@ -283,11 +285,14 @@ def weights_digest(module: torch.nn.Module, checkpointed: bool = False) -> str:
     )
 
 
-def _layer_settings(module: torch.nn.Module) -> list[tuple[str, str, str]]:
-    """Each layer's name, type and settings (its ``extra_repr``).
+def _layer_settings(module: torch.nn.Module) -> list[tuple[str, str, str, str]]:
+    """Each layer's name, type, settings (its ``extra_repr``) and plain values.
 
     Parameter containers describe their parameters' devices: their tensors
-    count by themselves.
+    count by themselves. The plain values are the layer's public attributes
+    holding numbers, text or None (or tuples of them), which a custom
+    layer's ``extra_repr`` leaves out, such as a temperature set after
+    training (``training`` aside: the computations set the mode).
     """
     containers = (torch.nn.ParameterList, torch.nn.ParameterDict)
     return [
@@ -295,9 +300,26 @@ def _layer_settings(module: torch.nn.Module) -> list[tuple[str, str, str]]:
             name,
             type(layer).__qualname__,
             "" if isinstance(layer, containers) else layer.extra_repr(),
+            repr(sorted(_plain_values(layer))),
         )
         for name, layer in module.named_modules()
     ]
+
+
+def _plain_values(layer: torch.nn.Module) -> list[tuple[str, Any]]:
+    """The ``(name, value)`` of the plain public attributes of ``layer``."""
+    return [
+        (name, value)
+        for name, value in vars(layer).items()
+        if not name.startswith("_") and name != "training" and _is_plain(value)
+    ]
+
+
+def _is_plain(value) -> bool:
+    """Whether ``value`` is a number, text, None, or a tuple of them."""
+    if isinstance(value, tuple):
+        return all(_is_plain(item) for item in value)
+    return value is None or isinstance(value, (bool, int, float, complex, str, bytes))
 
 
 def predicted_probabilities(net: NetLike, X: NetInput) -> np.ndarray:

@@ -171,9 +171,9 @@ class NetworkKernel(Kernel):
         digest = weights_digest(resolve_module(self.net))
         if self.__dict__.setdefault("_weights", digest) != digest:
             raise ValueError(
-                "The network's weights or layers, or which weights are trainable, "
-                "changed since this NetworkKernel was first evaluated: a Gaussian "
-                "process fitted with it holds what it computed from the network "
+                "The network's weights, layers or their settings (such as a "
+                "temperature), or which weights are trainable, changed since "
+                "this NetworkKernel was first evaluated: a Gaussian process fitted with it holds what it computed from the network "
                 "it had then. Fit the Gaussian process again (it evaluates a fresh "
                 "clone of its kernel), or evaluate clone(kernel)."
             )

@@ -395,7 +395,31 @@ def test_a_process_refuses_a_layer_replaced_after_fit(regression):
     )
     gp = GaussianProcessRegressor(NetworkKernel(module), alpha=1e-2).fit(X, y)
     module[1] = torch.nn.ReLU()
-    with pytest.raises(ValueError, match="weights or layers, or which weights"):
+    with pytest.raises(ValueError, match="weights, layers or their settings"):
+        gp.predict(X_test)
+
+
+def test_a_process_refuses_a_temperature_changed_after_fit(regression):
+    """A plain float the forward reads, changed after fit, went unseen:
+    predict mixed the training kernel of one temperature with rows of another."""
+    X, y, X_test = regression
+
+    class Tempered(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = torch.nn.Sequential(
+                torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1)
+            )
+            self.temperature = 1.0
+
+        def forward(self, x):
+            return self.body(x / self.temperature)
+
+    torch.manual_seed(0)
+    module = Tempered()
+    gp = GaussianProcessRegressor(NetworkKernel(module), alpha=1e-2).fit(X, y)
+    module.temperature = 3.0
+    with pytest.raises(ValueError, match="settings \\(such as a temperature"):
         gp.predict(X_test)
 
 

@@ -663,8 +663,40 @@ def test_a_layer_replaced_since_fit_is_refused():
     )
     estimator = GradientDensityEstimator(net).fit(X)
     net[1] = torch.nn.ReLU()
-    with pytest.raises(ValueError, match="weights or layers, .* changed since fit"):
+    with pytest.raises(
+        ValueError, match="weights, layers or their settings .* changed since fit"
+    ):
         estimator.score_samples(X)
+
+
+class Tempered(torch.nn.Module):
+    """Logits divided by a temperature, a plain float set after training."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Sequential(
+            torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)
+        )
+        self.temperature = 1.0
+        self._calls = 0  # private: not a setting
+
+    def forward(self, x):
+        self._calls += 1
+        return self.body(x) / self.temperature
+
+
+def test_a_plain_setting_changed_since_fit_is_refused():
+    """A temperature (a plain float the forward reads) changed after fit went
+    unseen: scores mixed fit's sums with the new network's gradients."""
+    torch.manual_seed(0)
+    net = Tempered()
+    estimator = GradientDensityEstimator(net).fit(X)
+    before = estimator.score_samples(X)  # private attributes may change
+    net.temperature = 3.0
+    with pytest.raises(ValueError, match="their settings \\(such as a temperature"):
+        estimator.score_samples(X)
+    net.temperature = 1.0
+    np.testing.assert_array_equal(estimator.score_samples(X), before)
 
 
 class Stateful(torch.nn.Module):
