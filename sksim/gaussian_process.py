@@ -173,9 +173,10 @@ class NetworkKernel(Kernel):
             raise ValueError(
                 "The network's weights, layers or their settings (such as a "
                 "temperature), or which weights are trainable, changed since "
-                "this NetworkKernel was first evaluated: a Gaussian process fitted with it holds what it computed from the network "
-                "it had then. Fit the Gaussian process again (it evaluates a fresh "
-                "clone of its kernel), or evaluate clone(kernel)."
+                "this NetworkKernel was first evaluated: a Gaussian process "
+                "fitted with it holds what it computed from the network it had "
+                "then. Fit the Gaussian process again (it evaluates a fresh clone "
+                "of its kernel), or evaluate clone(kernel)."
             )
 
     def set_params(self, **params) -> NetworkKernel:
