@@ -100,13 +100,13 @@ tables = {
         scale_cnn,
         X_probe,
         layers=layers,
-        n_init=5,
+        n_init=20,
         shuffled=True,
         deformation=scale_detection_perturbation,
         random_state=0,
     ),
     "max-entropy diffeos": relative_sensitivity(
-        scale_cnn, X_probe, layers=layers, n_init=5, shuffled=True, random_state=0
+        scale_cnn, X_probe, layers=layers, n_init=20, shuffled=True, random_state=0
     ),
 }
 print(f"measured ({time.perf_counter() - start:.0f} s)")
@@ -169,7 +169,7 @@ for name, net in [("fully connected", fc), ("CNN", digits_cnn)]:
             == digits.target[probe_rows]
         ).mean()
     table = relative_sensitivity(
-        net, images[probe_rows], n_probe=500, n_init=5, random_state=0
+        net, images[probe_rows], n_probe=500, n_init=20, random_state=0
     )
     outputs[name] = table.set_index("net")["R"]
     print(

@@ -69,6 +69,18 @@ def _probe_rows(n: int, n_probe: int, rng) -> np.ndarray:
     return np.arange(n)
 
 
+def _purpose_rngs(random_state) -> tuple[np.random.RandomState, ...]:
+    """Generators of the probe, the re-initialisations and the shuffles.
+
+    The probe draws from ``random_state`` itself; the others from seeds of
+    their own, drawn from a copy of it, so that what the probe draws (its
+    size, the deformation) leaves the copies and the shuffles unchanged.
+    """
+    rng = check_random_state(random_state)
+    seeds = copy.deepcopy(rng).randint(2**31 - 1, size=2)
+    return rng, *(np.random.RandomState(seed) for seed in seeds)
+
+
 class _Probe:
     """The probe inputs and their perturbations, drawn once, served in batches.
 
@@ -560,8 +572,10 @@ def relative_sensitivity(
         Where to compute; None keeps the network's device. Elsewhere a copy
         of the network computes; the network itself does not move.
     random_state : int, RandomState instance or None, default=None
-        Seeds the probe subset, deformations, noise, re-initialisations and
-        channel shuffles.
+        Seeds the probe subset, deformations and noise, and, from seeds of
+        their own, the re-initialisations and the channel shuffles: the
+        copies and the shuffles do not change with the probe or the
+        deformation.
 
     Returns
     -------
@@ -617,7 +631,7 @@ def relative_sensitivity(
     ['trained', 'init']
     """
     check_params(locals())  # the arguments, before any work
-    rng = check_random_state(random_state)
+    probe_rng, init_rng, shuffle_rng = _purpose_rngs(random_state)
     device = resolve_device(net, device)
     probe = _Probe(
         X,
@@ -629,18 +643,18 @@ def relative_sensitivity(
         noise_norm,
         deformation,
         device,
-        rng,
+        probe_rng,
     )
     model = _float64_copy(resolve_module(net), device)
     trained = _measure(model, probe, layers, pool, statistic)
     order = list(trained)
     rows = _rows("trained", [trained], order)
     if reference is not None:
-        nets = _reference_nets(model, reference, n_init, probe, rng)
+        nets = _reference_nets(model, reference, n_init, probe, init_rng)
         runs = [_measure(fresh, probe, order, pool, statistic) for fresh in nets]
         rows += _rows("init", runs, order)
     if shuffled:
-        model_s = shuffle_conv_input_channels(model, rng)
+        model_s = shuffle_conv_input_channels(model, shuffle_rng)
         rows += _rows(
             "shuffled", [_measure(model_s, probe, order, pool, statistic)], order
         )

@@ -10,7 +10,7 @@ from skorch import NeuralNetClassifier
 from torch import nn
 
 from sksim.datasets import make_scale_detection, scale_detection_perturbation
-from sksim.sensitivity import DiffeoSensitivity, relative_sensitivity, sample_diffeo
+from sksim.sensitivity import DiffeoSensitivity, relative_sensitivity
 from sksim.sensitivity.measure import fresh_copy
 
 COLS = ["D", "G", "R", "deformation", "noise", "denominator"]
@@ -68,9 +68,8 @@ def test_init_rows_report_the_spread_over_reinitialised_copies():
     table = relative_sensitivity(
         net, X, layers=["1", "output"], n_init=4, random_state=5
     )
-    rng = np.random.RandomState(5)
-    sample_diffeo(8, 3, n_fields=16, random_state=rng)  # consume the same draws
-    rng.randint(2**31 - 1)
+    init_seed = np.random.RandomState(5).randint(2**31 - 1)  # not the probe's draws
+    rng = np.random.RandomState(init_seed)
     model = copy.deepcopy(net).double()
     per_seed = [
         relative_sensitivity(
@@ -164,3 +163,35 @@ def test_numpy_integers_are_accepted():
         net, X, n_probe=10, n_init=2, batch_size=4, cutoff=3, random_state=0
     )
     np.testing.assert_allclose(a[COLS].to_numpy(), b[COLS].to_numpy(), rtol=1e-12)
+
+
+def test_copies_and_shuffles_do_not_change_with_the_deformation():
+    """At one random_state every net is compared with the same copies: they
+    were drawn after the probe, so another cutoff, a deformation of one's own
+    or more copies changed them (the clean spread at init moved 0.102 to 0.153)
+    and the shuffled channels."""
+    net, X = image_cnn(pool=False), _data(16)
+
+    def own(batch, rng):
+        return batch + 0.1 * rng.standard_normal(batch.shape)
+
+    tables = [
+        relative_sensitivity(net, X, layers=["1"], random_state=0, shuffled=True, **kw)
+        for kw in (dict(cutoff=3), dict(cutoff=4), dict(deformation=own))
+    ]
+    for table in tables[1:]:  # the clean probe is the same: so is its spread
+        for name in ("init", "shuffled", "trained"):
+            first = tables[0][tables[0].net == name]["denominator"].to_numpy()
+            rows = table[table.net == name]["denominator"].to_numpy()
+            np.testing.assert_allclose(rows, first, rtol=1e-12)
+    fewer = relative_sensitivity(
+        net, X, layers=["1"], n_init=2, random_state=0, shuffled=True
+    )
+    none = relative_sensitivity(
+        net, X, layers=["1"], reference=None, random_state=0, shuffled=True
+    )
+    shuffled = [
+        t[t.net == "shuffled"][COLS].to_numpy() for t in (tables[0], fewer, none)
+    ]
+    np.testing.assert_allclose(shuffled[1], shuffled[0], rtol=1e-12)
+    np.testing.assert_allclose(shuffled[2], shuffled[0], rtol=1e-12)
