@@ -332,15 +332,16 @@ def test_nan_outputs_with_finite_gradients_name_the_rows(whiten):
 
 class NaNPast(torch.nn.Module):
     """An MLP whose outputs are infinite on the rows whose first feature is past
-    its ``limit``, which may change after fit."""
+    its ``_limit``, which may change after fit unseen: the fitted estimators'
+    check of the network reads its public settings, not its private ones."""
 
     def __init__(self):
         super().__init__()
         self.fc = torch.nn.Linear(5, 3)
-        self.limit = 1.5
+        self._limit = 1.5
 
     def forward(self, x):
-        return self.fc(x) / (x[:, :1] < self.limit)
+        return self.fc(x) / (x[:, :1] < self._limit)
 
 
 @pytest.mark.parametrize("n_jobs", [None, 2])
@@ -363,10 +364,10 @@ def _check_nan_rows_named(n_jobs):
         network_similarity(net, bad, ok, n_jobs=n_jobs)
     with pytest.raises(NonFiniteNetworkError, match=r"for input rows \[3, 5\]:"):
         network_similarity(net, bad, n_jobs=n_jobs)
-    net.limit = 3.0  # finite at fit; the network changes after it
+    net._limit = 3.0  # finite at fit; the network changes after it
     density = GradientDensityEstimator(net, method="hard", n_jobs=n_jobs).fit(bad)
     search = NetworkNeighbors(net, n_neighbors=2, n_jobs=n_jobs).fit(bad)
-    net.limit = 1.5
+    net._limit = 1.5
     with pytest.raises(NonFiniteNetworkError, match=reference):
         density.neighbor_counts(ok)
     with pytest.raises(NonFiniteNetworkError, match=reference):
