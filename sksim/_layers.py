@@ -266,9 +266,10 @@ def layer_outputs(
         See :data:`POOLS`.
     """
     capture = RepresentationCapture(module, layers, pool)
-    with evaluation_mode(module), torch.no_grad():
-        for batch in batches:
-            yield capture(batch)
+    for batch in batches:  # eval mode batch by batch: a loop left unfinished
+        with evaluation_mode(module), torch.no_grad():  # leaves the modes as they were
+            outputs = capture(batch)
+        yield outputs
 
 
 def check_finite_representations(name: str, values: torch.Tensor, start: int = 0):

@@ -6,7 +6,6 @@ import contextlib
 import copy
 import itertools
 import threading
-import weakref
 from collections.abc import Iterator
 
 import torch
@@ -136,15 +135,11 @@ def _uses_batch_statistics(module: torch.nn.Module) -> list[str]:
     return bad
 
 
-# One lock per network: its passes change its modes and hooks, so threads that
-# share it (joblib's threading backend) take turns.
-_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_LOCKS_LOCK = threading.Lock()
-
-
-def _lock_of(module: torch.nn.Module) -> threading.RLock:
-    with _LOCKS_LOCK:
-        return _LOCKS.setdefault(module, threading.RLock())
+# One lock for every network: a pass changes the modes and hooks of all the
+# modules of its network, which other networks may share (two heads on one
+# backbone), so the passes of all threads (joblib's threading backend too)
+# take turns.
+_PASSES = threading.RLock()
 
 
 @contextlib.contextmanager
@@ -161,8 +156,8 @@ def evaluation_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
     backward hooks, global ones included (they may change gradients, and
     would run on every pass; they stay registered, and hooks may be added
     or removed meanwhile): gradients are the derivatives. The block holds
-    the network's lock: another thread's block on the same network waits
-    until this one ends (a thread may nest blocks).
+    one lock for all networks, which may share modules: another thread's
+    block waits until this one ends (a thread may nest blocks).
 
     Raises
     ------
@@ -171,7 +166,7 @@ def evaluation_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
         ``track_running_stats=False`` or its ``train`` method was overridden):
         per-sample quantities are then undefined.
     """
-    with _lock_of(module):
+    with _PASSES:
         modes = {sub: sub.training for sub in module.modules()}
         embeddings = [
             sub for sub in module.modules() if isinstance(sub, torch.nn.Embedding)

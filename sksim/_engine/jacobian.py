@@ -282,12 +282,12 @@ class JacobianEngine:
             per_sample = 3 * d * self.n_params * element + GRAM_COPIES * 8 * d * d
             size = rows_that_fit(self.max_memory / 3, per_sample, size)
         jacobian = self._per_sample_jacobian(list(self.parameters))
-        with evaluation_mode(self.module), torch.no_grad():
-            for rows, batch in self._batches(X, progress, size):
+        for rows, batch in self._batches(X, progress, size):
+            with evaluation_mode(self.module), torch.no_grad():
                 self._call(batch, rows.start)
                 J = torch.cat(jacobian(batch), dim=2)
-                check_finite_rows(J, rows.start, "gradients")
-                yield rows, J
+            check_finite_rows(J, rows.start, "gradients")
+            yield rows, J
 
     def pieces(self, X, progress: bool = True) -> Iterator[tuple[slice, list]]:
         """Yield ``(rows, pieces)``: the batch's Jacobians, layer by layer.
@@ -300,17 +300,22 @@ class JacobianEngine:
         samples the network moves between rows (:class:`RowsMixed`; see
         :meth:`_check_rows`), single samples, with a warning. Each list of pieces
         is emptied when the next batch is asked for, so that one batch at a
-        time is held: copy what must outlive the iteration.
+        time is held: copy what must outlive the iteration. The network is in
+        eval mode for each batch's passes, not in between (see
+        :func:`~.context.evaluation_mode`): an iteration left unfinished (an
+        error or Ctrl-C in the loop that reads it, whose traceback keeps it)
+        leaves the network as it was.
         """
         with evaluation_mode(self.module):
             layers, jacobian, n_fallback = self._layer_plan(X)
             if layers and self._part_size > 1:
                 self._check_rows(layers, X)
-            for rows, batch in self._batches(X, progress):
-                start, n = 0, rows.stop - rows.start
-                while start < n:
-                    part = slice(start, min(start + self._part_size, n))
-                    try:
+        for rows, batch in self._batches(X, progress):
+            start, n = 0, rows.stop - rows.start
+            while start < n:
+                part = slice(start, min(start + self._part_size, n))
+                try:
+                    with evaluation_mode(self.module):
                         pieces = self._batch_pieces(
                             layers,
                             jacobian,
@@ -318,16 +323,16 @@ class JacobianEngine:
                             take(batch, part),
                             rows.start + start,
                         )
-                    except PiecesTooLarge:
-                        self._split(part.stop - part.start)
-                        continue
-                    except RowsMixed as mixed:
-                        _warn_mixed(mixed.args[0], rows.start + start)
-                        self._part_size = 1
-                        continue
-                    yield slice(rows.start + part.start, rows.start + part.stop), pieces
-                    pieces.clear()
-                    start = part.stop
+                except PiecesTooLarge:
+                    self._split(part.stop - part.start)
+                    continue
+                except RowsMixed as mixed:
+                    _warn_mixed(mixed.args[0], rows.start + start)
+                    self._part_size = 1
+                    continue
+                yield slice(rows.start + part.start, rows.start + part.stop), pieces
+                pieces.clear()
+                start = part.stop
 
     def _check_rows(self, layers: dict, X) -> None:
         """Single samples from here on if the network moves ``X``'s first ones.

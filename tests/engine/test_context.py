@@ -1,8 +1,15 @@
 """Process-wide settings of torch that the engine changes inside its blocks."""
 
+import threading
+
+import numpy as np
+import pytest
 import torch
 
+from sksim import gradient_features, network_similarity
+from sksim._engine import features, gram
 from sksim._engine.context import math_attention
+from sksim.representations import extract, extract_representations
 
 
 def _flags():
@@ -31,3 +38,57 @@ def test_math_attention_blocks_of_two_threads_restore_the_flags():
     with math_attention():  # and again
         assert _flags() == inside
     assert _flags() == before
+
+
+@pytest.mark.parametrize("where", ["features", "kernel", "representations"])
+def test_an_interrupt_between_batches_leaves_the_network_as_it_was(monkeypatch, where):
+    """Ctrl-C in the loop reading the batches, its traceback kept (as IPython
+    keeps it): the network stayed in eval mode, its backward hooks unseen and
+    grad mode off, and other threads' calls waited, until the traceback went."""
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(
+        torch.nn.Linear(5, 8), torch.nn.BatchNorm1d(8), torch.nn.Tanh()
+    )
+    module.append(torch.nn.Linear(8, 3)).train()
+    hooked = []
+    module[3].register_full_backward_hook(lambda *args: hooked.append(1))
+    X = np.random.RandomState(0).randn(40, 5).astype(np.float32)
+    consumer, call = {
+        "features": (features, lambda: gradient_features(module, X, batch_size=8)),
+        "kernel": (
+            gram.GramReference,
+            lambda: network_similarity(module, X, batch_size=8, max_memory=2**14),
+        ),
+        "representations": (
+            extract,
+            lambda: extract_representations(module, X, layers="2", batch_size=8),
+        ),
+    }[where]
+    name = {
+        "features": "copy_to_host",
+        "kernel": "rows_of",
+        "representations": "check_finite_representations",
+    }[where]
+    original, calls = getattr(consumer, name), []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(consumer, name, interrupted)
+    with pytest.raises(KeyboardInterrupt) as kept:  # kept: the traceback lives on
+        call()
+    assert kept.traceback and len(calls) == 2
+    assert all(sub.training for sub in module.modules())
+    assert torch.is_grad_enabled()
+    module(torch.randn(4, 5)).sum().backward()
+    assert hooked == [1]
+    result = {}
+    thread = threading.Thread(
+        target=lambda: result.setdefault("K", network_similarity(module, X[:4]))
+    )
+    thread.start()
+    thread.join(60)
+    assert result["K"].shape == (4, 4)

@@ -223,3 +223,42 @@ def test_threads_sharing_a_network_take_turns():
     for value, serial in zip(got, expected, strict=True):
         np.testing.assert_allclose(value, serial, rtol=1e-5)
     assert all(sub.training for sub in module.modules())
+
+
+def test_threads_on_networks_sharing_a_module_take_turns():
+    """Two heads on one backbone (BatchNorm, Dropout, left in train mode), their
+    kernels computed in two threads at once: each network's lock let both
+    passes change the backbone's modes and swap its parameters, giving wrong
+    kernels and leaving the backbone in eval mode or its parameters replaced."""
+    torch.manual_seed(0)
+    backbone = torch.nn.Sequential(
+        torch.nn.Linear(5, 16),
+        torch.nn.BatchNorm1d(16),
+        torch.nn.Tanh(),
+        torch.nn.Dropout(0.5),
+    )
+    backbone(torch.randn(32, 5))  # running statistics
+    heads = [
+        torch.nn.Sequential(backbone, torch.nn.Linear(16, d)).train() for d in (4, 3)
+    ]
+    parameters = [list(head.parameters()) for head in heads]
+    X = np.random.RandomState(0).randn(64, 5).astype(np.float32)
+    expected = [network_similarity(head, X, batch_size=8) for head in heads]
+    got = {0: [], 1: []}
+
+    def work(i):
+        for _ in range(8):
+            got[i].append(network_similarity(heads[i], X, batch_size=8))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for i in (0, 1):
+        assert len(got[i]) == 8
+        for K in got[i]:
+            np.testing.assert_allclose(K, expected[i], rtol=1e-5, atol=1e-6)
+    assert all(sub.training for head in heads for sub in head.modules())
+    for head, before in zip(heads, parameters, strict=True):
+        assert all(p is q for p, q in zip(head.parameters(), before, strict=True))
