@@ -32,7 +32,7 @@ from ._engine.jacobian import JacobianEngine
 from ._engine.normalize import KINDS
 from ._net import fit_net, resolve_module, weights_digest
 from ._typing import Checkpoints, NetLike, Output
-from ._validation import check_net_input, sample_shape
+from ._validation import check_checkpoint_list, check_net_input, sample_shape
 
 POSITIVE_INT = Interval(Integral, 1, None, closed="left")
 
@@ -244,6 +244,7 @@ class NetworkEstimator(BaseEstimator):
         unfitted skorch net is trained on; ``check_targets(X)``, if given,
         runs before the training.
         """
+        check_checkpoint_list(getattr(self, "checkpoints", None))
         self._validate_params()
         self._fitted_settings = {
             name: _kept(name, getattr(self, name)) for name in self._fitted_params

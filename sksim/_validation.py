@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
+import os
 import warnings
 from collections.abc import Callable, Mapping
 
@@ -11,6 +13,7 @@ import torch
 from scipy.sparse import issparse
 from sklearn.model_selection import check_cv
 from sklearn.utils import check_array
+from sklearn.utils._param_validation import InvalidParameterError
 from sklearn.utils.validation import validate_data
 from skorch.dataset import Dataset as SkorchDataset
 from torch.utils.data import (
@@ -450,3 +453,28 @@ def _warn_of_unseen_classes(splits, y) -> None:
             UserWarning,
             stacklevel=3,
         )
+
+
+def check_checkpoint_list(checkpoints) -> None:
+    """Refuse one checkpoint given alone, with a short error.
+
+    scikit-learn's check of the ``checkpoints`` parameter would print the
+    whole ``state_dict``, tensor by tensor.
+    """
+    if isinstance(checkpoints, (Mapping, str, os.PathLike)):
+        what = "state_dict" if isinstance(checkpoints, Mapping) else "path"
+        raise InvalidParameterError(
+            "checkpoints must be a list of checkpoints (state_dicts or paths to "
+            f"them); got one {what}: pass checkpoints=[checkpoint]."
+        )
+
+
+def one_checkpoint_refused(function: Callable) -> Callable:
+    """``function``, refusing one checkpoint alone before validating its parameters."""
+
+    @functools.wraps(function)
+    def checked(*args, **kwargs):
+        check_checkpoint_list(kwargs.get("checkpoints"))
+        return function(*args, **kwargs)
+
+    return checked

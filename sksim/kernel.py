@@ -29,7 +29,7 @@ from ._engine.inputs import n_samples, take
 from ._engine.jacobian import DEFAULT_MAX_MEMORY
 from ._engine.parallel import tiled_kernel
 from ._typing import Checkpoints, NetInput, NetLike, Output, Self
-from ._validation import check_net_input
+from ._validation import check_net_input, one_checkpoint_refused
 
 SHARED = ("output", "params", "batch_size", "device", "rtol", "random_state")
 SHARED += ("max_memory", "verbose")
@@ -120,6 +120,7 @@ def _projected_similarity(engine, X, Y, kind, reduce, rtol, n_components, seed):
     return K
 
 
+@one_checkpoint_refused
 @validate_params(
     constraints(
         "net",

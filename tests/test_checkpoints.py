@@ -525,6 +525,27 @@ def test_weights_without_checkpoints_are_refused(data, net_and_states):
         NetworkSimilarityKernel(net, checkpoint_weights=[1.0, 2.0]).fit(X)
 
 
+def test_one_checkpoint_alone_is_refused_in_a_line(data, net_and_states, tmp_path):
+    """A state_dict given as checkpoints= (not in a list) printed the whole
+    state_dict, tensor by tensor, without saying what to do."""
+    X, _ = data
+    net, states = net_and_states
+    torch.save(states[0], tmp_path / "one.pt")
+    calls = (
+        lambda one: network_similarity(net, X, checkpoints=one),
+        lambda one: NetworkSimilarityKernel(net, checkpoints=one).fit(X),
+        lambda one: GradientDensityEstimator(net, checkpoints=one).fit(X),
+    )
+    for one, what in ((states[0], "state_dict"), (tmp_path / "one.pt", "path")):
+        for call in calls:
+            with pytest.raises(ValueError) as error:
+                call(one)
+            assert str(error.value) == (
+                "checkpoints must be a list of checkpoints (state_dicts or paths "
+                f"to them); got one {what}: pass checkpoints=[checkpoint]."
+            )
+
+
 def test_missing_files_empty_lists_and_other_types(data, net_and_states, tmp_path):
     X, _ = data
     net, states = net_and_states
