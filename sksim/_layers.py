@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Iterable, Iterator, Mapping
 
 import torch
+from torch.nn.utils.parametrize import is_parametrized
 
 from ._engine.context import evaluation_mode
 from ._engine.finite import check_finite_rows
@@ -58,11 +59,22 @@ def pooled(t: torch.Tensor, pool: str) -> torch.Tensor:
 
 
 def leaf_names(module: torch.nn.Module) -> list[str]:
-    return [
-        name
-        for name, sub in module.named_modules()
-        if name and next(sub.children(), None) is None
-    ]
+    """The names of the modules without children, the layers of ``"all"``.
+
+    A parametrized module (``spectral_norm``, ``weight_norm``) is a layer:
+    its ``parametrizations`` compute its weights, not representations.
+    """
+    names, weights = [], []
+    for name, sub in module.named_modules():
+        if any(name.startswith(f"{prefix}.") for prefix in weights):
+            continue
+        children = dict(sub.named_children())
+        if is_parametrized(sub):
+            weights.append(f"{name}.parametrizations".lstrip("."))
+            children.pop("parametrizations")
+        if name and not children:
+            names.append(name)
+    return names
 
 
 def _traced(module: torch.nn.Module, node_names: list[str]) -> torch.fx.GraphModule:

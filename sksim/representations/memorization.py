@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 from joblib import Parallel, delayed
 from numpy.typing import ArrayLike
-from sklearn.base import BaseEstimator, clone
+from sklearn.base import BaseEstimator, clone, is_classifier
 from sklearn.utils import check_random_state
 from skorch import NeuralNet
 from tqdm.auto import tqdm
@@ -77,12 +77,14 @@ def memorization_scores(
         ``Dataset`` for a skorch net.
     y : array-like of shape (n_samples,), default=None
         Labels. Required, unless ``X`` is a Dataset of ``(x, y)`` items: its
-        labels are then read from the items.
+        labels are then read from the items. A skorch classifier, trained
+        afresh, learns each label as its code (0 to the number of labels - 1).
     n_models : int, default=20
         Models trained; each example should fall both in and out of several
         subsets.
     subset_fraction : float, default=0.7
-        Fraction of the examples in each training subset, in (0, 1).
+        Fraction of the examples in each training subset, in (0, 1), leaving
+        some examples in and some out.
     random_state : int, RandomState instance or None, default=None
         Seeds the subsets and each model (its ``random_state`` parameter if it
         has one, and torch's generator during its fit).
@@ -135,10 +137,18 @@ def memorization_scores(
         raise ValueError(f"X and y have different lengths ({n} and {len(y)}).")
     net = _unwrap(estimator)
     if isinstance(net, NeuralNet):  # labels as skorch's loss takes them
-        if y.dtype.kind not in "biuf":  # label j is output j: text by its code
+        if is_classifier(net):  # trained afresh: each label as its code, 0 to K - 1
             y = np.unique(y, return_inverse=True)[1]
         y = training_targets(net, y)
     X = labelled(X, y)
+    size = int(round(subset_fraction * n))
+    if not 0 < size < n:
+        raise ValueError(
+            f"subset_fraction={subset_fraction} of {n} examples makes subsets of "
+            f"{size}: every example would be {'always' if size else 'never'} in "
+            "them, and its score undefined. Take a subset_fraction that leaves "
+            "some examples in and some out."
+        )
     rng = check_random_state(random_state)
     masks = subset_masks(n, n_models, subset_fraction, rng)
     seeds = rng.randint(2**31 - 1, size=n_models)

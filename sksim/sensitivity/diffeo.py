@@ -46,6 +46,11 @@ def _check_nonnegative(value, name) -> None:
         raise ValueError(f"{name} must be a non-negative number; got {value!r}.")
 
 
+def _check_positive(value, name) -> None:
+    if isinstance(value, bool) or not isinstance(value, Real) or not value > 0:
+        raise ValueError(f"{name} must be a positive number; got {value!r}.")
+
+
 def kept_modes(cutoff: int, ndim: int = 2) -> np.ndarray:
     """Integer wave vectors ``k`` (all entries >= 1) with ``|k| < cutoff + 0.5``.
 
@@ -407,7 +412,7 @@ def apply_diffeo(
         interpolation (separable weights ``exp(-d^2 / 2 sigma^2)`` normalised
         over the pixels of each axis; it smooths even a zero displacement).
     sigma : float, default=0.4
-        Width in pixels of the Gaussian interpolation.
+        Width in pixels of the Gaussian interpolation (positive).
 
     Returns
     -------
@@ -430,7 +435,7 @@ def apply_diffeo(
            [6., 6., 7.]])
     """
     check_interp(interp)
-    _check_nonnegative(sigma, "sigma")
+    _check_positive(sigma, "sigma")
     is_tensor = isinstance(images, torch.Tensor)
     x = images if is_tensor else torch.as_tensor(np.asarray(images))
     if not x.is_floating_point():

@@ -235,7 +235,7 @@ def _measure(model: torch.nn.Module, probe: _Probe, layers, pool, statistic):
     stats: dict[str, _Moments | _Medians] = {}
     batches = (torch.cat(triple) for triple in probe.triples())
     start = 0
-    for reps in layer_outputs(model, batches, layers, pool):
+    for reps in _float64_errors(layer_outputs(model, batches, layers, pool)):
         for name, f in reps.items():
             parts = f.chunk(3)
             try:
@@ -250,6 +250,30 @@ def _measure(model: torch.nn.Module, probe: _Probe, layers, pool, statistic):
             acc.add(*parts)
         start += len(parts[0])
     return {name: acc.result() for name, acc in stats.items()}
+
+
+# what torch says when a forward pass mixes float32 and float64 tensors
+DTYPE_MISMATCHES = ("should be the same", "expected scalar type", "same dtype")
+
+
+def _float64_errors(outputs: Iterator) -> Iterator:
+    """``outputs``, a forward pass's error over dtypes explained.
+
+    The network is measured as a float64 copy, on float64 inputs: a forward
+    pass that casts its inputs to float32 fails inside torch.
+    """
+    try:
+        yield from outputs
+    except RuntimeError as error:
+        if not any(text in str(error) for text in DTYPE_MISMATCHES):
+            raise
+        raise TypeError(
+            "The sensitivity is measured on a float64 copy of the network, with "
+            "float64 inputs (ratios of small differences stay exact), and its "
+            f"forward pass failed there: {error}. Does it cast its inputs to "
+            "float32 (x.float())? Cast them to its weights' dtype instead, e.g. "
+            "x.to(self.fc.weight.dtype)."
+        ) from error
 
 
 def _unreset_parameters(model: torch.nn.Module) -> list[str]:

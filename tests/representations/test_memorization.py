@@ -111,6 +111,9 @@ def test_a_skorch_net_scores_text_labels_as_their_codes():
     names = np.array(["ant", "bee"])[y]
     got = memorization_scores(net, X, names, n_models=3, random_state=0)
     np.testing.assert_array_equal(got, codes)
+    # labels 1 and 2 on two outputs: "Target 2 is out of bounds" from the loss
+    got = memorization_scores(net, X, y + 1, n_models=3, random_state=0)
+    np.testing.assert_array_equal(got, codes)
     # a binary classifier's logistic loss takes float labels: its codes too
     binary = NeuralNetBinaryClassifier(
         torch.nn.Linear(2, 1), max_epochs=3, train_split=None, verbose=0
@@ -153,6 +156,14 @@ def test_parameter_errors(kwargs, match):
     X, y = _toy()
     with pytest.raises(ValueError, match=match):
         memorization_scores(KNeighborsClassifier(1), X, y, **kwargs)
+
+
+def test_subsets_of_all_or_no_examples_are_refused():
+    """round(0.95 * 6) = 6: every score NaN, with advice to add models."""
+    X, y = _toy(6)
+    for fraction, what in ((0.95, "always"), (0.05, "never")):
+        with pytest.raises(ValueError, match=f"subsets of .*would be {what} in them"):
+            memorization_scores(KNeighborsClassifier(1), X, y, subset_fraction=fraction)
 
 
 def test_length_mismatch_and_undefined_scores():

@@ -237,8 +237,9 @@ def test_apply_diffeo_errors():
         apply_diffeo(x, np.zeros((5, 5)), np.zeros((5, 5)), interp="cubic")
     with pytest.raises(ValueError, match="got an array with 5 dimensions"):
         apply_diffeo(np.zeros((1, 1, 1, 5, 5)), np.zeros((5, 5)), np.zeros((5, 5)))
-    with pytest.raises(ValueError, match="sigma must be a non-negative number"):
-        apply_diffeo(x, np.zeros((5, 5)), np.zeros((5, 5)), sigma=-1)
+    for sigma in (-1, 0):  # 0 gave NaN images without a word
+        with pytest.raises(ValueError, match="sigma must be a positive number"):
+            apply_diffeo(x, np.zeros((5, 5)), np.zeros((5, 5)), "gaussian", sigma)
 
 
 def test_sampler_errors():

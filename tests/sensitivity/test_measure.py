@@ -10,6 +10,7 @@ from _architectures import FunctionalConv, image_cnn
 from torch import nn
 
 from sksim import NonFiniteNetworkError
+from sksim.representations import extract_representations
 from sksim.sensitivity import (
     apply_diffeo,
     matched_noise,
@@ -290,6 +291,41 @@ def test_signals_and_skorch_net():
     )
     assert table["R"].iloc[0] == pytest.approx(1.0, rel=1e-12)
     assert np.isfinite(table["R"]).all() and len(table) == 4
+
+
+def test_all_layers_of_a_parametrized_network_are_its_modules():
+    """A spectral_norm'd or weight_norm'd layer: "all" took its parametrizations,
+    whose outputs are weights, and failed on a shape inside torch."""
+    from torch.nn.utils.parametrizations import spectral_norm, weight_norm
+
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        weight_norm(nn.Conv2d(2, 3, 3)), nn.ReLU(), nn.Flatten(), nn.Linear(108, 2)
+    )
+    net[3] = spectral_norm(net[3])
+    net.eval()  # spectral_norm's power iteration: its estimate as it is
+    table = relative_sensitivity(net, _data(), layers="all", n_init=2, random_state=0)
+    layers = ["input", "0", "1", "2", "3", "output"]
+    assert table[table.net == "trained"]["layer"].tolist() == layers
+    assert np.isfinite(table["R"]).all()
+    reps = extract_representations(net, _data(), layers="all")
+    assert list(reps) == layers
+
+
+def test_a_forward_casting_to_float32_is_explained():
+    """x.float() in forward failed on the float64 copy with torch's "Input type
+    (float) and bias type (double) should be the same", sksim's copy unnamed."""
+
+    class Casting(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(2, 3, 3)
+
+        def forward(self, x):
+            return self.conv(x.float()).flatten(1)
+
+    with pytest.raises(TypeError, match=r"float64 copy .* Does it cast its inputs"):
+        relative_sensitivity(Casting(), _data(), reference=None, random_state=0)
 
 
 def test_errors_and_warnings():
