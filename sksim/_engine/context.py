@@ -9,6 +9,7 @@ import threading
 from collections.abc import Iterator
 
 import torch
+from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
@@ -245,3 +246,27 @@ def _checked(module: torch.nn.Module) -> torch.nn.Module:
             "quantities on the trained net in eval mode."
         )
     return module
+
+
+def functional_output(module: torch.nn.Module, params: dict, x):
+    """``functional_call`` of ``module`` with ``params`` on ``x`` (a dict as keywords).
+
+    The module's parameters are its own afterwards even when interrupted:
+    torch puts them back after an Exception, not after a KeyboardInterrupt
+    that arrives while it swaps them (the user's optimizer would then no
+    longer train the tensors left in their place).
+    """
+    kept = [
+        (sub, name, p)
+        for sub in module.modules()
+        for name, p in sub._parameters.items()
+    ]
+    try:
+        if isinstance(x, dict):
+            return functional_call(module, params, args=(), kwargs=x)
+        return functional_call(module, params, args=(x,))
+    except BaseException:
+        for sub, name, p in kept:
+            if sub._parameters.get(name) is not p:
+                sub._parameters[name] = p
+        raise

@@ -19,19 +19,16 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch.func import functional_call, grad, vmap
+from torch.func import grad, vmap
 from torch.utils._pytree import tree_leaves, tree_map
 
-from .context import math_attention
+from .context import functional_output, math_attention
 from .jacobian import UNVECTORISED
 
 
 def _call_one(module: torch.nn.Module, params, x):
     """The module's output on one sample ``x`` as a batch of one."""
-    one = tree_map(lambda t: t.unsqueeze(0), x)
-    if isinstance(one, dict):
-        return functional_call(module, params, args=(), kwargs=one)
-    return functional_call(module, params, args=(one,))
+    return functional_output(module, params, tree_map(lambda t: t.unsqueeze(0), x))
 
 
 def per_sample_gradients(

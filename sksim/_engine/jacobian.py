@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.func import functional_call, jacrev, vmap
+from torch.func import jacrev, vmap
 from torch.nn.parameter import is_lazy
 from torch.nn.utils import parametrize
 from torch.utils._pytree import tree_map
@@ -25,6 +25,7 @@ from .capture import LayerCapture, RowsMixed, join_name, plan_layers
 from .context import (
     check_device,
     evaluation_mode,
+    functional_output,
     math_attention,
     on_device,
     uncompiled,
@@ -138,10 +139,7 @@ class JacobianEngine:
     def _forward(self, params, batch) -> torch.Tensor:
         """Selected outputs ``(B, d)`` of a batch with the given parameters."""
         with _input_dtype_errors(batch, self.dtype):
-            if isinstance(batch, dict):
-                out = functional_call(self.module, params, args=(), kwargs=batch)
-            else:
-                out = functional_call(self.module, params, args=(batch,))
+            out = functional_output(self.module, params, batch)
         return select_output(out, self.output, n_samples(batch))
 
     def n_outputs(self, X) -> int:

@@ -92,3 +92,40 @@ def test_an_interrupt_between_batches_leaves_the_network_as_it_was(monkeypatch, 
     thread.start()
     thread.join(60)
     assert result["K"].shape == (4, 4)
+
+
+def test_an_interrupt_while_torch_swaps_parameters_leaves_them_the_networks(
+    monkeypatch,
+):
+    """torch's functional_call puts the parameters back after an Exception, not
+    after a KeyboardInterrupt amid its swaps: the user's Parameters were left
+    replaced by plain tensors, which their optimizer no longer trains."""
+    from torch.nn.utils import _named_member_accessor as accessor
+
+    class Recurrent(torch.nn.Module):  # the torch.func path: a GRU
+        def __init__(self):
+            super().__init__()
+            self.gru = torch.nn.GRU(3, 4, batch_first=True)
+            self.out = torch.nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.out(self.gru(x)[0][:, -1])
+
+    torch.manual_seed(0)
+    module = Recurrent()
+    before = list(module.parameters())
+    original, calls = accessor.swap_tensor, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # two parameters swapped, then Ctrl-C
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(accessor, "swap_tensor", interrupted)
+    X = np.random.RandomState(0).randn(6, 5, 3).astype(np.float32)
+    with pytest.raises(KeyboardInterrupt):
+        gradient_features(module, X, n_components=None)
+    assert len(calls) >= 3
+    assert all(p is q for p, q in zip(module.parameters(), before, strict=True))
+    assert all(isinstance(p, torch.nn.Parameter) for p in module.parameters())
