@@ -19,11 +19,9 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._base import POSITIVE_INT, NetworkEstimator, constraints
 from ._docs import fill_doc
-from ._engine.flags import FlaggedRows
 from ._engine.gram import GramReference, NTKReference
 from ._engine.inputs import is_dataset, n_samples
 from ._engine.jacobian import DEFAULT_MAX_MEMORY
-from ._engine.normalize import gram_power, whitened
 from ._typing import NetInput, NetLike, Output, Self
 from ._validation import check_net_input, dataset_targets, labels_key_hint
 from .density import THRESHOLD, positive_power
@@ -42,21 +40,6 @@ class IllConditionedWeightsWarning(UserWarning):
 
 class NoiseEstimateWarning(UserWarning):
     """The estimated ``sigma`` exceeds the spread of the targets themselves."""
-
-
-def matrix_weights(
-    K: np.ndarray, G: np.ndarray, whitening: np.ndarray | None, rtol: float
-) -> np.ndarray:
-    """The unnormalised weights ``B_ij`` of a block of rows, ``(b, N, d, d)``.
-
-    The NTK blocks ``K = J_i J_j^T`` themselves when ``whitening`` is None
-    (``"ntk"``); ``A_i A_j^T`` (``"cosine"``) with ``whitening`` the
-    reference's ``(J_j J_j^T)^{-1/2}``, made once for every block, and the
-    rows' from their Grams ``G``.
-    """
-    if whitening is None:
-        return K
-    return whitened(K, gram_power(G, -0.5, rtol), whitening)
 
 
 def scalar_weights(
@@ -475,29 +458,27 @@ class SelfDenoisingAnalysis(NetworkEstimator):
         """Yield ``(rows, BlockResult)`` for blocks of the analysed rows.
 
         Each analysed sample's weights run over all of ``X``: matrix weights
-        from the NTK blocks, scalar weights from the scalar cosine kernel. A
-        block and the arrays of its size that its analysis makes take at most
-        a third of ``max_memory``.
+        ``B_ij``, the NTK blocks ``J_i J_j^T`` (``"ntk"``) or ``A_i A_j^T``
+        (``"cosine"``, from the whitened Jacobians ``A = (J J^T)^{-1/2} J``:
+        whitening float32 NTK blocks instead raised their rounding along
+        near-null directions to the weights' scale), scalar weights from the
+        scalar cosine kernel. A block and the arrays of its size that its
+        analysis makes take at most a third of ``max_memory``.
         """
-        matrix, whitening = self.weights in MATRIX_WEIGHTS, None
-        if matrix:
+        matrix = self.weights in MATRIX_WEIGHTS
+        if self.weights == "ntk":
             reference = NTKReference(engine, X)
-            if self.weights == "cosine":  # for every block: made and reported once
-                found = FlaggedRows()
-                whitening = gram_power(
-                    reference.gram, -0.5, self.rtol, found, slice(0, None)
-                )
-                found.report()
         else:
-            reference = GramReference(engine, X, kind="cosine", rtol=self.rtol)
+            reference = GramReference(
+                engine, X, kind="cosine", full=matrix, rtol=self.rtol
+            )
         copies = MATRIX_COPIES if matrix else SCALAR_COPIES
         analysed = self.sample_indices_
         subset = None if len(analysed) == self.n_samples_fit_ else analysed
-        for rows, kernel, G in reference.self_rows(copies, subset):
+        for rows, kernel, _ in reference.self_rows(copies, subset):
             own = analysed[rows]
             if matrix:
-                B = matrix_weights(kernel, G, whitening, self.rtol)
-                yield rows, matrix_block(B, own, y, f, self.ridge)
+                yield rows, matrix_block(kernel, own, y, f, self.ridge)
             else:
                 w = scalar_weights(kernel, self.weights, self.power, self.threshold)
                 yield rows, scalar_block(w, own, y, f, self.ridge)

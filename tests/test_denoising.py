@@ -1,5 +1,6 @@
 """SelfDenoisingAnalysis against a direct NumPy evaluation of its formulas."""
 
+import copy
 import sys
 import warnings
 
@@ -14,7 +15,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from skorch import NeuralNetRegressor
 
 from sksim import denoising
-from sksim._engine import normalize
+from sksim._engine import pieces
 from sksim.datasets import make_circle_sine
 from sksim.denoising import (
     IllConditionedWeightsWarning,
@@ -324,18 +325,18 @@ def test_blocks_within_max_memory_give_the_same_analysis(data, weights, monkeypa
         return analyse(w, own, *args)
 
     monkeypatch.setattr(denoising, block, recorded)
-    decomposed, eigh = [], normalize.floored_eigh
+    decomposed, eigh = [], pieces.floored_eigh
 
     def counted(G, *args):
         decomposed.append(len(G))
         return eigh(G, *args)
 
-    monkeypatch.setattr(normalize, "floored_eigh", counted)
+    monkeypatch.setattr(pieces, "floored_eigh", counted)
     bounded = SelfDenoisingAnalysis(net, max_memory=3 * 4 * row + 2, **kwargs)
     bounded.fit(X, Y)
     assert sizes == [4, 4, 4, 2]
-    # the reference's Grams whitened once, not again for every block
-    assert decomposed == ([14, 4, 4, 4, 2] if weights == "cosine" else [])
+    # the reference's Grams decomposed once, not again for every block
+    assert decomposed == [14]
     for name in ("noise_covariance_", "self_weight_", "kernel_prediction_"):
         np.testing.assert_allclose(
             getattr(bounded, name), getattr(whole, name), rtol=1e-12, atol=1e-14
@@ -427,3 +428,25 @@ def test_circle_sine_network_beats_its_label_noise():
     assert 1 / 2 < default["predicted_over_measured"] < 2  # the default is honest
     assert ntk["predicted_over_measured"] < 1 / 3  # far too optimistic
     assert hard["sigma"] == pytest.approx(sigma, rel=0.2)
+
+
+@pytest.mark.parametrize("weights", ["ntk", "cosine"])
+def test_a_float32_softmax_net_gives_its_float64_copys_analysis(weights):
+    """Probability outputs make every M_i singular along the all-ones vector.
+    Whitening float32 NTK blocks raised their rounding there to M_i's scale:
+    nothing flagged, the noise covariance 2e4 times too large, N_eff 1.3 for
+    36 (the whitened Jacobians' products are as precise as the gradients)."""
+    rng = np.random.RandomState(0)
+    X = rng.randn(30, 4).astype(np.float32)
+    y = np.eye(3)[rng.randint(0, 3, 30)]
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(mlp(4, 3), torch.nn.Softmax(-1))
+    twin = copy.deepcopy(net).double()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # singular Grams and M_i, as documented
+        single = SelfDenoisingAnalysis(net, weights=weights, sigma=0.1).fit(X, y)
+        double = SelfDenoisingAnalysis(twin, weights=weights, sigma=0.1).fit(X, y)
+    assert double.ill_conditioned_.all() and single.ill_conditioned_.all()
+    for name in ("noise_covariance_", "kernel_prediction_", "effective_neighbors_"):
+        got, expected = getattr(single, name), getattr(double, name)
+        assert np.abs(got - expected).max() < 1e-2 * np.abs(expected).max()
