@@ -855,8 +855,8 @@ class SimilarityRegularizedClassifier(SimilarityRegularizedNet, NeuralNetClassif
 
     def _readout_output(self, out: torch.Tensor) -> torch.Tensor:
         out = super()._readout_output(out)
-        if isinstance(self.criterion_, torch.nn.NLLLoss):
-            return torch.log(out + torch.finfo(out.dtype).eps)
+        if isinstance(self.criterion_, torch.nn.NLLLoss):  # log p, exact down to
+            return torch.log(out.clamp_min(torch.finfo(out.dtype).tiny))  # underflow
         return out
 
 
