@@ -31,6 +31,7 @@ from ._engine.inputs import (
     read_items,
     split_item,
 )
+from ._pairs import strip_pairs
 
 
 def _as_array(X):
@@ -50,7 +51,9 @@ def _with_values(X: torch.Tensor) -> torch.Tensor:
     return X
 
 
-def check_net_input(X, estimator=None, reset=True, keep_tensors=False, input_name="X"):
+def check_net_input(
+    X, estimator=None, reset=True, keep_tensors=False, input_name="X", pairs=False
+):
     """Validate inputs for a network: arrays of any rank, a dict of them, or a dataset.
 
     Arrays keep integer dtypes (token ids) and may have any number of
@@ -59,8 +62,13 @@ def check_net_input(X, estimator=None, reset=True, keep_tensors=False, input_nam
     ``estimator``, ``n_features_in_`` is set (``reset=True``) or checked.
     With ``keep_tensors``, a tensor is checked and returned where it lives.
     A map-style torch dataset is returned as it is, once its first item is
-    checked: its values are checked batch by batch as they are read.
+    checked: its values are checked batch by batch as they are read. Pairs
+    attached by :func:`~sksim.regularized.with_pairs` are kept with
+    ``pairs``, else dropped (the network takes the inputs alone, as its
+    ``predict`` does).
     """
+    if not pairs:
+        X = strip_pairs(X)
     if is_dataset(X):
         return _check_dataset(X, estimator, reset)
     if isinstance(X, Mapping) and not issparse(X):  # a DOK matrix is a Mapping

@@ -746,7 +746,7 @@ class SimilarityRegularizedNet(NeuralNet):
         """
         self.check_is_fitted()
         self._check_similarity_params()
-        X = check_net_input(X)
+        X = check_net_input(X, pairs=True)
         n = n_samples(X)
         y = given_or_item_labels(X, y)
         if y is not None:

@@ -27,7 +27,12 @@ from skorch import NeuralNetClassifier, NeuralNetRegressor
 from skorch.dataset import Dataset
 from skorch.helper import SliceDict, predefined_split
 
-from sksim import regularized
+from sksim import (
+    GradientDensityEstimator,
+    SingularJacobianGramWarning,
+    network_similarity,
+    regularized,
+)
 from sksim._engine.differentiable import per_sample_gradients
 from sksim._pairs import PAIR_MASK, PAIR_PARTNER, same_class_partners
 from sksim.regularized import (
@@ -1025,3 +1030,28 @@ def test_device_none_trains_where_the_module_is():
         assert not [k for k in net.get_params() if "step_seed" in k]  # was leaked
     for a, b in zip(*weights, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_other_estimators_take_the_inputs_of_pair_data():
+    """The net's training data, with_pairs(X, pairs), given to another
+    estimator: "forward() got an unexpected keyword argument
+    'similarity_input'", though the net's own predict takes it."""
+    rng = np.random.RandomState(0)
+    X, y = rng.randn(30, 4).astype(np.float32), rng.randint(0, 3, 30)
+    Xp = with_pairs(X, [[0, 1], [2, 3]])
+    torch.manual_seed(0)
+    clf = SimilarityRegularizedClassifier(
+        torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Softmax(-1)),
+        similarity_pairs="given",
+        max_epochs=1,
+        verbose=0,
+        train_split=None,
+    ).fit(Xp, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SingularJacobianGramWarning)  # softmax
+        counts = GradientDensityEstimator(clf).fit(Xp).neighbor_counts(Xp)
+        expected = GradientDensityEstimator(clf).fit(X).neighbor_counts(X)
+        np.testing.assert_array_equal(counts, expected)
+        np.testing.assert_array_equal(
+            network_similarity(clf, Xp), network_similarity(clf, X)
+        )
