@@ -416,7 +416,9 @@ def apply_diffeo(
 
     Returns
     -------
-    deformed : same type, shape, dtype and device as ``images``
+    deformed : same type, shape and device as ``images``
+        In their dtype when floating; integer images (such as ``uint8``
+        pixels) come back as float64, the interpolated values between them.
 
     References
     ----------
