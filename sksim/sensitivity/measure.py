@@ -29,7 +29,12 @@ from .._layers import (
 )
 from .._net import fit_net, resolve_device, resolve_module
 from .._typing import NetLike, Self
-from .._validation import check_net_input, check_positive_int, with_defaults
+from .._validation import (
+    check_net_input,
+    check_positive_int,
+    sample_shape,
+    with_defaults,
+)
 from .diagnostics import _table, shuffle_conv_input_channels
 from .diffeo import as_channels, check_deformation, deform
 from .noise import check_noise_norm, noise_like
@@ -809,6 +814,7 @@ n_init, shuffled, pool, deformation, batch_size, device
             if X_probe is None
             else check_net_input(X_probe, self, reset=False, input_name="X_probe")
         )
+        self._sample_shape = sample_shape(probe)
         self.net_ = fit_net(self.net, X, y, self.random_state)
         self.results_ = relative_sensitivity(self.net_, probe, **self._options())
         return self
@@ -818,8 +824,9 @@ n_init, shuffled, pool, deformation, batch_size, device
 
         Parameters
         ----------
-        X : array-like or Dataset, same shapes as in ``fit``
-            Probe inputs.
+        X : array-like or Dataset
+            Probe inputs, with the channels of ``fit``'s (other image sizes
+            where the network takes them).
         y : ignored
 
         Returns
@@ -830,7 +837,16 @@ n_init, shuffled, pool, deformation, batch_size, device
         check_is_fitted(self)
         X = check_net_input(X, self, reset=False)
         options = self._options(layers="output", reference=None, shuffled=False)
-        table = relative_sensitivity(self.net_, X, **options)
+        try:
+            table = relative_sensitivity(self.net_, X, **options)
+        except RuntimeError as error:  # a network that takes one image size
+            if sample_shape(X) == self._sample_shape:
+                raise
+            raise ValueError(
+                f"The network failed on samples of shape {sample_shape(X)}; fit "
+                f"measured samples of shape {self._sample_shape}: score inputs of "
+                f"that shape ({error})."
+            ) from error
         return -float(np.asarray(table["R"])[0])
 
     def __sklearn_tags__(self):

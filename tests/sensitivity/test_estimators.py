@@ -115,6 +115,12 @@ def test_estimator_trains_an_unfitted_skorch_net_and_cross_validates():
     np.testing.assert_allclose(est.results_["R"], expected["R"], rtol=1e-12)
     trained = est.results_.query("net == 'trained' and layer == 'output'")
     assert est.score(X) == pytest.approx(-float(trained["R"].iloc[0]), rel=1e-12)
+    # another image size: taken by a pooling network, explained for another
+    assert np.isfinite(est.score(np.random.RandomState(0).rand(8, 1, 6, 6)))
+    flat = nn.Sequential(nn.Flatten(), nn.Linear(64, 2))
+    fixed = DiffeoSensitivity(flat, reference=None, random_state=0).fit(X)
+    with pytest.raises(ValueError, match=r"failed on samples of shape \(1, 6, 6\)"):
+        fixed.score(np.zeros((4, 1, 6, 6), np.float32))
     scores = cross_validate(
         DiffeoSensitivity(net, reference=None, random_state=0), X, y, cv=2
     )["test_score"]
