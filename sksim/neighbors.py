@@ -10,6 +10,7 @@ from types import ModuleType
 import numpy as np
 import torch
 from numpy.typing import ArrayLike
+from scipy.sparse import csr_matrix
 from sklearn.utils import Bunch
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
@@ -153,8 +154,10 @@ class NetworkNeighbors(NetworkEstimator):
     :func:`sksim.network_similarity`), largest first. The interface follows
     :class:`sklearn.neighbors.NearestNeighbors`: :meth:`kneighbors` returns
     distances ``sqrt(2 - 2 k)`` (the Euclidean distance between unit-scaled
-    whitened Jacobians) in ascending order; :meth:`most_similar` returns the
-    similarities themselves, in descending order, for the same neighbours.
+    whitened Jacobians, when no Gram's eigenvalue is floored) in ascending
+    order, :meth:`kneighbors_graph` them as a sparse graph; :meth:`most_similar`
+    returns the similarities themselves, in descending order, for the same
+    neighbours.
 
     Two algorithms:
 
@@ -1041,6 +1044,41 @@ class NetworkNeighbors(NetworkEstimator):
             return indices
         return similarity_to_distance(similarities), indices
 
+    def kneighbors_graph(
+        self,
+        X: NetInput | None = None,
+        n_neighbors: int | None = None,
+        mode: str = "connectivity",
+    ) -> csr_matrix:
+        """The graph of each query's nearest reference examples, as scikit-learn's.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_queries, ...), dict of them, Dataset or None
+            Queries. None queries the reference set itself, each example
+            excluded from its own neighbours.
+        n_neighbors : int, default=None
+            Number of neighbours; None uses the constructor's.
+        mode : {"connectivity", "distance"}, default="connectivity"
+            Ones, or the distances of :meth:`kneighbors`, at the neighbours.
+
+        Returns
+        -------
+        graph : scipy.sparse.csr_matrix of shape (n_queries, n_samples_fit_)
+            Row ``i`` holds query ``i``'s neighbours, in the reference's columns.
+        """
+        if mode not in ("connectivity", "distance"):
+            raise ValueError(
+                f'mode must be "connectivity" or "distance"; got {mode!r}.'
+            )
+        distances, indices = self.kneighbors(X, n_neighbors)
+        n_queries, k = indices.shape
+        values = distances.ravel() if mode == "distance" else np.ones(n_queries * k)
+        return csr_matrix(
+            (values, indices.ravel(), np.arange(0, n_queries * k + 1, k)),
+            shape=(n_queries, self.n_samples_fit_),
+        )
+
     def explain(self, X: NetInput, n_neighbors: int | None = None) -> Bunch:
         """Why this prediction: the training examples the network relates to ``X``.
 
@@ -1054,8 +1092,9 @@ class NetworkNeighbors(NetworkEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_queries, ...) or dict of them
-            Queries.
+        X : array-like of shape (n_queries, ...), dict of them, Dataset or None
+            Queries. None explains the reference set itself, each example
+            excluded from its own neighbours.
         n_neighbors : int, default=None
             Number of neighbours; None uses the constructor's.
 

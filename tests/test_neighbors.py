@@ -63,6 +63,32 @@ def test_exact_neighbors_are_the_argsort_of_the_kernel(data, d):
     )
 
 
+def test_kneighbors_graph_holds_the_neighbours_as_scikit_learns(data):
+    """The graph scikit-learn's NearestNeighbors gives, for SpectralClustering's
+    precomputed_nearest_neighbors and the like: it was missing."""
+    X_ref, X_new = data
+    net = mlp(3, 2)
+    search = NetworkNeighbors(net, n_neighbors=4).fit(X_ref)
+    for X in (X_new, None):
+        K = network_similarity(net, X_ref if X is None else X, X_ref)
+        if X is None:
+            np.fill_diagonal(K, -np.inf)  # each example not its own neighbour
+        expected_sim, expected_ind = expected_neighbors(K, 4)
+        graph = search.kneighbors_graph(X)
+        assert graph.format == "csr" and graph.shape == (len(K), 50)
+        dense = np.zeros_like(K)
+        np.put_along_axis(dense, expected_ind, 1.0, axis=1)
+        np.testing.assert_array_equal(graph.toarray(), dense)
+        distance = search.kneighbors_graph(X, n_neighbors=2, mode="distance")
+        dense = np.zeros_like(K)
+        np.put_along_axis(
+            dense, expected_ind[:, :2], np.sqrt(2 - 2 * expected_sim[:, :2]), axis=1
+        )
+        np.testing.assert_allclose(distance.toarray(), dense, atol=1e-5)
+    with pytest.raises(ValueError, match='mode must be "connectivity" or "distance"'):
+        search.kneighbors_graph(mode="similarity")
+
+
 def test_querying_the_reference_excludes_each_example_itself(data):
     X_ref, _ = data
     net = mlp(3, 2)
