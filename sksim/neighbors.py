@@ -1064,7 +1064,7 @@ class NetworkNeighbors(NetworkEstimator):
 
         Returns
         -------
-        graph : scipy.sparse.csr_matrix of shape (n_queries, n_samples_fit_)
+        graph : scipy.sparse.csr_matrix of shape (n_queries, n_samples_fit)
             Row ``i`` holds query ``i``'s neighbours, in the reference's columns.
         """
         if mode not in ("connectivity", "distance"):
