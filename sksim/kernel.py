@@ -356,7 +356,11 @@ class NetworkSimilarityKernel(
     ``(n_samples, n_fit)`` kernel ``K(X, X_fit)`` from the network's perspective
     (see :func:`network_similarity`), ready for ``SVC(kernel="precomputed")``,
     ``KernelRidge(kernel="precomputed")``, ``KernelPCA`` or, through
-    :func:`similarity_to_distance`, nearest-neighbour search.
+    :func:`similarity_to_distance`, nearest-neighbour search. These need a
+    symmetric positive semi-definite kernel, ``"cosine"`` or ``"ntk"``: the
+    asymmetric ``"influence"`` kernel can keep libsvm iterating without end
+    (``SVC``'s default ``max_iter=-1``), so leave it out of a search over
+    ``kind`` that ends in one of them.
 
     Parameters
     ----------

@@ -98,9 +98,18 @@ class _ProcessWideSetting:
 math_attention = _ProcessWideSetting(lambda: sdpa_kernel(SDPBackend.MATH))
 
 
+# Seeded blocks draw from torch's global generators, which threads share: one
+# at a time, so that each draws the same numbers (and restores the state it
+# found) whatever the others do.
+_SEEDED = threading.RLock()
+
+
 @contextlib.contextmanager
 def torch_seed(random_state) -> Iterator[None]:
-    """Seed torch's global generators inside the block and restore them after."""
+    """Seed torch's global generators inside the block and restore them after.
+
+    Seeded blocks of other threads wait until this one ends.
+    """
     if random_state is None:
         yield
         return
@@ -109,7 +118,7 @@ def torch_seed(random_state) -> Iterator[None]:
         if not hasattr(random_state, "randint")
         else (int(random_state.randint(2**31 - 1)))
     )
-    with forked_rng():
+    with _SEEDED, forked_rng():
         torch.manual_seed(seed)
         yield
 

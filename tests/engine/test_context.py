@@ -129,3 +129,47 @@ def test_an_interrupt_while_torch_swaps_parameters_leaves_them_the_networks(
     assert len(calls) >= 3
     assert all(p is q for p, q in zip(module.parameters(), before, strict=True))
     assert all(isinstance(p, torch.nn.Parameter) for p in module.parameters())
+
+
+class Dropped(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.hidden, self.out = torch.nn.Linear(5, 16), torch.nn.Linear(16, 2)
+
+    def forward(self, x):
+        return self.out(torch.nn.functional.dropout(self.hidden(x), 0.3, self.training))
+
+
+def test_seeded_training_in_threads_is_the_sequential_one():
+    """Two unfitted nets trained under random_state=0 in two threads (joblib's
+    threading backend, as a cross-validation with n_jobs=2 runs them) drew from
+    torch's shared generator in turn: weights other than the sequential ones,
+    and the generator left changed."""
+    from joblib import Parallel, delayed, parallel_config
+    from skorch import NeuralNetClassifier
+
+    from sksim import NetworkSimilarityKernel
+
+    rng = np.random.RandomState(0)
+    X, y = rng.randn(200, 5).astype(np.float32), rng.randint(0, 2, 200)
+
+    def trained(_):
+        net = NeuralNetClassifier(
+            Dropped,  # built by skorch, inside the seeded block
+            criterion=torch.nn.CrossEntropyLoss,
+            max_epochs=4,
+            batch_size=16,
+            train_split=None,
+            verbose=0,
+        )
+        kernel = NetworkSimilarityKernel(net, random_state=0).fit(X, y)
+        return kernel.net_.module_.hidden.weight.detach().clone()
+
+    expected = trained(0)
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    for _ in range(2):
+        with parallel_config(backend="threading"):
+            weights = Parallel(n_jobs=2)(delayed(trained)(i) for i in range(2))
+        assert all(torch.equal(w, expected) for w in weights)
+        assert torch.equal(torch.get_rng_state(), state)
