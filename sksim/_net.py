@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
 import torch
@@ -22,7 +21,7 @@ from sklearn.frozen import FrozenEstimator
 from sklearn.pipeline import Pipeline
 from skorch import NeuralNet, NeuralNetBinaryClassifier, NeuralNetClassifier
 
-from ._engine.context import evaluation_mode, forked_rng, torch_seed
+from ._engine.context import evaluation_mode, forked_rng, plain_settings, torch_seed
 from ._engine.digest import tensors_digest
 from ._engine.inputs import is_dataset
 from ._typing import NetInput, NetLike
@@ -92,7 +91,7 @@ def fit_net(
         )
     else:
         y = training_targets(fitted, y)
-    with torch_seed(random_state), skorch_errors():
+    with torch_seed(random_state, exclusive=True), skorch_errors():
         try:
             fitted.fit(X, y)
         except IndexError as error:  # torch's cross-entropy: "Target 2 is out of"
@@ -300,26 +299,10 @@ def _layer_settings(module: torch.nn.Module) -> list[tuple[str, str, str, str]]:
             name,
             type(layer).__qualname__,
             "" if isinstance(layer, containers) else layer.extra_repr(),
-            repr(sorted(_plain_values(layer))),
+            repr(sorted(plain_settings(layer).items())),
         )
         for name, layer in module.named_modules()
     ]
-
-
-def _plain_values(layer: torch.nn.Module) -> list[tuple[str, Any]]:
-    """The ``(name, value)`` of the plain public attributes of ``layer``."""
-    return [
-        (name, value)
-        for name, value in vars(layer).items()
-        if not name.startswith("_") and name != "training" and _is_plain(value)
-    ]
-
-
-def _is_plain(value) -> bool:
-    """Whether ``value`` is a number, text, None, or a tuple of them."""
-    if isinstance(value, tuple):
-        return all(_is_plain(item) for item in value)
-    return value is None or isinstance(value, (bool, int, float, complex, str, bytes))
 
 
 def predicted_probabilities(net: NetLike, X: NetInput) -> np.ndarray:

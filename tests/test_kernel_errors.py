@@ -700,6 +700,34 @@ def test_a_plain_setting_changed_since_fit_is_refused():
     np.testing.assert_array_equal(estimator.score_samples(X), before)
 
 
+class Recording(torch.nn.Module):
+    """A forward that records public plain values: a count, the last shape."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(5, 3)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        self.last_shape = x.shape
+        return self.fc(x)
+
+
+def test_plain_values_a_forward_records_are_put_back():
+    """Fingerprinted since plain settings changed after fit are refused, they
+    were left as sksim's passes set them: the next query was refused."""
+    torch.manual_seed(0)
+    net = Recording()
+    search = NetworkNeighbors(net, n_neighbors=2).fit(X)
+    first = search.kneighbors(X[:4])
+    np.testing.assert_array_equal(search.kneighbors(X[:4])[1], first[1])
+    assert net.calls == 0 and not hasattr(net, "last_shape")  # as before fit
+    net(torch.as_tensor(X[:2]))  # the user's own calls change them, as they would
+    with pytest.raises(ValueError, match="their settings"):
+        search.kneighbors(X[:4])
+
+
 class Stateful(torch.nn.Module):
     """A forward pass that counts its inputs in place and rebinds an average."""
 

@@ -7,6 +7,7 @@ import copy
 import itertools
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch.func import functional_call
@@ -98,17 +99,19 @@ class _ProcessWideSetting:
 math_attention = _ProcessWideSetting(lambda: sdpa_kernel(SDPBackend.MATH))
 
 
-# Seeded blocks draw from torch's global generators, which threads share: one
-# at a time, so that each draws the same numbers (and restores the state it
+# Exclusive seeded blocks draw from torch's global generators, which threads
+# share, one at a time: each draws the same numbers (and restores the state it
 # found) whatever the others do.
 _SEEDED = threading.RLock()
 
 
 @contextlib.contextmanager
-def torch_seed(random_state) -> Iterator[None]:
+def torch_seed(random_state, exclusive: bool = False) -> Iterator[None]:
     """Seed torch's global generators inside the block and restore them after.
 
-    Seeded blocks of other threads wait until this one ends.
+    ``exclusive`` blocks of other threads wait until an ``exclusive`` one
+    ends: for blocks that start no threaded work of their own (a training),
+    which would wait for it.
     """
     if random_state is None:
         yield
@@ -118,7 +121,7 @@ def torch_seed(random_state) -> Iterator[None]:
         if not hasattr(random_state, "randint")
         else (int(random_state.randint(2**31 - 1)))
     )
-    with _SEEDED, forked_rng():
+    with _SEEDED if exclusive else contextlib.nullcontext(), forked_rng():
         torch.manual_seed(seed)
         yield
 
@@ -187,7 +190,7 @@ def evaluation_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
             for sub in embeddings
             if sub.max_norm is not None
         ]
-        buffers = _buffers(module)
+        buffers, settings = _buffers(module), _settings(module)
         # an enclosing block on a shared submodule has set them already
         subs = [s for s in module.modules() if "_get_backward_hooks" not in vars(s)]
         module.eval()
@@ -207,10 +210,54 @@ def evaluation_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
             for embedding in scaled:
                 embedding.scale_grad_by_freq = True
             _restore(buffers)
+            _restore_settings(settings)
             with torch.no_grad():
                 for weight, values in renormalised:
                     if not torch.equal(weight, values):
                         weight.copy_(values)
+
+
+_MISSING = object()  # an attribute a layer does not have
+
+
+def plain_settings(layer: torch.nn.Module) -> dict[str, Any]:
+    """The public attributes of ``layer`` holding numbers, text, None or tuples of them.
+
+    Settings its ``forward`` may read (a temperature), which its
+    ``extra_repr`` may leave out; ``training`` aside (the passes set it).
+    """
+    return {
+        name: value
+        for name, value in vars(layer).items()
+        if not name.startswith("_") and name != "training" and _is_plain(value)
+    }
+
+
+def _is_plain(value) -> bool:
+    """Whether ``value`` is a number, text, None, or a tuple of them."""
+    if isinstance(value, tuple):
+        return all(_is_plain(item) for item in value)
+    return value is None or isinstance(value, (bool, int, float, complex, str, bytes))
+
+
+def _settings(module: torch.nn.Module) -> list[tuple[torch.nn.Module, dict]]:
+    """Each layer and its :func:`plain_settings`."""
+    return [(sub, plain_settings(sub)) for sub in module.modules()]
+
+
+def _restore_settings(settings: list[tuple[torch.nn.Module, dict]]) -> None:
+    """Put back the plain settings :func:`_settings` saw.
+
+    A forward pass may change them (a cache's length, a recorded shape);
+    those it added are removed.
+    """
+    for sub, before in settings:
+        tensors = sub._parameters.keys() | sub._buffers.keys() | sub._modules.keys()
+        for name in plain_settings(sub).keys() - before.keys():
+            delattr(sub, name)
+        for name, value in before.items():
+            if name not in tensors and vars(sub).get(name, _MISSING) is not value:
+                object.__setattr__(sub, name, value)
 
 
 def _no_backward_hooks() -> tuple[list, list]:

@@ -124,7 +124,7 @@ def memorization_scores(
         raise ValueError(
             f"subset_fraction must be a number in (0, 1); got {subset_fraction!r}."
         )
-    X = check_net_input(X)
+    X = check_net_input(X, pairs=True)  # a regularised net trains on its pairs
     y = given_or_item_labels(X, y)
     if y is None:
         raise ValueError(

@@ -277,7 +277,9 @@ def _float64_errors(outputs: Iterator) -> Iterator:
             "float64 inputs (ratios of small differences stay exact), and its "
             f"forward pass failed there: {error}. Does it cast its inputs to "
             "float32 (x.float())? Cast them to its weights' dtype instead, e.g. "
-            "x.to(self.fc.weight.dtype)."
+            "x.to(self.fc.weight.dtype). Does it hold a float32 tensor as a plain "
+            "attribute? Register it as a buffer (self.register_buffer), which "
+            "the copy converts."
         ) from error
 
 

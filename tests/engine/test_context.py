@@ -173,3 +173,34 @@ def test_seeded_training_in_threads_is_the_sequential_one():
             weights = Parallel(n_jobs=2)(delayed(trained)(i) for i in range(2))
         assert all(torch.equal(w, expected) for w in weights)
         assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_a_seeded_fit_that_trains_seeded_nets_in_threads_ends():
+    """memorisation (a seeded fit per model) of a search whose threads train
+    seeded nets: each thread waited for the lock the fit held, for ever."""
+    from joblib import parallel_config
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.svm import SVC
+    from skorch import NeuralNetClassifier
+
+    from sksim import NetworkSimilarityKernel
+    from sksim.representations import memorization_scores
+
+    rng = np.random.RandomState(0)
+    X, y = rng.randn(40, 5).astype(np.float32), np.repeat([0, 1], 20)
+    net = NeuralNetClassifier(Dropped, max_epochs=1, train_split=None, verbose=0)
+    pipeline = make_pipeline(
+        NetworkSimilarityKernel(net, random_state=0), SVC(kernel="precomputed")
+    )
+    search = GridSearchCV(pipeline, {"svc__C": [0.1, 1.0]}, cv=2, n_jobs=2)
+    done = []
+
+    def run():
+        with parallel_config(backend="threading"):
+            done.append(memorization_scores(search, X, y, n_models=2, random_state=0))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(120)
+    assert not thread.is_alive() and done[0].shape == (40,)

@@ -173,3 +173,23 @@ def test_length_mismatch_and_undefined_scores():
     with pytest.warns(UserWarning, match="never \\(or always\\) in the training"):
         mem = memorization_scores(KNeighborsClassifier(1), X, y, n_models=1)
     assert np.isnan(mem).all()
+
+
+def test_a_net_trained_on_given_pairs_keeps_them():
+    """with_pairs data: each model was refit without its pairs ("needs pairs
+    attached to X") once network inputs dropped them by default."""
+    from sksim import SimilarityRegularizedClassifier, with_pairs
+
+    X, y = _toy(40)
+    net = SimilarityRegularizedClassifier(
+        torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh()).append(
+            torch.nn.Linear(8, 2)
+        ),
+        max_epochs=2,
+        train_split=None,
+        verbose=0,
+        similarity_pairs="given",
+    )
+    data = with_pairs(X, [[0, 1], [2, 3], [20, 21]])
+    scores = memorization_scores(net, data, y, n_models=4, random_state=0)
+    assert scores.shape == (40,)
