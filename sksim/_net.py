@@ -288,10 +288,9 @@ def _layer_settings(module: torch.nn.Module) -> list[tuple[str, str, str, str]]:
     """Each layer's name, type, settings (its ``extra_repr``) and plain values.
 
     Parameter containers describe their parameters' devices: their tensors
-    count by themselves. The plain values are the layer's public attributes
-    holding numbers, text or None (or tuples of them), which a custom
-    layer's ``extra_repr`` leaves out, such as a temperature set after
-    training (``training`` aside: the computations set the mode).
+    count by themselves. The plain values are those of
+    :func:`~._engine.context.plain_settings`, such as a temperature set
+    after training.
     """
     containers = (torch.nn.ParameterList, torch.nn.ParameterDict)
     return [
