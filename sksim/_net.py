@@ -226,7 +226,7 @@ def untrained_clone(net: NetLike, random_state=None) -> NeuralNet:
             "module__hidden=32)), or an unfitted net; or audit the trained net "
             'as it is with cv="prefit".'
         )
-    with torch_seed(random_state), torch.no_grad():
+    with torch_seed(random_state, exclusive=True), torch.no_grad():
         for reset in resets:
             reset()
     return fresh
@@ -314,7 +314,8 @@ def predicted_probabilities(net: NetLike, X: NetInput) -> np.ndarray:
     are left to the checks of the network's outputs. The torch global
     generator is left as it was, as are the module's modes.
     """
-    with evaluation_mode(resolve_module(net)), forked_rng(), skorch_errors():
+    module = resolve_module(net)
+    with forked_rng(exclusive=True), evaluation_mode(module), skorch_errors():
         P = np.asarray(net.predict_proba(X), dtype=np.float64)
     if P.ndim != 2:
         return P  # the callers say what shape they need

@@ -759,7 +759,7 @@ class SimilarityRegularizedNet(NeuralNet):
         check_positive_int(batch_size, "batch_size")
         size = batch_size
         parts = []
-        with torch_seed(random_state):
+        with torch_seed(random_state, exclusive=True):
             vector = None  # a random read-out, one for every chunk of pairs
             if self.similarity_readout == "random":
                 vector = torch.randn(n_outputs, device=self._compute_device())

@@ -99,9 +99,9 @@ class _ProcessWideSetting:
 math_attention = _ProcessWideSetting(lambda: sdpa_kernel(SDPBackend.MATH))
 
 
-# Exclusive seeded blocks draw from torch's global generators, which threads
-# share, one at a time: each draws the same numbers (and restores the state it
-# found) whatever the others do.
+# Exclusive blocks draw from torch's global generators, which threads share,
+# one at a time: each draws the same numbers (and restores the state it found)
+# whatever the others do, and none restores a state under another's draws.
 _SEEDED = threading.RLock()
 
 
@@ -109,9 +109,7 @@ _SEEDED = threading.RLock()
 def torch_seed(random_state, exclusive: bool = False) -> Iterator[None]:
     """Seed torch's global generators inside the block and restore them after.
 
-    ``exclusive`` blocks of other threads wait until an ``exclusive`` one
-    ends: for blocks that start no threaded work of their own (a training),
-    which would wait for it.
+    ``exclusive``: see :func:`forked_rng`.
     """
     if random_state is None:
         yield
@@ -121,21 +119,27 @@ def torch_seed(random_state, exclusive: bool = False) -> Iterator[None]:
         if not hasattr(random_state, "randint")
         else (int(random_state.randint(2**31 - 1)))
     )
-    with _SEEDED if exclusive else contextlib.nullcontext(), forked_rng():
+    with forked_rng(exclusive):
         torch.manual_seed(seed)
         yield
 
 
-def forked_rng():
+@contextlib.contextmanager
+def forked_rng(exclusive: bool = False) -> Iterator[None]:
     """A block after which torch's global generators are as before it.
 
     For calls that draw from them without needing to, as a DataLoader draws
-    its base seed in skorch's ``predict``.
+    its base seed in skorch's ``predict``. ``exclusive`` blocks of other
+    threads wait until an ``exclusive`` one ends: for blocks that start no
+    threaded work of their own (a training, a prediction), which would wait
+    for it. Take it before :func:`evaluation_mode`, as a training does.
     """
     devices = (
         list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     )
-    return torch.random.fork_rng(devices=devices)
+    with _SEEDED if exclusive else contextlib.nullcontext():
+        with torch.random.fork_rng(devices=devices):
+            yield
 
 
 def _uses_batch_statistics(module: torch.nn.Module) -> list[str]:

@@ -166,7 +166,7 @@ def predictions(
         probabilities = predicted_probabilities(net, X)
         prediction = probabilities.argmax(axis=1)
     else:
-        with evaluation_mode(module), forked_rng(), skorch_errors():
+        with forked_rng(exclusive=True), evaluation_mode(module), skorch_errors():
             prediction = np.asarray(net.predict(X))
     if task == "regression":
         return regression_targets(prediction, "the network's output"), None

@@ -297,7 +297,7 @@ def _unreset_parameters(model: torch.nn.Module) -> list[str]:
 def fresh_copy(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     """Deep copy re-initialised by every submodule's ``reset_parameters``."""
     fresh = copy.deepcopy(model)
-    with torch_seed(seed):
+    with torch_seed(seed, exclusive=True):
         for sub in fresh.modules():
             reset = getattr(sub, "reset_parameters", None)
             if callable(reset):

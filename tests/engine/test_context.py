@@ -204,3 +204,54 @@ def test_a_seeded_fit_that_trains_seeded_nets_in_threads_ends():
     thread.start()
     thread.join(120)
     assert not thread.is_alive() and done[0].shape == (40,)
+
+
+def test_predictions_in_a_thread_leave_a_seeded_training_as_it_is():
+    """A prediction restores torch's generator after it (skorch's DataLoader
+    draws from it): run beside a seeded training in another thread, it put the
+    generator back under the training's draws, whose weights then changed."""
+    from skorch import NeuralNetClassifier
+
+    from sksim import NetworkSimilarityKernel
+    from sksim._net import predicted_probabilities
+
+    rng = np.random.RandomState(0)
+    X, y = rng.randn(400, 5).astype(np.float32), rng.randint(0, 2, 400)
+    net = NeuralNetClassifier(
+        Dropped,
+        max_epochs=3,
+        batch_size=8,
+        train_split=None,
+        verbose=0,
+    )
+
+    def trained():
+        kernel = NetworkSimilarityKernel(net, random_state=0).fit(X, y)
+        return kernel.net_.module_.hidden.weight.detach().clone()
+
+    expected = trained()
+    fitted = NeuralNetClassifier(
+        Dropped,
+        criterion=torch.nn.CrossEntropyLoss,
+        max_epochs=1,
+        batch_size=1,
+        verbose=0,
+    )
+    fitted.fit(X[:20], y[:20])
+    stop, predictions = threading.Event(), []
+
+    def predict():
+        while not stop.is_set():
+            predictions.append(predicted_probabilities(fitted, X[:20]))
+
+    for _ in range(3):
+        thread = threading.Thread(target=predict)
+        thread.start()
+        try:
+            weights = trained()
+        finally:
+            stop.set()
+            thread.join()
+        stop.clear()
+        assert torch.equal(weights, expected)
+    assert len(predictions) > 3
