@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from numbers import Integral
+from numbers import Integral, Real
 from types import ModuleType
 
 import numpy as np
@@ -155,9 +155,10 @@ class NetworkNeighbors(NetworkEstimator):
     :class:`sklearn.neighbors.NearestNeighbors`: :meth:`kneighbors` returns
     distances ``sqrt(2 - 2 k)`` (the Euclidean distance between unit-scaled
     whitened Jacobians, when no Gram's eigenvalue is floored) in ascending
-    order, :meth:`kneighbors_graph` them as a sparse graph; :meth:`most_similar`
-    returns the similarities themselves, in descending order, for the same
-    neighbours.
+    order, :meth:`kneighbors_graph` them as a sparse graph,
+    :meth:`radius_neighbors` and :meth:`radius_neighbors_graph` those within
+    a distance; :meth:`most_similar` returns the similarities themselves, in
+    descending order, for the neighbours of :meth:`kneighbors`.
 
     Two algorithms:
 
@@ -205,6 +206,9 @@ class NetworkNeighbors(NetworkEstimator):
     %(net)s
     n_neighbors : int, default=5
         Number of neighbours returned by default.
+    radius : float, default=1.0
+        Distance within which :meth:`radius_neighbors` returns neighbours by
+        default (similarity at least ``1 - radius**2 / 2``: 0.5 for 1.0).
     algorithm : {"exact", "faiss"}, default="exact"
         Search method, see above.
     %(output)s
@@ -354,6 +358,7 @@ class NetworkNeighbors(NetworkEstimator):
     _parameter_constraints = constraints(
         *NEIGHBOR_PARAMETERS,
         n_neighbors=[Interval(Integral, 1, None, closed="left")],
+        radius=[Interval(Real, 0, None, closed="left")],
         algorithm=[StrOptions({"exact", "faiss"})],
         index=[str],
         index_params=[str, None],
@@ -376,6 +381,7 @@ class NetworkNeighbors(NetworkEstimator):
         net: NetLike,
         *,
         n_neighbors: int = 5,
+        radius: float = 1.0,
         algorithm: str = "exact",
         output: Output = "logits",
         params: str | Sequence[str] | None = None,
@@ -396,6 +402,7 @@ class NetworkNeighbors(NetworkEstimator):
     ) -> None:
         self.net = net
         self.n_neighbors = n_neighbors
+        self.radius = radius
         self.algorithm = algorithm
         self.output = output
         self.params = params
@@ -847,21 +854,34 @@ class NetworkNeighbors(NetworkEstimator):
             indices.append(i)
         return np.concatenate(similarities), np.concatenate(indices)
 
-    def _exact(self, X, n_neighbors):
-        if self.n_components_ is not None:
-            F_ref = self.reference_features_
-            rows = sketched_rows(self._sketch, X, F_ref, self._query_bytes)
-        else:
-            rows = self._cosine_rows(X)
-        return self._search_rows(rows, n_neighbors, exclude_self=False)
+    def _similarity_rows(self, X=None):
+        """Blocks ``(rows, similarities)`` of queries ``X`` (None: the reference)."""
+        if self.n_components_ is None:
+            return self._cosine_rows(X)
+        F = self.reference_features_
+        if X is None:
+            return sketch_rows(F, F, self._query_bytes)
+        return sketched_rows(self._sketch, X, F, self._query_bytes)
 
-    def _exact_self(self, n_neighbors):
-        if self.n_components_ is not None:
-            F = self.reference_features_
-            rows = sketch_rows(F, F, self._query_bytes)
-        else:
-            rows = self._cosine_rows()
-        return self._search_rows(rows, n_neighbors, exclude_self=True)
+    def _exact(self, X, n_neighbors):
+        rows = self._similarity_rows(X)
+        return self._search_rows(rows, n_neighbors, exclude_self=X is None)
+
+    def _within(self, X, radius, sort_results):
+        """Distances and indices of the reference examples within ``radius``."""
+        distances, indices = [], []
+        for block, k in self._similarity_rows(X):
+            if X is None:  # each example is not its own neighbour
+                own = np.arange(block.start, block.stop)
+                k[np.arange(len(own)), own] = -np.inf
+            d = similarity_to_distance(k)
+            for row in d:
+                found = np.flatnonzero(row <= radius)
+                if sort_results:
+                    found = found[np.argsort(row[found], kind="stable")]
+                distances.append(row[found])
+                indices.append(found)
+        return object_array(distances), object_array(indices)
 
     def _faiss(self, F, n_neighbors, own=None, pieces=None):
         """Neighbours of the queries' sketches ``F`` from the FAISS index.
@@ -1007,7 +1027,7 @@ class NetworkNeighbors(NetworkEstimator):
             self._check_network()
             if self.algorithm == "faiss":
                 return self._searched_reference(n_neighbors)
-            return self._exact_self(n_neighbors)
+            return self._exact(None, n_neighbors)
         X = self._check_input(X)
         if self.algorithm == "faiss":
             return self._searched_queries(X, n_neighbors)
@@ -1067,17 +1087,96 @@ class NetworkNeighbors(NetworkEstimator):
         graph : scipy.sparse.csr_matrix of shape (n_queries, n_samples_fit)
             Row ``i`` holds query ``i``'s neighbours, in the reference's columns.
         """
-        if mode not in ("connectivity", "distance"):
-            raise ValueError(
-                f'mode must be "connectivity" or "distance"; got {mode!r}.'
-            )
+        check_graph_mode(mode)
         distances, indices = self.kneighbors(X, n_neighbors)
-        n_queries, k = indices.shape
-        values = distances.ravel() if mode == "distance" else np.ones(n_queries * k)
-        return csr_matrix(
-            (values, indices.ravel(), np.arange(0, n_queries * k + 1, k)),
-            shape=(n_queries, self.n_samples_fit_),
-        )
+        return neighbor_graph(distances, indices, mode, self.n_samples_fit_)
+
+    def radius_neighbors(
+        self,
+        X: NetInput | None = None,
+        radius: float | None = None,
+        return_distance: bool = True,
+        sort_results: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray] | np.ndarray:
+        """The reference examples within a distance of each query, as scikit-learn's.
+
+        Every similarity is computed (exact ones, or those of the sketches
+        with ``n_components``), in blocks of query rows, so this needs
+        ``algorithm="exact"``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_queries, ...), dict of them, Dataset or None
+            Queries. None queries the reference set itself, each example
+            excluded from its own neighbours (as scikit-learn does).
+        radius : float, default=None
+            Largest distance ``sqrt(max(2 - 2 k, 0))`` kept (similarity ``k``
+            at least ``1 - radius**2 / 2``); None uses the constructor's.
+        return_distance : bool, default=True
+            Whether to return the distances too.
+        sort_results : bool, default=False
+            Whether each query's neighbours are sorted by distance (else by
+            index).
+
+        Returns
+        -------
+        distances : ndarray of shape (n_queries,) of ndarrays
+            Each query's distances to its neighbours. Only with
+            ``return_distance=True``.
+        indices : ndarray of shape (n_queries,) of ndarrays
+            Row indices of each query's neighbours in the reference set.
+        """
+        check_is_fitted(self)
+        radius = self.radius if radius is None else radius
+        if isinstance(radius, bool) or not (
+            isinstance(radius, Real) and 0 <= radius < np.inf
+        ):
+            raise ValueError(f"radius must be a number >= 0; got {radius!r}.")
+        if self.algorithm != "exact":
+            raise ValueError(
+                "radius_neighbors computes every similarity: fit with "
+                'algorithm="exact" (with n_components for sketched similarities), '
+                f"not {self.algorithm!r}."
+            )
+        if X is None:
+            self._check_network()
+            distances, indices = self._within(None, radius, sort_results)
+        else:
+            X = self._check_input(X)
+            distances, indices = split_rows(
+                lambda Q: self._within(Q, radius, sort_results), X, self.n_jobs
+            )
+        return (distances, indices) if return_distance else indices
+
+    def radius_neighbors_graph(
+        self,
+        X: NetInput | None = None,
+        radius: float | None = None,
+        mode: str = "connectivity",
+        sort_results: bool = False,
+    ) -> csr_matrix:
+        """The graph of the reference examples within a distance, as scikit-learn's.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_queries, ...), dict of them, Dataset or None
+            Queries. None queries the reference set itself, each example
+            excluded from its own neighbours.
+        radius : float, default=None
+            Largest distance kept; None uses the constructor's.
+        mode : {"connectivity", "distance"}, default="connectivity"
+            Ones, or the distances of :meth:`radius_neighbors`, at the neighbours.
+        sort_results : bool, default=False
+            Whether each row's entries are sorted by distance (else by index).
+
+        Returns
+        -------
+        graph : scipy.sparse.csr_matrix of shape (n_queries, n_samples_fit)
+            Row ``i`` holds query ``i``'s neighbours, in the reference's columns.
+        """
+        check_graph_mode(mode)
+        distances, indices = self.radius_neighbors(X, radius, True, sort_results)
+        return neighbor_graph(distances, indices, mode, self.n_samples_fit_)
 
     def explain(self, X: NetInput, n_neighbors: int | None = None) -> Bunch:
         """Why this prediction: the training examples the network relates to ``X``.
@@ -1165,6 +1264,32 @@ class NetworkNeighbors(NetworkEstimator):
             values.append(k[others])
         self._background = np.sort(np.concatenate(values))
         return self._background
+
+
+def object_array(rows: list[np.ndarray]) -> np.ndarray:
+    """A 1-D object array holding ``rows``, one array per entry."""
+    out = np.empty(len(rows), dtype=object)
+    out[:] = rows
+    return out
+
+
+def check_graph_mode(mode: str) -> None:
+    """Raise a ValueError unless ``mode`` is one of scikit-learn's graph modes."""
+    if mode not in ("connectivity", "distance"):
+        raise ValueError(f'mode must be "connectivity" or "distance"; got {mode!r}.')
+
+
+def neighbor_graph(distances, indices, mode: str, n_columns: int) -> csr_matrix:
+    """A CSR graph of each row's neighbours (rows of equal or ragged lengths)."""
+    lengths = [len(row) for row in indices]
+    columns = np.concatenate([np.asarray(row, dtype=np.intp) for row in indices])
+    values = (
+        np.concatenate([np.asarray(row, dtype=np.float64) for row in distances])
+        if mode == "distance"
+        else np.ones(len(columns))
+    )
+    pointers = np.concatenate([[0], np.cumsum(lengths)])
+    return csr_matrix((values, columns, pointers), shape=(len(indices), n_columns))
 
 
 def evenly_spaced(n: int, count: int) -> np.ndarray:

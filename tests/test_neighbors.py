@@ -15,7 +15,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from torch.utils.data import TensorDataset
 
 import sksim.neighbors
-from sksim import DeadInputWarning, network_similarity
+from sksim import DeadInputWarning, network_similarity, similarity_to_distance
 from sksim._engine.features import piece_energies
 from sksim._engine.jacobian import JacobianEngine
 from sksim._engine.pieces import nbytes_of
@@ -87,6 +87,82 @@ def test_kneighbors_graph_holds_the_neighbours_as_scikit_learns(data):
         np.testing.assert_allclose(distance.toarray(), dense, atol=1e-5)
     with pytest.raises(ValueError, match='mode must be "connectivity" or "distance"'):
         search.kneighbors_graph(mode="similarity")
+
+
+def _radius_in_a_gap(D):
+    """A radius between two distances of ``D`` far apart, near their median."""
+    values = np.sort(D[np.isfinite(D)].ravel())
+    middle = len(values) // 2
+    gaps = np.diff(values[middle : middle + 200])
+    at = middle + int(np.argmax(gaps))
+    return float(values[at] + values[at + 1]) / 2
+
+
+@pytest.mark.parametrize("n_components", [None, 16])
+def test_radius_neighbors_are_scikit_learns_on_the_distances(data, n_components):
+    """NearestNeighbors' radius queries, for DBSCAN and the like: they were
+    missing. Compared with scikit-learn's on the precomputed distances."""
+    from sklearn.neighbors import NearestNeighbors
+
+    X_ref, X_new = data
+    net = mlp(3, 2)
+    search = NetworkNeighbors(net, n_components=n_components, random_state=0)
+    search.fit(X_ref)
+    for X in (X_new, None):
+        if n_components is None:
+            K = network_similarity(net, X_ref if X is None else X, X_ref)
+        else:  # the similarities of the sketches
+            engine = JacobianEngine(net)
+            seed, weights = search.projection_seed_, search.sketch_weights_[0]
+            F_ref = sketch_features(engine, X_ref, 16, seed, weights=weights)
+            F = (
+                F_ref
+                if X is None
+                else sketch_features(engine, X, 16, seed, weights=weights)
+            )
+            K = (F @ F_ref.T).astype(np.float64)
+        D = similarity_to_distance(K)
+        if X is None:
+            np.fill_diagonal(D, np.inf)  # each example not its own neighbour
+        radius = _radius_in_a_gap(D)
+        reference = NearestNeighbors(radius=radius, metric="precomputed").fit(
+            np.zeros((len(X_ref), len(X_ref)))
+        )
+        expected_d, expected_i = reference.radius_neighbors(
+            np.where(np.isfinite(D), D, 1e9), sort_results=True
+        )
+        d, i = search.radius_neighbors(X, radius=radius, sort_results=True)
+        assert d.dtype == object and len(d) == len(D)
+        assert 0 < sum(map(len, i)) < np.isfinite(D).sum()
+        for row in range(len(D)):
+            np.testing.assert_array_equal(i[row], expected_i[row])
+            np.testing.assert_allclose(d[row], expected_d[row], atol=1e-5)
+        by_index = search.set_params(radius=radius).radius_neighbors(
+            X, return_distance=False
+        )
+        assert all(
+            np.array_equal(a, np.sort(b)) for a, b in zip(by_index, i, strict=True)
+        )
+        graph = search.radius_neighbors_graph(X, mode="distance")
+        expected = reference.radius_neighbors_graph(
+            np.where(np.isfinite(D), D, 1e9), mode="distance"
+        )
+        assert graph.format == "csr" and graph.shape == D.shape
+        np.testing.assert_allclose(graph.toarray(), expected.toarray(), atol=1e-5)
+        connected = search.radius_neighbors_graph(X)
+        np.testing.assert_array_equal(connected.toarray(), expected.toarray() > 0)
+
+
+def test_radius_neighbors_refuse_a_faiss_search_and_bad_radii(data):
+    X_ref, _ = data
+    net = mlp(3, 2)
+    search = NetworkNeighbors(net).fit(X_ref)
+    for radius in (-0.1, np.inf, "1", True):
+        with pytest.raises(ValueError, match="radius must be a number >= 0"):
+            search.radius_neighbors(radius=radius)
+    faiss = NetworkNeighbors(net, algorithm="faiss", n_components=8).fit(X_ref)
+    with pytest.raises(ValueError, match='fit with algorithm="exact"'):
+        faiss.radius_neighbors_graph()
 
 
 def test_querying_the_reference_excludes_each_example_itself(data):
