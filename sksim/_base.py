@@ -32,7 +32,12 @@ from ._engine.jacobian import JacobianEngine
 from ._engine.normalize import KINDS
 from ._net import fit_net, resolve_module, weights_digest
 from ._typing import Checkpoints, NetLike, Output
-from ._validation import check_checkpoint_list, check_net_input, sample_shape
+from ._validation import (
+    check_checkpoint_list,
+    check_net_input,
+    sample_shape,
+    training_input,
+)
 
 POSITIVE_INT = Interval(Integral, 1, None, closed="left")
 
@@ -249,12 +254,16 @@ class NetworkEstimator(BaseEstimator):
         self._fitted_settings = {
             name: _kept(name, getattr(self, name)) for name in self._fitted_params
         }
+        X_net = training_input(X)
         X = check_net_input(X, self, reset=True)
         if check_targets is not None:
             check_targets(X)
         self._sample_shape = sample_shape(X)
         self.net_ = fit_net(
-            self.net, X, y if y_net is None else y_net, self.random_state
+            self.net,
+            X if X_net is None else X_net,
+            y if y_net is None else y_net,
+            self.random_state,
         )
         if "n_components" in self._parameter_constraints:
             sketched = self.n_components is not None

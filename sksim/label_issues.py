@@ -50,6 +50,7 @@ from ._validation import (
     given_or_item_labels,
     labelled,
     labels_key_hint,
+    training_input,
 )
 from .density import NEIGHBOR_PARAMETERS
 from .neighbors import N_COMPONENTS, NetworkNeighbors, automatic_index
@@ -515,6 +516,7 @@ class LabelIssueDetector(NetworkEstimator):
                     f"skorch classifier; got {type(self.net).__name__}. Pass "
                     'cv="prefit" to use a trained network as it is.'
                 )
+            X_net = training_input(X)
             X = check_net_input(X, self, reset=True)
         y = self._check_targets(X, given_or_item_labels(X, y))
         if self.cv == "prefit":
@@ -533,7 +535,7 @@ class LabelIssueDetector(NetworkEstimator):
             y = self._encode_targets(y)
             X = labelled(lazy_rows(X), y)  # folds of a mapped file stay on disk
             P, similarities, indices, rankings = self._cross_validated_signals(
-                X, y, groups
+                X, y, groups, X_net
             )
         self.exact_ranking_ = all(rankings)
         scored = score_labels(P, similarities, y[indices], y, self.combination)
@@ -622,7 +624,12 @@ class LabelIssueDetector(NetworkEstimator):
         )
         return P, similarities, indices, [search.exact_ranking_]
 
-    def _cross_validated_signals(self, X, y, groups):
+    def _cross_validated_signals(self, X, y, groups, X_net=None):
+        """Out-of-fold signals of every example.
+
+        Each fold's clone trains on the rows of ``X_net`` (``X`` with the pairs
+        a regularised net trains on) when given, else on those of ``X``.
+        """
         splits = cv_partition(self.cv, X, y, groups)
         seeds = check_random_state(self.random_state).randint(
             2**31 - 1, size=len(splits)
@@ -636,7 +643,8 @@ class LabelIssueDetector(NetworkEstimator):
         for (train, test), seed in zip(splits, seeds, strict=True):
             X_train = take(X, train)
             seed = None if self.random_state is None else int(seed)
-            net = fit_net(untrained_clone(self.net, seed), X_train, y[train], seed)
+            X_fit = X_train if X_net is None else take(X_net, train)
+            net = fit_net(untrained_clone(self.net, seed), X_fit, y[train], seed)
             search = self._search(net, X_train, n_neighbors).fit(X_train, y[train])
             P[test], similarities[test], found = self._signals(
                 net, search, take(X, test), n_neighbors, len(self.classes_)

@@ -849,6 +849,45 @@ def test_prediction_ignores_attached_pairs():
     )
 
 
+@pytest.mark.parametrize(
+    "estimator", ["NetworkSimilarityKernel", "NetworkNeighbors", "LabelIssueDetector"]
+)
+def test_estimators_train_a_given_pairs_net_on_its_pairs(estimator):
+    """An unfitted net of given pairs handed to an estimator with
+    with_pairs(X, pairs): the pairs were dropped before its training, which
+    then asked for them ("fit on with_pairs(X, pairs)")."""
+    import sksim
+
+    X, y = make_data(n=24)
+    X_pairs = with_pairs(X, [[0, 3], [1, 4], [2, 7], [5, 9]])
+    net = make_net(similarity_pairs="given", similarity_weight=5.0)
+    if estimator == "LabelIssueDetector":
+        from sklearn.model_selection import KFold
+
+        folds = KFold(2)
+        detector = sksim.LabelIssueDetector(net, cv=folds, n_neighbors=3)
+        detector.set_params(random_state=0).fit(X_pairs, y)
+        for (train, test), seed in zip(
+            folds.split(X),
+            np.random.RandomState(0).randint(2**31 - 1, size=2),
+            strict=True,
+        ):
+            torch.manual_seed(int(seed))
+            fold = clone(net).fit(X_pairs[train], y[train])
+            np.testing.assert_allclose(
+                detector.oof_proba_[test], fold.predict_proba(X[test]), rtol=1e-6
+            )
+        return
+    fitted = getattr(sksim, estimator)(net, random_state=0).fit(X_pairs, y)
+    torch.manual_seed(0)
+    expected = clone(net).fit(X_pairs, y)
+    trained = zip(
+        fitted.net_.module_.parameters(), expected.module_.parameters(), strict=True
+    )
+    assert all(torch.equal(a, b) for a, b in trained)
+    assert fitted.n_features_in_ == 6  # the inputs, without the pairs
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_training_and_cpu_pickle():
     X, y = make_data(n=32)

@@ -35,6 +35,7 @@ from .._validation import (
     labelled,
     labels_key_hint,
     sample_shape,
+    training_input,
 )
 from ..neighbors import NetworkNeighbors
 from ._examples import worth_a_look
@@ -160,7 +161,9 @@ class _Data:
 
     ``X, y`` is where training indices point, ``X_test, y_test`` where
     held-out indices point: the same arrays in a cross-validated audit, the
-    given train and test splits in a prefit one.
+    given train and test splits in a prefit one. ``X_net``: ``X`` with the
+    pairs a regularised net trains on, which the folds' nets train on (None
+    without pairs).
     """
 
     X: object
@@ -169,11 +172,13 @@ class _Data:
     y_test: np.ndarray
     task: str
     classes: np.ndarray | None
+    X_net: object = None
 
     def arrays(self) -> tuple[ArrayLike, ...]:
         """The arrays, once each, for the cache's hash."""
+        pairs = () if self.X_net is None else (self.X_net,)
         if self.X_test is self.X:
-            return self.X, self.y
+            return self.X, self.y, *pairs
         return self.X, self.y, self.X_test, self.y_test
 
 
@@ -280,8 +285,9 @@ def _cv_data(net, X, y, X_test, y_test):
             'X_test and y_test are the test split of cv="prefit"; a '
             "cross-validated audit holds out parts of X itself."
         )
+    X_net = training_input(X)
     X, y = _check_inputs(X, y)
-    return _Data(X, y, X, y, "classification", _check_labels(y))
+    return _Data(X, y, X, y, "classification", _check_labels(y), X_net)
 
 
 def _prefit_data(net, X, y, X_test, y_test):
@@ -382,6 +388,7 @@ class _Fold:
     ) -> None:
         self.train, self.test, self.fold = train, test, fold
         self.X_train, self.y_train = _part(data.X, train), data.y[train]
+        self._X_fit = self.X_train if data.X_net is None else take(data.X_net, train)
         self.X_test, self.y_test = _part(data.X_test, test), data.y_test[test]
         self.task, self.classes = data.task, data.classes
         self.n_neighbors, self.layers = n_neighbors, layers
@@ -395,7 +402,7 @@ class _Fold:
         """Train a clone of ``net`` on the training part, predict the held-out one."""
         start = time.perf_counter()
         fresh = untrained_clone(net, self.random_state)
-        self.net = fit_net(fresh, self.X_train, self.y_train, self.random_state)
+        self.net = fit_net(fresh, self._X_fit, self.y_train, self.random_state)
         self.fit_seconds = time.perf_counter() - start
         self._predict()
 

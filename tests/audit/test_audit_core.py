@@ -699,3 +699,32 @@ def test_helpers():
     assert default_layers(net, 1) == ["4"]
     p = free_probabilities(torch.tensor([[0.0, 0.0, float(np.log(2.0))]]))
     torch.testing.assert_close(p, torch.tensor([[0.25, 0.25]]))
+
+
+def test_folds_train_a_given_pairs_net_on_its_pairs():
+    """A regularised net of given pairs audited with with_pairs(X, pairs): the
+    folds trained it on the inputs alone, and it asked for the pairs."""
+    from sksim import SimilarityRegularizedNet, with_pairs
+
+    rng = np.random.RandomState(0)
+    X, y = rng.randn(60, 4).astype(np.float32), np.arange(60) % 3
+    X_pairs = with_pairs(X, [[0, 3], [1, 4], [2, 5], [30, 33], [31, 34]])
+    net = SimilarityRegularizedNet(
+        torch.nn.Linear(4, 3),
+        similarity_pairs="given",
+        similarity_weight=5.0,
+        criterion=torch.nn.CrossEntropyLoss,
+        max_epochs=3,
+        train_split=None,
+        verbose=0,
+    )
+    folds = KFold(2)
+    result = audit(net, X_pairs, y, cv=folds, analyses=["density"], errors="raise")
+    samples = result["samples"]
+    for fold, (train, test) in enumerate(folds.split(X)):
+        with torch_seed(0):
+            expected = clone(net).fit(X_pairs[train], y[train])
+        rows = fold_rows(samples, fold)
+        np.testing.assert_array_equal(rows["index"], test)
+        predicted = expected.predict_proba(X[test]).argmax(axis=1)
+        np.testing.assert_array_equal(rows["prediction"], predicted)
