@@ -420,6 +420,33 @@ class PReLUNet(nn.Module):
         return self.out(self.act(self.fc1(x)))
 
 
+class Prototypes(nn.Module):
+    """Logits ``-|z - p_c|`` from learned prototypes by ``torch.cdist``: a bare
+    parameter, differentiated by torch.func, whose ``vmap`` rule for ``cdist``
+    is wrong for batches of two samples or more (torch 2.13)."""
+
+    def __init__(self):
+        super().__init__()
+        self.encode = nn.Linear(5, 4)
+        self.prototypes = nn.Parameter(torch.randn(3, 4))
+
+    def forward(self, x):
+        return -torch.cdist(torch.tanh(self.encode(x)), self.prototypes)
+
+
+class FunctionalPReLU(nn.Module):
+    """:class:`PReLUNet` with ``F.prelu`` and a bare slope: no ``nn.PReLU``
+    tells that torch.func's ``vmap`` is wrong through it."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.out = nn.Linear(5, 6), nn.Linear(6, 3)
+        self.slope = nn.Parameter(torch.full((1,), 0.3))
+
+    def forward(self, x):
+        return self.out(nn.functional.prelu(self.fc1(x), self.slope))
+
+
 class TiedWeights(nn.Module):
     """Parameters with uses that no layer call shows: an output projection tied
     to the embedding (as in language models), ``mix``'s weight also applied
@@ -749,6 +776,10 @@ def family_case(name, n):
         return HookedOutputs().double(), x(n, 5)
     if name == "prelu":
         return PReLUNet().double(), x(n, 5)
+    if name == "functional_prelu":
+        return FunctionalPReLU().double(), x(n, 5)
+    if name == "prototypes":
+        return Prototypes().double(), x(n, 5)
     if name == "call_forms":
         return CallForms().double(), x(n, 5)
     if name == "sorted_by_length":  # pairs in order, larger batches not

@@ -192,10 +192,12 @@ class JacobianEngine:
 
         Vectorised with ``torch.func`` (``vmap`` of ``jacrev``); a network
         that ``vmap`` cannot run (recurrent layers such as ``nn.GRU`` write
-        into tensors they create), or runs wrongly (:data:`UNVECTORISED`), is
-        differentiated one sample and one output at a time instead, from the
-        batch that fails on. The blocks are those computed, not joined:
-        joining them would hold ``J`` twice.
+        into tensors they create), or runs wrongly (:data:`UNVECTORISED`, or
+        a batch whose Jacobians :meth:`_agrees_with_autograd` refutes: the
+        batching rules of ``torch.cdist`` and of a functional ``prelu`` are
+        wrong), is differentiated one sample and one output at a time
+        instead, from the batch that fails on. The blocks are those computed,
+        not joined: joining them would hold ``J`` twice.
         """
         params = {n: self.parameters[n].detach() for n in names}
         layers = self.module.modules()
@@ -232,12 +234,45 @@ class JacobianEngine:
                 except RuntimeError:  # a real error recurs in the looped pass
                     vectorised = False
                 else:
-                    vectorised = True
                     b = next(iter(jac.values())).shape[0]
-                    return [jac[n].reshape(b, jac[n].shape[1], -1) for n in names]
+                    blocks = [jac[n].reshape(b, jac[n].shape[1], -1) for n in names]
+                    vectorised = self._agrees_with_autograd(names, batch, blocks)
+                    if vectorised:
+                        return blocks
             return self._looped_jacobian(names, batch)
 
         return jacobian
+
+    def _agrees_with_autograd(self, names: list[str], batch, blocks) -> bool:
+        """Whether ``blocks`` give autograd's ``J^T v`` for the batch's end rows.
+
+        One backward pass per checked sample, of its outputs along a random
+        direction ``v``, against the same product of the vectorised blocks.
+        """
+        leaves = {n: self.parameters[n].detach().requires_grad_() for n in names}
+        generator = torch.Generator().manual_seed(0)
+        for i in sorted({0, n_samples(batch) - 1}):
+            with torch.enable_grad():
+                outputs = self._forward(leaves, take(batch, slice(i, i + 1)))[0]
+                v = torch.randn(len(outputs), generator=generator, dtype=torch.float64)
+                v = v.to(outputs.device, outputs.dtype)
+                grads = torch.autograd.grad(
+                    outputs @ v, list(leaves.values()), allow_unused=True
+                )
+            expected = torch.cat(
+                [
+                    torch.zeros(p.numel(), dtype=p.dtype, device=p.device)
+                    if g is None
+                    else g.flatten()
+                    for g, p in zip(grads, leaves.values(), strict=True)
+                ]
+            ).double()
+            found = torch.cat([v @ block[i] for block in blocks]).double()
+            error = torch.linalg.vector_norm(found - expected)
+            scale = torch.linalg.vector_norm(found) + torch.linalg.vector_norm(expected)
+            if error > 1e-3 * scale:
+                return False
+        return True
 
     def _looped_jacobian(self, names: list[str], batch) -> list[torch.Tensor]:
         """The blocks ``(b, d, p_n)`` by one backward pass per sample and output.
