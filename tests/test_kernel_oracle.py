@@ -321,6 +321,23 @@ def test_callable_output_and_params_selection():
     np.testing.assert_allclose(K, summed @ summed.T, rtol=1e-10)
 
 
+@pytest.mark.parametrize("params", ["out", "out.weight", ["emb", "out.bias"]])
+def test_params_select_a_tied_weight_by_any_of_its_names(params):
+    """An output projection tied to the embedding: params="out" took out.bias
+    alone (0.22 off) and "out.weight" matched no parameter, named_parameters()
+    giving each tied parameter under its first name only."""
+    module, X = _case("tied_embedding")
+    J = oracle_jacobians(module, X)
+    n_embedding, n_bias = module.emb.weight.numel(), module.out.bias.numel()
+    if params == "out.weight":
+        J = J[:, :, :n_embedding]
+    else:  # the embedding's weight, which out's is, and out's bias
+        J = np.concatenate([J[:, :, :n_embedding], J[:, :, -n_bias:]], axis=2)
+    for kind in ("cosine", "ntk", "influence"):
+        K = network_similarity(module, X, kind=kind, params=params, batch_size=4)
+        np.testing.assert_allclose(K, oracle_kernel(J, J, kind), rtol=1e-7, atol=1e-10)
+
+
 def test_full_blocks_match_oracle_matrices():
     module, X = _case("mlp_d3")
     J = oracle_jacobians(module, X)

@@ -19,12 +19,14 @@ def select_parameters(
     params : str, list of str or None
         None selects every parameter with ``requires_grad``; otherwise a name
         selects that parameter and a prefix such as ``"layer1"`` every parameter
-        below it.
+        below it. A parameter tied to several modules (a decoder sharing the
+        embedding's weight) is selected by any of its names.
 
     Returns
     -------
     dict
-        Name to parameter, in the module's order.
+        Name to parameter (each by the first of its names), in the module's
+        order.
     """
     trainable = {n: p for n, p in module.named_parameters() if p.requires_grad}
     if not trainable:
@@ -52,13 +54,21 @@ def select_parameters(
     def matches(name: str, query: str) -> bool:
         return name == query or name.startswith(query + ".")
 
-    unknown = [q for q in wanted if not any(matches(n, q) for n in trainable)]
+    # every name of each trainable parameter, tied ones' too, to its first name
+    first = {id(p): n for n, p in trainable.items()}
+    names = {
+        n: first[id(p)]
+        for n, p in module.named_parameters(remove_duplicate=False)
+        if id(p) in first
+    }
+    unknown = [q for q in wanted if not any(matches(n, q) for n in names)]
     if unknown:
         raise ValueError(
             f"params {unknown} match no trainable parameter of the network. "
             f"Trainable parameters are: {list(trainable)}."
         )
-    return {n: p for n, p in trainable.items() if any(matches(n, q) for q in wanted)}
+    chosen = {names[n] for n in names if any(matches(n, q) for q in wanted)}
+    return {n: p for n, p in trainable.items() if n in chosen}
 
 
 def network_logits(out):
