@@ -528,16 +528,24 @@ def test_network_working_in_place_leaves_the_data_unchanged():
     np.testing.assert_array_equal(tensor.numpy(), X)
 
 
-def test_embedding_renormalising_in_place_leaves_the_network_unchanged():
+@pytest.mark.parametrize("bag", [False, True])
+def test_embedding_renormalising_in_place_leaves_the_network_unchanged(bag):
     """Embedding(max_norm=...) renormalises the rows it looks up at every
     forward pass: the kernel is that of the renormalised network, computed
-    on a copy."""
+    on a copy. An EmbeddingBag's rows were left renormalised (up to 7 off)."""
     torch.manual_seed(0)
-    module = torch.nn.Sequential(
-        torch.nn.Embedding(12, 4, max_norm=0.5),
-        torch.nn.Flatten(),
-        torch.nn.Linear(12, 2),
-    ).double()
+    layers = (
+        [torch.nn.EmbeddingBag(12, 4, max_norm=0.5), torch.nn.Linear(4, 2)]
+        if bag
+        else [
+            torch.nn.Embedding(12, 4, max_norm=0.5),
+            torch.nn.Flatten(),
+            torch.nn.Linear(12, 2),
+        ]
+    )
+    module = torch.nn.Sequential(*layers).double()
+    with torch.no_grad():
+        module[0].weight.mul_(3)  # rows above max_norm
     tokens = torch.randint(0, 12, (5, 3))
     before = copy.deepcopy(module.state_dict())
     K = network_similarity(module, tokens, kind="ntk")

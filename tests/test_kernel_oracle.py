@@ -208,6 +208,38 @@ def test_an_expert_first_called_on_one_sample_in_a_later_batch_is_explained():
             network_similarity(OneRowExperts(), X, batch_size=3)
 
 
+class FlattenedPositions(torch.nn.Module):
+    """A Linear on the flattened ``(B * T, H)`` positions of sequences cut to
+    the batch's longest, as on a ``PackedSequence``'s data: one row per sample
+    while the sequences are one token long, more after."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(11, 4, padding_idx=0)
+        self.lin, self.out = torch.nn.Linear(4, 4), torch.nn.Linear(4, 3)
+
+    def forward(self, ids):
+        ids = ids[:, : int(ids.ne(0).any(dim=0).nonzero().max()) + 1]
+        b, t = ids.shape
+        h = torch.tanh(self.lin(self.emb(ids).reshape(b * t, -1))).reshape(b, t, -1)
+        mask = ids.ne(0).unsqueeze(-1).to(h.dtype)
+        return self.out((h * mask).sum(1) / mask.sum(1))
+
+
+@pytest.mark.parametrize("kind", ["cosine", "ntk", "influence"])
+def test_a_layer_whose_rows_are_positions_falls_back_when_found(kind):
+    """The first two sequences one token long, the probe saw one row per
+    sample: a longer sequence, alone, was retried for ever."""
+    torch.manual_seed(0)
+    module = FlattenedPositions().double()
+    X = torch.tensor([[3, 0, 0], [5, 0, 0], [2, 4, 6], [7, 8, 0], [9, 0, 0]])
+    J = oracle_jacobians(module, X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the batch's rows mixed
+        K = network_similarity(module, X, kind=kind, batch_size=2)
+    np.testing.assert_allclose(K, oracle_kernel(J, J, kind), rtol=1e-7, atol=1e-12)
+
+
 class TwoRowsExchanged(torch.nn.Module):
     """Rows ``i`` and ``j`` exchanged around the middle layer only."""
 

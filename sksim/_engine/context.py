@@ -46,19 +46,25 @@ def uncompiled(module: torch.nn.Module) -> torch.nn.Module:
     return original if isinstance(original, torch.nn.Module) else module
 
 
+# Layers that may renormalise the rows they look up in place (``max_norm``) and
+# scale their gradients by the frequency of their indices
+EMBEDDINGS = (torch.nn.Embedding, torch.nn.EmbeddingBag)
+
+
 def on_device(module: torch.nn.Module, device) -> torch.nn.Module:
     """``module`` itself if it lives on ``device``, else a copy moved there.
 
     The caller's network (a skorch net's ``module_`` too) never changes device,
-    nor its weights: an ``Embedding(max_norm=...)``, which renormalises the
-    rows it looks up in place at every forward pass, is computed on a copy.
+    nor its weights: an ``Embedding`` or ``EmbeddingBag`` with ``max_norm``,
+    which renormalises the rows it looks up in place at every forward pass,
+    is computed on a copy.
     """
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     tensors = itertools.chain(module.parameters(), module.buffers())
     renormalises = any(
-        isinstance(layer, torch.nn.Embedding) and layer.max_norm is not None
+        isinstance(layer, EMBEDDINGS) and layer.max_norm is not None
         for layer in module.modules()
     )
     if all(t.device == device for t in tensors) and not renormalises:
@@ -166,9 +172,9 @@ def evaluation_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
     Its buffers are restored too: a network that updates them in its forward
     pass (a counter, a moving average) is left as it was, as are the weights
     of an ``Embedding(max_norm=...)``, which renormalises the rows it looks
-    up in place. The modes are restored by the module's own ``train`` (an
-    override that also freezes or merges weights undoes what its ``eval``
-    did), then layer by layer. Embeddings' ``scale_grad_by_freq``, a training
+    up in place (an ``EmbeddingBag``'s too). The modes are restored by the
+    module's own ``train`` (an override that also freezes or merges weights
+    undoes what its ``eval`` did), then layer by layer. Embeddings' ``scale_grad_by_freq``, a training
     heuristic that scales their gradients, is off inside, as are the modules'
     backward hooks, global ones included (they may change gradients, and
     would run on every pass; they stay registered, and hooks may be added
@@ -185,9 +191,7 @@ def evaluation_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
     """
     with _PASSES:
         modes = {sub: sub.training for sub in module.modules()}
-        embeddings = [
-            sub for sub in module.modules() if isinstance(sub, torch.nn.Embedding)
-        ]
+        embeddings = [sub for sub in module.modules() if isinstance(sub, EMBEDDINGS)]
         scaled = [sub for sub in embeddings if sub.scale_grad_by_freq]
         renormalised = [
             (sub.weight, sub.weight.detach().clone())

@@ -115,6 +115,7 @@ class JacobianEngine:
         self._part_size = self.batch_size
         self._n_outputs = None
         self._plan = None
+        self._unbatched = set()  # layers whose rows turned out not to be samples
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -360,8 +361,13 @@ class JacobianEngine:
                     self._split(part.stop - part.start)
                     continue
                 except RowsMixed as mixed:
-                    _warn_mixed(mixed.args[0], rows.start + start)
-                    self._part_size = 1
+                    if part.stop - part.start > 1:
+                        _warn_mixed(mixed.args[0], rows.start + start)
+                        self._part_size = 1
+                    else:  # a single sample's rows are not one: the layer falls back
+                        self._unbatched.add(mixed.args[0])
+                        self._plan = None
+                        layers, jacobian, n_fallback = self._layer_plan(X)
                     continue
                 yield slice(rows.start + part.start, rows.start + part.stop), pieces
                 pieces.clear()
@@ -420,6 +426,7 @@ class JacobianEngine:
                 mixing, per_sample, ran = (
                     self._probe(layers, X) if layers else (set(), 0, set())
                 )
+            mixing |= self._unbatched & set(layers)
             for name in mixing:
                 fallback += [join_name(name, local) for local in layers.pop(name)[1]]
             self._ran = ran - mixing
@@ -658,9 +665,10 @@ def _warn_mixed(layer: str, start: int) -> None:
         f"The network mixed the samples of the batch from input row {start} in "
         f"the layer {layer!r}: a sample's outputs reach another sample's row "
         "(it reorders its batch, as code that sorts sequences by length does, "
-        "or combines its samples), so the gradients of a batch cannot be told "
-        "apart. They are computed one sample at a time from there, which is "
-        "exact but slower; keep the samples in their order (e.g. "
+        "or combines its samples), or the layer's rows are not the samples "
+        "(positions of packed or flattened sequences), so the gradients of a "
+        "batch cannot be told apart. They are computed one sample at a time "
+        "from there, which is exact but slower; keep the samples in their order (e.g. "
         "pack_padded_sequence(..., enforce_sorted=False)) to batch them.",
         UserWarning,
         stacklevel=3,
