@@ -174,11 +174,12 @@ def evaluation_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
     of an ``Embedding(max_norm=...)``, which renormalises the rows it looks
     up in place (an ``EmbeddingBag``'s too). The modes are restored by the
     module's own ``train`` (an override that also freezes or merges weights
-    undoes what its ``eval`` did), then layer by layer. Embeddings' ``scale_grad_by_freq``, a training
-    heuristic that scales their gradients, is off inside, as are the modules'
-    backward hooks, global ones included (they may change gradients, and
-    would run on every pass; they stay registered, and hooks may be added
-    or removed meanwhile): gradients are the derivatives. The block holds
+    undoes what its ``eval`` did), then layer by layer. Embeddings'
+    ``scale_grad_by_freq``, a training heuristic that scales their gradients,
+    is off inside, as are the modules' backward hooks, global ones included
+    (they may change gradients, and would run on every pass; they stay
+    registered, and hooks may be added or removed meanwhile): gradients are
+    the derivatives. The block holds
     one lock for all networks, which may share modules: another thread's
     block waits until this one ends (a thread may nest blocks).
 
