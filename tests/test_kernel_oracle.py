@@ -240,6 +240,43 @@ def test_a_layer_whose_rows_are_positions_falls_back_when_found(kind):
     np.testing.assert_allclose(K, oracle_kernel(J, J, kind), rtol=1e-7, atol=1e-12)
 
 
+class FineTunedEncoder(torch.nn.Module):
+    """A padded TransformerEncoder whose lower layer is frozen (set in the
+    test), as fine-tuning leaves it: in eval mode its fast path hands the
+    trainable layer above it nested tensors, which have no rows."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(13, 8, padding_idx=0)
+        layer = torch.nn.TransformerEncoderLayer(8, 2, 16, batch_first=True)
+        self.enc = torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=True)
+        self.head = torch.nn.Linear(8, 3)
+
+    def forward(self, tokens):
+        pad = tokens.eq(0)
+        out = self.enc(self.emb(tokens), src_key_padding_mask=pad)
+        keep = (~pad).unsqueeze(-1).to(out.dtype)
+        return self.head((out * keep).sum(1) / keep.sum(1))
+
+
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors")  # the oracle's
+@pytest.mark.parametrize("kind", ["cosine", "ntk", "influence"])
+def test_a_fine_tuned_encoder_is_differentiated_off_the_fast_path(kind):
+    """The frozen layer's fast path gave the next one a nested tensor: "Internal
+    error: NestedTensorImpl doesn't support sizes"."""
+    torch.manual_seed(0)
+    module = FineTunedEncoder().eval()
+    for name, p in module.named_parameters():
+        p.requires_grad_(
+            name.startswith(("enc.layers.1.linear", "enc.layers.1.norm", "head"))
+        )
+    tokens = torch.tensor([[3, 4, 5, 0], [6, 7, 0, 0], [1, 2, 3, 4], [9, 0, 0, 0]])
+    J = oracle_jacobians(module, tokens)
+    K = network_similarity(module, tokens, kind=kind, batch_size=3)
+    np.testing.assert_allclose(K, oracle_kernel(J, J, kind), rtol=1e-4, atol=1e-6)
+    assert torch.backends.mha.get_fastpath_enabled()
+
+
 class TwoRowsExchanged(torch.nn.Module):
     """Rows ``i`` and ``j`` exchanged around the middle layer only."""
 
