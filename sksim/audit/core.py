@@ -116,7 +116,7 @@ class AuditResult:
     examples : list of dict
         Examples worth a look, chosen from the tables of several analyses:
         the most isolated (``kind="isolated"``: lowest log-density, with
-        ``neighbor_count``; cross-validated audits) and the held-out
+        ``neighbor_count``) and the held-out
         examples with the least support (``"least support"``: ``support``,
         the similarity-weighted share of their neighbours carrying the
         prediction, with the neighbours as in ``gallery``); ``image`` for
@@ -227,6 +227,8 @@ def _check_inputs(X, y, names=("X", "y")):
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] == 1:  # a column, or items' labels [y_i]
         y = y[:, 0]
+    if y.dtype == bool:  # classes False and True, as outputs 0 and 1
+        y = y.astype(np.int64)
     if len(y) != n_samples(X):
         raise ValueError(
             f"{names[0]} has {n_samples(X)} samples but {names[1]} has {len(y)}."
@@ -313,9 +315,10 @@ def _prefit_data(net, X, y, X_test, y_test):
     try:
         classes = _check_labels(y, y_test)
     except ValueError as error:
-        numbers = np.concatenate([y, y_test]).dtype.kind in "iuf"
-        if skorch_task(net) is not None or not numbers:  # not taken by its targets
-            raise
+        values = np.unique(np.concatenate([y, y_test]))
+        whole = values.dtype.kind in "iuf" and np.array_equal(values, values.round())
+        if skorch_task(net) is not None or not whole or len(values) < 3:
+            raise  # not counts that a regression network could be taken for
         raise ValueError(f"{error} {WHOLE_NUMBER_TARGETS}") from None
     return _Data(X, y, X_test, y_test, task, classes)
 
@@ -724,7 +727,12 @@ def audit(
     """
     import_pandas()
     options = dict(options or {})
-    prefit = isinstance(cv, str) and cv == "prefit"
+    if isinstance(cv, str) and cv != "prefit":
+        raise ValueError(
+            'cv must be "prefit", a number of folds, a splitter or an iterable of '
+            f"(train, test) index arrays; got {cv!r}."
+        )
+    prefit = isinstance(cv, str)
     analyses = _check_analyses(analyses)
     _check_options(n_neighbors, options, errors)
     check_positive_int(scale_threshold, "scale_threshold", allow_none=True)

@@ -157,7 +157,10 @@ def predictions(
                     f"The network gives outputs of shape {prediction.shape[1:]} "
                     "per example; the audit reads class j from its output j (as "
                     "skorch's predict does): a classifier needs one logit per "
-                    f"class, two for a binary one. {WHOLE_NUMBER_TARGETS}"
+                    "class, two for a binary one. A binary classifier with one "
+                    "logit is audited as a skorch "
+                    "NeuralNetBinaryClassifier(module).initialize(), which keeps "
+                    f"its weights. {WHOLE_NUMBER_TARGETS}"
                 )
             probabilities = torch.softmax(torch.from_numpy(prediction).double(), 1)
             probabilities = probabilities.numpy()

@@ -302,6 +302,39 @@ def test_a_module_on_whole_number_targets_is_told_how_to_be_a_regression(
     assert result.metadata["task"] == "regression"
 
 
+def test_label_errors_give_the_advice_that_fits(split, trained):
+    """A one-logit binary module was told to be a regressor, and a single
+    class or labels -1/1 were told about whole-number regression targets."""
+    X, y, X_test, y_test = split
+    logit = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 1))
+    binary = (X, (y > 4).astype(int), X_test, (y_test > 4).astype(int))
+    with pytest.raises(ValueError, match=r"NeuralNetBinaryClassifier\(module\)"):
+        prefit_audit(logit, binary, analyses=("density",))
+    module = trained.module_
+    one_class = (X, np.zeros_like(y), X_test, np.zeros_like(y_test))
+    signs = (X, 2 * binary[1] - 1, X_test, 2 * binary[3] - 1)
+    for data, match in ((one_class, "a single class"), (signs, "labels from 0")):
+        with pytest.raises(ValueError, match=match) as error:
+            prefit_audit(module, data, analyses=("density",))
+        assert "whole numbers" not in str(error.value)
+    for cv in ("Prefit", "5"):
+        with pytest.raises(ValueError, match=r'cv must be "prefit", a number'):
+            audit(trained, X, y, cv=cv, analyses=("density",))
+
+
+def test_boolean_labels_are_classes_0_and_1(split, trained):
+    """scikit-learn takes labels False and True as two classes: the audit
+    refused them as "not integer labels from 0"."""
+    X, y, X_test, y_test = split
+    module = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2))
+    as_bool = (X, y > 4, X_test, y_test > 4)
+    as_int = (X, (y > 4).astype(int), X_test, (y_test > 4).astype(int))
+    results = [
+        prefit_audit(module, d, analyses=("density",)) for d in (as_bool, as_int)
+    ]
+    pd.testing.assert_frame_equal(results[0]["samples"], results[1]["samples"])
+
+
 def test_prefit_cache_hashes_the_weights(split, trained, tmp_path):
     first = prefit_audit(trained, split, analyses=("density",), cache=tmp_path)
     again = prefit_audit(trained, split, analyses=("density",), cache=tmp_path)
