@@ -83,6 +83,15 @@ def check_net_input(
     if isinstance(X, Mapping) and not issparse(X):  # a DOK matrix is a Mapping
         if not X:
             raise ValueError("A dict input needs at least one array.")
+        constants = [k for k, v in X.items() if np.ndim(v) == 0]
+        if constants:
+            raise ValueError(
+                f"The dict input's values {constants} hold one value, not one row "
+                "per sample: every value of a dict input is split into batches. "
+                "Give the network its constant arguments another way: a module "
+                "whose forward passes them (e.g. model(pixel_values=x, "
+                "interpolate_pos_encoding=True))."
+            )
         checked = {  # one value per sample, shape (n,), is an input as well
             k: check_array(
                 _as_array(v),

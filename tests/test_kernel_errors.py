@@ -260,6 +260,11 @@ def test_dict_input_lengths_must_agree():
 
     with pytest.raises(ValueError, match="same number of samples; got lengths"):
         network_similarity(Two(), {"a": np.zeros((3, 2)), "b": np.zeros((4, 2))})
+    # a constant argument (ViT's interpolate_pos_encoding=True) failed inside
+    # scikit-learn's check_array, naming neither the key nor what to do
+    for constant in (True, torch.tensor(2.0), np.float32(1)):
+        with pytest.raises(ValueError, match=r"values \['b'\] hold one value, not"):
+            network_similarity(Two(), {"a": np.zeros((3, 2)), "b": constant})
 
 
 def test_memory_bound_reblocks_or_explains(module):

@@ -277,6 +277,32 @@ def test_a_fine_tuned_encoder_is_differentiated_off_the_fast_path(kind):
     assert torch.backends.mha.get_fastpath_enabled()
 
 
+class MovesItsLayer(torch.nn.Module):
+    """A forward that converts a layer with ``.to()`` (a no-op here), as
+    transformers' Switch router does, beside a bare parameter for the fallback."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin, self.out = torch.nn.Linear(4, 3), torch.nn.Linear(3, 2)
+        self.scale = torch.nn.Parameter(torch.linspace(0.5, 1.5, 3))
+
+    def forward(self, x):
+        self.lin = self.lin.to(self.scale.dtype)
+        return self.out(torch.tanh(self.lin(x)) * self.scale)
+
+
+@pytest.mark.parametrize("kind", ["cosine", "ntk", "influence"])
+def test_a_forward_that_moves_a_layer_is_differentiated_per_sample(kind):
+    """torch.func crashed the process (a segmentation fault) on the fallback's
+    parameters when the forward called .to() on a layer outside them."""
+    torch.manual_seed(0)
+    module = MovesItsLayer().double()
+    X = torch.randn(5, 4, dtype=torch.float64)
+    J = oracle_jacobians(module, X)
+    K = network_similarity(module, X, kind=kind, batch_size=3)
+    np.testing.assert_allclose(K, oracle_kernel(J, J, kind), rtol=1e-7, atol=1e-12)
+
+
 class TwoRowsExchanged(torch.nn.Module):
     """Rows ``i`` and ``j`` exchanged around the middle layer only."""
 

@@ -207,14 +207,20 @@ class JacobianEngine:
         not joined: joining them would hold ``J`` twice.
         """
         params = {n: self.parameters[n].detach() for n in names}
+        # the other parameters go in as constants, so that torch.func holds
+        # them all: a forward that moves a layer with .to() (transformers'
+        # Switch router) then fails with an error, not a crash (torch 2.13)
+        constants = {
+            n: p.detach() for n, p in self.module.named_parameters() if n not in params
+        }
         layers = self.module.modules()
         wrong = any(isinstance(layer, UNVECTORISED) for layer in layers)
 
-        def one_sample(p, x):
+        def one_sample(p, c, x):
             x = tree_map(lambda t: t.unsqueeze(0), x)
-            return self._forward(p, x)[0]
+            return self._forward({**p, **c}, x)[0]
 
-        per_sample = vmap(jacrev(one_sample), in_dims=(None, 0))
+        per_sample = vmap(jacrev(one_sample), in_dims=(None, None, 0))
         vectorised = False if wrong else None  # None: unknown until a batch ran
 
         def jacobian(batch) -> list[torch.Tensor]:
@@ -237,7 +243,7 @@ class JacobianEngine:
                         warnings.filterwarnings(
                             "ignore", "There is a performance drop", UserWarning
                         )
-                        jac = per_sample(params, batch)
+                        jac = per_sample(params, constants, batch)
                 except RuntimeError:  # a real error recurs in the looped pass
                     vectorised = False
                 else:
