@@ -243,10 +243,12 @@ def test_a_layer_whose_rows_are_positions_falls_back_when_found(kind):
 class FineTunedEncoder(torch.nn.Module):
     """A padded TransformerEncoder whose lower layer is frozen (set in the
     test), as fine-tuning leaves it: in eval mode its fast path hands the
-    trainable layer above it nested tensors, which have no rows."""
+    trainable layer above it nested tensors, which have no rows. Pooled over
+    the unpadded positions or ``"all"`` (those the fast path zeroes too)."""
 
-    def __init__(self):
+    def __init__(self, pool="masked"):
         super().__init__()
+        self.pool = pool
         self.emb = torch.nn.Embedding(13, 8, padding_idx=0)
         layer = torch.nn.TransformerEncoderLayer(8, 2, 16, batch_first=True)
         self.enc = torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=True)
@@ -255,17 +257,21 @@ class FineTunedEncoder(torch.nn.Module):
     def forward(self, tokens):
         pad = tokens.eq(0)
         out = self.enc(self.emb(tokens), src_key_padding_mask=pad)
+        if self.pool == "all":
+            return self.head(out.mean(1))
         keep = (~pad).unsqueeze(-1).to(out.dtype)
         return self.head((out * keep).sum(1) / keep.sum(1))
 
 
 @pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors")  # the oracle's
+@pytest.mark.parametrize("pool", ["masked", "all"])
 @pytest.mark.parametrize("kind", ["cosine", "ntk", "influence"])
-def test_a_fine_tuned_encoder_is_differentiated_off_the_fast_path(kind):
+def test_a_fine_tuned_encoders_layers_given_nested_tensors_fall_back(kind, pool):
     """The frozen layer's fast path gave the next one a nested tensor: "Internal
-    error: NestedTensorImpl doesn't support sizes"."""
+    error: NestedTensorImpl doesn't support sizes". The kernel is that of the
+    network as it runs, fast path included."""
     torch.manual_seed(0)
-    module = FineTunedEncoder().eval()
+    module = FineTunedEncoder(pool).eval()
     for name, p in module.named_parameters():
         p.requires_grad_(
             name.startswith(("enc.layers.1.linear", "enc.layers.1.norm", "head"))

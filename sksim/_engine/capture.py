@@ -183,6 +183,7 @@ class LayerCapture(ForwardHooks):
         self.copy = copy
         self.batch_size = batch_size
         self.expanded: set[str] = set()
+        self.nested: set[str] = set()  # layers given nested tensors, not recorded
         self.recording = True
         self.calls: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self._versions: list[tuple[torch.Tensor, int]] = []
@@ -192,6 +193,9 @@ class LayerCapture(ForwardHooks):
             if not self.recording or not output.requires_grad:
                 return None  # a recomputation in backward, or no gradient
             h, z = (args[0] if args else kwargs["input"]).detach(), output
+            if h.is_nested or z.is_nested:  # attention's fast path: rows unknown
+                self.nested.add(name)
+                return None
             b = self.batch_size
             shared = b > 1 and h.shape[:1] == z.shape[:1] == (1,)
             if shared:

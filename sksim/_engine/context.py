@@ -105,23 +105,6 @@ class _ProcessWideSetting:
 math_attention = _ProcessWideSetting(lambda: sdpa_kernel(SDPBackend.MATH))
 
 
-@contextlib.contextmanager
-def _without_fast_path() -> Iterator[None]:
-    enabled = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        yield
-    finally:
-        torch.backends.mha.set_fastpath_enabled(enabled)
-
-
-# nn.MultiheadAttention's and nn.TransformerEncoder's "fast path", which they
-# take in eval mode where no gradient is needed, packs padded positions into
-# nested tensors (their outputs zero, which a frozen layer hands to a trainable
-# one): the passes compute the function whose gradients they take
-slow_attention = _ProcessWideSetting(_without_fast_path)
-
-
 # Exclusive blocks draw from torch's global generators, which threads share,
 # one at a time: each draws the same numbers (and restores the state it found)
 # whatever the others do, and none restores a state under another's draws.

@@ -28,7 +28,6 @@ from .context import (
     functional_output,
     math_attention,
     on_device,
-    slow_attention,
     uncompiled,
 )
 from .finite import check_finite_rows
@@ -135,17 +134,12 @@ class JacobianEngine:
         return outputs
 
     def _output(self, batch):
-        """The network's own output for a batch (see :func:`network_output`).
-
-        Attention layers take their differentiable path, with or without
-        gradients (:data:`~sksim._engine.context.slow_attention`).
-        """
-        with slow_attention():
-            return network_output(self.module, batch, self.dtype)
+        """The network's own output for a batch (see :func:`network_output`)."""
+        return network_output(self.module, batch, self.dtype)
 
     def _forward(self, params, batch) -> torch.Tensor:
         """Selected outputs ``(B, d)`` of a batch with the given parameters."""
-        with _input_dtype_errors(batch, self.dtype), slow_attention():
+        with _input_dtype_errors(batch, self.dtype):
             out = functional_output(self.module, params, batch)
         return select_output(out, self.output, n_samples(batch))
 
@@ -491,6 +485,7 @@ class JacobianEngine:
             )
             capture.recording = False
             mixing = capture.mixing_layers(outputs) | capture.tied_layers(outputs)
+            mixing |= capture.nested
             recorded = [call for calls in capture.calls.values() for call in calls]
             if mixing:  # no pieces: their back-propagated signals stand for them
                 d = outputs.shape[1]
