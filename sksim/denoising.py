@@ -251,7 +251,9 @@ class SelfDenoisingAnalysis(NetworkEstimator):
     denoising_factor_ : ndarray of shape (n_analysed,)
         ``tr(C_i) / d``.
     effective_neighbors_ : ndarray of shape (n_analysed,)
-        ``d / tr(C_i)``.
+        ``d / tr(C_i)``. NaN, as are the sample's other results, for a
+        sample without any neighbour (all its weights zero: a dead example,
+        or similarities all below a ``"hard"`` threshold), with a warning.
     self_weight_ : ndarray of shape (n_analysed,)
         ``tr(W_ii) / d``, the share of its own label in the prediction.
     kernel_prediction_ : ndarray of shape (n_analysed, d)
@@ -420,7 +422,9 @@ class SelfDenoisingAnalysis(NetworkEstimator):
         kernel_prediction = np.empty((n, d))
         smoothed_f = np.empty((n, d))
         condition = np.empty(n)
+        weight = np.empty(n)
         for rows, block in self._blocks(engine, X, f, y):
+            weight[rows] = block.scale
             C[rows] = block.noise_covariance
             self_weight[rows] = block.self_weight
             kernel_prediction[rows] = block.kernel_prediction
@@ -429,14 +433,19 @@ class SelfDenoisingAnalysis(NetworkEstimator):
                 condition[rows] = np.where(
                     block.smallest > 0, block.scale / block.smallest, np.inf
                 )
+        alone = weight == 0  # every weight zero, the sample's own included
+        self._check_neighbors(alone)
+        for values in (C, self_weight, kernel_prediction, smoothed_f, condition):
+            values[alone] = np.nan
         trace = np.trace(C, axis1=-2, axis2=-1)
         self.n_outputs_ = d
         self.predictions_ = f[self.sample_indices_]
         self.targets_ = y[self.sample_indices_]
         self.noise_covariance_ = C
         self.denoising_factor_ = trace / d
-        with np.errstate(divide="ignore"):
-            self.effective_neighbors_ = np.where(trace > 0, d / trace, np.inf)
+        self.effective_neighbors_ = np.full(n, np.inf)
+        np.divide(d, trace, out=self.effective_neighbors_, where=trace > 0)
+        self.effective_neighbors_[alone] = np.nan
         self.self_weight_ = self_weight
         self.kernel_prediction_ = kernel_prediction
         self.consistency_ = np.linalg.norm(self.predictions_ - smoothed_f, axis=1)
@@ -453,6 +462,31 @@ class SelfDenoisingAnalysis(NetworkEstimator):
                 IllConditionedWeightsWarning,
                 stacklevel=3,
             )
+
+    def _check_neighbors(self, alone: np.ndarray) -> None:
+        """Warn of analysed samples without a neighbour; raise if none has one."""
+        if not alone.any():
+            return
+        advice = (
+            "every weight zero, their own included: no prediction is a weighted "
+            "average of labels there. Class probabilities (softmax outputs) keep "
+            "every similarity at most (d - 1) / d: lower the threshold, use "
+            'weights="cosine_pos_pow", or regress on logits or d - 1 of the '
+            "probabilities."
+        )
+        if alone.all():
+            raise ValueError(
+                f"No analysed sample has a neighbour under weights={self.weights!r}"
+                f" (threshold={self.threshold}): {advice}"
+            )
+        warnings.warn(
+            f"{int(alone.sum())} analysed sample(s) have no neighbour under "
+            f"weights={self.weights!r} ({advice} Dead examples, whose gradients "
+            "vanish, have none.) Their noise covariance, effective neighbours and "
+            "predicted error are NaN, and the summary leaves them out.",
+            UserWarning,
+            stacklevel=3,
+        )
 
     def _blocks(self, engine, X, f, y):
         """Yield ``(rows, BlockResult)`` for blocks of the analysed rows.
@@ -490,13 +524,15 @@ class SelfDenoisingAnalysis(NetworkEstimator):
             self.sigma_ = float(self.sigma)
         else:
             expected = d + d * self.denoising_factor_ - 2 * d * self.self_weight_
-            if not expected.sum() > 1e-12:
+            kept = ~np.isnan(expected)  # samples with neighbours
+            if not expected[kept].sum() > 1e-12:
                 raise ValueError(
                     "sigma cannot be estimated from the training residuals: every "
                     "prediction is its own label under this weighting (no "
                     "neighbours). Pass sigma=, or widen the weighting."
                 )
-            self.sigma_ = float(np.sqrt(((f - y) ** 2).sum() / expected.sum()))
+            residuals = ((f - y)[kept] ** 2).sum()
+            self.sigma_ = float(np.sqrt(residuals / expected[kept].sum()))
             spread = float(np.sqrt(np.var(y.reshape(len(y), -1), axis=0).mean()))
             if self.sigma_ > spread:
                 warnings.warn(
@@ -556,7 +592,8 @@ class SelfDenoisingAnalysis(NetworkEstimator):
             ``median_effective_neighbors``, ``predicted_rmse`` (against clean
             labels), ``training_rmse`` (against the noisy labels),
             ``mean_consistency``, ``max_condition_number``,
-            ``n_ill_conditioned``; with ``y_clean`` also ``measured_rmse``,
+            ``n_ill_conditioned``, ``n_without_neighbors`` (left out of the
+            means); with ``y_clean`` also ``measured_rmse``,
             ``measured_effective_neighbors`` (``sigma^2 / measured_rmse^2``)
             and ``predicted_over_measured``.
         """
@@ -566,13 +603,16 @@ class SelfDenoisingAnalysis(NetworkEstimator):
         out = {
             "sigma": self.sigma_,
             "sigma_estimated": self._sigma_estimated,
-            "mean_effective_neighbors": float(np.mean(self.effective_neighbors_)),
-            "median_effective_neighbors": float(np.median(self.effective_neighbors_)),
-            "predicted_rmse": float(np.sqrt(np.mean(self.predicted_error_) / d)),
+            "mean_effective_neighbors": float(np.nanmean(self.effective_neighbors_)),
+            "median_effective_neighbors": float(
+                np.nanmedian(self.effective_neighbors_)
+            ),
+            "predicted_rmse": float(np.sqrt(np.nanmean(self.predicted_error_) / d)),
             "training_rmse": float(np.sqrt(np.mean(residuals) / d)),
-            "mean_consistency": float(np.mean(self.consistency_)),
-            "max_condition_number": float(np.max(self.condition_number_)),
+            "mean_consistency": float(np.nanmean(self.consistency_)),
+            "max_condition_number": float(np.nanmax(self.condition_number_)),
             "n_ill_conditioned": int(self.ill_conditioned_.sum()),
+            "n_without_neighbors": int(np.isnan(self.effective_neighbors_).sum()),
         }
         if y_clean is not None:
             measured = float(np.sqrt(np.mean(self.clean_errors(y_clean)) / d))

@@ -14,7 +14,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils.estimator_checks import parametrize_with_checks
 from skorch import NeuralNetRegressor
 
-from sksim import denoising
+from sksim import SingularJacobianGramWarning, denoising
 from sksim._engine import pieces
 from sksim.datasets import make_circle_sine
 from sksim.denoising import (
@@ -229,6 +229,50 @@ def test_sigma_cannot_be_estimated_without_neighbours():
     X = np.array([[1.0, 0.0], [0.0, 1.0]])  # orthogonal gradients
     with pytest.raises(ValueError, match="sigma cannot be estimated"):
         SelfDenoisingAnalysis(net, weights="hard").fit(X, [0.0, 1.0])
+
+
+def test_samples_without_neighbours_get_nan_not_perfect_denoising():
+    """A sample whose weights are all zero, its own included (a dead example):
+    N_eff was infinite and its predicted error 0, as if perfectly denoised."""
+    net = torch.nn.Sequential(
+        torch.nn.Linear(2, 3), torch.nn.ReLU(), torch.nn.Linear(3, 1, bias=False)
+    ).double()
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]))
+        net[0].bias.zero_()
+    rng = np.random.RandomState(0)
+    X = np.vstack([rng.uniform(0.5, 1.5, size=(9, 2)), [[-1.0, -1.0]]])  # last: dead
+    y = X.sum(axis=1) + 0.1 * rng.randn(10)
+    for weights in ("hard", "cosine_pos_pow", "ntk", "cosine"):
+        with pytest.warns(UserWarning, match="1 analysed sample.* no neighbour"):
+            analysis = SelfDenoisingAnalysis(net, weights=weights).fit(X, y)
+        assert np.isnan(analysis.effective_neighbors_[-1])
+        assert np.isnan(analysis.predicted_error_[-1])
+        assert np.isnan(analysis.noise_covariance_[-1]).all()
+        alive = SelfDenoisingAnalysis(net, weights=weights).fit(X[:-1], y[:-1])
+        assert np.isfinite(analysis.effective_neighbors_[:-1]).all()
+        np.testing.assert_allclose(  # the dead sample is no one's neighbour
+            analysis.effective_neighbors_[:-1], alive.effective_neighbors_
+        )
+        summary = analysis.summary()
+        assert summary["n_without_neighbors"] == 1
+        assert summary["mean_effective_neighbors"] == pytest.approx(
+            alive.effective_neighbors_.mean()
+        )
+
+
+def test_softmax_outputs_have_no_neighbour_above_a_high_threshold():
+    """Class probabilities keep every cosine at most (d - 1) / d: with the hard
+    threshold 0.95, every N_eff was infinite and every predicted error 0."""
+    rng = np.random.RandomState(0)
+    X = rng.randn(30, 4)
+    y = np.eye(3)[rng.randint(0, 3, 30)]
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(mlp(4, 3), torch.nn.Softmax(-1)).double()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SingularJacobianGramWarning)
+        with pytest.raises(ValueError, match=r"No analysed sample has a neighbour"):
+            SelfDenoisingAnalysis(net, weights="hard", sigma=0.1).fit(X, y)
 
 
 def test_unfitted_skorch_net_is_trained_on_fit(data):
