@@ -157,7 +157,24 @@ def _check_tensor(X: torch.Tensor, input_name: str) -> torch.Tensor:
 
 def _check_dataset(dataset, estimator, reset: bool):
     """Check a dataset's length and first item; set or check ``n_features_in_``."""
-    if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
+    check_map_style(dataset)
+    first = split_item(dataset[0])[0]
+    shape = _input_shape(first)
+    _check_same_reads(dataset, first)
+    if estimator is not None:
+        tokens = np.asarray(_as_array(first)).dtype.kind in "iu"
+        _check_n_features(estimator, shape, reset, tokens)
+    return dataset
+
+
+def is_map_style(dataset: Dataset) -> bool:
+    """Whether ``dataset`` has a length and random access (not an IterableDataset)."""
+    return not isinstance(dataset, IterableDataset) and hasattr(dataset, "__len__")
+
+
+def check_map_style(dataset: Dataset) -> None:
+    """Raise unless ``dataset`` is map-style and holds at least one item."""
+    if not is_map_style(dataset):
         raise TypeError(
             f"X is a {type(dataset).__name__} without a length and random access: "
             "pass a map-style torch Dataset (with __len__ and __getitem__), or "
@@ -167,12 +184,6 @@ def _check_dataset(dataset, estimator, reset: bool):
         raise ValueError(
             "Found a dataset with 0 items while a minimum of 1 is required."
         )
-    first = split_item(dataset[0])[0]
-    shape = _input_shape(first)
-    _check_same_reads(dataset, first)
-    if estimator is not None:
-        _check_n_features(estimator, shape, reset)
-    return dataset
 
 
 REREAD_ITEMS = 8  # items read twice to find a random transform
@@ -273,8 +284,11 @@ def _item_shape(value, name: str, scalar: bool = False) -> tuple:
     return shape
 
 
-def _check_n_features(estimator, shape, reset: bool) -> None:
-    """``n_features_in_`` of dataset inputs: the first axis of an item's input."""
+def _check_n_features(estimator, shape, reset: bool, tokens: bool) -> None:
+    """``n_features_in_`` of dataset inputs: the first axis of an item's input.
+
+    Token ids (integer inputs) may come in other lengths, as arrays of them do.
+    """
     n_features = shape[0] if isinstance(shape, tuple) else None
     if reset:
         for name in ("n_features_in_", "feature_names_in_"):
@@ -284,7 +298,9 @@ def _check_n_features(estimator, shape, reset: bool) -> None:
             estimator.n_features_in_ = n_features
         return
     expected = getattr(estimator, "n_features_in_", None)
-    if n_features is not None and expected is not None and n_features != expected:
+    if tokens or n_features is None or expected is None:
+        return
+    if n_features != expected:
         raise ValueError(
             f"X has {n_features} features, but {type(estimator).__name__} is "
             f"expecting {expected} features as input."
@@ -317,6 +333,7 @@ def dataset_targets(dataset: Dataset) -> np.ndarray | None:
 
     Returns None when its items carry no labels.
     """
+    check_map_style(dataset)
     if not carries_labels(dataset):
         return None
     labels = (split_item(dataset[i])[1] for i in range(len(dataset)))

@@ -74,6 +74,7 @@ from ._validation import (
     check_positive_int,
     dataset_targets,
     given_or_item_labels,
+    is_map_style,
     labelled,
 )
 
@@ -486,6 +487,8 @@ class SimilarityRegularizedNet(NeuralNet):
         one array (sequences a ``collate_fn`` pads): skorch reads those.
         """
         if not (is_classifier(self) or is_regressor(self)) or not is_dataset(X):
+            return None
+        if not is_map_style(X) or not len(X):  # as skorch reads them
             return None
         if is_pair_data(X) or not carries_labels(X):
             return None

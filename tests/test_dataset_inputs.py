@@ -1,6 +1,7 @@
 """Map-style torch datasets as network inputs give the results of arrays."""
 
 import pickle
+import warnings
 import weakref
 
 import numpy as np
@@ -8,6 +9,8 @@ import pandas as pd
 import pytest
 import torch
 from _architectures import KeywordMLP
+from sklearn.base import clone
+from sklearn.neighbors import KNeighborsClassifier
 from skorch import NeuralNetClassifier, NeuralNetRegressor
 from skorch.dataset import Dataset as SkorchDataset
 from skorch.dataset import ValidSplit
@@ -589,6 +592,102 @@ def test_invalid_datasets_are_refused_with_a_reason(data, net):
         kernel.transform(wide)
     with pytest.raises(ValueError, match="X has 4 features, but Network"):
         NetworkSimilarityKernel(net).fit(X).transform(wide)
+
+
+def test_labels_of_invalid_datasets_are_refused_before_they_are_read(data, net):
+    """Reading the labels of items came first: torch's NotImplementedError for
+    an IterableDataset, an IndexError for an empty one."""
+    X, y = data
+    with pytest.raises(TypeError, match="pass a map-style torch Dataset"):
+        class_fitting_report(net, Stream(), None, layers=["hidden"])
+    with pytest.raises(ValueError, match="Found a dataset with 0 items"):
+        class_fitting_report(net, Items([]), None, layers=["hidden"])
+    # as skorch does, the regularised classifier trains on a stream of items
+    stream = Batches(X, y)
+    classifier = SimilarityRegularizedClassifier(
+        KeywordMLP,
+        criterion=torch.nn.CrossEntropyLoss,
+        max_epochs=1,
+        train_split=None,
+        batch_size=8,
+        verbose=0,
+    ).fit(stream, None)
+    assert classifier.history[-1, "train_loss"] > 0
+    with pytest.raises(TypeError, match="KNeighborsClassifier takes arrays"):
+        memorization_scores(KNeighborsClassifier(1), Pairs(X, y), n_models=3)
+
+
+class Batches(IterableDataset):
+    """A stream of ``(x, y)`` items, without a length."""
+
+    def __init__(self, X, y):
+        self.X, self.y = X, y
+
+    def __iter__(self):
+        return iter(zip(self.X, self.y, strict=True))
+
+
+class TokenMean(torch.nn.Module):
+    """Token ids of any length, embedded and averaged, to 2 logits."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb, self.out = torch.nn.Embedding(12, 4), torch.nn.Linear(4, 2)
+
+    def forward(self, ids):
+        return self.out(torch.tanh(self.emb(ids)).mean(dim=1))
+
+
+class Tokens(Dataset):
+    def __init__(self, ids):
+        self.ids = ids
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return self.ids[i]
+
+
+def test_token_datasets_of_another_length_are_taken_as_arrays_are():
+    """Token ids padded to another length: arrays were taken, a Dataset of
+    them refused ("X has 4 features, but ... is expecting 6")."""
+    torch.manual_seed(0)
+    module = TokenMean()
+    rng = np.random.RandomState(0)
+    ids, queries = rng.randint(1, 12, (20, 6)), rng.randint(1, 12, (5, 4))
+    for estimator in (NetworkSimilarityKernel(module), NetworkNeighbors(module)):
+        from_arrays = estimator.fit(ids)
+        expected = (
+            from_arrays.transform(queries)
+            if isinstance(estimator, NetworkSimilarityKernel)
+            else from_arrays.kneighbors(queries)[1]
+        )
+        fitted = clone(estimator).fit(Tokens(ids))
+        found = (
+            fitted.transform(Tokens(queries))
+            if isinstance(estimator, NetworkSimilarityKernel)
+            else fitted.kneighbors(Tokens(queries))[1]
+        )
+        np.testing.assert_allclose(found, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("items", ["flipped", "read_only"])
+def test_items_torch_cannot_take_are_copied(data, net, items):
+    """A flipped view x[::-1] failed inside torch ("stride ... is negative"),
+    read-only arrays (a memory map's rows) leaked torch's warning."""
+    X, _ = data
+    source = X.copy()
+    if items == "read_only":
+        source.setflags(write=False)
+        dataset = Tokens(source)
+    else:
+        dataset = Tokens(source[:, ::-1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        K = network_similarity(net, dataset)
+    expected = source if items == "read_only" else source[:, ::-1].copy()
+    np.testing.assert_allclose(K, network_similarity(net, expected), rtol=1e-12)
 
 
 def test_representations_of_datasets_equal_arrays(data, net):

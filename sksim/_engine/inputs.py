@@ -155,8 +155,7 @@ def _to_tensor(a, device: torch.device, float_dtype: torch.dtype) -> torch.Tenso
         t, shared = a.detach(), True
     else:
         a = np.asarray(a)
-        # torch takes neither read-only memory nor reversed views: copies of them
-        shared = a.flags.writeable and min(a.strides, default=0) >= 0
+        shared = _takeable(a)
         t = torch.from_numpy(a if shared else a.copy())
     return t.to(device=device, dtype=_dtype(t, float_dtype), copy=shared)
 
@@ -222,6 +221,24 @@ def read_items(dataset: Dataset, rows: Sequence[int]) -> list:
     return [dataset[i] for i in rows]
 
 
+def _takeable(a: np.ndarray) -> bool:
+    """Whether torch can take ``a``'s memory: not read-only, not a reversed view."""
+    return a.flags.writeable and min(a.strides, default=0) >= 0
+
+
+def _converted(x):
+    """An item's input as tensors, as ``default_convert`` makes them.
+
+    Arrays whose memory torch cannot take are copied first: a flipped view
+    ``x[::-1]``, a read-only memory map.
+    """
+    if isinstance(x, Mapping):
+        return {k: _converted(v) for k, v in x.items()}
+    if isinstance(x, np.ndarray) and not _takeable(x):
+        x = x.copy()
+    return default_convert(x)
+
+
 def _origin(dataset: Dataset, i: int) -> int:
     return dataset.origin(i) if isinstance(dataset, _Rows) else i
 
@@ -239,7 +256,7 @@ def _read(
     inputs = [split_item(item)[0] for item in read_items(dataset, rows)]
     try:
         # converted one by one: items of two sources may mix arrays and tensors
-        batch = default_collate([default_convert(x) for x in inputs])
+        batch = default_collate([_converted(x) for x in inputs])
     except (RuntimeError, TypeError) as error:
         first, last = _origin(dataset, rows[0]), _origin(dataset, rows[-1])
         raise ValueError(

@@ -14,7 +14,7 @@ from skorch import NeuralNet
 from tqdm.auto import tqdm
 
 from .._engine.context import torch_seed
-from .._engine.inputs import n_samples, take
+from .._engine.inputs import is_dataset, n_samples, take
 from .._engine.worker_warnings import recording_warnings, warn_again
 from .._net import _unwrap, training_targets
 from .._typing import NetInput
@@ -125,6 +125,11 @@ def memorization_scores(
             f"subset_fraction must be a number in (0, 1); got {subset_fraction!r}."
         )
     X = check_net_input(X, pairs=True)  # a regularised net trains on its pairs
+    if is_dataset(X) and not isinstance(_unwrap(estimator), NeuralNet):
+        raise TypeError(
+            f"A torch Dataset is read by a skorch net; {type(estimator).__name__} "
+            "takes arrays: pass the dataset's inputs and labels as arrays."
+        )
     y = given_or_item_labels(X, y)
     if y is None:
         raise ValueError(
