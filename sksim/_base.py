@@ -52,7 +52,7 @@ CONSTRAINTS = {
     "params": [None, str, list, tuple],
     "batch_size": [POSITIVE_INT, StrOptions({"auto"})],
     "device": [None, str, torch.device],
-    "rtol": [Interval(Real, 0, 1, closed="left")],
+    "rtol": [Interval(Real, 0, 1, closed="neither")],
     "n_components": [POSITIVE_INT, None],
     "random_state": ["random_state"],
     "n_jobs": [  # joblib's: -1 for every core, -2 for all but one, ...; not 0

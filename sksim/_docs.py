@@ -54,10 +54,12 @@ device : str or torch.device, default=None
     "rtol": """
 rtol : float, default=1e-5
     Eigenvalues of ``J(x) J(x)^T`` below ``rtol`` times the largest one are
-    raised to that floor (with a warning) before whitening or inversion. For
-    a float32 network, values below about ``1e-6`` keep eigenvalues float32
-    cannot resolve: the influence kernel of a singular Gram is then off by
-    up to order 1.""",
+    raised to that floor (with a warning) before whitening or inversion; it
+    is positive (a zero eigenvalue has no inverse). Values below the
+    relative precision of the gradients, about ``1e-6`` for a float32
+    network and ``1e-15`` for a float64 one, keep eigenvalues that rounding
+    alone made: the kernels of singular Grams (softmax outputs) are then off
+    by up to order 1.""",
     "n_components": """
 n_components : int or None, default=None
     None computes exactly. An int sketches each sample's (whitened) Jacobian

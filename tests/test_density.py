@@ -176,7 +176,7 @@ def test_joblib_workers_give_the_same_counts(data):
         ({"power": 0}, r"'power' parameter .* range \(0.0, inf\)"),
         ({"n_components": 0}, r"'n_components' parameter .* range \[1, inf\)"),
         ({"batch_size": 0}, r"'batch_size' parameter .* range \[1, inf\)"),
-        ({"rtol": 1}, r"'rtol' parameter .* range \[0.0, 1.0\)"),
+        ({"rtol": 1}, r"'rtol' parameter .* range \(0.0, 1.0\)"),
         ({"max_memory": -1}, r"'max_memory' parameter .* range \[1, inf\)"),
         ({"params": 5}, "'params' parameter .* None, an instance of 'str'"),
     ],

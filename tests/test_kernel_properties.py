@@ -276,6 +276,24 @@ def test_singular_grams_keep_duplicates_within_cauchy_schwarz():
     assert (K[np.arange(10), np.arange(30, 40)] <= np.diag(K)[:10] + 1e-9).all()
 
 
+@pytest.mark.parametrize("kind", ["cosine", "influence"])
+def test_a_tiny_rtol_gives_no_nan_for_singular_grams(kind):
+    """Eigenvalues of a singular Gram below 0 by rounding, divided by a floor of
+    1e-300 of the largest, made the self-similarities hugely negative: NaN."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)
+    ).double()
+    X = np.random.RandomState(0).randn(12, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SingularJacobianGramWarning)
+        K = network_similarity(
+            net, X, kind=kind, output=lambda z: z.softmax(-1), rtol=1e-300
+        )
+    assert np.isfinite(K).all()
+    assert ((np.diag(K) > 0) & (np.diag(K) <= 1 + 1e-12)).all()
+
+
 @pytest.mark.parametrize("max_memory", [None, 60_000])
 def test_influence_self_similarity_of_floored_grams_with_streamed_reference(
     max_memory,

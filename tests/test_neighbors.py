@@ -362,7 +362,7 @@ def test_bad_parameters_are_refused(data):
         NetworkNeighbors(mlp(3, 1), algorithm="faiss").fit(X_ref)
     with pytest.raises(ValueError, match="'n_neighbors' parameter .* range .1, inf"):
         NetworkNeighbors(mlp(3, 1), n_neighbors=0).fit(X_ref)
-    with pytest.raises(ValueError, match=r"'rtol' parameter .* range \[0.0, 1.0\)"):
+    with pytest.raises(ValueError, match=r"'rtol' parameter .* range \(0.0, 1.0\)"):
         NetworkNeighbors(mlp(3, 1), rtol=2.0).fit(X_ref)
     with pytest.raises(ValueError, match="X_val measures the recall of a search over"):
         NetworkNeighbors(mlp(3, 1)).fit(X_ref, X_val=X_ref[:2])

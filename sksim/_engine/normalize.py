@@ -18,6 +18,7 @@ def floored_eigh(G: np.ndarray, rtol: float) -> tuple[np.ndarray, ...]:
     """
     G = 0.5 * (G + np.swapaxes(G, -1, -2))
     lam, V = np.linalg.eigh(G)
+    lam = np.maximum(lam, 0)  # a PSD matrix's, below 0 by rounding alone
     lam_max = lam[..., -1:]
     dead = lam_max[..., 0] <= 0
     floor = rtol * np.maximum(lam_max, 0)
@@ -81,6 +82,7 @@ def self_similarity(
     if not full:
         return share.mean(axis=-1)
     blocks = (V * share[..., None, :]) @ np.swapaxes(V, -1, -2)
+    blocks = 0.5 * (blocks + np.swapaxes(blocks, -1, -2))  # exactly symmetric
     blocks[~dead & ~singular] = np.eye(V.shape[-1])
     return blocks
 
