@@ -30,14 +30,9 @@ from ._engine.context import uncompiled
 from ._engine.features import piece_energies
 from ._engine.jacobian import JacobianEngine
 from ._engine.normalize import KINDS
-from ._net import fit_net, resolve_module, weights_digest
+from ._net import fit_net, resolve_module, training_input, weights_digest
 from ._typing import Checkpoints, NetLike, Output
-from ._validation import (
-    check_checkpoint_list,
-    check_net_input,
-    sample_shape,
-    training_input,
-)
+from ._validation import check_checkpoint_list, check_net_input, sample_shape
 
 POSITIVE_INT = Interval(Integral, 1, None, closed="left")
 
@@ -254,7 +249,7 @@ class NetworkEstimator(BaseEstimator):
         self._fitted_settings = {
             name: _kept(name, getattr(self, name)) for name in self._fitted_params
         }
-        X_net = training_input(X)
+        X_net = training_input(self.net, X)
         X = check_net_input(X, self, reset=True)
         if check_targets is not None:
             check_targets(X)

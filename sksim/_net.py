@@ -24,8 +24,9 @@ from skorch import NeuralNet, NeuralNetBinaryClassifier, NeuralNetClassifier
 from ._engine.context import evaluation_mode, forked_rng, plain_settings, torch_seed
 from ._engine.digest import tensors_digest
 from ._engine.inputs import is_dataset
+from ._pairs import is_pair_data
 from ._typing import NetInput, NetLike
-from ._validation import skorch_training_data
+from ._validation import check_net_input, skorch_training_data
 
 #: Ends the errors on an unfitted net that may be the clone of a fitted one.
 CLONE_HINT = (
@@ -181,6 +182,18 @@ def training_targets(net: NeuralNet, y: ArrayLike) -> np.ndarray:
     return y.astype(
         np.float32 if isinstance(net, NeuralNetBinaryClassifier) else np.int64
     )
+
+
+def training_input(net: NetLike, X):
+    """``X`` with its pairs, validated, when ``net`` trains on them; else None.
+
+    A regularised net of ``similarity_pairs="given"`` trains on the pairs
+    :func:`~sksim.regularized.with_pairs` attached; every other net trains,
+    as every other computation runs, on the inputs alone.
+    """
+    if is_pair_data(X) and getattr(_unwrap(net), "similarity_pairs", None) == "given":
+        return check_net_input(X, pairs=True)
+    return None
 
 
 def untrained_clone(net: NetLike, random_state=None) -> NeuralNet:

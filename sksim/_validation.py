@@ -31,7 +31,7 @@ from ._engine.inputs import (
     read_items,
     split_item,
 )
-from ._pairs import is_pair_data, strip_pairs
+from ._pairs import strip_pairs
 
 
 def _as_array(X):
@@ -49,15 +49,6 @@ def _with_values(X: torch.Tensor) -> torch.Tensor:
             "CPU or a GPU."
         )
     return X
-
-
-def training_input(X):
-    """``X`` validated with its pairs, which a regularised net trains on.
-
-    The pairs are those :func:`~sksim.regularized.with_pairs` attached; None
-    when ``X`` holds none.
-    """
-    return check_net_input(X, pairs=True) if is_pair_data(X) else None
 
 
 def check_net_input(

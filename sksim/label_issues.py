@@ -40,6 +40,7 @@ from ._net import (
     is_unfitted_skorch,
     predicted_probabilities,
     skorch_task,
+    training_input,
     untrained_clone,
 )
 from ._reduced_search import CANDIDATES_PER_NEIGHBOR
@@ -50,7 +51,6 @@ from ._validation import (
     given_or_item_labels,
     labelled,
     labels_key_hint,
-    training_input,
 )
 from .density import NEIGHBOR_PARAMETERS
 from .neighbors import N_COMPONENTS, NetworkNeighbors, automatic_index
@@ -516,7 +516,7 @@ class LabelIssueDetector(NetworkEstimator):
                     f"skorch classifier; got {type(self.net).__name__}. Pass "
                     'cv="prefit" to use a trained network as it is.'
                 )
-            X_net = training_input(X)
+            X_net = training_input(self.net, X)
             X = check_net_input(X, self, reset=True)
         y = self._check_targets(X, given_or_item_labels(X, y))
         if self.cv == "prefit":

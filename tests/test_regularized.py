@@ -888,6 +888,39 @@ def test_estimators_train_a_given_pairs_net_on_its_pairs(estimator):
     assert fitted.n_features_in_ == 6  # the inputs, without the pairs
 
 
+@pytest.mark.parametrize("kind", ["plain", "same_class"])
+def test_other_nets_train_on_the_inputs_of_pair_data(kind):
+    """Only a net of given pairs trains on them: a plain skorch net handed
+    with_pairs(X, pairs) got them as keyword arguments of its forward, and a
+    same_class one refused them."""
+    import sksim
+
+    X, y = make_data(n=24)
+    X_pairs = with_pairs(X, [[0, 3], [1, 4]])
+    net = (
+        make_net()
+        if kind == "same_class"
+        else NeuralNetClassifier(
+            mlp(6, 3, hidden=7, seed=None),
+            criterion=torch.nn.CrossEntropyLoss,
+            max_epochs=2,
+            train_split=None,
+            verbose=0,
+        )
+    )
+    for estimator in ("NetworkSimilarityKernel", "LabelIssueDetector"):
+        options = (
+            {"cv": 2, "n_neighbors": 3} if estimator == "LabelIssueDetector" else {}
+        )
+        make = getattr(sksim, estimator)
+        fitted = make(net, random_state=0, **options).fit(X_pairs, y)
+        expected = make(net, random_state=0, **options).fit(X, y)
+        if estimator == "LabelIssueDetector":
+            np.testing.assert_array_equal(fitted.oof_proba_, expected.oof_proba_)
+        else:
+            np.testing.assert_array_equal(fitted.transform(X), expected.transform(X))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_training_and_cpu_pickle():
     X, y = make_data(n=32)

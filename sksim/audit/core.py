@@ -25,7 +25,14 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from .._engine.inputs import DictRows, is_dataset, lazy_rows, n_samples, take
-from .._net import _unwrap, fit_net, resolve_module, skorch_task, untrained_clone
+from .._net import (
+    _unwrap,
+    fit_net,
+    resolve_module,
+    skorch_task,
+    training_input,
+    untrained_clone,
+)
 from .._typing import NetInput, NetLike
 from .._validation import (
     check_net_input,
@@ -35,7 +42,6 @@ from .._validation import (
     labelled,
     labels_key_hint,
     sample_shape,
-    training_input,
 )
 from ..neighbors import NetworkNeighbors
 from ._examples import worth_a_look
@@ -287,7 +293,7 @@ def _cv_data(net, X, y, X_test, y_test):
             'X_test and y_test are the test split of cv="prefit"; a '
             "cross-validated audit holds out parts of X itself."
         )
-    X_net = training_input(X)
+    X_net = training_input(net, X)
     X, y = _check_inputs(X, y)
     return _Data(X, y, X, y, "classification", _check_labels(y), X_net)
 
