@@ -615,7 +615,8 @@ class SelfDenoisingAnalysis(NetworkEstimator):
             "n_without_neighbors": int(np.isnan(self.effective_neighbors_).sum()),
         }
         if y_clean is not None:
-            measured = float(np.sqrt(np.mean(self.clean_errors(y_clean)) / d))
+            kept = ~np.isnan(self.effective_neighbors_)  # samples with neighbours
+            measured = float(np.sqrt(np.mean(self.clean_errors(y_clean)[kept]) / d))
             out["measured_rmse"] = measured
             out["measured_effective_neighbors"] = self.sigma_**2 / measured**2
             out["predicted_over_measured"] = out["predicted_rmse"] / measured

@@ -254,11 +254,11 @@ def test_samples_without_neighbours_get_nan_not_perfect_denoising():
         np.testing.assert_allclose(  # the dead sample is no one's neighbour
             analysis.effective_neighbors_[:-1], alive.effective_neighbors_
         )
-        summary = analysis.summary()
+        y_clean = X.sum(axis=1)  # measured on the samples predicted, too
+        summary, expected = analysis.summary(y_clean), alive.summary(y_clean[:-1])
         assert summary["n_without_neighbors"] == 1
-        assert summary["mean_effective_neighbors"] == pytest.approx(
-            alive.effective_neighbors_.mean()
-        )
+        for name in ("mean_effective_neighbors", "predicted_rmse", "measured_rmse"):
+            assert summary[name] == pytest.approx(expected[name]), name
 
 
 def test_softmax_outputs_have_no_neighbour_above_a_high_threshold():

@@ -283,14 +283,21 @@ def test_a_fine_tuned_encoders_layers_given_nested_tensors_fall_back(kind, pool)
     assert torch.backends.mha.get_fastpath_enabled()
 
 
-class MovesItsLayer(torch.nn.Module):
-    """A forward that converts a layer with ``.to()`` (a no-op here), as
-    transformers' Switch router does, beside a bare parameter for the fallback."""
+class BareScale(torch.nn.Module):
+    """A hidden layer scaled by a bare parameter, which goes to the fallback."""
 
     def __init__(self):
         super().__init__()
         self.lin, self.out = torch.nn.Linear(4, 3), torch.nn.Linear(3, 2)
         self.scale = torch.nn.Parameter(torch.linspace(0.5, 1.5, 3))
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.lin(x)) * self.scale)
+
+
+class MovesItsLayer(BareScale):
+    """A forward that converts a layer with ``.to()`` (a no-op here), as
+    transformers' Switch router does."""
 
     def forward(self, x):
         self.lin = self.lin.to(self.scale.dtype)
@@ -307,6 +314,45 @@ def test_a_forward_that_moves_a_layer_is_differentiated_per_sample(kind):
     J = oracle_jacobians(module, X)
     K = network_similarity(module, X, kind=kind, batch_size=3)
     np.testing.assert_allclose(K, oracle_kernel(J, J, kind), rtol=1e-7, atol=1e-12)
+
+
+class DoublesItsInput(BareScale):
+    """Works in place on its input."""
+
+    def forward(self, x):
+        x.mul_(2.0)
+        return self.out(torch.tanh(self.lin(x)) * self.scale)
+
+
+@pytest.mark.parametrize("kind", ["cosine", "ntk", "influence"])
+def test_a_network_working_in_place_on_its_inputs_gets_its_kernel(kind):
+    """Each pass over a batch handed the network the same tensors: the factorised
+    layers' capture doubled them for the fallback's vmap, whose check doubled
+    them again for the per-sample pass (9.6 times the NTK off)."""
+    torch.manual_seed(0)
+    module = DoublesItsInput().double()
+    X = torch.randn(6, 4, dtype=torch.float64)
+    J = oracle_jacobians(module, X.clone())  # the oracle's rows are views
+    K = network_similarity(module, X.numpy(), kind=kind, batch_size=3)
+    np.testing.assert_allclose(K, oracle_kernel(J, J, kind), rtol=1e-7, atol=1e-12)
+
+
+def test_half_precision_fallbacks_are_not_refuted_by_their_rounding(monkeypatch):
+    """bfloat16 Jacobians differ from autograd's by their rounding (about 3e-3):
+    the check took that for a wrong vmap rule, and computed every bfloat16
+    network with a fallback one sample and one output at a time."""
+    from sksim._engine.jacobian import JacobianEngine
+
+    def refuse(*args):
+        raise AssertionError("computed one sample at a time")
+
+    monkeypatch.setattr(JacobianEngine, "_looped_jacobian", refuse)
+    torch.manual_seed(0)
+    X = torch.randn(16, 4)
+    for dtype in (torch.bfloat16, torch.float16):
+        module = BareScale().to(dtype)
+        K = network_similarity(module, X.to(dtype), kind="ntk", batch_size=8)
+        assert np.isfinite(K).all()
 
 
 class TwoRowsExchanged(torch.nn.Module):

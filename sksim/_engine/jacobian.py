@@ -134,13 +134,20 @@ class JacobianEngine:
         return outputs
 
     def _output(self, batch):
-        """The network's own output for a batch (see :func:`network_output`)."""
-        return network_output(self.module, batch, self.dtype)
+        """The network's own output for a batch (see :func:`network_output`).
+
+        The network gets a copy of the batch, as in :meth:`_forward`.
+        """
+        return network_output(self.module, _copied(batch), self.dtype)
 
     def _forward(self, params, batch) -> torch.Tensor:
-        """Selected outputs ``(B, d)`` of a batch with the given parameters."""
+        """Selected outputs ``(B, d)`` of a batch with the given parameters.
+
+        The network gets a copy of the batch: one that works in place on its
+        inputs leaves them as the other passes over the batch read them.
+        """
         with _input_dtype_errors(batch, self.dtype):
-            out = functional_output(self.module, params, batch)
+            out = functional_output(self.module, params, _copied(batch))
         return select_output(out, self.output, n_samples(batch))
 
     def n_outputs(self, X) -> int:
@@ -277,7 +284,9 @@ class JacobianEngine:
             found = torch.cat([v @ block[i] for block in blocks]).double()
             error = torch.linalg.vector_norm(found - expected)
             scale = torch.linalg.vector_norm(found) + torch.linalg.vector_norm(expected)
-            if error > 1e-3 * scale:
+            # half-precision networks' passes round at a few times their epsilon
+            resolution = max(1e-3, 4 * torch.finfo(outputs.dtype).eps)
+            if error > resolution * scale:
                 return False
         return True
 
@@ -374,6 +383,7 @@ class JacobianEngine:
                         self._unbatched.add(mixed.args[0])
                         self._plan = None
                         layers, jacobian, n_fallback = self._layer_plan(X)
+                        self._part_size = self.batch_size  # it mixed the batches
                     continue
                 yield slice(rows.start + part.start, rows.start + part.stop), pieces
                 pieces.clear()
@@ -664,6 +674,11 @@ def _one_row_error(names: list[str], error: Exception) -> ValueError:
         "similarities of inputs that run the same layers apart, or select "
         "the parameters they share with params=."
     )
+
+
+def _copied(batch):
+    """A copy of a batch's tensors (a dict's too)."""
+    return tree_map(torch.clone, batch)
 
 
 def _warn_mixed(layer: str, start: int) -> None:

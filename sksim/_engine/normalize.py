@@ -21,7 +21,8 @@ def floored_eigh(G: np.ndarray, rtol: float) -> tuple[np.ndarray, ...]:
     lam = np.maximum(lam, 0)  # a PSD matrix's, below 0 by rounding alone
     lam_max = lam[..., -1:]
     dead = lam_max[..., 0] <= 0
-    floor = rtol * np.maximum(lam_max, 0)
+    # a floor of 0 (rtol * lam_max below the smallest float) inverts nothing
+    floor = np.maximum(rtol * lam_max, np.finfo(lam.dtype).tiny)
     singular = (lam < floor).any(axis=-1) & ~dead & (G.shape[-1] > 1)
     floored = np.where(dead[..., None], 0.0, np.maximum(lam, floor))
     return lam, floored, V, dead, singular

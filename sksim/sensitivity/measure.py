@@ -27,7 +27,7 @@ from .._layers import (
     check_pool,
     layer_outputs,
 )
-from .._net import fit_net, resolve_device, resolve_module
+from .._net import fit_net, resolve_device, resolve_module, training_input
 from .._typing import NetLike, Self
 from .._validation import (
     check_net_input,
@@ -810,6 +810,7 @@ n_init, shuffled, pool, deformation, batch_size, device
         self : object
         """
         check_params(self._options())
+        X_net = training_input(self.net, X)
         X = check_net_input(X, self, reset=True)
         probe = (
             X
@@ -817,7 +818,9 @@ n_init, shuffled, pool, deformation, batch_size, device
             else check_net_input(X_probe, self, reset=False, input_name="X_probe")
         )
         self._sample_shape = sample_shape(probe)
-        self.net_ = fit_net(self.net, X, y, self.random_state)
+        self.net_ = fit_net(
+            self.net, X if X_net is None else X_net, y, self.random_state
+        )
         self.results_ = relative_sensitivity(self.net_, probe, **self._options())
         return self
 

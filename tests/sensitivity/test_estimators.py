@@ -6,6 +6,7 @@ import pytest
 import torch
 from _architectures import signal_conv
 from _sklearn_checks import EXPECTED_FAILED_CHECKS, ORDER_DEPENDENT_CHECKS
+from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_validate
 from sklearn.pipeline import make_pipeline
@@ -125,6 +126,37 @@ def test_estimator_trains_an_unfitted_skorch_net_and_cross_validates():
         DiffeoSensitivity(net, reference=None, random_state=0), X, y, cv=2
     )["test_score"]
     assert scores.shape == (2,) and (scores < 0).all()
+
+
+def test_estimator_trains_a_given_pairs_net_on_its_pairs():
+    """with_pairs(X, pairs) lost its pairs before the training, which asked for them."""
+    from sksim import SimilarityRegularizedNet, with_pairs
+    from sksim.datasets import make_scale_detection
+
+    X, y = make_scale_detection(48, size=8, xi=4, random_state=0)
+    module = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 2),
+    )
+    net = SimilarityRegularizedNet(
+        module,
+        similarity_pairs="given",
+        criterion=nn.CrossEntropyLoss,
+        max_epochs=2,
+        train_split=None,
+        verbose=0,
+    )
+    X_pairs = with_pairs(X, [[0, 1], [2, 3]])
+    est = DiffeoSensitivity(net, reference=None, random_state=0).fit(X_pairs, y)
+    torch.manual_seed(0)
+    expected = clone(net).fit(X_pairs, y)
+    trained = zip(
+        est.net_.module_.parameters(), expected.module_.parameters(), strict=True
+    )
+    assert all(torch.equal(a, b) for a, b in trained)
 
 
 def test_a_probe_set_of_other_features_is_named_in_the_error():
