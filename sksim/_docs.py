@@ -10,6 +10,13 @@ from __future__ import annotations
 import textwrap
 
 PARAMETERS = {
+    "queries": """
+X : array-like of shape (n_queries, ...), dict of them, Dataset or None
+    Queries. None queries the reference set itself, each example excluded
+    from its own neighbours (as scikit-learn does).""",
+    "graph": """
+graph : scipy.sparse.csr_matrix of shape (n_queries, n_samples_fit)
+    Row ``i`` holds query ``i``'s neighbours, in the reference's columns.""",
     "net": """
 net : skorch net, FrozenEstimator or torch.nn.Module
     The network. A fitted skorch net, a ``FrozenEstimator`` around one, or a

@@ -985,6 +985,7 @@ class NetworkNeighbors(NetworkEstimator):
 
         return similarity
 
+    @fill_doc
     def most_similar(
         self, X: NetInput | None = None, n_neighbors: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -992,9 +993,7 @@ class NetworkNeighbors(NetworkEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_queries, ...), dict of them, Dataset or None
-            Queries. None queries the reference set itself, each example
-            excluded from its own neighbours (as scikit-learn does).
+        %(queries)s
         n_neighbors : int, default=None
             Number of neighbours; None uses the constructor's.
 
@@ -1033,6 +1032,7 @@ class NetworkNeighbors(NetworkEstimator):
             return self._searched_queries(X, n_neighbors)
         return split_rows(lambda Q: self._exact(Q, n_neighbors), X, self.n_jobs)
 
+    @fill_doc
     def kneighbors(
         self,
         X: NetInput | None = None,
@@ -1043,9 +1043,7 @@ class NetworkNeighbors(NetworkEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_queries, ...), dict of them, Dataset or None
-            Queries. None queries the reference set itself, each example
-            excluded from its own neighbours (as scikit-learn does).
+        %(queries)s
         n_neighbors : int, default=None
             Number of neighbours; None uses the constructor's.
         return_distance : bool, default=True
@@ -1064,6 +1062,7 @@ class NetworkNeighbors(NetworkEstimator):
             return indices
         return similarity_to_distance(similarities), indices
 
+    @fill_doc
     def kneighbors_graph(
         self,
         X: NetInput | None = None,
@@ -1074,9 +1073,7 @@ class NetworkNeighbors(NetworkEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_queries, ...), dict of them, Dataset or None
-            Queries. None queries the reference set itself, each example
-            excluded from its own neighbours.
+        %(queries)s
         n_neighbors : int, default=None
             Number of neighbours; None uses the constructor's.
         mode : {"connectivity", "distance"}, default="connectivity"
@@ -1084,13 +1081,13 @@ class NetworkNeighbors(NetworkEstimator):
 
         Returns
         -------
-        graph : scipy.sparse.csr_matrix of shape (n_queries, n_samples_fit)
-            Row ``i`` holds query ``i``'s neighbours, in the reference's columns.
+        %(graph)s
         """
         check_graph_mode(mode)
         distances, indices = self.kneighbors(X, n_neighbors)
         return neighbor_graph(distances, indices, mode, self.n_samples_fit_)
 
+    @fill_doc
     def radius_neighbors(
         self,
         X: NetInput | None = None,
@@ -1106,9 +1103,7 @@ class NetworkNeighbors(NetworkEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_queries, ...), dict of them, Dataset or None
-            Queries. None queries the reference set itself, each example
-            excluded from its own neighbours (as scikit-learn does).
+        %(queries)s
         radius : float, default=None
             Largest distance ``sqrt(max(2 - 2 k, 0))`` kept (similarity ``k``
             at least ``1 - radius**2 / 2``); None uses the constructor's.
@@ -1148,6 +1143,7 @@ class NetworkNeighbors(NetworkEstimator):
             )
         return (distances, indices) if return_distance else indices
 
+    @fill_doc
     def radius_neighbors_graph(
         self,
         X: NetInput | None = None,
@@ -1159,9 +1155,7 @@ class NetworkNeighbors(NetworkEstimator):
 
         Parameters
         ----------
-        X : array-like of shape (n_queries, ...), dict of them, Dataset or None
-            Queries. None queries the reference set itself, each example
-            excluded from its own neighbours.
+        %(queries)s
         radius : float, default=None
             Largest distance kept; None uses the constructor's.
         mode : {"connectivity", "distance"}, default="connectivity"
@@ -1171,8 +1165,7 @@ class NetworkNeighbors(NetworkEstimator):
 
         Returns
         -------
-        graph : scipy.sparse.csr_matrix of shape (n_queries, n_samples_fit)
-            Row ``i`` holds query ``i``'s neighbours, in the reference's columns.
+        %(graph)s
         """
         check_graph_mode(mode)
         distances, indices = self.radius_neighbors(X, radius, True, sort_results)
