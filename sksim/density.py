@@ -173,7 +173,8 @@ class GradientDensityEstimator(DensityMixin, NetworkEstimator):
         Which count, see above.
     threshold : float, default=0.9
         Similarity above which a reference example counts (``"hard"``), in
-        ``[-1, 1)``.
+        ``[-1, 1)``. Below 0 it counts orthogonal examples too, and dead ones
+        (whose similarity to every example is 0).
     power : float, default=2
         Exponent of the positive part of the similarity (``"power"``).
     %(output)s
