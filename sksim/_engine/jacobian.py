@@ -17,7 +17,7 @@ import torch
 from torch.func import jacrev, vmap
 from torch.nn.parameter import is_lazy
 from torch.nn.utils import parametrize
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_leaves, tree_map
 from tqdm.auto import tqdm
 
 from .budget import readable_bytes, rows_that_fit
@@ -203,8 +203,9 @@ class JacobianEngine:
         into tensors they create), or runs wrongly (:data:`UNVECTORISED`, or
         a batch whose Jacobians :meth:`_agrees_with_autograd` refutes: the
         batching rules of ``torch.cdist`` and of a functional ``prelu`` are
-        wrong), is differentiated one sample and one output at a time
-        instead, from the batch that fails on. The blocks are those computed,
+        wrong, the latter for some batch sizes), is differentiated one sample
+        and one output at a time instead, from the batch that fails on. The
+        first batch of each shape (its size, a sequence's length) is checked. The blocks are those computed,
         not joined: joining them would hold ``J`` twice.
         """
         params = {n: self.parameters[n].detach() for n in names}
@@ -223,6 +224,7 @@ class JacobianEngine:
 
         per_sample = vmap(jacrev(one_sample), in_dims=(None, None, 0))
         vectorised = False if wrong else None  # None: unknown until a batch ran
+        checked = set()  # the shapes of the batches checked
 
         def jacobian(batch) -> list[torch.Tensor]:
             nonlocal vectorised
@@ -250,8 +252,11 @@ class JacobianEngine:
                 else:
                     b = next(iter(jac.values())).shape[0]
                     blocks = [jac[n].reshape(b, jac[n].shape[1], -1) for n in names]
-                    vectorised = self._agrees_with_autograd(names, batch, blocks)
-                    if vectorised:
+                    shapes = tuple(tuple(t.shape) for t in tree_leaves(batch))
+                    if shapes not in checked:
+                        vectorised = self._agrees_with_autograd(names, batch, blocks)
+                        checked.add(shapes)
+                    if vectorised is not False:
                         return blocks
             return self._looped_jacobian(names, batch)
 
