@@ -205,8 +205,9 @@ class JacobianEngine:
         batching rules of ``torch.cdist`` and of a functional ``prelu`` are
         wrong, the latter for some batch sizes), is differentiated one sample
         and one output at a time instead, from the batch that fails on. The
-        first batch of each shape (its size, a sequence's length) is checked. The blocks are those computed,
-        not joined: joining them would hold ``J`` twice.
+        first batch of each shape (its size, a sequence's length) is checked.
+        The blocks are those computed, not joined: joining them would hold
+        ``J`` twice.
         """
         params = {n: self.parameters[n].detach() for n in names}
         # the other parameters go in as constants, so that torch.func holds
