@@ -44,7 +44,10 @@ def plot_neighbors(
     query, the query first and then its neighbours, each titled with its
     label, similarity and percentile among the network's similarities; for
     tabular data a table per query with the same columns and the first
-    ``n_features`` features of each neighbour.
+    ``n_features`` features of each neighbour. The images of a figure share
+    one scale of values, from the smallest to the largest they hold (colour
+    images are rescaled to it, standardised ones too); images of 2 or more
+    than 4 channels are drawn as their channels' mean.
 
     Parameters
     ----------
@@ -98,10 +101,18 @@ def plot_neighbors(
 
 
 def _as_image(sample, shape):
-    """A sample as ``(H, W)`` or ``(H, W, C)`` for ``imshow``."""
-    image = np.asarray(sample, dtype=float).reshape(shape)
+    """A sample as ``(H, W)`` or ``(H, W, C)`` with 3 or 4 channels."""
+    sample = np.asarray(sample, dtype=float)
+    if sample.size != np.prod(shape):
+        raise ValueError(
+            f"A sample of {sample.size} values cannot be viewed as an image of "
+            f"shape {tuple(shape)}: pass the image_shape its values fill."
+        )
+    image = sample.reshape(shape)
     if image.ndim == 3:  # channels first, as torch
-        image = image[0] if image.shape[0] == 1 else np.moveaxis(image, 0, -1)
+        if image.shape[0] in (3, 4):
+            return np.moveaxis(image, 0, -1)
+        return image.mean(axis=0)  # one channel, or no colour to show them in
     return image
 
 
@@ -115,12 +126,23 @@ def _image_grid(plt, why, X, reference, shape):
     fig, axes = plt.subplots(
         n_queries, k + 1, figsize=(1.4 * (k + 1), 1.7 * n_queries), squeeze=False
     )
+    images = [
+        [_as_image(X[q], shape)]
+        + [_as_image(reference[i], shape) for i in why.indices[q]]
+        for q in range(n_queries)
+    ]
+    low = min(image.min() for row in images for image in row)
+    high = max(image.max() for row in images for image in row)
+    span = high - low if high > low else 1.0
     for q, row in enumerate(axes):
-        row[0].imshow(_as_image(X[q], shape), cmap="gray_r")
+        for j, (ax, image) in enumerate(zip(row, images[q], strict=True)):
+            if image.ndim == 3:  # colours: rescaled to [0, 1] together
+                ax.imshow((image - low) / span)
+            else:
+                ax.imshow(image, cmap="gray_r", vmin=low, vmax=high)
+            if j:
+                ax.set_title(_caption(why, q, j - 1), fontsize=7)
         row[0].set_title("query", fontsize=8)
-        for j, ax in enumerate(row[1:]):
-            ax.imshow(_as_image(reference[why.indices[q, j]], shape), cmap="gray_r")
-            ax.set_title(_caption(why, q, j), fontsize=7)
         for ax in row:
             ax.set_xticks([])
             ax.set_yticks([])

@@ -405,6 +405,10 @@ def test_hard_and_power_counts_use_the_averaged_kernel(
             lambda s: s.update({"0.weight": torch.zeros(8, 3, device="meta")}),
             r"'0.weight' is on the meta device there, with no values",
         ),
+        (  # saved from DataParallel
+            lambda s: [s.update({f"module.{k}": s.pop(k)}) for k in list(s)],
+            r"lacks '0.weight' \(its keys start with 'module.', as DataParallel",
+        ),
     ],
 )
 def test_mismatched_checkpoints_are_named(data, net_and_states, change, message):
@@ -779,3 +783,22 @@ def test_a_search_stopped_between_blocks_leaves_no_scope_open(monkeypatch):
     assert kept.value is not None and flags._scopes() == []
     with pytest.warns(DeadInputWarning, match="1 sample"):
         network_similarity(net, np.array([[-1.0], [1.0]], np.float32))
+
+
+def test_infinite_buffers_are_refused_where_the_networks_are_finite(data):
+    """A BatchNorm's running mean gone infinite in one checkpoint: the error
+    came later, blaming the network's weights; buffers infinite in the network
+    too (attention masks) stay allowed."""
+    X, _ = data
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2)
+    ).eval()
+    net.register_buffer("mask", torch.tensor([0.0, -float("inf")]))
+    good = {k: v.clone() for k, v in net.state_dict().items()}
+    bad = {k: v.clone() for k, v in good.items()}
+    bad["1.running_mean"][0] = float("inf")
+    K = network_similarity(net, X, checkpoints=[good, good])
+    np.testing.assert_allclose(K, network_similarity(net, X), rtol=1e-6)
+    with pytest.raises(ValueError, match=r"checkpoints\[1\] .* '1.running_mean' holds"):
+        network_similarity(net, X, checkpoints=[good, bad])

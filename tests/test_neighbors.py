@@ -5,6 +5,7 @@ import sys
 import warnings
 from itertools import islice
 
+import matplotlib.pyplot
 import numpy as np
 import pytest
 import torch
@@ -648,6 +649,32 @@ def test_plot_neighbors_images_with_channels():
     on_items = NetworkNeighbors(AnyWidth(), n_neighbors=2).fit(items)
     with pytest.raises(ValueError, match="fitted on a torch Dataset. Read the"):
         plot_neighbors(on_items, X[:1])
+
+
+def test_plot_neighbors_images_share_one_scale_of_values():
+    """Each image had its own colour scale (a neighbour ten times the query
+    looked like it), standardised colour images were clipped to [0, 1], and 2
+    channels crashed inside matplotlib."""
+    torch.manual_seed(0)
+    for channels in (1, 2, 3, 5):
+        X = torch.randn(12, channels, 4, 4).numpy() * 2  # standardised-like
+        search = NetworkNeighbors(AnyWidth(), n_neighbors=2).fit(X)
+        fig = plot_neighbors(search, X[:2])
+        drawn = [ax.images[0] for ax in fig.axes]
+        if channels == 3:
+            values = np.stack([image.get_array() for image in drawn])
+            assert values.min() == 0 and values.max() == 1
+        else:
+            assert {image.get_clim() for image in drawn} == {
+                (
+                    min(i.get_array().min() for i in drawn),
+                    max(i.get_array().max() for i in drawn),
+                )
+            }
+        matplotlib.pyplot.close(fig)
+    flat = NetworkNeighbors(mlp(4, 2), n_neighbors=2).fit(np.zeros((5, 4)))
+    with pytest.raises(ValueError, match=r"4 values cannot be viewed as an image"):
+        plot_neighbors(flat, np.zeros((1, 4)), image_shape=(3, 3))
 
 
 def test_plot_neighbors_tabulates_tabular_data(data):

@@ -125,7 +125,8 @@ def check_state(module: torch.nn.Module, state: Mapping, index: int) -> None:
     """Raise a ValueError naming the first key where ``state`` differs.
 
     Its keys, shapes, tensors, and parameters' finite values; buffers may
-    hold infinities, as attention masks do, but no NaN.
+    hold infinities where the network's own do, as attention masks do, but
+    no NaN.
     """
     expected = module.state_dict()
     parameters = {name for name, _ in module.named_parameters()}
@@ -134,6 +135,11 @@ def check_state(module: torch.nn.Module, state: Mapping, index: int) -> None:
         value = state.get(key)
         if key not in state:
             problem = f"it lacks {key!r}"
+            if state and all(str(k).startswith("module.") for k in state):
+                problem += (
+                    " (its keys start with 'module.', as DataParallel's do: save "
+                    "model.module.state_dict(), or strip the prefix)"
+                )
         elif not isinstance(tensor, torch.Tensor):
             continue  # a module's extra state: its set_extra_state reads it
         elif not isinstance(value, torch.Tensor):
@@ -146,7 +152,9 @@ def check_state(module: torch.nn.Module, state: Mapping, index: int) -> None:
                 f"{tuple(tensor.shape)} in the network"
             )
         elif not bool(torch.isfinite(value).all()) and (
-            key in parameters or bool(torch.isnan(value).any())
+            key in parameters
+            or bool(torch.isnan(value).any())
+            or bool(torch.isfinite(tensor).all())
         ):
             problem = f"{key!r} holds NaN or infinity there (a diverged training?)"
         if problem:

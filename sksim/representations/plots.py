@@ -53,7 +53,8 @@ def plot_class_log_density(
     """
     plt = _pyplot()
     stages = list(dict.fromkeys(_column(report.splits, "stage")))
-    if axes is None:
+    own = axes is None  # a figure of its own, laid out here; the caller's is not
+    if own:
         fig, axes = plt.subplots(
             1, len(stages), figsize=(3.2 * len(stages), 3), squeeze=False
         )
@@ -83,7 +84,8 @@ def plot_class_log_density(
         ax.set_title(str(stage))
         ax.set_xlabel("classes, sorted")
     np.ravel(axes)[0].set_ylabel("mean own-class log-density")
-    fig.tight_layout()
+    if own:
+        fig.tight_layout()
     return fig
 
 
@@ -110,7 +112,8 @@ def plot_memorization_by_density(report: Bunch, ax: Axes | None = None) -> Axes:
             "class_fitting_report."
         )
     plt = _pyplot()
-    if ax is None:
+    own = ax is None  # a figure of its own, laid out here; the caller's is not
+    if own:
         _, ax = plt.subplots(figsize=(4.5, 3))
     stage_of = _column(report.bins, "stage")
     for stage in dict.fromkeys(stage_of):
@@ -124,5 +127,6 @@ def plot_memorization_by_density(report: Bunch, ax: Axes | None = None) -> Axes:
     ax.set_xlabel("density bin (low to high own-class log-density)")
     ax.set_ylabel("mean memorisation score")
     ax.legend()
-    ax.figure.tight_layout()
+    if own:
+        ax.figure.tight_layout()
     return ax

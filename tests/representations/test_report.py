@@ -116,6 +116,11 @@ def test_figures_show_the_table_values(report):
     one_axes = matplotlib.pyplot.subplots(1, 1, squeeze=False)[1][0]
     with pytest.raises(ValueError, match=r"1 Axes; the report has 2 stages"):
         plot_class_log_density(rep, axes=one_axes)
+    # the caller's figure keeps its layout (it was switched to tight)
+    fig, axes = matplotlib.pyplot.subplots(1, 4, layout="constrained")
+    plot_class_log_density(rep, axes=axes[:2])
+    plot_memorization_by_density(rep, ax=axes[2])
+    assert type(fig.get_layout_engine()).__name__ == "ConstrainedLayoutEngine"
 
 
 def test_memorization_figure_needs_scores(report):
