@@ -51,7 +51,7 @@ from skorch.dataset import unpack_data
 from skorch.utils import to_tensor
 from torch.utils._pytree import tree_map
 
-from ._engine.context import evaluation_mode, torch_seed
+from ._engine.context import evaluation_mode, torch_seed, uncompiled
 from ._engine.differentiable import per_sample_gradients
 from ._engine.inputs import is_dataset, module_float_dtype, n_samples, take
 from ._engine.inputs import to_tensor as read_tensors
@@ -419,7 +419,7 @@ class SimilarityRegularizedNet(NeuralNet):
         """Initialise as skorch does, then check the similarity settings."""
         self._check_similarity_params()
         super().initialize()
-        select_parameters(self.module_, self.similarity_params)
+        select_parameters(uncompiled(self.module_), self.similarity_params)
         self.similarity_steps_ = 0
         return self
 
@@ -657,11 +657,14 @@ class SimilarityRegularizedNet(NeuralNet):
 
     def _cosines(self, pairs, n_outputs, generator, graph, vector=None):
         samples, labels, first, second = pairs
-        params = select_parameters(self.module_, self.similarity_params)
+        # parameters named as the kernels name them: a compiled module's by
+        # the module it wraps, whose computation they are
+        module = uncompiled(self.module_)
+        params = select_parameters(module, self.similarity_params)
         readout, extra, batched = self._readout(labels, n_outputs, generator, vector)
         with evaluation_mode(self.module_), torch.set_grad_enabled(graph):
             grads = per_sample_gradients(
-                self.module_, params, samples, readout, extra, batched, graph
+                module, params, samples, readout, extra, batched, graph
             )
             return pair_gradient_cosines(grads, first, second)
 

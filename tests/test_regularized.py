@@ -1127,3 +1127,20 @@ def test_other_estimators_take_the_inputs_of_pair_data():
         np.testing.assert_array_equal(
             network_similarity(clf, Xp), network_similarity(clf, X)
         )
+
+
+def test_a_compiled_nets_parameters_are_named_as_the_kernels_name_them():
+    """skorch's compile=True: similarity_params took '_orig_mod.'-prefixed names,
+    which the kernels' params= refuses, and refused the kernels' names."""
+    X, y = make_data(n=12)
+    options = dict(compile=True, compile__backend="eager")
+    torch.manual_seed(0)
+    net = make_net(similarity_params="2", **options).fit(X, y)
+    assert network_similarity(net, X[:3], params="2").shape == (3, 3)
+    with pytest.raises(ValueError, match=r"params \['_orig_mod.2'\] match no"):
+        make_net(similarity_params="_orig_mod.2", **options).fit(X, y)
+    torch.manual_seed(0)
+    plain = make_net(similarity_params="2").fit(X, y)
+    assert net.history[-1, "similarity_cosine"] == pytest.approx(
+        plain.history[-1, "similarity_cosine"], rel=1e-5
+    )
