@@ -215,15 +215,22 @@ def agreement_meaning(a, k, bound=1.0):
     return text + "."
 
 
-def agreement_bound(samples, k, n_folds):
+def agreement_bound(samples, folds, k):
     """The largest share of same-label neighbours the folds' training sets allow.
 
-    Each class's training examples in a fold are about ``1 - 1 / n_folds`` of
-    its examples; a held-out example has at most those among its ``k``
-    neighbours.
+    A held-out example has at most its class's training examples of its fold
+    among its ``k`` neighbours. Where every example is held out once and each
+    fold trains on all the others (k-fold splits), those are the class's
+    examples less the fold's held-out ones; for other splits, 1 (no bound).
     """
-    counts = samples["label"].map(samples["label"].value_counts())
-    training = np.floor(counts * (n_folds - 1) / n_folds)
+    n = len(samples)
+    if (
+        not samples["index"].is_unique
+        or not (folds["n_train"] + folds["n_test"] == n).all()
+    ):
+        return 1.0
+    held_out = samples.groupby(["fold", "label"])["label"].transform("size")
+    training = samples["label"].map(samples["label"].value_counts()) - held_out
     return float(np.minimum(training / k, 1.0).mean())
 
 
@@ -244,7 +251,7 @@ def headline_meanings(result):
         bound = (
             1.0  # a prefit audit's training labels are not among its samples
             if meta["cv"] == "prefit"
-            else agreement_bound(result.tables["samples"], k, meta["n_folds"])
+            else agreement_bound(result.tables["samples"], result.tables["folds"], k)
         )
         meanings["neighbor_label_agreement"] = agreement_meaning(value[0], k, bound)
     return meanings
@@ -333,8 +340,10 @@ def label_issue_finding(result):
     disputed = int((table["suggested_label"] != table["given_label"]).sum())
     if n:
         text = (
-            f"{n} training labels look wrong (estimated, {n / len(table):.1%} of "
-            f"the data); the top ones: {top}."
+            f"{counted(n, 'training label')} {'looks' if n == 1 else 'look'} wrong "
+            "(estimated, "
+            f"{n / len(table):.1%} of the data); the top "
+            f"{'one' if n == 1 else 'ones'}: {top}."
         )
     elif disputed:
         text = (

@@ -423,8 +423,9 @@ def test_label_findings_list_only_the_labels_that_look_wrong(issues_audit):
     table["is_issue"] = False
     table.loc[table.index[1], "is_issue"] = True  # below the top score
     second = table.iloc[1]
-    text = next(t for t in findings(result) if "look wrong" in t)
-    assert f"the top ones: #{second['index']} (given" in text
+    text = next(t for t in findings(result) if "looks wrong" in t)
+    assert text.startswith("1 training label looks wrong (estimated")  # one
+    assert f"the top one: #{second['index']} (given" in text
     assert f"#{table.iloc[0]['index']} (" not in text
     table["is_issue"] = False
     disputed = int((table["suggested_label"] != table["given_label"]).sum())
@@ -626,15 +627,40 @@ def test_the_typical_example_is_none_of_the_others_shown(task):
     assert abs(samples["log_density"][typical[0]] - median) <= 0.3
 
 
+def _partition(labels_by_fold):
+    """The samples and folds tables of k-fold splits holding out these labels."""
+    rows = [
+        (fold, label) for fold, labels in enumerate(labels_by_fold) for label in labels
+    ]
+    samples = pd.DataFrame(rows, columns=["fold", "label"])
+    samples["index"] = np.arange(len(samples))
+    n_test = samples.groupby("fold").size().to_numpy()
+    folds = pd.DataFrame(dict(n_train=len(samples) - n_test, n_test=n_test))
+    return samples, folds
+
+
 def test_neighbour_agreement_is_read_against_what_the_folds_allow():
     """Two folds of 12 examples, 6 per class: 3 training examples of a class
     in each fold, so at most 3 of 5 neighbours can share a label."""
-    samples = pd.DataFrame(dict(label=[0] * 6 + [1] * 6))
-    bound = agreement_bound(samples, k=5, n_folds=2)
+    samples, folds = _partition([[0, 0, 0, 1, 1, 1]] * 2)
+    bound = agreement_bound(samples, folds, k=5)
     assert bound == pytest.approx(0.6)
     text = agreement_meaning(0.58, 5, bound)
     assert "follows the classes closely (at most 3.0 could: some classes" in text
     assert "relates many examples across" in agreement_meaning(0.58, 5)
+
+
+def test_the_agreement_bound_counts_each_folds_own_training_examples():
+    """3 classes of 7 in 3 stratified folds hold out 3, 2 and 2 of each: the
+    bound took floor(7 * 2 / 3) = 4 training examples for all (at most 4.0 of
+    5), below the 4.6 the network reached; other splits allow no bound."""
+    samples, folds = _partition(
+        [[0, 0, 0, 1, 1, 1, 2, 2, 2]] + [[0, 0, 1, 1, 2, 2]] * 2
+    )
+    expected = (3 * 4 / 5 + 4 * 1.0) / 7  # training examples 4, 5 and 5 of 7
+    assert agreement_bound(samples, folds, k=5) == pytest.approx(expected)
+    repeated = samples.assign(index=samples["index"] % 10)  # held out twice
+    assert agreement_bound(repeated, folds, k=5) == 1.0
 
 
 def test_the_protocol_is_described_in_words(small_audit):
