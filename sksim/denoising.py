@@ -599,7 +599,8 @@ class SelfDenoisingAnalysis(NetworkEstimator):
         """
         check_is_fitted(self)
         d = self.n_outputs_
-        residuals = ((self.predictions_ - self.targets_) ** 2).sum(axis=1)
+        kept = ~np.isnan(self.effective_neighbors_)  # samples with neighbours
+        residuals = ((self.predictions_ - self.targets_)[kept] ** 2).sum(axis=1)
         out = {
             "sigma": self.sigma_,
             "sigma_estimated": self._sigma_estimated,
@@ -615,7 +616,6 @@ class SelfDenoisingAnalysis(NetworkEstimator):
             "n_without_neighbors": int(np.isnan(self.effective_neighbors_).sum()),
         }
         if y_clean is not None:
-            kept = ~np.isnan(self.effective_neighbors_)  # samples with neighbours
             measured = float(np.sqrt(np.mean(self.clean_errors(y_clean)[kept]) / d))
             out["measured_rmse"] = measured
             out["measured_effective_neighbors"] = self.sigma_**2 / measured**2

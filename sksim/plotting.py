@@ -47,7 +47,9 @@ def plot_neighbors(
     ``n_features`` features of each neighbour. The images of a figure share
     one scale of values, from the smallest to the largest they hold (colour
     images are rescaled to it, standardised ones too); images of 2 or more
-    than 4 channels are drawn as their channels' mean.
+    than 4 channels are drawn as their channels' mean. Channels come first, as
+    torch's, unless only the last axis, shorter than the others, holds 3 or 4
+    (``(H, W, 3)``).
 
     Parameters
     ----------
@@ -109,8 +111,11 @@ def _as_image(sample, shape):
             f"shape {tuple(shape)}: pass the image_shape its values fill."
         )
     image = sample.reshape(shape)
-    if image.ndim == 3:  # channels first, as torch
-        if image.shape[0] in (3, 4):
+    if image.ndim == 3:
+        first, *_, last = image.shape
+        if last in (3, 4) and first not in (1, 3, 4) and last < min(image.shape[:2]):
+            return image  # channels last, as an image file's
+        if image.shape[0] in (3, 4):  # channels first, as torch's
             return np.moveaxis(image, 0, -1)
         return image.mean(axis=0)  # one channel, or no colour to show them in
     return image

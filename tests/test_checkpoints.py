@@ -802,3 +802,27 @@ def test_infinite_buffers_are_refused_where_the_networks_are_finite(data):
     np.testing.assert_allclose(K, network_similarity(net, X), rtol=1e-6)
     with pytest.raises(ValueError, match=r"checkpoints\[1\] .* '1.running_mean' holds"):
         network_similarity(net, X, checkpoints=[good, bad])
+    moved = {k: v.clone() for k, v in good.items()}
+    moved["mask"] = torch.tensor([-float("inf"), 0.0])  # infinite elsewhere
+    with pytest.raises(ValueError, match=r"checkpoints\[1\] .* 'mask' holds NaN or"):
+        network_similarity(net, X, checkpoints=[good, moved])
+
+
+def test_the_dataparallel_hint_is_given_only_for_its_prefix(data):
+    """A network whose own keys start with 'module.' was told about DataParallel
+    for any missing key."""
+    X, _ = data
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.module = torch.nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.module(x)
+
+    net = Wrapper()
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    state.pop("module.bias")
+    with pytest.raises(ValueError, match=r"lacks 'module.bias'\. Checkpoints must"):
+        network_similarity(net, X, checkpoints=[state, state])

@@ -257,7 +257,8 @@ def test_samples_without_neighbours_get_nan_not_perfect_denoising():
         y_clean = X.sum(axis=1)  # measured on the samples predicted, too
         summary, expected = analysis.summary(y_clean), alive.summary(y_clean[:-1])
         assert summary["n_without_neighbors"] == 1
-        for name in ("mean_effective_neighbors", "predicted_rmse", "measured_rmse"):
+        names = ("mean_effective_neighbors", "predicted_rmse", "measured_rmse")
+        for name in (*names, "training_rmse"):
             assert summary[name] == pytest.approx(expected[name]), name
 
 

@@ -355,6 +355,42 @@ def test_half_precision_fallbacks_are_not_refuted_by_their_rounding(monkeypatch)
         assert np.isfinite(K).all()
 
 
+class SortedAndGated(torch.nn.Module):
+    """Rows sorted by a permutation matrix the graph does not show as moving
+    them, and a gate run on a data-chosen subset of the batch's rows."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin, self.gate = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+        self.out = torch.nn.Linear(3, 2)
+
+    def forward(self, x):
+        eye = torch.eye(x.shape[0], dtype=x.dtype)
+        P = eye[torch.argsort(x[:, 0].detach())]
+        h = P.T @ torch.tanh(self.lin(P @ x))
+        chosen = x[:, 1].detach() > 0
+        gated = eye[:, chosen] @ torch.tanh(self.gate(x.detach()[chosen]))
+        return self.out(h + gated)
+
+
+@pytest.mark.parametrize("kind", ["cosine", "ntk", "influence"])
+def test_batches_resume_only_when_the_layer_that_mixed_them_falls_back(kind):
+    """The sorted layer sent the engine to single samples; the gate, run on no
+    row of one sample, then fell back, and the batch size came back for the
+    sorted layer too, unchecked: cosine 0.11 off."""
+    torch.manual_seed(0)
+    module = SortedAndGated().double()
+    X = torch.randn(24, 4, dtype=torch.float64)
+    X[:, 1] = X[:, 1].abs() + 0.1
+    X[0, 0], X[1, 0] = -3.0, 3.0  # the first two in order: the probe sees no sort
+    X[12, 1] = -1.0  # a sample whose gate runs on no row
+    J = oracle_jacobians(module, X.clone())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the batch's rows mixed
+        K = network_similarity(module, X.numpy(), kind=kind, batch_size=8)
+    np.testing.assert_allclose(K, oracle_kernel(J, J, kind), rtol=1e-7, atol=1e-12)
+
+
 class TwoRowsExchanged(torch.nn.Module):
     """Rows ``i`` and ``j`` exchanged around the middle layer only."""
 

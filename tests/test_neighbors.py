@@ -672,6 +672,11 @@ def test_plot_neighbors_images_share_one_scale_of_values():
                 )
             }
         matplotlib.pyplot.close(fig)
+    last = torch.randn(12, 6, 6, 3).numpy()  # channels last, as an image file's
+    search = NetworkNeighbors(AnyWidth(), n_neighbors=2).fit(last)
+    fig = plot_neighbors(search, last[:1])
+    assert fig.axes[0].images[0].get_array().shape == (6, 6, 3)
+    matplotlib.pyplot.close(fig)
     flat = NetworkNeighbors(mlp(4, 2), n_neighbors=2).fit(np.zeros((5, 4)))
     with pytest.raises(ValueError, match=r"4 values cannot be viewed as an image"):
         plot_neighbors(flat, np.zeros((1, 4)), image_shape=(3, 3))

@@ -135,7 +135,7 @@ def check_state(module: torch.nn.Module, state: Mapping, index: int) -> None:
         value = state.get(key)
         if key not in state:
             problem = f"it lacks {key!r}"
-            if state and all(str(k).startswith("module.") for k in state):
+            if f"module.{key}" in state:
                 problem += (
                     " (its keys start with 'module.', as DataParallel's do: save "
                     "model.module.state_dict(), or strip the prefix)"
@@ -154,7 +154,7 @@ def check_state(module: torch.nn.Module, state: Mapping, index: int) -> None:
         elif not bool(torch.isfinite(value).all()) and (
             key in parameters
             or bool(torch.isnan(value).any())
-            or bool(torch.isfinite(tensor).all())
+            or bool((~torch.isfinite(value) & torch.isfinite(tensor)).any())
         ):
             problem = f"{key!r} holds NaN or infinity there (a diverged training?)"
         if problem:

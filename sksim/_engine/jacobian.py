@@ -116,6 +116,7 @@ class JacobianEngine:
         self._n_outputs = None
         self._plan = None
         self._unbatched = set()  # layers whose rows turned out not to be samples
+        self._mixed_by = None  # the layer that mixed a batch's samples, if any
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -383,13 +384,13 @@ class JacobianEngine:
                     continue
                 except RowsMixed as mixed:
                     if part.stop - part.start > 1:
-                        _warn_mixed(mixed.args[0], rows.start + start)
-                        self._part_size = 1
+                        self._single_samples(mixed.args[0], rows.start + start)
                     else:  # a single sample's rows are not one: the layer falls back
                         self._unbatched.add(mixed.args[0])
                         self._plan = None
                         layers, jacobian, n_fallback = self._layer_plan(X)
-                        self._part_size = self.batch_size  # it mixed the batches
+                        if self._mixed_by == mixed.args[0]:  # the batches' cause
+                            self._part_size = self.batch_size
                     continue
                 yield slice(rows.start + part.start, rows.start + part.stop), pieces
                 pieces.clear()
@@ -410,8 +411,12 @@ class JacobianEngine:
         try:
             self._captured_pieces(layers, batch, PieceBudget(math.inf), 0, True)
         except RowsMixed as mixed:
-            _warn_mixed(mixed.args[0], 0)
-            self._part_size = 1
+            self._single_samples(mixed.args[0], 0)
+
+    def _single_samples(self, layer: str, start: int) -> None:
+        """Single samples from here on: ``layer`` mixed those of a batch."""
+        _warn_mixed(layer, start)
+        self._part_size, self._mixed_by = 1, layer
 
     def mapped_pieces(
         self, X, power: float | None, rtol: float, progress: bool = True
