@@ -373,17 +373,19 @@ class SortedAndGated(torch.nn.Module):
         return self.out(h + gated)
 
 
+@pytest.mark.parametrize("gated", [12, 3])
 @pytest.mark.parametrize("kind", ["cosine", "ntk", "influence"])
-def test_batches_resume_only_when_the_layer_that_mixed_them_falls_back(kind):
+def test_batches_resume_only_when_the_layer_that_mixed_them_falls_back(kind, gated):
     """The sorted layer sent the engine to single samples; the gate, run on no
     row of one sample, then fell back, and the batch size came back for the
-    sorted layer too, unchecked: cosine 0.11 off."""
+    sorted layer too, unchecked: cosine 0.11 off. With that sample in the first
+    batch, the gate was named first: the batches resume, their rows checked."""
     torch.manual_seed(0)
     module = SortedAndGated().double()
     X = torch.randn(24, 4, dtype=torch.float64)
     X[:, 1] = X[:, 1].abs() + 0.1
     X[0, 0], X[1, 0] = -3.0, 3.0  # the first two in order: the probe sees no sort
-    X[12, 1] = -1.0  # a sample whose gate runs on no row
+    X[gated, 1] = -1.0  # a sample whose gate runs on no row
     J = oracle_jacobians(module, X.clone())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the batch's rows mixed

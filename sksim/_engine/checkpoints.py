@@ -154,7 +154,7 @@ def check_state(module: torch.nn.Module, state: Mapping, index: int) -> None:
         elif not bool(torch.isfinite(value).all()) and (
             key in parameters
             or bool(torch.isnan(value).any())
-            or bool((~torch.isfinite(value) & torch.isfinite(tensor)).any())
+            or bool((~torch.isfinite(value).cpu() & torch.isfinite(tensor).cpu()).any())
         ):
             problem = f"{key!r} holds NaN or infinity there (a diverged training?)"
         if problem:

@@ -117,6 +117,7 @@ class JacobianEngine:
         self._plan = None
         self._unbatched = set()  # layers whose rows turned out not to be samples
         self._mixed_by = None  # the layer that mixed a batch's samples, if any
+        self._recheck = False  # check the next part's rows whatever the graph
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -378,6 +379,7 @@ class JacobianEngine:
                             n_fallback,
                             take(batch, part),
                             rows.start + start,
+                            self._recheck,
                         )
                 except PiecesTooLarge:
                     self._split(part.stop - part.start)
@@ -390,8 +392,13 @@ class JacobianEngine:
                         self._plan = None
                         layers, jacobian, n_fallback = self._layer_plan(X)
                         if self._mixed_by == mixed.args[0]:  # the batches' cause
-                            self._part_size = self.batch_size
+                            # another layer may mix them unseen: the next part's
+                            # rows are checked whatever the graph
+                            self._part_size, self._mixed_by = self.batch_size, None
+                            self._recheck = True
                     continue
+                if part.stop - part.start > 1:  # rows checked, if they were to be
+                    self._recheck = False
                 yield slice(rows.start + part.start, rows.start + part.stop), pieces
                 pieces.clear()
                 start = part.stop
@@ -537,15 +544,25 @@ class JacobianEngine:
         self._part_size = (size + 1) // 2
 
     def _batch_pieces(
-        self, layers: dict, jacobian, n_fallback: int, batch, start: int
+        self,
+        layers: dict,
+        jacobian,
+        n_fallback: int,
+        batch,
+        start: int,
+        check_rows: bool = False,
     ) -> list:
         """One batch's pieces, checked finite; ``PiecesTooLarge`` past the budget.
 
         No piece outlives the call but in the list returned, so that emptying
-        the list frees the batch.
+        the list frees the batch. ``check_rows``: see :meth:`_captured_pieces`.
         """
         budget = PieceBudget(self.max_memory / 3)
-        pieces = self._captured_pieces(layers, batch, budget, start) if layers else []
+        pieces = (
+            self._captured_pieces(layers, batch, budget, start, check_rows)
+            if layers
+            else []
+        )
         if jacobian is not None:
             b, d = n_samples(batch), self.n_outputs(batch)
             budget.take((b, d, n_fallback), next(iter(self.parameters.values())))

@@ -653,11 +653,13 @@ def test_neighbour_agreement_is_read_against_what_the_folds_allow():
 def test_the_agreement_bound_counts_each_folds_own_training_examples():
     """3 classes of 7 in 3 stratified folds hold out 3, 2 and 2 of each: the
     bound took floor(7 * 2 / 3) = 4 training examples for all (at most 4.0 of
-    5), below the 4.6 the network reached; other splits allow no bound."""
+    5), below the 4.6 the network reached; averaged over the examples rather
+    than over the folds, as the agreement is, it stayed below a perfect
+    network's; other splits allow no bound."""
     samples, folds = _partition(
         [[0, 0, 0, 1, 1, 1, 2, 2, 2]] + [[0, 0, 1, 1, 2, 2]] * 2
     )
-    expected = (3 * 4 / 5 + 4 * 1.0) / 7  # training examples 4, 5 and 5 of 7
+    expected = (4 / 5 + 1.0 + 1.0) / 3  # training examples 4, 5 and 5 of 7
     assert agreement_bound(samples, folds, k=5) == pytest.approx(expected)
     repeated = samples.assign(index=samples["index"] % 10)  # held out twice
     assert agreement_bound(repeated, folds, k=5) == 1.0
