@@ -153,7 +153,8 @@ def _check_dataset(dataset, estimator, reset: bool):
     shape = _input_shape(first)
     _check_same_reads(dataset, first)
     if estimator is not None:
-        tokens = np.asarray(_as_array(first)).dtype.kind in "iu"
+        item = np.asarray(_as_array(first))
+        tokens = item.ndim == 1 and item.dtype.kind in "iu"
         _check_n_features(estimator, shape, reset, tokens)
     return dataset
 
@@ -278,7 +279,8 @@ def _item_shape(value, name: str, scalar: bool = False) -> tuple:
 def _check_n_features(estimator, shape, reset: bool, tokens: bool) -> None:
     """``n_features_in_`` of dataset inputs: the first axis of an item's input.
 
-    Token ids (integer inputs) may come in other lengths, as arrays of them do.
+    Token ids (integer items of one axis) may come in other lengths, as
+    arrays of them do.
     """
     n_features = shape[0] if isinstance(shape, tuple) else None
     if reset:

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from _architectures import KeywordMLP
+from _architectures import AnyWidth, KeywordMLP
 from sklearn.base import clone
 from sklearn.neighbors import KNeighborsClassifier
 from skorch import NeuralNetClassifier, NeuralNetRegressor
@@ -670,6 +670,11 @@ def test_token_datasets_of_another_length_are_taken_as_arrays_are():
             else fitted.kneighbors(Tokens(queries))[1]
         )
         np.testing.assert_allclose(found, expected, rtol=1e-6)
+    # integer images are not token ids: another size is refused, as from arrays
+    images = np.random.RandomState(0).randint(0, 255, (20, 8, 8)).astype(np.uint8)
+    kernel = NetworkSimilarityKernel(AnyWidth()).fit(Tokens(images))
+    with pytest.raises(ValueError, match="X has 6 features, but NetworkSimilarity"):
+        kernel.transform(Tokens(images[:3, :6, :6]))
 
 
 @pytest.mark.parametrize("items", ["flipped", "read_only"])
