@@ -420,6 +420,17 @@ class PReLUNet(nn.Module):
         return self.out(self.act(self.fc1(x)))
 
 
+def pooled_cnn():
+    """One convolution of 4 channels on one-channel images, pooled to 2 logits."""
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 2),
+    )
+
+
 class Prototypes(nn.Module):
     """Logits ``-|z - p_c|`` from learned prototypes by ``torch.cdist``: a bare
     parameter, differentiated by torch.func, whose ``vmap`` rule for ``cdist``

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from _architectures import signal_conv
+from _architectures import pooled_cnn, signal_conv
 from _sklearn_checks import EXPECTED_FAILED_CHECKS, ORDER_DEPENDENT_CHECKS
 from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
@@ -98,13 +98,7 @@ def test_estimator_trains_an_unfitted_skorch_net_and_cross_validates():
     from sksim.datasets import make_scale_detection
 
     X, y = make_scale_detection(96, size=8, xi=4, random_state=0)
-    module = nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(4, 2),
-    )
+    module = pooled_cnn()
     net = NeuralNetClassifier(module, max_epochs=2, train_split=None, verbose=0)
     est = DiffeoSensitivity(
         net, layers="all", n_init=2, shuffled=True, random_state=0
@@ -134,13 +128,7 @@ def test_estimator_trains_a_given_pairs_net_on_its_pairs():
     from sksim.datasets import make_scale_detection
 
     X, y = make_scale_detection(48, size=8, xi=4, random_state=0)
-    module = nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(4, 2),
-    )
+    module = pooled_cnn()
     net = SimilarityRegularizedNet(
         module,
         similarity_pairs="given",

@@ -5,7 +5,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from _architectures import image_cnn
+from _architectures import image_cnn, pooled_cnn
 from skorch import NeuralNetClassifier
 from torch import nn
 
@@ -94,13 +94,7 @@ def test_init_rows_report_the_spread_over_reinitialised_copies():
 def test_estimator_measures_on_the_probe_set_when_given():
     X, y = make_scale_detection(64, size=8, xi=4, random_state=0)
     X_probe, _ = make_scale_detection(40, size=8, xi=4, random_state=1)
-    module = nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(4, 2),
-    )
+    module = pooled_cnn()
     net = NeuralNetClassifier(module, max_epochs=1, train_split=None, verbose=0)
     est = DiffeoSensitivity(net, n_init=2, statistic="median", random_state=0).fit(
         X, y, X_probe=X_probe
