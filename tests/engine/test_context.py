@@ -238,20 +238,23 @@ def test_predictions_in_a_thread_leave_a_seeded_training_as_it_is():
         verbose=0,
     )
     fitted.fit(X[:20], y[:20])
-    stop, predictions = threading.Event(), []
+    stop, predicting, predictions = threading.Event(), threading.Event(), []
 
     def predict():
         while not stop.is_set():
             predictions.append(predicted_probabilities(fitted, X[:20]))
+            predicting.set()
 
-    for _ in range(3):
+    for round in range(3):
         thread = threading.Thread(target=predict)
         thread.start()
+        predicting.wait()  # predictions run before and beside the training
         try:
             weights = trained()
         finally:
             stop.set()
             thread.join()
         stop.clear()
+        predicting.clear()
         assert torch.equal(weights, expected)
-    assert len(predictions) > 3
+        assert len(predictions) > round
