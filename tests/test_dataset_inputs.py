@@ -638,17 +638,6 @@ class TokenMean(torch.nn.Module):
         return self.out(torch.tanh(self.emb(ids)).mean(dim=1))
 
 
-class Tokens(Dataset):
-    def __init__(self, ids):
-        self.ids = ids
-
-    def __len__(self):
-        return len(self.ids)
-
-    def __getitem__(self, i):
-        return self.ids[i]
-
-
 def test_token_datasets_of_another_length_are_taken_as_arrays_are():
     """Token ids padded to another length: arrays were taken, a Dataset of
     them refused ("X has 4 features, but ... is expecting 6")."""
@@ -663,18 +652,18 @@ def test_token_datasets_of_another_length_are_taken_as_arrays_are():
             if isinstance(estimator, NetworkSimilarityKernel)
             else from_arrays.kneighbors(queries)[1]
         )
-        fitted = clone(estimator).fit(Tokens(ids))
+        fitted = clone(estimator).fit(Items(ids))
         found = (
-            fitted.transform(Tokens(queries))
+            fitted.transform(Items(queries))
             if isinstance(estimator, NetworkSimilarityKernel)
-            else fitted.kneighbors(Tokens(queries))[1]
+            else fitted.kneighbors(Items(queries))[1]
         )
         np.testing.assert_allclose(found, expected, rtol=1e-6)
     # integer images are not token ids: another size is refused, as from arrays
     images = np.random.RandomState(0).randint(0, 255, (20, 8, 8)).astype(np.uint8)
-    kernel = NetworkSimilarityKernel(AnyWidth()).fit(Tokens(images))
+    kernel = NetworkSimilarityKernel(AnyWidth()).fit(Items(images))
     with pytest.raises(ValueError, match="X has 6 features, but NetworkSimilarity"):
-        kernel.transform(Tokens(images[:3, :6, :6]))
+        kernel.transform(Items(images[:3, :6, :6]))
 
 
 @pytest.mark.parametrize("items", ["flipped", "read_only"])
@@ -685,9 +674,9 @@ def test_items_torch_cannot_take_are_copied(data, net, items):
     source = X.copy()
     if items == "read_only":
         source.setflags(write=False)
-        dataset = Tokens(source)
+        dataset = Items(source)
     else:
-        dataset = Tokens(source[:, ::-1])
+        dataset = Items(source[:, ::-1])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         K = network_similarity(net, dataset)
