@@ -475,9 +475,12 @@ class SelfDenoisingAnalysis(NetworkEstimator):
             "probabilities."
         )
         if alone.all():
+            threshold = (
+                f", threshold={self.threshold}" if self.weights == "hard" else ""
+            )
             raise ValueError(
-                f"No analysed sample has a neighbour under weights={self.weights!r}"
-                f" (threshold={self.threshold}): {advice}"
+                "No analysed sample has a neighbour under "
+                f"weights={self.weights!r}{threshold}: {advice}"
             )
         warnings.warn(
             f"{int(alone.sum())} analysed sample(s) have no neighbour under "
