@@ -36,6 +36,7 @@ def plot_neighbors(
     n_neighbors: int | None = None,
     image_shape: tuple[int, ...] | None = None,
     n_features: int = 6,
+    axes: np.ndarray | None = None,
 ) -> Figure:
     """Each query beside the training examples the network finds most similar.
 
@@ -63,6 +64,9 @@ def plot_neighbors(
         Shape to view each flat sample as an image, e.g. ``(8, 8)``.
     n_features : int, default=6
         Features of each neighbour shown in a table.
+    axes : array of matplotlib Axes, default=None
+        Where to draw: for images one row per query of ``1 + n_neighbors``
+        Axes, for tables one Axes per query. None creates a figure.
 
     Returns
     -------
@@ -96,10 +100,32 @@ def plot_neighbors(
     why = neighbors.explain(X, n_neighbors)
     X = np.asarray(X)
     reference = neighbors.X_fit_
-    if image_shape is not None or X.ndim >= 3:
-        shape = image_shape or X.shape[1:]
-        return _image_grid(plt, why, X, reference, shape)
-    return _tables(plt, why, reference, n_features)
+    images = image_shape is not None or X.ndim >= 3
+    n_queries, k = why.indices.shape
+    if images:
+        grid, size = (n_queries, k + 1), (1.4 * (k + 1), 1.7 * n_queries)
+        per_query = f"{k + 1} per query, the query and its neighbours"
+    else:
+        columns = 4 + min(n_features, reference[0].size)
+        grid, size = (n_queries, 1), (1.1 * columns, 0.3 * (k + 2) * n_queries)
+        per_query = "one per query"
+    own = axes is None  # a figure of its own, laid out here; the caller's is not
+    if own:
+        _, axes = plt.subplots(*grid, figsize=size, squeeze=False)
+    if np.size(axes) != np.prod(grid):
+        raise ValueError(
+            f"axes holds {np.size(axes)} Axes; {n_queries} queries with {k} "
+            f"neighbours are drawn on {np.prod(grid)}: {per_query}."
+        )
+    axes = np.reshape(axes, grid)
+    if images:
+        _image_grid(why, X, reference, image_shape or X.shape[1:], axes)
+    else:
+        _tables(why, reference, n_features, axes[:, 0])
+    fig = axes[0, 0].figure
+    if own:
+        fig.tight_layout()
+    return fig
 
 
 def _as_image(sample, shape):
@@ -126,11 +152,8 @@ def _caption(why, q, j):
     return f"{label}{why.similarities[q, j]:.3f} (p{why.percentiles[q, j]:.0f})"
 
 
-def _image_grid(plt, why, X, reference, shape):
-    n_queries, k = why.indices.shape
-    fig, axes = plt.subplots(
-        n_queries, k + 1, figsize=(1.4 * (k + 1), 1.7 * n_queries), squeeze=False
-    )
+def _image_grid(why, X, reference, shape, axes):
+    n_queries = len(axes)
     images = [
         [_as_image(X[q], shape)]
         + [_as_image(reference[i], shape) for i in why.indices[q]]
@@ -151,24 +174,17 @@ def _image_grid(plt, why, X, reference, shape):
         for ax in row:
             ax.set_xticks([])
             ax.set_yticks([])
-    fig.suptitle("most similar training examples (similarity, percentile)")
-    fig.tight_layout()
-    return fig
+    axes[0, 0].figure.suptitle(
+        "most similar training examples (similarity, percentile)"
+    )
 
 
-def _tables(plt, why, reference, n_features):
-    n_queries, k = why.indices.shape
+def _tables(why, reference, n_features, axes):
     flat = np.asarray(reference).reshape(len(reference), -1)
     shown = min(n_features, flat.shape[1])
     columns = ["index", "label", "similarity", "percentile"]
     columns += [f"x{f}" for f in range(shown)]
-    fig, axes = plt.subplots(
-        n_queries,
-        1,
-        figsize=(1.1 * len(columns), 0.3 * (k + 2) * n_queries),
-        squeeze=False,
-    )
-    for q, ax in enumerate(axes[:, 0]):
+    for q, ax in enumerate(axes):
         cells = [
             [
                 str(i),
@@ -182,5 +198,3 @@ def _tables(plt, why, reference, n_features):
         ax.axis("off")
         ax.table(cellText=cells, colLabels=columns, loc="center")
         ax.set_title(f"query {q}", fontsize=9)
-    fig.tight_layout()
-    return fig

@@ -702,3 +702,26 @@ def test_plot_neighbors_tabulates_tabular_data(data):
         f"{X_ref[j, 0]:.3g}",
         f"{X_ref[j, 1]:.3g}",
     ]
+
+
+def test_plot_neighbors_draws_on_the_callers_axes(data):
+    """It had no axes=: a user's figure could not hold it."""
+    torch.manual_seed(0)
+    X = torch.randn(12, 1, 4, 4).numpy()
+    search = NetworkNeighbors(AnyWidth(), n_neighbors=2).fit(X)
+    fig, axes = matplotlib.pyplot.subplots(3, 3)
+    fig.subplots_adjust(left=0.3)
+    position = axes[2, 2].get_position().bounds
+    assert plot_neighbors(search, X[:2], axes=axes[:2]) is fig
+    assert axes[1, 2].images[0].get_array().shape == (4, 4)
+    assert not axes[2, 0].images  # the caller's other Axes untouched
+    assert axes[2, 2].get_position().bounds == position  # its layout too
+    with pytest.raises(ValueError, match=r"axes holds 9 Axes; 2 queries with 2 "):
+        plot_neighbors(search, X[:2], axes=axes)
+    matplotlib.pyplot.close(fig)
+    X_ref, X_new = data
+    tables = NetworkNeighbors(mlp(3, 2), n_neighbors=3).fit(X_ref)
+    fig, axes = matplotlib.pyplot.subplots(1, 2)
+    plot_neighbors(tables, X_new[:2], axes=axes)
+    assert axes[1].tables and axes[1].get_title() == "query 1"
+    matplotlib.pyplot.close(fig)
