@@ -7,7 +7,11 @@ functional operations, by the ``torch.fx`` node name in the traced network;
 ``"all"`` means the input, every leaf module in execution order (those run
 more than once left out, with a warning) and the output. Each captured batch
 is pooled (:data:`POOLS`) into a new tensor, flattened to ``(batch,
-features)``, as soon as the layer has run. The hooks are registered through
+features)``, as soon as the layer has run. Pooling needs to know which axis
+holds the features: the channels (axis 1) after convolutions, the last axis
+after linear and attention layers (tokens ``(batch, T, E)``); a layer's output
+takes the layout of the last layer of a known kind that ran up to it (see
+:func:`layout`). The hooks are registered through
 the engine's :class:`~sksim._engine.hooks.ForwardHooks`, as the gradient
 capture's are.
 """
@@ -25,10 +29,51 @@ from ._engine.finite import check_finite_rows
 from ._engine.hooks import ForwardHooks
 
 #: ``"flatten"``: keep every value; ``"mean"``/``"max"``: global average/max over
-#: the spatial axes (one value per channel); ``"channel_mean"``: average over
-#: channels (one value per position). Outputs of shape ``(batch, features)`` are
-#: never pooled.
+#: the positions (spatial axes, or tokens; one value per channel or feature);
+#: ``"channel_mean"``: average over channels or features (one value per
+#: position). Outputs of shape ``(batch, features)`` are never pooled.
 POOLS = ("flatten", "mean", "max", "channel_mean")
+
+nn = torch.nn
+#: Layers whose outputs hold channels on axis 1, ``(batch, C, ...)``.
+CHANNELS_FIRST = (
+    nn.modules.conv._ConvNd,
+    nn.modules.batchnorm._NormBase,  # batch and instance norms
+    nn.GroupNorm,
+    nn.LocalResponseNorm,
+    nn.modules.pooling._MaxPoolNd,
+    nn.modules.pooling._AvgPoolNd,
+    nn.modules.pooling._AdaptiveAvgPoolNd,
+    nn.modules.pooling._AdaptiveMaxPoolNd,
+)
+#: Layers whose outputs hold features on the last axis, ``(batch, ..., E)``.
+FEATURES_LAST = (
+    nn.Linear,
+    nn.Bilinear,
+    nn.LayerNorm,
+    *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),  # torch 2.4
+    nn.Embedding,
+    nn.EmbeddingBag,
+    nn.MultiheadAttention,
+    nn.RNNBase,
+    nn.TransformerEncoderLayer,
+    nn.TransformerDecoderLayer,
+)
+
+
+def layout(module: torch.nn.Module) -> bool | None:
+    """True if ``module``'s output holds its features last, False if on axis 1.
+
+    None for a module of no known kind: its output takes the layout of the
+    last layer of a known kind that ran before it (an activation after a
+    linear layer, a residual block after its last normalisation); without
+    one, channels come first, as torch's convention.
+    """
+    if isinstance(module, FEATURES_LAST):
+        return True
+    if isinstance(module, CHANNELS_FIRST):
+        return False
+    return None
 
 
 class NotATensorError(TypeError, ValueError):
@@ -40,13 +85,16 @@ def check_pool(pool) -> None:
         raise ValueError(f"pool must be one of {POOLS}; got {pool!r}.")
 
 
-def pooled(t: torch.Tensor, pool: str) -> torch.Tensor:
+def pooled(t: torch.Tensor, pool: str, features_last: bool = False) -> torch.Tensor:
     """Pool a batch ``(B, C, ...)`` as ``pool`` says and flatten it to ``(B, d)``.
 
-    The result is a new tensor: what the network does in place afterwards
-    (an in-place activation, a residual ``+=``) cannot change it.
+    With ``features_last``, the batch is ``(B, ..., C)``. The result is a new
+    tensor: what the network does in place afterwards (an in-place activation,
+    a residual ``+=``) cannot change it.
     """
     if t.dim() > 2 and pool != "flatten":
+        if features_last:
+            t = t.movedim(-1, 1)
         spatial = tuple(range(2, t.dim()))
         if pool == "mean":
             t = t.mean(spatial)
@@ -178,11 +226,34 @@ class RepresentationCapture:
                 n for n in self.names if n not in special and n not in self._modules
             ]
         self.traced = _traced(module, self.fx_names) if self.fx_names else None
+        self._layouts: dict[str, bool] = {}  # features last, by layer (first batch)
+        self._ran: list[bool] = []  # layouts of the known layers run so far
+
+    def _features_last(self, name: str, position: int = -1) -> bool:
+        """Layer ``name``'s layout: learnt from the known layers run up to it."""
+        if name not in self._layouts:
+            self._layouts[name] = self._ran[position] if self._ran else False
+        return self._layouts[name]
+
+    def _layout_hooks(self) -> list:
+        """Hooks recording the layout of each known layer as it runs.
+
+        Needed until every layer's layout is learnt, on the first batch.
+        """
+        if self.names is not None and all(n in self._layouts for n in self.names):
+            return []
+        self._ran = []
+        return [
+            (m, lambda _m, _i, _o, f=features_last: self._ran.append(f))
+            for m in self.module.modules()
+            if (features_last := layout(m)) is not None
+        ]
 
     def _store(self, captured: dict, calls: dict):
         def store(name, value):
             calls[name] = calls.get(name, 0) + 1
-            captured[name] = pooled(_tensor(value, name).detach(), self.pool)
+            t = _tensor(value, name).detach()
+            captured[name] = pooled(t, self.pool, self._features_last(name))
 
         return store
 
@@ -191,20 +262,24 @@ class RepresentationCapture:
 
         Modules are hooked on the network itself; torch.fx nodes are read in a
         run of its traced graph (a second forward pass when modules are asked
-        for too, as the trace inlines the modules that hold others).
+        for too, as the trace inlines the modules that hold others), which
+        calls the network's own layers. Layouts are recorded first, as a layer
+        runs: its own layout is known when its output is stored.
         """
         store = self._store(captured, calls)
+        layouts = self._layout_hooks()
         out = None
         if self.hooked or self.traced is None:
             hooks = [
                 (self._modules[n], lambda _m, _i, o, n=n: store(n, o))
                 for n in self.hooked
             ]
-            with ForwardHooks(hooks):
+            with ForwardHooks(layouts + hooks):
                 out = self._forward(self.module, x)
         if self.traced is not None:
             nodes = _NodeOutputs(self.traced, self.fx_names, store)
-            traced = self._forward(nodes.run, x)
+            with ForwardHooks(layouts if out is None else []):
+                traced = self._forward(nodes.run, x)
             out = traced if out is None else out  # the network's own, if it ran
         return out
 
@@ -214,10 +289,19 @@ class RepresentationCapture:
 
     def __call__(self, x) -> dict[str, torch.Tensor]:
         captured: dict[str, torch.Tensor] = {}
+        unpooled = None
         if self.names is None or "input" in self.names:  # before the network
-            captured["input"] = pooled(_tensor(x, "input"), self.pool)
+            if "input" in self._layouts:
+                captured["input"] = pooled(
+                    _tensor(x, "input"), self.pool, self._layouts["input"]
+                )
+            else:  # pooled as its first known layer reads it, known after the run
+                unpooled = _tensor(x, "input").clone()
         calls: dict[str, int] = {}
         out = self._run(x, captured, calls)
+        if unpooled is not None:
+            last = self._features_last("input", position=0)
+            captured = {"input": pooled(unpooled, self.pool, last), **captured}
         twice = [name for name, count in calls.items() if count > 1]
         if self.names is None:  # "all": execution order of this first call
             self._leave_out(twice)
@@ -237,7 +321,8 @@ class RepresentationCapture:
                     f"The network returns a {type(out).__name__}, not a tensor; "
                     "wrap it so that forward returns the output tensor."
                 )
-            captured["output"] = pooled(out.detach(), self.pool)
+            last = self._features_last("output")
+            captured["output"] = pooled(out.detach(), self.pool, last)
         for name in self.names:
             if name not in captured:
                 raise ValueError(

@@ -35,7 +35,12 @@ def extract_representations(
     Forward hooks record the output of each named module while the network runs
     on ``X`` in eval mode, without gradients, in batches. Feature maps
     ``(n, C, H, W, ...)`` are pooled over their spatial axes (global average
-    pooling, as in the paper's section 3); other outputs are flattened.
+    pooling, as in the paper's section 3), token sequences ``(n, T, E)`` over
+    their tokens; outputs ``(n, d)`` are kept. Features are on axis 1 after
+    convolution, batch-norm and pooling layers, on the last axis after linear,
+    layer-norm, embedding, attention and recurrent layers; other modules (an
+    activation, a block) take the layout of the last of these that ran up to
+    their output, channels first where none did.
 
     Parameters
     ----------
@@ -50,9 +55,10 @@ def extract_representations(
         node names of functional operations, ``"input"``, ``"output"``, or
         ``"all"`` (input, every leaf module in execution order, output).
     pool : {"mean", "max", "flatten", "channel_mean"}, default="mean"
-        Reduction of feature maps ``(n, C, ...)``: global average or maximum
-        over the spatial axes (one value per channel), none (``"flatten"``),
-        or the average over channels (one value per position).
+        Reduction of feature maps and token sequences: global average or
+        maximum over the positions (one value per channel or feature), none
+        (``"flatten"``), or the average over channels or features (one value
+        per position).
     batch_size : int, default=128
     device : str or torch.device, default=None
         Where to run; None keeps the network's device. Elsewhere a copy of

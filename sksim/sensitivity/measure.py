@@ -16,6 +16,8 @@ from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
+from torch.nn.utils.spectral_norm import SpectralNorm
+from torch.nn.utils.weight_norm import WeightNorm
 from torch.utils.data import Dataset
 
 from .._engine.context import torch_seed
@@ -283,14 +285,30 @@ def _float64_errors(outputs: Iterator) -> Iterator:
         ) from error
 
 
+#: Hooks computing a weight from parameters ``reset_parameters`` does not reach.
+WEIGHT_HOOKS = (WeightNorm, SpectralNorm)
+
+
 def _unreset_parameters(model: torch.nn.Module) -> list[str]:
+    """Names of the parameters that no ``reset_parameters`` re-initialises.
+
+    Those of modules without the method, and those behind the weights that
+    ``torch.nn.utils.weight_norm`` and ``spectral_norm`` compute (the method
+    draws into the computed weight, which their hook overwrites).
+    """
     names = []
     for mname, sub in model.named_modules():
-        if not callable(getattr(sub, "reset_parameters", None)):
-            names += [
-                f"{mname}.{p}" if mname else p
-                for p, _ in sub.named_parameters(recurse=False)
-            ]
+        computed = [
+            hook.name
+            for hook in sub._forward_pre_hooks.values()
+            if isinstance(hook, WEIGHT_HOOKS)
+        ]
+        names += [
+            f"{mname}.{p}" if mname else p
+            for p, _ in sub.named_parameters(recurse=False)
+            if not callable(getattr(sub, "reset_parameters", None))
+            or any(p.startswith(f"{name}_") for name in computed)
+        ]
     return names
 
 
@@ -390,9 +408,11 @@ def _reinitialized(model: torch.nn.Module, n_init, rng) -> list[torch.nn.Module]
     unreset = _unreset_parameters(model)
     if unreset:
         warnings.warn(
-            f"Parameters {unreset} belong to modules without reset_parameters, "
-            "so the initialised copies keep their trained values; give those "
-            "modules a reset_parameters method.",
+            f"Parameters {unreset} are not re-initialised by a reset_parameters "
+            "method (their modules have none, or they are behind a weight that "
+            "weight_norm or spectral_norm computes), so the initialised copies "
+            "keep their trained values; give those modules a reset_parameters "
+            "method that re-initialises them.",
             UserWarning,
             stacklevel=3,
         )
@@ -587,10 +607,11 @@ def relative_sensitivity(
         Also measure the trained net with the input channels of every conv
         filter shuffled (:func:`shuffle_conv_input_channels`).
     pool : {"flatten", "mean", "max", "channel_mean"}, default="flatten"
-        How representations of shape ``(B, C, ...)`` are reduced before
-        measuring: kept whole (``"flatten"``), averaged or maximised over
-        positions (``"mean"``, ``"max"``: one value per channel) or averaged
-        over channels (``"channel_mean"``: one value per position).
+        How representations of shape ``(B, C, ...)`` (or token sequences
+        ``(B, T, E)``, see :func:`~sksim.representations.extract_representations`)
+        are reduced before measuring: kept whole (``"flatten"``), averaged or
+        maximised over positions (``"mean"``, ``"max"``: one value per channel)
+        or averaged over channels (``"channel_mean"``: one value per position).
     deformation : callable, default=None
         A task's own perturbation ``deformation(X, random_state) -> X'``, called
         once on the float64 probe set on the device with a ``RandomState``;

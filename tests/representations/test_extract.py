@@ -134,3 +134,48 @@ def test_values_are_taken_before_the_network_changes_them_in_place(layers, pool)
         np.testing.assert_allclose(
             reps[name], value.reshape(6, -1).numpy(), rtol=1e-5, atol=1e-6
         )
+
+
+class Tokens(torch.nn.Module):
+    """Token sequences (B, T, E) through linear and attention layers, then a
+    one-dimensional convolution over the tokens (B, C, T)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = torch.nn.Linear(3, 8)
+        self.act = torch.nn.GELU()  # no layout of its own: the Linear's
+        self.block = torch.nn.TransformerEncoderLayer(8, 2, 16, batch_first=True)
+        self.conv = torch.nn.Conv1d(8, 6, 3)
+        self.fc = torch.nn.Linear(6, 2)
+
+    def forward(self, x):
+        h = self.block(self.act(self.embed(x)))
+        h = h + 1  # the torch.fx node "add", after the encoder layer
+        c = self.conv(h.transpose(1, 2))
+        return self.fc(c.mean(2))
+
+
+@pytest.mark.parametrize("pool", ["mean", "max", "channel_mean"])
+def test_token_outputs_are_pooled_over_tokens(pool):
+    """Outputs (B, T, E) of linear and attention layers were pooled as if E
+    were positions: one value per token, averaged over the features."""
+    net = Tokens().eval()
+    X = torch.randn(5, 7, 3)
+    layers = ["input", "embed", "act", "block", "add", "conv"]
+    reps = extract_representations(net, X, layers, pool=pool, batch_size=2)
+    with torch.no_grad():
+        embed = net.embed(X)
+        block = net.block(net.act(embed))
+        values = dict(input=X, embed=embed, act=net.act(embed), block=block)
+        values["add"] = block + 1
+        conv = net.conv((block + 1).transpose(1, 2)).transpose(1, 2)  # (B, T, C)
+        values["conv"] = conv
+    reduce = dict(mean=lambda v, a: v.mean(a), max=lambda v, a: v.amax(a))
+    for name in layers:
+        axis = 2 if pool == "channel_mean" else 1  # features, or tokens
+        expected = reduce.get(pool, reduce["mean"])(values[name], axis)
+        np.testing.assert_allclose(reps[name], expected.numpy(), atol=1e-5)
+    every = extract_representations(net, X, "all", pool=pool)
+    for name in ("embed", "act", "conv"):
+        np.testing.assert_allclose(every[name], reps[name], atol=1e-6)

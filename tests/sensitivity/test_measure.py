@@ -461,3 +461,31 @@ def test_non_finite_representations_name_the_rows_of_x():
         NonFiniteNetworkError, match=r"rows \[2, 5\] of X, in the probe"
     ):
         relative_sensitivity(NaNOnMarked(), X, n_init=1, batch_size=6)
+
+
+@pytest.mark.parametrize(
+    "wrap, kept",
+    [
+        (nn.utils.spectral_norm, ["0.weight_orig"]),
+        (nn.utils.weight_norm, ["0.weight_g", "0.weight_v"]),
+    ],
+)
+def test_weights_computed_by_norm_hooks_are_named_as_kept(wrap, kept):
+    """reset_parameters draws into the weight these hooks compute, which the
+    hook overwrites: the initialised copies kept the trained weights, and the
+    "init" rows measured the trained network without a word."""
+    torch.manual_seed(0)
+    net = nn.Sequential(wrap(nn.Conv2d(2, 2, 3)), nn.Tanh(), nn.Flatten())
+    X = _data(6)
+    with torch.no_grad():  # weight_norm's first weight is not deep-copyable
+        net(torch.as_tensor(X))
+    with pytest.warns(UserWarning, match="weight_norm or spectral_norm") as record:
+        relative_sensitivity(net, X, n_init=1, random_state=0)
+    (warning,) = [w for w in record if "reset_parameters" in str(w.message)]
+    assert str(kept) in str(warning.message)
+    fresh = fresh_copy(net, 1)
+    for name in kept:  # the warning's reason: these stay as trained
+        torch.testing.assert_close(
+            fresh.get_parameter(name), net.get_parameter(name), rtol=0, atol=0
+        )
+    assert not torch.equal(fresh[0].bias, net[0].bias)  # the others are redrawn
