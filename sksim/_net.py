@@ -159,8 +159,9 @@ def training_targets(net: NeuralNet, y: ArrayLike) -> np.ndarray:
 
     A classifier takes integer labels from 0 (int64, as its cross-entropy
     does; float32, as its logistic loss does, for skorch's
-    ``NeuralNetBinaryClassifier``); a regressor one row of targets per
-    sample, a 1-D ``y`` becoming a column, as its outputs are ``(n, 1)``.
+    ``NeuralNetBinaryClassifier``), one-hot rows standing for their label
+    (the cross-entropy of either is the same); a regressor one row of targets
+    per sample, a 1-D ``y`` becoming a column, as its outputs are ``(n, 1)``.
     """
     y = np.asarray(y)
     if is_regressor(net):
@@ -169,6 +170,8 @@ def training_targets(net: NeuralNet, y: ArrayLike) -> np.ndarray:
         return y
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
+    elif y.ndim == 2 and ((y == 0) | (y == 1)).all() and (y.sum(1) == 1).all():
+        y = y.argmax(1)  # one-hot
     integers = y.dtype.kind in "iub" or (
         y.dtype.kind == "f" and np.isfinite(y).all() and np.array_equal(y, np.round(y))
     )

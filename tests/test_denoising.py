@@ -12,7 +12,7 @@ from _architectures import AnyWidth, circle_sine_regressor, mlp
 from _sklearn_checks import EXPECTED_FAILED_CHECKS
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.estimator_checks import parametrize_with_checks
-from skorch import NeuralNetRegressor
+from skorch import NeuralNetClassifier, NeuralNetRegressor
 
 from sksim import SingularJacobianGramWarning, denoising
 from sksim._engine import pieces
@@ -495,3 +495,30 @@ def test_a_float32_softmax_net_gives_its_float64_copys_analysis(weights):
     for name in ("noise_covariance_", "kernel_prediction_", "effective_neighbors_"):
         got, expected = getattr(single, name), getattr(double, name)
         assert np.abs(got - expected).max() < 1e-2 * np.abs(expected).max()
+
+
+@pytest.mark.filterwarnings("ignore::sksim.SingularJacobianGramWarning")
+def test_unfitted_classifier_trains_on_one_hot_labels():
+    """The analysis takes one-hot labels for a classifier, which a skorch
+    NeuralNetClassifier refused to train on; integer labels, as its error
+    advised, were then refused by the analysis."""
+    rng = np.random.RandomState(0)
+    X = rng.randn(60, 4).astype(np.float32)
+    labels = (X[:, 0] > 0).astype(np.int64)
+
+    def classifier():
+        return NeuralNetClassifier(
+            mlp(4, 2), max_epochs=3, lr=0.1, train_split=None, verbose=0
+        )
+
+    kwargs = dict(
+        output=lambda o: torch.softmax(o, -1), weights="cosine_pos_pow", random_state=0
+    )
+    analysis = SelfDenoisingAnalysis(classifier(), **kwargs).fit(X, np.eye(2)[labels])
+    torch.manual_seed(0)
+    fitted = classifier().fit(X, labels)  # the same training, on the labels
+    assert not hasattr(analysis.net, "module_")  # the user's net stays unfitted
+    expected = SelfDenoisingAnalysis(fitted, **kwargs).fit(X, np.eye(2)[labels])
+    np.testing.assert_allclose(
+        analysis.effective_neighbors_, expected.effective_neighbors_, rtol=1e-6
+    )

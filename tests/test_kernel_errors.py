@@ -106,11 +106,18 @@ def test_targets_of_an_unfitted_net_are_checked_and_cast():
         return NetworkSimilarityKernel(net, random_state=0).fit_transform(Xd, targets)
 
     expected = kernel(make_digits_net(max_epochs=2), y)
-    for given in (y.astype(np.int32), y.astype(float), list(y), y[:, None]):
+    one_hot = np.eye(10)[y]
+    for given in (y.astype(np.int32), y.astype(float), list(y), y[:, None], one_hot):
         np.testing.assert_array_equal(
             kernel(make_digits_net(max_epochs=2), given), expected
         )
-    for bad in (np.array(list("abcdefghij"))[y], y - 1, np.where(y == 0, np.nan, y)):
+    soft = one_hot * 0.9 + 0.01  # label smoothing: not one label per sample
+    for bad in (
+        np.array(list("abcdefghij"))[y],
+        y - 1,
+        np.where(y == 0, np.nan, y),
+        soft,
+    ):
         with pytest.raises(ValueError, match="learns label j as its output j"):
             kernel(make_digits_net(max_epochs=2), bad)
     # labels 1 to 10 for 10 outputs: torch's bare "Target 10 is out of bounds"
