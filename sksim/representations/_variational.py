@@ -210,9 +210,14 @@ def fit_variational(
     centre = X.mean(axis=0)
     Xc = X - centre
     outer = _outer_blocks(Xc)
-    start = KMeans(
-        n_components, n_init=1, random_state=np.random.RandomState(random_state)
-    ).fit(X)
+    with warnings.catch_warnings():  # fewer distinct points than components:
+        # the extra components start empty, and the mixture's weights drop them
+        warnings.filterwarnings(
+            "ignore", "Number of distinct clusters", ConvergenceWarning
+        )
+        start = KMeans(
+            n_components, n_init=1, random_state=np.random.RandomState(random_state)
+        ).fit(X)
     resp = np.zeros((n, n_components))
     resp[np.arange(n), start.labels_] = 1.0
     post = _posterior(*_statistics(Xc, outer, resp, reg_covar), prior, centre)

@@ -104,7 +104,8 @@ class DirichletProcessGaussianMixture(DensityMixin, BaseEstimator):
         Prior precision factor of the cluster means.
     reg_covar : float, default=1e-6
         Added to the data variances in ``Psi0``, so that constant features and
-        single points remain valid.
+        single points remain valid. Absolute: on features of variance near it,
+        log-densities depend on the features' scale beyond ``-d log s``.
     max_components : int, default=20
         Truncation of the variational backend.
     max_iter : int, default=500

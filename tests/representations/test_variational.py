@@ -107,3 +107,14 @@ def test_points_whose_variance_overflows_are_refused(backend):
     mixture = DirichletProcessGaussianMixture(backend=backend, n_sweeps=4)
     with pytest.raises(ValueError, match="variance of the points overflows"):
         mixture.fit(X)
+
+
+def test_duplicate_points_fit_without_k_means_warning():
+    """Fewer distinct points than components: k-means' warning about its
+    n_clusters, a setting the user never chose, reached the user."""
+    X = np.repeat(np.random.RandomState(0).randn(3, 2), 8, axis=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = DirichletProcessGaussianMixture(backend="variational", random_state=0)
+        model.fit(X)
+    assert np.isfinite(model.log_predictive(X)).all()
