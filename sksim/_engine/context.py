@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+from threadpoolctl import threadpool_limits
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -99,6 +100,10 @@ class _ProcessWideSetting:
                 if self._users == 0:
                     self._stack.close()
 
+
+# BLAS and OpenMP thread pools are process-wide: one thread each, while any
+# block of small-matrix work runs
+single_threaded_blas = _ProcessWideSetting(lambda: threadpool_limits(limits=1))
 
 # torch.func has batching rules for the math kernel of attention, not for the
 # fused kernels; torch's backend flags are process-wide

@@ -11,8 +11,8 @@ from sklearn.base import BaseEstimator, DensityMixin
 from sklearn.cluster import KMeans
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
-from threadpoolctl import threadpool_limits
 
+from .._engine.context import single_threaded_blas
 from .._typing import Self
 from ._blocked import blocked_gibbs_sampler
 from ._gibbs import gibbs_sampler
@@ -289,7 +289,7 @@ n_features)
         # their synchronisation (100 times slower with two on a busy machine).
         # one point has one partition: the sampler is exact
         backend = self.backend if len(X) > 1 else "gibbs"
-        with threadpool_limits(limits=1):
+        with single_threaded_blas():
             if backend == "gibbs":
                 self._fit_gibbs(X, prior, rng)
             else:

@@ -43,7 +43,7 @@ def _correct_when_trained_on(estimator, X, y, mask, seed):
     if "random_state" in model.get_params():
         model.set_params(random_state=seed)
     rows = np.flatnonzero(mask)
-    with torch_seed(seed):
+    with torch_seed(seed, exclusive=True):  # threads draw one at a time
         model.fit(take(X, rows), y[rows])
         return np.asarray(model.predict(X)) == y
 
