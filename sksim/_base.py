@@ -8,6 +8,7 @@ reused by every later call.
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Sequence
 from numbers import Integral, Real
 from typing import Any
@@ -31,7 +32,7 @@ from ._engine.features import piece_energies
 from ._engine.jacobian import JacobianEngine
 from ._engine.normalize import KINDS
 from ._net import fit_net, resolve_module, training_input, weights_digest
-from ._typing import Checkpoints, NetLike, Output
+from ._typing import Checkpoints, NetLike, Output, Self
 from ._validation import check_checkpoint_list, check_net_input, sample_shape
 
 POSITIVE_INT = Interval(Integral, 1, None, closed="left")
@@ -381,6 +382,17 @@ class NetworkEstimator(BaseEstimator):
     def _make_engine(self) -> JacobianEngine:
         settings = self._engine_params
         return make_engine(self.net_, *(settings[name] for name in _ENGINE_PARAMS))
+
+    def _in_workers(self) -> Self:
+        """A shallow copy to hand to joblib's workers: its nets are torch modules.
+
+        skorch pickles its module with ``torch.save``, by reference to its
+        class: a class defined in the user's script (``__main__``) cannot be
+        loaded in a worker process, which cloudpickle sends by value.
+        """
+        light = copy.copy(self)
+        light.net = light.net_ = resolve_module(self.net_)
+        return light
 
     def __getstate__(self):
         state = super().__getstate__()

@@ -437,7 +437,8 @@ class GradientDensityEstimator(DensityMixin, NetworkEstimator):
             example counts itself, see the class docstring.
         """
         check_is_fitted(self)
-        return split_rows(self._counts, self._check_input(X), self.n_jobs)
+        X = self._check_input(X)
+        return split_rows(self._in_workers()._counts, X, self.n_jobs)
 
     def score_samples(self, X: NetInput) -> np.ndarray:
         """Log relative density ``log(max(count, 0.5) / N)``.

@@ -1030,7 +1030,8 @@ class NetworkNeighbors(NetworkEstimator):
         X = self._check_input(X)
         if self.algorithm == "faiss":
             return self._searched_queries(X, n_neighbors)
-        return split_rows(lambda Q: self._exact(Q, n_neighbors), X, self.n_jobs)
+        search = self._in_workers()
+        return split_rows(lambda Q: search._exact(Q, n_neighbors), X, self.n_jobs)
 
     @fill_doc
     def kneighbors(
@@ -1138,8 +1139,9 @@ class NetworkNeighbors(NetworkEstimator):
             distances, indices = self._within(None, radius, sort_results)
         else:
             X = self._check_input(X)
+            search = self._in_workers()
             distances, indices = split_rows(
-                lambda Q: self._within(Q, radius, sort_results), X, self.n_jobs
+                lambda Q: search._within(Q, radius, sort_results), X, self.n_jobs
             )
         return (distances, indices) if return_distance else indices
 
