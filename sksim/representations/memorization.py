@@ -43,7 +43,10 @@ def _correct_when_trained_on(estimator, X, y, mask, seed):
     if "random_state" in model.get_params():
         model.set_params(random_state=seed)
     rows = np.flatnonzero(mask)
-    with torch_seed(seed, exclusive=True):  # threads draw one at a time
+    # a skorch net's training draws from torch's generator, which threads
+    # share: one at a time; another estimator may start threads that train
+    # nets, which would wait for the turn it holds
+    with torch_seed(seed, exclusive=isinstance(model, NeuralNet)):
         model.fit(take(X, rows), y[rows])
         return np.asarray(model.predict(X)) == y
 
@@ -89,7 +92,12 @@ def memorization_scores(
         Seeds the subsets and each model (its ``random_state`` parameter if it
         has one, and torch's generator during its fit).
     n_jobs : int, default=None
-        Models trained in parallel through joblib.
+        Models trained in parallel through joblib. In threads (joblib's
+        threading backend, a dask cluster of threads), skorch nets train one
+        at a time, each seeded as in sequence; another estimator drawing from
+        torch's generator (a pipeline around a skorch net) draws from the
+        generator other threads draw from too: its scores are reproducible in
+        processes (loky, joblib's default) only.
     verbose : int, default=0
         Show a progress bar over the models when positive.
 
