@@ -506,11 +506,13 @@ class JacobianEngine:
 
     def _probe_pass(self, layers: dict, probe, expand: int) -> tuple:
         """:meth:`_probe`'s pass, one-row calls expanded to ``expand`` rows."""
+        saved = SavedTensors()
         with torch.enable_grad(), LayerCapture(layers, True, expand) as capture:
             # finiteness is checked in the real pass, where rows are numbered
-            outputs = _attached(
-                _explained_call(capture, lambda: self._call(probe, start=None))
-            )
+            with saved:
+                outputs = _attached(
+                    _explained_call(capture, lambda: self._call(probe, start=None))
+                )
             capture.recording = False
             mixing = capture.mixing_layers(outputs) | capture.tied_layers(outputs)
             mixing |= capture.nested
@@ -531,7 +533,11 @@ class JacobianEngine:
         activations = sum(
             (h.numel() + z.numel()) * z.element_size() for h, z in recorded
         )
-        return mixing, (activations + pieces) // 2, set(capture.calls)
+        known = [t for call in recorded for t in call]
+        known += [*self.module.parameters(), *self.module.buffers()]
+        signals = [z for _, z in recorded]
+        intermediates = saved.bytes_besides(known, signals, outputs.shape[1])
+        return mixing, (activations + pieces + intermediates) // 2, set(capture.calls)
 
     def _split(self, size: int) -> None:
         if size == 1:
@@ -752,6 +758,46 @@ def _check_same_layers(ran: set, expected: set, start: int, b: int) -> None:
             "apart (one task or branch at a time), or select the parameters "
             "they share with params=."
         )
+
+
+class SavedTensors(torch.autograd.graph.saved_tensors_hooks):
+    """Context: records the tensors autograd saves for the backward pass.
+
+    Those beyond a network's layer inputs and outputs (attention weights, an
+    activation's result) take memory the pieces' budget does not see, and the
+    vectorised backward pass over ``d`` outputs makes a gradient of each, ``d``
+    at a time.
+    """
+
+    def __init__(self):
+        self.storages: dict[int, int] = {}  # bytes by storage address
+        super().__init__(self._pack, lambda t: t)
+
+    def _pack(self, t: torch.Tensor) -> torch.Tensor:
+        try:
+            storage = t.untyped_storage()
+        except (RuntimeError, NotImplementedError):  # functorch's wrappers
+            return t
+        self.storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    def bytes_besides(
+        self, known: list[torch.Tensor], outputs: list[torch.Tensor], d: int
+    ) -> int:
+        """Bytes of the saved tensors not in ``known``, and of some gradients.
+
+        The gradients of those larger than every layer output of ``outputs``:
+        the gradients of tensors as large as a layer's output are as large as
+        its back-propagated signals, which the pieces' budget counts; larger
+        ones (attention weights) take two at a time (a node's input and
+        output) for each of the ``d`` outputs.
+        """
+        largest = max((t.nbytes for t in outputs), default=0)
+        for t in known:
+            self.storages.pop(t.untyped_storage().data_ptr(), None)
+        sizes = self.storages.values()
+        beyond = max(sizes, default=0) - largest
+        return sum(sizes) + 2 * d * max(beyond, 0)
 
 
 def _attached(outputs: torch.Tensor) -> torch.Tensor:

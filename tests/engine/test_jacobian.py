@@ -136,3 +136,38 @@ def test_a_batch_is_freed_before_the_next_is_computed(case):
     # |S|^2 is the sum of all pairs' <A(x_i), A(x_j)>, whatever the column order
     A = np.stack([_inv_sqrt(j @ j.T) @ j for j in oracle_jacobians(module, X)])
     np.testing.assert_allclose(np.sum(S**2), np.sum(A.sum(axis=0) ** 2), rtol=1e-7)
+
+
+class Attention(torch.nn.Module):
+    """Few parameters, large parameter-free intermediates (B, heads, T, T)."""
+
+    def __init__(self, width=16, heads=4, d=10):
+        super().__init__()
+        self.heads = heads
+        self.qkv = torch.nn.Linear(width, 3 * width)
+        self.out = torch.nn.Linear(width, d)
+
+    def forward(self, x):
+        B, T, H = x.shape
+        q, k, v = (
+            t.reshape(B, T, self.heads, -1).transpose(1, 2)
+            for t in self.qkv(x).chunk(3, -1)
+        )
+        a = torch.softmax(q @ k.transpose(-1, -2), -1)
+        return self.out((a @ v).transpose(1, 2).reshape(B, T, H).mean(1))
+
+
+def test_the_automatic_batch_counts_what_autograd_saves():
+    """The batch size counted the layers' inputs, outputs and pieces, not the
+    attention weights autograd saves, nor their gradients in the backward
+    pass over all outputs: 3 to 7 times max_memory was taken."""
+    torch.manual_seed(0)
+    T, heads, d, max_memory = 64, 4, 10, 2**26
+    net = Attention(heads=heads, d=d)
+    X = torch.randn(40, T, 16).numpy()
+    engine = JacobianEngine(net, max_memory=max_memory)
+    K = GramReference(engine, X, "cosine").matrix()
+    weights = heads * T * T * 4  # bytes of a sample's attention weights
+    assert engine.batch_size * (2 * d + 1) * weights <= max_memory / 3
+    one = GramReference(JacobianEngine(net, batch_size=1), X, "cosine").matrix()
+    np.testing.assert_allclose(K, one, atol=1e-6)
