@@ -28,7 +28,12 @@ from ._engine.checkpoints import (
 from ._engine.inputs import n_samples
 from ._engine.jacobian import DEFAULT_MAX_MEMORY, JacobianEngine
 from ._engine.parallel import split_rows
-from ._engine.rows import cosine_rows, sketch_features, sketched_rows
+from ._engine.rows import (
+    cosine_rows,
+    sketch_features,
+    sketched_chunks,
+    sketched_rows,
+)
 from ._typing import Checkpoints, NetInput, NetLike, Output, Self
 
 COUNT_FLOOR = 0.5
@@ -124,6 +129,10 @@ class GradientDensityEstimator(DensityMixin, NetworkEstimator):
       ``A = (J J^T)^{-1/2} J`` in one streaming pass, and
       ``N_S(x) = <A(x), S>_F / d``. Time O(N p), memory O(p d): neither the
       ``N x N`` kernel nor the ``N x p`` Jacobian matrix is ever formed.
+      With ``n_components`` set, the sketches of the reference are summed
+      instead, and ``N_S(x)`` is the inner product of the sketch of ``x``
+      with their sum: memory O(d n_components), for networks whose sums
+      ``S`` would not fit.
     * ``"hard"``: ``N_tau(x) = #{j : k^C(x, x_j) > threshold}``.
     * ``"power"``: ``N_n(x) = sum_j max(k^C(x, x_j), 0)^power``.
 
@@ -180,10 +189,11 @@ class GradientDensityEstimator(DensityMixin, NetworkEstimator):
     %(output)s
     %(params)s
     %(n_components)s
-        ``"soft"`` is always exact. The reference sketches may take two
-        thirds of ``max_memory`` (``fit`` raises a MemoryError past it); the
-        queries are sketched in chunks that fit in what they leave, half to
-        the chunk's sketches and half to its similarities.
+        ``"soft"`` keeps only the sum of the reference sketches. The
+        reference sketches may take two thirds of ``max_memory`` (``fit``
+        raises a MemoryError past it); the queries are sketched in chunks
+        that fit in what they leave, half to the chunk's sketches and half to
+        its similarities.
     %(batch_size)s
     %(device)s
     %(rtol)s
@@ -207,13 +217,13 @@ class GradientDensityEstimator(DensityMixin, NetworkEstimator):
     n_outputs_ : int
         Number ``d`` of Jacobian rows per sample.
     reference_sum_ : ndarray of shape (d, p) or (n_checkpoints, d, p)
-        ``S = sum_j A(x_j)`` (``method="soft"`` only), one per checkpoint
-        with ``checkpoints``.
+        ``S = sum_j A(x_j)`` (``method="soft"`` without ``n_components``
+        only), one per checkpoint with ``checkpoints``.
     reference_features_ : ndarray of shape (N, d * n_components * n_checkpoints)
-        Unit-normalised sketches of the reference (when ``n_components`` is set
-        and ``method`` is not ``"soft"``); with ``checkpoints``, those of the
-        checkpoints side by side, each scaled by the square root of its share
-        of the weight.
+        Unit-normalised sketches of the reference (when ``n_components`` is
+        set; their sum, one row, for ``method="soft"``); with ``checkpoints``,
+        those of the checkpoints side by side, each scaled by the square root
+        of its share of the weight.
     %(sketch_weights_)s
     projection_seed_ : int or None
         Seed of the sketch, shared by reference and queries (None without
@@ -317,17 +327,30 @@ class GradientDensityEstimator(DensityMixin, NetworkEstimator):
         self.n_reference_ = n_samples(X)
         self.n_outputs_ = self._engine.n_outputs(X)
         self._check_kept_bytes()
-        if self.method == "soft":
+        if self.n_components is not None:
+            self.sketch_weights_ = self._sketch_weights(X)
+            self.reference_features_ = self._reference_sketches(X)
+        elif self.method == "soft":
             engines = self._engines()
             with engines.warned_once():
                 sums = [whitened_sum(e, X, self.rtol) for _, e in engines]
             self.reference_sum_ = (
                 sums[0] if self.checkpoints is None else np.stack(sums)
             )
-        elif self.n_components is not None:
-            self.sketch_weights_ = self._sketch_weights(X)
-            self.reference_features_ = self._sketch(X)
         return self
+
+    def _reference_sketches(self, X) -> np.ndarray:
+        """The reference's sketches, or their sum (one row) for soft counts.
+
+        The sum is taken over chunks of the sketches, each within a third of
+        ``max_memory``.
+        """
+        if self.method != "soft":
+            return self._sketch(X)
+        width = self.n_outputs_ * self.n_components * len(self._engines())
+        chunks = sketched_chunks(self._sketch, X, width, self._engine.max_memory / 3)
+        total = sum(F.sum(axis=0, dtype=np.float64) for _, F in chunks)
+        return total[None].astype(np.float32)
 
     def _check_kept_bytes(self) -> None:
         """Raise a MemoryError when what ``fit`` keeps would not fit.
@@ -338,16 +361,15 @@ class GradientDensityEstimator(DensityMixin, NetworkEstimator):
         d = self.n_outputs_
         copies = 1 if self.checkpoints is None else len(self.checkpoints)
         copies_text = f" x {copies} checkpoints" * (copies > 1)
-        if self.method == "soft":
+        if self.method == "soft" and self.n_components is None:
             p = self._engine.n_params
             what = (
                 'The sums of the whitened Jacobians that method="soft" keeps '
                 f"({d} outputs x {p} parameters{copies_text}, float64)"
             )
             advice = (
-                "select fewer parameters (params=) or outputs (output=), count "
-                'pairs of sketches (method="hard" with n_components=), or raise '
-                "max_memory."
+                "sum sketches instead (n_components=, e.g. 2048), select fewer "
+                "parameters (params=) or outputs (output=), or raise max_memory."
             )
             kept = 8 * d * p * copies
         elif self.n_components is not None:
@@ -360,7 +382,8 @@ class GradientDensityEstimator(DensityMixin, NetworkEstimator):
                 'lower n_components, count softly (method="soft", whose memory '
                 "does not grow with the reference), or raise max_memory."
             )
-            kept = 4 * self.n_reference_ * d * self.n_components * copies
+            rows = 1 if self.method == "soft" else self.n_reference_
+            kept = 4 * rows * d * self.n_components * copies
         else:
             return
         check_kept_bytes(kept, self._engine.max_memory, what, advice)
@@ -400,7 +423,7 @@ class GradientDensityEstimator(DensityMixin, NetworkEstimator):
         )
 
     def _counts(self, X):
-        if self.method == "soft":
+        if self.method == "soft" and self.n_components is None:
             return self._soft_counts(X)
         if self.n_components is not None:
             F_ref = self.reference_features_
@@ -417,7 +440,9 @@ class GradientDensityEstimator(DensityMixin, NetworkEstimator):
             )
         counts = np.empty(n_samples(X))
         for block, k in rows:
-            if self.method == "hard":
+            if self.method == "soft":  # against the sum of the reference sketches
+                counts[block] = k[:, 0]
+            elif self.method == "hard":
                 counts[block] = np.count_nonzero(k > self.threshold, axis=1)
             else:
                 counts[block] = positive_power(k, self.power).sum(axis=1)

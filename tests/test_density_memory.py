@@ -45,6 +45,30 @@ def test_a_sum_larger_than_the_budget_is_refused(data):
     assert estimator.reference_sum_.shape == (3, p)
 
 
+def test_sketched_soft_counts_are_the_sketched_kernels_row_sums(data, monkeypatch):
+    """A network whose sums S do not fit sums the reference's sketches: the
+    counts are the row sums of the sketched hard counts' similarities, with
+    the reference sketched in chunks within a third of max_memory."""
+    net = mlp(4, 3)
+    p = sum(t.numel() for t in net.parameters())
+    max_memory = int(1.4 * 8 * 3 * p)  # too small for S, as above
+    kwargs = dict(n_components=64, random_state=0)
+    soft = GradientDensityEstimator(net, max_memory=max_memory, **kwargs)
+    sketched = recorded_sketches(soft, monkeypatch)
+    counts = soft.fit(data).neighbor_counts(data[:9])
+    assert soft.reference_features_.shape == (1, 3 * 64)
+    assert not hasattr(soft, "reference_sum_")
+    per_chunk = int(max_memory / 3 / sketch_bytes(1, 3, 64))
+    assert sketched[:2] == [per_chunk, per_chunk]  # the reference, in chunks
+    pairs = GradientDensityEstimator(
+        net, method="power", power=1, max_memory=None, **kwargs
+    ).fit(data)  # the same sketches, all similarities kept
+    F = pairs._sketch(data[:9]) @ pairs.reference_features_.T
+    np.testing.assert_allclose(counts, F.sum(axis=1), rtol=1e-5, atol=1e-5)
+    exact = network_similarity(net, data[:9], data).sum(axis=1)
+    assert np.abs(counts - exact).max() < 0.1 * len(data)  # an estimate of them
+
+
 def sketch_bytes(n, d, n_components):
     """Bytes of ``n`` float32 sketches of ``d`` outputs x ``n_components``."""
     return 4 * n * d * n_components

@@ -286,6 +286,28 @@ def sketch_rows(
         yield rows, (F[rows] @ F_ref.T).astype(np.float64)
 
 
+def sketched_chunks(
+    sketch: Callable, X, width: int, max_bytes: float
+) -> Iterator[tuple[slice, np.ndarray]]:
+    """Yield ``(rows, sketch(X[rows]))`` in chunks of rows of ``X``.
+
+    Each chunk's sketches (float32, ``width`` columns) take at most
+    ``max_bytes``: one row at a time at least. Inputs flagged (dead, with a
+    near-singular Gram) are reported once, by their rows in ``X``.
+    """
+    n = n_samples(X)
+    step = rows_that_fit(max_bytes, 4 * width, n)
+    # one warning for all the chunks, at the end (no scope open across yields)
+    flagged = FlaggedRows()
+    for start in range(0, n, step):
+        chunk = slice(start, min(start + step, n))
+        with flag_scope(report=False) as found:
+            F = sketch(take(X, chunk))
+        flagged.merge(found, block_move(chunk))
+        yield chunk, F
+    flagged.report()
+
+
 def sketched_rows(
     sketch: Callable, X, F_ref: np.ndarray, max_bytes: float
 ) -> Iterator[tuple[slice, np.ndarray]]:
@@ -296,15 +318,6 @@ def sketched_rows(
     similarities the other half: one query at a time at least. The chunks
     change no result.
     """
-    n = n_samples(X)
-    step = rows_that_fit(max_bytes / 2, 4 * F_ref.shape[1], n)
-    # one warning for all the chunks, at the end (no scope open across yields)
-    flagged = FlaggedRows()
-    for start in range(0, n, step):
-        chunk = slice(start, min(start + step, n))
-        with flag_scope(report=False) as found:
-            F = sketch(take(X, chunk))
-        flagged.merge(found, block_move(chunk))
+    for chunk, F in sketched_chunks(sketch, X, F_ref.shape[1], max_bytes / 2):
         for rows, k in sketch_rows(F, F_ref, max_bytes / 2):
-            yield slice(start + rows.start, start + rows.stop), k
-    flagged.report()
+            yield slice(chunk.start + rows.start, chunk.start + rows.stop), k

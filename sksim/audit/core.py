@@ -590,7 +590,8 @@ def audit(
     ``scale_threshold`` examples (every fold then uses the same methods, so
     that their results can be pooled), density uses the soft count
     (``method="soft"``, O(N p), no pair of examples formed) instead of the
-    hard count over all pairs;
+    hard count over all pairs (summing the reference's gradient sketches,
+    ``n_components=2048``, when its exact sums would pass ``max_memory``);
     neighbours are searched with FAISS over gradient sketches, as wide as
     ``NetworkNeighbors(n_components="auto")`` makes them (``algorithm="faiss"``,
     candidates from 64 principal components, an exact ``"Flat"`` index below

@@ -56,6 +56,35 @@ def test_past_the_threshold_density_is_the_soft_count():
     )
 
 
+def test_soft_counts_that_do_not_fit_sum_sketches():
+    """The soft counts' sums S (d x p, float64) of a large network past the
+    threshold failed the analysis (a 20 M-parameter MLP at the default
+    max_memory): the audit sums the reference's sketches instead, and says so."""
+    X_train, _, X_test, _ = prefit_split()
+    net = prefit_net()
+    p = sum(t.numel() for t in net.module_.parameters())
+    max_memory = 8 * 10 * p  # S takes 1.5 times its two thirds
+    options = AUDIT_OPTIONS | dict(density=dict(max_memory=max_memory))
+    result = shared_prefit_audit(("density",), 50, options)
+    assert not result.failed
+    sketched = GradientDensityEstimator(
+        net, n_components=2048, max_memory=max_memory, random_state=0
+    )
+    expected = sketched.fit(X_train).neighbor_counts(X_test)
+    counts = result["samples"]["neighbor_count"].to_numpy()
+    np.testing.assert_allclose(counts, expected, rtol=1e-6)
+    method = result.metadata["methods"]["density"]
+    assert method.startswith(
+        "soft counts over gradient sketches with n_components=2048 (time O(N), "
+        "no pair of examples formed) (The sums of the whitened Jacobians that "
+        'method="soft" keeps (10 outputs x '
+    )
+    assert method.endswith(": 160 training examples > scale_threshold 50")
+    given = options | dict(density=dict(max_memory=max_memory, method="soft"))
+    refused = shared_prefit_audit(("density",), 50, given)  # the user's choice
+    assert refused.failed["density"][0].startswith("MemoryError: The sums")
+
+
 def test_the_users_options_of_counts_over_pairs_keep_their_method():
     """A threshold given for the density is not dropped by the soft counts."""
     X_train, _, X_test, _ = prefit_split()

@@ -154,6 +154,12 @@ def error_by_density(result: AuditResult) -> Figure | None:
 def count_method(options: Mapping[str, Any]) -> str:
     """The neighbour count that ``options`` of the estimator select, in words."""
     method = options.get("method", "soft")
+    if method == "soft" and options.get("n_components") is not None:
+        return (
+            "soft counts over gradient sketches with "
+            f"n_components={options['n_components']} (time O(N), no pair of "
+            "examples formed)"
+        )
     if method == "soft":
         return "soft counts (exact, time O(N p), no pair of examples formed)"
     rule = (
@@ -188,6 +194,8 @@ def _warn_if_floored(counts: np.ndarray, threshold: float) -> None:
 
 # Options of the density's counts over pairs, which soft counts do not take.
 PAIR_OPTIONS = ("threshold", "power", "n_components")
+# Sketch size of the soft counts of networks whose exact sums do not fit
+SOFT_COMPONENTS = 2048
 
 
 class Density(Analysis):
@@ -230,9 +238,17 @@ class Density(Analysis):
 
     def run(self, fold: _Fold) -> FoldOutput:
         options = self.options(fold)
-        estimator = GradientDensityEstimator(
-            fold.net, random_state=fold.random_state, **options
-        ).fit(fold.X_train)
+        sketched = ""
+        try:
+            estimator = self._fitted(fold, options)
+        except MemoryError as error:
+            given = fold.options.get(self.name, {})
+            chosen = options.get("method") == "soft" and "method" not in given
+            if not chosen or "n_components" in given:
+                raise  # not the exact soft counts the audit chose by itself
+            options = dict(options, n_components=SOFT_COMPONENTS)
+            estimator = self._fitted(fold, options)
+            sketched = f" ({error.args[0].split(':')[0]})"
         counts = estimator.neighbor_counts(fold.X_test)
         if estimator.method == "hard":
             _warn_if_floored(counts, estimator.threshold)
@@ -244,8 +260,15 @@ class Density(Analysis):
                 mean_log_density=float(log_density.mean()),
                 density_error_correlation=correlation(log_density, errors),
             ),
-            method=self.method_text(fold, count_method(options)),
+            method=self.method_text(fold, count_method(options) + sketched),
         )
+
+    @staticmethod
+    def _fitted(fold: _Fold, options: dict) -> GradientDensityEstimator:
+        estimator = GradientDensityEstimator(
+            fold.net, random_state=fold.random_state, **options
+        )
+        return estimator.fit(fold.X_train)
 
     def summarise(self, tables: Mapping[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
         """The held-out examples' density bins, and the error by bin.
