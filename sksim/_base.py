@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from numbers import Integral, Real
 from typing import Any
 
@@ -32,7 +32,7 @@ from ._engine.features import piece_energies
 from ._engine.jacobian import JacobianEngine
 from ._engine.normalize import KINDS
 from ._net import fit_net, resolve_module, training_input, weights_digest
-from ._typing import Checkpoints, NetLike, Output, Self
+from ._typing import Checkpoints, NetLike, Output
 from ._validation import check_checkpoint_list, check_net_input, sample_shape
 
 POSITIVE_INT = Interval(Integral, 1, None, closed="left")
@@ -219,6 +219,21 @@ def _shown(value, width: int = 80) -> str:
     return f"a {type(value).__name__}"
 
 
+class _WorkerCall:
+    """See :meth:`NetworkEstimator._in_workers`."""
+
+    def __init__(self, estimator, method: str, args: tuple):
+        self.estimator, self.method, self.args = estimator, method, args
+
+    def __call__(self, X):
+        return getattr(self.estimator, self.method)(X, *self.args)
+
+    def __reduce__(self):
+        light = copy.copy(self.estimator)
+        light.net = light.net_ = resolve_module(self.estimator.net_)
+        return _WorkerCall, (light, self.method, self.args)
+
+
 class NetworkEstimator(BaseEstimator):
     """Base of the estimators that compare inputs through a network's gradients.
 
@@ -383,16 +398,17 @@ class NetworkEstimator(BaseEstimator):
         settings = self._engine_params
         return make_engine(self.net_, *(settings[name] for name in _ENGINE_PARAMS))
 
-    def _in_workers(self) -> Self:
-        """A shallow copy to hand to joblib's workers: its nets are torch modules.
+    def _in_workers(self, method: str, *args) -> Callable:
+        """``lambda X: getattr(self, method)(X, *args)``, for joblib's workers.
 
-        skorch pickles its module with ``torch.save``, by reference to its
-        class: a class defined in the user's script (``__main__``) cannot be
-        loaded in a worker process, which cloudpickle sends by value.
+        Called in this process, it calls this estimator, its caches included;
+        pickled for a worker process, it holds a shallow copy whose nets are
+        torch modules: skorch pickles its module with ``torch.save``, by
+        reference to its class, and a class defined in the user's script
+        (``__main__``) cannot be loaded there, which cloudpickle sends by
+        value.
         """
-        light = copy.copy(self)
-        light.net = light.net_ = resolve_module(self.net_)
-        return light
+        return _WorkerCall(self, method, args)
 
     def __getstate__(self):
         state = super().__getstate__()

@@ -463,7 +463,7 @@ class GradientDensityEstimator(DensityMixin, NetworkEstimator):
         """
         check_is_fitted(self)
         X = self._check_input(X)
-        return split_rows(self._in_workers()._counts, X, self.n_jobs)
+        return split_rows(self._in_workers("_counts"), X, self.n_jobs)
 
     def score_samples(self, X: NetInput) -> np.ndarray:
         """Log relative density ``log(max(count, 0.5) / N)``.

@@ -1030,8 +1030,8 @@ class NetworkNeighbors(NetworkEstimator):
         X = self._check_input(X)
         if self.algorithm == "faiss":
             return self._searched_queries(X, n_neighbors)
-        search = self._in_workers()
-        return split_rows(lambda Q: search._exact(Q, n_neighbors), X, self.n_jobs)
+        exact = self._in_workers("_exact", n_neighbors)
+        return split_rows(exact, X, self.n_jobs)
 
     @fill_doc
     def kneighbors(
@@ -1139,10 +1139,8 @@ class NetworkNeighbors(NetworkEstimator):
             distances, indices = self._within(None, radius, sort_results)
         else:
             X = self._check_input(X)
-            search = self._in_workers()
-            distances, indices = split_rows(
-                lambda Q: search._within(Q, radius, sort_results), X, self.n_jobs
-            )
+            within = self._in_workers("_within", radius, sort_results)
+            distances, indices = split_rows(within, X, self.n_jobs)
         return (distances, indices) if return_distance else indices
 
     @fill_doc
