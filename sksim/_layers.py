@@ -8,9 +8,10 @@ functional operations, by the ``torch.fx`` node name in the traced network;
 more than once left out, with a warning) and the output. Each captured batch
 is pooled (:data:`POOLS`) into a new tensor, flattened to ``(batch,
 features)``, as soon as the layer has run. Pooling needs to know which axis
-holds the features: the channels (axis 1) after convolutions, the last axis
-after linear and attention layers (tokens ``(batch, T, E)``); a layer's output
-takes the layout of the last layer of a known kind that ran up to it (see
+holds the features: the channels (axis 1) of feature maps, as torch's
+convention, but for three-axis outputs, which may be token sequences
+``(batch, T, E)`` as well as signals ``(batch, C, L)``: they take the layout of
+the last layer of a known kind that ran with an output of their shape (see
 :func:`layout`). The hooks are registered through
 the engine's :class:`~sksim._engine.hooks.ForwardHooks`, as the gradient
 capture's are.
@@ -64,10 +65,10 @@ FEATURES_LAST = (
 def layout(module: torch.nn.Module) -> bool | None:
     """True if ``module``'s output holds its features last, False if on axis 1.
 
-    None for a module of no known kind: its output takes the layout of the
-    last layer of a known kind that ran before it (an activation after a
-    linear layer, a residual block after its last normalisation); without
-    one, channels come first, as torch's convention.
+    None for a module of no known kind: a three-axis output takes the layout
+    of the last layer of a known kind that ran with an output of its shape
+    (an activation after a linear layer, a transformer block after its last
+    normalisation); without one, channels come first, as torch's convention.
     """
     if isinstance(module, FEATURES_LAST):
         return True
@@ -164,6 +165,13 @@ class _NodeOutputs(torch.fx.Interpreter):
         return value
 
 
+def _shape(value) -> torch.Size | None:
+    """The shape of ``value``, or of its first tensor (a tuple of them)."""
+    if isinstance(value, tuple | list):
+        value = next((v for v in value if isinstance(v, torch.Tensor)), None)
+    return value.shape if isinstance(value, torch.Tensor) else None
+
+
 def _tensor(t, name: str) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         raise NotATensorError(
@@ -227,12 +235,24 @@ class RepresentationCapture:
             ]
         self.traced = _traced(module, self.fx_names) if self.fx_names else None
         self._layouts: dict[str, bool] = {}  # features last, by layer (first batch)
-        self._ran: list[bool] = []  # layouts of the known layers run so far
+        # (input shape, output shape, layout) of the known layers run so far
+        self._ran: list[tuple] = []
 
-    def _features_last(self, name: str, position: int = -1) -> bool:
-        """Layer ``name``'s layout: learnt from the known layers run up to it."""
+    def _features_last(self, name: str, shape, read: bool = False) -> bool:
+        """Layer ``name``'s layout, learnt on the first batch.
+
+        Channels first unless ``shape`` has three axes; then the layout of the
+        last known layer that ran with an output of that shape (``read``: the
+        first that read an input of that shape).
+        """
         if name not in self._layouts:
-            self._layouts[name] = self._ran[position] if self._ran else False
+            known = [
+                last
+                for read_shape, out_shape, last in self._ran
+                if (read_shape if read else out_shape) == shape
+            ]
+            found = known[0 if read else -1] if known else False
+            self._layouts[name] = len(shape) == 3 and found
         return self._layouts[name]
 
     def _layout_hooks(self) -> list:
@@ -242,9 +262,14 @@ class RepresentationCapture:
         """
         if self.names is not None and all(n in self._layouts for n in self.names):
             return []
-        self._ran = []
+
+        def ran(features_last):
+            return lambda _m, i, o: self._ran.append(
+                (_shape(i), _shape(o), features_last)
+            )
+
         return [
-            (m, lambda _m, _i, _o, f=features_last: self._ran.append(f))
+            (m, ran(features_last))
             for m in self.module.modules()
             if (features_last := layout(m)) is not None
         ]
@@ -253,7 +278,8 @@ class RepresentationCapture:
         def store(name, value):
             calls[name] = calls.get(name, 0) + 1
             t = _tensor(value, name).detach()
-            captured[name] = pooled(t, self.pool, self._features_last(name))
+            last = self._features_last(name, t.shape)
+            captured[name] = pooled(t, self.pool, last)
 
         return store
 
@@ -274,11 +300,13 @@ class RepresentationCapture:
                 (self._modules[n], lambda _m, _i, o, n=n: store(n, o))
                 for n in self.hooked
             ]
+            self._ran = []
             with ForwardHooks(layouts + hooks):
                 out = self._forward(self.module, x)
         if self.traced is not None:
             nodes = _NodeOutputs(self.traced, self.fx_names, store)
-            with ForwardHooks(layouts if out is None else []):
+            self._ran = []
+            with ForwardHooks(layouts):
                 traced = self._forward(nodes.run, x)
             out = traced if out is None else out  # the network's own, if it ran
         return out
@@ -300,7 +328,7 @@ class RepresentationCapture:
         calls: dict[str, int] = {}
         out = self._run(x, captured, calls)
         if unpooled is not None:
-            last = self._features_last("input", position=0)
+            last = self._features_last("input", unpooled.shape, read=True)
             captured = {"input": pooled(unpooled, self.pool, last), **captured}
         twice = [name for name, count in calls.items() if count > 1]
         if self.names is None:  # "all": execution order of this first call
@@ -321,7 +349,7 @@ class RepresentationCapture:
                     f"The network returns a {type(out).__name__}, not a tensor; "
                     "wrap it so that forward returns the output tensor."
                 )
-            last = self._features_last("output")
+            last = self._features_last("output", out.shape)
             captured["output"] = pooled(out.detach(), self.pool, last)
         for name in self.names:
             if name not in captured:

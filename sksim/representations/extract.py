@@ -36,11 +36,13 @@ def extract_representations(
     on ``X`` in eval mode, without gradients, in batches. Feature maps
     ``(n, C, H, W, ...)`` are pooled over their spatial axes (global average
     pooling, as in the paper's section 3), token sequences ``(n, T, E)`` over
-    their tokens; outputs ``(n, d)`` are kept. Features are on axis 1 after
-    convolution, batch-norm and pooling layers, on the last axis after linear,
-    layer-norm, embedding, attention and recurrent layers; other modules (an
-    activation, a block) take the layout of the last of these that ran up to
-    their output, channels first where none did.
+    their tokens; outputs ``(n, d)`` are kept. Outputs of three axes may be
+    either: a module's output, the network's input or output take the layout
+    of the last layer that ran with an output of their shape (the first that
+    read the input), features on axis 1 after convolution, batch-norm and
+    pooling layers, on the last axis after linear, layer-norm, embedding,
+    attention and recurrent layers; channels first where none did, and for
+    more axes.
 
     Parameters
     ----------

@@ -179,3 +179,45 @@ def test_token_outputs_are_pooled_over_tokens(pool):
     every = extract_representations(net, X, "all", pool=pool)
     for name in ("embed", "act", "conv"):
         np.testing.assert_allclose(every[name], reps[name], atol=1e-6)
+
+
+class Gated(torch.nn.Module):
+    """A convolution gated by a linear layer of its pooled channels (as a
+    squeeze-and-excitation block), then a linear head."""
+
+    def __init__(self, conv=torch.nn.Conv1d):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = conv(2, 6, 3, padding=1)
+        self.gate = torch.nn.Linear(6, 6)
+        self.head = torch.nn.LazyLinear(2)
+        self.spatial = (2,) if conv is torch.nn.Conv1d else (2, 3)
+
+    def gated(self, h):
+        g = torch.sigmoid(self.gate(h.mean(self.spatial)))
+        return h * g.reshape(-1, 6, *(1 for _ in self.spatial))
+
+    def forward(self, x):
+        h = self.gated(self.conv(x))  # the torch.fx node "mul"
+        return self.head(h.flatten(1))
+
+
+@pytest.mark.parametrize(
+    "conv, shape", [(torch.nn.Conv1d, (7,)), (torch.nn.Conv2d, (5, 4))]
+)
+def test_feature_maps_keep_their_channels_beside_linear_layers(conv, shape):
+    """The layout rule took a gated block's output, and with a module named
+    beside it a torch.fx node's, for the last linear layer's, which had run:
+    they were pooled over their last axis."""
+    net = Gated(conv).eval()
+    X = torch.randn(4, 2, *shape)
+    net(X)  # the lazy head
+    reps = extract_representations(net, X, ["conv", "mul", "input"], pool="mean")
+    with torch.no_grad():
+        h = net.conv(X)
+        mul = net.gated(h)
+    spatial = net.spatial
+    expected = dict(conv=h.mean(spatial), mul=mul.mean(spatial))
+    expected["input"] = X.mean(spatial)
+    for name, value in expected.items():
+        np.testing.assert_allclose(reps[name], value.numpy(), atol=1e-6)
