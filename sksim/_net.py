@@ -171,7 +171,8 @@ def training_targets(net: NeuralNet, y: ArrayLike) -> np.ndarray:
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     elif y.ndim == 2 and ((y == 0) | (y == 1)).all() and (y.sum(1) == 1).all():
-        y = y.argmax(1)  # one-hot
+        binary = isinstance(net, NeuralNetBinaryClassifier)
+        y = y.argmax(1) if y.shape[1] == 2 or not binary else y  # one-hot
     integers = y.dtype.kind in "iub" or (
         y.dtype.kind == "f" and np.isfinite(y).all() and np.array_equal(y, np.round(y))
     )

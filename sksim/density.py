@@ -37,6 +37,8 @@ from ._engine.rows import (
 from ._typing import Checkpoints, NetInput, NetLike, Output, Self
 
 COUNT_FLOOR = 0.5
+# How the MemoryError of soft counts' sums too large for max_memory begins
+SUMS_TOO_LARGE = "The sums of the whitened Jacobians"
 COUNT_COPIES = 3  # a block of similarities and the two temporaries of its count
 # The cosine similarity never exceeds 1: a threshold of 1 would count nothing.
 THRESHOLD = Interval(Real, -1, 1, closed="left")
@@ -364,7 +366,7 @@ class GradientDensityEstimator(DensityMixin, NetworkEstimator):
         if self.method == "soft" and self.n_components is None:
             p = self._engine.n_params
             what = (
-                'The sums of the whitened Jacobians that method="soft" keeps '
+                f'{SUMS_TOO_LARGE} that method="soft" keeps '
                 f"({d} outputs x {p} parameters{copies_text}, float64)"
             )
             advice = (
@@ -373,10 +375,14 @@ class GradientDensityEstimator(DensityMixin, NetworkEstimator):
             )
             kept = 8 * d * p * copies
         elif self.n_components is not None:
+            sketches = (
+                "The sum of the reference sketches"
+                if self.method == "soft"
+                else f"The sketches of the {self.n_reference_} reference examples"
+            )
             what = (
-                f"The sketches of the {self.n_reference_} reference examples "
-                f"({d} outputs x {self.n_components} components{copies_text}, "
-                "float32)"
+                f"{sketches} ({d} outputs x {self.n_components} "
+                f"components{copies_text}, float32)"
             )
             advice = (
                 'lower n_components, count softly (method="soft", whose memory '

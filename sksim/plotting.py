@@ -123,7 +123,9 @@ def plot_neighbors(
     else:
         _tables(why, reference, n_features, axes[:, 0])
     fig = axes[0, 0].figure
-    if own:
+    if own:  # the caller's figure keeps its title and layout
+        if images:
+            fig.suptitle("most similar training examples (similarity, percentile)")
         fig.tight_layout()
     return fig
 
@@ -174,9 +176,6 @@ def _image_grid(why, X, reference, shape, axes):
         for ax in row:
             ax.set_xticks([])
             ax.set_yticks([])
-    axes[0, 0].figure.suptitle(
-        "most similar training examples (similarity, percentile)"
-    )
 
 
 def _tables(why, reference, n_features, axes):

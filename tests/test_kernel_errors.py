@@ -19,7 +19,7 @@ from _architectures import (
 from sklearn.exceptions import NotFittedError
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
-from skorch import NeuralNetRegressor
+from skorch import NeuralNetBinaryClassifier, NeuralNetRegressor
 
 from sksim import (
     GradientDensityEstimator,
@@ -32,6 +32,7 @@ from sksim import (
 )
 from sksim._engine.jacobian import JacobianEngine
 from sksim._engine.parallel import tiled_kernel
+from sksim._net import training_targets
 from sksim._validation import check_net_input
 
 X = np.random.RandomState(0).randn(6, 5).astype(np.float32)
@@ -910,3 +911,13 @@ def test_the_networks_own_error_is_not_blamed_on_expanded_tables():
     ids = np.random.RandomState(0).randint(0, 9, (4, 5))
     with pytest.raises(RuntimeError, match="mat1 and mat2 shapes cannot be multiplied"):
         network_similarity(SharedTableThenBug(), ids, batch_size=2)
+
+
+def test_a_binary_classifier_takes_one_hot_rows_of_two_columns_only():
+    """One-hot rows stand for their label; of three columns, for a binary
+    classifier, they gave it labels up to 2 without a word."""
+    net = NeuralNetBinaryClassifier(torch.nn.Linear(3, 1))
+    labels = np.array([0, 1, 1, 0])
+    np.testing.assert_array_equal(training_targets(net, np.eye(2)[labels]), labels)
+    with pytest.raises(ValueError, match="learns label j as its output j"):
+        training_targets(net, np.eye(3)[[0, 1, 2, 0]])

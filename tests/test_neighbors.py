@@ -716,6 +716,7 @@ def test_plot_neighbors_draws_on_the_callers_axes(data):
     assert axes[1, 2].images[0].get_array().shape == (4, 4)
     assert not axes[2, 0].images  # the caller's other Axes untouched
     assert axes[2, 2].get_position().bounds == position  # its layout too
+    assert fig._suptitle is None  # and its title
     with pytest.raises(ValueError, match=r"axes holds 9 Axes; 2 queries with 2 "):
         plot_neighbors(search, X[:2], axes=axes)
     matplotlib.pyplot.close(fig)

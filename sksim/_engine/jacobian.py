@@ -506,7 +506,7 @@ class JacobianEngine:
 
     def _probe_pass(self, layers: dict, probe, expand: int) -> tuple:
         """:meth:`_probe`'s pass, one-row calls expanded to ``expand`` rows."""
-        saved = SavedTensors()
+        saved = SavedTensors([layer for layer, _ in layers.values()])
         with torch.enable_grad(), LayerCapture(layers, True, expand) as capture:
             # finiteness is checked in the real pass, where rows are numbered
             with saved:
@@ -765,20 +765,39 @@ class SavedTensors(torch.autograd.graph.saved_tensors_hooks):
 
     Those beyond a network's layer inputs and outputs (attention weights, an
     activation's result) take memory the pieces' budget does not see, and the
-    vectorised backward pass over ``d`` outputs makes a gradient of each, ``d``
-    at a time.
+    vectorised backward pass over ``d`` outputs makes a gradient of those
+    saved once the first of ``layers`` (the differentiated ones) has started,
+    ``d`` at a time: the backward pass to them goes through those only.
     """
 
-    def __init__(self):
-        self.storages: dict[int, int] = {}  # bytes by storage address
+    def __init__(self, layers: list[torch.nn.Module]):
+        # order of saving and bytes, by storage address
+        self.storages: dict[int, tuple[int, int]] = {}
+        self.start: int | None = None  # saved before the first layer started
+        self._layers, self._handles = layers, []
         super().__init__(self._pack, lambda t: t)
+
+    def __enter__(self):
+        def started(*_):
+            if self.start is None:
+                self.start = len(self.storages)
+
+        self._handles = [m.register_forward_pre_hook(started) for m in self._layers]
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        for handle in self._handles:
+            handle.remove()
+        return super().__exit__(*exc)
 
     def _pack(self, t: torch.Tensor) -> torch.Tensor:
         try:
             storage = t.untyped_storage()
         except (RuntimeError, NotImplementedError):  # functorch's wrappers
             return t
-        self.storages[storage.data_ptr()] = storage.nbytes()
+        address = storage.data_ptr()
+        if address not in self.storages:
+            self.storages[address] = (len(self.storages), storage.nbytes())
         return t
 
     def bytes_besides(
@@ -795,9 +814,11 @@ class SavedTensors(torch.autograd.graph.saved_tensors_hooks):
         largest = max((t.nbytes for t in outputs), default=0)
         for t in known:
             self.storages.pop(t.untyped_storage().data_ptr(), None)
-        sizes = self.storages.values()
-        beyond = max(sizes, default=0) - largest
-        return sum(sizes) + 2 * d * max(beyond, 0)
+        start = self.start or 0
+        on_path = [size for order, size in self.storages.values() if order >= start]
+        beyond = max(on_path, default=0) - largest
+        total = sum(size for _, size in self.storages.values())
+        return total + 2 * d * max(beyond, 0)
 
 
 def _attached(outputs: torch.Tensor) -> torch.Tensor:

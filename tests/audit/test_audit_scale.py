@@ -80,6 +80,14 @@ def test_soft_counts_that_do_not_fit_sum_sketches():
         'method="soft" keeps (10 outputs x '
     )
     assert method.endswith(": 160 training examples > scale_threshold 50")
+
+    def exhausted(*args, **kwargs):  # the interpreter's own, without a message
+        raise MemoryError
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(GradientDensityEstimator, "fit", exhausted)
+        failed = shared_prefit_audit(("density",), 50, options).failed["density"]
+    assert failed[0] == "MemoryError: "  # raised as it came, not read as the sums'
     given = options | dict(density=dict(max_memory=max_memory, method="soft"))
     refused = shared_prefit_audit(("density",), 50, given)  # the user's choice
     assert refused.failed["density"][0].startswith("MemoryError: The sums")

@@ -171,3 +171,7 @@ def test_the_automatic_batch_counts_what_autograd_saves():
     assert engine.batch_size * (2 * d + 1) * weights <= max_memory / 3
     one = GramReference(JacobianEngine(net, batch_size=1), X, "cosine").matrix()
     np.testing.assert_allclose(K, one, atol=1e-6)
+    # the backward pass to the head alone makes no gradient of the weights
+    head = JacobianEngine(net, params="out", max_memory=max_memory)
+    GramReference(head, X, "cosine").matrix()
+    assert head.batch_size * (2 * d + 1) * weights > max_memory / 3

@@ -9,7 +9,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy.stats import rankdata
 
-from ...density import COUNT_FLOOR, FlooredDensityWarning, GradientDensityEstimator
+from ...density import (
+    COUNT_FLOOR,
+    SUMS_TOO_LARGE,
+    FlooredDensityWarning,
+    GradientDensityEstimator,
+)
 from .._render import errorbars, subplots
 from .._tables import spread
 from .base import Analysis, FoldOutput
@@ -243,12 +248,11 @@ class Density(Analysis):
             estimator = self._fitted(fold, options)
         except MemoryError as error:
             given = fold.options.get(self.name, {})
-            chosen = options.get("method") == "soft" and "method" not in given
-            if not chosen or "n_components" in given:
-                raise  # not the exact soft counts the audit chose by itself
+            if "method" in given or not str(error).startswith(SUMS_TOO_LARGE):
+                raise  # not the exact sums of the soft counts the audit chose
             options = dict(options, n_components=SOFT_COMPONENTS)
             estimator = self._fitted(fold, options)
-            sketched = f" ({error.args[0].split(':')[0]})"
+            sketched = f" ({str(error).split(':')[0]})"
         counts = estimator.neighbor_counts(fold.X_test)
         if estimator.method == "hard":
             _warn_if_floored(counts, estimator.threshold)
