@@ -7,12 +7,11 @@ functional operations, by the ``torch.fx`` node name in the traced network;
 ``"all"`` means the input, every leaf module in execution order (those run
 more than once left out, with a warning) and the output. Each captured batch
 is pooled (:data:`POOLS`) into a new tensor, flattened to ``(batch,
-features)``, as soon as the layer has run. Pooling needs to know which axis
-holds the features: the channels (axis 1) of feature maps, as torch's
-convention, but for three-axis outputs, which may be token sequences
-``(batch, T, E)`` as well as signals ``(batch, C, L)``: they take the layout of
-the last layer of a known kind that ran with an output of their shape (see
-:func:`layout`). The hooks are registered through
+features)``, as soon as the layer has run (on the first batch, a copy taken
+then is pooled after the pass, which tells the layouts). Pooling needs to
+know which axis holds the features: the channels (axis 1), as torch's convention, or the
+last axis, as token sequences ``(batch, T, E)`` and linear layers' outputs
+hold them: see :func:`layout`. The hooks are registered through
 the engine's :class:`~sksim._engine.hooks.ForwardHooks`, as the gradient
 capture's are.
 """
@@ -21,10 +20,12 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
+from typing import NamedTuple
 
 import torch
 from torch.nn.utils.parametrize import is_parametrized
 
+from ._engine.capture import is_transposed_linear
 from ._engine.context import evaluation_mode
 from ._engine.finite import check_finite_rows
 from ._engine.hooks import ForwardHooks
@@ -65,12 +66,18 @@ FEATURES_LAST = (
 def layout(module: torch.nn.Module) -> bool | None:
     """True if ``module``'s output holds its features last, False if on axis 1.
 
-    None for a module of no known kind: a three-axis output takes the layout
-    of the last layer of a known kind that ran with an output of its shape
-    (an activation after a linear layer, a transformer block after its last
-    normalisation); without one, channels come first, as torch's convention.
+    None for a module of no known kind: its output holds its features last
+    when the layers of a known kind that read or made a tensor of its shape
+    in the pass all do (an activation after a linear layer, a transformer
+    block, a transpose before a recurrent layer); channels come first
+    otherwise, as torch's convention.
+    ``transformers``' ``Conv1D`` (GPT-2's projections) is a linear layer; a
+    layer norm over channels (``data_format="channels_first"``, as ConvNeXt's)
+    is not.
     """
-    if isinstance(module, FEATURES_LAST):
+    if getattr(module, "data_format", None) == "channels_first":
+        return False
+    if isinstance(module, FEATURES_LAST) or is_transposed_linear(module):
         return True
     if isinstance(module, CHANNELS_FIRST):
         return False
@@ -165,6 +172,12 @@ class _NodeOutputs(torch.fx.Interpreter):
         return value
 
 
+class _Unpooled(NamedTuple):
+    """A layer's value on the first batch, pooled once the pass gave layouts."""
+
+    tensor: torch.Tensor
+
+
 def _shape(value) -> torch.Size | None:
     """The shape of ``value``, or of its first tensor (a tuple of them)."""
     if isinstance(value, tuple | list):
@@ -238,22 +251,29 @@ class RepresentationCapture:
         # (input shape, output shape, layout) of the known layers run so far
         self._ran: list[tuple] = []
 
-    def _features_last(self, name: str, shape, read: bool = False) -> bool:
-        """Layer ``name``'s layout, learnt on the first batch.
+    def _features_last(self, name: str, shape) -> bool:
+        """Layer ``name``'s layout, learnt on the first batch, after its pass.
 
-        Channels first unless ``shape`` has three axes; then the layout of the
-        last known layer that ran with an output of that shape (``read``: the
-        first that read an input of that shape).
+        A module of a known kind has its own; another tensor holds its
+        features last when every known layer of the pass that read or made a
+        tensor of its shape does, and at least one did; channels come first
+        otherwise.
         """
         if name not in self._layouts:
-            known = [
+            own = layout(self._modules[name]) if name in self.hooked else None
+            matches = {
                 last
                 for read_shape, out_shape, last in self._ran
-                if (read_shape if read else out_shape) == shape
-            ]
-            found = known[0 if read else -1] if known else False
-            self._layouts[name] = len(shape) == 3 and found
+                if shape in (read_shape, out_shape)
+            }
+            self._layouts[name] = own if own is not None else matches == {True}
         return self._layouts[name]
+
+    def _pooled(self, name: str, t: torch.Tensor):
+        """``t`` pooled, or on the first batch a copy to pool after the pass."""
+        if name in self._layouts:
+            return pooled(t, self.pool, self._layouts[name])
+        return _Unpooled(t.clone())
 
     def _layout_hooks(self) -> list:
         """Hooks recording the layout of each known layer as it runs.
@@ -262,6 +282,7 @@ class RepresentationCapture:
         """
         if self.names is not None and all(n in self._layouts for n in self.names):
             return []
+        self._ran = []
 
         def ran(features_last):
             return lambda _m, i, o: self._ran.append(
@@ -277,9 +298,7 @@ class RepresentationCapture:
     def _store(self, captured: dict, calls: dict):
         def store(name, value):
             calls[name] = calls.get(name, 0) + 1
-            t = _tensor(value, name).detach()
-            last = self._features_last(name, t.shape)
-            captured[name] = pooled(t, self.pool, last)
+            captured[name] = self._pooled(name, _tensor(value, name).detach())
 
         return store
 
@@ -289,8 +308,8 @@ class RepresentationCapture:
         Modules are hooked on the network itself; torch.fx nodes are read in a
         run of its traced graph (a second forward pass when modules are asked
         for too, as the trace inlines the modules that hold others), which
-        calls the network's own layers. Layouts are recorded first, as a layer
-        runs: its own layout is known when its output is stored.
+        calls the network's own layers: the layouts of the known ones are
+        recorded in both.
         """
         store = self._store(captured, calls)
         layouts = self._layout_hooks()
@@ -300,12 +319,10 @@ class RepresentationCapture:
                 (self._modules[n], lambda _m, _i, o, n=n: store(n, o))
                 for n in self.hooked
             ]
-            self._ran = []
             with ForwardHooks(layouts + hooks):
                 out = self._forward(self.module, x)
         if self.traced is not None:
             nodes = _NodeOutputs(self.traced, self.fx_names, store)
-            self._ran = []
             with ForwardHooks(layouts):
                 traced = self._forward(nodes.run, x)
             out = traced if out is None else out  # the network's own, if it ran
@@ -317,19 +334,14 @@ class RepresentationCapture:
 
     def __call__(self, x) -> dict[str, torch.Tensor]:
         captured: dict[str, torch.Tensor] = {}
-        unpooled = None
         if self.names is None or "input" in self.names:  # before the network
-            if "input" in self._layouts:
-                captured["input"] = pooled(
-                    _tensor(x, "input"), self.pool, self._layouts["input"]
-                )
-            else:  # pooled as its first known layer reads it, known after the run
-                unpooled = _tensor(x, "input").clone()
+            captured["input"] = self._pooled("input", _tensor(x, "input"))
         calls: dict[str, int] = {}
         out = self._run(x, captured, calls)
-        if unpooled is not None:
-            last = self._features_last("input", unpooled.shape, read=True)
-            captured = {"input": pooled(unpooled, self.pool, last), **captured}
+        for name, value in captured.items():
+            if isinstance(value, _Unpooled):
+                last = self._features_last(name, value.tensor.shape)
+                captured[name] = pooled(value.tensor, self.pool, last)
         twice = [name for name, count in calls.items() if count > 1]
         if self.names is None:  # "all": execution order of this first call
             self._leave_out(twice)

@@ -376,7 +376,7 @@ class GradientDensityEstimator(DensityMixin, NetworkEstimator):
             kept = 8 * d * p * copies
         elif self.n_components is not None:
             sketches = (
-                "The sum of the reference sketches"
+                "The summed reference sketches"
                 if self.method == "soft"
                 else f"The sketches of the {self.n_reference_} reference examples"
             )

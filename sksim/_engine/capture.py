@@ -52,7 +52,7 @@ _NORMS = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNo
 
 def _supported(module: nn.Module) -> bool:
     kind = type(module)
-    if kind is nn.Linear or _is_transposed_linear(module):
+    if kind is nn.Linear or is_transposed_linear(module):
         return True
     if kind in (nn.Conv1d, nn.Conv2d):
         return module.padding_mode == "zeros"
@@ -61,7 +61,7 @@ def _supported(module: nn.Module) -> bool:
     return kind in _NORMS
 
 
-def _is_transposed_linear(module: nn.Module) -> bool:
+def is_transposed_linear(module: nn.Module) -> bool:
     """Whether ``module`` is ``transformers``' ``Conv1D`` (GPT-2's projections).
 
     It computes ``x @ weight + bias`` with ``weight`` of shape (in, out): a

@@ -506,7 +506,14 @@ class JacobianEngine:
 
     def _probe_pass(self, layers: dict, probe, expand: int) -> tuple:
         """:meth:`_probe`'s pass, one-row calls expanded to ``expand`` rows."""
-        saved = SavedTensors([layer for layer, _ in layers.values()])
+        handled = {
+            join_name(n, local) for n, (_, own) in layers.items() for local in own
+        }
+        # parameters of the fallback are differentiated through the whole pass
+        first = (
+            [] if set(self.parameters) - handled else [m for m, _ in layers.values()]
+        )
+        saved = SavedTensors(first)
         with torch.enable_grad(), LayerCapture(layers, True, expand) as capture:
             # finiteness is checked in the real pass, where rows are numbered
             with saved:
@@ -536,7 +543,8 @@ class JacobianEngine:
         known = [t for call in recorded for t in call]
         known += [*self.module.parameters(), *self.module.buffers()]
         signals = [z for _, z in recorded]
-        intermediates = saved.bytes_besides(known, signals, outputs.shape[1])
+        d = outputs.shape[1]
+        intermediates = saved.bytes_besides(known, signals, d, from_start=bool(mixing))
         return mixing, (activations + pieces + intermediates) // 2, set(capture.calls)
 
     def _split(self, size: int) -> None:
@@ -767,7 +775,8 @@ class SavedTensors(torch.autograd.graph.saved_tensors_hooks):
     activation's result) take memory the pieces' budget does not see, and the
     vectorised backward pass over ``d`` outputs makes a gradient of those
     saved once the first of ``layers`` (the differentiated ones) has started,
-    ``d`` at a time: the backward pass to them goes through those only.
+    ``d`` at a time: the backward pass to them goes through those only. Pass
+    no ``layers`` where parameters outside them are differentiated too.
     """
 
     def __init__(self, layers: list[torch.nn.Module]):
@@ -783,11 +792,16 @@ class SavedTensors(torch.autograd.graph.saved_tensors_hooks):
                 self.start = len(self.storages)
 
         self._handles = [m.register_forward_pre_hook(started) for m in self._layers]
-        return super().__enter__()
+        try:
+            return super().__enter__()
+        except BaseException:
+            self.__exit__()
+            raise
 
     def __exit__(self, *exc):
         for handle in self._handles:
             handle.remove()
+        self._handles = []
         return super().__exit__(*exc)
 
     def _pack(self, t: torch.Tensor) -> torch.Tensor:
@@ -801,7 +815,11 @@ class SavedTensors(torch.autograd.graph.saved_tensors_hooks):
         return t
 
     def bytes_besides(
-        self, known: list[torch.Tensor], outputs: list[torch.Tensor], d: int
+        self,
+        known: list[torch.Tensor],
+        outputs: list[torch.Tensor],
+        d: int,
+        from_start: bool = False,
     ) -> int:
         """Bytes of the saved tensors not in ``known``, and of some gradients.
 
@@ -809,12 +827,13 @@ class SavedTensors(torch.autograd.graph.saved_tensors_hooks):
         the gradients of tensors as large as a layer's output are as large as
         its back-propagated signals, which the pieces' budget counts; larger
         ones (attention weights) take two at a time (a node's input and
-        output) for each of the ``d`` outputs.
+        output) for each of the ``d`` outputs. ``from_start``: count those of
+        every saved tensor (layers moved to the fallback).
         """
         largest = max((t.nbytes for t in outputs), default=0)
         for t in known:
             self.storages.pop(t.untyped_storage().data_ptr(), None)
-        start = self.start or 0
+        start = 0 if from_start else self.start or 0
         on_path = [size for order, size in self.storages.values() if order >= start]
         beyond = max(on_path, default=0) - largest
         total = sum(size for _, size in self.storages.values())

@@ -36,13 +36,12 @@ def extract_representations(
     on ``X`` in eval mode, without gradients, in batches. Feature maps
     ``(n, C, H, W, ...)`` are pooled over their spatial axes (global average
     pooling, as in the paper's section 3), token sequences ``(n, T, E)`` over
-    their tokens; outputs ``(n, d)`` are kept. Outputs of three axes may be
-    either: a module's output, the network's input or output take the layout
-    of the last layer that ran with an output of their shape (the first that
-    read the input), features on axis 1 after convolution, batch-norm and
-    pooling layers, on the last axis after linear, layer-norm, embedding,
-    attention and recurrent layers; channels first where none did, and for
-    more axes.
+    their tokens; outputs ``(n, d)`` are kept. Features are on axis 1 after
+    convolution, batch-norm and pooling layers, on the last axis after linear,
+    layer-norm, embedding, attention and recurrent layers; another module's
+    output (an activation, a block), the input and the output are read as
+    the layers of those kinds that read or made a tensor of their shape read
+    them, when they all agree, with channels first otherwise.
 
     Parameters
     ----------

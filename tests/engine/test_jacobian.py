@@ -175,3 +175,9 @@ def test_the_automatic_batch_counts_what_autograd_saves():
     head = JacobianEngine(net, params="out", max_memory=max_memory)
     GramReference(head, X, "cosine").matrix()
     assert head.batch_size * (2 * d + 1) * weights > max_memory / 3
+    # a parameter of torch.func's fallback, before the attention: it does
+    net.register_parameter("scale", torch.nn.Parameter(torch.ones(16)))
+    net.forward = lambda x: Attention.forward(net, x * net.scale)
+    scaled = JacobianEngine(net, params=["scale", "out.weight"], max_memory=max_memory)
+    GramReference(scaled, X, "cosine").matrix()
+    assert scaled.batch_size * (2 * d + 1) * weights <= max_memory / 3

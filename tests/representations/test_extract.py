@@ -221,3 +221,44 @@ def test_feature_maps_keep_their_channels_beside_linear_layers(conv, shape):
     expected["input"] = X.mean(spatial)
     for name, value in expected.items():
         np.testing.assert_allclose(reps[name], value.numpy(), atol=1e-6)
+
+
+class Transposed(torch.nn.Module):
+    """A signal (B, C, L) turned into a sequence (B, L, C) by a module."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv1d(2, 6, 3)
+        self.turn = Turn()
+        self.norm = torch.nn.LayerNorm(6)
+        self.act = torch.nn.GELU()
+
+    def forward(self, x):
+        return self.act(self.norm(self.turn(self.conv(x)))).mean(1)
+
+
+class Turn(torch.nn.Module):
+    def forward(self, x):
+        return x.transpose(1, 2)
+
+
+def test_a_module_is_read_as_the_layers_after_it_read_it():
+    """The layout came from the layers run before a module only: a transpose
+    before a layer norm was pooled over its last axis; GPT-2's projections
+    (transformers' Conv1D, of no known kind) were pooled over their features."""
+    net = Transposed().eval()
+    X = torch.randn(5, 2, 9)
+    reps = extract_representations(net, X, ["conv", "turn", "act"], batch_size=2)
+    with torch.no_grad():
+        conv = net.conv(X)
+        act = net.act(net.norm(conv.transpose(1, 2)))
+    expected = dict(conv=conv.mean(2), turn=conv.mean(2), act=act.mean(1))
+    for name, value in expected.items():
+        np.testing.assert_allclose(reps[name], value.numpy(), atol=1e-6)
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(n_embd=12, n_layer=1, n_head=2, vocab_size=50)
+    gpt = transformers.GPT2Model(config).eval()
+    ids = torch.randint(0, 50, (3, 7))
+    width = extract_representations(gpt, ids, "h.0.mlp.c_fc")["h.0.mlp.c_fc"]
+    assert width.shape == (3, 48)
