@@ -7,11 +7,11 @@ functional operations, by the ``torch.fx`` node name in the traced network;
 ``"all"`` means the input, every leaf module in execution order (those run
 more than once left out, with a warning) and the output. Each captured batch
 is pooled (:data:`POOLS`) into a new tensor, flattened to ``(batch,
-features)``, as soon as the layer has run (on the first batch, a copy taken
-then is pooled after the pass, which tells the layouts). Pooling needs to
-know which axis holds the features: the channels (axis 1), as torch's convention, or the
-last axis, as token sequences ``(batch, T, E)`` and linear layers' outputs
-hold them: see :func:`layout`. The hooks are registered through
+features)``, as soon as the layer has run. Pooling needs to know which axis
+holds the features: the channels (axis 1), as torch's convention, or the last
+axis, as token sequences ``(batch, T, E)`` and linear layers' outputs hold
+them: see :func:`layout` (on the first batch, a value whose layout the pass
+tells is pooled both ways, and one kept after it). The hooks are registered through
 the engine's :class:`~sksim._engine.hooks.ForwardHooks`, as the gradient
 capture's are.
 """
@@ -73,10 +73,16 @@ def layout(module: torch.nn.Module) -> bool | None:
     otherwise, as torch's convention.
     ``transformers``' ``Conv1D`` (GPT-2's projections) is a linear layer; a
     layer norm over channels (``data_format="channels_first"``, as ConvNeXt's)
-    is not.
+    is not, and one over several axes or with a forward of its own (a
+    ``LayerNorm2d`` permuting feature maps) is of no known kind.
     """
     if getattr(module, "data_format", None) == "channels_first":
         return False
+    if isinstance(module, nn.LayerNorm) and (
+        len(module.normalized_shape) != 1
+        or type(module).forward is not nn.LayerNorm.forward
+    ):
+        return None
     if isinstance(module, FEATURES_LAST) or is_transposed_linear(module):
         return True
     if isinstance(module, CHANNELS_FIRST):
@@ -101,15 +107,14 @@ def pooled(t: torch.Tensor, pool: str, features_last: bool = False) -> torch.Ten
     a residual ``+=``) cannot change it.
     """
     if t.dim() > 2 and pool != "flatten":
-        if features_last:
-            t = t.movedim(-1, 1)
-        spatial = tuple(range(2, t.dim()))
+        features = t.dim() - 1 if features_last else 1
+        positions = tuple(axis for axis in range(1, t.dim()) if axis != features)
         if pool == "mean":
-            t = t.mean(spatial)
+            t = t.mean(positions)
         elif pool == "max":
-            t = t.amax(spatial)
+            t = t.amax(positions)
         else:
-            t = t.mean(1)
+            t = t.mean(features)
         return t.reshape(len(t), -1)
     return t.reshape(len(t), -1).clone()
 
@@ -173,9 +178,11 @@ class _NodeOutputs(torch.fx.Interpreter):
 
 
 class _Unpooled(NamedTuple):
-    """A layer's value on the first batch, pooled once the pass gave layouts."""
+    """A layer's value on the first batch, pooled both ways until the pass ends."""
 
-    tensor: torch.Tensor
+    channels_first: torch.Tensor
+    features_last: torch.Tensor
+    shape: torch.Size
 
 
 def _shape(value) -> torch.Size | None:
@@ -254,26 +261,33 @@ class RepresentationCapture:
     def _features_last(self, name: str, shape) -> bool:
         """Layer ``name``'s layout, learnt on the first batch, after its pass.
 
-        A module of a known kind has its own; another tensor holds its
-        features last when every known layer of the pass that read or made a
-        tensor of its shape does, and at least one did; channels come first
-        otherwise.
+        Another tensor than a known module's holds its features last when
+        every known layer of the pass that read or made a tensor of its shape
+        does, and at least one did; channels come first otherwise.
         """
         if name not in self._layouts:
-            own = layout(self._modules[name]) if name in self.hooked else None
             matches = {
                 last
                 for read_shape, out_shape, last in self._ran
                 if shape in (read_shape, out_shape)
             }
-            self._layouts[name] = own if own is not None else matches == {True}
+            self._layouts[name] = matches == {True}
         return self._layouts[name]
 
     def _pooled(self, name: str, t: torch.Tensor):
-        """``t`` pooled, or on the first batch a copy to pool after the pass."""
-        if name in self._layouts:
-            return pooled(t, self.pool, self._layouts[name])
-        return _Unpooled(t.clone())
+        """``t`` pooled, or pooled both ways while its layout is unknown.
+
+        A module of a known kind has its layout at once, as have values that
+        pooling does not need it for (``"flatten"``, two axes or fewer).
+        """
+        if name in self.hooked and name not in self._layouts:
+            own = layout(self._modules[name])
+            if own is not None:
+                self._layouts[name] = own
+        if name in self._layouts or self.pool == "flatten" or t.dim() <= 2:
+            return pooled(t, self.pool, self._layouts.get(name, False))
+        both = (pooled(t, self.pool, last) for last in (False, True))
+        return _Unpooled(*both, t.shape)
 
     def _layout_hooks(self) -> list:
         """Hooks recording the layout of each known layer as it runs.
@@ -340,8 +354,8 @@ class RepresentationCapture:
         out = self._run(x, captured, calls)
         for name, value in captured.items():
             if isinstance(value, _Unpooled):
-                last = self._features_last(name, value.tensor.shape)
-                captured[name] = pooled(value.tensor, self.pool, last)
+                last = self._features_last(name, value.shape)
+                captured[name] = value.features_last if last else value.channels_first
         twice = [name for name, count in calls.items() if count > 1]
         if self.names is None:  # "all": execution order of this first call
             self._leave_out(twice)

@@ -262,3 +262,24 @@ def test_a_module_is_read_as_the_layers_after_it_read_it():
     ids = torch.randint(0, 50, (3, 7))
     width = extract_representations(gpt, ids, "h.0.mlp.c_fc")["h.0.mlp.c_fc"]
     assert width.shape == (3, 48)
+
+
+class LayerNorm2d(torch.nn.LayerNorm):
+    """A layer norm over the channels of feature maps, which it permutes."""
+
+    def forward(self, x):
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("norm", [LayerNorm2d(6), torch.nn.LayerNorm([6, 4, 4])])
+def test_layer_norms_of_feature_maps_keep_their_channels(norm):
+    """A LayerNorm subclass with its own forward, or one over several axes,
+    was taken for a linear-like layer: its feature maps were pooled over
+    their last axis."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 2, stride=2), norm).eval()
+    X = torch.randn(5, 3, 8, 8)
+    reps = extract_representations(net, X, "all", pool="mean")
+    with torch.no_grad():
+        expected = net(X).mean((2, 3))
+    np.testing.assert_allclose(reps["1"], expected.numpy(), atol=1e-6)
