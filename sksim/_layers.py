@@ -10,8 +10,9 @@ is pooled (:data:`POOLS`) into a new tensor, flattened to ``(batch,
 features)``, as soon as the layer has run. Pooling needs to know which axis
 holds the features: the channels (axis 1), as torch's convention, or the last
 axis, as token sequences ``(batch, T, E)`` and linear layers' outputs hold
-them: see :func:`layout` (on the first batch, a value whose layout the pass
-tells is pooled both ways, and one kept after it). The hooks are registered through
+them: see :func:`layout` (on the first batch, a value of a layout unknown
+until the pass ends is pooled both ways, and the pass tells which to keep).
+The hooks are registered through
 the engine's :class:`~sksim._engine.hooks.ForwardHooks`, as the gradient
 capture's are.
 """
@@ -284,8 +285,10 @@ class RepresentationCapture:
             own = layout(self._modules[name])
             if own is not None:
                 self._layouts[name] = own
-        if name in self._layouts or self.pool == "flatten" or t.dim() <= 2:
-            return pooled(t, self.pool, self._layouts.get(name, False))
+        if self.pool == "flatten" or t.dim() <= 2:
+            self._layouts.setdefault(name, False)  # not needed
+        if name in self._layouts:
+            return pooled(t, self.pool, self._layouts[name])
         both = (pooled(t, self.pool, last) for last in (False, True))
         return _Unpooled(*both, t.shape)
 
