@@ -458,7 +458,9 @@ class JacobianEngine:
             with evaluation_mode(self.module):
                 layers, fallback = plan_layers(self.module, self.parameters)
                 mixing, per_sample, ran = (
-                    self._probe(layers, X) if layers else (set(), 0, set())
+                    self._probe(layers, X, bool(fallback))
+                    if layers
+                    else (set(), 0, set())
                 )
             mixing |= self._unbatched & set(layers)
             for name in mixing:
@@ -484,36 +486,30 @@ class JacobianEngine:
             self._plan = layers, jacobian, n_fallback
         return self._plan
 
-    def _probe(self, layers: dict, X) -> tuple[set[str], int, set[str]]:
+    def _probe(self, layers: dict, X, whole: bool) -> tuple[set[str], int, set[str]]:
         """Layers for the fallback, the bytes of a sample's batch, layers that ran.
 
         All come from a pass over two samples; the bytes count the recorded
         activations and what the pieces' budget counts of the two samples'
         pieces (back-propagated signals, per-sample gradients, patches). When
         some layer mixes samples, its pieces cannot be made: the signals stand
-        for the pieces. Raises a ValueError if a sample's outputs depend on the
-        other sample.
+        for the pieces. ``whole``: parameters of the fallback are
+        differentiated too, through the whole pass. Raises a ValueError if a
+        sample's outputs depend on the other sample.
         """
         rows = np.array([0, min(1, n_samples(X) - 1)])
         probe = to_tensor(take(X, rows), self.device, self.dtype)
         try:
-            return self._probe_pass(layers, probe, 2)
+            return self._probe_pass(layers, probe, 2, whole)
         except OneRowCalls:
             # layers called on single samples of the batch (a loop over the
             # samples, experts routed to): unexpanded, their rows are not the
             # batch's, and they go to the fallback
-            return self._probe_pass(layers, probe, 1)
+            return self._probe_pass(layers, probe, 1, whole)
 
-    def _probe_pass(self, layers: dict, probe, expand: int) -> tuple:
+    def _probe_pass(self, layers: dict, probe, expand: int, whole: bool) -> tuple:
         """:meth:`_probe`'s pass, one-row calls expanded to ``expand`` rows."""
-        handled = {
-            join_name(n, local) for n, (_, own) in layers.items() for local in own
-        }
-        # parameters of the fallback are differentiated through the whole pass
-        first = (
-            [] if set(self.parameters) - handled else [m for m, _ in layers.values()]
-        )
-        saved = SavedTensors(first)
+        saved = SavedTensors([layer for layer, _ in layers.values()])
         with torch.enable_grad(), LayerCapture(layers, True, expand) as capture:
             # finiteness is checked in the real pass, where rows are numbered
             with saved:
@@ -544,7 +540,9 @@ class JacobianEngine:
         known += [*self.module.parameters(), *self.module.buffers()]
         signals = [z for _, z in recorded]
         d = outputs.shape[1]
-        intermediates = saved.bytes_besides(known, signals, d, from_start=bool(mixing))
+        # layers moved to the fallback are differentiated through the whole pass
+        whole = whole or bool(mixing)
+        intermediates = saved.bytes_besides(known, signals, d, from_start=whole)
         return mixing, (activations + pieces + intermediates) // 2, set(capture.calls)
 
     def _split(self, size: int) -> None:
@@ -775,8 +773,7 @@ class SavedTensors(torch.autograd.graph.saved_tensors_hooks):
     activation's result) take memory the pieces' budget does not see, and the
     vectorised backward pass over ``d`` outputs makes a gradient of those
     saved once the first of ``layers`` (the differentiated ones) has started,
-    ``d`` at a time: the backward pass to them goes through those only. Pass
-    no ``layers`` where parameters outside them are differentiated too.
+    ``d`` at a time: the backward pass to them goes through those only.
     """
 
     def __init__(self, layers: list[torch.nn.Module]):
@@ -828,7 +825,7 @@ class SavedTensors(torch.autograd.graph.saved_tensors_hooks):
         its back-propagated signals, which the pieces' budget counts; larger
         ones (attention weights) take two at a time (a node's input and
         output) for each of the ``d`` outputs. ``from_start``: count those of
-        every saved tensor (layers moved to the fallback).
+        every saved tensor (parameters outside the layers are differentiated).
         """
         largest = max((t.nbytes for t in outputs), default=0)
         for t in known:
