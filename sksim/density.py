@@ -37,8 +37,6 @@ from ._engine.rows import (
 from ._typing import Checkpoints, NetInput, NetLike, Output, Self
 
 COUNT_FLOOR = 0.5
-# How the MemoryError of soft counts' sums too large for max_memory begins
-SUMS_TOO_LARGE = "The sums of the whitened Jacobians"
 COUNT_COPIES = 3  # a block of similarities and the two temporaries of its count
 # The cosine similarity never exceeds 1: a threshold of 1 would count nothing.
 THRESHOLD = Interval(Real, -1, 1, closed="left")
@@ -46,6 +44,10 @@ NEIGHBOR_PARAMETERS = ("net", "output", "params", "n_components", "batch_size")
 NEIGHBOR_PARAMETERS += ("device", "rtol", "random_state", "n_jobs", "max_memory")
 NEIGHBOR_PARAMETERS += ("verbose",)
 CHECKPOINTS = ("checkpoints", "checkpoint_weights")
+
+
+class SoftSumsMemoryError(MemoryError):
+    """The exact sums of ``method="soft"`` would pass ``max_memory``."""
 
 
 class FlooredDensityWarning(UserWarning):
@@ -366,7 +368,7 @@ class GradientDensityEstimator(DensityMixin, NetworkEstimator):
         if self.method == "soft" and self.n_components is None:
             p = self._engine.n_params
             what = (
-                f'{SUMS_TOO_LARGE} that method="soft" keeps '
+                'The sums of the whitened Jacobians that method="soft" keeps '
                 f"({d} outputs x {p} parameters{copies_text}, float64)"
             )
             advice = (
@@ -374,6 +376,7 @@ class GradientDensityEstimator(DensityMixin, NetworkEstimator):
                 "parameters (params=) or outputs (output=), or raise max_memory."
             )
             kept = 8 * d * p * copies
+            error = SoftSumsMemoryError
         elif self.n_components is not None:
             sketches = (
                 "The summed reference sketches"
@@ -390,9 +393,10 @@ class GradientDensityEstimator(DensityMixin, NetworkEstimator):
             )
             rows = 1 if self.method == "soft" else self.n_reference_
             kept = 4 * rows * d * self.n_components * copies
+            error = MemoryError
         else:
             return
-        check_kept_bytes(kept, self._engine.max_memory, what, advice)
+        check_kept_bytes(kept, self._engine.max_memory, what, advice, error)
 
     @property
     def _query_bytes(self) -> float:

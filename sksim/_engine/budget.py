@@ -13,8 +13,14 @@ def rows_that_fit(budget: float, row_bytes: float, n: int) -> int:
     return int(max(1, min(n, budget / max(row_bytes, 1))))
 
 
-def check_kept_bytes(kept: float, max_memory: float, what: str, advice: str) -> None:
-    """Raise a MemoryError when ``kept`` bytes pass two thirds of ``max_memory``.
+def check_kept_bytes(
+    kept: float,
+    max_memory: float,
+    what: str,
+    advice: str,
+    error: type[MemoryError] = MemoryError,
+) -> None:
+    """Raise ``error`` when ``kept`` bytes pass two thirds of ``max_memory``.
 
     What an estimator keeps may take twice :data:`KEPT_MEMORY` of
     ``max_memory``: the engine's batches take the third one. ``what`` names
@@ -22,7 +28,7 @@ def check_kept_bytes(kept: float, max_memory: float, what: str, advice: str) -> 
     """
     limit = 2 * KEPT_MEMORY * max_memory
     if kept > limit:
-        raise MemoryError(
+        raise error(
             f"{what} take {readable_bytes(kept)}, more than the "
             f"{readable_bytes(limit)} they may take (two thirds of max_memory, "
             f"{max_memory} bytes; the batches take the third one): {advice}"

@@ -81,16 +81,16 @@ def test_soft_counts_that_do_not_fit_sum_sketches():
     )
     assert method.endswith(": 160 training examples > scale_threshold 50")
 
-    def exhausted(*args, **kwargs):  # the interpreter's own, without a message
-        raise MemoryError
+    def exhausted(*args, **kwargs):  # another MemoryError, whatever its words
+        raise MemoryError("The sums of the whitened Jacobians")
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(GradientDensityEstimator, "fit", exhausted)
         failed = shared_prefit_audit(("density",), 50, options).failed["density"]
-    assert failed[0] == "MemoryError: "  # raised as it came, not read as the sums'
+    assert failed[0] == "MemoryError: The sums of the whitened Jacobians"
     given = options | dict(density=dict(max_memory=max_memory, method="soft"))
     refused = shared_prefit_audit(("density",), 50, given)  # the user's choice
-    assert refused.failed["density"][0].startswith("MemoryError: The sums")
+    assert refused.failed["density"][0].startswith("SoftSumsMemoryError: The sums")
 
 
 def test_the_users_options_of_counts_over_pairs_keep_their_method():

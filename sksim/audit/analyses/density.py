@@ -11,9 +11,9 @@ from scipy.stats import rankdata
 
 from ...density import (
     COUNT_FLOOR,
-    SUMS_TOO_LARGE,
     FlooredDensityWarning,
     GradientDensityEstimator,
+    SoftSumsMemoryError,
 )
 from .._render import errorbars, subplots
 from .._tables import spread
@@ -246,10 +246,9 @@ class Density(Analysis):
         sketched = ""
         try:
             estimator = self._fitted(fold, options)
-        except MemoryError as error:
-            given = fold.options.get(self.name, {})
-            if "method" in given or not str(error).startswith(SUMS_TOO_LARGE):
-                raise  # not the exact sums of the soft counts the audit chose
+        except SoftSumsMemoryError as error:
+            if "method" in fold.options.get(self.name, {}):
+                raise  # the user chose the exact sums
             options = dict(options, n_components=SOFT_COMPONENTS)
             estimator = self._fitted(fold, options)
             sketched = f" ({str(error).split(':')[0]})"
