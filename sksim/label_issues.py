@@ -346,7 +346,8 @@ class LabelIssueDetector(NetworkEstimator):
     %(device)s
     %(rtol)s
     random_state : int, RandomState instance or None, default=None
-        Seeds torch while each fold's clone is trained, and the sketches.
+        Seeds torch while each fold's clone is trained (each fold with its
+        own seed drawn from it), and the sketches.
     %(n_jobs)s
     %(max_memory)s
     %(verbose)s

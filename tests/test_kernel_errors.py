@@ -861,15 +861,19 @@ def test_bfloat16_tensors_are_taken_by_the_estimators():
 
 class ReentrantCheckpoint(torch.nn.Module):
     """A block under reentrant activation checkpointing, optionally after a
-    layer: without it, no input of the block needs a gradient."""
+    layer: without it, no input of the block needs a gradient, unless the
+    network makes its input need one (as input-saliency code does)."""
 
-    def __init__(self, first=False):
+    def __init__(self, first=False, saliency=False):
         super().__init__()
         self.first = torch.nn.Linear(4, 4) if first else torch.nn.Identity()
         self.block = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh())
         self.out = torch.nn.Linear(6, 2)
+        self.saliency = saliency
 
     def forward(self, x):
+        if self.saliency:
+            x = x.detach().requires_grad_(True)
         h = self.first(x)
         h = torch.utils.checkpoint.checkpoint(self.block, h, use_reentrant=True)
         return self.out(h)
@@ -880,11 +884,17 @@ def test_reentrant_checkpointing_is_refused_or_its_idle_layers_named():
     of the last layer alone."""
     torch.manual_seed(0)
     X = np.random.RandomState(0).randn(5, 4).astype(np.float32)
-    module = ReentrantCheckpoint(first=True).train()
-    with pytest.raises(RuntimeError, match="you can either set use_reentrant=False"):
-        network_similarity(module, X, batch_size=2)
-    assert module.training
-    assert not any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
+    refused = r"\['block.0'\] ran without gradients.*use_reentrant=False"
+    # the block's parameters get a gradient in training: they got none here
+    # when its input needed one because the network asked for it
+    for module in ReentrantCheckpoint(first=True), ReentrantCheckpoint(saliency=True):
+        module.train()(torch.as_tensor(X)).sum().backward()
+        assert module.block[0].weight.grad.abs().sum() > 0
+        with pytest.raises(ValueError, match=refused):
+            network_similarity(module, X, batch_size=2)
+        assert module.training
+        hooks = [m._forward_hooks or m._forward_pre_hooks for m in module.modules()]
+        assert not any(hooks)
     module = ReentrantCheckpoint()
     with pytest.warns(UserWarning, match=r"layers \['block.0'\] get no gradient"):
         K = network_similarity(module, X, batch_size=2)

@@ -18,6 +18,7 @@ from torch.func import jacrev, vmap
 from torch.nn.parameter import is_lazy
 from torch.nn.utils import parametrize
 from torch.utils._pytree import tree_leaves, tree_map
+from torch.utils.checkpoint import CheckpointFunction
 from tqdm.auto import tqdm
 
 from .budget import readable_bytes, rows_that_fit
@@ -517,6 +518,7 @@ class JacobianEngine:
                     _explained_call(capture, lambda: self._call(probe, start=None))
                 )
             capture.recording = False
+            _check_not_hidden(set(layers) - set(capture.calls), outputs)
             mixing = capture.mixing_layers(outputs) | capture.tied_layers(outputs)
             mixing |= capture.nested
             recorded = [call for calls in capture.calls.values() for call in calls]
@@ -751,6 +753,33 @@ def _warn_idle(idle: list[str]) -> None:
             UserWarning,
             stacklevel=2,
         )
+
+
+def _check_not_hidden(idle: set[str], outputs: torch.Tensor) -> None:
+    """Raise a ValueError if reentrant checkpointing may hide the ``idle`` layers.
+
+    Its first pass runs without gradients, and the pass that brings them
+    back runs only in ``backward()``, never in the ``autograd.grad`` sksim
+    uses: layers inside it would count in training and not here.
+    """
+    if not idle:
+        return
+    seen, nodes = set(), [outputs.grad_fn]
+    while nodes:
+        node = nodes.pop()
+        if node is None or node in seen:
+            continue
+        if type(node) is CheckpointFunction._backward_cls:
+            raise ValueError(
+                f"The layers {sorted(idle)[:5]} ran without gradients, and the "
+                "network runs activation checkpointing with use_reentrant=True "
+                "on inputs that need one: layers inside it get a gradient in "
+                "training (backward()) but none from torch.autograd.grad, "
+                "with which sksim differentiates. Checkpoint with "
+                "use_reentrant=False."
+            )
+        seen.add(node)
+        nodes += [child for child, _ in node.next_functions]
 
 
 def _check_same_layers(ran: set, expected: set, start: int, b: int) -> None:
