@@ -273,11 +273,16 @@ def resolve_module(net: NetLike) -> torch.nn.Module:
             "net must be a skorch net, a FrozenEstimator around one, or a "
             f"torch.nn.Module; got {type(net).__name__}{advice}."
         )
-    if isinstance(module, torch.jit.ScriptModule):
+    scripted = [
+        name or "the network"
+        for name, sub in module.named_modules()
+        if isinstance(sub, torch.jit.ScriptModule)
+    ]
+    if scripted:
         raise TypeError(
-            "TorchScript modules (torch.jit.script or trace) cannot be "
-            "differentiated per sample: pass the nn.Module they were made from "
-            "(torch.compile'd modules are taken)."
+            f"TorchScript modules (torch.jit.script or trace; here {scripted[0]!r}) "
+            "cannot be differentiated per sample: build the network from the "
+            "nn.Modules they were made from (torch.compile'd modules are taken)."
         )
     return module
 
