@@ -100,6 +100,7 @@ def check_net_input(
     if keep_tensors and isinstance(X, torch.Tensor):
         return _check_tensor(X, input_name)
     kwargs = dict(allow_nd=True, dtype="numeric", ensure_all_finite=False)
+    _check_single_input(X, input_name)
     X = _as_array(X)
     if estimator is None or (not reset and _token_sequences(X)):
         X = check_array(X, input_name=input_name, **kwargs)  # any length of tokens
@@ -201,6 +202,25 @@ def _check_same_reads(dataset: Dataset, first) -> None:
             )
 
 
+def _check_single_input(X, input_name: str) -> None:
+    """Raise a ValueError for a list or tuple of arrays of several shapes.
+
+    Such a list holds several inputs (an image and tabular features), which
+    no array can stack.
+    """
+    if not isinstance(X, list | tuple):
+        return
+    shapes = {tuple(np.shape(v)) for v in X if isinstance(v, np.ndarray | torch.Tensor)}
+    if len(shapes) > 1:
+        raise ValueError(
+            f"{input_name} is a {type(X).__name__} of arrays of several shapes "
+            f"{sorted(shapes)[:3]}, which cannot be stacked into samples: pass "
+            "several inputs as a dict of them, one row per sample in each (e.g. "
+            '{"image": images, "tabular": features}), which goes to the '
+            "network's forward by name (forward(self, image, tabular))."
+        )
+
+
 def _same_input(a, b) -> bool:
     """Whether two reads of an item's input (an array or a dict) are equal."""
     if isinstance(a, Mapping):
@@ -254,7 +274,9 @@ def _item_shape(value, name: str, scalar: bool = False) -> tuple:
         raise ValueError(
             f"Dataset item 0 holds input {name} as a {type(value).__name__}, which "
             "torch's collation would split into one tensor per entry: return an "
-            "array or a tensor from __getitem__ (e.g. np.asarray(x))."
+            "array or a tensor from __getitem__ (e.g. np.asarray(x)), or several "
+            'inputs as a dict of them (e.g. {"image": x, "tabular": t}), which '
+            "goes to the network's forward by name."
         )
     if isinstance(value, torch.Tensor):
         shape, dtype, real = tuple(value.shape), value.dtype, not value.is_complex()

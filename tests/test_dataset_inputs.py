@@ -577,6 +577,9 @@ def test_invalid_datasets_are_refused_with_a_reason(data, net):
         network_similarity(net, Items([X[0], X[1, :2]]))
     with pytest.raises(ValueError, match="holds input X as a list, which torch's"):
         network_similarity(net, Items([(X[0].tolist(), 0), (X[1].tolist(), 1)]))
+    several = r"as a tuple, .* or several inputs as a dict of them"
+    with pytest.raises(ValueError, match=several):  # (image, tabular), label
+        network_similarity(net, Items([((X[0], X[0, :2]), 0), ((X[1], X[1, :2]), 1)]))
     with pytest.raises(ValueError, match=r"holds 3 values.*numbers as an array"):
         network_similarity(net, Items([X[0].tolist(), X[1].tolist()]))
     with pytest.raises(ValueError, match=r"scalar input X.*read as \(x, y\)"):

@@ -37,6 +37,8 @@ from sksim._validation import check_net_input
 
 X = np.random.RandomState(0).randn(6, 5).astype(np.float32)
 
+KINDS = ("cosine", "ntk", "influence")
+
 
 @pytest.fixture
 def module():
@@ -247,8 +249,16 @@ def test_pipelines_and_torchscript_are_refused_with_what_to_pass():
         network_similarity(make_pipeline(StandardScaler()), X)
     traced = torch.jit.trace(module, torch.as_tensor(X[:2]))
     for scripted in (torch.jit.script(module), traced):
-        with pytest.raises(TypeError, match="pass the nn.Module they were made from"):
+        with pytest.raises(TypeError, match="here 'the network'.*nn.Modules they"):
             network_similarity(scripted, X)
+    # as a part of an eager network (a traced part left it in eval mode, its
+    # backward hooks off for good; a scripted one failed on a list of names)
+    for part in torch.jit.script(module), traced, torch.jit.script(torch.nn.Tanh()):
+        outer = torch.nn.Sequential(part, torch.nn.Dropout(0.5), torch.nn.Linear(8, 2))
+        outer.train()
+        with pytest.raises(TypeError, match="here '0'"):
+            network_similarity(outer, X)
+        assert all(m.training for m in outer.modules())
 
 
 def test_frozen_parameters_only():
@@ -569,6 +579,64 @@ def test_embedding_renormalising_in_place_leaves_the_network_unchanged(bag):
     renormalised(tokens)  # renormalises the rows of these tokens, once and for all
     J = oracle_jacobians(renormalised, tokens)
     np.testing.assert_allclose(K, oracle_kernel(J, J, "ntk"), rtol=1e-10)
+
+
+def test_a_sparse_embeddings_gradients_are_those_of_the_dense_one():
+    """A sparse EmbeddingBag's per-sample gradients failed to be flattened."""
+    torch.manual_seed(0)
+    dense = torch.nn.Sequential(
+        torch.nn.EmbeddingBag(20, 5, mode="sum"), torch.nn.Tanh(), torch.nn.Linear(5, 3)
+    )
+    sparse = copy.deepcopy(dense)
+    sparse[0].sparse = True
+    tokens = torch.randint(0, 20, (7, 4))
+    for kind in KINDS:
+        np.testing.assert_allclose(
+            network_similarity(sparse, tokens, kind=kind, batch_size=3),
+            network_similarity(dense, tokens, kind=kind, batch_size=3),
+            rtol=1e-6,
+            atol=1e-7,
+        )
+
+
+class Autocast(torch.nn.Module):
+    """A float32 network whose forward runs in bfloat16 under autocast."""
+
+    def __init__(self, autocast=True):
+        super().__init__()
+        self.conv = torch.nn.Conv1d(2, 3, 3)
+        self.out = torch.nn.Linear(12, 3)
+        self.autocast = autocast
+
+    def forward(self, x):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
+            return self.out(torch.tanh(self.conv(x)).flatten(1))
+
+
+def test_autocast_in_the_forward_is_followed_and_around_sksim_refused():
+    """Autocast inside the forward crashed on a layer input of float32 with a
+    signal of bfloat16; around sksim's call, its own products were formed in
+    bfloat16 (5e-3 off)."""
+    torch.manual_seed(0)
+    module, plain = Autocast(), Autocast(autocast=False)
+    plain.load_state_dict(module.state_dict())
+    X = torch.randn(7, 2, 6)
+    for kind in KINDS:
+        K = network_similarity(module, X, kind=kind, batch_size=3)
+        expected = network_similarity(plain, X, kind=kind, batch_size=3)
+        error = np.abs(K - expected).max() / np.abs(expected).max()
+        assert 1e-5 < error < 2e-2  # bfloat16's rounding, not float32's
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with pytest.raises(RuntimeError, match="inside a torch.autocast block"):
+            network_similarity(plain, X)
+
+
+def test_several_inputs_in_a_list_are_told_to_go_in_a_dict():
+    """NumPy's "inhomogeneous shape" error said nothing of the dict route."""
+    images, features = np.zeros((4, 2, 3, 3)), np.zeros((4, 5))
+    for X in [images, features], (images, features):
+        with pytest.raises(ValueError, match=r"several shapes.*as a dict of them"):
+            network_similarity(torch.nn.Linear(5, 2), X)
 
 
 def test_numpy_integers_and_parameter_errors(module):

@@ -286,7 +286,7 @@ class LayerCapture(ForwardHooks):
         pieces = {}
         for name, (layer, own) in self.layers.items():
             calls = [
-                (h, deltas[(name, i)])
+                _common_dtype(h, deltas[(name, i)])
                 for i, (h, _) in enumerate(self.calls.get(name, []))
             ]
             if calls:
@@ -339,6 +339,19 @@ class LayerCapture(ForwardHooks):
             if bool(((found - expected[:, j]).abs() > tolerance).any()):
                 unfaithful.add(name)
         return unfaithful
+
+
+def _common_dtype(h, delta: torch.Tensor) -> tuple:
+    """A layer's floating input and output signal in the wider of their dtypes.
+
+    They differ where the network's forward runs under ``torch.autocast``:
+    the hooks see the input before autocast casts it. Token ids stay as
+    they are.
+    """
+    if not isinstance(h, torch.Tensor) or not h.is_floating_point():
+        return h, delta
+    dtype = torch.promote_types(h.dtype, delta.dtype)
+    return h.to(dtype), delta.to(dtype)
 
 
 def _leaf_uses(outputs: torch.Tensor) -> tuple[dict[int, int], set]:

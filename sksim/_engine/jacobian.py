@@ -183,6 +183,7 @@ class JacobianEngine:
 
     def outputs(self, X) -> torch.Tensor:
         """Selected outputs ``(n, d)`` of every sample, on the CPU."""
+        _check_no_autocast(self.device)
         self._layer_plan(X)  # sets an automatic batch size
         with evaluation_mode(self.module), torch.no_grad():
             parts = [
@@ -192,6 +193,7 @@ class JacobianEngine:
         return torch.cat(parts)
 
     def _batches(self, X, progress: bool, size: int | None = None):
+        _check_no_autocast(self.device)
         size = self.batch_size if size is None else size
         blocks = batches(X, size, self.device, self.dtype)
         total = -(-n_samples(X) // size)
@@ -286,11 +288,12 @@ class JacobianEngine:
                 [
                     torch.zeros(p.numel(), dtype=p.dtype, device=p.device)
                     if g is None
-                    else g.flatten()
+                    else _dense(g).flatten()
                     for g, p in zip(grads, leaves.values(), strict=True)
                 ]
             ).double()
-            found = torch.cat([v @ block[i] for block in blocks]).double()
+            found = torch.cat([v.to(block.dtype) @ block[i] for block in blocks])
+            found = found.double()
             error = torch.linalg.vector_norm(found - expected)
             scale = torch.linalg.vector_norm(found) + torch.linalg.vector_norm(expected)
             # half-precision networks' passes round at a few times their epsilon
@@ -321,7 +324,7 @@ class JacobianEngine:
                         allow_unused=True,
                     )
                     for block, g in zip(blocks, grads, strict=True):
-                        block[i, c] = 0 if g is None else g.flatten()
+                        block[i, c] = 0 if g is None else _dense(g).flatten()
         return blocks
 
     def jacobians(
@@ -864,6 +867,24 @@ class SavedTensors(torch.autograd.graph.saved_tensors_hooks):
         beyond = max(on_path, default=0) - largest
         total = sum(size for _, size in self.storages.values())
         return total + 2 * d * max(beyond, 0)
+
+
+def _dense(gradient: torch.Tensor) -> torch.Tensor:
+    """``gradient`` as a dense tensor (a sparse embedding's is sparse)."""
+    return gradient.to_dense() if gradient.is_sparse else gradient
+
+
+def _check_no_autocast(device: torch.device) -> None:
+    """Raise a RuntimeError inside a ``torch.autocast`` block of the caller's.
+
+    sksim's own products would be formed in its lower precision.
+    """
+    if torch.is_autocast_enabled(device.type):
+        raise RuntimeError(
+            "sksim is called inside a torch.autocast block, which would form its "
+            "products in the block's lower precision: call it outside of the "
+            "block (autocast inside the network's forward is kept)."
+        )
 
 
 def _attached(outputs: torch.Tensor) -> torch.Tensor:
