@@ -5,7 +5,8 @@ Layers are named ``"input"``, ``"output"``, by module name
 (``dict(net.named_modules())``, captured with forward hooks) or, for
 functional operations, by the ``torch.fx`` node name in the traced network;
 ``"all"`` means the input, every leaf module in execution order (those run
-more than once left out, with a warning) and the output. Each captured batch
+more than once, and those whose rows are not the samples, left out with a
+warning) and the output. Each captured batch
 is pooled (:data:`POOLS`) into a new tensor, flattened to ``(batch,
 features)``, as soon as the layer has run. Pooling needs to know which axis
 holds the features: the channels (axis 1), as torch's convention, or the last
@@ -73,12 +74,13 @@ def layout(module: torch.nn.Module) -> bool | None:
     block, a transpose before a recurrent layer); channels come first
     otherwise, as torch's convention.
     ``transformers``' ``Conv1D`` (GPT-2's projections) is a linear layer; a
-    layer norm over channels (``data_format="channels_first"``, as ConvNeXt's)
-    is not, and one over several axes or with a forward of its own (a
+    layer with a ``data_format`` (ConvNeXt's layer norms) has the layout it
+    names, and a layer norm over several axes or with a forward of its own (a
     ``LayerNorm2d`` permuting feature maps) is of no known kind.
     """
-    if getattr(module, "data_format", None) == "channels_first":
-        return False
+    data_format = getattr(module, "data_format", None)
+    if data_format in ("channels_first", "channels_last"):
+        return data_format == "channels_last"
     if isinstance(module, nn.LayerNorm) and (
         len(module.normalized_shape) != 1
         or type(module).forward is not nn.LayerNorm.forward
@@ -258,13 +260,15 @@ class RepresentationCapture:
         self._layouts: dict[str, bool] = {}  # features last, by layer (first batch)
         # (input shape, output shape, layout) of the known layers run so far
         self._ran: list[tuple] = []
+        self._ambiguous: list[str] = []  # layouts that known layers disputed
 
     def _features_last(self, name: str, shape) -> bool:
         """Layer ``name``'s layout, learnt on the first batch, after its pass.
 
         Another tensor than a known module's holds its features last when
         every known layer of the pass that read or made a tensor of its shape
-        does, and at least one did; channels come first otherwise.
+        does, and at least one did; channels come first otherwise (those of
+        both layouts read or made one: the layer is named in a warning).
         """
         if name not in self._layouts:
             matches = {
@@ -273,6 +277,8 @@ class RepresentationCapture:
                 if shape in (read_shape, out_shape)
             }
             self._layouts[name] = matches == {True}
+            if len(matches) > 1:
+                self._ambiguous.append(name)
         return self._layouts[name]
 
     def _pooled(self, name: str, t: torch.Tensor):
@@ -359,18 +365,28 @@ class RepresentationCapture:
             if isinstance(value, _Unpooled):
                 last = self._features_last(name, value.shape)
                 captured[name] = value.features_last if last else value.channels_first
+        self._warn_ambiguous()
         twice = [name for name, count in calls.items() if count > 1]
+        n = len(next(iter(x.values()))) if isinstance(x, Mapping) else len(x)
+        other_rows = [name for name, t in captured.items() if len(t) != n]
         if self.names is None:  # "all": execution order of this first call
-            self._leave_out(twice)
+            self._leave_out(twice, other_rows)
             self.names = [
                 "input",
-                *(n for n in captured if n != "input" and n not in twice),
+                *(n for n in captured if n != "input" and n not in twice + other_rows),
                 "output",
             ]
         elif ambiguous := [name for name in twice if name in self.names]:
             raise ValueError(
                 f"Module {ambiguous[0]!r} ran more than once in one forward pass, "
                 "so its representation is ambiguous; capture another layer."
+            )
+        elif unbatched := [name for name in other_rows if name in self.names]:
+            rows = len(captured[unbatched[0]])
+            raise ValueError(
+                f"Layer {unbatched[0]!r} gave {rows} rows for a batch of {n} "
+                "samples: its rows are not the samples (windows or patches of "
+                "them, a table the batch shares); capture another layer."
             )
         if "output" in self.names:
             if not isinstance(out, torch.Tensor):
@@ -389,7 +405,7 @@ class RepresentationCapture:
         return {name: captured[name] for name in self.names}
 
     @staticmethod
-    def _leave_out(twice: list[str]) -> None:
+    def _leave_out(twice: list[str], other_rows: list[str]) -> None:
         if twice:
             warnings.warn(
                 f"Modules {twice} ran more than once in one forward pass (a module "
@@ -398,6 +414,29 @@ class RepresentationCapture:
                 UserWarning,
                 stacklevel=4,
             )
+        if other_rows:
+            warnings.warn(
+                f"The rows of the layers {other_rows[:5]} are not the samples "
+                "(windows or patches of them, a table the batch shares): "
+                '"all" leaves them out.',
+                UserWarning,
+                stacklevel=4,
+            )
+
+    def _warn_ambiguous(self) -> None:
+        """Warn of the layers whose layout the known layers disputed, once."""
+        if self._ambiguous:
+            warnings.warn(
+                f"The values of the layers {self._ambiguous[:5]} have the shape of "
+                "tensors that layers of known kinds read or made with their "
+                "features on axis 1 and of others with them last: they were "
+                "pooled as holding channels on axis 1. Capture layers of a known "
+                'kind (a linear layer, a convolution) or pool="flatten" where '
+                "that is not their layout.",
+                UserWarning,
+                stacklevel=4,
+            )
+            self._ambiguous = []
 
 
 def layer_outputs(

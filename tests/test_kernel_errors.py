@@ -984,6 +984,34 @@ class SharedTableThenBug(torch.nn.Module):
         return self.head(h[:, 0].reshape(1, -1))
 
 
+class SharedTableInPlace(torch.nn.Module):
+    """A position table computed once for the batch, then scaled in place (as
+    DeBERTa's relative positions are)."""
+
+    def __init__(self):
+        super().__init__()
+        self.tokens, self.positions = torch.nn.Embedding(9, 4), torch.nn.Embedding(5, 4)
+        self.project = torch.nn.Linear(4, 4)
+        self.head = torch.nn.Linear(4, 2)
+
+    def forward(self, ids):
+        table = self.project(self.positions(torch.arange(ids.shape[1]))[None])
+        table /= 2.0
+        return self.head(torch.tanh(self.tokens(ids) + table).mean(1))
+
+
+def test_a_shared_table_the_network_changes_in_place_is_differentiated():
+    """It failed for batches of more than one sample, blaming routing to
+    experts: the expanded rows of the table could not be written into."""
+    torch.manual_seed(0)
+    module = SharedTableInPlace().double()
+    ids = torch.randint(0, 9, (5, 5))
+    J = oracle_jacobians(module, ids)
+    for kind in KINDS:
+        K = network_similarity(module, ids, kind=kind, batch_size=3)
+        np.testing.assert_allclose(K, oracle_kernel(J, J, kind), rtol=1e-9, atol=1e-12)
+
+
 def test_the_networks_own_error_is_not_blamed_on_expanded_tables():
     """It was reported as sksim's expansion of the position table."""
     ids = np.random.RandomState(0).randint(0, 9, (4, 5))

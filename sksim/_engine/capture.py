@@ -206,7 +206,8 @@ class LayerCapture(ForwardHooks):
                 return z.clone()
             self.calls.setdefault(name, []).append((h, z))
             self._versions += [(h, h._version), (z, z._version)]
-            return z if shared else None
+            # a copy of the expanded rows, which the network may change in place
+            return z.clone() if shared else None
 
         return record
 

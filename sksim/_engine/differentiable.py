@@ -9,13 +9,16 @@ one vectorised ``torch.func`` call (``vmap`` of ``grad`` over a
 ``functional_call``); torch.func transforms compose with ordinary autograd, so
 the result keeps its graph to the module's own parameters. A network that
 ``vmap`` cannot run (data-dependent control flow, recurrent layers) or runs
-wrongly (:data:`~sksim._engine.jacobian.UNVECTORISED`) is differentiated one
-sample at a time; attention runs on PyTorch's math kernel, the one whose
-backward can be differentiated again.
+wrongly (:data:`~sksim._engine.jacobian.UNVECTORISED`, or a network whose
+gradients' own derivatives :func:`_differentiates_alike` refutes: the
+batching rule of an affine layer norm's second derivative is wrong) is
+differentiated one sample at a time; attention runs on PyTorch's math
+kernel, the one whose backward can be differentiated again.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -24,6 +27,9 @@ from torch.utils._pytree import tree_leaves, tree_map
 
 from .context import functional_output, math_attention
 from .jacobian import UNVECTORISED
+
+# whether vmap's gradients of each network differentiate as autograd's do
+_ALIKE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _call_one(module: torch.nn.Module, params, x):
@@ -79,15 +85,53 @@ def per_sample_gradients(
 
     in_extra = 0 if extra_batched else None
     vectorised = not any(isinstance(m, UNVECTORISED) for m in module.modules())
+    vectorised = vectorised and _ALIKE.get(module, True)
     with torch.set_grad_enabled(create_graph), math_attention():
         if vectorised:
             try:
-                return vmap(grad(phi), in_dims=(None, 0, in_extra))(
+                grads = vmap(grad(phi), in_dims=(None, 0, in_extra))(
                     params, samples, extra
                 )
             except RuntimeError:  # a real error recurs one sample at a time
-                pass
+                grads = None
+            if grads is not None and create_graph and module not in _ALIKE:
+                looped = _looped(phi, params, samples, extra, extra_batched, True)
+                _ALIKE[module] = _differentiates_alike(grads, looped, params)
+            if grads is not None and _ALIKE.get(module, True):
+                return grads
         return _looped(phi, params, samples, extra, extra_batched, create_graph)
+
+
+def _differentiates_alike(grads: dict, looped: dict, params: dict) -> bool:
+    """Whether two sets of per-sample gradients have the same derivatives.
+
+    Compares the derivatives, with respect to ``params``, of one random
+    combination of each, as training's ``backward()`` would take them.
+    """
+    leaves = [p for p in params.values() if p.requires_grad]
+    if not leaves:
+        return True
+    generator = torch.Generator().manual_seed(0)
+    weights = {
+        name: torch.randn(g.shape, generator=generator, dtype=torch.float64).to(g)
+        for name, g in looped.items()
+    }
+    derivatives = []
+    for found in grads, looped:
+        combined = sum((weights[name] * g).sum() for name, g in found.items())
+        derivatives.append(
+            torch.autograd.grad(combined, leaves, retain_graph=True, allow_unused=True)
+            if combined.requires_grad  # gradients that depend on the parameters
+            else [None] * len(leaves)
+        )
+    error = scale = 0.0
+    for a, b, p in zip(*derivatives, leaves, strict=True):
+        a = torch.zeros_like(p) if a is None else a
+        b = torch.zeros_like(p) if b is None else b
+        error += float((a - b).double().square().sum())
+        scale += float(b.double().square().sum())
+    resolution = max(1e-4, 8 * torch.finfo(leaves[0].dtype).eps)
+    return error <= resolution**2 * scale
 
 
 def _row(tree, i: int):

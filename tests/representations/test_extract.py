@@ -283,3 +283,78 @@ def test_layer_norms_of_feature_maps_keep_their_channels(norm):
     with torch.no_grad():
         expected = net(X).mean((2, 3))
     np.testing.assert_allclose(reps["1"], expected.numpy(), atol=1e-6)
+
+
+class ChannelsLastNorm(torch.nn.LayerNorm):
+    """A layer norm with ConvNeXt's ``data_format``, over the last axis."""
+
+    def __init__(self, width):
+        super().__init__(width)
+        self.data_format = "channels_last"
+
+    def forward(self, x):
+        return super().forward(x)
+
+
+def test_a_channels_last_layer_norm_keeps_its_features_where_shapes_coincide():
+    """In ConvNeXt's first stage (C = H = W), its channels-last layer norm was
+    pooled over its last axis: a depthwise convolution had a tensor of its
+    shape with channels first."""
+    torch.manual_seed(0)
+    conv, norm = torch.nn.Conv2d(4, 4, 3, padding=1, groups=4), ChannelsLastNorm(4)
+    net = torch.nn.Sequential(conv, Permute(0, 2, 3, 1), norm).eval()
+    X = torch.randn(3, 4, 4, 4)
+    reps = extract_representations(net, X, ["2"], pool="mean")
+    with torch.no_grad():
+        expected = net(X).mean((1, 2))
+    np.testing.assert_allclose(reps["2"], expected.numpy(), atol=1e-6)
+
+
+class Permute(torch.nn.Module):
+    def __init__(self, *axes):
+        super().__init__()
+        self.axes = axes
+
+    def forward(self, x):
+        return x.permute(*self.axes)
+
+
+def test_a_layout_that_known_layers_dispute_is_named():
+    """Where known layers of both layouts read or made tensors of a value's
+    shape (16 frames of 16 features after a convolution of 16 channels), it
+    was pooled as channels first without a word."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv1d(2, 16, 3),
+        Permute(0, 2, 1),
+        torch.nn.GELU(),
+        torch.nn.Linear(16, 2),
+    ).eval()
+    X = torch.randn(3, 2, 18)
+    with pytest.warns(UserWarning, match=r"layers \['2'\] have the shape.*flatten"):
+        extract_representations(net, X, ["2"], pool="mean")
+
+
+class Windows(torch.nn.Module):
+    """A layer that sees each sample's two halves as rows (windowed attention)."""
+
+    def __init__(self):
+        super().__init__()
+        self.window = torch.nn.Linear(3, 3)
+        self.head = torch.nn.Linear(6, 2)
+
+    def forward(self, x):
+        halves = self.window(x.reshape(-1, 3))  # (2 B, 3)
+        return self.head(halves.reshape(len(x), 6))
+
+
+def test_layers_whose_rows_are_not_the_samples_are_refused_or_left_out():
+    """A windowed layer gave twice as many rows as samples, concatenated with
+    the others' as if they were samples."""
+    net, X = Windows().eval(), torch.randn(5, 6)
+    with pytest.raises(ValueError, match="'window' gave 4 rows for a batch of 2"):
+        extract_representations(net, X, ["window", "head"], batch_size=2)
+    with pytest.warns(UserWarning, match=r"layers \['window'\] are not the samples"):
+        reps = extract_representations(net, X, "all", batch_size=2)
+    assert list(reps) == ["input", "head", "output"]
+    assert all(len(v) == 5 for v in reps.values())
