@@ -186,6 +186,21 @@ class _Unpooled(NamedTuple):
     channels_first: torch.Tensor
     features_last: torch.Tensor
     shape: torch.Size
+    data: tuple | None  # where and how its values lie (see _data)
+    ran: int  # how many known layers had run when it was stored
+
+
+def _data(value) -> tuple | None:
+    """Where and in what order the values of ``value`` (or of its first tensor) lie.
+
+    Tells a tensor from others of its shape within one pass, a transposed
+    view of it (a sequence of as many positions as features) too.
+    """
+    if isinstance(value, tuple | list):
+        value = next((v for v in value if isinstance(v, torch.Tensor)), None)
+    if not isinstance(value, torch.Tensor) or value.layout != torch.strided:
+        return None
+    return value.data_ptr(), value.stride()
 
 
 def _shape(value) -> torch.Size | None:
@@ -258,24 +273,40 @@ class RepresentationCapture:
             ]
         self.traced = _traced(module, self.fx_names) if self.fx_names else None
         self._layouts: dict[str, bool] = {}  # features last, by layer (first batch)
-        # (input shape, output shape, layout) of the known layers run so far
+        # (input shape, output shape, layout, input data, output data) of the
+        # known layers run so far
         self._ran: list[tuple] = []
         self._ambiguous: list[str] = []  # layouts that known layers disputed
 
-    def _features_last(self, name: str, shape) -> bool:
+    def _features_last(self, name: str, value: _Unpooled) -> bool:
         """Layer ``name``'s layout, learnt on the first batch, after its pass.
 
         Another tensor than a known module's holds its features last when
         every known layer of the pass that read or made a tensor of its shape
-        does, and at least one did; channels come first otherwise (those of
-        both layouts read or made one: the layer is named in a warning).
+        does, and at least one did; channels come first otherwise. Where
+        layers of both layouts read or made one, those that made the value
+        itself (the known layer that ran last before it was stored, if its
+        output is the value's data) or read it afterwards decide, if they
+        agree; otherwise channels come first and the layer is named in a
+        warning.
         """
         if name not in self._layouts:
+            shape = value.shape
             matches = {
                 last
-                for read_shape, out_shape, last in self._ran
+                for read_shape, out_shape, last, _, _ in self._ran
                 if shape in (read_shape, out_shape)
             }
+            if len(matches) > 1 and value.data is not None:
+                own = (shape, value.data)
+                matches = {
+                    last
+                    for k, (read_shape, out_shape, last, read, made) in enumerate(
+                        self._ran
+                    )
+                    if (k >= value.ran and (read_shape, read) == own)
+                    or (k == value.ran - 1 and (out_shape, made) == own)
+                } or matches
             self._layouts[name] = matches == {True}
             if len(matches) > 1:
                 self._ambiguous.append(name)
@@ -296,7 +327,7 @@ class RepresentationCapture:
         if name in self._layouts:
             return pooled(t, self.pool, self._layouts[name])
         both = (pooled(t, self.pool, last) for last in (False, True))
-        return _Unpooled(*both, t.shape)
+        return _Unpooled(*both, t.shape, _data(t), len(self._ran))
 
     def _layout_hooks(self) -> list:
         """Hooks recording the layout of each known layer as it runs.
@@ -309,7 +340,7 @@ class RepresentationCapture:
 
         def ran(features_last):
             return lambda _m, i, o: self._ran.append(
-                (_shape(i), _shape(o), features_last)
+                (_shape(i), _shape(o), features_last, _data(i), _data(o))
             )
 
         return [
@@ -363,7 +394,7 @@ class RepresentationCapture:
         out = self._run(x, captured, calls)
         for name, value in captured.items():
             if isinstance(value, _Unpooled):
-                last = self._features_last(name, value.shape)
+                last = self._features_last(name, value)
                 captured[name] = value.features_last if last else value.channels_first
         self._warn_ambiguous()
         twice = [name for name, count in calls.items() if count > 1]
@@ -394,7 +425,8 @@ class RepresentationCapture:
                     f"The network returns a {type(out).__name__}, not a tensor; "
                     "wrap it so that forward returns the output tensor."
                 )
-            last = self._features_last("output", out.shape)
+            done = _Unpooled(out, out, out.shape, _data(out), len(self._ran))
+            last = self._features_last("output", done)
             captured["output"] = pooled(out.detach(), self.pool, last)
         for name in self.names:
             if name not in captured:

@@ -1,5 +1,7 @@
 """extract_representations: forward hooks, pooling, eval mode, batching."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -319,10 +321,11 @@ class Permute(torch.nn.Module):
         return x.permute(*self.axes)
 
 
-def test_a_layout_that_known_layers_dispute_is_named():
+def test_a_layout_that_known_layers_dispute_is_read_from_its_readers_or_named():
     """Where known layers of both layouts read or made tensors of a value's
-    shape (16 frames of 16 features after a convolution of 16 channels), it
-    was pooled as channels first without a word."""
+    shape (16 frames of 16 features after a convolution of 16 channels, as
+    in Wav2Vec2), it was pooled as channels first without a word: the
+    encoder's blocks, read by linear layers, over their features."""
     torch.manual_seed(0)
     net = torch.nn.Sequential(
         torch.nn.Conv1d(2, 16, 3),
@@ -331,8 +334,16 @@ def test_a_layout_that_known_layers_dispute_is_named():
         torch.nn.Linear(16, 2),
     ).eval()
     X = torch.randn(3, 2, 18)
-    with pytest.warns(UserWarning, match=r"layers \['2'\] have the shape.*flatten"):
-        extract_representations(net, X, ["2"], pool="mean")
+    with pytest.warns(UserWarning) as warned:
+        reps = extract_representations(net, X, ["0", "1", "2"], pool="mean")
+    with torch.no_grad():
+        conv = net[0](X)
+        expected = {"0": conv.mean(2), "2": net[2](conv.transpose(1, 2)).mean(1)}
+    for name, value in expected.items():  # by their kind, by the linear layer
+        np.testing.assert_allclose(reps[name], value.numpy(), atol=1e-6)
+    # the permutation's value is read by no known layer: channels first, named
+    (message,) = [str(w.message) for w in warned]
+    assert re.search(r"layers \['1'\] have the shape.*flatten", message)
 
 
 class Windows(torch.nn.Module):
