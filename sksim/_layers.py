@@ -396,7 +396,6 @@ class RepresentationCapture:
             if isinstance(value, _Unpooled):
                 last = self._features_last(name, value)
                 captured[name] = value.features_last if last else value.channels_first
-        self._warn_ambiguous()
         twice = [name for name, count in calls.items() if count > 1]
         n = len(next(iter(x.values()))) if isinstance(x, Mapping) else len(x)
         other_rows = [name for name, t in captured.items() if len(t) != n]
@@ -425,9 +424,12 @@ class RepresentationCapture:
                     f"The network returns a {type(out).__name__}, not a tensor; "
                     "wrap it so that forward returns the output tensor."
                 )
-            done = _Unpooled(out, out, out.shape, _data(out), len(self._ran))
-            last = self._features_last("output", done)
-            captured["output"] = pooled(out.detach(), self.pool, last)
+            value = self._pooled("output", out.detach())
+            if isinstance(value, _Unpooled):
+                last = self._features_last("output", value)
+                value = value.features_last if last else value.channels_first
+            captured["output"] = value
+        self._warn_ambiguous()
         for name in self.names:
             if name not in captured:
                 raise ValueError(

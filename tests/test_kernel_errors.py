@@ -967,6 +967,14 @@ def test_reentrant_checkpointing_is_refused_or_its_idle_layers_named():
     with pytest.warns(UserWarning, match=r"layers \['block.0'\] get no gradient"):
         K = network_similarity(module, X, batch_size=2)
     np.testing.assert_allclose(K, network_similarity(module, X, params="out"))
+    # a checkpointed function without parameters hides nothing, beside a
+    # layer that never runs
+    module = ReentrantCheckpoint(saliency=True)
+    module.block = torch.nn.Tanh()
+    module.out, module.unused = torch.nn.Linear(4, 2), torch.nn.Linear(4, 2)
+    with pytest.warns(UserWarning, match=r"layers \['unused'\] get no gradient"):
+        K = network_similarity(module, X, batch_size=2)
+    np.testing.assert_allclose(K, network_similarity(module, X, params="out"))
 
 
 class SharedTableThenBug(torch.nn.Module):

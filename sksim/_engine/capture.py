@@ -186,12 +186,16 @@ class LayerCapture(ForwardHooks):
         self.nested: set[str] = set()  # layers given nested tensors, not recorded
         self.recording = True
         self.calls: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self.without_gradient: set[str] = set()  # called, their outputs cut off
         self._versions: list[tuple[torch.Tensor, int]] = []
 
     def _hook(self, name: str):
         def record(layer, args, kwargs, output):
-            if not self.recording or not output.requires_grad:
-                return None  # a recomputation in backward, or no gradient
+            if not self.recording:
+                return None  # a recomputation in backward
+            if not output.requires_grad:
+                self.without_gradient.add(name)
+                return None
             h, z = (args[0] if args else kwargs["input"]).detach(), output
             if h.is_nested or z.is_nested:  # attention's fast path: rows unknown
                 self.nested.add(name)

@@ -28,7 +28,8 @@ from torch.utils._pytree import tree_leaves, tree_map
 from .context import functional_output, math_attention
 from .jacobian import UNVECTORISED
 
-# whether vmap's gradients of each network differentiate as autograd's do
+# whether vmap's gradients of each network differentiate as autograd's do,
+# by the names of the parameters differentiated
 _ALIKE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -85,19 +86,21 @@ def per_sample_gradients(
 
     in_extra = 0 if extra_batched else None
     vectorised = not any(isinstance(m, UNVECTORISED) for m in module.modules())
-    vectorised = vectorised and _ALIKE.get(module, True)
+    # the second derivatives of the gradients of these parameters, if checked
+    alike = _ALIKE.setdefault(module, {})
+    selection = tuple(params)
     with torch.set_grad_enabled(create_graph), math_attention():
-        if vectorised:
+        if vectorised and (not create_graph or alike.get(selection, True)):
             try:
                 grads = vmap(grad(phi), in_dims=(None, 0, in_extra))(
                     params, samples, extra
                 )
             except RuntimeError:  # a real error recurs one sample at a time
                 grads = None
-            if grads is not None and create_graph and module not in _ALIKE:
+            if grads is not None and create_graph and selection not in alike:
                 looped = _looped(phi, params, samples, extra, extra_batched, True)
-                _ALIKE[module] = _differentiates_alike(grads, looped, params)
-            if grads is not None and _ALIKE.get(module, True):
+                alike[selection] = _differentiates_alike(grads, looped, params)
+            if grads is not None and (not create_graph or alike[selection]):
                 return grads
         return _looped(phi, params, samples, extra, extra_batched, create_graph)
 

@@ -521,7 +521,7 @@ class JacobianEngine:
                     _explained_call(capture, lambda: self._call(probe, start=None))
                 )
             capture.recording = False
-            _check_not_hidden(set(layers) - set(capture.calls), outputs)
+            _check_not_hidden(capture.without_gradient - set(capture.calls), outputs)
             mixing = capture.mixing_layers(outputs) | capture.tied_layers(outputs)
             mixing |= capture.nested
             recorded = [call for calls in capture.calls.values() for call in calls]

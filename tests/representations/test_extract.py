@@ -1,6 +1,7 @@
 """extract_representations: forward hooks, pooling, eval mode, batching."""
 
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -344,6 +345,25 @@ def test_a_layout_that_known_layers_dispute_is_read_from_its_readers_or_named():
     # the permutation's value is read by no known layer: channels first, named
     (message,) = [str(w.message) for w in warned]
     assert re.search(r"layers \['1'\] have the shape.*flatten", message)
+
+
+def test_flat_outputs_have_no_layout_to_dispute():
+    """A (batch, features) output beside layers of both layouts was named in
+    a warning from the second batch on (the first batch's came too late)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(8, 16),
+        torch.nn.BatchNorm1d(16),
+        torch.nn.Linear(16, 16),
+        torch.nn.Tanh(),
+    ).eval()
+    X = torch.randn(20, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for batch_size in 20, 8:
+            reps = extract_representations(net, X, "all", batch_size=batch_size)
+            with torch.no_grad():
+                np.testing.assert_allclose(reps["output"], net(X).numpy(), atol=1e-6)
 
 
 class Windows(torch.nn.Module):
