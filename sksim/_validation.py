@@ -210,7 +210,7 @@ def _check_single_input(X, input_name: str) -> None:
     """
     if not isinstance(X, list | tuple):
         return
-    shapes = {tuple(np.shape(v)) for v in X if isinstance(v, np.ndarray | torch.Tensor)}
+    shapes = {tuple(v.shape) for v in X if isinstance(v, np.ndarray | torch.Tensor)}
     if len(shapes) > 1:
         raise ValueError(
             f"{input_name} is a {type(X).__name__} of arrays of several shapes "
