@@ -21,6 +21,7 @@ capture's are.
 from __future__ import annotations
 
 import warnings
+import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from typing import NamedTuple
 
@@ -186,28 +187,19 @@ class _Unpooled(NamedTuple):
     channels_first: torch.Tensor
     features_last: torch.Tensor
     shape: torch.Size
-    data: tuple | None  # where and how its values lie (see _data)
-    ran: int  # how many known layers had run when it was stored
 
 
-def _data(value) -> tuple | None:
-    """Where and in what order the values of ``value`` (or of its first tensor) lie.
-
-    Tells a tensor from others of its shape within one pass, a transposed
-    view of it (a sequence of as many positions as features) too.
-    """
+def _first(value) -> torch.Tensor | None:
+    """``value``, or its first tensor (a tuple of them); None if it holds none."""
     if isinstance(value, tuple | list):
         value = next((v for v in value if isinstance(v, torch.Tensor)), None)
-    if not isinstance(value, torch.Tensor) or value.layout != torch.strided:
-        return None
-    return value.data_ptr(), value.stride()
+    return value if isinstance(value, torch.Tensor) else None
 
 
 def _shape(value) -> torch.Size | None:
     """The shape of ``value``, or of its first tensor (a tuple of them)."""
-    if isinstance(value, tuple | list):
-        value = next((v for v in value if isinstance(v, torch.Tensor)), None)
-    return value.shape if isinstance(value, torch.Tensor) else None
+    first = _first(value)
+    return None if first is None else first.shape
 
 
 def _tensor(t, name: str) -> torch.Tensor:
@@ -273,10 +265,14 @@ class RepresentationCapture:
             ]
         self.traced = _traced(module, self.fx_names) if self.fx_names else None
         self._layouts: dict[str, bool] = {}  # features last, by layer (first batch)
-        # (input shape, output shape, layout, input data, output data) of the
-        # known layers run so far
+        # (input shape, output shape, layout) of the known layers run so far
         self._ran: list[tuple] = []
-        self._ambiguous: list[str] = []  # layouts that known layers disputed
+        # the values of undecided layout of the pass, by id, and the layouts of
+        # the known layers that made or read each of them (the very tensor)
+        self._watched: dict[int, tuple[weakref.ref, list[str]]] = {}
+        self._told: dict[str, set[bool]] = {}
+        self._last_made: tuple[weakref.ref, bool] | None = None
+        self._undecided: list[str] = []  # layouts known layers did not tell
 
     def _features_last(self, name: str, value: _Unpooled) -> bool:
         """Layer ``name``'s layout, learnt on the first batch, after its pass.
@@ -284,32 +280,22 @@ class RepresentationCapture:
         Another tensor than a known module's holds its features last when
         every known layer of the pass that read or made a tensor of its shape
         does, and at least one did; channels come first otherwise. Where
-        layers of both layouts read or made one, those that made the value
-        itself (the known layer that ran last before it was stored, if its
-        output is the value's data) or read it afterwards decide, if they
-        agree; otherwise channels come first and the layer is named in a
-        warning.
+        layers of both layouts read or made one, those that made or read the
+        value itself (the same tensor object, see :meth:`_watch`) decide, if
+        they agree; otherwise, or where no known layer read or made a tensor
+        of its shape, channels come first and the layer is named in a warning.
         """
         if name not in self._layouts:
-            shape = value.shape
             matches = {
                 last
-                for read_shape, out_shape, last, _, _ in self._ran
-                if shape in (read_shape, out_shape)
+                for read_shape, out_shape, last in self._ran
+                if value.shape in (read_shape, out_shape)
             }
-            if len(matches) > 1 and value.data is not None:
-                own = (shape, value.data)
-                matches = {
-                    last
-                    for k, (read_shape, out_shape, last, read, made) in enumerate(
-                        self._ran
-                    )
-                    if (k >= value.ran and (read_shape, read) == own)
-                    or (k == value.ran - 1 and (out_shape, made) == own)
-                } or matches
-            self._layouts[name] = matches == {True}
             if len(matches) > 1:
-                self._ambiguous.append(name)
+                matches = self._told.get(name) or matches
+            self._layouts[name] = matches == {True}
+            if len(matches) != 1:
+                self._undecided.append(name)
         return self._layouts[name]
 
     def _pooled(self, name: str, t: torch.Tensor):
@@ -327,7 +313,23 @@ class RepresentationCapture:
         if name in self._layouts:
             return pooled(t, self.pool, self._layouts[name])
         both = (pooled(t, self.pool, last) for last in (False, True))
-        return _Unpooled(*both, t.shape, _data(t), len(self._ran))
+        return _Unpooled(*both, t.shape)
+
+    def _watch(self, name: str, value: torch.Tensor) -> None:
+        """Follow ``value``, of undecided layout, through the rest of the pass.
+
+        The known layers that read it (the same object, alive: a tensor
+        freed meanwhile cannot be taken for another at its address) and the
+        one that made it, if it ran last, tell its layout.
+        """
+        if name in self._layouts:
+            return
+        watched, names = self._watched.get(id(value), (None, []))
+        if watched is None or watched() is not value:
+            watched, names = weakref.ref(value), []
+        self._watched[id(value)] = watched, [*names, name]
+        if self._last_made and self._last_made[0]() is value:
+            self._told.setdefault(name, set()).add(self._last_made[1])
 
     def _layout_hooks(self) -> list:
         """Hooks recording the layout of each known layer as it runs.
@@ -336,12 +338,19 @@ class RepresentationCapture:
         """
         if self.names is not None and all(n in self._layouts for n in self.names):
             return []
-        self._ran = []
 
         def ran(features_last):
-            return lambda _m, i, o: self._ran.append(
-                (_shape(i), _shape(o), features_last, _data(i), _data(o))
-            )
+            def record(_m, i, o):
+                self._ran.append((_shape(i), _shape(o), features_last))
+                read, made = _first(i), _first(o)
+                watched, names = self._watched.get(id(read), (None, ()))
+                if watched is not None and watched() is read:
+                    for name in names:
+                        self._told.setdefault(name, set()).add(features_last)
+                if made is not None:
+                    self._last_made = weakref.ref(made), features_last
+
+            return record
 
         return [
             (m, ran(features_last))
@@ -353,6 +362,8 @@ class RepresentationCapture:
         def store(name, value):
             calls[name] = calls.get(name, 0) + 1
             captured[name] = self._pooled(name, _tensor(value, name).detach())
+            if isinstance(captured[name], _Unpooled):
+                self._watch(name, value)
 
         return store
 
@@ -388,8 +399,11 @@ class RepresentationCapture:
 
     def __call__(self, x) -> dict[str, torch.Tensor]:
         captured: dict[str, torch.Tensor] = {}
+        self._ran, self._watched, self._told, self._last_made = [], {}, {}, None
         if self.names is None or "input" in self.names:  # before the network
             captured["input"] = self._pooled("input", _tensor(x, "input"))
+            if isinstance(captured["input"], _Unpooled):
+                self._watch("input", x)
         calls: dict[str, int] = {}
         out = self._run(x, captured, calls)
         for name, value in captured.items():
@@ -415,7 +429,7 @@ class RepresentationCapture:
             rows = len(captured[unbatched[0]])
             raise ValueError(
                 f"Layer {unbatched[0]!r} gave {rows} rows for a batch of {n} "
-                "samples: its rows are not the samples (windows or patches of "
+                "inputs: its rows are not the samples (windows or patches of "
                 "them, a table the batch shares); capture another layer."
             )
         if "output" in self.names:
@@ -426,10 +440,11 @@ class RepresentationCapture:
                 )
             value = self._pooled("output", out.detach())
             if isinstance(value, _Unpooled):
+                self._watch("output", out)
                 last = self._features_last("output", value)
                 value = value.features_last if last else value.channels_first
             captured["output"] = value
-        self._warn_ambiguous()
+        self._warn_undecided()
         for name in self.names:
             if name not in captured:
                 raise ValueError(
@@ -457,20 +472,20 @@ class RepresentationCapture:
                 stacklevel=4,
             )
 
-    def _warn_ambiguous(self) -> None:
-        """Warn of the layers whose layout the known layers disputed, once."""
-        if self._ambiguous:
+    def _warn_undecided(self) -> None:
+        """Warn of the layers whose layout the known layers did not tell, once."""
+        if self._undecided:
             warnings.warn(
-                f"The values of the layers {self._ambiguous[:5]} have the shape of "
-                "tensors that layers of known kinds read or made with their "
-                "features on axis 1 and of others with them last: they were "
-                "pooled as holding channels on axis 1. Capture layers of a known "
-                'kind (a linear layer, a convolution) or pool="flatten" where '
-                "that is not their layout.",
+                f"The layers of known kinds did not tell the layout of the values "
+                f"of the layers {self._undecided[:5]} (none read or made a tensor "
+                "of their shape, or some with their features on axis 1 and "
+                "others with them last): they were pooled as holding channels on "
+                "axis 1. Capture layers of a known kind (a linear layer, a "
+                'convolution) or pool="flatten" where that is not their layout.',
                 UserWarning,
                 stacklevel=4,
             )
-            self._ambiguous = []
+            self._undecided = []
 
 
 def layer_outputs(

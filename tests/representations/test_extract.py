@@ -344,7 +344,40 @@ def test_a_layout_that_known_layers_dispute_is_read_from_its_readers_or_named():
         np.testing.assert_allclose(reps[name], value.numpy(), atol=1e-6)
     # the permutation's value is read by no known layer: channels first, named
     (message,) = [str(w.message) for w in warned]
-    assert re.search(r"layers \['1'\] have the shape.*flatten", message)
+    assert re.search(r"did not tell .* layers \['1'\] .*flatten", message)
+
+
+class Patches(torch.nn.Module):
+    """A ViT's patch embeddings: tokens (B, T, E) no known layer reads whole."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 2, stride=2)
+
+    def forward(self, x):
+        return self.conv(x).flatten(2).transpose(1, 2)
+
+
+class TinyViT(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.patches = Patches()
+        self.cls = torch.nn.Parameter(torch.randn(1, 1, 8))
+        self.norm = torch.nn.LayerNorm(8)
+
+    def forward(self, x):
+        tokens = self.patches(x)
+        tokens = torch.cat([self.cls.expand(len(x), -1, -1), tokens], 1)
+        return self.norm(tokens)[:, 0]
+
+
+def test_a_layout_no_known_layer_tells_is_named():
+    """A ViT's patch embeddings, whose tokens the next layer reads with a class
+    token more, were pooled over their features without a word."""
+    torch.manual_seed(0)
+    net = TinyViT().eval()
+    with pytest.warns(UserWarning, match=r"did not tell .*\['patches'\]"):
+        extract_representations(net, torch.randn(3, 3, 8, 8), ["patches"], pool="mean")
 
 
 def test_flat_outputs_have_no_layout_to_dispute():
@@ -383,9 +416,43 @@ def test_layers_whose_rows_are_not_the_samples_are_refused_or_left_out():
     """A windowed layer gave twice as many rows as samples, concatenated with
     the others' as if they were samples."""
     net, X = Windows().eval(), torch.randn(5, 6)
-    with pytest.raises(ValueError, match="'window' gave 4 rows for a batch of 2"):
+    with pytest.raises(
+        ValueError, match="'window' gave 4 rows for a batch of 2 inputs"
+    ):
         extract_representations(net, X, ["window", "head"], batch_size=2)
     with pytest.warns(UserWarning, match=r"layers \['window'\] are not the samples"):
         reps = extract_representations(net, X, "all", batch_size=2)
     assert list(reps) == ["input", "head", "output"]
     assert all(len(v) == 5 for v in reps.values())
+
+
+class FreedThenReused(torch.nn.Module):
+    """An activation freed by a copy, whose memory a linear layer's output may
+    take: another tensor, of its shape, at its address."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv1d(16, 16, 1)
+        self.act = torch.nn.Tanh()
+        self.lin = torch.nn.Linear(16, 16)
+        self.lin2 = torch.nn.Linear(16, 2)
+
+    def forward(self, x):
+        h = self.act(self.conv(x))  # (B, C=16, T=16)
+        return self.lin2(self.lin(h.transpose(1, 2).contiguous())).mean(1)
+
+
+def test_a_value_is_told_from_tensors_that_take_its_memory_after_it():
+    """Told by where its data lay, the activation was taken for the tensor
+    that the last linear layer read at its freed address: pooled over its
+    channels, without a word, in 13 to 20 of 20 runs at 8 or 32 samples."""
+    torch.manual_seed(0)
+    net = FreedThenReused().eval()
+    for n in 8, 32:
+        X = torch.randn(n, 16, 16)
+        with torch.no_grad():
+            expected = net.act(net.conv(X)).mean(2).numpy()
+        for _ in range(5):
+            with pytest.warns(UserWarning, match=r"did not tell .*\['act'\]"):
+                reps = extract_representations(net, X, ["act"], pool="mean")
+            np.testing.assert_allclose(reps["act"], expected, atol=1e-6)
