@@ -196,6 +196,11 @@ def _first(value) -> torch.Tensor | None:
     return value if isinstance(value, torch.Tensor) else None
 
 
+def _form(t: torch.Tensor) -> tuple:
+    """The shape and strides of ``t``: its axes' order, which views change."""
+    return t.shape, t.stride() if t.layout == torch.strided else None
+
+
 def _shape(value) -> torch.Size | None:
     """The shape of ``value``, or of its first tensor (a tuple of them)."""
     first = _first(value)
@@ -269,9 +274,10 @@ class RepresentationCapture:
         self._ran: list[tuple] = []
         # the values of undecided layout of the pass, by id, and the layouts of
         # the known layers that made or read each of them (the very tensor)
-        self._watched: dict[int, tuple[weakref.ref, list[str]]] = {}
+        # (their names with their forms then: an in-place transpose changes it)
+        self._watched: dict[int, tuple[weakref.ref, list[tuple]]] = {}
         self._told: dict[str, set[bool]] = {}
-        self._last_made: tuple[weakref.ref, bool] | None = None
+        self._last_made: tuple[weakref.ref, bool, tuple] | None = None
         self._undecided: list[str] = []  # layouts known layers did not tell
 
     def _features_last(self, name: str, value: _Unpooled) -> bool:
@@ -283,7 +289,8 @@ class RepresentationCapture:
         layers of both layouts read or made one, those that made or read the
         value itself (the same tensor object, see :meth:`_watch`) decide, if
         they agree; otherwise, or where no known layer read or made a tensor
-        of its shape, channels come first and the layer is named in a warning.
+        of its shape, channels come first, and the layer is named in a warning
+        (of the latter, a sequence of three axes only).
         """
         if name not in self._layouts:
             matches = {
@@ -294,7 +301,9 @@ class RepresentationCapture:
             if len(matches) > 1:
                 matches = self._told.get(name) or matches
             self._layouts[name] = matches == {True}
-            if len(matches) != 1:
+            # feature maps of no known layer's shape (after a functional pool)
+            # hold their channels first; sequences as often their features last
+            if len(matches) > 1 or (not matches and len(value.shape) == 3):
                 self._undecided.append(name)
         return self._layouts[name]
 
@@ -327,9 +336,11 @@ class RepresentationCapture:
         watched, names = self._watched.get(id(value), (None, []))
         if watched is None or watched() is not value:
             watched, names = weakref.ref(value), []
-        self._watched[id(value)] = watched, [*names, name]
-        if self._last_made and self._last_made[0]() is value:
-            self._told.setdefault(name, set()).add(self._last_made[1])
+        self._watched[id(value)] = watched, [*names, (name, _form(value))]
+        if self._last_made is not None:
+            made, features_last, form = self._last_made
+            if made() is value and form == _form(value):
+                self._told.setdefault(name, set()).add(features_last)
 
     def _layout_hooks(self) -> list:
         """Hooks recording the layout of each known layer as it runs.
@@ -345,10 +356,11 @@ class RepresentationCapture:
                 read, made = _first(i), _first(o)
                 watched, names = self._watched.get(id(read), (None, ()))
                 if watched is not None and watched() is read:
-                    for name in names:
-                        self._told.setdefault(name, set()).add(features_last)
+                    for name, form in names:
+                        if _form(read) == form:
+                            self._told.setdefault(name, set()).add(features_last)
                 if made is not None:
-                    self._last_made = weakref.ref(made), features_last
+                    self._last_made = weakref.ref(made), features_last, _form(made)
 
             return record
 
@@ -444,7 +456,7 @@ class RepresentationCapture:
                 last = self._features_last("output", value)
                 value = value.features_last if last else value.channels_first
             captured["output"] = value
-        self._warn_undecided()
+        self._warn_undecided(other_rows)
         for name in self.names:
             if name not in captured:
                 raise ValueError(
@@ -472,8 +484,12 @@ class RepresentationCapture:
                 stacklevel=4,
             )
 
-    def _warn_undecided(self) -> None:
-        """Warn of the layers whose layout the known layers did not tell, once."""
+    def _warn_undecided(self, left_out: list[str]) -> None:
+        """Warn of the layers whose layout the known layers did not tell, once.
+
+        Those ``left_out`` of the results are not named.
+        """
+        self._undecided = [n for n in self._undecided if n not in left_out]
         if self._undecided:
             warnings.warn(
                 f"The layers of known kinds did not tell the layout of the values "

@@ -456,3 +456,56 @@ def test_a_value_is_told_from_tensors_that_take_its_memory_after_it():
             with pytest.warns(UserWarning, match=r"did not tell .*\['act'\]"):
                 reps = extract_representations(net, X, ["act"], pool="mean")
             np.testing.assert_allclose(reps["act"], expected, atol=1e-6)
+
+
+class TransposedInPlace(torch.nn.Module):
+    """An activation turned into a sequence in place, then read as one."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv1d(16, 16, 1)
+        self.act = torch.nn.Tanh()
+        self.lin = torch.nn.Linear(16, 2)
+
+    def forward(self, x):
+        h = self.act(self.conv(x))  # (B, C=16, T=16)
+        return self.lin(h.transpose_(1, 2)).mean(1)
+
+
+class Dropped(torch.nn.Module):
+    """PyTorch's MNIST example: a dropout after a functional pool."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3)
+        self.dropout = torch.nn.Dropout(0.25)
+        self.fc = torch.nn.Linear(36, 2)
+
+    def forward(self, x):
+        h = torch.nn.functional.max_pool2d(torch.relu(self.conv(x)), 2)
+        return self.fc(torch.flatten(self.dropout(h), 1))
+
+
+def test_a_value_read_after_an_in_place_change_of_shape_is_not_told_by_it():
+    """The linear layer that read the activation transposed in place (the
+    same object, of another shape) had it pooled over its channels."""
+    torch.manual_seed(0)
+    net = TransposedInPlace().eval()
+    X = torch.randn(4, 16, 16)
+    with torch.no_grad():
+        expected = net.act(net.conv(X)).mean(2).numpy()
+    with pytest.warns(UserWarning, match=r"did not tell .*\['act'\]"):
+        reps = extract_representations(net, X, ["act"], pool="mean")
+    np.testing.assert_allclose(reps["act"], expected, atol=1e-6)
+
+
+def test_feature_maps_no_known_layer_reads_are_channels_first_without_a_word():
+    torch.manual_seed(0)
+    net = Dropped().eval()
+    X = torch.randn(3, 1, 8, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        reps = extract_representations(net, X, "all", pool="mean")
+    with torch.no_grad():
+        h = torch.nn.functional.max_pool2d(torch.relu(net.conv(X)), 2)
+    np.testing.assert_allclose(reps["dropout"], h.mean((2, 3)).numpy(), atol=1e-6)
