@@ -190,10 +190,15 @@ class _Unpooled(NamedTuple):
 
 
 def _first(value) -> torch.Tensor | None:
-    """``value``, or its first tensor (a tuple of them); None if it holds none."""
+    """``value``, or its first tensor (a tuple of them); None if it holds none.
+
+    A nested tensor (attention's fast path) has no shape: None too.
+    """
     if isinstance(value, tuple | list):
         value = next((v for v in value if isinstance(v, torch.Tensor)), None)
-    return value if isinstance(value, torch.Tensor) else None
+    if not isinstance(value, torch.Tensor) or value.is_nested:
+        return None
+    return value
 
 
 def _form(t: torch.Tensor) -> tuple:
@@ -290,7 +295,9 @@ class RepresentationCapture:
         value itself (the same tensor object, see :meth:`_watch`) decide, if
         they agree; otherwise, or where no known layer read or made a tensor
         of its shape, channels come first, and the layer is named in a warning
-        (of the latter, a sequence of three axes only).
+        (of the latter, unless a known layer of channels first read or made a
+        tensor of as many axes and channels: a feature map after a functional
+        pool).
         """
         if name not in self._layouts:
             matches = {
@@ -301,9 +308,7 @@ class RepresentationCapture:
             if len(matches) > 1:
                 matches = self._told.get(name) or matches
             self._layouts[name] = matches == {True}
-            # feature maps of no known layer's shape (after a functional pool)
-            # hold their channels first; sequences as often their features last
-            if len(matches) > 1 or (not matches and len(value.shape) == 3):
+            if len(matches) > 1 or not (matches or self._channels_alike(value.shape)):
                 self._undecided.append(name)
         return self._layouts[name]
 
@@ -323,6 +328,20 @@ class RepresentationCapture:
             return pooled(t, self.pool, self._layouts[name])
         both = (pooled(t, self.pool, last) for last in (False, True))
         return _Unpooled(*both, t.shape)
+
+    def _channels_alike(self, shape) -> bool:
+        """Whether a known layer of channels first saw a tensor like ``shape``.
+
+        One of as many axes and as many channels, read or made in the pass.
+        """
+        return any(
+            not last
+            and seen is not None
+            and len(seen) == len(shape)
+            and seen[1] == shape[1]
+            for read_shape, out_shape, last in self._ran
+            for seen in (read_shape, out_shape)
+        )
 
     def _watch(self, name: str, value: torch.Tensor) -> None:
         """Follow ``value``, of undecided layout, through the rest of the pass.
@@ -456,7 +475,7 @@ class RepresentationCapture:
                 last = self._features_last("output", value)
                 value = value.features_last if last else value.channels_first
             captured["output"] = value
-        self._warn_undecided(other_rows)
+        self._warn_undecided(twice + other_rows)
         for name in self.names:
             if name not in captured:
                 raise ValueError(

@@ -509,3 +509,24 @@ def test_feature_maps_no_known_layer_reads_are_channels_first_without_a_word():
     with torch.no_grad():
         h = torch.nn.functional.max_pool2d(torch.relu(net.conv(X)), 2)
     np.testing.assert_allclose(reps["dropout"], h.mean((2, 3)).numpy(), atol=1e-6)
+
+
+class ChannelsLastImages(torch.nn.Module):
+    """Images given as (B, H, W, C), permuted before the first convolution."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+        self.fc = torch.nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(self.conv(x.permute(0, 3, 1, 2)).mean((2, 3)))
+
+
+def test_feature_maps_of_other_channels_than_known_layers_saw_are_named():
+    """Images of channels last: none of the known layers saw a tensor of their
+    shape or of their channels on axis 1: named (a rule of three axes only
+    left them unnamed)."""
+    net, X = ChannelsLastImages().eval(), torch.randn(5, 8, 9, 3)
+    with pytest.warns(UserWarning, match=r"did not tell .*\['input'\]"):
+        extract_representations(net, X, ["input"], pool="mean")
