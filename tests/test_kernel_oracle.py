@@ -16,7 +16,7 @@ from _architectures import (
 from torch.utils.data import StackDataset
 
 from sksim import SingularJacobianGramWarning, network_similarity
-from sksim._engine.capture import _leaf_uses, may_move_rows
+from sksim._engine.capture import leaf_uses, may_move_rows
 from sksim._engine.context import evaluation_mode
 
 
@@ -456,10 +456,10 @@ def test_graphs_that_keep_their_rows_are_not_checked(case):
     rows."""
     module, X = _case(case)
     outputs = module(torch.as_tensor(X))
-    assert not may_move_rows(_leaf_uses(getattr(outputs, "logits", outputs))[1])
+    assert not may_move_rows(leaf_uses(getattr(outputs, "logits", outputs))[1])
     for moving in (lambda z: z[torch.tensor([1, 0])], lambda z: z.flip(0)):
-        assert may_move_rows(_leaf_uses(moving(outputs))[1])
-    assert not may_move_rows(_leaf_uses(outputs[:, :1])[1])  # along axis 1
+        assert may_move_rows(leaf_uses(moving(outputs))[1])
+    assert not may_move_rows(leaf_uses(outputs[:, :1])[1])  # along axis 1
 
 
 def test_params_of_a_layer_whose_hooks_never_run():

@@ -255,7 +255,7 @@ class LayerCapture(ForwardHooks):
         enters the graph of ``outputs`` more often than its layer's recorded
         calls that reach ``outputs``.
         """
-        uses, nodes = _leaf_uses(outputs)
+        uses, nodes = leaf_uses(outputs)
         tied = set()
         for name, (layer, own) in self.layers.items():
             calls = sum(z.grad_fn in nodes for _, z in self.calls.get(name, []))
@@ -359,7 +359,7 @@ def _common_dtype(h, delta: torch.Tensor) -> tuple:
     return h.to(dtype), delta.to(dtype)
 
 
-def _leaf_uses(outputs: torch.Tensor) -> tuple[dict[int, int], set]:
+def leaf_uses(outputs: torch.Tensor) -> tuple[dict[int, int], set]:
     """How many operations of the graph of ``outputs`` take each leaf, by ``id``.
 
     Returns the counts and the graph's nodes.
@@ -444,7 +444,7 @@ def _output_signals(
             raise RowsMixed(i)
     seeds = torch.eye(d, dtype=outputs.dtype, device=outputs.device)
     seeds = seeds[:, None, :].expand(d, b, d)
-    check = b > 1 and (check_rows or may_move_rows(_leaf_uses(outputs)[1]))
+    check = b > 1 and (check_rows or may_move_rows(leaf_uses(outputs)[1]))
     if check:
         w, u = _row_direction(b, d, outputs)
         seeds = torch.cat([seeds, u.expand(1, b, d), w[:, :, None] * u])

@@ -22,7 +22,7 @@ from torch.utils.checkpoint import CheckpointFunction
 from tqdm.auto import tqdm
 
 from .budget import readable_bytes, rows_that_fit
-from .capture import LayerCapture, RowsMixed, join_name, plan_layers
+from .capture import LayerCapture, RowsMixed, join_name, leaf_uses, plan_layers
 from .context import (
     check_device,
     evaluation_mode,
@@ -765,24 +765,17 @@ def _check_not_hidden(idle: set[str], outputs: torch.Tensor) -> None:
     back runs only in ``backward()``, never in the ``autograd.grad`` sksim
     uses: layers inside it would count in training and not here.
     """
-    if not idle:
-        return
-    seen, nodes = set(), [outputs.grad_fn]
-    while nodes:
-        node = nodes.pop()
-        if node is None or node in seen:
-            continue
-        if type(node) is CheckpointFunction._backward_cls:
-            raise ValueError(
-                f"The layers {sorted(idle)[:5]} ran without gradients, and the "
-                "network runs activation checkpointing with use_reentrant=True "
-                "on inputs that need one: layers inside it get a gradient in "
-                "training (backward()) but none from torch.autograd.grad, "
-                "with which sksim differentiates. Checkpoint with "
-                "use_reentrant=False."
-            )
-        seen.add(node)
-        nodes += [child for child, _ in node.next_functions]
+    if idle and any(
+        type(node) is CheckpointFunction._backward_cls for node in leaf_uses(outputs)[1]
+    ):
+        raise ValueError(
+            f"The layers {sorted(idle)[:5]} ran without gradients, and the "
+            "network runs activation checkpointing with use_reentrant=True "
+            "on inputs that need one: layers inside it get a gradient in "
+            "training (backward()) but none from torch.autograd.grad, "
+            "with which sksim differentiates. Checkpoint with "
+            "use_reentrant=False."
+        )
 
 
 def _check_same_layers(ran: set, expected: set, start: int, b: int) -> None:
