@@ -100,6 +100,7 @@ def per_sample_gradients(
             if grads is not None and create_graph and selection not in alike:
                 looped = _looped(phi, params, samples, extra, extra_batched, True)
                 alike[selection] = _differentiates_alike(grads, looped, params)
+                return grads if alike[selection] else looped
             if grads is not None and (not create_graph or alike[selection]):
                 return grads
         return _looped(phi, params, samples, extra, extra_batched, create_graph)
