@@ -6,7 +6,9 @@ Layers are named ``"input"``, ``"output"``, by module name
 functional operations, by the ``torch.fx`` node name in the traced network;
 ``"all"`` means the input, every leaf module in execution order (those run
 more than once, and those whose rows are not the samples, left out with a
-warning) and the output. Each captured batch
+warning) and the output. A layer returning a tuple is its first item (a
+recurrent layer's output sequence); sequence-first layers' values
+(:func:`sequence_first`) are read with the samples on axis 1. Each captured batch
 is pooled (:data:`POOLS`) into a new tensor, flattened to ``(batch,
 features)``, as soon as the layer has run. Pooling needs to know which axis
 holds the features: the channels (axis 1), as torch's convention, or the last
@@ -27,6 +29,7 @@ from typing import NamedTuple
 
 import torch
 from torch.nn.utils.parametrize import is_parametrized
+from torch.nn.utils.rnn import PackedSequence
 
 from ._engine.capture import is_transposed_linear
 from ._engine.context import evaluation_mode
@@ -212,13 +215,51 @@ def _shape(value) -> torch.Size | None:
     return None if first is None else first.shape
 
 
-def _tensor(t, name: str) -> torch.Tensor:
-    if not isinstance(t, torch.Tensor):
+def sequence_first(module: torch.nn.Module) -> bool:
+    """Whether ``module`` and its own modules hold the sequence on axis 0.
+
+    Their values are ``(T, B, E)``: torch's recurrent, attention and
+    transformer layers (and stacks of them) without ``batch_first``.
+    """
+    if isinstance(module, nn.TransformerEncoder | nn.TransformerDecoder):
+        module = module.layers[0]
+    if isinstance(module, nn.TransformerEncoderLayer | nn.TransformerDecoderLayer):
+        module = module.self_attn
+    return isinstance(
+        module, nn.RNNBase | nn.MultiheadAttention | nn.Transformer
+    ) and not (module.batch_first)
+
+
+def _sequence_first_names(module: torch.nn.Module) -> set[str]:
+    """The names of the modules of ``module`` whose values hold the sequence first."""
+    outer = [name for name, m in module.named_modules() if sequence_first(m)]
+    return {
+        name
+        for name, _ in module.named_modules()
+        if any(name == o or name.startswith(f"{o}.") or not o for o in outer)
+    }
+
+
+def _tensor(value, name: str) -> torch.Tensor:
+    """A layer's value: its tensor, or the first item of the tuple it returns.
+
+    The first item is a recurrent layer's output sequence, an attention
+    layer's output, a ``transformers`` layer's hidden states.
+    """
+    if isinstance(value, tuple | list) and not isinstance(value, PackedSequence):
+        value = value[0] if value else value
+    if isinstance(value, PackedSequence):
         raise NotATensorError(
-            f"Layer {name!r} returns a {type(t).__name__}, not a tensor; capture "
-            "one of its submodules instead."
+            f"Layer {name!r} returns a PackedSequence, whose rows are time steps "
+            "of all the samples, not the samples; capture a layer after the "
+            "network pads it back (torch.nn.utils.rnn.pad_packed_sequence)."
         )
-    return t
+    if not isinstance(value, torch.Tensor):
+        raise NotATensorError(
+            f"Layer {name!r} returns a {type(value).__name__}, not a tensor; "
+            "capture one of its submodules instead."
+        )
+    return value
 
 
 def _layer_names(layers) -> list[str] | None:
@@ -274,6 +315,8 @@ class RepresentationCapture:
                 n for n in self.names if n not in special and n not in self._modules
             ]
         self.traced = _traced(module, self.fx_names) if self.fx_names else None
+        self._sequence_first = _sequence_first_names(module)
+        self._shapes: dict[str, torch.Size] = {}  # of the values stored, this pass
         self._layouts: dict[str, bool] = {}  # features last, by layer (first batch)
         # (input shape, output shape, layout) of the known layers run so far
         self._ran: list[tuple] = []
@@ -284,6 +327,7 @@ class RepresentationCapture:
         self._told: dict[str, set[bool]] = {}
         self._last_made: tuple[weakref.ref, bool, tuple] | None = None
         self._undecided: list[str] = []  # layouts known layers did not tell
+        self._not_tensors: dict[str, str] = {}  # "all"'s layers of other values
 
     def _features_last(self, name: str, value: _Unpooled) -> bool:
         """Layer ``name``'s layout, learnt on the first batch, after its pass.
@@ -392,7 +436,18 @@ class RepresentationCapture:
     def _store(self, captured: dict, calls: dict):
         def store(name, value):
             calls[name] = calls.get(name, 0) + 1
-            captured[name] = self._pooled(name, _tensor(value, name).detach())
+            try:
+                value = _tensor(value, name)
+            except NotATensorError as error:
+                if self.names is not None:
+                    raise
+                self._not_tensors[name] = str(error).split(";")[0].split(",")[0]
+                return
+            if name in self.hooked and name in self._sequence_first:
+                value = value.transpose(0, 1) if value.dim() == 3 else value
+            else:
+                self._shapes[name] = value.shape
+            captured[name] = self._pooled(name, value.detach())
             if isinstance(captured[name], _Unpooled):
                 self._watch(name, value)
 
@@ -431,6 +486,8 @@ class RepresentationCapture:
     def __call__(self, x) -> dict[str, torch.Tensor]:
         captured: dict[str, torch.Tensor] = {}
         self._ran, self._watched, self._told, self._last_made = [], {}, {}, None
+        self._not_tensors: dict[str, str] = {}
+        self._shapes = {}
         if self.names is None or "input" in self.names:  # before the network
             captured["input"] = self._pooled("input", _tensor(x, "input"))
             if isinstance(captured["input"], _Unpooled):
@@ -443,18 +500,43 @@ class RepresentationCapture:
                 captured[name] = value.features_last if last else value.channels_first
         twice = [name for name, count in calls.items() if count > 1]
         n = len(next(iter(x.values()))) if isinstance(x, Mapping) else len(x)
-        other_rows = [name for name, t in captured.items() if len(t) != n]
+        # in a network of sequence-first layers, values outside them that
+        # have the batch's size on axis 1: their rows may be time steps
+        sequence_rows = [
+            name
+            for name, shape in self._shapes.items()
+            if self._sequence_first and len(shape) >= 3 and shape[1] == n
+        ]
+        other_rows = [
+            name
+            for name, t in captured.items()
+            if len(t) != n and name not in sequence_rows
+        ]
+        left_out = twice + other_rows + sequence_rows
         if self.names is None:  # "all": execution order of this first call
-            self._leave_out(twice, other_rows)
+            self._leave_out(twice, other_rows, self._not_tensors)
+            if sequence_rows:
+                warnings.warn(
+                    f'{self._sequence_rows(sequence_rows)}: "all" leaves them out.',
+                    UserWarning,
+                    stacklevel=3,
+                )
             self.names = [
                 "input",
-                *(n for n in captured if n != "input" and n not in twice + other_rows),
+                *(n for n in captured if n != "input" and n not in left_out),
                 "output",
             ]
+            self.hooked = [n for n in self.hooked if n in self.names]
         elif ambiguous := [name for name in twice if name in self.names]:
             raise ValueError(
                 f"Module {ambiguous[0]!r} ran more than once in one forward pass, "
                 "so its representation is ambiguous; capture another layer."
+            )
+        elif unsure := [name for name in sequence_rows if name in self.names]:
+            raise ValueError(
+                f"{self._sequence_rows(unsure)}; capture another layer (one of "
+                "those sequence-first modules, whose rows sksim takes from axis "
+                "1), or build the network with batch_first=True."
             )
         elif unbatched := [name for name in other_rows if name in self.names]:
             rows = len(captured[unbatched[0]])
@@ -475,7 +557,7 @@ class RepresentationCapture:
                 last = self._features_last("output", value)
                 value = value.features_last if last else value.channels_first
             captured["output"] = value
-        self._warn_undecided(twice + other_rows)
+        self._warn_undecided(left_out)
         for name in self.names:
             if name not in captured:
                 raise ValueError(
@@ -485,7 +567,14 @@ class RepresentationCapture:
         return {name: captured[name] for name in self.names}
 
     @staticmethod
-    def _leave_out(twice: list[str], other_rows: list[str]) -> None:
+    def _leave_out(twice: list[str], other_rows: list[str], not_tensors: dict) -> None:
+        if not_tensors:
+            warnings.warn(
+                f'{"; ".join(not_tensors.values())}: "all" leaves '
+                f"{'it' if len(not_tensors) == 1 else 'them'} out.",
+                UserWarning,
+                stacklevel=4,
+            )
         if twice:
             warnings.warn(
                 f"Modules {twice} ran more than once in one forward pass (a module "
@@ -502,6 +591,15 @@ class RepresentationCapture:
                 UserWarning,
                 stacklevel=4,
             )
+
+    def _sequence_rows(self, names: list[str]) -> str:
+        """Why the values of layers ``names`` may not have the samples as rows."""
+        outer = sorted(self._sequence_first, key=len)[:3]
+        return (
+            f"The layers {names[:5]} give values with the batch's size on axis "
+            f"1, in a network whose modules {outer} hold sequences first (T, B, "
+            "...): their rows may be time steps, not samples"
+        )
 
     def _warn_undecided(self, left_out: list[str]) -> None:
         """Warn of the layers whose layout the known layers did not tell, once.

@@ -72,10 +72,123 @@ def test_errors(net, layers, kwargs, error, match):
         extract_representations(net, torch.randn(2, 1, 5, 5), layers, **kwargs)
 
 
+class _Sequences(torch.nn.Module):
+    """Recurrent and attention layers, batch first or sequence first."""
+
+    def __init__(self, batch_first):
+        super().__init__()
+        nn, self.batch_first = torch.nn, batch_first
+        self.lstm = nn.LSTM(4, 6, batch_first=batch_first)
+        self.attn = nn.MultiheadAttention(6, 2, batch_first=batch_first)
+        self.block = nn.TransformerEncoderLayer(6, 2, 8, batch_first=batch_first)
+        self.gru = nn.GRU(6, 6, batch_first=batch_first, bidirectional=True)
+        self.head = nn.Linear(12, 3)
+
+    def forward(self, x):  # x: (B, T, 4)
+        x = x if self.batch_first else x.transpose(0, 1)
+        h, _ = self.lstm(x)
+        a, _ = self.attn(h, h, h)
+        g, _ = self.gru(self.block(a))
+        return self.head(g[:, -1] if self.batch_first else g[-1])
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_recurrent_and_attention_layers_give_their_output_sequence(batch_first):
+    """A layer returning a tuple is its first item; sequence first or not.
+
+    Batches of as many samples as time steps: rows taken from the wrong axis
+    would pass unseen.
+    """
+    torch.manual_seed(0)
+    net = _Sequences(batch_first).eval()
+    X = torch.randn(6, 3, 4)
+    with torch.no_grad():
+        x = X if batch_first else X.transpose(0, 1)
+        h, _ = net.lstm(x)
+        a, _ = net.attn(h, h, h)
+        b = net.block(a)
+        g, _ = net.gru(b)
+    time = 1 if batch_first else 0
+    values = dict(lstm=h, attn=a, block=b, gru=g)
+    expected = {name: v.mean(time) for name, v in values.items()}
+    expected["block.norm2"] = expected["block"]  # its last module
+    for batch_size in (3, 6):
+        reps = extract_representations(
+            net, X, list(expected), pool="mean", batch_size=batch_size
+        )
+        for name, value in expected.items():
+            np.testing.assert_allclose(reps[name], value, rtol=1e-5, atol=1e-6)
+        every = extract_representations(net, X, "all", pool="mean", batch_size=3)
+        assert {"lstm", "block.norm1", "block.linear1", "gru"} < set(every)
+        for name in ("lstm", "block.norm2", "gru"):
+            np.testing.assert_allclose(every[name], reps[name], rtol=1e-5, atol=1e-6)
+    flat = extract_representations(net, X, ["gru"], pool="flatten", batch_size=3)
+    np.testing.assert_allclose(
+        flat["gru"],
+        (g if batch_first else g.transpose(0, 1)).reshape(6, -1),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+
+def test_values_beside_sequence_first_layers_that_may_hold_time_steps_are_refused():
+    """Outside torch's sequence-first modules, rows may be samples or steps."""
+
+    class Dropped(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = torch.nn.GRU(4, 6)
+            self.drop = torch.nn.Dropout(0.1)
+            self.head = torch.nn.Linear(6, 3)
+
+        def forward(self, x):
+            return self.head(self.drop(self.rnn(x.transpose(0, 1))[0])[-1])
+
+    torch.manual_seed(0)
+    net, X = Dropped(), torch.randn(6, 3, 4)  # 3 time steps
+    for batch_size in (3, 6):  # as many samples as steps, or not
+        with pytest.raises(ValueError, match=r"\['drop'\].*may be time steps"):
+            extract_representations(net, X, ["drop"], batch_size=batch_size)
+        with pytest.warns(UserWarning, match=r"\['drop'\].*leaves them out"):
+            reps = extract_representations(net, X, "all", batch_size=batch_size)
+        assert list(reps) == ["input", "rnn", "head", "output"]
+
+
+class _Packed(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(20, 8)
+        self.rnn = torch.nn.GRU(8, 6, batch_first=True)
+        self.head = torch.nn.Linear(6, 3)
+
+    def forward(self, x):
+        lengths = (x > 0).sum(1).clamp(min=1)
+        packed = torch.nn.utils.rnn.pack_padded_sequence(
+            self.emb(x), lengths, batch_first=True, enforce_sorted=False
+        )
+        return self.head(self.rnn(packed)[1][-1])
+
+
+def test_packed_sequences_are_refused_by_name_and_left_out_of_all():
+    torch.manual_seed(0)
+    net, X = _Packed(), torch.randint(0, 20, (7, 5))
+    with pytest.raises(TypeError, match="PackedSequence.*pad_packed_sequence"):
+        extract_representations(net, X, ["rnn"], batch_size=3)
+    with pytest.warns(UserWarning, match="'rnn' returns a PackedSequence: \"all\""):
+        reps = extract_representations(net, X, "all", batch_size=3)
+    assert list(reps) == ["input", "emb", "head", "output"]
+    with torch.no_grad():
+        np.testing.assert_allclose(reps["output"], net(X), rtol=1e-6)
+
+
 def test_non_tensor_output_is_refused():
-    lstm = torch.nn.Sequential(torch.nn.LSTM(3, 4, batch_first=True))
-    with pytest.raises(TypeError, match="not a tensor"):
-        extract_representations(lstm, torch.randn(2, 5, 3), ["0"])
+    class Named(torch.nn.Module):
+        def forward(self, x):
+            return {"x": x}
+
+    net = torch.nn.Sequential(Named())
+    with pytest.raises(TypeError, match="'0' returns a dict, not a tensor"):
+        extract_representations(net, torch.randn(2, 5, 3), ["0"])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

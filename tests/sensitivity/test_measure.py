@@ -379,16 +379,19 @@ def test_errors_and_warnings():
         tiny_table = relative_sensitivity(tiny, np.ones((5, 1, 2, 2), np.float32))
     assert tiny_table["R"].isna().all()
 
-    class Pair(nn.Module):
+    class Packed(nn.Module):
         def __init__(self):
             super().__init__()
             self.lstm = nn.LSTM(8, 2, batch_first=True)
 
         def forward(self, x):
-            return self.lstm(x.flatten(1, 2))[0]
+            x = x.flatten(1, 2)
+            lengths = torch.full((len(x),), x.shape[1])
+            packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True)
+            return self.lstm(packed)[1][0][-1]
 
-    with pytest.raises(ValueError, match="returns a tuple, not a tensor"):
-        relative_sensitivity(Pair(), X, layers=["lstm"], reference=None)
+    with pytest.raises(ValueError, match="returns a PackedSequence"):
+        relative_sensitivity(Packed(), X, layers=["lstm"], reference=None)
 
     class Untraceable(nn.Module):
         def forward(self, x):
