@@ -32,9 +32,10 @@ from torch.nn.utils.parametrize import is_parametrized
 from torch.nn.utils.rnn import PackedSequence
 
 from ._engine.capture import is_transposed_linear
-from ._engine.context import evaluation_mode
+from ._engine.context import evaluation_mode, layerwise_attention
 from ._engine.finite import check_finite_rows
 from ._engine.hooks import ForwardHooks
+from ._engine.selection import network_logits
 
 #: ``"flatten"``: keep every value; ``"mean"``/``"max"``: global average/max over
 #: the positions (spatial axes, or tokens; one value per channel or feature);
@@ -106,13 +107,27 @@ def check_pool(pool) -> None:
         raise ValueError(f"pool must be one of {POOLS}; got {pool!r}.")
 
 
-def pooled(t: torch.Tensor, pool: str, features_last: bool = False) -> torch.Tensor:
+def pooled(
+    t: torch.Tensor,
+    pool: str,
+    features_last: bool = False,
+    tokens: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Pool a batch ``(B, C, ...)`` as ``pool`` says and flatten it to ``(B, d)``.
 
-    With ``features_last``, the batch is ``(B, ..., C)``. The result is a new
+    With ``features_last``, the batch is ``(B, ..., C)``. ``tokens``, a
+    ``(B, T)`` attention mask, restricts ``"mean"`` and ``"max"`` of token
+    sequences ``(B, T, E)`` to the tokens it keeps. The result is a new
     tensor: what the network does in place afterwards (an in-place activation,
     a residual ``+=``) cannot change it.
     """
+    masked = features_last and tokens is not None and t.dim() == 3
+    if masked and pool in ("mean", "max") and t.shape[1] == tokens.shape[1]:
+        keep = tokens.bool() | ~tokens.bool().any(1, keepdim=True)  # none: all
+        if pool == "max":
+            return t.masked_fill(~keep.unsqueeze(-1), -torch.inf).amax(1)
+        weights = keep.to(t.dtype).unsqueeze(-1)
+        return (t * weights).sum(1) / weights.sum(1)
     if t.dim() > 2 and pool != "flatten":
         features = t.dim() - 1 if features_last else 1
         positions = tuple(axis for axis in range(1, t.dim()) if axis != features)
@@ -182,6 +197,15 @@ class _NodeOutputs(torch.fx.Interpreter):
         if node.name in self.names:
             self.store(node.name, value)
         return value
+
+
+def _attention_mask(x) -> torch.Tensor | None:
+    """The ``(B, T)`` ``attention_mask`` of keyword inputs (``transformers``)."""
+    mask = x.get("attention_mask") if isinstance(x, Mapping) else None
+    n = len(next(iter(x.values()))) if isinstance(x, Mapping) else None
+    if isinstance(mask, torch.Tensor) and mask.dim() == 2 and len(mask) == n:
+        return mask
+    return None
 
 
 class _Unpooled(NamedTuple):
@@ -316,7 +340,10 @@ class RepresentationCapture:
             ]
         self.traced = _traced(module, self.fx_names) if self.fx_names else None
         self._sequence_first = _sequence_first_names(module)
-        self._shapes: dict[str, torch.Size] = {}  # of the values stored, this pass
+        # on the first batch: the shapes the sequence-first modules read and
+        # made, and those of the values stored beside them
+        self._sequence_shapes: set[torch.Size] | None = set()
+        self._shapes: dict[str, torch.Size] = {}
         self._layouts: dict[str, bool] = {}  # features last, by layer (first batch)
         # (input shape, output shape, layout) of the known layers run so far
         self._ran: list[tuple] = []
@@ -328,6 +355,7 @@ class RepresentationCapture:
         self._last_made: tuple[weakref.ref, bool, tuple] | None = None
         self._undecided: list[str] = []  # layouts known layers did not tell
         self._not_tensors: dict[str, str] = {}  # "all"'s layers of other values
+        self._tokens: torch.Tensor | None = None  # the batch's attention mask
 
     def _features_last(self, name: str, value: _Unpooled) -> bool:
         """Layer ``name``'s layout, learnt on the first batch, after its pass.
@@ -369,8 +397,8 @@ class RepresentationCapture:
         if self.pool == "flatten" or t.dim() <= 2:
             self._layouts.setdefault(name, False)  # not needed
         if name in self._layouts:
-            return pooled(t, self.pool, self._layouts[name])
-        both = (pooled(t, self.pool, last) for last in (False, True))
+            return pooled(t, self.pool, self._layouts[name], self._tokens)
+        both = (pooled(t, self.pool, last, self._tokens) for last in (False, True))
         return _Unpooled(*both, t.shape)
 
     def _channels_alike(self, shape) -> bool:
@@ -408,7 +436,8 @@ class RepresentationCapture:
     def _layout_hooks(self) -> list:
         """Hooks recording the layout of each known layer as it runs.
 
-        Needed until every layer's layout is learnt, on the first batch.
+        Needed until every layer's layout is learnt, on the first batch;
+        there too, the shapes that sequence-first modules read and make.
         """
         if self.names is not None and all(n in self._layouts for n in self.names):
             return []
@@ -427,10 +456,17 @@ class RepresentationCapture:
 
             return record
 
+        def sequence(_m, i, o):
+            self._sequence_shapes.update((_shape(i), _shape(o)))
+
         return [
             (m, ran(features_last))
             for m in self.module.modules()
             if (features_last := layout(m)) is not None
+        ] + [
+            (m, sequence)
+            for name, m in self._modules.items()
+            if self._sequence_shapes is not None and name in self._sequence_first
         ]
 
     def _store(self, captured: dict, calls: dict):
@@ -445,7 +481,7 @@ class RepresentationCapture:
                 return
             if name in self.hooked and name in self._sequence_first:
                 value = value.transpose(0, 1) if value.dim() == 3 else value
-            else:
+            elif self._sequence_shapes is not None:
                 self._shapes[name] = value.shape
             captured[name] = self._pooled(name, value.detach())
             if isinstance(captured[name], _Unpooled):
@@ -488,7 +524,10 @@ class RepresentationCapture:
         self._ran, self._watched, self._told, self._last_made = [], {}, {}, None
         self._not_tensors: dict[str, str] = {}
         self._shapes = {}
-        if self.names is None or "input" in self.names:  # before the network
+        self._tokens = _attention_mask(x)
+        if self.names is None and isinstance(x, Mapping):
+            self._not_tensors["input"] = "The input is a dict of several tensors"
+        elif self.names is None or "input" in self.names:  # before the network
             captured["input"] = self._pooled("input", _tensor(x, "input"))
             if isinstance(captured["input"], _Unpooled):
                 self._watch("input", x)
@@ -500,13 +539,7 @@ class RepresentationCapture:
                 captured[name] = value.features_last if last else value.channels_first
         twice = [name for name, count in calls.items() if count > 1]
         n = len(next(iter(x.values()))) if isinstance(x, Mapping) else len(x)
-        # in a network of sequence-first layers, values outside them that
-        # have the batch's size on axis 1: their rows may be time steps
-        sequence_rows = [
-            name
-            for name, shape in self._shapes.items()
-            if self._sequence_first and len(shape) >= 3 and shape[1] == n
-        ]
+        sequence_rows = self._sequence_rows(n)
         other_rows = [
             name
             for name, t in captured.items()
@@ -517,13 +550,12 @@ class RepresentationCapture:
             self._leave_out(twice, other_rows, self._not_tensors)
             if sequence_rows:
                 warnings.warn(
-                    f'{self._sequence_rows(sequence_rows)}: "all" leaves them out.',
+                    f'{self._unsure_rows(sequence_rows)}: "all" leaves them out.',
                     UserWarning,
                     stacklevel=3,
                 )
             self.names = [
-                "input",
-                *(n for n in captured if n != "input" and n not in left_out),
+                *(n for n in captured if n not in left_out),
                 "output",
             ]
             self.hooked = [n for n in self.hooked if n in self.names]
@@ -534,9 +566,10 @@ class RepresentationCapture:
             )
         elif unsure := [name for name in sequence_rows if name in self.names]:
             raise ValueError(
-                f"{self._sequence_rows(unsure)}; capture another layer (one of "
-                "those sequence-first modules, whose rows sksim takes from axis "
-                "1), or build the network with batch_first=True."
+                f"{self._unsure_rows(unsure)}; pass another batch_size, capture "
+                "another layer (one of those sequence-first modules, whose rows "
+                "sksim takes from axis 1), or build the network with "
+                "batch_first=True."
             )
         elif unbatched := [name for name in other_rows if name in self.names]:
             rows = len(captured[unbatched[0]])
@@ -546,6 +579,7 @@ class RepresentationCapture:
                 "them, a table the batch shares); capture another layer."
             )
         if "output" in self.names:
+            out = network_logits(out)
             if not isinstance(out, torch.Tensor):
                 raise NotATensorError(
                     f"The network returns a {type(out).__name__}, not a tensor; "
@@ -592,13 +626,29 @@ class RepresentationCapture:
                 stacklevel=4,
             )
 
-    def _sequence_rows(self, names: list[str]) -> str:
+    def _sequence_rows(self, n: int) -> list[str]:
+        """The layers whose rows may be time steps, judged on the first batch.
+
+        Values beside sequence-first modules, of a shape these read or made,
+        with as many time steps as samples: ``(n, n, ...)``.
+        """
+        if self._sequence_shapes is None:
+            return []
+        seen, self._sequence_shapes = self._sequence_shapes, None
+        return [
+            name
+            for name, shape in self._shapes.items()
+            if len(shape) >= 3 and shape[0] == shape[1] == n and shape in seen
+        ]
+
+    def _unsure_rows(self, names: list[str]) -> str:
         """Why the values of layers ``names`` may not have the samples as rows."""
         outer = sorted(self._sequence_first, key=len)[:3]
         return (
-            f"The layers {names[:5]} give values with the batch's size on axis "
-            f"1, in a network whose modules {outer} hold sequences first (T, B, "
-            "...): their rows may be time steps, not samples"
+            f"The layers {names[:5]} give values of a shape that the modules "
+            f"{outer}, which hold sequences first (T, B, ...), read or made, "
+            "with as many time steps as samples in the batch: their rows may be "
+            "time steps, not samples"
         )
 
     def _warn_undecided(self, left_out: list[str]) -> None:
@@ -642,8 +692,8 @@ def layer_outputs(
     """
     capture = RepresentationCapture(module, layers, pool)
     for batch in batches:  # eval mode batch by batch: a loop left unfinished
-        with evaluation_mode(module), torch.no_grad():  # leaves the modes as they were
-            outputs = capture(batch)
+        with evaluation_mode(module), torch.no_grad(), layerwise_attention():
+            outputs = capture(batch)  # modes and attention's fast path as they were
         yield outputs
 
 

@@ -110,6 +110,22 @@ single_threaded_blas = _ProcessWideSetting(lambda: threadpool_limits(limits=1))
 math_attention = _ProcessWideSetting(lambda: sdpa_kernel(SDPBackend.MATH))
 
 
+@contextlib.contextmanager
+def _without_fastpath() -> Iterator[None]:
+    enabled = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(enabled)
+
+
+# torch's transformer layers, run without gradients in eval mode, take a fast
+# path that hands their modules nested tensors (a batch without its padding)
+# or skips them: off, they compute what they compute under training
+layerwise_attention = _ProcessWideSetting(_without_fastpath)
+
+
 # Exclusive blocks draw from torch's global generators, which threads share,
 # one at a time: each draws the same numbers (and restores the state it found)
 # whatever the others do, and none restores a state under another's draws.
@@ -324,7 +340,10 @@ def functional_output(module: torch.nn.Module, params: dict, x):
     The module's parameters are its own afterwards even when interrupted:
     torch puts them back after an Exception, not after a KeyboardInterrupt
     that arrives while it swaps them (the user's optimizer would then no
-    longer train the tensors left in their place).
+    longer train the tensors left in their place). So are its recurrent
+    layers' lists of weights, which torch leaves holding other tensors (a
+    TorchScript copy of the network would train none of its recurrent
+    weights).
     """
     kept = [
         (sub, name, p)
@@ -340,3 +359,12 @@ def functional_output(module: torch.nn.Module, params: dict, x):
             if sub._parameters.get(name) is not p:
                 sub._parameters[name] = p
         raise
+    finally:
+        for sub in module.modules():
+            if isinstance(sub, torch.nn.RNNBase) and any(
+                w is not getattr(sub, name)
+                for name, w in zip(
+                    sub._flat_weights_names, sub._flat_weights, strict=True
+                )
+            ):
+                sub._init_flat_weights()

@@ -281,11 +281,9 @@ def _check_finite_items(
 
     ``t`` is the batch of items ``rows`` of ``dataset``.
     """
-    if not t.is_floating_point() or bool(torch.isfinite(t.sum())):
-        return  # a finite sum is the fast common case
-    bad = ~torch.isfinite(t.reshape(len(t), -1)).all(dim=1)
-    if bool(bad.any()):
-        first = torch.nonzero(bad).flatten()[:5].tolist()
+    bad = _non_finite_rows(t, name)
+    if bad is not None and bad.any():
+        first = np.flatnonzero(bad)[:5].tolist()
         named = [_origin(dataset, rows[i]) for i in first]
         raise ValueError(
             f"Input {name} contains NaN or infinity in dataset items {named}"
@@ -294,27 +292,32 @@ def _check_finite_items(
         )
 
 
-def _non_finite_rows(a) -> np.ndarray | None:
+def _non_finite_rows(a, name: str = "X") -> np.ndarray | None:
     """A mask of the rows of ``a`` holding NaN or infinity; None if none can.
 
-    NumPy arrays are read as such: torch would warn that a read-only one (a
-    memory map, a pandas column) is not writable.
+    An input named as a mask (``src_key_padding_mask``) may hold -inf, as
+    torch's additive attention masks do. NumPy arrays are read as such:
+    torch would warn that a read-only one (a memory map, a pandas column) is
+    not writable.
     """
+    additive = "mask" in name.lower()
     if isinstance(a, torch.Tensor):
         if not a.is_floating_point() or bool(torch.isfinite(a.sum())):
             return None  # a finite sum is the fast common case
-        return (~torch.isfinite(a.reshape(len(a), -1)).all(dim=1)).cpu().numpy()
+        finite = torch.isfinite(a) | (additive & (a == -torch.inf))
+        return (~finite.reshape(len(a), -1).all(dim=1)).cpu().numpy()
     a = np.asarray(a)
     if a.dtype.kind != "f" or np.isfinite(a.sum()):
         return None
-    return ~np.isfinite(a.reshape(len(a), -1)).all(axis=1)
+    finite = np.isfinite(a) | (additive & (a == -np.inf))
+    return ~finite.reshape(len(a), -1).all(axis=1)
 
 
 def check_finite(X, name: str = "X") -> None:
     """Raise a ValueError naming the rows if ``X`` (``name``) holds NaN or infinity."""
     arrays = X.items() if isinstance(X, Mapping) else [(name, X)]
     for name, a in arrays:
-        bad = _non_finite_rows(a)
+        bad = _non_finite_rows(a, name)
         if bad is not None and bad.any():
             rows = np.flatnonzero(bad)[:5].tolist()
             more = " and more" if int(bad.sum()) > len(rows) else ""

@@ -36,12 +36,17 @@ def extract_representations(
     on ``X`` in eval mode, without gradients, in batches. Feature maps
     ``(n, C, H, W, ...)`` are pooled over their spatial axes (global average
     pooling, as in the paper's section 3), token sequences ``(n, T, E)`` over
-    their tokens; outputs ``(n, d)`` are kept. Features are on axis 1 after
-    convolution, batch-norm and pooling layers, on the last axis after linear,
-    layer-norm, embedding, attention and recurrent layers; another module's
-    output (an activation, a block), the input and the output are read as
-    the layers of those kinds that read or made a tensor of their shape read
-    them, when they all agree, with channels first otherwise.
+    their tokens (those an ``attention_mask`` input keeps, as ``transformers``
+    names it); outputs ``(n, d)`` are kept. A module that returns a tuple (a
+    recurrent layer) is read as its first item, the network's output as the
+    kernels read it (a ``transformers`` model's logits). Torch's transformer
+    layers run as under training, without their fast path. Features are on
+    axis 1 after convolution, batch-norm and pooling layers, on the last axis
+    after linear, layer-norm, embedding, attention and recurrent layers;
+    another module's output (an activation, a block), the input and the
+    output are read as the layers of those kinds that read or made a tensor
+    of their shape read them, when they all agree, with channels first
+    otherwise.
 
     Parameters
     ----------

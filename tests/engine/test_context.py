@@ -258,3 +258,33 @@ def test_predictions_in_a_thread_leave_a_seeded_training_as_it_is():
         predicting.clear()
         assert torch.equal(weights, expected)
         assert len(predictions) > round
+
+
+def test_recurrent_layers_keep_their_weights_for_torchscript():
+    """torch.func leaves a GRU's list of weights holding other tensors.
+
+    Eager forwards heal it; a TorchScript copy of the network trained none of
+    its recurrent weights.
+    """
+
+    class Classifier(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(12, 5)
+            self.rnn = torch.nn.GRU(5, 6, batch_first=True)
+            self.head = torch.nn.Linear(6, 3)
+
+        def forward(self, tokens):
+            return self.head(self.rnn(self.emb(tokens))[1][-1])
+
+    torch.manual_seed(0)
+    net, X = Classifier(), torch.randint(0, 12, (7, 6))
+    network_similarity(net, X, batch_size=3)
+    rnn = net.rnn
+    assert all(
+        w is getattr(rnn, name)
+        for name, w in zip(rnn._flat_weights_names, rnn._flat_weights, strict=True)
+    )
+    scripted = torch.jit.script(net)
+    torch.nn.functional.cross_entropy(scripted(X), torch.zeros(7).long()).backward()
+    assert scripted.rnn.weight_ih_l0.grad is not None

@@ -4,6 +4,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 from _architectures import layer_case
 
 from sksim import network_similarity
@@ -54,3 +55,41 @@ def test_reversed_views_are_read():
         expected,
         rtol=1e-12,
     )
+
+
+class _MaskedAttention(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = torch.nn.MultiheadAttention(4, 2, batch_first=True)
+        self.head = torch.nn.Linear(4, 2)
+
+    def forward(self, x, key_padding_mask):
+        h, _ = self.attn(x, x, x, key_padding_mask=key_padding_mask)
+        return self.head(h[:, 0])
+
+
+def test_inputs_named_as_masks_may_hold_minus_infinity():
+    """Torch's additive attention masks are -inf where they mask."""
+    torch.manual_seed(0)
+    net = _MaskedAttention()
+    x = torch.randn(5, 3, 4)
+    padded = torch.zeros(5, 3, dtype=torch.bool)
+    padded[1, 2:] = padded[3, 1:] = True
+    additive = torch.zeros(5, 3).masked_fill(padded, -torch.inf)
+    K = network_similarity(net, {"x": x, "key_padding_mask": additive}, batch_size=2)
+    expected = network_similarity(net, {"x": x, "key_padding_mask": padded})
+    np.testing.assert_allclose(K, expected, rtol=1e-6)
+    for X, name in [
+        ({"x": x, "key_padding_mask": additive.masked_fill(padded, torch.nan)}, "key_"),
+        (
+            {
+                "x": x.masked_fill(padded[..., None], -torch.inf),
+                "key_padding_mask": padded,
+            },
+            "x",
+        ),
+    ]:
+        with pytest.raises(
+            ValueError, match=f"Input {name}.*NaN or infinity in rows \\[1, 3\\]"
+        ):
+            network_similarity(net, X)

@@ -132,26 +132,141 @@ def test_recurrent_and_attention_layers_give_their_output_sequence(batch_first):
 
 
 def test_values_beside_sequence_first_layers_that_may_hold_time_steps_are_refused():
-    """Outside torch's sequence-first modules, rows may be samples or steps."""
+    """Beside torch's sequence-first modules, rows may be samples or steps.
+
+    Judged on the first batch: a later batch of as many samples as steps
+    keeps what the first told.
+    """
 
     class Dropped(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.rnn = torch.nn.GRU(4, 6)
+            self.emb = torch.nn.Embedding(10, 6)
+            self.rnn = torch.nn.GRU(6, 6)
             self.drop = torch.nn.Dropout(0.1)
             self.head = torch.nn.Linear(6, 3)
 
         def forward(self, x):
-            return self.head(self.drop(self.rnn(x.transpose(0, 1))[0])[-1])
+            h, _ = self.rnn(self.emb(x).transpose(0, 1))
+            return self.head(self.drop(h)[-1])
 
     torch.manual_seed(0)
-    net, X = Dropped(), torch.randn(6, 3, 4)  # 3 time steps
-    for batch_size in (3, 6):  # as many samples as steps, or not
-        with pytest.raises(ValueError, match=r"\['drop'\].*may be time steps"):
-            extract_representations(net, X, ["drop"], batch_size=batch_size)
-        with pytest.warns(UserWarning, match=r"\['drop'\].*leaves them out"):
-            reps = extract_representations(net, X, "all", batch_size=batch_size)
-        assert list(reps) == ["input", "rnn", "head", "output"]
+    net, X = Dropped(), torch.randint(0, 10, (7, 3))  # 3 time steps
+    unsure = r"\['emb', 'drop'\] give values of a shape that the modules \['rnn'\]"
+    with pytest.raises(ValueError, match=unsure + ".*another batch_size"):
+        extract_representations(net, X, ["emb", "drop"], batch_size=3)
+    with pytest.warns(UserWarning, match=unsure + '.*"all" leaves them out'):
+        reps = extract_representations(net, X, "all", batch_size=3)
+    assert list(reps) == ["input", "rnn", "head", "output"]
+    with pytest.raises(ValueError, match="'drop' gave 3 rows for a batch of 4"):
+        extract_representations(net, X, ["drop"], batch_size=4)
+    with pytest.warns(UserWarning, match=r"\['drop'\] are not the samples"):
+        every = extract_representations(net, X, "all", pool="mean", batch_size=4)
+    emb = extract_representations(net, X, ["emb"], pool="mean", batch_size=4)["emb"]
+    with torch.no_grad():
+        expected = net.emb(X).mean(1)
+    for value in (every["emb"], emb):  # its last batch: 3 samples of 3 steps
+        np.testing.assert_allclose(value, expected, rtol=1e-6)
+
+
+def test_all_leaves_out_an_input_of_several_tensors():
+    class Two(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(5, 4)
+
+        def forward(self, a, b):
+            return self.fc(a) * b
+
+    torch.manual_seed(0)
+    net, X = Two(), {"a": torch.randn(7, 5), "b": torch.randn(7, 1)}
+    with pytest.warns(UserWarning, match='input is a dict.*"all" leaves it out'):
+        reps = extract_representations(net, X, "all", batch_size=3)
+    assert list(reps) == ["fc", "output"]
+    with torch.no_grad():
+        np.testing.assert_allclose(reps["output"], net(**X), rtol=1e-6)
+
+
+class _PaddedEncoder(torch.nn.Module):
+    """PyTorch's encoder as built by default, fed a padding mask."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(20, 8)
+        layer = torch.nn.TransformerEncoderLayer(8, 2, 16, batch_first=True)
+        self.enc = torch.nn.TransformerEncoder(layer, 2)
+        self.head = torch.nn.Linear(8, 3)
+
+    def forward(self, x):
+        padded = x == 0
+        h = self.enc(self.emb(x), src_key_padding_mask=padded)
+        return self.head(h[:, 0])
+
+
+def test_transformer_layers_give_what_they_compute_off_the_fast_path():
+    """Run without gradients, torch's encoder hands its layers nested tensors.
+
+    The representations are those of the network's training path (computed
+    here with gradients), and the fast path is as it was.
+    """
+    torch.manual_seed(0)
+    net = _PaddedEncoder().eval()
+    X = torch.randint(1, 20, (6, 5))
+    X[0, 3:], X[2, 1:] = 0, 0
+    layers = ["enc.layers.0", "enc.layers.1.linear1", "enc.layers.1.norm2"]
+    seen = {}
+    hooks = [
+        net.get_submodule(name).register_forward_hook(
+            lambda _m, _i, out, name=name: seen.setdefault(name, out.detach())
+        )
+        for name in layers
+    ]
+    net(X)  # with gradients: no fast path
+    for hook in hooks:
+        hook.remove()
+    reps = extract_representations(net, X, layers, pool="max", batch_size=3)
+    for name in layers:
+        np.testing.assert_allclose(reps[name], seen[name].amax(1), rtol=1e-5, atol=1e-6)
+    every = extract_representations(net, X, "all", pool="max", batch_size=3)
+    np.testing.assert_allclose(every["enc.layers.1.norm2"], reps["enc.layers.1.norm2"])
+    assert torch.backends.mha.get_fastpath_enabled()
+
+
+def test_token_sequences_are_pooled_over_the_tokens_the_attention_mask_keeps():
+    """A sentence's representation does not depend on its padding."""
+    pytest.importorskip("transformers")
+    from _architectures import BertLogits
+
+    torch.manual_seed(0)
+    bert = BertLogits().bert.eval()
+    ids = torch.randint(1, 60, (4, 6))
+    lengths = torch.tensor([6, 3, 5, 1])
+    short = (torch.arange(6) < lengths[:, None]).long()
+    layers = ["bert.encoder.layer.1.output.dense", "bert.encoder.layer.0"]
+    reps = {}
+    for width in (6, 11):
+        X = {
+            "input_ids": torch.cat([ids * short, torch.zeros(4, width - 6).long()], 1),
+            "attention_mask": torch.cat([short, torch.zeros(4, width - 6).long()], 1),
+        }
+        for pool in ("mean", "max"):
+            reps[width, pool] = extract_representations(
+                bert, X, ["output", *layers], pool=pool, batch_size=3
+            )
+    for pool in ("mean", "max"):
+        for name in ["output", *layers]:
+            np.testing.assert_allclose(
+                reps[11, pool][name], reps[6, pool][name], rtol=1e-4, atol=1e-5
+            )
+    with torch.no_grad():  # the one-token sentence, alone and unpadded
+        hidden = bert.bert.encoder.layer[0](bert.bert.embeddings(ids[3:, :1]))
+    hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+    np.testing.assert_allclose(
+        reps[11, "mean"]["bert.encoder.layer.0"][3:], hidden[:, 0], rtol=1e-4, atol=1e-5
+    )
+    with torch.no_grad():
+        logits = bert(**{"input_ids": ids * short, "attention_mask": short}).logits
+    np.testing.assert_allclose(reps[6, "mean"]["output"], logits, rtol=1e-5, atol=1e-6)
 
 
 class _Packed(torch.nn.Module):
