@@ -23,7 +23,7 @@ from skorch import NeuralNet, NeuralNetBinaryClassifier, NeuralNetClassifier
 
 from ._engine.context import evaluation_mode, forked_rng, plain_settings, torch_seed
 from ._engine.digest import tensors_digest
-from ._engine.inputs import is_dataset
+from ._engine.inputs import is_dataset, module_float_dtype
 from ._pairs import is_pair_data
 from ._typing import NetInput, NetLike
 from ._validation import check_net_input, skorch_training_data
@@ -337,6 +337,7 @@ def predicted_probabilities(net: NetLike, X: NetInput) -> np.ndarray:
     generator is left as it was, as are the module's modes.
     """
     module = resolve_module(net)
+    X = _in_dtype(X, module_float_dtype(module))
     with forked_rng(exclusive=True), evaluation_mode(module), skorch_errors():
         P = np.asarray(net.predict_proba(X), dtype=np.float64)
     if P.ndim != 2:
@@ -354,6 +355,21 @@ def predicted_probabilities(net: NetLike, X: NetInput) -> np.ndarray:
             "module output probabilities."
         )
     return P
+
+
+def _in_dtype(X, dtype: torch.dtype):
+    """Float arrays (or tensors, or a dict of them) in the float ``dtype``.
+
+    As the module takes them: skorch passes inputs as they are.
+    """
+    if isinstance(X, dict):
+        return {k: _in_dtype(v, dtype) for k, v in X.items()}
+    if isinstance(X, torch.Tensor) and X.is_floating_point():
+        return X.to(dtype)
+    numpy_dtype = {torch.float64: np.float64, torch.float32: np.float32}.get(dtype)
+    if isinstance(X, np.ndarray) and X.dtype.kind == "f" and numpy_dtype:
+        return X.astype(numpy_dtype, copy=False)
+    return X
 
 
 def resolve_device(

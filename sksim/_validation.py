@@ -6,7 +6,7 @@ import functools
 import inspect
 import os
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -18,6 +18,7 @@ from sklearn.utils.validation import validate_data
 from skorch.dataset import Dataset as SkorchDataset
 from torch.utils.data import (
     ConcatDataset,
+    DataLoader,
     Dataset,
     IterableDataset,
     Subset,
@@ -69,6 +70,7 @@ def check_net_input(
     """
     if not pairs:
         X = strip_pairs(X)
+    check_not_streamed(X)
     if is_dataset(X):
         return _check_dataset(X, estimator, reset)
     if isinstance(X, Mapping) and not issparse(X):  # a DOK matrix is a Mapping
@@ -163,6 +165,21 @@ def _check_dataset(dataset, estimator, reset: bool):
 def is_map_style(dataset: Dataset) -> bool:
     """Whether ``dataset`` has a length and random access (not an IterableDataset)."""
     return not isinstance(dataset, IterableDataset) and hasattr(dataset, "__len__")
+
+
+def check_not_streamed(X) -> None:
+    """Raise a TypeError if ``X`` is a loader or an iterator, read only once."""
+    if isinstance(X, DataLoader):
+        raise TypeError(
+            "X is a DataLoader: pass its dataset (loader.dataset, a map-style "
+            "torch Dataset), which sksim reads in batches of its own "
+            "batch_size, or arrays."
+        )
+    if isinstance(X, Iterator):
+        raise TypeError(
+            f"X is an iterator ({type(X).__name__}), which can be read only "
+            "once: pass arrays, tensors or a map-style torch Dataset."
+        )
 
 
 def check_map_style(dataset: Dataset) -> None:

@@ -23,6 +23,7 @@ from torch.utils.data import (
 )
 
 from sksim import (
+    DiffeoTransform,
     GradientDensityEstimator,
     LabelIssueDetector,
     NetworkSimilarityKernel,
@@ -31,6 +32,7 @@ from sksim import (
     SimilarityRegularizedRegressor,
     gradient_features,
     network_similarity,
+    relative_sensitivity,
 )
 from sksim._engine.inputs import batches, take
 from sksim.audit import audit
@@ -564,6 +566,17 @@ def test_invalid_datasets_are_refused_with_a_reason(data, net):
     X, y = data
     with pytest.raises(TypeError, match="pass a map-style torch Dataset"):
         network_similarity(net, Stream())
+    loader = torch.utils.data.DataLoader(Pairs(X, y), batch_size=4)
+    with pytest.raises(TypeError, match=r"DataLoader: pass its dataset \(loader"):
+        network_similarity(net, loader)
+    with pytest.raises(TypeError, match="iterator .generator., which can be read"):
+        network_similarity(net, (x for x in X))
+    image = np.zeros((2, 1, 5, 5))
+    for streamed in (loader, Stream()):
+        with pytest.raises(TypeError, match="DataLoader|map-style torch Dataset"):
+            relative_sensitivity(net, streamed, reference=None)
+    with pytest.raises(TypeError, match="not a TensorDataset: pass its inputs"):
+        DiffeoTransform().fit_transform(TensorDataset(torch.as_tensor(image)))
     with pytest.raises(ValueError, match="Found a dataset with 0 items"):
         network_similarity(net, Items([]))
     with pytest.raises(ValueError, match="scalar input X"):
@@ -852,15 +865,15 @@ def test_regularized_nets_fit_a_dataset_without_y(data):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("cv", [2, "prefit"])
-def test_float64_inputs_to_a_float32_skorch_net_are_explained(data, cv):
-    """skorch passes them as they are: torch's bare "mat1 and mat2" error."""
+def test_float64_inputs_to_a_float32_skorch_net_are_explained(data):
+    """skorch trains on them as they are: torch's bare "mat1 and mat2" error.
+
+    A prefit net's predictions take them in its dtype, as the kernels do.
+    """
     X, y = data
     net = classifier(train_split=None)
-    if cv == "prefit":
-        net = net.fit(X.astype(np.float32), y)
     with pytest.raises(TypeError, match=r"convert them, e.g. X.astype\(np.float32\)"):
-        LabelIssueDetector(net, cv=cv, n_neighbors=4).fit(X, y)
+        LabelIssueDetector(net, cv=2, n_neighbors=4).fit(X, y)
 
 
 def test_regularized_classifier_fits_and_predicts_datasets_as_arrays(data):

@@ -18,6 +18,7 @@ from sksim.label_issues import (
     estimate_n_issues,
     neighbor_label_distribution,
 )
+from sksim.representations import memorization_scores
 
 
 def any_width_net(**kwargs):
@@ -301,6 +302,22 @@ def test_string_labels_are_encoded(digits, fitted_digits_net):
     )
     table = detector.label_issues_.sort_values("index")  # unsorted classes_ too
     np.testing.assert_array_equal(table["suggested_label"], detector.suggested_labels_)
+
+
+def test_prefit_skorch_net_takes_float64_inputs_as_the_kernels_do(
+    digits, fitted_digits_net
+):
+    """skorch passes inputs as they are: float64 failed in a float32 module."""
+    X, y = digits[0][600:680], digits[1][600:680]
+    wide = LabelIssueDetector(fitted_digits_net, cv="prefit", n_neighbors=4)
+    wide.fit(X.astype(np.float64), y)
+    expected = LabelIssueDetector(fitted_digits_net, cv="prefit", n_neighbors=4)
+    expected.fit(X, y)
+    np.testing.assert_allclose(wide.scores_, expected.scores_, rtol=1e-5)
+    with pytest.raises(TypeError, match="skorch net failed on a dtype: .*astype"):
+        memorization_scores(
+            make_digits_net(max_epochs=1), X.astype(np.float64), y, n_models=2
+        )
 
 
 def test_prefit_labels_are_the_nets_outputs(digits, fitted_digits_net):

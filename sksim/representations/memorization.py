@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 import warnings
 
@@ -16,7 +17,7 @@ from tqdm.auto import tqdm
 from .._engine.context import torch_seed
 from .._engine.inputs import is_dataset, n_samples, take
 from .._engine.worker_warnings import recording_warnings, warn_again
-from .._net import _unwrap, training_targets
+from .._net import _unwrap, skorch_errors, training_targets
 from .._typing import NetInput
 from .._validation import (
     check_net_input,
@@ -46,9 +47,11 @@ def _correct_when_trained_on(estimator, X, y, mask, seed):
     # a skorch net's training draws from torch's generator, which threads
     # share: one at a time; another estimator may start threads that train
     # nets, which would wait for the turn it holds
-    with torch_seed(seed, exclusive=isinstance(model, NeuralNet)):
-        model.fit(take(X, rows), y[rows])
-        return np.asarray(model.predict(X)) == y
+    skorch = isinstance(model, NeuralNet)
+    with torch_seed(seed, exclusive=skorch):
+        with skorch_errors() if skorch else contextlib.nullcontext():
+            model.fit(take(X, rows), y[rows])
+            return np.asarray(model.predict(X)) == y
 
 
 def memorization_scores(

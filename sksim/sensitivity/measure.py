@@ -32,7 +32,9 @@ from .._layers import (
 from .._net import fit_net, resolve_device, resolve_module, training_input
 from .._typing import NetLike, Self
 from .._validation import (
+    check_map_style,
     check_net_input,
+    check_not_streamed,
     check_positive_int,
     sample_shape,
     with_defaults,
@@ -115,8 +117,10 @@ class _Probe:
                 "Dict inputs are not supported: deformations and noise act on one "
                 "array of images or signals; pass that array."
             )
+        check_not_streamed(X)
         rows = None
         if is_dataset(X):  # only the probe's items are read
+            check_map_style(X)
             rows = _probe_rows(len(X), n_probe, rng)
             X = to_tensor(take(X, rows), torch.device("cpu"), torch.float64)
         X = X if isinstance(X, torch.Tensor) else torch.tensor(np.asarray(X))

@@ -11,7 +11,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import _check_feature_names_in, check_is_fitted
 
-from .._engine.inputs import check_finite
+from .._engine.inputs import check_finite, is_dataset
 from .._typing import Self
 from .._validation import check_net_input
 from .diffeo import as_channels, check_deformation, deform
@@ -123,6 +123,11 @@ class DiffeoTransform(TransformerMixin, BaseEstimator):
         return _check_feature_names_in(self, input_features)
 
     def _validate(self, X, reset):
+        if is_dataset(X):
+            raise TypeError(
+                "DiffeoTransform deforms arrays or tensors of signals or "
+                f"images, not a {type(X).__name__}: pass its inputs as one."
+            )
         if isinstance(X, torch.Tensor):
             check_finite(X)
             if not reset and X.dim() > 1 and X.shape[1] != self.n_features_in_:
