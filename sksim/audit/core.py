@@ -329,6 +329,16 @@ def _prefit_data(net, X, y, X_test, y_test):
     return _Data(X, y, X_test, y_test, task, classes)
 
 
+def _n_classes(data: _Data, outputs: set[int]) -> int | None:
+    """The classes the networks tell apart: their outputs, one per class.
+
+    The labels may hold fewer (a prefit network's classes absent from them).
+    """
+    if data.classes is None:
+        return None
+    return int(max(len(data.classes), *outputs))
+
+
 def _shape_list(shape: tuple | dict) -> list | dict:
     """A sample's shape as JSON holds it: a list, or a list per dict input."""
     if isinstance(shape, dict):
@@ -770,7 +780,7 @@ def audit(
         warnings.warn_explicit(
             caught.message, caught.category, caught.filename, caught.lineno
         )
-    failed = {}
+    failed, outputs = {}, set()  # the networks' numbers of class outputs
     first = "predict" if prefit else "fit"
     seconds = {name: 0.0 for name in [first, *(a.name for a in requested)]}
     steps = tqdm(
@@ -791,6 +801,8 @@ def audit(
                 f"fold {index}: {'predicting' if prefit else 'training'}"
             )
             seconds[first] += _prepare(fold, net, store, prefit)
+            if fold.probabilities is not None:
+                outputs.add(fold.probabilities.shape[1])
             steps.update()
             _run_fold(
                 fold,
@@ -807,7 +819,7 @@ def audit(
         task=data.task,
         n_samples=int(len(data.X) + (len(data.X_test) if prefit else 0)),
         input_shape=_shape_list(sample_shape(data.X)),
-        n_classes=None if data.classes is None else int(len(data.classes)),
+        n_classes=_n_classes(data, outputs),
         cv=protocol,
         cv_words=protocol_words,
         n_folds=len(splits),

@@ -476,6 +476,7 @@ def test_prefit_label_issues_of_some_classes_read_their_outputs(split, trained):
     expected = P[rows, labels] / P[rows].sum(1)
     np.testing.assert_allclose(issues["proba_given_label"], expected, rtol=1e-6)
     assert set(issues["suggested_label"]) <= set(range(10))
+    assert result.metadata["n_classes"] == 10  # the net's, not the labels' 3
 
 
 def test_prefit_class_fitting_with_a_test_class_absent_from_training(split, trained):
