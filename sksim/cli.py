@@ -930,18 +930,23 @@ def state_mismatch(state: dict, expected: dict) -> str:
     return text
 
 
-def check_forward(net, X: np.ndarray, args: argparse.Namespace) -> None:
+def check_forward(
+    net, X: np.ndarray, args: argparse.Namespace, encoded: int | None = None
+) -> None:
     """Pass two samples through the network before any training.
 
     A network that cannot take them, is set on a device this machine lacks,
     or lacks a layer ``--layers`` names, fails here with a ValueError rather
-    than in the first fold or after the other analyses.
+    than in the first fold or after the other analyses; so does one of more
+    outputs than the ``encoded`` classes, labels that are not integers from
+    0 encoded in sorted order (they would shift against its outputs).
     """
     import torch
     from sklearn.base import clone
     from skorch import NeuralNet
 
     from ._engine.context import check_device, evaluation_mode
+    from ._engine.selection import network_logits
     from ._validation import sample_shape
 
     if isinstance(net, NeuralNet):
@@ -955,9 +960,11 @@ def check_forward(net, X: np.ndarray, args: argparse.Namespace) -> None:
         with evaluation_mode(module), torch.no_grad():
             # a copy: the network may change its input in place
             if isinstance(X, dict):
-                module(**{k: torch.tensor(v[:2], device=device) for k, v in X.items()})
+                out = module(
+                    **{k: torch.tensor(v[:2], device=device) for k, v in X.items()}
+                )
             else:
-                module(torch.tensor(np.asarray(X[:2]), device=device))
+                out = module(torch.tensor(np.asarray(X[:2]), device=device))
     except RuntimeError as error:
         tokens = (
             ". The command line casts every input to float32: a module on token "
@@ -969,6 +976,14 @@ def check_forward(net, X: np.ndarray, args: argparse.Namespace) -> None:
             f"the network of {architecture} cannot take the inputs, of shape "
             f"{sample_shape(X)}: {str(error).splitlines()[0]}{tokens}"
         ) from error
+    outputs = network_logits(out).shape[-1]
+    if encoded is not None and outputs > encoded:
+        raise ValueError(
+            f"The network of {architecture} gives {outputs} outputs, and the "
+            f"labels, which are not integers from 0, name {encoded} classes: "
+            "encoded in sorted order, they would shift against its outputs. Pass "
+            "--classes with the network's classes in the order of its outputs."
+        )
     if args.layers is not None:
         from ._layers import RepresentationCapture
 
@@ -1038,9 +1053,12 @@ def run_audit(args: argparse.Namespace) -> AuditResult:
                 "are continuous."
             )
         n_outputs = args.n_classes
+    encoded = None  # classes encoded in sorted order, which an output may shift
+    if data.class_names is not None and args.classes is None:
+        encoded = len(data.class_names)
     if args.checkpoint is None:
         net = build_net(args, X, n_outputs)
-        check_forward(net, X, args)
+        check_forward(net, X, args, encoded)
         protocol = dict(cv=args.cv)
         plan = f"{args.cv}-fold cross-validation"
         if data.groups is not None:
@@ -1058,7 +1076,7 @@ def run_audit(args: argparse.Namespace) -> AuditResult:
             # a regressor says the task, which whole-number targets would not
             device = str(resolve_device(net))
             net = NeuralNetRegressor(net, device=device).initialize()
-        check_forward(net, X, args)
+        check_forward(net, X, args, encoded)
         protocol = dict(cv="prefit", X_test=data.X_test, y_test=data.y_test)
         plan = (
             f"{args.checkpoint} audited as it is (no training) on "

@@ -388,8 +388,10 @@ class GradientDensityEstimator(DensityMixin, NetworkEstimator):
                 f"components{copies_text}, float32)"
             )
             advice = (
-                'lower n_components, count softly (method="soft", whose memory '
-                "does not grow with the reference), or raise max_memory."
+                "lower n_components or raise max_memory."
+                if self.method == "soft"
+                else 'lower n_components, count softly (method="soft", whose '
+                "memory does not grow with the reference), or raise max_memory."
             )
             rows = 1 if self.method == "soft" else self.n_reference_
             kept = 4 * rows * d * self.n_components * copies

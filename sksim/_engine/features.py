@@ -18,7 +18,7 @@ from .flags import FlaggedRows, flag_scope
 from .inputs import n_samples, take
 from .jacobian import JacobianEngine
 from .pieces import DensePiece, gram_of, in_common_dtype, map_pieces
-from .sketch import GradientSketch
+from .sketch import gradient_sketch
 from .transfer import copy_to_host
 
 
@@ -121,7 +121,8 @@ def gradient_features(
             )
         blocks = whitened_jacobians(engine, X, rtol) if power else engine.jacobians(X)
         return _stacked(blocks, n_samples(X))
-    sketch = GradientSketch(n_components, seed, weights)
+    weights = None if weights is None else tuple(float(w) for w in weights)
+    sketch = gradient_sketch(n_components, seed, weights)
 
     def blocks():
         for rows, pieces, _ in engine.mapped_pieces(X, power, rtol):

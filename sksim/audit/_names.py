@@ -64,10 +64,14 @@ def named(result: AuditResult) -> AuditResult:
                 entry[key] = each(entry[key])
         return entry
 
+    metadata = {**result.metadata, "codes_named": True}
+    noise = metadata.get("label_noise")
+    if noise is not None and "original" in noise:  # the labels before the flips
+        metadata["label_noise"] = {**noise, "original": each(noise["original"])}
     return dataclasses.replace(
         result,
         tables=tables,
-        metadata={**result.metadata, "codes_named": True},
+        metadata=metadata,
         gallery=[item(g) for g in result.gallery],
         examples=[item(e) for e in result.examples],
     )

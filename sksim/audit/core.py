@@ -336,7 +336,7 @@ def _n_classes(data: _Data, outputs: set[int]) -> int | None:
     """
     if data.classes is None:
         return None
-    return int(max(len(data.classes), *outputs))
+    return int(max([len(data.classes), *outputs]))
 
 
 def _shape_list(shape: tuple | dict) -> list | dict:

@@ -139,6 +139,27 @@ def test_cli_checkpoint_of_named_classes_the_data_lack(files, trained, capsys):
     assert "they would shift against the network's outputs. Pass --classes" in (
         capsys.readouterr().err
     )
+    # a factory that builds its ten outputs whatever n_classes says
+    (files / "userten.py").write_text(
+        textwrap.dedent(
+            """
+            import math
+            from sksim.audit.models import MLP
+
+            def make(input_shape, n_classes):
+                return MLP(math.prod(input_shape), 10)
+            """
+        )
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(files))
+        with pytest.raises(SystemExit) as exit_:
+            cli.main([*argv, "--module", "userten:make"])
+    assert exit_.value.code == 2
+    assert (
+        "gives 10 outputs, and the labels, which are not integers from 0, name 9"
+        in (capsys.readouterr().err)
+    )
     classes = ["--classes", ",".join(NAMES)]
     assert cli.main([*argv, *classes, "--json", str(files / "r.json")]) == 0
     data = json.loads((files / "r.json").read_text())

@@ -352,6 +352,7 @@ def test_a_binary_classifier_with_one_logit_is_denoised(digit_images):
     assert (denoised["mean_effective_neighbors"] >= 1).all()
     assert (denoised["training_rmse"] <= 1).all()  # probabilities against 0 or 1
     assert folds["accuracy"].min() > 0.75  # thresholded z, well above chance
+    assert result.metadata["n_classes"] == 2  # it has no probabilities of them
     z = torch.linspace(-3, 3, 7)
     torch.testing.assert_close(
         free_probabilities(z), 1 - torch.sigmoid(z)[:, None], rtol=1e-6, atol=1e-7

@@ -13,7 +13,7 @@ import torch
 from sklearn.model_selection import KFold, ShuffleSplit, StratifiedGroupKFold
 from test_audit_report import parse
 
-from sksim.audit import audit
+from sksim.audit import AuditResult, audit
 from sksim.audit._examples import (
     atypical_features,
     isolated_rows,
@@ -31,6 +31,7 @@ from sksim.audit._findings import (
     findings,
     summary_value,
 )
+from sksim.audit._names import named
 from sksim.audit.analyses.neighbors import _gallery_rows, diverse
 from sksim.audit.core import (
     _count_warning,
@@ -352,6 +353,23 @@ def test_accuracy_with_planted_flips_is_given_against_the_labels_before_them():
         "included; against the labels before the flips it is 1.000."
     )
     assert _planted_accuracy(samples, None) == ""
+    named_labels = named(  # as the report reads them: the labels 1 to 3
+        AuditResult(
+            dict(samples=samples),
+            {},
+            dict(class_names=["1", "2", "3"], label_noise=noise),
+            [],
+            {},
+            [],
+        )
+    )
+    assert named_labels.tables["samples"]["label"].tolist() == ["2", "1", "3", "3"]
+    assert (
+        _planted_accuracy(
+            named_labels.tables["samples"], named_labels.metadata["label_noise"]
+        )
+        == text
+    )  # the labels before the flips, codes, were compared with names
 
 
 def test_correlation_and_error_in_words_fit_the_task():
