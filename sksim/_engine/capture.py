@@ -610,7 +610,8 @@ def _conv_pieces(layer, own, calls, d, budget) -> list:
     if "weight" in own:
         budget.take((b, d, o, a), calls[0][0])
         grads = (_conv_weight_grad(layer, x, g) for x, g in calls)
-        pieces.append(DensePiece(reduce(torch.add, grads)))
+        factors = (o, a) if layer.groups == 1 else None  # as when factorised
+        pieces.append(DensePiece(reduce(torch.add, grads), factors))
     if "bias" in own:
         budget.take((b, d, o), calls[0][0])
         grads = (g.flatten(3).sum(dim=3) for _, g in calls)

@@ -95,10 +95,16 @@ def chunks(n_rows: int, n_columns: int, per_pair: int, elements: int):
 
 
 class DensePiece:
-    """Materialised per-sample gradients ``(b, d, q)`` of some parameters."""
+    """Materialised per-sample gradients ``(b, d, q)`` of some parameters.
 
-    def __init__(self, grad: torch.Tensor):
+    ``factors``: ``(o, a)`` when ``q`` holds a weight ``o x a`` (row by row)
+    that comes factorised, as a :class:`SharedWeightPiece`, for inputs of
+    other sizes.
+    """
+
+    def __init__(self, grad: torch.Tensor, factors: tuple[int, int] | None = None):
         self.grad = grad
+        self.factors = factors
 
     def __len__(self) -> int:
         return self.grad.shape[0]
@@ -109,11 +115,13 @@ class DensePiece:
         return self.grad
 
     def transform(self, W: torch.Tensor) -> DensePiece:
-        return DensePiece(W @ self.grad)
+        return DensePiece(W @ self.grad, self.factors)
 
     def astype(self, dtype: torch.dtype) -> DensePiece:
         """The piece in floating ``dtype`` (itself if it is in it already)."""
-        return self if self.grad.dtype == dtype else DensePiece(self.grad.to(dtype))
+        if self.grad.dtype == dtype:
+            return self
+        return DensePiece(self.grad.to(dtype), self.factors)
 
     def self_gram(self) -> torch.Tensor:
         return self.grad @ self.grad.transpose(1, 2)
@@ -160,11 +168,11 @@ class DensePiece:
         return torch.einsum("bcq,cq->b", self.grad, S)
 
     def take(self, rows) -> DensePiece:
-        return DensePiece(self.grad[rows])
+        return DensePiece(self.grad[rows], self.factors)
 
     def empty(self, n: int) -> DensePiece:
         """A piece of ``n`` samples shaped like these, not yet filled."""
-        return DensePiece(self.grad.new_empty((n, *self.grad.shape[1:])))
+        return DensePiece(self.grad.new_empty((n, *self.grad.shape[1:])), self.factors)
 
     def put(self, rows: slice, other: DensePiece) -> None:
         """Copy the samples of ``other`` into ``rows``."""
@@ -456,7 +464,8 @@ def rectangular_pairs(columns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 def materialize(h: torch.Tensor, delta: torch.Tensor) -> DensePiece:
     """The per-sample gradient ``sum_u delta(u) h(u)^T`` as a dense piece."""
     grad = torch.einsum("bctO,bta->bcOa", delta, h)
-    return DensePiece(grad.reshape(grad.shape[0], grad.shape[1], -1))
+    factors = grad.shape[2], grad.shape[3]
+    return DensePiece(grad.reshape(grad.shape[0], grad.shape[1], -1), factors)
 
 
 def dense(piece: DensePiece | SharedWeightPiece) -> DensePiece:

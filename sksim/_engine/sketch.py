@@ -136,6 +136,34 @@ class SubspaceProjection:
         return v @ self.matrix
 
 
+def _factors(piece) -> tuple[int, int] | None:
+    """``(o, a)`` of a piece's weight ``o x a``, if it may come factorised."""
+    if isinstance(piece, DensePiece):
+        return piece.factors
+    o = piece.delta.shape[3]
+    return o, piece.width // o
+
+
+def _tensor_sketch(
+    piece: DensePiece, sketch_o: CountSketch, sketch_a: CountSketch, width: int
+) -> torch.Tensor:
+    """The TensorSketch of a materialised weight ``o x a``, ``(b, d, width)``.
+
+    What its factors give: over the rows ``G_i`` of the gradient, the sum of
+    the circular convolutions of ``CS_o(e_i)`` with ``CS_a(G_i)``.
+    """
+    o, a = piece.factors
+    G = piece.grad.reshape(*piece.grad.shape[:2], o, a)
+    rows = torch.arange(o, device=G.device)
+    spectrum = torch.einsum(
+        "bcif,if->bcf",
+        torch.fft.rfft(sketch_a(G), dim=-1),
+        torch.fft.rfft(sketch_o.one_hot(rows), dim=-1),
+    )
+    sketched = torch.fft.irfft(spectrum, n=sketch_o.k, dim=-1)
+    return torch.nn.functional.pad(sketched, (0, width - sketch_o.k))
+
+
 @functools.lru_cache(maxsize=4)
 def gradient_sketch(
     n_components: int | None, seed: int, weights: tuple[float, ...] | None = None
@@ -176,11 +204,14 @@ class GradientSketch:
 
     @staticmethod
     def _form(pieces: list) -> tuple:
-        """What the maps depend on: each piece's kind, sizes, dtype and device."""
+        """What the maps depend on: each piece's size, factors, dtype and device.
+
+        Not whether it comes factorised: a layer's gradients sketch alike in
+        both forms (inputs of other sizes than the reference's may take the
+        other), or they would not pair.
+        """
         return tuple(
-            (type(p), _size(p), p.signal.dtype, p.signal.device)
-            + ((p.width, p.delta.shape[3]) if hasattr(p, "delta") else ())
-            for p in pieces
+            (_size(p), _factors(p), p.signal.dtype, p.signal.device) for p in pieces
         )
 
     def _build(self, pieces: list) -> list:
@@ -196,11 +227,10 @@ class GradientSketch:
                 maps.append(None)
             elif 2 * k >= q and q * k <= MAX_ORTHOGONAL:
                 maps.append(SubspaceProjection(q, k, generator, like))
-            elif isinstance(piece, DensePiece):
+            elif _factors(piece) is None:
                 maps.append(CountSketch(_size(piece), k, generator, like))
             else:
-                o = piece.delta.shape[3]
-                a = piece.width // o
+                o, a = _factors(piece)
                 buckets = fft_length(k)  # the other k - buckets columns stay zero
                 maps.append(
                     (
@@ -224,7 +254,9 @@ class GradientSketch:
         for piece, sketch in zip(pieces, built[1], strict=True):
             if isinstance(piece, SharedWeightPiece) and not isinstance(sketch, tuple):
                 piece = materialize(piece.dense_inputs, piece.delta)
-            if isinstance(piece, DensePiece):
+            if isinstance(piece, DensePiece) and isinstance(sketch, tuple):
+                parts.append(_tensor_sketch(piece, *sketch))
+            elif isinstance(piece, DensePiece):
                 parts.append(piece.grad if sketch is None else sketch(piece.grad))
             else:
                 sketch_delta, sketch_h, width = sketch

@@ -7,6 +7,7 @@ from _architectures import layer_case
 from _engine_helpers import smallest_fitting_engine
 
 from sksim import DeadInputWarning
+from sksim._engine import capture
 from sksim._engine.features import gradient_features
 from sksim._engine.jacobian import JacobianEngine
 
@@ -51,3 +52,31 @@ def test_unit_norm_and_directions_need_sketched_features(option):
     module, X = layer_case("conv2d_big")
     with pytest.raises(ValueError, match="need sketched features"):
         gradient_features(JacobianEngine(module), X, **option)
+
+
+class _OverPositions(torch.nn.Module):
+    """A linear layer over positions, then their mean: factorised on few."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(16, 16)
+        self.conv = torch.nn.Conv1d(16, 24, 3)
+        self.head = torch.nn.Linear(24, 3)
+
+    def forward(self, x):  # x: (B, T, 16)
+        h = torch.tanh(self.lin(x)).transpose(1, 2)
+        return self.head(torch.tanh(self.conv(h)).mean(2))
+
+
+@pytest.mark.parametrize("n_components", [64, 600])
+def test_a_layer_sketches_alike_factorised_or_materialised(monkeypatch, n_components):
+    """Inputs of other sizes may take a layer's other form: the sketches of
+    the two forms drew unrelated maps, and their products were about 0."""
+    torch.manual_seed(0)
+    net, X = _OverPositions(), torch.randn(5, 4, 16)
+    engine = JacobianEngine(net, batch_size=2)
+    factorised = gradient_features(engine, X, n_components=n_components, seed=0)
+    monkeypatch.setattr(capture, "factorised_is_cheaper", lambda *args: False)
+    engine = JacobianEngine(net, batch_size=2)
+    materialised = gradient_features(engine, X, n_components=n_components, seed=0)
+    np.testing.assert_allclose(materialised, factorised, rtol=1e-4, atol=1e-5)
