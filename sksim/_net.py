@@ -98,11 +98,12 @@ def fit_net(
         except IndexError as error:  # torch's cross-entropy: "Target 2 is out of"
             if not is_classifier(fitted) or "out of bounds" not in str(error):
                 raise
+            found = "" if y is None else _classes_found(y)
             raise ValueError(
                 f"A {type(fitted).__name__} learns label j as its output j, and "
-                f"a label is beyond the network's outputs ({error}): encode the "
-                "labels from 0 to n_classes - 1, e.g. with scikit-learn's "
-                "LabelEncoder, or give the network one output per class."
+                f"a label is beyond the network's outputs ({error}){found}: give "
+                "the network one output per class, or encode the labels from 0 "
+                "to n_classes - 1, e.g. with scikit-learn's LabelEncoder."
             ) from error
     return fitted
 
@@ -355,6 +356,12 @@ def predicted_probabilities(net: NetLike, X: NetInput) -> np.ndarray:
             "module output probabilities."
         )
     return P
+
+
+def _classes_found(y) -> str:
+    """``"; the labels hold k classes, from a to b"``, for an error message."""
+    labels = np.unique(np.asarray(y))
+    return f"; the labels hold {len(labels)} classes, from {labels[0]} to {labels[-1]}"
 
 
 def _in_dtype(X, dtype: torch.dtype):

@@ -10,6 +10,7 @@ import pytest
 import torch
 from _architectures import AnyWidth, circle_sine_regressor, mlp
 from _sklearn_checks import EXPECTED_FAILED_CHECKS
+from sklearn.datasets import make_blobs
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.estimator_checks import parametrize_with_checks
 from skorch import NeuralNetClassifier, NeuralNetRegressor
@@ -522,3 +523,62 @@ def test_unfitted_classifier_trains_on_one_hot_labels():
     np.testing.assert_allclose(
         analysis.effective_neighbors_, expected.effective_neighbors_, rtol=1e-6
     )
+
+
+def test_float32_matrix_weights_of_a_trained_nets_probabilities_agree_with_float64():
+    """Trained, the rounding along the probabilities' all-ones direction,
+    raised by the cosine's whitening, was amplified by the default ridge:
+    predictions of order one off the float64 network's, effective neighbours
+    1.2 for 10.5."""
+    X, labels = make_blobs(120, centers=3, n_features=4, random_state=0, cluster_std=2)
+    X = ((X - X.mean(0)) / X.std(0)).astype(np.float32)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(4, 12), torch.nn.Tanh(), torch.nn.Linear(12, 3)
+    )
+    optimizer = torch.optim.Adam(net.parameters(), 1e-2)
+    for _ in range(200):
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(
+            net(torch.as_tensor(X)), torch.tensor(labels)
+        )
+        loss.backward()
+        optimizer.step()
+    wide = copy.deepcopy(net).double()
+    Y = np.eye(3)[labels]
+
+    def probabilities(out):
+        return torch.softmax(out, -1)
+
+    for weights in ("ntk", "cosine"):
+        with pytest.warns(IllConditionedWeightsWarning):  # every M_i is singular
+            single = SelfDenoisingAnalysis(net, weights=weights, output=probabilities)
+            single.fit(X, Y)
+            double = SelfDenoisingAnalysis(wide, weights=weights, output=probabilities)
+            double.fit(X.astype(np.float64), Y)
+        np.testing.assert_allclose(
+            single.kernel_prediction_, double.kernel_prediction_, atol=1e-3
+        )
+        np.testing.assert_allclose(
+            single.effective_neighbors_, double.effective_neighbors_, rtol=1e-3
+        )
+        assert double.ridge_ == 1e-6
+    precision = 3 * np.finfo(np.float32).eps / np.sqrt(1e-5)
+    assert single.ridge_ == pytest.approx(precision)
+
+
+def test_samples_whose_only_neighbour_is_themselves_do_not_estimate_sigma():
+    """Their prediction is their own label under the model, which expects no
+    residual: theirs went into the sum alone (sigma_ 0.53 for a noise of 0.2
+    at threshold 0.999, 87 of 120 samples their own only neighbour)."""
+    rng = np.random.default_rng(0)
+    X = rng.uniform(-1, 1, size=(80, 2)).astype(np.float32)
+    y = np.sin(3 * X[:, 0]) + X[:, 1] ** 2 + 0.2 * rng.normal(size=80)
+    net = mlp(2, 1, hidden=16)
+    analysis = SelfDenoisingAnalysis(net, weights="hard", threshold=0.999).fit(X, y)
+    alone = np.isclose(analysis.self_weight_, 1, rtol=0, atol=1e-9)  # the ridge
+    assert 0 < alone.sum() < len(alone)
+    residuals = (analysis.predictions_ - analysis.targets_)[~alone, 0] ** 2
+    expected = 1 + analysis.denoising_factor_ - 2 * analysis.self_weight_
+    sigma = np.sqrt(residuals.sum() / expected[~alone].sum())
+    assert analysis.sigma_ == pytest.approx(sigma, rel=1e-12)

@@ -271,15 +271,27 @@ def _is_plain(value) -> bool:
 
 
 def _settings(module: torch.nn.Module) -> list[tuple[torch.nn.Module, dict]]:
-    """Each layer and its :func:`plain_settings`."""
-    return [(sub, plain_settings(sub)) for sub in module.modules()]
+    """Each layer and its :func:`plain_settings` and tensors held as attributes.
+
+    Those tensors are neither parameters nor buffers: a weight that
+    ``torch.nn.utils.weight_norm`` computes before each forward pass.
+    """
+    return [
+        (
+            sub,
+            plain_settings(sub)
+            | {k: v for k, v in vars(sub).items() if isinstance(v, torch.Tensor)},
+        )
+        for sub in module.modules()
+    ]
 
 
 def _restore_settings(settings: list[tuple[torch.nn.Module, dict]]) -> None:
-    """Put back the plain settings :func:`_settings` saw.
+    """Put back the plain settings and tensors :func:`_settings` saw.
 
-    A forward pass may change them (a cache's length, a recorded shape);
-    those it added are removed.
+    A forward pass may change them (a cache's length, a recorded shape, a
+    recomputed weight that holds the pass's graph); plain settings it added
+    are removed.
     """
     for sub, before in settings:
         tensors = sub._parameters.keys() | sub._buffers.keys() | sub._modules.keys()

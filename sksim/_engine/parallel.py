@@ -11,6 +11,7 @@ are computed again.
 
 from __future__ import annotations
 
+import pickle
 import sys
 from collections.abc import Callable, Hashable
 
@@ -151,6 +152,14 @@ def run_tiles(
             if attempt == LOST_WORKER_RETRIES:
                 raise
             missing = [t for t in missing if t not in done]
+        except pickle.PicklingError as error:
+            cause = error.__context__ or error  # what the pickler met
+            raise TypeError(
+                f"n_jobs={n_jobs} sends the network to worker processes, which "
+                "needs it to pickle, and it does not ("
+                f"{str(cause).splitlines()[0].split('. ')[0].rstrip('.:')}): leave "
+                "n_jobs=None."
+            ) from error
 
 
 def tiled_kernel(

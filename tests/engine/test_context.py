@@ -1,5 +1,6 @@
 """Process-wide settings of torch that the engine changes inside its blocks."""
 
+import copy
 import threading
 
 import numpy as np
@@ -288,3 +289,20 @@ def test_recurrent_layers_keep_their_weights_for_torchscript():
     scripted = torch.jit.script(net)
     torch.nn.functional.cross_entropy(scripted(X), torch.zeros(7).long()).backward()
     assert scripted.rnn.weight_ih_l0.grad is not None
+
+
+def test_a_weight_recomputed_before_each_pass_is_left_as_it_was():
+    """The old weight_norm sets ``weight`` before each forward pass: it held
+    the engine's graph afterwards, and the network no longer deep-copied."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.utils.weight_norm(torch.nn.Linear(4, 8)),
+        torch.nn.Tanh(),
+        torch.nn.Linear(8, 3),
+    )
+    with torch.no_grad():
+        net(torch.zeros(1, 4))  # its weight as a plain tensor
+    weight = net[0].weight
+    network_similarity(net, torch.randn(5, 4), batch_size=2)
+    assert net[0].weight is weight and weight.grad_fn is None
+    copy.deepcopy(net)

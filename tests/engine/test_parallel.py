@@ -262,3 +262,12 @@ def test_threads_on_networks_sharing_a_module_take_turns():
     assert all(sub.training for head in heads for sub in head.modules())
     for head, before in zip(heads, parameters, strict=True):
         assert all(p is q for p, q in zip(head.parameters(), before, strict=True))
+
+
+def test_a_network_that_does_not_pickle_is_kept_out_of_worker_processes():
+    """joblib's "Could not pickle the task" hid torch's reason."""
+    torch.manual_seed(0)
+    linear = torch.nn.utils.parametrizations.weight_norm(torch.nn.Linear(4, 3))
+    net = torch.nn.Sequential(linear)
+    with pytest.raises(TypeError, match=r"n_jobs=2 sends .*parametrized modules"):
+        network_similarity(net, torch.randn(6, 4), n_jobs=2)
