@@ -104,13 +104,19 @@ def fft_length(k: int) -> int:
 
 
 class CountSketch:
-    """Random bucket and sign per coordinate of a ``q``-vector, ``k`` buckets."""
+    """A bucket (of ``k``) and a sign per coordinate of a vector."""
 
-    def __init__(self, q: int, k: int, generator: torch.Generator, like: torch.Tensor):
-        self.k = k
-        self.bucket = torch.randint(0, k, (q,), generator=generator).to(like.device)
+    def __init__(self, bucket: torch.Tensor, sign: torch.Tensor, k: int):
+        self.bucket, self.sign, self.k = bucket, sign, k
+
+    @classmethod
+    def drawn(
+        cls, q: int, k: int, generator: torch.Generator, like: torch.Tensor
+    ) -> CountSketch:
+        """Random buckets and signs of a ``q``-vector, as ``like``'s dtype."""
+        bucket = torch.randint(0, k, (q,), generator=generator).to(like.device)
         sign = torch.randint(0, 2, (q,), generator=generator) * 2 - 1
-        self.sign = sign.to(like)
+        return cls(bucket, sign.to(like), k)
 
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
         """Sketch the last axis of ``v``."""
@@ -121,6 +127,53 @@ class CountSketch:
         """Sketch the one-hot vectors of the integer ``ids``, ``(*ids.shape, k)``."""
         out = self.sign.new_zeros(*ids.shape, self.k)
         return out.scatter_(-1, self.bucket[ids, None], self.sign[ids, None])
+
+
+class TensorSketch:
+    """TensorSketch of a weight's gradient ``o x a``, factorised or materialised.
+
+    Of factors ``sum_u delta(u) h(u)^T``: the circular convolutions of the
+    sketched factors, through FFTs. Materialised, the same sketch: the
+    CountSketch of its ``o a`` values whose bucket of ``(i, j)`` is the sum of
+    the factors' buckets, modulo their number, and whose sign is their product.
+    Of ``width`` columns, the last ``width - buckets`` zero.
+    """
+
+    def __init__(
+        self, o: int, a: int, width: int, generator: torch.Generator, like: torch.Tensor
+    ):
+        buckets = fft_length(width)  # a fast FFT length
+        self.rows = CountSketch.drawn(o, buckets, generator, like)
+        self.columns = CountSketch.drawn(a, buckets, generator, like)
+        self.width = width
+        self._flat = None  # the materialised form's CountSketch, when needed
+
+    def _pad(self, sketched: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.pad(sketched, (0, self.width - self.rows.k))
+
+    def factorised(self, piece: SharedWeightPiece) -> torch.Tensor:
+        """Sketches ``(b, d, width)`` of a piece's factors."""
+        if piece.tokens:
+            h = self.columns.one_hot(piece.h)
+        else:
+            h = self.columns(piece.inputs)
+        spectrum = torch.einsum(
+            "bctf,btf->bcf",
+            torch.fft.rfft(self.rows(piece.delta), dim=-1),
+            torch.fft.rfft(h, dim=-1),
+        )
+        return self._pad(torch.fft.irfft(spectrum, n=self.rows.k, dim=-1))
+
+    def materialised(self, grad: torch.Tensor) -> torch.Tensor:
+        """Sketches ``(b, d, width)`` of gradients ``(b, d, o a)``, row by row."""
+        if self._flat is None:
+            rows, columns = self.rows, self.columns
+            self._flat = CountSketch(
+                (rows.bucket[:, None] + columns.bucket).flatten() % rows.k,
+                (rows.sign[:, None] * columns.sign).flatten(),
+                rows.k,
+            )
+        return self._pad(self._flat(grad))
 
 
 class SubspaceProjection:
@@ -142,26 +195,6 @@ def _factors(piece) -> tuple[int, int] | None:
         return piece.factors
     o = piece.delta.shape[3]
     return o, piece.width // o
-
-
-def _tensor_sketch(
-    piece: DensePiece, sketch_o: CountSketch, sketch_a: CountSketch, width: int
-) -> torch.Tensor:
-    """The TensorSketch of a materialised weight ``o x a``, ``(b, d, width)``.
-
-    What its factors give: over the rows ``G_i`` of the gradient, the sum of
-    the circular convolutions of ``CS_o(e_i)`` with ``CS_a(G_i)``.
-    """
-    o, a = piece.factors
-    G = piece.grad.reshape(*piece.grad.shape[:2], o, a)
-    rows = torch.arange(o, device=G.device)
-    spectrum = torch.einsum(
-        "bcif,if->bcf",
-        torch.fft.rfft(sketch_a(G), dim=-1),
-        torch.fft.rfft(sketch_o.one_hot(rows), dim=-1),
-    )
-    sketched = torch.fft.irfft(spectrum, n=sketch_o.k, dim=-1)
-    return torch.nn.functional.pad(sketched, (0, width - sketch_o.k))
 
 
 @functools.lru_cache(maxsize=4)
@@ -228,17 +261,9 @@ class GradientSketch:
             elif 2 * k >= q and q * k <= MAX_ORTHOGONAL:
                 maps.append(SubspaceProjection(q, k, generator, like))
             elif _factors(piece) is None:
-                maps.append(CountSketch(_size(piece), k, generator, like))
+                maps.append(CountSketch.drawn(_size(piece), k, generator, like))
             else:
-                o, a = _factors(piece)
-                buckets = fft_length(k)  # the other k - buckets columns stay zero
-                maps.append(
-                    (
-                        CountSketch(o, buckets, generator, like),
-                        CountSketch(a, buckets, generator, like),
-                        k,
-                    )
-                )
+                maps.append(TensorSketch(*_factors(piece), k, generator, like))
         return maps
 
     def features(self, pieces: list) -> torch.Tensor:
@@ -252,24 +277,13 @@ class GradientSketch:
             built = self._built = form, self._build(pieces)
         parts = []
         for piece, sketch in zip(pieces, built[1], strict=True):
-            if isinstance(piece, SharedWeightPiece) and not isinstance(sketch, tuple):
-                piece = materialize(piece.dense_inputs, piece.delta)
-            if isinstance(piece, DensePiece) and isinstance(sketch, tuple):
-                parts.append(_tensor_sketch(piece, *sketch))
-            elif isinstance(piece, DensePiece):
-                parts.append(piece.grad if sketch is None else sketch(piece.grad))
-            else:
-                sketch_delta, sketch_h, width = sketch
-                k = sketch_delta.k
-                if piece.tokens:
-                    h = sketch_h.one_hot(piece.h)
+            if isinstance(sketch, TensorSketch):
+                if isinstance(piece, DensePiece):
+                    parts.append(sketch.materialised(piece.grad))
                 else:
-                    h = sketch_h(piece.inputs)
-                spectrum = torch.einsum(
-                    "bctf,btf->bcf",
-                    torch.fft.rfft(sketch_delta(piece.delta), dim=-1),
-                    torch.fft.rfft(h, dim=-1),
-                )
-                sketched = torch.fft.irfft(spectrum, n=k, dim=-1)
-                parts.append(torch.nn.functional.pad(sketched, (0, width - k)))
+                    parts.append(sketch.factorised(piece))
+                continue
+            if isinstance(piece, SharedWeightPiece):
+                piece = materialize(piece.dense_inputs, piece.delta)
+            parts.append(piece.grad if sketch is None else sketch(piece.grad))
         return torch.cat(parts, dim=2)
