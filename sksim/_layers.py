@@ -249,9 +249,8 @@ def sequence_first(module: torch.nn.Module) -> bool:
         module = module.layers[0]
     if isinstance(module, nn.TransformerEncoderLayer | nn.TransformerDecoderLayer):
         module = module.self_attn
-    return isinstance(
-        module, nn.RNNBase | nn.MultiheadAttention | nn.Transformer
-    ) and not (module.batch_first)
+    sequences = nn.RNNBase | nn.MultiheadAttention | nn.Transformer
+    return isinstance(module, sequences) and not module.batch_first
 
 
 def _sequence_first_names(module: torch.nn.Module) -> set[str]:
@@ -522,8 +521,7 @@ class RepresentationCapture:
     def __call__(self, x) -> dict[str, torch.Tensor]:
         captured: dict[str, torch.Tensor] = {}
         self._ran, self._watched, self._told, self._last_made = [], {}, {}, None
-        self._not_tensors: dict[str, str] = {}
-        self._shapes = {}
+        self._not_tensors, self._shapes = {}, {}
         self._tokens = _attention_mask(x)
         if self.names is None and isinstance(x, Mapping):
             self._not_tensors["input"] = "The input is a dict of several tensors"
