@@ -115,15 +115,15 @@ def pooled(
 ) -> torch.Tensor:
     """Pool a batch ``(B, C, ...)`` as ``pool`` says and flatten it to ``(B, d)``.
 
-    With ``features_last``, the batch is ``(B, ..., C)``. ``tokens``, a
-    ``(B, T)`` attention mask, restricts ``"mean"`` and ``"max"`` of token
-    sequences ``(B, T, E)`` to the tokens it keeps. The result is a new
-    tensor: what the network does in place afterwards (an in-place activation,
-    a residual ``+=``) cannot change it.
+    With ``features_last``, the batch is ``(B, ..., C)``. ``tokens``, the
+    ``(B, T)`` booleans of the tokens an attention mask keeps, restricts
+    ``"mean"`` and ``"max"`` of token sequences ``(B, T, E)`` to them. The
+    result is a new tensor: what the network does in place afterwards (an
+    in-place activation, a residual ``+=``) cannot change it.
     """
     masked = features_last and tokens is not None and t.dim() == 3
     if masked and pool in ("mean", "max") and t.shape[1] == tokens.shape[1]:
-        keep = tokens.bool() | ~tokens.bool().any(1, keepdim=True)  # none: all
+        keep = tokens | ~tokens.any(1, keepdim=True)  # none: all
         if pool == "max":
             return t.masked_fill(~keep.unsqueeze(-1), -torch.inf).amax(1)
         weights = keep.to(t.dtype).unsqueeze(-1)
@@ -200,12 +200,19 @@ class _NodeOutputs(torch.fx.Interpreter):
 
 
 def _attention_mask(x) -> torch.Tensor | None:
-    """The ``(B, T)`` ``attention_mask`` of keyword inputs (``transformers``)."""
+    """The tokens an ``attention_mask`` of keyword inputs keeps, ``(B, T)`` booleans.
+
+    Of ones (or True) for the tokens kept and zeros for the others, as
+    ``transformers`` takes it, or additive (0 kept, negative or -inf not);
+    None for any other value.
+    """
     mask = x.get("attention_mask") if isinstance(x, Mapping) else None
     n = len(next(iter(x.values()))) if isinstance(x, Mapping) else None
-    if isinstance(mask, torch.Tensor) and mask.dim() == 2 and len(mask) == n:
-        return mask
-    return None
+    if not (isinstance(mask, torch.Tensor) and mask.dim() == 2 and len(mask) == n):
+        return None
+    if bool(((mask == 0) | (mask == 1)).all()):
+        return mask != 0
+    return mask == 0 if bool((mask <= 0).all()) else None
 
 
 class _Unpooled(NamedTuple):
@@ -391,6 +398,8 @@ class RepresentationCapture:
         """
         if name in self.hooked and name not in self._layouts:
             own = layout(self._modules[name])
+            if name in self._sequence_first:  # (T, B, E), read as (B, T, E)
+                own = True
             if own is not None:
                 self._layouts[name] = own
         if self.pool == "flatten" or t.dim() <= 2:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -201,6 +201,22 @@ def training_input(net: NetLike, X):
     return None
 
 
+def reset_of(layer: torch.nn.Module) -> Callable | None:
+    """A layer's own initialisation of its parameters, if it has one.
+
+    ``reset_parameters``, or ``_reset_parameters`` (``nn.MultiheadAttention``'s).
+    """
+    for name in ("reset_parameters", "_reset_parameters"):
+        if callable(reset := getattr(layer, name, None)):
+            return reset
+    return None
+
+
+def layer_resets(module: torch.nn.Module) -> list[Callable]:
+    """The :func:`reset_of` of each layer of ``module`` that has one."""
+    return [reset for layer in module.modules() if (reset := reset_of(layer))]
+
+
 def untrained_clone(net: NetLike, random_state=None) -> NeuralNet:
     """An unfitted clone of the skorch net ``net``, to train from scratch.
 
@@ -222,12 +238,7 @@ def untrained_clone(net: NetLike, random_state=None) -> NeuralNet:
     module = fresh.module
     if is_unfitted_skorch(net) or not isinstance(module, torch.nn.Module):
         return fresh
-    resets = [
-        reset
-        for layer in module.modules()
-        for name in ("reset_parameters", "_reset_parameters")
-        if callable(reset := getattr(layer, name, None))
-    ]
+    resets = layer_resets(module)
     drawn = {
         id(parameter)
         for layer in module.modules()

@@ -428,7 +428,8 @@ class SelfDenoisingAnalysis(NetworkEstimator):
     def _effective_ridge(self, engine) -> float:
         """``ridge``, raised to the precision of the matrix weights if below it.
 
-        ``RIDGE_ROUNDINGS`` times the rounding of the network's float dtype,
+        ``RIDGE_ROUNDINGS`` times the rounding of the network's float dtype
+        (float32 for half precision, whose gradients the engine forms in it),
         which the cosine's whitening raises up to ``1 / sqrt(rtol)`` times
         along near-null directions (class probabilities' all-ones one): a
         smaller ridge amplified it to the predictions' scale.
@@ -436,7 +437,7 @@ class SelfDenoisingAnalysis(NetworkEstimator):
         if self.weights not in MATRIX_WEIGHTS:
             return self.ridge
         dtype = next(iter(engine.parameters.values())).dtype
-        rounding = torch.finfo(dtype).eps
+        rounding = torch.finfo(torch.promote_types(dtype, torch.float32)).eps
         if self.weights == "cosine":
             rounding /= np.sqrt(self.rtol)
         return max(self.ridge, RIDGE_ROUNDINGS * rounding)

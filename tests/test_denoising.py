@@ -565,6 +565,9 @@ def test_float32_matrix_weights_of_a_trained_nets_probabilities_agree_with_float
         assert double.ridge_ == 1e-6
     precision = 3 * np.finfo(np.float32).eps / np.sqrt(1e-5)
     assert single.ridge_ == pytest.approx(precision)
+    half = SelfDenoisingAnalysis(net.to(torch.bfloat16), weights="cosine")
+    with pytest.warns(IllConditionedWeightsWarning):  # formed in float32
+        assert half.set_params(output=probabilities).fit(X, Y).ridge_ == single.ridge_
 
 
 def test_samples_whose_only_neighbour_is_themselves_do_not_estimate_sigma():

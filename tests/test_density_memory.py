@@ -74,7 +74,6 @@ def test_chunks_of_sketches_draw_their_maps_once(data, monkeypatch):
 
     Another network of another form draws its own.
     """
-    sketch.gradient_sketch.cache_clear()  # drawn by the tests before
     drawn = []
     build = sketch.GradientSketch._build
     monkeypatch.setattr(
@@ -100,6 +99,7 @@ def test_chunks_of_sketches_draw_their_maps_once(data, monkeypatch):
     wider = GradientDensityEstimator(mlp(4, 3, hidden=40), max_memory=None, **kwargs)
     assert wider.fit(data).reference_features_.shape == (1, 3 * 64)
     assert drawn == [2]
+    assert getattr(sketch._SHARED, "sketches", None) is None  # freed at the end
 
 
 def sketch_bytes(n, d, n_components):

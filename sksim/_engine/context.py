@@ -299,7 +299,10 @@ def _restore_settings(settings: list[tuple[torch.nn.Module, dict]]) -> None:
             delattr(sub, name)
         for name, value in before.items():
             if name not in tensors and vars(sub).get(name, _MISSING) is not value:
-                object.__setattr__(sub, name, value)
+                if isinstance(value, torch.Tensor):  # through the layer's own
+                    setattr(sub, name, value)  # (a recurrent layer's list of them)
+                else:
+                    object.__setattr__(sub, name, value)
 
 
 def _no_backward_hooks() -> tuple[list, list]:

@@ -155,8 +155,8 @@ def run_tiles(
         except pickle.PicklingError as error:
             cause = error.__context__ or error  # what the pickler met
             raise TypeError(
-                f"n_jobs={n_jobs} sends the network to worker processes, which "
-                "needs it to pickle, and it does not ("
+                f"n_jobs={n_jobs} sends the network and the inputs to worker "
+                "processes, which needs them to pickle, and one does not ("
                 f"{str(cause).splitlines()[0].split('. ')[0].rstrip('.:')}): leave "
                 "n_jobs=None."
             ) from error

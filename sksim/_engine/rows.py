@@ -23,6 +23,7 @@ from .gram import GramReference
 from .inputs import n_samples, take
 from .jacobian import JacobianEngine
 from .pieces import nbytes_of, rectangular_pairs
+from .sketch import shared_sketches
 
 MAX_BLOCK_ENTRIES = 2**22  # similarities held at once by the sketched path
 SIMILARITY_BYTES = 12  # a sketched similarity: the float32 product and its float64 copy
@@ -299,12 +300,13 @@ def sketched_chunks(
     step = rows_that_fit(max_bytes, 4 * width, n)
     # one warning for all the chunks, at the end (no scope open across yields)
     flagged = FlaggedRows()
-    for start in range(0, n, step):
-        chunk = slice(start, min(start + step, n))
-        with flag_scope(report=False) as found:
-            F = sketch(take(X, chunk))
-        flagged.merge(found, block_move(chunk))
-        yield chunk, F
+    with shared_sketches():  # the chunks draw the sketch's maps once
+        for start in range(0, n, step):
+            chunk = slice(start, min(start + step, n))
+            with flag_scope(report=False) as found:
+                F = sketch(take(X, chunk))
+            flagged.merge(found, block_move(chunk))
+            yield chunk, F
     flagged.report()
 
 

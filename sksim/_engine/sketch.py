@@ -26,8 +26,9 @@ that minimises the summed variance.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Sequence
+import contextlib
+import threading
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -197,16 +198,39 @@ def _factors(piece) -> tuple[int, int] | None:
     return o, piece.width // o
 
 
-@functools.lru_cache(maxsize=4)
+_SHARED = threading.local()  # the sketches of the current shared_sketches block
+
+
+@contextlib.contextmanager
+def shared_sketches() -> Iterator[None]:
+    """A block in which :func:`gradient_sketch` gives one sketch per arguments.
+
+    Rows sketched in chunks (within ``max_memory``) then draw their maps
+    once, not once a chunk (a subspace projection's QR took 0.4 s a chunk);
+    the maps are freed when the outermost block ends. One thread's blocks
+    share nothing with another's.
+    """
+    outer = getattr(_SHARED, "sketches", None)
+    if outer is None:
+        _SHARED.sketches = {}
+    try:
+        yield
+    finally:
+        if outer is None:
+            _SHARED.sketches = None
+
+
 def gradient_sketch(
     n_components: int | None, seed: int, weights: tuple[float, ...] | None = None
 ) -> GradientSketch:
-    """A :class:`GradientSketch`, the same one for the same arguments.
-
-    Sketching in chunks (rows within ``max_memory``), each chunk's call then
-    draws no new maps: a subspace projection's QR took 0.4 s a chunk.
-    """
-    return GradientSketch(n_components, seed, weights)
+    """A :class:`GradientSketch`; the same one in a :func:`shared_sketches` block."""
+    sketches = getattr(_SHARED, "sketches", None)
+    if sketches is None:
+        return GradientSketch(n_components, seed, weights)
+    key = n_components, seed, weights
+    if key not in sketches:
+        sketches[key] = GradientSketch(n_components, seed, weights)
+    return sketches[key]
 
 
 class GradientSketch:

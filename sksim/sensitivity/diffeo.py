@@ -103,8 +103,9 @@ def temperature_from_delta(delta: float, cutoff: int = 3, n: int = 32) -> float:
     if cutoff < 2:
         raise ValueError(
             "The temperature of a typical displacement delta needs cutoff >= 2 "
-            "(it divides by ln(cutoff)); for cutoff=1, give sample_diffeo a "
-            "temperature."
+            "(it divides by ln(cutoff)); for cutoff=1, sample fields with "
+            "sample_diffeo(n, cutoff=1, temperature=T) and deform with "
+            "apply_diffeo."
         )
     return 4.0 * delta**2 / (math.pi * n**2 * math.log(cutoff))
 
@@ -172,6 +173,7 @@ def sample_fields(
     # sines[m, a, p] = sin(k_{m,a} pi u_p); axis a of k runs over the field axes
     # in the order (last, second to last): u along columns, v along rows.
     sines = torch.sin(math.pi * waves[:, :, None] * grid)
+    sines[..., -1] = 0.0  # sin(k pi) exactly: the border does not move
     if ndim == 1:
         field = torch.einsum("fcm,mp->fcp", coef, sines[:, 0])
     else:
@@ -253,6 +255,11 @@ def sample_diffeo(
     return fields[:, 0] if ndim == 1 else (fields[:, 0], fields[:, 1])
 
 
+#: Gaussian interpolation weights formed at once, at most: samples are
+#: deformed in chunks of this many ``n^(ndim+1)`` weights.
+GAUSSIAN_ELEMENTS = 2**20
+
+
 def _source_index(src: torch.Tensor, size: int):
     """Lower neighbour, upper neighbour and weight of clamped coordinates."""
     lo = src.floor().clamp(0, max(size - 2, 0))
@@ -282,9 +289,32 @@ def pull_back(
     ``x`` has shape ``(B, C, n)`` (signals) or ``(B, C, n, n)`` (images) and
     ``fields`` shape ``(B or 1, ndim, n[, n])`` in pixels, on any device.
     """
+    dtype = x.dtype
+    x = x.to(working_dtype(dtype))
     fields = fields.to(dtype=x.dtype, device=x.device)
+    return _pulled_back(x, fields, interp, sigma).to(dtype)
+
+
+def working_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Float32 at least: half precision rounds pixel coordinates past 256."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _pulled_back(
+    x: torch.Tensor, fields: torch.Tensor, interp: str, sigma: float
+) -> torch.Tensor:
     B, C = x.shape[:2]
     n = x.shape[-1]
+    step = max(1, GAUSSIAN_ELEMENTS // n ** (x.dim() - 1))
+    if interp == "gaussian" and B > step:  # weights of n^3 per image and sample
+        return torch.cat(
+            [
+                _pulled_back(x[i : i + step], fields[i : i + step], interp, sigma)
+                if len(fields) > 1
+                else _pulled_back(x[i : i + step], fields, interp, sigma)
+                for i in range(0, B, step)
+            ]
+        )
     grid = torch.arange(n, dtype=x.dtype, device=x.device)
     if x.dim() == 3:
         src = (grid - fields[:, 0]).clamp(0, n - 1)
@@ -383,7 +413,8 @@ def deform(
         temperature = temperature_from_delta(delta, cutoff, n)
     else:
         temperature = _signal_temperature(delta, cutoff, n)
-    fields = sample_fields(len(x), n, ndim, cutoff, temperature, rng, x.device, x.dtype)
+    dtype = working_dtype(x.dtype)
+    fields = sample_fields(len(x), n, ndim, cutoff, temperature, rng, x.device, dtype)
     return pull_back(xc, fields, interp).reshape(x.shape)
 
 
@@ -439,7 +470,7 @@ def apply_diffeo(
     check_interp(interp)
     _check_positive(sigma, "sigma")
     is_tensor = isinstance(images, torch.Tensor)
-    x = images if is_tensor else torch.as_tensor(np.asarray(images))
+    x = images if is_tensor else torch.as_tensor(np.ascontiguousarray(images))
     if not x.is_floating_point():
         x = x.to(torch.float64)
     xc, ndim = as_channels(x)
@@ -449,7 +480,11 @@ def apply_diffeo(
         raise ValueError("Images need both dx and dy; got dy=None.")
     fields = []
     for comp in comps:
-        t = torch.as_tensor(comp, dtype=x.dtype, device=x.device)
+        t = torch.as_tensor(
+            np.ascontiguousarray(comp) if isinstance(comp, np.ndarray) else comp,
+            dtype=working_dtype(x.dtype),
+            device=x.device,
+        )
         if (
             t.shape[-ndim:] != (n,) * ndim
             or t.dim() not in (ndim, ndim + 1)

@@ -29,7 +29,14 @@ from .._layers import (
     check_pool,
     layer_outputs,
 )
-from .._net import fit_net, resolve_device, resolve_module, training_input
+from .._net import (
+    fit_net,
+    layer_resets,
+    reset_of,
+    resolve_device,
+    resolve_module,
+    training_input,
+)
 from .._typing import NetLike, Self
 from .._validation import (
     check_map_style,
@@ -123,7 +130,7 @@ class _Probe:
             check_map_style(X)
             rows = _probe_rows(len(X), n_probe, rng)
             X = to_tensor(take(X, rows), torch.device("cpu"), torch.float64)
-        X = X if isinstance(X, torch.Tensor) else torch.tensor(np.asarray(X))
+        X = X if isinstance(X, torch.Tensor) else torch.tensor(np.ascontiguousarray(X))
         if not X.is_floating_point():
             X = X.to(torch.float64)
         check_finite(X)
@@ -131,8 +138,8 @@ class _Probe:
         if X.shape[-1] < 3:
             warnings.warn(
                 f"Signals and images of {X.shape[-1]} value(s) a side: the "
-                "deformations fix the border, so they move nothing, and D, G and "
-                "R are NaN. Give inputs of at least 3 values a side.",
+                "deformations fix the border, so they move nothing: D and G are 0 "
+                "and R is NaN. Give inputs of at least 3 values a side.",
                 UserWarning,
                 stacklevel=3,
             )
@@ -310,20 +317,18 @@ def _unreset_parameters(model: torch.nn.Module) -> list[str]:
         names += [
             f"{mname}.{p}" if mname else p
             for p, _ in sub.named_parameters(recurse=False)
-            if not callable(getattr(sub, "reset_parameters", None))
+            if reset_of(sub) is None
             or any(p.startswith(f"{name}_") for name in computed)
         ]
     return names
 
 
 def fresh_copy(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Deep copy re-initialised by every submodule's ``reset_parameters``."""
+    """Deep copy re-initialised by every submodule's own initialisation."""
     fresh = copy.deepcopy(model)
     with torch_seed(seed, exclusive=True):
-        for sub in fresh.modules():
-            reset = getattr(sub, "reset_parameters", None)
-            if callable(reset):
-                reset()
+        for reset in layer_resets(fresh):
+            reset()
     return fresh
 
 
@@ -413,7 +418,8 @@ def _reinitialized(model: torch.nn.Module, n_init, rng) -> list[torch.nn.Module]
     if unreset:
         warnings.warn(
             f"Parameters {unreset} are not re-initialised by a reset_parameters "
-            "method (their modules have none, or they are behind a weight that "
+            "(or _reset_parameters) method (their modules have none, or they "
+            "are behind a weight that "
             "weight_norm or spectral_norm computes), so the initialised copies "
             "keep their trained values; give those modules a reset_parameters "
             "method that re-initialises them.",
@@ -644,13 +650,14 @@ def relative_sensitivity(
         ``R_gstd`` (``exp`` of the standard deviation of ``log R``; NaN for
         one net), the numerators ``deformation`` and ``noise`` and the
         ``denominator``. Layers whose representation is constant on the probe
-        set get NaN ratios (with a warning).
+        set get NaN ``D`` and ``G`` (with a warning).
 
     Notes
     -----
     The re-initialised copies are deep copies of the trained module on which
-    every submodule's ``reset_parameters`` is called (under a seed from
-    ``random_state``); parameters of modules without that method are not
+    every submodule's ``reset_parameters`` (``nn.MultiheadAttention``'s
+    ``_reset_parameters``) is called (under a seed from ``random_state``);
+    parameters of modules without that method are not
     re-initialised (a warning names them). ``R`` at initialisation varies
     much between initialisations (16-fold between seeds for the
     scale-detection CNN of the user guide): pass the trained network's own
@@ -718,7 +725,8 @@ def relative_sensitivity(
     if constant:
         warnings.warn(
             f"Layers {constant} have a constant representation on the probe set "
-            "for some net: their D, G and R are NaN.",
+            "for some net: their D and G are NaN (R = deformation / noise is "
+            "defined where the deformations or the noise change it).",
             UserWarning,
             stacklevel=2,
         )

@@ -139,7 +139,8 @@ class DiffeoTransform(TransformerMixin, BaseEstimator):
                 self.n_features_in_ = X.shape[1]
             return X if X.is_floating_point() else X.to(torch.float64)
         X = check_net_input(X, self, reset=reset)
-        return torch.tensor(X if X.dtype.kind == "f" else X.astype(np.float64))
+        X = X if X.dtype.kind == "f" else X.astype(np.float64)
+        return torch.tensor(np.ascontiguousarray(X))
 
     def transform(self, X: ArrayLike) -> np.ndarray | torch.Tensor:
         """Deform each sample by its own random field.

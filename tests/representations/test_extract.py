@@ -118,8 +118,13 @@ def test_recurrent_and_attention_layers_give_their_output_sequence(batch_first):
         )
         for name, value in expected.items():
             np.testing.assert_allclose(reps[name], value, rtol=1e-5, atol=1e-6)
-        every = extract_representations(net, X, "all", pool="mean", batch_size=3)
+        every = extract_representations(
+            net, X, "all", pool="mean", batch_size=batch_size
+        )
         assert {"lstm", "block.norm1", "block.linear1", "gru"} < set(every)
+        # its dropouts, of no known layout, hold their features last too
+        assert every["block.dropout"].shape == (6, 8)
+        assert every["block.dropout1"].shape == (6, 6)
         for name in ("lstm", "block.norm2", "gru"):
             np.testing.assert_allclose(every[name], reps[name], rtol=1e-5, atol=1e-6)
     flat = extract_representations(net, X, ["gru"], pool="flatten", batch_size=3)
@@ -167,6 +172,35 @@ def test_values_beside_sequence_first_layers_that_may_hold_time_steps_are_refuse
         expected = net.emb(X).mean(1)
     for value in (every["emb"], emb):  # its last batch: 3 samples of 3 steps
         np.testing.assert_allclose(value, expected, rtol=1e-6)
+
+
+class _MaskedMean(torch.nn.Module):
+    """Token features, attended under an additive or a 0/1 attention_mask."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(4, 5)
+        self.head = torch.nn.Linear(5, 2)
+
+    def forward(self, x, attention_mask):
+        keep = attention_mask == 0 if attention_mask.min() < 0 else attention_mask > 0
+        h = self.proj(x)
+        return self.head((h * keep[..., None]).sum(1) / keep.sum(1, keepdim=True))
+
+
+def test_an_additive_attention_mask_keeps_its_zeros():
+    """0 for the tokens kept, -inf for the others: read as ones, the mean
+    went over the padding alone."""
+    torch.manual_seed(0)
+    net, x = _MaskedMean(), torch.randn(5, 6, 4)
+    kept = torch.arange(6) < torch.tensor([6, 2, 4, 1, 3])[:, None]
+    with torch.no_grad():
+        expected = (net.proj(x) * kept[..., None]).sum(1) / kept.sum(1, keepdim=True)
+    additive = torch.zeros(5, 6).masked_fill(~kept, -torch.inf)
+    for mask in (additive, kept.long(), kept):
+        X = {"x": x, "attention_mask": mask}
+        reps = extract_representations(net, X, ["proj"], pool="mean", batch_size=2)
+        np.testing.assert_allclose(reps["proj"], expected, rtol=1e-5, atol=1e-6)
 
 
 def test_all_leaves_out_an_input_of_several_tensors():

@@ -261,3 +261,52 @@ def test_sampler_errors():
         temperature_range(8, 1)
     dx, _ = sample_diffeo(8, cutoff=1, temperature=0.01, random_state=0)
     assert np.abs(dx).max() > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_images_are_deformed_as_float32_ones(dtype):
+    """Pixel coordinates in half precision rounded past 256 (an index out of
+    bounds at side 300 in bfloat16, errors of 3 at 200)."""
+    x = torch.randn(2, 300, 300, generator=torch.Generator().manual_seed(0))
+    dx, dy = sample_diffeo(300, delta=3.0, n_fields=2, random_state=0)
+    exact = apply_diffeo(x.double(), dx, dy)
+    half = apply_diffeo(x.to(dtype), dx, dy)
+    assert half.dtype == dtype
+    rounding = (exact.to(dtype).double() - exact).abs().max()
+    assert (half.double() - exact).abs().max() <= 2 * rounding
+
+
+def test_the_border_does_not_move_at_all():
+    """sin(k pi) is 1e-16 in floating point: a 2-value signal moved by 3e-16,
+    and R was a ratio of rounding."""
+    for n in (2, 9, 32):
+        dx, dy = sample_diffeo(n, delta=2.0, n_fields=3, random_state=0)
+        for field in (dx, dy):
+            assert not field[:, [0, -1], :].any() and not field[:, :, [0, -1]].any()
+        signal = sample_diffeo(n, delta=2.0, ndim=1, n_fields=3, random_state=0)
+        assert not signal[:, [0, -1]].any()
+
+
+def test_flipped_arrays_are_deformed_as_their_copies():
+    x = np.random.RandomState(0).rand(3, 2, 8, 8)
+    dx, dy = sample_diffeo(8, n_fields=3, random_state=0)
+    flipped = np.flip(x, -1)
+    np.testing.assert_array_equal(
+        apply_diffeo(flipped, np.flip(dx, -1), dy),
+        apply_diffeo(flipped.copy(), np.flip(dx, -1).copy(), dy),
+    )
+
+
+def test_gaussian_interpolation_in_chunks_of_samples_is_the_whole(monkeypatch):
+    """Its weights take n^3 values per image: 14 GB for 100 RGB 64 x 64
+    images at once."""
+    from sksim.sensitivity import diffeo
+
+    x = np.random.RandomState(0).rand(5, 3, 9, 9)
+    dx, dy = sample_diffeo(9, n_fields=5, random_state=0)
+    whole = apply_diffeo(x, dx, dy, interp="gaussian")
+    monkeypatch.setattr(diffeo, "GAUSSIAN_ELEMENTS", 2 * 9**3)  # 2 images a chunk
+    np.testing.assert_allclose(apply_diffeo(x, dx, dy, interp="gaussian"), whole)
+    shared = apply_diffeo(x, dx[0], dy[0], interp="gaussian")  # one field for all
+    monkeypatch.setattr(diffeo, "GAUSSIAN_ELEMENTS", 2**20)
+    np.testing.assert_allclose(shared, apply_diffeo(x, dx[0], dy[0], interp="gaussian"))

@@ -1,6 +1,7 @@
 """The reference at initialisation, the spread of R, probes apart from training."""
 
 import copy
+import warnings
 
 import numpy as np
 import pytest
@@ -189,3 +190,30 @@ def test_copies_and_shuffles_do_not_change_with_the_deformation():
     ]
     np.testing.assert_allclose(shuffled[1], shuffled[0], rtol=1e-12)
     np.testing.assert_allclose(shuffled[2], shuffled[0], rtol=1e-12)
+
+
+def test_attention_layers_are_reinitialised_too():
+    """nn.MultiheadAttention initialises its projections in
+    _reset_parameters: its trained values were kept, with a warning asking
+    for a reset_parameters method the user cannot give a torch layer."""
+
+    class Attending(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+            self.head = nn.Linear(8, 2)
+
+        def forward(self, x):  # signals (B, 8) as 8 tokens of 1 feature, embedded
+            tokens = x[..., None].expand(-1, -1, 8)
+            return self.head(self.attn(tokens, tokens, tokens)[0].mean(1))
+
+    torch.manual_seed(0)
+    net = Attending()
+    with torch.no_grad():
+        net.attn.in_proj_weight.fill_(0.5)
+    fresh = fresh_copy(net, seed=0)
+    assert not torch.equal(fresh.attn.in_proj_weight, net.attn.in_proj_weight)
+    X = np.random.RandomState(0).rand(20, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no parameter kept its trained value
+        relative_sensitivity(net, X, n_init=1, n_probe=20, random_state=0)
