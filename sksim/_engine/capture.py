@@ -566,23 +566,25 @@ def _joined(tensors: list[torch.Tensor], dim: int) -> torch.Tensor:
     return tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=dim)
 
 
-def _weight_and_bias(h: torch.Tensor, delta: torch.Tensor, own, d: int, budget) -> list:
+def _weight_and_bias(
+    h: torch.Tensor, delta: torch.Tensor, own, d: int, budget, tensor_sketch=True
+) -> list:
     """Pieces of ``dW = sum_u delta(u) h(u)^T`` and ``db = sum_u delta(u)``.
 
     With both selected, the bias rides along as a constant input 1 of ``h``
     (implied, not stored): one piece, one product of ``delta`` per pair
-    instead of two.
+    instead of two. ``tensor_sketch``: see :class:`SharedWeightPiece`.
     """
     b, _, T, o = delta.shape
     if "weight" not in own:
         budget.take((b, d, o), delta)
         return [DensePiece(delta.sum(dim=2))]
-    piece = SharedWeightPiece(h, delta, bias="bias" in own)
+    piece = SharedWeightPiece(h, delta, bias="bias" in own, tensor_sketch=tensor_sketch)
     a = h.shape[2] + piece.bias
     if factorised_is_cheaper(T, a, o, d):
         return [piece]
     budget.take((b, d, o, a), delta)
-    return [materialize(piece.inputs, delta)]
+    return [materialize(piece.inputs, delta, tensor_sketch)]
 
 
 def _conv_pieces(layer, own, calls, d, budget) -> list:
@@ -601,7 +603,7 @@ def _conv_pieces(layer, own, calls, d, budget) -> list:
         delta = _joined([_per_position_delta(delta) for _, delta in calls], dim=2)
         # the bias a piece of its own, as when materialised: inputs of another
         # size may take the other form, and the two must pair piece by piece
-        pieces = _weight_and_bias(h, delta, ["weight"], d, budget)
+        pieces = _weight_and_bias(h, delta, ["weight"], d, budget, tensor_sketch=False)
         if "bias" in own:
             budget.take((b, d, o), delta)
             pieces.append(DensePiece(delta.sum(dim=2)))
@@ -610,8 +612,7 @@ def _conv_pieces(layer, own, calls, d, budget) -> list:
     if "weight" in own:
         budget.take((b, d, o, a), calls[0][0])
         grads = (_conv_weight_grad(layer, x, g) for x, g in calls)
-        factors = (o, a) if layer.groups == 1 else None  # as when factorised
-        pieces.append(DensePiece(reduce(torch.add, grads), factors))
+        pieces.append(DensePiece(reduce(torch.add, grads)))
     if "bias" in own:
         budget.take((b, d, o), calls[0][0])
         grads = (g.flatten(3).sum(dim=3) for _, g in calls)

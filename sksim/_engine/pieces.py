@@ -204,6 +204,10 @@ class SharedWeightPiece:
     bias : bool, default=False
         Whether the layer's bias rides along as a constant last input 1,
         implied rather than stored: ``db = sum_u delta(u)``.
+    tensor_sketch : bool, default=True
+        Whether sketches take the factors (a TensorSketch, as for linear
+        layers and embeddings), or the gradient materialised (a convolution's,
+        which comes so on most inputs), in either form of the layer.
     """
 
     def __init__(
@@ -212,11 +216,13 @@ class SharedWeightPiece:
         delta: torch.Tensor,
         n_tokens: int | None = None,
         bias: bool = False,
+        tensor_sketch: bool = True,
     ):
         self.h = h
         self.delta = delta
         self.n_tokens = n_tokens
         self.bias = bias
+        self.tensor_sketch = tensor_sketch
 
     def __len__(self) -> int:
         return self.delta.shape[0]
@@ -246,14 +252,14 @@ class SharedWeightPiece:
 
     def transform(self, W: torch.Tensor) -> SharedWeightPiece:
         delta = (W @ self.delta.flatten(2)).reshape(self.delta.shape)
-        return SharedWeightPiece(self.h, delta, self.n_tokens, self.bias)
+        return self._with(self.h, delta)
 
     def astype(self, dtype: torch.dtype) -> SharedWeightPiece:
         """The piece in floating ``dtype`` (token ids stay integers)."""
         if self.delta.dtype == dtype:
             return self
         h = self.h if self.tokens else self.h.to(dtype)
-        return SharedWeightPiece(h, self.delta.to(dtype), self.n_tokens, self.bias)
+        return self._with(h, self.delta.to(dtype))
 
     def _with_bias(self, HH: torch.Tensor) -> torch.Tensor:
         return HH.add_(1) if self.bias else HH
@@ -397,18 +403,18 @@ class SharedWeightPiece:
             torch.einsum("bctO,cO->b", self.delta, bias)
         )
 
+    def _with(self, h: torch.Tensor, delta: torch.Tensor) -> SharedWeightPiece:
+        """A piece of the same layer with the factors ``h`` and ``delta``."""
+        return SharedWeightPiece(h, delta, self.n_tokens, self.bias, self.tensor_sketch)
+
     def take(self, rows) -> SharedWeightPiece:
-        return SharedWeightPiece(
-            self.h[rows], self.delta[rows], self.n_tokens, self.bias
-        )
+        return self._with(self.h[rows], self.delta[rows])
 
     def empty(self, n: int) -> SharedWeightPiece:
         """A piece of ``n`` samples shaped like these, not yet filled."""
-        return SharedWeightPiece(
+        return self._with(
             self.h.new_empty((n, *self.h.shape[1:])),
             self.delta.new_empty((n, *self.delta.shape[1:])),
-            self.n_tokens,
-            self.bias,
         )
 
     def put(self, rows: slice, other: SharedWeightPiece) -> None:
@@ -461,10 +467,16 @@ def rectangular_pairs(columns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return rows, columns.flatten()
 
 
-def materialize(h: torch.Tensor, delta: torch.Tensor) -> DensePiece:
-    """The per-sample gradient ``sum_u delta(u) h(u)^T`` as a dense piece."""
+def materialize(
+    h: torch.Tensor, delta: torch.Tensor, tensor_sketch: bool = True
+) -> DensePiece:
+    """The per-sample gradient ``sum_u delta(u) h(u)^T`` as a dense piece.
+
+    With ``tensor_sketch``, it keeps its factors' sizes, for the sketch of
+    its factorised form (see :class:`SharedWeightPiece`).
+    """
     grad = torch.einsum("bctO,bta->bcOa", delta, h)
-    factors = grad.shape[2], grad.shape[3]
+    factors = (grad.shape[2], grad.shape[3]) if tensor_sketch else None
     return DensePiece(grad.reshape(grad.shape[0], grad.shape[1], -1), factors)
 
 
@@ -478,7 +490,7 @@ def dense(piece: DensePiece | SharedWeightPiece) -> DensePiece:
     """
     if isinstance(piece, DensePiece):
         return piece
-    return materialize(piece.dense_inputs, piece.delta)
+    return materialize(piece.dense_inputs, piece.delta, piece.tensor_sketch)
 
 
 def factorised_is_cheaper(T: int, a: int, o: int, d: int) -> bool:

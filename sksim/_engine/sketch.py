@@ -9,12 +9,16 @@ Each piece's gradient is sketched without forming the ``N x p`` matrix:
   approaches ``q``;
 * a larger dense gradient ``g`` (``q`` values per output row) by a CountSketch: every
   coordinate is added, with a random sign, to one of ``k_l`` random buckets;
-* a shared weight gradient ``sum_u delta(u) h(u)^T`` by a TensorSketch (Pham and
-  Pagh, 2013): the circular convolution of CountSketches of ``delta(u)`` and
-  ``h(u)``, computed with FFTs and summed over positions, which is the
-  CountSketch of the outer product under a hash built from the two, in
-  :func:`fft_length` buckets; an Embedding's token ids stand for one-hot
-  inputs ``h(u)``, whose CountSketch is one signed bucket.
+* a linear layer's or an embedding's weight gradient ``sum_u delta(u) h(u)^T``
+  by a TensorSketch (Pham and Pagh, 2013): the circular convolution of
+  CountSketches of ``delta(u)`` and ``h(u)``, computed with FFTs and summed
+  over positions, which is the CountSketch of the outer product under a hash
+  built from the two, in :func:`fft_length` buckets; an Embedding's token ids
+  stand for one-hot inputs ``h(u)``, whose CountSketch is one signed bucket.
+  Materialised (on inputs of many positions), the same gradient takes the same
+  CountSketch under that hash, so that the two forms pair. A convolution's,
+  which comes materialised on most inputs, takes a CountSketch in both forms
+  (its factors materialised a few samples at a time), whose error is smaller.
 
 The sketches preserve inner products in expectation, with variance of order
 ``(|g|^2 |g'|^2 + (g . g')^2) / k_l`` (times ``1 - k_l / q`` for the subspace
@@ -36,6 +40,8 @@ import torch
 from .pieces import DensePiece, SharedWeightPiece, materialize
 
 MAX_ORTHOGONAL = 2**24  # entries of a q x k subspace projection worth building
+# Gradient values of a factorised piece materialised at once for its sketch
+MATERIALISED_ELEMENTS = 2**24
 
 
 def _size(piece) -> int:
@@ -191,11 +197,29 @@ class SubspaceProjection:
 
 
 def _factors(piece) -> tuple[int, int] | None:
-    """``(o, a)`` of a piece's weight ``o x a``, if it may come factorised."""
+    """``(o, a)`` of a piece's weight ``o x a``, if a TensorSketch takes it."""
     if isinstance(piece, DensePiece):
         return piece.factors
+    if not piece.tensor_sketch:
+        return None
     o = piece.delta.shape[3]
     return o, piece.width // o
+
+
+def _materialised(piece: SharedWeightPiece, sketch) -> torch.Tensor:
+    """``sketch`` of a piece's gradients, materialised a few samples at a time.
+
+    Each chunk of samples holds ``MATERIALISED_ELEMENTS`` gradient values at
+    most (one sample at least), whatever the batch's size.
+    """
+    per_sample = piece.delta.shape[1] * _size(piece)
+    step = max(1, MATERIALISED_ELEMENTS // per_sample)
+    parts = []
+    for start in range(0, len(piece), step):
+        part = piece.take(slice(start, start + step))
+        grad = materialize(part.dense_inputs, part.delta, tensor_sketch=False).grad
+        parts.append(grad if sketch is None else sketch(grad))
+    return torch.cat(parts)
 
 
 _SHARED = threading.local()  # the sketches of the current shared_sketches block
@@ -308,6 +332,7 @@ class GradientSketch:
                     parts.append(sketch.factorised(piece))
                 continue
             if isinstance(piece, SharedWeightPiece):
-                piece = materialize(piece.dense_inputs, piece.delta)
-            parts.append(piece.grad if sketch is None else sketch(piece.grad))
+                parts.append(_materialised(piece, sketch))
+            else:
+                parts.append(piece.grad if sketch is None else sketch(piece.grad))
         return torch.cat(parts, dim=2)
