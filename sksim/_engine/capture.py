@@ -587,6 +587,12 @@ def _weight_and_bias(
     return [materialize(piece.inputs, delta, tensor_sketch)]
 
 
+#: Weights of more values than this sketched by the TensorSketch of their
+#: factors (see :class:`~sksim._engine.pieces.SharedWeightPiece`); smaller
+#: convolutions by a CountSketch, their factors materialised.
+TENSOR_SKETCH_MIN = 2**16
+
+
 def _conv_pieces(layer, own, calls, d, budget) -> list:
     """Convolution pieces: factors on few positions, else per-sample gradients.
 
@@ -597,13 +603,14 @@ def _conv_pieces(layer, own, calls, d, budget) -> list:
     positions = sum(delta[0, 0, 0].numel() for _, delta in calls)
     a = layer.weight[0].numel()
     factorised = layer.groups == 1 and factorised_is_cheaper(positions, a, o, d)
+    tensor_sketch = layer.groups == 1 and o * a > TENSOR_SKETCH_MIN
     if "weight" in own and factorised:
         budget.take((b, positions, a), calls[0][0])
         h = _joined([_conv_patches(layer, x) for x, _ in calls], dim=1)
         delta = _joined([_per_position_delta(delta) for _, delta in calls], dim=2)
         # the bias a piece of its own, as when materialised: inputs of another
         # size may take the other form, and the two must pair piece by piece
-        pieces = _weight_and_bias(h, delta, ["weight"], d, budget, tensor_sketch=False)
+        pieces = _weight_and_bias(h, delta, ["weight"], d, budget, tensor_sketch)
         if "bias" in own:
             budget.take((b, d, o), delta)
             pieces.append(DensePiece(delta.sum(dim=2)))
@@ -612,7 +619,8 @@ def _conv_pieces(layer, own, calls, d, budget) -> list:
     if "weight" in own:
         budget.take((b, d, o, a), calls[0][0])
         grads = (_conv_weight_grad(layer, x, g) for x, g in calls)
-        pieces.append(DensePiece(reduce(torch.add, grads)))
+        factors = (o, a) if tensor_sketch else None
+        pieces.append(DensePiece(reduce(torch.add, grads), factors))
     if "bias" in own:
         budget.take((b, d, o), calls[0][0])
         grads = (g.flatten(3).sum(dim=3) for _, g in calls)

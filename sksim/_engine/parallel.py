@@ -12,6 +12,7 @@ are computed again.
 from __future__ import annotations
 
 import pickle
+import re
 import sys
 from collections.abc import Callable, Hashable
 
@@ -153,13 +154,27 @@ def run_tiles(
                 raise
             missing = [t for t in missing if t not in done]
         except pickle.PicklingError as error:
-            cause = error.__context__ or error  # what the pickler met
             raise TypeError(
                 f"n_jobs={n_jobs} sends the network and the inputs to worker "
-                "processes, which needs them to pickle, and one does not ("
-                f"{str(cause).splitlines()[0].split('. ')[0].rstrip('.:')}): leave "
-                "n_jobs=None."
+                "processes, which needs them to pickle, and one does not "
+                f"({_pickling_reason(error)}): leave n_jobs=None."
             ) from error
+
+
+def _pickling_reason(error: pickle.PicklingError) -> str:
+    """What the pickler met, in a sentence: the error it raised, or joblib's.
+
+    joblib's feeder thread chains it, or the traceback of it as text.
+    """
+    for cause in (error.__context__, error.__cause__):
+        lines = str(cause or "").strip().splitlines()
+        raised = [
+            line for line in lines if re.match(r"[\w.]+(Error|Exception): ", line)
+        ]
+        if raised or lines:
+            reason = raised[0].split(": ", 1)[1] if raised else lines[0]
+            return reason.split(". ")[0].rstrip(".:")
+    return str(error).rstrip(".")
 
 
 def tiled_kernel(

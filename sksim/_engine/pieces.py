@@ -206,8 +206,9 @@ class SharedWeightPiece:
         implied rather than stored: ``db = sum_u delta(u)``.
     tensor_sketch : bool, default=True
         Whether sketches take the factors (a TensorSketch, as for linear
-        layers and embeddings), or the gradient materialised (a convolution's,
-        which comes so on most inputs), in either form of the layer.
+        layers, embeddings and large convolutions), or the gradient
+        materialised (a CountSketch, whose error is smaller, for convolutions
+        of few parameters, cheap to materialise), in either form of the layer.
     """
 
     def __init__(

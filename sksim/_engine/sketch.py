@@ -15,10 +15,12 @@ Each piece's gradient is sketched without forming the ``N x p`` matrix:
   over positions, which is the CountSketch of the outer product under a hash
   built from the two, in :func:`fft_length` buckets; an Embedding's token ids
   stand for one-hot inputs ``h(u)``, whose CountSketch is one signed bucket.
+  So does a convolution's of more than ``TENSOR_SKETCH_MIN`` parameters.
   Materialised (on inputs of many positions), the same gradient takes the same
-  CountSketch under that hash, so that the two forms pair. A convolution's,
-  which comes materialised on most inputs, takes a CountSketch in both forms
-  (its factors materialised a few samples at a time), whose error is smaller.
+  CountSketch under that hash, so that the two forms pair. A smaller
+  convolution's takes a CountSketch of its gradient in both forms (its factors
+  materialised a few samples at a time), whose error is smaller (half, on a
+  small convolution's gradients).
 
 The sketches preserve inner products in expectation, with variance of order
 ``(|g|^2 |g'|^2 + (g . g')^2) / k_l`` (times ``1 - k_l / q`` for the subspace

@@ -55,17 +55,21 @@ def test_unit_norm_and_directions_need_sketched_features(option):
 
 
 class _OverPositions(torch.nn.Module):
-    """A linear layer over positions, then their mean: factorised on few."""
+    """Layers over positions, then their mean: factorised on few.
+
+    A small convolution (CountSketch) and a large one (TensorSketch).
+    """
 
     def __init__(self):
         super().__init__()
         self.lin = torch.nn.Linear(16, 16)
         self.conv = torch.nn.Conv1d(16, 24, 3)
-        self.head = torch.nn.Linear(24, 3)
+        self.wide = torch.nn.Conv1d(24, 256, 11, padding=5)  # 67 584 weights
+        self.head = torch.nn.Linear(256, 3)
 
     def forward(self, x):  # x: (B, T, 16)
         h = torch.tanh(self.lin(x)).transpose(1, 2)
-        return self.head(torch.tanh(self.conv(h)).mean(2))
+        return self.head(torch.tanh(self.wide(torch.tanh(self.conv(h)))).mean(2))
 
 
 @pytest.mark.parametrize("n_components", [64, 600])
@@ -73,7 +77,7 @@ def test_a_layer_sketches_alike_factorised_or_materialised(monkeypatch, n_compon
     """Inputs of other sizes may take a layer's other form: the sketches of
     the two forms drew unrelated maps, and their products were about 0."""
     torch.manual_seed(0)
-    net, X = _OverPositions(), torch.randn(5, 4, 16)
+    net, X = _OverPositions(), torch.randn(5, 6, 16)
     engine = JacobianEngine(net, batch_size=2)
     factorised = gradient_features(engine, X, n_components=n_components, seed=0)
     monkeypatch.setattr(capture, "factorised_is_cheaper", lambda *args: False)
