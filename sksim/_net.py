@@ -213,8 +213,20 @@ def reset_of(layer: torch.nn.Module) -> Callable | None:
 
 
 def layer_resets(module: torch.nn.Module) -> list[Callable]:
-    """The :func:`reset_of` of each layer of ``module`` that has one."""
-    return [reset for layer in module.modules() if (reset := reset_of(layer))]
+    """The :func:`reset_of` of each layer of ``module`` that has one.
+
+    Children before their parent, as they are built: a parent's own
+    initialisation (``nn.MultiheadAttention`` zeroing its output bias,
+    ``nn.Transformer``'s xavier weights) comes last.
+    """
+
+    def after_children(layer):
+        for child in layer.children():
+            yield from after_children(child)
+        yield layer
+
+    layers = dict.fromkeys(after_children(module))  # each shared layer once
+    return [reset for layer in layers if (reset := reset_of(layer))]
 
 
 def untrained_clone(net: NetLike, random_state=None) -> NeuralNet:

@@ -128,7 +128,7 @@ def gradient_features(
         for rows, pieces, _ in engine.mapped_pieces(X, power, rtol):
             if each_batch is not None:
                 each_batch(rows, pieces)
-            yield rows, sketch.features(pieces)
+            yield rows, sketch.features(pieces, engine.max_memory / 3)
 
     return _stacked(blocks(), n_samples(X), unit_norm, directions)
 

@@ -42,8 +42,6 @@ import torch
 from .pieces import DensePiece, SharedWeightPiece, materialize
 
 MAX_ORTHOGONAL = 2**24  # entries of a q x k subspace projection worth building
-# Gradient values of a factorised piece materialised at once for its sketch
-MATERIALISED_ELEMENTS = 2**24
 
 
 def _size(piece) -> int:
@@ -208,20 +206,26 @@ def _factors(piece) -> tuple[int, int] | None:
     return o, piece.width // o
 
 
-def _materialised(piece: SharedWeightPiece, sketch) -> torch.Tensor:
-    """``sketch`` of a piece's gradients, materialised a few samples at a time.
+def _materialised(piece: SharedWeightPiece, sketch, max_bytes: float) -> torch.Tensor:
+    """``sketch`` of a piece's gradients, materialised a few at a time.
 
-    Each chunk of samples holds ``MATERIALISED_ELEMENTS`` gradient values at
-    most (one sample at least), whatever the batch's size.
+    Each chunk of samples, or of one sample's outputs, holds ``max_bytes`` of
+    gradients at most (one output's at least).
     """
-    per_sample = piece.delta.shape[1] * _size(piece)
-    step = max(1, MATERIALISED_ELEMENTS // per_sample)
-    parts = []
-    for start in range(0, len(piece), step):
-        part = piece.take(slice(start, start + step))
-        grad = materialize(part.dense_inputs, part.delta, tensor_sketch=False).grad
-        parts.append(grad if sketch is None else sketch(grad))
-    return torch.cat(parts)
+    b, d = piece.delta.shape[:2]
+    one = piece.delta.element_size() * _size(piece)  # a sample's output's
+    outputs = int(min(d, max(1, max_bytes // one)))
+    samples = int(max(1, max_bytes // (one * d))) if outputs == d else 1
+    rows = []
+    for start in range(0, b, samples):
+        part = piece.take(slice(start, start + samples))
+        columns = []
+        for first in range(0, d, outputs):
+            delta = part.delta[:, first : first + outputs]
+            grad = materialize(part.dense_inputs, delta, tensor_sketch=False).grad
+            columns.append(grad if sketch is None else sketch(grad))
+        rows.append(torch.cat(columns, dim=1))
+    return torch.cat(rows)
 
 
 _SHARED = threading.local()  # the sketches of the current shared_sketches block
@@ -316,11 +320,12 @@ class GradientSketch:
                 maps.append(TensorSketch(*_factors(piece), k, generator, like))
         return maps
 
-    def features(self, pieces: list) -> torch.Tensor:
+    def features(self, pieces: list, max_bytes: float = float("inf")) -> torch.Tensor:
         """Sketched gradients ``(b, d, k)`` of a batch's pieces.
 
         The maps are drawn for the first batch, and again only for pieces of
-        another form (another network; threads may share the sketch).
+        another form (another network; threads may share the sketch). Factors
+        that a CountSketch takes are materialised ``max_bytes`` at a time.
         """
         form, built = self._form(pieces), self._built
         if built is None or built[0] != form:
@@ -334,7 +339,7 @@ class GradientSketch:
                     parts.append(sketch.factorised(piece))
                 continue
             if isinstance(piece, SharedWeightPiece):
-                parts.append(_materialised(piece, sketch))
+                parts.append(_materialised(piece, sketch, max_bytes))
             else:
                 parts.append(piece.grad if sketch is None else sketch(piece.grad))
         return torch.cat(parts, dim=2)

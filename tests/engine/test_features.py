@@ -84,3 +84,35 @@ def test_a_layer_sketches_alike_factorised_or_materialised(monkeypatch, n_compon
     engine = JacobianEngine(net, batch_size=2)
     materialised = gradient_features(engine, X, n_components=n_components, seed=0)
     np.testing.assert_allclose(materialised, factorised, rtol=1e-4, atol=1e-5)
+
+
+def test_factors_materialised_for_a_count_sketch_stay_within_max_memory(monkeypatch):
+    """A small convolution on few positions comes factorised and takes a
+    CountSketch of its gradients: those were materialised 64 MB at a time
+    whatever max_memory, one sample's (100 outputs x 36 864) at least."""
+    from sksim._engine import sketch
+
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 64, 3, stride=4),
+        torch.nn.Tanh(),
+        torch.nn.Conv2d(64, 64, 3, padding=1),
+        torch.nn.Flatten(),
+        torch.nn.LazyLinear(100),
+    )
+    torch.manual_seed(0)
+    X = torch.randn(6, 3, 16, 16)
+    net(X)
+    whole = gradient_features(JacobianEngine(net), X, n_components=256, seed=0)
+    made, materialize = [], sketch.materialize
+
+    def recorded(*args, **kwargs):
+        piece = materialize(*args, **kwargs)
+        made.append(piece.grad.numel() * piece.grad.element_size())
+        return piece
+
+    monkeypatch.setattr(sketch, "materialize", recorded)
+    max_memory = 2**25  # a sample's conv gradients take 14.7 MB, over a third
+    engine = JacobianEngine(net, max_memory=max_memory)
+    bounded = gradient_features(engine, X, n_components=256, seed=0)
+    assert made and max(made) <= max_memory / 3
+    np.testing.assert_allclose(bounded, whole, rtol=1e-5, atol=1e-6)

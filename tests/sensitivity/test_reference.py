@@ -211,8 +211,11 @@ def test_attention_layers_are_reinitialised_too():
     net = Attending()
     with torch.no_grad():
         net.attn.in_proj_weight.fill_(0.5)
+    with torch.no_grad():
+        net.attn.out_proj.bias.fill_(0.5)
     fresh = fresh_copy(net, seed=0)
     assert not torch.equal(fresh.attn.in_proj_weight, net.attn.in_proj_weight)
+    assert not fresh.attn.out_proj.bias.any()  # zeroed after its own reset, as built
     X = np.random.RandomState(0).rand(20, 8)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no parameter kept its trained value
