@@ -1036,3 +1036,32 @@ def test_a_binary_classifier_takes_one_hot_rows_of_two_columns_only():
     np.testing.assert_array_equal(training_targets(net, np.eye(2)[labels]), labels)
     with pytest.raises(ValueError, match="learns label j as its output j"):
         training_targets(net, np.eye(3)[[0, 1, 2, 0]])
+
+
+class _Picky(torch.nn.Module):
+    """Fails on an input whose first value is out of its range."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(3, 2)
+
+    def forward(self, x):
+        if (x[:, 0] > 100).any():
+            raise RuntimeError("value out of range")
+        return self.linear(x)
+
+
+def test_a_network_failing_on_a_batch_is_told_which_rows_it_held():
+    X = np.random.RandomState(0).randn(10, 3).astype(np.float32)
+    X[7, 0] = 1000
+    for call in (
+        lambda: network_similarity(_Picky(), X, batch_size=4),
+        lambda: (
+            GradientDensityEstimator(_Picky(), batch_size=4).fit(X[:6]).score_samples(X)
+        ),
+    ):
+        with pytest.raises(RuntimeError, match="value out of range") as error:
+            call()
+        assert error.value.__notes__ == [
+            "sksim: the network failed on the batch of the inputs' rows 4 to 7."
+        ]

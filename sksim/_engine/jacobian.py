@@ -31,7 +31,7 @@ from .context import (
     on_device,
     uncompiled,
 )
-from .finite import check_finite_rows
+from .finite import NonFiniteNetworkError, check_finite_rows
 from .flags import FlaggedRows
 from .inputs import batches, module_float_dtype, n_samples, take, to_tensor
 from .pieces import (
@@ -185,11 +185,11 @@ class JacobianEngine:
         """Selected outputs ``(n, d)`` of every sample, on the CPU."""
         _check_no_autocast(self.device)
         self._layer_plan(X)  # sets an automatic batch size
+        parts = []
         with evaluation_mode(self.module), torch.no_grad():
-            parts = [
-                self._call(b, rows.start).cpu()
-                for rows, b in batches(X, self.batch_size, self.device, self.dtype)
-            ]
+            for rows, b in batches(X, self.batch_size, self.device, self.dtype):
+                with rows_named(rows.start, rows.stop - rows.start):
+                    parts.append(self._call(b, rows.start).cpu())
         return torch.cat(parts)
 
     def _batches(self, X, progress: bool, size: int | None = None):
@@ -575,16 +575,17 @@ class JacobianEngine:
         the list frees the batch. ``check_rows``: see :meth:`_captured_pieces`.
         """
         budget = PieceBudget(self.max_memory / 3)
-        pieces = (
-            self._captured_pieces(layers, batch, budget, start, check_rows)
-            if layers
-            else []
-        )
-        if jacobian is not None:
-            b, d = n_samples(batch), self.n_outputs(batch)
-            budget.take((b, d, n_fallback), next(iter(self.parameters.values())))
-            with torch.no_grad():
-                pieces.extend(DensePiece(block) for block in jacobian(batch))
+        with rows_named(start, n_samples(batch)):
+            pieces = (
+                self._captured_pieces(layers, batch, budget, start, check_rows)
+                if layers
+                else []
+            )
+            if jacobian is not None:
+                b, d = n_samples(batch), self.n_outputs(batch)
+                budget.take((b, d, n_fallback), next(iter(self.parameters.values())))
+                with torch.no_grad():
+                    pieces.extend(DensePiece(block) for block in jacobian(batch))
         for piece in pieces:
             check_finite_rows(piece.signal, start, "gradients")
         return in_common_dtype(pieces)
@@ -906,6 +907,28 @@ def network_output(module: torch.nn.Module, batch, float_dtype: torch.dtype):
         if isinstance(batch, dict):
             return module(**batch)
         return module(batch)
+
+
+#: The beginning of the note :func:`rows_named` adds to an error.
+ROWS_NOTE = "sksim: the network failed on the batch of the inputs' rows"
+
+
+@contextlib.contextmanager
+def rows_named(start: int, n: int) -> Iterator[None]:
+    """Name the batch's rows ``start .. start + n - 1`` on an error raised in it.
+
+    As a note on the exception (its type and message are the network's), once;
+    not on sksim's own signals, nor its errors that name the rows already.
+    """
+    try:
+        yield
+    except (PiecesTooLarge, RowsMixed, NonFiniteNetworkError):
+        raise
+    except Exception as error:
+        notes = getattr(error, "__notes__", [])
+        if not any(note.startswith(ROWS_NOTE) for note in notes):
+            error.add_note(f"{ROWS_NOTE} {start} to {start + n - 1}.")
+        raise
 
 
 @contextlib.contextmanager
