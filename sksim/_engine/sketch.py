@@ -214,8 +214,8 @@ def _materialised(piece: SharedWeightPiece, sketch, max_bytes: float) -> torch.T
     """
     b, d = piece.delta.shape[:2]
     one = piece.delta.element_size() * _size(piece)  # a sample's output's
-    outputs = int(min(d, max(1, max_bytes // one)))
-    samples = int(max(1, max_bytes // (one * d))) if outputs == d else 1
+    outputs = int(min(d, max(1, max_bytes / one)))  # inf / one is inf, // NaN
+    samples = int(min(b, max(1, max_bytes / (one * d)))) if outputs == d else 1
     rows = []
     for start in range(0, b, samples):
         part = piece.take(slice(start, start + samples))

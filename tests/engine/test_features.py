@@ -116,3 +116,9 @@ def test_factors_materialised_for_a_count_sketch_stay_within_max_memory(monkeypa
     bounded = gradient_features(engine, X, n_components=256, seed=0)
     assert made and max(made) <= max_memory / 3
     np.testing.assert_allclose(bounded, whole, rtol=1e-5, atol=1e-6)
+    # without a limit, the batch's gradients at once: inf // bytes is NaN,
+    # which made them one sample's output at a time
+    made.clear()
+    engine = JacobianEngine(net, batch_size=6, max_memory=None)
+    gradient_features(engine, X, n_components=256, seed=0)
+    assert len(made) == 1
