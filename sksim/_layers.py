@@ -35,6 +35,7 @@ from ._engine.capture import is_transposed_linear
 from ._engine.context import evaluation_mode, layerwise_attention
 from ._engine.finite import check_finite_rows
 from ._engine.hooks import ForwardHooks
+from ._engine.inputs import n_samples
 from ._engine.selection import network_logits
 
 #: ``"flatten"``: keep every value; ``"mean"``/``"max"``: global average/max over
@@ -207,8 +208,9 @@ def _attention_mask(x) -> torch.Tensor | None:
     None for any other value.
     """
     mask = x.get("attention_mask") if isinstance(x, Mapping) else None
-    n = len(next(iter(x.values()))) if isinstance(x, Mapping) else None
-    if not (isinstance(mask, torch.Tensor) and mask.dim() == 2 and len(mask) == n):
+    if not (
+        isinstance(mask, torch.Tensor) and mask.dim() == 2 and len(mask) == n_samples(x)
+    ):
         return None
     if bool(((mask == 0) | (mask == 1)).all()):
         return mask != 0
@@ -545,7 +547,7 @@ class RepresentationCapture:
                 last = self._features_last(name, value)
                 captured[name] = value.features_last if last else value.channels_first
         twice = [name for name, count in calls.items() if count > 1]
-        n = len(next(iter(x.values()))) if isinstance(x, Mapping) else len(x)
+        n = n_samples(x)
         sequence_rows = self._sequence_rows(n)
         other_rows = [
             name

@@ -101,7 +101,7 @@ def per_sample_gradients(
                 looped = _looped(phi, params, samples, extra, extra_batched, True)
                 alike[selection] = _differentiates_alike(grads, looped, params)
                 return grads if alike[selection] else looped
-            if grads is not None and (not create_graph or alike[selection]):
+            if grads is not None:  # checked alike, or first-order
                 return grads
         return _looped(phi, params, samples, extra, extra_batched, create_graph)
 

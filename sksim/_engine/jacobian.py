@@ -188,7 +188,7 @@ class JacobianEngine:
         parts = []
         with evaluation_mode(self.module), torch.no_grad():
             for rows, b in batches(X, self.batch_size, self.device, self.dtype):
-                with rows_named(rows.start, rows.stop - rows.start):
+                with _rows_named(rows.start, rows.stop - rows.start):
                     parts.append(self._call(b, rows.start).cpu())
         return torch.cat(parts)
 
@@ -575,7 +575,7 @@ class JacobianEngine:
         the list frees the batch. ``check_rows``: see :meth:`_captured_pieces`.
         """
         budget = PieceBudget(self.max_memory / 3)
-        with rows_named(start, n_samples(batch)):
+        with _rows_named(start, n_samples(batch)):
             pieces = (
                 self._captured_pieces(layers, batch, budget, start, check_rows)
                 if layers
@@ -909,12 +909,12 @@ def network_output(module: torch.nn.Module, batch, float_dtype: torch.dtype):
         return module(batch)
 
 
-#: The beginning of the note :func:`rows_named` adds to an error.
-ROWS_NOTE = "sksim: the network failed on the batch of the inputs' rows"
+#: The beginning of the note :func:`_rows_named` adds to an error.
+_ROWS_NOTE = "sksim: the network failed on the batch of the inputs' rows"
 
 
 @contextlib.contextmanager
-def rows_named(start: int, n: int) -> Iterator[None]:
+def _rows_named(start: int, n: int) -> Iterator[None]:
     """Name the batch's rows ``start .. start + n - 1`` on an error raised in it.
 
     As a note on the exception (its type and message are the network's), once;
@@ -926,8 +926,8 @@ def rows_named(start: int, n: int) -> Iterator[None]:
         raise
     except Exception as error:
         notes = getattr(error, "__notes__", [])
-        if not any(note.startswith(ROWS_NOTE) for note in notes):
-            error.add_note(f"{ROWS_NOTE} {start} to {start + n - 1}.")
+        if not any(note.startswith(_ROWS_NOTE) for note in notes):
+            error.add_note(f"{_ROWS_NOTE} {start} to {start + n - 1}.")
         raise
 
 

@@ -290,12 +290,12 @@ def pull_back(
     ``fields`` shape ``(B or 1, ndim, n[, n])`` in pixels, on any device.
     """
     dtype = x.dtype
-    x = x.to(working_dtype(dtype))
+    x = x.to(_working_dtype(dtype))
     fields = fields.to(dtype=x.dtype, device=x.device)
     return _pulled_back(x, fields, interp, sigma).to(dtype)
 
 
-def working_dtype(dtype: torch.dtype) -> torch.dtype:
+def _working_dtype(dtype: torch.dtype) -> torch.dtype:
     """Float32 at least: half precision rounds pixel coordinates past 256."""
     return torch.promote_types(dtype, torch.float32)
 
@@ -307,11 +307,15 @@ def _pulled_back(
     n = x.shape[-1]
     step = max(1, GAUSSIAN_ELEMENTS // n ** (x.dim() - 1))
     if interp == "gaussian" and B > step:  # weights of n^3 per image and sample
+        shared = len(fields) == 1  # one field for all the samples
         return torch.cat(
             [
-                _pulled_back(x[i : i + step], fields[i : i + step], interp, sigma)
-                if len(fields) > 1
-                else _pulled_back(x[i : i + step], fields, interp, sigma)
+                _pulled_back(
+                    x[i : i + step],
+                    fields if shared else fields[i : i + step],
+                    interp,
+                    sigma,
+                )
                 for i in range(0, B, step)
             ]
         )
@@ -413,7 +417,7 @@ def deform(
         temperature = temperature_from_delta(delta, cutoff, n)
     else:
         temperature = _signal_temperature(delta, cutoff, n)
-    dtype = working_dtype(x.dtype)
+    dtype = _working_dtype(x.dtype)
     fields = sample_fields(len(x), n, ndim, cutoff, temperature, rng, x.device, dtype)
     return pull_back(xc, fields, interp).reshape(x.shape)
 
@@ -482,7 +486,7 @@ def apply_diffeo(
     for comp in comps:
         t = torch.as_tensor(
             np.ascontiguousarray(comp) if isinstance(comp, np.ndarray) else comp,
-            dtype=working_dtype(x.dtype),
+            dtype=_working_dtype(x.dtype),
             device=x.device,
         )
         if (
