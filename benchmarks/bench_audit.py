@@ -77,6 +77,7 @@ import sklearn
 import torch
 from bench_kernel import PeakMemory
 from models import transformers_resnet18
+from pages import write_page
 from sklearn.datasets import make_classification
 from skorch import NeuralNetClassifier
 
@@ -634,7 +635,7 @@ def main():
     def write():  # after every size, so that an interrupted run leaves a page
         ends = [*loads, load_average()]
         text = page(results, direct, args, ends, time.perf_counter() - start)
-        Path(args.out).write_text(text)
+        write_page(args.out, text)
         return text
 
     for n in args.direct_sizes:

@@ -28,6 +28,7 @@ import subprocess
 import time
 
 import numpy as np
+import pages
 from sklearn.mixture import BayesianGaussianMixture
 
 from sksim.representations import (
@@ -191,8 +192,7 @@ def write_page(rows, args):
             f"{r['class_cpu']:.2f} | {r['load']:.1f} | {r['method']} | "
             f"{r['clusters']:.1f} | {r['logp']:.2f} |"
         )
-    with open(PAGE, "w") as f:
-        f.write("\n".join(lines) + "\n")
+    pages.write_page(PAGE, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ import faiss
 import numpy as np
 import torch
 from bench_audit import N_CLASSES, load_average, synthetic
+from pages import write_page
 
 from sksim import NetworkNeighbors
 from sksim._reduced_search import CANDIDATES_PER_NEIGHBOR
@@ -195,7 +196,7 @@ def main():
             + "; ".join(f"{a}: {b:.0f} s" for a, b in all_pairs)
             + ".",
         ]
-    Path(args.out).write_text("\n".join(lines) + "\n")
+    write_page(args.out, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

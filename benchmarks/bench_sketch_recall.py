@@ -25,6 +25,7 @@ from unittest import mock
 
 import torch
 from bench_audit import dataset_and_net, load_average
+from pages import write_page
 
 from sksim import NetworkNeighbors
 from sksim.neighbors import recall
@@ -94,7 +95,7 @@ def main():
         "|---|---|---|---|---|",
         *(f"| {w:,} | {s} | {r:.3f} | {f:.1f} | {q:.1f} |" for w, s, r, f, q in rows),
     ]
-    Path(args.out).write_text("\n".join(lines) + "\n")
+    write_page(args.out, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
