@@ -101,9 +101,19 @@ class _ProcessWideSetting:
                     self._stack.close()
 
 
-# BLAS and OpenMP thread pools are process-wide: one thread each, while any
-# block of small-matrix work runs
-single_threaded_blas = _ProcessWideSetting(lambda: threadpool_limits(limits=1))
+@contextlib.contextmanager
+def single_threaded_blas() -> Iterator[None]:
+    """One BLAS and one OpenMP thread for the calling thread's small-matrix work.
+
+    OpenMP's thread count is the calling thread's own, limited and restored
+    in it. OpenBLAS's is the process's, and only the main thread changes it:
+    set from another thread, OpenBLAS ignores every later change made from
+    the others while that thread lives, so that a count set by one of a pool's
+    threads could not be restored by another, nor by the user's main thread.
+    """
+    main = threading.current_thread() is threading.main_thread()
+    with threadpool_limits(limits=1, user_api=None if main else "openmp"):
+        yield
 
 # torch.func has batching rules for the math kernel of attention, not for the
 # fused kernels; torch's backend flags are process-wide

@@ -167,7 +167,10 @@ n_features)
     k-means start on one class, where more threads only wait for each other
     (an 8 x 8 triangular solve took 100 times longer with two OpenBLAS
     threads on a busy 2-core machine). Fit several mixtures in parallel
-    instead, as :class:`ClassConditionalDensity` does with ``n_jobs``.
+    instead, as :class:`ClassConditionalDensity` does with ``n_jobs``. In a
+    thread other than the main one (a threading backend), only OpenMP's
+    count is the fit's: OpenBLAS's is the process's, which such a thread
+    could not restore.
 
     References
     ----------

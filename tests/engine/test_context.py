@@ -1,6 +1,9 @@
 """Process-wide settings of torch that the engine changes inside its blocks."""
 
 import copy
+import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -39,6 +42,70 @@ def test_math_attention_blocks_of_two_threads_restore_the_flags():
     with math_attention():  # and again
         assert _flags() == inside
     assert _flags() == before
+
+
+# Two threads' blocks overlapping in time, the first to start ending first,
+# as a threading backend's fits do, in a process of two threads per pool
+_OVERLAPPING_BLOCKS = """
+import threading
+from threadpoolctl import threadpool_info
+from sksim._engine.context import single_threaded_blas
+
+def pools():
+    return sorted((p["filepath"], p["num_threads"]) for p in threadpool_info())
+
+before = pools()
+assert {n for _, n in before} == {2}, before
+entered, leave, ended, done = (threading.Event() for _ in range(4))
+seen = {}
+
+def first():
+    with single_threaded_blas():
+        entered.set()
+        leave.wait()
+    ended.set()
+    done.wait()  # alive while the second thread's block ends
+
+def second():
+    entered.wait()
+    with single_threaded_blas():
+        seen["pools"] = threadpool_info()
+        ended.wait()
+
+one = threading.Thread(target=first, daemon=True)  # a failed check ends all
+two = threading.Thread(target=second, daemon=True)
+one.start()
+two.start()
+while "pools" not in seen:
+    two.join(0.01)
+leave.set()
+two.join()
+assert pools() == before, ("second ended", pools(), before)
+done.set()
+one.join()
+assert pools() == before, ("first ended", pools(), before)
+openmp = {p["num_threads"] for p in seen["pools"] if p["user_api"] == "openmp"}
+assert openmp == {1}, seen["pools"]
+with single_threaded_blas():
+    assert {p["num_threads"] for p in threadpool_info()} == {1}
+assert pools() == before
+"""
+
+
+def test_small_matrix_blocks_of_two_threads_leave_the_pools_as_they_were():
+    """OpenBLAS's pool, which a thread that set it alone can change while it
+    lives, is as before after the blocks, in the threads and in the main
+    thread; each thread's OpenMP count is limited in its block, every pool of
+    the main thread in its block."""
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2"}
+    run = subprocess.run(
+        [sys.executable, "-c", _OVERLAPPING_BLOCKS],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
 
 
 @pytest.mark.parametrize("where", ["features", "kernel", "representations"])
