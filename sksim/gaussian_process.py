@@ -172,7 +172,7 @@ class NetworkKernel(Kernel):
         if self.__dict__.setdefault("_weights", digest) != digest:
             raise ValueError(
                 "The network's weights, layers or their settings (such as a "
-                "temperature), or which weights are trainable, changed since "
+                "temperature), hooks, or which weights are trainable, changed since "
                 "this NetworkKernel was first evaluated: a Gaussian process "
                 "fitted with it holds what it computed from the network it had "
                 "then. Fit the Gaussian process again (it evaluates a fresh clone "
@@ -191,6 +191,14 @@ class NetworkKernel(Kernel):
         -------
         self : NetworkKernel
         """
+        nested = sorted(name for name in params if name.startswith("net__"))
+        if nested:
+            raise ValueError(
+                f"NetworkKernel does not set its net's parameters ({nested}): "
+                "its clones share the network, which would change it for all of "
+                "them, and for you. Pass another network as net= (a grid over "
+                "networks: 'kernel__net': [net_a, net_b])."
+            )
         net = self.net
         super().set_params(**params)  # all of them at each step of an optimiser
         if self.net is not net:  # checked from its own first evaluation

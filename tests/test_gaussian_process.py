@@ -23,7 +23,7 @@ from sklearn.gaussian_process import (
 )
 from sklearn.gaussian_process.kernels import ConstantKernel, WhiteKernel
 from sklearn.kernel_ridge import KernelRidge
-from sklearn.model_selection import cross_val_score
+from sklearn.model_selection import GridSearchCV, cross_val_score
 from sklearn.utils._param_validation import InvalidParameterError
 
 from sksim import (
@@ -272,6 +272,26 @@ def test_clone_shares_a_fitted_skorch_net(fitted_digits_net, digits):
     np.testing.assert_allclose(rescaled(X), 1.5 * kernel(X), rtol=1e-12)
 
 
+def test_a_grid_over_the_shared_nets_parameters_is_refused(fitted_digits_net, digits):
+    """Clones share the user's net: setting its parameters through one would
+    change (and reinitialise) the user's trained net for every candidate."""
+    X, y = digits[0][:40], digits[1][:40].astype(float)
+    weights = copy.deepcopy(fitted_digits_net.module_.state_dict())
+    process = GaussianProcessRegressor(
+        ConstantKernel() * NetworkKernel(fitted_digits_net) + WhiteKernel()
+    )
+    search = GridSearchCV(
+        process, {"kernel__k1__k2__net__module__n_hidden": [4, 8]}, cv=2
+    )
+    with pytest.raises(ValueError, match=r"does not set its net's parameters"):
+        search.fit(X, y)
+    with pytest.raises(ValueError, match=r"\['net__lr'\].*as net="):
+        clone(NetworkKernel(fitted_digits_net)).set_params(net__lr=0.5)
+    assert fitted_digits_net.lr != 0.5
+    for name, value in fitted_digits_net.module_.state_dict().items():
+        assert torch.equal(value, weights[name]), name
+
+
 def test_unfitted_skorch_net_is_refused(digits):
     with pytest.raises(
         NotFittedError, match="fit the skorch net before.*FrozenEstimator"
@@ -396,6 +416,24 @@ def test_a_process_refuses_a_layer_replaced_after_fit(regression):
     gp = GaussianProcessRegressor(NetworkKernel(module), alpha=1e-2).fit(X, y)
     module[1] = torch.nn.ReLU()
     with pytest.raises(ValueError, match="weights, layers or their settings"):
+        gp.predict(X_test)
+
+
+@pytest.mark.parametrize("hook", ["forward", "backward"])
+def test_a_process_refuses_a_hook_added_after_fit(regression, hook):
+    """A forward hook scaling a layer's outputs, added after fit, went unseen:
+    predict mixed the training kernel with rows of the scaled network."""
+    X, y, X_test = regression
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(
+        torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1)
+    )
+    gp = GaussianProcessRegressor(NetworkKernel(module), alpha=1e-2).fit(X, y)
+    if hook == "forward":
+        module[2].register_forward_hook(lambda layer, inputs, out: 3 * out)
+    else:
+        module[0].register_full_backward_hook(lambda layer, gin, gout: None)
+    with pytest.raises(ValueError, match="settings.*hooks"):
         gp.predict(X_test)
 
 

@@ -115,6 +115,7 @@ def single_threaded_blas() -> Iterator[None]:
     with threadpool_limits(limits=1, user_api=None if main else "openmp"):
         yield
 
+
 # torch.func has batching rules for the math kernel of attention, not for the
 # fused kernels; torch's backend flags are process-wide
 math_attention = _ProcessWideSetting(lambda: sdpa_kernel(SDPBackend.MATH))
