@@ -214,7 +214,11 @@ def strip_pairs(X: Any) -> Any:
 
 
 def check_labels(y: ArrayLike | None, what: str) -> torch.Tensor:
-    """``y`` as a 1-d integer tensor of class labels, or a ValueError for ``what``."""
+    """``y`` as a 1-d int64 tensor of class labels, or a ValueError for ``what``.
+
+    int64 whatever integers ``y`` holds: torch reads a uint8 tensor used as
+    an index as a mask.
+    """
     if y is None:
         raise ValueError(f"{what} needs class labels y; none were given.")
     y = torch.as_tensor(y if isinstance(y, torch.Tensor) else np.asarray(y))
@@ -227,7 +231,7 @@ def check_labels(y: ArrayLike | None, what: str) -> torch.Tensor:
             'similarity_pairs="given" with with_pairs(X, pairs), or an augment '
             'callable, and similarity_readout="random" or a callable.'
         )
-    return y
+    return y.long()
 
 
 def same_class_partners(

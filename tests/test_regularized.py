@@ -1156,6 +1156,84 @@ def test_gradients_through_layer_norms_differentiate_as_autograds(norm):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("selected", ["2.weight", "2", "3"])
+def test_a_selection_after_a_layer_norm_trains_the_layers_before_as_autograd(selected):
+    """A head (LayerNorm, Linear) selected alone: its gradients' derivatives
+    were right for the head, wrong (torch's batching rule of the norm) for
+    the layers before, which the term trains too, and the check compared the
+    head's alone (a training step 2 to 46 % off)."""
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(
+        torch.nn.Linear(4, 6),
+        torch.nn.Tanh(),
+        torch.nn.LayerNorm(6),
+        torch.nn.Linear(6, 2),
+    )
+    module = module.double().eval()
+    samples = torch.randn(4, 4, dtype=torch.float64)
+    params = dict(module.named_parameters())
+    chosen = {n: p for n, p in params.items() if n.startswith(selected)}
+
+    def readout(out, _):
+        return out[0, 0] - out[0, 1]
+
+    grads = per_sample_gradients(module, chosen, samples, readout)
+    expected = [
+        torch.autograd.grad(
+            readout(module(samples[i : i + 1]), None),
+            chosen.values(),
+            create_graph=True,
+        )
+        for i in range(len(samples))
+    ]
+    weights = [torch.randn_like(g) for g in grads.values()]
+    found = sum((w * g).sum() for w, g in zip(weights, grads.values(), strict=True))
+    wanted = sum(
+        (w[i] * g).sum()
+        for i, row in enumerate(expected)
+        for w, g in zip(weights, row, strict=True)
+    )
+    unused = dict(allow_unused=True, materialize_grads=True)
+    for name, a, b in zip(
+        params,
+        torch.autograd.grad(found, params.values(), **unused),
+        torch.autograd.grad(wanted, params.values(), **unused),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("pairs", ["same_class", "given"])
+@pytest.mark.parametrize("dtype", ["uint8", "int32"])
+def test_labels_of_any_integer_dtype_train_as_int64(pairs, dtype):
+    """uint8 labels (which skorch's CrossEntropyLoss takes) indexed the
+    read-out as a mask: the term's sign flipped; int32 and uint8 labels
+    failed inside the same-class pairing."""
+    X, y = make_data(n=24)
+    X = with_pairs(X, np.arange(24).reshape(12, 2)) if pairs == "given" else X
+
+    def cross_entropy():
+        return lambda out, target: torch.nn.functional.cross_entropy(out, target.long())
+
+    trained = {}
+    for labels in (y, y.astype(dtype)):
+        torch.manual_seed(0)
+        net = make_net(
+            mlp(6, 3, hidden=7, seed=0),
+            criterion=cross_entropy,
+            similarity_pairs=pairs,
+            max_epochs=1,
+        ).fit(X, labels)
+        trained[labels.dtype.name] = (
+            net.history[-1, "similarity_term"],
+            [p.detach().clone() for p in net.module_.parameters()],
+        )
+    (term, weights), (term_as, weights_as) = trained["int64"], trained[dtype]
+    assert term_as == pytest.approx(term, rel=1e-12)
+    for a, b in zip(weights_as, weights, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_device_none_trains_where_the_module_is():
     """skorch's device=None (do not move the module) crashed in torch.device."""
     X, y = make_data()

@@ -10,8 +10,9 @@ one vectorised ``torch.func`` call (``vmap`` of ``grad`` over a
 the result keeps its graph to the module's own parameters. A network that
 ``vmap`` cannot run (data-dependent control flow, recurrent layers) or runs
 wrongly (:data:`~sksim._engine.jacobian.UNVECTORISED`, or a network whose
-gradients' own derivatives :func:`_differentiates_alike` refutes: the
-batching rule of an affine layer norm's second derivative is wrong) is
+gradients' own derivatives, with respect to every trainable parameter,
+:func:`_differentiates_alike` refutes: the batching rule of an affine layer
+norm's second derivative is wrong, for the layers before it too) is
 differentiated one sample at a time; attention runs on PyTorch's math
 kernel, the one whose backward can be differentiated again.
 """
@@ -99,20 +100,36 @@ def per_sample_gradients(
                 grads = None
             if grads is not None and create_graph and selection not in alike:
                 looped = _looped(phi, params, samples, extra, extra_batched, True)
-                alike[selection] = _differentiates_alike(grads, looped, params)
+                leaves = _trained(module, params)
+                alike[selection] = _differentiates_alike(grads, looped, leaves)
                 return grads if alike[selection] else looped
             if grads is not None:  # checked alike, or first-order
                 return grads
         return _looped(phi, params, samples, extra, extra_batched, create_graph)
 
 
-def _differentiates_alike(grads: dict, looped: dict, params: dict) -> bool:
-    """Whether two sets of per-sample gradients have the same derivatives.
+def _trained(module: torch.nn.Module, params: dict) -> list[torch.Tensor]:
+    """The tensors a ``backward()`` through the gradients reaches and trains.
 
-    Compares the derivatives, with respect to ``params``, of one random
-    combination of each, as training's ``backward()`` would take them.
+    The parameters differentiated, and the module's other trainable ones:
+    the gradients of a selection depend on the layers around it too.
     """
     leaves = [p for p in params.values() if p.requires_grad]
+    seen = {id(p) for p in leaves}
+    return leaves + [
+        p
+        for name, p in module.named_parameters()
+        if p.requires_grad and name not in params and id(p) not in seen
+    ]
+
+
+def _differentiates_alike(grads: dict, looped: dict, leaves: list) -> bool:
+    """Whether two sets of per-sample gradients have the same derivatives.
+
+    Compares the derivatives, with respect to ``leaves`` (see
+    :func:`_trained`), of one random combination of each, as training's
+    ``backward()`` would take them.
+    """
     if not leaves:
         return True
     generator = torch.Generator().manual_seed(0)
