@@ -223,11 +223,13 @@ class GradientDensityEstimator(DensityMixin, NetworkEstimator):
     reference_sum_ : ndarray of shape (d, p) or (n_checkpoints, d, p)
         ``S = sum_j A(x_j)`` (``method="soft"`` without ``n_components``
         only), one per checkpoint with ``checkpoints``.
-    reference_features_ : ndarray of shape (N, d * n_components * n_checkpoints)
+    reference_features_ : ndarray of shape (N, d * k * n_checkpoints)
         Unit-normalised sketches of the reference (when ``n_components`` is
-        set; their sum, one row, for ``method="soft"``); with ``checkpoints``,
-        those of the checkpoints side by side, each scaled by the square root
-        of its share of the weight.
+        set; their sum, one row, for ``method="soft"``), ``k`` about
+        ``n_components`` (each layer piece takes one column at least, and
+        none more than its parameters); with ``checkpoints``, those of the
+        checkpoints side by side, each scaled by the square root of its share
+        of the weight.
     %(sketch_weights_)s
     projection_seed_ : int or None
         Seed of the sketch, shared by reference and queries (None without

@@ -387,10 +387,11 @@ class NetworkSimilarityKernel(
         The trained network used.
     X_fit_ : ndarray, dict of ndarrays, or Dataset
         The reference inputs (a dataset is kept as it is, not read into memory).
-    features_fit_ : ndarray of shape (n_fit, d, n_components * n_checkpoints) or None
-        Sketches of the reference inputs when ``n_components`` is set (those
-        of the checkpoints side by side, each scaled by the square root of
-        its share of the weight).
+    features_fit_ : ndarray of shape (n_fit, d, k * n_checkpoints) or None
+        Sketches of the reference inputs when ``n_components`` is set, ``k``
+        about ``n_components`` (each layer piece takes one column at least,
+        and none more than its parameters); those of the checkpoints side by
+        side, each scaled by the square root of its share of the weight.
     projection_seed_ : int or None
         Seed of the sketch, shared by reference and queries (None without
         sketches).

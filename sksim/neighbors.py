@@ -298,15 +298,16 @@ class NetworkNeighbors(NetworkEstimator):
         ``"auto"`` chose.
     reference_features_ : ndarray of shape (n_samples_fit, width)
         Unit-normalised sketches of the reference (when ``n_components`` is
-        set), ``width = d * n_components_`` values each; with
-        ``checkpoints``, those of the checkpoints side by side
+        set), ``width`` about ``d * n_components_`` values each (each layer
+        piece takes one column at least, and none more than its parameters);
+        with ``checkpoints``, those of the checkpoints side by side
         (``n_checkpoints`` times as wide), each scaled by the square root of
         its share of the weight. When the candidates are ranked exactly
         (``exact_ranking_``), their projections on ``search_directions_``
         alone, ``search_components`` values each.
     search_directions_ : ndarray of shape (width, search_components) or None
-        With ``algorithm="faiss"``: the principal directions (``width = d *
-        n_components_`` rows) onto which the index's sketches are projected
+        With ``algorithm="faiss"``: the principal directions (``width`` rows,
+        the sketches' width) onto which the index's sketches are projected
         (None when ``search_components`` is None or not below the width; at
         most one below the number of reference examples).
     exact_ranking_ : bool
@@ -609,7 +610,7 @@ class NetworkNeighbors(NetworkEstimator):
         """
         if self.search_components is None:
             return None
-        m = min(self.search_components, self.n_samples_fit_ - 1)
+        m = int(min(self.search_components, self.n_samples_fit_ - 1))
         return m if 1 <= m < values else None
 
     def _check_held_bytes(self) -> None:
@@ -673,7 +674,7 @@ class NetworkNeighbors(NetworkEstimator):
         :data:`KEPT_MEMORY` of ``max_memory``.
         """
         if self.n_components != "auto":
-            return self.n_components
+            return None if self.n_components is None else int(self.n_components)
         if self.exact_ranking_:
             return CANDIDATE_COMPONENTS
         budget = KEPT_MEMORY * self._engine.max_memory
@@ -742,7 +743,7 @@ class NetworkNeighbors(NetworkEstimator):
         faiss = import_faiss()
         with self._faiss_errors("build"):
             index = faiss.index_factory(
-                dimension, self.index, faiss.METRIC_INNER_PRODUCT
+                int(dimension), self.index, faiss.METRIC_INNER_PRODUCT
             )
             if self.index_params is not None:
                 faiss.ParameterSpace().set_index_parameters(index, self.index_params)
@@ -893,7 +894,8 @@ class NetworkNeighbors(NetworkEstimator):
         """
         if getattr(self, "_faiss_index", None) is None:  # after unpickling
             self._faiss_index = self._build_index()
-        k = min(n_neighbors + int(own is not None), self.n_samples_fit_)
+        # plain ints: FAISS's SWIG bindings refuse numpy's (a grid's values)
+        k = int(min(n_neighbors + int(own is not None), self.n_samples_fit_))
         n_candidates = self._n_candidates(k)
         G = self._searched(F)
         params = self._search_parameters(n_candidates)
@@ -943,7 +945,7 @@ class NetworkNeighbors(NetworkEstimator):
         k = min(k, self.n_samples_fit_)
         if self.search_directions_ is None:
             return k
-        return min(self.candidates_per_neighbor * k, self.n_samples_fit_)
+        return int(min(self.candidates_per_neighbor * k, self.n_samples_fit_))
 
     def _candidate_bytes(self, n_neighbors: int) -> int:
         """Bytes of a query's candidates (and FAISS's results) for ``n_neighbors``."""

@@ -420,6 +420,29 @@ def test_approximate_faiss_indexes_recall_the_flat_neighbors(index, params):
     )
 
 
+@pytest.mark.parametrize("index", ["Flat", "HNSW16"])
+def test_numpy_integers_search_as_ints(data, index):
+    """A grid of np.arange values hands numpy integers to the parameters:
+    FAISS's bindings refused them ("Wrong number or type of arguments")."""
+    X, X_new = data
+    net = mlp(3, 2, hidden=8)
+    params = dict(n_components=16, search_components=6, n_neighbors=4)
+    found = []
+    for cast in (int, np.int64):
+        search = NetworkNeighbors(
+            net,
+            algorithm="faiss",
+            index=index,
+            candidates_per_neighbor=cast(3),
+            random_state=0,
+            **{name: cast(value) for name, value in params.items()},
+        ).fit(X)
+        found.append(search.kneighbors(X_new, n_neighbors=cast(3)))
+        assert search.n_components_ == 16 and type(search.n_components_) is int
+    for a, b in zip(*found, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("index", ["PQ8x4fs", "PCA8,Flat", "IVF4,SQ8"])
 def test_compressing_indexes_give_the_sketches_similarities(index):
     """A compressing index finds the neighbours; their sketches score them."""
