@@ -106,3 +106,34 @@ def diagonal_gaussian_logpdf(X, mean, var):
     """Log-density of ``N(mean, diag(var))`` at the rows of ``X``, shape (n,)."""
     prec_chol = np.diag(1.0 / np.sqrt(var))[None]
     return student_t_logpdf(X, mean[None], prec_chol, np.array([np.inf]))[:, 0]
+
+
+def expected_diagonal_gaussian_logpdf(mixture, mean, var):
+    """``E_p[log N(z; mean, diag(var))]`` under a fitted mixture ``p``, exactly.
+
+    The log-density is quadratic in ``z``: its expectation needs each
+    component's mean and covariance (``df / (df - 2)`` times its shape
+    matrix for a Student-t), not draws, whose estimate has no finite
+    variance under a component of 4 degrees of freedom or fewer (the
+    sampler's new-cluster component has ``d + 2 - d + 1 = 3``).
+
+    Parameters
+    ----------
+    mixture : DirichletProcessGaussianMixture
+        Fitted; components of more than 2 degrees of freedom.
+    mean, var : ndarray of shape (n_features,)
+
+    Returns
+    -------
+    expected : float
+    """
+    df = mixture.component_dfs_
+    t = np.isfinite(df)
+    spread = np.ones_like(df)
+    spread[t] = df[t] / (df[t] - 2)
+    chols = mixture.component_chols_
+    covariance_diagonal = spread[:, None] * np.einsum("kij,kij->ki", chols, chols)
+    offset = (mixture.component_means_ - mean) ** 2
+    weights = np.exp(mixture.component_log_weights_)
+    quadratic = weights @ ((covariance_diagonal + offset) / var).sum(axis=1)
+    return -0.5 * (np.log(2 * np.pi * var).sum() + quadratic / weights.sum())

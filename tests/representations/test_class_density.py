@@ -11,6 +11,10 @@ from sksim.representations import (
     ClassConditionalDensity,
     DirichletProcessGaussianMixture,
 )
+from sksim.representations._logdensity import (
+    diagonal_gaussian_logpdf,
+    expected_diagonal_gaussian_logpdf,
+)
 
 GIBBS = DirichletProcessGaussianMixture(n_sweeps=6, burn_in=2, thin=2)
 VARIATIONAL = DirichletProcessGaussianMixture(
@@ -111,6 +115,22 @@ def test_class_summary_values(fitted):
     np.testing.assert_array_equal(summary.n_samples, [40, 40, 30])
     frame = ccd.class_summary(n_samples=200, as_frame=True)
     np.testing.assert_allclose(frame["relative_entropy"], summary.relative_entropy)
+
+
+def test_the_gaussians_expected_log_density_is_the_mean_over_draws():
+    """Student-t components of 12 degrees of freedom (covariance 12/10 of
+    their shape matrix) and weights of several posterior samples."""
+    rng = np.random.RandomState(0)
+    Z = np.concatenate([rng.randn(60, 3), rng.randn(60, 3) + 4])
+    mixture = DirichletProcessGaussianMixture(n_sweeps=12, random_state=0).fit(Z)
+    mean, var = np.array([1.0, 2.0, -1.0]), np.array([2.0, 0.5, 3.0])
+    for dfs in (12.0, np.inf):  # and Gaussian components
+        mixture.component_dfs_ = np.full_like(mixture.component_dfs_, dfs)
+        draws = mixture.sample(400_000, random_state=1)
+        log_gauss = diagonal_gaussian_logpdf(draws, mean, var)
+        error = 4 * log_gauss.std() / np.sqrt(len(draws))  # 0.1 and 0.08
+        found = expected_diagonal_gaussian_logpdf(mixture, mean, var)
+        assert found == pytest.approx(log_gauss.mean(), abs=error)
 
 
 def test_relative_entropy_is_monte_carlo_kl_to_diagonal_gaussian():

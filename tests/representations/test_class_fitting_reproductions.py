@@ -100,7 +100,26 @@ def _true_planted_mixture(seed, n=300, d=6, n_modes=8, scale=0.2):
     return (centres - m) / s + 3.0 * rng.standard_normal(d), scale / s
 
 
-def test_relative_entropy_is_off_by_about_0_8_nats_on_planted_modes():
+def test_relative_entropy_of_planted_modes_holds_for_any_draws():
+    """The Gaussian's expected log-density came from the draws too: under
+    the sampler's new-cluster component (3 degrees of freedom) its estimate
+    had no finite variance, and the relative entropy swung by more than a
+    nat from one seed to another (class 0: 0.02 to 1.40 over ten seeds)."""
+    X, y, _ = make_planted_modes(300, random_state=0)
+    mixture = DirichletProcessGaussianMixture(
+        n_sweeps=50, burn_in=30, thin=4, init_clusters=10
+    )
+    ccd = ClassConditionalDensity(6, mixture=mixture, random_state=0).fit(X, y)
+    values = []
+    for seed in range(10):
+        ccd.random_state = seed
+        values.append(ccd.relative_entropy(1000))
+    values = np.array(values)
+    assert np.ptp(values, axis=0).max() < 0.3
+    assert values[:, 0].max() < 0.5 and values[:, 1].min() > 5
+
+
+def test_relative_entropy_is_about_half_a_nat_above_the_truth_on_planted_modes():
     from scipy.special import logsumexp
 
     X, y, _ = make_planted_modes(300, random_state=0)
@@ -121,4 +140,4 @@ def test_relative_entropy_is_off_by_about_0_8_nats_on_planted_modes():
         np.log(2 * np.pi * var).sum() + ((P - ccd.class_means_[1]) ** 2 / var).sum(1)
     )
     true_kl = np.mean(log_true - log_gauss)
-    assert 0.4 < ccd.relative_entropy(2000)[1] - true_kl < 1.2
+    assert 0.3 < ccd.relative_entropy(2000)[1] - true_kl < 0.8
