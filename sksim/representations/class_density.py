@@ -142,6 +142,16 @@ class ClassConditionalDensity(ClassifierMixin, BaseEstimator):
                 "n_components must be a positive int, a float in (0, 1) (energy "
                 f"fraction) or None; got {n!r}."
             )
+        mixture = self.mixture
+        if not (
+            mixture is None or isinstance(mixture, DirichletProcessGaussianMixture)
+        ):
+            raise TypeError(
+                "mixture must be None or an unfitted DirichletProcessGaussianMixture "
+                "(its predictive densities, draws and components make the class "
+                f"statistics); got {mixture!r}. Set its backend and parameters "
+                'there, e.g. DirichletProcessGaussianMixture(backend="variational").'
+            )
 
     def _check_priors(self, n_classes, counts):
         if self.priors is None:
@@ -222,15 +232,18 @@ class ClassConditionalDensity(ClassifierMixin, BaseEstimator):
         return Z @ self.components_.T
 
     def _class_index(self, y):
-        y = np.asarray(y)
-        index = np.searchsorted(self.classes_, y)
-        index = np.clip(index, 0, len(self.classes_) - 1)
-        unknown = self.classes_[index] != y
-        if unknown.any():
-            raise ValueError(
-                f"y contains labels not seen in fit: {np.unique(y[unknown])[:5]}."
-            )
-        return index
+        """Each label's index in ``classes_``; a ValueError names unseen ones.
+
+        By lookup, not by sorting: labels of another type (None among
+        strings) are unseen labels, not an error of their comparison.
+        """
+        lookup = {label: i for i, label in enumerate(self.classes_.tolist())}
+        labels = np.asarray(y).ravel().tolist()
+        unknown = [label for label in labels if label not in lookup]
+        if unknown:
+            shown = list(dict.fromkeys(map(repr, unknown)))[:5]
+            raise ValueError(f"y contains labels not seen in fit: {', '.join(shown)}.")
+        return np.array([lookup[label] for label in labels], dtype=np.intp)
 
     def _log_density_matrix(self, P):
         return np.column_stack([m.log_predictive(P) for m in self.mixtures_])

@@ -45,15 +45,10 @@ def check_report_params(options: Mapping) -> None:
             f"{sorted(n_components)})."
         )
     for value in per_stage:
-        ClassConditionalDensity(n_components=value)._check_params()
+        ClassConditionalDensity(value, mixture=o["mixture"])._check_params()
     for name in ("n_models", "n_bins", "n_samples", "batch_size"):
         check_positive_int(o[name], name)
     check_pool(o["pool"])
-    if not (o["mixture"] is None or hasattr(o["mixture"], "fit")):
-        raise TypeError(
-            "mixture must be None or an unfitted estimator such as "
-            f"DirichletProcessGaussianMixture(); got {o['mixture']!r}."
-        )
 
 
 def _memorization(memorization, X, y, n_models, random_state, n_jobs, verbose):

@@ -5,6 +5,7 @@ import pytest
 from joblib import parallel_config
 from scipy.special import logsumexp
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
+from sklearn.mixture import BayesianGaussianMixture, GaussianMixture
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from sksim.representations import (
@@ -117,6 +118,17 @@ def test_class_summary_values(fitted):
     np.testing.assert_allclose(frame["relative_entropy"], summary.relative_entropy)
 
 
+@pytest.mark.parametrize(
+    "mixture", [GaussianMixture(2), BayesianGaussianMixture(n_components=2)]
+)
+def test_another_mixture_is_refused_before_any_fit(mixture):
+    """Refused after the first class's fit, by a missing log_predictive."""
+    with pytest.raises(TypeError, match="DirichletProcessGaussianMixture"):
+        ClassConditionalDensity(2, mixture=mixture).fit(
+            np.random.RandomState(0).randn(10, 2), np.repeat([0, 1], 5)
+        )
+
+
 def test_the_gaussians_expected_log_density_is_the_mean_over_draws():
     """Student-t components of 12 degrees of freedom (covariance 12/10 of
     their shape matrix) and weights of several posterior samples."""
@@ -178,8 +190,10 @@ def test_parameter_errors(params, match):
 
 def test_method_errors(fitted):
     Z, y, ccd = fitted
-    with pytest.raises(ValueError, match="labels not seen in fit"):
+    with pytest.raises(ValueError, match="labels not seen in fit: 'z'"):
         ccd.score_samples(Z[:2], ["a", "z"])
+    with pytest.raises(ValueError, match="labels not seen in fit: None, 3"):
+        ccd.score_samples(Z[:3], np.array(["a", None, 3], dtype=object))
     with pytest.raises(ValueError, match="different lengths"):
         ccd.score_samples(Z[:2], ["a"])
     with pytest.raises(ValueError, match="exceeds the number of training examples"):
