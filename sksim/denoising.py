@@ -395,6 +395,15 @@ class SelfDenoisingAnalysis(NetworkEstimator):
                 "None: call fit(X, y) with the noisy training labels, or pass a "
                 "Dataset of (x, y) items." + labels_key_hint(X)
             )
+        y = np.asarray(y) if isinstance(y, (list, tuple)) else y
+        if getattr(y, "dtype", None) is not None and y.dtype.kind in "OSU":
+            raise ValueError(
+                f"y holds {y.dtype} values: the self-denoising needs numbers in "
+                "the space of the network's selected outputs, one per output (for "
+                "class labels, one-hot rows, e.g. sklearn.preprocessing."
+                "LabelBinarizer().fit_transform(y), with outputs that are "
+                "probabilities)."
+            )
         y = check_array(y, ensure_2d=False, dtype=np.float64, input_name="y")
         X = self._fit_network(
             X,

@@ -318,6 +318,9 @@ def test_bad_targets_are_refused(data):
         SelfDenoisingAnalysis(mlp(2, 1, hidden=10).double()).fit(X, Y)
     with pytest.raises(ValueError, match="at least 2 training samples"):
         SelfDenoisingAnalysis(mlp(2, 1, hidden=10).double()).fit(X[:1], Y[:1, 0])
+    labels = np.array(["a", "b"] * 7)
+    with pytest.raises(ValueError, match="y holds <U1 values.*LabelBinarizer"):
+        SelfDenoisingAnalysis(mlp(2, 1, hidden=10).double()).fit(X, labels)
     with pytest.raises(NotFittedError):
         SelfDenoisingAnalysis(mlp(2, 1, hidden=10).double()).summary()
 

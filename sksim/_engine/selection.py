@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Callable, Mapping, Sequence
 
@@ -161,4 +162,9 @@ def _check_selected(out, n: int | None, what: str) -> None:
     if what.startswith("output=") and out.ndim > 2:
         raise ValueError(
             f"{what} a tensor of shape {tuple(out.shape)}; expected {expected}."
+        )
+    if math.prod(out.shape[1:]) == 0:
+        raise ValueError(
+            f"{what} a tensor of shape {tuple(out.shape)}: no output per sample "
+            "to differentiate. Select at least one (output=)."
         )
