@@ -396,9 +396,12 @@ class SelfDenoisingAnalysis(NetworkEstimator):
                 "Dataset of (x, y) items." + labels_key_hint(X)
             )
         y = np.asarray(y) if isinstance(y, (list, tuple)) else y
-        if getattr(y, "dtype", None) is not None and y.dtype.kind in "OSU":
+        kind = getattr(y, "dtype", np.dtype(float)).kind
+        if kind in "SU" or (
+            kind == "O" and any(isinstance(v, str) for v in np.ravel(y))
+        ):
             raise ValueError(
-                f"y holds {y.dtype} values: the self-denoising needs numbers in "
+                f"y holds strings ({y.dtype}): the self-denoising needs numbers in "
                 "the space of the network's selected outputs, one per output (for "
                 "class labels, one-hot rows, e.g. sklearn.preprocessing."
                 "LabelBinarizer().fit_transform(y), with outputs that are "

@@ -319,7 +319,7 @@ def test_bad_targets_are_refused(data):
     with pytest.raises(ValueError, match="at least 2 training samples"):
         SelfDenoisingAnalysis(mlp(2, 1, hidden=10).double()).fit(X[:1], Y[:1, 0])
     labels = np.array(["a", "b"] * 7)
-    with pytest.raises(ValueError, match="y holds <U1 values.*LabelBinarizer"):
+    with pytest.raises(ValueError, match=r"y holds strings \(<U1\).*LabelBinarizer"):
         SelfDenoisingAnalysis(mlp(2, 1, hidden=10).double()).fit(X, labels)
     with pytest.raises(NotFittedError):
         SelfDenoisingAnalysis(mlp(2, 1, hidden=10).double()).summary()
