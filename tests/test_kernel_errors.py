@@ -234,6 +234,8 @@ def test_bad_parameters(module):
         ValueError, match="output=7 is out of range for a network with 3"
     ):
         network_similarity(module, X, output=7)
+    with pytest.raises(ValueError, match=r"shape \(\).*\.squeeze\(-1\)"):
+        network_similarity(module, X, output=lambda out: out[:, :1].squeeze())
     with pytest.raises(ValueError, match=r"shape \(1, 0\): no output per sample"):
         network_similarity(module, X, output=lambda out: out[:, :0])
     with pytest.raises(ValueError, match="'output' parameter .* or a callable"):

@@ -155,9 +155,16 @@ def _check_selected(out, n: int | None, what: str) -> None:
     if n is not None:
         expected += f" (B={n}, the samples of the batch)"
     if out.ndim == 0 or (n is not None and out.shape[0] != n):
+        hint = (
+            " A .squeeze() drops the samples' axis of a batch of one (sksim reads "
+            "one sample first, whatever batch_size): squeeze the last axis alone "
+            "(.squeeze(-1))."
+            if out.ndim == 0
+            else ""
+        )
         raise ValueError(
             f"{what} a tensor of shape {tuple(out.shape)}; expected {expected}: "
-            "one row per sample of the batch, samples on the first axis."
+            f"one row per sample of the batch, samples on the first axis.{hint}"
         )
     if what.startswith("output=") and out.ndim > 2:
         raise ValueError(
