@@ -50,7 +50,9 @@ from .analyses import ANALYSES, REGISTRY
 from .cache import AuditCache
 from .prefit import (
     WHOLE_NUMBER_TARGETS,
+    check_predicted_classes,
     check_prefit_net,
+    class_outputs,
     predictions,
     regression_targets,
     target_task,
@@ -414,6 +416,7 @@ class _Fold:
         self.options, self.random_state = options, random_state
         self.scale_threshold, self.scale_size = scale_threshold, scale_size
         self.fit_seconds = None
+        self.n_class_outputs = None  # a classifier's, once it predicted
         self.prefit = False
         self._search = None
 
@@ -438,14 +441,17 @@ class _Fold:
         self.prediction, self.probabilities = predictions(
             self.net, self.X_test, self.task
         )
-        if self.probabilities is not None:
-            n_outputs = self.probabilities.shape[1]
-            if self.classes[-1] >= n_outputs:
-                raise ValueError(
-                    f"y holds the label {self.classes[-1]}, but the network gives "
-                    f"{n_outputs} class outputs: the audit reads class j from "
-                    "output j, so it needs one output per class."
-                )
+        if self.task != "classification":
+            return
+        n_outputs = class_outputs(self.net, self.X_test, self.probabilities)
+        if self.classes[-1] >= n_outputs:
+            raise ValueError(
+                f"y holds the label {self.classes[-1]}, but the network gives "
+                f"{n_outputs} class outputs: the audit reads class j from "
+                "output j, so it needs one output per class."
+            )
+        self.prediction = check_predicted_classes(self.prediction, n_outputs)
+        self.n_class_outputs = n_outputs
 
     def fitted_search(
         self, search: NetworkNeighbors, X_val: NetInput | None = None
@@ -487,6 +493,7 @@ class _Fold:
             net=self.net,
             prediction=self.prediction,
             probabilities=self.probabilities,
+            n_class_outputs=self.n_class_outputs,
             fit_seconds=self.fit_seconds,
         )
 
@@ -494,6 +501,7 @@ class _Fold:
         self.net = state["net"]
         self.prediction = state["prediction"]
         self.probabilities = state["probabilities"]
+        self.n_class_outputs = state["n_class_outputs"]
         self.fit_seconds = state["fit_seconds"]
 
     def scores(self) -> dict[str, float]:
@@ -801,8 +809,8 @@ def audit(
                 f"fold {index}: {'predicting' if prefit else 'training'}"
             )
             seconds[first] += _prepare(fold, net, store, prefit)
-            if fold.probabilities is not None:
-                outputs.add(fold.probabilities.shape[1])
+            if fold.task == "classification":
+                outputs.add(fold.n_class_outputs)
             steps.update()
             _run_fold(
                 fold,

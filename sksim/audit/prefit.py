@@ -12,10 +12,10 @@ import numpy as np
 import torch
 from numpy.typing import ArrayLike
 from sklearn.utils.multiclass import type_of_target
-from skorch import NeuralNetClassifier
+from skorch import NeuralNetBinaryClassifier, NeuralNetClassifier
 
 from .._engine.context import evaluation_mode, forked_rng
-from .._engine.inputs import batches, module_float_dtype
+from .._engine.inputs import batches, module_float_dtype, take
 from .._engine.jacobian import network_output
 from .._engine.selection import network_logits
 from .._net import (
@@ -173,7 +173,59 @@ def predictions(
             prediction = np.asarray(net.predict(X))
     if task == "regression":
         return regression_targets(prediction, "the network's output"), None
-    return prediction, probabilities
+    return _class_codes(net, prediction), probabilities
+
+
+def _class_codes(net: NetLike, prediction: np.ndarray) -> np.ndarray:
+    """Predicted classes as the indices of the classifier's outputs.
+
+    A ``predict`` of the user's that returns the net's ``classes_`` (names,
+    or integers other than 0 to K - 1) gives their positions, as the audit
+    reads class j from output j.
+    """
+    classes = getattr(_unwrap(net), "classes_", None)
+    if classes is None or np.array_equal(classes, np.arange(len(classes))):
+        return prediction
+    position = {label: i for i, label in enumerate(np.asarray(classes).tolist())}
+    values = prediction.tolist()
+    if prediction.ndim != 1 or not all(value in position for value in values):
+        return prediction
+    return np.array([position[value] for value in values])
+
+
+def class_outputs(net: NetLike, X: NetInput, probabilities: np.ndarray | None) -> int:
+    """The classes a classifier's outputs tell apart, one output per class.
+
+    Its probabilities' columns when it gives them, two for a skorch binary
+    classifier (one logit), else its module's outputs on one example.
+    """
+    if probabilities is not None:
+        return probabilities.shape[1]
+    if isinstance(_unwrap(net), NeuralNetBinaryClassifier):
+        return 2
+    return module_outputs(resolve_module(net), take(X, np.arange(1))).size
+
+
+def check_predicted_classes(prediction: np.ndarray, n_outputs: int) -> np.ndarray:
+    """``prediction`` as integer indices of the ``n_outputs`` class outputs.
+
+    A ValueError says what to do when ``predict`` gives something else.
+    """
+    whole = prediction.dtype.kind in "iub" or (
+        prediction.dtype.kind == "f" and np.array_equal(prediction, prediction.round())
+    )
+    if prediction.ndim == 1 and whole:
+        codes = prediction.astype(np.int64)
+        if len(codes) == 0 or (codes.min() >= 0 and codes.max() < n_outputs):
+            return codes
+    shown = ", ".join(map(repr, list(dict.fromkeys(prediction.ravel().tolist()))[:3]))
+    raise ValueError(
+        f"The network's predict gives {shown}, ...: the audit compares predictions "
+        "with the labels as indices of the network's class outputs (0 to "
+        f"{n_outputs - 1}, output j for class j). Make predict return them "
+        "(skorch's own predict does), or the net's classes_ in the order of its "
+        "outputs."
+    )
 
 
 def weights_fingerprint(net: NetLike) -> str:

@@ -26,6 +26,7 @@ from sksim.audit import audit
 from sksim.audit._findings import findings, fit_finding
 from sksim.audit.analyses.density import quantile_bins
 from sksim.audit.figures import neighbor_grid
+from sksim.audit.models import make_classifier
 from sksim.audit.prefit import predictions
 
 N_TRAIN = 160
@@ -599,6 +600,57 @@ def test_predictions_take_probabilities_from_the_pass_that_predicts(
     outputs, none = predictions(net, Xr_test, "regression")
     assert none is None
     np.testing.assert_allclose(outputs, net.predict(Xr_test)[:, 0])
+
+
+class NamedClassifier(NeuralNetClassifier):
+    """A classifier whose ``predict`` gives its ``classes_``, as scikit-learn's do."""
+
+    def predict(self, X):
+        return np.asarray(self.classes_)[self.predict_proba(X).argmax(axis=1)]
+
+
+@pytest.mark.parametrize("names", [[f"digit {i}" for i in range(10)], [3, 5, 7]])
+def test_a_predict_giving_the_nets_classes_is_read_as_its_outputs(
+    split, trained, names
+):
+    """A predict giving classes_ (names, or integers beyond the outputs) was
+    compared with the labels' codes: string predictions crashed the audit's
+    end, integer ones went unchecked and the self-denoising regressed rows of
+    zeros (labels 3, 5, 7 never matched outputs 0 to 2)."""
+    X, y, X_test, y_test = split
+    if len(names) == 3:  # the first three digits, three outputs
+        keep, keep_test = y < 3, y_test < 3
+        split = X[keep], y[keep], X_test[keep_test], y_test[keep_test]
+        X, y, X_test, y_test = split
+        with torch_seed(0):
+            trained = make_classifier("mlp", X, n_classes=3, max_epochs=6).fit(X, y)
+    params = {**trained.get_params(deep=False), "classes": names}
+    named = NamedClassifier(**params).initialize()
+    named.module_.load_state_dict(trained.module_.state_dict())
+    assert set(named.predict(X_test)) <= set(names)
+    analyses = ("density", "neighbors", "denoising")
+    found = prefit_audit(named, split, analyses=analyses, errors="raise")
+    expected = prefit_audit(trained, split, analyses=analyses, errors="raise")
+    assert found["folds"]["accuracy"].tolist() == [trained.score(X_test, y_test)]
+    np.testing.assert_array_equal(
+        found["samples"]["prediction"], trained.predict(X_test)
+    )
+    assert found["denoising"].equals(expected["denoising"])
+    assert found.metadata["n_classes"] == expected.metadata["n_classes"]
+
+
+class GuessingClassifier(NeuralNetClassifier):
+    """A classifier whose ``predict`` gives neither output indices nor classes_."""
+
+    def predict(self, X):
+        return np.full(len(X), "unsure")
+
+
+def test_a_predict_of_other_values_is_refused_with_what_to_return(split, trained):
+    guessing = GuessingClassifier(**trained.get_params(deep=False)).initialize()
+    guessing.module_.load_state_dict(trained.module_.state_dict())
+    with pytest.raises(ValueError, match="predict gives 'unsure'.*classes_"):
+        prefit_audit(guessing, split, analyses=("density",))
 
 
 class _KeywordItems(torch.utils.data.Dataset):

@@ -49,7 +49,7 @@ def denoised_targets(fold: _Fold, y_train: np.ndarray) -> tuple[np.ndarray, Outp
     """
     if fold.task == "regression":
         return y_train, "logits"
-    d = len(fold.classes) if fold.probabilities is None else fold.probabilities.shape[1]
+    d = fold.n_class_outputs
     onehot = (y_train[:, None] == np.arange(d - 1)[None, :]).astype(np.float64)
     return onehot, free_probabilities
 
