@@ -336,7 +336,7 @@ class NetworkEstimator(BaseEstimator):
         if self._weights_digest() != self._weights:
             raise ValueError(
                 "The network's weights, layers or their settings (such as a "
-                "temperature), hooks, or which weights are trainable, changed since "
+                "temperature), or which weights are trainable, changed since "
                 "fit (it was trained further, given other weights or layers, "
                 f"or layers were frozen): {type(self).__name__} holds "
                 "what it computed from the network it had then. Call fit again."

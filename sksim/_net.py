@@ -330,14 +330,13 @@ def weights_digest(module: torch.nn.Module, checkpointed: bool = False) -> str:
     )
 
 
-def _layer_settings(module: torch.nn.Module) -> list[tuple[str, ...]]:
-    """Each layer's name, type, settings (its ``extra_repr``), plain values and hooks.
+def _layer_settings(module: torch.nn.Module) -> list[tuple[str, str, str, str]]:
+    """Each layer's name, type, settings (its ``extra_repr``) and plain values.
 
     Parameter containers describe their parameters' devices: their tensors
     count by themselves. The plain values are those of
     :func:`~._engine.context.plain_settings`, such as a temperature set
-    after training. The hooks (forward and backward, which may change the
-    outputs or the gradients) count by their names.
+    after training.
     """
     containers = (torch.nn.ParameterList, torch.nn.ParameterDict)
     return [
@@ -346,31 +345,8 @@ def _layer_settings(module: torch.nn.Module) -> list[tuple[str, ...]]:
             type(layer).__qualname__,
             "" if isinstance(layer, containers) else layer.extra_repr(),
             repr(sorted(plain_settings(layer).items())),
-            repr(_hook_names(layer)),
         )
         for name, layer in module.named_modules()
-    ]
-
-
-def _hook_names(layer: torch.nn.Module) -> list[list[str]]:
-    """The names of a layer's forward and backward hooks, in their order.
-
-    sksim's own, which another thread's pass over the network may hold for
-    its span, are left out.
-    """
-    kinds = (
-        layer._forward_pre_hooks,
-        layer._forward_hooks,
-        layer._backward_pre_hooks,
-        layer._backward_hooks,
-    )
-    return [
-        [
-            getattr(hook, "__qualname__", type(hook).__qualname__)
-            for hook in hooks.values()
-            if not getattr(hook, "__module__", "").startswith("sksim.")
-        ]
-        for hooks in kinds
     ]
 
 

@@ -396,10 +396,9 @@ class SelfDenoisingAnalysis(NetworkEstimator):
                 "Dataset of (x, y) items." + labels_key_hint(X)
             )
         y = np.asarray(y) if isinstance(y, (list, tuple)) else y
-        kind = getattr(y, "dtype", np.dtype(float)).kind
-        if kind in "SU" or (
-            kind == "O" and any(isinstance(v, str) for v in np.ravel(y))
-        ):
+        kind = getattr(getattr(y, "dtype", None), "kind", "")  # not torch's
+        strings = kind == "O" and any(isinstance(v, str) for v in np.ravel(y))
+        if kind in ("S", "U") or strings:
             raise ValueError(
                 f"y holds strings ({y.dtype}): the self-denoising needs numbers in "
                 "the space of the network's selected outputs, one per output (for "

@@ -172,7 +172,7 @@ class NetworkKernel(Kernel):
         if self.__dict__.setdefault("_weights", digest) != digest:
             raise ValueError(
                 "The network's weights, layers or their settings (such as a "
-                "temperature), hooks, or which weights are trainable, changed since "
+                "temperature), or which weights are trainable, changed since "
                 "this NetworkKernel was first evaluated: a Gaussian process "
                 "fitted with it holds what it computed from the network it had "
                 "then. Fit the Gaussian process again (it evaluates a fresh clone "
@@ -197,7 +197,8 @@ class NetworkKernel(Kernel):
                 f"NetworkKernel does not set its net's parameters ({nested}): "
                 "its clones share the network, which would change it for all of "
                 "them, and for you. Pass another network as net= (a grid over "
-                "networks: 'kernel__net': [net_a, net_b])."
+                "trained skorch nets: 'kernel__net': [FrozenEstimator(net_a), "
+                "FrozenEstimator(net_b)], which clones keep trained)."
             )
         net = self.net
         super().set_params(**params)  # all of them at each step of an optimiser

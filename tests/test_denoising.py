@@ -318,6 +318,10 @@ def test_bad_targets_are_refused(data):
         SelfDenoisingAnalysis(mlp(2, 1, hidden=10).double()).fit(X, Y)
     with pytest.raises(ValueError, match="at least 2 training samples"):
         SelfDenoisingAnalysis(mlp(2, 1, hidden=10).double()).fit(X[:1], Y[:1, 0])
+    net = mlp(2, 1, hidden=10).double()
+    as_tensor = SelfDenoisingAnalysis(net).fit(X, torch.from_numpy(Y[:, 0]))
+    as_array = SelfDenoisingAnalysis(net).fit(X, Y[:, 0])
+    assert as_tensor.sigma_ == as_array.sigma_
     labels = np.array(["a", "b"] * 7)
     with pytest.raises(ValueError, match=r"y holds strings \(<U1\).*LabelBinarizer"):
         SelfDenoisingAnalysis(mlp(2, 1, hidden=10).double()).fit(X, labels)

@@ -102,12 +102,6 @@ def mixture_logpdf(X, mean, prec_chol, df, log_weight):
     return out
 
 
-def diagonal_gaussian_logpdf(X, mean, var):
-    """Log-density of ``N(mean, diag(var))`` at the rows of ``X``, shape (n,)."""
-    prec_chol = np.diag(1.0 / np.sqrt(var))[None]
-    return student_t_logpdf(X, mean[None], prec_chol, np.array([np.inf]))[:, 0]
-
-
 def expected_diagonal_gaussian_logpdf(mixture, mean, var):
     """``E_p[log N(z; mean, diag(var))]`` under a fitted mixture ``p``, exactly.
 

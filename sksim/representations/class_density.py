@@ -345,11 +345,11 @@ class ClassConditionalDensity(ClassifierMixin, BaseEstimator):
         data's true one. The two differ by the fit's error, which does not
         average out with more draws: on the 8 planted modes of
         :func:`~sksim.datasets.make_planted_modes` (default parameters,
-        ``random_state=0``, 6 components) the estimate is 5.7-6.0 nats against
-        5.4 for the true mixture, most of the difference from the share of
-        the predictive density kept for a new cluster (0.6 % of its mass, a
-        wide Student-t: 5.1 without it). Compare classes of one fit rather
-        than values with a closed form.
+        ``random_state=0``, 6 components) the estimate is 5.6-5.8 nats
+        against 5.4 for the true mixture, most of the difference from the
+        share of the predictive density kept for a new cluster (under half a
+        percent of its mass, in a wide Student-t). Compare classes of one fit
+        rather than values with a closed form.
 
         Parameters
         ----------

@@ -9,7 +9,6 @@ import torch
 from sksim._engine.capture import LayerCapture
 from sksim._engine.hooks import ForwardHooks
 from sksim._layers import layer_outputs
-from sksim._net import weights_digest
 
 
 def _net():
@@ -70,20 +69,3 @@ def test_a_capture_and_what_it_recorded_are_freed_without_the_collector():
         assert output() is None
     finally:
         gc.enable()
-
-
-def test_the_weights_digest_counts_the_users_hooks_not_the_engines():
-    """A fitted estimator checks the digest of its network: a hook of the
-    user's changes it (it may change outputs or gradients), the engine's own,
-    which another thread's pass holds for its span, do not."""
-    net = _net()
-    plain = weights_digest(net)
-    with LayerCapture({"0": (net[0], ["weight", "bias"])}):
-        assert weights_digest(net) == plain
-    handle = net[1].register_forward_hook(lambda module, args, out: 2 * out)
-    assert weights_digest(net) != plain
-    handle.remove()
-    handle = net[0].register_full_backward_hook(lambda module, gin, gout: None)
-    assert weights_digest(net) != plain
-    handle.remove()
-    assert weights_digest(net) == plain
