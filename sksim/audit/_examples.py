@@ -111,11 +111,12 @@ class _Looks:
     """How an example looks: its image, or its most atypical features.
 
     Inputs that are neither images nor arrays of floating features (dicts,
-    token ids) show neither.
+    token ids) show neither. ``like``: the looks whose features' moments
+    score these (the training inputs', for a prefit audit's test inputs).
     """
 
-    def __init__(self, X):
-        self.X, self.images = X, image_view(X)
+    def __init__(self, X, like: _Looks | None = None):
+        self.X, self.images, self._like = X, image_view(X), like
         self.tabular = (
             self.images is None
             and isinstance(sample_shape(X), tuple)
@@ -125,7 +126,7 @@ class _Looks:
     @functools.cached_property
     def moments(self) -> tuple[np.ndarray, np.ndarray]:
         """The features' means and standard deviations (:func:`_moments`)."""
-        return _moments(self.X)
+        return _moments(self.X) if self._like is None else self._like.moments
 
     def image(self, rows):
         return None if self.images is None else self.images[rows]
@@ -192,7 +193,7 @@ def worth_a_look(data, tables):
     """
     samples = tables["samples"]
     train_looks = _Looks(data.X)
-    looks = train_looks if data.X_test is data.X else _Looks(data.X_test)
+    looks = train_looks if data.X_test is data.X else _Looks(data.X_test, train_looks)
     items = []
     if "log_density" in samples:
         for row in isolated_rows(samples):

@@ -716,6 +716,29 @@ def test_a_prefit_audit_shows_the_most_isolated_test_inputs(tmp_path):
     assert "The held-out test inputs with the lowest network-perspective" in html
 
 
+def test_a_prefit_audits_atypical_features_are_those_of_the_training_inputs():
+    """Test inputs shifted by 4 training standard deviations in feature 0 were
+    scored against the test split itself, which hid the shift (+1.6 sd)."""
+    rng = np.random.RandomState(0)
+    X = rng.randn(240, 5).astype(np.float32)
+    y = (X[:, 1] > 0).astype(np.int64)
+    X_train, y_train, X_test, y_test = X[:160], y[:160], X[160:], y[160:]
+    X_test = X_test.copy()
+    X_test[:, 0] += 4.0
+    with torch_seed(0):
+        net = make_classifier("mlp", X_train, n_classes=2, max_epochs=3)
+        net.fit(X_train, y_train)
+    split = X_train, y_train, X_test, y_test
+    result = prefit_audit(net, split, analyses=("density",), errors="raise")
+    isolated = [g for g in result.examples if g["kind"] == "isolated"]
+    mean, sd = X_train.mean(axis=0), X_train.std(axis=0)
+    for item in isolated:
+        x = X_test[item["index"]]
+        z = (x[0] - mean[0]) / sd[0]
+        assert f"feature 0 = {x[0]:.3g} ({z:+.1f} sd)" in item["features"]
+        assert abs(z) > 2
+
+
 class LogitsAndHidden(torch.nn.Module):
     """``module``'s logits and hidden layer, as many models return them."""
 
