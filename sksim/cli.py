@@ -659,11 +659,14 @@ def load_groups(path: str | os.PathLike) -> np.ndarray:
 def read_npz(path: str | os.PathLike, say: Say) -> tuple[np.ndarray | dict, np.ndarray]:
     """Inputs and targets of an ``.npz`` file or a folder of ``.npy``.
 
-    The inputs as :func:`prepare_inputs` makes them.
+    The inputs as :func:`prepare_inputs` makes them; labels saved as bytes
+    (as ``np.savez`` keeps them) as text.
     """
     X, y = load_npy_folder(path) if Path(path).is_dir() else load_npz(path)
     if y.ndim == 2 and y.shape[1] == 1:  # a column, as audit() takes it
         y = y[:, 0]
+    if y.dtype.kind == "S":
+        y = np.char.decode(y)
     if isinstance(X, dict):
         return prepare_inputs(X), y
     dtype, X = X.dtype, prepare_inputs(X)
@@ -696,8 +699,6 @@ def encode_splits(
     gives the label of each code; otherwise the labels found are sorted.
     """
     both = y if y_test is None else np.concatenate([y, y_test])
-    if both.dtype.kind == "S":  # bytes, as np.savez keeps them: as text
-        both = np.char.decode(both)
     if keep_codes and both.dtype.kind == "U" and _integer_text(both):
         both = both.astype(np.int64)
     if classes is not None:

@@ -776,9 +776,11 @@ def audit(
         protocol, protocol_words, splits = _splits(cv, data, prefit, groups)
     smallest = min(len(train) for train, _ in splits)
     if "neighbors" in (a.name for a in requested) and n_neighbors > smallest:
+        where = "" if prefit else " of the smallest fold"
+        remedy = "" if prefit else ", or use fewer folds"
         raise ValueError(
             f"n_neighbors={n_neighbors} is more than the {smallest} training "
-            "examples of the smallest fold: lower it, or use fewer folds."
+            f"examples{where}: lower it{remedy}."
         )
     store = AuditCache(cache, data.arrays(), net, random_state, prefit)
     started = time.perf_counter()

@@ -97,7 +97,14 @@ def regression_targets(y: ArrayLike, name: str) -> np.ndarray:
         )
     if not np.issubdtype(y.dtype, np.number):
         raise ValueError(f"{name} must hold numbers; its dtype is {y.dtype}.")
-    return y.astype(np.float64)
+    y = y.astype(np.float64)
+    missing = np.flatnonzero(~np.isfinite(y))
+    if len(missing):
+        raise ValueError(
+            f"{name} holds NaN or infinity at {len(missing)} row(s), the first "
+            f"{missing[:5].tolist()}: leave those examples out of the audit."
+        )
+    return y
 
 
 def module_outputs(module: torch.nn.Module, X: NetInput) -> np.ndarray:

@@ -307,10 +307,11 @@ def test_cli_checkpoint_of_a_binary_classifier_factory(tmp_path, monkeypatch):
     assert predictions == net.predict(X[80:]).tolist()
 
 
-def test_labels_as_text_or_floats_keep_the_outputs_they_name():
+def test_labels_as_text_or_floats_keep_the_outputs_they_name(tmp_path):
     """Integers saved as text were sorted as text with a checkpoint ("10"
     read as output 2: accuracy 0.135 for 0.59); whole floats were not among
-    --classes; a column of labels was refused."""
+    --classes; a column of labels was refused; labels saved as bytes failed
+    in scikit-learn's check of the task before they were decoded."""
     said = []
     codes, _, names = cli.encode_splits(
         np.array(["10", "2", "0"]), np.array(["11"]), said.append, keep_codes=True
@@ -323,9 +324,11 @@ def test_labels_as_text_or_floats_keep_the_outputs_they_name():
     np.testing.assert_array_equal(codes, [2, 0, 1])
     codes, _, names = cli.encode_splits(np.array(["b", "10"]), None, said.append, True)
     assert names == ["10", "b"]  # text that is not all integers: sorted, named
-    codes, _, names = cli.encode_splits(
-        np.array([b"10", b"2", b"+3"]), None, said.append, keep_codes=True
-    )  # bytes, as np.savez keeps them
+    path = tmp_path / "bytes.npz"  # bytes, as np.savez keeps them
+    np.savez(path, X=np.zeros((3, 2), np.float32), y=np.array([b"10", b"2", b"+3"]))
+    _, y = cli.read_npz(path, said.append)
+    assert not cli.is_continuous(y)
+    codes, _, names = cli.encode_splits(y, None, said.append, keep_codes=True)
     np.testing.assert_array_equal(codes, [10, 2, 3])
     codes, _, _ = cli.encode_splits(
         np.array([2.0, 1.0]), None, said.append, classes=["1.0", "2.0"]

@@ -429,6 +429,12 @@ def test_prefit_errors(split, trained, regression):
     net, Xr, yr, Xr_test, yr_test = regression
     with pytest.raises(ValueError, match=r"one target per sample \(y of shape"):
         audit(net, Xr, np.hstack([yr, yr]), cv="prefit", X_test=Xr_test, y_test=yr_test)
+    with pytest.raises(ValueError, match=r"more than the 120 training examples: "):
+        audit(net, Xr, yr, cv="prefit", X_test=Xr_test, y_test=yr_test, n_neighbors=121)
+    missing = yr_test.copy()
+    missing[[3, 7]] = np.nan
+    with pytest.raises(ValueError, match=r"y_test holds NaN .* 2 row.*\[3, 7\]"):
+        audit(net, Xr, yr, cv="prefit", X_test=Xr_test, y_test=missing)
     module = torch.nn.Linear(2, 2)
     with pytest.raises(ValueError, match="y is a multilabel-indicator target"):
         audit(
