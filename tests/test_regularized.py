@@ -33,7 +33,7 @@ from sksim import (
     network_similarity,
     regularized,
 )
-from sksim._engine.differentiable import per_sample_gradients
+from sksim._engine.differentiable import _ALIKE, per_sample_gradients
 from sksim._pairs import PAIR_MASK, PAIR_PARTNER, same_class_partners
 from sksim.regularized import (
     SimilarityRegularizedClassifier,
@@ -1132,6 +1132,8 @@ def test_gradients_through_layer_norms_differentiate_as_autograds(norm):
     head = dict(list(params.items())[-2:])  # the last layer's: right for it alone
     per_sample_gradients(module, head, samples, readout)
     grads = per_sample_gradients(module, params, samples, readout)
+    # vectorised: the norms by elementary operations differentiate alike
+    assert _ALIKE[module] == {tuple(head): True, tuple(params): True}
     expected = [
         torch.autograd.grad(
             readout(module(samples[i : i + 1]), None),
