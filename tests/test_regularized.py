@@ -1092,14 +1092,16 @@ def test_per_sample_gradients_of_networks_vmap_cannot_run(case):
 
 
 class FunctionalLayerNorm(torch.nn.Module):
-    """``F.layer_norm`` with a weight of the module's own."""
+    """``torch.layer_norm`` with a weight of the module's own, by keyword."""
 
     def __init__(self, width):
         super().__init__()
         self.weight = torch.nn.Parameter(torch.linspace(0.5, 1.5, width))
 
     def forward(self, x):
-        return torch.nn.functional.layer_norm(x, x.shape[-1:], self.weight)
+        return torch.layer_norm(
+            x, x.shape[-1:], weight=self.weight, eps=1e-5, cudnn_enable=True
+        )
 
 
 @pytest.mark.parametrize("norm", ["layer", "functional", "instance"])

@@ -136,13 +136,24 @@ class ElementaryNorms(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def _layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *_):
-    """``F.layer_norm`` by elementary operations (``*_``: torch.layer_norm's flag)."""
+def _layer_norm(
+    input, normalized_shape, weight=None, bias=None, eps=1e-5, cudnn_enable=None
+):
+    """``F.layer_norm`` (or ``torch.layer_norm``) by elementary operations.
+
+    Half-precision inputs are normalised in float32, as the fused kernel does.
+    """
     axes = tuple(range(-len(normalized_shape), 0))
-    centred = input - input.mean(axes, keepdim=True)
+    x = _at_least_float32(input)
+    centred = x - x.mean(axes, keepdim=True)
     out = centred * torch.rsqrt(centred.square().mean(axes, keepdim=True) + eps)
+    out = out.to(input.dtype)
     out = out if weight is None else out * weight
     return out if bias is None else out + bias
+
+
+def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 def _instance_norm(
@@ -150,13 +161,14 @@ def _instance_norm(
 ):
     """``F.instance_norm`` by elementary operations, statistics not updated."""
     per_channel = (1, -1) + (1,) * (input.ndim - 2)
+    x = _at_least_float32(input)
     if use_input_stats:
         axes = tuple(range(2, input.ndim))
-        mean = input.mean(axes, keepdim=True)
-        var = (input - mean).square().mean(axes, keepdim=True)
+        mean = x.mean(axes, keepdim=True)
+        var = (x - mean).square().mean(axes, keepdim=True)
     else:
         mean, var = running_mean.view(per_channel), running_var.view(per_channel)
-    out = (input - mean) * torch.rsqrt(var + eps)
+    out = ((x - mean) * torch.rsqrt(var + eps)).to(input.dtype)
     out = out if weight is None else out * weight.view(per_channel)
     return out if bias is None else out + bias.view(per_channel)
 

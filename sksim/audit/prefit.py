@@ -74,6 +74,9 @@ def target_task(net: NetLike, y: ArrayLike) -> str:
     task = skorch_task(net)
     if task is not None:
         return task
+    y = np.asarray(y)
+    if y.dtype.kind == "f":
+        _check_finite(y, "y")
     kind = type_of_target(y)
     if kind in CLASSIFICATION_TARGETS:
         return "classification"
@@ -98,13 +101,18 @@ def regression_targets(y: ArrayLike, name: str) -> np.ndarray:
     if not np.issubdtype(y.dtype, np.number):
         raise ValueError(f"{name} must hold numbers; its dtype is {y.dtype}.")
     y = y.astype(np.float64)
-    missing = np.flatnonzero(~np.isfinite(y))
+    _check_finite(y, name)
+    return y
+
+
+def _check_finite(y: np.ndarray, name: str) -> None:
+    """A ValueError naming the rows of ``y`` that hold NaN or infinity."""
+    missing = np.flatnonzero(~np.isfinite(y.reshape(len(y), -1)).all(axis=1))
     if len(missing):
         raise ValueError(
             f"{name} holds NaN or infinity at {len(missing)} row(s), the first "
             f"{missing[:5].tolist()}: leave those examples out of the audit."
         )
-    return y
 
 
 def module_outputs(module: torch.nn.Module, X: NetInput) -> np.ndarray:
@@ -175,12 +183,14 @@ def predictions(
     elif type(_unwrap(net)).predict is NeuralNetClassifier.predict:
         probabilities = predicted_probabilities(net, X)
         prediction = probabilities.argmax(axis=1)
-    else:
+    else:  # the user's predict
         with forked_rng(exclusive=True), evaluation_mode(module), skorch_errors():
             prediction = np.asarray(net.predict(X))
+        if task == "classification":
+            prediction = _class_codes(net, prediction)
     if task == "regression":
         return regression_targets(prediction, "the network's output"), None
-    return _class_codes(net, prediction), probabilities
+    return prediction, probabilities
 
 
 def _class_codes(net: NetLike, prediction: np.ndarray) -> np.ndarray:

@@ -431,6 +431,10 @@ def test_prefit_errors(split, trained, regression):
         audit(net, Xr, np.hstack([yr, yr]), cv="prefit", X_test=Xr_test, y_test=yr_test)
     with pytest.raises(ValueError, match=r"more than the 120 training examples: "):
         audit(net, Xr, yr, cv="prefit", X_test=Xr_test, y_test=yr_test, n_neighbors=121)
+    missing = yr.copy()
+    missing[[4, 9]] = np.nan  # for a module, the targets decide the task
+    with pytest.raises(ValueError, match=r"y holds NaN .* 2 row.*\[4, 9\]"):
+        audit(net.module_, Xr, missing, cv="prefit", X_test=Xr_test, y_test=yr_test)
     missing = yr_test.copy()
     missing[[3, 7]] = np.nan
     with pytest.raises(ValueError, match=r"y_test holds NaN .* 2 row.*\[3, 7\]"):
@@ -643,6 +647,20 @@ def test_a_predict_giving_the_nets_classes_is_read_as_its_outputs(
     )
     assert found["denoising"].equals(expected["denoising"])
     assert found.metadata["n_classes"] == expected.metadata["n_classes"]
+
+
+def test_skorchs_own_predict_is_read_as_it_is_whatever_the_nets_classes(split, trained):
+    """classes= of skorch's metadata, not 0 to K - 1: its own predict gives
+    output indices already, which the mapping of a user's predict renumbered
+    (accuracy 0.35 for 0.93)."""
+    X, y, X_test, y_test = split
+    reversed_names = list(range(9, -1, -1))
+    params = {**trained.get_params(deep=False), "classes": reversed_names}
+    named = NeuralNetClassifier(**params).initialize()
+    named.module_.load_state_dict(trained.module_.state_dict())
+    found = prefit_audit(named, split, analyses=("density",), errors="raise")
+    assert found["folds"]["accuracy"].tolist() == [trained.score(X_test, y_test)]
+    np.testing.assert_array_equal(found["samples"]["prediction"], named.predict(X_test))
 
 
 class GuessingClassifier(NeuralNetClassifier):
