@@ -36,13 +36,16 @@ OVERSAMPLES = 10  # random directions the randomized SVD adds to those asked for
 POWER_ITERATIONS = 2  # its products with F^T F
 
 
-def direction_rows(n: int, n_components: int, random_state: int) -> np.ndarray:
+def direction_rows(
+    n: int, n_components: int, random_state: int, max_rows: int | None = None
+) -> np.ndarray:
     """The rows of ``n`` reference sketches the principal directions are fitted on.
 
-    At most :data:`MAX_FIT_ROWS` (or twice ``n_components``) drawn at random,
+    At most ``max_rows`` (fewer than :data:`MAX_FIT_ROWS`, that fit in
+    memory; None: that many) or twice ``n_components``, drawn at random,
     sorted; all ``n`` when there are no more.
     """
-    n_rows = max(MAX_FIT_ROWS, 2 * n_components)
+    n_rows = max(MAX_FIT_ROWS if max_rows is None else max_rows, 2 * n_components)
     if n <= n_rows:
         return np.arange(n)
     rng = check_random_state(random_state)

@@ -38,6 +38,7 @@ from ._engine.rows import (
 )
 from ._reduced_search import (
     CANDIDATES_PER_NEIGHBOR,
+    MAX_FIT_ROWS,
     candidate_rows,
     direction_rows,
     locality_order,
@@ -709,7 +710,10 @@ class NetworkNeighbors(NetworkEstimator):
         m = self._search_width(width)
         if m is None:
             return None
-        rows = direction_rows(self.n_samples_fit_, m, self.projection_seed_)
+        # the sketches sampled, and their copy in the decomposition, within
+        # a third of max_memory
+        fitting = rows_that_fit(self._engine.max_memory / 3, 8 * width, MAX_FIT_ROWS)
+        rows = direction_rows(self.n_samples_fit_, m, self.projection_seed_, fitting)
         if F is None:
             with flag_scope(report=False):  # the pass over X reports them
                 sample = self._sketch(take(X, rows))

@@ -405,6 +405,33 @@ def test_principal_directions_under_a_float64_default_dtype():
     np.testing.assert_array_equal(V, expected)
 
 
+def test_the_directions_are_fitted_on_the_sketches_that_fit_in_max_memory(
+    monkeypatch,
+):
+    """4 096 reference sketches of 100 outputs x 256 columns (400 MB) were
+    sampled whatever max_memory, at 100 MB."""
+    fitted, directions = [], sksim.neighbors.principal_directions
+
+    def recorded(F, *args):
+        fitted.append(F.shape)
+        return directions(F, *args)
+
+    monkeypatch.setattr(sksim.neighbors, "principal_directions", recorded)
+    X = np.random.default_rng(0).normal(size=(600, 3)).astype(np.float32)
+    net, max_memory = mlp(3, 10, hidden=16), 2**22
+    search = sksim.neighbors.NetworkNeighbors(
+        net,
+        algorithm="faiss",
+        n_components=64,
+        search_components=8,
+        max_memory=max_memory,
+        random_state=0,
+    ).fit(X)
+    ((rows, width),) = fitted
+    assert search.search_directions_.shape == (width, 8)
+    assert 16 <= rows < 600 and rows * 8 * width <= max_memory / 3
+
+
 def test_more_components_than_fitting_rows_fit_on_twice_as_many(monkeypatch):
     monkeypatch.setattr(_reduced_search, "MAX_FIT_ROWS", 8)
     rows = direction_rows(100, 10, random_state=0)

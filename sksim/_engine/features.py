@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from sklearn.utils import check_random_state
 
+from .budget import rows_that_fit
 from .flags import FlaggedRows, flag_scope
 from .inputs import n_samples, take
 from .jacobian import JacobianEngine
@@ -40,6 +41,12 @@ def whitened_jacobians(
 
 
 ENERGY_ROWS = 64  # examples the pieces' energies are measured on, at most
+
+# What a sample's sketch holds while it is made, in its d x n_components
+# values of 8 bytes (a TensorSketch's complex64 FFTs): the sketches of its
+# factors, their FFTs and product, the inverse, the joined pieces and the
+# float32 copy
+SKETCH_COPIES = 6
 
 
 def piece_energies(
@@ -123,12 +130,21 @@ def gradient_features(
         return _stacked(blocks, n_samples(X))
     weights = None if weights is None else tuple(float(w) for w in weights)
     sketch = gradient_sketch(n_components, seed, weights)
+    width = engine.n_params if n_components is None else n_components
+    budget = engine.max_memory / 3
 
     def blocks():
         for rows, pieces, _ in engine.mapped_pieces(X, power, rtol):
             if each_batch is not None:
                 each_batch(rows, pieces)
-            yield rows, sketch.features(pieces, engine.max_memory / 3)
+            # a few samples at a time: their sketches' intermediates fit
+            d, n = pieces[0].signal.shape[1], rows.stop - rows.start
+            step = rows_that_fit(budget, SKETCH_COPIES * 8 * d * width, n)
+            for start in range(0, n, step):
+                part = slice(start, min(start + step, n))
+                chunk = [piece.take(part) for piece in pieces]
+                part = slice(rows.start + part.start, rows.start + part.stop)
+                yield part, sketch.features(chunk, budget)
 
     return _stacked(blocks(), n_samples(X), unit_norm, directions)
 

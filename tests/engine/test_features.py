@@ -122,3 +122,32 @@ def test_factors_materialised_for_a_count_sketch_stay_within_max_memory(monkeypa
     engine = JacobianEngine(net, batch_size=6, max_memory=None)
     gradient_features(engine, X, n_components=256, seed=0)
     assert len(made) == 1
+
+
+def test_a_batch_is_sketched_a_few_samples_at_a_time_within_max_memory(monkeypatch):
+    """The automatic batch size counts the gradient pieces, not the sketch's
+    own intermediates (several copies of a sample's d x n_components
+    values): 3 000 examples sketched to 4 096 took 6 times max_memory."""
+    from sksim._engine import features, sketch
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(32, 64), torch.nn.Tanh(), torch.nn.Linear(64, 10)
+    )
+    X = torch.randn(300, 32)
+    whole = gradient_features(JacobianEngine(net), X, n_components=512, seed=0)
+    sketched = []
+    features_of = sketch.GradientSketch.features
+
+    def recorded(self, pieces, max_bytes=float("inf")):
+        sketched.append(len(pieces[0]))
+        return features_of(self, pieces, max_bytes)
+
+    monkeypatch.setattr(sketch.GradientSketch, "features", recorded)
+    max_memory = 2**23
+    engine = JacobianEngine(net, max_memory=max_memory)
+    bounded = gradient_features(engine, X, n_components=512, seed=0)
+    per_sample = features.SKETCH_COPIES * 8 * 10 * 512
+    assert engine.batch_size > max(sketched) and len(sketched) > 1
+    assert max(sketched) * per_sample <= max_memory / 3
+    np.testing.assert_allclose(bounded, whole, rtol=1e-5, atol=1e-6)
