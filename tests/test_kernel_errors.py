@@ -2,6 +2,7 @@
 
 import copy
 import pickle
+import re
 from types import SimpleNamespace
 
 import joblib
@@ -297,9 +298,12 @@ def test_memory_bound_reblocks_or_explains(module):
     np.testing.assert_allclose(network_similarity(module, X, max_memory=small), K)
     with pytest.raises(
         MemoryError,
-        match=r"single sample take more than a third of max_memory \(33 bytes",
-    ):
+        match=r"single sample take more than a third of max_memory \(.+ at least, "
+        r"against 33 bytes of 100 bytes\): raise max_memory \(above \d+ bytes\)",
+    ) as raised:
         network_similarity(module, X, max_memory=100)
+    enough = int(re.search(r"above (\d+) bytes", str(raised.value)).group(1))
+    assert enough > 100
 
 
 def test_tensor_inputs_are_checked_where_they_live(module):

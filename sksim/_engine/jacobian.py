@@ -385,8 +385,8 @@ class JacobianEngine:
                             rows.start + start,
                             self._recheck,
                         )
-                except PiecesTooLarge:
-                    self._split(part.stop - part.start)
+                except PiecesTooLarge as large:
+                    self._split(part.stop - part.start, large.args[0])
                     continue
                 except RowsMixed as mixed:
                     if part.stop - part.start > 1:
@@ -550,12 +550,17 @@ class JacobianEngine:
         intermediates = saved.bytes_besides(known, signals, d, from_start=whole)
         return mixing, (activations + pieces + intermediates) // 2, set(capture.calls)
 
-    def _split(self, size: int) -> None:
+    def _split(self, size: int, taken: int) -> None:
+        """Parts half as large; a MemoryError if ``size`` was one sample.
+
+        ``taken``: the bytes the part's pieces took when they passed the budget.
+        """
         if size == 1:
             raise MemoryError(
                 "The gradient pieces of a single sample take more than a third of "
-                f"max_memory ({readable_bytes(self.max_memory / 3)} of "
-                f"{self.max_memory} bytes): raise max_memory, or select fewer "
+                f"max_memory ({readable_bytes(taken)} at least, against "
+                f"{readable_bytes(self.max_memory / 3)} of {self.max_memory} bytes): "
+                f"raise max_memory (above {3 * taken} bytes), or select fewer "
                 "parameters (params=) or outputs (output=)."
             )
         self._part_size = (size + 1) // 2

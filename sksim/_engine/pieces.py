@@ -47,7 +47,10 @@ FLOAT32_RANGE = (1e-36, 1e36)
 
 
 class PiecesTooLarge(Exception):
-    """The pieces of a batch would take more memory than its budget."""
+    """The pieces of a batch would take more memory than its budget.
+
+    Its argument: the bytes they took when they passed it.
+    """
 
 
 class PieceBudget:
@@ -67,7 +70,7 @@ class PieceBudget:
         self.left -= nbytes
         self.taken += nbytes
         if self.left < 0:
-            raise PiecesTooLarge
+            raise PiecesTooLarge(self.taken)
 
 
 def chunk_elements(max_memory: float, like: torch.Tensor) -> int:
