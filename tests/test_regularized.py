@@ -1136,10 +1136,18 @@ def test_gradients_through_layer_norms_differentiate_as_autograds(norm):
     grads = per_sample_gradients(module, params, samples, readout)
     # vectorised: the norms by elementary operations differentiate alike
     assert _ALIKE[module] == {tuple(head): True, tuple(params): True}
+    _assert_derivatives_are_autograds(module, params, grads, samples, readout)
+
+
+def _assert_derivatives_are_autograds(module, chosen, grads, samples, readout):
+    """The derivatives, w.r.t. every parameter of ``module``, of a random
+    combination of the per-sample ``grads`` (of the ``chosen`` parameters)
+    equal those of the same combination of autograd's, one sample at a time."""
+    params = dict(module.named_parameters())
     expected = [
         torch.autograd.grad(
             readout(module(samples[i : i + 1]), None),
-            params.values(),
+            chosen.values(),
             create_graph=True,
         )
         for i in range(len(samples))
@@ -1152,12 +1160,13 @@ def test_gradients_through_layer_norms_differentiate_as_autograds(norm):
         for w, g in zip(weights, row, strict=True)
     )
     unused = dict(allow_unused=True, materialize_grads=True)  # the last bias's
-    for a, b in zip(
+    for name, a, b in zip(
+        params,
         torch.autograd.grad(found, params.values(), **unused),
         torch.autograd.grad(wanted, params.values(), **unused),
         strict=True,
     ):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
 
 
 @pytest.mark.parametrize("selected", ["2.weight", "2", "3"])
@@ -1182,29 +1191,7 @@ def test_a_selection_after_a_layer_norm_trains_the_layers_before_as_autograd(sel
         return out[0, 0] - out[0, 1]
 
     grads = per_sample_gradients(module, chosen, samples, readout)
-    expected = [
-        torch.autograd.grad(
-            readout(module(samples[i : i + 1]), None),
-            chosen.values(),
-            create_graph=True,
-        )
-        for i in range(len(samples))
-    ]
-    weights = [torch.randn_like(g) for g in grads.values()]
-    found = sum((w * g).sum() for w, g in zip(weights, grads.values(), strict=True))
-    wanted = sum(
-        (w[i] * g).sum()
-        for i, row in enumerate(expected)
-        for w, g in zip(weights, row, strict=True)
-    )
-    unused = dict(allow_unused=True, materialize_grads=True)
-    for name, a, b in zip(
-        params,
-        torch.autograd.grad(found, params.values(), **unused),
-        torch.autograd.grad(wanted, params.values(), **unused),
-        strict=True,
-    ):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
+    _assert_derivatives_are_autograds(module, chosen, grads, samples, readout)
 
 
 @pytest.mark.parametrize("pairs", ["same_class", "given"])
