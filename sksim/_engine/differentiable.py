@@ -112,6 +112,9 @@ def per_sample_gradients(
         return _looped(phi, params, samples, extra, extra_batched, create_graph)
 
 
+_INSTANCE_NORM = inspect.signature(F.instance_norm)
+
+
 class ElementaryNorms(TorchFunctionMode):
     """Layer and instance norms computed by elementary operations.
 
@@ -128,7 +131,7 @@ class ElementaryNorms(TorchFunctionMode):
         if func in (F.layer_norm, torch.layer_norm):
             return _layer_norm(*args, **kwargs)
         if func is F.instance_norm:
-            inputs = inspect.signature(F.instance_norm).bind(*args, **kwargs)
+            inputs = _INSTANCE_NORM.bind(*args, **kwargs)
             inputs.apply_defaults()
             values = inputs.arguments
             if not (values["use_input_stats"] and values["running_mean"] is not None):

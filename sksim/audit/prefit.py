@@ -235,9 +235,10 @@ def check_predicted_classes(prediction: np.ndarray, n_outputs: int) -> np.ndarra
         codes = prediction.astype(np.int64)
         if len(codes) == 0 or (codes.min() >= 0 and codes.max() < n_outputs):
             return codes
-    shown = ", ".join(map(repr, list(dict.fromkeys(prediction.ravel().tolist()))[:3]))
+    values = list(dict.fromkeys(prediction.ravel().tolist()))
+    shown = ", ".join(map(repr, values[:3])) + (", ..." if len(values) > 3 else "")
     raise ValueError(
-        f"The network's predict gives {shown}, ...: the audit compares predictions "
+        f"The network's predict gives {shown}: the audit compares predictions "
         "with the labels as indices of the network's class outputs (0 to "
         f"{n_outputs - 1}, output j for class j). Make predict return them "
         "(skorch's own predict does), or the net's classes_ in the order of its "
