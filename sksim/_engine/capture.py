@@ -263,22 +263,16 @@ class LayerCapture(ForwardHooks):
                 tied.add(name)
         return tied
 
-    def pieces(
-        self, outputs: torch.Tensor, budget: PieceBudget, check_rows: bool = False
-    ) -> list:
-        """Per-layer pieces of the Jacobian of ``outputs`` (b, d) for the batch.
-
-        Raises ``PiecesTooLarge`` before the signals or a piece would pass
-        ``budget``, and :class:`RowsMixed` as :func:`_output_signals` does
-        (``check_rows`` checks the rows whatever the graph).
-        """
-        by_layer = self.layer_pieces(outputs, budget, check_rows).values()
-        return [piece for pieces in by_layer for piece in pieces]
-
     def layer_pieces(
         self, outputs: torch.Tensor, budget: PieceBudget, check_rows: bool = False
     ) -> dict:
-        """:meth:`pieces`, by the name of the layer that ran (in the layers' order)."""
+        """Pieces of the Jacobian of ``outputs`` (b, d), by the layer that ran.
+
+        In the layers' order. Raises ``PiecesTooLarge`` before the signals or
+        a piece would pass ``budget``, and :class:`RowsMixed` as
+        :func:`_output_signals` does (``check_rows`` checks the rows whatever
+        the graph).
+        """
         names = [(n, i) for n, calls in self.calls.items() for i in range(len(calls))]
         zs = [self.calls[n][i][1] for n, i in names]
         for z in zs:
@@ -701,3 +695,36 @@ def _norm_pieces(layer, own, calls, d, budget) -> list:
     if "bias" in own:
         pieces.append(DensePiece(bias))
     return pieces
+
+
+def parameter_pieces(layer: nn.Module, own: list[str], grads: dict) -> list:
+    """A layer's pieces from its parameters' per-sample gradients ``(b, d, p)``.
+
+    ``grads`` maps ``weight``/``bias`` to the gradients. The pieces take the
+    layout, order and factors of :func:`_layer_pieces`, so that those of a
+    layer left to ``torch.func`` pair, and sketch alike, with its captured
+    ones (of other batches, or of another plan's).
+    """
+    b, d = next(iter(grads.values())).shape[:2]
+    pieces = []
+    if isinstance(layer, (*_NORMS, nn.Conv1d, nn.Conv2d)):  # a piece per parameter
+        if "weight" in own:
+            o, a = layer.weight.shape[0], layer.weight[0].numel()
+            big = not isinstance(layer, _NORMS) and o * a > TENSOR_SKETCH_MIN
+            factors = (o, a) if big and layer.groups == 1 else None
+            pieces.append(DensePiece(grads["weight"], factors))
+        if "bias" in own:
+            pieces.append(DensePiece(grads["bias"]))
+        return pieces
+    if "weight" not in own:
+        return [DensePiece(grads["bias"])]
+    if isinstance(layer, nn.Embedding) or is_transposed_linear(layer):
+        a, o = layer.weight.shape  # stored transposed: (inputs, outputs)
+        weight = grads["weight"].reshape(b, d, a, o).transpose(2, 3)
+    else:
+        o, a = layer.weight.shape
+        weight = grads["weight"].reshape(b, d, o, a)
+    if "bias" in own:  # the constant last input
+        weight = torch.cat([weight, grads["bias"][..., None]], dim=3)
+        a += 1
+    return [DensePiece(weight.reshape(b, d, o * a), (o, a))]

@@ -8,6 +8,7 @@ eval mode, on the module's device or a copy of it on another (see the theory pag
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -22,7 +23,14 @@ from torch.utils.checkpoint import CheckpointFunction
 from tqdm.auto import tqdm
 
 from .budget import readable_bytes, rows_that_fit
-from .capture import LayerCapture, RowsMixed, join_name, leaf_uses, plan_layers
+from .capture import (
+    LayerCapture,
+    RowsMixed,
+    join_name,
+    leaf_uses,
+    parameter_pieces,
+    plan_layers,
+)
 from .context import (
     check_device,
     evaluation_mode,
@@ -368,9 +376,9 @@ class JacobianEngine:
         leaves the network as it was.
         """
         with evaluation_mode(self.module):
-            layers, jacobian, n_fallback = self._layer_plan(X)
-            if layers and self._part_size > 1:
-                self._check_rows(layers, X)
+            plan = self._layer_plan(X)
+            if plan.layers and self._part_size > 1:
+                self._check_rows(plan.layers, X)
         for rows, batch in self._batches(X, progress):
             start, n = 0, rows.stop - rows.start
             while start < n:
@@ -378,9 +386,7 @@ class JacobianEngine:
                 try:
                     with evaluation_mode(self.module):
                         pieces = self._batch_pieces(
-                            layers,
-                            jacobian,
-                            n_fallback,
+                            plan,
                             take(batch, part),
                             rows.start + start,
                             self._recheck,
@@ -394,7 +400,7 @@ class JacobianEngine:
                     else:  # a single sample's rows are not one: the layer falls back
                         self._unbatched.add(mixed.args[0])
                         self._plan = None
-                        layers, jacobian, n_fallback = self._layer_plan(X)
+                        plan = self._layer_plan(X)
                         if self._mixed_by == mixed.args[0]:  # the batches' cause
                             # another layer may mix them unseen: the next part's
                             # rows are checked whatever the graph
@@ -447,8 +453,8 @@ class JacobianEngine:
             yield rows, map_pieces(pieces, G, power, rtol, found, rows), G
         found.report()
 
-    def _layer_plan(self, X) -> tuple[dict, Callable | None, int]:
-        """Handled layers, the fallback Jacobian and its width, made once.
+    def _layer_plan(self, X) -> _Plan:
+        """The layers handled, and the fallback's parameters, made once.
 
         The plan is checked on two samples of ``X`` (the first one twice if
         there is only one): a layer whose recorded tensors do not hold one
@@ -461,6 +467,7 @@ class JacobianEngine:
         if self._plan is None:
             with evaluation_mode(self.module):
                 layers, fallback = plan_layers(self.module, self.parameters)
+                supported = dict(layers)
                 mixing, per_sample, ran = (
                     self._probe(layers, X, bool(fallback))
                     if layers
@@ -487,7 +494,7 @@ class JacobianEngine:
                 self.batch_size = self._part_size = rows_that_fit(
                     self.max_memory / 3, per_sample, AUTO_BATCH_LIMIT
                 )
-            self._plan = layers, jacobian, n_fallback
+            self._plan = _Plan(supported, layers, fallback, jacobian, n_fallback)
         return self._plan
 
     def _probe(self, layers: dict, X, whole: bool) -> tuple[set[str], int, set[str]]:
@@ -566,13 +573,7 @@ class JacobianEngine:
         self._part_size = (size + 1) // 2
 
     def _batch_pieces(
-        self,
-        layers: dict,
-        jacobian,
-        n_fallback: int,
-        batch,
-        start: int,
-        check_rows: bool = False,
+        self, plan: _Plan, batch, start: int, check_rows: bool = False
     ) -> list:
         """One batch's pieces, checked finite; ``PiecesTooLarge`` past the budget.
 
@@ -581,16 +582,19 @@ class JacobianEngine:
         """
         budget = PieceBudget(self.max_memory / 3)
         with _rows_named(start, n_samples(batch)):
-            pieces = (
-                self._captured_pieces(layers, batch, budget, start, check_rows)
-                if layers
-                else []
+            captured = (
+                self._captured_pieces(plan.layers, batch, budget, start, check_rows)
+                if plan.layers
+                else {}
             )
-            if jacobian is not None:
+            blocks = {}
+            if plan.jacobian is not None:
                 b, d = n_samples(batch), self.n_outputs(batch)
-                budget.take((b, d, n_fallback), next(iter(self.parameters.values())))
+                first = next(iter(self.parameters.values()))
+                budget.take((b, d, plan.n_fallback), first)
                 with torch.no_grad():
-                    pieces.extend(DensePiece(block) for block in jacobian(batch))
+                    blocks = dict(zip(plan.fallback, plan.jacobian(batch), strict=True))
+            pieces = plan.pieces(captured, blocks)
         for piece in pieces:
             check_finite_rows(piece.signal, start, "gradients")
         return in_common_dtype(pieces)
@@ -602,8 +606,8 @@ class JacobianEngine:
         budget: PieceBudget,
         start: int,
         check_rows: bool = False,
-    ) -> list:
-        """Pieces of the handled layers from one forward and backward pass.
+    ) -> dict:
+        """Pieces of the handled layers from one forward and backward pass, by layer.
 
         Recorded activations are not copied unless an in-place operation of
         the network changes them; then this batch is captured again, and the
@@ -621,13 +625,59 @@ class JacobianEngine:
             capture.recording = False
             _check_same_layers(set(capture.calls), self._ran, start, b)
             if capture.intact():
-                return capture.pieces(outputs, budget, check_rows)
+                return capture.layer_pieces(outputs, budget, check_rows)
         self._copy_activations = True
         return self._captured_pieces(layers, batch, budget, start, check_rows)
 
     def jacobian(self, X) -> torch.Tensor:
         """All per-sample Jacobians ``(n, d, p)`` at once (memory ``n d p``)."""
         return torch.cat([J for _, J in self.jacobians(X)])
+
+
+@dataclasses.dataclass
+class _Plan:
+    """How a batch's pieces are made: captured layers and ``torch.func``.
+
+    Attributes
+    ----------
+    supported : dict
+        Every layer that captures handle, name to ``(layer, own parameters)``,
+        in the network's order.
+    layers : dict
+        Those captured: the others mix samples, or share their parameters
+        outside their calls.
+    fallback : list of str
+        The parameters that ``jacobian`` differentiates, those of the
+        supported layers not captured included.
+    jacobian : callable or None
+        ``batch -> blocks``, a gradient ``(b, d, p_n)`` per ``fallback`` name.
+    n_fallback : int
+        The number of parameters in ``fallback``.
+    """
+
+    supported: dict
+    layers: dict
+    fallback: list[str]
+    jacobian: Callable | None
+    n_fallback: int
+
+    def pieces(self, captured: dict, blocks: dict) -> list:
+        """A batch's pieces from the ``captured`` layers' and the fallback's ``blocks``.
+
+        Every supported layer's pieces take its own layout and place, captured
+        or not, so that batches before and after a layer moves to the fallback
+        (its rows found mixed), and engines whose plans differ, pair piece by
+        piece and sketch alike. The other parameters' blocks come last.
+        """
+        pieces = []
+        for name, (layer, own) in self.supported.items():
+            if name in self.layers:
+                pieces.extend(captured.get(name, []))  # none for a layer that idled
+            else:
+                grads = {local: blocks.pop(join_name(name, local)) for local in own}
+                pieces.extend(parameter_pieces(layer, own, grads))
+        pieces.extend(DensePiece(block) for block in blocks.values())
+        return pieces
 
 
 def _with_values(module: torch.nn.Module, params) -> dict:

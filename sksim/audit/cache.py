@@ -24,7 +24,7 @@ from .prefit import weights_fingerprint
 
 # The layout of the saved pieces; a change of layout names new files, so that
 # pieces saved by an older layout are recomputed rather than misread.
-CACHE_FORMAT = 4
+CACHE_FORMAT = 5
 
 
 class _ContentHasher(joblib.hashing.Hasher):

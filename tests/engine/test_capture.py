@@ -38,8 +38,8 @@ def test_plans_use_factors_where_supported():
         module, X = layer_case(name)
         layers, fallback = plan_layers(module, dict(module.named_parameters()))
         assert fallback == [], name
-        _, _, n_fallback = JacobianEngine(module)._layer_plan(X)  # probe too
-        assert n_fallback == 0, name
+        plan = JacobianEngine(module)._layer_plan(X)  # probe too
+        assert plan.n_fallback == 0, name
     module, _ = layer_case("custom")
     _, fallback = plan_layers(module, dict(module.named_parameters()))
     assert fallback == ["scale", "bilinear.weight", "bilinear.bias"]
@@ -51,16 +51,16 @@ def test_transformers_models_are_factorised_throughout():
     resnet = ResNet18Logits().eval()
     images = torch.randn(2, 3, 32, 32, dtype=torch.float64)
     for module, X in ((bert, ids), (gpt2, tokens), (resnet.double(), images)):
-        _, jacobian, n_fallback = JacobianEngine(module)._layer_plan(X)
-        assert jacobian is None and n_fallback == 0
+        plan = JacobianEngine(module)._layer_plan(X)
+        assert plan.jacobian is None and plan.n_fallback == 0
 
 
 @pytest.mark.parametrize("tie, tied", [("embedding", "emb"), ("functional", "mix")])
 def test_weights_used_outside_their_calls_fall_back(tie, tied):
     module, X = family_case(f"tied_{tie}", 3)
-    layers, _, n_fallback = JacobianEngine(module)._layer_plan(X)
-    assert set(layers) == {"emb", "mix", "out"} - {tied}
-    assert n_fallback == sum(p.numel() for p in getattr(module, tied).parameters())
+    plan = JacobianEngine(module)._layer_plan(X)
+    assert set(plan.layers) == {"emb", "mix", "out"} - {tied}
+    assert plan.n_fallback == sum(p.numel() for p in getattr(module, tied).parameters())
 
 
 class _Cube(torch.autograd.Function):
