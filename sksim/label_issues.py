@@ -342,6 +342,15 @@ class LabelIssueDetector(NetworkEstimator):
     candidates_per_neighbor : int, default=24
         The candidates a reduced FAISS search finds per neighbour (see
         :class:`~sksim.neighbors.NetworkNeighbors`).
+    index : str, default="auto"
+        The FAISS index of a FAISS search, as a string of
+        ``faiss.index_factory`` (see :class:`~sksim.neighbors.NetworkNeighbors`):
+        a compressed one such as ``"IVF1024,PQ32"`` holds less than the
+        sketches. ``"auto"``: exhaustive (``"Flat"``) below a million
+        training examples, HNSW graphs (``"HNSW32"``) from there.
+    index_params : str or None, default=None
+        Its search parameters, as a string of ``faiss.ParameterSpace`` (e.g.
+        ``"nprobe=16"``).
     %(batch_size)s
     %(device)s
     %(rtol)s
@@ -422,6 +431,8 @@ class LabelIssueDetector(NetworkEstimator):
         algorithm=[StrOptions({"auto", "exact", "faiss"})],
         search_components=[Interval(Integral, 1, None, closed="left"), None],
         candidates_per_neighbor=[Interval(Integral, 1, None, closed="left")],
+        index=[str],
+        index_params=[str, None],
         n_components=N_COMPONENTS,
     )
 
@@ -438,6 +449,8 @@ class LabelIssueDetector(NetworkEstimator):
         n_components: int | str | None = None,
         search_components: int | None = None,
         candidates_per_neighbor: int = CANDIDATES_PER_NEIGHBOR,
+        index: str = "auto",
+        index_params: str | None = None,
         batch_size: int | str = "auto",
         device: str | torch.device | None = None,
         rtol: float = 1e-5,
@@ -456,6 +469,8 @@ class LabelIssueDetector(NetworkEstimator):
         self.n_components = n_components
         self.search_components = search_components
         self.candidates_per_neighbor = candidates_per_neighbor
+        self.index = index
+        self.index_params = index_params
         self.batch_size = batch_size
         self.device = device
         self.rtol = rtol
@@ -682,7 +697,8 @@ class LabelIssueDetector(NetworkEstimator):
         Exact up to :data:`EXACT_MAX_SAMPLES` reference examples with
         ``algorithm="auto"``; past it, FAISS over sketches (``"auto"`` wide
         and reduced to :data:`FAISS_SEARCH_COMPONENTS` unless set). A FAISS
-        search uses the index of :func:`~sksim.neighbors.automatic_index`.
+        search uses ``index``, that of :func:`~sksim.neighbors.automatic_index`
+        if ``"auto"``.
         """
         algorithm, n_components = self.algorithm, self.n_components
         search_components = self.search_components
@@ -701,7 +717,12 @@ class LabelIssueDetector(NetworkEstimator):
             n_components=n_components,
             search_components=search_components if algorithm == "faiss" else None,
             candidates_per_neighbor=self.candidates_per_neighbor,
-            index=automatic_index(n_samples(X_reference)),
+            index=(
+                automatic_index(n_samples(X_reference))
+                if self.index == "auto"
+                else self.index
+            ),
+            index_params=self.index_params,
             batch_size=self.batch_size,
             device=self.device,
             rtol=self.rtol,

@@ -17,7 +17,12 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._base import POSITIVE_INT, NetworkEstimator, constraints
 from ._docs import fill_doc
-from ._engine.budget import KEPT_MEMORY, check_kept_bytes, rows_that_fit
+from ._engine.budget import (
+    KEPT_MEMORY,
+    check_kept_bytes,
+    readable_bytes,
+    rows_that_fit,
+)
 from ._engine.checkpoints import checkpoint_seed, stacked, weighted_rows
 from ._engine.finite import rows_of_reference
 from ._engine.flags import flag_scope
@@ -487,10 +492,9 @@ class NetworkNeighbors(NetworkEstimator):
             <= MAX_RANKING_BLOCKS * KEPT_MEMORY * self._engine.max_memory
         )
         self.n_components_ = self._sketch_width(X)
-        self._held_bytes = self._search_bytes(
-            X, self.n_components_, self.exact_ranking_
-        )
-        self._check_held_bytes()
+        held = self._search_bytes(X, self.n_components_, self.exact_ranking_)
+        self._held_bytes = sum(held)
+        self._check_held_bytes(*held)
         exact = None if X_val is None else self._exact_neighbors(X_val)
         if self.n_components_ is not None:
             self.sketch_weights_ = self._sketch_weights(X)
@@ -584,22 +588,24 @@ class NetworkNeighbors(NetworkEstimator):
         kept = self._piece_bytes is not None and self._pieces_fit()
         return self._jacobian_bytes / 2 if kept else self._jacobian_bytes
 
-    def _search_bytes(self, X, width: int | None, exact_ranking: bool) -> int:
+    def _search_bytes(
+        self, X, width: int | None, exact_ranking: bool
+    ) -> tuple[int, int]:
         """Bytes the search holds for the reference ``X``, its Jacobians aside.
 
-        Its sketches of ``width`` per output as they are kept (their
-        projections alone when ranked exactly) and the FAISS index over
+        Those of its sketches of ``width`` per output as they are kept (their
+        projections alone when ranked exactly), and of the FAISS index over
         those it searches; 0 without sketches.
         """
         if width is None:
-            return 0
+            return 0, 0
         n = self.n_samples_fit_
         values = self._engine.n_outputs(X) * width * len(self._engines())
         searched = self._search_width(values) or values
-        held = 4 * n * (searched if exact_ranking else values)
-        if self.algorithm == "faiss":
-            held += index_bytes(self._empty_index(searched), n)
-        return held
+        kept = 4 * n * (searched if exact_ranking else values)
+        if self.algorithm != "faiss":
+            return kept, 0
+        return kept, index_bytes(self._empty_index(searched), n)
 
     def _search_width(self, values: int) -> int | None:
         """The components a search of sketches of ``values`` reduces them to.
@@ -614,23 +620,28 @@ class NetworkNeighbors(NetworkEstimator):
         m = int(min(self.search_components, self.n_samples_fit_ - 1))
         return m if 1 <= m < values else None
 
-    def _check_held_bytes(self) -> None:
-        """Raise a MemoryError when the search would hold more than it may."""
-        faiss = self.algorithm == "faiss"
-        index = f" and the FAISS index {self.index!r} over them" * faiss
-        advice = (
-            "lower n_components or search_components, use a compressed index "
-            '(e.g. index="IVF1024,PQ32"), or raise max_memory.'
-            if faiss
-            else 'lower n_components, search with algorithm="faiss" over fewer '
-            "search_components, or raise max_memory."
-        )
-        check_kept_bytes(
-            self._held_bytes,
-            self._engine.max_memory,
-            f"The sketches of the {self.n_samples_fit_} reference examples{index}",
-            advice,
-        )
+    def _check_held_bytes(self, kept: int, index: int) -> None:
+        """Raise a MemoryError when the search would hold more than it may.
+
+        ``kept``: the bytes of the sketches kept; ``index``: of the FAISS index.
+        """
+        what = f"The sketches of the {self.n_samples_fit_} reference examples"
+        if self.algorithm == "faiss":
+            what += (
+                f" ({readable_bytes(kept)}) and the FAISS index {self.index!r} "
+                f"over them ({readable_bytes(index)})"
+            )
+            advice = (
+                "lower n_components or search_components, raise max_memory, or "
+                'hold the index in less with a compressed one (e.g. index="IVF1024,'
+                'PQ32"; the sketches are kept whatever the index).'
+            )
+        else:
+            advice = (
+                'lower n_components, search with algorithm="faiss" over fewer '
+                "search_components, or raise max_memory."
+            )
+        check_kept_bytes(kept + index, self._engine.max_memory, what, advice)
 
     def _measured_piece_bytes(self, X) -> float | None:
         """Bytes of one reference example's whitened pieces, for an exact ranking.
@@ -680,7 +691,7 @@ class NetworkNeighbors(NetworkEstimator):
             return CANDIDATE_COMPONENTS
         budget = KEPT_MEMORY * self._engine.max_memory
         fitting = [
-            w for w in AUTO_COMPONENTS if self._search_bytes(X, w, False) <= budget
+            w for w in AUTO_COMPONENTS if sum(self._search_bytes(X, w, False)) <= budget
         ]
         return fitting[0] if fitting else AUTO_COMPONENTS[-1]
 

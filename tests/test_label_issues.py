@@ -233,6 +233,28 @@ def test_faiss_search_on_sketches_and_the_automatic_switch(
     np.testing.assert_array_equal(auto.scores_, reduced.scores_)
 
 
+def test_a_faiss_search_takes_the_index_it_is_given(digits, fitted_digits_net):
+    """The MemoryError of sketches past max_memory advised a compressed
+    index=, which the detector did not take."""
+    X, y = digits[0][:600], digits[1][:600]
+    kwargs = dict(cv="prefit", n_neighbors=5, random_state=0, algorithm="faiss")
+    kwargs.update(n_components=64)
+    # the 600 sketches of 10 x 64 take 1.5 MiB, a flat index as much again
+    small = 3 * 2**20  # two thirds of it kept: 2 MiB
+    with pytest.raises(MemoryError, match="compressed one"):
+        LabelIssueDetector(fitted_digits_net, **kwargs, max_memory=small).fit(X, y)
+    flat = LabelIssueDetector(fitted_digits_net, **kwargs).fit(X, y)
+    every_list = dict(index="IVF8,Flat", index_params="nprobe=8")
+    ivf = LabelIssueDetector(fitted_digits_net, **kwargs, **every_list).fit(X, y)
+    np.testing.assert_array_equal(ivf.neighbor_indices_, flat.neighbor_indices_)
+    one_list = LabelIssueDetector(
+        fitted_digits_net, **kwargs, index="IVF8,Flat", index_params="nprobe=1"
+    ).fit(X, y)
+    assert (one_list.neighbor_indices_ != flat.neighbor_indices_).any()
+    compressed = dict(index="PQ16x4", max_memory=small)  # 8 bytes an example
+    LabelIssueDetector(fitted_digits_net, **kwargs, **compressed).fit(X, y)
+
+
 def test_cv_splitter_and_fitted_skorch_net_are_cloned(digits, fitted_digits_net):
     X, y = digits[0][:120], digits[1][:120]
     before = {k: v.clone() for k, v in fitted_digits_net.module_.state_dict().items()}
