@@ -22,7 +22,7 @@ from ._docs import fill_doc
 from ._engine import features
 from ._engine.budget import check_kept_bytes, rows_that_fit
 from ._engine.checkpoints import checkpoint_seed, stacked, weighted_sum
-from ._engine.finite import rows_of_reference
+from ._engine.finite import rows_of_part, rows_of_reference
 from ._engine.flags import block_move, flag_scope
 from ._engine.gram import POWERS, GramReference, symmetrize
 from ._engine.inputs import n_samples, take
@@ -540,9 +540,27 @@ class NetworkSimilarityKernel(
         check_is_fitted(self)
         X = self._check_input(X)
         if self.features_fit_ is not None:
-            left = self._features(X, "left")
-            return _contract(left, self.features_fit_, self.kind, "trace", self._bound)
+            return self._sketched(X)
         return self._exact(X)
+
+    def _sketched(self, X) -> np.ndarray:
+        """``K(X, X_fit_)`` from sketches of ``X``, a chunk of rows at a time.
+
+        A chunk's sketches take a third of ``max_memory`` at most, as the
+        float64 blocks of their contraction do.
+        """
+        n = n_samples(X)
+        step = rows_that_fit(self._bound, self.features_fit_[0].nbytes, n)
+        K = np.empty((n, len(self.features_fit_)))
+        with flag_scope():  # one warning for the chunks
+            for start in range(0, n, step):
+                chunk = slice(start, min(start + step, n))
+                with rows_of_part(chunk):
+                    left = self._features(take(X, chunk), "left")
+                K[chunk] = _contract(
+                    left, self.features_fit_, self.kind, "trace", self._bound
+                )
+        return K
 
     def fit_transform(self, X: NetInput, y: ArrayLike | None = None) -> np.ndarray:
         """Fit, then return ``K(X, X)`` (exactly symmetric unless ``influence``).
@@ -561,12 +579,11 @@ class NetworkSimilarityKernel(
             Float64 similarities.
         """
         self.fit(X, y)
-        if self.features_fit_ is not None:
-            left = self.features_fit_
-            if self.kind == "influence":
-                left = self._features(self.X_fit_, "left")
-            K = _contract(left, self.features_fit_, self.kind, "trace", self._bound)
-            if self.kind != "influence":
-                symmetrize(K)
-            return K
-        return self._exact()
+        if self.features_fit_ is None:
+            return self._exact()
+        if self.kind == "influence":  # its left side sketched apart
+            return self._sketched(self.X_fit_)
+        F = self.features_fit_
+        K = _contract(F, F, self.kind, "trace", self._bound)
+        symmetrize(K)
+        return K

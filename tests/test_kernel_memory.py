@@ -11,6 +11,7 @@ from _architectures import mlp
 
 from sksim import (
     DeadInputWarning,
+    NonFiniteNetworkError,
     GradientDensityEstimator,
     NetworkNeighbors,
     NetworkSimilarityKernel,
@@ -119,3 +120,47 @@ def test_a_sketched_kernel_names_the_references_rows_as_the_exact_one():
     for n_components in (None, 8):
         with pytest.warns(DeadInputWarning, match=r"6 .* rows \[0, .* of the refe"):
             network_similarity(net, queries, reference, n_components=n_components)
+
+
+def test_a_kernel_sketches_its_queries_a_chunk_at_a_time(data, monkeypatch):
+    """transform sketched every query at once: 3 000 queries to 2 048
+    components took 16 times a max_memory of 20 MiB."""
+    net, reference, queries = mlp(4, 3), data[:10], data[10:]
+    common = dict(n_components=N_COMPONENTS, random_state=0)
+    expected = network_similarity(net, queries, reference, max_memory=None, **common)
+    sizes, features = [], kernel._features
+    monkeypatch.setattr(
+        kernel,
+        "_features",
+        lambda engine, X, *args: sizes.append(len(X)) or features(engine, X, *args),
+    )
+    kern = NetworkSimilarityKernel(net, max_memory=3 * sketch_bytes(12), **common)
+    K = kern.fit(reference).transform(queries)
+    assert sizes == [10, 12, 12, 12, 12, 2]  # the reference, then the queries
+    np.testing.assert_allclose(K, expected, rtol=1e-6, atol=1e-6)
+
+
+class Exp(torch.nn.Module):
+    def forward(self, x):
+        return torch.exp(x)
+
+
+def test_chunks_of_a_kernels_queries_name_the_queries_rows():
+    net = dead_below_zero()
+    reference = np.linspace(1, 8, 6, dtype=np.float32)[:, None]
+    queries = np.linspace(-3, 9, 17, dtype=np.float32)[:, None]  # rows 0-4 dead
+    kern = NetworkSimilarityKernel(net, n_components=8, max_memory=2000).fit(reference)
+    with pytest.warns(DeadInputWarning) as caught:
+        kern.transform(queries)
+    assert [str(w.message)[:54] for w in caught] == [
+        "5 sample(s) have a zero gradient: input rows [0, 1, 2,"
+    ]
+    overflowing = torch.nn.Sequential(
+        torch.nn.Linear(1, 2), Exp(), torch.nn.Linear(2, 2)
+    )
+    with torch.no_grad():
+        overflowing[0].weight.fill_(1.0)  # exp(1e4) overflows
+    kern = NetworkSimilarityKernel(overflowing, n_components=8, max_memory=2000)
+    queries[11] = 1e4
+    with pytest.raises(NonFiniteNetworkError, match=r"outputs for input rows \[11\]"):
+        kern.fit(reference).transform(queries)

@@ -4,7 +4,7 @@
 rows of a batch that hold NaN or infinity; :func:`rows_of_reference` renames
 the rows of a pass over the reference set, and
 :meth:`NonFiniteNetworkError.moved` those of a part of larger inputs (a tile, a
-chunk, a probe).
+chunk, a probe), as :func:`rows_of_part` does around a pass.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from .flags import flag_scope, moved_rows, name_rows
+from .flags import block_move, flag_scope, moved_rows, name_rows
 
 
 class NonFiniteNetworkError(ValueError):
@@ -89,6 +89,19 @@ def rows_of_reference(rows=None) -> Iterator[None]:
             yield
     except NonFiniteNetworkError as error:
         raise error.moved(rows, REFERENCE_INPUTS) from None
+
+
+@contextlib.contextmanager
+def rows_of_part(rows: slice) -> Iterator[None]:
+    """Name the rows of errors and flags inside as the ``rows`` of larger inputs.
+
+    For a pass over a chunk of the inputs, read a chunk at a time.
+    """
+    try:
+        with flag_scope(block_move(rows)):
+            yield
+    except NonFiniteNetworkError as error:
+        raise error.moved(rows) from None
 
 
 def check_finite_rows(values: torch.Tensor, start: int, what: str) -> None:
