@@ -11,10 +11,10 @@ from _architectures import mlp
 
 from sksim import (
     DeadInputWarning,
-    NonFiniteNetworkError,
     GradientDensityEstimator,
     NetworkNeighbors,
     NetworkSimilarityKernel,
+    NonFiniteNetworkError,
     kernel,
     network_similarity,
 )
