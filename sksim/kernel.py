@@ -64,24 +64,26 @@ def _features(engine, X, kind, side, n_components, seed, rtol):
 def _contract(F_x, F_y, kind, reduce, max_bytes=float("inf")):
     """The kernel of feature stacks ``(n, d, k)``: ``tr(F_x F_y^T) / d`` or blocks.
 
-    The traces are summed in float64, over blocks of rows whose float64
-    copies take at most ``max_bytes`` together.
+    Computed in float64, over blocks of rows whose float64 copies take at
+    most ``max_bytes`` together.
     """
-    if reduce is None:
-        F_x, F_y = F_x.astype(np.float64), F_y.astype(np.float64)
-        blocks = np.einsum("adk,bek->abde", F_x, F_y)
-        return blocks.transpose(0, 1, 3, 2) if kind == "influence" else blocks
-    (n, d, _), m = F_x.shape, len(F_y)
-    A, B = F_x.reshape(n, -1), F_y.reshape(m, -1)
-    K = np.empty((n, m))
-    step_x = rows_that_fit(max_bytes / 2, 8 * A.shape[1], n)
-    step_y = rows_that_fit(max_bytes / 2, 8 * B.shape[1], m)
+    (n, d, k), m = F_x.shape, len(F_y)
+    full = reduce is None
+    K = np.empty((n, m, d, d) if full else (n, m))
+    step_x = rows_that_fit(max_bytes / 2, 8 * d * k, n)
+    step_y = rows_that_fit(max_bytes / 2, 8 * d * k, m)
     for start_y in range(0, m, step_y):
         ys = slice(start_y, start_y + step_y)
-        B_block = B[ys].astype(np.float64)
+        B = F_y[ys].astype(np.float64)
         for start_x in range(0, n, step_x):
             xs = slice(start_x, start_x + step_x)
-            K[xs, ys] = A[xs].astype(np.float64) @ B_block.T
+            A = F_x[xs].astype(np.float64)
+            if full:
+                K[xs, ys] = np.einsum("adk,bek->abde", A, B)
+            else:
+                K[xs, ys] = A.reshape(len(A), -1) @ B.reshape(len(B), -1).T
+    if full:
+        return K.transpose(0, 1, 3, 2) if kind == "influence" else K
     K /= d
     return K
 
@@ -100,15 +102,11 @@ def _projected_similarity(engine, X, Y, kind, reduce, rtol, n_components, seed):
             return flag_scope(move=block_move(rows))
         return rows_of_reference(rows)
 
-    right = X if Y is None else Y
-    if reduce is None:  # blocks larger than the sketches
-        with read(slice(0, n_samples(right))):
-            F_y = _features(engine, right, kind, "right", n_components, seed, rtol)
-        return _contract(F_x, F_y, kind, reduce, bound)
     # the reference sketched a chunk at a time: its rows are not kept
+    right = X if Y is None else Y
     m, row_bytes = n_samples(right), F_x[0].nbytes
     step = rows_that_fit(bound, row_bytes, m)
-    K = np.empty((len(F_x), m))
+    K = None
     with flag_scope():  # one warning for the chunks
         for start in range(0, m, step):
             chunk = slice(start, min(start + step, m))
@@ -116,7 +114,10 @@ def _projected_similarity(engine, X, Y, kind, reduce, rtol, n_components, seed):
                 F_y = _features(
                     engine, take(right, chunk), kind, "right", n_components, seed, rtol
                 )
-            K[:, chunk] = _contract(F_x, F_y, kind, reduce, bound)
+            part = _contract(F_x, F_y, kind, reduce, bound)
+            if K is None:
+                K = np.empty((len(F_x), m, *part.shape[2:]))
+            K[:, chunk] = part
     return K
 
 
