@@ -515,7 +515,7 @@ class NetworkNeighbors(NetworkEstimator):
             self.reference_features_ = F
         if exact is not None:
             exact.finish(X)
-        self._reference_pieces = None if kept is None else kept.pieces
+        self._reference_pieces = None if kept is None else kept.pieces or ()
         self._background = None
         if self.algorithm == "faiss":
             self._faiss_index = self._build_index()
@@ -696,20 +696,29 @@ class NetworkNeighbors(NetworkEstimator):
         return fitting[0] if fitting else AUTO_COMPONENTS[-1]
 
     def _whitened_pieces(self, rows: slice | None = None) -> list:
-        """The whitened pieces of the reference's ``rows`` (None: all), by layer."""
+        """The whitened pieces of the reference's ``rows`` (None: all), in runs.
+
+        The runs of :class:`~sksim._engine.pieces.KeptPieces`, their rows
+        counted from the first of ``rows``.
+        """
         ((_, engine),) = self._engines()
         X = self.X_fit_ if rows is None else take(self.X_fit_, rows)
         kept = KeptPieces(n_samples(X), float("inf"))
         with rows_of_reference(rows):
             for batch, pieces, _ in engine.mapped_pieces(X, -0.5, self.rtol):
                 kept(batch, pieces)
-        return kept.pieces
+        return kept.runs
 
     def _kept_reference_pieces(self) -> list | None:
-        """The reference's whitened pieces when they fit (again after unpickling)."""
+        """The reference's whitened pieces when they fit (again after unpickling).
+
+        None when they do not, or take several forms (layers that see other
+        numbers of positions in other batches), which ``()`` records.
+        """
         if getattr(self, "_reference_pieces", None) is None and self._pieces_fit():
-            self._reference_pieces = self._whitened_pieces()
-        return self._reference_pieces
+            runs = self._whitened_pieces()
+            self._reference_pieces = runs[0][1] if len(runs) == 1 else ()
+        return self._reference_pieces or None
 
     def _search_directions(self, X, F=None):
         """Principal directions of the reference sketches (None: no reduction).
@@ -794,10 +803,23 @@ class NetworkNeighbors(NetworkEstimator):
             if self.exact_ranking_:
                 kept = KeptPieces(n_samples(chunk), float("inf"))  # the chunk fits
             F = self._sketch(chunk, kept, self._kept_directions())
-            pieces = None if kept is None else kept.pieces
-            parts.append(self._faiss(F, n_neighbors, pieces=pieces))
-            del kept, pieces  # freed before the next chunk's are computed
+            if kept is None:
+                parts.append(self._faiss(F, n_neighbors))
+            else:
+                parts.extend(self._ranked(F, n_neighbors, kept.runs))
+            del kept  # freed before the next chunk's are computed
         return tuple(np.concatenate(part) for part in zip(*parts, strict=True))
+
+    def _ranked(self, F, n_neighbors, runs, own=None) -> list:
+        """:meth:`_faiss` of each run of queries, ranked by its whitened pieces.
+
+        ``runs``: those of :class:`~sksim._engine.pieces.KeptPieces`; ``own``
+        as :meth:`_faiss` takes it, for all the queries.
+        """
+        return [
+            self._faiss(F[rows], n_neighbors, None if own is None else own[rows], run)
+            for rows, run in runs
+        ]
 
     def _searched_reference(self, n_neighbors):
         """:meth:`_faiss` of the reference itself, each example not its own neighbour.
@@ -813,12 +835,14 @@ class NetworkNeighbors(NetworkEstimator):
         row_bytes = self._piece_bytes + self._candidate_bytes(n_neighbors + 1)
         for block in self._blocks(n, row_bytes):
             if kept is None:
-                pieces = self._whitened_pieces(block)
+                runs = self._whitened_pieces(block)
             else:
-                pieces = [piece.take(block) for piece in kept]
+                runs = [
+                    (slice(0, block.stop - block.start), [p.take(block) for p in kept])
+                ]
             own = np.arange(block.start, block.stop)
-            parts.append(self._faiss(F[block], n_neighbors, own, pieces))
-            del pieces  # freed before the next block's are computed
+            parts.extend(self._ranked(F[block], n_neighbors, runs, own))
+            del runs  # freed before the next block's are computed
         return tuple(np.concatenate(part) for part in zip(*parts, strict=True))
 
     def _sketch(self, X, each_batch=None, directions=None):

@@ -531,31 +531,58 @@ class KeptPieces:
 
     Called with the rows and pieces of every batch, in order (as the
     ``each_batch`` of :func:`~.rows.sketch_features` calls it). The first
-    batch's pieces, extrapolated to the ``n`` samples, decide: past
-    ``max_bytes`` none are kept; otherwise pieces of ``n`` samples are
-    allocated once and every batch is copied into its rows.
+    batch's pieces are allocated for the ``n`` samples, and every batch is
+    copied into its rows; a batch whose pieces take another form (see
+    :func:`held`) starts a run of its own, allocated for the rows left, the
+    run before it cut to its rows. Past ``max_bytes`` (the runs kept, and a
+    new one as its first batch extrapolates it) none are kept.
 
     Attributes
     ----------
-    pieces : list or None
-        The pieces of all ``n`` samples, layer by layer; None if they do not
-        fit.
+    runs : list of (slice, list) or None
+        The rows of each run of batches of one form, and their pieces, layer
+        by layer; None if they do not fit.
     """
 
     def __init__(self, n: int, max_bytes: float):
         self.n, self.max_bytes = n, max_bytes
-        self.pieces: list | None = None
+        self.runs: list[tuple[slice, list]] | None = []
+
+    @property
+    def pieces(self) -> list | None:
+        """The pieces of all ``n`` samples when they took one form, else None."""
+        if self.runs is None or len(self.runs) != 1:
+            return None
+        return self.runs[0][1]
 
     def __call__(self, rows: slice, pieces: list) -> None:
-        if rows.start == 0:
-            if nbytes_of(pieces) * self.n / rows.stop > self.max_bytes:
+        if self.runs is None:
+            return
+        if not self.runs or not held(self.runs[-1][1], pieces):
+            # the first batch, or the layers changed form with the inputs
+            self._cut_last(rows.start)
+            left = self.n - rows.start
+            kept = sum(nbytes_of(run) for _, run in self.runs)
+            per_sample = nbytes_of(pieces) / (rows.stop - rows.start)
+            if kept + per_sample * left > self.max_bytes:
+                self.runs = None
                 return
-            self.pieces = [piece.empty(self.n) for piece in pieces]
-        if self.pieces is not None and not held(self.pieces, pieces):
-            self.pieces = None  # the layers changed form with the inputs' positions
-        if self.pieces is not None:
-            for kept, piece in zip(self.pieces, pieces, strict=True):
-                kept.put(rows, piece)
+            run = [piece.empty(left) for piece in pieces]
+            self.runs.append((slice(rows.start, self.n), run))
+        start, run = self.runs[-1][0].start, self.runs[-1][1]
+        for into, piece in zip(run, pieces, strict=True):
+            into.put(slice(rows.start - start, rows.stop - start), piece)
+
+    def _cut_last(self, stop: int) -> None:
+        """The last run cut to its rows before ``stop``, copied to free the rest."""
+        if not self.runs:
+            return
+        rows, run = self.runs[-1]
+        filled = slice(0, stop - rows.start)
+        cut = [piece.empty(filled.stop) for piece in run]
+        for into, piece in zip(cut, run, strict=True):
+            into.put(filled, piece.take(filled))
+        self.runs[-1] = slice(rows.start, stop), cut
 
 
 def held(kept: list, pieces: list) -> bool:
