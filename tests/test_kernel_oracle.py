@@ -1,7 +1,9 @@
 """The kernel against a brute-force oracle: one autograd.grad per sample and output."""
 
+import pickle
 import warnings
 
+import joblib
 import numpy as np
 import pytest
 import torch
@@ -464,6 +466,65 @@ def test_a_layer_found_mixing_at_a_later_batch_pairs_with_the_batches_before(
     )
     expected = oracle_kernel(J_mixed, J_short, "cosine")
     np.testing.assert_allclose(K_queries, expected, **tolerance)
+
+
+def test_threads_that_share_an_engine_keep_their_own_plans():
+    """Tiles in joblib's threading backend share an engine: a layer that one
+    tile's pass moved to torch.func changed the layers every batch must run
+    under the others' passes, which refused theirs ("The network ran the
+    layers ['head', 'inner'] ... but ['head']")."""
+    torch.manual_seed(0)
+    net = PositionsAsRows().double()
+    lengths = [1] * 1100
+    lengths[700] = lengths[1060] = 2  # in both row blocks of the tiles
+    X = _positions(lengths)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the batch's rows mixed
+        expected = network_similarity(net, X, batch_size=32)
+        with joblib.parallel_config(backend="threading"):
+            K = network_similarity(net, X, batch_size=32, n_jobs=3)
+    np.testing.assert_allclose(K, expected, rtol=0, atol=1e-12)
+
+
+class Branch(torch.nn.Module):
+    """A layer run for batches of positive first features only."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.extra, self.head = (
+            torch.nn.Linear(*shape) for shape in ((4, 6), (6, 6), (6, 2))
+        )
+
+    def forward(self, x):
+        h = torch.tanh(self.a(x))
+        if bool((x[:, 0] > 0).all()):
+            h = h + torch.tanh(self.extra(h))
+        return self.head(h)
+
+
+@pytest.mark.parametrize("rebuilt", ["unpickled", "checkpoints"])
+def test_engines_that_saw_other_layers_run_pair_their_pieces(rebuilt):
+    """A kernel whose engine is made again (unpickled, or one per checkpoint
+    at every call) probes the queries' layers: they ran without the
+    reference's layer 'extra', whose pieces were missing from their list,
+    and the sketches paired the pieces of other layers (0.41 off, every
+    piece kept exactly)."""
+    torch.manual_seed(0)
+    net = Branch().double()
+    reference, queries = torch.randn(12, 4, dtype=torch.float64), torch.randn(6, 4)
+    reference[:, 0] = reference[:, 0].abs() + 0.1
+    queries = queries.double()
+    queries[:, 0] = -queries[:, 0].abs() - 0.1
+    expected = oracle_kernel(
+        oracle_jacobians(net, queries), oracle_jacobians(net, reference), "cosine"
+    )
+    settings = dict(n_components=10_000, random_state=0)
+    if rebuilt == "checkpoints":
+        settings["checkpoints"] = [net.state_dict()] * 2
+    kernel = NetworkSimilarityKernel(net, **settings).fit(reference)
+    if rebuilt == "unpickled":
+        kernel = pickle.loads(pickle.dumps(kernel))
+    np.testing.assert_allclose(kernel.transform(queries), expected, atol=1e-6)
 
 
 @pytest.mark.parametrize("rows", [(0, 15), (6, 8), (2, 5)])

@@ -728,3 +728,39 @@ def parameter_pieces(layer: nn.Module, own: list[str], grads: dict) -> list:
         weight = torch.cat([weight, grads["bias"][..., None]], dim=3)
         a += 1
     return [DensePiece(weight.reshape(b, d, o * a), (o, a))]
+
+
+def idle_pieces(layer: nn.Module, own: list[str], b: int, d: int) -> list:
+    """The zero pieces of a layer that did not run, in :func:`_layer_pieces`'s layout.
+
+    Factorised over no positions where its weight's pieces are (no memory
+    taken, whatever the layer's size); dense zeros for biases and norms. So
+    that the pieces of inputs that run other layers, found by engines whose
+    probes saw other layers run (an estimator unpickled, checkpoints), pair
+    piece by piece with them, the layer's gradients being zero.
+    """
+    like = layer.weight
+    zeros = lambda *shape: like.new_zeros(b, d, *shape)  # noqa: E731
+    if isinstance(layer, _NORMS):
+        return [DensePiece(zeros(layer.weight.numel())) for _ in own]
+    convolution = isinstance(layer, (nn.Conv1d, nn.Conv2d))
+    if isinstance(layer, nn.Embedding) or is_transposed_linear(layer):
+        a, o = layer.weight.shape
+    else:
+        o, a = layer.weight.shape[0], layer.weight[0].numel()
+    if "weight" not in own:
+        return [DensePiece(zeros(o))]
+    big = convolution and layer.groups == 1 and o * a > TENSOR_SKETCH_MIN
+    if isinstance(layer, nn.Embedding):
+        h = torch.zeros(b, 0, dtype=torch.long, device=like.device)
+        return [SharedWeightPiece(h, zeros(0, o), layer.num_embeddings)]
+    bias = "bias" in own and not convolution  # a convolution's bias: a piece apart
+    weight = SharedWeightPiece(
+        like.new_zeros(b, 0, a),
+        zeros(0, o),
+        bias=bias,
+        tensor_sketch=big or not convolution,
+    )
+    if convolution and "bias" in own:
+        return [weight, DensePiece(zeros(o))]
+    return [weight]

@@ -26,6 +26,7 @@ from .budget import readable_bytes, rows_that_fit
 from .capture import (
     LayerCapture,
     RowsMixed,
+    idle_pieces,
     join_name,
     leaf_uses,
     parameter_pieces,
@@ -378,7 +379,7 @@ class JacobianEngine:
         with evaluation_mode(self.module):
             plan = self._layer_plan(X)
             if plan.layers and self._part_size > 1:
-                self._check_rows(plan.layers, X)
+                self._check_rows(plan, X)
         for rows, batch in self._batches(X, progress):
             start, n = 0, rows.stop - rows.start
             while start < n:
@@ -413,7 +414,7 @@ class JacobianEngine:
                 pieces.clear()
                 start = part.stop
 
-    def _check_rows(self, layers: dict, X) -> None:
+    def _check_rows(self, plan: _Plan, X) -> None:
         """Single samples from here on if the network moves ``X``'s first ones.
 
         The first samples, as many as a batch holds up to :data:`ROW_PROBE`,
@@ -426,7 +427,7 @@ class JacobianEngine:
             return
         batch = to_tensor(take(X, np.arange(n)), self.device, self.dtype)
         try:
-            self._captured_pieces(layers, batch, PieceBudget(math.inf), 0, True)
+            self._captured_pieces(plan, batch, PieceBudget(math.inf), 0, True)
         except RowsMixed as mixed:
             self._single_samples(mixed.args[0], 0)
 
@@ -476,8 +477,8 @@ class JacobianEngine:
             mixing |= self._unbatched & set(layers)
             for name in mixing:
                 fallback += [join_name(name, local) for local in layers.pop(name)[1]]
-            self._ran = ran - mixing
-            if not self._ran and not fallback:
+            ran -= mixing
+            if not ran and not fallback:
                 raise ValueError(
                     f"The network's outputs do not depend on the parameters "
                     f"selected ({list(self.parameters)[:5]}): params= must select "
@@ -494,7 +495,7 @@ class JacobianEngine:
                 self.batch_size = self._part_size = rows_that_fit(
                     self.max_memory / 3, per_sample, AUTO_BATCH_LIMIT
                 )
-            self._plan = _Plan(supported, layers, fallback, jacobian, n_fallback)
+            self._plan = _Plan(supported, layers, ran, fallback, jacobian, n_fallback)
         return self._plan
 
     def _probe(self, layers: dict, X, whole: bool) -> tuple[set[str], int, set[str]]:
@@ -583,25 +584,24 @@ class JacobianEngine:
         budget = PieceBudget(self.max_memory / 3)
         with _rows_named(start, n_samples(batch)):
             captured = (
-                self._captured_pieces(plan.layers, batch, budget, start, check_rows)
+                self._captured_pieces(plan, batch, budget, start, check_rows)
                 if plan.layers
                 else {}
             )
-            blocks = {}
+            blocks, b, d = {}, n_samples(batch), self.n_outputs(batch)
             if plan.jacobian is not None:
-                b, d = n_samples(batch), self.n_outputs(batch)
                 first = next(iter(self.parameters.values()))
                 budget.take((b, d, plan.n_fallback), first)
                 with torch.no_grad():
                     blocks = dict(zip(plan.fallback, plan.jacobian(batch), strict=True))
-            pieces = plan.pieces(captured, blocks)
+            pieces = plan.pieces(captured, blocks, b, d)
         for piece in pieces:
             check_finite_rows(piece.signal, start, "gradients")
         return in_common_dtype(pieces)
 
     def _captured_pieces(
         self,
-        layers: dict,
+        plan: _Plan,
         batch,
         budget: PieceBudget,
         start: int,
@@ -615,7 +615,7 @@ class JacobianEngine:
         """
         copy = self._copy_activations
         b = n_samples(batch)
-        with torch.enable_grad(), LayerCapture(layers, copy, b) as capture:
+        with torch.enable_grad(), LayerCapture(plan.layers, copy, b) as capture:
             try:
                 outputs = _attached(
                     _explained_call(capture, lambda: self._call(batch, start))
@@ -623,11 +623,11 @@ class JacobianEngine:
             except OneRowCalls as calls:
                 raise _one_row_error(*calls.args) from calls.args[1]
             capture.recording = False
-            _check_same_layers(set(capture.calls), self._ran, start, b)
+            _check_same_layers(set(capture.calls), plan.ran, start, b)
             if capture.intact():
                 return capture.layer_pieces(outputs, budget, check_rows)
         self._copy_activations = True
-        return self._captured_pieces(layers, batch, budget, start, check_rows)
+        return self._captured_pieces(plan, batch, budget, start, check_rows)
 
     def jacobian(self, X) -> torch.Tensor:
         """All per-sample Jacobians ``(n, d, p)`` at once (memory ``n d p``)."""
@@ -646,6 +646,8 @@ class _Plan:
     layers : dict
         Those captured: the others mix samples, or share their parameters
         outside their calls.
+    ran : set of str
+        The captured layers that ran on the probe, which every batch must run.
     fallback : list of str
         The parameters that ``jacobian`` differentiates, those of the
         supported layers not captured included.
@@ -657,22 +659,26 @@ class _Plan:
 
     supported: dict
     layers: dict
+    ran: set[str]
     fallback: list[str]
     jacobian: Callable | None
     n_fallback: int
 
-    def pieces(self, captured: dict, blocks: dict) -> list:
+    def pieces(self, captured: dict, blocks: dict, b: int, d: int) -> list:
         """A batch's pieces from the ``captured`` layers' and the fallback's ``blocks``.
 
         Every supported layer's pieces take its own layout and place, captured
-        or not, so that batches before and after a layer moves to the fallback
-        (its rows found mixed), and engines whose plans differ, pair piece by
-        piece and sketch alike. The other parameters' blocks come last.
+        or not, zero if it did not run (``b`` samples, ``d`` outputs), so that
+        batches before and after a layer moves to the fallback (its rows found
+        mixed), and engines whose plans differ, pair piece by piece and sketch
+        alike. The other parameters' blocks come last.
         """
         pieces = []
         for name, (layer, own) in self.supported.items():
-            if name in self.layers:
-                pieces.extend(captured.get(name, []))  # none for a layer that idled
+            if name in captured:
+                pieces.extend(captured[name])
+            elif name in self.layers:
+                pieces.extend(idle_pieces(layer, own, b, d))
             else:
                 grads = {local: blocks.pop(join_name(name, local)) for local in own}
                 pieces.extend(parameter_pieces(layer, own, grads))

@@ -332,14 +332,23 @@ class GradientSketch:
             built = self._built = form, self._build(pieces)
         parts = []
         for piece, sketch in zip(pieces, built[1], strict=True):
-            if isinstance(sketch, TensorSketch):
-                if isinstance(piece, DensePiece):
-                    parts.append(sketch.materialised(piece.grad))
-                else:
-                    parts.append(sketch.factorised(piece))
-                continue
-            if isinstance(piece, SharedWeightPiece):
-                parts.append(_materialised(piece, sketch, max_bytes))
+            if isinstance(piece, SharedWeightPiece) and not piece.delta.shape[2]:
+                # a layer that did not run: one zero gradient's sketch
+                b, d = piece.delta.shape[:2]
+                zero = piece.delta.new_zeros(1, 1, _size(piece))
+                zero = _sketched(DensePiece(zero, _factors(piece)), sketch, max_bytes)
+                parts.append(zero.expand(b, d, -1))
             else:
-                parts.append(piece.grad if sketch is None else sketch(piece.grad))
+                parts.append(_sketched(piece, sketch, max_bytes))
         return torch.cat(parts, dim=2)
+
+
+def _sketched(piece, sketch, max_bytes: float) -> torch.Tensor:
+    """``sketch`` (None: the identity) of a piece's gradients, ``(b, d, k)``."""
+    if isinstance(sketch, TensorSketch):
+        if isinstance(piece, DensePiece):
+            return sketch.materialised(piece.grad)
+        return sketch.factorised(piece)
+    if isinstance(piece, SharedWeightPiece):
+        return _materialised(piece, sketch, max_bytes)
+    return piece.grad if sketch is None else sketch(piece.grad)

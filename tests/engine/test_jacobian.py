@@ -17,7 +17,7 @@ from _architectures import (
 from _engine_helpers import smallest_fitting_engine
 from torch import nn
 
-from sksim._engine.capture import plan_layers
+from sksim._engine.capture import idle_pieces, plan_layers
 from sksim._engine.context import on_device
 from sksim._engine.gram import GramReference, ntk_blocks
 from sksim._engine.jacobian import JacobianEngine
@@ -232,3 +232,31 @@ def test_layers_left_to_torch_func_give_their_captured_pieces(case, params):
     assert [_factors(p) for p in moved] == [_factors(p) for p in captured]
     for ours, theirs in zip(moved, captured, strict=True):
         torch.testing.assert_close(dense(ours).grad, dense(theirs).grad)
+
+
+@pytest.mark.parametrize("case", [*LAYER_CASES, "gpt2", "big_convolution"])
+def test_a_layer_that_did_not_run_gives_zero_pieces_of_its_layout(case):
+    """A layer that ran for the reference but not for the queries (a branch on
+    the data) gave no pieces: an unpickled estimator, whose engine's probe
+    saw the queries' layers, paired the pieces of other layers (a kernel 0.7
+    off)."""
+    if case == "big_convolution":
+        module, X = _big_convolution()
+    elif case == "gpt2":
+        module, X = family_case(case, 3)
+    else:
+        module, X = layer_case(case)
+    captured = JacobianEngine(module, batch_size=len(X))
+    plan = captured._layer_plan(X)
+    (_, pieces) = next(captured.pieces(X))
+    b, d = len(X), captured.n_outputs(X)
+    idle = [
+        piece
+        for layer, own in plan.supported.values()
+        for piece in idle_pieces(layer, own, b, d)
+    ]
+    pieces = list(pieces)[: len(idle)]  # the supported layers' first
+    assert [_size(p) for p in idle] == [_size(p) for p in pieces]
+    assert [_factors(p) for p in idle] == [_factors(p) for p in pieces]
+    for piece in idle:
+        assert not dense(piece).grad.any()
