@@ -178,6 +178,7 @@ class LayerCapture(ForwardHooks):
         super().__init__(
             ((layer, self._hook(name)) for name, (layer, _) in layers.items()),
             with_kwargs=True,
+            prepend=True,  # the layer's own output: a hook of the user's may change it
         )
         self.layers = layers
         self.copy = copy
@@ -300,8 +301,9 @@ class LayerCapture(ForwardHooks):
         pieces must give ``v_i^T J J^T v_i = |J^T v_i|^2`` as autograd computes
         it from the layer's parameters. They do not when the network's graph
         hides what the hooks record (a module compiled by ``torch.compile``),
-        or changes it after them (a forward hook of the user's that changes a
-        layer's output). The pieces are made in ``budget``. All layers are
+        or changes it before them (a global forward hook of the user's that
+        changes a layer's output; the layer's own forward hooks run after
+        them). The pieces are made in ``budget``. All layers are
         unfaithful when autograd cannot go through the graph twice.
         """
         b, d = outputs.shape

@@ -30,22 +30,27 @@ class ForwardHooks:
     with_kwargs : bool, default=False
         Call ``hook(module, args, kwargs, output)`` instead, with the keyword
         arguments of the module's call.
+    prepend : bool, default=False
+        Run the hooks before the module's own forward hooks, on the output
+        of its forward (which those hooks may change); otherwise after them.
     """
 
     def __init__(
         self,
         hooks: Iterable[tuple[torch.nn.Module, Callable]],
         with_kwargs: bool = False,
+        prepend: bool = False,
     ):
         self.hooks = list(hooks)
         self.with_kwargs = with_kwargs
+        self.prepend = prepend
         self._handles = []
 
     def __enter__(self):
         try:
             for module, hook in self.hooks:
                 handle = module.register_forward_hook(
-                    hook, with_kwargs=self.with_kwargs
+                    hook, with_kwargs=self.with_kwargs, prepend=self.prepend
                 )
                 self._handles.append(handle)
         except BaseException:
