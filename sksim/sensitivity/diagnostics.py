@@ -29,11 +29,12 @@ def shuffle_conv_input_channels(
 ) -> torch.nn.Module:
     """Copy of the net with the input channels of every conv filter permuted.
 
-    For each convolution and each output filter ``o``, the slices
-    ``weight[o, :, ...]`` are permuted along the input-channel axis with an
-    independent random permutation. Every spatial filter is kept, but the
-    learned way channels are combined (channel pooling) is destroyed.
-    Biases and all other layers are unchanged; the original is not modified.
+    For each convolution (``nn.Conv1d``, ``nn.Conv2d``, ``nn.Conv3d``) and
+    each output filter ``o``, the slices ``weight[o, :, ...]`` are permuted
+    along the input-channel axis with an independent random permutation.
+    Every spatial filter is kept, but the learned way channels are combined
+    (channel pooling) is destroyed. Biases and all other layers, transposed
+    convolutions included, are unchanged; the original is not modified.
 
     Parameters
     ----------
@@ -65,6 +66,12 @@ def shuffle_conv_input_channels(
     """
     rng = check_random_state(random_state)
     shuffled = copy.deepcopy(resolve_module(module))
+    if not _conv_layers(shuffled):
+        raise ValueError(
+            "The network has no convolution (nn.Conv1d, nn.Conv2d or nn.Conv3d) "
+            "whose filters' input channels could be shuffled: the shuffled "
+            "network would be the trained one."
+        )
     with torch.no_grad():
         for _, conv in _conv_layers(shuffled):
             w = conv.weight

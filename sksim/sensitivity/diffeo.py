@@ -482,6 +482,12 @@ def apply_diffeo(
     comps = [dx] if ndim == 1 else [dx, dy]
     if ndim == 2 and dy is None:
         raise ValueError("Images need both dx and dy; got dy=None.")
+    if ndim == 1 and dy is not None:
+        raise ValueError(
+            f"Inputs of shape {tuple(x.shape)} are signals (n, L), which take dx "
+            "alone; got dy too. Pass a single image as images[None], of shape "
+            "(1, H, W)."
+        )
     fields = []
     for comp in comps:
         t = torch.as_tensor(

@@ -507,6 +507,11 @@ def check_params(options: Mapping) -> None:
     check_positive_int(o["n_init"], "n_init")
     check_positive_int(o["batch_size"], "batch_size")
     check_noise_norm(o["noise_norm"])
+    if not isinstance(o["noise_norm"], str) and o["noise_norm"] == 0:
+        raise ValueError(
+            "noise_norm=0 adds no noise: G is 0, and R = D / G undefined. Give "
+            'a norm above 0, or "per_sample" (that of each deformation).'
+        )
     check_pool(o["pool"])
     check_layers(o["layers"])
     statistic, deformation = o["statistic"], o["deformation"]
@@ -709,6 +714,8 @@ def relative_sensitivity(
         probe_rng,
     )
     model = _float64_copy(resolve_module(net), device)
+    # made first: a network without convolutions is refused before any work
+    model_s = shuffle_conv_input_channels(model, shuffle_rng) if shuffled else None
     trained = _measure(model, probe, layers, pool, statistic)
     order = list(trained)
     rows = _rows("trained", [trained], order)
@@ -716,8 +723,7 @@ def relative_sensitivity(
         nets = _reference_nets(model, reference, n_init, probe, init_rng)
         runs = [_measure(fresh, probe, order, pool, statistic) for fresh in nets]
         rows += _rows("init", runs, order)
-    if shuffled:
-        model_s = shuffle_conv_input_channels(model, shuffle_rng)
+    if model_s is not None:
         rows += _rows(
             "shuffled", [_measure(model_s, probe, order, pool, statistic)], order
         )
@@ -873,7 +879,16 @@ n_init, shuffled, pool, deformation, batch_size, device
             ``-R`` (greater means more stable to deformations than to noise).
         """
         check_is_fitted(self)
-        X = check_net_input(X, self, reset=False)
+        # n_features_in_ counts the channels of (n, C, H, W) images, the rows of
+        # (n, H, W) ones, which may take other sizes too
+        rows = len(self._sample_shape) == 2
+        X = check_net_input(X, None if rows else self, reset=False)
+        if len(sample_shape(X)) != len(self._sample_shape):
+            raise ValueError(
+                f"X has samples of shape {sample_shape(X)}, but fit measured "
+                f"samples of shape {self._sample_shape}: score inputs with the "
+                "same axes."
+            )
         options = self._options(layers="output", reference=None, shuffled=False)
         try:
             table = relative_sensitivity(self.net_, X, **options)

@@ -233,6 +233,9 @@ def test_apply_diffeo_errors():
         apply_diffeo(x, np.zeros((3, 5, 5)), np.zeros((3, 5, 5)))
     with pytest.raises(ValueError, match="Images need both dx and dy"):
         apply_diffeo(x, np.zeros((5, 5)))
+    # one image (5, 5) is two signals: dy was dropped, rows warped in 1-D
+    with pytest.raises(ValueError, match=r"signals \(n, L\), which take dx alone"):
+        apply_diffeo(x[0], np.zeros((5, 5)), np.zeros((5, 5)))
     with pytest.raises(ValueError, match="interp must be one of"):
         apply_diffeo(x, np.zeros((5, 5)), np.zeros((5, 5)), interp="cubic")
     with pytest.raises(ValueError, match="got an array with 5 dimensions"):

@@ -340,6 +340,11 @@ def test_errors_and_warnings():
         relative_sensitivity(net, X, statistic="mode")
     with pytest.raises(ValueError, match=r"delta=0 deforms nothing"):  # R was NaN
         relative_sensitivity(net, X, delta=0)
+    with pytest.raises(ValueError, match=r"noise_norm=0 adds no noise"):  # R was NaN
+        relative_sensitivity(net, X, noise_norm=0.0)
+    flat = nn.Sequential(nn.Flatten(), nn.Linear(X[0].size, 2))
+    with pytest.raises(ValueError, match="no convolution"):  # shuffled nothing
+        relative_sensitivity(flat, X, shuffled=True)
     with pytest.raises(ValueError, match="pool must be one of"):
         relative_sensitivity(net, X, pool="sum")
     with pytest.raises(ValueError, match="deformation must be None"):
