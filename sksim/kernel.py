@@ -23,7 +23,7 @@ from ._engine import features
 from ._engine.budget import check_kept_bytes, rows_that_fit
 from ._engine.checkpoints import checkpoint_seed, stacked, weighted_sum
 from ._engine.finite import rows_of_part, rows_of_reference
-from ._engine.flags import block_move, flag_scope
+from ._engine.flags import flag_scope
 from ._engine.gram import POWERS, GramReference, symmetrize
 from ._engine.inputs import n_samples, take
 from ._engine.jacobian import DEFAULT_MAX_MEMORY
@@ -61,15 +61,18 @@ def _features(engine, X, kind, side, n_components, seed, rtol):
     )
 
 
-def _contract(F_x, F_y, kind, reduce, max_bytes=float("inf")):
+def _contract(F_x, F_y, kind, reduce, max_bytes=float("inf"), out=None):
     """The kernel of feature stacks ``(n, d, k)``: ``tr(F_x F_y^T) / d`` or blocks.
 
     Computed in float64, over blocks of rows whose float64 copies take at
-    most ``max_bytes`` together.
+    most ``max_bytes`` together, into ``out`` if given.
     """
     (n, d, k), m = F_x.shape, len(F_y)
     full = reduce is None
-    K = np.empty((n, m, d, d) if full else (n, m))
+    if out is None:
+        out = np.empty((n, m, d, d) if full else (n, m))
+    # the influence kernel's blocks pair the right side's outputs first
+    blocks = "adk,bek->abed" if kind == "influence" else "adk,bek->abde"
     step_x = rows_that_fit(max_bytes / 2, 8 * d * k, n)
     step_y = rows_that_fit(max_bytes / 2, 8 * d * k, m)
     for start_y in range(0, m, step_y):
@@ -79,13 +82,13 @@ def _contract(F_x, F_y, kind, reduce, max_bytes=float("inf")):
             xs = slice(start_x, start_x + step_x)
             A = F_x[xs].astype(np.float64)
             if full:
-                K[xs, ys] = np.einsum("adk,bek->abde", A, B)
+                np.einsum(blocks, A, B, out=out[xs, ys])
             else:
-                K[xs, ys] = A.reshape(len(A), -1) @ B.reshape(len(B), -1).T
-    if full:
-        return K.transpose(0, 1, 3, 2) if kind == "influence" else K
-    K /= d
-    return K
+                np.matmul(
+                    A.reshape(len(A), -1), B.reshape(len(B), -1).T, out=out[xs, ys]
+                )
+                out[xs, ys] /= d
+    return out
 
 
 def _projected_similarity(engine, X, Y, kind, reduce, rtol, n_components, seed):
@@ -98,15 +101,13 @@ def _projected_similarity(engine, X, Y, kind, reduce, rtol, n_components, seed):
         return K
 
     def read(rows):  # a reference Y's rows are named as its, as the exact kernel's
-        if Y is None:
-            return flag_scope(move=block_move(rows))
-        return rows_of_reference(rows)
+        return rows_of_part(rows) if Y is None else rows_of_reference(rows)
 
     # the reference sketched a chunk at a time: its rows are not kept
     right = X if Y is None else Y
-    m, row_bytes = n_samples(right), F_x[0].nbytes
-    step = rows_that_fit(bound, row_bytes, m)
-    K = None
+    (n, d, _), m = F_x.shape, n_samples(right)
+    K = np.empty((n, m, d, d) if reduce is None else (n, m))
+    step = rows_that_fit(bound, F_x[0].nbytes, m)
     with flag_scope():  # one warning for the chunks
         for start in range(0, m, step):
             chunk = slice(start, min(start + step, m))
@@ -114,10 +115,7 @@ def _projected_similarity(engine, X, Y, kind, reduce, rtol, n_components, seed):
                 F_y = _features(
                     engine, take(right, chunk), kind, "right", n_components, seed, rtol
                 )
-            part = _contract(F_x, F_y, kind, reduce, bound)
-            if K is None:
-                K = np.empty((len(F_x), m, *part.shape[2:]))
-            K[:, chunk] = part
+            _contract(F_x, F_y, kind, reduce, bound, out=K[:, chunk])
     return K
 
 

@@ -695,15 +695,16 @@ class NetworkNeighbors(NetworkEstimator):
         ]
         return fitting[0] if fitting else AUTO_COMPONENTS[-1]
 
-    def _whitened_pieces(self, rows: slice | None = None) -> list:
+    def _whitened_pieces(self, rows: slice | None = None) -> list | None:
         """The whitened pieces of the reference's ``rows`` (None: all), in runs.
 
         The runs of :class:`~sksim._engine.pieces.KeptPieces`, their rows
-        counted from the first of ``rows``.
+        counted from the first of ``rows``; of one form for all the reference
+        (None if they take several: they are not kept).
         """
         ((_, engine),) = self._engines()
         X = self.X_fit_ if rows is None else take(self.X_fit_, rows)
-        kept = KeptPieces(n_samples(X), float("inf"))
+        kept = KeptPieces(n_samples(X), float("inf"), several_forms=rows is not None)
         with rows_of_reference(rows):
             for batch, pieces, _ in engine.mapped_pieces(X, -0.5, self.rtol):
                 kept(batch, pieces)
@@ -717,7 +718,7 @@ class NetworkNeighbors(NetworkEstimator):
         """
         if getattr(self, "_reference_pieces", None) is None and self._pieces_fit():
             runs = self._whitened_pieces()
-            self._reference_pieces = runs[0][1] if len(runs) == 1 else ()
+            self._reference_pieces = () if runs is None else runs[0][1]
         return self._reference_pieces or None
 
     def _search_directions(self, X, F=None):
@@ -801,25 +802,13 @@ class NetworkNeighbors(NetworkEstimator):
             chunk = take(X, slice(start, min(start + step, n)))
             kept = None
             if self.exact_ranking_:
-                kept = KeptPieces(n_samples(chunk), float("inf"))  # the chunk fits
+                # the chunk fits, in whatever forms its batches' pieces take
+                kept = KeptPieces(n_samples(chunk), float("inf"), several_forms=True)
             F = self._sketch(chunk, kept, self._kept_directions())
-            if kept is None:
-                parts.append(self._faiss(F, n_neighbors))
-            else:
-                parts.extend(self._ranked(F, n_neighbors, kept.runs))
-            del kept  # freed before the next chunk's are computed
+            runs = None if kept is None else kept.runs
+            parts.append(self._faiss(F, n_neighbors, runs=runs))
+            del kept, runs  # freed before the next chunk's are computed
         return tuple(np.concatenate(part) for part in zip(*parts, strict=True))
-
-    def _ranked(self, F, n_neighbors, runs, own=None) -> list:
-        """:meth:`_faiss` of each run of queries, ranked by its whitened pieces.
-
-        ``runs``: those of :class:`~sksim._engine.pieces.KeptPieces`; ``own``
-        as :meth:`_faiss` takes it, for all the queries.
-        """
-        return [
-            self._faiss(F[rows], n_neighbors, None if own is None else own[rows], run)
-            for rows, run in runs
-        ]
 
     def _searched_reference(self, n_neighbors):
         """:meth:`_faiss` of the reference itself, each example not its own neighbour.
@@ -841,7 +830,7 @@ class NetworkNeighbors(NetworkEstimator):
                     (slice(0, block.stop - block.start), [p.take(block) for p in kept])
                 ]
             own = np.arange(block.start, block.stop)
-            parts.extend(self._ranked(F[block], n_neighbors, runs, own))
+            parts.append(self._faiss(F[block], n_neighbors, own, runs))
             del runs  # freed before the next block's are computed
         return tuple(np.concatenate(part) for part in zip(*parts, strict=True))
 
@@ -923,13 +912,14 @@ class NetworkNeighbors(NetworkEstimator):
                 indices.append(found)
         return object_array(distances), object_array(indices)
 
-    def _faiss(self, F, n_neighbors, own=None, pieces=None):
+    def _faiss(self, F, n_neighbors, own=None, runs=None):
         """Neighbours of the queries' sketches ``F`` from the FAISS index.
 
         ``own``, the queries' rows when they are reference examples, excludes
-        each from its own neighbours. ``pieces``, the queries' whitened
-        pieces, rank the candidates of a reduced search by exact similarities;
-        None ranks them by the sketches.
+        each from its own neighbours. ``runs``, the queries' whitened pieces
+        (the runs of :class:`~sksim._engine.pieces.KeptPieces`), rank the
+        candidates of a reduced search by exact similarities; None ranks them
+        by the sketches.
         """
         if getattr(self, "_faiss_index", None) is None:  # after unpickling
             self._faiss_index = self._build_index()
@@ -959,9 +949,9 @@ class NetworkNeighbors(NetworkEstimator):
             )
         indices.sort(axis=1)
         if self.search_directions_ is not None:
-            similarity = self._candidate_similarity(F, pieces, indices)
+            similarity = self._candidate_similarity(F, runs, indices)
             # streamed similarities are all computed already: no order speeds them
-            streamed = pieces is not None and self._kept_reference_pieces() is None
+            streamed = runs is not None and self._kept_reference_pieces() is None
             order = None if streamed else locality_order(G, self.projection_seed_)
             similarities, indices = rank_candidates(similarity, indices, k, order)
         else:  # compressing indexes (PQ, SQ, PCA) score roughly: the sketches do
@@ -1002,27 +992,36 @@ class NetworkNeighbors(NetworkEstimator):
             return None
         return faiss.SearchParametersHNSW(efSearch=HNSW_BEAM * n_candidates)
 
-    def _candidate_similarity(self, F, pieces, candidates):
+    def _candidate_similarity(self, F, runs, candidates):
         """The ``similarity`` of :func:`rank_candidates` for the queries.
 
-        Inner products of their sketches ``F`` when ``pieces`` is None, else
-        exact similarities from their whitened ``pieces``: with the kept
-        pieces of the reference, or computed in a pass over the ``candidates``
-        (sorted per query, as :func:`rank_candidates` asks for them).
+        Inner products of their sketches ``F`` when ``runs`` is None, else
+        exact similarities from their whitened pieces, in the runs of
+        :class:`~sksim._engine.pieces.KeptPieces`: with the kept pieces of the
+        reference, or computed in a pass over the ``candidates`` (sorted per
+        query, as :func:`rank_candidates` asks for them).
         """
-        if pieces is None:
+        if runs is None:
             return sketch_similarity(F, self.reference_features_)
         reference = self._kept_reference_pieces()
         ((_, engine),) = self._engines()
         if reference is None:
             X = self.X_fit_
-            S = streamed_similarities(engine, X, pieces, candidates, self.rtol)
+            S = streamed_similarities(engine, X, runs, candidates, self.rtol)
             return lambda rows, columns: S[rows]
 
         def similarity(rows, columns):
-            rows = torch.as_tensor(rows)
-            left = [piece.take(rows) for piece in pieces]
-            return candidate_similarities(left, reference, columns, engine.max_memory)
+            out = np.empty(columns.shape, dtype=np.float32)
+            for span, left in runs:
+                mine = (rows >= span.start) & (rows < span.stop)
+                taken = torch.as_tensor(rows[mine] - span.start)
+                out[mine] = candidate_similarities(
+                    [piece.take(taken) for piece in left],
+                    reference,
+                    columns[mine],
+                    engine.max_memory,
+                )
+            return out
 
         return similarity
 

@@ -99,7 +99,7 @@ def test_cuda_exact_ranking_of_candidates_matches_the_oracle(case):
     found = candidate_similarities(queries, kept.pieces, columns, engine.max_memory)
     np.testing.assert_allclose(found, expected, rtol=1e-5, atol=1e-7)
     # the reference's pieces not kept: computed again for the candidates
-    found = streamed_similarities(engine, X, queries, columns, 1e-5)
+    found = streamed_similarities(engine, X, [(slice(0, 4), queries)], columns, 1e-5)
     np.testing.assert_allclose(found, expected, rtol=1e-5, atol=1e-7)
 
 

@@ -742,27 +742,24 @@ def idle_pieces(layer: nn.Module, own: list[str], b: int, d: int) -> list:
     piece by piece with them, the layer's gradients being zero.
     """
     like = layer.weight
-    zeros = lambda *shape: like.new_zeros(b, d, *shape)  # noqa: E731
     if isinstance(layer, _NORMS):
-        return [DensePiece(zeros(layer.weight.numel())) for _ in own]
+        return [DensePiece(like.new_zeros(b, d, like.numel())) for _ in own]
     convolution = isinstance(layer, (nn.Conv1d, nn.Conv2d))
     if isinstance(layer, nn.Embedding) or is_transposed_linear(layer):
-        a, o = layer.weight.shape
+        a, o = like.shape
     else:
-        o, a = layer.weight.shape[0], layer.weight[0].numel()
+        o, a = like.shape[0], like[0].numel()
     if "weight" not in own:
-        return [DensePiece(zeros(o))]
+        return [DensePiece(like.new_zeros(b, d, o))]
     big = convolution and layer.groups == 1 and o * a > TENSOR_SKETCH_MIN
+    delta = like.new_zeros(b, d, 0, o)
     if isinstance(layer, nn.Embedding):
         h = torch.zeros(b, 0, dtype=torch.long, device=like.device)
-        return [SharedWeightPiece(h, zeros(0, o), layer.num_embeddings)]
+        return [SharedWeightPiece(h, delta, layer.num_embeddings)]
     bias = "bias" in own and not convolution  # a convolution's bias: a piece apart
     weight = SharedWeightPiece(
-        like.new_zeros(b, 0, a),
-        zeros(0, o),
-        bias=bias,
-        tensor_sketch=big or not convolution,
+        like.new_zeros(b, 0, a), delta, bias=bias, tensor_sketch=big or not convolution
     )
     if convolution and "bias" in own:
-        return [weight, DensePiece(zeros(o))]
+        return [weight, DensePiece(like.new_zeros(b, d, o))]
     return [weight]

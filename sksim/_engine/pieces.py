@@ -532,20 +532,22 @@ class KeptPieces:
     Called with the rows and pieces of every batch, in order (as the
     ``each_batch`` of :func:`~.rows.sketch_features` calls it). The first
     batch's pieces are allocated for the ``n`` samples, and every batch is
-    copied into its rows; a batch whose pieces take another form (see
+    copied into its rows. A batch whose pieces take another form (see
     :func:`held`) starts a run of its own, allocated for the rows left, the
-    run before it cut to its rows. Past ``max_bytes`` (the runs kept, and a
-    new one as its first batch extrapolates it) none are kept.
+    run before it cut to its rows, if ``several_forms``; otherwise none are
+    kept. Past ``max_bytes`` (the runs kept, and a new one as its first
+    batch extrapolates it) none are kept either.
 
     Attributes
     ----------
     runs : list of (slice, list) or None
         The rows of each run of batches of one form, and their pieces, layer
-        by layer; None if they do not fit.
+        by layer; None if they are not kept.
     """
 
-    def __init__(self, n: int, max_bytes: float):
+    def __init__(self, n: int, max_bytes: float, several_forms: bool = False):
         self.n, self.max_bytes = n, max_bytes
+        self.several_forms = several_forms
         self.runs: list[tuple[slice, list]] | None = []
 
     @property
@@ -560,6 +562,9 @@ class KeptPieces:
             return
         if not self.runs or not held(self.runs[-1][1], pieces):
             # the first batch, or the layers changed form with the inputs
+            if self.runs and not self.several_forms:
+                self.runs = None
+                return
             self._cut_last(rows.start)
             left = self.n - rows.start
             kept = sum(nbytes_of(run) for _, run in self.runs)

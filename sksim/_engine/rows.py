@@ -191,15 +191,17 @@ def pair_similarities(
 
 
 def streamed_similarities(
-    engine: JacobianEngine, Y, left: list, columns: np.ndarray, rtol: float
+    engine: JacobianEngine, Y, runs: list, columns: np.ndarray, rtol: float
 ) -> np.ndarray:
     """:func:`candidate_similarities` against a reference set not kept in memory.
 
-    The whitened pieces of the rows of ``Y`` that ``columns`` names are
-    computed in one pass over those rows (read :data:`TAKE_ROWS` at a time),
-    and each batch meets the queries ``left`` of which it is a candidate.
-    Each row of ``columns`` must be sorted: the pairs of a read are then the
-    next slots of each row, found without sorting all pairs at once.
+    ``runs``: the queries' whitened pieces, as the runs of
+    :class:`~.pieces.KeptPieces` (rows of one form each). The whitened pieces
+    of the rows of ``Y`` that ``columns`` names are computed in one pass over
+    those rows (read :data:`TAKE_ROWS` at a time), and each batch meets the
+    queries of every run of which it is a candidate. Each row of ``columns``
+    must be sorted: the pairs of a read are then the next slots of each row,
+    found without sorting all pairs at once.
     """
     n, c = columns.shape
     wanted = np.zeros(n_samples(Y), dtype=bool)
@@ -209,7 +211,7 @@ def streamed_similarities(
     del wanted
     out = np.empty((n, c), dtype=np.float32)
     done = np.zeros(n, dtype=np.intp)  # slots of each query already met
-    device = left[0].signal.device
+    device = runs[0][1][0].signal.device
     for start in range(0, len(needed), TAKE_ROWS):
         read = needed[start : start + TAKE_ROWS]
         upto = (columns <= read[-1]).sum(axis=1)
@@ -225,13 +227,17 @@ def streamed_similarities(
             for rows, pieces, _ in engine.mapped_pieces(take(Y, read), -0.5, rtol):
                 lo, hi = np.searchsorted(bounds, [rows.start, rows.stop])
                 pairs = np.sort(by_position[lo:hi])  # compressed-row order
-                out[query[pairs], slot[pairs]] = pair_similarities(
-                    left,
-                    pieces,
-                    torch.as_tensor(query[pairs], device=device),
-                    torch.as_tensor(position[pairs] - rows.start, device=device),
-                    engine.max_memory,
-                )
+                for span, left in runs:
+                    mine = pairs[
+                        (query[pairs] >= span.start) & (query[pairs] < span.stop)
+                    ]
+                    out[query[mine], slot[mine]] = pair_similarities(
+                        left,
+                        pieces,
+                        torch.as_tensor(query[mine] - span.start, device=device),
+                        torch.as_tensor(position[mine] - rows.start, device=device),
+                        engine.max_memory,
+                    )
     return out
 
 

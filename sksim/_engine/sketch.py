@@ -333,14 +333,23 @@ class GradientSketch:
         parts = []
         for piece, sketch in zip(pieces, built[1], strict=True):
             if isinstance(piece, SharedWeightPiece) and not piece.delta.shape[2]:
-                # a layer that did not run: one zero gradient's sketch
+                # a layer that did not run: zeros
                 b, d = piece.delta.shape[:2]
-                zero = piece.delta.new_zeros(1, 1, _size(piece))
-                zero = _sketched(DensePiece(zero, _factors(piece)), sketch, max_bytes)
-                parts.append(zero.expand(b, d, -1))
+                parts.append(piece.delta.new_zeros(b, d, _columns(sketch, piece)))
             else:
                 parts.append(_sketched(piece, sketch, max_bytes))
         return torch.cat(parts, dim=2)
+
+
+def _columns(sketch, piece) -> int:
+    """The number of columns ``sketch`` (None: the identity) gives ``piece``."""
+    if sketch is None:
+        return _size(piece)
+    if isinstance(sketch, TensorSketch):
+        return sketch.width
+    if isinstance(sketch, CountSketch):
+        return sketch.k
+    return sketch.matrix.shape[1]
 
 
 def _sketched(piece, sketch, max_bytes: float) -> torch.Tensor:

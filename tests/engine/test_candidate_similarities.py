@@ -2,7 +2,13 @@
 
 import numpy as np
 import pytest
-from _architectures import LAYER_CASES, layer_case, oracle_jacobians, oracle_kernel
+from _architectures import (
+    LAYER_CASES,
+    family_case,
+    layer_case,
+    oracle_jacobians,
+    oracle_kernel,
+)
 
 from sksim._engine import capture
 from sksim._engine import pieces as pieces_module
@@ -51,7 +57,7 @@ def test_streamed_similarities_match_the_oracle(name, factorised, monkeypatch):
     columns = np.sort(
         [rng.choice(np.arange(1, len(X)), 3, replace=False) for _ in range(4)], axis=1
     )
-    found = streamed_similarities(engine, X, queries, columns, 1e-5)
+    found = streamed_similarities(engine, X, [(slice(0, 4), queries)], columns, 1e-5)
     expected = np.take_along_axis(K[1:5], columns, axis=1)
     np.testing.assert_allclose(found, expected, rtol=1e-6, atol=1e-7)
 
@@ -79,3 +85,24 @@ def test_pieces_are_kept_when_the_first_batch_says_they_fit():
     assert whitened(engine, X, max_bytes=total).pieces is not None
     # the first batch, extrapolated to the six samples, is already too large
     assert whitened(engine, X, max_bytes=total - 1).pieces is None
+
+
+def test_streamed_similarities_meet_every_run_of_queries_in_one_pass(monkeypatch):
+    """Queries whose pieces take several forms (runs) were ranked in a pass
+    over the reference each: 94 passes for 800 queries of a token model."""
+    module, X = family_case("trimmed", 12)
+    K = oracle_kernel(*(2 * [oracle_jacobians(module, X)]), "cosine")
+    engine = JacobianEngine(module, batch_size=3)  # sequences cut per batch
+    kept = KeptPieces(8, float("inf"), several_forms=True)
+    for rows, pieces, _ in engine.mapped_pieces(X[:8], -0.5, 1e-5):
+        kept(rows, pieces)
+    assert len(kept.runs) > 1
+    passes, mapped = [], engine.mapped_pieces
+    monkeypatch.setattr(
+        engine, "mapped_pieces", lambda *a, **k: passes.append(1) or mapped(*a, **k)
+    )
+    monkeypatch.setattr(rows_module, "TAKE_ROWS", 100)  # one read of the reference
+    columns = np.tile(np.arange(4, 12), (8, 1))
+    found = streamed_similarities(engine, X, kept.runs, columns, 1e-5)
+    assert len(passes) == 1
+    np.testing.assert_allclose(found, K[:8, 4:], rtol=1e-6, atol=1e-7)
