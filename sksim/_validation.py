@@ -31,14 +31,14 @@ from ._engine.inputs import (
     n_samples,
     read_items,
     split_item,
+    to_numpy,
 )
 from ._pairs import strip_pairs
 
 
 def _as_array(X):
     if isinstance(X, torch.Tensor):
-        X = _with_values(X).detach().cpu()
-        return (X.float() if X.dtype == torch.bfloat16 else X).numpy()  # no NumPy type
+        return to_numpy(_with_values(X))
     return X
 
 
@@ -220,13 +220,22 @@ def _check_same_reads(dataset: Dataset, first) -> None:
 
 
 def _check_single_input(X, input_name: str) -> None:
-    """Raise a ValueError for a list or tuple of arrays of several shapes.
+    """Raise a ValueError for a list or tuple of dicts, or of arrays of several shapes.
 
     Such a list holds several inputs (an image and tabular features), which
-    no array can stack.
+    no array can stack, or examples as a Hugging Face dataset gives them.
     """
     if not isinstance(X, list | tuple):
         return
+    if X and isinstance(X[0], Mapping):
+        raise ValueError(
+            f"{input_name} is a {type(X).__name__} of dicts, one per example (as "
+            "iterating a Hugging Face dataset gives them): pass a dict of "
+            "arrays, one row per example in each ({key: np.stack([x[key] for x "
+            f"in {input_name}]) for key in {input_name}[0]}}), or a map-style "
+            "torch Dataset of those dicts (a Hugging Face dataset with "
+            '.with_format("torch")).'
+        )
     shapes = {tuple(v.shape) for v in X if isinstance(v, np.ndarray | torch.Tensor)}
     if len(shapes) > 1:
         raise ValueError(
@@ -401,9 +410,33 @@ def labels_key_hint(X) -> str:
 
 def given_or_item_labels(X, y):
     """``y``, or when it is None the labels of a dataset ``X``'s ``(x, y)`` items."""
-    if y is None and is_dataset(X):
-        return dataset_targets(X)
+    if is_dataset(X):
+        if y is None:
+            return dataset_targets(X)
+        check_replaced_labels(X, y)
     return y
+
+
+def check_replaced_labels(dataset: Dataset, y) -> None:
+    """Raise a ValueError if ``y`` replaces items' second values unlike its labels.
+
+    Items ``(x, v)`` are read as ``(x, y)``, ``y`` given replacing ``v``: a
+    ``v`` of another shape than a label of ``y`` is likely an input (an
+    attention mask beside token ids), which the network would not get.
+    """
+    _, own = split_item(dataset[0])
+    if own is None or isinstance(own, Mapping):
+        return
+    own, label = np.shape(_as_array(own)), np.shape(np.asarray(y)[0])
+    if own != label:
+        raise ValueError(
+            f"The dataset's items are pairs (x, v) read as (x, y), whose second "
+            f"value, of shape {own}, the y given replaces with labels of shape "
+            f"{label}. If it is an input of the network (a TensorDataset(input_ids, "
+            "attention_mask)), make the items ({'input_ids': ids, "
+            "'attention_mask': mask}, y), or dicts of the inputs alone; if it is "
+            "the label, pass y=None to use it."
+        )
 
 
 def labelled(X, y):
@@ -424,6 +457,8 @@ def skorch_training_data(
     (their dtype and shape as the net's loss takes them, read by position),
     and paired with the items' inputs.
     """
+    if y is not None:
+        check_replaced_labels(dataset, y)
     labels = dataset_targets(dataset) if y is None else y
     if labels is None:
         raise ValueError(

@@ -53,11 +53,22 @@ def _similarity(engine, X, Y, kind, reduce, rtol, n_jobs):
     return GramReference(engine, Y, kind, full, rtol, named=True).matrix(X)
 
 
-def _features(engine, X, kind, side, n_components, seed, rtol):
-    """Sketched features of the ``side`` ("left" or "right") of the kernel."""
+def _features(engine, X, kind, side, n_components, seed, rtol, weights):
+    """Sketched features of the ``side`` ("left" or "right") of the kernel.
+
+    ``weights``: the pieces' energies on the reference (see
+    :func:`~sksim._engine.features.piece_energies`), for both sides.
+    """
     power = POWERS[kind][0 if side == "left" else 1]
     return features.gradient_features(
-        engine, X, n_components, whiten=False, seed=seed, rtol=rtol, power=power
+        engine,
+        X,
+        n_components,
+        whiten=False,
+        seed=seed,
+        rtol=rtol,
+        power=power,
+        weights=weights,
     )
 
 
@@ -93,7 +104,9 @@ def _contract(F_x, F_y, kind, reduce, max_bytes=float("inf"), out=None):
 
 def _projected_similarity(engine, X, Y, kind, reduce, rtol, n_components, seed):
     _check_inputs(engine, X, Y)
-    F_x = _features(engine, X, kind, "left", n_components, seed, rtol)
+    right = X if Y is None else Y
+    weights = features.piece_energies(engine, right, seed, rtol)
+    F_x = _features(engine, X, kind, "left", n_components, seed, rtol, weights)
     bound = engine.max_memory / 3  # beside the two sketches
     if Y is None and kind != "influence":
         K = _contract(F_x, F_x, kind, reduce, bound)
@@ -104,7 +117,6 @@ def _projected_similarity(engine, X, Y, kind, reduce, rtol, n_components, seed):
         return rows_of_part(rows) if Y is None else rows_of_reference(rows)
 
     # the reference sketched a chunk at a time: its rows are not kept
-    right = X if Y is None else Y
     (n, d, _), m = F_x.shape, n_samples(right)
     K = np.empty((n, m, d, d) if reduce is None else (n, m))
     step = rows_that_fit(bound, F_x[0].nbytes, m)
@@ -113,7 +125,14 @@ def _projected_similarity(engine, X, Y, kind, reduce, rtol, n_components, seed):
             chunk = slice(start, min(start + step, m))
             with read(chunk):
                 F_y = _features(
-                    engine, take(right, chunk), kind, "right", n_components, seed, rtol
+                    engine,
+                    take(right, chunk),
+                    kind,
+                    "right",
+                    n_components,
+                    seed,
+                    rtol,
+                    weights,
                 )
             _contract(F_x, F_y, kind, reduce, bound, out=K[:, chunk])
     return K
@@ -391,6 +410,7 @@ class NetworkSimilarityKernel(
         about ``n_components`` (each layer piece takes one column at least,
         and none more than its parameters); those of the checkpoints side by
         side, each scaled by the square root of its share of the weight.
+    %(sketch_weights_)s
     projection_seed_ : int or None
         Seed of the sketch, shared by reference and queries (None without
         sketches).
@@ -474,6 +494,7 @@ class NetworkSimilarityKernel(
         self.features_fit_ = None
         if self.n_components is not None:
             self._check_kept_bytes(X)
+            self.sketch_weights_ = self._sketch_weights(X)
             self.features_fit_ = self._features(X, "right")
         return self
 
@@ -510,6 +531,7 @@ class NetworkSimilarityKernel(
                 self.n_components,
                 checkpoint_seed(self.projection_seed_, c),
                 self.rtol,
+                self.sketch_weights_[c],
             ),
         )
 

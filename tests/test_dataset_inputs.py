@@ -427,6 +427,28 @@ def test_label_estimators_need_labels_in_dataset_or_y(data):
         memorization_scores(net, Dicts(X), n_models=2)
 
 
+def test_labels_given_for_items_whose_second_value_is_an_input_are_refused(data, net):
+    """TensorDataset(ids, mask) items are pairs: the y given replaced each
+    attention mask, which the network never got (neighbours of 88 % of a
+    masked audit's, without a word)."""
+    X, y = data[0].astype(np.float32), data[1]
+    pairs = TensorDataset(torch.as_tensor(X), torch.as_tensor(X[:, :3]))
+    message = r"second value, of shape \(3,\), the y given replaces with labels"
+    with pytest.raises(ValueError, match=message):
+        NetworkNeighbors(net, n_neighbors=2).fit(pairs, y)
+    with pytest.raises(ValueError, match=message):
+        NetworkSimilarityKernel(classifier(train_split=None)).fit(pairs, y)  # trains
+    labelled = TensorDataset(torch.as_tensor(X), torch.as_tensor(y))
+    found = NetworkNeighbors(net, n_neighbors=2).fit(labelled, y)
+    np.testing.assert_array_equal(found.y_fit_, y)
+
+
+def test_a_list_of_examples_as_dicts_is_refused_with_the_dict_to_pass(data, net):
+    examples = [{"x": row} for row in data[0][:5]]
+    with pytest.raises(ValueError, match=r"list of dicts, one per example"):
+        network_similarity(net, examples)
+
+
 class LabelsByKey(Dicts):
     """Items ``{"x": x, "labels": y}``, as Hugging Face's datasets give them."""
 

@@ -190,6 +190,19 @@ def _uses_batch_statistics(module: torch.nn.Module) -> list[str]:
     return bad
 
 
+def check_not_inference_mode() -> None:
+    """Raise a RuntimeError inside ``torch.inference_mode()``.
+
+    Its tensors record no gradient, and copies of a network made in it carry
+    no version counters, which sksim reads to restore buffers.
+    """
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            "sksim is called inside torch.inference_mode(), which records no "
+            "gradient: call it outside of that block (torch.no_grad() is fine)."
+        )
+
+
 # One lock for every network: a pass changes the modes and hooks of all the
 # modules of its network, which other networks may share (two heads on one
 # backbone), so the passes of all threads (joblib's threading backend too)

@@ -160,6 +160,12 @@ def _to_tensor(a, device: torch.device, float_dtype: torch.dtype) -> torch.Tenso
     return t.to(device=device, dtype=_dtype(t, float_dtype), copy=shared)
 
 
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    """``t`` as a NumPy array on the CPU; bfloat16, which NumPy lacks, as float32."""
+    t = t.detach().cpu()
+    return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
+
+
 def to_tensor(X, device: torch.device, float_dtype: torch.dtype):
     """``X`` as tensors on ``device`` (a dict stays a dict; a dataset is read)."""
     if is_dataset(X):

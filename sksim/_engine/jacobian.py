@@ -34,6 +34,7 @@ from .capture import (
 )
 from .context import (
     check_device,
+    check_not_inference_mode,
     evaluation_mode,
     functional_output,
     math_attention,
@@ -944,11 +945,7 @@ def _check_no_autocast(device: torch.device) -> None:
 
 def _attached(outputs: torch.Tensor) -> torch.Tensor:
     """``outputs``, if gradients flow through them to the parameters."""
-    if torch.is_inference_mode_enabled():
-        raise RuntimeError(
-            "sksim is called inside torch.inference_mode(), which records no "
-            "gradient: call it outside of that block (torch.no_grad() is fine)."
-        )
+    check_not_inference_mode()
     if not outputs.requires_grad:
         raise ValueError(
             "The selected outputs are cut from the network's graph (no gradient "

@@ -287,38 +287,54 @@ class GradientSketch:
         self.n_components = n_components
         self.seed = seed
         self.weights = weights
-        self._built = None  # (the pieces' form, their maps)
+        self._built = None  # (the pieces' form, their maps, their columns)
 
-    @staticmethod
-    def _form(pieces: list) -> tuple:
+    def _form(self, pieces: list) -> tuple:
         """What the maps depend on: each piece's size, factors, dtype and device.
 
         Not whether it comes factorised: a layer's gradients sketch alike in
         both forms (inputs of other sizes than the reference's may take the
-        other), or they would not pair.
+        other), or they would not pair. Whether its layer ran, when the shares
+        are equal (see :meth:`_build`).
         """
         return tuple(
-            (_size(p), _factors(p), p.signal.dtype, p.signal.device) for p in pieces
+            (
+                _size(p),
+                _factors(p),
+                p.signal.dtype,
+                p.signal.device,
+                self.weights is None and _idle(p),
+            )
+            for p in pieces
         )
 
-    def _build(self, pieces: list) -> list:
+    def _build(self, pieces: list) -> tuple[list, list[int]]:
+        """The pieces' maps (None: kept as they are) and their numbers of columns.
+
+        With equal shares, the layers that did not run take none: their zero
+        gradients would cost the others columns. With weights (measured on a
+        reference, whose layers may run where the queries' do not), theirs.
+        """
         generator = torch.Generator().manual_seed(self.seed)
         sizes = [_size(p) for p in pieces]
-        exact = self.n_components is None
-        shares = sizes if exact else allocate(sizes, self.n_components, self.weights)
+        if self.n_components is None:
+            return [None] * len(pieces), sizes
+        if self.weights is None:
+            sizes = [0 if _idle(p) else _size(p) for p in pieces]
+        shares = allocate(sizes, self.n_components, self.weights)
         maps = []
         for piece, k in zip(pieces, shares, strict=True):
             like = piece.signal
             q = _size(piece)
-            if k >= q:
+            if k >= q or k == 0:  # kept as it is, or a layer that did not run
                 maps.append(None)
             elif 2 * k >= q and q * k <= MAX_ORTHOGONAL:
                 maps.append(SubspaceProjection(q, k, generator, like))
             elif _factors(piece) is None:
-                maps.append(CountSketch.drawn(_size(piece), k, generator, like))
+                maps.append(CountSketch.drawn(q, k, generator, like))
             else:
                 maps.append(TensorSketch(*_factors(piece), k, generator, like))
-        return maps
+        return maps, shares
 
     def features(self, pieces: list, max_bytes: float = float("inf")) -> torch.Tensor:
         """Sketched gradients ``(b, d, k)`` of a batch's pieces.
@@ -329,27 +345,20 @@ class GradientSketch:
         """
         form, built = self._form(pieces), self._built
         if built is None or built[0] != form:
-            built = self._built = form, self._build(pieces)
+            built = self._built = form, *self._build(pieces)
+        _, maps, shares = built
         parts = []
-        for piece, sketch in zip(pieces, built[1], strict=True):
-            if isinstance(piece, SharedWeightPiece) and not piece.delta.shape[2]:
-                # a layer that did not run: zeros
-                b, d = piece.delta.shape[:2]
-                parts.append(piece.delta.new_zeros(b, d, _columns(sketch, piece)))
+        for piece, sketch, k in zip(pieces, maps, shares, strict=True):
+            if _idle(piece):  # zeros, of its share of the columns
+                parts.append(piece.signal.new_zeros(*piece.signal.shape[:2], k))
             else:
                 parts.append(_sketched(piece, sketch, max_bytes))
         return torch.cat(parts, dim=2)
 
 
-def _columns(sketch, piece) -> int:
-    """The number of columns ``sketch`` (None: the identity) gives ``piece``."""
-    if sketch is None:
-        return _size(piece)
-    if isinstance(sketch, TensorSketch):
-        return sketch.width
-    if isinstance(sketch, CountSketch):
-        return sketch.k
-    return sketch.matrix.shape[1]
+def _idle(piece) -> bool:
+    """Whether ``piece`` is that of a layer that did not run (no positions)."""
+    return isinstance(piece, SharedWeightPiece) and not piece.delta.shape[2]
 
 
 def _sketched(piece, sketch, max_bytes: float) -> torch.Tensor:

@@ -44,6 +44,14 @@ def errorbars(ax, x, table, column, **style):
     )
 
 
+def layer_tail(name: str, width: int) -> str:
+    """A layer's ``name`` in ``width`` characters at most, its head cut to an ellipsis.
+
+    The end of a module's path names the layer within its block and stage.
+    """
+    return name if len(name) <= width else "…" + name[1 - width :]
+
+
 def png(fig) -> str:
     """The figure as an ``<img>`` with a base64 PNG data URI (then closed)."""
     plt = pyplot()

@@ -15,7 +15,7 @@ from sklearn.utils.multiclass import type_of_target
 from skorch import NeuralNetBinaryClassifier, NeuralNetClassifier
 
 from .._engine.context import evaluation_mode, forked_rng
-from .._engine.inputs import batches, module_float_dtype, take
+from .._engine.inputs import batches, module_float_dtype, take, to_numpy
 from .._engine.jacobian import network_output
 from .._engine.selection import network_logits
 from .._net import (
@@ -124,7 +124,7 @@ def module_outputs(module: torch.nn.Module, X: NetInput) -> np.ndarray:
             _tensor_output(network_output(module, batch, dtype)).detach().cpu()
             for _, batch in batches(X, PREDICT_BATCH_SIZE, device, dtype)
         ]
-    return torch.cat(parts).numpy()
+    return to_numpy(torch.cat(parts))
 
 
 def _tensor_output(out) -> torch.Tensor:

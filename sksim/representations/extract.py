@@ -9,7 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .._engine.context import on_device
-from .._engine.inputs import batches, module_float_dtype, n_samples
+from .._engine.inputs import batches, module_float_dtype, n_samples, to_numpy
 from .._layers import (
     check_finite_representations,
     check_layers,
@@ -105,6 +105,6 @@ def extract_representations(
     for reps in layer_outputs(module, inputs, layers, pool):
         for name, t in reps.items():
             check_finite_representations(name, t, start)
-            parts.setdefault(name, []).append(t.cpu().numpy())
+            parts.setdefault(name, []).append(to_numpy(t))
         start += len(t)
     return {name: np.concatenate(chunks) for name, chunks in parts.items()}

@@ -20,7 +20,7 @@ from torch.nn.utils.spectral_norm import SpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm
 from torch.utils.data import Dataset
 
-from .._engine.context import torch_seed
+from .._engine.context import check_not_inference_mode, torch_seed
 from .._engine.finite import NonFiniteNetworkError
 from .._engine.inputs import check_finite, is_dataset, take, to_tensor
 from .._layers import (
@@ -699,6 +699,7 @@ def relative_sensitivity(
     ['trained', 'init']
     """
     check_params(locals())  # the arguments, before any work
+    check_not_inference_mode()
     probe_rng, init_rng, shuffle_rng = _purpose_rngs(random_state)
     device = resolve_device(net, device)
     probe = _Probe(

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from _architectures import small_net
+from _architectures import family_case, small_net
 from _audit_helpers import AUDIT_OPTIONS
 from sklearn.base import clone
 from sklearn.frozen import FrozenEstimator
@@ -698,6 +698,8 @@ def test_helpers():
     )
     assert default_layers(net) == ["0", "3", "4"]
     assert default_layers(net, 1) == ["4"]
+    gpt2, _ = family_case("gpt2", 2)  # its Conv1D projections are linear layers
+    assert default_layers(gpt2)[0] == "gpt2.transformer.h.1.mlp.c_fc"
     p = free_probabilities(torch.tensor([[0.0, 0.0, float(np.log(2.0))]]))
     torch.testing.assert_close(p, torch.tensor([[0.25, 0.25]]))
 

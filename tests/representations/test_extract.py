@@ -38,6 +38,16 @@ def test_pooled_stage_outputs_match_a_manual_forward(net):
     np.testing.assert_allclose(mx, bn.amax(dim=(2, 3)).numpy(), rtol=1e-5, atol=1e-6)
 
 
+def test_bfloat16_representations_come_as_float32(net):
+    """NumPy has no bfloat16: a bfloat16 network's representations (and the
+    prefit audit's class fitting of them) failed."""
+    X = torch.randn(6, 1, 5, 5)
+    half = extract_representations(net.to(torch.bfloat16), X, ["bn", "head"])
+    full = extract_representations(net.float(), X.to(torch.bfloat16).float(), ["bn"])
+    assert half["bn"].dtype == half["head"].dtype == np.float32
+    np.testing.assert_allclose(half["bn"], full["bn"], rtol=0.05, atol=0.05)
+
+
 def test_training_mode_is_restored_and_hooks_removed(net):
     net.train()
     extract_representations(net, torch.randn(4, 1, 5, 5), ["conv"])

@@ -342,6 +342,9 @@ def test_errors_and_warnings():
         relative_sensitivity(net, X, delta=0)
     with pytest.raises(ValueError, match=r"noise_norm=0 adds no noise"):  # R was NaN
         relative_sensitivity(net, X, noise_norm=0.0)
+    # its copies of the network carried no version counters: a raw torch error
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="outside of that"):
+        relative_sensitivity(net, X)
     flat = nn.Sequential(nn.Flatten(), nn.Linear(X[0].size, 2))
     with pytest.raises(ValueError, match="no convolution"):  # shuffled nothing
         relative_sensitivity(flat, X, shuffled=True)

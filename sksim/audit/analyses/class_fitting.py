@@ -11,11 +11,12 @@ import torch
 from sklearn.base import BaseEstimator, clone
 from sklearn.utils import Bunch
 
+from ..._engine.capture import is_transposed_linear
 from ..._engine.inputs import take
 from ..._net import resolve_module
 from ..._validation import check_positive_int
 from .._names import with_names
-from .._render import errorbars, subplots
+from .._render import errorbars, layer_tail, subplots
 from .._tables import spread
 from .base import Analysis, FoldOutput
 
@@ -29,13 +30,21 @@ MAX_FIT_PER_CLASS = 1000  # rows of a class its mixture is fitted to, at scale
 
 
 def default_layers(module: torch.nn.Module, n_layers: int = 3) -> list[str]:
-    """The last ``n_layers`` linear or convolutional modules, in definition order."""
+    """The last ``n_layers`` linear or convolutional modules, in definition order.
+
+    ``transformers``' ``Conv1D`` (GPT-2's projections) counts as linear.
+    """
     kinds = (torch.nn.Linear, torch.nn.modules.conv._ConvNd)
-    names = [name for name, m in module.named_modules() if isinstance(m, kinds)]
+    names = [
+        name
+        for name, m in module.named_modules()
+        if isinstance(m, kinds) or is_transposed_linear(m)
+    ]
     return names[-n_layers:]
 
 
 MAX_CLASS_TICKS = 40  # classes named on a panel's axis, at most
+TITLE_CHARACTERS = 9  # characters of a panel's title per inch of its width
 
 
 @with_names
@@ -57,11 +66,9 @@ def class_densities(result: AuditResult) -> Figure | None:
         return None
     layers = list(dict.fromkeys(table["layer"]))
     n_classes = int(table.groupby("layer").size().max())
+    width = max(3.6, min(12.0, 0.18 * n_classes))  # inches per panel
     fig, axes = subplots(
-        1,
-        len(layers),
-        figsize=(max(3.6, min(12.0, 0.18 * n_classes)) * len(layers), 3.8),
-        squeeze=False,
+        1, len(layers), figsize=(width * len(layers), 3.8), squeeze=False
     )
     for ax, layer in zip(axes[0], layers, strict=True):
         rows = table[table["layer"] == layer].sort_values("train_mean_log_density_mean")
@@ -89,7 +96,7 @@ def class_densities(result: AuditResult) -> Figure | None:
         )
         ax.set_xlabel("class, sorted" + (f" (one in {step} named)" if step > 1 else ""))
         ax.set_ylabel("mean own-class log-density")  # each layer its own scale
-        ax.set_title(str(layer))
+        ax.set_title(layer_tail(str(layer), int(TITLE_CHARACTERS * width)))
     fig.legend(
         *axes[0, 0].get_legend_handles_labels(),
         loc="outside lower center",

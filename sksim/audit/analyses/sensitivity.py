@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from ..._engine.inputs import n_samples
 from ..._typing import NetInput
 from ..._validation import sample_shape
-from .._render import errorbars, subplots
+from .._render import errorbars, layer_tail, subplots
 from .._tables import frame, spread
 from ..models import is_square_image_batch
 from .base import Analysis, FoldOutput
@@ -75,7 +75,7 @@ def sensitivity_layers(result: AuditResult) -> Figure | None:
                 label=net,
             )
     step = -(-n_layers // MAX_LAYER_TICKS)  # every step-th layer named
-    names = [_tail(str(layer)) for layer in layers["layer"]]
+    names = [layer_tail(str(layer), LAYER_NAME) for layer in layers["layer"]]
     for ax, name in zip(axes, ("D", "G", "R"), strict=True):
         ax.set_yscale("log")
         ax.set_title(name)
@@ -89,14 +89,6 @@ def sensitivity_layers(result: AuditResult) -> Figure | None:
     axes[0].legend(fontsize="small")
     fig.suptitle("Relative sensitivity to diffeomorphisms per layer (R = D / G)")
     return fig
-
-
-def _tail(name: str, width: int = LAYER_NAME) -> str:
-    """``name`` in ``width`` characters at most, its head cut to an ellipsis.
-
-    The end of a module's path names the layer within its block and stage.
-    """
-    return name if len(name) <= width else "…" + name[1 - width :]
 
 
 class Sensitivity(Analysis):
