@@ -105,7 +105,7 @@ def temperature_from_delta(delta: float, cutoff: int = 3, n: int = 32) -> float:
             "The temperature of a typical displacement delta needs cutoff >= 2 "
             "(it divides by ln(cutoff)); for cutoff=1, sample fields with "
             "sample_diffeo(n, cutoff=1, temperature=T) and deform with "
-            "apply_diffeo."
+            "apply_diffeo (for relative_sensitivity, in a deformation= of yours)."
         )
     return 4.0 * delta**2 / (math.pi * n**2 * math.log(cutoff))
 
