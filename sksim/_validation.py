@@ -219,6 +219,10 @@ def _check_same_reads(dataset: Dataset, first) -> None:
             )
 
 
+def _without_ones(shape: tuple) -> tuple:
+    return tuple(size for size in shape if size != 1)
+
+
 def _check_single_input(X, input_name: str) -> None:
     """Raise a ValueError for a list or tuple of dicts, or of arrays of several shapes.
 
@@ -421,14 +425,15 @@ def check_replaced_labels(dataset: Dataset, y) -> None:
     """Raise a ValueError if ``y`` replaces items' second values unlike its labels.
 
     Items ``(x, v)`` are read as ``(x, y)``, ``y`` given replacing ``v``: a
-    ``v`` of another shape than a label of ``y`` is likely an input (an
-    attention mask beside token ids), which the network would not get.
+    ``v`` of another shape than a label of ``y`` (axes of one aside) is likely
+    an input (an attention mask beside token ids), which the network would
+    not get. A skorch dataset's placeholder is no label.
     """
     _, own = split_item(dataset[0])
-    if own is None or isinstance(own, Mapping):
+    if own is None or isinstance(own, Mapping) or not carries_labels(dataset):
         return
     own, label = np.shape(_as_array(own)), np.shape(np.asarray(y)[0])
-    if own != label:
+    if _without_ones(own) != _without_ones(label):
         raise ValueError(
             f"The dataset's items are pairs (x, v) read as (x, y), whose second "
             f"value, of shape {own}, the y given replaces with labels of shape "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -105,7 +106,8 @@ def _contract(F_x, F_y, kind, reduce, max_bytes=float("inf"), out=None):
 def _projected_similarity(engine, X, Y, kind, reduce, rtol, n_components, seed):
     _check_inputs(engine, X, Y)
     right = X if Y is None else Y
-    weights = features.piece_energies(engine, right, seed, rtol)
+    with rows_of_reference() if Y is not None else contextlib.nullcontext():
+        weights = features.piece_energies(engine, right, seed, rtol)
     F_x = _features(engine, X, kind, "left", n_components, seed, rtol, weights)
     bound = engine.max_memory / 3  # beside the two sketches
     if Y is None and kind != "influence":

@@ -699,8 +699,8 @@ class NetworkNeighbors(NetworkEstimator):
         """The whitened pieces of the reference's ``rows`` (None: all), in runs.
 
         The runs of :class:`~sksim._engine.pieces.KeptPieces`, their rows
-        counted from the first of ``rows``; of one form for all the reference
-        (None if they take several: they are not kept).
+        counted from the first of ``rows``; for all the reference, one run
+        (None if its pieces take several forms: they are not kept).
         """
         ((_, engine),) = self._engines()
         X = self.X_fit_ if rows is None else take(self.X_fit_, rows)

@@ -10,6 +10,18 @@ EXPECTED_FAILED_CHECKS = {
     ),
 }
 
+# DiffeoTransform draws one random field per sample, in order.
+ORDER_DEPENDENT_CHECKS = {
+    "check_methods_sample_order_invariance": (
+        "the i-th sample gets the i-th random field, so permuting the samples "
+        "deforms them differently"
+    ),
+    "check_methods_subset_invariance": (
+        "the i-th sample gets the i-th random field, so a subset is deformed "
+        "differently"
+    ),
+}
+
 # SimilarityRegularizedNet is a skorch net and inherits what skorch does not check.
 _SKORCH = "inherited from skorch's nets, which do not follow this convention: "
 SKORCH_INHERITED_CHECKS = {

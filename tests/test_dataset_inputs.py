@@ -438,9 +438,14 @@ def test_labels_given_for_items_whose_second_value_is_an_input_are_refused(data,
         NetworkNeighbors(net, n_neighbors=2).fit(pairs, y)
     with pytest.raises(ValueError, match=message):
         NetworkSimilarityKernel(classifier(train_split=None)).fit(pairs, y)  # trains
-    labelled = TensorDataset(torch.as_tensor(X), torch.as_tensor(y))
-    found = NetworkNeighbors(net, n_neighbors=2).fit(labelled, y)
-    np.testing.assert_array_equal(found.y_fit_, y)
+    # labels replacing labels (a column of them), or skorch's placeholder
+    for labelled in (
+        TensorDataset(torch.as_tensor(X), torch.as_tensor(y[:, None])),
+        SkorchDataset(X),
+        Subset(SkorchDataset(X), np.arange(len(X))),
+    ):
+        found = NetworkNeighbors(net, n_neighbors=2).fit(labelled, y)
+        np.testing.assert_array_equal(found.y_fit_, y)
 
 
 def test_a_list_of_examples_as_dicts_is_refused_with_the_dict_to_pass(data, net):

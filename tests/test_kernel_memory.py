@@ -115,6 +115,22 @@ def test_chunks_of_sketched_queries_warn_once_with_the_queries_rows():
     ]
 
 
+def test_the_energies_pass_names_the_rows_of_the_inputs_it_samples():
+    """The pass over 64 sampled reference rows named the rows of its sample."""
+    reference = np.linspace(0.5, 8, 200, dtype=np.float32)[:, None]
+    reference[150:] = 1e4  # exp overflows
+    net = torch.nn.Sequential(torch.nn.Linear(1, 2), Exp(), torch.nn.Linear(2, 2))
+    with torch.no_grad():
+        net[0].weight.fill_(1.0)
+    rows = r"outputs for rows \[1[5-9]\d, .* of the reference inputs"
+    with pytest.raises(NonFiniteNetworkError, match=rows):
+        network_similarity(net, reference[:5], reference, n_components=8)
+    with pytest.raises(
+        NonFiniteNetworkError, match=r"outputs for input rows \[1[5-9]\d"
+    ):
+        NetworkSimilarityKernel(net, n_components=8).fit(reference)
+
+
 def test_a_sketched_kernel_names_the_references_rows_as_the_exact_one():
     net = dead_below_zero()
     queries = np.linspace(1, 9, 17, dtype=np.float32)[:, None]

@@ -20,6 +20,7 @@ from torch.utils.data import StackDataset
 from sksim import (
     NetworkSimilarityKernel,
     SingularJacobianGramWarning,
+    gradient_features,
     network_similarity,
 )
 from sksim._engine.capture import leaf_uses, may_move_rows
@@ -543,6 +544,29 @@ def test_engines_that_saw_other_layers_run_pair_their_pieces(rebuilt):
     if rebuilt == "unpickled":
         kernel = pickle.loads(pickle.dumps(kernel))
     np.testing.assert_allclose(kernel.transform(queries), expected, atol=1e-6)
+
+
+def test_features_of_inputs_that_run_other_layers_pair():
+    """gradient_features' equal shares gave a layer that did not run no
+    columns: the queries' maps differed from the reference's, every later
+    layer's too (their mean over seeds as far off as the kernel itself)."""
+    torch.manual_seed(0)
+    net = Branch().double()
+    reference, queries = torch.randn(12, 4, dtype=torch.float64), torch.randn(6, 4)
+    reference[:, 0] = reference[:, 0].abs() + 0.1  # run 'extra'
+    queries = queries.double()
+    queries[:, 0] = -queries[:, 0].abs() - 0.1
+    J_q, J_r = oracle_jacobians(net, queries), oracle_jacobians(net, reference)
+    expected = np.einsum("adp,bdp->ab", J_q, J_r) / 2
+    estimates = []
+    for seed in range(60):
+        F_q, F_r = (
+            gradient_features(net, X, n_components=40, whiten=False, random_state=seed)
+            for X in (queries, reference)
+        )
+        estimates.append(np.einsum("adk,bdk->ab", F_q, F_r) / 2)
+    error = np.abs(np.mean(estimates, axis=0) - expected).max()
+    assert error < 0.2 * np.abs(expected).max()  # 0.05 here; 1.0 when unpaired
 
 
 @pytest.mark.parametrize("rows", [(0, 15), (6, 8), (2, 5)])

@@ -15,6 +15,7 @@ import torch
 from sklearn.utils import check_random_state
 
 from .budget import rows_that_fit
+from .finite import NonFiniteNetworkError
 from .flags import FlaggedRows, flag_scope
 from .inputs import n_samples, take
 from .jacobian import JacobianEngine
@@ -66,10 +67,15 @@ def piece_energies(
     if n > ENERGY_ROWS:
         rows = np.sort(check_random_state(seed).choice(n, ENERGY_ROWS, replace=False))
     total = 0.0
-    with flag_scope(report=False):  # the pass over X reports them
-        for _, pieces, _ in engine.mapped_pieces(take(X, rows), -0.5, rtol, False):
-            grams = [piece.self_gram() for piece in pieces]
-            total = total + np.array([g.diagonal(0, 1, 2).sum().item() for g in grams])
+    try:
+        with flag_scope(report=False):  # the pass over X reports them
+            for _, pieces, _ in engine.mapped_pieces(take(X, rows), -0.5, rtol, False):
+                grams = [piece.self_gram() for piece in pieces]
+                total = total + np.array(
+                    [g.diagonal(0, 1, 2).sum().item() for g in grams]
+                )
+    except NonFiniteNetworkError as error:  # named by X's rows
+        raise error.moved(rows) from None
     return total / len(rows)
 
 

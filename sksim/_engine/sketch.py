@@ -289,44 +289,31 @@ class GradientSketch:
         self.weights = weights
         self._built = None  # (the pieces' form, their maps, their columns)
 
-    def _form(self, pieces: list) -> tuple:
+    @staticmethod
+    def _form(pieces: list) -> tuple:
         """What the maps depend on: each piece's size, factors, dtype and device.
 
-        Not whether it comes factorised: a layer's gradients sketch alike in
-        both forms (inputs of other sizes than the reference's may take the
-        other), or they would not pair. Whether its layer ran, when the shares
-        are equal (see :meth:`_build`).
+        Not whether it comes factorised, nor whether its layer ran: a layer's
+        gradients sketch alike whatever form they take (inputs of other sizes
+        than the reference's may take the other, or run other layers), or they
+        would not pair.
         """
         return tuple(
-            (
-                _size(p),
-                _factors(p),
-                p.signal.dtype,
-                p.signal.device,
-                self.weights is None and _idle(p),
-            )
-            for p in pieces
+            (_size(p), _factors(p), p.signal.dtype, p.signal.device) for p in pieces
         )
 
     def _build(self, pieces: list) -> tuple[list, list[int]]:
-        """The pieces' maps (None: kept as they are) and their numbers of columns.
-
-        With equal shares, the layers that did not run take none: their zero
-        gradients would cost the others columns. With weights (measured on a
-        reference, whose layers may run where the queries' do not), theirs.
-        """
+        """The pieces' maps (None: kept as they are) and their numbers of columns."""
         generator = torch.Generator().manual_seed(self.seed)
         sizes = [_size(p) for p in pieces]
         if self.n_components is None:
             return [None] * len(pieces), sizes
-        if self.weights is None:
-            sizes = [0 if _idle(p) else _size(p) for p in pieces]
         shares = allocate(sizes, self.n_components, self.weights)
         maps = []
         for piece, k in zip(pieces, shares, strict=True):
             like = piece.signal
             q = _size(piece)
-            if k >= q or k == 0:  # kept as it is, or a layer that did not run
+            if k >= q:
                 maps.append(None)
             elif 2 * k >= q and q * k <= MAX_ORTHOGONAL:
                 maps.append(SubspaceProjection(q, k, generator, like))

@@ -164,7 +164,4 @@ class DiffeoTransform(TransformerMixin, BaseEstimator):
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = False
-        # fresh fields at every call by default, and a row's field is drawn
-        # for its position: rows reordered or subset are deformed otherwise
-        tags.non_deterministic = True
         return tags

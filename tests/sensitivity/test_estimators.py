@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 from _architectures import pooled_cnn, signal_conv
-from _sklearn_checks import EXPECTED_FAILED_CHECKS
+from _sklearn_checks import EXPECTED_FAILED_CHECKS, ORDER_DEPENDENT_CHECKS
 from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_validate
@@ -29,10 +29,10 @@ from sksim.sensitivity import (
         DiffeoTransform(random_state=0),
         DiffeoSensitivity(signal_conv(), n_init=2, random_state=0),
     ],
-    # DiffeoTransform's tags say it is non-deterministic: the checks of rows
-    # reordered or subset are skipped (the i-th sample gets the i-th field)
     expected_failed_checks=lambda est: (
-        {} if isinstance(est, DiffeoTransform) else EXPECTED_FAILED_CHECKS
+        ORDER_DEPENDENT_CHECKS
+        if isinstance(est, DiffeoTransform)
+        else EXPECTED_FAILED_CHECKS
     ),
 )
 def test_sklearn_compatible(estimator, check):
