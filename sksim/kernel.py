@@ -203,7 +203,11 @@ def network_similarity(
     %(rtol)s
     %(n_components)s
     random_state : int, RandomState instance or None, default=None
-        Seeds the sketch when ``n_components`` is set.
+        Seeds the sketch when ``n_components`` is set. Its columns are shared
+        among the layers by their energies on up to 64 examples of the
+        reference (``Y``, or ``X`` without it): calls with one seed sketch
+        alike only with one reference; a fitted
+        :class:`~sksim.NetworkSimilarityKernel` keeps its sketch.
     %(n_jobs)s
         Sketches (``n_components``) are made in this process, in one pass.
     %(max_memory)s
