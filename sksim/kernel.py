@@ -105,6 +105,14 @@ def _contract(F_x, F_y, kind, reduce, max_bytes=float("inf"), out=None):
 
 def _projected_similarity(engine, X, Y, kind, reduce, rtol, n_components, seed):
     _check_inputs(engine, X, Y)
+    n, d = n_samples(X), engine.n_outputs(X)
+    check_kept_bytes(  # held whole, as a kernel's reference sketches are
+        4 * n * d * n_components,
+        engine.max_memory,
+        f"The sketches of the {n} inputs X ({d} outputs x {n_components} "
+        "components, float32)",
+        "lower n_components, pass X in parts, or raise max_memory.",
+    )
     right = X if Y is None else Y
     with rows_of_reference() if Y is not None else contextlib.nullcontext():
         weights = features.piece_energies(engine, right, seed, rtol)

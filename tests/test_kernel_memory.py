@@ -52,6 +52,17 @@ def test_the_reference_is_sketched_a_chunk_at_a_time(data, monkeypatch, reduce):
     np.testing.assert_allclose(K, expected, rtol=1e-6, atol=1e-6)  # float32 sketches
 
 
+def test_the_queries_sketches_are_refused_past_their_share(data):
+    """They were held whole whatever max_memory: 320 MiB above the start for
+    3 000 examples' own similarities at 20 MiB (the sketches 234 MiB)."""
+    net, kept = mlp(4, 3), sketch_bytes(len(data))
+    common = dict(n_components=N_COMPONENTS, random_state=0)
+    with pytest.raises(MemoryError, match=r"The sketches of the 60 inputs X \(3 out"):
+        network_similarity(net, data, max_memory=int(1.4 * kept), **common)
+    K = network_similarity(net, data, max_memory=int(1.6 * kept), **common)
+    np.testing.assert_allclose(K, network_similarity(net, data, **common), rtol=1e-6)
+
+
 @pytest.mark.parametrize("kind", ["cosine", "influence"])
 def test_contraction_blocks_stay_within_their_bytes(kind):
     rng = np.random.default_rng(1)
