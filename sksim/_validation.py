@@ -430,10 +430,16 @@ def check_replaced_labels(dataset: Dataset, y) -> None:
     not get. A skorch dataset's placeholder is no label.
     """
     _, own = split_item(dataset[0])
-    if own is None or isinstance(own, Mapping) or not carries_labels(dataset):
+    if own is None or isinstance(own, Mapping):
         return
     own, label = np.shape(_as_array(own)), np.shape(np.asarray(y)[0])
-    if _without_ones(own) != _without_ones(label):
+    if _without_ones(own) == _without_ones(label):
+        return
+    try:
+        carried = carries_labels(dataset)  # not a skorch dataset's placeholder
+    except ValueError:  # parts with labels and parts without: y settles it
+        return
+    if carried:
         raise ValueError(
             f"The dataset's items are pairs (x, v) read as (x, y), whose second "
             f"value, of shape {own}, the y given replaces with labels of shape "

@@ -443,6 +443,7 @@ def test_labels_given_for_items_whose_second_value_is_an_input_are_refused(data,
         TensorDataset(torch.as_tensor(X), torch.as_tensor(y[:, None])),
         SkorchDataset(X),
         Subset(SkorchDataset(X), np.arange(len(X))),
+        ConcatDataset([SkorchDataset(X[:5]), SkorchDataset(X[5:], y[5:])]),
     ):
         found = NetworkNeighbors(net, n_neighbors=2).fit(labelled, y)
         np.testing.assert_array_equal(found.y_fit_, y)
