@@ -32,6 +32,17 @@ def sketch_bytes(n, d=3):
     return 4 * n * d * N_COMPONENTS
 
 
+def sketched_sizes(monkeypatch) -> list:
+    """The numbers of examples the kernel sketches at a time, as it sketches them."""
+    sizes, features = [], kernel._features
+    monkeypatch.setattr(
+        kernel,
+        "_features",
+        lambda engine, X, *args: sizes.append(len(X)) or features(engine, X, *args),
+    )
+    return sizes
+
+
 @pytest.mark.parametrize("reduce", ["trace", None])
 def test_the_reference_is_sketched_a_chunk_at_a_time(data, monkeypatch, reduce):
     """The whole reference was sketched, then copied to float64: 9 times
@@ -40,12 +51,7 @@ def test_the_reference_is_sketched_a_chunk_at_a_time(data, monkeypatch, reduce):
     net, queries = mlp(4, 3), data[:5]
     common = dict(n_components=N_COMPONENTS, random_state=0, reduce=reduce)
     expected = network_similarity(net, queries, data, max_memory=None, **common)
-    sizes, features = [], kernel._features
-    monkeypatch.setattr(
-        kernel,
-        "_features",
-        lambda engine, X, *args: sizes.append(len(X)) or features(engine, X, *args),
-    )
+    sizes = sketched_sizes(monkeypatch)
     max_memory = 3 * sketch_bytes(12)  # a third: 12 examples' sketches
     K = network_similarity(net, queries, data, max_memory=max_memory, **common)
     assert sizes == [5, 12, 12, 12, 12, 12]  # the queries, then the reference
@@ -157,12 +163,7 @@ def test_a_kernel_sketches_its_queries_a_chunk_at_a_time(data, monkeypatch):
     net, reference, queries = mlp(4, 3), data[:10], data[10:]
     common = dict(n_components=N_COMPONENTS, random_state=0)
     expected = network_similarity(net, queries, reference, max_memory=None, **common)
-    sizes, features = [], kernel._features
-    monkeypatch.setattr(
-        kernel,
-        "_features",
-        lambda engine, X, *args: sizes.append(len(X)) or features(engine, X, *args),
-    )
+    sizes = sketched_sizes(monkeypatch)
     kern = NetworkSimilarityKernel(net, max_memory=3 * sketch_bytes(12), **common)
     K = kern.fit(reference).transform(queries)
     assert sizes == [10, 12, 12, 12, 12, 2]  # the reference, then the queries

@@ -198,9 +198,13 @@ def _pieces_and_moved(module, X, params=None):
     return list(first), list(second)
 
 
-def _big_convolution():
-    """A convolution whose weight (73 728 values) a TensorSketch takes."""
-    torch.manual_seed(0)
+def _layer_kind_case(case):
+    """A layer case, GPT-2 (transposed linear layers), or a large convolution."""
+    if case == "gpt2":
+        return family_case(case, 3)
+    if case != "big_convolution":
+        return layer_case(case)
+    torch.manual_seed(0)  # a weight of 73 728 values, which a TensorSketch takes
     module = nn.Sequential(
         nn.Conv2d(64, 128, 3), nn.Tanh(), nn.Flatten(), nn.Linear(128, 2)
     )
@@ -221,12 +225,7 @@ def test_layers_left_to_torch_func_give_their_captured_pieces(case, params):
     block per parameter: pieces of other sizes than the batches before, which
     the sketches drew other maps for (kernel 0.8 off with every piece kept
     exactly), and whose pairing with a kernel's reference failed."""
-    if case == "big_convolution":
-        module, X = _big_convolution()
-    elif case == "gpt2":
-        module, X = family_case(case, 3)
-    else:
-        module, X = layer_case(case)
+    module, X = _layer_kind_case(case)
     captured, moved = _pieces_and_moved(module, X, params)
     assert [_size(p) for p in moved] == [_size(p) for p in captured]
     assert [_factors(p) for p in moved] == [_factors(p) for p in captured]
@@ -240,12 +239,7 @@ def test_a_layer_that_did_not_run_gives_zero_pieces_of_its_layout(case):
     the data) gave no pieces: an unpickled estimator, whose engine's probe
     saw the queries' layers, paired the pieces of other layers (a kernel 0.7
     off)."""
-    if case == "big_convolution":
-        module, X = _big_convolution()
-    elif case == "gpt2":
-        module, X = family_case(case, 3)
-    else:
-        module, X = layer_case(case)
+    module, X = _layer_kind_case(case)
     captured = JacobianEngine(module, batch_size=len(X))
     plan = captured._layer_plan(X)
     (_, pieces) = next(captured.pieces(X))
