@@ -103,14 +103,29 @@ def _contract(F_x, F_y, kind, reduce, max_bytes=float("inf"), out=None):
     return out
 
 
+def _check_sketch_bytes(engine, X, n_components, copies, inputs, advice) -> None:
+    """Raise a MemoryError when the sketches of ``X``, held whole, would not fit.
+
+    ``copies``: the checkpoints sketched side by side; ``inputs`` names ``X``.
+    """
+    n, d = n_samples(X), engine.n_outputs(X)
+    copies_text = f" x {copies} checkpoints" * (copies > 1)
+    what = (
+        f"The sketches of the {n} {inputs} ({d} outputs x {n_components} "
+        f"components{copies_text}, float32)"
+    )
+    kept = 4 * n * d * n_components * copies
+    check_kept_bytes(kept, engine.max_memory, what, advice)
+
+
 def _projected_similarity(engine, X, Y, kind, reduce, rtol, n_components, seed):
     _check_inputs(engine, X, Y)
-    n, d = n_samples(X), engine.n_outputs(X)
-    check_kept_bytes(  # held whole, as a kernel's reference sketches are
-        4 * n * d * n_components,
-        engine.max_memory,
-        f"The sketches of the {n} inputs X ({d} outputs x {n_components} "
-        "components, float32)",
+    _check_sketch_bytes(  # held whole, as a kernel's reference sketches are
+        engine,
+        X,
+        n_components,
+        1,
+        "inputs X",
         "lower n_components, pass X in parts, or raise max_memory.",
     )
     right = X if Y is None else Y
@@ -507,23 +522,17 @@ class NetworkSimilarityKernel(
         self.X_fit_ = X
         self.features_fit_ = None
         if self.n_components is not None:
-            self._check_kept_bytes(X)
+            _check_sketch_bytes(
+                self._engine,
+                X,
+                self.n_components,
+                1 if self.checkpoints is None else len(self.checkpoints),
+                "reference examples",
+                "lower n_components, or raise max_memory.",
+            )
             self.sketch_weights_ = self._sketch_weights(X)
             self.features_fit_ = self._features(X, "right")
         return self
-
-    def _check_kept_bytes(self, X) -> None:
-        """Raise a MemoryError when the reference sketches would not fit."""
-        n, d = n_samples(X), self._engine.n_outputs(X)
-        copies = 1 if self.checkpoints is None else len(self.checkpoints)
-        copies_text = f" x {copies} checkpoints" * (copies > 1)
-        what = (
-            f"The sketches of the {n} reference examples ({d} outputs x "
-            f"{self.n_components} components{copies_text}, float32)"
-        )
-        advice = "lower n_components, or raise max_memory."
-        kept = 4 * n * d * self.n_components * copies
-        check_kept_bytes(kept, self._engine.max_memory, what, advice)
 
     @property
     def _bound(self) -> float:
