@@ -599,7 +599,7 @@ def _conv_pieces(layer, own, calls, d, budget) -> list:
     positions = sum(delta[0, 0, 0].numel() for _, delta in calls)
     a = layer.weight[0].numel()
     factorised = layer.groups == 1 and factorised_is_cheaper(positions, a, o, d)
-    tensor_sketch = layer.groups == 1 and o * a > TENSOR_SKETCH_MIN
+    tensor_sketch = _takes_tensor_sketch(layer)
     if "weight" in own and factorised:
         budget.take((b, positions, a), calls[0][0])
         h = _joined([_conv_patches(layer, x) for x, _ in calls], dim=1)
@@ -711,20 +711,18 @@ def parameter_pieces(layer: nn.Module, own: list[str], grads: dict) -> list:
     pieces = []
     if isinstance(layer, (*_NORMS, nn.Conv1d, nn.Conv2d)):  # a piece per parameter
         if "weight" in own:
-            o, a = layer.weight.shape[0], layer.weight[0].numel()
-            big = not isinstance(layer, _NORMS) and o * a > TENSOR_SKETCH_MIN
-            factors = (o, a) if big and layer.groups == 1 else None
+            sketched = not isinstance(layer, _NORMS) and _takes_tensor_sketch(layer)
+            factors = _weight_shape(layer) if sketched else None
             pieces.append(DensePiece(grads["weight"], factors))
         if "bias" in own:
             pieces.append(DensePiece(grads["bias"]))
         return pieces
     if "weight" not in own:
         return [DensePiece(grads["bias"])]
+    o, a = _weight_shape(layer)
     if isinstance(layer, nn.Embedding) or is_transposed_linear(layer):
-        a, o = layer.weight.shape  # stored transposed: (inputs, outputs)
         weight = grads["weight"].reshape(b, d, a, o).transpose(2, 3)
     else:
-        o, a = layer.weight.shape
         weight = grads["weight"].reshape(b, d, o, a)
     if "bias" in own:  # the constant last input
         weight = torch.cat([weight, grads["bias"][..., None]], dim=3)
@@ -745,13 +743,10 @@ def idle_pieces(layer: nn.Module, own: list[str], b: int, d: int) -> list:
     if isinstance(layer, _NORMS):
         return [DensePiece(like.new_zeros(b, d, like.numel())) for _ in own]
     convolution = isinstance(layer, (nn.Conv1d, nn.Conv2d))
-    if isinstance(layer, nn.Embedding) or is_transposed_linear(layer):
-        a, o = like.shape
-    else:
-        o, a = like.shape[0], like[0].numel()
+    o, a = _weight_shape(layer)
     if "weight" not in own:
         return [DensePiece(like.new_zeros(b, d, o))]
-    big = convolution and layer.groups == 1 and o * a > TENSOR_SKETCH_MIN
+    big = convolution and _takes_tensor_sketch(layer)
     delta = like.new_zeros(b, d, 0, o)
     if isinstance(layer, nn.Embedding):
         h = torch.zeros(b, 0, dtype=torch.long, device=like.device)
@@ -763,3 +758,17 @@ def idle_pieces(layer: nn.Module, own: list[str], b: int, d: int) -> list:
     if convolution and "bias" in own:
         return [weight, DensePiece(like.new_zeros(b, d, o))]
     return [weight]
+
+
+def _weight_shape(layer: nn.Module) -> tuple[int, int]:
+    """``(o, a)``: the layer's weight as its pieces hold it, outputs by inputs."""
+    if isinstance(layer, nn.Embedding) or is_transposed_linear(layer):
+        a, o = layer.weight.shape  # stored transposed: (inputs, outputs)
+        return o, a
+    return layer.weight.shape[0], layer.weight[0].numel()
+
+
+def _takes_tensor_sketch(convolution: nn.Module) -> bool:
+    """Whether a convolution's weight is sketched by a TensorSketch of its factors."""
+    o, a = _weight_shape(convolution)
+    return convolution.groups == 1 and o * a > TENSOR_SKETCH_MIN
