@@ -704,6 +704,7 @@ def layer_outputs(
         with evaluation_mode(module), torch.no_grad(), layerwise_attention():
             outputs = capture(batch)  # modes and attention's fast path as they were
         yield outputs
+        del outputs  # freed before the next batch's are made
 
 
 def check_finite_representations(name: str, values: torch.Tensor, start: int = 0):

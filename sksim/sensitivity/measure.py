@@ -18,11 +18,19 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 from torch.nn.utils.spectral_norm import SpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm
+from torch.utils._pytree import tree_leaves
 from torch.utils.data import Dataset
 
+from .._engine.budget import (
+    KEPT_MEMORY,
+    check_kept_bytes,
+    readable_bytes,
+    rows_that_fit,
+)
 from .._engine.context import check_not_inference_mode, torch_seed
 from .._engine.finite import NonFiniteNetworkError
 from .._engine.inputs import check_finite, is_dataset, take, to_tensor
+from .._engine.jacobian import DEFAULT_MAX_MEMORY
 from .._layers import (
     check_finite_representations,
     check_layers,
@@ -110,7 +118,6 @@ class _Probe:
         self,
         X: np.ndarray | torch.Tensor,
         n_probe: int,
-        batch_size: int,
         delta: float,
         cutoff: int,
         interp: str,
@@ -153,7 +160,7 @@ class _Probe:
             X = X[torch.as_tensor(rows)]
         self.rows = rows  # of the inputs given
         self.X = X = X.detach().to(device, torch.float64)
-        self.batch_size = batch_size
+        self.batch_size = len(X)  # see fit_batches
         if deformation is None:
             TX = deform(X, delta, cutoff, interp, rng)
         else:
@@ -165,6 +172,68 @@ class _Probe:
                 )
         self.TX = TX
         self.NX = X + noise_like(X, TX, noise_norm, rng)
+
+    def fit_batches(
+        self, model: torch.nn.Module, layers, pool, statistic, batch_size, max_memory
+    ) -> None:
+        """Serve batches of ``batch_size`` inputs at most, within ``max_memory``.
+
+        A pass over the first input's three versions measures what an input
+        takes: its representations at the layers measured, and twice the
+        largest output of a module (the forward pass's working memory). The
+        probe set, and for the median every input's representations, may
+        take two thirds of ``max_memory`` (a MemoryError past them); a batch
+        takes the third.
+        """
+        self.batch_size = batch_size
+        if max_memory is None:
+            return
+        largest = 0
+
+        def record(_module, _inputs, output):
+            nonlocal largest
+            for t in tree_leaves(output):
+                if isinstance(t, torch.Tensor):
+                    largest = max(largest, t.numel() * t.element_size())
+
+        hooks = [m.register_forward_hook(record) for m in model.modules()]
+        try:
+            triple = torch.cat([self.X[:1], self.TX[:1], self.NX[:1]])
+            outputs = next(
+                _float64_errors(layer_outputs(model, [triple], layers, pool))
+            )
+        finally:
+            for hook in hooks:
+                hook.remove()
+        represented = sum(f.numel() * f.element_size() for f in outputs.values())
+        kept = 3 * self.X.numel() * self.X.element_size()
+        median = statistic == "median"
+        if median:
+            kept += len(self.X) * represented
+        check_kept_bytes(
+            kept,
+            max_memory,
+            "The probe inputs with their deformed and noisy copies"
+            + (", and the median's representations of all three," if median else ""),
+            "raise max_memory"
+            + (
+                ', lower n_probe, or use statistic="mean".'
+                if median
+                else ", or lower n_probe."
+            ),
+        )
+        per_input = represented + 2 * largest
+        if per_input > KEPT_MEMORY * max_memory:
+            raise MemoryError(
+                "One probe input, deformed and noisy, takes "
+                f"{readable_bytes(per_input)} through the network (its "
+                "representations at the layers measured, and the forward pass's "
+                f"largest output twice), more than a third of max_memory "
+                f"({readable_bytes(KEPT_MEMORY * max_memory)}): raise max_memory "
+                f"(above {3 * per_input} bytes), measure fewer layers, or pool "
+                'them (pool="mean").'
+            )
+        self.batch_size = rows_that_fit(KEPT_MEMORY * max_memory, per_input, batch_size)
 
     def _slices(self):
         for start in range(0, len(self.X), self.batch_size):
@@ -267,6 +336,7 @@ def _measure(model: torch.nn.Module, probe: _Probe, layers, pool, statistic):
             )
             acc.add(*parts)
         start += len(parts[0])
+        del reps, f, parts  # freed before the next batch's are made
     return {name: acc.result() for name, acc in stats.items()}
 
 
@@ -413,7 +483,8 @@ def _set_statistics(model, norm, batches) -> None:
     norm.running_var.copy_(variance.clamp_min(0))
 
 
-def _reinitialized(model: torch.nn.Module, n_init, rng) -> list[torch.nn.Module]:
+def _reinitialized(model: torch.nn.Module, n_init, rng) -> Iterator[torch.nn.Module]:
+    """``n_init`` re-initialised copies, made one at a time (seeds drawn now)."""
     unreset = _unreset_parameters(model)
     if unreset:
         warnings.warn(
@@ -426,9 +497,8 @@ def _reinitialized(model: torch.nn.Module, n_init, rng) -> list[torch.nn.Module]
             UserWarning,
             stacklevel=3,
         )
-    return [
-        fresh_copy(model, int(seed)) for seed in rng.randint(2**31 - 1, size=n_init)
-    ]
+    seeds = rng.randint(2**31 - 1, size=n_init)
+    return (fresh_copy(model, int(seed)) for seed in seeds)
 
 
 def _given_state(model: torch.nn.Module, reference) -> torch.nn.Module:
@@ -444,15 +514,18 @@ def _given_state(model: torch.nn.Module, reference) -> torch.nn.Module:
     return state
 
 
-def _reference_nets(model, reference, n_init, probe, rng) -> list[torch.nn.Module]:
-    """The nets at initialisation, their BatchNorm calibrated on the probe set."""
+def _reference_nets(model, reference, n_init, probe, rng) -> Iterator[torch.nn.Module]:
+    """The nets at initialisation, their BatchNorm calibrated on the probe set.
+
+    Made one at a time, as they are measured.
+    """
     if isinstance(reference, str):
         nets = _reinitialized(model, n_init, rng)
     else:
-        nets = [_given_state(model, reference)]
+        nets = iter([_given_state(model, reference)])
     for net in nets:
         calibrate_batchnorm(net, probe.clean)
-    return nets
+        yield net
 
 
 def _device_of(model: torch.nn.Module) -> torch.device:
@@ -506,6 +579,7 @@ def check_params(options: Mapping) -> None:
     check_positive_int(o["n_probe"], "n_probe")
     check_positive_int(o["n_init"], "n_init")
     check_positive_int(o["batch_size"], "batch_size")
+    check_positive_int(o["max_memory"], "max_memory", allow_none=True)
     check_noise_norm(o["noise_norm"])
     if not isinstance(o["noise_norm"], str) and o["noise_norm"] == 0:
         raise ValueError(
@@ -557,6 +631,7 @@ def relative_sensitivity(
     deformation: Deformation | None = None,
     batch_size: int = 64,
     device: str | torch.device | None = None,
+    max_memory: int | None = DEFAULT_MAX_MEMORY,
     random_state: int | np.random.RandomState | None = None,
 ) -> pd.DataFrame | dict[str, np.ndarray]:
     """Sensitivity of each layer to smooth deformations relative to noise.
@@ -634,10 +709,19 @@ def relative_sensitivity(
         ``interp`` are then unused). See
         :func:`sksim.datasets.scale_detection_perturbation`.
     batch_size : int, default=64
-        Probe inputs per forward pass (each pass holds ``3 * batch_size``).
+        Probe inputs per forward pass at most (each pass holds ``3 *
+        batch_size``); fewer where their representations would take more
+        than a third of ``max_memory``.
     device : str or torch.device, default=None
         Where to compute; None keeps the network's device. Elsewhere a copy
         of the network computes; the network itself does not move.
+    max_memory : int or None, default=2 GiB
+        Bytes the probe set (with its deformed and noisy copies, and, for
+        the median, every probe input's representations) may take, two
+        thirds at most (a MemoryError past them), and one pass's
+        representations, the last third; None: no bound. The network's
+        float64 copies (the trained one and one reference at a time) come on
+        top.
     random_state : int, RandomState instance or None, default=None
         Seeds the probe subset, deformations and noise, and, from seeds of
         their own, the re-initialisations and the channel shuffles: the
@@ -705,7 +789,6 @@ def relative_sensitivity(
     probe = _Probe(
         X,
         n_probe,
-        batch_size,
         delta,
         cutoff,
         interp,
@@ -717,6 +800,7 @@ def relative_sensitivity(
     model = _float64_copy(resolve_module(net), device)
     # made first: a network without convolutions is refused before any work
     model_s = shuffle_conv_input_channels(model, shuffle_rng) if shuffled else None
+    probe.fit_batches(model, layers, pool, statistic, batch_size, max_memory)
     trained = _measure(model, probe, layers, pool, statistic)
     order = list(trained)
     rows = _rows("trained", [trained], order)
@@ -754,7 +838,7 @@ class DiffeoSensitivity(BaseEstimator):
     net : skorch net, FrozenEstimator or torch.nn.Module
         The network; an unfitted skorch net is cloned and trained by ``fit``.
     layers, delta, cutoff, interp, n_probe, statistic, noise_norm, reference, \
-n_init, shuffled, pool, deformation, batch_size, device
+n_init, shuffled, pool, deformation, batch_size, device, max_memory
         As in :func:`relative_sensitivity`.
     random_state : int, RandomState instance or None, default=None
         Seeds the training of an unfitted skorch net and the measurement.
@@ -802,6 +886,7 @@ n_init, shuffled, pool, deformation, batch_size, device
         deformation: Deformation | None = None,
         batch_size: int = 64,
         device: str | torch.device | None = None,
+        max_memory: int | None = DEFAULT_MAX_MEMORY,
         random_state: int | np.random.RandomState | None = None,
     ) -> None:
         self.net = net
@@ -819,6 +904,7 @@ n_init, shuffled, pool, deformation, batch_size, device
         self.deformation = deformation
         self.batch_size = batch_size
         self.device = device
+        self.max_memory = max_memory
         self.random_state = random_state
 
     def _options(self, **overrides):

@@ -122,6 +122,46 @@ def test_results_do_not_depend_on_batch_size_and_net_is_untouched():
     assert a["layer"].tolist()[:7] == ["input", "0", "1", "2", "3", "4", "output"]
 
 
+class CountsRows(nn.Module):
+    """A small CNN recording how many rows each forward pass gets."""
+
+    rows: list[int] = []  # a class attribute: the float64 copies share it
+
+    def __init__(self):
+        super().__init__()
+        self.net = image_cnn()
+
+    def forward(self, x):
+        CountsRows.rows.append(len(x))
+        return self.net(x)
+
+
+@pytest.mark.parametrize(
+    "statistic, max_memory", [("mean", 300_000), ("median", 1_200_000)]
+)
+def test_passes_shrink_within_max_memory_with_the_same_results(statistic, max_memory):
+    """Every pass held 3 x batch_size inputs' representations of every layer
+    measured, whatever they took (4.7 GiB for a small residual CNN's 48
+    layers at the default batch_size)."""
+    net, X = CountsRows(), _data(24)
+    options = dict(layers="all", n_init=2, random_state=0, statistic=statistic)
+    CountsRows.rows.clear()
+    free = relative_sensitivity(net, X, max_memory=None, **options)
+    assert max(CountsRows.rows) == 3 * 24
+    CountsRows.rows.clear()
+    bounded = relative_sensitivity(net, X, max_memory=max_memory, **options)
+    assert 3 <= max(CountsRows.rows) < 3 * 24
+    cols = ["D", "G", "R", "denominator"]
+    np.testing.assert_allclose(bounded[cols], free[cols], rtol=1e-10)
+    with pytest.raises(MemoryError, match="One probe input, deformed and noisy"):
+        relative_sensitivity(net, X, n_probe=4, max_memory=60_000, layers="all")
+    kept = "The probe inputs with their deformed and noisy copies" + (
+        ", and the median's" if statistic == "median" else " take"
+    )
+    with pytest.raises(MemoryError, match=kept):
+        relative_sensitivity(net, X, max_memory=max_memory // 4, **options)
+
+
 def two_batchnorms():
     torch.manual_seed(0)
     return torch.nn.Sequential(
