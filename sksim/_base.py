@@ -31,7 +31,13 @@ from ._engine.context import uncompiled
 from ._engine.features import piece_energies
 from ._engine.jacobian import JacobianEngine
 from ._engine.normalize import KINDS
-from ._net import fit_net, resolve_module, training_input, weights_digest
+from ._net import (
+    changed_parts,
+    fit_net,
+    resolve_module,
+    training_input,
+    weights_digest,
+)
 from ._typing import Checkpoints, NetLike, Output
 from ._validation import check_checkpoint_list, check_net_input, sample_shape
 
@@ -304,7 +310,7 @@ class NetworkEstimator(BaseEstimator):
         self._weights = self._weights_digest()
         return X
 
-    def _weights_digest(self) -> str:
+    def _weights_digest(self) -> dict:
         """The net's weights digest, less the values that checkpoints set."""
         checkpointed = self._engine_params["checkpoints"] is not None
         return weights_digest(resolve_module(self.net_), checkpointed)
@@ -333,13 +339,15 @@ class NetworkEstimator(BaseEstimator):
                 f"{', '.join(changed)}, while what fit computed holds the "
                 "fitted values. Call fit again."
             )
-        if self._weights_digest() != self._weights:
+        changed = changed_parts(self._weights, self._weights_digest())
+        if changed:
             raise ValueError(
                 "The network's weights, layers or their settings (such as a "
                 "temperature), or which weights are trainable, changed since "
                 "fit (it was trained further, given other weights or layers, "
-                f"or layers were frozen): {type(self).__name__} holds "
-                "what it computed from the network it had then. Call fit again."
+                f"or layers were frozen; here {changed}): {type(self).__name__} "
+                "holds what it computed from the network it had then. Call fit "
+                "again."
             )
 
     def _check_input(self, X, input_name="X"):

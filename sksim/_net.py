@@ -311,27 +311,97 @@ def resolve_module(net: NetLike) -> torch.nn.Module:
     return module
 
 
-def weights_digest(module: torch.nn.Module, checkpointed: bool = False) -> str:
-    """A digest of ``module``'s layers and the contents of its parameters and buffers.
+def weights_digest(module: torch.nn.Module, checkpointed: bool = False) -> dict:
+    """Digests of ``module``'s layers, the values they hold and its weights.
 
-    Equal digests mean equal layers (their names, types and settings, a
+    By what each describes (``"the layer 'fc'"``, ``"the tensor 'fc.weight'"``):
+    equal digests mean equal layers (their names, types and settings, a
     ``Tanh`` replaced by a ``ReLU`` too, and the plain values their
-    ``forward`` may read, such as a temperature) and equal weights (names, dtypes,
-    shapes and bytes, and which parameters are trainable: the gradients are
-    theirs), wherever the tensors live. ``checkpointed`` leaves out the
-    values of the tensors of the ``state_dict``, which every checkpoint
-    replaces.
+    ``forward`` may read, such as a temperature), equal values held as
+    attributes (tensors, arrays and their lists and dicts) and equal
+    weights (dtypes, shapes and bytes, and which parameters are trainable:
+    the gradients are theirs), wherever the tensors live. ``checkpointed``
+    leaves out the values of the tensors of the ``state_dict``, which every
+    checkpoint replaces.
     """
     unread = module.state_dict(keep_vars=True).keys() if checkpointed else ()
-    layers = [("layers", _layer_settings(module))]
-    return tensors_digest(
-        itertools.chain(layers, module.named_parameters(), module.named_buffers()),
-        unread,
+    digests = {
+        (f"the layer {name!r}" if name else "the network's own settings"): (
+            tensors_digest([(name, settings)])
+        )
+        for name, settings in _layer_settings(module)
+    }
+    digests |= {
+        f"the attribute {name!r}": tensors_digest([(name, value)])
+        for name, value in _held_values(module)
+    }
+    named = itertools.chain(module.named_parameters(), module.named_buffers())
+    digests |= {
+        f"the tensor {name!r}": tensors_digest([(name, tensor)], unread)
+        for name, tensor in named
+    }
+    return digests
+
+
+def changed_parts(before: dict, after: dict) -> str:
+    """The parts of two :func:`weights_digest` that differ (three named), in words."""
+    changed = [
+        part for part in {**before, **after} if before.get(part) != after.get(part)
+    ]
+    more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+    return ", ".join(changed[:3]) + more
+
+
+def _held_values(module: torch.nn.Module) -> Iterator[tuple[str, object]]:
+    """Each layer's other values its ``forward`` may read, by name.
+
+    Tensors held as attributes (neither parameters nor buffers, such as a
+    temperature ``torch.tensor(1.0)``), arrays, and lists, tuples and dicts
+    of them and of plain values; tensors as their dtype, shape and bytes,
+    whether they carry a graph or not (a weight ``weight_norm`` computes).
+    """
+    for name, layer in module.named_modules():
+        for attribute, value in sorted(vars(layer).items()):
+            if attribute.startswith("_") or attribute == "training":
+                continue
+            if isinstance(value, torch.Tensor | np.ndarray | list | tuple | dict):
+                held = _as_arrays(value)
+                if held is not _UNHELD:
+                    yield f"{name}.{attribute}" if name else attribute, held
+
+
+_UNHELD = object()  # a value holding other objects than those digested
+
+
+def _as_arrays(value):
+    """``value``, its tensors as ``(dtype, shape, bytes)``; ``_UNHELD`` for others."""
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu().contiguous()
+        return str(t.dtype), tuple(t.shape), t.reshape(-1).view(torch.uint8).numpy()
+    if value is None or isinstance(
+        value, np.ndarray | bool | int | float | complex | str | bytes
+    ):
+        return value
+    if isinstance(value, list | tuple):
+        items = [_as_arrays(item) for item in value]
+    elif isinstance(value, dict):
+        items = [(_as_arrays(k), _as_arrays(v)) for k, v in value.items()]
+    else:
+        return _UNHELD
+    flat = [
+        part
+        for item in items
+        for part in (item if isinstance(value, dict) else (item,))
+    ]
+    return (
+        _UNHELD
+        if any(part is _UNHELD for part in flat)
+        else (type(value).__name__, items)
     )
 
 
-def _layer_settings(module: torch.nn.Module) -> list[tuple[str, str, str, str]]:
-    """Each layer's name, type, settings (its ``extra_repr``) and plain values.
+def _layer_settings(module: torch.nn.Module) -> list[tuple[str, tuple]]:
+    """Each layer's name, and its type, settings (``extra_repr``) and plain values.
 
     Parameter containers describe their parameters' devices: their tensors
     count by themselves. The plain values are those of
@@ -342,9 +412,11 @@ def _layer_settings(module: torch.nn.Module) -> list[tuple[str, str, str, str]]:
     return [
         (
             name,
-            type(layer).__qualname__,
-            "" if isinstance(layer, containers) else layer.extra_repr(),
-            repr(sorted(plain_settings(layer).items())),
+            (
+                type(layer).__qualname__,
+                "" if isinstance(layer, containers) else layer.extra_repr(),
+                repr(sorted(plain_settings(layer).items())),
+            ),
         )
         for name, layer in module.named_modules()
     ]

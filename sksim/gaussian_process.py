@@ -29,7 +29,12 @@ from ._engine.inputs import is_dataset, n_samples
 from ._engine.jacobian import DEFAULT_MAX_MEMORY
 from ._engine.normalize import self_similarity
 from ._engine.pieces import gram_of, refined_eigh
-from ._net import is_unfitted_skorch, resolve_module, weights_digest
+from ._net import (
+    changed_parts,
+    is_unfitted_skorch,
+    resolve_module,
+    weights_digest,
+)
 from ._typing import NetLike, Output
 from ._validation import check_net_input
 from .kernel import _similarity
@@ -169,11 +174,13 @@ class NetworkKernel(Kernel):
         rows of other weights at ``predict`` would be mixed with it.
         """
         digest = weights_digest(resolve_module(self.net))
-        if self.__dict__.setdefault("_weights", digest) != digest:
+        changed = changed_parts(self.__dict__.setdefault("_weights", digest), digest)
+        if changed:
             raise ValueError(
                 "The network's weights, layers or their settings (such as a "
                 "temperature), or which weights are trainable, changed since "
-                "this NetworkKernel was first evaluated: a Gaussian process "
+                f"this NetworkKernel was first evaluated (here {changed}): a "
+                "Gaussian process "
                 "fitted with it holds what it computed from the network it had "
                 "then. Fit the Gaussian process again (it evaluates a fresh clone "
                 "of its kernel), or evaluate clone(kernel)."
