@@ -37,6 +37,7 @@ SimilarityRegularizedNet)`` holds. No skorch code is duplicated.
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -530,13 +531,27 @@ class SimilarityRegularizedNet(NeuralNet):
         """Forward pass of skorch, on the input without its attached pairs."""
         return super().infer(strip_pairs(x), **fit_params)
 
+    def run_single_epoch(
+        self, iterator, training: bool, prefix: str, step_fn, **fit_params: Any
+    ) -> None:
+        """One epoch, as skorch runs it; the term's passes get ``fit_params`` too.
+
+        skorch passes them to the module's ``forward`` in training and
+        validation: the gradients compared are those of that network.
+        """
+        self._forward_keywords = fit_params
+        try:
+            super().run_single_epoch(iterator, training, prefix, step_fn, **fit_params)
+        finally:
+            del self._forward_keywords
+
     def train_step(self, batch: Batch, **fit_params: Any) -> dict:
         """One optimiser step, as skorch takes it.
 
         The step has the term or not (every ``similarity_every``-th step), and
-        its random draws (same-class partners, random read-outs) are the same
-        in every evaluation of its loss: an optimiser such as LBFGS evaluates
-        it several times.
+        its random draws (same-class partners, random read-outs, an augment's
+        draws) are the same in every evaluation of its loss: an optimiser
+        such as LBFGS evaluates it several times.
 
         Parameters
         ----------
@@ -550,14 +565,32 @@ class SimilarityRegularizedNet(NeuralNet):
         step : dict
             The loss and predictions, ``{"loss": ..., "y_pred": ...}``, as skorch's.
         """
+        with self._similarity_step():
+            return super().train_step(batch, **fit_params)
+
+    def train_step_single(self, batch: Batch, **fit_params: Any) -> dict:
+        """One evaluation of the loss and its gradients, as skorch's.
+
+        Called by :meth:`train_step`, it belongs to its step; called by a
+        ``train_step`` of a subclass's own (skorch's gradient accumulation), it
+        is a step of its own, with the term or not.
+        """
+        if hasattr(self, "_step_seed_"):
+            return super().train_step_single(batch, **fit_params)
+        with self._similarity_step():
+            return super().train_step_single(batch, **fit_params)
+
+    @contextlib.contextmanager
+    def _similarity_step(self) -> Iterator[None]:
+        """A training step: its term's seed, None in steps without the term."""
         step = getattr(self, "similarity_steps_", 0)
         on = self.similarity_weight != 0 and step % self.similarity_every == 0
         # drawn from torch's global generator, as the draws themselves were
         self._step_seed_ = int(torch.randint(2**62, ())) if on else None
         try:
-            return super().train_step(batch, **fit_params)
+            yield
         finally:
-            self._step_seed_ = None
+            del self._step_seed_
             self.similarity_steps_ = step + 1
 
     def get_loss(
@@ -597,14 +630,22 @@ class SimilarityRegularizedNet(NeuralNet):
         """The output the read-out acts on, as ``(B, d)``."""
         return select_output(out)
 
-    def _given_or_augmented_pairs(self, X, y):
-        """``(samples, labels, first, second)`` of one batch, or None if no pair."""
+    def _given_or_augmented_pairs(self, X, y, generator):
+        """``(samples, labels, first, second)`` of one batch, or None if no pair.
+
+        An augment callable draws from torch's global generators seeded from
+        ``generator`` (when given) and restored after it.
+        """
         inputs, partners, mask = split_pair_data(X)
         inputs = to_tensor(inputs, device=self.device)
         labels = None if y is None else to_tensor(y, device=self.device)
         mode = self.similarity_pairs
         if callable(mode):
-            augmented = mode(inputs)
+            seed = None
+            if generator is not None:
+                seed = int(torch.randint(2**62, (), generator=generator))
+            with torch_seed(seed):
+                augmented = mode(inputs)
             if _shapes(augmented) != _shapes(inputs):
                 raise ValueError(
                     "The augment callable (similarity_pairs) must return a batch "
@@ -664,7 +705,14 @@ class SimilarityRegularizedNet(NeuralNet):
         readout, extra, batched = self._readout(labels, n_outputs, generator, vector)
         with evaluation_mode(self.module_), torch.set_grad_enabled(graph):
             grads = per_sample_gradients(
-                module, params, samples, readout, extra, batched, graph
+                module,
+                params,
+                samples,
+                readout,
+                extra,
+                batched,
+                graph,
+                getattr(self, "_forward_keywords", None),
             )
             return pair_gradient_cosines(grads, first, second)
 
@@ -700,7 +748,7 @@ class SimilarityRegularizedNet(NeuralNet):
             None when the batch holds no pair.
         """
         if self.similarity_pairs != "same_class":
-            pairs = self._given_or_augmented_pairs(X, y)
+            pairs = self._given_or_augmented_pairs(X, y, generator)
         else:
             inputs = to_tensor(strip_pairs(X), device=self.device)
             labels = check_labels(

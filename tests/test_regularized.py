@@ -24,7 +24,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import GridSearchCV
 from sklearn.utils.estimator_checks import parametrize_with_checks
 from skorch import NeuralNetClassifier, NeuralNetRegressor
-from skorch.dataset import Dataset
+from skorch.dataset import Dataset, ValidSplit
 from skorch.helper import SliceDict, predefined_split
 
 from sksim import (
@@ -545,6 +545,140 @@ def test_every_evaluation_of_a_steps_loss_has_the_same_term():
     second = {seed for step, seed in seeds if step == 1}
     assert len(first) == 1 and None not in first and second == {None}
     assert len(seeds) > 2
+
+
+class Tempered(torch.nn.Module):
+    """An MLP whose inputs a forward keyword divides, given or not."""
+
+    def __init__(self, default=True):
+        super().__init__()
+        self.body = mlp(6, 3, hidden=7, seed=None)
+        self.default = default
+
+    def forward(self, x, temperature=None):
+        if temperature is None and not self.default:
+            raise TypeError("forward() missing 1 required argument: 'temperature'")
+        return self.body(x / (1.0 if temperature is None else temperature))
+
+
+@pytest.mark.parametrize("default", [True, False])
+def test_the_terms_forward_gets_the_fit_params(default):
+    """skorch passes fit(..., temperature=3.0) to the module's forward; the
+    term compared the gradients of the network at its default temperature
+    (-0.61 for -0.49), and failed where the keyword has no default."""
+    torch.manual_seed(0)
+    X, y = make_data(n=6)
+    pairs = [[0, 3], [1, 4], [2, 5]]
+    net = make_net(
+        Tempered(default),
+        similarity_pairs="given",
+        optimizer=torch.optim.SGD,
+        lr=0.0,
+        max_epochs=1,
+        train_split=predefined_split(Dataset(with_pairs(X, pairs), y)),
+    ).fit(with_pairs(X, pairs), y, temperature=3.0)
+    module = net.module_
+
+    class At(torch.nn.Module):
+        def __init__(self, temperature):
+            super().__init__()
+            self.module, self.temperature = module, temperature
+
+        def forward(self, x):
+            return self.module(x, temperature=self.temperature)
+
+    first, second = (torch.as_tensor(X[[p[k] for p in pairs]]) for k in (0, 1))
+    expected = {
+        t: oracle_cosines(At(t), first, second, posnegflat(y[:3])).mean().item()
+        for t in (3.0, 1.0)
+    }
+    assert abs(expected[3.0] - expected[1.0]) > 0.05
+    recorded = net.history[-1, "batches", 0]
+    assert recorded["similarity_cosine"] == pytest.approx(expected[3.0], rel=1e-5)
+    assert net.history[-1, "valid_similarity_cosine"] == pytest.approx(
+        expected[3.0], rel=1e-5
+    )
+
+
+ACCUMULATED = 2  # steps of the gradient accumulation below
+
+
+class AccumulatingClassifier(SimilarityRegularizedClassifier):
+    """skorch's recipe for gradient accumulation: its own train_step."""
+
+    def get_loss(self, *args, **kwargs):
+        return super().get_loss(*args, **kwargs) / ACCUMULATED
+
+    def train_step(self, batch, **fit_params):
+        step = self.train_step_single(batch, **fit_params)
+        if len(self.history[-1]["batches"]) % ACCUMULATED == 0:
+            self.optimizer_.step()
+            self.optimizer_.zero_grad()
+        return step
+
+
+@pytest.mark.parametrize("every", [1, 2])
+def test_a_train_step_of_its_own_has_the_term(every):
+    """A subclass's train_step that calls train_step_single (skorch's
+    gradient accumulation) trained without the term, without a word."""
+    torch.manual_seed(0)
+    X, y = make_data(n=20)
+    net = AccumulatingClassifier(
+        mlp(6, 3, hidden=7, seed=None),
+        batch_size=5,
+        max_epochs=1,
+        train_split=None,
+        verbose=0,
+        similarity_weight=10.0,
+        similarity_every=every,
+    ).fit(X, y)
+    assert net.similarity_steps_ == 4
+    termed = ["similarity_term" in b for b in net.history[-1, "batches"]]
+    assert termed == [step % every == 0 for step in range(4)]
+
+
+DRAWS = []  # the noise sums an augment drew, in the order of its calls
+
+
+def noisy(X):
+    """An augmentation drawing from torch's global generator."""
+    noise = 0.1 * torch.randn_like(X)
+    DRAWS.append(noise.sum().item())
+    return X + noise
+
+
+def test_an_augments_draws_are_the_steps_and_the_validations_own():
+    """A random augment drew from torch's global generator: validation
+    changed the training (4e-4), scored other pairs every epoch, and an
+    LBFGS step's evaluations saw other augmentations."""
+    X, y = make_data(n=24)
+    trained = []
+    for callback in (None, "default"):
+        torch.manual_seed(0)
+        options = {} if callback else {"callbacks__valid_similarity": None}
+        net = make_net(
+            similarity_pairs=noisy, train_split=ValidSplit(4), **options
+        ).fit(X, y)
+        trained.append(torch.cat([p.reshape(-1) for p in net.module_.parameters()]))
+    assert torch.equal(*trained)
+    torch.manual_seed(0)
+    net = make_net(
+        similarity_pairs=noisy,
+        optimizer=torch.optim.SGD,
+        lr=0.0,
+        max_epochs=3,
+        train_split=ValidSplit(4),
+    ).fit(X, y)
+    assert len(set(net.history[:, "valid_similarity_cosine"])) == 1
+    DRAWS.clear()
+    make_net(
+        similarity_pairs=noisy,
+        optimizer=torch.optim.LBFGS,
+        optimizer__max_iter=4,
+        max_epochs=1,
+        batch_size=24,
+    ).fit(X, y)
+    assert len(DRAWS) > 1 and len(set(DRAWS)) == 1
 
 
 def test_history_per_batch_and_per_epoch():

@@ -373,8 +373,12 @@ def _checked(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
-def functional_output(module: torch.nn.Module, params: dict, x):
+def functional_output(
+    module: torch.nn.Module, params: dict, x, keywords: dict | None = None
+):
     """``functional_call`` of ``module`` with ``params`` on ``x`` (a dict as keywords).
+
+    ``keywords`` are passed too, as skorch passes ``fit_params``.
 
     The module's parameters are its own afterwards even when interrupted:
     torch puts them back after an Exception, not after a KeyboardInterrupt
@@ -384,6 +388,7 @@ def functional_output(module: torch.nn.Module, params: dict, x):
     TorchScript copy of the network would train none of its recurrent
     weights).
     """
+    keywords = keywords or {}
     kept = [
         (sub, name, p)
         for sub in module.modules()
@@ -391,8 +396,8 @@ def functional_output(module: torch.nn.Module, params: dict, x):
     ]
     try:
         if isinstance(x, dict):
-            return functional_call(module, params, args=(), kwargs=x)
-        return functional_call(module, params, args=(x,))
+            return functional_call(module, params, args=(), kwargs={**x, **keywords})
+        return functional_call(module, params, args=(x,), kwargs=keywords)
     except BaseException:
         for sub, name, p in kept:
             if sub._parameters.get(name) is not p:

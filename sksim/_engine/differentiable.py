@@ -37,9 +37,10 @@ from .jacobian import UNVECTORISED
 _ALIKE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _call_one(module: torch.nn.Module, params, x):
+def _call_one(module: torch.nn.Module, params, x, keywords: dict | None):
     """The module's output on one sample ``x`` as a batch of one."""
-    return functional_output(module, params, tree_map(lambda t: t.unsqueeze(0), x))
+    one = tree_map(lambda t: t.unsqueeze(0), x)
+    return functional_output(module, params, one, keywords)
 
 
 def per_sample_gradients(
@@ -50,6 +51,7 @@ def per_sample_gradients(
     extra=None,
     extra_batched: bool = False,
     create_graph: bool = True,
+    keywords: dict | None = None,
 ) -> dict[str, torch.Tensor]:
     """Gradients ``d readout(module(x_i), e_i) / d params``, one per sample.
 
@@ -76,6 +78,9 @@ def per_sample_gradients(
     create_graph : bool, default=True
         Keep the graph from the gradients to ``params`` (whose own gradients a
         later ``backward()`` then fills); False returns plain values.
+    keywords : dict, default=None
+        Keyword arguments of every call of the module, the same for every
+        sample (skorch's ``fit_params``).
 
     Returns
     -------
@@ -86,7 +91,7 @@ def per_sample_gradients(
         params = {name: p.detach() for name, p in params.items()}
 
     def phi(p, x, e):
-        return readout(_call_one(module, p, x), e)
+        return readout(_call_one(module, p, x, keywords), e)
 
     in_extra = 0 if extra_batched else None
     vectorised = not any(isinstance(m, UNVECTORISED) for m in module.modules())
