@@ -573,7 +573,14 @@ class LabelIssueDetector(NetworkEstimator):
                 "None: pass the given labels, or a Dataset of (x, y) items."
                 + labels_key_hint(X)
             )
-        y = column_or_1d(np.asarray(y), warn=True)
+        y = np.asarray(y)
+        if y.ndim == 2 and y.shape[1] > 1:
+            raise ValueError(
+                f"LabelIssueDetector takes one class label per sample, y of shape "
+                f"(n_samples,); got y of shape {y.shape}. For one-hot labels, pass "
+                "Y.argmax(axis=1)."
+            )
+        y = column_or_1d(y, warn=True)
         if len(y) != n_samples(X):
             raise ValueError(
                 f"X and y have different numbers of samples: {n_samples(X)} and "

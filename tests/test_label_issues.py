@@ -378,6 +378,8 @@ def test_errors(digits, fitted_digits_net):
         prefit.fit(X, None)
     with pytest.raises(ValueError, match="different numbers of samples: 60 and 59"):
         prefit.fit(X, y[:59])
+    with pytest.raises(ValueError, match=r"For one-hot labels, pass Y.argmax\(axis=1"):
+        prefit.fit(X, np.eye(10)[y])  # scikit-learn's "y should be a 1d array"
     with pytest.raises(ValueError, match='cv="prefit" uses the net as it is'):
         LabelIssueDetector(make_digits_net(), cv="prefit").fit(X, y)
     with pytest.raises(TypeError, match="needs a skorch classifier; got Sequential"):
