@@ -382,22 +382,12 @@ def _as_arrays(value):
         value, np.ndarray | bool | int | float | complex | str | bytes
     ):
         return value
-    if isinstance(value, list | tuple):
-        items = [_as_arrays(item) for item in value]
-    elif isinstance(value, dict):
-        items = [(_as_arrays(k), _as_arrays(v)) for k, v in value.items()]
-    else:
-        return _UNHELD
-    flat = [
-        part
-        for item in items
-        for part in (item if isinstance(value, dict) else (item,))
-    ]
-    return (
-        _UNHELD
-        if any(part is _UNHELD for part in flat)
-        else (type(value).__name__, items)
-    )
+    if isinstance(value, list | tuple | dict):
+        parts = value.items() if isinstance(value, dict) else value
+        items = [_as_arrays(part) for part in parts]
+        if not any(item is _UNHELD for item in items):
+            return type(value).__name__, items
+    return _UNHELD
 
 
 def _layer_settings(module: torch.nn.Module) -> list[tuple[str, tuple]]:

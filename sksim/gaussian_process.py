@@ -180,10 +180,9 @@ class NetworkKernel(Kernel):
                 "The network's weights, layers or their settings (such as a "
                 "temperature), or which weights are trainable, changed since "
                 f"this NetworkKernel was first evaluated (here {changed}): a "
-                "Gaussian process "
-                "fitted with it holds what it computed from the network it had "
-                "then. Fit the Gaussian process again (it evaluates a fresh clone "
-                "of its kernel), or evaluate clone(kernel)."
+                "Gaussian process fitted with it holds what it computed from the "
+                "network it had then. Fit the Gaussian process again (it "
+                "evaluates a fresh clone of its kernel), or evaluate clone(kernel)."
             )
 
     def set_params(self, **params) -> NetworkKernel:
