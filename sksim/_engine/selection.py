@@ -112,10 +112,10 @@ def select_output(
         out = network_logits(out)
     if callable(output):
         out = output(out)
-        _check_selected(out, n, "output= callable returned")
+        check_selected(out, n, "output= callable returned")
     elif isinstance(output, numbers.Integral) and not isinstance(output, bool):
         output = int(output)  # a NumPy integer too, as a grid search gives
-        _check_selected(out, n, "The network returned")
+        check_selected(out, n, "The network returned")
         out = out.reshape(out.shape[0], -1)
         if not -out.shape[1] <= output < out.shape[1]:
             raise ValueError(
@@ -128,11 +128,12 @@ def select_output(
             f'output must be "logits", an int or a callable; got {output!r}.'
         )
     else:
-        _check_selected(out, n, "The network returned")
+        check_selected(out, n, "The network returned")
     return out.reshape(out.shape[0], -1)
 
 
-def _check_selected(out, n: int | None, what: str) -> None:
+def check_selected(out, n: int | None, what: str) -> None:
+    """Raise unless ``out`` is a floating tensor of ``n`` rows (``what`` made it)."""
     expected = "a tensor of shape (B,) or (B, d)"
     if not isinstance(out, torch.Tensor):
         entries = out.items() if isinstance(out, Mapping) else ()

@@ -181,6 +181,7 @@ class _Data:
     task: str
     classes: np.ndarray | None
     X_net: object = None
+    class_names: list[str] | None = None
 
     def arrays(self) -> tuple[ArrayLike, ...]:
         """The arrays, once each, for the cache's hash."""
@@ -265,9 +266,11 @@ def _check_labels(*labels):
         raise ValueError(
             "audit reads class j from the network's output j (as skorch's "
             "predict does): y must hold integer labels from 0 to n_classes - 1; "
-            f"got {classes[:10].tolist()}. Encode them, e.g. with scikit-learn's "
-            "LabelEncoder (the command line does), and read the tables through "
-            "its classes_."
+            f"got {classes[:10].tolist()}. Encode them as the network's outputs "
+            "(scikit-learn's LabelEncoder numbers them in sorted order: right "
+            "only if the outputs follow it), or audit a skorch classifier whose "
+            "classes= names its outputs, and read the tables through those "
+            "names."
         )
     if len(classes) < 2:
         raise ValueError(
@@ -320,6 +323,7 @@ def _prefit_data(net, X, y, X_test, y_test):
     if task == "regression":
         y, y_test = regression_targets(y, "y"), regression_targets(y_test, "y_test")
         return _Data(X, y, X_test, y_test, task, None)
+    y, y_test, names = _net_class_codes(net, y, y_test)
     try:
         classes = _check_labels(y, y_test)
     except ValueError as error:
@@ -328,7 +332,30 @@ def _prefit_data(net, X, y, X_test, y_test):
         if skorch_task(net) is not None or not whole or len(values) < 3:
             raise  # not counts that a regression network could be taken for
         raise ValueError(f"{error} {WHOLE_NUMBER_TARGETS}") from None
-    return _Data(X, y, X_test, y_test, task, classes)
+    return _Data(X, y, X_test, y_test, task, classes, class_names=names)
+
+
+def _net_class_codes(net: NetLike, y: np.ndarray, y_test: np.ndarray) -> tuple:
+    """``y, y_test`` as output numbers, and the class names, where the net names them.
+
+    Labels other than numbers (class names) that a skorch classifier's
+    ``classes_`` holds, one per output (``classes=["dog", "cat", "bird"]``),
+    are the numbers of their outputs there, as skorch's ``predict`` reads
+    them; numbers are outputs' numbers already. Others are left as they are,
+    with no names.
+    """
+    values = np.unique(np.concatenate([y, y_test]))
+    classes = getattr(_unwrap(net), "classes_", None)
+    if values.dtype.kind in "biuf" or classes is None:
+        return y, y_test, None
+    outputs = {label: j for j, label in enumerate(np.asarray(classes).tolist())}
+    if not set(values.tolist()) <= outputs.keys():
+        return y, y_test, None
+    codes = [
+        np.array([outputs[label] for label in labels.tolist()])
+        for labels in (y, y_test)
+    ]
+    return *codes, [str(label) for label in outputs]
 
 
 def _n_classes(data: _Data, outputs: set[int]) -> int | None:
@@ -445,8 +472,9 @@ class _Fold:
             return
         n_outputs = class_outputs(self.net, self.X_test, self.probabilities)
         if self.classes[-1] >= n_outputs:
+            where = "y" if self.classes[-1] in self.y_train else "y_test"
             raise ValueError(
-                f"y holds the label {self.classes[-1]}, but the network gives "
+                f"{where} holds the label {self.classes[-1]}, but the network gives "
                 f"{n_outputs} class outputs: the audit reads class j from "
                 "output j, so it needs one output per class."
             )
@@ -844,6 +872,8 @@ def audit(
         torch_version=torch.__version__,
         warnings=_warning_rows(collected["warnings"]),
     )
+    if data.class_names is not None:
+        metadata["class_names"] = data.class_names
     if cache is not None:
         metadata["cache"] = store.summary()
     gallery = [item for a in ran for item in a.gallery(data, tables)]

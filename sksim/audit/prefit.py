@@ -17,7 +17,7 @@ from skorch import NeuralNetBinaryClassifier, NeuralNetClassifier
 from .._engine.context import evaluation_mode, forked_rng
 from .._engine.inputs import batches, module_float_dtype, take, to_numpy
 from .._engine.jacobian import network_output
-from .._engine.selection import network_logits
+from .._engine.selection import check_selected, network_logits
 from .._net import (
     CLONE_HINT,
     _unwrap,
@@ -119,11 +119,12 @@ def module_outputs(module: torch.nn.Module, X: NetInput) -> np.ndarray:
     """Outputs of ``module`` on ``X`` in eval mode, without gradients."""
     device = resolve_device(module)
     dtype = module_float_dtype(module)
+    parts = []
     with evaluation_mode(module), torch.no_grad():
-        parts = [
-            _tensor_output(network_output(module, batch, dtype)).detach().cpu()
-            for _, batch in batches(X, PREDICT_BATCH_SIZE, device, dtype)
-        ]
+        for rows, batch in batches(X, PREDICT_BATCH_SIZE, device, dtype):
+            out = _tensor_output(network_output(module, batch, dtype))
+            check_selected(out, rows.stop - rows.start, "The network returned")
+            parts.append(out.detach().cpu())
     return to_numpy(torch.cat(parts))
 
 

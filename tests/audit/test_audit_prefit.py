@@ -1,6 +1,7 @@
 """Auditing a network already trained (cv="prefit"): no training, weights untouched."""
 
 import copy
+import warnings
 
 import _audit_helpers
 import numpy as np
@@ -463,6 +464,46 @@ def test_prefit_classes_must_be_the_networks_outputs(split):
         module = torch.nn.Sequential(flat, torch.nn.Linear(64, outputs))
         with pytest.raises(ValueError, match=message):
             audit(module, X, y, cv="prefit", X_test=X_test, y_test=y_test)
+    module = torch.nn.Sequential(flat, torch.nn.Linear(64, 9))
+    below = y < 9  # the label 9 in the test split alone was said to be y's
+    with pytest.raises(ValueError, match="y_test holds the label 9, but the net"):
+        audit(
+            module,
+            X[below],
+            y[below],
+            cv="prefit",
+            X_test=X_test,
+            y_test=y_test,
+            analyses=("density",),
+        )
+
+
+class SqueezedRegression(torch.nn.Module):
+    """A regression whose forward ends in ``.squeeze()``: a batch of one is 0-d."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(2, 1)
+
+    def forward(self, x):
+        return self.fc(x).squeeze()
+
+
+def test_a_squeezed_output_of_a_last_prediction_batch_of_one_is_explained():
+    """The held-out split's last batch of one met torch's 'zero-dimensional
+    tensor cannot be concatenated'."""
+    rng = np.random.RandomState(0)
+    X, y = rng.randn(377, 2).astype(np.float32), rng.randn(377)
+    with pytest.raises(ValueError, match=r"squeeze the last axis alone \(.squeeze"):
+        audit(
+            SqueezedRegression(),
+            X[:120],
+            y[:120],
+            cv="prefit",
+            X_test=X[120:],  # 257 rows: batches of 256 and 1
+            y_test=y[120:],
+            analyses=("density",),
+        )
 
 
 def test_prefit_label_issues_of_some_classes_read_their_outputs(split, trained):
@@ -663,6 +704,27 @@ def test_skorchs_own_predict_is_read_as_it_is_whatever_the_nets_classes(split, t
     np.testing.assert_array_equal(found["samples"]["prediction"], named.predict(X_test))
 
 
+def test_class_names_of_a_skorch_classifier_read_as_its_outputs(split, trained):
+    """String labels were refused with the advice of a LabelEncoder, which
+    numbers them in sorted order: names not in it (classes=["dog", "cat",
+    "bird"]) read the wrong outputs (accuracy 0.5 for 0.7), without a word."""
+    X, y, X_test, y_test = split
+    names = np.array([f"digit {9 - j}" for j in range(10)])  # not sorted
+    params = {**trained.get_params(deep=False), "classes": list(names)}
+    named = NeuralNetClassifier(**params).initialize()
+    named.module_.load_state_dict(trained.module_.state_dict())
+    analyses = ("density", "neighbors", "denoising")
+    found = prefit_audit(
+        named, (X, names[y], X_test, names[y_test]), analyses, errors="raise"
+    )
+    expected = prefit_audit(trained, split, analyses, errors="raise")
+    assert found["folds"]["accuracy"].tolist() == [trained.score(X_test, y_test)]
+    pd.testing.assert_frame_equal(found["samples"], expected["samples"])
+    assert found.metadata["class_names"] == names.tolist()
+    with pytest.raises(ValueError, match="right only if the outputs follow it"):
+        prefit_audit(trained.module_, (X, names[y], X_test, names[y_test]))
+
+
 class GuessingClassifier(NeuralNetClassifier):
     """A classifier whose ``predict`` gives neither output indices nor classes_."""
 
@@ -798,3 +860,43 @@ def test_self_denoising_reads_the_logits_of_a_tuple_output(split):
     ]
     assert tables[0]["mean_effective_neighbors"].iloc[0] > 1
     pd.testing.assert_frame_equal(tables[1], tables[0])
+
+
+def test_a_confident_float32_classifiers_denoising_is_its_float64_copys():
+    """Its probabilities, computed in float32, rounded to 0 and 1, whose
+    derivatives vanish: the kernel was 0.5 off in one row of three, the mean
+    effective neighbours 12 % low."""
+    rng = np.random.RandomState(8)
+    X = rng.randn(200, 4).astype("float32")
+    y = (X[:, 0] > 0).astype(np.int64) + (X[:, 1] > 0)
+    with torch_seed(0):
+        module = torch.nn.Sequential(
+            torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)
+        )
+    optimizer = torch.optim.Adam(module.parameters(), lr=0.05)
+    for _ in range(1500):  # logit gaps past 17 for a quarter of the inputs
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(
+            module(torch.as_tensor(X[:160])), torch.as_tensor(y[:160])
+        )
+        loss.backward()
+        optimizer.step()
+    tables = []
+    for net, dtype in ((module, np.float32), (copy.deepcopy(module).double(), float)):
+        Xd = X.astype(dtype)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # near-singular Grams, as expected
+            result = audit(
+                net,
+                Xd[:160],
+                y[:160],
+                cv="prefit",
+                X_test=Xd[160:],
+                y_test=y[160:],
+                analyses=("denoising",),
+                options=dict(denoising=dict(max_samples=None)),
+                errors="raise",
+            )
+        tables.append(result["denoising"])
+    columns = ["sigma", "mean_effective_neighbors", "predicted_rmse"]
+    np.testing.assert_allclose(tables[0][columns], tables[1][columns], rtol=1e-4)

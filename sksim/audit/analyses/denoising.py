@@ -31,9 +31,11 @@ def free_probabilities(out) -> torch.Tensor:
     ``(d - 1) / d`` instead of 1 (see the theory page of the user guide). A
     single logit ``z`` per example (shape ``(B,)`` or ``(B, 1)``) is a binary
     classifier's, as skorch's ``NeuralNetBinaryClassifier`` reads it: the
-    probability of class 0 is ``sigmoid(-z)``.
+    probability of class 0 is ``sigmoid(-z)``. They are computed in float64:
+    a confident float32 network's probabilities round to 0 and 1, whose
+    derivatives vanish (its kernel 0.5 off in one row of three).
     """
-    logits = network_logits(out)
+    logits = network_logits(out).double()
     if logits.ndim == 1 or logits.shape[-1] == 1:
         return torch.sigmoid(-logits.reshape(-1, 1))
     return torch.softmax(logits, dim=-1)[..., :-1]

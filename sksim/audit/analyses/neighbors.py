@@ -421,9 +421,10 @@ class Neighbors(Analysis):
         if sketched:
             metrics["neighbor_recall"] = search.recall_
             low_recall_warning(search, fold.n_neighbors)
+            drawn = "" if len(sample) == len(fold.test) else " drawn at random"
             method += (
                 f", recall@{fold.n_neighbors} against exact neighbours measured "
-                f"on {len(sample)} held-out examples drawn at random"
+                f"on {len(sample)} held-out examples{drawn}"
             )
         k = indices.shape[1]
         table = frame(
