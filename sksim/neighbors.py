@@ -261,7 +261,9 @@ class NetworkNeighbors(NetworkEstimator):
         With ``algorithm="faiss"``: None gives the index the whole sketches
         (``d * n_components`` values each). An int gives it their projections
         on that many leading principal directions (fitted in ``fit`` on at
-        most 4 096 reference sketches, or twice ``search_components``); the
+        most 4 096 reference sketches drawn at random, or twice
+        ``search_components``, and no more than a third of ``max_memory``
+        holds: another ``max_memory`` may give other candidates); the
         index then finds ``candidates_per_neighbor`` times more candidates
         than neighbours asked for, and the candidates with the largest exact
         similarities are returned, with those similarities. The exact
@@ -937,6 +939,8 @@ class NetworkNeighbors(NetworkEstimator):
                 )
         if (indices < 0).any():
             wanted = "neighbours"
+            if own is not None and self.search_directions_ is None:
+                wanted += " (its own row among them, left out after)"
             if self.search_directions_ is not None:
                 wanted = (
                     f"candidates ({self.candidates_per_neighbor} per neighbour; "
