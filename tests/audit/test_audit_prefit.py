@@ -467,15 +467,7 @@ def test_prefit_classes_must_be_the_networks_outputs(split):
     module = torch.nn.Sequential(flat, torch.nn.Linear(64, 9))
     below = y < 9  # the label 9 in the test split alone was said to be y's
     with pytest.raises(ValueError, match="y_test holds the label 9, but the net"):
-        audit(
-            module,
-            X[below],
-            y[below],
-            cv="prefit",
-            X_test=X_test,
-            y_test=y_test,
-            analyses=("density",),
-        )
+        prefit_audit(module, (X[below], y[below], X_test, y_test), ("density",))
 
 
 class SqueezedRegression(torch.nn.Module):
@@ -886,17 +878,8 @@ def test_a_confident_float32_classifiers_denoising_is_its_float64_copys():
         Xd = X.astype(dtype)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # near-singular Grams, as expected
-            result = audit(
-                net,
-                Xd[:160],
-                y[:160],
-                cv="prefit",
-                X_test=Xd[160:],
-                y_test=y[160:],
-                analyses=("denoising",),
-                options=dict(denoising=dict(max_samples=None)),
-                errors="raise",
-            )
+            split = Xd[:160], y[:160], Xd[160:], y[160:]
+            result = prefit_audit(net, split, ("denoising",), errors="raise")
         tables.append(result["denoising"])
     columns = ["sigma", "mean_effective_neighbors", "predicted_rmse"]
     np.testing.assert_allclose(tables[0][columns], tables[1][columns], rtol=1e-4)
