@@ -29,7 +29,13 @@ from .._engine.budget import (
 )
 from .._engine.context import check_not_inference_mode, torch_seed
 from .._engine.finite import NonFiniteNetworkError
-from .._engine.inputs import check_finite, is_dataset, take, to_tensor
+from .._engine.inputs import (
+    check_finite,
+    is_dataset,
+    split_item,
+    take,
+    to_tensor,
+)
 from .._engine.jacobian import DEFAULT_MAX_MEMORY
 from .._layers import (
     check_finite_representations,
@@ -124,23 +130,30 @@ class _Probe:
         noise_norm: str | float,
         deformation: Deformation | None,
         device: torch.device,
+        max_memory: int | None,
         rng: np.random.RandomState,
     ) -> None:
-        if isinstance(X, Mapping):
-            raise ValueError(
-                "Dict inputs are not supported: deformations and noise act on one "
-                "array of images or signals; pass that array."
-            )
+        _check_not_dicts(X)
         check_not_streamed(X)
-        rows = None
-        if is_dataset(X):  # only the probe's items are read
+        dataset = is_dataset(X)
+        if dataset:  # only the probe's items are read
             check_map_style(X)
-            rows = _probe_rows(len(X), n_probe, rng)
-            X = to_tensor(take(X, rows), torch.device("cpu"), torch.float64)
-        X = X if isinstance(X, torch.Tensor) else torch.tensor(np.ascontiguousarray(X))
-        if not X.is_floating_point():
-            X = X.to(torch.float64)
-        check_finite(X)
+            if len(X):
+                _check_not_dicts(split_item(X[0])[0])
+        else:  # only the probe's rows are copied
+            X = X if isinstance(X, torch.Tensor) else np.asarray(X)
+            check_finite(X)
+        if min(len(X), n_probe) < 2:
+            raise ValueError(
+                "The sensitivity needs at least 2 samples (pairs of distinct inputs "
+                f"set the scale); got {len(X)} sample(s) and n_probe={n_probe}."
+            )
+        self.rows = rows = _probe_rows(len(X), n_probe, rng)  # of the inputs given
+        X = take(X, rows)
+        X = to_tensor(X, torch.device("cpu"), torch.float64) if dataset else X
+        X = torch.as_tensor(X)
+        if dataset:
+            check_finite(X)
         as_channels(X)  # validates the shape
         if X.shape[-1] < 3:
             warnings.warn(
@@ -150,15 +163,7 @@ class _Probe:
                 UserWarning,
                 stacklevel=3,
             )
-        if min(len(X), n_probe) < 2:
-            raise ValueError(
-                "The sensitivity needs at least 2 samples (pairs of distinct inputs "
-                f"set the scale); got {len(X)} sample(s) and n_probe={n_probe}."
-            )
-        if rows is None:
-            rows = _probe_rows(len(X), n_probe, rng)
-            X = X[torch.as_tensor(rows)]
-        self.rows = rows  # of the inputs given
+        _check_probe_bytes(3 * X.numel() * 8, max_memory)  # before they are made
         self.X = X = X.detach().to(device, torch.float64)
         self.batch_size = len(X)  # see fit_batches
         if deformation is None:
@@ -171,7 +176,7 @@ class _Probe:
                     f"{tuple(X.shape)}; got {tuple(TX.shape)}."
                 )
         self.TX = TX
-        self.NX = X + noise_like(X, TX, noise_norm, rng)
+        self.NX = noise_like(X, TX, noise_norm, rng).add_(X)
 
     def fit_batches(
         self, model: torch.nn.Module, layers, pool, statistic, batch_size, max_memory
@@ -206,32 +211,24 @@ class _Probe:
             for hook in hooks:
                 hook.remove()
         represented = sum(f.numel() * f.element_size() for f in outputs.values())
-        kept = 3 * self.X.numel() * self.X.element_size()
-        median = statistic == "median"
-        if median:
-            kept += len(self.X) * represented
-        check_kept_bytes(
-            kept,
-            max_memory,
-            "The probe inputs with their deformed and noisy copies"
-            + (", and the median's representations of all three," if median else ""),
-            "raise max_memory"
-            + (
-                ', lower n_probe, or use statistic="mean".'
-                if median
-                else ", or lower n_probe."
-            ),
-        )
+        if statistic == "median":
+            kept = 3 * self.X.numel() * self.X.element_size()
+            _check_probe_bytes(kept + len(self.X) * represented, max_memory, True)
         per_input = represented + 2 * largest
         if per_input > KEPT_MEMORY * max_memory:
+            fewer = (
+                ', measure fewer layers, or pool them (pool="mean")'
+                if represented > 2 * largest
+                else ""
+            )
             raise MemoryError(
                 "One probe input, deformed and noisy, takes "
                 f"{readable_bytes(per_input)} through the network (its "
-                "representations at the layers measured, and the forward pass's "
-                f"largest output twice), more than a third of max_memory "
-                f"({readable_bytes(KEPT_MEMORY * max_memory)}): raise max_memory "
-                f"(above {3 * per_input} bytes), measure fewer layers, or pool "
-                'them (pool="mean").'
+                "representations at the layers measured, "
+                f"{readable_bytes(represented)}, and the forward pass's largest "
+                "output twice), more than a third "
+                f"of max_memory ({readable_bytes(KEPT_MEMORY * max_memory)}): "
+                f"raise max_memory (above {3 * per_input} bytes){fewer}."
             )
         self.batch_size = rows_that_fit(KEPT_MEMORY * max_memory, per_input, batch_size)
 
@@ -247,6 +244,39 @@ class _Probe:
         """Yield ``(x, tau x, x + eta)`` batches."""
         for rows in self._slices():
             yield self.X[rows], self.TX[rows], self.NX[rows]
+
+
+def _check_not_dicts(X) -> None:
+    """A ValueError for dict inputs, or a dataset's dict items."""
+    if isinstance(X, Mapping):
+        raise ValueError(
+            "Dict inputs are not supported (here a dict of "
+            f"{sorted(X)[:5]}): deformations and noise act on one array of "
+            "images or signals; pass that array (a dataset of dict items: one "
+            "whose items are the images)."
+        )
+
+
+def _check_probe_bytes(kept: int, max_memory: int | None, median: bool = False) -> None:
+    """A MemoryError past two thirds of ``max_memory`` for the probe set kept.
+
+    ``median``: the median's representations of every probe input are kept
+    too.
+    """
+    if max_memory is None:
+        return
+    check_kept_bytes(
+        kept,
+        max_memory,
+        "The probe inputs with their deformed and noisy copies"
+        + (", and the median's representations of all three," if median else ""),
+        "raise max_memory, lower n_probe"
+        + (
+            ', measure fewer layers, pool them (pool="mean") or use statistic="mean".'
+            if median
+            else "."
+        ),
+    )
 
 
 class _Moments:
@@ -795,6 +825,7 @@ def relative_sensitivity(
         noise_norm,
         deformation,
         device,
+        max_memory,
         probe_rng,
     )
     model = _float64_copy(resolve_module(net), device)

@@ -50,16 +50,17 @@ def noise_like(
     xi = xi.to(x.device)
     dims = tuple(range(1, x.dim()))
     if isinstance(noise_norm, str):
-        target = (x_deformed.to(torch.float64) - x.to(torch.float64)).square()
-        target = target.sum(dims).sqrt()
+        moved = x_deformed.to(torch.float64) - x.to(torch.float64)
+        target = torch.linalg.vector_norm(moved, dim=dims)
+        del moved
         if noise_norm == "batch_mean":
             target = target.mean().expand(len(x))
     else:
         target = torch.full(
             (len(x),), float(noise_norm), dtype=torch.float64, device=x.device
         )
-    scale = target / xi.square().sum(dims).sqrt()
-    return (xi * scale.reshape((-1,) + (1,) * (x.dim() - 1))).to(x.dtype)
+    scale = target / torch.linalg.vector_norm(xi, dim=dims)
+    return xi.mul_(scale.reshape((-1,) + (1,) * (x.dim() - 1))).to(x.dtype)
 
 
 def matched_noise(

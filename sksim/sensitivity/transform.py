@@ -14,7 +14,7 @@ from sklearn.utils.validation import _check_feature_names_in, check_is_fitted
 from .._engine.inputs import check_finite, is_dataset
 from .._typing import Self
 from .._validation import check_net_input
-from .diffeo import as_channels, check_deformation, deform
+from .diffeo import as_channels, check_deformation, deform, temperature_from_delta
 
 
 class DiffeoTransform(TransformerMixin, BaseEstimator):
@@ -99,6 +99,8 @@ class DiffeoTransform(TransformerMixin, BaseEstimator):
         X = self._validate(X, reset=True)
         as_channels(X)
         self._signals = X.dim() == 2
+        if not self._signals:  # images need cutoff >= 2: refused here, not later
+            temperature_from_delta(self.delta, self.cutoff, X.shape[-1])
         return self
 
     def get_feature_names_out(self, input_features=None) -> np.ndarray:

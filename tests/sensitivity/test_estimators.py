@@ -89,6 +89,9 @@ def test_transform_errors():
         DiffeoTransform(interp="cubic").fit(np.zeros((2, 4, 4)))
     with pytest.raises(ValueError, match="Images must be square"):
         DiffeoTransform().fit(np.zeros((2, 4, 5)))
+    with pytest.raises(ValueError, match="needs cutoff >= 2"):  # raised by transform
+        DiffeoTransform(cutoff=1).fit(np.zeros((2, 4, 4)))
+    DiffeoTransform(cutoff=1).fit(np.zeros((2, 4)))  # signals take it
     t = DiffeoTransform().fit(torch.zeros(2, 4, 4))
     with pytest.raises(ValueError, match="X has 5 features, but DiffeoTransform"):
         t.transform(torch.zeros(2, 5, 5))

@@ -162,6 +162,58 @@ def test_passes_shrink_within_max_memory_with_the_same_results(statistic, max_me
         relative_sensitivity(net, X, max_memory=max_memory // 4, **options)
 
 
+def test_the_probe_sets_bytes_are_checked_before_they_are_made(monkeypatch):
+    """Its deformed and noisy copies were made, and the deformation's
+    temporaries (ten times them), before the MemoryError that they took too
+    much: 367 MiB above the start for a max_memory of 29 MiB."""
+    from sksim.sensitivity import measure
+
+    def deform(*args):
+        raise AssertionError("deformed before the probe set was checked")
+
+    monkeypatch.setattr(measure, "deform", deform)
+    with pytest.raises(MemoryError, match="The probe inputs with their deformed"):
+        relative_sensitivity(image_cnn(), _data(24), max_memory=60_000)
+
+
+class LargeInside(nn.Module):
+    """Two outputs, after a large hidden convolution."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 64, 3, padding=1)
+        self.head = nn.Linear(64, 2)
+
+    def forward(self, x):
+        return self.head(self.conv(x).mean((2, 3)))
+
+
+def test_a_large_forward_pass_is_told_to_take_more_memory_alone():
+    """Fewer layers or pooling cannot help where the forward pass's largest
+    output, not the representations, passes the third of max_memory."""
+    with pytest.raises(MemoryError, match=r"twice\), more .*bytes\)\.$"):
+        relative_sensitivity(LargeInside(), _data(4), pool="mean", max_memory=200_000)
+
+
+class DictItems(torch.utils.data.Dataset):
+    """Items as a Hugging Face image dataset gives them."""
+
+    def __init__(self, X):
+        self.X = X
+
+    def __len__(self):
+        return len(self.X)
+
+    def __getitem__(self, i):
+        return {"pixel_values": torch.as_tensor(self.X[i]), "labels": 0}
+
+
+def test_a_dataset_of_dict_items_is_refused_as_a_dict():
+    """It met numpy's 'can't convert np.ndarray of type numpy.object_'."""
+    with pytest.raises(ValueError, match=r"Dict inputs .*\['labels', 'pixel_values'"):
+        relative_sensitivity(image_cnn(), DictItems(_data(6)))
+
+
 def two_batchnorms():
     torch.manual_seed(0)
     return torch.nn.Sequential(
