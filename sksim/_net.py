@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import warnings
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -20,6 +21,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.frozen import FrozenEstimator
 from sklearn.pipeline import Pipeline
 from skorch import NeuralNet, NeuralNetBinaryClassifier, NeuralNetClassifier
+from skorch.callbacks import Checkpoint, LoadInitState, TrainEndCheckpoint
 
 from ._engine.context import evaluation_mode, forked_rng, plain_settings, torch_seed
 from ._engine.digest import tensors_digest
@@ -238,7 +240,8 @@ def untrained_clone(net: NetLike, random_state=None) -> NeuralNet:
     weights. Its layers' ``reset_parameters`` (PyTorch's initialisation of
     each layer) draw them anew, seeded by ``random_state``; a parameter that
     none of them draws is refused, and so is a ``FrozenEstimator``, which is
-    not trained again.
+    not trained again. Callbacks that load or save the net's state in files
+    are left out (see :func:`_without_state_files`).
     """
     if isinstance(net, FrozenEstimator):
         raise ValueError(
@@ -246,7 +249,7 @@ def untrained_clone(net: NetLike, random_state=None) -> NeuralNet:
             "a clone of the net on every fold: pass the net itself, or analyse "
             'the frozen net as it is with cv="prefit".'
         )
-    fresh = clone(net)
+    fresh = _without_state_files(clone(net))
     module = fresh.module
     if is_unfitted_skorch(net) or not isinstance(module, torch.nn.Module):
         return fresh
@@ -271,6 +274,45 @@ def untrained_clone(net: NetLike, random_state=None) -> NeuralNet:
         for reset in resets:
             reset()
     return fresh
+
+
+#: skorch's callbacks that load or save a net's state in files.
+STATE_FILE_CALLBACKS = (Checkpoint, LoadInitState, TrainEndCheckpoint)
+
+
+def _without_state_files(net: NeuralNet) -> NeuralNet:
+    """``net`` without its callbacks that load or save its state in files.
+
+    Loaded, the files would start each clone from the trained weights (the
+    held-out results of cross-validation would leak); saved, the clones'
+    training would overwrite the trained net's files. A warning names them.
+    """
+    callbacks = net.callbacks if isinstance(net.callbacks, list | tuple) else []
+
+    def touches_files(item) -> bool:
+        callback = item[1] if isinstance(item, tuple) else item
+        kind = callback if isinstance(callback, type) else type(callback)
+        return issubclass(kind, STATE_FILE_CALLBACKS)
+
+    dropped = [item for item in callbacks if touches_files(item)]
+    if dropped:
+        warnings.warn(
+            f"The net's callbacks {[_callback_name(c) for c in dropped]} load or "
+            "save its state in files: the clones trained for cross-validation "
+            "would start from the trained weights (their held-out results would "
+            "leak) or overwrite those files. The clones are trained without them.",
+            UserWarning,
+            stacklevel=3,
+        )
+        net.set_params(callbacks=[c for c in callbacks if not touches_files(c)])
+    return net
+
+
+def _callback_name(item) -> str:
+    """A skorch callback's name, as given (``(name, callback)``) or its class's."""
+    if isinstance(item, tuple):
+        return item[0]
+    return item.__name__ if isinstance(item, type) else type(item).__name__
 
 
 def resolve_module(net: NetLike) -> torch.nn.Module:

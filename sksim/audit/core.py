@@ -300,7 +300,10 @@ def _cv_data(net, X, y, X_test, y_test):
         )
     X_net = training_input(net, X)
     X, y = _check_inputs(X, y)
-    return _Data(X, y, X, y, "classification", _check_labels(y), X_net)
+    (y,), names = _net_class_codes(net, y)
+    X = labelled(X, y)  # a dataset's items take the codes as labels
+    classes = _check_labels(y)
+    return _Data(X, y, X, y, "classification", classes, X_net, class_names=names)
 
 
 def _prefit_data(net, X, y, X_test, y_test):
@@ -317,13 +320,15 @@ def _prefit_data(net, X, y, X_test, y_test):
     if sample_shape(X) != sample_shape(X_test):
         raise ValueError(
             f"X_test holds samples of shape {sample_shape(X_test)} and X of "
-            f"shape {sample_shape(X)}; they must be alike."
+            f"shape {sample_shape(X)} (their first items, for datasets); they "
+            "must be alike: pad sequences of both to one length (sksim reads a "
+            "dataset's items as they are, without a skorch net's collate_fn)."
         )
     task = target_task(net, y)
     if task == "regression":
         y, y_test = regression_targets(y, "y"), regression_targets(y_test, "y_test")
         return _Data(X, y, X_test, y_test, task, None)
-    y, y_test, names = _net_class_codes(net, y, y_test)
+    (y, y_test), names = _net_class_codes(net, y, y_test)
     try:
         classes = _check_labels(y, y_test)
     except ValueError as error:
@@ -335,8 +340,8 @@ def _prefit_data(net, X, y, X_test, y_test):
     return _Data(X, y, X_test, y_test, task, classes, class_names=names)
 
 
-def _net_class_codes(net: NetLike, y: np.ndarray, y_test: np.ndarray) -> tuple:
-    """``y, y_test`` as output numbers, and the class names, where the net names them.
+def _net_class_codes(net: NetLike, *labels: np.ndarray) -> tuple[list, list | None]:
+    """The ``labels`` as output numbers, and the class names, where the net names them.
 
     Labels other than numbers (class names) that a skorch classifier's
     ``classes_`` holds, one per output (``classes=["dog", "cat", "bird"]``),
@@ -344,18 +349,15 @@ def _net_class_codes(net: NetLike, y: np.ndarray, y_test: np.ndarray) -> tuple:
     them; numbers are outputs' numbers already. Others are left as they are,
     with no names.
     """
-    values = np.unique(np.concatenate([y, y_test]))
+    values = np.unique(np.concatenate(labels))
     classes = getattr(_unwrap(net), "classes_", None)
     if values.dtype.kind in "biuf" or classes is None:
-        return y, y_test, None
+        return list(labels), None
     outputs = {label: j for j, label in enumerate(np.asarray(classes).tolist())}
     if not set(values.tolist()) <= outputs.keys():
-        return y, y_test, None
-    codes = [
-        np.array([outputs[label] for label in labels.tolist()])
-        for labels in (y, y_test)
-    ]
-    return *codes, [str(label) for label in outputs]
+        return list(labels), None
+    codes = [np.array([outputs[label] for label in y.tolist()]) for y in labels]
+    return codes, [str(label) for label in outputs]
 
 
 def _n_classes(data: _Data, outputs: set[int]) -> int | None:

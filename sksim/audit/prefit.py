@@ -176,7 +176,9 @@ def predictions(
                     "class, two for a binary one. A binary classifier with one "
                     "logit is audited as a skorch "
                     "NeuralNetBinaryClassifier(module).initialize(), which keeps "
-                    f"its weights. {WHOLE_NUMBER_TARGETS}"
+                    "its weights, and reads the logit as a tensor the forward "
+                    "returns (wrap a Hugging Face model so that it returns "
+                    f"model(**x).logits.squeeze(-1)). {WHOLE_NUMBER_TARGETS}"
                 )
             probabilities = torch.softmax(torch.from_numpy(prediction).double(), 1)
             probabilities = probabilities.numpy()

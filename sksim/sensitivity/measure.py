@@ -138,8 +138,6 @@ class _Probe:
         dataset = is_dataset(X)
         if dataset:  # only the probe's items are read
             check_map_style(X)
-            if len(X):
-                _check_not_dicts(split_item(X[0])[0])
         else:  # only the probe's rows are copied
             X = X if isinstance(X, torch.Tensor) else np.asarray(X)
             check_finite(X)
@@ -150,6 +148,8 @@ class _Probe:
             )
         self.rows = rows = _probe_rows(len(X), n_probe, rng)  # of the inputs given
         X = take(X, rows)
+        if dataset:
+            _check_not_dicts(split_item(X[0])[0])
         X = to_tensor(X, torch.device("cpu"), torch.float64) if dataset else X
         X = torch.as_tensor(X)
         if dataset:

@@ -686,6 +686,11 @@ def test_helpers():
     images = np.arange(2 * 3 * 4 * 4).reshape(2, 3, 4, 4)
     np.testing.assert_array_equal(image_view(images)[1, 2, 3], images[1, :, 2, 3])
     np.testing.assert_array_equal(image_view(np.ones((2, 64))), np.ones((2, 8, 8)))
+    tokens = np.ones((2, 64), dtype=np.int64)  # token ids: drawn as grey squares
+    assert image_view(tokens) is None
+    assert image_view(torch.utils.data.TensorDataset(torch.as_tensor(tokens))) is None
+    pixels = torch.utils.data.TensorDataset(torch.ones(2, 64))
+    np.testing.assert_array_equal(image_view(pixels)[0], np.ones((8, 8)))
     assert image_view(np.ones((2, 16))) is None  # more often a table's 16 features
     assert image_view(np.ones((2, 15))) is None
     assert image_view(np.ones((2, 2, 4, 4))) is None
@@ -731,3 +736,37 @@ def test_folds_train_a_given_pairs_net_on_its_pairs():
         np.testing.assert_array_equal(rows["index"], test)
         predicted = expected.predict_proba(X[test]).argmax(axis=1)
         np.testing.assert_array_equal(rows["prediction"], predicted)
+
+
+def test_folds_train_without_the_nets_state_files(tmp_path):
+    """A LoadInitState started every fold from the trained weights (held-out
+    accuracy 1.0 on random labels, 0.36 from scratch), and a Checkpoint
+    overwrote the files the trained net saved."""
+    from skorch.callbacks import Checkpoint, LoadInitState
+
+    X, y = _audit_helpers.digit_images()
+    X, y = X[:120], y[:120]
+    checkpoint = Checkpoint(monitor=None, dirname=str(tmp_path))
+    callbacks = [checkpoint, ("load", LoadInitState(checkpoint))]
+    with torch_seed(0):
+        net = small_net(X, callbacks=callbacks).fit(X, y)
+    saved = {path: path.read_bytes() for path in tmp_path.iterdir()}
+    options = dict(cv=3, analyses=("density",), random_state=0, errors="raise")
+    with pytest.warns(UserWarning, match=r"\['Checkpoint', 'load'\] load or save"):
+        found = audit(net, X, y, **options)["folds"]["accuracy"]
+    expected = audit(clone(net).set_params(callbacks=None), X, y, **options)
+    np.testing.assert_array_equal(found, expected["folds"]["accuracy"])
+    assert {path: path.read_bytes() for path in tmp_path.iterdir()} == saved
+
+
+def test_class_names_of_a_classifier_trained_per_fold_read_as_its_outputs():
+    """Its classes= named the outputs, and string labels were refused with the
+    advice to audit such a classifier."""
+    X, y = _audit_helpers.digit_images()
+    X, y = X[:120], y[:120]
+    names = np.array([f"digit {9 - j}" for j in range(10)])
+    options = dict(cv=2, analyses=("density",), random_state=0, errors="raise")
+    found = audit(small_net(X, classes=list(names)), X, names[y], **options)
+    expected = audit(small_net(X), X, y, **options)
+    pd.testing.assert_frame_equal(found["samples"], expected["samples"])
+    assert found.metadata["class_names"] == names.tolist()
