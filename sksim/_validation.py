@@ -152,7 +152,8 @@ def _check_tensor(X: torch.Tensor, input_name: str) -> torch.Tensor:
 def _check_dataset(dataset, estimator, reset: bool):
     """Check a dataset's length and first item; set or check ``n_features_in_``."""
     check_map_style(dataset)
-    first = split_item(dataset[0])[0]
+    first, second = split_item(dataset[0])
+    _warn_mask_read_as_label(first, second)
     shape = _input_shape(first)
     _check_same_reads(dataset, first)
     if estimator is not None:
@@ -160,6 +161,32 @@ def _check_dataset(dataset, estimator, reset: bool):
         tokens = item.ndim == 1 and item.dtype.kind in "iu"
         _check_n_features(estimator, shape, reset, tokens)
     return dataset
+
+
+def _warn_mask_read_as_label(x, v) -> None:
+    """Warn when an item's second value looks like an attention mask of its input.
+
+    Items ``(x, v)`` are read as ``(input, label)``: ``v`` is not passed to
+    the network. One of 0s and 1s shaped as token ids ``x`` is more likely
+    their attention mask (a ``TensorDataset(input_ids, attention_mask)``)
+    than a label per token.
+    """
+    if not all(isinstance(a, np.ndarray | torch.Tensor) for a in (x, v)):
+        return  # a label of numbers, or values whose own checks come later
+    x, v = np.asarray(_as_array(x)), np.asarray(_as_array(v))
+    tokens = x.ndim == 1 and x.dtype.kind in "iu" and x.size > 1
+    if tokens and v.shape == x.shape and np.isin(v, (0, 1)).all():
+        warnings.warn(
+            f"The dataset's items are pairs (x, v) read as (input, label), and v, "
+            f"0s and 1s of the token ids' shape {x.shape}, looks like their "
+            "attention mask, which the network does not get. If it is one (a "
+            "TensorDataset(input_ids, attention_mask)), make the items "
+            "({'input_ids': ids, 'attention_mask': mask}, y), or dicts of the "
+            "inputs alone; if it holds a label per token, pass the token ids "
+            "alone (and the labels as y where needed) to silence this warning.",
+            UserWarning,
+            stacklevel=4,
+        )
 
 
 def is_map_style(dataset: Dataset) -> bool:

@@ -449,6 +449,37 @@ def test_labels_given_for_items_whose_second_value_is_an_input_are_refused(data,
         np.testing.assert_array_equal(found.y_fit_, y)
 
 
+class MaskedMean(torch.nn.Module):
+    """Token embeddings averaged over the positions an attention mask keeps."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed, self.out = torch.nn.Embedding(10, 4), torch.nn.Linear(4, 3)
+
+    def forward(self, input_ids, attention_mask=None):
+        h = self.embed(input_ids)
+        if attention_mask is None:
+            return self.out(h.mean(1))
+        mask = attention_mask[..., None].float()
+        return self.out((h * mask).sum(1) / mask.sum(1))
+
+
+def test_an_attention_mask_read_as_a_label_is_warned_of():
+    """Without y, TensorDataset(ids, mask) items gave the kernel of the ids
+    alone (0.63 off the masked one), the mask read as a label, without a word."""
+    ids = torch.randint(0, 10, (12, 5), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(12, 5, dtype=torch.long)
+    mask[:, 3:] = 0
+    with pytest.warns(UserWarning, match=r"looks like their attention mask"):
+        network_similarity(MaskedMean(), TensorDataset(ids, mask))
+    labels = torch.randint(0, 4, (12, 5), generator=torch.Generator().manual_seed(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # labels per token, and labels
+        network_similarity(MaskedMean(), TensorDataset(ids, labels + 2))
+        network_similarity(MaskedMean(), TensorDataset(ids, labels[:, 0]))
+
+
 def test_a_list_of_examples_as_dicts_is_refused_with_the_dict_to_pass(data, net):
     examples = [{"x": row} for row in data[0][:5]]
     with pytest.raises(ValueError, match=r"list of dicts, one per example"):
