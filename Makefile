@@ -1,5 +1,8 @@
 # The two commands of the README: `make test` and `make demo`. Both set up .venv.
 PYTHON ?= python3
+# Where pip finds the CPU build of torch: its configured index by default (a machine whose
+# index serves CUDA builds: TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu").
+TORCH_PIP_ARGS ?=
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -11,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# The CPU wheel first, so that the package's torch range is already met.
-	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q torch==2.13.0 $(TORCH_PIP_ARGS)
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 

@@ -298,7 +298,7 @@ class SelfDenoisingAnalysis(NetworkEstimator):
     ...                           torch.nn.Linear(8, 1))
     >>> X = torch.randn(30, 2).numpy()
     >>> y = np.sin(X[:, 0]) + 0.1 * np.random.default_rng(0).normal(size=30)
-    >>> analysis = SelfDenoisingAnalysis(net).fit(X, y)
+    >>> analysis = SelfDenoisingAnalysis(net, sigma=0.1).fit(X, y)  # noise known
     >>> analysis.effective_neighbors_.shape
     (30,)
     >>> sorted(analysis.summary())[:3]

@@ -145,8 +145,16 @@ class AuditResult:
     def to_html(self, path: str | os.PathLike) -> Path:
         """Write the report to ``path``, one self-contained HTML file.
 
-        Figures are embedded as PNG data URIs. Returns ``path`` as a
-        :class:`pathlib.Path`.
+        Figures are embedded as PNG data URIs.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file to write.
+
+        Returns
+        -------
+        path : pathlib.Path
         """
         from .report import write_html
 
@@ -155,8 +163,16 @@ class AuditResult:
     def to_json(self, path: str | os.PathLike) -> Path:
         """Write tables, skipped and failed analyses and metadata to ``path``.
 
-        Strict JSON: NaN and infinities become null. Returns ``path`` as a
-        :class:`pathlib.Path`.
+        Strict JSON: NaN and infinities become null.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file to write.
+
+        Returns
+        -------
+        path : pathlib.Path
         """
         from .report import write_json
 
