@@ -293,18 +293,24 @@ class WeightedEngines:
 def weighted_sum(
     engines: WeightedEngines, compute: Callable[[JacobianEngine, int], np.ndarray]
 ) -> np.ndarray:
-    """``sum_c share_c compute(engine_c, c)``, one checkpoint at a time."""
+    """``sum_c share_c compute(engine_c, c)``, one checkpoint at a time.
+
+    Each part is scaled in place and freed before the next one is computed:
+    the sum and one part are held at a time.
+    """
     if engines.single:
         ((_, engine),) = engines
         return compute(engine, 0)
     total = None
     with engines.warned_once():
         for index, (share, engine) in enumerate(engines):
-            part = share * np.asarray(compute(engine, index), dtype=np.float64)
+            part = np.asarray(compute(engine, index), dtype=np.float64)
+            part *= share
             if total is None:
                 total = part
             else:
                 total += part
+            del part
     return total
 
 
