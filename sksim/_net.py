@@ -22,8 +22,16 @@ from sklearn.frozen import FrozenEstimator
 from sklearn.pipeline import Pipeline
 from skorch import NeuralNet, NeuralNetBinaryClassifier, NeuralNetClassifier
 from skorch.callbacks import Checkpoint, LoadInitState, TrainEndCheckpoint
+from torch.nn.utils.spectral_norm import SpectralNorm
+from torch.nn.utils.weight_norm import WeightNorm
 
-from ._engine.context import evaluation_mode, forked_rng, plain_settings, torch_seed
+from ._engine.context import (
+    WRITTEN,
+    evaluation_mode,
+    forked_rng,
+    plain_settings,
+    torch_seed,
+)
 from ._engine.digest import tensors_digest
 from ._engine.inputs import is_dataset, module_float_dtype
 from ._pairs import is_pair_data
@@ -300,7 +308,8 @@ def _without_state_files(net: NeuralNet) -> NeuralNet:
             f"The net's callbacks {[_callback_name(c) for c in dropped]} load or "
             "save its state in files: the clones trained for cross-validation "
             "would start from the trained weights (their held-out results would "
-            "leak) or overwrite those files. The clones are trained without them.",
+            "leak) or overwrite those files. The clones are trained without them "
+            "(a Checkpoint's load_best, which restores the best epoch, too).",
             UserWarning,
             stacklevel=3,
         )
@@ -374,7 +383,7 @@ def weights_digest(module: torch.nn.Module, checkpointed: bool = False) -> dict:
         for name, settings in _layer_settings(module)
     }
     digests |= {
-        f"the attribute {name!r}": tensors_digest([(name, value)])
+        f"{_ATTRIBUTE} {name!r}": tensors_digest([(name, value)])
         for name, value in _held_values(module)
     }
     named = itertools.chain(module.named_parameters(), module.named_buffers())
@@ -386,12 +395,22 @@ def weights_digest(module: torch.nn.Module, checkpointed: bool = False) -> dict:
 
 
 def changed_parts(before: dict, after: dict) -> str:
-    """The parts of two :func:`weights_digest` that differ (three named), in words."""
+    """The parts of two :func:`weights_digest` that differ (three named), in words.
+
+    An attribute in one of them only is not counted: a forward pass wrote it
+    since (see :func:`_held_values`).
+    """
     changed = [
-        part for part in {**before, **after} if before.get(part) != after.get(part)
+        part
+        for part in {**before, **after}
+        if before.get(part) != after.get(part)
+        and (part in before.keys() & after.keys() or not part.startswith(_ATTRIBUTE))
     ]
     more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
     return ", ".join(changed[:3]) + more
+
+
+_ATTRIBUTE = "the attribute"
 
 
 def _held_values(module: torch.nn.Module) -> Iterator[tuple[str, object]]:
@@ -399,12 +418,23 @@ def _held_values(module: torch.nn.Module) -> Iterator[tuple[str, object]]:
 
     Tensors held as attributes (neither parameters nor buffers, such as a
     temperature ``torch.tensor(1.0)``), arrays, and lists, tuples and dicts
-    of them and of plain values; tensors as their dtype, shape and bytes,
-    whether they carry a graph or not (a weight ``weight_norm`` computes).
+    of them and of plain values; tensors as their dtype, shape and bytes.
+    Not those a forward pass writes: what sksim's passes saw written (a
+    cache, a recorded activation), and the weights ``weight_norm`` and
+    ``spectral_norm`` compute from parameters before each pass.
     """
     for name, layer in module.named_modules():
+        made = WRITTEN.get(layer, set()) | {
+            hook.name
+            for hook in layer._forward_pre_hooks.values()
+            if isinstance(hook, WeightNorm | SpectralNorm)
+        }
         for attribute, value in sorted(vars(layer).items()):
-            if attribute.startswith("_") or attribute == "training":
+            if (
+                attribute.startswith("_")
+                or attribute == "training"
+                or attribute in made
+            ):
                 continue
             if isinstance(value, torch.Tensor | np.ndarray | list | tuple | dict):
                 held = _as_arrays(value)

@@ -574,7 +574,7 @@ class LabelIssueDetector(NetworkEstimator):
                 + labels_key_hint(X)
             )
         y = np.asarray(y)
-        if y.ndim == 2 and y.shape[1] > 1:
+        if y.ndim == 2 and y.shape[1] > 1 and len(y) == n_samples(X):
             raise ValueError(
                 f"LabelIssueDetector takes one class label per sample, y of shape "
                 f"(n_samples,); got y of shape {y.shape}. For one-hot labels, pass "

@@ -565,7 +565,7 @@ class SimilarityRegularizedNet(NeuralNet):
         step : dict
             The loss and predictions, ``{"loss": ..., "y_pred": ...}``, as skorch's.
         """
-        with self._similarity_step():
+        with self._similarity_step(fit_params):
             return super().train_step(batch, **fit_params)
 
     def train_step_single(self, batch: Batch, **fit_params: Any) -> dict:
@@ -577,20 +577,29 @@ class SimilarityRegularizedNet(NeuralNet):
         """
         if hasattr(self, "_step_seed_"):
             return super().train_step_single(batch, **fit_params)
-        with self._similarity_step():
+        with self._similarity_step(fit_params):
             return super().train_step_single(batch, **fit_params)
 
     @contextlib.contextmanager
-    def _similarity_step(self) -> Iterator[None]:
-        """A training step: its term's seed, None in steps without the term."""
+    def _similarity_step(self, fit_params: dict) -> Iterator[None]:
+        """A training step: its term's seed, and the ``fit_params`` its passes get.
+
+        The seed is None in steps without the term.
+        """
         step = getattr(self, "similarity_steps_", 0)
         on = self.similarity_weight != 0 and step % self.similarity_every == 0
         # drawn from torch's global generator, as the draws themselves were
         self._step_seed_ = int(torch.randint(2**62, ())) if on else None
+        epochs = getattr(self, "_forward_keywords", None)
+        self._forward_keywords = fit_params
         try:
             yield
         finally:
             del self._step_seed_
+            if epochs is None:
+                del self._forward_keywords
+            else:
+                self._forward_keywords = epochs
             self.similarity_steps_ = step + 1
 
     def get_loss(

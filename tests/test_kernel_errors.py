@@ -20,7 +20,7 @@ from _architectures import (
 from sklearn.exceptions import NotFittedError
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
-from skorch import NeuralNetBinaryClassifier, NeuralNetRegressor
+from skorch import NeuralNetBinaryClassifier, NeuralNetClassifier, NeuralNetRegressor
 
 from sksim import (
     GradientDensityEstimator,
@@ -820,6 +820,41 @@ def test_a_setting_changed_since_fit_is_refused(holder, in_place):
         estimator.score_samples(X)
     net.temperature = make(1.0)
     np.testing.assert_array_equal(estimator.score_samples(X), before)
+
+
+class KeepsLast(torch.nn.Module):
+    """An MLP that keeps its last hidden activation, for inspection."""
+
+    def __init__(self):
+        super().__init__()
+        self.hidden, self.out = torch.nn.Linear(5, 8), torch.nn.Linear(8, 3)
+        self.last_hidden = None
+
+    def forward(self, x):
+        h = torch.tanh(self.hidden(x))
+        self.last_hidden = h.detach()
+        return self.out(h)
+
+
+@pytest.mark.parametrize("norm", ["keeps_last", "weight_norm", "spectral_norm"])
+def test_values_a_forward_pass_writes_are_not_settings(norm):
+    """A recorded activation, or the weight that weight_norm or spectral_norm
+    recompute before each pass, changed by the user's own call after fit,
+    was refused as a changed setting: the weights were the same."""
+    torch.manual_seed(0)
+    if norm == "keeps_last":
+        module = KeepsLast()
+    else:
+        wrap = getattr(torch.nn.utils, norm)
+        module = torch.nn.Sequential(wrap(torch.nn.Linear(5, 8)), torch.nn.Linear(8, 3))
+    data = np.random.RandomState(0).randn(40, 5).astype(np.float32)
+    net = NeuralNetClassifier(
+        module, max_epochs=3, lr=0.1, train_split=None, verbose=0
+    ).fit(data, np.arange(40) % 3)
+    kernel = NetworkSimilarityKernel(net).fit(data[:20])
+    before = kernel.transform(data[20:])
+    net.predict(data[:7])  # the user's own call
+    np.testing.assert_array_equal(kernel.transform(data[20:]), before)
 
 
 class Recording(torch.nn.Module):

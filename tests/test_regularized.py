@@ -598,6 +598,12 @@ def test_the_terms_forward_gets_the_fit_params(default):
     assert net.history[-1, "valid_similarity_cosine"] == pytest.approx(
         expected[3.0], rel=1e-5
     )
+    net.history.new_batch()  # a train_step called directly, as a loop of one's own
+    batch = {k: torch.as_tensor(np.asarray(v)) for k, v in with_pairs(X, pairs).items()}
+    net.train_step((batch, torch.as_tensor(y)), temperature=3.0)
+    assert net.history[-1, "batches", -1, "similarity_cosine"] == pytest.approx(
+        expected[3.0], rel=1e-5
+    )
 
 
 ACCUMULATED = 2  # steps of the gradient accumulation below

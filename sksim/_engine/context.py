@@ -6,6 +6,7 @@ import contextlib
 import copy
 import itertools
 import threading
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -294,17 +295,27 @@ def _is_plain(value) -> bool:
     return value is None or isinstance(value, (bool, int, float, complex, str, bytes))
 
 
-def _settings(module: torch.nn.Module) -> list[tuple[torch.nn.Module, dict]]:
-    """Each layer and its :func:`plain_settings` and tensors held as attributes.
+#: The public attributes other than plain values that a forward pass of
+#: sksim's wrote, by layer: what forward passes make (a cache, a recorded
+#: activation), not settings (see :func:`~sksim._net.weights_digest`).
+WRITTEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
-    Those tensors are neither parameters nor buffers: a weight that
+
+def _settings(module: torch.nn.Module) -> list[tuple[torch.nn.Module, dict]]:
+    """Each layer and its :func:`plain_settings` and other values held as attributes.
+
+    Tensors among them are neither parameters nor buffers: a weight that
     ``torch.nn.utils.weight_norm`` computes before each forward pass.
     """
     return [
         (
             sub,
-            plain_settings(sub)
-            | {k: v for k, v in vars(sub).items() if isinstance(v, torch.Tensor)},
+            {
+                k: v
+                for k, v in vars(sub).items()
+                if isinstance(v, torch.Tensor)
+                or (not k.startswith("_") and k != "training")
+            },
         )
         for sub in module.modules()
     ]
@@ -319,6 +330,15 @@ def _restore_settings(settings: list[tuple[torch.nn.Module, dict]]) -> None:
     """
     for sub, before in settings:
         tensors = sub._parameters.keys() | sub._buffers.keys() | sub._modules.keys()
+        written = {
+            name
+            for name, value in vars(sub).items()
+            if not name.startswith("_")
+            and not _is_plain(value)
+            and before.get(name, _MISSING) is not value
+        }
+        if written:
+            WRITTEN.setdefault(sub, set()).update(written)
         for name in plain_settings(sub).keys() - before.keys():
             delattr(sub, name)
         for name, value in before.items():

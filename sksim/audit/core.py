@@ -490,7 +490,11 @@ class _Fold:
             return
         n_outputs = class_outputs(self.net, self.X_test, self.probabilities)
         if self.classes[-1] >= n_outputs:
-            where = "y" if self.classes[-1] in self.y_train else "y_test"
+            where = (
+                "y_test"
+                if self.prefit and self.classes[-1] not in self.y_train
+                else "y"
+            )
             raise ValueError(
                 f"{where} holds the label {self.classes[-1]}, but the network gives "
                 f"{n_outputs} class outputs: the audit reads class j from "

@@ -6,6 +6,7 @@ The definitions are on the theory page of the user guide.
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -184,8 +185,9 @@ class _Probe:
         """Serve batches of ``batch_size`` inputs at most, within ``max_memory``.
 
         A pass over the first input's three versions measures what an input
-        takes: its representations at the layers measured, and twice the
-        largest output of a module (the forward pass's working memory). The
+        takes: its representations at the layers measured, and the forward
+        pass's working memory (a module's output twice, or a convolution's
+        output and its unfolded input, at their largest). The
         probe set, and for the median every input's representations, may
         take two thirds of ``max_memory`` (a MemoryError past them); a batch
         takes the third.
@@ -193,13 +195,19 @@ class _Probe:
         self.batch_size = batch_size
         if max_memory is None:
             return
-        largest = 0
+        working = 0  # the forward pass's, at its largest
 
-        def record(_module, _inputs, output):
-            nonlocal largest
-            for t in tree_leaves(output):
-                if isinstance(t, torch.Tensor):
-                    largest = max(largest, t.numel() * t.element_size())
+        def record(module, inputs, output):
+            nonlocal working
+            made = sum(
+                t.numel() * t.element_size()
+                for t in tree_leaves(output)
+                if isinstance(t, torch.Tensor)
+            )
+            working = max(working, 2 * made)
+            if isinstance(module, torch.nn.modules.conv._ConvNd):
+                unfolded = _unfolded_bytes(module, inputs[0], output)
+                working = max(working, made + unfolded)
 
         hooks = [m.register_forward_hook(record) for m in model.modules()]
         try:
@@ -214,19 +222,20 @@ class _Probe:
         if statistic == "median":
             kept = 3 * self.X.numel() * self.X.element_size()
             _check_probe_bytes(kept + len(self.X) * represented, max_memory, True)
-        per_input = represented + 2 * largest
+        per_input = represented + working
         if per_input > KEPT_MEMORY * max_memory:
             fewer = (
                 ', measure fewer layers, or pool them (pool="mean")'
-                if represented > 2 * largest
+                if represented > working
                 else ""
             )
             raise MemoryError(
                 "One probe input, deformed and noisy, takes "
                 f"{readable_bytes(per_input)} through the network (its "
                 "representations at the layers measured, "
-                f"{readable_bytes(represented)}, and the forward pass's largest "
-                "output twice), more than a third "
+                f"{readable_bytes(represented)}, and the forward pass's working "
+                "memory: its largest output twice, or a convolution's output "
+                "and unfolded input), more than a third "
                 f"of max_memory ({readable_bytes(KEPT_MEMORY * max_memory)}): "
                 f"raise max_memory (above {3 * per_input} bytes){fewer}."
             )
@@ -244,6 +253,17 @@ class _Probe:
         """Yield ``(x, tau x, x + eta)`` batches."""
         for rows in self._slices():
             yield self.X[rows], self.TX[rows], self.NX[rows]
+
+
+def _unfolded_bytes(conv, x: torch.Tensor, out: torch.Tensor) -> int:
+    """The bytes of a convolution's input unfolded to its output positions.
+
+    A float64 convolution on the CPU forms this matrix (the input's channels
+    times the kernel's size, per output position): it may take many times
+    the layer's output.
+    """
+    positions = math.prod(out.shape[2:]) * out.shape[0]
+    return x.shape[1] * math.prod(conv.kernel_size) * positions * x.element_size()
 
 
 def _check_not_dicts(X) -> None:

@@ -686,6 +686,8 @@ def test_helpers():
     images = np.arange(2 * 3 * 4 * 4).reshape(2, 3, 4, 4)
     np.testing.assert_array_equal(image_view(images)[1, 2, 3], images[1, :, 2, 3])
     np.testing.assert_array_equal(image_view(np.ones((2, 64))), np.ones((2, 8, 8)))
+    pixels = np.ones((2, 64), dtype=np.uint8)
+    np.testing.assert_array_equal(image_view(pixels), np.ones((2, 8, 8)))
     tokens = np.ones((2, 64), dtype=np.int64)  # token ids: drawn as grey squares
     assert image_view(tokens) is None
     assert image_view(torch.utils.data.TensorDataset(torch.as_tensor(tokens))) is None

@@ -191,8 +191,24 @@ class LargeInside(nn.Module):
 def test_a_large_forward_pass_is_told_to_take_more_memory_alone():
     """Fewer layers or pooling cannot help where the forward pass's largest
     output, not the representations, passes the third of max_memory."""
-    with pytest.raises(MemoryError, match=r"twice\), more .*bytes\)\.$"):
+    with pytest.raises(MemoryError, match=r"unfolded input\), more .*bytes\)\.$"):
         relative_sensitivity(LargeInside(), _data(4), pool="mean", max_memory=200_000)
+
+
+def test_a_convolutions_unfolded_input_counts_in_a_pass():
+    """A float64 convolution on the CPU unfolds its input (channels times the
+    kernel's size per position): uncounted, passes took 4.6 times max_memory
+    for a CNN of two 5 x 5 convolutions."""
+    torch.manual_seed(0)
+    wide = nn.Sequential(
+        nn.Conv2d(2, 16, 1),
+        nn.Conv2d(16, 2, 5, padding=2),
+        nn.Flatten(),
+        nn.Linear(128, 2),
+    )  # one triple: 614 400 bytes unfolded, 24 576 in its largest output
+    with pytest.raises(MemoryError, match="a convolution's output and unfolded"):
+        relative_sensitivity(wide, _data(12), max_memory=1_500_000)
+    relative_sensitivity(wide, _data(12), max_memory=2_000_000)
 
 
 class DictItems(torch.utils.data.Dataset):

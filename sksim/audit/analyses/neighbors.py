@@ -13,7 +13,7 @@ import torch
 from numpy.typing import ArrayLike
 from torch.utils.data import Dataset
 
-from ..._engine.inputs import is_dataset, split_item, take, to_tensor
+from ..._engine.inputs import is_dataset, split_item, take, to_numpy, to_tensor
 from ..._validation import check_positive_int
 from ...neighbors import NetworkNeighbors, automatic_index
 from .. import _render
@@ -50,9 +50,8 @@ def image_view(X: ArrayLike | Dataset) -> np.ndarray | DatasetImages | None:
         first = split_item(X[0])[0]
         if isinstance(first, Mapping):
             return None
-        first = torch.as_tensor(first)
-        kind = np.float32 if first.is_floating_point() else np.int64  # token ids
-        if _images(np.zeros((1, *first.shape), kind)) is None:
+        first = np.asarray(to_numpy(torch.as_tensor(first)))
+        if _images(np.zeros((1, *first.shape), first.dtype)) is None:
             return None
         return DatasetImages(X)
     return _images(np.asarray(X))
@@ -84,7 +83,7 @@ def _images(X: np.ndarray) -> np.ndarray | None:
         return np.moveaxis(X, 1, -1)
     if X.ndim == 3:
         return X
-    if X.ndim == 2 and X.dtype.kind == "f":  # integers: token ids, not pixels
+    if X.ndim == 2 and (X.dtype.kind == "f" or X.dtype == np.uint8):  # not token ids
         side = int(round(np.sqrt(X.shape[1])))
         if side >= FLAT_IMAGE_SIDE and side * side == X.shape[1]:
             return X.reshape(len(X), side, side)
