@@ -100,11 +100,16 @@ def extract_representations(
     total = -(-n_samples(X) // batch_size)
     blocks = batches(X, batch_size, device, module_float_dtype(module))
     inputs = (batch for _, batch in tqdm(blocks, total=total, disable=verbose <= 0))
-    parts: dict[str, list[np.ndarray]] = {}
+    # written into arrays made at the first batch: no list of batches joined
+    # after, which held the result twice
+    found: dict[str, np.ndarray] = {}
     start = 0
     for reps in layer_outputs(module, inputs, layers, pool):
         for name, t in reps.items():
             check_finite_representations(name, t, start)
-            parts.setdefault(name, []).append(to_numpy(t))
+            part = to_numpy(t)
+            if name not in found:
+                found[name] = np.empty((n_samples(X), *part.shape[1:]), part.dtype)
+            found[name][start : start + len(part)] = part
         start += len(t)
-    return {name: np.concatenate(chunks) for name, chunks in parts.items()}
+    return found
