@@ -538,6 +538,19 @@ class SimilarityRegularizedNet(NeuralNet):
 
         skorch passes them to the module's ``forward`` in training and
         validation: the gradients compared are those of that network.
+
+        Parameters
+        ----------
+        iterator : DataLoader or None
+            The epoch's batches (None: none, as skorch takes it).
+        training : bool
+            Whether the batches are trained on.
+        prefix : str
+            The history's prefix of the batches' records (``"train"``, ``"valid"``).
+        step_fn : callable
+            :meth:`train_step` or skorch's ``validation_step``.
+        **fit_params : dict
+            Passed to the module's ``forward``, as skorch does.
         """
         self._forward_keywords = fit_params
         try:
@@ -574,6 +587,18 @@ class SimilarityRegularizedNet(NeuralNet):
         Called by :meth:`train_step`, it belongs to its step; called by a
         ``train_step`` of a subclass's own (skorch's gradient accumulation), it
         is a step of its own, with the term or not.
+
+        Parameters
+        ----------
+        batch : tuple
+            The batch ``(X, y)`` of skorch's training iterator.
+        **fit_params : dict
+            Passed to the module's ``forward``, as skorch does.
+
+        Returns
+        -------
+        step : dict
+            The loss and predictions, ``{"loss": ..., "y_pred": ...}``, as skorch's.
         """
         if hasattr(self, "_step_seed_"):
             return super().train_step_single(batch, **fit_params)
@@ -590,16 +615,16 @@ class SimilarityRegularizedNet(NeuralNet):
         on = self.similarity_weight != 0 and step % self.similarity_every == 0
         # drawn from torch's global generator, as the draws themselves were
         self._step_seed_ = int(torch.randint(2**62, ())) if on else None
-        epochs = getattr(self, "_forward_keywords", None)
+        outer = getattr(self, "_forward_keywords", None)  # the epoch's
         self._forward_keywords = fit_params
         try:
             yield
         finally:
             del self._step_seed_
-            if epochs is None:
+            if outer is None:
                 del self._forward_keywords
             else:
-                self._forward_keywords = epochs
+                self._forward_keywords = outer
             self.similarity_steps_ = step + 1
 
     def get_loss(

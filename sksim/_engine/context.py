@@ -322,11 +322,11 @@ def _settings(module: torch.nn.Module) -> list[tuple[torch.nn.Module, dict]]:
 
 
 def _restore_settings(settings: list[tuple[torch.nn.Module, dict]]) -> None:
-    """Put back the plain settings and tensors :func:`_settings` saw.
+    """Put back the values :func:`_settings` saw; note what the pass wrote.
 
     A forward pass may change them (a cache's length, a recorded shape, a
     recomputed weight that holds the pass's graph); plain settings it added
-    are removed.
+    are removed, and the other values it wrote are noted in :data:`WRITTEN`.
     """
     for sub, before in settings:
         tensors = sub._parameters.keys() | sub._buffers.keys() | sub._modules.keys()

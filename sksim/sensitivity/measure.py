@@ -151,10 +151,9 @@ class _Probe:
         X = take(X, rows)
         if dataset:
             _check_not_dicts(split_item(X[0])[0])
-        X = to_tensor(X, torch.device("cpu"), torch.float64) if dataset else X
-        X = torch.as_tensor(X)
-        if dataset:
+            X = to_tensor(X, torch.device("cpu"), torch.float64)
             check_finite(X)
+        X = torch.as_tensor(X)
         as_channels(X)  # validates the shape
         if X.shape[-1] < 3:
             warnings.warn(
@@ -187,10 +186,9 @@ class _Probe:
         A pass over the first input's three versions measures what an input
         takes: its representations at the layers measured, and the forward
         pass's working memory (a module's output twice, or a convolution's
-        output and its unfolded input, at their largest). The
-        probe set, and for the median every input's representations, may
-        take two thirds of ``max_memory`` (a MemoryError past them); a batch
-        takes the third.
+        output and its unfolded input, at their largest). The probe set, and
+        for the median every input's representations, may take two thirds of
+        ``max_memory`` (a MemoryError past them); a batch takes the third.
         """
         self.batch_size = batch_size
         if max_memory is None:
