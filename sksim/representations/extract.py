@@ -110,6 +110,14 @@ def extract_representations(
             part = to_numpy(t)
             if name not in found:
                 found[name] = np.empty((n_samples(X), *part.shape[1:]), part.dtype)
+            elif part.shape[1:] != found[name].shape[1:]:
+                raise ValueError(
+                    f"Layer {name!r} gave {part.shape[1:]} values per input from "
+                    f"input row {start}, {found[name].shape[1:]} before: inputs of "
+                    "other sizes (sequences padded to their batch's longest) give "
+                    'other numbers of values unpooled. Pool them (pool="mean"), or '
+                    "pad the inputs to one size."
+                )
             found[name][start : start + len(part)] = part
         start += len(t)
     return found

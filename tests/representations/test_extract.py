@@ -802,3 +802,27 @@ def test_feature_maps_of_other_channels_than_known_layers_saw_are_named():
     net, X = ChannelsLastImages().eval(), torch.randn(5, 8, 9, 3)
     with pytest.warns(UserWarning, match=r"did not tell .*\['input'\]"):
         extract_representations(net, X, ["input"], pool="mean")
+
+
+class CutToLongest(torch.nn.Module):
+    """Token ids cut to their batch's longest sequence, embedded."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(10, 3, padding_idx=0)
+
+    def forward(self, ids):
+        return self.embed(ids[:, : int(ids.ne(0).sum(1).max())])
+
+
+def test_unpooled_values_of_other_sizes_between_batches_are_explained():
+    """numpy's 'could not broadcast' (before: 'all the input array dimensions
+    except for the concatenation axis must match')."""
+    ids = np.zeros((4, 6), dtype=np.int64)
+    ids[:2, :2], ids[2:, :5] = 1, 2
+    with pytest.raises(
+        ValueError, match=r"'embed' gave \(15,\) values per input from input row 2"
+    ):
+        extract_representations(CutToLongest(), ids, ["embed"], "flatten", batch_size=2)
+    pooled = extract_representations(CutToLongest(), ids, ["embed"], batch_size=2)
+    assert pooled["embed"].shape == (4, 3)
