@@ -174,7 +174,8 @@ def _warn_mask_read_as_label(x, v) -> None:
     if not all(isinstance(a, np.ndarray | torch.Tensor) for a in (x, v)):
         return  # a label of numbers, or values whose own checks come later
     x, v = np.asarray(_as_array(x)), np.asarray(_as_array(v))
-    tokens = x.ndim == 1 and x.dtype.kind in "iu" and x.size > 1
+    # one sequence per item, (L,) or a tokenizer's (1, L)
+    tokens = x.dtype.kind in "iu" and x.size > 1 and max(x.shape) == x.size
     if tokens and v.shape == x.shape and np.isin(v, (0, 1)).all():
         warnings.warn(
             f"The dataset's items are pairs (x, v) read as (input, label), and v, "

@@ -35,6 +35,7 @@ from sksim import (
     relative_sensitivity,
 )
 from sksim._engine.inputs import batches, take
+from sksim._validation import check_net_input
 from sksim.audit import audit
 from sksim.denoising import SelfDenoisingAnalysis
 from sksim.neighbors import NetworkNeighbors
@@ -473,6 +474,9 @@ def test_an_attention_mask_read_as_a_label_is_warned_of():
     mask[:, 3:] = 0
     with pytest.warns(UserWarning, match=r"looks like their attention mask"):
         network_similarity(MaskedMean(), TensorDataset(ids, mask))
+    with pytest.warns(UserWarning, match=r"looks like their attention mask"):
+        items = TensorDataset(ids[:, None], mask[:, None])  # a tokenizer's (1, L)
+        check_net_input(items)
     labels = torch.randint(0, 4, (12, 5), generator=torch.Generator().manual_seed(1))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # labels per token, and labels
