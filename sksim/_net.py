@@ -32,7 +32,7 @@ from ._engine.context import (
     plain_settings,
     torch_seed,
 )
-from ._engine.digest import tensors_digest
+from ._engine.digest import strided_parts, tensors_digest
 from ._engine.inputs import is_dataset, module_float_dtype
 from ._pairs import is_pair_data
 from ._typing import NetInput, NetLike
@@ -417,11 +417,13 @@ def _held_values(module: torch.nn.Module) -> Iterator[tuple[str, object]]:
     """Each layer's other values its ``forward`` may read, by name.
 
     Tensors held as attributes (neither parameters nor buffers, such as a
-    temperature ``torch.tensor(1.0)``), arrays, and lists, tuples and dicts
-    of them and of plain values; tensors as their dtype, shape and bytes.
-    Not those a forward pass writes: what sksim's passes saw written (a
-    cache, a recorded activation), and the weights ``weight_norm`` and
-    ``spectral_norm`` compute from parameters before each pass.
+    temperature ``torch.tensor(1.0)``), NumPy scalars, and tuples of them and
+    of plain values; tensors as their layout, dtype, shape and bytes. Not
+    lists, dicts and arrays, which forward passes may fill in place unseen
+    (the outputs that hooks record), nor what sksim's passes saw written or
+    changed in place (a cache, a recorded activation), nor the weights
+    ``weight_norm`` and ``spectral_norm`` compute from parameters before each
+    pass.
     """
     for name, layer in module.named_modules():
         made = WRITTEN.get(layer, set()) | {
@@ -436,7 +438,7 @@ def _held_values(module: torch.nn.Module) -> Iterator[tuple[str, object]]:
                 or attribute in made
             ):
                 continue
-            if isinstance(value, torch.Tensor | np.ndarray | list | tuple | dict):
+            if isinstance(value, torch.Tensor | np.generic | tuple):
                 held = _as_arrays(value)
                 if held is not _UNHELD:
                     yield f"{name}.{attribute}" if name else attribute, held
@@ -446,19 +448,19 @@ _UNHELD = object()  # a value holding other objects than those digested
 
 
 def _as_arrays(value):
-    """``value``, its tensors as ``(dtype, shape, bytes)``; ``_UNHELD`` for others."""
+    """``value``, its tensors as arrays of their bytes; ``_UNHELD`` for others."""
     if isinstance(value, torch.Tensor):
-        t = value.detach().cpu().contiguous()
-        return str(t.dtype), tuple(t.shape), t.reshape(-1).view(torch.uint8).numpy()
-    if value is None or isinstance(
-        value, np.ndarray | bool | int | float | complex | str | bytes
-    ):
+        return [
+            (str(t.dtype), tuple(t.shape), t.reshape(-1).view(torch.uint8).numpy())
+            for t in strided_parts(value.detach().cpu())
+        ]
+    plain = np.generic | bool | int | float | complex | str | bytes
+    if value is None or isinstance(value, plain):
         return value
-    if isinstance(value, list | tuple | dict):
-        parts = value.items() if isinstance(value, dict) else value
-        items = [_as_arrays(part) for part in parts]
+    if isinstance(value, tuple):
+        items = [_as_arrays(part) for part in value]
         if not any(item is _UNHELD for item in items):
-            return type(value).__name__, items
+            return items
     return _UNHELD
 
 

@@ -301,41 +301,50 @@ def _is_plain(value) -> bool:
 WRITTEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _settings(module: torch.nn.Module) -> list[tuple[torch.nn.Module, dict]]:
-    """Each layer and its :func:`plain_settings` and other values held as attributes.
+def _settings(module: torch.nn.Module) -> list[tuple[torch.nn.Module, dict, dict]]:
+    """Each layer, its public values and tensors held as attributes, and their versions.
 
-    Tensors among them are neither parameters nor buffers: a weight that
-    ``torch.nn.utils.weight_norm`` computes before each forward pass.
+    Those tensors are neither parameters nor buffers: a weight that
+    ``torch.nn.utils.weight_norm`` computes before each forward pass. Their
+    versions tell a change in place.
     """
-    return [
-        (
-            sub,
-            {
-                k: v
-                for k, v in vars(sub).items()
-                if isinstance(v, torch.Tensor)
-                or (not k.startswith("_") and k != "training")
-            },
-        )
-        for sub in module.modules()
-    ]
+    settings = []
+    for sub in module.modules():
+        held = {
+            k: v
+            for k, v in vars(sub).items()
+            if isinstance(v, torch.Tensor)
+            or (not k.startswith("_") and k != "training")
+        }
+        settings.append((sub, held, {k: _version(v) for k, v in held.items()}))
+    return settings
 
 
-def _restore_settings(settings: list[tuple[torch.nn.Module, dict]]) -> None:
+def _version(value) -> int | None:
+    """A tensor's version (changes in place bump it); None for other values."""
+    if isinstance(value, torch.Tensor) and not value.is_inference():
+        return value._version
+    return None
+
+
+def _restore_settings(settings: list[tuple[torch.nn.Module, dict, dict]]) -> None:
     """Put back the values :func:`_settings` saw; note what the pass wrote.
 
     A forward pass may change them (a cache's length, a recorded shape, a
     recomputed weight that holds the pass's graph); plain settings it added
     are removed, and the other values it wrote are noted in :data:`WRITTEN`.
     """
-    for sub, before in settings:
+    for sub, before, versions in settings:
         tensors = sub._parameters.keys() | sub._buffers.keys() | sub._modules.keys()
         written = {
             name
             for name, value in vars(sub).items()
             if not name.startswith("_")
             and not _is_plain(value)
-            and before.get(name, _MISSING) is not value
+            and (
+                before.get(name, _MISSING) is not value
+                or versions.get(name) != _version(value)
+            )
         }
         if written:
             WRITTEN.setdefault(sub, set()).update(written)

@@ -28,11 +28,25 @@ def tensors_digest(
         if is_lazy(tensor):
             continue
         t = tensor.detach()
-        described = f"{name} {t.dtype} {tuple(t.shape)} {tensor.requires_grad}"
+        described = (
+            f"{name} {t.dtype} {t.layout} {tuple(t.shape)} {tensor.requires_grad}"
+        )
         digest.update(described.encode())
         if name not in unread:
-            digest.update(t.reshape(-1).view(torch.uint8).cpu().numpy())
+            for part in strided_parts(t):
+                digest.update(part.reshape(-1).view(torch.uint8).cpu().numpy())
     return digest.hexdigest()
+
+
+def strided_parts(t: torch.Tensor) -> list[torch.Tensor]:
+    """The dense tensors that hold ``t``'s values: itself, or its indices and values.
+
+    A sparse tensor is never made dense: a graph's adjacency would not fit.
+    """
+    if t.layout == torch.strided:
+        return [t.contiguous()]
+    coo = t.to_sparse_coo().coalesce()
+    return [coo.indices().contiguous(), coo.values().contiguous()]
 
 
 def _value_bytes(value) -> bytes:

@@ -917,7 +917,8 @@ class SavedTensors(torch.autograd.graph.saved_tensors_hooks):
         """
         largest = max((t.nbytes for t in outputs), default=0)
         for t in known:
-            self.storages.pop(t.untyped_storage().data_ptr(), None)
+            if t.layout == torch.strided:  # a sparse buffer's parts were not saved
+                self.storages.pop(t.untyped_storage().data_ptr(), None)
         start = 0 if from_start else self.start or 0
         on_path = [size for order, size in self.storages.values() if order >= start]
         beyond = max(on_path, default=0) - largest
