@@ -174,6 +174,8 @@ def encode_labels(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     if y.ndim != 1:
         raise ValueError(f"y must hold one label per sample; its shape is {y.shape}.")
+    if not len(y):
+        raise ValueError("y holds no examples: give data of at least two classes.")
     classes, codes = np.unique(y, return_inverse=True)
     if len(classes) < 2:
         raise ValueError(
@@ -250,7 +252,13 @@ def factory_output(
     from ._validation import sample_shape
 
     with torch_seed(args.seed):
-        built = load_factory(args.module)(sample_shape(X), n_outputs)
+        try:
+            built = load_factory(args.module)(sample_shape(X), n_outputs)
+        except Exception as error:  # whatever the user's code raises
+            raise ValueError(
+                f"{args.module}{(tuple(sample_shape(X)), n_outputs)} failed: "
+                f"{type(error).__name__}: {error}"
+            ) from error
     if isinstance(built, NeuralNet):
         if args.device is not None:
             built.set_params(device=args.device)
@@ -644,9 +652,10 @@ def load_groups(path: str | os.PathLike) -> np.ndarray:
     where = Path(path) / "groups.npy" if folder else Path(path)
     try:
         if folder:
-            return np.load(where, allow_pickle=False)
-        with np.load(where, allow_pickle=False) as data:
-            return data["groups"]
+            groups = np.load(where, allow_pickle=False)
+        else:
+            with np.load(where, allow_pickle=False) as data:
+                groups = data["groups"]
     except (OSError, KeyError, ValueError):
         raise ValueError(
             f"--groups reads the group of each example from {where}, which has "
@@ -654,6 +663,12 @@ def load_groups(path: str | os.PathLike) -> np.ndarray:
             "np.savez(path, X=X, y=y, groups=groups) or np.save(folder / "
             "'groups.npy', groups)."
         ) from None
+    if groups.ndim != 1:
+        raise ValueError(
+            f"--groups needs one group per example, an array of shape (n,); the "
+            f"one of {where} has shape {groups.shape}."
+        )
+    return groups
 
 
 def read_npz(path: str | os.PathLike, say: Say) -> tuple[np.ndarray | dict, np.ndarray]:
@@ -679,6 +694,12 @@ def is_continuous(y: np.ndarray) -> bool:
     """Whether ``y`` holds continuous targets rather than class labels."""
     from sklearn.utils.multiclass import type_of_target
 
+    if y.dtype.kind == "f" and not np.isfinite(y).all():
+        rows = np.flatnonzero(~np.isfinite(y.reshape(len(y), -1)).all(axis=1))
+        raise ValueError(
+            f"y holds NaN or infinity in {len(rows)} row(s), the first "
+            f"{rows[:5].tolist()}: leave those examples out of the audit."
+        )
     return type_of_target(y) in ("continuous", "continuous-multioutput")
 
 
@@ -988,7 +1009,9 @@ def check_forward(
     if args.layers is not None:
         from ._layers import RepresentationCapture
 
-        RepresentationCapture(module, args.layers.split(","))  # names checked
+        RepresentationCapture(
+            module, [name.strip() for name in args.layers.split(",")]
+        )  # names checked
 
 
 def noisy_labels(
@@ -1026,6 +1049,11 @@ def run_audit(args: argparse.Namespace) -> AuditResult:
             print(message, file=sys.stderr, flush=True)
 
     check_output(args.out, "--out")
+    if args.json is not None and Path(args.json).resolve() == Path(args.out).resolve():
+        raise ValueError(
+            f"--json {args.json} is the file of --out: the JSON would overwrite the "
+            "report; give it another name."
+        )
     if args.json is not None:
         check_output(args.json, "--json")
     check_checkpoint_args(args)
@@ -1098,7 +1126,9 @@ def run_audit(args: argparse.Namespace) -> AuditResult:
             analyses=ANALYSES if args.analyses is None else args.analyses,
             n_neighbors=args.n_neighbors,
             scale_threshold=args.scale_threshold,
-            layers=None if args.layers is None else args.layers.split(","),
+            layers=None
+            if args.layers is None
+            else [name.strip() for name in args.layers.split(",")],
             options=args.options,
             random_state=args.seed,
             verbose=0 if args.quiet else 1,

@@ -91,6 +91,9 @@ def factory_module(tmp_path, monkeypatch):
                 calls.append((input_shape, n_classes))
                 return NamedTokens(n_classes)
 
+            def raises(input_shape, n_classes):
+                raise RuntimeError("factory boom")
+
             def on_a_missing_gpu(input_shape, n_classes):
                 from skorch import NeuralNetClassifier
 
@@ -112,7 +115,14 @@ def test_cli_in_process_with_user_data_and_architecture(
     out, js = tmp_path / "r.html", tmp_path / "r.json"
     argv = ["audit", "--data", str(npz), "--module", "userarch:make", *FAST]
     argv += ["--analyses", "density,neighbors", "--n-neighbors", "2"]
-    argv += ["--out", str(out), "--json", str(js), "--layers", "1,3"]
+    argv += [
+        "--out",
+        str(out),
+        "--json",
+        str(js),
+        "--layers",
+        "1, 3",
+    ]  # spaces, as --analyses takes them
     assert cli.main(argv) == 0
     import userarch
 
@@ -202,6 +212,7 @@ def test_help_explains_every_option(capsys):
         ),
         (["--module", "userarch:on_tokens"], "token ids (an Embedding) converts them"),
         (["--module", "userarch:on_a_missing_gpu"], "device='cuda:7', but this"),
+        (["--module", "userarch:raises"], "failed: RuntimeError: factory boom"),
         (["--analyses", ""], "name at least one analysis"),
         (["--dataset", "iris", "--model", "cnn"], "The cnn model needs square images"),
     ],
@@ -212,6 +223,42 @@ def test_cli_errors(args, message, factory_module, capsys, tmp_path):
         cli.main(argv)
     assert exit_.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("saved", "options", "message"),
+    [
+        (dict(X=np.zeros((0, 4)), y=np.zeros(0)), [], "y holds no examples"),
+        (
+            dict(X=np.ones((8, 4)), y=np.r_[np.arange(7) / 7, np.nan]),
+            [],
+            r"y holds NaN or infinity in 1 row(s), the first [7]",
+        ),
+        (
+            dict(X=np.ones((8, 4)), y=np.arange(8) % 2, groups=np.zeros((8, 2))),
+            ["--groups"],
+            "--groups needs one group per example",
+        ),
+    ],
+)
+def test_cli_data_errors_say_what_to_do(saved, options, message, tmp_path, capsys):
+    """An empty y met an IndexError, y with NaN scikit-learn's 'Input
+    contains NaN', 2-D groups 'unhashable type', each with a traceback or
+    without the array named."""
+    np.savez(tmp_path / "data.npz", **saved)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["audit", "--data", str(tmp_path / "data.npz"), *options, *FAST])
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_json_of_the_reports_name_is_refused(tmp_path, capsys):
+    """It overwrote the HTML report, and said the report was written."""
+    out = str(tmp_path / "same.html")
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["audit", "--dataset", "iris", *FAST, "--out", out, "--json", out])
+    assert exit_.value.code == 2
+    assert "is the file of --out" in capsys.readouterr().err
 
 
 def test_cli_npz_without_y(tmp_path, capsys):
