@@ -529,6 +529,7 @@ def make_parser() -> argparse.ArgumentParser:
     analysis.add_argument(
         "--layers",
         metavar="NAME,...",
+        type=_names,
         default=None,
         help="module names whose representations the class-fitting analysis "
         "models (default: the last three linear or convolutional modules)",
@@ -777,9 +778,14 @@ def _listed_codes(y: np.ndarray, classes: list[str]) -> np.ndarray:
     return np.array([position[label] for label in labels], dtype=np.int64)
 
 
+def _names(text: str) -> list[str]:
+    """``--layers``: comma-separated names, spaces around them dropped."""
+    return [name.strip() for name in text.split(",")]
+
+
 def _class_list(text: str) -> list[str]:
     """``--classes``: comma-separated names, each once."""
-    names = [name.strip() for name in text.split(",")]
+    names = _names(text)
     if len(names) < 2 or "" in names or len(set(names)) < len(names):
         raise argparse.ArgumentTypeError(
             f"expected two or more distinct comma-separated class names; got {text!r}"
@@ -1009,9 +1015,7 @@ def check_forward(
     if args.layers is not None:
         from ._layers import RepresentationCapture
 
-        RepresentationCapture(
-            module, [name.strip() for name in args.layers.split(",")]
-        )  # names checked
+        RepresentationCapture(module, args.layers)  # names checked
 
 
 def noisy_labels(
@@ -1126,9 +1130,7 @@ def run_audit(args: argparse.Namespace) -> AuditResult:
             analyses=ANALYSES if args.analyses is None else args.analyses,
             n_neighbors=args.n_neighbors,
             scale_threshold=args.scale_threshold,
-            layers=None
-            if args.layers is None
-            else [name.strip() for name in args.layers.split(",")],
+            layers=args.layers,
             options=args.options,
             random_state=args.seed,
             verbose=0 if args.quiet else 1,
