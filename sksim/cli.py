@@ -681,6 +681,12 @@ def read_npz(path: str | os.PathLike, say: Say) -> tuple[np.ndarray | dict, np.n
     X, y = load_npy_folder(path) if Path(path).is_dir() else load_npz(path)
     if y.ndim == 2 and y.shape[1] == 1:  # a column, as audit() takes it
         y = y[:, 0]
+    if y.ndim != 1:
+        raise ValueError(
+            f"The audit takes one target per example, y of shape (n,) or (n, 1); "
+            f"the y of {path} has shape {y.shape}: audit one target (a column of "
+            "y) at a time."
+        )
     if y.dtype.kind == "S":
         y = np.char.decode(y)
     if isinstance(X, dict):
@@ -720,6 +726,12 @@ def encode_splits(
     (sorted as text, "10" would come before "2"). ``classes`` (``--classes``)
     gives the label of each code; otherwise the labels found are sorted.
     """
+    if y_test is not None and (y.dtype.kind in "biuf") != (y_test.dtype.kind in "biuf"):
+        raise ValueError(
+            f"The labels of --data are {y.dtype} and those of --test-data "
+            f"{y_test.dtype}: give both splits' labels alike (the same classes, "
+            "written the same way)."
+        )
     both = y if y_test is None else np.concatenate([y, y_test])
     if keep_codes and both.dtype.kind == "U" and _integer_text(both):
         both = both.astype(np.int64)

@@ -239,6 +239,11 @@ def test_cli_errors(args, message, factory_module, capsys, tmp_path):
             ["--groups"],
             "--groups needs one group per example",
         ),
+        (  # two regression targets: an architecture of one output failed
+            dict(X=np.ones((8, 4)), y=np.random.RandomState(0).rand(8, 2)),
+            [],
+            "has shape (8, 2): audit one target (a column of y) at a time",
+        ),
     ],
 )
 def test_cli_data_errors_say_what_to_do(saved, options, message, tmp_path, capsys):
@@ -250,6 +255,13 @@ def test_cli_data_errors_say_what_to_do(saved, options, message, tmp_path, capsy
         cli.main(["audit", "--data", str(tmp_path / "data.npz"), *options, *FAST])
     assert exit_.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_labels_of_other_kinds_in_the_two_splits_are_refused():
+    """Integers beside text were encoded together as classes of both kinds,
+    and the architecture's error pointed elsewhere."""
+    with pytest.raises(ValueError, match="give both splits' labels alike"):
+        cli.encode_splits(np.arange(4) % 2, np.array(["a", "b"]), print)
 
 
 def test_cli_json_of_the_reports_name_is_refused(tmp_path, capsys):
