@@ -362,6 +362,10 @@ def resolve_module(net: NetLike) -> torch.nn.Module:
     return module
 
 
+#: How :func:`weights_digest` names a value held as an attribute.
+_ATTRIBUTE = "the attribute"
+
+
 def weights_digest(module: torch.nn.Module, checkpointed: bool = False) -> dict:
     """Digests of ``module``'s layers, the values they hold and its weights.
 
@@ -369,11 +373,11 @@ def weights_digest(module: torch.nn.Module, checkpointed: bool = False) -> dict:
     equal digests mean equal layers (their names, types and settings, a
     ``Tanh`` replaced by a ``ReLU`` too, and the plain values their
     ``forward`` may read, such as a temperature), equal values held as
-    attributes (tensors, arrays and their lists and dicts) and equal
-    weights (dtypes, shapes and bytes, and which parameters are trainable:
-    the gradients are theirs), wherever the tensors live. ``checkpointed``
-    leaves out the values of the tensors of the ``state_dict``, which every
-    checkpoint replaces.
+    attributes (see :func:`_held_values`) and equal weights (dtypes, shapes
+    and bytes, and which parameters are trainable: the gradients are
+    theirs), wherever the tensors live. ``checkpointed`` leaves out the
+    values of the tensors of the ``state_dict``, which every checkpoint
+    replaces.
     """
     unread = module.state_dict(keep_vars=True).keys() if checkpointed else ()
     digests = {
@@ -408,9 +412,6 @@ def changed_parts(before: dict, after: dict) -> str:
     ]
     more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
     return ", ".join(changed[:3]) + more
-
-
-_ATTRIBUTE = "the attribute"
 
 
 def _held_values(module: torch.nn.Module) -> Iterator[tuple[str, object]]:

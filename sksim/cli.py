@@ -687,6 +687,12 @@ def read_npz(path: str | os.PathLike, say: Say) -> tuple[np.ndarray | dict, np.n
             f"the y of {path} has shape {y.shape}: audit one target (a column of "
             "y) at a time."
         )
+    if y.dtype.kind == "f" and not np.isfinite(y).all():
+        rows = np.flatnonzero(~np.isfinite(y))
+        raise ValueError(
+            f"y holds NaN or infinity in {len(rows)} row(s) of {path}, the first "
+            f"{rows[:5].tolist()}: leave those examples out of the audit."
+        )
     if y.dtype.kind == "S":
         y = np.char.decode(y)
     if isinstance(X, dict):
@@ -701,12 +707,6 @@ def is_continuous(y: np.ndarray) -> bool:
     """Whether ``y`` holds continuous targets rather than class labels."""
     from sklearn.utils.multiclass import type_of_target
 
-    if y.dtype.kind == "f" and not np.isfinite(y).all():
-        rows = np.flatnonzero(~np.isfinite(y.reshape(len(y), -1)).all(axis=1))
-        raise ValueError(
-            f"y holds NaN or infinity in {len(rows)} row(s), the first "
-            f"{rows[:5].tolist()}: leave those examples out of the audit."
-        )
     return type_of_target(y) in ("continuous", "continuous-multioutput")
 
 

@@ -232,7 +232,7 @@ def test_cli_errors(args, message, factory_module, capsys, tmp_path):
         (
             dict(X=np.ones((8, 4)), y=np.r_[np.arange(7) / 7, np.nan]),
             [],
-            r"y holds NaN or infinity in 1 row(s), the first [7]",
+            "y holds NaN or infinity in 1 row(s) of",
         ),
         (
             dict(X=np.ones((8, 4)), y=np.arange(8) % 2, groups=np.zeros((8, 2))),
