@@ -5,7 +5,8 @@
 #
 #     bash benchmarks/gpu_checks.sh RESULTS_DIR [SECONDS]
 #
-# 1. tests/test_cuda.py: the estimators on the device against the CPU and the oracle;
+# 1. tests/test_cuda.py: the estimators on the device against the CPU and the oracle,
+#    and the other test files' CUDA tests (regularised training, extraction, transfers);
 # 2. bench_tensor_peak.py, each step: the live-tensor count against torch.cuda's peak
 #    at sksim's default max_memory;
 # 3. bench_audit.py: a ResNet-18 on 5 000, then 50 000 CIFAR-sized images, its
@@ -20,7 +21,10 @@ mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 left() { echo $((budget - SECONDS)); }
 nvidia-smi 2>&1 | tee "$out/nvidia-smi.log"
-timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 \
+timeout 180 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py \
+    tests/test_regularized.py::test_cuda_training_and_cpu_pickle \
+    tests/representations/test_extract.py::test_cuda_device_gives_the_cpu_values \
+    tests/engine/test_transfer.py 2>&1 \
     | tee "$out/test_cuda.log"
 for step in density neighbors denoising; do
     timeout 60 python3 benchmarks/bench_tensor_peak.py "$step" --device cuda 2>&1 \

@@ -27,6 +27,7 @@ from torch.nn.utils.weight_norm import WeightNorm
 
 from ._engine.context import (
     WRITTEN,
+    check_device,
     evaluation_mode,
     forked_rng,
     plain_settings,
@@ -540,11 +541,14 @@ def _in_dtype(X, dtype: torch.dtype):
 
 
 def resolve_device(
-    net: NetLike, device: str | torch.device | None = None
+    net: NetLike, device: str | torch.device | None = None, float64: bool = True
 ) -> torch.device:
-    """The device to compute on: ``device`` if given, else the net's own."""
-    if device is not None:
-        return torch.device(device)
-    module = resolve_module(net)
-    first = next(module.parameters(), None)
-    return first.device if first is not None else torch.device("cpu")
+    """The device to compute on: ``device`` if given, else the net's own.
+
+    Checked by :func:`~._engine.context.check_device` (``float64``: the
+    work needs float64 tensors there).
+    """
+    if device is None:
+        first = next(resolve_module(net).parameters(), None)
+        device = "cpu" if first is None else first.device
+    return check_device(device, float64)

@@ -68,7 +68,9 @@ def principal_directions(
     F = torch.as_tensor(np.asarray(F, dtype=np.float32))
     width = min(n_components + OVERSAMPLES, *F.shape)
     generator = torch.Generator().manual_seed(random_state)
-    basis = torch.randn(F.shape[1], width, generator=generator, dtype=F.dtype)
+    basis = torch.randn(
+        F.shape[1], width, generator=generator, device="cpu", dtype=F.dtype
+    )
     for _ in range(POWER_ITERATIONS):
         basis = F.T @ torch.linalg.qr(F @ basis)[0]
     range_, _ = torch.linalg.qr(F @ basis)

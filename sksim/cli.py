@@ -356,8 +356,8 @@ def _device(text):
         device = check_device(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise argparse.ArgumentTypeError(f"{text}: use cpu, cuda, cuda:N or mps")
+    if device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"{text}: use cpu, cuda or cuda:N")
     return text
 
 
@@ -487,7 +487,7 @@ def make_parser() -> argparse.ArgumentParser:
         "--device",
         type=_device,
         default=None,
-        help="where to train and analyse: cpu, cuda, cuda:N or mps (default: cpu, "
+        help="where to train and analyse: cpu, cuda or cuda:N (default: cpu, "
         "or the device of the skorch net a --module factory returns)",
     )
     analysis = audit.add_argument_group("audit")

@@ -677,7 +677,11 @@ class SimilarityRegularizedNet(NeuralNet):
         if callable(mode):
             seed = None
             if generator is not None:
-                seed = int(torch.randint(2**62, (), generator=generator))
+                seed = int(
+                    torch.randint(
+                        2**62, (), generator=generator, device=generator.device
+                    )
+                )
             with torch_seed(seed):
                 augmented = mode(inputs)
             if _shapes(augmented) != _shapes(inputs):

@@ -30,11 +30,13 @@ from sksim import (
     SingularJacobianGramWarning,
     gradient_features,
     network_similarity,
+    relative_sensitivity,
 )
 from sksim._engine.jacobian import JacobianEngine
 from sksim._engine.parallel import tiled_kernel
 from sksim._net import training_targets
 from sksim._validation import check_net_input
+from sksim.representations import extract_representations
 
 X = np.random.RandomState(0).randn(6, 5).astype(np.float32)
 
@@ -150,6 +152,22 @@ def test_object_inputs_and_missing_devices_are_refused(module):
         NetworkSimilarityKernel(module, device="cuda").fit(X)
     with pytest.raises(ValueError, match="'banana' is not a torch device"):
         network_similarity(module, X, device="banana")
+    with pytest.raises(ValueError, match="MPS has no float64 tensors"):
+        network_similarity(module, X, device="mps")
+
+
+def test_representations_and_sensitivity_check_their_device(module):
+    images = torch.zeros(4, 1, 6, 6)
+    conv = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten())
+    with pytest.raises(ValueError, match="this machine has 0 CUDA device"):
+        extract_representations(module, X, ["0"], device="cuda")
+    with pytest.raises(ValueError, match="this machine has 0 CUDA device"):
+        relative_sensitivity(conv, images, layers=["0"], device="cuda")
+    with pytest.raises(ValueError, match="MPS has no float64 tensors"):
+        relative_sensitivity(conv, images, layers=["0"], device="mps")
+    if not torch.backends.mps.is_available():  # extraction needs no float64
+        with pytest.raises(ValueError, match="MPS is not available here"):
+            extract_representations(module, X, ["0"], device="mps")
 
 
 def test_unused_parameters_inference_mode_and_model_outputs_are_explained(module):

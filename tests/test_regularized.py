@@ -1072,6 +1072,9 @@ def test_cuda_training_and_cpu_pickle():
     assert np.all(np.abs(cos) <= 1 + 1e-6)
     restored = pickle.loads(pickle.dumps(net))
     np.testing.assert_allclose(restored.predict_proba(X), net.predict_proba(X))
+    # an augmentation's seed is drawn from the step's CUDA generator
+    augmented = make_net(device="cuda", similarity_pairs=flip_sign).fit(X, y)
+    assert len(augmented.history[:, "similarity_term"]) == 2
 
 
 # -- errors -------------------------------------------------------------------------

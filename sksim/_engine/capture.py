@@ -504,8 +504,8 @@ def _row_direction(b: int, d: int, outputs: torch.Tensor) -> tuple[torch.Tensor,
     shuffle: two rows differ in some set, which finds any exchange of rows.
     """
     generator = torch.Generator().manual_seed(0)
-    rank = torch.randperm(b, generator=generator)
-    u = torch.randn(d, generator=generator, dtype=torch.float64)
+    rank = torch.randperm(b, generator=generator, device="cpu")
+    u = torch.randn(d, generator=generator, device="cpu", dtype=torch.float64)
     m = max(1, math.ceil(math.log(b, WEIGHT_LEVELS) - 1e-9))
     digits = torch.stack([(rank // WEIGHT_LEVELS**k) % WEIGHT_LEVELS for k in range(m)])
     like = dict(dtype=outputs.dtype, device=outputs.device)

@@ -16,8 +16,11 @@ from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
-def check_device(device) -> torch.device:
-    """``device`` as a torch device that this machine has; a ValueError otherwise."""
+def check_device(device, float64: bool = True) -> torch.device:
+    """``device`` as a torch device that this machine has; a ValueError otherwise.
+
+    ``float64``: whether the work needs float64 tensors there, which MPS lacks.
+    """
     try:
         checked = torch.device(device)
     except RuntimeError as error:
@@ -29,6 +32,11 @@ def check_device(device) -> torch.device:
                 f"device={device!r}, but this machine has {count} CUDA device(s): "
                 'use device="cpu", or one of them.'
             )
+    elif checked.type == "mps" and float64:
+        raise ValueError(
+            f"device={device!r}: MPS has no float64 tensors, in which sksim "
+            'computes similarities: use device="cpu", or a CUDA GPU.'
+        )
     elif checked.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"device={device!r}, but MPS is not available here.")
     elif checked.type == "meta":

@@ -207,7 +207,9 @@ def _differentiates_alike(grads: dict, looped: dict, leaves: list) -> bool:
         return True
     generator = torch.Generator().manual_seed(0)
     weights = {
-        name: torch.randn(g.shape, generator=generator, dtype=torch.float64).to(g)
+        name: torch.randn(
+            g.shape, generator=generator, device="cpu", dtype=torch.float64
+        ).to(g)
         for name, g in looped.items()
     }
     derivatives = []

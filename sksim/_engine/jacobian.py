@@ -112,7 +112,7 @@ class JacobianEngine:
     ):
         module = uncompiled(module)
         own_device = next(iter(_with_values(module, params).values())).device
-        self.device = check_device(device) if device is not None else own_device
+        self.device = check_device(own_device if device is None else device)
         self.module = on_device(module, self.device)
         self.output = output
         self.parameters = select_parameters(self.module, params)
@@ -289,7 +289,9 @@ class JacobianEngine:
         for i in sorted({0, n_samples(batch) - 1}):
             with torch.enable_grad():
                 outputs = self._forward(leaves, take(batch, slice(i, i + 1)))[0]
-                v = torch.randn(len(outputs), generator=generator, dtype=torch.float64)
+                v = torch.randn(
+                    len(outputs), generator=generator, device="cpu", dtype=torch.float64
+                )
                 v = v.to(outputs.device, outputs.dtype)
                 grads = torch.autograd.grad(
                     outputs @ v, list(leaves.values()), allow_unused=True

@@ -121,8 +121,10 @@ class CountSketch:
         cls, q: int, k: int, generator: torch.Generator, like: torch.Tensor
     ) -> CountSketch:
         """Random buckets and signs of a ``q``-vector, as ``like``'s dtype."""
-        bucket = torch.randint(0, k, (q,), generator=generator).to(like.device)
-        sign = torch.randint(0, 2, (q,), generator=generator) * 2 - 1
+        bucket = torch.randint(0, k, (q,), generator=generator, device="cpu").to(
+            like.device
+        )
+        sign = torch.randint(0, 2, (q,), generator=generator, device="cpu") * 2 - 1
         return cls(bucket, sign.to(like), k)
 
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
@@ -187,7 +189,9 @@ class SubspaceProjection:
     """Projection onto a random ``k``-dimensional subspace of ``R^q``, unbiased."""
 
     def __init__(self, q: int, k: int, generator: torch.Generator, like: torch.Tensor):
-        gaussian = torch.randn(q, k, generator=generator, dtype=torch.float64)
+        gaussian = torch.randn(
+            q, k, generator=generator, device="cpu", dtype=torch.float64
+        )
         basis, _ = torch.linalg.qr(gaussian)
         self.matrix = (basis * (q / k) ** 0.5).to(like)
 

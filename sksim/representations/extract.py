@@ -95,7 +95,7 @@ def extract_representations(
     check_positive_int(batch_size, "batch_size")
     check_layers(layers)
     X = check_net_input(X, keep_tensors=True)
-    device = resolve_device(net, device)
+    device = resolve_device(net, device, float64=False)
     module = on_device(resolve_module(net), device)
     total = -(-n_samples(X) // batch_size)
     blocks = batches(X, batch_size, device, module_float_dtype(module))

@@ -46,7 +46,7 @@ def noise_like(
     from ``rng``, so a seed gives the same noise on every device.
     """
     generator = torch.Generator().manual_seed(int(rng.randint(2**31 - 1)))
-    xi = torch.randn(x.shape, generator=generator, dtype=torch.float64)
+    xi = torch.randn(x.shape, generator=generator, device="cpu", dtype=torch.float64)
     xi = xi.to(x.device)
     dims = tuple(range(1, x.dim()))
     if isinstance(noise_norm, str):

@@ -549,6 +549,7 @@ def test_cli_device(tmp_path, capsys):
     for device, message in (
         ("cuda:99", "device='cuda:99', but this machine has"),
         ("banana", "not a torch device"),
+        ("mps", "MPS has no float64 tensors"),
     ):
         with pytest.raises(SystemExit) as exit_:
             cli.main([*argv, "--device", device])
