@@ -902,10 +902,10 @@ class NetworkNeighbors(NetworkEstimator):
         """Distances and indices of the reference examples within ``radius``."""
         distances, indices = [], []
         for block, k in self._similarity_rows(X):
-            if X is None:  # each example is not its own neighbour
-                own = np.arange(block.start, block.stop)
-                k[np.arange(len(own)), own] = -np.inf
             d = similarity_to_distance(k)
+            if X is None:  # each example is not its own neighbour, at any radius
+                own = np.arange(block.start, block.stop)
+                d[np.arange(len(own)), own] = np.nan
             for row in d:
                 found = np.flatnonzero(row <= radius)
                 if sort_results:
@@ -1168,9 +1168,7 @@ class NetworkNeighbors(NetworkEstimator):
         """
         check_is_fitted(self)
         radius = self.radius if radius is None else radius
-        if isinstance(radius, bool) or not (
-            isinstance(radius, Real) and 0 <= radius < np.inf
-        ):
+        if isinstance(radius, bool) or not (isinstance(radius, Real) and radius >= 0):
             raise ValueError(f"radius must be a number >= 0; got {radius!r}.")
         if self.algorithm != "exact":
             raise ValueError(

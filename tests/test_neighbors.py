@@ -158,9 +158,13 @@ def test_radius_neighbors_refuse_a_faiss_search_and_bad_radii(data):
     X_ref, _ = data
     net = mlp(3, 2)
     search = NetworkNeighbors(net).fit(X_ref)
-    for radius in (-0.1, np.inf, "1", True):
+    for radius in (-0.1, np.nan, "1", True):
         with pytest.raises(ValueError, match="radius must be a number >= 0"):
             search.radius_neighbors(radius=radius)
+    # an infinite radius holds every other example, as scikit-learn's does
+    _, everyone = search.radius_neighbors(radius=np.inf, sort_results=True)
+    for row, found in enumerate(everyone):
+        assert sorted(set(found)) == sorted(set(range(len(X_ref))) - {row})
     faiss = NetworkNeighbors(net, algorithm="faiss", n_components=8).fit(X_ref)
     with pytest.raises(ValueError, match='fit with algorithm="exact"'):
         faiss.radius_neighbors_graph()
