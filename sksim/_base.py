@@ -257,6 +257,11 @@ class NetworkEstimator(BaseEstimator):
     # Made again on demand rather than pickled: a device copy of the net, ...
     _transient_attributes: tuple = ("_engine_cache",)
 
+    def _forget_fit(self) -> None:
+        """Drop a previous fit's attributes: none of another setting's stays."""
+        for name in [n for n in vars(self) if n.endswith("_") and not n.endswith("__")]:
+            delattr(self, name)
+
     def _fit_network(self, X, y=None, y_net=None, check_targets=None):
         """The opening of ``fit``: validated ``X``, with the net trained if needed.
 
@@ -266,6 +271,7 @@ class NetworkEstimator(BaseEstimator):
         unfitted skorch net is trained on; ``check_targets(X)``, if given,
         runs before the training.
         """
+        self._forget_fit()
         check_checkpoint_list(getattr(self, "checkpoints", None))
         self._validate_params()
         self._fitted_settings = {

@@ -526,6 +526,7 @@ class LabelIssueDetector(NetworkEstimator):
                 )
             X = self._fit_network(X)
         else:
+            self._forget_fit()
             if not isinstance(_unwrap(self.net), NeuralNet):
                 raise TypeError(
                     "cv folds train a clone of the net on each fold, which needs a "

@@ -55,6 +55,45 @@ def test_fit_does_not_mutate_the_net():
         assert torch.equal(value, before[key])
 
 
+def _fitted_attributes(estimator) -> set[str]:
+    return {name for name in vars(estimator) if name.endswith("_")}
+
+
+@pytest.mark.parametrize(
+    "make, first, then",
+    [
+        (NetworkSimilarityKernel, dict(n_components=16), dict(n_components=None)),
+        (GradientDensityEstimator, dict(n_components=16), dict(n_components=None)),
+        (GradientDensityEstimator, dict(method="soft"), dict(method="hard")),
+        (NetworkNeighbors, dict(n_components=16), dict(n_components=None)),
+    ],
+)
+def test_a_refit_keeps_nothing_of_another_settings_fit(make, first, then):
+    """A sketch's, or a soft count's (d x p), attributes stayed after a refit."""
+    module = _plain_module()
+    X = np.random.RandomState(0).randn(12, 3).astype(np.float32)
+    refit = make(module, random_state=0, **first).fit(X)
+    refit.set_params(**then).fit(X)
+    fresh = make(module, random_state=0, **then).fit(X)
+    assert _fitted_attributes(refit) == _fitted_attributes(fresh)
+    answer = {
+        NetworkSimilarityKernel: lambda e: e.transform(X),
+        GradientDensityEstimator: lambda e: e.score_samples(X),
+        NetworkNeighbors: lambda e: e.kneighbors(X)[0],
+    }[make]
+    np.testing.assert_array_equal(answer(refit), answer(fresh))
+
+
+def test_a_label_issue_refit_by_folds_keeps_no_prefit_net(digits, fitted_digits_net):
+    X, y = digits
+    X, y = X[:60], y[:60]
+    detector = LabelIssueDetector(fitted_digits_net, cv="prefit", random_state=0)
+    detector.fit(X, y).set_params(net=clone(fitted_digits_net), cv=2).fit(X, y)
+    fresh = LabelIssueDetector(clone(fitted_digits_net), cv=2, random_state=0)
+    assert _fitted_attributes(detector) == _fitted_attributes(fresh.fit(X, y))
+    assert not hasattr(detector, "net_")
+
+
 def test_transform_is_kernel_to_fit_set(digits, fitted_digits_net):
     X, _ = digits
     kern = NetworkSimilarityKernel(fitted_digits_net).fit(X[:40])

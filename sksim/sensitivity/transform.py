@@ -9,6 +9,7 @@ import torch
 from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils import check_random_state
+from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import _check_feature_names_in, check_is_fitted
 
 from .._engine.inputs import check_finite, is_dataset
@@ -30,7 +31,9 @@ class DiffeoTransform(TransformerMixin, BaseEstimator):
     tensors, so the transformer also serves as a torch/skorch augmentation,
     for instance in a collate function:
     ``iterator_train__collate_fn=lambda b: (aug.transform(default_collate(b)[0]),
-    default_collate(b)[1])``.
+    default_collate(b)[1])``. Under a pandas output (``set_output`` or
+    scikit-learn's ``transform_output`` setting), arrays of signals become
+    DataFrames named as the inputs; images and tensors are returned as they are.
 
     Parameters
     ----------
@@ -96,13 +99,31 @@ class DiffeoTransform(TransformerMixin, BaseEstimator):
         self : object
         """
         self._check_params()
+        arrays = not isinstance(X, torch.Tensor)
         X = self._validate(X, reset=True)
         as_channels(X)
         self._signals = X.dim() == 2
+        self._named = arrays and self._signals
         if not self._signals:  # images need cutoff >= 2: refused here, not later
             temperature_from_delta(self.delta, self.cutoff, X.shape[-1])
         return self
 
+    def _names_features(self) -> bool:
+        """Whether the outputs have feature names: fitted on arrays of signals.
+
+        Images keep their shape, and tensors stay tensors: without feature
+        names, neither is wrapped in a DataFrame by ``set_output`` or a global
+        ``transform_output="pandas"``. True before ``fit``.
+        """
+        if getattr(self, "_named", True):
+            return True
+        raise AttributeError(
+            "DiffeoTransform names the features of arrays of signals (n_samples, "
+            "L); images keep their shape and tensors stay tensors, without "
+            "feature names."
+        )
+
+    @available_if(_names_features)
     def get_feature_names_out(self, input_features=None) -> np.ndarray:
         """The names of the outputs of signals ``(n_samples, L)``: the inputs'.
 
@@ -117,11 +138,6 @@ class DiffeoTransform(TransformerMixin, BaseEstimator):
         feature_names_out : ndarray of str
         """
         check_is_fitted(self)
-        if not self._signals:
-            raise ValueError(
-                "DiffeoTransform names the features of signals (n_samples, L); "
-                "images keep their shape and have no feature names."
-            )
         return _check_feature_names_in(self, input_features)
 
     def _validate(self, X, reset):

@@ -3,6 +3,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+import sklearn
 import torch
 from _architectures import pooled_cnn, signal_conv
 from _sklearn_checks import EXPECTED_FAILED_CHECKS, ORDER_DEPENDENT_CHECKS
@@ -218,5 +219,29 @@ def test_diffeo_transform_of_signals_names_its_features():
     expected = make_pipeline(StandardScaler(), DiffeoTransform(random_state=0))
     np.testing.assert_array_equal(out.to_numpy(), expected.fit_transform(X))
     images = DiffeoTransform(random_state=0).fit(np.zeros((2, 1, 8, 8)))
-    with pytest.raises(ValueError, match="images keep their shape"):
+    with pytest.raises(AttributeError, match="get_feature_names_out") as error:
         images.get_feature_names_out()
+    assert "images keep their shape" in str(error.value.__cause__)
+
+
+@pytest.mark.parametrize("config", ["global", "set_output"])
+def test_diffeo_transform_under_pandas_output_keeps_images_and_tensors(config):
+    """A pandas output refused images and turned tensors into DataFrames."""
+    rng = np.random.RandomState(0)
+    images, signals = rng.randn(3, 1, 8, 8), torch.tensor(rng.randn(3, 16))
+    expected = [
+        DiffeoTransform(random_state=0).fit_transform(x) for x in (images, signals)
+    ]
+    with sklearn.config_context(
+        transform_output="pandas" if config == "global" else "default"
+    ):
+        for x, want in zip((images, signals), expected, strict=True):
+            transform = DiffeoTransform(random_state=0)
+            if config == "set_output":
+                transform.set_output(transform="pandas")
+            got = transform.fit_transform(x)
+            assert type(got) is type(want)
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+            np.testing.assert_array_equal(
+                np.asarray(transform.transform(x)), np.asarray(want)
+            )
