@@ -26,10 +26,23 @@ if TYPE_CHECKING:
 
 _VAR_FLOOR = 1e-6  # added to class variances in the diagonal Gaussian reference
 _MAX_DISTANCE_POINTS = 1000  # points per class for the mean pairwise distance
+# a network computes its representations to within this many roundings of them
+_ROUNDING_MARGIN = 100
 
 
-def _n_kept(singular_values, n_components):
-    rank = int((singular_values > singular_values[0] * 1e-12).sum()) or 1
+def _rounding_floor(Z: np.ndarray, eps: float) -> float:
+    """The largest singular value that rounding ``Z``'s entries can make.
+
+    Entries rounded to a relative ``eps`` (times :data:`_ROUNDING_MARGIN`):
+    a noise matrix of norm about ``eps |Z|_rms (sqrt(n) + sqrt(p))``.
+    """
+    n, p = Z.shape
+    rms = np.sqrt(np.mean(np.square(Z)))
+    return _ROUNDING_MARGIN * eps * rms * (np.sqrt(n) + np.sqrt(p))
+
+
+def _n_kept(singular_values, n_components, floor):
+    rank = int((singular_values > max(floor, singular_values[0] * 1e-12)).sum()) or 1
     if n_components is None:
         return rank
     if isinstance(n_components, numbers.Integral):
@@ -64,7 +77,10 @@ class ClassConditionalDensity(ClassifierMixin, BaseEstimator):
     n_components : int, float or None, default=16
         Projected dimension ``d'``: an int (capped at the rank), a float in
         (0, 1) for the smallest ``d'`` whose singular values hold that fraction
-        of the energy ``sum s^2``, or None for the full rank.
+        of the energy ``sum s^2``, or None for the full rank. The rank counts
+        the directions above the rounding of ``Z``'s dtype: float32
+        representations (a float32 network's) are rounded 5e8 times
+        more coarsely than float64 ones, so pass them as they are.
     mixture : DirichletProcessGaussianMixture, default=None
         The (unfitted) density estimator cloned for each class; None means
         ``DirichletProcessGaussianMixture()`` (Gibbs, 400 sweeps, blocked sampler
@@ -181,14 +197,16 @@ class ClassConditionalDensity(ClassifierMixin, BaseEstimator):
         self : ClassConditionalDensity
         """
         self._check_params()
-        Z, y = validate_data(self, Z, y, dtype=np.float64)
+        Z, y = validate_data(self, Z, y, dtype=[np.float64, np.float32])
+        eps = np.finfo(Z.dtype).eps  # the rounding of the representations given
+        Z = Z.astype(np.float64, copy=False)
         check_classification_targets(y)
         self.classes_, y_index, counts = np.unique(
             y, return_inverse=True, return_counts=True
         )
         self.class_prior_ = self._check_priors(len(self.classes_), counts)
         _, s, Vt = np.linalg.svd(Z, full_matrices=False)
-        k = _n_kept(s, self.n_components)
+        k = _n_kept(s, self.n_components, _rounding_floor(Z, eps))
         self.components_, self.singular_values_ = Vt[:k], s[:k]
         P = Z @ self.components_.T
         rng = check_random_state(self.random_state)

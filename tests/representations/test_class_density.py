@@ -1,7 +1,10 @@
 """ClassConditionalDensity: projection, densities, classifier, class statistics."""
 
+import copy
+
 import numpy as np
 import pytest
+import torch
 from joblib import parallel_config
 from scipy.special import logsumexp
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
@@ -11,6 +14,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from sksim.representations import (
     ClassConditionalDensity,
     DirichletProcessGaussianMixture,
+    extract_representations,
 )
 from sksim.representations._logdensity import expected_diagonal_gaussian_logpdf
 
@@ -49,6 +53,34 @@ def test_energy_threshold_keeps_the_smallest_sufficient_dimension(fraction):
     energy = np.cumsum(s**2) / np.sum(s**2)
     want = next(k + 1 for k in range(6) if energy[k] >= fraction)
     assert ccd.components_.shape == (want, 6)
+
+
+@pytest.mark.parametrize("n_components", [16, None])
+def test_float32_rounding_adds_no_dimension(n_components):
+    """A float32 network's rank-5 layer got d' = 16 from its rounding noise, whose
+    variances reg_covar sets: log-densities 90 nats above the float64 net's."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 32)
+    )
+    rng = np.random.RandomState(0)
+    X = rng.randn(150, 3) + np.repeat([[0.0], [2.0], [-2.0]], 50, axis=0)
+    y = np.repeat([0, 1, 2], 50)
+    fits = []
+    for dtype in (torch.float32, torch.float64):
+        layer = copy.deepcopy(net).to(dtype)
+        Z = extract_representations(layer, X.astype(np.float32), ["2"])["2"]
+        assert Z.dtype == (np.float32 if dtype == torch.float32 else np.float64)
+        fits.append(
+            ClassConditionalDensity(n_components, mixture=GIBBS, random_state=0).fit(
+                Z, y
+            )
+        )
+    # Linear(4, 32) of 4 values, and its bias (an uncentred SVD): rank 5
+    assert [fit.components_.shape[0] for fit in fits] == [5, 5]
+    # the chains part ways on the rounding; the classes' densities agree
+    means = [[fit.train_log_density_[y == c].mean() for c in range(3)] for fit in fits]
+    np.testing.assert_allclose(means[0], means[1], atol=0.2)
 
 
 def test_scores_are_the_class_mixtures_on_projected_features(fitted):
