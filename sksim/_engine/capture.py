@@ -300,12 +300,15 @@ class LayerCapture(ForwardHooks):
         For a random direction ``v_i`` of each sample's outputs, a layer's
         pieces must give ``v_i^T J J^T v_i = |J^T v_i|^2`` as autograd computes
         it from the layer's parameters. They do not when the network's graph
-        hides what the hooks record (a module compiled by ``torch.compile``),
-        or changes it before them (a global forward hook of the user's that
-        changes a layer's output; the layer's own forward hooks run after
-        them). The pieces are made in ``budget``. All layers are
-        unfaithful when autograd cannot go through the graph twice.
+        hides what the hooks record (a module compiled by ``torch.compile``).
+        The pieces are made in ``budget``. All layers are unfaithful when
+        autograd cannot go through the graph twice, and while a global forward
+        hook is registered: it runs before the hooks, and may change a
+        layer's output for some inputs only (a clamp), which two samples need
+        not show.
         """
+        if torch.nn.modules.module._global_forward_hooks:
+            return {name for name in self.layers if name in self.calls}
         b, d = outputs.shape
         generator = torch.Generator(device=outputs.device).manual_seed(0)
         v = torch.randn(b, d, generator=generator, device=outputs.device)

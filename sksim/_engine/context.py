@@ -417,10 +417,12 @@ def functional_output(
 
     ``keywords`` are passed too, as skorch passes ``fit_params``.
 
-    The module's parameters are its own afterwards even when interrupted:
-    torch puts them back after an Exception, not after a KeyboardInterrupt
-    that arrives while it swaps them (the user's optimizer would then no
-    longer train the tensors left in their place). So are its recurrent
+    The module's parameters are its own afterwards, always: torch does not
+    put back those of a submodule registered under two names (``self.alias =
+    self.body``, a ``torch.compile`` of a submodule kept beside it), nor any
+    after a KeyboardInterrupt that arrives while it swaps them (the user's
+    optimizer would then no longer train the tensors left in their place;
+    after a vmapped pass, the next call failed). So are its recurrent
     layers' lists of weights, which torch leaves holding other tensors (a
     TorchScript copy of the network would train none of its recurrent
     weights).
@@ -435,12 +437,10 @@ def functional_output(
         if isinstance(x, dict):
             return functional_call(module, params, args=(), kwargs={**x, **keywords})
         return functional_call(module, params, args=(x,), kwargs=keywords)
-    except BaseException:
+    finally:
         for sub, name, p in kept:
             if sub._parameters.get(name) is not p:
                 sub._parameters[name] = p
-        raise
-    finally:
         for sub in module.modules():
             if isinstance(sub, torch.nn.RNNBase) and any(
                 w is not getattr(sub, name)

@@ -9,9 +9,11 @@ from _architectures import (
     family_case,
     layer_case,
     oracle_jacobians,
+    oracle_kernel,
 )
 from torch import nn
 
+from sksim import network_similarity
 from sksim._engine import capture
 from sksim._engine.capture import plan_layers
 from sksim._engine.gram import ntk_blocks
@@ -31,6 +33,26 @@ def test_ntk_blocks_match_oracle(name, output):
     np.testing.assert_allclose(
         G_y, np.einsum("adp,aep->ade", J, J), rtol=1e-9, atol=1e-12
     )
+
+
+def test_a_global_hook_that_changes_some_outputs_gets_the_fallback():
+    """A clamp on some samples' outputs went unseen by the check on the first
+    two samples: kernels 0.02 off, or exact with the clamped rows first."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+
+    def clamp_first_layer(layer, inputs, out):
+        return out.clamp(max=1.0) if layer is net[0] else None
+
+    X = 0.3 * torch.randn(8, 4, dtype=torch.float64)
+    X[4:] *= 8  # rows 4 to 7 meet the clamp
+    handle = nn.modules.module.register_module_forward_hook(clamp_first_layer)
+    try:
+        expected = oracle_kernel(*[oracle_jacobians(net, X)] * 2, "cosine")
+        K = network_similarity(net, X, batch_size=8)
+    finally:
+        handle.remove()
+    np.testing.assert_allclose(K, expected, atol=1e-12)
 
 
 def test_plans_use_factors_where_supported():

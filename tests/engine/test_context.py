@@ -358,6 +358,40 @@ def test_recurrent_layers_keep_their_weights_for_torchscript():
     assert scripted.rnn.weight_ih_l0.grad is not None
 
 
+@pytest.mark.parametrize("block", ["prelu", "gru"])
+def test_a_block_registered_under_two_names_keeps_its_parameters(block):
+    """torch.func puts back none of its parameters: they were left plain
+    tensors, which the user's optimizer no longer trained."""
+
+    class Aliased(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = torch.nn.Linear(4, 6)
+            self.body = (
+                torch.nn.Sequential(torch.nn.Linear(6, 6), torch.nn.PReLU(6))
+                if block == "prelu"
+                else torch.nn.GRU(6, 6, batch_first=True)
+            )
+            self.alias = self.body  # a shared block, registered twice
+            self.head = torch.nn.Linear(6, 3)
+
+        def forward(self, x):
+            h = torch.tanh(self.stem(x))
+            if block == "prelu":
+                return self.head(self.alias(h))
+            return self.head(self.alias(h.unsqueeze(1))[1][-1])
+
+    torch.manual_seed(0)
+    net, X = Aliased(), torch.randn(7, 4)
+    before = dict(net.named_parameters())
+    network_similarity(net, X, batch_size=3)
+    after = dict(net.named_parameters())
+    assert after.keys() == before.keys()
+    assert all(after[name] is p for name, p in before.items())
+    net(X).pow(2).sum().backward()
+    assert all(p.grad is not None for p in before.values())
+
+
 def test_a_weight_recomputed_before_each_pass_is_left_as_it_was():
     """The old weight_norm sets ``weight`` before each forward pass: it held
     the engine's graph afterwards, and the network no longer deep-copied."""
