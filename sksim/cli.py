@@ -251,12 +251,13 @@ def factory_output(
     from ._engine.context import torch_seed
     from ._validation import sample_shape
 
+    shape = sample_shape(X)
     with torch_seed(args.seed):
         try:
-            built = load_factory(args.module)(sample_shape(X), n_outputs)
+            built = load_factory(args.module)(shape, n_outputs)
         except Exception as error:  # whatever the user's code raises
             raise ValueError(
-                f"{args.module}{(tuple(sample_shape(X)), n_outputs)} failed: "
+                f"{args.module}({shape!r}, {n_outputs!r}) failed: "
                 f"{type(error).__name__}: {error}"
             ) from error
     if isinstance(built, NeuralNet):

@@ -7,6 +7,7 @@ matplotlib ``Figure``, but ``plot_denoising`` and
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -151,7 +152,9 @@ def _as_image(sample, shape):
 
 def _caption(why, q, j):
     label = "" if why.labels is None else f"y={why.labels[q, j]}\n"
-    return f"{label}{why.similarities[q, j]:.3f} (p{why.percentiles[q, j]:.0f})"
+    # floored: 99.7 reads "more similar than 99 % of pairs", not than every pair
+    percentile = math.floor(why.percentiles[q, j])
+    return f"{label}{why.similarities[q, j]:.3f} (p{percentile})"
 
 
 def _image_grid(why, X, reference, shape, axes):

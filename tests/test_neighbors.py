@@ -1,5 +1,6 @@
 """NetworkNeighbors against the argsort of the exact kernel, and FAISS recall."""
 
+import math
 import pickle
 import sys
 import warnings
@@ -659,7 +660,7 @@ def test_plot_neighbors_draws_images_with_their_captions(digits, fitted_digits_n
     )
     assert first.get_title() == (
         f"y={y[why.indices[0, 0]]}\n{why.similarities[0, 0]:.3f} "
-        f"(p{why.percentiles[0, 0]:.0f})"
+        f"(p{math.floor(why.percentiles[0, 0])})"
     )
     assert fig.axes[0].get_title() == "query"
 

@@ -23,10 +23,15 @@ from .._engine.inputs import (
     to_tensor,
 )
 from .._validation import sample_shape
-from ..density import COUNT_FLOOR
 from . import _render
 from ._names import with_names
-from ._tables import frame, import_pandas, neighbor_text, query_neighbors
+from ._tables import (
+    frame,
+    import_pandas,
+    isolation_order,
+    neighbor_text,
+    query_neighbors,
+)
 from .analyses.neighbors import image_view
 
 if TYPE_CHECKING:
@@ -76,17 +81,8 @@ def prediction_support(samples, neighbors):
 
 
 def isolated_rows(samples, size=SHOWN):
-    """Rows of ``samples`` with the lowest log-density, lowest first.
-
-    The examples that no training example is similar to (a count below
-    ``COUNT_FLOOR``) tie, whatever the size of their fold's training part;
-    ties are broken by the lower similarity of the nearest training example
-    when the table has it.
-    """
-    none = samples["neighbor_count"] < COUNT_FLOOR
-    keys = samples.assign(isolation=samples["log_density"].mask(none, -np.inf))
-    by = ["isolation"] + (["top_similarity"] if "top_similarity" in keys else [])
-    return keys.sort_values(by, kind="stable").index[:size]
+    """The ``size`` most isolated rows of ``samples`` (:func:`isolation_order`)."""
+    return isolation_order(samples)[:size]
 
 
 def least_supported_rows(samples, support, size=SHOWN):

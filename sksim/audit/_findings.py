@@ -12,6 +12,9 @@ from .analyses.label_issues import planted_precision
 
 STABLE_SPREAD = 0.25  # relative spread over folds below which R is called stable
 BALANCE_GAP = 0.05  # accuracy above balanced accuracy by more: a finding
+# labels flagged as wrong, as a share of the held-out error rate, from which the
+# flags may be the network's own mistakes as much as wrong labels
+WEAK_NETWORK = 0.5
 
 
 def summary_value(summary, metric):
@@ -20,6 +23,17 @@ def summary_value(summary, metric):
     if rows.empty:
         return None
     return float(rows["mean"].iloc[0]), float(rows["std"].iloc[0])
+
+
+def undefined_folds(result, metric) -> str:
+    """`` (over k of n folds: undefined on the others)``, or "" on every fold."""
+    rows = result.tables["summary"]
+    rows = rows[rows["metric"] == metric]
+    n_folds = result.metadata["n_folds"]
+    defined = n_folds if rows.empty else int(rows["n_folds"].iloc[0])
+    if defined == n_folds:
+        return ""
+    return f" (over {defined} of {n_folds} folds: undefined on the others)"
 
 
 def _spread(std, digits=".3f"):
@@ -340,6 +354,8 @@ def label_issue_finding(result):
         for _, r in issues.head(3).iterrows()
     )
     disputed = int((table["suggested_label"] != table["given_label"]).sum())
+    accuracy = summary_value(result.tables["summary"], "accuracy")
+    error = None if accuracy is None else 1 - accuracy[0]
     if n:
         text = (
             f"{counted(n, 'training label')} {'looks' if n == 1 else 'look'} wrong "
@@ -347,6 +363,13 @@ def label_issue_finding(result):
             f"{n / len(table):.1%} of the data); the top "
             f"{'one' if n == 1 else 'ones'}: {top}."
         )
+        if error is not None and n / len(table) >= WEAK_NETWORK * error:
+            text += (
+                f" The network errs on {error:.1%} of the held-out examples, "
+                "so many of these may be its own mistakes rather than wrong "
+                "labels: read them as labels that the network and its most "
+                "similar examples disagree with."
+            )
     elif disputed:
         text = (
             "No training label is estimated to be wrong, though for "
@@ -498,7 +521,8 @@ def findings(result):
         r = summary_value(tables["summary"], "density_error_correlation")[0]
         shown = "n/a" if math.isnan(r) else f"{r:.2f}"
         out.append(
-            f"Density-error correlation {shown}. "
+            f"Density-error correlation {shown}"
+            f"{undefined_folds(result, 'density_error_correlation')}. "
             + meanings["density_error_correlation"]
         )
     if any(g["kind"] == "isolated" for g in result.examples):

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
+from ..density import COUNT_FLOOR
+
 
 def import_pandas():
     """Import pandas lazily, with an error naming the extra that provides it."""
@@ -23,12 +27,32 @@ def frame(rows):
 
 
 def spread(table, by, columns):
-    """Mean, standard deviation, min and max of ``columns`` over folds."""
+    """Mean, standard deviation, min and max of ``columns`` over folds.
+
+    ``n_folds`` counts the folds with a value (in any of ``columns``): a
+    statistic undefined on a fold (NaN) is taken over the others.
+    """
     grouped = table.groupby(by, sort=False)[columns]
     out = grouped.agg(["mean", "std", "min", "max"])
     out.columns = [f"{c}_{s}" for c, s in out.columns]
-    out.insert(0, "n_folds", grouped.size())
+    out.insert(0, "n_folds", grouped.count().max(axis=1))
     return out.reset_index()
+
+
+def isolation_order(samples):
+    """The rows of ``samples`` from the most isolated: lowest log-density first.
+
+    The examples that no training example is similar to (a count below
+    ``COUNT_FLOOR``) tie, whatever the size of their fold's training part;
+    ties are broken by the lower similarity of the nearest training example
+    when the table has it.
+    """
+    keys = samples.assign(isolation=samples["log_density"])
+    if "neighbor_count" in samples:
+        none = samples["neighbor_count"] < COUNT_FLOOR
+        keys["isolation"] = keys["isolation"].mask(none, -np.inf)
+    by = ["isolation"] + (["top_similarity"] if "top_similarity" in keys else [])
+    return keys.sort_values(by, kind="stable").index
 
 
 def query_neighbors(neighbors, fold: int, index: int):

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._examples import isolated_section, support_section
-from ._findings import counted, findings, headline_meanings
+from ._findings import counted, findings, headline_meanings, undefined_folds
 from ._names import named
 from ._render import paragraph, table
 from ._tables import import_pandas
@@ -72,13 +72,15 @@ def _not_run(result, name) -> str | None:
     return None
 
 
-def _metric(label, frame, metric, meaning=None):
+def _metric(label, result, metric, meaning=None):
+    frame = result.tables["summary"]
     rows = frame[frame["metric"] == metric]
     if rows.empty:
         return ""
     mean, std = float(rows["mean"].iloc[0]), float(rows["std"].iloc[0])
     spread = "" if math.isnan(std) else f" ± {std:.3f}"
     shown = "n/a" if math.isnan(mean) else f"{mean:.3f}{spread}"
+    label += undefined_folds(result, metric) if not math.isnan(mean) else ""
     text = "" if meaning is None else f"<span>{html.escape(meaning)}</span>"
     return f'<div class="metric">{html.escape(label)}<b>{shown}</b>{text}</div>'
 
@@ -197,7 +199,7 @@ def _summary(result) -> str:
     parts = ['<div class="headline">']
     over = "one split" if meta["cv"] == "prefit" else "mean ± std over folds"
     parts += [
-        _metric(label.format(over=over), summary, metric, meanings.get(metric))
+        _metric(label.format(over=over), result, metric, meanings.get(metric))
         for label, metric in HEADLINE
     ]
     parts.append("</div>")

@@ -212,7 +212,10 @@ def test_help_explains_every_option(capsys):
         ),
         (["--module", "userarch:on_tokens"], "token ids (an Embedding) converts them"),
         (["--module", "userarch:on_a_missing_gpu"], "device='cuda:7', but this"),
-        (["--module", "userarch:raises"], "failed: RuntimeError: factory boom"),
+        (
+            ["--module", "userarch:raises"],
+            "userarch:raises((1, 8, 8), 10) failed: RuntimeError: factory boom",
+        ),
         (["--analyses", ""], "name at least one analysis"),
         (["--dataset", "iris", "--model", "cnn"], "The cnn model needs square images"),
     ],

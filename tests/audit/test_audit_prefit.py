@@ -21,11 +21,16 @@ from skorch import (
     NeuralNetRegressor,
 )
 
-from sksim import GradientDensityEstimator, NetworkNeighbors, SelfDenoisingAnalysis
+from sksim import (
+    FlooredDensityWarning,
+    GradientDensityEstimator,
+    NetworkNeighbors,
+    SelfDenoisingAnalysis,
+)
 from sksim._engine.context import torch_seed
 from sksim.audit import audit
 from sksim.audit._findings import findings, fit_finding
-from sksim.audit.analyses.density import quantile_bins
+from sksim.audit.analyses.density import _warn_if_floored, quantile_bins
 from sksim.audit.figures import neighbor_grid
 from sksim.audit.models import make_classifier
 from sksim.audit.prefit import predictions
@@ -573,14 +578,20 @@ def test_prefit_density_warns_when_most_hard_counts_are_zero(split, trained):
             errors="raise",
         )
         counts = result["samples"]["neighbor_count"]
-        return (counts == 0).mean(), [w["warning"] for w in result.metadata["warnings"]]
+        return counts, result.metadata["warnings"]
 
-    zero, warned = warnings_at(0.9999)
-    assert zero == 1.0
-    assert len(warned) == 1 and warned[0].startswith("FlooredDensityWarning: N of N")
-    assert "threshold N.N" in warned[0] and "['method'] = 'soft'." in warned[0]
-    zero, warned = warnings_at(0.9)
-    assert zero < 0.5 and warned == []
+    counts, warned = warnings_at(0.9999)
+    assert (counts == 0).all() and len(warned) == 1
+    text = warned[0]["warning"]
+    assert text.startswith("FlooredDensityWarning: N sample(s) of the N held out")
+    assert "threshold N.N" in text and "['method'] = 'soft'." in text
+    assert "with many outputs" in text  # a classifier of several classes
+    assert warned[0]["samples"] == len(counts)  # the report counts them
+    counts, warned = warnings_at(0.9)
+    assert (counts == 0).mean() < 0.5 and warned == []
+    with pytest.warns(FlooredDensityWarning) as one_output:
+        _warn_if_floored(np.zeros(4), 0.9, n_outputs=1)
+    assert "many outputs" not in str(one_output[0].message)
 
 
 def title_is_red(ax):

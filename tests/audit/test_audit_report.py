@@ -10,6 +10,8 @@ import pytest
 from matplotlib.figure import Figure
 
 from sksim.audit import _render, figures
+from sksim.audit._findings import findings
+from sksim.audit._tables import spread
 from sksim.audit._names import named
 from sksim.audit.report import SECTIONS, classes_text, render_html, to_dict
 
@@ -190,6 +192,35 @@ def test_sensitivity_figure(small_audit):
     np.testing.assert_allclose(np.asarray(r_line.get_ydata(), float), [2, 4, 6])
     labels = [t.get_text() for t in r_axis.get_xticklabels()]
     assert labels == ["input", "hidden", "output"]
+
+
+def test_a_statistic_undefined_on_a_fold_says_over_how_many(small_audit):
+    """n_folds counted the folds whose value was NaN: "mean over folds" of 3
+    for the mean of 2, in the summary, the headline card and the findings."""
+    import pandas as pd
+
+    long = pd.DataFrame(
+        dict(metric=["r"] * 3 + ["accuracy"] * 3, value=[np.nan, -0.2, -0.4, 1, 1, 1])
+    )
+    summary = spread(long, "metric", ["value"]).set_index("metric")
+    assert summary.loc["r", "n_folds"] == 2 and summary.loc["accuracy", "n_folds"] == 3
+    assert summary.loc["r", "value_mean"] == pytest.approx(-0.3)
+
+    result = copy.copy(small_audit)
+    folds = small_audit.tables["folds"].copy()
+    folds.loc[folds["fold"] == 0, "density_error_correlation"] = np.nan
+    table = small_audit.tables["summary"].set_index("metric")
+    r = folds["density_error_correlation"]
+    table.loc["density_error_correlation", ["n_folds", "mean", "std"]] = (
+        r.count(),
+        r.mean(),
+        r.std(),
+    )
+    result.tables = dict(small_audit.tables, folds=folds, summary=table.reset_index())
+    page = render_html(result)
+    said = "density–error correlation (over 2 of 3 folds: undefined on the others)"
+    assert said in page
+    assert any("(over 2 of 3 folds: undefined" in line for line in findings(result))
 
 
 def test_missing_matplotlib_names_the_extra(monkeypatch):

@@ -405,6 +405,22 @@ def test_findings_open_the_report(issues_audit):
         assert text in html.replace("&#x27;", "'")
 
 
+@pytest.mark.parametrize("errors_per_flag", [1.5, 4.0])
+def test_flags_of_a_weak_network_are_not_called_wrong_labels_alone(
+    issues_audit, errors_per_flag
+):
+    """A network wrong on 41 % of the held-out examples had 33 % of its labels
+    said to "look wrong", with no word of its own mistakes."""
+    result = copy.deepcopy(issues_audit)
+    table = result["label_issues"]
+    share = table["is_issue"].mean()
+    summary = result.tables["summary"]
+    summary.loc[summary["metric"] == "accuracy", "mean"] = 1 - errors_per_flag * share
+    labels = next(text for text in findings(result) if "look wrong" in text)
+    weak = f"The network errs on {errors_per_flag * share:.1%} of the held-out"
+    assert (weak in labels) == (errors_per_flag < 2)
+
+
 def test_isolated_finding_counts_the_examples_without_a_similar_one(issues_audit):
     """Counted by their neighbour count of 0, whatever their fold's floor."""
     result = copy.deepcopy(issues_audit)
@@ -643,6 +659,31 @@ def test_the_typical_example_is_none_of_the_others_shown(task):
         assert samples["correct"][typical[0]]
     median = samples["log_density"].sort_values(kind="stable").iloc[20]
     assert abs(samples["log_density"][typical[0]] - median) <= 0.3
+
+
+def test_the_gallery_breaks_ties_at_the_floor_as_the_isolated_examples():
+    """585 of 600 held-out densities at the floor: the gallery's "lowest
+    density" were the first rows of fold 0, and its "typical" a floored one."""
+    rng = np.random.RandomState(0)
+    floored = np.arange(40) < 30
+    samples = pd.DataFrame(
+        dict(
+            index=np.arange(40),
+            fold=np.repeat([0, 1], 20),
+            label=rng.randint(3, size=40),
+            prediction=rng.randint(3, size=40),
+            correct=rng.rand(40) > 0.3,
+            log_density=np.where(floored, -5.0, rng.rand(40)),
+            neighbor_count=np.where(floored, 0.0, 5.0),
+            top_similarity=rng.rand(40),
+        )
+    )
+    rows = _gallery_rows(samples, size=3)
+    lowest = [i for kind, i in rows if kind == "lowest density"]
+    assert list(isolated_rows(samples, size=15)[:15]).index(lowest[0]) == 0
+    assert set(lowest) <= set(isolated_rows(samples, size=15))
+    typical = next(i for kind, i in rows if kind == "typical")
+    assert not floored[typical]
 
 
 def _partition(labels_by_fold):

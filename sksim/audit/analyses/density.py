@@ -180,16 +180,20 @@ def count_method(options: Mapping[str, Any]) -> str:
     return f"{method} counts ({rule}) over all pairs of examples"
 
 
-def _warn_if_floored(counts: np.ndarray, threshold: float) -> None:
+def _warn_if_floored(counts: np.ndarray, threshold: float, n_outputs: int) -> None:
     """Warn when most hard counts are zero: the bins cannot rank those examples."""
     floored = int(np.sum(counts < COUNT_FLOOR))
     if floored > len(counts) / 2:
+        why = (
+            " (with many outputs, the similarity of whitened gradients seldom nears 1)"
+            if n_outputs > 1
+            else ""
+        )
         warnings.warn(
-            f"{floored} of {len(counts)} held-out examples have no training "
+            f"{floored} sample(s) of the {len(counts)} held out have no training "
             f"example with similarity above the threshold {threshold}, so their "
             "log-densities tie at the floor and the density bins and the "
-            "density-error correlation cannot rank them (with many outputs, "
-            "the similarity of whitened gradients seldom nears 1); lower "
+            f"density-error correlation cannot rank them{why}; lower "
             "options['density']['threshold'], or count softly with "
             "options['density']['method'] = 'soft'.",
             FlooredDensityWarning,
@@ -254,7 +258,7 @@ class Density(Analysis):
             sketched = f" ({str(error).split(':')[0]})"
         counts = estimator.neighbor_counts(fold.X_test)
         if estimator.method == "hard":
-            _warn_if_floored(counts, estimator.threshold)
+            _warn_if_floored(counts, estimator.threshold, estimator.n_outputs_)
         log_density = np.log(np.maximum(counts, COUNT_FLOOR) / len(fold.train))
         errors = fold.error
         return FoldOutput(

@@ -18,7 +18,7 @@ from ..._validation import check_positive_int
 from ...neighbors import NetworkNeighbors, automatic_index
 from .. import _render
 from .._names import with_names
-from .._tables import frame, neighbor_text, query_neighbors
+from .._tables import frame, isolation_order, neighbor_text, query_neighbors
 from .base import Analysis, FoldOutput
 
 if TYPE_CHECKING:
@@ -244,18 +244,24 @@ def diverse(samples: pd.DataFrame, candidates: Iterable[int], size: int) -> list
 def _gallery_rows(samples, size, pool=5):
     """(kind, row of ``samples``) of the examples the gallery shows.
 
-    Diverse picks (see :func:`diverse`) among the ``pool * size`` lowest
-    densities, and among the ``pool * size`` errors of lowest density; then a
-    typical example, the one of median density (the first, without
-    densities) not shown yet, correctly classified for a classifier.
+    Diverse picks (see :func:`diverse`) among the ``pool * size`` most
+    isolated (:func:`~sksim.audit._tables.isolation_order`: ties at the floor
+    by their nearest training example, as the isolated examples' section),
+    and among the ``pool * size`` errors of lowest density; then a typical
+    example, the one of median density among those above the lowest (the
+    first, without densities) not shown yet, correctly classified for a
+    classifier.
     """
     chosen = []
     if "log_density" in samples:
-        order = samples.sort_values("log_density", kind="stable")
+        order = samples.loc[isolation_order(samples)]
         lowest = diverse(samples, order.index[: pool * size], size)
         chosen += [("lowest density", i) for i in lowest]
-        middle = len(order) // 2  # outwards from the median, upwards first
-        typical = [*order.index[middle:], *order.index[:middle][::-1]]
+        density = order["log_density"].to_numpy()
+        above = order.index[density > density[0]]  # not tied at the floor
+        above = above if len(above) else order.index
+        middle = len(above) // 2  # outwards from the median, upwards first
+        typical = [*above[middle:], *above[:middle][::-1]]
     else:
         order = samples
         typical = list(samples.index)
