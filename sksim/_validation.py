@@ -213,10 +213,14 @@ def check_not_streamed(X) -> None:
 def check_map_style(dataset: Dataset) -> None:
     """Raise unless ``dataset`` is map-style and holds at least one item."""
     if not is_map_style(dataset):
+        lacks = (
+            "an IterableDataset, without random access"
+            if isinstance(dataset, IterableDataset)
+            else "without a length"
+        )
         raise TypeError(
-            f"X is a {type(dataset).__name__} without a length and random access: "
-            "pass a map-style torch Dataset (with __len__ and __getitem__), or "
-            "arrays."
+            f"X is a {type(dataset).__name__}, {lacks}: pass a map-style torch "
+            "Dataset (with __len__ and __getitem__), or arrays."
         )
     if len(dataset) == 0:
         raise ValueError(
@@ -252,13 +256,28 @@ def _without_ones(shape: tuple) -> tuple:
 
 
 def _check_single_input(X, input_name: str) -> None:
-    """Raise a ValueError for a list or tuple of dicts, or of arrays of several shapes.
+    """Raise a ValueError for a list or tuple of dicts, of ``(x, y)`` items, or
+    of arrays of several shapes.
 
     Such a list holds several inputs (an image and tabular features), which
-    no array can stack, or examples as a Hugging Face dataset gives them.
+    no array can stack, examples as a Hugging Face dataset gives them, or the
+    items of a torch Dataset that scikit-learn's splitters indexed.
     """
     if not isinstance(X, list | tuple):
         return
+    first = X[0] if X else None
+    if (
+        isinstance(first, tuple)
+        and len(first) == 2
+        and isinstance(first[0], np.ndarray | torch.Tensor | Mapping)
+    ):
+        raise ValueError(
+            f"{input_name} is a {type(X).__name__} of (x, y) items, as "
+            "scikit-learn's splitters (cross_val_score, GridSearchCV) make of a "
+            "torch Dataset they index: pass them arrays of the inputs and "
+            "labels instead (np.stack of the items' x, and their y), or call "
+            "sksim on the Dataset itself, outside the search."
+        )
     if X and isinstance(X[0], Mapping):
         raise ValueError(
             f"{input_name} is a {type(X).__name__} of dicts, one per example (as "

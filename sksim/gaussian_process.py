@@ -224,7 +224,9 @@ class NetworkKernel(Kernel):
         Parameters
         ----------
         X : array-like of shape (n_X, ...), tensor, dict of them, or Dataset
-            Inputs, in the shape the network accepts.
+            Inputs, in the shape the network accepts. scikit-learn's Gaussian
+            processes check their ``X`` first: a Dataset of ``(x, y)`` items
+            passes there only as arrays of its inputs.
         Y : same as X, default=None
             Second inputs; None means ``Y = X``, and the kernel is then exactly
             symmetric (except for ``kind="influence"``).

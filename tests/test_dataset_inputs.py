@@ -627,8 +627,17 @@ def test_items_that_change_between_reads_are_refused(data, net):
 
 def test_invalid_datasets_are_refused_with_a_reason(data, net):
     X, y = data
-    with pytest.raises(TypeError, match="pass a map-style torch Dataset"):
+    with pytest.raises(TypeError, match="IterableDataset, without random access"):
         network_similarity(net, Stream())
+
+    class SizedStream(Stream):  # a length does not make it map-style
+        def __len__(self):
+            return 3
+
+    with pytest.raises(TypeError, match="IterableDataset, without random access"):
+        network_similarity(net, SizedStream())
+    with pytest.raises(ValueError, match=r"list of \(x, y\) items, as scikit-learn"):
+        network_similarity(net, [Pairs(X, y)[i] for i in range(4)])
     loader = torch.utils.data.DataLoader(Pairs(X, y), batch_size=4)
     with pytest.raises(TypeError, match=r"DataLoader: pass its dataset \(loader"):
         network_similarity(net, loader)

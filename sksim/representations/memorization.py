@@ -41,8 +41,13 @@ def subset_masks(
 
 def _correct_when_trained_on(estimator, X, y, mask, seed):
     model = clone(estimator)
-    if "random_state" in model.get_params():
-        model.set_params(random_state=seed)
+    model.set_params(  # a pipeline's or a meta-estimator's steps too
+        **{
+            name: seed
+            for name in model.get_params()
+            if name == "random_state" or name.endswith("__random_state")
+        }
+    )
     rows = np.flatnonzero(mask)
     # a skorch net's training draws from torch's generator, which threads
     # share: one at a time; another estimator may start threads that train
@@ -92,8 +97,9 @@ def memorization_scores(
         Fraction of the examples in each training subset, in (0, 1), leaving
         some examples in and some out.
     random_state : int, RandomState instance or None, default=None
-        Seeds the subsets and each model (its ``random_state`` parameter if it
-        has one, and torch's generator during its fit).
+        Seeds the subsets and each model (its ``random_state`` parameters,
+        those of a pipeline's steps too, and torch's generator during its
+        fit).
     n_jobs : int, default=None
         Models trained in parallel through joblib. In threads (joblib's
         threading backend, a dask cluster of threads), skorch nets train one

@@ -12,6 +12,8 @@ from sklearn.datasets import load_digits
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.neural_network import MLPClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 from sklearn.utils import check_random_state
 from skorch import NeuralNetBinaryClassifier, NeuralNetClassifier
 
@@ -68,6 +70,12 @@ def test_n_jobs_and_random_state_reproduce_scores():
     with parallel_config(backend="threading"):
         b = memorization_scores(mlp, X, y, n_models=4, random_state=1, n_jobs=2)
     np.testing.assert_array_equal(a, b)
+    # a pipeline's step is seeded as the bare model is (up to 0.78 apart before)
+    piped = make_pipeline(StandardScaler(), mlp)
+    runs = [
+        memorization_scores(piped, X, y, n_models=4, random_state=1) for _ in range(2)
+    ]
+    np.testing.assert_array_equal(*runs)
 
 
 @FEW_MODELS
