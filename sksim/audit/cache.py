@@ -112,7 +112,8 @@ class AuditCache:
             return
         if self.folder.exists() and not self.folder.is_dir():
             raise ValueError(
-                f"cache= names a folder for the audit's pieces; {folder} is a file."
+                "The audit's cache (cache=, --cache) is a folder for its pieces; "
+                f"{folder} is a file."
             )
         self.folder.mkdir(parents=True, exist_ok=True)
         fingerprint = weights_fingerprint(net) if prefit else net_fingerprint(net)

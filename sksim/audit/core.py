@@ -810,6 +810,14 @@ def audit(
     prefit = isinstance(cv, str)
     analyses = _check_analyses(analyses)
     _check_options(n_neighbors, options, errors)
+    idle = [name for name in options if name not in analyses]
+    if idle:
+        warnings.warn(
+            f"options for analyses that do not run, {idle}, are ignored: add "
+            f"them to analyses={analyses!r} to run them.",
+            UserWarning,
+            stacklevel=2,
+        )
     check_positive_int(scale_threshold, "scale_threshold", allow_none=True)
     check_data = _prefit_data if prefit else _cv_data
     data = check_data(net, X, y, X_test, y_test)

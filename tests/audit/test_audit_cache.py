@@ -167,5 +167,7 @@ def test_a_net_around_a_module_instance_resumes_by_its_weights(
 def test_a_cache_that_is_a_file_is_refused(digit_images, tmp_path):
     X, y = digit_images
     (tmp_path / "afile").write_text("")
-    with pytest.raises(ValueError, match="cache= names a folder .* is a file"):
+    with pytest.raises(
+        ValueError, match=r"cache \(cache=, --cache\) is a folder .* is a file"
+    ):
         run_audit(X, y, tmp_path / "afile")

@@ -650,6 +650,15 @@ def test_audit_errors(digit_images):
         audit(net, X, y, cv=2, n_neighbors=200, analyses=("neighbors",))
     with pytest.raises(ValueError, match=r"options for unknown analyses \['dens'\]"):
         audit(net, X, y, options=dict(dens=dict(method="hard")))
+    with pytest.warns(UserWarning, match=r"do not run, \['neighbors'\], are ignored"):
+        audit(
+            net,
+            X,
+            y,
+            cv=2,
+            analyses=("density",),
+            options=dict(neighbors=dict(recall_queries=5)),
+        )
     with pytest.raises(ValueError, match="'max_samples' parameter .* must be an int"):
         audit(
             net,
