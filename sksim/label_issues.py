@@ -356,7 +356,9 @@ class LabelIssueDetector(NetworkEstimator):
     %(rtol)s
     random_state : int, RandomState instance or None, default=None
         Seeds torch while each fold's clone is trained (each fold with its
-        own seed drawn from it), and the sketches.
+        own seed drawn from it), and the sketches. A skorch net given a
+        module instance starts every fold from that instance's weights, as
+        skorch does; given the module's class, each fold draws its own.
     %(n_jobs)s
     %(max_memory)s
     %(verbose)s
