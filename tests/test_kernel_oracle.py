@@ -606,7 +606,9 @@ def test_saturated_softmax_outputs_are_not_taken_for_mixed_rows():
         warnings.simplefilter("ignore", SingularJacobianGramWarning)
         K = network_similarity(net, X, output=probabilities)
         one_by_one = network_similarity(net, X, output=probabilities, batch_size=1)
-    np.testing.assert_allclose(K, one_by_one, rtol=0, atol=1e-5)  # float32 rounding
+    # float32 rounding of the softmax's backward pass, 1e-3 of a gradient (by the
+    # processor's BLAS: 1.6e-5 of a diagonal of 0.016 on one, 1e-5 on another)
+    np.testing.assert_allclose(K, one_by_one, rtol=2e-3, atol=1e-5)
 
 
 @pytest.mark.parametrize("case", ["mlp", "cnn_batchnorm", "residual", "bert"])
