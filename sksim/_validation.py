@@ -256,20 +256,20 @@ def _without_ones(shape: tuple) -> tuple:
 
 
 def _check_single_input(X, input_name: str) -> None:
-    """Raise a ValueError for a list or tuple of dicts, of ``(x, y)`` items, or
-    of arrays of several shapes.
+    """Raise a ValueError for a list or tuple of inputs that no array stacks.
 
-    Such a list holds several inputs (an image and tabular features), which
-    no array can stack, examples as a Hugging Face dataset gives them, or the
-    items of a torch Dataset that scikit-learn's splitters indexed.
+    Dicts (examples as a Hugging Face dataset gives them), ``(x, y)`` items
+    (those of a torch Dataset that scikit-learn's splitters indexed), or
+    arrays of several shapes (several inputs: an image and tabular features).
     """
     if not isinstance(X, list | tuple):
         return
     first = X[0] if X else None
-    if (
+    if (  # a label beside an input of other shape: no array stacks them
         isinstance(first, tuple)
         and len(first) == 2
         and isinstance(first[0], np.ndarray | torch.Tensor | Mapping)
+        and np.shape(first[1]) != np.shape(first[0])
     ):
         raise ValueError(
             f"{input_name} is a {type(X).__name__} of (x, y) items, as "

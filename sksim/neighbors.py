@@ -367,7 +367,7 @@ class NetworkNeighbors(NetworkEstimator):
     _parameter_constraints = constraints(
         *NEIGHBOR_PARAMETERS,
         n_neighbors=[Interval(Integral, 1, None, closed="left")],
-        radius=[Interval(Real, 0, None, closed="left")],
+        radius=[Interval(Real, 0, None, closed="both")],
         algorithm=[StrOptions({"exact", "faiss"})],
         index=[str],
         index_params=[str, None],
@@ -479,7 +479,6 @@ class NetworkNeighbors(NetworkEstimator):
         self.n_samples_fit_ = n_samples(X)
         self._faiss_index = None
         self.y_fit_ = self._check_labels(X, y)
-        self.__dict__.pop("recall_", None)  # measured anew, or not at all
         if X_val is not None:
             X_val = self._check_input(X_val, "X_val")
             if self.n_neighbors > self.n_samples_fit_:

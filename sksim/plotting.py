@@ -192,7 +192,7 @@ def _tables(why, reference, n_features, axes):
                 str(i),
                 "" if why.labels is None else str(why.labels[q, j]),
                 f"{why.similarities[q, j]:.3f}",
-                f"{why.percentiles[q, j]:.1f}",
+                f"{math.floor(why.percentiles[q, j] * 10) / 10:.1f}",
                 *(f"{v:.3g}" for v in flat[i, :shown]),
             ]
             for j, i in enumerate(why.indices[q])

@@ -638,6 +638,12 @@ def test_invalid_datasets_are_refused_with_a_reason(data, net):
         network_similarity(net, SizedStream())
     with pytest.raises(ValueError, match=r"list of \(x, y\) items, as scikit-learn"):
         network_similarity(net, [Pairs(X, y)[i] for i in range(4)])
+    # pairs that numpy stacks are examples of two rows each, as before
+    views = [(x, 2 * x) for x in X[:4]]
+    flat = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(6, 2)).double()
+    np.testing.assert_array_equal(
+        network_similarity(flat, views), network_similarity(flat, np.asarray(views))
+    )
     loader = torch.utils.data.DataLoader(Pairs(X, y), batch_size=4)
     with pytest.raises(TypeError, match=r"DataLoader: pass its dataset \(loader"):
         network_similarity(net, loader)

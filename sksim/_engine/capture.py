@@ -30,6 +30,7 @@ signals' own pass (:class:`RowsMixed`).
 from __future__ import annotations
 
 import math
+import warnings
 from functools import reduce
 
 import torch
@@ -308,6 +309,15 @@ class LayerCapture(ForwardHooks):
         not show.
         """
         if torch.nn.modules.module._global_forward_hooks:
+            warnings.warn(
+                "A global forward hook is registered (register_module_forward_hook, "
+                "or a tool of torch's such as FlopCounterMode): every layer is "
+                "differentiated by torch.func, which is exact but slower (tens of "
+                "times on an MLP). Remove the hook while sksim computes to "
+                "factorise the layers again.",
+                UserWarning,
+                stacklevel=2,
+            )
             return {name for name in self.layers if name in self.calls}
         b, d = outputs.shape
         generator = torch.Generator(device=outputs.device).manual_seed(0)

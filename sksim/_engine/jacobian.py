@@ -892,6 +892,14 @@ class SavedTensors(torch.autograd.graph.saved_tensors_hooks):
         return super().__exit__(*exc)
 
     def _pack(self, t: torch.Tensor) -> torch.Tensor:
+        """Record ``t``'s storage; keep ``t`` without its history.
+
+        An operation's output that it saves (``exp``'s) would otherwise hold
+        its own node, which holds it: a cycle of torch's that Python's
+        collector cannot see, which kept every probe pass's graph and the
+        network copies it reads. Autograd gives the unpacked tensor its node
+        again.
+        """
         try:
             storage = t.untyped_storage()
         except (RuntimeError, NotImplementedError):  # functorch's wrappers
@@ -899,7 +907,7 @@ class SavedTensors(torch.autograd.graph.saved_tensors_hooks):
         address = storage.data_ptr()
         if address not in self.storages:
             self.storages[address] = (len(self.storages), storage.nbytes())
-        return t
+        return t.detach()
 
     def bytes_besides(
         self,

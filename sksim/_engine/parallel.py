@@ -128,13 +128,17 @@ def run_tiles(
 
     The tiles run as ``joblib.Parallel(n_jobs)`` tasks and each result is placed
     as soon as it arrives, in any order, its warnings raised again here (a
-    worker process only prints them), and the rows of dead or near-singular
+    worker process only prints them; a warning that several tiles raise, as
+    each plans the network again, once), and the rows of dead or near-singular
     Grams of all tiles are reported once. Tiles lost with a ``dask.distributed``
     worker are submitted again, up to ``LOST_WORKER_RETRIES`` times.
     """
     from joblib import Parallel, delayed
 
     missing, recorded = list(tiles), recording_warnings(function)
+    if missing:
+        _check_dask_pickles(arguments(missing[0]), n_jobs)
+    seen = set()
     for attempt in range(LOST_WORKER_RETRIES + 1):
         done = set()
         parallel = Parallel(n_jobs=n_jobs, return_as="generator_unordered")
@@ -144,7 +148,8 @@ def run_tiles(
                     delayed(_tile)(recorded, where, *arguments(where))
                     for where in missing
                 ):
-                    warn_again(raised)
+                    warn_again([w for w in raised if w[:2] not in seen])
+                    seen.update(w[:2] for w in raised)
                     found.merge(flagged)
                     place(where, result)
                     done.add(where)
@@ -154,11 +159,34 @@ def run_tiles(
                 raise
             missing = [t for t in missing if t not in done]
         except pickle.PicklingError as error:
-            raise TypeError(
-                f"n_jobs={n_jobs} sends the network and the inputs to worker "
-                "processes, which needs them to pickle, and one does not "
-                f"({_pickling_reason(error)}): leave n_jobs=None."
-            ) from error
+            raise _not_pickled(n_jobs, _pickling_reason(error)) from error
+
+
+def _not_pickled(n_jobs, reason: str) -> TypeError:
+    return TypeError(
+        f"n_jobs={n_jobs} sends the network and the inputs to worker "
+        "processes, which needs them to pickle, and one does not "
+        f"({reason}): leave n_jobs=None."
+    )
+
+
+def _check_dask_pickles(arguments: tuple, n_jobs) -> None:
+    """Under joblib's dask backend, pickle a tile's ``arguments`` here first.
+
+    dask logs the error of a task that does not pickle and drops it: the
+    tiles would be waited for without end.
+    """
+    from joblib.parallel import get_active_backend
+
+    backend, _ = get_active_backend()
+    if type(backend).__name__ != "DaskDistributedBackend":
+        return
+    import cloudpickle  # dask's own pickler, installed with it
+
+    try:
+        cloudpickle.dumps(arguments)
+    except Exception as error:  # whatever the pickler meets
+        raise _not_pickled(n_jobs, f"{type(error).__name__}: {error}") from error
 
 
 def _pickling_reason(error: pickle.PicklingError) -> str:

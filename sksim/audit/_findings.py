@@ -12,9 +12,6 @@ from .analyses.label_issues import planted_precision
 
 STABLE_SPREAD = 0.25  # relative spread over folds below which R is called stable
 BALANCE_GAP = 0.05  # accuracy above balanced accuracy by more: a finding
-# labels flagged as wrong, as a share of the held-out error rate, from which the
-# flags may be the network's own mistakes as much as wrong labels
-WEAK_NETWORK = 0.5
 
 
 def summary_value(summary, metric):
@@ -26,12 +23,12 @@ def summary_value(summary, metric):
 
 
 def undefined_folds(result, metric) -> str:
-    """`` (over k of n folds: undefined on the others)``, or "" on every fold."""
+    """`` (over k of n folds: undefined on the others)``, or "" on all or none."""
     rows = result.tables["summary"]
     rows = rows[rows["metric"] == metric]
     n_folds = result.metadata["n_folds"]
     defined = n_folds if rows.empty else int(rows["n_folds"].iloc[0])
-    if defined == n_folds:
+    if defined in (0, n_folds):  # n/a on every fold says it already
         return ""
     return f" (over {defined} of {n_folds} folds: undefined on the others)"
 
@@ -363,12 +360,11 @@ def label_issue_finding(result):
             f"{n / len(table):.1%} of the data); the top "
             f"{'one' if n == 1 else 'ones'}: {top}."
         )
-        if error is not None and n / len(table) >= WEAK_NETWORK * error:
+        if error is not None:  # the flags cannot tell one from the other
             text += (
-                f" The network errs on {error:.1%} of the held-out examples, "
-                "so many of these may be its own mistakes rather than wrong "
-                "labels: read them as labels that the network and its most "
-                "similar examples disagree with."
+                " They are the labels that the network (wrong on "
+                f"{error:.1%} of the held-out examples) and their most similar "
+                "examples disagree with: wrong labels, or its own mistakes."
             )
     elif disputed:
         text = (

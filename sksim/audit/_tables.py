@@ -39,6 +39,18 @@ def spread(table, by, columns):
     return out.reset_index()
 
 
+def floored(samples):
+    """Whether each row of ``samples`` has no similar training example.
+
+    Its neighbour count below ``COUNT_FLOOR`` (its log-density at its fold's
+    floor, which depends on the size of the fold's training part); the lowest
+    log-density where the table has no counts.
+    """
+    if "neighbor_count" in samples:
+        return samples["neighbor_count"] < COUNT_FLOOR
+    return samples["log_density"] == samples["log_density"].min()
+
+
 def isolation_order(samples):
     """The rows of ``samples`` from the most isolated: lowest log-density first.
 
@@ -47,10 +59,9 @@ def isolation_order(samples):
     ties are broken by the lower similarity of the nearest training example
     when the table has it.
     """
-    keys = samples.assign(isolation=samples["log_density"])
-    if "neighbor_count" in samples:
-        none = samples["neighbor_count"] < COUNT_FLOOR
-        keys["isolation"] = keys["isolation"].mask(none, -np.inf)
+    keys = samples.assign(
+        isolation=samples["log_density"].mask(floored(samples), -np.inf)
+    )
     by = ["isolation"] + (["top_similarity"] if "top_similarity" in keys else [])
     return keys.sort_values(by, kind="stable").index
 

@@ -814,7 +814,8 @@ def audit(
     if idle:
         warnings.warn(
             f"options for analyses that do not run, {idle}, are ignored: add "
-            f"them to analyses={analyses!r} to run them.",
+            f"them to analyses={analyses!r} (--analyses on the command line) "
+            "to run them.",
             UserWarning,
             stacklevel=2,
         )

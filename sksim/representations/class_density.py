@@ -7,6 +7,7 @@ import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 from joblib import Parallel, delayed
 from numpy.typing import ArrayLike
 from scipy.spatial.distance import pdist
@@ -27,22 +28,35 @@ if TYPE_CHECKING:
 _VAR_FLOOR = 1e-6  # added to class variances in the diagonal Gaussian reference
 _MAX_DISTANCE_POINTS = 1000  # points per class for the mean pairwise distance
 # a network computes its representations to within this many roundings of them
-_ROUNDING_MARGIN = 100
+_ROUNDING_MARGIN = 10
 
 
-def _rounding_floor(Z: np.ndarray, eps: float) -> float:
-    """The largest singular value that rounding ``Z``'s entries can make.
+def _rounding(Z) -> float | None:
+    """The relative rounding ``eps`` of ``Z``'s float dtype (torch's too), or None."""
+    dtype = getattr(Z, "dtype", None)
+    if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+        return torch.finfo(dtype).eps
+    if isinstance(dtype, np.dtype) and dtype.kind == "f":
+        return float(np.finfo(dtype).eps)
+    return None
 
-    Entries rounded to a relative ``eps`` (times :data:`_ROUNDING_MARGIN`):
-    a noise matrix of norm about ``eps |Z|_rms (sqrt(n) + sqrt(p))``.
+
+def _rounding_floors(Z: np.ndarray, Vt: np.ndarray, eps: float) -> np.ndarray:
+    """The singular value that rounding ``Z``'s entries can make in each direction.
+
+    Entries rounded to a relative ``eps`` (times :data:`_ROUNDING_MARGIN`): a
+    column ``j`` of norm ``|Z_j|`` adds noise of norm ``eps |Z_j|`` in its own
+    direction, so the ``k``-th right singular vector ``V_k`` sees
+    ``eps sqrt(sum_j V_kj^2 |Z_j|^2)`` (a large column does not drown the
+    small ones).
     """
-    n, p = Z.shape
-    rms = np.sqrt(np.mean(np.square(Z)))
-    return _ROUNDING_MARGIN * eps * rms * (np.sqrt(n) + np.sqrt(p))
+    squared_norms = np.einsum("ij,ij->j", Z, Z)
+    return _ROUNDING_MARGIN * eps * np.sqrt(np.square(Vt) @ squared_norms)
 
 
-def _n_kept(singular_values, n_components, floor):
-    rank = int((singular_values > max(floor, singular_values[0] * 1e-12)).sum()) or 1
+def _n_kept(singular_values, n_components, floors):
+    above = singular_values > np.maximum(floors, singular_values[0] * 1e-12)
+    rank = (len(above) if above.all() else int(np.argmin(above))) or 1
     if n_components is None:
         return rank
     if isinstance(n_components, numbers.Integral):
@@ -78,9 +92,11 @@ class ClassConditionalDensity(ClassifierMixin, BaseEstimator):
         Projected dimension ``d'``: an int (capped at the rank), a float in
         (0, 1) for the smallest ``d'`` whose singular values hold that fraction
         of the energy ``sum s^2``, or None for the full rank. The rank counts
-        the directions above the rounding of ``Z``'s dtype: float32
-        representations (a float32 network's) are rounded 5e8 times
-        more coarsely than float64 ones, so pass them as they are.
+        the directions above the rounding of ``Z``'s dtype: float32 (or
+        float16) representations, a float32 network's, are rounded 5e8 times
+        more coarsely than float64 ones, so pass them as they are. A bfloat16
+        network's come out as float32, finer than their rounding: give those
+        an ``n_components`` below their rank.
     mixture : DirichletProcessGaussianMixture, default=None
         The (unfitted) density estimator cloned for each class; None means
         ``DirichletProcessGaussianMixture()`` (Gibbs, 400 sweeps, blocked sampler
@@ -197,8 +213,9 @@ class ClassConditionalDensity(ClassifierMixin, BaseEstimator):
         self : ClassConditionalDensity
         """
         self._check_params()
+        eps = _rounding(Z)  # of the representations given (float16 too)
         Z, y = validate_data(self, Z, y, dtype=[np.float64, np.float32])
-        eps = np.finfo(Z.dtype).eps  # the rounding of the representations given
+        eps = np.finfo(Z.dtype).eps if eps is None else eps
         Z = Z.astype(np.float64, copy=False)
         check_classification_targets(y)
         self.classes_, y_index, counts = np.unique(
@@ -206,7 +223,7 @@ class ClassConditionalDensity(ClassifierMixin, BaseEstimator):
         )
         self.class_prior_ = self._check_priors(len(self.classes_), counts)
         _, s, Vt = np.linalg.svd(Z, full_matrices=False)
-        k = _n_kept(s, self.n_components, _rounding_floor(Z, eps))
+        k = _n_kept(s, self.n_components, _rounding_floors(Z, Vt, eps))
         self.components_, self.singular_values_ = Vt[:k], s[:k]
         P = Z @ self.components_.T
         rng = check_random_state(self.random_state)

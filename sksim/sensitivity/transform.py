@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import sklearn
 import torch
 from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils import check_random_state
-from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import _check_feature_names_in, check_is_fitted
 
 from .._engine.inputs import check_finite, is_dataset
@@ -17,8 +17,10 @@ from .._typing import Self
 from .._validation import check_net_input
 from .diffeo import as_channels, check_deformation, deform, temperature_from_delta
 
+CONTAINERS = ("default", "pandas", "polars")  # set_output's, as scikit-learn's
 
-class DiffeoTransform(TransformerMixin, BaseEstimator):
+
+class DiffeoTransform(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
     """Deform every input by its own random max-entropy diffeomorphism.
 
     Sample ``i`` of ``X`` is pulled back along the ``i``-th field drawn from
@@ -99,31 +101,52 @@ class DiffeoTransform(TransformerMixin, BaseEstimator):
         self : object
         """
         self._check_params()
-        arrays = not isinstance(X, torch.Tensor)
         X = self._validate(X, reset=True)
         as_channels(X)
         self._signals = X.dim() == 2
-        self._named = arrays and self._signals
         if not self._signals:  # images need cutoff >= 2: refused here, not later
             temperature_from_delta(self.delta, self.cutoff, X.shape[-1])
         return self
 
-    def _names_features(self) -> bool:
-        """Whether the outputs have feature names: fitted on arrays of signals.
+    def set_output(self, *, transform: str | None = None) -> Self:
+        """Set the container of the deformed arrays of signals, as scikit-learn does.
 
-        Images keep their shape, and tensors stay tensors: without feature
-        names, neither is wrapped in a DataFrame by ``set_output`` or a global
-        ``transform_output="pandas"``. True before ``fit``.
+        Parameters
+        ----------
+        transform : {"default", "pandas", "polars"}, default=None
+            ``"pandas"`` or ``"polars"``: arrays of signals ``(n_samples, L)``
+            come back as DataFrames named as the inputs; ``"default"``: as
+            arrays; None leaves the setting (scikit-learn's
+            ``transform_output`` rules until one is set). Images and tensors
+            are returned as they are, whatever the setting.
+
+        Returns
+        -------
+        self : object
         """
-        if getattr(self, "_named", True):
-            return True
-        raise AttributeError(
-            "DiffeoTransform names the features of arrays of signals (n_samples, "
-            "L); images keep their shape and tensors stay tensors, without "
-            "feature names."
-        )
+        if transform is not None:
+            if transform not in CONTAINERS:
+                raise ValueError(
+                    f"transform must be one of {CONTAINERS} or None; got {transform!r}."
+                )
+            self._sklearn_output_config = {"transform": transform}  # cloned so
+        return self
 
-    @available_if(_names_features)
+    def _contained(self, out: np.ndarray, X) -> Any:
+        """The deformed arrays ``out`` in the container of the output setting."""
+        own = getattr(self, "_sklearn_output_config", {}).get("transform")
+        container = own or sklearn.get_config()["transform_output"]
+        if out.ndim != 2 or container == "default":
+            return out
+        names = self.get_feature_names_out()
+        if container == "pandas":
+            import pandas
+
+            return pandas.DataFrame(out, columns=names, index=getattr(X, "index", None))
+        import polars
+
+        return polars.DataFrame(out, schema=list(names))
+
     def get_feature_names_out(self, input_features=None) -> np.ndarray:
         """The names of the outputs of signals ``(n_samples, L)``: the inputs'.
 
@@ -138,6 +161,11 @@ class DiffeoTransform(TransformerMixin, BaseEstimator):
         feature_names_out : ndarray of str
         """
         check_is_fitted(self)
+        if not self._signals:
+            raise ValueError(
+                "DiffeoTransform names the features of signals (n_samples, L); "
+                "images keep their shape and have no feature names."
+            )
         return _check_feature_names_in(self, input_features)
 
     def _validate(self, X, reset):
@@ -177,7 +205,7 @@ class DiffeoTransform(TransformerMixin, BaseEstimator):
         x = self._validate(X, reset=False)
         rng = check_random_state(self.random_state)
         out = deform(x, self.delta, self.cutoff, self.interp, rng)
-        return out if is_tensor else out.numpy()
+        return out if is_tensor else self._contained(out.numpy(), X)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

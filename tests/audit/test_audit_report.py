@@ -11,8 +11,8 @@ from matplotlib.figure import Figure
 
 from sksim.audit import _render, figures
 from sksim.audit._findings import findings
-from sksim.audit._tables import spread
 from sksim.audit._names import named
+from sksim.audit._tables import spread
 from sksim.audit.report import SECTIONS, classes_text, render_html, to_dict
 
 

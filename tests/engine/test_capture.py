@@ -49,7 +49,8 @@ def test_a_global_hook_that_changes_some_outputs_gets_the_fallback():
     handle = nn.modules.module.register_module_forward_hook(clamp_first_layer)
     try:
         expected = oracle_kernel(*[oracle_jacobians(net, X)] * 2, "cosine")
-        K = network_similarity(net, X, batch_size=8)
+        with pytest.warns(UserWarning, match="A global forward hook is registered"):
+            K = network_similarity(net, X, batch_size=8)
     finally:
         handle.remove()
     np.testing.assert_allclose(K, expected, atol=1e-12)

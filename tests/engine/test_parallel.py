@@ -171,6 +171,19 @@ def test_warnings_of_the_tiles_reach_the_caller(n_jobs):
     assert sorted(str(w.message) for w in caught) == ["tile 1", "tile 2"]
 
 
+def _same_warning_identity(x):
+    warnings.warn("each tile plans the network again", UserWarning, stacklevel=1)
+    return x
+
+
+def test_a_warning_that_every_tile_raises_reaches_the_caller_once():
+    """Recorded as they all are (pytest.warns, the audit), it came once per tile."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_tiles(_same_warning_identity, [1, 2, 3], lambda t: (t,), {}.__setitem__, 2)
+    assert [str(w.message) for w in caught] == ["each tile plans the network again"]
+
+
 def _slow_warning_identity(x):
     for step in range(20):
         warnings.warn(f"tile {x}, step {step}", stacklevel=1)
@@ -271,3 +284,27 @@ def test_a_network_that_does_not_pickle_is_kept_out_of_worker_processes():
     net = torch.nn.Sequential(linear)
     with pytest.raises(TypeError, match=r"n_jobs=2 sends .*parametrized modules"):
         network_similarity(net, torch.randn(6, 4), n_jobs=2)
+
+
+class _Locked(torch.nn.Module):
+    """A module holding a lock, which does not pickle."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 3)
+        self.lock = threading.Lock()
+
+    def forward(self, x):
+        return self.linear(x)
+
+
+def test_a_network_that_does_not_pickle_is_refused_under_dask(client):
+    """dask dropped the pickling error of the tiles, which were awaited for ever."""
+    torch.manual_seed(0)
+    with (
+        parallel_config(backend="dask"),
+        pytest.raises(
+            TypeError, match=r"n_jobs=2 sends .*cannot pickle '_thread.lock'"
+        ),
+    ):
+        network_similarity(_Locked(), torch.randn(6, 4), n_jobs=2)

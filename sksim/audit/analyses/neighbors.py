@@ -18,7 +18,13 @@ from ..._validation import check_positive_int
 from ...neighbors import NetworkNeighbors, automatic_index
 from .. import _render
 from .._names import with_names
-from .._tables import frame, isolation_order, neighbor_text, query_neighbors
+from .._tables import (
+    floored,
+    frame,
+    isolation_order,
+    neighbor_text,
+    query_neighbors,
+)
 from .base import Analysis, FoldOutput
 
 if TYPE_CHECKING:
@@ -248,7 +254,7 @@ def _gallery_rows(samples, size, pool=5):
     isolated (:func:`~sksim.audit._tables.isolation_order`: ties at the floor
     by their nearest training example, as the isolated examples' section),
     and among the ``pool * size`` errors of lowest density; then a typical
-    example, the one of median density among those above the lowest (the
+    example, the one of median density among those not at the floor (the
     first, without densities) not shown yet, correctly classified for a
     classifier.
     """
@@ -257,8 +263,7 @@ def _gallery_rows(samples, size, pool=5):
         order = samples.loc[isolation_order(samples)]
         lowest = diverse(samples, order.index[: pool * size], size)
         chosen += [("lowest density", i) for i in lowest]
-        density = order["log_density"].to_numpy()
-        above = order.index[density > density[0]]  # not tied at the floor
+        above = order.index[~floored(order)]
         above = above if len(above) else order.index
         middle = len(above) // 2  # outwards from the median, upwards first
         typical = [*above[middle:], *above[:middle][::-1]]
