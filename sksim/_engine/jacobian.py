@@ -533,10 +533,10 @@ class JacobianEngine:
                 )
             capture.recording = False
             _check_not_hidden(capture.without_gradient - set(capture.calls), outputs)
-            mixing = capture.mixing_layers(outputs) | capture.tied_layers(outputs)
-            mixing |= capture.nested
+            rows_mixed = capture.mixing_layers(outputs)
+            mixing = rows_mixed | capture.tied_layers(outputs) | capture.nested
             recorded = [call for calls in capture.calls.values() for call in calls]
-            if mixing:  # no pieces: their back-propagated signals stand for them
+            if rows_mixed:  # no pieces: their back-propagated signals stand for them
                 d = outputs.shape[1]
                 pieces = sum(d * z.numel() * z.element_size() for _, z in recorded)
             else:
@@ -720,9 +720,9 @@ def _check_per_sample(call: Callable, batch) -> None:
     def outputs(rows: slice) -> torch.Tensor:
         return call(tree_map(torch.clone, take(batch, rows)), None)
 
-    with torch.no_grad():
-        together = outputs(slice(0, 2))
-        alone = torch.cat([outputs(slice(0, 1)), outputs(slice(1, 2))])
+    with torch.no_grad():  # a network differentiating inside (enable_grad) too
+        together = outputs(slice(0, 2)).detach()
+        alone = torch.cat([outputs(slice(0, 1)), outputs(slice(1, 2))]).detach()
     if not bool(torch.isfinite(together).all()):
         return
     scale = float(together.abs().max())

@@ -176,17 +176,28 @@ def _check_dask_pickles(arguments: tuple, n_jobs) -> None:
     dask logs the error of a task that does not pickle and drops it: the
     tiles would be waited for without end.
     """
+    from joblib import effective_n_jobs
     from joblib.parallel import get_active_backend
 
     backend, _ = get_active_backend()
-    if type(backend).__name__ != "DaskDistributedBackend":
-        return
+    if (
+        type(backend).__name__ != "DaskDistributedBackend"
+        or effective_n_jobs(n_jobs) == 1
+    ):
+        return  # a single job runs in the caller, unpickled
     import cloudpickle  # dask's own pickler, installed with it
 
     try:
-        cloudpickle.dumps(arguments)
+        cloudpickle.dump(arguments, _Discarded())
     except Exception as error:  # whatever the pickler meets
         raise _not_pickled(n_jobs, f"{type(error).__name__}: {error}") from error
+
+
+class _Discarded:
+    """A file that keeps nothing of what is written to it."""
+
+    def write(self, data) -> int:
+        return len(data)
 
 
 def _pickling_reason(error: pickle.PicklingError) -> str:

@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 _VAR_FLOOR = 1e-6  # added to class variances in the diagonal Gaussian reference
 _MAX_DISTANCE_POINTS = 1000  # points per class for the mean pairwise distance
 # a network computes its representations to within this many roundings of them
-_ROUNDING_MARGIN = 10
+# (the rounding of a layer's inputs, summed over its fan-in, cancels in its outputs)
+_ROUNDING_MARGIN = 100
 
 
 def _rounding(Z) -> float | None:
@@ -94,7 +95,12 @@ class ClassConditionalDensity(ClassifierMixin, BaseEstimator):
         of the energy ``sum s^2``, or None for the full rank. The rank counts
         the directions above the rounding of ``Z``'s dtype: float32 (or
         float16) representations, a float32 network's, are rounded 5e8 times
-        more coarsely than float64 ones, so pass them as they are. A bfloat16
+        more coarsely than float64 ones, so pass them as they are; a direction
+        along which features vary by less than 100 of their roundings is
+        taken for rounding. Rounding of a layer's inputs that cancels in its
+        outputs (inputs of a large common offset, weights orthogonal to it)
+        cannot be told from ``Z``: there, compare ``d'`` with the float64
+        network's, or give ``n_components``. A bfloat16
         network's come out as float32, finer than their rounding: give those
         an ``n_components`` below their rank.
     mixture : DirichletProcessGaussianMixture, default=None
