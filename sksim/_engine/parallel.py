@@ -163,6 +163,7 @@ def run_tiles(
 
 
 def _not_pickled(n_jobs, reason: str) -> TypeError:
+    """The error of tiles that cannot be sent to worker processes, for ``reason``."""
     return TypeError(
         f"n_jobs={n_jobs} sends the network and the inputs to worker "
         "processes, which needs them to pickle, and one does not "
