@@ -25,6 +25,12 @@ net : skorch net, FrozenEstimator or torch.nn.Module
     ``GridSearchCV`` can tune its hyper-parameters. Inside ``GridSearchCV``
     or ``cross_validate`` even a fitted net is cloned, and so trained again:
     wrap it in ``sklearn.frozen.FrozenEstimator`` to keep it as it is.""",
+    "trained_net": """
+net : skorch net, FrozenEstimator or torch.nn.Module
+    The trained network: a fitted skorch net, a ``FrozenEstimator`` around
+    one, or a plain module (taken as trained), used as it is. An unfitted
+    skorch net is refused: fit it first, or let
+    :class:`~sksim.NetworkSimilarityKernel` train it.""",
     "kind": """
 kind : {"cosine", "ntk", "influence"}, default="cosine"
     ``"cosine"``: the normalised similarity, ``tr(A(x) A(y)^T) / d`` with the

@@ -327,10 +327,18 @@ def _options(text):
 
 
 def _positive(text):
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer; got {text}")
     return value
+
+
+def _threshold(text):
+    """A positive integer, or "none": the scale threshold's (never switch)."""
+    return None if text.lower() == "none" else _positive(text)
 
 
 def _positive_real(text):
@@ -521,11 +529,12 @@ def make_parser() -> argparse.ArgumentParser:
     analysis.add_argument(
         "--scale-threshold",
         metavar="N",
-        type=_positive,
+        type=_threshold,
         default=20_000,
         help="training-fold size past which the analyses switch to methods whose "
         "cost grows linearly with the data: soft density counts, FAISS neighbours "
-        "(recall measured), class fitting on a subsample (default 20000)",
+        "(recall measured), class fitting on a subsample (default 20000; none: "
+        "never)",
     )
     analysis.add_argument(
         "--layers",

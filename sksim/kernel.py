@@ -207,7 +207,7 @@ def network_similarity(
 
     Parameters
     ----------
-    %(net)s
+    %(trained_net)s
     X : array-like of shape (n_X, ...), tensor, dict of them, or Dataset
         Inputs, in the shape the network accepts. A map-style torch ``Dataset``
         of ``x`` or ``(x, y)`` items is read batch by batch, as skorch reads it.
@@ -318,7 +318,7 @@ def gradient_features(
 
     Parameters
     ----------
-    %(net)s
+    %(trained_net)s
     X : array-like of shape (n_samples, ...), tensor, dict of them, or Dataset
         Inputs; a map-style torch ``Dataset`` of ``x`` or ``(x, y)`` items is
         read batch by batch.

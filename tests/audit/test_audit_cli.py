@@ -391,6 +391,13 @@ def test_cli_argument_errors(capsys):
     with pytest.raises(SystemExit):
         cli.main(["audit", "--cv", "0"])
     assert "must be a positive integer; got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse named its private function
+        cli.main(["audit", "--cv", "1.5"])
+    assert "must be a positive integer; got 1.5" in capsys.readouterr().err
+    parser = cli.make_parser()
+    for text, threshold in (("none", None), ("None", None), ("500", 500)):
+        args = parser.parse_args(["audit", "--scale-threshold", text])
+        assert args.scale_threshold == threshold
 
 
 def test_python_dash_m_sksim(tmp_path, npz):

@@ -308,3 +308,9 @@ def test_a_network_that_does_not_pickle_is_refused_under_dask(client):
         ),
     ):
         network_similarity(_Locked(), torch.randn(6, 4), n_jobs=2)
+    # arrays past 64 KiB reach the pickler's file as buffers: they pickle
+    X = np.random.RandomState(0).randn(300, 64).astype(np.float32)
+    net = torch.nn.Linear(64, 3)
+    with parallel_config(backend="dask"):
+        K = network_similarity(net, X, n_jobs=2)
+    np.testing.assert_array_equal(K, network_similarity(net, X))
