@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import math
 import os
 import re
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -1210,17 +1213,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
     prefix = f"sksim {args.command}"
-    try:
-        result = run_audit(args)
-    except (ValueError, TypeError, ImportError, OSError) as error:
-        parser.exit(2, f"{prefix}: error: {_one_line(error)}\n")
-    except KeyboardInterrupt:
+    with _noted_interrupts() as interrupted:
+        try:
+            result = run_audit(args)
+        except (ValueError, TypeError, ImportError, OSError) as error:
+            parser.exit(2, f"{prefix}: error: {_one_line(error)}\n")
+        except KeyboardInterrupt:
+            interrupted.append(signal.SIGINT)
+    if interrupted:
         resume = "" if args.cache is None else "; run it again to resume from --cache"
         parser.exit(130, f"{prefix}: interrupted{resume}\n")
     failure = every_analysis_failed(result)
     if failure is not None:
         parser.exit(1, f"{prefix}: error: {failure}\n")
     return 0
+
+
+@contextlib.contextmanager
+def _noted_interrupts():
+    """A list that notes each Ctrl-C inside, which raises KeyboardInterrupt as usual.
+
+    Python drops a KeyboardInterrupt raised in a callback of its garbage
+    collector: the audit would then finish and exit 0. Where the signal is
+    ignored (a job started in the background), or outside the main thread,
+    nothing changes.
+    """
+    noted: list = []
+
+    def interrupt(signum, frame):
+        noted.append(signum)
+        raise KeyboardInterrupt
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main else signal.SIG_IGN
+    if previous is signal.SIG_IGN:
+        yield noted
+        return
+    signal.signal(signal.SIGINT, interrupt)
+    try:
+        yield noted
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _one_line(error: BaseException) -> str:

@@ -699,3 +699,27 @@ def test_cli_groups_stay_in_one_fold(tmp_path, digit_images, capsys):
             cli.main(argv)
         assert stop.value.code == 2
         assert message in capsys.readouterr().err
+
+
+def test_cli_interrupted_in_a_collector_callback_exits_130(
+    tmp_path, monkeypatch, capsys
+):
+    """Python drops a KeyboardInterrupt raised in a weakref's callback: the
+    audit went on, wrote its report and exited 0."""
+    import signal
+    import weakref
+
+    def interrupted_in_a_callback(self, fold):
+        class Collected:
+            pass
+
+        weakref.finalize(Collected(), signal.raise_signal, signal.SIGINT)
+        raise ValueError("after the interrupt")  # as a later step fails
+
+    monkeypatch.setattr(Density, "run", interrupted_in_a_callback)
+    argv = ["audit", "--dataset", "iris", *FAST, "--analyses", "density"]
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([*argv, "--out", str(tmp_path / "r.html")])
+    assert exit_.value.code == 130
+    assert one_line_error(capsys) == "sksim audit: interrupted\n"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
