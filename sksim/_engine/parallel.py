@@ -137,7 +137,7 @@ def run_tiles(
 
     missing, recorded = list(tiles), recording_warnings(function)
     if missing:
-        _check_dask_pickles(arguments(missing[0]), n_jobs)
+        _check_dask_pickles(arguments, missing[0], n_jobs)
     seen = set()
     for attempt in range(LOST_WORKER_RETRIES + 1):
         done = set()
@@ -171,8 +171,8 @@ def _not_pickled(n_jobs, reason: str) -> TypeError:
     )
 
 
-def _check_dask_pickles(arguments: tuple, n_jobs) -> None:
-    """Under joblib's dask backend, pickle a tile's ``arguments`` here first.
+def _check_dask_pickles(arguments: Callable, tile: Hashable, n_jobs) -> None:
+    """Under joblib's dask backend, pickle ``arguments(tile)`` here first.
 
     dask logs the error of a task that does not pickle and drops it: the
     tiles would be waited for without end.
@@ -189,7 +189,7 @@ def _check_dask_pickles(arguments: tuple, n_jobs) -> None:
     import cloudpickle  # dask's own pickler, installed with it
 
     try:
-        cloudpickle.dump(arguments, _Discarded())
+        cloudpickle.dump(arguments(tile), _Discarded())
     except Exception as error:  # whatever the pickler meets
         raise _not_pickled(n_jobs, f"{type(error).__name__}: {error}") from error
 

@@ -6,8 +6,8 @@ import math
 
 import numpy as np
 
-from ..density import COUNT_FLOOR
 from ._examples import prediction_support, soft_counts
+from ._tables import floored
 from .analyses.label_issues import planted_precision
 
 STABLE_SPREAD = 0.25  # relative spread over folds below which R is called stable
@@ -161,12 +161,12 @@ def correlation_meaning(r, regression=False):
 def density_meaning(result, r):
     """What the density-error correlation ``r`` of the audit says, if anything."""
     samples = result.tables["samples"]
-    floored = float((samples["neighbor_count"] < COUNT_FLOOR).mean())
+    at_floor = float(floored(samples).mean())
     if math.isnan(r):
-        return _undefined_correlation(samples, floored)
-    if floored > 0.5 and not soft_counts(result):
+        return _undefined_correlation(samples, at_floor)
+    if at_floor > 0.5 and not soft_counts(result):
         return (
-            f"Not telling: {floored:.0%} of the held-out densities tie at the "
+            f"Not telling: {at_floor:.0%} of the held-out densities tie at the "
             "floor (no training example above the similarity threshold), so "
             "the correlation ranks few examples; lower the threshold, or count "
             "softly."
@@ -351,8 +351,6 @@ def label_issue_finding(result):
         for _, r in issues.head(3).iterrows()
     )
     disputed = int((table["suggested_label"] != table["given_label"]).sum())
-    accuracy = summary_value(result.tables["summary"], "accuracy")
-    error = None if accuracy is None else 1 - accuracy[0]
     if n:
         text = (
             f"{counted(n, 'training label')} {'looks' if n == 1 else 'look'} wrong "
@@ -360,11 +358,12 @@ def label_issue_finding(result):
             f"{n / len(table):.1%} of the data); the top "
             f"{'one' if n == 1 else 'ones'}: {top}."
         )
-        if error is not None:  # the flags cannot tell one from the other
+        accuracy = summary_value(result.tables["summary"], "accuracy")
+        if accuracy is not None:  # the flags cannot tell one from the other
             text += (
                 " They are the labels that the network (wrong on "
-                f"{error:.1%} of the held-out examples) and their most similar "
-                "examples disagree with: wrong labels, or its own mistakes."
+                f"{1 - accuracy[0]:.1%} of the held-out examples) and their most "
+                "similar examples disagree with: wrong labels, or its own mistakes."
             )
     elif disputed:
         text = (
@@ -449,7 +448,7 @@ def isolated_finding(result):
     """The most isolated example, in words."""
     isolated = [g for g in result.examples if g["kind"] == "isolated"]
     first = isolated[0]
-    none = int((result.tables["samples"]["neighbor_count"] < COUNT_FLOOR).sum())
+    none = int(floored(result.tables["samples"]).sum())
     if result.metadata["task"] == "regression":
         shown = f"#{first['index']} (target {first['label']:.3g})"
     else:

@@ -80,7 +80,7 @@ def _metric(label, result, metric, meaning=None):
     mean, std = float(rows["mean"].iloc[0]), float(rows["std"].iloc[0])
     spread = "" if math.isnan(std) else f" ± {std:.3f}"
     shown = "n/a" if math.isnan(mean) else f"{mean:.3f}{spread}"
-    label += undefined_folds(result, metric) if not math.isnan(mean) else ""
+    label += undefined_folds(result, metric)
     text = "" if meaning is None else f"<span>{html.escape(meaning)}</span>"
     return f'<div class="metric">{html.escape(label)}<b>{shown}</b>{text}</div>'
 
