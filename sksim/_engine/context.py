@@ -207,8 +207,10 @@ def check_not_inference_mode() -> None:
     """
     if torch.is_inference_mode_enabled():
         raise RuntimeError(
-            "sksim is called inside torch.inference_mode(), which records no "
-            "gradient: call it outside of that block (torch.no_grad() is fine)."
+            "sksim is called inside torch.inference_mode(), whose tensors record "
+            "neither gradients nor the version counters by which sksim restores "
+            "a network's buffers: call it outside of that block (torch.no_grad() "
+            "is fine)."
         )
 
 

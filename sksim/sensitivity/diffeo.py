@@ -27,6 +27,8 @@ from sklearn.utils import check_random_state
 from .._typing import ArrayOrTensor
 
 INTERPOLATIONS = ("linear", "nearest", "gaussian")
+# the width in pixels of the Gaussian interpolation in Petrini et al.'s own code
+GAUSSIAN_SIGMA = 0.4715
 
 
 def _check_cutoff(cutoff) -> None:
@@ -42,13 +44,20 @@ def _check_size(n) -> None:
 
 
 def _check_nonnegative(value, name) -> None:
-    if isinstance(value, bool) or not isinstance(value, Real) or not value >= 0:
-        raise ValueError(f"{name} must be a non-negative number; got {value!r}.")
+    if not _finite(value) or not value >= 0:
+        raise ValueError(f"{name} must be a finite non-negative number; got {value!r}.")
 
 
 def _check_positive(value, name) -> None:
-    if isinstance(value, bool) or not isinstance(value, Real) or not value > 0:
-        raise ValueError(f"{name} must be a positive number; got {value!r}.")
+    if not _finite(value) or not value > 0:
+        raise ValueError(f"{name} must be a finite positive number; got {value!r}.")
+
+
+def _finite(value) -> bool:
+    """Whether ``value`` is a finite real number (not a bool)."""
+    return (
+        not isinstance(value, bool) and isinstance(value, Real) and math.isfinite(value)
+    )
 
 
 def kept_modes(cutoff: int, ndim: int = 2) -> np.ndarray:
@@ -107,7 +116,7 @@ def temperature_from_delta(delta: float, cutoff: int = 3, n: int = 32) -> float:
             "sample_diffeo(n, cutoff=1, temperature=T) and deform with "
             "apply_diffeo (for relative_sensitivity, in a deformation= of yours)."
         )
-    return 4.0 * delta**2 / (math.pi * n**2 * math.log(cutoff))
+    return 4.0 * delta * delta / (math.pi * n**2 * math.log(cutoff))
 
 
 def temperature_range(n: int, cutoff: int = 3) -> tuple[float, float]:
@@ -145,7 +154,26 @@ def temperature_range(n: int, cutoff: int = 3) -> tuple[float, float]:
 
 def _signal_temperature(delta: float, cutoff: int, n: int) -> float:
     # One-dimensional extension: the exact relation E tau^2 = T n^2/2 sum 1/i^2.
-    return 2.0 * delta**2 / (n**2 * float((1.0 / kept_modes(cutoff, 1) ** 2).sum()))
+    return (
+        2.0 * delta * delta / (n**2 * float((1.0 / kept_modes(cutoff, 1) ** 2).sum()))
+    )
+
+
+def _delta_temperature(delta: float, cutoff: int, n: int, ndim: int) -> float:
+    """The temperature of typical displacement ``delta`` on ``n`` pixels.
+
+    Raises a ValueError where ``delta`` is so large that it overflows.
+    """
+    if ndim == 2:
+        temperature = temperature_from_delta(delta, cutoff, n)
+    else:
+        temperature = _signal_temperature(delta, cutoff, n)
+    if not math.isfinite(temperature):
+        raise ValueError(
+            f"delta={delta!r} pixels is too large: its temperature overflows. "
+            f"Displacements beyond the {n} pixels of a side are clamped to it."
+        )
+    return temperature
 
 
 def sample_fields(
@@ -236,10 +264,7 @@ def sample_diffeo(
         raise ValueError(f"ndim must be 1 (signals) or 2 (images); got {ndim!r}.")
     if temperature is None:
         _check_nonnegative(delta, "delta")
-        if ndim == 2:
-            temperature = temperature_from_delta(delta, cutoff, n)
-        else:
-            temperature = _signal_temperature(delta, cutoff, n)
+        temperature = _delta_temperature(delta, cutoff, n, ndim)
     _check_nonnegative(temperature, "temperature")
     if n_fields is not None and (
         isinstance(n_fields, bool) or not isinstance(n_fields, Integral) or n_fields < 1
@@ -284,7 +309,7 @@ def _gaussian_weights(src: torch.Tensor, size: int, sigma: float) -> torch.Tenso
 
 
 def pull_back(
-    x: torch.Tensor, fields: torch.Tensor, interp: str, sigma: float = 0.4
+    x: torch.Tensor, fields: torch.Tensor, interp: str, sigma: float = GAUSSIAN_SIGMA
 ) -> torch.Tensor:
     """``(tau x)(s) = x(s - tau(s))`` on tensors.
 
@@ -420,10 +445,7 @@ def deform(
     """
     xc, ndim = as_channels(x)
     n = xc.shape[-1]
-    if ndim == 2:
-        temperature = temperature_from_delta(delta, cutoff, n)
-    else:
-        temperature = _signal_temperature(delta, cutoff, n)
+    temperature = _delta_temperature(delta, cutoff, n, ndim)
     dtype = _working_dtype(x.dtype)
     fields = sample_fields(len(x), n, ndim, cutoff, temperature, rng, x.device, dtype)
     deformed = torch.empty_like(xc)
@@ -440,7 +462,7 @@ def apply_diffeo(
     dx: ArrayLike,
     dy: ArrayLike | None = None,
     interp: str = "linear",
-    sigma: float = 0.4,
+    sigma: float = GAUSSIAN_SIGMA,
 ) -> ArrayOrTensor:
     """Deform images by pulling them back along displacement fields.
 
@@ -459,8 +481,10 @@ def apply_diffeo(
         Bilinear, nearest-pixel (ties rounded half to even) or Gaussian
         interpolation (separable weights ``exp(-d^2 / 2 sigma^2)`` normalised
         over the pixels of each axis; it smooths even a zero displacement).
-    sigma : float, default=0.4
-        Width in pixels of the Gaussian interpolation (positive).
+    sigma : float, default=0.4715
+        Width in pixels of the Gaussian interpolation (positive): by default
+        that of the authors' code [1]_, which :func:`relative_sensitivity`
+        and :class:`DiffeoTransform` use.
 
     Returns
     -------

@@ -154,6 +154,12 @@ class _Probe:
             X = to_tensor(X, torch.device("cpu"), torch.float64)
             check_finite(X)
         X = torch.as_tensor(X)
+        if X.is_complex():
+            raise ValueError(
+                "Complex inputs are not measured (the sensitivity deforms and "
+                "compares real float64 inputs): pass their real and imaginary "
+                "parts as channels."
+            )
         as_channels(X)  # validates the shape
         if X.shape[-1] < 3:
             warnings.warn(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from numbers import Real
 
 import numpy as np
@@ -17,20 +18,17 @@ NOISE_NORMS = ("per_sample", "batch_mean")
 def check_noise_norm(noise_norm: str | float) -> None:
     """Raise a ValueError unless ``noise_norm`` is a known noise matching."""
     if isinstance(noise_norm, str):
-        if noise_norm not in NOISE_NORMS:
-            raise ValueError(
-                f"noise_norm must be one of {NOISE_NORMS} or a non-negative float; "
-                f"got {noise_norm!r}."
-            )
-        return
-    if (
-        isinstance(noise_norm, bool)
-        or not isinstance(noise_norm, Real)
-        or not (noise_norm >= 0)
-    ):
+        known = noise_norm in NOISE_NORMS
+    else:
+        known = (
+            not isinstance(noise_norm, bool)
+            and isinstance(noise_norm, Real)
+            and 0 <= noise_norm < math.inf
+        )
+    if not known:
         raise ValueError(
-            f"noise_norm must be one of {NOISE_NORMS} or a non-negative float; "
-            f"got {noise_norm!r}."
+            f"noise_norm must be one of {NOISE_NORMS} or a finite non-negative "
+            f"float; got {noise_norm!r}."
         )
 
 

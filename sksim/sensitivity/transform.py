@@ -20,6 +20,13 @@ from .diffeo import as_channels, check_deformation, deform, temperature_from_del
 CONTAINERS = ("default", "pandas", "polars")  # set_output's, as scikit-learn's
 
 
+_LAYOUTS = {
+    2: "signals (n_samples, L)",
+    3: "single-channel images (n_samples, H, W)",
+    4: "images (n_samples, C, H, W)",
+}
+
+
 class DiffeoTransform(TransformerMixin, BaseEstimator, auto_wrap_output_keys=None):
     """Deform every input by its own random max-entropy diffeomorphism.
 
@@ -103,8 +110,8 @@ class DiffeoTransform(TransformerMixin, BaseEstimator, auto_wrap_output_keys=Non
         self._check_params()
         X = self._validate(X, reset=True)
         as_channels(X)
-        self._signals = X.dim() == 2
-        if not self._signals:  # images need cutoff >= 2: refused here, not later
+        self._n_dims = X.dim()
+        if X.dim() > 2:  # images need cutoff >= 2: refused here, not later
             temperature_from_delta(self.delta, self.cutoff, X.shape[-1])
         return self
 
@@ -161,7 +168,7 @@ class DiffeoTransform(TransformerMixin, BaseEstimator, auto_wrap_output_keys=Non
         feature_names_out : ndarray of str
         """
         check_is_fitted(self)
-        if not self._signals:
+        if self._n_dims > 2:
             raise ValueError(
                 "DiffeoTransform names the features of signals (n_samples, L); "
                 "images keep their shape and have no feature names."
@@ -203,6 +210,12 @@ class DiffeoTransform(TransformerMixin, BaseEstimator, auto_wrap_output_keys=Non
         self._check_params()
         is_tensor = isinstance(X, torch.Tensor)
         x = self._validate(X, reset=False)
+        if x.dim() != self._n_dims:
+            raise ValueError(
+                f"X has shape {tuple(x.shape)}, but DiffeoTransform was fitted "
+                f"on {_LAYOUTS[self._n_dims]}: transform inputs of the same "
+                "layout (images may change their size)."
+            )
         rng = check_random_state(self.random_state)
         out = deform(x, self.delta, self.cutoff, self.interp, rng)
         return out if is_tensor else self._contained(out.numpy(), X)

@@ -178,6 +178,18 @@ def _gaussian_oracle(image, dx, dy, sigma):
     return out
 
 
+def test_gaussian_interpolation_is_the_authors_by_default():
+    """Its width is that of Petrini et al.'s code, 0.4715 pixels (0.4 before)."""
+    rng = np.random.RandomState(0)
+    x = rng.rand(2, 7, 7)
+    dx, dy = sample_diffeo(7, 3, delta=1.0, n_fields=2, random_state=1)
+    deformed = apply_diffeo(x, dx, dy, "gaussian")
+    for b in range(2):
+        np.testing.assert_allclose(
+            deformed[b], _gaussian_oracle(x[b], dx[b], dy[b], 0.4715), rtol=1e-10
+        )
+
+
 def test_random_fields_against_brute_force_interpolation():
     rng = np.random.RandomState(0)
     x = rng.rand(3, 2, 9, 9)
@@ -241,7 +253,7 @@ def test_apply_diffeo_errors():
     with pytest.raises(ValueError, match="got an array with 5 dimensions"):
         apply_diffeo(np.zeros((1, 1, 1, 5, 5)), np.zeros((5, 5)), np.zeros((5, 5)))
     for sigma in (-1, 0):  # 0 gave NaN images without a word
-        with pytest.raises(ValueError, match="sigma must be a positive number"):
+        with pytest.raises(ValueError, match="sigma must be a finite positive number"):
             apply_diffeo(x, np.zeros((5, 5)), np.zeros((5, 5)), "gaussian", sigma)
 
 
@@ -252,10 +264,13 @@ def test_sampler_errors():
         sample_diffeo(0)
     with pytest.raises(ValueError, match="ndim must be 1"):
         sample_diffeo(8, ndim=3)
-    with pytest.raises(ValueError, match="delta must be a non-negative number"):
+    with pytest.raises(ValueError, match="delta must be a finite non-negative number"):
         sample_diffeo(8, delta=-1.0)
-    with pytest.raises(ValueError, match="temperature must be a non-negative"):
-        sample_diffeo(8, temperature=float("nan"))
+    for temperature in (np.nan, np.inf):  # inf gave NaN fields
+        with pytest.raises(ValueError, match="temperature must be a finite non-neg"):
+            sample_diffeo(8, temperature=temperature)
+    with pytest.raises(ValueError, match="its temperature overflows"):
+        sample_diffeo(8, delta=1e200)
     with pytest.raises(ValueError, match="n_fields must be a positive int"):
         sample_diffeo(8, n_fields=0)
     with pytest.raises(ValueError, match="needs cutoff >= 2"):

@@ -96,6 +96,14 @@ def test_transform_errors():
     t = DiffeoTransform().fit(torch.zeros(2, 4, 4))
     with pytest.raises(ValueError, match="X has 5 features, but DiffeoTransform"):
         t.transform(torch.zeros(2, 5, 5))
+    # another layout of as many "features" was deformed as if it were the same
+    images = DiffeoTransform().fit(np.zeros((2, 8, 8, 8)))  # 8 channels
+    signals = DiffeoTransform().fit(np.zeros((2, 8)))
+    for fitted, X in [(images, np.zeros((2, 8, 8))), (signals, np.zeros((2, 8, 4, 4)))]:
+        with pytest.raises(ValueError, match="transform inputs of the same layout"):
+            fitted.transform(X)
+    with pytest.raises(ValueError, match="delta must be a finite non-negative"):
+        DiffeoTransform(delta=np.inf).fit(np.zeros((2, 4, 4)))
 
 
 def test_estimator_trains_an_unfitted_skorch_net_and_cross_validates():

@@ -450,6 +450,15 @@ def test_errors_and_warnings():
         relative_sensitivity(net, X, delta=0)
     with pytest.raises(ValueError, match=r"noise_norm=0 adds no noise"):  # R was NaN
         relative_sensitivity(net, X, noise_norm=0.0)
+    # these failed inside torch or blamed the network's weights
+    with pytest.raises(ValueError, match="delta must be a finite non-negative"):
+        relative_sensitivity(net, X, delta=np.inf)
+    with pytest.raises(ValueError, match="delta=1e[+]200 pixels is too large"):
+        relative_sensitivity(net, X, delta=1e200)
+    with pytest.raises(ValueError, match="or a finite non-negative float; got inf"):
+        relative_sensitivity(net, X, noise_norm=np.inf)
+    with pytest.raises(ValueError, match="Complex inputs are not measured"):  # cut
+        relative_sensitivity(net, X + 1j)
     # its copies of the network carried no version counters: a raw torch error
     with torch.inference_mode(), pytest.raises(RuntimeError, match="outside of that"):
         relative_sensitivity(net, X)

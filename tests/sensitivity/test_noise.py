@@ -48,6 +48,6 @@ def test_noise_errors():
         matched_noise(x)
     with pytest.raises(ValueError, match="x_deformed must have the shape of x"):
         matched_noise(x, np.zeros((3, 5)))
-    for bad in ("median", -1.0, True):
+    for bad in ("median", -1.0, True, np.inf):
         with pytest.raises(ValueError, match="noise_norm must be one of"):
             matched_noise(x, x, noise_norm=bad)
