@@ -491,14 +491,16 @@ class JacobianEngine:
             fallback = [n for n in self.parameters if n in fallback]
             jacobian = self._per_sample_jacobian(fallback) if fallback else None
             n_fallback = sum(self.parameters[n].numel() for n in fallback)
+            size = next(iter(self.parameters.values())).element_size()
+            d = self.n_outputs(X)
+            per_sample += d * n_fallback * size + GRAM_COPIES * 8 * d * d
             if self.batch_size is None:
-                size = next(iter(self.parameters.values())).element_size()
-                d = self.n_outputs(X)
-                per_sample += d * n_fallback * size + GRAM_COPIES * 8 * d * d
                 self.batch_size = self._part_size = rows_that_fit(
                     self.max_memory / 3, per_sample, AUTO_BATCH_LIMIT
                 )
-            self._plan = _Plan(supported, layers, ran, fallback, jacobian, n_fallback)
+            self._plan = _Plan(
+                supported, layers, ran, fallback, jacobian, n_fallback, per_sample
+            )
         return self._plan
 
     def _probe(self, layers: dict, X, whole: bool) -> tuple[set[str], int, set[str]]:
@@ -564,15 +566,19 @@ class JacobianEngine:
     def _split(self, size: int, taken: int) -> None:
         """Parts half as large; a MemoryError if ``size`` was one sample.
 
-        ``taken``: the bytes the part's pieces took when they passed the budget.
+        ``taken``: the bytes the part's pieces took when they passed the budget
+        (those after it uncounted); the error asks for three times what a
+        sample took on the probe, if more.
         """
         if size == 1:
+            needed = 3 * max(taken, self._plan.sample_bytes)
             raise MemoryError(
                 "The gradient pieces of a single sample take more than a third of "
                 f"max_memory ({readable_bytes(taken)} at least, against "
                 f"{readable_bytes(self.max_memory / 3)} of {self.max_memory} bytes): "
-                f"raise max_memory (above {3 * taken} bytes), or select fewer "
-                "parameters (params=) or outputs (output=)."
+                f"raise max_memory (to {needed} bytes, three times what a sample "
+                "took on the first ones), or select fewer parameters (params=) or "
+                "outputs (output=)."
             )
         self._part_size = (size + 1) // 2
 
@@ -658,6 +664,9 @@ class _Plan:
         ``batch -> blocks``, a gradient ``(b, d, p_n)`` per ``fallback`` name.
     n_fallback : int
         The number of parameters in ``fallback``.
+    sample_bytes : int
+        What a sample takes, measured on the probe (its activations, pieces
+        and the fallback's gradients).
     """
 
     supported: dict
@@ -666,6 +675,7 @@ class _Plan:
     fallback: list[str]
     jacobian: Callable | None
     n_fallback: int
+    sample_bytes: int
 
     def pieces(self, captured: dict, blocks: dict, b: int, d: int) -> list:
         """A batch's pieces from the ``captured`` layers' and the fallback's ``blocks``.
