@@ -918,14 +918,19 @@ def load_checkpoint(
         state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
     except Exception as error:  # whatever a damaged or unsafe file raises
         raise ValueError(
-            f"--checkpoint {args.checkpoint} could not be loaded as a state_dict "
-            f"({type(error).__name__}: {str(error).splitlines()[0]}); save it with "
+            f"--checkpoint {args.checkpoint} could not be loaded as a state_dict: "
+            f"{_unloadable(args.checkpoint, error)}; save it with "
             "torch.save(module.state_dict(), path)."
         ) from error
-    if not isinstance(state, dict):
+    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+        held = (
+            "a dict whose keys are not all names"
+            if isinstance(state, dict)
+            else f"a {type(state).__name__}"
+        )
         raise ValueError(
-            f"--checkpoint {args.checkpoint} holds a {type(state).__name__}, not a "
-            "state_dict; save it with torch.save(module.state_dict(), path)."
+            f"--checkpoint {args.checkpoint} holds {held}, not a state_dict; save "
+            "it with torch.save(module.state_dict(), path)."
         )
     architecture = args.module or f"--model {args.model}"
     try:
@@ -940,6 +945,26 @@ def load_checkpoint(
             f"{state_mismatch(state, module.state_dict())}."
         ) from error
     return module if args.module is None else built
+
+
+def _unloadable(path: str, error: Exception) -> str:
+    """Why ``torch.load(path, weights_only=True)`` raised ``error``, in words."""
+    if os.path.getsize(path) == 0:
+        return "the file is empty (an interrupted copy?)"
+    text = str(error)
+    pickled = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if pickled:
+        return (
+            f"it holds pickled objects besides tensors ({pickled[1]}: a whole "
+            "module saved with torch.save(module)?), which loading without "
+            "running code refuses"
+        )
+    # torch's first lines advise weights_only=False; its unpickler's says why
+    reason = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    detail = reason[1] if reason else (text.splitlines() or [""])[0]
+    return (
+        f"it is damaged or not written by torch.save ({type(error).__name__}: {detail})"
+    )
 
 
 def state_mismatch(state: dict, expected: dict) -> str:

@@ -261,18 +261,21 @@ def _check_inputs(X, y, names=("X", "y")):
     return labelled(lazy_rows(X), y), y
 
 
-def _check_labels(*labels):
+_REGRESSION_PREFIT = 'A trained regression network is audited with cv="prefit".'
+
+
+def _check_labels(*labels, regression: str = _REGRESSION_PREFIT):
     """The sorted classes of class labels ``labels`` (at least two of them).
 
     Label ``j`` is the network's output ``j``: the labels are integers from 0.
+    ``regression`` says how targets of another kind are audited.
     """
     for y in labels:
         kind = type_of_target(y)
         if kind not in ("binary", "multiclass"):
             raise ValueError(
                 "audit audits classifiers: y must hold class labels; got a "
-                f"{kind} target. A trained regression network is audited with "
-                'cv="prefit".'
+                f"{kind} target. {regression}"
             )
     classes = np.unique(np.concatenate(labels))
     integers = classes.dtype.kind in "iu" or (
@@ -346,7 +349,15 @@ def _prefit_data(net, X, y, X_test, y_test):
         return _Data(X, y, X_test, y_test, task, None)
     (y, y_test), names = _net_class_codes(net, y, y_test)
     try:
-        classes = _check_labels(y, y_test)
+        classes = _check_labels(
+            y,
+            y_test,
+            regression=(
+                f"{type(_unwrap(net)).__name__} is a classifier: a trained "
+                "regression network is audited as a skorch NeuralNetRegressor "
+                "or as its module."
+            ),
+        )
     except ValueError as error:
         values = np.unique(np.concatenate([y, y_test]))
         whole = values.dtype.kind in "iuf" and np.array_equal(values, values.round())
@@ -370,8 +381,13 @@ def _net_class_codes(net: NetLike, *labels: np.ndarray) -> tuple[list, list | No
     if values.dtype.kind in "biuf" or classes is None:
         return list(labels), None
     outputs = {label: j for j, label in enumerate(np.asarray(classes).tolist())}
-    if not set(values.tolist()) <= outputs.keys():
-        return list(labels), None
+    unknown = sorted(set(values.tolist()) - outputs.keys(), key=str)
+    if unknown:
+        raise ValueError(
+            f"The labels {unknown[:5]} are not among the network's classes_ "
+            f"{list(outputs)[:10]}: skorch's predict reads output j as "
+            "classes_[j], so every label must be one of them."
+        )
     codes = [np.array([outputs[label] for label in y.tolist()]) for y in labels]
     return codes, [str(label) for label in outputs]
 

@@ -368,7 +368,22 @@ def test_a_checkpoint_behind_a_prefix_is_told_to_strip_it():
             "'hidden.bias'); 1 shape differing ('out.weight': (10, 64) for (10, "
             "256)).",
         ),
-        ("garbage", "could not be loaded as a state_dict (UnpicklingError: "),
+        (
+            "garbage",
+            "could not be loaded as a state_dict: it is damaged or not written by "
+            "torch.save (UnpicklingError: ",
+        ),
+        # these two ended in tracebacks (an empty message, an AttributeError)
+        ("empty", "could not be loaded as a state_dict: the file is empty"),
+        ("int keys", "holds a dict whose keys are not all names, not a state_dict"),
+        # torch's advice was cut before its two options
+        (
+            "module",
+            "holds pickled objects besides tensors (torch.nn.modules.linear.Linear: "
+            "a whole module saved with torch.save(module)?), which loading without "
+            "running code refuses; save it with torch.save(module.state_dict(), "
+            "path).",
+        ),
         ("list", "holds a list, not a state_dict; save it with torch.save("),
         ("missing", "mlp.pt: no such file."),
         ("no test", "--checkpoint audits a trained network on its test split"),
@@ -379,6 +394,12 @@ def test_cli_bad_checkpoint_is_one_line(files, change, message, capsys):
     argv = checkpoint_argv(files, "--quiet")
     if change == "garbage":
         (files / "mlp.pt").write_bytes(b"not a checkpoint")
+    elif change == "empty":
+        (files / "mlp.pt").write_bytes(b"")
+    elif change == "int keys":
+        torch.save({0: torch.zeros(2)}, files / "mlp.pt")
+    elif change == "module":
+        torch.save(torch.nn.Linear(2, 2), files / "mlp.pt")
     elif change == "list":
         torch.save([torch.zeros(2)], files / "mlp.pt")
     elif change == "missing":
@@ -396,6 +417,7 @@ def test_cli_bad_checkpoint_is_one_line(files, change, message, capsys):
     assert err.count("\n") == 1, err
     assert err.startswith("sksim audit: error: ")
     assert message in err
+    assert "weights_only" not in err  # torch's advice to run the file's code
     assert not (files / "r.html").exists()
 
 

@@ -726,6 +726,21 @@ def test_class_names_of_a_skorch_classifier_read_as_its_outputs(split, trained):
     assert found.metadata["class_names"] == names.tolist()
     with pytest.raises(ValueError, match="right only if the outputs follow it"):
         prefit_audit(trained.module_, (X, names[y], X_test, names[y_test]))
+    # a name the net lacks was answered with the advice to name the classes
+    unknown = names[y_test].copy()
+    unknown[0] = "ten"
+    with pytest.raises(
+        ValueError, match=r"The labels \['ten'\] are not among the network's classes_"
+    ):
+        prefit_audit(named, (X, names[y], X_test, unknown))
+
+
+def test_continuous_targets_of_a_prefit_classifier_say_what_to_pass(split, trained):
+    """The error advised cv="prefit", which the audit was given."""
+    X, _, X_test, _ = split
+    targets = np.linspace(0, 1, len(X)), np.linspace(0, 1, len(X_test))
+    with pytest.raises(ValueError, match="NeuralNetClassifier is a classifier: a"):
+        prefit_audit(trained, (X, targets[0], X_test, targets[1]))
 
 
 class GuessingClassifier(NeuralNetClassifier):
