@@ -261,10 +261,10 @@ def _check_inputs(X, y, names=("X", "y")):
     return labelled(lazy_rows(X), y), y
 
 
-_REGRESSION_PREFIT = 'A trained regression network is audited with cv="prefit".'
+_REGRESSION_BY_PREFIT = 'A trained regression network is audited with cv="prefit".'
 
 
-def _check_labels(*labels, regression: str = _REGRESSION_PREFIT):
+def _check_labels(*labels, regression: str = _REGRESSION_BY_PREFIT):
     """The sorted classes of class labels ``labels`` (at least two of them).
 
     Label ``j`` is the network's output ``j``: the labels are integers from 0.
