@@ -524,15 +524,20 @@ def test_dead_inputs_are_warned_about_once_with_their_rows():
     )
 
 
-def test_hnsw_searches_with_a_beam_twice_its_candidates(data):
+@pytest.mark.parametrize("index", ["HNSW32", "PCA4,HNSW32"])
+def test_hnsw_searches_with_a_beam_twice_its_candidates(data, index):
+    """Behind a transform, the graph was searched with FAISS's beam of 16."""
     faiss = pytest.importorskip("faiss")
     X = data[0]
     kwargs = dict(n_neighbors=3, algorithm="faiss", n_components=8, random_state=0)
-    hnsw = NetworkNeighbors(mlp(3, 1), index="HNSW32", **kwargs).fit(X)
+    hnsw = NetworkNeighbors(mlp(3, 1), index=index, **kwargs).fit(X)
     params = hnsw._search_parameters(48)
+    if index.startswith("PCA"):
+        assert isinstance(params, faiss.SearchParametersPreTransform)
+        params = params.referenced_objects[0]  # its index_params, kept alive
     assert isinstance(params, faiss.SearchParametersHNSW) and params.efSearch == 96
     given = NetworkNeighbors(  # 3 neighbours: the beam of 6 by hand
-        mlp(3, 1), index="HNSW32", index_params="efSearch=6", **kwargs
+        mlp(3, 1), index=index, index_params="efSearch=6", **kwargs
     ).fit(X)
     assert given._search_parameters(48) is None  # the user's efSearch stands
     for a, b in zip(hnsw.most_similar(X), given.most_similar(X), strict=True):

@@ -30,6 +30,8 @@ _MAX_DISTANCE_POINTS = 1000  # points per class for the mean pairwise distance
 # a network computes its representations to within this many roundings of them
 # (the rounding of a layer's inputs, summed over its fan-in, cancels in its outputs)
 _ROUNDING_MARGIN = 100
+# roundings this coarse (half precision's) put the margin at a tenth of a value
+_COARSE_EPS = 1e-4
 
 
 def _rounding(Z) -> float | None:
@@ -55,9 +57,14 @@ def _rounding_floors(Z: np.ndarray, Vt: np.ndarray, eps: float) -> np.ndarray:
     return _ROUNDING_MARGIN * eps * np.sqrt(np.square(Vt) @ squared_norms)
 
 
-def _n_kept(singular_values, n_components, floors):
+def _rank(singular_values, floors) -> int:
+    """The directions before the first whose singular value is within its floor."""
     above = singular_values > np.maximum(floors, singular_values[0] * 1e-12)
-    rank = (len(above) if above.all() else int(np.argmin(above))) or 1
+    return (len(above) if above.all() else int(np.argmin(above))) or 1
+
+
+def _n_kept(singular_values, n_components, floors):
+    rank = _rank(singular_values, floors)
     if n_components is None:
         return rank
     if isinstance(n_components, numbers.Integral):
@@ -97,7 +104,8 @@ class ClassConditionalDensity(ClassifierMixin, BaseEstimator):
         float16) representations, a float32 network's, are rounded 5e8 times
         more coarsely than float64 ones, so pass them as they are; a direction
         along which features vary by less than 100 of their roundings is
-        taken for rounding. Rounding of a layer's inputs that cancels in its
+        taken for rounding (warned of for half precision, where that is up
+        to a tenth of their size). Rounding of a layer's inputs that cancels in its
         outputs (inputs of a large common offset, weights orthogonal to it)
         cannot be told from ``Z``: there, compare ``d'`` with the float64
         network's, or give ``n_components``. A bfloat16
@@ -229,7 +237,10 @@ class ClassConditionalDensity(ClassifierMixin, BaseEstimator):
         )
         self.class_prior_ = self._check_priors(len(self.classes_), counts)
         _, s, Vt = np.linalg.svd(Z, full_matrices=False)
-        k = _n_kept(s, self.n_components, _rounding_floors(Z, Vt, eps))
+        floors = _rounding_floors(Z, Vt, eps)
+        k = _n_kept(s, self.n_components, floors)
+        if eps >= _COARSE_EPS and k == _rank(s, floors):
+            _warn_of_coarse_rounding(s[k:], floors[k:], eps)
         self.components_, self.singular_values_ = Vt[:k], s[:k]
         P = Z @ self.components_.T
         rng = check_random_state(self.random_state)
@@ -528,6 +539,27 @@ def _as_table(table, as_frame):
     except ImportError as exc:  # pragma: no cover - pandas is a dev dependency
         raise ImportError("as_frame=True needs pandas: pip install pandas.") from exc
     return pd.DataFrame(dict(table))
+
+
+def _warn_of_coarse_rounding(singular_values, floors, eps) -> None:
+    """Warn of dropped directions far above half-precision rounding.
+
+    ``singular_values`` and ``floors``: of the directions the rank test took
+    for rounding. Those above 3 roundings of the entries may hold the
+    network's features, varying by up to a tenth of their size.
+    """
+    doubtful = int(np.sum(singular_values > 3 * floors / _ROUNDING_MARGIN))
+    if doubtful:
+        warnings.warn(
+            f"{doubtful} direction(s) of these half-precision representations, "
+            f"along which features vary by 3 to {_ROUNDING_MARGIN} roundings "
+            f"(up to {_ROUNDING_MARGIN * eps:.0%} of their size), are taken for "
+            "the rounding of the network's own computation and dropped. If the "
+            "network computed them in float32 or float64, pass them so; or give "
+            "n_components to keep them.",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _warn_of_single_points(classes, points) -> None:

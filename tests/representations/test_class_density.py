@@ -1,6 +1,7 @@
 """ClassConditionalDensity: projection, densities, classifier, class statistics."""
 
 import copy
+import warnings
 
 import numpy as np
 import pytest
@@ -93,6 +94,26 @@ def test_rounding_of_a_large_feature_does_not_hide_small_ones():
     fit = ClassConditionalDensity(None, mixture=GIBBS, random_state=0).fit(Z, y)
     assert fit.components_.shape[0] == 5
     assert fit.score(Z, y) > 0.9
+
+
+def test_half_precision_directions_dropped_far_above_rounding_are_warned_of():
+    """Float16 features of 3 +- 0.2 (68 roundings) went from d' = 8 to 2, silently;
+    a float16 matrix of rank 4 loses only its rounding, without a word."""
+    rng = np.random.RandomState(0)
+    y = np.repeat([0, 1, 2], 100)
+    offset = 3 + 0.2 * rng.randn(3, 8)[y] + 0.1 * rng.randn(300, 8)
+    with pytest.warns(UserWarning, match="6 direction.s. of these half-precision"):
+        fit = ClassConditionalDensity(None, mixture=GIBBS, random_state=0).fit(
+            offset.astype(np.float16), y
+        )
+    assert fit.components_.shape[0] == 2
+    low_rank = (rng.randn(300, 4) @ rng.randn(4, 8)).astype(np.float16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fit = ClassConditionalDensity(None, mixture=GIBBS, random_state=0).fit(
+            low_rank, y
+        )
+    assert fit.components_.shape[0] == 4
 
 
 def test_scores_are_the_class_mixtures_on_projected_features(fitted):
