@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import TypeAlias, TypeVar
+from typing import Self, TypeAlias, TypeVar
 
 import numpy as np
 import torch
@@ -13,11 +12,6 @@ from numpy.typing import ArrayLike
 from sklearn.frozen import FrozenEstimator
 from skorch import NeuralNet
 from torch.utils.data import Dataset
-
-if sys.version_info >= (3, 11):
-    from typing import Self
-else:  # typing_extensions comes with torch
-    from typing_extensions import Self
 
 __all__ = [
     "ArrayOrTensor",

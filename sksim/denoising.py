@@ -22,6 +22,7 @@ from ._docs import fill_doc
 from ._engine.gram import GramReference, NTKReference
 from ._engine.inputs import is_dataset, n_samples
 from ._engine.jacobian import DEFAULT_MAX_MEMORY
+from ._pyplot import pyplot
 from ._typing import NetInput, NetLike, Output, Self
 from ._validation import check_net_input, dataset_targets, labels_key_hint
 from .density import THRESHOLD, positive_power
@@ -710,21 +711,15 @@ def plot_denoising(
     >>> plot_denoising(analysis).get_xscale()
     'log'
     """
-    try:
-        import matplotlib.pyplot as plt
-    except ImportError as error:
-        raise ImportError(
-            "plot_denoising needs matplotlib: install it with "
-            "`pip install matplotlib` (sksim's plot extra)."
-        ) from error
+    plt = pyplot("plot_denoising")
     check_is_fitted(analysis)
+    d = analysis.n_outputs_
+    summary = analysis.summary(y_clean)  # y_clean checked before a figure is made
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 4), layout="constrained")
-    d = analysis.n_outputs_
     n_eff = analysis.effective_neighbors_
     predicted = np.sqrt(analysis.predicted_error_ / d)
     ax.scatter(n_eff, predicted, s=6, alpha=0.6, label="predicted per sample")
-    summary = analysis.summary(y_clean)
     ax.axhline(summary["sigma"], color="k", lw=1, label="label noise sigma")
     ax.axhline(summary["predicted_rmse"], color="C0", ls="--", label="predicted RMSE")
     if y_clean is not None:

@@ -15,6 +15,7 @@ from numpy.typing import ArrayLike
 from sklearn.utils.validation import check_is_fitted
 
 from ._engine.inputs import is_dataset
+from ._pyplot import pyplot
 from .denoising import plot_denoising
 from .neighbors import NetworkNeighbors
 from .representations.plots import plot_class_log_density, plot_memorization_by_density
@@ -50,8 +51,8 @@ def plot_neighbors(
     one scale of values, from the smallest to the largest they hold (colour
     images are rescaled to it, standardised ones too); images of 2 or more
     than 4 channels are drawn as their channels' mean. Channels come first, as
-    torch's, unless only the last axis, shorter than the others, holds 3 or 4
-    (``(H, W, 3)``).
+    torch's, unless the last axis holds 3 or 4 and is shorter than the others
+    (``(H, W, 3)``, ``(4, 6, 3)`` too).
 
     Parameters
     ----------
@@ -89,8 +90,7 @@ def plot_neighbors(
     >>> len(fig.axes)
     2
     """
-    import matplotlib.pyplot as plt
-
+    plt = pyplot("plot_neighbors")
     check_is_fitted(neighbors)
     if isinstance(neighbors.X_fit_, dict) or is_dataset(neighbors.X_fit_):
         kind = "a dict" if isinstance(neighbors.X_fit_, dict) else "a torch Dataset"
@@ -110,6 +110,8 @@ def plot_neighbors(
         columns = 4 + min(n_features, reference[0].size)
         grid, size = (n_queries, 1), (1.1 * columns, 0.3 * (k + 2) * n_queries)
         per_query = "one per query"
+    if images:  # checked before a figure is made
+        drawn = _images(why, X, reference, image_shape or X.shape[1:])
     own = axes is None  # a figure of its own, laid out here; the caller's is not
     if own:
         _, axes = plt.subplots(*grid, figsize=size, squeeze=False)
@@ -120,7 +122,7 @@ def plot_neighbors(
         )
     axes = np.reshape(axes, grid)
     if images:
-        _image_grid(why, X, reference, image_shape or X.shape[1:], axes)
+        _image_grid(why, drawn, axes)
     else:
         _tables(why, reference, n_features, axes[:, 0])
     fig = axes[0, 0].figure
@@ -141,8 +143,7 @@ def _as_image(sample, shape):
         )
     image = sample.reshape(shape)
     if image.ndim == 3:
-        first, *_, last = image.shape
-        if last in (3, 4) and first not in (1, 3, 4) and last < min(image.shape[:2]):
+        if image.shape[-1] in (3, 4) and image.shape[-1] < min(image.shape[:2]):
             return image  # channels last, as an image file's
         if image.shape[0] in (3, 4):  # channels first, as torch's
             return np.moveaxis(image, 0, -1)
@@ -157,13 +158,16 @@ def _caption(why, q, j):
     return f"{label}{why.similarities[q, j]:.3f} (p{percentile})"
 
 
-def _image_grid(why, X, reference, shape, axes):
-    n_queries = len(axes)
-    images = [
+def _images(why, X, reference, shape):
+    """Each query's row of images: the query, then its neighbours."""
+    return [
         [_as_image(X[q], shape)]
         + [_as_image(reference[i], shape) for i in why.indices[q]]
-        for q in range(n_queries)
+        for q in range(len(why.indices))
     ]
+
+
+def _image_grid(why, images, axes):
     low = min(image.min() for row in images for image in row)
     high = max(image.max() for row in images for image in row)
     span = high - low if high > low else 1.0

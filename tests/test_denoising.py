@@ -343,6 +343,10 @@ def test_plot_draws_predicted_and_measured_errors(data):
     )
     assert [line.get_ydata()[0] for line in ax.lines][0] == pytest.approx(0.1)
     matplotlib.pyplot.close(ax.figure)
+    before = matplotlib.pyplot.get_fignums()
+    with pytest.raises(ValueError):  # checked before an empty figure was left open
+        plot_denoising(analysis, y_clean=Y[:5, 0])
+    assert matplotlib.pyplot.get_fignums() == before
 
 
 def test_plot_without_matplotlib_names_the_extra(data, monkeypatch):

@@ -708,14 +708,25 @@ def test_plot_neighbors_images_share_one_scale_of_values():
                 )
             }
         matplotlib.pyplot.close(fig)
-    last = torch.randn(12, 6, 6, 3).numpy()  # channels last, as an image file's
-    search = NetworkNeighbors(AnyWidth(), n_neighbors=2).fit(last)
-    fig = plot_neighbors(search, last[:1])
-    assert fig.axes[0].images[0].get_array().shape == (6, 6, 3)
-    matplotlib.pyplot.close(fig)
+    # channels last, as an image file's: (4, 6, 3) was drawn as a (6, 3) RGBA
+    for shape in [(6, 6, 3), (4, 6, 3), (4, 4, 3)]:
+        last = torch.randn(12, *shape).numpy()
+        search = NetworkNeighbors(AnyWidth(), n_neighbors=2).fit(last)
+        fig = plot_neighbors(search, last[:1])
+        assert fig.axes[0].images[0].get_array().shape == shape
+        matplotlib.pyplot.close(fig)
     flat = NetworkNeighbors(mlp(4, 2), n_neighbors=2).fit(np.zeros((5, 4)))
+    before = matplotlib.pyplot.get_fignums()
     with pytest.raises(ValueError, match=r"4 values cannot be viewed as an image"):
         plot_neighbors(flat, np.zeros((1, 4)), image_shape=(3, 3))
+    assert matplotlib.pyplot.get_fignums() == before  # no empty figure left
+
+
+def test_plot_neighbors_without_matplotlib_names_the_extra(data, monkeypatch):
+    search = NetworkNeighbors(mlp(3, 2), n_neighbors=2).fit(data[0])
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    with pytest.raises(ImportError, match=r"plot_neighbors needs matplotlib: ins"):
+        plot_neighbors(search, data[1][:2])
 
 
 def test_plot_neighbors_tabulates_tabular_data(data):

@@ -5,8 +5,9 @@ from __future__ import annotations
 import base64
 import html
 import io
-from types import ModuleType
 from typing import TYPE_CHECKING
+
+from .._pyplot import pyplot
 
 if TYPE_CHECKING:
     import numpy as np
@@ -14,21 +15,9 @@ if TYPE_CHECKING:
 MAX_ROWS = 200
 
 
-def pyplot() -> ModuleType:
-    """Import ``matplotlib.pyplot`` lazily, with an error naming the extra."""
-    try:
-        import matplotlib.pyplot as plt
-    except ImportError as error:
-        raise ImportError(
-            "The audit report draws its figures with matplotlib: install it with "
-            "`pip install matplotlib` (sksim's plot extra)."
-        ) from error
-    return plt
-
-
 def subplots(*args, **kwargs):
     """``pyplot.subplots`` with the constrained layout."""
-    return pyplot().subplots(*args, layout="constrained", **kwargs)
+    return pyplot("The audit report").subplots(*args, layout="constrained", **kwargs)
 
 
 def errorbars(ax, x, table, column, **style):
@@ -54,7 +43,7 @@ def layer_tail(name: str, width: int) -> str:
 
 def png(fig) -> str:
     """The figure as an ``<img>`` with a base64 PNG data URI (then closed)."""
-    plt = pyplot()
+    plt = pyplot("The audit report")
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)

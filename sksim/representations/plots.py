@@ -7,20 +7,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .._pyplot import pyplot
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
     from sklearn.utils import Bunch
-
-
-def _pyplot():
-    try:
-        import matplotlib.pyplot as plt
-    except ImportError as exc:  # pragma: no cover - exercised without matplotlib
-        raise ImportError(
-            "Plotting needs matplotlib: `pip install matplotlib` (sksim's plot extra)."
-        ) from exc
-    return plt
 
 
 def _column(table, key):
@@ -51,7 +43,7 @@ def plot_class_log_density(
     ----------
     .. [1] P. Jamroz, M. Kurdziel, AAAI 2023, section 4.1 (Fig. 2).
     """
-    plt = _pyplot()
+    plt = pyplot("plot_class_log_density")
     stages = list(dict.fromkeys(_column(report.splits, "stage")))
     own = axes is None  # a figure of its own, laid out here; the caller's is not
     if own:
@@ -111,7 +103,7 @@ def plot_memorization_by_density(report: Bunch, ax: Axes | None = None) -> Axes:
             "The report has no memorisation scores: pass memorization= to "
             "class_fitting_report."
         )
-    plt = _pyplot()
+    plt = pyplot("plot_memorization_by_density")
     own = ax is None  # a figure of its own, laid out here; the caller's is not
     if own:
         _, ax = plt.subplots(figsize=(4.5, 3))

@@ -228,7 +228,7 @@ def test_missing_matplotlib_names_the_extra(monkeypatch):
     with pytest.raises(
         ImportError, match=r"pip install matplotlib. \(sksim's plot extra\)"
     ):
-        _render.pyplot()
+        _render.subplots()
 
 
 def test_classes_text_names_the_codes():
