@@ -32,6 +32,7 @@ from sksim.audit._findings import (
     summary_value,
 )
 from sksim.audit._names import named
+from sksim.audit.analyses.density import correlation
 from sksim.audit.analyses.neighbors import _gallery_rows, diverse
 from sksim.audit.core import (
     _count_warning,
@@ -339,6 +340,16 @@ def test_an_undefined_correlation_says_why(log_density, words):
         tables=dict(samples=samples), metadata=dict(methods={}, task="regression")
     )
     assert words in density_meaning(result, float("nan"))
+
+
+def test_densities_tied_at_the_floor_correlate_with_nothing():
+    """80 copies of log(0.5 / 80) have a std of 9e-16 (their mean is not one of
+    them): the correlation came out 1e-17, read as "0.00. Not telling"."""
+    tied = np.full(80, np.log(0.5 / 80))
+    assert tied.std() > 0
+    errors = (np.arange(80) % 3 == 0).astype(float)
+    assert np.isnan(correlation(tied, errors))
+    assert correlation(-errors, errors) == pytest.approx(-1.0)
 
 
 def test_accuracy_with_planted_flips_is_given_against_the_labels_before_them():

@@ -53,8 +53,12 @@ def n_density_bins(n_test: int, max_bins: int = 10, min_per_bin: int = 10) -> in
 
 
 def correlation(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson correlation of ``a`` and ``b``, NaN when either is constant."""
-    if a.std() > 0 and b.std() > 0:
+    """Pearson correlation of ``a`` and ``b``, NaN when either is constant.
+
+    Constant means equal values: the standard deviation of equal values that
+    their mean does not hold exactly is a rounding, not zero.
+    """
+    if np.ptp(a) > 0 and np.ptp(b) > 0:
         return float(np.corrcoef(a, b)[0, 1])
     return np.nan
 
