@@ -144,7 +144,7 @@ def make_planted_modes(
 
     References
     ----------
-    .. [1] P. Jamroz, M. Kurdziel, AAAI 2023, section 4.2 (two modes of class
+    .. [1] M. Jamroż, M. Kurdziel, AAAI 2023, section 4.2 (two modes of class
        fitting).
 
     Examples

@@ -154,7 +154,7 @@ class SelfDenoisingAnalysis(NetworkEstimator):
     (:func:`sksim.datasets.make_circle_sine`, label noise 0.2) they predict a
     clean error 4 to 7 times smaller than the one measured. **The weighting
     is a parameter**, and the default, ``"hard"`` with ``threshold=0.95``,
-    predicted that error within a factor of two there (0.73 to 0.83 times
+    predicted that error within a factor of two there (0.74 to 0.83 times
     the measured one). The choices: ``"ntk"`` (the paper's),
     ``"cosine"`` (the matrix cosine kernel ``A_i A_j^T``),
     ``"cosine_pos_pow"`` (``max(k^C_ij, 0)^power I_d``) and ``"hard"``

@@ -222,7 +222,10 @@ class GradientDensityEstimator(DensityMixin, NetworkEstimator):
         Number ``d`` of Jacobian rows per sample.
     reference_sum_ : ndarray of shape (d, p) or (n_checkpoints, d, p)
         ``S = sum_j A(x_j)`` (``method="soft"`` without ``n_components``
-        only), one per checkpoint with ``checkpoints``.
+        only), one per checkpoint with ``checkpoints``. Its ``p`` columns
+        are in the engine's layout of the parameters (a ``Linear`` layer's
+        ``[W | b]`` row by row: each unit's weights, then its bias), not in
+        ``net.parameters()``'s order.
     reference_features_ : ndarray of shape (N, d * k * n_checkpoints)
         Unit-normalised sketches of the reference (when ``n_components`` is
         set; their sum, one row, for ``method="soft"``), ``k`` about

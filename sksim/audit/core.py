@@ -789,7 +789,7 @@ def audit(
     .. [2] L. Petrini, A. Favero, M. Geiger, M. Wyart, "Relative stability
        toward diffeomorphisms indicates performance in deep nets", NeurIPS
        2021.
-    .. [3] P. Jamroz, M. Kurdziel, "Neural Representations Reveal Distinct
+    .. [3] M. Jamroż, M. Kurdziel, "Neural Representations Reveal Distinct
        Modes of Class Fitting in Residual Convolutional Networks", AAAI 2023.
 
     Examples

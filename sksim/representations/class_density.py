@@ -143,7 +143,7 @@ class ClassConditionalDensity(ClassifierMixin, BaseEstimator):
 
     References
     ----------
-    .. [1] P. Jamroz, M. Kurdziel, "Neural Representations Reveal Distinct
+    .. [1] M. Jamroż, M. Kurdziel, "Neural Representations Reveal Distinct
        Modes of Class Fitting in Residual Convolutional Networks", AAAI 2023,
        sections 3 and 4.
 

@@ -174,7 +174,7 @@ n_features)
 
     References
     ----------
-    .. [1] P. Jamroz, M. Kurdziel, "Neural Representations Reveal Distinct
+    .. [1] M. Jamroż, M. Kurdziel, "Neural Representations Reveal Distinct
        Modes of Class Fitting in Residual Convolutional Networks", AAAI 2023,
        section 3 (Eq. 3).
     .. [2] R. M. Neal, "Markov Chain Sampling Methods for Dirichlet Process

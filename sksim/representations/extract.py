@@ -79,7 +79,7 @@ def extract_representations(
 
     References
     ----------
-    .. [1] P. Jamroz, M. Kurdziel, AAAI 2023, section 3 (stage representations).
+    .. [1] M. Jamroż, M. Kurdziel, AAAI 2023, section 3 (stage representations).
 
     Examples
     --------

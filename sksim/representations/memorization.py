@@ -121,7 +121,7 @@ def memorization_scores(
     .. [1] V. Feldman, C. Zhang, "What Neural Networks Memorize and Why:
        Discovering the Long Tail via Influence Estimation", NeurIPS 2020,
        section 2.
-    .. [2] P. Jamroz, M. Kurdziel, AAAI 2023, section 4.3 (memorisation against
+    .. [2] M. Jamroż, M. Kurdziel, AAAI 2023, section 4.3 (memorisation against
        density).
 
     Examples

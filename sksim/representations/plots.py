@@ -41,7 +41,7 @@ def plot_class_log_density(
 
     References
     ----------
-    .. [1] P. Jamroz, M. Kurdziel, AAAI 2023, section 4.1 (Fig. 2).
+    .. [1] M. Jamroż, M. Kurdziel, AAAI 2023, section 4.1 (Fig. 2).
     """
     plt = pyplot("plot_class_log_density")
     stages = list(dict.fromkeys(_column(report.splits, "stage")))
@@ -96,7 +96,7 @@ def plot_memorization_by_density(report: Bunch, ax: Axes | None = None) -> Axes:
 
     References
     ----------
-    .. [1] P. Jamroz, M. Kurdziel, AAAI 2023, section 4.3.
+    .. [1] M. Jamroż, M. Kurdziel, AAAI 2023, section 4.3.
     """
     if report.memorization is None:
         raise ValueError(

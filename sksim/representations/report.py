@@ -187,7 +187,7 @@ def class_fitting_report(
 
     References
     ----------
-    .. [1] P. Jamroz, M. Kurdziel, "Neural Representations Reveal Distinct
+    .. [1] M. Jamroż, M. Kurdziel, "Neural Representations Reveal Distinct
        Modes of Class Fitting in Residual Convolutional Networks", AAAI 2023,
        sections 4.1-4.3.
 
