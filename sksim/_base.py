@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 from collections.abc import Callable, Sequence
 from numbers import Integral, Real
 from typing import Any
@@ -238,6 +239,26 @@ class _WorkerCall:
         light = copy.copy(self.estimator)
         light.net = light.net_ = resolve_module(self.estimator.net_)
         return _WorkerCall, (light, self.method, self.args)
+
+
+def forget_failed_fit(fit: Callable) -> Callable:
+    """``fit``, leaving the estimator unfitted when it raises.
+
+    A fit that fails halfway kept the attributes set before the failure
+    (``net_``, ``n_features_in_`` of the failed inputs), beside what an
+    earlier fit computed: later calls failed on a missing attribute, or
+    checked inputs against the failed ones.
+    """
+
+    @functools.wraps(fit)
+    def fitted(self, *args, **kwargs):
+        try:
+            return fit(self, *args, **kwargs)
+        except BaseException:
+            self._forget_fit()
+            raise
+
+    return fitted
 
 
 class NetworkEstimator(BaseEstimator):

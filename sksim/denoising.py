@@ -17,7 +17,7 @@ from sklearn.utils import check_array, check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._base import POSITIVE_INT, NetworkEstimator, constraints
+from ._base import POSITIVE_INT, NetworkEstimator, constraints, forget_failed_fit
 from ._docs import fill_doc
 from ._engine.gram import GramReference, NTKReference
 from ._engine.inputs import is_dataset, n_samples
@@ -370,6 +370,7 @@ class SelfDenoisingAnalysis(NetworkEstimator):
                 "per training sample."
             )
 
+    @forget_failed_fit
     def fit(self, X: NetInput, y: ArrayLike | None = None) -> Self:
         """Analyse the net on its training set ``(X, y)`` with noisy labels ``y``.
 

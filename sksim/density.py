@@ -16,7 +16,7 @@ from sklearn.base import DensityMixin
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._base import NetworkEstimator, constraints
+from ._base import NetworkEstimator, constraints, forget_failed_fit
 from ._docs import fill_doc
 from ._engine.budget import KEPT_MEMORY, check_kept_bytes
 from ._engine.checkpoints import (
@@ -312,6 +312,7 @@ class GradientDensityEstimator(DensityMixin, NetworkEstimator):
         self.checkpoints = checkpoints
         self.checkpoint_weights = checkpoint_weights
 
+    @forget_failed_fit
     def fit(self, X: NetInput, y: ArrayLike | None = None) -> Self:
         """Train the net if needed and prepare the reference set.
 

@@ -15,6 +15,7 @@ from sklearn.utils.validation import check_is_fitted
 from ._base import (
     NetworkEstimator,
     constraints,
+    forget_failed_fit,
     make_engine,
     make_engines,
     projection_seed,
@@ -502,6 +503,7 @@ class NetworkSimilarityKernel(
         self.checkpoints = checkpoints
         self.checkpoint_weights = checkpoint_weights
 
+    @forget_failed_fit
     def fit(self, X: NetInput, y: ArrayLike | None = None) -> Self:
         """Train the net if needed and store the reference inputs.
 

@@ -29,7 +29,7 @@ from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 from skorch import NeuralNet
 
-from ._base import NetworkEstimator, constraints, make_engine
+from ._base import NetworkEstimator, constraints, forget_failed_fit, make_engine
 from ._docs import fill_doc
 from ._engine.inputs import lazy_rows, n_samples, take
 from ._engine.jacobian import DEFAULT_MAX_MEMORY
@@ -486,6 +486,7 @@ class LabelIssueDetector(NetworkEstimator):
         tags.target_tags.required = True
         return tags
 
+    @forget_failed_fit
     def fit(
         self,
         X: NetInput,

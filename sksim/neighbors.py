@@ -15,7 +15,7 @@ from sklearn.utils import Bunch
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._base import POSITIVE_INT, NetworkEstimator, constraints
+from ._base import POSITIVE_INT, NetworkEstimator, constraints, forget_failed_fit
 from ._docs import fill_doc
 from ._engine.budget import (
     KEPT_MEMORY,
@@ -431,6 +431,7 @@ class NetworkNeighbors(NetworkEstimator):
         self.checkpoints = checkpoints
         self.checkpoint_weights = checkpoint_weights
 
+    @forget_failed_fit
     def fit(
         self, X: NetInput, y: ArrayLike | None = None, *, X_val: NetInput | None = None
     ) -> Self:

@@ -13,6 +13,7 @@ from _sklearn_checks import EXPECTED_FAILED_CHECKS
 from sklearn.base import clone
 from sklearn.cluster import SpectralClustering
 from sklearn.decomposition import KernelPCA
+from sklearn.exceptions import NotFittedError
 from sklearn.frozen import FrozenEstimator
 from sklearn.kernel_ridge import KernelRidge
 from sklearn.model_selection import GridSearchCV
@@ -21,12 +22,14 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 from sklearn.svm import SVC
 from sklearn.utils.estimator_checks import parametrize_with_checks
+from sklearn.utils.validation import check_is_fitted
 
 from sksim import (
     GradientDensityEstimator,
     LabelIssueDetector,
     NetworkNeighbors,
     NetworkSimilarityKernel,
+    SelfDenoisingAnalysis,
     network_similarity,
     similarity_to_distance,
 )
@@ -82,6 +85,35 @@ def test_a_refit_keeps_nothing_of_another_settings_fit(make, first, then):
         NetworkNeighbors: lambda e: e.kneighbors(X)[0],
     }[make]
     np.testing.assert_array_equal(answer(refit), answer(fresh))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        NetworkSimilarityKernel,
+        GradientDensityEstimator,
+        NetworkNeighbors,
+        SelfDenoisingAnalysis,
+        functools.partial(LabelIssueDetector, cv="prefit"),
+    ],
+)
+def test_a_failed_fit_leaves_the_estimator_unfitted(make):
+    """A refit on inputs the network refuses kept net_ and the failed inputs'
+    n_features_in_ beside the earlier fit: the next call checked the good
+    inputs against the failed ones, or failed on a missing attribute."""
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh())
+    module.append(torch.nn.Linear(4, 2))
+    rng = np.random.RandomState(0)
+    X, y = rng.randn(12, 3).astype(np.float32), np.arange(12) % 2
+    if make is SelfDenoisingAnalysis:  # targets in the outputs' space
+        y = np.eye(2)[y]
+    estimator = make(module).fit(X, y)
+    with pytest.raises(ValueError, match="The network fails on inputs of shape"):
+        estimator.fit(np.zeros((12, 5), np.float32), y)
+    assert not _fitted_attributes(estimator)
+    with pytest.raises(NotFittedError):
+        check_is_fitted(estimator)
 
 
 def test_a_label_issue_refit_by_folds_keeps_no_prefit_net(digits, fitted_digits_net):

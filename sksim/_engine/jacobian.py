@@ -629,8 +629,8 @@ class JacobianEngine:
                 outputs = _attached(
                     _explained_call(capture, lambda: self._call(batch, start))
                 )
-            except OneRowCalls as calls:
-                raise _one_row_error(*calls.args) from calls.args[1]
+            except OneRowCalls as calls:  # routed samples: one at a time
+                raise RowsMixed(calls.args[0][0]) from calls.args[1]
             capture.recording = False
             _check_same_layers(set(capture.calls), plan.ran, start, b)
             if capture.intact():
@@ -782,20 +782,6 @@ def _explained_call(capture: LayerCapture, call: Callable) -> torch.Tensor:
         raise OneRowCalls(sorted(capture.expanded), error) from error
 
 
-def _one_row_error(names: list[str], error: Exception) -> ValueError:
-    """The error of a batch whose layers ``names`` ran on single samples."""
-    return ValueError(
-        f"The network failed ({str(error).splitlines()[0]}) after sksim "
-        f"gave the layers {names}, called on one row, an output for every "
-        "sample of the batch, as for a table the batch shares: if the network "
-        "called them on one of its samples (routing samples to layers, as a "
-        "mixture of experts does) in this batch only, sksim cannot pair the "
-        "gradients of other layers for other samples. Compute the "
-        "similarities of inputs that run the same layers apart, or select "
-        "the parameters they share with params=."
-    )
-
-
 def _copied(batch):
     """A copy of a batch's tensors (a dict's too)."""
     return tree_map(torch.clone, batch)
@@ -808,7 +794,8 @@ def _warn_mixed(layer: str, start: int) -> None:
         f"the layer {layer!r}: a sample's outputs reach another sample's row "
         "(it reorders its batch, as code that sorts sequences by length does, "
         "or combines its samples), or the layer's rows are not the samples "
-        "(positions of packed or flattened sequences), so the gradients of a "
+        "(positions of packed or flattened sequences, or the samples routed to "
+        "it, as a mixture of experts routes them), so the gradients of a "
         "batch cannot be told apart. They are computed one sample at a time "
         "from there, which is exact but slower; keep the samples in their order (e.g. "
         "pack_padded_sequence(..., enforce_sorted=False)) to batch them.",
