@@ -872,6 +872,28 @@ def test_compiled_network_matches_oracle(compiled):
         )
 
 
+def test_a_compiled_submodule_is_not_recompiled_by_every_call():
+    """torch.compile traced sksim's hook on saved tensors, whose records its
+    guards read: each call compiled the submodule again, up to dynamo's limit
+    (19 frames after three calls, 28 after four more)."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    body = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh())
+    module = torch.nn.Sequential(torch.compile(body, backend="aot_eager"))
+    module.append(torch.nn.Linear(6, 3))
+    rng = np.random.RandomState(0)
+
+    def calls(n):
+        for _ in range(n):
+            network_similarity(module, rng.randn(7, 4).astype(np.float32), batch_size=3)
+        return counters["frames"]["total"]
+
+    warm = calls(3)
+    assert calls(4) == warm
+
+
 @pytest.mark.parametrize("case", ["tokens", "tied_embedding"])
 def test_embeddings_scaling_gradients_by_frequency_give_the_derivatives(case):
     """scale_grad_by_freq scales autograd's gradients, a training heuristic:

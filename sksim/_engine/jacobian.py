@@ -868,7 +868,9 @@ class SavedTensors(torch.autograd.graph.saved_tensors_hooks):
         self.storages: dict[int, tuple[int, int]] = {}
         self.start: int | None = None  # saved before the first layer started
         self._layers, self._handles = layers, []
-        super().__init__(self._pack, lambda t: t)
+        # outside torch.compile's tracing: its guards on the recorded storages
+        # recompiled a compiled submodule on every pass, up to its limit
+        super().__init__(torch.compiler.disable(self._pack), lambda t: t)
 
     def __enter__(self):
         def started(*_):
