@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import signal
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 
@@ -105,7 +107,8 @@ def fit_net(
         y = training_targets(fitted, y)
     with torch_seed(random_state, exclusive=True), skorch_errors():
         try:
-            fitted.fit(X, y)
+            with interrupts_kept():
+                fitted.fit(X, y)
         except IndexError as error:  # torch's cross-entropy: "Target 2 is out of"
             if not is_classifier(fitted) or "out of bounds" not in str(error):
                 raise
@@ -117,6 +120,39 @@ def fit_net(
                 "to n_classes - 1, e.g. with scikit-learn's LabelEncoder."
             ) from error
     return fitted
+
+
+@contextlib.contextmanager
+def interrupts_kept() -> Iterator[None]:
+    """Raise the KeyboardInterrupt that a Ctrl-C inside made and skorch dropped.
+
+    skorch's ``fit`` ends its training loop on a Ctrl-C and returns the net
+    trained so far, as someone stopping their own training wants; sksim's
+    clone would stand for a trained one (an audit's fold, cached as such).
+    Signals reach the main thread only; where Ctrl-C is ignored or left to
+    the system, nothing changes.
+    """
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main else None
+    if not callable(previous):
+        yield
+        return
+    noted = []
+
+    def interrupt(signum, frame):
+        try:
+            previous(signum, frame)
+        except KeyboardInterrupt:  # Python's handler's, or the CLI's
+            noted.append(signum)
+            raise
+
+    signal.signal(signal.SIGINT, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if noted:
+        raise KeyboardInterrupt
 
 
 @contextlib.contextmanager

@@ -215,12 +215,51 @@ def plant_label_noise(
     return noisy, flipped
 
 
+def check_outputs(args: argparse.Namespace) -> None:
+    """Fail before any training where an output cannot be written.
+
+    Or where it would overwrite an input, the other output or the cache.
+    """
+    written = {"--out": args.out, "--json": args.json}
+    read = {
+        "--data": args.data,
+        "--test-data": args.test_data,
+        "--checkpoint": args.checkpoint,
+        "--out": args.out,
+    }
+    for option, path in written.items():
+        if path is None:
+            continue
+        check_output(path, option)
+        target = Path(path).resolve()
+        for other, source in read.items():
+            if (
+                other != option
+                and source is not None
+                and Path(source).resolve() == target
+            ):
+                raise ValueError(
+                    f"{option} {path} is the file of {other}: it would be "
+                    "overwritten; give another name."
+                )
+        if args.cache is not None and Path(args.cache).resolve() in (
+            target,
+            *target.parents,
+        ):
+            raise ValueError(
+                f"{option} {path} is in the --cache folder {args.cache}, which "
+                "holds the audit's saved pieces; write it elsewhere."
+            )
+
+
 def check_output(path: str | os.PathLike, option: str) -> None:
     """Fail before any training when ``path`` cannot be written."""
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{option} {path} is a folder; give a file name in it.")
     folder = path.parent
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{option} {path}: {folder} is a file, not a folder.")
     if not folder.is_dir():
         raise ValueError(f"{option} {path}: the folder {folder} does not exist.")
     if not os.access(folder, os.W_OK):
@@ -345,7 +384,7 @@ def _threshold(text):
 
 
 def _positive_real(text):
-    value = float(text)
+    value = _number(text)
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(
             f"must be a positive finite number; got {text}"
@@ -354,9 +393,30 @@ def _positive_real(text):
 
 
 def _noise_rate(text):
-    value = float(text)
+    value = _number(text)
     if not 0 < value < 1:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1; got {text}")
+    return value
+
+
+def _number(text):
+    """``text`` as a float; argparse's error names the value, not this function."""
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number; got {text}") from None
+
+
+def _seed(text):
+    """A seed of NumPy's and torch's: an integer from 0 to 2**32 - 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(
+            f"must be an integer from 0 to 2**32 - 1; got {text}"
+        )
     return value
 
 
@@ -542,7 +602,7 @@ def make_parser() -> argparse.ArgumentParser:
     analysis.add_argument(
         "--layers",
         metavar="NAME,...",
-        type=_names,
+        type=_layer_names,
         default=None,
         help="module names whose representations the class-fitting analysis "
         "models (default: the last three linear or convolutional modules)",
@@ -565,7 +625,7 @@ def make_parser() -> argparse.ArgumentParser:
     )
     analysis.add_argument(
         "--seed",
-        type=int,
+        type=_seed,
         default=0,
         help="seed of the --module factory's call (the initial weights), the "
         "training of every fold and the analyses (default 0)",
@@ -806,6 +866,17 @@ def _listed_codes(y: np.ndarray, classes: list[str]) -> np.ndarray:
 def _names(text: str) -> list[str]:
     """``--layers``: comma-separated names, spaces around them dropped."""
     return [name.strip() for name in text.split(",")]
+
+
+def _layer_names(text: str) -> list[str]:
+    """``--layers``: comma-separated names, empty ones (a trailing comma) dropped.
+
+    An empty name would be the whole network's: its output.
+    """
+    names = [name for name in _names(text) if name]
+    if not names:
+        raise argparse.ArgumentTypeError(f"names no layer; got {text!r}")
+    return names
 
 
 def _class_list(text: str) -> list[str]:
@@ -1102,14 +1173,7 @@ def run_audit(args: argparse.Namespace) -> AuditResult:
         if not args.quiet:
             print(message, file=sys.stderr, flush=True)
 
-    check_output(args.out, "--out")
-    if args.json is not None and Path(args.json).resolve() == Path(args.out).resolve():
-        raise ValueError(
-            f"--json {args.json} is the file of --out: the JSON would overwrite the "
-            "report; give it another name."
-        )
-    if args.json is not None:
-        check_output(args.json, "--json")
+    check_outputs(args)
     check_checkpoint_args(args)
     data = load_data(args, say)
     X, y = data.X, data.y

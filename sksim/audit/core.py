@@ -836,6 +836,15 @@ def audit(
             stacklevel=2,
         )
     check_positive_int(scale_threshold, "scale_threshold", allow_none=True)
+    if random_state is not None and not (
+        isinstance(random_state, numbers.Integral)
+        and not isinstance(random_state, bool)
+        and 0 <= random_state < 2**32
+    ):  # refused by the analyses only, after every fold's training
+        raise ValueError(
+            "random_state must be None or an integer from 0 to 2**32 - 1; got "
+            f"{random_state!r}."
+        )
     check_data = _prefit_data if prefit else _cv_data
     data = check_data(net, X, y, X_test, y_test)
     requested = [a for a in REGISTRY.values() if a.name in analyses]

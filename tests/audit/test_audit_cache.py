@@ -1,11 +1,14 @@
 """An audit with a cache folder saves each finished piece and resumes from it."""
 
+import signal
+
 import _audit_helpers
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from _architectures import small_net
+from sklearn.base import clone
 from skorch import NeuralNetClassifier
 
 from sksim.audit import audit, core
@@ -171,3 +174,42 @@ def test_a_cache_that_is_a_file_is_refused(digit_images, tmp_path):
         ValueError, match=r"cache \(cache=, --cache\) is a folder .* is a file"
     ):
         run_audit(X, y, tmp_path / "afile")
+
+
+class _CtrlCAt(torch.nn.Module):
+    """A module that sends itself a Ctrl-C at its ``at``-th training batch."""
+
+    def __init__(self, module, at):
+        super().__init__()
+        self.module, self.at, self.calls = module, at, 0
+
+    def forward(self, x):
+        if self.training:
+            self.calls += 1
+            if self.calls == self.at:
+                signal.raise_signal(signal.SIGINT)
+        return self.module(x)
+
+
+def test_a_ctrl_c_while_a_fold_trains_stops_the_audit_and_caches_no_fold(
+    digit_images, tmp_path
+):
+    """skorch's fit ends its loop on a Ctrl-C and returns the net trained so
+    far: the audit went on with it, cached it as fold 0's trained net, and the
+    rerun's fold 0 had an accuracy of 0.48 for 0.77."""
+    X, y = digit_images
+    net = small_net(X, max_epochs=3)
+    params = {k: v for k, v in net.get_params(deep=False).items() if "__" not in k}
+    params["module"] = _CtrlCAt(clone(net).initialize().module_, at=3)
+    with pytest.raises(KeyboardInterrupt):
+        audit(
+            NeuralNetClassifier(**params),
+            X,
+            y,
+            cv=2,
+            analyses=("density",),
+            cache=tmp_path,
+        )
+    resumed = audit(net, X, y, cv=2, analyses=("density",), cache=tmp_path)
+    fresh = audit(net, X, y, cv=2, analyses=("density",))
+    assert_same_tables(resumed, fresh)

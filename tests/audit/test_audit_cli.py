@@ -10,11 +10,12 @@ import _audit_helpers
 import numpy as np
 import pytest
 import torch
+from _architectures import small_net
 from skorch import NeuralNet
 
 import sksim
 from sksim import cli
-from sksim.audit import AuditAnalysisFailedWarning
+from sksim.audit import AuditAnalysisFailedWarning, audit
 from sksim.audit.analyses.density import Density
 
 
@@ -274,6 +275,66 @@ def test_cli_json_of_the_reports_name_is_refused(tmp_path, capsys):
         cli.main(["audit", "--dataset", "iris", *FAST, "--out", out, "--json", out])
     assert exit_.value.code == 2
     assert "is the file of --out" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "outputs, message",
+    [
+        (["--out", "{data}"], "--out {data} is the file of --data: it would be "),
+        (["--json", "{data}"], "--json {data} is the file of --data"),
+        (["--out", "{cache}/r.html"], "is in the --cache folder"),
+        (["--out", "{cache}"], "is in the --cache folder"),
+        (["--out", "{data}/r.html"], "r.html: {data} is a file, not a folder."),
+    ],
+)
+def test_cli_outputs_that_would_overwrite_inputs_are_refused(
+    tmp_path, capsys, outputs, message
+):
+    """The report replaced the data it was computed from (exit 0), or the
+    audit ran and then failed to write a report where its cache was."""
+    data = tmp_path / "data.npz"
+    np.savez(data, X=np.zeros((30, 3), np.float32), y=np.arange(30) % 2)
+    kept = data.read_bytes()
+    names = dict(data=data, cache=tmp_path / "cache")
+    if "{cache}/" in outputs[1]:
+        names["cache"].mkdir()  # an earlier run's
+    argv = ["audit", "--data", str(data), "--cache", str(names["cache"]), *FAST]
+    argv += [part.format(**names) for part in outputs]
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    assert exit_.value.code == 2
+    assert message.format(**names) in capsys.readouterr().err
+    assert data.read_bytes() == kept
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        (["--seed", "-1"], "must be an integer from 0 to 2**32 - 1; got -1"),
+        (["--seed", "4294967296"], "from 0 to 2**32 - 1; got 4294967296"),
+        (["--lr", "abc"], "argument --lr: must be a number; got abc"),
+        (["--label-noise", "abc"], "argument --label-noise: must be a number"),
+        (["--layers", ","], "argument --layers: names no layer; got ','"),
+    ],
+)
+def test_cli_bad_values_are_refused_before_any_training(capsys, option, message):
+    """A seed out of NumPy's range was refused by the analyses, after every
+    fold trained (exit 1); argparse named the checks' own functions."""
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["audit", "--dataset", "iris", *FAST, *option])
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_trailing_comma_in_layers_adds_no_layer():
+    """It added the empty name: the whole network's output, without a word."""
+    assert cli._layer_names("hidden, ") == ["hidden"]
+
+
+def test_audit_refuses_a_seed_numpy_refuses_before_training(digit_images):
+    X, y = digit_images
+    with pytest.raises(ValueError, match="random_state must be None or an integer"):
+        audit(small_net(X), X, y, cv=2, analyses=("density",), random_state=-1)
 
 
 def test_cli_npz_without_y(tmp_path, capsys):
