@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from .._engine.context import torch_seed
 from .._engine.inputs import is_dataset, n_samples, take
 from .._engine.worker_warnings import recording_warnings, warn_again
-from .._net import _unwrap, skorch_errors, training_targets
+from .._net import _unwrap, interrupts_kept, skorch_errors, training_targets
 from .._typing import NetInput
 from .._validation import (
     check_net_input,
@@ -55,7 +55,8 @@ def _correct_when_trained_on(estimator, X, y, mask, seed):
     skorch = isinstance(model, NeuralNet)
     with torch_seed(seed, exclusive=skorch):
         with skorch_errors() if skorch else contextlib.nullcontext():
-            model.fit(take(X, rows), y[rows])
+            with interrupts_kept():  # a skorch net's, in a pipeline too
+                model.fit(take(X, rows), y[rows])
             return np.asarray(model.predict(X)) == y
 
 

@@ -1,5 +1,6 @@
 """Memorisation scores (Feldman & Zhang) and the memorisation check of the guide."""
 
+import signal
 import warnings
 
 import numpy as np
@@ -223,3 +224,34 @@ def test_threads_train_skorch_nets_as_in_sequence():
         got = memorization_scores(net, X, y, n_models=6, random_state=0, n_jobs=3)
     assert torch.equal(torch.get_rng_state(), generator)
     np.testing.assert_array_equal(got, expected)
+
+
+class _CtrlCInTraining(torch.nn.Module):
+    """A linear classifier that sends itself a Ctrl-C in its second training batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear, self.calls = torch.nn.Linear(4, 2), 0
+
+    def forward(self, x):
+        if self.training:
+            self.calls += 1
+            if self.calls == 2:
+                signal.raise_signal(signal.SIGINT)
+        return self.linear(x)
+
+
+def test_a_ctrl_c_while_a_skorch_model_trains_stops_the_scores():
+    """skorch's fit ended its loop on it: the scores came from half-trained models."""
+    X = np.random.RandomState(0).randn(40, 4).astype(np.float32)
+    y = (X[:, 0] > 0).astype(np.int64)
+    net = NeuralNetClassifier(
+        _CtrlCInTraining,
+        criterion=torch.nn.CrossEntropyLoss,
+        max_epochs=3,
+        batch_size=8,
+        train_split=None,
+        verbose=0,
+    )
+    with pytest.raises(KeyboardInterrupt):
+        memorization_scores(make_pipeline(StandardScaler(), net), X, y, n_models=2)
