@@ -162,7 +162,8 @@ def pair_gradient_cosines(
     Returns
     -------
     cos : Tensor of shape (m,)
-        ``g_a . g_b / (|g_a| |g_b|)``; 0 when a gradient vanishes.
+        ``g_a . g_b / (|g_a| |g_b|)`` in ``[-1, 1]``; 0 when a gradient
+        vanishes.
     """
     flat = [g.reshape(g.shape[0], -1) for g in grads.values()]
     if flat[0].shape[0] <= GRAM_MAX_SAMPLES:
@@ -176,7 +177,10 @@ def pair_gradient_cosines(
     # a vanishing gradient's dot products are 0: any norm standing for its own
     # gives 0, and 1 keeps the square root differentiable there
     norms = torch.sqrt(torch.where(sq > 0, sq, 1.0))
-    return dot / (norms[first] * norms[second])
+    cos = dot / (norms[first] * norms[second])
+    # rounding puts equal gradients' at 1 + 2e-16 (arccos: NaN): the values
+    # clamped to the cosine's range, the gradient the unclamped one's
+    return cos - (cos - cos.clamp(-1.0, 1.0)).detach()
 
 
 class ValidPairSimilarity(Callback):

@@ -1421,3 +1421,26 @@ def test_a_compiled_nets_parameters_are_named_as_the_kernels_name_them():
     assert net.history[-1, "similarity_cosine"] == pytest.approx(
         plain.history[-1, "similarity_cosine"], rel=1e-5
     )
+
+
+def test_cosines_of_equal_gradients_stay_in_their_range():
+    """A dead ReLU layer leaves every sample the last layer's gradient: the
+    cosines came out 1 + 2e-16, recorded and returned (arccos: NaN)."""
+    rng = np.random.RandomState(0)
+    X, y = rng.randn(6, 3), np.array([0, 0, 1, 1, 2, 2])
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.ReLU())
+    module.append(torch.nn.Linear(5, 3)).double()
+    with torch.no_grad():
+        module[0].bias.fill_(-100.0)
+    net = SimilarityRegularizedClassifier(
+        module,
+        criterion=torch.nn.CrossEntropyLoss,
+        train_split=None,
+        verbose=0,
+        max_epochs=1,
+        batch_size=6,
+    ).fit(X, y)
+    cosines = net.pair_similarity(X, y, random_state=0)
+    assert np.all(np.abs(cosines) <= 1) and np.allclose(cosines, 1)
+    assert net.history[-1, "batches", -1, "similarity_cosine"] <= 1
