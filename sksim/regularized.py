@@ -457,9 +457,12 @@ class SimilarityRegularizedNet(NeuralNet):
         """Fit as skorch does; ``X`` may carry pairs (see :func:`with_pairs`).
 
         A dataset's items are ``x`` or ``(x, y)``; a ``y`` given replaces the
-        items' labels (skorch alone would train on the items' own).
+        items' labels (skorch alone would train on the items' own). NaN or
+        infinite inputs are refused, naming their rows, as by
+        :meth:`pair_similarity` (skorch would train on them: NaN weights).
         """
         self._check_similarity_params()
+        check_net_input(X, pairs=True)  # checked only: skorch reads X as given
         if (
             self.similarity_pairs == "given"
             and self.similarity_weight != 0
