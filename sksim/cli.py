@@ -294,9 +294,10 @@ def factory_output(
     from ._validation import sample_shape
 
     shape = sample_shape(X)
+    factory = load_factory(args.module)  # its errors are the option's, as they are
     with torch_seed(args.seed):
         try:
-            built = load_factory(args.module)(shape, n_outputs)
+            built = factory(shape, n_outputs)
         except Exception as error:  # whatever the user's code raises
             raise ValueError(
                 f"{args.module}({shape!r}, {n_outputs!r}) failed: "

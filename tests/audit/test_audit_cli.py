@@ -203,8 +203,9 @@ def test_help_explains_every_option(capsys):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--module", "userarch"], "--module must look like package.module:factory"),
-        (["--module", "userarch:missing"], "Module 'userarch' has no 'missing'"),
+        # said first, not as a failed call of the factory: "userarch((1, 8, 8), 10)"
+        (["--module", "userarch"], "error: --module must look like package.module:"),
+        (["--module", "userarch:missing"], "error: Module 'userarch' has no 'missing'"),
         (["--module", "userarch:not_a_net"], "returned a str; it must return"),
         (["--module", "no_such_mod_xyz:make"], "No module named 'no_such_mod_xyz'"),
         (
