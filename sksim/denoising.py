@@ -508,12 +508,17 @@ class SelfDenoisingAnalysis(NetworkEstimator):
         """Warn of analysed samples without a neighbour; raise if none has one."""
         if not alone.any():
             return
+        remedies = {
+            "lower the threshold": self.weights == "hard",
+            'use weights="cosine_pos_pow"': self.weights != "cosine_pos_pow",
+            "regress on logits or d - 1 of the probabilities": True,
+        }
         advice = (
             "every weight zero, their own included: no prediction is a weighted "
             "average of labels there. Class probabilities (softmax outputs) keep "
-            "every similarity at most (d - 1) / d: lower the threshold, use "
-            'weights="cosine_pos_pow", or regress on logits or d - 1 of the '
-            "probabilities."
+            "every similarity at most (d - 1) / d: "
+            + ", or ".join(remedy for remedy, applies in remedies.items() if applies)
+            + "."
         )
         if alone.all():
             threshold = (

@@ -277,6 +277,26 @@ def test_softmax_outputs_have_no_neighbour_above_a_high_threshold():
             SelfDenoisingAnalysis(net, weights="hard", sigma=0.1).fit(X, y)
 
 
+def test_no_neighbour_advice_names_only_what_the_settings_can_change():
+    """Under weights="cosine_pos_pow" the error advised that very weighting."""
+    X = np.random.RandomState(0).randn(12, 4)
+    dead = torch.nn.Sequential(torch.nn.Linear(4, 1), torch.nn.ReLU()).double()
+    with torch.no_grad():
+        dead[0].bias.fill_(-100.0)  # every gradient zero: no weight anywhere
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        with pytest.raises(ValueError, match="No analysed sample") as raised:
+            SelfDenoisingAnalysis(dead, weights="cosine_pos_pow", sigma=0.1).fit(
+                X, X[:, 0]
+            )
+    said = str(raised.value)
+    assert 'cosine_pos_pow"' not in said.split(": ", 1)[1]
+    assert "lower the threshold" not in said
+    assert said.endswith(
+        "(d - 1) / d: regress on logits or d - 1 of the probabilities."
+    )
+
+
 def test_unfitted_skorch_net_is_trained_on_fit(data):
     X, Y = data
     net = NeuralNetRegressor(
