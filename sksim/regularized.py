@@ -462,7 +462,8 @@ class SimilarityRegularizedNet(NeuralNet):
         :meth:`pair_similarity` (skorch would train on them: NaN weights).
         """
         self._check_similarity_params()
-        check_net_input(X, pairs=True)  # checked only: skorch reads X as given
+        if not isinstance(X, torch.utils.data.IterableDataset):  # a stream, as skorch
+            check_net_input(X, pairs=True)  # checked only: skorch reads X as given
         if (
             self.similarity_pairs == "given"
             and self.similarity_weight != 0
