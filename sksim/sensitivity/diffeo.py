@@ -44,16 +44,16 @@ def _check_size(n) -> None:
 
 
 def _check_nonnegative(value, name) -> None:
-    if not _finite(value) or not value >= 0:
+    if not is_finite_number(value) or not value >= 0:
         raise ValueError(f"{name} must be a finite non-negative number; got {value!r}.")
 
 
 def _check_positive(value, name) -> None:
-    if not _finite(value) or not value > 0:
+    if not is_finite_number(value) or not value > 0:
         raise ValueError(f"{name} must be a finite positive number; got {value!r}.")
 
 
-def _finite(value) -> bool:
+def is_finite_number(value) -> bool:
     """Whether ``value`` is a finite real number (not a bool)."""
     return (
         not isinstance(value, bool) and isinstance(value, Real) and math.isfinite(value)

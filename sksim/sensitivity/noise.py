@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import math
-from numbers import Real
-
 import numpy as np
 import torch
 from numpy.typing import ArrayLike
 from sklearn.utils import check_random_state
 
 from .._typing import ArrayOrTensor
+from .diffeo import is_finite_number
 
 NOISE_NORMS = ("per_sample", "batch_mean")
 
@@ -20,11 +18,7 @@ def check_noise_norm(noise_norm: str | float) -> None:
     if isinstance(noise_norm, str):
         known = noise_norm in NOISE_NORMS
     else:
-        known = (
-            not isinstance(noise_norm, bool)
-            and isinstance(noise_norm, Real)
-            and 0 <= noise_norm < math.inf
-        )
+        known = is_finite_number(noise_norm) and noise_norm >= 0
     if not known:
         raise ValueError(
             f"noise_norm must be one of {NOISE_NORMS} or a finite non-negative "
