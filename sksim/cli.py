@@ -342,9 +342,7 @@ def build_net(args: argparse.Namespace, X: np.ndarray, n_classes: int) -> Neural
 def _analyses(text):
     from .audit import ANALYSES
 
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError("name at least one analysis")
+    names = _given_names(text, "name at least one analysis")
     unknown = [name for name in names if name not in ANALYSES]
     if unknown:
         raise argparse.ArgumentTypeError(
@@ -869,15 +867,17 @@ def _names(text: str) -> list[str]:
     return [name.strip() for name in text.split(",")]
 
 
-def _layer_names(text: str) -> list[str]:
-    """``--layers``: comma-separated names, empty ones (a trailing comma) dropped.
-
-    An empty name would be the whole network's: its output.
-    """
+def _given_names(text: str, nothing: str) -> list[str]:
+    """:func:`_names` without empty ones (a trailing comma); ``nothing`` if none."""
     names = [name for name in _names(text) if name]
     if not names:
-        raise argparse.ArgumentTypeError(f"names no layer; got {text!r}")
+        raise argparse.ArgumentTypeError(nothing)
     return names
+
+
+def _layer_names(text: str) -> list[str]:
+    """``--layers``: its names; an empty one would be the whole network's output."""
+    return _given_names(text, f"names no layer; got {text!r}")
 
 
 def _class_list(text: str) -> list[str]:
