@@ -17,6 +17,7 @@ import sksim
 from sksim import cli
 from sksim.audit import AuditAnalysisFailedWarning, audit
 from sksim.audit.analyses.density import Density
+from sksim.cli import _data, _main, _network, _parser
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +145,7 @@ def test_cli_builtin_dataset_reports_progress(tmp_path, capsys):
     out = tmp_path / "iris.html"
     argv = ["audit", "--dataset", "iris", "--cv", "2", "--max-epochs", "3"]
     argv += ["--analyses", "density,sensitivity", "--out", str(out)]
-    result = cli.run_audit(cli.make_parser().parse_args(argv))
+    result = _main.run_audit(_parser.make_parser().parse_args(argv))
     err = capsys.readouterr().err
     assert "150 samples of shape (4,), 3 classes, 2-fold" in err
     assert f"report written to {out.resolve()}" in err
@@ -158,7 +159,7 @@ def test_cli_options_reach_the_analyses(tmp_path, capsys):
     argv += ["--analyses", "neighbors", "--scale-threshold", "1"]
     argv += ["--options", '{"neighbors": {"candidates_per_neighbor": 3}}']
     argv += ["--out", str(tmp_path / "options.html"), "--quiet"]
-    result = cli.run_audit(cli.make_parser().parse_args(argv))
+    result = _main.run_audit(_parser.make_parser().parse_args(argv))
     assert "candidates (3 per neighbour)" in result.metadata["methods"]["neighbors"]
     for options, message in [
         ("{neighbors", "not valid JSON"),
@@ -175,19 +176,19 @@ def test_cli_options_reach_the_analyses(tmp_path, capsys):
 
 
 def test_load_dataset():
-    X, y = cli.load_dataset("digits")
+    X, y = _data.load_dataset("digits")
     assert X.shape == (1797, 1, 8, 8) and X.dtype == np.float32
     assert X.min() == 0 and X.max() == 1
-    X, y = cli.load_dataset("wine")
+    X, y = _data.load_dataset("wine")
     np.testing.assert_allclose(X.mean(axis=0), 0, atol=1e-5)
     np.testing.assert_allclose(X.std(axis=0), 1, atol=1e-4)
     assert sorted(np.unique(y)) == [0, 1, 2]
     with pytest.raises(ValueError, match="--dataset must be one of"):
-        cli.load_dataset("mnist")
+        _data.load_dataset("mnist")
 
 
 def test_help_explains_every_option(capsys):
-    parser = cli.make_parser()
+    parser = _parser.make_parser()
     audit = parser._subparsers._group_actions[0].choices["audit"]
     for action in audit._actions:
         assert action.help, action.option_strings
@@ -266,7 +267,7 @@ def test_labels_of_other_kinds_in_the_two_splits_are_refused():
     """Integers beside text were encoded together as classes of both kinds,
     and the architecture's error pointed elsewhere."""
     with pytest.raises(ValueError, match="give both splits' labels alike"):
-        cli.encode_splits(np.arange(4) % 2, np.array(["a", "b"]), print)
+        _data.encode_splits(np.arange(4) % 2, np.array(["a", "b"]), print)
 
 
 def test_cli_json_of_the_reports_name_is_refused(tmp_path, capsys):
@@ -329,7 +330,7 @@ def test_cli_bad_values_are_refused_before_any_training(capsys, option, message)
 
 def test_a_trailing_comma_in_layers_adds_no_layer():
     """It added the empty name: the whole network's output, without a word."""
-    assert cli._layer_names("hidden, ") == ["hidden"]
+    assert _parser._layer_names("hidden, ") == ["hidden"]
 
 
 def test_audit_refuses_a_seed_numpy_refuses_before_training(digit_images):
@@ -426,7 +427,7 @@ def test_cli_reads_inputs_by_name_from_a_folder(tmp_path, factory_module, capsys
     for name, array in arrays.items():
         np.save(folder / f"{name}.npy", array)
     np.savez(tmp_path / "text.npz", **arrays)
-    inputs, y = cli.load_npy_folder(folder)
+    inputs, y = _data.load_npy_folder(folder)
     assert sorted(inputs) == ["attention_mask", "input_ids"]
     assert all(isinstance(value, np.memmap) for value in inputs.values())
     np.testing.assert_array_equal(y, arrays["y"])
@@ -456,7 +457,7 @@ def test_cli_argument_errors(capsys):
     with pytest.raises(SystemExit):  # argparse named its private function
         cli.main(["audit", "--cv", "1.5"])
     assert "must be a positive integer; got 1.5" in capsys.readouterr().err
-    parser = cli.make_parser()
+    parser = _parser.make_parser()
     for text, threshold in (("none", None), ("None", None), ("500", 500)):
         args = parser.parse_args(["audit", "--scale-threshold", text])
         assert args.scale_threshold == threshold
@@ -547,15 +548,15 @@ def test_cli_casts_integer_inputs_and_encodes_labels(tmp_path, digit_images, cap
 
 
 def test_prepare_inputs():
-    X = cli.prepare_inputs(np.array([[0, 255]], dtype=np.uint8))
+    X = _data.prepare_inputs(np.array([[0, 255]], dtype=np.uint8))
     assert X.dtype == np.float32 and X.tolist() == [[0.0, 255.0]]
-    assert cli.prepare_inputs(np.ones((2, 2), bool)).dtype == np.float32
+    assert _data.prepare_inputs(np.ones((2, 2), bool)).dtype == np.float32
     with pytest.raises(ValueError, match="X must hold numbers; its dtype is <U1"):
-        cli.prepare_inputs(np.array([["a"]]))
+        _data.prepare_inputs(np.array([["a"]]))
     with pytest.raises(ValueError, match=r"its shape is \(3,\), it needs"):
-        cli.prepare_inputs(np.ones(3))
+        _data.prepare_inputs(np.ones(3))
     with pytest.raises(ValueError, match=r"one label per sample; its shape"):
-        cli.encode_labels(np.ones((3, 2)))
+        _data.encode_labels(np.ones((3, 2)))
 
 
 def test_cli_forward_check_leaves_the_data_unchanged():
@@ -571,8 +572,8 @@ def test_cli_forward_check_leaves_the_data_unchanged():
             return self.fc(x.sub_(0.5))
 
     X = np.arange(12, dtype=np.float32).reshape(4, 3)
-    args = cli.make_parser().parse_args(["audit", "--model", "mlp"])
-    cli.check_forward(InPlace(), X, args)
+    args = _parser.make_parser().parse_args(["audit", "--model", "mlp"])
+    _network.check_forward(InPlace(), X, args)
     assert X.tolist() == np.arange(12, dtype=np.float32).reshape(4, 3).tolist()
 
 
@@ -590,7 +591,7 @@ def test_cli_checks_outputs_before_training(
     def no_training(*args):
         raise AssertionError("the net was built before the outputs were checked")
 
-    monkeypatch.setattr(cli, "build_net", no_training)
+    monkeypatch.setattr(_main, "build_net", no_training)
     path = tmp_path / target
     argv = ["audit", *FAST, "--out", str(tmp_path / "r.html"), option, str(path)]
     with pytest.raises(SystemExit) as exit_:
@@ -615,8 +616,10 @@ def test_cli_single_class_is_one_line(tmp_path, capsys, label):
 def test_cli_device(tmp_path, capsys):
     out = tmp_path / "cpu.html"
     argv = ["audit", "--dataset", "iris", *FAST, "--analyses", "density"]
-    args = cli.make_parser().parse_args([*argv, "--device", "cpu", "--out", str(out)])
-    assert cli.build_net(args, np.ones((2, 4), np.float32), 3).device == "cpu"
+    args = _parser.make_parser().parse_args(
+        [*argv, "--device", "cpu", "--out", str(out)]
+    )
+    assert _network.build_net(args, np.ones((2, 4), np.float32), 3).device == "cpu"
     assert cli.main([*argv, "--device", "cpu", "--out", str(out)]) == 0
     for device, message in (
         ("cuda:99", "device='cuda:99', but this machine has"),
@@ -635,8 +638,8 @@ def test_cli_seeds_the_module_factory(factory_module, tmp_path):
     weights = [
         [
             p.detach().clone()
-            for p in cli.build_net(
-                cli.make_parser().parse_args([*argv, "--seed", str(seed)]), X, 10
+            for p in _network.build_net(
+                _parser.make_parser().parse_args([*argv, "--seed", str(seed)]), X, 10
             ).module.parameters()
         ]
         for seed in (0, 0, 1)
@@ -696,9 +699,9 @@ def test_cli_reads_a_folder_of_npy_files_memory_mapped(tmp_path, digit_images, n
     folder.mkdir()
     np.save(folder / "X.npy", X[:120].astype(np.float32))
     np.save(folder / "y.npy", y[:120])
-    X_mapped, y_read = cli.load_npy_folder(folder)
+    X_mapped, y_read = _data.load_npy_folder(folder)
     assert isinstance(X_mapped, np.memmap)
-    assert cli.prepare_inputs(X_mapped) is X_mapped  # float32: never copied
+    assert _data.prepare_inputs(X_mapped) is X_mapped  # float32: never copied
     np.testing.assert_array_equal(y_read, y[:120])
     reports = {}
     for name, source in (("npy", folder), ("npz", npz)):
@@ -720,7 +723,7 @@ def test_cli_reads_a_folder_of_npy_files_memory_mapped(tmp_path, digit_images, n
 
 def test_errors_are_one_line_without_terminal_colours():
     error = ValueError("\x1b[1mWeights only load failed.\x1b[0m Re-running\n  with it")
-    assert cli._one_line(error) == "Weights only load failed. Re-running with it"
+    assert _main._one_line(error) == "Weights only load failed. Re-running with it"
 
 
 def test_cli_unknown_layer_fails_before_any_training(

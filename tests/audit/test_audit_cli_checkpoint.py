@@ -14,6 +14,7 @@ from skorch import NeuralNet, NeuralNetRegressor
 
 from sksim import cli
 from sksim._engine.context import torch_seed
+from sksim.cli import _data, _network
 
 N_TRAIN = 160
 
@@ -313,29 +314,31 @@ def test_labels_as_text_or_floats_keep_the_outputs_they_name(tmp_path):
     --classes; a column of labels was refused; labels saved as bytes failed
     in scikit-learn's check of the task before they were decoded."""
     said = []
-    codes, _, names = cli.encode_splits(
+    codes, _, names = _data.encode_splits(
         np.array(["10", "2", "0"]), np.array(["11"]), said.append, keep_codes=True
     )
     np.testing.assert_array_equal(codes, [10, 2, 0])
     assert names is None
-    codes, _, _ = cli.encode_splits(
+    codes, _, _ = _data.encode_splits(
         np.array([2.0, 0.0, 1.0]), None, said.append, classes=["0", "1", "2"]
     )
     np.testing.assert_array_equal(codes, [2, 0, 1])
-    codes, _, names = cli.encode_splits(np.array(["b", "10"]), None, said.append, True)
+    codes, _, names = _data.encode_splits(
+        np.array(["b", "10"]), None, said.append, True
+    )
     assert names == ["10", "b"]  # text that is not all integers: sorted, named
     path = tmp_path / "bytes.npz"  # bytes, as np.savez keeps them
     np.savez(path, X=np.zeros((3, 2), np.float32), y=np.array([b"10", b"2", b"+3"]))
-    _, y = cli.read_npz(path, said.append)
-    assert not cli.is_continuous(y)
-    codes, _, names = cli.encode_splits(y, None, said.append, keep_codes=True)
+    _, y = _data.read_npz(path, said.append)
+    assert not _data.is_continuous(y)
+    codes, _, names = _data.encode_splits(y, None, said.append, keep_codes=True)
     np.testing.assert_array_equal(codes, [10, 2, 3])
-    codes, _, _ = cli.encode_splits(
+    codes, _, _ = _data.encode_splits(
         np.array([2.0, 1.0]), None, said.append, classes=["1.0", "2.0"]
     )  # floats named as they print
     np.testing.assert_array_equal(codes, [1, 0])
     with pytest.raises(ValueError, match="the same integer"):
-        cli.encode_splits(np.array(["7", "007"]), None, said.append, keep_codes=True)
+        _data.encode_splits(np.array(["7", "007"]), None, said.append, keep_codes=True)
 
 
 def test_a_checkpoint_behind_a_prefix_is_told_to_strip_it():
@@ -343,13 +346,13 @@ def test_a_checkpoint_behind_a_prefix_is_told_to_strip_it():
     module = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
     expected = module.state_dict()
     wrapped = {"model." + key: value for key, value in expected.items()}
-    text = cli.state_mismatch(wrapped, expected)
+    text = _network.state_mismatch(wrapped, expected)
     assert text.endswith("strip the prefix 'model.' from the checkpoint's keys")
     assert text.startswith("4 keys of the architecture missing ('0.weight', ")
-    unwrapped = cli.state_mismatch(expected, wrapped)
+    unwrapped = _network.state_mismatch(expected, wrapped)
     assert unwrapped.endswith("add the prefix 'model.' to the checkpoint's keys")
     resized = {**expected, "1.weight": torch.zeros(5, 4)}
-    assert cli.state_mismatch(resized, expected) == (
+    assert _network.state_mismatch(resized, expected) == (
         "1 shape differing ('1.weight': (5, 4) for (2, 4))"
     )
 

@@ -19,7 +19,8 @@ from sksim.audit.analyses.label_issues import (
     rank_issues,
     signals_table,
 )
-from sksim.cli import main, plant_label_noise
+from sksim.cli import main
+from sksim.cli._data import plant_label_noise
 from sksim.label_issues import estimate_n_issues, score_labels
 
 K = 4

@@ -1,0 +1,280 @@
+"""The network of ``sksim audit``: --model or --module, and --checkpoint's weights."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:  # imported when used, to start quickly
+    import torch
+    from skorch import NeuralNet
+
+
+def load_factory(spec: str) -> Callable[..., Any]:
+    """The callable ``factory`` of ``"package.module:factory"``."""
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ValueError(
+            f"--module must look like package.module:factory; got {spec!r}."
+        )
+    module = importlib.import_module(module_name)
+    try:
+        factory = getattr(module, attribute)
+    except AttributeError as error:
+        raise ValueError(f"Module {module_name!r} has no {attribute!r}.") from error
+    if not callable(factory):
+        raise ValueError(f"{spec} is not callable.")
+    return factory
+
+
+def factory_output(
+    args: argparse.Namespace, X: np.ndarray, n_outputs: int
+) -> torch.nn.Module | NeuralNet:
+    """The module or unfitted skorch net of --module, its weights drawn with --seed."""
+    import torch
+    from skorch import NeuralNet
+
+    from .._engine.context import torch_seed
+    from .._validation import sample_shape
+
+    shape = sample_shape(X)
+    factory = load_factory(args.module)  # its errors are the option's, as they are
+    with torch_seed(args.seed):
+        try:
+            built = factory(shape, n_outputs)
+        except Exception as error:  # whatever the user's code raises
+            raise ValueError(
+                f"{args.module}({shape!r}, {n_outputs!r}) failed: "
+                f"{type(error).__name__}: {error}"
+            ) from error
+    if isinstance(built, NeuralNet):
+        if args.device is not None:
+            built.set_params(device=args.device)
+        return built
+    if isinstance(built, torch.nn.Module):
+        return built if args.device is None else built.to(args.device)
+    raise TypeError(
+        f"{args.module} returned a {type(built).__name__}; it must return a "
+        "torch.nn.Module that outputs logits, or an unfitted skorch net."
+    )
+
+
+def build_net(args: argparse.Namespace, X: np.ndarray, n_classes: int) -> NeuralNet:
+    """The unfitted skorch classifier to audit."""
+    import torch
+    from skorch import NeuralNet, NeuralNetClassifier
+
+    from ..audit.models import make_classifier
+
+    training = dict(max_epochs=args.max_epochs, lr=args.lr, batch_size=args.batch_size)
+    if args.device is not None:
+        training["device"] = args.device
+    if args.module is None:
+        return make_classifier(args.model, X, n_classes, **training)
+    built = factory_output(args, X, n_classes)
+    if isinstance(built, NeuralNet):
+        return built
+    return NeuralNetClassifier(
+        built,
+        criterion=torch.nn.CrossEntropyLoss,
+        train_split=None,
+        verbose=0,
+        **training,
+    )
+
+
+def check_checkpoint_args(args: argparse.Namespace) -> None:
+    """--checkpoint and --test-data go together."""
+    if args.checkpoint is not None and args.test_data is None:
+        raise ValueError(
+            "--checkpoint audits a trained network on its test split: give it "
+            "with --test-data PATH.npz (and the training data with --data or "
+            "--dataset)."
+        )
+    if args.test_data is not None and args.checkpoint is None:
+        raise ValueError(
+            "--test-data is the test split of a trained network given with "
+            "--checkpoint; without one, the audit cross-validates --data."
+        )
+
+
+def load_checkpoint(
+    args: argparse.Namespace, X: np.ndarray, n_outputs: int
+) -> torch.nn.Module | NeuralNet:
+    """The architecture of --model or --module with the weights of --checkpoint.
+
+    The file holds a ``state_dict`` (``torch.save(module.state_dict(), path)``
+    or skorch's ``save_params(f_params=path)``), loaded with
+    ``torch.load(weights_only=True)``, so it runs no code. A factory's own
+    skorch net is kept, for its ``predict_proba`` (a binary classifier's one
+    logit gives two columns); the classifier sksim builds around --model or
+    a factory's module stands for the architecture only.
+    """
+    import torch
+    from skorch import NeuralNet
+
+    if not os.path.isfile(args.checkpoint):
+        raise ValueError(f"--checkpoint {args.checkpoint}: no such file.")
+    if args.module is None:
+        built = build_net(args, X, n_outputs)
+    else:
+        built = factory_output(args, X, n_outputs)
+    module = built.initialize().module_ if isinstance(built, NeuralNet) else built
+    try:
+        state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+    except Exception as error:  # whatever a damaged or unsafe file raises
+        raise ValueError(
+            f"--checkpoint {args.checkpoint} could not be loaded as a state_dict: "
+            f"{_unloadable(args.checkpoint, error)}; save it with "
+            "torch.save(module.state_dict(), path)."
+        ) from error
+    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+        held = (
+            "a dict whose keys are not all names"
+            if isinstance(state, dict)
+            else f"a {type(state).__name__}"
+        )
+        raise ValueError(
+            f"--checkpoint {args.checkpoint} holds {held}, not a state_dict; save "
+            "it with torch.save(module.state_dict(), path)."
+        )
+    architecture = args.module or f"--model {args.model}"
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as error:
+        raise ValueError(
+            f"--checkpoint {args.checkpoint} does not fit the architecture of "
+            f"{architecture} for {n_outputs} outputs (with --n-classes N when the "
+            "data lack some of the classes it was trained on, --classes A,B,... "
+            "naming the label of each output when the labels are not the "
+            "outputs' numbers, --task regression for whole-number targets): "
+            f"{state_mismatch(state, module.state_dict())}."
+        ) from error
+    return module if args.module is None else built
+
+
+def _unloadable(path: str, error: Exception) -> str:
+    """Why ``torch.load(path, weights_only=True)`` raised ``error``, in words."""
+    if os.path.getsize(path) == 0:
+        return "the file is empty (an interrupted copy?)"
+    text = str(error)
+    pickled = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if pickled:
+        return (
+            f"it holds pickled objects besides tensors ({pickled[1]}: a whole "
+            "module saved with torch.save(module)?), which loading without "
+            "running code refuses"
+        )
+    # torch's first lines advise weights_only=False; its unpickler's says why
+    reason = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    detail = reason[1] if reason else (text.splitlines() or [""])[0]
+    return (
+        f"it is damaged or not written by torch.save ({type(error).__name__}: {detail})"
+    )
+
+
+def state_mismatch(state: dict, expected: dict) -> str:
+    """How a state_dict differs from a module's, in a few examples.
+
+    Keys missing from it, keys the module lacks, shapes that differ, and,
+    when its keys are the module's behind a common prefix (a wrapper's
+    ``resnet.``) or the reverse, the prefix to strip or add.
+    """
+    from ..audit._findings import counted
+
+    def shape(value) -> tuple | str:
+        return tuple(value.shape) if hasattr(value, "shape") else type(value).__name__
+
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    shapes = [
+        f"{key!r}: {shape(state[key])} for {shape(expected[key])}"
+        for key in expected
+        if key in state and shape(state[key]) != shape(expected[key])
+    ]
+    parts = [
+        f"{counted(len(found), noun)} {what} "
+        f"({', '.join(found[:3])}{', ...' * (len(found) > 3)})"
+        for found, noun, what in (
+            ([repr(key) for key in missing], "key", "of the architecture missing"),
+            ([repr(key) for key in unexpected], "key", "it lacks"),
+            (shapes, "shape", "differing"),
+        )
+        if found
+    ]
+    text = "; ".join(parts)
+    for longer, shorter, advice in (
+        (unexpected, missing, "strip the prefix {!r} from the checkpoint's keys"),
+        (missing, unexpected, "add the prefix {!r} to the checkpoint's keys"),
+    ):
+        prefix = os.path.commonprefix(longer).rpartition(".")[0]
+        renamed = {key.removeprefix(prefix + ".") for key in longer}
+        if prefix and shorter and renamed == set(shorter):
+            return f"{text}: {advice.format(prefix + '.')}"
+    return text
+
+
+def check_forward(
+    net, X: np.ndarray, args: argparse.Namespace, encoded: int | None = None
+) -> None:
+    """Pass two samples through the network before any training.
+
+    A network that cannot take them, is set on a device this machine lacks,
+    or lacks a layer ``--layers`` names, fails here with a ValueError rather
+    than in the first fold or after the other analyses; so does one of more
+    outputs than the ``encoded`` classes, labels that are not integers from
+    0 encoded in sorted order (they would shift against its outputs).
+    """
+    import torch
+    from sklearn.base import clone
+    from skorch import NeuralNet
+
+    from .._engine.context import check_device, evaluation_mode
+    from .._engine.selection import network_logits
+    from .._validation import sample_shape
+
+    if isinstance(net, NeuralNet):
+        check_device(net.device)
+        module = clone(net).initialize().module_
+    else:
+        module = net
+    architecture = args.module or f"--model {args.model}"
+    device = next(module.parameters()).device
+    try:
+        with evaluation_mode(module), torch.no_grad():
+            # a copy: the network may change its input in place
+            if isinstance(X, dict):
+                out = module(
+                    **{k: torch.tensor(v[:2], device=device) for k, v in X.items()}
+                )
+            else:
+                out = module(torch.tensor(np.asarray(X[:2]), device=device))
+    except RuntimeError as error:
+        tokens = (
+            ". The command line casts every input to float32: a module on token "
+            "ids (an Embedding) converts them back in its forward, x.long()"
+            if "'indices'" in str(error)
+            else ""
+        )
+        raise ValueError(
+            f"the network of {architecture} cannot take the inputs, of shape "
+            f"{sample_shape(X)}: {str(error).splitlines()[0]}{tokens}"
+        ) from error
+    outputs = network_logits(out).shape[-1]
+    if encoded is not None and outputs > encoded:
+        raise ValueError(
+            f"The network of {architecture} gives {outputs} outputs, and the "
+            f"labels, which are not integers from 0, name {encoded} classes: "
+            "encoded in sorted order, they would shift against its outputs. Pass "
+            "--classes with the network's classes in the order of its outputs."
+        )
+    if args.layers is not None:
+        from .._layers import RepresentationCapture
+
+        RepresentationCapture(module, args.layers)  # names checked
