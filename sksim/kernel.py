@@ -243,7 +243,8 @@ def network_similarity(
     -------
     K : ndarray of shape (n_X, n_Y) or (n_X, n_Y, d, d)
         Float64 similarities. Inputs with a zero gradient get similarity 0 to
-        everything (with a warning), never NaN.
+        everything, never NaN (with a warning for the normalised kinds,
+        ``"cosine"`` and ``"influence"``).
 
     References
     ----------

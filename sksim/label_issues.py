@@ -381,6 +381,12 @@ class LabelIssueDetector(NetworkEstimator):
         Rows of ``X`` of each example's neighbours, most similar first.
     neighbor_similarities_ : ndarray of shape (n_samples, n_neighbors)
         Their cosine similarities.
+    net_ : skorch net, FrozenEstimator or torch.nn.Module
+        With ``cv="prefit"``: the trained network used (with ``cv`` folds,
+        each fold's clone is dropped after its predictions).
+    projection_seed_ : int or None
+        With ``cv="prefit"``: seed of the sketches of the neighbour search
+        (None without sketches).
     exact_ranking_ : bool
         Whether every neighbour search ranked the candidates of its reduced
         FAISS search by their exact similarities (see ``search_components``;

@@ -460,6 +460,19 @@ class SimilarityRegularizedNet(NeuralNet):
         items' labels (skorch alone would train on the items' own). NaN or
         infinite inputs are refused, naming their rows, as by
         :meth:`pair_similarity` (skorch would train on them: NaN weights).
+
+        Parameters
+        ----------
+        X : array-like, tensor, dict, Dataset or the output of :func:`with_pairs`
+        y : array-like of shape (n_samples,), default=None
+        classes : array-like, default=None
+            As skorch takes them (unused by skorch's nets).
+        **fit_params : dict
+            Passed to the module's forward, as skorch passes them.
+
+        Returns
+        -------
+        self : object
         """
         self._check_similarity_params()
         if not isinstance(X, torch.utils.data.IterableDataset):  # a stream, as skorch
@@ -536,7 +549,20 @@ class SimilarityRegularizedNet(NeuralNet):
         return super().forward_iter(X, training=training, device=device)
 
     def infer(self, x: Batch, **fit_params: Any) -> Any:
-        """Forward pass of skorch, on the input without its attached pairs."""
+        """Forward pass of skorch, on the input without its attached pairs.
+
+        Parameters
+        ----------
+        x : tensor or dict of tensors
+            A batch of inputs, possibly carrying pairs (see :func:`with_pairs`).
+        **fit_params : dict
+            Passed to the module's forward.
+
+        Returns
+        -------
+        y_infer
+            The module's output.
+        """
         return super().infer(strip_pairs(x), **fit_params)
 
     def run_single_epoch(
@@ -648,6 +674,22 @@ class SimilarityRegularizedNet(NeuralNet):
         ``similarity_direction="similar"``, +1 for ``"dissimilar"``) and the mean
         cosine are recorded in the current batch of the history as
         ``similarity_term`` and ``similarity_cosine``.
+
+        Parameters
+        ----------
+        y_pred : tensor
+            The module's output for the batch.
+        y_true : tensor
+            The batch's targets.
+        X : tensor or dict of tensors, default=None
+            The batch's inputs, with their pairs; None adds no term.
+        training : bool, default=False
+            Whether the batch is trained on; only then is the term added.
+
+        Returns
+        -------
+        loss : tensor
+            A scalar.
         """
         loss = super().get_loss(y_pred, y_true, X=X, training=training)
         seed = getattr(self, "_step_seed_", None)
@@ -936,6 +978,12 @@ class SimilarityRegularizedClassifier(SimilarityRegularizedNet, NeuralNetClassif
     :class:`SimilarityRegularizedNet` for the similarity parameters and the
     reference to the paper.
 
+    Parameters
+    ----------
+    module : torch.nn.Module class or instance
+    *args, **kwargs
+        As for :class:`SimilarityRegularizedNet` and skorch's classifier.
+
     Examples
     --------
     >>> import torch
@@ -973,12 +1021,14 @@ class SimilarityRegularizedRegressor(SimilarityRegularizedNet, NeuralNetRegresso
     Parameters
     ----------
     module : torch.nn.Module class or instance
-    *args, **kwargs
+    *args
         As for :class:`SimilarityRegularizedNet` and skorch's regressor.
     similarity_pairs : {"given"} or callable, default="given"
     similarity_readout : {"random"} or callable, default="random"
         The regressor's defaults; :class:`SimilarityRegularizedNet` describes
         these and the other similarity parameters, and cites the paper.
+    **kwargs
+        As for :class:`SimilarityRegularizedNet` and skorch's regressor.
 
     Examples
     --------

@@ -101,12 +101,17 @@ class AuditResult:
         number mapped to ``"ExceptionType: message"``. An analysis that failed
         on every fold has no tables.
     metadata : dict
-        Dataset, task (``"classification"`` or ``"regression"``), model and
-        cross-validation (``cv``: the splitter's repr, ``"prefit"`` for a
-        prefit audit; ``cv_words``: what it does, in words),
+        The data (``n_samples``, ``input_shape``, ``n_classes``), ``task``
+        (``"classification"`` or ``"regression"``), the network (``net``, in
+        words), the cross-validation (``cv``: the splitter's repr,
+        ``"prefit"`` for a prefit audit; ``cv_words``: what it does, in
+        words; ``n_folds``), ``analyses`` (those that ran), ``n_neighbors``,
+        ``random_state``,
         ``scale_threshold`` and ``methods`` (the method each analysis used,
         and why, in words), timings (``seconds``: ``fit`` for the training,
-        ``predict`` instead when prefit, then each analysis), versions, and
+        ``predict`` instead when prefit, then each analysis;
+        ``total_seconds``), ``versions`` (of sksim, Python, torch, NumPy,
+        scikit-learn and skorch), and
         ``warnings`` raised by the analyses: one dict per kind of warning
         (its text with the numbers masked), with ``times`` raised,
         ``samples`` (the total of the samples they concern, when they say;
@@ -925,7 +930,7 @@ def audit(
         net=_describe(net, prefit),
         seconds={k: round(v, 3) for k, v in seconds.items()},
         total_seconds=round(time.perf_counter() - started, 3),
-        torch_version=torch.__version__,
+        versions=_versions(),
         warnings=_warning_rows(collected["warnings"]),
     )
     if data.class_names is not None:
@@ -1022,6 +1027,25 @@ def _numbers_as_ranges(texts) -> str | None:
         )
     pieces = _NUMBER.split(texts[0])
     return pieces[0] + "".join(n + p for n, p in zip(shown, pieces[1:], strict=True))
+
+
+def _versions() -> dict[str, str]:
+    """The versions of sksim and what its results depend on."""
+    import platform
+
+    import sklearn
+    import skorch
+
+    from .. import __version__
+
+    return {
+        "sksim": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "scikit-learn": sklearn.__version__,
+        "skorch": skorch.__version__,
+    }
 
 
 def _describe(net, prefit):

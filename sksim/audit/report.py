@@ -179,6 +179,10 @@ def _facts(result):
         ("analyses run", ", ".join(meta["analyses"]) or "none"),
         ("scale threshold", meta.get("scale_threshold")),
     ]
+    if "versions" in meta:
+        facts.append(
+            ("versions", ", ".join(f"{k} {v}" for k, v in meta["versions"].items()))
+        )
     if "label_noise" in meta:
         facts.insert(6, ("planted label noise", noise_text(meta)))
     files = [("data", "data"), ("checkpoint", "checkpoint"), ("test data", "test_data")]

@@ -78,7 +78,8 @@ def temperature_from_delta(delta: float, cutoff: int = 3, n: int = 32) -> float:
     sum ``sum_kept 1/(i^2 + j^2)`` by the quarter-disc integral
     ``(pi / 2) ln c``. The exact root-mean-square displacement of the sampled
     fields is ``sqrt(T n^2 / 2 * sum_kept 1/(i^2+j^2))``: about ``0.84 delta``
-    for ``c = 3`` (use :func:`kept_modes` to compute it); the approximation is
+    for ``c = 3`` (the sum over the wave vectors ``(i, j)`` of positive
+    entries with ``|(i, j)| < c + 1/2``); the approximation is
     kept so that numbers compare with the literature.
 
     Parameters

@@ -81,7 +81,8 @@ def matched_noise(
     Returns
     -------
     eta : same type, shape, dtype and device as ``x``
-        The noise; the noisy inputs are ``x + eta``.
+        The noise; the noisy inputs are ``x + eta``. Float64 for an array of
+        integers.
 
     References
     ----------
@@ -100,7 +101,10 @@ def matched_noise(
     """
     check_noise_norm(noise_norm)
     is_tensor = isinstance(x, torch.Tensor)
-    xt = x if is_tensor else torch.as_tensor(np.asarray(x, dtype=float))
+    if not is_tensor:
+        x = np.asarray(x)
+        x = x if x.dtype.kind == "f" else x.astype(float)
+    xt = torch.as_tensor(x)
     if isinstance(noise_norm, str):
         if x_deformed is None:
             raise ValueError(

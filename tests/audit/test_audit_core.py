@@ -646,6 +646,11 @@ def test_audit_errors(digit_images):
         audit(net, X, y, errors="ignore")
     with pytest.raises(ValueError, match=r"options\['density'\] has unknown names"):
         audit(net, X, y, options=dict(density=dict(treshold=0.8)))
+    fixed = r"\['n_neighbors'\], which the audit sets for the neighbors analysis: give"
+    with pytest.raises(ValueError, match=fixed + r" n_neighbors to audit\(\) itself"):
+        audit(net, X, y, options=dict(neighbors=dict(n_neighbors=3)))
+    with pytest.raises(ValueError, match=r"\['as_frame'\], which the audit sets fo"):
+        audit(net, X, y, options=dict(class_fitting=dict(as_frame=False)))
     with pytest.raises(ValueError, match="n_neighbors=200 is more than the 120"):
         audit(net, X, y, cv=2, n_neighbors=200, analyses=("neighbors",))
     with pytest.raises(ValueError, match=r"options for unknown analyses \['dens'\]"):

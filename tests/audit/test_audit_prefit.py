@@ -7,6 +7,7 @@ import _audit_helpers
 import numpy as np
 import pandas as pd
 import pytest
+import skorch
 import torch
 from _architectures import small_net
 from _audit_helpers import AUDIT_OPTIONS
@@ -21,6 +22,7 @@ from skorch import (
     NeuralNetRegressor,
 )
 
+import sksim
 from sksim import (
     FlooredDensityWarning,
     GradientDensityEstimator,
@@ -137,6 +139,18 @@ def test_prefit_leaves_weights_bit_identical_and_scores_as_the_net(
     assert result.metadata["cv"] == "prefit" and result.metadata["n_folds"] == 1
     assert result.metadata["task"] == "classification"
     assert result.metadata["net"] == "NeuralNetClassifier(module=MLP, prefit)"
+    versions = result.metadata["versions"]
+    assert versions["sksim"] == sksim.__version__
+    assert versions["torch"] == torch.__version__
+    assert versions["skorch"] == skorch.__version__
+    assert set(versions) == {
+        "sksim",
+        "python",
+        "torch",
+        "numpy",
+        "scikit-learn",
+        "skorch",
+    }
     assert result.skipped == {} and result.failed == {}
     samples = result["samples"]
     np.testing.assert_array_equal(samples["index"], np.arange(len(X_test)))

@@ -15,6 +15,7 @@ from _audit_helpers import (
 )
 from _audit_helpers import prefit_audit as shared_prefit_audit
 
+import sksim
 from sksim import GradientDensityEstimator, NetworkNeighbors
 from sksim import cli as sksim_cli
 from sksim.audit import audit
@@ -231,6 +232,7 @@ def test_the_report_says_which_methods_ran(tmp_path):
     assert "Method: soft counts (exact, time O(N p)" in text
     assert "<li><b>density</b>: soft counts (exact, time O(N p)" in text
     assert "<th>scale threshold</th><td style='text-align:left'>50</td>" in text
+    assert f"<td style='text-align:left'>sksim {sksim.__version__}, python" in text
     assert "Method: FAISS search (index &#x27;Flat&#x27;)" in text
     recall_value = scaled()["folds"]["neighbor_recall"].item()
     assert (

@@ -51,3 +51,13 @@ def test_noise_errors():
     for bad in ("median", -1.0, True, np.inf):
         with pytest.raises(ValueError, match="noise_norm must be one of"):
             matched_noise(x, x, noise_norm=bad)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, np.int64])
+def test_arrays_keep_their_floating_dtype(dtype):
+    x = np.zeros((3, 4), dtype=dtype)
+    x_def = np.ones((3, 4), dtype=dtype)
+    eta = matched_noise(x, x_def, random_state=0)
+    assert eta.dtype == (np.float64 if dtype == np.int64 else dtype)
+    assert isinstance(eta, np.ndarray)
+    np.testing.assert_allclose(_norms(eta.astype(float)), 2.0, rtol=1e-3)

@@ -18,6 +18,9 @@ if TYPE_CHECKING:
 
     from ..core import AuditResult, _Data, _Fold
 
+# Options the audit sets for every analysis, with their command-line names.
+AUDIT_KEYWORDS = {"n_neighbors": "--n-neighbors", "random_state": "--seed"}
+
 
 @dataclass
 class FoldOutput:
@@ -239,6 +242,20 @@ class Analysis:
             for name, parameter in inspect.signature(target).parameters.items()
             if parameter.default is not inspect.Parameter.empty
         }
+        fixed = sorted(set(options) & set(self.fixed_options))
+        if fixed:
+            audit_wide = [name for name in fixed if name in AUDIT_KEYWORDS]
+            where = (
+                f": give {', '.join(audit_wide)} to audit() itself "
+                f"({', '.join(AUDIT_KEYWORDS[name] for name in audit_wide)} on "
+                "the command line), for every analysis"
+                if audit_wide
+                else ""
+            )
+            raise ValueError(
+                f"options[{self.name!r}] sets {fixed}, which the audit sets for "
+                f"the {self.name} analysis{where}."
+            )
         accepted = set(self.own_options) | (keywords - set(self.fixed_options))
         unknown = sorted(set(options) - accepted)
         if unknown:
