@@ -76,6 +76,8 @@ def check_net_input(
     if isinstance(X, Mapping) and not issparse(X):  # a DOK matrix is a Mapping
         if not X:
             raise ValueError("A dict input needs at least one array.")
+        for k, v in X.items():
+            _check_not_ragged(v, str(k))
         constants = [k for k, v in X.items() if np.ndim(v) == 0]
         if constants:
             raise ValueError(
@@ -262,6 +264,7 @@ def _check_single_input(X, input_name: str) -> None:
     (those of a torch Dataset that scikit-learn's splitters indexed), or
     arrays of several shapes (several inputs: an image and tabular features).
     """
+    _check_not_ragged(X, input_name)
     if not isinstance(X, list | tuple):
         return
     first = X[0] if X else None
@@ -295,6 +298,23 @@ def _check_single_input(X, input_name: str) -> None:
             "several inputs as a dict of them, one row per sample in each (e.g. "
             '{"image": images, "tabular": features}), which goes to the '
             "network's forward by name (forward(self, image, tabular))."
+        )
+
+
+def _check_not_ragged(X, input_name: str) -> None:
+    """Raise a ValueError for lists of several lengths, such as unpadded tokens."""
+    listed = isinstance(X, list | tuple) or (
+        isinstance(X, np.ndarray) and X.dtype == object
+    )
+    if not listed:
+        return
+    lengths = {len(x) for x in X if isinstance(x, list | tuple)}
+    if len(lengths) > 1:
+        raise ValueError(
+            f"{input_name} holds lists of different lengths (from {min(lengths)} "
+            f"to {max(lengths)}), which do not stack into one row per sample: "
+            "pad them to one length, with an attention mask (e.g. "
+            "tokenizer(texts, padding=True))."
         )
 
 

@@ -669,6 +669,22 @@ def test_several_inputs_in_a_list_are_told_to_go_in_a_dict():
             network_similarity(torch.nn.Linear(5, 2), X)
 
 
+def test_unpadded_token_lists_are_told_to_be_padded():
+    """NumPy's "inhomogeneous shape" error said nothing of padding."""
+    embed = torch.nn.Sequential(torch.nn.Embedding(10, 3), torch.nn.Flatten())
+    ragged = [[5, 6, 7], [8, 9]]
+    padding = r"lists of different lengths \(from 2 to 3\).*pad them to one length"
+    for X, name in (
+        (ragged, "X"),
+        (np.array(ragged, dtype=object), "X"),
+        ({"input": ragged}, "input"),
+    ):
+        with pytest.raises(ValueError, match=f"^{name} holds " + padding):
+            network_similarity(embed, X)
+    padded = network_similarity(embed, [[5, 6, 7], [8, 9, 0]])
+    assert padded.shape == (2, 2)
+
+
 def test_numpy_integers_and_parameter_errors(module):
     K = network_similarity(module, X, batch_size=4)
     np.testing.assert_allclose(network_similarity(module, X, batch_size=np.int64(4)), K)

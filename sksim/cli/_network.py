@@ -241,20 +241,24 @@ def check_forward(
 
     if isinstance(net, NeuralNet):
         check_device(net.device)
-        module = clone(net).initialize().module_
+        initialized = clone(net).initialize()
+        module = initialized.module_
     else:
         module = net
     architecture = args.module or f"--model {args.model}"
     device = next(module.parameters()).device
+
+    def two_samples():  # a copy: the network may change its input in place
+        if isinstance(X, dict):
+            return {k: torch.tensor(v[:2], device=device) for k, v in X.items()}
+        return torch.tensor(np.asarray(X[:2]), device=device)
+
     try:
         with evaluation_mode(module), torch.no_grad():
-            # a copy: the network may change its input in place
-            if isinstance(X, dict):
-                out = module(
-                    **{k: torch.tensor(v[:2], device=device) for k, v in X.items()}
-                )
-            else:
-                out = module(torch.tensor(np.asarray(X[:2]), device=device))
+            inputs = two_samples()
+            out = module(**inputs) if isinstance(inputs, dict) else module(inputs)
+            if args.checkpoint is None and isinstance(net, NeuralNet):
+                _check_trainable_output(initialized, two_samples(), architecture)
     except RuntimeError as error:
         tokens = (
             ". The command line casts every input to float32: a module on token "
@@ -278,3 +282,25 @@ def check_forward(
         from .._layers import RepresentationCapture
 
         RepresentationCapture(module, args.layers)  # names checked
+
+
+def _check_trainable_output(net: NeuralNet, inputs, architecture: str) -> None:
+    """Refuse a net whose output skorch's own loss cannot train on.
+
+    skorch's losses take a tensor of logits; a Hugging Face model gives an
+    output object (its ``.logits`` among others), which a net of the user's
+    may turn into logits in its ``infer`` or read in its ``get_loss``.
+    """
+    import torch
+
+    if not type(net).get_loss.__module__.startswith("skorch."):
+        return
+    out = net.infer(inputs)
+    if not isinstance(out, torch.Tensor):
+        raise ValueError(
+            f"the network of {architecture} outputs a {type(out).__name__}, not "
+            "a tensor of logits, which training with skorch's loss needs: make "
+            "the module's forward return the logits (for a Hugging Face model, "
+            "model(**inputs).logits), or audit a model you trained as it is, "
+            "with --checkpoint."
+        )

@@ -96,6 +96,17 @@ def factory_module(tmp_path, monkeypatch):
             def raises(input_shape, n_classes):
                 raise RuntimeError("factory boom")
 
+            class OutputObject(torch.nn.Module):  # a Hugging Face model's output
+                def __init__(self, n_classes):
+                    super().__init__()
+                    self.linear = torch.nn.Linear(64, n_classes)
+
+                def forward(self, x):
+                    return {"logits": self.linear(x.flatten(1))}
+
+            def with_an_output_object(input_shape, n_classes):
+                return OutputObject(n_classes)
+
             def on_a_missing_gpu(input_shape, n_classes):
                 from skorch import NeuralNetClassifier
 
@@ -218,6 +229,11 @@ def test_help_explains_every_option(capsys):
         (
             ["--module", "userarch:raises"],
             "userarch:raises((1, 8, 8), 10) failed: RuntimeError: factory boom",
+        ),
+        (  # skorch's loss fails on it: the advice was "give sksim net.module_"
+            ["--module", "userarch:with_an_output_object"],
+            "outputs a dict, not a tensor of logits, which training with skorch's "
+            "loss needs: make the module's forward return the logits",
         ),
         (["--analyses", ""], "name at least one analysis"),
         (["--dataset", "iris", "--model", "cnn"], "The cnn model needs square images"),
