@@ -850,6 +850,9 @@ def audit(
             "random_state must be None or an integer from 0 to 2**32 - 1; got "
             f"{random_state!r}."
         )
+    # Python integers, as JSON writes them (NumPy's are accepted above)
+    scale_threshold = None if scale_threshold is None else int(scale_threshold)
+    random_state = None if random_state is None else int(random_state)
     check_data = _prefit_data if prefit else _cv_data
     data = check_data(net, X, y, X_test, y_test)
     requested = [a for a in REGISTRY.values() if a.name in analyses]

@@ -454,6 +454,23 @@ def test_a_diverged_network_fails_every_analysis_with_the_reason(digit_images):
             )
 
 
+def test_numpy_integers_are_written_to_json(digit_images, tmp_path):
+    """They were kept in the metadata, where json.dumps refused them."""
+    X, y = digit_images
+    result = audit(
+        small_net(X, max_epochs=1),
+        X,
+        y,
+        cv=2,
+        analyses=("density",),
+        scale_threshold=np.int64(50),
+        random_state=np.int64(3),
+    )
+    saved = json.loads(result.to_json(tmp_path / "report.json").read_text())
+    assert saved["metadata"]["scale_threshold"] == 50
+    assert saved["metadata"]["random_state"] == 3
+
+
 def test_an_analysis_failing_on_every_fold_leaves_no_tables(
     digit_images, tmp_path, monkeypatch
 ):

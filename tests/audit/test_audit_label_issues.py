@@ -10,6 +10,7 @@ import torch
 from sklearn.base import clone
 from sklearn.model_selection import StratifiedKFold
 
+import sksim.label_issues
 from sksim import LabelIssueDetector, NetworkNeighbors
 from sksim._net import fit_net
 from sksim.audit import audit
@@ -176,6 +177,23 @@ def test_invalid_options_raise_before_training(noisy_digits):
             analyses=("label_issues",),
             options=dict(label_issues=dict(n_neighbors=0)),
         )
+
+
+def test_below_the_scale_threshold_the_search_is_exact(noisy_digits, monkeypatch):
+    """The detector's own switch to FAISS (past 10,000) is not the audit's."""
+    monkeypatch.setattr(sksim.label_issues, "EXACT_MAX_SAMPLES", 10)
+    X, y, _ = noisy_digits
+    result = audit(
+        _audit_helpers.small_net(X, max_epochs=2),
+        X,
+        y,
+        cv=2,
+        analyses=("label_issues",),
+        scale_threshold=None,
+        random_state=0,
+    )
+    method = result.metadata["methods"]["label_issues"]
+    assert method.endswith("k = 10, by exact search over all pairs of examples")
 
 
 def test_options_the_audit_sets_are_refused(noisy_digits):

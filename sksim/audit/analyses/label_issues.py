@@ -269,7 +269,8 @@ class LabelIssues(Analysis):
 
     name = "label_issues"
     title = "Suspected label issues"
-    defaults = dict(n_neighbors=10)
+    defaults = dict(n_neighbors=10, algorithm="exact")  # the detector's "auto"
+    # would switch to FAISS past its own size, below the audit's threshold
     description = (
         "Every example's label is checked against two independent signals "
         "computed on the audit's own folds: the class probabilities of the "
@@ -332,9 +333,7 @@ class LabelIssues(Analysis):
             else "out-of-fold probabilities of the fold's network and the most "
             "similar examples of its training fold"
         )
-        method = f"{source}, k = {similarities.shape[1]}"
-        if options.get("algorithm", "auto") != "auto":
-            method += f", by {search_method(search)}"
+        method = f"{source}, k = {similarities.shape[1]}, by {search_method(search)}"
         return FoldOutput(
             tables=dict(label_issues=table), method=self.method_text(fold, method)
         )
