@@ -669,6 +669,30 @@ def test_several_inputs_in_a_list_are_told_to_go_in_a_dict():
             network_similarity(torch.nn.Linear(5, 2), X)
 
 
+class FailsInForward(torch.nn.Module):
+    def __init__(self, error):
+        super().__init__()
+        self.linear, self.error = torch.nn.Linear(3, 2), error
+
+    def forward(self, x):
+        raise self.error
+
+
+def test_only_shape_and_dtype_errors_are_blamed_on_the_inputs():
+    """Every RuntimeError of the first sample was said to be the inputs' shape."""
+    X = np.zeros((4, 3), np.float32)
+    cases = (
+        ("mat1 and mat2 shapes cannot be multiplied", r"\): pass inputs shaped as"),
+        ("expected scalar type Long", r"\): pass inputs of the dtype the network"),
+        ("weights not loaded", r"\)\.$"),
+    )
+    for text, advice in cases:
+        with pytest.raises(ValueError, match=re.escape(text) + advice):
+            network_similarity(FailsInForward(RuntimeError(text)), X)
+    with pytest.raises(torch.OutOfMemoryError, match="out of memory"):
+        network_similarity(FailsInForward(torch.OutOfMemoryError("out of memory")), X)
+
+
 def test_unpadded_token_lists_are_told_to_be_padded():
     """NumPy's "inhomogeneous shape" error said nothing of padding."""
     embed = torch.nn.Sequential(torch.nn.Embedding(10, 3), torch.nn.Flatten())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import re
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 
@@ -172,22 +173,26 @@ class JacobianEngine:
     def check_inputs(self, X) -> int:
         """The number of outputs the network gives for the first sample of ``X``.
 
-        A ValueError names the sample's shape if the network fails on it.
+        A ValueError names the sample's shape if the network fails on it,
+        with advice where torch's message is about shapes or dtypes; running
+        out of memory is raised as it is.
         """
         first = to_tensor(take(X, slice(0, 1)), self.device, self.dtype)
         with evaluation_mode(self.module), torch.no_grad():
             try:
                 out = self._output(first)
+            except torch.OutOfMemoryError:
+                raise
             except RuntimeError as error:
                 shape = (
                     {k: tuple(v.shape[1:]) for k, v in first.items()}
                     if isinstance(first, dict)
                     else tuple(first.shape[1:])
                 )
+                text = str(error).splitlines()[0]
                 raise ValueError(
                     f"The network fails on inputs of shape {shape} per "
-                    f"sample ({str(error).splitlines()[0]}): pass inputs "
-                    "shaped as the network expects."
+                    f"sample ({text}){_input_advice(text)}."
                 ) from error
             return select_output(out, self.output, 1).shape[1]
 
@@ -697,6 +702,15 @@ class _Plan:
                 pieces.extend(parameter_pieces(layer, own, grads))
         pieces.extend(DensePiece(block) for block in blocks.values())
         return pieces
+
+
+def _input_advice(error: str) -> str:
+    """Advice on the inputs, where torch's ``error`` is about their shape or dtype."""
+    if re.search(r"shape|size|dimension|channel|batched", error, re.IGNORECASE):
+        return ": pass inputs shaped as the network expects"
+    if re.search(r"dtype|scalar type", error, re.IGNORECASE):
+        return ": pass inputs of the dtype the network expects"
+    return ""
 
 
 def _with_values(module: torch.nn.Module, params) -> dict:

@@ -235,13 +235,14 @@ def check_forward(
     from sklearn.base import clone
     from skorch import NeuralNet
 
-    from .._engine.context import check_device, evaluation_mode
+    from .._engine.context import check_device, evaluation_mode, forked_rng
     from .._engine.selection import network_logits
     from .._validation import sample_shape
 
     if isinstance(net, NeuralNet):
         check_device(net.device)
-        initialized = clone(net).initialize()
+        with forked_rng():  # the weights of a check: the user's generator untouched
+            initialized = clone(net).initialize()
         module = initialized.module_
     else:
         module = net

@@ -421,6 +421,8 @@ n_features)
         ----------
         n_samples : int, default=1
         random_state : int, RandomState instance or None, default=None
+            Seed of the draws; None takes the estimator's ``random_state``, as
+            scikit-learn's mixtures do.
 
         Returns
         -------
@@ -428,7 +430,9 @@ n_features)
         """
         check_is_fitted(self)
         _check_int(n_samples, "n_samples", 1)
-        rng = check_random_state(random_state)
+        rng = check_random_state(
+            self.random_state if random_state is None else random_state
+        )
         w = np.exp(self.component_log_weights_ - self.component_log_weights_.max())
         comp = rng.choice(len(w), size=n_samples, p=w / w.sum())
         d = self.component_means_.shape[1]

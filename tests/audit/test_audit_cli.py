@@ -666,6 +666,14 @@ def test_cli_seeds_the_module_factory(factory_module, tmp_path):
         assert torch.equal(first, same)
 
 
+def test_cli_leaves_torch_generator_as_it_was(tmp_path):
+    """The check of the network's forward drew its weights from it, unseeded."""
+    state = torch.get_rng_state()
+    argv = ["audit", *FAST, "--analyses", "density", "--quiet"]
+    assert cli.main([*argv, "--out", str(tmp_path / "r.html")]) == 0
+    assert torch.equal(torch.get_rng_state(), state)
+
+
 def test_cli_rejects_a_nan_learning_rate(capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main(["audit", "--lr", "nan"])

@@ -230,6 +230,17 @@ def test_parameter_errors(params, match):
         DirichletProcessGaussianMixture(**params).fit(np.ones((5, 2)))
 
 
+def test_sample_draws_from_the_estimators_random_state():
+    """It drew from NumPy's global generator, as scikit-learn's mixtures do not."""
+    X = _separated(np.random.RandomState(6), n=30)
+    dp = DirichletProcessGaussianMixture(**FAST).fit(X)  # random_state=0
+    before = np.random.get_state()[1].copy()
+    np.testing.assert_array_equal(dp.sample(5), dp.sample(5))
+    np.testing.assert_array_equal(dp.sample(5), dp.sample(5, random_state=0))
+    np.testing.assert_array_equal(np.random.get_state()[1], before)
+    assert not np.array_equal(dp.sample(5), dp.sample(5, random_state=1))
+
+
 def test_sample_size_error():
     dp = DirichletProcessGaussianMixture(**FAST).fit(np.eye(3))
     with pytest.raises(ValueError, match="n_samples must be an int >= 1"):
