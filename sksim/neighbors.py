@@ -130,6 +130,7 @@ def index_bytes(index, n: int) -> int:
 # reference examples as similar as a query's k-th nearest, within float32
 # rounding, are as near as it: a search that finds one of them misses nothing
 TIE_TOLERANCE = 1e-5
+RECALL_DEPTH = 20  # exact neighbours gathered for the recall, at least
 
 
 def recall(found: np.ndarray, similarities: np.ndarray, indices: np.ndarray) -> float:
@@ -328,7 +329,8 @@ class NetworkNeighbors(NetworkEstimator):
         exact ``n_neighbors`` nearest reference examples that
         :meth:`most_similar` finds (recall@``n_neighbors``); an example as
         similar as the exact ``n_neighbors``-th counts as found (ties among
-        up to twice ``n_neighbors`` examples, duplicated ones for instance).
+        up to twice ``n_neighbors`` examples, and at least 20, duplicated
+        ones for instance).
     %(sketch_weights_)s
     projection_seed_ : int or None
         Seed of the sketch, shared by reference and queries (None without
@@ -480,6 +482,7 @@ class NetworkNeighbors(NetworkEstimator):
         self.X_fit_ = X
         self.n_samples_fit_ = n_samples(X)
         self._faiss_index = None
+        self._recall_sample = None
         self.y_fit_ = self._check_labels(X, y)
         if X_val is not None:
             X_val = self._check_input(X_val, "X_val")
@@ -528,10 +531,27 @@ class NetworkNeighbors(NetworkEstimator):
                 nearest = self._search_rows(rows, self._n_exact_neighbors, False)
             else:
                 nearest = exact.similarities, exact.indices
-            with flag_scope(report=False):  # reported as its neighbours were found
-                _, found = self.most_similar(X_val)
-            self.recall_ = recall(found, *nearest)
+            self._recall_sample = (X_val, *nearest)
+            self.recall_ = self._sample_recall()
         return self
+
+    def _sample_recall(self) -> float | None:
+        """``recall_`` of the search as set now, on the ``X_val`` of ``fit``.
+
+        For another ``n_neighbors`` or ``candidates_per_neighbor`` than
+        ``fit``'s. None without ``X_val``, or where ``fit`` gathered fewer
+        exact neighbours than ``n_neighbors`` (twice its own); gathered just
+        as many, an example as similar as the last found beyond them counts
+        as missed.
+        """
+        if self._recall_sample is None:
+            return None
+        X_val, similarities, indices = self._recall_sample
+        if indices.shape[1] < self.n_neighbors:
+            return None
+        with flag_scope(report=False):  # reported as its neighbours were found
+            _, found = self.most_similar(X_val)
+        return recall(found, similarities, indices)
 
     def _check_labels(self, X, y) -> np.ndarray | None:
         """The labels :meth:`explain` shows: ``y``, or those of a Dataset's items."""
@@ -568,8 +588,10 @@ class NetworkNeighbors(NetworkEstimator):
         """The exact neighbours gathered for the recall: twice those asked for.
 
         A search finding others as similar as the last then misses nothing.
+        At least :data:`RECALL_DEPTH`, so that the recall of another
+        ``n_neighbors`` set later is measured on the same queries.
         """
-        return min(2 * self.n_neighbors, self.n_samples_fit_)
+        return min(max(2 * self.n_neighbors, RECALL_DEPTH), self.n_samples_fit_)
 
     @property
     def _jacobian_bytes(self) -> float:

@@ -531,12 +531,18 @@ class _Fold:
 
         The fold keeps the last search it fitted until :meth:`release_search`.
         Asked again for a search with the same parameters (those of its
-        queries aside, :data:`QUERY_PARAMS`, which it takes from ``search``)
-        and no ``X_val``, it returns the kept one, so that the neighbours and
-        label-issue analyses sketch the training part once.
+        queries aside, :data:`QUERY_PARAMS`, which it takes from ``search``),
+        it returns the kept one, so that the neighbours and label-issue
+        analyses sketch the training part once; with ``X_val``, only if the
+        kept one measured its recall on held-out queries too (those of its
+        own ``X_val``, on which ``_sample_recall`` measures the new queries').
         """
         kept = self._search
-        if X_val is None and kept is not None and _same_search(kept, search):
+        if (
+            kept is not None
+            and _same_search(kept, search)
+            and (X_val is None or kept._recall_sample is not None)
+        ):
             wanted = search.get_params(deep=False)
             return kept.set_params(**{name: wanted[name] for name in QUERY_PARAMS})
         self._search = None  # freed before the new one is fitted
@@ -687,7 +693,8 @@ def audit(
     10^6 training examples, ``"HNSW32"`` from there), and their
     recall@``n_neighbors`` against exact neighbours is measured on 200
     held-out examples drawn at random (``neighbor_recall`` in ``folds`` and
-    ``summary``; a recall below 0.8 is warned about); class fitting fits
+    ``summary``; the label issues' search, on the same sketches, likewise:
+    ``label_issue_recall``; a recall below 0.8 is warned about); class fitting fits
     each class's mixture on at most 1 000 of its training examples drawn at
     random (``max_fit_per_class``) and evaluates the densities at all of
     them; self-denoising stays on its ``max_samples`` subset. Which method

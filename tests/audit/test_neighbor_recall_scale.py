@@ -71,10 +71,9 @@ def test_faiss_searches_principal_components_of_wider_sketches(
     assert options.get("search_components") == (SEARCH_COMPONENTS if reduced else None)
 
 
-def fitted(recall, exact_ranking):
+def fitted(exact_ranking):
     """What :func:`low_recall_warning` reads of a fitted search."""
     return SimpleNamespace(
-        recall_=recall,
         exact_ranking_=exact_ranking,
         n_components_=64,
         candidates_per_neighbor=16,
@@ -95,11 +94,11 @@ def fitted(recall, exact_ranking):
 def test_a_recall_below_the_threshold_is_warned(exact_ranking, advice):
     assert MIN_RECALL == 0.8
     with pytest.warns(UserWarning, match=r"recall@5 of 0\.79 against exact ones") as w:
-        low_recall_warning(fitted(0.79, exact_ranking), 5)
+        low_recall_warning(0.79, fitted(exact_ranking), 5, "neighbors")
     assert re.search(advice, str(w[0].message))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        low_recall_warning(fitted(0.8, exact_ranking), 5)
+        low_recall_warning(0.8, fitted(exact_ranking), 5, "neighbors")
 
 
 def test_the_audit_records_the_warning_with_the_recall():
@@ -108,8 +107,9 @@ def test_the_audit_records_the_warning_with_the_recall():
     assert recall < MIN_RECALL
     assert result.metadata["warnings"] == [
         dict(
-            warning="UserWarning: The approximate neighbours have a recall@N of "
-            "N.N against exact ones, below N.N, with sketches of n_components=N; "
+            warning="UserWarning: The approximate neighbours of the neighbors "
+            "analysis have a recall@N of N.N against exact ones, below N.N, with "
+            "sketches of n_components=N; "
             "raise options['neighbors']['n_components'] (or max_memory, from which "
             "n_components='auto' sizes them), or search exactly with "
             "algorithm='exact' and n_components=None.",
@@ -127,6 +127,32 @@ def test_no_warning_when_the_recall_is_high():
     assert "n_components=256" in result.metadata["methods"]["neighbors"]
     assert not any("recall" in w for w in result.metadata["warnings"])
     assert np.isfinite(result["samples"]["top_similarity"]).all()
+
+
+def test_the_label_issues_measure_the_recall_of_their_own_search(tmp_path):
+    """They took the sketched search unmeasured, with 16 candidates at k = 10."""
+    pytest.importorskip("faiss")
+    weak = dict(candidates_per_neighbor=1, search_components=2)
+    options = {**AUDIT_OPTIONS, "label_issues": weak}
+    for analyses in (("label_issues",), ("neighbors", "label_issues")):
+        result = shared_prefit_audit(analyses, 50, options, n_neighbors=3)
+        recall = result["folds"]["label_issue_recall"].item()
+        assert recall < MIN_RECALL
+        method = result.metadata["methods"]["label_issues"]
+        assert "recall@10 against exact neighbours measured on 80 held-out" in method
+        (warned,) = [
+            w["warning"]
+            for w in result.metadata["warnings"]
+            if "recall" in w["warning"]
+        ]
+        assert "options['label_issues']['candidates_per_neighbor']" in warned
+        text = result.to_html(tmp_path / "r.html").read_text()
+        assert (
+            f"Recall@10 of the approximate neighbours against exact ones: {recall:.3f}"
+            in text
+        )
+    wide = shared_prefit_audit(("label_issues",), 50, AUDIT_OPTIONS, n_neighbors=3)
+    assert wide["folds"]["label_issue_recall"].item() > recall
 
 
 @pytest.mark.parametrize("n_train, index", [(999_999, "Flat"), (10**6, "HNSW32")])

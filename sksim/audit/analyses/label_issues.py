@@ -12,7 +12,14 @@ from .. import _render
 from .._names import with_names
 from .._tables import frame, import_pandas, neighbor_text
 from .base import Analysis, FoldOutput
-from .neighbors import image_view, search_method, sketched_search
+from .neighbors import (
+    image_view,
+    recall_method,
+    recall_sample,
+    recall_text,
+    search_method,
+    sketched_search,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -66,7 +73,9 @@ def fold_signals(fold: _Fold, options: Mapping[str, Any]) -> tuple[np.ndarray, .
         )
         available = len(fold.train)
     k = scorer._n_neighbors(available)
-    search = fold.fitted_search(scorer._search(fold.net, fold.X_train, k))
+    search = scorer._search(fold.net, fold.X_train, k)
+    sketched = search.n_components is not None  # its recall is measured
+    search = fold.fitted_search(search, recall_sample(fold) if sketched else None)
     # label j is output j: every output is a class
     P, similarities, found = scorer._signals(
         fold.net, search, X, k, None, probabilities
@@ -333,9 +342,17 @@ class LabelIssues(Analysis):
             else "out-of-fold probabilities of the fold's network and the most "
             "similar examples of its training fold"
         )
-        method = f"{source}, k = {similarities.shape[1]}, by {search_method(search)}"
+        k = similarities.shape[1]
+        method = f"{source}, k = {k}, by {search_method(search)}"
+        metrics = {}
+        if search.n_components_ is not None:
+            recall, words = recall_method(search, k, len(fold.test), self.name)
+            metrics["label_issue_recall"] = recall
+            method += words
         return FoldOutput(
-            tables=dict(label_issues=table), method=self.method_text(fold, method)
+            metrics=metrics,
+            tables=dict(label_issues=table),
+            method=self.method_text(fold, method),
         )
 
     def summarise(self, tables: Mapping[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
@@ -382,6 +399,8 @@ class LabelIssues(Analysis):
         method = result.metadata.get("methods", {}).get(self.name)
         if method is not None:
             parts.append(_render.paragraph(f"Method: {method}.", "note"))
+        k = len(table["neighbors"].iloc[0])
+        parts.append(recall_text(result, "label_issue_recall", k))
         parts.append(_render.figure(issue_grid, result))
         noise = result.metadata.get("label_noise")
         parts.append(_render.table(issue_rows(table, noise)))

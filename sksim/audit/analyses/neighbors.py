@@ -13,7 +13,14 @@ import torch
 from numpy.typing import ArrayLike
 from torch.utils.data import Dataset
 
-from ..._engine.inputs import is_dataset, split_item, take, to_numpy, to_tensor
+from ..._engine.inputs import (
+    is_dataset,
+    n_samples,
+    split_item,
+    take,
+    to_numpy,
+    to_tensor,
+)
 from ..._validation import check_positive_int
 from ...neighbors import NetworkNeighbors, automatic_index
 from .. import _render
@@ -31,6 +38,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
 
+    from ..._typing import NetInput
     from ..core import AuditResult, _Data, _Fold
 
 GALLERY_SIZE = 4
@@ -38,6 +46,7 @@ SKETCH_COMPONENTS = (256, 128, 64)  # the largest whose sketches fit the budget
 SEARCH_COMPONENTS = 64  # principal components of the sketches FAISS searches
 SKETCH_MEMORY = 2**29  # bytes of the training fold's float32 sketches (512 MiB)
 MIN_RECALL = 0.8  # a lower measured recall is warned about
+RECALL_QUERIES = 200  # held-out examples the recall is measured on, by default
 KINDS = ("lowest density", "misclassified", "largest error", "typical")
 
 
@@ -105,6 +114,33 @@ def recall_rows(n_test: int, n_queries: int, random_state: int | None) -> np.nda
         return np.arange(n_test)
     rng = np.random.RandomState(random_state)
     return np.sort(rng.choice(n_test, n_queries, replace=False))
+
+
+def recall_sample(fold: _Fold, n_queries: int = RECALL_QUERIES) -> NetInput:
+    """Held-out examples of ``fold`` on which a sketched search's recall is measured."""
+    return take(fold.X_test, recall_rows(len(fold.test), n_queries, fold.random_state))
+
+
+def recall_method(
+    search: NetworkNeighbors, n_neighbors: int, n_test: int, analysis: str
+) -> tuple[float | None, str]:
+    """The recall of the fitted sketched ``search`` as set now, and its words.
+
+    Measured on the held-out examples it was fitted with (``X_val``): those
+    of the analysis that fitted it, which may be another sharing the search;
+    None where that one gathered too few exact neighbours. Warned about
+    below :data:`MIN_RECALL`.
+    """
+    recall = search._sample_recall()
+    if recall is None:
+        return None, ""
+    low_recall_warning(recall, search, n_neighbors, analysis)
+    n_queries = n_samples(search._recall_sample[0])
+    drawn = "" if n_queries == n_test else " drawn at random"
+    return recall, (
+        f", recall@{n_neighbors} against exact neighbours measured on "
+        f"{n_queries} held-out examples{drawn}"
+    )
 
 
 def search_method(search: NetworkNeighbors) -> str:
@@ -295,19 +331,21 @@ def own_gallery(result: AuditResult) -> list[dict[str, Any]]:
     return [g for g in result.gallery if g["kind"] in KINDS]
 
 
-def _recall_text(result) -> str:
-    """The measured recall of approximate neighbours, as HTML (empty if none)."""
+def recall_text(result: AuditResult, column: str, n_neighbors: int) -> str:
+    """The recall of approximate neighbours in ``folds[column]``, as HTML (or "")."""
     folds = result.tables["folds"]
-    if "neighbor_recall" not in folds:
+    if column not in folds:
         return ""
-    measured = folds.dropna(subset=["neighbor_recall"])
-    values = measured["neighbor_recall"]
+    measured = folds.dropna(subset=[column])
+    if measured.empty:
+        return ""
+    values = measured[column]
     per_fold = ", ".join(
         f"fold {fold} {v:.3f}" for fold, v in zip(measured["fold"], values, strict=True)
     )
     return _render.paragraph(
-        f"Recall@{result.metadata['n_neighbors']} of the approximate neighbours "
-        f"against exact ones: {values.mean():.3f} ({per_fold})."
+        f"Recall@{n_neighbors} of the approximate neighbours against exact ones: "
+        f"{values.mean():.3f} ({per_fold})."
     )
 
 
@@ -347,33 +385,36 @@ def sketched_search(fold: _Fold) -> dict[str, Any]:
     return options
 
 
-def low_recall_warning(search: NetworkNeighbors, n_neighbors: int) -> None:
-    """Warn when the recall ``search`` measured is below :data:`MIN_RECALL`.
+def low_recall_warning(
+    recall: float, search: NetworkNeighbors, n_neighbors: int, analysis: str
+) -> None:
+    """Warn when the ``recall`` of ``search`` is below :data:`MIN_RECALL`.
 
     The advice names what limits the search: the candidates, when they are
-    ranked by their exact similarities, else the sketches.
+    ranked by their exact similarities, else the sketches; and the options
+    of ``analysis`` that widen them.
     """
-    if search.recall_ >= MIN_RECALL:
+    if recall >= MIN_RECALL:
         return
     if search.exact_ranking_:
         cause = (
             f"candidates ({search.candidates_per_neighbor} per neighbour) ranked "
-            "by their exact similarities; raise "
-            "options['neighbors']['candidates_per_neighbor'] (at a cost linear "
-            "in it)"
+            f"by their exact similarities; raise options[{analysis!r}]"
+            "['candidates_per_neighbor'] (at a cost linear in it)"
         )
     else:
         cause = (
             f"sketches of n_components={search.n_components_}; raise "
-            "options['neighbors']['n_components'] (or max_memory, from which "
+            f"options[{analysis!r}]['n_components'] (or max_memory, from which "
             "n_components='auto' sizes them)"
         )
     warnings.warn(
-        f"The approximate neighbours have a recall@{n_neighbors} of "
-        f"{search.recall_:.2f} against exact ones, below {MIN_RECALL}, with "
-        f"{cause}, or search exactly with algorithm='exact' and n_components=None.",
+        f"The approximate neighbours of the {analysis} analysis have a "
+        f"recall@{n_neighbors} of {recall:.2f} against exact ones, below "
+        f"{MIN_RECALL}, with {cause}, or search exactly with algorithm='exact' "
+        "and n_components=None.",
         UserWarning,
-        stacklevel=2,
+        stacklevel=3,
     )
 
 
@@ -389,7 +430,7 @@ class Neighbors(Analysis):
         "fold that the network considers most similar, with the cosine "
         "similarity k."
     )
-    defaults = dict(recall_queries=200)
+    defaults = dict(recall_queries=RECALL_QUERIES)
     figures = (neighbor_grid,)
     shares_search = True
 
@@ -418,7 +459,6 @@ class Neighbors(Analysis):
         options = self.options(fold)
         n_queries = options.pop("recall_queries")
         sketched = options.get("n_components") is not None
-        sample = recall_rows(len(fold.test), n_queries, fold.random_state)
         search = fold.fitted_search(
             NetworkNeighbors(
                 fold.net,
@@ -426,20 +466,18 @@ class Neighbors(Analysis):
                 random_state=fold.random_state,
                 **options,
             ),
-            X_val=take(fold.X_test, sample) if sketched else None,
+            X_val=recall_sample(fold, n_queries) if sketched else None,
         )
         similarities, rows = search.most_similar(fold.X_test, fold.n_neighbors)
         labels, indices = fold.y_train[rows], fold.train[rows]
         columns, metrics = label_agreement(fold, labels)
         method = search_method(search)
         if sketched:
-            metrics["neighbor_recall"] = search.recall_
-            low_recall_warning(search, fold.n_neighbors)
-            drawn = "" if len(sample) == len(fold.test) else " drawn at random"
-            method += (
-                f", recall@{fold.n_neighbors} against exact neighbours measured "
-                f"on {len(sample)} held-out examples{drawn}"
+            recall, words = recall_method(
+                search, fold.n_neighbors, len(fold.test), self.name
             )
+            metrics["neighbor_recall"] = recall
+            method += words
         k = indices.shape[1]
         table = frame(
             dict(
@@ -512,5 +550,8 @@ class Neighbors(Analysis):
         table = frame(rows)
         if result.metadata["task"] == "regression":
             table = table.rename(columns={"label": "target"})
-        text = super().section(result) + _recall_text(result)
+        n_neighbors = result.metadata["n_neighbors"]
+        text = super().section(result) + recall_text(
+            result, "neighbor_recall", n_neighbors
+        )
         return text + (_render.table(table) if rows else "")
