@@ -741,10 +741,11 @@ class NetworkNeighbors(NetworkEstimator):
         None when they do not, or take several forms (layers that see other
         numbers of positions in other batches), which ``()`` records.
         """
-        if getattr(self, "_reference_pieces", None) is None and self._pieces_fit():
+        kept = getattr(self, "_reference_pieces", None)  # not pickled
+        if kept is None and self._pieces_fit():
             runs = self._whitened_pieces()
-            self._reference_pieces = () if runs is None else runs[0][1]
-        return self._reference_pieces or None
+            kept = self._reference_pieces = () if runs is None else runs[0][1]
+        return kept or None
 
     def _search_directions(self, X, F=None):
         """Principal directions of the reference sketches (None: no reduction).

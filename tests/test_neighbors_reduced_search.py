@@ -291,9 +291,11 @@ def test_a_reference_smaller_than_the_search_components_is_ranked_exactly(data):
     np.testing.assert_allclose(sim, np.take_along_axis(K, ind, 1), rtol=1e-6)
 
 
-def test_pickled_search_gives_the_same_neighbors(data):
+@pytest.mark.parametrize("max_memory", [2**31, 100_000])  # Jacobians kept or not
+def test_pickled_search_gives_the_same_neighbors(data, max_memory):
+    """Unpickled with Jacobians that do not fit, it failed on the missing ones."""
     X_ref, X_new = data
-    reduced = search(mlp(4, 3), X_ref, 6)
+    reduced = search(mlp(4, 3), X_ref, 6, max_memory=max_memory)
     again = pickle.loads(pickle.dumps(reduced))
     assert again.exact_ranking_ and "_reference_pieces" not in again.__dict__
     found, expected = again.most_similar(X_new), reduced.most_similar(X_new)
