@@ -30,6 +30,7 @@ from ._engine.checkpoints import (
 )
 from ._engine.context import uncompiled
 from ._engine.features import piece_energies
+from ._engine.inputs import is_dataset, n_samples
 from ._engine.jacobian import JacobianEngine
 from ._engine.normalize import KINDS
 from ._net import (
@@ -303,6 +304,7 @@ class NetworkEstimator(BaseEstimator):
         if check_targets is not None:
             check_targets(X)
         self._sample_shape = sample_shape(X)
+        self._n_samples_fit = n_samples(X)  # a dataset kept as X_fit_ may change
         self.net_ = fit_net(
             self.net,
             X if X_net is None else X_net,
@@ -365,6 +367,22 @@ class NetworkEstimator(BaseEstimator):
                 f"{type(self).__name__}'s parameters changed since fit: "
                 f"{', '.join(changed)}, while what fit computed holds the "
                 "fitted values. Call fit again."
+            )
+        engine = getattr(self, "_engine_cache", None)  # made again after unpickling
+        if engine is not None and engine.network is not uncompiled(
+            resolve_module(self.net_)
+        ):
+            raise ValueError(
+                "The network's module was replaced since fit (net.module_ = ...): "
+                f"{type(self).__name__} computes with the module it had then, which "
+                "may change apart from the network's. Call fit again."
+            )
+        X_fit = getattr(self, "X_fit_", None)
+        if is_dataset(X_fit) and n_samples(X_fit) != self._n_samples_fit:
+            raise ValueError(
+                f"The dataset given to fit holds {n_samples(X_fit)} items now and "
+                f"held {self._n_samples_fit} then: {type(self).__name__} holds "
+                "what it computed from those. Call fit again."
             )
         changed = changed_parts(self._weights, self._weights_digest())
         if changed:

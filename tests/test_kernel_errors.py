@@ -816,6 +816,59 @@ def test_weights_changed_since_fit_are_refused(module):
         query(estimator.fit(X))
 
 
+def test_a_module_replaced_since_fit_is_refused():
+    """The estimator computed with the module of fit, whose changes went unseen."""
+    torch.manual_seed(0)
+    net = NeuralNetClassifier(
+        torch.nn.Sequential(
+            torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)
+        ),
+        criterion=torch.nn.CrossEntropyLoss,
+    ).initialize()
+    kernel = NetworkSimilarityKernel(net, n_components=None).fit(X)
+    K = kernel.transform(X)
+    old, net.module_ = net.module_, copy.deepcopy(net.module_)
+    with torch.no_grad():
+        old[2].weight.add_(0.1)  # a training loop holding the old module
+    with pytest.raises(ValueError, match=r"module was replaced since fit \(net.modu"):
+        kernel.transform(X)
+    np.testing.assert_array_equal(kernel.fit(X).transform(X), K)
+
+
+class Growing(torch.utils.data.Dataset):
+    def __init__(self, X):
+        self.items = list(X)
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def test_a_dataset_grown_since_fit_is_refused(module):
+    """Its counts were divided by the examples of fit: relative density 1.5."""
+    data = Growing(X)
+    estimators = [
+        GradientDensityEstimator(module, method="hard", threshold=0.0),
+        NetworkNeighbors(module, n_neighbors=2),
+        NetworkSimilarityKernel(module, n_components=None),
+    ]
+    queries = [
+        lambda e: e.score_samples(X),
+        lambda e: e.kneighbors_graph(X),
+        lambda e: e.transform(X),
+    ]
+    for estimator in estimators:
+        estimator.fit(data)
+    data.items.extend(X[:5])
+    n = len(X)
+    for estimator, query in zip(estimators, queries, strict=True):
+        with pytest.raises(ValueError, match=f"holds {n + 5} items now and held {n}"):
+            query(estimator)
+        query(estimator.fit(data))
+
+
 def test_a_layer_replaced_since_fit_is_refused():
     """A layer without weights (Tanh to ReLU) changed unseen what fit computed."""
     torch.manual_seed(0)

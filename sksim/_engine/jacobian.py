@@ -114,6 +114,7 @@ class JacobianEngine:
         module = uncompiled(module)
         own_device = next(iter(_with_values(module, params).values())).device
         self.device = check_device(own_device if device is None else device)
+        self.network = module  # the caller's, which self.module may copy
         self.module = on_device(module, self.device)
         self.output = output
         self.parameters = select_parameters(self.module, params)
