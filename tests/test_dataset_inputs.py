@@ -886,6 +886,11 @@ def test_audit_reads_datasets_without_a_batch_size_by_bytes(data, monkeypatch):
     np.testing.assert_allclose(mean, X.mean(axis=0), rtol=1e-6)
     np.testing.assert_allclose(std, X.std(axis=0), rtol=1e-5)
     assert ds.reads > 2 * N and ds.max_alive == 2
+    # an array in blocks of as many rows too (their deviations were one array)
+    for rows in (X, X.astype(np.float32)):
+        blocked = _examples._moments(rows)
+        np.testing.assert_allclose(blocked[0], X.mean(axis=0), rtol=1e-6)
+        np.testing.assert_allclose(blocked[1], X.std(axis=0), rtol=1e-5)
 
 
 def test_items_of_two_sources_mixing_arrays_and_tensors(data, net):

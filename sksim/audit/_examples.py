@@ -145,23 +145,36 @@ def _flat(X) -> np.ndarray:
 def _moments(X) -> tuple[np.ndarray, np.ndarray]:
     """Mean and standard deviation of each feature.
 
-    A dataset's come from two passes over its batches of 64 MiB (the mean,
-    then the squared deviations from it), so that it is never read whole.
+    From two passes over blocks of 64 MiB (the mean, then the squared
+    deviations from it), so that neither a dataset nor the deviations of an
+    array are held whole.
     """
-    if not is_dataset(X):
-        flat = _flat(X)
-        return flat.mean(axis=0), flat.std(axis=0)
-    batch_size = read_batch_size(X, READ_BYTES, torch.float32)
+    if is_dataset(X):
+        batch_size = read_batch_size(X, READ_BYTES, torch.float32)
 
-    def blocks():
-        cpu = torch.device("cpu")
-        for _, batch in batches(X, batch_size, cpu, torch.float32):
-            yield batch.reshape(len(batch), -1).numpy()
+        def blocks():
+            cpu = torch.device("cpu")
+            for _, batch in batches(X, batch_size, cpu, torch.float32):
+                yield batch.reshape(len(batch), -1).numpy()
+
+    else:
+        flat = _flat(X)
+        rows = max(1, READ_BYTES // (8 * max(flat.shape[1], 1)))  # float64 deviations
+
+        def blocks():
+            for start in range(0, len(flat), rows):
+                yield flat[start : start + rows]
 
     n = n_samples(X)
     mean = sum(block.sum(axis=0, dtype=np.float64) for block in blocks()) / n
-    variance = sum(((block - mean) ** 2).sum(axis=0) for block in blocks()) / n
+    variance = sum(_squares(block - mean) for block in blocks()) / n
     return mean, np.sqrt(variance)
+
+
+def _squares(deviations: np.ndarray) -> np.ndarray:
+    """Per feature, the sum of the squared ``deviations`` (squared in place)."""
+    deviations *= deviations
+    return deviations.sum(axis=0)
 
 
 def _item(kind, sample, looks):

@@ -348,21 +348,36 @@ def to_dict(result: AuditResult) -> dict[str, Any]:
 
     JSON-ready, images left out.
     """
-    gallery = _without_images(result.gallery)
+    tables = {name: _records(frame) for name, frame in result.tables.items()}
+    return {**_untabled(result), "tables": tables}
+
+
+def _untabled(result: AuditResult) -> dict[str, Any]:
+    """:func:`to_dict` but the tables."""
     return dict(
         metadata=_clean(result.metadata),
         skipped=dict(result.skipped),
         failed={
             name: {str(k): v for k, v in f.items()} for name, f in result.failed.items()
         },
-        tables={name: _records(frame) for name, frame in result.tables.items()},
-        gallery=_clean(gallery),
+        gallery=_clean(_without_images(result.gallery)),
         examples=_clean(_without_images(result.examples)),
     )
 
 
 def write_json(result: AuditResult, path: str | os.PathLike) -> Path:
-    """Write :func:`to_dict` to ``path`` as strict JSON (no NaN)."""
+    """Write :func:`to_dict` to ``path`` as strict JSON (no NaN).
+
+    Table by table, each as pandas writes it: no table is held as Python
+    objects, which take ten times the file's size for a large audit.
+    """
     path = Path(path)
-    path.write_text(json.dumps(to_dict(result), allow_nan=False, indent=1))
+    with path.open("w", encoding="utf-8") as out:
+        head = json.dumps(_untabled(result), allow_nan=False, indent=1)
+        out.write(head.removesuffix("\n}"))
+        out.write(',\n "tables": {')
+        for i, (name, frame) in enumerate(result.tables.items()):
+            out.write(f"{', ' * bool(i)}\n  {json.dumps(name)}: ")
+            frame.to_json(out, orient="records", double_precision=15)
+        out.write("\n }\n}\n")
     return path

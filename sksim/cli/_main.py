@@ -180,8 +180,7 @@ def run_audit(args: argparse.Namespace) -> AuditResult:
     for name, folds in result.failed.items():
         say(f"{name} failed on fold(s) {sorted(folds)}: see the report")
     if args.json is not None:
-        say(f"JSON written to {Path(args.json).resolve()}")
-        result.to_json(args.json)
+        say(f"JSON written to {result.to_json(args.json).resolve()}")
     say(f"report written to {out}")
     return result
 

@@ -119,17 +119,22 @@ def test_long_tables_are_cut_in_html_but_whole_in_json(small_audit, tmp_path):
     assert "image" not in data["gallery"][0]
 
 
-def test_json_turns_nan_into_null(small_audit):
+def test_json_turns_nan_into_null(small_audit, tmp_path):
     result = copy.copy(small_audit)
     result.tables = dict(small_audit.tables)
     folds = result.tables["folds"].copy()
     folds.loc[0, "accuracy"] = np.nan
+    folds.loc[1, "accuracy"] = -np.inf
     result.tables["folds"] = folds
     result.metadata = dict(small_audit.metadata, ratio=float("inf"))
     data = to_dict(result)
     assert data["tables"]["folds"][0]["accuracy"] is None
+    assert data["tables"]["folds"][1]["accuracy"] is None
     assert data["metadata"]["ratio"] is None
     json.dumps(data, allow_nan=False)
+    # the file, written table by table, holds the same
+    text = result.to_json(tmp_path / "audit.json").read_text()
+    assert json.loads(text, parse_constant=float) == data
 
 
 def test_error_by_density_figure_draws_the_summary(small_audit):
