@@ -278,8 +278,8 @@ class LabelIssues(Analysis):
 
     name = "label_issues"
     title = "Suspected label issues"
-    defaults = dict(n_neighbors=10, algorithm="exact")  # the detector's "auto"
-    # would switch to FAISS past its own size, below the audit's threshold
+    # exact: the detector's "auto" switches to FAISS past a size of its own
+    defaults = dict(n_neighbors=10, algorithm="exact")
     description = (
         "Every example's label is checked against two independent signals "
         "computed on the audit's own folds: the class probabilities of the "
