@@ -36,7 +36,8 @@ from ._engine.context import (
     torch_seed,
 )
 from ._engine.digest import strided_parts, tensors_digest
-from ._engine.inputs import is_dataset, module_float_dtype
+from ._engine.inputs import is_dataset, module_float_dtype, take, to_tensor
+from ._engine.selection import network_logits
 from ._pairs import is_pair_data
 from ._typing import NetInput, NetLike
 from ._validation import check_net_input, skorch_training_data
@@ -94,7 +95,7 @@ def fit_net(
     fitted = clone(net)
     if is_dataset(X):
         X, y = skorch_training_data(
-            X, y, lambda labels: training_targets(fitted, labels)
+            X, y, lambda labels: training_targets(fitted, labels, X)
         )
         y = y if isinstance(fitted, NeuralNetClassifier) else None
     elif y is None:
@@ -104,7 +105,7 @@ def fit_net(
             + CLONE_HINT
         )
     else:
-        y = training_targets(fitted, y)
+        y = training_targets(fitted, y, X)
     with torch_seed(random_state, exclusive=True), skorch_errors():
         try:
             with interrupts_kept():
@@ -186,6 +187,21 @@ def skorch_errors() -> Iterator[None]:
         ) from error
 
 
+def _output_ndim(net: NeuralNet, X: NetInput) -> int:
+    """Axes of the skorch ``net``'s output for the first two inputs of ``X``.
+
+    An unfitted net is initialised on a copy, drawing from a fork of torch's
+    generators, so that its training draws the weights it would have drawn.
+    """
+    if not getattr(net, "initialized_", False):
+        with forked_rng():
+            net = clone(net).initialize()
+    module = net.module_
+    first = to_tensor(take(X, slice(0, 2)), net.device, module_float_dtype(module))
+    with evaluation_mode(module), torch.no_grad():
+        return network_logits(net.infer(first)).dim()
+
+
 def skorch_task(net: NetLike) -> str | None:
     """The task of a skorch net, or None for another network.
 
@@ -202,18 +218,24 @@ def skorch_task(net: NetLike) -> str | None:
     return None
 
 
-def training_targets(net: NeuralNet, y: ArrayLike) -> np.ndarray:
+def training_targets(
+    net: NeuralNet, y: ArrayLike, X: NetInput | None = None
+) -> np.ndarray:
     """``y`` as the skorch ``net`` trains on it, checked.
 
     A classifier takes integer labels from 0 (int64, as its cross-entropy
     does; float32, as its logistic loss does, for skorch's
     ``NeuralNetBinaryClassifier``), one-hot rows standing for their label
     (the cross-entropy of either is the same); a regressor one row of targets
-    per sample, a 1-D ``y`` becoming a column, as its outputs are ``(n, 1)``.
+    per sample, a 1-D ``y`` becoming a column where its outputs are
+    ``(n, 1)`` (its loss would compare every output with every target), as
+    they are unless the outputs for the first inputs of ``X`` are ``(n,)``.
     """
     y = np.asarray(y)
     if is_regressor(net):
-        return y.reshape(-1, 1) if y.ndim == 1 else y
+        if y.ndim == 1 and (X is None or _output_ndim(net, X) > 1):
+            return y.reshape(-1, 1)
+        return y
     if not is_classifier(net):
         return y
     if y.ndim == 2 and y.shape[1] == 1:

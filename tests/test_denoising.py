@@ -10,13 +10,17 @@ import pytest
 import torch
 from _architectures import AnyWidth, circle_sine_regressor, mlp
 from _sklearn_checks import EXPECTED_FAILED_CHECKS
+from sklearn.base import clone
 from sklearn.datasets import make_blobs
 from sklearn.exceptions import NotFittedError
+from sklearn.metrics import r2_score
 from sklearn.utils.estimator_checks import parametrize_with_checks
 from skorch import NeuralNetClassifier, NeuralNetRegressor
+from torch.utils.data import TensorDataset
 
 from sksim import SingularJacobianGramWarning, denoising
 from sksim._engine import pieces
+from sksim._engine.context import torch_seed
 from sksim.datasets import make_circle_sine
 from sksim.denoising import (
     IllConditionedWeightsWarning,
@@ -308,6 +312,43 @@ def test_unfitted_skorch_net_is_trained_on_fit(data):
     assert analysis.net_.initialized_ and not getattr(net, "initialized_", False)
     expected = analysis.net_.predict(X.astype(np.float32))
     np.testing.assert_allclose(analysis.predictions_, expected, atol=1e-6)
+
+
+class FlatOutput(torch.nn.Module):
+    """A regressor whose outputs are ``(n,)``, as skorch trains on a 1-D y."""
+
+    def __init__(self, flat=True):
+        super().__init__()
+        self.flat, self.body = flat, mlp(2, 1, hidden=10)
+
+    def forward(self, x):
+        return self.body(x)[:, 0] if self.flat else self.body(x)
+
+
+@pytest.mark.parametrize("flat", [True, False])
+@pytest.mark.parametrize("as_dataset", [False, True])
+def test_a_one_d_target_trains_outputs_of_either_shape(data, flat, as_dataset):
+    """A 1-D y was made a column for (n,) outputs: the loss compared every
+    output with every target (a net of the targets' mean, R^2 0.01)."""
+    X, Y = data
+    X, y = X.astype(np.float32), Y[:, 0].astype(np.float32)
+    net = NeuralNetRegressor(
+        FlatOutput, module__flat=flat, max_epochs=40, lr=0.05, train_split=None
+    )
+    net.set_params(verbose=0)
+    given = (TensorDataset(torch.as_tensor(X), torch.as_tensor(y)), None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # torch's broadcasting one
+        fitted = SelfDenoisingAnalysis(net, random_state=0).fit(
+            *(given if as_dataset else (X, y))
+        )
+    by_hand = clone(net).set_params(max_epochs=40)
+    with torch_seed(0):
+        by_hand.fit(X, y if flat else y[:, None])
+    np.testing.assert_allclose(
+        fitted.net_.predict(X), by_hand.predict(X), rtol=1e-5, atol=1e-6
+    )
+    assert r2_score(y, fitted.net_.predict(X).reshape(-1)) > 0.5  # old: 0.01
 
 
 @pytest.mark.parametrize(
