@@ -11,6 +11,7 @@ import joblib
 import numpy as np
 import torch
 from numpy.typing import ArrayLike
+from sklearn.base import is_regressor
 from sklearn.utils.multiclass import type_of_target
 from skorch import NeuralNetBinaryClassifier, NeuralNetClassifier
 
@@ -46,10 +47,15 @@ PREDICT_BATCH_SIZE = 256
 def check_prefit_net(net: NetLike) -> torch.nn.Module:
     """The trained module behind ``net``; raise when there is none."""
     if is_unfitted_skorch(net):
+        folds = (  # a regressor is audited prefit only
+            ""
+            if is_regressor(_unwrap(net))
+            else ", or pass an int or a splitter as cv to train a clone of it on "
+            "every fold"
+        )
         raise ValueError(
             'cv="prefit" audits a network that is already trained, and this '
-            f"{type(_unwrap(net)).__name__} is not fitted: fit it first, or pass "
-            "an int or a splitter as cv to train a clone of it on every fold. "
+            f"{type(_unwrap(net)).__name__} is not fitted: fit it first{folds}. "
             f"{CLONE_HINT}"
         )
     try:

@@ -98,19 +98,28 @@ def run_audit(args: argparse.Namespace) -> AuditResult:
             f"random (seed {args.noise_seed})"
         )
     n_outputs = data.n_outputs
+    given = [
+        o
+        for o, v in (("--n-classes", args.n_classes), ("--classes", args.classes))
+        if v
+    ]
+    if data.task == "regression" and given:
+        raise ValueError(
+            f"{' and '.join(given)} name a classifier's outputs; the targets are "
+            "a regression's (continuous, or --task regression): leave them out."
+        )
     if args.classes is not None:
-        if data.task == "regression" or args.n_classes not in (None, len(args.classes)):
+        if args.n_classes not in (None, len(args.classes)):
             raise ValueError(
                 f"--classes names {len(args.classes)} classes, but --n-classes is "
-                f"{args.n_classes}, or the targets are continuous."
+                f"{args.n_classes}."
             )
         n_outputs = len(args.classes)
     elif args.n_classes is not None:
-        if data.task == "regression" or args.n_classes < n_outputs:
+        if args.n_classes < n_outputs:
             raise ValueError(
                 f"--n-classes {args.n_classes} is fewer than the {n_outputs} "
-                "outputs the labels need (label j is output j), or the targets "
-                "are continuous."
+                "outputs the labels need (label j is output j)."
             )
         n_outputs = args.n_classes
     encoded = None  # classes encoded in sorted order, which an output may shift

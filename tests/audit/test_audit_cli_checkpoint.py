@@ -210,7 +210,7 @@ def saved_regression(module, X, y, folder, lr):
     return net
 
 
-def test_cli_checkpoint_of_a_regression_net(regression_factory, monkeypatch):
+def test_cli_checkpoint_of_a_regression_net(regression_factory, monkeypatch, capsys):
     import userreg
 
     folder = regression_factory
@@ -229,6 +229,18 @@ def test_cli_checkpoint_of_a_regression_net(regression_factory, monkeypatch):
     assert row["rmse"] == pytest.approx(math.sqrt(np.mean(residuals**2)), rel=1e-6)
     assert data["metadata"]["task"] == "regression"
     assert "needs class labels" in data["skipped"]["class_fitting"]
+    for extra, named in (
+        (["--n-classes", "3"], "--n-classes name"),
+        (["--classes", "a,b"], "--classes name"),
+        (["--n-classes", "2", "--classes", "a,b"], "--n-classes and --classes name"),
+    ):  # they said "fewer than the 1 outputs the labels need, or ..."
+        with pytest.raises(SystemExit) as exit_:
+            cli.main([*argv, *extra])
+        assert exit_.value.code == 2
+        error = capsys.readouterr().err
+        assert (
+            f"{named} a classifier's outputs; the targets are a regression's" in error
+        )
 
 
 def test_cli_checkpoint_of_a_regression_on_counts(regression_factory, monkeypatch):

@@ -12,6 +12,7 @@ import torch
 from _architectures import small_net
 from _audit_helpers import AUDIT_OPTIONS
 from matplotlib.colors import to_hex
+from sklearn.base import clone
 from sklearn.frozen import FrozenEstimator
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import r2_score
@@ -434,8 +435,12 @@ def test_a_skorch_net_of_a_module_giving_an_object_says_to_unwrap_it(split):
 
 def test_prefit_errors(split, trained, regression):
     X, y, X_test, y_test = split
-    with pytest.raises(ValueError, match=r'cv="prefit" audits a network that is'):
+    with pytest.raises(ValueError, match=r"not fitted: fit it first, or pass an int"):
         prefit_audit(small_net(X), split)
+    net, Xr, yr, Xr_test, yr_test = regression
+    unfitted = clone(net)  # a regressor is audited prefit only: no folds advised
+    with pytest.raises(ValueError, match=r"not fitted: fit it first\. A clone"):
+        audit(unfitted, Xr, yr, cv="prefit", X_test=Xr_test, y_test=yr_test)
     with pytest.raises(TypeError, match="got LogisticRegression"):
         prefit_audit(LogisticRegression(), split)
     with pytest.raises(ValueError, match="pass X_test and y_test"):
@@ -446,7 +451,6 @@ def test_prefit_errors(split, trained, regression):
         audit(trained, X, y, cv="prefit", X_test=X_test, y_test=y_test[:-1])
     with pytest.raises(ValueError, match=r"X_test holds samples of shape \(64,\)"):
         audit(trained, X, y, cv="prefit", X_test=X_test.reshape(80, 64), y_test=y_test)
-    net, Xr, yr, Xr_test, yr_test = regression
     with pytest.raises(ValueError, match=r"one target per sample \(y of shape"):
         audit(net, Xr, np.hstack([yr, yr]), cv="prefit", X_test=Xr_test, y_test=yr_test)
     with pytest.raises(ValueError, match=r"more than the 120 training examples: "):

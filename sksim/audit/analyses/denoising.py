@@ -79,9 +79,7 @@ class Denoising(Analysis):
         "(misfit counts as noise), and the paper's prediction of the error "
         "against the unknown clean targets. That prediction counts only the "
         "noise left after the averaging, assuming the network averages its "
-        "neighbours' targets: no bias, no misfit. Take it as a lower bound: "
-        "with these weights it was 2 to 2.5 times too optimistic on the user "
-        "guide's synthetic data, and is more so where the network misfits."
+        "neighbours' targets: no bias, no misfit."
     )
     report_table = "denoising"
 
@@ -103,7 +101,14 @@ class Denoising(Analysis):
             ).fit(fold.X_train, targets)
         n_analysed = len(analysis.sample_indices_)
         row = dict(fold=fold.fold, n_samples=n_analysed, **analysis.summary())
-        method = sample_method(n_analysed, len(fold.train))
+        weights = options["weights"]
+        method = f"{sample_method(n_analysed, len(fold.train))}, weights={weights!r}"
+        if weights == self.defaults["weights"]:
+            method += (
+                "; take the predicted error as a lower bound: with these weights it "
+                "was 2 to 2.5 times too optimistic on the user guide's synthetic "
+                "data, and is more so where the network misfits"
+            )
         return FoldOutput(tables=dict(denoising=frame([row])), method=method)
 
     def summary_metrics(self, tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
