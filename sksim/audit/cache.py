@@ -17,7 +17,13 @@ from sklearn.base import clone
 from torch.utils.data import Dataset
 
 from .. import __version__
-from .._engine.inputs import READ_BYTES, batches, is_dataset, read_batch_size
+from .._engine.inputs import (
+    READ_BYTES,
+    batches,
+    is_dataset,
+    read_batch_size,
+    split_item,
+)
 from .._net import _unwrap
 from .._typing import NetLike
 from .prefit import weights_fingerprint
@@ -60,9 +66,11 @@ def net_fingerprint(net: NetLike) -> str:
 def dataset_fingerprint(dataset: Dataset) -> str:
     """A hash of the inputs of a dataset's items, read in batches of 64 MiB.
 
-    By content: a pickled dataset of tensors hashes differently every time.
+    By content: a pickled dataset of tensors hashes differently every time;
+    with the dtypes of its first item's inputs, which the values read as
+    float64 lose.
     """
-    hashes = []
+    hashes = [_dtypes(split_item(dataset[0])[0])]
     batch_size = read_batch_size(dataset, READ_BYTES, torch.float64)
     for _, batch in batches(dataset, batch_size, torch.device("cpu"), torch.float64):
         if isinstance(batch, Mapping):
@@ -71,6 +79,12 @@ def dataset_fingerprint(dataset: Dataset) -> str:
             batch = batch.numpy()
         hashes.append(joblib.hash(batch))
     return joblib.hash(hashes)
+
+
+def _dtypes(x) -> list[str]:
+    """The dtype of an item's input, or of each of its named inputs."""
+    values = [x[key] for key in sorted(x)] if isinstance(x, Mapping) else [x]
+    return [str(getattr(v, "dtype", type(v).__name__)) for v in values]
 
 
 class AuditCache:
@@ -126,7 +140,16 @@ class AuditCache:
         """The file name (without suffix) of the piece ``parts`` describe."""
         if self.folder is None:
             return None
-        return joblib.hash((self.base, parts))
+        try:
+            return joblib.hash((self.base, parts))
+        except (pickle.PicklingError, AttributeError, TypeError) as error:
+            raise TypeError(
+                "cache= names its files by a hash of the audit's arguments, which "
+                f"must pickle; these do not ({type(error).__name__}: a lambda or "
+                "a function defined inside another?). Define functions given in "
+                "options at the top level of an importable module, or audit "
+                "without a cache."
+            ) from None
 
     def _path(self, key):
         return self.folder / f"{key}.pkl"
@@ -149,13 +172,14 @@ class AuditCache:
         """
         if key is None:
             return
-        handle, temporary = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
-        os.close(handle)
+        temporary = None
         try:
+            handle, temporary = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
+            os.close(handle)
             joblib.dump(value, temporary)
             os.replace(temporary, self._path(key))
-        except (pickle.PicklingError, AttributeError, TypeError) as error:
-            warnings.warn(
+        except (pickle.PicklingError, AttributeError, TypeError, OSError) as error:
+            warnings.warn(  # a folder not writable, a full disk: the audit goes on
                 f"Could not save {what} to the cache ({error}); a rerun computes "
                 "it again.",
                 UserWarning,
@@ -163,7 +187,7 @@ class AuditCache:
             )
             return
         finally:
-            if os.path.exists(temporary):
+            if temporary is not None and os.path.exists(temporary):
                 os.remove(temporary)
         self.saved += 1
 

@@ -534,14 +534,15 @@ class _Fold:
         queries aside, :data:`QUERY_PARAMS`, which it takes from ``search``),
         it returns the kept one, so that the neighbours and label-issue
         analyses sketch the training part once; with ``X_val``, only if the
-        kept one measured its recall on held-out queries too (those of its
-        own ``X_val``, on which ``_sample_recall`` measures the new queries').
+        kept one measured its recall on as many held-out queries (the same:
+        both analyses draw them by ``recall_rows`` with the fold's seed),
+        on which ``_sample_recall`` measures the new queries.
         """
         kept = self._search
         if (
             kept is not None
             and _same_search(kept, search)
-            and (X_val is None or kept._recall_sample is not None)
+            and (X_val is None or _recall_queries(kept) == n_samples(X_val))
         ):
             wanted = search.get_params(deep=False)
             return kept.set_params(**{name: wanted[name] for name in QUERY_PARAMS})
@@ -882,6 +883,7 @@ def audit(
             f"examples{where}: lower it{remedy}."
         )
     store = AuditCache(cache, data.arrays(), net, random_state, prefit)
+    store.key(options)  # arguments that cannot be hashed fail before any training
     started = time.perf_counter()
     collected = dict(folds=[], samples=[], tables={}, warnings={}, methods={})
     for caught in split_warnings:  # e.g. a class too small for every fold
@@ -1141,7 +1143,8 @@ def _analyse(analysis, fold, store, failed):
     ``failed=None`` an error raises, otherwise it is recorded in ``failed``.
     """
     name = analysis.name
-    scaled = ("at scale",) if analysis.at_scale(fold) else ()
+    # past it, the method's words name the threshold
+    scaled = ("at scale", fold.scale_threshold) if analysis.at_scale(fold) else ()
     key = store.key(
         name,
         fold.train,
@@ -1173,6 +1176,12 @@ def _analyse(analysis, fold, store, failed):
 
 #: Parameters of a search that only its queries read: a fitted search takes others.
 QUERY_PARAMS = ("n_neighbors", "candidates_per_neighbor")
+
+
+def _recall_queries(search: NetworkNeighbors) -> int | None:
+    """The number of held-out queries of the fitted ``search``'s recall (None)."""
+    sample = search._recall_sample
+    return None if sample is None else n_samples(sample[0])
 
 
 def _same_search(kept: NetworkNeighbors, wanted: NetworkNeighbors) -> bool:

@@ -10,8 +10,9 @@ import torch
 from _architectures import small_net
 from sklearn.base import clone
 from skorch import NeuralNetClassifier
+from torch.utils.data import TensorDataset
 
-from sksim.audit import audit, core
+from sksim.audit import audit, cache, core
 from sksim.audit.analyses.denoising import Denoising
 from sksim.audit.analyses.density import Density
 from sksim.audit.models import MLP
@@ -174,6 +175,52 @@ def test_a_cache_that_is_a_file_is_refused(digit_images, tmp_path):
         ValueError, match=r"cache \(cache=, --cache\) is a folder .* is a file"
     ):
         run_audit(X, y, tmp_path / "afile")
+
+
+def test_arguments_that_do_not_pickle_fail_before_training(
+    digit_images, calls, tmp_path
+):
+    """A lambda in options failed after the first fold, in 4,600 characters."""
+    X, y = digit_images
+    options = dict(density=dict(output=lambda out: out[:, :3]))
+    with pytest.raises(TypeError, match="cache= names its files by a hash of the au"):
+        run_audit(X, y, tmp_path, options=options)
+    assert calls["fit"] == [] and not list(tmp_path.iterdir())
+
+
+def test_a_folder_that_cannot_be_written_warns_and_the_audit_goes_on(
+    digit_images, tmp_path, monkeypatch
+):
+    X, y = digit_images
+
+    def full(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(cache.tempfile, "mkstemp", full)
+    with pytest.warns(UserWarning, match=r"Could not save .* \(\[Errno 13\] Perm"):
+        result = run_audit(X, y, tmp_path)
+    assert result.metadata["cache"]["saved"] == 0
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_datasets_dtype_enters_its_fingerprint():
+    """Read as float64, float32 and float64 items of equal values hashed alike."""
+    values = torch.arange(12.0).reshape(6, 2)
+    single, double = (
+        TensorDataset(values.to(dtype)) for dtype in (torch.float32, torch.float64)
+    )
+    assert cache.dataset_fingerprint(single) != cache.dataset_fingerprint(double)
+    again = TensorDataset(values.clone())
+    assert cache.dataset_fingerprint(single) == cache.dataset_fingerprint(again)
+
+
+def test_the_scale_threshold_named_by_a_loaded_method_is_the_runs(tmp_path):
+    """Loaded past the threshold, the method named the first run's threshold."""
+    for threshold in (100, 120):
+        result = _audit_helpers.prefit_audit(
+            ("density",), threshold, _audit_helpers.AUDIT_OPTIONS, cache=tmp_path
+        )
+    assert result.metadata["methods"]["density"].endswith("> scale_threshold 120")
 
 
 class _CtrlCAt(torch.nn.Module):

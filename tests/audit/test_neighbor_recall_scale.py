@@ -153,6 +153,16 @@ def test_the_label_issues_measure_the_recall_of_their_own_search(tmp_path):
         )
     wide = shared_prefit_audit(("label_issues",), 50, AUDIT_OPTIONS, n_neighbors=3)
     assert wide["folds"]["label_issue_recall"].item() > recall
+    # on queries of their own: those of the neighbours' options would make the
+    # label issues' piece depend on another analysis' options (and its cache)
+    fewer = {**AUDIT_OPTIONS, "neighbors": {"recall_queries": 20}}
+    both = shared_prefit_audit(("neighbors", "label_issues"), 50, fewer, n_neighbors=3)
+    methods = both.metadata["methods"]
+    assert "measured on 20 held-out examples drawn at random" in methods["neighbors"]
+    assert "measured on 80 held-out examples:" in methods["label_issues"]
+    assert both["folds"]["label_issue_recall"].item() == (
+        wide["folds"]["label_issue_recall"].item()
+    )
 
 
 @pytest.mark.parametrize("n_train, index", [(999_999, "Flat"), (10**6, "HNSW32")])
