@@ -227,14 +227,15 @@ def training_targets(
     does; float32, as its logistic loss does, for skorch's
     ``NeuralNetBinaryClassifier``), one-hot rows standing for their label
     (the cross-entropy of either is the same); a regressor one row of targets
-    per sample, a 1-D ``y`` becoming a column where its outputs are
-    ``(n, 1)`` (its loss would compare every output with every target), as
-    they are unless the outputs for the first inputs of ``X`` are ``(n,)``.
+    per sample, one target of shape ``(n,)`` or ``(n, 1)`` as its outputs
+    are (else its loss would compare every output with every target): a
+    column, unless the outputs for the first inputs of ``X`` are ``(n,)``.
     """
     y = np.asarray(y)
     if is_regressor(net):
-        if y.ndim == 1 and (X is None or _output_ndim(net, X) > 1):
-            return y.reshape(-1, 1)
+        if y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1):
+            flat = X is not None and _output_ndim(net, X) == 1
+            return y.reshape(-1) if flat else y.reshape(-1, 1)
         return y
     if not is_classifier(net):
         return y

@@ -327,20 +327,22 @@ class FlatOutput(torch.nn.Module):
 
 @pytest.mark.parametrize("flat", [True, False])
 @pytest.mark.parametrize("as_dataset", [False, True])
-def test_a_one_d_target_trains_outputs_of_either_shape(data, flat, as_dataset):
-    """A 1-D y was made a column for (n,) outputs: the loss compared every
-    output with every target (a net of the targets' mean, R^2 0.01)."""
+@pytest.mark.parametrize("column", [False, True])
+def test_a_one_d_target_trains_outputs_of_either_shape(data, flat, as_dataset, column):
+    """A 1-D y was made a column for (n,) outputs, and a column kept: the loss
+    compared every output with every target (a net of the targets' mean)."""
     X, Y = data
     X, y = X.astype(np.float32), Y[:, 0].astype(np.float32)
+    given_y = y[:, None] if column else y
     net = NeuralNetRegressor(
         FlatOutput, module__flat=flat, max_epochs=40, lr=0.05, train_split=None
     )
     net.set_params(verbose=0)
-    given = (TensorDataset(torch.as_tensor(X), torch.as_tensor(y)), None)
+    given = (TensorDataset(torch.as_tensor(X), torch.as_tensor(given_y)), None)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # torch's broadcasting one
         fitted = SelfDenoisingAnalysis(net, random_state=0).fit(
-            *(given if as_dataset else (X, y))
+            *(given if as_dataset else (X, given_y))
         )
     by_hand = clone(net).set_params(max_epochs=40)
     with torch_seed(0):
