@@ -553,6 +553,12 @@ class NetworkNeighbors(NetworkEstimator):
             _, found = self.most_similar(X_val)
         return recall(found, similarities, indices)
 
+    @property
+    def _n_recall_queries(self) -> int | None:
+        """The number of queries of ``fit``'s ``X_val`` (None without one)."""
+        sample = self._recall_sample
+        return None if sample is None else n_samples(sample[0])
+
     def _check_labels(self, X, y) -> np.ndarray | None:
         """The labels :meth:`explain` shows: ``y``, or those of a Dataset's items."""
         y = given_or_item_labels(X, y)

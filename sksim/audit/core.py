@@ -542,7 +542,7 @@ class _Fold:
         if (
             kept is not None
             and _same_search(kept, search)
-            and (X_val is None or _recall_queries(kept) == n_samples(X_val))
+            and (X_val is None or kept._n_recall_queries == n_samples(X_val))
         ):
             wanted = search.get_params(deep=False)
             return kept.set_params(**{name: wanted[name] for name in QUERY_PARAMS})
@@ -1176,12 +1176,6 @@ def _analyse(analysis, fold, store, failed):
 
 #: Parameters of a search that only its queries read: a fitted search takes others.
 QUERY_PARAMS = ("n_neighbors", "candidates_per_neighbor")
-
-
-def _recall_queries(search: NetworkNeighbors) -> int | None:
-    """The number of held-out queries of the fitted ``search``'s recall (None)."""
-    sample = search._recall_sample
-    return None if sample is None else n_samples(sample[0])
 
 
 def _same_search(kept: NetworkNeighbors, wanted: NetworkNeighbors) -> bool:

@@ -15,7 +15,6 @@ from torch.utils.data import Dataset
 
 from ..._engine.inputs import (
     is_dataset,
-    n_samples,
     split_item,
     take,
     to_numpy,
@@ -135,7 +134,7 @@ def recall_method(
     if recall is None:
         return None, ""
     low_recall_warning(recall, search, n_neighbors, analysis)
-    n_queries = n_samples(search._recall_sample[0])
+    n_queries = search._n_recall_queries
     drawn = "" if n_queries == n_test else " drawn at random"
     return recall, (
         f", recall@{n_neighbors} against exact neighbours measured on "
