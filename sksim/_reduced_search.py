@@ -30,6 +30,8 @@ CANDIDATES_PER_NEIGHBOR = 24  # the searches' default candidates_per_neighbor
 MAX_FIT_ROWS = 4096  # reference sketches the directions are fitted on
 BLOCK_ROWS = 4096  # queries ranked at a time (bounds the copies and pattern)
 SEARCH_ROWS = 16_384  # queries FAISS searches at a time for their candidates
+TILE_QUERIES = 1024  # queries of a tile of an exhaustive search's products
+TILE_REFERENCE = 4096  # reference rows of such a tile (16 MiB of float32 in all)
 LOCALITY_CLUSTERS = 256  # k-means clusters that order the queries
 POINTS_PER_CLUSTER = 39  # reduced sketches k-means is fitted on, per cluster
 OVERSAMPLES = 10  # random directions the randomized SVD adds to those asked for
@@ -84,15 +86,70 @@ def candidate_rows(
     """The ``n_candidates`` reference rows the FAISS ``index`` finds for each query.
 
     The queries ``G`` are searched :data:`SEARCH_ROWS` at a time and only the
-    rows are kept, as int32 when ``n_reference`` rows allow it: FAISS's
+    rows are kept, as int32 when ``n_reference`` rows allow it: the
     similarities and int64 rows are held for one chunk, not for all queries.
-    ``params`` are FAISS's search parameters; -1 marks a candidate not found.
+    An exhaustive index is searched by :func:`largest_products`, any other
+    by FAISS with its search parameters ``params``; -1 marks a candidate not
+    found.
     """
     int32 = n_reference <= np.iinfo(np.int32).max
     rows = np.empty((len(G), n_candidates), dtype=np.int32 if int32 else np.int64)
+    reference = flat_vectors(index)
     for start in range(0, len(G), SEARCH_ROWS):
         chunk = slice(start, start + SEARCH_ROWS)
-        _, rows[chunk] = index.search(G[chunk], n_candidates, params=params)
+        if reference is None:
+            _, rows[chunk] = index.search(G[chunk], n_candidates, params=params)
+        else:
+            rows[chunk] = largest_products(G[chunk], reference, n_candidates)
+    return rows
+
+
+def flat_vectors(index) -> np.ndarray | None:
+    """The vectors of an exhaustive inner-product FAISS ``index``, else None.
+
+    A view of the index's own storage: valid while ``index`` lives.
+    """
+    import faiss
+
+    if not (
+        isinstance(index, faiss.IndexFlat)
+        and index.metric_type == faiss.METRIC_INNER_PRODUCT
+    ):
+        return None
+    n, d = index.ntotal, index.d
+    return faiss.rev_swig_ptr(index.get_xb(), n * d).reshape(n, d)
+
+
+def largest_products(Q: np.ndarray, R: np.ndarray, n: int) -> np.ndarray:
+    """Rows of ``R`` with the ``n`` largest inner products with each query of ``Q``.
+
+    What FAISS's exhaustive search finds (int64 rows, -1 past ``len(R)``),
+    in no particular order: the products are computed by torch, one tile of
+    :data:`TILE_QUERIES` x :data:`TILE_REFERENCE` at a time, and FAISS's
+    heaps keep each query's largest. Torch's products can be twice as fast
+    as those of the BLAS FAISS ships, which take half of its search.
+    """
+    import faiss
+
+    values = np.empty((len(Q), n), dtype=np.float32)
+    rows = np.empty((len(Q), n), dtype=np.int64)
+    heaps = faiss.float_minheap_array_t()  # keeps the largest values
+    heaps.k, heaps.nh = n, len(Q)
+    heaps.val, heaps.ids = faiss.swig_ptr(values), faiss.swig_ptr(rows)
+    heaps.heapify()
+    Q, R = torch.from_numpy(Q), torch.from_numpy(R)
+    size = min(len(Q), TILE_QUERIES) * min(len(R), TILE_REFERENCE)
+    tile = torch.empty(size, dtype=torch.float32, device="cpu")
+    for q in range(0, len(Q), TILE_QUERIES):
+        queries = Q[q : q + TILE_QUERIES]
+        for r in range(0, len(R), TILE_REFERENCE):
+            reference = R[r : r + TILE_REFERENCE]
+            products = tile[: len(queries) * len(reference)]
+            products = products.view(len(queries), len(reference))
+            torch.mm(queries, reference.T, out=products)
+            heaps.addn(
+                len(reference), faiss.swig_ptr(products.numpy()), r, q, len(queries)
+            )
     return rows
 
 

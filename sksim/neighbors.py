@@ -241,8 +241,9 @@ class NetworkNeighbors(NetworkEstimator):
     n_jobs : int or None, default=None
         Exact search with queries: joblib workers among which the query rows
         are split (None: one, in process). The FAISS search uses FAISS's own
-        OpenMP threads, which sksim leaves as they are (set them with
-        ``OMP_NUM_THREADS`` or ``faiss.omp_set_num_threads``).
+        OpenMP threads (and torch's for an exhaustive index's products),
+        which sksim leaves as they are (set them with ``OMP_NUM_THREADS``,
+        ``faiss.omp_set_num_threads`` or ``torch.set_num_threads``).
     %(max_memory)s
     %(verbose)s
     index : str, default="Flat"
@@ -961,12 +962,9 @@ class NetworkNeighbors(NetworkEstimator):
         G = self._searched(F)
         params = self._search_parameters(n_candidates)
         with self._faiss_errors("search"):
-            if self.search_directions_ is None:
-                _, indices = self._faiss_index.search(G, n_candidates, params=params)
-            else:  # only the candidates count
-                indices = candidate_rows(
-                    self._faiss_index, G, n_candidates, params, self.n_samples_fit_
-                )
+            indices = candidate_rows(
+                self._faiss_index, G, n_candidates, params, self.n_samples_fit_
+            )
         if (indices < 0).any():
             wanted = "neighbours"
             if own is not None and self.search_directions_ is None:

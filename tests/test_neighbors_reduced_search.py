@@ -14,7 +14,9 @@ from sksim._engine import rows
 from sksim._engine.rows import TAKE_ROWS
 from sksim._reduced_search import (
     direction_rows,
+    flat_vectors,
     largest,
+    largest_products,
     locality_order,
     principal_directions,
     rank_candidates,
@@ -220,17 +222,6 @@ def test_queries_go_in_chunks_that_fit_and_change_no_result(data, search_compone
     np.testing.assert_allclose(sim, expected[0], rtol=1e-6)
 
 
-class RecordedIndex:
-    """A FAISS index that records how many queries each search is given."""
-
-    def __init__(self, index):
-        self.index, self.queries = index, []
-
-    def search(self, G, k, params=None):
-        self.queries.append(len(G))
-        return self.index.search(G, k, params=params)
-
-
 @pytest.mark.parametrize("index", ["Flat", "HNSW32"])
 @pytest.mark.parametrize("query_reference", [False, True])
 def test_candidates_are_searched_in_chunks_that_change_no_result(
@@ -241,14 +232,56 @@ def test_candidates_are_searched_in_chunks_that_change_no_result(
     reduced = search(mlp(4, 3), X_ref, 4, index=index)
     expected = reduced.most_similar(X)
     monkeypatch.setattr(_reduced_search, "SEARCH_ROWS", 16)
-    if index == "Flat":  # HNSW's beam is set for its own class: not wrapped
-        reduced._faiss_index = RecordedIndex(reduced._faiss_index)
+    queries = []
+    searched = _reduced_search.largest_products
+    monkeypatch.setattr(
+        _reduced_search,
+        "largest_products",
+        lambda Q, R, n: queries.append(len(Q)) or searched(Q, R, n),
+    )
     sim, ind = reduced.most_similar(X)
     n = len(X_ref if query_reference else X_new)
-    if index == "Flat":
-        assert reduced._faiss_index.queries == [16] * (n // 16) + [n % 16]
+    # the exhaustive index's products are torch's; HNSW searches by itself
+    assert queries == ([16] * (n // 16) + [n % 16] if index == "Flat" else [])
     np.testing.assert_array_equal(ind, expected[1])
     np.testing.assert_array_equal(sim, expected[0])
+
+
+@pytest.mark.parametrize("n_reference", [300, 40])
+def test_largest_products_find_what_faiss_exhaustive_search_finds(
+    n_reference, monkeypatch
+):
+    import faiss
+
+    rng = np.random.default_rng(1)
+    R = rng.normal(size=(n_reference, 8)).astype(np.float32)
+    Q = rng.normal(size=(50, 8)).astype(np.float32)
+    index = faiss.IndexFlatIP(8)
+    index.add(R)
+    monkeypatch.setattr(_reduced_search, "TILE_QUERIES", 7)  # tiles with remainders
+    monkeypatch.setattr(_reduced_search, "TILE_REFERENCE", 32)
+    for n in (1, 12, 40):
+        found = largest_products(Q, flat_vectors(index), n)
+        np.testing.assert_array_equal(np.sort(found), np.sort(index.search(Q, n)[1]))
+    products = Q.astype(np.float64) @ R.T.astype(np.float64)  # float64 oracle
+    top = np.sort(np.argsort(-products, axis=1, kind="stable")[:, :12])
+    np.testing.assert_array_equal(np.sort(largest_products(Q, R, 12)), top)
+    too_many = largest_products(Q, R, n_reference + 3)  # FAISS marks rows not found
+    assert (np.sort(too_many)[:, :3] == -1).all()
+    assert (np.sort(too_many)[:, 3:] == np.arange(n_reference)).all()
+
+
+@pytest.mark.parametrize("factory", ["HNSW32", "IVF4,Flat", "IDMap,Flat"])
+def test_only_an_exhaustive_inner_product_index_is_searched_by_products(factory):
+    import faiss
+
+    index = faiss.index_factory(8, factory, faiss.METRIC_INNER_PRODUCT)
+    assert flat_vectors(index) is None
+    assert flat_vectors(faiss.IndexFlatL2(8)) is None
+    flat = faiss.IndexFlatIP(8)
+    X = np.arange(24, dtype=np.float32).reshape(3, 8)
+    flat.add(X)
+    np.testing.assert_array_equal(flat_vectors(flat), X)
 
 
 @pytest.mark.parametrize(
