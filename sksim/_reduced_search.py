@@ -24,14 +24,15 @@ import numpy as np
 import torch
 from sklearn.utils import check_random_state
 
+from ._engine.budget import rows_that_fit
 from ._engine.pieces import pair_products, rectangular_pairs
 
 CANDIDATES_PER_NEIGHBOR = 24  # the searches' default candidates_per_neighbor
 MAX_FIT_ROWS = 4096  # reference sketches the directions are fitted on
 BLOCK_ROWS = 4096  # queries ranked at a time (bounds the copies and pattern)
 SEARCH_ROWS = 16_384  # queries FAISS searches at a time for their candidates
-TILE_QUERIES = 1024  # queries of a tile of an exhaustive search's products
-TILE_REFERENCE = 4096  # reference rows of such a tile (16 MiB of float32 in all)
+TILE_QUERIES = 4096  # queries of a tile of an exhaustive search's products, at most
+TILE_REFERENCE = 4096  # reference rows of such a tile (64 MiB of float32 at most)
 LOCALITY_CLUSTERS = 256  # k-means clusters that order the queries
 POINTS_PER_CLUSTER = 39  # reduced sketches k-means is fitted on, per cluster
 OVERSAMPLES = 10  # random directions the randomized SVD adds to those asked for
@@ -81,16 +82,21 @@ def principal_directions(
 
 
 def candidate_rows(
-    index, G: np.ndarray, n_candidates: int, params, n_reference: int
+    index,
+    G: np.ndarray,
+    n_candidates: int,
+    params,
+    n_reference: int,
+    max_bytes: float,
 ) -> np.ndarray:
     """The ``n_candidates`` reference rows the FAISS ``index`` finds for each query.
 
     The queries ``G`` are searched :data:`SEARCH_ROWS` at a time and only the
     rows are kept, as int32 when ``n_reference`` rows allow it: the
     similarities and int64 rows are held for one chunk, not for all queries.
-    An exhaustive index is searched by :func:`largest_products`, any other
-    by FAISS with its search parameters ``params``; -1 marks a candidate not
-    found.
+    An exhaustive index is searched by :func:`largest_products` (its products
+    in tiles of ``max_bytes`` at most), any other by FAISS with its search
+    parameters ``params``; -1 marks a candidate not found.
     """
     int32 = n_reference <= np.iinfo(np.int32).max
     rows = np.empty((len(G), n_candidates), dtype=np.int32 if int32 else np.int64)
@@ -100,7 +106,7 @@ def candidate_rows(
         if reference is None:
             _, rows[chunk] = index.search(G[chunk], n_candidates, params=params)
         else:
-            rows[chunk] = largest_products(G[chunk], reference, n_candidates)
+            rows[chunk] = largest_products(G[chunk], reference, n_candidates, max_bytes)
     return rows
 
 
@@ -120,14 +126,17 @@ def flat_vectors(index) -> np.ndarray | None:
     return faiss.rev_swig_ptr(index.get_xb(), n * d).reshape(n, d)
 
 
-def largest_products(Q: np.ndarray, R: np.ndarray, n: int) -> np.ndarray:
+def largest_products(
+    Q: np.ndarray, R: np.ndarray, n: int, max_bytes: float
+) -> np.ndarray:
     """Rows of ``R`` with the ``n`` largest inner products with each query of ``Q``.
 
     What FAISS's exhaustive search finds (int64 rows, -1 past ``len(R)``),
     in no particular order: the products are computed by torch, one tile of
-    :data:`TILE_QUERIES` x :data:`TILE_REFERENCE` at a time, and FAISS's
-    heaps keep each query's largest. Torch's products can be twice as fast
-    as those of the BLAS FAISS ships, which take half of its search.
+    :data:`TILE_QUERIES` (fewer in ``max_bytes``) x :data:`TILE_REFERENCE`
+    at a time, and FAISS's heaps keep each query's largest. Torch's products
+    can be twice as fast as those of the BLAS FAISS ships, which take half
+    of its search.
     """
     import faiss
 
@@ -137,11 +146,12 @@ def largest_products(Q: np.ndarray, R: np.ndarray, n: int) -> np.ndarray:
     heaps.k, heaps.nh = n, len(Q)
     heaps.val, heaps.ids = faiss.swig_ptr(values), faiss.swig_ptr(rows)
     heaps.heapify()
+    width = min(len(R), TILE_REFERENCE)
+    height = rows_that_fit(max_bytes, 4 * width, min(len(Q), TILE_QUERIES))
+    tile = torch.empty(height * width, dtype=torch.float32, device="cpu")
     Q, R = torch.from_numpy(Q), torch.from_numpy(R)
-    size = min(len(Q), TILE_QUERIES) * min(len(R), TILE_REFERENCE)
-    tile = torch.empty(size, dtype=torch.float32, device="cpu")
-    for q in range(0, len(Q), TILE_QUERIES):
-        queries = Q[q : q + TILE_QUERIES]
+    for q in range(0, len(Q), height):
+        queries = Q[q : q + height]
         for r in range(0, len(R), TILE_REFERENCE):
             reference = R[r : r + TILE_REFERENCE]
             products = tile[: len(queries) * len(reference)]

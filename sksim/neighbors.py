@@ -963,7 +963,12 @@ class NetworkNeighbors(NetworkEstimator):
         params = self._search_parameters(n_candidates)
         with self._faiss_errors("search"):
             indices = candidate_rows(
-                self._faiss_index, G, n_candidates, params, self.n_samples_fit_
+                self._faiss_index,
+                G,
+                n_candidates,
+                params,
+                self.n_samples_fit_,
+                self._engine.max_memory / 3,  # the engine's batches' share
             )
         if (indices < 0).any():
             wanted = "neighbours"

@@ -232,17 +232,20 @@ def test_candidates_are_searched_in_chunks_that_change_no_result(
     reduced = search(mlp(4, 3), X_ref, 4, index=index)
     expected = reduced.most_similar(X)
     monkeypatch.setattr(_reduced_search, "SEARCH_ROWS", 16)
-    queries = []
+    queries, budgets = [], set()
     searched = _reduced_search.largest_products
-    monkeypatch.setattr(
-        _reduced_search,
-        "largest_products",
-        lambda Q, R, n: queries.append(len(Q)) or searched(Q, R, n),
-    )
+
+    def recorded(Q, R, n, max_bytes):
+        queries.append(len(Q))
+        budgets.add(max_bytes)
+        return searched(Q, R, n, max_bytes)
+
+    monkeypatch.setattr(_reduced_search, "largest_products", recorded)
     sim, ind = reduced.most_similar(X)
     n = len(X_ref if query_reference else X_new)
-    # the exhaustive index's products are torch's; HNSW searches by itself
+    # the exhaustive index's products are torch's, in the engine's batches' share
     assert queries == ([16] * (n // 16) + [n % 16] if index == "Flat" else [])
+    assert budgets == ({reduced.max_memory / 3} if index == "Flat" else set())
     np.testing.assert_array_equal(ind, expected[1])
     np.testing.assert_array_equal(sim, expected[0])
 
@@ -260,13 +263,23 @@ def test_largest_products_find_what_faiss_exhaustive_search_finds(
     index.add(R)
     monkeypatch.setattr(_reduced_search, "TILE_QUERIES", 7)  # tiles with remainders
     monkeypatch.setattr(_reduced_search, "TILE_REFERENCE", 32)
+    inf = float("inf")
     for n in (1, 12, 40):
-        found = largest_products(Q, flat_vectors(index), n)
+        found = largest_products(Q, flat_vectors(index), n, inf)
         np.testing.assert_array_equal(np.sort(found), np.sort(index.search(Q, n)[1]))
     products = Q.astype(np.float64) @ R.T.astype(np.float64)  # float64 oracle
     top = np.sort(np.argsort(-products, axis=1, kind="stable")[:, :12])
-    np.testing.assert_array_equal(np.sort(largest_products(Q, R, 12)), top)
-    too_many = largest_products(Q, R, n_reference + 3)  # FAISS marks rows not found
+    np.testing.assert_array_equal(np.sort(largest_products(Q, R, 12, inf)), top)
+    mm = torch.mm
+    tiles = []
+    monkeypatch.setattr(
+        torch, "mm", lambda a, b, out: tiles.append(out.shape) or mm(a, b, out=out)
+    )
+    three_rows = largest_products(Q, R, 12, 3 * 4 * 32)  # tiles of 3 x 32 float32
+    assert {shape[0] for shape in tiles} == {3, 50 % 3}
+    np.testing.assert_array_equal(np.sort(three_rows), top)
+    monkeypatch.setattr(torch, "mm", mm)
+    too_many = largest_products(Q, R, n_reference + 3, inf)  # FAISS marks: not found
     assert (np.sort(too_many)[:, :3] == -1).all()
     assert (np.sort(too_many)[:, 3:] == np.arange(n_reference)).all()
 
