@@ -149,7 +149,9 @@ def largest_products(
     width = min(len(R), TILE_REFERENCE)
     height = rows_that_fit(max_bytes, 4 * width, min(len(Q), TILE_QUERIES))
     tile = torch.empty(height * width, dtype=torch.float32, device="cpu")
-    Q, R = torch.from_numpy(Q), torch.from_numpy(R)
+    with warnings.catch_warnings():  # read-only (memory-mapped) queries: only read
+        warnings.simplefilter("ignore", UserWarning)
+        Q, R = torch.from_numpy(Q), torch.from_numpy(R)
     for q in range(0, len(Q), height):
         queries = Q[q : q + height]
         for r in range(0, len(R), TILE_REFERENCE):

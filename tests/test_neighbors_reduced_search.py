@@ -1,6 +1,7 @@
 """FAISS search over the sketches' principal components (``search_components``)."""
 
 import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -270,6 +271,13 @@ def test_largest_products_find_what_faiss_exhaustive_search_finds(
     products = Q.astype(np.float64) @ R.T.astype(np.float64)  # float64 oracle
     top = np.sort(np.argsort(-products, axis=1, kind="stable")[:, :12])
     np.testing.assert_array_equal(np.sort(largest_products(Q, R, 12, inf)), top)
+    frozen = Q.copy()
+    frozen.flags.writeable = False  # memory-mapped read-only: read, no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(
+            np.sort(largest_products(frozen, R, 12, inf)), top
+        )
     mm = torch.mm
     tiles = []
     monkeypatch.setattr(
