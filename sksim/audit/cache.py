@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
+import uuid
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -172,11 +172,10 @@ class AuditCache:
         """
         if key is None:
             return
-        temporary = None
+        temporary = self.folder / f"{key}.{uuid.uuid4().hex}.tmp"
         try:
-            handle, temporary = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
-            os.close(handle)
-            joblib.dump(value, temporary)
+            with open(temporary, "xb") as file:  # as any file: the umask sets its mode
+                joblib.dump(value, file)
             os.replace(temporary, self._path(key))
         except (pickle.PicklingError, AttributeError, TypeError, OSError) as error:
             warnings.warn(  # a folder not writable, a full disk: the audit goes on
@@ -187,7 +186,7 @@ class AuditCache:
             )
             return
         finally:
-            if temporary is not None and os.path.exists(temporary):
+            if os.path.exists(temporary):
                 os.remove(temporary)
         self.saved += 1
 

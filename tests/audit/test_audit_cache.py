@@ -1,5 +1,6 @@
 """An audit with a cache folder saves each finished piece and resumes from it."""
 
+import os
 import signal
 
 import _audit_helpers
@@ -196,11 +197,25 @@ def test_a_folder_that_cannot_be_written_warns_and_the_audit_goes_on(
     def full(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(cache.tempfile, "mkstemp", full)
+    monkeypatch.setattr(cache, "open", full, raising=False)  # as root writes anyway
     with pytest.warns(UserWarning, match=r"Could not save .* \(\[Errno 13\] Perm"):
         result = run_audit(X, y, tmp_path)
     assert result.metadata["cache"]["saved"] == 0
     assert not list(tmp_path.iterdir())
+
+
+def test_pieces_are_created_as_any_file_is(digit_images, tmp_path):
+    """The umask sets their mode: a folder shared with others stays readable."""
+    X, y = digit_images
+    umask = os.umask(0o022)
+    try:
+        result = run_audit(X, y, tmp_path)
+    finally:
+        os.umask(umask)
+    assert result.metadata["cache"]["saved"] > 0
+    pieces = list(tmp_path.iterdir())
+    assert {piece.suffix for piece in pieces} == {".pkl"}  # no temporary left
+    assert {piece.stat().st_mode & 0o777 for piece in pieces} == {0o644}
 
 
 def test_a_datasets_dtype_enters_its_fingerprint():
