@@ -497,8 +497,13 @@ class SimilarityRegularizedNet(NeuralNet):
         if y is None:
             y = self._item_labels(X)
         if y is not None:
+            y = self._training_targets(y, X)
             X = labelled(X, y)
         return super().partial_fit(X, y, classes=classes, **fit_params)
+
+    def _training_targets(self, y: ArrayLike, X: NetInput) -> ArrayLike:
+        """``y`` as the loss takes it, for the checked inputs ``X``: as given."""
+        return y
 
     def _item_labels(self, X) -> np.ndarray | None:
         """The labels of a dataset's ``(x, y)`` items, for a classifier or regressor.
@@ -1016,7 +1021,9 @@ class SimilarityRegularizedRegressor(SimilarityRegularizedNet, NeuralNetRegresso
     differ: pairs are explicit (``similarity_pairs="given"``, fit on
     :func:`with_pairs`) or given by an augment callable, and the read-out is
     ``"random"`` (for one output it is the output itself, up to a sign that the
-    cosine ignores).
+    cosine ignores). One target per sample, ``(n,)`` or ``(n, 1)``, is trained
+    on as the network's outputs are, a column or flat (skorch's loss would
+    otherwise compare every output with every target).
 
     Parameters
     ----------
@@ -1064,33 +1071,10 @@ class SimilarityRegularizedRegressor(SimilarityRegularizedNet, NeuralNetRegresso
             **kwargs,
         )
 
-    def partial_fit(
-        self,
-        X: NetInput,
-        y: ArrayLike | None = None,
-        classes: ArrayLike | None = None,
-        **fit_params: Any,
-    ) -> Self:
-        """Fit as :class:`SimilarityRegularizedNet` does; a 1-D ``y`` is a column.
+    def _training_targets(self, y: ArrayLike, X: NetInput) -> np.ndarray:
+        """One target per sample as the outputs are: see :func:`training_targets`.
 
-        The network's outputs are ``(n, 1)`` for one target: skorch's loss would
-        compare them with every sample's target.
-
-        Parameters
-        ----------
-        X : array-like, tensor, dict, Dataset or the output of :func:`with_pairs`
-        y : array-like of shape (n_samples,) or (n_samples, n_targets), default=None
-        classes : None
-            Unused by a regressor (skorch's signature).
-        **fit_params : dict
-            As skorch takes them.
-
-        Returns
-        -------
-        self : object
+        The outputs are read for the first inputs of ``X`` (not of a stream).
         """
-        if y is None:
-            y = self._item_labels(X)
-        if y is not None:
-            y = training_targets(self, y)
-        return super().partial_fit(X, y, classes=classes, **fit_params)
+        stream = isinstance(X, torch.utils.data.IterableDataset)
+        return training_targets(self, y, None if stream else X)

@@ -980,6 +980,41 @@ def test_regressor_takes_one_target_per_sample_as_a_column():
     assert histories[0] == histories[1]
 
 
+class Squeezed(torch.nn.Module):
+    """A module whose outputs are ``(n,)``, as a scalar regression's often are."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, X):
+        return self.module(X).squeeze(-1)
+
+
+def test_regressor_with_flat_outputs_takes_flat_targets():
+    """Outputs (n,): a column y was compared with every output (R^2 0.01)."""
+    rng = np.random.RandomState(0)
+    X = rng.randn(300, 3).astype(np.float32)
+    y = (X @ np.float32([1.0, -2.0, 0.5])).astype(np.float32)
+    Xp = with_pairs(X, np.stack([np.arange(20), np.arange(20, 40)], 1))
+    scores = []
+    for target in (y, y[:, None]):
+        torch.manual_seed(0)
+        reg = SimilarityRegularizedRegressor(
+            Squeezed(mlp(3, 1, hidden=16, seed=None)),
+            similarity_pairs="given",
+            max_epochs=60,
+            lr=0.05,
+            train_split=None,
+            verbose=0,
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # torch warns of broadcast targets
+            reg.fit(Xp, target)
+        scores.append(reg.score(X, y))
+    assert scores[0] == scores[1] and scores[0] > 0.95
+
+
 def test_prediction_ignores_attached_pairs():
     torch.manual_seed(0)
     X, y = make_data(n=12)

@@ -162,7 +162,7 @@ def memorization_scores(
     if isinstance(net, NeuralNet):  # labels as skorch's loss takes them
         if is_classifier(net):  # trained afresh: each label as its code, 0 to K - 1
             y = np.unique(y, return_inverse=True)[1]
-        y = training_targets(net, y)
+        y = training_targets(net, y, X)
     X = labelled(X, y)
     size = int(round(subset_fraction * n))
     if not 0 < size < n:
