@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from .._engine.budget import rows_that_fit
 from .._engine.inputs import (
     READ_BYTES,
     batches,
@@ -159,7 +160,7 @@ def _moments(X) -> tuple[np.ndarray, np.ndarray]:
 
     else:
         flat = _flat(X)
-        rows = max(1, READ_BYTES // (8 * max(flat.shape[1], 1)))  # float64 deviations
+        rows = rows_that_fit(READ_BYTES, 8 * flat.shape[1], len(flat))  # float64
 
         def blocks():
             for start in range(0, len(flat), rows):
