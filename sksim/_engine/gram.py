@@ -379,19 +379,3 @@ class NTKReference(GramReference):
         super().__init__(
             engine, Y, kind="ntk", full=True, max_memory=max_memory, named=named
         )
-
-
-def ntk_blocks(
-    engine: JacobianEngine, X, Y=None, max_memory: int | None = None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """NTK blocks of all pairs and the per-sample Grams, float64 on the CPU.
-
-    Returns ``K`` ``(n, m, d, d)`` (exactly symmetric when ``Y`` is None),
-    ``G_x`` ``(n, d, d)`` and ``G_y`` ``(m, d, d)``.
-    """
-    reference = NTKReference(engine, X if Y is None else Y, max_memory, Y is not None)
-    blocks = list(reference.self_rows() if Y is None else reference.rows(X))
-    K = np.concatenate([B for _, B, _ in blocks])
-    if Y is None:
-        symmetrize(K)
-    return K, np.concatenate([G for _, _, G in blocks]), reference.gram

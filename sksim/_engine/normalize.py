@@ -1,4 +1,4 @@
-"""From NTK blocks ``J(x) J(x')^T`` to the normalised kernels (see the theory page)."""
+"""Per-sample Grams ``J J^T`` decomposed, for the normalised kernels (theory page)."""
 
 from __future__ import annotations
 
@@ -28,30 +28,19 @@ def floored_eigh(G: np.ndarray, rtol: float) -> tuple[np.ndarray, ...]:
     return lam, floored, V, dead, singular
 
 
-def gram_power(
-    G: np.ndarray,
-    power: float,
-    rtol: float,
-    found: FlaggedRows | None = None,
-    rows=None,
-) -> np.ndarray:
-    """``G^power`` for a stack of d x d PSD matrices (symmetric, floored).
-
-    Dead samples (``G = 0``) get the zero matrix, so they are similar to
-    nothing. Dead and near-singular samples are recorded in ``found`` as the
-    ``rows`` (a slice or indices) of their inputs; None records nothing (a
-    pass that computed them first did).
-    """
-    return decomposed_power(floored_eigh(G, rtol), power, found, rows)
-
-
 def decomposed_power(
     decomposition: tuple[np.ndarray, ...],
     power: float,
     found: FlaggedRows | None = None,
     rows=None,
 ) -> np.ndarray:
-    """:func:`gram_power` of the Grams whose :func:`floored_eigh` is given."""
+    """``G^power`` of the Grams whose :func:`floored_eigh` is given.
+
+    Dead samples (``G = 0``) get the zero matrix, so they are similar to
+    nothing. Dead and near-singular samples are recorded in ``found`` as the
+    ``rows`` (a slice or indices) of their inputs; None records nothing (a
+    pass that computed them first did).
+    """
     _, lam, V, dead, singular = decomposition
     if found is not None:
         found.add(dead, singular, rows)
@@ -74,7 +63,7 @@ def self_similarity(
     some were floored (then less), 0 for dead samples. ``full`` gives the
     blocks ``A(x) A(x)^T = K(x, x) K_f(x, x)^{-1}`` ``(n, d, d)`` of both
     instead: exactly the identity unless floored. Dead and near-singular
-    samples are recorded in ``found`` as in :func:`gram_power`.
+    samples are recorded in ``found`` as in :func:`decomposed_power`.
     """
     lam, floored, V, dead, singular = decomposition
     if found is not None:
@@ -86,45 +75,3 @@ def self_similarity(
     blocks = 0.5 * (blocks + np.swapaxes(blocks, -1, -2))  # exactly symmetric
     blocks[~dead & ~singular] = np.eye(V.shape[-1])
     return blocks
-
-
-def normalize(
-    K: np.ndarray,
-    G_x: np.ndarray,
-    G_y: np.ndarray,
-    kind: str,
-    rtol: float = 1e-5,
-) -> np.ndarray:
-    """Matrix kernel blocks ``(n, m, d, d)`` of the given kind.
-
-    Parameters
-    ----------
-    K : ndarray of shape (n, m, d, d)
-        NTK blocks ``J(x_i) J(y_j)^T``.
-    G_x, G_y : ndarray of shape (n, d, d) and (m, d, d)
-        Diagonal blocks ``J(x_i) J(x_i)^T`` and ``J(y_j) J(y_j)^T``.
-    kind : {"cosine", "ntk", "influence"}
-        ``cosine``: ``A(x) A(y)^T`` with ``A = (J J^T)^{-1/2} J``;
-        ``ntk``: ``K`` itself; ``influence``: ``K(y, x) K(x, x)^{-1}``, the
-        effect on ``y`` of the smallest step that moves ``x``.
-    rtol : float, default=1e-5
-        Eigenvalues of ``J J^T`` below ``rtol * lambda_max`` are floored
-        (the passes that computed the Grams report where).
-    """
-    if kind == "ntk":
-        return K
-    if kind == "cosine":
-        return whitened(K, gram_power(G_x, -0.5, rtol), gram_power(G_y, -0.5, rtol))
-    if kind == "influence":
-        inv_x = gram_power(G_x, -1.0, rtol)
-        return np.einsum("ijba,ibc->ijac", K, inv_x, optimize=True)
-    raise ValueError(f"kind must be one of {KINDS}; got {kind!r}.")
-
-
-def whitened(K: np.ndarray, W_x: np.ndarray, W_y: np.ndarray) -> np.ndarray:
-    """Cosine blocks ``W_x K W_y`` ``(n, m, d, d)`` from the Grams' powers.
-
-    ``W_x``, ``W_y`` are ``(J J^T)^{-1/2}`` of the rows and the columns, ``K``
-    the NTK blocks.
-    """
-    return np.einsum("iab,ijbc,jcd->ijad", W_x, K, W_y, optimize=True)

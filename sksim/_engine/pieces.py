@@ -654,7 +654,7 @@ def map_pieces(
     ``G`` when it is known; otherwise the ill-conditioned Grams ``G`` are
     first formed again in float64, in place, and decomposed (see
     :func:`refined_eigh`). Dead and near-singular samples are recorded in
-    ``found`` (see :func:`~.normalize.gram_power`).
+    ``found`` (see :func:`~.normalize.decomposed_power`).
     """
     dtype = pieces[0].signal.dtype
     if power is None:

@@ -11,12 +11,12 @@ from _architectures import (
     oracle_jacobians,
     oracle_kernel,
 )
+from _engine_helpers import ntk_blocks
 from torch import nn
 
 from sksim import network_similarity
 from sksim._engine import capture
 from sksim._engine.capture import plan_layers
-from sksim._engine.gram import ntk_blocks
 from sksim._engine.jacobian import JacobianEngine
 
 

@@ -14,12 +14,12 @@ from _architectures import (
     layer_case,
     oracle_jacobians,
 )
-from _engine_helpers import smallest_fitting_engine
+from _engine_helpers import ntk_blocks, smallest_fitting_engine
 from torch import nn
 
 from sksim._engine.capture import idle_pieces, plan_layers
 from sksim._engine.context import on_device
-from sksim._engine.gram import GramReference, ntk_blocks
+from sksim._engine.gram import GramReference
 from sksim._engine.jacobian import JacobianEngine
 from sksim._engine.pieces import dense
 from sksim._engine.sketch import _factors, _size
