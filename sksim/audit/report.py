@@ -321,11 +321,6 @@ def write_html(result: AuditResult, path: str | os.PathLike) -> Path:
     return path
 
 
-def _records(frame):
-    """Rows as JSON-ready dicts (NaN and infinity become null)."""
-    return json.loads(frame.to_json(orient="records", double_precision=15))
-
-
 def _clean(value):
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -343,17 +338,11 @@ def _without_images(items):
     ]
 
 
-def to_dict(result: AuditResult) -> dict[str, Any]:
-    """The tables, skipped and failed analyses, metadata, gallery and examples.
-
-    JSON-ready, images left out.
-    """
-    tables = {name: _records(frame) for name, frame in result.tables.items()}
-    return {**_untabled(result), "tables": tables}
-
-
 def _untabled(result: AuditResult) -> dict[str, Any]:
-    """:func:`to_dict` but the tables."""
+    """The skipped and failed analyses, metadata, gallery and examples, JSON-ready.
+
+    Images left out.
+    """
     return dict(
         metadata=_clean(result.metadata),
         skipped=dict(result.skipped),
@@ -366,7 +355,7 @@ def _untabled(result: AuditResult) -> dict[str, Any]:
 
 
 def write_json(result: AuditResult, path: str | os.PathLike) -> Path:
-    """Write :func:`to_dict` to ``path`` as strict JSON (no NaN).
+    """Write the tables and :func:`_untabled` to ``path`` as strict JSON (no NaN).
 
     Table by table, each as pandas writes it: no table is held as Python
     objects, which take ten times the file's size for a large audit.

@@ -2,6 +2,7 @@
 
 import copy
 import html
+import json
 import warnings
 from types import SimpleNamespace
 
@@ -43,7 +44,7 @@ from sksim.audit.core import (
 )
 from sksim.audit.figures import sensitivity_layers
 from sksim.audit.models import make_classifier
-from sksim.audit.report import SECTIONS, render_html, timings, to_dict
+from sksim.audit.report import SECTIONS, render_html, timings
 
 
 @pytest.fixture(scope="module")
@@ -583,8 +584,8 @@ def test_label_issue_section_shows_top_twenty_with_thumbnails(issues_audit):
     assert "planted_flip" in html
 
 
-def test_examples_are_in_the_json_without_images(issues_audit):
-    data = to_dict(issues_audit)
+def test_examples_are_in_the_json_without_images(issues_audit, tmp_path):
+    data = json.loads(issues_audit.to_json(tmp_path / "audit.json").read_text())
     kinds = {g["kind"] for g in data["examples"]}
     assert kinds == {"isolated", "least support"}
     assert all("image" not in g for g in data["examples"])
