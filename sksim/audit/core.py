@@ -1152,8 +1152,7 @@ def _analyse(analysis, fold, store, failed):
         fold.prediction,  # a prefit net's decision threshold changes them
         fold.probabilities,
         fold.options.get(name),
-        fold.n_neighbors,
-        fold.layers,
+        *(getattr(fold, setting) for setting in analysis.audit_settings),
         *scaled,
     )
     saved = store.load(key)

@@ -14,6 +14,7 @@ from skorch import NeuralNetClassifier
 from torch.utils.data import TensorDataset
 
 from sksim.audit import audit, cache, core
+from sksim.audit.analyses.base import Analysis
 from sksim.audit.analyses.denoising import Denoising
 from sksim.audit.analyses.density import Density
 from sksim.audit.models import MLP
@@ -106,6 +107,34 @@ def test_a_changed_option_or_data_computes_again(digit_images, calls, tmp_path):
     run_audit(X2, y, tmp_path)
     assert len(calls["fit"]) == n_fits + 2
     assert len(calls["density"]) == n_density + 2
+
+
+def test_n_neighbors_and_layers_name_only_the_results_that_read_them(
+    digit_images, calls, tmp_path, monkeypatch
+):
+    """Another n_neighbors or layers computed every analysis again, though only
+    the neighbours read the one and class fitting the other."""
+    X, y = digit_images
+    analyses = ("density", "neighbors")
+
+    def run(cache, **kwargs):
+        net = small_net(X, max_epochs=1)
+        return audit(net, X, y, cv=2, analyses=analyses, cache=cache, **kwargs)
+
+    run(tmp_path, n_neighbors=3)
+    changed = run(tmp_path, n_neighbors=4)
+    assert calls["density"] == [0, 1]  # the folds' and density's loaded
+    assert changed.metadata["cache"] == dict(folder=str(tmp_path), loaded=4, saved=2)
+    assert changed["neighbors"].groupby("index").size().eq(4).all()
+    layers = run(tmp_path, n_neighbors=4, layers=["0"])  # read by class fitting
+    assert layers.metadata["cache"]["loaded"] == 6
+    assert calls["density"] == [0, 1]
+    assert_same_tables(changed, run(None, n_neighbors=4))
+    # an analysis that does not say which it reads is named by both
+    monkeypatch.setattr(Density, "audit_settings", Analysis.audit_settings)
+    run(tmp_path, n_neighbors=4)
+    run(tmp_path, n_neighbors=4, layers=["0"])
+    assert calls["density"] == [0, 1] * 4
 
 
 def test_an_interrupted_audit_resumes(digit_images, calls, tmp_path, monkeypatch):

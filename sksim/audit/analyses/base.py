@@ -93,6 +93,10 @@ class Analysis:
     fixed_options : tuple of str
         Keyword arguments of :meth:`option_target` the analysis sets itself,
         refused in ``options[name]``.
+    audit_settings : tuple of str
+        The audit's arguments beside ``options[name]`` that its results
+        depend on, among ``"n_neighbors"`` and ``"layers"`` (both by default):
+        with its options, they name its results in the audit's cache.
     """
 
     name: str = ""
@@ -106,6 +110,7 @@ class Analysis:
     shares_search: bool = False
     own_options: tuple = ()
     fixed_options: tuple = ()
+    audit_settings: tuple = ("n_neighbors", "layers")
 
     def at_scale(self, fold: _Fold) -> bool:
         """Whether the audit's largest training part is past its scale threshold.

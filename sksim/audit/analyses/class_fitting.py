@@ -257,6 +257,7 @@ class ClassFitting(Analysis):
 
     own_options = ("max_per_class", "max_fit_per_class")
     fixed_options = ("random_state", "as_frame")
+    audit_settings = ("layers",)
 
     def option_target(self) -> Callable:
         from ...representations import class_fitting_report

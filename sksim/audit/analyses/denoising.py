@@ -84,6 +84,7 @@ class Denoising(Analysis):
     report_table = "denoising"
 
     fixed_options = ("output", "random_state")
+    audit_settings = ()
 
     def option_target(self) -> type:
         return SelfDenoisingAnalysis

@@ -234,6 +234,7 @@ class Density(Analysis):
     figures = (density_histogram, error_by_density)
     report_table = "density_bins_summary"
     fixed_options = ("random_state",)
+    audit_settings = ()
 
     def option_target(self) -> type:
         return GradientDensityEstimator

@@ -312,6 +312,7 @@ class LabelIssues(Analysis):
         return options
 
     fixed_options = FIXED
+    audit_settings = ()
 
     def option_target(self) -> type:
         return LabelIssueDetector

@@ -435,6 +435,7 @@ class Neighbors(Analysis):
 
     own_options = ("recall_queries",)
     fixed_options = ("n_neighbors", "random_state")
+    audit_settings = ("n_neighbors",)
 
     def option_target(self) -> type:
         return NetworkNeighbors

@@ -124,6 +124,7 @@ class Sensitivity(Analysis):
         return None
 
     fixed_options = ("random_state",)
+    audit_settings = ()
 
     def option_target(self) -> Callable | None:
         module = import_sensitivity()
