@@ -198,7 +198,8 @@ def test_below_the_scale_threshold_the_search_is_exact(noisy_digits, monkeypatch
 
 def test_options_the_audit_sets_are_refused(noisy_digits):
     X, y, _ = noisy_digits
-    with pytest.raises(ValueError, match=r"cannot set \['combination'\]"):
+    fixed = r"sets \['combination'\], which the audit sets for the label_issues"
+    with pytest.raises(ValueError, match=fixed):
         audit(
             _audit_helpers.small_net(X),
             X,

@@ -317,17 +317,6 @@ class LabelIssues(Analysis):
     def option_target(self) -> type:
         return LabelIssueDetector
 
-    def check_options(self, options: Mapping[str, Any]) -> None:
-        fixed = sorted(set(options) & set(FIXED))
-        if fixed:
-            raise ValueError(
-                f"options['label_issues'] cannot set {fixed}: the analysis uses "
-                "the audit's folds, nets and seed, and scores by the mean of the "
-                "two signals."
-            )
-        super().check_options(options)
-        LabelIssueDetector(None, **options)._validate_params()
-
     def run(self, fold: _Fold) -> FoldOutput:
         options = self.options(fold)
         rows, labels, P, similarities, neighbors, neighbor_labels, search = (
