@@ -37,8 +37,17 @@ from ._pairs import strip_pairs
 
 
 def _as_array(X):
+    """A tensor as an array; rows held one per cell of an object array stacked.
+
+    A pandas column of token lists, or an object array of them, holds one
+    list (or array) per sample: NumPy refuses to convert it.
+    """
     if isinstance(X, torch.Tensor):
         return to_numpy(_with_values(X))
+    dtype = getattr(X, "dtype", None)  # an array's or a pandas column's
+    rows = isinstance(dtype, np.dtype) and dtype.kind == "O" and np.ndim(X) == 1
+    if rows and len(X) and all(isinstance(x, list | tuple | np.ndarray) for x in X):
+        return np.stack([np.asarray(x) for x in X])
     return X
 
 

@@ -709,6 +709,21 @@ def test_unpadded_token_lists_are_told_to_be_padded():
     assert padded.shape == (2, 2)
 
 
+def test_rows_held_one_per_cell_are_stacked():
+    """An object array (or pandas column) of equal-length token lists got
+    NumPy's "setting an array element with a sequence"."""
+    embed = torch.nn.Sequential(torch.nn.Embedding(10, 3), torch.nn.Flatten())
+    tokens = [[5, 6, 7], [8, 9, 0], [1, 2, 3]]
+    expected = network_similarity(embed, np.array(tokens))
+    cells = np.empty(3, dtype=object)
+    cells[:] = tokens
+    arrays = np.empty(3, dtype=object)
+    arrays[:] = [np.array(row) for row in tokens]
+    for X in (cells, arrays, pd.Series(tokens), {"input": cells}):
+        np.testing.assert_array_equal(network_similarity(embed, X), expected)
+    assert cells[0] == [5, 6, 7]  # the user's cells are left as they are
+
+
 def test_numpy_integers_and_parameter_errors(module):
     K = network_similarity(module, X, batch_size=4)
     np.testing.assert_allclose(network_similarity(module, X, batch_size=np.int64(4)), K)
