@@ -85,14 +85,12 @@ def test_sketch_of_embeddings(n_components):
 
 
 def test_sketch_of_convolutions_and_full_blocks():
+    """64 values per output sketch the second convolution's 222 parameters (with
+    4 096, as this test once asked, every block was kept exactly)."""
     torch.manual_seed(0)
     module = SmallCNN().eval()
     X = np.random.RandomState(0).randn(6, 1, 8, 8).astype(np.float32)
-    exact = network_similarity(module, X, reduce=None)
-    sketched = network_similarity(
-        module, X, reduce=None, n_components=4096, random_state=1
-    )
-    np.testing.assert_allclose(sketched, exact, atol=0.1)
+    assert_unbiased(module, X, 64, reduce=None)
 
 
 def test_exact_features_give_the_kernel():

@@ -311,11 +311,17 @@ def test_shuffled_rows_and_pooling():
         net, X, layers=["0"], reference=None, shuffled=True, random_state=0
     )
     assert table["net"].tolist() == ["trained", "shuffled"]
-    shuffled = shuffle_conv_input_channels(
-        copy.deepcopy(net).double(), np.random.RandomState(0)
+    # the shuffles draw from the second seed that random_state draws
+    seed = np.random.RandomState(0).randint(2**31 - 1, size=2)[1]
+    shuffled = shuffle_conv_input_channels(net, np.random.RandomState(seed))
+    direct = relative_sensitivity(
+        shuffled, X, layers=["0"], reference=None, random_state=0
     )
+    for column in ["D", "G", "R", "denominator", "deformation", "noise"]:
+        np.testing.assert_allclose(
+            table[column].iloc[1], direct[column].iloc[0], rtol=1e-10
+        )
     assert table["D"].iloc[1] != pytest.approx(table["D"].iloc[0], rel=1e-6)
-    assert isinstance(shuffled, nn.Module)
     # pooled representations against direct computations
     for pool, reduce in [
         ("channel_mean", lambda t: t.mean(1)),
