@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from _niw_oracle import niw_log_predictive, niw_predictive
 
 from sksim.datasets import make_planted_modes
 from sksim.representations import (
@@ -10,8 +11,7 @@ from sksim.representations import (
 )
 from sksim.representations._blocked import ClusterStatistics, _log_predictives
 from sksim.representations._gibbs import ClusterState
-from sksim.representations._logdensity import student_t_logpdf
-from sksim.representations._niw import NIWPrior, predictive_shape_scale
+from sksim.representations._niw import NIWPrior
 
 
 def _state(seed=0, n=40, d=3, K=4):
@@ -20,15 +20,6 @@ def _state(seed=0, n=40, d=3, K=4):
     z = np.arange(n) % K
     z[-1] = K  # a singleton
     return X, z, NIWPrior.from_data(X)
-
-
-def _predictive_of(members, x, prior):
-    """Student-t posterior predictive at x after observing ``members``."""
-    d = len(x)
-    mean, kappa, nu, psi = prior.posterior(members)
-    scale, df = predictive_shape_scale(kappa, nu, d)
-    prec = np.linalg.inv(np.linalg.cholesky(psi * scale))
-    return student_t_logpdf(x[None], mean[None], prec[None], np.array([df]))[0, 0]
 
 
 def test_log_predictives_leave_the_point_out_of_its_own_cluster():
@@ -41,7 +32,7 @@ def test_log_predictives_leave_the_point_out_of_its_own_cluster():
             members = (z == k) & (np.arange(len(X)) != i)
             assert np.exp(log_count[row, k]) == pytest.approx(members.sum())
             if members.any():
-                want = _predictive_of(X[members], X[i], prior)
+                want = niw_log_predictive(X[members], X[i], prior)
                 assert logp[row, k] == pytest.approx(want, rel=1e-9)
     assert log_count[3, z[-1]] == -np.inf  # the singleton's cluster empties
 
@@ -52,6 +43,15 @@ def test_cluster_statistics_give_the_exact_sampler_components():
     want = ClusterState(X, prior, z).components(0.7)
     for key in ("mean", "chol", "prec_chol", "df", "log_weight"):
         np.testing.assert_allclose(got[key], want[key], rtol=1e-9, atol=1e-12)
+    # the clusters', then a new cluster's predictive, as the textbook gives them
+    for k, members in enumerate([X[z == k] for k in range(z.max() + 1)] + [X[:0]]):
+        location, shape, df = niw_predictive(members, prior)
+        np.testing.assert_allclose(got["mean"][k], location, rtol=1e-12)
+        np.testing.assert_allclose(got["chol"][k] @ got["chol"][k].T, shape, rtol=1e-9)
+        np.testing.assert_allclose(
+            got["prec_chol"][k] @ got["chol"][k], np.eye(5), atol=1e-9
+        )
+        assert got["df"][k] == pytest.approx(df, rel=1e-12)
 
 
 def test_moves_keep_the_statistics_equal_to_a_recomputation():
