@@ -10,9 +10,9 @@ misses it among its candidates.
 The candidates are ranked by a similarity given as a function: the inner
 products of the full sketches, or exact similarities from the network's
 whitened Jacobians. Ranking reads every candidate's sketch (or Jacobian) from
-memory. Queries of one k-means cluster of the reduced sketches share most of
-their candidates, so they are ranked in turn (:func:`locality_order`), while
-those rows are still in the processor's cache.
+memory. Queries of one k-means cluster of the reduced sketches may share
+candidates, so they are ranked in turn (:func:`locality_order`), while those
+rows are still in the processor's cache.
 """
 
 from __future__ import annotations
