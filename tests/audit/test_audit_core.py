@@ -85,7 +85,7 @@ def test_every_sample_held_out_once(digit_images, small_audit):
 
 
 def test_density_equals_estimator_on_the_fold(digit_images, small_audit, fold1):
-    X, _ = digit_images
+    X, y = digit_images
     train, test, net = fold1
     estimator = GradientDensityEstimator(net, method="hard", threshold=0.9)
     estimator.fit(X[train])
@@ -96,6 +96,9 @@ def test_density_equals_estimator_on_the_fold(digit_images, small_audit, fold1):
     np.testing.assert_allclose(samples["log_density"], estimator.score_samples(X[test]))
     rows = small_audit["folds"].loc[1]
     assert rows["mean_log_density"] == pytest.approx(samples["log_density"].mean())
+    errors = net.predict(X[test]) != y[test]
+    expected = np.corrcoef(estimator.score_samples(X[test]), errors)[0, 1]
+    assert rows["density_error_correlation"] == pytest.approx(expected, rel=1e-9)
 
 
 def test_error_by_density_bin(small_audit):
@@ -114,12 +117,22 @@ def test_error_by_density_bin(small_audit):
         errors = ~own["correct"].to_numpy()
         held = np.unique(expected_bin)  # ties may leave a bin empty
         expected = [errors[expected_bin == b].mean() for b in held]
-        np.testing.assert_array_equal(fold_rows(bins, fold)["density_bin"], held)
-        np.testing.assert_allclose(fold_rows(bins, fold)["error_rate"], expected)
+        own_bins = fold_rows(bins, fold)
+        np.testing.assert_array_equal(own_bins["density_bin"], held)
+        np.testing.assert_allclose(own_bins["error_rate"], expected)
+        for name, statistic in (("min", np.min), ("max", np.max), ("mean", np.mean)):
+            per_bin = [statistic(log_density[expected_bin == b]) for b in held]
+            np.testing.assert_allclose(own_bins[f"{name}_log_density"], per_bin)
+        assert (
+            own_bins["n_samples"].tolist() == np.bincount(expected_bin)[held].tolist()
+        )
     summary = small_audit["density_bins_summary"]
-    by_bin = bins.groupby("density_bin")["error_rate"]
-    np.testing.assert_allclose(summary["error_rate_mean"], by_bin.mean())
-    np.testing.assert_allclose(summary["error_rate_std"], by_bin.std(ddof=1))
+    for column in ("error_rate", "mean_log_density"):
+        by_bin = bins.groupby("density_bin")[column]
+        np.testing.assert_allclose(summary[f"{column}_mean"], by_bin.mean())
+        np.testing.assert_allclose(summary[f"{column}_std"], by_bin.std(ddof=1))
+        np.testing.assert_allclose(summary[f"{column}_min"], by_bin.min())
+        np.testing.assert_allclose(summary[f"{column}_max"], by_bin.max())
 
 
 def test_density_bins_do_not_depend_on_order_and_are_alike_in_every_fold():
@@ -171,6 +184,8 @@ def test_neighbors_equal_network_neighbors(digit_images, small_audit, fold1):
     samples = fold_rows(small_audit["samples"], 1)
     agreement = (y[train[indices]] == y[test][:, None]).mean(axis=1)
     np.testing.assert_allclose(samples["neighbor_label_agreement"], agreement)
+    fold = small_audit["folds"].loc[1, "neighbor_label_agreement"]
+    assert fold == pytest.approx(agreement.mean(), rel=1e-12)
     np.testing.assert_allclose(samples["top_similarity"], similarities[:, 0])
 
 
@@ -212,12 +227,16 @@ def test_class_fitting_equals_report_on_the_fold(digit_images, small_audit, fold
     np.testing.assert_allclose(
         table["train_mean_log_density"], report.classes["mean_log_density"]
     )
-    Z = extract_representations(net, X[test], ["out"])["out"]
-    own = report.densities["out"].score_samples(Z, y[test])
+    Z = extract_representations(net, X[test], layers)
+    own = report.densities["out"].score_samples(Z["out"], y[test])
     expected = [own[y[test] == c].mean() for c in range(10)]
     np.testing.assert_allclose(
         table.loc[table["layer"] == "out", "test_mean_log_density"], expected
     )
+    for layer in layers:  # the density classifier of each layer, on the test part
+        accuracy = np.mean(report.densities[layer].predict(Z[layer]) == y[test])
+        rows = table.loc[table["layer"] == layer, "density_classifier_accuracy"]
+        np.testing.assert_allclose(rows, accuracy, rtol=1e-12)
 
 
 def test_gallery_holds_the_neighbor_images(digit_images, small_audit):
