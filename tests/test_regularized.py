@@ -518,6 +518,13 @@ def test_training_steps_add_exactly_the_signed_weighted_term_every_k_steps(
             assert loss.item() == pytest.approx(plain.item() + term, 1e-6)
             assert recorded["similarity_cosine"] == pytest.approx(cos.item(), 1e-6)
             assert recorded["similarity_term"] == pytest.approx(term, 1e-6)
+            # the step's gradients are the term's too (lr=0 leaves them in .grad)
+            params = list(net.module_.parameters())
+            with_graph = net.batch_pair_cosines(batch, y, 3, graph=True).mean()
+            total = net.get_loss(net.infer(batch), torch.as_tensor(y))
+            expected = torch.autograd.grad(total + sign * 0.7 * with_graph, params)
+            for param, grad in zip(params, expected, strict=True):
+                torch.testing.assert_close(param.grad, grad, rtol=1e-5, atol=1e-6)
     assert net.similarity_steps_ == 3
 
 
