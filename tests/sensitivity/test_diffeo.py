@@ -64,19 +64,28 @@ def test_mean_squared_displacement_matches_closed_form(n, cutoff, temperature):
     np.testing.assert_allclose(dx4, 2 * dx, rtol=1e-12, atol=1e-15)
 
 
-def test_spec_formula_is_the_continuum_average():
-    # Exact (no sampling): E|tau(p)|^2 = 2 n^2 T sum_m s_m(p)^2 / |k_m|^2 where
-    # s_m is the product of sines; averaged over a fine grid of the unit square
-    # it tends to the theory page's (T n^2 / 2) S.
-    n, cutoff, temperature = 16, 3, 0.003
-    u = (np.arange(4000) + 0.5) / 4000
-    expected = 0.0
-    for i, j in kept_modes(cutoff):
-        avg = np.mean(np.sin(i * math.pi * u) ** 2)
-        avg *= np.mean(np.sin(j * math.pi * u) ** 2)
-        expected += 2 * n**2 * temperature * avg / (i * i + j * j)
-    spec = temperature * n**2 / 2 * _mode_sum(cutoff)
-    assert expected == pytest.approx(spec, rel=1e-9)
+def test_fields_have_the_covariance_of_their_sine_series():
+    """tau_a(r, k) = n sum_ij C^a_ij sin(i pi u_k) sin(j pi u_r), u = k / (n - 1),
+    over the kept modes, C^a_ij ~ N(0, T / (i^2 + j^2)) independent: the
+    covariance of two pixels is n^2 T sum_ij s_ij(p) s_ij(q) / (i^2 + j^2), and dx
+    and dy are uncorrelated. The pixel-averaged variance alone passed doubled
+    wave numbers, dx equal to dy, and the column's sine for the row's."""
+    n, cutoff, temperature, n_fields = 6, 3, 0.01, 60000
+    u = np.arange(n) / (n - 1)
+    expected = np.zeros((n * n, n * n))
+    for i in range(1, cutoff + 1):
+        for j in range(1, cutoff + 1):
+            if i * i + j * j < (cutoff + 0.5) ** 2:
+                s = np.outer(np.sin(j * math.pi * u), np.sin(i * math.pi * u)).ravel()
+                expected += np.outer(s, s) / (i * i + j * j)
+    expected *= n * n * temperature
+    dx, dy = sample_diffeo(
+        n, cutoff, temperature=temperature, n_fields=n_fields, random_state=0
+    )
+    fx, fy = dx.reshape(n_fields, -1), dy.reshape(n_fields, -1)
+    scale = expected.max()  # the sampling error is about 0.017 of it
+    for a, b, want in ((fx, fx, expected), (fy, fy, expected), (fx, fy, 0.0)):
+        assert np.abs(a.T @ b / n_fields - want).max() < 0.05 * scale
 
 
 def test_signal_fields_match_their_delta():
