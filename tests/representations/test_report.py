@@ -11,6 +11,7 @@ from skorch import NeuralNetClassifier
 from sksim.representations import (
     DirichletProcessGaussianMixture,
     class_fitting_report,
+    memorization_scores,
     plot_class_log_density,
     plot_memorization_by_density,
 )
@@ -62,7 +63,9 @@ def test_tables_agree_with_the_fitted_densities(report):
         b = rep.bins["stage"] == stage
         want = [np.nanmean(rep.memorization[bins == k]) for k in range(5)]
         np.testing.assert_allclose(rep.bins["mean_memorization"][b], want)
-    assert rep.memorization.shape == (90,)
+    # the memorisation of the classifier given, on the report's 15 subsets
+    expected = memorization_scores(KNeighborsClassifier(1), X, y, 15, random_state=0)
+    np.testing.assert_array_equal(rep.memorization, expected)
 
 
 def test_precomputed_memorization_and_frames(report):
