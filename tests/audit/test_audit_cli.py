@@ -8,6 +8,7 @@ from pathlib import Path
 
 import _audit_helpers
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from _architectures import small_net
@@ -150,6 +151,21 @@ def test_cli_in_process_with_user_data_and_architecture(
     ranks = {row["rank"] for row in data["tables"]["neighbors"]}
     assert ranks == {1, 2}
     assert "Nearest training examples" in out.read_text()
+
+
+def test_cli_seed_and_layers_reach_the_audit():
+    """--seed and --layers could be dropped on the way to audit() unnoticed:
+    the default seed is 0, and the analyses run did not read the layers."""
+    argv = ["audit", "--dataset", "iris", *FAST, "--analyses", "class_fitting"]
+    argv += ["--layers", "hidden", "--seed", "3"]
+    result = _main.run_audit(_parser.make_parser().parse_args(argv))
+    assert result.metadata["random_state"] == 3
+    assert set(result["class_fitting"]["layer"]) == {"hidden"}
+    again = _main.run_audit(_parser.make_parser().parse_args(argv))
+    pd.testing.assert_frame_equal(again["class_fitting"], result["class_fitting"])
+    argv[-1] = "0"
+    other = _main.run_audit(_parser.make_parser().parse_args(argv))
+    assert not other["class_fitting"].equals(result["class_fitting"])
 
 
 def test_cli_builtin_dataset_reports_progress(tmp_path, capsys):
