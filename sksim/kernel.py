@@ -604,8 +604,13 @@ class NetworkSimilarityKernel(
                 chunk = slice(start, min(start + step, n))
                 with rows_of_part(chunk):
                     left = self._features(take(X, chunk), "left")
-                K[chunk] = _contract(
-                    left, self.features_fit_, self.kind, "trace", self._bound
+                _contract(
+                    left,
+                    self.features_fit_,
+                    self.kind,
+                    "trace",
+                    self._bound,
+                    out=K[chunk],
                 )
         return K
 

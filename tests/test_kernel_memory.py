@@ -82,6 +82,28 @@ def test_contraction_blocks_stay_within_their_bytes(kind):
     np.testing.assert_allclose(blocked, whole, rtol=1e-12, atol=1e-14)
 
 
+def test_sketched_kernels_hold_their_output_and_max_memory_at_most():
+    """transform held each chunk's rows twice, the contraction's and K's: 51.9 MB
+    beyond K for 2 000 queries, with max_memory of 4.6 MB."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)
+    )
+    X = np.random.default_rng(0).normal(size=(3000, 4)).astype(np.float32)
+    max_memory = 4 * len(X) * 3 * 64 * 2  # twice the reference's sketches
+    sketch = dict(n_components=64, max_memory=max_memory, random_state=0)
+    kern = NetworkSimilarityKernel(net, **sketch).fit(X)
+    for compute in (
+        lambda: kern.transform(X[:2000]),
+        lambda: network_similarity(net, X[:200], X, **sketch),
+    ):
+        tracemalloc.start()
+        K = compute()
+        peak = tracemalloc.get_traced_memory()[1] - K.nbytes
+        tracemalloc.stop()
+        assert peak < max_memory
+
+
 def test_kept_reference_sketches_are_refused_past_their_share(data):
     net = mlp(4, 3)
     kept = sketch_bytes(len(data))
