@@ -417,6 +417,39 @@ def test_findings_open_the_report(issues_audit):
         assert text in html.replace("&#x27;", "'")
 
 
+def test_findings_and_headline_cards_give_the_tables_numbers(issues_audit):
+    """Their numbers were never checked: the standard deviation shown as the
+    accuracy, the correlation's sign flipped or the count of unsupported
+    predictions changed all passed."""
+    folds, meta = issues_audit["folds"], issues_audit.metadata
+    listed = findings(issues_audit)
+    html = render_html(issues_audit)
+    accuracy = folds["accuracy"]
+    mean, std = accuracy.mean(), accuracy.std(ddof=1)
+    assert listed[0].startswith(f"Held-out accuracy {mean:.3f} ± {std:.3f}. ")
+    assert f"About {mean * 100:.0f} in 100 held-out examples" in listed[0]
+    assert f"<b>{mean:.3f} ± {std:.3f}</b>" in html  # the accuracy's card
+    r = folds["density_error_correlation"]
+    assert f"Density-error correlation {r.mean():.2f}" in " ".join(listed)
+    assert f"<b>{r.mean():.3f} ± {r.std(ddof=1):.3f}</b>" in html
+    agreement = folds["neighbor_label_agreement"].mean()
+    k = meta["n_neighbors"]
+    assert f"{agreement * k:.1f} on average carry its label" in html
+    # predictions none of the neighbours with a positive similarity carry
+    pairs = issues_audit["neighbors"].merge(
+        issues_audit["samples"][["fold", "index", "prediction"]], on=["fold", "index"]
+    )
+    positive = pairs[pairs["similarity"] > 0]
+    carried = positive["train_label"] == positive["prediction"]
+    unsupported = int(
+        (~carried.groupby([positive["fold"], positive["index"]]).any()).sum()
+    )
+    n = len(issues_audit["samples"])
+    assert f"{unsupported} of {n} held-out predictions are carried by none" in " ".join(
+        listed
+    )
+
+
 def test_flags_are_set_beside_the_networks_own_mistakes(issues_audit):
     """A network wrong on 41 % of the held-out examples had 33 % of its labels
     said to "look wrong", with no word of its own mistakes."""
