@@ -3,6 +3,7 @@
 import copy
 import html
 import json
+import math
 import warnings
 from types import SimpleNamespace
 
@@ -25,11 +26,13 @@ from sksim.audit._findings import (
     _planted_accuracy,
     agreement_bound,
     agreement_meaning,
+    class_fitting_finding,
     class_recall_finding,
     correlation_meaning,
     density_meaning,
     error_meaning,
     findings,
+    sensitivity_finding,
     summary_value,
 )
 from sksim.audit._names import named
@@ -447,6 +450,41 @@ def test_findings_and_headline_cards_give_the_tables_numbers(issues_audit):
     n = len(issues_audit["samples"])
     assert f"{unsupported} of {n} held-out predictions are carried by none" in " ".join(
         listed
+    )
+
+
+def test_class_fitting_and_sensitivity_findings_give_their_tables_numbers():
+    """Neither sentence was tested: the gap's sign flipped, or R's standard
+    deviation shown as R, passed."""
+    classes = pd.DataFrame(
+        dict(
+            layer=["a", "a", "a", "b", "b", "b"],
+            train_mean_log_density_mean=[5.0, 6.0, 9.0, 1.0, 1.0, 1.0],
+            test_mean_log_density_mean=[4.0, 3.0, 1.0, 1.5, 0.5, 1.0],
+        )
+    )
+    gap = (1.0 + 3.0 + 8.0) / 3  # layer a's, the larger
+    assert class_fitting_finding(classes) == (
+        f"Class-fitting gap: at layer a, held-out examples are on average "
+        f"{gap:.2f} nats (a factor {math.exp(gap):.3g}) less likely than training "
+        "examples under their own class density (log-density, mean over classes; "
+        "median 3.00): the class densities fit the training examples individually "
+        "(memorisation) more than in modes that held-out examples share."
+    )
+    sensitivity = pd.DataFrame(
+        dict(
+            net=["trained", "trained", "init"],
+            layer=["conv", "output", "output"],
+            depth=[0, 1, 1],
+            R_mean=[2.0, 0.4, 1.3],
+            R_std=[0.5, 0.05, 0.1],
+        )
+    )
+    assert sensitivity_finding(sensitivity) == (
+        "Relative sensitivity R = 0.4 ± 0.05 at layer output (spread over folds "
+        "12%: a stable estimate): more stable to smooth deformations than to noise "
+        "of the same norm, as networks that generalise well tend to be; training "
+        "lowered it from 1.3 at initialisation."
     )
 
 
