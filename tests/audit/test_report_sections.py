@@ -4,6 +4,7 @@ import copy
 import html
 import json
 import math
+import re
 import warnings
 from types import SimpleNamespace
 
@@ -451,6 +452,22 @@ def test_findings_and_headline_cards_give_the_tables_numbers(issues_audit):
     assert f"{unsupported} of {n} held-out predictions are carried by none" in " ".join(
         listed
     )
+
+
+def test_the_aggregated_table_shows_the_summarys_values(issues_audit):
+    """Every table's values were unchecked: all of them rounded to one digit
+    passed."""
+    html = render_html(issues_audit)
+    shown = html.split("<h3>Aggregated over folds</h3>")[1].split("</table>")[0]
+    rows = re.findall(r"<tr>(.*?)</tr>", shown.split("<tbody>")[1], flags=re.S)
+    summary = issues_audit["summary"]
+    assert len(rows) == len(summary)
+    for row, (_, expected) in zip(rows, summary.iterrows(), strict=True):
+        cells = re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", row, flags=re.S)
+        assert cells[0].strip() == expected["metric"]
+        for cell, column in zip(cells[2:], ["mean", "std", "min", "max"], strict=True):
+            value = expected[column]
+            assert cell.strip() == ("NaN" if math.isnan(value) else f"{value:.4g}")
 
 
 def test_class_fitting_and_sensitivity_findings_give_their_tables_numbers():
