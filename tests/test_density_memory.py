@@ -6,8 +6,11 @@ chunks that fit in what is left, as the exact search over sketches takes its
 queries and its all-pairs query.
 """
 
+import tracemalloc
+
 import numpy as np
 import pytest
+import torch
 from _architectures import mlp
 
 from sksim import (
@@ -175,6 +178,25 @@ def searches(data):
 def assert_same_neighbours(found, expected):
     np.testing.assert_array_equal(found[1], expected[1])
     np.testing.assert_allclose(found[0], expected[0], rtol=1e-6)
+
+
+def test_sketched_hard_counts_hold_max_memory_at_most():
+    """The chunks' sizes were checked, not what is held: every chunk's
+    similarities kept at once (128 MB here) passed."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)
+    )
+    X = np.random.default_rng(0).normal(size=(4000, 4)).astype(np.float32)
+    max_memory = 4 * len(X) * 3 * 16 * 4  # four times the reference's sketches
+    density = GradientDensityEstimator(
+        net, method="hard", n_components=16, max_memory=max_memory, random_state=0
+    ).fit(X)
+    tracemalloc.start()
+    density.neighbor_counts(X)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < max_memory
 
 
 def test_sketched_exact_neighbours_in_chunks_are_those_of_one(
