@@ -998,20 +998,25 @@ def test_regressor_takes_one_target_per_sample_as_a_column():
     """The outputs are (n, 1): a 1-D y is not broadcast against them."""
     X, _ = make_data(n=20)
     Xp = with_pairs(X, [[0, 1], [2, 3]])
-    histories = []
-    for y in (X[:, 0] ** 2, X[:, :1] ** 2):
-        torch.manual_seed(0)
-        reg = SimilarityRegularizedRegressor(
-            mlp(6, 1, hidden=7, seed=None),
-            max_epochs=2,
-            batch_size=10,
-            train_split=None,
-            verbose=0,
-        )
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")  # torch warns of broadcast targets
-            histories.append(reg.fit(Xp, y).history[:, "train_loss"])
+    histories = [
+        fitted_regressor(
+            lambda: mlp(6, 1, hidden=7, seed=None), Xp, y, max_epochs=2, batch_size=10
+        ).history[:, "train_loss"]
+        for y in (X[:, 0] ** 2, X[:, :1] ** 2)
+    ]
     assert histories[0] == histories[1]
+
+
+def fitted_regressor(make_module, X, y, **params):
+    """A regressor on a module drawn under seed 0, fitted where torch must not
+    warn (it warns of targets broadcast against the outputs)."""
+    torch.manual_seed(0)
+    reg = SimilarityRegularizedRegressor(
+        make_module(), train_split=None, verbose=0, **params
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        return reg.fit(X, y)
 
 
 class Squeezed(torch.nn.Module):
@@ -1031,21 +1036,17 @@ def test_regressor_with_flat_outputs_takes_flat_targets():
     X = rng.randn(300, 3).astype(np.float32)
     y = (X @ np.float32([1.0, -2.0, 0.5])).astype(np.float32)
     Xp = with_pairs(X, np.stack([np.arange(20), np.arange(20, 40)], 1))
-    scores = []
-    for target in (y, y[:, None]):
-        torch.manual_seed(0)
-        reg = SimilarityRegularizedRegressor(
-            Squeezed(mlp(3, 1, hidden=16, seed=None)),
+    scores = [
+        fitted_regressor(
+            lambda: Squeezed(mlp(3, 1, hidden=16, seed=None)),
+            Xp,
+            target,
             similarity_pairs="given",
             max_epochs=60,
             lr=0.05,
-            train_split=None,
-            verbose=0,
-        )
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")  # torch warns of broadcast targets
-            reg.fit(Xp, target)
-        scores.append(reg.score(X, y))
+        ).score(X, y)
+        for target in (y, y[:, None])
+    ]
     assert scores[0] == scores[1] and scores[0] > 0.95
 
 
