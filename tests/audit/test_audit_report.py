@@ -155,7 +155,15 @@ def test_error_by_density_figure_draws_the_summary(small_audit):
 
 
 def test_figures_and_their_absence(small_audit):
-    assert isinstance(figures.density_histogram(small_audit), Figure)
+    histogram = figures.density_histogram(small_audit)
+    assert isinstance(histogram, Figure)
+    samples = small_audit["samples"]  # stacked: correct, then misclassified on top
+    values, correct = samples["log_density"].to_numpy(), samples["correct"].to_numpy()
+    edges = np.histogram_bin_edges(values, bins=30)
+    bars = histogram.axes[0].patches
+    heights = np.array([bar.get_height() for bar in bars]).reshape(2, -1)
+    np.testing.assert_array_equal(heights[0], np.histogram(values[correct], edges)[0])
+    np.testing.assert_array_equal(heights[1], np.histogram(values[~correct], edges)[0])
     grid = figures.neighbor_grid(small_audit)
     assert len(grid.axes) == len(small_audit.gallery) * 4  # example + 3 neighbours
     classes = figures.class_densities(small_audit)
