@@ -126,14 +126,14 @@ def test_n_neighbors_and_layers_name_only_the_results_that_read_them(
     assert calls["density"] == [0, 1]  # the folds' and density's loaded
     assert changed.metadata["cache"] == dict(folder=str(tmp_path), loaded=4, saved=2)
     assert changed["neighbors"].groupby("index").size().eq(4).all()
-    layers = run(tmp_path, n_neighbors=4, layers=["0"])  # read by class fitting
+    layers = run(tmp_path, n_neighbors=4, layers=["hidden"])  # read by class fitting
     assert layers.metadata["cache"]["loaded"] == 6
     assert calls["density"] == [0, 1]
     assert_same_tables(changed, run(None, n_neighbors=4))
     # an analysis that does not say which it reads is named by both
     monkeypatch.setattr(Density, "audit_settings", Analysis.audit_settings)
     run(tmp_path, n_neighbors=4)
-    run(tmp_path, n_neighbors=4, layers=["0"])
+    run(tmp_path, n_neighbors=4, layers=["hidden"])
     assert calls["density"] == [0, 1] * 4
 
 
