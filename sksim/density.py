@@ -18,7 +18,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._base import NetworkEstimator, constraints, forget_failed_fit
 from ._docs import fill_doc
-from ._engine.budget import KEPT_MEMORY, check_kept_bytes
+from ._engine.budget import check_kept_bytes, left_beside
 from ._engine.checkpoints import (
     checkpoint_seed,
     stacked,
@@ -413,8 +413,7 @@ class GradientDensityEstimator(DensityMixin, NetworkEstimator):
         Two thirds of ``max_memory`` (the engine's batches take the third
         one), less the reference sketches.
         """
-        kept = self.reference_features_.nbytes
-        return 2 * KEPT_MEMORY * self._engine.max_memory - kept
+        return left_beside(self.reference_features_.nbytes, self._engine.max_memory)
 
     def _sketch(self, X):
         """Sketches of ``X``, side by side for the checkpoints."""

@@ -22,7 +22,7 @@ from ._base import (
 )
 from ._docs import fill_doc
 from ._engine import features
-from ._engine.budget import check_kept_bytes, rows_that_fit
+from ._engine.budget import check_kept_bytes, left_beside, rows_that_fit
 from ._engine.checkpoints import checkpoint_seed, stacked, weighted_sum
 from ._engine.finite import rows_of_part, rows_of_reference
 from ._engine.flags import flag_scope
@@ -77,8 +77,8 @@ def _features(engine, X, kind, side, n_components, seed, rtol, weights):
 def _contract(F_x, F_y, kind, reduce, max_bytes=float("inf"), out=None):
     """The kernel of feature stacks ``(n, d, k)``: ``tr(F_x F_y^T) / d`` or blocks.
 
-    Computed in float64, over blocks of rows whose float64 copies take at
-    most ``max_bytes`` together, into ``out`` if given.
+    Computed in float64, over blocks of rows whose float64 copies and products
+    take at most ``max_bytes`` together (a third each), into ``out`` if given.
     """
     (n, d, k), m = F_x.shape, len(F_y)
     full = reduce is None
@@ -86,21 +86,26 @@ def _contract(F_x, F_y, kind, reduce, max_bytes=float("inf"), out=None):
         out = np.empty((n, m, d, d) if full else (n, m))
     # the influence kernel's blocks pair the right side's outputs first
     blocks = "adk,bek->abed" if kind == "influence" else "adk,bek->abde"
-    step_x = rows_that_fit(max_bytes / 2, 8 * d * k, n)
-    step_y = rows_that_fit(max_bytes / 2, 8 * d * k, m)
+    step_y = rows_that_fit(max_bytes / 3, 8 * d * k, m)
+    step_x = rows_that_fit(max_bytes / 3, 8 * max(d * k, step_y), n)
+    # buffers made once: a copy made anew would be held beside the last one,
+    # and a product written into out's block (not contiguous) through another
+    A_rows, B_rows = np.empty((step_x, d, k)), np.empty((step_y, d, k))
+    products = np.empty(0 if full else step_x * step_y)
     for start_y in range(0, m, step_y):
         ys = slice(start_y, start_y + step_y)
-        B = F_y[ys].astype(np.float64)
+        B = B_rows[: len(F_y[ys])]
+        B[...] = F_y[ys]
         for start_x in range(0, n, step_x):
             xs = slice(start_x, start_x + step_x)
-            A = F_x[xs].astype(np.float64)
+            A = A_rows[: len(F_x[xs])]
+            A[...] = F_x[xs]
             if full:
                 np.einsum(blocks, A, B, out=out[xs, ys])
             else:
-                np.matmul(
-                    A.reshape(len(A), -1), B.reshape(len(B), -1).T, out=out[xs, ys]
-                )
-                out[xs, ys] /= d
+                P = products[: len(A) * len(B)].reshape(len(A), len(B))
+                np.matmul(A.reshape(len(A), -1), B.reshape(len(B), -1).T, out=P)
+                np.divide(P, d, out=out[xs, ys])
     return out
 
 
@@ -133,7 +138,7 @@ def _projected_similarity(engine, X, Y, kind, reduce, rtol, n_components, seed):
     with rows_of_reference() if Y is not None else contextlib.nullcontext():
         weights = features.piece_energies(engine, right, seed, rtol)
     F_x = _features(engine, X, kind, "left", n_components, seed, rtol, weights)
-    bound = engine.max_memory / 3  # beside the two sketches
+    bound = engine.max_memory / 3  # the batches' third, theirs no more
     if Y is None and kind != "influence":
         K = _contract(F_x, F_x, kind, reduce, bound)
         symmetrize(K)
@@ -142,10 +147,11 @@ def _projected_similarity(engine, X, Y, kind, reduce, rtol, n_components, seed):
     def read(rows):  # a reference Y's rows are named as its, as the exact kernel's
         return rows_of_part(rows) if Y is None else rows_of_reference(rows)
 
-    # the reference sketched a chunk at a time: its rows are not kept
+    # the reference sketched a chunk at a time, in what F_x leaves: its rows
+    # are not kept
     (n, d, _), m = F_x.shape, n_samples(right)
     K = np.empty((n, m, d, d) if reduce is None else (n, m))
-    step = rows_that_fit(bound, F_x[0].nbytes, m)
+    step = rows_that_fit(left_beside(F_x.nbytes, engine.max_memory), F_x[0].nbytes, m)
     with flag_scope():  # one warning for the chunks
         for start in range(0, m, step):
             chunk = slice(start, min(start + step, m))
@@ -161,6 +167,7 @@ def _projected_similarity(engine, X, Y, kind, reduce, rtol, n_components, seed):
                     weights,
                 )
             _contract(F_x, F_y, kind, reduce, bound, out=K[:, chunk])
+            del F_y  # before the next chunk's are made
     return K
 
 
@@ -539,7 +546,11 @@ class NetworkSimilarityKernel(
 
     @property
     def _bound(self) -> float:
-        """Bytes the float64 blocks of a contraction of sketches may take."""
+        """Bytes the float64 blocks of a contraction of sketches may take.
+
+        The engine's batches' third of ``max_memory``: the batches are done
+        when a contraction runs.
+        """
         return self._engine.max_memory / 3
 
     @property
@@ -593,12 +604,15 @@ class NetworkSimilarityKernel(
     def _sketched(self, X) -> np.ndarray:
         """``K(X, X_fit_)`` from sketches of ``X``, a chunk of rows at a time.
 
-        A chunk's sketches take a third of ``max_memory`` at most, as the
-        float64 blocks of their contraction do.
+        A chunk's sketches take what the reference's leave of two thirds of
+        ``max_memory``; the float64 blocks of their contraction take the third
+        one.
         """
-        n = n_samples(X)
-        step = rows_that_fit(self._bound, self.features_fit_[0].nbytes, n)
-        K = np.empty((n, len(self.features_fit_)))
+        n, F = n_samples(X), self.features_fit_
+        step = rows_that_fit(
+            left_beside(F.nbytes, self._engine.max_memory), F[0].nbytes, n
+        )
+        K = np.empty((n, len(F)))
         with flag_scope():  # one warning for the chunks
             for start in range(0, n, step):
                 chunk = slice(start, min(start + step, n))
@@ -606,12 +620,13 @@ class NetworkSimilarityKernel(
                     left = self._features(take(X, chunk), "left")
                 _contract(
                     left,
-                    self.features_fit_,
+                    F,
                     self.kind,
                     "trace",
                     self._bound,
                     out=K[chunk],
                 )
+                del left  # before the next chunk's sketches are made
         return K
 
     def fit_transform(self, X: NetInput, y: ArrayLike | None = None) -> np.ndarray:

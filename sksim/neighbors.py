@@ -20,6 +20,7 @@ from ._docs import fill_doc
 from ._engine.budget import (
     KEPT_MEMORY,
     check_kept_bytes,
+    left_beside,
     readable_bytes,
     rows_that_fit,
 )
@@ -608,7 +609,7 @@ class NetworkNeighbors(NetworkEstimator):
         the last third), less what the search holds for the reference besides
         (:meth:`_search_bytes`).
         """
-        return 2 * KEPT_MEMORY * self._engine.max_memory - self._held_bytes
+        return left_beside(self._held_bytes, self._engine.max_memory)
 
     @property
     def _query_bytes(self) -> float:

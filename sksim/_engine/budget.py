@@ -13,6 +13,15 @@ def rows_that_fit(budget: float, row_bytes: float, n: int) -> int:
     return int(max(1, min(n, budget / max(row_bytes, 1))))
 
 
+def left_beside(kept: float, max_memory: float) -> float:
+    """What ``kept`` bytes leave of the two thirds of ``max_memory`` kept data take.
+
+    Chunks of rows held beside the kept data take it; the engine's batches
+    take the third one.
+    """
+    return 2 * KEPT_MEMORY * max_memory - kept
+
+
 def check_kept_bytes(
     kept: float,
     max_memory: float,
