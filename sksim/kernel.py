@@ -399,7 +399,10 @@ def similarity_to_distance(K: ArrayLike) -> np.ndarray:
     array([[0.   , 1.   ],
            [2.   , 1.414]])
     """
-    return np.sqrt(np.maximum(2.0 - 2.0 * np.asarray(K, dtype=float), 0.0))
+    D = np.array(K, dtype=float)  # one copy, then in place
+    D *= -2.0
+    D += 2.0
+    return np.sqrt(np.maximum(D, 0.0, out=D), out=D)
 
 
 @fill_doc

@@ -530,7 +530,9 @@ class NetworkNeighbors(NetworkEstimator):
         if X_val is not None:
             if exact is None:  # checkpoints: exact rows of their averaged kernel
                 rows = self._cosine_rows(X_val)
-                nearest = self._search_rows(rows, self._n_exact_neighbors, False)
+                nearest = self._search_rows(
+                    rows, n_samples(X_val), self._n_exact_neighbors, False
+                )
             else:
                 nearest = exact.similarities, exact.indices
             self._recall_sample = (X_val, *nearest)
@@ -905,17 +907,19 @@ class NetworkNeighbors(NetworkEstimator):
             reference=Y,
         )
 
-    def _search_rows(self, rows, n_neighbors, exclude_self):
-        """Top neighbours of blocks of rows ``(block, k)`` of similarities."""
-        similarities, indices = [], []
+    def _search_rows(self, rows, n, n_neighbors, exclude_self):
+        """Top neighbours of ``n`` queries, from blocks ``(block, k)`` of similarities.
+
+        Written into arrays made once: a block may be a few rows.
+        """
+        shape = (n, min(n_neighbors, self.n_samples_fit_))
+        similarities, indices = np.empty(shape), np.empty(shape, dtype=np.int64)
         for block, k in rows:
             if exclude_self:
                 own = np.arange(block.start, block.stop)
                 k[np.arange(len(own)), own] = -np.inf
-            s, i = top_k(k, n_neighbors)
-            similarities.append(s)
-            indices.append(i)
-        return np.concatenate(similarities), np.concatenate(indices)
+            similarities[block], indices[block] = top_k(k, n_neighbors)
+        return similarities, indices
 
     def _similarity_rows(self, X=None):
         """Blocks ``(rows, similarities)`` of queries ``X`` (None: the reference)."""
@@ -928,7 +932,8 @@ class NetworkNeighbors(NetworkEstimator):
 
     def _exact(self, X, n_neighbors):
         rows = self._similarity_rows(X)
-        return self._search_rows(rows, n_neighbors, exclude_self=X is None)
+        n = self.n_samples_fit_ if X is None else n_samples(X)
+        return self._search_rows(rows, n, n_neighbors, exclude_self=X is None)
 
     def _within(self, X, radius, sort_results):
         """Distances and indices of the reference examples within ``radius``."""

@@ -199,6 +199,35 @@ def test_sketched_hard_counts_hold_max_memory_at_most():
     assert peak < max_memory
 
 
+def test_sketched_exact_neighbours_hold_max_memory_at_most():
+    """With the reference's sketches near their two thirds, the queries go a
+    few rows at a time: their results were gathered as lists of small arrays
+    (2.9 times max_memory in all here), and their distances computed through
+    three temporaries."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)
+    )
+    X = np.random.default_rng(0).normal(size=(8000, 4)).astype(np.float32)
+    reference = X[:4000]
+    max_memory = int(4 * len(reference) * 3 * 16 / 0.6)
+    search = NetworkNeighbors(
+        net,
+        algorithm="exact",
+        n_components=16,
+        n_neighbors=5,
+        max_memory=max_memory,
+        random_state=0,
+    ).fit(reference)
+    kept = search.reference_features_.nbytes
+    search.kneighbors(X[:10])  # what a first call sets up once
+    tracemalloc.start()
+    distances, indices = search.kneighbors(X)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak - distances.nbytes - indices.nbytes + kept < max_memory
+
+
 def test_sketched_exact_neighbours_in_chunks_are_those_of_one(
     data, searches, monkeypatch
 ):
