@@ -9,6 +9,7 @@ import torch
 from _architectures import family_case, mlp, oracle_jacobians, oracle_kernel
 from sklearn.utils._param_validation import InvalidParameterError
 
+import sksim._engine.budget
 import sksim.neighbors
 from sksim import LabelIssueDetector, _reduced_search
 from sksim._engine import rows
@@ -125,7 +126,8 @@ def test_every_family_ranks_its_candidates_by_exact_similarities(
 ):
     # the engine's third must hold a sample's unwhitened pieces, larger than
     # its whitened ones: the search's two thirds shrink instead
-    monkeypatch.setattr(sksim.neighbors, "KEPT_MEMORY", 0.1)
+    for shares in (sksim.neighbors, sksim._engine.budget):
+        monkeypatch.setattr(shares, "KEPT_MEMORY", 0.1)
     module, X = family_case(family, 14)
     X_ref, X_new = X[:10].numpy(), X[10:].numpy()
     kwargs = dict(n_components=8, search_components=2, n_neighbors=2, batch_size=3)
