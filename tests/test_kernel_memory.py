@@ -3,6 +3,7 @@
 ``network_similarity``, and the float64 blocks of their contraction."""
 
 import tracemalloc
+from functools import partial
 
 import numpy as np
 import pytest
@@ -103,12 +104,12 @@ def test_sketched_kernels_hold_their_output_and_max_memory_at_most():
         kern = NetworkSimilarityKernel(net, **sketch).fit(reference)
         kept = kern.features_fit_.nbytes
         assert kept == pytest.approx(kept_share * max_memory, rel=0.01)
-        for compute, held in (
-            (lambda: kern.transform(X), kept),
-            (lambda: network_similarity(net, reference, X, **sketch), 0),
+        for compute, args, held in (
+            (kern.transform, (X,), kept),
+            (partial(network_similarity, **sketch), (net, reference, X), 0),
         ):
             tracemalloc.start()
-            K = compute()
+            K = compute(*args)
             peak = tracemalloc.get_traced_memory()[1] - K.nbytes + held
             tracemalloc.stop()
             assert peak < max_memory
