@@ -138,7 +138,7 @@ def _projected_similarity(engine, X, Y, kind, reduce, rtol, n_components, seed):
     with rows_of_reference() if Y is not None else contextlib.nullcontext():
         weights = features.piece_energies(engine, right, seed, rtol)
     F_x = _features(engine, X, kind, "left", n_components, seed, rtol, weights)
-    bound = engine.max_memory / 3  # the batches' third, theirs no more
+    bound = engine.max_memory / 3  # the batches' third: they are done by then
     if Y is None and kind != "influence":
         K = _contract(F_x, F_x, kind, reduce, bound)
         symmetrize(K)
