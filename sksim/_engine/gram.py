@@ -11,6 +11,7 @@ pair, not ``d^2``.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -38,6 +39,7 @@ SYMMETRIC_TILE = 256
 # Rows of one strip of a symmetric kernel, and the most elements a strip holds.
 STRIP_ROWS = 128
 STRIP_ELEMENTS = 2**22
+STRIP_COPIES = 3  # a strip's products: a layer's, their sum, its scaled copy
 # Powers of J J^T applied on the (left, right) of each kernel, None for none.
 POWERS = {"ntk": (None, None), "cosine": (-0.5, -0.5), "influence": (-1.0, None)}
 
@@ -295,15 +297,15 @@ class GramReference:
         if X is None and self.kind != "ntk":
             diagonal = np.arange(self.n_samples)
             out[diagonal, diagonal] = self._self_similarity
-            if self.kind == "cosine" and not self.full:
-                bounded_by_diagonal(out)
+            if self.kind == "cosine" and not self.full:  # the batches' third
+                bounded_by_diagonal(out, self.max_memory / 3)
         return out
 
     def _symmetric_matrix(self) -> np.ndarray:
         """``K(Y, Y)`` from row strips on and right of the diagonal, mirrored.
 
-        Strips of ``STRIP_ROWS`` rows against all later columns make a few large
-        products that together cover just over half of the matrix.
+        Strips of rows against all later columns (:meth:`_strip_shape`) make a
+        few large products that together cover just over half of the matrix.
         """
         m, d = self.n_samples, self.n_outputs
         shape = (m, m, d, d) if self.full else (m, m)
@@ -313,9 +315,9 @@ class GramReference:
             where = torch.device("cpu")
         out = torch.empty(shape, dtype=torch.float64, device=where)
         swap = (1, 0, 3, 2) if self.full else (1, 0)
-        width = max(STRIP_ROWS, STRIP_ELEMENTS // (STRIP_ROWS * d * d))
-        for i in range(0, m, STRIP_ROWS):
-            rows = slice(i, min(i + STRIP_ROWS, m))
+        height, width = self._strip_shape()
+        for i in range(0, m, height):
+            rows = slice(i, min(i + height, m))
             left = [p.take(rows) for p in self._pieces]
             for j in range(i, m, width):
                 cols = slice(j, min(j + width, m))
@@ -331,19 +333,39 @@ class GramReference:
                 out[cols, rows] = B.permute(swap)
         return to_host(out)
 
+    def _strip_shape(self) -> tuple[int, int]:
+        """Rows and columns of the strips of :meth:`_symmetric_matrix`.
 
-def bounded_by_diagonal(K: np.ndarray) -> None:
+        ``STRIP_ROWS`` rows against ``STRIP_ELEMENTS`` entries' worth of
+        columns, fewer of both where the strip's products
+        (:data:`STRIP_COPIES` of them, float64) would pass the batches' third
+        of ``max_memory`` (no batch runs beside them); as many columns as rows
+        at least, so that the strip on the diagonal holds its square.
+        """
+        m, d = self.n_samples, self.n_outputs
+        entries = d * d if self.full else 1  # of one pair's product
+        budget = self.engine.max_memory / 3
+        fit = budget / (8 * STRIP_COPIES * entries)  # pairs a strip may hold
+        side = max(1, math.isqrt(int(min(fit, m * m))))
+        height = min(STRIP_ROWS, side)
+        width = max(STRIP_ROWS, STRIP_ELEMENTS // (STRIP_ROWS * d * d))
+        return height, max(height, int(min(width, fit // height)))
+
+
+def bounded_by_diagonal(K: np.ndarray, max_bytes: float) -> None:
     """Clip ``K`` in place to Cauchy-Schwarz's ``|k(x, y)| <= sqrt(k(x, x) k(y, y))``.
 
     Rounding passes it where Grams were floored (self-similarities below 1),
     which would make a duplicate more similar to an example than the example
-    itself. Clipped :data:`STRIP_ELEMENTS` at a time.
+    itself. Clipped by strips of rows whose bounds take ``max_bytes`` at most.
     """
     root = np.sqrt(np.diagonal(K))
-    step = max(1, STRIP_ELEMENTS // max(1, len(K)))
+    step = rows_that_fit(max_bytes, 8 * len(K), len(K))
     for i in range(0, len(K), step):
-        bound = root[i : i + step, None] * root[None, :]
-        np.clip(K[i : i + step], -bound, bound, out=K[i : i + step])
+        strip = K[i : i + step]
+        bound = np.multiply(root[i : i + step, None], root[None, :])
+        np.minimum(strip, bound, out=strip)
+        np.maximum(strip, np.negative(bound, out=bound), out=strip)
 
 
 def symmetrize(K: np.ndarray, tile: int = SYMMETRIC_TILE) -> None:

@@ -258,7 +258,7 @@ def tiled_kernel(
 
     run_tiles(_block, _tiles(n, m, tile, mirror), arguments, place, n_jobs)
     if symmetric and kind == "cosine" and not full:  # across tiles too
-        bounded_by_diagonal(out)
+        bounded_by_diagonal(out, engine.max_memory / 3)
     return out
 
 

@@ -1,5 +1,7 @@
 """Gram references: streamed and kept agree, symmetric strips match the oracle."""
 
+import tracemalloc
+
 import numpy as np
 import pytest
 import torch
@@ -91,3 +93,56 @@ def test_layers_of_other_positions_in_other_batches_are_not_joined(kind, streame
     K = GramReference(engine, X, kind).matrix(queries)
     expected = oracle_kernel(J[[8, 0, 5, 1]], J, kind)
     np.testing.assert_allclose(K, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_clipping_to_the_diagonal_bound_goes_by_strips_that_fit():
+    """Its bounds were two float64 temporaries of up to 2^22 entries whatever
+    max_memory: 36 MB for the cosine kernel of 1 500 examples at 4 MB."""
+    rng = np.random.default_rng(0)
+    K = rng.normal(size=(50, 50))
+    K = K + K.T
+    np.fill_diagonal(K, rng.uniform(0.2, 1.0, 50))
+    root = np.sqrt(np.diag(K))
+    expected = np.clip(K, -np.outer(root, root), np.outer(root, root))
+    clipped = K.copy()
+    gram.bounded_by_diagonal(clipped, max_bytes=8 * 50 * 7)  # strips of 7 rows
+    np.testing.assert_array_equal(clipped, expected)
+    assert (clipped != K).any()
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)
+    )
+    X = rng.normal(size=(1500, 4)).astype(np.float32)
+    max_memory = 4_000_000
+    engine = JacobianEngine(net, max_memory=max_memory)
+    GramReference(engine, X[:10], "cosine").matrix()  # what a first call sets up
+    tracemalloc.start()
+    GramReference(engine, X, "cosine").matrix()  # its output is torch's, untraced
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < max_memory
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_symmetric_strips_take_the_batches_third_at_most(full, monkeypatch):
+    """A strip's products took up to 2^22 entries whatever max_memory (32 MiB,
+    three times over): 84 MiB above the start beside a 3 000 x 3 000 kernel
+    of a 10-output MLP at max_memory of 16 MB."""
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(
+        torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)
+    ).double()  # float64: other strips round float32 products otherwise
+    X = torch.randn(300, 4, dtype=torch.float64)
+    expected = GramReference(JacobianEngine(module), X, "cosine", full=full).matrix()
+    products, pair = [], gram._pair
+    monkeypatch.setattr(
+        gram, "_pair", lambda *a: products.append(pair(*a)) or products[-1]
+    )
+    max_memory = 200_000
+    engine = JacobianEngine(module, max_memory=max_memory)
+    reference = GramReference(engine, X, "cosine", full=full)
+    assert reference._pieces is not None  # the strips come from kept pieces
+    K = reference.matrix()
+    assert len(products) > 10
+    assert max(8 * gram.STRIP_COPIES * B.numel() for B in products) <= max_memory / 3
+    np.testing.assert_allclose(K, expected, rtol=1e-12, atol=1e-15)
