@@ -60,6 +60,9 @@ from .kernel import similarity_to_distance
 N_BACKGROUND = 200  # reference rows whose similarities set the percentiles
 N_BACKGROUND_COLUMNS = 5000  # the reference rows they are paired with, at most
 CANDIDATE_BYTES = 16  # a query's candidate: its int32 row, FAISS's float32 and int64
+# and ranked in a pass over the reference: its float32 similarity, and where the
+# pass meets it (int64 query, slot, position, their order and bounds), measured
+STREAMED_CANDIDATE_BYTES = 56
 SEARCH_COPIES = 2  # a block of exact similarities and the masks of its selection
 AUTO_COMPONENTS = (4096, 2048, 1024, 512, 256, 128, 64)  # n_components="auto"
 CANDIDATE_COMPONENTS = 256  # "auto" when the sketches only choose candidates
@@ -1020,8 +1023,15 @@ class NetworkNeighbors(NetworkEstimator):
         return int(min(self.candidates_per_neighbor * k, self.n_samples_fit_))
 
     def _candidate_bytes(self, n_neighbors: int) -> int:
-        """Bytes of a query's candidates (and FAISS's results) for ``n_neighbors``."""
-        return CANDIDATE_BYTES * self._n_candidates(n_neighbors)
+        """Bytes of a query's candidates (and FAISS's results) for ``n_neighbors``.
+
+        With those of their exact ranking in a pass over the reference, when
+        its whitened pieces are not kept (:data:`STREAMED_CANDIDATE_BYTES`).
+        """
+        per_candidate = CANDIDATE_BYTES
+        if self.exact_ranking_ and self._kept_reference_pieces() is None:
+            per_candidate += STREAMED_CANDIDATE_BYTES
+        return per_candidate * self._n_candidates(n_neighbors)
 
     def _search_parameters(self, n_candidates: int):
         """An HNSW index's beam: :data:`HNSW_BEAM` times the candidates.

@@ -1,6 +1,7 @@
 """FAISS search over the sketches' principal components (``search_components``)."""
 
 import pickle
+import tracemalloc
 import warnings
 
 import numpy as np
@@ -223,6 +224,38 @@ def test_queries_go_in_chunks_that_fit_and_change_no_result(data, search_compone
     expected = whole.most_similar(X_new)
     np.testing.assert_array_equal(ind, expected[1])
     np.testing.assert_allclose(sim, expected[0], rtol=1e-6)
+
+
+def test_candidates_ranked_in_a_pass_over_the_reference_hold_max_memory_at_most():
+    """Where the reference's whitened pieces are not kept, the pass that ranks
+    the candidates holds where it meets each (56 bytes a candidate), and the
+    chunks of queries counted 16: 1.8 times max_memory for the queries, 1.9
+    for the reference's own neighbours."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)
+    )
+    rng = np.random.default_rng(1)
+    X, queries = (rng.normal(size=(n, 4)).astype(np.float32) for n in (4000, 3000))
+    max_memory = 3_490_000
+    search = NetworkNeighbors(
+        net,
+        algorithm="faiss",
+        n_components=64,
+        search_components=16,
+        max_memory=max_memory,
+        random_state=0,
+    ).fit(X)
+    assert search.exact_ranking_ and search._kept_reference_pieces() is None
+    index = sksim.neighbors.index_bytes(search._empty_index(16), len(X))
+    kept = search.reference_features_.nbytes + index
+    search.kneighbors(queries[:10])  # what a first call sets up once
+    for Q in (queries, None):
+        tracemalloc.start()
+        distances, indices = search.kneighbors(Q)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak - distances.nbytes - indices.nbytes + kept < max_memory
 
 
 @pytest.mark.parametrize("index", ["Flat", "HNSW32"])
