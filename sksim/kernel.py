@@ -399,10 +399,14 @@ def similarity_to_distance(K: ArrayLike) -> np.ndarray:
     array([[0.   , 1.   ],
            [2.   , 1.414]])
     """
-    D = np.array(K, dtype=float)  # one copy, then in place
-    D *= -2.0
-    D += 2.0
-    return np.sqrt(np.maximum(D, 0.0, out=D), out=D)
+    return distance_in_place(np.array(K, dtype=float))
+
+
+def distance_in_place(K: np.ndarray) -> np.ndarray:
+    """:func:`similarity_to_distance` of the float64 ``K``, written over it."""
+    K *= -2.0
+    K += 2.0
+    return np.sqrt(np.maximum(K, 0.0, out=K), out=K)
 
 
 @fill_doc

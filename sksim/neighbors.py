@@ -55,7 +55,7 @@ from ._reduced_search import (
 from ._typing import Checkpoints, NetInput, NetLike, Output, Self
 from ._validation import given_or_item_labels
 from .density import CHECKPOINTS, NEIGHBOR_PARAMETERS
-from .kernel import similarity_to_distance
+from .kernel import distance_in_place, similarity_to_distance
 
 N_BACKGROUND = 200  # reference rows whose similarities set the percentiles
 N_BACKGROUND_COLUMNS = 5000  # the reference rows they are paired with, at most
@@ -942,7 +942,7 @@ class NetworkNeighbors(NetworkEstimator):
         """Distances and indices of the reference examples within ``radius``."""
         distances, indices = [], []
         for block, k in self._similarity_rows(X):
-            d = similarity_to_distance(k)
+            d = distance_in_place(k)  # the block is ours
             if X is None:  # each example is not its own neighbour, at any radius
                 own = np.arange(block.start, block.stop)
                 d[np.arange(len(own)), own] = np.nan
@@ -952,6 +952,7 @@ class NetworkNeighbors(NetworkEstimator):
                     found = found[np.argsort(row[found], kind="stable")]
                 distances.append(row[found])
                 indices.append(found)
+            del k, d, row  # freed before the next block is made
         return object_array(distances), object_array(indices)
 
     def _faiss(self, F, n_neighbors, own=None, runs=None):
