@@ -228,9 +228,10 @@ class GradientDensityEstimator(DensityMixin, NetworkEstimator):
         ``net.parameters()``'s order.
     reference_features_ : ndarray of shape (N, d * k * n_checkpoints)
         Unit-normalised sketches of the reference (when ``n_components`` is
-        set; their sum, one row, for ``method="soft"``), ``k`` about
-        ``n_components`` (each layer piece takes one column at least, and
-        none more than its parameters); with ``checkpoints``, those of the
+        set; their sum, one row, for ``method="soft"``), ``k`` equal to
+        ``n_components`` (more where the network has more layer pieces, each
+        taking one column at least; fewer where it has fewer parameters); with
+        ``checkpoints``, those of the
         checkpoints side by side, each scaled by the square root of its share
         of the weight.
     %(sketch_weights_)s
@@ -419,13 +420,14 @@ class GradientDensityEstimator(DensityMixin, NetworkEstimator):
         """Sketches of ``X``, side by side for the checkpoints."""
         return stacked(
             self._engines(),
-            lambda engine, c: sketch_features(
+            lambda engine, c, out: sketch_features(
                 engine,
                 X,
                 self.n_components,
                 checkpoint_seed(self.projection_seed_, c),
                 self.rtol,
                 weights=self.sketch_weights_[c],
+                out=out,
             ),
         )
 

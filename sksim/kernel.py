@@ -55,11 +55,12 @@ def _similarity(engine, X, Y, kind, reduce, rtol, n_jobs):
     return GramReference(engine, Y, kind, full, rtol, named=True).matrix(X)
 
 
-def _features(engine, X, kind, side, n_components, seed, rtol, weights):
+def _features(engine, X, kind, side, n_components, seed, rtol, weights, out=None):
     """Sketched features of the ``side`` ("left" or "right") of the kernel.
 
     ``weights``: the pieces' energies on the reference (see
-    :func:`~sksim._engine.features.piece_energies`), for both sides.
+    :func:`~sksim._engine.features.piece_energies`), for both sides; into
+    ``out`` if given.
     """
     power = POWERS[kind][0 if side == "left" else 1]
     return features.gradient_features(
@@ -71,6 +72,7 @@ def _features(engine, X, kind, side, n_components, seed, rtol, weights):
         rtol=rtol,
         power=power,
         weights=weights,
+        out=out,
     )
 
 
@@ -452,9 +454,10 @@ class NetworkSimilarityKernel(
         The reference inputs (a dataset is kept as it is, not read into memory).
     features_fit_ : ndarray of shape (n_fit, d, k * n_checkpoints) or None
         Sketches of the reference inputs when ``n_components`` is set, ``k``
-        about ``n_components`` (each layer piece takes one column at least,
-        and none more than its parameters); those of the checkpoints side by
-        side, each scaled by the square root of its share of the weight.
+        equal to ``n_components`` (more where the network has more layer
+        pieces, each taking one column at least; fewer where it has fewer
+        parameters); those of the checkpoints side by side, each scaled by
+        the square root of its share of the weight.
     %(sketch_weights_)s
     projection_seed_ : int or None
         Seed of the sketch, shared by reference and queries (None without
@@ -567,7 +570,7 @@ class NetworkSimilarityKernel(
     def _features(self, X, side):
         return stacked(
             self._engines(),
-            lambda engine, c: _features(
+            lambda engine, c, out: _features(
                 engine,
                 X,
                 self.kind,
@@ -576,6 +579,7 @@ class NetworkSimilarityKernel(
                 checkpoint_seed(self.projection_seed_, c),
                 self.rtol,
                 self.sketch_weights_[c],
+                out,
             ),
         )
 

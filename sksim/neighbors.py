@@ -313,9 +313,10 @@ class NetworkNeighbors(NetworkEstimator):
         ``"auto"`` chose.
     reference_features_ : ndarray of shape (n_samples_fit, width)
         Unit-normalised sketches of the reference (when ``n_components`` is
-        set), ``width`` about ``d * n_components_`` values each (each layer
-        piece takes one column at least, and none more than its parameters);
-        with ``checkpoints``, those of the checkpoints side by side
+        set), ``width`` equal to ``d * n_components_`` values each (more where
+        the network has more layer pieces, each taking one column at least;
+        fewer where it has fewer parameters); with ``checkpoints``, those of
+        the checkpoints side by side
         (``n_checkpoints`` times as wide), each scaled by the square root of
         its share of the weight. When the candidates are ranked exactly
         (``exact_ranking_``), their projections on ``search_directions_``
@@ -882,7 +883,7 @@ class NetworkNeighbors(NetworkEstimator):
         """
         return stacked(
             self._engines(),
-            lambda engine, c: sketch_features(
+            lambda engine, c, out: sketch_features(
                 engine,
                 X,
                 self.n_components_,
@@ -891,6 +892,7 @@ class NetworkNeighbors(NetworkEstimator):
                 each_batch,
                 directions,
                 self.sketch_weights_[c],
+                out,
             ),
         )
 

@@ -3,11 +3,13 @@
 import copy
 import pickle
 import threading
+import tracemalloc
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from _architectures import family_case
 from conftest import make_digits_net
 from sklearn.base import clone
 from skorch.callbacks import Checkpoint
@@ -830,3 +832,43 @@ def test_the_dataparallel_hint_is_given_only_for_its_prefix(data):
     state.pop("module.bias")
     with pytest.raises(ValueError, match=r"lacks 'module.bias'\. Checkpoints must"):
         network_similarity(net, X, checkpoints=[state, state])
+
+
+def test_every_checkpoints_sketch_is_as_wide_whatever_its_energies():
+    """Each layer piece's columns follow its energy at each checkpoint, and a
+    piece left none was given one more: 65 and 66 columns for a CNN's two
+    checkpoints at n_components=64."""
+    module, X = family_case("cnn_batchnorm", 20)
+    states = [module.state_dict(), *perturbed_states(module, 1)]
+    kern = NetworkSimilarityKernel(
+        module, n_components=64, checkpoints=states, random_state=0
+    ).fit(X.numpy())
+    assert kern.features_fit_.shape[-1] == 2 * 64
+    assert not np.allclose(*kern.sketch_weights_)  # other energies, one width
+
+
+def test_checkpoints_sketches_are_joined_within_max_memory():
+    """Each checkpoint's sketches were held beside their joined copy: twice
+    what is kept (1.21 times max_memory with it at 0.6)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)
+    )
+    X = np.random.default_rng(1).normal(size=(4000, 4)).astype(np.float32)
+    states = perturbed_states(net, 2)
+    max_memory = int(4 * len(X) * 3 * 64 * 2 / 0.64)
+    density = GradientDensityEstimator(
+        net,
+        method="hard",
+        n_components=64,
+        checkpoints=states,
+        max_memory=max_memory,
+        random_state=0,
+    )
+    clone(density).fit(X[:50])  # what a first call sets up once
+    tracemalloc.start()
+    density.fit(X)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert density.reference_features_.nbytes > 0.6 * max_memory
+    assert peak < max_memory

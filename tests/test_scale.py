@@ -129,7 +129,12 @@ def test_allocation_follows_the_weights():
     # pieces below their weighted share are kept exactly, the rest goes on
     assert allocate([10, 100, 3000], 1000, [0.1, 5, 1]) == [10, 100, 890]
     assert allocate([9, 9, 9], 10, [1, 1, 1]) == allocate([9, 9, 9], 10)
-    assert allocate([100, 100], 10, [0, 1]) == [1, 10]  # one column at least
+    # one column at least, taken from the widest: n_components whatever the weights
+    assert allocate([100, 100], 10, [0, 1]) == [1, 9]
+    assert allocate([100, 100, 100], 10, [0, 0.001, 1]) == [1, 1, 8]
+    assert allocate([100] * 4, 3) == [1, 1, 1, 1]  # more pieces: one each
+    # the widest piece kept exactly gives its columns when no sketched one can
+    assert allocate([60, 1000, 1000, 1000], 62, [1, 1e-4, 1e-4, 1e-4]) == [59, 1, 1, 1]
     assert allocate([100, 100], 10, [0, 0]) == [5, 5]  # none measured: equal
     weights = np.array([0.0, 0.0, 1.0])  # the others kept exactly: the rest shared
     assert allocate([100, 100, 30], 50, weights) == [10, 10, 30]

@@ -315,22 +315,33 @@ def weighted_sum(
 
 
 def stacked(
-    engines: WeightedEngines, compute: Callable[[JacobianEngine, int], np.ndarray]
+    engines: WeightedEngines,
+    compute: Callable[[JacobianEngine, int, np.ndarray | None], np.ndarray],
 ) -> np.ndarray:
-    """``compute(engine_c, c)`` scaled by ``sqrt(share_c)``, joined on the last axis.
+    """``compute(engine_c, c, out)`` scaled by ``sqrt(share_c)``, joined on the last axis.
 
     Inner products of the result (over the last axis) are the weighted averages
-    ``sum_c share_c <F_c(x), F_c(y)>``.
+    ``sum_c share_c <F_c(x), F_c(y)>``. ``compute`` returns its array, written
+    into ``out`` when given. Every checkpoint's part is as wide (see
+    :func:`~.sketch.allocate`): the first is computed alone, the others into
+    their columns of the result, so that none is held beside it.
     """
     if engines.single:
         ((_, engine),) = engines
-        return compute(engine, 0)
+        return compute(engine, 0, None)
     with engines.warned_once():
-        parts = [
-            (math.sqrt(share) * compute(engine, index)).astype(np.float32)
-            for index, (share, engine) in enumerate(engines)
-        ]
-    return np.concatenate(parts, axis=-1)
+        parts = enumerate(engines)
+        _, (share, engine) = next(parts)
+        first = compute(engine, 0, None)
+        width = first.shape[-1]
+        out = np.empty((*first.shape[:-1], width * len(engines)), np.float32)
+        np.multiply(first, math.sqrt(share), out=out[..., :width])
+        del first
+        for index, (share, engine) in parts:
+            columns = out[..., index * width : (index + 1) * width]
+            compute(engine, index, columns)
+            columns *= math.sqrt(share)
+    return out
 
 
 def weighted_rows(

@@ -91,6 +91,7 @@ def gradient_features(
     unit_norm: bool = False,
     directions: np.ndarray | None = None,
     weights: Sequence[float] | None = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Per-sample gradient features ``(n, d, k)`` as a float32 NumPy array.
 
@@ -107,6 +108,8 @@ def gradient_features(
     every batch's flattened sketched features onto their ``m`` columns, so
     that only ``(n, m)`` values are kept. ``weights`` share the sketch's
     columns among the pieces (see :class:`~sksim._engine.sketch.GradientSketch`).
+    ``out``, if given, receives the features (each row's values in its own
+    shape, e.g. flattened) and is returned.
 
     Raises
     ------
@@ -133,7 +136,7 @@ def gradient_features(
                 "(output=), pass fewer samples, or raise max_memory."
             )
         blocks = whitened_jacobians(engine, X, rtol) if power else engine.jacobians(X)
-        return _stacked(blocks, n_samples(X))
+        return _stacked(blocks, n_samples(X), out=out)
     weights = None if weights is None else tuple(float(w) for w in weights)
     sketch = gradient_sketch(n_components, seed, weights)
     width = engine.n_params if n_components is None else n_components
@@ -152,7 +155,7 @@ def gradient_features(
                 part = slice(rows.start + part.start, rows.start + part.stop)
                 yield part, sketch.features(chunk, budget)
 
-    return _stacked(blocks(), n_samples(X), unit_norm, directions)
+    return _stacked(blocks(), n_samples(X), unit_norm, directions, out)
 
 
 def _stacked(
@@ -160,13 +163,14 @@ def _stacked(
     n: int,
     unit_norm: bool = False,
     directions: np.ndarray | None = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """The ``(rows, tensor)`` blocks of ``n`` rows, copied into one float32 array.
 
     ``unit_norm`` divides each row of a block by its norm where it is not
     zero; ``directions`` then project its flattened rows onto their columns.
+    Into ``out`` if given, each row in its shape.
     """
-    out = None
     for rows, block in blocks:
         block = block.float()
         if unit_norm:
@@ -177,5 +181,5 @@ def _stacked(
             block = block.flatten(1) @ torch.as_tensor(directions).to(block)
         if out is None:
             out = np.empty((n, *block.shape[1:]), dtype=np.float32)
-        copy_to_host(out[rows], block)
+        copy_to_host(out[rows], block.reshape(len(block), *out.shape[1:]))
     return out

@@ -250,6 +250,7 @@ def sketch_features(
     each_batch: Callable[[slice, list], None] | None = None,
     directions: np.ndarray | None = None,
     weights: Sequence[float] | None = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Projected whitened Jacobians, flattened and scaled to unit norm.
 
@@ -262,6 +263,7 @@ def sketch_features(
     sketches onto their columns: the result is ``(n, m)``, and the whole
     sketches are never held for more than a batch. ``weights`` share the
     sketch's columns among the pieces: the same for queries and reference.
+    ``out``, if given, receives the result.
     """
     F = gradient_features(
         engine,
@@ -274,6 +276,7 @@ def sketch_features(
         unit_norm=True,
         directions=directions,
         weights=weights,
+        out=out,
     )
     return F.reshape(len(F), -1)
 

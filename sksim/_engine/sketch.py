@@ -59,10 +59,13 @@ def allocate(
     without ``weights``), except those smaller than their share, which are
     kept exactly; what they leave is shared among the others. Shares are
     rounded down, the columns left over going one each to the largest
-    fractions (ties: to the largest pieces), so that they add up to
-    ``n_components`` unless every piece is kept exactly; a sketched piece
-    gets one column at least. Pieces whose weights sum to zero (all of them,
-    or those left once the others are kept exactly) share equally.
+    fractions (ties: to the largest pieces). A sketched piece gets one column
+    at least, taken from the widest sketched share, else from the widest
+    piece kept exactly (ties: the first), so that they add up to
+    ``n_components`` whatever the weights: fewer only when every piece is
+    kept exactly, more only when there are more pieces (one each). Pieces
+    whose weights sum to zero (all of them, or those left once the others
+    are kept exactly) share equally.
     """
     w = np.ones(len(sizes)) if weights is None else np.array(weights, float)
     shares, budget, left = [0] * len(sizes), n_components, list(range(len(sizes)))
@@ -85,8 +88,13 @@ def allocate(
         by_fraction = sorted(left, key=lambda i: (shares[i] - ideal[i], -sizes[i], -i))
         for i in by_fraction[: max(0, extra)]:
             shares[i] += 1
-        for i in left:
-            shares[i] = max(1, shares[i])
+        for i in [i for i in left if shares[i] == 0]:
+            shares[i] = 1
+            for donors in (left, range(len(sizes))):
+                widest = max(donors, key=lambda j: (shares[j], -j))
+                if shares[widest] > 1:
+                    shares[widest] -= 1
+                    break
     return shares
 
 
@@ -268,7 +276,7 @@ def gradient_sketch(
 
 
 class GradientSketch:
-    """The projection of a network's layer pieces to about ``n_components`` columns.
+    """The projection of a network's layer pieces to ``n_components`` columns.
 
     Parameters
     ----------
