@@ -849,7 +849,7 @@ def test_every_checkpoints_sketch_is_as_wide_whatever_its_energies():
 
 def test_checkpoints_sketches_are_joined_within_max_memory():
     """Each checkpoint's sketches were held beside their joined copy: twice
-    what is kept (1.21 times max_memory with it at 0.6)."""
+    what is kept (1.21 times max_memory with them at 0.6 of it)."""
     torch.manual_seed(0)
     net = torch.nn.Sequential(
         torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)
