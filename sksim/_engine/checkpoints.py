@@ -318,7 +318,7 @@ def stacked(
     engines: WeightedEngines,
     compute: Callable[[JacobianEngine, int, np.ndarray | None], np.ndarray],
 ) -> np.ndarray:
-    """``compute(engine_c, c, out)`` scaled by ``sqrt(share_c)``, joined on the last axis.
+    """``compute(engine_c, c, out)`` times ``sqrt(share_c)``, joined on the last axis.
 
     Inner products of the result (over the last axis) are the weighted averages
     ``sum_c share_c <F_c(x), F_c(y)>``. ``compute`` returns its array, written
