@@ -298,7 +298,7 @@ class GramReference:
             diagonal = np.arange(self.n_samples)
             out[diagonal, diagonal] = self._self_similarity
             if self.kind == "cosine" and not self.full:  # the batches' third
-                bounded_by_diagonal(out, self.max_memory / 3)
+                bounded_by_diagonal(out, self.engine.max_memory / 3)
         return out
 
     def _symmetric_matrix(self) -> np.ndarray:
