@@ -96,7 +96,8 @@ def test_sketched_kernels_hold_their_output_and_max_memory_at_most():
     net = torch.nn.Sequential(
         torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)
     )
-    X = np.random.default_rng(0).normal(size=(6000, 4)).astype(np.float32)
+    # three chunks of the other side at least, each made once the last is freed
+    X = np.random.default_rng(0).normal(size=(12000, 4)).astype(np.float32)
     reference = X[:3000]
     for kept_share in (0.64, 0.3):
         max_memory = int(4 * len(reference) * 3 * 64 / kept_share)
