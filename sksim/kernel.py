@@ -36,6 +36,7 @@ from ._validation import check_net_input, one_checkpoint_refused
 SHARED = ("output", "params", "batch_size", "device", "rtol", "random_state")
 SHARED += ("max_memory", "verbose")
 CHECKPOINTS = ("checkpoints", "checkpoint_weights")
+PRODUCT_ENTRIES = 2**22  # of a contraction's block of products, whatever max_memory
 
 
 def _check_inputs(engine, X, Y) -> None:
@@ -80,7 +81,8 @@ def _contract(F_x, F_y, kind, reduce, max_bytes=float("inf"), out=None):
     """The kernel of feature stacks ``(n, d, k)``: ``tr(F_x F_y^T) / d`` or blocks.
 
     Computed in float64, over blocks of rows whose float64 copies and products
-    take at most ``max_bytes`` together (a third each), into ``out`` if given.
+    take at most ``max_bytes`` together (a third each; the products no more
+    than :data:`PRODUCT_ENTRIES`), into ``out`` if given.
     """
     (n, d, k), m = F_x.shape, len(F_y)
     full = reduce is None
@@ -89,11 +91,16 @@ def _contract(F_x, F_y, kind, reduce, max_bytes=float("inf"), out=None):
     # the influence kernel's blocks pair the right side's outputs first
     blocks = "adk,bek->abed" if kind == "influence" else "adk,bek->abde"
     step_y = rows_that_fit(max_bytes / 3, 8 * d * k, m)
-    step_x = rows_that_fit(max_bytes / 3, 8 * max(d * k, step_y), n)
+    step_x = min(
+        rows_that_fit(max_bytes / 3, 8 * d * k, n),
+        rows_that_fit(min(max_bytes / 3, 8 * PRODUCT_ENTRIES), 8 * step_y, n),
+    )
     # buffers made once: a copy made anew would be held beside the last one,
-    # and a product written into out's block (not contiguous) through another
+    # and a product written into a block of out that is not contiguous (not
+    # whole rows) through another
     A_rows, B_rows = np.empty((step_x, d, k)), np.empty((step_y, d, k))
-    products = np.empty(0 if full else step_x * step_y)
+    direct = full or (step_y >= m and out.flags.c_contiguous)
+    products = np.empty(0 if direct else step_x * step_y)
     for start_y in range(0, m, step_y):
         ys = slice(start_y, start_y + step_y)
         B = B_rows[: len(F_y[ys])]
@@ -105,9 +112,10 @@ def _contract(F_x, F_y, kind, reduce, max_bytes=float("inf"), out=None):
             if full:
                 np.einsum(blocks, A, B, out=out[xs, ys])
             else:
-                P = products[: len(A) * len(B)].reshape(len(A), len(B))
+                block = out[xs, ys]
+                P = block if direct else products[: block.size].reshape(block.shape)
                 np.matmul(A.reshape(len(A), -1), B.reshape(len(B), -1).T, out=P)
-                np.divide(P, d, out=out[xs, ys])
+                np.divide(P, d, out=block)
     return out
 
 
@@ -401,7 +409,7 @@ def similarity_to_distance(K: ArrayLike) -> np.ndarray:
     array([[0.   , 1.   ],
            [2.   , 1.414]])
     """
-    return distance_in_place(np.array(K, dtype=float))
+    return distance_in_place(np.array(K, dtype=float))[()]  # a scalar's a scalar
 
 
 def distance_in_place(K: np.ndarray) -> np.ndarray:

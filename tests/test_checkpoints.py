@@ -836,7 +836,7 @@ def test_the_dataparallel_hint_is_given_only_for_its_prefix(data):
 
 def test_every_checkpoints_sketch_is_as_wide_whatever_its_energies():
     """Each layer piece's columns follow its energy at each checkpoint, and a
-    piece left none was given one more: 65 and 66 columns for a CNN's two
+    piece left none was given one more: 65 and 64 columns for a CNN's two
     checkpoints at n_components=64."""
     module, X = family_case("cnn_batchnorm", 20)
     states = [module.state_dict(), *perturbed_states(module, 1)]

@@ -230,3 +230,21 @@ def test_chunks_of_a_kernels_queries_name_the_queries_rows():
     queries[11] = 1e4
     with pytest.raises(NonFiniteNetworkError, match=r"outputs for input rows \[11\]"):
         kern.fit(reference).transform(queries)
+
+
+def test_contraction_without_a_budget_holds_products_of_the_fixed_size(monkeypatch):
+    """With max_memory=None the products went through a buffer as large as the
+    output: whole rows of it are written directly now, others through a buffer
+    of :data:`~sksim.kernel.PRODUCT_ENTRIES` at most."""
+    monkeypatch.setattr(kernel, "PRODUCT_ENTRIES", 5000)
+    rng = np.random.default_rng(2)
+    F_x, F_y = (rng.normal(size=(n, 3, 8)).astype(np.float32) for n in (300, 400))
+    expected = np.einsum("adk,bdk->ab", F_x.astype(float), F_y.astype(float)) / 3
+    copies = 8 * 3 * 8 * (300 + 400)  # the float64 copies of the two sides
+    for out, products in ((np.empty((300, 400)), 0), (np.empty((400, 300)).T, 5000)):
+        tracemalloc.start()
+        kernel._contract(F_x, F_y, "cosine", "trace", out=out)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
+        assert peak < copies + 8 * products + 2000

@@ -323,8 +323,8 @@ def stacked(
     Inner products of the result (over the last axis) are the weighted averages
     ``sum_c share_c <F_c(x), F_c(y)>``. ``compute`` returns its array, written
     into ``out`` when given. Every checkpoint's part is as wide (see
-    :func:`~.sketch.allocate`): the first is computed alone, the others into
-    their columns of the result, so that none is held beside it.
+    :func:`~.sketch.allocate`): the first is computed alone (held beside the
+    result while it is copied in), the others into their columns of it.
     """
     if engines.single:
         ((_, engine),) = engines

@@ -357,10 +357,11 @@ def bounded_by_diagonal(K: np.ndarray, max_bytes: float) -> None:
 
     Rounding passes it where Grams were floored (self-similarities below 1),
     which would make a duplicate more similar to an example than the example
-    itself. Clipped by strips of rows whose bounds take ``max_bytes`` at most.
+    itself. Clipped by strips of rows whose bounds take ``max_bytes`` at most,
+    and :data:`STRIP_ELEMENTS` whatever ``max_bytes``.
     """
     root = np.sqrt(np.diagonal(K))
-    step = rows_that_fit(max_bytes, 8 * len(K), len(K))
+    step = rows_that_fit(min(max_bytes, 8 * STRIP_ELEMENTS), 8 * len(K), len(K))
     for i in range(0, len(K), step):
         strip = K[i : i + step]
         bound = np.multiply(root[i : i + step, None], root[None, :])

@@ -146,3 +146,19 @@ def test_symmetric_strips_take_the_batches_third_at_most(full, monkeypatch):
     assert len(products) > 10
     assert max(8 * gram.STRIP_COPIES * B.numel() for B in products) <= max_memory / 3
     np.testing.assert_allclose(K, expected, rtol=1e-12, atol=1e-15)
+
+
+def test_clipping_without_a_budget_goes_by_strips_of_the_fixed_size(monkeypatch):
+    """With max_memory=None its bound was one temporary as large as K."""
+    monkeypatch.setattr(gram, "STRIP_ELEMENTS", 2000)
+    rng = np.random.default_rng(1)
+    K = rng.normal(size=(400, 400))  # a bound as large: 1.3 MB
+    np.fill_diagonal(K, rng.uniform(0.2, 1.0, 400))
+    root = np.sqrt(np.diag(K))
+    expected = np.clip(K, -np.outer(root, root), np.outer(root, root))
+    tracemalloc.start()
+    gram.bounded_by_diagonal(K, max_bytes=float("inf"))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    np.testing.assert_array_equal(K, expected)
+    assert peak < 8 * 2000 + 2**18  # a strip's bound, NumPy's buffers, the root
