@@ -15,6 +15,7 @@ from skorch import NeuralNetClassifier, NeuralNetRegressor
 from sksim import LabelIssueDetector, label_issues, network_similarity
 from sksim.label_issues import (
     COMBINATIONS,
+    combine_signals,
     estimate_n_issues,
     neighbor_label_distribution,
 )
@@ -173,6 +174,37 @@ def test_estimated_count_is_confident_learnings_calibrated_joint():
         + [[0.1, 0.9]]
         + [[0.2, 0.8]]
     )
+    assert estimate_n_issues(combined, y) == 2
+
+
+def test_tied_scores_share_their_mean_rank():
+    """Neighbours often agree on a label (Q(y) = 1 for many): the tied examples
+    share the mean of their ranks, as the docstring says, not the first."""
+    P = np.array([[0.9, 0.1], [0.8, 0.2], [0.7, 0.3], [0.6, 0.4]])
+    Q = np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.5, 0.5]])
+    _, scores = combine_signals(P, Q, np.zeros(4, dtype=int), "rank")
+    # ranks in [0, 1] of -P(y): 0, 1/3, 2/3, 1; of -Q(y): the three tied at
+    # the mean of 0, 1/3 and 2/3, then 1
+    np.testing.assert_allclose(scores, [1 / 6, 1 / 3, 1 / 2, 1])
+
+
+def test_a_probability_equal_to_its_threshold_reaches_it():
+    """Thresholds 0.8 and 0.667 (at least chance): the last example, labelled 1,
+    gives class 0 exactly its threshold and counts towards (1, 0)."""
+    y = np.array([0, 0, 1, 1, 1])
+    combined = np.array([[0.8, 0.2]] * 2 + [[0.1, 0.9]] * 2 + [[0.8, 0.2]])
+    assert estimate_n_issues(combined, y) == 1
+
+
+def test_the_calibrated_off_diagonal_total_is_rounded():
+    """Class 0: 5 examples, 3 counted (2 on the diagonal, 1 off), scaled to 5:
+    5/3 = 1.67 issues, rounded to 2 (not cut to 1)."""
+    y = np.array([0, 0, 0, 0, 0, 1, 1, 1])
+    combined = np.array(
+        [[0.9, 0.1]] * 2 + [[0.05, 0.95]] + [[0.5, 0.5]] * 2 + [[0.1, 0.9]] * 3
+    )
+    # thresholds: class 0's mean self-confidence 0.57, class 1's 0.9; the two
+    # [0.5, 0.5] rows reach neither
     assert estimate_n_issues(combined, y) == 2
 
 
