@@ -118,6 +118,33 @@ def test_out_of_fold_neighbours_come_from_the_other_folds(planted):
     np.testing.assert_allclose(detector.neighbor_proba_, expected)
 
 
+def test_neighbours_are_as_many_as_the_reference_allows(digits, fitted_digits_net):
+    """n_neighbors above what the reference holds: prefit, each example's
+    neighbours are all the others; cross-validated, as many as the smallest
+    training fold (the test folds are smaller and did not cap them)."""
+    X, y = digits[0][600:605], digits[1][600:605]
+    prefit = LabelIssueDetector(fitted_digits_net, cv="prefit", n_neighbors=10)
+    indices = prefit.fit(X, y).neighbor_indices_
+    assert indices.shape == (5, 4)
+    for i, row in enumerate(indices):
+        assert sorted(row) == [j for j in range(5) if j != i]
+    X, y = digits[0][:60], digits[1][:60] % 2
+    net = any_width_net(module__n_out=2, max_epochs=1)
+    detector = LabelIssueDetector(net, cv=3, n_neighbors=30, random_state=0)
+    assert detector.fit(X, y).neighbor_indices_.shape == (60, 30)  # folds of 40
+
+
+def test_cross_validated_fits_with_a_seed_repeat(digits):
+    """random_state seeds each fold's training: a fit again, whatever torch's
+    generator holds by then, gives the same scores."""
+    X, y = digits[0][:90], digits[1][:90] % 3
+    net = any_width_net(module__n_out=3, iterator_train__shuffle=True)
+    first = LabelIssueDetector(net, cv=3, random_state=0).fit(X, y).scores_
+    torch.manual_seed(123)
+    again = LabelIssueDetector(net, cv=3, random_state=0).fit(X, y).scores_
+    np.testing.assert_array_equal(first, again)
+
+
 def test_prefit_signals_against_the_brute_force_kernel(digits, fitted_digits_net):
     X, y = digits[0][600:700], digits[1][600:700]
     noisy, _ = flip(y, 10)
@@ -372,6 +399,20 @@ def test_prefit_skorch_net_takes_float64_inputs_as_the_kernels_do(
         memorization_scores(
             make_digits_net(max_epochs=1), X.astype(np.float64), y, n_models=2
         )
+
+
+def test_prefit_net_whose_classes_name_fewer_labels_than_its_outputs(digits):
+    """A skorch net of 3 outputs fitted on labels {0, 1}: its classes_ do not
+    name its outputs, so label j is output j and label 2 is scored (it was
+    refused as naming no output)."""
+    X, y = digits[0][:60], digits[1][:60] % 2
+    net = any_width_net(module__n_out=3).fit(X, y)
+    assert len(net.classes_) == 2
+    given = np.where(np.arange(60) < 5, 2, y)
+    detector = LabelIssueDetector(net, cv="prefit", n_neighbors=5).fit(X, given)
+    np.testing.assert_array_equal(detector.classes_, [0, 1, 2])
+    P = torch.softmax(net.forward(X), dim=1).double().numpy()
+    np.testing.assert_allclose(detector.oof_proba_, P, rtol=1e-5)
 
 
 def test_prefit_labels_are_the_nets_outputs(digits, fitted_digits_net):
