@@ -36,7 +36,7 @@ from sksim.audit._findings import findings, fit_finding
 from sksim.audit.analyses.density import _warn_if_floored, quantile_bins
 from sksim.audit.figures import neighbor_grid
 from sksim.audit.models import make_classifier
-from sksim.audit.prefit import predictions
+from sksim.audit.prefit import check_predicted_classes, predictions
 
 N_TRAIN = 160
 PREFIT_ANALYSES = ("density", "neighbors", "denoising", "class_fitting")
@@ -927,3 +927,54 @@ def test_a_confident_float32_classifiers_denoising_is_its_float64_copys():
         tables.append(result["denoising"])
     columns = ["sigma", "mean_effective_neighbors", "predicted_rmse"]
     np.testing.assert_allclose(tables[0][columns], tables[1][columns], rtol=1e-4)
+
+
+class OwnPredict(NeuralNetClassifier):
+    """A skorch classifier whose predict is the user's own."""
+
+    def predict(self, X):
+        return super().predict(X)
+
+
+def test_predictions_are_the_eval_modes_and_leave_the_modes_as_they_were():
+    """A module left in training mode (its Dropout on) is predicted in eval
+    mode, and left in training mode; a user's own predict too (skorch's
+    predict leaves eval mode on)."""
+    torch.manual_seed(0)
+    X = np.random.default_rng(0).normal(size=(200, 4)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(np.int64)
+
+    def dropout_mlp():
+        return torch.nn.Sequential(
+            torch.nn.Linear(4, 32),
+            torch.nn.ReLU(),
+            torch.nn.Dropout(0.5),
+            torch.nn.Linear(32, 2),
+        )
+
+    module = dropout_mlp().train()
+    with torch.no_grad():
+        logits = module.eval()(torch.from_numpy(X)).double()
+    module.train()
+    prediction, probabilities = predictions(module, X, "classification")
+    np.testing.assert_array_equal(prediction, logits.argmax(dim=1).numpy())
+    np.testing.assert_allclose(probabilities, torch.softmax(logits, 1), rtol=1e-6)
+    assert module.training
+    net = OwnPredict(dropout_mlp(), max_epochs=2, train_split=None, verbose=0)
+    net.fit(X, y).module_.train()
+    with torch.no_grad():
+        expected = net.module_.eval()(torch.from_numpy(X)).argmax(dim=1).numpy()
+    net.module_.train()
+    prediction, _ = predictions(net, X, "classification")
+    np.testing.assert_array_equal(prediction, expected)
+    assert net.module_.training
+
+
+def test_predicted_classes_past_the_outputs_are_refused():
+    np.testing.assert_array_equal(
+        check_predicted_classes(np.array([0, 1.0]), 2), [0, 1]
+    )
+    with pytest.raises(ValueError, match="predict gives 0, 1, 2"):
+        check_predicted_classes(np.array([0, 1, 2]), 2)
+    with pytest.raises(ValueError, match="predict gives -1"):
+        check_predicted_classes(np.array([-1, 0]), 2)
