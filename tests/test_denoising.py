@@ -186,6 +186,8 @@ def test_summary_compares_with_clean_labels(data):
     summary = analysis.summary(clean)
     measured = np.sqrt(errors.mean() / 3)
     assert summary["measured_rmse"] == pytest.approx(measured)
+    residuals = ((analysis.predictions_ - Y) ** 2).sum(1)  # per output, as measured
+    assert summary["training_rmse"] == pytest.approx(np.sqrt(residuals.mean() / 3))
     assert summary["predicted_over_measured"] == pytest.approx(
         summary["predicted_rmse"] / measured
     )
