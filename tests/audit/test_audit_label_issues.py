@@ -70,16 +70,18 @@ def hand_scores(net, splitter, X, y):
             Q[row] /= w.sum()
     rows = np.arange(len(y))
     mean = (P + Q) / 2
-    return -mean[rows, y], mean, neighbors
+    return -mean[rows, y], mean, neighbors, P[rows, y], Q[rows, y]
 
 
 def test_scores_equal_the_hand_computation_on_the_same_folds(noisy_digits, cv_audit):
     X, y, _ = noisy_digits
     net, splitter, result = cv_audit
-    scores, mean, neighbors = hand_scores(net, splitter, X, y)
+    scores, mean, neighbors, P_given, Q_given = hand_scores(net, splitter, X, y)
     table = result["label_issues"].sort_values("index")
     assert table["index"].tolist() == list(range(len(y)))
     np.testing.assert_allclose(table["score"], scores, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(table["proba_given_label"], P_given, rtol=1e-5)
+    np.testing.assert_allclose(table["neighbors_given_label"], Q_given, rtol=1e-5)
     np.testing.assert_array_equal(table["suggested_label"], mean.argmax(axis=1))
     np.testing.assert_array_equal(np.stack(table["neighbors"]), neighbors)
     assert table["is_issue"].sum() == estimate_n_issues(mean, y)

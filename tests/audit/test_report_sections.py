@@ -655,6 +655,12 @@ def test_label_issue_section_shows_top_twenty_with_thumbnails(issues_audit):
     items = [g for g in issues_audit.gallery if g["kind"] == "label issue"]
     table = issues_audit["label_issues"]
     assert [g["index"] for g in items] == table["index"][:20].tolist()
+    for item, (_, row) in zip(items, table.iterrows(), strict=False):
+        # the most similar neighbours, as their similarities and labels are
+        np.testing.assert_array_equal(item["neighbors"], row["neighbors"][:5])
+        np.testing.assert_array_equal(
+            item["similarities"], row["neighbor_similarities"][:5]
+        )
     fig = issue_grid(issues_audit)
     titled = [  # a wide title is on two lines
         ax.get_title().replace("\n", " ")
