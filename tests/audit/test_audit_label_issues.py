@@ -142,6 +142,26 @@ def test_prefit_audit_takes_the_detector_prefit_path(noisy_digits, tmp_path):
     assert "in-sample probabilities" in result.metadata["methods"]["label_issues"]
 
 
+def test_prefit_neighbours_are_all_the_other_training_examples_at_most(noisy_digits):
+    """Ten neighbours asked of six training examples: each has the five others."""
+    X, y, _ = noisy_digits
+    net = _audit_helpers.small_net(X, max_epochs=3).fit(X[:160], y[:160])
+    result = audit(
+        net,
+        X[:6],
+        y[:6],
+        cv="prefit",
+        X_test=X[160:],
+        y_test=y[160:],
+        analyses=("label_issues",),
+        options=dict(label_issues=dict(n_neighbors=10)),
+    )
+    table = result["label_issues"]
+    assert sorted(table["index"]) == list(range(6))
+    for index, neighbors in zip(table["index"], table["neighbors"], strict=True):
+        assert sorted(neighbors) == [j for j in range(6) if j != index]
+
+
 def test_prefit_audit_refuses_logits_given_as_probabilities(noisy_digits):
     X, y, _ = noisy_digits
     net = _audit_helpers.small_net(X, max_epochs=1)
