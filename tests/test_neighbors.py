@@ -597,6 +597,26 @@ def test_explain_places_similarities_among_the_networks_own(data):
     assert (why.percentiles > 50).all()  # nearest neighbours are unusually close
 
 
+def test_explain_percentiles_count_the_pairs_strictly_below():
+    """Ties count as not below: a network whose dead inputs (x <= 0) have
+    similarity 0 to everything."""
+    net = torch.nn.Sequential(
+        torch.nn.Linear(1, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2, bias=False)
+    )
+    with torch.no_grad():
+        net[0].weight.fill_(1.0)
+        net[0].bias.fill_(0.0)
+    reference = np.linspace(-1, 1, 20, dtype=np.float32)[:, None]  # 10 dead
+    with pytest.warns(DeadInputWarning):
+        search = NetworkNeighbors(net, n_neighbors=3).fit(reference)
+        why = search.explain(np.array([[0.5], [-0.5]], dtype=np.float32))
+    # 380 pairs of distinct examples: 90 live pairs, 290 at exactly 0
+    np.testing.assert_array_equal(why.similarities[1], 0.0)
+    np.testing.assert_array_equal(why.percentiles[1], 0.0)  # none below 0
+    assert (why.similarities[0] > 0).all()
+    assert (why.percentiles[0] >= 100 * 290 / 380).all()  # the zeros below
+
+
 def test_explain_subsamples_the_reference_pairs_and_follows_the_sketch(monkeypatch):
     monkeypatch.setattr(sksim.neighbors, "N_BACKGROUND_COLUMNS", 100)
     rng = np.random.default_rng(1)
