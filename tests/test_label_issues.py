@@ -463,6 +463,10 @@ def test_errors(digits, fitted_digits_net):
     halves = [(np.arange(30), np.arange(30, 60)), (np.arange(30), np.arange(30, 60))]
     with pytest.raises(ValueError, match="hold 30 examples never and 30 more than"):
         LabelIssueDetector(make_digits_net(max_epochs=1), cv=halves).fit(X, y)
+    first, second = np.arange(30), np.arange(30, 60)  # every example held out
+    twice = [(first, second), (second, first), (second, first)]
+    with pytest.raises(ValueError, match="hold 0 examples never and 30 more than"):
+        LabelIssueDetector(make_digits_net(max_epochs=1), cv=twice).fit(X, y)
     with pytest.raises(ValueError, match="combination"):
         LabelIssueDetector(fitted_digits_net, combination="max").fit(X, y)
 
