@@ -409,7 +409,7 @@ def similarity_to_distance(K: ArrayLike) -> np.ndarray:
     array([[0.   , 1.   ],
            [2.   , 1.414]])
     """
-    return distance_in_place(np.array(K, dtype=float))[()]  # a scalar's a scalar
+    return distance_in_place(np.array(K, dtype=float))[()]  # a scalar for a scalar
 
 
 def distance_in_place(K: np.ndarray) -> np.ndarray:

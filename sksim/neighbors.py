@@ -60,8 +60,8 @@ from .kernel import distance_in_place, similarity_to_distance
 N_BACKGROUND = 200  # reference rows whose similarities set the percentiles
 N_BACKGROUND_COLUMNS = 5000  # the reference rows they are paired with, at most
 CANDIDATE_BYTES = 16  # a query's candidate: its int32 row, FAISS's float32 and int64
-# and ranked in a pass over the reference: its float32 similarity, and where the
-# pass meets it (int64 query, slot, position, their order and bounds), measured
+# more for a candidate ranked in a pass over the reference: its float32 similarity
+# and where the pass meets it (int64 query, slot, position, order, bound; measured)
 STREAMED_CANDIDATE_BYTES = 56
 SEARCH_COPIES = 2  # a block of exact similarities and the masks of its selection
 AUTO_COMPONENTS = (4096, 2048, 1024, 512, 256, 128, 64)  # n_components="auto"
