@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
+import time
 import uuid
 import warnings
 from collections.abc import Mapping
@@ -31,6 +33,9 @@ from .prefit import weights_fingerprint
 # The layout of the saved pieces; a change of layout names new files, so that
 # pieces saved by an older layout are recomputed rather than misread.
 CACHE_FORMAT = 5
+# A partial write of a piece this old was cut short (a killed process): removed
+# when the piece is saved again.
+STALE_SECONDS = 3600
 
 
 class _ContentHasher(joblib.hashing.Hasher):
@@ -168,7 +173,9 @@ class AuditCache:
     def save(self, key: str | None, value: Any, what: str) -> None:
         """Write ``value`` under ``key`` atomically; warn when it cannot be pickled.
 
-        ``what`` names the piece in the warning.
+        ``what`` names the piece in the warning. Partial writes of the piece
+        older than :data:`STALE_SECONDS` (of a process killed while it wrote)
+        are removed.
         """
         if key is None:
             return
@@ -189,6 +196,10 @@ class AuditCache:
             if os.path.exists(temporary):
                 os.remove(temporary)
         self.saved += 1
+        for partial in self.folder.glob(f"{key}.*.tmp"):
+            with contextlib.suppress(OSError):  # gone, or another process's
+                if time.time() - partial.stat().st_mtime > STALE_SECONDS:
+                    partial.unlink()
 
     def summary(self) -> dict[str, Any]:
         """The folder and the numbers of pieces loaded and saved, for metadata."""

@@ -304,3 +304,23 @@ def test_a_ctrl_c_while_a_fold_trains_stops_the_audit_and_caches_no_fold(
     resumed = audit(net, X, y, cv=2, analyses=("density",), cache=tmp_path)
     fresh = audit(net, X, y, cv=2, analyses=("density",))
     assert_same_tables(resumed, fresh)
+
+
+def test_partial_writes_of_a_killed_process_are_removed_when_the_piece_is_saved(
+    tmp_path,
+):
+    """A process killed while it wrote left its {key}.{uuid}.tmp for good."""
+    data = (np.zeros((2, 1), dtype=np.float32), np.arange(2))
+    store = cache.AuditCache(tmp_path, data, torch.nn.Linear(1, 2), 0, prefit=True)
+    stale, fresh, other = (
+        tmp_path / name for name in ("k.dead.tmp", "k.writing.tmp", "j.dead.tmp")
+    )
+    for path in (stale, fresh, other):
+        path.write_bytes(b"partial")
+    hours_ago = os.path.getmtime(fresh) - 2 * cache.STALE_SECONDS
+    for path in (stale, other):
+        os.utime(path, (hours_ago, hours_ago))
+    store.save("k", [1, 2], "a piece")
+    assert store.load("k") == [1, 2]
+    assert not stale.exists()
+    assert fresh.exists() and other.exists()  # another write, another piece
