@@ -11,7 +11,6 @@ import tracemalloc
 
 import numpy as np
 import pytest
-import torch
 from _architectures import mlp
 
 from sksim import (
@@ -184,10 +183,7 @@ def assert_same_neighbours(found, expected):
 def test_sketched_hard_counts_hold_max_memory_at_most():
     """The chunks' sizes were checked, not what is held: every chunk's
     similarities kept at once (128 MB here) passed."""
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(
-        torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)
-    )
+    net = mlp(4, 3, hidden=16)
     X = np.random.default_rng(0).normal(size=(4000, 4)).astype(np.float32)
     max_memory = 4 * len(X) * 3 * 16 * 4  # four times the reference's sketches
     density = GradientDensityEstimator(
@@ -205,10 +201,7 @@ def test_sketched_exact_neighbours_hold_max_memory_at_most():
     few rows at a time: their results were gathered as lists of small arrays
     (2.9 times max_memory in all here), and their distances computed through
     three temporaries."""
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(
-        torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)
-    )
+    net = mlp(4, 3, hidden=16)
     X = np.random.default_rng(0).normal(size=(8000, 4)).astype(np.float32)
     reference = X[:4000]
     max_memory = int(4 * len(reference) * 3 * 16 / 0.6)
@@ -233,10 +226,7 @@ def test_sketched_neighbours_within_a_radius_hold_max_memory_at_most():
     """Each block of the reference's own similarities and its distances were
     held while the next block was made: 28 bytes a similarity where 12 were
     counted (1.28 times max_memory here)."""
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(
-        torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)
-    )
+    net = mlp(4, 3, hidden=16)
     X = np.random.default_rng(1).normal(size=(4000, 4)).astype(np.float32)
     max_memory = int(4 * len(X) * 3 * 64 / 0.3)
     search = NetworkNeighbors(

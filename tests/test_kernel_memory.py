@@ -92,10 +92,7 @@ def test_sketched_kernels_hold_their_output_and_max_memory_at_most():
     sketches near their two thirds, both kernels then held 1.5 max_memory:
     a chunk of the other side's sketches and the contraction took a third
     each beside them, and each made its copies beside the last ones."""
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(
-        torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)
-    )
+    net = mlp(4, 3, hidden=16)
     # three chunks of the other side at least, each made once the last is freed
     X = np.random.default_rng(0).normal(size=(12000, 4)).astype(np.float32)
     reference = X[:3000]

@@ -231,10 +231,7 @@ def test_candidates_ranked_in_a_pass_over_the_reference_hold_max_memory_at_most(
     the candidates holds where it meets each (56 bytes a candidate), and the
     chunks of queries counted 16: 1.8 times max_memory for the queries, 1.9
     for the reference's own neighbours."""
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(
-        torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)
-    )
+    net = mlp(4, 3, hidden=16)
     rng = np.random.default_rng(1)
     X, queries = (rng.normal(size=(n, 4)).astype(np.float32) for n in (4000, 3000))
     max_memory = 3_490_000

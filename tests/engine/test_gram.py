@@ -5,7 +5,13 @@ import tracemalloc
 import numpy as np
 import pytest
 import torch
-from _architectures import family_case, layer_case, oracle_jacobians, oracle_kernel
+from _architectures import (
+    family_case,
+    layer_case,
+    mlp,
+    oracle_jacobians,
+    oracle_kernel,
+)
 
 from sksim._engine import gram
 from sksim._engine.gram import GramReference
@@ -108,10 +114,7 @@ def test_clipping_to_the_diagonal_bound_goes_by_strips_that_fit():
     gram.bounded_by_diagonal(clipped, max_bytes=8 * 50 * 7)  # strips of 7 rows
     np.testing.assert_array_equal(clipped, expected)
     assert (clipped != K).any()
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(
-        torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)
-    )
+    net = mlp(4, 3, hidden=16)
     X = rng.normal(size=(1500, 4)).astype(np.float32)
     max_memory = 4_000_000
     engine = JacobianEngine(net, max_memory=max_memory)
@@ -128,10 +131,8 @@ def test_symmetric_strips_take_the_batches_third_at_most(full, monkeypatch):
     """A strip's products took up to 2^22 entries whatever max_memory (32 MiB,
     three times over): 84 MiB above the start beside a 3 000 x 3 000 kernel
     of a 10-output MLP at max_memory of 16 MB."""
-    torch.manual_seed(0)
-    module = torch.nn.Sequential(
-        torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)
-    ).double()  # float64: other strips round float32 products otherwise
+    # float64: other strips round float32 products otherwise
+    module = mlp(4, 3, hidden=16).double()
     X = torch.randn(300, 4, dtype=torch.float64)
     expected = GramReference(JacobianEngine(module), X, "cosine", full=full).matrix()
     products, pair = [], gram._pair
