@@ -69,6 +69,8 @@ CANDIDATE_COMPONENTS = 256  # "auto" when the sketches only choose candidates
 HNSW_BEAM = 2  # an HNSW search's efSearch, per candidate it must return
 HNSW_FROM = 1_000_000  # reference examples from which automatic searches use HNSW
 MAX_RANKING_BLOCKS = 8  # thirds of max_memory the Jacobians of an exact ranking fill
+# what changes a fitted search's neighbours (the index's, when it is rebuilt)
+RECALL_PARAMS = ("n_neighbors", "candidates_per_neighbor", "index", "index_params")
 N_COMPONENTS = [POSITIVE_INT, StrOptions({"auto"}), None]  # its constraint
 
 
@@ -489,6 +491,7 @@ class NetworkNeighbors(NetworkEstimator):
         self.n_samples_fit_ = n_samples(X)
         self._faiss_index = None
         self._recall_sample = None
+        self._recalls = {}
         self.y_fit_ = self._check_labels(X, y)
         if X_val is not None:
             X_val = self._check_input(X_val, "X_val")
@@ -550,16 +553,20 @@ class NetworkNeighbors(NetworkEstimator):
         ``fit``'s. None without ``X_val``, or where ``fit`` gathered fewer
         exact neighbours than ``n_neighbors`` (twice its own); gathered just
         as many, an example as similar as the last found beyond them counts
-        as missed.
+        as missed. Searched once per setting of the parameters that change
+        the search's results without a new fit (:data:`RECALL_PARAMS`).
         """
         if self._recall_sample is None:
             return None
         X_val, similarities, indices = self._recall_sample
         if indices.shape[1] < self.n_neighbors:
             return None
-        with flag_scope(report=False):  # reported as its neighbours were found
-            _, found = self.most_similar(X_val)
-        return recall(found, similarities, indices)
+        setting = tuple(getattr(self, name) for name in RECALL_PARAMS)
+        if setting not in self._recalls:
+            with flag_scope(report=False):  # reported as its neighbours were found
+                _, found = self.most_similar(X_val)
+            self._recalls[setting] = recall(found, similarities, indices)
+        return self._recalls[setting]
 
     @property
     def _n_recall_queries(self) -> int | None:

@@ -270,6 +270,35 @@ def test_fit_measures_the_recall_on_held_out_queries(data, algorithm):
     assert not hasattr(nn.fit(X_ref), "recall_")  # not left from the last fit
 
 
+def test_the_recall_is_searched_once_per_setting(data, monkeypatch):
+    X_ref, X_new = data
+    net = mlp(3, 2)
+    nn = NetworkNeighbors(
+        net, algorithm="faiss", n_components=4, search_components=2, random_state=0
+    ).fit(X_ref, X_val=X_new)
+    searched = []
+    most_similar = nn.most_similar
+    monkeypatch.setattr(
+        nn, "most_similar", lambda X: searched.append(len(X)) or most_similar(X)
+    )
+    assert nn._sample_recall() == nn.recall_  # measured by fit, not searched again
+    assert searched == []
+    recalls = {}
+    for setting in ({"n_neighbors": 2}, {"candidates_per_neighbor": 1}, {}):
+        nn.set_params(**{"n_neighbors": 5, "candidates_per_neighbor": 24, **setting})
+        recalls[str(setting)] = nn._sample_recall()
+        _, found = most_similar(X_new)
+        _, exact = expected_neighbors(network_similarity(net, X_new, X_ref), 5)
+        exact = exact[:, : nn.n_neighbors]
+        hits = [len(set(a) & set(b)) for a, b in zip(found, exact, strict=True)]
+        assert recalls[str(setting)] == pytest.approx(np.mean(hits) / nn.n_neighbors)
+    assert searched == [len(X_new)] * 2  # the third setting is fit's
+    assert recalls["{'candidates_per_neighbor': 1}"] < nn.recall_
+    nn.set_params(candidates_per_neighbor=1)
+    assert nn._sample_recall() == recalls["{'candidates_per_neighbor': 1}"]
+    assert searched == [len(X_new)] * 2
+
+
 def test_held_out_queries_keep_their_jacobians_within_their_share_of_max_memory(
     data, monkeypatch
 ):
