@@ -283,14 +283,14 @@ def test_the_recall_is_searched_once_per_setting(data, monkeypatch):
     )
     assert nn._sample_recall() == nn.recall_  # measured by fit, not searched again
     assert searched == []
+    _, exact = expected_neighbors(network_similarity(net, X_new, X_ref), 5)
     recalls = {}
     for setting in ({"n_neighbors": 2}, {"candidates_per_neighbor": 1}, {}):
         nn.set_params(**{"n_neighbors": 5, "candidates_per_neighbor": 24, **setting})
         recalls[str(setting)] = nn._sample_recall()
         _, found = most_similar(X_new)
-        _, exact = expected_neighbors(network_similarity(net, X_new, X_ref), 5)
-        exact = exact[:, : nn.n_neighbors]
-        hits = [len(set(a) & set(b)) for a, b in zip(found, exact, strict=True)]
+        nearest = exact[:, : nn.n_neighbors]
+        hits = [len(set(a) & set(b)) for a, b in zip(found, nearest, strict=True)]
         assert recalls[str(setting)] == pytest.approx(np.mean(hits) / nn.n_neighbors)
     assert searched == [len(X_new)] * 2  # the third setting is fit's
     assert recalls["{'candidates_per_neighbor': 1}"] < nn.recall_
