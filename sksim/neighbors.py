@@ -69,8 +69,8 @@ CANDIDATE_COMPONENTS = 256  # "auto" when the sketches only choose candidates
 HNSW_BEAM = 2  # an HNSW search's efSearch, per candidate it must return
 HNSW_FROM = 1_000_000  # reference examples from which automatic searches use HNSW
 MAX_RANKING_BLOCKS = 8  # thirds of max_memory the Jacobians of an exact ranking fill
-# what changes a fitted search's neighbours (the index's, when it is rebuilt)
-RECALL_PARAMS = ("n_neighbors", "candidates_per_neighbor", "index", "index_params")
+#: Parameters of a search that only its queries read: a fitted search takes others.
+QUERY_PARAMS = ("n_neighbors", "candidates_per_neighbor")
 N_COMPONENTS = [POSITIVE_INT, StrOptions({"auto"}), None]  # its constraint
 
 
@@ -553,15 +553,15 @@ class NetworkNeighbors(NetworkEstimator):
         ``fit``'s. None without ``X_val``, or where ``fit`` gathered fewer
         exact neighbours than ``n_neighbors`` (twice its own); gathered just
         as many, an example as similar as the last found beyond them counts
-        as missed. Searched once per setting of the parameters that change
-        the search's results without a new fit (:data:`RECALL_PARAMS`).
+        as missed. Searched once per setting of the parameters that only
+        queries read (:data:`QUERY_PARAMS`).
         """
         if self._recall_sample is None:
             return None
         X_val, similarities, indices = self._recall_sample
         if indices.shape[1] < self.n_neighbors:
             return None
-        setting = tuple(getattr(self, name) for name in RECALL_PARAMS)
+        setting = tuple(getattr(self, name) for name in QUERY_PARAMS)
         if setting not in self._recalls:
             with flag_scope(report=False):  # reported as its neighbours were found
                 _, found = self.most_similar(X_val)

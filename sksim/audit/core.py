@@ -43,7 +43,7 @@ from .._validation import (
     labels_key_hint,
     sample_shape,
 )
-from ..neighbors import NetworkNeighbors
+from ..neighbors import QUERY_PARAMS, NetworkNeighbors
 from ._examples import worth_a_look
 from ._tables import frame, import_pandas, spread
 from .analyses import ANALYSES, REGISTRY
@@ -531,9 +531,9 @@ class _Fold:
 
         The fold keeps the last search it fitted until :meth:`release_search`.
         Asked again for a search with the same parameters (those of its
-        queries aside, :data:`QUERY_PARAMS`, which it takes from ``search``),
-        it returns the kept one, so that the neighbours and label-issue
-        analyses sketch the training part once; with ``X_val``, only if the
+        queries aside, :data:`~sksim.neighbors.QUERY_PARAMS`, which it takes
+        from ``search``), it returns the kept one, so that the neighbours and
+        label-issue analyses sketch the training part once; with ``X_val``, only if the
         kept one measured its recall on as many held-out queries (the same:
         both analyses draw them by ``recall_rows`` with the fold's seed),
         on which ``_sample_recall`` measures the new queries.
@@ -1173,12 +1173,8 @@ def _analyse(analysis, fold, store, failed):
     return output, texts
 
 
-#: Parameters of a search that only its queries read: a fitted search takes others.
-QUERY_PARAMS = ("n_neighbors", "candidates_per_neighbor")
-
-
 def _same_search(kept: NetworkNeighbors, wanted: NetworkNeighbors) -> bool:
-    """Whether two searches have the same parameters, :data:`QUERY_PARAMS` aside.
+    """Whether two searches have the same parameters, their queries' aside.
 
     Each parameter the same object or equal by ``==``: the same net, and
     callables or tensors that are not the same objects count as different.
