@@ -470,7 +470,7 @@ class _Fold:
         layers: Sequence[str] | None,
         options: Mapping[str, Mapping[str, Any]],
         scale_threshold: int | None,
-        scale_size: int,
+        train_sizes: Sequence[int],
         random_state: int | None,
     ) -> None:
         self.train, self.test, self.fold = train, test, fold
@@ -480,11 +480,16 @@ class _Fold:
         self.task, self.classes = data.task, data.classes
         self.n_neighbors, self.layers = n_neighbors, layers
         self.options, self.random_state = options, random_state
-        self.scale_threshold, self.scale_size = scale_threshold, scale_size
+        self.scale_threshold, self.train_sizes = scale_threshold, tuple(train_sizes)
         self.fit_seconds = None
         self.n_class_outputs = None  # a classifier's, once it predicted
         self.prefit = False
         self._search = None
+
+    @property
+    def scale_size(self) -> int:
+        """The largest training part of the audit's folds."""
+        return max(self.train_sizes)
 
     def fit(self, net: NetLike) -> None:
         """Train a clone of ``net`` on the training part, predict the held-out one."""
@@ -902,7 +907,7 @@ def audit(
         layers=layers,
         options=options,
         scale_threshold=scale_threshold,
-        scale_size=max(len(train) for train, _ in splits),
+        train_sizes=[len(train) for train, _ in splits],
         random_state=random_state,
     )
     with steps:

@@ -179,7 +179,10 @@ class Analysis:
         Returns
         -------
         reason : str or None
-            Such as ``"60,000 training examples > scale_threshold 50,000"``.
+            Such as ``"60,000 training examples > scale_threshold 50,000"``;
+            in every fold ``"the largest training fold holds 60,000 training
+            examples > ..."`` where the folds' training parts differ in size,
+            so that the folds' texts are alike.
         """
         if not self.at_scale(fold):
             return None
@@ -187,7 +190,7 @@ class Analysis:
         if set(self.scaled_options(fold)) <= set(given):
             return None
         size = f"{fold.scale_size:,} training examples"
-        if fold.scale_size > len(fold.train):
+        if len(set(fold.train_sizes)) > 1:  # the same words in every fold
             size = f"the largest training fold holds {size}"
         return f"{size} > scale_threshold {fold.scale_threshold:,}"
 
@@ -328,8 +331,9 @@ class Analysis:
             ``"regression"``), ``classes`` (the sorted classes; None for a
             regression), ``prefit`` (whether the net was given trained,
             ``cv="prefit"``), ``n_neighbors``, ``layers``, ``options``,
-            ``scale_threshold`` and ``random_state`` (the audit's arguments), and
-            ``scale_size`` (the largest training part of the audit's folds).
+            ``scale_threshold`` and ``random_state`` (the audit's arguments),
+            ``train_sizes`` (the sizes of the training parts of the audit's
+            folds) and ``scale_size`` (the largest of them).
 
         Returns
         -------
