@@ -6,10 +6,10 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from _audit_helpers import AUDIT_OPTIONS
+from _audit_helpers import AUDIT_OPTIONS, prefit_net, prefit_split
 from _audit_helpers import prefit_audit as shared_prefit_audit
 
-from sksim import LabelIssueDetector
+from sksim import LabelIssueDetector, network_similarity
 from sksim.audit.analyses.neighbors import (
     MIN_RECALL,
     SEARCH_COMPONENTS,
@@ -99,6 +99,32 @@ def test_a_recall_below_the_threshold_is_warned(exact_ranking, advice):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         low_recall_warning(0.8, fitted(exact_ranking), 5, "neighbors")
+
+
+@pytest.mark.parametrize(
+    "options, ranking",
+    [
+        ({}, "ranked by their exact similarities"),
+        ({"search_components": None}, "(similarities estimated by the sketches)"),
+        (
+            {"algorithm": "exact", "search_components": None},
+            "(similarities estimated by the sketches)",
+        ),
+    ],
+)
+def test_the_method_says_whether_the_similarities_are_the_sketches(options, ranking):
+    pytest.importorskip("faiss")
+    result = prefit_audit(options)
+    method = result.metadata["methods"]["neighbors"]
+    assert ranking in method
+    assert ("estimated" in method) == ("estimated" in ranking)
+    similarities = result["neighbors"]["similarity"].to_numpy()
+    rows = result["neighbors"]["train_index"].to_numpy()
+    queries = result["neighbors"]["index"].to_numpy()
+    X_train, _, X_test, _ = prefit_split()
+    K = network_similarity(prefit_net(), X_test, X_train)
+    error = np.abs(similarities - K[queries, rows]).max()
+    assert (error > 1e-5) == ("estimated" in ranking)  # float32 rounding: 1e-7
 
 
 def test_the_audit_records_the_warning_with_the_recall():

@@ -145,13 +145,16 @@ def recall_method(
 def search_method(search: NetworkNeighbors) -> str:
     """The neighbour search of the fitted ``search``, in words.
 
-    Its parameters, how wide its sketches are, and whether it ranked the
-    candidates of its reduced search by their exact similarities.
+    Its parameters, how wide its sketches are, whether it ranked the
+    candidates of its reduced search by their exact similarities, and
+    whether the similarities it gives are the sketches' estimates.
     """
     n_components = search.n_components_
+    if n_components is None:
+        return "exact search over all pairs of examples"
     if search.algorithm == "faiss":
         ranking = "exact similarities" if search.exact_ranking_ else "whole sketches"
-        return (
+        text = (
             f"FAISS search (index {search.index!r}) over "
             f"gradient sketches with n_components={n_components}"
             + (
@@ -163,12 +166,14 @@ def search_method(search: NetworkNeighbors) -> str:
                 else ""
             )
         )
-    if n_components is not None:
-        return (
+    else:
+        text = (
             "exact search over all pairs of gradient sketches with "
             f"n_components={n_components}"
         )
-    return "exact search over all pairs of examples"
+    if search.exact_ranking_:
+        return text
+    return text + " (similarities estimated by the sketches)"
 
 
 def label_agreement(
