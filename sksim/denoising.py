@@ -646,7 +646,8 @@ class SelfDenoisingAnalysis(NetworkEstimator):
             ``n_ill_conditioned``, ``n_without_neighbors`` (left out of the
             means); with ``y_clean`` also ``measured_rmse``,
             ``measured_effective_neighbors`` (``sigma^2 / measured_rmse^2``)
-            and ``predicted_over_measured``.
+            and ``predicted_over_measured`` (both inf where the predictions
+            are the clean labels).
         """
         check_is_fitted(self)
         d = self.n_outputs_
@@ -669,8 +670,12 @@ class SelfDenoisingAnalysis(NetworkEstimator):
         if y_clean is not None:
             measured = float(np.sqrt(np.mean(self.clean_errors(y_clean)[kept]) / d))
             out["measured_rmse"] = measured
-            out["measured_effective_neighbors"] = self.sigma_**2 / measured**2
-            out["predicted_over_measured"] = out["predicted_rmse"] / measured
+            with np.errstate(divide="ignore"):  # inf for predictions equal to y_clean
+                neighbors, ratio = np.divide(
+                    [self.sigma_**2, out["predicted_rmse"]], [measured**2, measured]
+                )
+            out["measured_effective_neighbors"] = float(neighbors)
+            out["predicted_over_measured"] = float(ratio)
         return out
 
     def __sklearn_tags__(self):

@@ -198,6 +198,10 @@ def test_summary_compares_with_clean_labels(data):
         ValueError, match="y_clean has 14 values; expected the 14 training samples x 3"
     ):
         analysis.summary(Y[:, 0])
+    exact = analysis.summary(analysis.predictions_)  # predictions as clean labels
+    assert exact["measured_rmse"] == 0
+    assert exact["measured_effective_neighbors"] == np.inf
+    assert exact["predicted_over_measured"] == np.inf
 
 
 def test_cancelling_neighbors_are_flagged():
