@@ -502,8 +502,9 @@ def factorised_is_cheaper(T: int, a: int, o: int, d: int) -> bool:
 
     Pairing two samples costs ``T^2 (d o + a)`` with factors and ``d o a`` with
     materialised gradients (which also cost ``T d o a`` once per sample to form);
-    factors win when ``T^2 (d o + a) < d o a`` — always for a dense layer
-    (``T = 1``), rarely for an early convolution (large ``T``).
+    factors win when ``T^2 (d o + a) < d o a``: for a dense layer (``T = 1``)
+    unless ``d o`` or ``a`` is 1 (or both are 2), rarely for an early
+    convolution (large ``T``).
     """
     return T * T * (d * o + a) < d * o * a
 
