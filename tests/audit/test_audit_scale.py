@@ -276,8 +276,8 @@ def test_without_faiss_neighbours_use_exact_search_of_sketches(monkeypatch):
     monkeypatch.setattr(neighbors, "find_spec", lambda name: None)
     result = shared_prefit_audit(("neighbors",), 50, n_neighbors=3)
     assert result.metadata["methods"]["neighbors"].startswith(
-        "exact search over all pairs of gradient sketches with n_components=256, "
-        "recall@3"
+        "exact search over all pairs of gradient sketches with n_components=256 "
+        "(similarities estimated by the sketches), recall@3"
     )
     assert 0 <= result["folds"]["neighbor_recall"].item() <= 1
 
