@@ -13,7 +13,7 @@ self-denoising section; derived on the
 prediction of the error against the clean labels, from the noisy labels only
 (``sigma`` is estimated from the training residuals). How well it predicts
 depends on which neighbours are averaged: the paper's unnormalised NTK
-weighting averages over nearly the whole training set and is far too
+weighting averages over about two thirds of the training set and is far too
 optimistic, while weighting only the samples the network treats as nearly the
 same (hard threshold on the cosine similarity) gives the right order.
 """
@@ -83,8 +83,8 @@ for (f, name), s in results.items():
 
 # %%
 # The measured error (black) is several times below the label noise; the
-# all-samples weightings predict an error ten times too small, the hard
-# thresholds predict the right order.
+# all-samples weightings predict an error four to seven times too small, the
+# hard thresholds predict the right order.
 fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
 for ax, f in zip(axes, (1, 4), strict=True):
     names = list(WEIGHTINGS)

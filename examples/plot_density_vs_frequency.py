@@ -7,8 +7,10 @@ A network regresses ``sin(2 pi f alpha)`` from the point
 frequency ``f``, the more the network must tell nearby points apart, so the
 fewer training examples it treats as similar to each input: the mean soft
 neighbour count ``N_S(x) = sum_j k^C(x, x_j)`` falls as ``f`` grows, and,
-across frequencies, per sample it is lower where the target bends more
-(Charpiat et al., NeurIPS 2019, density section; see the
+pooled over the frequencies, per sample it is lower where the target bends
+more (a trend across frequencies: within ``f = 1`` and ``2`` it holds, within
+``f = 4`` and ``8`` it reverses) (Charpiat et al., NeurIPS 2019, density
+section; see the
 :ref:`theory page <theory-density>`).
 
 The soft counts come from :class:`sksim.density.GradientDensityEstimator` in

@@ -98,7 +98,8 @@ for kind, (_, mean, std) in results.items():
 # elsewhere the error is about the size the process predicts. Inside the gap
 # the standard deviation is flat while the error swings with the missing
 # period: it tells *where* the prediction is unreliable better than *by how
-# much* (a good part of the gap lies outside two standard deviations). The
+# much* (a tenth of the gap lies outside two standard deviations, 40 % with
+# the cosine kind). The
 # cosine kind, a correlation kernel, gives a similar picture with somewhat
 # smaller standard deviations in the gap.
 gp, mean, std = results["ntk"]
