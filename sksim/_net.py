@@ -569,13 +569,32 @@ def predicted_probabilities(net: NetLike, X: NetInput) -> np.ndarray:
         raise ValueError(
             f"{type(_unwrap(net)).__name__}.predict_proba does not give class "
             f"probabilities: values from {finite.min():.3g} to {finite.max():.3g}, "
-            f"rows summing to {sums.min():.3g} to {sums.max():.3g}. skorch "
-            "applies a softmax to the module's outputs only when the criterion is "
-            "CrossEntropyLoss: set the net's predict_nonlinearity (e.g. "
-            "predict_nonlinearity=lambda out: out.softmax(dim=-1)), or make the "
-            "module output probabilities."
+            f"rows summing to {sums.min():.3g} to {sums.max():.3g}. "
+            + _probability_advice(_unwrap(net))
         )
     return P
+
+
+def _probability_advice(net) -> str:
+    """What to do about a ``predict_proba`` that gives no probabilities."""
+    criterion = getattr(net, "criterion", None)
+    if isinstance(criterion, torch.nn.NLLLoss) or (
+        isinstance(criterion, type) and issubclass(criterion, torch.nn.NLLLoss)
+    ):
+        return (
+            "With the criterion NLLLoss (skorch's default), skorch takes the log "
+            "of the module's outputs as they are, which must then be "
+            "probabilities: a network trained so on other outputs was trained on "
+            "the log of negative values (a NaN loss). End the module with a "
+            "softmax, or train with criterion=torch.nn.CrossEntropyLoss on its "
+            "logits."
+        )
+    return (
+        "skorch applies a softmax to the module's outputs only when the criterion "
+        "is CrossEntropyLoss: set the net's predict_nonlinearity (e.g. "
+        "predict_nonlinearity=lambda out: out.softmax(dim=-1)), or make the module "
+        "output probabilities."
+    )
 
 
 def _classes_found(y) -> str:

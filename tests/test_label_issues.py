@@ -440,7 +440,9 @@ def test_errors(digits, fitted_digits_net):
     prefit = LabelIssueDetector(fitted_digits_net, cv="prefit")
     with pytest.raises(ValueError, match="needs classification targets; got a cont"):
         prefit.fit(X, X[:, 10] + 0.5)
-    with pytest.raises(ValueError, match="at least two classes"):
+    with pytest.raises(
+        ValueError, match=r"at least two classes; y has one class \(0\.0\)"
+    ):
         LabelIssueDetector(make_digits_net(), cv=2).fit(X, np.zeros(60))
     regressor = NeuralNetRegressor(torch.nn.Linear(64, 1), max_epochs=1, verbose=0)
     with pytest.raises(ValueError, match="needs a classifier; NeuralNetRegressor is"):
@@ -490,6 +492,18 @@ def test_predict_proba_that_gives_no_probabilities_is_refused(digits):
     softmax = LabelIssueDetector(net, cv="prefit", n_neighbors=3).fit(X, y)
     logits = net.forward(X).double()
     np.testing.assert_allclose(softmax.oof_proba_, logits.softmax(-1), rtol=1e-6)
+
+
+def test_logits_under_nll_loss_are_refused_with_the_criterion_to_use(digits):
+    """skorch trains NLLLoss on the log of the outputs: logits give a NaN loss."""
+    X, y = digits[0][:200], digits[1][:200]
+    torch.manual_seed(0)
+    net = make_digits_net(criterion=torch.nn.NLLLoss, max_epochs=2).fit(X, y)
+    assert np.isnan(net.history[-1, "train_loss"])  # what the advice must not hide
+    with pytest.raises(ValueError, match="predict_proba does not give") as error:
+        LabelIssueDetector(net, cv="prefit", n_neighbors=3).fit(X, y)
+    assert "criterion=torch.nn.CrossEntropyLoss" in str(error.value)
+    assert "predict_nonlinearity" not in str(error.value)
 
 
 def test_prefit_restores_the_modules_modes(digits, fitted_digits_net):

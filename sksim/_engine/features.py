@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from sklearn.utils import check_random_state
 
-from .budget import rows_that_fit
+from .budget import readable_bytes, rows_that_fit
 from .finite import NonFiniteNetworkError
 from .flags import FlaggedRows, flag_scope
 from .inputs import n_samples, take
@@ -130,7 +130,7 @@ def gradient_features(
         if size > engine.max_memory:
             raise MemoryError(
                 f"Exact gradient features of {n} samples x {d} outputs x "
-                f"{engine.n_params} parameters take {size / 2**30:.2f} GiB, more "
+                f"{engine.n_params} parameters take {readable_bytes(size)}, more "
                 f"than max_memory ({engine.max_memory} bytes): sketch them with "
                 "n_components=, select fewer parameters (params=) or outputs "
                 "(output=), pass fewer samples, or raise max_memory."

@@ -68,7 +68,9 @@ def _message(category: type, count: int, named: str, checkpoints: int = 0) -> st
         "with a threshold above it miss the sample itself. Softmax "
         "or log-softmax outputs always cause this (their rows sum to zero): "
         "compute similarities on logits, i.e. on a module without the final "
-        "softmax, or pass output= a callable selecting the logits."
+        "softmax, or pass output= a callable that selects the logits (where the "
+        "module returns them too) or keeps d - 1 of the outputs "
+        "(output=lambda out: out[:, :-1])."
     )
 
 

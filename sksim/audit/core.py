@@ -50,6 +50,7 @@ from .analyses import ANALYSES, REGISTRY
 from .cache import AuditCache
 from .prefit import (
     WHOLE_NUMBER_TARGETS,
+    check_finite_targets,
     check_predicted_classes,
     check_prefit_net,
     class_outputs,
@@ -259,6 +260,8 @@ def _check_inputs(X, y, names=("X", "y")):
         y = y[:, 0]
     if y.dtype == bool:  # classes False and True, as outputs 0 and 1
         y = y.astype(np.int64)
+    if y.dtype.kind == "f":
+        check_finite_targets(y, names[1])
     if len(y) != n_samples(X):
         raise ValueError(
             f"{names[0]} has {n_samples(X)} samples but {names[1]} has {len(y)}."
@@ -882,7 +885,7 @@ def audit(
     smallest = min(len(train) for train, _ in splits)
     if "neighbors" in (a.name for a in requested) and n_neighbors > smallest:
         where = "" if prefit else " of the smallest fold"
-        remedy = "" if prefit else ", or use fewer folds"
+        remedy = "" if prefit else ", or use more folds (larger training folds)"
         raise ValueError(
             f"n_neighbors={n_neighbors} is more than the {smallest} training "
             f"examples{where}: lower it{remedy}."

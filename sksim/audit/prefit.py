@@ -80,10 +80,7 @@ def target_task(net: NetLike, y: ArrayLike) -> str:
     task = skorch_task(net)
     if task is not None:
         return task
-    y = np.asarray(y)
-    if y.dtype.kind == "f":
-        _check_finite(y, "y")
-    kind = type_of_target(y)
+    kind = type_of_target(np.asarray(y))
     if kind in CLASSIFICATION_TARGETS:
         return "classification"
     if kind in REGRESSION_TARGETS:
@@ -107,11 +104,11 @@ def regression_targets(y: ArrayLike, name: str) -> np.ndarray:
     if not np.issubdtype(y.dtype, np.number):
         raise ValueError(f"{name} must hold numbers; its dtype is {y.dtype}.")
     y = y.astype(np.float64)
-    _check_finite(y, name)
+    check_finite_targets(y, name)
     return y
 
 
-def _check_finite(y: np.ndarray, name: str) -> None:
+def check_finite_targets(y: np.ndarray, name: str) -> None:
     """A ValueError naming the rows of ``y`` that hold NaN or infinity."""
     missing = np.flatnonzero(~np.isfinite(y.reshape(len(y), -1)).all(axis=1))
     if len(missing):

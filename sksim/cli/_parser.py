@@ -79,6 +79,14 @@ def _positive(text):
     return value
 
 
+def _folds(text):
+    """A number of folds: 2 at least."""
+    value = _positive(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be 2 folds or more; got {text}")
+    return value
+
+
 def _threshold(text):
     """A positive integer, or "none": the scale threshold's (never switch)."""
     return None if text.lower() == "none" else _positive(text)
@@ -293,7 +301,7 @@ def make_parser() -> argparse.ArgumentParser:
     )
     analysis = audit.add_argument_group("audit")
     analysis.add_argument(
-        "--cv", type=_positive, default=5, help="number of stratified folds (default 5)"
+        "--cv", type=_folds, default=5, help="number of stratified folds (default 5)"
     )
     analysis.add_argument(
         "--analyses",

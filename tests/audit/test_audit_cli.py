@@ -489,6 +489,9 @@ def test_cli_argument_errors(capsys):
     with pytest.raises(SystemExit):  # argparse named its private function
         cli.main(["audit", "--cv", "1.5"])
     assert "must be a positive integer; got 1.5" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # scikit-learn would name its n_splits
+        cli.main(["audit", "--cv", "1"])
+    assert "--cv: must be 2 folds or more; got 1" in capsys.readouterr().err
     parser = _parser.make_parser()
     for text, threshold in (("none", None), ("None", None), ("500", 500)):
         args = parser.parse_args(["audit", "--scale-threshold", text])

@@ -692,6 +692,8 @@ def test_audit_errors(digit_images):
         audit(net, X, y, options=dict(class_fitting=dict(as_frame=False)))
     with pytest.raises(ValueError, match="n_neighbors=200 is more than the 120"):
         audit(net, X, y, cv=2, n_neighbors=200, analyses=("neighbors",))
+    with pytest.raises(ValueError, match=r"the 160 .* or use more folds"):
+        audit(net, X, y, cv=3, n_neighbors=200, analyses=("neighbors",))
     with pytest.raises(ValueError, match=r"options for unknown analyses \['dens'\]"):
         audit(net, X, y, options=dict(dens=dict(method="hard")))
     with pytest.warns(UserWarning, match=r"do not run, \['neighbors'\], are ignored"):

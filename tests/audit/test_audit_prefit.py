@@ -463,6 +463,12 @@ def test_prefit_errors(split, trained, regression):
     missing[[3, 7]] = np.nan
     with pytest.raises(ValueError, match=r"y_test holds NaN .* 2 row.*\[3, 7\]"):
         audit(net, Xr, yr, cv="prefit", X_test=Xr_test, y_test=missing)
+    labels = y.astype(np.float64)
+    labels[5] = np.nan  # cross-validated: named as in the prefit audit
+    with pytest.raises(
+        ValueError, match=r"^y holds NaN or infinity at 1 row\(s\), the"
+    ):
+        audit(small_net(X), X, labels, cv=2)
     module = torch.nn.Linear(2, 2)
     with pytest.raises(ValueError, match="y is a multilabel-indicator target"):
         audit(

@@ -166,3 +166,10 @@ def test_softmax_outputs_warn_once_for_every_row(data):
         f"The Jacobian Gram J J^T is near-singular for {len(alive)} sample(s): "
         "input rows [0, 1, 2, 3, 4] and more."
     )
+    assert str(singular[0].message).endswith("(output=lambda out: out[:, :-1]).")
+    with warnings.catch_warnings():  # the advice followed: no warning, and K_ii = 1
+        warnings.simplefilter("error", SingularJacobianGramWarning)
+        K = network_similarity(
+            net, alive, batch_size=16, output=lambda out: out[:, :-1]
+        )
+    np.testing.assert_allclose(np.diag(K), 1, atol=1e-6)
