@@ -107,20 +107,31 @@ def fit_net(
     else:
         y = training_targets(fitted, y, X)
     with torch_seed(random_state, exclusive=True), skorch_errors():
-        try:
-            with interrupts_kept():
-                fitted.fit(X, y)
-        except IndexError as error:  # torch's cross-entropy: "Target 2 is out of"
-            if not is_classifier(fitted) or "out of bounds" not in str(error):
-                raise
-            found = "" if y is None else _classes_found(y)
-            raise ValueError(
-                f"A {type(fitted).__name__} learns label j as its output j, and "
-                f"a label is beyond the network's outputs ({error}){found}: give "
-                "the network one output per class, or encode the labels from 0 "
-                "to n_classes - 1, e.g. with scikit-learn's LabelEncoder."
-            ) from error
+        with labels_within_outputs(fitted, y), interrupts_kept():
+            fitted.fit(X, y)
     return fitted
+
+
+@contextlib.contextmanager
+def labels_within_outputs(net, y) -> Iterator[None]:
+    """Torch's IndexError of a label beyond a classifier's outputs, explained.
+
+    Raised inside, by the cross-entropy of a classifier ``net`` trained on
+    labels ``y`` ("Target 2 is out of bounds"), it becomes a ValueError that
+    says what to do.
+    """
+    try:
+        yield
+    except IndexError as error:
+        if not is_classifier(net) or "out of bounds" not in str(error):
+            raise
+        found = "" if y is None else _classes_found(y)
+        raise ValueError(
+            f"A {type(net).__name__} learns label j as its output j, and "
+            f"a label is beyond the network's outputs ({error}){found}: give "
+            "the network one output per class, or encode the labels from 0 "
+            "to n_classes - 1, e.g. with scikit-learn's LabelEncoder."
+        ) from error
 
 
 @contextlib.contextmanager

@@ -57,7 +57,7 @@ from ._engine.differentiable import per_sample_gradients
 from ._engine.inputs import is_dataset, module_float_dtype, n_samples, take
 from ._engine.inputs import to_tensor as read_tensors
 from ._engine.selection import select_output, select_parameters
-from ._net import resolve_device, training_targets
+from ._net import labels_within_outputs, resolve_device, training_targets
 from ._pairs import (
     carried_pair_numbers,
     check_labels,
@@ -499,7 +499,8 @@ class SimilarityRegularizedNet(NeuralNet):
         if y is not None:
             y = self._training_targets(y, X)
             X = labelled(X, y)
-        return super().partial_fit(X, y, classes=classes, **fit_params)
+        with labels_within_outputs(self, y):
+            return super().partial_fit(X, y, classes=classes, **fit_params)
 
     def _training_targets(self, y: ArrayLike, X: NetInput) -> ArrayLike:
         """``y`` as the loss takes it, for the checked inputs ``X``: as given."""

@@ -1198,6 +1198,11 @@ def test_pair_and_label_errors():
     fitted = make_net().fit(X, y)
     with pytest.raises(ValueError, match="X has 12 samples but y has 11"):
         fitted.pair_similarity(X, y[:11])
+    classifier = SimilarityRegularizedClassifier(  # 3 outputs, labels up to 4
+        mlp(6, 3, hidden=7, seed=None), train_split=None, max_epochs=1, verbose=0
+    )
+    with pytest.raises(ValueError, match=r"learns label j as its output j, and a la"):
+        classifier.fit(X, np.arange(12) % 5)
 
 
 # -- scikit-learn's estimator checks ------------------------------------------------
