@@ -596,9 +596,9 @@ def _probability_advice(net) -> str:
             "With the criterion NLLLoss (skorch's default), skorch takes the log "
             "of the module's outputs as they are, which must then be "
             "probabilities: a network trained so on other outputs was trained on "
-            "the log of negative values (a NaN loss). End the module with a "
-            "softmax, or train with criterion=torch.nn.CrossEntropyLoss on its "
-            "logits."
+            "the log of these values (a NaN loss where they are negative). End "
+            "the module with a softmax, or train with "
+            "criterion=torch.nn.CrossEntropyLoss on its logits."
         )
     return (
         "skorch applies a softmax to the module's outputs only when the criterion "
