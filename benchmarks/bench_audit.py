@@ -47,9 +47,10 @@ With ``--model resnet18`` the network is a ResNet-18 from a ``transformers``
 config (11.2 M parameters, see ``models.transformers_resnet18``) trained with
 Adam on synthetic CIFAR-sized images (3 x 32 x 32, 10 classes: a smooth random
 template per class, scaled and shifted per image, plus smooth and pixel noise),
-on ``--device`` (``cuda`` for a GPU). ``--deadline SECONDS`` skips a step
-whose time at the last size measured, scaled linearly, would end it later (for
-a machine lent for a fixed time); the page is written after every step.
+on ``--device`` (``cuda`` for a GPU). ``--deadline SECONDS`` skips each run of
+a step whose last run's time (at this size or the last one measured, scaled
+linearly) would end it later, the runs made giving its row (for a machine lent
+for a fixed time); the page is written after every step.
 ``--max-memory BYTES`` sets the ``max_memory`` of the analyses that take it
 (density, neighbours, denoising, label issues; default 2 GiB), e.g. to keep a
 ResNet-18's recall queries in memory on a GPU.
@@ -189,23 +190,26 @@ def audit_rows(n_samples, args, rows, write):
             for round_ in range(args.repeat):  # interleaved: a slow spell hits one
                 for analyses, measured in runs.items():
                     step = step_name(analyses)
-                    if round_ == 0 and (reason := skipped(step, n_samples, args)):
-                        rows[mode].append(dict(step=step, method=reason))
-                        measured.append(None)  # no further round either
-                    if None in measured:
+                    if None in measured:  # skipped, or its runs stopped
                         continue
-                    measured.append(
-                        analysis_run(net, X, y, analyses, thresholds[mode], cache, args)
-                    )
-                    if round_ == args.repeat - 1:  # written at once: a run cut short
+                    key = (mode, step)
+                    if reason := skipped(key, n_samples, args):  # before every run
+                        if not measured:
+                            rows[mode].append(dict(step=step, method=reason))
+                    else:
+                        run = analysis_run(
+                            net, X, y, analyses, thresholds[mode], cache, args
+                        )
+                        measured.append(run)
+                        args.measured[key] = (n_samples, run["seconds"])
+                    if measured and (reason or round_ == args.repeat - 1):
+                        # written at once: a run cut short keeps it
                         row = step_row(step, measured, training)
                         rows[mode].append(row)
-                        analyses_only = row["seconds"] - (
-                            training["seconds"] if step == ONE_AUDIT else 0
-                        )  # the row counts the training once, a rerun would not
-                        args.measured[step] = (n_samples, analyses_only)
                         print(f"  N={n_samples} {mode} {step}: {row['seconds']:.1f} s")
                         write()
+                    if reason or round_ == args.repeat - 1:
+                        measured.append(None)  # no further round
 
 
 def step_name(analyses) -> str:
@@ -272,16 +276,18 @@ def memory_options(analyses, max_memory: int | None) -> dict:
     }
 
 
-def skipped(step, n_samples, args) -> str | None:
-    """Why ``step`` at ``n_samples`` is skipped, or None to run it.
+def skipped(key, n_samples, args) -> str | None:
+    """Why the next run of step ``key`` at ``n_samples`` is skipped, or None to run it.
 
-    Skipped when its time at the last size measured, scaled linearly to
-    ``n_samples``, would end it past ``--deadline`` seconds from the start.
+    ``key`` is ``"training"`` or ``(mode, step)``. Checked before every run:
+    skipped when the time of the step's last run (at this size or the last
+    one measured, scaled linearly to ``n_samples``) would end it past
+    ``--deadline`` seconds from the start; the rounds already run make its row.
     """
-    if args.deadline is None or step not in args.measured:
+    if args.deadline is None or key not in args.measured:
         return None
-    n, seconds = args.measured[step]
-    estimate = seconds * n_samples / n * (1 if step == "training" else args.repeat)
+    n, seconds = args.measured[key]
+    estimate = seconds * n_samples / n
     left = args.deadline - (time.perf_counter() - args.start)
     if estimate <= left:
         return None
@@ -345,7 +351,7 @@ def exponent(times: dict, slowest: dict | None = None) -> str:
     fastest or slowest run of each end gives follows in brackets.
     """
     sizes = sorted(n for n, t in times.items() if t is not None)
-    if len(sizes) < 2 or times[sizes[0]] <= 0:
+    if len(sizes) < 2 or min(times[sizes[0]], times[sizes[-1]]) <= 0:
         return "n/a"
     small, large = sizes[0], sizes[-1]
 
@@ -400,7 +406,7 @@ def mode_tables(results, mode, threshold, analyses, repeat) -> list[str]:
     totals = {n: _total(results[n]) for n in sizes}
     rows.append(
         [
-            "**total** (each analysis alone)",
+            "**total** (each analysis alone, training included)",
             *(_fmt(totals[n]) for n in sizes),
             exponent(totals),
         ]
@@ -420,7 +426,14 @@ def mode_tables(results, mode, threshold, analyses, repeat) -> list[str]:
         )
     header = ["step", *(f"N={n:,}" for n in sizes), "growth exponent"]
     lines += markdown_table(header, rows)
-    lines += ["", "Peak memory added per step (MiB of resident memory):", ""]
+    lines += [
+        "",
+        "Peak memory added per step (MiB of resident memory above its level at "
+        "the step's start; the steps run one after another in one process, and "
+        "memory an earlier step freed but the allocator kept is reused without "
+        "showing here: lower bounds, lower for later steps):",
+        "",
+    ]
     if together:
         steps.append(ONE_AUDIT)
     rows = [

@@ -21,6 +21,7 @@ Usage: ``python benchmarks/bench_kernel.py [--quick] [--device cuda] [--out PATH
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import threading
@@ -46,7 +47,7 @@ HERE = Path(__file__).resolve().parent
 
 def _rss() -> int:
     with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def synchronize(device: torch.device):
