@@ -612,7 +612,7 @@ class LabelIssueDetector(NetworkEstimator):
         if len(self.classes_) < 2:
             raise ValueError(
                 "LabelIssueDetector needs at least two classes; y has one class "
-                f"({self.classes_[0].item()!r})."
+                f"({self.classes_.tolist()[0]!r})."
             )
         return encoder.transform(y).astype(np.int64)
 

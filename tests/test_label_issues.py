@@ -444,6 +444,8 @@ def test_errors(digits, fitted_digits_net):
         ValueError, match=r"at least two classes; y has one class \(0\.0\)"
     ):
         LabelIssueDetector(make_digits_net(), cv=2).fit(X, np.zeros(60))
+    with pytest.raises(ValueError, match=r"y has one class \('cat'\)"):  # object
+        LabelIssueDetector(make_digits_net(), cv=2).fit(X, np.full(60, "cat", object))
     regressor = NeuralNetRegressor(torch.nn.Linear(64, 1), max_epochs=1, verbose=0)
     with pytest.raises(ValueError, match="needs a classifier; NeuralNetRegressor is"):
         LabelIssueDetector(regressor, cv=2).fit(X, y)  # integer targets
