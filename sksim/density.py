@@ -378,9 +378,11 @@ class GradientDensityEstimator(DensityMixin, NetworkEstimator):
                 'The sums of the whitened Jacobians that method="soft" keeps '
                 f"({d} outputs x {p} parameters{copies_text}, float64)"
             )
+            # a sketch takes half the float64 sum's bytes at p components
             advice = (
-                "sum sketches instead (n_components=, e.g. 2048), select fewer "
-                "parameters (params=) or outputs (output=), or raise max_memory."
+                f"sum sketches instead (n_components=, e.g. {min(2048, p // 2)}), "
+                "select fewer parameters (params=) or outputs (output=), or raise "
+                "max_memory."
             )
             kept = 8 * d * p * copies
             error = SoftSumsMemoryError

@@ -6,6 +6,7 @@ chunks that fit in what is left, as the exact search over sketches takes its
 queries and its all-pairs query.
 """
 
+import re
 import sys
 import tracemalloc
 
@@ -42,9 +43,14 @@ def test_a_sum_larger_than_the_budget_is_refused(data):
     p = sum(t.numel() for t in net.parameters())
     size = 8 * 3 * p  # the float64 sum of 3 outputs x p parameters
     estimator = GradientDensityEstimator(net, max_memory=int(1.4 * size))
-    with pytest.raises(MemoryError, match=r'method="soft" keeps.*max_memory'):
+    with pytest.raises(MemoryError, match=r'method="soft" keeps.*max_memory') as error:
         estimator.fit(data)
-    estimator.set_params(max_memory=int(1.6 * size)).fit(data)
+    # the advice's sketch, fewer components than the p parameters, fits
+    advised = int(re.search(r"n_components=, e\.g\. (\d+)", str(error.value))[1])
+    assert advised < p
+    estimator.set_params(n_components=advised).fit(data)
+    assert estimator.reference_features_.shape[0] == 1  # the sketches' sum
+    estimator.set_params(n_components=None, max_memory=int(1.6 * size)).fit(data)
     assert estimator.reference_sum_.shape == (3, p)
 
 
