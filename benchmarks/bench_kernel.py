@@ -38,6 +38,7 @@ from models import (
     transformers_resnet18,
     with_running_statistics,
 )
+from pages import write_page
 from torch.func import functional_call, grad, vmap
 
 from sksim import network_similarity
@@ -295,7 +296,7 @@ def main():
         n_multi = sizes["mlp"][0]
         X = torch.randn(n_multi, 784, device=device)
         multi = multi_output_rows(mlp().to(device), X, repeats, 1024)
-    write_report(rows, multi, n_multi, out, device)
+    write_report(rows, multi, n_multi, out, device, repeats)
 
 
 def _machine(device: torch.device) -> str:
@@ -305,7 +306,7 @@ def _machine(device: torch.device) -> str:
     return f"{processor}, {torch.get_num_threads()} torch threads"
 
 
-def write_report(rows, multi, n_multi, path, device):
+def write_report(rows, multi, n_multi, path, device, repeats):
     lines = [
         "| network | N | method | median time (s) | ratio to sksim "
         f"| peak added {'GPU memory' if device.type == 'cuda' else 'RSS'} (MiB) "
@@ -334,13 +335,14 @@ def write_report(rows, multi, n_multi, path, device):
         f"`python benchmarks/bench_kernel.py --device {device.type}` on "
         f"{_machine(device)}, torch {torch.__version__}, "
         f"{time.strftime('%Y-%m-%d')}. Times are medians of single calls, alternating "
-        "methods in one process (at least 3 per method, up to 40 for fast ones); "
+        f"methods in one process (at least {repeats} per method, up to 40 for fast "
+        "ones); "
         "'floor' is one forward and backward pass over the same batches. 'sksim' "
         "and the peers take the batch size tuned for each network (the same for "
         "all); 'sksim default' is a call with the library's defaults "
         '(`batch_size="auto"`, measured per network within `max_memory`).\n\n'
     )
-    Path(path).write_text(header + table + "\n")
+    write_page(path, header + table + "\n")
 
 
 if __name__ == "__main__":

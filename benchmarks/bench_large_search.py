@@ -35,7 +35,6 @@ import resource
 import time
 from pathlib import Path
 
-import faiss
 import numpy as np
 import torch
 from bench_audit import N_CLASSES, load_average, synthetic
@@ -44,6 +43,10 @@ from pages import write_page
 from sksim import NetworkNeighbors
 from sksim._reduced_search import CANDIDATES_PER_NEIGHBOR
 from sksim.audit.models import make_classifier
+
+# FAISS after torch: imported first, its OpenMP threads and torch's take the
+# cores from each other (the exhaustive search 3 times slower at 10^6)
+import faiss  # noqa: E402  isort: skip
 
 N_TRAIN = 50_000  # examples the MLP is trained on
 N_RECALL = 500  # held-out queries on which the recall is measured
@@ -69,6 +72,8 @@ def reindexed(search, index, params):
         search.set_params(index=index, index_params=None)
         search._faiss_index = search._build_index()
     search.set_params(index_params=params)
+    # the index is rebuilt, not the fit: the search takes it as fit's
+    search._fitted_settings.update(index=index, index_params=params)
     if params is not None:
         faiss.ParameterSpace().set_index_parameters(search._faiss_index, params)
     elif index == "HNSW32":  # FAISS's default: the search sets its beam

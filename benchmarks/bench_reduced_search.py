@@ -29,6 +29,7 @@ from unittest import mock
 import numpy as np
 import torch
 from bench_audit import N_CLASSES, load_average, synthetic
+from pages import write_page
 
 from sksim import NetworkNeighbors
 from sksim.audit.models import make_classifier
@@ -118,7 +119,7 @@ def main():
             for n, f, s, r, r10 in rows
         ),
     ]
-    Path(args.out).write_text("\n".join(lines) + "\n")
+    write_page(args.out, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
