@@ -708,6 +708,38 @@ def test_sensitivity_axes_are_labelled(small_audit):
     ]
 
 
+@pytest.mark.parametrize("values", [(0.21, 0.26, 0.39), (0.01, 0.5, 30.0)])
+def test_sensitivity_ticks_read_as_plain_numbers(small_audit, values):
+    """The log axes' labels read 0.3, not 3 x 10^-1 (mathtext): within one
+    decade (the demo's D) and across several."""
+    result = copy.copy(small_audit)
+    rows = [
+        dict(
+            net="trained",
+            layer=f"layer{depth}",
+            depth=depth,
+            **{f"{m}_mean": value for m in "DGR"},
+            **{f"{m}_std": 0.0 for m in "DGR"},
+        )
+        for depth, value in enumerate(values)
+    ]
+    result.tables = dict(small_audit.tables, sensitivity_summary=pd.DataFrame(rows))
+    fig = sensitivity_layers(result)
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    low, high = ax.get_ylim()
+    labels = [
+        (tick.get_loc(), tick.label1.get_text())
+        for tick in ax.yaxis.get_major_ticks() + ax.yaxis.get_minor_ticks()
+        if tick.label1.get_visible()
+        and tick.label1.get_text()
+        and low <= tick.get_loc() <= high
+    ]
+    assert len(labels) >= 2
+    for location, text in labels:
+        assert float(text) == pytest.approx(location), text
+
+
 def test_sensitivity_of_many_long_layer_names_is_drawn(small_audit):
     """26 layers of a Hugging Face ResNet: matplotlib warned that the layout
     could not be applied, and the names overlapped."""

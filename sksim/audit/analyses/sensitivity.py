@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from ..._engine.inputs import n_samples
 from ..._typing import NetInput
 from ..._validation import sample_shape
-from .._render import errorbars, layer_tail, subplots
+from .._render import errorbars, layer_tail, log_scale, subplots
 from .._tables import frame, spread
 from ..models import is_square_image_batch
 from .base import Analysis, FoldOutput
@@ -77,7 +77,7 @@ def sensitivity_layers(result: AuditResult) -> Figure | None:
     step = -(-n_layers // MAX_LAYER_TICKS)  # every step-th layer named
     names = [layer_tail(str(layer), LAYER_NAME) for layer in layers["layer"]]
     for ax, name in zip(axes, ("D", "G", "R"), strict=True):
-        ax.set_yscale("log")
+        log_scale(ax)
         ax.set_title(name)
         ax.set_xticks(
             layers["depth"][::step], names[::step], rotation=60, ha="right", fontsize=7
