@@ -300,6 +300,15 @@ def test_sensitivity_equals_relative_sensitivity(digit_images):
     assert table["layer"].tolist() == expected["layer"].tolist()
     summary = result["sensitivity_summary"]
     assert set(summary["net"]) == {"trained", "init"}
+    sizes = sorted({len(manual_fold(X, y, fold=f)[1]) for f in range(3)})
+    held_out = " to ".join(f"{n:,}" for n in sizes)
+    assert result.metadata["methods"]["sensitivity"] == (
+        f"30 of the {held_out} held-out images drawn at random, each deformed once "
+        "by a random smooth diffeomorphism (typical displacement delta=1 pixel, "
+        "wave numbers up to cutoff=3, linear interpolation) and noised once at the "
+        "same norm (noise_norm='per_sample'), means of squared distances; "
+        "initialisation: 1 re-initialised copy, combined by geometric means"
+    )
 
 
 def test_audit_cnn_runs_and_names_layers(digit_images):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -91,6 +92,56 @@ def sensitivity_layers(result: AuditResult) -> Figure | None:
     return fig
 
 
+def sensitivity_method(measure: Callable, options: Mapping[str, Any], n: int) -> str:
+    """How ``measure`` (``relative_sensitivity``) probed ``n`` held-out images, in words.
+
+    From ``options`` over the function's own defaults.
+    """
+    settings = {
+        name: parameter.default
+        for name, parameter in inspect.signature(measure).parameters.items()
+        if parameter.default is not parameter.empty
+    }
+    settings.update(options)
+    n_probe = min(settings["n_probe"], n)
+    probes = (
+        f"all {n:,} held-out images"
+        if n_probe == n
+        else f"{n_probe:,} of the {n:,} held-out images drawn at random"
+    )
+    if settings["deformation"] is None:
+        deformed = (
+            "a random smooth diffeomorphism (typical displacement "
+            f"delta={settings['delta']:g} pixel{'s' * (settings['delta'] != 1)}, "
+            "wave numbers up to "
+            f"cutoff={settings['cutoff']}, {settings['interp']} interpolation)"
+        )
+    else:
+        deformed = "the given deformation"
+    text = (
+        f"{probes}, each deformed once by {deformed} and noised once at the same "
+        f"norm (noise_norm={settings['noise_norm']!r}), {settings['statistic']}s "
+        "of squared distances"
+    )
+    reference = settings["reference"]
+    if isinstance(reference, str):  # "reinitialized"
+        copies = "copy" if settings["n_init"] == 1 else "copies"
+        text += (
+            f"; initialisation: {settings['n_init']} re-initialised {copies}, "
+            "combined by geometric means"
+        )
+    elif reference is not None:
+        text += "; initialisation: the given initial network"
+    if settings["pool"] != "flatten":
+        text += f"; representations pooled by {settings['pool']!r}"
+    if settings["shuffled"]:
+        text += (
+            "; also the trained network with each convolution filter's input "
+            "channels shuffled"
+        )
+    return text
+
+
 class Sensitivity(Analysis):
     """D, G and R = D / G per layer, trained and at initialisation."""
 
@@ -137,15 +188,17 @@ class Sensitivity(Analysis):
             module.measure.check_params(options)
 
     def run(self, fold: _Fold) -> FoldOutput:
-        table = import_sensitivity().relative_sensitivity(
-            fold.net,
-            fold.X_test,
-            random_state=fold.random_state,
-            **self.options(fold),
+        options = self.options(fold)
+        measure = import_sensitivity().relative_sensitivity
+        table = measure(
+            fold.net, fold.X_test, random_state=fold.random_state, **options
         )
         table = frame(dict(table))
         table.insert(0, "fold", fold.fold)
-        return FoldOutput(tables=dict(sensitivity=table))
+        method = sensitivity_method(measure, options, n_samples(fold.X_test))
+        return FoldOutput(
+            tables=dict(sensitivity=table), method=self.method_text(fold, method)
+        )
 
     def summarise(self, tables: Mapping[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
         summary = spread(
