@@ -93,7 +93,7 @@ def sensitivity_layers(result: AuditResult) -> Figure | None:
 
 
 def sensitivity_method(measure: Callable, options: Mapping[str, Any], n: int) -> str:
-    """How ``measure`` (``relative_sensitivity``) probed ``n`` held-out images, in words.
+    """How ``measure`` (``relative_sensitivity``) probed ``n`` held-out images.
 
     From ``options`` over the function's own defaults.
     """
