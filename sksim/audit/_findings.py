@@ -47,8 +47,13 @@ def over_folds(n_folds):
     return "on the one held-out split" if n_folds == 1 else f"mean over {n_folds} folds"
 
 
-def accuracy_meaning(mean, std, n_folds):
-    """One sentence on the held-out accuracy."""
+def accuracy_meaning(share, std, n_folds):
+    """One sentence on the share of held-out examples classified correctly.
+
+    ``share`` is pooled over the held-out examples of every fold (the mean of
+    the folds' accuracies weighs a small fold as much as a large one); ``std``
+    is the folds' spread.
+    """
     consistency = (
         ""
         if math.isnan(std)
@@ -58,11 +63,16 @@ def accuracy_meaning(mean, std, n_folds):
         else f" Its standard deviation over folds, {std:.3f}, is large: the folds "
         "disagree (a small or uneven data set)."
     )
+    pooled = "" if n_folds == 1 else f" (pooled over the {n_folds} folds)"
     return (
-        f"About {mean * 100:.0f} in 100 held-out examples are classified "
-        f"correctly by a network that never saw them ({over_folds(n_folds)})."
-        f"{consistency}"
+        f"About {share * 100:.0f} in 100 held-out examples are classified "
+        f"correctly by a network that never saw them{pooled}.{consistency}"
     )
+
+
+def held_out_error(samples) -> float:
+    """The share of held-out examples misclassified, pooled over the folds."""
+    return 1.0 - float(samples["correct"].mean())
 
 
 def fit_finding(r2, rmse, n_folds):
@@ -253,8 +263,9 @@ def headline_meanings(result):
     meanings = {}
     value = summary_value(summary, "accuracy")
     if value is not None:
-        meanings["accuracy"] = accuracy_meaning(*value, meta["n_folds"])
-        meanings["error"] = error_meaning(1 - value[0])
+        error = held_out_error(result.tables["samples"])
+        meanings["accuracy"] = accuracy_meaning(1 - error, value[1], meta["n_folds"])
+        meanings["error"] = error_meaning(error)
     value = summary_value(summary, "density_error_correlation")
     if value is not None:
         meanings["density_error_correlation"] = density_meaning(result, value[0])
@@ -358,11 +369,11 @@ def label_issue_finding(result):
             f"{n / len(table):.1%} of the data); the top "
             f"{'one' if n == 1 else 'ones'}: {top}."
         )
-        accuracy = summary_value(result.tables["summary"], "accuracy")
-        if accuracy is not None:  # the flags cannot tell one from the other
-            text += (
+        if "correct" in result.tables["samples"]:  # a classifier's audit
+            error = held_out_error(result.tables["samples"])
+            text += (  # the flags cannot tell one from the other
                 " They are the labels that the network (wrong on "
-                f"{1 - accuracy[0]:.1%} of the held-out examples) and their most "
+                f"{error:.1%} of the held-out examples) and their most "
                 "similar examples disagree with: wrong labels, or its own mistakes."
             )
     elif disputed:
@@ -501,7 +512,8 @@ def findings(result):
     accuracy = summary_value(tables["summary"], "accuracy")
     if accuracy is not None:
         out.append(
-            f"Held-out accuracy {accuracy[0]:.3f}{_spread(accuracy[1])}. "
+            f"Held-out accuracy {accuracy[0]:.3f}{_spread(accuracy[1])}"
+            f"{'' if meta['n_folds'] == 1 else ' (mean ± std over folds)'}. "
             + meanings["accuracy"]
             + _planted_accuracy(tables["samples"], meta.get("label_noise"))
         )

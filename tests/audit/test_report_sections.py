@@ -25,6 +25,7 @@ from sksim.audit._examples import (
 )
 from sksim.audit._findings import (
     _planted_accuracy,
+    accuracy_meaning,
     agreement_bound,
     agreement_meaning,
     class_fitting_finding,
@@ -33,6 +34,8 @@ from sksim.audit._findings import (
     density_meaning,
     error_meaning,
     findings,
+    headline_meanings,
+    held_out_error,
     sensitivity_finding,
     summary_value,
 )
@@ -430,8 +433,11 @@ def test_findings_and_headline_cards_give_the_tables_numbers(issues_audit):
     html = render_html(issues_audit)
     accuracy = folds["accuracy"]
     mean, std = accuracy.mean(), accuracy.std(ddof=1)
-    assert listed[0].startswith(f"Held-out accuracy {mean:.3f} ± {std:.3f}. ")
-    assert f"About {mean * 100:.0f} in 100 held-out examples" in listed[0]
+    assert listed[0].startswith(
+        f"Held-out accuracy {mean:.3f} ± {std:.3f} (mean ± std over folds). "
+    )
+    pooled = issues_audit["samples"]["correct"].mean()
+    assert f"About {pooled * 100:.0f} in 100 held-out examples" in listed[0]
     assert f"<b>{mean:.3f} ± {std:.3f}</b>" in html  # the accuracy's card
     r = folds["density_error_correlation"]
     assert f"Density-error correlation {r.mean():.2f}" in " ".join(listed)
@@ -509,11 +515,40 @@ def test_flags_are_set_beside_the_networks_own_mistakes(issues_audit):
     """A network wrong on 41 % of the held-out examples had 33 % of its labels
     said to "look wrong", with no word of its own mistakes."""
     result = copy.deepcopy(issues_audit)
-    summary = result.tables["summary"]
-    summary.loc[summary["metric"] == "accuracy", "mean"] = 0.585
+    samples = result.tables["samples"]
+    wrong = round(0.415 * len(samples))
+    samples["correct"] = np.arange(len(samples)) >= wrong
     labels = next(text for text in findings(result) if "look wrong" in text)
-    assert "the network (wrong on 41.5% of the held-out examples)" in labels
+    share = f"{wrong / len(samples):.1%}"
+    assert f"the network (wrong on {share} of the held-out examples)" in labels
     assert "examples disagree with: wrong labels, or its own mistakes." in labels
+
+
+def test_shares_of_held_out_examples_are_pooled_over_uneven_folds(issues_audit):
+    """Test folds of 8 and 2 examples, all right in the first and all wrong in
+    the second: 8 in 10 examples are right, though the folds' mean accuracy is
+    0.5; the report said "About 50 in 100 held-out examples" (and, with
+    groups of examples kept in one fold, 95 where 94 were right)."""
+    samples = pd.DataFrame(
+        dict(fold=[0] * 8 + [1] * 2, correct=[True] * 8 + [False] * 2)
+    )
+    assert held_out_error(samples) == pytest.approx(0.2)
+    assert accuracy_meaning(0.8, 0.7, 2).startswith(
+        "About 80 in 100 held-out examples are classified correctly by a network "
+        "that never saw them (pooled over the 2 folds)."
+    )
+    assert "(pooled" not in accuracy_meaning(0.8, float("nan"), 1)
+    result = copy.deepcopy(issues_audit)
+    samples = result.tables["samples"]
+    samples["correct"] = np.arange(len(samples)) % 4 > 0  # 3 in 4 right
+    listed = findings(result)
+    mean = result["folds"]["accuracy"].mean()
+    assert listed[0].startswith(f"Held-out accuracy {mean:.3f}")  # the folds' mean
+    assert "About 75 in 100 held-out examples" in listed[0]
+    assert "(wrong on 25.0% of the held-out examples)" in " ".join(listed)
+    assert headline_meanings(result)["error"] == (
+        "The share of held-out examples misclassified: 25%."
+    )
 
 
 def test_isolated_finding_counts_the_examples_without_a_similar_one(issues_audit):
