@@ -152,6 +152,23 @@ def test_error_by_density_figure_draws_the_summary(small_audit):
         small_audit["density_bins_summary"]["error_rate_mean"],
     )
     assert len(ax.lines) >= 3  # one line per fold
+    labels = ax.get_legend_handles_labels()[1]
+    assert labels == ["one fold", "mean over folds (± std)"]
+    ticks = [tick for tick in ax.get_xticks() if tick == int(tick)]
+    assert len(ticks) == len(ax.get_xticks())  # whole bins only
+
+
+def test_error_by_density_of_one_split_names_no_folds(small_audit):
+    """A prefit audit's one split was drawn as "one fold" and "mean over
+    folds (± std)"."""
+    result = copy.copy(small_audit)
+    bins = small_audit["density_bins"]
+    one = bins[bins["fold"] == 0]
+    result.tables = dict(small_audit.tables, density_bins=one)
+    fig = figures.error_by_density(result)
+    ax = fig.axes[0]
+    assert ax.get_legend_handles_labels()[1] == ["held-out examples"]
+    assert [line.get_color() for line in ax.lines if line.get_color() == "0.7"] == []
 
 
 def test_figures_and_their_absence(small_audit):

@@ -30,7 +30,9 @@ def quantile_bins(values: np.ndarray, n_bins: int) -> np.ndarray:
     """Bins of ``values`` by rank, 0 for the smallest values.
 
     The bins hold equal numbers of values, but for ties: equal values share
-    the bin of their middle rank, whatever their order.
+    the bin of their lowest rank, whatever their order, so that the smallest
+    values (densities at the floor) are always in bin 0; bins above a large
+    tie may be empty.
 
     Examples
     --------
@@ -39,8 +41,10 @@ def quantile_bins(values: np.ndarray, n_bins: int) -> np.ndarray:
     [1, 0, 1, 0]
     >>> quantile_bins(np.array([0.0, 0.0, 0.0, 1.0]), 2).tolist()
     [0, 0, 0, 1]
+    >>> quantile_bins(np.array([1.0, 0.0, 0.0, 0.0]), 4).tolist()
+    [3, 0, 0, 0]
     """
-    ranks = rankdata(values) - 1  # ties: their mean rank
+    ranks = rankdata(values, method="min") - 1  # ties: their lowest rank
     return (ranks * n_bins // len(values)).astype(np.intp)
 
 
@@ -112,6 +116,13 @@ def density_histogram(result: AuditResult) -> Figure | None:
     return fig
 
 
+def _with_counts(summary: pd.DataFrame, bins: pd.DataFrame) -> pd.DataFrame:
+    """``summary`` with ``n_samples``, the held-out examples of each bin in all folds."""
+    counts = bins.groupby("density_bin")["n_samples"].sum()
+    summary.insert(1, "n_samples", summary["density_bin"].map(counts).to_numpy())
+    return summary
+
+
 def error_by_density(result: AuditResult) -> Figure | None:
     """Error by density quantile bin, mean and spread over folds.
 
@@ -133,7 +144,8 @@ def error_by_density(result: AuditResult) -> Figure | None:
     column = error_column(result.tables["samples"])
     fig, ax = subplots(figsize=(6, 3.4))
     per_fold = result.tables["density_bins"]
-    for fold, rows in per_fold.groupby("fold"):
+    several = per_fold["fold"].nunique() > 1
+    for fold, rows in per_fold.groupby("fold") if several else ():
         ax.plot(
             rows["density_bin"],
             rows[column],
@@ -150,8 +162,9 @@ def error_by_density(result: AuditResult) -> Figure | None:
         color="tab:red",
         marker="o",
         capsize=3,
-        label="mean over folds (± std)",
+        label="mean over folds (± std)" if several else "held-out examples",
     )
+    ax.xaxis.get_major_locator().set_params(integer=True)  # whole bins
     ax.set_xlabel("density bin (0 = lowest density; tied examples share one)")
     ax.set_ylabel(column.replace("_", " "))
     ax.set_ylim(bottom=0)
@@ -229,7 +242,8 @@ class Density(Analysis):
         "are inputs unlike anything the network was trained on (for a "
         "regression, the bins show the mean squared error). Bins are "
         "quantile bins of each fold's held-out examples, as many in every "
-        "fold; equal densities share a bin."
+        "fold; equal densities share the bin of the lowest of them, so that "
+        "bin 0 holds every example at the floor."
     )
     figures = (density_histogram, error_by_density)
     report_table = "density_bins_summary"
@@ -320,5 +334,6 @@ class Density(Analysis):
                 bins, "density_bin", [column, "mean_log_density"]
             )
             .sort_values("density_bin")  # a bin may be empty in the first fold
-            .reset_index(drop=True),
+            .reset_index(drop=True)
+            .pipe(_with_counts, bins),
         )
