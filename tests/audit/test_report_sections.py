@@ -313,7 +313,7 @@ def test_timings_table_sums_the_steps(small_audit):
     "r, words",
     [
         (-0.43, "Errors concentrate where the network sees few similar"),
-        (-0.2, "weakly so"),
+        (-0.2, "coverage explains some of them, the others come from elsewhere"),
         (0.02, "not where training examples are scarce"),
         (0.15, "somewhat more frequent at high density, but weakly so"),
         (0.3, "Errors are more frequent at high density"),
@@ -441,6 +441,12 @@ def test_findings_and_headline_cards_give_the_tables_numbers(issues_audit):
     assert f"<b>{mean:.3f} ± {std:.3f}</b>" in html  # the accuracy's card
     r = folds["density_error_correlation"]
     assert f"Density-error correlation {r.mean():.2f}" in " ".join(listed)
+    by_bin = issues_audit["density_bins"].groupby("density_bin")["error_rate"].mean()
+    assert (
+        f"By density bin, mean over folds: error rate {by_bin.iloc[0]:.3g} in the "
+        f"lowest (bin 0) against {by_bin.iloc[-1]:.3g} in the highest (bin "
+        f"{by_bin.index[-1]})."
+    ) in " ".join(listed)
     assert f"<b>{r.mean():.3f} ± {r.std(ddof=1):.3f}</b>" in html
     agreement = folds["neighbor_label_agreement"].mean()
     k = meta["n_neighbors"]
@@ -652,7 +658,7 @@ def test_a_correlation_of_floored_or_soft_densities_draws_no_conclusion(
 
     def meaning():
         text = next(t for t in findings(result) if t.startswith("Density-error"))
-        return text.split(". ", 1)[1]
+        return text.split(". ", 1)[1].split(" By density bin")[0]  # then the bins
 
     assert meaning() == correlation_meaning(r)
     samples["neighbor_count"] = np.where(np.arange(len(samples)) % 4, 0.0, 7.0)
