@@ -259,6 +259,43 @@ def agreement_meaning(a, k, bound=1.0):
     return text + "."
 
 
+def mean_pair_difference(values) -> float:
+    """The mean ``|a - b|`` over the pairs of distinct entries of ``values``.
+
+    From the sorted values, each pair's difference counted once: O(n log n).
+    """
+    v = np.sort(np.asarray(values, dtype=np.float64))
+    n = len(v)
+    if n < 2:
+        return float("nan")
+    weights = 2 * np.arange(n) - (n - 1)  # how often each is the larger, less smaller
+    return float(weights @ v / (n * (n - 1) / 2))
+
+
+def target_difference_meaning(difference, k, samples):
+    """One sentence on a regression's neighbours' target difference, with a baseline.
+
+    The baseline is the mean difference between two held-out examples drawn at
+    random (from the targets of ``samples``): similar examples whose targets
+    differ as much as any two say the similarity does not follow the targets.
+    """
+    baseline = mean_pair_difference(samples["label"])
+    text = (
+        f"The targets of the {k} training examples most similar to a held-out "
+        f"example differ from its own by {difference:.3g} on average, against "
+        f"{baseline:.3g} between two held-out examples drawn at random"
+    )
+    if difference < 0.8 * baseline:
+        reading = "the network's most similar examples have similar targets"
+    elif difference < baseline:
+        reading = (
+            "hardly closer than any two: the similarity follows the targets weakly"
+        )
+    else:
+        reading = "no closer than any two: the similarity does not follow the targets"
+    return f"{text}: {reading}."
+
+
 def agreement_bound(samples, folds, k):
     """The largest share of same-label neighbours the folds' training sets allow.
 
@@ -301,6 +338,11 @@ def headline_meanings(result):
             else agreement_bound(result.tables["samples"], result.tables["folds"], k)
         )
         meanings["neighbor_label_agreement"] = agreement_meaning(value[0], k, bound)
+    value = summary_value(summary, "neighbor_target_difference")
+    if value is not None:
+        meanings["neighbor_target_difference"] = target_difference_meaning(
+            value[0], meta["n_neighbors"], result.tables["samples"]
+        )
     return meanings
 
 

@@ -271,7 +271,8 @@ def _tables(result) -> str:
     parts = []
     for name, frame in result.tables.items():
         parts.append(
-            f"<details><summary>{html.escape(name)} ({len(frame)} rows)</summary>"
+            f"<details><summary>{html.escape(name)} "
+            f"({counted(len(frame), 'row')})</summary>"
             f"{table(frame)}</details>"
         )
     return "".join(parts)
