@@ -117,7 +117,7 @@ def density_histogram(result: AuditResult) -> Figure | None:
 
 
 def _with_counts(summary: pd.DataFrame, bins: pd.DataFrame) -> pd.DataFrame:
-    """``summary`` with ``n_samples``, the held-out examples of each bin in all folds."""
+    """``summary`` with ``n_samples``: each bin's held-out examples, all folds."""
     counts = bins.groupby("density_bin")["n_samples"].sum()
     summary.insert(1, "n_samples", summary["density_bin"].map(counts).to_numpy())
     return summary
