@@ -380,6 +380,13 @@ def _are_codes(y: np.ndarray) -> bool:
     return bool(np.isfinite(y).all() and (y == np.round(y)).all() and y.min() >= 0)
 
 
+def _read(path, option: str, say: Say) -> tuple[np.ndarray | dict, np.ndarray]:
+    """:func:`read_npz` of ``path``, a missing file named by its ``option``."""
+    if not os.path.exists(path):
+        raise ValueError(f"{option} {path}: no such file or folder.")
+    return read_npz(path, say)
+
+
 def load_data(args: argparse.Namespace, say: Say) -> Data:
     """The training data, and the test split with --test-data."""
     if args.groups and (args.data is None or args.checkpoint is not None):
@@ -391,11 +398,11 @@ def load_data(args: argparse.Namespace, say: Say) -> Data:
         X, y = load_dataset(args.dataset)
         source = args.dataset
     else:
-        X, y = read_npz(args.data, say)
+        X, y = _read(args.data, "--data", say)
         source = args.data
     X_test = y_test = None
     if args.test_data is not None:
-        X_test, y_test = read_npz(args.test_data, say)
+        X_test, y_test = _read(args.test_data, "--test-data", say)
     regression = args.task == "regression" or (args.task == "auto" and is_continuous(y))
     if regression and args.checkpoint is not None:
         return Data(X, y, str(source), "regression", X_test, y_test)

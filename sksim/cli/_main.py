@@ -156,14 +156,23 @@ def run_audit(args: argparse.Namespace) -> AuditResult:
         f"sksim audit: {data.source}, {n_samples(X)} samples of shape "
         f"{sample_shape(X)}, {kind}, {plan}"
     )
+    analyses = ANALYSES if args.analyses is None else args.analyses
+    idle = [name for name in args.options or {} if name not in analyses]
+    if idle:
+        say(
+            f"sksim audit: warning: --options for analyses that --analyses does "
+            f"not run ({', '.join(idle)}) are ignored"
+        )
     start = time.perf_counter()
     with warnings.catch_warnings():  # failures are reported below, in one line each
         warnings.simplefilter("ignore", AuditAnalysisFailedWarning)
+        # said above, in the command line's words
+        warnings.filterwarnings("ignore", "options for analyses that do not run")
         result = audit(
             net,
             X,
             y,
-            analyses=ANALYSES if args.analyses is None else args.analyses,
+            analyses=analyses,
             n_neighbors=args.n_neighbors,
             scale_threshold=args.scale_threshold,
             layers=args.layers,

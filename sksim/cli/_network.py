@@ -6,6 +6,7 @@ import argparse
 import importlib
 import os
 import re
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -17,13 +18,32 @@ if TYPE_CHECKING:  # imported when used, to start quickly
 
 
 def load_factory(spec: str) -> Callable[..., Any]:
-    """The callable ``factory`` of ``"package.module:factory"``."""
+    """The callable ``factory`` of ``"package.module:factory"``.
+
+    Imported from the current folder as well as ``sys.path``, as ``python -m
+    sksim`` finds it (the ``sksim`` console script alone would not).
+    """
     module_name, sep, attribute = spec.partition(":")
     if not sep or not module_name or not attribute:
         raise ValueError(
             f"--module must look like package.module:factory; got {spec!r}."
         )
-    module = importlib.import_module(module_name)
+    here = os.getcwd()
+    added = here not in sys.path and "" not in sys.path
+    if added:
+        sys.path.insert(0, here)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name is None or not f"{module_name}.".startswith(f"{error.name}."):
+            raise  # the user's module imports something missing: its own error
+        raise ValueError(
+            f"--module {spec}: {error}; run sksim from the folder that holds it, "
+            "or put that folder on PYTHONPATH."
+        ) from error
+    finally:
+        if added:
+            sys.path.remove(here)
     try:
         factory = getattr(module, attribute)
     except AttributeError as error:

@@ -135,8 +135,9 @@ def _device(text):
 
     try:
         device = check_device(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
+    except ValueError as error:  # in the command line's words
+        message = str(error).replace('device="cpu"', "--device cpu")
+        raise argparse.ArgumentTypeError(message) from None
     if device.type not in ("cpu", "cuda"):
         raise argparse.ArgumentTypeError(f"{text}: use cpu, cuda or cuda:N")
     return text
@@ -240,7 +241,7 @@ def make_parser() -> argparse.ArgumentParser:
         "a tuple, or a dict of them for inputs saved by name) must return "
         "a torch.nn.Module that outputs logits (trained with cross-entropy and "
         "SGD as configured below) or an unfitted skorch net (used as is); "
-        "PKG.MOD must be importable (e.g. on PYTHONPATH)",
+        "PKG.MOD is imported from the current folder or PYTHONPATH",
     )
     model.add_argument(
         "--checkpoint",
@@ -356,7 +357,7 @@ def make_parser() -> argparse.ArgumentParser:
     )
     analysis.add_argument(
         "--noise-seed",
-        type=int,
+        type=_seed,
         default=0,
         help="seed of the labels flipped by --label-noise (default 0)",
     )

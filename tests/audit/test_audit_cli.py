@@ -153,6 +153,56 @@ def test_cli_in_process_with_user_data_and_architecture(
     assert "Nearest training examples" in out.read_text()
 
 
+def test_the_module_is_imported_from_the_current_folder(tmp_path, monkeypatch, npz):
+    """The ``sksim`` console script, unlike ``python -m sksim``, does not put
+    the current folder on sys.path: "--module here:make" with here.py in it
+    failed with "No module named 'here'"; the folder is not left on sys.path."""
+    (tmp_path / "here_arch.py").write_text(
+        "import torch\n"
+        "def make(input_shape, n_classes):\n"
+        "    layers = torch.nn.Flatten(), torch.nn.Linear(64, n_classes)\n"
+        "    return torch.nn.Sequential(*layers)\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    path = [entry for entry in sys.path if entry not in ("", str(tmp_path))]
+    monkeypatch.setattr(sys, "path", path)
+    monkeypatch.delitem(sys.modules, "here_arch", raising=False)
+    argv = ["audit", "--data", str(npz), "--module", "here_arch:make", *FAST]
+    assert cli.main([*argv, "--analyses", "density"]) == 0
+    assert sys.path == path
+
+
+def test_a_missing_module_names_the_option(capsys, monkeypatch):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["audit", "--dataset", "iris", "--module", "no_such_mod_xyz:make"])
+    assert exit_.value.code == 2
+    assert one_line_error(capsys).endswith(
+        "error: --module no_such_mod_xyz:make: No module named 'no_such_mod_xyz'; "
+        "run sksim from the folder that holds it, or put that folder on "
+        "PYTHONPATH.\n"
+    )
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_options_of_analyses_not_run_are_said_in_one_line(capsys, quiet):
+    """They leaked the API's UserWarning (its source line, "analyses=(...)")
+    to stderr, even with --quiet."""
+    argv = ["audit", "--dataset", "iris", "--cv", "2", "--max-epochs", "2"]
+    argv += ["--analyses", "density", "--options", '{"neighbors": {"index": "Flat"}}']
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # none reaches Python's warnings either
+        assert cli.main([*argv, "--quiet"] if quiet else argv) == 0
+    err = capsys.readouterr().err
+    line = (
+        "sksim audit: warning: --options for analyses that --analyses does not "
+        "run (neighbors) are ignored\n"
+    )
+    if quiet:
+        assert err == ""
+    else:
+        assert line in err and "UserWarning" not in err
+
+
 def test_cli_seed_and_layers_reach_the_audit():
     """--seed and --layers could be dropped on the way to audit() unnoticed:
     the default seed is 0, and the analyses run did not read the layers."""
@@ -253,6 +303,12 @@ def test_help_explains_every_option(capsys):
         ),
         (["--analyses", ""], "name at least one analysis"),
         (["--dataset", "iris", "--model", "cnn"], "The cnn model needs square images"),
+        # Python's "[Errno 2] No such file or directory: 'nope.npz'" named no option
+        (["--data", "nope.npz"], "error: --data nope.npz: no such file or folder."),
+        (
+            ["--dataset", "iris", "--checkpoint", "w.pt", "--test-data", "nope.npz"],
+            "error: --test-data nope.npz: no such file or folder.",
+        ),
     ],
 )
 def test_cli_errors(args, message, factory_module, capsys, tmp_path):
@@ -346,6 +402,7 @@ def test_cli_outputs_that_would_overwrite_inputs_are_refused(
     [
         (["--seed", "-1"], "must be an integer from 0 to 2**32 - 1; got -1"),
         (["--seed", "4294967296"], "from 0 to 2**32 - 1; got 4294967296"),
+        (["--noise-seed", "-1"], "argument --noise-seed: must be an integer from 0"),
         (["--lr", "abc"], "argument --lr: must be a number; got abc"),
         (["--label-noise", "abc"], "argument --label-noise: must be a number"),
         (["--layers", ","], "argument --layers: names no layer; got ','"),
@@ -658,6 +715,7 @@ def test_cli_device(tmp_path, capsys):
     assert cli.main([*argv, "--device", "cpu", "--out", str(out)]) == 0
     for device, message in (
         ("cuda:99", "device='cuda:99', but this machine has"),
+        ("cuda:99", "use --device cpu, or one of them"),  # not device="cpu"
         ("banana", "not a torch device"),
         ("mps", "MPS has no float64 tensors"),
     ):
