@@ -366,6 +366,12 @@ def isolated_section(result) -> str:
             "counts below one half are floored); ties are broken by the lower "
             "similarity of the nearest training example."
         )
+        if count < 1 and result.metadata["n_folds"] > 1:
+            text += (
+                " Examples at the floor tie whatever their fold, though the "
+                "floor's log relative density depends on the size of the fold's "
+                "training part."
+            )
     columns = ["index", "fold", "label", "prediction", "log_density"]
     columns += ["neighbor_count", "features"]
     rows = _rows(items, columns).dropna(axis=1, how="all")

@@ -94,7 +94,8 @@ def class_densities(result: AuditResult) -> Figure | None:
         ax.set_xticks(
             x[::step], names[::step], fontsize=7, rotation=0 if upright else 90
         )
-        ax.set_xlabel("class, sorted" + (f" (one in {step} named)" if step > 1 else ""))
+        named = f", one in {step} named" if step > 1 else ""
+        ax.set_xlabel(f"class (by training-fold log-density{named})")
         ax.set_ylabel("mean own-class log-density")  # each layer its own scale
         ax.set_title(layer_tail(str(layer), int(TITLE_CHARACTERS * width)))
     fig.legend(
