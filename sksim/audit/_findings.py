@@ -179,7 +179,7 @@ def density_meaning(result, r):
         return (
             f"Not telling: {at_floor:.0%} of the held-out densities tie at the "
             "floor (no training example above the similarity threshold), so "
-            "the correlation ranks few examples; lower the threshold, or count "
+            "the correlation rests on few examples; lower the threshold, or count "
             "softly."
         )
     if soft_counts(result) and r > -0.3:

@@ -348,8 +348,9 @@ def _prefit_data(net, X, y, X_test, y_test):
         raise ValueError(
             f"X_test holds samples of shape {sample_shape(X_test)} and X of "
             f"shape {sample_shape(X)} (their first items, for datasets); they "
-            "must be alike: pad sequences of both to one length (sksim reads a "
-            "dataset's items as they are, without a skorch net's collate_fn)."
+            "must be alike: the same features, or sequences padded to one length "
+            "(sksim reads a dataset's items as they are, without a skorch net's "
+            "collate_fn)."
         )
     task = target_task(net, y)
     if task == "regression":

@@ -481,6 +481,9 @@ def test_prefit_errors(split, trained, regression):
         audit(trained, X, y, cv="prefit", X_test=X_test, y_test=y_test[:-1])
     with pytest.raises(ValueError, match=r"X_test holds samples of shape \(64,\)"):
         audit(trained, X, y, cv="prefit", X_test=X_test.reshape(80, 64), y_test=y_test)
+    # tabular data were told to "pad sequences of both to one length"
+    with pytest.raises(ValueError, match=r"the same features, or sequences padded"):
+        audit(net, Xr, yr, cv="prefit", X_test=Xr_test[:, :1], y_test=yr_test)
     with pytest.raises(ValueError, match=r"one target per sample \(y of shape"):
         audit(net, Xr, np.hstack([yr, yr]), cv="prefit", X_test=Xr_test, y_test=yr_test)
     with pytest.raises(ValueError, match=r"more than the 120 training examples: "):
