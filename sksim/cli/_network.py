@@ -20,18 +20,17 @@ if TYPE_CHECKING:  # imported when used, to start quickly
 def load_factory(spec: str) -> Callable[..., Any]:
     """The callable ``factory`` of ``"package.module:factory"``.
 
-    Imported from the current folder as well as ``sys.path``, as ``python -m
-    sksim`` finds it (the ``sksim`` console script alone would not).
+    The current folder is put first on ``sys.path`` (as ``python -m sksim``
+    does, and the ``sksim`` console script does not), so that the module, and
+    what it imports when the factory runs, are found there.
     """
     module_name, sep, attribute = spec.partition(":")
     if not sep or not module_name or not attribute:
         raise ValueError(
             f"--module must look like package.module:factory; got {spec!r}."
         )
-    here = os.getcwd()
-    added = here not in sys.path and "" not in sys.path
-    if added:
-        sys.path.insert(0, here)
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as error:
@@ -41,9 +40,6 @@ def load_factory(spec: str) -> Callable[..., Any]:
             f"--module {spec}: {error}; run sksim from the folder that holds it, "
             "or put that folder on PYTHONPATH."
         ) from error
-    finally:
-        if added:
-            sys.path.remove(here)
     try:
         factory = getattr(module, attribute)
     except AttributeError as error:
