@@ -553,6 +553,42 @@ def test_outputs_that_are_not_per_sample_are_refused(module):
         network_similarity(TaskHeads(), mixed, batch_size=3)
 
 
+class FirstRowLength(torch.nn.Module):
+    """Pools every sequence at the first one's length (``mask[0].sum()``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embedding = torch.nn.Embedding(20, 4)
+        self.fc = torch.nn.Linear(4, 3)
+
+    def forward(self, ids, mask):
+        length = int(mask[0].sum())
+        return self.fc(torch.tanh(self.embedding(ids[:, :length])).mean(1))
+
+
+@pytest.mark.parametrize("alike", ["identical", "lengths"])
+def test_a_batch_dependence_hidden_by_the_first_two_rows_is_refused(alike):
+    """The check compared rows 0 and 1 alone with the two together: when they
+    agree on what the network reads across its batch (identical rows, or two
+    sequences truncated to one length), it passed, and the kernel depended on
+    batch_size (0.53 off the per-sample one at batch_size=3)."""
+    rng = np.random.RandomState(0)
+    coupled = "depend on the other inputs of its batch, or change from call to call"
+    if alike == "identical":  # a statistic of the batch, equal for equal rows
+        inputs = X.copy()
+        inputs[1] = inputs[0]
+        with pytest.raises(ValueError, match=coupled):
+            network_similarity(
+                torch.nn.Linear(5, 3), inputs, output=lambda z: z - z.mean(0)
+            )
+        return
+    lengths = np.array([6, 6, 2, 4, 5, 3])
+    mask = (np.arange(6)[None, :] < lengths[:, None]).astype(np.int64)
+    ids = rng.randint(1, 20, size=(6, 6)) * mask
+    with pytest.raises(ValueError, match=coupled):
+        network_similarity(FirstRowLength(), {"ids": ids, "mask": mask})
+
+
 def test_cached_parametrisations_are_refused():
     net = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Tanh())
     torch.nn.utils.parametrizations.weight_norm(net[0])

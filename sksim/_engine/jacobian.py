@@ -66,6 +66,8 @@ GRAM_COPIES = 5
 # Layers through which torch.func's vmap of jacrev gives wrong Jacobians (PReLU:
 # when a batch holds as many samples as the network has outputs, torch 2.13).
 UNVECTORISED = (torch.nn.PReLU,)
+# Rows among which the probe pass's second sample is the most unlike the first
+PROBE_CANDIDATES = 16
 
 
 class JacobianEngine:
@@ -518,20 +520,53 @@ class JacobianEngine:
         some layer mixes samples, its pieces cannot be made: the signals stand
         for the pieces. ``whole``: parameters of the fallback are
         differentiated too, through the whole pass. Raises a ValueError if a
-        sample's outputs depend on the other sample.
+        sample's outputs depend on the other sample: that check takes the
+        first and :meth:`_unlike_first`, so that a network reading one
+        sample's field (a length, a mask) for the whole batch shows it.
         """
         rows = np.array([0, min(1, n_samples(X) - 1)])
         probe = to_tensor(take(X, rows), self.device, self.dtype)
+        unlike = self._unlike_first(X)
+        pair = probe
+        if unlike != rows[1]:
+            pair = to_tensor(take(X, np.array([0, unlike])), self.device, self.dtype)
         try:
-            return self._probe_pass(layers, probe, 2, whole)
+            return self._probe_pass(layers, probe, 2, whole, pair)
         except OneRowCalls:
             # layers called on single samples of the batch (a loop over the
             # samples, experts routed to): unexpanded, their rows are not the
             # batch's, and they go to the fallback
-            return self._probe_pass(layers, probe, 1, whole)
+            return self._probe_pass(layers, probe, 1, whole, pair)
 
-    def _probe_pass(self, layers: dict, probe, expand: int, whole: bool) -> tuple:
-        """:meth:`_probe`'s pass, one-row calls expanded to ``expand`` rows."""
+    def _unlike_first(self, X) -> int:
+        """The row of ``X``, among its first :data:`PROBE_CANDIDATES`, most unlike row 0.
+
+        The first of those whose inputs differ from row 0's in the most values
+        (row 1 when none differs; 0 when ``X`` has one row): two rows alike in
+        what a network reads across its batch (equal lengths, identical
+        inputs) hide that it does. Read one row at a time, as a dataset's
+        batches are.
+        """
+
+        def values(row: int) -> list[torch.Tensor]:
+            leaves = tree_leaves(to_tensor(take(X, [row]), self.device, self.dtype))
+            return [leaf for leaf in leaves if isinstance(leaf, torch.Tensor)]
+
+        first, best, most = values(0), min(1, n_samples(X) - 1), 0
+        for row in range(1, min(n_samples(X), PROBE_CANDIDATES)):
+            differing = sum(
+                int((a != b).sum()) if a.shape == b.shape else a.numel() + b.numel()
+                for a, b in zip(first, values(row), strict=True)
+            )
+            if differing > most:
+                best, most = row, differing
+        return best
+
+    def _probe_pass(self, layers: dict, probe, expand: int, whole: bool, pair) -> tuple:
+        """:meth:`_probe`'s pass, one-row calls expanded to ``expand`` rows.
+
+        ``pair``, two rows, are checked to give their outputs alone as together.
+        """
         saved = SavedTensors([layer for layer, _ in layers.values()])
         with torch.enable_grad(), LayerCapture(layers, True, expand) as capture:
             # finiteness is checked in the real pass, where rows are numbered
@@ -551,7 +586,7 @@ class JacobianEngine:
                 budget = PieceBudget(float("inf"))
                 mixing |= capture.unfaithful_layers(outputs, budget)
                 pieces = budget.taken
-        _check_per_sample(self._call, probe)
+        _check_per_sample(self._call, pair)
         if capture.expanded - mixing:
             with torch.no_grad():
                 plain = self._call(probe, start=None)
