@@ -539,7 +539,7 @@ class JacobianEngine:
             return self._probe_pass(layers, probe, 1, whole, pair)
 
     def _unlike_first(self, X) -> int:
-        """The row of ``X``, among its first :data:`PROBE_CANDIDATES`, most unlike row 0.
+        """The row most unlike row 0 among the first :data:`PROBE_CANDIDATES` of ``X``.
 
         The first of those whose inputs differ from row 0's in the most values
         (row 1 when none differs; 0 when ``X`` has one row): two rows alike in
