@@ -510,6 +510,23 @@ def test_networks_returning_no_tensor_are_told_how_to_select_one(wrap, hint):
         network_similarity(Returns(wrap), X)
 
 
+def test_a_loss_returned_first_is_not_taken_for_the_outputs():
+    """A Hugging Face model with return_dict=False returns (loss, logits) when
+    its inputs hold labels: the loss was read as the outputs, and the error
+    said to squeeze the last axis alone, which no .squeeze() had done."""
+    with_loss = Returns(lambda z: (z.pow(2).mean(), z))
+    with pytest.raises(ValueError, match=r"a loss, as a Hugging Face model") as error:
+        network_similarity(with_loss, X)
+    assert str(error.value).endswith(
+        "Leave the labels out of the inputs, or select them with "
+        "output=lambda out: out[1]."
+    )
+    plain = Returns(lambda z: z)
+    plain.fc = with_loss.fc
+    advised = network_similarity(with_loss, X, kind="ntk", output=lambda o: o[1])
+    np.testing.assert_allclose(advised, network_similarity(plain, X, kind="ntk"))
+
+
 class RandomInEval(torch.nn.Module):
     """Dropout applied whatever the module's mode: each call differs."""
 

@@ -109,6 +109,7 @@ def select_output(
         If the selected outputs are not a floating tensor of ``n`` rows.
     """
     if not callable(output):
+        _check_not_a_loss(out)
         out = network_logits(out)
     if callable(output):
         out = output(out)
@@ -130,6 +131,27 @@ def select_output(
     else:
         check_selected(out, n, "The network returned")
     return out.reshape(out.shape[0], -1)
+
+
+def _check_not_a_loss(out) -> None:
+    """Raise when a tuple's first item, read as the logits, is one number.
+
+    A Hugging Face model returns ``(loss, logits, ...)`` when its inputs hold
+    labels (``return_dict=False``); the loss is no output per sample.
+    """
+    if not (isinstance(out, (tuple, list)) and out and torch.is_tensor(out[0])):
+        return
+    if out[0].ndim:
+        return
+    later = [i for i, item in enumerate(out) if torch.is_tensor(item) and item.ndim]
+    select = (
+        f", or select them with output=lambda out: out[{later[0]}]" if later else ""
+    )
+    raise ValueError(
+        "The network returned a tuple whose first item, read as its outputs, is "
+        "one number (shape ()): a loss, as a Hugging Face model returns first "
+        f"when its inputs hold labels. Leave the labels out of the inputs{select}."
+    )
 
 
 def check_selected(out, n: int | None, what: str) -> None:
