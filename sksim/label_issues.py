@@ -317,7 +317,9 @@ class LabelIssueDetector(NetworkEstimator):
         :class:`~sklearn.model_selection.StratifiedKFold`), or ``"prefit"``:
         no training; each example's neighbours are then the other examples.
     n_neighbors : int, default=10
-        Neighbours per example in ``Q``.
+        Neighbours per example in ``Q``; at most the examples each can have
+        (the training part of its fold, or the other examples with
+        ``cv="prefit"``), as ``neighbor_indices_`` then shows.
     combination : {"mean", "rank", "proba", "neighbors"}, default="mean"
         The score: ``"mean"`` is minus ``(P(y) + Q(y)) / 2``, the
         self-confidence of the averaged distribution; ``"rank"`` averages the
@@ -377,9 +379,10 @@ class LabelIssueDetector(NetworkEstimator):
         ``P``, the out-of-fold predicted probabilities.
     neighbor_proba_ : ndarray of shape (n_samples, n_classes)
         ``Q``, the neighbour label distributions.
-    neighbor_indices_ : ndarray of shape (n_samples, n_neighbors)
-        Rows of ``X`` of each example's neighbours, most similar first.
-    neighbor_similarities_ : ndarray of shape (n_samples, n_neighbors)
+    neighbor_indices_ : ndarray of shape (n_samples, k)
+        Rows of ``X`` of each example's neighbours, most similar first;
+        ``k`` is ``n_neighbors``, or fewer where the folds hold fewer.
+    neighbor_similarities_ : ndarray of shape (n_samples, k)
         Their cosine similarities.
     net_ : skorch net, FrozenEstimator or torch.nn.Module
         With ``cv="prefit"``: the trained network used (with ``cv`` folds,
