@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Mapping
 import numpy as np
 import torch
 from scipy.sparse import issparse
-from sklearn.model_selection import check_cv
+from sklearn.model_selection import StratifiedKFold, check_cv
 from sklearn.utils import check_array
 from sklearn.utils._param_validation import InvalidParameterError
 from sklearn.utils.validation import validate_data
@@ -611,7 +611,16 @@ def cv_partition(cv, X, y, groups=None) -> list[tuple[np.ndarray, np.ndarray]]:
     rows = np.zeros((n_samples(X), 1))  # the splitters read the length alone
     if groups is not None and len(groups) != len(rows):
         raise ValueError(f"groups has {len(groups)} entries for {len(rows)} examples.")
-    splits = list(check_cv(cv, y, classifier=True).split(rows, y, groups))
+    splitter = check_cv(cv, y, classifier=True)
+    if isinstance(splitter, StratifiedKFold):
+        largest = int(np.unique(y, return_counts=True)[1].max())
+        if splitter.n_splits > largest:
+            raise ValueError(
+                f"{splitter.n_splits} stratified folds, but no class has that many "
+                f"examples (the largest has {largest}): each fold needs one. Use "
+                f"{largest} folds or fewer (cv=, or --cv on the command line)."
+            )
+    splits = list(splitter.split(rows, y, groups))
     tests = [test for _, test in splits]
     held = np.bincount(np.concatenate(tests), minlength=len(rows)) if tests else 0
     if not np.all(held == 1):

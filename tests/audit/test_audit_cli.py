@@ -409,6 +409,11 @@ def test_cli_outputs_that_would_overwrite_inputs_are_refused(
         (["--seed", "-1"], "must be an integer from 0 to 2**32 - 1; got -1"),
         (["--seed", "4294967296"], "from 0 to 2**32 - 1; got 4294967296"),
         (["--noise-seed", "-1"], "argument --noise-seed: must be an integer from 0"),
+        (  # scikit-learn's "n_splits=51 cannot be greater than the number of ..."
+            ["--cv", "51"],
+            "51 stratified folds, but no class has that many examples (the largest "
+            "has 50): each fold needs one. Use 50 folds or fewer",
+        ),
         (["--lr", "abc"], "argument --lr: must be a number; got abc"),
         (["--label-noise", "abc"], "argument --label-noise: must be a number"),
         (["--layers", ","], "argument --layers: names no layer; got ','"),
