@@ -60,6 +60,15 @@ def check_outputs(args: argparse.Namespace) -> None:
                 f"{option} {path} is in the --cache folder {args.cache}, which "
                 "holds the audit's saved pieces; write it elsewhere."
             )
+    if args.cache is not None:
+        cache = Path(args.cache).resolve()
+        for option in ("--data", "--test-data"):
+            source = getattr(args, option[2:].replace("-", "_"))
+            if source is not None and cache == Path(source).resolve():
+                raise ValueError(
+                    f"--cache {args.cache} is the folder of {option}: the audit's "
+                    "pieces would be saved among your arrays; give another folder."
+                )
 
 
 def check_output(path: str | os.PathLike, option: str) -> None:

@@ -373,6 +373,23 @@ def test_cli_json_of_the_reports_name_is_refused(tmp_path, capsys):
     assert "is the file of --out" in capsys.readouterr().err
 
 
+def test_a_cache_in_the_data_folder_is_refused(tmp_path, capsys):
+    """The audit's .pkl pieces were saved among the user's .npy files."""
+    folder = tmp_path / "arrays"
+    folder.mkdir()
+    np.save(folder / "X.npy", np.zeros((30, 3), np.float32))
+    np.save(folder / "y.npy", np.arange(30) % 2)
+    argv = ["audit", "--data", str(folder), "--cache", str(folder), *FAST]
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    assert exit_.value.code == 2
+    assert one_line_error(capsys).endswith(
+        f"--cache {folder} is the folder of --data: the audit's pieces would be "
+        "saved among your arrays; give another folder.\n"
+    )
+    assert sorted(p.name for p in folder.iterdir()) == ["X.npy", "y.npy"]
+
+
 @pytest.mark.parametrize(
     "outputs, message",
     [
