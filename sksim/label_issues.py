@@ -124,6 +124,8 @@ def combine_signals(
     scores : ndarray of shape (n,)
         Higher means more likely mislabelled.
     """
+    P, y = _checked_signal(P, y, "P")
+    Q, _ = _checked_signal(Q, y, "Q")
     rows = np.arange(len(y))
     if combination == "proba":
         return P, -P[rows, y]
@@ -133,6 +135,39 @@ def combine_signals(
     if combination == "rank":
         return combined, (_ranks(-P[rows, y]) + _ranks(-Q[rows, y])) / 2
     return combined, -combined[rows, y]
+
+
+def _checked_signal(
+    probabilities: ArrayLike, y: ArrayLike, name: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """``probabilities`` ``(n, n_classes)``, finite, and ``y``, their ``n`` codes.
+
+    Raises a ValueError naming ``name`` otherwise: a NaN row was left out of
+    the count, float codes failed in NumPy's cast, a ``y`` of another length
+    in its indexing.
+    """
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    y = column_or_1d(y)
+    if probabilities.ndim != 2 or len(probabilities) != len(y):
+        raise ValueError(
+            f"{name} must have shape (n, n_classes) with n = len(y) = {len(y)}; "
+            f"got {probabilities.shape}."
+        )
+    if not np.isfinite(probabilities).all():
+        bad = np.flatnonzero(~np.isfinite(probabilities).all(axis=1))
+        raise ValueError(
+            f"{name} holds NaN or infinity in {len(bad)} row(s), e.g. "
+            f"{bad[:5].tolist()}."
+        )
+    whole = y.dtype.kind in "biuf" and bool(np.all(np.mod(y, 1) == 0))
+    codes = y.astype(np.int64) if whole else None
+    n_classes = probabilities.shape[1]
+    if codes is None or codes.min() < 0 or codes.max() >= n_classes:
+        raise ValueError(
+            f"y must hold the class codes 0 .. {n_classes - 1} of {name}'s columns "
+            "(encode labels with sklearn.preprocessing.LabelEncoder)."
+        )
+    return probabilities, codes
 
 
 def estimate_n_issues(combined: np.ndarray, y: np.ndarray) -> int:
@@ -157,6 +192,7 @@ def estimate_n_issues(combined: np.ndarray, y: np.ndarray) -> int:
     -------
     n_issues : int
     """
+    combined, y = _checked_signal(combined, y, "combined")
     n_classes = combined.shape[1]
     counts = np.bincount(y, minlength=n_classes)
     own = np.bincount(y, weights=combined[np.arange(len(y)), y], minlength=n_classes)

@@ -204,6 +204,28 @@ def test_estimated_count_is_confident_learnings_calibrated_joint():
     assert estimate_n_issues(combined, y) == 2
 
 
+def test_the_signals_functions_check_their_inputs():
+    """A NaN row was left out of the count (0 issues, no error), float codes
+    failed in NumPy's cast, a y of another length in a boolean index."""
+    P = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+    y = np.array([0, 0, 1])
+    assert estimate_n_issues(P, y.astype(float)) == estimate_n_issues(P, y)
+    with pytest.raises(
+        ValueError, match=r"combined holds NaN .* in 1 row\(s\), e\.g\. \[1\]"
+    ):
+        estimate_n_issues(np.where([[False], [True], [False]], np.nan, P), y)
+    with pytest.raises(
+        ValueError, match=r"shape \(n, n_classes\) with n = len\(y\) = 2"
+    ):
+        estimate_n_issues(P, y[:2])
+    with pytest.raises(ValueError, match=r"class codes 0 \.\. 1 of combined's columns"):
+        estimate_n_issues(P, y + 0.5)
+    with pytest.raises(ValueError, match=r"class codes 0 \.\. 1 of P's columns"):
+        combine_signals(P, P, np.array(["a", "a", "b"]))
+    with pytest.raises(ValueError, match="Q holds NaN"):
+        combine_signals(P, P * np.nan, y)
+
+
 def test_tied_scores_share_their_mean_rank():
     """Neighbours often agree on a label (Q(y) = 1 for many): the tied examples
     share the mean of their ranks, as the docstring says, not the first."""
