@@ -287,6 +287,14 @@ def check_forward(
             f"the network of {architecture} cannot take the inputs, of shape "
             f"{sample_shape(X)}: {str(error).splitlines()[0]}{tokens}"
         ) from error
+    except TypeError as error:
+        if not isinstance(X, dict) or "keyword argument" not in str(error):
+            raise
+        raise ValueError(
+            f"the network of {architecture} does not take the inputs saved by "
+            f"name, {', '.join(X)}: each array is passed to its forward by its "
+            f"name ({error}); save them under the names forward takes."
+        ) from error
     outputs = network_logits(out).shape[-1]
     if encoded is not None and outputs > encoded:
         raise ValueError(

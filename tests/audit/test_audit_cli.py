@@ -528,6 +528,15 @@ def test_cli_reads_inputs_saved_by_name(tmp_path, factory_module, capsys):
         "inputs by name (input_ids, attention_mask) need a module"
         in capsys.readouterr().err
     )
+    # names forward does not take: it was forward()'s bare TypeError
+    np.savez(tmp_path / "renamed.npz", input_ids=ids, mask=mask, y=y)
+    with pytest.raises(SystemExit):
+        cli.main([*argv, "--data", str(tmp_path / "renamed.npz")])
+    assert one_line_error(capsys).startswith(
+        "sksim audit: error: the network of userarch:on_named_tokens does not take "
+        "the inputs saved by name, input_ids, mask: each array is passed to its "
+        "forward by its name ("
+    )
 
 
 def test_cli_reads_inputs_by_name_from_a_folder(tmp_path, factory_module, capsys):
