@@ -172,6 +172,11 @@ def run_audit(args: argparse.Namespace) -> AuditResult:
             f"sksim audit: warning: --options for analyses that --analyses does "
             f"not run ({', '.join(idle)}) are ignored"
         )
+    if args.layers is not None and "class_fitting" not in analyses:
+        say(
+            "sksim audit: warning: --layers is ignored: it names the layers of "
+            "class_fitting, which --analyses does not run"
+        )
     start = time.perf_counter()
     with warnings.catch_warnings():  # failures are reported below, in one line each
         warnings.simplefilter("ignore", AuditAnalysisFailedWarning)

@@ -209,6 +209,17 @@ def test_options_of_analyses_not_run_are_said_in_one_line(capsys, quiet):
         assert line in err and "UserWarning" not in err
 
 
+def test_layers_without_class_fitting_are_said_to_be_ignored(capsys):
+    """--layers names class fitting's layers; with other analyses it was
+    dropped without a word."""
+    argv = ["audit", "--dataset", "iris", "--cv", "2", "--max-epochs", "2"]
+    assert cli.main([*argv, "--analyses", "density", "--layers", "hidden"]) == 0
+    assert (
+        "sksim audit: warning: --layers is ignored: it names the layers of "
+        "class_fitting, which --analyses does not run\n"
+    ) in capsys.readouterr().err
+
+
 def test_cli_seed_and_layers_reach_the_audit():
     """--seed and --layers could be dropped on the way to audit() unnoticed:
     the default seed is 0, and the analyses run did not read the layers."""
