@@ -164,11 +164,17 @@ def load_checkpoint(
     try:
         module.load_state_dict(state)
     except RuntimeError as error:
+        codes = (
+            f", one per label code 0 .. {n_outputs - 1} that --data and --test-data "
+            "hold (label j is output j)"
+            if n_outputs > 1 and args.n_classes is None and args.classes is None
+            else ""
+        )
         raise ValueError(
             f"--checkpoint {args.checkpoint} does not fit the architecture of "
-            f"{architecture} for {n_outputs} outputs (with --n-classes N when the "
-            "data lack some of the classes it was trained on, --classes A,B,... "
-            "naming the label of each output when the labels are not the "
+            f"{architecture} for {n_outputs} outputs{codes} (with --n-classes N "
+            "when the data lack some of the classes it was trained on, --classes "
+            "A,B,... naming the label of each output when the labels are not the "
             "outputs' numbers, --task regression for whole-number targets): "
             f"{state_mismatch(state, module.state_dict())}."
         ) from error
