@@ -30,11 +30,19 @@ def spread(table, by, columns):
     """Mean, standard deviation, min and max of ``columns`` over folds.
 
     ``n_folds`` counts the folds with a value (in any of ``columns``): a
-    statistic undefined on a fold (NaN) is taken over the others.
+    statistic undefined on a fold (NaN) is taken over the others. Values that
+    differ by rounding alone (a few units in their last place) have a spread
+    of 0, not of the order of 1e-16.
     """
     grouped = table.groupby(by, sort=False)[columns]
     out = grouped.agg(["mean", "std", "min", "max"])
     out.columns = [f"{c}_{s}" for c, s in out.columns]
+    for column in columns:
+        low, high = out[f"{column}_min"], out[f"{column}_max"]
+        rounding = high - low <= 8 * np.finfo(float).eps * np.maximum(
+            abs(low), abs(high)
+        )
+        out[f"{column}_std"] = out[f"{column}_std"].mask(rounding & (low < high), 0.0)
     out.insert(0, "n_folds", grouped.count().max(axis=1))
     return out.reset_index()
 

@@ -259,6 +259,16 @@ def test_a_statistic_undefined_on_a_fold_says_over_how_many(small_audit):
     assert any("(over 2 of 3 folds: undefined" in line for line in findings(result))
 
 
+def test_values_equal_but_for_rounding_have_no_spread():
+    long = pd.DataFrame(
+        dict(metric=["a", "a", "b", "b", "c"], value=[0.1 + 0.2, 0.3, 0.5, 0.6, 1.0])
+    )
+    summary = spread(long, "metric", ["value"]).set_index("metric")
+    assert summary.loc["a", "value_std"] == 0.0
+    assert summary.loc["b", "value_std"] == pytest.approx(np.std([0.5, 0.6], ddof=1))
+    assert np.isnan(summary.loc["c", "value_std"])  # one fold: no spread at all
+
+
 def test_missing_matplotlib_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
     with pytest.raises(
