@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ._data import load_data, noisy_labels
-from ._network import build_net, check_checkpoint_args, check_forward, load_checkpoint
+from ._network import (
+    build_net,
+    check_checkpoint_args,
+    check_forward,
+    load_checkpoint,
+    training_options,
+)
 from ._parser import make_parser
 
 if TYPE_CHECKING:
@@ -176,6 +182,13 @@ def run_audit(args: argparse.Namespace) -> AuditResult:
         say(
             "sksim audit: warning: --layers is ignored: it names the layers of "
             "class_fitting, which --analyses does not run"
+        )
+    untrained = [f"--{name.replace('_', '-')}" for name in training_options(args)]
+    if args.checkpoint is not None and untrained:
+        say(
+            f"sksim audit: warning: {', '.join(untrained)} "
+            f"{'is' if len(untrained) == 1 else 'are'} ignored: with --checkpoint "
+            "the network is audited as it is, with no training"
         )
     start = time.perf_counter()
     with warnings.catch_warnings():  # failures are reported below, in one line each

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._parser import TRAINING
+
 if TYPE_CHECKING:  # imported when used, to start quickly
     import torch
     from skorch import NeuralNet
@@ -81,6 +83,12 @@ def factory_output(
     )
 
 
+def training_options(args: argparse.Namespace) -> dict:
+    """The training options given on the command line, by skorch's names."""
+    given = dict(max_epochs=args.max_epochs, lr=args.lr, batch_size=args.batch_size)
+    return {name: value for name, value in given.items() if value is not None}
+
+
 def build_net(args: argparse.Namespace, X: np.ndarray, n_classes: int) -> NeuralNet:
     """The unfitted skorch classifier to audit."""
     import torch
@@ -88,14 +96,15 @@ def build_net(args: argparse.Namespace, X: np.ndarray, n_classes: int) -> Neural
 
     from ..audit.models import make_classifier
 
-    training = dict(max_epochs=args.max_epochs, lr=args.lr, batch_size=args.batch_size)
+    given = training_options(args)
+    training = {**TRAINING, **given}
     if args.device is not None:
         training["device"] = args.device
     if args.module is None:
         return make_classifier(args.model, X, n_classes, **training)
     built = factory_output(args, X, n_classes)
     if isinstance(built, NeuralNet):
-        return built
+        return built.set_params(**given)
     return NeuralNetClassifier(
         built,
         criterion=torch.nn.CrossEntropyLoss,

@@ -9,6 +9,9 @@ import math
 from .. import __version__
 from ._data import DATASETS
 
+#: The training options' values when not given.
+TRAINING = dict(max_epochs=20, lr=0.1, batch_size=64)
+
 DESCRIPTION = """\
 Cross-validated audit of a classifier from the network's perspective.
 
@@ -240,7 +243,8 @@ def make_parser() -> argparse.ArgumentParser:
         help="your own architecture: FACTORY(input_shape, n_classes) (input_shape "
         "a tuple, or a dict of them for inputs saved by name) must return "
         "a torch.nn.Module that outputs logits (trained with cross-entropy and "
-        "SGD as configured below) or an unfitted skorch net (used as is); "
+        "SGD as configured below) or an unfitted skorch net (used as is but for "
+        "the training options given); "
         "PKG.MOD is imported from the current folder or PYTHONPATH",
     )
     model.add_argument(
@@ -284,14 +288,24 @@ def make_parser() -> argparse.ArgumentParser:
         "was trained on",
     )
     training = audit.add_argument_group("training")
+    own = "; a skorch net from --module keeps its own unless given"
     training.add_argument(
-        "--max-epochs", type=_positive, default=20, help="epochs per fold (default 20)"
+        "--max-epochs",
+        type=_positive,
+        default=None,
+        help=f"epochs per fold (default {TRAINING['max_epochs']}{own})",
     )
     training.add_argument(
-        "--lr", type=_positive_real, default=0.1, help="SGD learning rate (default 0.1)"
+        "--lr",
+        type=_positive_real,
+        default=None,
+        help=f"SGD learning rate (default {TRAINING['lr']}{own})",
     )
     training.add_argument(
-        "--batch-size", type=_positive, default=64, help="mini-batch size (default 64)"
+        "--batch-size",
+        type=_positive,
+        default=None,
+        help=f"mini-batch size (default {TRAINING['batch_size']}{own})",
     )
     training.add_argument(
         "--device",

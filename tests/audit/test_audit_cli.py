@@ -108,6 +108,17 @@ def factory_module(tmp_path, monkeypatch):
             def with_an_output_object(input_shape, n_classes):
                 return OutputObject(n_classes)
 
+            def as_skorch(input_shape, n_classes):
+                from skorch import NeuralNetClassifier
+
+                return NeuralNetClassifier(
+                    make(input_shape, n_classes),
+                    criterion=torch.nn.CrossEntropyLoss,
+                    max_epochs=3,
+                    lr=0.05,
+                    batch_size=16,
+                )
+
             def on_a_missing_gpu(input_shape, n_classes):
                 from skorch import NeuralNetClassifier
 
@@ -151,6 +162,24 @@ def test_cli_in_process_with_user_data_and_architecture(
     ranks = {row["rank"] for row in data["tables"]["neighbors"]}
     assert ranks == {1, 2}
     assert "Nearest training examples" in out.read_text()
+
+
+def test_a_skorch_net_from_module_takes_the_training_options_given(
+    factory_module, digit_images
+):
+    """--max-epochs, --lr and --batch-size were dropped without a word for a
+    factory's skorch net; the options not given keep the net's own."""
+    X, y = digit_images
+    parser = _parser.make_parser()
+    argv = ["audit", "--dataset", "digits", "--module", "userarch:as_skorch"]
+    own = _network.build_net(parser.parse_args(argv), X, 10)
+    assert (own.max_epochs, own.lr, own.batch_size) == (3, 0.05, 16)
+    given = parser.parse_args([*argv, "--max-epochs", "2", "--batch-size", "8"])
+    net = _network.build_net(given, X, 10)
+    assert (net.max_epochs, net.lr, net.batch_size) == (2, 0.05, 8)
+    built = parser.parse_args(["audit", "--dataset", "digits", "--model", "mlp"])
+    default = _network.build_net(built, X, 10)
+    assert (default.max_epochs, default.lr, default.batch_size) == (20, 0.1, 64)
 
 
 def test_the_module_is_imported_from_the_current_folder(tmp_path, monkeypatch, npz):

@@ -97,6 +97,18 @@ def test_cli_checkpoint_says_it_does_not_train(files, capsys):
     ) in err
 
 
+def test_cli_checkpoint_says_the_training_options_are_ignored(files, capsys):
+    argv = checkpoint_argv(files, "--analyses", "density")
+    assert cli.main([*argv, "--max-epochs", "5", "--lr", "0.5"]) == 0
+    said = "sksim audit: warning: --max-epochs, --lr are ignored: with --checkpoint "
+    assert (
+        f"{said}the network is audited as it is, with no training\n"
+        in capsys.readouterr().err
+    )
+    assert cli.main(argv) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("missing", [9, 3, 0])
 def test_cli_checkpoint_on_data_lacking_a_class(files, trained, missing, capsys):
     """The labels hold 9 of the 10 classes the net was trained on: label j
