@@ -175,7 +175,10 @@ class _Probe:
         if deformation is None:
             TX = deform(X, delta, cutoff, interp, rng)
         else:
-            TX = torch.as_tensor(deformation(X, rng), dtype=X.dtype, device=X.device)
+            # a copy: a deformation that edits its argument leaves the clean X
+            TX = torch.as_tensor(
+                deformation(X.clone(), rng), dtype=X.dtype, device=X.device
+            )
             if TX.shape != X.shape:
                 raise ValueError(
                     "deformation must return an array of the input's shape "
@@ -758,9 +761,9 @@ def relative_sensitivity(
         or averaged over channels (``"channel_mean"``: one value per position).
     deformation : callable, default=None
         A task's own perturbation ``deformation(X, random_state) -> X'``, called
-        once on the float64 probe set on the device with a ``RandomState``;
-        replaces the max-entropy diffeomorphisms (``delta``, ``cutoff`` and
-        ``interp`` are then unused). See
+        once on a copy of the float64 probe set on the device with a
+        ``RandomState``; replaces the max-entropy diffeomorphisms (``delta``,
+        ``cutoff`` and ``interp`` are then unused). See
         :func:`sksim.datasets.scale_detection_perturbation`.
     batch_size : int, default=64
         Probe inputs per forward pass at most (each pass holds ``3 *

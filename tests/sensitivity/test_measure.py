@@ -384,6 +384,26 @@ def test_fx_node_names_and_custom_deformation():
     assert table["deformation"].iloc[0] == pytest.approx(float(tau), rel=1e-6)
 
 
+def test_a_deformation_that_edits_its_argument_leaves_the_clean_inputs():
+    """An in-place deformation edited sksim's clean probe set too: D was 0."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3))
+    X = np.random.RandomState(0).randn(10, 1, 6, 6)
+
+    def in_place(X, random_state):
+        X[:, :, 2, 2] += 1.0
+        return X
+
+    def copying(X, random_state):
+        return in_place(X.clone(), random_state)
+
+    options = dict(reference=None, random_state=0)
+    edited = relative_sensitivity(net, X, deformation=in_place, **options)
+    copied = relative_sensitivity(net, X, deformation=copying, **options)
+    assert copied["D"].iloc[0] > 0
+    np.testing.assert_array_equal(edited[["D", "G"]], copied[["D", "G"]])
+
+
 def test_signals_and_skorch_net():
     from skorch import NeuralNetClassifier
 
