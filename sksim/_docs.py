@@ -35,9 +35,9 @@ net : skorch net, FrozenEstimator or torch.nn.Module
 kind : {"cosine", "ntk", "influence"}, default="cosine"
     ``"cosine"``: the normalised similarity, ``tr(A(x) A(y)^T) / d`` with the
     whitened Jacobian ``A = (J J^T)^{-1/2} J`` (for one output, the cosine of
-    the two parameter gradients); in ``[-1, 1]``, 1 on the diagonal (the rank
-    of ``J J^T`` over ``d`` for a sample whose Gram is singular, as a warning
-    reports).
+    the two parameter gradients); in ``[-1, 1]``, 1 on the diagonal (less for a
+    sample whose Gram is singular or nearly so, as a warning reports: the rank
+    of ``J J^T`` over ``d`` where it is singular).
     ``"ntk"``: the empirical neural tangent kernel ``tr(J(x) J(y)^T) / d``.
     ``"influence"`` (asymmetric): the effect on ``y`` of the smallest
     parameter step that moves the output at ``x``,

@@ -403,11 +403,12 @@ def _checked(module: torch.nn.Module) -> torch.nn.Module:
     bad = _uses_batch_statistics(module)
     if bad:
         raise ValueError(
-            f"BatchNorm layer(s) {bad} use batch statistics even in eval mode, "
-            "which couples the samples of a batch: per-sample gradients and "
-            "similarities are undefined. Build them with "
-            "track_running_stats=True (the default) and compute sksim "
-            "quantities on the trained net in eval mode."
+            f"BatchNorm layer(s) {bad} use batch statistics even in eval mode "
+            "(track_running_stats=False), which couples the samples of a batch: "
+            "a sample's outputs, representations and gradients depend on the "
+            "others', so per-sample quantities are undefined. Build them with "
+            "track_running_stats=True (the default) and train the net again; "
+            "sksim uses it in eval mode."
         )
     return module
 

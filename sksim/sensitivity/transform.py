@@ -32,9 +32,11 @@ class DiffeoTransform(TransformerMixin, BaseEstimator, auto_wrap_output_keys=Non
 
     Sample ``i`` of ``X`` is pulled back along the ``i``-th field drawn from
     ``random_state`` (:func:`sample_diffeo`, :func:`apply_diffeo`); ``fit``
-    only validates. An int ``random_state``
-    gives the same fields on every call (reproducible audits); ``None`` or a
-    ``RandomState`` instance gives fresh ones (data augmentation).
+    only validates. An int ``random_state`` gives the same fields, in the same
+    order, on every call (reproducible audits): the field follows the row, not
+    the image, so reordering ``X`` or taking some of its rows deforms an image
+    by another field. ``None`` or a ``RandomState`` instance gives fresh ones
+    (data augmentation).
 
     Torch tensors are transformed on their own device and returned as
     tensors, so the transformer also serves as a torch/skorch augmentation,
