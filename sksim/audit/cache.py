@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import pickle
 import time
@@ -92,6 +93,40 @@ def _dtypes(x) -> list[str]:
     return [str(getattr(v, "dtype", type(v).__name__)) for v in values]
 
 
+def _read_checkpoints(value: Any) -> Any:
+    """``value`` with the files of its options' ``checkpoints`` as their bytes' hash.
+
+    A checkpoint given by path enters by its content, not by its name, so
+    that a file overwritten with other weights names other pieces.
+    """
+    if isinstance(value, Mapping):
+        return {
+            key: _file_contents(item)
+            if key == "checkpoints"
+            else _read_checkpoints(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return type(value)(_read_checkpoints(item) for item in value)
+    return value
+
+
+def _file_contents(checkpoints: Any) -> Any:
+    """The checkpoints, each path as ``(path, hash of its bytes)``."""
+    if not isinstance(checkpoints, list | tuple):
+        return checkpoints  # refused by the analysis, which says why
+    read = []
+    for checkpoint in checkpoints:
+        if isinstance(checkpoint, str | os.PathLike) and os.path.isfile(checkpoint):
+            digest = hashlib.blake2b(digest_size=16)
+            with open(checkpoint, "rb") as file:
+                for block in iter(lambda: file.read(2**24), b""):
+                    digest.update(block)
+            checkpoint = os.fspath(checkpoint), digest.hexdigest()
+        read.append(checkpoint)
+    return read
+
+
 class AuditCache:
     """Pickled pieces of an audit in a folder, each named by what it depends on.
 
@@ -146,7 +181,7 @@ class AuditCache:
         if self.folder is None:
             return None
         try:
-            return joblib.hash((self.base, parts))
+            return joblib.hash((self.base, _read_checkpoints(parts)))
         except (pickle.PicklingError, AttributeError, TypeError) as error:
             raise TypeError(
                 "cache= names its files by a hash of the audit's arguments, which "

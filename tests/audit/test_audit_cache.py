@@ -109,6 +109,44 @@ def test_a_changed_option_or_data_computes_again(digit_images, calls, tmp_path):
     assert len(calls["density"]) == n_density + 2
 
 
+def test_a_checkpoint_file_enters_by_its_content(digit_images, tmp_path):
+    """A checkpoint given by path was hashed by its name: overwritten with other
+    weights, the rerun loaded the first file's counts."""
+    X, y = digit_images
+    net = small_net(X, max_epochs=1).fit(X[:80], y[:80])
+    path = tmp_path / "epoch.pt"
+    options = dict(density=dict(method="soft", checkpoints=[str(path)]))
+
+    def prefit_audit(cache=None):
+        return audit(
+            net,
+            X[:80],
+            y[:80],
+            cv="prefit",
+            X_test=X[80:],
+            y_test=y[80:],
+            analyses=("density",),
+            options=options,
+            cache=cache,
+        )
+
+    torch.manual_seed(1)
+    torch.save(MLP(64, 10).state_dict(), path)
+    first = prefit_audit(tmp_path / "cache")
+    torch.manual_seed(2)
+    torch.save(MLP(64, 10).state_dict(), path)  # the same name, other weights
+    again = prefit_audit(tmp_path / "cache")
+    assert again.metadata["cache"]["loaded"] == 0
+    fresh = prefit_audit()
+    np.testing.assert_array_equal(
+        again["samples"]["log_density"], fresh["samples"]["log_density"]
+    )
+    assert not np.array_equal(
+        again["samples"]["log_density"], first["samples"]["log_density"]
+    )
+    assert prefit_audit(tmp_path / "cache").metadata["cache"]["loaded"] == 1
+
+
 def test_n_neighbors_and_layers_name_only_the_results_that_read_them(
     digit_images, calls, tmp_path, monkeypatch
 ):
