@@ -4,6 +4,7 @@ import functools
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 from _architectures import small_net
 from _audit_helpers import (
@@ -133,6 +134,30 @@ def test_below_the_threshold_results_are_unchanged():
             "class_fitting": "Dirichlet-process mixtures (variational backend) "
             "fitted on all 160 training examples",
         }
+
+
+@pytest.mark.parametrize("analysis", ["neighbors", "label_issues"])
+def test_the_exact_search_the_low_recall_warning_advises_runs_past_the_threshold(
+    analysis,
+):
+    """options[...] = {"algorithm": "exact", "n_components": None}, as the
+    low-recall warning advises, failed: the scaled search_components stayed."""
+    exact = dict(algorithm="exact", n_components=None)
+    advised = shared_prefit_audit(
+        (analysis,), 50, AUDIT_OPTIONS | {analysis: exact}, n_neighbors=3
+    )
+    below = shared_prefit_audit((analysis,), None, AUDIT_OPTIONS, n_neighbors=3)
+    assert not advised.failed
+    for table in ("samples", analysis):
+        pd.testing.assert_frame_equal(advised[table], below[table])
+    assert advised.metadata["methods"] == below.metadata["methods"]
+    assert "neighbor_recall" not in advised["folds"]
+    sketched = shared_prefit_audit(
+        (analysis,), 50, AUDIT_OPTIONS | {analysis: dict(algorithm="exact")}
+    )  # exact search of the sketches, of the size chosen past the threshold
+    assert not sketched.failed
+    method = sketched.metadata["methods"][analysis]
+    assert "scale_threshold 50" in method and "FAISS" not in method
 
 
 def test_faiss_neighbours_and_their_recall_on_a_sample():

@@ -14,6 +14,7 @@ from .._tables import frame, import_pandas, neighbor_text
 from .base import Analysis, FoldOutput
 from .neighbors import (
     image_view,
+    not_contradicted,
     recall_method,
     recall_sample,
     recall_text,
@@ -309,7 +310,7 @@ class LabelIssues(Analysis):
         options = sketched_search(fold)
         if options["algorithm"] == "faiss":
             options["candidates_per_neighbor"] = SCALED_CANDIDATES
-        return options
+        return not_contradicted(options, fold.options.get(self.name, {}))
 
     fixed_options = FIXED
     audit_settings = ()

@@ -389,6 +389,27 @@ def sketched_search(fold: _Fold) -> dict[str, Any]:
     return options
 
 
+# Scaled options that only a FAISS search takes
+FAISS_ONLY = ("search_components", "index", "candidates_per_neighbor")
+
+
+def not_contradicted(
+    scaled: dict[str, Any], given: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The scaled search options that the user's options ``given`` leave standing.
+
+    ``n_components=None`` (no sketches: an exact search of exact similarities)
+    leaves none of them, ``algorithm="exact"`` none of :data:`FAISS_ONLY`:
+    the search the low-recall warning advises, and that fit would otherwise
+    refuse for a scaled option the user never set.
+    """
+    if "n_components" in given and given["n_components"] is None:
+        return {}
+    if given.get("algorithm") == "exact":
+        return {k: v for k, v in scaled.items() if k not in FAISS_ONLY}
+    return scaled
+
+
 def low_recall_warning(
     recall: float, search: NetworkNeighbors, n_neighbors: int, analysis: str
 ) -> None:
@@ -458,7 +479,7 @@ class Neighbors(Analysis):
         options = sketched_search(fold)
         if options["algorithm"] == "faiss":
             options["index"] = automatic_index(len(fold.train))
-        return options
+        return not_contradicted(options, fold.options.get(self.name, {}))
 
     def run(self, fold: _Fold) -> FoldOutput:
         options = self.options(fold)
