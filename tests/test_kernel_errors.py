@@ -288,8 +288,10 @@ def test_pipelines_and_torchscript_are_refused_with_what_to_pass():
 def test_frozen_parameters_only():
     module = torch.nn.Linear(5, 2)
     module.requires_grad_(False)
-    with pytest.raises(ValueError, match="no trainable parameter"):
+    with pytest.raises(ValueError, match=r"call module.requires_grad_\(True\)"):
         network_similarity(module, X)
+    module.requires_grad_(True)  # as the error says
+    assert network_similarity(module, X).shape == (len(X), len(X))
 
 
 def test_dict_input_lengths_must_agree():

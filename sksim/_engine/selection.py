@@ -33,7 +33,10 @@ def select_parameters(
     if not trainable:
         raise ValueError(
             "The network has no trainable parameter (requires_grad=True): there is "
-            "no gradient to compare inputs with."
+            "no gradient to compare inputs with. A network frozen for inference "
+            "(requires_grad_(False)) is compared over the parameters you unfreeze: "
+            "call module.requires_grad_(True) (or that of the layers to compare "
+            "with) first; sksim leaves the flags as they are."
         )
     if params is None:
         return trainable
