@@ -9,6 +9,7 @@ import numpy as np
 from ._examples import prediction_support, soft_counts
 from ._tables import floored
 from .analyses.label_issues import planted_precision
+from .analyses.neighbors import MIN_RECALL
 
 STABLE_SPREAD = 0.25  # relative spread over folds below which R is called stable
 BALANCE_GAP = 0.05  # accuracy above balanced accuracy by more: a finding
@@ -45,6 +46,22 @@ def counted(n, noun):
 def over_folds(n_folds):
     """Over which held-out data a score was taken, in words."""
     return "on the one held-out split" if n_folds == 1 else f"mean over {n_folds} folds"
+
+
+def low_recall_caveat(result, metric) -> str:
+    """A caveat when the search behind a finding missed many exact neighbours.
+
+    ``metric`` is the search's recall in the summary (``neighbor_recall`` or
+    ``label_issue_recall``); "" when it was not measured or is at least
+    :data:`~sksim.audit.analyses.neighbors.MIN_RECALL`.
+    """
+    value = summary_value(result.tables["summary"], metric)
+    if value is None or not value[0] < MIN_RECALL:
+        return ""
+    return (
+        " Read with care: the approximate search behind this found only "
+        f"{value[0]:.0%} of the exact neighbours (the warnings say how to widen it)."
+    )
 
 
 def accuracy_meaning(share, std, n_folds):
@@ -236,11 +253,11 @@ def _undefined_correlation(samples, floored: float) -> str:
     )
 
 
-def agreement_meaning(a, k, bound=1.0):
+def agreement_meaning(a, k, bound=1.0, caveat=""):
     """One sentence on the share of neighbours with the example's label.
 
     ``bound`` is the largest share the training sets allow: below 1 when some
-    classes have fewer than ``k`` training examples.
+    classes have fewer than ``k`` training examples; ``caveat`` ends it.
     """
     quality = (
         "the network's notion of similarity follows the classes closely"
@@ -256,7 +273,7 @@ def agreement_meaning(a, k, bound=1.0):
             f" (at most {bound * k:.1f} could: some classes have fewer than {k} "
             "training examples)"
         )
-    return text + "."
+    return text + "." + caveat
 
 
 def mean_pair_difference(values) -> float:
@@ -272,12 +289,13 @@ def mean_pair_difference(values) -> float:
     return float(weights @ v / (n * (n - 1) / 2))
 
 
-def target_difference_meaning(difference, k, samples):
+def target_difference_meaning(difference, k, samples, caveat=""):
     """One sentence on a regression's neighbours' target difference, with a baseline.
 
     The baseline is the mean difference between two held-out examples drawn at
     random (from the targets of ``samples``): similar examples whose targets
     differ as much as any two say the similarity does not follow the targets.
+    ``caveat`` ends it.
     """
     baseline = mean_pair_difference(samples["label"])
     text = (
@@ -293,7 +311,7 @@ def target_difference_meaning(difference, k, samples):
         )
     else:
         reading = "no closer than any two: the similarity does not follow the targets"
-    return f"{text}: {reading}."
+    return f"{text}: {reading}.{caveat}"
 
 
 def agreement_bound(samples, folds, k):
@@ -337,11 +355,16 @@ def headline_meanings(result):
             if meta["cv"] == "prefit"
             else agreement_bound(result.tables["samples"], result.tables["folds"], k)
         )
-        meanings["neighbor_label_agreement"] = agreement_meaning(value[0], k, bound)
+        meanings["neighbor_label_agreement"] = agreement_meaning(
+            value[0], k, bound, low_recall_caveat(result, "neighbor_recall")
+        )
     value = summary_value(summary, "neighbor_target_difference")
     if value is not None:
         meanings["neighbor_target_difference"] = target_difference_meaning(
-            value[0], meta["n_neighbors"], result.tables["samples"]
+            value[0],
+            meta["n_neighbors"],
+            result.tables["samples"],
+            low_recall_caveat(result, "neighbor_recall"),
         )
     return meanings
 
@@ -460,7 +483,7 @@ def label_issue_finding(result):
             f"{found['k']} highest-scored are flipped ones (precision "
             f"{found['precision']:.2f})."
         )
-    return text
+    return text + low_recall_caveat(result, "label_issue_recall")
 
 
 def denoising_finding(result):
@@ -517,7 +540,7 @@ def support_finding(result):
         f"{zero} of {len(samples)} held-out predictions are carried by none of "
         f"their {result.metadata['n_neighbors']} most similar training examples "
         "(see the least-supported test inputs)."
-    )
+    ) + low_recall_caveat(result, "neighbor_recall")
 
 
 def isolated_finding(result):

@@ -704,7 +704,8 @@ def audit(
     recall@``n_neighbors`` against exact neighbours is measured on 200
     held-out examples drawn at random (``neighbor_recall`` in ``folds`` and
     ``summary``; the label issues' search, on the same sketches, likewise:
-    ``label_issue_recall``; a recall below 0.8 is warned about); class fitting fits
+    ``label_issue_recall``; a recall below 0.8 adds a warning to
+    ``metadata["warnings"]`` and the report); class fitting fits
     each class's mixture on at most 1 000 of its training examples drawn at
     random (``max_fit_per_class``) and evaluates the densities at all of
     them; self-denoising stays on its ``max_samples`` subset. Which method

@@ -174,8 +174,8 @@ def load_checkpoint(
         module.load_state_dict(state)
     except RuntimeError as error:
         codes = (
-            f", one per label code 0 .. {n_outputs - 1} that --data and --test-data "
-            "hold (label j is output j)"
+            f", one per label code from 0 to the largest that --data and "
+            f"--test-data hold, {n_outputs - 1} (label j is output j)"
             if n_outputs > 1 and args.n_classes is None and args.classes is None
             else ""
         )

@@ -10,6 +10,7 @@ from _audit_helpers import AUDIT_OPTIONS, prefit_net, prefit_split
 from _audit_helpers import prefit_audit as shared_prefit_audit
 
 from sksim import LabelIssueDetector, network_similarity
+from sksim.audit._findings import findings, headline_meanings
 from sksim.audit.analyses.neighbors import (
     MIN_RECALL,
     SEARCH_COMPONENTS,
@@ -194,8 +195,37 @@ def test_the_label_issues_measure_the_recall_of_their_own_search(tmp_path):
 @pytest.mark.parametrize("n_train, index", [(999_999, "Flat"), (10**6, "HNSW32")])
 def test_neighbors_and_label_issues_share_the_index_of_their_size(n_train, index):
     pytest.importorskip("faiss")
-    fold = SimpleNamespace(train=np.arange(n_train), classes=range(10))
+    fold = SimpleNamespace(train=np.arange(n_train), classes=range(10), options={})
     assert Neighbors().scaled_options(fold)["index"] == index
     detector = LabelIssueDetector(None, **sketched_search(fold))
     X_reference = np.empty((n_train, 1), dtype=np.float32)
     assert detector._search(None, X_reference, 10).index == index
+
+
+def test_findings_from_a_search_of_low_recall_say_so():
+    """With a recall of 0.2, the findings stated the label issues, the
+    unsupported predictions and the label agreement without a caveat."""
+    pytest.importorskip("faiss")
+    weak = dict(candidates_per_neighbor=1, search_components=2)
+    options = {**AUDIT_OPTIONS, "neighbors": weak, "label_issues": weak}
+    analyses = ("neighbors", "label_issues")
+    result = shared_prefit_audit(analyses, 50, options, n_neighbors=3)
+    said = findings(result)
+    agreement = headline_meanings(result)["neighbor_label_agreement"]
+    for metric, opening in [
+        ("label_issue_recall", "training labels look wrong"),
+        ("neighbor_recall", "held-out predictions are carried by none"),
+    ]:
+        recall = result["folds"][metric].item()
+        assert recall < MIN_RECALL
+        caveat = (
+            " Read with care: the approximate search behind this found only "
+            f"{recall:.0%} of the exact neighbours (the warnings say how to widen it)."
+        )
+        (finding,) = [text for text in said if opening in text]
+        assert finding.endswith(caveat)
+        if metric == "neighbor_recall":
+            assert agreement.endswith(caveat)
+    wide = shared_prefit_audit(analyses, 50, AUDIT_OPTIONS, n_neighbors=3)
+    assert not any("Read with care" in text for text in findings(wide))
+    assert "Read with care" not in headline_meanings(wide)["neighbor_label_agreement"]
