@@ -388,9 +388,9 @@ def test_a_checkpoint_behind_a_prefix_is_told_to_strip_it():
             ["--model", "cnn"],
             "does not fit the architecture of --model cnn for 10 outputs, one per "
             "label code from 0 to the largest that --data and --test-data hold, 9 "
-            "(label j is output j) (with --n-classes N when the data lack some of the classes it was "
-            "trained on, --classes A,B,... naming the label of each output when the "
-            "labels "
+            "(label j is output j) (with --n-classes N when the data lack some of "
+            "the classes it was trained on, --classes A,B,... naming the label of "
+            "each output when the labels "
             "are not the outputs' numbers, --task regression for whole-number "
             "targets): 4 keys of the architecture missing ('conv1.weight', "
             "'conv1.bias', 'conv2.weight', ...); 2 keys it lacks ('hidden.weight', "
