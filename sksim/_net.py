@@ -88,9 +88,9 @@ def fit_net(
         return net
     if isinstance(net, FrozenEstimator):
         raise ValueError(
-            "The FrozenEstimator holds an unfitted skorch net, which frozen is "
-            "never trained: fit the net before freezing it, or pass it unfrozen "
-            "with y to train a clone of it."
+            "The FrozenEstimator holds an unfitted skorch net: frozen, it is never "
+            "trained. Fit the net before freezing it, or pass it unfrozen with y "
+            "to train a clone of it."
         )
     fitted = clone(net)
     if is_dataset(X):

@@ -404,7 +404,7 @@ def test_clones_of_fitted_nets_and_frozen_unfitted_ones_say_what_to_do(
     with pytest.raises(ValueError, match="is not fitted.*A clone of a fitted"):
         prefit.fit(X[:50], y[:50])
     frozen_unfitted = FrozenEstimator(make_digits_net())
-    with pytest.raises(ValueError, match="unfitted skorch net, which frozen is"):
+    with pytest.raises(ValueError, match="unfitted skorch net: frozen, it is never"):
         NetworkSimilarityKernel(frozen_unfitted).fit(X[:50], y[:50])
     folds = LabelIssueDetector(FrozenEstimator(fitted_digits_net), cv=2)
     with pytest.raises(ValueError, match='is not trained again.*cv="prefit"'):

@@ -18,7 +18,8 @@ Cross-validated audit of a classifier from the network's perspective.
 For each fold, a fresh network is trained on the training part; on the held-out
 part sksim measures accuracy, the density of every example relative to the
 training fold (how many training examples the network treats as similar), its
-most similar training examples, the self-denoising summary, the layer-wise
+most similar training examples, the labels that the network and those examples
+dispute (label issues), the self-denoising summary, the layer-wise
 relative sensitivity to deformations (square images only) and the
 class-conditional densities of the representations. The result is one
 self-contained HTML report (and, with --json, the tables as JSON).
