@@ -93,36 +93,42 @@ def _dtypes(x) -> list[str]:
     return [str(getattr(v, "dtype", type(v).__name__)) for v in values]
 
 
-def _read_checkpoints(value: Any) -> Any:
+def _read_checkpoints(value: Any, hashes: dict) -> Any:
     """``value`` with the files of its options' ``checkpoints`` as their bytes' hash.
 
     A checkpoint given by path enters by its content, not by its name, so
-    that a file overwritten with other weights names other pieces.
+    that a file overwritten with other weights names other pieces. ``hashes``
+    keeps each file's hash by its path, size and modification time, so that
+    it is read once.
     """
     if isinstance(value, Mapping):
         return {
-            key: _file_contents(item)
+            key: _file_contents(item, hashes)
             if key == "checkpoints"
-            else _read_checkpoints(item)
+            else _read_checkpoints(item, hashes)
             for key, item in value.items()
         }
     if isinstance(value, list | tuple):
-        return type(value)(_read_checkpoints(item) for item in value)
+        return type(value)(_read_checkpoints(item, hashes) for item in value)
     return value
 
 
-def _file_contents(checkpoints: Any) -> Any:
+def _file_contents(checkpoints: Any, hashes: dict) -> Any:
     """The checkpoints, each path as ``(path, hash of its bytes)``."""
     if not isinstance(checkpoints, list | tuple):
         return checkpoints  # refused by the analysis, which says why
     read = []
     for checkpoint in checkpoints:
         if isinstance(checkpoint, str | os.PathLike) and os.path.isfile(checkpoint):
-            digest = hashlib.blake2b(digest_size=16)
-            with open(checkpoint, "rb") as file:
-                for block in iter(lambda: file.read(2**24), b""):
-                    digest.update(block)
-            checkpoint = os.fspath(checkpoint), digest.hexdigest()
+            path, stat = os.fspath(checkpoint), os.stat(checkpoint)
+            seen = path, stat.st_size, stat.st_mtime_ns
+            if seen not in hashes:
+                digest = hashlib.blake2b(digest_size=16)
+                with open(path, "rb") as file:
+                    for block in iter(lambda: file.read(2**24), b""):
+                        digest.update(block)
+                hashes[seen] = digest.hexdigest()
+            checkpoint = path, hashes[seen]
         read.append(checkpoint)
     return read
 
@@ -162,6 +168,7 @@ class AuditCache:
     ) -> None:
         self.folder = None if folder is None else Path(folder)
         self.loaded, self.saved = 0, 0
+        self._hashes = {}  # of the checkpoint files the options name
         if self.folder is None:
             return
         if self.folder.exists() and not self.folder.is_dir():
@@ -181,7 +188,7 @@ class AuditCache:
         if self.folder is None:
             return None
         try:
-            return joblib.hash((self.base, _read_checkpoints(parts)))
+            return joblib.hash((self.base, _read_checkpoints(parts, self._hashes)))
         except (pickle.PicklingError, AttributeError, TypeError) as error:
             raise TypeError(
                 "cache= names its files by a hash of the audit's arguments, which "
