@@ -8,6 +8,7 @@ from pathlib import Path
 
 import sksim
 import sksim.audit
+import sksim.audit.models
 import sksim.datasets
 import sksim.representations
 import sksim.sensitivity
@@ -99,7 +100,14 @@ def _owner(cls, member):
 
 
 numpydoc_validation_exclude |= inherited_members(
-    [sksim, sksim.audit, sksim.sensitivity, sksim.representations, sksim.datasets]
+    [
+        sksim,
+        sksim.audit,
+        sksim.audit.models,
+        sksim.sensitivity,
+        sksim.representations,
+        sksim.datasets,
+    ]
 )
 
 sphinx_gallery_conf = {

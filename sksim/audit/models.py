@@ -36,6 +36,18 @@ class MLP(torch.nn.Module):
         self.out = torch.nn.Linear(n_hidden, n_classes)
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
+        """The logits of a batch.
+
+        Parameters
+        ----------
+        X : torch.Tensor of shape (n_samples, ...)
+            Inputs of ``n_features`` values each.
+
+        Returns
+        -------
+        logits : torch.Tensor of shape (n_samples, n_classes)
+            The logits.
+        """
         return self.out(self.relu(self.hidden(self.flatten(X))))
 
 
@@ -67,6 +79,18 @@ class CNN(torch.nn.Module):
         self.out = torch.nn.Linear(width * (image_size // 2) ** 2, n_classes)
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
+        """The logits of a batch of images.
+
+        Parameters
+        ----------
+        X : torch.Tensor of shape (n_samples, in_channels, image_size, image_size)
+            The images.
+
+        Returns
+        -------
+        logits : torch.Tensor of shape (n_samples, n_classes)
+            The logits.
+        """
         h = self.relu2(self.conv2(self.relu1(self.conv1(X))))
         return self.out(self.flatten(self.pool(h)))
 
