@@ -90,7 +90,7 @@ n_jobs : int or None, default=None
     blocks run by ``joblib.Parallel(n_jobs)``, which honours
     ``joblib.parallel_config`` (e.g. ``backend="dask"`` on a
     ``dask.distributed`` cluster); each block recomputes the gradients it
-    needs.""",
+    needs, within ``max_memory`` in each worker.""",
     "max_memory": """
 max_memory : int or None, default=2 GiB
     Bytes that the gradient factors of the reference set may keep between
