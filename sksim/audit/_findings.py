@@ -92,14 +92,28 @@ def held_out_error(samples) -> float:
     return 1.0 - float(samples["correct"].mean())
 
 
+def r2_meaning(r2):
+    """What a regression's held-out R² says, in words (no full stop)."""
+    if r2 > 0:
+        return (
+            f"the network accounts for {r2:.0%} of the variance of targets it never saw"
+        )
+    return "the network predicts targets it never saw no better than their mean would"
+
+
+def rmse_meaning(samples):
+    """A regression's root mean squared error against predicting the targets' mean."""
+    baseline = float(np.std(samples["label"].to_numpy(dtype=float)))
+    return (
+        "In the targets' units; predicting their mean for every held-out example "
+        f"would give {baseline:.3g}."
+    )
+
+
 def fit_finding(r2, rmse, n_folds):
     """One sentence on a regression's held-out R² and root mean squared error."""
     (mean, std), (error, error_std) = r2, rmse
-    reading = (
-        f"the network accounts for {mean:.0%} of the variance of targets it never saw"
-        if mean > 0
-        else "the network predicts targets it never saw no better than their mean would"
-    )
+    reading = r2_meaning(mean)
     return (
         f"Held-out R² {mean:.3f}{_spread(std)}, root mean squared error "
         f"{error:.3g}{_spread(error_std, '.3g')}: {reading} "
@@ -199,7 +213,9 @@ def density_meaning(result, r):
             "the correlation rests on few examples; lower the threshold, or count "
             "softly."
         )
-    if soft_counts(result) and r > -0.3:
+    if soft_counts(result) and -0.3 < r < 0.1:
+        # a weak or absent concentration at low density may be the soft
+        # counts'; errors more frequent at high density are read as they are
         return (
             "Soft counts, which sum every similarity, follow the errors more "
             "weakly than counts of the nearly identical examples: density "
@@ -344,6 +360,10 @@ def headline_meanings(result):
         error = held_out_error(result.tables["samples"])
         meanings["accuracy"] = accuracy_meaning(1 - error, value[1], meta["n_folds"])
         meanings["error"] = error_meaning(error)
+    value = summary_value(summary, "r2")
+    if value is not None:
+        meanings["r2"] = r2_meaning(value[0]).capitalize() + "."
+        meanings["rmse"] = rmse_meaning(result.tables["samples"])
     value = summary_value(summary, "density_error_correlation")
     if value is not None:
         meanings["density_error_correlation"] = density_meaning(result, value[0])

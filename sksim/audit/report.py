@@ -42,7 +42,8 @@ nav a { margin-right: 1.2em; color: #24394f; text-decoration: none; }
 main { padding: 0 2em 2em 2em; max-width: 1600px; }
 p, ul { max-width: 75em; }
 section { background: white; border-radius: 6px; padding: .6em 1.4em 1em 1.4em;
-          margin-top: 1.2em; box-shadow: 0 1px 3px rgba(0,0,0,.12); }
+          margin-top: 1.2em; box-shadow: 0 1px 3px rgba(0,0,0,.12);
+          scroll-margin-top: 6em; }  /* a link's heading below the sticky nav */
 h2 { border-bottom: 1px solid #d0d7de; padding-bottom: .2em; }
 table.data { border-collapse: collapse; font-size: .82em; margin: .6em 0; }
 table.data th, table.data td { padding: .2em .6em; border-bottom: 1px solid #e5e8eb;

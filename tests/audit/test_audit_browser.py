@@ -100,3 +100,41 @@ def test_report_renders_in_chromium(chromium, small_audit, tmp_path):
     )
     data = Path(shot).read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 50_000
+
+
+GEOMETRY = """<script>
+var rows = [];
+document.querySelectorAll("nav a").forEach(function (a) {
+  var section = document.getElementById(a.getAttribute("href").slice(1));
+  section.scrollIntoView();
+  var heading = section.querySelector("h2").getBoundingClientRect();
+  var nav = document.querySelector("nav").getBoundingClientRect();
+  rows.push(section.id + " " + heading.top + " " + nav.bottom);
+});
+var out = document.createElement("pre");
+out.id = "geometry";
+out.textContent = rows.join(";");
+document.body.appendChild(out);
+</script></body>"""
+
+
+def test_a_section_jumped_to_shows_its_heading_below_the_sticky_nav(
+    chromium, small_audit, tmp_path
+):
+    """The sticky navigation bar covered the heading of every section its links
+    jumped to (the headings at 29 to 64 px, the bar down to 54 px)."""
+    page = small_audit.to_html(tmp_path / "report.html").read_text()
+    measured = tmp_path / "geometry.html"
+    measured.write_text(page.replace("</body>", GEOMETRY))
+    dom = run_chromium(
+        chromium,
+        tmp_path,
+        "--window-size=1280,800",
+        "--dump-dom",
+        measured.resolve().as_uri(),
+    ).stdout
+    rows = dom.split('<pre id="geometry">')[1].split("</pre>")[0].split(";")
+    assert len(rows) == len(SECTIONS)
+    for row in rows:
+        section, heading_top, nav_bottom = row.split()
+        assert float(heading_top) >= float(nav_bottom), section

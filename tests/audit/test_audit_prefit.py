@@ -280,6 +280,17 @@ def test_prefit_regression_net(regression, monkeypatch, tmp_path):
     assert "prefit network, given train/test split" in html
     assert "R² (one split)" in html and "<th>target</th>" in html  # the gallery
     assert "between two held-out examples drawn at random" in html  # its card
+    # the R² and RMSE cards read, as the other headline numbers do
+    r2 = folds["r2"].iloc[0]
+    assert (
+        f"<span>The network accounts for {r2:.0%} of the variance of targets it "
+        "never saw.</span>"
+    ) in html
+    baseline = np.std(y_test[:, 0].astype(float))
+    assert (
+        "<span>In the targets&#x27; units; predicting their mean for every held-out "
+        f"example would give {baseline:.3g}.</span>"
+    ) in html
     assert "Skipped: the class_fitting analysis needs class labels" in html
     facts = "<th>samples</th><td style='text-align:left'>120 training and 40 test"
     assert facts in html  # was 160, as if the test inputs were trained on
@@ -642,7 +653,7 @@ def test_prefit_density_warns_when_most_hard_counts_are_zero(split, trained):
     text = warned[0]["warning"]
     assert text.startswith("FlooredDensityWarning: N sample(s) of the N held out")
     assert "threshold N.N" in text and "['method'] = 'soft'." in text
-    assert "with many outputs" in text  # a classifier of several classes
+    assert "with several outputs" in text  # a classifier of several classes
     assert warned[0]["samples"] == len(counts)  # the report counts them
     counts, warned = warnings_at(0.9)
     assert (counts == 0).mean() < 0.5 and warned == []

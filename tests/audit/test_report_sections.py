@@ -686,6 +686,11 @@ def test_a_correlation_of_floored_or_soft_densities_draws_no_conclusion(
     assert "0% of the variance of the errors, which does not rule" in meaning()
     summary.loc[rows, "mean"] = -0.38  # strong enough to read even so
     assert meaning() == correlation_meaning(-0.38)
+    # errors more frequent at high density: the soft counts' weakness does not
+    # explain them, and "does not rule coverage out" read against its own bins
+    for r in (0.22, 0.6):
+        summary.loc[rows, "mean"] = r
+        assert meaning() == correlation_meaning(r)
 
 
 def test_an_undefined_correlation_reads_n_a_with_its_reason(issues_audit):

@@ -202,7 +202,7 @@ def _warn_if_floored(counts: np.ndarray, threshold: float, n_outputs: int) -> No
     floored = int(np.sum(counts < COUNT_FLOOR))
     if floored > len(counts) / 2:
         why = (
-            " (with many outputs, the similarity of whitened gradients seldom nears 1)"
+            " (with several outputs, whitened gradients are seldom nearly identical)"
             if n_outputs > 1
             else ""
         )
