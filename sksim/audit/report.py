@@ -259,11 +259,27 @@ def _findings(result) -> str:
     return f'<ul class="findings">{items}</ul>'
 
 
+def _partly_failed(result, name) -> str:
+    """A note naming the folds an analysis failed on, when it ran on others."""
+    folds = sorted(result.failed.get(name, {}))
+    if not folds:
+        return ""
+    listed = ", ".join(map(str, folds))
+    return paragraph(
+        f"Failed on fold{'s' if len(folds) > 1 else ''} {listed} of "
+        f"{result.metadata['n_folds']} (errors in the summary): what follows "
+        "covers the other folds.",
+        "note",
+    )
+
+
 def _analysis(name):
     """The builder of an analysis' section: why it did not run, or its body."""
 
     def build(result: AuditResult) -> str:
-        return _not_run(result, name) or REGISTRY[name].section(result)
+        return _not_run(result, name) or (
+            _partly_failed(result, name) + REGISTRY[name].section(result)
+        )
 
     return build
 

@@ -491,6 +491,12 @@ def test_a_density_failing_on_one_fold_leaves_a_report_of_the_others(
     assert summary.loc["accuracy", "n_folds"] == 3
     text = result.to_html(tmp_path / "report.html").read_text()
     assert "<b>density</b>, fold 1: MemoryError: out of memory" in text
+    section = text[text.index('<section id="density">') :]
+    section = section[: section.index("</section>")]
+    assert (  # its figures and tables cover two folds: the section said nothing
+        '<p class="note">Failed on fold 1 of 3 (errors in the summary): what '
+        "follows covers the other folds.</p>"
+    ) in section
 
 
 def test_a_diverged_network_fails_every_analysis_with_the_reason(digit_images):
