@@ -158,6 +158,27 @@ def test_error_by_density_figure_draws_the_summary(small_audit):
     assert len(ticks) == len(ax.get_xticks())  # whole bins only
 
 
+def test_bins_that_only_some_folds_have_are_marked(small_audit):
+    """Ties at the floor leave bins empty in some folds: the mean line drew
+    one fold's value there as a mean over folds, without a word."""
+    result = copy.copy(small_audit)
+    bins = small_audit["density_bins"]
+    fewer = bins[~((bins["fold"] > 0) & (bins["density_bin"] == 4))]
+    summary = spread(fewer, "density_bin", ["error_rate"])
+    result.tables = dict(
+        small_audit.tables, density_bins=fewer, density_bins_summary=summary
+    )
+    ax = figures.error_by_density(result).axes[0]
+    (marked,) = [line for line in ax.lines if line.get_markerfacecolor() == "white"]
+    assert marked.get_label() == "bins only some folds have"
+    np.testing.assert_array_equal(marked.get_xdata(), [4])
+    one_fold = bins[(bins["fold"] == 0) & (bins["density_bin"] == 4)]
+    np.testing.assert_allclose(marked.get_ydata(), one_fold["error_rate"])
+    assert "bins only some folds have" not in [
+        line.get_label() for line in figures.error_by_density(small_audit).axes[0].lines
+    ]
+
+
 def test_error_by_density_of_one_split_names_no_folds(small_audit):
     """A prefit audit's one split was drawn as "one fold" and "mean over
     folds (± std)"."""

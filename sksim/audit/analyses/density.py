@@ -164,6 +164,18 @@ def error_by_density(result: AuditResult) -> Figure | None:
         capsize=3,
         label="mean over folds (± std)" if several else "held-out examples",
     )
+    # ties at the floor leave a fold's upper bins empty: their means are of fewer folds
+    partial = table[table["n_folds"] < per_fold["fold"].nunique()]
+    if len(partial):
+        ax.plot(
+            partial["density_bin"],
+            partial[f"{column}_mean"],
+            "o",
+            color="tab:red",
+            markerfacecolor="white",
+            zorder=3,  # over the mean's filled marker
+            label="bins only some folds have",
+        )
     ax.xaxis.get_major_locator().set_params(integer=True)  # whole bins
     ax.set_xlabel("density bin (0 = lowest density; tied examples share one)")
     ax.set_ylabel(column.replace("_", " "))
