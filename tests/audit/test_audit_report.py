@@ -345,3 +345,19 @@ def test_class_densities_name_many_long_classes_legibly(small_audit):
     assert ax.get_xlabel() == "class (by training-fold log-density, one in 3 named)"
     assert all(n.startswith("class_w…") and n[-1].isdigit() for n in names)
     assert ax.get_legend() is None  # below the panels
+
+
+def test_a_sections_table_leaves_the_minima_and_maxima_to_the_raw_tables(
+    small_audit,
+):
+    """The class-fitting summary's minima and maxima pushed the columns behind
+    the class-fitting gap out of a 1280 px window."""
+    page = render_html(small_audit)
+    section = page[page.index('<section id="density">') :]
+    section = section[: section.index("</section>")]
+    assert "<th>error_rate_mean</th>" in section
+    assert "<th>error_rate_std</th>" in section
+    assert "error_rate_min" not in section and "error_rate_max" not in section
+    assert "The minimum and maximum over folds are in the raw tables." in section
+    raw = page[page.index('<section id="tables">') :]
+    assert "<th>error_rate_min</th>" in raw and "<th>error_rate_max</th>" in raw

@@ -419,7 +419,9 @@ class Analysis:
         -------
         html : str
             By default, ``description``, the method, the figures, then
-            ``report_table``.
+            ``report_table`` (its means and spreads over folds: the minima
+            and maxima, which made it wider than a page, are left to the raw
+            tables).
         """
         parts = [_render.paragraph(self.description)]
         method = result.metadata.get("methods", {}).get(self.name)
@@ -427,5 +429,18 @@ class Analysis:
             parts.append(_render.paragraph(f"Method: {method}.", "note"))
         parts += [_render.figure(draw, result) for draw in self.figures]
         if self.report_table is not None:
-            parts.append(_render.table(result.tables[self.report_table]))
+            shown = result.tables[self.report_table]
+            extremes = [
+                column
+                for column in shown
+                if column.endswith(("_min", "_max")) and f"{column[:-4]}_mean" in shown
+            ]
+            parts.append(_render.table(shown.drop(columns=extremes)))
+            if extremes:
+                parts.append(
+                    _render.paragraph(
+                        "The minimum and maximum over folds are in the raw tables.",
+                        "note",
+                    )
+                )
         return "".join(parts)
