@@ -362,7 +362,8 @@ def headline_meanings(result):
         meanings["error"] = error_meaning(error)
     value = summary_value(summary, "r2")
     if value is not None:
-        meanings["r2"] = r2_meaning(value[0]).capitalize() + "."
+        reading = r2_meaning(value[0])
+        meanings["r2"] = reading[0].upper() + reading[1:] + "."
         meanings["rmse"] = rmse_meaning(result.tables["samples"])
     value = summary_value(summary, "density_error_correlation")
     if value is not None:
