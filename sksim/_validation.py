@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
+import numbers
 import os
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -599,6 +601,22 @@ def check_positive_int(value, name, allow_none=False):
         return
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be a positive int; got {value!r}.")
+
+
+def check_finite_number(value, name, positive=False):
+    """Raise a ValueError unless ``value`` is a finite real number, >= 0 or > 0.
+
+    Not a bool, nor a string of digits.
+    """
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(value)
+        or value < 0
+        or (positive and value == 0)
+    ):
+        kind = "positive" if positive else "non-negative"
+        raise ValueError(f"{name} must be a finite {kind} number; got {value!r}.")
 
 
 def cv_partition(cv, X, y, groups=None) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -259,8 +259,10 @@ def test_make_circle_sine_values():
     "kwargs, message",
     [
         ({"n_samples": 0}, "n_samples must be a positive int"),
-        ({"frequency": 0}, "frequency must be a positive number"),
-        ({"noise": -0.1}, "noise must be a non-negative number"),
+        ({"frequency": 0}, "frequency must be a finite positive number"),
+        ({"frequency": "2"}, "frequency must be a finite positive number; got '2'"),
+        ({"noise": -0.1}, "noise must be a finite non-negative number"),
+        ({"noise": float("nan")}, "noise must be a finite non-negative number"),
     ],
 )
 def test_make_circle_sine_refuses_bad_arguments(kwargs, message):

@@ -48,6 +48,13 @@ def test_planted_modes_errors():
         make_planted_modes(10, n_modes=0)
     with pytest.raises(ValueError, match="no class to draw"):
         make_planted_modes(10, n_single=0, n_multi=0)
+    # a zero scale divided by a zero spread (NaN inputs with a RuntimeWarning),
+    # NaN or a negative scale were accepted
+    for scale in (0.0, -0.2, float("nan")):
+        with pytest.raises(ValueError, match="mode_scale must be a finite positive"):
+            make_planted_modes(10, n_modes=1, mode_scale=scale)
+    with pytest.raises(ValueError, match="class_separation must be a finite non-"):
+        make_planted_modes(10, class_separation=float("nan"))
     X, y, multimodal = make_planted_modes(1, n_multi=0, random_state=0)
     assert X.shape == (1, 6) and np.isfinite(X).all()
 
