@@ -15,3 +15,21 @@ def pyplot(drawer: str) -> ModuleType:
             "(sksim's plot extra)."
         ) from error
     return plt
+
+
+def log_scale(ax, axis: str = "y") -> None:
+    """Put ``ax``'s ``axis`` on a log scale, its ticks labelled as plain numbers.
+
+    The ticks matplotlib labels (its choice of major and minor ones for the
+    range shown) read ``0.3``, not ``3 x 10^-1``.
+    """
+    from matplotlib.ticker import LogFormatterSciNotation
+
+    class Plain(LogFormatterSciNotation):
+        def __call__(self, x, pos=None):
+            return f"{x:g}" if super().__call__(x, pos) else ""
+
+    getattr(ax, f"set_{axis}scale")("log")
+    scaled = getattr(ax, f"{axis}axis")
+    scaled.set_major_formatter(Plain())
+    scaled.set_minor_formatter(Plain())

@@ -22,7 +22,7 @@ from ._docs import fill_doc
 from ._engine.gram import GramReference, NTKReference
 from ._engine.inputs import is_dataset, n_samples
 from ._engine.jacobian import DEFAULT_MAX_MEMORY
-from ._pyplot import pyplot
+from ._pyplot import log_scale, pyplot
 from ._typing import NetInput, NetLike, Output, Self
 from ._validation import check_net_input, dataset_targets, labels_key_hint
 from .density import THRESHOLD, positive_power
@@ -739,9 +739,16 @@ def plot_denoising(
             n_eff, measured, s=6, alpha=0.4, color="C1", label="measured per sample"
         )
         ax.axhline(summary["measured_rmse"], color="C1", ls="--", label="measured RMSE")
-    ax.set_xscale("log")
+    log_scale(ax, "x")
     ax.set_xlabel("effective number of neighbours N_eff")
     ax.set_ylabel("error against clean labels")
     ax.set_title(f'self-denoising, weights="{analysis.weights}"')
-    ax.legend(fontsize="small")
+    # room above the values for the legend, which covered the sigma line
+    shown = [predicted, [summary["sigma"], summary["predicted_rmse"]]]
+    if y_clean is not None:
+        shown += [measured, [summary["measured_rmse"]]]
+    top = np.nanmax(np.concatenate([np.ravel(values) for values in shown]))
+    if np.isfinite(top) and top > 0:
+        ax.set_ylim(0, 1.8 * top)
+    ax.legend(fontsize="small", loc="upper right", ncols=2)
     return ax

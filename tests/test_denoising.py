@@ -411,6 +411,15 @@ def test_plot_draws_predicted_and_measured_errors(data):
         predicted[:, 1], np.sqrt(analysis.predicted_error_), rtol=1e-6
     )
     assert [line.get_ydata()[0] for line in ax.lines][0] == pytest.approx(0.1)
+    # the legend covered the noise's line; the log axis read 4 x 10^0
+    figure = ax.figure
+    figure.canvas.draw()
+    legend = ax.get_legend().get_window_extent(figure.canvas.get_renderer())
+    for line in ax.lines:
+        y = ax.transData.transform((1, line.get_ydata()[0]))[1]
+        assert not legend.y0 <= y <= legend.y1, line.get_label()
+    labels = [tick.get_text() for tick in ax.get_xticklabels(which="both")]
+    assert labels and not any("times" in text or "^" in text for text in labels)
     matplotlib.pyplot.close(ax.figure)
     before = matplotlib.pyplot.get_fignums()
     with pytest.raises(ValueError):  # checked before an empty figure was left open

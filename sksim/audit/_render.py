@@ -33,23 +33,6 @@ def errorbars(ax, x, table, column, **style):
     )
 
 
-def log_scale(ax) -> None:
-    """Put ``ax``'s y axis on a log scale, its ticks labelled as plain numbers.
-
-    The ticks matplotlib labels (its choice of major and minor ones for the
-    range shown) read ``0.3``, not ``3 x 10^-1``.
-    """
-    from matplotlib.ticker import LogFormatterSciNotation
-
-    class Plain(LogFormatterSciNotation):
-        def __call__(self, x, pos=None):
-            return f"{x:g}" if super().__call__(x, pos) else ""
-
-    ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(Plain())
-    ax.yaxis.set_minor_formatter(Plain())
-
-
 def layer_tail(name: str, width: int) -> str:
     """A layer's ``name`` in ``width`` characters at most, its head cut to an ellipsis.
 

@@ -15,6 +15,9 @@ if TYPE_CHECKING:
     from sklearn.utils import Bunch
 
 
+NAMED_CLASSES = 30  # classes named along an x axis at most (more would overlap)
+
+
 def _column(table, key):
     return np.asarray(table[key])
 
@@ -25,8 +28,10 @@ def plot_class_log_density(
     """Sorted class mean log-densities per stage, with the largest-gap split.
 
     One panel per stage (log-densities of stages with different projected
-    dimensions are not comparable). Classes above the split threshold are
-    drawn in orange, those below in blue.
+    dimensions are not comparable), its classes named along the x axis (up
+    to 30 of them).
+    Classes above the split threshold are drawn in orange, those below in
+    blue.
 
     Parameters
     ----------
@@ -67,15 +72,28 @@ def plot_class_log_density(
             strict=True,
         )
     )
+    names = _column(report.classes, "class")
     for ax, stage in zip(np.ravel(axes), stages, strict=True):
         rows = np.flatnonzero(stage_of == stage)
         order = rows[np.argsort(means[rows])]
         colors = np.where(high[order], "tab:orange", "tab:blue")
         ax.scatter(np.arange(len(order)), means[order], c=colors)
-        ax.axhline(thresholds[stage], color="gray", linestyle="--", linewidth=1)
-        ax.set_title(str(stage))
-        ax.set_xlabel("classes, sorted")
-    np.ravel(axes)[0].set_ylabel("mean own-class log-density")
+        ax.axhline(
+            thresholds[stage],
+            color="gray",
+            linestyle="--",
+            linewidth=1,
+            label="split (largest gap)",
+        )
+        if len(order) <= NAMED_CLASSES:
+            ax.set_xticks(np.arange(len(order)), [str(c) for c in names[order]])
+        ax.set_title(f"stage {stage}")
+        ax.set_xlabel("class, by mean log-density")
+    first = np.ravel(axes)[0]
+    first.set_ylabel("mean own-class log-density")
+    first.scatter([], [], c="tab:orange", label="above the split")
+    first.scatter([], [], c="tab:blue", label="below the split")
+    first.legend(fontsize="small")
     if own:
         fig.tight_layout()
     return fig
@@ -114,7 +132,7 @@ def plot_memorization_by_density(report: Bunch, ax: Axes | None = None) -> Axes:
             _column(report.bins, "bin")[rows],
             _column(report.bins, "mean_memorization")[rows],
             marker="o",
-            label=str(stage),
+            label=f"stage {stage}",
         )
     ax.set_xlabel("density bin (low to high own-class log-density)")
     ax.set_ylabel("mean memorisation score")

@@ -112,6 +112,16 @@ def test_figures_show_the_table_values(report):
         np.testing.assert_allclose(shown, np.sort(means))
         threshold = rep.splits["threshold"][rep.splits["stage"] == stage][0]
         assert ax.lines[0].get_ydata()[0] == pytest.approx(threshold)
+        # the classes are named, not ranked (ranks read as digit labels)
+        named = [tick.get_text() for tick in ax.get_xticklabels()]
+        classes = rep.classes["class"][rows][np.argsort(means)]
+        assert named == [str(c) for c in classes]
+        assert ax.get_title() == f"stage {stage}"
+    assert fig.axes[0].get_legend_handles_labels()[1] == [
+        "split (largest gap)",
+        "above the split",
+        "below the split",
+    ]
     ax = plot_memorization_by_density(rep)
     np.testing.assert_allclose(
         ax.lines[0].get_ydata(), rep.bins["mean_memorization"][:5]

@@ -9,9 +9,10 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from ..._engine.inputs import n_samples
+from ..._pyplot import log_scale
 from ..._typing import NetInput
 from ..._validation import sample_shape
-from .._render import errorbars, layer_tail, log_scale, subplots
+from .._render import errorbars, layer_tail, subplots
 from .._tables import frame, spread
 from ..models import is_square_image_batch
 from .base import Analysis, FoldOutput
