@@ -29,9 +29,8 @@ def plot_class_log_density(
 
     One panel per stage (log-densities of stages with different projected
     dimensions are not comparable), its classes named along the x axis (up
-    to 30 of them).
-    Classes above the split threshold are drawn in orange, those below in
-    blue.
+    to 30 of them). Classes above the split threshold are drawn in orange,
+    those below in blue.
 
     Parameters
     ----------
