@@ -603,18 +603,18 @@ def check_positive_int(value, name, allow_none=False):
         raise ValueError(f"{name} must be a positive int; got {value!r}.")
 
 
-def check_finite_number(value, name, positive=False):
-    """Raise a ValueError unless ``value`` is a finite real number, >= 0 or > 0.
+def is_finite_number(value) -> bool:
+    """Whether ``value`` is a finite real number (not a bool, nor a string)."""
+    return (
+        not isinstance(value, bool)
+        and isinstance(value, numbers.Real)
+        and math.isfinite(value)
+    )
 
-    Not a bool, nor a string of digits.
-    """
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not math.isfinite(value)
-        or value < 0
-        or (positive and value == 0)
-    ):
+
+def check_finite_number(value, name, positive=False):
+    """Raise a ValueError unless ``value`` is a finite real number, >= 0 or > 0."""
+    if not is_finite_number(value) or value < 0 or (positive and value == 0):
         kind = "positive" if positive else "non-negative"
         raise ValueError(f"{name} must be a finite {kind} number; got {value!r}.")
 

@@ -17,7 +17,7 @@ one axis); this sksim extension lets the estimators accept any
 from __future__ import annotations
 
 import math
-from numbers import Integral, Real
+from numbers import Integral
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from numpy.typing import ArrayLike
 from sklearn.utils import check_random_state
 
 from .._typing import ArrayOrTensor
+from .._validation import check_finite_number
 
 INTERPOLATIONS = ("linear", "nearest", "gaussian")
 # the width in pixels of the Gaussian interpolation in Petrini et al.'s own code
@@ -41,23 +42,6 @@ def _check_size(n) -> None:
         raise ValueError(
             f"n (the image side in pixels) must be a positive int; got {n!r}."
         )
-
-
-def _check_nonnegative(value, name) -> None:
-    if not is_finite_number(value) or not value >= 0:
-        raise ValueError(f"{name} must be a finite non-negative number; got {value!r}.")
-
-
-def _check_positive(value, name) -> None:
-    if not is_finite_number(value) or not value > 0:
-        raise ValueError(f"{name} must be a finite positive number; got {value!r}.")
-
-
-def is_finite_number(value) -> bool:
-    """Whether ``value`` is a finite real number (not a bool)."""
-    return (
-        not isinstance(value, bool) and isinstance(value, Real) and math.isfinite(value)
-    )
 
 
 def kept_modes(cutoff: int, ndim: int = 2) -> np.ndarray:
@@ -107,7 +91,7 @@ def temperature_from_delta(delta: float, cutoff: int = 3, n: int = 32) -> float:
     >>> round(temperature_from_delta(1.0, cutoff=3, n=32), 7)
     0.0011318
     """
-    _check_nonnegative(delta, "delta")
+    check_finite_number(delta, "delta")
     _check_cutoff(cutoff)
     _check_size(n)
     if cutoff < 2:
@@ -264,9 +248,9 @@ def sample_diffeo(
     if ndim not in (1, 2):
         raise ValueError(f"ndim must be 1 (signals) or 2 (images); got {ndim!r}.")
     if temperature is None:
-        _check_nonnegative(delta, "delta")
+        check_finite_number(delta, "delta")
         temperature = _delta_temperature(delta, cutoff, n, ndim)
-    _check_nonnegative(temperature, "temperature")
+    check_finite_number(temperature, "temperature")
     if n_fields is not None and (
         isinstance(n_fields, bool) or not isinstance(n_fields, Integral) or n_fields < 1
     ):
@@ -425,7 +409,7 @@ def check_interp(interp: str) -> None:
 
 def check_deformation(delta: float, cutoff: int, interp: str) -> None:
     """Validate the parameters of random max-entropy deformations."""
-    _check_nonnegative(delta, "delta")
+    check_finite_number(delta, "delta")
     _check_cutoff(cutoff)
     check_interp(interp)
 
@@ -510,7 +494,7 @@ def apply_diffeo(
            [6., 6., 7.]])
     """
     check_interp(interp)
-    _check_positive(sigma, "sigma")
+    check_finite_number(sigma, "sigma", positive=True)
     is_tensor = isinstance(images, torch.Tensor)
     x = images if is_tensor else torch.as_tensor(np.ascontiguousarray(images))
     if not x.is_floating_point():

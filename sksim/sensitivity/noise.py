@@ -8,7 +8,7 @@ from numpy.typing import ArrayLike
 from sklearn.utils import check_random_state
 
 from .._typing import ArrayOrTensor
-from .diffeo import is_finite_number
+from .._validation import is_finite_number
 
 NOISE_NORMS = ("per_sample", "batch_mean")
 
