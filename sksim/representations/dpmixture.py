@@ -14,6 +14,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .._engine.context import single_threaded_blas
 from .._typing import Self
+from .._validation import check_finite_number
 from ._blocked import blocked_gibbs_sampler
 from ._gibbs import gibbs_sampler
 from ._logdensity import mixture_logpdf
@@ -33,11 +34,6 @@ def _check_int(value, name, low):
         or value < low
     ):
         raise ValueError(f"{name} must be an int >= {low}; got {value!r}.")
-
-
-def _check_positive(value, name):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value <= 0:
-        raise ValueError(f"{name} must be a positive number; got {value!r}.")
 
 
 class DirichletProcessGaussianMixture(DensityMixin, BaseEstimator):
@@ -245,7 +241,7 @@ n_features)
         if self.burn_in is not None:
             _check_int(self.burn_in, "burn_in", 0)
         for name in ("prior_clusters", "kappa0", "reg_covar"):
-            _check_positive(getattr(self, name), name)
+            check_finite_number(getattr(self, name), name, positive=True)
         if self.backend == "gibbs":
             self._schedule()
 

@@ -216,7 +216,11 @@ def test_samples_follow_the_predictive_density(backend):
         (dict(backend="em"), "backend must be one of"),
         (dict(n_sweeps=0), "n_sweeps must be an int >= 1"),
         (dict(burn_in=-1), "burn_in must be an int >= 0"),
-        (dict(kappa0=0.0), "kappa0 must be a positive number"),
+        (dict(kappa0=0.0), "kappa0 must be a finite positive number"),
+        # NaN was accepted, its log-densities NaN; infinity overflowed the variance
+        (dict(kappa0=float("nan")), "kappa0 must be a finite positive number"),
+        (dict(prior_clusters=np.nan), "prior_clusters must be a finite positive"),
+        (dict(reg_covar=float("inf")), "reg_covar must be a finite positive number"),
         (dict(n_sweeps=10, burn_in=8, thin=4), "No posterior sample would be kept"),
     ],
 )
