@@ -75,6 +75,7 @@ from ._validation import (
     check_positive_int,
     dataset_targets,
     given_or_item_labels,
+    is_finite_number,
     is_map_style,
     labelled,
 )
@@ -385,12 +386,7 @@ class SimilarityRegularizedNet(NeuralNet):
 
     def _check_similarity_params(self):
         w = self.similarity_weight
-        if (
-            not isinstance(w, numbers.Real)
-            or isinstance(w, bool)
-            or not np.isfinite(w)
-            or w < 0
-        ):
+        if not is_finite_number(w) or w < 0:
             raise ValueError(
                 "similarity_weight must be a finite non-negative number (choose "
                 f"the direction with similarity_direction); got {w!r}."
