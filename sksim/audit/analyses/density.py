@@ -144,7 +144,8 @@ def error_by_density(result: AuditResult) -> Figure | None:
     column = error_column(result.tables["samples"])
     fig, ax = subplots(figsize=(6, 3.4))
     per_fold = result.tables["density_bins"]
-    several = per_fold["fold"].nunique() > 1
+    n_folds = per_fold["fold"].nunique()
+    several = n_folds > 1
     for fold, rows in per_fold.groupby("fold") if several else ():
         ax.plot(
             rows["density_bin"],
@@ -165,7 +166,7 @@ def error_by_density(result: AuditResult) -> Figure | None:
         label="mean over folds (± std)" if several else "held-out examples",
     )
     # ties at the floor leave a fold's upper bins empty: their means are of fewer folds
-    partial = table[table["n_folds"] < per_fold["fold"].nunique()]
+    partial = table[table["n_folds"] < n_folds]
     if len(partial):
         ax.plot(
             partial["density_bin"],
