@@ -457,6 +457,27 @@ def test_prefit_labels_are_the_nets_outputs(digits, fitted_digits_net):
         whole.fit(X[:3], np.array(["a", "a", "a"]))
 
 
+def test_prefit_names_or_codes(digits):
+    """A skorch net whose classes= names its outputs takes the names or the
+    codes it was trained on, as the audit does, with the same scores."""
+    X, codes = digits[0][:90], digits[1][:90] % 3
+    names = np.array(["dog", "cat", "bird"])
+    torch.manual_seed(0)
+    net = any_width_net(module__n_out=3, classes=names.tolist()).fit(X, codes)
+    by_name = LabelIssueDetector(net, cv="prefit", n_neighbors=5).fit(X, names[codes])
+    by_code = LabelIssueDetector(net, cv="prefit", n_neighbors=5).fit(X, codes)
+    np.testing.assert_array_equal(by_name.classes_, names)
+    np.testing.assert_array_equal(by_code.classes_, [0, 1, 2])
+    np.testing.assert_array_equal(by_name.scores_, by_code.scores_)
+    np.testing.assert_array_equal(
+        by_name.suggested_labels_, names[by_code.suggested_labels_]
+    )
+    with pytest.raises(ValueError, match=r"'cow'\] that name none of its 3 outputs: "):
+        by_name.fit(X[:3], ["dog", "cow", "cat"])
+    with pytest.raises(ValueError, match=r"labels in the net's classes_ \['dog', 'c"):
+        by_code.fit(X[:3], [0, 1, 3])
+
+
 def test_errors(digits, fitted_digits_net):
     X, y = digits[0][:60], digits[1][:60]
     prefit = LabelIssueDetector(fitted_digits_net, cv="prefit")
