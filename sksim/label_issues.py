@@ -53,7 +53,7 @@ from ._validation import (
     labels_key_hint,
 )
 from .density import NEIGHBOR_PARAMETERS
-from .neighbors import N_COMPONENTS, NetworkNeighbors, automatic_index
+from .neighbors import N_COMPONENTS, NetworkNeighbors, automatic_index, check_sketched
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -561,6 +561,8 @@ class LabelIssueDetector(NetworkEstimator):
             The fitted estimator.
         """
         self._validate_params()
+        if self.algorithm == "faiss":
+            check_sketched(self.n_components)
         if skorch_task(self.net) == "regression":
             raise ValueError(
                 "LabelIssueDetector looks for wrong class labels and needs a "

@@ -100,6 +100,15 @@ def each_of(*callbacks):
     return each_batch
 
 
+def check_sketched(n_components: int | str | None) -> None:
+    """Raise a ValueError unless a FAISS search has sketches (``n_components``)."""
+    if n_components is None:
+        raise ValueError(
+            'algorithm="faiss" searches sketched gradient features: set '
+            'n_components (e.g. 64 to 256, or "auto"), or use algorithm="exact".'
+        )
+
+
 def automatic_index(n_reference: int) -> str:
     """The FAISS index of the automatic searches (the audit's, the label issues').
 
@@ -470,11 +479,7 @@ class NetworkNeighbors(NetworkEstimator):
             The fitted estimator.
         """
         if self.algorithm == "faiss":
-            if self.n_components is None:
-                raise ValueError(
-                    'algorithm="faiss" searches sketched gradient features: set '
-                    'n_components (e.g. 64 to 256), or use algorithm="exact".'
-                )
+            check_sketched(self.n_components)
             import_faiss()
         elif self.search_components is not None:
             raise ValueError(

@@ -11,6 +11,7 @@ from scipy.stats import rankdata
 from sklearn.model_selection import GroupKFold, KFold, StratifiedKFold
 from sklearn.utils.estimator_checks import parametrize_with_checks
 from skorch import NeuralNetClassifier, NeuralNetRegressor
+from skorch.callbacks import Callback
 
 from sksim import LabelIssueDetector, label_issues, network_similarity
 from sksim.label_issues import (
@@ -20,6 +21,15 @@ from sksim.label_issues import (
     neighbor_label_distribution,
 )
 from sksim.representations import memorization_scores
+
+
+class Counting(Callback):
+    """Counts the trainings started, over its clones (a fold's net is one)."""
+
+    started = 0
+
+    def on_train_begin(self, net, **kwargs):
+        Counting.started += 1
 
 
 def any_width_net(**kwargs):
@@ -476,6 +486,19 @@ def test_prefit_names_or_codes(digits):
         by_name.fit(X[:3], ["dog", "cow", "cat"])
     with pytest.raises(ValueError, match=r"labels in the net's classes_ \['dog', 'c"):
         by_code.fit(X[:3], [0, 1, 3])
+
+
+def test_a_faiss_search_without_sketches_is_refused_before_training(digits):
+    """algorithm="faiss" without n_components raised only after a fold's
+    training."""
+    Counting.started = 0
+    net = make_digits_net(max_epochs=1, callbacks=[("count", Counting())])
+    detector = LabelIssueDetector(net, algorithm="faiss", cv=2)
+    with pytest.raises(ValueError, match="searches sketched gradient features: set"):
+        detector.fit(*digits)
+    assert Counting.started == 0
+    detector.set_params(algorithm="exact").fit(digits[0][:60], digits[1][:60])
+    assert Counting.started == 2  # the count counts
 
 
 def test_errors(digits, fitted_digits_net):

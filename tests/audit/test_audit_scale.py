@@ -160,6 +160,22 @@ def test_the_exact_search_the_low_recall_warning_advises_runs_past_the_threshold
     assert "scale_threshold 50" in method and "FAISS" not in method
 
 
+@pytest.mark.parametrize("analysis", ["neighbors", "label_issues"])
+def test_a_faiss_search_asked_for_below_the_threshold_is_the_scaled_one(analysis):
+    """options[...] = {"algorithm": "faiss"} below the threshold failed on every
+    fold, after their training (no n_components): it takes the scaled search."""
+    faiss = AUDIT_OPTIONS | {analysis: dict(algorithm="faiss")}
+    asked = shared_prefit_audit((analysis,), None, faiss, n_neighbors=3)
+    past = shared_prefit_audit((analysis,), 50, AUDIT_OPTIONS, n_neighbors=3)
+    assert not asked.failed
+    for table in ("samples", "folds", analysis):
+        pd.testing.assert_frame_equal(asked[table], past[table])
+    method = asked.metadata["methods"][analysis]
+    assert method.startswith("FAISS search") or ", by FAISS search" in method
+    reason = ": 160 training examples > scale_threshold 50"
+    assert past.metadata["methods"][analysis] == method + reason
+
+
 def test_faiss_neighbours_and_their_recall_on_a_sample():
     X_train, _, X_test, _ = prefit_split()
     result = scaled()

@@ -151,7 +151,9 @@ class Analysis:
         """Keyword arguments of this analysis.
 
         Its defaults, those of :meth:`scaled_options` past the scale
-        threshold, then the user's.
+        threshold (or, for an analysis that shares the neighbour search,
+        whenever the user's options ask for ``algorithm="faiss"``), then the
+        user's.
 
         Parameters
         ----------
@@ -163,8 +165,10 @@ class Analysis:
         options : dict of str to object
             Keyword arguments, each source overriding the ones before it.
         """
-        scaled = self.scaled_options(fold) if self.at_scale(fold) else {}
-        return {**self.defaults, **scaled, **fold.options.get(self.name, {})}
+        given = fold.options.get(self.name, {})
+        faiss = self.shares_search and given.get("algorithm") == "faiss"
+        scaled = self.scaled_options(fold) if self.at_scale(fold) or faiss else {}
+        return {**self.defaults, **scaled, **given}
 
     def scale_reason(self, fold: _Fold) -> str | None:
         """Why the scaled defaults apply to the fold, in words (None if not).
