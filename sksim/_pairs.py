@@ -164,11 +164,11 @@ def with_pairs(X: ArrayLike | Mapping[str, ArrayLike], pairs: ArrayLike) -> Slic
         data.update({_partner_key(k): take(v, partner) for k, v in data.copy().items()})
     else:
         X = _as_sliceable(X)
-        index = torch.as_tensor(partner) if isinstance(X, torch.Tensor) else partner
+        index = torch.from_numpy(partner) if isinstance(X, torch.Tensor) else partner
         data = {PAIR_INPUT: X, PAIR_PARTNER: X[index]}
     tensors = any(isinstance(v, torch.Tensor) for v in data.values())
-    data[PAIR_MASK] = torch.as_tensor(mask) if tensors else mask
-    data[PAIR_NUMBER] = torch.as_tensor(number) if tensors else number
+    data[PAIR_MASK] = torch.from_numpy(mask) if tensors else mask
+    data[PAIR_NUMBER] = torch.from_numpy(number) if tensors else number
     return SliceDict(**data)
 
 
@@ -221,7 +221,7 @@ def check_labels(y: ArrayLike | None, what: str) -> torch.Tensor:
     """
     if y is None:
         raise ValueError(f"{what} needs class labels y; none were given.")
-    y = torch.as_tensor(y if isinstance(y, torch.Tensor) else np.asarray(y))
+    y = y if isinstance(y, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(y))
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.ndim != 1 or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:

@@ -71,7 +71,7 @@ def principal_directions(
     float32 array ``(F.shape[1], n_components)`` with orthonormal columns;
     ``n_components`` must be below both sides of ``F``.
     """
-    F = torch.as_tensor(np.asarray(F, dtype=np.float32))
+    F = torch.from_numpy(np.ascontiguousarray(F, dtype=np.float32))
     width = min(n_components + OVERSAMPLES, *F.shape)
     generator = torch.Generator().manual_seed(random_state)
     basis = torch.randn(

@@ -1092,7 +1092,7 @@ class NetworkNeighbors(NetworkEstimator):
             out = np.empty(columns.shape, dtype=np.float32)
             for span, left in runs:
                 mine = (rows >= span.start) & (rows < span.stop)
-                taken = torch.as_tensor(rows[mine] - span.start)
+                taken = torch.from_numpy(rows[mine] - span.start)
                 out[mine] = candidate_similarities(
                     [piece.take(taken) for piece in left],
                     reference,

@@ -650,7 +650,7 @@ class SimilarityRegularizedNet(NeuralNet):
         step = getattr(self, "similarity_steps_", 0)
         on = self.similarity_weight != 0 and step % self.similarity_every == 0
         # drawn from torch's global generator, as the draws themselves were
-        self._step_seed_ = int(torch.randint(2**62, ())) if on else None
+        self._step_seed_ = int(torch.randint(2**62, (), device="cpu")) if on else None
         outer = getattr(self, "_forward_keywords", None)  # the epoch's
         self._forward_keywords = fit_params
         try:

@@ -329,7 +329,7 @@ class LayerCapture(ForwardHooks):
             for name in ran
         ]
         flat = [p for params in leaves for p in params]
-        expected = torch.zeros(b, len(ran), dtype=torch.float64)
+        expected = torch.zeros(b, len(ran), dtype=torch.float64, device="cpu")
         for i in range(b):
             try:
                 grads = torch.autograd.grad(

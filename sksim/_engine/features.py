@@ -178,7 +178,7 @@ def _stacked(
             norms = torch.linalg.vector_norm(flat, dim=1, keepdim=True)
             block = (flat / torch.where(norms > 0, norms, 1.0)).view_as(block)
         if directions is not None:
-            block = block.flatten(1) @ torch.as_tensor(directions).to(block)
+            block = block.flatten(1) @ torch.from_numpy(directions).to(block)
         if out is None:
             out = np.empty((n, *block.shape[1:]), dtype=np.float32)
         copy_to_host(out[rows], block.reshape(len(block), *out.shape[1:]))

@@ -255,7 +255,7 @@ class GramReference:
         for start in range(0, n, step):
             rows = slice(start, min(start + step, n))
             of_y = rows if subset is None else subset[rows]  # rows of Y
-            chosen = rows if subset is None else torch.as_tensor(of_y)
+            chosen = rows if subset is None else torch.from_numpy(of_y)
             left = [p.take(chosen) for p in self._pieces]
             G = self.gram[of_y]
             if self.left_power != self.right_power:  # influence: R = I, L = G^-1

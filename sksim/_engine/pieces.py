@@ -458,6 +458,7 @@ def pair_products(
             columns,
             A.new_zeros(len(columns)),
             size=(len(A), len(B)),
+            device=A.device,
             check_invariants=False,
         )
         out = torch.sparse.sampled_addmm(pattern, A, B.T, beta=0.0)
@@ -667,7 +668,7 @@ def map_pieces(
     W = decomposed_power(decomposition, power, found, rows)
     scale = np.abs(W).max(axis=(1, 2))
     _check_range(scale[scale > 0], dtype)  # the map's entries
-    W = torch.as_tensor(W).to(pieces[0].signal)
+    W = torch.from_numpy(W).to(pieces[0].signal)
     for i, piece in enumerate(pieces):
         pieces[i] = piece.transform(W)
     return pieces

@@ -23,7 +23,10 @@ def copy_to_host(out: np.ndarray, tensor: torch.Tensor) -> np.ndarray:
     row_bytes = max(1, tensor[0].numel() * tensor.element_size())
     rows = max(1, STAGING_BYTES // row_bytes)
     staging = torch.empty(
-        (min(rows, len(tensor)), *tensor.shape[1:]), dtype=tensor.dtype, pin_memory=True
+        (min(rows, len(tensor)), *tensor.shape[1:]),
+        dtype=tensor.dtype,
+        device="cpu",
+        pin_memory=True,
     )
     for start in range(0, len(tensor), rows):
         part = tensor[start : start + rows]
@@ -36,5 +39,5 @@ def to_host(tensor: torch.Tensor) -> np.ndarray:
     """``tensor`` as a NumPy array: shared if on the CPU, else copied rows."""
     if tensor.device.type == "cpu":
         return tensor.numpy()
-    dtype = torch.empty(0, dtype=tensor.dtype).numpy().dtype
+    dtype = torch.empty(0, dtype=tensor.dtype, device="cpu").numpy().dtype
     return copy_to_host(np.empty(tensor.shape, dtype=dtype), tensor)

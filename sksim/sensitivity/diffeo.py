@@ -496,7 +496,7 @@ def apply_diffeo(
     check_interp(interp)
     check_finite_number(sigma, "sigma", positive=True)
     is_tensor = isinstance(images, torch.Tensor)
-    x = images if is_tensor else torch.as_tensor(np.ascontiguousarray(images))
+    x = images if is_tensor else torch.from_numpy(np.ascontiguousarray(images))
     if not x.is_floating_point():
         x = x.to(torch.float64)
     xc, ndim = as_channels(x)

@@ -153,7 +153,7 @@ class _Probe:
             _check_not_dicts(split_item(X[0])[0])
             X = to_tensor(X, torch.device("cpu"), torch.float64)
             check_finite(X)
-        X = torch.as_tensor(X)
+        X = X if isinstance(X, torch.Tensor) else torch.from_numpy(np.asarray(X))
         if X.is_complex():
             raise ValueError(
                 "Complex inputs are not measured (the sensitivity deforms and "
@@ -360,7 +360,7 @@ class _Medians:
     def result(self) -> tuple[float, float, float]:
         tau, eta, f = (torch.cat(p).numpy() for p in self.parts)
         n = len(f)
-        ft = torch.as_tensor(f)
+        ft = torch.from_numpy(f)
         dist = torch.cdist(ft, ft, compute_mode="donot_use_mm_for_euclid_dist")
         pairs = dist.square().numpy()[np.triu_indices(n, k=1)]
         return (

@@ -104,7 +104,7 @@ def matched_noise(
     if not is_tensor:
         x = np.asarray(x)
         x = x if x.dtype.kind == "f" else x.astype(float)
-    xt = torch.as_tensor(x)
+    xt = x if is_tensor else torch.from_numpy(np.ascontiguousarray(x))
     if isinstance(noise_norm, str):
         if x_deformed is None:
             raise ValueError(

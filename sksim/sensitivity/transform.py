@@ -195,7 +195,7 @@ class DiffeoTransform(TransformerMixin, BaseEstimator, auto_wrap_output_keys=Non
             return X if X.is_floating_point() else X.to(torch.float64)
         X = check_net_input(X, self, reset=reset)
         X = X if X.dtype.kind == "f" else X.astype(np.float64)
-        return torch.tensor(np.ascontiguousarray(X))
+        return torch.from_numpy(np.array(X, order="C"))  # a copy
 
     def transform(self, X: ArrayLike) -> np.ndarray | torch.Tensor:
         """Deform each sample by its own random field.

@@ -64,7 +64,7 @@ def image_view(X: ArrayLike | Dataset) -> np.ndarray | DatasetImages | None:
         first = split_item(X[0])[0]
         if isinstance(first, Mapping):
             return None
-        first = np.asarray(to_numpy(torch.as_tensor(first)))
+        first = np.asarray(to_numpy(torch.as_tensor(first, device="cpu")))
         if _images(np.zeros((1, *first.shape), first.dtype)) is None:
             return None
         return DatasetImages(X)
