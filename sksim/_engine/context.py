@@ -235,7 +235,9 @@ def evaluation_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
     is off inside, as are the modules' backward hooks, global ones included
     (they may change gradients, and would run on every pass; they stay
     registered, and hooks may be added or removed meanwhile): gradients are
-    the derivatives. The block holds
+    the derivatives. cuDNN is off inside for a network with recurrent layers
+    (``torch.nn.RNNBase``): its RNN kernels differentiate only in training
+    mode, and never twice. The block holds
     one lock for all networks, which may share modules: another thread's
     block waits until this one ends (a thread may nest blocks).
 
@@ -258,8 +260,11 @@ def evaluation_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
         buffers, settings = _buffers(module), _settings(module)
         # an enclosing block on a shared submodule has set them already
         subs = [s for s in module.modules() if "_get_backward_hooks" not in vars(s)]
+        cudnn = torch.backends.cudnn.enabled
         module.eval()
         try:
+            if any(isinstance(sub, torch.nn.RNNBase) for sub in module.modules()):
+                torch.backends.cudnn.enabled = False
             for embedding in scaled:
                 embedding.scale_grad_by_freq = False
             for sub in subs:  # the hooks stay registered, but are not looked up
@@ -267,6 +272,7 @@ def evaluation_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
                 sub._get_backward_pre_hooks = _no_backward_pre_hooks
             yield _checked(module)
         finally:
+            torch.backends.cudnn.enabled = cudnn
             for sub in subs:
                 del sub._get_backward_hooks, sub._get_backward_pre_hooks
             module.train(modes[module])

@@ -358,6 +358,26 @@ def test_recurrent_layers_keep_their_weights_for_torchscript():
     assert scripted.rnn.weight_ih_l0.grad is not None
 
 
+@pytest.mark.parametrize("recurrent", [True, False])
+def test_recurrent_layers_run_without_cudnn(recurrent):
+    """cuDNN's RNN kernels differentiate only in training mode (and never
+    twice), so a network with recurrent layers runs without cuDNN in the
+    engine's passes, which are in evaluation mode; others keep it."""
+    torch.manual_seed(0)
+    layer = torch.nn.GRU(4, 4, batch_first=True) if recurrent else torch.nn.Linear(4, 4)
+    seen = []
+
+    def record(module, args, out):
+        seen.append(torch.backends.cudnn.enabled)
+        return out[0][:, -1] if recurrent else out.mean(1)
+
+    layer.register_forward_hook(record)
+    given = torch.backends.cudnn.enabled
+    network_similarity(torch.nn.Sequential(layer), torch.randn(5, 3, 4))
+    assert seen and set(seen) == {not recurrent and given}
+    assert torch.backends.cudnn.enabled == given
+
+
 @pytest.mark.parametrize("block", ["prelu", "gru"])
 def test_a_block_registered_under_two_names_keeps_its_parameters(block):
     """torch.func puts back none of its parameters: they were left plain
