@@ -1376,3 +1376,41 @@ def test_a_sparse_tensor_the_network_holds_is_digested(buffer):
     what = "the tensor 'adjacency'" if buffer else "the attribute 'adjacency'"
     with pytest.raises(ValueError, match=what):
         kernel.transform(data[5:])
+
+
+class RunsOutOfMemory(torch.nn.Module):
+    """Token and position embeddings; "out of memory" where ``full(x)`` says.
+
+    A GPU's out-of-memory error is a RuntimeError, which the engine's
+    fallbacks caught: the pass was explained as mixing samples, or made again
+    one sample at a time.
+    """
+
+    def __init__(self, full):
+        super().__init__()
+        self.full = full
+        self.tokens = torch.nn.Embedding(10, 6)
+        self.positions = torch.nn.Embedding(8, 6)
+        self.scale = torch.nn.Parameter(torch.ones(3))  # to the fallback
+        self.head = torch.nn.Linear(6, 3)
+
+    def forward(self, t):
+        if self.full(t):
+            raise torch.OutOfMemoryError("CUDA out of memory (emulated)")
+        positions = self.positions(torch.arange(t.shape[1])[None])
+        return self.head(torch.tanh(self.tokens(t) + positions).mean(1)) * self.scale
+
+
+@pytest.mark.parametrize(
+    "full",
+    [
+        lambda t: torch.is_grad_enabled() and len(t) >= 3,  # a batch's graph
+        torch._C._functorch.is_functorch_wrapped_tensor,  # the vectorised pass
+    ],
+    ids=["batch", "vectorised"],
+)
+def test_out_of_memory_is_raised_as_it_is(full):
+    torch.manual_seed(0)
+    net, tokens = RunsOutOfMemory(full), torch.randint(0, 10, (8, 5))
+    with pytest.raises(torch.OutOfMemoryError, match="emulated"):
+        network_similarity(net, tokens, batch_size=4)

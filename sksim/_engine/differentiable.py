@@ -105,6 +105,8 @@ def per_sample_gradients(
                     grads = vmap(grad(phi), in_dims=(None, 0, in_extra))(
                         params, samples, extra
                     )
+            except torch.OutOfMemoryError:
+                raise
             except RuntimeError:  # a real error recurs one sample at a time
                 grads = None
             if grads is not None and create_graph and selection not in alike:

@@ -271,6 +271,8 @@ class JacobianEngine:
                             "ignore", "There is a performance drop", UserWarning
                         )
                         jac = per_sample(params, constants, batch)
+                except torch.OutOfMemoryError:
+                    raise
                 except RuntimeError:  # a real error recurs in the looped pass
                     vectorised = False
                 else:
@@ -820,6 +822,8 @@ def _explained_call(capture: LayerCapture, call: Callable) -> torch.Tensor:
     """
     try:
         return call()
+    except torch.OutOfMemoryError:
+        raise
     except (RuntimeError, IndexError, ValueError) as error:
         if not capture.expanded:
             raise

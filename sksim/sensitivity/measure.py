@@ -1037,6 +1037,8 @@ n_init, shuffled, pool, deformation, batch_size, device, max_memory
         options = self._options(layers="output", reference=None, shuffled=False)
         try:
             table = relative_sensitivity(self.net_, X, **options)
+        except torch.OutOfMemoryError:
+            raise
         except RuntimeError as error:  # a network that takes one image size
             if sample_shape(X) == self._sample_shape:
                 raise

@@ -128,6 +128,15 @@ def test_estimator_trains_an_unfitted_skorch_net_and_cross_validates():
     fixed = DiffeoSensitivity(flat, reference=None, random_state=0).fit(X)
     with pytest.raises(ValueError, match=r"failed on samples of shape \(1, 6, 6\)"):
         fixed.score(np.zeros((4, 1, 6, 6), np.float32))
+
+    def out_of_memory(module, args):  # a GPU's on the larger images
+        if args[0].shape[-1] > 8:
+            raise torch.OutOfMemoryError("CUDA out of memory (emulated)")
+
+    pooled = DiffeoSensitivity(pooled_cnn(), reference=None, random_state=0).fit(X)
+    pooled.net_.register_forward_pre_hook(out_of_memory)
+    with pytest.raises(torch.OutOfMemoryError, match="emulated"):
+        pooled.score(np.zeros((4, 1, 16, 16), np.float32))
     scores = cross_validate(
         DiffeoSensitivity(net, reference=None, random_state=0), X, y, cv=2
     )["test_score"]
