@@ -1383,34 +1383,36 @@ class RunsOutOfMemory(torch.nn.Module):
 
     A GPU's out-of-memory error is a RuntimeError, which the engine's
     fallbacks caught: the pass was explained as mixing samples, or made again
-    one sample at a time.
+    one sample at a time. ``scaled``: a bare parameter, which goes to the
+    vectorised ``torch.func`` pass.
     """
 
-    def __init__(self, full):
+    def __init__(self, full, scaled):
         super().__init__()
         self.full = full
         self.tokens = torch.nn.Embedding(10, 6)
         self.positions = torch.nn.Embedding(8, 6)
-        self.scale = torch.nn.Parameter(torch.ones(3))  # to the fallback
+        self.scale = torch.nn.Parameter(torch.ones(3)) if scaled else None
         self.head = torch.nn.Linear(6, 3)
 
     def forward(self, t):
         if self.full(t):
             raise torch.OutOfMemoryError("CUDA out of memory (emulated)")
         positions = self.positions(torch.arange(t.shape[1])[None])
-        return self.head(torch.tanh(self.tokens(t) + positions).mean(1)) * self.scale
+        out = self.head(torch.tanh(self.tokens(t) + positions).mean(1))
+        return out if self.scale is None else out * self.scale
 
 
 @pytest.mark.parametrize(
-    "full",
+    "full, scaled",
     [
-        lambda t: torch.is_grad_enabled() and len(t) >= 3,  # a batch's graph
-        torch._C._functorch.is_functorch_wrapped_tensor,  # the vectorised pass
+        (lambda t: torch.is_grad_enabled() and len(t) >= 3, False),  # a batch
+        (torch._C._functorch.is_functorch_wrapped_tensor, True),  # vectorised
     ],
     ids=["batch", "vectorised"],
 )
-def test_out_of_memory_is_raised_as_it_is(full):
+def test_out_of_memory_is_raised_as_it_is(full, scaled):
     torch.manual_seed(0)
-    net, tokens = RunsOutOfMemory(full), torch.randint(0, 10, (8, 5))
+    net, tokens = RunsOutOfMemory(full, scaled), torch.randint(0, 10, (8, 5))
     with pytest.raises(torch.OutOfMemoryError, match="emulated"):
         network_similarity(net, tokens, batch_size=4)
