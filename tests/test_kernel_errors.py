@@ -1396,9 +1396,9 @@ class RunsOutOfMemory(torch.nn.Module):
         self.head = torch.nn.Linear(6, 3)
 
     def forward(self, t):
+        positions = self.positions(torch.arange(t.shape[1])[None])  # expanded
         if self.full(t):
             raise torch.OutOfMemoryError("CUDA out of memory (emulated)")
-        positions = self.positions(torch.arange(t.shape[1])[None])
         out = self.head(torch.tanh(self.tokens(t) + positions).mean(1))
         return out if self.scale is None else out * self.scale
 
