@@ -271,7 +271,8 @@ def check_forward(
     from .._validation import sample_shape
 
     if isinstance(net, NeuralNet):
-        check_device(net.device)
+        if net.device is not None:  # None: skorch moves nothing
+            check_device(net.device)
         with forked_rng():  # the weights of a check: the user's generator untouched
             initialized = clone(net).initialize()
         module = initialized.module_

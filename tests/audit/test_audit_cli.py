@@ -119,6 +119,15 @@ def factory_module(tmp_path, monkeypatch):
                     batch_size=16,
                 )
 
+            def without_a_device(input_shape, n_classes):
+                from skorch import NeuralNetClassifier
+
+                return NeuralNetClassifier(
+                    make(input_shape, n_classes),
+                    criterion=torch.nn.CrossEntropyLoss,
+                    device=None,  # skorch moves nothing
+                )
+
             def on_a_missing_gpu(input_shape, n_classes):
                 from skorch import NeuralNetClassifier
 
@@ -177,6 +186,8 @@ def test_a_skorch_net_from_module_takes_the_training_options_given(
     given = parser.parse_args([*argv, "--max-epochs", "2", "--batch-size", "8"])
     net = _network.build_net(given, X, 10)
     assert (net.max_epochs, net.lr, net.batch_size) == (2, 0.05, 8)
+    argv[-1] = "userarch:without_a_device"  # check_device(None) raised TypeError
+    assert _network.build_net(parser.parse_args(argv), X, 10).device is None
     built = parser.parse_args(["audit", "--dataset", "digits", "--model", "mlp"])
     default = _network.build_net(built, X, 10)
     assert (default.max_epochs, default.lr, default.batch_size) == (20, 0.1, 64)
