@@ -173,6 +173,15 @@ def test_cli_in_process_with_user_data_and_architecture(
     assert "Nearest training examples" in out.read_text()
 
 
+def test_a_skorch_net_that_moves_nothing_is_audited(tmp_path, npz, factory_module):
+    """skorch's device=None: check_device(None) raised a TypeError."""
+    js = tmp_path / "r.json"
+    argv = ["audit", "--data", str(npz), "--module", "userarch:without_a_device"]
+    argv += [*FAST, "--analyses", "density", "--json", str(js)]
+    assert cli.main(argv) == 0
+    assert json.loads(js.read_text())["metadata"]["analyses"] == ["density"]
+
+
 def test_a_skorch_net_from_module_takes_the_training_options_given(
     factory_module, digit_images
 ):
@@ -186,8 +195,6 @@ def test_a_skorch_net_from_module_takes_the_training_options_given(
     given = parser.parse_args([*argv, "--max-epochs", "2", "--batch-size", "8"])
     net = _network.build_net(given, X, 10)
     assert (net.max_epochs, net.lr, net.batch_size) == (2, 0.05, 8)
-    argv[-1] = "userarch:without_a_device"  # check_device(None) raised TypeError
-    assert _network.build_net(parser.parse_args(argv), X, 10).device is None
     built = parser.parse_args(["audit", "--dataset", "digits", "--model", "mlp"])
     default = _network.build_net(built, X, 10)
     assert (default.max_epochs, default.lr, default.batch_size) == (20, 0.1, 64)
