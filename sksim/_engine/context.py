@@ -180,10 +180,11 @@ def forked_rng(exclusive: bool = False) -> Iterator[None]:
     threads wait until an ``exclusive`` one ends: for blocks that start no
     threaded work of their own (a training, a prediction), which would wait
     for it. Take it before :func:`evaluation_mode`, as a training does.
+    CUDA's generators are forked once CUDA is initialised (reading their
+    state initialises it, on every GPU, for work that may not use one).
     """
-    devices = (
-        list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    )
+    initialised = torch.cuda.is_available() and torch.cuda.is_initialized()
+    devices = list(range(torch.cuda.device_count())) if initialised else []
     with _SEEDED if exclusive else contextlib.nullcontext():
         with torch.random.fork_rng(devices=devices):
             yield

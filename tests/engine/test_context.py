@@ -12,7 +12,7 @@ import torch
 
 from sksim import gradient_features, network_similarity
 from sksim._engine import features, gram
-from sksim._engine.context import math_attention
+from sksim._engine.context import forked_rng, math_attention
 from sksim.representations import extract, extract_representations
 
 
@@ -427,3 +427,18 @@ def test_a_weight_recomputed_before_each_pass_is_left_as_it_was():
     network_similarity(net, torch.randn(5, 4), batch_size=2)
     assert net[0].weight is weight and weight.grad_fn is None
     copy.deepcopy(net)
+
+
+@pytest.mark.parametrize("initialised", [False, True])
+def test_cuda_generators_are_forked_once_cuda_is_initialised(monkeypatch, initialised):
+    """Reading a CUDA generator's state initialises CUDA on every GPU: a
+    prediction on the CPU did it on a GPU machine."""
+    read = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: initialised)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda d: read.append(d))
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, d: None)
+    with forked_rng():
+        torch.rand(1)
+    assert read == ([0, 1] if initialised else [])
