@@ -26,6 +26,7 @@ from skorch import NeuralNet, NeuralNetBinaryClassifier, NeuralNetClassifier
 from skorch.callbacks import Checkpoint, LoadInitState, TrainEndCheckpoint
 from torch.nn.utils.spectral_norm import SpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm
+from torch.utils.data import Dataset
 
 from ._engine.context import (
     WRITTEN,
@@ -184,8 +185,9 @@ def skorch_errors() -> Iterator[None]:
         first = str(error).splitlines()[0].rstrip(".")
         raise TypeError(
             f"The skorch net failed on a dtype: {first}. skorch passes the inputs "
-            "to the module as they are: if theirs is not the module's, convert "
-            "them, e.g. X.astype(np.float32) for a float32 module."
+            "to the module as they are, in training: if theirs is not the "
+            "module's, convert them, e.g. X.astype(np.float32) for a float32 "
+            "module (a dataset's items in its __getitem__)."
         ) from error
     except TypeError as error:
         if "must be Tensor, not" not in str(error):
@@ -615,18 +617,36 @@ def _classes_found(y) -> str:
 
 
 def _in_dtype(X, dtype: torch.dtype):
-    """Float arrays (or tensors, or a dict of them) in the float ``dtype``.
+    """Float arrays (or tensors, a dict of them, a dataset's items) in ``dtype``.
 
     As the module takes them: skorch passes inputs as they are.
     """
     if isinstance(X, dict):
         return {k: _in_dtype(v, dtype) for k, v in X.items()}
+    if is_dataset(X):
+        return _ItemsInDtype(X, dtype)
     if isinstance(X, torch.Tensor) and X.is_floating_point():
         return X.to(dtype)
     numpy_dtype = {torch.float64: np.float64, torch.float32: np.float32}.get(dtype)
     if isinstance(X, np.ndarray) and X.dtype.kind == "f" and numpy_dtype:
         return X.astype(numpy_dtype, copy=False)
     return X
+
+
+class _ItemsInDtype(Dataset):
+    """A dataset whose items' float inputs are in ``dtype``, their labels as given."""
+
+    def __init__(self, dataset: Dataset, dtype: torch.dtype):
+        self.dataset, self.dtype = dataset, dtype
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        item = self.dataset[i]
+        if isinstance(item, tuple | list):
+            return (_in_dtype(item[0], self.dtype), *item[1:])
+        return _in_dtype(item, self.dtype)
 
 
 def resolve_device(

@@ -389,7 +389,8 @@ def test_unfitted_skorch_net_needs_labels(data):
 
 @pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("cv", [2, "prefit"])
-def test_label_issues_of_datasets_equal_arrays(data, form, cv):
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])  # float64: cast
+def test_label_issues_of_datasets_equal_arrays(data, form, cv, dtype):
     X, y = data
     X = X.astype(np.float32)
     net = classifier(train_split=None)
@@ -397,9 +398,12 @@ def test_label_issues_of_datasets_equal_arrays(data, form, cv):
         net = net.fit(X, y)
     expected = LabelIssueDetector(net, cv=cv, n_neighbors=4, random_state=0).fit(X, y)
     given = None if form != "dicts" else y  # dicts carry no labels
-    got = LabelIssueDetector(net, cv=cv, n_neighbors=4, random_state=0).fit(
-        as_dataset(X, y, form), given
-    )
+    detector = LabelIssueDetector(net, cv=cv, n_neighbors=4, random_state=0)
+    if cv == 2 and dtype == np.float64:  # training: refused, as arrays are
+        with pytest.raises(TypeError, match=r"a dataset's items in its __getitem"):
+            detector.fit(as_dataset(X.astype(dtype), y, form), given)
+        return
+    got = detector.fit(as_dataset(X.astype(dtype), y, form), given)
     np.testing.assert_array_equal(got.neighbor_indices_, expected.neighbor_indices_)
     for name in ["oof_proba_", "neighbor_similarities_", "scores_"]:
         np.testing.assert_allclose(

@@ -210,3 +210,22 @@ def test_a_dataset_is_cached_by_its_content(tmp_path):
     changed[-1, 0, 0, 0] += 1
     other = audit(small_net(X, max_epochs=2), pairs(changed, y), **common)
     assert other.metadata["cache"]["loaded"] == 0
+
+
+def test_a_float64_dataset_is_audited_as_its_float32_arrays():
+    """A prefit skorch net's predict_proba took a float64 dataset as it was
+    (a float32 module failed on it), while float64 arrays were cast."""
+    X_train, y_train, X_test, y_test = prefit_split()
+    common = dict(
+        cv="prefit",
+        analyses=("density", "label_issues"),
+        options=AUDIT_OPTIONS,
+        random_state=0,
+    )
+    arrays = audit(
+        prefit_net(), X_train, y_train, X_test=X_test, y_test=y_test, **common
+    )
+    train = pairs(X_train.astype(np.float64), y_train)
+    test = pairs(X_test.astype(np.float64), y_test)
+    dataset = audit(prefit_net(), train, X_test=test, **common)
+    assert_same_tables(arrays, dataset)
