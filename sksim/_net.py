@@ -571,7 +571,7 @@ def predicted_probabilities(net: NetLike, X: NetInput) -> np.ndarray:
     generator is left as it was, as are the module's modes.
     """
     module = resolve_module(net)
-    X = _in_dtype(X, module_float_dtype(module))
+    X = float_inputs_as(X, module_float_dtype(module))
     with forked_rng(exclusive=True), evaluation_mode(module), skorch_errors():
         P = np.asarray(net.predict_proba(X), dtype=np.float64)
     if P.ndim != 2:
@@ -616,13 +616,13 @@ def _classes_found(y) -> str:
     return f"; the labels hold {len(labels)} classes, from {labels[0]} to {labels[-1]}"
 
 
-def _in_dtype(X, dtype: torch.dtype):
+def float_inputs_as(X, dtype: torch.dtype):
     """Float arrays (or tensors, a dict of them, a dataset's items) in ``dtype``.
 
     As the module takes them: skorch passes inputs as they are.
     """
     if isinstance(X, dict):
-        return {k: _in_dtype(v, dtype) for k, v in X.items()}
+        return {k: float_inputs_as(v, dtype) for k, v in X.items()}
     if is_dataset(X):
         return _ItemsInDtype(X, dtype)
     if isinstance(X, torch.Tensor) and X.is_floating_point():
@@ -645,8 +645,8 @@ class _ItemsInDtype(Dataset):
     def __getitem__(self, i: int):
         item = self.dataset[i]
         if isinstance(item, tuple | list):
-            return (_in_dtype(item[0], self.dtype), *item[1:])
-        return _in_dtype(item, self.dtype)
+            return (float_inputs_as(item[0], self.dtype), *item[1:])
+        return float_inputs_as(item, self.dtype)
 
 
 def resolve_device(

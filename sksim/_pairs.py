@@ -221,10 +221,19 @@ def check_labels(y: ArrayLike | None, what: str) -> torch.Tensor:
     """
     if y is None:
         raise ValueError(f"{what} needs class labels y; none were given.")
-    y = y if isinstance(y, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(y))
+    if not isinstance(y, torch.Tensor):
+        y = np.asarray(y)
+        if y.dtype.kind in "biu":
+            y = torch.from_numpy(np.ascontiguousarray(y))
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
-    if y.ndim != 1 or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+    if (
+        isinstance(y, np.ndarray)
+        or y.ndim != 1
+        or y.is_floating_point()
+        or y.is_complex()
+        or y.dtype == torch.bool
+    ):
         raise ValueError(
             f"{what} needs integer class labels, one per sample; got y of dtype "
             f"{y.dtype} and shape {tuple(y.shape)}. For regression targets, pass "

@@ -57,7 +57,12 @@ from ._engine.differentiable import per_sample_gradients
 from ._engine.inputs import is_dataset, module_float_dtype, n_samples, take
 from ._engine.inputs import to_tensor as read_tensors
 from ._engine.selection import select_output, select_parameters
-from ._net import labels_within_outputs, resolve_device, training_targets
+from ._net import (
+    float_inputs_as,
+    labels_within_outputs,
+    resolve_device,
+    training_targets,
+)
 from ._pairs import (
     carried_pair_numbers,
     check_labels,
@@ -936,10 +941,13 @@ class SimilarityRegularizedNet(NeuralNet):
         return cos if numbers is None else cos[np.argsort(numbers, kind="stable")]
 
     def _rows(self, X, index):
-        """Rows ``index`` of ``X``; a dataset's as tensors read from its items."""
-        if not is_dataset(X):
-            return take(X, index)
+        """Rows ``index`` of ``X``, floats in the module's dtype.
+
+        A dataset's as tensors read from its items.
+        """
         dtype = module_float_dtype(self.module_)
+        if not is_dataset(X):
+            return float_inputs_as(take(X, index), dtype)
         return read_tensors(take(X, index), self.device, dtype)
 
 

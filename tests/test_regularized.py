@@ -8,6 +8,7 @@ import pickle
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from _architectures import (
@@ -975,6 +976,17 @@ def test_same_class_pair_similarity_is_each_samples_cosine_with_a_classmate():
     assert len(set(partners)) > 3  # drawn, not always the first classmate
 
 
+def test_pair_similarity_takes_inputs_of_any_float_dtype():
+    """float64 arrays, lists and frames failed inside torch on a float32 net."""
+    X, y = make_data(n=12)
+    net = make_net().fit(X, y)
+    expected = net.pair_similarity(X, y, random_state=0)
+    X64 = X.astype(np.float64)
+    for given in [X64, X64.tolist(), pd.DataFrame(X64)]:
+        found = net.pair_similarity(given, y, random_state=0)
+        np.testing.assert_array_equal(found, expected)
+
+
 def test_pair_similarity_with_a_random_readout_is_one_readout_for_all_pairs():
     """Each chunk of batch_size pairs drew its own read-out: the cosines
     changed with batch_size (by up to 0.17)."""
@@ -1185,6 +1197,8 @@ def test_pair_and_label_errors():
         make_net(similarity_pairs=wrong_shape).fit(X, y)
     with pytest.raises(ValueError, match=r"needs integer class labels.*float"):
         make_net().initialize().batch_pair_cosines(X, y.astype(float), 3)
+    with pytest.raises(ValueError, match=r"needs integer class labels.*<U21"):
+        make_net().fit(X, y).pair_similarity(X, y.astype(str))  # torch's TypeError
     with pytest.raises(ValueError, match="needs class labels y; none"):
         make_net(similarity_pairs=flip_sign).initialize().batch_pair_cosines(X, None, 3)
     with pytest.raises(ValueError, match=r"labels in \[0, 3\).*\[0, 4\]"):
