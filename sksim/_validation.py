@@ -493,6 +493,7 @@ def labels_key_hint(X) -> str:
 def given_or_item_labels(X, y):
     """``y``, or when it is None the labels of a dataset ``X``'s ``(x, y)`` items."""
     if is_dataset(X):
+        check_map_style(X)
         if y is None:
             return dataset_targets(X)
         check_replaced_labels(X, y)

@@ -696,10 +696,11 @@ def test_labels_of_invalid_datasets_are_refused_before_they_are_read(data, net):
     """Reading the labels of items came first: torch's NotImplementedError for
     an IterableDataset, an IndexError for an empty one."""
     X, y = data
-    with pytest.raises(TypeError, match="pass a map-style torch Dataset"):
-        class_fitting_report(net, Stream(), None, layers=["hidden"])
-    with pytest.raises(ValueError, match="Found a dataset with 0 items"):
-        class_fitting_report(net, Items([]), None, layers=["hidden"])
+    for labels in (None, y):  # y given: read against the items' own first
+        with pytest.raises(TypeError, match="pass a map-style torch Dataset"):
+            class_fitting_report(net, Stream(), labels, layers=["hidden"])
+        with pytest.raises(ValueError, match="Found a dataset with 0 items"):
+            class_fitting_report(net, Items([]), labels, layers=["hidden"])
     # as skorch does, the regularised classifier trains on a stream of items
     stream = Batches(X, y)
     classifier = SimilarityRegularizedClassifier(
