@@ -173,13 +173,20 @@ def skorch_errors() -> Iterator[None]:
     """Explain a skorch net's failures on what its module takes and gives.
 
     skorch passes arrays to the module as they are: float64 inputs to a
-    float32 module fail inside torch. Its ``predict_proba`` takes the
-    module's output as a tensor: a Hugging Face model's output object fails
-    in its softmax.
+    float32 module fail inside torch; it stacks a dataset's items into
+    batches: items of other shapes fail in torch's collation. Its
+    ``predict_proba`` takes the module's output as a tensor: a Hugging Face
+    model's output object fails in its softmax.
     """
     try:
         yield
     except RuntimeError as error:
+        if "stack expects each tensor to be equal size" in str(error):
+            raise ValueError(
+                f"The skorch net could not batch the dataset's items ({error}): "
+                "every item must hold x (or (x, y)) of one shape; pad them "
+                "(sequences to one length), or pass arrays."
+            ) from error
         if "dtype" not in str(error):
             raise
         first = str(error).splitlines()[0].rstrip(".")

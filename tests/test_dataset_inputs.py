@@ -574,6 +574,21 @@ class Items(Dataset):
         return self.items[i]
 
 
+def test_items_a_skorch_net_cannot_batch_are_explained(data):
+    """skorch's collation raised torch's RuntimeError as it was."""
+    X, y = data
+    X = X.astype(np.float32)
+    net = classifier(train_split=None).fit(X, y)
+    ragged = Items(
+        [
+            (x if i < 20 else x[:2], label)
+            for i, (x, label) in enumerate(zip(X, y, strict=True))
+        ]
+    )
+    with pytest.raises(ValueError, match="could not batch the dataset's items .* pad"):
+        LabelIssueDetector(net, cv="prefit").fit(ragged)
+
+
 def test_items_of_other_shapes_in_later_batches_are_refused():
     """Sequences bucketed by length: each batch stacks, but batches differ."""
     short, long = np.zeros((4, 2), np.int64), np.ones((4, 8), np.int64)

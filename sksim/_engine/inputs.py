@@ -14,6 +14,7 @@ only :func:`to_tensor` and :func:`batches` read items, collated by torch's
 from __future__ import annotations
 
 import mmap
+import re
 from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
@@ -340,3 +341,21 @@ def module_float_dtype(module: torch.nn.Module) -> torch.dtype:
         if p.is_floating_point():
             return p.dtype
     return torch.float32
+
+
+def input_error(error: RuntimeError, shape) -> ValueError:
+    """The ValueError of a network failing on inputs of ``shape`` per sample.
+
+    With advice where torch's ``error`` is about their shape or dtype.
+    """
+    text = str(error).splitlines()[0]
+    advice = ""
+    if re.search(r"shape|size|dimension|channel|batched", text, re.IGNORECASE):
+        advice = ": pass inputs shaped as the network expects"
+    elif re.search(
+        r"dtype|scalar type|type .* should be the same", text, re.IGNORECASE
+    ):
+        advice = ": pass inputs of the dtype the network expects"
+    return ValueError(
+        f"The network fails on inputs of shape {shape} per sample ({text}){advice}."
+    )

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import re
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 
@@ -44,7 +43,14 @@ from .context import (
 )
 from .finite import NonFiniteNetworkError, check_finite_rows
 from .flags import FlaggedRows
-from .inputs import batches, module_float_dtype, n_samples, take, to_tensor
+from .inputs import (
+    batches,
+    input_error,
+    module_float_dtype,
+    n_samples,
+    take,
+    to_tensor,
+)
 from .pieces import (
     DensePiece,
     PieceBudget,
@@ -192,11 +198,7 @@ class JacobianEngine:
                     if isinstance(first, dict)
                     else tuple(first.shape[1:])
                 )
-                text = str(error).splitlines()[0]
-                raise ValueError(
-                    f"The network fails on inputs of shape {shape} per "
-                    f"sample ({text}){_input_advice(text)}."
-                ) from error
+                raise input_error(error, shape) from error
             return select_output(out, self.output, 1).shape[1]
 
     def outputs(self, X) -> torch.Tensor:
@@ -740,15 +742,6 @@ class _Plan:
                 pieces.extend(parameter_pieces(layer, own, grads))
         pieces.extend(DensePiece(block) for block in blocks.values())
         return pieces
-
-
-def _input_advice(error: str) -> str:
-    """Advice on the inputs, where torch's ``error`` is about their shape or dtype."""
-    if re.search(r"shape|size|dimension|channel|batched", error, re.IGNORECASE):
-        return ": pass inputs shaped as the network expects"
-    if re.search(r"dtype|scalar type", error, re.IGNORECASE):
-        return ": pass inputs of the dtype the network expects"
-    return ""
 
 
 def _with_values(module: torch.nn.Module, params) -> dict:

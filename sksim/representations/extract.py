@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from .._engine.context import on_device
-from .._engine.inputs import batches, module_float_dtype, n_samples, to_numpy
+from .._engine.inputs import (
+    batches,
+    input_error,
+    module_float_dtype,
+    n_samples,
+    to_numpy,
+)
 from .._layers import (
     check_finite_representations,
     check_layers,
@@ -18,7 +24,7 @@ from .._layers import (
 )
 from .._net import resolve_device, resolve_module
 from .._typing import NetInput, NetLike
-from .._validation import check_net_input, check_positive_int
+from .._validation import check_net_input, check_positive_int, sample_shape
 
 
 def extract_representations(
@@ -104,7 +110,7 @@ def extract_representations(
     # after, which held the result twice
     found: dict[str, np.ndarray] = {}
     start = 0
-    for reps in layer_outputs(module, inputs, layers, pool):
+    for reps in _explained(layer_outputs(module, inputs, layers, pool), X):
         for name, t in reps.items():
             check_finite_representations(name, t, start)
             part = to_numpy(t)
@@ -121,3 +127,22 @@ def extract_representations(
             found[name][start : start + len(part)] = part
         start += len(t)
     return found
+
+
+def _explained(outputs: Iterator[dict], X) -> Iterator[dict]:
+    """``outputs``, the network's failure on the first batch explained.
+
+    As the kernel explains it: a ValueError naming the inputs' shape per
+    sample (a network failing later fails on something else).
+    """
+    first = True
+    try:
+        for reps in outputs:
+            first = False
+            yield reps
+    except torch.OutOfMemoryError:
+        raise
+    except RuntimeError as error:
+        if not first:
+            raise
+        raise input_error(error, sample_shape(X)) from error

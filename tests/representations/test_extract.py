@@ -84,6 +84,16 @@ def test_errors(net, layers, kwargs, error, match):
         extract_representations(net, torch.randn(2, 1, 5, 5), layers, **kwargs)
 
 
+def test_inputs_the_network_fails_on_are_explained_as_the_kernel_explains_them(net):
+    """torch's RuntimeError was raised as it was."""
+    shaped = r"inputs of shape \(2, 5, 5\) per sample .*: pass inputs shaped as"
+    with pytest.raises(ValueError, match=shaped):
+        extract_representations(net, torch.randn(2, 2, 5, 5), ["conv"])
+    typed = r"inputs of shape \(1, 5, 5\) .*: pass inputs of the dtype the network"
+    with pytest.raises(ValueError, match=typed):
+        extract_representations(net, torch.ones(2, 1, 5, 5, dtype=torch.long), ["conv"])
+
+
 class _Sequences(torch.nn.Module):
     """Recurrent and attention layers, batch first or sequence first."""
 
