@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.lib.format import MAGIC_PREFIX
 
 # How progress messages are printed (to stderr unless --quiet).
 Say = Callable[[str], None]
@@ -224,9 +225,20 @@ def load_npy_folder(path: str | os.PathLike) -> tuple[np.ndarray | dict, np.ndar
 
 def _load_npy(file: Path, mmap_mode: str | None = None) -> np.ndarray:
     """The array of a ``.npy`` file, or a ValueError naming it."""
+    with open(file, "rb") as opened:
+        start = opened.read(len(MAGIC_PREFIX))
+        if not start:
+            raise ValueError(f"{file} is empty: write it again (np.save).")
+        if start != MAGIC_PREFIX:
+            raise ValueError(
+                f"{file} is not a .npy file (it lacks the header that holds the "
+                "array's dtype and shape): save arrays with np.save, or with "
+                "np.lib.format.open_memmap for one written in parts; np.memmap "
+                "and tofile write the values alone."
+            )
     try:
         return np.load(file, mmap_mode=mmap_mode, allow_pickle=False)
-    except ValueError as error:
+    except (ValueError, EOFError) as error:
         raise ValueError(f"{file} could not be read as a .npy file: {error}") from None
 
 
@@ -240,7 +252,7 @@ def load_groups(path: str | os.PathLike) -> np.ndarray:
         else:
             with np.load(where, allow_pickle=False) as data:
                 groups = data["groups"]
-    except (OSError, KeyError, ValueError):
+    except (OSError, KeyError, ValueError, EOFError):
         raise ValueError(
             f"--groups reads the group of each example from {where}, which has "
             "none that can be read: save them as numbers or strings, e.g. "

@@ -37,25 +37,31 @@ def check_outputs(args: argparse.Namespace) -> None:
     Or where it would overwrite an input, the other output or the cache.
     """
     written = {"--out": args.out, "--json": args.json}
-    read = {
-        "--data": args.data,
-        "--test-data": args.test_data,
-        "--checkpoint": args.checkpoint,
-        "--out": args.out,
-    }
+    read = [
+        ("--data", args.data),
+        ("--test-data", args.test_data),
+        ("--checkpoint", args.checkpoint),
+        ("--out", args.out),
+    ]
+    for option, folder in read[:2]:  # a folder's .npy files are read
+        if folder is not None and Path(folder).is_dir():
+            read += [(option, file) for file in Path(folder).glob("*.npy")]
+    if args.module is not None:  # the factory's file, found from this folder
+        name = args.module.partition(":")[0]
+        read.append(("--module", Path(*name.split(".")).with_suffix(".py")))
     for option, path in written.items():
         if path is None:
             continue
         check_output(path, option)
         target = Path(path).resolve()
-        for other, source in read.items():
+        for other, source in read:
             if (
                 other != option
                 and source is not None
                 and Path(source).resolve() == target
             ):
                 raise ValueError(
-                    f"{option} {path} is the file of {other}: it would be "
+                    f"{option} {path} is a file of {other}: it would be "
                     "overwritten; give another name."
                 )
         if args.cache is not None and Path(args.cache).resolve() in (

@@ -31,6 +31,12 @@ def load_factory(spec: str) -> Callable[..., Any]:
         raise ValueError(
             f"--module must look like package.module:factory; got {spec!r}."
         )
+    if module_name.endswith(".py") or any(c in module_name for c in "/\\"):
+        raise ValueError(
+            f"--module names a module as Python imports it, not its file: "
+            f"package.module for package/module.py (mynet for mynet.py), run "
+            f"from the folder that holds it; got {module_name!r}."
+        )
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:

@@ -428,7 +428,7 @@ def test_cli_json_of_the_reports_name_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main(["audit", "--dataset", "iris", *FAST, "--out", out, "--json", out])
     assert exit_.value.code == 2
-    assert "is the file of --out" in capsys.readouterr().err
+    assert "is a file of --out" in capsys.readouterr().err
 
 
 def test_a_cache_in_the_data_folder_is_refused(tmp_path, capsys):
@@ -451,8 +451,8 @@ def test_a_cache_in_the_data_folder_is_refused(tmp_path, capsys):
 @pytest.mark.parametrize(
     "outputs, message",
     [
-        (["--out", "{data}"], "--out {data} is the file of --data: it would be "),
-        (["--json", "{data}"], "--json {data} is the file of --data"),
+        (["--out", "{data}"], "--out {data} is a file of --data: it would be "),
+        (["--json", "{data}"], "--json {data} is a file of --data"),
         (["--out", "{cache}/r.html"], "is in the --cache folder"),
         (["--out", "{cache}"], "is in the --cache folder"),
         (["--out", "{data}/r.html"], "r.html: {data} is a file, not a folder."),
@@ -476,6 +476,65 @@ def test_cli_outputs_that_would_overwrite_inputs_are_refused(
     assert exit_.value.code == 2
     assert message.format(**names) in capsys.readouterr().err
     assert data.read_bytes() == kept
+
+
+@pytest.mark.parametrize(
+    "outputs, message",
+    [
+        (["--out", "{data}/X.npy"], "--out {data}/X.npy is a file of --data"),
+        (["--json", "{data}/y.npy"], "--json {data}/y.npy is a file of --data"),
+        (["--out", "userarch.py"], "--out userarch.py is a file of --module"),
+    ],
+)
+def test_cli_outputs_onto_files_of_input_folders_and_modules_are_refused(
+    tmp_path, capsys, factory_module, monkeypatch, outputs, message
+):
+    """A folder's arrays and the factory's code were replaced (exit 0)."""
+    monkeypatch.chdir(factory_module)
+    data = tmp_path / "arrays"
+    data.mkdir()
+    np.save(data / "X.npy", np.zeros((30, 1, 8, 8), np.float32))
+    np.save(data / "y.npy", np.arange(30) % 2)
+    kept = {p: p.read_bytes() for p in [*data.iterdir(), tmp_path / "userarch.py"]}
+    argv = ["audit", "--data", str(data), "--module", "userarch:make", *FAST]
+    argv += [part.format(data=data) for part in outputs]
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    assert exit_.value.code == 2
+    assert message.format(data=data) in one_line_error(capsys)
+    assert {p: p.read_bytes() for p in kept} == kept
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "y.npy is empty: write it again (np.save)."),
+        (  # np.memmap's or tofile's raw values, read as pickled data before
+            np.arange(30, dtype=np.int64).tobytes(),
+            "y.npy is not a .npy file (it lacks the header",
+        ),
+    ],
+)
+def test_cli_npy_files_that_are_not_arrays_are_refused(
+    tmp_path, capsys, content, message
+):
+    """An empty file gave numpy's EOFError with a traceback (exit 1)."""
+    np.save(tmp_path / "X.npy", np.zeros((30, 3), np.float32))
+    (tmp_path / "y.npy").write_bytes(content)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["audit", "--data", str(tmp_path), *FAST])
+    assert exit_.value.code == 2
+    assert message in one_line_error(capsys)
+
+
+@pytest.mark.parametrize("spec", ["userarch.py:make", "./userarch:make"])
+def test_cli_module_given_as_a_file_is_explained(capsys, factory_module, spec):
+    """ "No module named 'userarch.py'": run from the folder that holds it."""
+    argv = ["audit", "--dataset", "digits", "--module", spec, *FAST]
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    assert exit_.value.code == 2
+    assert "names a module as Python imports it, not its file" in one_line_error(capsys)
 
 
 @pytest.mark.parametrize(
