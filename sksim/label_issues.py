@@ -124,6 +124,10 @@ def combine_signals(
     scores : ndarray of shape (n,)
         Higher means more likely mislabelled.
     """
+    if combination not in COMBINATIONS:
+        raise ValueError(
+            f"combination must be one of {list(COMBINATIONS)}; got {combination!r}."
+        )
     P, y = _checked_signal(P, y, "P")
     Q, _ = _checked_signal(Q, y, "Q")
     rows = np.arange(len(y))
@@ -354,9 +358,10 @@ class LabelIssueDetector(NetworkEstimator):
         :class:`~sklearn.model_selection.StratifiedKFold`), or ``"prefit"``:
         no training; each example's neighbours are then the other examples.
     n_neighbors : int, default=10
-        Neighbours per example in ``Q``; at most the examples each can have
-        (the training part of its fold, or the other examples with
-        ``cv="prefit"``), as ``neighbor_indices_`` then shows.
+        Neighbours per example in ``Q``; at most the training examples of the
+        smallest training part of the folds (the same number for every
+        example), or the other examples with ``cv="prefit"``, as
+        ``neighbor_indices_`` then shows.
     combination : {"mean", "rank", "proba", "neighbors"}, default="mean"
         The score: ``"mean"`` is minus ``(P(y) + Q(y)) / 2``, the
         self-confidence of the averaged distribution; ``"rank"`` averages the
@@ -420,7 +425,8 @@ class LabelIssueDetector(NetworkEstimator):
         ``Q``, the neighbour label distributions.
     neighbor_indices_ : ndarray of shape (n_samples, k)
         Rows of ``X`` of each example's neighbours, most similar first;
-        ``k`` is ``n_neighbors``, or fewer where the folds hold fewer.
+        ``k`` is ``n_neighbors``, or fewer where the smallest training part
+        of the folds holds fewer.
     neighbor_similarities_ : ndarray of shape (n_samples, k)
         Their cosine similarities.
     net_ : skorch net, FrozenEstimator or torch.nn.Module

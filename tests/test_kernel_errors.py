@@ -1416,3 +1416,39 @@ def test_out_of_memory_is_raised_as_it_is(full, scaled):
     net, tokens = RunsOutOfMemory(full, scaled), torch.randint(0, 10, (8, 5))
     with pytest.raises(torch.OutOfMemoryError, match="emulated"):
         network_similarity(net, tokens, batch_size=4)
+
+
+class Positions(torch.nn.Module):
+    """A vector per position, and their mean unless ``pooled`` is False."""
+
+    def __init__(self, pooled):
+        super().__init__()
+        self.pooled = pooled
+        self.linear = torch.nn.Linear(3, 4)
+
+    def forward(self, x):  # (B, T, 3)
+        hidden = torch.tanh(self.linear(x))
+        out = {"last_hidden_state": hidden}
+        return out | {"pooler_output": hidden.mean(1)} if self.pooled else out
+
+
+@pytest.mark.parametrize(
+    "pooled, hint, hinted",
+    [
+        (True, "out['pooler_output']", lambda out: out["pooler_output"]),
+        (
+            False,
+            "out['last_hidden_state'][:, 0]",
+            lambda out: out["last_hidden_state"][:, 0],
+        ),
+    ],
+)
+def test_the_output_hint_names_a_selection_of_the_right_shape(pooled, hint, hinted):
+    """A BertModel's hint named its (B, T, H) last_hidden_state, which
+    output= then refused."""
+    torch.manual_seed(0)
+    net, X = Positions(pooled), torch.randn(4, 5, 3)
+    with pytest.raises(TypeError, match=re.escape(f"output=lambda out: {hint}")):
+        network_similarity(net, X)
+    K = network_similarity(net, X, output=hinted)  # the hint, followed
+    assert K.shape == (4, 4) and np.allclose(np.diag(K), 1)

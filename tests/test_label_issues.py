@@ -539,6 +539,9 @@ def test_errors(digits, fitted_digits_net):
         LabelIssueDetector(make_digits_net(max_epochs=1), cv=twice).fit(X, y)
     with pytest.raises(ValueError, match="combination"):
         LabelIssueDetector(fitted_digits_net, combination="max").fit(X, y)
+    P = np.full((2, 2), 0.5)  # the helpers read an unknown one as "mean"
+    with pytest.raises(ValueError, match=r"one of \['mean', 'rank'.*got 'max'"):
+        combine_signals(P, P, np.array([0, 1]), "max")
 
 
 class PlainCrossEntropy(torch.nn.Module):

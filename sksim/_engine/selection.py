@@ -162,12 +162,19 @@ def check_selected(out, n: int | None, what: str) -> None:
     expected = "a tensor of shape (B,) or (B, d)"
     if not isinstance(out, torch.Tensor):
         entries = out.items() if isinstance(out, Mapping) else ()
-        keys = [key for key, value in entries if torch.is_tensor(value)]
+        tensors = {key: value for key, value in entries if torch.is_tensor(value)}
+        flat = [key for key, value in tensors.items() if value.ndim <= 2]
         if isinstance(getattr(out, "logits", None), torch.Tensor):
             hint = " Select its logits with output=lambda out: out.logits."
-        elif keys:
+        elif flat:
             hint = (
-                f" Select one with output=, e.g. output=lambda out: out[{keys[0]!r}]."
+                f" Select one with output=, e.g. output=lambda out: out[{flat[0]!r}]."
+            )
+        elif tensors:  # one vector per position: the first (a [CLS] token's)
+            first = next(iter(tensors))
+            hint = (
+                " Select one with output=, e.g. output=lambda out: "
+                f"out[{first!r}][:, 0] (the first position's)."
             )
         elif what.startswith("output="):
             hint = ""
