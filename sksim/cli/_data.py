@@ -401,10 +401,16 @@ def _read(path, option: str, say: Say) -> tuple[np.ndarray | dict, np.ndarray]:
 
 def load_data(args: argparse.Namespace, say: Say) -> Data:
     """The training data, and the test split with --test-data."""
-    if args.groups and (args.data is None or args.checkpoint is not None):
+    if args.groups and args.checkpoint is not None:
         raise ValueError(
-            "--groups keeps each group in one fold of a cross-validated audit: "
-            "it reads the groups from --data, and --checkpoint has no folds."
+            "--groups keeps each group in one fold of a cross-validated audit, "
+            "and --checkpoint has no folds."
+        )
+    if args.groups and args.data is None:
+        raise ValueError(
+            "--groups reads the group of each example from --data (an .npz file "
+            "with an array groups, or a folder with groups.npy), and --dataset "
+            "has none."
         )
     if args.data is None:
         X, y = load_dataset(args.dataset)

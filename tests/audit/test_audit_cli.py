@@ -1013,8 +1013,10 @@ def test_cli_groups_stay_in_one_fold(tmp_path, digit_images, capsys):
     for data, extra, message in (
         ("no_groups.npz", [], "--groups reads the group of each example from"),
         ("g.npz", ["--checkpoint", "w.pt", "--test-data", "g.npz"], "no folds"),
-    ):
-        argv = ["audit", "--data", str(tmp_path / data), "--groups", *FAST, *extra]
+        (None, ["--dataset", "iris"], "from --data (an .npz file with an array"),
+    ):  # --dataset was told that --checkpoint has no folds
+        source = [] if data is None else ["--data", str(tmp_path / data)]
+        argv = ["audit", *source, "--groups", *FAST, *extra]
         with pytest.raises(SystemExit) as stop:
             cli.main(argv)
         assert stop.value.code == 2
