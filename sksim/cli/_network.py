@@ -278,7 +278,12 @@ def check_forward(
 
     if isinstance(net, NeuralNet):
         if net.device is not None:  # None: skorch moves nothing
-            check_device(net.device)
+            try:
+                check_device(net.device)
+            except ValueError as error:  # --device sets the net's
+                raise ValueError(
+                    str(error).replace('device="cpu"', "--device cpu")
+                ) from None
         with forked_rng():  # the weights of a check: the user's generator untouched
             initialized = clone(net).initialize()
         module = initialized.module_

@@ -355,7 +355,7 @@ def test_help_explains_every_option(capsys):
             "the network of userarch:too_narrow cannot take the inputs, of shape",
         ),
         (["--module", "userarch:on_tokens"], "token ids (an Embedding) converts them"),
-        (["--module", "userarch:on_a_missing_gpu"], "device='cuda:7', but this"),
+        (["--module", "userarch:on_a_missing_gpu"], "CUDA device(s): use --device cpu"),
         (
             ["--module", "userarch:raises"],
             "userarch:raises((1, 8, 8), 10) failed: RuntimeError: factory boom",
