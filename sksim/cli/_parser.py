@@ -210,7 +210,8 @@ def make_parser() -> argparse.ArgumentParser:
         "network's inputs by the names its forward takes, e.g. input_ids and "
         "attention_mask, integers kept) and an array y of class labels, or a "
         "folder of .npy files of the same names (X.npy or the inputs by name, "
-        "and y.npy; the inputs are then memory-mapped: read from disk as needed)",
+        "and y.npy, written by np.save or np.lib.format.open_memmap; the inputs "
+        "are then memory-mapped: read from disk as needed)",
     )
     data.add_argument(
         "--test-data",
