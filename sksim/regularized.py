@@ -50,7 +50,7 @@ from skorch import NeuralNet, NeuralNetClassifier, NeuralNetRegressor
 from skorch.callbacks import Callback, PassthroughScoring
 from skorch.dataset import unpack_data
 from skorch.utils import to_tensor
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_leaves, tree_map
 
 from ._engine.context import evaluation_mode, torch_seed, uncompiled
 from ._engine.differentiable import per_sample_gradients
@@ -417,6 +417,15 @@ class SimilarityRegularizedNet(NeuralNet):
             )
         check_positive_int(self.similarity_every, "similarity_every")
 
+    def _refuse_ignored_pairs(self, X) -> None:
+        """Raise a ValueError if ``X`` carries pairs ``similarity_pairs`` ignores."""
+        if self.similarity_pairs != "given" and is_pair_data(X):
+            raise ValueError(
+                f"X carries pairs (with_pairs), but similarity_pairs="
+                f"{self.similarity_pairs!r} makes its own, and would ignore them: "
+                'use similarity_pairs="given" for them, or X without pairs.'
+            )
+
     def _compute_device(self) -> torch.device:
         """Where the module computes: ``device``, or the module's own for None."""
         return resolve_device(self.module_, self.device)
@@ -488,13 +497,7 @@ class SimilarityRegularizedNet(NeuralNet):
                 'similarity_pairs="given" needs pairs attached to X: fit on '
                 "with_pairs(X, pairs)."
             )
-        if self.similarity_pairs != "given" and is_pair_data(X):
-            raise ValueError(
-                f"X carries pairs (with_pairs), but similarity_pairs="
-                f"{self.similarity_pairs!r} makes its own, and would ignore them: "
-                'pass similarity_pairs="given" to train on them, or fit on X '
-                "without pairs."
-            )
+        self._refuse_ignored_pairs(X)
         if y is None:
             y = self._item_labels(X)
         if y is not None:
@@ -741,6 +744,14 @@ class SimilarityRegularizedNet(NeuralNet):
                 )
             with torch_seed(seed):
                 augmented = mode(inputs)
+            if isinstance(augmented, dict) != isinstance(inputs, dict) or any(
+                not isinstance(part, torch.Tensor) for part in tree_leaves(augmented)
+            ):
+                raise ValueError(
+                    "The augment callable (similarity_pairs) must return tensors as "
+                    f"it is given them ({type(inputs).__name__}); it returned "
+                    f"{type(augmented).__name__}."
+                )
             if _shapes(augmented) != _shapes(inputs):
                 raise ValueError(
                     "The augment callable (similarity_pairs) must return a batch "
@@ -773,8 +784,21 @@ class SimilarityRegularizedNet(NeuralNet):
         if callable(readout):
 
             def phi(out: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+                z = transform(out)
                 one = None if y is None else y.unsqueeze(0)
-                return readout(transform(out), one).sum()
+                value = readout(z, one)
+                if not isinstance(value, torch.Tensor) or value.shape != z.shape[:1]:
+                    got = (
+                        f"shape {tuple(value.shape)}"
+                        if isinstance(value, torch.Tensor)
+                        else type(value).__name__
+                    )
+                    raise ValueError(
+                        "similarity_readout must return one number per sample, a "
+                        f"tensor of shape (B,) for outputs of shape (B, d); it "
+                        f"returned {got} for outputs of shape {tuple(z.shape)}."
+                    )
+                return value.sum()
 
             return phi, labels, labels is not None
 
@@ -895,6 +919,7 @@ class SimilarityRegularizedNet(NeuralNet):
         """
         self.check_is_fitted()
         self._check_similarity_params()
+        self._refuse_ignored_pairs(X)
         X = check_net_input(X, pairs=True)
         n = n_samples(X)
         y = given_or_item_labels(X, y)

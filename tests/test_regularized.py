@@ -976,6 +976,16 @@ def test_same_class_pair_similarity_is_each_samples_cosine_with_a_classmate():
     assert len(set(partners)) > 3  # drawn, not always the first classmate
 
 
+def test_pair_similarity_refuses_pairs_it_would_ignore():
+    """A same-class or augmenting net gave as many of its own cosines as pairs
+    were attached, numbered as theirs."""
+    X, y = make_data(n=12)
+    for pairs in ("same_class", flip_sign):
+        net = make_net(similarity_pairs=pairs).fit(X, y)
+        with pytest.raises(ValueError, match="carries pairs .* would ignore them"):
+            net.pair_similarity(with_pairs(X, [[0, 3], [1, 4]]), y)
+
+
 def test_pair_similarity_takes_inputs_of_any_float_dtype():
     """float64 arrays, lists and frames failed inside torch on a float32 net."""
     X, y = make_data(n=12)
@@ -1195,6 +1205,12 @@ def test_pair_and_label_errors():
         net.batch_pair_cosines(X, y, 3)
     with pytest.raises(ValueError, match=r"augment callable .* input's shape \(8, 6\)"):
         make_net(similarity_pairs=wrong_shape).fit(X, y)
+    with pytest.raises(ValueError, match="return tensors as it is given them .*ndarr"):
+        make_net(similarity_pairs=lambda X: X.numpy()).fit(X, y)  # torch's TypeError
+    outputs = lambda out, y: out  # noqa: E731 (B, d): summed without a word
+    for readout, got in [(outputs, r"shape \(1, 3\)"), (lambda out, y: 1.0, "float")]:
+        with pytest.raises(ValueError, match=f"must return one number per .*{got}"):
+            make_net(similarity_readout=readout).fit(X, y)
     with pytest.raises(ValueError, match=r"needs integer class labels.*float"):
         make_net().initialize().batch_pair_cosines(X, y.astype(float), 3)
     with pytest.raises(ValueError, match=r"needs integer class labels.*<U21"):
