@@ -192,9 +192,9 @@ def skorch_errors() -> Iterator[None]:
         first = str(error).splitlines()[0].rstrip(".")
         raise TypeError(
             f"The skorch net failed on a dtype: {first}. skorch passes the inputs "
-            "to the module as they are, in training: if theirs is not the "
-            "module's, convert them, e.g. X.astype(np.float32) for a float32 "
-            "module (a dataset's items in its __getitem__)."
+            "to the module as they are: if theirs is not the module's, convert "
+            "them, e.g. X.astype(np.float32) for a float32 module (a dataset's "
+            "items in its __getitem__)."
         ) from error
     except TypeError as error:
         if "must be Tensor, not" not in str(error):
