@@ -170,7 +170,7 @@ def run_audit(args: argparse.Namespace) -> AuditResult:
         protocol = dict(cv="prefit", X_test=data.X_test, y_test=data.y_test)
         plan = (
             f"{args.checkpoint} audited as it is (no training) on "
-            f"{args.test_data}, {len(data.X_test)} test samples"
+            f"{args.test_data}, {n_samples(data.X_test)} test samples"
         )
     kind = "regression" if data.task == "regression" else f"{n_outputs} classes"
     say(

@@ -604,6 +604,29 @@ def test_cli_takes_labels_as_a_column(tmp_path, digit_images):
     assert sorted(row["label"] for row in samples) == sorted(y[:120].tolist())
 
 
+def test_cli_counts_the_test_samples_of_inputs_saved_by_name(
+    tmp_path, factory_module, capsys
+):
+    """It printed the number of inputs (2) as that of test samples."""
+    import userarch
+
+    rng = np.random.RandomState(0)
+    for name, n in (("train", 60), ("test", 40)):
+        ids = rng.randint(1, 17, size=(n, 6))
+        np.savez(
+            tmp_path / f"{name}.npz",
+            input_ids=ids,
+            attention_mask=ids > 0,
+            y=ids[:, 0] % 2,
+        )
+    torch.save(userarch.NamedTokens(2).state_dict(), tmp_path / "w.pt")
+    argv = ["audit", "--module", "userarch:on_named_tokens", "--analyses", "density"]
+    argv += ["--data", str(tmp_path / "train.npz"), "--test-data"]
+    argv += [str(tmp_path / "test.npz"), "--checkpoint", str(tmp_path / "w.pt")]
+    assert cli.main([*argv, "--out", str(tmp_path / "r.html")]) == 0
+    assert f"{tmp_path / 'test.npz'}, 40 test samples" in capsys.readouterr().err
+
+
 def test_cli_reads_inputs_saved_by_name(tmp_path, factory_module, capsys):
     """Token ids and their mask, the keyword inputs of the network's forward:
     the command line read X alone, as one array cast to float32."""
