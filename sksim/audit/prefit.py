@@ -16,7 +16,13 @@ from sklearn.utils.multiclass import type_of_target
 from skorch import NeuralNetBinaryClassifier, NeuralNetClassifier
 
 from .._engine.context import evaluation_mode, forked_rng
-from .._engine.inputs import batches, module_float_dtype, take, to_numpy
+from .._engine.inputs import (
+    batches,
+    input_error,
+    module_float_dtype,
+    take,
+    to_numpy,
+)
 from .._engine.jacobian import network_output
 from .._engine.selection import check_selected, network_logits
 from .._net import (
@@ -31,6 +37,7 @@ from .._net import (
     weights_digest,
 )
 from .._typing import NetInput, NetLike
+from .._validation import sample_shape
 
 CLASSIFICATION_TARGETS = ("binary", "multiclass")
 #: Ends the errors of a module taken for a classifier by its whole-number targets.
@@ -119,13 +126,24 @@ def check_finite_targets(y: np.ndarray, name: str) -> None:
 
 
 def module_outputs(module: torch.nn.Module, X: NetInput) -> np.ndarray:
-    """Outputs of ``module`` on ``X`` in eval mode, without gradients."""
+    """Outputs of ``module`` on ``X`` in eval mode, without gradients.
+
+    A failure on the first batch is explained as the kernel explains it.
+    """
     device = resolve_device(module)
     dtype = module_float_dtype(module)
     parts = []
     with evaluation_mode(module), torch.no_grad():
         for rows, batch in batches(X, PREDICT_BATCH_SIZE, device, dtype):
-            out = _tensor_output(network_output(module, batch, dtype))
+            try:
+                out = network_output(module, batch, dtype)
+            except torch.OutOfMemoryError:
+                raise
+            except RuntimeError as error:
+                if rows.start:
+                    raise
+                raise input_error(error, sample_shape(X)) from error
+            out = _tensor_output(out)
             check_selected(out, rows.stop - rows.start, "The network returned")
             parts.append(out.detach().cpu())
     return to_numpy(torch.cat(parts))

@@ -214,6 +214,27 @@ def test_prefit_torch_module_predicts_the_argmax_of_its_outputs(
     assert result["denoising"].equals(skorch_audit["denoising"])
 
 
+class MaskedTokens(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embedding = torch.nn.Embedding(9, 4)
+        self.out = torch.nn.Linear(4, 2)
+
+    def forward(self, input_ids, attention_mask):
+        mask = attention_mask.unsqueeze(-1).float()
+        return self.out((self.embedding(input_ids) * mask).sum(1))
+
+
+def test_prefit_module_failing_on_its_inputs_names_their_shapes():
+    """A mask one token short gave torch's RuntimeError alone."""
+    ids = np.random.RandomState(0).randint(0, 9, (20, 6))
+    X = {"input_ids": ids, "attention_mask": np.ones((20, 5), np.int64)}
+    y = np.arange(20) % 2
+    shapes = r"shape \{'input_ids': \(6,\), 'attention_mask': \(5,\)\} per sample"
+    with pytest.raises(ValueError, match=shapes):
+        audit(MaskedTokens(), X, y, cv="prefit", X_test=X, y_test=y, analyses=())
+
+
 def test_prefit_regression_net(regression, monkeypatch, tmp_path):
     net, X, y, X_test, y_test = regression
     before = state(net.module_)
