@@ -236,7 +236,7 @@ class SelfDenoisingAnalysis(NetworkEstimator):
     %(batch_size)s
     %(device)s
     %(rtol)s
-    random_state : int or None, default=None
+    random_state : int, RandomState instance or None, default=None
         Seeds the training of an unfitted skorch net and the draw of
         ``max_samples``.
     %(max_memory)s
