@@ -636,7 +636,12 @@ def main():
         default=True,
         help="also run all analyses in one audit",
     )
-    parser.add_argument("--label", default="quiet machine, full run")
+    parser.add_argument(
+        "--label",
+        default="unlabelled run",
+        help="the page's first line: what ran and the machine's load, e.g. "
+        "'quiet machine (nothing else running), full run'",
+    )
     parser.add_argument(
         "--out",
         default=Path(__file__).resolve().parent.parent / "docs" / "benchmarks-audit.md",

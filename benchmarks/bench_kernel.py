@@ -23,7 +23,9 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shlex
 import statistics
+import sys
 import threading
 import time
 from functools import partial
@@ -332,7 +334,7 @@ def write_report(rows, multi, n_multi, path, device, repeats):
     print(table)
     header = (
         f"# Benchmarks ({device.type})\n\nProduced by "
-        f"`python benchmarks/bench_kernel.py --device {device.type}` on "
+        f"`python benchmarks/bench_kernel.py {shlex.join(sys.argv[1:])}` on "
         f"{_machine(device)}, torch {torch.__version__}, "
         f"{time.strftime('%Y-%m-%d')}. Times are medians of single calls, alternating "
         f"methods in one process (at least {repeats} per method, up to 40 for fast "

@@ -25,8 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from cleanlab.filter import find_label_issues
-from cleanlab.rank import get_label_quality_scores
 from sklearn.datasets import (
     load_breast_cancer,
     load_digits,
@@ -135,6 +133,9 @@ def set_metrics(selected, flipped):
 
 def run(X, y, fraction, seed):
     """One planted-noise run: the metrics of every method."""
+    from cleanlab.filter import find_label_issues
+    from cleanlab.rank import get_label_quality_scores
+
     noisy, flipped = flip_labels(y, fraction, seed)
     start = time.perf_counter()
     detector = LabelIssueDetector(
@@ -269,8 +270,20 @@ def write_page(path, rows, set_rows, seeds, seconds):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--output", default="docs/benchmarks-label-issues.md")
+    parser.add_argument(
+        "--output",
+        default=Path(__file__).resolve().parent.parent
+        / "docs"
+        / "benchmarks-label-issues.md",
+    )
     args = parser.parse_args()
+    try:
+        import cleanlab  # noqa: F401 (the peer, imported where it runs)
+    except ModuleNotFoundError:
+        raise SystemExit(
+            "bench_label_issues.py compares sksim with cleanlab, a benchmark-only "
+            'peer: pip install "sksim[bench]" (or pip install cleanlab).'
+        ) from None
     start = time.perf_counter()
     rows, set_rows = [], []
     for name, (load, fraction) in DATASETS.items():

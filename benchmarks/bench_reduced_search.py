@@ -16,7 +16,9 @@ Jacobians do not fit in ``max_memory``.
 
 Writes a Markdown table to ``docs/benchmarks-reduced-search.md``.
 
-Usage: ``OMP_NUM_THREADS=2 python benchmarks/bench_reduced_search.py [--n 50000]``.
+Usage: ``OMP_NUM_THREADS=2 python benchmarks/bench_reduced_search.py [--n 50000]``;
+``--n`` at least :data:`MIN_N` (the IVF row's 32 probed lists of 256 must hold the
+120 candidates of 5 neighbours).
 """
 
 import argparse
@@ -36,6 +38,7 @@ from sksim.audit.models import make_classifier
 from sksim.neighbors import MAX_RANKING_BLOCKS
 
 N_RECALL = 500  # queries on which the recall is measured
+MIN_N = 6000  # examples (half of them the reference) the IVF row needs
 SKETCH_RANKED = "'Flat', search_components=64, ranked by the whole sketches"
 SEARCHES = [
     ("exhaustive ('Flat'), whole sketches", dict()),
@@ -65,7 +68,7 @@ def recall(found, exact):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=50_000)
+    parser.add_argument("--n", type=int, default=50_000, help=f"at least {MIN_N}")
     parser.add_argument(
         "--out",
         default=Path(__file__).resolve().parent.parent
@@ -73,6 +76,8 @@ def main():
         / "benchmarks-reduced-search.md",
     )
     args = parser.parse_args()
+    if args.n < MIN_N:
+        parser.error(f"--n must be at least {MIN_N}; got {args.n}.")
     loads = [load_average()]
     X, y = synthetic(args.n)
     half = args.n // 2

@@ -11,6 +11,7 @@ a call (the fastest).
 Usage: ``python benchmarks/bench_sketch.py``.
 """
 
+import argparse
 import time
 
 import numpy as np
@@ -24,6 +25,7 @@ SEEDS = range(4)
 
 
 def main():
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     X = (load_digits().data[:300] / 16).astype(np.float32)
     torch.manual_seed(0)
     nets = {

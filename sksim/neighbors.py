@@ -302,8 +302,8 @@ class NetworkNeighbors(NetworkEstimator):
         neighbour asked for. More find more of the exact neighbours, at a cost
         linear in them; the larger the reference, the more a given recall
         takes: for 25 000 reference and query examples of a 10-class MLP, 16,
-        24 and 32 found 0.946, 0.968 and 0.980 of the exact 5 nearest, the
-        queries taking 1.8, 1.9 and 2.1 s on 2 cores; over 10^6 reference
+        24 and 32 found 0.944, 0.970 and 0.981 of the exact 5 nearest, the
+        queries taking 1.6, 2.2 and 2.3 s on 2 cores; over 10^6 reference
         examples, 24 found 0.903 (0.761, 0.821 and 0.864 with the sketch's
         columns shared equally among the layers, before ``sketch_weights_``).
     %(checkpoints)s
