@@ -140,6 +140,7 @@ def factory_module(tmp_path, monkeypatch):
         )
     )
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "userarch", raising=False)  # this test's own
     return tmp_path
 
 
