@@ -46,9 +46,10 @@ def check_outputs(args: argparse.Namespace) -> None:
     for option, folder in read[:2]:  # a folder's .npy files are read
         if folder is not None and Path(folder).is_dir():
             read += [(option, file) for file in Path(folder).glob("*.npy")]
-    if args.module is not None:  # the factory's file, found from this folder
+    if args.module is not None:  # the factory's file, if in this folder
         name = args.module.partition(":")[0]
-        read.append(("--module", Path(*name.split(".")).with_suffix(".py")))
+        source = Path(*name.split(".")).with_suffix(".py")
+        read += [("--module", source)] if source.is_file() else []
     for option, path in written.items():
         if path is None:
             continue
