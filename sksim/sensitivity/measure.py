@@ -32,6 +32,7 @@ from .._engine.context import check_not_inference_mode, torch_seed
 from .._engine.finite import NonFiniteNetworkError
 from .._engine.inputs import (
     check_finite,
+    input_error,
     is_dataset,
     split_item,
     take,
@@ -220,7 +221,10 @@ class _Probe:
         try:
             triple = torch.cat([self.X[:1], self.TX[:1], self.NX[:1]])
             outputs = next(
-                _float64_errors(layer_outputs(model, [triple], layers, pool))
+                _float64_errors(
+                    layer_outputs(model, [triple], layers, pool),
+                    tuple(self.X.shape[1:]),
+                )
             )
         finally:
             for hook in hooks:
@@ -401,17 +405,23 @@ def _measure(model: torch.nn.Module, probe: _Probe, layers, pool, statistic):
 DTYPE_MISMATCHES = ("should be the same", "expected scalar type", "same dtype")
 
 
-def _float64_errors(outputs: Iterator) -> Iterator:
+def _float64_errors(outputs: Iterator, shape: tuple | None = None) -> Iterator:
     """``outputs``, a forward pass's error over dtypes explained.
 
     The network is measured as a float64 copy, on float64 inputs: a forward
-    pass that casts its inputs to float32 fails inside torch.
+    pass that casts its inputs to float32 fails inside torch. With ``shape``,
+    the inputs' per sample, any other failure is explained as the kernel
+    explains it (the first pass: a network that cannot take the inputs).
     """
     try:
         yield from outputs
+    except torch.OutOfMemoryError:
+        raise
     except RuntimeError as error:
         if not any(text in str(error) for text in DTYPE_MISMATCHES):
-            raise
+            if shape is None:
+                raise
+            raise input_error(error, shape) from error
         raise TypeError(
             "The sensitivity is measured on a float64 copy of the network, with "
             "float64 inputs (ratios of small differences stay exact), and its "
@@ -1037,16 +1047,17 @@ n_init, shuffled, pool, deformation, batch_size, device, max_memory
         options = self._options(layers="output", reference=None, shuffled=False)
         try:
             table = relative_sensitivity(self.net_, X, **options)
-        except torch.OutOfMemoryError:
-            raise
-        except RuntimeError as error:  # a network that takes one image size
-            if sample_shape(X) == self._sample_shape:
+        except ValueError as error:  # a network that takes one image size
+            failed = error.__cause__
+            if sample_shape(X) == self._sample_shape or not isinstance(
+                failed, RuntimeError
+            ):
                 raise
             raise ValueError(
                 f"The network failed on samples of shape {sample_shape(X)}; fit "
                 f"measured samples of shape {self._sample_shape}: score inputs of "
-                f"that shape ({error})."
-            ) from error
+                f"that shape ({failed})."
+            ) from failed
         return -float(np.asarray(table["R"])[0])
 
     def __sklearn_tags__(self):

@@ -462,6 +462,14 @@ def test_a_forward_casting_to_float32_is_explained():
         relative_sensitivity(Casting(), _data(), reference=None, random_state=0)
 
 
+def test_inputs_the_network_fails_on_are_explained_as_the_kernel_explains_them():
+    """torch's RuntimeError alone: 3 channels given to a network of 2."""
+    X = np.random.RandomState(0).rand(6, 3, 8, 8)
+    shaped = r"inputs of shape \(3, 8, 8\) per sample .*: pass inputs shaped as"
+    with pytest.raises(ValueError, match=shaped):
+        relative_sensitivity(image_cnn(), X, reference=None, random_state=0)
+
+
 def test_errors_and_warnings():
     net, X = image_cnn(), _data()
     with pytest.raises(ValueError, match="Images must be square"):
