@@ -16,6 +16,7 @@ from _architectures import (
 )
 from _engine_helpers import ntk_blocks, smallest_fitting_engine
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from sksim._engine.capture import idle_pieces, plan_layers
 from sksim._engine.context import on_device
@@ -50,13 +51,43 @@ def test_batches_are_split_to_fit_the_memory_bound(name):
     np.testing.assert_allclose(G, np.einsum("adp,aep->ade", J, J), rtol=1e-9)
 
 
+class CopiesOnTheCPU(TorchDispatchMode):
+    """Counts the tensor copies made on the CPU inside the block."""
+
+    def __init__(self):
+        super().__init__()
+        self.copies = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.overloadpacket in (torch.ops.aten.clone, torch.ops.aten.copy_):
+            self.copies += out.device.type == "cpu"
+        return out
+
+
 def test_another_device_computes_with_a_copy_of_the_layer_case():
     module, X = layer_case("linear")
-    copy = on_device(module, "meta")  # another device (no values: not computed on)
-    assert copy is not module
+    with CopiesOnTheCPU() as counted:  # made there directly, not copied first
+        copy = on_device(module, "meta")  # another device (no values: not computed on)
+    assert copy is not module and counted.copies == 0
     assert {p.device.type for p in copy.parameters()} == {"meta"}
     assert {p.device.type for p in module.parameters()} == {"cpu"}
     assert JacobianEngine(module, device="cpu").module is module
+
+
+def test_a_copy_on_another_device_keeps_shared_and_frozen_parameters():
+    torch.manual_seed(0)
+    embedding = torch.nn.Embedding(5, 3)
+    head = torch.nn.Linear(3, 5, bias=False)
+    head.weight = embedding.weight  # tied
+    norm = torch.nn.BatchNorm1d(3).requires_grad_(False)
+    module = torch.nn.Sequential(embedding, norm, head)
+    copy = on_device(module, "meta")
+    assert copy[2].weight is copy[0].weight and copy[0].weight is not embedding.weight
+    assert [p.requires_grad for p in copy.parameters()] == [True, False, False]
+    assert isinstance(copy[0].weight, torch.nn.Parameter)
+    assert {t.device.type for t in copy.buffers()} == {"meta"}
+    assert [t.device.type for t in module.parameters()] == ["cpu"] * 3
 
 
 @pytest.mark.parametrize("name", LAYER_CASES)
