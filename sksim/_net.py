@@ -650,7 +650,17 @@ class _ItemsInDtype(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, i: int):
-        item = self.dataset[i]
+        return self._cast(self.dataset[i])
+
+    def __getitems__(self, rows: list[int]) -> list:
+        """The items of ``rows``, read together where the dataset can."""
+        if hasattr(self.dataset, "__getitems__"):
+            items = self.dataset.__getitems__(rows)
+        else:
+            items = [self.dataset[i] for i in rows]
+        return [self._cast(item) for item in items]
+
+    def _cast(self, item):
         if isinstance(item, tuple | list):
             return (float_inputs_as(item[0], self.dtype), *item[1:])
         return float_inputs_as(item, self.dtype)

@@ -351,8 +351,9 @@ class LabelIssueDetector(NetworkEstimator):
         of ``classes_`` (the sorted labels) as their first outputs; more
         outputs are ignored. Prefit, the net's output ``j`` stands for label
         ``classes_[j]``: the skorch net's ``classes_`` when it names one label
-        per output and ``y`` holds those names, else ``j`` itself, as
-        skorch's ``predict`` reads it.
+        per output, else ``j`` itself, as skorch's ``predict`` reads it;
+        numbers given for a net whose ``classes_`` are names (``"dog"``) are
+        the outputs' numbers, the codes it was trained on.
     cv : int, cross-validation generator, iterable or "prefit", default=3
         The folds (an int means
         :class:`~sklearn.model_selection.StratifiedKFold`), or ``"prefit"``:
@@ -411,8 +412,8 @@ class LabelIssueDetector(NetworkEstimator):
     ----------
     classes_ : ndarray of shape (n_classes,)
         The sorted labels; prefit, the label of each of the net's outputs
-        (the net's ``classes_``, or the outputs' numbers when ``y`` holds
-        those).
+        (the net's ``classes_``, or the outputs' numbers when ``y`` gives
+        numbers for its names).
     scores_ : ndarray of shape (n_samples,)
         Higher means more likely mislabelled.
     suggested_labels_ : ndarray of shape (n_samples,)
@@ -670,10 +671,11 @@ class LabelIssueDetector(NetworkEstimator):
         """``y`` as the numbers of the trained net's outputs, with ``classes_`` set.
 
         ``classes_`` is the net's ``classes_`` when it names one label per
-        output (a skorch classifier) and ``y`` holds those labels, else the
-        outputs' numbers ``0 .. n_outputs - 1``, as skorch's ``predict``
-        reads them (label ``j`` is output ``j``): labels given as the codes
-        the net was trained on are output numbers, as the audit reads them.
+        output (a skorch classifier), else the outputs' numbers ``0 ..
+        n_outputs - 1``, as skorch's ``predict`` reads them (label ``j`` is
+        output ``j``). Numbers given for a net whose ``classes_`` are names
+        (not numbers) are the outputs' numbers, the codes it was trained on,
+        as the audit reads them.
         """
         if n_outputs < 2:
             raise ValueError(
@@ -682,29 +684,31 @@ class LabelIssueDetector(NetworkEstimator):
             )
         numbers = np.arange(n_outputs)
         classes = getattr(_unwrap(self.net_), "classes_", None)
-        if classes is None or len(classes) != n_outputs:
-            classes = numbers
-        classes = np.asarray(classes)
+        named = classes is not None and len(classes) == n_outputs
+        classes = np.asarray(classes) if named else numbers
         labels, inverse = np.unique(y, return_inverse=True)
-        for names in (classes, numbers):
-            outputs = {label: j for j, label in enumerate(names.tolist())}
-            if all(label in outputs for label in labels.tolist()):
-                self.classes_ = names
-                return np.array([outputs[label] for label in labels.tolist()])[inverse]
-        known = set(classes.tolist()) | set(numbers.tolist())
-        unknown = [label for label in labels.tolist() if label not in known]
-        named = (
-            ""
-            if classes is numbers
-            else f", or their labels in the net's classes_ {classes[:10].tolist()}"
-        )
-        raise ValueError(
-            f'cv="prefit" compares each label with the trained net\'s output for '
-            f"it, but y holds labels {(unknown or labels.tolist())[:10]} that name "
-            f"none of its {n_outputs} outputs: give y as the outputs' numbers 0 to "
-            f"{n_outputs - 1} (output j for label j, as skorch's predict reads "
-            f"them){named}."
-        )
+        names = classes.dtype.kind not in "biuf"
+        if names and labels.dtype.kind in "biuf":
+            classes = numbers  # the codes of a net whose classes_ are names
+        outputs = {label: j for j, label in enumerate(classes.tolist())}
+        unknown = [label for label in labels.tolist() if label not in outputs]
+        if unknown:
+            accepted = (
+                f"the outputs' numbers 0 to {n_outputs - 1} (output j for label j, "
+                "as skorch's predict reads them)"
+            )
+            if named:
+                given = np.asarray(_unwrap(self.net_).classes_)[:10].tolist()
+                accepted = f"its classes_ {given}" + (
+                    f", or {accepted}" if names else ""
+                )
+            raise ValueError(
+                f'cv="prefit" compares each label with the trained net\'s output '
+                f"for it, but y holds labels {unknown[:10]} that name none of its "
+                f"{n_outputs} outputs: give y as {accepted}."
+            )
+        self.classes_ = classes
+        return np.array([outputs[label] for label in labels.tolist()])[inverse]
 
     def _prefit_signals(self, X, y, probabilities):
         n_neighbors = self._n_neighbors(n_samples(X) - 1)

@@ -35,6 +35,7 @@ from sksim import (
     relative_sensitivity,
 )
 from sksim._engine.inputs import batches, take
+from sksim._net import predicted_probabilities
 from sksim._validation import check_net_input
 from sksim.audit import audit
 from sksim.denoising import SelfDenoisingAnalysis
@@ -587,6 +588,33 @@ def test_items_a_skorch_net_cannot_batch_are_explained(data):
     )
     with pytest.raises(ValueError, match="could not batch the dataset's items .* pad"):
         LabelIssueDetector(net, cv="prefit").fit(ragged)
+
+
+class ReadTogether(Pairs):
+    """Items ``(x, y)`` that ``__getitems__`` reads together (a mapped file's)."""
+
+    def __init__(self, X, y):
+        super().__init__(X, y)
+        self.alone = self.together = 0
+
+    def __getitem__(self, i):
+        self.alone += 1
+        return super().__getitem__(i)
+
+    def __getitems__(self, rows):
+        self.together += 1
+        return [Pairs.__getitem__(self, i) for i in rows]
+
+
+def test_a_skorch_nets_predictions_read_items_together(data):
+    """The dtype's cast of a dataset read every item alone: 600 reads of a
+    mapped file, row by row, instead of 5."""
+    X, y = data
+    net = classifier(train_split=None).fit(X.astype(np.float32), y)
+    dataset = ReadTogether(X, y)  # float64: cast for the float32 module
+    P = predicted_probabilities(net, dataset)
+    np.testing.assert_allclose(P, net.predict_proba(X.astype(np.float32)), rtol=1e-6)
+    assert dataset.alone == 0 and dataset.together == -(-len(X) // net.batch_size)
 
 
 def test_items_of_other_shapes_in_later_batches_are_refused():

@@ -482,10 +482,20 @@ def test_prefit_names_or_codes(digits):
     np.testing.assert_array_equal(
         by_name.suggested_labels_, names[by_code.suggested_labels_]
     )
-    with pytest.raises(ValueError, match=r"'cow'\] that name none of its 3 outputs: "):
+    with pytest.raises(ValueError, match=r"'cow'\] that name none of its 3 outputs:"):
         by_name.fit(X[:3], ["dog", "cow", "cat"])
-    with pytest.raises(ValueError, match=r"labels in the net's classes_ \['dog', 'c"):
+    accepted = r"\[3\] .*: give y as its classes_ \['dog', 'cat', 'bird'\], or the o"
+    with pytest.raises(ValueError, match=accepted):
         by_code.fit(X[:3], [0, 1, 3])
+    torch.manual_seed(0)  # classes_ of numbers are labels, whichever are given
+    numbered = any_width_net(module__n_out=3, classes=[1, 2, 3]).fit(X, codes)
+    few = LabelIssueDetector(numbered, cv="prefit", n_neighbors=5).fit(X, codes + 1)
+    np.testing.assert_array_equal(few.classes_, [1, 2, 3])
+    P = numbered.predict_proba(X).astype(np.float64)
+    rows = np.arange(len(X))
+    np.testing.assert_allclose(few.oof_proba_[rows, codes], P[rows, codes], rtol=1e-6)
+    with pytest.raises(ValueError, match=r"\[0\] that name none of its 3 outputs"):
+        LabelIssueDetector(numbered, cv="prefit").fit(X, codes)
 
 
 def test_a_faiss_search_without_sketches_is_refused_before_training(digits):

@@ -84,7 +84,7 @@ def on_device(module: torch.nn.Module, device) -> torch.nn.Module:
     memo = {}
     for t in itertools.chain(module.parameters(), module.buffers()):
         if type(t) in (torch.nn.Parameter, torch.Tensor) and id(t) not in memo:
-            moved = t.detach().to(device, copy=True)
+            moved = t.detach().to(device, copy=True).requires_grad_(t.requires_grad)
             if type(t) is torch.nn.Parameter:
                 moved = torch.nn.Parameter(moved, requires_grad=t.requires_grad)
             memo[id(t)] = moved

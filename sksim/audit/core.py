@@ -394,8 +394,8 @@ def _net_class_codes(net: NetLike, *labels: np.ndarray) -> tuple[list, list | No
     if unknown:
         raise ValueError(
             f"The labels {unknown[:5]} are not among the network's classes_ "
-            f"{list(outputs)[:10]}: skorch's predict reads output j as "
-            "classes_[j], so every label must be one of them."
+            f"{list(outputs)[:10]}, which name the network's outputs (output j "
+            "is classes_[j]): every label must be one of them."
         )
     codes = [np.array([outputs[label] for label in y.tolist()]) for y in labels]
     return codes, [str(label) for label in outputs]

@@ -46,10 +46,11 @@ def check_outputs(args: argparse.Namespace) -> None:
     for option, folder in read[:2]:  # a folder's .npy files are read
         if folder is not None and Path(folder).is_dir():
             read += [(option, file) for file in Path(folder).glob("*.npy")]
-    if args.module is not None:  # the factory's file, if in this folder
-        name = args.module.partition(":")[0]
-        source = Path(*name.split(".")).with_suffix(".py")
-        read += [("--module", source)] if source.is_file() else []
+    name = (args.module or "").partition(":")[0]
+    if name and all(part.isidentifier() for part in name.split(".")):
+        source = Path(*name.split("."))  # the factory's file, if in this folder
+        for file in (source.with_suffix(".py"), source / "__init__.py"):
+            read += [("--module", file)] if file.is_file() else []
     for option, path in written.items():
         if path is None:
             continue

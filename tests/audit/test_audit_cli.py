@@ -528,14 +528,32 @@ def test_cli_npy_files_that_are_not_arrays_are_refused(
     assert message in one_line_error(capsys)
 
 
-@pytest.mark.parametrize("spec", ["userarch.py:make", "./userarch:make"])
-def test_cli_module_given_as_a_file_is_explained(capsys, factory_module, spec):
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("userarch.py:make", "names a module as Python imports it, not its file"),
+        ("./userarch:make", "names a module as Python imports it, not its file"),
+        (":make", "must look like package.module:factory"),  # not Path's error
+    ],
+)
+def test_cli_module_given_as_a_file_is_explained(capsys, factory_module, spec, message):
     """ "No module named 'userarch.py'": run from the folder that holds it."""
     argv = ["audit", "--dataset", "digits", "--module", spec, *FAST]
     with pytest.raises(SystemExit) as exit_:
         cli.main(argv)
     assert exit_.value.code == 2
-    assert "names a module as Python imports it, not its file" in one_line_error(capsys)
+    assert message in one_line_error(capsys)
+
+
+def test_cli_output_onto_a_packages_init_is_refused(tmp_path, monkeypatch, capsys):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("def make(shape, n): pass\n")
+    monkeypatch.chdir(tmp_path)
+    argv = ["audit", "--dataset", "iris", "--module", "pkg:make", *FAST]
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([*argv, "--json", "pkg/__init__.py"])
+    assert exit_.value.code == 2
+    assert "is a file of --module" in one_line_error(capsys)
 
 
 @pytest.mark.parametrize(

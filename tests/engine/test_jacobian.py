@@ -81,8 +81,10 @@ def test_a_copy_on_another_device_keeps_shared_and_frozen_parameters():
     head = torch.nn.Linear(3, 5, bias=False)
     head.weight = embedding.weight  # tied
     norm = torch.nn.BatchNorm1d(3).requires_grad_(False)
+    norm.register_buffer("tracked", torch.ones(3, requires_grad=True))
     module = torch.nn.Sequential(embedding, norm, head)
     copy = on_device(module, "meta")
+    assert copy[1].tracked.requires_grad and not copy[1].running_mean.requires_grad
     assert copy[2].weight is copy[0].weight and copy[0].weight is not embedding.weight
     assert [p.requires_grad for p in copy.parameters()] == [True, False, False]
     assert isinstance(copy[0].weight, torch.nn.Parameter)
