@@ -317,6 +317,22 @@ class TokenModel(nn.Module):
         return self.head(h.mean(dim=1))
 
 
+class MaskedMean(nn.Module):
+    """Token embeddings averaged over the positions an attention mask keeps."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed, self.out = nn.Embedding(10, 4), nn.Linear(4, 3)
+
+    def forward(self, input_ids, attention_mask=None):
+        h = self.embed(input_ids)
+        if attention_mask is None:
+            return self.out(h.mean(1))
+        mask = attention_mask[..., None].float()
+        return self.out((h * mask).sum(1) / mask.sum(1))
+
+
 class SequenceFirst(nn.Module):
     """A transformer encoder layer on ``(T, B, H)``: samples on axis 1, not 0."""
 

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from _architectures import AnyWidth, KeywordMLP
+from _architectures import AnyWidth, KeywordMLP, MaskedMean
 from sklearn.base import clone
 from sklearn.neighbors import KNeighborsClassifier
 from skorch import NeuralNetClassifier, NeuralNetRegressor
@@ -453,22 +453,6 @@ def test_labels_given_for_items_whose_second_value_is_an_input_are_refused(data,
     ):
         found = NetworkNeighbors(net, n_neighbors=2).fit(labelled, y)
         np.testing.assert_array_equal(found.y_fit_, y)
-
-
-class MaskedMean(torch.nn.Module):
-    """Token embeddings averaged over the positions an attention mask keeps."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.embed, self.out = torch.nn.Embedding(10, 4), torch.nn.Linear(4, 3)
-
-    def forward(self, input_ids, attention_mask=None):
-        h = self.embed(input_ids)
-        if attention_mask is None:
-            return self.out(h.mean(1))
-        mask = attention_mask[..., None].float()
-        return self.out((h * mask).sum(1) / mask.sum(1))
 
 
 def test_an_attention_mask_read_as_a_label_is_warned_of():

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import skorch
 import torch
-from _architectures import small_net
+from _architectures import MaskedMean, small_net
 from _audit_helpers import AUDIT_OPTIONS
 from matplotlib.colors import to_hex
 from sklearn.base import clone
@@ -214,17 +214,6 @@ def test_prefit_torch_module_predicts_the_argmax_of_its_outputs(
     assert result["denoising"].equals(skorch_audit["denoising"])
 
 
-class MaskedTokens(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.embedding = torch.nn.Embedding(9, 4)
-        self.out = torch.nn.Linear(4, 2)
-
-    def forward(self, input_ids, attention_mask):
-        mask = attention_mask.unsqueeze(-1).float()
-        return self.out((self.embedding(input_ids) * mask).sum(1))
-
-
 def test_prefit_module_failing_on_its_inputs_names_their_shapes():
     """A mask one token short gave torch's RuntimeError alone."""
     ids = np.random.RandomState(0).randint(0, 9, (20, 6))
@@ -232,7 +221,7 @@ def test_prefit_module_failing_on_its_inputs_names_their_shapes():
     y = np.arange(20) % 2
     shapes = r"shape \{'input_ids': \(6,\), 'attention_mask': \(5,\)\} per sample"
     with pytest.raises(ValueError, match=shapes):
-        audit(MaskedTokens(), X, y, cv="prefit", X_test=X, y_test=y, analyses=())
+        audit(MaskedMean(), X, y, cv="prefit", X_test=X, y_test=y, analyses=())
 
 
 def test_prefit_regression_net(regression, monkeypatch, tmp_path):
