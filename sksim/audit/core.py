@@ -352,6 +352,7 @@ def _prefit_data(net, X, y, X_test, y_test):
             "(sksim reads a dataset's items as they are, without a skorch net's "
             "collate_fn)."
         )
+    _check_orderable(y, y_test)
     task = target_task(net, y)
     if task == "regression":
         y, y_test = regression_targets(y, "y"), regression_targets(y_test, "y_test")
@@ -374,6 +375,23 @@ def _prefit_data(net, X, y, X_test, y_test):
             raise  # not counts that a regression network could be taken for
         raise ValueError(f"{error} {WHOLE_NUMBER_TARGETS}") from None
     return _Data(X, y, X_test, y_test, task, classes, class_names=names)
+
+
+def _check_orderable(*labels: np.ndarray) -> None:
+    """Raise a ValueError if ``labels`` of object dtype mix names and numbers.
+
+    NumPy orders neither among the other (a TypeError in every sort); splits
+    of other dtypes are compared apart.
+    """
+    objects = [y for y in map(np.asarray, labels) if y.dtype == object]
+    values = [v for y in objects for v in y.ravel().tolist()]
+    kinds = {isinstance(v, str | bytes) for v in values}
+    if len(kinds) > 1:
+        names = sorted({type(v).__name__ for v in values})
+        raise ValueError(
+            f"The labels mix values of the types {names}: give every label as a "
+            "name (str) or every label as a number."
+        )
 
 
 def _net_class_codes(net: NetLike, *labels: np.ndarray) -> tuple[list, list | None]:

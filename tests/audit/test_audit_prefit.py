@@ -551,6 +551,10 @@ def test_prefit_classes_must_be_the_networks_outputs(split):
     below = y < 9  # the label 9 in the test split alone was said to be y's
     with pytest.raises(ValueError, match="y_test holds the label 9, but the net"):
         prefit_audit(module, (X[below], y[below], X_test, y_test), ("density",))
+    mixed = y.astype(object)
+    mixed[:5] = "nine"  # NumPy's TypeError: '<' between str and int
+    with pytest.raises(ValueError, match=r"mix values of the types \['int', 'str'\]"):
+        audit(module, X, mixed, cv="prefit", X_test=X_test, y_test=y_test)
 
 
 class SqueezedRegression(torch.nn.Module):
