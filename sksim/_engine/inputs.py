@@ -13,9 +13,10 @@ only :func:`to_tensor` and :func:`batches` read items, collated by torch's
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -343,19 +344,29 @@ def module_float_dtype(module: torch.nn.Module) -> torch.dtype:
     return torch.float32
 
 
-def input_error(error: RuntimeError, shape) -> ValueError:
-    """The ValueError of a network failing on inputs of ``shape`` per sample.
+@contextlib.contextmanager
+def explained_failures(shape: Callable[[], object]) -> Iterator[None]:
+    """A network's RuntimeError inside as a ValueError naming its inputs' shape.
 
-    With advice where torch's ``error`` is about their shape or dtype.
+    ``shape()`` gives the inputs' shape per sample (read only on a failure),
+    with advice where torch's message is about their shape or dtype; running
+    out of memory is raised as it is. For a network's first pass over the
+    inputs, where such a failure means that it cannot take them.
     """
-    text = str(error).splitlines()[0]
-    advice = ""
-    if re.search(r"shape|size|dimension|channel|batched", text, re.IGNORECASE):
-        advice = ": pass inputs shaped as the network expects"
-    elif re.search(
-        r"dtype|scalar type|type .* should be the same", text, re.IGNORECASE
-    ):
-        advice = ": pass inputs of the dtype the network expects"
-    return ValueError(
-        f"The network fails on inputs of shape {shape} per sample ({text}){advice}."
-    )
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        raise
+    except RuntimeError as error:
+        text = str(error).splitlines()[0]
+        advice = ""
+        if re.search(r"shape|size|dimension|channel|batched", text, re.IGNORECASE):
+            advice = ": pass inputs shaped as the network expects"
+        elif re.search(
+            r"dtype|scalar type|type .* should be the same", text, re.IGNORECASE
+        ):
+            advice = ": pass inputs of the dtype the network expects"
+        raise ValueError(
+            f"The network fails on inputs of shape {shape()} per sample "
+            f"({text}){advice}."
+        ) from error

@@ -45,7 +45,7 @@ from .finite import NonFiniteNetworkError, check_finite_rows
 from .flags import FlaggedRows
 from .inputs import (
     batches,
-    input_error,
+    explained_failures,
     module_float_dtype,
     n_samples,
     take,
@@ -187,18 +187,15 @@ class JacobianEngine:
         out of memory is raised as it is.
         """
         first = to_tensor(take(X, slice(0, 1)), self.device, self.dtype)
+
+        def shape():
+            if isinstance(first, dict):
+                return {k: tuple(v.shape[1:]) for k, v in first.items()}
+            return tuple(first.shape[1:])
+
         with evaluation_mode(self.module), torch.no_grad():
-            try:
+            with explained_failures(shape):
                 out = self._output(first)
-            except torch.OutOfMemoryError:
-                raise
-            except RuntimeError as error:
-                shape = (
-                    {k: tuple(v.shape[1:]) for k, v in first.items()}
-                    if isinstance(first, dict)
-                    else tuple(first.shape[1:])
-                )
-                raise input_error(error, shape) from error
             return select_output(out, self.output, 1).shape[1]
 
     def outputs(self, X) -> torch.Tensor:

@@ -7,6 +7,8 @@ task comes from the net or the targets, its predictions from its own
 
 from __future__ import annotations
 
+import contextlib
+
 import joblib
 import numpy as np
 import torch
@@ -18,7 +20,7 @@ from skorch import NeuralNetBinaryClassifier, NeuralNetClassifier
 from .._engine.context import evaluation_mode, forked_rng
 from .._engine.inputs import (
     batches,
-    input_error,
+    explained_failures,
     module_float_dtype,
     take,
     to_numpy,
@@ -135,15 +137,13 @@ def module_outputs(module: torch.nn.Module, X: NetInput) -> np.ndarray:
     parts = []
     with evaluation_mode(module), torch.no_grad():
         for rows, batch in batches(X, PREDICT_BATCH_SIZE, device, dtype):
-            try:
-                out = network_output(module, batch, dtype)
-            except torch.OutOfMemoryError:
-                raise
-            except RuntimeError as error:
-                if rows.start:
-                    raise
-                raise input_error(error, sample_shape(X)) from error
-            out = _tensor_output(out)
+            explained = (  # the first batch's failure: inputs the net cannot take
+                explained_failures(lambda: sample_shape(X))
+                if rows.start == 0
+                else contextlib.nullcontext()
+            )
+            with explained:
+                out = _tensor_output(network_output(module, batch, dtype))
             check_selected(out, rows.stop - rows.start, "The network returned")
             parts.append(out.detach().cpu())
     return to_numpy(torch.cat(parts))

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import itertools
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -11,7 +12,7 @@ from tqdm.auto import tqdm
 from .._engine.context import on_device
 from .._engine.inputs import (
     batches,
-    input_error,
+    explained_failures,
     module_float_dtype,
     n_samples,
     to_numpy,
@@ -110,7 +111,10 @@ def extract_representations(
     # after, which held the result twice
     found: dict[str, np.ndarray] = {}
     start = 0
-    for reps in _explained(layer_outputs(module, inputs, layers, pool), X):
+    outputs = layer_outputs(module, inputs, layers, pool)
+    with explained_failures(lambda: sample_shape(X)):  # the first batch's
+        first = next(outputs)
+    for reps in itertools.chain([first], outputs):
         for name, t in reps.items():
             check_finite_representations(name, t, start)
             part = to_numpy(t)
@@ -127,22 +131,3 @@ def extract_representations(
             found[name][start : start + len(part)] = part
         start += len(t)
     return found
-
-
-def _explained(outputs: Iterator[dict], X) -> Iterator[dict]:
-    """``outputs``, the network's failure on the first batch explained.
-
-    As the kernel explains it: a ValueError naming the inputs' shape per
-    sample (a network failing later fails on something else).
-    """
-    first = True
-    try:
-        for reps in outputs:
-            first = False
-            yield reps
-    except torch.OutOfMemoryError:
-        raise
-    except RuntimeError as error:
-        if not first:
-            raise
-        raise input_error(error, sample_shape(X)) from error

@@ -32,7 +32,7 @@ from .._engine.context import check_not_inference_mode, torch_seed
 from .._engine.finite import NonFiniteNetworkError
 from .._engine.inputs import (
     check_finite,
-    input_error,
+    explained_failures,
     is_dataset,
     split_item,
     take,
@@ -220,12 +220,10 @@ class _Probe:
         hooks = [m.register_forward_hook(record) for m in model.modules()]
         try:
             triple = torch.cat([self.X[:1], self.TX[:1], self.NX[:1]])
-            outputs = next(
-                _float64_errors(
-                    layer_outputs(model, [triple], layers, pool),
-                    tuple(self.X.shape[1:]),
+            with explained_failures(lambda: tuple(self.X.shape[1:])):
+                outputs = next(
+                    _float64_errors(layer_outputs(model, [triple], layers, pool))
                 )
-            )
         finally:
             for hook in hooks:
                 hook.remove()
@@ -405,23 +403,17 @@ def _measure(model: torch.nn.Module, probe: _Probe, layers, pool, statistic):
 DTYPE_MISMATCHES = ("should be the same", "expected scalar type", "same dtype")
 
 
-def _float64_errors(outputs: Iterator, shape: tuple | None = None) -> Iterator:
+def _float64_errors(outputs: Iterator) -> Iterator:
     """``outputs``, a forward pass's error over dtypes explained.
 
     The network is measured as a float64 copy, on float64 inputs: a forward
-    pass that casts its inputs to float32 fails inside torch. With ``shape``,
-    the inputs' per sample, any other failure is explained as the kernel
-    explains it (the first pass: a network that cannot take the inputs).
+    pass that casts its inputs to float32 fails inside torch.
     """
     try:
         yield from outputs
-    except torch.OutOfMemoryError:
-        raise
     except RuntimeError as error:
         if not any(text in str(error) for text in DTYPE_MISMATCHES):
-            if shape is None:
-                raise
-            raise input_error(error, shape) from error
+            raise
         raise TypeError(
             "The sensitivity is measured on a float64 copy of the network, with "
             "float64 inputs (ratios of small differences stay exact), and its "
