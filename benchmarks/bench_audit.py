@@ -157,6 +157,11 @@ def dataset_and_net(n_samples, args):
     return X, y, net
 
 
+def mode_thresholds(args) -> dict:
+    """The scale threshold of each mode: ``--scale-threshold``, and 1 (scaled)."""
+    return dict(auto=args.scale_threshold, scaled=1)
+
+
 def audit_rows(n_samples, args, rows, write):
     """Fill ``rows`` per mode: training, then each analysis of a 2-fold audit.
 
@@ -167,7 +172,7 @@ def audit_rows(n_samples, args, rows, write):
     and after each analysis, so that a run cut short keeps what it measured.
     """
     X, y, net = dataset_and_net(n_samples, args)
-    thresholds = dict(auto=args.scale_threshold, scaled=1)
+    thresholds = mode_thresholds(args)
     with tempfile.TemporaryDirectory() as cache:
         if (reason := skipped("training", n_samples, args)) is not None:
             for mode in rows:
@@ -333,7 +338,7 @@ def warm_up(args) -> None:
             y,
             cv=args.folds,
             analyses=args.analyses,
-            scale_threshold=dict(auto=args.scale_threshold, scaled=1)[mode],
+            scale_threshold=mode_thresholds(args)[mode],
             options=memory_options(args.analyses, args.max_memory),
         )
     print("  warmed up", flush=True)
