@@ -21,6 +21,9 @@ from torch.utils.data import TensorDataset
 from sksim import SingularJacobianGramWarning, denoising
 from sksim._engine import pieces
 from sksim._engine.context import torch_seed
+from sksim._engine.gram import GramReference
+from sksim._engine.jacobian import JacobianEngine
+from sksim._engine.pieces import nbytes_of
 from sksim.datasets import make_circle_sine
 from sksim.denoising import (
     IllConditionedWeightsWarning,
@@ -445,14 +448,17 @@ def test_blocks_within_max_memory_give_the_same_analysis(data, weights, monkeypa
     net = mlp(2, 3, hidden=10).double()
     kwargs = dict(weights=weights, power=3, threshold=0.6)
     whole = SelfDenoisingAnalysis(net, max_memory=None, **kwargs).fit(X, Y)
-    # a block of 4 of the 14 rows, with 100 copies of it, fills a third of
-    # max_memory (and the engine's batches are larger)
+    # 4.5 rows (with 100 copies of each, and the copy of their kept pieces)
+    # in what the reference's Grams and pieces leave of two thirds of
+    # max_memory: blocks of 4 of the 14 rows
     if weights == "cosine":
         block, row, copies = "matrix_block", 8 * 14 * 3 * 3, "MATRIX_COPIES"
     else:
         block, row, copies = "scalar_block", 8 * 14, "SCALAR_COPIES"
     monkeypatch.setattr(denoising, copies, 100)
-    row *= 100
+    reference = GramReference(JacobianEngine(net), X, "cosine")
+    row = 100 * row + nbytes_of(reference._pieces) / len(X)
+    max_memory = int(1.5 * (4.5 * row + reference._held_bytes()))
     sizes, analyse = [], getattr(denoising, block)
 
     def recorded(w, own, *args):
@@ -467,7 +473,7 @@ def test_blocks_within_max_memory_give_the_same_analysis(data, weights, monkeypa
         return eigh(G, *args)
 
     monkeypatch.setattr(pieces, "floored_eigh", counted)
-    bounded = SelfDenoisingAnalysis(net, max_memory=3 * 4 * row + 2, **kwargs)
+    bounded = SelfDenoisingAnalysis(net, max_memory=max_memory, **kwargs)
     bounded.fit(X, Y)
     assert sizes == [4, 4, 4, 2]
     # the reference's Grams decomposed once, not again for every block

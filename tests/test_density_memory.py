@@ -12,17 +12,19 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from _architectures import mlp
+from _architectures import MLP, mlp
+from _live_memory import LiveBytes
 
 from sksim import (
     GradientDensityEstimator,
     NetworkNeighbors,
+    density,
     neighbors,
     network_similarity,
 )
 from sksim._engine import rows, sketch
 from sksim._engine.gram import GramReference
-from sksim.density import COUNT_COPIES
+from sksim._engine.jacobian import JacobianEngine
 
 
 @pytest.fixture(scope="module")
@@ -288,14 +290,20 @@ def test_similarity_blocks_fit_in_their_bytes():
     assert len(list(rows.sketch_rows(F, F_ref, 1))) == 10  # a row at least
 
 
-def test_exact_counts_come_in_blocks_within_a_third_of_max_memory(data, monkeypatch):
+def test_exact_counts_come_in_blocks_within_what_the_kept_reference_leaves(
+    data, monkeypatch
+):
+    """Blocks took a third of max_memory beside a kept reference that could
+    take all of it."""
     net = mlp(4, 3)
     kwargs = dict(method="power", batch_size=10)
     whole = GradientDensityEstimator(net, max_memory=None, **kwargs).fit(data)
-    # 3 rows of 30 float64 similarities, with the count's copies of them,
-    # fill a third: batches of 10 queries (too large to be joined in a third
-    # of max_memory) come in blocks of 3, 3, 3 and 1 rows
-    max_memory = 3 * 3 * 8 * 30 * COUNT_COPIES + 2
+    monkeypatch.setattr(density, "COUNT_COPIES", 100)
+    row = 8 * len(data) * 100  # a row of similarities, and its copies
+    held = GramReference(JacobianEngine(net), data, "cosine")._held_bytes()
+    # 3.5 rows in what the reference's Grams and pieces leave of two thirds
+    # of max_memory: batches of 10 queries come in blocks of 3, 3, 3 and 1
+    max_memory = int(1.5 * (3.5 * row + held))
     bounded = GradientDensityEstimator(net, max_memory=max_memory, **kwargs)
     bounded.fit(data)
     sizes, rows_of = [], GramReference.rows_of
@@ -309,3 +317,26 @@ def test_exact_counts_come_in_blocks_within_a_third_of_max_memory(data, monkeypa
     counts = bounded.neighbor_counts(queries)
     assert sizes == [3, 3, 3, 1] * 2
     np.testing.assert_allclose(counts, whole.neighbor_counts(queries), rtol=1e-6)
+
+
+@pytest.mark.parametrize("own", [True, False])
+@pytest.mark.parametrize("max_mib", [4, 16, 20])
+def test_exact_searches_hold_max_memory_at_most(own, max_mib):
+    """The reference's pieces (14 MB here) were kept up to all of max_memory,
+    and the blocks of rows took a third beside them; made again for each
+    group of queries, the reference's batches were held beside the queries'
+    batch, and a group's last batch beside the group: 1.09 to 1.32 times
+    max_memory in arrays and tensors here."""
+    net = MLP(n_in=64, n_hidden=256, n_out=10).eval()
+    X = np.random.default_rng(0).normal(size=(600, 64)).astype(np.float32)
+    max_memory = max_mib * 2**20
+    search = NetworkNeighbors(net, max_memory=max_memory).fit(X)
+    search.kneighbors(X[:5])  # what a first call sets up once
+    with LiveBytes() as live:
+        distances, indices = search.kneighbors() if own else search.kneighbors(X)
+    assert live.peak < max_memory
+    expected = NetworkNeighbors(net, max_memory=None).fit(X)
+    expected = expected.kneighbors() if own else expected.kneighbors(X)
+    np.testing.assert_array_equal(indices, expected[1])
+    # float32 products in other blocks: sqrt(2 (1 - k)) of rounding near k = 1
+    np.testing.assert_allclose(distances, expected[0], atol=1e-3)

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from .budget import KEPT_MEMORY, rows_that_fit
+from .budget import left_beside, rows_that_fit
 from .finite import rows_of_reference
 from .flags import FlaggedRows, flag_scope, moved_rows
 from .inputs import n_samples, take
@@ -40,6 +40,10 @@ SYMMETRIC_TILE = 256
 STRIP_ROWS = 128
 STRIP_ELEMENTS = 2**22
 STRIP_COPIES = 3  # a strip's products: a layer's, their sum, its scaled copy
+# Of max_memory: what a reference's kept pieces and Grams take at most. Blocks
+# of kernel rows take what they leave of the kept data's two thirds (a sixth at
+# least), the engine's batches the third one.
+KEPT_PIECES = 1 / 2
 # Powers of J J^T applied on the (left, right) of each kernel, None for none.
 POWERS = {"ntk": (None, None), "cosine": (-0.5, -0.5), "influence": (-1.0, None)}
 
@@ -54,14 +58,20 @@ def _pair(left: list, right: list, full: bool, max_memory: float) -> torch.Tenso
     return total
 
 
-def _joined(batches: Iterator, n: int, max_bytes: float) -> Iterator:
+def _joined(
+    batches: Iterator, n: int, max_bytes: float, row_bytes: float = 0
+) -> Iterator:
     """The ``(rows, pieces, G)`` of consecutive batches, joined into groups.
 
-    A group holds the rows whose pieces fit in ``max_bytes`` (measured on the
-    first batch) in one buffer that every group reuses: a group must be used
-    before the next is asked for. A batch whose pieces the buffer cannot hold
-    (see :func:`~.pieces.held`) is passed on as it is, as every batch is when
-    a group would hold no more rows than the first batch.
+    A group holds the rows whose pieces, and ``row_bytes`` more a row (what
+    is made for the group), fit in ``max_bytes`` (measured on the first
+    batch; as many whole batches of its size as fit) in one buffer that
+    every group reuses: a group must be used before the next is asked for.
+    A batch copied into the buffer is emptied (the engine's next batch would
+    empty it), so that its pieces are not held beside the group's. A batch
+    whose pieces the buffer cannot hold (see :func:`~.pieces.held`) is
+    passed on as it is, as every batch is when a group would hold no more
+    rows than the first batch.
     """
     buffer, size, start, grams = None, 0, 0, []
 
@@ -74,7 +84,10 @@ def _joined(batches: Iterator, n: int, max_bytes: float) -> Iterator:
 
     for rows, pieces, G in batches:
         if buffer is None:
-            size = rows_that_fit(max_bytes, nbytes_of(pieces) / len(G), n)
+            per_row = nbytes_of(pieces) / len(G) + row_bytes
+            size = rows_that_fit(max_bytes, per_row, n)
+            if len(G) < size < n:  # whole batches: none held beside a full group
+                size -= size % len(G)
             buffer = [piece.empty(size) for piece in pieces] if size > len(G) else []
         if not buffer or not held(buffer, pieces):
             if grams:
@@ -93,8 +106,11 @@ def _joined(batches: Iterator, n: int, max_bytes: float) -> Iterator:
             grams.append(G[part])
             done = part.stop
             if into.stop == size:
+                if done == len(G):
+                    pieces.clear()
                 yield group()
                 start, grams = rows.start + done, []
+        pieces.clear()
     if grams:
         yield group()
 
@@ -117,11 +133,12 @@ class GramReference:
     rtol : float, default=1e-5
         Relative eigenvalue floor of ``J J^T``.
     max_memory : int or None, default=None
-        Bytes the prepared pieces of ``Y`` may take beside its Grams (which
-        are always kept, ``m d^2`` float64), None: the engine's
-        ``max_memory``. Past it the pieces are recomputed for every block of
-        queries (slower, bounded memory), grouped into blocks whose pieces
-        take a third of the engine's ``max_memory``.
+        Bytes the prepared pieces of ``Y`` and its Grams (which are always
+        kept, ``m d^2`` float64) may take, None: :data:`KEPT_PIECES` of the
+        engine's ``max_memory``. Past it the pieces are recomputed for every
+        block of queries (slower, bounded memory), grouped into blocks whose
+        pieces and rows take what the Grams leave of two thirds of the
+        engine's ``max_memory``.
     named : bool, default=False
         Name the rows of ``Y`` as the reference's when the network gives NaN
         or infinity for them: for queries other than ``Y`` itself.
@@ -153,7 +170,9 @@ class GramReference:
         )
         self.left_power, self.right_power = POWERS[kind]
         self.n_samples = n_samples(Y)
-        self.max_memory = engine.max_memory if max_memory is None else max_memory
+        if max_memory is None:
+            max_memory = KEPT_PIECES * engine.max_memory
+        self.max_memory = max_memory
         self.named = named
         # J J^T whitens the kept pieces, and the rows of a streamed Y
         self.gram, selves, kept, found = None, [], None, FlaggedRows()
@@ -221,19 +240,27 @@ class GramReference:
 
         ``B`` is ``(b, m)`` (scalar kernel) or ``(b, m, d, d)`` (``full``), ``G``
         the queries' ``J J^T`` ``(b, d, d)``; float64 on the CPU. ``copies``
-        arrays of ``B``'s size, ``B`` included, take at most a third of the
-        engine's ``max_memory`` (see :meth:`block_rows`).
+        arrays of ``B``'s size, ``B`` included, take what the reference's
+        Grams and kept pieces leave of two thirds of the engine's
+        ``max_memory``, and so do the queries' pieces with them when the
+        reference's are made again for each block (the reference's batches
+        take the third one).
         """
         batches = self.engine.mapped_pieces(X, self.left_power, self.rtol)
+        left = left_beside(self._held_bytes(), self.engine.max_memory)
         if self._pieces is None:  # each group of queries reads the reference once
-            batches = _joined(batches, n_samples(X), KEPT_MEMORY * self.max_memory)
+            batches = _joined(batches, n_samples(X), left, self._row_bytes(copies))
         for rows, pieces, G in batches:
-            step = self.block_rows(copies, len(G))
+            # the queries' pieces are the engine's batch when the reference's are kept
+            beside = 0 if self._pieces is not None else nbytes_of(pieces)
+            step = rows_that_fit(left - beside, self._row_bytes(copies), len(G))
             for start in range(0, len(G), step):
                 part = slice(start, min(start + step, len(G)))
-                left = pieces if step >= len(G) else [p.take(part) for p in pieces]
+                left_pieces = (
+                    pieces if step >= len(G) else [p.take(part) for p in pieces]
+                )
                 block = slice(rows.start + part.start, rows.start + part.stop)
-                yield block, self.rows_of(left), G[part]
+                yield block, self.rows_of(left_pieces), G[part]
 
     def self_rows(
         self, copies: int = 1, subset: np.ndarray | None = None
@@ -251,7 +278,13 @@ class GramReference:
                 yield from self.rows(take(self.Y, subset), copies)
             return
         n = self.n_samples if subset is None else len(subset)
-        step, found = self.block_rows(copies, self.engine.batch_size), FlaggedRows()
+        # a block's rows, and the copies of their kept pieces
+        row_bytes = self._row_bytes(copies) + nbytes_of(self._pieces) / self.n_samples
+        left = left_beside(self._held_bytes(), self.engine.max_memory)
+        step, found = (
+            rows_that_fit(left, row_bytes, self.engine.batch_size),
+            FlaggedRows(),
+        )
         for start in range(0, n, step):
             rows = slice(start, min(start + step, n))
             of_y = rows if subset is None else subset[rows]  # rows of Y
@@ -263,17 +296,21 @@ class GramReference:
             yield rows, self.rows_of(left), G
         found.report()
 
-    def block_rows(self, copies: int, n: int) -> int:
-        """Rows of a block whose ``copies`` arrays take a third of ``max_memory``.
+    def _row_bytes(self, copies: int) -> int:
+        """Bytes of a row of a block and of its ``copies - 1`` copies.
 
-        A row holds ``m`` float64 values, ``m d^2`` when ``full``; one row at
-        least, ``n`` at most. The caller's copies of a block (its
-        temporaries) count, as the engine's batches and the kept pieces of
-        ``Y`` do, against the engine's ``max_memory``.
+        A row holds ``m`` float64 values, ``m d^2`` when ``full``. The
+        caller's copies of a block (its temporaries) count, as the engine's
+        batches and the kept pieces of ``Y`` do, against the engine's
+        ``max_memory``.
         """
         d = self.n_outputs
-        row_bytes = 8 * self.n_samples * (d * d if self.full else 1) * copies
-        return rows_that_fit(self.engine.max_memory / 3, row_bytes, n)
+        return 8 * self.n_samples * (d * d if self.full else 1) * copies
+
+    def _held_bytes(self) -> int:
+        """What the reference holds: its Grams, and its pieces if they are kept."""
+        kept = 0 if self._pieces is None else nbytes_of(self._pieces)
+        return self.gram.nbytes + kept
 
     def matrix(self, X=None) -> np.ndarray:
         """All rows at once; ``X=None`` gives the exactly symmetric ``K(Y, Y)``.
@@ -311,7 +348,7 @@ class GramReference:
         shape = (m, m, d, d) if self.full else (m, m)
         # filled on the pieces' device when it fits there: one transfer at the end
         where = self._pieces[0].signal.device
-        if 8 * np.prod(shape) > self.max_memory / 3:
+        if 8 * np.prod(shape) > self.engine.max_memory / 3:
             where = torch.device("cpu")
         out = torch.empty(shape, dtype=torch.float64, device=where)
         swap = (1, 0, 3, 2) if self.full else (1, 0)
