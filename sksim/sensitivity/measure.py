@@ -255,8 +255,12 @@ class _Probe:
             yield slice(start, start + self.batch_size)
 
     def clean(self) -> Iterator[torch.Tensor]:
+        """Yield batches of copies of the clean inputs.
+
+        Copies: a network may change its inputs in place (``x /= 255``).
+        """
         for rows in self._slices():
-            yield self.X[rows]
+            yield self.X[rows].clone()
 
     def triples(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Yield ``(x, tau x, x + eta)`` batches."""

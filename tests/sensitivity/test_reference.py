@@ -220,3 +220,38 @@ def test_attention_layers_are_reinitialised_too():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no parameter kept its trained value
         relative_sensitivity(net, X, n_init=1, n_probe=20, random_state=0)
+
+
+class HalvedInputs(nn.Module):
+    """Halves its inputs, in place (as ``x /= 255``) or not."""
+
+    def __init__(self, in_place: bool):
+        super().__init__()
+        self.in_place = in_place
+        self.conv, self.bn = nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4 * 36, 2)
+
+    def forward(self, x):
+        if self.in_place:
+            x /= 2
+        else:
+            x = x / 2
+        return self.fc(torch.tanh(self.bn(self.conv(x))).flatten(1))
+
+
+def test_a_network_changing_its_inputs_in_place_measures_as_one_that_does_not():
+    """The BatchNorm of the re-initialised and shuffled copies was calibrated
+    on the probe's clean inputs themselves: each calibration pass halved
+    them, and the copies measured after the first one met clean inputs four
+    or more times smaller than their deformations (R of 0.43 for 1.0 at the
+    input)."""
+    torch.manual_seed(0)
+    in_place, out_of_place = HalvedInputs(True), HalvedInputs(False)
+    out_of_place.load_state_dict(in_place.state_dict())
+    X = np.random.RandomState(0).randn(20, 2, 8, 8)
+    kwargs = dict(layers=["input", "output"], n_init=2, shuffled=True, random_state=0)
+    found = relative_sensitivity(in_place, X, **kwargs)
+    expected = relative_sensitivity(out_of_place, X, **kwargs)
+    assert set(found["net"]) == {"trained", "init", "shuffled"}
+    for column in ("D", "G", "R"):
+        np.testing.assert_allclose(found[column], expected[column], rtol=1e-12)
