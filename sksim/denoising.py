@@ -428,7 +428,8 @@ class SelfDenoisingAnalysis(NetworkEstimator):
         self.n_samples_fit_ = n
         self.sample_indices_ = self._analysed_rows(n)
         self._analyse(engine, X, f, y)
-        self._set_noise_level()
+        # the spread of all the training targets, not of those analysed
+        self._set_noise_level(float(np.sqrt(np.var(y, axis=0).mean())))
         return self
 
     def _analysed_rows(self, n: int) -> np.ndarray:
@@ -566,7 +567,7 @@ class SelfDenoisingAnalysis(NetworkEstimator):
                 w = scalar_weights(kernel, self.weights, self.power, self.threshold)
                 yield rows, scalar_block(w, own, y, f, self.ridge_)
 
-    def _set_noise_level(self):
+    def _set_noise_level(self, spread: float):
         f, y, d = self.predictions_, self.targets_, self.n_outputs_
         self._sigma_estimated = self.sigma is None  # what summary() reports
         if self.sigma is not None:
@@ -584,7 +585,6 @@ class SelfDenoisingAnalysis(NetworkEstimator):
                 )
             residuals = ((f - y)[kept] ** 2).sum()
             self.sigma_ = float(np.sqrt(residuals / expected[kept].sum()))
-            spread = float(np.sqrt(np.var(y.reshape(len(y), -1), axis=0).mean()))
             if self.sigma_ > spread:
                 warnings.warn(
                     f"The estimated label noise sigma={self.sigma_:.3g} exceeds the "
@@ -618,10 +618,11 @@ class SelfDenoisingAnalysis(NetworkEstimator):
             y_clean, ensure_2d=False, dtype=np.float64, input_name="y_clean"
         )
         n, d = self.n_samples_fit_, self.n_outputs_
-        if y_clean.size != n * d:
+        if len(y_clean) != n or y_clean.size != n * d:
             raise ValueError(
-                f"y_clean has {y_clean.size} values; expected the {n} training "
-                f"samples x {d} outputs."
+                f"y_clean has shape {y_clean.shape}; expected the {n} training "
+                f"samples x {d} outputs, of shape ({n}, {d})"
+                + (f" or ({n},)." if d == 1 else ".")
             )
         y_clean = y_clean.reshape(n, d)[self.sample_indices_]
         return ((self.predictions_ - y_clean) ** 2).sum(axis=1)

@@ -197,10 +197,12 @@ def test_summary_compares_with_clean_labels(data):
     assert summary["measured_effective_neighbors"] == pytest.approx(
         analysis.sigma_**2 / measured**2
     )
-    with pytest.raises(
-        ValueError, match="y_clean has 14 values; expected the 14 training samples x 3"
-    ):
+    message = r"y_clean has shape \({}\); expected the 14 training samples x 3"
+    with pytest.raises(ValueError, match=message.format("14,")):
         analysis.summary(Y[:, 0])
+    # a transposed y_clean was read as the samples' labels, shuffled
+    with pytest.raises(ValueError, match=message.format("3, 14")):
+        analysis.summary(Y.T)
     exact = analysis.summary(analysis.predictions_)  # predictions as clean labels
     assert exact["measured_rmse"] == 0
     assert exact["measured_effective_neighbors"] == np.inf
@@ -236,6 +238,22 @@ def test_a_noise_estimate_beyond_the_targets_spread_is_flagged():
     with warnings.catch_warnings():
         warnings.simplefilter("error", NoiseEstimateWarning)
         SelfDenoisingAnalysis(net, sigma=0.01).fit(X, y)  # given, not estimated
+
+
+def test_the_noise_estimate_is_checked_against_the_spread_of_all_targets():
+    """The spread was that of the analysed samples' targets: 0 for one
+    sample, so that any estimate warned."""
+    rng = np.random.RandomState(0)
+    X = rng.randn(40, 3)
+    net = mlp(3, 1).double()
+    with torch.no_grad():
+        f = net(torch.from_numpy(X))[:, 0].numpy()
+    y = f + 0.05 * rng.randn(40)  # the net's outputs, little noise
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NoiseEstimateWarning)
+        analysis = SelfDenoisingAnalysis(net, max_samples=1, random_state=0)
+        analysis.fit(X, y)
+    assert np.ptp(analysis.targets_) == 0 < analysis.sigma_ < y.std()
 
 
 def test_sigma_cannot_be_estimated_without_neighbours():
