@@ -354,7 +354,7 @@ def isolated_section(result) -> str:
         similar = (
             "no training example the network treats as similar"
             if count < 1
-            else f"{count:.3g} similar training examples"
+            else f"{count:.3g} similar training example{'' if count == 1 else 's'}"
         )
         text = (
             f"The held-out {held_out} with the lowest network-perspective "

@@ -126,7 +126,8 @@ class AuditResult:
         ``neighbors`` (training indices), ``neighbor_labels``,
         ``similarities``, and ``image`` / ``neighbor_images`` for image-like
         inputs (None otherwise). Then the top suspected label issues
-        (``kind="label issue"``, with ``suggested`` and ``score``).
+        (``kind="label issue"``, with ``suggested``, ``score`` and
+        ``issue``: whether it is among the estimated issues).
     examples : list of dict
         Examples worth a look, chosen from the tables of several analyses:
         the most isolated (``kind="isolated"``: lowest log-density, with

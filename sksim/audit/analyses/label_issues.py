@@ -197,11 +197,12 @@ def issue_grid(result: AuditResult) -> Figure | None:
         row = axes[n % per_column, (n // per_column) * (width + 1) :]
         given = item["label"]
         planted = " (flip)" if item["index"] in flipped else ""
+        suggested = "" if item["suggested"] == given else f"→{item['suggested']}"
         _render.thumbnail(
             row[0],
             item["image"],
-            f"#{item['index']} y={given}→{item['suggested']}{planted}",
-            "tab:red",
+            f"#{item['index']} y={given}{suggested}{planted}",
+            "tab:red" if item["issue"] else "black",
         )
         row[0].set_axis_on()
         for ax, image, label, sim in zip(
@@ -215,9 +216,10 @@ def issue_grid(result: AuditResult) -> Figure | None:
             ax.set_axis_on()
     planted = "; (flip): a label flipped on purpose" if flipped else ""
     fig.suptitle(
-        f"Suspected label issues (red: given → suggested label{planted}) and "
-        "their most similar training examples\n(k: the network's cosine "
-        "similarity; blue: a neighbour with another label than the given one)",
+        f"The highest-scored labels (red: an estimated issue; given → "
+        f"suggested label{planted}) and their most similar training examples\n"
+        "(k: the network's cosine similarity; blue: a neighbour with another "
+        "label than the given one)",
         fontsize=9,
     )
     return fig
@@ -248,13 +250,14 @@ def issue_rows(
             given_label=head["given_label"],
             suggested_label=head["suggested_label"],
             score=head["score"],
+            estimated_issue=head["is_issue"].astype(bool),
             net_probability_of_given=head["proba_given_label"],
             neighbors_with_given=head["neighbors_given_label"],
             nearest_training_examples=[_evidence(r) for _, r in head.iterrows()],
         )
     )
     if noise is not None:
-        rows.insert(4, "planted_flip", head["index"].isin(noise["flipped"]).to_numpy())
+        rows.insert(5, "planted_flip", head["index"].isin(noise["flipped"]).to_numpy())
     return rows
 
 
@@ -282,8 +285,8 @@ class LabelIssues(Analysis):
     # exact: the detector's "auto" switches to FAISS past a size of its own
     defaults = dict(n_neighbors=10, algorithm="exact")
     description = (
-        "Every example's label is checked against two independent signals "
-        "computed on the audit's own folds: the class probabilities of the "
+        "Every example's label is checked against two signals of the network: "
+        "the class probabilities of the "
         "fold's network (in a cross-validated audit one that never saw the "
         "example, out-of-fold; in a prefit one the trained network itself, "
         "which did), and the labels of the training examples the network finds "
@@ -365,6 +368,7 @@ class LabelIssues(Analysis):
                     label=np.asarray(row["given_label"]).item(),
                     suggested=np.asarray(row["suggested_label"]).item(),
                     score=float(row["score"]),
+                    issue=bool(row["is_issue"]),
                     neighbors=neighbors.tolist(),
                     neighbor_labels=data.y[neighbors].tolist(),
                     similarities=list(row["neighbor_similarities"][:SHOWN_NEIGHBORS]),
@@ -382,8 +386,9 @@ class LabelIssues(Analysis):
             _render.paragraph(
                 f"Estimated label issues: {n_issues} of {len(table)} examples "
                 f"({n_issues / len(table):.1%}). Below, the {min(TOP, len(table))} "
-                "highest-scored examples; the full ranking is the label_issues "
-                "table (and the JSON output)."
+                "highest-scored examples, the estimated issues among them marked "
+                "(estimated_issue; red in the figure); the full ranking is the "
+                "label_issues table (and the JSON output)."
             ),
             noise_text(result),
         ]
