@@ -526,6 +526,11 @@ def apply_diffeo(
                 f"Displacement fields must have shape {(n,) * ndim} or "
                 f"{(len(x),) + (n,) * ndim}; got {tuple(t.shape)}."
             )
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(
+                "Displacement fields hold NaN or infinity: pass finite fields "
+                "(sample_diffeo's, or displacements in pixels)."
+            )
         fields.append(t if t.dim() == ndim + 1 else t[None])
     if ndim == 2 and fields[0].shape[0] != fields[1].shape[0]:
         fields = list(torch.broadcast_tensors(*fields))

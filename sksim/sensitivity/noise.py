@@ -40,10 +40,9 @@ def noise_like(
     generator = torch.Generator().manual_seed(int(rng.randint(2**31 - 1)))
     xi = torch.randn(x.shape, generator=generator, device="cpu", dtype=torch.float64)
     xi = xi.to(x.device)
-    dims = tuple(range(1, x.dim()))
     if isinstance(noise_norm, str):
         moved = x_deformed.to(torch.float64) - x.to(torch.float64)
-        target = torch.linalg.vector_norm(moved, dim=dims)
+        target = _sample_norms(moved)
         del moved
         if noise_norm == "batch_mean":
             target = target.mean().expand(len(x))
@@ -51,8 +50,15 @@ def noise_like(
         target = torch.full(
             (len(x),), float(noise_norm), dtype=torch.float64, device=x.device
         )
-    scale = target / torch.linalg.vector_norm(xi, dim=dims)
+    scale = target / _sample_norms(xi)
     return xi.mul_(scale.reshape((-1,) + (1,) * (x.dim() - 1))).to(x.dtype)
+
+
+def _sample_norms(t: torch.Tensor) -> torch.Tensor:
+    """The norm of each sample (row) of ``t``; of 1-D ``t``, its entries'."""
+    if t.dim() == 1:  # vector_norm(dim=()) would reduce over everything
+        return t.abs()
+    return torch.linalg.vector_norm(t, dim=tuple(range(1, t.dim())))
 
 
 def matched_noise(

@@ -264,6 +264,10 @@ def test_apply_diffeo_errors():
     for sigma in (-1, 0):  # 0 gave NaN images without a word
         with pytest.raises(ValueError, match="sigma must be a finite positive number"):
             apply_diffeo(x, np.zeros((5, 5)), np.zeros((5, 5)), "gaussian", sigma)
+    field = np.zeros((5, 5))
+    field[2, 3] = np.nan  # torch's indexing error, an index of -9e18
+    with pytest.raises(ValueError, match="Displacement fields hold NaN or infinity"):
+        apply_diffeo(x, np.zeros((5, 5)), field)
 
 
 def test_sampler_errors():

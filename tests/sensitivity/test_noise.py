@@ -61,3 +61,12 @@ def test_arrays_keep_their_floating_dtype(dtype):
     assert eta.dtype == (np.float64 if dtype == np.int64 else dtype)
     assert isinstance(eta, np.ndarray)
     np.testing.assert_allclose(_norms(eta.astype(float)), 2.0, rtol=1e-3)
+
+
+def test_scalar_samples_get_their_own_norms():
+    """1-D inputs got noise whose norm over all samples matched, not each one's."""
+    x, x_deformed = np.zeros(4), np.array([1.0, -2.0, 3.0, 4.0])
+    eta = matched_noise(x, x_deformed, random_state=0)
+    np.testing.assert_allclose(np.abs(eta), [1.0, 2.0, 3.0, 4.0], rtol=1e-12)
+    eta = matched_noise(x, x_deformed, noise_norm="batch_mean", random_state=0)
+    np.testing.assert_allclose(np.abs(eta), 2.5, rtol=1e-12)
