@@ -281,10 +281,8 @@ class GramReference:
         # a block's rows, and the copies of their kept pieces
         row_bytes = self._row_bytes(copies) + nbytes_of(self._pieces) / self.n_samples
         left = left_beside(self._held_bytes(), self.engine.max_memory)
-        step, found = (
-            rows_that_fit(left, row_bytes, self.engine.batch_size),
-            FlaggedRows(),
-        )
+        step = rows_that_fit(left, row_bytes, self.engine.batch_size)
+        found = FlaggedRows()
         for start in range(0, n, step):
             rows = slice(start, min(start + step, n))
             of_y = rows if subset is None else subset[rows]  # rows of Y
