@@ -976,7 +976,8 @@ class SavedTensors(torch.autograd.graph.saved_tensors_hooks):
         on_path = [size for order, size in self.storages.values() if order >= start]
         beyond = max(on_path, default=0) - largest
         total = sum(size for _, size in self.storages.values())
-        return total + 2 * d * max(beyond, 0)
+        # and beside the kept signals, the gradient the backward pass makes next
+        return total + 2 * d * max(beyond, 0) + d * largest
 
 
 def _dense(gradient: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ import pytest
 import torch
 from _architectures import (
     LAYER_CASES,
+    MLP,
     RecurrentClassifier,
     _inv_sqrt,
     family_case,
@@ -15,6 +16,7 @@ from _architectures import (
     oracle_jacobians,
 )
 from _engine_helpers import ntk_blocks, smallest_fitting_engine
+from _live_memory import LiveBytes
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -106,6 +108,21 @@ def test_the_automatic_batch_fits_its_budget_whole(name):
         assert engine._part_size == engine.batch_size
         sizes.add(min(engine.batch_size, len(X)))
     assert len(sizes) > 2  # from single samples to the whole set
+
+
+@pytest.mark.parametrize("max_mib", [16, 40])
+def test_a_batch_and_its_backward_pass_take_their_third(max_mib):
+    """The automatic batch left out the gradient that the backward pass over
+    the outputs makes beside the kept signals: 1.2 times the third here."""
+    module = MLP(n_in=64, n_hidden=256, n_out=10).eval()
+    X = np.random.default_rng(0).normal(size=(600, 64)).astype(np.float32)
+    engine = JacobianEngine(module, max_memory=max_mib * 2**20)
+    next(engine.pieces(X[:4], progress=False))  # the plan, made once
+    with LiveBytes() as live:
+        for _ in engine.mapped_pieces(X, -0.5, 1e-5, progress=False):
+            pass
+    assert engine.batch_size < len(X)
+    assert live.peak < engine.max_memory / 3
 
 
 def test_many_outputs_keep_the_grams_within_max_memory():
