@@ -79,6 +79,11 @@ def check_net_input(
     ``pairs``, else dropped (the network takes the inputs alone, as its
     ``predict`` does).
     """
+    if X is None:  # scikit-learn's message advises a reshape
+        raise ValueError(
+            f"{input_name} is None: pass the network's inputs (the training "
+            "set's own, to score those)."
+        )
     if not pairs:
         X = strip_pairs(X)
     check_not_streamed(X)

@@ -215,6 +215,14 @@ def test_counting_before_fit_is_refused(data):
         GradientDensityEstimator(mlp(1)).neighbor_counts(data[0])
 
 
+def test_counts_of_none_are_refused_with_what_to_pass(data):
+    """scikit-learn's message advised a reshape of a scalar array."""
+    density = GradientDensityEstimator(mlp(1)).fit(data[0])
+    for counts in (density.neighbor_counts, density.score_samples):
+        with pytest.raises(ValueError, match="X is None: pass the network's inputs"):
+            counts(None)
+
+
 def circle_sine_net(toy, epochs=60):
     """The toy's regressor, trained on ``toy``."""
     return circle_sine_regressor(epochs).fit(toy.data, toy.target[:, None])
