@@ -57,27 +57,50 @@ def figure(function, result) -> str:
     return "" if fig is None else png(fig)
 
 
+PROSE = 24  # characters from which a column's text reads as prose
+
+
 def table(frame, max_rows=MAX_ROWS) -> str:
-    """The first ``max_rows`` rows of ``frame`` as an HTML table (text escaped)."""
+    """The first ``max_rows`` rows of ``frame`` as an HTML table (text escaped).
+
+    Columns of prose (strings of :data:`PROSE` characters or more: messages,
+    lists of neighbours) are aligned left, numbers right.
+    """
     shown = frame.head(max_rows)
-    text = (
-        '<div class="scroll">'
-        + shown.to_html(
-            index=False,
-            escape=True,
-            border=0,
-            classes="data",
-            float_format=lambda v: f"{v:.4g}",
-            na_rep="–",
-        )
-        + "</div>"
+    text = shown.to_html(
+        index=False,
+        escape=True,
+        border=0,
+        classes="data",
+        float_format=lambda v: f"{v:.4g}",
+        na_rep="–",
     )
+    prose = [
+        j
+        for j, column in enumerate(shown.columns)
+        if shown[column].map(lambda v: isinstance(v, str) and len(v) >= PROSE).any()
+    ]
+    text = '<div class="scroll">' + _left_aligned(text, prose) + "</div>"
     if len(frame) > max_rows:
         text += (
             f'<p class="note">First {max_rows} of {len(frame)} rows; the JSON '
             "output (<code>to_json</code>) holds them all.</p>"
         )
     return text
+
+
+def _left_aligned(text: str, columns: list[int]) -> str:
+    """``text``, an HTML table, with the cells of ``columns`` aligned left."""
+    if not columns:
+        return text
+    rows = text.split("<tr>")
+    for i, row in enumerate(rows[1:], start=1):
+        cells = row.split("<td>")
+        rows[i] = cells[0] + "".join(
+            ("<td style='text-align:left'>" if j in columns else "<td>") + cell
+            for j, cell in enumerate(cells[1:])
+        )
+    return "<tr>".join(rows)
 
 
 def paragraph(text, cls=None) -> str:

@@ -1017,3 +1017,21 @@ def test_images_scale_colour_to_their_range(caplog):
     np.testing.assert_allclose(drawn, (image + 2.0) / 5.0)
     assert "Clipping" not in caplog.text
     plt.close(fig)
+
+
+def test_table_columns_of_prose_are_aligned_left():
+    """Every cell was aligned right: messages and neighbour lists wrapped
+    ragged on the left, over three to five lines."""
+    from sksim.audit import _render
+
+    frame = pd.DataFrame(
+        dict(
+            count=[3, 12],
+            label=["a", "b"],
+            message=["short", "a message long enough to read as prose"],
+        )
+    )
+    html_table = _render.table(frame)
+    assert html_table.count("<td style='text-align:left'>") == 2
+    assert "<td style='text-align:left'>short</td>" in html_table
+    assert "<td>12</td>" in html_table and "<td>b</td>" in html_table
