@@ -35,7 +35,23 @@ def undefined_folds(result, metric) -> str:
 
 
 def _spread(std, digits=".3f"):
-    return "" if math.isnan(std) else f" ± {std:{digits}}"
+    """`` ± std``, formatted by the spec ``digits`` or the function; none if NaN."""
+    if math.isnan(std):
+        return ""
+    return f" ± {digits(std) if callable(digits) else format(std, digits)}"
+
+
+def plain(value: float, digits: int = 3) -> str:
+    """``value`` to ``digits`` significant digits, in plain notation where it fits.
+
+    As the ``g`` format, but from 1e-4 to 1e6 without an exponent: ``3218``
+    rather than ``3.22e+03``, for sentences.
+    """
+    if not math.isfinite(value) or value == 0 or not 1e-4 <= abs(value) < 1e6:
+        return f"{value:.{digits}g}"
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(value))))
+    text = f"{value:.{decimals}f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def counted(n, noun):
@@ -106,7 +122,7 @@ def rmse_meaning(samples):
     baseline = float(np.std(samples["label"].to_numpy(dtype=float)))
     return (
         "In the targets' units; predicting their mean for every held-out example "
-        f"would give {baseline:.3g}."
+        f"would give {plain(baseline)}."
     )
 
 
@@ -116,7 +132,7 @@ def fit_finding(r2, rmse, n_folds):
     reading = r2_meaning(mean)
     return (
         f"Held-out R² {mean:.3f}{_spread(std)}, root mean squared error "
-        f"{error:.3g}{_spread(error_std, '.3g')}: {reading} "
+        f"{plain(error)}{_spread(error_std, plain)}: {reading} "
         f"({over_folds(n_folds)})."
     )
 
@@ -242,8 +258,8 @@ def density_contrast(result) -> str:
     low, high = table[column].iloc[0], table[column].iloc[-1]
     over = "" if result.metadata["n_folds"] == 1 else ", mean over folds"
     return (
-        f" By density bin{over}: {name} {low:.3g} in the lowest "
-        f"(bin 0) against {high:.3g} in the highest (bin "
+        f" By density bin{over}: {name} {plain(low)} in the lowest "
+        f"(bin 0) against {plain(high)} in the highest (bin "
         f"{table['density_bin'].iloc[-1]})."
     )
 
@@ -316,8 +332,8 @@ def target_difference_meaning(difference, k, samples, caveat=""):
     baseline = mean_pair_difference(samples["label"])
     text = (
         f"The targets of the {k} training examples most similar to a held-out "
-        f"example differ from its own by {difference:.3g} on average, against "
-        f"{baseline:.3g} between two held-out examples drawn at random"
+        f"example differ from its own by {plain(difference)} on average, against "
+        f"{plain(baseline)} between two held-out examples drawn at random"
     )
     if difference < 0.8 * baseline:
         reading = "the network's most similar examples have similar targets"
@@ -456,7 +472,7 @@ def class_fitting_finding(table):
         if gap > 1
         else "held-out examples fall in the same class modes as training ones"
     )
-    factor = f" (a factor {math.exp(gap):.3g})" if gap < 10 else ""
+    factor = f" (a factor {plain(math.exp(gap))})" if gap < 10 else ""
     return (
         f"Class-fitting gap: at layer {layer}, held-out examples are on average "
         f"{gap:.2f} nats{factor} less likely than training examples under their "
@@ -574,13 +590,13 @@ def isolated_finding(result):
     first = isolated[0]
     none = int(floored(result.tables["samples"]).sum())
     if result.metadata["task"] == "regression":
-        shown = f"#{first['index']} (target {first['label']:.3g})"
+        shown = f"#{first['index']} (target {plain(first['label'])})"
     else:
         shown = f"#{first['index']} (label {first['label']})"
     if soft_counts(result):
         return (
             f"The least dense held-out example, {shown}, has a soft count of "
-            f"{first['neighbor_count']:.3g} (its similarities to the training "
+            f"{plain(first['neighbor_count'])} (its similarities to the training "
             f"examples, summed); it heads the {len(isolated)} shown."
         )
     if none:
@@ -592,7 +608,7 @@ def isolated_finding(result):
         )
     return (
         "Every held-out example has training examples the network treats as "
-        f"similar; the least dense, {shown}, with {first['neighbor_count']:.3g} "
+        f"similar; the least dense, {shown}, with {plain(first['neighbor_count'])} "
         f"of them, heads the {len(isolated)} shown."
     )
 

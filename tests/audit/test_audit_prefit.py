@@ -1,6 +1,7 @@
 """Auditing a network already trained (cv="prefit"): no training, weights untouched."""
 
 import copy
+import math
 import warnings
 
 import _audit_helpers
@@ -36,6 +37,7 @@ from sksim.audit._findings import (
     findings,
     fit_finding,
     mean_pair_difference,
+    rmse_meaning,
     target_difference_meaning,
 )
 from sksim.audit.analyses.density import _warn_if_floored, quantile_bins
@@ -340,6 +342,15 @@ def test_a_regression_worse_than_the_mean_is_read_as_such():
         "Held-out R² -0.250 ± 0.050, root mean squared error 1.5 ± 0.1: the "
         "network predicts targets it never saw no better than their mean would "
         "(mean over 2 folds)."
+    )
+
+
+def test_a_regressions_numbers_read_without_exponents():
+    """Targets in the thousands read "3.22e+03" in the findings' sentences."""
+    text = fit_finding((0.5, math.nan), (3217.6, math.nan), 1)
+    assert "root mean squared error 3218: " in text
+    assert rmse_meaning(pd.DataFrame(dict(label=[0.0, 4990.2]))).endswith(
+        "would give 2495."
     )
 
 
