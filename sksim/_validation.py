@@ -32,6 +32,7 @@ from ._engine.inputs import (
     is_dataset,
     n_samples,
     read_items,
+    sample_shape_of,
     split_item,
     to_numpy,
 )
@@ -356,9 +357,7 @@ def sample_shape(X):
     """The shape of one sample: a tuple, or a dict of them for dict inputs."""
     if is_dataset(X):
         return dataset_sample_shape(X)
-    if isinstance(X, Mapping):
-        return {k: tuple(v.shape[1:]) for k, v in X.items()}
-    return tuple(X.shape[1:])
+    return sample_shape_of(X)
 
 
 def dataset_sample_shape(dataset: Dataset):

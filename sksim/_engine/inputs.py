@@ -191,7 +191,7 @@ def batches(
             yield rows, to_tensor(take(X, rows), device, float_dtype)
             continue
         batch = _read(X, range(rows.start, rows.stop), device, float_dtype)
-        here = _sample_shape(batch)
+        here = sample_shape_of(batch)
         shape = here if shape is None else shape
         if here != shape:
             first, last = _origin(X, rows.start), _origin(X, rows.stop - 1)
@@ -214,8 +214,8 @@ def read_batch_size(dataset: Dataset, max_bytes: float, float_dtype) -> int:
     return rows_that_fit(max_bytes, item_bytes, len(dataset))
 
 
-def _sample_shape(batch) -> tuple | dict:
-    """The shape of one sample of a batch of tensors (or a dict of them)."""
+def sample_shape_of(batch) -> tuple | dict:
+    """The shape of one sample of a batch of arrays or tensors (or a dict of them)."""
     if isinstance(batch, Mapping):
         return {key: tuple(value.shape[1:]) for key, value in batch.items()}
     return tuple(batch.shape[1:])

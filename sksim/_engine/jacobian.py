@@ -48,6 +48,7 @@ from .inputs import (
     explained_failures,
     module_float_dtype,
     n_samples,
+    sample_shape_of,
     take,
     to_tensor,
 )
@@ -187,14 +188,8 @@ class JacobianEngine:
         out of memory is raised as it is.
         """
         first = to_tensor(take(X, slice(0, 1)), self.device, self.dtype)
-
-        def shape():
-            if isinstance(first, dict):
-                return {k: tuple(v.shape[1:]) for k, v in first.items()}
-            return tuple(first.shape[1:])
-
         with evaluation_mode(self.module), torch.no_grad():
-            with explained_failures(shape):
+            with explained_failures(lambda: sample_shape_of(first)):
                 out = self._output(first)
             return select_output(out, self.output, 1).shape[1]
 
